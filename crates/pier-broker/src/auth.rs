@@ -1,0 +1,155 @@
+//! Users, password hashes and per-vhost permissions.
+//!
+//! Password hashes use RabbitMQ's default scheme (`rabbit_password_hashing_sha256`):
+//! `base64(salt ‖ sha256(salt ‖ password))` with a 4-byte random salt, so user definitions move
+//! between RabbitMQ and Pier unchanged. Plain passwords are never stored or logged.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    /// RabbitMQ-format salted SHA-256 hash.
+    pub password_hash: String,
+    pub tags: Vec<String>,
+}
+
+/// configure / write / read regular expressions, as RabbitMQ stores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permission {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+impl Permission {
+    pub fn full() -> Self {
+        Permission {
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        }
+    }
+}
+
+pub fn hash_password(password: &str) -> String {
+    let salt: [u8; 4] = rand::random();
+    hash_with_salt(salt, password)
+}
+
+fn hash_with_salt(salt: [u8; 4], password: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    let mut out = salt.to_vec();
+    out.extend_from_slice(&h.finalize());
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+/// Checks a password against a RabbitMQ-format hash in constant time over the digest.
+pub fn verify_password(password: &str, stored_hash: &str) -> bool {
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(stored_hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (raw.get(..4), raw.get(4..)) else {
+        return false;
+    };
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    let got = h.finalize();
+    got.len() == expected.len() && got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Users and their permissions.
+#[derive(Debug, Default, Clone)]
+pub struct UserStore {
+    users: HashMap<String, User>,
+    /// (user, vhost) → permission
+    permissions: HashMap<(String, String), Permission>,
+}
+
+impl UserStore {
+    pub fn add_user(&mut self, name: &str, password: &str, tags: Vec<String>) {
+        self.users.insert(
+            name.to_owned(),
+            User {
+                name: name.to_owned(),
+                password_hash: hash_password(password),
+                tags,
+            },
+        );
+    }
+
+    pub fn remove_user(&mut self, name: &str) -> bool {
+        self.permissions.retain(|(u, _), _| u != name);
+        self.users.remove(name).is_some()
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    /// The user if the password matches.
+    pub fn authenticate(&self, name: &str, password: &str) -> Option<&User> {
+        self.users
+            .get(name)
+            .filter(|u| verify_password(password, &u.password_hash))
+    }
+
+    pub fn set_permission(&mut self, user: &str, vhost: &str, p: Permission) {
+        self.permissions
+            .insert((user.to_owned(), vhost.to_owned()), p);
+    }
+
+    pub fn permission(&self, user: &str, vhost: &str) -> Option<&Permission> {
+        self.permissions.get(&(user.to_owned(), vhost.to_owned()))
+    }
+
+    pub fn remove_vhost(&mut self, vhost: &str) {
+        self.permissions.retain(|(_, v), _| v != vhost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_round_trip() {
+        let h = hash_password("secret");
+        assert!(verify_password("secret", &h));
+        assert!(!verify_password("Secret", &h));
+        assert!(!verify_password("secret", "not base64!"));
+        assert!(!verify_password("secret", ""));
+    }
+
+    #[test]
+    fn rabbitmq_hash_format() {
+        // Salt 0x908DC60A and password "test12" as in RabbitMQ's password hashing docs.
+        let h = hash_with_salt([0x90, 0x8D, 0xC6, 0x0A], "test12");
+        assert_eq!(h, "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR");
+        assert!(verify_password("test12", &h));
+    }
+
+    #[test]
+    fn users_and_permissions() {
+        let mut s = UserStore::default();
+        s.add_user("alice", "pw", vec!["administrator".into()]);
+        assert!(s.authenticate("alice", "pw").is_some());
+        assert!(s.authenticate("alice", "nope").is_none());
+        assert!(s.authenticate("bob", "pw").is_none());
+        s.set_permission("alice", "/", Permission::full());
+        assert!(s.permission("alice", "/").is_some());
+        assert!(s.permission("alice", "other").is_none());
+        s.remove_user("alice");
+        assert!(s.permission("alice", "/").is_none());
+    }
+}

@@ -1,0 +1,115 @@
+//! Broker errors, each carrying the AMQP reply code RabbitMQ would answer with and a reply text in
+//! RabbitMQ's wording (clients and their test suites match on both).
+
+use pier_wire::reply_code as rc;
+
+/// What kind of object an error talks about, spelled as RabbitMQ spells it in reply texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Queue,
+    Exchange,
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Queue => "queue",
+            ObjectKind::Exchange => "exchange",
+        })
+    }
+}
+
+/// An operation the broker refused. `reply_code()` says whether it closes the channel (soft,
+/// 3xx/4xx) or the connection (hard, 5xx); `Display` is the reply text without the code name.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("no {kind} '{name}' in vhost '{vhost}'")]
+    NotFound {
+        kind: ObjectKind,
+        name: String,
+        vhost: String,
+    },
+    #[error("cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.")]
+    ResourceLocked { name: String, vhost: String },
+    #[error("inequivalent arg '{arg}' for {kind} '{name}' in vhost '{vhost}': received {received} but current is {current}")]
+    Inequivalent {
+        kind: ObjectKind,
+        name: String,
+        vhost: String,
+        arg: String,
+        received: String,
+        current: String,
+    },
+    #[error("{kind} '{name}' in vhost '{vhost}' in use")]
+    InUse {
+        kind: ObjectKind,
+        name: String,
+        vhost: String,
+    },
+    #[error("queue '{name}' in vhost '{vhost}' not empty")]
+    NotEmpty { name: String, vhost: String },
+    #[error("{kind} name '{name}' contains reserved prefix 'amq.*'")]
+    ReservedName { kind: ObjectKind, name: String },
+    #[error("operation not permitted on the default exchange")]
+    DefaultExchange,
+    #[error("cannot publish to internal exchange '{name}' in vhost '{vhost}'")]
+    InternalExchange { name: String, vhost: String },
+    #[error("queue '{name}' in vhost '{vhost}' in exclusive use")]
+    ExclusiveConsumer { name: String, vhost: String },
+    #[error("unknown exchange type '{0}'")]
+    UnknownExchangeType(String),
+    #[error("invalid arg '{arg}' for {kind} '{name}' in vhost '{vhost}': {reason}")]
+    InvalidArgument {
+        kind: ObjectKind,
+        name: String,
+        vhost: String,
+        arg: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error("vhost '{0}' not found")]
+    VhostNotFound(String),
+    #[error("access to vhost '{vhost}' refused for user '{user}'")]
+    VhostAccessRefused { vhost: String, user: String },
+    #[error("{0}")]
+    PreconditionFailed(String),
+}
+
+impl BrokerError {
+    pub fn reply_code(&self) -> u16 {
+        match self {
+            BrokerError::NotFound { .. } => rc::NOT_FOUND,
+            BrokerError::ResourceLocked { .. } => rc::RESOURCE_LOCKED,
+            BrokerError::Inequivalent { .. }
+            | BrokerError::InUse { .. }
+            | BrokerError::NotEmpty { .. }
+            | BrokerError::InvalidArgument { .. }
+            | BrokerError::PreconditionFailed(_) => rc::PRECONDITION_FAILED,
+            BrokerError::ReservedName { .. }
+            | BrokerError::DefaultExchange
+            | BrokerError::InternalExchange { .. }
+            | BrokerError::ExclusiveConsumer { .. } => rc::ACCESS_REFUSED,
+            BrokerError::UnknownExchangeType(_) => rc::COMMAND_INVALID,
+            BrokerError::NotImplemented(_) => rc::NOT_IMPLEMENTED,
+            BrokerError::VhostNotFound(_) | BrokerError::VhostAccessRefused { .. } => {
+                rc::NOT_ALLOWED
+            }
+        }
+    }
+
+    /// The full reply text as RabbitMQ writes it: `"NOT_FOUND - no queue 'q' in vhost '/'"`.
+    pub fn reply_text(&self) -> String {
+        format!("{} - {}", rc::name(self.reply_code()), self)
+    }
+
+    pub(crate) fn not_found(kind: ObjectKind, name: &str, vhost: &str) -> Self {
+        BrokerError::NotFound {
+            kind,
+            name: name.to_owned(),
+            vhost: vhost.to_owned(),
+        }
+    }
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

@@ -1,0 +1,157 @@
+//! Pier's broker model: vhosts, exchanges, bindings, queues, consumers, routing, delivery and
+//! acknowledgement bookkeeping. Plain Rust with `std::sync` locks: no sockets, no async runtime,
+//! so every rule here is unit-testable and the server crate only wires it to the network.
+//!
+//! ```text
+//!  Broker ─┬─ UserStore (users, password hashes, permissions)
+//!          └─ VHost* ── topology (RwLock) ─┬─ Exchange* ── bindings ──► Destination (queue | exchange)
+//!                                          └─ Queue* (own Mutex) ── consumers ──► DeliverySink (per channel)
+//! ```
+
+pub mod auth;
+pub mod consumer;
+pub mod error;
+pub mod exchange;
+pub mod matching;
+pub mod message;
+pub mod names;
+pub mod queue;
+pub mod vhost;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+pub use auth::{Permission, User, UserStore};
+pub use consumer::{ChannelCredit, ConnectionId, ConsumerId, ConsumerSpec, Delivery, DeliverySink};
+pub use error::{BrokerError, ObjectKind};
+pub use exchange::{Destination, ExchangeKind};
+pub use message::Message;
+pub use queue::{Queue, QueueStats};
+pub use vhost::{ExchangeDeclare, QueueDeclare, QueueDeclared, VHost};
+
+/// Why a login was refused (the server answers both the same way, as RabbitMQ does).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("user '{0}' - invalid credentials")]
+    InvalidCredentials(String),
+    #[error("user '{0}' can only connect via localhost")]
+    LoopbackOnly(String),
+}
+
+/// The whole broker state of one node.
+#[derive(Debug)]
+pub struct Broker {
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    users: RwLock<UserStore>,
+    /// Users who may only log in from loopback addresses (RabbitMQ's `loopback_users`).
+    loopback_users: Vec<String>,
+}
+
+impl Broker {
+    /// An empty broker: no vhosts, no users.
+    pub fn empty(loopback_users: Vec<String>) -> Self {
+        Broker {
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(UserStore::default()),
+            loopback_users,
+        }
+    }
+
+    /// RabbitMQ's out-of-the-box state: vhost `/`, user guest/guest (administrator, full
+    /// permissions on `/`, loopback only).
+    pub fn with_defaults() -> Self {
+        let b = Broker::empty(vec!["guest".to_owned()]);
+        b.add_vhost("/");
+        b.add_user("guest", "guest", vec!["administrator".to_owned()]);
+        b.set_permission("guest", "/", Permission::full());
+        b
+    }
+
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        let mut v = self.vhosts.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(v.entry(name.to_owned()).or_insert_with(|| VHost::new(name)))
+    }
+
+    pub fn delete_vhost(&self, name: &str) -> bool {
+        let removed = self
+            .vhosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(vh) = &removed {
+            for q in vh.queues() {
+                vh.remove_queue(&q);
+            }
+            self.users
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove_vhost(name);
+        }
+        removed.is_some()
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn add_user(&self, name: &str, password: &str, tags: Vec<String>) {
+        self.users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_user(name, password, tags);
+    }
+
+    pub fn set_permission(&self, user: &str, vhost: &str, p: Permission) {
+        self.users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_permission(user, vhost, p);
+    }
+
+    pub fn users(&self) -> UserStore {
+        self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Checks credentials; `from_loopback` says whether the peer address is a loopback one.
+    pub fn authenticate(&self, user: &str, password: &str, from_loopback: bool) -> Result<User, AuthError> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let found = users
+            .authenticate(user, password)
+            .ok_or_else(|| AuthError::InvalidCredentials(user.to_owned()))?;
+        if !from_loopback && self.loopback_users.iter().any(|u| u == user) {
+            return Err(AuthError::LoopbackOnly(user.to_owned()));
+        }
+        Ok(found.clone())
+    }
+
+    /// connection.open: the vhost must exist and the user must hold a permission on it.
+    pub fn open_vhost(&self, user: &str, vhost: &str) -> Result<Arc<VHost>, BrokerError> {
+        let vh = self
+            .vhost(vhost)
+            .ok_or_else(|| BrokerError::VhostNotFound(vhost.to_owned()))?;
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        if users.permission(user, vhost).is_none() {
+            return Err(BrokerError::VhostAccessRefused {
+                vhost: vhost.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        Ok(vh)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,54 @@
+//! A published message. One `Arc<Message>` is shared by every queue it is routed to, so fan-out
+//! never copies a body; the properties are kept both decoded (for routing and broker logic) and as
+//! the exact bytes the publisher sent (re-sent verbatim on delivery, no re-encoding).
+
+use bytes::Bytes;
+use pier_wire::{BasicProperties, ShortString};
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub exchange: ShortString,
+    pub routing_key: ShortString,
+    pub properties: BasicProperties,
+    pub raw_properties: Bytes,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn new(
+        exchange: ShortString,
+        routing_key: ShortString,
+        properties: BasicProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Self {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            raw_properties,
+            body,
+        }
+    }
+
+    /// Builds a message from decoded properties only (re-encoding them once), for messages the
+    /// broker itself creates.
+    pub fn from_properties(
+        exchange: ShortString,
+        routing_key: ShortString,
+        properties: BasicProperties,
+        body: Bytes,
+    ) -> Self {
+        let mut raw = bytes::BytesMut::with_capacity(properties.encoded_size());
+        properties.encode(&mut raw);
+        Message::new(exchange, routing_key, properties, raw.freeze(), body)
+    }
+
+    pub fn body_size(&self) -> usize {
+        self.body.len()
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.properties.delivery_mode == Some(2)
+    }
+}

@@ -1,0 +1,386 @@
+//! Broker behaviour without sockets: a recording sink stands where a channel would be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use pier_wire::{BasicProperties, FieldTable, FieldValue, ShortString};
+
+use crate::consumer::{ChannelCredit, ConsumerSpec, Delivery, DeliverySink};
+use crate::error::BrokerError;
+use crate::message::Message;
+use crate::queue::Queue;
+use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
+use crate::Broker;
+
+#[derive(Default)]
+struct RecordingSink {
+    deliveries: Mutex<Vec<Delivery>>,
+    cancelled: Mutex<Vec<ShortString>>,
+    blocked: AtomicBool,
+    waiters: Mutex<Vec<Weak<Queue>>>,
+}
+
+impl DeliverySink for RecordingSink {
+    fn deliver(&self, d: Delivery) {
+        self.deliveries.lock().unwrap().push(d);
+    }
+    fn ready(&self) -> bool {
+        !self.blocked.load(Ordering::SeqCst)
+    }
+    fn notify_when_ready(&self, q: Weak<Queue>) {
+        self.waiters.lock().unwrap().push(q);
+    }
+    fn cancelled(&self, tag: &ShortString) {
+        self.cancelled.lock().unwrap().push(tag.clone());
+    }
+}
+
+impl RecordingSink {
+    fn bodies(&self) -> Vec<String> {
+        self.deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+            .collect()
+    }
+    fn take(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.deliveries.lock().unwrap())
+    }
+    fn unblock(&self) {
+        self.blocked.store(false, Ordering::SeqCst);
+        for q in self.waiters.lock().unwrap().drain(..) {
+            if let Some(q) = q.upgrade() {
+                q.dispatch();
+            }
+        }
+    }
+}
+
+fn msg(body: &str) -> Arc<Message> {
+    Arc::new(Message::from_properties(
+        ShortString::from(""),
+        ShortString::from("k"),
+        BasicProperties::default(),
+        Bytes::copy_from_slice(body.as_bytes()),
+    ))
+}
+
+fn spec(tag: &str, sink: &Arc<RecordingSink>, prefetch: u32, credit: &Arc<ChannelCredit>) -> ConsumerSpec {
+    ConsumerSpec {
+        tag: ShortString::from(tag),
+        connection: 1,
+        ack_required: true,
+        exclusive: false,
+        prefetch,
+        priority: 0,
+        arguments: FieldTable::new(),
+        channel_credit: Arc::clone(credit),
+        sink: Arc::clone(sink) as Arc<dyn DeliverySink>,
+    }
+}
+
+fn declare(vh: &VHost, name: &str) -> Arc<Queue> {
+    vh.declare_queue(&QueueDeclare {
+        name: ShortString::from(name),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: FieldTable::new(),
+        connection: 1,
+    })
+    .unwrap()
+    .queue
+}
+
+fn xdeclare(vh: &VHost, name: &str, kind: &str) -> Result<(), BrokerError> {
+    vh.declare_exchange(&ExchangeDeclare {
+        name: ShortString::from(name),
+        kind: kind.to_owned(),
+        passive: false,
+        durable: false,
+        auto_delete: false,
+        internal: false,
+        arguments: FieldTable::new(),
+    })
+}
+
+fn routed(vh: &VHost, x: &str, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    vh.route(x, key, None, &mut out).unwrap();
+    let mut names: Vec<String> = out.iter().map(|q| q.name().to_string()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn fifo_and_round_robin() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    let (a, b) = (Arc::new(RecordingSink::default()), Arc::new(RecordingSink::default()));
+    let credit = Arc::new(ChannelCredit::new());
+    q.add_consumer(spec("a", &a, 0, &credit), || {}).unwrap();
+    q.add_consumer(spec("b", &b, 0, &credit), || {}).unwrap();
+    for i in 0..6 {
+        q.publish(msg(&i.to_string()));
+    }
+    assert_eq!(a.bodies(), ["0", "2", "4"]);
+    assert_eq!(b.bodies(), ["1", "3", "5"]);
+}
+
+#[test]
+fn prefetch_holds_back_until_ack() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    let a = Arc::new(RecordingSink::default());
+    let credit = Arc::new(ChannelCredit::new());
+    let id = q.add_consumer(spec("a", &a, 2, &credit), || {}).unwrap();
+    for i in 0..5 {
+        q.publish(msg(&i.to_string()));
+    }
+    assert_eq!(a.bodies(), ["0", "1"]);
+    assert_eq!(q.stats().ready, 3);
+    assert_eq!(q.stats().unacked, 2);
+    credit.release(1);
+    q.settle(Some(id), 1);
+    assert_eq!(a.bodies(), ["0", "1", "2"]);
+}
+
+#[test]
+fn channel_prefetch_is_shared_across_consumers() {
+    let vh = VHost::new("/");
+    let (q1, q2) = (declare(&vh, "q1"), declare(&vh, "q2"));
+    let a = Arc::new(RecordingSink::default());
+    let credit = Arc::new(ChannelCredit::new());
+    credit.set_limit(3);
+    q1.add_consumer(spec("a1", &a, 0, &credit), || {}).unwrap();
+    q2.add_consumer(spec("a2", &a, 0, &credit), || {}).unwrap();
+    for i in 0..3 {
+        q1.publish(msg(&format!("x{i}")));
+        q2.publish(msg(&format!("y{i}")));
+    }
+    assert_eq!(a.bodies().len(), 3);
+    assert_eq!(credit.in_flight(), 3);
+}
+
+#[test]
+fn requeue_restores_original_position() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    let a = Arc::new(RecordingSink::default());
+    let credit = Arc::new(ChannelCredit::new());
+    let id = q.add_consumer(spec("a", &a, 2, &credit), || {}).unwrap();
+    for i in 0..4 {
+        q.publish(msg(&i.to_string()));
+    }
+    let got = a.take();
+    assert_eq!(got.len(), 2);
+    q.remove_consumer(id);
+    // Give back "1" then "0": they must come back in offset order, ahead of "2" and "3".
+    let back: Vec<_> = got.iter().rev().map(|d| (d.offset, Arc::clone(&d.message))).collect();
+    q.requeue(None, back);
+    let b = Arc::new(RecordingSink::default());
+    q.add_consumer(spec("b", &b, 0, &credit), || {}).unwrap();
+    assert_eq!(b.bodies(), ["0", "1", "2", "3"]);
+    let redelivered: Vec<bool> = b.take().iter().map(|d| d.redelivered).collect();
+    assert_eq!(redelivered, [true, true, false, false]);
+}
+
+#[test]
+fn blocked_sink_resumes_when_ready() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    let a = Arc::new(RecordingSink::default());
+    a.blocked.store(true, Ordering::SeqCst);
+    let credit = Arc::new(ChannelCredit::new());
+    q.add_consumer(spec("a", &a, 0, &credit), || {}).unwrap();
+    q.publish(msg("m"));
+    assert!(a.bodies().is_empty());
+    a.unblock();
+    assert_eq!(a.bodies(), ["m"]);
+}
+
+#[test]
+fn consumer_priorities_prefer_higher() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    let (lo, hi) = (Arc::new(RecordingSink::default()), Arc::new(RecordingSink::default()));
+    let credit = Arc::new(ChannelCredit::new());
+    q.add_consumer(spec("lo", &lo, 0, &credit), || {}).unwrap();
+    let mut s = spec("hi", &hi, 1, &credit);
+    s.priority = 10;
+    q.add_consumer(s, || {}).unwrap();
+    for i in 0..3 {
+        q.publish(msg(&i.to_string()));
+    }
+    // hi takes one (its prefetch), the rest overflow to lo.
+    assert_eq!(hi.bodies(), ["0"]);
+    assert_eq!(lo.bodies(), ["1", "2"]);
+}
+
+#[test]
+fn exclusive_consumer_rules() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    let a = Arc::new(RecordingSink::default());
+    let credit = Arc::new(ChannelCredit::new());
+    let mut ex = spec("a", &a, 0, &credit);
+    ex.exclusive = true;
+    q.add_consumer(ex.clone(), || {}).unwrap();
+    let err = q.add_consumer(spec("b", &a, 0, &credit), || {}).unwrap_err();
+    assert_eq!(err.reply_code(), 403);
+    let q2 = declare(&vh, "q2");
+    q2.add_consumer(spec("b", &a, 0, &credit), || {}).unwrap();
+    assert_eq!(q2.add_consumer(ex, || {}).unwrap_err().reply_code(), 403);
+}
+
+#[test]
+fn queue_declare_rules() {
+    let vh = VHost::new("/");
+    let mut d = QueueDeclare {
+        name: ShortString::from(""),
+        passive: false,
+        durable: false,
+        exclusive: true,
+        auto_delete: false,
+        arguments: FieldTable::new(),
+        connection: 7,
+    };
+    let gen = vh.declare_queue(&d).unwrap();
+    assert!(gen.queue.name().starts_with("amq.gen-"));
+    d.name = gen.queue.name().clone();
+    d.connection = 8;
+    assert_eq!(vh.declare_queue(&d).unwrap_err().reply_code(), 405);
+    d.connection = 7;
+    d.durable = true;
+    let e = vh.declare_queue(&d).unwrap_err();
+    assert_eq!(e.reply_code(), 406);
+    assert!(e.to_string().starts_with("inequivalent arg 'durable'"), "{e}");
+    d.name = ShortString::from("amq.mine");
+    assert_eq!(vh.declare_queue(&d).unwrap_err().reply_code(), 403);
+    d.name = ShortString::from("missing");
+    d.passive = true;
+    let e = vh.declare_queue(&d).unwrap_err();
+    assert_eq!(e.reply_text(), "NOT_FOUND - no queue 'missing' in vhost '/'");
+
+    let mut args = FieldTable::new();
+    args.insert("x-message-ttl", FieldValue::LongInt(1000));
+    let mut a = QueueDeclare {
+        name: ShortString::from("ttl"),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: args,
+        connection: 1,
+    };
+    vh.declare_queue(&a).unwrap();
+    a.arguments.insert("x-message-ttl", FieldValue::LongLongInt(1000));
+    vh.declare_queue(&a).expect("same value, other integer width");
+    a.arguments.insert("x-message-ttl", FieldValue::LongLongInt(2000));
+    assert_eq!(vh.declare_queue(&a).unwrap_err().reply_code(), 406);
+}
+
+#[test]
+fn exchange_declare_rules() {
+    let vh = VHost::new("/");
+    xdeclare(&vh, "x", "direct").unwrap();
+    xdeclare(&vh, "x", "direct").unwrap();
+    let e = xdeclare(&vh, "x", "fanout").unwrap_err();
+    assert_eq!(
+        e.reply_text(),
+        "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': received 'fanout' but current is 'direct'"
+    );
+    assert_eq!(xdeclare(&vh, "y", "nope").unwrap_err().reply_code(), 503);
+    assert_eq!(xdeclare(&vh, "amq.new", "direct").unwrap_err().reply_code(), 403);
+    // Predeclared exchanges are durable: redeclaring them non-durable is inequivalent.
+    assert_eq!(xdeclare(&vh, "amq.direct", "direct").unwrap_err().reply_code(), 406);
+    assert_eq!(xdeclare(&vh, "", "direct").unwrap_err().reply_code(), 403);
+}
+
+#[test]
+fn routing_through_exchange_graph_delivers_once() {
+    let vh = VHost::new("/");
+    declare(&vh, "q");
+    xdeclare(&vh, "a", "fanout").unwrap();
+    xdeclare(&vh, "b", "fanout").unwrap();
+    vh.bind_exchange("b", "a", "".into(), FieldTable::new()).unwrap();
+    vh.bind_exchange("a", "b", "".into(), FieldTable::new()).unwrap();
+    vh.bind_queue("q", "a", "".into(), FieldTable::new(), 1).unwrap();
+    vh.bind_queue("q", "b", "".into(), FieldTable::new(), 1).unwrap();
+    assert_eq!(routed(&vh, "a", "k"), ["q"]);
+    assert_eq!(routed(&vh, "b", "k"), ["q"]);
+    assert_eq!(routed(&vh, "", "q"), ["q"]);
+    assert!(routed(&vh, "", "nope").is_empty());
+    let mut out = Vec::new();
+    assert_eq!(vh.route("missing", "k", None, &mut out).unwrap_err().reply_code(), 404);
+}
+
+#[test]
+fn delete_queue_cancels_consumers_and_bindings() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    vh.bind_queue("q", "amq.direct", "k".into(), FieldTable::new(), 1).unwrap();
+    let a = Arc::new(RecordingSink::default());
+    let credit = Arc::new(ChannelCredit::new());
+    q.add_consumer(spec("tag", &a, 0, &credit), || {}).unwrap();
+    assert_eq!(vh.delete_queue("q", true, false, 1).unwrap_err().reply_code(), 406);
+    q.publish(msg("x"));
+    assert_eq!(vh.delete_queue("q", false, false, 1).unwrap(), 0);
+    assert_eq!(a.cancelled.lock().unwrap().as_slice(), [ShortString::from("tag")]);
+    assert!(routed(&vh, "amq.direct", "k").is_empty());
+    assert!(!q.publish(msg("late")));
+    assert_eq!(vh.delete_queue("q", false, false, 1).unwrap(), 0, "idempotent");
+}
+
+#[test]
+fn auto_delete_exchange_goes_with_last_binding() {
+    let vh = VHost::new("/");
+    declare(&vh, "q");
+    vh.declare_exchange(&ExchangeDeclare {
+        name: "ad".into(),
+        kind: "topic".into(),
+        passive: false,
+        durable: false,
+        auto_delete: true,
+        internal: false,
+        arguments: FieldTable::new(),
+    })
+    .unwrap();
+    vh.bind_queue("q", "ad", "#".into(), FieldTable::new(), 1).unwrap();
+    vh.unbind_queue("q", "ad", "#".into(), FieldTable::new(), 1).unwrap();
+    assert!(!vh.exchange_exists("ad"));
+}
+
+#[test]
+fn exclusive_queues_go_with_their_connection() {
+    let vh = VHost::new("/");
+    vh.declare_queue(&QueueDeclare {
+        name: "mine".into(),
+        passive: false,
+        durable: false,
+        exclusive: true,
+        auto_delete: false,
+        arguments: FieldTable::new(),
+        connection: 42,
+    })
+    .unwrap();
+    assert_eq!(vh.queue("mine", 43).unwrap_err().reply_code(), 405);
+    vh.connection_closed(42);
+    assert_eq!(vh.queue("mine", 42).unwrap_err().reply_code(), 404);
+}
+
+#[test]
+fn broker_auth_and_vhosts() {
+    let b = Broker::with_defaults();
+    assert!(b.authenticate("guest", "guest", true).is_ok());
+    assert!(b.authenticate("guest", "guest", false).is_err());
+    assert!(b.authenticate("guest", "wrong", true).is_err());
+    assert!(b.open_vhost("guest", "/").is_ok());
+    assert_eq!(b.open_vhost("guest", "nope").unwrap_err().reply_code(), 530);
+    b.add_vhost("other");
+    assert_eq!(b.open_vhost("guest", "other").unwrap_err().reply_code(), 530);
+}

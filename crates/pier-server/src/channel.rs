@@ -1,0 +1,714 @@
+//! Channel state and the handlers of every channel-level method: exchange.*, queue.*, basic.*,
+//! confirm.*, tx.*, channel.flow. Handlers call into the broker model and answer through the
+//! connection's `Outbound`; a returned `AmqpException` is scoped by its code (soft: the channel
+//! closes, hard: the connection does).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pier_broker::{
+    names, ChannelCredit, ConsumerId, ConsumerSpec, ExchangeDeclare, Message, Queue, QueueDeclare,
+};
+use pier_wire::{
+    reply_code as rc, BasicAck, BasicCancelOk, BasicGetEmpty, BasicNack, BasicPublish,
+    BasicQosOk, BasicRecoverOk, ChannelFlowOk, ConfirmSelectOk, ContentHeader, ExchangeBindOk,
+    ExchangeDeclareOk, ExchangeDeleteOk, ExchangeUnbindOk, Method, QueueBindOk,
+    QueueDeclareOk, QueueDeleteOk, QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk,
+    TxRollbackOk, TxSelectOk,
+};
+
+use crate::connection::{requeue_grouped, Connection};
+use crate::error::AmqpException;
+use crate::outbound::{ChannelDeliveries, ChannelSink, Outbound, Unacked};
+
+pub(crate) struct ConsumerHandle {
+    pub queue: Arc<Queue>,
+    pub id: ConsumerId,
+}
+
+/// A publish waiting for its content header and body frames.
+pub(crate) struct PendingPublish {
+    method: BasicPublish,
+    header: Option<ContentHeader>,
+    /// The first body frame is kept as is (zero-copy); later ones are appended to `rest`.
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+    received: u64,
+}
+
+/// What a transaction holds until tx.commit.
+#[derive(Default)]
+pub(crate) struct Tx {
+    publishes: Vec<(Arc<Message>, bool)>,
+    acks: Vec<TxAck>,
+}
+
+enum TxAck {
+    Ack { tag: u64, multiple: bool },
+    Nack { tag: u64, multiple: bool, requeue: bool },
+}
+
+pub(crate) struct Channel {
+    pub closing: bool,
+    pub sink: Arc<ChannelSink>,
+    pub credit: Arc<ChannelCredit>,
+    pub consumers: HashMap<ShortString, ConsumerHandle>,
+    /// basic.qos global=false: the prefetch given to consumers created from now on.
+    pub prefetch_count: u32,
+    pub confirm: bool,
+    /// Sequence number of the last publish in confirm mode.
+    pub publish_seq: u64,
+    /// Highest sequence number confirmed to the client.
+    pub confirmed: u64,
+    pub tx: Option<Tx>,
+    pub pending: Option<PendingPublish>,
+    /// The last queue this channel declared, for the empty queue name shorthand.
+    pub last_queue: Option<ShortString>,
+}
+
+impl Channel {
+    pub fn new(id: u16, outbound: &Arc<Outbound>, cancel_notify: bool) -> Self {
+        Channel {
+            closing: false,
+            sink: Arc::new(ChannelSink {
+                outbound: Arc::clone(outbound),
+                channel: id,
+                flow_active: true.into(),
+                cancel_notify,
+            }),
+            credit: Arc::new(ChannelCredit::new()),
+            consumers: HashMap::new(),
+            prefetch_count: 0,
+            confirm: false,
+            publish_seq: 0,
+            confirmed: 0,
+            tx: None,
+            pending: None,
+            last_queue: None,
+        }
+    }
+}
+
+fn precondition(detail: impl std::fmt::Display) -> AmqpException {
+    AmqpException::new(rc::PRECONDITION_FAILED, detail)
+}
+
+/// Removes the deliveries an ack/nack/reject names: exactly `tag`, or with `multiple` every tag
+/// up to it (0 = all). An unknown tag is an error, as in RabbitMQ.
+fn take_deliveries(d: &mut ChannelDeliveries, tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
+    if multiple && tag == 0 {
+        return Some(d.unacked.drain(..).collect());
+    }
+    let idx = d.unacked.binary_search_by_key(&tag, |u| u.tag).ok()?;
+    if multiple {
+        Some(d.unacked.drain(..=idx).collect())
+    } else {
+        d.unacked.remove(idx).map(|u| vec![u])
+    }
+}
+
+impl Connection {
+    fn channel(&mut self, id: u16) -> Result<&mut Channel, AmqpException> {
+        self.channels
+            .get_mut(&id)
+            .ok_or_else(|| AmqpException::new(rc::CHANNEL_ERROR, format!("channel {id} is not open")))
+    }
+
+    fn reply(&self, channel: u16, method: Method) {
+        self.outbound.send_method(channel, &method);
+    }
+
+    /// An empty queue name means the channel's last declared queue.
+    fn queue_name(&mut self, channel: u16, name: ShortString) -> Result<ShortString, AmqpException> {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+        self.channel(channel)?
+            .last_queue
+            .clone()
+            .ok_or_else(|| AmqpException::new(rc::NOT_FOUND, "no previously declared queue"))
+    }
+
+    pub(crate) fn handle_method(&mut self, ch: u16, method: Method) -> Result<(), AmqpException> {
+        match method {
+            Method::BasicPublish(m) => self.start_publish(ch, m),
+            Method::BasicAck(m) => self.ack(ch, m.delivery_tag, m.multiple, false),
+            Method::BasicNack(m) => self.nack(ch, m.delivery_tag, m.multiple, m.requeue, false),
+            Method::BasicReject(m) => self.nack(ch, m.delivery_tag, false, m.requeue, false),
+            Method::BasicConsume(m) => self.consume(ch, m),
+            Method::BasicCancel(m) => {
+                self.cancel_consumer(ch, &m.consumer_tag);
+                if !m.nowait {
+                    self.reply(ch, Method::BasicCancelOk(BasicCancelOk { consumer_tag: m.consumer_tag }));
+                }
+                Ok(())
+            }
+            Method::BasicGet(m) => self.get(ch, m.queue, m.no_ack),
+            Method::BasicQos(m) => {
+                if m.prefetch_size != 0 {
+                    return Err(AmqpException::new(
+                        rc::NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({})", m.prefetch_size),
+                    ));
+                }
+                let channel = self.channel(ch)?;
+                if m.global {
+                    channel.credit.set_limit(u32::from(m.prefetch_count));
+                    // A raised limit may release consumers waiting on it.
+                    let queues: Vec<Arc<Queue>> =
+                        channel.consumers.values().map(|c| Arc::clone(&c.queue)).collect();
+                    queues.iter().for_each(|q| q.dispatch());
+                } else {
+                    channel.prefetch_count = u32::from(m.prefetch_count);
+                }
+                self.reply(ch, Method::BasicQosOk(BasicQosOk {}));
+                Ok(())
+            }
+            Method::BasicRecover(m) => {
+                self.recover(ch, m.requeue)?;
+                self.reply(ch, Method::BasicRecoverOk(BasicRecoverOk {}));
+                Ok(())
+            }
+            Method::BasicRecoverAsync(m) => self.recover(ch, m.requeue),
+            Method::ChannelFlow(m) => {
+                let channel = self.channel(ch)?;
+                channel.sink.flow_active.store(m.active, Ordering::Release);
+                if m.active {
+                    let queues: Vec<Arc<Queue>> =
+                        channel.consumers.values().map(|c| Arc::clone(&c.queue)).collect();
+                    queues.iter().for_each(|q| q.dispatch());
+                }
+                self.reply(ch, Method::ChannelFlowOk(ChannelFlowOk { active: m.active }));
+                Ok(())
+            }
+            Method::ChannelFlowOk(_) => Ok(()),
+            Method::ExchangeDeclare(m) => {
+                self.vhost.declare_exchange(&ExchangeDeclare {
+                    name: m.exchange,
+                    kind: m.kind.to_string(),
+                    passive: m.passive,
+                    durable: m.durable,
+                    auto_delete: m.auto_delete,
+                    internal: m.internal,
+                    arguments: m.arguments,
+                })?;
+                if !m.nowait {
+                    self.reply(ch, Method::ExchangeDeclareOk(ExchangeDeclareOk {}));
+                }
+                Ok(())
+            }
+            Method::ExchangeDelete(m) => {
+                self.vhost.delete_exchange(&m.exchange, m.if_unused)?;
+                if !m.nowait {
+                    self.reply(ch, Method::ExchangeDeleteOk(ExchangeDeleteOk {}));
+                }
+                Ok(())
+            }
+            Method::ExchangeBind(m) => {
+                self.vhost
+                    .bind_exchange(&m.destination, &m.source, m.routing_key, m.arguments)?;
+                if !m.nowait {
+                    self.reply(ch, Method::ExchangeBindOk(ExchangeBindOk {}));
+                }
+                Ok(())
+            }
+            Method::ExchangeUnbind(m) => {
+                self.vhost
+                    .unbind_exchange(&m.destination, &m.source, m.routing_key, m.arguments)?;
+                if !m.nowait {
+                    self.reply(ch, Method::ExchangeUnbindOk(ExchangeUnbindOk {}));
+                }
+                Ok(())
+            }
+            Method::QueueDeclare(m) => {
+                let declared = self.vhost.declare_queue(&QueueDeclare {
+                    name: m.queue,
+                    passive: m.passive,
+                    durable: m.durable,
+                    exclusive: m.exclusive,
+                    auto_delete: m.auto_delete,
+                    arguments: m.arguments,
+                    connection: self.id,
+                })?;
+                let name = declared.queue.name().clone();
+                self.channel(ch)?.last_queue = Some(name.clone());
+                if !m.nowait {
+                    self.reply(
+                        ch,
+                        Method::QueueDeclareOk(QueueDeclareOk {
+                            queue: name,
+                            message_count: declared.message_count,
+                            consumer_count: declared.consumer_count,
+                        }),
+                    );
+                }
+                Ok(())
+            }
+            Method::QueueBind(m) => {
+                let queue = self.queue_name(ch, m.queue)?;
+                self.vhost
+                    .bind_queue(&queue, &m.exchange, m.routing_key, m.arguments, self.id)?;
+                if !m.nowait {
+                    self.reply(ch, Method::QueueBindOk(QueueBindOk {}));
+                }
+                Ok(())
+            }
+            Method::QueueUnbind(m) => {
+                let queue = self.queue_name(ch, m.queue)?;
+                self.vhost
+                    .unbind_queue(&queue, &m.exchange, m.routing_key, m.arguments, self.id)?;
+                self.reply(ch, Method::QueueUnbindOk(QueueUnbindOk {}));
+                Ok(())
+            }
+            Method::QueuePurge(m) => {
+                let queue = self.queue_name(ch, m.queue)?;
+                let message_count = self.vhost.purge_queue(&queue, self.id)?;
+                if !m.nowait {
+                    self.reply(ch, Method::QueuePurgeOk(QueuePurgeOk { message_count }));
+                }
+                Ok(())
+            }
+            Method::QueueDelete(m) => {
+                let queue = self.queue_name(ch, m.queue)?;
+                let message_count =
+                    self.vhost
+                        .delete_queue(&queue, m.if_unused, m.if_empty, self.id)?;
+                if !m.nowait {
+                    self.reply(ch, Method::QueueDeleteOk(QueueDeleteOk { message_count }));
+                }
+                Ok(())
+            }
+            Method::ConfirmSelect(m) => {
+                let channel = self.channel(ch)?;
+                if channel.tx.is_some() {
+                    return Err(precondition("cannot switch from tx to confirm mode"));
+                }
+                channel.confirm = true;
+                if !m.nowait {
+                    self.reply(ch, Method::ConfirmSelectOk(ConfirmSelectOk {}));
+                }
+                Ok(())
+            }
+            Method::TxSelect(_) => {
+                let channel = self.channel(ch)?;
+                if channel.confirm {
+                    return Err(precondition("cannot switch from confirm to tx mode"));
+                }
+                if channel.tx.is_none() {
+                    channel.tx = Some(Tx::default());
+                }
+                self.reply(ch, Method::TxSelectOk(TxSelectOk {}));
+                Ok(())
+            }
+            Method::TxCommit(_) => self.tx_commit(ch),
+            Method::TxRollback(_) => {
+                let channel = self.channel(ch)?;
+                let Some(tx) = channel.tx.as_mut() else {
+                    return Err(precondition("channel is not transactional"));
+                };
+                *tx = Tx::default();
+                self.reply(ch, Method::TxRollbackOk(TxRollbackOk {}));
+                Ok(())
+            }
+            Method::AccessRequest(_) => {
+                // Access tickets were removed from AMQP 0-9-1 practice; RabbitMQ answers ok.
+                self.reply(
+                    ch,
+                    Method::AccessRequestOk(pier_wire::AccessRequestOk { ticket: 1 }),
+                );
+                Ok(())
+            }
+            other => Err(AmqpException::new(
+                rc::COMMAND_INVALID,
+                format!("method '{}' is not valid from a client on a channel", other.name()),
+            )),
+        }
+    }
+
+    // ---- publishing ----
+
+    fn start_publish(&mut self, ch: u16, m: BasicPublish) -> Result<(), AmqpException> {
+        if m.immediate {
+            return Err(AmqpException::new(rc::NOT_IMPLEMENTED, "immediate=true"));
+        }
+        self.channel(ch)?.pending = Some(PendingPublish {
+            method: m,
+            header: None,
+            first: None,
+            rest: None,
+            received: 0,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn handle_content_header(&mut self, ch: u16, header: ContentHeader) -> Result<(), AmqpException> {
+        let max = self.config.max_message_size;
+        let channel = self.channel(ch)?;
+        let Some(p) = channel.pending.as_mut() else {
+            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "content header without a method"));
+        };
+        if p.header.is_some() {
+            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "second content header"));
+        }
+        if header.class_id != 60 {
+            return Err(AmqpException::new(
+                rc::FRAME_ERROR,
+                format!("content header for class {} instead of 60", header.class_id),
+            ));
+        }
+        if header.body_size > max {
+            channel.pending = None;
+            return Err(precondition(format!(
+                "message size {} is larger than configured max size {max}",
+                header.body_size
+            ))
+            .on_ids(60, 40));
+        }
+        let complete = header.body_size == 0;
+        p.header = Some(header);
+        if complete {
+            self.finish_publish(ch)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn handle_content_body(&mut self, ch: u16, payload: Bytes) -> Result<(), AmqpException> {
+        let channel = self.channel(ch)?;
+        let Some(p) = channel.pending.as_mut() else {
+            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "content body without a method"));
+        };
+        let Some(header) = p.header.as_ref() else {
+            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "content body before its header"));
+        };
+        let expected = header.body_size;
+        p.received += payload.len() as u64;
+        if p.received > expected {
+            return Err(AmqpException::new(
+                rc::FRAME_ERROR,
+                format!("content body exceeds the announced size of {expected} bytes"),
+            ));
+        }
+        match (&p.first, &mut p.rest) {
+            (None, _) => p.first = Some(payload),
+            (Some(first), None) => {
+                let cap = usize::try_from(expected).unwrap_or(usize::MAX);
+                let mut buf = BytesMut::with_capacity(cap);
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(&payload);
+                p.rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&payload),
+        }
+        if p.received == expected {
+            self.finish_publish(ch)?;
+        }
+        Ok(())
+    }
+
+    fn finish_publish(&mut self, ch: u16) -> Result<(), AmqpException> {
+        let channel = self.channel(ch)?;
+        let Some(p) = channel.pending.take() else {
+            return Ok(());
+        };
+        let Some(header) = p.header else {
+            return Ok(());
+        };
+        let body = match (p.rest, p.first) {
+            (Some(buf), _) => buf.freeze(),
+            (None, Some(first)) => first,
+            (None, None) => Bytes::new(),
+        };
+        if let Some(uid) = &header.properties.user_id {
+            if uid.as_str() != self.user.name {
+                return Err(precondition(format!(
+                    "user_id property set to '{uid}' but authenticated user was '{}'",
+                    self.user.name
+                ))
+                .on_ids(60, 40));
+            }
+        }
+        let message = Arc::new(Message::new(
+            p.method.exchange,
+            p.method.routing_key,
+            header.properties,
+            header.raw_properties,
+            body,
+        ));
+        let exchange_missing =
+            !message.exchange.is_empty() && !self.vhost.exchange_exists(&message.exchange);
+        let channel = self.channel(ch)?;
+        if let Some(tx) = channel.tx.as_mut() {
+            // Routing errors surface at publish time, as RabbitMQ does, then the message waits.
+            if exchange_missing {
+                return Err(AmqpException::from(pier_broker::BrokerError::NotFound {
+                    kind: pier_broker::ObjectKind::Exchange,
+                    name: message.exchange.to_string(),
+                    vhost: self.vhost.name().to_owned(),
+                })
+                .on_ids(60, 40));
+            }
+            tx.publishes.push((message, p.method.mandatory));
+            return Ok(());
+        }
+        self.route_message(ch, message, p.method.mandatory)
+    }
+
+    fn route_message(&mut self, ch: u16, message: Arc<Message>, mandatory: bool) -> Result<(), AmqpException> {
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
+        let routed = self.vhost.route(
+            &message.exchange,
+            &message.routing_key,
+            message.properties.headers.as_ref(),
+            &mut queues,
+        );
+        if let Err(e) = routed {
+            self.route_buf = queues;
+            return Err(AmqpException::from(e).on_ids(60, 40));
+        }
+        let mut delivered = false;
+        for q in queues.drain(..) {
+            delivered |= q.publish(Arc::clone(&message));
+        }
+        self.route_buf = queues;
+        if !delivered && mandatory {
+            self.outbound.send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
+        }
+        let channel = self.channel(ch)?;
+        if channel.confirm {
+            channel.publish_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// Sends one basic.ack per channel for everything published since the last flush
+    /// (`multiple` when it covers more than one message). Called after each read batch.
+    pub(crate) fn flush_confirms(&mut self) {
+        for (&id, ch) in &mut self.channels {
+            if ch.confirm && ch.publish_seq > ch.confirmed && !ch.closing {
+                let multiple = ch.publish_seq - ch.confirmed > 1;
+                self.outbound.send_method(
+                    id,
+                    &Method::BasicAck(BasicAck {
+                        delivery_tag: ch.publish_seq,
+                        multiple,
+                    }),
+                );
+                ch.confirmed = ch.publish_seq;
+            }
+        }
+    }
+
+    #[allow(dead_code)]
+    fn nack_publish(&mut self, ch: u16) {
+        // Reserved for refusals (overflow reject-publish, store failures): flush acks first so
+        // that confirms stay in order, then nack this one.
+        if let Some(channel) = self.channels.get_mut(&ch) {
+            channel.publish_seq += 1;
+            let seq = channel.publish_seq;
+            if seq - 1 > channel.confirmed {
+                let multiple = seq - 1 - channel.confirmed > 1;
+                self.outbound.send_method(ch, &Method::BasicAck(BasicAck { delivery_tag: seq - 1, multiple }));
+            }
+            channel.confirmed = seq;
+            self.outbound.send_method(
+                ch,
+                &Method::BasicNack(BasicNack {
+                    delivery_tag: seq,
+                    multiple: false,
+                    requeue: false,
+                }),
+            );
+        }
+    }
+
+    // ---- acknowledgements ----
+
+    fn take(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpException> {
+        self.outbound
+            .with_channel(ch, |d| take_deliveries(d, tag, multiple))
+            .flatten()
+            .ok_or_else(|| precondition(format!("unknown delivery tag {tag}")))
+    }
+
+    fn ack(&mut self, ch: u16, tag: u64, multiple: bool, committing: bool) -> Result<(), AmqpException> {
+        if !committing {
+            if let Some(tx) = self.channel(ch)?.tx.as_mut() {
+                tx.acks.push(TxAck::Ack { tag, multiple });
+                return Ok(());
+            }
+        }
+        let taken = self.take(ch, tag, multiple)?;
+        self.settle(ch, taken);
+        Ok(())
+    }
+
+    fn nack(&mut self, ch: u16, tag: u64, multiple: bool, requeue: bool, committing: bool) -> Result<(), AmqpException> {
+        if !committing {
+            if let Some(tx) = self.channel(ch)?.tx.as_mut() {
+                tx.acks.push(TxAck::Nack { tag, multiple, requeue });
+                return Ok(());
+            }
+        }
+        let taken = self.take(ch, tag, multiple)?;
+        if requeue {
+            self.release_channel_credit(ch, &taken);
+            requeue_grouped(taken);
+        } else {
+            self.settle(ch, taken);
+        }
+        Ok(())
+    }
+
+    /// Returns the channel-level prefetch credit these deliveries held; if the channel was at
+    /// its limit, its consumers' queues get a chance to deliver again.
+    fn release_channel_credit(&mut self, ch: u16, taken: &[Unacked]) {
+        let n = taken.iter().filter(|u| u.consumer.is_some()).count();
+        let Some(channel) = self.channels.get(&ch) else { return };
+        if n > 0 && channel.credit.release(u32::try_from(n).unwrap_or(u32::MAX)) {
+            let queues: Vec<Arc<Queue>> = channel.consumers.values().map(|c| Arc::clone(&c.queue)).collect();
+            for q in queues {
+                q.dispatch();
+            }
+        }
+    }
+
+    /// Acked (or dropped) deliveries: the queue forgets them and frees their consumer's credit.
+    fn settle(&mut self, ch: u16, taken: Vec<Unacked>) {
+        self.release_channel_credit(ch, &taken);
+        let mut iter = taken.into_iter().peekable();
+        while let Some(first) = iter.next() {
+            let mut count = 1u32;
+            while iter
+                .peek()
+                .is_some_and(|n| Arc::ptr_eq(&n.queue, &first.queue) && n.consumer == first.consumer)
+            {
+                iter.next();
+                count += 1;
+            }
+            first.queue.settle(first.consumer, count);
+        }
+    }
+
+    fn recover(&mut self, ch: u16, requeue: bool) -> Result<(), AmqpException> {
+        if !requeue {
+            return Err(AmqpException::new(rc::NOT_IMPLEMENTED, "requeue=false"));
+        }
+        let taken = self.take(ch, 0, true)?;
+        self.release_channel_credit(ch, &taken);
+        requeue_grouped(taken);
+        Ok(())
+    }
+
+    fn tx_commit(&mut self, ch: u16) -> Result<(), AmqpException> {
+        let channel = self.channel(ch)?;
+        let Some(tx) = channel.tx.as_mut() else {
+            return Err(precondition("channel is not transactional"));
+        };
+        let tx = std::mem::take(tx);
+        for op in tx.acks {
+            match op {
+                TxAck::Ack { tag, multiple } => self.ack(ch, tag, multiple, true)?,
+                TxAck::Nack { tag, multiple, requeue } => self.nack(ch, tag, multiple, requeue, true)?,
+            }
+        }
+        for (message, mandatory) in tx.publishes {
+            self.route_message(ch, message, mandatory)?;
+        }
+        self.reply(ch, Method::TxCommitOk(TxCommitOk {}));
+        Ok(())
+    }
+
+    // ---- consumers ----
+
+    /// Drops consumers the broker cancelled (their queue went away).
+    fn forget_cancelled(&mut self, ch: u16) {
+        let cancelled = self
+            .outbound
+            .with_channel(ch, |d| std::mem::take(&mut d.cancelled))
+            .unwrap_or_default();
+        if let Some(channel) = self.channels.get_mut(&ch) {
+            for tag in cancelled {
+                channel.consumers.remove(&tag);
+            }
+        }
+    }
+
+    fn consume(&mut self, ch: u16, m: pier_wire::BasicConsume) -> Result<(), AmqpException> {
+        self.forget_cancelled(ch);
+        let queue_name = self.queue_name(ch, m.queue)?;
+        let tag = if m.consumer_tag.is_empty() {
+            names::generated_consumer_tag()
+        } else {
+            m.consumer_tag
+        };
+        let connection = self.id;
+        let channel = self.channel(ch)?;
+        if channel.consumers.contains_key(&tag) {
+            return Err(AmqpException::new(
+                rc::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let priority = match m.arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok())
+                .ok_or_else(|| precondition(format!("invalid arg 'x-priority' {v:?}")))?,
+        };
+        let spec = ConsumerSpec {
+            tag: tag.clone(),
+            connection,
+            ack_required: !m.no_ack,
+            exclusive: m.exclusive,
+            prefetch: channel.prefetch_count,
+            priority,
+            arguments: m.arguments,
+            channel_credit: Arc::clone(&channel.credit),
+            sink: Arc::clone(&channel.sink) as Arc<dyn pier_broker::DeliverySink>,
+        };
+        let queue = self.vhost.queue(&queue_name, connection)?;
+        let outbound = Arc::clone(&self.outbound);
+        let nowait = m.nowait;
+        let reply_tag = tag.clone();
+        let id = queue.add_consumer(spec, move || {
+            if !nowait {
+                outbound.send_method(
+                    ch,
+                    &Method::BasicConsumeOk(pier_wire::BasicConsumeOk { consumer_tag: reply_tag }),
+                );
+            }
+        })?;
+        self.channel(ch)?.consumers.insert(tag, ConsumerHandle { queue, id });
+        Ok(())
+    }
+
+    fn cancel_consumer(&mut self, ch: u16, tag: &ShortString) {
+        self.forget_cancelled(ch);
+        let Some(handle) = self.channels.get_mut(&ch).and_then(|c| c.consumers.remove(tag)) else {
+            return;
+        };
+        let removed = handle.queue.remove_consumer(handle.id);
+        if removed.auto_delete_now {
+            self.vhost.remove_queue(&handle.queue);
+        }
+    }
+
+    fn get(&mut self, ch: u16, queue: ShortString, no_ack: bool) -> Result<(), AmqpException> {
+        let name = self.queue_name(ch, queue)?;
+        let q = self.vhost.queue(&name, self.id)?;
+        match q.get(!no_ack) {
+            Some((delivery, remaining)) => self.outbound.send_get_ok(ch, delivery, remaining),
+            None => self.reply(
+                ch,
+                Method::BasicGetEmpty(BasicGetEmpty {
+                    cluster_id: ShortString::default(),
+                }),
+            ),
+        }
+        Ok(())
+    }
+}

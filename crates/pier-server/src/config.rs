@@ -1,0 +1,39 @@
+//! Limits and defaults the server negotiates and enforces; every default is RabbitMQ's.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest frame the server accepts and offers in connection.tune (bytes, incl. overhead).
+    pub frame_max: u32,
+    /// Highest channel number a client may open.
+    pub channel_max: u16,
+    /// Heartbeat interval the server suggests, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest message body accepted (RabbitMQ's `max_message_size`).
+    pub max_message_size: u64,
+    /// A client must complete the handshake (up to connection.open-ok) within this time.
+    pub handshake_timeout: Duration,
+    /// How long to wait for connection.close-ok after the server closed a connection.
+    pub close_timeout: Duration,
+    /// Bytes queued for a client's socket beyond which queues stop delivering to it and the
+    /// server stops reading its socket, until the writer drains.
+    pub outbound_high_watermark: usize,
+    /// Name shown in server properties (`cluster_name`).
+    pub cluster_name: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 128 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(3),
+            outbound_high_watermark: 4 * 1024 * 1024,
+            cluster_name: "pier".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! One client connection after the handshake: the reader loop, frame dispatch, connection-level
+//! methods, error scoping (soft errors close a channel, hard errors the connection), heartbeat
+//! enforcement, and teardown (requeue unacked, drop exclusive queues).
+//!
+//! ```text
+//!  socket ─read─► BytesMut ─decode_frame─► handle_frame ─► channel handlers (channel.rs) ─► broker
+//!                                                 │                                          │
+//!                                                 └──────────► Outbound ◄── deliveries ──────┘
+//!                                                                 └─► writer task ─► socket
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pier_broker::{ConnectionId, Queue, User, VHost};
+use pier_wire::{
+    decode_frame, reply_code as rc, ChannelClose, ChannelCloseOk, ChannelOpenOk, ConnectionClose,
+    ConnectionCloseOk, ConnectionUpdateSecretOk, Frame, LongString, Method, ShortString,
+};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::Channel;
+use crate::config::ServerConfig;
+use crate::error::{AmqpException, ConnectionError};
+use crate::handshake::{ClientCapabilities, FrameReader, Negotiated};
+use crate::outbound::{Outbound, Unacked};
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_connection_id() -> ConnectionId {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the reader loop does after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    /// The connection is closed (close/close-ok exchanged): stop reading.
+    Stop,
+}
+
+pub(crate) struct Connection {
+    pub id: ConnectionId,
+    pub peer: SocketAddr,
+    pub config: Arc<ServerConfig>,
+    pub vhost: Arc<VHost>,
+    pub user: User,
+    pub outbound: Arc<Outbound>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    pub capabilities: ClientCapabilities,
+    pub channels: HashMap<u16, Channel>,
+    /// The server sent connection.close and waits for close-ok.
+    closing: bool,
+    /// Reused for every publish's routing result.
+    pub route_buf: Vec<Arc<Queue>>,
+}
+
+impl Connection {
+    pub fn new(
+        id: ConnectionId,
+        peer: SocketAddr,
+        config: Arc<ServerConfig>,
+        n: Negotiated,
+        outbound: Arc<Outbound>,
+    ) -> Self {
+        Connection {
+            id,
+            peer,
+            config,
+            vhost: n.vhost,
+            user: n.user,
+            outbound,
+            frame_max: n.frame_max,
+            channel_max: n.channel_max,
+            heartbeat: n.heartbeat,
+            capabilities: n.capabilities,
+            channels: HashMap::new(),
+            closing: false,
+            route_buf: Vec::new(),
+        }
+    }
+
+    /// Reads and handles frames until the connection ends.
+    pub async fn serve<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ConnectionError> {
+        let read_timeout = if self.heartbeat == 0 {
+            None
+        } else {
+            Some(Duration::from_secs(u64::from(self.heartbeat) * 2))
+        };
+        let mut close_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            // Handle everything already buffered before reading again.
+            loop {
+                let frame = match decode_frame(&mut reader.buf, self.frame_max) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The stream can't be re-synchronised after a framing error.
+                        let ex = AmqpException::from(e);
+                        tracing::warn!(peer = %self.peer, "closing connection: {}", ex.text);
+                        self.send_connection_close(&ex);
+                        return Err(ex.into());
+                    }
+                };
+                let flow = match self.handle_frame(frame) {
+                    Ok(flow) => flow,
+                    Err(ex) => self.on_exception(ex),
+                };
+                if flow == Flow::Stop {
+                    self.flush_confirms();
+                    return Ok(());
+                }
+                if self.closing && close_deadline.is_none() {
+                    close_deadline = Some(tokio::time::Instant::now() + self.config.close_timeout);
+                }
+            }
+            self.flush_confirms();
+            self.requeue_orphans();
+
+            if self.outbound.is_congested() {
+                tokio::select! {
+                    () = self.outbound.wait_uncongested() => {}
+                    () = shutdown.cancelled(), if !self.closing => {
+                        self.begin_forced_close();
+                        close_deadline = Some(tokio::time::Instant::now() + self.config.close_timeout);
+                    }
+                }
+                continue;
+            }
+
+            reader.buf.reserve(64 * 1024);
+            let read = reader.io.read_buf(&mut reader.buf);
+            let deadline = close_deadline.or_else(|| read_timeout.map(|t| tokio::time::Instant::now() + t));
+            tokio::select! {
+                r = read => {
+                    if r? == 0 {
+                        return Err(ConnectionError::Eof);
+                    }
+                }
+                () = sleep_until_opt(deadline) => {
+                    if self.closing {
+                        return Ok(());
+                    }
+                    tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
+                    return Err(ConnectionError::HeartbeatTimeout(self.heartbeat));
+                }
+                () = shutdown.cancelled(), if !self.closing => {
+                    self.begin_forced_close();
+                    close_deadline = Some(tokio::time::Instant::now() + self.config.close_timeout);
+                }
+            }
+        }
+    }
+
+    fn begin_forced_close(&mut self) {
+        let ex = AmqpException::new(
+            rc::CONNECTION_FORCED,
+            "broker forced connection closure with reason 'shutdown'",
+        );
+        self.send_connection_close(&ex);
+    }
+
+    /// Soft errors close the channel, hard ones the connection.
+    fn on_exception(&mut self, ex: AmqpException) -> Flow {
+        if ex.is_hard() {
+            tracing::warn!(peer = %self.peer, user = %self.user.name, "connection error: {}", ex.text);
+            self.send_connection_close(&ex);
+        } else {
+            tracing::debug!(peer = %self.peer, "channel error: {}", ex.text);
+        }
+        Flow::Continue
+    }
+
+    pub(crate) fn send_connection_close(&mut self, ex: &AmqpException) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        // Stop deliveries and give messages back now rather than after the close handshake.
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.teardown_channel(id);
+        }
+        self.outbound.send_method(
+            0,
+            &Method::ConnectionClose(ConnectionClose {
+                reply_code: ex.code,
+                reply_text: ShortString::truncated(&ex.text),
+                class_id: ex.class_id,
+                method_id: ex.method_id,
+            }),
+        );
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<Flow, AmqpException> {
+        if self.closing {
+            // Only the close handshake matters now.
+            return Ok(match frame {
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk(_),
+                } => Flow::Stop,
+                Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionClose(_),
+                } => {
+                    self.outbound
+                        .send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                    Flow::Stop
+                }
+                _ => Flow::Continue,
+            });
+        }
+        match frame {
+            Frame::Heartbeat { channel: 0 } => Ok(Flow::Continue),
+            Frame::Heartbeat { channel } => Err(AmqpException::new(
+                rc::FRAME_ERROR,
+                format!("heartbeat frame on channel {channel}"),
+            )),
+            Frame::Method { channel: 0, method } => self.handle_connection_method(method),
+            Frame::Method { channel, method } => {
+                self.handle_channel_method(channel, method)?;
+                Ok(Flow::Continue)
+            }
+            Frame::Header { channel, header } => {
+                self.on_channel(channel, |conn, id| conn.handle_content_header(id, header))?;
+                Ok(Flow::Continue)
+            }
+            Frame::Body { channel, payload } => {
+                self.on_channel(channel, |conn, id| conn.handle_content_body(id, payload))?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// Runs a content handler on an open channel; turns its soft errors into a channel close.
+    fn on_channel(
+        &mut self,
+        channel: u16,
+        f: impl FnOnce(&mut Self, u16) -> Result<(), AmqpException>,
+    ) -> Result<(), AmqpException> {
+        match self.channels.get(&channel) {
+            None => Err(AmqpException::new(
+                rc::UNEXPECTED_FRAME,
+                format!("content frame on unopened channel {channel}"),
+            )),
+            Some(ch) if ch.closing => Ok(()),
+            Some(_) => match f(self, channel) {
+                Err(ex) if !ex.is_hard() => {
+                    self.close_channel_with(channel, &ex);
+                    Ok(())
+                }
+                other => other,
+            },
+        }
+    }
+
+    fn handle_connection_method(&mut self, method: Method) -> Result<Flow, AmqpException> {
+        match method {
+            Method::ConnectionClose(c) => {
+                tracing::debug!(peer = %self.peer, code = c.reply_code, "client closed the connection: {}", c.reply_text);
+                let ids: Vec<u16> = self.channels.keys().copied().collect();
+                for id in ids {
+                    self.teardown_channel(id);
+                }
+                self.outbound
+                    .send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                Ok(Flow::Stop)
+            }
+            Method::ConnectionCloseOk(_) => Ok(Flow::Stop),
+            Method::ConnectionUpdateSecret(_) => {
+                // Pier has no expiring credentials (no OAuth 2 backend): accept and carry on.
+                self.outbound
+                    .send_method(0, &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}));
+                Ok(Flow::Continue)
+            }
+            Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(Flow::Continue),
+            other => Err(AmqpException::new(
+                rc::COMMAND_INVALID,
+                format!("unexpected method '{}' on channel 0", other.name()),
+            )
+            .on(&other)),
+        }
+    }
+
+    fn handle_channel_method(&mut self, id: u16, method: Method) -> Result<(), AmqpException> {
+        if id > self.channel_max {
+            return Err(AmqpException::new(
+                rc::CHANNEL_ERROR,
+                format!("channel id {id} exceeds channel_max {}", self.channel_max),
+            )
+            .on(&method));
+        }
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return match method {
+                Method::ChannelOpen(_) => {
+                    self.open_channel(id);
+                    Ok(())
+                }
+                other => Err(AmqpException::new(
+                    rc::CHANNEL_ERROR,
+                    format!("expected 'channel.open' on channel {id}"),
+                )
+                .on(&other)),
+            };
+        };
+        if ch.closing {
+            match method {
+                Method::ChannelCloseOk(_) => {
+                    self.channels.remove(&id);
+                }
+                Method::ChannelClose(_) => {
+                    self.outbound
+                        .send_method(id, &Method::ChannelCloseOk(ChannelCloseOk {}));
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        if ch.pending.is_some() && !matches!(method, Method::ChannelClose(_)) {
+            return Err(AmqpException::new(
+                rc::UNEXPECTED_FRAME,
+                format!(
+                    "expected content header for class 60, got non content header frame instead ('{}')",
+                    method.name()
+                ),
+            )
+            .on(&method));
+        }
+        match method {
+            Method::ChannelOpen(m) => Err(AmqpException::new(
+                rc::CHANNEL_ERROR,
+                "second 'channel.open' seen",
+            )
+            .on(&Method::ChannelOpen(m))),
+            Method::ChannelClose(_) => {
+                self.teardown_channel(id);
+                self.channels.remove(&id);
+                self.outbound
+                    .send_method(id, &Method::ChannelCloseOk(ChannelCloseOk {}));
+                Ok(())
+            }
+            Method::ChannelCloseOk(_) => Ok(()),
+            other => {
+                let ids = (other.class_id(), other.method_id());
+                match self.handle_method(id, other) {
+                    Err(ex) if !ex.is_hard() => {
+                        let ex = if ex.class_id == 0 { ex.on_ids(ids.0, ids.1) } else { ex };
+                        self.close_channel_with(id, &ex);
+                        Ok(())
+                    }
+                    Err(ex) if ex.class_id == 0 => Err(ex.on_ids(ids.0, ids.1)),
+                    other => other,
+                }
+            }
+        }
+    }
+
+    fn open_channel(&mut self, id: u16) {
+        let ch = Channel::new(id, &self.outbound, self.capabilities.consumer_cancel_notify);
+        self.outbound.open_channel(id);
+        self.channels.insert(id, ch);
+        self.outbound.send_method(
+            id,
+            &Method::ChannelOpenOk(ChannelOpenOk {
+                channel_id: LongString::default(),
+            }),
+        );
+    }
+
+    /// Closes a channel because of a soft error: stop it, give its messages back, tell the
+    /// client, and ignore it until channel.close-ok.
+    pub(crate) fn close_channel_with(&mut self, id: u16, ex: &AmqpException) {
+        self.teardown_channel(id);
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.closing = true;
+        }
+        self.outbound.send_method(
+            id,
+            &Method::ChannelClose(ChannelClose {
+                reply_code: ex.code,
+                reply_text: ShortString::truncated(&ex.text),
+                class_id: ex.class_id,
+                method_id: ex.method_id,
+            }),
+        );
+    }
+
+    /// Cancels a channel's consumers and requeues its unacked messages.
+    pub(crate) fn teardown_channel(&mut self, id: u16) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        ch.pending = None;
+        ch.tx = None;
+        let consumers: Vec<_> = ch.consumers.drain().map(|(_, c)| c).collect();
+        for c in consumers {
+            let removed = c.queue.remove_consumer(c.id);
+            if removed.auto_delete_now {
+                self.vhost.remove_queue(&c.queue);
+            }
+        }
+        let unacked = self.outbound.close_channel(id);
+        requeue_grouped(unacked);
+    }
+
+    fn requeue_orphans(&mut self) {
+        let orphans = self.outbound.take_orphans();
+        if !orphans.is_empty() {
+            requeue_grouped(orphans);
+        }
+    }
+
+    /// Ends the connection: every channel torn down, exclusive queues deleted.
+    pub(crate) fn teardown(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.teardown_channel(id);
+        }
+        self.channels.clear();
+        self.requeue_orphans();
+        self.vhost.connection_closed(self.id);
+    }
+}
+
+/// Puts messages back into their queues, one queue call per run of the same queue and consumer.
+pub(crate) fn requeue_grouped(mut items: Vec<Unacked>) {
+    items.sort_by_key(|u| (Arc::as_ptr(&u.queue) as usize, u.consumer, u.offset));
+    let mut iter = items.into_iter().peekable();
+    while let Some(first) = iter.next() {
+        let queue = Arc::clone(&first.queue);
+        let consumer = first.consumer;
+        let mut batch = vec![(first.offset, first.message)];
+        while let Some(next) = iter.peek() {
+            if Arc::ptr_eq(&next.queue, &queue) && next.consumer == consumer {
+                if let Some(n) = iter.next() {
+                    batch.push((n.offset, n.message));
+                }
+            } else {
+                break;
+            }
+        }
+        queue.requeue(consumer, batch);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Handshake-time failures are answered on channel 0 before the socket closes.
+pub(crate) fn close_frame(ex: &AmqpException) -> BytesMut {
+    let mut buf = BytesMut::new();
+    pier_wire::encode_method_frame(
+        &mut buf,
+        0,
+        &Method::ConnectionClose(ConnectionClose {
+            reply_code: ex.code,
+            reply_text: ShortString::truncated(&ex.text),
+            class_id: ex.class_id,
+            method_id: ex.method_id,
+        }),
+    );
+    buf
+}
