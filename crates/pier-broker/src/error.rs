@@ -68,7 +68,7 @@ pub enum BrokerError {
     },
     #[error("{0}")]
     NotImplemented(String),
-    #[error("vhost '{0}' not found")]
+    #[error("vhost {0} not found")]
     VhostNotFound(String),
     #[error("access to vhost '{vhost}' refused for user '{user}'")]
     VhostAccessRefused { vhost: String, user: String },

@@ -166,12 +166,8 @@ impl Connection {
                 self.reply(ch, Method::BasicQosOk(BasicQosOk {}));
                 Ok(())
             }
-            Method::BasicRecover(m) => {
-                self.recover(ch, m.requeue)?;
-                self.reply(ch, Method::BasicRecoverOk(BasicRecoverOk {}));
-                Ok(())
-            }
-            Method::BasicRecoverAsync(m) => self.recover(ch, m.requeue),
+            Method::BasicRecover(m) => self.recover(ch, m.requeue, true),
+            Method::BasicRecoverAsync(m) => self.recover(ch, m.requeue, false),
             Method::ChannelFlow(m) => {
                 let channel = self.channel(ch)?;
                 channel.sink.flow_active.store(m.active, Ordering::Release);
@@ -592,11 +588,15 @@ impl Connection {
         }
     }
 
-    fn recover(&mut self, ch: u16, requeue: bool) -> Result<(), AmqpException> {
+    fn recover(&mut self, ch: u16, requeue: bool, reply: bool) -> Result<(), AmqpException> {
         if !requeue {
             return Err(AmqpException::new(rc::NOT_IMPLEMENTED, "requeue=false"));
         }
         let taken = self.take(ch, 0, true)?;
+        // recover-ok goes first: clients (lapin among them) expect it before the redeliveries.
+        if reply {
+            self.reply(ch, Method::BasicRecoverOk(BasicRecoverOk {}));
+        }
         self.release_channel_credit(ch, &taken);
         requeue_grouped(taken);
         Ok(())
