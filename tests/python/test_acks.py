@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import channel_closed, collect_deliveries, drain
+from helpers import channel_closed, collect_deliveries, drain, wait_message_count
 
 
 @pytest.fixture
@@ -22,18 +22,25 @@ def ready(ch, q):
     return ch.queue_declare(q, passive=True).method.message_count
 
 
+def drain_after_settle(ch, q, expected):
+    """ack/nack/reject have no reply; requeueing is asynchronous in RabbitMQ,
+    so wait until ``expected`` messages are ready before draining."""
+    wait_message_count(ch.connection, q, expected)
+    return drain(ch, q)
+
+
 def test_ack_single(loaded):
     ch, q = loaded
     ch.basic_ack(2)
     ch.basic_nack(0, multiple=True, requeue=True)  # give back the rest
-    assert sorted(b for _m, _p, b in drain(ch, q)) == [b"0", b"2", b"3", b"4"]
+    assert sorted(b for _m, _p, b in drain_after_settle(ch, q, 4)) == [b"0", b"2", b"3", b"4"]
 
 
 def test_ack_multiple(loaded):
     ch, q = loaded
     ch.basic_ack(3, multiple=True)
     ch.basic_nack(0, multiple=True, requeue=True)
-    assert [b for _m, _p, b in drain(ch, q)] == [b"3", b"4"]
+    assert [b for _m, _p, b in drain_after_settle(ch, q, 2)] == [b"3", b"4"]
 
 
 def test_ack_zero_multiple_acks_everything(loaded):
@@ -48,7 +55,7 @@ def test_nack_requeue_false_drops(loaded):
     ch.basic_nack(1, requeue=False)
     ch.basic_nack(3, multiple=True, requeue=False)
     ch.basic_nack(5, requeue=True)
-    got = drain(ch, q)
+    got = drain_after_settle(ch, q, 1)
     assert [b for _m, _p, b in got] == [b"4"]
     assert got[0][0].redelivered is True
     assert ready(ch, q) == 0
@@ -57,7 +64,7 @@ def test_nack_requeue_false_drops(loaded):
 def test_nack_multiple_requeue_keeps_order(loaded):
     ch, q = loaded
     ch.basic_nack(5, multiple=True, requeue=True)
-    got = drain(ch, q)
+    got = drain_after_settle(ch, q, 5)
     assert [b for _m, _p, b in got] == [b"0", b"1", b"2", b"3", b"4"]
     assert all(m.redelivered for m, _p, _b in got)
 
@@ -67,7 +74,7 @@ def test_reject_requeue_and_drop(loaded):
     ch.basic_reject(1, requeue=True)
     ch.basic_reject(2, requeue=False)
     ch.basic_ack(5, multiple=True)
-    got = drain(ch, q)
+    got = drain_after_settle(ch, q, 1)
     assert [(b, m.redelivered) for m, _p, b in got] == [(b"0", True)]
 
 
@@ -79,7 +86,7 @@ def test_requeued_message_goes_back_to_the_head(connection):
         ch.basic_publish("", q, str(i).encode())
     first = ch.basic_get(q)[0]
     ch.basic_reject(first.delivery_tag, requeue=True)
-    got = drain(ch, q)
+    got = drain_after_settle(ch, q, 3)
     assert [b for _m, _p, b in got] == [b"0", b"1", b"2"]
     assert [m.redelivered for m, _p, _b in got] == [True, False, False]
 

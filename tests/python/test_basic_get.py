@@ -1,6 +1,6 @@
 """basic.get / get-ok / get-empty."""
 
-from helpers import channel_closed
+from helpers import channel_closed, wait_message_count
 
 
 def test_get_ok_fields_and_message_count(channel):
@@ -60,6 +60,7 @@ def test_get_without_ack_keeps_message_unacked(connection):
     # not ready any more, but not gone either
     assert ch.queue_declare(q, passive=True).method.message_count == 0
     ch.basic_nack(method.delivery_tag, requeue=True)
+    wait_message_count(connection, q, 1)  # requeue is asynchronous
     method, _p, body = ch.basic_get(q)
     assert body == b"pending"
     assert method.redelivered is True

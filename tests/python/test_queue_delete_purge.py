@@ -1,6 +1,6 @@
 """queue.delete (if-unused, if-empty, message counts) and queue.purge."""
 
-from helpers import channel_closed, queue_exists
+from helpers import channel_closed, queue_exists, wait_message_count
 
 
 def test_delete_returns_message_count(connection, names):
@@ -87,7 +87,7 @@ def test_purge_does_not_touch_unacked_messages(connection, names):
     assert connection.channel().queue_purge(q).method.message_count == 2
     # the unacked message comes back when rejected
     ch.basic_reject(method.delivery_tag, requeue=True)
-    assert ch.queue_declare(q, passive=True).method.message_count == 1
+    wait_message_count(connection, q, 1)
 
 
 def test_purge_missing_queue_is_404(channel):

@@ -215,7 +215,9 @@ def test_tutorial_two_durable_queue_and_persistent_messages(tutorial, connection
     worker = tutorial.start("worker.py", WORKER_SECONDS_PER_DOT="0.01")
     worker.wait_for(r"\[x\] Received First message\.")
     worker.wait_for(r"\[x\] Done")
+    time.sleep(0.5)  # the worker acks right after printing "Done"
     assert worker.interrupt() == 0
+    # acked, so not requeued when the worker went away
     assert ch.queue_declare(queue_name, passive=True).method.message_count == 0
 
 

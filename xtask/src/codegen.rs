@@ -176,7 +176,9 @@ impl MethodDef {
         format!("{}{}", camel(&self.class_name), camel(&self.name))
     }
     fn has_nowait(&self) -> bool {
-        self.args.iter().any(|a| a.field == "nowait" && a.ty == Ty::Bit)
+        self.args
+            .iter()
+            .any(|a| a.field == "nowait" && a.ty == Ty::Bit)
     }
 }
 
@@ -255,7 +257,9 @@ fn field_ident(spec_name: &str) -> Result<String, String> {
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     {
-        return Err(format!("unexpected characters in argument name {spec_name:?}"));
+        return Err(format!(
+            "unexpected characters in argument name {spec_name:?}"
+        ));
     }
     Ok(snake)
 }
@@ -548,7 +552,11 @@ fn gen_classes(o: &mut Out, spec: &Spec) {
     o.line("pub mod class_id {");
     for c in &spec.classes {
         o.line(format!("    /// `{}`", c.name));
-        o.line(format!("    pub const {}: u16 = {};", const_ident(&c.name), c.id));
+        o.line(format!(
+            "    pub const {}: u16 = {};",
+            const_ident(&c.name),
+            c.id
+        ));
     }
     o.line("}");
     o.line("");
@@ -601,8 +609,8 @@ fn gen_reply_codes(o: &mut Out, spec: &Spec) {
     o.line("pub mod reply_code {");
     for k in &codes {
         let class = match k.class.as_deref() {
-            Some("soft-error") => " Soft error: closes the channel.",
-            Some("hard-error") => " Hard error: closes the connection.",
+            Some("soft-error") => " Soft error (channel level).",
+            Some("hard-error") => " Hard error (connection level).",
             _ => "",
         };
         o.line(format!("    /// `{}`.{class}", k.name));
@@ -651,7 +659,9 @@ fn gen_reply_codes(o: &mut Out, spec: &Spec) {
         .filter(|k| k.class.as_deref() == Some("soft-error"))
         .map(|k| const_ident(&k.name))
         .collect();
-    o.line("    /// `true` for connection-level (hard) errors. Codes not in the spec count as hard,");
+    o.line(
+        "    /// `true` for connection-level (hard) errors. Codes not in the spec count as hard,",
+    );
     o.line("    /// like RabbitMQ, which maps unknown codes to `INTERNAL_ERROR`.");
     o.line("    pub fn is_hard_error(code: u16) -> bool {");
     o.line(format!(
@@ -749,9 +759,15 @@ fn gen_method_struct(o: &mut Out, m: &MethodDef) {
     o.line(format!("impl {ident} {{"));
     o.line(format!("    pub const CLASS_ID: u16 = {};", m.class_id));
     o.line(format!("    pub const METHOD_ID: u16 = {};", m.id));
-    o.line(format!("    pub const NAME: &'static str = {:?};", m.full_name()));
+    o.line(format!(
+        "    pub const NAME: &'static str = {:?};",
+        m.full_name()
+    ));
     o.line(format!("    pub const HAS_CONTENT: bool = {};", m.content));
-    o.line(format!("    pub const SYNCHRONOUS: bool = {};", m.synchronous));
+    o.line(format!(
+        "    pub const SYNCHRONOUS: bool = {};",
+        m.synchronous
+    ));
     o.line("");
 
     let items = layout(&m.args);
@@ -878,9 +894,12 @@ fn gen_method_enum(o: &mut Out, spec: &Spec) {
     simple(o, "The class id.", "class_id(&self) -> u16", &|m| {
         m.class_id.to_string()
     });
-    simple(o, "The method id within the class.", "method_id(&self) -> u16", &|m| {
-        m.id.to_string()
-    });
+    simple(
+        o,
+        "The method id within the class.",
+        "method_id(&self) -> u16",
+        &|m| m.id.to_string(),
+    );
     simple(
         o,
         "`\"class.method\"` as in the spec, e.g. `\"connection.start-ok\"`.",
@@ -918,7 +937,9 @@ fn gen_method_enum(o: &mut Out, spec: &Spec) {
     o.line("    }");
     o.line("");
 
-    o.line("    /// Decodes a method frame payload (class id, method id, arguments). The arguments");
+    o.line(
+        "    /// Decodes a method frame payload (class id, method id, arguments). The arguments",
+    );
     o.line("    /// must span the whole payload. Strings and tables share `payload`'s buffer.");
     o.line("    pub fn decode(payload: &Bytes) -> Result<Method, WireError> {");
     o.line("        let mut r = Reader::new(payload, \"method frame\");");
@@ -927,7 +948,10 @@ fn gen_method_enum(o: &mut Out, spec: &Spec) {
     o.line("        let method = match (class_id, method_id) {");
     for m in spec.methods() {
         o.line(format!("            ({}, {}) => {{", m.class_id, m.id));
-        o.line(format!("                r.set_context({}::NAME);", m.ident()));
+        o.line(format!(
+            "                r.set_context({}::NAME);",
+            m.ident()
+        ));
         o.line(format!(
             "                Method::{0}({0}::decode_args(&mut r)?)",
             m.ident()
@@ -974,7 +998,10 @@ fn gen_method_enum(o: &mut Out, spec: &Spec) {
     o.line("    pub fn encoded_size(&self) -> usize {");
     o.line("        4 + match self {");
     for m in spec.methods() {
-        o.line(format!("            Method::{}(m) => m.args_size(),", m.ident()));
+        o.line(format!(
+            "            Method::{}(m) => m.args_size(),",
+            m.ident()
+        ));
     }
     o.line("        }");
     o.line("    }");
@@ -1007,7 +1034,9 @@ fn gen_tests(o: &mut Out, spec: &Spec) {
     o.line("    use super::*;");
     o.line("    use crate::table::FieldValue;");
     o.line("");
-    o.line(format!("    pub(crate) const METHOD_COUNT: usize = {count};"));
+    o.line(format!(
+        "    pub(crate) const METHOD_COUNT: usize = {count};"
+    ));
     o.line("");
     o.line("    fn sample_u8(seed: u64, i: u64) -> u8 {");
     o.line("        (seed.wrapping_mul(37).wrapping_add(i * 11 + 1) % 251) as u8 + 1");
@@ -1053,7 +1082,9 @@ fn gen_tests(o: &mut Out, spec: &Spec) {
     o.line("        t");
     o.line("    }");
     o.line("");
-    o.line("    /// Every method, with field values derived from `seed`; the k-th bit argument of a");
+    o.line(
+        "    /// Every method, with field values derived from `seed`; the k-th bit argument of a",
+    );
     o.line("    /// method is bit k of `seed`, so seeds 0..256 cover every combination of bits.");
     o.line("    pub(crate) fn sample_methods(seed: u64) -> Vec<Method> {");
     o.line("        vec![");
@@ -1062,7 +1093,11 @@ fn gen_tests(o: &mut Out, spec: &Spec) {
             o.line(format!("            Method::{0}({0}),", m.ident()));
             continue;
         }
-        o.line(format!("            Method::{}({} {{", m.ident(), m.ident()));
+        o.line(format!(
+            "            Method::{}({} {{",
+            m.ident(),
+            m.ident()
+        ));
         let mut bit_index = 0;
         for (i, a) in m.args.iter().enumerate() {
             o.line(format!(

@@ -50,6 +50,8 @@ pub enum BrokerError {
     NotEmpty { name: String, vhost: String },
     #[error("{kind} name '{name}' contains reserved prefix 'amq.*'")]
     ReservedName { kind: ObjectKind, name: String },
+    #[error("deletion of system exchange '{name}' in vhost '{vhost}' not allowed")]
+    SystemExchangeDeletion { name: String, vhost: String },
     #[error("operation not permitted on the default exchange")]
     DefaultExchange,
     #[error("cannot publish to internal exchange '{name}' in vhost '{vhost}'")]
@@ -88,6 +90,7 @@ impl BrokerError {
             | BrokerError::PreconditionFailed(_) => rc::PRECONDITION_FAILED,
             BrokerError::ReservedName { .. }
             | BrokerError::DefaultExchange
+            | BrokerError::SystemExchangeDeletion { .. }
             | BrokerError::InternalExchange { .. }
             | BrokerError::ExclusiveConsumer { .. } => rc::ACCESS_REFUSED,
             BrokerError::UnknownExchangeType(_) => rc::COMMAND_INVALID,

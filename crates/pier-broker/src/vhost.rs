@@ -139,11 +139,7 @@ impl VHost {
             )
         };
         if d.name.is_empty() {
-            return if d.passive {
-                Ok(())
-            } else {
-                Err(BrokerError::DefaultExchange)
-            };
+            return Err(BrokerError::DefaultExchange);
         }
         let mut t = self.write();
         if let Some(x) = t.exchanges.get(&d.name) {
@@ -206,9 +202,9 @@ impl VHost {
             return Err(BrokerError::DefaultExchange);
         }
         if name.starts_with("amq.") {
-            return Err(BrokerError::ReservedName {
-                kind: ObjectKind::Exchange,
+            return Err(BrokerError::SystemExchangeDeletion {
                 name: name.to_owned(),
+                vhost: self.name.clone(),
             });
         }
         let mut t = self.write();
@@ -287,9 +283,12 @@ impl VHost {
             .get_mut(source)
             .ok_or_else(|| BrokerError::not_found(ObjectKind::Exchange, source, &vhost))?;
         if x.kind == ExchangeKind::Headers && HeadersMatch::from_binding_args(&arguments).is_none() {
+            let shown = arguments.get("x-match").map_or_else(String::new, |v| match v {
+                FieldValue::LongString(s) => format!("<<\"{}\">>", s.to_str_lossy()),
+                other => show_value(other),
+            });
             return Err(BrokerError::PreconditionFailed(format!(
-                "Invalid x-match field value {:?}; expected all, any, all-with-x, or any-with-x",
-                arguments.get("x-match")
+                "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
             )));
         }
         x.bind(Binding {
@@ -685,23 +684,30 @@ fn compare_args(
             }
         };
         if !same {
-            return Err(((*key).to_owned(), describe_arg(r), describe_arg(c)));
+            // RabbitMQ shows bare values when both sides have one, typed values otherwise.
+            let (received, current) = match (r, c) {
+                (Some(a), Some(b)) => (format!("'{}'", show_value(a)), format!("'{}'", show_value(b))),
+                _ => (describe_arg(r), describe_arg(c)),
+            };
+            return Err(((*key).to_owned(), received, current));
         }
     }
     Ok(())
 }
 
+fn show_value(v: &FieldValue) -> String {
+    match v {
+        FieldValue::LongString(s) => s.to_str_lossy().into_owned(),
+        FieldValue::Bool(b) => b.to_string(),
+        other => other
+            .as_i64()
+            .map_or_else(|| format!("{other:?}"), |n| n.to_string()),
+    }
+}
+
 fn describe_arg(v: Option<&FieldValue>) -> String {
     match v {
         None => "none".to_owned(),
-        Some(v) => {
-            let shown = match v {
-                FieldValue::LongString(s) => s.to_str_lossy().into_owned(),
-                other => other
-                    .as_i64()
-                    .map_or_else(|| format!("{other:?}"), |n| n.to_string()),
-            };
-            format!("the value '{shown}' of type '{}'", v.type_name())
-        }
+        Some(v) => format!("the value '{}' of type '{}'", show_value(v), v.type_name()),
     }
 }

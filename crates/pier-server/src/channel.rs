@@ -350,9 +350,10 @@ impl Connection {
         }
         if header.class_id != 60 {
             return Err(AmqpException::new(
-                rc::FRAME_ERROR,
-                format!("content header for class {} instead of 60", header.class_id),
-            ));
+                rc::UNEXPECTED_FRAME,
+                format!("expected content header for class 60, got one for class {}", header.class_id),
+            )
+            .on_ids(60, 40));
         }
         if header.body_size > max {
             channel.pending = None;

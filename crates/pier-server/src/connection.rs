@@ -106,10 +106,18 @@ impl Connection {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        // The stream can't be re-synchronised after a framing error.
+                        // The stream can't be re-synchronised after a framing error: send the
+                        // close, then discard input until the client hangs up (closing with
+                        // unread input would reset the socket before the close arrives).
                         let ex = AmqpException::from(e);
                         tracing::warn!(peer = %self.peer, "closing connection: {}", ex.text);
                         self.send_connection_close(&ex);
+                        self.flush_confirms();
+                        let drain = async {
+                            let mut scratch = vec![0u8; 16 * 1024];
+                            while matches!(reader.io.read(&mut scratch).await, Ok(n) if n > 0) {}
+                        };
+                        let _ = tokio::time::timeout(self.config.close_timeout, drain).await;
                         return Err(ex.into());
                     }
                 };
@@ -224,8 +232,9 @@ impl Connection {
         }
         match frame {
             Frame::Heartbeat { channel: 0 } => Ok(Flow::Continue),
+            // AMQP says 501; RabbitMQ (and so its clients' expectations) says 505.
             Frame::Heartbeat { channel } => Err(AmqpException::new(
-                rc::FRAME_ERROR,
+                rc::UNEXPECTED_FRAME,
                 format!("heartbeat frame on channel {channel}"),
             )),
             Frame::Method { channel: 0, method } => self.handle_connection_method(method),
@@ -287,23 +296,28 @@ impl Connection {
             }
             Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(Flow::Continue),
             other => Err(AmqpException::new(
-                rc::COMMAND_INVALID,
-                format!("unexpected method '{}' on channel 0", other.name()),
+                rc::CHANNEL_ERROR,
+                "unexpected method in connection state running",
             )
             .on(&other)),
         }
     }
 
     fn handle_channel_method(&mut self, id: u16, method: Method) -> Result<(), AmqpException> {
-        if id > self.channel_max {
-            return Err(AmqpException::new(
-                rc::CHANNEL_ERROR,
-                format!("channel id {id} exceeds channel_max {}", self.channel_max),
-            )
-            .on(&method));
-        }
         let Some(ch) = self.channels.get_mut(&id) else {
             return match method {
+                // RabbitMQ limits how many channels are open, not their numbers.
+                Method::ChannelOpen(_) if self.channels.len() >= usize::from(self.channel_max) => {
+                    Err(AmqpException::new(
+                        rc::NOT_ALLOWED,
+                        format!(
+                            "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                            self.channels.len(),
+                            self.channel_max
+                        ),
+                    )
+                    .on(&method))
+                }
                 Method::ChannelOpen(_) => {
                     self.open_channel(id);
                     Ok(())
@@ -329,6 +343,7 @@ impl Connection {
             return Ok(());
         }
         if ch.pending.is_some() && !matches!(method, Method::ChannelClose(_)) {
+            // Reported against the publish whose content was cut short, as RabbitMQ does.
             return Err(AmqpException::new(
                 rc::UNEXPECTED_FRAME,
                 format!(
@@ -336,7 +351,7 @@ impl Connection {
                     method.name()
                 ),
             )
-            .on(&method));
+            .on_ids(60, 40));
         }
         match method {
             Method::ChannelOpen(m) => Err(AmqpException::new(

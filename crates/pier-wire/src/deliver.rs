@@ -67,7 +67,8 @@ pub fn try_encode_basic_deliver(
     let rk_len = short_len(routing_key)?;
 
     // class + method ids, consumer-tag, delivery-tag, redelivered, exchange, routing-key
-    let method_payload = 4 + 1 + consumer_tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
+    let method_payload =
+        4 + 1 + consumer_tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
     let chunk = max_body_payload(frame_max);
     let body_frames = body.len().div_ceil(chunk);
     out.reserve(
@@ -123,7 +124,16 @@ mod tests {
         .unwrap();
         let mut fast = BytesMut::new();
         encode_basic_deliver(
-            &mut fast, 7, 4096, "ctag", 42, true, "amq.topic", "a.b.c", &props, b"hi",
+            &mut fast,
+            7,
+            4096,
+            "ctag",
+            42,
+            true,
+            "amq.topic",
+            "a.b.c",
+            &props,
+            b"hi",
         );
 
         let mut slow = BytesMut::new();

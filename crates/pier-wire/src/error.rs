@@ -115,7 +115,10 @@ mod tests {
     #[test]
     fn reply_codes() {
         assert_eq!(WireError::BadFrameEnd(0).reply_code(), 501);
-        assert_eq!(WireError::FrameTooLarge { size: 1, max: 0 }.reply_code(), 501);
+        assert_eq!(
+            WireError::FrameTooLarge { size: 1, max: 0 }.reply_code(),
+            501
+        );
         assert_eq!(WireError::UnknownFrameType(9).reply_code(), 501);
         assert_eq!(WireError::Truncated { context: "x" }.reply_code(), 501);
         assert_eq!(WireError::InvalidUtf8.reply_code(), 501);

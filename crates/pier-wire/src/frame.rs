@@ -28,12 +28,23 @@ pub const FRAME_SIZE_FUDGE: u32 = 8;
 #[derive(Clone, Debug, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Frame {
-    Method { channel: u16, method: Method },
-    Header { channel: u16, header: ContentHeader },
+    Method {
+        channel: u16,
+        method: Method,
+    },
+    Header {
+        channel: u16,
+        header: ContentHeader,
+    },
     /// `payload` is a zero-copy slice of the input buffer.
-    Body { channel: u16, payload: Bytes },
+    Body {
+        channel: u16,
+        payload: Bytes,
+    },
     /// The server rejects `channel != 0` itself (RabbitMQ answers 505 UNEXPECTED_FRAME).
-    Heartbeat { channel: u16 },
+    Heartbeat {
+        channel: u16,
+    },
 }
 
 impl Frame {
@@ -149,9 +160,7 @@ pub fn decode_frame(buf: &mut BytesMut, max_frame_size: u32) -> Result<Option<Fr
         return Err(WireError::UnknownFrameType(frame_type));
     }
     let total = u64::from(payload_size) + FRAME_OVERHEAD as u64;
-    if max_frame_size != 0
-        && total > u64::from(max_frame_size) + u64::from(FRAME_SIZE_FUDGE)
-    {
+    if max_frame_size != 0 && total > u64::from(max_frame_size) + u64::from(FRAME_SIZE_FUDGE) {
         return Err(WireError::FrameTooLarge {
             size: total,
             max: max_frame_size,

@@ -208,41 +208,41 @@ pub const ALL_METHODS: &[(u16, u16, &str)] = &[
 pub mod reply_code {
     /// `REPLY-SUCCESS`.
     pub const REPLY_SUCCESS: u16 = 200;
-    /// `CONTENT-TOO-LARGE`. Soft error: closes the channel.
+    /// `CONTENT-TOO-LARGE`. Soft error (channel level).
     pub const CONTENT_TOO_LARGE: u16 = 311;
-    /// `NO-ROUTE`. Soft error: closes the channel.
+    /// `NO-ROUTE`. Soft error (channel level).
     pub const NO_ROUTE: u16 = 312;
-    /// `NO-CONSUMERS`. Soft error: closes the channel.
+    /// `NO-CONSUMERS`. Soft error (channel level).
     pub const NO_CONSUMERS: u16 = 313;
-    /// `ACCESS-REFUSED`. Soft error: closes the channel.
+    /// `ACCESS-REFUSED`. Soft error (channel level).
     pub const ACCESS_REFUSED: u16 = 403;
-    /// `NOT-FOUND`. Soft error: closes the channel.
+    /// `NOT-FOUND`. Soft error (channel level).
     pub const NOT_FOUND: u16 = 404;
-    /// `RESOURCE-LOCKED`. Soft error: closes the channel.
+    /// `RESOURCE-LOCKED`. Soft error (channel level).
     pub const RESOURCE_LOCKED: u16 = 405;
-    /// `PRECONDITION-FAILED`. Soft error: closes the channel.
+    /// `PRECONDITION-FAILED`. Soft error (channel level).
     pub const PRECONDITION_FAILED: u16 = 406;
-    /// `CONNECTION-FORCED`. Hard error: closes the connection.
+    /// `CONNECTION-FORCED`. Hard error (connection level).
     pub const CONNECTION_FORCED: u16 = 320;
-    /// `INVALID-PATH`. Hard error: closes the connection.
+    /// `INVALID-PATH`. Hard error (connection level).
     pub const INVALID_PATH: u16 = 402;
-    /// `FRAME-ERROR`. Hard error: closes the connection.
+    /// `FRAME-ERROR`. Hard error (connection level).
     pub const FRAME_ERROR: u16 = 501;
-    /// `SYNTAX-ERROR`. Hard error: closes the connection.
+    /// `SYNTAX-ERROR`. Hard error (connection level).
     pub const SYNTAX_ERROR: u16 = 502;
-    /// `COMMAND-INVALID`. Hard error: closes the connection.
+    /// `COMMAND-INVALID`. Hard error (connection level).
     pub const COMMAND_INVALID: u16 = 503;
-    /// `CHANNEL-ERROR`. Hard error: closes the connection.
+    /// `CHANNEL-ERROR`. Hard error (connection level).
     pub const CHANNEL_ERROR: u16 = 504;
-    /// `UNEXPECTED-FRAME`. Hard error: closes the connection.
+    /// `UNEXPECTED-FRAME`. Hard error (connection level).
     pub const UNEXPECTED_FRAME: u16 = 505;
-    /// `RESOURCE-ERROR`. Hard error: closes the connection.
+    /// `RESOURCE-ERROR`. Hard error (connection level).
     pub const RESOURCE_ERROR: u16 = 506;
-    /// `NOT-ALLOWED`. Hard error: closes the connection.
+    /// `NOT-ALLOWED`. Hard error (connection level).
     pub const NOT_ALLOWED: u16 = 530;
-    /// `NOT-IMPLEMENTED`. Hard error: closes the connection.
+    /// `NOT-IMPLEMENTED`. Hard error (connection level).
     pub const NOT_IMPLEMENTED: u16 = 540;
-    /// `INTERNAL-ERROR`. Hard error: closes the connection.
+    /// `INTERNAL-ERROR`. Hard error (connection level).
     pub const INTERNAL_ERROR: u16 = 541;
 
     /// RabbitMQ's spelling of a reply code's name (`"NOT_FOUND"`); `"UNKNOWN"` for a code not in the spec.

@@ -32,7 +32,10 @@ pub struct ShortString(Bytes);
 impl ShortString {
     /// A `shortstr` from a string literal (no copy).
     pub fn from_static(s: &'static str) -> Self {
-        debug_assert!(s.len() <= SHORT_STRING_MAX, "shortstr longer than 255 bytes");
+        debug_assert!(
+            s.len() <= SHORT_STRING_MAX,
+            "shortstr longer than 255 bytes"
+        );
         ShortString(Bytes::from_static(s.as_bytes()))
     }
 
@@ -158,7 +161,10 @@ impl fmt::Debug for ShortString {
 /// For trusted, short strings only (`debug_assert!`s the length; never truncates).
 impl From<&str> for ShortString {
     fn from(s: &str) -> Self {
-        debug_assert!(s.len() <= SHORT_STRING_MAX, "shortstr longer than 255 bytes");
+        debug_assert!(
+            s.len() <= SHORT_STRING_MAX,
+            "shortstr longer than 255 bytes"
+        );
         ShortString(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
@@ -166,7 +172,10 @@ impl From<&str> for ShortString {
 /// For trusted, short strings only (`debug_assert!`s the length; never truncates).
 impl From<String> for ShortString {
     fn from(s: String) -> Self {
-        debug_assert!(s.len() <= SHORT_STRING_MAX, "shortstr longer than 255 bytes");
+        debug_assert!(
+            s.len() <= SHORT_STRING_MAX,
+            "shortstr longer than 255 bytes"
+        );
         ShortString(Bytes::from(s))
     }
 }

@@ -417,7 +417,10 @@ fn with_length_prefix(
     Ok(())
 }
 
-pub(crate) fn encode_table_prefixed(out: &mut BytesMut, table: &FieldTable) -> Result<(), WireError> {
+pub(crate) fn encode_table_prefixed(
+    out: &mut BytesMut,
+    table: &FieldTable,
+) -> Result<(), WireError> {
     with_length_prefix(out, |out| {
         for (k, v) in &table.0 {
             codec::put_shortstr(out, k.as_bytes())?;
@@ -495,7 +498,10 @@ mod tests {
             },
         );
         t.insert("S", FieldValue::from("héllo"));
-        t.insert("x", FieldValue::ByteArray(Bytes::from_static(&[0, 1, 0xff])));
+        t.insert(
+            "x",
+            FieldValue::ByteArray(Bytes::from_static(&[0, 1, 0xff])),
+        );
         t.insert(
             "A",
             FieldValue::Array(vec![
@@ -546,8 +552,8 @@ mod tests {
     fn rabbitmq_tags() {
         // 's' is a signed 16-bit, 'u' unsigned 16, 'I' signed 32, 'i' unsigned 32.
         let body = Bytes::from_static(&[
-            0, 0, 0, 17, 1, b's', b's', 0xff, 0xfe, 1, b'u', b'u', 0xff, 0xfe, 1, b'x', b'x', 0,
-            0, 0, 0,
+            0, 0, 0, 17, 1, b's', b's', 0xff, 0xfe, 1, b'u', b'u', 0xff, 0xfe, 1, b'x', b'x', 0, 0,
+            0, 0,
         ]);
         // 17 = 5 + 5 + 7; the blob 'x' is empty
         let t = decode_field_table(&body).unwrap();
@@ -565,9 +571,7 @@ mod tests {
 
     #[test]
     fn later_duplicate_replaces_earlier() {
-        let body = Bytes::from_static(&[
-            0, 0, 0, 8, 1, b'k', b'b', 1, 1, b'k', b'b', 2,
-        ]);
+        let body = Bytes::from_static(&[0, 0, 0, 8, 1, b'k', b'b', 1, 1, b'k', b'b', 2]);
         let t = decode_field_table(&body).unwrap();
         assert_eq!(t.len(), 1);
         assert_eq!(t.get("k"), Some(&FieldValue::ShortShortInt(2)));

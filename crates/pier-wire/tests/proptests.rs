@@ -144,8 +144,13 @@ fn selected_method() -> impl Strategy<Value = Method> {
                 arguments,
             })
         }),
-        (short_string(), short_string(), any::<[bool; 4]>(), field_table()).prop_map(
-            |(queue, consumer_tag, b, arguments)| {
+        (
+            short_string(),
+            short_string(),
+            any::<[bool; 4]>(),
+            field_table()
+        )
+            .prop_map(|(queue, consumer_tag, b, arguments)| {
                 Method::BasicConsume(BasicConsume {
                     ticket: 0,
                     queue,
@@ -156,8 +161,7 @@ fn selected_method() -> impl Strategy<Value = Method> {
                     nowait: b[3],
                     arguments,
                 })
-            }
-        ),
+            }),
         (short_string(), any::<[bool; 3]>()).prop_map(|(queue, b)| {
             Method::QueueDelete(QueueDelete {
                 ticket: 0,
@@ -183,15 +187,17 @@ fn selected_method() -> impl Strategy<Value = Method> {
             short_string(),
             short_string()
         )
-            .prop_map(|(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| {
-                Method::BasicDeliver(BasicDeliver {
-                    consumer_tag,
-                    delivery_tag,
-                    redelivered,
-                    exchange,
-                    routing_key,
-                })
-            }),
+            .prop_map(
+                |(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| {
+                    Method::BasicDeliver(BasicDeliver {
+                        consumer_tag,
+                        delivery_tag,
+                        redelivered,
+                        exchange,
+                        routing_key,
+                    })
+                }
+            ),
         (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(delivery_tag, m, r)| {
             Method::BasicNack(BasicNack {
                 delivery_tag,

@@ -146,10 +146,19 @@ fn rabbitmq_connection_start() {
     assert_eq!(start.locales.to_str(), Some("en_US"));
     let props = &start.server_properties;
     assert_eq!(props.len(), 7);
-    assert_eq!(props.get("product").and_then(FieldValue::as_str), Some("RabbitMQ"));
-    let caps = props.get("capabilities").and_then(FieldValue::as_table).unwrap();
+    assert_eq!(
+        props.get("product").and_then(FieldValue::as_str),
+        Some("RabbitMQ")
+    );
+    let caps = props
+        .get("capabilities")
+        .and_then(FieldValue::as_table)
+        .unwrap();
     assert_eq!(caps.len(), 9);
-    assert_eq!(caps.get("basic.nack").and_then(FieldValue::as_bool), Some(true));
+    assert_eq!(
+        caps.get("basic.nack").and_then(FieldValue::as_bool),
+        Some(true)
+    );
     assert_eq!(
         props.get("version").map(FieldValue::type_name),
         Some("longstr")
@@ -447,7 +456,11 @@ fn basic_publish_header_body_sequence() {
             })
         }
     );
-    let Frame::Header { channel: 1, header: h } = &frames[1] else {
+    let Frame::Header {
+        channel: 1,
+        header: h,
+    } = &frames[1]
+    else {
         panic!("{:?}", frames[1])
     };
     assert_eq!((h.class_id, h.weight, h.body_size), (60, 0, 11));
@@ -479,7 +492,13 @@ fn malformed_frames() {
 
     // oversize, detected from the 7 header octets alone
     let e = decode_frame(&mut BytesMut::from(&[1u8, 0, 1, 0, 1, 0, 0][..]), 4096).unwrap_err();
-    assert!(matches!(e, WireError::FrameTooLarge { size: 65_544, max: 4096 }));
+    assert!(matches!(
+        e,
+        WireError::FrameTooLarge {
+            size: 65_544,
+            max: 4096
+        }
+    ));
     assert_eq!(e.reply_code(), 501);
 
     // unknown frame type
@@ -554,7 +573,15 @@ fn malformed_tables_inside_methods() {
     assert!(matches!(e, WireError::Truncated { .. }), "{e:?}");
     // short string argument length pointing past the end of the frame
     let e = Method::decode(&Bytes::from_static(&[0, 50, 0, 10, 0, 0, 9, b'q'])).unwrap_err();
-    assert!(matches!(e, WireError::Truncated { context: "queue.declare" }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            WireError::Truncated {
+                context: "queue.declare"
+            }
+        ),
+        "{e:?}"
+    );
     // invalid UTF-8 in a short string argument
     let e = Method::decode(&Bytes::from_static(&[
         0, 50, 0, 10, 0, 0, 1, 0xC0, 0, 0, 0, 0, 0,
@@ -623,7 +650,16 @@ fn encode_basic_deliver_decodes_into_frames() {
         let body: Vec<u8> = (0..body_len).map(|i| (i % 251) as u8).collect();
         let mut out = BytesMut::new();
         encode_basic_deliver(
-            &mut out, 5, frame_max, "amq.ctag-1", 99, true, "ex", "rk.1", &raw, &body,
+            &mut out,
+            5,
+            frame_max,
+            "amq.ctag-1",
+            99,
+            true,
+            "ex",
+            "rk.1",
+            &raw,
+            &body,
         );
         let frames = decode_all(&mut out, frame_max);
         assert_eq!(
@@ -648,7 +684,11 @@ fn encode_basic_deliver_decodes_into_frames() {
         assert_eq!(header.raw_properties, raw);
         let mut got = Vec::new();
         for f in &frames[2..] {
-            let Frame::Body { channel: 5, payload } = f else {
+            let Frame::Body {
+                channel: 5,
+                payload,
+            } = f
+            else {
                 panic!("{f:?}")
             };
             assert!(!payload.is_empty());

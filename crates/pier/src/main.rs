@@ -1,6 +1,7 @@
 //! The `pier` binary: command line, config, logging and signals; everything else is in the
 //! library crates.
 
+mod bench;
 mod config;
 
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run the broker (the default when no command is given).
     Server(ServerArgs),
+    /// Load-test an AMQP broker (Pier or any other) and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = match cli.command {
         Some(Command::Server(a)) => a,
+        Some(Command::Bench(a)) => return bench::main(a),
         None => cli.server,
     };
     tokio::runtime::Builder::new_multi_thread()

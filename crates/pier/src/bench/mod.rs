@@ -1,0 +1,971 @@
+//! `pier bench`: a load generator for AMQP 0-9-1 brokers, in the spirit of RabbitMQ's
+//! PerfTest and LavinMQ's lavinmqperf.
+//!
+//! Every producer and consumer has its own TCP connection and tokio task and speaks AMQP
+//! through the small client in `client.rs` (built on `pier-wire`, not a general-purpose
+//! client library), so that the generator stays cheap: publishes are pre-encoded once and
+//! copied into 64 KiB write batches with the send time patched in, and consumers parse
+//! deliveries straight out of a 256 KiB read buffer. End-to-end latency comes from the
+//! send time in the first 8 bytes of each body (see `message.rs` for the layout and the
+//! minimum size). The bench reports its own CPU use so that readers can tell it was not
+//! the bottleneck.
+//!
+//! The same bench runs against Pier and RabbitMQ; that is the point.
+
+mod client;
+mod consumer;
+mod message;
+mod producer;
+mod stats;
+mod uri;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use hdrhistogram::Histogram;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use self::client::Client;
+use self::consumer::Consumer;
+use self::producer::Producer;
+use self::stats::{
+    cpu_percent, cpu_ticks, drain_into, micros, new_histogram, rate, thousands, Clock, Counters,
+    LatencySummary, SharedHistogram, Snapshot,
+};
+use self::uri::AmqpUri;
+
+/// Command-line options of `pier bench` (short flags follow RabbitMQ PerfTest).
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Broker to load: amqp://user:pass@host:port/vhost (vhost percent-encoded, %2F = /).
+    #[arg(
+        long,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2F",
+        env = "PIER_BENCH_URI"
+    )]
+    pub uri: String,
+    /// Number of producers (one connection each).
+    #[arg(long, short = 'x', default_value_t = 1)]
+    pub producers: usize,
+    /// Number of consumers (one connection each).
+    #[arg(long, short = 'y', default_value_t = 1)]
+    pub consumers: usize,
+    /// Number of queues; producers and consumers are spread over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
+    /// Queue names are <prefix><1..=queues>.
+    #[arg(long, default_value = "pier-bench-")]
+    pub queue_prefix: String,
+    /// Message body size in bytes. The first 8 bytes carry the send time, so sizes below 8
+    /// are raised to 16 (send time + run id); any size from 8 up is used as given.
+    #[arg(long, short = 's', default_value_t = 16)]
+    pub size: usize,
+    /// Run for this many seconds (fractions allowed).
+    #[arg(long, short = 'z')]
+    pub time: Option<f64>,
+    /// Messages per producer; the run ends once consumers have received everything
+    /// published (or fails after --drain-timeout without progress).
+    #[arg(long, short = 'C')]
+    pub pmessages: Option<u64>,
+    /// Publish rate limit per producer, messages/s (0 = unlimited).
+    #[arg(long, short = 'r', default_value_t = 0)]
+    pub rate: u64,
+    /// Persistent messages (delivery_mode 2) and durable queues.
+    #[arg(long, short = 'f')]
+    pub persistent: bool,
+    /// Publisher confirms with at most N unconfirmed messages per producer (0 = off).
+    #[arg(long, short = 'c', default_value_t = 0)]
+    pub confirm: u32,
+    /// Consumer prefetch (basic.qos prefetch-count; 0 = unlimited).
+    #[arg(long, short = 'q', default_value_t = 0)]
+    pub prefetch: u16,
+    /// Ack every N messages with multiple=true (1 = ack each message).
+    #[arg(long, short = 'A', default_value_t = 1)]
+    pub multi_ack: u32,
+    /// Consume with no-ack (automatic acknowledgement).
+    #[arg(long, short = 'a')]
+    pub autoack: bool,
+    /// Publish to this exchange (declared unless --no-declare) instead of the default one;
+    /// each queue is bound to it with its routing key.
+    #[arg(long, short = 'e')]
+    pub exchange: Option<String>,
+    /// Type of the exchange declared for --exchange.
+    #[arg(long, default_value = "direct")]
+    pub exchange_type: String,
+    /// Routing key for publishes and bindings (default: the queue's name). Needs --exchange.
+    #[arg(long, short = 'k')]
+    pub routing_key: Option<String>,
+    /// Print the final summary as one JSON object on stdout (the human summary goes to
+    /// stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Do not declare the exchange, queues and bindings (they must exist).
+    #[arg(long)]
+    pub no_declare: bool,
+    /// Delete the queues at the end.
+    #[arg(long)]
+    pub delete_queues: bool,
+    /// With --pmessages: give up when nothing is consumed for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+    /// Also report this process's CPU use (e.g. the broker's pid, on the same machine).
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// No per-second lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Validated settings of a run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub uri: AmqpUri,
+    pub producers: usize,
+    pub consumers: usize,
+    pub queue_names: Vec<String>,
+    pub requested_size: usize,
+    /// Body size actually sent.
+    pub size: usize,
+    pub time: Option<Duration>,
+    pub pmessages: Option<u64>,
+    pub rate: u64,
+    pub persistent: bool,
+    pub confirm: Option<u32>,
+    pub prefetch: u16,
+    pub multi_ack: u32,
+    pub autoack: bool,
+    /// "" = the default exchange.
+    pub exchange: String,
+    pub exchange_type: String,
+    pub routing_key: Option<String>,
+    pub json: bool,
+    pub declare: bool,
+    pub delete_queues: bool,
+    pub drain_timeout: Duration,
+    pub broker_pid: Option<u32>,
+    pub quiet: bool,
+}
+
+impl Config {
+    pub fn producer_queue(&self, producer: usize) -> usize {
+        producer % self.queue_names.len().max(1)
+    }
+
+    pub fn consumer_queue(&self, consumer: usize) -> usize {
+        consumer % self.queue_names.len().max(1)
+    }
+
+    /// The routing key producer `i` publishes with.
+    pub fn producer_routing_key(&self, producer: usize) -> &str {
+        match &self.routing_key {
+            Some(k) => k,
+            None => &self.queue_names[self.producer_queue(producer)],
+        }
+    }
+
+    /// The key queue `q` is bound with (custom exchange only).
+    pub fn binding_key(&self, queue: usize) -> &str {
+        match &self.routing_key {
+            Some(k) => k,
+            None => &self.queue_names[queue],
+        }
+    }
+
+    /// How many queues each published message lands in: every queue when they are all
+    /// bound with one key (or to a fanout exchange), otherwise one.
+    pub fn copies(&self) -> u64 {
+        let all = !self.exchange.is_empty()
+            && (self.routing_key.is_some() || self.exchange_type == "fanout");
+        if all {
+            self.queue_names.len() as u64
+        } else {
+            1
+        }
+    }
+
+    /// Whether every queue that receives messages has a consumer (needed for the drain
+    /// check).
+    fn every_target_queue_consumed(&self) -> bool {
+        let queues = self.queue_names.len();
+        let consumed_queues = self.consumers.min(queues);
+        if self.copies() > 1 {
+            consumed_queues == queues
+        } else {
+            self.producers.min(queues) <= consumed_queues
+        }
+    }
+}
+
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !v.is_finite() || v <= 0.0 {
+        bail!("--{name} must be a positive number of seconds");
+    }
+    Duration::try_from_secs_f64(v).map_err(|e| anyhow!("--{name}: {e}"))
+}
+
+/// Checks the options and derives the run's settings.
+pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
+    let uri: AmqpUri = args.uri.parse().context("--uri")?;
+    if args.producers == 0 && args.consumers == 0 {
+        bail!("nothing to do: --producers and --consumers are both 0");
+    }
+    if args.queues == 0 {
+        bail!("--queues must be at least 1");
+    }
+    if args.queue_prefix.is_empty() {
+        bail!("--queue-prefix must not be empty (queue names would be bare numbers)");
+    }
+    let queue_names: Vec<String> = (1..=args.queues)
+        .map(|i| format!("{}{i}", args.queue_prefix))
+        .collect();
+    if queue_names.iter().any(|q| q.len() > 255) {
+        bail!("queue names must be at most 255 bytes");
+    }
+    let time = args.time.map(|t| seconds("time", t)).transpose()?;
+    if args.pmessages == Some(0) {
+        bail!("--pmessages must be at least 1");
+    }
+    if args.pmessages.is_some() && args.producers == 0 {
+        bail!("--pmessages needs at least one producer");
+    }
+    if args.autoack && args.multi_ack > 1 {
+        bail!("--multi-ack makes no sense with --autoack");
+    }
+    if args.multi_ack == 0 {
+        bail!("--multi-ack must be at least 1");
+    }
+    if !args.autoack && args.prefetch > 0 && args.multi_ack > u32::from(args.prefetch) {
+        bail!(
+            "--multi-ack {} above --prefetch {} would stall: the broker stops delivering \
+             before the consumer acks",
+            args.multi_ack,
+            args.prefetch
+        );
+    }
+    let exchange = args.exchange.clone().unwrap_or_default();
+    if args.routing_key.is_some() && exchange.is_empty() {
+        bail!("--routing-key needs --exchange (the default exchange routes by queue name)");
+    }
+    if exchange.starts_with("amq.") && !args.no_declare {
+        // Declaring amq.* is refused by brokers; they exist already.
+        bail!("exchanges named amq.* are predefined: use --no-declare with them");
+    }
+    if let Some(k) = &args.routing_key {
+        if k.len() > 255 {
+            bail!("--routing-key must be at most 255 bytes");
+        }
+    }
+    let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
+    let config = Config {
+        uri,
+        producers: args.producers,
+        consumers: args.consumers,
+        queue_names,
+        requested_size: args.size,
+        size: message::effective_size(args.size),
+        time,
+        pmessages: args.pmessages,
+        rate: args.rate,
+        persistent: args.persistent,
+        confirm: (args.confirm > 0).then_some(args.confirm),
+        prefetch: args.prefetch,
+        multi_ack: args.multi_ack,
+        autoack: args.autoack,
+        exchange,
+        exchange_type: args.exchange_type,
+        routing_key: args.routing_key,
+        json: args.json,
+        declare: !args.no_declare,
+        delete_queues: args.delete_queues,
+        drain_timeout,
+        broker_pid: args.broker_pid,
+        quiet: args.quiet,
+    };
+    if config.pmessages.is_some() && config.consumers > 0 && !config.every_target_queue_consumed()
+    {
+        bail!(
+            "with --pmessages every queue that gets messages needs a consumer: use at least \
+             as many consumers as queues in use"
+        );
+    }
+    Ok(config)
+}
+
+/// Entry point: runs the bench on its own tokio runtime. An `Err` (exit code 1) when the
+/// run failed or, with --pmessages, when not everything published was consumed.
+pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    let config = validate(args)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(Arc::new(config)))
+}
+
+/// Runs one bench and reports it.
+async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
+    if cfg.size != cfg.requested_size {
+        eprintln!(
+            "note: --size {} cannot hold the 8-byte latency stamp; sending {}-byte bodies",
+            cfg.requested_size, cfg.size
+        );
+    }
+    let mut setup = Client::connect(&cfg.uri, "pier-bench setup")
+        .await
+        .with_context(|| format!("connecting to {}", cfg.uri))?;
+    if cfg.declare {
+        declare(&mut setup, &cfg).await?;
+    }
+
+    let clock = Clock::new();
+    let nonce = run_nonce();
+    let counters = Arc::new(Counters::default());
+    let (stop_producers, stop_producers_rx) = watch::channel(false);
+    let (stop_consumers, stop_consumers_rx) = watch::channel(false);
+
+    // Consumers first, all subscribed before anything is published.
+    let mut consumers = Vec::with_capacity(cfg.consumers);
+    let mut latencies: Vec<SharedHistogram> = Vec::with_capacity(cfg.consumers);
+    let mut ready = Vec::with_capacity(cfg.consumers);
+    for index in 0..cfg.consumers {
+        let hist: SharedHistogram = Arc::new(Mutex::new(new_histogram()?));
+        latencies.push(Arc::clone(&hist));
+        let (tx, rx) = oneshot::channel();
+        ready.push(rx);
+        let consumer = Consumer {
+            config: Arc::clone(&cfg),
+            index,
+            counters: Arc::clone(&counters),
+            clock,
+            nonce,
+            latencies: hist,
+            stop: stop_consumers_rx.clone(),
+        };
+        consumers.push(tokio::spawn(consumer.run(tx)));
+    }
+    for (index, rx) in ready.into_iter().enumerate() {
+        if rx.await.is_err() {
+            // The task ended before subscribing: report its error.
+            let _ = stop_consumers.send(true);
+            let err = match consumers.get_mut(index) {
+                Some(handle) => match handle.await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => anyhow!("ended early"),
+                    Err(e) => anyhow!("{e}"),
+                },
+                None => anyhow!("missing"),
+            };
+            abort_all(&consumers);
+            return Err(err.context(format!("consumer {index} could not subscribe")));
+        }
+    }
+
+    let cpu_before = cpu_ticks(None);
+    let broker_cpu_before = cfg.broker_pid.and_then(|p| cpu_ticks(Some(p)));
+    let start = Instant::now();
+    let start_ns = clock.now_ns();
+    let deadline = cfg.time.map(|t| start + t);
+    let producers: Vec<JoinHandle<anyhow::Result<()>>> = (0..cfg.producers)
+        .map(|index| {
+            tokio::spawn(
+                Producer {
+                    config: Arc::clone(&cfg),
+                    index,
+                    counters: Arc::clone(&counters),
+                    clock,
+                    nonce,
+                    stop: stop_producers_rx.clone(),
+                    deadline,
+                }
+                .run(),
+            )
+        })
+        .collect();
+    if !cfg.quiet {
+        eprintln!(
+            "pier bench: {} producer(s), {} consumer(s), {} queue(s), {} B messages{}{} -> {}",
+            cfg.producers,
+            cfg.consumers,
+            cfg.queue_names.len(),
+            cfg.size,
+            if cfg.persistent { ", persistent" } else { "" },
+            cfg.confirm
+                .map(|c| format!(", confirm {c}"))
+                .unwrap_or_default(),
+            cfg.uri
+        );
+    }
+
+    // Monitor: per-second lines, end conditions, failures.
+    let mut errors: Vec<String> = Vec::new();
+    let mut total_hist = new_histogram()?;
+    let mut interval_hist = new_histogram()?;
+    let mut producers: Vec<Option<JoinHandle<anyhow::Result<()>>>> =
+        producers.into_iter().map(Some).collect();
+    let mut consumers: Vec<Option<JoinHandle<anyhow::Result<()>>>> =
+        consumers.into_iter().map(Some).collect();
+    let mut last_line = Instant::now();
+    let mut last_snap = Snapshot::default();
+    let mut interrupted = false;
+    let mut failed = false;
+    let mut drain_failed = false;
+    let mut last_progress: Option<(u64, Instant)> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut ctrl_c, if !interrupted => {
+                eprintln!("interrupted: stopping");
+                interrupted = true;
+                let _ = stop_producers.send(true);
+            }
+        }
+        // A producer that fails, or a consumer that ends at all, ends the run.
+        for (index, slot) in producers.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(JoinHandle::is_finished) {
+                if let Some(handle) = slot.take() {
+                    if let Some(e) = join_error(handle.await) {
+                        errors.push(format!("producer {index}: {e}"));
+                        failed = true;
+                    }
+                }
+            }
+        }
+        for (index, slot) in consumers.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(JoinHandle::is_finished) {
+                if let Some(handle) = slot.take() {
+                    let e = join_error(handle.await).unwrap_or_else(|| "ended early".to_owned());
+                    errors.push(format!("consumer {index}: {e}"));
+                    failed = true;
+                }
+            }
+        }
+        let now = Instant::now();
+        let snap = counters.snapshot();
+        if now.duration_since(last_line) >= Duration::from_secs(1) {
+            for h in &latencies {
+                drain_into(&mut interval_hist, h);
+            }
+            if !cfg.quiet {
+                let dt = now.duration_since(last_line);
+                print_line(&cfg, start, dt, &snap, &last_snap, &interval_hist);
+            }
+            let _ = total_hist.add(&interval_hist);
+            interval_hist.reset();
+            last_line = now;
+            last_snap = snap;
+        }
+        if failed || interrupted {
+            break;
+        }
+        if cfg.producers == 0 {
+            if deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+            continue;
+        }
+        if producers.iter().any(Option::is_some) {
+            continue;
+        }
+        // Every producer is done: with --pmessages, wait for the consumers to drain.
+        if cfg.pmessages.is_none() || cfg.consumers == 0 {
+            break;
+        }
+        let expected = snap.published * cfg.copies();
+        if snap.consumed >= expected {
+            break;
+        }
+        match last_progress {
+            Some((consumed, at)) if consumed == snap.consumed => {
+                if now.duration_since(at) >= cfg.drain_timeout {
+                    drain_failed = true;
+                    break;
+                }
+            }
+            _ => last_progress = Some((snap.consumed, now)),
+        }
+    }
+    let _ = stop_producers.send(true);
+    let end = Instant::now();
+
+    // Producers close politely (waiting for outstanding confirms), then consumers.
+    for (index, slot) in producers.iter_mut().enumerate() {
+        if let Some(handle) = slot.take() {
+            if let Some(e) = join_within(handle, Duration::from_secs(10)).await {
+                errors.push(format!("producer {index}: {e}"));
+            }
+        }
+    }
+    let _ = stop_consumers.send(true);
+    for (index, slot) in consumers.iter_mut().enumerate() {
+        if let Some(handle) = slot.take() {
+            if let Some(e) = join_within(handle, Duration::from_secs(10)).await {
+                errors.push(format!("consumer {index}: {e}"));
+            }
+        }
+    }
+    let cpu_after = cpu_ticks(None);
+    let broker_cpu_after = cfg.broker_pid.and_then(|p| cpu_ticks(Some(p)));
+    let wall = start.elapsed().as_secs_f64();
+    for h in &latencies {
+        drain_into(&mut interval_hist, h);
+    }
+    let _ = total_hist.add(&interval_hist);
+
+    let snap = counters.snapshot();
+    let run_secs = end.duration_since(start).as_secs_f64();
+    let publish_secs =
+        secs_between(start_ns, counters.last_publish_ns.load(Ordering::Relaxed)).unwrap_or(run_secs);
+    let consume_secs =
+        secs_between(start_ns, counters.last_consume_ns.load(Ordering::Relaxed)).unwrap_or(run_secs);
+    let expected = cfg.pmessages.map(|_| snap.published * cfg.copies());
+    let all_consumed = match expected {
+        Some(e) if cfg.consumers > 0 => Some(snap.consumed >= e && !drain_failed),
+        _ => None,
+    };
+
+    let summary = Summary {
+        cfg: &cfg,
+        snap,
+        wall,
+        publish_secs,
+        consume_secs,
+        latency: LatencySummary::of(&total_hist),
+        bench_cpu: cpu_percent(cpu_before, cpu_after, wall),
+        broker_cpu: cpu_percent(broker_cpu_before, broker_cpu_after, wall),
+        expected,
+        all_consumed,
+        interrupted,
+        errors: &errors,
+    };
+    let human = summary.human();
+    if cfg.json {
+        eprint!("{human}");
+        println!("{}", summary.json());
+    } else {
+        print!("{human}");
+    }
+
+    if cfg.delete_queues {
+        for q in &cfg.queue_names {
+            match setup.delete_queue(q).await {
+                Ok(0) => {}
+                Ok(n) => eprintln!("deleted queue {q} ({n} messages left in it)"),
+                Err(e) => eprintln!("could not delete queue {q}: {e:#}"),
+            }
+        }
+    }
+    let _ = setup.close().await;
+
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    match (all_consumed, expected) {
+        (Some(false), Some(e)) => bail!(
+            "only {} of {} messages consumed (nothing more within {:?})",
+            thousands(snap.consumed),
+            thousands(e),
+            cfg.drain_timeout
+        ),
+        _ => Ok(()),
+    }
+}
+
+async fn declare(setup: &mut Client, cfg: &Config) -> anyhow::Result<()> {
+    if !cfg.exchange.is_empty() {
+        setup
+            .declare_exchange(&cfg.exchange, &cfg.exchange_type, cfg.persistent)
+            .await
+            .with_context(|| format!("declaring exchange {}", cfg.exchange))?;
+    }
+    for (i, q) in cfg.queue_names.iter().enumerate() {
+        let ready = setup
+            .declare_queue(q, cfg.persistent)
+            .await
+            .with_context(|| format!("declaring queue {q}"))?;
+        if ready > 0 {
+            eprintln!(
+                "note: queue {q} already holds {} messages (counted as stale when consumed)",
+                thousands(u64::from(ready))
+            );
+        }
+        if !cfg.exchange.is_empty() {
+            setup
+                .bind_queue(q, &cfg.exchange, cfg.binding_key(i))
+                .await
+                .with_context(|| format!("binding queue {q} to {}", cfg.exchange))?;
+        }
+    }
+    Ok(())
+}
+
+fn abort_all<T>(handles: &[JoinHandle<T>]) {
+    for h in handles {
+        h.abort();
+    }
+}
+
+/// The error of a finished task, if it failed or panicked.
+fn join_error(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> Option<String> {
+    match joined {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Awaits a task for at most `limit`, aborting it after that.
+async fn join_within(
+    mut handle: JoinHandle<anyhow::Result<()>>,
+    limit: Duration,
+) -> Option<String> {
+    match tokio::time::timeout(limit, &mut handle).await {
+        Ok(joined) => join_error(joined),
+        Err(_) => {
+            handle.abort();
+            Some(format!("did not stop within {limit:?}"))
+        }
+    }
+}
+
+fn secs_between(from_ns: u64, to_ns: u64) -> Option<f64> {
+    (to_ns > from_ns).then(|| (to_ns - from_ns) as f64 / 1e9)
+}
+
+/// Identifies this run's messages (see `message.rs`).
+fn run_nonce() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9E37_79B9_7F4A_7C15
+}
+
+fn print_line(
+    cfg: &Config,
+    start: Instant,
+    dt: Duration,
+    now: &Snapshot,
+    before: &Snapshot,
+    interval: &Histogram<u64>,
+) {
+    let secs = dt.as_secs_f64().max(1e-9);
+    let per_sec = |a: u64, b: u64| rate(a.saturating_sub(b) as f64 / secs);
+    let mut line = format!(
+        "{:>6.1}s  pub {:>9}/s",
+        start.elapsed().as_secs_f64(),
+        per_sec(now.published, before.published)
+    );
+    if cfg.confirm.is_some() {
+        line.push_str(&format!(
+            "  conf {:>9}/s",
+            per_sec(now.confirmed + now.nacked, before.confirmed + before.nacked)
+        ));
+    }
+    line.push_str(&format!(
+        "  cons {:>9}/s",
+        per_sec(now.consumed, before.consumed)
+    ));
+    if interval.is_empty() {
+        line.push_str("  lat p50 -        p99 -       ");
+    } else {
+        line.push_str(&format!(
+            "  lat p50 {:>8} p99 {:>8}",
+            micros(interval.value_at_quantile(0.5)),
+            micros(interval.value_at_quantile(0.99))
+        ));
+    }
+    let depth = (now.published * cfg.copies()).saturating_sub(now.consumed);
+    line.push_str(&format!("  depth {}", thousands(depth)));
+    if now.stale > 0 {
+        line.push_str(&format!("  stale {}", thousands(now.stale)));
+    }
+    eprintln!("{line}");
+}
+
+struct Summary<'a> {
+    cfg: &'a Config,
+    snap: Snapshot,
+    wall: f64,
+    publish_secs: f64,
+    consume_secs: f64,
+    latency: LatencySummary,
+    bench_cpu: Option<f64>,
+    broker_cpu: Option<f64>,
+    expected: Option<u64>,
+    all_consumed: Option<bool>,
+    interrupted: bool,
+    errors: &'a [String],
+}
+
+impl Summary<'_> {
+    fn rates(&self) -> (f64, f64, f64) {
+        let s = &self.snap;
+        (
+            s.published as f64 / self.publish_secs.max(1e-9),
+            s.confirmed as f64 / self.publish_secs.max(1e-9),
+            s.consumed as f64 / self.consume_secs.max(1e-9),
+        )
+    }
+
+    fn human(&self) -> String {
+        use std::fmt::Write;
+        let s = &self.snap;
+        let (pub_rate, conf_rate, cons_rate) = self.rates();
+        let mut out = String::new();
+        let _ = writeln!(out, "---- pier bench summary ({:.2} s) ----", self.wall);
+        let _ = writeln!(
+            out,
+            "published  {:>12}   avg {:>10} msg/s",
+            thousands(s.published),
+            rate(pub_rate)
+        );
+        if self.cfg.confirm.is_some() {
+            let _ = writeln!(
+                out,
+                "confirmed  {:>12}   avg {:>10} msg/s   nacked {}",
+                thousands(s.confirmed),
+                rate(conf_rate),
+                thousands(s.nacked)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "consumed   {:>12}   avg {:>10} msg/s{}",
+            thousands(s.consumed),
+            rate(cons_rate),
+            if s.stale > 0 {
+                format!("   (+{} stale from earlier runs)", thousands(s.stale))
+            } else {
+                String::new()
+            }
+        );
+        let l = &self.latency;
+        if l.samples > 0 {
+            let _ = writeln!(
+                out,
+                "latency    p50 {}  p75 {}  p95 {}  p99 {}  p99.9 {}  max {}",
+                micros(l.p50),
+                micros(l.p75),
+                micros(l.p95),
+                micros(l.p99),
+                micros(l.p999),
+                micros(l.max)
+            );
+        }
+        let cpu = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}% of one core"));
+        let _ = write!(out, "bench CPU  {}", cpu(self.bench_cpu));
+        if self.cfg.broker_pid.is_some() {
+            let _ = write!(out, "   broker CPU {}", cpu(self.broker_cpu));
+        }
+        out.push('\n');
+        match (self.all_consumed, self.expected) {
+            (Some(true), Some(e)) => {
+                let _ = writeln!(out, "all {} messages consumed", thousands(e));
+            }
+            (Some(false), Some(e)) => {
+                let _ = writeln!(
+                    out,
+                    "NOT all messages consumed: {} of {}",
+                    thousands(s.consumed),
+                    thousands(e)
+                );
+            }
+            _ => {}
+        }
+        if self.interrupted {
+            out.push_str("(interrupted)\n");
+        }
+        for e in self.errors {
+            let _ = writeln!(out, "error: {e}");
+        }
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let c = self.cfg;
+        let s = &self.snap;
+        let (pub_rate, conf_rate, cons_rate) = self.rates();
+        let round = |v: f64| (v * 10.0).round() / 10.0;
+        serde_json::json!({
+            "uri": c.uri.to_string(),
+            "producers": c.producers,
+            "consumers": c.consumers,
+            "queues": c.queue_names.len(),
+            "size": c.size,
+            "persistent": c.persistent,
+            "confirm": c.confirm,
+            "prefetch": c.prefetch,
+            "multi_ack": c.multi_ack,
+            "autoack": c.autoack,
+            "rate_limit": c.rate,
+            "time_secs": c.time.map(|t| t.as_secs_f64()),
+            "pmessages": c.pmessages,
+            "duration_secs": round(self.wall * 100.0) / 100.0,
+            "published": s.published,
+            "confirmed": s.confirmed,
+            "nacked": s.nacked,
+            "consumed": s.consumed,
+            "stale": s.stale,
+            "expected": self.expected,
+            "all_consumed": self.all_consumed,
+            "publish_rate": round(pub_rate),
+            "confirm_rate": round(conf_rate),
+            "consume_rate": round(cons_rate),
+            "latency_us": self.latency.to_json(),
+            "bench_cpu_percent": self.bench_cpu.map(round),
+            "broker_cpu_percent": self.broker_cpu.map(round),
+            "interrupted": self.interrupted,
+            "errors": self.errors,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let mut argv = vec!["bench"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().bench
+    }
+
+    fn config(extra: &[&str]) -> anyhow::Result<Config> {
+        validate(args(extra))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.uri.port, 5672);
+        assert_eq!(c.uri.vhost, "/");
+        assert_eq!((c.producers, c.consumers), (1, 1));
+        assert_eq!(c.queue_names, ["pier-bench-1"]);
+        assert_eq!((c.requested_size, c.size), (16, 16));
+        assert_eq!(c.time, None);
+        assert_eq!(c.confirm, None);
+        assert_eq!(c.multi_ack, 1);
+        assert!(c.declare);
+        assert_eq!(c.exchange, "");
+        assert_eq!(c.producer_routing_key(0), "pier-bench-1");
+        assert_eq!(c.copies(), 1);
+    }
+
+    #[test]
+    fn spreading_over_queues() {
+        let c = config(&["-x", "4", "-y", "4", "--queues", "3", "--queue-prefix", "q"]).unwrap();
+        assert_eq!(c.queue_names, ["q1", "q2", "q3"]);
+        assert_eq!(
+            (0..4).map(|p| c.producer_routing_key(p)).collect::<Vec<_>>(),
+            ["q1", "q2", "q3", "q1"]
+        );
+        assert_eq!(
+            (0..4).map(|i| c.consumer_queue(i)).collect::<Vec<_>>(),
+            [0, 1, 2, 0]
+        );
+    }
+
+    #[test]
+    fn sizes_and_times() {
+        let c = config(&["--size", "0", "--time", "2.5"]).unwrap();
+        assert_eq!((c.requested_size, c.size), (0, 16));
+        assert_eq!(c.time, Some(Duration::from_millis(2500)));
+        assert_eq!(config(&["--size", "8"]).unwrap().size, 8);
+        assert_eq!(config(&["-s", "1024"]).unwrap().size, 1024);
+        assert!(config(&["--time", "0"]).is_err());
+        assert!(config(&["--time", "-1"]).is_err());
+        assert!(config(&["--drain-timeout", "0"]).is_err());
+    }
+
+    #[test]
+    fn invalid_combinations() {
+        let bad: &[&[&str]] = &[
+            &["--uri", "http://x"],
+            &["-x", "0", "-y", "0"],
+            &["--queues", "0"],
+            &["--queue-prefix", ""],
+            &["--pmessages", "0"],
+            &["-x", "0", "--pmessages", "10"],
+            &["--autoack", "--multi-ack", "10"],
+            &["--multi-ack", "0"],
+            &["--prefetch", "10", "--multi-ack", "100"],
+            &["--routing-key", "k"],
+            &["--exchange", "amq.direct"],
+            // 2 queues get messages but only queue 1 is consumed: the drain check could
+            // never pass.
+            &["-x", "2", "-y", "1", "--queues", "2", "--pmessages", "5"],
+            // Fanout to 3 queues with 2 consumers.
+            &["-e", "fx", "--exchange-type", "fanout", "--queues", "3", "-y", "2", "-C", "1"],
+        ];
+        for extra in bad {
+            assert!(config(extra).is_err(), "{extra:?} should be rejected");
+        }
+        // ... and what is fine.
+        let good: &[&[&str]] = &[
+            &["--prefetch", "100", "--multi-ack", "100"],
+            &["--autoack", "--prefetch", "10"],
+            &["-x", "2", "-y", "2", "--queues", "2", "--pmessages", "5"],
+            &["-x", "1", "-y", "1", "--queues", "4", "--pmessages", "5"],
+            &["-x", "2", "-y", "0", "--pmessages", "5"],
+            &["-x", "0", "-y", "2", "--time", "1"],
+            &["--exchange", "amq.direct", "--no-declare"],
+        ];
+        for extra in good {
+            assert!(config(extra).is_ok(), "{extra:?} should be accepted: {:?}", config(extra));
+        }
+    }
+
+    #[test]
+    fn exchanges_and_copies() {
+        let c = config(&["-e", "bx", "--queues", "3", "-y", "3"]).unwrap();
+        assert_eq!(c.copies(), 1);
+        assert_eq!(c.binding_key(1), "pier-bench-2");
+        let c = config(&["-e", "bx", "-k", "all", "--queues", "3", "-y", "3"]).unwrap();
+        assert_eq!(c.copies(), 3);
+        assert_eq!(c.producer_routing_key(0), "all");
+        assert_eq!(c.binding_key(2), "all");
+        let c = config(&["-e", "fx", "--exchange-type", "fanout", "--queues", "2", "-y", "2"])
+            .unwrap();
+        assert_eq!(c.copies(), 2);
+    }
+
+    #[test]
+    fn confirm_and_flags() {
+        let c = config(&[
+            "--persistent",
+            "--confirm",
+            "1000",
+            "--multi-ack",
+            "100",
+            "--prefetch",
+            "1000",
+            "--rate",
+            "500",
+            "--json",
+            "--delete-queues",
+            "--no-declare",
+        ])
+        .unwrap();
+        assert!(c.persistent && c.json && c.delete_queues && !c.declare);
+        assert_eq!(c.confirm, Some(1000));
+        assert_eq!((c.multi_ack, c.prefetch, c.rate), (100, 1000, 500));
+        assert_eq!(config(&["--confirm", "0"]).unwrap().confirm, None);
+    }
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Pier's test command: lint, build, Rust tests, then the Python black-box
+# suite (tests/python) against the freshly built broker.
+#
+# Usage: ./scripts/test.sh [--quick] [--no-python] [--python-only] [-- PYTEST_ARGS...]
+#
+#   --quick        skip `cargo fmt --check` and `cargo clippy`
+#   --no-python    stop after `cargo test`
+#   --python-only  skip every cargo stage (uses the existing binary at $PIER_BIN)
+#   -- ARGS        extra arguments for pytest (e.g. -- -k queue -x)
+#
+# Environment:
+#   PIER_BIN             broker binary for the Python suite (default: <target>/debug/pier)
+#   PIER_TEST_AMQP_URL   run the Python suite against this external broker instead
+#                        (e.g. a RabbitMQ: amqp://guest:guest@127.0.0.1:5673/%2F)
+#   PYTHON               interpreter used to create .venv (default: python3)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+QUICK=0
+RUN_CARGO=1
+RUN_PYTHON=1
+PYTEST_ARGS=()
+
+usage() {
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --no-python) RUN_PYTHON=0 ;;
+        --python-only) RUN_CARGO=0 ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; PYTEST_ARGS+=("$@"); break ;;
+        *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+BOLD=""
+RESET=""
+if [ -t 1 ]; then
+    BOLD="$(printf '\033[1m')"
+    RESET="$(printf '\033[0m')"
+fi
+STAGE_START=$SECONDS
+stage() {
+    printf '\n%s==> [%s] %s%s\n' "$BOLD" "$(date +%H:%M:%S)" "$*" "$RESET"
+    STAGE_START=$SECONDS
+}
+stage_done() {
+    printf '    (%ss)\n' "$((SECONDS - STAGE_START))"
+}
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export PIER_BIN="${PIER_BIN:-$TARGET_DIR/debug/pier}"
+
+if [ "$RUN_CARGO" -eq 1 ]; then
+    if [ "$QUICK" -eq 0 ]; then
+        stage "cargo fmt --all -- --check"
+        cargo fmt --all -- --check
+        stage_done
+
+        stage "cargo clippy --workspace --all-targets -- -D warnings"
+        cargo clippy --workspace --all-targets -- -D warnings
+        stage_done
+    fi
+
+    stage "cargo build --workspace --all-targets"
+    cargo build --workspace --all-targets
+    stage_done
+
+    stage "cargo test --workspace"
+    cargo test --workspace
+    stage_done
+fi
+
+if [ "$RUN_PYTHON" -eq 0 ]; then
+    printf '\nAll requested stages passed (Python suite skipped).\n'
+    exit 0
+fi
+
+# --- Python virtualenv -------------------------------------------------------
+VENV="$ROOT/.venv"
+REQUIREMENTS="$ROOT/tests/python/requirements.txt"
+PYTHON="${PYTHON:-python3}"
+
+stage "python virtualenv (.venv)"
+want_hash="$({ cat "$REQUIREMENTS"; "$PYTHON" --version 2>&1; } | sha256sum | cut -d' ' -f1)"
+have_hash="$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)"
+if [ "$want_hash" != "$have_hash" ] || ! "$VENV/bin/python" -c 'import pika, pytest' 2>/dev/null; then
+    rm -rf "$VENV"
+    if ! "$PYTHON" -m venv "$VENV"; then
+        echo "test.sh: '$PYTHON -m venv' failed; on Debian install python3-venv (.ci/run does)" >&2
+        exit 1
+    fi
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQUIREMENTS"
+    echo "$want_hash" >"$VENV/.requirements.sha256"
+    echo "    installed $(wc -l <"$REQUIREMENTS") requirement lines into .venv"
+else
+    echo "    .venv is up to date"
+fi
+stage_done
+
+# --- Python black-box suite ----------------------------------------------------
+if [ -n "${PIER_TEST_AMQP_URL:-}" ]; then
+    stage "pytest tests/python (external broker: $PIER_TEST_AMQP_URL)"
+else
+    if [ ! -x "$PIER_BIN" ]; then
+        echo "test.sh: broker binary not found at $PIER_BIN" >&2
+        exit 1
+    fi
+    stage "pytest tests/python (PIER_BIN=$PIER_BIN)"
+fi
+"$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
+stage_done
+
+printf '\nAll stages passed.\n'
