@@ -61,7 +61,12 @@ pub fn verify_password(password: &str, stored_hash: &str) -> bool {
     h.update(salt);
     h.update(password.as_bytes());
     let got = h.finalize();
-    got.len() == expected.len() && got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    got.len() == expected.len()
+        && got
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// Users and their permissions.

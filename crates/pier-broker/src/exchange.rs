@@ -220,7 +220,14 @@ mod tests {
 
     #[test]
     fn direct_routes_by_key_and_unbinds() {
-        let mut x = Exchange::new("d".into(), ExchangeKind::Direct, false, false, false, FieldTable::new());
+        let mut x = Exchange::new(
+            "d".into(),
+            ExchangeKind::Direct,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        );
         assert!(x.bind(binding(q("a"), "k")));
         assert!(!x.bind(binding(q("a"), "k")), "duplicate bind is a no-op");
         x.bind(binding(q("b"), "k"));
@@ -235,12 +242,29 @@ mod tests {
 
     #[test]
     fn topic_and_fanout() {
-        let mut t = Exchange::new("t".into(), ExchangeKind::Topic, false, false, false, FieldTable::new());
+        let mut t = Exchange::new(
+            "t".into(),
+            ExchangeKind::Topic,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        );
         t.bind(binding(q("all"), "#"));
         t.bind(binding(q("orange"), "*.orange.*"));
-        assert_eq!(routed(&t, "quick.orange.rabbit"), vec![q("all"), q("orange")]);
+        assert_eq!(
+            routed(&t, "quick.orange.rabbit"),
+            vec![q("all"), q("orange")]
+        );
         assert_eq!(routed(&t, ""), vec![q("all")]);
-        let mut f = Exchange::new("f".into(), ExchangeKind::Fanout, false, false, false, FieldTable::new());
+        let mut f = Exchange::new(
+            "f".into(),
+            ExchangeKind::Fanout,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        );
         f.bind(binding(q("x"), "ignored"));
         assert_eq!(routed(&f, "anything"), vec![q("x")]);
     }

@@ -126,7 +126,12 @@ impl Broker {
     }
 
     /// Checks credentials; `from_loopback` says whether the peer address is a loopback one.
-    pub fn authenticate(&self, user: &str, password: &str, from_loopback: bool) -> Result<User, AuthError> {
+    pub fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        from_loopback: bool,
+    ) -> Result<User, AuthError> {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let found = users
             .authenticate(user, password)

@@ -27,31 +27,34 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
 pub fn topic_words_match(pattern: &[&str], key: &[&str]) -> bool {
     // reachable[j]: the pattern prefix processed so far can consume exactly key[..j].
     let mut reachable = vec![false; key.len() + 1];
-    reachable[0] = true;
+    if let Some(first) = reachable.first_mut() {
+        *first = true;
+    }
+    let mut next = vec![false; key.len() + 1];
     for word in pattern {
-        let mut next = vec![false; key.len() + 1];
+        next.fill(false);
         match *word {
             "#" => {
                 let mut any = false;
-                for j in 0..=key.len() {
-                    any |= reachable[j];
-                    next[j] = any;
+                for (n, r) in next.iter_mut().zip(&reachable) {
+                    any |= *r;
+                    *n = any;
                 }
             }
             "*" => {
-                for j in 0..key.len() {
-                    next[j + 1] = reachable[j];
+                for (n, r) in next.iter_mut().skip(1).zip(&reachable) {
+                    *n = *r;
                 }
             }
             literal => {
-                for j in 0..key.len() {
-                    next[j + 1] = reachable[j] && key[j] == literal;
+                for ((n, r), k) in next.iter_mut().skip(1).zip(&reachable).zip(key) {
+                    *n = *r && *k == literal;
                 }
             }
         }
-        reachable = next;
+        std::mem::swap(&mut reachable, &mut next);
     }
-    reachable[key.len()]
+    reachable.last().copied().unwrap_or(false)
 }
 
 /// How a headers-exchange binding combines its conditions (`x-match`).
@@ -205,11 +208,19 @@ mod tests {
     #[test]
     fn headers_all_and_any() {
         let msg = table(&[("format", s("pdf")), ("type", s("report")), ("x-k", s("v"))]);
-        let all = table(&[("x-match", s("all")), ("format", s("pdf")), ("type", s("report"))]);
+        let all = table(&[
+            ("x-match", s("all")),
+            ("format", s("pdf")),
+            ("type", s("report")),
+        ]);
         assert!(headers_match(&all, Some(&msg)));
         let all_miss = table(&[("format", s("pdf")), ("type", s("log"))]);
         assert!(!headers_match(&all_miss, Some(&msg)));
-        let any = table(&[("x-match", s("any")), ("format", s("zip")), ("type", s("report"))]);
+        let any = table(&[
+            ("x-match", s("any")),
+            ("format", s("zip")),
+            ("type", s("report")),
+        ]);
         assert!(headers_match(&any, Some(&msg)));
         let any_miss = table(&[("x-match", s("any")), ("format", s("zip"))]);
         assert!(!headers_match(&any_miss, Some(&msg)));
@@ -220,7 +231,10 @@ mod tests {
     fn headers_x_keys() {
         let msg = table(&[("x-k", s("v"))]);
         let all_x = table(&[("x-match", s("all")), ("x-k", s("other"))]);
-        assert!(headers_match(&all_x, Some(&msg)), "x- keys ignored under all");
+        assert!(
+            headers_match(&all_x, Some(&msg)),
+            "x- keys ignored under all"
+        );
         let all_with_x = table(&[("x-match", s("all-with-x")), ("x-k", s("other"))]);
         assert!(!headers_match(&all_with_x, Some(&msg)));
         let any_with_x = table(&[("x-match", s("any-with-x")), ("x-k", s("v"))]);
@@ -230,8 +244,17 @@ mod tests {
     #[test]
     fn headers_void_and_int_widths() {
         let msg = table(&[("n", FieldValue::LongLongInt(5))]);
-        assert!(headers_match(&table(&[("n", FieldValue::Void)]), Some(&msg)));
-        assert!(headers_match(&table(&[("n", FieldValue::ShortInt(5))]), Some(&msg)));
-        assert!(!headers_match(&table(&[("n", FieldValue::ShortInt(6))]), Some(&msg)));
+        assert!(headers_match(
+            &table(&[("n", FieldValue::Void)]),
+            Some(&msg)
+        ));
+        assert!(headers_match(
+            &table(&[("n", FieldValue::ShortInt(5))]),
+            Some(&msg)
+        ));
+        assert!(!headers_match(
+            &table(&[("n", FieldValue::ShortInt(6))]),
+            Some(&msg)
+        ));
     }
 }

@@ -68,7 +68,9 @@ impl QueueState {
             Some((_, e)) => Some(e),
             None => self.ready.pop_front(),
         }?;
-        self.ready_bytes = self.ready_bytes.saturating_sub(entry.message.body_size() as u64);
+        self.ready_bytes = self
+            .ready_bytes
+            .saturating_sub(entry.message.body_size() as u64);
         Some(entry)
     }
 }
@@ -230,7 +232,11 @@ impl Queue {
         let n = st.consumers.len();
         let first_priority = st.consumers.first()?.spec.priority;
         let start = st.round_robin;
-        if st.consumers.iter().all(|c| c.spec.priority == first_priority) {
+        if st
+            .consumers
+            .iter()
+            .all(|c| c.spec.priority == first_priority)
+        {
             return (0..n)
                 .map(|i| (start + i) % n)
                 .find(|&idx| self.can_take(st, idx));

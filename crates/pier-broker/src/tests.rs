@@ -68,7 +68,12 @@ fn msg(body: &str) -> Arc<Message> {
     ))
 }
 
-fn spec(tag: &str, sink: &Arc<RecordingSink>, prefetch: u32, credit: &Arc<ChannelCredit>) -> ConsumerSpec {
+fn spec(
+    tag: &str,
+    sink: &Arc<RecordingSink>,
+    prefetch: u32,
+    credit: &Arc<ChannelCredit>,
+) -> ConsumerSpec {
     ConsumerSpec {
         tag: ShortString::from(tag),
         connection: 1,
@@ -120,7 +125,10 @@ fn routed(vh: &VHost, x: &str, key: &str) -> Vec<String> {
 fn fifo_and_round_robin() {
     let vh = VHost::new("/");
     let q = declare(&vh, "q");
-    let (a, b) = (Arc::new(RecordingSink::default()), Arc::new(RecordingSink::default()));
+    let (a, b) = (
+        Arc::new(RecordingSink::default()),
+        Arc::new(RecordingSink::default()),
+    );
     let credit = Arc::new(ChannelCredit::new());
     q.add_consumer(spec("a", &a, 0, &credit), || {}).unwrap();
     q.add_consumer(spec("b", &b, 0, &credit), || {}).unwrap();
@@ -180,7 +188,11 @@ fn requeue_restores_original_position() {
     assert_eq!(got.len(), 2);
     q.remove_consumer(id);
     // Give back "1" then "0": they must come back in offset order, ahead of "2" and "3".
-    let back: Vec<_> = got.iter().rev().map(|d| (d.offset, Arc::clone(&d.message))).collect();
+    let back: Vec<_> = got
+        .iter()
+        .rev()
+        .map(|d| (d.offset, Arc::clone(&d.message)))
+        .collect();
     q.requeue(None, back);
     let b = Arc::new(RecordingSink::default());
     q.add_consumer(spec("b", &b, 0, &credit), || {}).unwrap();
@@ -207,7 +219,10 @@ fn blocked_sink_resumes_when_ready() {
 fn consumer_priorities_prefer_higher() {
     let vh = VHost::new("/");
     let q = declare(&vh, "q");
-    let (lo, hi) = (Arc::new(RecordingSink::default()), Arc::new(RecordingSink::default()));
+    let (lo, hi) = (
+        Arc::new(RecordingSink::default()),
+        Arc::new(RecordingSink::default()),
+    );
     let credit = Arc::new(ChannelCredit::new());
     q.add_consumer(spec("lo", &lo, 0, &credit), || {}).unwrap();
     let mut s = spec("hi", &hi, 1, &credit);
@@ -230,7 +245,9 @@ fn exclusive_consumer_rules() {
     let mut ex = spec("a", &a, 0, &credit);
     ex.exclusive = true;
     q.add_consumer(ex.clone(), || {}).unwrap();
-    let err = q.add_consumer(spec("b", &a, 0, &credit), || {}).unwrap_err();
+    let err = q
+        .add_consumer(spec("b", &a, 0, &credit), || {})
+        .unwrap_err();
     assert_eq!(err.reply_code(), 403);
     let q2 = declare(&vh, "q2");
     q2.add_consumer(spec("b", &a, 0, &credit), || {}).unwrap();
@@ -258,13 +275,19 @@ fn queue_declare_rules() {
     d.durable = true;
     let e = vh.declare_queue(&d).unwrap_err();
     assert_eq!(e.reply_code(), 406);
-    assert!(e.to_string().starts_with("inequivalent arg 'durable'"), "{e}");
+    assert!(
+        e.to_string().starts_with("inequivalent arg 'durable'"),
+        "{e}"
+    );
     d.name = ShortString::from("amq.mine");
     assert_eq!(vh.declare_queue(&d).unwrap_err().reply_code(), 403);
     d.name = ShortString::from("missing");
     d.passive = true;
     let e = vh.declare_queue(&d).unwrap_err();
-    assert_eq!(e.reply_text(), "NOT_FOUND - no queue 'missing' in vhost '/'");
+    assert_eq!(
+        e.reply_text(),
+        "NOT_FOUND - no queue 'missing' in vhost '/'"
+    );
 
     let mut args = FieldTable::new();
     args.insert("x-message-ttl", FieldValue::LongInt(1000));
@@ -278,9 +301,12 @@ fn queue_declare_rules() {
         connection: 1,
     };
     vh.declare_queue(&a).unwrap();
-    a.arguments.insert("x-message-ttl", FieldValue::LongLongInt(1000));
-    vh.declare_queue(&a).expect("same value, other integer width");
-    a.arguments.insert("x-message-ttl", FieldValue::LongLongInt(2000));
+    a.arguments
+        .insert("x-message-ttl", FieldValue::LongLongInt(1000));
+    vh.declare_queue(&a)
+        .expect("same value, other integer width");
+    a.arguments
+        .insert("x-message-ttl", FieldValue::LongLongInt(2000));
     assert_eq!(vh.declare_queue(&a).unwrap_err().reply_code(), 406);
 }
 
@@ -295,9 +321,17 @@ fn exchange_declare_rules() {
         "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': received 'fanout' but current is 'direct'"
     );
     assert_eq!(xdeclare(&vh, "y", "nope").unwrap_err().reply_code(), 503);
-    assert_eq!(xdeclare(&vh, "amq.new", "direct").unwrap_err().reply_code(), 403);
+    assert_eq!(
+        xdeclare(&vh, "amq.new", "direct").unwrap_err().reply_code(),
+        403
+    );
     // Predeclared exchanges are durable: redeclaring them non-durable is inequivalent.
-    assert_eq!(xdeclare(&vh, "amq.direct", "direct").unwrap_err().reply_code(), 406);
+    assert_eq!(
+        xdeclare(&vh, "amq.direct", "direct")
+            .unwrap_err()
+            .reply_code(),
+        406
+    );
     assert_eq!(xdeclare(&vh, "", "direct").unwrap_err().reply_code(), 403);
 }
 
@@ -307,33 +341,55 @@ fn routing_through_exchange_graph_delivers_once() {
     declare(&vh, "q");
     xdeclare(&vh, "a", "fanout").unwrap();
     xdeclare(&vh, "b", "fanout").unwrap();
-    vh.bind_exchange("b", "a", "".into(), FieldTable::new()).unwrap();
-    vh.bind_exchange("a", "b", "".into(), FieldTable::new()).unwrap();
-    vh.bind_queue("q", "a", "".into(), FieldTable::new(), 1).unwrap();
-    vh.bind_queue("q", "b", "".into(), FieldTable::new(), 1).unwrap();
+    vh.bind_exchange("b", "a", "".into(), FieldTable::new())
+        .unwrap();
+    vh.bind_exchange("a", "b", "".into(), FieldTable::new())
+        .unwrap();
+    vh.bind_queue("q", "a", "".into(), FieldTable::new(), 1)
+        .unwrap();
+    vh.bind_queue("q", "b", "".into(), FieldTable::new(), 1)
+        .unwrap();
     assert_eq!(routed(&vh, "a", "k"), ["q"]);
     assert_eq!(routed(&vh, "b", "k"), ["q"]);
     assert_eq!(routed(&vh, "", "q"), ["q"]);
     assert!(routed(&vh, "", "nope").is_empty());
     let mut out = Vec::new();
-    assert_eq!(vh.route("missing", "k", None, &mut out).unwrap_err().reply_code(), 404);
+    assert_eq!(
+        vh.route("missing", "k", None, &mut out)
+            .unwrap_err()
+            .reply_code(),
+        404
+    );
 }
 
 #[test]
 fn delete_queue_cancels_consumers_and_bindings() {
     let vh = VHost::new("/");
     let q = declare(&vh, "q");
-    vh.bind_queue("q", "amq.direct", "k".into(), FieldTable::new(), 1).unwrap();
+    vh.bind_queue("q", "amq.direct", "k".into(), FieldTable::new(), 1)
+        .unwrap();
     let a = Arc::new(RecordingSink::default());
     let credit = Arc::new(ChannelCredit::new());
     q.add_consumer(spec("tag", &a, 0, &credit), || {}).unwrap();
-    assert_eq!(vh.delete_queue("q", true, false, 1).unwrap_err().reply_code(), 406);
+    assert_eq!(
+        vh.delete_queue("q", true, false, 1)
+            .unwrap_err()
+            .reply_code(),
+        406
+    );
     q.publish(msg("x"));
     assert_eq!(vh.delete_queue("q", false, false, 1).unwrap(), 0);
-    assert_eq!(a.cancelled.lock().unwrap().as_slice(), [ShortString::from("tag")]);
+    assert_eq!(
+        a.cancelled.lock().unwrap().as_slice(),
+        [ShortString::from("tag")]
+    );
     assert!(routed(&vh, "amq.direct", "k").is_empty());
     assert!(!q.publish(msg("late")));
-    assert_eq!(vh.delete_queue("q", false, false, 1).unwrap(), 0, "idempotent");
+    assert_eq!(
+        vh.delete_queue("q", false, false, 1).unwrap(),
+        0,
+        "idempotent"
+    );
 }
 
 #[test]
@@ -350,8 +406,10 @@ fn auto_delete_exchange_goes_with_last_binding() {
         arguments: FieldTable::new(),
     })
     .unwrap();
-    vh.bind_queue("q", "ad", "#".into(), FieldTable::new(), 1).unwrap();
-    vh.unbind_queue("q", "ad", "#".into(), FieldTable::new(), 1).unwrap();
+    vh.bind_queue("q", "ad", "#".into(), FieldTable::new(), 1)
+        .unwrap();
+    vh.unbind_queue("q", "ad", "#".into(), FieldTable::new(), 1)
+        .unwrap();
     assert!(!vh.exchange_exists("ad"));
 }
 
@@ -382,5 +440,8 @@ fn broker_auth_and_vhosts() {
     assert!(b.open_vhost("guest", "/").is_ok());
     assert_eq!(b.open_vhost("guest", "nope").unwrap_err().reply_code(), 530);
     b.add_vhost("other");
-    assert_eq!(b.open_vhost("guest", "other").unwrap_err().reply_code(), 530);
+    assert_eq!(
+        b.open_vhost("guest", "other").unwrap_err().reply_code(),
+        530
+    );
 }

@@ -164,7 +164,12 @@ impl VHost {
         Ok(())
     }
 
-    fn exchange_equivalent(&self, x: &Exchange, kind: ExchangeKind, d: &ExchangeDeclare) -> Result<()> {
+    fn exchange_equivalent(
+        &self,
+        x: &Exchange,
+        kind: ExchangeKind,
+        d: &ExchangeDeclare,
+    ) -> Result<()> {
         let mismatch = |arg: &str, received: String, current: String| BrokerError::Inequivalent {
             kind: ObjectKind::Exchange,
             name: d.name.to_string(),
@@ -186,7 +191,11 @@ impl VHost {
             ("internal", d.internal, x.internal),
         ] {
             if received != current {
-                return Err(mismatch(arg, format!("'{received}'"), format!("'{current}'")));
+                return Err(mismatch(
+                    arg,
+                    format!("'{received}'"),
+                    format!("'{current}'"),
+                ));
             }
         }
         compare_args(&["alternate-exchange"], &d.arguments, &x.arguments)
@@ -243,7 +252,13 @@ impl VHost {
             .get_key_value(destination)
             .map(|(k, _)| k.clone())
             .ok_or_else(|| self.not_found(ObjectKind::Exchange, destination))?;
-        self.add_binding(&mut t, source, Destination::Exchange(dest_name), routing_key, arguments)
+        self.add_binding(
+            &mut t,
+            source,
+            Destination::Exchange(dest_name),
+            routing_key,
+            arguments,
+        )
     }
 
     pub fn unbind_exchange(
@@ -282,11 +297,14 @@ impl VHost {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| BrokerError::not_found(ObjectKind::Exchange, source, &vhost))?;
-        if x.kind == ExchangeKind::Headers && HeadersMatch::from_binding_args(&arguments).is_none() {
-            let shown = arguments.get("x-match").map_or_else(String::new, |v| match v {
-                FieldValue::LongString(s) => format!("<<\"{}\">>", s.to_str_lossy()),
-                other => show_value(other),
-            });
+        if x.kind == ExchangeKind::Headers && HeadersMatch::from_binding_args(&arguments).is_none()
+        {
+            let shown = arguments
+                .get("x-match")
+                .map_or_else(String::new, |v| match v {
+                    FieldValue::LongString(s) => format!("<<\"{}\">>", s.to_str_lossy()),
+                    other => show_value(other),
+                });
             return Err(BrokerError::PreconditionFailed(format!(
                 "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
             )));
@@ -406,7 +424,12 @@ impl VHost {
             if let Some(v) = args.get(key) {
                 match v.as_i64() {
                     Some(n) if n >= 0 => {}
-                    _ => return Err(invalid(key, format!("expected a non-negative integer, got {v:?}"))),
+                    _ => {
+                        return Err(invalid(
+                            key,
+                            format!("expected a non-negative integer, got {v:?}"),
+                        ))
+                    }
                 }
             }
         }
@@ -428,7 +451,11 @@ impl VHost {
             ("auto_delete", d.auto_delete, o.auto_delete),
         ] {
             if received != current {
-                return Err(mismatch(arg, format!("'{received}'"), format!("'{current}'")));
+                return Err(mismatch(
+                    arg,
+                    format!("'{received}'"),
+                    format!("'{current}'"),
+                ));
             }
         }
         if d.exclusive != o.exclusive_owner.is_some() {
@@ -479,7 +506,13 @@ impl VHost {
         if exchange.is_empty() {
             return Err(BrokerError::DefaultExchange);
         }
-        self.add_binding(&mut t, exchange, Destination::Queue(qname), routing_key, arguments)
+        self.add_binding(
+            &mut t,
+            exchange,
+            Destination::Queue(qname),
+            routing_key,
+            arguments,
+        )
     }
 
     pub fn unbind_queue(
@@ -500,7 +533,13 @@ impl VHost {
         if exchange.is_empty() {
             return Err(BrokerError::DefaultExchange);
         }
-        self.remove_binding(&mut t, exchange, Destination::Queue(qname), routing_key, arguments)
+        self.remove_binding(
+            &mut t,
+            exchange,
+            Destination::Queue(qname),
+            routing_key,
+            arguments,
+        )
     }
 
     pub fn purge_queue(&self, name: &str, connection: ConnectionId) -> Result<u32> {
@@ -635,7 +674,11 @@ impl VHost {
                 }
             });
         }
-        out.extend(queue_names.into_iter().filter_map(|n| t.queues.get(n).cloned()));
+        out.extend(
+            queue_names
+                .into_iter()
+                .filter_map(|n| t.queues.get(n).cloned()),
+        );
         Ok(())
     }
 }
@@ -686,7 +729,10 @@ fn compare_args(
         if !same {
             // RabbitMQ shows bare values when both sides have one, typed values otherwise.
             let (received, current) = match (r, c) {
-                (Some(a), Some(b)) => (format!("'{}'", show_value(a)), format!("'{}'", show_value(b))),
+                (Some(a), Some(b)) => (
+                    format!("'{}'", show_value(a)),
+                    format!("'{}'", show_value(b)),
+                ),
                 _ => (describe_arg(r), describe_arg(c)),
             };
             return Err(((*key).to_owned(), received, current));

@@ -12,11 +12,10 @@ use pier_broker::{
     names, ChannelCredit, ConsumerId, ConsumerSpec, ExchangeDeclare, Message, Queue, QueueDeclare,
 };
 use pier_wire::{
-    reply_code as rc, BasicAck, BasicCancelOk, BasicGetEmpty, BasicNack, BasicPublish,
-    BasicQosOk, BasicRecoverOk, ChannelFlowOk, ConfirmSelectOk, ContentHeader, ExchangeBindOk,
-    ExchangeDeclareOk, ExchangeDeleteOk, ExchangeUnbindOk, Method, QueueBindOk,
-    QueueDeclareOk, QueueDeleteOk, QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk,
-    TxRollbackOk, TxSelectOk,
+    reply_code as rc, BasicAck, BasicCancelOk, BasicGetEmpty, BasicNack, BasicPublish, BasicQosOk,
+    BasicRecoverOk, ChannelFlowOk, ConfirmSelectOk, ContentHeader, ExchangeBindOk,
+    ExchangeDeclareOk, ExchangeDeleteOk, ExchangeUnbindOk, Method, QueueBindOk, QueueDeclareOk,
+    QueueDeleteOk, QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
 use crate::connection::{requeue_grouped, Connection};
@@ -46,8 +45,15 @@ pub(crate) struct Tx {
 }
 
 enum TxAck {
-    Ack { tag: u64, multiple: bool },
-    Nack { tag: u64, multiple: bool, requeue: bool },
+    Ack {
+        tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
 }
 
 pub(crate) struct Channel {
@@ -111,9 +117,9 @@ fn take_deliveries(d: &mut ChannelDeliveries, tag: u64, multiple: bool) -> Optio
 
 impl Connection {
     fn channel(&mut self, id: u16) -> Result<&mut Channel, AmqpException> {
-        self.channels
-            .get_mut(&id)
-            .ok_or_else(|| AmqpException::new(rc::CHANNEL_ERROR, format!("channel {id} is not open")))
+        self.channels.get_mut(&id).ok_or_else(|| {
+            AmqpException::new(rc::CHANNEL_ERROR, format!("channel {id} is not open"))
+        })
     }
 
     fn reply(&self, channel: u16, method: Method) {
@@ -121,7 +127,11 @@ impl Connection {
     }
 
     /// An empty queue name means the channel's last declared queue.
-    fn queue_name(&mut self, channel: u16, name: ShortString) -> Result<ShortString, AmqpException> {
+    fn queue_name(
+        &mut self,
+        channel: u16,
+        name: ShortString,
+    ) -> Result<ShortString, AmqpException> {
         if !name.is_empty() {
             return Ok(name);
         }
@@ -141,7 +151,12 @@ impl Connection {
             Method::BasicCancel(m) => {
                 self.cancel_consumer(ch, &m.consumer_tag);
                 if !m.nowait {
-                    self.reply(ch, Method::BasicCancelOk(BasicCancelOk { consumer_tag: m.consumer_tag }));
+                    self.reply(
+                        ch,
+                        Method::BasicCancelOk(BasicCancelOk {
+                            consumer_tag: m.consumer_tag,
+                        }),
+                    );
                 }
                 Ok(())
             }
@@ -157,8 +172,11 @@ impl Connection {
                 if m.global {
                     channel.credit.set_limit(u32::from(m.prefetch_count));
                     // A raised limit may release consumers waiting on it.
-                    let queues: Vec<Arc<Queue>> =
-                        channel.consumers.values().map(|c| Arc::clone(&c.queue)).collect();
+                    let queues: Vec<Arc<Queue>> = channel
+                        .consumers
+                        .values()
+                        .map(|c| Arc::clone(&c.queue))
+                        .collect();
                     queues.iter().for_each(|q| q.dispatch());
                 } else {
                     channel.prefetch_count = u32::from(m.prefetch_count);
@@ -172,11 +190,17 @@ impl Connection {
                 let channel = self.channel(ch)?;
                 channel.sink.flow_active.store(m.active, Ordering::Release);
                 if m.active {
-                    let queues: Vec<Arc<Queue>> =
-                        channel.consumers.values().map(|c| Arc::clone(&c.queue)).collect();
+                    let queues: Vec<Arc<Queue>> = channel
+                        .consumers
+                        .values()
+                        .map(|c| Arc::clone(&c.queue))
+                        .collect();
                     queues.iter().for_each(|q| q.dispatch());
                 }
-                self.reply(ch, Method::ChannelFlowOk(ChannelFlowOk { active: m.active }));
+                self.reply(
+                    ch,
+                    Method::ChannelFlowOk(ChannelFlowOk { active: m.active }),
+                );
                 Ok(())
             }
             Method::ChannelFlowOk(_) => Ok(()),
@@ -211,8 +235,12 @@ impl Connection {
                 Ok(())
             }
             Method::ExchangeUnbind(m) => {
-                self.vhost
-                    .unbind_exchange(&m.destination, &m.source, m.routing_key, m.arguments)?;
+                self.vhost.unbind_exchange(
+                    &m.destination,
+                    &m.source,
+                    m.routing_key,
+                    m.arguments,
+                )?;
                 if !m.nowait {
                     self.reply(ch, Method::ExchangeUnbindOk(ExchangeUnbindOk {}));
                 }
@@ -253,8 +281,13 @@ impl Connection {
             }
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(ch, m.queue)?;
-                self.vhost
-                    .unbind_queue(&queue, &m.exchange, m.routing_key, m.arguments, self.id)?;
+                self.vhost.unbind_queue(
+                    &queue,
+                    &m.exchange,
+                    m.routing_key,
+                    m.arguments,
+                    self.id,
+                )?;
                 self.reply(ch, Method::QueueUnbindOk(QueueUnbindOk {}));
                 Ok(())
             }
@@ -318,7 +351,10 @@ impl Connection {
             }
             other => Err(AmqpException::new(
                 rc::COMMAND_INVALID,
-                format!("method '{}' is not valid from a client on a channel", other.name()),
+                format!(
+                    "method '{}' is not valid from a client on a channel",
+                    other.name()
+                ),
             )),
         }
     }
@@ -339,19 +375,32 @@ impl Connection {
         Ok(())
     }
 
-    pub(crate) fn handle_content_header(&mut self, ch: u16, header: ContentHeader) -> Result<(), AmqpException> {
+    pub(crate) fn handle_content_header(
+        &mut self,
+        ch: u16,
+        header: ContentHeader,
+    ) -> Result<(), AmqpException> {
         let max = self.config.max_message_size;
         let channel = self.channel(ch)?;
         let Some(p) = channel.pending.as_mut() else {
-            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "content header without a method"));
+            return Err(AmqpException::new(
+                rc::UNEXPECTED_FRAME,
+                "content header without a method",
+            ));
         };
         if p.header.is_some() {
-            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "second content header"));
+            return Err(AmqpException::new(
+                rc::UNEXPECTED_FRAME,
+                "second content header",
+            ));
         }
         if header.class_id != 60 {
             return Err(AmqpException::new(
                 rc::UNEXPECTED_FRAME,
-                format!("expected content header for class 60, got one for class {}", header.class_id),
+                format!(
+                    "expected content header for class 60, got one for class {}",
+                    header.class_id
+                ),
             )
             .on_ids(60, 40));
         }
@@ -371,13 +420,23 @@ impl Connection {
         Ok(())
     }
 
-    pub(crate) fn handle_content_body(&mut self, ch: u16, payload: Bytes) -> Result<(), AmqpException> {
+    pub(crate) fn handle_content_body(
+        &mut self,
+        ch: u16,
+        payload: Bytes,
+    ) -> Result<(), AmqpException> {
         let channel = self.channel(ch)?;
         let Some(p) = channel.pending.as_mut() else {
-            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "content body without a method"));
+            return Err(AmqpException::new(
+                rc::UNEXPECTED_FRAME,
+                "content body without a method",
+            ));
         };
         let Some(header) = p.header.as_ref() else {
-            return Err(AmqpException::new(rc::UNEXPECTED_FRAME, "content body before its header"));
+            return Err(AmqpException::new(
+                rc::UNEXPECTED_FRAME,
+                "content body before its header",
+            ));
         };
         let expected = header.body_size;
         p.received += payload.len() as u64;
@@ -452,7 +511,12 @@ impl Connection {
         self.route_message(ch, message, p.method.mandatory)
     }
 
-    fn route_message(&mut self, ch: u16, message: Arc<Message>, mandatory: bool) -> Result<(), AmqpException> {
+    fn route_message(
+        &mut self,
+        ch: u16,
+        message: Arc<Message>,
+        mandatory: bool,
+    ) -> Result<(), AmqpException> {
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         let routed = self.vhost.route(
@@ -471,7 +535,8 @@ impl Connection {
         }
         self.route_buf = queues;
         if !delivered && mandatory {
-            self.outbound.send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
+            self.outbound
+                .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
         }
         let channel = self.channel(ch)?;
         if channel.confirm {
@@ -507,7 +572,13 @@ impl Connection {
             let seq = channel.publish_seq;
             if seq - 1 > channel.confirmed {
                 let multiple = seq - 1 - channel.confirmed > 1;
-                self.outbound.send_method(ch, &Method::BasicAck(BasicAck { delivery_tag: seq - 1, multiple }));
+                self.outbound.send_method(
+                    ch,
+                    &Method::BasicAck(BasicAck {
+                        delivery_tag: seq - 1,
+                        multiple,
+                    }),
+                );
             }
             channel.confirmed = seq;
             self.outbound.send_method(
@@ -530,7 +601,13 @@ impl Connection {
             .ok_or_else(|| precondition(format!("unknown delivery tag {tag}")))
     }
 
-    fn ack(&mut self, ch: u16, tag: u64, multiple: bool, committing: bool) -> Result<(), AmqpException> {
+    fn ack(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        committing: bool,
+    ) -> Result<(), AmqpException> {
         if !committing {
             if let Some(tx) = self.channel(ch)?.tx.as_mut() {
                 tx.acks.push(TxAck::Ack { tag, multiple });
@@ -542,10 +619,21 @@ impl Connection {
         Ok(())
     }
 
-    fn nack(&mut self, ch: u16, tag: u64, multiple: bool, requeue: bool, committing: bool) -> Result<(), AmqpException> {
+    fn nack(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+        committing: bool,
+    ) -> Result<(), AmqpException> {
         if !committing {
             if let Some(tx) = self.channel(ch)?.tx.as_mut() {
-                tx.acks.push(TxAck::Nack { tag, multiple, requeue });
+                tx.acks.push(TxAck::Nack {
+                    tag,
+                    multiple,
+                    requeue,
+                });
                 return Ok(());
             }
         }
@@ -563,9 +651,15 @@ impl Connection {
     /// its limit, its consumers' queues get a chance to deliver again.
     fn release_channel_credit(&mut self, ch: u16, taken: &[Unacked]) {
         let n = taken.iter().filter(|u| u.consumer.is_some()).count();
-        let Some(channel) = self.channels.get(&ch) else { return };
+        let Some(channel) = self.channels.get(&ch) else {
+            return;
+        };
         if n > 0 && channel.credit.release(u32::try_from(n).unwrap_or(u32::MAX)) {
-            let queues: Vec<Arc<Queue>> = channel.consumers.values().map(|c| Arc::clone(&c.queue)).collect();
+            let queues: Vec<Arc<Queue>> = channel
+                .consumers
+                .values()
+                .map(|c| Arc::clone(&c.queue))
+                .collect();
             for q in queues {
                 q.dispatch();
             }
@@ -578,10 +672,9 @@ impl Connection {
         let mut iter = taken.into_iter().peekable();
         while let Some(first) = iter.next() {
             let mut count = 1u32;
-            while iter
-                .peek()
-                .is_some_and(|n| Arc::ptr_eq(&n.queue, &first.queue) && n.consumer == first.consumer)
-            {
+            while iter.peek().is_some_and(|n| {
+                Arc::ptr_eq(&n.queue, &first.queue) && n.consumer == first.consumer
+            }) {
                 iter.next();
                 count += 1;
             }
@@ -612,7 +705,11 @@ impl Connection {
         for op in tx.acks {
             match op {
                 TxAck::Ack { tag, multiple } => self.ack(ch, tag, multiple, true)?,
-                TxAck::Nack { tag, multiple, requeue } => self.nack(ch, tag, multiple, requeue, true)?,
+                TxAck::Nack {
+                    tag,
+                    multiple,
+                    requeue,
+                } => self.nack(ch, tag, multiple, requeue, true)?,
             }
         }
         for (message, mandatory) in tx.publishes {
@@ -679,17 +776,25 @@ impl Connection {
             if !nowait {
                 outbound.send_method(
                     ch,
-                    &Method::BasicConsumeOk(pier_wire::BasicConsumeOk { consumer_tag: reply_tag }),
+                    &Method::BasicConsumeOk(pier_wire::BasicConsumeOk {
+                        consumer_tag: reply_tag,
+                    }),
                 );
             }
         })?;
-        self.channel(ch)?.consumers.insert(tag, ConsumerHandle { queue, id });
+        self.channel(ch)?
+            .consumers
+            .insert(tag, ConsumerHandle { queue, id });
         Ok(())
     }
 
     fn cancel_consumer(&mut self, ch: u16, tag: &ShortString) {
         self.forget_cancelled(ch);
-        let Some(handle) = self.channels.get_mut(&ch).and_then(|c| c.consumers.remove(tag)) else {
+        let Some(handle) = self
+            .channels
+            .get_mut(&ch)
+            .and_then(|c| c.consumers.remove(tag))
+        else {
             return;
         };
         let removed = handle.queue.remove_consumer(handle.id);

@@ -149,7 +149,8 @@ impl Connection {
 
             reader.buf.reserve(64 * 1024);
             let read = reader.io.read_buf(&mut reader.buf);
-            let deadline = close_deadline.or_else(|| read_timeout.map(|t| tokio::time::Instant::now() + t));
+            let deadline =
+                close_deadline.or_else(|| read_timeout.map(|t| tokio::time::Instant::now() + t));
             tokio::select! {
                 r = read => {
                     if r? == 0 {
@@ -290,8 +291,10 @@ impl Connection {
             Method::ConnectionCloseOk(_) => Ok(Flow::Stop),
             Method::ConnectionUpdateSecret(_) => {
                 // Pier has no expiring credentials (no OAuth 2 backend): accept and carry on.
-                self.outbound
-                    .send_method(0, &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}));
+                self.outbound.send_method(
+                    0,
+                    &Method::ConnectionUpdateSecretOk(ConnectionUpdateSecretOk {}),
+                );
                 Ok(Flow::Continue)
             }
             Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_) => Ok(Flow::Continue),
@@ -371,7 +374,11 @@ impl Connection {
                 let ids = (other.class_id(), other.method_id());
                 match self.handle_method(id, other) {
                     Err(ex) if !ex.is_hard() => {
-                        let ex = if ex.class_id == 0 { ex.on_ids(ids.0, ids.1) } else { ex };
+                        let ex = if ex.class_id == 0 {
+                            ex.on_ids(ids.0, ids.1)
+                        } else {
+                            ex
+                        };
                         self.close_channel_with(id, &ex);
                         Ok(())
                     }

@@ -85,7 +85,9 @@ pub(crate) struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next_frame(&mut self) -> Result<Frame, ConnectionError> {
         loop {
-            if let Some(frame) = decode_frame(&mut self.buf, self.frame_max).map_err(AmqpException::from)? {
+            if let Some(frame) =
+                decode_frame(&mut self.buf, self.frame_max).map_err(AmqpException::from)?
+            {
                 return Ok(frame);
             }
             self.buf.reserve(8192);
@@ -104,7 +106,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 other => {
                     return Err(AmqpException::new(
                         rc::COMMAND_INVALID,
-                        format!("expected a connection method on channel 0, got {:?} on channel {}", frame_kind(&other), other.channel()),
+                        format!(
+                            "expected a connection method on channel 0, got {:?} on channel {}",
+                            frame_kind(&other),
+                            other.channel()
+                        ),
                     )
                     .into())
                 }
@@ -137,7 +143,9 @@ pub(crate) async fn read_protocol_header<R: AsyncRead + Unpin, W: AsyncWrite + U
     let mut header = [0u8; 8];
     let mut got = 0;
     while got < header.len() {
-        let Some(rest) = header.get_mut(got..) else { break };
+        let Some(rest) = header.get_mut(got..) else {
+            break;
+        };
         let n = r.read(rest).await?;
         if n == 0 {
             if got == 0 {
@@ -180,7 +188,9 @@ pub(crate) async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     .await?;
 
     let Method::ConnectionStartOk(start_ok) = reader.next_connection_method().await? else {
-        return Err(AmqpException::new(rc::COMMAND_INVALID, "expected 'connection.start-ok'").into());
+        return Err(
+            AmqpException::new(rc::COMMAND_INVALID, "expected 'connection.start-ok'").into(),
+        );
     };
     let capabilities = ClientCapabilities::from_client_properties(&start_ok.client_properties);
     let mechanism = start_ok.mechanism.as_str().to_owned();
@@ -225,7 +235,9 @@ pub(crate) async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     )
     .await?;
     let Method::ConnectionTuneOk(tune_ok) = reader.next_connection_method().await? else {
-        return Err(AmqpException::new(rc::COMMAND_INVALID, "expected 'connection.tune-ok'").into());
+        return Err(
+            AmqpException::new(rc::COMMAND_INVALID, "expected 'connection.tune-ok'").into(),
+        );
     };
     let frame_max = match tune_ok.frame_max {
         0 => config.frame_max,
@@ -305,12 +317,19 @@ fn parse_amqplain(response: &Bytes) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn plain_responses() {
-        assert_eq!(parse_plain(b"\0guest\0guest"), Some(("guest".into(), "guest".into())));
-        assert_eq!(parse_plain(b"admin\0guest\0pw"), Some(("guest".into(), "pw".into())));
+        assert_eq!(
+            parse_plain(b"\0guest\0guest"),
+            Some(("guest".into(), "guest".into()))
+        );
+        assert_eq!(
+            parse_plain(b"admin\0guest\0pw"),
+            Some(("guest".into(), "pw".into()))
+        );
         assert_eq!(parse_plain(b"guest"), None);
         assert_eq!(parse_plain(b"\0a\0b\0c"), None);
     }
@@ -321,7 +340,7 @@ mod tests {
         t.insert("LOGIN", FieldValue::LongString("guest".into()));
         t.insert("PASSWORD", FieldValue::LongString("pw".into()));
         let mut buf = BytesMut::new();
-        pier_wire::encode_field_table(&mut buf, &t);
+        pier_wire::encode_field_table(&mut buf, &t).unwrap();
         let body = buf.freeze().slice(4..);
         assert_eq!(parse_amqplain(&body), Some(("guest".into(), "pw".into())));
         assert_eq!(parse_amqplain(&Bytes::from_static(b"\x05LOGIN")), None);

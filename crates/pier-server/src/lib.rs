@@ -99,8 +99,7 @@ async fn handle_connection(
             buf: BytesMut::with_capacity(16 * 1024),
             frame_max: config.frame_max,
         };
-        let negotiated =
-            handshake::negotiate(&mut reader, &mut wr, &broker, &config, peer).await;
+        let negotiated = handshake::negotiate(&mut reader, &mut wr, &broker, &config, peer).await;
         Ok::<_, ConnectionError>((reader, negotiated))
     };
     let (mut reader, negotiated) = tokio::select! {
@@ -136,7 +135,13 @@ async fn handle_connection(
     let heartbeat = Duration::from_secs(u64::from(negotiated.heartbeat));
     let writer = tokio::spawn(Arc::clone(&outbound).run_writer(wr, heartbeat));
     let id = next_connection_id();
-    let mut conn = Connection::new(id, peer, Arc::clone(&config), negotiated, Arc::clone(&outbound));
+    let mut conn = Connection::new(
+        id,
+        peer,
+        Arc::clone(&config),
+        negotiated,
+        Arc::clone(&outbound),
+    );
     let result = conn.serve(&mut reader, shutdown).await;
     conn.teardown();
     outbound.finish();

@@ -136,7 +136,8 @@ impl Outbound {
 
     fn push(&self, st: &mut State, item: Item, size: usize) {
         st.items.push_back(item);
-        self.pending_bytes.fetch_add(size + ITEM_OVERHEAD, Ordering::AcqRel);
+        self.pending_bytes
+            .fetch_add(size + ITEM_OVERHEAD, Ordering::AcqRel);
         self.wake_writer.notify_one();
     }
 
@@ -148,7 +149,13 @@ impl Outbound {
         self.push(&mut st, Item::Frames(buf.freeze()), len);
     }
 
-    pub fn send_return(&self, channel: u16, reply_code: u16, reply_text: &str, message: Arc<Message>) {
+    pub fn send_return(
+        &self,
+        channel: u16,
+        reply_code: u16,
+        reply_text: &str,
+        message: Arc<Message>,
+    ) {
         let size = message.body_size();
         let mut st = self.lock();
         self.push(
@@ -164,7 +171,9 @@ impl Outbound {
     }
 
     pub fn open_channel(&self, channel: u16) {
-        self.lock().channels.insert(channel, ChannelDeliveries::default());
+        self.lock()
+            .channels
+            .insert(channel, ChannelDeliveries::default());
     }
 
     /// Forgets a channel and hands back what it had unacked (to be requeued).
@@ -180,7 +189,11 @@ impl Outbound {
     }
 
     /// Runs `f` on a channel's delivery state (acks, nacks, recover).
-    pub fn with_channel<R>(&self, channel: u16, f: impl FnOnce(&mut ChannelDeliveries) -> R) -> Option<R> {
+    pub fn with_channel<R>(
+        &self,
+        channel: u16,
+        f: impl FnOnce(&mut ChannelDeliveries) -> R,
+    ) -> Option<R> {
         self.lock().channels.get_mut(&channel).map(f)
     }
 
@@ -263,7 +276,12 @@ impl Outbound {
     }
 
     fn wake_waiting_queues(&self) {
-        let waiting = std::mem::take(&mut *self.waiting_queues.lock().unwrap_or_else(|p| p.into_inner()));
+        let waiting = std::mem::take(
+            &mut *self
+                .waiting_queues
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for q in waiting {
             if let Some(q) = q.upgrade() {
                 q.dispatch();
@@ -399,9 +417,21 @@ fn encode_item(buf: &mut BytesMut, item: Item, frame_max: u32) -> usize {
     }
 }
 
-fn encode_content(buf: &mut BytesMut, channel: u16, frame_max: u32, method: &Method, message: &Message) {
+fn encode_content(
+    buf: &mut BytesMut,
+    channel: u16,
+    frame_max: u32,
+    method: &Method,
+    message: &Message,
+) {
     encode_method_frame(buf, channel, method);
-    encode_content_header(buf, channel, 60, message.body.len() as u64, &message.raw_properties);
+    encode_content_header(
+        buf,
+        channel,
+        60,
+        message.body.len() as u64,
+        &message.raw_properties,
+    );
     encode_body_frames(buf, channel, &message.body, frame_max);
 }
 

@@ -100,7 +100,11 @@ impl FileConfig {
         }
         for p in &self.permissions {
             if broker.vhost(&p.vhost).is_none() {
-                anyhow::bail!("permission for user '{}' names unknown vhost '{}'", p.user, p.vhost);
+                anyhow::bail!(
+                    "permission for user '{}' names unknown vhost '{}'",
+                    p.user,
+                    p.vhost
+                );
             }
             broker.set_permission(
                 &p.user,
