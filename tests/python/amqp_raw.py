@@ -615,6 +615,29 @@ class RawConnection:
                     pass
                 return method
 
+    def methods_until_closed(self, timeout: float) -> list[Method]:
+        """Read methods until the peer closes the socket (answering a
+        connection.close with close-ok); TimeoutError if it never does."""
+        deadline = time.monotonic() + timeout
+        methods: list[Method] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"peer did not close the connection; got {methods}")
+            try:
+                method = self.read_method(timeout=remaining)
+            except PeerClosed:
+                return methods
+            except TimeoutError as exc:
+                raise TimeoutError(f"peer did not close the connection; got {methods}") \
+                    from exc
+            methods.append(method)
+            if method.name == "connection.close":
+                try:
+                    self.send_method(0, "connection.close-ok")
+                except OSError:
+                    return methods
+
     def close_connection(self) -> None:
         self.send_method(0, "connection.close", reply_code=200, reply_text="bye")
         self.expect("connection.close-ok")

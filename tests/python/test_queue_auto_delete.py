@@ -37,8 +37,8 @@ def test_auto_delete_queue_deleted_when_consumer_channel_closes(connection, name
                message="auto-delete queue to be deleted")
 
 
-def test_auto_delete_queue_deleted_when_consumer_connection_closes(make_connection,
-                                                                  connection, names):
+def test_auto_delete_queue_deleted_when_consumer_connection_closes(
+        make_connection, connection, names):
     q = names.queue("ad")
     connection.channel().queue_declare(q, auto_delete=True)
     other = make_connection()
