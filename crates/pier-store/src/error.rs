@@ -26,7 +26,11 @@ pub enum StoreError {
     #[error("queue name is {len} bytes, at most {max} are allowed")]
     QueueNameTooLong { len: usize, max: usize },
     #[error("offset {offset} for queue {queue:?} is not above its last offset {last}")]
-    OffsetNotIncreasing { queue: QueueId, offset: u64, last: u64 },
+    OffsetNotIncreasing {
+        queue: QueueId,
+        offset: u64,
+        last: u64,
+    },
     #[error("an append needs at least one queue reference and at most 65535")]
     BadReferences,
     #[error("record of {size} bytes exceeds the maximum of {max}")]
@@ -73,11 +77,12 @@ impl StoreError {
 /// Errors of the [`crate::DefinitionsStore`].
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionsError {
+    /// Boxed: redb's error is large and errors travel through every `Result` here.
     #[error("definitions database: {0}")]
-    Db(#[from] redb::Error),
+    Db(#[source] Box<redb::Error>),
     #[error("definition record {key:?} in table {table} does not decode: {source}")]
     Decode {
-        table: &'static str,
+        table: String,
         key: String,
         #[source]
         source: serde_json::Error,
@@ -92,12 +97,13 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for DefinitionsError {
             fn from(e: $t) -> Self {
-                DefinitionsError::Db(e.into())
+                DefinitionsError::Db(Box::new(e.into()))
             }
         }
     )*};
 }
 from_redb!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

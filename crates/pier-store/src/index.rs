@@ -99,7 +99,10 @@ impl QueueIndex {
         if self.push(entry) {
             return true;
         }
-        match self.entries.binary_search_by_key(&entry.offset, |e| e.offset) {
+        match self
+            .entries
+            .binary_search_by_key(&entry.offset, |e| e.offset)
+        {
             Ok(_) => false,
             Err(at) => {
                 self.entries.insert(at, entry);

@@ -79,7 +79,12 @@ pub(crate) fn encode_payload(out: &mut Vec<u8>, refs: &[DiskRef], m: &StoredMess
     }
     // Short strings are at most 255 bytes by construction (pier-wire guarantees it).
     out.push(m.exchange.len().min(255) as u8);
-    out.extend_from_slice(m.exchange.as_bytes().get(..255).unwrap_or(m.exchange.as_bytes()));
+    out.extend_from_slice(
+        m.exchange
+            .as_bytes()
+            .get(..255)
+            .unwrap_or(m.exchange.as_bytes()),
+    );
     out.push(m.routing_key.len().min(255) as u8);
     out.extend_from_slice(
         m.routing_key

@@ -242,7 +242,10 @@ mod tests {
         assert_eq!(v.len(), encoded_len(5));
         match parse(&v, 1 << 20, any) {
             Parsed::Record { ty, payload, total } => {
-                assert_eq!((ty, payload, total), (kind::MESSAGE, &b"hello"[..], v.len()));
+                assert_eq!(
+                    (ty, payload, total),
+                    (kind::MESSAGE, &b"hello"[..], v.len())
+                );
             }
             Parsed::Invalid => panic!("valid record rejected"),
         }
@@ -278,7 +281,10 @@ mod tests {
         buf.extend(&rec(kind::MESSAGE, &[9; 20])[..15]); // torn record
         let mut seen = Vec::new();
         let out = scan(&buf, 0, 1 << 20, any, |pos, _, p| seen.push((pos, p[0])));
-        assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), vec![0, 1, 3, 4]);
+        assert_eq!(
+            seen.iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![0, 1, 3, 4]
+        );
         assert_eq!(out.corrupt, vec![(rlen * 2, rlen * 3)]);
         assert_eq!(out.valid_end, rlen * 5);
         assert_eq!(out.torn_bytes, 15);

@@ -86,6 +86,8 @@ pub struct StoreStats {
     pub last_seq: Seq,
     pub flushed_seq: Seq,
     pub durable_seq: Seq,
+    /// fdatasyncs of data files so far (appends / syncs = the group-commit batch size).
+    pub syncs: u64,
 }
 
 /// A message store backend. See the module docs for the durability contract.

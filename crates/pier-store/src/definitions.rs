@@ -1,0 +1,595 @@
+//! Durable definitions (vhosts, users, permissions, exchanges, queues, bindings, policies) in
+//! a redb database (`definitions.redb`).
+//!
+//! redb gives ACID transactions with a durable (fsynced) commit, copy-on-write B-trees with
+//! checksums and crash recovery, in pure Rust. Definitions change rarely and are read once at
+//! boot, so one table per kind with a JSON value is plenty; each change is one transaction,
+//! and cascades (deleting a queue deletes its bindings) happen in the same transaction.
+//!
+//! ```text
+//!  table        key (each part: u16 BE length + UTF-8/bytes)             value
+//!  vhosts       [name]                                                   VhostDef (JSON)
+//!  users        [name]                                                   UserDef
+//!  permissions  [user][vhost]                                            PermissionDef
+//!  exchanges    [vhost][name]                                            ExchangeDef
+//!  queues       [vhost][name]                                            QueueDef
+//!  bindings     [vhost][source]["q"|"e"][destination][routing key][args] BindingDef
+//!  policies     [vhost][name]                                            PolicyDef
+//! ```
+//!
+//! The types are plain serde structs with no broker types in them; AMQP field tables
+//! (arguments) are kept as their exact AMQP encoding ([`encode_arguments`]) so that
+//! `FieldValue` needs no second serialization.
+
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use pier_wire::{decode_field_table, encode_field_table, FieldTable};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DefinitionsError;
+
+type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+const VHOSTS: Table = TableDefinition::new("vhosts");
+const USERS: Table = TableDefinition::new("users");
+const PERMISSIONS: Table = TableDefinition::new("permissions");
+const EXCHANGES: Table = TableDefinition::new("exchanges");
+const QUEUES: Table = TableDefinition::new("queues");
+const BINDINGS: Table = TableDefinition::new("bindings");
+const POLICIES: Table = TableDefinition::new("policies");
+const ALL: [Table; 7] = [
+    VHOSTS,
+    USERS,
+    PERMISSIONS,
+    EXCHANGES,
+    QUEUES,
+    BINDINGS,
+    POLICIES,
+];
+
+pub type DefResult<T> = std::result::Result<T, DefinitionsError>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDef {
+    pub name: String,
+    /// RabbitMQ-format salted hash (`rabbit_password_hashing_sha256`).
+    pub password_hash: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeDef {
+    pub vhost: String,
+    pub name: String,
+    /// "direct", "fanout", "topic", "headers".
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    /// AMQP-encoded field table (see [`encode_arguments`]); empty means no arguments.
+    #[serde(default)]
+    pub arguments: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDef {
+    pub vhost: String,
+    pub name: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    #[serde(default)]
+    pub arguments: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DestinationKind {
+    Queue,
+    Exchange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingDef {
+    pub vhost: String,
+    /// Source exchange.
+    pub source: String,
+    pub destination: String,
+    pub destination_kind: DestinationKind,
+    pub routing_key: String,
+    #[serde(default)]
+    pub arguments: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDef {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    /// "queues", "exchanges" or "all".
+    pub apply_to: String,
+    pub priority: i32,
+    /// The policy's definition object, as in RabbitMQ's definitions JSON.
+    pub definition: serde_json::Value,
+}
+
+/// Everything, as loaded at boot (or imported).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Definitions {
+    pub vhosts: Vec<VhostDef>,
+    pub users: Vec<UserDef>,
+    pub permissions: Vec<PermissionDef>,
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<QueueDef>,
+    pub bindings: Vec<BindingDef>,
+    pub policies: Vec<PolicyDef>,
+}
+
+/// AMQP encoding of an arguments table (u32 length + pairs); an empty table is stored as
+/// nothing at all.
+pub fn encode_arguments(table: &FieldTable) -> DefResult<Vec<u8>> {
+    if table.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = BytesMut::with_capacity(table.encoded_size());
+    encode_field_table(&mut out, table)?;
+    Ok(out.to_vec())
+}
+
+pub fn decode_arguments(bytes: &[u8]) -> DefResult<FieldTable> {
+    if bytes.is_empty() {
+        return Ok(FieldTable::new());
+    }
+    Ok(decode_field_table(&Bytes::copy_from_slice(bytes))?)
+}
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 2).sum());
+    for p in parts {
+        // Names are far below 64 KiB (AMQP short strings); longer parts are cut, never panic.
+        let n = p.len().min(usize::from(u16::MAX));
+        k.extend_from_slice(&(n as u16).to_be_bytes());
+        k.extend_from_slice(p.get(..n).unwrap_or(p));
+    }
+    k
+}
+
+/// Splits a key back into its parts (None if malformed).
+fn key_parts(mut k: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut parts = Vec::new();
+    while !k.is_empty() {
+        let n = usize::from(u16::from_be_bytes(k.get(..2)?.try_into().ok()?));
+        parts.push(k.get(2..2 + n)?);
+        k = k.get(2 + n..)?;
+    }
+    Some(parts)
+}
+
+fn binding_key(b: &BindingDef) -> Vec<u8> {
+    let kind: &[u8] = match b.destination_kind {
+        DestinationKind::Queue => b"q",
+        DestinationKind::Exchange => b"e",
+    };
+    key(&[
+        b.vhost.as_bytes(),
+        b.source.as_bytes(),
+        kind,
+        b.destination.as_bytes(),
+        b.routing_key.as_bytes(),
+        &b.arguments,
+    ])
+}
+
+/// The definitions database. Cheap to share (`&self` methods; redb serialises writers).
+#[derive(Debug)]
+pub struct DefinitionsStore {
+    db: Database,
+}
+
+impl DefinitionsStore {
+    /// Opens or creates `path` (e.g. `data/definitions.redb`).
+    pub fn open(path: impl AsRef<Path>) -> DefResult<DefinitionsStore> {
+        let db = Database::create(path.as_ref())?;
+        let txn = db.begin_write()?;
+        for t in ALL {
+            txn.open_table(t)?;
+        }
+        txn.commit()?;
+        Ok(DefinitionsStore { db })
+    }
+
+    fn write(&self, f: impl FnOnce(&WriteTransaction) -> DefResult<()>) -> DefResult<()> {
+        let txn = self.db.begin_write()?;
+        f(&txn)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn put<T: Serialize>(&self, table: Table, k: &[u8], v: &T) -> DefResult<()> {
+        let bytes = serde_json::to_vec(v).map_err(DefinitionsError::Encode)?;
+        self.write(|txn| {
+            txn.open_table(table)?.insert(k, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn remove(&self, table: Table, k: &[u8]) -> DefResult<bool> {
+        let mut existed = false;
+        self.write(|txn| {
+            existed = txn.open_table(table)?.remove(k)?.is_some();
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    fn all<T: DeserializeOwned>(&self, table: Table) -> DefResult<Vec<T>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let def =
+                serde_json::from_slice(v.value()).map_err(|source| DefinitionsError::Decode {
+                    table: table.name().to_owned(),
+                    key: String::from_utf8_lossy(k.value()).into_owned(),
+                    source,
+                })?;
+            out.push(def);
+        }
+        Ok(out)
+    }
+
+    /// Everything stored.
+    pub fn load(&self) -> DefResult<Definitions> {
+        Ok(Definitions {
+            vhosts: self.all(VHOSTS)?,
+            users: self.all(USERS)?,
+            permissions: self.all(PERMISSIONS)?,
+            exchanges: self.all(EXCHANGES)?,
+            queues: self.all(QUEUES)?,
+            bindings: self.all(BINDINGS)?,
+            policies: self.all(POLICIES)?,
+        })
+    }
+
+    /// Stores every definition of `defs` in one transaction (boot-time import).
+    pub fn import(&self, defs: &Definitions) -> DefResult<()> {
+        fn put_all<T: Serialize>(
+            txn: &WriteTransaction,
+            table: Table,
+            items: &[T],
+            k: impl Fn(&T) -> Vec<u8>,
+        ) -> DefResult<()> {
+            let mut t = txn.open_table(table)?;
+            for item in items {
+                let v = serde_json::to_vec(item).map_err(DefinitionsError::Encode)?;
+                t.insert(k(item).as_slice(), v.as_slice())?;
+            }
+            Ok(())
+        }
+        self.write(|txn| {
+            put_all(txn, VHOSTS, &defs.vhosts, |v| key(&[v.name.as_bytes()]))?;
+            put_all(txn, USERS, &defs.users, |u| key(&[u.name.as_bytes()]))?;
+            put_all(txn, PERMISSIONS, &defs.permissions, |p| {
+                key(&[p.user.as_bytes(), p.vhost.as_bytes()])
+            })?;
+            put_all(txn, EXCHANGES, &defs.exchanges, |e| {
+                key(&[e.vhost.as_bytes(), e.name.as_bytes()])
+            })?;
+            put_all(txn, QUEUES, &defs.queues, |q| {
+                key(&[q.vhost.as_bytes(), q.name.as_bytes()])
+            })?;
+            put_all(txn, BINDINGS, &defs.bindings, binding_key)?;
+            put_all(txn, POLICIES, &defs.policies, |p| {
+                key(&[p.vhost.as_bytes(), p.name.as_bytes()])
+            })
+        })
+    }
+
+    pub fn put_vhost(&self, v: &VhostDef) -> DefResult<()> {
+        self.put(VHOSTS, &key(&[v.name.as_bytes()]), v)
+    }
+
+    /// Deletes a vhost and everything in it (exchanges, queues, bindings, policies,
+    /// permissions), atomically.
+    pub fn delete_vhost(&self, name: &str) -> DefResult<bool> {
+        let mut existed = false;
+        let vhost = name.as_bytes();
+        self.write(|txn| {
+            existed = txn
+                .open_table(VHOSTS)?
+                .remove(key(&[vhost]).as_slice())?
+                .is_some();
+            for t in [EXCHANGES, QUEUES, BINDINGS, POLICIES] {
+                txn.open_table(t)?
+                    .retain(|k, _| key_parts(k).and_then(|p| p.first().copied()) != Some(vhost))?;
+            }
+            txn.open_table(PERMISSIONS)?
+                .retain(|k, _| key_parts(k).and_then(|p| p.get(1).copied()) != Some(vhost))?;
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    pub fn put_user(&self, u: &UserDef) -> DefResult<()> {
+        self.put(USERS, &key(&[u.name.as_bytes()]), u)
+    }
+
+    /// Deletes a user and its permissions.
+    pub fn delete_user(&self, name: &str) -> DefResult<bool> {
+        let mut existed = false;
+        let user = name.as_bytes();
+        self.write(|txn| {
+            existed = txn
+                .open_table(USERS)?
+                .remove(key(&[user]).as_slice())?
+                .is_some();
+            txn.open_table(PERMISSIONS)?
+                .retain(|k, _| key_parts(k).and_then(|p| p.first().copied()) != Some(user))?;
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    pub fn put_permission(&self, p: &PermissionDef) -> DefResult<()> {
+        self.put(
+            PERMISSIONS,
+            &key(&[p.user.as_bytes(), p.vhost.as_bytes()]),
+            p,
+        )
+    }
+
+    pub fn delete_permission(&self, user: &str, vhost: &str) -> DefResult<bool> {
+        self.remove(PERMISSIONS, &key(&[user.as_bytes(), vhost.as_bytes()]))
+    }
+
+    pub fn put_exchange(&self, e: &ExchangeDef) -> DefResult<()> {
+        self.put(EXCHANGES, &key(&[e.vhost.as_bytes(), e.name.as_bytes()]), e)
+    }
+
+    /// Deletes an exchange with the bindings from it and the bindings to it.
+    pub fn delete_exchange(&self, vhost: &str, name: &str) -> DefResult<bool> {
+        let mut existed = false;
+        let (v, n) = (vhost.as_bytes(), name.as_bytes());
+        self.write(|txn| {
+            existed = txn
+                .open_table(EXCHANGES)?
+                .remove(key(&[v, n]).as_slice())?
+                .is_some();
+            txn.open_table(BINDINGS)?.retain(|k, _| {
+                let Some(p) = key_parts(k) else { return true };
+                let same_vhost = p.first() == Some(&v);
+                let from_it = p.get(1) == Some(&n);
+                let to_it = p.get(2) == Some(&&b"e"[..]) && p.get(3) == Some(&n);
+                !(same_vhost && (from_it || to_it))
+            })?;
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    pub fn put_queue(&self, q: &QueueDef) -> DefResult<()> {
+        self.put(QUEUES, &key(&[q.vhost.as_bytes(), q.name.as_bytes()]), q)
+    }
+
+    /// Deletes a queue with the bindings to it.
+    pub fn delete_queue(&self, vhost: &str, name: &str) -> DefResult<bool> {
+        let mut existed = false;
+        let (v, n) = (vhost.as_bytes(), name.as_bytes());
+        self.write(|txn| {
+            existed = txn
+                .open_table(QUEUES)?
+                .remove(key(&[v, n]).as_slice())?
+                .is_some();
+            txn.open_table(BINDINGS)?.retain(|k, _| {
+                let Some(p) = key_parts(k) else { return true };
+                !(p.first() == Some(&v) && p.get(2) == Some(&&b"q"[..]) && p.get(3) == Some(&n))
+            })?;
+            Ok(())
+        })?;
+        Ok(existed)
+    }
+
+    pub fn put_binding(&self, b: &BindingDef) -> DefResult<()> {
+        self.put(BINDINGS, &binding_key(b), b)
+    }
+
+    pub fn delete_binding(&self, b: &BindingDef) -> DefResult<bool> {
+        self.remove(BINDINGS, &binding_key(b))
+    }
+
+    pub fn put_policy(&self, p: &PolicyDef) -> DefResult<()> {
+        self.put(POLICIES, &key(&[p.vhost.as_bytes(), p.name.as_bytes()]), p)
+    }
+
+    pub fn delete_policy(&self, vhost: &str, name: &str) -> DefResult<bool> {
+        self.remove(POLICIES, &key(&[vhost.as_bytes(), name.as_bytes()]))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use pier_wire::FieldValue;
+
+    fn q(vhost: &str, name: &str) -> QueueDef {
+        let mut args = FieldTable::new();
+        args.insert("x-max-length", FieldValue::from(10i64));
+        QueueDef {
+            vhost: vhost.into(),
+            name: name.into(),
+            durable: true,
+            auto_delete: false,
+            arguments: encode_arguments(&args).unwrap(),
+        }
+    }
+
+    fn b(vhost: &str, src: &str, dst: &str, kind: DestinationKind) -> BindingDef {
+        BindingDef {
+            vhost: vhost.into(),
+            source: src.into(),
+            destination: dst.into(),
+            destination_kind: kind,
+            routing_key: "a.#".into(),
+            arguments: Vec::new(),
+        }
+    }
+
+    fn x(vhost: &str, name: &str) -> ExchangeDef {
+        ExchangeDef {
+            vhost: vhost.into(),
+            name: name.into(),
+            kind: "topic".into(),
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn definitions_survive_reopen_with_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("definitions.redb");
+        {
+            let s = DefinitionsStore::open(&path).unwrap();
+            s.put_vhost(&VhostDef {
+                name: "/".into(),
+                description: String::new(),
+                tags: vec![],
+            })
+            .unwrap();
+            s.put_user(&UserDef {
+                name: "guest".into(),
+                password_hash: "h".into(),
+                tags: vec!["administrator".into()],
+            })
+            .unwrap();
+            s.put_permission(&PermissionDef {
+                user: "guest".into(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            })
+            .unwrap();
+            s.put_exchange(&x("/", "ex")).unwrap();
+            s.put_queue(&q("/", "q1")).unwrap();
+            s.put_binding(&b("/", "ex", "q1", DestinationKind::Queue))
+                .unwrap();
+            s.put_policy(&PolicyDef {
+                vhost: "/".into(),
+                name: "p".into(),
+                pattern: "^q".into(),
+                apply_to: "queues".into(),
+                priority: 1,
+                definition: serde_json::json!({"max-length": 5}),
+            })
+            .unwrap();
+        }
+        let s = DefinitionsStore::open(&path).unwrap();
+        let d = s.load().unwrap();
+        assert_eq!(d.vhosts.len(), 1);
+        assert_eq!(d.users[0].tags, vec!["administrator".to_string()]);
+        assert_eq!(d.permissions.len(), 1);
+        assert_eq!(d.exchanges[0], x("/", "ex"));
+        assert_eq!(d.queues[0], q("/", "q1"));
+        let args = decode_arguments(&d.queues[0].arguments).unwrap();
+        assert_eq!(
+            args.get("x-max-length").and_then(FieldValue::as_i64),
+            Some(10)
+        );
+        assert_eq!(d.bindings.len(), 1);
+        assert_eq!(d.policies[0].definition["max-length"], 5);
+    }
+
+    #[test]
+    fn deletes_cascade_to_bindings_and_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DefinitionsStore::open(dir.path().join("d.redb")).unwrap();
+        s.put_exchange(&x("/", "ex")).unwrap();
+        s.put_exchange(&x("/", "ex2")).unwrap();
+        s.put_queue(&q("/", "q1")).unwrap();
+        s.put_queue(&q("/", "q2")).unwrap();
+        s.put_queue(&q("other", "q1")).unwrap();
+        s.put_binding(&b("/", "ex", "q1", DestinationKind::Queue))
+            .unwrap();
+        s.put_binding(&b("/", "ex", "q2", DestinationKind::Queue))
+            .unwrap();
+        s.put_binding(&b("/", "ex2", "ex", DestinationKind::Exchange))
+            .unwrap();
+        s.put_binding(&b("other", "ex", "q1", DestinationKind::Queue))
+            .unwrap();
+
+        assert!(s.delete_queue("/", "q1").unwrap());
+        assert!(!s.delete_queue("/", "q1").unwrap());
+        let d = s.load().unwrap();
+        assert_eq!(d.bindings.len(), 3);
+        assert!(d
+            .bindings
+            .iter()
+            .all(|b| !(b.vhost == "/" && b.destination == "q1")));
+
+        // Deleting "ex" removes bindings from it and the exchange-to-exchange binding to it.
+        assert!(s.delete_exchange("/", "ex").unwrap());
+        let d = s.load().unwrap();
+        assert_eq!(d.bindings.len(), 1);
+        assert_eq!(d.bindings[0].vhost, "other");
+
+        s.put_permission(&PermissionDef {
+            user: "u".into(),
+            vhost: "other".into(),
+            configure: String::new(),
+            write: String::new(),
+            read: String::new(),
+        })
+        .unwrap();
+        s.delete_vhost("other").unwrap();
+        let d = s.load().unwrap();
+        assert!(d.bindings.is_empty());
+        assert!(d.permissions.is_empty());
+        assert_eq!(d.queues.len(), 1);
+    }
+
+    #[test]
+    fn import_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DefinitionsStore::open(dir.path().join("d.redb")).unwrap();
+        let defs = Definitions {
+            exchanges: vec![x("/", "a"), x("/", "b")],
+            queues: vec![q("/", "q")],
+            bindings: vec![b("/", "a", "q", DestinationKind::Queue)],
+            ..Definitions::default()
+        };
+        s.import(&defs).unwrap();
+        assert_eq!(s.load().unwrap(), defs);
+    }
+
+    #[test]
+    fn key_parts_round_trip_and_reject_garbage() {
+        let k = key(&[b"a", b"", b"xyz"]);
+        assert_eq!(key_parts(&k).unwrap(), vec![&b"a"[..], b"", b"xyz"]);
+        assert!(key_parts(&[0, 5, 1]).is_none());
+    }
+}
