@@ -89,6 +89,20 @@ impl UserStore {
         );
     }
 
+    /// Adds (or replaces) a user whose password hash is already in RabbitMQ's format
+    /// (definitions import, the management API's `password_hash`). An empty hash means the
+    /// user cannot log in with a password, as in RabbitMQ.
+    pub fn add_user_with_hash(&mut self, name: &str, password_hash: &str, tags: Vec<String>) {
+        self.users.insert(
+            name.to_owned(),
+            User {
+                name: name.to_owned(),
+                password_hash: password_hash.to_owned(),
+                tags,
+            },
+        );
+    }
+
     pub fn remove_user(&mut self, name: &str) -> bool {
         self.permissions.retain(|(u, _), _| u != name);
         self.users.remove(name).is_some()
@@ -116,6 +130,20 @@ impl UserStore {
 
     pub fn permission(&self, user: &str, vhost: &str) -> Option<&Permission> {
         self.permissions.get(&(user.to_owned(), vhost.to_owned()))
+    }
+
+    /// Every (user, vhost, permission), in no particular order.
+    pub fn permissions(&self) -> impl Iterator<Item = (&str, &str, &Permission)> {
+        self.permissions
+            .iter()
+            .map(|((u, v), p)| (u.as_str(), v.as_str(), p))
+    }
+
+    /// Removes a user's permission on a vhost; false when there was none.
+    pub fn clear_permission(&mut self, user: &str, vhost: &str) -> bool {
+        self.permissions
+            .remove(&(user.to_owned(), vhost.to_owned()))
+            .is_some()
     }
 
     pub fn remove_vhost(&mut self, vhost: &str) {

@@ -55,6 +55,26 @@ pub trait DeliverySink: Send + Sync {
     fn notify_when_ready(&self, queue: Weak<Queue>);
     /// The broker cancelled this consumer (its queue was deleted).
     fn cancelled(&self, consumer_tag: &ShortString);
+    /// The channel number this sink delivers on, when it is a client channel (management
+    /// listings show it).
+    fn channel_number(&self) -> Option<u16> {
+        None
+    }
+}
+
+/// A consumer as management and listings show it.
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub tag: ShortString,
+    pub connection: ConnectionId,
+    pub channel: Option<u16>,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub prefetch: u32,
+    pub priority: i32,
+    pub arguments: FieldTable,
+    /// With single active consumer, only one consumer is active; otherwise all are.
+    pub active: bool,
 }
 
 /// The per-channel prefetch limit (basic.qos with global=true), shared by all consumers of a

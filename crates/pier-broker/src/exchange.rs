@@ -40,6 +40,9 @@ impl ExchangeKind {
     }
 }
 
+/// The exchange type of the delayed message exchange (RabbitMQ's plugin of that name).
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+
 /// Where a binding leads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Destination {
@@ -70,6 +73,11 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    /// An `x-delayed-message` exchange: `kind` is its `x-delayed-type`, and messages with a
+    /// positive `x-delay` header wait in the vhost before `kind` routes them.
+    pub delayed: bool,
+    /// The `alternate-exchange` of the policy in force (the argument wins over it).
+    pub policy_alternate: Option<ShortString>,
     bindings: Vec<Binding>,
     direct_index: HashMap<ShortString, Vec<Destination>>,
 }
@@ -90,8 +98,28 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
+            delayed: false,
+            policy_alternate: None,
             bindings: Vec::new(),
             direct_index: HashMap::new(),
+        }
+    }
+
+    /// The type as declared: `x-delayed-message` for delayed exchanges.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            DELAYED_TYPE
+        } else {
+            self.kind.as_str()
+        }
+    }
+
+    /// The `alternate-exchange` argument: where messages this exchange cannot route go.
+    /// The argument wins over a policy's, as in RabbitMQ.
+    pub fn alternate_exchange(&self) -> Option<&str> {
+        match self.arguments.get("alternate-exchange") {
+            Some(v) => v.as_str(),
+            None => self.policy_alternate.as_deref(),
         }
     }
 

@@ -8,25 +8,37 @@
 //!                                          └─ Queue* (own Mutex) ── consumers ──► DeliverySink (per channel)
 //! ```
 
+pub mod args;
 pub mod auth;
+pub mod clock;
 pub mod consumer;
+pub mod counters;
+pub mod deadletter;
 pub mod error;
 pub mod exchange;
 pub mod matching;
 pub mod message;
 pub mod names;
+pub mod policy;
 pub mod queue;
 pub mod vhost;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+pub use args::{parse_expiration, Overflow, QueueConfig};
 pub use auth::{Permission, User, UserStore};
-pub use consumer::{ChannelCredit, ConnectionId, ConsumerId, ConsumerSpec, Delivery, DeliverySink};
+pub use clock::Clock;
+pub use consumer::{
+    ChannelCredit, ConnectionId, ConsumerId, ConsumerInfo, ConsumerSpec, Delivery, DeliverySink,
+};
+pub use counters::{QueueCounters, QueueCountersSnapshot};
+pub use deadletter::{DeadLetter, DeathReason};
 pub use error::{BrokerError, ObjectKind};
 pub use exchange::{Destination, ExchangeKind};
 pub use message::Message;
-pub use queue::{Queue, QueueStats};
+pub use policy::{ApplyTo, Policy, PolicyDefinition};
+pub use queue::{Published, Queue, QueueStats};
 pub use vhost::{ExchangeDeclare, QueueDeclare, QueueDeclared, VHost};
 
 /// Why a login was refused (the server answers both the same way, as RabbitMQ does).
@@ -98,6 +110,14 @@ impl Broker {
             .cloned()
     }
 
+    /// Periodic work for every vhost (message and queue expiry, delayed messages). The server
+    /// calls this from one timer, every 50–100 ms.
+    pub fn tick(&self) {
+        for vh in self.vhosts() {
+            vh.tick();
+        }
+    }
+
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts
             .read()
@@ -112,6 +132,35 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .add_user(name, password, tags);
+    }
+
+    /// Adds (or replaces) a user with a RabbitMQ-format password hash (definitions import).
+    pub fn add_user_with_hash(&self, name: &str, password_hash: &str, tags: Vec<String>) {
+        self.users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_user_with_hash(name, password_hash, tags);
+    }
+
+    /// Deletes a user and their permissions; false when there was no such user.
+    pub fn delete_user(&self, name: &str) -> bool {
+        self.users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_user(name)
+    }
+
+    /// Removes a user's permission on a vhost; false when there was none.
+    pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
+        self.users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear_permission(user, vhost)
+    }
+
+    /// Whether `user` may only log in from loopback addresses.
+    pub fn is_loopback_only(&self, user: &str) -> bool {
+        self.loopback_users.iter().any(|u| u == user)
     }
 
     pub fn set_permission(&self, user: &str, vhost: &str, p: Permission) {
@@ -160,3 +209,5 @@ impl Broker {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_features;

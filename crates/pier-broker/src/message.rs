@@ -44,6 +44,29 @@ impl Message {
         Message::new(exchange, routing_key, properties, raw.freeze(), body)
     }
 
+    /// The message as delivered: without its `BCC` header (which only routes). Returns the
+    /// same `Arc` when there is none.
+    pub fn without_bcc(message: std::sync::Arc<Message>) -> std::sync::Arc<Message> {
+        let has_bcc = message
+            .properties
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.contains_key("BCC"));
+        if !has_bcc {
+            return message;
+        }
+        let mut props = message.properties.clone();
+        if let Some(h) = props.headers.as_mut() {
+            h.remove("BCC");
+        }
+        std::sync::Arc::new(Message::from_properties(
+            message.exchange.clone(),
+            message.routing_key.clone(),
+            props,
+            message.body.clone(),
+        ))
+    }
+
     pub fn body_size(&self) -> usize {
         self.body.len()
     }

@@ -26,6 +26,11 @@ pub fn generated_queue_name() -> ShortString {
     ShortString::from(format!("amq.gen-{}", random_suffix()))
 }
 
+/// The reply address of one channel's direct reply-to consumer.
+pub fn generated_reply_to() -> ShortString {
+    ShortString::from(format!("amq.rabbitmq.reply-to.{}", random_suffix()))
+}
+
 pub fn generated_consumer_tag() -> ShortString {
     ShortString::from(format!("amq.ctag-{}", random_suffix()))
 }

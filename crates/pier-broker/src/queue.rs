@@ -1,9 +1,9 @@
 //! A queue: an ordered log of message references plus the consumers that drain it.
 //!
 //! ```text
-//!  publish ─► [ requeued (by offset) | ready (FIFO) ] ─► dispatch ─► consumer sinks
-//!                      ▲                                              │
-//!                      └──────── nack/reject/recover/close ◄──────────┘ (unacked: held by channels)
+//!  publish ─► level[p] [ requeued (by offset) | ready (FIFO) ] ─► dispatch ─► consumer sinks
+//!                      ▲                                                 │
+//!                      └──────── nack/reject/recover/close ◄─────────────┘ (unacked: held by channels)
 //! ```
 //!
 //! Every message gets a monotonically increasing offset when it enters the queue. Messages
@@ -11,23 +11,76 @@
 //! when they come back they are re-inserted at their original offset, so FIFO order survives
 //! requeueing. The offset is also what a persistent store keys its records by.
 //!
+//! A priority queue (`x-max-priority`) has one such level per priority and always serves the
+//! highest non-empty one; a plain queue has a single level.
+//!
+//! Expiry (message TTL) is checked at the head of each level, as RabbitMQ does: an expired
+//! message is never delivered, and [`Queue::tick`] removes expired heads even when nobody
+//! consumes. `next_expiry` is a lower bound on every head's expiry time, so a tick on a queue
+//! where nothing can have expired is one atomic load.
+//!
+//! Dead letters (rejected, expired, over-length messages of a queue with a dead-letter
+//! exchange) are collected while the lock is held and routed by the vhost after it is
+//! released: a queue never publishes into another queue under its own lock.
+//!
 //! All state sits behind one `std::sync::Mutex`, never held across an `.await` (the broker has
 //! no async code), and dispatch runs inline on whichever thread published or acked.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use pier_wire::{FieldTable, ShortString};
 
+use crate::args::{parse_expiration, Overflow, QueueConfig};
+use crate::clock::{Clock, NEVER};
 use crate::consumer::{next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, Delivery};
+use crate::deadletter::{DeadLetter, DeathReason};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
+use crate::vhost::VHost;
 
 #[derive(Debug, Clone)]
 struct Entry {
     offset: u64,
     message: Arc<Message>,
     redelivered: bool,
+    /// Clock milliseconds after which the message is expired; `NEVER` without a TTL.
+    expires_at: u64,
+}
+
+impl Entry {
+    fn expired(&self, now: u64) -> bool {
+        self.expires_at < now
+    }
+}
+
+/// One priority level: never-delivered messages in arrival order, and requeued ones by offset
+/// (always older than every ready one, so they come first).
+#[derive(Debug, Default)]
+struct Level {
+    ready: VecDeque<Entry>,
+    requeued: BTreeMap<u64, Entry>,
+}
+
+impl Level {
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.requeued.is_empty()
+    }
+
+    fn head(&self) -> Option<&Entry> {
+        match self.requeued.first_key_value() {
+            Some((_, e)) => Some(e),
+            None => self.ready.front(),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        match self.requeued.pop_first() {
+            Some((_, e)) => Some(e),
+            None => self.ready.pop_front(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -48,30 +101,64 @@ impl ConsumerSlot {
 #[derive(Debug, Default)]
 struct QueueState {
     next_offset: u64,
-    ready: VecDeque<Entry>,
-    requeued: BTreeMap<u64, Entry>,
+    /// One level, or `max_priority + 1` for a priority queue (index = priority).
+    levels: Vec<Level>,
+    ready_count: usize,
     ready_bytes: u64,
     unacked: u64,
+    /// Expiry times of delivered, unacknowledged messages that have one (by offset), so that a
+    /// requeued message keeps its original expiry, as in RabbitMQ.
+    unacked_expiry: HashMap<u64, u64>,
     consumers: Vec<ConsumerSlot>,
     round_robin: usize,
     had_consumers: bool,
     deleted: bool,
+    /// Last time the queue was used (declared, consumed from, basic.get), for `x-expires`.
+    last_used: u64,
 }
 
 impl QueueState {
     fn ready_len(&self) -> usize {
-        self.ready.len() + self.requeued.len()
+        self.ready_count
     }
 
-    fn pop(&mut self) -> Option<Entry> {
-        let entry = match self.requeued.pop_first() {
-            Some((_, e)) => Some(e),
-            None => self.ready.pop_front(),
-        }?;
+    fn highest_level(&self) -> Option<usize> {
+        self.levels.iter().rposition(|l| !l.is_empty())
+    }
+
+    fn level_mut(&mut self, level: usize) -> Option<&mut Level> {
+        self.levels.get_mut(level)
+    }
+
+    fn took(&mut self, entry: &Entry) {
+        self.ready_count = self.ready_count.saturating_sub(1);
         self.ready_bytes = self
             .ready_bytes
             .saturating_sub(entry.message.body_size() as u64);
-        Some(entry)
+    }
+
+    fn added(&mut self, entry: &Entry) {
+        self.ready_count += 1;
+        self.ready_bytes += entry.message.body_size() as u64;
+    }
+
+    /// Takes the head of the highest non-empty level; returns it with its level.
+    fn pop(&mut self) -> Option<(Entry, usize)> {
+        let level = self.highest_level()?;
+        let entry = self.level_mut(level)?.pop()?;
+        self.took(&entry);
+        Some((entry, level))
+    }
+
+    fn clear(&mut self) -> usize {
+        let n = self.ready_count;
+        for l in &mut self.levels {
+            l.ready.clear();
+            l.requeued.clear();
+        }
+        self.ready_count = 0;
+        self.ready_bytes = 0;
+        n
     }
 }
 
@@ -89,6 +176,16 @@ pub struct Queue {
     name: ShortString,
     vhost: String,
     options: QueueOptions,
+    config: QueueConfig,
+    clock: Arc<Clock>,
+    /// Where dead letters are routed (the owning vhost).
+    router: Weak<VHost>,
+    /// A lower bound on the expiry time of every level's head (`NEVER`: nothing expires).
+    next_expiry: AtomicU64,
+    /// `x-expires`: when the queue is deleted if it stays unused (`NEVER` while consumed).
+    idle_deadline: AtomicU64,
+    /// Arrivals, deliveries and acks, for management rates (relaxed atomics).
+    counters: crate::counters::QueueCounters,
     state: Mutex<QueueState>,
 }
 
@@ -109,13 +206,65 @@ pub struct ConsumerRemoved {
     pub auto_delete_now: bool,
 }
 
+/// What became of a message published to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Enqueued (or delivered, or dropped by its own TTL/length rules): the publish succeeded.
+    Accepted,
+    /// Refused by `x-overflow` reject-publish(-dlx): the publisher gets a basic.nack.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+/// What a tick found for the vhost to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TickAction {
+    None,
+    /// `x-expires` ran out: delete the queue.
+    Delete,
+}
+
 impl Queue {
+    /// A queue with no extensions configured and its own clock (tests, tools).
     pub fn new(name: ShortString, vhost: String, options: QueueOptions) -> Arc<Self> {
+        Queue::with_config(
+            name,
+            vhost,
+            options,
+            QueueConfig::default(),
+            Arc::new(Clock::new()),
+            Weak::new(),
+        )
+    }
+
+    /// A queue with resolved settings, sharing its vhost's clock; dead letters go to `router`.
+    pub fn with_config(
+        name: ShortString,
+        vhost: String,
+        options: QueueOptions,
+        config: QueueConfig,
+        clock: Arc<Clock>,
+        router: Weak<VHost>,
+    ) -> Arc<Self> {
+        let levels = usize::from(config.max_priority.unwrap_or(0)) + 1;
+        let now = clock.now_ms();
+        let idle_deadline = config.expires.map_or(NEVER, |e| now.saturating_add(e));
         Arc::new(Queue {
             name,
             vhost,
             options,
-            state: Mutex::new(QueueState::default()),
+            config,
+            clock,
+            router,
+            next_expiry: AtomicU64::new(NEVER),
+            idle_deadline: AtomicU64::new(idle_deadline),
+            counters: crate::counters::QueueCounters::default(),
+            state: Mutex::new(QueueState {
+                levels: (0..levels).map(|_| Level::default()).collect(),
+                last_used: now,
+                ..QueueState::default()
+            }),
         })
     }
 
@@ -129,6 +278,11 @@ impl Queue {
 
     pub fn options(&self) -> &QueueOptions {
         &self.options
+    }
+
+    /// The settings in force (arguments merged with any policy).
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
     }
 
     pub fn is_exclusive(&self) -> bool {
@@ -166,48 +320,279 @@ impl Queue {
         self.lock().deleted
     }
 
-    /// Appends a message and delivers what consumers can take. False if the queue is gone.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> bool {
+    // ---- time ----
+
+    /// The queue was used (declared, basic.get): restart its `x-expires` period.
+    pub fn touch(&self) {
+        let mut st = self.lock();
+        self.touch_locked(&mut st);
+    }
+
+    fn touch_locked(&self, st: &mut QueueState) {
+        let now = self.clock.now_ms();
+        st.last_used = now;
+        self.update_idle_deadline(st);
+    }
+
+    fn update_idle_deadline(&self, st: &QueueState) {
+        let deadline = match self.config.expires {
+            Some(e) if st.consumers.is_empty() && !st.deleted => st.last_used.saturating_add(e),
+            _ => NEVER,
+        };
+        self.idle_deadline.store(deadline, Ordering::Relaxed);
+    }
+
+    /// Whether a tick at `now` has anything to do here (lock-free).
+    pub(crate) fn tick_due(&self, now: u64) -> bool {
+        let expiry = self.next_expiry.load(Ordering::Relaxed);
+        let idle = self.idle_deadline.load(Ordering::Relaxed);
+        (expiry != NEVER && expiry < now) || (idle != NEVER && idle <= now)
+    }
+
+    /// Removes expired heads (dead-lettering them) and reports whether `x-expires` ran out.
+    pub(crate) fn tick(self: &Arc<Self>, now: u64) -> TickAction {
+        let mut dead = Vec::new();
+        let action = {
+            let mut st = self.lock();
+            if st.deleted {
+                return TickAction::None;
+            }
+            self.expire_heads(&mut st, now, &mut dead);
+            // Expired heads may have uncovered deliverable messages for waiting consumers.
+            self.dispatch_locked(&mut st, now, &mut dead);
+            let idle = self.idle_deadline.load(Ordering::Relaxed);
+            if st.consumers.is_empty() && idle != NEVER && idle <= now {
+                TickAction::Delete
+            } else {
+                TickAction::None
+            }
+        };
+        self.route_dead_letters(dead);
+        action
+    }
+
+    /// The expiry time of a message entering this queue now (the lower of the queue's and the
+    /// message's TTL); the TTL itself is returned too (0 has special meaning on publish).
+    fn expiry_for(&self, message: &Message, now: u64) -> (u64, Option<u64>) {
+        let per_message = message
+            .properties
+            .expiration
+            .as_ref()
+            .and_then(|e| parse_expiration(e).ok());
+        let ttl = match (self.config.message_ttl, per_message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (ttl.map_or(NEVER, |t| now.saturating_add(t)), ttl)
+    }
+
+    fn lower_next_expiry(&self, at: u64) {
+        if at != NEVER {
+            self.next_expiry.fetch_min(at, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops (or dead-letters) every expired head when one may be due, then recomputes the
+    /// lower bound from the heads left.
+    fn expire_heads(&self, st: &mut QueueState, now: u64, dead: &mut Vec<DeadLetter>) {
+        let bound = self.next_expiry.load(Ordering::Relaxed);
+        if bound == NEVER || bound >= now {
+            return;
+        }
+        let mut next = NEVER;
+        for i in 0..st.levels.len() {
+            while let Some(level) = st.levels.get_mut(i) {
+                match level.head() {
+                    Some(h) if h.expired(now) => {
+                        let Some(e) = level.pop() else { break };
+                        st.took(&e);
+                        self.dead_letter(dead, e.message, DeathReason::Expired);
+                    }
+                    Some(h) => {
+                        next = next.min(h.expires_at);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.next_expiry.store(next, Ordering::Relaxed);
+    }
+
+    fn dead_letter(&self, dead: &mut Vec<DeadLetter>, message: Arc<Message>, reason: DeathReason) {
+        if self.config.dead_letter_exchange.is_some() {
+            dead.push(DeadLetter { message, reason });
+        }
+    }
+
+    /// Hands dead letters to the vhost, outside the queue lock.
+    fn route_dead_letters(self: &Arc<Self>, dead: Vec<DeadLetter>) {
+        if dead.is_empty() {
+            return;
+        }
+        if let Some(vh) = self.router.upgrade() {
+            vh.route_dead_letters(self, dead);
+        }
+    }
+
+    // ---- publishing ----
+
+    /// Appends a message and delivers what consumers can take; dead letters it causes are
+    /// routed before it returns.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Published {
+        let mut dead = Vec::new();
+        let result = self.publish_collect(message, &mut dead);
+        self.route_dead_letters(dead);
+        result
+    }
+
+    /// `publish` without routing the dead letters: the caller routes them once no queue lock
+    /// is held (the vhost's dead-letter loop uses this).
+    pub(crate) fn publish_collect(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Published {
         let mut st = self.lock();
         if st.deleted {
-            return false;
+            return Published::Gone;
         }
+        let now = self.clock.now_ms();
+        let size = message.body_size() as u64;
+        if self.config.overflow != Overflow::DropHead {
+            let too_many = self
+                .config
+                .max_length
+                .is_some_and(|m| st.ready_count as u64 + 1 > m);
+            let too_big = self
+                .config
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes + size > m);
+            if too_many || too_big {
+                if self.config.overflow == Overflow::RejectPublishDlx {
+                    self.dead_letter(dead, message, DeathReason::MaxLen);
+                }
+                return Published::Rejected;
+            }
+        }
+        let (expires_at, ttl) = self.expiry_for(&message, now);
+        let level = self.level_of(&message);
         let offset = st.next_offset;
         st.next_offset += 1;
-        st.ready_bytes += message.body_size() as u64;
-        st.ready.push_back(Entry {
+        crate::counters::QueueCounters::add(&self.counters.published, 1);
+        let entry = Entry {
             offset,
             message,
             redelivered: false,
-        });
-        self.dispatch_locked(&mut st);
-        true
+            expires_at,
+        };
+        st.added(&entry);
+        let Some(l) = st.level_mut(level) else {
+            return Published::Gone;
+        };
+        let becomes_head = l.is_empty();
+        l.ready.push_back(entry);
+        if becomes_head {
+            self.lower_next_expiry(expires_at);
+        }
+        self.dispatch_locked(&mut st, now, dead);
+        if ttl == Some(0) {
+            // TTL 0: delivered right now or never.
+            if let Some(l) = st.level_mut(level) {
+                if l.ready.back().is_some_and(|e| e.offset == offset) {
+                    if let Some(e) = l.ready.pop_back() {
+                        st.took(&e);
+                        self.dead_letter(dead, e.message, DeathReason::Expired);
+                    }
+                }
+            }
+        }
+        self.drop_over_limit(&mut st, dead);
+        Published::Accepted
     }
+
+    /// drop-head: removes (dead-letters) messages from the head while over a length limit.
+    fn drop_over_limit(&self, st: &mut QueueState, dead: &mut Vec<DeadLetter>) {
+        if self.config.overflow != Overflow::DropHead {
+            return;
+        }
+        loop {
+            let too_many = self
+                .config
+                .max_length
+                .is_some_and(|m| st.ready_count as u64 > m);
+            let too_big = self
+                .config
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes > m);
+            if !(too_many || too_big) {
+                return;
+            }
+            let Some((e, level)) = st.pop() else { return };
+            self.after_pop(st, level);
+            self.dead_letter(dead, e.message, DeathReason::MaxLen);
+        }
+    }
+
+    fn level_of(&self, message: &Message) -> usize {
+        match self.config.max_priority {
+            None => 0,
+            Some(max) => usize::from(message.properties.priority.unwrap_or(0).min(max)),
+        }
+    }
+
+    /// A head was taken from `level`: the new head may expire earlier than the bound says.
+    fn after_pop(&self, st: &QueueState, level: usize) {
+        if let Some(h) = st.levels.get(level).and_then(Level::head) {
+            self.lower_next_expiry(h.expires_at);
+        }
+    }
+
+    // ---- delivery ----
 
     /// Delivers as much as consumers' credit allows. Sinks call this when they drain.
     pub fn dispatch(self: &Arc<Self>) {
-        let mut st = self.lock();
-        for c in &mut st.consumers {
-            c.waiting_for_sink = false;
+        let mut dead = Vec::new();
+        {
+            let mut st = self.lock();
+            for c in &mut st.consumers {
+                c.waiting_for_sink = false;
+            }
+            let now = self.clock.now_ms();
+            self.dispatch_locked(&mut st, now, &mut dead);
         }
-        self.dispatch_locked(&mut st);
+        self.route_dead_letters(dead);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
+    fn dispatch_locked(
+        self: &Arc<Self>,
+        st: &mut QueueState,
+        now: u64,
+        dead: &mut Vec<DeadLetter>,
+    ) {
         if st.deleted {
             return;
         }
-        while st.ready_len() > 0 {
+        loop {
+            self.expire_heads(st, now, dead);
+            if st.ready_len() == 0 || st.consumers.is_empty() {
+                return;
+            }
             let Some(idx) = self.pick_consumer(st) else {
                 return;
             };
-            let Some(entry) = st.pop() else { return };
+            let Some((entry, level)) = st.pop() else {
+                return;
+            };
+            self.after_pop(st, level);
             let Some(slot) = st.consumers.get_mut(idx) else {
                 return;
             };
             if slot.spec.ack_required {
                 slot.unacked += 1;
             }
+            let ack_required = slot.spec.ack_required;
+            self.count_delivery(ack_required);
             let delivery = Delivery {
                 queue: Arc::clone(self),
                 consumer: Some(slot.id),
@@ -215,11 +600,14 @@ impl Queue {
                 offset: entry.offset,
                 message: entry.message,
                 redelivered: entry.redelivered,
-                ack_required: slot.spec.ack_required,
+                ack_required,
             };
             let sink = Arc::clone(&slot.spec.sink);
-            if delivery.ack_required {
+            if ack_required {
                 st.unacked += 1;
+                if entry.expires_at != NEVER {
+                    st.unacked_expiry.insert(entry.offset, entry.expires_at);
+                }
             }
             st.round_robin = idx + 1;
             sink.deliver(delivery);
@@ -227,9 +615,13 @@ impl Queue {
     }
 
     /// Round-robin among the highest-priority consumers that can take a message now; takes
-    /// the channel credit for the one it returns.
+    /// the channel credit for the one it returns. With single active consumer only the first
+    /// registered consumer is ever picked.
     fn pick_consumer(self: &Arc<Self>, st: &mut QueueState) -> Option<usize> {
         let n = st.consumers.len();
+        if self.config.single_active_consumer {
+            return (n > 0 && self.can_take(st, 0)).then_some(0);
+        }
         let first_priority = st.consumers.first()?.spec.priority;
         let start = st.round_robin;
         if st
@@ -267,28 +659,47 @@ impl Queue {
 
     /// basic.get: the next message, with the count of messages left ready.
     pub fn get(self: &Arc<Self>, ack_required: bool) -> Option<(Delivery, u32)> {
-        let mut st = self.lock();
-        if st.deleted {
-            return None;
-        }
-        let entry = st.pop()?;
-        if ack_required {
-            st.unacked += 1;
-        }
-        let remaining = u32::try_from(st.ready_len()).unwrap_or(u32::MAX);
-        Some((
-            Delivery {
-                queue: Arc::clone(self),
-                consumer: None,
-                consumer_tag: ShortString::default(),
-                offset: entry.offset,
-                message: entry.message,
-                redelivered: entry.redelivered,
-                ack_required,
-            },
-            remaining,
-        ))
+        let mut dead = Vec::new();
+        let result = {
+            let mut st = self.lock();
+            if st.deleted {
+                return None;
+            }
+            let now = self.clock.now_ms();
+            self.touch_locked(&mut st);
+            self.expire_heads(&mut st, now, &mut dead);
+            match st.pop() {
+                None => None,
+                Some((entry, level)) => {
+                    self.after_pop(&st, level);
+                    self.count_delivery(ack_required);
+                    if ack_required {
+                        st.unacked += 1;
+                        if entry.expires_at != NEVER {
+                            st.unacked_expiry.insert(entry.offset, entry.expires_at);
+                        }
+                    }
+                    let remaining = u32::try_from(st.ready_len()).unwrap_or(u32::MAX);
+                    Some((
+                        Delivery {
+                            queue: Arc::clone(self),
+                            consumer: None,
+                            consumer_tag: ShortString::default(),
+                            offset: entry.offset,
+                            message: entry.message,
+                            redelivered: entry.redelivered,
+                            ack_required,
+                        },
+                        remaining,
+                    ))
+                }
+            }
+        };
+        self.route_dead_letters(dead);
+        result
     }
+
+    // ---- consumers ----
 
     /// Adds a consumer. Exclusive consumers need an idle queue; nobody joins an exclusive one.
     /// `on_added` runs under the queue lock once the consumer is accepted and before anything is
@@ -298,109 +709,175 @@ impl Queue {
         spec: ConsumerSpec,
         on_added: impl FnOnce(),
     ) -> Result<ConsumerId> {
-        let mut st = self.lock();
-        if st.deleted {
-            return Err(BrokerError::not_found(
-                crate::error::ObjectKind::Queue,
-                &self.name,
-                &self.vhost,
-            ));
-        }
-        let taken = st.consumers.iter().any(|c| c.spec.exclusive);
-        if taken || (spec.exclusive && !st.consumers.is_empty()) {
-            return Err(BrokerError::ExclusiveConsumer {
-                name: self.name.to_string(),
-                vhost: self.vhost.clone(),
+        let mut dead = Vec::new();
+        let id = {
+            let mut st = self.lock();
+            if st.deleted {
+                return Err(BrokerError::not_found(
+                    crate::error::ObjectKind::Queue,
+                    &self.name,
+                    &self.vhost,
+                ));
+            }
+            let taken = st.consumers.iter().any(|c| c.spec.exclusive);
+            // RabbitMQ refuses exclusive consumers on single-active-consumer queues outright.
+            let sac = spec.exclusive && self.config.single_active_consumer;
+            if taken || sac || (spec.exclusive && !st.consumers.is_empty()) {
+                return Err(BrokerError::ExclusiveConsumer {
+                    name: self.name.to_string(),
+                    vhost: self.vhost.clone(),
+                });
+            }
+            let id = next_consumer_id();
+            st.consumers.push(ConsumerSlot {
+                id,
+                spec,
+                unacked: 0,
+                waiting_for_sink: false,
             });
-        }
-        let id = next_consumer_id();
-        st.consumers.push(ConsumerSlot {
-            id,
-            spec,
-            unacked: 0,
-            waiting_for_sink: false,
-        });
-        st.had_consumers = true;
-        on_added();
-        self.dispatch_locked(&mut st);
+            st.had_consumers = true;
+            self.touch_locked(&mut st);
+            on_added();
+            let now = self.clock.now_ms();
+            self.dispatch_locked(&mut st, now, &mut dead);
+            id
+        };
+        self.route_dead_letters(dead);
         Ok(id)
     }
 
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> ConsumerRemoved {
-        let mut st = self.lock();
-        let before = st.consumers.len();
-        st.consumers.retain(|c| c.id != id);
-        let existed = st.consumers.len() != before;
-        if st.round_robin >= st.consumers.len() {
-            st.round_robin = 0;
-        }
-        let auto_delete_now = existed
-            && self.options.auto_delete
-            && st.had_consumers
-            && st.consumers.is_empty()
-            && !st.deleted;
-        // A departing consumer may have been what held messages back from others.
-        self.dispatch_locked(&mut st);
-        ConsumerRemoved {
-            existed,
-            auto_delete_now,
-        }
+        let mut dead = Vec::new();
+        let removed = {
+            let mut st = self.lock();
+            let before = st.consumers.len();
+            // Order is kept: with single active consumer the next one registered takes over.
+            st.consumers.retain(|c| c.id != id);
+            let existed = st.consumers.len() != before;
+            if st.round_robin >= st.consumers.len() {
+                st.round_robin = 0;
+            }
+            let auto_delete_now = existed
+                && self.options.auto_delete
+                && st.had_consumers
+                && st.consumers.is_empty()
+                && !st.deleted;
+            if existed {
+                self.touch_locked(&mut st);
+            }
+            // A departing consumer may have been what held messages back from others.
+            let now = self.clock.now_ms();
+            self.dispatch_locked(&mut st, now, &mut dead);
+            ConsumerRemoved {
+                existed,
+                auto_delete_now,
+            }
+        };
+        self.route_dead_letters(dead);
+        removed
     }
 
-    /// Settles `count` deliveries made to `consumer` (acked, or rejected without requeue) and
-    /// delivers what the freed credit allows.
-    pub fn settle(self: &Arc<Self>, consumer: Option<ConsumerId>, count: u32) {
-        let mut st = self.lock();
+    // ---- settlement ----
+
+    fn settle_locked(&self, st: &mut QueueState, consumer: Option<ConsumerId>, offsets: &[u64]) {
+        let count = u32::try_from(offsets.len()).unwrap_or(u32::MAX);
         st.unacked = st.unacked.saturating_sub(u64::from(count));
+        if !st.unacked_expiry.is_empty() {
+            for o in offsets {
+                st.unacked_expiry.remove(o);
+            }
+        }
         if let Some(id) = consumer {
             if let Some(slot) = st.consumers.iter_mut().find(|c| c.id == id) {
                 slot.unacked = slot.unacked.saturating_sub(count);
             }
         }
-        self.dispatch_locked(&mut st);
     }
 
-    /// Puts delivered messages back at their original positions, marked redelivered, and
-    /// settles them for their consumer. `consumer` is None for basic.get or when the consumer
-    /// is already gone.
+    /// Settles deliveries (by offset) made to `consumer` (None: basic.get) that were acked, and
+    /// delivers what the freed credit allows.
+    pub fn settle(self: &Arc<Self>, consumer: Option<ConsumerId>, offsets: &[u64]) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.lock();
+            self.settle_locked(&mut st, consumer, offsets);
+            crate::counters::QueueCounters::add(&self.counters.acked, offsets.len() as u64);
+            let now = self.clock.now_ms();
+            self.dispatch_locked(&mut st, now, &mut dead);
+        }
+        self.route_dead_letters(dead);
+    }
+
+    /// Settles deliveries rejected without requeue: like `settle`, and they are dead-lettered
+    /// (reason `rejected`) when the queue has a dead-letter exchange.
+    pub fn reject(
+        self: &Arc<Self>,
+        consumer: Option<ConsumerId>,
+        messages: Vec<(u64, Arc<Message>)>,
+    ) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.lock();
+            let offsets: Vec<u64> = messages.iter().map(|(o, _)| *o).collect();
+            self.settle_locked(&mut st, consumer, &offsets);
+            for (_, m) in messages {
+                self.dead_letter(&mut dead, m, DeathReason::Rejected);
+            }
+            let now = self.clock.now_ms();
+            self.dispatch_locked(&mut st, now, &mut dead);
+        }
+        self.route_dead_letters(dead);
+    }
+
+    /// Puts delivered messages back at their original positions (within their priority),
+    /// marked redelivered, keeping their original expiry, and settles them for their consumer.
+    /// `consumer` is None for basic.get or when the consumer is already gone.
     pub fn requeue(
         self: &Arc<Self>,
         consumer: Option<ConsumerId>,
         messages: impl IntoIterator<Item = (u64, Arc<Message>)>,
     ) {
-        let mut st = self.lock();
-        let mut count = 0u32;
-        for (offset, message) in messages {
-            count += 1;
-            st.unacked = st.unacked.saturating_sub(1);
-            if st.deleted {
-                continue;
-            }
-            st.ready_bytes += message.body_size() as u64;
-            st.requeued.insert(
-                offset,
-                Entry {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut count = 0u32;
+            for (offset, message) in messages {
+                count += 1;
+                st.unacked = st.unacked.saturating_sub(1);
+                let expires_at = st.unacked_expiry.remove(&offset).unwrap_or(NEVER);
+                if st.deleted {
+                    continue;
+                }
+                let level = self.level_of(&message);
+                let entry = Entry {
                     offset,
                     message,
                     redelivered: true,
-                },
-            );
-        }
-        if let Some(id) = consumer {
-            if let Some(slot) = st.consumers.iter_mut().find(|c| c.id == id) {
-                slot.unacked = slot.unacked.saturating_sub(count);
+                    expires_at,
+                };
+                st.added(&entry);
+                if let Some(l) = st.level_mut(level) {
+                    l.requeued.insert(offset, entry);
+                }
+                self.lower_next_expiry(expires_at);
             }
+            if let Some(id) = consumer {
+                if let Some(slot) = st.consumers.iter_mut().find(|c| c.id == id) {
+                    slot.unacked = slot.unacked.saturating_sub(count);
+                }
+            }
+            let now = self.clock.now_ms();
+            self.dispatch_locked(&mut st, now, &mut dead);
+            self.drop_over_limit(&mut st, &mut dead);
         }
-        self.dispatch_locked(&mut st);
+        self.route_dead_letters(dead);
     }
 
     /// Drops every ready message (not the unacked ones); returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.lock();
-        let n = st.ready_len();
-        st.ready.clear();
-        st.requeued.clear();
-        st.ready_bytes = 0;
+        let n = st.clear();
+        self.next_expiry.store(NEVER, Ordering::Relaxed);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -412,12 +889,46 @@ impl Queue {
             return (0, Vec::new());
         }
         st.deleted = true;
-        let n = u32::try_from(st.ready_len()).unwrap_or(u32::MAX);
-        st.ready.clear();
-        st.requeued.clear();
-        st.ready_bytes = 0;
+        let n = u32::try_from(st.clear()).unwrap_or(u32::MAX);
+        st.unacked_expiry.clear();
+        self.next_expiry.store(NEVER, Ordering::Relaxed);
+        self.idle_deadline.store(NEVER, Ordering::Relaxed);
         let consumers = st.consumers.drain(..).map(|c| c.spec).collect();
         (n, consumers)
+    }
+
+    /// Arrivals, deliveries and acks so far.
+    pub fn counters(&self) -> crate::counters::QueueCountersSnapshot {
+        self.counters.snapshot()
+    }
+
+    fn count_delivery(&self, ack_required: bool) {
+        use crate::counters::QueueCounters;
+        QueueCounters::add(&self.counters.delivered, 1);
+        if !ack_required {
+            QueueCounters::add(&self.counters.delivered_no_ack, 1);
+        }
+    }
+
+    /// The consumers as management lists them.
+    pub fn consumers(&self) -> Vec<crate::consumer::ConsumerInfo> {
+        let st = self.lock();
+        let sac = self.config.single_active_consumer;
+        st.consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| crate::consumer::ConsumerInfo {
+                tag: c.spec.tag.clone(),
+                connection: c.spec.connection,
+                channel: c.spec.sink.channel_number(),
+                ack_required: c.spec.ack_required,
+                exclusive: c.spec.exclusive,
+                prefetch: c.spec.prefetch,
+                priority: c.spec.priority,
+                arguments: c.spec.arguments.clone(),
+                active: !sac || i == 0,
+            })
+            .collect()
     }
 
     pub fn consumer_tags(&self) -> Vec<ShortString> {
@@ -426,5 +937,15 @@ impl Queue {
             .iter()
             .map(|c| c.spec.tag.clone())
             .collect()
+    }
+
+    /// With single active consumer: the tag of the consumer receiving messages.
+    pub fn active_consumer_tag(&self) -> Option<ShortString> {
+        let st = self.lock();
+        if self.config.single_active_consumer {
+            st.consumers.first().map(|c| c.spec.tag.clone())
+        } else {
+            None
+        }
     }
 }

@@ -15,10 +15,10 @@ use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use crate::Broker;
 
 #[derive(Default)]
-struct RecordingSink {
-    deliveries: Mutex<Vec<Delivery>>,
-    cancelled: Mutex<Vec<ShortString>>,
-    blocked: AtomicBool,
+pub(crate) struct RecordingSink {
+    pub(crate) deliveries: Mutex<Vec<Delivery>>,
+    pub(crate) cancelled: Mutex<Vec<ShortString>>,
+    pub(crate) blocked: AtomicBool,
     waiters: Mutex<Vec<Weak<Queue>>>,
 }
 
@@ -38,7 +38,7 @@ impl DeliverySink for RecordingSink {
 }
 
 impl RecordingSink {
-    fn bodies(&self) -> Vec<String> {
+    pub(crate) fn bodies(&self) -> Vec<String> {
         self.deliveries
             .lock()
             .unwrap()
@@ -46,10 +46,10 @@ impl RecordingSink {
             .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
             .collect()
     }
-    fn take(&self) -> Vec<Delivery> {
+    pub(crate) fn take(&self) -> Vec<Delivery> {
         std::mem::take(&mut *self.deliveries.lock().unwrap())
     }
-    fn unblock(&self) {
+    pub(crate) fn unblock(&self) {
         self.blocked.store(false, Ordering::SeqCst);
         for q in self.waiters.lock().unwrap().drain(..) {
             if let Some(q) = q.upgrade() {
@@ -59,7 +59,7 @@ impl RecordingSink {
     }
 }
 
-fn msg(body: &str) -> Arc<Message> {
+pub(crate) fn msg(body: &str) -> Arc<Message> {
     Arc::new(Message::from_properties(
         ShortString::from(""),
         ShortString::from("k"),
@@ -68,7 +68,7 @@ fn msg(body: &str) -> Arc<Message> {
     ))
 }
 
-fn spec(
+pub(crate) fn spec(
     tag: &str,
     sink: &Arc<RecordingSink>,
     prefetch: u32,
@@ -87,7 +87,7 @@ fn spec(
     }
 }
 
-fn declare(vh: &VHost, name: &str) -> Arc<Queue> {
+pub(crate) fn declare(vh: &VHost, name: &str) -> Arc<Queue> {
     vh.declare_queue(&QueueDeclare {
         name: ShortString::from(name),
         passive: false,
@@ -101,7 +101,7 @@ fn declare(vh: &VHost, name: &str) -> Arc<Queue> {
     .queue
 }
 
-fn xdeclare(vh: &VHost, name: &str, kind: &str) -> Result<(), BrokerError> {
+pub(crate) fn xdeclare(vh: &VHost, name: &str, kind: &str) -> Result<(), BrokerError> {
     vh.declare_exchange(&ExchangeDeclare {
         name: ShortString::from(name),
         kind: kind.to_owned(),
@@ -113,7 +113,7 @@ fn xdeclare(vh: &VHost, name: &str, kind: &str) -> Result<(), BrokerError> {
     })
 }
 
-fn routed(vh: &VHost, x: &str, key: &str) -> Vec<String> {
+pub(crate) fn routed(vh: &VHost, x: &str, key: &str) -> Vec<String> {
     let mut out = Vec::new();
     vh.route(x, key, None, &mut out).unwrap();
     let mut names: Vec<String> = out.iter().map(|q| q.name().to_string()).collect();
@@ -153,7 +153,7 @@ fn prefetch_holds_back_until_ack() {
     assert_eq!(q.stats().ready, 3);
     assert_eq!(q.stats().unacked, 2);
     credit.release(1);
-    q.settle(Some(id), 1);
+    q.settle(Some(id), &[0]);
     assert_eq!(a.bodies(), ["0", "1", "2"]);
 }
 
@@ -384,7 +384,7 @@ fn delete_queue_cancels_consumers_and_bindings() {
         [ShortString::from("tag")]
     );
     assert!(routed(&vh, "amq.direct", "k").is_empty());
-    assert!(!q.publish(msg("late")));
+    assert_eq!(q.publish(msg("late")), crate::queue::Published::Gone);
     assert_eq!(
         vh.delete_queue("q", false, false, 1).unwrap(),
         0,

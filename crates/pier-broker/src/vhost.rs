@@ -5,17 +5,24 @@
 //! declarations and deletions take the write lock. Queues have their own locks, taken only after
 //! the topology lock is released, so publishing into a queue never blocks topology changes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use pier_wire::{FieldTable, FieldValue, ShortString};
 
+use crate::args::{ArgContext, QueueConfig};
+use crate::clock::{Clock, NEVER};
 use crate::consumer::ConnectionId;
+use crate::deadletter::{self, DeadLetter};
 use crate::error::{BrokerError, ObjectKind, Result};
-use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, DELAYED_TYPE};
 use crate::matching::{values_equal, HeadersMatch};
+use crate::message::Message;
 use crate::names;
-use crate::queue::{Queue, QueueOptions};
+use crate::policy::{self, Policy};
+use crate::queue::{Published, Queue, QueueOptions, TickAction};
 
 /// exchange.declare, as the channel received it.
 #[derive(Debug, Clone)]
@@ -83,6 +90,89 @@ const EQUIVALENCE_ARGS: &[&str] = &[
 pub struct VHost {
     name: String,
     topology: RwLock<Topology>,
+    clock: Arc<Clock>,
+    /// This vhost, for the queues it creates (they route their dead letters through it).
+    me: Weak<VHost>,
+    /// Messages waiting in `x-delayed-message` exchanges (in memory only for now).
+    delayed: Mutex<BinaryHeap<Reverse<DelayedMessage>>>,
+    /// When the earliest delayed message is due (`NEVER`: none), read by `tick` lock-free.
+    next_delayed: AtomicU64,
+    policies: RwLock<Vec<Policy>>,
+}
+
+/// A message held by a delayed exchange until `due`.
+#[derive(Debug)]
+struct DelayedMessage {
+    due: u64,
+    seq: u64,
+    exchange: ShortString,
+    message: Arc<Message>,
+}
+
+impl PartialEq for DelayedMessage {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for DelayedMessage {}
+
+impl PartialOrd for DelayedMessage {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DelayedMessage {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// Every routing key a message carries: its own plus the `CC` and `BCC` headers' (sender-
+/// selected distribution). A `CC`/`BCC` header that is not an array is RabbitMQ's 406.
+fn sender_selected_keys(
+    routing_key: &str,
+    headers: Option<&FieldTable>,
+) -> Result<Vec<ShortString>> {
+    let mut keys = vec![ShortString::from(routing_key)];
+    if let Some(h) = headers {
+        for header in ["CC", "BCC"] {
+            match h.get(header) {
+                None => {}
+                Some(FieldValue::Array(values)) => {
+                    for v in values {
+                        if let FieldValue::LongString(s) = v {
+                            keys.push(ShortString::truncated(&s.to_str_lossy()));
+                        }
+                    }
+                }
+                Some(other) => {
+                    return Err(BrokerError::PreconditionFailed(format!(
+                        "invalid message: {{unacceptable_type_in_header,\"{header}\",{}}}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The positive `x-delay` of a message (milliseconds), if it has one: integers, numeric
+/// strings and floats (truncated) count, as in the plugin; delays beyond 2^32-1 ms (Erlang's
+/// timer limit) route at once, as there.
+fn delay_of(message: &Message) -> Option<u64> {
+    let v = message.properties.headers.as_ref()?.get("x-delay")?;
+    let d: i64 = match v {
+        FieldValue::LongString(s) => s.to_str()?.parse().ok()?,
+        FieldValue::Float(f) => f.trunc() as i64,
+        FieldValue::Double(f) => f.trunc() as i64,
+        other => other.as_i64()?,
+    };
+    u64::try_from(d)
+        .ok()
+        .filter(|&d| d > 0 && d <= u64::from(u32::MAX))
 }
 
 impl VHost {
@@ -103,14 +193,25 @@ impl VHost {
                 Exchange::new(n, kind, true, false, false, FieldTable::new()),
             );
         }
-        Arc::new(VHost {
-            name: name.into(),
+        let name = name.into();
+        Arc::new_cyclic(|me| VHost {
+            name,
             topology: RwLock::new(t),
+            clock: Arc::new(Clock::new()),
+            me: me.clone(),
+            delayed: Mutex::new(BinaryHeap::new()),
+            next_delayed: AtomicU64::new(NEVER),
+            policies: RwLock::new(Vec::new()),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The clock message and queue expiry use (tests advance it).
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
     }
 
     // Poisoning only follows a panic elsewhere; every mutation below leaves the maps consistent
@@ -127,49 +228,129 @@ impl VHost {
         BrokerError::not_found(kind, name, &self.name)
     }
 
+    // ---- policies ----
+
+    /// Adds or replaces (by name) a policy. It applies to queues declared from now on, and to
+    /// every exchange's `alternate-exchange` at once.
+    pub fn set_policy(&self, policy: Policy) {
+        {
+            let mut ps = self.policies.write().unwrap_or_else(|p| p.into_inner());
+            ps.retain(|p| p.name != policy.name);
+            ps.push(policy);
+        }
+        self.refresh_exchange_policies();
+    }
+
+    /// Removes a policy; false if there was none of that name.
+    pub fn clear_policy(&self, name: &str) -> bool {
+        let removed = {
+            let mut ps = self.policies.write().unwrap_or_else(|p| p.into_inner());
+            let before = ps.len();
+            ps.retain(|p| p.name != name);
+            ps.len() != before
+        };
+        if removed {
+            self.refresh_exchange_policies();
+        }
+        removed
+    }
+
+    pub fn policies(&self) -> Vec<Policy> {
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn policy_alternate(&self, exchange: &str) -> Option<ShortString> {
+        let ps = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        policy::effective(&ps, ObjectKind::Exchange, exchange)
+            .and_then(|p| p.definition.alternate_exchange.as_deref())
+            .map(ShortString::from)
+    }
+
+    fn refresh_exchange_policies(&self) {
+        let mut t = self.write();
+        for x in t.exchanges.values_mut() {
+            x.policy_alternate = self.policy_alternate(&x.name);
+        }
+    }
+
     // ---- exchanges ----
 
     pub fn declare_exchange(&self, d: &ExchangeDeclare) -> Result<()> {
-        let kind = if d.passive {
-            None
-        } else {
-            Some(
-                ExchangeKind::parse(&d.kind)
-                    .ok_or_else(|| BrokerError::UnknownExchangeType(d.kind.clone()))?,
-            )
-        };
+        let kind =
+            if d.passive {
+                None
+            } else if d.kind == DELAYED_TYPE {
+                // RabbitMQ's delayed message exchange plugin: x-delayed-type routes.
+                let delayed_type = d
+                    .arguments
+                    .get("x-delayed-type")
+                    .and_then(FieldValue::as_str);
+                match delayed_type {
+                    Some(DELAYED_TYPE) => return Err(BrokerError::PreconditionFailed(
+                        "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'"
+                            .to_owned(),
+                    )),
+                    Some(t) => Some((
+                        ExchangeKind::parse(t)
+                            .ok_or_else(|| BrokerError::UnknownExchangeType(t.to_owned()))?,
+                        true,
+                    )),
+                    None => {
+                        return Err(BrokerError::PreconditionFailed(
+                            "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+                                .to_owned(),
+                        ))
+                    }
+                }
+            } else {
+                Some((
+                    ExchangeKind::parse(&d.kind)
+                        .ok_or_else(|| BrokerError::UnknownExchangeType(d.kind.clone()))?,
+                    false,
+                ))
+            };
         if d.name.is_empty() {
             return Err(BrokerError::DefaultExchange);
         }
         let mut t = self.write();
         if let Some(x) = t.exchanges.get(&d.name) {
-            let Some(kind) = kind else { return Ok(()) };
-            return self.exchange_equivalent(x, kind, d);
+            if kind.is_none() {
+                return Ok(());
+            }
+            return self.exchange_equivalent(x, d);
         }
-        let Some(kind) = kind else {
+        let Some((kind, delayed)) = kind else {
             return Err(self.not_found(ObjectKind::Exchange, &d.name));
         };
         names::check_not_reserved(ObjectKind::Exchange, &d.name)?;
-        t.exchanges.insert(
+        if let Some(v) = d.arguments.get("alternate-exchange") {
+            if !matches!(v, FieldValue::LongString(_)) {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in exchange '{}' in vhost '{}'",
+                    v.type_name(),
+                    d.name,
+                    self.name
+                )));
+            }
+        }
+        let mut x = Exchange::new(
             d.name.clone(),
-            Exchange::new(
-                d.name.clone(),
-                kind,
-                d.durable,
-                d.auto_delete,
-                d.internal,
-                d.arguments.clone(),
-            ),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
         );
+        x.delayed = delayed;
+        x.policy_alternate = self.policy_alternate(&d.name);
+        t.exchanges.insert(d.name.clone(), x);
         Ok(())
     }
 
-    fn exchange_equivalent(
-        &self,
-        x: &Exchange,
-        kind: ExchangeKind,
-        d: &ExchangeDeclare,
-    ) -> Result<()> {
+    fn exchange_equivalent(&self, x: &Exchange, d: &ExchangeDeclare) -> Result<()> {
         let mismatch = |arg: &str, received: String, current: String| BrokerError::Inequivalent {
             kind: ObjectKind::Exchange,
             name: d.name.to_string(),
@@ -178,11 +359,11 @@ impl VHost {
             received,
             current,
         };
-        if x.kind != kind {
+        if x.type_name() != d.kind {
             return Err(mismatch(
                 "type",
-                format!("'{}'", kind.as_str()),
-                format!("'{}'", x.kind.as_str()),
+                format!("'{}'", d.kind),
+                format!("'{}'", x.type_name()),
             ));
         }
         for (arg, received, current) in [
@@ -198,8 +379,12 @@ impl VHost {
                 ));
             }
         }
-        compare_args(&["alternate-exchange"], &d.arguments, &x.arguments)
-            .map_err(|(arg, received, current)| mismatch(&arg, received, current))
+        compare_args(
+            &["alternate-exchange", "x-delayed-type"],
+            &d.arguments,
+            &x.arguments,
+        )
+        .map_err(|(arg, received, current)| mismatch(&arg, received, current))
     }
 
     pub fn exchange_exists(&self, name: &str) -> bool {
@@ -360,6 +545,8 @@ impl VHost {
             if !d.passive {
                 self.queue_equivalent(q, d)?;
             }
+            // A declaration (passive or not) counts as use for x-expires.
+            q.touch();
             let stats = q.stats();
             return Ok(QueueDeclared {
                 queue: Arc::clone(q),
@@ -374,8 +561,20 @@ impl VHost {
         if !d.name.is_empty() {
             names::check_not_reserved(ObjectKind::Queue, &name)?;
         }
-        self.validate_queue_args(&name, &d.arguments)?;
-        let queue = Queue::new(
+        let mut config = QueueConfig::from_arguments(
+            &d.arguments,
+            &ArgContext {
+                queue: &name,
+                vhost: &self.name,
+            },
+        )?;
+        {
+            let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = policy::effective(&policies, ObjectKind::Queue, &name) {
+                config.apply_policy(&p.definition, &d.arguments);
+            }
+        }
+        let queue = Queue::with_config(
             name.clone(),
             self.name.clone(),
             QueueOptions {
@@ -384,6 +583,9 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
             },
+            config,
+            Arc::clone(&self.clock),
+            self.me.clone(),
         );
         t.queues.insert(name, Arc::clone(&queue));
         Ok(QueueDeclared {
@@ -392,48 +594,6 @@ impl VHost {
             consumer_count: 0,
             created: true,
         })
-    }
-
-    fn validate_queue_args(&self, name: &str, args: &FieldTable) -> Result<()> {
-        let invalid = |arg: &str, reason: String| BrokerError::InvalidArgument {
-            kind: ObjectKind::Queue,
-            name: name.to_owned(),
-            vhost: self.name.clone(),
-            arg: arg.to_owned(),
-            reason,
-        };
-        if let Some(v) = args.get("x-queue-type") {
-            match v.as_str() {
-                Some("classic") => {}
-                Some(t @ ("quorum" | "stream")) => {
-                    return Err(BrokerError::NotImplemented(format!(
-                        "queue type '{t}' is not supported by Pier yet (queue '{name}' in vhost '{}')",
-                        self.name
-                    )))
-                }
-                _ => return Err(invalid("x-queue-type", format!("unsupported queue type {v:?}"))),
-            }
-        }
-        for key in [
-            "x-message-ttl",
-            "x-expires",
-            "x-max-length",
-            "x-max-length-bytes",
-            "x-max-priority",
-        ] {
-            if let Some(v) = args.get(key) {
-                match v.as_i64() {
-                    Some(n) if n >= 0 => {}
-                    _ => {
-                        return Err(invalid(
-                            key,
-                            format!("expected a non-negative integer, got {v:?}"),
-                        ))
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     fn queue_equivalent(&self, q: &Queue, d: &QueueDeclare) -> Result<()> {
@@ -629,7 +789,10 @@ impl VHost {
     // ---- routing ----
 
     /// Resolves the queues a message published to `exchange` with `routing_key` goes to, each
-    /// once however many paths lead there. 404 for a missing exchange, 403 for an internal one.
+    /// once however many paths lead there. The `CC` and `BCC` headers add routing keys
+    /// (sender-selected distribution); an exchange that routes nowhere hands the message to its
+    /// alternate exchange. 404 for a missing exchange, 403 for an internal one, 406 for a `CC`
+    /// or `BCC` header that is not an array.
     pub fn route(
         &self,
         exchange: &str,
@@ -637,10 +800,35 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<Queue>>,
     ) -> Result<()> {
+        let sender_selected =
+            headers.is_some_and(|h| h.contains_key("CC") || h.contains_key("BCC"));
+        if !sender_selected {
+            // The common case: one key, no allocation.
+            let t = self.read();
+            return self.route_locked(&t, exchange, &[routing_key], headers, true, out);
+        }
+        let keys = sender_selected_keys(routing_key, headers)?;
+        let all: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
         let t = self.read();
+        self.route_locked(&t, exchange, &all, headers, true, out)
+    }
+
+    fn route_locked(
+        &self,
+        t: &Topology,
+        exchange: &str,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        from_client: bool,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Result<()> {
         if exchange.is_empty() {
-            if let Some(q) = t.queues.get(routing_key) {
-                out.push(Arc::clone(q));
+            for k in keys {
+                if let Some(q) = t.queues.get(*k) {
+                    if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                        out.push(Arc::clone(q));
+                    }
+                }
             }
             return Ok(());
         }
@@ -648,7 +836,7 @@ impl VHost {
             .exchanges
             .get(exchange)
             .ok_or_else(|| self.not_found(ObjectKind::Exchange, exchange))?;
-        if x.internal {
+        if from_client && x.internal {
             return Err(BrokerError::InternalExchange {
                 name: exchange.to_owned(),
                 vhost: self.name.clone(),
@@ -658,29 +846,253 @@ impl VHost {
         let mut pending: Vec<&Exchange> = vec![x];
         let mut queue_names: Vec<&ShortString> = Vec::new();
         while let Some(x) = pending.pop() {
-            x.route(routing_key, headers, |d| match d {
-                Destination::Queue(n) => {
-                    if !queue_names.contains(&n) {
-                        queue_names.push(n);
+            let mut routed_any = false;
+            for key in keys {
+                x.route(key, headers, |d| {
+                    routed_any = true;
+                    match d {
+                        Destination::Queue(n) => {
+                            if !queue_names.contains(&n) {
+                                queue_names.push(n);
+                            }
+                        }
+                        Destination::Exchange(n) => {
+                            if !visited.contains(&n) {
+                                if let Some((k, next)) = t.exchanges.get_key_value(n) {
+                                    visited.push(k);
+                                    pending.push(next);
+                                }
+                            }
+                        }
                     }
-                }
-                Destination::Exchange(n) => {
-                    if !visited.contains(&n) {
-                        if let Some((k, next)) = t.exchanges.get_key_value(n) {
+                });
+            }
+            if !routed_any {
+                if let Some(ae) = x.alternate_exchange() {
+                    if !visited.iter().any(|v| v.as_str() == ae) {
+                        if let Some((k, next)) = t.exchanges.get_key_value(ae) {
                             visited.push(k);
                             pending.push(next);
                         }
                     }
                 }
-            });
+            }
         }
-        out.extend(
-            queue_names
-                .into_iter()
-                .filter_map(|n| t.queues.get(n).cloned()),
-        );
+        for n in queue_names {
+            if let Some(q) = t.queues.get(n) {
+                if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                    out.push(Arc::clone(q));
+                }
+            }
+        }
         Ok(())
     }
+
+    // ---- dead lettering and time ----
+
+    /// Republishes what `from` dead-lettered to its dead-letter exchange. Called by queues once
+    /// their lock is released; dead letters the targets produce in turn are handled here too
+    /// (a work list, not recursion). A missing dead-letter exchange drops the messages, and a
+    /// message is not delivered to a queue it would cycle back to (RabbitMQ's rule).
+    pub fn route_dead_letters(&self, from: &Arc<Queue>, dead: Vec<DeadLetter>) {
+        let mut work: VecDeque<(Arc<Queue>, Vec<DeadLetter>)> = VecDeque::new();
+        work.push_back((Arc::clone(from), dead));
+        let mut targets: Vec<Arc<Queue>> = Vec::new();
+        // A bound for pathological set-ups; RabbitMQ's cycle rule normally stops loops first.
+        let mut budget: usize = 100_000;
+        while let Some((source, items)) = work.pop_front() {
+            let config = source.config();
+            let Some(dlx) = config.dead_letter_exchange.as_ref() else {
+                continue;
+            };
+            let dlrk = config.dead_letter_routing_key.as_deref();
+            for item in items {
+                if budget == 0 {
+                    tracing::warn!(queue = %source.name(), "dead-letter loop bound reached; dropping");
+                    return;
+                }
+                budget -= 1;
+                let (message, keys) = deadletter::dead_lettered(
+                    &item.message,
+                    item.reason,
+                    source.name(),
+                    dlx,
+                    dlrk,
+                    self.clock.unix_seconds(),
+                );
+                targets.clear();
+                {
+                    let t = self.read();
+                    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+                    if self
+                        .route_locked(
+                            &t,
+                            dlx,
+                            &keys,
+                            message.properties.headers.as_ref(),
+                            false,
+                            &mut targets,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                }
+                let message = Arc::new(message);
+                for q in targets.drain(..) {
+                    if deadletter::is_cycle(&message, item.reason, q.name()) {
+                        continue;
+                    }
+                    let mut more = Vec::new();
+                    if q.publish_collect(Arc::clone(&message), &mut more) != Published::Gone
+                        && !more.is_empty()
+                    {
+                        work.push_back((q, more));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic work: expires messages at queue heads, deletes queues whose `x-expires` ran
+    /// out. Cheap when nothing is due (one atomic load per queue, no queue lock).
+    pub fn tick(&self) {
+        let now = self.clock.now_ms();
+        self.fire_delayed(now);
+        let due: Vec<Arc<Queue>> = self
+            .read()
+            .queues
+            .values()
+            .filter(|q| q.tick_due(now))
+            .cloned()
+            .collect();
+        for q in due {
+            if q.tick(now) == TickAction::Delete {
+                tracing::debug!(queue = %q.name(), vhost = %self.name, "queue expired (x-expires)");
+                self.remove_queue(&q);
+            }
+        }
+    }
+
+    // ---- delayed message exchange ----
+
+    /// A message published to an `x-delayed-message` exchange with a positive `x-delay`
+    /// header is held until then (true); anything else routes now (false). Like the plugin,
+    /// routing happens when the delay is over, with the bindings in place at that time.
+    pub fn delay(&self, message: &Arc<Message>) -> bool {
+        if message.exchange.is_empty() {
+            return false;
+        }
+        let Some(delay) = delay_of(message) else {
+            return false;
+        };
+        {
+            let t = self.read();
+            match t.exchanges.get(&message.exchange) {
+                Some(x) if x.delayed && !x.internal => {}
+                _ => return false,
+            }
+        }
+        let due = self.clock.now_ms().saturating_add(delay);
+        let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        heap.push(Reverse(DelayedMessage {
+            due,
+            seq: SEQ.fetch_add(1, Ordering::Relaxed),
+            exchange: message.exchange.clone(),
+            message: Arc::clone(message),
+        }));
+        self.next_delayed.fetch_min(due, Ordering::Relaxed);
+        true
+    }
+
+    /// How many messages delayed exchanges hold.
+    pub fn delayed_count(&self) -> usize {
+        self.delayed.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn fire_delayed(&self, now: u64) {
+        if self.next_delayed.load(Ordering::Relaxed) > now {
+            return;
+        }
+        let mut due = Vec::new();
+        {
+            let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+            while heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
+                if let Some(Reverse(d)) = heap.pop() {
+                    due.push(d);
+                }
+            }
+            let next = heap.peek().map_or(NEVER, |Reverse(d)| d.due);
+            self.next_delayed.store(next, Ordering::Relaxed);
+        }
+        let mut targets = Vec::new();
+        for d in due {
+            targets.clear();
+            let headers = d.message.properties.headers.as_ref();
+            let Ok(keys) = sender_selected_keys(&d.message.routing_key, headers) else {
+                continue;
+            };
+            {
+                let t = self.read();
+                let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+                // A deleted exchange (404) drops what it held.
+                if self
+                    .route_locked(&t, &d.exchange, &keys, headers, false, &mut targets)
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            if targets.is_empty() {
+                continue;
+            }
+            let message = Message::without_bcc(undelayed(d.message));
+            for q in targets.drain(..) {
+                q.publish(Arc::clone(&message));
+            }
+        }
+    }
+
+    /// Publishes a message the broker itself creates to `exchange` (routing errors are
+    /// returned; internal exchanges are allowed). Returns how many queues accepted it.
+    pub fn publish_internal(&self, exchange: &str, message: Arc<Message>) -> Result<usize> {
+        let mut targets = Vec::new();
+        {
+            let t = self.read();
+            let keys = deadletter::routing_keys(&message);
+            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+            self.route_locked(
+                &t,
+                exchange,
+                &keys,
+                message.properties.headers.as_ref(),
+                false,
+                &mut targets,
+            )?;
+        }
+        Ok(targets
+            .into_iter()
+            .filter(|q| q.publish(Arc::clone(&message)) == Published::Accepted)
+            .count())
+    }
+}
+
+/// The plugin negates `x-delay` on the message it finally routes (so it is not delayed twice).
+fn undelayed(message: Arc<Message>) -> Arc<Message> {
+    let mut props = message.properties.clone();
+    if let Some(h) = props.headers.as_mut() {
+        if let Some(d) = h.get("x-delay").and_then(FieldValue::as_i64) {
+            let negated = i32::try_from(-d).unwrap_or(i32::MIN);
+            h.insert("x-delay", FieldValue::LongInt(negated));
+        }
+    }
+    Arc::new(Message::from_properties(
+        message.exchange.clone(),
+        message.routing_key.clone(),
+        props,
+        message.body.clone(),
+    ))
 }
 
 /// Drops bindings to `dest` from every exchange; returns the exchanges that lost one.

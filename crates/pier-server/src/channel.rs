@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pier_broker::{
-    names, ChannelCredit, ConsumerId, ConsumerSpec, ExchangeDeclare, Message, Queue, QueueDeclare,
+    names, parse_expiration, ChannelCredit, ConsumerId, ConsumerSpec, ExchangeDeclare, Message,
+    Published, Queue, QueueDeclare,
 };
 use pier_wire::{
     reply_code as rc, BasicAck, BasicCancelOk, BasicGetEmpty, BasicNack, BasicPublish, BasicQosOk,
@@ -19,6 +20,7 @@ use pier_wire::{
 };
 
 use crate::connection::{requeue_grouped, Connection};
+use crate::direct_reply::{self, ReplyConsumer};
 use crate::error::AmqpException;
 use crate::outbound::{ChannelDeliveries, ChannelSink, Outbound, Unacked};
 
@@ -72,6 +74,8 @@ pub(crate) struct Channel {
     pub pending: Option<PendingPublish>,
     /// The last queue this channel declared, for the empty queue name shorthand.
     pub last_queue: Option<ShortString>,
+    /// Direct reply-to: this channel consumes from `amq.rabbitmq.reply-to`.
+    pub reply: Option<ReplyConsumer>,
 }
 
 impl Channel {
@@ -93,6 +97,7 @@ impl Channel {
             tx: None,
             pending: None,
             last_queue: None,
+            reply: None,
         }
     }
 }
@@ -243,6 +248,20 @@ impl Connection {
                 )?;
                 if !m.nowait {
                     self.reply(ch, Method::ExchangeUnbindOk(ExchangeUnbindOk {}));
+                }
+                Ok(())
+            }
+            Method::QueueDeclare(m) if m.queue.as_str() == direct_reply::PSEUDO_QUEUE => {
+                // The direct reply-to pseudo-queue always "exists", as in RabbitMQ.
+                if !m.nowait {
+                    self.reply(
+                        ch,
+                        Method::QueueDeclareOk(QueueDeclareOk {
+                            queue: m.queue,
+                            message_count: 0,
+                            consumer_count: 1,
+                        }),
+                    );
                 }
                 Ok(())
             }
@@ -485,13 +504,46 @@ impl Connection {
                 .on_ids(60, 40));
             }
         }
-        let message = Arc::new(Message::new(
-            p.method.exchange,
-            p.method.routing_key,
-            header.properties,
-            header.raw_properties,
-            body,
-        ));
+        if let Some(exp) = &header.properties.expiration {
+            if let Err(reason) = parse_expiration(exp) {
+                return Err(
+                    precondition(format!("invalid expiration '{exp}': {reason}")).on_ids(60, 40),
+                );
+            }
+        }
+        let reply_address = match &header.properties.reply_to {
+            Some(r) if r.as_str() == direct_reply::PSEUDO_QUEUE => {
+                match self.channel(ch)?.reply.as_ref() {
+                    Some(reply) => Some(reply.address.clone()),
+                    None => {
+                        return Err(
+                            precondition("fast reply consumer does not exist").on_ids(60, 40)
+                        )
+                    }
+                }
+            }
+            _ => None,
+        };
+        let message = match reply_address {
+            // Direct reply-to: the requester's address replaces the pseudo-queue's name.
+            Some(address) => {
+                let mut props = header.properties;
+                props.reply_to = Some(address);
+                Arc::new(Message::from_properties(
+                    p.method.exchange,
+                    p.method.routing_key,
+                    props,
+                    body,
+                ))
+            }
+            None => Arc::new(Message::new(
+                p.method.exchange,
+                p.method.routing_key,
+                header.properties,
+                header.raw_properties,
+                body,
+            )),
+        };
         let exchange_missing =
             !message.exchange.is_empty() && !self.vhost.exchange_exists(&message.exchange);
         let channel = self.channel(ch)?;
@@ -517,6 +569,37 @@ impl Connection {
         message: Arc<Message>,
         mandatory: bool,
     ) -> Result<(), AmqpException> {
+        if message.exchange.is_empty()
+            && message
+                .routing_key
+                .starts_with(direct_reply::ADDRESS_PREFIX)
+        {
+            // A direct reply: straight to the requesting channel (or dropped). RabbitMQ 3.10
+            // does not count it as routed, so a mandatory reply is also returned.
+            direct_reply::deliver_reply(&message.routing_key, Arc::clone(&message));
+            if mandatory {
+                self.outbound
+                    .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
+            }
+            let channel = self.channel(ch)?;
+            if channel.confirm {
+                channel.publish_seq += 1;
+            }
+            return Ok(());
+        }
+        if self.vhost.delay(&message) {
+            // Held by an x-delayed-message exchange. Like the plugin, it routes to nothing now,
+            // so a mandatory publish is returned at once (the plugin does not support it).
+            if mandatory {
+                self.outbound
+                    .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
+            }
+            let channel = self.channel(ch)?;
+            if channel.confirm {
+                channel.publish_seq += 1;
+            }
+            return Ok(());
+        }
         let mut queues = std::mem::take(&mut self.route_buf);
         queues.clear();
         let routed = self.vhost.route(
@@ -529,9 +612,19 @@ impl Connection {
             self.route_buf = queues;
             return Err(AmqpException::from(e).on_ids(60, 40));
         }
+        // BCC routed the message; it is not delivered with it.
+        let message = Message::without_bcc(message);
         let mut delivered = false;
+        let mut rejected = false;
         for q in queues.drain(..) {
-            delivered |= q.publish(Arc::clone(&message));
+            match q.publish(Arc::clone(&message)) {
+                Published::Accepted => delivered = true,
+                Published::Rejected => {
+                    delivered = true;
+                    rejected = true;
+                }
+                Published::Gone => {}
+            }
         }
         self.route_buf = queues;
         if !delivered && mandatory {
@@ -540,7 +633,12 @@ impl Connection {
         }
         let channel = self.channel(ch)?;
         if channel.confirm {
-            channel.publish_seq += 1;
+            if rejected {
+                // A queue refused it (x-overflow reject-publish): basic.nack.
+                self.nack_publish(ch);
+            } else {
+                channel.publish_seq += 1;
+            }
         }
         Ok(())
     }
@@ -563,10 +661,9 @@ impl Connection {
         }
     }
 
-    #[allow(dead_code)]
     fn nack_publish(&mut self, ch: u16) {
-        // Reserved for refusals (overflow reject-publish, store failures): flush acks first so
-        // that confirms stay in order, then nack this one.
+        // Refusals (overflow reject-publish, later store failures): flush acks first so that
+        // confirms stay in order, then nack this one.
         if let Some(channel) = self.channels.get_mut(&ch) {
             channel.publish_seq += 1;
             let seq = channel.publish_seq;
@@ -642,7 +739,7 @@ impl Connection {
             self.release_channel_credit(ch, &taken);
             requeue_grouped(taken);
         } else {
-            self.settle(ch, taken);
+            self.reject_dropped(ch, taken);
         }
         Ok(())
     }
@@ -666,19 +763,38 @@ impl Connection {
         }
     }
 
-    /// Acked (or dropped) deliveries: the queue forgets them and frees their consumer's credit.
+    /// Acked deliveries: the queue forgets them and frees their consumer's credit.
     fn settle(&mut self, ch: u16, taken: Vec<Unacked>) {
+        self.release_channel_credit(ch, &taken);
+        let mut offsets: Vec<u64> = Vec::new();
+        let mut iter = taken.into_iter().peekable();
+        while let Some(first) = iter.next() {
+            offsets.clear();
+            offsets.push(first.offset);
+            while let Some(n) = iter
+                .next_if(|n| Arc::ptr_eq(&n.queue, &first.queue) && n.consumer == first.consumer)
+            {
+                offsets.push(n.offset);
+            }
+            first.queue.settle(first.consumer, &offsets);
+        }
+    }
+
+    /// Deliveries rejected without requeue: settled, and dead-lettered by queues that have a
+    /// dead-letter exchange.
+    fn reject_dropped(&mut self, ch: u16, taken: Vec<Unacked>) {
         self.release_channel_credit(ch, &taken);
         let mut iter = taken.into_iter().peekable();
         while let Some(first) = iter.next() {
-            let mut count = 1u32;
-            while iter.peek().is_some_and(|n| {
-                Arc::ptr_eq(&n.queue, &first.queue) && n.consumer == first.consumer
-            }) {
-                iter.next();
-                count += 1;
+            let queue = Arc::clone(&first.queue);
+            let consumer = first.consumer;
+            let mut batch = vec![(first.offset, first.message)];
+            while let Some(n) =
+                iter.next_if(|n| Arc::ptr_eq(&n.queue, &queue) && n.consumer == consumer)
+            {
+                batch.push((n.offset, n.message));
             }
-            first.queue.settle(first.consumer, count);
+            queue.reject(consumer, batch);
         }
     }
 
@@ -719,6 +835,36 @@ impl Connection {
         Ok(())
     }
 
+    /// consumer_timeout: a channel whose oldest unacknowledged delivery is older than the
+    /// timeout is closed with 406, in RabbitMQ's words (its deliveries are requeued).
+    pub(crate) fn check_consumer_timeouts(&mut self) {
+        let Some(timeout) = self.config.consumer_timeout else {
+            return;
+        };
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let now = crate::coarse_clock::now_ms();
+        let mut expired: Vec<u16> = Vec::new();
+        for (&id, ch) in &self.channels {
+            if ch.closing {
+                continue;
+            }
+            let oldest = self
+                .outbound
+                .with_channel(id, |d| d.unacked.front().map(|u| u.delivered_at))
+                .flatten();
+            if oldest.is_some_and(|at| now.saturating_sub(at) > timeout_ms) {
+                expired.push(id);
+            }
+        }
+        for id in expired {
+            tracing::warn!(peer = %self.peer, channel = id, "consumer acknowledgement timed out after {timeout_ms} ms; closing the channel");
+            let ex = precondition(format!(
+                "delivery acknowledgement on channel {id} timed out. Timeout value used: {timeout_ms} ms. This timeout value can be configured, see consumers doc guide to learn more"
+            ));
+            self.close_channel_with(id, &ex);
+        }
+    }
+
     // ---- consumers ----
 
     /// Drops consumers the broker cancelled (their queue went away).
@@ -743,19 +889,50 @@ impl Connection {
             m.consumer_tag
         };
         let connection = self.id;
+        let vhost_name = self.vhost.name().to_owned();
         let channel = self.channel(ch)?;
-        if channel.consumers.contains_key(&tag) {
+        if channel.consumers.contains_key(&tag)
+            || channel.reply.as_ref().is_some_and(|r| r.tag == tag)
+        {
             return Err(AmqpException::new(
                 rc::NOT_ALLOWED,
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        if queue_name.as_str() == direct_reply::PSEUDO_QUEUE {
+            if !m.no_ack {
+                return Err(precondition("reply consumer cannot acknowledge"));
+            }
+            if channel.reply.is_some() {
+                return Err(precondition("reply consumer already set"));
+            }
+            channel.reply = Some(ReplyConsumer::register(
+                Arc::clone(&channel.sink),
+                tag.clone(),
+                &vhost_name,
+            ));
+            if !m.nowait {
+                self.reply(
+                    ch,
+                    Method::BasicConsumeOk(pier_wire::BasicConsumeOk { consumer_tag: tag }),
+                );
+            }
+            return Ok(());
+        }
         let priority = match m.arguments.get("x-priority") {
             None => 0,
-            Some(v) => v
-                .as_i64()
-                .and_then(|p| i32::try_from(p).ok())
-                .ok_or_else(|| precondition(format!("invalid arg 'x-priority' {v:?}")))?,
+            // RabbitMQ accepts any integer; only the order matters.
+            Some(v) => match v.as_i64() {
+                Some(p) => i32::try_from(p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)))
+                    .unwrap_or_default(),
+                None => {
+                    return Err(precondition(format!(
+                        "invalid arg 'x-priority' for queue '{queue_name}' in vhost '{}': \"expected integer, got {}\"",
+                        self.vhost.name(),
+                        v.type_name()
+                    )))
+                }
+            },
         };
         let spec = ConsumerSpec {
             tag: tag.clone(),
@@ -790,6 +967,13 @@ impl Connection {
 
     fn cancel_consumer(&mut self, ch: u16, tag: &ShortString) {
         self.forget_cancelled(ch);
+        if let Some(channel) = self.channels.get_mut(&ch) {
+            if channel.reply.as_ref().is_some_and(|r| &r.tag == tag) {
+                // Unregisters the reply address.
+                channel.reply = None;
+                return;
+            }
+        }
         let Some(handle) = self
             .channels
             .get_mut(&ch)

@@ -21,6 +21,9 @@ pub struct ServerConfig {
     pub outbound_high_watermark: usize,
     /// Name shown in server properties (`cluster_name`).
     pub cluster_name: String,
+    /// A channel holding an unacknowledged delivery longer than this is closed with 406
+    /// (RabbitMQ's `consumer_timeout`, default 30 minutes); None disables the check.
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -34,6 +37,7 @@ impl Default for ServerConfig {
             close_timeout: Duration::from_secs(3),
             outbound_high_watermark: 4 * 1024 * 1024,
             cluster_name: "pier".to_owned(),
+            consumer_timeout: Some(Duration::from_secs(30 * 60)),
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::config::ServerConfig;
 use crate::error::{AmqpException, ConnectionError};
 use crate::handshake::{ClientCapabilities, FrameReader, Negotiated};
 use crate::outbound::{Outbound, Unacked};
+use crate::registry::ConnectionEntry;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -60,6 +61,8 @@ pub(crate) struct Connection {
     closing: bool,
     /// Reused for every publish's routing result.
     pub route_buf: Vec<Arc<Queue>>,
+    /// This connection in the registry: counters, and the reason for a forced close.
+    pub(crate) registered: Arc<ConnectionEntry>,
 }
 
 impl Connection {
@@ -69,6 +72,7 @@ impl Connection {
         config: Arc<ServerConfig>,
         n: Negotiated,
         outbound: Arc<Outbound>,
+        registered: Arc<ConnectionEntry>,
     ) -> Self {
         Connection {
             id,
@@ -84,6 +88,7 @@ impl Connection {
             channels: HashMap::new(),
             closing: false,
             route_buf: Vec::new(),
+            registered,
         }
     }
 
@@ -99,6 +104,11 @@ impl Connection {
             Some(Duration::from_secs(u64::from(self.heartbeat) * 2))
         };
         let mut close_deadline: Option<tokio::time::Instant> = None;
+        // consumer_timeout: checked periodically (channel.rs, check_consumer_timeouts).
+        let mut ack_check = self.config.consumer_timeout.map(|t| {
+            let period = (t / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+        });
         loop {
             // Handle everything already buffered before reading again.
             loop {
@@ -153,9 +163,11 @@ impl Connection {
                 close_deadline.or_else(|| read_timeout.map(|t| tokio::time::Instant::now() + t));
             tokio::select! {
                 r = read => {
-                    if r? == 0 {
+                    let n = r?;
+                    if n == 0 {
                         return Err(ConnectionError::Eof);
                     }
+                    self.registered.count_read(n);
                 }
                 () = sleep_until_opt(deadline) => {
                     if self.closing {
@@ -168,15 +180,20 @@ impl Connection {
                     self.begin_forced_close();
                     close_deadline = Some(tokio::time::Instant::now() + self.config.close_timeout);
                 }
+                _ = tick_opt(&mut ack_check), if !self.closing => self.check_consumer_timeouts(),
             }
         }
     }
 
     fn begin_forced_close(&mut self) {
-        let ex = AmqpException::new(
-            rc::CONNECTION_FORCED,
-            "broker forced connection closure with reason 'shutdown'",
-        );
+        // A management close carries its reason; otherwise the server is shutting down.
+        let ex = match self.registered.forced_close_reason() {
+            Some(reason) => AmqpException::new(rc::CONNECTION_FORCED, reason),
+            None => AmqpException::new(
+                rc::CONNECTION_FORCED,
+                "broker forced connection closure with reason 'shutdown'",
+            ),
+        };
         self.send_connection_close(&ex);
     }
 
@@ -240,6 +257,9 @@ impl Connection {
             )),
             Frame::Method { channel: 0, method } => self.handle_connection_method(method),
             Frame::Method { channel, method } => {
+                if matches!(method, Method::BasicPublish(_)) {
+                    self.registered.count_publish();
+                }
                 self.handle_channel_method(channel, method)?;
                 Ok(Flow::Continue)
             }
@@ -392,6 +412,7 @@ impl Connection {
     fn open_channel(&mut self, id: u16) {
         let ch = Channel::new(id, &self.outbound, self.capabilities.consumer_cancel_notify);
         self.outbound.open_channel(id);
+        self.registered.count_channel_opened();
         self.channels.insert(id, ch);
         self.outbound.send_method(
             id,
@@ -426,6 +447,7 @@ impl Connection {
         };
         ch.pending = None;
         ch.tx = None;
+        ch.reply = None;
         let consumers: Vec<_> = ch.consumers.drain().map(|(_, c)| c).collect();
         for c in consumers {
             let removed = c.queue.remove_consumer(c.id);
@@ -474,6 +496,15 @@ pub(crate) fn requeue_grouped(mut items: Vec<Unacked>) {
             }
         }
         queue.requeue(consumer, batch);
+    }
+}
+
+async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -24,6 +24,10 @@ pub(crate) struct Negotiated {
     pub channel_max: u16,
     pub heartbeat: u16,
     pub capabilities: ClientCapabilities,
+    /// The client's properties from start-ok (product, version, platform, connection_name…).
+    pub client_properties: FieldTable,
+    /// The SASL mechanism the client logged in with.
+    pub mechanism: String,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -283,6 +287,8 @@ pub(crate) async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         channel_max,
         heartbeat: tune_ok.heartbeat,
         capabilities,
+        client_properties: start_ok.client_properties,
+        mechanism,
     })
 }
 

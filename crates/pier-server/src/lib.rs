@@ -9,11 +9,14 @@
 //! ```
 
 mod channel;
+mod coarse_clock;
 pub mod config;
 mod connection;
+mod direct_reply;
 pub mod error;
 mod handshake;
 mod outbound;
+pub mod registry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,22 +32,26 @@ use tokio_util::task::TaskTracker;
 
 pub use config::ServerConfig;
 pub use error::{AmqpException, ConnectionError};
+pub use registry::{ChannelInfo, ConnectionInfo, ConnectionMeta, Registry, RegistryTotals};
 
 use connection::{close_frame, next_connection_id, Connection};
 use handshake::FrameReader;
 use outbound::Outbound;
+use registry::CountingWriter;
 
 /// Serves AMQP on `listener` until `shutdown` resolves, then closes every client connection
 /// with 320 CONNECTION_FORCED and waits (bounded) for them to finish.
 pub async fn run(
     listener: TcpListener,
     broker: Arc<Broker>,
+    registry: Arc<Registry>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let ticker = tokio::spawn(tick_broker(Arc::clone(&broker), token.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -59,10 +66,11 @@ pub async fn run(
                     }
                 };
                 let broker = Arc::clone(&broker);
+                let registry = Arc::clone(&registry);
                 let config = Arc::clone(&config);
                 let token = token.clone();
                 tracker.spawn(async move {
-                    handle_connection(stream, peer, broker, config, token).await;
+                    handle_connection(stream, peer, broker, registry, config, token).await;
                 });
             }
             () = &mut shutdown => break,
@@ -71,6 +79,7 @@ pub async fn run(
     drop(listener);
     tracing::info!("shutting down: closing {} connection(s)", tracker.len());
     token.cancel();
+    let _ = ticker.await;
     tracker.close();
     if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
         .await
@@ -81,14 +90,34 @@ pub async fn run(
     Ok(())
 }
 
+/// How often the broker's timers (message TTL, queue expiry, delayed messages) are checked.
+const TICK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One task drives every broker timer: `Broker::tick` is cheap when nothing is due.
+async fn tick_broker(broker: Arc<Broker>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                coarse_clock::update();
+                broker.tick();
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    registry: Arc<Registry>,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
     let (mut rd, mut wr) = stream.into_split();
     tracing::debug!(%peer, "accepted connection");
 
@@ -133,17 +162,39 @@ async fn handle_connection(
 
     let outbound = Outbound::new(config.outbound_high_watermark, negotiated.frame_max);
     let heartbeat = Duration::from_secs(u64::from(negotiated.heartbeat));
-    let writer = tokio::spawn(Arc::clone(&outbound).run_writer(wr, heartbeat));
     let id = next_connection_id();
+    let registered = registry.register(
+        registry::ConnectionMeta {
+            id,
+            name: format!("{peer} -> {local}"),
+            peer,
+            local,
+            user: negotiated.user.name.clone(),
+            vhost: negotiated.vhost.name().to_owned(),
+            client_properties: negotiated.client_properties.clone(),
+            auth_mechanism: negotiated.mechanism.clone(),
+            connected_at_ms: registry::unix_ms(),
+            frame_max: negotiated.frame_max,
+            channel_max: negotiated.channel_max,
+            heartbeat: negotiated.heartbeat,
+        },
+        Arc::clone(&outbound),
+        &shutdown,
+    );
+    let wr = CountingWriter::new(wr, Arc::clone(&registered));
+    let writer = tokio::spawn(Arc::clone(&outbound).run_writer(wr, heartbeat));
+    let close_token = registered.close_token();
     let mut conn = Connection::new(
         id,
         peer,
         Arc::clone(&config),
         negotiated,
         Arc::clone(&outbound),
+        registered,
     );
-    let result = conn.serve(&mut reader, shutdown).await;
+    let result = conn.serve(&mut reader, close_token).await;
     conn.teardown();
+    registry.deregister(id);
     outbound.finish();
     match tokio::time::timeout(config.close_timeout, writer).await {
         Ok(Ok(Ok(()))) => {}

@@ -36,6 +36,8 @@ pub(crate) struct Unacked {
     pub consumer: Option<ConsumerId>,
     pub offset: u64,
     pub message: Arc<Message>,
+    /// When it was delivered (coarse_clock milliseconds), for consumer_timeout.
+    pub delivered_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -197,6 +199,32 @@ impl Outbound {
         self.lock().channels.get_mut(&channel).map(f)
     }
 
+    /// Bytes queued for the socket and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Open channels.
+    pub fn channel_count(&self) -> usize {
+        self.lock().channels.len()
+    }
+
+    /// Each open channel's delivery count (its last tag) and unacked count, for management.
+    pub fn channel_snapshot(&self) -> Vec<crate::registry::ChannelInfo> {
+        let st = self.lock();
+        let mut out: Vec<crate::registry::ChannelInfo> = st
+            .channels
+            .iter()
+            .map(|(&number, d)| crate::registry::ChannelInfo {
+                number,
+                deliveries: d.next_tag,
+                unacked: d.unacked.len() as u64,
+            })
+            .collect();
+        out.sort_by_key(|c| c.number);
+        out
+    }
+
     pub fn take_orphans(&self) -> Vec<Unacked> {
         std::mem::take(&mut self.lock().orphans)
     }
@@ -216,6 +244,7 @@ impl Outbound {
                 consumer: None,
                 offset: delivery.offset,
                 message: Arc::clone(&delivery.message),
+                delivered_at: crate::coarse_clock::now_ms(),
             });
         }
         self.push(
@@ -248,6 +277,7 @@ impl Outbound {
                     consumer: d.consumer,
                     offset: d.offset,
                     message: d.message,
+                    delivered_at: 0,
                 });
             }
             return;
@@ -260,6 +290,7 @@ impl Outbound {
                 consumer: d.consumer,
                 offset: d.offset,
                 message: Arc::clone(&d.message),
+                delivered_at: crate::coarse_clock::now_ms(),
             });
         }
         self.push(
@@ -468,6 +499,10 @@ impl DeliverySink for ChannelSink {
         if !self.outbound.is_congested() && self.flow_active.load(Ordering::Acquire) {
             self.outbound.wake_writer.notify_one();
         }
+    }
+
+    fn channel_number(&self) -> Option<u16> {
+        Some(self.channel)
     }
 
     fn cancelled(&self, consumer_tag: &ShortString) {

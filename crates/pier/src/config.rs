@@ -14,12 +14,19 @@
 //! configure = ".*"
 //! write = ".*"
 //! read = ".*"
+//! [[policies]]
+//! name = "short-lived"
+//! vhost = "/"
+//! pattern = "^tmp\\."
+//! apply-to = "queues"
+//! priority = 1
+//! definition = { message-ttl = 60000, dead-letter-exchange = "dlx" }
 //! ```
 
 use std::path::Path;
 
 use anyhow::Context;
-use pier_broker::{Broker, Permission};
+use pier_broker::{ApplyTo, Broker, Overflow, Permission, Policy, PolicyDefinition};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +38,9 @@ pub struct FileConfig {
     pub vhosts: Vec<VhostEntry>,
     #[serde(default)]
     pub permissions: Vec<PermissionEntry>,
+    /// RabbitMQ-style policies (message-ttl, expires, max-length, ...) by name pattern.
+    #[serde(default)]
+    pub policies: Vec<PolicyEntry>,
     /// Users allowed only from loopback addresses; RabbitMQ's default is `["guest"]`.
     pub loopback_users: Option<Vec<String>>,
     /// Whether to create the default guest user and `/` vhost (default true).
@@ -39,6 +49,9 @@ pub struct FileConfig {
     pub channel_max: Option<u16>,
     pub heartbeat: Option<u16>,
     pub max_message_size: Option<u64>,
+    /// RabbitMQ's `consumer_timeout` in milliseconds (default 1800000 = 30 minutes); 0
+    /// disables it.
+    pub consumer_timeout: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +80,84 @@ pub struct PermissionEntry {
     pub write: String,
     #[serde(default = "match_all")]
     pub read: String,
+}
+
+/// One policy, with RabbitMQ's key names (`apply-to`, and the definition keys of
+/// `rabbitmqctl set_policy`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    pub name: String,
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to", alias = "apply_to", default = "apply_to_all")]
+    pub apply_to: String,
+    #[serde(default)]
+    pub priority: i32,
+    pub definition: DefinitionEntry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DefinitionEntry {
+    pub message_ttl: Option<u64>,
+    pub expires: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Option<String>,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    pub max_priority: Option<u8>,
+    pub alternate_exchange: Option<String>,
+}
+
+fn default_vhost() -> String {
+    "/".to_owned()
+}
+
+fn apply_to_all() -> String {
+    "all".to_owned()
+}
+
+impl PolicyEntry {
+    fn to_policy(&self) -> anyhow::Result<Policy> {
+        let apply_to = ApplyTo::parse(&self.apply_to).with_context(|| {
+            format!(
+                "policy '{}': apply-to must be all, queues or exchanges, not '{}'",
+                self.name, self.apply_to
+            )
+        })?;
+        let d = &self.definition;
+        let overflow = match &d.overflow {
+            None => None,
+            Some(o) => Some(Overflow::parse(o).with_context(|| {
+                format!(
+                    "policy '{}': overflow must be drop-head, reject-publish or reject-publish-dlx, not '{o}'",
+                    self.name
+                )
+            })?),
+        };
+        let definition = PolicyDefinition {
+            message_ttl: d.message_ttl,
+            expires: d.expires,
+            max_length: d.max_length,
+            max_length_bytes: d.max_length_bytes,
+            overflow,
+            dead_letter_exchange: d.dead_letter_exchange.clone(),
+            dead_letter_routing_key: d.dead_letter_routing_key.clone(),
+            max_priority: d.max_priority,
+            alternate_exchange: d.alternate_exchange.clone(),
+        };
+        Policy::new(
+            self.name.clone(),
+            &self.pattern,
+            apply_to,
+            self.priority,
+            definition,
+        )
+        .map_err(|e| anyhow::anyhow!("policy '{}': {e}", self.name))
+    }
 }
 
 fn match_all() -> String {
@@ -116,6 +207,12 @@ impl FileConfig {
                 },
             );
         }
+        for p in &self.policies {
+            let Some(vh) = broker.vhost(&p.vhost) else {
+                anyhow::bail!("policy '{}' names unknown vhost '{}'", p.name, p.vhost);
+            };
+            vh.set_policy(p.to_policy()?);
+        }
         Ok(broker)
     }
 }
@@ -146,6 +243,40 @@ mod tests {
         assert!(b.open_vhost("alice", "other").is_ok());
         assert!(b.open_vhost("alice", "/").is_err());
         assert!(b.open_vhost("guest", "/").is_ok());
+    }
+
+    #[test]
+    fn parses_policies() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            [[policies]]
+            name = "ttl"
+            pattern = '^tmp\.'
+            apply-to = "queues"
+            priority = 2
+            definition = { message-ttl = 100, overflow = "reject-publish", dead-letter-exchange = "dlx" }
+            "#,
+        )
+        .unwrap();
+        let b = c.build_broker().unwrap();
+        let ps = b.vhost("/").unwrap().policies();
+        assert_eq!(ps.len(), 1);
+        assert_eq!(ps[0].pattern(), "^tmp\\.");
+        assert_eq!(ps[0].priority, 2);
+        assert_eq!(ps[0].definition.message_ttl, Some(100));
+        assert_eq!(ps[0].definition.overflow, Some(Overflow::RejectPublish));
+        for bad in [
+            "[[policies]]\nname = \"p\"\npattern = \"(\"\ndefinition = {}",
+            "[[policies]]\nname = \"p\"\npattern = \".*\"\ndefinition = { bogus = 1 }",
+            "[[policies]]\nname = \"p\"\npattern = \".*\"\napply-to = \"nope\"\ndefinition = {}",
+            "[[policies]]\nname = \"p\"\nvhost = \"nope\"\npattern = \".*\"\ndefinition = {}",
+        ] {
+            let parsed = toml::from_str::<FileConfig>(bad);
+            assert!(
+                parsed.is_err() || parsed.unwrap().build_broker().is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ struct ServerArgs {
     /// AMQP 0-9-1 port.
     #[arg(long, default_value_t = 5672, env = "PIER_AMQP_PORT")]
     amqp_port: u16,
-    /// Management HTTP port (reserved for the management API).
+    /// Management HTTP API and Prometheus `/metrics` port.
     #[arg(long, default_value_t = 15672, env = "PIER_HTTP_PORT")]
     http_port: u16,
     /// Where Pier keeps its data.
@@ -97,6 +97,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(v) = file.max_message_size {
         server_config.max_message_size = v;
     }
+    if let Some(ms) = file.consumer_timeout {
+        server_config.consumer_timeout = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+    }
 
     let addr = SocketAddr::new(args.bind, args.amqp_port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -109,7 +112,33 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         "Pier {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    pier_server::run(listener, broker, server_config, shutdown_signal()).await?;
+    // Management API and /metrics on --http-port, stopped once the AMQP server has stopped.
+    let http_addr = SocketAddr::new(args.bind, args.http_port);
+    let http_listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding management HTTP listener on {http_addr}"))?;
+    let registry = Arc::new(pier_server::Registry::new());
+    let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
+    let mgmt_options = pier_mgmt::ServeOptions {
+        amqp_addr: listener.local_addr().ok(),
+        cluster_name: Some(server_config.cluster_name.clone()),
+    };
+    let http = tokio::spawn(pier_mgmt::serve_with(
+        http_listener,
+        Arc::clone(&broker),
+        Arc::clone(&registry),
+        mgmt_options,
+        async move {
+            let _ = http_stop.await;
+        },
+    ));
+    pier_server::run(listener, broker, registry, server_config, shutdown_signal()).await?;
+    let _ = stop_http.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), http).await {
+        Ok(Ok(Err(e))) => tracing::warn!("management HTTP server failed: {e}"),
+        Ok(Err(e)) => tracing::warn!("management HTTP task failed: {e}"),
+        Ok(Ok(Ok(()))) | Err(_) => {}
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
 use pier_wire::{
-    decode_frame, encode_method_frame, BasicConsume, BasicQos, ChannelCloseOk,
-    ChannelOpen, ConfirmSelect, ConnectionClose, ConnectionCloseOk, ConnectionOpen,
-    ConnectionStartOk, ConnectionTuneOk, ExchangeDeclare, FieldTable, FieldValue, Frame,
-    LongString, Method, QueueBind, QueueDeclare, QueueDelete, ShortString, PROTOCOL_HEADER,
+    decode_frame, encode_method_frame, BasicConsume, BasicQos, ChannelCloseOk, ChannelOpen,
+    ConfirmSelect, ConnectionClose, ConnectionCloseOk, ConnectionOpen, ConnectionStartOk,
+    ConnectionTuneOk, ExchangeDeclare, FieldTable, FieldValue, Frame, LongString, Method,
+    QueueBind, QueueDeclare, QueueDelete, ShortString, PROTOCOL_HEADER,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -176,7 +176,10 @@ impl Client {
     pub async fn recv_method(&mut self, channel: u16) -> anyhow::Result<Method> {
         loop {
             match self.recv_frame().await? {
-                Frame::Method { channel: ch, method } => {
+                Frame::Method {
+                    channel: ch,
+                    method,
+                } => {
                     if let Some(err) = self.handle_close(ch, &method).await {
                         return Err(err);
                     }
@@ -369,6 +372,14 @@ impl Client {
             self.wbuf.clear();
         }
         Ok(())
+    }
+
+    /// Closes once the work is done and counted: a slow or failed close (a broker still
+    /// working through a backlog can take a while to answer) is only worth a note.
+    pub async fn close_after_run(self, who: &str) {
+        if let Err(e) = self.close().await {
+            eprintln!("note: {who}: closing the connection: {e:#}");
+        }
     }
 
     /// Polite `connection.close`: waits (briefly) for close-ok, discarding anything else.

@@ -130,7 +130,7 @@ impl Consumer {
                     latencies.clear();
                 }
                 let c = &self.counters;
-                c.consumed.fetch_add(batch.consumed, Ordering::Relaxed);
+                c.add_consumed(self.index, batch.consumed);
                 if batch.stale > 0 {
                     c.stale.fetch_add(batch.stale, Ordering::Relaxed);
                 }
@@ -158,7 +158,10 @@ impl Consumer {
             put_ack(&mut client.wbuf, msg.tag, true);
             client.flush().await?;
         }
-        client.close().await
+        client
+            .close_after_run(&format!("consumer {}", self.index))
+            .await;
+        Ok(())
     }
 
     /// A frame the hot path does not handle: decode it properly. `false` if no whole frame

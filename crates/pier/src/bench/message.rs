@@ -20,9 +20,9 @@
 
 use bytes::{BufMut, BytesMut};
 use pier_wire::{
-    class_id, encode_body_frames, encode_content_header, encode_method_frame, BasicProperties,
-    BasicPublish, Method, ShortString, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT,
-    FRAME_METHOD, FRAME_SIZE_FUDGE,
+    class_id, encode_body_frames, encode_content_header, BasicProperties, BasicPublish, Method,
+    ShortString, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+    FRAME_SIZE_FUDGE,
 };
 
 /// Bytes taken by the send-time stamp.
@@ -156,11 +156,6 @@ impl PublishTemplate {
     }
 }
 
-/// Encodes a method frame on the bench channel.
-pub fn put_method(out: &mut BytesMut, method: &Method) {
-    encode_method_frame(out, CHANNEL, method);
-}
-
 /// Appends `basic.ack` without going through [`Method`] (the consumer hot path).
 pub fn put_ack(out: &mut BytesMut, delivery_tag: u64, multiple: bool) {
     out.put_u8(FRAME_METHOD);
@@ -179,11 +174,17 @@ pub enum Peek<'a> {
     /// Not a whole frame yet.
     Incomplete,
     /// `basic.deliver` with its delivery tag.
-    Deliver { tag: u64 },
+    Deliver {
+        tag: u64,
+    },
     /// A content header with its body size.
-    Header { body_size: u64 },
+    Header {
+        body_size: u64,
+    },
     /// A body frame.
-    Body { payload: &'a [u8] },
+    Body {
+        payload: &'a [u8],
+    },
     Heartbeat,
     /// Anything else (or anything malformed): hand it to `pier_wire::decode_frame`.
     Other,
@@ -235,7 +236,7 @@ pub fn peek_frame(buf: &[u8], frame_max: u32) -> (Peek<'_>, usize) {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use pier_wire::{decode_frame, BasicAck, Frame};
+    use pier_wire::{decode_frame, encode_method_frame, BasicAck, Frame};
 
     #[test]
     fn sizes() {
@@ -310,7 +311,16 @@ mod tests {
     fn peek_matches_the_decoder() {
         let mut buf = BytesMut::new();
         pier_wire::encode_basic_deliver(
-            &mut buf, 1, 4096, "ctag-1", 4242, false, "", "q", &[0x10, 0, 1], b"hello world",
+            &mut buf,
+            1,
+            4096,
+            "ctag-1",
+            4242,
+            false,
+            "",
+            "q",
+            &[0x10, 0, 1],
+            b"hello world",
         );
         pier_wire::encode_heartbeat(&mut buf);
         put_ack(&mut buf, 7, true);
@@ -357,12 +367,12 @@ mod tests {
     #[test]
     fn peek_defers_bad_frames_to_the_decoder() {
         // Bad frame end.
-        assert_eq!(peek_frame(&[3, 0, 1, 0, 0, 0, 1, 9, 0], 4096).0, Peek::Other);
-        // Oversized frame: reported now, not waited for.
         assert_eq!(
-            peek_frame(&[3, 0, 1, 0x7F, 0, 0, 0], 4096).0,
+            peek_frame(&[3, 0, 1, 0, 0, 0, 1, 9, 0], 4096).0,
             Peek::Other
         );
+        // Oversized frame: reported now, not waited for.
+        assert_eq!(peek_frame(&[3, 0, 1, 0x7F, 0, 0, 0], 4096).0, Peek::Other);
         // Truncated deliver.
         assert_eq!(
             peek_frame(&[1, 0, 1, 0, 0, 0, 5, 0, 60, 0, 60, 9, 0xCE], 4096).0,

@@ -285,8 +285,7 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
         broker_pid: args.broker_pid,
         quiet: args.quiet,
     };
-    if config.pmessages.is_some() && config.consumers > 0 && !config.every_target_queue_consumed()
-    {
+    if config.pmessages.is_some() && config.consumers > 0 && !config.every_target_queue_consumed() {
         bail!(
             "with --pmessages every queue that gets messages needs a consumer: use at least \
              as many consumers as queues in use"
@@ -323,7 +322,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
 
     let clock = Clock::new();
     let nonce = run_nonce();
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::new(cfg.producers, cfg.consumers));
     let (stop_producers, stop_producers_rx) = watch::channel(false);
     let (stop_consumers, stop_consumers_rx) = watch::channel(false);
 
@@ -364,6 +363,21 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         }
     }
 
+    if !cfg.quiet {
+        eprintln!(
+            "pier bench: {} producer(s), {} consumer(s), {} queue(s), {} B messages{}{} -> {}",
+            cfg.producers,
+            cfg.consumers,
+            cfg.queue_names.len(),
+            cfg.size,
+            if cfg.persistent { ", persistent" } else { "" },
+            cfg.confirm
+                .map(|c| format!(", confirm {c}"))
+                .unwrap_or_default(),
+            cfg.uri
+        );
+    }
+
     let cpu_before = cpu_ticks(None);
     let broker_cpu_before = cfg.broker_pid.and_then(|p| cpu_ticks(Some(p)));
     let start = Instant::now();
@@ -385,21 +399,6 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             )
         })
         .collect();
-    if !cfg.quiet {
-        eprintln!(
-            "pier bench: {} producer(s), {} consumer(s), {} queue(s), {} B messages{}{} -> {}",
-            cfg.producers,
-            cfg.consumers,
-            cfg.queue_names.len(),
-            cfg.size,
-            if cfg.persistent { ", persistent" } else { "" },
-            cfg.confirm
-                .map(|c| format!(", confirm {c}"))
-                .unwrap_or_default(),
-            cfg.uri
-        );
-    }
-
     // Monitor: per-second lines, end conditions, failures.
     let mut errors: Vec<String> = Vec::new();
     let mut total_hist = new_histogram()?;
@@ -466,10 +465,12 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         if failed || interrupted {
             break;
         }
+        if deadline.is_some_and(|d| now >= d) && cfg.pmessages.is_none() {
+            // Time is up, even for a producer still blocked in a write by the broker's flow
+            // control: it is collected below.
+            break;
+        }
         if cfg.producers == 0 {
-            if deadline.is_some_and(|d| now >= d) {
-                break;
-            }
             continue;
         }
         if producers.iter().any(Option::is_some) {
@@ -494,6 +495,12 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         }
     }
     let _ = stop_producers.send(true);
+    if cfg.pmessages.is_none() {
+        // A timed run measures a window: consumers stop with the producers (a backlog stays
+        // in the queues; --delete-queues clears it) rather than draining for who knows how
+        // long.
+        let _ = stop_consumers.send(true);
+    }
     let end = Instant::now();
 
     // Producers close politely (waiting for outstanding confirms), then consumers.
@@ -514,7 +521,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     }
     let cpu_after = cpu_ticks(None);
     let broker_cpu_after = cfg.broker_pid.and_then(|p| cpu_ticks(Some(p)));
-    let wall = start.elapsed().as_secs_f64();
+    let cpu_wall = start.elapsed().as_secs_f64();
     for h in &latencies {
         drain_into(&mut interval_hist, h);
     }
@@ -522,10 +529,10 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
 
     let snap = counters.snapshot();
     let run_secs = end.duration_since(start).as_secs_f64();
-    let publish_secs =
-        secs_between(start_ns, counters.last_publish_ns.load(Ordering::Relaxed)).unwrap_or(run_secs);
-    let consume_secs =
-        secs_between(start_ns, counters.last_consume_ns.load(Ordering::Relaxed)).unwrap_or(run_secs);
+    let publish_secs = secs_between(start_ns, counters.last_publish_ns.load(Ordering::Relaxed))
+        .unwrap_or(run_secs);
+    let consume_secs = secs_between(start_ns, counters.last_consume_ns.load(Ordering::Relaxed))
+        .unwrap_or(run_secs);
     let expected = cfg.pmessages.map(|_| snap.published * cfg.copies());
     let all_consumed = match expected {
         Some(e) if cfg.consumers > 0 => Some(snap.consumed >= e && !drain_failed),
@@ -535,12 +542,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let summary = Summary {
         cfg: &cfg,
         snap,
-        wall,
+        per_producer: counters.per_producer(),
+        per_consumer: counters.per_consumer(),
+        wall: run_secs,
         publish_secs,
         consume_secs,
         latency: LatencySummary::of(&total_hist),
-        bench_cpu: cpu_percent(cpu_before, cpu_after, wall),
-        broker_cpu: cpu_percent(broker_cpu_before, broker_cpu_after, wall),
+        bench_cpu: cpu_percent(cpu_before, cpu_after, cpu_wall),
+        broker_cpu: cpu_percent(broker_cpu_before, broker_cpu_after, cpu_wall),
         expected,
         all_consumed,
         interrupted,
@@ -694,6 +703,8 @@ fn print_line(
 struct Summary<'a> {
     cfg: &'a Config,
     snap: Snapshot,
+    per_producer: Vec<u64>,
+    per_consumer: Vec<u64>,
     wall: f64,
     publish_secs: f64,
     consume_secs: f64,
@@ -748,6 +759,26 @@ impl Summary<'_> {
                 String::new()
             }
         );
+        for (what, counts) in [
+            ("per producer", &self.per_producer),
+            ("per consumer", &self.per_consumer),
+        ] {
+            if counts.len() > 1 {
+                let min = counts.iter().copied().min().unwrap_or_default();
+                let max = counts.iter().copied().max().unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{what}  min {} max {} (max/min {})",
+                    thousands(min),
+                    thousands(max),
+                    if min > 0 {
+                        format!("{:.2}", max as f64 / min as f64)
+                    } else {
+                        "-".to_owned()
+                    }
+                );
+            }
+        }
         let l = &self.latency;
         if l.samples > 0 {
             let _ = writeln!(
@@ -809,12 +840,14 @@ impl Summary<'_> {
             "rate_limit": c.rate,
             "time_secs": c.time.map(|t| t.as_secs_f64()),
             "pmessages": c.pmessages,
-            "duration_secs": round(self.wall * 100.0) / 100.0,
+            "duration_secs": (self.wall * 100.0).round() / 100.0,
             "published": s.published,
             "confirmed": s.confirmed,
             "nacked": s.nacked,
             "consumed": s.consumed,
             "stale": s.stale,
+            "published_per_producer": self.per_producer,
+            "consumed_per_consumer": self.per_consumer,
             "expected": self.expected,
             "all_consumed": self.all_consumed,
             "publish_rate": round(pub_rate),
@@ -873,7 +906,9 @@ mod tests {
         let c = config(&["-x", "4", "-y", "4", "--queues", "3", "--queue-prefix", "q"]).unwrap();
         assert_eq!(c.queue_names, ["q1", "q2", "q3"]);
         assert_eq!(
-            (0..4).map(|p| c.producer_routing_key(p)).collect::<Vec<_>>(),
+            (0..4)
+                .map(|p| c.producer_routing_key(p))
+                .collect::<Vec<_>>(),
             ["q1", "q2", "q3", "q1"]
         );
         assert_eq!(
@@ -890,7 +925,7 @@ mod tests {
         assert_eq!(config(&["--size", "8"]).unwrap().size, 8);
         assert_eq!(config(&["-s", "1024"]).unwrap().size, 1024);
         assert!(config(&["--time", "0"]).is_err());
-        assert!(config(&["--time", "-1"]).is_err());
+        assert!(config(&["--time=-1"]).is_err());
         assert!(config(&["--drain-timeout", "0"]).is_err());
     }
 
@@ -912,7 +947,18 @@ mod tests {
             // never pass.
             &["-x", "2", "-y", "1", "--queues", "2", "--pmessages", "5"],
             // Fanout to 3 queues with 2 consumers.
-            &["-e", "fx", "--exchange-type", "fanout", "--queues", "3", "-y", "2", "-C", "1"],
+            &[
+                "-e",
+                "fx",
+                "--exchange-type",
+                "fanout",
+                "--queues",
+                "3",
+                "-y",
+                "2",
+                "-C",
+                "1",
+            ],
         ];
         for extra in bad {
             assert!(config(extra).is_err(), "{extra:?} should be rejected");
@@ -928,7 +974,11 @@ mod tests {
             &["--exchange", "amq.direct", "--no-declare"],
         ];
         for extra in good {
-            assert!(config(extra).is_ok(), "{extra:?} should be accepted: {:?}", config(extra));
+            assert!(
+                config(extra).is_ok(),
+                "{extra:?} should be accepted: {:?}",
+                config(extra)
+            );
         }
     }
 
@@ -941,8 +991,17 @@ mod tests {
         assert_eq!(c.copies(), 3);
         assert_eq!(c.producer_routing_key(0), "all");
         assert_eq!(c.binding_key(2), "all");
-        let c = config(&["-e", "fx", "--exchange-type", "fanout", "--queues", "2", "-y", "2"])
-            .unwrap();
+        let c = config(&[
+            "-e",
+            "fx",
+            "--exchange-type",
+            "fanout",
+            "--queues",
+            "2",
+            "-y",
+            "2",
+        ])
+        .unwrap();
         assert_eq!(c.copies(), 2);
     }
 

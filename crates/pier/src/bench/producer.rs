@@ -166,7 +166,7 @@ impl Producer {
             }
             client.flush().await?;
             sent += n;
-            self.counters.published.fetch_add(n, Ordering::Relaxed);
+            self.counters.add_published(self.index, n);
             if window.is_some() {
                 confirms.published(n);
             }
@@ -198,7 +198,10 @@ impl Producer {
                 ),
             }
         }
-        client.close().await
+        client
+            .close_after_run(&format!("producer {}", self.index))
+            .await;
+        Ok(())
     }
 
     /// Decodes every whole frame buffered: confirms, and errors for closes.

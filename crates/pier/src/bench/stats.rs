@@ -38,6 +38,9 @@ pub struct Counters {
     /// Clock time of the last publish write / delivery, for the average rates.
     pub last_publish_ns: AtomicU64,
     pub last_consume_ns: AtomicU64,
+    /// Per producer / per consumer totals, to show how evenly the broker served them.
+    pub per_producer: Vec<AtomicU64>,
+    pub per_consumer: Vec<AtomicU64>,
 }
 
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
@@ -50,6 +53,44 @@ pub struct Snapshot {
 }
 
 impl Counters {
+    pub fn new(producers: usize, consumers: usize) -> Counters {
+        Counters {
+            per_producer: (0..producers).map(|_| AtomicU64::new(0)).collect(),
+            per_consumer: (0..consumers).map(|_| AtomicU64::new(0)).collect(),
+            ..Counters::default()
+        }
+    }
+
+    /// Adds to the total and to the producer's own count.
+    pub fn add_published(&self, producer: usize, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = self.per_producer.get(producer) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds to the total and to the consumer's own count.
+    pub fn add_consumed(&self, consumer: usize, n: u64) {
+        self.consumed.fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = self.per_consumer.get(consumer) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn per_producer(&self) -> Vec<u64> {
+        self.per_producer
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    pub fn per_consumer(&self) -> Vec<u64> {
+        self.per_consumer
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             published: self.published.load(Ordering::Relaxed),
@@ -205,7 +246,10 @@ mod tests {
         assert_eq!(parse_stat_ticks(stat), Some(325));
         assert_eq!(parse_stat_ticks("garbage"), None);
         assert_eq!(parse_stat_ticks("1 (x) S 1 2"), None);
-        assert!(cpu_ticks(None).is_some(), "/proc/self/stat is readable on Linux");
+        assert!(
+            cpu_ticks(None).is_some(),
+            "/proc/self/stat is readable on Linux"
+        );
         assert_eq!(cpu_percent(Some(100), Some(150), 1.0), Some(50.0));
         assert_eq!(cpu_percent(Some(100), Some(350), 2.0), Some(125.0));
         assert_eq!(cpu_percent(None, Some(1), 1.0), None);

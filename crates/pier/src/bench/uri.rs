@@ -189,7 +189,12 @@ mod tests {
     fn defaults() {
         let u = parse("amqp://127.0.0.1");
         assert_eq!(
-            (u.user.as_str(), u.password.as_str(), u.port, u.vhost.as_str()),
+            (
+                u.user.as_str(),
+                u.password.as_str(),
+                u.port,
+                u.vhost.as_str()
+            ),
             ("guest", "guest", 5672, "/")
         );
         assert_eq!(parse("amqp://h/").vhost, "/");

@@ -44,6 +44,8 @@ pub const QUIET_PERIOD: Duration = Duration::from_millis(400);
 /// an external broker given by [`EXTERNAL_URL_ENV`].
 pub struct Broker {
     url: String,
+    /// Management HTTP base URL (`http://127.0.0.1:PORT`), for a `pier` process.
+    http_url: Option<String>,
     process: Option<PierProcess>,
 }
 
@@ -61,6 +63,7 @@ impl Broker {
             if !url.trim().is_empty() {
                 return Broker {
                     url: url.trim().to_owned(),
+                    http_url: None,
                     process: None,
                 };
             }
@@ -101,6 +104,7 @@ impl Broker {
             .expect("spawn the pier binary");
         let mut broker = Broker {
             url: format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2F"),
+            http_url: Some(format!("http://127.0.0.1:{http_port}")),
             process: Some(PierProcess {
                 child,
                 dir,
@@ -144,6 +148,11 @@ impl Broker {
     /// The AMQP URL of the broker (guest/guest on vhost `/`).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The management HTTP base URL of a `pier` process (None for an external broker).
+    pub fn http_url(&self) -> Option<&str> {
+        self.http_url.as_deref()
     }
 
     /// The broker URL, parsed, for tests that alter credentials or vhost.

@@ -1,0 +1,370 @@
+//! Queue arguments (`x-…`) with RabbitMQ's validation rules and reply texts, resolved into the
+//! settings a queue runs with (optionally merged with a policy, see `policy.rs`).
+
+use pier_wire::{FieldTable, FieldValue, ShortString};
+
+use crate::error::{BrokerError, ObjectKind, Result};
+
+/// The largest TTL / expiry RabbitMQ accepts (ten years, in milliseconds).
+pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
+/// What a full queue does with a new message (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest messages.
+    #[default]
+    DropHead,
+    /// Refuse the new message (basic.nack in confirm mode).
+    RejectPublish,
+    /// Refuse the new message and dead-letter it.
+    RejectPublishDlx,
+}
+
+impl Overflow {
+    pub fn parse(s: &str) -> Option<Overflow> {
+        Some(match s {
+            "drop-head" => Overflow::DropHead,
+            "reject-publish" => Overflow::RejectPublish,
+            "reject-publish-dlx" => Overflow::RejectPublishDlx,
+            _ => return None,
+        })
+    }
+}
+
+/// The settings a queue runs with, from its arguments and any policy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueConfig {
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`: delete the queue after this many unused milliseconds.
+    pub expires: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub dead_letter_exchange: Option<ShortString>,
+    pub dead_letter_routing_key: Option<ShortString>,
+    /// `x-max-priority`: the queue has priorities 0..=max.
+    pub max_priority: Option<u8>,
+    pub single_active_consumer: bool,
+}
+
+/// Builds RabbitMQ's "invalid arg" errors for one queue.
+pub(crate) struct ArgContext<'a> {
+    pub queue: &'a str,
+    pub vhost: &'a str,
+}
+
+impl ArgContext<'_> {
+    pub fn invalid(&self, arg: &str, reason: impl Into<String>) -> BrokerError {
+        BrokerError::InvalidArgument {
+            kind: ObjectKind::Queue,
+            name: self.queue.to_owned(),
+            vhost: self.vhost.to_owned(),
+            arg: arg.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn invalid_type(&self, arg: &str, v: &FieldValue) -> BrokerError {
+        BrokerError::PreconditionFailed(format!(
+            "invalid type '{}' for arg '{arg}' in queue '{}' in vhost '{}'",
+            v.type_name(),
+            self.queue,
+            self.vhost
+        ))
+    }
+
+    /// An integer argument: `min` is 0 (non-negative) or 1 (positive).
+    fn int(&self, arg: &str, v: &FieldValue, positive: bool, max: u64) -> Result<u64> {
+        let Some(n) = v.as_i64() else {
+            return Err(self.invalid(arg, format!("\"expected integer, got {}\"", v.type_name())));
+        };
+        if n < 0 {
+            return Err(self.invalid(arg, format!("{{value_negative,{n}}}")));
+        }
+        if n == 0 && positive {
+            return Err(self.invalid(arg, "{value_zero,0}"));
+        }
+        let n = n.unsigned_abs();
+        if n > max {
+            return Err(self.invalid(arg, format!("{{value_too_large,{n}}}")));
+        }
+        Ok(n)
+    }
+
+    fn string(&self, arg: &str, v: &FieldValue) -> Result<ShortString> {
+        match v {
+            FieldValue::LongString(s) => Ok(ShortString::truncated(&s.to_str_lossy())),
+            other => Err(self.invalid(arg, format!("{{unacceptable_type,{}}}", other.type_name()))),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Validates queue.declare arguments the way RabbitMQ 3.10 does (same checks, same texts)
+    /// and returns the settings they ask for. Unknown arguments are ignored, as in RabbitMQ.
+    pub(crate) fn from_arguments(args: &FieldTable, cx: &ArgContext<'_>) -> Result<QueueConfig> {
+        let mut c = QueueConfig::default();
+        if let Some(v) = args.get("x-queue-type") {
+            match v.as_str() {
+                Some("classic") => {}
+                // A channel error (406, like RabbitMQ's other queue-type refusals), not 540:
+                // a 540 would close the connection and every other channel on it.
+                Some(t @ ("quorum" | "stream")) => {
+                    return Err(cx.invalid(
+                        "x-queue-type",
+                        format!(
+                            "queue type '{t}' is not supported by Pier yet; only 'classic' queues \
+                             are available"
+                        ),
+                    ))
+                }
+                Some(other) => {
+                    return Err(cx.invalid(
+                        "x-queue-type",
+                        format!("\"unsupported queue type '{other}'\""),
+                    ))
+                }
+                None => {
+                    return Err(cx.invalid(
+                        "x-queue-type",
+                        format!("{{unacceptable_type,{}}}", v.type_name()),
+                    ))
+                }
+            }
+        }
+        if let Some(v) = args.get("x-queue-mode") {
+            match v.as_str() {
+                Some("default" | "lazy") => {}
+                Some(other) => {
+                    return Err(cx.invalid(
+                        "x-queue-mode",
+                        format!("\"unsupported queue mode '{other}'\""),
+                    ))
+                }
+                None => {
+                    return Err(cx.invalid(
+                        "x-queue-mode",
+                        format!("{{unacceptable_type,{}}}", v.type_name()),
+                    ))
+                }
+            }
+        }
+        if let Some(v) = args.get("x-message-ttl") {
+            c.message_ttl = Some(cx.int("x-message-ttl", v, false, MAX_EXPIRY_MS)?);
+        }
+        if let Some(v) = args.get("x-expires") {
+            c.expires = Some(cx.int("x-expires", v, true, MAX_EXPIRY_MS)?);
+        }
+        if let Some(v) = args.get("x-max-length") {
+            c.max_length = Some(cx.int("x-max-length", v, false, u64::MAX)?);
+        }
+        if let Some(v) = args.get("x-max-length-bytes") {
+            c.max_length_bytes = Some(cx.int("x-max-length-bytes", v, false, u64::MAX)?);
+        }
+        if let Some(v) = args.get("x-max-priority") {
+            let Some(n) = v.as_i64() else {
+                return Err(cx.invalid(
+                    "x-max-priority",
+                    format!("\"expected integer, got {}\"", v.type_name()),
+                ));
+            };
+            if n < 0 {
+                return Err(cx.invalid("x-max-priority", format!("{{value_negative,{n}}}")));
+            }
+            let p = u8::try_from(n)
+                .map_err(|_| cx.invalid("x-max-priority", format!("{{max_value_exceeded,{n}}}")))?;
+            c.max_priority = Some(p);
+        }
+        if let Some(v) = args.get("x-overflow") {
+            let s = cx.string("x-overflow", v)?;
+            c.overflow =
+                Overflow::parse(&s).ok_or_else(|| cx.invalid("x-overflow", "invalid_overflow"))?;
+        }
+        if let Some(v) = args.get("x-dead-letter-exchange") {
+            match v {
+                FieldValue::LongString(s) => {
+                    c.dead_letter_exchange = Some(ShortString::truncated(&s.to_str_lossy()));
+                }
+                other => return Err(cx.invalid_type("x-dead-letter-exchange", other)),
+            }
+        }
+        if let Some(v) = args.get("x-dead-letter-routing-key") {
+            let key = cx.string("x-dead-letter-routing-key", v)?;
+            if c.dead_letter_exchange.is_none() {
+                return Err(cx.invalid(
+                    "x-dead-letter-routing-key",
+                    "routing_key_but_no_dlx_defined",
+                ));
+            }
+            c.dead_letter_routing_key = Some(key);
+        }
+        if let Some(v) = args.get("x-single-active-consumer") {
+            match v {
+                FieldValue::Bool(b) => c.single_active_consumer = *b,
+                other => {
+                    return Err(cx.invalid(
+                        "x-single-active-consumer",
+                        format!("{{unacceptable_type,{}}}", other.type_name()),
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Parses a message's `expiration` property as RabbitMQ does: decimal digits (an optional `+`
+/// sign is accepted), non-negative, at most ten years. The error is RabbitMQ's reason text.
+pub fn parse_expiration(s: &str) -> std::result::Result<u64, String> {
+    let bytes = s.as_bytes();
+    let (negative, digits_start) = match bytes.first() {
+        Some(b'-') => (true, 1),
+        Some(b'+') => (false, 1),
+        _ => (false, 0),
+    };
+    let digits_end = bytes
+        .iter()
+        .skip(digits_start)
+        .position(|b| !b.is_ascii_digit())
+        .map_or(bytes.len(), |p| p + digits_start);
+    if digits_end == digits_start {
+        return Err("no_integer".to_owned());
+    }
+    if digits_end < bytes.len() {
+        let rest = s.get(digits_end..).unwrap_or_default();
+        return Err(format!("{{leftover_string,\"{rest}\"}}"));
+    }
+    let digits = s.get(digits_start..digits_end).unwrap_or_default();
+    let value: u128 = digits.parse().unwrap_or(u128::MAX);
+    if negative && value != 0 {
+        return Err(format!("{{value_negative,-{digits}}}"));
+    }
+    if value > u128::from(MAX_EXPIRY_MS) {
+        return Err(format!("{{value_too_large,{digits}}}"));
+    }
+    u64::try_from(value).map_err(|_| format!("{{value_too_large,{digits}}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cx() -> ArgContext<'static> {
+        ArgContext {
+            queue: "q",
+            vhost: "/",
+        }
+    }
+
+    fn parse(pairs: &[(&str, FieldValue)]) -> Result<QueueConfig> {
+        let mut t = FieldTable::new();
+        for (k, v) in pairs {
+            t.insert(*k, v.clone());
+        }
+        QueueConfig::from_arguments(&t, &cx())
+    }
+
+    fn text(r: Result<QueueConfig>) -> String {
+        r.unwrap_err().reply_text()
+    }
+
+    #[test]
+    fn expiration_parsing_matches_rabbitmq() {
+        assert_eq!(parse_expiration("100"), Ok(100));
+        assert_eq!(parse_expiration("+5"), Ok(5));
+        assert_eq!(parse_expiration("0"), Ok(0));
+        assert_eq!(parse_expiration("abc").unwrap_err(), "no_integer");
+        assert_eq!(parse_expiration("").unwrap_err(), "no_integer");
+        assert_eq!(parse_expiration(" 100").unwrap_err(), "no_integer");
+        assert_eq!(parse_expiration("-1").unwrap_err(), "{value_negative,-1}");
+        assert_eq!(
+            parse_expiration("1.5").unwrap_err(),
+            "{leftover_string,\".5\"}"
+        );
+        assert_eq!(
+            parse_expiration("100 ").unwrap_err(),
+            "{leftover_string,\" \"}"
+        );
+        assert_eq!(parse_expiration("315360000000"), Ok(MAX_EXPIRY_MS));
+        assert_eq!(
+            parse_expiration("315360000001").unwrap_err(),
+            "{value_too_large,315360000001}"
+        );
+    }
+
+    #[test]
+    fn argument_errors_use_rabbitmq_texts() {
+        assert_eq!(
+            text(parse(&[("x-message-ttl", FieldValue::LongLongInt(-1))])),
+            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+        assert_eq!(
+            text(parse(&[("x-message-ttl", FieldValue::LongString("a".into()))])),
+            "PRECONDITION_FAILED - invalid arg 'x-message-ttl' for queue 'q' in vhost '/': \"expected integer, got longstr\""
+        );
+        assert_eq!(
+            text(parse(&[("x-expires", FieldValue::LongInt(0))])),
+            "PRECONDITION_FAILED - invalid arg 'x-expires' for queue 'q' in vhost '/': {value_zero,0}"
+        );
+        assert_eq!(
+            text(parse(&[("x-max-priority", FieldValue::LongInt(256))])),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,256}"
+        );
+        assert_eq!(
+            text(parse(&[("x-overflow", FieldValue::LongString("x".into()))])),
+            "PRECONDITION_FAILED - invalid arg 'x-overflow' for queue 'q' in vhost '/': invalid_overflow"
+        );
+        assert_eq!(
+            text(parse(&[("x-dead-letter-routing-key", FieldValue::LongString("k".into()))])),
+            "PRECONDITION_FAILED - invalid arg 'x-dead-letter-routing-key' for queue 'q' in vhost '/': routing_key_but_no_dlx_defined"
+        );
+        assert_eq!(
+            text(parse(&[("x-dead-letter-exchange", FieldValue::LongInt(5))])),
+            "PRECONDITION_FAILED - invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'q' in vhost '/'"
+        );
+        assert_eq!(
+            text(parse(&[("x-single-active-consumer", FieldValue::LongString("y".into()))])),
+            "PRECONDITION_FAILED - invalid arg 'x-single-active-consumer' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+        );
+    }
+
+    #[test]
+    fn quorum_and_stream_are_refused_on_the_channel() {
+        let e = parse(&[("x-queue-type", FieldValue::LongString("quorum".into()))]).unwrap_err();
+        assert_eq!(e.reply_code(), 406);
+        assert_eq!(
+            e.reply_text(),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue 'q' in vhost '/': queue type 'quorum' is not supported by Pier yet; only 'classic' queues are available"
+        );
+        assert!(parse(&[("x-queue-type", FieldValue::LongString("classic".into()))]).is_ok());
+    }
+
+    #[test]
+    fn valid_arguments_resolve() {
+        let c = parse(&[
+            ("x-message-ttl", FieldValue::LongInt(100)),
+            ("x-max-length", FieldValue::LongInt(0)),
+            (
+                "x-overflow",
+                FieldValue::LongString("reject-publish-dlx".into()),
+            ),
+            ("x-dead-letter-exchange", FieldValue::LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                FieldValue::LongString("dl".into()),
+            ),
+            ("x-max-priority", FieldValue::ShortShortUInt(10)),
+            ("x-single-active-consumer", FieldValue::Bool(true)),
+        ])
+        .unwrap();
+        assert_eq!(c.message_ttl, Some(100));
+        assert_eq!(c.max_length, Some(0));
+        assert_eq!(c.overflow, Overflow::RejectPublishDlx);
+        assert_eq!(c.dead_letter_exchange.as_deref(), Some(""));
+        assert_eq!(c.dead_letter_routing_key.as_deref(), Some("dl"));
+        assert_eq!(c.max_priority, Some(10));
+        assert!(c.single_active_consumer);
+    }
+}

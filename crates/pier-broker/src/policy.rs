@@ -1,0 +1,252 @@
+//! Policies: queue and exchange settings applied by name pattern rather than by declaration
+//! arguments (RabbitMQ's `rabbitmqctl set_policy`). Pier reads them from its config file for
+//! now; the management API will set them later through the same [`VHost::set_policy`].
+//!
+//! As in RabbitMQ, at most one policy applies to an object: the matching one with the highest
+//! priority. Where a queue argument and the policy both set something, RabbitMQ's rules pick:
+//! the lower value for `message-ttl`, `expires`, `max-length` and `max-length-bytes`; the
+//! argument for `overflow`, `dead-letter-exchange`, `dead-letter-routing-key`, `max-priority`
+//! and `alternate-exchange`.
+//!
+//! Pier applies a policy when a queue is declared (an exchange's `alternate-exchange` is looked
+//! up whenever policies change); queues declared before a policy existed keep their settings.
+//!
+//! [`VHost::set_policy`]: crate::vhost::VHost::set_policy
+
+use pier_wire::{FieldTable, ShortString};
+use regex::Regex;
+
+use crate::args::{Overflow, QueueConfig, MAX_EXPIRY_MS};
+use crate::error::ObjectKind;
+
+/// Which objects a policy applies to (`apply-to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ApplyTo {
+    #[default]
+    All,
+    Queues,
+    Exchanges,
+}
+
+impl ApplyTo {
+    pub fn parse(s: &str) -> Option<ApplyTo> {
+        Some(match s {
+            "all" => ApplyTo::All,
+            "queues" => ApplyTo::Queues,
+            "exchanges" => ApplyTo::Exchanges,
+            _ => return None,
+        })
+    }
+
+    fn covers(self, kind: ObjectKind) -> bool {
+        matches!(
+            (self, kind),
+            (ApplyTo::All, _)
+                | (ApplyTo::Queues, ObjectKind::Queue)
+                | (ApplyTo::Exchanges, ObjectKind::Exchange)
+        )
+    }
+}
+
+/// The keys of a policy definition Pier understands.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyDefinition {
+    pub message_ttl: Option<u64>,
+    pub expires: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Option<Overflow>,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    pub max_priority: Option<u8>,
+    pub alternate_exchange: Option<String>,
+}
+
+impl PolicyDefinition {
+    /// RabbitMQ's limits on the values (the reason is shown to whoever set the policy).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.message_ttl.is_some_and(|v| v > MAX_EXPIRY_MS) {
+            return Err(format!("message-ttl must be at most {MAX_EXPIRY_MS}"));
+        }
+        match self.expires {
+            Some(0) => return Err("expires must be greater than 0".to_owned()),
+            Some(v) if v > MAX_EXPIRY_MS => {
+                return Err(format!("expires must be at most {MAX_EXPIRY_MS}"))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// One policy of a vhost.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pattern: Regex,
+    pub apply_to: ApplyTo,
+    pub priority: i32,
+    pub definition: PolicyDefinition,
+}
+
+impl Policy {
+    /// Compiles the pattern (a regular expression matched anywhere in the name, as RabbitMQ's:
+    /// anchor it with `^`/`$`) and validates the definition.
+    pub fn new(
+        name: impl Into<String>,
+        pattern: &str,
+        apply_to: ApplyTo,
+        priority: i32,
+        definition: PolicyDefinition,
+    ) -> Result<Policy, String> {
+        let pattern =
+            Regex::new(pattern).map_err(|e| format!("invalid pattern '{pattern}': {e}"))?;
+        definition.validate()?;
+        Ok(Policy {
+            name: name.into(),
+            pattern,
+            apply_to,
+            priority,
+            definition,
+        })
+    }
+
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    pub fn matches(&self, kind: ObjectKind, name: &str) -> bool {
+        self.apply_to.covers(kind) && self.pattern.is_match(name)
+    }
+}
+
+/// The policy in force for an object: the highest priority match (ties: the first by name).
+pub(crate) fn effective<'a>(
+    policies: &'a [Policy],
+    kind: ObjectKind,
+    name: &str,
+) -> Option<&'a Policy> {
+    policies
+        .iter()
+        .filter(|p| p.matches(kind, name))
+        .min_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        })
+}
+
+fn lower(arg: Option<u64>, policy: Option<u64>) -> Option<u64> {
+    match (arg, policy) {
+        (Some(a), Some(p)) => Some(a.min(p)),
+        (a, p) => a.or(p),
+    }
+}
+
+impl QueueConfig {
+    /// Merges a policy into settings resolved from `arguments`, with RabbitMQ's precedence.
+    pub(crate) fn apply_policy(&mut self, def: &PolicyDefinition, arguments: &FieldTable) {
+        self.message_ttl = lower(self.message_ttl, def.message_ttl);
+        self.expires = lower(self.expires, def.expires);
+        self.max_length = lower(self.max_length, def.max_length);
+        self.max_length_bytes = lower(self.max_length_bytes, def.max_length_bytes);
+        if !arguments.contains_key("x-overflow") {
+            if let Some(o) = def.overflow {
+                self.overflow = o;
+            }
+        }
+        if self.dead_letter_exchange.is_none() {
+            self.dead_letter_exchange = def.dead_letter_exchange.as_deref().map(ShortString::from);
+        }
+        if self.dead_letter_routing_key.is_none() {
+            self.dead_letter_routing_key = def
+                .dead_letter_routing_key
+                .as_deref()
+                .map(ShortString::from);
+        }
+        if self.max_priority.is_none() {
+            self.max_priority = def.max_priority;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use pier_wire::FieldValue;
+
+    fn policy(name: &str, pattern: &str, apply_to: ApplyTo, priority: i32) -> Policy {
+        Policy::new(
+            name,
+            pattern,
+            apply_to,
+            priority,
+            PolicyDefinition::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn highest_priority_match_wins() {
+        let ps = vec![
+            policy("low", "^orders", ApplyTo::All, 0),
+            policy("high", "^orders\\.eu", ApplyTo::Queues, 5),
+            policy("exchanges-only", ".*", ApplyTo::Exchanges, 9),
+        ];
+        let q = |n| effective(&ps, ObjectKind::Queue, n).map(|p| p.name.as_str());
+        assert_eq!(q("orders.eu.1"), Some("high"));
+        assert_eq!(q("orders.us"), Some("low"));
+        assert_eq!(q("payments"), None);
+        assert_eq!(
+            effective(&ps, ObjectKind::Exchange, "orders.eu").map(|p| p.name.as_str()),
+            Some("exchanges-only")
+        );
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        assert!(Policy::new("p", "(", ApplyTo::All, 0, PolicyDefinition::default()).is_err());
+        let zero_expires = PolicyDefinition {
+            expires: Some(0),
+            ..PolicyDefinition::default()
+        };
+        assert!(Policy::new("p", ".*", ApplyTo::All, 0, zero_expires).is_err());
+    }
+
+    #[test]
+    fn arguments_and_policy_combine_as_in_rabbitmq() {
+        let mut args = FieldTable::new();
+        args.insert("x-message-ttl", FieldValue::LongInt(5000));
+        args.insert("x-overflow", FieldValue::LongString("drop-head".into()));
+        args.insert(
+            "x-dead-letter-exchange",
+            FieldValue::LongString("arg-dlx".into()),
+        );
+        let mut c = QueueConfig {
+            message_ttl: Some(5000),
+            max_length: None,
+            overflow: Overflow::DropHead,
+            dead_letter_exchange: Some("arg-dlx".into()),
+            ..QueueConfig::default()
+        };
+        c.apply_policy(
+            &PolicyDefinition {
+                message_ttl: Some(100),
+                max_length: Some(7),
+                overflow: Some(Overflow::RejectPublish),
+                dead_letter_exchange: Some("policy-dlx".into()),
+                dead_letter_routing_key: Some("policy-key".into()),
+                max_priority: Some(4),
+                ..PolicyDefinition::default()
+            },
+            &args,
+        );
+        assert_eq!(c.message_ttl, Some(100), "the lower TTL");
+        assert_eq!(c.max_length, Some(7));
+        assert_eq!(c.overflow, Overflow::DropHead, "the argument");
+        assert_eq!(c.dead_letter_exchange.as_deref(), Some("arg-dlx"));
+        assert_eq!(c.dead_letter_routing_key.as_deref(), Some("policy-key"));
+        assert_eq!(c.max_priority, Some(4));
+    }
+}

@@ -1,0 +1,649 @@
+//! Node-level endpoints (overview, nodes, health), vhosts, users and permissions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::Extension;
+use pier_broker::{Message, Permission, QueueDeclare};
+use pier_wire::{BasicProperties, ShortString};
+use serde_json::{json, Map, Value};
+
+use crate::auth::{change_vhost, AuthUser};
+use crate::error::{ApiError, ApiResult};
+use crate::json::{self, body_object, get_str};
+use crate::stats;
+use crate::topology::visible_vhosts;
+use crate::{AppState, VhostMeta, RABBITMQ_COMPAT_VERSION};
+
+type Q = Query<HashMap<String, String>>;
+
+pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+fn exchange_types() -> Value {
+    json!([
+        {"name": "direct", "description": "AMQP direct exchange, as per the AMQP specification", "enabled": true},
+        {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true},
+        {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true},
+        {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true},
+    ])
+}
+
+fn listeners(st: &AppState) -> Value {
+    let mut out = Vec::new();
+    if let Some(a) = st.amqp_addr {
+        out.push(json!({"node": st.node, "protocol": "amqp", "ip_address": a.ip().to_string(), "port": a.port()}));
+    }
+    if let Some(a) = st.http_addr {
+        out.push(json!({"node": st.node, "protocol": "http", "ip_address": a.ip().to_string(), "port": a.port()}));
+        out.push(json!({"node": st.node, "protocol": "http/prometheus", "ip_address": a.ip().to_string(), "port": a.port()}));
+    }
+    Value::Array(out)
+}
+
+fn details(v: f64) -> Value {
+    json!({ "rate": (v * 10.0).round() / 10.0 })
+}
+
+pub async fn overview(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+) -> ApiResult<Response> {
+    let vhosts = visible_vhosts(&st, &user);
+    let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) =
+        (0u64, 0u64, 0, 0, 0u64);
+    let (mut delivered, mut acked, mut no_ack) = (0u64, 0u64, 0u64);
+    for vh in &vhosts {
+        exchanges += vh.exchanges().len();
+        for q in vh.queues() {
+            let c = q.counters();
+            delivered += c.delivered;
+            acked += c.acked;
+            no_ack += c.delivered_no_ack;
+            let s = q.stats();
+            ready += s.ready;
+            unacked += s.unacked;
+            consumers += u64::from(s.consumers);
+            queues += 1;
+        }
+    }
+    let conns: Vec<_> = st
+        .registry
+        .connections()
+        .into_iter()
+        .filter(|c| user.sees_all_connections() || c.meta.user == user.name)
+        .collect();
+    let channels: usize = conns.iter().map(|c| c.channels.len()).sum();
+    let totals = st.registry.totals();
+    let node_counters = crate::topology::node_message_counters(&st);
+    let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
+    let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
+    Ok(json::ok(json!({
+        "management_version": RABBITMQ_COMPAT_VERSION,
+        "rates_mode": "basic",
+        "sample_retention_policies": {"global": [600], "basic": [600], "detailed": [600]},
+        "exchange_types": exchange_types(),
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "product_name": "Pier",
+        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
+        "cluster_name": st.cluster_name,
+        "erlang_version": "n/a",
+        "erlang_full_version": "n/a (Pier is written in Rust)",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "message_stats": {
+            "publish": totals.messages_published,
+            "publish_details": rate(0),
+            "deliver_get": delivered,
+            "deliver_no_ack": no_ack,
+            "ack": acked,
+        },
+        "churn_rates": {
+            "connection_created": totals.connections_opened,
+            "connection_closed": totals.connections_closed,
+            "channel_created": totals.channels_opened,
+            "channel_closed": totals.channels_closed,
+        },
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+        },
+        "object_totals": {
+            "channels": channels,
+            "connections": conns.len(),
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        },
+        "statistics_db_event_queue": 0,
+        "node": st.node,
+        "listeners": listeners(&st),
+        "contexts": [],
+    })))
+}
+
+pub async fn cluster_name(State(st): State<AppState>) -> Response {
+    json::ok(json!({ "name": st.cluster_name }))
+}
+
+/// Resident memory in bytes (Linux /proc), 0 elsewhere.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+fn max_fds() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub(crate) fn process_figures() -> (u64, u64, u64) {
+    (rss_bytes(), open_fds(), max_fds())
+}
+
+fn node_json(st: &AppState) -> Value {
+    let (mem, fds, fd_total) = process_figures();
+    json!({
+        "name": st.node,
+        "type": "disc",
+        "running": true,
+        "being_drained": false,
+        "os_pid": std::process::id().to_string(),
+        "uptime": u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "mem_used": mem,
+        "mem_limit": 0,
+        "mem_alarm": false,
+        "disk_free_alarm": false,
+        "fd_used": fds,
+        "fd_total": fd_total,
+        "sockets_used": st.registry.connection_count(),
+        "partitions": [],
+        "applications": [],
+        "contexts": [],
+        "exchange_types": exchange_types(),
+        "auth_mechanisms": [
+            {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
+            {"name": "AMQPLAIN", "description": "QPid AMQPLAIN mechanism", "enabled": true},
+        ],
+        "rates_mode": "basic",
+        "run_queue": 0,
+    })
+}
+
+pub async fn nodes(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+) -> ApiResult<Response> {
+    user.require_monitor()?;
+    Ok(json::ok(json!([node_json(&st)])))
+}
+
+pub async fn node(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    user.require_monitor()?;
+    if name != st.node {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::ok(node_json(&st)))
+}
+
+pub async fn whoami(Extension(user): Extension<AuthUser>) -> Response {
+    json::ok(json!({ "name": user.name, "tags": user.tags }))
+}
+
+pub async fn health_ok() -> Response {
+    json::ok(json!({ "status": "ok" }))
+}
+
+/// Declares `aliveness-test` in the vhost, publishes a message to it and gets it back.
+pub async fn aliveness_test(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Response> {
+    let vh = change_vhost(&st.broker, &user, &vhost)?;
+    let declared = vh.declare_queue(&QueueDeclare {
+        name: ShortString::from("aliveness-test"),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: pier_wire::FieldTable::new(),
+        connection: 0,
+    })?;
+    let q = declared.queue;
+    q.purge();
+    let msg = Arc::new(Message::from_properties(
+        ShortString::default(),
+        ShortString::from("aliveness-test"),
+        BasicProperties::default(),
+        bytes::Bytes::from_static(b"test_message"),
+    ));
+    q.publish(msg);
+    match q.get(false) {
+        Some((d, _)) if d.message.body.as_ref() == b"test_message" => {
+            Ok(json::ok(json!({ "status": "ok" })))
+        }
+        _ => Ok(json::ok(
+            json!({ "status": "failed", "reason": "message not received back" }),
+        )),
+    }
+}
+
+// ---- vhosts ----
+
+fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
+    let meta = st.vhost_meta(name);
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    let mut sum = crate::topology::Queueing::default();
+    for q in vh.queues() {
+        let s = q.stats();
+        ready += s.ready;
+        unacked += s.unacked;
+        let f = crate::topology::queueing(st, name, &q);
+        sum.arrival_rate += f.arrival_rate;
+        sum.service_rate += f.service_rate;
+        sum.length += f.length;
+    }
+    let mut cluster_state = Map::new();
+    cluster_state.insert(st.node.clone(), Value::from("running"));
+    json!({
+        "name": name,
+        "description": meta.description,
+        "tags": meta.tags,
+        "metadata": {"description": meta.description, "tags": meta.tags},
+        "default_queue_type": meta.default_queue_type.as_deref().unwrap_or("undefined"),
+        "tracing": false,
+        "cluster_state": cluster_state,
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "pier_queueing": sum.json(),
+    })
+}
+
+pub async fn vhosts(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let mut all = st.broker.vhosts();
+    all.sort_by(|a, b| a.name().cmp(b.name()));
+    let items = all
+        .iter()
+        .filter(|vh| user.is_monitor() || user.can_view(&st.broker, vh.name()))
+        .map(|vh| vhost_json(&st, vh.name(), vh))
+        .collect();
+    json::list(items, &q)
+}
+
+pub async fn vhost(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let vh = st.broker.vhost(&name).ok_or_else(ApiError::not_found)?;
+    if !(user.is_monitor() || user.can_view(&st.broker, &name)) {
+        return Err(ApiError::not_authorised(
+            "User not authorised to access virtual host",
+        ));
+    }
+    Ok(json::ok(vhost_json(&st, &name, &vh)))
+}
+
+/// Tags given as a JSON array or a comma-separated string.
+pub(crate) fn parse_tags(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub(crate) fn vhost_meta_from(b: &Map<String, Value>) -> VhostMeta {
+    let metadata = b.get("metadata").and_then(Value::as_object);
+    let description = get_str(b, "description")
+        .or_else(|| metadata.and_then(|m| get_str(m, "description")))
+        .unwrap_or("")
+        .to_owned();
+    let tags = match b.get("tags") {
+        Some(t) => parse_tags(Some(t)),
+        None => parse_tags(metadata.and_then(|m| m.get("tags"))),
+    };
+    VhostMeta {
+        description,
+        tags,
+        default_queue_type: get_str(b, "default_queue_type").map(str::to_owned),
+    }
+}
+
+pub async fn put_vhost(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let b = body_object(&body)?;
+    let existed = st.broker.vhost(&name).is_some();
+    st.broker.add_vhost(&name);
+    st.set_vhost_meta(&name, vhost_meta_from(&b));
+    if !existed {
+        // As RabbitMQ: whoever creates a vhost gets full permissions on it.
+        st.broker
+            .set_permission(&user.name, &name, Permission::full());
+    }
+    Ok(json::created_or_updated(!existed))
+}
+
+pub async fn delete_vhost(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    if !st.broker.delete_vhost(&name) {
+        return Err(ApiError::not_found());
+    }
+    st.forget_vhost_meta(&name);
+    st.registry
+        .close_where(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
+    Ok(json::no_content())
+}
+
+pub async fn vhost_permissions(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    Ok(json::ok(Value::Array(
+        sorted_permissions(&st)
+            .into_iter()
+            .filter(|p| p.get("vhost").and_then(Value::as_str) == Some(vhost.as_str()))
+            .collect(),
+    )))
+}
+
+// ---- users ----
+
+fn user_json(u: &pier_broker::User) -> Value {
+    json!({
+        "name": u.name,
+        "password_hash": u.password_hash,
+        "hashing_algorithm": HASHING_ALGORITHM,
+        "tags": u.tags,
+        "limits": {},
+    })
+}
+
+fn sorted_users(st: &AppState) -> Vec<pier_broker::User> {
+    let store = st.broker.users();
+    let mut users: Vec<pier_broker::User> = store.users().cloned().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    users
+}
+
+pub async fn users(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    json::list(sorted_users(&st).iter().map(user_json).collect(), &q)
+}
+
+pub async fn users_without_permissions(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let store = st.broker.users();
+    let with: std::collections::HashSet<&str> = store.permissions().map(|(u, _, _)| u).collect();
+    Ok(json::ok(Value::Array(
+        sorted_users(&st)
+            .iter()
+            .filter(|u| !with.contains(u.name.as_str()))
+            .map(user_json)
+            .collect(),
+    )))
+}
+
+pub async fn user(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let store = st.broker.users();
+    let u = store.user(&name).ok_or_else(ApiError::not_found)?;
+    Ok(json::ok(user_json(u)))
+}
+
+/// Checks a `hashing_algorithm`: Pier stores RabbitMQ's default, salted SHA-256.
+pub(crate) fn check_algorithm(alg: Option<&str>) -> ApiResult<()> {
+    match alg {
+        None | Some(HASHING_ALGORITHM) => Ok(()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unsupported hashing algorithm '{other}' (Pier supports {HASHING_ALGORITHM})"
+        ))),
+    }
+}
+
+/// PUT /api/users/name with `password`, or `password_hash` (+ `hashing_algorithm`), and
+/// `tags`. As in RabbitMQ, neither password nor hash leaves the user without a password.
+pub async fn put_user(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let b = body_object(&body)?;
+    let tags = parse_tags(b.get("tags"));
+    let existed = st.broker.users().user(&name).is_some();
+    match (b.get("password"), b.get("password_hash")) {
+        (Some(Value::String(p)), _) => st.broker.add_user(&name, p, tags),
+        (Some(_), _) => return Err(ApiError::bad_request("password must be a string")),
+        (None, Some(Value::String(h))) => {
+            check_algorithm(get_str(&b, "hashing_algorithm"))?;
+            if !h.is_empty() && !valid_hash(h) {
+                return Err(ApiError::bad_request("invalid password_hash"));
+            }
+            st.broker.add_user_with_hash(&name, h, tags);
+        }
+        (None, Some(_)) => return Err(ApiError::bad_request("password_hash must be a string")),
+        (None, None) => st.broker.add_user_with_hash(&name, "", tags),
+    }
+    Ok(json::created_or_updated(!existed))
+}
+
+/// A RabbitMQ SHA-256 hash: base64 of a 4-byte salt and a 32-byte digest.
+pub(crate) fn valid_hash(h: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(h)
+        .is_ok_and(|raw| raw.len() == 36)
+}
+
+fn remove_user(st: &AppState, name: &str) -> bool {
+    if !st.broker.delete_user(name) {
+        return false;
+    }
+    st.registry
+        .close_where(|c| c.user == name, &format!("user '{name}' is deleted"));
+    true
+}
+
+pub async fn delete_user(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    if !remove_user(&st, &name) {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::no_content())
+}
+
+pub async fn users_bulk_delete(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let b = body_object(&body)?;
+    let Some(Value::Array(names)) = b.get("users") else {
+        return Err(ApiError::bad_request("[{key_missing,users}]"));
+    };
+    for n in names.iter().filter_map(Value::as_str) {
+        remove_user(&st, n);
+    }
+    Ok(json::no_content())
+}
+
+pub async fn user_permissions(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    if st.broker.users().user(&name).is_none() {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::ok(Value::Array(
+        sorted_permissions(&st)
+            .into_iter()
+            .filter(|p| p.get("user").and_then(Value::as_str) == Some(name.as_str()))
+            .collect(),
+    )))
+}
+
+// ---- permissions ----
+
+fn permission_json(user: &str, vhost: &str, p: &Permission) -> Value {
+    json!({
+        "user": user,
+        "vhost": vhost,
+        "configure": p.configure,
+        "write": p.write,
+        "read": p.read,
+    })
+}
+
+fn sorted_permissions(st: &AppState) -> Vec<Value> {
+    let store = st.broker.users();
+    let mut v: Vec<(&str, &str, &Permission)> = store.permissions().collect();
+    v.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+    v.into_iter()
+        .map(|(u, vh, p)| permission_json(u, vh, p))
+        .collect()
+}
+
+pub async fn permissions(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    json::list(sorted_permissions(&st), &q)
+}
+
+pub async fn permission(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let store = st.broker.users();
+    let p = store
+        .permission(&name, &vhost)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json::ok(permission_json(&name, &vhost, p)))
+}
+
+pub async fn put_permission(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let b = body_object(&body)?;
+    let missing: Vec<String> = ["configure", "write", "read"]
+        .iter()
+        .filter(|k| !b.contains_key(**k))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
+    }
+    let store = st.broker.users();
+    if st.broker.vhost(&vhost).is_none() || store.user(&name).is_none() {
+        return Err(ApiError::bad_request("vhost_or_user_not_found"));
+    }
+    let existed = store.permission(&name, &vhost).is_some();
+    let text = |k: &str| get_str(&b, k).unwrap_or("").to_owned();
+    st.broker.set_permission(
+        &name,
+        &vhost,
+        Permission {
+            configure: text("configure"),
+            write: text("write"),
+            read: text("read"),
+        },
+    );
+    Ok(json::created_or_updated(!existed))
+}
+
+pub async fn delete_permission(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    if !st.broker.clear_permission(&name, &vhost) {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::no_content())
+}

@@ -1,0 +1,287 @@
+//! Connections, channels and consumers, from the server's registry and the queues.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use pier_server::registry::MANAGEMENT_CLOSE_REASON;
+use pier_server::{ChannelInfo, ConnectionInfo};
+use serde_json::{json, Value};
+
+use crate::auth::{view_vhost, AuthUser};
+use crate::error::{ApiError, ApiResult};
+use crate::json::{self, table_to_json};
+use crate::stats;
+use crate::topology::{connections_by_id, consumer_json, visible_vhosts};
+use crate::AppState;
+
+type Q = Query<HashMap<String, String>>;
+
+fn visible(user: &AuthUser, c: &ConnectionInfo) -> bool {
+    user.sees_all_connections() || c.meta.user == user.name
+}
+
+fn sorted_connections(st: &AppState, user: &AuthUser) -> Vec<ConnectionInfo> {
+    let mut v: Vec<ConnectionInfo> = st
+        .registry
+        .connections()
+        .into_iter()
+        .filter(|c| visible(user, c))
+        .collect();
+    v.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    v
+}
+
+fn rate(r: f64) -> Value {
+    json!({ "rate": (r * 10.0).round() / 10.0 })
+}
+
+fn connection_json(st: &AppState, c: &ConnectionInfo) -> Value {
+    let m = &c.meta;
+    let rates = st.sampler.rates(
+        &stats::connection_key(&m.name),
+        &stats::connection_counters(c),
+    );
+    let r = |i: usize| rate(rates.get(i).copied().unwrap_or(0.0));
+    let provided = m
+        .client_properties
+        .get("connection_name")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    json!({
+        "name": m.name,
+        "node": st.node,
+        "type": "network",
+        "state": "running",
+        "protocol": "AMQP 0-9-1",
+        "user": m.user,
+        "user_who_performed_action": m.user,
+        "vhost": m.vhost,
+        "host": m.local.ip().to_string(),
+        "port": m.local.port(),
+        "peer_host": m.peer.ip().to_string(),
+        "peer_port": m.peer.port(),
+        "ssl": false,
+        "auth_mechanism": m.auth_mechanism,
+        "channels": c.channels.len(),
+        "channel_max": m.channel_max,
+        "frame_max": m.frame_max,
+        "timeout": m.heartbeat,
+        "connected_at": m.connected_at_ms,
+        "client_properties": table_to_json(&m.client_properties),
+        "user_provided_name": provided,
+        "recv_oct": c.recv_oct,
+        "recv_cnt": c.recv_cnt,
+        "send_oct": c.send_oct,
+        "send_cnt": c.send_cnt,
+        "send_pend": c.send_pending_bytes,
+        "recv_oct_details": r(0),
+        "send_oct_details": r(1),
+    })
+}
+
+fn channel_json(
+    st: &AppState,
+    c: &ConnectionInfo,
+    ch: &ChannelInfo,
+    consumer_counts: &HashMap<(u64, u16), usize>,
+) -> Value {
+    let m = &c.meta;
+    json!({
+        "name": format!("{} ({})", m.name, ch.number),
+        "number": ch.number,
+        "node": st.node,
+        "state": "running",
+        "user": m.user,
+        "user_who_performed_action": m.user,
+        "vhost": m.vhost,
+        "connection_details": {
+            "name": m.name,
+            "peer_host": m.peer.ip().to_string(),
+            "peer_port": m.peer.port(),
+        },
+        "consumer_count": consumer_counts.get(&(m.id, ch.number)).copied().unwrap_or(0),
+        "messages_unacknowledged": ch.unacked,
+        "message_stats": {
+            "deliver_get": ch.deliveries,
+        },
+    })
+}
+
+/// (connection id, channel) → number of consumers, over every queue.
+fn consumer_counts(st: &AppState) -> HashMap<(u64, u16), usize> {
+    let mut out = HashMap::new();
+    for vh in st.broker.vhosts() {
+        for q in vh.queues() {
+            for c in q.consumers() {
+                if let Some(ch) = c.channel {
+                    *out.entry((c.connection, ch)).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+pub async fn connections(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let items = sorted_connections(&st, &user)
+        .iter()
+        .map(|c| connection_json(&st, c))
+        .collect();
+    json::list(items, &q)
+}
+
+pub async fn vhost_connections(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    view_vhost(&st.broker, &user, &vhost)?;
+    let items = sorted_connections(&st, &user)
+        .iter()
+        .filter(|c| c.meta.vhost == vhost)
+        .map(|c| connection_json(&st, c))
+        .collect();
+    json::list(items, &q)
+}
+
+fn find_connection(st: &AppState, user: &AuthUser, name: &str) -> ApiResult<ConnectionInfo> {
+    st.registry
+        .connection(name)
+        .filter(|c| visible(user, c))
+        .ok_or_else(ApiError::not_found)
+}
+
+pub async fn connection(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let c = find_connection(&st, &user, &name)?;
+    Ok(json::ok(connection_json(&st, &c)))
+}
+
+/// DELETE /api/connections/name: closes it with 320 CONNECTION_FORCED; the reason is the
+/// `X-Reason` header or RabbitMQ's "Closed via management plugin".
+pub async fn close_connection(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let c = find_connection(&st, &user, &name)?;
+    if !user.is_admin() && c.meta.user != user.name {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(MANAGEMENT_CLOSE_REASON);
+    if !st.registry.close(&name, reason) {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::no_content())
+}
+
+pub async fn connection_channels(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let c = find_connection(&st, &user, &name)?;
+    let counts = consumer_counts(&st);
+    Ok(json::ok(Value::Array(
+        c.channels
+            .iter()
+            .map(|ch| channel_json(&st, &c, ch, &counts))
+            .collect(),
+    )))
+}
+
+fn all_channels(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
+    let counts = consumer_counts(st);
+    sorted_connections(st, user)
+        .iter()
+        .filter(|c| vhost.is_none_or(|v| c.meta.vhost == v))
+        .flat_map(|c| {
+            c.channels
+                .iter()
+                .map(|ch| channel_json(st, c, ch, &counts))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub async fn channels(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    json::list(all_channels(&st, &user, None), &q)
+}
+
+pub async fn vhost_channels(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    view_vhost(&st.broker, &user, &vhost)?;
+    json::list(all_channels(&st, &user, Some(&vhost)), &q)
+}
+
+pub async fn channel(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    all_channels(&st, &user, None)
+        .into_iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(name.as_str()))
+        .map(json::ok)
+        .ok_or_else(ApiError::not_found)
+}
+
+fn consumers_of(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
+    let conns = connections_by_id(st);
+    let mut out = Vec::new();
+    for vh in visible_vhosts(st, user) {
+        if vhost.is_some_and(|v| v != vh.name()) {
+            continue;
+        }
+        let mut queues = vh.queues();
+        queues.sort_by(|a, b| a.name().cmp(b.name()));
+        for q in queues {
+            for c in q.consumers() {
+                out.push(consumer_json(st, &conns, vh.name(), q.name(), &c));
+            }
+        }
+    }
+    out
+}
+
+pub async fn consumers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    json::list(consumers_of(&st, &user, None), &q)
+}
+
+pub async fn vhost_consumers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    view_vhost(&st.broker, &user, &vhost)?;
+    json::list(consumers_of(&st, &user, Some(&vhost)), &q)
+}

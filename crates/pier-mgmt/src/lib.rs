@@ -1,0 +1,284 @@
+//! Pier's management and observability layer: RabbitMQ's management HTTP API (same paths,
+//! JSON shapes and field names, basic auth with RabbitMQ's user tags), definitions export and
+//! import in RabbitMQ's format, and a Prometheus endpoint with RabbitMQ's metric names.
+//!
+//! ```text
+//!  HTTP ─► axum router ─► auth (basic, tags) ─► handlers ─┬─► Broker (vhosts, queues, users)
+//!                                                        └─► Registry (connections, channels)
+//!  GET /metrics (no auth, as RabbitMQ's Prometheus plugin) ─► text exposition format
+//! ```
+//!
+//! Everything is read on request from the broker and the registry; the only state kept here
+//! is vhost metadata (description, tags) and a rate sampler.
+
+mod api;
+mod auth;
+mod conns;
+mod definitions;
+mod error;
+mod json;
+mod metrics;
+mod stats;
+mod topology;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use axum::Router;
+use pier_broker::Broker;
+use pier_server::Registry;
+
+pub use error::ApiError;
+
+/// The RabbitMQ version whose management API Pier follows (tools sniff it).
+pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.8";
+
+/// Settings of the management server beyond the listener.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The AMQP listener's address, shown in `/api/overview` listeners.
+    pub amqp_addr: Option<SocketAddr>,
+    /// `cluster_name` (defaults to the node name).
+    pub cluster_name: Option<String>,
+}
+
+/// Description and tags of a vhost (RabbitMQ's vhost metadata).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VhostMeta {
+    pub description: String,
+    pub tags: Vec<String>,
+    pub default_queue_type: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub broker: Arc<Broker>,
+    pub registry: Arc<Registry>,
+    pub node: String,
+    pub cluster_name: String,
+    pub started: Instant,
+    pub http_addr: Option<SocketAddr>,
+    pub amqp_addr: Option<SocketAddr>,
+    pub vhost_meta: Mutex<HashMap<String, VhostMeta>>,
+    pub sampler: stats::Sampler,
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState(Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn vhost_meta(&self, name: &str) -> VhostMeta {
+        self.vhost_meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| VhostMeta {
+                description: if name == "/" {
+                    "Default virtual host".to_owned()
+                } else {
+                    String::new()
+                },
+                ..VhostMeta::default()
+            })
+    }
+
+    pub fn set_vhost_meta(&self, name: &str, meta: VhostMeta) {
+        self.vhost_meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), meta);
+    }
+
+    pub fn forget_vhost_meta(&self, name: &str) {
+        self.vhost_meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+}
+
+/// Serves the management API and `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        broker,
+        registry,
+        ServeOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let node = format!("pier@{}", hostname());
+    let state = AppState(Arc::new(Inner {
+        broker,
+        registry,
+        cluster_name: options.cluster_name.unwrap_or_else(|| node.clone()),
+        node,
+        started: Instant::now(),
+        http_addr: listener.local_addr().ok(),
+        amqp_addr: options.amqp_addr,
+        vhost_meta: Mutex::new(HashMap::new()),
+        sampler: stats::Sampler::default(),
+    }));
+    let sampler = tokio::spawn(stats::run_sampler(state.clone(), Duration::from_secs(5)));
+    let app = router(state);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    sampler.abort();
+    result
+}
+
+fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/overview", get(api::overview))
+        .route("/cluster-name", get(api::cluster_name))
+        .route("/nodes", get(api::nodes))
+        .route("/nodes/{node}", get(api::node))
+        .route("/whoami", get(api::whoami))
+        .route("/vhosts", get(api::vhosts))
+        .route(
+            "/vhosts/{vhost}",
+            get(api::vhost)
+                .put(api::put_vhost)
+                .delete(api::delete_vhost),
+        )
+        .route("/vhosts/{vhost}/permissions", get(api::vhost_permissions))
+        .route("/vhosts/{vhost}/connections", get(conns::vhost_connections))
+        .route("/vhosts/{vhost}/channels", get(conns::vhost_channels))
+        .route("/users", get(api::users))
+        .route(
+            "/users/without-permissions",
+            get(api::users_without_permissions),
+        )
+        .route("/users/bulk-delete", post(api::users_bulk_delete))
+        .route(
+            "/users/{user}",
+            get(api::user).put(api::put_user).delete(api::delete_user),
+        )
+        .route("/users/{user}/permissions", get(api::user_permissions))
+        .route("/permissions", get(api::permissions))
+        .route(
+            "/permissions/{vhost}/{user}",
+            get(api::permission)
+                .put(api::put_permission)
+                .delete(api::delete_permission),
+        )
+        .route("/queues", get(topology::queues))
+        .route("/queues/{vhost}", get(topology::vhost_queues))
+        .route(
+            "/queues/{vhost}/{name}",
+            get(topology::queue)
+                .put(topology::put_queue)
+                .delete(topology::delete_queue),
+        )
+        .route(
+            "/queues/{vhost}/{name}/bindings",
+            get(topology::queue_bindings),
+        )
+        .route(
+            "/queues/{vhost}/{name}/contents",
+            axum::routing::delete(topology::purge_queue),
+        )
+        .route("/queues/{vhost}/{name}/get", post(topology::get_messages))
+        .route("/exchanges", get(topology::exchanges))
+        .route("/exchanges/{vhost}", get(topology::vhost_exchanges))
+        .route(
+            "/exchanges/{vhost}/{name}",
+            get(topology::exchange)
+                .put(topology::put_exchange)
+                .delete(topology::delete_exchange),
+        )
+        .route("/exchanges/{vhost}/{name}/publish", post(topology::publish))
+        .route(
+            "/exchanges/{vhost}/{name}/bindings/source",
+            get(topology::exchange_bindings_source),
+        )
+        .route(
+            "/exchanges/{vhost}/{name}/bindings/destination",
+            get(topology::exchange_bindings_destination),
+        )
+        .route("/bindings", get(topology::bindings))
+        .route("/bindings/{vhost}", get(topology::vhost_bindings))
+        .route(
+            "/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(topology::binding_pair).post(topology::create_binding),
+        )
+        .route(
+            "/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            get(topology::binding).delete(topology::delete_binding),
+        )
+        .route("/connections", get(conns::connections))
+        .route(
+            "/connections/{name}",
+            get(conns::connection).delete(conns::close_connection),
+        )
+        .route(
+            "/connections/{name}/channels",
+            get(conns::connection_channels),
+        )
+        .route("/channels", get(conns::channels))
+        .route("/channels/{name}", get(conns::channel))
+        .route("/consumers", get(conns::consumers))
+        .route("/consumers/{vhost}", get(conns::vhost_consumers))
+        .route("/aliveness-test/{vhost}", get(api::aliveness_test))
+        .route("/health/checks/alarms", get(api::health_ok))
+        .route("/health/checks/local-alarms", get(api::health_ok))
+        .route("/health/checks/virtual-hosts", get(api::health_ok))
+        .route(
+            "/definitions",
+            get(definitions::export_all).post(definitions::import_all),
+        )
+        .route(
+            "/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_user,
+        ));
+    Router::new()
+        .nest("/api", api)
+        .route("/metrics", get(metrics::metrics))
+        .route("/metrics/per-object", get(metrics::metrics))
+        .with_state(state)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
