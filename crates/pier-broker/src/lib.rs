@@ -19,12 +19,14 @@ pub mod exchange;
 pub mod matching;
 pub mod message;
 pub mod names;
+pub mod persist;
 pub mod policy;
 pub mod queue;
+pub mod storage;
 pub mod vhost;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 pub use args::{parse_expiration, Overflow, QueueConfig};
 pub use auth::{Permission, User, UserStore};
@@ -57,6 +59,9 @@ pub struct Broker {
     users: RwLock<UserStore>,
     /// Users who may only log in from loopback addresses (RabbitMQ's `loopback_users`).
     loopback_users: Vec<String>,
+    /// Set once storage has recovered: later changes to vhosts, users and permissions are
+    /// written through.
+    storage: OnceLock<Arc<storage::BrokerStorage>>,
 }
 
 impl Broker {
@@ -66,6 +71,7 @@ impl Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(UserStore::default()),
             loopback_users,
+            storage: OnceLock::new(),
         }
     }
 
@@ -80,8 +86,58 @@ impl Broker {
     }
 
     pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
-        let mut v = self.vhosts.write().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(v.entry(name.to_owned()).or_insert_with(|| VHost::new(name)))
+        let (vh, created) = {
+            let mut v = self.vhosts.write().unwrap_or_else(|p| p.into_inner());
+            match v.get(name) {
+                Some(vh) => (Arc::clone(vh), false),
+                None => {
+                    let vh = VHost::new(name);
+                    v.insert(name.to_owned(), Arc::clone(&vh));
+                    (vh, true)
+                }
+            }
+        };
+        if let (true, Some(s)) = (created, self.storage.get()) {
+            if let Err(e) = s.attach_vhost(&vh) {
+                tracing::error!(vhost = name, "vhost storage: {e}");
+            }
+        }
+        vh
+    }
+
+    /// Writes later changes through to `storage` (called by its recovery).
+    pub(crate) fn set_storage(&self, storage: Arc<storage::BrokerStorage>) {
+        let _ = self.storage.set(storage);
+    }
+
+    fn persist_users<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&pier_store::DefinitionsStore) -> Result<T, pier_store::DefinitionsError>,
+    ) {
+        if let Some(s) = self.storage.get() {
+            if let Err(e) = f(s.definitions()) {
+                tracing::error!("storing {what} failed: {e}");
+            }
+        }
+    }
+
+    fn persist_user(&self, name: &str) {
+        let user = self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .user(name)
+            .cloned();
+        if let Some(u) = user {
+            self.persist_users("user", |d| {
+                d.put_user(&pier_store::UserDef {
+                    name: u.name.clone(),
+                    password_hash: u.password_hash.clone(),
+                    tags: u.tags.clone(),
+                })
+            });
+        }
     }
 
     pub fn delete_vhost(&self, name: &str) -> bool {
@@ -98,6 +154,7 @@ impl Broker {
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove_vhost(name);
+            self.persist_users("vhost deletion", |d| d.delete_vhost(name));
         }
         removed.is_some()
     }
@@ -132,6 +189,7 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .add_user(name, password, tags);
+        self.persist_user(name);
     }
 
     /// Adds (or replaces) a user with a RabbitMQ-format password hash (definitions import).
@@ -140,22 +198,29 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .add_user_with_hash(name, password_hash, tags);
+        self.persist_user(name);
     }
 
     /// Deletes a user and their permissions; false when there was no such user.
     pub fn delete_user(&self, name: &str) -> bool {
-        self.users
+        let removed = self
+            .users
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove_user(name)
+            .remove_user(name);
+        self.persist_users("user deletion", |d| d.delete_user(name));
+        removed
     }
 
     /// Removes a user's permission on a vhost; false when there was none.
     pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
-        self.users
+        let removed = self
+            .users
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .clear_permission(user, vhost)
+            .clear_permission(user, vhost);
+        self.persist_users("permission deletion", |d| d.delete_permission(user, vhost));
+        removed
     }
 
     /// Whether `user` may only log in from loopback addresses.
@@ -164,10 +229,18 @@ impl Broker {
     }
 
     pub fn set_permission(&self, user: &str, vhost: &str, p: Permission) {
+        let def = pier_store::PermissionDef {
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            configure: p.configure.clone(),
+            write: p.write.clone(),
+            read: p.read.clone(),
+        };
         self.users
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .set_permission(user, vhost, p);
+        self.persist_users("permission", |d| d.put_permission(&def));
     }
 
     pub fn users(&self) -> UserStore {

@@ -26,9 +26,9 @@
 //! All state sits behind one `std::sync::Mutex`, never held across an `.await` (the broker has
 //! no async code), and dispatch runs inline on whichever thread published or acked.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use pier_wire::{FieldTable, ShortString};
 
@@ -38,6 +38,7 @@ use crate::consumer::{next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, 
 use crate::deadletter::{DeadLetter, DeathReason};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
+use crate::persist::{to_stored, PublishDurability, QueueStore};
 use crate::vhost::VHost;
 
 #[derive(Debug, Clone)]
@@ -109,6 +110,8 @@ struct QueueState {
     /// Expiry times of delivered, unacknowledged messages that have one (by offset), so that a
     /// requeued message keeps its original expiry, as in RabbitMQ.
     unacked_expiry: HashMap<u64, u64>,
+    /// Delivered, unacknowledged messages that are in the store (acked there on settle).
+    unacked_stored: HashSet<u64>,
     consumers: Vec<ConsumerSlot>,
     round_robin: usize,
     had_consumers: bool,
@@ -186,6 +189,8 @@ pub struct Queue {
     idle_deadline: AtomicU64,
     /// Arrivals, deliveries and acks, for management rates (relaxed atomics).
     counters: crate::counters::QueueCounters,
+    /// Set for durable queues of a vhost with storage: persistent messages are stored here.
+    store: OnceLock<QueueStore>,
     state: Mutex<QueueState>,
 }
 
@@ -260,6 +265,7 @@ impl Queue {
             next_expiry: AtomicU64::new(NEVER),
             idle_deadline: AtomicU64::new(idle_deadline),
             counters: crate::counters::QueueCounters::default(),
+            store: OnceLock::new(),
             state: Mutex::new(QueueState {
                 levels: (0..levels).map(|_| Level::default()).collect(),
                 last_used: now,
@@ -287,6 +293,59 @@ impl Queue {
 
     pub fn is_exclusive(&self) -> bool {
         self.options.exclusive_owner.is_some()
+    }
+
+    /// Makes this (durable) queue store its persistent messages. Set once, at declaration or
+    /// recovery, before the queue is shared.
+    pub fn attach_store(&self, store: QueueStore) {
+        let _ = self.store.set(store);
+    }
+
+    pub fn store(&self) -> Option<&QueueStore> {
+        self.store.get()
+    }
+
+    fn is_stored(&self, message: &Message) -> bool {
+        self.store.get().is_some() && message.is_persistent()
+    }
+
+    /// Tells the store these messages left the queue for good. Sent under the queue lock so
+    /// that the store sees a queue's appends and acks in the order they happened.
+    fn store_ack(&self, offsets: Vec<u64>) {
+        if offsets.is_empty() {
+            return;
+        }
+        if let Some(s) = self.store.get() {
+            if let Err(e) = s.handle.ack(s.id, offsets) {
+                tracing::error!(queue = %self.name, vhost = %self.vhost, "store ack failed: {e}");
+            }
+        }
+    }
+
+    /// Refills a recovered durable queue: messages in offset order, with their redelivered
+    /// flags, and the offset to continue from.
+    pub fn restore(&self, messages: Vec<(u64, Arc<Message>, bool)>, next_offset: u64) {
+        let mut st = self.lock();
+        let now = self.clock.now_ms();
+        st.next_offset = st.next_offset.max(next_offset);
+        for (offset, message, redelivered) in messages {
+            // The time a message spent queued before the restart is not stored: its TTL
+            // starts again now.
+            let (expires_at, _) = self.expiry_for(&message, now);
+            let level = self.level_of(&message);
+            st.next_offset = st.next_offset.max(offset + 1);
+            let entry = Entry {
+                offset,
+                message,
+                redelivered,
+                expires_at,
+            };
+            st.added(&entry);
+            if let Some(l) = st.level_mut(level) {
+                l.ready.push_back(entry);
+            }
+            self.lower_next_expiry(expires_at);
+        }
     }
 
     /// A poisoned lock means a panic elsewhere mid-update; the state itself is still consistent
@@ -400,12 +459,16 @@ impl Queue {
             return;
         }
         let mut next = NEVER;
+        let mut expired = Vec::new();
         for i in 0..st.levels.len() {
             while let Some(level) = st.levels.get_mut(i) {
                 match level.head() {
                     Some(h) if h.expired(now) => {
                         let Some(e) = level.pop() else { break };
                         st.took(&e);
+                        if self.is_stored(&e.message) {
+                            expired.push(e.offset);
+                        }
                         self.dead_letter(dead, e.message, DeathReason::Expired);
                     }
                     Some(h) => {
@@ -417,6 +480,7 @@ impl Queue {
             }
         }
         self.next_expiry.store(next, Ordering::Relaxed);
+        self.store_ack(expired);
     }
 
     fn dead_letter(&self, dead: &mut Vec<DeadLetter>, message: Arc<Message>, reason: DeathReason) {
@@ -440,8 +504,17 @@ impl Queue {
     /// Appends a message and delivers what consumers can take; dead letters it causes are
     /// routed before it returns.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Published {
+        self.publish_durable(message, None)
+    }
+
+    /// `publish`, and when the message is stored, `durability` learns when it is on disk.
+    pub fn publish_durable(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        durability: Option<&Arc<PublishDurability>>,
+    ) -> Published {
         let mut dead = Vec::new();
-        let result = self.publish_collect(message, &mut dead);
+        let result = self.publish_collect(message, &mut dead, durability);
         self.route_dead_letters(dead);
         result
     }
@@ -452,6 +525,7 @@ impl Queue {
         self: &Arc<Self>,
         message: Arc<Message>,
         dead: &mut Vec<DeadLetter>,
+        durability: Option<&Arc<PublishDurability>>,
     ) -> Published {
         let mut st = self.lock();
         if st.deleted {
@@ -480,6 +554,26 @@ impl Queue {
         let offset = st.next_offset;
         st.next_offset += 1;
         crate::counters::QueueCounters::add(&self.counters.published, 1);
+        if self.is_stored(&message) {
+            if let Some(s) = self.store.get() {
+                let refs = vec![pier_store::QueueRef {
+                    queue: s.id,
+                    offset,
+                }];
+                // Appended under the lock: the store needs a queue's offsets in order, and
+                // must see the append before any ack of this message.
+                let sent = match durability {
+                    Some(d) => s.handle.append(refs, to_stored(&message), d.add()),
+                    None => s.handle.append(refs, to_stored(&message), |_| {}),
+                };
+                if let Err(e) = sent {
+                    tracing::error!(queue = %self.name, vhost = %self.vhost, "store append failed: {e}");
+                    if let Some(d) = durability {
+                        d.fail();
+                    }
+                }
+            }
+        }
         let entry = Entry {
             offset,
             message,
@@ -502,6 +596,9 @@ impl Queue {
                 if l.ready.back().is_some_and(|e| e.offset == offset) {
                     if let Some(e) = l.ready.pop_back() {
                         st.took(&e);
+                        if self.is_stored(&e.message) {
+                            self.store_ack(vec![e.offset]);
+                        }
                         self.dead_letter(dead, e.message, DeathReason::Expired);
                     }
                 }
@@ -516,6 +613,7 @@ impl Queue {
         if self.config.overflow != Overflow::DropHead {
             return;
         }
+        let mut dropped = Vec::new();
         loop {
             let too_many = self
                 .config
@@ -526,12 +624,16 @@ impl Queue {
                 .max_length_bytes
                 .is_some_and(|m| st.ready_bytes > m);
             if !(too_many || too_big) {
-                return;
+                break;
             }
-            let Some((e, level)) = st.pop() else { return };
+            let Some((e, level)) = st.pop() else { break };
             self.after_pop(st, level);
+            if self.is_stored(&e.message) {
+                dropped.push(e.offset);
+            }
             self.dead_letter(dead, e.message, DeathReason::MaxLen);
         }
+        self.store_ack(dropped);
     }
 
     fn level_of(&self, message: &Message) -> usize {
@@ -573,16 +675,19 @@ impl Queue {
         if st.deleted {
             return;
         }
+        // Stored messages handed out without acks, and the highest stored offset delivered.
+        let mut gone = Vec::new();
+        let mut delivered_upto: Option<u64> = None;
         loop {
             self.expire_heads(st, now, dead);
             if st.ready_len() == 0 || st.consumers.is_empty() {
-                return;
+                break;
             }
             let Some(idx) = self.pick_consumer(st) else {
-                return;
+                break;
             };
             let Some((entry, level)) = st.pop() else {
-                return;
+                break;
             };
             self.after_pop(st, level);
             let Some(slot) = st.consumers.get_mut(idx) else {
@@ -609,8 +714,24 @@ impl Queue {
                     st.unacked_expiry.insert(entry.offset, entry.expires_at);
                 }
             }
+            if self.is_stored(&delivery.message) {
+                if ack_required {
+                    st.unacked_stored.insert(entry.offset);
+                    delivered_upto =
+                        Some(delivered_upto.map_or(entry.offset, |d| d.max(entry.offset)));
+                } else {
+                    gone.push(entry.offset);
+                }
+            }
             st.round_robin = idx + 1;
             sink.deliver(delivery);
+        }
+        self.store_ack(gone);
+        if let (Some(upto), Some(s)) = (delivered_upto, self.store.get()) {
+            // So that after a restart these come back flagged redelivered.
+            if let Err(e) = s.handle.mark_delivered(s.id, upto) {
+                tracing::error!(queue = %self.name, "store mark_delivered failed: {e}");
+            }
         }
     }
 
@@ -677,6 +798,18 @@ impl Queue {
                         st.unacked += 1;
                         if entry.expires_at != NEVER {
                             st.unacked_expiry.insert(entry.offset, entry.expires_at);
+                        }
+                    }
+                    if self.is_stored(&entry.message) {
+                        if ack_required {
+                            st.unacked_stored.insert(entry.offset);
+                            if let Some(s) = self.store.get() {
+                                if let Err(e) = s.handle.mark_delivered(s.id, entry.offset) {
+                                    tracing::error!(queue = %self.name, "store mark_delivered failed: {e}");
+                                }
+                            }
+                        } else {
+                            self.store_ack(vec![entry.offset]);
                         }
                     }
                     let remaining = u32::try_from(st.ready_len()).unwrap_or(u32::MAX);
@@ -787,6 +920,14 @@ impl Queue {
                 st.unacked_expiry.remove(o);
             }
         }
+        if !st.unacked_stored.is_empty() {
+            let stored: Vec<u64> = offsets
+                .iter()
+                .copied()
+                .filter(|o| st.unacked_stored.remove(o))
+                .collect();
+            self.store_ack(stored);
+        }
         if let Some(id) = consumer {
             if let Some(slot) = st.consumers.iter_mut().find(|c| c.id == id) {
                 slot.unacked = slot.unacked.saturating_sub(count);
@@ -845,6 +986,7 @@ impl Queue {
                 count += 1;
                 st.unacked = st.unacked.saturating_sub(1);
                 let expires_at = st.unacked_expiry.remove(&offset).unwrap_or(NEVER);
+                st.unacked_stored.remove(&offset);
                 if st.deleted {
                     continue;
                 }
@@ -876,6 +1018,18 @@ impl Queue {
     /// Drops every ready message (not the unacked ones); returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.lock();
+        if self.store.get().is_some() {
+            // Unacked deliveries stay in the store (they may still be requeued), so the ready
+            // ones are acked one by one rather than purging the store's queue.
+            let stored: Vec<u64> = st
+                .levels
+                .iter()
+                .flat_map(|l| l.requeued.values().chain(l.ready.iter()))
+                .filter(|e| e.message.is_persistent())
+                .map(|e| e.offset)
+                .collect();
+            self.store_ack(stored);
+        }
         let n = st.clear();
         self.next_expiry.store(NEVER, Ordering::Relaxed);
         u32::try_from(n).unwrap_or(u32::MAX)

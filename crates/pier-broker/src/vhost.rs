@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use pier_wire::{FieldTable, FieldValue, ShortString};
 
@@ -98,6 +98,8 @@ pub struct VHost {
     /// When the earliest delayed message is due (`NEVER`: none), read by `tick` lock-free.
     next_delayed: AtomicU64,
     policies: RwLock<Vec<Policy>>,
+    /// Where durable definitions and persistent messages go (none: in memory only).
+    storage: OnceLock<crate::persist::VhostStorage>,
 }
 
 /// A message held by a delayed exchange until `due`.
@@ -202,7 +204,26 @@ impl VHost {
             delayed: Mutex::new(BinaryHeap::new()),
             next_delayed: AtomicU64::new(NEVER),
             policies: RwLock::new(Vec::new()),
+            storage: OnceLock::new(),
         })
+    }
+
+    /// From now on durable definitions and persistent messages of this vhost are stored.
+    pub fn attach_storage(&self, storage: crate::persist::VhostStorage) {
+        let _ = self.storage.set(storage);
+    }
+
+    pub(crate) fn storage(&self) -> Option<&crate::persist::VhostStorage> {
+        self.storage.get()
+    }
+
+    /// Forgets exchanges removed because they were auto-delete and lost their last binding.
+    fn auto_deleted(&self, names: Vec<ShortString>) {
+        if let Some(s) = self.storage() {
+            for n in names {
+                crate::storage::exchange_deleted(s, &self.name, &n);
+            }
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -346,6 +367,9 @@ impl VHost {
         );
         x.delayed = delayed;
         x.policy_alternate = self.policy_alternate(&d.name);
+        if let Some(s) = self.storage() {
+            crate::storage::exchange_declared(s, &self.name, &x);
+        }
         t.exchanges.insert(d.name.clone(), x);
         Ok(())
     }
@@ -414,10 +438,15 @@ impl VHost {
             });
         }
         let key = x.name.clone();
+        let durable = x.durable;
         t.exchanges.remove(&key);
+        if let (Some(s), true) = (self.storage(), durable) {
+            crate::storage::exchange_deleted(s, &self.name, &key);
+        }
         let dest = Destination::Exchange(key);
         let sources = remove_bindings_to(&mut t, &dest);
-        delete_unused_auto_delete(&mut t, sources);
+        let gone = delete_unused_auto_delete(&mut t, sources);
+        self.auto_deleted(gone);
         Ok(())
     }
 
@@ -494,6 +523,30 @@ impl VHost {
                 "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
             )));
         }
+        let source_durable = x.durable;
+        if let Some(s) = self.storage() {
+            let dest_durable = match &destination {
+                Destination::Queue(n) => t
+                    .queues
+                    .get(n)
+                    .is_some_and(|q| q.options().durable && !q.is_exclusive()),
+                Destination::Exchange(n) => t.exchanges.get(n).is_some_and(|x| x.durable),
+            };
+            if source_durable && dest_durable {
+                crate::storage::binding_changed(
+                    s,
+                    &self.name,
+                    source,
+                    &destination,
+                    &routing_key,
+                    &arguments,
+                    true,
+                );
+            }
+        }
+        let Some(x) = t.exchanges.get_mut(source) else {
+            return Err(BrokerError::not_found(ObjectKind::Exchange, source, &vhost));
+        };
         x.bind(Binding {
             destination,
             routing_key,
@@ -516,13 +569,27 @@ impl VHost {
             .get_mut(source)
             .ok_or_else(|| BrokerError::not_found(ObjectKind::Exchange, source, &vhost))?;
         // Unbinding what is not bound is a no-op, as in RabbitMQ.
-        x.unbind(&Binding {
+        let binding = Binding {
             destination,
             routing_key,
             arguments,
-        });
+        };
+        if x.unbind(&binding) {
+            if let Some(s) = self.storage() {
+                crate::storage::binding_changed(
+                    s,
+                    &self.name,
+                    source,
+                    &binding.destination,
+                    &binding.routing_key,
+                    &binding.arguments,
+                    false,
+                );
+            }
+        }
         let name = x.name.clone();
-        delete_unused_auto_delete(t, vec![name]);
+        let gone = delete_unused_auto_delete(t, vec![name]);
+        self.auto_deleted(gone);
         Ok(())
     }
 
@@ -587,6 +654,9 @@ impl VHost {
             Arc::clone(&self.clock),
             self.me.clone(),
         );
+        if let Some(s) = self.storage() {
+            crate::storage::queue_declared(s, &self.name, &queue);
+        }
         t.queues.insert(name, Arc::clone(&queue));
         Ok(QueueDeclared {
             queue,
@@ -746,8 +816,12 @@ impl VHost {
                 _ => return 0,
             }
             t.queues.remove(q.name());
+            if let Some(s) = self.storage() {
+                crate::storage::queue_deleted(s, &self.name, q);
+            }
             let sources = remove_bindings_to(&mut t, &Destination::Queue(q.name().clone()));
-            delete_unused_auto_delete(&mut t, sources);
+            let gone = delete_unused_auto_delete(&mut t, sources);
+            self.auto_deleted(gone);
         }
         let (count, consumers) = q.mark_deleted();
         for c in consumers {
@@ -944,7 +1018,7 @@ impl VHost {
                         continue;
                     }
                     let mut more = Vec::new();
-                    if q.publish_collect(Arc::clone(&message), &mut more) != Published::Gone
+                    if q.publish_collect(Arc::clone(&message), &mut more, None) != Published::Gone
                         && !more.is_empty()
                     {
                         work.push_back((q, more));
@@ -1108,7 +1182,11 @@ fn remove_bindings_to(t: &mut Topology, dest: &Destination) -> Vec<ShortString> 
 
 /// Auto-delete exchanges go when their last outgoing binding does (cascading through
 /// exchange-to-exchange bindings).
-fn delete_unused_auto_delete(t: &mut Topology, mut candidates: Vec<ShortString>) {
+fn delete_unused_auto_delete(
+    t: &mut Topology,
+    mut candidates: Vec<ShortString>,
+) -> Vec<ShortString> {
+    let mut deleted = Vec::new();
     while let Some(name) = candidates.pop() {
         let unused = t
             .exchanges
@@ -1116,9 +1194,11 @@ fn delete_unused_auto_delete(t: &mut Topology, mut candidates: Vec<ShortString>)
             .is_some_and(|x| x.auto_delete && !x.has_bindings());
         if unused {
             t.exchanges.remove(&name);
-            candidates.extend(remove_bindings_to(t, &Destination::Exchange(name)));
+            candidates.extend(remove_bindings_to(t, &Destination::Exchange(name.clone())));
+            deleted.push(name);
         }
     }
+    deleted
 }
 
 /// Compares the listed arguments of a redeclaration with the existing ones. On a mismatch,

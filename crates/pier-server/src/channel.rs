@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pier_broker::{
-    names, parse_expiration, ChannelCredit, ConsumerId, ConsumerSpec, ExchangeDeclare, Message,
-    Published, Queue, QueueDeclare,
+    names, parse_expiration, persist::PublishDurability, ChannelCredit, ConsumerId, ConsumerSpec,
+    ExchangeDeclare, Message, Published, Queue, QueueDeclare,
 };
 use pier_wire::{
-    reply_code as rc, BasicAck, BasicCancelOk, BasicGetEmpty, BasicNack, BasicPublish, BasicQosOk,
-    BasicRecoverOk, ChannelFlowOk, ConfirmSelectOk, ContentHeader, ExchangeBindOk,
-    ExchangeDeclareOk, ExchangeDeleteOk, ExchangeUnbindOk, Method, QueueBindOk, QueueDeclareOk,
-    QueueDeleteOk, QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk, TxRollbackOk, TxSelectOk,
+    reply_code as rc, BasicCancelOk, BasicGetEmpty, BasicPublish, BasicQosOk, BasicRecoverOk,
+    ChannelFlowOk, ConfirmSelectOk, ContentHeader, ExchangeBindOk, ExchangeDeclareOk,
+    ExchangeDeleteOk, ExchangeUnbindOk, Method, QueueBindOk, QueueDeclareOk, QueueDeleteOk,
+    QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
 use crate::connection::{requeue_grouped, Connection};
@@ -68,8 +68,8 @@ pub(crate) struct Channel {
     pub confirm: bool,
     /// Sequence number of the last publish in confirm mode.
     pub publish_seq: u64,
-    /// Highest sequence number confirmed to the client.
-    pub confirmed: u64,
+    /// `publish_seq` as last reported to the Outbound's confirm bookkeeping.
+    pub reported_seq: u64,
     pub tx: Option<Tx>,
     pub pending: Option<PendingPublish>,
     /// The last queue this channel declared, for the empty queue name shorthand.
@@ -93,7 +93,7 @@ impl Channel {
             prefetch_count: 0,
             confirm: false,
             publish_seq: 0,
-            confirmed: 0,
+            reported_seq: 0,
             tx: None,
             pending: None,
             last_queue: None,
@@ -614,10 +614,28 @@ impl Connection {
         }
         // BCC routed the message; it is not delivered with it.
         let message = Message::without_bcc(message);
+        // In confirm mode a persistent message's ack waits until every stored copy is on disk.
+        let confirm_seq = match self.channels.get_mut(&ch) {
+            Some(c) if c.confirm => {
+                c.publish_seq += 1;
+                Some(c.publish_seq)
+            }
+            _ => None,
+        };
+        let durability = match confirm_seq {
+            Some(seq) if message.is_persistent() => {
+                self.outbound.confirm_wait(ch, seq);
+                let outbound = Arc::clone(&self.outbound);
+                Some(PublishDurability::new(move |ok| {
+                    outbound.confirm_durable(ch, seq, ok);
+                }))
+            }
+            _ => None,
+        };
         let mut delivered = false;
         let mut rejected = false;
         for q in queues.drain(..) {
-            match q.publish(Arc::clone(&message)) {
+            match q.publish_durable(Arc::clone(&message), durability.as_ref()) {
                 Published::Accepted => delivered = true,
                 Published::Rejected => {
                     delivered = true;
@@ -631,61 +649,25 @@ impl Connection {
             self.outbound
                 .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
         }
-        let channel = self.channel(ch)?;
-        if channel.confirm {
-            if rejected {
-                // A queue refused it (x-overflow reject-publish): basic.nack.
-                self.nack_publish(ch);
-            } else {
-                channel.publish_seq += 1;
-            }
+        if let Some(d) = durability {
+            d.release();
+        }
+        if let (Some(seq), true) = (confirm_seq, rejected) {
+            // A queue refused it (x-overflow reject-publish): basic.nack.
+            self.outbound.confirm_nack(ch, seq);
         }
         Ok(())
     }
 
-    /// Sends one basic.ack per channel for everything published since the last flush
-    /// (`multiple` when it covers more than one message). Called after each read batch.
+    /// Reports what each confirm-mode channel has routed since the last flush; the Outbound
+    /// sends one basic.ack per channel for all of it that does not wait for the disk.
+    /// Called after each read batch.
     pub(crate) fn flush_confirms(&mut self) {
         for (&id, ch) in &mut self.channels {
-            if ch.confirm && ch.publish_seq > ch.confirmed && !ch.closing {
-                let multiple = ch.publish_seq - ch.confirmed > 1;
-                self.outbound.send_method(
-                    id,
-                    &Method::BasicAck(BasicAck {
-                        delivery_tag: ch.publish_seq,
-                        multiple,
-                    }),
-                );
-                ch.confirmed = ch.publish_seq;
+            if ch.confirm && ch.publish_seq > ch.reported_seq && !ch.closing {
+                self.outbound.confirm_published(id, ch.publish_seq);
+                ch.reported_seq = ch.publish_seq;
             }
-        }
-    }
-
-    fn nack_publish(&mut self, ch: u16) {
-        // Refusals (overflow reject-publish, later store failures): flush acks first so that
-        // confirms stay in order, then nack this one.
-        if let Some(channel) = self.channels.get_mut(&ch) {
-            channel.publish_seq += 1;
-            let seq = channel.publish_seq;
-            if seq - 1 > channel.confirmed {
-                let multiple = seq - 1 - channel.confirmed > 1;
-                self.outbound.send_method(
-                    ch,
-                    &Method::BasicAck(BasicAck {
-                        delivery_tag: seq - 1,
-                        multiple,
-                    }),
-                );
-            }
-            channel.confirmed = seq;
-            self.outbound.send_method(
-                ch,
-                &Method::BasicNack(BasicNack {
-                    delivery_tag: seq,
-                    multiple: false,
-                    requeue: false,
-                }),
-            );
         }
     }
 

@@ -47,6 +47,22 @@ pub(crate) struct ChannelDeliveries {
     pub unacked: VecDeque<Unacked>,
     /// Consumers the broker cancelled; the channel forgets them on its next look.
     pub cancelled: Vec<ShortString>,
+    confirms: Confirms,
+}
+
+/// Publisher-confirm bookkeeping of a channel. Transient messages are confirmed once routed;
+/// persistent ones in durable queues only once the store has them on disk, so a channel's
+/// acks advance up to (not past) the oldest publish still waiting for the disk.
+#[derive(Debug, Default)]
+struct Confirms {
+    /// Highest sequence number the reader has finished routing.
+    published: u64,
+    /// Publishes waiting for the store.
+    waiting: std::collections::BTreeSet<u64>,
+    /// Everything up to here was acked or nacked to the client.
+    confirmed: u64,
+    /// Nacked above `confirmed` (already answered individually).
+    nacked: std::collections::BTreeSet<u64>,
 }
 
 impl ChannelDeliveries {
@@ -258,6 +274,89 @@ impl Outbound {
             },
             size,
         );
+    }
+
+    /// The reader routed every publish up to `upto`: confirm what no longer waits.
+    pub fn confirm_published(&self, channel: u16, upto: u64) {
+        let mut st = self.lock();
+        if let Some(ch) = st.channels.get_mut(&channel) {
+            ch.confirms.published = ch.confirms.published.max(upto);
+        }
+        self.flush_confirms(&mut st, channel);
+    }
+
+    /// Publish `seq` waits for the store (registered before it is routed).
+    pub fn confirm_wait(&self, channel: u16, seq: u64) {
+        if let Some(ch) = self.lock().channels.get_mut(&channel) {
+            ch.confirms.waiting.insert(seq);
+        }
+    }
+
+    /// The store answered for publish `seq` (called on the store thread).
+    pub fn confirm_durable(&self, channel: u16, seq: u64, ok: bool) {
+        let mut st = self.lock();
+        let Some(ch) = st.channels.get_mut(&channel) else {
+            return;
+        };
+        ch.confirms.waiting.remove(&seq);
+        if !ok {
+            ch.confirms.nacked.insert(seq);
+            self.push_confirm(&mut st, channel, seq, false, false);
+        }
+        self.flush_confirms(&mut st, channel);
+    }
+
+    /// Publish `seq` was refused (x-overflow reject-publish): basic.nack now.
+    pub fn confirm_nack(&self, channel: u16, seq: u64) {
+        let mut st = self.lock();
+        let Some(ch) = st.channels.get_mut(&channel) else {
+            return;
+        };
+        ch.confirms.nacked.insert(seq);
+        self.push_confirm(&mut st, channel, seq, false, false);
+    }
+
+    fn push_confirm(&self, st: &mut State, channel: u16, tag: u64, multiple: bool, ack: bool) {
+        let m = if ack {
+            Method::BasicAck(pier_wire::BasicAck {
+                delivery_tag: tag,
+                multiple,
+            })
+        } else {
+            Method::BasicNack(pier_wire::BasicNack {
+                delivery_tag: tag,
+                multiple,
+                requeue: false,
+            })
+        };
+        let mut buf = BytesMut::with_capacity(m.encoded_size() + 8);
+        encode_method_frame(&mut buf, channel, &m);
+        let len = buf.len();
+        self.push(st, Item::Frames(buf.freeze()), len);
+    }
+
+    /// One basic.ack (`multiple` when it covers more than one publish) for everything settled
+    /// below the oldest publish still waiting for the disk.
+    fn flush_confirms(&self, st: &mut State, channel: u16) {
+        let Some(ch) = st.channels.get_mut(&channel) else {
+            return;
+        };
+        let c = &mut ch.confirms;
+        let upto = match c.waiting.first() {
+            Some(&w) => (w - 1).min(c.published),
+            None => c.published,
+        };
+        if upto <= c.confirmed {
+            return;
+        }
+        let total = upto - c.confirmed;
+        let nacked = c.nacked.range(c.confirmed + 1..=upto).count() as u64;
+        c.confirmed = upto;
+        c.nacked.retain(|&t| t > upto);
+        if nacked == total {
+            return;
+        }
+        self.push_confirm(st, channel, upto, total > 1, true);
     }
 
     /// Asks the writer to flush what is queued and stop.

@@ -49,6 +49,10 @@ pub struct FileConfig {
     pub channel_max: Option<u16>,
     pub heartbeat: Option<u16>,
     pub max_message_size: Option<u64>,
+    /// When persistent messages reach the disk: "always" (default: fsync before every
+    /// publisher confirm, batched), "never" (the OS decides; a machine crash can lose
+    /// confirmed messages), or "<N>ms" (fsync at most every N ms; confirms wait for it).
+    pub fsync: Option<String>,
     /// RabbitMQ's `consumer_timeout` in milliseconds (default 1800000 = 30 minutes); 0
     /// disables it.
     pub consumer_timeout: Option<u64>,
@@ -217,6 +221,22 @@ impl FileConfig {
     }
 }
 
+/// Parses the `fsync` setting.
+pub fn sync_policy(value: Option<&str>) -> anyhow::Result<pier_store::SyncPolicy> {
+    use pier_store::SyncPolicy;
+    Ok(match value {
+        None | Some("always") => SyncPolicy::Always,
+        Some("never") => SyncPolicy::Never,
+        Some(v) => match v
+            .strip_suffix("ms")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+        {
+            Some(ms) if ms > 0 => SyncPolicy::Interval(std::time::Duration::from_millis(ms)),
+            _ => anyhow::bail!("fsync must be \"always\", \"never\" or \"<N>ms\", not {v:?}"),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -277,6 +297,19 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn fsync_setting() {
+        use pier_store::SyncPolicy;
+        assert_eq!(sync_policy(None).unwrap(), SyncPolicy::Always);
+        assert_eq!(sync_policy(Some("never")).unwrap(), SyncPolicy::Never);
+        assert_eq!(
+            sync_policy(Some("5ms")).unwrap(),
+            SyncPolicy::Interval(std::time::Duration::from_millis(5))
+        );
+        assert!(sync_policy(Some("sometimes")).is_err());
+        assert!(sync_policy(Some("0ms")).is_err());
     }
 
     #[test]

@@ -59,7 +59,9 @@ struct ServerArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -83,6 +85,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let broker = Arc::new(file.build_broker()?);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let sync_policy = config::sync_policy(file.fsync.as_deref())?;
+    let storage = Arc::new(
+        pier_broker::storage::BrokerStorage::open(&args.data_dir, sync_policy)
+            .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?,
+    );
+    // Recovery reads the store through its thread: keep it off the async workers.
+    {
+        let (storage, broker) = (Arc::clone(&storage), Arc::clone(&broker));
+        tokio::task::spawn_blocking(move || storage.recover(&broker))
+            .await
+            .context("recovery task")?
+            .context("recovering from the data directory")?;
+    }
 
     let mut server_config = pier_server::ServerConfig::default();
     if let Some(v) = file.frame_max {
@@ -139,6 +154,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!("management HTTP task failed: {e}"),
         Ok(Ok(Ok(()))) | Err(_) => {}
     }
+    // Every store flushed and synced (acks included) before the process exits.
+    tokio::task::spawn_blocking(move || storage.shutdown())
+        .await
+        .context("closing the stores")?;
     tracing::info!("stopped");
     Ok(())
 }
