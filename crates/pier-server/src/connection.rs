@@ -104,6 +104,13 @@ impl Connection {
             Some(Duration::from_secs(u64::from(self.heartbeat) * 2))
         };
         let mut close_deadline: Option<tokio::time::Instant> = None;
+        // The heartbeat deadline timer is pushed back lazily (only when it fires) instead of
+        // being re-armed on every read: under load that is one timer operation per timeout
+        // period rather than one per read.
+        let mut last_read = tokio::time::Instant::now();
+        let far = Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep(read_timeout.unwrap_or(far));
+        tokio::pin!(timer);
         // consumer_timeout: checked periodically (channel.rs, check_consumer_timeouts).
         let mut ack_check = self.config.consumer_timeout.map(|t| {
             let period = (t / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
@@ -157,10 +164,13 @@ impl Connection {
                 continue;
             }
 
+            if let Some(d) = close_deadline {
+                if timer.deadline() != d {
+                    timer.as_mut().reset(d);
+                }
+            }
             reader.buf.reserve(64 * 1024);
             let read = reader.io.read_buf(&mut reader.buf);
-            let deadline =
-                close_deadline.or_else(|| read_timeout.map(|t| tokio::time::Instant::now() + t));
             tokio::select! {
                 r = read => {
                     let n = r?;
@@ -168,13 +178,27 @@ impl Connection {
                         return Err(ConnectionError::Eof);
                     }
                     self.registered.count_read(n);
+                    last_read = tokio::time::Instant::now();
+                    if n >= 32 * 1024 {
+                        // A busy publisher: let the other connections on this worker run
+                        // before handling the next batch, so that no connection is starved.
+                        tokio::task::yield_now().await;
+                    }
                 }
-                () = sleep_until_opt(deadline) => {
+                () = &mut timer => {
                     if self.closing {
                         return Ok(());
                     }
-                    tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
-                    return Err(ConnectionError::HeartbeatTimeout(self.heartbeat));
+                    match read_timeout {
+                        Some(t) if last_read.elapsed() < t => {
+                            timer.as_mut().reset(last_read + t);
+                        }
+                        Some(_) => {
+                            tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", self.heartbeat);
+                            return Err(ConnectionError::HeartbeatTimeout(self.heartbeat));
+                        }
+                        None => timer.as_mut().reset(tokio::time::Instant::now() + far),
+                    }
                 }
                 () = shutdown.cancelled(), if !self.closing => {
                     self.begin_forced_close();
@@ -504,13 +528,6 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
         Some(i) => {
             i.tick().await;
         }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
 }

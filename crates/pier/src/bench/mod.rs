@@ -64,13 +64,20 @@ pub struct BenchArgs {
     /// are raised to 16 (send time + run id); any size from 8 up is used as given.
     #[arg(long, short = 's', default_value_t = 16)]
     pub size: usize,
-    /// Run for this many seconds (fractions allowed).
+    /// Run for this many seconds (fractions allowed); producers and consumers stop together,
+    /// leaving any backlog in the queues. With neither --time nor --pmessages the bench runs
+    /// until Ctrl-C.
     #[arg(long, short = 'z')]
     pub time: Option<f64>,
     /// Messages per producer; the run ends once consumers have received everything
     /// published (or fails after --drain-timeout without progress).
     #[arg(long, short = 'C')]
     pub pmessages: Option<u64>,
+    /// Messages to consume in all, then stop: drains what an earlier run (or anyone) left in
+    /// the queues, e.g. `--producers 0 --cmessages 1000000`. Messages of earlier runs count
+    /// (as stale: no latency); fails after --drain-timeout without progress.
+    #[arg(long, short = 'D')]
+    pub cmessages: Option<u64>,
     /// Publish rate limit per producer, messages/s (0 = unlimited).
     #[arg(long, short = 'r', default_value_t = 0)]
     pub rate: u64,
@@ -132,6 +139,7 @@ pub struct Config {
     pub size: usize,
     pub time: Option<Duration>,
     pub pmessages: Option<u64>,
+    pub cmessages: Option<u64>,
     pub rate: u64,
     pub persistent: bool,
     pub confirm: Option<u32>,
@@ -232,6 +240,15 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
     if args.pmessages.is_some() && args.producers == 0 {
         bail!("--pmessages needs at least one producer");
     }
+    if args.cmessages == Some(0) {
+        bail!("--cmessages must be at least 1");
+    }
+    if args.cmessages.is_some() && args.consumers == 0 {
+        bail!("--cmessages needs at least one consumer");
+    }
+    if args.cmessages.is_some() && args.pmessages.is_some() {
+        bail!("use either --pmessages (drain what this run published) or --cmessages, not both");
+    }
     if args.autoack && args.multi_ack > 1 {
         bail!("--multi-ack makes no sense with --autoack");
     }
@@ -269,6 +286,7 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
         size: message::effective_size(args.size),
         time,
         pmessages: args.pmessages,
+        cmessages: args.cmessages,
         rate: args.rate,
         persistent: args.persistent,
         confirm: (args.confirm > 0).then_some(args.confirm),
@@ -470,6 +488,23 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             // control: it is collected below.
             break;
         }
+        if let Some(target) = cfg.cmessages {
+            // Consume-only drain: stop at the target or when nothing arrives for too long.
+            let received = snap.consumed + snap.stale;
+            if received >= target {
+                break;
+            }
+            match last_progress {
+                Some((seen, at)) if seen == received => {
+                    if now.duration_since(at) >= cfg.drain_timeout {
+                        drain_failed = true;
+                        break;
+                    }
+                }
+                _ => last_progress = Some((received, now)),
+            }
+            continue;
+        }
         if cfg.producers == 0 {
             continue;
         }
@@ -533,9 +568,18 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         .unwrap_or(run_secs);
     let consume_secs = secs_between(start_ns, counters.last_consume_ns.load(Ordering::Relaxed))
         .unwrap_or(run_secs);
-    let expected = cfg.pmessages.map(|_| snap.published * cfg.copies());
+    let expected = match cfg.cmessages {
+        Some(target) => Some(target),
+        None => cfg.pmessages.map(|_| snap.published * cfg.copies()),
+    };
+    // With --cmessages, messages of earlier runs count too.
+    let received = if cfg.cmessages.is_some() {
+        snap.consumed + snap.stale
+    } else {
+        snap.consumed
+    };
     let all_consumed = match expected {
-        Some(e) if cfg.consumers > 0 => Some(snap.consumed >= e && !drain_failed),
+        Some(e) if cfg.consumers > 0 => Some(received >= e && !drain_failed),
         _ => None,
     };
 
@@ -580,7 +624,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     match (all_consumed, expected) {
         (Some(false), Some(e)) => bail!(
             "only {} of {} messages consumed (nothing more within {:?})",
-            thousands(snap.consumed),
+            thousands(received),
             thousands(e),
             cfg.drain_timeout
         ),
@@ -718,6 +762,20 @@ struct Summary<'a> {
 }
 
 impl Summary<'_> {
+    /// Messages that count towards the target: with --cmessages, earlier runs' too.
+    fn received(&self) -> u64 {
+        if self.cfg.cmessages.is_some() {
+            self.snap.consumed + self.snap.stale
+        } else {
+            self.snap.consumed
+        }
+    }
+
+    /// Every message received per second, this run's and earlier runs' (a drain's rate).
+    fn receive_rate(&self) -> f64 {
+        (self.snap.consumed + self.snap.stale) as f64 / self.consume_secs.max(1e-9)
+    }
+
     fn rates(&self) -> (f64, f64, f64) {
         let s = &self.snap;
         (
@@ -759,6 +817,14 @@ impl Summary<'_> {
                 String::new()
             }
         );
+        if s.stale > 0 {
+            let _ = writeln!(
+                out,
+                "received   {:>12}   avg {:>10} msg/s   (this run's and earlier runs')",
+                thousands(s.consumed + s.stale),
+                rate(self.receive_rate())
+            );
+        }
         for (what, counts) in [
             ("per producer", &self.per_producer),
             ("per consumer", &self.per_consumer),
@@ -806,7 +872,7 @@ impl Summary<'_> {
                 let _ = writeln!(
                     out,
                     "NOT all messages consumed: {} of {}",
-                    thousands(s.consumed),
+                    thousands(self.received()),
                     thousands(e)
                 );
             }
@@ -840,6 +906,7 @@ impl Summary<'_> {
             "rate_limit": c.rate,
             "time_secs": c.time.map(|t| t.as_secs_f64()),
             "pmessages": c.pmessages,
+            "cmessages": c.cmessages,
             "duration_secs": (self.wall * 100.0).round() / 100.0,
             "published": s.published,
             "confirmed": s.confirmed,
@@ -853,6 +920,7 @@ impl Summary<'_> {
             "publish_rate": round(pub_rate),
             "confirm_rate": round(conf_rate),
             "consume_rate": round(cons_rate),
+            "receive_rate": round(self.receive_rate()),
             "latency_us": self.latency.to_json(),
             "bench_cpu_percent": self.bench_cpu.map(round),
             "broker_cpu_percent": self.broker_cpu.map(round),
@@ -943,6 +1011,9 @@ mod tests {
             &["--prefetch", "10", "--multi-ack", "100"],
             &["--routing-key", "k"],
             &["--exchange", "amq.direct"],
+            &["--cmessages", "0"],
+            &["-y", "0", "--cmessages", "5"],
+            &["--pmessages", "5", "--cmessages", "5"],
             // 2 queues get messages but only queue 1 is consumed: the drain check could
             // never pass.
             &["-x", "2", "-y", "1", "--queues", "2", "--pmessages", "5"],
@@ -972,6 +1043,8 @@ mod tests {
             &["-x", "2", "-y", "0", "--pmessages", "5"],
             &["-x", "0", "-y", "2", "--time", "1"],
             &["--exchange", "amq.direct", "--no-declare"],
+            &["-x", "0", "-y", "1", "--cmessages", "1000"],
+            &["-x", "1", "-y", "2", "--time", "5", "-D", "10"],
         ];
         for extra in good {
             assert!(
