@@ -201,3 +201,39 @@ def test_torn_tail_and_flipped_bytes_are_skipped(pier_factory):
     assert bodies[-1] not in got, "the torn record was delivered"
     assert got == [b for b in bodies if b in set(got)], "order changed"
     assert "corrupt" in proc.log_tail(200).lower() or "torn" in proc.log_tail(200).lower()
+
+
+def test_delayed_messages_on_a_durable_exchange_survive_a_restart(pier_factory):
+    proc = pier_factory()
+    conn = _connect(proc)
+    ch = conn.channel()
+    ch.exchange_declare("delay.x", "x-delayed-message", durable=True,
+                        arguments={"x-delayed-type": "direct"})
+    ch.queue_declare("delay.q", durable=True)
+    ch.queue_bind("delay.q", "delay.x", "k")
+    ch.confirm_delivery()
+    ch.basic_publish("delay.x", "k", b"late", properties=pika.BasicProperties(
+        delivery_mode=2, headers={"x-delay": 2500, "app": "kept"}))
+    ch.basic_publish("delay.x", "k", b"soon", properties=pika.BasicProperties(
+        delivery_mode=2, headers={"x-delay": 300}))
+    conn.close()
+
+    started = time.monotonic()
+    _restart(proc)
+    conn = _connect(proc)
+    ch = conn.channel()
+    assert ch.queue_declare("delay.q", passive=True).method.message_count == 0 or \
+        time.monotonic() - started > 0.3
+    got = []
+    deadline = time.monotonic() + 15
+    while len(got) < 2 and time.monotonic() < deadline:
+        method, props, body = ch.basic_get("delay.q", auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        got.append((body, props.headers))
+    assert [b for b, _ in got] == [b"soon", b"late"]
+    late_headers = got[1][1]
+    assert late_headers["app"] == "kept" and "x-pier-due" not in late_headers
+    assert time.monotonic() - started >= 2.0, "the delay was not kept across the restart"
+    conn.close()

@@ -36,6 +36,15 @@ impl std::fmt::Debug for QueueStore {
 pub struct VhostStorage {
     pub messages: StoreHandle,
     pub definitions: Arc<DefinitionsStore>,
+    /// The store queue holding messages waiting in durable delayed-message exchanges.
+    pub delayed: Arc<DelayedQueue>,
+}
+
+/// Messages of durable `x-delayed-message` exchanges live in one store queue per vhost.
+#[derive(Debug)]
+pub struct DelayedQueue {
+    pub id: QueueId,
+    pub next_offset: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for VhostStorage {

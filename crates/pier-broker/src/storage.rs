@@ -22,7 +22,10 @@ use pier_store::{
 use pier_wire::{FieldTable, ShortString};
 
 use crate::exchange::{Destination, Exchange};
-use crate::persist::{from_stored, QueueStore, VhostStorage};
+use crate::message::Message;
+use crate::persist::{
+    from_stored, to_stored, DelayedQueue, PublishDurability, QueueStore, VhostStorage,
+};
 use crate::queue::Queue;
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use crate::{Broker, Permission};
@@ -45,6 +48,18 @@ pub enum StorageError {
     },
 }
 
+/// The store queue of delayed messages. Clients cannot name a queue `amq.*`, so it cannot
+/// collide with theirs.
+const DELAYED_QUEUE: &str = "amq.pier.delayed";
+/// Header carrying a stored delayed message's due time (Unix milliseconds).
+const DUE_HEADER: &str = "x-pier-due";
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What a start-up recovery found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RecoverySummary {
@@ -53,6 +68,7 @@ pub struct RecoverySummary {
     pub queues: usize,
     pub bindings: usize,
     pub messages: u64,
+    pub delayed: u64,
 }
 
 /// The node's storage: the definitions store and one message store thread per vhost.
@@ -176,6 +192,9 @@ impl BrokerStorage {
                 let info = by_name.remove(&qd.name);
                 summary.messages += restore_queue(&queue, &handle, info)?;
             }
+            let delayed_info = by_name.remove(DELAYED_QUEUE);
+            let delayed = restore_delayed(&vh, &handle, delayed_info)?;
+            summary.delayed += vh.delayed_count() as u64;
             // Stored queues without a definition were deleted while a write was in flight.
             for (_, orphan) in by_name {
                 let id = orphan.id;
@@ -202,6 +221,7 @@ impl BrokerStorage {
             vh.attach_storage(VhostStorage {
                 messages: handle,
                 definitions: Arc::clone(&self.definitions),
+                delayed,
             });
         }
         // From here on, what the broker holds is what is stored.
@@ -236,6 +256,7 @@ impl BrokerStorage {
             queues = summary.queues,
             bindings = summary.bindings,
             messages = summary.messages,
+            delayed = summary.delayed,
             "recovered from {} in {:.1?}",
             self.dir.display(),
             started.elapsed()
@@ -267,6 +288,7 @@ impl BrokerStorage {
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
         let handle = self.open_vhost_store(vh.name())?;
+        let delayed = restore_delayed(vh, &handle, None)?;
         self.definitions.put_vhost(&VhostDef {
             name: vh.name().to_owned(),
             description: String::new(),
@@ -275,6 +297,7 @@ impl BrokerStorage {
         vh.attach_storage(VhostStorage {
             messages: handle,
             definitions: Arc::clone(&self.definitions),
+            delayed,
         });
         Ok(())
     }
@@ -356,6 +379,108 @@ fn restore_queue(
     });
     queue.restore(messages, next_offset);
     Ok(count)
+}
+
+/// Opens the vhost's delayed-message store queue and puts what it holds back in the vhost's
+/// delay heap, each due at its stored time (or at once if that has passed).
+fn restore_delayed(
+    vh: &VHost,
+    handle: &pier_store::StoreHandle,
+    info: Option<pier_store::QueueInfo>,
+) -> Result<Arc<DelayedQueue>, StorageError> {
+    let err = |source| StorageError::Messages {
+        vhost: vh.name().to_owned(),
+        source,
+    };
+    let id = match &info {
+        Some(i) => i.id,
+        None => handle
+            .call(|s| s.open_queue(DELAYED_QUEUE))
+            .map_err(err)?
+            .map_err(err)?,
+    };
+    let loaded = handle
+        .call(
+            move |s| -> pier_store::Result<Vec<(u64, pier_store::StoredMessage)>> {
+                let live = s.live_messages(id)?;
+                let mut out = Vec::with_capacity(live.len());
+                for l in live {
+                    if let Ok(m) = s.read(id, l.offset) {
+                        out.push((l.offset, m));
+                    }
+                }
+                Ok(out)
+            },
+        )
+        .map_err(err)?
+        .map_err(err)?;
+    let now = unix_ms();
+    for (offset, stored) in loaded {
+        let Some(m) = from_stored(stored) else {
+            continue;
+        };
+        let mut props = m.properties.clone();
+        let due = props
+            .headers
+            .as_mut()
+            .and_then(|h| h.remove(DUE_HEADER))
+            .and_then(|v| v.as_i64())
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(now);
+        let message = Message::from_properties(m.exchange, m.routing_key, props, m.body);
+        vh.restore_delayed(Arc::new(message), due.saturating_sub(now), offset);
+    }
+    Ok(Arc::new(DelayedQueue {
+        id,
+        next_offset: std::sync::atomic::AtomicU64::new(info.map_or(0, |i| i.next_offset)),
+    }))
+}
+
+/// Stores a message entering a durable delayed exchange; returns its offset there.
+pub(crate) fn delayed_stored(
+    s: &VhostStorage,
+    message: &Message,
+    delay_ms: u64,
+    durability: Option<&Arc<PublishDurability>>,
+) -> Option<u64> {
+    let mut props = message.properties.clone();
+    let due = i64::try_from(unix_ms().saturating_add(delay_ms)).unwrap_or(i64::MAX);
+    props
+        .headers
+        .get_or_insert_with(FieldTable::new)
+        .insert(DUE_HEADER, pier_wire::FieldValue::LongLongInt(due));
+    let copy = Message::from_properties(
+        message.exchange.clone(),
+        message.routing_key.clone(),
+        props,
+        message.body.clone(),
+    );
+    let offset = s
+        .delayed
+        .next_offset
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let refs = vec![pier_store::QueueRef {
+        queue: s.delayed.id,
+        offset,
+    }];
+    let sent = match durability {
+        Some(d) => s.messages.append(refs, to_stored(&copy), d.add()),
+        None => s.messages.append(refs, to_stored(&copy), |_| {}),
+    };
+    match sent {
+        Ok(()) => Some(offset),
+        Err(e) => {
+            tracing::error!("storing a delayed message failed: {e}");
+            None
+        }
+    }
+}
+
+/// Delayed messages that fired (or were dropped) leave the store.
+pub(crate) fn delayed_fired(s: &VhostStorage, offsets: Vec<u64>) {
+    if !offsets.is_empty() {
+        log_err("delayed message ack", s.messages.ack(s.delayed.id, offsets));
+    }
 }
 
 // ---- write-through hooks, called by the vhost with its topology lock held ----

@@ -648,9 +648,9 @@ fn delayed_exchange_holds_messages_until_due() {
     let slow = to_exchange("later", "k", delayed_headers(200), "slow");
     let fast = to_exchange("later", "k", delayed_headers(100), "fast");
     let now = to_exchange("later", "k", delayed_headers(0), "now");
-    assert!(vh.delay(&slow));
-    assert!(vh.delay(&fast));
-    assert!(!vh.delay(&now), "x-delay <= 0 routes at once");
+    assert!(vh.delay(&slow, None));
+    assert!(vh.delay(&fast, None));
+    assert!(!vh.delay(&now, None), "x-delay <= 0 routes at once");
     assert_eq!(vh.delayed_count(), 2);
     advance(&vh, 150);
     vh.tick();

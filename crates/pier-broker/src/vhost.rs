@@ -109,6 +109,8 @@ struct DelayedMessage {
     seq: u64,
     exchange: ShortString,
     message: Arc<Message>,
+    /// Its offset in the vhost's delayed-message store queue, when the exchange is durable.
+    stored: Option<u64>,
 }
 
 impl PartialEq for DelayedMessage {
@@ -1053,31 +1055,57 @@ impl VHost {
     /// A message published to an `x-delayed-message` exchange with a positive `x-delay`
     /// header is held until then (true); anything else routes now (false). Like the plugin,
     /// routing happens when the delay is over, with the bindings in place at that time.
-    pub fn delay(&self, message: &Arc<Message>) -> bool {
+    ///
+    /// On a durable exchange of a vhost with storage the message is stored (with its due time)
+    /// so that it survives a restart; `durability` then learns when it is on disk.
+    pub fn delay(
+        &self,
+        message: &Arc<Message>,
+        durability: Option<&Arc<crate::persist::PublishDurability>>,
+    ) -> bool {
         if message.exchange.is_empty() {
             return false;
         }
         let Some(delay) = delay_of(message) else {
             return false;
         };
-        {
+        let durable = {
             let t = self.read();
             match t.exchanges.get(&message.exchange) {
-                Some(x) if x.delayed && !x.internal => {}
+                Some(x) if x.delayed && !x.internal => x.durable,
                 _ => return false,
             }
-        }
+        };
         let due = self.clock.now_ms().saturating_add(delay);
         let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-        static SEQ: AtomicU64 = AtomicU64::new(0);
+        // Stored under the heap lock: the store needs this pseudo-queue's offsets in order.
+        let stored = match (durable, self.storage()) {
+            (true, Some(s)) => crate::storage::delayed_stored(s, message, delay, durability),
+            _ => None,
+        };
         heap.push(Reverse(DelayedMessage {
             due,
-            seq: SEQ.fetch_add(1, Ordering::Relaxed),
+            seq: DELAYED_SEQ.fetch_add(1, Ordering::Relaxed),
             exchange: message.exchange.clone(),
             message: Arc::clone(message),
+            stored,
         }));
         self.next_delayed.fetch_min(due, Ordering::Relaxed);
         true
+    }
+
+    /// Puts back a delayed message recovered from the store, due in `remaining_ms`.
+    pub(crate) fn restore_delayed(&self, message: Arc<Message>, remaining_ms: u64, offset: u64) {
+        let due = self.clock.now_ms().saturating_add(remaining_ms);
+        let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
+        heap.push(Reverse(DelayedMessage {
+            due,
+            seq: DELAYED_SEQ.fetch_add(1, Ordering::Relaxed),
+            exchange: message.exchange.clone(),
+            message,
+            stored: Some(offset),
+        }));
+        self.next_delayed.fetch_min(due, Ordering::Relaxed);
     }
 
     /// How many messages delayed exchanges hold.
@@ -1099,6 +1127,10 @@ impl VHost {
             }
             let next = heap.peek().map_or(NEVER, |Reverse(d)| d.due);
             self.next_delayed.store(next, Ordering::Relaxed);
+        }
+        if let Some(s) = self.storage() {
+            let fired: Vec<u64> = due.iter().filter_map(|d| d.stored).collect();
+            crate::storage::delayed_fired(s, fired);
         }
         let mut targets = Vec::new();
         for d in due {
@@ -1153,6 +1185,8 @@ impl VHost {
 }
 
 /// The plugin negates `x-delay` on the message it finally routes (so it is not delayed twice).
+static DELAYED_SEQ: AtomicU64 = AtomicU64::new(0);
+
 fn undelayed(message: Arc<Message>) -> Arc<Message> {
     let mut props = message.properties.clone();
     if let Some(h) = props.headers.as_mut() {

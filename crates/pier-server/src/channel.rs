@@ -587,33 +587,6 @@ impl Connection {
             }
             return Ok(());
         }
-        if self.vhost.delay(&message) {
-            // Held by an x-delayed-message exchange. Like the plugin, it routes to nothing now,
-            // so a mandatory publish is returned at once (the plugin does not support it).
-            if mandatory {
-                self.outbound
-                    .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
-            }
-            let channel = self.channel(ch)?;
-            if channel.confirm {
-                channel.publish_seq += 1;
-            }
-            return Ok(());
-        }
-        let mut queues = std::mem::take(&mut self.route_buf);
-        queues.clear();
-        let routed = self.vhost.route(
-            &message.exchange,
-            &message.routing_key,
-            message.properties.headers.as_ref(),
-            &mut queues,
-        );
-        if let Err(e) = routed {
-            self.route_buf = queues;
-            return Err(AmqpException::from(e).on_ids(60, 40));
-        }
-        // BCC routed the message; it is not delivered with it.
-        let message = Message::without_bcc(message);
         // In confirm mode a persistent message's ack waits until every stored copy is on disk.
         let confirm_seq = match self.channels.get_mut(&ch) {
             Some(c) if c.confirm => {
@@ -632,6 +605,33 @@ impl Connection {
             }
             _ => None,
         };
+        if self.vhost.delay(&message, durability.as_ref()) {
+            // Held by an x-delayed-message exchange. Like the plugin, it routes to nothing now,
+            // so a mandatory publish is returned at once (the plugin does not support it).
+            if mandatory {
+                self.outbound
+                    .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
+            }
+            if let Some(d) = durability {
+                d.release();
+            }
+            return Ok(());
+        }
+        let mut queues = std::mem::take(&mut self.route_buf);
+        queues.clear();
+        let routed = self.vhost.route(
+            &message.exchange,
+            &message.routing_key,
+            message.properties.headers.as_ref(),
+            &mut queues,
+        );
+        if let Err(e) = routed {
+            // The channel closes: its pending confirm is never answered, as in RabbitMQ.
+            self.route_buf = queues;
+            return Err(AmqpException::from(e).on_ids(60, 40));
+        }
+        // BCC routed the message; it is not delivered with it.
+        let message = Message::without_bcc(message);
         let mut delivered = false;
         let mut rejected = false;
         for q in queues.drain(..) {
