@@ -5,8 +5,10 @@
 //! between RabbitMQ and Pier unchanged. Plain passwords are never stored or logged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
+use regex::Regex;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,112 @@ impl Permission {
             read: ".*".into(),
         }
     }
+
+    /// Checks that all three patterns compile; the error names the first that does not.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, pattern) in [
+            ("configure", &self.configure),
+            ("write", &self.write),
+            ("read", &self.read),
+        ] {
+            Regex::new(pattern)
+                .map_err(|e| format!("invalid {what} pattern '{pattern}': {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The three patterns compiled, ready for `CompiledPermission::allows`.
+    pub fn compile(&self) -> CompiledPermission {
+        CompiledPermission {
+            configure: Matcher::new(&self.configure),
+            write: Matcher::new(&self.write),
+            read: Matcher::new(&self.read),
+        }
+    }
+}
+
+/// Which of a permission's three patterns an operation needs (RabbitMQ's terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Declare and delete.
+    Configure,
+    /// Publish to an exchange; bind to a queue or exchange (the destination).
+    Write,
+    /// Consume, get and purge a queue; bind from an exchange (the source).
+    Read,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Configure => "configure",
+            Access::Write => "write",
+            Access::Read => "read",
+        })
+    }
+}
+
+/// One pattern, matched as RabbitMQ's internal authorisation backend does: an unanchored
+/// search (`re:run`), with the empty pattern meaning `^$` (nothing but the empty name).
+#[derive(Debug, Clone)]
+enum Matcher {
+    /// `.*`, the common case: no regex run at all.
+    Any,
+    Regex(Regex),
+    /// A pattern the regex engine rejects (Pier's engine lacks PCRE's look-around and
+    /// back-references): it grants nothing.
+    Nothing,
+}
+
+impl Matcher {
+    fn new(pattern: &str) -> Self {
+        match pattern {
+            ".*" => Matcher::Any,
+            "" => Regex::new("^$").map_or(Matcher::Nothing, Matcher::Regex),
+            p => match Regex::new(p) {
+                Ok(re) => Matcher::Regex(re),
+                Err(e) => {
+                    tracing::warn!("permission pattern '{p}' does not compile and grants nothing: {e}");
+                    Matcher::Nothing
+                }
+            },
+        }
+    }
+
+    fn is_match(&self, name: &str) -> bool {
+        match self {
+            Matcher::Any => true,
+            Matcher::Regex(re) => re.is_match(name),
+            Matcher::Nothing => false,
+        }
+    }
+}
+
+/// A permission with its patterns compiled once (when it is set), shared by every connection
+/// of that user on that vhost.
+#[derive(Debug, Clone)]
+pub struct CompiledPermission {
+    configure: Matcher,
+    write: Matcher,
+    read: Matcher,
+}
+
+impl CompiledPermission {
+    /// Whether the resource `name` (an exchange or queue name; the default exchange is named
+    /// `amq.default` here) is covered by the pattern for `access`.
+    pub fn allows(&self, access: Access, name: &str) -> bool {
+        match access {
+            Access::Configure => self.configure.is_match(name),
+            Access::Write => self.write.is_match(name),
+            Access::Read => self.read.is_match(name),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StoredPermission {
+    permission: Permission,
+    compiled: Arc<CompiledPermission>,
 }
 
 pub fn hash_password(password: &str) -> String {
@@ -73,8 +181,8 @@ pub fn verify_password(password: &str, stored_hash: &str) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct UserStore {
     users: HashMap<String, User>,
-    /// (user, vhost) → permission
-    permissions: HashMap<(String, String), Permission>,
+    /// (user, vhost) → permission, with its patterns compiled
+    permissions: HashMap<(String, String), StoredPermission>,
 }
 
 impl UserStore {
@@ -124,19 +232,34 @@ impl UserStore {
     }
 
     pub fn set_permission(&mut self, user: &str, vhost: &str, p: Permission) {
-        self.permissions
-            .insert((user.to_owned(), vhost.to_owned()), p);
+        let compiled = Arc::new(p.compile());
+        self.permissions.insert(
+            (user.to_owned(), vhost.to_owned()),
+            StoredPermission {
+                permission: p,
+                compiled,
+            },
+        );
     }
 
     pub fn permission(&self, user: &str, vhost: &str) -> Option<&Permission> {
-        self.permissions.get(&(user.to_owned(), vhost.to_owned()))
+        self.permissions
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .map(|s| &s.permission)
+    }
+
+    /// The compiled form of `permission(user, vhost)`, for access checks.
+    pub fn compiled_permission(&self, user: &str, vhost: &str) -> Option<Arc<CompiledPermission>> {
+        self.permissions
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .map(|s| Arc::clone(&s.compiled))
     }
 
     /// Every (user, vhost, permission), in no particular order.
     pub fn permissions(&self) -> impl Iterator<Item = (&str, &str, &Permission)> {
         self.permissions
             .iter()
-            .map(|((u, v), p)| (u.as_str(), v.as_str(), p))
+            .map(|((u, v), s)| (u.as_str(), v.as_str(), &s.permission))
     }
 
     /// Removes a user's permission on a vhost; false when there was none.
@@ -184,5 +307,34 @@ mod tests {
         assert!(s.permission("alice", "other").is_none());
         s.remove_user("alice");
         assert!(s.permission("alice", "/").is_none());
+    }
+
+    #[test]
+    fn permission_patterns_match_like_rabbitmq() {
+        let p = Permission {
+            configure: "^perm\\.c".into(),
+            write: "".into(),
+            read: "loose".into(),
+        }
+        .compile();
+        assert!(p.allows(Access::Configure, "perm.c.1"));
+        assert!(!p.allows(Access::Configure, "x.perm.c.1"));
+        // The empty pattern is `^$`: it matches only the empty name.
+        assert!(!p.allows(Access::Write, "amq.default"));
+        assert!(p.allows(Access::Write, ""));
+        // Patterns are searched for, not anchored (re:run).
+        assert!(p.allows(Access::Read, "a-loose-name"));
+        assert!(!p.allows(Access::Read, "tight"));
+        let all = Permission::full().compile();
+        assert!(all.allows(Access::Write, "anything at all"));
+        // A pattern the engine cannot compile grants nothing (and fails validation).
+        let bad = Permission {
+            configure: "(?=x)".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        };
+        assert!(bad.validate().is_err());
+        assert!(!bad.compile().allows(Access::Configure, "x"));
+        assert!(Permission::full().validate().is_ok());
     }
 }

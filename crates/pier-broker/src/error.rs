@@ -74,6 +74,20 @@ pub enum BrokerError {
     VhostNotFound(String),
     #[error("access to vhost '{vhost}' refused for user '{user}'")]
     VhostAccessRefused { vhost: String, user: String },
+    #[error("access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached")]
+    VhostConnectionLimit {
+        vhost: String,
+        user: String,
+        limit: u64,
+    },
+    /// A permission check failed (the default exchange is named `amq.default` here).
+    #[error("access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'")]
+    AccessRefused {
+        kind: ObjectKind,
+        name: String,
+        vhost: String,
+        user: String,
+    },
     #[error("{0}")]
     PreconditionFailed(String),
 }
@@ -92,12 +106,13 @@ impl BrokerError {
             | BrokerError::DefaultExchange
             | BrokerError::SystemExchangeDeletion { .. }
             | BrokerError::InternalExchange { .. }
-            | BrokerError::ExclusiveConsumer { .. } => rc::ACCESS_REFUSED,
+            | BrokerError::ExclusiveConsumer { .. }
+            | BrokerError::AccessRefused { .. } => rc::ACCESS_REFUSED,
             BrokerError::UnknownExchangeType(_) => rc::COMMAND_INVALID,
             BrokerError::NotImplemented(_) => rc::NOT_IMPLEMENTED,
-            BrokerError::VhostNotFound(_) | BrokerError::VhostAccessRefused { .. } => {
-                rc::NOT_ALLOWED
-            }
+            BrokerError::VhostNotFound(_)
+            | BrokerError::VhostAccessRefused { .. }
+            | BrokerError::VhostConnectionLimit { .. } => rc::NOT_ALLOWED,
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use pier_wire::{FieldTable, ShortString};
 
-use crate::matching::{headers_match, topic_words, topic_words_match};
+use crate::matching::headers_match;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExchangeKind {
@@ -80,6 +80,7 @@ pub struct Exchange {
     pub policy_alternate: Option<ShortString>,
     bindings: Vec<Binding>,
     direct_index: HashMap<ShortString, Vec<Destination>>,
+    topic_index: crate::topic::TopicTrie,
 }
 
 impl Exchange {
@@ -102,6 +103,7 @@ impl Exchange {
             policy_alternate: None,
             bindings: Vec::new(),
             direct_index: HashMap::new(),
+            topic_index: crate::topic::TopicTrie::default(),
         }
     }
 
@@ -142,6 +144,10 @@ impl Exchange {
                 .or_default()
                 .push(binding.destination.clone());
         }
+        if self.kind == ExchangeKind::Topic {
+            self.topic_index
+                .insert(&binding.routing_key, binding.destination.clone());
+        }
         self.bindings.push(binding);
         true
     }
@@ -154,6 +160,10 @@ impl Exchange {
         self.bindings.remove(pos);
         if self.kind == ExchangeKind::Direct {
             self.remove_from_direct_index(&binding.routing_key, &binding.destination);
+        }
+        if self.kind == ExchangeKind::Topic {
+            self.topic_index
+                .remove(&binding.routing_key, &binding.destination);
         }
         true
     }
@@ -171,6 +181,11 @@ impl Exchange {
         if self.kind == ExchangeKind::Direct {
             for b in &removed {
                 self.remove_from_direct_index(&b.routing_key, &b.destination);
+            }
+        }
+        if self.kind == ExchangeKind::Topic {
+            for b in &removed {
+                self.topic_index.remove(&b.routing_key, &b.destination);
             }
         }
         before - self.bindings.len()
@@ -204,14 +219,7 @@ impl Exchange {
                 }
             }
             ExchangeKind::Fanout => self.bindings.iter().for_each(|b| emit(&b.destination)),
-            ExchangeKind::Topic => {
-                let key = topic_words(routing_key);
-                for b in &self.bindings {
-                    if topic_words_match(&topic_words(&b.routing_key), &key) {
-                        emit(&b.destination);
-                    }
-                }
-            }
+            ExchangeKind::Topic => self.topic_index.route(routing_key, &mut emit),
             ExchangeKind::Headers => {
                 for b in &self.bindings {
                     if headers_match(&b.arguments, headers) {

@@ -23,13 +23,15 @@ pub mod persist;
 pub mod policy;
 pub mod queue;
 pub mod storage;
+pub mod topic;
 pub mod vhost;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 pub use args::{parse_expiration, Overflow, QueueConfig};
-pub use auth::{Permission, User, UserStore};
+pub use auth::{Access, CompiledPermission, Permission, User, UserStore};
 pub use clock::Clock;
 pub use consumer::{
     ChannelCredit, ConnectionId, ConsumerId, ConsumerInfo, ConsumerSpec, Delivery, DeliverySink,
@@ -41,7 +43,9 @@ pub use exchange::{Destination, ExchangeKind};
 pub use message::Message;
 pub use policy::{ApplyTo, Policy, PolicyDefinition};
 pub use queue::{Published, Queue, QueueStats};
-pub use vhost::{ExchangeDeclare, QueueDeclare, QueueDeclared, VHost};
+pub use vhost::{
+    Authorize, ConnectionSlot, ExchangeDeclare, QueueDeclare, QueueDeclared, VHost, VhostLimits,
+};
 
 /// Why a login was refused (the server answers both the same way, as RabbitMQ does).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +66,9 @@ pub struct Broker {
     /// Set once storage has recovered: later changes to vhosts, users and permissions are
     /// written through.
     storage: OnceLock<Arc<storage::BrokerStorage>>,
+    /// Bumped (under the users lock) whenever a permission may have changed, so connections
+    /// can cache their compiled permission and notice changes with one atomic load.
+    permissions_version: AtomicU64,
 }
 
 impl Broker {
@@ -72,6 +79,7 @@ impl Broker {
             users: RwLock::new(UserStore::default()),
             loopback_users,
             storage: OnceLock::new(),
+            permissions_version: AtomicU64::new(0),
         }
     }
 
@@ -150,10 +158,11 @@ impl Broker {
             for q in vh.queues() {
                 vh.remove_queue(&q);
             }
-            self.users
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove_vhost(name);
+            {
+                let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+                users.remove_vhost(name);
+                self.permissions_version.fetch_add(1, Ordering::Release);
+            }
             self.persist_users("vhost deletion", |d| d.delete_vhost(name));
         }
         removed.is_some()
@@ -203,22 +212,24 @@ impl Broker {
 
     /// Deletes a user and their permissions; false when there was no such user.
     pub fn delete_user(&self, name: &str) -> bool {
-        let removed = self
-            .users
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove_user(name);
+        let removed = {
+            let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+            let removed = users.remove_user(name);
+            self.permissions_version.fetch_add(1, Ordering::Release);
+            removed
+        };
         self.persist_users("user deletion", |d| d.delete_user(name));
         removed
     }
 
     /// Removes a user's permission on a vhost; false when there was none.
     pub fn clear_permission(&self, user: &str, vhost: &str) -> bool {
-        let removed = self
-            .users
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear_permission(user, vhost);
+        let removed = {
+            let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+            let removed = users.clear_permission(user, vhost);
+            self.permissions_version.fetch_add(1, Ordering::Release);
+            removed
+        };
         self.persist_users("permission deletion", |d| d.delete_permission(user, vhost));
         removed
     }
@@ -236,11 +247,29 @@ impl Broker {
             write: p.write.clone(),
             read: p.read.clone(),
         };
-        self.users
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_permission(user, vhost, p);
+        {
+            let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+            users.set_permission(user, vhost, p);
+            self.permissions_version.fetch_add(1, Ordering::Release);
+        }
         self.persist_users("permission", |d| d.put_permission(&def));
+    }
+
+    /// A counter that changes whenever any permission may have changed.
+    pub fn permissions_version(&self) -> u64 {
+        self.permissions_version.load(Ordering::Acquire)
+    }
+
+    /// The user's compiled permission on a vhost (none: no access at all), with the
+    /// `permissions_version` it is current for.
+    pub fn compiled_permission(
+        &self,
+        user: &str,
+        vhost: &str,
+    ) -> (u64, Option<Arc<CompiledPermission>>) {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let version = self.permissions_version.load(Ordering::Acquire);
+        (version, users.compiled_permission(user, vhost))
     }
 
     pub fn users(&self) -> UserStore {

@@ -140,6 +140,9 @@ impl BrokerStorage {
                     );
                 }
             }
+            broker
+                .permissions_version
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         for vh in broker.vhosts() {
             summary.vhosts += 1;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard,
 use pier_wire::{FieldTable, FieldValue, ShortString};
 
 use crate::args::{ArgContext, QueueConfig};
+use crate::auth::Access;
 use crate::clock::{Clock, NEVER};
 use crate::consumer::ConnectionId;
 use crate::deadletter::{self, DeadLetter};
@@ -100,6 +101,38 @@ pub struct VHost {
     policies: RwLock<Vec<Policy>>,
     /// Where durable definitions and persistent messages go (none: in memory only).
     storage: OnceLock<crate::persist::VhostStorage>,
+    /// RabbitMQ's vhost limits (`max-connections`, `max-queues`); `u64::MAX`: no limit.
+    max_connections: AtomicU64,
+    max_queues: AtomicU64,
+    /// Client connections open on this vhost (each holds a `ConnectionSlot`).
+    connections: Arc<AtomicU64>,
+}
+
+/// RabbitMQ's per-vhost limits (`rabbitmqctl set_vhost_limits`); `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VhostLimits {
+    pub max_connections: Option<u64>,
+    pub max_queues: Option<u64>,
+}
+
+/// One client connection counted against its vhost's `max-connections`; released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    count: Arc<AtomicU64>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A permission check a client declaration needs: the object, its name, and the access.
+/// Returning an error refuses the declaration (RabbitMQ's 403).
+pub type Authorize<'a> = &'a mut dyn FnMut(ObjectKind, &str, Access) -> Result<()>;
+
+fn limit_from(v: u64) -> Option<u64> {
+    (v != u64::MAX).then_some(v)
 }
 
 /// A message held by a delayed exchange until `due`.
@@ -207,7 +240,52 @@ impl VHost {
             next_delayed: AtomicU64::new(NEVER),
             policies: RwLock::new(Vec::new()),
             storage: OnceLock::new(),
+            max_connections: AtomicU64::new(u64::MAX),
+            max_queues: AtomicU64::new(u64::MAX),
+            connections: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    pub fn set_limits(&self, limits: VhostLimits) {
+        self.max_connections.store(
+            limits.max_connections.unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        self.max_queues
+            .store(limits.max_queues.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    pub fn limits(&self) -> VhostLimits {
+        VhostLimits {
+            max_connections: limit_from(self.max_connections.load(Ordering::Acquire)),
+            max_queues: limit_from(self.max_queues.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Client connections currently open on this vhost.
+    pub fn connection_count(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Counts a new client connection against `max-connections` (RabbitMQ's 530 text when the
+    /// limit is reached). The slot is given back when dropped.
+    pub fn acquire_connection_slot(&self, user: &str) -> Result<ConnectionSlot> {
+        let max = self.max_connections.load(Ordering::Acquire);
+        let taken = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(ConnectionSlot {
+                count: Arc::clone(&self.connections),
+            }),
+            Err(_) => Err(BrokerError::VhostConnectionLimit {
+                vhost: self.name.clone(),
+                user: user.to_owned(),
+                limit: max,
+            }),
+        }
     }
 
     /// From now on durable definitions and persistent messages of this vhost are stored.
@@ -598,6 +676,30 @@ impl VHost {
     // ---- queues ----
 
     pub fn declare_queue(&self, d: &QueueDeclare) -> Result<QueueDeclared> {
+        self.declare_queue_inner(d, None)
+    }
+
+    /// queue.declare from a client, with RabbitMQ's checks in its order: a non-passive
+    /// declaration may not name an `amq.*` queue; `authorize` is asked for configure access
+    /// to the queue (a server-generated name included), then, when the queue is created with
+    /// a dead-letter exchange, for read access to the queue and write access to that
+    /// exchange; `max-queues` applies to new queues.
+    pub fn declare_queue_checked(
+        &self,
+        d: &QueueDeclare,
+        authorize: Authorize<'_>,
+    ) -> Result<QueueDeclared> {
+        if !d.passive && !d.name.is_empty() {
+            names::check_not_reserved(ObjectKind::Queue, &d.name)?;
+        }
+        self.declare_queue_inner(d, Some(authorize))
+    }
+
+    fn declare_queue_inner(
+        &self,
+        d: &QueueDeclare,
+        mut authorize: Option<Authorize<'_>>,
+    ) -> Result<QueueDeclared> {
         let mut t = self.write();
         let name = if d.name.is_empty() && !d.passive {
             loop {
@@ -609,6 +711,9 @@ impl VHost {
         } else {
             d.name.clone()
         };
+        if let (Some(auth), false) = (authorize.as_mut(), d.passive) {
+            auth(ObjectKind::Queue, &name, Access::Configure)?;
+        }
         if let Some(q) = t.queues.get(&name) {
             q.check_access(d.connection)?;
             if !d.passive {
@@ -629,6 +734,20 @@ impl VHost {
         }
         if !d.name.is_empty() {
             names::check_not_reserved(ObjectKind::Queue, &name)?;
+        }
+        if let Some(auth) = authorize.as_mut() {
+            // Limits apply to clients' declarations (not to recovery or definitions imports).
+            let max_queues = self.max_queues.load(Ordering::Acquire);
+            if t.queues.len() as u64 >= max_queues {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "cannot declare queue '{name}': queue limit in vhost '{}' ({max_queues}) is reached",
+                    self.name
+                )));
+            }
+            if let Some(FieldValue::LongString(dlx)) = d.arguments.get("x-dead-letter-exchange") {
+                auth(ObjectKind::Queue, &name, Access::Read)?;
+                auth(ObjectKind::Exchange, &dlx.to_str_lossy(), Access::Write)?;
+            }
         }
         let mut config = QueueConfig::from_arguments(
             &d.arguments,
