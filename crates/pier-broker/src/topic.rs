@@ -82,7 +82,7 @@ fn walk<'a>(node: &'a Node, words: &[&str], emit: &mut impl FnMut(&'a Destinatio
         }
     }
     match words.split_first() {
-        None => node.destinations.iter().for_each(|d| emit(d)),
+        None => node.destinations.iter().for_each(&mut *emit),
         Some((word, rest)) => {
             if let Some(star) = node.children.get("*") {
                 walk(star, rest, emit);
