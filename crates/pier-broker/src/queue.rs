@@ -44,17 +44,37 @@ use crate::vhost::VHost;
 #[derive(Debug, Clone)]
 struct Entry {
     offset: u64,
-    message: Arc<Message>,
+    /// `None`: paged out — the message is only in the store, read back before it is needed.
+    message: Option<Arc<Message>>,
+    /// Body size, kept when the body is paged out (length limits, byte counts).
+    size: u64,
     redelivered: bool,
     /// Clock milliseconds after which the message is expired; `NEVER` without a TTL.
     expires_at: u64,
 }
 
 impl Entry {
+    fn new(offset: u64, message: Arc<Message>, redelivered: bool, expires_at: u64) -> Self {
+        Entry {
+            offset,
+            size: message.body_size() as u64,
+            message: Some(message),
+            redelivered,
+            expires_at,
+        }
+    }
+
     fn expired(&self, now: u64) -> bool {
         self.expires_at < now
     }
 }
+
+/// Bodies of stored messages a queue keeps in memory; beyond it, newer stored messages are
+/// kept only on disk and read back in batches as the head of the queue drains.
+pub const PAGE_OUT_BYTES: u64 = 8 * 1024 * 1024;
+/// How many paged-out messages one read-back fetches at most (and how many bytes).
+const PAGE_IN_BATCH: usize = 4096;
+const PAGE_IN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// One priority level: never-delivered messages in arrival order, and requeued ones by offset
 /// (always older than every ready one, so they come first).
@@ -106,6 +126,10 @@ struct QueueState {
     levels: Vec<Level>,
     ready_count: usize,
     ready_bytes: u64,
+    /// Bytes of ready message bodies held in memory (paged-out ones excluded).
+    mem_bytes: u64,
+    /// Ready messages whose bodies are paged out.
+    paged: usize,
     unacked: u64,
     /// Expiry times of delivered, unacknowledged messages that have one (by offset), so that a
     /// requeued message keeps its original expiry, as in RabbitMQ.
@@ -135,14 +159,22 @@ impl QueueState {
 
     fn took(&mut self, entry: &Entry) {
         self.ready_count = self.ready_count.saturating_sub(1);
-        self.ready_bytes = self
-            .ready_bytes
-            .saturating_sub(entry.message.body_size() as u64);
+        self.ready_bytes = self.ready_bytes.saturating_sub(entry.size);
+        if entry.message.is_some() {
+            self.mem_bytes = self.mem_bytes.saturating_sub(entry.size);
+        } else {
+            self.paged = self.paged.saturating_sub(1);
+        }
     }
 
     fn added(&mut self, entry: &Entry) {
         self.ready_count += 1;
-        self.ready_bytes += entry.message.body_size() as u64;
+        self.ready_bytes += entry.size;
+        if entry.message.is_some() {
+            self.mem_bytes += entry.size;
+        } else {
+            self.paged += 1;
+        }
     }
 
     /// Takes the head of the highest non-empty level; returns it with its level.
@@ -161,6 +193,8 @@ impl QueueState {
         }
         self.ready_count = 0;
         self.ready_bytes = 0;
+        self.mem_bytes = 0;
+        self.paged = 0;
         n
     }
 }
@@ -201,6 +235,10 @@ pub struct QueueStats {
     pub unacked: u64,
     pub consumers: u32,
     pub ready_bytes: u64,
+    /// Bytes of ready bodies held in memory (the rest are paged out to the store).
+    pub memory_bytes: u64,
+    /// Ready messages whose bodies are only on disk.
+    pub paged_out: u64,
 }
 
 /// What removing a consumer left behind.
@@ -334,12 +372,11 @@ impl Queue {
             let (expires_at, _) = self.expiry_for(&message, now);
             let level = self.level_of(&message);
             st.next_offset = st.next_offset.max(offset + 1);
-            let entry = Entry {
-                offset,
-                message,
-                redelivered,
-                expires_at,
-            };
+            let mut entry = Entry::new(offset, message, redelivered, expires_at);
+            if st.mem_bytes > PAGE_OUT_BYTES {
+                // A long recovered queue keeps only its head in memory.
+                entry.message = None;
+            }
             st.added(&entry);
             if let Some(l) = st.level_mut(level) {
                 l.ready.push_back(entry);
@@ -372,6 +409,8 @@ impl Queue {
             unacked: st.unacked,
             consumers: u32::try_from(st.consumers.len()).unwrap_or(u32::MAX),
             ready_bytes: st.ready_bytes,
+            memory_bytes: st.mem_bytes,
+            paged_out: st.paged as u64,
         }
     }
 
@@ -460,16 +499,26 @@ impl Queue {
         }
         let mut next = NEVER;
         let mut expired = Vec::new();
+        let dlx = self.config.dead_letter_exchange.is_some();
         for i in 0..st.levels.len() {
             while let Some(level) = st.levels.get_mut(i) {
                 match level.head() {
                     Some(h) if h.expired(now) => {
+                        if dlx && h.message.is_none() {
+                            // Dead-lettering needs the body: read it back first.
+                            if !self.page_in(st, i) {
+                                break;
+                            }
+                            continue;
+                        }
                         let Some(e) = level.pop() else { break };
                         st.took(&e);
-                        if self.is_stored(&e.message) {
+                        if self.entry_stored(&e) {
                             expired.push(e.offset);
                         }
-                        self.dead_letter(dead, e.message, DeathReason::Expired);
+                        if let Some(m) = e.message {
+                            self.dead_letter(dead, m, DeathReason::Expired);
+                        }
                     }
                     Some(h) => {
                         next = next.min(h.expires_at);
@@ -574,12 +623,8 @@ impl Queue {
                 }
             }
         }
-        let entry = Entry {
-            offset,
-            message,
-            redelivered: false,
-            expires_at,
-        };
+        let stored = self.is_stored(&message);
+        let entry = Entry::new(offset, message, false, expires_at);
         st.added(&entry);
         let Some(l) = st.level_mut(level) else {
             return Published::Gone;
@@ -596,16 +641,120 @@ impl Queue {
                 if l.ready.back().is_some_and(|e| e.offset == offset) {
                     if let Some(e) = l.ready.pop_back() {
                         st.took(&e);
-                        if self.is_stored(&e.message) {
+                        if self.entry_stored(&e) {
                             self.store_ack(vec![e.offset]);
                         }
-                        self.dead_letter(dead, e.message, DeathReason::Expired);
+                        if let Some(m) = e.message {
+                            self.dead_letter(dead, m, DeathReason::Expired);
+                        }
                     }
                 }
             }
         }
         self.drop_over_limit(&mut st, dead);
+        if stored && st.mem_bytes > PAGE_OUT_BYTES {
+            // Past the in-memory budget the newest stored message keeps only its place here.
+            let paged_out = st
+                .level_mut(level)
+                .and_then(|l| l.ready.back_mut())
+                .filter(|e| e.offset == offset && e.message.is_some())
+                .map(|e| {
+                    e.message = None;
+                    e.size
+                });
+            if let Some(size) = paged_out {
+                st.mem_bytes = st.mem_bytes.saturating_sub(size);
+                st.paged += 1;
+            }
+        }
         Published::Accepted
+    }
+
+    fn entry_stored(&self, e: &Entry) -> bool {
+        match &e.message {
+            None => true,
+            Some(m) => self.is_stored(m),
+        }
+    }
+
+    /// Makes sure the next message to leave the queue has its body in memory, reading a batch
+    /// of paged-out messages back from the store if needed. False if it could not.
+    fn ensure_head_loaded(&self, st: &mut QueueState) -> bool {
+        let Some(level) = st.highest_level() else {
+            return true;
+        };
+        let needs = st.levels.get(level).is_some_and(|l| {
+            l.requeued.is_empty() && l.ready.front().is_some_and(|e| e.message.is_none())
+        });
+        !needs || self.page_in(st, level)
+    }
+
+    /// Reads the first paged-out messages of a level back from the store (one blocking round
+    /// trip to the store thread for up to `PAGE_IN_BATCH` messages; the store thread never
+    /// waits for a queue lock, so holding ours meanwhile cannot deadlock).
+    fn page_in(&self, st: &mut QueueState, level: usize) -> bool {
+        let Some(store) = self.store.get() else {
+            return false;
+        };
+        let Some(l) = st.levels.get(level) else {
+            return false;
+        };
+        let mut offsets = Vec::new();
+        let mut bytes = 0u64;
+        for e in l.ready.iter().filter(|e| e.message.is_none()) {
+            if offsets.len() >= PAGE_IN_BATCH || (bytes >= PAGE_IN_BYTES && !offsets.is_empty()) {
+                break;
+            }
+            offsets.push(e.offset);
+            bytes += e.size;
+        }
+        let id = store.id;
+        let wanted = offsets.clone();
+        let read = store.handle.call(move |s| {
+            wanted
+                .iter()
+                .map(|&o| s.read(id, o).ok().and_then(crate::persist::from_stored))
+                .collect::<Vec<_>>()
+        });
+        let loaded = match read {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(queue = %self.name, "paging messages in failed: {e}");
+                return false;
+            }
+        };
+        let mut by_offset: HashMap<u64, Option<Message>> =
+            offsets.into_iter().zip(loaded).collect();
+        let mut lost = Vec::new();
+        let mut gained = 0u64;
+        let mut filled = 0usize;
+        if let Some(l) = st.levels.get_mut(level) {
+            for e in l.ready.iter_mut().filter(|e| e.message.is_none()) {
+                match by_offset.remove(&e.offset) {
+                    Some(Some(m)) => {
+                        e.message = Some(Arc::new(m));
+                        gained += e.size;
+                        filled += 1;
+                    }
+                    Some(None) => lost.push(e.offset),
+                    None => break,
+                }
+            }
+            if !lost.is_empty() {
+                // Unreadable (the store logged why): dropping beats serving a broken message.
+                tracing::error!(queue = %self.name, count = lost.len(), "stored messages could not be read back and are dropped");
+                l.ready
+                    .retain(|e| !(e.message.is_none() && lost.contains(&e.offset)));
+            }
+        }
+        st.mem_bytes += gained;
+        st.paged = st.paged.saturating_sub(filled + lost.len());
+        st.ready_count = st.ready_count.saturating_sub(lost.len());
+        self.store_ack(lost);
+        st.levels
+            .get(level)
+            .and_then(|l| l.ready.front())
+            .is_some_and(|e| e.message.is_some())
     }
 
     /// drop-head: removes (dead-letters) messages from the head while over a length limit.
@@ -626,12 +775,17 @@ impl Queue {
             if !(too_many || too_big) {
                 break;
             }
+            if self.config.dead_letter_exchange.is_some() && !self.ensure_head_loaded(st) {
+                break;
+            }
             let Some((e, level)) = st.pop() else { break };
             self.after_pop(st, level);
-            if self.is_stored(&e.message) {
+            if self.entry_stored(&e) {
                 dropped.push(e.offset);
             }
-            self.dead_letter(dead, e.message, DeathReason::MaxLen);
+            if let Some(m) = e.message {
+                self.dead_letter(dead, m, DeathReason::MaxLen);
+            }
         }
         self.store_ack(dropped);
     }
@@ -683,6 +837,10 @@ impl Queue {
             if st.ready_len() == 0 || st.consumers.is_empty() {
                 break;
             }
+            // Before taking credit: a head that cannot be read back stops the dispatch.
+            if !self.ensure_head_loaded(st) {
+                break;
+            }
             let Some(idx) = self.pick_consumer(st) else {
                 break;
             };
@@ -690,6 +848,11 @@ impl Queue {
                 break;
             };
             self.after_pop(st, level);
+            let Some(message) = entry.message else {
+                // ensure_head_loaded just loaded this head; nothing else runs under our lock.
+                tracing::error!(queue = %self.name, offset = entry.offset, "paged-out head after loading");
+                break;
+            };
             let Some(slot) = st.consumers.get_mut(idx) else {
                 return;
             };
@@ -703,7 +866,7 @@ impl Queue {
                 consumer: Some(slot.id),
                 consumer_tag: slot.spec.tag.clone(),
                 offset: entry.offset,
-                message: entry.message,
+                message,
                 redelivered: entry.redelivered,
                 ack_required,
             };
@@ -789,8 +952,20 @@ impl Queue {
             let now = self.clock.now_ms();
             self.touch_locked(&mut st);
             self.expire_heads(&mut st, now, &mut dead);
+            if !self.ensure_head_loaded(&mut st) {
+                return None;
+            }
             match st.pop() {
                 None => None,
+                Some((entry, level)) if entry.message.is_none() => {
+                    // ensure_head_loaded just loaded this head under the same lock.
+                    tracing::error!(queue = %self.name, offset = entry.offset, "paged-out head after loading");
+                    st.added(&entry);
+                    if let Some(l) = st.level_mut(level) {
+                        l.ready.push_front(entry);
+                    }
+                    None
+                }
                 Some((entry, level)) => {
                     self.after_pop(&st, level);
                     self.count_delivery(ack_required);
@@ -800,7 +975,8 @@ impl Queue {
                             st.unacked_expiry.insert(entry.offset, entry.expires_at);
                         }
                     }
-                    if self.is_stored(&entry.message) {
+                    let message = entry.message?;
+                    if self.is_stored(&message) {
                         if ack_required {
                             st.unacked_stored.insert(entry.offset);
                             if let Some(s) = self.store.get() {
@@ -819,7 +995,7 @@ impl Queue {
                             consumer: None,
                             consumer_tag: ShortString::default(),
                             offset: entry.offset,
-                            message: entry.message,
+                            message,
                             redelivered: entry.redelivered,
                             ack_required,
                         },
@@ -991,12 +1167,7 @@ impl Queue {
                     continue;
                 }
                 let level = self.level_of(&message);
-                let entry = Entry {
-                    offset,
-                    message,
-                    redelivered: true,
-                    expires_at,
-                };
+                let entry = Entry::new(offset, message, true, expires_at);
                 st.added(&entry);
                 if let Some(l) = st.level_mut(level) {
                     l.requeued.insert(offset, entry);
@@ -1025,7 +1196,7 @@ impl Queue {
                 .levels
                 .iter()
                 .flat_map(|l| l.requeued.values().chain(l.ready.iter()))
-                .filter(|e| e.message.is_persistent())
+                .filter(|e| e.message.as_ref().is_none_or(|m| m.is_persistent()))
                 .map(|e| e.offset)
                 .collect();
             self.store_ack(stored);

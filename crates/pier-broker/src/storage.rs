@@ -346,41 +346,48 @@ fn restore_queue(
             .map_err(err)?,
     };
     let next_offset = info.as_ref().map_or(0, |i| i.next_offset);
-    // Bodies are read back into memory here; paging long queues from disk is future work.
-    let loaded = handle
-        .call(
-            move |s| -> pier_store::Result<Vec<(u64, pier_store::StoredMessage, bool)>> {
-                let live = s.live_messages(id)?;
-                let mut out = Vec::with_capacity(live.len());
-                for l in live {
-                    match s.read(id, l.offset) {
-                        Ok(m) => out.push((l.offset, m, l.redelivered)),
-                        Err(e) => tracing::error!(
-                            offset = l.offset,
-                            "stored message unreadable, skipped: {e}"
-                        ),
-                    }
-                }
-                Ok(out)
-            },
-        )
-        .map_err(err)?
-        .map_err(err)?;
-    let mut messages = Vec::with_capacity(loaded.len());
-    for (offset, stored, redelivered) in loaded {
-        match from_stored(stored) {
-            Some(m) => messages.push((offset, Arc::new(m), redelivered)),
-            None => {
-                tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")
-            }
-        }
-    }
-    let count = messages.len() as u64;
     queue.attach_store(QueueStore {
         handle: handle.clone(),
         id,
     });
-    queue.restore(messages, next_offset);
+    let live = handle
+        .call(move |s| s.live_messages(id))
+        .map_err(err)?
+        .map_err(err)?;
+    // Read back in chunks: the queue keeps the bodies of its head in memory and only the
+    // places of the rest (see Queue::restore), so recovery memory stays bounded too.
+    let mut count = 0u64;
+    for chunk in live.chunks(4096) {
+        let wanted: Vec<pier_store::LiveMessage> = chunk.to_vec();
+        let loaded = handle
+            .call(move |s| {
+                wanted
+                    .into_iter()
+                    .filter_map(|l| match s.read(id, l.offset) {
+                        Ok(m) => Some((l.offset, m, l.redelivered)),
+                        Err(e) => {
+                            tracing::error!(
+                                offset = l.offset,
+                                "stored message unreadable, skipped: {e}"
+                            );
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map_err(err)?;
+        let mut messages = Vec::with_capacity(loaded.len());
+        for (offset, stored, redelivered) in loaded {
+            match from_stored(stored) {
+                Some(m) => messages.push((offset, Arc::new(m), redelivered)),
+                None => {
+                    tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")
+                }
+            }
+        }
+        count += messages.len() as u64;
+        queue.restore(messages, next_offset);
+    }
     Ok(count)
 }
 

@@ -445,3 +445,157 @@ fn broker_auth_and_vhosts() {
         530
     );
 }
+
+#[test]
+fn vhost_limits_and_checked_declarations() {
+    use crate::auth::Access;
+    use crate::error::ObjectKind;
+    use crate::vhost::VhostLimits;
+
+    let vh = VHost::new("/");
+    vh.set_limits(VhostLimits {
+        max_connections: Some(1),
+        max_queues: Some(1),
+    });
+    let slot = vh.acquire_connection_slot("u").unwrap();
+    let e = vh.acquire_connection_slot("u").unwrap_err();
+    assert_eq!(
+        e.reply_text(),
+        "NOT_ALLOWED - access to vhost '/' refused for user 'u': connection limit (1) is reached"
+    );
+    drop(slot);
+    assert_eq!(vh.connection_count(), 0);
+    assert!(vh.acquire_connection_slot("u").is_ok());
+
+    let d = |name: &str| QueueDeclare {
+        name: ShortString::from(name),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: FieldTable::new(),
+        connection: 1,
+    };
+    let seen: Mutex<Vec<(ObjectKind, String, Access)>> = Mutex::new(Vec::new());
+    let mut allow = |k: ObjectKind, n: &str, a: Access| {
+        seen.lock().unwrap().push((k, n.to_owned(), a));
+        Ok(())
+    };
+    vh.declare_queue_checked(&d("q1"), &mut allow).unwrap();
+    // Redeclaring an existing queue is not limited; a new one is.
+    vh.declare_queue_checked(&d("q1"), &mut allow).unwrap();
+    let e = vh.declare_queue_checked(&d("q2"), &mut allow).unwrap_err();
+    assert_eq!(
+        e.reply_text(),
+        "PRECONDITION_FAILED - cannot declare queue 'q2': queue limit in vhost '/' (1) is reached"
+    );
+    // Limits do not apply to recovery / definitions (the unchecked path).
+    vh.declare_queue(&d("q3")).unwrap();
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(k, _, a)| *k == ObjectKind::Queue && *a == Access::Configure));
+
+    // A non-passive client declaration may not name an amq.* queue, even an existing one.
+    vh.set_limits(VhostLimits::default());
+    let generated = vh.declare_queue_checked(&d(""), &mut allow).unwrap();
+    let name = generated.queue.name().to_string();
+    assert!(name.starts_with("amq.gen-"));
+    assert_eq!(
+        vh.declare_queue_checked(&d(&name), &mut allow)
+            .unwrap_err()
+            .reply_code(),
+        403
+    );
+
+    // A dead-letter exchange asks for read on the queue and write on the exchange.
+    let mut dlx = d("with-dlx");
+    dlx.arguments
+        .insert("x-dead-letter-exchange", FieldValue::LongString("".into()));
+    let mut asked: Vec<(ObjectKind, String, Access)> = Vec::new();
+    vh.declare_queue_checked(&dlx, &mut |k, n, a| {
+        asked.push((k, n.to_owned(), a));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        asked,
+        vec![
+            (ObjectKind::Queue, "with-dlx".to_owned(), Access::Configure),
+            (ObjectKind::Queue, "with-dlx".to_owned(), Access::Read),
+            (ObjectKind::Exchange, String::new(), Access::Write),
+        ]
+    );
+    // A refusal stops the declaration.
+    let refused =
+        vh.declare_queue_checked(&d("nope"), &mut |_, _, _| Err(BrokerError::DefaultExchange));
+    assert!(refused.is_err());
+    assert!(vh.queue("nope", 1).is_err());
+}
+
+/// A durable queue keeps the bodies of its head in memory and only the places of the rest;
+/// draining reads them back from the store in order, intact.
+#[test]
+fn stored_backlog_is_paged_out_and_read_back_in_order() {
+    use crate::persist::QueueStore;
+    use crate::queue::PAGE_OUT_BYTES;
+    use pier_store::{MemoryStore, StoreThread, ThreadConfig};
+
+    let thread = StoreThread::spawn(Box::new(MemoryStore::new()), ThreadConfig::default()).unwrap();
+    let handle = thread.handle();
+    let id = handle.call(|s| s.open_queue("paged")).unwrap().unwrap();
+    let q = Queue::new(
+        ShortString::from("paged"),
+        "/".to_owned(),
+        crate::queue::QueueOptions {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        },
+    );
+    q.attach_store(QueueStore {
+        handle: handle.clone(),
+        id,
+    });
+    let n = 20_000u32;
+    for i in 0..n {
+        let mut body = format!("{i:08}").into_bytes();
+        body.resize(1024, b'.');
+        let m = Message::from_properties(
+            ShortString::from(""),
+            ShortString::from("paged"),
+            BasicProperties {
+                delivery_mode: Some(2),
+                ..BasicProperties::default()
+            },
+            Bytes::from(body),
+        );
+        q.publish(Arc::new(m));
+    }
+    let stats = q.stats();
+    assert_eq!(stats.ready, u64::from(n));
+    assert_eq!(stats.ready_bytes, u64::from(n) * 1024);
+    assert!(stats.memory_bytes <= PAGE_OUT_BYTES + 1024, "{stats:?}");
+    assert!(stats.paged_out > 10_000, "{stats:?}");
+
+    let sink = Arc::new(RecordingSink::default());
+    let credit = Arc::new(ChannelCredit::new());
+    let mut s = spec("c", &sink, 0, &credit);
+    s.ack_required = false;
+    q.add_consumer(s, || {}).unwrap();
+    let got = sink.take();
+    assert_eq!(got.len(), n as usize);
+    for (i, d) in got.iter().enumerate() {
+        assert_eq!(&d.message.body[..8], format!("{i:08}").as_bytes());
+        assert_eq!(d.message.body.len(), 1024);
+        assert_eq!(d.message.properties.delivery_mode, Some(2));
+    }
+    assert_eq!(q.stats().ready, 0);
+    assert_eq!(q.stats().memory_bytes, 0);
+    // No-ack deliveries were acked in the store: nothing is left there.
+    let live = handle.call(move |s| s.live_messages(id)).unwrap().unwrap();
+    assert!(live.is_empty(), "{} messages left in the store", live.len());
+    thread.shutdown().unwrap();
+}
