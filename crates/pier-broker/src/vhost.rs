@@ -848,22 +848,8 @@ impl VHost {
         connection: ConnectionId,
     ) -> Result<()> {
         let mut t = self.write();
-        let q = t
-            .queues
-            .get(queue)
-            .ok_or_else(|| self.not_found(ObjectKind::Queue, queue))?;
-        q.check_access(connection)?;
-        let qname = q.name().clone();
-        if exchange.is_empty() {
-            return Err(BrokerError::DefaultExchange);
-        }
-        self.add_binding(
-            &mut t,
-            exchange,
-            Destination::Queue(qname),
-            routing_key,
-            arguments,
-        )
+        let destination = self.queue_destination(&t, queue, exchange, connection)?;
+        self.add_binding(&mut t, exchange, destination, routing_key, arguments)
     }
 
     pub fn unbind_queue(
@@ -875,22 +861,28 @@ impl VHost {
         connection: ConnectionId,
     ) -> Result<()> {
         let mut t = self.write();
+        let destination = self.queue_destination(&t, queue, exchange, connection)?;
+        self.remove_binding(&mut t, exchange, destination, routing_key, arguments)
+    }
+
+    /// The checks queue.bind and queue.unbind share: the queue exists and is accessible, and
+    /// the exchange is not the default one.
+    fn queue_destination(
+        &self,
+        t: &Topology,
+        queue: &str,
+        exchange: &str,
+        connection: ConnectionId,
+    ) -> Result<Destination> {
         let q = t
             .queues
             .get(queue)
             .ok_or_else(|| self.not_found(ObjectKind::Queue, queue))?;
         q.check_access(connection)?;
-        let qname = q.name().clone();
         if exchange.is_empty() {
             return Err(BrokerError::DefaultExchange);
         }
-        self.remove_binding(
-            &mut t,
-            exchange,
-            Destination::Queue(qname),
-            routing_key,
-            arguments,
-        )
+        Ok(Destination::Queue(q.name().clone()))
     }
 
     pub fn purge_queue(&self, name: &str, connection: ConnectionId) -> Result<u32> {
