@@ -43,8 +43,7 @@ impl Permission {
             ("write", &self.write),
             ("read", &self.read),
         ] {
-            Regex::new(pattern)
-                .map_err(|e| format!("invalid {what} pattern '{pattern}': {e}"))?;
+            Regex::new(pattern).map_err(|e| format!("invalid {what} pattern '{pattern}': {e}"))?;
         }
         Ok(())
     }
@@ -100,7 +99,9 @@ impl Matcher {
             p => match Regex::new(p) {
                 Ok(re) => Matcher::Regex(re),
                 Err(e) => {
-                    tracing::warn!("permission pattern '{p}' does not compile and grants nothing: {e}");
+                    tracing::warn!(
+                        "permission pattern '{p}' does not compile and grants nothing: {e}"
+                    );
                     Matcher::Nothing
                 }
             },

@@ -293,6 +293,23 @@ impl Broker {
         Ok(found.clone())
     }
 
+    /// SASL EXTERNAL: the user named by a verified TLS client certificate must exist (no
+    /// password is checked, as in RabbitMQ's rabbitmq_auth_mechanism_ssl).
+    pub fn authenticate_external(
+        &self,
+        user: &str,
+        from_loopback: bool,
+    ) -> Result<User, AuthError> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let found = users
+            .user(user)
+            .ok_or_else(|| AuthError::InvalidCredentials(user.to_owned()))?;
+        if !from_loopback && self.loopback_users.iter().any(|u| u == user) {
+            return Err(AuthError::LoopbackOnly(user.to_owned()));
+        }
+        Ok(found.clone())
+    }
+
     /// connection.open: the vhost must exist and the user must hold a permission on it.
     pub fn open_vhost(&self, user: &str, vhost: &str) -> Result<Arc<VHost>, BrokerError> {
         let vh = self

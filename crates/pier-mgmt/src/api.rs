@@ -175,9 +175,11 @@ fn node_json(st: &AppState) -> Value {
         "uptime": u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "mem_used": mem,
-        "mem_limit": 0,
-        "mem_alarm": false,
-        "disk_free_alarm": false,
+        "mem_limit": alarms_limit(st.registry.alarms().memory_limit()),
+        "mem_alarm": st.registry.alarms().state().memory,
+        "disk_free": st.registry.alarms().disk_free(),
+        "disk_free_limit": st.registry.alarms().disk_free_limit(),
+        "disk_free_alarm": st.registry.alarms().state().disk,
         "fd_used": fds,
         "fd_total": fd_total,
         "sockets_used": st.registry.connection_count(),
@@ -220,6 +222,38 @@ pub async fn whoami(Extension(user): Extension<AuthUser>) -> Response {
 
 pub async fn health_ok() -> Response {
     json::ok(json!({ "status": "ok" }))
+}
+
+/// No limit is shown as 0 (as for an unmonitored resource).
+fn alarms_limit(v: u64) -> u64 {
+    if v == u64::MAX {
+        0
+    } else {
+        v
+    }
+}
+
+/// `/api/health/checks/alarms` and `local-alarms`: 503 with the alarms in effect, as RabbitMQ.
+pub async fn health_alarms(State(st): State<AppState>) -> Response {
+    let state = st.registry.alarms().state();
+    if !state.any() {
+        return json::ok(json!({ "status": "ok" }));
+    }
+    let mut alarms = Vec::new();
+    if state.memory {
+        alarms.push(json!({ "node": st.node, "resource": "memory" }));
+    }
+    if state.disk {
+        alarms.push(json!({ "node": st.node, "resource": "disk" }));
+    }
+    let body = json!({
+        "status": "failed",
+        "reason": "resource alarm(s) in effect in the cluster",
+        "alarms": alarms,
+    });
+    let mut response = json::ok(body);
+    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    response
 }
 
 /// Declares `aliveness-test` in the vhost, publishes a message to it and gets it back.
@@ -624,15 +658,16 @@ pub async fn put_permission(
     }
     let existed = store.permission(&name, &vhost).is_some();
     let text = |k: &str| get_str(&b, k).unwrap_or("").to_owned();
-    st.broker.set_permission(
-        &name,
-        &vhost,
-        Permission {
-            configure: text("configure"),
-            write: text("write"),
-            read: text("read"),
-        },
-    );
+    let permission = Permission {
+        configure: text("configure"),
+        write: text("write"),
+        read: text("read"),
+    };
+    // RabbitMQ answers 400 invalid_regexp for a pattern that does not compile.
+    permission
+        .validate()
+        .map_err(|e| ApiError::bad_request(format!("invalid_regexp: {e}")))?;
+    st.broker.set_permission(&name, &vhost, permission);
     Ok(json::created_or_updated(!existed))
 }
 

@@ -3,7 +3,7 @@
 //! | tag            | may                                                                  |
 //! |----------------|----------------------------------------------------------------------|
 //! | management     | log in; see and manage vhosts they hold a permission on; own conns   |
-//! | policymaker    | as management (policies are not implemented yet)                     |
+//! | policymaker    | as management, plus setting and clearing policies                    |
 //! | monitoring     | as management, plus every connection/channel, nodes, all vhosts      |
 //! | administrator  | everything: users, vhosts, permissions, definitions                  |
 //!
@@ -41,6 +41,11 @@ impl AuthUser {
 
     pub fn is_monitor(&self) -> bool {
         self.is_admin() || self.has("monitoring")
+    }
+
+    /// May set and clear policies (on vhosts the user holds a permission on).
+    pub fn is_policymaker(&self) -> bool {
+        self.is_admin() || self.has("policymaker")
     }
 
     pub fn is_management(&self) -> bool {

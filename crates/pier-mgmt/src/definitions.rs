@@ -8,10 +8,15 @@
 //! reported together in one 400 after the rest was applied, as RabbitMQ reports the first
 //! failure. Bindings whose source or destination is missing are skipped with a warning:
 //! `rabbitmqctl export_definitions` (3.10) leaves internal exchanges out of its files but keeps
-//! their bindings. Policies, parameters and topic permissions are not implemented yet: they are
-//! accepted and ignored (logged).
+//! their bindings. Policies are applied with the definition keys Pier understands (others, such
+//! as `ha-mode`, are logged and ignored); parameters and topic permissions are not implemented
+//! yet: they are accepted and ignored (logged).
+//!
+//! A large import logs its progress (every 10% and at least every two seconds) and runs on a
+//! blocking thread, so the API stays responsive while thousands of objects are declared.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -25,6 +30,7 @@ use crate::api::{check_algorithm, parse_tags, valid_hash, vhost_meta_from, HASHI
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, object_to_table, short, table_to_json};
+use crate::policies::{parse_policy, policy_json, unknown_keys};
 use crate::{AppState, RABBITMQ_COMPAT_VERSION};
 
 // ---- export ----
@@ -129,7 +135,13 @@ pub(crate) fn export(st: &AppState) -> Value {
     vhs.sort_by(|a, b| a.name().cmp(b.name()));
     let mut vhosts = Vec::new();
     let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    let mut policies = Vec::new();
     for vh in &vhs {
+        policies.extend(
+            sorted_policies(vh)
+                .iter()
+                .map(|p| policy_json(Some(vh.name()), p)),
+        );
         let meta = st.vhost_meta(vh.name());
         vhosts.push(json!({
             "name": vh.name(),
@@ -153,7 +165,7 @@ pub(crate) fn export(st: &AppState) -> Value {
         "topic_permissions": [],
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -176,17 +188,27 @@ pub async fn export_vhost(
     user.require_admin()?;
     let vh = st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
     let (queues, exchanges, bindings) = vhost_objects(&vh, false);
+    let policies: Vec<Value> = sorted_policies(&vh)
+        .iter()
+        .map(|p| policy_json(None, p))
+        .collect();
     Ok(json::ok(json!({
         "rabbit_version": RABBITMQ_COMPAT_VERSION,
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
         "product_name": "Pier",
         "product_version": env!("CARGO_PKG_VERSION"),
         "parameters": [],
-        "policies": [],
+        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
     })))
+}
+
+fn sorted_policies(vh: &VHost) -> Vec<pier_broker::Policy> {
+    let mut ps = vh.policies();
+    ps.sort_by(|a, b| a.name.cmp(&b.name));
+    ps
 }
 
 // ---- import ----
@@ -206,7 +228,7 @@ struct Definitions {
     #[serde(default)]
     bindings: Vec<BindingDef>,
     #[serde(default)]
-    policies: Vec<Value>,
+    policies: Vec<Map<String, Value>>,
     #[serde(default)]
     parameters: Vec<Value>,
     #[serde(default)]
@@ -288,6 +310,66 @@ pub(crate) struct ImportReport {
     pub skipped: Vec<String>,
 }
 
+/// Imports of at least this many objects log their progress.
+const PROGRESS_THRESHOLD: usize = 1000;
+/// The longest silence between two progress lines of a large import.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Progress of an import, logged every 10% and at least every [`PROGRESS_INTERVAL`] for an
+/// import of [`PROGRESS_THRESHOLD`] objects or more.
+struct Progress {
+    total: usize,
+    done: usize,
+    started: Instant,
+    last_log: Instant,
+    last_decile: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        let now = Instant::now();
+        Progress {
+            total,
+            done: 0,
+            started: now,
+            last_log: now,
+            last_decile: 0,
+        }
+    }
+
+    /// Counts one object of `kind` as done.
+    fn step(&mut self, kind: &str) {
+        self.done += 1;
+        if self.total < PROGRESS_THRESHOLD {
+            return;
+        }
+        let decile = self.done * 10 / self.total;
+        if decile > self.last_decile || self.last_log.elapsed() >= PROGRESS_INTERVAL {
+            self.last_decile = decile;
+            self.last_log = Instant::now();
+            tracing::info!(
+                done = self.done,
+                total = self.total,
+                phase = kind,
+                "importing definitions: {}/{} objects ({}%)",
+                self.done,
+                self.total,
+                self.done * 100 / self.total
+            );
+        }
+    }
+
+    fn finish(&self, report: &ImportReport) {
+        tracing::info!(
+            objects = self.done,
+            errors = report.errors.len(),
+            skipped = report.skipped.len(),
+            elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "definitions imported"
+        );
+    }
+}
+
 fn parse(body: &Bytes) -> ApiResult<Definitions> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid definitions: {e}")))
@@ -334,8 +416,24 @@ fn table(m: &Option<Map<String, Value>>) -> ApiResult<pier_wire::FieldTable> {
 fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<ImportReport> {
     let mut report = ImportReport::default();
     let broker = &st.broker;
+    let global = if only_vhost.is_none() {
+        d.vhosts.len() + d.users.len() + d.permissions.len()
+    } else {
+        0
+    };
+    let mut progress = Progress::new(
+        global + d.policies.len() + d.exchanges.len() + d.queues.len() + d.bindings.len(),
+    );
+    if progress.total >= PROGRESS_THRESHOLD {
+        tracing::info!(
+            objects = progress.total,
+            "importing definitions: {} objects",
+            progress.total
+        );
+    }
     if only_vhost.is_none() {
         for v in &d.vhosts {
+            progress.step("vhosts");
             let Some(name) = v.get("name").and_then(Value::as_str) else {
                 report.errors.push("vhost without a name".into());
                 continue;
@@ -344,6 +442,7 @@ fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<I
             st.set_vhost_meta(name, vhost_meta_from(v));
         }
         for u in &d.users {
+            progress.step("users");
             let tags = parse_tags(u.tags.as_ref());
             match (&u.password, &u.password_hash) {
                 (Some(p), _) => broker.add_user(&u.name, p, tags),
@@ -352,6 +451,7 @@ fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<I
             }
         }
         for p in &d.permissions {
+            progress.step("permissions");
             if broker.vhost(&p.vhost).is_none() || broker.users().user(&p.user).is_none() {
                 report.errors.push(format!(
                     "permission of user '{}' on vhost '{}': vhost_or_user_not_found",
@@ -376,7 +476,13 @@ fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<I
             .or_else(|| v.clone())
             .or_else(|| Some("/".to_owned()))
     };
+    // Policies before queues: Pier applies a policy when a queue is declared.
+    for p in &d.policies {
+        progress.step("policies");
+        import_policy(st, p, only_vhost, &mut report);
+    }
     for x in &d.exchanges {
+        progress.step("exchanges");
         if is_system_exchange(&x.name) {
             continue;
         }
@@ -400,6 +506,7 @@ fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<I
         }
     }
     for q in &d.queues {
+        progress.step("queues");
         let Some(vh) = vhost_of(&q.vhost).and_then(|v| broker.vhost(&v)) else {
             report
                 .errors
@@ -420,6 +527,7 @@ fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<I
         }
     }
     for b in &d.bindings {
+        progress.step("bindings");
         let Some(vh) = vhost_of(&b.vhost).and_then(|v| broker.vhost(&v)) else {
             report
                 .errors
@@ -455,16 +563,64 @@ fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<I
             report.errors.push(e.to_string());
         }
     }
-    let ignored = d.policies.len() + d.parameters.len() + d.topic_permissions.len();
+    let ignored = d.parameters.len() + d.topic_permissions.len();
     if ignored > 0 {
         report.skipped.push(format!(
-            "{} policies, {} parameters, {} topic permissions (not supported yet)",
-            d.policies.len(),
+            "{} parameters, {} topic permissions (not supported yet)",
             d.parameters.len(),
             d.topic_permissions.len()
         ));
     }
+    progress.finish(&report);
     Ok(report)
+}
+
+/// Sets one policy of a definitions file; keys Pier does not apply are reported as skipped.
+fn import_policy(
+    st: &AppState,
+    p: &Map<String, Value>,
+    only_vhost: Option<&str>,
+    report: &mut ImportReport,
+) {
+    let Some(name) = p.get("name").and_then(Value::as_str) else {
+        report.errors.push("policy without a name".into());
+        return;
+    };
+    let vhost = only_vhost
+        .or_else(|| p.get("vhost").and_then(Value::as_str))
+        .unwrap_or("/");
+    let Some(vh) = st.broker.vhost(vhost) else {
+        report
+            .errors
+            .push(format!("policy '{name}': vhost '{vhost}' not found"));
+        return;
+    };
+    if let Some(Value::Object(def)) = p.get("definition") {
+        let unknown = unknown_keys(def);
+        if !unknown.is_empty() {
+            report.skipped.push(format!(
+                "policy '{name}' in vhost '{vhost}': definition keys {} (not applied by Pier)",
+                unknown.join(", ")
+            ));
+        }
+    }
+    match parse_policy(name, p, true) {
+        Ok(policy) => vh.set_policy(policy),
+        Err(e) => report
+            .errors
+            .push(format!("policy '{name}' in vhost '{vhost}': {e}")),
+    }
+}
+
+/// Runs an import on a blocking thread (a large file declares thousands of objects).
+async fn apply_blocking(
+    st: AppState,
+    d: Definitions,
+    only_vhost: Option<String>,
+) -> ApiResult<ImportReport> {
+    tokio::task::spawn_blocking(move || apply(&st, d, only_vhost.as_deref()))
+        .await
+        .map_err(|e| ApiError::internal(format!("definitions import failed: {e}")))?
 }
 
 fn finish(report: ImportReport) -> ApiResult<Response> {
@@ -494,7 +650,7 @@ pub async fn import_all(
         bindings = d.bindings.len(),
         "importing definitions"
     );
-    finish(apply(&st, d, None)?)
+    finish(apply_blocking(st, d, None).await?)
 }
 
 pub async fn import_vhost(
@@ -507,5 +663,5 @@ pub async fn import_vhost(
     st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
     let d = parse(&body)?;
     validate(&d)?;
-    finish(apply(&st, d, Some(&vhost))?)
+    finish(apply_blocking(st, d, Some(vhost)).await?)
 }

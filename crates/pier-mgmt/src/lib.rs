@@ -1,11 +1,13 @@
 //! Pier's management and observability layer: RabbitMQ's management HTTP API (same paths,
 //! JSON shapes and field names, basic auth with RabbitMQ's user tags), definitions export and
-//! import in RabbitMQ's format, and a Prometheus endpoint with RabbitMQ's metric names.
+//! import in RabbitMQ's format, a Prometheus endpoint with RabbitMQ's metric names, and a
+//! web UI (plain HTML, CSS and JavaScript embedded in the binary, served at `/`).
 //!
 //! ```text
 //!  HTTP ─► axum router ─► auth (basic, tags) ─► handlers ─┬─► Broker (vhosts, queues, users)
 //!                                                        └─► Registry (connections, channels)
 //!  GET /metrics (no auth, as RabbitMQ's Prometheus plugin) ─► text exposition format
+//!  GET / and /ui/* (no auth: static files; the UI itself calls /api with basic auth)
 //! ```
 //!
 //! Everything is read on request from the broker and the registry; the only state kept here
@@ -18,8 +20,11 @@ mod definitions;
 mod error;
 mod json;
 mod metrics;
+mod policies;
 mod stats;
+mod tls;
 mod topology;
+mod ui;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -133,6 +138,35 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_on(listener, broker, registry, options, shutdown).await
+}
+
+/// `serve_with` over HTTPS: TLS sessions from `acceptor` on `listener`.
+pub async fn serve_tls_with(
+    listener: tokio::net::TcpListener,
+    acceptor: pier_server::tls::TlsAcceptor,
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // tap_io: axum gives the peer's address to ConnectInfo for tapped listeners.
+    let listener = tls::TlsListener::new(listener, acceptor)?.tap_io(|_| {});
+    serve_on(listener, broker, registry, options, shutdown).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     let node = format!("pier@{}", hostname());
     let state = AppState(Arc::new(Inner {
         broker,
@@ -249,9 +283,17 @@ fn router(state: AppState) -> Router {
         .route("/channels/{name}", get(conns::channel))
         .route("/consumers", get(conns::consumers))
         .route("/consumers/{vhost}", get(conns::vhost_consumers))
+        .route("/policies", get(policies::policies))
+        .route("/policies/{vhost}", get(policies::vhost_policies))
+        .route(
+            "/policies/{vhost}/{name}",
+            get(policies::policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
+        )
         .route("/aliveness-test/{vhost}", get(api::aliveness_test))
-        .route("/health/checks/alarms", get(api::health_ok))
-        .route("/health/checks/local-alarms", get(api::health_ok))
+        .route("/health/checks/alarms", get(api::health_alarms))
+        .route("/health/checks/local-alarms", get(api::health_alarms))
         .route("/health/checks/virtual-hosts", get(api::health_ok))
         .route(
             "/definitions",
@@ -266,11 +308,13 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(ui::no_browser_prompt));
     Router::new()
         .nest("/api", api)
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/per-object", get(metrics::metrics))
+        .merge(ui::routes())
         .with_state(state)
 }
 

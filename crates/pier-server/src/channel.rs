@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pier_broker::{
-    names, parse_expiration, persist::PublishDurability, ChannelCredit, ConsumerId, ConsumerSpec,
-    ExchangeDeclare, Message, Published, Queue, QueueDeclare,
+    names, parse_expiration, persist::PublishDurability, Access, ChannelCredit, ConsumerId,
+    ConsumerSpec, ExchangeDeclare, Message, ObjectKind, Published, Queue, QueueDeclare,
 };
 use pier_wire::{
     reply_code as rc, BasicCancelOk, BasicGetEmpty, BasicPublish, BasicQosOk, BasicRecoverOk,
     ChannelFlowOk, ConfirmSelectOk, ContentHeader, ExchangeBindOk, ExchangeDeclareOk,
-    ExchangeDeleteOk, ExchangeUnbindOk, Method, QueueBindOk, QueueDeclareOk, QueueDeleteOk,
-    QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk, TxRollbackOk, TxSelectOk,
+    ExchangeDeleteOk, ExchangeUnbindOk, FieldValue, Method, QueueBindOk, QueueDeclareOk,
+    QueueDeleteOk, QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
 use crate::connection::{requeue_grouped, Connection};
@@ -210,6 +210,9 @@ impl Connection {
             }
             Method::ChannelFlowOk(_) => Ok(()),
             Method::ExchangeDeclare(m) => {
+                if !m.passive && !m.exchange.is_empty() {
+                    self.authorize_exchange_declare(&m.exchange, &m.arguments)?;
+                }
                 self.vhost.declare_exchange(&ExchangeDeclare {
                     name: m.exchange,
                     kind: m.kind.to_string(),
@@ -225,6 +228,11 @@ impl Connection {
                 Ok(())
             }
             Method::ExchangeDelete(m) => {
+                // The default and amq.* exchanges are refused before permissions are checked.
+                if !m.exchange.is_empty() && !m.exchange.starts_with("amq.") {
+                    self.access
+                        .check(ObjectKind::Exchange, &m.exchange, Access::Configure)?;
+                }
                 self.vhost.delete_exchange(&m.exchange, m.if_unused)?;
                 if !m.nowait {
                     self.reply(ch, Method::ExchangeDeleteOk(ExchangeDeleteOk {}));
@@ -232,6 +240,7 @@ impl Connection {
                 Ok(())
             }
             Method::ExchangeBind(m) => {
+                self.authorize_binding(ObjectKind::Exchange, &m.destination, &m.source)?;
                 self.vhost
                     .bind_exchange(&m.destination, &m.source, m.routing_key, m.arguments)?;
                 if !m.nowait {
@@ -240,6 +249,7 @@ impl Connection {
                 Ok(())
             }
             Method::ExchangeUnbind(m) => {
+                self.authorize_binding(ObjectKind::Exchange, &m.destination, &m.source)?;
                 self.vhost.unbind_exchange(
                     &m.destination,
                     &m.source,
@@ -266,15 +276,24 @@ impl Connection {
                 Ok(())
             }
             Method::QueueDeclare(m) => {
-                let declared = self.vhost.declare_queue(&QueueDeclare {
-                    name: m.queue,
-                    passive: m.passive,
-                    durable: m.durable,
-                    exclusive: m.exclusive,
-                    auto_delete: m.auto_delete,
-                    arguments: m.arguments,
-                    connection: self.id,
-                })?;
+                // Permissions are checked inside the declaration (a server-named queue's
+                // name is only known there), against the permission as of now.
+                self.access.refresh();
+                let access = &self.access;
+                #[allow(clippy::result_large_err)]
+                let mut authorize = |kind, name: &str, a| access.check_current(kind, name, a);
+                let declared = self.vhost.declare_queue_checked(
+                    &QueueDeclare {
+                        name: m.queue,
+                        passive: m.passive,
+                        durable: m.durable,
+                        exclusive: m.exclusive,
+                        auto_delete: m.auto_delete,
+                        arguments: m.arguments,
+                        connection: self.id,
+                    },
+                    &mut authorize,
+                )?;
                 let name = declared.queue.name().clone();
                 self.channel(ch)?.last_queue = Some(name.clone());
                 if !m.nowait {
@@ -291,6 +310,7 @@ impl Connection {
             }
             Method::QueueBind(m) => {
                 let queue = self.queue_name(ch, m.queue)?;
+                self.authorize_binding(ObjectKind::Queue, &queue, &m.exchange)?;
                 self.vhost
                     .bind_queue(&queue, &m.exchange, m.routing_key, m.arguments, self.id)?;
                 if !m.nowait {
@@ -300,6 +320,7 @@ impl Connection {
             }
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(ch, m.queue)?;
+                self.authorize_binding(ObjectKind::Queue, &queue, &m.exchange)?;
                 self.vhost.unbind_queue(
                     &queue,
                     &m.exchange,
@@ -312,6 +333,7 @@ impl Connection {
             }
             Method::QueuePurge(m) => {
                 let queue = self.queue_name(ch, m.queue)?;
+                self.access.check(ObjectKind::Queue, &queue, Access::Read)?;
                 let message_count = self.vhost.purge_queue(&queue, self.id)?;
                 if !m.nowait {
                     self.reply(ch, Method::QueuePurgeOk(QueuePurgeOk { message_count }));
@@ -320,6 +342,8 @@ impl Connection {
             }
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(ch, m.queue)?;
+                self.access
+                    .check(ObjectKind::Queue, &queue, Access::Configure)?;
                 let message_count =
                     self.vhost
                         .delete_queue(&queue, m.if_unused, m.if_empty, self.id)?;
@@ -376,6 +400,48 @@ impl Connection {
                 ),
             )),
         }
+    }
+
+    // ---- permissions ----
+
+    /// exchange.declare (not passive): configure access to the exchange; when it is created
+    /// with an alternate exchange, read access to it and write access to the alternate, as
+    /// RabbitMQ checks them.
+    fn authorize_exchange_declare(
+        &mut self,
+        name: &str,
+        arguments: &pier_wire::FieldTable,
+    ) -> Result<(), AmqpException> {
+        self.access
+            .check(ObjectKind::Exchange, name, Access::Configure)?;
+        if let Some(FieldValue::LongString(ae)) = arguments.get("alternate-exchange") {
+            if !self.vhost.exchange_exists(name) {
+                self.access
+                    .check(ObjectKind::Exchange, name, Access::Read)?;
+                self.access
+                    .check(ObjectKind::Exchange, &ae.to_str_lossy(), Access::Write)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// queue.bind / exchange.bind and their unbinds: write access to the destination, then
+    /// (unless either end is the default exchange, which the broker refuses) read access to
+    /// the source exchange.
+    fn authorize_binding(
+        &mut self,
+        kind: ObjectKind,
+        destination: &str,
+        source: &str,
+    ) -> Result<(), AmqpException> {
+        self.access.check(kind, destination, Access::Write)?;
+        let default_involved =
+            source.is_empty() || (kind == ObjectKind::Exchange && destination.is_empty());
+        if !default_involved {
+            self.access
+                .check(ObjectKind::Exchange, source, Access::Read)?;
+        }
+        Ok(())
     }
 
     // ---- publishing ----
@@ -495,6 +561,9 @@ impl Connection {
             (None, Some(first)) => first,
             (None, None) => Bytes::new(),
         };
+        self.access
+            .check_publish(&p.method.exchange)
+            .map_err(|e| e.on_ids(60, 40))?;
         if let Some(uid) = &header.properties.user_id {
             if uid.as_str() != self.user.name {
                 return Err(precondition(format!(
@@ -881,6 +950,11 @@ impl Connection {
                 format!("attempt to reuse consumer tag '{tag}'"),
             ));
         }
+        if queue_name.as_str() != direct_reply::PSEUDO_QUEUE {
+            self.access
+                .check(ObjectKind::Queue, &queue_name, Access::Read)?;
+        }
+        let channel = self.channel(ch)?;
         if queue_name.as_str() == direct_reply::PSEUDO_QUEUE {
             if !m.no_ack {
                 return Err(precondition("reply consumer cannot acknowledge"));
@@ -971,6 +1045,7 @@ impl Connection {
 
     fn get(&mut self, ch: u16, queue: ShortString, no_ack: bool) -> Result<(), AmqpException> {
         let name = self.queue_name(ch, queue)?;
+        self.access.check(ObjectKind::Queue, &name, Access::Read)?;
         let q = self.vhost.queue(&name, self.id)?;
         match q.get(!no_ack) {
             Some((delivery, remaining)) => self.outbound.send_get_ok(ch, delivery, remaining),

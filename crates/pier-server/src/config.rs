@@ -1,5 +1,6 @@
 //! Limits and defaults the server negotiates and enforces; every default is RabbitMQ's.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -24,6 +25,31 @@ pub struct ServerConfig {
     /// A channel holding an unacknowledged delivery longer than this is closed with 406
     /// (RabbitMQ's `consumer_timeout`, default 30 minutes); None disables the check.
     pub consumer_timeout: Option<Duration>,
+    /// Most client sockets (handshakes included) the node holds at once; further ones are
+    /// closed as soon as they are accepted (RabbitMQ's `connection_max`; default: no limit).
+    pub max_connections: Option<usize>,
+    /// Memory use (resident set) above which publishers are blocked (RabbitMQ's
+    /// `vm_memory_high_watermark`, default 0.4 of RAM).
+    pub memory_high_watermark: MemoryWatermark,
+    /// Free disk space on `data_dir`'s file system below which publishers are blocked
+    /// (RabbitMQ's `disk_free_limit`, default 50 MB).
+    pub disk_free_limit: u64,
+    /// The directory whose file system the disk alarm watches (None: no disk alarm).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// RabbitMQ's `vm_memory_high_watermark`: a fraction of the machine's RAM (or of the cgroup
+/// memory limit, when lower), or an absolute number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryWatermark {
+    Relative(f64),
+    Absolute(u64),
+}
+
+impl Default for MemoryWatermark {
+    fn default() -> Self {
+        MemoryWatermark::Relative(0.4)
+    }
 }
 
 impl Default for ServerConfig {
@@ -38,6 +64,10 @@ impl Default for ServerConfig {
             outbound_high_watermark: 4 * 1024 * 1024,
             cluster_name: "pier".to_owned(),
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
+            max_connections: None,
+            memory_high_watermark: MemoryWatermark::default(),
+            disk_free_limit: 50_000_000,
+            data_dir: None,
         }
     }
 }

@@ -24,9 +24,11 @@ use pier_wire::{
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessControl;
 use crate::channel::Channel;
 use crate::config::ServerConfig;
 use crate::error::{AmqpException, ConnectionError};
+use crate::flow::FlowState;
 use crate::handshake::{ClientCapabilities, FrameReader, Negotiated};
 use crate::outbound::{Outbound, Unacked};
 use crate::registry::ConnectionEntry;
@@ -56,6 +58,10 @@ pub(crate) struct Connection {
     pub channel_max: u16,
     pub heartbeat: u16,
     pub capabilities: ClientCapabilities,
+    /// Permission checks (access.rs).
+    pub(crate) access: AccessControl,
+    /// Publisher blocking under resource alarms (flow.rs).
+    pub(crate) flow: FlowState,
     pub channels: HashMap<u16, Channel>,
     /// The server sent connection.close and waits for close-ok.
     closing: bool,
@@ -85,6 +91,8 @@ impl Connection {
             channel_max: n.channel_max,
             heartbeat: n.heartbeat,
             capabilities: n.capabilities,
+            access: n.access,
+            flow: FlowState::default(),
             channels: HashMap::new(),
             closing: false,
             route_buf: Vec::new(),
@@ -152,6 +160,16 @@ impl Connection {
             }
             self.flush_confirms();
             self.requeue_orphans();
+
+            // Resource alarm: a connection that just published stops being read (flow.rs).
+            if !self.closing && self.must_block_publisher() {
+                if self.wait_while_blocked(&shutdown).await {
+                    self.begin_forced_close();
+                    close_deadline = Some(tokio::time::Instant::now() + self.config.close_timeout);
+                }
+                last_read = tokio::time::Instant::now();
+                continue;
+            }
 
             if self.outbound.is_congested() {
                 tokio::select! {

@@ -13,6 +13,7 @@ use pier_wire::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::access::AccessControl;
 use crate::config::ServerConfig;
 use crate::error::{AmqpException, ConnectionError};
 
@@ -28,12 +29,16 @@ pub(crate) struct Negotiated {
     pub client_properties: FieldTable,
     /// The SASL mechanism the client logged in with.
     pub mechanism: String,
+    /// Permission checks for this user on this vhost (holds the vhost connection slot).
+    pub access: AccessControl,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ClientCapabilities {
     pub consumer_cancel_notify: bool,
     pub authentication_failure_close: bool,
+    /// The client understands connection.blocked / connection.unblocked.
+    pub connection_blocked: bool,
 }
 
 impl ClientCapabilities {
@@ -45,6 +50,7 @@ impl ClientCapabilities {
         ClientCapabilities {
             consumer_cancel_notify: flag("consumer_cancel_notify"),
             authentication_failure_close: flag("authentication_failure_close"),
+            connection_blocked: flag("connection.blocked"),
         }
     }
 }
@@ -175,17 +181,24 @@ pub(crate) async fn read_protocol_header<R: AsyncRead + Unpin, W: AsyncWrite + U
 pub(crate) async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut FrameReader<R>,
     w: &mut W,
-    broker: &Broker,
+    broker: &Arc<Broker>,
     config: &ServerConfig,
     peer: SocketAddr,
+    cert_user: Option<&str>,
 ) -> Result<Negotiated, ConnectionError> {
+    // SASL EXTERNAL is offered only over TLS with a verified client certificate.
+    let mechanisms = if cert_user.is_some() {
+        "PLAIN AMQPLAIN EXTERNAL"
+    } else {
+        "PLAIN AMQPLAIN"
+    };
     send(
         w,
         &Method::ConnectionStart(ConnectionStart {
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(config),
-            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            mechanisms: LongString::from(mechanisms),
             locales: LongString::from("en_US"),
         }),
     )
@@ -198,14 +211,21 @@ pub(crate) async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     let capabilities = ClientCapabilities::from_client_properties(&start_ok.client_properties);
     let mechanism = start_ok.mechanism.as_str().to_owned();
-    let credentials = match mechanism.as_str() {
-        "PLAIN" => parse_plain(start_ok.response.as_bytes()),
-        "AMQPLAIN" => parse_amqplain(&start_ok.response.0),
-        _ => None,
-    };
-    let user = match credentials {
-        Some((user, pass)) => broker.authenticate(&user, &pass, peer.ip().is_loopback()),
-        None => Err(AuthError::InvalidCredentials(String::new())),
+    let from_loopback = peer.ip().is_loopback();
+    let user = match (mechanism.as_str(), cert_user) {
+        // The user is the certificate's subject CN; the response (an authzid) is ignored.
+        ("EXTERNAL", Some(cn)) => broker.authenticate_external(cn, from_loopback),
+        _ => {
+            let credentials = match mechanism.as_str() {
+                "PLAIN" => parse_plain(start_ok.response.as_bytes()),
+                "AMQPLAIN" => parse_amqplain(&start_ok.response.0),
+                _ => None,
+            };
+            match credentials {
+                Some((user, pass)) => broker.authenticate(&user, &pass, from_loopback),
+                None => Err(AuthError::InvalidCredentials(String::new())),
+            }
+        }
     };
     let user = match user {
         Ok(u) => u,
@@ -270,9 +290,20 @@ pub(crate) async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let Method::ConnectionOpen(open) = reader.next_connection_method().await? else {
         return Err(AmqpException::new(rc::COMMAND_INVALID, "expected 'connection.open'").into());
     };
+    // Failures are logged (with the peer) where the close is sent.
     let vhost = broker
         .open_vhost(&user.name, open.virtual_host.as_str())
         .map_err(|e| AmqpException::from(e).on_ids(10, 40))?;
+    let slot = vhost
+        .acquire_connection_slot(&user.name)
+        .map_err(|e| AmqpException::from(e).on_ids(10, 40))?;
+    let access = AccessControl::new(
+        Arc::clone(broker),
+        &user.name,
+        vhost.name(),
+        peer,
+        Some(slot),
+    );
     send(
         w,
         &Method::ConnectionOpenOk(ConnectionOpenOk {
@@ -289,6 +320,7 @@ pub(crate) async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         capabilities,
         client_properties: start_ok.client_properties,
         mechanism,
+        access,
     })
 }
 

@@ -8,15 +8,19 @@
 //!                                         └─ writer task (outbound.rs) ◄── queue deliveries
 //! ```
 
+mod access;
+pub mod alarms;
 mod channel;
 mod coarse_clock;
 pub mod config;
 mod connection;
 mod direct_reply;
 pub mod error;
+mod flow;
 mod handshake;
 mod outbound;
 pub mod registry;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,8 +29,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pier_broker::Broker;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +44,25 @@ use handshake::FrameReader;
 use outbound::Outbound;
 use registry::CountingWriter;
 
+/// A socket to accept AMQP clients on: plain TCP, or TLS (`amqps`).
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    pub fn plain(tcp: TcpListener) -> Self {
+        Listener { tcp, tls: None }
+    }
+
+    pub fn tls(tcp: TcpListener, acceptor: TlsAcceptor) -> Self {
+        Listener {
+            tcp,
+            tls: Some(acceptor),
+        }
+    }
+}
+
 /// Serves AMQP on `listener` until `shutdown` resolves, then closes every client connection
 /// with 320 CONNECTION_FORCED and waits (bounded) for them to finish.
 pub async fn run(
@@ -48,35 +72,59 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    run_listeners(
+        vec![Listener::plain(listener)],
+        broker,
+        registry,
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Shared {
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    config: Arc<ServerConfig>,
+    /// Cancelled at shutdown: connections close with 320.
+    token: CancellationToken,
+    tracker: TaskTracker,
+    sockets: Arc<SocketCount>,
+}
+
+/// `run` with several listeners (AMQP and AMQPS).
+pub async fn run_listeners(
+    listeners: Vec<Listener>,
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let config = Arc::new(config);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let ticker = tokio::spawn(tick_broker(Arc::clone(&broker), token.clone()));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let broker = Arc::clone(&broker);
-                let registry = Arc::clone(&registry);
-                let config = Arc::clone(&config);
-                let token = token.clone();
-                tracker.spawn(async move {
-                    handle_connection(stream, peer, broker, registry, config, token).await;
-                });
-            }
-            () = &mut shutdown => break,
-        }
+    let monitor = alarms::ResourceMonitor::new(Arc::clone(registry.alarms()), &config);
+    let ticker = tokio::spawn(tick_broker(Arc::clone(&broker), monitor, token.clone()));
+    let shared = Shared {
+        broker,
+        registry,
+        config,
+        token: token.clone(),
+        tracker: tracker.clone(),
+        sockets: Arc::new(SocketCount::default()),
+    };
+    let stop_accepting = CancellationToken::new();
+    let accept_loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(l, shared.clone(), stop_accepting.clone())))
+        .collect();
+    shutdown.await;
+    stop_accepting.cancel();
+    for l in accept_loops {
+        let _ = l.await;
     }
-    drop(listener);
     tracing::info!("shutting down: closing {} connection(s)", tracker.len());
     token.cancel();
     let _ = ticker.await;
@@ -90,11 +138,47 @@ pub async fn run(
     Ok(())
 }
 
+/// Accepts clients on one listener until `stop` (the listener closes when this returns).
+async fn accept_loop(listener: Listener, shared: Shared, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.tcp.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = shared.sockets.acquire(shared.config.max_connections) else {
+            // RabbitMQ's connection_max: over the limit, the socket is not served.
+            shared.sockets.log_refusal(peer);
+            drop(stream);
+            continue;
+        };
+        let s = shared.clone();
+        let tls = listener.tls.clone();
+        shared.tracker.spawn(async move {
+            handle_connection(stream, peer, tls, s.broker, s.registry, s.config, s.token).await;
+            drop(slot);
+        });
+    }
+}
+
 /// How often the broker's timers (message TTL, queue expiry, delayed messages) are checked.
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// One task drives every broker timer: `Broker::tick` is cheap when nothing is due.
-async fn tick_broker(broker: Arc<Broker>, stop: CancellationToken) {
+/// One task drives every broker timer: `Broker::tick` is cheap when nothing is due. It also
+/// samples memory and disk for the resource alarms.
+async fn tick_broker(
+    broker: Arc<Broker>,
+    mut monitor: alarms::ResourceMonitor,
+    stop: CancellationToken,
+) {
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -102,8 +186,55 @@ async fn tick_broker(broker: Arc<Broker>, stop: CancellationToken) {
             _ = interval.tick() => {
                 coarse_clock::update();
                 broker.tick();
+                monitor.tick();
             }
             () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Client sockets being served (handshakes included), for `max_connections`.
+#[derive(Default)]
+struct SocketCount {
+    open: std::sync::atomic::AtomicUsize,
+    /// When a refusal was last logged (ms on the coarse clock), to log at most once a second.
+    last_logged_ms: std::sync::atomic::AtomicU64,
+}
+
+/// One served socket; given back when dropped.
+struct SocketSlot(Arc<SocketCount>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl SocketCount {
+    fn acquire(self: &Arc<Self>, max: Option<usize>) -> Option<SocketSlot> {
+        use std::sync::atomic::Ordering;
+        let max = max.unwrap_or(usize::MAX);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SocketSlot(Arc::clone(self)))
+    }
+
+    fn log_refusal(&self, peer: SocketAddr) {
+        use std::sync::atomic::Ordering;
+        let now = coarse_clock::now_ms();
+        let last = self.last_logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_logged_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%peer, "connection refused: node connection limit ({}) is reached", self.open.load(Ordering::Relaxed));
         }
     }
 }
@@ -111,6 +242,7 @@ async fn tick_broker(broker: Arc<Broker>, stop: CancellationToken) {
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     broker: Arc<Broker>,
     registry: Arc<Registry>,
     config: Arc<ServerConfig>,
@@ -118,8 +250,79 @@ async fn handle_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let (mut rd, mut wr) = stream.into_split();
     tracing::debug!(%peer, "accepted connection");
+    // The handshake timeout covers the TLS handshake and the AMQP one together.
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let Some(acceptor) = tls else {
+        let (rd, wr) = stream.into_split();
+        let conn = ConnectionSetup {
+            peer,
+            local,
+            deadline,
+            cert_user: None,
+        };
+        return serve_stream(rd, wr, conn, broker, registry, config, shutdown).await;
+    };
+    let accepted = tokio::select! {
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+        () = shutdown.cancelled() => return,
+    };
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    // Only a certificate the verifier accepted gets here (rustls checked it against the CA).
+    let cert_user = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| tls::subject_common_name(cert));
+    let (rd, wr) = tokio::io::split(stream);
+    let conn = ConnectionSetup {
+        peer,
+        local,
+        deadline,
+        cert_user,
+    };
+    serve_stream(rd, wr, conn, broker, registry, config, shutdown).await;
+}
+
+/// What the transport settled before AMQP starts.
+struct ConnectionSetup {
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// The handshake must be complete by then.
+    deadline: tokio::time::Instant,
+    /// The subject CN of the client's verified TLS certificate (for SASL EXTERNAL).
+    cert_user: Option<String>,
+}
+
+async fn serve_stream<R, W>(
+    mut rd: R,
+    mut wr: W,
+    setup: ConnectionSetup,
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    config: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let ConnectionSetup {
+        peer,
+        local,
+        deadline,
+        cert_user,
+    } = setup;
 
     let handshake = async {
         handshake::read_protocol_header(&mut rd, &mut wr).await?;
@@ -128,11 +331,19 @@ async fn handle_connection(
             buf: BytesMut::with_capacity(16 * 1024),
             frame_max: config.frame_max,
         };
-        let negotiated = handshake::negotiate(&mut reader, &mut wr, &broker, &config, peer).await;
+        let negotiated = handshake::negotiate(
+            &mut reader,
+            &mut wr,
+            &broker,
+            &config,
+            peer,
+            cert_user.as_deref(),
+        )
+        .await;
         Ok::<_, ConnectionError>((reader, negotiated))
     };
     let (mut reader, negotiated) = tokio::select! {
-        r = tokio::time::timeout(config.handshake_timeout, handshake) => match r {
+        r = tokio::time::timeout_at(deadline, handshake) => match r {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 tracing::info!(%peer, "connection refused during handshake: {e}");

@@ -23,6 +23,7 @@ use pier_wire::FieldTable;
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
+use crate::alarms::Alarms;
 use crate::outbound::Outbound;
 
 /// The reason RabbitMQ gives a client whose connection was closed through the management API
@@ -69,6 +70,8 @@ pub(crate) struct ConnectionEntry {
     /// Cancelled to close this connection (a child of the server's shutdown token).
     close: CancellationToken,
     close_reason: Mutex<Option<String>>,
+    /// The node's alarms (a publishing connection is blocked while one is set).
+    pub alarms: Arc<Alarms>,
 }
 
 impl ConnectionEntry {
@@ -97,6 +100,11 @@ impl ConnectionEntry {
     #[inline]
     pub fn count_publish(&self) {
         self.counters.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// basic.publish methods received on this connection so far.
+    pub fn published(&self) -> u64 {
+        self.counters.published.load(Ordering::Relaxed)
     }
 
     #[inline]
@@ -173,6 +181,8 @@ pub struct Registry {
     retired_published: AtomicU64,
     retired_recv_oct: AtomicU64,
     retired_send_oct: AtomicU64,
+    /// The node's memory and disk alarms (alarms.rs), which block publishing connections.
+    alarms: Arc<Alarms>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -208,6 +218,7 @@ impl Registry {
             outbound,
             close: shutdown.child_token(),
             close_reason: Mutex::new(None),
+            alarms: Arc::clone(&self.alarms),
         });
         self.write().insert(entry.meta.id, Arc::clone(&entry));
         self.opened.fetch_add(1, Ordering::Relaxed);
@@ -231,6 +242,11 @@ impl Registry {
 
     pub fn connection_count(&self) -> usize {
         self.read().len()
+    }
+
+    /// The node's memory and disk alarms.
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
     }
 
     /// Open channels over all connections.

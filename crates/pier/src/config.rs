@@ -8,6 +8,8 @@
 //! tags = ["administrator"]
 //! [[vhosts]]
 //! name = "other"
+//! max_connections = 100     # RabbitMQ's vhost limits (default: none)
+//! max_queues = 1000
 //! [[permissions]]
 //! user = "alice"
 //! vhost = "/"
@@ -21,6 +23,20 @@
 //! apply-to = "queues"
 //! priority = 1
 //! definition = { message-ttl = 60000, dead-letter-exchange = "dlx" }
+//!
+//! # Limits and resource alarms, with RabbitMQ's names and defaults
+//! max_connections = 10000            # node-wide (connection_max; default: no limit)
+//! handshake_timeout = 10000          # ms
+//! vm_memory_high_watermark.relative = 0.4   # or .absolute = <bytes>
+//! disk_free_limit.absolute = 50000000       # bytes free on the data directory's disk
+//!
+//! # AMQP over TLS on --amqps-port (5671); paths relative to the config file
+//! [tls]
+//! cert = "server.pem"    # certificate chain, leaf first
+//! key = "server.key"
+//! ca = "ca.pem"          # optional: verify client certificates (SASL EXTERNAL: user = CN)
+//! verify_peer = true     # with ca: a client certificate is required
+//! http = true            # the management API on --http-port speaks HTTPS (same certificate)
 //! ```
 
 use std::path::Path;
@@ -56,6 +72,47 @@ pub struct FileConfig {
     /// RabbitMQ's `consumer_timeout` in milliseconds (default 1800000 = 30 minutes); 0
     /// disables it.
     pub consumer_timeout: Option<u64>,
+    /// Most client connections (sockets) the node serves at once (RabbitMQ's
+    /// `connection_max`; default: no limit).
+    pub max_connections: Option<usize>,
+    /// Milliseconds a client has to complete the AMQP handshake (default 10000).
+    pub handshake_timeout: Option<u64>,
+    /// `vm_memory_high_watermark.relative = 0.4` (fraction of RAM, the default) or
+    /// `vm_memory_high_watermark.absolute = <bytes>`.
+    pub vm_memory_high_watermark: Option<WatermarkEntry>,
+    /// `disk_free_limit.absolute = <bytes>` (default 50000000).
+    pub disk_free_limit: Option<DiskFreeLimitEntry>,
+    /// AMQP over TLS (`amqps`).
+    pub tls: Option<TlsEntry>,
+    /// The directory relative paths in this file are resolved against (the file's own).
+    #[serde(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsEntry {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub verify_peer: bool,
+    /// Serve the management API over HTTPS too.
+    #[serde(default)]
+    pub http: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkEntry {
+    pub relative: Option<f64>,
+    pub absolute: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFreeLimitEntry {
+    pub absolute: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +128,10 @@ pub struct UserEntry {
 #[serde(deny_unknown_fields)]
 pub struct VhostEntry {
     pub name: String,
+    /// RabbitMQ's vhost limit `max-connections` (default: none).
+    pub max_connections: Option<u64>,
+    /// RabbitMQ's vhost limit `max-queues` (default: none).
+    pub max_queues: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,7 +233,30 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+        let mut config: FileConfig = toml::from_str(&text)
+            .with_context(|| format!("parsing config file {}", path.display()))?;
+        config.base_dir = path.parent().map(Path::to_owned);
+        Ok(config)
+    }
+
+    /// Whether the management API is served over HTTPS (`[tls] http = true`).
+    pub fn https(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.http)
+    }
+
+    /// The `[tls]` section with its paths resolved.
+    pub fn tls_settings(&self) -> Option<pier_server::tls::TlsSettings> {
+        let t = self.tls.as_ref()?;
+        let resolve = |p: &Path| match &self.base_dir {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p.to_owned(),
+        };
+        Some(pier_server::tls::TlsSettings {
+            cert: resolve(&t.cert),
+            key: resolve(&t.key),
+            ca: t.ca.as_deref().map(resolve),
+            verify_peer: t.verify_peer,
+        })
     }
 
     /// Builds the broker state this config describes.
@@ -188,7 +272,12 @@ impl FileConfig {
             broker.set_permission("guest", "/", Permission::full());
         }
         for v in &self.vhosts {
-            broker.add_vhost(&v.name);
+            broker
+                .add_vhost(&v.name)
+                .set_limits(pier_broker::VhostLimits {
+                    max_connections: v.max_connections,
+                    max_queues: v.max_queues,
+                });
         }
         for u in &self.users {
             broker.add_user(&u.name, &u.password, u.tags.clone());
@@ -201,15 +290,19 @@ impl FileConfig {
                     p.vhost
                 );
             }
-            broker.set_permission(
-                &p.user,
-                &p.vhost,
-                Permission {
-                    configure: p.configure.clone(),
-                    write: p.write.clone(),
-                    read: p.read.clone(),
-                },
-            );
+            let permission = Permission {
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            };
+            permission.validate().map_err(|e| {
+                anyhow::anyhow!(
+                    "permission for user '{}' on vhost '{}': {e}",
+                    p.user,
+                    p.vhost
+                )
+            })?;
+            broker.set_permission(&p.user, &p.vhost, permission);
         }
         for p in &self.policies {
             let Some(vh) = broker.vhost(&p.vhost) else {
@@ -218,6 +311,58 @@ impl FileConfig {
             vh.set_policy(p.to_policy()?);
         }
         Ok(broker)
+    }
+}
+
+impl FileConfig {
+    /// The server limits this config sets, on top of RabbitMQ's defaults.
+    pub fn server_config(&self) -> anyhow::Result<pier_server::ServerConfig> {
+        use std::time::Duration;
+        let mut c = pier_server::ServerConfig::default();
+        if let Some(v) = self.frame_max {
+            c.frame_max = v;
+        }
+        if let Some(v) = self.channel_max {
+            c.channel_max = v;
+        }
+        if let Some(v) = self.heartbeat {
+            c.heartbeat = v;
+        }
+        if let Some(v) = self.max_message_size {
+            c.max_message_size = v;
+        }
+        if let Some(ms) = self.consumer_timeout {
+            c.consumer_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        c.max_connections = self.max_connections;
+        if let Some(ms) = self.handshake_timeout {
+            if ms == 0 {
+                anyhow::bail!("handshake_timeout must be more than 0 ms");
+            }
+            c.handshake_timeout = Duration::from_millis(ms);
+        }
+        if let Some(w) = &self.vm_memory_high_watermark {
+            c.memory_high_watermark = match (w.relative, w.absolute) {
+                (Some(_), Some(_)) => anyhow::bail!(
+                    "vm_memory_high_watermark: set either relative or absolute, not both"
+                ),
+                (Some(r), None) if (0.0..=1.0).contains(&r) => {
+                    pier_server::config::MemoryWatermark::Relative(r)
+                }
+                (Some(r), None) => anyhow::bail!(
+                    "vm_memory_high_watermark.relative must be between 0 and 1, not {r}"
+                ),
+                (None, Some(bytes)) => pier_server::config::MemoryWatermark::Absolute(bytes),
+                (None, None) => c.memory_high_watermark,
+            };
+        }
+        if let Some(DiskFreeLimitEntry {
+            absolute: Some(bytes),
+        }) = &self.disk_free_limit
+        {
+            c.disk_free_limit = *bytes;
+        }
+        Ok(c)
     }
 }
 
@@ -310,6 +455,85 @@ mod tests {
         );
         assert!(sync_policy(Some("sometimes")).is_err());
         assert!(sync_policy(Some("0ms")).is_err());
+    }
+
+    #[test]
+    fn limits_and_alarms() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            max_connections = 10
+            handshake_timeout = 2000
+            vm_memory_high_watermark.absolute = 52428800
+            disk_free_limit.absolute = 1000
+            [[vhosts]]
+            name = "/"
+            max_queues = 3
+            max_connections = 2
+            "#,
+        )
+        .unwrap();
+        let s = c.server_config().unwrap();
+        assert_eq!(s.max_connections, Some(10));
+        assert_eq!(s.handshake_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(
+            s.memory_high_watermark,
+            pier_server::config::MemoryWatermark::Absolute(52_428_800)
+        );
+        assert_eq!(s.disk_free_limit, 1000);
+        let b = c.build_broker().unwrap();
+        let limits = b.vhost("/").unwrap().limits();
+        assert_eq!(limits.max_queues, Some(3));
+        assert_eq!(limits.max_connections, Some(2));
+        let d = FileConfig::default().server_config().unwrap();
+        assert_eq!(
+            d.memory_high_watermark,
+            pier_server::config::MemoryWatermark::Relative(0.4)
+        );
+        assert_eq!(d.disk_free_limit, 50_000_000);
+        assert!(
+            toml::from_str::<FileConfig>("vm_memory_high_watermark.relative = 2.0")
+                .unwrap()
+                .server_config()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn tls_section_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pier.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert = \"s.pem\"\nkey = \"/abs/s.key\"\nca = \"ca.pem\"\nverify_peer = true\nhttp = true\n",
+        )
+        .unwrap();
+        let c = FileConfig::load(&path).unwrap();
+        let t = c.tls_settings().unwrap();
+        assert_eq!(t.cert, dir.path().join("s.pem"));
+        assert_eq!(t.key, std::path::PathBuf::from("/abs/s.key"));
+        assert_eq!(t.ca, Some(dir.path().join("ca.pem")));
+        assert!(t.verify_peer && c.https());
+        assert!(FileConfig::default().tls_settings().is_none());
+        assert!(
+            toml::from_str::<FileConfig>("[tls]\ncert = \"a\"\nkey = \"b\"\nbogus = 1").is_err()
+        );
+    }
+
+    #[test]
+    fn invalid_permission_patterns_are_refused() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            [[users]]
+            name = "u"
+            password = "p"
+            [[permissions]]
+            user = "u"
+            vhost = "/"
+            configure = "(unclosed"
+            "#,
+        )
+        .unwrap();
+        assert!(c.build_broker().is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod bench;
 mod config;
+mod ctl;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,6 +14,12 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::FileConfig;
+
+/// jemalloc gives freed memory back to the operating system (background threads purge it
+/// within ~10 s), so the resident set the memory alarm measures falls again once queues drain;
+/// glibc's malloc keeps what it freed and the alarm would never clear.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +42,8 @@ enum Command {
     Server(ServerArgs),
     /// Load-test an AMQP broker (Pier or any other) and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Manage a running Pier: rabbitmqctl's commands over the management HTTP API.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Args, Debug)]
@@ -42,6 +51,9 @@ struct ServerArgs {
     /// AMQP 0-9-1 port.
     #[arg(long, default_value_t = 5672, env = "PIER_AMQP_PORT")]
     amqp_port: u16,
+    /// AMQP over TLS port (listened on only when the config file has a `[tls]` section).
+    #[arg(long, default_value_t = 5671, env = "PIER_AMQPS_PORT")]
+    amqps_port: u16,
     /// Management HTTP API and Prometheus `/metrics` port.
     #[arg(long, default_value_t = 15672, env = "PIER_HTTP_PORT")]
     http_port: u16,
@@ -68,6 +80,7 @@ fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Server(a)) => a,
         Some(Command::Bench(a)) => return bench::main(a),
+        Some(Command::Ctl(a)) => return ctl::main(a),
         None => cli.server,
     };
     tokio::runtime::Builder::new_multi_thread()
@@ -99,22 +112,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .context("recovering from the data directory")?;
     }
 
-    let mut server_config = pier_server::ServerConfig::default();
-    if let Some(v) = file.frame_max {
-        server_config.frame_max = v;
-    }
-    if let Some(v) = file.channel_max {
-        server_config.channel_max = v;
-    }
-    if let Some(v) = file.heartbeat {
-        server_config.heartbeat = v;
-    }
-    if let Some(v) = file.max_message_size {
-        server_config.max_message_size = v;
-    }
-    if let Some(ms) = file.consumer_timeout {
-        server_config.consumer_timeout = (ms > 0).then(|| std::time::Duration::from_millis(ms));
-    }
+    let mut server_config = file.server_config()?;
+    server_config.data_dir = Some(args.data_dir.clone());
 
     let addr = SocketAddr::new(args.bind, args.amqp_port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -138,16 +137,57 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         amqp_addr: listener.local_addr().ok(),
         cluster_name: Some(server_config.cluster_name.clone()),
     };
-    let http = tokio::spawn(pier_mgmt::serve_with(
-        http_listener,
-        Arc::clone(&broker),
-        Arc::clone(&registry),
-        mgmt_options,
-        async move {
-            let _ = http_stop.await;
-        },
-    ));
-    pier_server::run(listener, broker, registry, server_config, shutdown_signal()).await?;
+    let http_shutdown = async move {
+        let _ = http_stop.await;
+    };
+    let http = match file.tls_settings().filter(|_| file.https()) {
+        Some(tls) => {
+            let acceptor = pier_server::tls::http_acceptor(&tls).context("setting up HTTPS")?;
+            tracing::info!(%http_addr, "management API over HTTPS");
+            tokio::spawn(pier_mgmt::serve_tls_with(
+                http_listener,
+                acceptor,
+                Arc::clone(&broker),
+                Arc::clone(&registry),
+                mgmt_options,
+                http_shutdown,
+            ))
+        }
+        None => tokio::spawn(pier_mgmt::serve_with(
+            http_listener,
+            Arc::clone(&broker),
+            Arc::clone(&registry),
+            mgmt_options,
+            http_shutdown,
+        )),
+    };
+    let mut listeners = vec![pier_server::Listener::plain(listener)];
+    if let Some(tls) = file.tls_settings() {
+        let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
+        let amqps_addr = SocketAddr::new(args.bind, args.amqps_port);
+        let tls_listener = tokio::net::TcpListener::bind(amqps_addr)
+            .await
+            .with_context(|| format!("binding AMQPS listener on {amqps_addr}"))?;
+        let client_certificates = match (&tls.ca, tls.verify_peer) {
+            (None, _) => "none",
+            (Some(_), true) => "required",
+            (Some(_), false) => "optional",
+        };
+        tracing::info!(
+            amqps = %tls_listener.local_addr().unwrap_or(amqps_addr),
+            client_certificates,
+            "TLS listener ready"
+        );
+        listeners.push(pier_server::Listener::tls(tls_listener, acceptor));
+    }
+    pier_server::run_listeners(
+        listeners,
+        broker,
+        registry,
+        server_config,
+        shutdown_signal(),
+    )
+    .await?;
     let _ = stop_http.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!("management HTTP server failed: {e}"),

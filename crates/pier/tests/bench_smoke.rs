@@ -11,16 +11,20 @@ use common::{unique, Broker};
 
 fn bench(broker_url: &str, args: &[&str]) -> Output {
     let prefix = format!("{}-", unique("bench"));
+    bench_on(broker_url, &prefix, &[&["--delete-queues"], args].concat())
+}
+
+/// A run on the queues named `<prefix>1..`, keeping them unless `args` says otherwise.
+fn bench_on(broker_url: &str, prefix: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pier"))
         .arg("bench")
-        .args(["--uri", broker_url, "--queue-prefix", &prefix])
-        .args([
-            "--json",
-            "--quiet",
-            "--delete-queues",
-            "--drain-timeout",
-            "20",
-        ])
+        .args(["--uri", broker_url, "--queue-prefix", prefix])
+        .args(["--json", "--quiet"])
+        .args(if args.contains(&"--drain-timeout") {
+            &[][..]
+        } else {
+            &["--drain-timeout", "20"][..]
+        })
         .args(args)
         .output()
         .expect("run pier bench")
@@ -104,6 +108,70 @@ fn timed_run_with_a_rate_limit() {
         s["all_consumed"].is_null(),
         "no drain check without --pmessages: {s}"
     );
+}
+
+#[test]
+fn publish_without_consumers_then_drain_with_cmessages() {
+    let broker = Broker::start();
+    let prefix = format!("{}-", unique("drain"));
+    let publish = [
+        "--consumers",
+        "0",
+        "--pmessages",
+        "3000",
+        "--size",
+        "1024",
+        "--persistent",
+        "--confirm",
+        "500",
+    ];
+    let s = summary(&bench_on(broker.url(), &prefix, &publish));
+    assert_eq!(s["published"], 3000, "{s}");
+    assert_eq!(s["confirmed"], 3000, "{s}");
+    assert!(s["all_consumed"].is_null(), "nobody consumed: {s}");
+
+    let drain = [
+        "--producers",
+        "0",
+        "--cmessages",
+        "3000",
+        "--persistent",
+        "--prefetch",
+        "500",
+        "--multi-ack",
+        "50",
+        "--delete-queues",
+    ];
+    let out = bench_on(broker.url(), &prefix, &drain);
+    let s = summary(&out);
+    assert_eq!(s["all_consumed"], true, "{s}");
+    assert_eq!(s["expected"], 3000, "{s}");
+    assert_eq!(s["stale"], 3000, "the first run's messages: {s}");
+    assert_eq!(s["consumed"], 0, "{s}");
+    assert!(s["receive_rate"].as_f64().unwrap() > 0.0, "{s}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("messages left in it"),
+        "the drain acked everything: {stderr}"
+    );
+
+    // Nothing left: a drain of an empty queue fails after --drain-timeout.
+    let empty = [
+        "--producers",
+        "0",
+        "--cmessages",
+        "1",
+        "--drain-timeout",
+        "1",
+        "--delete-queues",
+    ];
+    let out = bench_on(broker.url(), &prefix, &empty);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(summary_unchecked(&out)["all_consumed"], false);
+}
+
+fn summary_unchecked(out: &Output) -> serde_json::Value {
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object")
 }
 
 #[test]

@@ -1,0 +1,380 @@
+//! Policies (`/api/policies[/vhost[/name]]`), in RabbitMQ's JSON shape:
+//!
+//! ```json
+//! {"vhost": "/", "name": "short-lived", "pattern": "^tmp\\.", "apply-to": "queues",
+//!  "definition": {"message-ttl": 60000}, "priority": 1}
+//! ```
+//!
+//! backed by the broker's [`VHost::set_policy`]. The definition keys Pier applies are those of
+//! [`PolicyDefinition`]; other keys (RabbitMQ's `ha-mode`, `queue-mode`, …) are refused with
+//! RabbitMQ's "not recognised" wording, so nobody believes a setting is in force when it is
+//! not. Listing needs a view of the vhost; changing needs the `policymaker` or
+//! `administrator` tag and a permission on the vhost, as in RabbitMQ.
+//!
+//! [`VHost::set_policy`]: pier_broker::VHost::set_policy
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::Extension;
+use pier_broker::{ApplyTo, Overflow, Policy, PolicyDefinition, VHost};
+use serde_json::{json, Map, Value};
+
+use crate::auth::{view_vhost, AuthUser};
+use crate::error::{ApiError, ApiResult};
+use crate::json::{self, body_object, get_str};
+use crate::topology::visible_vhosts;
+use crate::AppState;
+
+type Q = Query<HashMap<String, String>>;
+
+pub(crate) fn apply_to_str(a: ApplyTo) -> &'static str {
+    match a {
+        ApplyTo::All => "all",
+        ApplyTo::Queues => "queues",
+        ApplyTo::Exchanges => "exchanges",
+    }
+}
+
+fn overflow_str(o: Overflow) -> &'static str {
+    match o {
+        Overflow::DropHead => "drop-head",
+        Overflow::RejectPublish => "reject-publish",
+        Overflow::RejectPublishDlx => "reject-publish-dlx",
+    }
+}
+
+/// A definition as RabbitMQ's JSON object (only the keys that are set).
+pub(crate) fn definition_json(d: &PolicyDefinition) -> Value {
+    let mut m = Map::new();
+    let mut num = |k: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), Value::from(v));
+        }
+    };
+    num("message-ttl", d.message_ttl);
+    num("expires", d.expires);
+    num("max-length", d.max_length);
+    num("max-length-bytes", d.max_length_bytes);
+    num("max-priority", d.max_priority.map(u64::from));
+    if let Some(o) = d.overflow {
+        m.insert("overflow".into(), Value::from(overflow_str(o)));
+    }
+    let mut text = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), Value::from(v.as_str()));
+        }
+    };
+    text("dead-letter-exchange", &d.dead_letter_exchange);
+    text("dead-letter-routing-key", &d.dead_letter_routing_key);
+    text("alternate-exchange", &d.alternate_exchange);
+    Value::Object(m)
+}
+
+/// A policy as RabbitMQ's JSON object; `with_vhost` adds the `vhost` field.
+pub(crate) fn policy_json(vhost: Option<&str>, p: &Policy) -> Value {
+    let mut v = json!({
+        "name": p.name,
+        "pattern": p.pattern(),
+        "apply-to": apply_to_str(p.apply_to),
+        "definition": definition_json(&p.definition),
+        "priority": p.priority,
+    });
+    if let (Some(vh), Some(m)) = (vhost, v.as_object_mut()) {
+        m.insert("vhost".into(), Value::from(vh));
+    }
+    v
+}
+
+/// The keys of a definition object Pier does not apply.
+pub(crate) fn unknown_keys(def: &Map<String, Value>) -> Vec<String> {
+    const KNOWN: [&str; 9] = [
+        "message-ttl",
+        "expires",
+        "max-length",
+        "max-length-bytes",
+        "overflow",
+        "dead-letter-exchange",
+        "dead-letter-routing-key",
+        "max-priority",
+        "alternate-exchange",
+    ];
+    def.keys()
+        .filter(|k| !KNOWN.contains(&k.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Parses a definition object. With `lenient`, keys Pier does not apply are ignored (the
+/// caller reports them); otherwise they are an error.
+pub(crate) fn parse_definition(
+    def: &Map<String, Value>,
+    lenient: bool,
+) -> Result<PolicyDefinition, String> {
+    if !lenient {
+        let unknown = unknown_keys(def);
+        if !unknown.is_empty() {
+            let list: Vec<String> = unknown
+                .iter()
+                .map(|k| format!("{{<<\"{k}\">>,{}}}", def.get(k).unwrap_or(&Value::Null)))
+                .collect();
+            return Err(format!(
+                "Validation failed\n\n[{}] are not recognised policy settings (Pier applies \
+                 message-ttl, expires, max-length, max-length-bytes, overflow, \
+                 dead-letter-exchange, dead-letter-routing-key, max-priority, \
+                 alternate-exchange)",
+                list.join(",")
+            ));
+        }
+    }
+    let num = |k: &str| -> Result<Option<u64>, String> {
+        match def.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .map(Some)
+                .ok_or_else(|| format!("{k} must be a non-negative integer, not {v}")),
+        }
+    };
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match def.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(format!("{k} must be a string, not {v}")),
+        }
+    };
+    let overflow = match text("overflow")? {
+        None => None,
+        Some(s) => Some(Overflow::parse(&s).ok_or_else(|| {
+            format!("overflow must be drop-head, reject-publish or reject-publish-dlx, not '{s}'")
+        })?),
+    };
+    let max_priority = match num("max-priority")? {
+        None => None,
+        Some(n) => Some(
+            u8::try_from(n)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("max-priority must be between 1 and 255, not {n}"))?,
+        ),
+    };
+    let d = PolicyDefinition {
+        message_ttl: num("message-ttl")?,
+        expires: num("expires")?,
+        max_length: num("max-length")?,
+        max_length_bytes: num("max-length-bytes")?,
+        overflow,
+        dead_letter_exchange: text("dead-letter-exchange")?,
+        dead_letter_routing_key: text("dead-letter-routing-key")?,
+        max_priority,
+        alternate_exchange: text("alternate-exchange")?,
+    };
+    d.validate()?;
+    Ok(d)
+}
+
+/// Builds a policy from a PUT body or a definitions entry: `pattern` and `definition` are
+/// required, `apply-to` defaults to `all`, `priority` to 0.
+pub(crate) fn parse_policy(
+    name: &str,
+    b: &Map<String, Value>,
+    lenient: bool,
+) -> Result<Policy, String> {
+    let missing: Vec<String> = ["pattern", "definition"]
+        .iter()
+        .filter(|k| !b.contains_key(**k))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("[{}]", missing.join(",")));
+    }
+    let pattern = get_str(b, "pattern").ok_or("pattern must be a string")?;
+    let definition = match b.get("definition") {
+        Some(Value::Object(d)) => parse_definition(d, lenient)?,
+        // rabbitmqadmin and some scripts send the definition as a JSON string.
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(d)) => parse_definition(&d, lenient)?,
+            _ => return Err("definition must be a JSON object".to_owned()),
+        },
+        _ => return Err("definition must be a JSON object".to_owned()),
+    };
+    let apply_to_text = get_str(b, "apply-to")
+        .or_else(|| get_str(b, "apply_to"))
+        .unwrap_or("all");
+    let apply_to = ApplyTo::parse(apply_to_text).ok_or_else(|| {
+        format!("apply-to must be all, queues or exchanges, not '{apply_to_text}'")
+    })?;
+    let priority = match b.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| format!("priority must be an integer, not {v}"))?,
+    };
+    Policy::new(name, pattern, apply_to, priority, definition)
+}
+
+fn sorted_policies(vh: &VHost) -> Vec<Policy> {
+    let mut ps = vh.policies();
+    ps.sort_by(|a, b| a.name.cmp(&b.name));
+    ps
+}
+
+/// The user may set and clear policies of `vhost`.
+fn require_policymaker(st: &AppState, user: &AuthUser, vhost: &str) -> ApiResult<()> {
+    if !user.is_policymaker() {
+        return Err(ApiError::not_authorised("Not policymaker user"));
+    }
+    if !user.is_admin() && !user.holds_permission(&st.broker, vhost) {
+        return Err(ApiError::access_refused());
+    }
+    Ok(())
+}
+
+pub async fn policies(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let items = visible_vhosts(&st, &user)
+        .iter()
+        .flat_map(|vh| {
+            sorted_policies(vh)
+                .iter()
+                .map(|p| policy_json(Some(vh.name()), p))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    json::list(items, &q)
+}
+
+pub async fn vhost_policies(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let vh = view_vhost(&st.broker, &user, &vhost)?;
+    let items = sorted_policies(&vh)
+        .iter()
+        .map(|p| policy_json(Some(&vhost), p))
+        .collect();
+    json::list(items, &q)
+}
+
+pub async fn policy(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let vh = view_vhost(&st.broker, &user, &vhost)?;
+    vh.policies()
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| json::ok(policy_json(Some(&vhost), p)))
+        .ok_or_else(ApiError::not_found)
+}
+
+pub async fn put_policy(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let vh = st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    require_policymaker(&st, &user, &vhost)?;
+    if name.is_empty() {
+        return Err(ApiError::bad_request("policy name must not be empty"));
+    }
+    let b = body_object(&body)?;
+    let policy = parse_policy(&name, &b, false).map_err(ApiError::bad_request)?;
+    let existed = vh.policies().iter().any(|p| p.name == name);
+    vh.set_policy(policy);
+    tracing::info!(vhost, name, "policy set");
+    Ok(json::created_or_updated(!existed))
+}
+
+pub async fn delete_policy(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let vh = st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    require_policymaker(&st, &user, &vhost)?;
+    if !vh.clear_policy(&name) {
+        return Err(ApiError::not_found());
+    }
+    tracing::info!(vhost, name, "policy cleared");
+    Ok(json::no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn definitions_round_trip() {
+        let def = json!({"message-ttl": 5000, "max-length": 10, "overflow": "reject-publish",
+                         "dead-letter-exchange": "dlx", "max-priority": 4,
+                         "alternate-exchange": "ae"});
+        let d = parse_definition(&obj(def.clone()), false).unwrap();
+        assert_eq!(definition_json(&d), def);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_unless_lenient() {
+        let def = obj(json!({"ha-mode": "all", "max-length": 3}));
+        let e = parse_definition(&def, false).unwrap_err();
+        assert!(e.contains("not recognised"), "{e}");
+        assert_eq!(parse_definition(&def, true).unwrap().max_length, Some(3));
+        assert_eq!(unknown_keys(&def), vec!["ha-mode".to_owned()]);
+    }
+
+    #[test]
+    fn policies_parse_with_defaults_and_errors() {
+        let p = parse_policy(
+            "p",
+            &obj(json!({"pattern": "^a", "definition": {"expires": 100}})),
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.apply_to, ApplyTo::All);
+        assert_eq!(p.priority, 0);
+        let p = parse_policy(
+            "p",
+            &obj(json!({"pattern": "^a", "definition": "{\"max-length\": 1}",
+                        "apply-to": "queues", "priority": "7"})),
+            false,
+        )
+        .unwrap();
+        assert_eq!((p.apply_to, p.priority), (ApplyTo::Queues, 7));
+        assert!(parse_policy("p", &obj(json!({"pattern": "^a"})), false)
+            .unwrap_err()
+            .contains("key_missing,definition"));
+        assert!(parse_policy("p", &obj(json!({"pattern": "(", "definition": {}})), false).is_err());
+        assert!(parse_policy(
+            "p",
+            &obj(json!({"pattern": "a", "definition": {"expires": 0}})),
+            false
+        )
+        .is_err());
+        assert!(parse_policy(
+            "p",
+            &obj(json!({"pattern": "a", "definition": {}, "apply-to": "nothing"})),
+            false
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,501 @@
+//! AMQP over TLS: certificates made at test time with rcgen (a CA, a server certificate for
+//! localhost, client certificates), a `pier` process with a `[tls]` config, and a minimal AMQP
+//! client on tokio-rustls speaking frames with pier-wire.
+//!
+//! ```text
+//!  rcgen CA ─┬─ server cert (localhost) ──► pier --amqps-port  [tls] cert/key/ca/verify_peer
+//!            └─ client cert (CN=tls-user) ─► TlsConnector ─► AMQP handshake (PLAIN | EXTERNAL)
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pier_wire::{
+    decode_frame, encode_method_frame, ChannelOpen, ConnectionOpen, ConnectionStartOk,
+    ConnectionTuneOk, FieldTable, Frame, LongString, Method, QueueDeclare, ShortString,
+    PROTOCOL_HEADER,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
+};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+struct Issued {
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+    key: KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Pier test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        Pki { ca, ca_key }
+    }
+
+    fn issue(&self, cn: &str, names: &[&str]) -> Issued {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Pier tests");
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        Issued {
+            cert: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key,
+        }
+    }
+}
+
+struct Pier {
+    child: Child,
+    amqp_port: u16,
+    amqps_port: u16,
+    http_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Pier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pier {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pier.log")).unwrap_or_default()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts pier with the server certificate, the CA and `verify_peer` in a `[tls]` section
+/// (relative paths, resolved against the config file's directory).
+fn start_pier(pki: &Pki, verify_peer: bool) -> Pier {
+    start_pier_with(pki, verify_peer, false)
+}
+
+fn start_pier_with(pki: &Pki, verify_peer: bool, https: bool) -> Pier {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pki.issue("localhost", &["localhost", "127.0.0.1"]);
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("server.pem", &server.cert_pem);
+    write("server.key", &server.key.serialize_pem());
+    write("ca.pem", &pki.ca.pem());
+    write(
+        "pier.toml",
+        &format!(
+            r#"
+[[users]]
+name = "tls-user"
+password = "not-used-with-external"
+
+[[permissions]]
+user = "tls-user"
+vhost = "/"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+ca = "ca.pem"
+verify_peer = {verify_peer}
+http = {https}
+"#
+        ),
+    );
+    let amqp_port = free_port();
+    let amqps_port = free_port();
+    let http_port = free_port();
+    let log = std::fs::File::create(dir.path().join("pier.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_pier"))
+        .args(["server", "--bind", "127.0.0.1"])
+        .args(["--amqp-port", &amqp_port.to_string()])
+        .args(["--amqps-port", &amqps_port.to_string()])
+        .args(["--http-port", &http_port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(dir.path().join("pier.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut pier = Pier {
+        child,
+        amqp_port,
+        amqps_port,
+        http_port,
+        dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", amqps_port)).is_err() {
+        if let Ok(Some(status)) = pier.child.try_wait() {
+            panic!("pier exited with {status}:\n{}", pier.log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no amqps listener:\n{}",
+            pier.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pier
+}
+
+fn client_config(pki: &Pki, client: Option<&Issued>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(
+                vec![c.cert.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key.serialize_der())),
+            )
+            .unwrap(),
+    };
+    Arc::new(config)
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn tls_connect(port: u16, config: Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut tls = TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    // With TLS 1.3 a refused client certificate shows up on the first read or write.
+    tls.write_all(&PROTOCOL_HEADER).await?;
+    Ok(tls)
+}
+
+/// A minimal AMQP client over any stream.
+struct Amqp<S> {
+    io: S,
+    buf: BytesMut,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Amqp<S> {
+    async fn send(&mut self, channel: u16, method: Method) {
+        let mut out = BytesMut::new();
+        encode_method_frame(&mut out, channel, &method);
+        self.io.write_all(&out).await.unwrap();
+    }
+
+    /// The next method, or None when the peer closed the stream.
+    async fn method(&mut self) -> Option<Method> {
+        let read = async {
+            loop {
+                if let Some(frame) = decode_frame(&mut self.buf, 131_072).unwrap() {
+                    match frame {
+                        Frame::Method { method, .. } => return Some(method),
+                        _ => continue,
+                    }
+                }
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("no reply within 10 s")
+    }
+
+    /// start → start-ok(mechanism) → tune → open; returns the mechanisms offered and the
+    /// method answering connection.open (or the close refusing the login).
+    async fn login(&mut self, mechanism: &str, response: &[u8]) -> (String, Option<Method>) {
+        let Some(Method::ConnectionStart(start)) = self.method().await else {
+            panic!("no connection.start");
+        };
+        let mechanisms = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
+        let mut caps = FieldTable::new();
+        caps.insert(
+            "authentication_failure_close",
+            pier_wire::FieldValue::Bool(true),
+        );
+        let mut props = FieldTable::new();
+        props.insert("capabilities", pier_wire::FieldValue::Table(caps));
+        self.send(
+            0,
+            Method::ConnectionStartOk(ConnectionStartOk {
+                client_properties: props,
+                mechanism: ShortString::from(mechanism),
+                response: LongString::from(response.to_vec()),
+                locale: ShortString::from("en_US"),
+            }),
+        )
+        .await;
+        match self.method().await {
+            Some(Method::ConnectionTune(tune)) => {
+                self.send(
+                    0,
+                    Method::ConnectionTuneOk(ConnectionTuneOk {
+                        channel_max: tune.channel_max,
+                        frame_max: tune.frame_max,
+                        heartbeat: 0,
+                    }),
+                )
+                .await;
+            }
+            other => return (mechanisms, other),
+        }
+        self.send(
+            0,
+            Method::ConnectionOpen(ConnectionOpen {
+                virtual_host: ShortString::from("/"),
+                capabilities: ShortString::default(),
+                insist: false,
+            }),
+        )
+        .await;
+        (mechanisms, self.method().await)
+    }
+
+    /// A round trip on a channel: channel.open, then a server-named queue.
+    async fn declare_queue(&mut self) {
+        self.send(
+            1,
+            Method::ChannelOpen(ChannelOpen {
+                out_of_band: ShortString::default(),
+            }),
+        )
+        .await;
+        assert!(matches!(
+            self.method().await,
+            Some(Method::ChannelOpenOk(_))
+        ));
+        self.send(
+            1,
+            Method::QueueDeclare(QueueDeclare {
+                ticket: 0,
+                queue: ShortString::default(),
+                passive: false,
+                durable: false,
+                exclusive: true,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::new(),
+            }),
+        )
+        .await;
+        match self.method().await {
+            Some(Method::QueueDeclareOk(ok)) => assert!(ok.queue.starts_with("amq.gen-")),
+            other => panic!("expected queue.declare-ok, got {other:?}"),
+        }
+    }
+}
+
+fn plain(user: &str, pass: &str) -> Vec<u8> {
+    format!("\0{user}\0{pass}").into_bytes()
+}
+
+#[tokio::test]
+async fn plain_login_over_tls_and_tcp_side_by_side() {
+    let pki = Pki::new();
+    let pier = start_pier(&pki, false);
+    // No client certificate (optional when verify_peer is false): PLAIN as usual.
+    let tls = tls_connect(pier.amqps_port, client_config(&pki, None))
+        .await
+        .unwrap();
+    let mut c = Amqp {
+        io: tls,
+        buf: BytesMut::new(),
+    };
+    let (mechanisms, opened) = c.login("PLAIN", &plain("guest", "guest")).await;
+    assert_eq!(
+        mechanisms, "PLAIN AMQPLAIN",
+        "no EXTERNAL without a certificate"
+    );
+    assert!(
+        matches!(opened, Some(Method::ConnectionOpenOk(_))),
+        "{opened:?}"
+    );
+    c.declare_queue().await;
+    // The plain AMQP port serves alongside.
+    let mut tcp = TcpStream::connect(("127.0.0.1", pier.amqp_port))
+        .await
+        .unwrap();
+    tcp.write_all(&PROTOCOL_HEADER).await.unwrap();
+    let mut c = Amqp {
+        io: tcp,
+        buf: BytesMut::new(),
+    };
+    let (_, opened) = c.login("PLAIN", &plain("guest", "guest")).await;
+    assert!(matches!(opened, Some(Method::ConnectionOpenOk(_))));
+}
+
+#[tokio::test]
+async fn external_login_with_a_client_certificate() {
+    let pki = Pki::new();
+    let pier = start_pier(&pki, true);
+    let client = pki.issue("tls-user", &[]);
+    let tls = tls_connect(pier.amqps_port, client_config(&pki, Some(&client)))
+        .await
+        .unwrap();
+    let mut c = Amqp {
+        io: tls,
+        buf: BytesMut::new(),
+    };
+    let (mechanisms, opened) = c.login("EXTERNAL", b"").await;
+    assert_eq!(mechanisms, "PLAIN AMQPLAIN EXTERNAL");
+    assert!(
+        matches!(opened, Some(Method::ConnectionOpenOk(_))),
+        "{opened:?}"
+    );
+    c.declare_queue().await;
+    assert!(pier.log().contains("user=tls-user"), "{}", pier.log());
+
+    // A certificate whose CN names no user is refused like a wrong password.
+    let stranger = pki.issue("nobody-here", &[]);
+    let tls = tls_connect(pier.amqps_port, client_config(&pki, Some(&stranger)))
+        .await
+        .unwrap();
+    let mut c = Amqp {
+        io: tls,
+        buf: BytesMut::new(),
+    };
+    let (_, refused) = c.login("EXTERNAL", b"").await;
+    match refused {
+        Some(Method::ConnectionClose(close)) => {
+            assert_eq!(close.reply_code, 403);
+            assert_eq!(
+                close.reply_text.as_str(),
+                "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile."
+            );
+        }
+        other => panic!("expected connection.close 403, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn verify_peer_refuses_clients_without_a_trusted_certificate() {
+    let pki = Pki::new();
+    let pier = start_pier(&pki, true);
+    // No certificate at all.
+    let refused = async {
+        let mut tls = tls_connect(pier.amqps_port, client_config(&pki, None)).await?;
+        let mut b = [0u8; 64];
+        match tls.read(&mut b).await? {
+            0 => Err(std::io::Error::other("closed")),
+            _ => Ok(()),
+        }
+    };
+    assert!(
+        refused.await.is_err(),
+        "a client without a certificate got in"
+    );
+    // A certificate from another CA.
+    let other = Pki::new();
+    let foreign = other.issue("tls-user", &[]);
+    let refused = async {
+        let mut tls = tls_connect(pier.amqps_port, client_config(&pki, Some(&foreign))).await?;
+        let mut b = [0u8; 64];
+        match tls.read(&mut b).await? {
+            0 => Err(std::io::Error::other("closed")),
+            _ => Ok(()),
+        }
+    };
+    assert!(
+        refused.await.is_err(),
+        "a certificate from an unknown CA got in"
+    );
+    // Plain TCP on the TLS port is not AMQP.
+    let mut tcp = TcpStream::connect(("127.0.0.1", pier.amqps_port))
+        .await
+        .unwrap();
+    tcp.write_all(&PROTOCOL_HEADER).await.unwrap();
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_ne!(&b[..n], &PROTOCOL_HEADER[..]);
+    let log = pier.log();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn common_name_is_read_from_the_certificate() {
+    let pki = Pki::new();
+    let cert = pki.issue("svc-orders", &["svc.example"]);
+    assert_eq!(
+        pier_server::tls::subject_common_name(&cert.cert).as_deref(),
+        Some("svc-orders")
+    );
+    assert_eq!(
+        pier_server::tls::subject_common_name(pki.ca.der()).as_deref(),
+        Some("Pier test CA")
+    );
+}
+
+#[tokio::test]
+async fn management_api_over_https() {
+    let pki = Pki::new();
+    let pier = start_pier_with(&pki, true, true);
+    let tcp = TcpStream::connect(("127.0.0.1", pier.http_port))
+        .await
+        .unwrap();
+    // No client certificate needed for the API (it uses basic auth).
+    let mut tls = TlsConnector::from(client_config(&pki, None))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(
+        b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"management_version\""), "{text}");
+    // Plain HTTP on that port gets no answer.
+    let mut tcp = TcpStream::connect(("127.0.0.1", pier.http_port))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut b)).await;
+    assert!(!String::from_utf8_lossy(&b).contains("200 OK"));
+}
