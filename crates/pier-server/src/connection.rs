@@ -116,6 +116,9 @@ impl Connection {
         // being re-armed on every read: under load that is one timer operation per timeout
         // period rather than one per read.
         let mut last_read = tokio::time::Instant::now();
+        const MIN_READ: usize = 4 * 1024;
+        const MAX_READ: usize = 64 * 1024;
+        let mut read_size = MIN_READ;
         let far = Duration::from_secs(86_400 * 365);
         let timer = tokio::time::sleep(read_timeout.unwrap_or(far));
         tokio::pin!(timer);
@@ -187,7 +190,10 @@ impl Connection {
                     timer.as_mut().reset(d);
                 }
             }
-            reader.buf.reserve(64 * 1024);
+            // Idle connections keep small buffers (memory per connection); busy ones grow
+            // theirs up to 64 KiB so that a read takes in many frames.
+            let space = read_size.max(reader.buf.capacity() - reader.buf.len());
+            reader.buf.reserve(read_size);
             let read = reader.io.read_buf(&mut reader.buf);
             tokio::select! {
                 r = read => {
@@ -197,6 +203,11 @@ impl Connection {
                     }
                     self.registered.count_read(n);
                     last_read = tokio::time::Instant::now();
+                    if n >= space {
+                        read_size = (read_size * 2).min(MAX_READ);
+                    } else if n < read_size / 4 {
+                        read_size = (read_size / 2).max(MIN_READ);
+                    }
                     if n >= 32 * 1024 {
                         // A busy publisher: let the other connections on this worker run
                         // before handling the next batch, so that no connection is starved.

@@ -328,7 +328,7 @@ async fn serve_stream<R, W>(
         handshake::read_protocol_header(&mut rd, &mut wr).await?;
         let mut reader = FrameReader {
             io: rd,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(4 * 1024),
             frame_max: config.frame_max,
         };
         let negotiated = handshake::negotiate(

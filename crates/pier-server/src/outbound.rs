@@ -426,7 +426,8 @@ impl Outbound {
         mut out: W,
         heartbeat: Duration,
     ) -> std::io::Result<()> {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        // Starts small (idle connections) and grows with the batches it carries.
+        let mut buf = BytesMut::with_capacity(4 * 1024);
         let mut batch: VecDeque<Item> = VecDeque::new();
         let idle = if heartbeat.is_zero() {
             Duration::from_secs(3600 * 24)
@@ -471,7 +472,7 @@ impl Outbound {
                 buf.clear();
             }
             if buf.capacity() > 1024 * 1024 {
-                buf = BytesMut::with_capacity(64 * 1024);
+                buf = BytesMut::with_capacity(4 * 1024);
             }
             let before = self.pending_bytes.fetch_sub(released, Ordering::AcqRel);
             if before >= self.high_watermark && before - released < self.high_watermark {
