@@ -358,24 +358,7 @@ fn restore_queue(
     // places of the rest (see Queue::restore), so recovery memory stays bounded too.
     let mut count = 0u64;
     for chunk in live.chunks(4096) {
-        let wanted: Vec<pier_store::LiveMessage> = chunk.to_vec();
-        let loaded = handle
-            .call(move |s| {
-                wanted
-                    .into_iter()
-                    .filter_map(|l| match s.read(id, l.offset) {
-                        Ok(m) => Some((l.offset, m, l.redelivered)),
-                        Err(e) => {
-                            tracing::error!(
-                                offset = l.offset,
-                                "stored message unreadable, skipped: {e}"
-                            );
-                            None
-                        }
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .map_err(err)?;
+        let loaded = read_live(handle, id, chunk.to_vec()).map_err(err)?;
         let mut messages = Vec::with_capacity(loaded.len());
         for (offset, stored, redelivered) in loaded {
             match from_stored(stored) {
@@ -409,23 +392,13 @@ fn restore_delayed(
             .map_err(err)?
             .map_err(err)?,
     };
-    let loaded = handle
-        .call(
-            move |s| -> pier_store::Result<Vec<(u64, pier_store::StoredMessage)>> {
-                let live = s.live_messages(id)?;
-                let mut out = Vec::with_capacity(live.len());
-                for l in live {
-                    if let Ok(m) = s.read(id, l.offset) {
-                        out.push((l.offset, m));
-                    }
-                }
-                Ok(out)
-            },
-        )
+    let live = handle
+        .call(move |s| s.live_messages(id))
         .map_err(err)?
         .map_err(err)?;
+    let loaded = read_live(handle, id, live).map_err(err)?;
     let now = unix_ms();
-    for (offset, stored) in loaded {
+    for (offset, stored, _) in loaded {
         let Some(m) = from_stored(stored) else {
             continue;
         };
@@ -444,6 +417,27 @@ fn restore_delayed(
         id,
         next_offset: std::sync::atomic::AtomicU64::new(info.map_or(0, |i| i.next_offset)),
     }))
+}
+
+/// Reads live messages back on the store thread (one round trip); unreadable ones are logged
+/// and skipped. Returns (offset, message, redelivered) in the order asked.
+fn read_live(
+    handle: &pier_store::StoreHandle,
+    id: pier_store::QueueId,
+    wanted: Vec<pier_store::LiveMessage>,
+) -> pier_store::Result<Vec<(u64, pier_store::StoredMessage, bool)>> {
+    handle.call(move |s| {
+        wanted
+            .into_iter()
+            .filter_map(|l| match s.read(id, l.offset) {
+                Ok(m) => Some((l.offset, m, l.redelivered)),
+                Err(e) => {
+                    tracing::error!(offset = l.offset, "stored message unreadable, skipped: {e}");
+                    None
+                }
+            })
+            .collect()
+    })
 }
 
 /// Stores a message entering a durable delayed exchange; returns its offset there.
