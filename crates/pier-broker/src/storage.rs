@@ -357,7 +357,14 @@ fn restore_queue(
     // Read back in chunks: the queue keeps the bodies of its head in memory and only the
     // places of the rest (see Queue::restore), so recovery memory stays bounded too.
     let mut count = 0u64;
+    let total = live.len();
+    let mut last_report = std::time::Instant::now();
     for chunk in live.chunks(4096) {
+        // Reading back a 10-million-message queue takes tens of seconds: say how far it got.
+        if last_report.elapsed() >= std::time::Duration::from_secs(5) {
+            last_report = std::time::Instant::now();
+            tracing::info!(queue = %name, vhost = %vhost, restored = count, of = total, "queue recovery in progress");
+        }
         let loaded = read_live(handle, id, chunk.to_vec()).map_err(err)?;
         let mut messages = Vec::with_capacity(loaded.len());
         for (offset, stored, redelivered) in loaded {

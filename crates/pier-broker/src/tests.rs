@@ -599,3 +599,33 @@ fn stored_backlog_is_paged_out_and_read_back_in_order() {
     assert!(live.is_empty(), "{} messages left in the store", live.len());
     thread.shutdown().unwrap();
 }
+
+#[test]
+fn drained_queue_gives_its_index_memory_back() {
+    let q = Queue::new(
+        ShortString::from("big"),
+        "/".to_owned(),
+        crate::queue::QueueOptions {
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        },
+    );
+    let m = msg("x");
+    for _ in 0..100_000 {
+        q.publish(m.clone());
+    }
+    let full = q.ready_capacity();
+    assert!(full >= 100_000);
+    for _ in 0..99_990 {
+        assert!(q.get(false).is_some());
+    }
+    assert!(
+        q.ready_capacity() < full / 16,
+        "{} of {full}",
+        q.ready_capacity()
+    );
+    q.purge();
+    assert_eq!(q.ready_capacity(), 0);
+}

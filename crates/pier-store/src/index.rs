@@ -139,6 +139,11 @@ impl QueueIndex {
         while self.entries.front().is_some_and(IndexEntry::is_acked) {
             self.entries.pop_front();
         }
+        // A drained deque keeps its capacity (240 MB after 10M messages) unless told otherwise;
+        // shrinking below a quarter full is O(1) amortised per ack.
+        if self.entries.capacity() > 1024 && self.entries.len() < self.entries.capacity() / 4 {
+            self.entries.shrink_to((self.entries.len() * 2).max(1024));
+        }
         let tombstones = self.entries.len() - self.live as usize;
         if tombstones > COMPACT_MIN_TOMBSTONES && tombstones > self.live as usize {
             self.entries.retain(|e| !e.is_acked());
@@ -191,6 +196,23 @@ mod tests {
 
     fn e(offset: u64) -> IndexEntry {
         IndexEntry::new(offset, 1, offset as u32 * 10, 10)
+    }
+
+    #[test]
+    fn draining_gives_memory_back() {
+        let mut ix = QueueIndex::new();
+        for o in 0..100_000 {
+            assert!(ix.push(e(o)));
+        }
+        let full = ix.heap_bytes();
+        for o in 0..99_990 {
+            assert!(ix.ack(o).is_some());
+        }
+        assert!(ix.heap_bytes() < full / 16, "{} of {full}", ix.heap_bytes());
+        assert_eq!(
+            ix.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            (99_990..100_000).collect::<Vec<_>>()
+        );
     }
 
     #[test]
