@@ -19,6 +19,11 @@
 //! consumes. `next_expiry` is a lower bound on every head's expiry time, so a tick on a queue
 //! where nothing can have expired is one atomic load.
 //!
+//! Paging: past `PAGE_OUT_BYTES` of ready bodies in memory, a new message keeps only its
+//! place (`Entry::message` is `None`); its body is in the durable store if it is stored, else
+//! in the scratch paging store (`Entry::paging`). `page_in` reads batches back as the head
+//! drains; a paging record is released as soon as it is read back or its message leaves.
+//!
 //! Dead letters (rejected, expired, over-length messages of a queue with a dead-letter
 //! exchange) are collected while the lock is held and routed by the vhost after it is
 //! released: a queue never publishes into another queue under its own lock.
