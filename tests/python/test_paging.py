@@ -78,13 +78,17 @@ def test_transient_backlog_pages_to_disk_and_drains_in_order(pier_factory):
         ch.basic_publish("", queue, _body(i, size))
     _wait_for_count(ch, queue, n)
 
+    # The last paging writes may still be on their way (channel, write buffer): wait for them.
+    deadline = time.monotonic() + 10
+    while _paging_bytes(proc) < total - 9 * MiB and time.monotonic() < deadline:
+        time.sleep(0.1)
     rss = _rss_bytes(proc)
     paged = _paging_bytes(proc)
     print(f"published {n} messages, {total / MiB:.0f} MiB; broker RSS {rss / MiB:.0f} MiB "
           f"(before: {rss_before / MiB:.0f} MiB); paging segments {paged / MiB:.0f} MiB")
     assert rss < 150 * MiB, f"RSS {rss / MiB:.0f} MiB for a {total / MiB:.0f} MiB backlog"
     # All but the in-memory head (8 MiB) is on disk.
-    assert paged >= total - 16 * MiB, f"paging holds {paged / MiB:.0f} of {total / MiB:.0f} MiB"
+    assert paged >= total - 9 * MiB, f"paging holds {paged / MiB:.0f} of {total / MiB:.0f} MiB"
 
     ch.basic_qos(prefetch_count=200)
     received = 0

@@ -44,7 +44,7 @@ use crate::consumer::{next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, 
 use crate::deadletter::{DeadLetter, DeathReason};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
-use crate::persist::{to_stored, PublishDurability, QueueStore};
+use crate::persist::{to_stored, to_stored_expiring, PublishDurability, QueueStore};
 use crate::vhost::VHost;
 
 #[derive(Debug, Clone)]
@@ -415,15 +415,19 @@ impl Queue {
     }
 
     /// Refills a recovered durable queue: messages in offset order, with their redelivered
-    /// flags, and the offset to continue from.
-    pub fn restore(&self, messages: Vec<(u64, Arc<Message>, bool)>, next_offset: u64) {
+    /// flags and stored expiry deadlines (Unix ms), and the offset to continue from.
+    pub fn restore(&self, messages: Vec<(u64, Arc<Message>, bool, Option<u64>)>, next_offset: u64) {
         let mut st = self.lock();
         let now = self.clock.now_ms();
+        let unix_now = crate::persist::unix_ms();
         st.next_offset = st.next_offset.max(next_offset);
-        for (offset, message, redelivered) in messages {
-            // The time a message spent queued before the restart is not stored: its TTL
-            // starts again now.
-            let (expires_at, _) = self.expiry_for(&message, now);
+        for (offset, message, redelivered, deadline) in messages {
+            // A stored deadline is kept (whatever time passed while the broker was down, as
+            // RabbitMQ does); messages stored without one get their TTL from now.
+            let expires_at = match deadline {
+                Some(d) => now.saturating_add(d.saturating_sub(unix_now)),
+                None => self.expiry_for(&message, now).0,
+            };
             let level = self.level_of(&message);
             st.next_offset = st.next_offset.max(offset + 1);
             let mut entry = Entry::new(offset, message, redelivered, expires_at);
@@ -667,11 +671,14 @@ impl Queue {
                     queue: s.id,
                     offset,
                 }];
+                // With a TTL the deadline is stored too, so that recovery keeps it.
+                let deadline = ttl.map(|t| crate::persist::unix_ms().saturating_add(t));
+                let copy = to_stored_expiring(&message, deadline);
                 // Appended under the lock: the store needs a queue's offsets in order, and
                 // must see the append before any ack of this message.
                 let sent = match durability {
-                    Some(d) => s.handle.append(refs, to_stored(&message), d.add()),
-                    None => s.handle.append(refs, to_stored(&message), |_| {}),
+                    Some(d) => s.handle.append(refs, copy, d.add()),
+                    None => s.handle.append(refs, copy, |_| {}),
                 };
                 if let Err(e) = sent {
                     tracing::error!(queue = %self.name, vhost = %self.vhost, "store append failed: {e}");

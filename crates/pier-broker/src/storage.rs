@@ -26,7 +26,8 @@ use pier_wire::{FieldTable, ShortString};
 use crate::exchange::{Destination, Exchange};
 use crate::message::Message;
 use crate::persist::{
-    from_stored, to_stored, DelayedQueue, PublishDurability, QueueStore, VhostStorage,
+    from_stored, from_stored_expiring, to_stored, DelayedQueue, PublishDurability, QueueStore,
+    VhostStorage,
 };
 use crate::queue::Queue;
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
@@ -426,8 +427,8 @@ fn restore_queue(
         let loaded = read_live(handle, id, chunk.to_vec()).map_err(err)?;
         let mut messages = Vec::with_capacity(loaded.len());
         for (offset, stored, redelivered) in loaded {
-            match from_stored(stored) {
-                Some(m) => messages.push((offset, Arc::new(m), redelivered)),
+            match from_stored_expiring(stored) {
+                Some((m, deadline)) => messages.push((offset, Arc::new(m), redelivered, deadline)),
                 None => {
                     tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")
                 }

@@ -340,3 +340,48 @@ fn failed_paging_writes_lose_nothing() {
     assert_eq!(paging_live(&paging), 0);
     thread.shutdown().unwrap();
 }
+
+/// Recovered messages keep their stored expiry deadline (not a fresh TTL from the restart).
+#[test]
+fn restored_messages_keep_their_stored_deadline() {
+    let (thread, paging) = paging_thread();
+    let mut args = FieldTable::new();
+    args.insert("x-message-ttl", FieldValue::LongInt(60_000));
+    let (q, clock) = queue_with_clock(true, args, &paging);
+    let now = crate::persist::unix_ms();
+    q.restore(
+        vec![
+            (
+                0,
+                message(0, 100, true),
+                false,
+                Some(now.saturating_sub(1_000)),
+            ),
+            (1, message(1, 100, true), false, Some(now + 5_000)),
+            (2, message(2, 100, true), false, None),
+        ],
+        3,
+    );
+    clock.advance(std::time::Duration::from_millis(10));
+    q.tick(clock.now_ms());
+    assert_eq!(
+        q.stats().ready,
+        2,
+        "a deadline that passed while down expires at once"
+    );
+    clock.advance(std::time::Duration::from_secs(6));
+    q.tick(clock.now_ms());
+    assert_eq!(
+        q.stats().ready,
+        1,
+        "the stored deadline, not the queue TTL from now"
+    );
+    clock.advance(std::time::Duration::from_secs(60));
+    q.tick(clock.now_ms());
+    assert_eq!(
+        q.stats().ready,
+        0,
+        "no stored deadline: the queue TTL from the restart"
+    );
+    thread.shutdown().unwrap();
+}
