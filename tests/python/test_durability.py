@@ -237,3 +237,35 @@ def test_delayed_messages_on_a_durable_exchange_survive_a_restart(pier_factory):
     assert late_headers["app"] == "kept" and "x-pier-due" not in late_headers
     assert time.monotonic() - started >= 2.0, "the delay was not kept across the restart"
     conn.close()
+
+
+def test_recovered_messages_keep_their_original_expiry_deadline(pier_factory):
+    """RabbitMQ keeps a persistent message's expiry deadline across a restart; the TTL does not
+    start again when the broker comes back. Stored deadline headers never reach consumers."""
+    proc = pier_factory()
+    conn = _connect(proc)
+    ch = conn.channel()
+    ch.queue_declare("ttl.q", durable=True, arguments={"x-message-ttl": 5000})
+    ch.queue_declare("ttl.msg", durable=True)
+    ch.confirm_delivery()
+    ch.basic_publish("", "ttl.q", b"queue-ttl", properties=PERSISTENT)
+    ch.basic_publish("", "ttl.msg", b"message-ttl",
+                     properties=pika.BasicProperties(delivery_mode=2, expiration="5000"))
+    ch.basic_publish("", "ttl.msg", b"long", properties=pika.BasicProperties(
+        delivery_mode=2, expiration="600000", headers={"a": 1}))
+    published = time.monotonic()
+    conn.close()
+    time.sleep(3)
+
+    _restart(proc)
+    conn = _connect(proc)
+    ch = conn.channel()
+    # Past the original deadline (5 s after publishing) but well before 5 s after the restart.
+    time.sleep(max(0.0, published + 6.0 - time.monotonic()))
+    assert time.monotonic() - published < 8.5, "restart too slow for this test to mean anything"
+    assert ch.basic_get("ttl.q", auto_ack=True)[0] is None, "queue TTL counted from the publish"
+    method, props, body = ch.basic_get("ttl.msg", auto_ack=True)
+    assert body == b"long", "per-message TTL counted from the publish"
+    assert props.headers == {"a": 1}, "the stored deadline is not shown to consumers"
+    assert props.expiration == "600000"
+    conn.close()

@@ -330,3 +330,5 @@ impl Broker {
 mod tests;
 #[cfg(test)]
 mod tests_features;
+#[cfg(test)]
+mod tests_paging;

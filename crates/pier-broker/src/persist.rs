@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Only persistent messages (delivery_mode 2) in durable queues are stored; everything else
-//! stays in memory, as in RabbitMQ.
+//! stays in memory, as in RabbitMQ, unless a long queue pages it out to the node's scratch
+//! paging store (never recovered; see `Queue::page_out_newest`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,17 +120,81 @@ pub(crate) fn to_stored(m: &Message) -> StoredMessage {
     }
 }
 
+/// Header carrying a stored message's expiry deadline (Unix milliseconds), so that a recovered
+/// message keeps its original deadline, as in RabbitMQ. Added to the stored copy only (of
+/// messages that have a TTL) and removed whenever a message is read back, so consumers never
+/// see it. The name is reserved: a publisher's header of that name is treated the same way.
+pub(crate) const EXPIRES_HEADER: &str = "x-pier-expires-at";
+
+/// Wall-clock milliseconds since the Unix epoch (deadlines must survive a restart; the broker
+/// clock starts again at every start).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The stored copy of a message, with its expiry deadline when it has one. The properties are
+/// re-encoded only then; the body is shared, never copied.
+pub(crate) fn to_stored_expiring(m: &Message, deadline_unix_ms: Option<u64>) -> StoredMessage {
+    let Some(deadline) = deadline_unix_ms else {
+        return to_stored(m);
+    };
+    let mut props = m.properties.clone();
+    props
+        .headers
+        .get_or_insert_with(pier_wire::FieldTable::new)
+        .insert(
+            EXPIRES_HEADER,
+            pier_wire::FieldValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
+        );
+    let mut raw = bytes::BytesMut::with_capacity(props.encoded_size());
+    props.encode(&mut raw);
+    StoredMessage {
+        exchange: m.exchange.clone(),
+        routing_key: m.routing_key.clone(),
+        raw_properties: raw.freeze(),
+        body: m.body.clone(),
+    }
+}
+
 /// Rebuilds a message read back from the store; `None` if its properties no longer decode
 /// (they were checksummed on disk, so this means a format bug: skip it, loudly).
 pub(crate) fn from_stored(s: StoredMessage) -> Option<Message> {
-    let properties = pier_wire::BasicProperties::decode(&s.raw_properties).ok()?;
-    Some(Message::new(
-        s.exchange,
-        s.routing_key,
-        properties,
-        s.raw_properties,
-        s.body,
-    ))
+    from_stored_expiring(s).map(|(m, _)| m)
+}
+
+/// `from_stored`, also returning the expiry deadline (Unix ms) stored with it, if any; the
+/// deadline header is removed from the message.
+pub(crate) fn from_stored_expiring(s: StoredMessage) -> Option<(Message, Option<u64>)> {
+    let mut properties = pier_wire::BasicProperties::decode(&s.raw_properties).ok()?;
+    // A value that is not a non-negative integer is dropped and ignored (no deadline).
+    let found = match properties.headers.as_mut() {
+        Some(h) if h.get(EXPIRES_HEADER).is_some() => {
+            let v = h.remove(EXPIRES_HEADER);
+            if h.is_empty() {
+                properties.headers = None;
+            }
+            Some(
+                v.and_then(|v| v.as_i64())
+                    .and_then(|v| u64::try_from(v).ok()),
+            )
+        }
+        _ => None,
+    };
+    let deadline = found.flatten();
+    let message = match found {
+        // The stored bytes carry our header: re-encode without it.
+        Some(_) => Message::from_properties(s.exchange, s.routing_key, properties, s.body),
+        None => Message::new(
+            s.exchange,
+            s.routing_key,
+            properties,
+            s.raw_properties,
+            s.body,
+        ),
+    };
+    Some((message, deadline))
 }
 
 #[cfg(test)]
@@ -169,6 +234,53 @@ mod tests {
             *result.lock().unwrap_or_else(|p| p.into_inner()),
             Some(false)
         );
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn stored_deadline_round_trips_and_is_never_seen() {
+        use pier_wire::{BasicProperties, FieldTable, FieldValue, ShortString};
+        let plain = Message::from_properties(
+            ShortString::from("x"),
+            ShortString::from("k"),
+            BasicProperties {
+                expiration: Some(ShortString::from("5000")),
+                ..BasicProperties::default()
+            },
+            bytes::Bytes::from_static(b"body"),
+        );
+        let stored = to_stored_expiring(&plain, Some(1_700_000_000_123));
+        assert_ne!(stored.raw_properties, plain.raw_properties);
+        let (back, deadline) = from_stored_expiring(stored).unwrap();
+        assert_eq!(deadline, Some(1_700_000_000_123));
+        assert_eq!(back.properties, plain.properties);
+        assert_eq!(
+            back.raw_properties, plain.raw_properties,
+            "no headers table left behind"
+        );
+        assert_eq!(back.body, plain.body);
+
+        let mut headers = FieldTable::new();
+        headers.insert("a", FieldValue::LongInt(1));
+        let with_headers = Message::from_properties(
+            ShortString::from("x"),
+            ShortString::from("k"),
+            BasicProperties {
+                headers: Some(headers),
+                ..BasicProperties::default()
+            },
+            bytes::Bytes::from_static(b"body"),
+        );
+        let (back, deadline) =
+            from_stored_expiring(to_stored_expiring(&with_headers, Some(7))).unwrap();
+        assert_eq!(deadline, Some(7));
+        assert_eq!(back.properties, with_headers.properties);
+        // Without a deadline the stored bytes are the publisher's, untouched.
+        let stored = to_stored_expiring(&with_headers, None);
+        assert_eq!(stored.raw_properties, with_headers.raw_properties);
+        let (back, deadline) = from_stored_expiring(stored).unwrap();
+        assert_eq!(deadline, None);
+        assert_eq!(back.raw_properties, with_headers.raw_properties);
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! consumes. `next_expiry` is a lower bound on every head's expiry time, so a tick on a queue
 //! where nothing can have expired is one atomic load.
 //!
+//! Paging: past `PAGE_OUT_BYTES` of ready bodies in memory, a new message keeps only its
+//! place (`Entry::message` is `None`); its body is in the durable store if it is stored, else
+//! in the scratch paging store (`Entry::paging`). `page_in` reads batches back as the head
+//! drains; a paging record is released as soon as it is read back or its message leaves.
+//!
 //! Dead letters (rejected, expired, over-length messages of a queue with a dead-letter
 //! exchange) are collected while the lock is held and routed by the vhost after it is
 //! released: a queue never publishes into another queue under its own lock.
@@ -30,6 +35,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use pier_store::StoreHandle;
 use pier_wire::{FieldTable, ShortString};
 
 use crate::args::{parse_expiration, Overflow, QueueConfig};
@@ -38,7 +44,7 @@ use crate::consumer::{next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, 
 use crate::deadletter::{DeadLetter, DeathReason};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
-use crate::persist::{to_stored, PublishDurability, QueueStore};
+use crate::persist::{to_stored, to_stored_expiring, PublishDurability, QueueStore};
 use crate::vhost::VHost;
 
 #[derive(Debug, Clone)]
@@ -51,6 +57,9 @@ struct Entry {
     redelivered: bool,
     /// Clock milliseconds after which the message is expired; `NEVER` without a TTL.
     expires_at: u64,
+    /// Paged out to the node's scratch paging store (not the durable one): its record there
+    /// is released when the body is read back or the message leaves the queue.
+    paging: bool,
 }
 
 impl Entry {
@@ -61,6 +70,7 @@ impl Entry {
             message: Some(message),
             redelivered,
             expires_at,
+            paging: false,
         }
     }
 
@@ -69,9 +79,14 @@ impl Entry {
     }
 }
 
-/// Bodies of stored messages a queue keeps in memory; beyond it, newer stored messages are
-/// kept only on disk and read back in batches as the head of the queue drains.
+/// Bodies a queue keeps in memory; beyond it, newer messages are kept only on disk (the
+/// durable store for stored messages, the paging store for the rest) and read back in batches
+/// as the head of the queue drains.
 pub const PAGE_OUT_BYTES: u64 = 8 * 1024 * 1024;
+/// After the paging store refused to register a queue, how long before it is asked again.
+const PAGING_RETRY_MS: u64 = 5_000;
+/// Paging-store queue names must be unique for the process (a queue name can be reused).
+static PAGING_QUEUE_SEQ: AtomicU64 = AtomicU64::new(0);
 /// How many paged-out messages one read-back fetches at most (and how many bytes).
 const PAGE_IN_BATCH: usize = 4096;
 const PAGE_IN_BYTES: u64 = 4 * 1024 * 1024;
@@ -156,6 +171,10 @@ struct QueueState {
     deleted: bool,
     /// Last time the queue was used (declared, consumed from, basic.get), for `x-expires`.
     last_used: u64,
+    /// This queue's place in the paging store, registered on its first page-out.
+    paging_id: Option<pier_store::QueueId>,
+    /// Clock time before which a failed paging registration is not retried.
+    paging_retry_at: u64,
 }
 
 impl QueueState {
@@ -213,6 +232,29 @@ impl QueueState {
     }
 }
 
+/// A queue's access to the paging store.
+struct Pager {
+    handle: StoreHandle,
+    /// Paged-out messages whose write has not been confirmed (by offset). The entry goes when
+    /// the write is done, and stays if it failed, so a failed paging write never loses the
+    /// message: page-in takes it from here. Shares the body with the store command (no copy).
+    /// A leaf lock: the store thread's callbacks take it, so it is never held while waiting on
+    /// the store.
+    in_flight: Arc<Mutex<HashMap<u64, Arc<Message>>>>,
+}
+
+impl std::fmt::Debug for Pager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pager")
+    }
+}
+
+impl Pager {
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<u64, Arc<Message>>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Immutable properties fixed at declaration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueOptions {
@@ -239,6 +281,8 @@ pub struct Queue {
     counters: crate::counters::QueueCounters,
     /// Set for durable queues of a vhost with storage: persistent messages are stored here.
     store: OnceLock<QueueStore>,
+    /// Set when the broker has a data directory: other messages page out here.
+    pager: OnceLock<Pager>,
     state: Mutex<QueueState>,
 }
 
@@ -318,6 +362,7 @@ impl Queue {
             idle_deadline: AtomicU64::new(idle_deadline),
             counters: crate::counters::QueueCounters::default(),
             store: OnceLock::new(),
+            pager: OnceLock::new(),
             state: Mutex::new(QueueState {
                 levels: (0..levels).map(|_| Level::default()).collect(),
                 last_used: now,
@@ -357,6 +402,15 @@ impl Queue {
         self.store.get()
     }
 
+    /// Lets this queue page bodies that are not in the durable store out to `paging` (the
+    /// node's scratch store). Set once, before the queue is shared.
+    pub fn attach_paging(&self, paging: StoreHandle) {
+        let _ = self.pager.set(Pager {
+            handle: paging,
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        });
+    }
+
     fn is_stored(&self, message: &Message) -> bool {
         self.store.get().is_some() && message.is_persistent()
     }
@@ -375,15 +429,19 @@ impl Queue {
     }
 
     /// Refills a recovered durable queue: messages in offset order, with their redelivered
-    /// flags, and the offset to continue from.
-    pub fn restore(&self, messages: Vec<(u64, Arc<Message>, bool)>, next_offset: u64) {
+    /// flags and stored expiry deadlines (Unix ms), and the offset to continue from.
+    pub fn restore(&self, messages: Vec<(u64, Arc<Message>, bool, Option<u64>)>, next_offset: u64) {
         let mut st = self.lock();
         let now = self.clock.now_ms();
+        let unix_now = crate::persist::unix_ms();
         st.next_offset = st.next_offset.max(next_offset);
-        for (offset, message, redelivered) in messages {
-            // The time a message spent queued before the restart is not stored: its TTL
-            // starts again now.
-            let (expires_at, _) = self.expiry_for(&message, now);
+        for (offset, message, redelivered, deadline) in messages {
+            // A stored deadline is kept (whatever time passed while the broker was down, as
+            // RabbitMQ does); messages stored without one get their TTL from now.
+            let expires_at = match deadline {
+                Some(d) => now.saturating_add(d.saturating_sub(unix_now)),
+                None => self.expiry_for(&message, now).0,
+            };
             let level = self.level_of(&message);
             st.next_offset = st.next_offset.max(offset + 1);
             let mut entry = Entry::new(offset, message, redelivered, expires_at);
@@ -519,6 +577,7 @@ impl Queue {
         }
         let mut next = NEVER;
         let mut expired = Vec::new();
+        let mut spilled = Vec::new();
         let dlx = self.config.dead_letter_exchange.is_some();
         for i in 0..st.levels.len() {
             while let Some(level) = st.levels.get_mut(i) {
@@ -535,6 +594,8 @@ impl Queue {
                         st.took(&e);
                         if self.entry_stored(&e) {
                             expired.push(e.offset);
+                        } else if e.paging {
+                            spilled.push(e.offset);
                         }
                         if let Some(m) = e.message {
                             self.dead_letter(dead, m, DeathReason::Expired);
@@ -550,6 +611,7 @@ impl Queue {
         }
         self.next_expiry.store(next, Ordering::Relaxed);
         self.store_ack(expired);
+        self.paging_release(st, spilled);
     }
 
     fn dead_letter(&self, dead: &mut Vec<DeadLetter>, message: Arc<Message>, reason: DeathReason) {
@@ -629,11 +691,14 @@ impl Queue {
                     queue: s.id,
                     offset,
                 }];
+                // With a TTL the deadline is stored too, so that recovery keeps it.
+                let deadline = ttl.map(|t| crate::persist::unix_ms().saturating_add(t));
+                let copy = to_stored_expiring(&message, deadline);
                 // Appended under the lock: the store needs a queue's offsets in order, and
                 // must see the append before any ack of this message.
                 let sent = match durability {
-                    Some(d) => s.handle.append(refs, to_stored(&message), d.add()),
-                    None => s.handle.append(refs, to_stored(&message), |_| {}),
+                    Some(d) => s.handle.append(refs, copy, d.add()),
+                    None => s.handle.append(refs, copy, |_| {}),
                 };
                 if let Err(e) = sent {
                     tracing::error!(queue = %self.name, vhost = %self.vhost, "store append failed: {e}");
@@ -672,27 +737,163 @@ impl Queue {
             }
         }
         self.drop_over_limit(&mut st, dead);
-        if stored && st.mem_bytes > PAGE_OUT_BYTES {
-            // Past the in-memory budget the newest stored message keeps only its place here.
-            let paged_out = st
-                .level_mut(level)
-                .and_then(|l| l.ready.back_mut())
-                .filter(|e| e.offset == offset && e.message.is_some())
-                .map(|e| {
-                    e.message = None;
-                    e.size
-                });
-            if let Some(size) = paged_out {
-                st.mem_bytes = st.mem_bytes.saturating_sub(size);
-                st.paged += 1;
-            }
+        if st.mem_bytes > PAGE_OUT_BYTES {
+            self.page_out_newest(&mut st, level, offset, stored, now);
         }
         Published::Accepted
     }
 
+    /// Past the in-memory budget the newest message (just published, still at the back of its
+    /// level) keeps only its place here: a stored message is already on disk, any other one
+    /// is written to the paging store first. Without a paging store it stays in memory.
+    fn page_out_newest(
+        &self,
+        st: &mut QueueState,
+        level: usize,
+        offset: u64,
+        stored: bool,
+        now: u64,
+    ) {
+        let is_newest = |st: &mut QueueState| {
+            st.level_mut(level)
+                .and_then(|l| l.ready.back())
+                .is_some_and(|e| e.offset == offset && e.message.is_some())
+        };
+        if !is_newest(st) {
+            return;
+        }
+        let mut spilled = false;
+        if !stored {
+            let Some(pager) = self.pager.get() else {
+                return;
+            };
+            let Some(id) = self.paging_queue(st, pager, now) else {
+                return;
+            };
+            let Some(message) = st
+                .level_mut(level)
+                .and_then(|l| l.ready.back())
+                .and_then(|e| e.message.clone())
+            else {
+                return;
+            };
+            pager.in_flight().insert(offset, Arc::clone(&message));
+            let in_flight = Arc::clone(&pager.in_flight);
+            let refs = vec![pier_store::QueueRef { queue: id, offset }];
+            let name = self.name.clone();
+            // Never blocks on our lock (the store thread takes only `in_flight`); blocks here
+            // while the paging thread is behind, which holds publishers back.
+            let sent = pager
+                .handle
+                .append(refs, to_stored(&message), move |r| match r {
+                    Ok(_) => {
+                        in_flight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&offset);
+                    }
+                    // The body stays in `in_flight`, where page-in finds it.
+                    Err(e) => tracing::warn!(queue = %name, offset, "paging write failed, message kept in memory: {e}"),
+                });
+            if let Err(e) = sent {
+                pager.in_flight().remove(&offset);
+                tracing::warn!(queue = %self.name, "paging store unavailable, message kept in memory: {e}");
+                return;
+            }
+            spilled = true;
+        }
+        let paged_out = st
+            .level_mut(level)
+            .and_then(|l| l.ready.back_mut())
+            .filter(|e| e.offset == offset)
+            .map(|e| {
+                e.message = None;
+                e.paging = spilled;
+                e.size
+            });
+        if let Some(size) = paged_out {
+            st.mem_bytes = st.mem_bytes.saturating_sub(size);
+            st.paged += 1;
+        }
+    }
+
+    /// This queue's id in the paging store, registering it on first use (one blocking round
+    /// trip to the paging thread, once per queue).
+    fn paging_queue(
+        &self,
+        st: &mut QueueState,
+        pager: &Pager,
+        now: u64,
+    ) -> Option<pier_store::QueueId> {
+        if let Some(id) = st.paging_id {
+            return Some(id);
+        }
+        if now < st.paging_retry_at {
+            return None;
+        }
+        let seq = PAGING_QUEUE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{seq}:{}:{}", self.vhost, self.name);
+        match pager.handle.call(move |s| s.open_queue(&name)) {
+            Ok(Ok(id)) => {
+                st.paging_id = Some(id);
+                Some(id)
+            }
+            Ok(Err(e)) | Err(e) => {
+                tracing::error!(queue = %self.name, vhost = %self.vhost, "paging store refused the queue, bodies stay in memory: {e}");
+                st.paging_retry_at = now.saturating_add(PAGING_RETRY_MS);
+                None
+            }
+        }
+    }
+
+    /// Releases paging records of messages that left the queue or were read back.
+    fn paging_release(&self, st: &QueueState, offsets: Vec<u64>) {
+        if offsets.is_empty() {
+            return;
+        }
+        let Some(pager) = self.pager.get() else {
+            return;
+        };
+        {
+            let mut in_flight = pager.in_flight();
+            if !in_flight.is_empty() {
+                for o in &offsets {
+                    in_flight.remove(o);
+                }
+            }
+        }
+        if let Some(id) = st.paging_id {
+            if let Err(e) = pager.handle.ack(id, offsets) {
+                tracing::error!(queue = %self.name, "paging store ack failed: {e}");
+            }
+        }
+    }
+
+    /// Drops every paging record of this queue at once (purge, delete): the paging queue is
+    /// deleted (O(1) on disk) and a new one is registered if the queue pages again.
+    fn paging_drop_all(&self, st: &mut QueueState) {
+        let Some(pager) = self.pager.get() else {
+            return;
+        };
+        pager.in_flight().clear();
+        if let Some(id) = st.paging_id.take() {
+            let sent = pager
+                .handle
+                .send(pier_store::Command::Run(Box::new(move |s| {
+                    if let Err(e) = s.delete_queue(id) {
+                        tracing::error!("deleting a queue's paging records: {e}");
+                    }
+                })));
+            if let Err(e) = sent {
+                tracing::error!(queue = %self.name, "paging store delete failed: {e}");
+            }
+        }
+    }
+
+    /// Whether a departing entry has a record in the durable store to ack.
     fn entry_stored(&self, e: &Entry) -> bool {
         match &e.message {
-            None => true,
+            None => !e.paging,
             Some(m) => self.is_stored(m),
         }
     }
@@ -709,42 +910,71 @@ impl Queue {
         !needs || self.page_in(st, level)
     }
 
-    /// Reads the first paged-out messages of a level back from the store (one blocking round
-    /// trip to the store thread for up to `PAGE_IN_BATCH` messages; the store thread never
-    /// waits for a queue lock, so holding ours meanwhile cannot deadlock).
+    /// Reads the first paged-out messages of a level back from the store that holds them
+    /// (one blocking round trip per store for up to `PAGE_IN_BATCH` messages; store threads
+    /// never wait for a queue lock, so holding ours meanwhile cannot deadlock). Paging records
+    /// are released once read: the body is in memory again.
     fn page_in(&self, st: &mut QueueState, level: usize) -> bool {
-        let Some(store) = self.store.get() else {
-            return false;
-        };
         let Some(l) = st.levels.get(level) else {
             return false;
         };
-        let mut offsets = Vec::new();
+        let mut durable = Vec::new();
+        let mut spilled = Vec::new();
         let mut bytes = 0u64;
         for e in l.ready.iter().filter(|e| e.message.is_none()) {
-            if offsets.len() >= PAGE_IN_BATCH || (bytes >= PAGE_IN_BYTES && !offsets.is_empty()) {
+            let n = durable.len() + spilled.len();
+            if n >= PAGE_IN_BATCH || (bytes >= PAGE_IN_BYTES && n > 0) {
                 break;
             }
-            offsets.push(e.offset);
+            if e.paging {
+                spilled.push(e.offset);
+            } else {
+                durable.push(e.offset);
+            }
             bytes += e.size;
         }
-        let id = store.id;
-        let wanted = offsets.clone();
-        let read = store.handle.call(move |s| {
-            wanted
-                .iter()
-                .map(|&o| s.read(id, o).ok().and_then(crate::persist::from_stored))
-                .collect::<Vec<_>>()
-        });
-        let loaded = match read {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(queue = %self.name, "paging messages in failed: {e}");
+        let mut by_offset: HashMap<u64, Option<Arc<Message>>> = HashMap::new();
+        if !durable.is_empty() {
+            let Some(store) = self.store.get() else {
+                tracing::error!(queue = %self.name, "paged-out stored messages but no store");
                 return false;
+            };
+            match read_back(&store.handle, store.id, durable.clone()) {
+                Ok(v) => by_offset.extend(durable.iter().copied().zip(v)),
+                Err(e) => {
+                    tracing::error!(queue = %self.name, "paging messages in failed: {e}");
+                    return false;
+                }
             }
-        };
-        let mut by_offset: HashMap<u64, Option<Message>> =
-            offsets.into_iter().zip(loaded).collect();
+        }
+        if !spilled.is_empty() {
+            let (Some(pager), Some(id)) = (self.pager.get(), st.paging_id) else {
+                tracing::error!(queue = %self.name, "paged-out messages but no paging store");
+                return false;
+            };
+            // Writes not yet confirmed (or failed) are served from memory.
+            let mut wanted = Vec::new();
+            {
+                let in_flight = pager.in_flight();
+                for &o in &spilled {
+                    match in_flight.get(&o) {
+                        Some(m) => {
+                            by_offset.insert(o, Some(Arc::clone(m)));
+                        }
+                        None => wanted.push(o),
+                    }
+                }
+            }
+            if !wanted.is_empty() {
+                match read_back(&pager.handle, id, wanted.clone()) {
+                    Ok(v) => by_offset.extend(wanted.into_iter().zip(v)),
+                    Err(e) => {
+                        tracing::error!(queue = %self.name, "paging messages in failed: {e}");
+                        return false;
+                    }
+                }
+            }
+        }
         let mut lost = Vec::new();
         let mut gained = 0u64;
         let mut filled = 0usize;
@@ -752,7 +982,8 @@ impl Queue {
             for e in l.ready.iter_mut().filter(|e| e.message.is_none()) {
                 match by_offset.remove(&e.offset) {
                     Some(Some(m)) => {
-                        e.message = Some(Arc::new(m));
+                        e.message = Some(m);
+                        e.paging = false;
                         gained += e.size;
                         filled += 1;
                     }
@@ -762,7 +993,7 @@ impl Queue {
             }
             if !lost.is_empty() {
                 // Unreadable (the store logged why): dropping beats serving a broken message.
-                tracing::error!(queue = %self.name, count = lost.len(), "stored messages could not be read back and are dropped");
+                tracing::error!(queue = %self.name, count = lost.len(), "paged-out messages could not be read back and are dropped");
                 l.ready
                     .retain(|e| !(e.message.is_none() && lost.contains(&e.offset)));
             }
@@ -770,7 +1001,9 @@ impl Queue {
         st.mem_bytes += gained;
         st.paged = st.paged.saturating_sub(filled + lost.len());
         st.ready_count = st.ready_count.saturating_sub(lost.len());
+        lost.retain(|o| !spilled.contains(o));
         self.store_ack(lost);
+        self.paging_release(st, spilled);
         st.levels
             .get(level)
             .and_then(|l| l.ready.front())
@@ -783,6 +1016,7 @@ impl Queue {
             return;
         }
         let mut dropped = Vec::new();
+        let mut spilled = Vec::new();
         loop {
             let too_many = self
                 .config
@@ -802,12 +1036,15 @@ impl Queue {
             self.after_pop(st, level);
             if self.entry_stored(&e) {
                 dropped.push(e.offset);
+            } else if e.paging {
+                spilled.push(e.offset);
             }
             if let Some(m) = e.message {
                 self.dead_letter(dead, m, DeathReason::MaxLen);
             }
         }
         self.store_ack(dropped);
+        self.paging_release(st, spilled);
     }
 
     fn level_of(&self, message: &Message) -> usize {
@@ -1216,11 +1453,13 @@ impl Queue {
                 .levels
                 .iter()
                 .flat_map(|l| l.requeued.values().chain(l.ready.iter()))
-                .filter(|e| e.message.as_ref().is_none_or(|m| m.is_persistent()))
+                .filter(|e| !e.paging && e.message.as_ref().is_none_or(|m| m.is_persistent()))
                 .map(|e| e.offset)
                 .collect();
             self.store_ack(stored);
         }
+        // Unacked deliveries hold their bodies in memory, so every paging record is a ready one.
+        self.paging_drop_all(&mut st);
         let n = st.clear();
         self.next_expiry.store(NEVER, Ordering::Relaxed);
         u32::try_from(n).unwrap_or(u32::MAX)
@@ -1234,6 +1473,7 @@ impl Queue {
             return (0, Vec::new());
         }
         st.deleted = true;
+        self.paging_drop_all(&mut st);
         let n = u32::try_from(st.clear()).unwrap_or(u32::MAX);
         st.unacked_expiry.clear();
         self.next_expiry.store(NEVER, Ordering::Relaxed);
@@ -1293,4 +1533,24 @@ impl Queue {
             None
         }
     }
+}
+
+/// Reads messages back from a store thread (one round trip), in the order asked; `None` for
+/// one that is gone or whose properties no longer decode.
+fn read_back(
+    handle: &StoreHandle,
+    id: pier_store::QueueId,
+    offsets: Vec<u64>,
+) -> pier_store::Result<Vec<Option<Arc<Message>>>> {
+    handle.call(move |s| {
+        offsets
+            .iter()
+            .map(|&o| {
+                s.read(id, o)
+                    .ok()
+                    .and_then(crate::persist::from_stored)
+                    .map(Arc::new)
+            })
+            .collect()
+    })
 }

@@ -4,6 +4,8 @@
 //! ```text
 //!  <data>/definitions.redb        vhosts, users, permissions, durable exchanges/queues/bindings
 //!  <data>/msgs/<vhost-dir>/       one SegmentStore + StoreThread per vhost (see docs/storage.md)
+//!  <data>/paging/                 scratch SegmentStore for bodies paged out of memory; never
+//!                                 synced, wiped at every start (see docs/storage.md, "Paging")
 //! ```
 //!
 //! What is stored follows RabbitMQ: durable exchanges, durable non-exclusive queues, bindings
@@ -24,7 +26,8 @@ use pier_wire::{FieldTable, ShortString};
 use crate::exchange::{Destination, Exchange};
 use crate::message::Message;
 use crate::persist::{
-    from_stored, to_stored, DelayedQueue, PublishDurability, QueueStore, VhostStorage,
+    from_stored, from_stored_expiring, to_stored, DelayedQueue, PublishDurability, QueueStore,
+    VhostStorage,
 };
 use crate::queue::Queue;
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
@@ -77,6 +80,51 @@ pub struct BrokerStorage {
     definitions: Arc<DefinitionsStore>,
     sync_policy: SyncPolicy,
     threads: Mutex<HashMap<String, StoreThread>>,
+    /// The node's paging store thread (taken at shutdown) and a handle to it.
+    paging: Mutex<Option<StoreThread>>,
+    paging_handle: pier_store::StoreHandle,
+}
+
+/// Paging segments are smaller than durable ones: a drained backlog gives its disk back in
+/// finer steps, and at most one (the active segment) stays behind.
+const PAGING_SEGMENT_SIZE: u32 = 8 << 20;
+/// Commands queued for the paging thread before publishers wait: each append holds a body,
+/// so this bounds the memory a flood can park in the channel (256 × 64 KiB = 16 MiB).
+const PAGING_CHANNEL: usize = 256;
+
+/// Wipes `dir` (what a previous run paged out is garbage: those messages were in memory only)
+/// and opens a scratch store there: no fsync of data, and ack files are not synced either
+/// (a crash loses the whole directory anyway).
+fn open_paging(dir: &Path) -> Result<StoreThread, StorageError> {
+    let io = |source| StorageError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let err = |source| StorageError::Messages {
+        vhost: "(paging)".to_owned(),
+        source,
+    };
+    let config = StoreConfig {
+        segment_size: PAGING_SEGMENT_SIZE,
+        sync_policy: SyncPolicy::Never,
+        lazy_sync_interval: std::time::Duration::from_secs(24 * 3600),
+        ..StoreConfig::default()
+    };
+    let store = SegmentStore::open(dir, config).map_err(err)?;
+    StoreThread::spawn(
+        Box::new(store),
+        ThreadConfig {
+            channel_capacity: PAGING_CHANNEL,
+            max_batch: PAGING_CHANNEL,
+        },
+    )
+    .map_err(err)
 }
 
 impl std::fmt::Debug for BrokerStorage {
@@ -102,11 +150,14 @@ impl BrokerStorage {
             source,
         })?;
         let definitions = Arc::new(DefinitionsStore::open(dir.join("definitions.redb"))?);
+        let paging = open_paging(&dir.join("paging"))?;
         Ok(BrokerStorage {
             dir: dir.to_owned(),
             definitions,
             sync_policy,
             threads: Mutex::new(HashMap::new()),
+            paging_handle: paging.handle(),
+            paging: Mutex::new(Some(paging)),
         })
     }
 
@@ -146,6 +197,7 @@ impl BrokerStorage {
         }
         for vh in broker.vhosts() {
             summary.vhosts += 1;
+            vh.attach_paging(self.paging_handle.clone());
             let handle = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
             // Exchanges first (bindings need both ends), then queues with their messages.
@@ -290,6 +342,7 @@ impl BrokerStorage {
 
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
+        vh.attach_paging(self.paging_handle.clone());
         let handle = self.open_vhost_store(vh.name())?;
         let delayed = restore_delayed(vh, &handle, None)?;
         self.definitions.put_vhost(&VhostDef {
@@ -322,6 +375,19 @@ impl BrokerStorage {
                 tracing::error!(%vhost, "closing the message store: {e}");
             }
         }
+        let paging = self.paging.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = paging {
+            if let Err(e) = t.shutdown() {
+                tracing::warn!("closing the paging store: {e}");
+            }
+            // Nothing in it can be used again; the next start would wipe it anyway.
+            let _ = std::fs::remove_dir_all(self.dir.join("paging"));
+        }
+    }
+
+    /// The node's paging store (tests and figures).
+    pub fn paging(&self) -> &pier_store::StoreHandle {
+        &self.paging_handle
     }
 }
 
@@ -368,8 +434,8 @@ fn restore_queue(
         let loaded = read_live(handle, id, chunk.to_vec()).map_err(err)?;
         let mut messages = Vec::with_capacity(loaded.len());
         for (offset, stored, redelivered) in loaded {
-            match from_stored(stored) {
-                Some(m) => messages.push((offset, Arc::new(m), redelivered)),
+            match from_stored_expiring(stored) {
+                Some((m, deadline)) => messages.push((offset, Arc::new(m), redelivered, deadline)),
                 None => {
                     tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")
                 }

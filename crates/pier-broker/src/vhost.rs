@@ -101,6 +101,8 @@ pub struct VHost {
     policies: RwLock<Vec<Policy>>,
     /// Where durable definitions and persistent messages go (none: in memory only).
     storage: OnceLock<crate::persist::VhostStorage>,
+    /// The node's scratch paging store, given to every queue declared from then on.
+    paging: OnceLock<pier_store::StoreHandle>,
     /// RabbitMQ's vhost limits (`max-connections`, `max-queues`); `u64::MAX`: no limit.
     max_connections: AtomicU64,
     max_queues: AtomicU64,
@@ -240,6 +242,7 @@ impl VHost {
             next_delayed: AtomicU64::new(NEVER),
             policies: RwLock::new(Vec::new()),
             storage: OnceLock::new(),
+            paging: OnceLock::new(),
             max_connections: AtomicU64::new(u64::MAX),
             max_queues: AtomicU64::new(u64::MAX),
             connections: Arc::new(AtomicU64::new(0)),
@@ -291,6 +294,12 @@ impl VHost {
     /// From now on durable definitions and persistent messages of this vhost are stored.
     pub fn attach_storage(&self, storage: crate::persist::VhostStorage) {
         let _ = self.storage.set(storage);
+    }
+
+    /// Queues declared from now on page bodies that are not in the durable store out to
+    /// `paging` when they grow long. Attach before declaring (recovery does).
+    pub fn attach_paging(&self, paging: pier_store::StoreHandle) {
+        let _ = self.paging.set(paging);
     }
 
     pub(crate) fn storage(&self) -> Option<&crate::persist::VhostStorage> {
@@ -775,6 +784,9 @@ impl VHost {
             Arc::clone(&self.clock),
             self.me.clone(),
         );
+        if let Some(p) = self.paging.get() {
+            queue.attach_paging(p.clone());
+        }
         if let Some(s) = self.storage() {
             crate::storage::queue_declared(s, &self.name, &queue);
         }

@@ -96,6 +96,14 @@ pub struct StoreHandle {
     durable: Arc<AtomicU64>,
 }
 
+impl std::fmt::Debug for StoreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHandle")
+            .field("durable_seq", &self.durable_seq())
+            .finish_non_exhaustive()
+    }
+}
+
 impl StoreHandle {
     /// Sends a command, blocking while the channel is full.
     pub fn send(&self, cmd: Command) -> Result<()> {
