@@ -34,34 +34,61 @@ use pier_wire::{FieldTable, ShortString};
 
 use crate::args::{parse_expiration, Overflow, QueueConfig};
 use crate::clock::{Clock, NEVER};
-use crate::consumer::{next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, Delivery};
+use crate::consumer::{
+    next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, Delivery, Settled,
+};
 use crate::deadletter::{DeadLetter, DeathReason};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
 use crate::persist::{to_stored, PublishDurability, QueueStore};
 use crate::vhost::VHost;
+use crate::waits::{stamp, WaitHistogram, WaitSummary, WaitWindow};
 
+/// One queued message. Kept to 32 bytes: a queue's in-memory cost per message is this plus
+/// the store's index entry, and long queues hold millions of them.
 #[derive(Debug, Clone)]
 struct Entry {
     offset: u64,
     /// `None`: paged out — the message is only in the store, read back before it is needed.
     message: Option<Arc<Message>>,
-    /// Body size, kept when the body is paged out (length limits, byte counts).
-    size: u64,
-    redelivered: bool,
     /// Clock milliseconds after which the message is expired; `NEVER` without a TTL.
     expires_at: u64,
+    /// Body size (kept when the body is paged out: length limits, byte counts) in the low 31
+    /// bits, saturated; the top bit is the redelivered flag.
+    size_flags: u32,
+    /// When the message entered the queue (`waits::stamp`), for measured time in queue.
+    enqueued_at: u32,
 }
 
+const REDELIVERED_BIT: u32 = 1 << 31;
+
 impl Entry {
-    fn new(offset: u64, message: Arc<Message>, redelivered: bool, expires_at: u64) -> Self {
+    fn new(
+        offset: u64,
+        message: Arc<Message>,
+        redelivered: bool,
+        expires_at: u64,
+        enqueued_at: u32,
+    ) -> Self {
+        // Bodies are capped by max_message_size far below 2 GiB; saturate rather than wrap.
+        let size = u32::try_from(message.body_size())
+            .unwrap_or(u32::MAX)
+            .min(REDELIVERED_BIT - 1);
         Entry {
             offset,
-            size: message.body_size() as u64,
             message: Some(message),
-            redelivered,
             expires_at,
+            size_flags: size | if redelivered { REDELIVERED_BIT } else { 0 },
+            enqueued_at,
         }
+    }
+
+    fn size(&self) -> u64 {
+        u64::from(self.size_flags & !REDELIVERED_BIT)
+    }
+
+    fn redelivered(&self) -> bool {
+        self.size_flags & REDELIVERED_BIT != 0
     }
 
     fn expired(&self, now: u64) -> bool {
@@ -142,11 +169,20 @@ struct QueueState {
     deleted: bool,
     /// Last time the queue was used (declared, consumed from, basic.get), for `x-expires`.
     last_used: u64,
+    /// Measured time in queue of completed messages; allocated on the first one.
+    waits: Option<Box<WaitWindow>>,
 }
 
 impl QueueState {
     fn ready_len(&self) -> usize {
         self.ready_count
+    }
+
+    /// A message stamped `enqueued_at` was completed (acked, or delivered without ack).
+    fn completed(&mut self, now: u64, enqueued_at: u32) {
+        self.waits
+            .get_or_insert_with(Box::default)
+            .record(now, crate::waits::waited_ms(now, enqueued_at));
     }
 
     fn highest_level(&self) -> Option<usize> {
@@ -159,9 +195,9 @@ impl QueueState {
 
     fn took(&mut self, entry: &Entry) {
         self.ready_count = self.ready_count.saturating_sub(1);
-        self.ready_bytes = self.ready_bytes.saturating_sub(entry.size);
+        self.ready_bytes = self.ready_bytes.saturating_sub(entry.size());
         if entry.message.is_some() {
-            self.mem_bytes = self.mem_bytes.saturating_sub(entry.size);
+            self.mem_bytes = self.mem_bytes.saturating_sub(entry.size());
         } else {
             self.paged = self.paged.saturating_sub(1);
         }
@@ -169,9 +205,9 @@ impl QueueState {
 
     fn added(&mut self, entry: &Entry) {
         self.ready_count += 1;
-        self.ready_bytes += entry.size;
+        self.ready_bytes += entry.size();
         if entry.message.is_some() {
-            self.mem_bytes += entry.size;
+            self.mem_bytes += entry.size();
         } else {
             self.paged += 1;
         }
@@ -372,7 +408,8 @@ impl Queue {
             let (expires_at, _) = self.expiry_for(&message, now);
             let level = self.level_of(&message);
             st.next_offset = st.next_offset.max(offset + 1);
-            let mut entry = Entry::new(offset, message, redelivered, expires_at);
+            // Like the TTL, time in queue counts from the recovery.
+            let mut entry = Entry::new(offset, message, redelivered, expires_at, stamp(now));
             if st.mem_bytes > PAGE_OUT_BYTES {
                 // A long recovered queue keeps only its head in memory.
                 entry.message = None;
@@ -624,7 +661,7 @@ impl Queue {
             }
         }
         let stored = self.is_stored(&message);
-        let entry = Entry::new(offset, message, false, expires_at);
+        let entry = Entry::new(offset, message, false, expires_at, stamp(now));
         st.added(&entry);
         let Some(l) = st.level_mut(level) else {
             return Published::Gone;
@@ -660,7 +697,7 @@ impl Queue {
                 .filter(|e| e.offset == offset && e.message.is_some())
                 .map(|e| {
                     e.message = None;
-                    e.size
+                    e.size()
                 });
             if let Some(size) = paged_out {
                 st.mem_bytes = st.mem_bytes.saturating_sub(size);
@@ -706,7 +743,7 @@ impl Queue {
                 break;
             }
             offsets.push(e.offset);
-            bytes += e.size;
+            bytes += e.size();
         }
         let id = store.id;
         let wanted = offsets.clone();
@@ -733,7 +770,7 @@ impl Queue {
                 match by_offset.remove(&e.offset) {
                     Some(Some(m)) => {
                         e.message = Some(Arc::new(m));
-                        gained += e.size;
+                        gained += e.size();
                         filled += 1;
                     }
                     Some(None) => lost.push(e.offset),
@@ -848,6 +885,7 @@ impl Queue {
                 break;
             };
             self.after_pop(st, level);
+            let redelivered = entry.redelivered();
             let Some(message) = entry.message else {
                 // ensure_head_loaded just loaded this head; nothing else runs under our lock.
                 tracing::error!(queue = %self.name, offset = entry.offset, "paged-out head after loading");
@@ -867,10 +905,15 @@ impl Queue {
                 consumer_tag: slot.spec.tag.clone(),
                 offset: entry.offset,
                 message,
-                redelivered: entry.redelivered,
+                redelivered,
                 ack_required,
+                enqueued_at: entry.enqueued_at,
             };
             let sink = Arc::clone(&slot.spec.sink);
+            if !ack_required {
+                // Without acks a delivery is the message's completion.
+                st.completed(now, entry.enqueued_at);
+            }
             if ack_required {
                 st.unacked += 1;
                 if entry.expires_at != NEVER {
@@ -969,12 +1012,16 @@ impl Queue {
                 Some((entry, level)) => {
                     self.after_pop(&st, level);
                     self.count_delivery(ack_required);
+                    if !ack_required {
+                        st.completed(now, entry.enqueued_at);
+                    }
                     if ack_required {
                         st.unacked += 1;
                         if entry.expires_at != NEVER {
                             st.unacked_expiry.insert(entry.offset, entry.expires_at);
                         }
                     }
+                    let redelivered = entry.redelivered();
                     let message = entry.message?;
                     if self.is_stored(&message) {
                         if ack_required {
@@ -996,8 +1043,9 @@ impl Queue {
                             consumer_tag: ShortString::default(),
                             offset: entry.offset,
                             message,
-                            redelivered: entry.redelivered,
+                            redelivered,
                             ack_required,
+                            enqueued_at: entry.enqueued_at,
                         },
                         remaining,
                     ))
@@ -1088,20 +1136,19 @@ impl Queue {
 
     // ---- settlement ----
 
-    fn settle_locked(&self, st: &mut QueueState, consumer: Option<ConsumerId>, offsets: &[u64]) {
+    fn settle_locked<I>(&self, st: &mut QueueState, consumer: Option<ConsumerId>, offsets: I)
+    where
+        I: ExactSizeIterator<Item = u64> + Clone,
+    {
         let count = u32::try_from(offsets.len()).unwrap_or(u32::MAX);
         st.unacked = st.unacked.saturating_sub(u64::from(count));
         if !st.unacked_expiry.is_empty() {
-            for o in offsets {
-                st.unacked_expiry.remove(o);
+            for o in offsets.clone() {
+                st.unacked_expiry.remove(&o);
             }
         }
         if !st.unacked_stored.is_empty() {
-            let stored: Vec<u64> = offsets
-                .iter()
-                .copied()
-                .filter(|o| st.unacked_stored.remove(o))
-                .collect();
+            let stored: Vec<u64> = offsets.filter(|o| st.unacked_stored.remove(o)).collect();
             self.store_ack(stored);
         }
         if let Some(id) = consumer {
@@ -1113,13 +1160,16 @@ impl Queue {
 
     /// Settles deliveries (by offset) made to `consumer` (None: basic.get) that were acked, and
     /// delivers what the freed credit allows.
-    pub fn settle(self: &Arc<Self>, consumer: Option<ConsumerId>, offsets: &[u64]) {
+    pub fn settle(self: &Arc<Self>, consumer: Option<ConsumerId>, acked: &[Settled]) {
         let mut dead = Vec::new();
         {
             let mut st = self.lock();
-            self.settle_locked(&mut st, consumer, offsets);
-            crate::counters::QueueCounters::add(&self.counters.acked, offsets.len() as u64);
             let now = self.clock.now_ms();
+            for a in acked {
+                st.completed(now, a.enqueued_at);
+            }
+            self.settle_locked(&mut st, consumer, acked.iter().map(|a| a.offset));
+            crate::counters::QueueCounters::add(&self.counters.acked, acked.len() as u64);
             self.dispatch_locked(&mut st, now, &mut dead);
         }
         self.route_dead_letters(dead);
@@ -1135,8 +1185,7 @@ impl Queue {
         let mut dead = Vec::new();
         {
             let mut st = self.lock();
-            let offsets: Vec<u64> = messages.iter().map(|(o, _)| *o).collect();
-            self.settle_locked(&mut st, consumer, &offsets);
+            self.settle_locked(&mut st, consumer, messages.iter().map(|(o, _)| *o));
             for (_, m) in messages {
                 self.dead_letter(&mut dead, m, DeathReason::Rejected);
             }
@@ -1149,16 +1198,25 @@ impl Queue {
     /// Puts delivered messages back at their original positions (within their priority),
     /// marked redelivered, keeping their original expiry, and settles them for their consumer.
     /// `consumer` is None for basic.get or when the consumer is already gone.
+    /// Each message comes with the enqueue stamp its delivery carried, so time in queue keeps
+    /// counting from when it first arrived.
     pub fn requeue(
         self: &Arc<Self>,
         consumer: Option<ConsumerId>,
-        messages: impl IntoIterator<Item = (u64, Arc<Message>)>,
+        messages: impl IntoIterator<Item = (Settled, Arc<Message>)>,
     ) {
         let mut dead = Vec::new();
         {
             let mut st = self.lock();
             let mut count = 0u32;
-            for (offset, message) in messages {
+            for (
+                Settled {
+                    offset,
+                    enqueued_at,
+                },
+                message,
+            ) in messages
+            {
                 count += 1;
                 st.unacked = st.unacked.saturating_sub(1);
                 let expires_at = st.unacked_expiry.remove(&offset).unwrap_or(NEVER);
@@ -1167,7 +1225,7 @@ impl Queue {
                     continue;
                 }
                 let level = self.level_of(&message);
-                let entry = Entry::new(offset, message, true, expires_at);
+                let entry = Entry::new(offset, message, true, expires_at, enqueued_at);
                 st.added(&entry);
                 if let Some(l) = st.level_mut(level) {
                     l.requeued.insert(offset, entry);
@@ -1222,6 +1280,27 @@ impl Queue {
         (n, consumers)
     }
 
+    /// Measured time in queue (enqueue to ack) over the last `waits::WINDOW_MS`.
+    pub fn time_in_queue(&self) -> WaitSummary {
+        let mut h = WaitHistogram::default();
+        self.time_in_queue_into(&mut h);
+        h.summary()
+    }
+
+    /// Adds this queue's time-in-queue samples of the window to `into` (vhost aggregates).
+    pub fn time_in_queue_into(&self, into: &mut WaitHistogram) {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        if let Some(w) = st.waits.as_deref() {
+            if w.is_stale(now) {
+                // Nothing completed for a whole window: give the ring's memory back.
+                st.waits = None;
+            } else {
+                w.merge_into(now, into);
+            }
+        }
+    }
+
     /// Arrivals, deliveries and acks so far.
     pub fn counters(&self) -> crate::counters::QueueCountersSnapshot {
         self.counters.snapshot()
@@ -1272,5 +1351,30 @@ impl Queue {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn entry_stays_small() {
+        // Per-message index cost is tracked: the enqueue stamp must not grow the entry.
+        assert!(std::mem::size_of::<Entry>() <= 32);
+    }
+
+    #[test]
+    fn entry_packs_size_and_redelivered() {
+        let m = Arc::new(Message::from_properties(
+            ShortString::from(""),
+            ShortString::from("k"),
+            pier_wire::BasicProperties::default(),
+            bytes::Bytes::from_static(b"hello"),
+        ));
+        let e = Entry::new(7, Arc::clone(&m), true, NEVER, 42);
+        assert_eq!((e.size(), e.redelivered(), e.enqueued_at), (5, true, 42));
+        let e = Entry::new(7, m, false, NEVER, 0);
+        assert_eq!((e.size(), e.redelivered()), (5, false));
     }
 }
