@@ -3,13 +3,20 @@ topology, publisher confirms only after fsync, recovery from torn and corrupt se
 Each test runs private Pier instances that it stops (SIGTERM) or kills (SIGKILL) and restarts
 on the same data directory."""
 
+import base64
+import json
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pika
 import pika.exceptions
 import pytest
+
+from conftest import PIER_CONFIG
+from helpers import wait_message_count
 
 pytestmark = pytest.mark.pier_only
 
@@ -269,3 +276,82 @@ def test_recovered_messages_keep_their_original_expiry_deadline(pier_factory):
     assert props.headers == {"a": 1}, "the stored deadline is not shown to consumers"
     assert props.expiration == "600000"
     conn.close()
+
+
+class _Http:
+    """A minimal management API client for the private instance (guest/guest)."""
+
+    def __init__(self, proc):
+        self.base = f"http://127.0.0.1:{proc.http_port}/api"
+        token = base64.b64encode(b"guest:guest").decode()
+        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    def call(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers=self.headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                text = resp.read().decode()
+                return resp.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as e:
+            text = e.read().decode()
+            return e.code, (json.loads(text) if text else None)
+
+
+def _assert_keeps(proc, queue, expected, published=5):
+    """Declares `queue`, publishes `published` messages: it must keep `expected` of them."""
+    conn = _connect(proc)
+    ch = conn.channel()
+    ch.queue_declare(queue)
+    for i in range(published):
+        ch.basic_publish("", queue, b"m%d" % i)
+    wait_message_count(conn, queue, expected)
+    time.sleep(0.2)
+    assert ch.queue_declare(queue, passive=True).method.message_count == expected
+    conn.close()
+
+
+CONFIG_WITH_POLICY = PIER_CONFIG + """
+[[policies]]
+name = "from-config"
+pattern = "^cfg\\\\."
+apply-to = "queues"
+definition = { max-length = 3 }
+"""
+
+
+def test_policies_set_over_http_survive_a_restart(pier_factory):
+    proc = pier_factory(CONFIG_WITH_POLICY)
+    http = _Http(proc)
+    cap = {"pattern": r"^capped\.", "apply-to": "queues", "priority": 1,
+           "definition": {"max-length": 2}}
+    assert http.call("PUT", "/policies/%2F/cap", cap)[0] in (201, 204)
+    # The same name as a config-file policy: the config file wins at the next start.
+    assert http.call("PUT", "/policies/%2F/from-config",
+                     {"pattern": r"^cfg\.", "apply-to": "queues",
+                      "definition": {"max-length": 1}})[0] in (201, 204)
+    # A policy of a vhost that is then deleted goes with it.
+    assert http.call("PUT", "/vhosts/gone-vh", {})[0] in (201, 204)
+    assert http.call("PUT", "/policies/gone-vh/p",
+                     {"pattern": ".*", "definition": {"max-length": 1}})[0] in (201, 204)
+    assert http.call("DELETE", "/vhosts/gone-vh")[0] == 204
+
+    _restart(proc)
+    status, got = http.call("GET", "/policies/%2F/cap")
+    assert status == 200, got
+    assert got["definition"] == {"max-length": 2} and got["pattern"] == r"^capped\."
+    assert got["apply-to"] == "queues" and got["priority"] == 1
+    _assert_keeps(proc, "capped.q", 2)  # the recovered policy applies to new queues
+    status, got = http.call("GET", "/policies/%2F/from-config")
+    assert status == 200 and got["definition"] == {"max-length": 3}, got
+    assert http.call("GET", "/vhosts/gone-vh")[0] == 404
+    assert http.call("GET", "/policies/gone-vh")[0] == 404
+
+    assert http.call("DELETE", "/policies/%2F/cap")[0] == 204
+    _restart(proc)
+    assert http.call("GET", "/policies/%2F/cap")[0] == 404
+    _assert_keeps(proc, "capped.q2", 5)  # a deleted policy stays deleted
+    # The stored copy of the config-file policy was dropped: still the config's value.
+    status, got = http.call("GET", "/policies/%2F/from-config")
+    assert status == 200 and got["definition"] == {"max-length": 3}, got

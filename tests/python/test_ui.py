@@ -359,6 +359,11 @@ def test_login_overview_queue_publish_get(pier_ui, browser):
     wait_until(browser, lambda d: text_of(d, "queue-name") == name, what="the queue page")
     time.sleep(6)
     wait_until(browser, lambda d: "/s" in text_of(d, "queue-figures"), what="the figures")
+    # The consumer acks, so time in queue is measured per message (p50, p99 beside W).
+    wait_until(browser, lambda d: "msgs" in text_of(d, "queue-wait-measured")
+               and "p99" in text_of(d, "queue-wait-measured")
+               and not text_of(d, "queue-wait-measured").startswith("W measured p50\n–"),
+               what="the measured time in queue")
     shot(browser, "ui-queue")
     traffic.join()
 

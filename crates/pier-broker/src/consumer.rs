@@ -42,6 +42,26 @@ pub struct Delivery {
     pub message: Arc<Message>,
     pub redelivered: bool,
     pub ack_required: bool,
+    /// When the message entered the queue (`waits::stamp`): handed back on settle or requeue
+    /// so the queue can measure time in queue without keeping a record per delivery.
+    pub enqueued_at: u32,
+}
+
+impl Delivery {
+    /// What settling this delivery hands back to its queue.
+    pub fn settled(&self) -> Settled {
+        Settled {
+            offset: self.offset,
+            enqueued_at: self.enqueued_at,
+        }
+    }
+}
+
+/// A delivery being acknowledged: its position in the queue and when it entered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub offset: u64,
+    pub enqueued_at: u32,
 }
 
 /// The channel side of a consumer. Implemented by the server; the broker calls these with a

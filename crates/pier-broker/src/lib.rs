@@ -25,6 +25,7 @@ pub mod queue;
 pub mod storage;
 pub mod topic;
 pub mod vhost;
+pub mod waits;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,7 @@ pub use auth::{Access, CompiledPermission, Permission, User, UserStore};
 pub use clock::Clock;
 pub use consumer::{
     ChannelCredit, ConnectionId, ConsumerId, ConsumerInfo, ConsumerSpec, Delivery, DeliverySink,
+    Settled,
 };
 pub use counters::{QueueCounters, QueueCountersSnapshot};
 pub use deadletter::{DeadLetter, DeathReason};
@@ -46,6 +48,7 @@ pub use queue::{Published, Queue, QueueStats};
 pub use vhost::{
     Authorize, ConnectionSlot, ExchangeDeclare, QueueDeclare, QueueDeclared, VHost, VhostLimits,
 };
+pub use waits::{WaitHistogram, WaitSummary};
 
 /// Why a login was refused (the server answers both the same way, as RabbitMQ does).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

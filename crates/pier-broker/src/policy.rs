@@ -1,6 +1,9 @@
 //! Policies: queue and exchange settings applied by name pattern rather than by declaration
-//! arguments (RabbitMQ's `rabbitmqctl set_policy`). Pier reads them from its config file for
-//! now; the management API will set them later through the same [`VHost::set_policy`].
+//! arguments (RabbitMQ's `rabbitmqctl set_policy`). They come from the config file (applied at
+//! every start, never stored) and from the management API or a definitions import through the
+//! same [`VHost::set_policy`]; once the vhost has storage those are written through to the
+//! definitions store and re-applied at start before queues are recovered. A config-file
+//! policy wins over a stored one of the same name (see `BrokerStorage::recover`).
 //!
 //! As in RabbitMQ, at most one policy applies to an object: the matching one with the highest
 //! priority. Where a queue argument and the policy both set something, RabbitMQ's rules pick:
@@ -15,6 +18,7 @@
 
 use pier_wire::{FieldTable, ShortString};
 use regex::Regex;
+use serde_json::{Map, Value};
 
 use crate::args::{Overflow, QueueConfig, MAX_EXPIRY_MS};
 use crate::error::ObjectKind;
@@ -36,6 +40,14 @@ impl ApplyTo {
             "exchanges" => ApplyTo::Exchanges,
             _ => return None,
         })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyTo::All => "all",
+            ApplyTo::Queues => "queues",
+            ApplyTo::Exchanges => "exchanges",
+        }
     }
 
     fn covers(self, kind: ObjectKind) -> bool {
@@ -77,6 +89,133 @@ impl PolicyDefinition {
         }
         Ok(())
     }
+}
+
+/// RabbitMQ's JSON form of definitions (management API, definitions files, the definitions
+/// store), so that a policy set over HTTP can be stored and read back at start.
+impl PolicyDefinition {
+    /// A definition as RabbitMQ's JSON object (only the keys that are set).
+    pub fn to_json(&self) -> Value {
+        let d = self;
+        let mut m = Map::new();
+        let mut num = |k: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                m.insert(k.to_owned(), Value::from(v));
+            }
+        };
+        num("message-ttl", d.message_ttl);
+        num("expires", d.expires);
+        num("max-length", d.max_length);
+        num("max-length-bytes", d.max_length_bytes);
+        num("max-priority", d.max_priority.map(u64::from));
+        if let Some(o) = d.overflow {
+            m.insert("overflow".into(), Value::from(overflow_str(o)));
+        }
+        let mut text = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                m.insert(k.to_owned(), Value::from(v.as_str()));
+            }
+        };
+        text("dead-letter-exchange", &d.dead_letter_exchange);
+        text("dead-letter-routing-key", &d.dead_letter_routing_key);
+        text("alternate-exchange", &d.alternate_exchange);
+        Value::Object(m)
+    }
+
+    /// Parses a definition object. With `lenient`, keys Pier does not apply are ignored (the
+    /// caller reports them); otherwise they are an error.
+    pub fn from_json(def: &Map<String, Value>, lenient: bool) -> Result<PolicyDefinition, String> {
+        if !lenient {
+            let unknown = unknown_keys(def);
+            if !unknown.is_empty() {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|k| format!("{{<<\"{k}\">>,{}}}", def.get(k).unwrap_or(&Value::Null)))
+                    .collect();
+                return Err(format!(
+                    "Validation failed\n\n[{}] are not recognised policy settings (Pier applies \
+                 message-ttl, expires, max-length, max-length-bytes, overflow, \
+                 dead-letter-exchange, dead-letter-routing-key, max-priority, \
+                 alternate-exchange)",
+                    list.join(",")
+                ));
+            }
+        }
+        let num = |k: &str| -> Result<Option<u64>, String> {
+            match def.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .map(Some)
+                    .ok_or_else(|| format!("{k} must be a non-negative integer, not {v}")),
+            }
+        };
+        let text = |k: &str| -> Result<Option<String>, String> {
+            match def.get(k) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(v) => Err(format!("{k} must be a string, not {v}")),
+            }
+        };
+        let overflow = match text("overflow")? {
+            None => None,
+            Some(s) => Some(Overflow::parse(&s).ok_or_else(|| {
+                format!(
+                    "overflow must be drop-head, reject-publish or reject-publish-dlx, not '{s}'"
+                )
+            })?),
+        };
+        let max_priority = match num("max-priority")? {
+            None => None,
+            Some(n) => Some(
+                u8::try_from(n)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("max-priority must be between 1 and 255, not {n}"))?,
+            ),
+        };
+        let d = PolicyDefinition {
+            message_ttl: num("message-ttl")?,
+            expires: num("expires")?,
+            max_length: num("max-length")?,
+            max_length_bytes: num("max-length-bytes")?,
+            overflow,
+            dead_letter_exchange: text("dead-letter-exchange")?,
+            dead_letter_routing_key: text("dead-letter-routing-key")?,
+            max_priority,
+            alternate_exchange: text("alternate-exchange")?,
+        };
+        d.validate()?;
+        Ok(d)
+    }
+}
+
+pub fn overflow_str(o: Overflow) -> &'static str {
+    match o {
+        Overflow::DropHead => "drop-head",
+        Overflow::RejectPublish => "reject-publish",
+        Overflow::RejectPublishDlx => "reject-publish-dlx",
+    }
+}
+
+/// The keys of a definition object Pier does not apply.
+pub fn unknown_keys(def: &Map<String, Value>) -> Vec<String> {
+    const KNOWN: [&str; 9] = [
+        "message-ttl",
+        "expires",
+        "max-length",
+        "max-length-bytes",
+        "overflow",
+        "dead-letter-exchange",
+        "dead-letter-routing-key",
+        "max-priority",
+        "alternate-exchange",
+    ];
+    def.keys()
+        .filter(|k| !KNOWN.contains(&k.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// One policy of a vhost.

@@ -40,38 +40,77 @@ use pier_wire::{FieldTable, ShortString};
 
 use crate::args::{parse_expiration, Overflow, QueueConfig};
 use crate::clock::{Clock, NEVER};
-use crate::consumer::{next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, Delivery};
+use crate::consumer::{
+    next_consumer_id, ConnectionId, ConsumerId, ConsumerSpec, Delivery, Settled,
+};
 use crate::deadletter::{DeadLetter, DeathReason};
 use crate::error::{BrokerError, Result};
 use crate::message::Message;
 use crate::persist::{to_stored, to_stored_expiring, PublishDurability, QueueStore};
 use crate::vhost::VHost;
+use crate::waits::{stamp, WaitHistogram, WaitSummary, WaitWindow};
 
+/// One queued message. Kept to 32 bytes: a queue's in-memory cost per message is this plus
+/// the store's index entry, and long queues hold millions of them.
 #[derive(Debug, Clone)]
 struct Entry {
     offset: u64,
     /// `None`: paged out — the message is only in the store, read back before it is needed.
     message: Option<Arc<Message>>,
-    /// Body size, kept when the body is paged out (length limits, byte counts).
-    size: u64,
-    redelivered: bool,
     /// Clock milliseconds after which the message is expired; `NEVER` without a TTL.
     expires_at: u64,
-    /// Paged out to the node's scratch paging store (not the durable one): its record there
-    /// is released when the body is read back or the message leaves the queue.
-    paging: bool,
+    /// Body size (kept when the body is paged out: length limits, byte counts) in the low 30
+    /// bits, saturated; the top bits are the redelivered and paging flags.
+    size_flags: u32,
+    /// When the message entered the queue (`waits::stamp`), for measured time in queue.
+    enqueued_at: u32,
 }
 
+const REDELIVERED_BIT: u32 = 1 << 31;
+/// Paged out to the node's scratch paging store (not the durable one): its record there is
+/// released when the body is read back or the message leaves the queue.
+const PAGING_BIT: u32 = 1 << 30;
+const SIZE_MASK: u32 = PAGING_BIT - 1;
+
 impl Entry {
-    fn new(offset: u64, message: Arc<Message>, redelivered: bool, expires_at: u64) -> Self {
+    fn new(
+        offset: u64,
+        message: Arc<Message>,
+        redelivered: bool,
+        expires_at: u64,
+        enqueued_at: u32,
+    ) -> Self {
+        // Bodies are capped by max_message_size far below 1 GiB; saturate rather than wrap.
+        let size = u32::try_from(message.body_size())
+            .unwrap_or(u32::MAX)
+            .min(SIZE_MASK);
         Entry {
             offset,
-            size: message.body_size() as u64,
             message: Some(message),
-            redelivered,
             expires_at,
-            paging: false,
+            size_flags: size | if redelivered { REDELIVERED_BIT } else { 0 },
+            enqueued_at,
         }
+    }
+
+    fn size(&self) -> u64 {
+        u64::from(self.size_flags & SIZE_MASK)
+    }
+
+    fn paging(&self) -> bool {
+        self.size_flags & PAGING_BIT != 0
+    }
+
+    fn set_paging(&mut self, on: bool) {
+        if on {
+            self.size_flags |= PAGING_BIT;
+        } else {
+            self.size_flags &= !PAGING_BIT;
+        }
+    }
+
+    fn redelivered(&self) -> bool {
+        self.size_flags & REDELIVERED_BIT != 0
     }
 
     fn expired(&self, now: u64) -> bool {
@@ -175,11 +214,20 @@ struct QueueState {
     paging_id: Option<pier_store::QueueId>,
     /// Clock time before which a failed paging registration is not retried.
     paging_retry_at: u64,
+    /// Measured time in queue of completed messages; allocated on the first one.
+    waits: Option<Box<WaitWindow>>,
 }
 
 impl QueueState {
     fn ready_len(&self) -> usize {
         self.ready_count
+    }
+
+    /// A message stamped `enqueued_at` was completed (acked, or delivered without ack).
+    fn completed(&mut self, now: u64, enqueued_at: u32) {
+        self.waits
+            .get_or_insert_with(Box::default)
+            .record(now, crate::waits::waited_ms(now, enqueued_at));
     }
 
     fn highest_level(&self) -> Option<usize> {
@@ -192,9 +240,9 @@ impl QueueState {
 
     fn took(&mut self, entry: &Entry) {
         self.ready_count = self.ready_count.saturating_sub(1);
-        self.ready_bytes = self.ready_bytes.saturating_sub(entry.size);
+        self.ready_bytes = self.ready_bytes.saturating_sub(entry.size());
         if entry.message.is_some() {
-            self.mem_bytes = self.mem_bytes.saturating_sub(entry.size);
+            self.mem_bytes = self.mem_bytes.saturating_sub(entry.size());
         } else {
             self.paged = self.paged.saturating_sub(1);
         }
@@ -202,9 +250,9 @@ impl QueueState {
 
     fn added(&mut self, entry: &Entry) {
         self.ready_count += 1;
-        self.ready_bytes += entry.size;
+        self.ready_bytes += entry.size();
         if entry.message.is_some() {
-            self.mem_bytes += entry.size;
+            self.mem_bytes += entry.size();
         } else {
             self.paged += 1;
         }
@@ -444,7 +492,8 @@ impl Queue {
             };
             let level = self.level_of(&message);
             st.next_offset = st.next_offset.max(offset + 1);
-            let mut entry = Entry::new(offset, message, redelivered, expires_at);
+            // Like the TTL, time in queue counts from the recovery.
+            let mut entry = Entry::new(offset, message, redelivered, expires_at, stamp(now));
             if st.mem_bytes > PAGE_OUT_BYTES {
                 // A long recovered queue keeps only its head in memory.
                 entry.message = None;
@@ -594,7 +643,7 @@ impl Queue {
                         st.took(&e);
                         if self.entry_stored(&e) {
                             expired.push(e.offset);
-                        } else if e.paging {
+                        } else if e.paging() {
                             spilled.push(e.offset);
                         }
                         if let Some(m) = e.message {
@@ -709,7 +758,7 @@ impl Queue {
             }
         }
         let stored = self.is_stored(&message);
-        let entry = Entry::new(offset, message, false, expires_at);
+        let entry = Entry::new(offset, message, false, expires_at, stamp(now));
         st.added(&entry);
         let Some(l) = st.level_mut(level) else {
             return Published::Gone;
@@ -808,8 +857,8 @@ impl Queue {
             .filter(|e| e.offset == offset)
             .map(|e| {
                 e.message = None;
-                e.paging = spilled;
-                e.size
+                e.set_paging(spilled);
+                e.size()
             });
         if let Some(size) = paged_out {
             st.mem_bytes = st.mem_bytes.saturating_sub(size);
@@ -893,7 +942,7 @@ impl Queue {
     /// Whether a departing entry has a record in the durable store to ack.
     fn entry_stored(&self, e: &Entry) -> bool {
         match &e.message {
-            None => !e.paging,
+            None => !e.paging(),
             Some(m) => self.is_stored(m),
         }
     }
@@ -926,12 +975,12 @@ impl Queue {
             if n >= PAGE_IN_BATCH || (bytes >= PAGE_IN_BYTES && n > 0) {
                 break;
             }
-            if e.paging {
+            if e.paging() {
                 spilled.push(e.offset);
             } else {
                 durable.push(e.offset);
             }
-            bytes += e.size;
+            bytes += e.size();
         }
         let mut by_offset: HashMap<u64, Option<Arc<Message>>> = HashMap::new();
         if !durable.is_empty() {
@@ -983,8 +1032,8 @@ impl Queue {
                 match by_offset.remove(&e.offset) {
                     Some(Some(m)) => {
                         e.message = Some(m);
-                        e.paging = false;
-                        gained += e.size;
+                        e.set_paging(false);
+                        gained += e.size();
                         filled += 1;
                     }
                     Some(None) => lost.push(e.offset),
@@ -1036,7 +1085,7 @@ impl Queue {
             self.after_pop(st, level);
             if self.entry_stored(&e) {
                 dropped.push(e.offset);
-            } else if e.paging {
+            } else if e.paging() {
                 spilled.push(e.offset);
             }
             if let Some(m) = e.message {
@@ -1105,6 +1154,7 @@ impl Queue {
                 break;
             };
             self.after_pop(st, level);
+            let redelivered = entry.redelivered();
             let Some(message) = entry.message else {
                 // ensure_head_loaded just loaded this head; nothing else runs under our lock.
                 tracing::error!(queue = %self.name, offset = entry.offset, "paged-out head after loading");
@@ -1124,10 +1174,15 @@ impl Queue {
                 consumer_tag: slot.spec.tag.clone(),
                 offset: entry.offset,
                 message,
-                redelivered: entry.redelivered,
+                redelivered,
                 ack_required,
+                enqueued_at: entry.enqueued_at,
             };
             let sink = Arc::clone(&slot.spec.sink);
+            if !ack_required {
+                // Without acks a delivery is the message's completion.
+                st.completed(now, entry.enqueued_at);
+            }
             if ack_required {
                 st.unacked += 1;
                 if entry.expires_at != NEVER {
@@ -1226,12 +1281,16 @@ impl Queue {
                 Some((entry, level)) => {
                     self.after_pop(&st, level);
                     self.count_delivery(ack_required);
+                    if !ack_required {
+                        st.completed(now, entry.enqueued_at);
+                    }
                     if ack_required {
                         st.unacked += 1;
                         if entry.expires_at != NEVER {
                             st.unacked_expiry.insert(entry.offset, entry.expires_at);
                         }
                     }
+                    let redelivered = entry.redelivered();
                     let message = entry.message?;
                     if self.is_stored(&message) {
                         if ack_required {
@@ -1253,8 +1312,9 @@ impl Queue {
                             consumer_tag: ShortString::default(),
                             offset: entry.offset,
                             message,
-                            redelivered: entry.redelivered,
+                            redelivered,
                             ack_required,
+                            enqueued_at: entry.enqueued_at,
                         },
                         remaining,
                     ))
@@ -1345,20 +1405,19 @@ impl Queue {
 
     // ---- settlement ----
 
-    fn settle_locked(&self, st: &mut QueueState, consumer: Option<ConsumerId>, offsets: &[u64]) {
+    fn settle_locked<I>(&self, st: &mut QueueState, consumer: Option<ConsumerId>, offsets: I)
+    where
+        I: ExactSizeIterator<Item = u64> + Clone,
+    {
         let count = u32::try_from(offsets.len()).unwrap_or(u32::MAX);
         st.unacked = st.unacked.saturating_sub(u64::from(count));
         if !st.unacked_expiry.is_empty() {
-            for o in offsets {
-                st.unacked_expiry.remove(o);
+            for o in offsets.clone() {
+                st.unacked_expiry.remove(&o);
             }
         }
         if !st.unacked_stored.is_empty() {
-            let stored: Vec<u64> = offsets
-                .iter()
-                .copied()
-                .filter(|o| st.unacked_stored.remove(o))
-                .collect();
+            let stored: Vec<u64> = offsets.filter(|o| st.unacked_stored.remove(o)).collect();
             self.store_ack(stored);
         }
         if let Some(id) = consumer {
@@ -1370,13 +1429,16 @@ impl Queue {
 
     /// Settles deliveries (by offset) made to `consumer` (None: basic.get) that were acked, and
     /// delivers what the freed credit allows.
-    pub fn settle(self: &Arc<Self>, consumer: Option<ConsumerId>, offsets: &[u64]) {
+    pub fn settle(self: &Arc<Self>, consumer: Option<ConsumerId>, acked: &[Settled]) {
         let mut dead = Vec::new();
         {
             let mut st = self.lock();
-            self.settle_locked(&mut st, consumer, offsets);
-            crate::counters::QueueCounters::add(&self.counters.acked, offsets.len() as u64);
             let now = self.clock.now_ms();
+            for a in acked {
+                st.completed(now, a.enqueued_at);
+            }
+            self.settle_locked(&mut st, consumer, acked.iter().map(|a| a.offset));
+            crate::counters::QueueCounters::add(&self.counters.acked, acked.len() as u64);
             self.dispatch_locked(&mut st, now, &mut dead);
         }
         self.route_dead_letters(dead);
@@ -1392,8 +1454,7 @@ impl Queue {
         let mut dead = Vec::new();
         {
             let mut st = self.lock();
-            let offsets: Vec<u64> = messages.iter().map(|(o, _)| *o).collect();
-            self.settle_locked(&mut st, consumer, &offsets);
+            self.settle_locked(&mut st, consumer, messages.iter().map(|(o, _)| *o));
             for (_, m) in messages {
                 self.dead_letter(&mut dead, m, DeathReason::Rejected);
             }
@@ -1406,16 +1467,25 @@ impl Queue {
     /// Puts delivered messages back at their original positions (within their priority),
     /// marked redelivered, keeping their original expiry, and settles them for their consumer.
     /// `consumer` is None for basic.get or when the consumer is already gone.
+    /// Each message comes with the enqueue stamp its delivery carried, so time in queue keeps
+    /// counting from when it first arrived.
     pub fn requeue(
         self: &Arc<Self>,
         consumer: Option<ConsumerId>,
-        messages: impl IntoIterator<Item = (u64, Arc<Message>)>,
+        messages: impl IntoIterator<Item = (Settled, Arc<Message>)>,
     ) {
         let mut dead = Vec::new();
         {
             let mut st = self.lock();
             let mut count = 0u32;
-            for (offset, message) in messages {
+            for (
+                Settled {
+                    offset,
+                    enqueued_at,
+                },
+                message,
+            ) in messages
+            {
                 count += 1;
                 st.unacked = st.unacked.saturating_sub(1);
                 let expires_at = st.unacked_expiry.remove(&offset).unwrap_or(NEVER);
@@ -1424,7 +1494,7 @@ impl Queue {
                     continue;
                 }
                 let level = self.level_of(&message);
-                let entry = Entry::new(offset, message, true, expires_at);
+                let entry = Entry::new(offset, message, true, expires_at, enqueued_at);
                 st.added(&entry);
                 if let Some(l) = st.level_mut(level) {
                     l.requeued.insert(offset, entry);
@@ -1453,7 +1523,7 @@ impl Queue {
                 .levels
                 .iter()
                 .flat_map(|l| l.requeued.values().chain(l.ready.iter()))
-                .filter(|e| !e.paging && e.message.as_ref().is_none_or(|m| m.is_persistent()))
+                .filter(|e| !e.paging() && e.message.as_ref().is_none_or(|m| m.is_persistent()))
                 .map(|e| e.offset)
                 .collect();
             self.store_ack(stored);
@@ -1480,6 +1550,27 @@ impl Queue {
         self.idle_deadline.store(NEVER, Ordering::Relaxed);
         let consumers = st.consumers.drain(..).map(|c| c.spec).collect();
         (n, consumers)
+    }
+
+    /// Measured time in queue (enqueue to ack) over the last `waits::WINDOW_MS`.
+    pub fn time_in_queue(&self) -> WaitSummary {
+        let mut h = WaitHistogram::default();
+        self.time_in_queue_into(&mut h);
+        h.summary()
+    }
+
+    /// Adds this queue's time-in-queue samples of the window to `into` (vhost aggregates).
+    pub fn time_in_queue_into(&self, into: &mut WaitHistogram) {
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        if let Some(w) = st.waits.as_deref() {
+            if w.is_stale(now) {
+                // Nothing completed for a whole window: give the ring's memory back.
+                st.waits = None;
+            } else {
+                w.merge_into(now, into);
+            }
+        }
     }
 
     /// Arrivals, deliveries and acks so far.
@@ -1553,4 +1644,33 @@ fn read_back(
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    #[test]
+    fn entry_stays_small() {
+        // Per-message index cost is tracked: the enqueue stamp must not grow the entry.
+        assert!(std::mem::size_of::<Entry>() <= 32);
+    }
+
+    #[test]
+    fn entry_packs_size_and_redelivered() {
+        let m = Arc::new(Message::from_properties(
+            ShortString::from(""),
+            ShortString::from("k"),
+            pier_wire::BasicProperties::default(),
+            bytes::Bytes::from_static(b"hello"),
+        ));
+        let e = Entry::new(7, Arc::clone(&m), true, NEVER, 42);
+        assert_eq!((e.size(), e.redelivered(), e.enqueued_at), (5, true, 42));
+        let mut e = Entry::new(7, m, false, NEVER, 0);
+        assert_eq!((e.size(), e.redelivered(), e.paging()), (5, false, false));
+        e.set_paging(true);
+        assert_eq!((e.size(), e.redelivered(), e.paging()), (5, false, true));
+        e.set_paging(false);
+        assert_eq!((e.size(), e.paging()), (5, false));
+    }
 }

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use pier_store::{
     decode_arguments, encode_arguments, BindingDef, DefinitionsStore, DestinationKind, ExchangeDef,
-    PermissionDef, QueueDef, SegmentStore, StoreConfig, StoreThread, SyncPolicy, ThreadConfig,
-    UserDef, VhostDef,
+    PermissionDef, PolicyDef, QueueDef, SegmentStore, StoreConfig, StoreThread, SyncPolicy,
+    ThreadConfig, UserDef, VhostDef,
 };
 use pier_wire::{FieldTable, ShortString};
 
@@ -29,6 +29,7 @@ use crate::persist::{
     from_stored, from_stored_expiring, to_stored, DelayedQueue, PublishDurability, QueueStore,
     VhostStorage,
 };
+use crate::policy::{ApplyTo, Policy, PolicyDefinition};
 use crate::queue::Queue;
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
 use crate::{Broker, Permission};
@@ -70,6 +71,8 @@ pub struct RecoverySummary {
     pub exchanges: usize,
     pub queues: usize,
     pub bindings: usize,
+    /// Policies set over HTTP (or imported) and re-applied.
+    pub policies: u64,
     pub messages: u64,
     pub delayed: u64,
 }
@@ -200,6 +203,7 @@ impl BrokerStorage {
             vh.attach_paging(self.paging_handle.clone());
             let handle = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
+            summary.policies += restore_policies(&vh, &defs.policies, &self.definitions);
             // Exchanges first (bindings need both ends), then queues with their messages.
             for x in defs.exchanges.iter().filter(|x| x.vhost == name) {
                 let declared = vh.declare_exchange(&ExchangeDeclare {
@@ -310,6 +314,7 @@ impl BrokerStorage {
             exchanges = summary.exchanges,
             queues = summary.queues,
             bindings = summary.bindings,
+            policies = summary.policies,
             messages = summary.messages,
             delayed = summary.delayed,
             "recovered from {} in {:.1?}",
@@ -592,6 +597,70 @@ pub(crate) fn exchange_deleted(s: &VhostStorage, vhost: &str, name: &str) {
         "exchange deletion",
         s.definitions.delete_exchange(vhost, name),
     );
+}
+
+pub(crate) fn policy_set(s: &VhostStorage, vhost: &str, p: &Policy) {
+    log_err(
+        "policy",
+        s.definitions.put_policy(&PolicyDef {
+            vhost: vhost.to_owned(),
+            name: p.name.clone(),
+            pattern: p.pattern().to_owned(),
+            apply_to: p.apply_to.as_str().to_owned(),
+            priority: p.priority,
+            definition: p.definition.to_json(),
+        }),
+    );
+}
+
+pub(crate) fn policy_cleared(s: &VhostStorage, vhost: &str, name: &str) {
+    log_err("policy deletion", s.definitions.delete_policy(vhost, name));
+}
+
+/// Re-applies a vhost's stored policies (before its queues are recovered, so they shape them
+/// as at declaration). A config-file policy of the same name is already set and wins: the
+/// stored one is dropped from the store, so that removing the entry from the config file later
+/// does not bring back an older value set over HTTP.
+fn restore_policies(vh: &VHost, stored: &[PolicyDef], definitions: &DefinitionsStore) -> u64 {
+    let configured: Vec<String> = vh.policies().into_iter().map(|p| p.name).collect();
+    let mut restored = 0;
+    for pd in stored.iter().filter(|p| p.vhost == vh.name()) {
+        if configured.contains(&pd.name) {
+            tracing::warn!(vhost = %vh.name(), policy = %pd.name, "the config file sets this policy: the stored one (set over HTTP) is dropped");
+            log_err(
+                "policy deletion",
+                definitions.delete_policy(vh.name(), &pd.name),
+            );
+            continue;
+        }
+        match policy_from_def(pd) {
+            Ok(p) => {
+                vh.set_policy(p);
+                restored += 1;
+            }
+            Err(e) => {
+                tracing::error!(vhost = %vh.name(), policy = %pd.name, "stored policy not recovered: {e}")
+            }
+        }
+    }
+    restored
+}
+
+fn policy_from_def(pd: &PolicyDef) -> Result<Policy, String> {
+    let apply_to = ApplyTo::parse(&pd.apply_to)
+        .ok_or_else(|| format!("unknown apply-to '{}'", pd.apply_to))?;
+    let definition = match &pd.definition {
+        // Lenient: a stored key a later Pier version no longer applies should not lose the rest.
+        serde_json::Value::Object(m) => PolicyDefinition::from_json(m, true)?,
+        other => return Err(format!("definition is not an object: {other}")),
+    };
+    Policy::new(
+        pd.name.clone(),
+        &pd.pattern,
+        apply_to,
+        pd.priority,
+        definition,
+    )
 }
 
 /// A new durable, non-exclusive queue: its definition, and its place in the message store.

@@ -153,7 +153,13 @@ fn prefetch_holds_back_until_ack() {
     assert_eq!(q.stats().ready, 3);
     assert_eq!(q.stats().unacked, 2);
     credit.release(1);
-    q.settle(Some(id), &[0]);
+    q.settle(
+        Some(id),
+        &[crate::consumer::Settled {
+            offset: 0,
+            enqueued_at: 0,
+        }],
+    );
     assert_eq!(a.bodies(), ["0", "1", "2"]);
 }
 
@@ -191,7 +197,7 @@ fn requeue_restores_original_position() {
     let back: Vec<_> = got
         .iter()
         .rev()
-        .map(|d| (d.offset, Arc::clone(&d.message)))
+        .map(|d| (d.settled(), Arc::clone(&d.message)))
         .collect();
     q.requeue(None, back);
     let b = Arc::new(RecordingSink::default());

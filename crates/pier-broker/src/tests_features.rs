@@ -202,7 +202,7 @@ fn requeued_message_keeps_its_expiry() {
     q.publish(msg("m"));
     let (d, _) = q.get(true).unwrap();
     advance(&vh, 150);
-    q.requeue(None, vec![(d.offset, d.message)]);
+    q.requeue(None, vec![(d.settled(), d.message)]);
     assert_eq!(q.stats().unacked, 0);
     assert!(
         q.get(false).is_none(),
@@ -220,7 +220,7 @@ fn acked_messages_forget_their_expiry() {
     );
     q.publish(msg("m"));
     let (d, _) = q.get(true).unwrap();
-    q.settle(None, &[d.offset]);
+    q.settle(None, &[d.settled()]);
     assert_eq!(q.stats().unacked, 0);
 }
 
@@ -501,7 +501,10 @@ fn priority_requeue_keeps_position_within_priority() {
     let (d1, _) = q.get(true).unwrap();
     let (d2, _) = q.get(true).unwrap();
     q.publish(prio("h3", 3));
-    q.requeue(None, vec![(d2.offset, d2.message), (d1.offset, d1.message)]);
+    q.requeue(
+        None,
+        vec![(d2.settled(), d2.message), (d1.settled(), d1.message)],
+    );
     assert_eq!(drain(&q), ["h1", "h2", "h3", "l1"]);
 }
 
@@ -766,4 +769,57 @@ fn policies_apply_to_matching_queues_and_exchanges() {
     assert_eq!(route_names(&vh, "main", "k", None), ["caught"]);
     assert!(vh.clear_policy("ae"));
     assert!(route_names(&vh, "main", "k", None).is_empty());
+}
+
+// ---- measured time in queue ----
+
+#[test]
+fn time_in_queue_is_measured_from_enqueue_to_ack() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    assert_eq!(q.time_in_queue().samples, 0);
+    assert_eq!(q.time_in_queue().p50_ms, None);
+    q.publish(msg("a"));
+    q.publish(msg("b"));
+    advance(&vh, 200);
+    let (a, _) = q.get(true).unwrap();
+    // Unacked: not complete yet.
+    assert_eq!(q.time_in_queue().samples, 0);
+    advance(&vh, 100);
+    q.settle(None, &[a.settled()]);
+    let (b, _) = q.get(true).unwrap();
+    advance(&vh, 700);
+    q.settle(None, &[b.settled()]);
+    let t = q.time_in_queue();
+    assert_eq!(t.samples, 2);
+    let mean = t.mean_ms.unwrap();
+    assert!((650.0..=651.0).contains(&mean), "mean {mean}");
+    let (p50, p99) = (t.p50_ms.unwrap(), t.p99_ms.unwrap());
+    assert!((270.0..=330.0).contains(&p50), "p50 {p50}");
+    assert!((900.0..=1100.0).contains(&p99), "p99 {p99}");
+    // A minute later the samples have left the window.
+    advance(&vh, 61_000);
+    assert_eq!(q.time_in_queue().samples, 0);
+}
+
+#[test]
+fn time_in_queue_counts_autoack_at_delivery_and_survives_requeue() {
+    let vh = VHost::new("/");
+    let q = declare(&vh, "q");
+    q.publish(msg("auto"));
+    advance(&vh, 50);
+    let _ = q.get(false).unwrap();
+    assert_eq!(q.time_in_queue().samples, 1, "no-ack delivery completes it");
+    q.publish(msg("requeued"));
+    advance(&vh, 400);
+    let (d, _) = q.get(true).unwrap();
+    q.requeue(None, vec![(d.settled(), d.message)]);
+    advance(&vh, 400);
+    let (d, _) = q.get(true).unwrap();
+    q.settle(None, &[d.settled()]);
+    let t = q.time_in_queue();
+    assert_eq!(t.samples, 2);
+    // 50 and 800 ms: the requeue kept the original enqueue time.
+    let p99 = t.p99_ms.unwrap();
+    assert!((720.0..=880.0).contains(&p99), "p99 {p99}");
 }

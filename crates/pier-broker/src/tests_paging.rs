@@ -90,7 +90,11 @@ fn paging_live(h: &StoreHandle) -> u64 {
 }
 
 /// Consumes everything (acks required, no prefetch limit); returns the deliveries' offsets.
-fn drain(q: &Arc<Queue>, n: u32, persistent: impl Fn(u32) -> bool) -> Vec<u64> {
+fn drain(
+    q: &Arc<Queue>,
+    n: u32,
+    persistent: impl Fn(u32) -> bool,
+) -> Vec<crate::consumer::Settled> {
     let sink = Arc::new(RecordingSink::default());
     let credit = Arc::new(ChannelCredit::new());
     let id = q.add_consumer(spec("c", &sink, 0, &credit), || {}).unwrap();
@@ -103,7 +107,12 @@ fn drain(q: &Arc<Queue>, n: u32, persistent: impl Fn(u32) -> bool) -> Vec<u64> {
         assert_eq!(d.message.properties.delivery_mode, Some(mode));
     }
     q.remove_consumer(id);
-    got.iter().map(|d| d.offset).collect()
+    got.iter()
+        .map(|d| crate::consumer::Settled {
+            offset: d.offset,
+            enqueued_at: d.enqueued_at,
+        })
+        .collect()
 }
 
 #[test]

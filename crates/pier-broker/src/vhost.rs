@@ -341,10 +341,15 @@ impl VHost {
     // ---- policies ----
 
     /// Adds or replaces (by name) a policy. It applies to queues declared from now on, and to
-    /// every exchange's `alternate-exchange` at once.
+    /// every exchange's `alternate-exchange` at once. With storage attached (that is, after
+    /// start-up: config-file policies are set before) it is written through.
     pub fn set_policy(&self, policy: Policy) {
         {
             let mut ps = self.policies.write().unwrap_or_else(|p| p.into_inner());
+            // Stored under the lock so that concurrent sets of one name land in the same order.
+            if let Some(s) = self.storage() {
+                crate::storage::policy_set(s, &self.name, &policy);
+            }
             ps.retain(|p| p.name != policy.name);
             ps.push(policy);
         }
@@ -355,6 +360,9 @@ impl VHost {
     pub fn clear_policy(&self, name: &str) -> bool {
         let removed = {
             let mut ps = self.policies.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = self.storage() {
+                crate::storage::policy_cleared(s, &self.name, name);
+            }
             let before = ps.len();
             ps.retain(|p| p.name != name);
             ps.len() != before

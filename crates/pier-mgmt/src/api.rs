@@ -297,6 +297,8 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
     let meta = st.vhost_meta(name);
     let (mut ready, mut unacked) = (0u64, 0u64);
     let mut sum = crate::topology::Queueing::default();
+    // Per-message waits of all the vhost's queues in one histogram: quantiles do not add up.
+    let mut waits = pier_broker::WaitHistogram::default();
     for q in vh.queues() {
         let s = q.stats();
         ready += s.ready;
@@ -305,7 +307,9 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
         sum.arrival_rate += f.arrival_rate;
         sum.service_rate += f.service_rate;
         sum.length += f.length;
+        q.time_in_queue_into(&mut waits);
     }
+    sum.measured = waits.summary();
     let mut cluster_state = Map::new();
     cluster_state.insert(st.node.clone(), Value::from("running"));
     json!({

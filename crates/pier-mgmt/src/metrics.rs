@@ -249,6 +249,50 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             }
         }
     }
+    // Measured per message over a sliding window: gauges (a Prometheus summary's _sum and
+    // _count would have to be cumulative), absent for queues with no completed message.
+    let name = "pier_queue_measured_time_in_queue_seconds";
+    o.family(
+        name,
+        "gauge",
+        "Time in queue measured per message from enqueue to ack (or no-ack delivery), quantiles over the last minute",
+    );
+    for (vhost, queue, _, _, f) in &queues {
+        for (quantile, v) in [("0.5", f.measured.p50_ms), ("0.99", f.measured.p99_ms)] {
+            if let Some(ms) = v {
+                let labels = [
+                    ("vhost", vhost.as_str()),
+                    ("queue", queue.as_str()),
+                    ("quantile", quantile),
+                ];
+                o.sample(name, &labels, ms / 1000.0);
+            }
+        }
+    }
+    let name = "pier_queue_measured_time_in_queue_mean_seconds";
+    o.family(
+        name,
+        "gauge",
+        "Mean time in queue measured per message from enqueue to ack, over the last minute",
+    );
+    for (vhost, queue, _, _, f) in &queues {
+        if let Some(ms) = f.measured.mean_ms {
+            o.sample(name, &[("vhost", vhost), ("queue", queue)], ms / 1000.0);
+        }
+    }
+    let name = "pier_queue_measured_time_in_queue_samples";
+    o.family(
+        name,
+        "gauge",
+        "Messages whose time in queue was measured over the last minute",
+    );
+    for (vhost, queue, _, _, f) in &queues {
+        o.sample(
+            name,
+            &[("vhost", vhost), ("queue", queue)],
+            f.measured.samples,
+        );
+    }
 
     // Connections.
     type PickC = fn(&pier_server::ConnectionInfo) -> u64;

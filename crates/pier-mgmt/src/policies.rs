@@ -19,7 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Extension;
-use pier_broker::{ApplyTo, Overflow, Policy, PolicyDefinition, VHost};
+use pier_broker::{ApplyTo, Policy, PolicyDefinition, VHost};
 use serde_json::{json, Map, Value};
 
 use crate::auth::{view_vhost, AuthUser};
@@ -38,39 +38,9 @@ pub(crate) fn apply_to_str(a: ApplyTo) -> &'static str {
     }
 }
 
-fn overflow_str(o: Overflow) -> &'static str {
-    match o {
-        Overflow::DropHead => "drop-head",
-        Overflow::RejectPublish => "reject-publish",
-        Overflow::RejectPublishDlx => "reject-publish-dlx",
-    }
-}
-
 /// A definition as RabbitMQ's JSON object (only the keys that are set).
 pub(crate) fn definition_json(d: &PolicyDefinition) -> Value {
-    let mut m = Map::new();
-    let mut num = |k: &str, v: Option<u64>| {
-        if let Some(v) = v {
-            m.insert(k.to_owned(), Value::from(v));
-        }
-    };
-    num("message-ttl", d.message_ttl);
-    num("expires", d.expires);
-    num("max-length", d.max_length);
-    num("max-length-bytes", d.max_length_bytes);
-    num("max-priority", d.max_priority.map(u64::from));
-    if let Some(o) = d.overflow {
-        m.insert("overflow".into(), Value::from(overflow_str(o)));
-    }
-    let mut text = |k: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            m.insert(k.to_owned(), Value::from(v.as_str()));
-        }
-    };
-    text("dead-letter-exchange", &d.dead_letter_exchange);
-    text("dead-letter-routing-key", &d.dead_letter_routing_key);
-    text("alternate-exchange", &d.alternate_exchange);
-    Value::Object(m)
+    d.to_json()
 }
 
 /// A policy as RabbitMQ's JSON object; `with_vhost` adds the `vhost` field.
@@ -90,21 +60,7 @@ pub(crate) fn policy_json(vhost: Option<&str>, p: &Policy) -> Value {
 
 /// The keys of a definition object Pier does not apply.
 pub(crate) fn unknown_keys(def: &Map<String, Value>) -> Vec<String> {
-    const KNOWN: [&str; 9] = [
-        "message-ttl",
-        "expires",
-        "max-length",
-        "max-length-bytes",
-        "overflow",
-        "dead-letter-exchange",
-        "dead-letter-routing-key",
-        "max-priority",
-        "alternate-exchange",
-    ];
-    def.keys()
-        .filter(|k| !KNOWN.contains(&k.as_str()))
-        .cloned()
-        .collect()
+    pier_broker::policy::unknown_keys(def)
 }
 
 /// Parses a definition object. With `lenient`, keys Pier does not apply are ignored (the
@@ -113,67 +69,7 @@ pub(crate) fn parse_definition(
     def: &Map<String, Value>,
     lenient: bool,
 ) -> Result<PolicyDefinition, String> {
-    if !lenient {
-        let unknown = unknown_keys(def);
-        if !unknown.is_empty() {
-            let list: Vec<String> = unknown
-                .iter()
-                .map(|k| format!("{{<<\"{k}\">>,{}}}", def.get(k).unwrap_or(&Value::Null)))
-                .collect();
-            return Err(format!(
-                "Validation failed\n\n[{}] are not recognised policy settings (Pier applies \
-                 message-ttl, expires, max-length, max-length-bytes, overflow, \
-                 dead-letter-exchange, dead-letter-routing-key, max-priority, \
-                 alternate-exchange)",
-                list.join(",")
-            ));
-        }
-    }
-    let num = |k: &str| -> Result<Option<u64>, String> {
-        match def.get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-                .map(Some)
-                .ok_or_else(|| format!("{k} must be a non-negative integer, not {v}")),
-        }
-    };
-    let text = |k: &str| -> Result<Option<String>, String> {
-        match def.get(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(format!("{k} must be a string, not {v}")),
-        }
-    };
-    let overflow = match text("overflow")? {
-        None => None,
-        Some(s) => Some(Overflow::parse(&s).ok_or_else(|| {
-            format!("overflow must be drop-head, reject-publish or reject-publish-dlx, not '{s}'")
-        })?),
-    };
-    let max_priority = match num("max-priority")? {
-        None => None,
-        Some(n) => Some(
-            u8::try_from(n)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("max-priority must be between 1 and 255, not {n}"))?,
-        ),
-    };
-    let d = PolicyDefinition {
-        message_ttl: num("message-ttl")?,
-        expires: num("expires")?,
-        max_length: num("max-length")?,
-        max_length_bytes: num("max-length-bytes")?,
-        overflow,
-        dead_letter_exchange: text("dead-letter-exchange")?,
-        dead_letter_routing_key: text("dead-letter-routing-key")?,
-        max_priority,
-        alternate_exchange: text("alternate-exchange")?,
-    };
-    d.validate()?;
-    Ok(d)
+    PolicyDefinition::from_json(def, lenient)
 }
 
 /// Builds a policy from a PUT body or a definitions entry: `pattern` and `definition` are

@@ -81,6 +81,8 @@ pub(crate) struct Queueing {
     pub ack_rate: f64,
     /// L: messages in the queue now (ready + unacknowledged).
     pub length: u64,
+    /// W measured per message (enqueue to ack) over the broker's own window.
+    pub measured: pier_broker::WaitSummary,
 }
 
 impl Queueing {
@@ -118,8 +120,21 @@ impl Queueing {
             "time_in_queue_seconds": self.time_in_queue().map(r),
             "mm1_predicted_length": mm1_l,
             "mm1_predicted_time_in_queue_seconds": mm1_w,
+            "measured_time_in_queue": measured_json(&self.measured),
         })
     }
+}
+
+/// Measured time in queue, in seconds like the other W figures (millisecond resolution).
+fn measured_json(m: &pier_broker::WaitSummary) -> Value {
+    let secs = |ms: Option<f64>| ms.map(|v| v.round() / 1000.0);
+    json!({
+        "window_seconds": pier_broker::waits::window().as_secs(),
+        "samples": m.samples,
+        "mean_seconds": secs(m.mean_ms),
+        "p50_seconds": secs(m.p50_ms),
+        "p99_seconds": secs(m.p99_ms),
+    })
 }
 
 pub(crate) fn queueing(state: &AppState, vhost: &str, q: &Queue) -> Queueing {
@@ -135,6 +150,7 @@ pub(crate) fn queueing(state: &AppState, vhost: &str, q: &Queue) -> Queueing {
         ack_rate: rate(3),
         service_rate: rate(3) + rate(2),
         length: s.ready + s.unacked,
+        measured: q.time_in_queue(),
     }
 }
 
@@ -453,15 +469,18 @@ pub async fn get_messages(
             "payload": payload,
             "payload_encoding": encoding,
         }));
-        taken.push((d.offset, Arc::clone(&d.message)));
+        taken.push((d.settled(), Arc::clone(&d.message)));
     }
     match mode {
         AckMode::AckRequeue | AckMode::RejectRequeue => queue.requeue(None, taken),
         AckMode::Ack => {
-            let offsets: Vec<u64> = taken.iter().map(|(o, _)| *o).collect();
-            queue.settle(None, &offsets);
+            let acked: Vec<pier_broker::Settled> = taken.iter().map(|(s, _)| *s).collect();
+            queue.settle(None, &acked);
         }
-        AckMode::Reject => queue.reject(None, taken),
+        AckMode::Reject => queue.reject(
+            None,
+            taken.into_iter().map(|(s, m)| (s.offset, m)).collect(),
+        ),
     }
     Ok(json::ok(Value::Array(out)))
 }

@@ -334,9 +334,15 @@
     return badge(s.text, s.cls, s.title);
   }
 
+  // Time in queue measured per message (enqueue to ack) over the broker's window.
+  function measured(f) {
+    return f.measured_time_in_queue || {};
+  }
+
   function recordQueue(vhost, q) {
     const f = queueing(q);
     const mm1 = f.mm1_predicted_length;
+    const m = measured(f);
     return record('queue|' + vhost + '|' + q.name, {
       arrival: f.arrival_rate,
       service: f.service_rate,
@@ -347,6 +353,8 @@
       mm1_length: mm1,
       wait: f.time_in_queue_seconds,
       mm1_wait: f.mm1_predicted_time_in_queue_seconds,
+      wait_p50: m.p50_seconds,
+      wait_p99: m.p99_seconds,
     });
   }
 
@@ -626,10 +634,11 @@
       fill(count, rows.length + ' of ' + last.length + ' queue' + (last.length === 1 ? '' : 's'));
       const many = !vsel.value;
       fill(list, table({
-        groups: [['', many ? 3 : 2], ['Messages', 3], ['', 1], ['Rates (1 min)', 2], ['Queueing (now and M/M/1 prediction)', 6]],
+        groups: [['', many ? 3 : 2], ['Messages', 3], ['', 1], ['Rates (1 min)', 2], ['Queueing (now and M/M/1 prediction)', 7]],
         cols: [many ? 'Virtual host' : null, 'Name', 'Features', ['Ready', 'num'], ['Unacked', 'num'], ['Total', 'num'], ['Consumers', 'num'],
           ['λ in', 'num', 'arrival rate: messages per second entering the queue'], ['μ out', 'num', 'service rate: messages acknowledged (or delivered without ack) per second'],
           ['ρ', 'num', 'utilisation λ/μ'], ['L', 'num', 'messages in the queue (ready + unacked)'], ['W', 'num', 'time in queue by Little\'s law, L/λ'],
+          ['W p50 / p99', 'num', 'time in queue measured per message, enqueue to ack, over the last minute'],
           ['L̂ M/M/1', 'num', 'M/M/1 predicted length ρ/(1−ρ)'], ['Ŵ M/M/1', 'num', 'M/M/1 predicted time in queue L̂/λ'], 'State'].filter((c) => c !== null),
       }, rows.map((q) => {
         const f = queueing(q);
@@ -643,6 +652,7 @@
           num(fmtInt(q.messages_ready)), num(fmtInt(q.messages_unacknowledged)), num(fmtInt(q.messages)), num(fmtInt(q.consumers)),
           num(fmtRate(f.arrival_rate)), num(fmtRate(f.service_rate)),
           num(fmtNum(f.utilisation)), num(fmtInt(f.length)), num(fmtSecs(f.time_in_queue_seconds)),
+          num(measured(f).samples ? fmtSecs(measured(f).p50_seconds) + ' / ' + fmtSecs(measured(f).p99_seconds) : '–'),
           num(fmtNum(f.mm1_predicted_length)), num(fmtSecs(f.mm1_predicted_time_in_queue_seconds)),
           td(healthBadge(f)));
       }), last.length ? 'No queue matches the filter.' : 'No queues yet.'));
@@ -674,6 +684,8 @@
     ], fmtCount, 'chart-queue-length');
     const wait = chartBox('Time in queue', [
       { key: 'wait', label: 'W = L/λ', color: COLORS.purple },
+      { key: 'wait_p50', label: 'measured p50', color: COLORS.green },
+      { key: 'wait_p99', label: 'measured p99', color: COLORS.orange },
       { key: 'mm1_wait', label: 'Ŵ M/M/1', color: COLORS.red, dash: true },
     ], fmtSecs, 'chart-queue-wait');
     const details = h('div', { class: 'panel', id: 'queue-details' });
@@ -749,7 +761,10 @@
           card('μ service', fmtRate(f.service_rate), 'messages acked'),
           card('ρ utilisation', fmtNum(f.utilisation), s.text, rhoCls),
           card('L length', fmtInt(f.length), 'M/M/1 predicts ' + fmtNum(f.mm1_predicted_length)),
-          card('W time in queue', fmtSecs(f.time_in_queue_seconds), 'M/M/1 predicts ' + fmtSecs(f.mm1_predicted_time_in_queue_seconds)));
+          card('W time in queue', fmtSecs(f.time_in_queue_seconds), 'M/M/1 predicts ' + fmtSecs(f.mm1_predicted_time_in_queue_seconds)),
+          card('W measured p50', fmtSecs(measured(f).p50_seconds),
+            'p99 ' + fmtSecs(measured(f).p99_seconds) + ' · mean ' + fmtSecs(measured(f).mean_seconds) +
+            ' · ' + fmtInt(measured(f).samples || 0) + ' msgs', null, 'queue-wait-measured'));
         fill($('#queue-explain'), s.title + ' Figures over the last ' + (f.window_seconds || 60) + ' s.');
         fill(details, h('table', { class: 'kv' },
           h('tr', null, h('th', null, 'Type'), h('td', null, q.type)),

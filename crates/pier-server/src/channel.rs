@@ -817,17 +817,17 @@ impl Connection {
     /// Acked deliveries: the queue forgets them and frees their consumer's credit.
     fn settle(&mut self, ch: u16, taken: Vec<Unacked>) {
         self.release_channel_credit(ch, &taken);
-        let mut offsets: Vec<u64> = Vec::new();
+        let mut acked: Vec<pier_broker::Settled> = Vec::new();
         let mut iter = taken.into_iter().peekable();
         while let Some(first) = iter.next() {
-            offsets.clear();
-            offsets.push(first.offset);
+            acked.clear();
+            acked.push(first.settled());
             while let Some(n) = iter
                 .next_if(|n| Arc::ptr_eq(&n.queue, &first.queue) && n.consumer == first.consumer)
             {
-                offsets.push(n.offset);
+                acked.push(n.settled());
             }
-            first.queue.settle(first.consumer, &offsets);
+            first.queue.settle(first.consumer, &acked);
         }
     }
 

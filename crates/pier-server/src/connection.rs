@@ -538,11 +538,11 @@ pub(crate) fn requeue_grouped(mut items: Vec<Unacked>) {
     while let Some(first) = iter.next() {
         let queue = Arc::clone(&first.queue);
         let consumer = first.consumer;
-        let mut batch = vec![(first.offset, first.message)];
+        let mut batch = vec![(first.settled(), first.message)];
         while let Some(next) = iter.peek() {
             if Arc::ptr_eq(&next.queue, &queue) && next.consumer == consumer {
                 if let Some(n) = iter.next() {
-                    batch.push((n.offset, n.message));
+                    batch.push((n.settled(), n.message));
                 }
             } else {
                 break;

@@ -96,6 +96,7 @@ pub(crate) fn deliver_reply(address: &str, message: Arc<Message>) -> bool {
         message,
         redelivered: false,
         ack_required: false,
+        enqueued_at: 0,
     });
     true
 }

@@ -38,6 +38,17 @@ pub(crate) struct Unacked {
     pub message: Arc<Message>,
     /// When it was delivered (coarse_clock milliseconds), for consumer_timeout.
     pub delivered_at: u64,
+    /// When it entered its queue (the queue's stamp), handed back on ack or requeue.
+    pub enqueued_at: u32,
+}
+
+impl Unacked {
+    pub fn settled(&self) -> pier_broker::Settled {
+        pier_broker::Settled {
+            offset: self.offset,
+            enqueued_at: self.enqueued_at,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -261,6 +272,7 @@ impl Outbound {
                 offset: delivery.offset,
                 message: Arc::clone(&delivery.message),
                 delivered_at: crate::coarse_clock::now_ms(),
+                enqueued_at: delivery.enqueued_at,
             });
         }
         self.push(
@@ -377,6 +389,7 @@ impl Outbound {
                     offset: d.offset,
                     message: d.message,
                     delivered_at: 0,
+                    enqueued_at: d.enqueued_at,
                 });
             }
             return;
@@ -390,6 +403,7 @@ impl Outbound {
                 offset: d.offset,
                 message: Arc::clone(&d.message),
                 delivered_at: crate::coarse_clock::now_ms(),
+                enqueued_at: d.enqueued_at,
             });
         }
         self.push(

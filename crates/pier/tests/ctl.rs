@@ -528,6 +528,8 @@ async fn queues_exchanges_bindings_consumers_connections() {
                 "arrival_rate",
                 "utilisation",
                 "length",
+                "time_in_queue_p50",
+                "time_in_queue_p99",
             ],
         )
         .json();
@@ -542,6 +544,9 @@ async fn queues_exchanges_bindings_consumers_connections() {
         assert_eq!(row["length"], 3);
         assert!(row["arrival_rate"].is_number(), "{row}");
         assert!(row.get("utilisation").is_some(), "{row}");
+        // Nothing acked yet: measured time in queue has no samples.
+        assert!(row["time_in_queue_p50"].is_null(), "{row}");
+        assert!(row.get("time_in_queue_p99").is_some(), "{row}");
 
         // Exchanges and bindings.
         let out = ok(b, &["list_exchanges"]);

@@ -1072,6 +1072,88 @@ async fn queue_message_stats_and_queueing_figures() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measured_time_in_queue_from_enqueue_to_ack() {
+    let broker = Broker::start();
+    let api = Api::new(&broker);
+    let qp = "/api/queues/%2F/wq";
+    assert_eq!(api.put(qp, json!({})).status, 201);
+    let m = &api.get_ok(qp)["pier_queueing"]["measured_time_in_queue"];
+    assert_eq!(m["samples"], 0, "{m}");
+    assert!(m["p50_seconds"].is_null(), "{m}");
+
+    let (_conn, ch) = broker.connect_channel().await;
+    timed(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        timed(ch.basic_publish(
+            "".into(),
+            "wq".into(),
+            BasicPublishOptions::default(),
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    assert!(timed(ch.wait_for_confirms()).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let got = timed(ch.basic_get(
+            "wq".into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+        // Held unacked for a while: the wait runs until the ack, not the delivery.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        timed(got.delivery.ack(lapin::options::BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    // Acks are asynchronous: wait until the queue has settled all three.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let q = api.get_ok(qp);
+        let m = q["pier_queueing"]["measured_time_in_queue"].clone();
+        if m["samples"] == 3 || Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(m["samples"], 3, "{m}");
+    assert_eq!(m["window_seconds"], 60, "{m}");
+    let p50 = m["p50_seconds"].as_f64().unwrap();
+    let p99 = m["p99_seconds"].as_f64().unwrap();
+    let mean = m["mean_seconds"].as_f64().unwrap();
+    assert!(p50 >= 0.15, "{m}");
+    assert!(p99 >= p50 && (0.2..5.0).contains(&mean), "{m}");
+
+    let vh = &api.get_ok("/api/vhosts/%2F")["pier_queueing"]["measured_time_in_queue"];
+    assert_eq!(vh["samples"], 3, "{vh}");
+    assert!(vh["p50_seconds"].as_f64().unwrap() >= 0.15, "{vh}");
+
+    let metrics = api.metrics();
+    let p50_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "pier_queue_measured_time_in_queue_seconds{vhost=\"/\",queue=\"wq\",quantile=\"0.5\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no p50 sample in\n{metrics}"));
+    let v: f64 = p50_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(v >= 0.15, "{p50_line}");
+    assert!(metrics.contains(
+        "pier_queue_measured_time_in_queue_seconds{vhost=\"/\",queue=\"wq\",quantile=\"0.99\"} "
+    ));
+    assert!(metrics
+        .lines()
+        .any(|l| l == "pier_queue_measured_time_in_queue_samples{vhost=\"/\",queue=\"wq\"} 3"));
+}
+
 /// The same definitions as exported by RabbitMQ's HTTP API (`GET /api/definitions`), which,
 /// unlike `rabbitmqctl export_definitions` 3.10, keeps internal exchanges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,7 +92,8 @@ enum CtlCommand {
     /// Queues of the vhost. Columns: name messages messages_ready messages_unacknowledged
     /// consumers durable auto_delete exclusive arguments policy state type, and Pier's
     /// queueing figures arrival_rate service_rate utilisation length time_in_queue
-    /// mm1_length mm1_time_in_queue (default: name messages).
+    /// mm1_length mm1_time_in_queue, and time in queue measured per message over the last
+    /// minute time_in_queue_mean time_in_queue_p50 time_in_queue_p99 (default: name messages).
     ListQueues {
         /// Info items to show (space- or comma-separated).
         columns: Vec<String>,
@@ -276,6 +277,18 @@ const QUEUES: ListSpec = ListSpec {
             "mm1_time_in_queue",
             "pier_queueing.mm1_predicted_time_in_queue_seconds",
         ),
+        (
+            "time_in_queue_mean",
+            "pier_queueing.measured_time_in_queue.mean_seconds",
+        ),
+        (
+            "time_in_queue_p50",
+            "pier_queueing.measured_time_in_queue.p50_seconds",
+        ),
+        (
+            "time_in_queue_p99",
+            "pier_queueing.measured_time_in_queue.p99_seconds",
+        ),
     ],
     default: &["name", "messages"],
 };
@@ -418,6 +431,14 @@ const VHOSTS: ListSpec = ListSpec {
         ("messages_unacknowledged", "messages_unacknowledged"),
         ("arrival_rate", "pier_queueing.arrival_rate"),
         ("service_rate", "pier_queueing.service_rate"),
+        (
+            "time_in_queue_p50",
+            "pier_queueing.measured_time_in_queue.p50_seconds",
+        ),
+        (
+            "time_in_queue_p99",
+            "pier_queueing.measured_time_in_queue.p99_seconds",
+        ),
     ],
     default: &["name"],
 };
