@@ -448,7 +448,7 @@ impl VHost {
         x.delayed = delayed;
         x.policy_alternate = self.policy_alternate(&d.name);
         if let Some(s) = self.storage() {
-            crate::storage::exchange_declared(s, &self.name, &x);
+            crate::storage::exchange_declared(s, &self.name, &x)?;
         }
         t.exchanges.insert(d.name.clone(), x);
         Ok(())
@@ -776,7 +776,7 @@ impl VHost {
             self.me.clone(),
         );
         if let Some(s) = self.storage() {
-            crate::storage::queue_declared(s, &self.name, &queue);
+            crate::storage::queue_declared(s, &self.name, &queue)?;
         }
         t.queues.insert(name, Arc::clone(&queue));
         Ok(QueueDeclared {
