@@ -20,6 +20,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -301,7 +302,6 @@ class TmpfsPier(PierProcess):
             pid_file = self.workdir / "pier.pid"
             if pid_file.exists() and pid_file.read_text().strip():
                 try:
-                    import socket
                     with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=0.5):
                         self.pid = int(pid_file.read_text())
                         return self
