@@ -90,6 +90,11 @@ pub enum BrokerError {
     },
     #[error("{0}")]
     PreconditionFailed(String),
+    /// A durable declaration could not be stored (disk full, I/O error). Refused rather than
+    /// kept in memory only, where it would vanish at the next restart together with the
+    /// messages confirmed into it.
+    #[error("cannot store {what}: {reason}")]
+    Storage { what: String, reason: String },
 }
 
 impl BrokerError {
@@ -109,6 +114,8 @@ impl BrokerError {
             | BrokerError::ExclusiveConsumer { .. }
             | BrokerError::AccessRefused { .. } => rc::ACCESS_REFUSED,
             BrokerError::UnknownExchangeType(_) => rc::COMMAND_INVALID,
+            // 506 resource-error (a connection error in the spec): out of disk, or the disk fails.
+            BrokerError::Storage { .. } => rc::RESOURCE_ERROR,
             BrokerError::NotImplemented(_) => rc::NOT_IMPLEMENTED,
             BrokerError::VhostNotFound(_)
             | BrokerError::VhostAccessRefused { .. }

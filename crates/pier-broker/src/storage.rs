@@ -23,6 +23,7 @@ use pier_store::{
 };
 use pier_wire::{FieldTable, ShortString};
 
+use crate::error::BrokerError;
 use crate::exchange::{Destination, Exchange};
 use crate::message::Message;
 use crate::persist::{
@@ -573,14 +574,26 @@ fn log_err<E: std::fmt::Display>(what: &str, r: Result<impl Sized, E>) {
     }
 }
 
-pub(crate) fn exchange_declared(s: &VhostStorage, vhost: &str, x: &Exchange) {
+/// A storage failure refusing a declaration, logged with what and why.
+fn refused(what: String, e: impl std::fmt::Display) -> BrokerError {
+    tracing::error!("storing {what} failed, declaration refused: {e}");
+    BrokerError::Storage {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+pub(crate) fn exchange_declared(
+    s: &VhostStorage,
+    vhost: &str,
+    x: &Exchange,
+) -> Result<(), BrokerError> {
     if !x.durable {
-        return;
+        return Ok(());
     }
     let arguments = encode_arguments(&x.arguments).unwrap_or_default();
-    log_err(
-        "exchange",
-        s.definitions.put_exchange(&ExchangeDef {
+    s.definitions
+        .put_exchange(&ExchangeDef {
             vhost: vhost.to_owned(),
             name: x.name.to_string(),
             kind: x.type_name().to_owned(),
@@ -588,8 +601,8 @@ pub(crate) fn exchange_declared(s: &VhostStorage, vhost: &str, x: &Exchange) {
             auto_delete: x.auto_delete,
             internal: x.internal,
             arguments,
-        }),
-    );
+        })
+        .map_err(|e| refused(format!("exchange '{}' in vhost '{vhost}'", x.name), e))
 }
 
 pub(crate) fn exchange_deleted(s: &VhostStorage, vhost: &str, name: &str) {
@@ -664,30 +677,37 @@ fn policy_from_def(pd: &PolicyDef) -> Result<Policy, String> {
 }
 
 /// A new durable, non-exclusive queue: its definition, and its place in the message store.
-pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) {
+/// Either failing refuses the declaration: a queue without a store would confirm persistent
+/// messages it never stored, one without a definition would lose them at the next restart.
+pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result<(), BrokerError> {
     let o = q.options();
     if !o.durable || o.exclusive_owner.is_some() {
-        return;
+        return Ok(());
     }
+    let what = || format!("queue '{}' in vhost '{vhost}'", q.name());
     let arguments = encode_arguments(&o.arguments).unwrap_or_default();
-    log_err(
-        "queue",
-        s.definitions.put_queue(&QueueDef {
+    s.definitions
+        .put_queue(&QueueDef {
             vhost: vhost.to_owned(),
             name: q.name().to_string(),
             durable: true,
             auto_delete: o.auto_delete,
             arguments,
-        }),
-    );
+        })
+        .map_err(|e| refused(what(), e))?;
     let name = q.name().to_string();
     match s.messages.call(move |st| st.open_queue(&name)) {
-        Ok(Ok(id)) => q.attach_store(QueueStore {
-            handle: s.messages.clone(),
-            id,
-        }),
+        Ok(Ok(id)) => {
+            q.attach_store(QueueStore {
+                handle: s.messages.clone(),
+                id,
+            });
+            Ok(())
+        }
         Ok(Err(e)) | Err(e) => {
-            tracing::error!(queue = %q.name(), "message store refused the queue: {e}")
+            // Best effort: a definition left behind comes back empty after a restart.
+            let _ = s.definitions.delete_queue(vhost, q.name());
+            Err(refused(what(), e))
         }
     }
 }

@@ -465,7 +465,7 @@ impl VHost {
         x.delayed = delayed;
         x.policy_alternate = self.policy_alternate(&d.name);
         if let Some(s) = self.storage() {
-            crate::storage::exchange_declared(s, &self.name, &x);
+            crate::storage::exchange_declared(s, &self.name, &x)?;
         }
         t.exchanges.insert(d.name.clone(), x);
         Ok(())
@@ -796,7 +796,7 @@ impl VHost {
             queue.attach_paging(p.clone());
         }
         if let Some(s) = self.storage() {
-            crate::storage::queue_declared(s, &self.name, &queue);
+            crate::storage::queue_declared(s, &self.name, &queue)?;
         }
         t.queues.insert(name, Arc::clone(&queue));
         Ok(QueueDeclared {

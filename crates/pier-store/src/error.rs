@@ -63,6 +63,14 @@ impl StoreError {
         }
     }
 
+    /// The OS error number of an I/O failure (28 = ENOSPC, 27 = EFBIG, 5 = EIO), for logs.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            StoreError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
     /// True when this error means appends not yet flushed were discarded (or can no longer be
     /// made durable): their publishers must be nacked. Validation errors (unknown queue, bad
     /// offset, too large) concern only the call that returned them.

@@ -70,8 +70,12 @@ pub fn create_with_header(path: &Path, magic: &[u8; 8], id: u32) -> Result<File,
         .create_new(true)
         .open(path)
         .map_err(|e| StoreError::io("create", path, e))?;
-    f.write_all(&header(magic, id))
-        .map_err(|e| StoreError::io("write header", path, e))?;
+    if let Err(e) = f.write_all(&header(magic, id)) {
+        // Disk full: do not leave a headerless file behind, or the retry (same id) would
+        // find it and fail forever.
+        let _ = std::fs::remove_file(path);
+        return Err(StoreError::io("write header", path, e));
+    }
     Ok(f)
 }
 

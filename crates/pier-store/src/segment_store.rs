@@ -112,6 +112,9 @@ struct Active {
     written: u64,
     /// Records appended but not written yet.
     buf: Vec<u8>,
+    /// A failed write could not be cut off (`ftruncate` failed too): bytes of unknown content
+    /// may follow `written`. Nothing more is appended to this file; the next append rotates.
+    torn: bool,
 }
 
 #[derive(Debug)]
@@ -146,6 +149,8 @@ pub struct SegmentStore {
     last_sync: Instant,
     last_lazy_sync: Instant,
     poisoned: bool,
+    /// Ack / delivered-mark writes are failing (logged once per incident).
+    side_writes_failing: bool,
     syncs: u64,
     report: RecoveryReport,
     scratch_refs: Vec<DiskRef>,
@@ -227,6 +232,7 @@ impl SegmentStore {
             last_sync: Instant::now(),
             last_lazy_sync: Instant::now(),
             poisoned: false,
+            side_writes_failing: false,
             syncs: 0,
             report: RecoveryReport::default(),
             scratch_refs: Vec::new(),
@@ -456,7 +462,15 @@ impl SegmentStore {
             .file
             .write_all_at(&self.active.buf, self.active.written)
         {
-            let _ = self.active.file.set_len(self.active.written);
+            // A short write (ENOSPC, EFBIG) may have left part of a record behind. Cut it off so
+            // the next write continues a clean file; if even that fails, never append after
+            // it: recovery would stop at the torn record, or skip it and resurrect the
+            // discarded records behind it.
+            if let Err(te) = self.active.file.set_len(self.active.written) {
+                warn!(path = %self.active.path.display(), error = %te,
+                    "cannot cut off a failed write; the next append starts a new segment");
+                self.active.torn = true;
+            }
             self.revert_buffer();
             return Err(StoreError::io("write", &self.active.path, e));
         }
@@ -484,7 +498,8 @@ impl SegmentStore {
             m.live = m.live.saturating_sub(released);
             m.pending_acks.retain(|&(_, pos)| u64::from(pos) < written);
         }
-        warn!(
+        // Debug only: the store thread logs the incident once, not once per batch.
+        debug!(
             segment = seg,
             records_bytes = self.active.buf.len(),
             "write failed: discarded the buffered appends"
@@ -519,7 +534,14 @@ impl SegmentStore {
             }
             let path = files::ack_path(&self.dir, id);
             if meta.ack.is_none() {
-                let file = files::create_with_header(&path, ACK_MAGIC, id)?;
+                let file = match files::create_with_header(&path, ACK_MAGIC, id) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Still pending: retried with the next flush (the acks stay queued).
+                        self.acks_dirty.insert(id);
+                        return Err(e);
+                    }
+                };
                 meta.ack = Some(AckFile {
                     file,
                     len: FILE_HEADER_LEN as u64,
@@ -568,7 +590,7 @@ impl SegmentStore {
     }
 
     fn sync_data(&mut self) -> Result<()> {
-        let r = (|| {
+        let r: Result<()> = (|| {
             files::datasync(&self.active.file, &self.active.path)?;
             for (path, f) in &self.unsynced {
                 files::datasync(f, path)?;
@@ -580,9 +602,13 @@ impl SegmentStore {
         })();
         if let Err(e) = r {
             // fsyncgate: after a failed fsync the dirty pages may be gone while the file looks
-            // fine. Retrying and reporting success would be a lie, so stop writing.
+            // fine. Retrying and reporting success would be a lie, so stop writing. What was
+            // written but not synced can never become durable now: lowering the flushed
+            // watermark to the durable one makes the caller nack it (`loses_unflushed`).
             self.poisoned = true;
-            tracing::error!(error = %e, "fdatasync failed: the message store stops accepting writes");
+            self.flushed_seq = self.durable_seq;
+            tracing::error!(error = %e, errno = e.raw_os_error(),
+                "fdatasync failed: the message store refuses writes until Pier is restarted");
             return Err(e);
         }
         self.syncs += 1;
@@ -700,6 +726,7 @@ fn create_active(dir: &Path, id: u32) -> Result<Active> {
         file,
         written: FILE_HEADER_LEN as u64,
         buf: Vec::new(),
+        torn: false,
     })
 }
 
@@ -808,8 +835,9 @@ impl MessageStore for SegmentStore {
         }
 
         let pos = self.active.written + self.active.buf.len() as u64;
-        if pos > FILE_HEADER_LEN as u64 && pos + total as u64 > u64::from(self.config.segment_size)
-        {
+        let full = pos > FILE_HEADER_LEN as u64
+            && pos + total as u64 > u64::from(self.config.segment_size);
+        if full || self.active.torn {
             if let Err(e) = self.rotate() {
                 self.scratch_refs = disk_refs;
                 return Err(e);
@@ -919,11 +947,21 @@ impl MessageStore for SegmentStore {
         // Only the data write decides the fate of appends. Acks, marks and deletions that fail
         // here stay pending in memory and are retried on the next flush; until they succeed
         // the worst case after a crash is a redelivery, so they never hold up confirms.
-        if let Err(e) = self.write_acks() {
-            warn!(error = %e, "writing acks failed; will retry");
-        }
-        if let Err(e) = self.registry.flush() {
-            warn!(error = %e, "writing delivered marks failed; will retry");
+        // Logged once per incident (and when it ends), not once per batch.
+        let acks = self.write_acks();
+        let side: Result<()> = self.registry.flush().and(acks);
+        match (side, self.side_writes_failing) {
+            (Err(e), false) => {
+                warn!(error = %e, errno = e.raw_os_error(),
+                    "writing acks or delivered marks failed; retrying with every flush");
+                self.side_writes_failing = true;
+            }
+            (Err(e), true) => debug!(error = %e, "writing acks or delivered marks failed again"),
+            (Ok(()), true) => {
+                info!("writing acks and delivered marks works again");
+                self.side_writes_failing = false;
+            }
+            (Ok(()), false) => {}
         }
         if let Err(e) = self.delete_dead() {
             warn!(error = %e, "deleting a reclaimed segment failed; the next open retries");
@@ -962,6 +1000,10 @@ impl MessageStore for SegmentStore {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.poisoned {
+            // Every commit fails now: a deadline would make the store thread spin on it.
+            return None;
+        }
         let data = match self.config.sync_policy {
             SyncPolicy::Interval(every) if self.durable_seq < self.last_seq => {
                 Some(self.last_sync + every)
@@ -1195,5 +1237,108 @@ mod tests {
         assert_eq!(s.queue(q).unwrap().index.len(), 1);
         assert!(s.read(q, 1).is_err());
         assert_eq!(s.read(q, 0).unwrap().body, Bytes::from_static(b"kept"));
+        // A read-only handle cannot be truncated either: the failed write may have left bytes
+        // behind, so the next append must go to a new segment, never after them.
+        let torn = s.active.id;
+        assert!(s.active.torn);
+        s.append(
+            &[QueueRef {
+                queue: q,
+                offset: 2,
+            }],
+            &msg(b"after"),
+        )
+        .unwrap();
+        s.commit().unwrap();
+        assert_ne!(s.location(q, 2).unwrap().segment, torn);
+        s.close().unwrap();
+        drop(s);
+        let mut s = SegmentStore::open(dir.path(), small()).unwrap();
+        let q = s.open_queue("q").unwrap();
+        let bodies: Vec<_> = s
+            .live_messages(q)
+            .unwrap()
+            .iter()
+            .map(|l| s.read(q, l.offset).unwrap().body)
+            .collect();
+        assert_eq!(bodies, [&b"kept"[..], &b"after"[..]]);
+    }
+
+    #[test]
+    fn a_failed_fsync_nacks_what_it_covered_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SegmentStore::open(dir.path(), small()).unwrap();
+        let q = s.open_queue("q").unwrap();
+        let one = |offset| QueueRef { queue: q, offset };
+        s.append(&[one(0)], &msg(b"durable")).unwrap();
+        let durable = s.commit().unwrap();
+        // fdatasync of /dev/null fails (EINVAL) while writes to it succeed: a sync failure.
+        s.active.file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let t = crate::StoreThread::spawn(Box::new(s), crate::ThreadConfig::default()).unwrap();
+        let h = t.handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for offset in 1..=2 {
+            let tx = tx.clone();
+            h.append(vec![one(offset)], msg(b"lost"), move |r| {
+                tx.send(r.is_ok()).unwrap()
+            })
+            .unwrap();
+        }
+        // Written, then the sync failed: both are nacked at once (they used to wait forever,
+        // being "flushed"), and the store refuses writes from then on (fsyncgate).
+        let wait = std::time::Duration::from_secs(5);
+        assert!(!rx.recv_timeout(wait).unwrap());
+        assert!(!rx.recv_timeout(wait).unwrap());
+        let tx2 = tx.clone();
+        h.append(vec![one(3)], msg(b"refused"), move |r| {
+            tx2.send(r.is_ok()).unwrap()
+        })
+        .unwrap();
+        assert!(!rx.recv_timeout(wait).unwrap());
+        assert_eq!(h.durable_seq(), durable);
+        assert!(h.call(|s| s.open_queue("other")).unwrap().is_err());
+        h.ack(q, vec![0]).unwrap();
+        assert_eq!(h.call(|s| s.next_deadline()).unwrap(), None, "no busy loop");
+        assert!(t.shutdown().is_err(), "closing a failed store reports it");
+    }
+
+    #[test]
+    fn acks_whose_file_cannot_be_created_are_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SegmentStore::open(dir.path(), small()).unwrap();
+        let q = s.open_queue("q").unwrap();
+        for offset in 0..2 {
+            s.append(&[QueueRef { queue: q, offset }], &msg(b"m"))
+                .unwrap();
+        }
+        s.commit().unwrap();
+        // Something in the way of the ack file (like a full disk): creating it fails.
+        let ack = files::ack_path(dir.path(), s.active.id);
+        std::fs::create_dir(&ack).unwrap();
+        assert_eq!(s.ack(q, &[0]).unwrap(), 1);
+        s.commit().unwrap();
+        assert!(s.side_writes_failing);
+        std::fs::remove_dir(&ack).unwrap();
+        s.commit().unwrap();
+        assert!(!s.side_writes_failing);
+        s.close().unwrap();
+        drop(s);
+        let mut s = SegmentStore::open(dir.path(), small()).unwrap();
+        let q = s.open_queue("q").unwrap();
+        let live: Vec<u64> = s
+            .live_messages(q)
+            .unwrap()
+            .iter()
+            .map(|l| l.offset)
+            .collect();
+        assert_eq!(
+            live,
+            [1],
+            "the ack was written once the file could be created"
+        );
     }
 }

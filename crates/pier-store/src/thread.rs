@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tracing::error;
+use tracing::{debug, error, warn};
 
 use crate::error::StoreError;
 use crate::message::StoredMessage;
@@ -238,29 +238,95 @@ struct Waiters {
 }
 
 impl Waiters {
-    fn complete_upto(&mut self, durable: Seq) {
+    /// Confirms every waiter up to `durable`; returns how many.
+    fn complete_upto(&mut self, durable: Seq) -> u64 {
+        let mut n = 0;
         while self.pending.front().is_some_and(|(s, _)| *s <= durable) {
             if let Some((_, cb)) = self.pending.pop_front() {
                 cb(Ok(durable));
+                n += 1;
             }
         }
+        n
     }
 
     /// After an error that lost unflushed appends: fail every waiter above `flushed`.
-    fn fail_above(&mut self, flushed: Seq, err: &StoreError) {
+    /// Returns how many were failed.
+    fn fail_above(&mut self, flushed: Seq, err: &StoreError) -> u64 {
         let keep = self
             .pending
             .iter()
             .take_while(|(s, _)| *s <= flushed)
             .count();
+        let mut n = 0;
         for (_, cb) in self.pending.drain(keep..) {
             cb(Err(clone_err(err)));
+            n += 1;
         }
+        n
     }
 
     fn fail_all(&mut self, err: &StoreError) {
         for (_, cb) in self.pending.drain(..) {
             cb(Err(clone_err(err)));
+        }
+    }
+}
+
+/// A run of failed writes (disk full, file too large, I/O error). Logged once when it starts,
+/// with the path and errno, once a minute while it lasts, and once when it ends, with how many
+/// publishes were nacked: a full disk must not turn into one error line per batch. Near the
+/// limit small batches still fit while bigger ones fail, so it ends only once a commit confirms
+/// appends after [`Incident::QUIET`] without a failure.
+#[derive(Default)]
+struct Incident {
+    since: Option<Instant>,
+    last_failure: Option<Instant>,
+    last_report: Option<Instant>,
+    nacked: u64,
+    failures: u64,
+}
+
+impl Incident {
+    const QUIET: Duration = Duration::from_secs(1);
+    const REMIND: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, e: &StoreError, nacked: u64) {
+        let now = Instant::now();
+        self.nacked += nacked;
+        self.failures += 1;
+        self.last_failure = Some(now);
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.last_report = Some(now);
+            error!(error = %e, errno = e.raw_os_error(), nacked,
+                "message store write failed: persistent publishes are nacked until writes \
+                 succeed again (logged once per incident)");
+        } else if self
+            .last_report
+            .is_some_and(|t| t.elapsed() >= Self::REMIND)
+        {
+            self.last_report = Some(now);
+            warn!(error = %e, nacked = self.nacked, failed_commits = self.failures,
+                "message store writes still failing");
+        } else {
+            debug!(error = %e, nacked, "message store write failed again");
+        }
+    }
+
+    /// A commit succeeded and confirmed `n` appends (a commit that wrote nothing, e.g. right
+    /// after the failed appends were discarded, proves nothing).
+    fn confirmed(&mut self, n: u64) {
+        let Some(since) = self.since else { return };
+        let quiet = self.last_failure.is_none_or(|t| t.elapsed() >= Self::QUIET);
+        if n > 0 && quiet {
+            warn!(
+                nacked = self.nacked,
+                failed_commits = self.failures,
+                secs = since.elapsed().as_secs(),
+                "message store writes succeed again; publishes are confirmed again"
+            );
+            *self = Incident::default();
         }
     }
 }
@@ -272,7 +338,11 @@ fn clone_err(e: &StoreError) -> StoreError {
         StoreError::Io { op, path, source } => StoreError::Io {
             op,
             path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
+            // Keep the errno when there is one (ENOSPC, EFBIG, EIO...).
+            source: source.raw_os_error().map_or_else(
+                || std::io::Error::new(source.kind(), source.to_string()),
+                std::io::Error::from_raw_os_error,
+            ),
         },
         StoreError::Poisoned => StoreError::Poisoned,
         _ => StoreError::Stopped,
@@ -288,6 +358,7 @@ fn run(
     let mut waiters = Waiters {
         pending: std::collections::VecDeque::new(),
     };
+    let mut incident = Incident::default();
     let mut shutting_down = false;
     while !shutting_down {
         let first = match store.next_deadline() {
@@ -311,7 +382,7 @@ fn run(
                 shutting_down = true;
                 break;
             }
-            apply(store.as_mut(), cmd, &mut waiters);
+            apply(store.as_mut(), cmd, &mut waiters, &mut incident);
             applied += 1;
             if applied >= max_batch {
                 break;
@@ -321,20 +392,21 @@ fn run(
         match store.commit() {
             Ok(seq) => {
                 durable.store(seq.0, Ordering::Release);
-                waiters.complete_upto(seq);
+                let confirmed = waiters.complete_upto(seq);
+                incident.confirmed(confirmed);
             }
             Err(e) => {
-                error!(error = %e, "message store commit failed; nacking what it lost");
-                waiters.fail_above(store.flushed_seq(), &e);
+                let nacked = waiters.fail_above(store.flushed_seq(), &e);
                 let d = store.durable_seq();
                 waiters.complete_upto(d);
+                incident.failed(&e, nacked);
             }
         }
     }
     // Whatever is still queued (sent before Shutdown or before the last handle went away).
     while let Ok(cmd) = rx.try_recv() {
         if !matches!(cmd, Command::Shutdown) {
-            apply(store.as_mut(), cmd, &mut waiters);
+            apply(store.as_mut(), cmd, &mut waiters, &mut incident);
         }
     }
     let closed = store.close();
@@ -350,7 +422,12 @@ fn run(
     closed
 }
 
-fn apply(store: &mut dyn MessageStore, cmd: Command, waiters: &mut Waiters) {
+fn apply(
+    store: &mut dyn MessageStore,
+    cmd: Command,
+    waiters: &mut Waiters,
+    incident: &mut Incident,
+) {
     match cmd {
         Command::Append {
             refs,
@@ -360,16 +437,18 @@ fn apply(store: &mut dyn MessageStore, cmd: Command, waiters: &mut Waiters) {
             Ok(seq) => waiters.pending.push_back((seq, on_durable)),
             Err(e) => {
                 if e.loses_unflushed() {
-                    waiters.fail_above(store.flushed_seq(), &e);
+                    let nacked = waiters.fail_above(store.flushed_seq(), &e);
+                    incident.failed(&e, nacked + 1);
                 }
                 on_durable(Err(e));
             }
         },
-        Command::Ack { queue, offsets } => {
-            if let Err(e) = store.ack(queue, &offsets) {
-                error!(error = %e, ?queue, "ack not recorded");
-            }
-        }
+        Command::Ack { queue, offsets } => match store.ack(queue, &offsets) {
+            Ok(_) => {}
+            // Already logged once when the store failed; not once per consumer ack.
+            Err(StoreError::Poisoned) => debug!(?queue, "ack not recorded: store failed"),
+            Err(e) => error!(error = %e, ?queue, "ack not recorded"),
+        },
         Command::MarkDelivered { queue, offset } => {
             let _ = store.mark_delivered(queue, offset);
         }

@@ -96,6 +96,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         None => FileConfig::default(),
     };
     let broker = Arc::new(file.build_broker()?);
+    catch_file_size_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let sync_policy = config::sync_policy(file.fsync.as_deref())?;
@@ -200,6 +201,29 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .context("closing the stores")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps SIGXFSZ from killing the broker. A write past RLIMIT_FSIZE raises SIGXFSZ, whose
+/// default action terminates the process (with a core dump); with the signal caught the write
+/// fails with EFBIG instead, and the store handles that like a full disk (publishes nacked,
+/// writes resume when the limit is raised). Installed before any store file is written.
+/// Catching rather than ignoring needs no `unsafe`; tokio never uninstalls the handler.
+fn catch_file_size_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let xfsz = SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
+        match signal(xfsz) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        tracing::debug!("SIGXFSZ: a write hit the file size limit (EFBIG)");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot catch SIGXFSZ (a write past the file size limit will kill the process): {e}"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
