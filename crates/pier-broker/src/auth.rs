@@ -1,10 +1,10 @@
-//! Users, password hashes and per-vhost permissions.
+//! Users, password hashes, per-vhost permissions and topic permissions.
 //!
 //! Password hashes use RabbitMQ's default scheme (`rabbit_password_hashing_sha256`):
 //! `base64(salt ‖ sha256(salt ‖ password))` with a 4-byte random salt, so user definitions move
 //! between RabbitMQ and Pier unchanged. Plain passwords are never stored or logged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -138,6 +138,87 @@ impl CompiledPermission {
     }
 }
 
+/// A topic permission (RabbitMQ 3.7+): write / read regular expressions on the routing keys
+/// a user publishes with and binds with on one topic exchange of a vhost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPermission {
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
+impl TopicPermission {
+    /// Checks that both patterns compile; the error names the first that does not. The
+    /// variables are replaced by a plain word first so that `{username}` is not taken for a
+    /// repetition.
+    pub fn validate(&self) -> Result<(), String> {
+        for (what, pattern) in [("write", &self.write), ("read", &self.read)] {
+            let probe = expand(pattern, "u", "v");
+            Regex::new(&probe).map_err(|e| format!("invalid {what} pattern '{pattern}': {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Both patterns with `{username}` and `{vhost}` expanded and compiled. The values are
+    /// inserted verbatim, not escaped, as RabbitMQ does (`binary:replace`). `{client_id}`
+    /// is left alone: RabbitMQ fills it in for MQTT connections only.
+    pub fn compile(&self, user: &str, vhost: &str) -> CompiledTopicPermission {
+        CompiledTopicPermission {
+            write: Matcher::new(&expand(&self.write, user, vhost)),
+            read: Matcher::new(&expand(&self.read, user, vhost)),
+        }
+    }
+}
+
+fn expand(pattern: &str, user: &str, vhost: &str) -> String {
+    pattern
+        .replace("{username}", user)
+        .replace("{vhost}", vhost)
+        // Literal braces, as PCRE reads them (Rust's regex would take a repetition).
+        .replace("{client_id}", "\\{client_id\\}")
+}
+
+/// A topic permission's patterns, expanded for its user and vhost and compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledTopicPermission {
+    write: Matcher,
+    read: Matcher,
+}
+
+impl CompiledTopicPermission {
+    /// Whether `routing_key` is covered by the write (publish) or read (bind) pattern.
+    /// Configure access is not part of topic authorisation.
+    pub fn allows(&self, access: Access, routing_key: &str) -> bool {
+        match access {
+            Access::Configure => true,
+            Access::Write => self.write.is_match(routing_key),
+            Access::Read => self.read.is_match(routing_key),
+        }
+    }
+}
+
+/// One user's topic permissions on one vhost, by exchange name, compiled; shared by the
+/// user's connections on that vhost (copied on write).
+#[derive(Debug, Clone, Default)]
+pub struct TopicPermissions {
+    by_exchange: BTreeMap<String, (TopicPermission, CompiledTopicPermission)>,
+}
+
+impl TopicPermissions {
+    /// The compiled permission for `exchange`; none means every routing key is allowed.
+    pub fn get(&self, exchange: &str) -> Option<&CompiledTopicPermission> {
+        self.by_exchange.get(exchange).map(|(_, c)| c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_exchange.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TopicPermission> {
+        self.by_exchange.values().map(|(p, _)| p)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct StoredPermission {
     permission: Permission,
@@ -184,6 +265,8 @@ pub struct UserStore {
     users: HashMap<String, User>,
     /// (user, vhost) → permission, with its patterns compiled
     permissions: HashMap<(String, String), StoredPermission>,
+    /// (user, vhost) → topic permissions by exchange
+    topic_permissions: HashMap<(String, String), Arc<TopicPermissions>>,
 }
 
 impl UserStore {
@@ -214,6 +297,7 @@ impl UserStore {
 
     pub fn remove_user(&mut self, name: &str) -> bool {
         self.permissions.retain(|(u, _), _| u != name);
+        self.topic_permissions.retain(|(u, _), _| u != name);
         self.users.remove(name).is_some()
     }
 
@@ -272,6 +356,60 @@ impl UserStore {
 
     pub fn remove_vhost(&mut self, vhost: &str) {
         self.permissions.retain(|(_, v), _| v != vhost);
+        self.topic_permissions.retain(|(_, v), _| v != vhost);
+    }
+
+    /// Sets (or replaces) the user's topic permission for `p.exchange` on `vhost`.
+    pub fn set_topic_permission(&mut self, user: &str, vhost: &str, p: TopicPermission) {
+        let compiled = p.compile(user, vhost);
+        let set = self
+            .topic_permissions
+            .entry((user.to_owned(), vhost.to_owned()))
+            .or_default();
+        Arc::make_mut(set)
+            .by_exchange
+            .insert(p.exchange.clone(), (p, compiled));
+    }
+
+    /// Removes the user's topic permission for `exchange` on `vhost`, or all of them with
+    /// `None`; false when there was none.
+    pub fn clear_topic_permission(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> bool {
+        let k = (user.to_owned(), vhost.to_owned());
+        let Some(set) = self.topic_permissions.get_mut(&k) else {
+            return false;
+        };
+        let removed = match exchange {
+            None => !set.is_empty(),
+            Some(x) => Arc::make_mut(set).by_exchange.remove(x).is_some(),
+        };
+        if exchange.is_none() || set.is_empty() {
+            self.topic_permissions.remove(&k);
+        }
+        removed
+    }
+
+    /// The user's topic permissions on a vhost, for checks; none when there are none.
+    pub fn compiled_topic_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+    ) -> Option<Arc<TopicPermissions>> {
+        self.topic_permissions
+            .get(&(user.to_owned(), vhost.to_owned()))
+            .filter(|s| !s.is_empty())
+            .map(Arc::clone)
+    }
+
+    /// Every (user, vhost, topic permission), in no particular order.
+    pub fn topic_permissions(&self) -> impl Iterator<Item = (&str, &str, &TopicPermission)> {
+        self.topic_permissions
+            .iter()
+            .flat_map(|((u, v), s)| s.iter().map(move |p| (u.as_str(), v.as_str(), p)))
     }
 }
 
@@ -337,5 +475,74 @@ mod tests {
         assert!(bad.validate().is_err());
         assert!(!bad.compile().allows(Access::Configure, "x"));
         assert!(Permission::full().validate().is_ok());
+    }
+
+    fn tp(exchange: &str, write: &str, read: &str) -> TopicPermission {
+        TopicPermission {
+            exchange: exchange.into(),
+            write: write.into(),
+            read: read.into(),
+        }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn topic_patterns_match_expand_and_default_to_allow() {
+        let mut s = UserStore::default();
+        assert!(s.compiled_topic_permissions("u", "/").is_none());
+        s.set_topic_permission(
+            "u",
+            "vh",
+            tp("t", "^{username}\\.", "^{vhost}\\.{client_id}"),
+        );
+        s.set_topic_permission("u", "vh", tp("t2", "", ".*"));
+        let set = s.compiled_topic_permissions("u", "vh").unwrap();
+        // No topic permission for an exchange: every key is allowed (the caller skips it).
+        assert!(set.get("other").is_none());
+        let t = set.get("t").unwrap();
+        assert!(t.allows(Access::Write, "u.orders"));
+        assert!(!t.allows(Access::Write, "v.orders"));
+        // Searched for, not anchored, like resource permissions.
+        assert!(!t.allows(Access::Write, "x.u.orders"));
+        assert!(t.allows(Access::Read, "vh.{client_id}"));
+        assert!(!t.allows(Access::Read, "vh.c1"));
+        assert!(t.allows(Access::Configure, "anything"));
+        // The empty pattern is `^$`.
+        let t2 = set.get("t2").unwrap();
+        assert!(!t2.allows(Access::Write, "a"));
+        assert!(t2.allows(Access::Write, ""));
+        assert!(t2.allows(Access::Read, "a.b"));
+        // Another user's and another vhost's permissions are separate.
+        assert!(s.compiled_topic_permissions("u", "/").is_none());
+        assert!(s.compiled_topic_permissions("w", "vh").is_none());
+        assert_eq!(s.topic_permissions().count(), 2);
+        // Replacing, clearing one, clearing all.
+        s.set_topic_permission("u", "vh", tp("t", ".*", ".*"));
+        assert_eq!(s.topic_permissions().count(), 2);
+        assert!(s.clear_topic_permission("u", "vh", Some("t")));
+        assert!(!s.clear_topic_permission("u", "vh", Some("t")));
+        assert_eq!(s.topic_permissions().count(), 1);
+        // A set already handed out does not change under its holder.
+        assert!(set.get("t").is_some());
+        assert!(s.clear_topic_permission("u", "vh", None));
+        assert!(s.compiled_topic_permissions("u", "vh").is_none());
+        assert!(!s.clear_topic_permission("u", "vh", None));
+        // Users and vhosts take their topic permissions with them.
+        s.set_topic_permission("u", "vh", tp("t", ".*", ".*"));
+        s.set_topic_permission("w", "other", tp("t", ".*", ".*"));
+        s.remove_vhost("vh");
+        s.remove_user("w");
+        assert_eq!(s.topic_permissions().count(), 0);
+    }
+
+    #[test]
+    fn topic_pattern_validation() {
+        assert!(tp("t", "^{username}$", "{vhost}").validate().is_ok());
+        assert!(tp("t", "(?=x)", ".*").validate().is_err());
+        assert!(tp("t", ".*", "(").validate().is_err());
+        // An uncompilable pattern grants nothing.
+        assert!(!tp("t", "(?=x)", ".*")
+            .compile("u", "/")
+            .allows(Access::Write, "x"));
     }
 }

@@ -88,6 +88,17 @@ pub enum BrokerError {
         vhost: String,
         user: String,
     },
+    /// A topic permission check failed: the routing key is not covered by the user's
+    /// write (publish) or read (bind) pattern for the topic exchange. RabbitMQ 3.10's text
+    /// does not say which of the two was refused.
+    #[error("access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'")]
+    TopicAccessRefused {
+        access: crate::Access,
+        routing_key: String,
+        exchange: String,
+        vhost: String,
+        user: String,
+    },
     #[error("{0}")]
     PreconditionFailed(String),
     /// A durable declaration could not be stored (disk full, I/O error). Refused rather than
@@ -112,7 +123,8 @@ impl BrokerError {
             | BrokerError::SystemExchangeDeletion { .. }
             | BrokerError::InternalExchange { .. }
             | BrokerError::ExclusiveConsumer { .. }
-            | BrokerError::AccessRefused { .. } => rc::ACCESS_REFUSED,
+            | BrokerError::AccessRefused { .. }
+            | BrokerError::TopicAccessRefused { .. } => rc::ACCESS_REFUSED,
             BrokerError::UnknownExchangeType(_) => rc::COMMAND_INVALID,
             // 506 resource-error (a connection error in the spec): out of disk, or the disk fails.
             BrokerError::Storage { .. } => rc::RESOURCE_ERROR,

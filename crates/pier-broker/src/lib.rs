@@ -32,7 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 pub use args::{parse_expiration, Overflow, QueueConfig};
-pub use auth::{Access, CompiledPermission, Permission, User, UserStore};
+pub use auth::{
+    Access, CompiledPermission, CompiledTopicPermission, Permission, TopicPermission,
+    TopicPermissions, User, UserStore,
+};
 pub use clock::Clock;
 pub use consumer::{
     ChannelCredit, ConnectionId, ConsumerId, ConsumerInfo, ConsumerSpec, Delivery, DeliverySink,
@@ -256,6 +259,60 @@ impl Broker {
             self.permissions_version.fetch_add(1, Ordering::Release);
         }
         self.persist_users("permission", |d| d.put_permission(&def));
+    }
+
+    /// Sets (or replaces) a user's topic permission on one exchange of a vhost.
+    pub fn set_topic_permission(&self, user: &str, vhost: &str, p: TopicPermission) {
+        let def = pier_store::TopicPermissionDef {
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            exchange: p.exchange.clone(),
+            write: p.write.clone(),
+            read: p.read.clone(),
+        };
+        {
+            let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+            users.set_topic_permission(user, vhost, p);
+            self.permissions_version.fetch_add(1, Ordering::Release);
+        }
+        self.persist_users("topic permission", |d| d.put_topic_permission(&def));
+    }
+
+    /// Removes a user's topic permission on `exchange` of a vhost, or all of the user's
+    /// topic permissions on the vhost with `None`; false when there was none.
+    pub fn clear_topic_permission(&self, user: &str, vhost: &str, exchange: Option<&str>) -> bool {
+        let (removed, exchanges) = {
+            let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+            let exchanges: Vec<String> = match exchange {
+                Some(x) => vec![x.to_owned()],
+                None => users
+                    .topic_permissions()
+                    .filter(|(u, v, _)| *u == user && *v == vhost)
+                    .map(|(_, _, p)| p.exchange.clone())
+                    .collect(),
+            };
+            let removed = users.clear_topic_permission(user, vhost, exchange);
+            self.permissions_version.fetch_add(1, Ordering::Release);
+            (removed, exchanges)
+        };
+        self.persist_users("topic permission deletion", |d| {
+            exchanges
+                .iter()
+                .try_for_each(|x| d.delete_topic_permission(user, vhost, x).map(drop))
+        });
+        removed
+    }
+
+    /// The user's topic permissions on a vhost (none: no routing key is restricted), with
+    /// the `permissions_version` they are current for.
+    pub fn compiled_topic_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+    ) -> (u64, Option<Arc<TopicPermissions>>) {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let version = self.permissions_version.load(Ordering::Acquire);
+        (version, users.compiled_topic_permissions(user, vhost))
     }
 
     /// A counter that changes whenever any permission may have changed.

@@ -19,7 +19,7 @@ use std::time::Instant;
 use pier_store::{
     decode_arguments, encode_arguments, BindingDef, DefinitionsStore, DestinationKind, ExchangeDef,
     PermissionDef, PolicyDef, QueueDef, SegmentStore, StoreConfig, StoreThread, SyncPolicy,
-    ThreadConfig, UserDef, VhostDef,
+    ThreadConfig, TopicPermissionDef, UserDef, VhostDef,
 };
 use pier_wire::{FieldTable, ShortString};
 
@@ -33,7 +33,7 @@ use crate::persist::{
 use crate::policy::{ApplyTo, Policy, PolicyDefinition};
 use crate::queue::Queue;
 use crate::vhost::{ExchangeDeclare, QueueDeclare, VHost};
-use crate::{Broker, Permission};
+use crate::{Broker, Permission, TopicPermission};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -165,7 +165,8 @@ impl BrokerStorage {
         })
     }
 
-    /// Brings back what was stored (vhosts, users, permissions, durable topology, persistent
+    /// Brings back what was stored (vhosts, users, permissions, topic permissions, durable
+    /// topology, persistent
     /// messages), then makes the broker write every later change through. Call once, before
     /// serving clients, after the config file's users and vhosts were added to `broker`.
     pub fn recover(self: &Arc<Self>, broker: &Broker) -> Result<RecoverySummary, StorageError> {
@@ -189,6 +190,23 @@ impl BrokerStorage {
                         &p.vhost,
                         Permission {
                             configure: p.configure.clone(),
+                            write: p.write.clone(),
+                            read: p.read.clone(),
+                        },
+                    );
+                }
+            }
+            for p in &defs.topic_permissions {
+                // The config file's topic permissions win, as its permissions do.
+                let configured = users
+                    .compiled_topic_permissions(&p.user, &p.vhost)
+                    .is_some_and(|s| s.get(&p.exchange).is_some());
+                if !configured {
+                    users.set_topic_permission(
+                        &p.user,
+                        &p.vhost,
+                        TopicPermission {
+                            exchange: p.exchange.clone(),
                             write: p.write.clone(),
                             read: p.read.clone(),
                         },
@@ -305,6 +323,15 @@ impl BrokerStorage {
                 user: user.to_owned(),
                 vhost: vhost.to_owned(),
                 configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            })?;
+        }
+        for (user, vhost, p) in users.topic_permissions() {
+            self.definitions.put_topic_permission(&TopicPermissionDef {
+                user: user.to_owned(),
+                vhost: vhost.to_owned(),
+                exchange: p.exchange.clone(),
                 write: p.write.clone(),
                 read: p.read.clone(),
             })?;

@@ -512,6 +512,16 @@ impl VHost {
         self.read().exchanges.contains_key(name)
     }
 
+    /// Whether `name` is an existing exchange of type `topic` (the only type topic
+    /// authorisation applies to; an `x-delayed-message` exchange is not one, whatever its
+    /// `x-delayed-type`, as in RabbitMQ).
+    pub fn is_topic_exchange(&self, name: &str) -> bool {
+        self.read()
+            .exchanges
+            .get(name)
+            .is_some_and(|x| x.kind == crate::exchange::ExchangeKind::Topic && !x.delayed)
+    }
+
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
         if name.is_empty() {
             return Err(BrokerError::DefaultExchange);

@@ -206,6 +206,10 @@ fn router(state: AppState) -> Router {
                 .delete(api::delete_vhost),
         )
         .route("/vhosts/{vhost}/permissions", get(api::vhost_permissions))
+        .route(
+            "/vhosts/{vhost}/topic-permissions",
+            get(api::vhost_topic_permissions),
+        )
         .route("/vhosts/{vhost}/connections", get(conns::vhost_connections))
         .route("/vhosts/{vhost}/channels", get(conns::vhost_channels))
         .route("/users", get(api::users))
@@ -219,6 +223,17 @@ fn router(state: AppState) -> Router {
             get(api::user).put(api::put_user).delete(api::delete_user),
         )
         .route("/users/{user}/permissions", get(api::user_permissions))
+        .route(
+            "/users/{user}/topic-permissions",
+            get(api::user_topic_permissions),
+        )
+        .route("/topic-permissions", get(api::topic_permissions))
+        .route(
+            "/topic-permissions/{vhost}/{user}",
+            get(api::user_vhost_topic_permissions)
+                .put(api::put_topic_permission)
+                .delete(api::delete_topic_permissions),
+        )
         .route("/permissions", get(api::permissions))
         .route(
             "/permissions/{vhost}/{user}",

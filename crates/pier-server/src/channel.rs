@@ -240,7 +240,12 @@ impl Connection {
                 Ok(())
             }
             Method::ExchangeBind(m) => {
-                self.authorize_binding(ObjectKind::Exchange, &m.destination, &m.source)?;
+                self.authorize_binding(
+                    ObjectKind::Exchange,
+                    &m.destination,
+                    &m.source,
+                    &m.routing_key,
+                )?;
                 self.vhost
                     .bind_exchange(&m.destination, &m.source, m.routing_key, m.arguments)?;
                 if !m.nowait {
@@ -249,7 +254,12 @@ impl Connection {
                 Ok(())
             }
             Method::ExchangeUnbind(m) => {
-                self.authorize_binding(ObjectKind::Exchange, &m.destination, &m.source)?;
+                self.authorize_binding(
+                    ObjectKind::Exchange,
+                    &m.destination,
+                    &m.source,
+                    &m.routing_key,
+                )?;
                 self.vhost.unbind_exchange(
                     &m.destination,
                     &m.source,
@@ -310,7 +320,7 @@ impl Connection {
             }
             Method::QueueBind(m) => {
                 let queue = self.queue_name(ch, m.queue)?;
-                self.authorize_binding(ObjectKind::Queue, &queue, &m.exchange)?;
+                self.authorize_binding(ObjectKind::Queue, &queue, &m.exchange, &m.routing_key)?;
                 self.vhost
                     .bind_queue(&queue, &m.exchange, m.routing_key, m.arguments, self.id)?;
                 if !m.nowait {
@@ -320,7 +330,7 @@ impl Connection {
             }
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(ch, m.queue)?;
-                self.authorize_binding(ObjectKind::Queue, &queue, &m.exchange)?;
+                self.authorize_binding(ObjectKind::Queue, &queue, &m.exchange, &m.routing_key)?;
                 self.vhost.unbind_queue(
                     &queue,
                     &m.exchange,
@@ -427,12 +437,14 @@ impl Connection {
 
     /// queue.bind / exchange.bind and their unbinds: write access to the destination, then
     /// (unless either end is the default exchange, which the broker refuses) read access to
-    /// the source exchange.
+    /// the source exchange, then topic authorisation: read access to the binding key when
+    /// the source is a topic exchange.
     fn authorize_binding(
         &mut self,
         kind: ObjectKind,
         destination: &str,
         source: &str,
+        routing_key: &str,
     ) -> Result<(), AmqpException> {
         self.access.check(kind, destination, Access::Write)?;
         let default_involved =
@@ -440,6 +452,11 @@ impl Connection {
         if !default_involved {
             self.access
                 .check(ObjectKind::Exchange, source, Access::Read)?;
+            let vhost = &self.vhost;
+            self.access
+                .check_topic(source, routing_key, Access::Read, || {
+                    vhost.is_topic_exchange(source)
+                })?;
         }
         Ok(())
     }
@@ -563,6 +580,13 @@ impl Connection {
         };
         self.access
             .check_publish(&p.method.exchange)
+            .map_err(|e| e.on_ids(60, 40))?;
+        let vhost = &self.vhost;
+        let exchange = &p.method.exchange;
+        self.access
+            .check_topic(exchange, &p.method.routing_key, Access::Write, || {
+                vhost.is_topic_exchange(exchange)
+            })
             .map_err(|e| e.on_ids(60, 40))?;
         if let Some(uid) = &header.properties.user_id {
             if uid.as_str() != self.user.name {

@@ -1,4 +1,5 @@
-//! Durable definitions (vhosts, users, permissions, exchanges, queues, bindings, policies) in
+//! Durable definitions (vhosts, users, permissions, topic permissions, exchanges, queues,
+//! bindings, policies) in
 //! a redb database (`definitions.redb`).
 //!
 //! redb gives ACID transactions with a durable (fsynced) commit, copy-on-write B-trees with
@@ -11,6 +12,7 @@
 //!  vhosts       [name]                                                   VhostDef (JSON)
 //!  users        [name]                                                   UserDef
 //!  permissions  [user][vhost]                                            PermissionDef
+//!  topic_permissions [user][vhost][exchange]                             TopicPermissionDef
 //!  exchanges    [vhost][name]                                            ExchangeDef
 //!  queues       [vhost][name]                                            QueueDef
 //!  bindings     [vhost][source]["q"|"e"][destination][routing key][args] BindingDef
@@ -36,14 +38,16 @@ type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const VHOSTS: Table = TableDefinition::new("vhosts");
 const USERS: Table = TableDefinition::new("users");
 const PERMISSIONS: Table = TableDefinition::new("permissions");
+const TOPIC_PERMISSIONS: Table = TableDefinition::new("topic_permissions");
 const EXCHANGES: Table = TableDefinition::new("exchanges");
 const QUEUES: Table = TableDefinition::new("queues");
 const BINDINGS: Table = TableDefinition::new("bindings");
 const POLICIES: Table = TableDefinition::new("policies");
-const ALL: [Table; 7] = [
+const ALL: [Table; 8] = [
     VHOSTS,
     USERS,
     PERMISSIONS,
+    TOPIC_PERMISSIONS,
     EXCHANGES,
     QUEUES,
     BINDINGS,
@@ -75,6 +79,16 @@ pub struct PermissionDef {
     pub user: String,
     pub vhost: String,
     pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// A user's write / read patterns for routing keys on one topic exchange of a vhost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
     pub write: String,
     pub read: String,
 }
@@ -139,6 +153,8 @@ pub struct Definitions {
     pub vhosts: Vec<VhostDef>,
     pub users: Vec<UserDef>,
     pub permissions: Vec<PermissionDef>,
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionDef>,
     pub exchanges: Vec<ExchangeDef>,
     pub queues: Vec<QueueDef>,
     pub bindings: Vec<BindingDef>,
@@ -183,6 +199,10 @@ fn key_parts(mut k: &[u8]) -> Option<Vec<&[u8]>> {
         k = k.get(2 + n..)?;
     }
     Some(parts)
+}
+
+fn topic_permission_key(user: &str, vhost: &str, exchange: &str) -> Vec<u8> {
+    key(&[user.as_bytes(), vhost.as_bytes(), exchange.as_bytes()])
 }
 
 fn binding_key(b: &BindingDef) -> Vec<u8> {
@@ -265,6 +285,7 @@ impl DefinitionsStore {
             vhosts: self.all(VHOSTS)?,
             users: self.all(USERS)?,
             permissions: self.all(PERMISSIONS)?,
+            topic_permissions: self.all(TOPIC_PERMISSIONS)?,
             exchanges: self.all(EXCHANGES)?,
             queues: self.all(QUEUES)?,
             bindings: self.all(BINDINGS)?,
@@ -293,6 +314,9 @@ impl DefinitionsStore {
             put_all(txn, PERMISSIONS, &defs.permissions, |p| {
                 key(&[p.user.as_bytes(), p.vhost.as_bytes()])
             })?;
+            put_all(txn, TOPIC_PERMISSIONS, &defs.topic_permissions, |p| {
+                topic_permission_key(&p.user, &p.vhost, &p.exchange)
+            })?;
             put_all(txn, EXCHANGES, &defs.exchanges, |e| {
                 key(&[e.vhost.as_bytes(), e.name.as_bytes()])
             })?;
@@ -311,7 +335,7 @@ impl DefinitionsStore {
     }
 
     /// Deletes a vhost and everything in it (exchanges, queues, bindings, policies,
-    /// permissions), atomically.
+    /// permissions, topic permissions), atomically.
     pub fn delete_vhost(&self, name: &str) -> DefResult<bool> {
         let mut existed = false;
         let vhost = name.as_bytes();
@@ -324,8 +348,10 @@ impl DefinitionsStore {
                 txn.open_table(t)?
                     .retain(|k, _| key_parts(k).and_then(|p| p.first().copied()) != Some(vhost))?;
             }
-            txn.open_table(PERMISSIONS)?
-                .retain(|k, _| key_parts(k).and_then(|p| p.get(1).copied()) != Some(vhost))?;
+            for t in [PERMISSIONS, TOPIC_PERMISSIONS] {
+                txn.open_table(t)?
+                    .retain(|k, _| key_parts(k).and_then(|p| p.get(1).copied()) != Some(vhost))?;
+            }
             Ok(())
         })?;
         Ok(existed)
@@ -335,7 +361,7 @@ impl DefinitionsStore {
         self.put(USERS, &key(&[u.name.as_bytes()]), u)
     }
 
-    /// Deletes a user and its permissions.
+    /// Deletes a user and its permissions and topic permissions.
     pub fn delete_user(&self, name: &str) -> DefResult<bool> {
         let mut existed = false;
         let user = name.as_bytes();
@@ -344,8 +370,10 @@ impl DefinitionsStore {
                 .open_table(USERS)?
                 .remove(key(&[user]).as_slice())?
                 .is_some();
-            txn.open_table(PERMISSIONS)?
-                .retain(|k, _| key_parts(k).and_then(|p| p.first().copied()) != Some(user))?;
+            for t in [PERMISSIONS, TOPIC_PERMISSIONS] {
+                txn.open_table(t)?
+                    .retain(|k, _| key_parts(k).and_then(|p| p.first().copied()) != Some(user))?;
+            }
             Ok(())
         })?;
         Ok(existed)
@@ -361,6 +389,26 @@ impl DefinitionsStore {
 
     pub fn delete_permission(&self, user: &str, vhost: &str) -> DefResult<bool> {
         self.remove(PERMISSIONS, &key(&[user.as_bytes(), vhost.as_bytes()]))
+    }
+
+    pub fn put_topic_permission(&self, p: &TopicPermissionDef) -> DefResult<()> {
+        self.put(
+            TOPIC_PERMISSIONS,
+            &topic_permission_key(&p.user, &p.vhost, &p.exchange),
+            p,
+        )
+    }
+
+    pub fn delete_topic_permission(
+        &self,
+        user: &str,
+        vhost: &str,
+        exchange: &str,
+    ) -> DefResult<bool> {
+        self.remove(
+            TOPIC_PERMISSIONS,
+            &topic_permission_key(user, vhost, exchange),
+        )
     }
 
     pub fn put_exchange(&self, e: &ExchangeDef) -> DefResult<()> {
@@ -468,6 +516,16 @@ mod tests {
         }
     }
 
+    fn tp(user: &str, vhost: &str, exchange: &str) -> TopicPermissionDef {
+        TopicPermissionDef {
+            user: user.into(),
+            vhost: vhost.into(),
+            exchange: exchange.into(),
+            write: "^w".into(),
+            read: "^r".into(),
+        }
+    }
+
     #[test]
     fn definitions_survive_reopen_with_arguments() {
         let dir = tempfile::tempdir().unwrap();
@@ -565,10 +623,19 @@ mod tests {
             read: String::new(),
         })
         .unwrap();
+        s.put_topic_permission(&tp("u", "other", "t")).unwrap();
+        s.put_topic_permission(&tp("u", "/", "t")).unwrap();
+        s.put_topic_permission(&tp("u2", "/", "t")).unwrap();
         s.delete_vhost("other").unwrap();
         let d = s.load().unwrap();
         assert!(d.bindings.is_empty());
         assert!(d.permissions.is_empty());
+        assert_eq!(d.topic_permissions.len(), 2);
+        s.delete_user("u").unwrap();
+        let d = s.load().unwrap();
+        assert_eq!(d.topic_permissions, vec![tp("u2", "/", "t")]);
+        assert!(s.delete_topic_permission("u2", "/", "t").unwrap());
+        assert!(!s.delete_topic_permission("u2", "/", "t").unwrap());
         assert_eq!(d.queues.len(), 1);
     }
 
@@ -580,6 +647,7 @@ mod tests {
             exchanges: vec![x("/", "a"), x("/", "b")],
             queues: vec![q("/", "q")],
             bindings: vec![b("/", "a", "q", DestinationKind::Queue)],
+            topic_permissions: vec![tp("u", "/", "a"), tp("u", "/", "b")],
             ..Definitions::default()
         };
         s.import(&defs).unwrap();

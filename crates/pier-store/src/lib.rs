@@ -50,7 +50,8 @@ mod thread;
 
 pub use definitions::{
     decode_arguments, encode_arguments, BindingDef, DefResult, Definitions, DefinitionsStore,
-    DestinationKind, ExchangeDef, PermissionDef, PolicyDef, QueueDef, UserDef, VhostDef,
+    DestinationKind, ExchangeDef, PermissionDef, PolicyDef, QueueDef, TopicPermissionDef, UserDef,
+    VhostDef,
 };
 pub use error::{DefinitionsError, StoreError};
 pub use index::{IndexEntry, QueueIndex};

@@ -1,4 +1,5 @@
-//! The optional TOML config file: extra users, vhosts and permissions on top of RabbitMQ's
+//! The optional TOML config file: extra users, vhosts, permissions and topic permissions on
+//! top of RabbitMQ's
 //! defaults (vhost `/`, guest/guest from loopback only), plus server limits.
 //!
 //! ```toml
@@ -15,6 +16,12 @@
 //! vhost = "/"
 //! configure = ".*"
 //! write = ".*"
+//! read = ".*"
+//! [[topic_permissions]]     # routing keys on a topic exchange (none: all allowed)
+//! user = "alice"
+//! vhost = "/"
+//! exchange = "amq.topic"
+//! write = "^{username}\\."  # {username} and {vhost} are expanded
 //! read = ".*"
 //! [[policies]]
 //! name = "short-lived"
@@ -42,7 +49,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use pier_broker::{ApplyTo, Broker, Overflow, Permission, Policy, PolicyDefinition};
+use pier_broker::{
+    ApplyTo, Broker, Overflow, Permission, Policy, PolicyDefinition, TopicPermission,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +63,9 @@ pub struct FileConfig {
     pub vhosts: Vec<VhostEntry>,
     #[serde(default)]
     pub permissions: Vec<PermissionEntry>,
+    /// Topic permissions: write / read patterns on routing keys per topic exchange.
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionEntry>,
     /// RabbitMQ-style policies (message-ttl, expires, max-length, ...) by name pattern.
     #[serde(default)]
     pub policies: Vec<PolicyEntry>,
@@ -141,6 +153,18 @@ pub struct PermissionEntry {
     pub vhost: String,
     #[serde(default = "match_all")]
     pub configure: String,
+    #[serde(default = "match_all")]
+    pub write: String,
+    #[serde(default = "match_all")]
+    pub read: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicPermissionEntry {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
     #[serde(default = "match_all")]
     pub write: String,
     #[serde(default = "match_all")]
@@ -303,6 +327,29 @@ impl FileConfig {
                 )
             })?;
             broker.set_permission(&p.user, &p.vhost, permission);
+        }
+        for p in &self.topic_permissions {
+            if broker.vhost(&p.vhost).is_none() {
+                anyhow::bail!(
+                    "topic permission for user '{}' names unknown vhost '{}'",
+                    p.user,
+                    p.vhost
+                );
+            }
+            let permission = TopicPermission {
+                exchange: p.exchange.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            };
+            permission.validate().map_err(|e| {
+                anyhow::anyhow!(
+                    "topic permission for user '{}' on vhost '{}', exchange '{}': {e}",
+                    p.user,
+                    p.vhost,
+                    p.exchange
+                )
+            })?;
+            broker.set_topic_permission(&p.user, &p.vhost, permission);
         }
         for p in &self.policies {
             let Some(vh) = broker.vhost(&p.vhost) else {
@@ -534,6 +581,41 @@ mod tests {
         )
         .unwrap();
         assert!(c.build_broker().is_err());
+    }
+
+    #[test]
+    fn parses_topic_permissions() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            [[users]]
+            name = "u"
+            password = "p"
+            [[topic_permissions]]
+            user = "u"
+            vhost = "/"
+            exchange = "amq.topic"
+            write = '^{username}\.'
+            "#,
+        )
+        .unwrap();
+        let b = c.build_broker().unwrap();
+        let (_, set) = b.compiled_topic_permissions("u", "/");
+        let t = set.unwrap();
+        let p = t.get("amq.topic").unwrap();
+        assert!(p.allows(pier_broker::Access::Write, "u.a"));
+        assert!(!p.allows(pier_broker::Access::Write, "v.a"));
+        assert!(p.allows(pier_broker::Access::Read, "anything"));
+        for bad in [
+            "[[topic_permissions]]\nuser = \"u\"\nvhost = \"nope\"\nexchange = \"x\"",
+            "[[topic_permissions]]\nuser = \"u\"\nvhost = \"/\"\nexchange = \"x\"\nread = \"(\"",
+        ] {
+            let c: FileConfig = toml::from_str(bad).unwrap();
+            assert!(c.build_broker().is_err(), "{bad}");
+        }
+        assert!(
+            toml::from_str::<FileConfig>("[[topic_permissions]]\nuser = \"u\"\nvhost = \"/\"")
+                .is_err()
+        );
     }
 
     #[test]

@@ -418,8 +418,117 @@ fn users_vhosts_and_permissions() {
         "no permissions",
     );
 
+    // Topic permissions: set (two exchanges), list per vhost and per user, clear one, clear
+    // all; the user's deletion takes them along.
+    ok(
+        &broker,
+        &[
+            "-p",
+            &vhost,
+            "set_topic_permissions",
+            &user,
+            "amq.topic",
+            "^{username}\\.",
+            "",
+        ],
+    );
+    ok(
+        &broker,
+        &[
+            "-p",
+            &vhost,
+            "set_topic_permissions",
+            &user,
+            "t.x",
+            ".*",
+            "^r",
+        ],
+    );
+    let table = ok(&broker, &["-p", &vhost, "list_topic_permissions"]);
+    assert_eq!(table.header(), vec!["user", "exchange", "write", "read"]);
+    assert!(
+        table
+            .rows()
+            .contains(&vec![user.clone(), "t.x".into(), ".*".into(), "^r".into()]),
+        "{}",
+        table.stdout
+    );
+    let mine = ok(&broker, &["--json", "list_user_topic_permissions", &user]).json();
+    assert_eq!(
+        mine,
+        json!([
+            {"vhost": vhost, "exchange": "amq.topic", "write": "^{username}\\.", "read": ""},
+            {"vhost": vhost, "exchange": "t.x", "write": ".*", "read": "^r"},
+        ])
+    );
+    fails(
+        &broker,
+        &[
+            "-p",
+            &vhost,
+            "set_topic_permissions",
+            &user,
+            "t.x",
+            "(",
+            ".*",
+        ],
+        65,
+        "invalid_regexp",
+    );
+    fails(
+        &broker,
+        &[
+            "-p",
+            &vhost,
+            "set_topic_permissions",
+            "no-such-user",
+            "t.x",
+            ".*",
+            ".*",
+        ],
+        65,
+        "vhost_or_user_not_found",
+    );
+    ok(
+        &broker,
+        &["-p", &vhost, "clear_topic_permissions", &user, "amq.topic"],
+    );
+    let js = ok(&broker, &["--json", "-p", &vhost, "list_topic_permissions"]).json();
+    assert_eq!(
+        js,
+        json!([{"user": user, "exchange": "t.x", "write": ".*", "read": "^r"}])
+    );
+    // Clearing what is not there succeeds, as with rabbitmqctl; unknown users do not.
+    ok(
+        &broker,
+        &["-p", &vhost, "clear_topic_permissions", &user, "amq.topic"],
+    );
+    fails(
+        &broker,
+        &["-p", &vhost, "clear_topic_permissions", "no-such-user"],
+        70,
+        "no_such_user",
+    );
+    ok(&broker, &["-p", &vhost, "clear_topic_permissions", &user]);
+    let js = ok(&broker, &["--json", "-p", &vhost, "list_topic_permissions"]).json();
+    assert_eq!(js, json!([]));
+    ok(
+        &broker,
+        &[
+            "-p",
+            &vhost,
+            "set_topic_permissions",
+            &user,
+            "t.x",
+            ".*",
+            ".*",
+        ],
+    );
+
     // Deletions.
     ok(&broker, &["delete_user", &user]);
+    let (_, tp) = api_get(&broker, "/topic-permissions");
+    assert!(!tp.to_string().contains(&user), "{tp}");
     fails(&broker, &["delete_user", &user], 70, "no_such_user");
     ok(&broker, &["delete_vhost", &vhost]);
     fails(&broker, &["delete_vhost", &vhost], 70, "no_such_vhost");

@@ -165,6 +165,25 @@ enum CtlCommand {
     ListPermissions,
     /// Permissions of one user, on every vhost.
     ListUserPermissions { username: String },
+    /// Sets a user's topic permission on one topic exchange of the vhost: regular
+    /// expressions on the routing keys it may publish with (write) and bind with (read).
+    SetTopicPermissions {
+        username: String,
+        exchange: String,
+        #[arg(allow_hyphen_values = true)]
+        write: String,
+        #[arg(allow_hyphen_values = true)]
+        read: String,
+    },
+    /// Removes a user's topic permissions on the vhost (all, or one exchange's).
+    ClearTopicPermissions {
+        username: String,
+        exchange: Option<String>,
+    },
+    /// Topic permissions on the vhost.
+    ListTopicPermissions,
+    /// Topic permissions of one user, on every vhost.
+    ListUserTopicPermissions { username: String },
     /// Sets a policy on the vhost: NAME PATTERN DEFINITION (a JSON object).
     SetPolicy {
         name: String,
@@ -201,7 +220,8 @@ enum CtlCommand {
         #[arg(default_value = "Closed via pier ctl")]
         explanation: String,
     },
-    /// Writes every definition (users, vhosts, permissions, policies, queues, exchanges,
+    /// Writes every definition (users, vhosts, permissions, topic permissions, policies,
+    /// queues, exchanges,
     /// bindings) to FILE in RabbitMQ's format ("-" for stdout).
     ExportDefinitions { file: String },
     /// Imports definitions in RabbitMQ's format from FILE ("-" for stdin).
@@ -459,6 +479,24 @@ const USER_PERMISSIONS: ListSpec = ListSpec {
     what: "permission",
     items: PERMISSIONS.items,
     default: &["vhost", "configure", "write", "read"],
+};
+
+const TOPIC_PERMISSIONS: ListSpec = ListSpec {
+    what: "topic permission",
+    items: &[
+        ("user", "user"),
+        ("vhost", "vhost"),
+        ("exchange", "exchange"),
+        ("write", "write"),
+        ("read", "read"),
+    ],
+    default: &["user", "exchange", "write", "read"],
+};
+
+const USER_TOPIC_PERMISSIONS: ListSpec = ListSpec {
+    what: "topic permission",
+    items: TOPIC_PERMISSIONS.items,
+    default: &["vhost", "exchange", "write", "read"],
 };
 
 const POLICIES: ListSpec = ListSpec {
@@ -796,6 +834,73 @@ impl Ctl {
                     .map_err(|e| Self::not_found(e, format!("no_such_user: {username}")))?;
                 self.show_list(&USER_PERMISSIONS, &[], &rows)
             }
+            CtlCommand::SetTopicPermissions {
+                username,
+                exchange,
+                write,
+                read,
+            } => {
+                self.info(&format!(
+                    "Setting topic permissions on \"{exchange}\" for user \"{username}\" in vhost \"{}\" ...",
+                    self.vhost
+                ));
+                c.put(
+                    &format!("/topic-permissions/{}/{}", self.vh(), enc(&username)),
+                    &json!({"exchange": exchange, "write": write, "read": read}),
+                )?;
+                self.done(json!({"user": username, "vhost": self.vhost,
+                                 "exchange": exchange, "write": write, "read": read}));
+                Ok(())
+            }
+            CtlCommand::ClearTopicPermissions { username, exchange } => {
+                self.info(&match &exchange {
+                    Some(x) => format!(
+                        "Clearing topic permissions on \"{x}\" for user \"{username}\" in vhost \"{}\" ...",
+                        self.vhost
+                    ),
+                    None => format!(
+                        "Clearing topic permissions for user \"{username}\" in vhost \"{}\" ...",
+                        self.vhost
+                    ),
+                });
+                // As rabbitmqctl: clearing what is not there succeeds, an unknown user or
+                // vhost does not.
+                c.get(&format!("/users/{}", enc(&username)))
+                    .map_err(|e| Self::not_found(e, format!("no_such_user: {username}")))?;
+                c.get(&format!("/vhosts/{}", self.vh()))
+                    .map_err(|e| Self::not_found(e, self.no_vhost()))?;
+                let mut path = format!("/topic-permissions/{}/{}", self.vh(), enc(&username));
+                if let Some(x) = &exchange {
+                    path.push_str(&format!("?exchange={}", enc(x)));
+                }
+                match c.delete(&path) {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+                self.done(json!({"user": username, "vhost": self.vhost,
+                                 "exchange": exchange, "cleared": true}));
+                Ok(())
+            }
+            CtlCommand::ListTopicPermissions => {
+                self.info(&format!(
+                    "Listing topic permissions for vhost \"{}\" ...",
+                    self.vhost
+                ));
+                let rows = c
+                    .list(&format!("/vhosts/{}/topic-permissions", self.vh()))
+                    .map_err(|e| Self::not_found(e, self.no_vhost()))?;
+                self.show_list(&TOPIC_PERMISSIONS, &[], &rows)
+            }
+            CtlCommand::ListUserTopicPermissions { username } => {
+                self.info(&format!(
+                    "Listing topic permissions for user \"{username}\" ..."
+                ));
+                let rows = c
+                    .list(&format!("/users/{}/topic-permissions", enc(&username)))
+                    .map_err(|e| Self::not_found(e, format!("no_such_user: {username}")))?;
+                self.show_list(&USER_TOPIC_PERMISSIONS, &[], &rows)
+            }
             CtlCommand::SetPolicy {
                 name,
                 pattern,
@@ -1063,6 +1168,7 @@ impl Ctl {
             "users": count("users"),
             "vhosts": count("vhosts"),
             "permissions": count("permissions"),
+            "topic_permissions": count("topic_permissions"),
             "policies": count("policies"),
             "queues": count("queues"),
             "exchanges": count("exchanges"),
@@ -1078,11 +1184,12 @@ impl Ctl {
         std::fs::write(file, format!("{text}\n"))
             .map_err(|e| CtlError::new(EX_CANTCREAT, format!("writing {file}: {e}")))?;
         self.info(&format!(
-            "Exported {} users, {} vhosts, {} permissions, {} policies, {} queues, {} exchanges, \
-             {} bindings",
+            "Exported {} users, {} vhosts, {} permissions, {} topic permissions, {} policies, \
+             {} queues, {} exchanges, {} bindings",
             count("users"),
             count("vhosts"),
             count("permissions"),
+            count("topic_permissions"),
             count("policies"),
             count("queues"),
             count("exchanges"),
@@ -1120,6 +1227,7 @@ impl Ctl {
             "users",
             "vhosts",
             "permissions",
+            "topic_permissions",
             "policies",
             "queues",
             "exchanges",
@@ -1130,11 +1238,12 @@ impl Ctl {
         .sum();
         self.info(&format!(
             "Importing definitions in JSON from a file at \"{file}\" ...\n\
-             {total} objects: {} users, {} vhosts, {} permissions, {} policies, {} queues, \
-             {} exchanges, {} bindings (the broker logs its progress)",
+             {total} objects: {} users, {} vhosts, {} permissions, {} topic permissions, \
+             {} policies, {} queues, {} exchanges, {} bindings (the broker logs its progress)",
             count("users"),
             count("vhosts"),
             count("permissions"),
+            count("topic_permissions"),
             count("policies"),
             count("queues"),
             count("exchanges"),
