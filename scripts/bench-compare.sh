@@ -106,7 +106,16 @@ if ! listening "$RABBIT_PORT"; then
         die "a RabbitMQ is running but not on port $RABBIT_PORT: stop it or set its listener to $RABBIT_PORT"
     fi
     log "starting RabbitMQ (rabbitmq-server -detached, ulimit -n $NOFILE like its systemd unit)"
-    "${SUDO[@]}" sh -c "ulimit -n $NOFILE 2>/dev/null || ulimit -n \$(ulimit -Hn); exec rabbitmq-server -detached"
+    # /usr/sbin/rabbitmq-server switches user with `su`, whose PAM session puts the open-files
+    # limit back to 1,024; start the real script as the rabbitmq user with setpriv instead,
+    # which keeps the limit raised here.
+    if command -v setpriv >/dev/null && [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+        "${SUDO[@]}" sh -c "cd /var/lib/rabbitmq && { ulimit -n $NOFILE 2>/dev/null || ulimit -n \$(ulimit -Hn); } &&
+            exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups env HOME=/var/lib/rabbitmq \
+            /usr/lib/rabbitmq/bin/rabbitmq-server -detached"
+    else
+        "${SUDO[@]}" sh -c "ulimit -n $NOFILE 2>/dev/null || ulimit -n \$(ulimit -Hn); exec rabbitmq-server -detached"
+    fi
     wait_for_port "$RABBIT_PORT" 120 "RabbitMQ"
     "${SUDO[@]}" rabbitmqctl await_startup >/dev/null 2>&1 || true
 fi
