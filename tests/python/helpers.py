@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import time
+import urllib.error
+import urllib.request
 from typing import Callable, Iterator
 
 import pika
@@ -126,3 +130,30 @@ def settle(connection: pika.BlockingConnection, seconds: float = 0.3) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         connection.process_data_events(time_limit=0.05)
+
+
+class MgmtApi:
+    """A tiny management HTTP API client: `call` returns (status, decoded JSON or None)."""
+
+    def __init__(self, port: int, user: str = "guest", password: str = "guest",
+                 host: str = "127.0.0.1"):
+        self.base = f"http://{host}:{port}/api"
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers=self.headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                text = resp.read().decode()
+                return resp.status, (json.loads(text) if text else None)
+        except urllib.error.HTTPError as e:
+            text = e.read().decode()
+            return e.code, (json.loads(text) if text else None)
+
+    def get(self, path: str):
+        status, body = self.call("GET", path)
+        assert status == 200, (path, status, body)
+        return body

@@ -3,20 +3,16 @@ topology, publisher confirms only after fsync, recovery from torn and corrupt se
 Each test runs private Pier instances that it stops (SIGTERM) or kills (SIGKILL) and restarts
 on the same data directory."""
 
-import base64
-import json
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pika
 import pika.exceptions
 import pytest
 
 from conftest import PIER_CONFIG
-from helpers import wait_message_count
+from helpers import MgmtApi, wait_message_count
 
 pytestmark = pytest.mark.pier_only
 
@@ -278,27 +274,6 @@ def test_recovered_messages_keep_their_original_expiry_deadline(pier_factory):
     conn.close()
 
 
-class _Http:
-    """A minimal management API client for the private instance (guest/guest)."""
-
-    def __init__(self, proc):
-        self.base = f"http://127.0.0.1:{proc.http_port}/api"
-        token = base64.b64encode(b"guest:guest").decode()
-        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
-
-    def call(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers=self.headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                text = resp.read().decode()
-                return resp.status, (json.loads(text) if text else None)
-        except urllib.error.HTTPError as e:
-            text = e.read().decode()
-            return e.code, (json.loads(text) if text else None)
-
-
 def _assert_keeps(proc, queue, expected, published=5):
     """Declares `queue`, publishes `published` messages: it must keep `expected` of them."""
     conn = _connect(proc)
@@ -323,7 +298,7 @@ definition = { max-length = 3 }
 
 def test_policies_set_over_http_survive_a_restart(pier_factory):
     proc = pier_factory(CONFIG_WITH_POLICY)
-    http = _Http(proc)
+    http = MgmtApi(proc.http_port)
     cap = {"pattern": r"^capped\.", "apply-to": "queues", "priority": 1,
            "definition": {"max-length": 2}}
     assert http.call("PUT", "/policies/%2F/cap", cap)[0] in (201, 204)

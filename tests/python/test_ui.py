@@ -11,8 +11,6 @@ unless PIER_UI_TESTS_REQUIRED=1 (set by .ci/run), where a missing browser is a f
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import shutil
 import socket
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import pika
 import pytest
+
+from helpers import MgmtApi
 
 pytestmark = [pytest.mark.pier_only, pytest.mark.timeout(180)]
 
@@ -63,32 +63,6 @@ def _unavailable(reason: str):
 # --------------------------------------------------------------------------
 # fixtures and helpers
 # --------------------------------------------------------------------------
-
-
-class Api:
-    """A tiny management API client (guest/guest)."""
-
-    def __init__(self, port: int, user: str = "guest", password: str = "guest"):
-        self.base = f"http://127.0.0.1:{port}/api"
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
-
-    def call(self, method: str, path: str, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers=self.headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                text = resp.read().decode()
-                return resp.status, (json.loads(text) if text else None)
-        except urllib.error.HTTPError as e:
-            text = e.read().decode()
-            return e.code, (json.loads(text) if text else None)
-
-    def get(self, path: str):
-        status, body = self.call("GET", path)
-        assert status == 200, (path, status, body)
-        return body
 
 
 def q(s: str) -> str:
@@ -285,7 +259,7 @@ def test_static_files_are_served_without_credentials(pier_ui):
 
 
 def test_login_overview_queue_publish_get(pier_ui, browser):
-    api = Api(pier_ui.http_port)
+    api = MgmtApi(pier_ui.http_port)
     node = api.get("/overview")["node"]
 
     # A wrong password is refused on the login form.
@@ -369,7 +343,7 @@ def test_login_overview_queue_publish_get(pier_ui, browser):
 
 
 def test_exchanges_admin_and_delete(pier_ui, browser):
-    api = Api(pier_ui.http_port)
+    api = MgmtApi(pier_ui.http_port)
     base = f"http://127.0.0.1:{pier_ui.http_port}"
     login(browser, pier_ui.http_port)
     wait_until(browser, lambda d: text_of(d, "node-name-cell") != "", what="the overview")
