@@ -1,7 +1,7 @@
 //! A queue: an ordered log of message references plus the consumers that drain it.
 //!
 //! ```text
-//!  publish ─► level[p] [ requeued (by offset) | ready (FIFO) ] ─► dispatch ─► consumer sinks
+//!  publish ─► level[p] [ requeued (by offset) | ready (FIFO) | paged (FIFO) ] ─► dispatch ─► sinks
 //!                      ▲                                                 │
 //!                      └──────── nack/reject/recover/close ◄─────────────┘ (unacked: held by channels)
 //! ```
@@ -20,9 +20,11 @@
 //! where nothing can have expired is one atomic load.
 //!
 //! Paging: past `PAGE_OUT_BYTES` of ready bodies in memory, a new message keeps only its
-//! place (`Entry::message` is `None`); its body is in the durable store if it is stored, else
-//! in the scratch paging store (`Entry::paging`). `page_in` reads batches back as the head
-//! drains; a paging record is released as soon as it is read back or its message leaves.
+//! place, as a 16-byte [`PagedEntry`] in its level's `paged` tail; its body is in the durable
+//! store if it is stored, else in the scratch paging store (`PagedEntry::paging`). Every paged
+//! entry of a level is newer than every in-memory one, so once a tail exists new arrivals join
+//! it, and `page_in` moves batches from its front into `ready` as the head drains; a paging
+//! record is released as soon as it is read back or its message leaves.
 //!
 //! Dead letters (rejected, expired, over-length messages of a queue with a dead-letter
 //! exchange) are collected while the lock is held and routed by the vhost after it is
@@ -55,22 +57,18 @@ use crate::waits::{stamp, WaitHistogram, WaitSummary, WaitWindow};
 #[derive(Debug, Clone)]
 struct Entry {
     offset: u64,
-    /// `None`: paged out — the message is only in the store, read back before it is needed.
+    /// Always `Some` for entries in a level (paged-out messages are `PagedEntry`s instead).
     message: Option<Arc<Message>>,
     /// Clock milliseconds after which the message is expired; `NEVER` without a TTL.
     expires_at: u64,
-    /// Body size (kept when the body is paged out: length limits, byte counts) in the low 30
-    /// bits, saturated; the top bits are the redelivered and paging flags.
+    /// Body size in the low 30 bits, saturated; the top bit is the redelivered flag.
     size_flags: u32,
     /// When the message entered the queue (`waits::stamp`), for measured time in queue.
     enqueued_at: u32,
 }
 
 const REDELIVERED_BIT: u32 = 1 << 31;
-/// Paged out to the node's scratch paging store (not the durable one): its record there is
-/// released when the body is read back or the message leaves the queue.
-const PAGING_BIT: u32 = 1 << 30;
-const SIZE_MASK: u32 = PAGING_BIT - 1;
+const SIZE_MASK: u32 = (1 << 30) - 1;
 
 impl Entry {
     fn new(
@@ -97,18 +95,6 @@ impl Entry {
         u64::from(self.size_flags & SIZE_MASK)
     }
 
-    fn paging(&self) -> bool {
-        self.size_flags & PAGING_BIT != 0
-    }
-
-    fn set_paging(&mut self, on: bool) {
-        if on {
-            self.size_flags |= PAGING_BIT;
-        } else {
-            self.size_flags &= !PAGING_BIT;
-        }
-    }
-
     fn redelivered(&self) -> bool {
         self.size_flags & REDELIVERED_BIT != 0
     }
@@ -116,6 +102,89 @@ impl Entry {
     fn expired(&self, now: u64) -> bool {
         self.expires_at < now
     }
+}
+
+/// A ready message whose body is not in memory: only its place. 16 bytes, because a long
+/// backlog is millions of these (the store's index entry is the rest of the per-message cost).
+/// No expiry time is kept: it is recomputed from `enqueued_at` (queue TTL) or read back with
+/// the body (per-message TTL, stored deadline); see `PagedExpiry`.
+#[derive(Debug, Clone, Copy)]
+struct PagedEntry {
+    offset: u64,
+    /// Body size in the low 28 bits (saturated), then the expiry kind (2 bits), paging and
+    /// redelivered flags.
+    bits: u32,
+    /// When the message entered the queue (`waits::stamp`).
+    enqueued_at: u32,
+}
+
+const P_REDELIVERED: u32 = 1 << 31;
+/// In the node's scratch paging store (not the durable one): that record is released when the
+/// body is read back or the message leaves the queue.
+const P_PAGING: u32 = 1 << 30;
+const P_EXPIRY_SHIFT: u32 = 28;
+const P_SIZE_MASK: u32 = (1 << P_EXPIRY_SHIFT) - 1;
+
+/// What a paged entry's expiry time is, without its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PagedExpiry {
+    Never = 0,
+    /// Exactly `enqueued + config.message_ttl`.
+    QueueTtl = 1,
+    /// Only the body knows (per-message TTL, or a deadline stored before a restart); at least
+    /// `enqueued`.
+    Other = 2,
+}
+
+impl PagedEntry {
+    fn new(
+        offset: u64,
+        size: u64,
+        redelivered: bool,
+        paging: bool,
+        expiry: PagedExpiry,
+        enqueued_at: u32,
+    ) -> Self {
+        let size = u32::try_from(size).unwrap_or(u32::MAX).min(P_SIZE_MASK);
+        let mut bits = size | ((expiry as u32) << P_EXPIRY_SHIFT);
+        if redelivered {
+            bits |= P_REDELIVERED;
+        }
+        if paging {
+            bits |= P_PAGING;
+        }
+        PagedEntry {
+            offset,
+            bits,
+            enqueued_at,
+        }
+    }
+
+    fn size(&self) -> u64 {
+        u64::from(self.bits & P_SIZE_MASK)
+    }
+
+    fn paging(&self) -> bool {
+        self.bits & P_PAGING != 0
+    }
+
+    fn redelivered(&self) -> bool {
+        self.bits & P_REDELIVERED != 0
+    }
+
+    fn expiry(&self) -> PagedExpiry {
+        match (self.bits >> P_EXPIRY_SHIFT) & 3 {
+            0 => PagedExpiry::Never,
+            1 => PagedExpiry::QueueTtl,
+            _ => PagedExpiry::Other,
+        }
+    }
+}
+
+/// The clock time a message stamped `stamp` entered the queue (exact for waits under ~49 days,
+/// the range of a `u32` of milliseconds).
+fn enqueued_ms(now: u64, stamp: u32) -> u64 {
+    now.saturating_sub(crate::waits::waited_ms(now, stamp))
 }
 
 /// Bodies a queue keeps in memory; beyond it, newer messages are kept only on disk (the
@@ -130,19 +199,27 @@ static PAGING_QUEUE_SEQ: AtomicU64 = AtomicU64::new(0);
 const PAGE_IN_BATCH: usize = 4096;
 const PAGE_IN_BYTES: u64 = 4 * 1024 * 1024;
 
-/// One priority level: never-delivered messages in arrival order, and requeued ones by offset
-/// (always older than every ready one, so they come first).
+/// One priority level: requeued messages by offset (always older than every ready one, so they
+/// come first), never-delivered ones with their bodies in arrival order, then never-delivered
+/// ones whose bodies are paged out (always newer than every `ready` one).
 #[derive(Debug, Default)]
 struct Level {
     ready: VecDeque<Entry>,
     requeued: BTreeMap<u64, Entry>,
+    paged: VecDeque<PagedEntry>,
 }
 
 impl Level {
     fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.requeued.is_empty()
+        self.ready.is_empty() && self.requeued.is_empty() && self.paged.is_empty()
     }
 
+    /// Only the paged-out tail is left: the head must be read back before it can leave.
+    fn needs_page_in(&self) -> bool {
+        self.ready.is_empty() && self.requeued.is_empty() && !self.paged.is_empty()
+    }
+
+    /// The in-memory head (None when empty or when only the paged tail is left).
     fn head(&self) -> Option<&Entry> {
         match self.requeued.first_key_value() {
             Some((_, e)) => Some(e),
@@ -159,6 +236,12 @@ impl Level {
                 e
             }
         }
+    }
+
+    fn pop_paged(&mut self) -> Option<PagedEntry> {
+        let p = self.paged.pop_front();
+        release_drained(&mut self.paged);
+        p
     }
 }
 
@@ -198,6 +281,9 @@ struct QueueState {
     mem_bytes: u64,
     /// Ready messages whose bodies are paged out.
     paged: usize,
+    /// Bodies of paged entries that could not be written out (no paging store, or it refused
+    /// the queue): kept here so that the tail keeps its order. Rare, usually empty.
+    held: HashMap<u64, Arc<Message>>,
     unacked: u64,
     /// Expiry times of delivered, unacknowledged messages that have one (by offset), so that a
     /// requeued message keeps its original expiry, as in RabbitMQ.
@@ -258,7 +344,39 @@ impl QueueState {
         }
     }
 
-    /// Takes the head of the highest non-empty level; returns it with its level.
+    /// Appends a paged entry to its level's tail; `held` is its body if it stays in memory.
+    fn push_paged(&mut self, level: usize, p: PagedEntry, held: Option<Arc<Message>>) {
+        let Some(l) = self.levels.get_mut(level) else {
+            return;
+        };
+        l.paged.push_back(p);
+        self.ready_count += 1;
+        self.ready_bytes += p.size();
+        match held {
+            Some(m) => {
+                self.mem_bytes += p.size();
+                self.held.insert(p.offset, m);
+            }
+            None => self.paged += 1,
+        }
+    }
+
+    /// Accounts for a paged entry taken off its tail; returns its body if it was held.
+    fn untrack_paged(&mut self, p: &PagedEntry) -> Option<Arc<Message>> {
+        self.ready_count = self.ready_count.saturating_sub(1);
+        self.ready_bytes = self.ready_bytes.saturating_sub(p.size());
+        if !self.held.is_empty() {
+            if let Some(m) = self.held.remove(&p.offset) {
+                self.mem_bytes = self.mem_bytes.saturating_sub(p.size());
+                return Some(m);
+            }
+        }
+        self.paged = self.paged.saturating_sub(1);
+        None
+    }
+
+    /// Takes the in-memory head of the highest non-empty level; returns it with its level.
+    /// None also when that level has only paged entries left (see `Level::needs_page_in`).
     fn pop(&mut self) -> Option<(Entry, usize)> {
         let level = self.highest_level()?;
         let entry = self.level_mut(level)?.pop()?;
@@ -271,7 +389,9 @@ impl QueueState {
         for l in &mut self.levels {
             l.ready = VecDeque::new();
             l.requeued.clear();
+            l.paged = VecDeque::new();
         }
+        self.held.clear();
         self.ready_count = 0;
         self.ready_bytes = 0;
         self.mem_bytes = 0;
@@ -493,11 +613,26 @@ impl Queue {
             let level = self.level_of(&message);
             st.next_offset = st.next_offset.max(offset + 1);
             // Like the TTL, time in queue counts from the recovery.
-            let mut entry = Entry::new(offset, message, redelivered, expires_at, stamp(now));
-            if st.mem_bytes > PAGE_OUT_BYTES {
-                // A long recovered queue keeps only its head in memory.
-                entry.message = None;
+            let tail = st.levels.get(level).is_some_and(|l| !l.paged.is_empty());
+            if tail || st.mem_bytes > PAGE_OUT_BYTES {
+                // A long recovered queue keeps only its head in memory; the stored deadline
+                // (if any) is read back with the body.
+                let p = PagedEntry::new(
+                    offset,
+                    message.body_size() as u64,
+                    redelivered,
+                    false,
+                    self.paged_expiry_kind(expires_at, now),
+                    stamp(now),
+                );
+                let head = st.levels.get(level).is_some_and(Level::is_empty);
+                st.push_paged(level, p, None);
+                if head {
+                    self.lower_next_expiry(self.paged_bound(&p, now).0);
+                }
+                continue;
             }
+            let entry = Entry::new(offset, message, redelivered, expires_at, stamp(now));
             st.added(&entry);
             if let Some(l) = st.level_mut(level) {
                 l.ready.push_back(entry);
@@ -509,7 +644,11 @@ impl Queue {
     /// Slots the ready deques hold (capacity, not length).
     #[cfg(test)]
     pub(crate) fn ready_capacity(&self) -> usize {
-        self.lock().levels.iter().map(|l| l.ready.capacity()).sum()
+        self.lock()
+            .levels
+            .iter()
+            .map(|l| l.ready.capacity() + l.paged.capacity())
+            .sum()
     }
 
     /// A poisoned lock means a panic elsewhere mid-update; the state itself is still consistent
@@ -617,6 +756,43 @@ impl Queue {
         }
     }
 
+    /// How a message entering the paged tail (at `enqueued`, expiring at `expires_at`) will
+    /// find its expiry again without its body.
+    fn paged_expiry_kind(&self, expires_at: u64, enqueued: u64) -> PagedExpiry {
+        if expires_at == NEVER {
+            PagedExpiry::Never
+        } else if self
+            .config
+            .message_ttl
+            .is_some_and(|t| enqueued.saturating_add(t) == expires_at)
+        {
+            PagedExpiry::QueueTtl
+        } else {
+            PagedExpiry::Other
+        }
+    }
+
+    /// A lower bound on a paged entry's expiry time, and whether it is exact.
+    fn paged_bound(&self, p: &PagedEntry, now: u64) -> (u64, bool) {
+        let enqueued = enqueued_ms(now, p.enqueued_at);
+        match (p.expiry(), self.config.message_ttl) {
+            (PagedExpiry::Never, _) => (NEVER, true),
+            (PagedExpiry::QueueTtl, Some(t)) => (enqueued.saturating_add(t), true),
+            _ => (enqueued, false),
+        }
+    }
+
+    /// A lower bound on the expiry of a level's head, in memory or paged.
+    fn head_bound(&self, l: &Level) -> u64 {
+        match l.head() {
+            Some(h) => h.expires_at,
+            None => l
+                .paged
+                .front()
+                .map_or(NEVER, |p| self.paged_bound(p, self.clock.now_ms()).0),
+        }
+    }
+
     /// Drops (or dead-letters) every expired head when one may be due, then recomputes the
     /// lower bound from the heads left.
     fn expire_heads(&self, st: &mut QueueState, now: u64, dead: &mut Vec<DeadLetter>) {
@@ -632,30 +808,42 @@ impl Queue {
             while let Some(level) = st.levels.get_mut(i) {
                 match level.head() {
                     Some(h) if h.expired(now) => {
-                        if dlx && h.message.is_none() {
-                            // Dead-lettering needs the body: read it back first.
-                            if !self.page_in(st, i) {
-                                break;
-                            }
-                            continue;
-                        }
                         let Some(e) = level.pop() else { break };
                         st.took(&e);
                         if self.entry_stored(&e) {
                             expired.push(e.offset);
-                        } else if e.paging() {
-                            spilled.push(e.offset);
                         }
                         if let Some(m) = e.message {
                             self.dead_letter(dead, m, DeathReason::Expired);
                         }
+                        continue;
                     }
                     Some(h) => {
                         next = next.min(h.expires_at);
                         break;
                     }
-                    None => break,
+                    None => {}
                 }
+                // Only the paged tail is left: its head's expiry is known without the body
+                // unless it has its own TTL; dead-lettering needs the body anyway.
+                let Some(p) = level.paged.front().copied() else {
+                    break;
+                };
+                let (bound, exact) = self.paged_bound(&p, now);
+                if bound >= now {
+                    next = next.min(bound);
+                    break;
+                }
+                if !exact || dlx {
+                    if !self.page_in(st, i) {
+                        next = next.min(bound);
+                        break;
+                    }
+                    continue;
+                }
+                level.pop_paged();
+                let held = st.untrack_paged(&p);
+                self.paged_left(&p, held.is_some(), &mut expired, &mut spilled);
             }
         }
         self.next_expiry.store(next, Ordering::Relaxed);
@@ -758,32 +946,36 @@ impl Queue {
             }
         }
         let stored = self.is_stored(&message);
-        let entry = Entry::new(offset, message, false, expires_at, stamp(now));
-        st.added(&entry);
-        let Some(l) = st.level_mut(level) else {
+        let Some(l) = st.levels.get(level) else {
             return Published::Gone;
         };
         let becomes_head = l.is_empty();
-        l.ready.push_back(entry);
-        if becomes_head {
-            self.lower_next_expiry(expires_at);
+        let ttl0 = (ttl == Some(0)).then(|| Arc::clone(&message));
+        if !l.paged.is_empty() {
+            // Older messages of this level are paged out: FIFO puts this one behind them.
+            let size = message.body_size() as u64;
+            let (paging, held) = match self.write_out(&mut st, offset, &message, stored, now) {
+                Some(paging) => (paging, None),
+                None => (false, Some(message)),
+            };
+            let kind = self.paged_expiry_kind(expires_at, now);
+            let p = PagedEntry::new(offset, size, false, paging, kind, stamp(now));
+            st.push_paged(level, p, held);
+        } else {
+            let entry = Entry::new(offset, message, false, expires_at, stamp(now));
+            st.added(&entry);
+            let Some(l) = st.level_mut(level) else {
+                return Published::Gone;
+            };
+            l.ready.push_back(entry);
+            if becomes_head {
+                self.lower_next_expiry(expires_at);
+            }
         }
         self.dispatch_locked(&mut st, now, dead);
-        if ttl == Some(0) {
+        if let Some(message) = ttl0 {
             // TTL 0: delivered right now or never.
-            if let Some(l) = st.level_mut(level) {
-                if l.ready.back().is_some_and(|e| e.offset == offset) {
-                    if let Some(e) = l.ready.pop_back() {
-                        st.took(&e);
-                        if self.entry_stored(&e) {
-                            self.store_ack(vec![e.offset]);
-                        }
-                        if let Some(m) = e.message {
-                            self.dead_letter(dead, m, DeathReason::Expired);
-                        }
-                    }
-                }
-            }
+            self.expire_newest(&mut st, level, offset, message, dead);
         }
         self.drop_over_limit(&mut st, dead);
         if st.mem_bytes > PAGE_OUT_BYTES {
@@ -792,9 +984,59 @@ impl Queue {
         Published::Accepted
     }
 
+    /// A TTL-0 message that was not delivered at once is dropped (dead-lettered), wherever it
+    /// waits: still the newest of its level, in memory or paged.
+    fn expire_newest(
+        &self,
+        st: &mut QueueState,
+        level: usize,
+        offset: u64,
+        message: Arc<Message>,
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        let Some(l) = st.levels.get_mut(level) else {
+            return;
+        };
+        let mut stored = Vec::new();
+        let mut spilled = Vec::new();
+        if l.ready.back().is_some_and(|e| e.offset == offset) && l.paged.is_empty() {
+            let Some(e) = l.ready.pop_back() else { return };
+            st.took(&e);
+            if self.entry_stored(&e) {
+                stored.push(e.offset);
+            }
+        } else if l.paged.back().is_some_and(|p| p.offset == offset) {
+            let Some(p) = l.paged.pop_back() else { return };
+            let held = st.untrack_paged(&p);
+            self.paged_left(&p, held.is_some(), &mut stored, &mut spilled);
+        } else {
+            return;
+        }
+        self.store_ack(stored);
+        self.paging_release(st, spilled);
+        self.dead_letter(dead, message, DeathReason::Expired);
+    }
+
+    /// Where a paged entry leaving the queue without being read back has a record to release.
+    fn paged_left(
+        &self,
+        p: &PagedEntry,
+        held: bool,
+        stored: &mut Vec<u64>,
+        spilled: &mut Vec<u64>,
+    ) {
+        if held {
+            // Never written anywhere.
+        } else if p.paging() {
+            spilled.push(p.offset);
+        } else {
+            stored.push(p.offset);
+        }
+    }
+
     /// Past the in-memory budget the newest message (just published, still at the back of its
-    /// level) keeps only its place here: a stored message is already on disk, any other one
-    /// is written to the paging store first. Without a paging store it stays in memory.
+    /// level) keeps only its place, in its level's paged tail. Without a paging store a message
+    /// that is not stored stays in memory (the tail is empty here, so FIFO holds either way).
     fn page_out_newest(
         &self,
         st: &mut QueueState,
@@ -803,30 +1045,53 @@ impl Queue {
         stored: bool,
         now: u64,
     ) {
-        let is_newest = |st: &mut QueueState| {
-            st.level_mut(level)
-                .and_then(|l| l.ready.back())
-                .is_some_and(|e| e.offset == offset && e.message.is_some())
-        };
-        if !is_newest(st) {
+        let Some(message) = st
+            .levels
+            .get(level)
+            .filter(|l| l.paged.is_empty())
+            .and_then(|l| l.ready.back())
+            .filter(|e| e.offset == offset)
+            .and_then(|e| e.message.clone())
+        else {
             return;
+        };
+        let Some(paging) = self.write_out(st, offset, &message, stored, now) else {
+            return;
+        };
+        let Some(e) = st.level_mut(level).and_then(|l| l.ready.pop_back()) else {
+            return;
+        };
+        st.took(&e);
+        let kind = self.paged_expiry_kind(e.expires_at, enqueued_ms(now, e.enqueued_at));
+        let p = PagedEntry::new(
+            offset,
+            e.size(),
+            e.redelivered(),
+            paging,
+            kind,
+            e.enqueued_at,
+        );
+        st.push_paged(level, p, None);
+    }
+
+    /// Makes sure a message's body is on disk so that it can leave memory: a stored one already
+    /// is (`Some(false)`); any other is written to the paging store (`Some(true)`). None if
+    /// there is no paging store or it is unavailable: the body must stay in memory.
+    fn write_out(
+        &self,
+        st: &mut QueueState,
+        offset: u64,
+        message: &Arc<Message>,
+        stored: bool,
+        now: u64,
+    ) -> Option<bool> {
+        if stored {
+            return Some(false);
         }
-        let mut spilled = false;
-        if !stored {
-            let Some(pager) = self.pager.get() else {
-                return;
-            };
-            let Some(id) = self.paging_queue(st, pager, now) else {
-                return;
-            };
-            let Some(message) = st
-                .level_mut(level)
-                .and_then(|l| l.ready.back())
-                .and_then(|e| e.message.clone())
-            else {
-                return;
-            };
-            pager.in_flight().insert(offset, Arc::clone(&message));
+        {
+            let pager = self.pager.get()?;
+            let id = self.paging_queue(st, pager, now)?;
+            pager.in_flight().insert(offset, Arc::clone(message));
             let in_flight = Arc::clone(&pager.in_flight);
             let refs = vec![pier_store::QueueRef { queue: id, offset }];
             let name = self.name.clone();
@@ -834,7 +1099,7 @@ impl Queue {
             // while the paging thread is behind, which holds publishers back.
             let sent = pager
                 .handle
-                .append(refs, to_stored(&message), move |r| match r {
+                .append(refs, to_stored(message), move |r| match r {
                     Ok(_) => {
                         in_flight
                             .lock()
@@ -847,23 +1112,10 @@ impl Queue {
             if let Err(e) = sent {
                 pager.in_flight().remove(&offset);
                 tracing::warn!(queue = %self.name, "paging store unavailable, message kept in memory: {e}");
-                return;
+                return None;
             }
-            spilled = true;
         }
-        let paged_out = st
-            .level_mut(level)
-            .and_then(|l| l.ready.back_mut())
-            .filter(|e| e.offset == offset)
-            .map(|e| {
-                e.message = None;
-                e.set_paging(spilled);
-                e.size()
-            });
-        if let Some(size) = paged_out {
-            st.mem_bytes = st.mem_bytes.saturating_sub(size);
-            st.paged += 1;
-        }
+        Some(true)
     }
 
     /// This queue's id in the paging store, registering it on first use (one blocking round
@@ -939,12 +1191,9 @@ impl Queue {
         }
     }
 
-    /// Whether a departing entry has a record in the durable store to ack.
+    /// Whether a departing in-memory entry has a record in the durable store to ack.
     fn entry_stored(&self, e: &Entry) -> bool {
-        match &e.message {
-            None => !e.paging(),
-            Some(m) => self.is_stored(m),
-        }
+        e.message.as_ref().is_some_and(|m| self.is_stored(m))
     }
 
     /// Makes sure the next message to leave the queue has its body in memory, reading a batch
@@ -953,16 +1202,15 @@ impl Queue {
         let Some(level) = st.highest_level() else {
             return true;
         };
-        let needs = st.levels.get(level).is_some_and(|l| {
-            l.requeued.is_empty() && l.ready.front().is_some_and(|e| e.message.is_none())
-        });
+        let needs = st.levels.get(level).is_some_and(Level::needs_page_in);
         !needs || self.page_in(st, level)
     }
 
-    /// Reads the first paged-out messages of a level back from the store that holds them
-    /// (one blocking round trip per store for up to `PAGE_IN_BATCH` messages; store threads
-    /// never wait for a queue lock, so holding ours meanwhile cannot deadlock). Paging records
-    /// are released once read: the body is in memory again.
+    /// Moves the first paged-out messages of a level (up to `PAGE_IN_BATCH` / `PAGE_IN_BYTES`)
+    /// from its tail into `ready`, reading their bodies back from the store that holds them
+    /// (one blocking round trip per store; store threads never wait for a queue lock, so
+    /// holding ours meanwhile cannot deadlock). Paging records are released once read: the body
+    /// is in memory again. False if the level still has no in-memory head.
     fn page_in(&self, st: &mut QueueState, level: usize) -> bool {
         let Some(l) = st.levels.get(level) else {
             return false;
@@ -970,26 +1218,36 @@ impl Queue {
         let mut durable = Vec::new();
         let mut spilled = Vec::new();
         let mut bytes = 0u64;
-        for e in l.ready.iter().filter(|e| e.message.is_none()) {
-            let n = durable.len() + spilled.len();
-            if n >= PAGE_IN_BATCH || (bytes >= PAGE_IN_BYTES && n > 0) {
+        let mut batch = 0usize;
+        for p in &l.paged {
+            if batch >= PAGE_IN_BATCH || (bytes >= PAGE_IN_BYTES && batch > 0) {
                 break;
             }
-            if e.paging() {
-                spilled.push(e.offset);
-            } else {
-                durable.push(e.offset);
+            batch += 1;
+            bytes += p.size();
+            if st.held.contains_key(&p.offset) {
+                continue;
             }
-            bytes += e.size();
+            if p.paging() {
+                spilled.push(p.offset);
+            } else {
+                durable.push(p.offset);
+            }
         }
-        let mut by_offset: HashMap<u64, Option<Arc<Message>>> = HashMap::new();
+        let mut by_offset: HashMap<u64, ReadBack> = HashMap::new();
         if !durable.is_empty() {
             let Some(store) = self.store.get() else {
                 tracing::error!(queue = %self.name, "paged-out stored messages but no store");
                 return false;
             };
             match read_back(&store.handle, store.id, durable.clone()) {
-                Ok(v) => by_offset.extend(durable.iter().copied().zip(v)),
+                Ok(v) => by_offset.extend(
+                    durable
+                        .iter()
+                        .copied()
+                        .zip(v)
+                        .filter_map(|(o, m)| Some((o, m?))),
+                ),
                 Err(e) => {
                     tracing::error!(queue = %self.name, "paging messages in failed: {e}");
                     return false;
@@ -1008,7 +1266,7 @@ impl Queue {
                 for &o in &spilled {
                     match in_flight.get(&o) {
                         Some(m) => {
-                            by_offset.insert(o, Some(Arc::clone(m)));
+                            by_offset.insert(o, (Arc::clone(m), None));
                         }
                         None => wanted.push(o),
                     }
@@ -1016,7 +1274,8 @@ impl Queue {
             }
             if !wanted.is_empty() {
                 match read_back(&pager.handle, id, wanted.clone()) {
-                    Ok(v) => by_offset.extend(wanted.into_iter().zip(v)),
+                    Ok(v) => by_offset
+                        .extend(wanted.into_iter().zip(v).filter_map(|(o, m)| Some((o, m?)))),
                     Err(e) => {
                         tracing::error!(queue = %self.name, "paging messages in failed: {e}");
                         return false;
@@ -1024,39 +1283,57 @@ impl Queue {
                 }
             }
         }
+        let now = self.clock.now_ms();
+        let unix_now = crate::persist::unix_ms();
         let mut lost = Vec::new();
-        let mut gained = 0u64;
-        let mut filled = 0usize;
-        if let Some(l) = st.levels.get_mut(level) {
-            for e in l.ready.iter_mut().filter(|e| e.message.is_none()) {
-                match by_offset.remove(&e.offset) {
-                    Some(Some(m)) => {
-                        e.message = Some(m);
-                        e.set_paging(false);
-                        gained += e.size();
-                        filled += 1;
-                    }
-                    Some(None) => lost.push(e.offset),
-                    None => break,
-                }
-            }
-            if !lost.is_empty() {
-                // Unreadable (the store logged why): dropping beats serving a broken message.
-                tracing::error!(queue = %self.name, count = lost.len(), "paged-out messages could not be read back and are dropped");
-                l.ready
-                    .retain(|e| !(e.message.is_none() && lost.contains(&e.offset)));
+        for _ in 0..batch {
+            let Some(p) = st.levels.get_mut(level).and_then(Level::pop_paged) else {
+                break;
+            };
+            let body = match st.untrack_paged(&p) {
+                Some(m) => Some((m, None)),
+                None => by_offset.remove(&p.offset),
+            };
+            let Some((message, deadline)) = body else {
+                lost.push(p);
+                continue;
+            };
+            // A stored deadline (restored message) wins; otherwise the TTL counts from when
+            // the message entered the queue, as if it had never left memory.
+            let expires_at = match deadline {
+                Some(d) => now.saturating_add(d.saturating_sub(unix_now)),
+                None => self.expiry_for(&message, enqueued_ms(now, p.enqueued_at)).0,
+            };
+            let e = Entry::new(
+                p.offset,
+                message,
+                p.redelivered(),
+                expires_at,
+                p.enqueued_at,
+            );
+            st.added(&e);
+            if let Some(l) = st.level_mut(level) {
+                l.ready.push_back(e);
             }
         }
-        st.mem_bytes += gained;
-        st.paged = st.paged.saturating_sub(filled + lost.len());
-        st.ready_count = st.ready_count.saturating_sub(lost.len());
-        lost.retain(|o| !spilled.contains(o));
-        self.store_ack(lost);
+        if !lost.is_empty() {
+            // Unreadable (the store logged why): dropping beats serving a broken message.
+            tracing::error!(queue = %self.name, count = lost.len(), "paged-out messages could not be read back and are dropped");
+        }
+        let lost_stored = lost
+            .iter()
+            .filter(|p| !p.paging())
+            .map(|p| p.offset)
+            .collect();
+        self.store_ack(lost_stored);
         self.paging_release(st, spilled);
-        st.levels
-            .get(level)
-            .and_then(|l| l.ready.front())
-            .is_some_and(|e| e.message.is_some())
+        match st.levels.get(level).and_then(Level::head) {
+            Some(h) => {
+                self.lower_next_expiry(h.expires_at);
+                true
+            }
+            None => false,
+        }
     }
 
     /// drop-head: removes (dead-letters) messages from the head while over a length limit.
@@ -1081,16 +1358,26 @@ impl Queue {
             if self.config.dead_letter_exchange.is_some() && !self.ensure_head_loaded(st) {
                 break;
             }
-            let Some((e, level)) = st.pop() else { break };
+            if let Some((e, level)) = st.pop() {
+                self.after_pop(st, level);
+                if self.entry_stored(&e) {
+                    dropped.push(e.offset);
+                }
+                if let Some(m) = e.message {
+                    self.dead_letter(dead, m, DeathReason::MaxLen);
+                }
+                continue;
+            }
+            // Only a paged tail is left at the head (no dead-letter exchange: no body needed).
+            let Some(level) = st.highest_level() else {
+                break;
+            };
+            let Some(p) = st.level_mut(level).and_then(Level::pop_paged) else {
+                break;
+            };
+            let held = st.untrack_paged(&p);
+            self.paged_left(&p, held.is_some(), &mut dropped, &mut spilled);
             self.after_pop(st, level);
-            if self.entry_stored(&e) {
-                dropped.push(e.offset);
-            } else if e.paging() {
-                spilled.push(e.offset);
-            }
-            if let Some(m) = e.message {
-                self.dead_letter(dead, m, DeathReason::MaxLen);
-            }
         }
         self.store_ack(dropped);
         self.paging_release(st, spilled);
@@ -1105,8 +1392,8 @@ impl Queue {
 
     /// A head was taken from `level`: the new head may expire earlier than the bound says.
     fn after_pop(&self, st: &QueueState, level: usize) {
-        if let Some(h) = st.levels.get(level).and_then(Level::head) {
-            self.lower_next_expiry(h.expires_at);
+        if let Some(l) = st.levels.get(level) {
+            self.lower_next_expiry(self.head_bound(l));
         }
     }
 
@@ -1519,13 +1806,21 @@ impl Queue {
         if self.store.get().is_some() {
             // Unacked deliveries stay in the store (they may still be requeued), so the ready
             // ones are acked one by one rather than purging the store's queue.
-            let stored: Vec<u64> = st
+            let mut stored: Vec<u64> = st
                 .levels
                 .iter()
                 .flat_map(|l| l.requeued.values().chain(l.ready.iter()))
-                .filter(|e| !e.paging() && e.message.as_ref().is_none_or(|m| m.is_persistent()))
+                .filter(|e| self.entry_stored(e))
                 .map(|e| e.offset)
                 .collect();
+            // Paged entries neither in the paging store nor held are in the durable one.
+            stored.extend(
+                st.levels
+                    .iter()
+                    .flat_map(|l| l.paged.iter())
+                    .filter(|p| !p.paging() && !st.held.contains_key(&p.offset))
+                    .map(|p| p.offset),
+            );
             self.store_ack(stored);
         }
         // Unacked deliveries hold their bodies in memory, so every paging record is a ready one.
@@ -1628,19 +1923,23 @@ impl Queue {
 
 /// Reads messages back from a store thread (one round trip), in the order asked; `None` for
 /// one that is gone or whose properties no longer decode.
+/// A message read back from a store, with the expiry deadline (Unix ms) stored with it.
+type ReadBack = (Arc<Message>, Option<u64>);
+
+/// With each message, the expiry deadline (Unix ms) stored with it, if any.
 fn read_back(
     handle: &StoreHandle,
     id: pier_store::QueueId,
     offsets: Vec<u64>,
-) -> pier_store::Result<Vec<Option<Arc<Message>>>> {
+) -> pier_store::Result<Vec<Option<ReadBack>>> {
     handle.call(move |s| {
         offsets
             .iter()
             .map(|&o| {
                 s.read(id, o)
                     .ok()
-                    .and_then(crate::persist::from_stored)
-                    .map(Arc::new)
+                    .and_then(crate::persist::from_stored_expiring)
+                    .map(|(m, d)| (Arc::new(m), d))
             })
             .collect()
     })
@@ -1666,11 +1965,56 @@ mod entry_tests {
         ));
         let e = Entry::new(7, Arc::clone(&m), true, NEVER, 42);
         assert_eq!((e.size(), e.redelivered(), e.enqueued_at), (5, true, 42));
-        let mut e = Entry::new(7, m, false, NEVER, 0);
-        assert_eq!((e.size(), e.redelivered(), e.paging()), (5, false, false));
-        e.set_paging(true);
-        assert_eq!((e.size(), e.redelivered(), e.paging()), (5, false, true));
-        e.set_paging(false);
-        assert_eq!((e.size(), e.paging()), (5, false));
+        let e = Entry::new(7, m, false, NEVER, 0);
+        assert_eq!((e.size(), e.redelivered()), (5, false));
+    }
+
+    #[test]
+    fn paged_entry_is_16_bytes_and_packs_its_flags() {
+        // A paged-out message costs this in the queue plus the store's 20-byte index entry.
+        assert_eq!(std::mem::size_of::<PagedEntry>(), 16);
+        for kind in [
+            PagedExpiry::Never,
+            PagedExpiry::QueueTtl,
+            PagedExpiry::Other,
+        ] {
+            let p = PagedEntry::new(u64::MAX, 1 << 40, true, false, kind, 9);
+            assert_eq!(
+                (p.offset, p.size(), p.redelivered(), p.paging(), p.expiry()),
+                (u64::MAX, u64::from(P_SIZE_MASK), true, false, kind)
+            );
+            let p = PagedEntry::new(3, 1024, false, true, kind, 9);
+            assert_eq!(
+                (
+                    p.size(),
+                    p.redelivered(),
+                    p.paging(),
+                    p.expiry(),
+                    p.enqueued_at
+                ),
+                (1024, false, true, kind, 9)
+            );
+        }
+    }
+
+    /// The figure docs/storage.md quotes: heap bytes per paged-out message in a queue's tail
+    /// (capacity, not length: what the allocator gave), for 1M messages.
+    #[test]
+    fn paged_tail_heap_bytes_per_message() {
+        let mut st = QueueState {
+            levels: vec![Level::default()],
+            ..QueueState::default()
+        };
+        let n = 1_000_000u64;
+        for o in 0..n {
+            let p = PagedEntry::new(o, 1024, false, false, PagedExpiry::Never, 0);
+            st.push_paged(0, p, None);
+        }
+        assert_eq!((st.ready_count, st.paged), (n as usize, n as usize));
+        assert_eq!(st.ready_bytes, n * 1024);
+        let heap = st.levels[0].paged.capacity() * std::mem::size_of::<PagedEntry>();
+        let per = heap as f64 / n as f64;
+        println!("queue tail: {n} paged entries, {heap} heap bytes, {per:.1} bytes/message");
+        assert!(per < 17.0, "{per}");
     }
 }

@@ -394,3 +394,254 @@ fn restored_messages_keep_their_stored_deadline() {
     );
     thread.shutdown().unwrap();
 }
+
+// ---- the compact paged tail (`PagedEntry`) ----
+
+/// The number a test body starts with.
+fn number(m: &Message) -> u32 {
+    std::str::from_utf8(&m.body[..8]).unwrap().parse().unwrap()
+}
+
+/// Takes every ready message with basic.get (no ack); their numbers in delivery order.
+fn get_all(q: &Arc<Queue>) -> Vec<u32> {
+    let mut out = Vec::new();
+    while let Some((d, _)) = q.get(false) {
+        assert_eq!(
+            d.message.body,
+            body(number(&d.message), d.message.body.len())
+        );
+        out.push(number(&d.message));
+    }
+    out
+}
+
+fn with_props(i: u32, len: usize, properties: BasicProperties) -> Arc<Message> {
+    Arc::new(Message::from_properties(
+        ShortString::from(""),
+        ShortString::from("q"),
+        properties,
+        body(i, len),
+    ))
+}
+
+fn stored_queue(
+    args: FieldTable,
+    paging: &StoreHandle,
+    store: &StoreHandle,
+) -> (Arc<Queue>, Arc<Clock>, QueueId) {
+    let id = store.call(|s| s.open_queue("q")).unwrap().unwrap();
+    let (q, clock) = queue_with_clock(true, args, paging);
+    q.attach_store(QueueStore {
+        handle: store.clone(),
+        id,
+    });
+    (q, clock, id)
+}
+
+fn stored_live(store: &StoreHandle, id: QueueId) -> usize {
+    store
+        .call(move |s| s.live_messages(id).unwrap().len())
+        .unwrap()
+}
+
+#[test]
+fn fifo_holds_across_the_paged_tail_with_requeues_and_late_arrivals() {
+    let (thread, paging) = paging_thread();
+    let q = queue(false, FieldTable::new(), &paging);
+    let n = 6_000u32;
+    fill(&q, n);
+    assert!(q.stats().paged_out > 3_000);
+    // Take 100, requeue every other one: they go back before everything else.
+    let taken: Vec<_> = (0..100).map(|_| q.get(true).unwrap().0).collect();
+    let back: Vec<_> = taken
+        .iter()
+        .filter(|d| d.offset % 2 == 0)
+        .map(|d| {
+            (
+                crate::consumer::Settled {
+                    offset: d.offset,
+                    enqueued_at: d.enqueued_at,
+                },
+                Arc::clone(&d.message),
+            )
+        })
+        .collect();
+    q.requeue(None, back);
+    // Late arrivals queue up behind the paged tail even though memory has room now.
+    for i in n..n + 100 {
+        q.publish(message(i, size_of(i), false));
+    }
+    let got = get_all(&q);
+    let expected: Vec<u32> = (0..100)
+        .filter(|i| i % 2 == 0)
+        .chain(100..n + 100)
+        .collect();
+    assert_eq!(got, expected);
+    let stats = q.stats();
+    assert_eq!((stats.ready, stats.paged_out, stats.ready_bytes), (0, 0, 0));
+    assert_eq!(stats.memory_bytes, 0);
+    assert_eq!(paging_live(&paging), 0);
+    thread.shutdown().unwrap();
+}
+
+#[test]
+fn priority_levels_each_keep_their_own_paged_tail() {
+    let (thread, paging) = paging_thread();
+    let mut args = FieldTable::new();
+    args.insert("x-max-priority", FieldValue::ShortShortUInt(2));
+    let q = queue(false, args, &paging);
+    let prio = |i: u32| (i % 3) as u8;
+    let n = 6_000u32;
+    for i in 0..n {
+        let props = BasicProperties {
+            priority: Some(prio(i)),
+            ..BasicProperties::default()
+        };
+        q.publish(with_props(i, size_of(i), props));
+    }
+    assert!(q.stats().paged_out > 3_000, "{:?}", q.stats());
+    let got = get_all(&q);
+    let expected: Vec<u32> = (0..3)
+        .rev()
+        .flat_map(|p| (0..n).filter(move |&i| prio(i) == p))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(paging_live(&paging), 0);
+    thread.shutdown().unwrap();
+}
+
+#[test]
+fn paged_heads_expire_with_per_message_and_zero_ttls() {
+    let (thread, paging) = paging_thread();
+    let (q, clock) = queue_with_clock(false, FieldTable::new(), &paging);
+    let n = 6_000u32;
+    // Every other message has its own TTL (only its body knows it once paged out).
+    for i in 0..n {
+        let props = BasicProperties {
+            expiration: (i % 2 == 0).then(|| ShortString::from("60000")),
+            ..BasicProperties::default()
+        };
+        q.publish(with_props(i, size_of(i), props));
+    }
+    assert!(q.stats().paged_out > 3_000);
+    // TTL 0 behind a paged tail: it cannot be delivered at once, so it is dropped.
+    let zero = BasicProperties {
+        expiration: Some(ShortString::from("0")),
+        ..BasicProperties::default()
+    };
+    q.publish(with_props(n, 1024, zero));
+    assert_eq!(q.stats().ready, u64::from(n));
+    paging.wait_durable().unwrap();
+    assert_eq!(paging_live(&paging), q.stats().paged_out);
+    clock.advance(std::time::Duration::from_secs(120));
+    // A tick expires the heads up to the first message without a TTL: message 1.
+    q.tick(clock.now_ms());
+    assert_eq!(q.stats().ready, u64::from(n - 1));
+    let got = get_all(&q);
+    // Expiry happens at the head only (as in RabbitMQ), so an expired message behind a live
+    // one is dropped when it reaches the head: only the odd ones are delivered.
+    assert_eq!(got, (0..n).filter(|i| i % 2 == 1).collect::<Vec<_>>());
+    assert_eq!(paging_live(&paging), 0);
+    thread.shutdown().unwrap();
+}
+
+#[test]
+fn queue_ttl_expires_a_durable_paged_tail_and_acks_the_store() {
+    let (pthread, paging) = paging_thread();
+    let (sthread, store) = paging_thread();
+    let mut args = FieldTable::new();
+    args.insert("x-message-ttl", FieldValue::LongInt(1_000));
+    let (q, clock, id) = stored_queue(args, &paging, &store);
+    let n = 6_000u32;
+    for i in 0..n {
+        q.publish(message(i, size_of(i), true));
+    }
+    assert!(q.stats().paged_out > 3_000);
+    clock.advance(std::time::Duration::from_secs(2));
+    q.tick(clock.now_ms());
+    let stats = q.stats();
+    assert_eq!(
+        (stats.ready, stats.paged_out, stats.memory_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(stored_live(&store, id), 0);
+    pthread.shutdown().unwrap();
+    sthread.shutdown().unwrap();
+}
+
+#[test]
+fn drop_head_and_purge_with_a_durable_paged_tail() {
+    let (pthread, paging) = paging_thread();
+    let (sthread, store) = paging_thread();
+    let mut args = FieldTable::new();
+    args.insert("x-max-length", FieldValue::LongInt(2_500));
+    args.insert(
+        "x-overflow",
+        FieldValue::LongString(LongString::from("drop-head")),
+    );
+    let (q, _clock, id) = stored_queue(args, &paging, &store);
+    let n = 6_000u32;
+    for i in 0..n {
+        q.publish(message(i, size_of(i), true));
+    }
+    let stats = q.stats();
+    assert_eq!(stats.ready, 2_500);
+    assert!(stats.paged_out > 0, "{stats:?}");
+    assert_eq!(stored_live(&store, id), 2_500);
+    let first = q.get(false).unwrap().0;
+    assert_eq!(number(&first.message), n - 2_500);
+    assert_eq!(q.purge(), 2_499);
+    let stats = q.stats();
+    assert_eq!(
+        (
+            stats.ready,
+            stats.paged_out,
+            stats.memory_bytes,
+            stats.ready_bytes
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(stored_live(&store, id), 0);
+    pthread.shutdown().unwrap();
+    sthread.shutdown().unwrap();
+}
+
+/// No paging store: transient messages that arrive behind a durable paged tail keep their
+/// bodies in memory but their place in the tail, so FIFO holds.
+#[test]
+fn transient_messages_behind_a_paged_tail_without_paging_store_keep_their_place() {
+    let (pthread, paging) = paging_thread();
+    pthread.shutdown().unwrap();
+    let (sthread, store) = paging_thread();
+    let (q, _clock, id) = stored_queue(FieldTable::new(), &paging, &store);
+    let n = 6_000u32;
+    let persistent = |i: u32| i < n || i % 2 == 0;
+    for i in 0..n + 20 {
+        q.publish(message(i, size_of(i), persistent(i)));
+    }
+    let stats = q.stats();
+    assert!(stats.paged_out > 3_000, "{stats:?}");
+    assert_eq!(stats.ready, u64::from(n + 20));
+    // The 10 held transient bodies count as memory.
+    let held: u64 = (n..n + 20)
+        .filter(|&i| !persistent(i))
+        .map(|i| size_of(i) as u64)
+        .sum();
+    assert!(stats.memory_bytes >= held, "{stats:?}");
+    let got = get_all(&q);
+    assert_eq!(got, (0..n + 20).collect::<Vec<_>>());
+    let stats = q.stats();
+    assert_eq!(
+        (stats.ready, stats.paged_out, stats.memory_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(stored_live(&store, id), 0);
+    // And the same with a purge instead of a drain.
+    for i in 0..n + 20 {
+        q.publish(message(i, size_of(i), persistent(i)));
+    }
+    assert_eq!(q.purge(), n + 20);
+    assert_eq!(stored_live(&store, id), 0);
+    assert_eq!(q.stats(), crate::queue::QueueStats::default());
+    sthread.shutdown().unwrap();
+}

@@ -1,7 +1,7 @@
 //! The in-memory index of one queue: where each live message sits on disk, in offset order.
 //!
 //! This is the only per-message memory the segment store keeps, so it is kept small: one
-//! 24-byte [`IndexEntry`] per message in a `VecDeque` (contiguous, no per-element allocation).
+//! 20-byte [`IndexEntry`] per message in a `VecDeque` (contiguous, no per-element allocation).
 //! Bodies stay on disk and are read back by (segment, position, length) in one `pread`.
 //!
 //! Acknowledgements usually arrive in FIFO order and pop entries off the front. An ack out of
@@ -11,8 +11,11 @@
 
 use std::collections::VecDeque;
 
-/// Where a message of a queue lives. 24 bytes (`u64` + 3 × `u32` + flags, 8-aligned).
+/// Where a message of a queue lives. 20 bytes: `u64` + 3 × `u32`, packed to 4-byte alignment
+/// (a naturally aligned `u64` would pad it to 24), with the flags in the top bits of the length
+/// (records are at most [`MAX_RECORD_LEN`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
 pub struct IndexEntry {
     /// The queue's offset for this message (monotonic per queue).
     pub offset: u64,
@@ -20,36 +23,45 @@ pub struct IndexEntry {
     pub segment: u32,
     /// Byte position of the record in the segment (segments are at most 4 GiB).
     pub position: u32,
-    /// Whole record length, header included, so a read is a single `pread`.
-    pub len: u32,
-    flags: u8,
+    /// Whole record length (header included, so a read is a single `pread`) in the low 30
+    /// bits; the acked and redelivered flags above.
+    len_flags: u32,
 }
 
-const ACKED: u8 = 1;
-const REDELIVERED: u8 = 2;
+/// The largest record an index entry can describe; the store refuses larger ones
+/// (`StoreConfig::max_record_size` is clamped to it).
+pub const MAX_RECORD_LEN: u32 = (1 << 30) - 1;
+const ACKED: u32 = 1 << 31;
+const REDELIVERED: u32 = 1 << 30;
 
 impl IndexEntry {
+    /// `len` must be at most [`MAX_RECORD_LEN`] (the store never writes longer records).
     pub fn new(offset: u64, segment: u32, position: u32, len: u32) -> Self {
+        debug_assert!(len <= MAX_RECORD_LEN);
         IndexEntry {
             offset,
             segment,
             position,
-            len,
-            flags: 0,
+            len_flags: len & MAX_RECORD_LEN,
         }
     }
 
+    /// Whole record length, header included.
+    pub fn record_len(&self) -> u32 {
+        self.len_flags & MAX_RECORD_LEN
+    }
+
     pub fn is_acked(&self) -> bool {
-        self.flags & ACKED != 0
+        self.len_flags & ACKED != 0
     }
 
     /// Recovered from disk with an offset at or below the queue's delivered mark.
     pub fn is_redelivered(&self) -> bool {
-        self.flags & REDELIVERED != 0
+        self.len_flags & REDELIVERED != 0
     }
 
     pub(crate) fn set_redelivered(&mut self) {
-        self.flags |= REDELIVERED;
+        self.len_flags |= REDELIVERED;
     }
 }
 
@@ -101,7 +113,7 @@ impl QueueIndex {
         }
         match self
             .entries
-            .binary_search_by_key(&entry.offset, |e| e.offset)
+            .binary_search_by_key(&{ entry.offset }, |e| e.offset)
         {
             Ok(_) => false,
             Err(at) => {
@@ -133,13 +145,13 @@ impl QueueIndex {
         if e.is_acked() {
             return None;
         }
-        e.flags |= ACKED;
+        e.len_flags |= ACKED;
         let taken = *e;
         self.live -= 1;
         while self.entries.front().is_some_and(IndexEntry::is_acked) {
             self.entries.pop_front();
         }
-        // A drained deque keeps its capacity (240 MB after 10M messages) unless told otherwise;
+        // A drained deque keeps its capacity (200 MB after 10M messages) unless told otherwise;
         // shrinking below a quarter full is O(1) amortised per ack.
         if self.entries.capacity() > 1024 && self.entries.len() < self.entries.capacity() / 4 {
             self.entries.shrink_to((self.entries.len() * 2).max(1024));
@@ -216,9 +228,22 @@ mod tests {
     }
 
     #[test]
-    fn entry_is_24_bytes() {
+    fn entry_is_20_bytes() {
         // The figure docs/storage.md quotes; a field added here must be paid for.
-        assert_eq!(std::mem::size_of::<IndexEntry>(), 24);
+        assert_eq!(std::mem::size_of::<IndexEntry>(), 20);
+    }
+
+    #[test]
+    fn flags_do_not_touch_the_length() {
+        let mut x = IndexEntry::new(u64::MAX - 1, 7, u32::MAX, MAX_RECORD_LEN);
+        x.set_redelivered();
+        x.len_flags |= ACKED;
+        assert_eq!(
+            (x.record_len(), x.is_acked(), x.is_redelivered()),
+            (MAX_RECORD_LEN, true, true)
+        );
+        let (o, s, p) = (x.offset, x.segment, x.position);
+        assert_eq!((o, s, p), (u64::MAX - 1, 7, u32::MAX));
     }
 
     #[test]
@@ -249,7 +274,7 @@ mod tests {
         assert!(q.ack(0).is_some());
         assert!(q.ack(1).is_some());
         assert_eq!(q.len(), 7);
-        assert_eq!(q.entries.front().unwrap().offset, 2);
+        assert_eq!({ q.entries.front().unwrap().offset }, 2);
         assert!(q.ack(100).is_none());
         assert_eq!(
             q.iter().map(|e| e.offset).collect::<Vec<_>>(),

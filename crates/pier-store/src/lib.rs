@@ -14,7 +14,7 @@
 //!  data/definitions.redb                  vhosts, users, permissions, exchanges, queues,
 //!                                         bindings, policies (redb, one txn per change)
 //!
-//!  memory: per message one 24-byte IndexEntry { offset, segment, position, len, flags }
+//!  memory: per message one 20-byte IndexEntry { offset, segment, position, len+flags }
 //! ```
 //!
 //! * [`MessageStore`]: the trait (append → readable seq; commit → durable seq; ack; read;

@@ -171,7 +171,9 @@ impl SegmentStore {
     pub fn open(dir: impl AsRef<Path>, mut config: StoreConfig) -> Result<SegmentStore> {
         let started = Instant::now();
         config.segment_size = config.segment_size.clamp(64 << 10, 1 << 30);
-        config.max_record_size = config.max_record_size.clamp(1 << 10, 1 << 30);
+        config.max_record_size = config
+            .max_record_size
+            .clamp(1 << 10, crate::index::MAX_RECORD_LEN);
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
         let registry = Registry::open(&dir)?;
@@ -640,7 +642,7 @@ impl SegmentStore {
     }
 
     fn read_entry(&mut self, e: IndexEntry) -> Result<StoredMessage> {
-        let len = e.len as usize;
+        let len = e.record_len() as usize;
         let raw: Bytes = if e.segment == self.active.id
             && u64::from(e.position) >= self.active.written
         {

@@ -22,8 +22,8 @@ fn msg(size: usize) -> StoredMessage {
 }
 
 #[test]
-fn index_entry_is_24_bytes_and_1m_entries_cost_under_40_bytes_each() {
-    assert_eq!(std::mem::size_of::<IndexEntry>(), 24);
+fn index_entry_is_20_bytes_and_1m_entries_cost_under_40_bytes_each() {
+    assert_eq!(std::mem::size_of::<IndexEntry>(), 20);
     let mut q = QueueIndex::new();
     for i in 0..1_000_000u64 {
         q.push(IndexEntry::new(

@@ -95,7 +95,7 @@ fn damage(dir: &Path, c: &Case) -> Option<Hit> {
 fn overlaps(e: &IndexEntry, ranges: &[(u64, u64)]) -> bool {
     let (s, t) = (
         u64::from(e.position),
-        u64::from(e.position) + u64::from(e.len),
+        u64::from(e.position) + u64::from(e.record_len()),
     );
     ranges.iter().any(|&(a, b)| a < t && s < b)
 }
