@@ -8,6 +8,9 @@
 //!     └──────────── on_done(ok) once every append is durable ◄──────────────┘  group commit)
 //! ```
 //!
+//! A message for several durable queues goes through `fanout::publish_to_queues` instead: one
+//! append (one record, a reference per queue), so the token waits for one record.
+//!
 //! Only persistent messages (delivery_mode 2) in durable queues are stored; everything else
 //! stays in memory, as in RabbitMQ, unless a long queue pages it out to the node's scratch
 //! paging store (never recovered; see `Queue::page_out_newest`).
@@ -15,7 +18,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pier_store::{DefinitionsStore, QueueId, StoreHandle, StoredMessage};
+use pier_store::{DefinitionsStore, QueueId, QueueRef, StoreHandle, StoredMessage};
 
 use crate::message::Message;
 
@@ -89,11 +92,6 @@ impl PublishDurability {
         self.complete(true);
     }
 
-    /// Marks the publish as failed (a store refused an append outright).
-    pub(crate) fn fail(&self) {
-        self.ok.store(false, Ordering::Release);
-    }
-
     fn complete(&self, ok: bool) {
         if !ok {
             self.ok.store(false, Ordering::Release);
@@ -109,6 +107,28 @@ impl PublishDurability {
             }
         }
     }
+}
+
+/// Sends one append (one record, `refs.len()` queue references) and makes `durability` wait
+/// for it; a store that refuses it outright fails the publish (the publisher gets a nack) and
+/// the error is returned for the caller to log.
+pub(crate) fn append_durable(
+    handle: &StoreHandle,
+    refs: Vec<QueueRef>,
+    copy: StoredMessage,
+    durability: Option<&Arc<PublishDurability>>,
+) -> pier_store::Result<()> {
+    let sent = match durability {
+        Some(d) => handle.append(refs, copy, d.add()),
+        None => handle.append(refs, copy, |_| {}),
+    };
+    if sent.is_err() {
+        if let Some(d) = durability {
+            // The refused command took its callback with it: give back the token it held.
+            d.complete(false);
+        }
+    }
+    sent
 }
 
 pub(crate) fn to_stored(m: &Message) -> StoredMessage {

@@ -271,7 +271,7 @@ impl ConsumerSlot {
 }
 
 #[derive(Debug, Default)]
-struct QueueState {
+pub(crate) struct QueueState {
     next_offset: u64,
     /// One level, or `max_priority + 1` for a priority queue (index = priority).
     levels: Vec<Level>,
@@ -653,7 +653,7 @@ impl Queue {
 
     /// A poisoned lock means a panic elsewhere mid-update; the state itself is still consistent
     /// enough to serve (every mutation is a few plain field writes), so keep going.
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -858,7 +858,7 @@ impl Queue {
     }
 
     /// Hands dead letters to the vhost, outside the queue lock.
-    fn route_dead_letters(self: &Arc<Self>, dead: Vec<DeadLetter>) {
+    pub(crate) fn route_dead_letters(self: &Arc<Self>, dead: Vec<DeadLetter>) {
         if dead.is_empty() {
             return;
         }
@@ -896,10 +896,43 @@ impl Queue {
         durability: Option<&Arc<PublishDurability>>,
     ) -> Published {
         let mut st = self.lock();
-        if st.deleted {
-            return Published::Gone;
-        }
         let now = self.clock.now_ms();
+        let offset = match self.admit(&mut st, &message, dead) {
+            Ok(offset) => offset,
+            Err(refused) => return refused,
+        };
+        let (expires_at, ttl) = self.expiry_for(&message, now);
+        if self.is_stored(&message) {
+            if let Some(s) = self.store.get() {
+                let refs = vec![pier_store::QueueRef {
+                    queue: s.id,
+                    offset,
+                }];
+                // With a TTL the deadline is stored too, so that recovery keeps it.
+                let deadline = ttl.map(|t| crate::persist::unix_ms().saturating_add(t));
+                let copy = to_stored_expiring(&message, deadline);
+                // Appended under the lock: the store needs a queue's offsets in order, and
+                // must see the append before any ack of this message.
+                if let Err(e) = crate::persist::append_durable(&s.handle, refs, copy, durability) {
+                    tracing::error!(queue = %self.name, vhost = %self.vhost, "store append failed: {e}");
+                }
+            }
+        }
+        self.enqueue_locked(&mut st, message, offset, now, (expires_at, ttl), dead);
+        Published::Accepted
+    }
+
+    /// The first half of a publish, under the lock: refuses it (deleted queue, `x-overflow`
+    /// reject-publish) or takes the message's offset. Nothing is enqueued yet.
+    pub(crate) fn admit(
+        &self,
+        st: &mut QueueState,
+        message: &Arc<Message>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<u64, Published> {
+        if st.deleted {
+            return Err(Published::Gone);
+        }
         let size = message.body_size() as u64;
         if self.config.overflow != Overflow::DropHead {
             let too_many = self
@@ -912,49 +945,51 @@ impl Queue {
                 .is_some_and(|m| st.ready_bytes + size > m);
             if too_many || too_big {
                 if self.config.overflow == Overflow::RejectPublishDlx {
-                    self.dead_letter(dead, message, DeathReason::MaxLen);
+                    self.dead_letter(dead, Arc::clone(message), DeathReason::MaxLen);
                 }
-                return Published::Rejected;
+                return Err(Published::Rejected);
             }
         }
-        let (expires_at, ttl) = self.expiry_for(&message, now);
-        let level = self.level_of(&message);
         let offset = st.next_offset;
         st.next_offset += 1;
         crate::counters::QueueCounters::add(&self.counters.published, 1);
-        if self.is_stored(&message) {
-            if let Some(s) = self.store.get() {
-                let refs = vec![pier_store::QueueRef {
-                    queue: s.id,
-                    offset,
-                }];
-                // With a TTL the deadline is stored too, so that recovery keeps it.
-                let deadline = ttl.map(|t| crate::persist::unix_ms().saturating_add(t));
-                let copy = to_stored_expiring(&message, deadline);
-                // Appended under the lock: the store needs a queue's offsets in order, and
-                // must see the append before any ack of this message.
-                let sent = match durability {
-                    Some(d) => s.handle.append(refs, copy, d.add()),
-                    None => s.handle.append(refs, copy, |_| {}),
-                };
-                if let Err(e) = sent {
-                    tracing::error!(queue = %self.name, vhost = %self.vhost, "store append failed: {e}");
-                    if let Some(d) = durability {
-                        d.fail();
-                    }
-                }
-            }
-        }
+        Ok(offset)
+    }
+
+    /// The broker clock's now (ms), as this queue sees it.
+    pub(crate) fn clock_now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether a publish of `message` here can share one store record with other queues: it
+    /// is stored, and without a TTL (the stored copy of an expiring message carries this
+    /// queue's own deadline).
+    pub(crate) fn shares_record(&self, message: &Message) -> bool {
+        self.is_stored(message) && self.expiry_for(message, 0).1.is_none()
+    }
+
+    /// The second half of a publish, under the same lock hold as `admit` (and after the store
+    /// append, if any): enqueues the message at `offset` and delivers what consumers can take.
+    pub(crate) fn enqueue_locked(
+        self: &Arc<Self>,
+        st: &mut QueueState,
+        message: Arc<Message>,
+        offset: u64,
+        now: u64,
+        (expires_at, ttl): (u64, Option<u64>),
+        dead: &mut Vec<DeadLetter>,
+    ) {
+        let level = self.level_of(&message);
         let stored = self.is_stored(&message);
         let Some(l) = st.levels.get(level) else {
-            return Published::Gone;
+            return;
         };
         let becomes_head = l.is_empty();
         let ttl0 = (ttl == Some(0)).then(|| Arc::clone(&message));
         if !l.paged.is_empty() {
             // Older messages of this level are paged out: FIFO puts this one behind them.
             let size = message.body_size() as u64;
-            let (paging, held) = match self.write_out(&mut st, offset, &message, stored, now) {
+            let (paging, held) = match self.write_out(st, offset, &message, stored, now) {
                 Some(paging) => (paging, None),
                 None => (false, Some(message)),
             };
@@ -965,23 +1000,22 @@ impl Queue {
             let entry = Entry::new(offset, message, false, expires_at, stamp(now));
             st.added(&entry);
             let Some(l) = st.level_mut(level) else {
-                return Published::Gone;
+                return;
             };
             l.ready.push_back(entry);
             if becomes_head {
                 self.lower_next_expiry(expires_at);
             }
         }
-        self.dispatch_locked(&mut st, now, dead);
+        self.dispatch_locked(st, now, dead);
         if let Some(message) = ttl0 {
             // TTL 0: delivered right now or never.
-            self.expire_newest(&mut st, level, offset, message, dead);
+            self.expire_newest(st, level, offset, message, dead);
         }
-        self.drop_over_limit(&mut st, dead);
+        self.drop_over_limit(st, dead);
         if st.mem_bytes > PAGE_OUT_BYTES {
-            self.page_out_newest(&mut st, level, offset, stored, now);
+            self.page_out_newest(st, level, offset, stored, now);
         }
-        Published::Accepted
     }
 
     /// A TTL-0 message that was not delivered at once is dropped (dead-lettered), wherever it

@@ -573,11 +573,7 @@ pub(crate) fn delayed_stored(
         queue: s.delayed.id,
         offset,
     }];
-    let sent = match durability {
-        Some(d) => s.messages.append(refs, to_stored(&copy), d.add()),
-        None => s.messages.append(refs, to_stored(&copy), |_| {}),
-    };
-    match sent {
+    match crate::persist::append_durable(&s.messages, refs, to_stored(&copy), durability) {
         Ok(()) => Some(offset),
         Err(e) => {
             tracing::error!("storing a delayed message failed: {e}");

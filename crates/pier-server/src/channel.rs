@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pier_broker::{
     names, parse_expiration, persist::PublishDurability, Access, ChannelCredit, ConsumerId,
-    ConsumerSpec, ExchangeDeclare, Message, ObjectKind, Published, Queue, QueueDeclare,
+    ConsumerSpec, ExchangeDeclare, Message, ObjectKind, Queue, QueueDeclare,
 };
 use pier_wire::{
     reply_code as rc, BasicCancelOk, BasicGetEmpty, BasicPublish, BasicQosOk, BasicRecoverOk,
@@ -725,18 +725,10 @@ impl Connection {
         }
         // BCC routed the message; it is not delivered with it.
         let message = Message::without_bcc(message);
-        let mut delivered = false;
-        let mut rejected = false;
-        for q in queues.drain(..) {
-            match q.publish_durable(Arc::clone(&message), durability.as_ref()) {
-                Published::Accepted => delivered = true,
-                Published::Rejected => {
-                    delivered = true;
-                    rejected = true;
-                }
-                Published::Gone => {}
-            }
-        }
+        // A persistent message for several durable queues is stored once for all of them.
+        let outcome = pier_broker::publish_to_queues(&mut queues, &message, durability.as_ref());
+        let (delivered, rejected) = (outcome.delivered, outcome.rejected);
+        queues.clear();
         self.route_buf = queues;
         if !delivered && mandatory {
             self.outbound

@@ -176,6 +176,11 @@ impl StoreHandle {
         rx.recv().map_err(|_| StoreError::Stopped)?
     }
 
+    /// Whether both handles send to the same store thread.
+    pub fn same_store(&self, other: &StoreHandle) -> bool {
+        Arc::ptr_eq(&self.durable, &other.durable)
+    }
+
     /// The durable watermark as last published by the store thread (lock-free).
     pub fn durable_seq(&self) -> Seq {
         Seq(self.durable.load(Ordering::Acquire))

@@ -141,3 +141,75 @@ fn fan_out_segment_lives_until_every_queue_acked() {
     s.commit().unwrap();
     assert_eq!(files_with(dir.path(), "seg").len(), 1);
 }
+
+/// One record per message for three queues (each with its own offsets): partial acks, a purge
+/// of one queue, a reopen; the segments go only when the last reference is acked.
+#[test]
+fn shared_records_partial_acks_purge_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let a = s.open_queue("a").unwrap();
+    let b = s.open_queue("b").unwrap();
+    let c = s.open_queue("c").unwrap();
+    for i in 0..3000u64 {
+        let refs = [
+            QueueRef {
+                queue: a,
+                offset: i,
+            },
+            QueueRef {
+                queue: b,
+                offset: 10 + 2 * i,
+            },
+            QueueRef {
+                queue: c,
+                offset: 10_000 + i,
+            },
+        ];
+        s.append(&refs, &message(i)).unwrap();
+    }
+    s.commit().unwrap();
+    let segs = files_with(dir.path(), "seg").len();
+    assert!(segs >= 4, "{segs} segments");
+    assert_eq!(s.stats().live_messages, 9000);
+    s.ack(a, &(0..1800).collect::<Vec<_>>()).unwrap();
+    assert_eq!(s.purge_queue(b).unwrap(), 3000);
+    s.commit().unwrap();
+    assert_eq!(
+        files_with(dir.path(), "seg").len(),
+        segs,
+        "c holds every record"
+    );
+    s.close().unwrap();
+    drop(s);
+
+    let mut s = open(dir.path());
+    let a = s.open_queue("a").unwrap();
+    let b = s.open_queue("b").unwrap();
+    let c = s.open_queue("c").unwrap();
+    let offsets = |s: &pier_store::SegmentStore, q| -> Vec<u64> {
+        s.live_messages(q)
+            .unwrap()
+            .iter()
+            .map(|m| m.offset)
+            .collect()
+    };
+    assert_eq!(offsets(&s, a), (1800..3000).collect::<Vec<_>>());
+    assert!(offsets(&s, b).is_empty());
+    assert_eq!(offsets(&s, c), (10_000..13_000).collect::<Vec<_>>());
+    assert_eq!(s.read(c, 12_100).unwrap(), message(2100));
+    assert_eq!(s.read(a, 2100).unwrap(), message(2100));
+    // c acks the first 1800: the segments holding only records a acked go.
+    s.ack(c, &(10_000..11_800).collect::<Vec<_>>()).unwrap();
+    s.commit().unwrap();
+    let left = files_with(dir.path(), "seg").len();
+    assert!(left < segs, "{left} of {segs}");
+    s.ack(a, &(1800..3000).collect::<Vec<_>>()).unwrap();
+    s.ack(c, &(11_800..13_000).collect::<Vec<_>>()).unwrap();
+    s.commit().unwrap();
+    assert_eq!(
+        files_with(dir.path(), "seg").len(),
+        1,
+        "only the active segment"
+    );
+}
