@@ -664,15 +664,23 @@ impl Connection {
             }
             _ => None,
         };
-        let durability = match confirm_seq {
-            Some(seq) if message.is_persistent() => {
+        // A persistent message takes connection credit until every stored copy is on disk
+        // (credit.rs); the same token holds its confirm back until then. Copies that are not
+        // stored (transient queues) settle when routing releases the token.
+        let durability = if message.is_persistent() {
+            let in_flight = self.credit.take(message.body.len() as u64);
+            let confirm = confirm_seq.map(|seq| {
                 self.outbound.confirm_wait(ch, seq);
-                let outbound = Arc::clone(&self.outbound);
-                Some(PublishDurability::new(move |ok| {
+                (Arc::clone(&self.outbound), seq)
+            });
+            Some(PublishDurability::new(move |ok| {
+                drop(in_flight);
+                if let Some((outbound, seq)) = confirm {
                     outbound.confirm_durable(ch, seq, ok);
-                }))
-            }
-            _ => None,
+                }
+            }))
+        } else {
+            None
         };
         if self.vhost.delay(&message, durability.as_ref()) {
             // Held by an x-delayed-message exchange. Like the plugin, it routes to nothing now,
