@@ -664,23 +664,15 @@ impl Connection {
             }
             _ => None,
         };
-        // A persistent message takes connection credit until every stored copy is on disk
-        // (credit.rs); the same token holds its confirm back until then. Copies that are not
-        // stored (transient queues) settle when routing releases the token.
-        let durability = if message.is_persistent() {
-            let in_flight = self.credit.take(message.body.len() as u64);
-            let confirm = confirm_seq.map(|seq| {
-                self.outbound.confirm_wait(ch, seq);
-                (Arc::clone(&self.outbound), seq)
-            });
-            Some(PublishDurability::new(move |ok| {
-                drop(in_flight);
-                if let Some((outbound, seq)) = confirm {
-                    outbound.confirm_durable(ch, seq, ok);
-                }
-            }))
-        } else {
-            None
+        // A persistent message takes connection credit (credit.rs) until every stored copy is
+        // on disk, through a durability token that also holds its confirm back until then.
+        // In confirm mode the token exists before routing (a delayed exchange stores the
+        // message instead of routing it); otherwise only once a storing queue is among the
+        // routes, so that persistent messages to transient queues cost nothing extra.
+        let persistent = message.is_persistent();
+        let mut durability = match confirm_seq {
+            Some(seq) if persistent => Some(self.durability_token(ch, Some(seq), &message)),
+            _ => None,
         };
         if self.vhost.delay(&message, durability.as_ref()) {
             // Held by an x-delayed-message exchange. Like the plugin, it routes to nothing now,
@@ -706,6 +698,9 @@ impl Connection {
             // The channel closes: its pending confirm is never answered, as in RabbitMQ.
             self.route_buf = queues;
             return Err(AmqpException::from(e).on_ids(60, 40));
+        }
+        if durability.is_none() && persistent && queues.iter().any(|q| q.store().is_some()) {
+            durability = Some(self.durability_token(ch, None, &message));
         }
         // BCC routed the message; it is not delivered with it.
         let message = Message::without_bcc(message);
@@ -734,6 +729,28 @@ impl Connection {
             self.outbound.confirm_nack(ch, seq);
         }
         Ok(())
+    }
+
+    /// The token a persistent publish hands to the queues that store it: it holds connection
+    /// credit until every stored copy is on disk (or routing released it), and in confirm
+    /// mode the publish's confirm.
+    fn durability_token(
+        &self,
+        ch: u16,
+        confirm_seq: Option<u64>,
+        message: &Message,
+    ) -> Arc<PublishDurability> {
+        let in_flight = self.credit.take(message.body.len() as u64);
+        let confirm = confirm_seq.map(|seq| {
+            self.outbound.confirm_wait(ch, seq);
+            (Arc::clone(&self.outbound), seq)
+        });
+        PublishDurability::new(move |ok| {
+            drop(in_flight);
+            if let Some((outbound, seq)) = confirm {
+                outbound.confirm_durable(ch, seq, ok);
+            }
+        })
     }
 
     /// Reports what each confirm-mode channel has routed since the last flush; the Outbound
