@@ -54,7 +54,7 @@ fn connection_json(st: &AppState, c: &ConnectionInfo) -> Value {
         "name": m.name,
         "node": st.node,
         "type": "network",
-        "state": "running",
+        "state": c.state.as_str(),
         "protocol": "AMQP 0-9-1",
         "user": m.user,
         "user_who_performed_action": m.user,

@@ -688,14 +688,14 @@ impl Connection {
             }
             _ => None,
         };
-        let durability = match confirm_seq {
-            Some(seq) if message.is_persistent() => {
-                self.outbound.confirm_wait(ch, seq);
-                let outbound = Arc::clone(&self.outbound);
-                Some(PublishDurability::new(move |ok| {
-                    outbound.confirm_durable(ch, seq, ok);
-                }))
-            }
+        // A persistent message takes connection credit (credit.rs) until every stored copy is
+        // on disk, through a durability token that also holds its confirm back until then.
+        // In confirm mode the token exists before routing (a delayed exchange stores the
+        // message instead of routing it); otherwise only once a storing queue is among the
+        // routes, so that persistent messages to transient queues cost nothing extra.
+        let persistent = message.is_persistent();
+        let mut durability = match confirm_seq {
+            Some(seq) if persistent => Some(self.durability_token(ch, Some(seq), &message)),
             _ => None,
         };
         if self.vhost.delay(&message, durability.as_ref()) {
@@ -723,6 +723,9 @@ impl Connection {
             self.route_buf = queues;
             return Err(AmqpException::from(e).on_ids(60, 40));
         }
+        if durability.is_none() && persistent && queues.iter().any(|q| q.store().is_some()) {
+            durability = Some(self.durability_token(ch, None, &message));
+        }
         // BCC routed the message; it is not delivered with it.
         let message = Message::without_bcc(message);
         // A persistent message for several durable queues is stored once for all of them.
@@ -742,6 +745,28 @@ impl Connection {
             self.outbound.confirm_nack(ch, seq);
         }
         Ok(())
+    }
+
+    /// The token a persistent publish hands to the queues that store it: it holds connection
+    /// credit until every stored copy is on disk (or routing released it), and in confirm
+    /// mode the publish's confirm.
+    fn durability_token(
+        &self,
+        ch: u16,
+        confirm_seq: Option<u64>,
+        message: &Message,
+    ) -> Arc<PublishDurability> {
+        let in_flight = self.credit.take(message.body.len() as u64);
+        let confirm = confirm_seq.map(|seq| {
+            self.outbound.confirm_wait(ch, seq);
+            (Arc::clone(&self.outbound), seq)
+        });
+        PublishDurability::new(move |ok| {
+            drop(in_flight);
+            if let Some((outbound, seq)) = confirm {
+                outbound.confirm_durable(ch, seq, ok);
+            }
+        })
     }
 
     /// Reports what each confirm-mode channel has routed since the last flush; the Outbound

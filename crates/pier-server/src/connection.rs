@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::AccessControl;
 use crate::channel::Channel;
 use crate::config::ServerConfig;
+use crate::credit::Credit;
 use crate::error::{AmqpException, ConnectionError};
 use crate::flow::FlowState;
 use crate::handshake::{ClientCapabilities, FrameReader, Negotiated};
@@ -62,6 +63,8 @@ pub(crate) struct Connection {
     pub(crate) access: AccessControl,
     /// Publisher blocking under resource alarms (flow.rs).
     pub(crate) flow: FlowState,
+    /// Persistent publishes not yet on disk (credit.rs); shared with the store's callbacks.
+    pub(crate) credit: Arc<Credit>,
     pub channels: HashMap<u16, Channel>,
     /// The server sent connection.close and waits for close-ok.
     closing: bool,
@@ -93,6 +96,7 @@ impl Connection {
             capabilities: n.capabilities,
             access: n.access,
             flow: FlowState::default(),
+            credit: Arc::default(),
             channels: HashMap::new(),
             closing: false,
             route_buf: Vec::new(),
@@ -167,6 +171,17 @@ impl Connection {
             // Resource alarm: a connection that just published stops being read (flow.rs).
             if !self.closing && self.must_block_publisher() {
                 if self.wait_while_blocked(&shutdown).await {
+                    self.begin_forced_close();
+                    close_deadline = Some(tokio::time::Instant::now() + self.config.close_timeout);
+                }
+                last_read = tokio::time::Instant::now();
+                continue;
+            }
+
+            // Per-connection credit: too much of this connection's work still on its way to
+            // the disk, so stop reading it until the store catches up (credit.rs).
+            if !self.closing && self.credit.exhausted() {
+                if self.wait_for_credit(&shutdown).await {
                     self.begin_forced_close();
                     close_deadline = Some(tokio::time::Instant::now() + self.config.close_timeout);
                 }

@@ -14,6 +14,7 @@ use pier_wire::{ConnectionBlocked, ConnectionUnblocked, Method, ShortString};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connection;
+use crate::registry::ConnectionState;
 
 /// What the blocking logic remembers about one connection.
 #[derive(Debug, Default)]
@@ -49,10 +50,12 @@ impl Connection {
                 }),
             );
         }
+        self.registered.set_state(ConnectionState::Blocked);
         let forced = tokio::select! {
             r = alarms.wait_for(|s| !s.any()) => r.is_err(),
             () = shutdown.cancelled() => true,
         };
+        self.registered.set_state(ConnectionState::Running);
         if notify {
             self.outbound
                 .send_method(0, &Method::ConnectionUnblocked(ConnectionUnblocked {}));
@@ -60,6 +63,22 @@ impl Connection {
         if !forced {
             tracing::info!(peer = %self.peer, user = %self.user.name, "connection unblocked");
         }
+        forced
+    }
+
+    /// Per-connection credit (credit.rs): no reads until this connection's persistent
+    /// publishes in flight to the disk fall below the low-water mark. Shown as "flow" in
+    /// management. True if the server began shutting down (or management closed the
+    /// connection) meanwhile. Unlike an alarm block, nothing is sent to the client.
+    pub(crate) async fn wait_for_credit(&mut self, shutdown: &CancellationToken) -> bool {
+        tracing::debug!(peer = %self.peer, "connection throttled: persistent publishes waiting for the disk");
+        self.registered.set_state(ConnectionState::Flow);
+        let credit = std::sync::Arc::clone(&self.credit);
+        let forced = tokio::select! {
+            () = credit.replenished() => false,
+            () = shutdown.cancelled() => true,
+        };
+        self.registered.set_state(ConnectionState::Running);
         forced
     }
 }

@@ -14,9 +14,13 @@ mod channel;
 mod coarse_clock;
 pub mod config;
 mod connection;
+mod credit;
 mod direct_reply;
 pub mod error;
 mod flow;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod outbound;
 pub mod registry;
@@ -37,7 +41,9 @@ use tokio_util::task::TaskTracker;
 
 pub use config::ServerConfig;
 pub use error::{AmqpException, ConnectionError};
-pub use registry::{ChannelInfo, ConnectionInfo, ConnectionMeta, Registry, RegistryTotals};
+pub use registry::{
+    ChannelInfo, ConnectionInfo, ConnectionMeta, ConnectionState, Registry, RegistryTotals,
+};
 
 use connection::{close_frame, next_connection_id, Connection};
 use handshake::FrameReader;
@@ -293,6 +299,31 @@ async fn handle_connection(
         cert_user,
     };
     serve_stream(rd, wr, conn, broker, registry, config, shutdown).await;
+}
+
+/// Testing and fuzzing seam: serves one AMQP connection on any byte stream (e.g.
+/// `tokio::io::duplex`) with the real handshake, reader loop and writer task, as if it had
+/// been accepted from 127.0.0.1 on the plain port. Returns when the connection has ended
+/// (deregistered, writer drained). Not part of the supported API: `run` is how a server is
+/// served; this exists so that `fuzzing.rs` and tests can drive a connection without sockets.
+#[doc(hidden)]
+pub async fn serve_connection<S>(
+    stream: S,
+    broker: Arc<Broker>,
+    registry: Arc<Registry>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let setup = ConnectionSetup {
+        peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        local: SocketAddr::from(([127, 0, 0, 1], 5672)),
+        deadline: tokio::time::Instant::now() + config.handshake_timeout,
+        cert_user: None,
+    };
+    serve_stream(rd, wr, setup, broker, registry, Arc::new(config), shutdown).await;
 }
 
 /// What the transport settled before AMQP starts.

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
@@ -72,7 +72,35 @@ pub(crate) struct ConnectionEntry {
     close_reason: Mutex<Option<String>>,
     /// The node's alarms (a publishing connection is blocked while one is set).
     pub alarms: Arc<Alarms>,
+    /// What the reader is doing: a `ConnectionState` as u8.
+    state: AtomicU8,
+    /// Coarse-clock ms until which the connection still reads as "flow" after credit came
+    /// back (RabbitMQ keeps showing `flow` for a moment too, so that polls can see it).
+    flow_until_ms: AtomicU64,
 }
+
+/// What a connection's reader is doing, as `/api/connections` reports it (RabbitMQ's words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    Running,
+    /// Throttled by per-connection credit (credit.rs): not read until the disk catches up.
+    Flow,
+    /// Blocked by a resource alarm (flow.rs).
+    Blocked,
+}
+
+impl ConnectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Running => "running",
+            ConnectionState::Flow => "flow",
+            ConnectionState::Blocked => "blocked",
+        }
+    }
+}
+
+/// How long a connection still reads as "flow" after it was last throttled.
+const FLOW_STATE_LINGER_MS: u64 = 1_000;
 
 impl ConnectionEntry {
     /// The token the connection's reader loop selects on.
@@ -95,6 +123,30 @@ impl ConnectionEntry {
             .recv_oct
             .fetch_add(bytes as u64, Ordering::Relaxed);
         self.counters.recv_cnt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records what the reader is doing now (for management).
+    pub fn set_state(&self, state: ConnectionState) {
+        if self.state.load(Ordering::Relaxed) == ConnectionState::Flow as u8
+            && state != ConnectionState::Flow
+        {
+            self.flow_until_ms.store(
+                crate::coarse_clock::now_ms() + FLOW_STATE_LINGER_MS,
+                Ordering::Relaxed,
+            );
+        }
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        match self.state.load(Ordering::Relaxed) {
+            s if s == ConnectionState::Flow as u8 => ConnectionState::Flow,
+            s if s == ConnectionState::Blocked as u8 => ConnectionState::Blocked,
+            _ if crate::coarse_clock::now_ms() < self.flow_until_ms.load(Ordering::Relaxed) => {
+                ConnectionState::Flow
+            }
+            _ => ConnectionState::Running,
+        }
     }
 
     #[inline]
@@ -124,6 +176,7 @@ impl ConnectionEntry {
             send_cnt: c.send_cnt.load(Ordering::Relaxed),
             messages_published: c.published.load(Ordering::Relaxed),
             send_pending_bytes: self.outbound.pending_bytes() as u64,
+            state: self.state(),
             channels: self.outbound.channel_snapshot(),
         }
     }
@@ -141,6 +194,8 @@ pub struct ConnectionInfo {
     pub messages_published: u64,
     /// Bytes queued for the socket, not yet written.
     pub send_pending_bytes: u64,
+    /// running, flow (credit) or blocked (alarm).
+    pub state: ConnectionState,
     pub channels: Vec<ChannelInfo>,
 }
 
@@ -219,6 +274,8 @@ impl Registry {
             close: shutdown.child_token(),
             close_reason: Mutex::new(None),
             alarms: Arc::clone(&self.alarms),
+            state: AtomicU8::new(ConnectionState::Running as u8),
+            flow_until_ms: AtomicU64::new(0),
         });
         self.write().insert(entry.meta.id, Arc::clone(&entry));
         self.opened.fetch_add(1, Ordering::Relaxed);
