@@ -52,6 +52,19 @@ fn listeners(st: &AppState) -> Value {
     Value::Array(out)
 }
 
+/// The HTTP contexts (RabbitMQ's web dispatch), both on the one management listener.
+fn contexts(st: &AppState) -> Value {
+    let Some(a) = st.http_addr else {
+        return json!([]);
+    };
+    // RabbitMQ gives the port as a string here.
+    let port = a.port().to_string();
+    json!([
+        {"node": st.node, "description": "RabbitMQ Management", "path": "/", "port": port, "ssl_opts": []},
+        {"node": st.node, "description": "RabbitMQ Prometheus", "path": "/", "port": port, "protocol": "'http/prometheus'", "ssl_opts": []},
+    ])
+}
+
 fn details(v: f64) -> Value {
     json!({ "rate": (v * 10.0).round() / 10.0 })
 }
@@ -89,6 +102,16 @@ pub async fn overview(
     let node_counters = crate::topology::node_message_counters(&st);
     let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
     let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
+    // Queue-total rates are node-wide: shown to those who see every vhost only.
+    let sees_all = vhosts.len() == st.broker.vhosts().len();
+    let lengths = st.sampler.gauge_rates(stats::NODE_KEY, &node_counters);
+    let length_rate = |i: usize| {
+        details(if sees_all {
+            lengths.get(i).copied().unwrap_or(0.0)
+        } else {
+            0.0
+        })
+    };
     Ok(json::ok(json!({
         "management_version": RABBITMQ_COMPAT_VERSION,
         "rates_mode": "basic",
@@ -97,7 +120,7 @@ pub async fn overview(
         "product_version": env!("CARGO_PKG_VERSION"),
         "product_name": "Pier",
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
-        "cluster_name": st.cluster_name,
+        "cluster_name": st.cluster_name(),
         "erlang_version": "n/a",
         "erlang_full_version": "n/a (Pier is written in Rust)",
         "disable_stats": false,
@@ -111,14 +134,21 @@ pub async fn overview(
         },
         "churn_rates": {
             "connection_created": totals.connections_opened,
+            "connection_created_details": rate(3),
             "connection_closed": totals.connections_closed,
+            "connection_closed_details": rate(4),
             "channel_created": totals.channels_opened,
+            "channel_created_details": rate(5),
             "channel_closed": totals.channels_closed,
+            "channel_closed_details": rate(6),
         },
         "queue_totals": {
             "messages": ready + unacked,
+            "messages_details": length_rate(7),
             "messages_ready": ready,
+            "messages_ready_details": length_rate(8),
             "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": length_rate(9),
         },
         "object_totals": {
             "channels": channels,
@@ -130,12 +160,12 @@ pub async fn overview(
         "statistics_db_event_queue": 0,
         "node": st.node,
         "listeners": listeners(&st),
-        "contexts": [],
+        "contexts": contexts(&st),
     })))
 }
 
 pub async fn cluster_name(State(st): State<AppState>) -> Response {
-    json::ok(json!({ "name": st.cluster_name }))
+    json::ok(json!({ "name": st.cluster_name() }))
 }
 
 /// Resident memory in bytes (Linux /proc), 0 elsewhere.
@@ -186,7 +216,7 @@ fn node_json(st: &AppState) -> Value {
         "sockets_used": st.registry.connection_count(),
         "partitions": [],
         "applications": [],
-        "contexts": [],
+        "contexts": contexts(st),
         "exchange_types": exchange_types(),
         "auth_mechanisms": [
             {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
