@@ -141,6 +141,8 @@ pub async fn parameter(
 pub async fn put_parameter(
     Extension(user): Extension<AuthUser>,
     Path((component, _vhost, _name)): Path<(String, String, String)>,
+    // Read so that the connection stays usable (an unread body makes hyper close it).
+    _body: Bytes,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
     Err(ApiError::bad_request(format!(
@@ -262,6 +264,8 @@ pub async fn operator_policy(
 pub async fn put_operator_policy(
     Extension(user): Extension<AuthUser>,
     Path(_path): Path<(String, String)>,
+    // Read so that the connection stays usable (an unread body makes hyper close it).
+    _body: Bytes,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
     Err(ApiError::bad_request(
@@ -415,6 +419,8 @@ pub async fn one_user_limits(
 pub async fn put_user_limit(
     Extension(user): Extension<AuthUser>,
     Path(_path): Path<(String, String)>,
+    // Read so that the connection stays usable (an unread body makes hyper close it).
+    _body: Bytes,
 ) -> ApiResult<Response> {
     user.require_admin()?;
     Err(ApiError::bad_request(
@@ -532,6 +538,8 @@ pub async fn start_vhost(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Path((vhost, node)): Path<(String, String)>,
+    // Read so that the connection stays usable (an unread body makes hyper close it).
+    _body: Bytes,
 ) -> ApiResult<Response> {
     user.require_admin()?;
     st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
@@ -544,7 +552,11 @@ pub async fn start_vhost(
 }
 
 /// POST /api/rebalance/queues: nothing to move between nodes on a single node.
-pub async fn rebalance_queues(Extension(user): Extension<AuthUser>) -> ApiResult<Response> {
+pub async fn rebalance_queues(
+    Extension(user): Extension<AuthUser>,
+    // Read so that the connection stays usable (an unread body makes hyper close it).
+    _body: Bytes,
+) -> ApiResult<Response> {
     user.require_admin()?;
     Ok(json::no_content())
 }

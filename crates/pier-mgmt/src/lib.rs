@@ -401,6 +401,11 @@ fn router(state: AppState) -> Router {
             "/definitions",
             get(definitions::export_all).post(definitions::import_all),
         )
+        // RabbitMQ's deprecated name for /api/definitions.
+        .route(
+            "/all-configuration",
+            get(definitions::export_all).post(definitions::import_all),
+        )
         .route(
             "/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),

@@ -1398,6 +1398,11 @@ async fn remaining_rabbitmq_endpoints() {
     assert!(api.metrics().contains("rabbitmq_cluster=\"pier-cov2\""));
 
     assert_eq!(api.get_ok("/api/extensions"), json!([]));
+    // The deprecated alias of /api/definitions.
+    assert_eq!(
+        api.get_ok("/api/all-configuration")["rabbitmq_version"],
+        api.get_ok("/api/definitions")["rabbitmq_version"]
+    );
     let flags = api.get_ok("/api/feature-flags");
     let flag = |name: &str| {
         flags
