@@ -197,6 +197,10 @@ pub(crate) fn process_figures() -> (u64, u64, u64) {
 
 fn node_json(st: &AppState) -> Value {
     let (mem, fds, fd_total) = process_figures();
+    let totals = st.registry.totals();
+    let node_counters = crate::topology::node_message_counters(st);
+    let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
+    let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
     json!({
         "name": st.node,
         "type": "disc",
@@ -224,6 +228,17 @@ fn node_json(st: &AppState) -> Value {
         ],
         "rates_mode": "basic",
         "run_queue": 0,
+        "mem_calculation_strategy": "rss",
+        "enabled_plugins": [],
+        "cluster_links": [],
+        "connection_created": totals.connections_opened,
+        "connection_created_details": rate(3),
+        "connection_closed": totals.connections_closed,
+        "connection_closed_details": rate(4),
+        "channel_created": totals.channels_opened,
+        "channel_created_details": rate(5),
+        "channel_closed": totals.channels_closed,
+        "channel_closed_details": rate(6),
     })
 }
 
@@ -328,6 +343,8 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
     let meta = st.vhost_meta(name);
     let (mut ready, mut unacked) = (0u64, 0u64);
     let mut sum = crate::topology::Queueing::default();
+    // Length rates (messages, ready, unacked), summed over the queues' sampled lengths.
+    let mut length_rates = [0.0f64; 3];
     // Per-message waits of all the vhost's queues in one histogram: quantiles do not add up.
     let mut waits = pier_broker::WaitHistogram::default();
     for q in vh.queues() {
@@ -339,6 +356,13 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
         sum.service_rate += f.service_rate;
         sum.length += f.length;
         q.time_in_queue_into(&mut waits);
+        let r = st.sampler.gauge_rates(
+            &stats::queue_key(name, q.name()),
+            &crate::topology::queue_counters(&q),
+        );
+        for (i, total) in length_rates.iter_mut().enumerate() {
+            *total += r.get(4 + i).copied().unwrap_or(0.0);
+        }
     }
     sum.measured = waits.summary();
     let mut cluster_state = Map::new();
@@ -352,8 +376,11 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
         "tracing": false,
         "cluster_state": cluster_state,
         "messages": ready + unacked,
+        "messages_details": details(length_rates[0]),
         "messages_ready": ready,
+        "messages_ready_details": details(length_rates[1]),
         "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": details(length_rates[2]),
         "pier_queueing": sum.json(),
     })
 }

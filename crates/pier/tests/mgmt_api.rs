@@ -1539,6 +1539,12 @@ async fn remaining_rabbitmq_endpoints() {
     assert!(o["queue_totals"]["messages_details"]["rate"].is_number());
     assert!(o["churn_rates"]["connection_created_details"]["rate"].is_number());
     assert_eq!(o["contexts"][0]["description"], "RabbitMQ Management");
+    let n = api.get_ok(&format!("/api/nodes/{}", enc(&node)));
+    assert!(n["connection_created"].is_u64(), "{n}");
+    assert!(n["channel_closed_details"]["rate"].is_number(), "{n}");
+    assert_eq!(n["mem_calculation_strategy"], "rss");
+    let v = api.get_ok("/api/vhosts/%2F");
+    assert!(v["messages_ready_details"]["rate"].is_number(), "{v}");
 
     // A monitoring user may not change the cluster name.
     assert_eq!(
