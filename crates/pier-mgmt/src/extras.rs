@@ -3,9 +3,10 @@
 //! limits, the remaining health checks, node memory, and the cluster-only actions (queue
 //! sync, rebalancing, vhost restart) that a single node answers as RabbitMQ's does.
 //!
-//! Where Pier has no such feature (runtime parameters, operator policies, user limits) reads
-//! answer empty lists and writes are refused with 400 and a reason, so that nobody believes
-//! a setting is in force when it is not. See docs/management-api.md.
+//! Where Pier has no such feature (runtime parameters other than vhost limits, operator
+//! policies, user limits) reads answer empty lists and writes are refused with 400 and a
+//! reason, so that nobody believes a setting is in force when it is not. See
+//! docs/management-api.md.
 
 use std::collections::HashMap;
 
@@ -100,62 +101,143 @@ pub async fn auth_settings() -> Response {
 
 // ---- runtime parameters, global parameters, operator policies ----
 
-/// GET /api/parameters[/component]: Pier has no runtime-parameter components (federation,
-/// shovel…), so the lists are empty.
-pub async fn parameters(Extension(user): Extension<AuthUser>, Query(q): Q) -> ApiResult<Response> {
-    require_policymaker(&user)?;
-    json::list(Vec::new(), &q)
+/// RabbitMQ keeps vhost limits as runtime parameters of component `vhost-limits`, name
+/// `limits`; that is the one component Pier has (federation, shovel… are not there).
+const VHOST_LIMITS: &str = "vhost-limits";
+const LIMITS: &str = "limits";
+
+fn limits_parameters(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
+    let mut vhosts = visible_vhosts(st, user);
+    vhosts.sort_by(|a, b| a.name().cmp(b.name()));
+    vhosts
+        .iter()
+        .filter(|vh| vhost.is_none_or(|v| v == vh.name()))
+        .filter_map(|vh| {
+            limits_value(vh.limits()).map(|v| {
+                json!({"value": v, "vhost": vh.name(), "component": VHOST_LIMITS, "name": LIMITS})
+            })
+        })
+        .collect()
 }
 
-pub async fn component_parameters(
+/// GET /api/parameters[/component[/vhost]]: the vhost limits (see above).
+pub async fn parameters(
+    State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    Path(_component): Path<String>,
     Query(q): Q,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
-    json::list(Vec::new(), &q)
+    json::list(limits_parameters(&st, &user, None), &q)
+}
+
+pub async fn component_parameters(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(component): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    require_policymaker(&user)?;
+    let items = if component == VHOST_LIMITS {
+        limits_parameters(&st, &user, None)
+    } else {
+        Vec::new()
+    };
+    json::list(items, &q)
 }
 
 pub async fn vhost_parameters(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    Path((_component, vhost)): Path<(String, String)>,
+    Path((component, vhost)): Path<(String, String)>,
     Query(q): Q,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
     view_vhost(&st.broker, &user, &vhost)?;
-    json::list(Vec::new(), &q)
+    let items = if component == VHOST_LIMITS {
+        limits_parameters(&st, &user, Some(&vhost))
+    } else {
+        Vec::new()
+    };
+    json::list(items, &q)
 }
 
 pub async fn parameter(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    Path((_component, vhost, _name)): Path<(String, String, String)>,
+    Path((component, vhost, name)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
     view_vhost(&st.broker, &user, &vhost)?;
-    Err(ApiError::not_found())
+    if component != VHOST_LIMITS || name != LIMITS {
+        return Err(ApiError::not_found());
+    }
+    limits_parameters(&st, &user, Some(&vhost))
+        .into_iter()
+        .next()
+        .map(json::ok)
+        .ok_or_else(ApiError::not_found)
 }
 
-/// PUT: RabbitMQ's answer for a component that is not there.
+/// PUT: `vhost-limits/{vhost}/limits` `{"value": {"max-queues": n, …}}` sets the vhost's
+/// limits (administrator); any other component gets RabbitMQ's answer for a missing one.
 pub async fn put_parameter(
+    State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    Path((component, _vhost, _name)): Path<(String, String, String)>,
-    // Read so that the connection stays usable (an unread body makes hyper close it).
-    _body: Bytes,
+    Path((component, vhost, name)): Path<(String, String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
-    Err(ApiError::bad_request(format!(
-        "Validation failed\n\ncomponent {component} not found\n"
-    )))
+    if component != VHOST_LIMITS {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\ncomponent {component} not found\n"
+        )));
+    }
+    user.require_admin()?;
+    if name != LIMITS {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\nparameter name must be '{LIMITS}'\n"
+        )));
+    }
+    let b = body_object(&body)?;
+    let Some(value) = b.get("value") else {
+        return Err(ApiError::bad_request("[{key_missing,value}]"));
+    };
+    let Value::Object(terms) = value else {
+        return Err(ApiError::bad_request(
+            "Validation failed\n\nvalue must be an object of limits\n",
+        ));
+    };
+    let mut limits = VhostLimits::default();
+    for (k, v) in terms {
+        let limit = parse_limit(k, v)?;
+        match k.as_str() {
+            MAX_CONNECTIONS => limits.max_connections = limit,
+            MAX_QUEUES => limits.max_queues = limit,
+            _ => return Err(unrecognised_limit(k, v)),
+        }
+    }
+    let vh = vhost_for_limits(&st, &vhost)?;
+    let existed = limits_value(vh.limits()).is_some();
+    vh.set_limits(limits);
+    Ok(json::created_or_updated(!existed))
 }
 
 pub async fn delete_parameter(
+    State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
-    Path(_path): Path<(String, String, String)>,
+    Path((component, vhost, name)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
-    Err(ApiError::not_found())
+    if component != VHOST_LIMITS || name != LIMITS {
+        return Err(ApiError::not_found());
+    }
+    user.require_admin()?;
+    let vh = st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    if limits_value(vh.limits()).is_none() {
+        return Err(ApiError::not_found());
+    }
+    vh.set_limits(VhostLimits::default());
+    Ok(json::no_content())
 }
 
 fn require_policymaker(user: &AuthUser) -> ApiResult<()> {
@@ -338,6 +420,20 @@ fn unrecognised_limit(name: &str, value: &Value) -> ApiError {
     ))
 }
 
+/// A limit's value: a negative number means no limit, as in RabbitMQ.
+fn parse_limit(name: &str, value: &Value) -> ApiResult<Option<u64>> {
+    let not_a_number = || {
+        ApiError::bad_request(format!(
+            "Validation failed\n\n{name} should be a number, actually was {value}\n"
+        ))
+    };
+    match value {
+        Value::Number(n) if n.as_i64().is_some_and(|v| v < 0) => Ok(None),
+        Value::Number(n) => n.as_u64().map(Some).ok_or_else(not_a_number),
+        _ => Err(not_a_number()),
+    }
+}
+
 /// PUT /api/vhost-limits/{vhost}/{max-connections|max-queues} `{"value": n}`; a negative
 /// value means no limit, as in RabbitMQ. In memory: the config file's limits come back at
 /// the next start.
@@ -355,19 +451,7 @@ pub async fn put_vhost_limit(
     if name != MAX_CONNECTIONS && name != MAX_QUEUES {
         return Err(unrecognised_limit(&name, value));
     }
-    let limit = match value {
-        Value::Number(n) if n.as_i64().is_some_and(|v| v < 0) => None,
-        Value::Number(n) => Some(n.as_u64().ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Validation failed\n\n{name} should be a number, actually was {n}\n"
-            ))
-        })?),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "Validation failed\n\n{name} should be a number, actually was {other}\n"
-            )))
-        }
-    };
+    let limit = parse_limit(&name, value)?;
     let vh = vhost_for_limits(&st, &vhost)?;
     let mut limits = vh.limits();
     if name == MAX_CONNECTIONS {

@@ -1616,6 +1616,36 @@ async fn vhost_limits_api() {
     );
     assert_eq!(api.get_ok("/api/vhost-limits/lim-vh"), json!([]));
     assert_eq!(api.get_ok("/api/vhost-limits"), json!([]));
+
+    // The same limits as RabbitMQ's runtime parameter vhost-limits/{vhost}/limits.
+    let param = "/api/parameters/vhost-limits/lim-vh/limits";
+    assert_eq!(api.get(param).status, 404);
+    assert_eq!(
+        api.put(param, json!({"value": {"max-queues": 3}})).status,
+        201
+    );
+    assert_eq!(
+        api.put(param, json!({"value": {"max-connections": 4}}))
+            .status,
+        204
+    );
+    let expected = json!({"value": {"max-connections": 4}, "vhost": "lim-vh",
+                          "component": "vhost-limits", "name": "limits"});
+    assert_eq!(api.get_ok(param), expected);
+    assert_eq!(api.get_ok("/api/parameters"), json!([expected]));
+    assert_eq!(
+        api.get_ok("/api/parameters/vhost-limits/lim-vh"),
+        json!([expected])
+    );
+    assert_eq!(
+        api.get_ok("/api/vhost-limits/lim-vh"),
+        json!([{"vhost": "lim-vh", "value": {"max-connections": 4}}])
+    );
+    let r = api.put(param, json!({"value": {"max-channels": 1}}));
+    assert_eq!(r.status, 400);
+    assert_eq!(api.delete(param).status, 204);
+    assert_eq!(api.delete(param).status, 404);
+    assert_eq!(api.get_ok("/api/parameters"), json!([]));
 }
 
 /// `policy` and `effective_policy_definition` of queues and `policy` of exchanges come from
