@@ -254,12 +254,21 @@ pub async fn node(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
+    Query(q): Q,
 ) -> ApiResult<Response> {
     user.require_monitor()?;
     if name != st.node {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(node_json(&st)))
+    let mut v = node_json(&st);
+    // `?memory=true` adds the breakdown of /api/nodes/{node}/memory, as RabbitMQ's.
+    if let (true, Some(m)) = (
+        q.get("memory").is_some_and(|v| v == "true"),
+        v.as_object_mut(),
+    ) {
+        m.insert("memory".into(), crate::extras::memory_breakdown(&st));
+    }
+    Ok(json::ok(v))
 }
 
 pub async fn whoami(Extension(user): Extension<AuthUser>) -> Response {

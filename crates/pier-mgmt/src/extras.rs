@@ -600,6 +600,10 @@ pub async fn node_memory(
     if node != st.node {
         return Err(ApiError::not_found());
     }
+    Ok(json::ok(json!({ "memory": memory_breakdown(&st) })))
+}
+
+pub(crate) fn memory_breakdown(st: &AppState) -> Value {
     let (rss, _, _) = crate::api::process_figures();
     let bodies: u64 = st
         .broker
@@ -608,13 +612,11 @@ pub async fn node_memory(
         .flat_map(|vh| vh.queues())
         .map(|q| q.stats().memory_bytes)
         .sum();
-    Ok(json::ok(json!({
-        "memory": {
-            "strategy": "rss",
-            "total": {"rss": rss, "allocated": rss, "erlang": rss},
-            "pier_message_bodies": bodies,
-        }
-    })))
+    json!({
+        "strategy": "rss",
+        "total": {"rss": rss, "allocated": rss, "erlang": rss},
+        "pier_message_bodies": bodies,
+    })
 }
 
 /// POST /api/vhosts/{vhost}/start/{node}: a Pier vhost is always running on its one node.

@@ -1505,6 +1505,12 @@ async fn remaining_rabbitmq_endpoints() {
     assert_eq!(m["memory"]["strategy"], "rss");
     assert!(m["memory"]["total"]["rss"].as_u64().unwrap() > 0);
     assert_eq!(api.get("/api/nodes/nobody@nowhere/memory").status, 404);
+    let n = api.get_ok(&format!("/api/nodes/{}?memory=true", enc(&node)));
+    assert_eq!(n["memory"]["strategy"], "rss");
+    assert!(api
+        .get_ok(&format!("/api/nodes/{}", enc(&node)))
+        .get("memory")
+        .is_none());
 
     // Cluster actions a single node answers as RabbitMQ does.
     assert_eq!(api.post("/api/rebalance/queues", json!({})).status, 204);
