@@ -23,11 +23,13 @@ type Q = Query<HashMap<String, String>>;
 
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
 
-pub async fn not_found() -> ApiError {
+// The fallbacks read the request body: answering with it unread makes hyper close the
+// keep-alive connection, which a client sees as a dropped connection on its next request.
+pub async fn not_found(_body: Bytes) -> ApiError {
     ApiError::not_found()
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub async fn method_not_allowed(_body: Bytes) -> ApiError {
     ApiError::method_not_allowed()
 }
 
