@@ -46,6 +46,8 @@ pub struct QueueConfig {
     /// `x-max-priority`: the queue has priorities 0..=max.
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
+    /// Name of the policy applied at declaration (shown by the management API).
+    pub policy: Option<String>,
 }
 
 /// Builds RabbitMQ's "invalid arg" errors for one queue.

@@ -380,6 +380,13 @@ impl VHost {
             .clone()
     }
 
+    /// The policy in force now for an object of this kind and name (queues keep the one
+    /// applied at declaration: see `QueueConfig::policy`).
+    pub fn effective_policy(&self, kind: ObjectKind, name: &str) -> Option<Policy> {
+        let ps = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        policy::effective(&ps, kind, name).cloned()
+    }
+
     fn policy_alternate(&self, exchange: &str) -> Option<ShortString> {
         let ps = self.policies.read().unwrap_or_else(|p| p.into_inner());
         policy::effective(&ps, ObjectKind::Exchange, exchange)
@@ -787,6 +794,7 @@ impl VHost {
             let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = policy::effective(&policies, ObjectKind::Queue, &name) {
                 config.apply_policy(&p.definition, &d.arguments);
+                config.policy = Some(p.name.clone());
             }
         }
         let queue = Queue::with_config(

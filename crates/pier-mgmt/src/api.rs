@@ -23,11 +23,13 @@ type Q = Query<HashMap<String, String>>;
 
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
 
-pub async fn not_found() -> ApiError {
+// The fallbacks read the request body: answering with it unread makes hyper close the
+// keep-alive connection, which a client sees as a dropped connection on its next request.
+pub async fn not_found(_body: Bytes) -> ApiError {
     ApiError::not_found()
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub async fn method_not_allowed(_body: Bytes) -> ApiError {
     ApiError::method_not_allowed()
 }
 
@@ -50,6 +52,19 @@ fn listeners(st: &AppState) -> Value {
         out.push(json!({"node": st.node, "protocol": "http/prometheus", "ip_address": a.ip().to_string(), "port": a.port()}));
     }
     Value::Array(out)
+}
+
+/// The HTTP contexts (RabbitMQ's web dispatch), both on the one management listener.
+fn contexts(st: &AppState) -> Value {
+    let Some(a) = st.http_addr else {
+        return json!([]);
+    };
+    // RabbitMQ gives the port as a string here.
+    let port = a.port().to_string();
+    json!([
+        {"node": st.node, "description": "RabbitMQ Management", "path": "/", "port": port, "ssl_opts": []},
+        {"node": st.node, "description": "RabbitMQ Prometheus", "path": "/", "port": port, "protocol": "'http/prometheus'", "ssl_opts": []},
+    ])
 }
 
 fn details(v: f64) -> Value {
@@ -89,6 +104,16 @@ pub async fn overview(
     let node_counters = crate::topology::node_message_counters(&st);
     let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
     let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
+    // Queue-total rates are node-wide: shown to those who see every vhost only.
+    let sees_all = vhosts.len() == st.broker.vhosts().len();
+    let lengths = st.sampler.gauge_rates(stats::NODE_KEY, &node_counters);
+    let length_rate = |i: usize| {
+        details(if sees_all {
+            lengths.get(i).copied().unwrap_or(0.0)
+        } else {
+            0.0
+        })
+    };
     Ok(json::ok(json!({
         "management_version": RABBITMQ_COMPAT_VERSION,
         "rates_mode": "basic",
@@ -97,7 +122,7 @@ pub async fn overview(
         "product_version": env!("CARGO_PKG_VERSION"),
         "product_name": "Pier",
         "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
-        "cluster_name": st.cluster_name,
+        "cluster_name": st.cluster_name(),
         "erlang_version": "n/a",
         "erlang_full_version": "n/a (Pier is written in Rust)",
         "disable_stats": false,
@@ -111,14 +136,21 @@ pub async fn overview(
         },
         "churn_rates": {
             "connection_created": totals.connections_opened,
+            "connection_created_details": rate(3),
             "connection_closed": totals.connections_closed,
+            "connection_closed_details": rate(4),
             "channel_created": totals.channels_opened,
+            "channel_created_details": rate(5),
             "channel_closed": totals.channels_closed,
+            "channel_closed_details": rate(6),
         },
         "queue_totals": {
             "messages": ready + unacked,
+            "messages_details": length_rate(7),
             "messages_ready": ready,
+            "messages_ready_details": length_rate(8),
             "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": length_rate(9),
         },
         "object_totals": {
             "channels": channels,
@@ -130,12 +162,12 @@ pub async fn overview(
         "statistics_db_event_queue": 0,
         "node": st.node,
         "listeners": listeners(&st),
-        "contexts": [],
+        "contexts": contexts(&st),
     })))
 }
 
 pub async fn cluster_name(State(st): State<AppState>) -> Response {
-    json::ok(json!({ "name": st.cluster_name }))
+    json::ok(json!({ "name": st.cluster_name() }))
 }
 
 /// Resident memory in bytes (Linux /proc), 0 elsewhere.
@@ -167,6 +199,10 @@ pub(crate) fn process_figures() -> (u64, u64, u64) {
 
 fn node_json(st: &AppState) -> Value {
     let (mem, fds, fd_total) = process_figures();
+    let totals = st.registry.totals();
+    let node_counters = crate::topology::node_message_counters(st);
+    let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
+    let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
     json!({
         "name": st.node,
         "type": "disc",
@@ -186,7 +222,7 @@ fn node_json(st: &AppState) -> Value {
         "sockets_used": st.registry.connection_count(),
         "partitions": [],
         "applications": [],
-        "contexts": [],
+        "contexts": contexts(st),
         "exchange_types": exchange_types(),
         "auth_mechanisms": [
             {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
@@ -194,6 +230,17 @@ fn node_json(st: &AppState) -> Value {
         ],
         "rates_mode": "basic",
         "run_queue": 0,
+        "mem_calculation_strategy": "rss",
+        "enabled_plugins": [],
+        "cluster_links": [],
+        "connection_created": totals.connections_opened,
+        "connection_created_details": rate(3),
+        "connection_closed": totals.connections_closed,
+        "connection_closed_details": rate(4),
+        "channel_created": totals.channels_opened,
+        "channel_created_details": rate(5),
+        "channel_closed": totals.channels_closed,
+        "channel_closed_details": rate(6),
     })
 }
 
@@ -209,12 +256,21 @@ pub async fn node(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
+    Query(q): Q,
 ) -> ApiResult<Response> {
     user.require_monitor()?;
     if name != st.node {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(node_json(&st)))
+    let mut v = node_json(&st);
+    // `?memory=true` adds the breakdown of /api/nodes/{node}/memory, as RabbitMQ's.
+    if let (true, Some(m)) = (
+        q.get("memory").is_some_and(|v| v == "true"),
+        v.as_object_mut(),
+    ) {
+        m.insert("memory".into(), crate::extras::memory_breakdown(&st));
+    }
+    Ok(json::ok(v))
 }
 
 pub async fn whoami(Extension(user): Extension<AuthUser>) -> Response {
@@ -298,6 +354,8 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
     let meta = st.vhost_meta(name);
     let (mut ready, mut unacked) = (0u64, 0u64);
     let mut sum = crate::topology::Queueing::default();
+    // Length rates (messages, ready, unacked), summed over the queues' sampled lengths.
+    let mut length_rates = [0.0f64; 3];
     // Per-message waits of all the vhost's queues in one histogram: quantiles do not add up.
     let mut waits = pier_broker::WaitHistogram::default();
     for q in vh.queues() {
@@ -309,6 +367,13 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
         sum.service_rate += f.service_rate;
         sum.length += f.length;
         q.time_in_queue_into(&mut waits);
+        let r = st.sampler.gauge_rates(
+            &stats::queue_key(name, q.name()),
+            &crate::topology::queue_counters(&q),
+        );
+        for (i, total) in length_rates.iter_mut().enumerate() {
+            *total += r.get(4 + i).copied().unwrap_or(0.0);
+        }
     }
     sum.measured = waits.summary();
     let mut cluster_state = Map::new();
@@ -322,8 +387,11 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
         "tracing": false,
         "cluster_state": cluster_state,
         "messages": ready + unacked,
+        "messages_details": details(length_rates[0]),
         "messages_ready": ready,
+        "messages_ready_details": details(length_rates[1]),
         "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": details(length_rates[2]),
         "pier_queueing": sum.json(),
     })
 }

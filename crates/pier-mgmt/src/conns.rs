@@ -285,3 +285,38 @@ pub async fn vhost_consumers(
     view_vhost(&st.broker, &user, &vhost)?;
     json::list(consumers_of(&st, &user, Some(&vhost)), &q)
 }
+
+/// GET /api/connections/username/{user}: the user's connections (those the caller may see).
+pub async fn user_connections(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    Ok(json::ok(Value::Array(
+        sorted_connections(&st, &user)
+            .iter()
+            .filter(|c| c.meta.user == name)
+            .map(|c| connection_json(&st, c))
+            .collect(),
+    )))
+}
+
+/// DELETE /api/connections/username/{user}: closes all of the user's connections (204 even
+/// when there are none, as RabbitMQ). Others' connections need the administrator tag.
+pub async fn close_user_connections(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if !user.is_admin() && name != user.name {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(MANAGEMENT_CLOSE_REASON);
+    st.registry.close_where(|c| c.user == name, reason);
+    Ok(json::no_content())
+}

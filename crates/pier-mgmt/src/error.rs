@@ -33,6 +33,11 @@ impl ApiError {
         }
     }
 
+    /// An error with its own `error` word (RabbitMQ's pagination errors, for instance).
+    pub fn with_error(status: StatusCode, error: &'static str, reason: impl Into<Value>) -> Self {
+        Self::new(status, error, reason)
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
     }

@@ -279,16 +279,16 @@ pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
 
 // ---- list parameters ----
 
-/// Applies RabbitMQ's list query parameters to a list: `name=` (substring filter), `sort=` and
-/// `sort_reverse=`, `page=`/`page_size=` (answered in RabbitMQ's paged shape), `columns=`.
+/// Applies RabbitMQ's list query parameters to a list: `name=` (case-insensitive substring,
+/// or with `use_regex=true` a case-insensitive regular expression), `sort=` and
+/// `sort_reverse=`, `page=`/`page_size=` (answered in RabbitMQ's paged shape, with its errors),
+/// `columns=` (dotted paths keep just that part of a nested object). RabbitMQ filters by name
+/// only when paging; Pier filters in both cases.
 pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Response> {
     let total = items.len();
     if let Some(name) = q.get("name").filter(|n| !n.is_empty()) {
-        items.retain(|v| {
-            v.get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| n.contains(name.as_str()))
-        });
+        let matches = name_filter(name, q.get("use_regex").is_some_and(|v| v == "true"))?;
+        items.retain(|v| v.get("name").and_then(Value::as_str).is_some_and(&matches));
     }
     if let Some(key) = q.get("sort").filter(|s| !s.is_empty()) {
         items.sort_by(|a, b| compare(lookup(a, key), lookup(b, key)));
@@ -296,47 +296,56 @@ pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Res
     if q.get("sort_reverse").is_some_and(|v| v == "true") {
         items.reverse();
     }
-    let columns: Option<Vec<&str>> = q
-        .get("columns")
-        .filter(|c| !c.is_empty())
-        .map(|c| c.split(',').map(str::trim).collect());
+    let columns: Option<Vec<Vec<&str>>> = q.get("columns").filter(|c| !c.is_empty()).map(|c| {
+        c.split(',')
+            .map(|p| p.trim().split('.').collect())
+            .collect()
+    });
     let project = |v: Value| -> Value {
-        match (&columns, v) {
-            (Some(cols), Value::Object(m)) => {
-                let mut out = Map::new();
-                for c in cols {
-                    let top = c.split('.').next().unwrap_or(c);
-                    if let Some(x) = m.get(top) {
-                        out.insert(top.to_owned(), x.clone());
-                    }
+        match &columns {
+            Some(cols) => {
+                let mut out = Value::Object(Map::new());
+                for path in cols {
+                    copy_path(&v, &mut out, path);
                 }
-                Value::Object(out)
+                out
             }
-            (_, v) => v,
+            None => v,
         }
     };
     let Some(page) = q.get("page") else {
         return Ok(ok(Value::Array(items.into_iter().map(project).collect())));
     };
-    let page: usize = page
-        .parse()
-        .ok()
-        .filter(|p| *p >= 1)
-        .ok_or_else(|| ApiError::bad_request("page must be a positive integer"))?;
-    let page_size: usize = match q.get("page_size") {
+    let invalid = || ApiError::bad_request("Pagination parameters are invalid");
+    let page: u64 = page.parse().map_err(|_| invalid())?;
+    let page_size: u64 = match q.get("page_size") {
         None => 100,
-        Some(s) => s
-            .parse()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::bad_request("page_size must be between 1 and 500"))?,
+        Some(s) => s.parse().map_err(|_| invalid())?,
     };
-    let filtered = items.len();
-    let page_count = filtered.div_ceil(page_size).max(1);
+    if page == 0 || page_size == 0 || page_size > 500 {
+        let size = q.get("page_size").map_or("undefined", String::as_str);
+        return Err(ApiError::with_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_pagination_parameters",
+            format!("Invalid pagination parameters: page number {page}, page size {size}"),
+        ));
+    }
+    let filtered = items.len() as u64;
+    let page_count = filtered.div_ceil(page_size);
+    // As RabbitMQ: page 1 of an empty list is fine, any page past the last is an error.
+    if page > page_count.max(1) {
+        return Err(ApiError::with_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "page_out_of_range",
+            format!("Page out of range, page: {page} page size: {page_size}, len: {filtered}"),
+        ));
+    }
+    let skip = usize::try_from((page - 1).saturating_mul(page_size)).unwrap_or(usize::MAX);
+    let take = usize::try_from(page_size).unwrap_or(usize::MAX);
     let selected: Vec<Value> = items
         .into_iter()
-        .skip((page - 1).saturating_mul(page_size))
-        .take(page_size)
+        .skip(skip)
+        .take(take)
         .map(project)
         .collect();
     Ok(ok(serde_json::json!({
@@ -348,6 +357,38 @@ pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Res
         "page_size": page_size,
         "total_count": total,
     })))
+}
+
+/// The `name=` filter: case-insensitive, as RabbitMQ's.
+fn name_filter(name: &str, use_regex: bool) -> ApiResult<impl Fn(&str) -> bool> {
+    let pattern = if use_regex {
+        name.to_owned()
+    } else {
+        regex::escape(name)
+    };
+    let re = regex::RegexBuilder::new(&pattern)
+        .case_insensitive(true)
+        .build()
+        .map_err(|_| ApiError::bad_request("Pagination parameters are invalid"))?;
+    Ok(move |s: &str| re.is_match(s))
+}
+
+/// Copies the value at `path` in `from` to the same place in `to` (missing: nothing).
+fn copy_path(from: &Value, to: &mut Value, path: &[&str]) {
+    let (Some((first, rest)), Value::Object(out)) = (path.split_first(), to) else {
+        return;
+    };
+    let Some(x) = from.get(*first) else {
+        return;
+    };
+    if rest.is_empty() || !x.is_object() {
+        out.insert((*first).to_owned(), x.clone());
+        return;
+    }
+    let slot = out
+        .entry((*first).to_owned())
+        .or_insert_with(|| Value::Object(Map::new()));
+    copy_path(x, slot, rest);
 }
 
 fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -384,6 +425,91 @@ mod tests {
         let k = properties_key("limited", &t);
         assert!(k.starts_with("limited~"), "{k}");
         assert_eq!(k, properties_key("limited", &t));
+    }
+
+    fn listed(items: Value, query: &[(&str, &str)]) -> (u16, Value) {
+        let q = query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let items = items.as_array().unwrap().clone();
+        let r = match list(items, &q) {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        let status = r.status().as_u16();
+        let body = futures_body(r);
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn futures_body(r: Response) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    }
+
+    #[test]
+    fn list_parameters_as_rabbitmq() {
+        let items = serde_json::json!([
+            {"name": "Alpha", "n": 3, "s": {"a": 1, "b": 2}},
+            {"name": "beta", "n": 1, "s": {"a": 5}},
+            {"name": "gamma", "n": 2},
+        ]);
+        // Case-insensitive substring; regex with use_regex.
+        let (_, v) = listed(items.clone(), &[("name", "ALPH"), ("columns", "name")]);
+        assert_eq!(v, serde_json::json!([{"name": "Alpha"}]));
+        let (_, v) = listed(
+            items.clone(),
+            &[
+                ("name", "^(beta|gamma)$"),
+                ("use_regex", "true"),
+                ("columns", "name"),
+            ],
+        );
+        assert_eq!(v, serde_json::json!([{"name": "beta"}, {"name": "gamma"}]));
+        let (_, v) = listed(items.clone(), &[("name", "a.p"), ("columns", "name")]);
+        assert_eq!(v, serde_json::json!([]));
+        // Nested columns keep just the path.
+        let (_, v) = listed(items.clone(), &[("columns", "name,s.a"), ("sort", "n")]);
+        assert_eq!(
+            v,
+            serde_json::json!([{"name": "beta", "s": {"a": 5}}, {"name": "gamma"}, {"name": "Alpha", "s": {"a": 1}}])
+        );
+        // Paging and its errors.
+        let (s, v) = listed(
+            items.clone(),
+            &[("page", "2"), ("page_size", "2"), ("columns", "name")],
+        );
+        assert_eq!(s, 200);
+        assert_eq!(v["items"], serde_json::json!([{"name": "gamma"}]));
+        assert_eq!(v["page_count"], 2);
+        assert_eq!(v["total_count"], 3);
+        let (s, v) = listed(items.clone(), &[("page", "3"), ("page_size", "2")]);
+        assert_eq!(
+            (s, v["error"].clone()),
+            (400, serde_json::json!("page_out_of_range"))
+        );
+        let (s, v) = listed(items.clone(), &[("page", "1"), ("page_size", "600")]);
+        assert_eq!(
+            (s, v["error"].clone()),
+            (400, serde_json::json!("invalid_pagination_parameters"))
+        );
+        let (s, v) = listed(items.clone(), &[("page", "x")]);
+        assert_eq!(
+            (s, v["reason"].clone()),
+            (400, serde_json::json!("Pagination parameters are invalid"))
+        );
+        let (s, v) = listed(items, &[("page", "1"), ("name", "zzz")]);
+        assert_eq!(
+            (s, v["page_count"].clone(), v["item_count"].clone()),
+            (200, serde_json::json!(0), serde_json::json!(0))
+        );
     }
 
     #[test]

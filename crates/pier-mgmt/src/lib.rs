@@ -18,6 +18,7 @@ mod auth;
 mod conns;
 mod definitions;
 mod error;
+mod extras;
 mod json;
 mod metrics;
 mod policies;
@@ -63,7 +64,8 @@ pub(crate) struct Inner {
     pub broker: Arc<Broker>,
     pub registry: Arc<Registry>,
     pub node: String,
-    pub cluster_name: String,
+    /// Set by `PUT /api/cluster-name` (in memory: a restart goes back to the configured one).
+    pub cluster_name: Mutex<String>,
     pub started: Instant,
     pub http_addr: Option<SocketAddr>,
     pub amqp_addr: Option<SocketAddr>,
@@ -82,6 +84,17 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    pub fn cluster_name(&self) -> String {
+        self.cluster_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_cluster_name(&self, name: String) {
+        *self.cluster_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
+    }
+
     pub fn vhost_meta(&self, name: &str) -> VhostMeta {
         self.vhost_meta
             .lock()
@@ -171,7 +184,7 @@ where
     let state = AppState(Arc::new(Inner {
         broker,
         registry,
-        cluster_name: options.cluster_name.unwrap_or_else(|| node.clone()),
+        cluster_name: Mutex::new(options.cluster_name.unwrap_or_else(|| node.clone())),
         node,
         started: Instant::now(),
         http_addr: listener.local_addr().ok(),
@@ -194,9 +207,59 @@ where
 fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/overview", get(api::overview))
-        .route("/cluster-name", get(api::cluster_name))
+        .route(
+            "/cluster-name",
+            get(api::cluster_name).put(extras::put_cluster_name),
+        )
         .route("/nodes", get(api::nodes))
         .route("/nodes/{node}", get(api::node))
+        .route("/nodes/{node}/memory", get(extras::node_memory))
+        .route("/extensions", get(extras::extensions))
+        .route("/feature-flags", get(extras::feature_flags))
+        .route("/parameters", get(extras::parameters))
+        .route("/parameters/{component}", get(extras::component_parameters))
+        .route(
+            "/parameters/{component}/{vhost}",
+            get(extras::vhost_parameters),
+        )
+        .route(
+            "/parameters/{component}/{vhost}/{name}",
+            get(extras::parameter)
+                .put(extras::put_parameter)
+                .delete(extras::delete_parameter),
+        )
+        .route("/global-parameters", get(extras::global_parameters))
+        .route(
+            "/global-parameters/{name}",
+            get(extras::global_parameter)
+                .put(extras::put_global_parameter)
+                .delete(extras::delete_global_parameter),
+        )
+        .route("/operator-policies", get(extras::operator_policies))
+        .route(
+            "/operator-policies/{vhost}",
+            get(extras::vhost_operator_policies),
+        )
+        .route(
+            "/operator-policies/{vhost}/{name}",
+            get(extras::operator_policy)
+                .put(extras::put_operator_policy)
+                .delete(extras::delete_operator_policy),
+        )
+        .route("/vhost-limits", get(extras::vhost_limits))
+        .route("/vhost-limits/{vhost}", get(extras::one_vhost_limits))
+        .route(
+            "/vhost-limits/{vhost}/{name}",
+            axum::routing::put(extras::put_vhost_limit).delete(extras::delete_vhost_limit),
+        )
+        .route("/user-limits", get(extras::user_limits))
+        .route("/user-limits/{user}", get(extras::one_user_limits))
+        .route(
+            "/user-limits/{user}/{name}",
+            axum::routing::put(extras::put_user_limit).delete(extras::delete_user_limit),
+        )
+        .route("/rebalance/queues", post(extras::rebalance_queues))
+        .route("/vhosts/{vhost}/start/{node}", post(extras::start_vhost))
         .route("/whoami", get(api::whoami))
         .route("/vhosts", get(api::vhosts))
         .route(
@@ -258,6 +321,10 @@ fn router(state: AppState) -> Router {
             axum::routing::delete(topology::purge_queue),
         )
         .route("/queues/{vhost}/{name}/get", post(topology::get_messages))
+        .route(
+            "/queues/{vhost}/{name}/actions",
+            post(extras::queue_actions),
+        )
         .route("/exchanges", get(topology::exchanges))
         .route("/exchanges/{vhost}", get(topology::vhost_exchanges))
         .route(
@@ -294,6 +361,10 @@ fn router(state: AppState) -> Router {
             "/connections/{name}/channels",
             get(conns::connection_channels),
         )
+        .route(
+            "/connections/username/{user}",
+            get(conns::user_connections).delete(conns::close_user_connections),
+        )
         .route("/channels", get(conns::channels))
         .route("/channels/{name}", get(conns::channel))
         .route("/consumers", get(conns::consumers))
@@ -311,7 +382,28 @@ fn router(state: AppState) -> Router {
         .route("/health/checks/local-alarms", get(api::health_alarms))
         .route("/health/checks/virtual-hosts", get(api::health_ok))
         .route(
+            "/health/checks/port-listener/{port}",
+            get(extras::health_port_listener),
+        )
+        .route(
+            "/health/checks/protocol-listener/{protocol}",
+            get(extras::health_protocol_listener),
+        )
+        .route(
+            "/health/checks/node-is-quorum-critical",
+            get(extras::health_single_node),
+        )
+        .route(
+            "/health/checks/node-is-mirror-sync-critical",
+            get(extras::health_single_node),
+        )
+        .route(
             "/definitions",
+            get(definitions::export_all).post(definitions::import_all),
+        )
+        // RabbitMQ's deprecated name for /api/definitions.
+        .route(
+            "/all-configuration",
             get(definitions::export_all).post(definitions::import_all),
         )
         .route(
@@ -326,6 +418,8 @@ fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(ui::no_browser_prompt));
     Router::new()
+        // Outside the auth layer: RabbitMQ's login page reads it before logging in.
+        .route("/api/auth", get(extras::auth_settings))
         .nest("/api", api)
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/per-object", get(metrics::metrics))

@@ -69,11 +69,12 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         "untyped",
         "RabbitMQ node & cluster identity info",
     );
+    let cluster_name = st.cluster_name();
     o.sample(
         "rabbitmq_identity_info",
         &[
             ("rabbitmq_node", &st.node),
-            ("rabbitmq_cluster", &st.cluster_name),
+            ("rabbitmq_cluster", &cluster_name),
         ],
         1,
     );

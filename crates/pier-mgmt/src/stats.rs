@@ -60,6 +60,15 @@ impl Sampler {
     /// Per-second rates of `current` against the oldest sample of `key` in the window (zeros
     /// when there is no history yet).
     pub fn rates(&self, key: &str, current: &[u64]) -> Vec<f64> {
+        self.per_second(key, current, false)
+    }
+
+    /// [`Sampler::rates`] for gauges (queue lengths): a shrinking value gives a negative rate.
+    pub fn gauge_rates(&self, key: &str, current: &[u64]) -> Vec<f64> {
+        self.per_second(key, current, true)
+    }
+
+    fn per_second(&self, key: &str, current: &[u64], signed: bool) -> Vec<f64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let zero = vec![0.0; current.len()];
         if !st.series.contains_key(key) {
@@ -80,7 +89,13 @@ impl Sampler {
         current
             .iter()
             .zip(old)
-            .map(|(c, o)| c.saturating_sub(*o) as f64 / dt)
+            .map(|(c, o)| {
+                if signed {
+                    (*c as f64 - *o as f64) / dt
+                } else {
+                    c.saturating_sub(*o) as f64 / dt
+                }
+            })
             .collect()
     }
 }

@@ -67,7 +67,17 @@ pub(crate) fn visible_vhosts(state: &AppState, user: &AuthUser) -> Vec<Arc<VHost
 /// deliveries without ack, acks.
 pub(crate) fn queue_counters(q: &Queue) -> Vec<u64> {
     let c = q.counters();
-    vec![c.published, c.delivered, c.delivered_no_ack, c.acked]
+    let s = q.stats();
+    // The last three are gauges (lengths), read with `Sampler::gauge_rates`.
+    vec![
+        c.published,
+        c.delivered,
+        c.delivered_no_ack,
+        c.acked,
+        s.ready + s.unacked,
+        s.ready,
+        s.unacked,
+    ]
 }
 
 /// A queue's queueing figures, measured over the sampler's window.
@@ -154,10 +164,31 @@ pub(crate) fn queueing(state: &AppState, vhost: &str, q: &Queue) -> Queueing {
     }
 }
 
-/// Node-wide message counters: publishes received, bytes in, bytes out.
+/// Node-wide counters: publishes received, bytes in, bytes out, connection and channel churn;
+/// and the queue totals.
 pub(crate) fn node_message_counters(state: &AppState) -> Vec<u64> {
     let t = state.registry.totals();
-    vec![t.messages_published, t.recv_oct, t.send_oct]
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    for vh in state.broker.vhosts() {
+        for q in vh.queues() {
+            let s = q.stats();
+            ready += s.ready;
+            unacked += s.unacked;
+        }
+    }
+    // Counters, then churn counters, then gauges (queue totals, read with `gauge_rates`).
+    vec![
+        t.messages_published,
+        t.recv_oct,
+        t.send_oct,
+        t.connections_opened,
+        t.connections_closed,
+        t.channels_opened,
+        t.channels_closed,
+        ready + unacked,
+        ready,
+        unacked,
+    ]
 }
 
 fn queue_type(q: &Queue) -> String {
@@ -212,6 +243,23 @@ pub(crate) fn queue_json(
     let s = q.stats();
     let o = q.options();
     let consumers = q.consumers();
+    let details = |v: f64| json!({ "rate": (v * 10.0).round() / 10.0 });
+    let length_rates = state.sampler.gauge_rates(
+        &crate::stats::queue_key(vhost, q.name()),
+        &queue_counters(q),
+    );
+    // The policy applied when the queue was declared (Pier does not re-apply policies to
+    // existing queues), with its current definition while it still exists.
+    let policy_name = q.config().policy.as_deref();
+    let definition = policy_name
+        .and_then(|name| {
+            let vh = state.broker.vhost(vhost)?;
+            vh.policies().into_iter().find(|p| p.name == name)
+        })
+        .map_or_else(
+            || json!({}),
+            |p| crate::policies::definition_json(&p.definition),
+        );
     let mut v = json!({
         "name": q.name().as_str(),
         "vhost": vhost,
@@ -222,23 +270,30 @@ pub(crate) fn queue_json(
         "node": state.node,
         "type": queue_type(q),
         "state": "running",
-        "policy": Value::Null,
+        "policy": policy_name,
         "operator_policy": Value::Null,
-        "effective_policy_definition": {},
+        "effective_policy_definition": definition,
         "consumers": s.consumers,
         "messages": s.ready + s.unacked,
+        "messages_details": details(length_rates.get(4).copied().unwrap_or(0.0)),
         "messages_ready": s.ready,
+        "messages_ready_details": details(length_rates.get(5).copied().unwrap_or(0.0)),
         "messages_unacknowledged": s.unacked,
+        "messages_unacknowledged_details": details(length_rates.get(6).copied().unwrap_or(0.0)),
         "message_bytes_ready": s.ready_bytes,
-        "messages_ram": s.ready + s.unacked,
-        "messages_ready_ram": s.ready,
+        // Bodies of ready messages held in memory; the rest are paged out to the store.
+        "message_bytes_ram": s.memory_bytes,
+        "message_bytes_paged_out": s.ready_bytes.saturating_sub(s.memory_bytes),
+        "messages_paged_out": s.paged_out,
+        "messages_ram": (s.ready + s.unacked).saturating_sub(s.paged_out),
+        "messages_ready_ram": s.ready.saturating_sub(s.paged_out),
         "messages_unacknowledged_ram": s.unacked,
+        "memory": s.memory_bytes,
         "exclusive_consumer_tag": consumers.iter().find(|c| c.exclusive).map(|c| c.tag.as_str()),
         "single_active_consumer_tag": q.active_consumer_tag().map(|t| t.to_string()),
     });
     let c = q.counters();
     let qs = queueing(state, vhost, q);
-    let details = |v: f64| json!({ "rate": (v * 10.0).round() / 10.0 });
     if let Some(m) = v.as_object_mut() {
         m.insert(
             "message_stats".into(),
@@ -346,15 +401,21 @@ pub async fn put_queue(
 ) -> ApiResult<Response> {
     let vh = change_vhost(&st.broker, &user, &vhost)?;
     let b = body_object(&body)?;
-    let declared = vh.declare_queue(&QueueDeclare {
-        name: short(&name)?,
-        passive: false,
-        durable: get_bool(&b, "durable", false)?,
-        exclusive: false,
-        auto_delete: get_bool(&b, "auto_delete", false)?,
-        arguments: get_table(&b, "arguments")?,
-        connection: API_CONNECTION,
-    })?;
+    // The client path, so that `max-queues` and the `amq.*` rule apply as in RabbitMQ's API;
+    // access to the vhost was checked above. (The broker's error type is its own.)
+    #[allow(clippy::result_large_err)]
+    let declared = vh.declare_queue_checked(
+        &QueueDeclare {
+            name: short(&name)?,
+            passive: false,
+            durable: get_bool(&b, "durable", false)?,
+            exclusive: false,
+            auto_delete: get_bool(&b, "auto_delete", false)?,
+            arguments: get_table(&b, "arguments")?,
+            connection: API_CONNECTION,
+        },
+        &mut |_, _, _| Ok(()),
+    )?;
     Ok(json::created_or_updated(declared.created))
 }
 
@@ -487,7 +548,8 @@ pub async fn get_messages(
 
 // ---- exchanges ----
 
-fn exchange_json(vhost: &str, x: &pier_broker::exchange::Exchange, detailed: bool) -> Value {
+fn exchange_json(vh: &VHost, x: &pier_broker::exchange::Exchange, detailed: bool) -> Value {
+    let vhost = vh.name();
     let mut v = json!({
         "name": x.name.as_str(),
         "vhost": vhost,
@@ -498,6 +560,14 @@ fn exchange_json(vhost: &str, x: &pier_broker::exchange::Exchange, detailed: boo
         "arguments": table_to_json(&x.arguments),
         "user_who_performed_action": "",
     });
+    // As RabbitMQ: the key is there only when a policy applies (exchanges follow policies
+    // as they change, so the one in force now is the applied one).
+    if let (Some(p), Some(m)) = (
+        vh.effective_policy(pier_broker::ObjectKind::Exchange, x.name.as_str()),
+        v.as_object_mut(),
+    ) {
+        m.insert("policy".into(), Value::from(p.name));
+    }
     if detailed {
         if let Some(m) = v.as_object_mut() {
             m.insert("incoming".into(), json!([]));
@@ -521,7 +591,7 @@ pub async fn exchanges(
     let mut items = Vec::new();
     for vh in visible_vhosts(&st, &user) {
         for x in sorted_exchanges(&vh) {
-            items.push(exchange_json(vh.name(), &x, false));
+            items.push(exchange_json(&vh, &x, false));
         }
     }
     json::list(items, &q)
@@ -536,7 +606,7 @@ pub async fn vhost_exchanges(
     let vh = view_vhost(&st.broker, &user, &vhost)?;
     let items = sorted_exchanges(&vh)
         .iter()
-        .map(|x| exchange_json(&vhost, x, false))
+        .map(|x| exchange_json(&vh, x, false))
         .collect();
     json::list(items, &q)
 }
@@ -553,7 +623,7 @@ pub async fn exchange(
         .into_iter()
         .find(|x| x.name.as_str() == name)
         .ok_or_else(ApiError::not_found)?;
-    Ok(json::ok(exchange_json(&vhost, &x, true)))
+    Ok(json::ok(exchange_json(&vh, &x, true)))
 }
 
 pub async fn put_exchange(

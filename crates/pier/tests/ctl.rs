@@ -962,3 +962,63 @@ fn large_import_logs_progress() {
     );
     assert!(log.contains("definitions imported"), "{log}");
 }
+
+#[test]
+fn vhost_limits_and_cluster_name() {
+    let broker = Broker::start();
+    assert_eq!(api_put(&broker, "/vhosts/lim", json!({})), 201);
+    ok(
+        &broker,
+        &[
+            "-p",
+            "lim",
+            "set_vhost_limits",
+            r#"{"max-queues": 1, "max-connections": 10}"#,
+        ],
+    );
+    let out = ok(&broker, &["-p", "lim", "list_vhost_limits"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(out.stdout.trim()).unwrap(),
+        json!({"max-queues": 1, "max-connections": 10})
+    );
+    let js = ok(&broker, &["--json", "list_vhost_limits", "--global"]).json();
+    assert_eq!(
+        js,
+        json!([{"vhost": "lim", "limits": {"max-queues": 1, "max-connections": 10}}])
+    );
+    // Enforced.
+    assert_eq!(api_put(&broker, "/queues/lim/q1", json!({})), 201);
+    assert_eq!(api_put(&broker, "/queues/lim/q2", json!({})), 400);
+    fails(
+        &broker,
+        &["-p", "lim", "set_vhost_limits", r#"{"max-channels": 1}"#],
+        65,
+        "Unrecognised",
+    );
+    fails(
+        &broker,
+        &["-p", "lim", "set_vhost_limits", "{not json"],
+        65,
+        "not valid JSON",
+    );
+    fails(
+        &broker,
+        &["-p", "nope", "set_vhost_limits", r#"{"max-queues": 1}"#],
+        70,
+        "no_such_vhost",
+    );
+    ok(&broker, &["-p", "lim", "clear_vhost_limits"]);
+    ok(&broker, &["-p", "lim", "clear_vhost_limits"]);
+    let out = ok(&broker, &["-p", "lim", "list_vhost_limits"]);
+    assert_eq!(out.stdout.trim(), "{}");
+    fails(
+        &broker,
+        &["-p", "nope", "clear_vhost_limits"],
+        70,
+        "no_such_vhost",
+    );
+
+    ok(&broker, &["set_cluster_name", "ctl-cluster"]);
+    let (_, v) = api_get(&broker, "/cluster-name");
+    assert_eq!(v, json!({"name": "ctl-cluster"}));
+}

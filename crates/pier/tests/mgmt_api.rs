@@ -1349,3 +1349,393 @@ async fn rabbitmq_api_export_fixture_imports() {
         json!(["administrator"])
     );
 }
+
+/// The smaller RabbitMQ endpoints: cluster name, extensions, feature flags, auth settings,
+/// parameters, operator policies, user limits, health checks, node memory, cluster actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaining_rabbitmq_endpoints() {
+    let broker = Broker::start();
+    let api = Api::new(&broker);
+
+    // Cluster name: PUT (admin) changes it everywhere it shows.
+    let node = api.get_ok("/api/overview")["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        api.put("/api/cluster-name", json!({})).json(),
+        json!({"error": "bad_request", "reason": "[{key_missing,name}]"})
+    );
+    assert_eq!(
+        api.put("/api/cluster-name", json!({"name": "pier-cov"}))
+            .status,
+        204
+    );
+    assert_eq!(api.get_ok("/api/cluster-name"), json!({"name": "pier-cov"}));
+    assert_eq!(api.get_ok("/api/overview")["cluster_name"], "pier-cov");
+    assert_eq!(
+        api.get_ok("/api/global-parameters"),
+        json!([{"name": "cluster_name", "value": "pier-cov"}])
+    );
+    assert_eq!(
+        api.put(
+            "/api/global-parameters/cluster_name",
+            json!({"value": "pier-cov2"})
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        api.get_ok("/api/global-parameters/cluster_name")["value"],
+        "pier-cov2"
+    );
+    assert_eq!(api.get("/api/global-parameters/other").status, 404);
+    assert_eq!(
+        api.put("/api/global-parameters/other", json!({"value": 1}))
+            .status,
+        400
+    );
+    assert!(api.metrics().contains("rabbitmq_cluster=\"pier-cov2\""));
+
+    assert_eq!(api.get_ok("/api/extensions"), json!([]));
+    // The deprecated alias of /api/definitions.
+    assert_eq!(
+        api.get_ok("/api/all-configuration")["rabbitmq_version"],
+        api.get_ok("/api/definitions")["rabbitmq_version"]
+    );
+    let flags = api.get_ok("/api/feature-flags");
+    let flag = |name: &str| {
+        flags
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["state"].clone())
+    };
+    assert_eq!(flag("virtual_host_metadata"), Some(json!("enabled")));
+    assert_eq!(flag("quorum_queue"), Some(json!("disabled")));
+    // /api/auth needs no credentials, as RabbitMQ's (its login page reads it).
+    let r = api.anonymous_get("/api/auth");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"enable_uaa": false, "uaa_client_id": "", "uaa_location": ""})
+    );
+
+    // Runtime parameters and operator policies: none, and writes refused.
+    assert_eq!(api.get_ok("/api/parameters"), json!([]));
+    assert_eq!(api.get_ok("/api/parameters/federation-upstream"), json!([]));
+    assert_eq!(api.get_ok("/api/parameters/shovel/%2F"), json!([]));
+    assert_eq!(api.get("/api/parameters/shovel/no-such-vh").status, 404);
+    assert_eq!(api.get("/api/parameters/shovel/%2F/x").status, 404);
+    let r = api.put("/api/parameters/shovel/%2F/x", json!({"value": {}}));
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["reason"],
+        "Validation failed\n\ncomponent shovel not found\n"
+    );
+    assert_eq!(api.get_ok("/api/operator-policies"), json!([]));
+    assert_eq!(api.get_ok("/api/operator-policies/%2F"), json!([]));
+    assert_eq!(api.get("/api/operator-policies/%2F/x").status, 404);
+    assert_eq!(
+        api.put(
+            "/api/operator-policies/%2F/x",
+            json!({"pattern": ".*", "definition": {"max-length": 1}})
+        )
+        .status,
+        400
+    );
+
+    // User limits: none, not settable, clearing is a no-op.
+    assert_eq!(api.get_ok("/api/user-limits"), json!([]));
+    assert_eq!(api.get_ok("/api/user-limits/guest"), json!([]));
+    assert_eq!(api.get("/api/user-limits/nobody").status, 404);
+    assert_eq!(
+        api.put("/api/user-limits/guest/max-channels", json!({"value": 1}))
+            .status,
+        400
+    );
+    assert_eq!(
+        api.delete("/api/user-limits/guest/max-channels").status,
+        204
+    );
+
+    // Health checks.
+    let amqp_port: u16 = broker
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        api.get_ok(&format!("/api/health/checks/port-listener/{amqp_port}")),
+        json!({"status": "ok", "port": amqp_port})
+    );
+    let r = api.get("/api/health/checks/port-listener/1");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["missing"], 1);
+    assert!(r.json()["ports"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(amqp_port)));
+    assert_eq!(
+        api.get("/api/health/checks/port-listener/abc").json(),
+        json!({"error": "bad_request", "reason": "Invalid port"})
+    );
+    assert_eq!(
+        api.get_ok("/api/health/checks/protocol-listener/amqp"),
+        json!({"status": "ok", "protocol": "amqp"})
+    );
+    let r = api.get("/api/health/checks/protocol-listener/stomp");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["reason"], "No active listener");
+    for check in ["node-is-quorum-critical", "node-is-mirror-sync-critical"] {
+        assert_eq!(
+            api.get_ok(&format!("/api/health/checks/{check}")),
+            json!({"status": "ok", "reason": "single node cluster"})
+        );
+    }
+
+    // Node memory.
+    let m = api.get_ok(&format!("/api/nodes/{}/memory", enc(&node)));
+    assert_eq!(m["memory"]["strategy"], "rss");
+    assert!(m["memory"]["total"]["rss"].as_u64().unwrap() > 0);
+    assert_eq!(api.get("/api/nodes/nobody@nowhere/memory").status, 404);
+    let n = api.get_ok(&format!("/api/nodes/{}?memory=true", enc(&node)));
+    assert_eq!(n["memory"]["strategy"], "rss");
+    assert!(api
+        .get_ok(&format!("/api/nodes/{}", enc(&node)))
+        .get("memory")
+        .is_none());
+
+    // Cluster actions a single node answers as RabbitMQ does.
+    assert_eq!(api.post("/api/rebalance/queues", json!({})).status, 204);
+    assert_eq!(
+        api.post(&format!("/api/vhosts/%2F/start/{}", enc(&node)), json!({}))
+            .status,
+        204
+    );
+    assert_eq!(
+        api.post("/api/vhosts/%2F/start/other@host", json!({}))
+            .status,
+        400
+    );
+    assert_eq!(api.put("/api/queues/%2F/cov-q", json!({})).status, 201);
+    for action in ["sync", "cancel_sync"] {
+        let r = api.post("/api/queues/%2F/cov-q/actions", json!({"action": action}));
+        assert_eq!(r.status, 204, "{action}: {}", r.body);
+    }
+    assert_eq!(
+        api.post("/api/queues/%2F/cov-q/actions", json!({"action": "bogus"}))
+            .json(),
+        json!({"error": "bad_request", "reason": ["unknown", "bogus"]})
+    );
+    assert_eq!(
+        api.post("/api/queues/%2F/nope/actions", json!({"action": "sync"}))
+            .status,
+        404
+    );
+
+    // Overview fields dashboards read.
+    let o = api.get_ok("/api/overview");
+    assert!(o["queue_totals"]["messages_details"]["rate"].is_number());
+    assert!(o["churn_rates"]["connection_created_details"]["rate"].is_number());
+    assert_eq!(o["contexts"][0]["description"], "RabbitMQ Management");
+    let n = api.get_ok(&format!("/api/nodes/{}", enc(&node)));
+    assert!(n["connection_created"].is_u64(), "{n}");
+    assert!(n["channel_closed_details"]["rate"].is_number(), "{n}");
+    assert_eq!(n["mem_calculation_strategy"], "rss");
+    let v = api.get_ok("/api/vhosts/%2F");
+    assert!(v["messages_ready_details"]["rate"].is_number(), "{v}");
+
+    // A monitoring user may not change the cluster name.
+    assert_eq!(
+        api.put(
+            "/api/users/cov-mon",
+            json!({"password": "pw", "tags": "monitoring"})
+        )
+        .status,
+        201
+    );
+    let mon = api.as_user("cov-mon", "pw");
+    assert_eq!(
+        mon.put("/api/cluster-name", json!({"name": "x"})).status,
+        401
+    );
+}
+
+/// Vhost limits over the API are RabbitMQ's, and enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhost_limits_api() {
+    let broker = Broker::start();
+    let api = Api::new(&broker);
+    assert_eq!(api.put("/api/vhosts/lim-vh", json!({})).status, 201);
+    assert_eq!(api.get_ok("/api/vhost-limits/lim-vh"), json!([]));
+    let r = api.put("/api/vhost-limits/lim-vh/max-queues", json!({}));
+    assert_eq!(
+        r.json(),
+        json!({"error": "bad_request", "reason": "[{key_missing,value}]"})
+    );
+    let r = api.put("/api/vhost-limits/lim-vh/max-channels", json!({"value": 1}));
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("Unrecognised terms"), "{}", r.body);
+    let r = api.put("/api/vhost-limits/lim-vh/max-queues", json!({"value": "x"}));
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("should be a number"), "{}", r.body);
+    assert_eq!(
+        api.put("/api/vhost-limits/nope/max-queues", json!({"value": 1}))
+            .json(),
+        json!({"error": "not_found", "reason": "vhost_not_found"})
+    );
+    for (name, value) in [("max-queues", 1), ("max-connections", 5)] {
+        let r = api.put(
+            &format!("/api/vhost-limits/lim-vh/{name}"),
+            json!({"value": value}),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+    let expected = json!([{"vhost": "lim-vh", "value": {"max-queues": 1, "max-connections": 5}}]);
+    assert_eq!(api.get_ok("/api/vhost-limits/lim-vh"), expected);
+    assert_eq!(api.get_ok("/api/vhost-limits"), expected);
+    // Enforced: a second queue is refused.
+    assert_eq!(api.put("/api/queues/lim-vh/q1", json!({})).status, 201);
+    assert_eq!(
+        api.put("/api/queues/lim-vh/q2", json!({})).json(),
+        json!({"error": "bad_request",
+               "reason": "cannot declare queue 'q2': queue limit in vhost 'lim-vh' (1) is reached"})
+    );
+    // Negative means no limit, as in RabbitMQ; DELETE clears.
+    assert_eq!(
+        api.put("/api/vhost-limits/lim-vh/max-queues", json!({"value": -1}))
+            .status,
+        204
+    );
+    assert_eq!(api.put("/api/queues/lim-vh/q2", json!({})).status, 201);
+    assert_eq!(
+        api.delete("/api/vhost-limits/lim-vh/max-connections")
+            .status,
+        204
+    );
+    assert_eq!(api.get_ok("/api/vhost-limits/lim-vh"), json!([]));
+    assert_eq!(api.get_ok("/api/vhost-limits"), json!([]));
+
+    // The same limits as RabbitMQ's runtime parameter vhost-limits/{vhost}/limits.
+    let param = "/api/parameters/vhost-limits/lim-vh/limits";
+    assert_eq!(api.get(param).status, 404);
+    assert_eq!(
+        api.put(param, json!({"value": {"max-queues": 3}})).status,
+        201
+    );
+    assert_eq!(
+        api.put(param, json!({"value": {"max-connections": 4}}))
+            .status,
+        204
+    );
+    let expected = json!({"value": {"max-connections": 4}, "vhost": "lim-vh",
+                          "component": "vhost-limits", "name": "limits"});
+    assert_eq!(api.get_ok(param), expected);
+    assert_eq!(api.get_ok("/api/parameters"), json!([expected]));
+    assert_eq!(
+        api.get_ok("/api/parameters/vhost-limits/lim-vh"),
+        json!([expected])
+    );
+    assert_eq!(
+        api.get_ok("/api/vhost-limits/lim-vh"),
+        json!([{"vhost": "lim-vh", "value": {"max-connections": 4}}])
+    );
+    let r = api.put(param, json!({"value": {"max-channels": 1}}));
+    assert_eq!(r.status, 400);
+    assert_eq!(api.delete(param).status, 204);
+    assert_eq!(api.delete(param).status, 404);
+    assert_eq!(api.get_ok("/api/parameters"), json!([]));
+}
+
+/// `policy` and `effective_policy_definition` of queues and `policy` of exchanges come from
+/// the policy actually applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_and_exchange_policy_fields() {
+    let broker = Broker::start();
+    let api = Api::new(&broker);
+    assert_eq!(api.put("/api/queues/%2F/pol-before", json!({})).status, 201);
+    let r = api.put(
+        "/api/policies/%2F/cov-pol",
+        json!({"pattern": "^pol-", "definition": {"max-length": 10}, "apply-to": "all"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(api.put("/api/queues/%2F/pol-q", json!({})).status, 201);
+    assert_eq!(api.put("/api/queues/%2F/other-q", json!({})).status, 201);
+
+    let q = api.get_ok("/api/queues/%2F/pol-q");
+    assert_eq!(q["policy"], "cov-pol");
+    assert_eq!(q["operator_policy"], Value::Null);
+    assert_eq!(q["effective_policy_definition"], json!({"max-length": 10}));
+    for key in [
+        "messages_details",
+        "messages_ready_details",
+        "messages_unacknowledged_details",
+    ] {
+        assert!(q[key]["rate"].is_number(), "{key}: {q}");
+    }
+    for key in ["memory", "message_bytes_ram", "messages_paged_out"] {
+        assert!(q[key].is_u64(), "{key}: {q}");
+    }
+    let other = api.get_ok("/api/queues/%2F/other-q");
+    assert_eq!(other["policy"], Value::Null);
+    assert_eq!(other["effective_policy_definition"], json!({}));
+    // Pier applies policies at declaration: a queue declared before shows none.
+    assert_eq!(
+        api.get_ok("/api/queues/%2F/pol-before")["policy"],
+        Value::Null
+    );
+    let listed = api.get_ok("/api/queues/%2F?columns=name,policy");
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "pol-q", "policy": "cov-pol"})));
+
+    // Exchanges follow policies as they change; the key is absent without one.
+    assert_eq!(
+        api.put("/api/exchanges/%2F/pol-x", json!({"type": "fanout"}))
+            .status,
+        201
+    );
+    assert_eq!(api.get_ok("/api/exchanges/%2F/pol-x")["policy"], "cov-pol");
+    assert!(api
+        .get_ok("/api/exchanges/%2F/amq.direct")
+        .get("policy")
+        .is_none());
+    assert_eq!(api.delete("/api/policies/%2F/cov-pol").status, 204);
+    assert!(api
+        .get_ok("/api/exchanges/%2F/pol-x")
+        .get("policy")
+        .is_none());
+    // The queue keeps the policy it was declared with; its definition is gone.
+    let q = api.get_ok("/api/queues/%2F/pol-q");
+    assert_eq!(q["policy"], "cov-pol");
+    assert_eq!(q["effective_policy_definition"], json!({}));
+}
+
+/// GET/DELETE /api/connections/username/{user}.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_by_username() {
+    let broker = Broker::start();
+    let api = Api::new(&broker);
+    let conn = connect_as(&broker, "guest", "guest", "/").await.unwrap();
+    eventually("connection listed", || {
+        api.get_ok("/api/connections/username/guest")
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    });
+    assert_eq!(api.get_ok("/api/connections/username/nobody"), json!([]));
+    assert_eq!(api.delete("/api/connections/username/guest").status, 204);
+    eventually("connection closed", || {
+        api.get_ok("/api/connections/username/guest")
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
+    eventually("client sees the close", || !conn.status().connected());
+}

@@ -201,6 +201,18 @@ enum CtlCommand {
     ClearPolicy { name: String },
     /// Policies of the vhost.
     ListPolicies { columns: Vec<String> },
+    /// Sets the vhost's limits: DEFINITION is a JSON object, e.g. '{"max-queues": 100}'
+    /// (max-connections, max-queues; negative: no limit). Replaces the previous limits.
+    SetVhostLimits { definition: String },
+    /// Removes the vhost's limits.
+    ClearVhostLimits,
+    /// The vhost's limits (a JSON object); with --global, those of every vhost.
+    ListVhostLimits {
+        #[arg(long)]
+        global: bool,
+    },
+    /// Renames the cluster (in memory: the configured name comes back at restart).
+    SetClusterName { name: String },
     /// Removes every ready message of a queue.
     PurgeQueue { queue: String },
     /// Deletes a queue and its messages.
@@ -497,6 +509,12 @@ const USER_TOPIC_PERMISSIONS: ListSpec = ListSpec {
     what: "topic permission",
     items: TOPIC_PERMISSIONS.items,
     default: &["vhost", "exchange", "write", "read"],
+};
+
+const VHOST_LIMITS: ListSpec = ListSpec {
+    what: "vhost limits",
+    items: &[("vhost", "vhost"), ("limits", "value"), ("value", "value")],
+    default: &["vhost", "limits"],
 };
 
 const POLICIES: ListSpec = ListSpec {
@@ -964,6 +982,65 @@ impl Ctl {
                     .list(&format!("/policies/{}", self.vh()))
                     .map_err(|e| Self::not_found(e, self.no_vhost()))?;
                 self.show_list(&POLICIES, &columns, &rows)
+            }
+            CtlCommand::SetVhostLimits { definition } => {
+                let def: Value = serde_json::from_str(&definition).map_err(|e| {
+                    CtlError::new(EX_DATAERR, format!("the limits are not valid JSON: {e}"))
+                })?;
+                if !def.is_object() {
+                    return Err(CtlError::new(
+                        EX_DATAERR,
+                        "the limits must be a JSON object, e.g. '{\"max-queues\": 100}'",
+                    ));
+                }
+                self.info(&format!(
+                    "Applying limits to vhost \"{}\" argument list: {definition} ...",
+                    self.vhost
+                ));
+                c.put(
+                    &format!("/parameters/vhost-limits/{}/limits", self.vh()),
+                    &json!({ "value": def }),
+                )
+                .map_err(|e| Self::not_found(e, self.no_vhost()))?;
+                self.done(json!({"vhost": self.vhost, "value": def}));
+                Ok(())
+            }
+            CtlCommand::ClearVhostLimits => {
+                self.info(&format!("Clearing vhost \"{}\" limits ...", self.vhost));
+                c.get(&format!("/vhosts/{}", self.vh()))
+                    .map_err(|e| Self::not_found(e, self.no_vhost()))?;
+                // No limits to clear is fine, as for rabbitmqctl.
+                match c.delete(&format!("/parameters/vhost-limits/{}/limits", self.vh())) {
+                    Err(e) if !e.is_not_found() => return Err(e),
+                    _ => {}
+                }
+                self.done(json!({"vhost": self.vhost, "cleared": true}));
+                Ok(())
+            }
+            CtlCommand::ListVhostLimits { global } => {
+                if global {
+                    self.info("Listing limits for all vhosts ...");
+                    let rows = c.list("/vhost-limits")?;
+                    return self.show_list(&VHOST_LIMITS, &[], &rows);
+                }
+                self.info(&format!("Listing limits for vhost \"{}\" ...", self.vhost));
+                let rows = c
+                    .list(&format!("/vhost-limits/{}", self.vh()))
+                    .map_err(|e| Self::not_found(e, self.no_vhost()))?;
+                let value = rows
+                    .first()
+                    .and_then(|r| r.get("value"))
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
+                // rabbitmqctl prints the limits object itself.
+                emit_json(&value);
+                Ok(())
+            }
+            CtlCommand::SetClusterName { name } => {
+                self.info(&format!("Setting cluster name to {name} ..."));
+                c.put("/cluster-name", &json!({ "name": name }))?;
+                self.done(json!({ "name": name }));
+                Ok(())
             }
             CtlCommand::PurgeQueue { queue } => {
                 self.info(&format!(
