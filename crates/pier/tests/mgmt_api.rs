@@ -979,7 +979,12 @@ async fn rabbitmq_export_fixture_imports() {
         json!([{"user": "fx-app", "vhost": "fixture-vh", "exchange": "app.events", "write": "^order\\.", "read": ".*"}])
     );
     let refused = timed(conn.create_channel()).await.unwrap();
-    timed(refused.basic_publish(
+    // In confirm mode the pending confirm carries the channel error (a follow-up method could
+    // race the server's channel.close and fail with "channel closing" instead).
+    timed(refused.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let confirm = timed(refused.basic_publish(
         "app.events".into(),
         "limited".into(),
         BasicPublishOptions::default(),
@@ -988,9 +993,7 @@ async fn rabbitmq_export_fixture_imports() {
     ))
     .await
     .unwrap();
-    let err = timed(refused.basic_qos(1, BasicQosOptions::default()))
-        .await
-        .unwrap_err();
+    let err = timed(confirm).await.unwrap_err();
     assert!(
         format!("{err:?}").contains(
             "ACCESS_REFUSED - access to topic 'limited' in exchange 'app.events' in vhost 'fixture-vh' refused for user 'fx-app'"
@@ -1282,7 +1285,8 @@ async fn topic_permissions_api() {
     .await
     .unwrap();
     assert!(timed(ch.wait_for_confirms()).await.unwrap().is_empty());
-    timed(ch.basic_publish(
+    // The pending confirm carries the channel error (see rabbitmq_export_fixture_imports).
+    let confirm = timed(ch.basic_publish(
         "tp.x".into(),
         "other.key".into(),
         BasicPublishOptions::default(),
@@ -1291,9 +1295,7 @@ async fn topic_permissions_api() {
     ))
     .await
     .unwrap();
-    let err = timed(ch.basic_qos(1, BasicQosOptions::default()))
-        .await
-        .unwrap_err();
+    let err = timed(confirm).await.unwrap_err();
     assert!(
         format!("{err:?}").contains(
             "ACCESS_REFUSED - access to topic 'other.key' in exchange 'tp.x' in vhost 'tp-vh' refused for user 'tp-user'"
