@@ -48,7 +48,9 @@ pub struct VhostStorage {
 #[derive(Debug)]
 pub struct DelayedQueue {
     pub id: QueueId,
-    pub next_offset: std::sync::atomic::AtomicU64,
+    /// Held while an offset is taken *and* its append is sent: the store refuses a queue's
+    /// offsets out of order, which two racing publishers could otherwise cause.
+    pub next_offset: Mutex<u64>,
 }
 
 impl std::fmt::Debug for VhostStorage {

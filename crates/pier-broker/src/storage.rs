@@ -521,7 +521,7 @@ fn restore_delayed(
     }
     Ok(Arc::new(DelayedQueue {
         id,
-        next_offset: std::sync::atomic::AtomicU64::new(info.map_or(0, |i| i.next_offset)),
+        next_offset: std::sync::Mutex::new(info.map_or(0, |i| i.next_offset)),
     }))
 }
 
@@ -565,15 +565,21 @@ pub(crate) fn delayed_stored(
         props,
         message.body.clone(),
     );
-    let offset = s
+    let stored = to_stored(&copy);
+    let mut next = s
         .delayed
         .next_offset
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let offset = *next;
+    *next += 1;
     let refs = vec![pier_store::QueueRef {
         queue: s.delayed.id,
         offset,
     }];
-    match crate::persist::append_durable(&s.messages, refs, to_stored(&copy), durability) {
+    let appended = crate::persist::append_durable(&s.messages, refs, stored, durability);
+    drop(next);
+    match appended {
         Ok(()) => Some(offset),
         Err(e) => {
             tracing::error!("storing a delayed message failed: {e}");
