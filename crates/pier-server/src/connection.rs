@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pier_broker::{ConnectionId, Queue, User, VHost};
 use pier_wire::{
-    decode_frame, reply_code as rc, ChannelClose, ChannelCloseOk, ChannelOpenOk, ConnectionClose,
-    ConnectionCloseOk, ConnectionUpdateSecretOk, Frame, LongString, Method, ShortString,
+    decode_frame, next_frame_len, reply_code as rc, ChannelClose, ChannelCloseOk, ChannelOpenOk,
+    ConnectionClose, ConnectionCloseOk, ConnectionUpdateSecretOk, Frame, LongString, Method,
+    ShortString,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
@@ -123,6 +124,8 @@ impl Connection {
         const MIN_READ: usize = 4 * 1024;
         const MAX_READ: usize = 64 * 1024;
         let mut read_size = MIN_READ;
+        // The last read filled less than half the buffer (see the decode loop).
+        let mut sparse = false;
         let far = Duration::from_secs(86_400 * 365);
         let timer = tokio::time::sleep(read_timeout.unwrap_or(far));
         tokio::pin!(timer);
@@ -134,7 +137,18 @@ impl Connection {
         loop {
             // Handle everything already buffered before reading again.
             loop {
-                let frame = match decode_frame(&mut reader.buf, self.frame_max) {
+                let decoded = match next_frame_len(&reader.buf) {
+                    // A mostly empty read buffer (a trickle publisher): give each frame its own
+                    // allocation, or the zero-copy slices of every queued message would each
+                    // keep a whole read buffer alive (3-4× the bodies' size in RSS).
+                    Some(total) if sparse && total <= reader.buf.len() => {
+                        let mut own = BytesMut::from(&reader.buf[..total]);
+                        reader.buf.advance(total);
+                        decode_frame(&mut own, self.frame_max)
+                    }
+                    _ => decode_frame(&mut reader.buf, self.frame_max),
+                };
+                let frame = match decoded {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
@@ -217,6 +231,7 @@ impl Connection {
                         return Err(ConnectionError::Eof);
                     }
                     self.registered.count_read(n);
+                    sparse = n * 2 < reader.buf.capacity();
                     last_read = tokio::time::Instant::now();
                     if n >= space {
                         read_size = (read_size * 2).min(MAX_READ);

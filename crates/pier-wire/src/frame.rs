@@ -143,6 +143,14 @@ fn framed(
 /// gives [`WireError::FrameTooLarge`]. Like RabbitMQ, [`FRAME_SIZE_FUDGE`] extra octets are
 /// tolerated, i.e. a frame is too large when its *payload* exceeds `max_frame_size`.
 /// A frame not ending in `0xCE` gives [`WireError::BadFrameEnd`].
+/// The whole length (header, payload, end byte) of the frame at the start of `buf`, once its
+/// header is there; nothing is validated (`decode_frame` does that).
+pub fn next_frame_len(buf: &[u8]) -> Option<usize> {
+    let size = buf.get(3..FRAME_HEADER_SIZE)?;
+    let size = u32::from_be_bytes(<[u8; 4]>::try_from(size).ok()?);
+    usize::try_from(size).ok()?.checked_add(FRAME_OVERHEAD)
+}
+
 pub fn decode_frame(buf: &mut BytesMut, max_frame_size: u32) -> Result<Option<Frame>, WireError> {
     let Some(header) = buf
         .get(..FRAME_HEADER_SIZE)
@@ -333,6 +341,23 @@ mod tests {
 
     fn one(buf: &mut BytesMut) -> Frame {
         decode_frame(buf, 0).unwrap().unwrap()
+    }
+
+    #[test]
+    fn next_frame_len_reads_the_header_only() {
+        let mut buf = BytesMut::new();
+        encode_heartbeat(&mut buf);
+        assert_eq!(next_frame_len(&buf), Some(buf.len()));
+        assert_eq!(
+            next_frame_len(&buf[..FRAME_HEADER_SIZE]),
+            Some(FRAME_OVERHEAD)
+        );
+        assert_eq!(next_frame_len(&buf[..FRAME_HEADER_SIZE - 1]), None);
+        let huge = [FRAME_BODY, 0, 1, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(
+            next_frame_len(&huge),
+            Some(u32::MAX as usize + FRAME_OVERHEAD)
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use deliver::{encode_basic_deliver, try_encode_basic_deliver};
 pub use error::WireError;
 pub use frame::{
     check_protocol_header, decode_frame, encode_body_frames, encode_content_frames,
-    encode_content_header, encode_heartbeat, encode_method_frame, max_body_payload,
+    encode_content_header, encode_heartbeat, encode_method_frame, max_body_payload, next_frame_len,
     try_encode_method_frame, Frame, ProtocolHeaderCheck, FRAME_HEADER_SIZE, FRAME_OVERHEAD,
     FRAME_SIZE_FUDGE,
 };
