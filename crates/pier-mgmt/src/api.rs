@@ -709,15 +709,18 @@ pub async fn permission(
     Ok(json::ok(permission_json(&name, &vhost, p)))
 }
 
-pub async fn put_permission(
-    State(st): State<AppState>,
-    Extension(user): Extension<AuthUser>,
-    Path((vhost, name)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    user.require_admin()?;
-    let b = body_object(&body)?;
-    let missing: Vec<String> = ["configure", "write", "read"]
+/// The body of a permission or topic-permission PUT after RabbitMQ's checks: every key is
+/// there (else 400 `[{key_missing,K},...]`) and the vhost and user exist (else 400
+/// `vhost_or_user_not_found`).
+fn permission_put_body(
+    st: &AppState,
+    vhost: &str,
+    user: &str,
+    body: &Bytes,
+    keys: [&str; 3],
+) -> ApiResult<serde_json::Map<String, Value>> {
+    let b = body_object(body)?;
+    let missing: Vec<String> = keys
         .iter()
         .filter(|k| !b.contains_key(**k))
         .map(|k| format!("{{key_missing,{k}}}"))
@@ -725,11 +728,21 @@ pub async fn put_permission(
     if !missing.is_empty() {
         return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
     }
-    let store = st.broker.users();
-    if st.broker.vhost(&vhost).is_none() || store.user(&name).is_none() {
+    if st.broker.vhost(vhost).is_none() || st.broker.users().user(user).is_none() {
         return Err(ApiError::bad_request("vhost_or_user_not_found"));
     }
-    let existed = store.permission(&name, &vhost).is_some();
+    Ok(b)
+}
+
+pub async fn put_permission(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let b = permission_put_body(&st, &vhost, &name, &body, ["configure", "write", "read"])?;
+    let existed = st.broker.users().permission(&name, &vhost).is_some();
     let text = |k: &str| get_str(&b, k).unwrap_or("").to_owned();
     let permission = Permission {
         configure: text("configure"),
@@ -818,20 +831,12 @@ pub async fn put_topic_permission(
     body: Bytes,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    let b = body_object(&body)?;
-    let missing: Vec<String> = ["exchange", "write", "read"]
-        .iter()
-        .filter(|k| !b.contains_key(**k))
-        .map(|k| format!("{{key_missing,{k}}}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
-    }
-    let store = st.broker.users();
-    if st.broker.vhost(&vhost).is_none() || store.user(&name).is_none() {
-        return Err(ApiError::bad_request("vhost_or_user_not_found"));
-    }
-    let existed = store.compiled_topic_permissions(&name, &vhost).is_some();
+    let b = permission_put_body(&st, &vhost, &name, &body, ["exchange", "write", "read"])?;
+    let existed = st
+        .broker
+        .users()
+        .compiled_topic_permissions(&name, &vhost)
+        .is_some();
     let text = |k: &str| get_str(&b, k).unwrap_or("").to_owned();
     let permission = TopicPermission {
         exchange: text("exchange"),
