@@ -140,6 +140,13 @@ def click(driver, element) -> None:
     element.click()
 
 
+def click_row(driver, selector: str, what: str) -> None:
+    """Finds and clicks an element of a live-refreshed list in one step, again if a refresh
+    replaced it in between (stale element: wait_until retries on any exception)."""
+    wait_until(driver, lambda d: click(d, d.find_element("css selector", selector)) or True,
+               what=what)
+
+
 def text_of(driver, element_id: str) -> str:
     try:
         return by_id(driver, element_id).text
@@ -291,7 +298,7 @@ def test_login_overview_queue_publish_get(pier_ui, browser):
                timeout=15, what="the queue in the list")
 
     # Open the queue page from the list.
-    browser.find_element("css selector", f'tr[data-queue="{name}"] a').click()
+    click_row(browser, f'tr[data-queue="{name}"] a', "the queue's link")
     wait_until(browser, lambda d: text_of(d, "queue-name") == name, what="the queue page")
 
     # Publish a message through the UI.
@@ -329,7 +336,7 @@ def test_login_overview_queue_publish_get(pier_ui, browser):
     row = browser.find_element("css selector", f'tr[data-queue="{name}"]').text
     assert name in row and "/s" in row, row
     shot(browser, "ui-queues")
-    click(browser, browser.find_element("css selector", f'tr[data-queue="{name}"] a'))
+    click_row(browser, f'tr[data-queue="{name}"] a', "the queue's link")
     wait_until(browser, lambda d: text_of(d, "queue-name") == name, what="the queue page")
     time.sleep(6)
     wait_until(browser, lambda d: "/s" in text_of(d, "queue-figures"), what="the figures")
@@ -364,7 +371,7 @@ def test_exchanges_admin_and_delete(pier_ui, browser):
     assert api.get(f"/exchanges/%2F/{q(xname)}")["type"] == "topic"
     wait_until(browser, lambda d: d.find_elements("css selector", f'tr[data-exchange="{xname}"] a'),
                what="the exchange in the list")
-    browser.find_element("css selector", f'tr[data-exchange="{xname}"] a').click()
+    click_row(browser, f'tr[data-exchange="{xname}"] a', "the exchange's link")
     wait_until(browser, lambda d: text_of(d, "exchange-name") == xname, what="the exchange page")
     type_into(browser, "exchange-bind-destination", qname)
     type_into(browser, "exchange-bind-key", "orders.*")
@@ -404,7 +411,7 @@ def test_exchanges_admin_and_delete(pier_ui, browser):
     wait_until(browser, lambda d: d.find_elements("css selector", f'tr[data-user="{user}"] button'),
                what="the user in the list")
     shot(browser, "ui-admin")
-    click(browser, browser.find_element("css selector", f'tr[data-user="{user}"] button'))
+    click_row(browser, f'tr[data-user="{user}"] button', "the user's delete button")
     wait_until(browser, lambda d: d.switch_to.alert, what="the confirmation dialog").accept()
     wait_until(browser, lambda d: "Deleted user" in text_of(d, "admin-result"), what="the deletion")
     assert api.call("GET", f"/users/{q(user)}")[0] == 404
