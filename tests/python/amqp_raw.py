@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -642,3 +643,41 @@ class RawConnection:
         self.send_method(0, "connection.close", reply_code=200, reply_text="bye")
         self.expect("connection.close-ok")
         self.close()
+
+
+class Flooder(threading.Thread):
+    """Publishes `body` to `queue` on channel 1 over its own socket (a dup of `sock`) as fast
+    as the broker reads it; `delivery_mode=2` makes the messages persistent."""
+
+    def __init__(self, sock: socket.socket, queue: str, body: bytes, frame_max: int,
+                 delivery_mode: int | None = None):
+        super().__init__(daemon=True)
+        self.sock = sock.dup()
+        self.sock.settimeout(0.5)
+        chunk = frame_max - 8
+        data = bytearray(method_frame(1, "basic.publish", exchange="", routing_key=queue,
+                                      mandatory=False, immediate=False))
+        data += frame(FRAME_HEADER, 1, content_header_payload(len(body), delivery_mode=delivery_mode))
+        for i in range(0, len(body), chunk):
+            data += frame(FRAME_BODY, 1, body[i:i + chunk])
+        self.message = bytes(data)
+        self.stop = threading.Event()
+        self.sent = 0
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        # Stops only between messages, so the stream stays well-formed for later methods.
+        try:
+            while not self.stop.is_set():
+                view = memoryview(self.message)
+                while view:
+                    try:
+                        n = self.sock.send(view)
+                    except socket.timeout:
+                        continue
+                    view = view[n:]
+                self.sent += 1
+        except OSError as e:  # noqa: PERF203
+            self.error = e
+        finally:
+            self.sock.close()

@@ -157,3 +157,12 @@ class MgmtApi:
         status, body = self.call("GET", path)
         assert status == 200, (path, status, body)
         return body
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process `pid` (VmRSS), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")

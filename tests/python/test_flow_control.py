@@ -14,30 +14,19 @@ alarm clears.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from pathlib import Path
 
-import pika
 import pytest
 
-from amqp_raw import FRAME_BODY, FRAME_HEADER, RawConnection, content_header_payload, frame, \
-    method_frame
+from amqp_raw import Flooder, RawConnection
 from conftest import PIER_CONFIG, Broker, PierProcess
+from helpers import rss_bytes
 
 WATERMARK = 64 * 1024 * 1024
 
 FLOW_CONFIG = f"""
 vm_memory_high_watermark.absolute = {WATERMARK}
 """ + PIER_CONFIG
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture
@@ -51,42 +40,6 @@ def flow_pier(tmp_path):
     finally:
         proc.terminate()
         assert "panicked" not in proc.log_path.read_text(errors="replace")
-
-
-class Flooder(threading.Thread):
-    """Publishes `body` to `queue` over its own socket as fast as the broker reads it."""
-
-    def __init__(self, sock: socket.socket, queue: str, body: bytes, frame_max: int):
-        super().__init__(daemon=True)
-        self.sock = sock.dup()
-        self.sock.settimeout(0.5)
-        chunk = frame_max - 8
-        data = bytearray(method_frame(1, "basic.publish", exchange="", routing_key=queue,
-                                      mandatory=False, immediate=False))
-        data += frame(FRAME_HEADER, 1, content_header_payload(len(body)))
-        for i in range(0, len(body), chunk):
-            data += frame(FRAME_BODY, 1, body[i:i + chunk])
-        self.message = bytes(data)
-        self.stop = threading.Event()
-        self.sent = 0
-        self.error: Exception | None = None
-
-    def run(self) -> None:
-        # Stops only between messages, so the stream stays well-formed for later methods.
-        try:
-            while not self.stop.is_set():
-                view = memoryview(self.message)
-                while view:
-                    try:
-                        n = self.sock.send(view)
-                    except socket.timeout:
-                        continue
-                    view = view[n:]
-                self.sent += 1
-        except OSError as e:  # noqa: PERF203
-            self.error = e
-        finally:
-            self.sock.close()
 
 
 @pytest.mark.pier_only

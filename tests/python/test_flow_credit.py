@@ -13,28 +13,18 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pika
 import pytest
 
-from amqp_raw import FRAME_BODY, FRAME_HEADER, RawConnection, content_header_payload, frame, \
-    method_frame
+from amqp_raw import Flooder, RawConnection
 from conftest import PIER_CONFIG, Broker, PierProcess
+from helpers import rss_bytes
 
 BODY = 64 * 1024
 CREDIT_BYTES = 8 * 1024 * 1024  # HIGH_WATER_BYTES in crates/pier-server/src/credit.rs
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture
@@ -57,43 +47,6 @@ def connection_states(pier) -> list[str]:
         return [c["state"] for c in json.loads(resp.read())]
 
 
-class PersistentFlooder(threading.Thread):
-    """Publishes persistent messages on channel 1 as fast as the broker reads them."""
-
-    def __init__(self, sock: socket.socket, queue: str, frame_max: int):
-        super().__init__(daemon=True)
-        self.sock = sock.dup()
-        self.sock.settimeout(0.5)
-        body = b"p" * BODY
-        chunk = frame_max - 8
-        data = bytearray(method_frame(1, "basic.publish", exchange="", routing_key=queue,
-                                      mandatory=False, immediate=False))
-        data += frame(FRAME_HEADER, 1, content_header_payload(len(body), delivery_mode=2))
-        for i in range(0, len(body), chunk):
-            data += frame(FRAME_BODY, 1, body[i:i + chunk])
-        self.message = bytes(data)
-        self.stop = threading.Event()
-        self.sent = 0
-        self.error: Exception | None = None
-
-    def run(self) -> None:
-        # Stops only between messages, so the stream stays well-formed.
-        try:
-            while not self.stop.is_set():
-                view = memoryview(self.message)
-                while view:
-                    try:
-                        n = self.sock.send(view)
-                    except socket.timeout:
-                        continue
-                    view = view[n:]
-                self.sent += 1
-        except OSError as e:  # noqa: PERF203
-            self.error = e
-        finally:
-            self.sock.close()
-
-
 @pytest.mark.pier_only
 def test_persistent_flood_is_throttled_by_credit(slow_disk_pier):
     pier = slow_disk_pier
@@ -106,7 +59,7 @@ def test_persistent_flood_is_throttled_by_credit(slow_disk_pier):
     publisher.rpc(1, "confirm.select", "confirm.select-ok")
     rss_before = rss_bytes(pid)
 
-    flooder = PersistentFlooder(publisher.sock, queue, publisher.frame_max)
+    flooder = Flooder(publisher.sock, queue, b"p" * BODY, publisher.frame_max, delivery_mode=2)
     flooder.start()
     try:
         # Management shows the publisher in flow.

@@ -5,17 +5,11 @@ import time
 import pika
 import pytest
 
+from helpers import rss_bytes
+
 pytestmark = pytest.mark.pier_only
 
 MiB = 1024 * 1024
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_a_trickle_publisher_pins_no_read_buffers(pier_factory):
@@ -29,7 +23,7 @@ def test_a_trickle_publisher_pins_no_read_buffers(pier_factory):
     ch = conn.channel()
     ch.queue_declare("trickle")
     time.sleep(0.5)
-    before = _rss(proc.proc.pid)
+    before = rss_bytes(proc.proc.pid)
     n, body = 20_000, b"x" * 1000
     for _ in range(n):
         ch.basic_publish("", "trickle", body)
@@ -37,6 +31,6 @@ def test_a_trickle_publisher_pins_no_read_buffers(pier_factory):
     while ch.queue_declare("trickle", passive=True).method.message_count < n:
         assert time.monotonic() < deadline, "messages did not arrive"
         time.sleep(0.1)
-    growth = _rss(proc.proc.pid) - before
+    growth = rss_bytes(proc.proc.pid) - before
     assert growth < 30 * MiB, f"RSS grew {growth / MiB:.1f} MiB for {n * len(body) / MiB:.1f} MiB of bodies"
     conn.close()
