@@ -389,6 +389,19 @@ def names(broker):
 
 
 @pytest.fixture
+def mgmt(broker):
+    """The management API of the broker under test: the session's Pier, or the external
+    broker's at PIER_TEST_MGMT_URL (skipped without it)."""
+    from helpers import MgmtApi
+    if EXTERNAL_URL:
+        url = os.environ.get("PIER_TEST_MGMT_URL")
+        if not url:
+            pytest.skip("PIER_TEST_MGMT_URL is not set")
+        return MgmtApi.from_url(url)
+    return MgmtApi(broker.process.http_port)
+
+
+@pytest.fixture
 def connection(broker):
     conn = broker.connect()
     yield conn

@@ -103,38 +103,11 @@ impl ArgContext<'_> {
 }
 
 impl QueueConfig {
-    /// Validates queue.declare arguments the way RabbitMQ 3.10 does (same checks, same texts)
-    /// and returns the settings they ask for. Unknown arguments are ignored, as in RabbitMQ.
+    /// Validates a classic queue's queue.declare arguments the way RabbitMQ 3.10 does (same
+    /// checks, same texts) and returns the settings they ask for. Unknown arguments are
+    /// ignored, as in RabbitMQ. `x-queue-type` is the kind's business (`queue::kind`).
     pub(crate) fn from_arguments(args: &FieldTable, cx: &ArgContext<'_>) -> Result<QueueConfig> {
         let mut c = QueueConfig::default();
-        if let Some(v) = args.get("x-queue-type") {
-            match v.as_str() {
-                Some("classic") => {}
-                // A channel error (406, like RabbitMQ's other queue-type refusals), not 540:
-                // a 540 would close the connection and every other channel on it.
-                Some(t @ ("quorum" | "stream")) => {
-                    return Err(cx.invalid(
-                        "x-queue-type",
-                        format!(
-                            "queue type '{t}' is not supported by Pier yet; only 'classic' queues \
-                             are available"
-                        ),
-                    ))
-                }
-                Some(other) => {
-                    return Err(cx.invalid(
-                        "x-queue-type",
-                        format!("\"unsupported queue type '{other}'\""),
-                    ))
-                }
-                None => {
-                    return Err(cx.invalid(
-                        "x-queue-type",
-                        format!("{{unacceptable_type,{}}}", v.type_name()),
-                    ))
-                }
-            }
-        }
         if let Some(v) = args.get("x-queue-mode") {
             match v.as_str() {
                 Some("default" | "lazy") => {}
@@ -330,17 +303,6 @@ mod tests {
             text(parse(&[("x-single-active-consumer", FieldValue::LongString("y".into()))])),
             "PRECONDITION_FAILED - invalid arg 'x-single-active-consumer' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
         );
-    }
-
-    #[test]
-    fn quorum_and_stream_are_refused_on_the_channel() {
-        let e = parse(&[("x-queue-type", FieldValue::LongString("quorum".into()))]).unwrap_err();
-        assert_eq!(e.reply_code(), 406);
-        assert_eq!(
-            e.reply_text(),
-            "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue 'q' in vhost '/': queue type 'quorum' is not supported by Pier yet; only 'classic' queues are available"
-        );
-        assert!(parse(&[("x-queue-type", FieldValue::LongString("classic".into()))]).is_ok());
     }
 
     #[test]

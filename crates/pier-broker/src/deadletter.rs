@@ -19,6 +19,8 @@ pub enum DeathReason {
     Expired,
     /// Dropped from the head (or refused with reject-publish-dlx) because of a length limit.
     MaxLen,
+    /// Returned more often than the queue's delivery limit (`x-delivery-limit`).
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -27,6 +29,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }

@@ -5,38 +5,40 @@
 //! pushes at the back) and must see a message's append before any ack of it. A single-queue
 //! publish gets both by taking the offset and sending the append under the queue's lock. A
 //! shared record extends that: the publisher locks *every* sharing queue, takes each one's
-//! offset, sends the one append, and only then enqueues the message in each queue and lets its
-//! lock go. Any other append carrying a reference to one of these queues is sent under that
-//! queue's lock too, so for every queue the store receives references in the order its offsets
+//! offset (the engine enqueues it, holding back its effects), sends the one append, and only
+//! then carries out each queue's effects (deliveries among them) and lets its lock go. Any
+//! other append carrying a reference to one of these queues is sent under that queue's lock
+//! too, so for every queue the store receives references in the order its offsets
 //! were taken; no consumer can see (and ack) the message before the append was sent.
 //!
 //! **No deadlock.** Locks are taken in one fixed order (store queue id, unique per vhost store)
 //! by every fan-out publisher, and everything else holds at most one queue lock; what a queue
 //! does under its lock (deliveries to channel sinks, store commands) never waits for a queue
-//! lock. Dead letters are routed only after every lock is released.
+//! lock. Dead letters are routed (by `VHost::publish`) only after every lock is released.
 
 use std::sync::{Arc, MutexGuard};
 
-use crate::deadletter::DeadLetter;
 use crate::message::Message;
 use crate::persist::{append_durable, to_stored, PublishDurability};
-use crate::queue::{Published, Queue, QueueState};
+use crate::publish::DeadLetterWork;
+use crate::queue::classic::Core;
+use crate::queue::{Published, Queue};
 
 /// What became of a message published to its routed queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PublishOutcome {
+pub(crate) struct Fanout {
     /// Some queue accepted (or refused) it: it was routed.
-    pub delivered: bool,
+    pub routed: bool,
     /// Some queue refused it (`x-overflow` reject-publish): the publisher gets a basic.nack.
     pub rejected: bool,
 }
 
-impl PublishOutcome {
+impl Fanout {
     fn add(&mut self, p: Published) {
         match p {
-            Published::Accepted => self.delivered = true,
+            Published::Accepted => self.routed = true,
             Published::Rejected => {
-                self.delivered = true;
+                self.routed = true;
                 self.rejected = true;
             }
             Published::Gone => {}
@@ -46,18 +48,21 @@ impl PublishOutcome {
 
 /// Publishes `message` to `queues` (routed, without duplicates; the slice is reordered). A
 /// persistent message routed to two or more durable queues of one store is written once.
-pub fn publish_to_queues(
+/// Dead letters the queues produce are handed back in `dead` (the caller routes them once no
+/// queue lock is held). Only `VHost::publish` calls this.
+pub(crate) fn publish_to_queues(
     queues: &mut [Arc<Queue>],
     message: &Arc<Message>,
     durability: Option<&Arc<PublishDurability>>,
-) -> PublishOutcome {
-    let mut out = PublishOutcome::default();
+    dead: &mut DeadLetterWork,
+) -> Fanout {
+    let mut out = Fanout::default();
     let sharing = queues.iter().filter(|q| q.shares_record(message)).count();
     // A record holds at most u16::MAX references; past that (never in practice) one per queue.
     if sharing < 2 || sharing > usize::from(u16::MAX) {
         // The common case (one queue, or nothing to share): no extra work, no allocation.
         for q in queues.iter() {
-            out.add(q.publish_durable(Arc::clone(message), durability));
+            out.add(publish_one(q, message, durability, dead));
         }
         return out;
     }
@@ -74,24 +79,37 @@ pub fn publish_to_queues(
             _ => false,
         });
     if same_store {
-        publish_shared(shared, message, durability, &mut out);
+        publish_shared(shared, message, durability, &mut out, dead);
     } else {
         // Queues of different stores (never from one vhost's routing): one record each.
         for q in shared {
-            out.add(q.publish_durable(Arc::clone(message), durability));
+            out.add(publish_one(q, message, durability, dead));
         }
     }
     for q in rest {
-        out.add(q.publish_durable(Arc::clone(message), durability));
+        out.add(publish_one(q, message, durability, dead));
     }
     out
 }
 
-/// A queue locked for a shared append, with the offset it gave the message.
+fn publish_one(
+    q: &Arc<Queue>,
+    message: &Arc<Message>,
+    durability: Option<&Arc<PublishDurability>>,
+    dead: &mut DeadLetterWork,
+) -> Published {
+    let mut d = Vec::new();
+    let p = q.publish_collect(Arc::clone(message), &mut d, durability);
+    if !d.is_empty() {
+        dead.push((Arc::clone(q), d));
+    }
+    p
+}
+
+/// A queue locked for a shared append.
 struct Held<'a> {
     queue: &'a Arc<Queue>,
-    state: MutexGuard<'a, QueueState>,
-    offset: u64,
+    core: MutexGuard<'a, Core>,
 }
 
 /// One record for `shared` (sorted by store queue id, all of one store, all storing `message`
@@ -100,65 +118,41 @@ fn publish_shared(
     shared: &[Arc<Queue>],
     message: &Arc<Message>,
     durability: Option<&Arc<PublishDurability>>,
-    out: &mut PublishOutcome,
+    out: &mut Fanout,
+    dead: &mut DeadLetterWork,
 ) {
     let mut held: Vec<Held<'_>> = Vec::with_capacity(shared.len());
     let mut refs = Vec::with_capacity(shared.len());
-    let mut dead: Vec<(&Arc<Queue>, Vec<DeadLetter>)> = Vec::new();
     for q in shared {
-        let mut state = q.lock();
-        let mut refused = Vec::new();
-        match q.admit(&mut state, message, &mut refused) {
-            Ok(offset) => {
-                if let Some(s) = q.store() {
-                    refs.push(pier_store::QueueRef {
-                        queue: s.id,
-                        offset,
-                    });
-                }
-                held.push(Held {
-                    queue: q,
-                    state,
-                    offset,
-                });
-            }
-            Err(p) => out.add(p),
+        let rt = q.classic_runtime();
+        let mut core = rt.lock();
+        // The engine admits (or refuses) and enqueues; its effects (deliveries among them)
+        // wait until the shared append is sent.
+        let (result, offset) = rt.enqueue_shared(q, &mut core, Arc::clone(message));
+        out.add(result);
+        if let (Some(offset), Some(s)) = (offset, q.store()) {
+            refs.push(pier_store::QueueRef {
+                queue: s.id,
+                offset,
+            });
         }
-        if !refused.is_empty() {
-            dead.push((q, refused));
-        }
+        held.push(Held { queue: q, core });
     }
     if let Some(s) = held.first().and_then(|h| h.queue.store()) {
-        // One record for every queue that took the message, sent while all their locks are held.
-        if let Err(e) = append_durable(&s.handle, refs, to_stored(message), durability) {
-            tracing::error!(vhost = %held.first().map_or("", |h| h.queue.vhost()), queues = held.len(), "store append failed: {e}");
+        if !refs.is_empty() {
+            // One record for every queue that took the message, sent while all their locks
+            // are held.
+            if let Err(e) = append_durable(&s.handle, refs, to_stored(message), durability) {
+                tracing::error!(vhost = %held.first().map_or("", |h| h.queue.vhost()), queues = held.len(), "store append failed: {e}");
+            }
         }
     }
-    for Held {
-        queue,
-        mut state,
-        offset,
-    } in held
-    {
-        let now = queue.clock_now();
-        let mut d = Vec::new();
-        // No TTL here (see `shares_record`).
-        queue.enqueue_locked(
-            &mut state,
-            Arc::clone(message),
-            offset,
-            now,
-            (crate::clock::NEVER, None),
-            &mut d,
-        );
-        drop(state);
-        out.add(Published::Accepted);
+    for Held { queue, mut core } in held {
+        let d = queue.classic_runtime().finish_shared(queue, &mut core);
+        drop(core);
         if !d.is_empty() {
-            dead.push((queue, d));
+            dead.push((Arc::clone(queue), d));
         }
-    }
-    for (q, d) in dead {
-        q.route_dead_letters(d);
     }
 }
 
@@ -252,11 +246,11 @@ mod tests {
             });
             let m = message(i, 1024, true);
             if shared {
-                let out = publish_to_queues(&mut queues, &m, Some(&d));
+                let out = publish_to_queues(&mut queues, &m, Some(&d), &mut Vec::new());
                 assert_eq!(
                     out,
-                    PublishOutcome {
-                        delivered: true,
+                    Fanout {
+                        routed: true,
                         rejected: false
                     }
                 );
@@ -329,9 +323,9 @@ mod tests {
             Arc::clone(&b),
         ];
         for i in 0..10 {
-            publish_to_queues(&mut all, &message(i, 100, true), None);
+            publish_to_queues(&mut all, &message(i, 100, true), None, &mut Vec::new());
         }
-        publish_to_queues(&mut all, &message(10, 100, false), None);
+        publish_to_queues(&mut all, &message(10, 100, false), None, &mut Vec::new());
         assert_eq!(transient.stats().ready, 11);
         h.wait_durable().unwrap();
         let records = h.call(|s| s.stats()).unwrap();
@@ -408,11 +402,11 @@ mod tests {
                                     Arc::clone(&qs[1]),
                                     Arc::clone(&qs[2]),
                                 ];
-                                publish_to_queues(&mut v, &m, Some(&d));
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
                             }
                             1 => {
                                 let mut v = vec![Arc::clone(&qs[2]), Arc::clone(&qs[0])];
-                                publish_to_queues(&mut v, &m, Some(&d));
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
                             }
                             // Single-queue publishers.
                             _ => {

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod consumer;
 pub mod counters;
 pub mod deadletter;
+mod delayed;
 pub mod error;
 pub mod exchange;
 pub mod fanout;
@@ -22,6 +23,7 @@ pub mod message;
 pub mod names;
 pub mod persist;
 pub mod policy;
+pub mod publish;
 pub mod queue;
 pub mod storage;
 pub mod topic;
@@ -40,16 +42,15 @@ pub use auth::{
 pub use clock::Clock;
 pub use consumer::{
     ChannelCredit, ConnectionId, ConsumerId, ConsumerInfo, ConsumerSpec, Delivery, DeliverySink,
-    Settled,
 };
 pub use counters::{QueueCounters, QueueCountersSnapshot};
 pub use deadletter::{DeadLetter, DeathReason};
 pub use error::{BrokerError, ObjectKind};
 pub use exchange::{Destination, ExchangeKind};
-pub use fanout::{publish_to_queues, PublishOutcome};
 pub use message::Message;
 pub use policy::{ApplyTo, Policy, PolicyDefinition};
-pub use queue::{Published, Queue, QueueStats};
+pub use publish::{Durability, PublishOptions, PublishOutcome};
+pub use queue::{Published, Queue, QueueStats, QueueType};
 pub use vhost::{
     Authorize, ConnectionSlot, ExchangeDeclare, QueueDeclare, QueueDeclared, VHost, VhostLimits,
 };

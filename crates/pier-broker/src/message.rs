@@ -2,10 +2,12 @@
 //! never copies a body; the properties are kept both decoded (for routing and broker logic) and as
 //! the exact bytes the publisher sent (re-sent verbatim on delivery, no re-encoding).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use pier_wire::{BasicProperties, ShortString};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub exchange: ShortString,
     pub routing_key: ShortString,
@@ -65,6 +67,13 @@ impl Message {
             props,
             message.body.clone(),
         ))
+    }
+
+    /// The same message addressed to another exchange and routing key.
+    pub fn with_route(mut self, exchange: &str, routing_key: &str) -> Arc<Message> {
+        self.exchange = ShortString::from(exchange);
+        self.routing_key = ShortString::from(routing_key);
+        Arc::new(self)
     }
 
     pub fn body_size(&self) -> usize {

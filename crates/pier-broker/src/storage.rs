@@ -468,7 +468,12 @@ fn restore_queue(
         let mut messages = Vec::with_capacity(loaded.len());
         for (offset, stored, redelivered) in loaded {
             match from_stored_expiring(stored) {
-                Some((m, deadline)) => messages.push((offset, Arc::new(m), redelivered, deadline)),
+                Some((m, deadline)) => messages.push(crate::queue::Recovered {
+                    offset,
+                    message: Arc::new(m),
+                    redelivered,
+                    deadline,
+                }),
                 None => {
                     tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")
                 }

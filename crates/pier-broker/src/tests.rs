@@ -153,13 +153,8 @@ fn prefetch_holds_back_until_ack() {
     assert_eq!(q.stats().ready, 3);
     assert_eq!(q.stats().unacked, 2);
     credit.release(1);
-    q.settle(
-        Some(id),
-        &[crate::consumer::Settled {
-            offset: 0,
-            enqueued_at: 0,
-        }],
-    );
+    let _ = id;
+    q.settle(&[0]);
     assert_eq!(a.bodies(), ["0", "1", "2"]);
 }
 
@@ -194,12 +189,8 @@ fn requeue_restores_original_position() {
     assert_eq!(got.len(), 2);
     q.remove_consumer(id);
     // Give back "1" then "0": they must come back in offset order, ahead of "2" and "3".
-    let back: Vec<_> = got
-        .iter()
-        .rev()
-        .map(|d| (d.settled(), Arc::clone(&d.message)))
-        .collect();
-    q.requeue(None, back);
+    let back: Vec<_> = got.iter().rev().map(|d| d.offset).collect();
+    q.requeue(&back);
     let b = Arc::new(RecordingSink::default());
     q.add_consumer(spec("b", &b, 0, &credit), || {}).unwrap();
     assert_eq!(b.bodies(), ["0", "1", "2", "3"]);

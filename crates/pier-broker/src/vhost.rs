@@ -6,24 +6,22 @@
 //! the topology lock is released, so publishing into a queue never blocks topology changes.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use pier_wire::{FieldTable, FieldValue, ShortString};
 
-use crate::args::{ArgContext, QueueConfig};
+use crate::args::ArgContext;
 use crate::auth::Access;
 use crate::clock::{Clock, NEVER};
 use crate::consumer::ConnectionId;
-use crate::deadletter::{self, DeadLetter};
 use crate::error::{BrokerError, ObjectKind, Result};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, DELAYED_TYPE};
 use crate::matching::{values_equal, HeadersMatch};
-use crate::message::Message;
 use crate::names;
 use crate::policy::{self, Policy};
-use crate::queue::{Published, Queue, QueueOptions, TickAction};
+use crate::queue::{Queue, QueueOptions, QueueType, TickAction};
 
 /// exchange.declare, as the channel received it.
 #[derive(Debug, Clone)]
@@ -68,8 +66,8 @@ pub struct BindingInfo {
 }
 
 #[derive(Debug, Default)]
-struct Topology {
-    exchanges: HashMap<ShortString, Exchange>,
+pub(crate) struct Topology {
+    pub(crate) exchanges: HashMap<ShortString, Exchange>,
     queues: HashMap<ShortString, Arc<Queue>>,
 }
 
@@ -94,10 +92,10 @@ pub struct VHost {
     clock: Arc<Clock>,
     /// This vhost, for the queues it creates (they route their dead letters through it).
     me: Weak<VHost>,
-    /// Messages waiting in `x-delayed-message` exchanges (in memory only for now).
-    delayed: Mutex<BinaryHeap<Reverse<DelayedMessage>>>,
+    /// Messages waiting in `x-delayed-message` exchanges (see `delayed.rs`).
+    pub(crate) delayed: Mutex<BinaryHeap<Reverse<crate::delayed::DelayedMessage>>>,
     /// When the earliest delayed message is due (`NEVER`: none), read by `tick` lock-free.
-    next_delayed: AtomicU64,
+    pub(crate) next_delayed: AtomicU64,
     policies: RwLock<Vec<Policy>>,
     /// Where durable definitions and persistent messages go (none: in memory only).
     storage: OnceLock<crate::persist::VhostStorage>,
@@ -137,40 +135,9 @@ fn limit_from(v: u64) -> Option<u64> {
     (v != u64::MAX).then_some(v)
 }
 
-/// A message held by a delayed exchange until `due`.
-#[derive(Debug)]
-struct DelayedMessage {
-    due: u64,
-    seq: u64,
-    exchange: ShortString,
-    message: Arc<Message>,
-    /// Its offset in the vhost's delayed-message store queue, when the exchange is durable.
-    stored: Option<u64>,
-}
-
-impl PartialEq for DelayedMessage {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-
-impl Eq for DelayedMessage {}
-
-impl PartialOrd for DelayedMessage {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for DelayedMessage {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
-    }
-}
-
 /// Every routing key a message carries: its own plus the `CC` and `BCC` headers' (sender-
 /// selected distribution). A `CC`/`BCC` header that is not an array is RabbitMQ's 406.
-fn sender_selected_keys(
+pub(crate) fn sender_selected_keys(
     routing_key: &str,
     headers: Option<&FieldTable>,
 ) -> Result<Vec<ShortString>> {
@@ -196,22 +163,6 @@ fn sender_selected_keys(
         }
     }
     Ok(keys)
-}
-
-/// The positive `x-delay` of a message (milliseconds), if it has one: integers, numeric
-/// strings and floats (truncated) count, as in the plugin; delays beyond 2^32-1 ms (Erlang's
-/// timer limit) route at once, as there.
-fn delay_of(message: &Message) -> Option<u64> {
-    let v = message.properties.headers.as_ref()?.get("x-delay")?;
-    let d: i64 = match v {
-        FieldValue::LongString(s) => s.to_str()?.parse().ok()?,
-        FieldValue::Float(f) => f.trunc() as i64,
-        FieldValue::Double(f) => f.trunc() as i64,
-        other => other.as_i64()?,
-    };
-    u64::try_from(d)
-        .ok()
-        .filter(|&d| d > 0 && d <= u64::from(u32::MAX))
 }
 
 impl VHost {
@@ -326,7 +277,7 @@ impl VHost {
 
     // Poisoning only follows a panic elsewhere; every mutation below leaves the maps consistent
     // between statements, so carry on rather than take the vhost down.
-    fn read(&self) -> RwLockReadGuard<'_, Topology> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Topology> {
         self.topology.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -783,13 +734,12 @@ impl VHost {
                 auth(ObjectKind::Exchange, &dlx.to_str_lossy(), Access::Write)?;
             }
         }
-        let mut config = QueueConfig::from_arguments(
-            &d.arguments,
-            &ArgContext {
-                queue: &name,
-                vhost: &self.name,
-            },
-        )?;
+        let cx = ArgContext {
+            queue: &name,
+            vhost: &self.name,
+        };
+        let kind = QueueType::of(&d.arguments, &cx)?;
+        let mut config = kind.config(&d.arguments, &cx)?;
         {
             let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = policy::effective(&policies, ObjectKind::Queue, &name) {
@@ -974,11 +924,8 @@ impl VHost {
             let gone = delete_unused_auto_delete(&mut t, sources);
             self.auto_deleted(gone);
         }
-        let (count, consumers) = q.mark_deleted();
-        for c in consumers {
-            c.sink.cancelled(&c.tag);
-        }
-        count
+        // Its consumers' sinks are told (basic.cancel) by the queue.
+        q.mark_deleted()
     }
 
     /// The connection went away: its exclusive queues go with it.
@@ -1038,7 +985,7 @@ impl VHost {
         self.route_locked(&t, exchange, &all, headers, true, out)
     }
 
-    fn route_locked(
+    pub(crate) fn route_locked(
         &self,
         t: &Topology,
         exchange: &str,
@@ -1113,72 +1060,6 @@ impl VHost {
         Ok(())
     }
 
-    // ---- dead lettering and time ----
-
-    /// Republishes what `from` dead-lettered to its dead-letter exchange. Called by queues once
-    /// their lock is released; dead letters the targets produce in turn are handled here too
-    /// (a work list, not recursion). A missing dead-letter exchange drops the messages, and a
-    /// message is not delivered to a queue it would cycle back to (RabbitMQ's rule).
-    pub fn route_dead_letters(&self, from: &Arc<Queue>, dead: Vec<DeadLetter>) {
-        let mut work: VecDeque<(Arc<Queue>, Vec<DeadLetter>)> = VecDeque::new();
-        work.push_back((Arc::clone(from), dead));
-        let mut targets: Vec<Arc<Queue>> = Vec::new();
-        // A bound for pathological set-ups; RabbitMQ's cycle rule normally stops loops first.
-        let mut budget: usize = 100_000;
-        while let Some((source, items)) = work.pop_front() {
-            let config = source.config();
-            let Some(dlx) = config.dead_letter_exchange.as_ref() else {
-                continue;
-            };
-            let dlrk = config.dead_letter_routing_key.as_deref();
-            for item in items {
-                if budget == 0 {
-                    tracing::warn!(queue = %source.name(), "dead-letter loop bound reached; dropping");
-                    return;
-                }
-                budget -= 1;
-                let (message, keys) = deadletter::dead_lettered(
-                    &item.message,
-                    item.reason,
-                    source.name(),
-                    dlx,
-                    dlrk,
-                    self.clock.unix_seconds(),
-                );
-                targets.clear();
-                {
-                    let t = self.read();
-                    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-                    if self
-                        .route_locked(
-                            &t,
-                            dlx,
-                            &keys,
-                            message.properties.headers.as_ref(),
-                            false,
-                            &mut targets,
-                        )
-                        .is_err()
-                    {
-                        continue;
-                    }
-                }
-                let message = Arc::new(message);
-                for q in targets.drain(..) {
-                    if deadletter::is_cycle(&message, item.reason, q.name()) {
-                        continue;
-                    }
-                    let mut more = Vec::new();
-                    if q.publish_collect(Arc::clone(&message), &mut more, None) != Published::Gone
-                        && !more.is_empty()
-                    {
-                        work.push_back((q, more));
-                    }
-                }
-            }
-        }
-    }
-
     /// Periodic work: expires messages at queue heads, deletes queues whose `x-expires` ran
     /// out. Cheap when nothing is due (one atomic load per queue, no queue lock).
     pub fn tick(&self) {
@@ -1192,164 +1073,12 @@ impl VHost {
             .cloned()
             .collect();
         for q in due {
-            if q.tick(now) == TickAction::Delete {
+            if q.tick() == TickAction::Delete {
                 tracing::debug!(queue = %q.name(), vhost = %self.name, "queue expired (x-expires)");
                 self.remove_queue(&q);
             }
         }
     }
-
-    // ---- delayed message exchange ----
-
-    /// A message published to an `x-delayed-message` exchange with a positive `x-delay`
-    /// header is held until then (true); anything else routes now (false). Like the plugin,
-    /// routing happens when the delay is over, with the bindings in place at that time.
-    ///
-    /// On a durable exchange of a vhost with storage the message is stored (with its due time)
-    /// so that it survives a restart; `durability` then learns when it is on disk.
-    pub fn delay(
-        &self,
-        message: &Arc<Message>,
-        durability: Option<&Arc<crate::persist::PublishDurability>>,
-    ) -> bool {
-        if message.exchange.is_empty() {
-            return false;
-        }
-        let Some(delay) = delay_of(message) else {
-            return false;
-        };
-        let durable = {
-            let t = self.read();
-            match t.exchanges.get(&message.exchange) {
-                Some(x) if x.delayed && !x.internal => x.durable,
-                _ => return false,
-            }
-        };
-        let due = self.clock.now_ms().saturating_add(delay);
-        let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-        // Stored under the heap lock: the store needs this pseudo-queue's offsets in order.
-        let stored = match (durable, self.storage()) {
-            (true, Some(s)) => crate::storage::delayed_stored(s, message, delay, durability),
-            _ => None,
-        };
-        heap.push(Reverse(DelayedMessage {
-            due,
-            seq: DELAYED_SEQ.fetch_add(1, Ordering::Relaxed),
-            exchange: message.exchange.clone(),
-            message: Arc::clone(message),
-            stored,
-        }));
-        self.next_delayed.fetch_min(due, Ordering::Relaxed);
-        true
-    }
-
-    /// Puts back a delayed message recovered from the store, due in `remaining_ms`.
-    pub(crate) fn restore_delayed(&self, message: Arc<Message>, remaining_ms: u64, offset: u64) {
-        let due = self.clock.now_ms().saturating_add(remaining_ms);
-        let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-        heap.push(Reverse(DelayedMessage {
-            due,
-            seq: DELAYED_SEQ.fetch_add(1, Ordering::Relaxed),
-            exchange: message.exchange.clone(),
-            message,
-            stored: Some(offset),
-        }));
-        self.next_delayed.fetch_min(due, Ordering::Relaxed);
-    }
-
-    /// How many messages delayed exchanges hold.
-    pub fn delayed_count(&self) -> usize {
-        self.delayed.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    fn fire_delayed(&self, now: u64) {
-        if self.next_delayed.load(Ordering::Relaxed) > now {
-            return;
-        }
-        let mut due = Vec::new();
-        {
-            let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-            while heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
-                if let Some(Reverse(d)) = heap.pop() {
-                    due.push(d);
-                }
-            }
-            let next = heap.peek().map_or(NEVER, |Reverse(d)| d.due);
-            self.next_delayed.store(next, Ordering::Relaxed);
-        }
-        if let Some(s) = self.storage() {
-            let fired: Vec<u64> = due.iter().filter_map(|d| d.stored).collect();
-            crate::storage::delayed_fired(s, fired);
-        }
-        let mut targets = Vec::new();
-        for d in due {
-            targets.clear();
-            let headers = d.message.properties.headers.as_ref();
-            let Ok(keys) = sender_selected_keys(&d.message.routing_key, headers) else {
-                continue;
-            };
-            {
-                let t = self.read();
-                let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-                // A deleted exchange (404) drops what it held.
-                if self
-                    .route_locked(&t, &d.exchange, &keys, headers, false, &mut targets)
-                    .is_err()
-                {
-                    continue;
-                }
-            }
-            if targets.is_empty() {
-                continue;
-            }
-            let message = Message::without_bcc(undelayed(d.message));
-            for q in targets.drain(..) {
-                q.publish(Arc::clone(&message));
-            }
-        }
-    }
-
-    /// Publishes a message the broker itself creates to `exchange` (routing errors are
-    /// returned; internal exchanges are allowed). Returns how many queues accepted it.
-    pub fn publish_internal(&self, exchange: &str, message: Arc<Message>) -> Result<usize> {
-        let mut targets = Vec::new();
-        {
-            let t = self.read();
-            let keys = deadletter::routing_keys(&message);
-            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-            self.route_locked(
-                &t,
-                exchange,
-                &keys,
-                message.properties.headers.as_ref(),
-                false,
-                &mut targets,
-            )?;
-        }
-        Ok(targets
-            .into_iter()
-            .filter(|q| q.publish(Arc::clone(&message)) == Published::Accepted)
-            .count())
-    }
-}
-
-/// The plugin negates `x-delay` on the message it finally routes (so it is not delayed twice).
-static DELAYED_SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn undelayed(message: Arc<Message>) -> Arc<Message> {
-    let mut props = message.properties.clone();
-    if let Some(h) = props.headers.as_mut() {
-        if let Some(d) = h.get("x-delay").and_then(FieldValue::as_i64) {
-            let negated = i32::try_from(-d).unwrap_or(i32::MIN);
-            h.insert("x-delay", FieldValue::LongInt(negated));
-        }
-    }
-    Arc::new(Message::from_properties(
-        message.exchange.clone(),
-        message.routing_key.clone(),
-        props,
-        message.body.clone(),
-    ))
 }
 
 /// Drops bindings to `dest` from every exchange; returns the exchanges that lost one.

@@ -337,7 +337,8 @@ pub async fn aliveness_test(
         BasicProperties::default(),
         bytes::Bytes::from_static(b"test_message"),
     ));
-    q.publish(msg);
+    // Through the default exchange, as RabbitMQ's check publishes.
+    vh.publish(msg, pier_broker::PublishOptions::internal())?;
     match q.get(false) {
         Some((d, _)) if d.message.body.as_ref() == b"test_message" => {
             Ok(json::ok(json!({ "status": "ok" })))

@@ -11,8 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine;
 use pier_broker::{
-    BrokerError, ConsumerInfo, Destination, ExchangeDeclare, Message, Published, Queue,
-    QueueDeclare, VHost,
+    BrokerError, ConsumerInfo, Destination, ExchangeDeclare, Message, Queue, QueueDeclare, VHost,
 };
 use pier_server::ConnectionInfo;
 use pier_wire::{FieldTable, ShortString};
@@ -530,18 +529,12 @@ pub async fn get_messages(
             "payload": payload,
             "payload_encoding": encoding,
         }));
-        taken.push((d.settled(), Arc::clone(&d.message)));
+        taken.push(d.offset);
     }
     match mode {
-        AckMode::AckRequeue | AckMode::RejectRequeue => queue.requeue(None, taken),
-        AckMode::Ack => {
-            let acked: Vec<pier_broker::Settled> = taken.iter().map(|(s, _)| *s).collect();
-            queue.settle(None, &acked);
-        }
-        AckMode::Reject => queue.reject(
-            None,
-            taken.into_iter().map(|(s, m)| (s.offset, m)).collect(),
-        ),
+        AckMode::AckRequeue | AckMode::RejectRequeue => queue.requeue(&taken),
+        AckMode::Ack => queue.settle(&taken),
+        AckMode::Reject => queue.reject(&taken),
     }
     Ok(json::ok(Value::Array(out)))
 }
@@ -697,26 +690,18 @@ pub async fn publish(
             )))
         }
     };
-    let mut targets = Vec::new();
-    vh.route(
-        exchange,
-        &routing_key,
-        properties.headers.as_ref(),
-        &mut targets,
-    )
-    .map_err(|e| ApiError::bad_request(format!("{} {}", e.reply_code(), e.reply_text())))?;
     let message = Arc::new(Message::from_properties(
         ShortString::from(exchange),
         routing_key,
         properties,
         body,
     ));
-    let mut routed = false;
-    for q in targets {
-        if q.publish(Arc::clone(&message)) == Published::Accepted {
-            routed = true;
-        }
-    }
+    // The one publish path: x-delay, CC/BCC, alternate exchanges and the shared fan-out record
+    // as for any AMQP publish.
+    let routed = vh
+        .publish(message, pier_broker::PublishOptions::client())
+        .map_err(|e| ApiError::bad_request(format!("{} {}", e.reply_code(), e.reply_text())))?
+        .routed;
     Ok(json::ok(json!({ "routed": routed })))
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pier_broker::{
     names, parse_expiration, persist::PublishDurability, Access, ChannelCredit, ConsumerId,
-    ConsumerSpec, ExchangeDeclare, Message, ObjectKind, Queue, QueueDeclare,
+    ConsumerSpec, Durability, ExchangeDeclare, Message, ObjectKind, PublishOptions, Queue,
+    QueueDeclare,
 };
 use pier_wire::{
     reply_code as rc, BasicCancelOk, BasicGetEmpty, BasicPublish, BasicQosOk, BasicRecoverOk,
@@ -19,7 +20,7 @@ use pier_wire::{
     QueueDeleteOk, QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
-use crate::connection::{requeue_grouped, Connection};
+use crate::connection::{for_each_queue, requeue_grouped, Connection};
 use crate::direct_reply::{self, ReplyConsumer};
 use crate::error::AmqpException;
 use crate::outbound::{ChannelDeliveries, ChannelSink, Outbound, Unacked};
@@ -694,53 +695,43 @@ impl Connection {
         // message instead of routing it); otherwise only once a storing queue is among the
         // routes, so that persistent messages to transient queues cost nothing extra.
         let persistent = message.is_persistent();
-        let mut durability = match confirm_seq {
+        let token = match confirm_seq {
             Some(seq) if persistent => Some(self.durability_token(ch, Some(seq), &message)),
             _ => None,
         };
-        if self.vhost.delay(&message, durability.as_ref()) {
-            // Held by an x-delayed-message exchange. Like the plugin, it routes to nothing now,
-            // so a mandatory publish is returned at once (the plugin does not support it).
-            if mandatory {
-                self.outbound
-                    .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
-            }
-            if let Some(d) = durability {
-                d.release();
-            }
-            return Ok(());
-        }
-        let mut queues = std::mem::take(&mut self.route_buf);
-        queues.clear();
-        let routed = self.vhost.route(
-            &message.exchange,
-            &message.routing_key,
-            message.properties.headers.as_ref(),
-            &mut queues,
+        let mut on_store = || self.durability_token(ch, None, &message);
+        let durability = match (&token, persistent) {
+            (Some(t), _) => Durability::Token(t),
+            (None, true) => Durability::OnStore(&mut on_store),
+            (None, false) => Durability::None,
+        };
+        let published = self.vhost.publish(
+            Arc::clone(&message),
+            PublishOptions {
+                from_client: true,
+                durability,
+            },
         );
-        if let Err(e) = routed {
+        let outcome = match published {
+            Ok(o) => o,
             // The channel closes: its pending confirm is never answered, as in RabbitMQ.
-            self.route_buf = queues;
-            return Err(AmqpException::from(e).on_ids(60, 40));
-        }
-        if durability.is_none() && persistent && queues.iter().any(|q| q.store().is_some()) {
-            durability = Some(self.durability_token(ch, None, &message));
-        }
-        // BCC routed the message; it is not delivered with it.
-        let message = Message::without_bcc(message);
-        // A persistent message for several durable queues is stored once for all of them.
-        let outcome = pier_broker::publish_to_queues(&mut queues, &message, durability.as_ref());
-        let (delivered, rejected) = (outcome.delivered, outcome.rejected);
-        queues.clear();
-        self.route_buf = queues;
-        if !delivered && mandatory {
+            Err(e) => return Err(AmqpException::from(e).on_ids(60, 40)),
+        };
+        if !outcome.routed && mandatory {
+            // Held by an x-delayed-message exchange it routes to nothing now, so a mandatory
+            // publish is returned at once, as the plugin does. BCC is not returned.
+            let returned = if outcome.delayed {
+                message
+            } else {
+                Message::without_bcc(message)
+            };
             self.outbound
-                .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", message);
+                .send_return(ch, rc::NO_ROUTE, "NO_ROUTE", returned);
         }
-        if let Some(d) = durability {
+        if let Some(d) = token {
             d.release();
         }
-        if let (Some(seq), true) = (confirm_seq, rejected) {
+        if let (Some(seq), true) = (confirm_seq, outcome.rejected) {
             // A queue refused it (x-overflow reject-publish): basic.nack.
             self.outbound.confirm_nack(ch, seq);
         }
@@ -858,36 +849,14 @@ impl Connection {
     /// Acked deliveries: the queue forgets them and frees their consumer's credit.
     fn settle(&mut self, ch: u16, taken: Vec<Unacked>) {
         self.release_channel_credit(ch, &taken);
-        let mut acked: Vec<pier_broker::Settled> = Vec::new();
-        let mut iter = taken.into_iter().peekable();
-        while let Some(first) = iter.next() {
-            acked.clear();
-            acked.push(first.settled());
-            while let Some(n) = iter
-                .next_if(|n| Arc::ptr_eq(&n.queue, &first.queue) && n.consumer == first.consumer)
-            {
-                acked.push(n.settled());
-            }
-            first.queue.settle(first.consumer, &acked);
-        }
+        for_each_queue(&taken, |queue, offsets| queue.settle(offsets));
     }
 
     /// Deliveries rejected without requeue: settled, and dead-lettered by queues that have a
     /// dead-letter exchange.
     fn reject_dropped(&mut self, ch: u16, taken: Vec<Unacked>) {
         self.release_channel_credit(ch, &taken);
-        let mut iter = taken.into_iter().peekable();
-        while let Some(first) = iter.next() {
-            let queue = Arc::clone(&first.queue);
-            let consumer = first.consumer;
-            let mut batch = vec![(first.offset, first.message)];
-            while let Some(n) =
-                iter.next_if(|n| Arc::ptr_eq(&n.queue, &queue) && n.consumer == consumer)
-            {
-                batch.push((n.offset, n.message));
-            }
-            queue.reject(consumer, batch);
-        }
+        for_each_queue(&taken, |queue, offsets| queue.reject(offsets));
     }
 
     fn recover(&mut self, ch: u16, requeue: bool, reply: bool) -> Result<(), AmqpException> {

@@ -69,8 +69,6 @@ pub(crate) struct Connection {
     pub channels: HashMap<u16, Channel>,
     /// The server sent connection.close and waits for close-ok.
     closing: bool,
-    /// Reused for every publish's routing result.
-    pub route_buf: Vec<Arc<Queue>>,
     /// This connection in the registry: counters, and the reason for a forced close.
     pub(crate) registered: Arc<ConnectionEntry>,
 }
@@ -100,7 +98,6 @@ impl Connection {
             credit: Arc::default(),
             channels: HashMap::new(),
             closing: false,
-            route_buf: Vec::new(),
             registered,
         }
     }
@@ -561,24 +558,26 @@ impl Connection {
     }
 }
 
-/// Puts messages back into their queues, one queue call per run of the same queue and consumer.
+/// Puts messages back into their queues, one queue call per queue.
 pub(crate) fn requeue_grouped(mut items: Vec<Unacked>) {
-    items.sort_by_key(|u| (Arc::as_ptr(&u.queue) as usize, u.consumer, u.offset));
-    let mut iter = items.into_iter().peekable();
-    while let Some(first) = iter.next() {
-        let queue = Arc::clone(&first.queue);
-        let consumer = first.consumer;
-        let mut batch = vec![(first.settled(), first.message)];
-        while let Some(next) = iter.peek() {
-            if Arc::ptr_eq(&next.queue, &queue) && next.consumer == consumer {
-                if let Some(n) = iter.next() {
-                    batch.push((n.settled(), n.message));
-                }
-            } else {
-                break;
-            }
-        }
-        queue.requeue(consumer, batch);
+    items.sort_by_key(|u| (Arc::as_ptr(&u.queue) as usize, u.offset));
+    for_each_queue(&items, |queue, offsets| queue.requeue(offsets));
+}
+
+/// Calls `f` once per run of deliveries from the same queue, with their offsets.
+pub(crate) fn for_each_queue(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[u64])) {
+    let mut offsets: Vec<u64> = Vec::new();
+    let mut start = 0;
+    while let Some(first) = items.get(start) {
+        offsets.clear();
+        let run = items
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|u| Arc::ptr_eq(&u.queue, &first.queue));
+        offsets.extend(run.map(|u| u.offset));
+        start += offsets.len();
+        f(&first.queue, &offsets);
     }
 }
 

@@ -35,20 +35,8 @@ pub(crate) struct Unacked {
     /// None for basic.get.
     pub consumer: Option<ConsumerId>,
     pub offset: u64,
-    pub message: Arc<Message>,
     /// When it was delivered (coarse_clock milliseconds), for consumer_timeout.
     pub delivered_at: u64,
-    /// When it entered its queue (the queue's stamp), handed back on ack or requeue.
-    pub enqueued_at: u32,
-}
-
-impl Unacked {
-    pub fn settled(&self) -> pier_broker::Settled {
-        pier_broker::Settled {
-            offset: self.offset,
-            enqueued_at: self.enqueued_at,
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -270,9 +258,7 @@ impl Outbound {
                 queue: Arc::clone(&delivery.queue),
                 consumer: None,
                 offset: delivery.offset,
-                message: Arc::clone(&delivery.message),
                 delivered_at: crate::coarse_clock::now_ms(),
-                enqueued_at: delivery.enqueued_at,
             });
         }
         self.push(
@@ -387,9 +373,7 @@ impl Outbound {
                     queue: d.queue,
                     consumer: d.consumer,
                     offset: d.offset,
-                    message: d.message,
                     delivered_at: 0,
-                    enqueued_at: d.enqueued_at,
                 });
             }
             return;
@@ -401,9 +385,7 @@ impl Outbound {
                 queue: Arc::clone(&d.queue),
                 consumer: d.consumer,
                 offset: d.offset,
-                message: Arc::clone(&d.message),
                 delivered_at: crate::coarse_clock::now_ms(),
-                enqueued_at: d.enqueued_at,
             });
         }
         self.push(
