@@ -161,7 +161,7 @@ fn undelayed(message: Arc<Message>) -> Arc<Message> {
             h.insert("x-delay", FieldValue::LongInt(negated));
         }
     }
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         message.exchange.clone(),
         message.routing_key.clone(),
         props,

@@ -199,7 +199,7 @@ mod tests {
     fn message(i: u32, size: usize, persistent: bool) -> Arc<Message> {
         let mut body = format!("{i:08}").into_bytes();
         body.resize(size, b'.');
-        Arc::new(Message::from_properties(
+        Arc::new(Message::new(
             ShortString::from("fan"),
             ShortString::from(""),
             BasicProperties {

@@ -137,7 +137,7 @@ pub(crate) fn to_stored(m: &Message) -> StoredMessage {
     StoredMessage {
         exchange: m.exchange.clone(),
         routing_key: m.routing_key.clone(),
-        raw_properties: m.raw_properties.clone(),
+        raw_properties: m.amqp_properties().clone(),
         body: m.body.clone(),
     }
 }
@@ -170,12 +170,10 @@ pub(crate) fn to_stored_expiring(m: &Message, deadline_unix_ms: Option<u64>) -> 
             EXPIRES_HEADER,
             pier_wire::FieldValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
         );
-    let mut raw = bytes::BytesMut::with_capacity(props.encoded_size());
-    props.encode(&mut raw);
     StoredMessage {
         exchange: m.exchange.clone(),
         routing_key: m.routing_key.clone(),
-        raw_properties: raw.freeze(),
+        raw_properties: props.encode_amqp(),
         body: m.body.clone(),
     }
 }
@@ -207,8 +205,8 @@ pub(crate) fn from_stored_expiring(s: StoredMessage) -> Option<(Message, Option<
     let deadline = found.flatten();
     let message = match found {
         // The stored bytes carry our header: re-encode without it.
-        Some(_) => Message::from_properties(s.exchange, s.routing_key, properties, s.body),
-        None => Message::new(
+        Some(_) => Message::new(s.exchange, s.routing_key, properties, s.body),
+        None => Message::from_amqp(
             s.exchange,
             s.routing_key,
             properties,
@@ -262,7 +260,7 @@ mod tests {
     #[allow(clippy::unwrap_used)]
     fn stored_deadline_round_trips_and_is_never_seen() {
         use pier_wire::{BasicProperties, FieldTable, FieldValue, ShortString};
-        let plain = Message::from_properties(
+        let plain = Message::new(
             ShortString::from("x"),
             ShortString::from("k"),
             BasicProperties {
@@ -272,19 +270,20 @@ mod tests {
             bytes::Bytes::from_static(b"body"),
         );
         let stored = to_stored_expiring(&plain, Some(1_700_000_000_123));
-        assert_ne!(stored.raw_properties, plain.raw_properties);
+        assert_ne!(&stored.raw_properties, plain.amqp_properties());
         let (back, deadline) = from_stored_expiring(stored).unwrap();
         assert_eq!(deadline, Some(1_700_000_000_123));
         assert_eq!(back.properties, plain.properties);
         assert_eq!(
-            back.raw_properties, plain.raw_properties,
+            back.amqp_properties(),
+            plain.amqp_properties(),
             "no headers table left behind"
         );
         assert_eq!(back.body, plain.body);
 
         let mut headers = FieldTable::new();
         headers.insert("a", FieldValue::LongInt(1));
-        let with_headers = Message::from_properties(
+        let with_headers = Message::new(
             ShortString::from("x"),
             ShortString::from("k"),
             BasicProperties {
@@ -299,10 +298,10 @@ mod tests {
         assert_eq!(back.properties, with_headers.properties);
         // Without a deadline the stored bytes are the publisher's, untouched.
         let stored = to_stored_expiring(&with_headers, None);
-        assert_eq!(stored.raw_properties, with_headers.raw_properties);
+        assert_eq!(&stored.raw_properties, with_headers.amqp_properties());
         let (back, deadline) = from_stored_expiring(stored).unwrap();
         assert_eq!(deadline, None);
-        assert_eq!(back.raw_properties, with_headers.raw_properties);
+        assert_eq!(back.amqp_properties(), with_headers.amqp_properties());
     }
 
     #[test]

@@ -521,7 +521,7 @@ fn restore_delayed(
             .and_then(|v| v.as_i64())
             .and_then(|v| u64::try_from(v).ok())
             .unwrap_or(now);
-        let message = Message::from_properties(m.exchange, m.routing_key, props, m.body);
+        let message = Message::new(m.exchange, m.routing_key, props, m.body);
         vh.restore_delayed(Arc::new(message), due.saturating_sub(now), offset);
     }
     Ok(Arc::new(DelayedQueue {
@@ -564,7 +564,7 @@ pub(crate) fn delayed_stored(
         .headers
         .get_or_insert_with(FieldTable::new)
         .insert(DUE_HEADER, pier_wire::FieldValue::LongLongInt(due));
-    let copy = Message::from_properties(
+    let copy = Message::new(
         message.exchange.clone(),
         message.routing_key.clone(),
         props,

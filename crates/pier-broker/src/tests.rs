@@ -60,7 +60,7 @@ impl RecordingSink {
 }
 
 pub(crate) fn msg(body: &str) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("k"),
         BasicProperties::default(),
@@ -560,7 +560,7 @@ fn stored_backlog_is_paged_out_and_read_back_in_order() {
     for i in 0..n {
         let mut body = format!("{i:08}").into_bytes();
         body.resize(1024, b'.');
-        let m = Message::from_properties(
+        let m = Message::new(
             ShortString::from(""),
             ShortString::from("paged"),
             BasicProperties {

@@ -42,7 +42,7 @@ fn declare_with(vh: &VHost, name: &str, arguments: FieldTable) -> Arc<Queue> {
 }
 
 fn msg_with(body: &str, props: BasicProperties) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("k"),
         props,
@@ -625,7 +625,7 @@ fn delayed_headers(delay: i64) -> BasicProperties {
 }
 
 fn to_exchange(x: &str, key: &str, props: BasicProperties, body: &str) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(x),
         ShortString::from(key),
         props,

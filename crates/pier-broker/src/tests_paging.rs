@@ -69,7 +69,7 @@ fn body(i: u32, len: usize) -> Bytes {
 }
 
 fn message(i: u32, len: usize, persistent: bool) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("q"),
         BasicProperties {
@@ -410,7 +410,7 @@ fn get_all(q: &Arc<Queue>) -> Vec<u32> {
 }
 
 fn with_props(i: u32, len: usize, properties: BasicProperties) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("q"),
         properties,

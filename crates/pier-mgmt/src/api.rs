@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Extension;
 use pier_broker::{Message, Permission, QueueDeclare, TopicPermission};
-use pier_wire::{BasicProperties, ShortString};
+use pier_wire::ShortString;
 use serde_json::{json, Map, Value};
 
 use crate::auth::{change_vhost, AuthUser};
@@ -331,10 +331,10 @@ pub async fn aliveness_test(
     })?;
     let q = declared.queue;
     q.purge();
-    let msg = Arc::new(Message::from_properties(
+    let msg = Arc::new(Message::new(
         ShortString::default(),
         ShortString::from("aliveness-test"),
-        BasicProperties::default(),
+        pier_broker::message::Properties::default(),
         bytes::Bytes::from_static(b"test_message"),
     ));
     // Through the default exchange, as RabbitMQ's check publishes.

@@ -690,7 +690,7 @@ pub async fn publish(
             )))
         }
     };
-    let message = Arc::new(Message::from_properties(
+    let message = Arc::new(Message::new(
         ShortString::from(exchange),
         routing_key,
         properties,

@@ -20,10 +20,11 @@ use pier_wire::{
     QueueDeleteOk, QueuePurgeOk, QueueUnbindOk, ShortString, TxCommitOk, TxRollbackOk, TxSelectOk,
 };
 
-use crate::connection::{for_each_queue, requeue_grouped, Connection};
+use crate::connection::Connection;
 use crate::direct_reply::{self, ReplyConsumer};
 use crate::error::AmqpException;
-use crate::outbound::{ChannelDeliveries, ChannelSink, Outbound, Unacked};
+use crate::outbound::{ChannelSink, Outbound};
+use pier_broker::session::{self, Disposition, Unacked};
 
 pub(crate) struct ConsumerHandle {
     pub queue: Arc<Queue>,
@@ -105,20 +106,6 @@ impl Channel {
 
 fn precondition(detail: impl std::fmt::Display) -> AmqpException {
     AmqpException::new(rc::PRECONDITION_FAILED, detail)
-}
-
-/// Removes the deliveries an ack/nack/reject names: exactly `tag`, or with `multiple` every tag
-/// up to it (0 = all). An unknown tag is an error, as in RabbitMQ.
-fn take_deliveries(d: &mut ChannelDeliveries, tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
-    if multiple && tag == 0 {
-        return Some(d.unacked.drain(..).collect());
-    }
-    let idx = d.unacked.binary_search_by_key(&tag, |u| u.tag).ok()?;
-    if multiple {
-        Some(d.unacked.drain(..=idx).collect())
-    } else {
-        d.unacked.remove(idx).map(|u| vec![u])
-    }
 }
 
 impl Connection {
@@ -623,14 +610,14 @@ impl Connection {
             Some(address) => {
                 let mut props = header.properties;
                 props.reply_to = Some(address);
-                Arc::new(Message::from_properties(
+                Arc::new(Message::new(
                     p.method.exchange,
                     p.method.routing_key,
                     props,
                     body,
                 ))
             }
-            None => Arc::new(Message::new(
+            None => Arc::new(Message::from_amqp(
                 p.method.exchange,
                 p.method.routing_key,
                 header.properties,
@@ -776,7 +763,7 @@ impl Connection {
 
     fn take(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpException> {
         self.outbound
-            .with_channel(ch, |d| take_deliveries(d, tag, multiple))
+            .with_channel(ch, |d| d.take(tag, multiple))
             .flatten()
             .ok_or_else(|| precondition(format!("unknown delivery tag {tag}")))
     }
@@ -820,7 +807,7 @@ impl Connection {
         let taken = self.take(ch, tag, multiple)?;
         if requeue {
             self.release_channel_credit(ch, &taken);
-            requeue_grouped(taken);
+            session::requeue_all(taken);
         } else {
             self.reject_dropped(ch, taken);
         }
@@ -830,11 +817,11 @@ impl Connection {
     /// Returns the channel-level prefetch credit these deliveries held; if the channel was at
     /// its limit, its consumers' queues get a chance to deliver again.
     fn release_channel_credit(&mut self, ch: u16, taken: &[Unacked]) {
-        let n = taken.iter().filter(|u| u.consumer.is_some()).count();
+        let n = session::consumer_deliveries(taken);
         let Some(channel) = self.channels.get(&ch) else {
             return;
         };
-        if n > 0 && channel.credit.release(u32::try_from(n).unwrap_or(u32::MAX)) {
+        if n > 0 && channel.credit.release(n) {
             let queues: Vec<Arc<Queue>> = channel
                 .consumers
                 .values()
@@ -849,14 +836,14 @@ impl Connection {
     /// Acked deliveries: the queue forgets them and frees their consumer's credit.
     fn settle(&mut self, ch: u16, taken: Vec<Unacked>) {
         self.release_channel_credit(ch, &taken);
-        for_each_queue(&taken, |queue, offsets| queue.settle(offsets));
+        session::dispose(&taken, Disposition::Ack);
     }
 
     /// Deliveries rejected without requeue: settled, and dead-lettered by queues that have a
     /// dead-letter exchange.
     fn reject_dropped(&mut self, ch: u16, taken: Vec<Unacked>) {
         self.release_channel_credit(ch, &taken);
-        for_each_queue(&taken, |queue, offsets| queue.reject(offsets));
+        session::dispose(&taken, Disposition::Reject);
     }
 
     fn recover(&mut self, ch: u16, requeue: bool, reply: bool) -> Result<(), AmqpException> {
@@ -869,7 +856,7 @@ impl Connection {
             self.reply(ch, Method::BasicRecoverOk(BasicRecoverOk {}));
         }
         self.release_channel_credit(ch, &taken);
-        requeue_grouped(taken);
+        session::requeue_all(taken);
         Ok(())
     }
 
@@ -911,7 +898,7 @@ impl Connection {
             }
             let oldest = self
                 .outbound
-                .with_channel(id, |d| d.unacked.front().map(|u| u.delivered_at))
+                .with_channel(id, |d| d.oldest_unacked())
                 .flatten();
             if oldest.is_some_and(|at| now.saturating_sub(at) > timeout_ms) {
                 expired.push(id);
@@ -932,7 +919,7 @@ impl Connection {
     fn forget_cancelled(&mut self, ch: u16) {
         let cancelled = self
             .outbound
-            .with_channel(ch, |d| std::mem::take(&mut d.cancelled))
+            .with_channel(ch, |d| d.take_cancelled())
             .unwrap_or_default();
         if let Some(channel) = self.channels.get_mut(&ch) {
             for tag in cancelled {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use pier_broker::{ConnectionId, Queue, User, VHost};
+use pier_broker::{ConnectionId, User, VHost};
 use pier_wire::{
     decode_frame, next_frame_len, reply_code as rc, ChannelClose, ChannelCloseOk, ChannelOpenOk,
     ConnectionClose, ConnectionCloseOk, ConnectionUpdateSecretOk, Frame, LongString, Method,
@@ -32,8 +32,9 @@ use crate::credit::Credit;
 use crate::error::{AmqpException, ConnectionError};
 use crate::flow::FlowState;
 use crate::handshake::{ClientCapabilities, FrameReader, Negotiated};
-use crate::outbound::{Outbound, Unacked};
+use crate::outbound::Outbound;
 use crate::registry::ConnectionEntry;
+use pier_broker::session::requeue_all;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -536,13 +537,13 @@ impl Connection {
             }
         }
         let unacked = self.outbound.close_channel(id);
-        requeue_grouped(unacked);
+        requeue_all(unacked);
     }
 
     fn requeue_orphans(&mut self) {
         let orphans = self.outbound.take_orphans();
         if !orphans.is_empty() {
-            requeue_grouped(orphans);
+            requeue_all(orphans);
         }
     }
 
@@ -555,29 +556,6 @@ impl Connection {
         self.channels.clear();
         self.requeue_orphans();
         self.vhost.connection_closed(self.id);
-    }
-}
-
-/// Puts messages back into their queues, one queue call per queue.
-pub(crate) fn requeue_grouped(mut items: Vec<Unacked>) {
-    items.sort_by_key(|u| (Arc::as_ptr(&u.queue) as usize, u.offset));
-    for_each_queue(&items, |queue, offsets| queue.requeue(offsets));
-}
-
-/// Calls `f` once per run of deliveries from the same queue, with their offsets.
-pub(crate) fn for_each_queue(items: &[Unacked], mut f: impl FnMut(&Arc<Queue>, &[u64])) {
-    let mut offsets: Vec<u64> = Vec::new();
-    let mut start = 0;
-    while let Some(first) = items.get(start) {
-        offsets.clear();
-        let run = items
-            .get(start..)
-            .unwrap_or_default()
-            .iter()
-            .take_while(|u| Arc::ptr_eq(&u.queue, &first.queue));
-        offsets.extend(run.map(|u| u.offset));
-        start += offsets.len();
-        f(&first.queue, &offsets);
     }
 }
 

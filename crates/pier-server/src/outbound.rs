@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pier_broker::{ConsumerId, Delivery, DeliverySink, Message, Queue};
+use pier_broker::session::{Confirm, Session, Unacked};
+use pier_broker::{Delivery, DeliverySink, Message, Queue};
 use pier_wire::{
     encode_basic_deliver, encode_body_frames, encode_content_header, encode_heartbeat,
     encode_method_frame, BasicCancel, Method, ShortString,
@@ -26,50 +27,6 @@ use tokio::sync::Notify;
 
 /// Fixed cost counted per queued item on top of its body, so many empty messages still count.
 const ITEM_OVERHEAD: usize = 64;
-
-/// A delivered message the client has not acknowledged yet.
-#[derive(Debug, Clone)]
-pub(crate) struct Unacked {
-    pub tag: u64,
-    pub queue: Arc<Queue>,
-    /// None for basic.get.
-    pub consumer: Option<ConsumerId>,
-    pub offset: u64,
-    /// When it was delivered (coarse_clock milliseconds), for consumer_timeout.
-    pub delivered_at: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct ChannelDeliveries {
-    next_tag: u64,
-    /// In increasing tag order.
-    pub unacked: VecDeque<Unacked>,
-    /// Consumers the broker cancelled; the channel forgets them on its next look.
-    pub cancelled: Vec<ShortString>,
-    confirms: Confirms,
-}
-
-/// Publisher-confirm bookkeeping of a channel. Transient messages are confirmed once routed;
-/// persistent ones in durable queues only once the store has them on disk, so a channel's
-/// acks advance up to (not past) the oldest publish still waiting for the disk.
-#[derive(Debug, Default)]
-struct Confirms {
-    /// Highest sequence number the reader has finished routing.
-    published: u64,
-    /// Publishes waiting for the store.
-    waiting: std::collections::BTreeSet<u64>,
-    /// Everything up to here was acked or nacked to the client.
-    confirmed: u64,
-    /// Nacked above `confirmed` (already answered individually).
-    nacked: std::collections::BTreeSet<u64>,
-}
-
-impl ChannelDeliveries {
-    fn next_tag(&mut self) -> u64 {
-        self.next_tag += 1;
-        self.next_tag
-    }
-}
 
 enum Item {
     Frames(Bytes),
@@ -98,7 +55,9 @@ enum Item {
 #[derive(Default)]
 struct State {
     items: VecDeque<Item>,
-    channels: HashMap<u16, ChannelDeliveries>,
+    /// Each open channel's delivery and confirm bookkeeping (the broker's `Session`), under
+    /// the lock that orders the frames, so tags reach the wire in order.
+    channels: HashMap<u16, Session>,
     /// Deliveries that arrived for a channel already gone; the reader requeues them.
     orphans: Vec<Unacked>,
     /// The writer should flush and stop.
@@ -188,9 +147,7 @@ impl Outbound {
     }
 
     pub fn open_channel(&self, channel: u16) {
-        self.lock()
-            .channels
-            .insert(channel, ChannelDeliveries::default());
+        self.lock().channels.insert(channel, Session::new());
     }
 
     /// Forgets a channel and hands back what it had unacked (to be requeued).
@@ -199,18 +156,14 @@ impl Outbound {
         let mut out: Vec<Unacked> = st
             .channels
             .remove(&channel)
-            .map(|c| c.unacked.into())
+            .map(|mut c| c.take_all())
             .unwrap_or_default();
         out.append(&mut st.orphans);
         out
     }
 
-    /// Runs `f` on a channel's delivery state (acks, nacks, recover).
-    pub fn with_channel<R>(
-        &self,
-        channel: u16,
-        f: impl FnOnce(&mut ChannelDeliveries) -> R,
-    ) -> Option<R> {
+    /// Runs `f` on a channel's session (acks, nacks, recover, timeouts).
+    pub fn with_channel<R>(&self, channel: u16, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
         self.lock().channels.get_mut(&channel).map(f)
     }
 
@@ -230,10 +183,13 @@ impl Outbound {
         let mut out: Vec<crate::registry::ChannelInfo> = st
             .channels
             .iter()
-            .map(|(&number, d)| crate::registry::ChannelInfo {
-                number,
-                deliveries: d.next_tag,
-                unacked: d.unacked.len() as u64,
+            .map(|(&number, d)| {
+                let (deliveries, unacked) = d.counts();
+                crate::registry::ChannelInfo {
+                    number,
+                    deliveries,
+                    unacked,
+                }
             })
             .collect();
         out.sort_by_key(|c| c.number);
@@ -251,16 +207,13 @@ impl Outbound {
         let Some(ch) = st.channels.get_mut(&channel) else {
             return;
         };
-        let tag = ch.next_tag();
-        if delivery.ack_required {
-            ch.unacked.push_back(Unacked {
-                tag,
-                queue: Arc::clone(&delivery.queue),
-                consumer: None,
-                offset: delivery.offset,
-                delivered_at: crate::coarse_clock::now_ms(),
-            });
-        }
+        let tag = ch.delivered(
+            &delivery.queue,
+            None,
+            delivery.offset,
+            delivery.ack_required,
+            crate::coarse_clock::now_ms(),
+        );
         self.push(
             &mut st,
             Item::GetOk {
@@ -277,53 +230,48 @@ impl Outbound {
     /// The reader routed every publish up to `upto`: confirm what no longer waits.
     pub fn confirm_published(&self, channel: u16, upto: u64) {
         let mut st = self.lock();
-        if let Some(ch) = st.channels.get_mut(&channel) {
-            ch.confirms.published = ch.confirms.published.max(upto);
-        }
-        self.flush_confirms(&mut st, channel);
+        let c = st
+            .channels
+            .get_mut(&channel)
+            .and_then(|s| s.published(upto));
+        self.push_confirm(&mut st, channel, c);
     }
 
     /// Publish `seq` waits for the store (registered before it is routed).
     pub fn confirm_wait(&self, channel: u16, seq: u64) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
-            ch.confirms.waiting.insert(seq);
+            ch.wait_durable(seq);
         }
     }
 
     /// The store answered for publish `seq` (called on the store thread).
     pub fn confirm_durable(&self, channel: u16, seq: u64, ok: bool) {
         let mut st = self.lock();
-        let Some(ch) = st.channels.get_mut(&channel) else {
+        let Some((nack, ack)) = st.channels.get_mut(&channel).map(|s| s.durable(seq, ok)) else {
             return;
         };
-        ch.confirms.waiting.remove(&seq);
-        if !ok {
-            ch.confirms.nacked.insert(seq);
-            self.push_confirm(&mut st, channel, seq, false, false);
-        }
-        self.flush_confirms(&mut st, channel);
+        self.push_confirm(&mut st, channel, nack);
+        self.push_confirm(&mut st, channel, ack);
     }
 
     /// Publish `seq` was refused (x-overflow reject-publish): basic.nack now.
     pub fn confirm_nack(&self, channel: u16, seq: u64) {
         let mut st = self.lock();
-        let Some(ch) = st.channels.get_mut(&channel) else {
-            return;
-        };
-        ch.confirms.nacked.insert(seq);
-        self.push_confirm(&mut st, channel, seq, false, false);
+        let c = st.channels.get_mut(&channel).map(|s| s.refused(seq));
+        self.push_confirm(&mut st, channel, c);
     }
 
-    fn push_confirm(&self, st: &mut State, channel: u16, tag: u64, multiple: bool, ack: bool) {
-        let m = if ack {
+    fn push_confirm(&self, st: &mut State, channel: u16, confirm: Option<Confirm>) {
+        let Some(c) = confirm else { return };
+        let m = if c.ack {
             Method::BasicAck(pier_wire::BasicAck {
-                delivery_tag: tag,
-                multiple,
+                delivery_tag: c.tag,
+                multiple: c.multiple,
             })
         } else {
             Method::BasicNack(pier_wire::BasicNack {
-                delivery_tag: tag,
-                multiple,
+                delivery_tag: c.tag,
+                multiple: c.multiple,
                 requeue: false,
             })
         };
@@ -331,30 +279,6 @@ impl Outbound {
         encode_method_frame(&mut buf, channel, &m);
         let len = buf.len();
         self.push(st, Item::Frames(buf.freeze()), len);
-    }
-
-    /// One basic.ack (`multiple` when it covers more than one publish) for everything settled
-    /// below the oldest publish still waiting for the disk.
-    fn flush_confirms(&self, st: &mut State, channel: u16) {
-        let Some(ch) = st.channels.get_mut(&channel) else {
-            return;
-        };
-        let c = &mut ch.confirms;
-        let upto = match c.waiting.first() {
-            Some(&w) => (w - 1).min(c.published),
-            None => c.published,
-        };
-        if upto <= c.confirmed {
-            return;
-        }
-        let total = upto - c.confirmed;
-        let nacked = c.nacked.range(c.confirmed + 1..=upto).count() as u64;
-        c.confirmed = upto;
-        c.nacked.retain(|&t| t > upto);
-        if nacked == total {
-            return;
-        }
-        self.push_confirm(st, channel, upto, total > 1, true);
     }
 
     /// Asks the writer to flush what is queued and stop.
@@ -378,16 +302,13 @@ impl Outbound {
             }
             return;
         };
-        let tag = ch.next_tag();
-        if d.ack_required {
-            ch.unacked.push_back(Unacked {
-                tag,
-                queue: Arc::clone(&d.queue),
-                consumer: d.consumer,
-                offset: d.offset,
-                delivered_at: crate::coarse_clock::now_ms(),
-            });
-        }
+        let tag = ch.delivered(
+            &d.queue,
+            d.consumer,
+            d.offset,
+            d.ack_required,
+            crate::coarse_clock::now_ms(),
+        );
         self.push(
             &mut st,
             Item::Deliver {
@@ -504,7 +425,7 @@ fn encode_item(buf: &mut BytesMut, item: Item, frame_max: u32) -> usize {
                 redelivered,
                 &message.exchange,
                 &message.routing_key,
-                &message.raw_properties,
+                message.amqp_properties(),
                 &message.body,
             );
             message.body_size()
@@ -557,7 +478,7 @@ fn encode_content(
         channel,
         60,
         message.body.len() as u64,
-        &message.raw_properties,
+        message.amqp_properties(),
     );
     encode_body_frames(buf, channel, &message.body, frame_max);
 }
@@ -604,7 +525,7 @@ impl DeliverySink for ChannelSink {
     fn cancelled(&self, consumer_tag: &ShortString) {
         let mut st = self.outbound.lock();
         if let Some(ch) = st.channels.get_mut(&self.channel) {
-            ch.cancelled.push(consumer_tag.clone());
+            ch.consumer_cancelled(consumer_tag.clone());
         } else {
             return;
         }

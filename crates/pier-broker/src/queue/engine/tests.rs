@@ -11,7 +11,7 @@ use super::*;
 use crate::args::{Overflow, QueueConfig};
 
 fn message(body: &str, persistent: bool) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from("x"),
         ShortString::from("k"),
         BasicProperties {
@@ -23,7 +23,7 @@ fn message(body: &str, persistent: bool) -> Arc<Message> {
 }
 
 fn with_expiration(body: &str, ms: &str) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from("x"),
         ShortString::from("k"),
         BasicProperties {

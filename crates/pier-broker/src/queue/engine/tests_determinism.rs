@@ -130,7 +130,7 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
 fn message(n: u64, size: u16, persistent: bool, priority: u8, ttl: Option<u16>) -> Arc<Message> {
     let mut body = format!("{n:08}").into_bytes();
     body.resize(usize::from(size).max(8), b'.');
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from("x"),
         ShortString::from("k"),
         BasicProperties {
