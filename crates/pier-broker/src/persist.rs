@@ -13,7 +13,7 @@
 //!
 //! Only persistent messages (delivery_mode 2) in durable queues are stored; everything else
 //! stays in memory, as in RabbitMQ, unless a long queue pages it out to the node's scratch
-//! paging store (never recovered; see `Queue::page_out_newest`).
+//! paging store (never recovered; see `queue/engine/paging.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
