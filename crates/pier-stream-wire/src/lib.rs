@@ -1,0 +1,21 @@
+//! # pier-stream-wire (work in progress)
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![forbid(unsafe_code)]
+
+mod buf;
+pub mod commands;
+pub mod entry;
+mod error;
+pub mod frame;
+mod response_code;
+
+pub use commands::*;
+pub use entry::{Compression, Entry, EntryError, SubBatch};
+pub use error::{DecodeError, EncodeError};
+pub use frame::{frame_len, key};
+pub use response_code::ResponseCode;
