@@ -95,42 +95,46 @@ impl SubBatch {
 
     /// The records of an uncompressed sub-batch (`size:32 record` pairs), zero-copy. `None`
     /// for a compressed one: the broker never decompresses.
-    pub fn records(&self) -> Option<SubBatchRecords<'_>> {
+    pub fn records(&self) -> Option<SubBatchRecords> {
         (self.compression == Compression::None).then(|| SubBatchRecords {
-            reader: Reader::new(&self.data),
+            data: self.data.clone(),
+            pos: 0,
             left: self.record_count,
         })
     }
 }
 
-/// Iterator over the records of an uncompressed [`SubBatch`].
+/// Iterator over the records of an uncompressed [`SubBatch`]; stops after an error.
 #[derive(Debug, Clone)]
-pub struct SubBatchRecords<'a> {
-    reader: Reader<'a>,
+pub struct SubBatchRecords {
+    data: Bytes,
+    pos: usize,
     left: u16,
 }
 
-impl Iterator for SubBatchRecords<'_> {
+impl Iterator for SubBatchRecords {
     type Item = Result<Bytes, EntryError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let mut reader = Reader::at(&self.data, self.pos);
         if self.left == 0 {
-            if self.reader.is_empty() {
+            if reader.is_empty() {
                 return None;
             }
-            let count = self.reader.remaining();
-            // drain so that the error is reported once
-            self.reader.rest();
+            let count = reader.remaining();
+            // report once
+            self.pos = self.data.len();
             return Some(Err(EntryError::TrailingBytes { count }));
         }
         self.left -= 1;
-        let item = self.reader.u32("sub-batch record size").and_then(|n| {
-            self.reader
-                .take(usize::try_from(n).unwrap_or(usize::MAX), "sub-batch record")
+        let item = reader.u32("sub-batch record size").and_then(|n| {
+            reader.take(usize::try_from(n).unwrap_or(usize::MAX), "sub-batch record")
         });
         if item.is_err() {
             self.left = 0;
-            self.reader.rest();
+            self.pos = self.data.len();
+        } else {
+            self.pos = reader.position();
         }
         Some(item.map_err(EntryError::from))
     }

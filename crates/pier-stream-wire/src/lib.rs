@@ -7,7 +7,9 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod bloom;
 mod buf;
+pub mod chunk;
 pub mod commands;
 pub mod entry;
 mod error;
@@ -15,7 +17,9 @@ pub mod frame;
 mod response_code;
 
 pub use commands::*;
-pub use entry::{Compression, Entry, EntryError, SubBatch};
+pub use bloom::{BloomFilter, BloomMatcher};
+pub use chunk::{Chunk, ChunkBuilder, ChunkError, ChunkHeader, ChunkType, Record};
+pub use entry::{Compression, Entry, EntryError, SubBatch, SubBatchRecords};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{frame_len, key};
 pub use response_code::ResponseCode;
