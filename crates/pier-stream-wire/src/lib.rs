@@ -7,6 +7,7 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod bloom;
 mod buf;
 pub mod chunk;
