@@ -1300,6 +1300,13 @@ impl ServerCommand {
                         active,
                     })
                 }
+                key::ROUTE | key::PARTITIONS => {
+                    // RabbitMQ 3.10 answered Route with the request key (no response bit);
+                    // a server never sends these requests, so read them as the responses.
+                    check_version(&h, 1)?;
+                    let correlation_id = r.u32("correlation id")?;
+                    server_response(k | RESPONSE_FLAG, correlation_id, r)?
+                }
                 other => return Err(DecodeError::UnknownCommand { key: other }),
             }
         } else {

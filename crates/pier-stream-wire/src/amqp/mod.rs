@@ -73,11 +73,13 @@
 //! `void`, list/array → `array`, map → `table`.
 //!
 //! **RabbitMQ 3.10–3.12** (the local reference broker is 3.10.8) converted through
-//! `rabbit_msg_record` instead and differs in the details: every 0-9-1 property that is set
-//! also goes into message annotations as `x-basic-*` (`x-basic-type`,
-//! `x-basic-priority`, …), `reply-to` is copied as is, and all headers (not only non-`x-`
-//! ones) become application properties. The golden tests in `tests/golden.rs` show what
-//! 3.10.8 actually wrote.
+//! `rabbit_msg_record` instead. What 3.10.8 wrote for a `basic.publish` with every property
+//! set (`tests/golden.rs`, `amqp091_message_converted_by_rabbitmq_3_10_8`): no header
+//! section; message annotations `x-routing-key`, `x-exchange`, and `x-basic-priority`,
+//! `x-basic-delivery-mode` (ubytes) and `x-basic-expiration` (string) in place of header
+//! fields; properties as above except that `reply-to` is copied as is and `app-id` is not
+//! mapped to `group-id`; and application properties holding `x-basic-type`,
+//! `x-basic-app-id` and every header, `x-` ones included.
 
 pub mod message;
 pub mod value;
