@@ -275,7 +275,11 @@ impl Chunk {
         let mut header = self.header;
         header.bloom_size = self.bloom.len().min(255) as u8;
         header.encode(out);
-        out.put_slice(self.bloom.get(..usize::from(header.bloom_size)).unwrap_or(&[]));
+        out.put_slice(
+            self.bloom
+                .get(..usize::from(header.bloom_size))
+                .unwrap_or(&[]),
+        );
         out.put_slice(&self.data);
         out.put_slice(&self.trailer);
     }
@@ -452,12 +456,20 @@ impl ChunkBuilder {
     }
 
     /// Adds one message (a simple entry) with its filter value, if any.
-    pub fn push_message(&mut self, body: &[u8], filter_value: Option<&[u8]>) -> Result<(), ChunkError> {
+    pub fn push_message(
+        &mut self,
+        body: &[u8],
+        filter_value: Option<&[u8]>,
+    ) -> Result<(), ChunkError> {
         self.push_entry(&Entry::Simple(Bytes::copy_from_slice(body)), filter_value)
     }
 
     /// Adds an entry (simple or sub-batch) with its filter value, if any.
-    pub fn push_entry(&mut self, entry: &Entry, filter_value: Option<&[u8]>) -> Result<(), ChunkError> {
+    pub fn push_entry(
+        &mut self,
+        entry: &Entry,
+        filter_value: Option<&[u8]>,
+    ) -> Result<(), ChunkError> {
         let entries = self
             .num_entries
             .checked_add(1)

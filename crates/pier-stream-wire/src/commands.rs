@@ -882,7 +882,9 @@ impl ClientCommand {
                         }
                         PublishVersion::V2 => {
                             if matches!(m.entry, Entry::SubBatch(_)) {
-                                return Err(EncodeError::Invalid("a sub-entry batch in publish v2"));
+                                return Err(EncodeError::Invalid(
+                                    "a sub-entry batch in publish v2",
+                                ));
                             }
                             put_opt_raw_string(out, m.filter_value.as_deref())?;
                         }
@@ -951,8 +953,8 @@ impl ClientCommand {
                 if c.data.is_empty() {
                     out.put_i32(-1);
                 } else {
-                    let len =
-                        i32::try_from(c.data.len()).map_err(|_| EncodeError::TooLong(c.data.len()))?;
+                    let len = i32::try_from(c.data.len())
+                        .map_err(|_| EncodeError::TooLong(c.data.len()))?;
                     out.put_i32(len);
                     out.put_slice(&c.data);
                 }
@@ -1566,10 +1568,13 @@ fn server_response(
         }));
     }
     let code = code(r)?;
-    if let Some(cmd) = simple_response(raw_key, Response {
-        correlation_id,
-        code,
-    }) {
+    if let Some(cmd) = simple_response(
+        raw_key,
+        Response {
+            correlation_id,
+            code,
+        },
+    ) {
         return Ok(cmd);
     }
     Ok(match k {

@@ -134,7 +134,10 @@ pub(crate) fn finish(r: &Reader<'_>, context: &'static str) -> Result<(), Decode
 
 /// A `string` (int16 length + UTF-8). Null (-1) is refused: RabbitMQ reads the length as
 /// unsigned and fails the frame too.
-pub(crate) fn read_string(r: &mut Reader<'_>, context: &'static str) -> Result<String, DecodeError> {
+pub(crate) fn read_string(
+    r: &mut Reader<'_>,
+    context: &'static str,
+) -> Result<String, DecodeError> {
     let len = r.i16(context)?;
     if len < 0 {
         return Err(DecodeError::InvalidValue {
@@ -348,7 +351,10 @@ mod tests {
         assert_eq!(frame_len(&[0, 0, 0], 0).unwrap(), None);
         assert_eq!(frame_len(&[0, 0, 0, 4, 0, 23], 0).unwrap(), None);
         assert_eq!(frame_len(&[0, 0, 0, 4, 0, 23, 0, 1], 0).unwrap(), Some(8));
-        assert_eq!(frame_len(&[0, 0, 0, 4, 0, 23, 0, 1, 9], 4).unwrap(), Some(8));
+        assert_eq!(
+            frame_len(&[0, 0, 0, 4, 0, 23, 0, 1, 9], 4).unwrap(),
+            Some(8)
+        );
         // Oversize is reported from the prefix alone.
         assert_eq!(
             frame_len(&[0xff, 0xff, 0xff, 0xff], 1 << 20),

@@ -17,9 +17,9 @@ mod error;
 pub mod frame;
 mod response_code;
 
-pub use commands::*;
 pub use bloom::{BloomFilter, BloomMatcher};
 pub use chunk::{Chunk, ChunkBuilder, ChunkError, ChunkHeader, ChunkType, Record};
+pub use commands::*;
 pub use entry::{Compression, Entry, EntryError, SubBatch, SubBatchRecords};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{frame_len, key};

@@ -171,7 +171,10 @@ fn response_codes_from_the_broker() {
         code_of("delete-publisher-response-unknown"),
         ResponseCode::PublisherDoesNotExist
     );
-    assert_eq!(code_of("query-offset-response-none"), ResponseCode::NoOffset);
+    assert_eq!(
+        code_of("query-offset-response-none"),
+        ResponseCode::NoOffset
+    );
     let ServerCommand::QueryOffsetResponse(q) = server(find(&s, "query-offset-response")) else {
         panic!()
     };
@@ -205,7 +208,10 @@ fn response_codes_from_the_broker() {
     let ServerCommand::RouteResponse(r) = server(find(&s, "unsolicited-0018")) else {
         panic!()
     };
-    assert_eq!((r.code, r.streams.len()), (ResponseCode::StreamDoesNotExist, 0));
+    assert_eq!(
+        (r.code, r.streams.len()),
+        (ResponseCode::StreamDoesNotExist, 0)
+    );
     let ServerCommand::MetadataUpdate(u) = server(find(&s, "unsolicited-0010")) else {
         panic!()
     };
@@ -271,10 +277,7 @@ fn publish_and_deliver() {
     };
     let chunk = Chunk::parse_delivered(&d.chunk).unwrap();
     chunk.validate().unwrap();
-    assert_eq!(
-        (chunk.header.num_entries, chunk.header.num_records),
-        (1, 2)
-    );
+    assert_eq!((chunk.header.num_entries, chunk.header.num_records), (1, 2));
     let offsets: Vec<u64> = chunk
         .records()
         .map(|r| match r.unwrap() {
@@ -310,11 +313,17 @@ fn amqp091_message_converted_by_rabbitmq_3_10_8() {
             .find(|(key, _)| *key == Value::Symbol(k.into()))
             .map(|(_, v)| v.clone())
     };
-    assert_eq!(ann("x-routing-key"), Some(Value::String("pier-golden-stream".into())));
+    assert_eq!(
+        ann("x-routing-key"),
+        Some(Value::String("pier-golden-stream".into()))
+    );
     assert_eq!(ann("x-exchange"), Some(Value::String(String::new())));
     assert_eq!(ann("x-basic-priority"), Some(Value::Ubyte(3)));
     assert_eq!(ann("x-basic-delivery-mode"), Some(Value::Ubyte(2)));
-    assert_eq!(ann("x-basic-expiration"), Some(Value::String("60000".into())));
+    assert_eq!(
+        ann("x-basic-expiration"),
+        Some(Value::String("60000".into()))
+    );
     // ... maps the rest to properties ...
     let p = m.properties.unwrap();
     assert_eq!(p.message_id, Some(Value::String("msg-1".into())));
@@ -329,7 +338,10 @@ fn amqp091_message_converted_by_rabbitmq_3_10_8() {
     let ap = m.application_properties.unwrap();
     let get = |k: &str| ap.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     assert_eq!(get("x-basic-type"), Some(Value::String("kind".into())));
-    assert_eq!(get("x-basic-app-id"), Some(Value::String("golden-app".into())));
+    assert_eq!(
+        get("x-basic-app-id"),
+        Some(Value::String("golden-app".into()))
+    );
     assert_eq!(get("x-custom"), Some(Value::String("xv".into())));
     assert_eq!(get("plain"), Some(Value::String("pv".into())));
     assert_eq!(get("num"), Some(Value::Int(42)));
@@ -363,7 +375,10 @@ fn what_the_broker_answers_to_bad_frames() {
     let ServerCommand::Close(c) = server(find(&core_main(), "close-frame-too-large")) else {
         panic!()
     };
-    assert_eq!((c.code, c.reason.as_str()), (err.close_code(), err.close_reason()));
+    assert_eq!(
+        (c.code, c.reason.as_str()),
+        (err.close_code(), err.close_reason())
+    );
 }
 
 #[test]
@@ -389,7 +404,8 @@ fn newer_commands_from_rabbit_stream_core() {
     };
     assert_eq!(c.partitions, vec!["inv-0", "inv-1"]);
     assert_eq!(c.binding_keys, vec!["0", "1"]);
-    let ClientCommand::ConsumerUpdateResponse(u) = client(find(&f, "consumer-update-response-none"))
+    let ClientCommand::ConsumerUpdateResponse(u) =
+        client(find(&f, "consumer-update-response-none"))
     else {
         panic!()
     };
@@ -419,7 +435,8 @@ fn newer_commands_from_rabbit_stream_core() {
         panic!()
     };
     assert!(st.stats.contains(&("committed_chunk_id".to_string(), -1)));
-    let ServerCommand::SaslAuthenticateResponse(a) = server(find(&f, "sasl-authenticate-challenge"))
+    let ServerCommand::SaslAuthenticateResponse(a) =
+        server(find(&f, "sasl-authenticate-challenge"))
     else {
         panic!()
     };

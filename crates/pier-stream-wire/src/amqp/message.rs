@@ -357,10 +357,16 @@ impl Message {
             ));
         }
         if let Some(a) = &self.delivery_annotations {
-            out.push(section(descriptor::DELIVERY_ANNOTATIONS, Value::Map(a.clone())));
+            out.push(section(
+                descriptor::DELIVERY_ANNOTATIONS,
+                Value::Map(a.clone()),
+            ));
         }
         if let Some(a) = &self.message_annotations {
-            out.push(section(descriptor::MESSAGE_ANNOTATIONS, Value::Map(a.clone())));
+            out.push(section(
+                descriptor::MESSAGE_ANNOTATIONS,
+                Value::Map(a.clone()),
+            ));
         }
         if let Some(p) = &self.properties {
             out.push(composite(
@@ -490,14 +496,19 @@ mod tests {
             Box::new(Value::Int(7)),
         );
         let b = v.to_bytes().unwrap();
-        assert_eq!(Message::decode(&b).unwrap().body, Body::Value(Value::Int(7)));
+        assert_eq!(
+            Message::decode(&b).unwrap().body,
+            Body::Value(Value::Int(7))
+        );
 
         // properties after data: out of order
         let mut out = BytesMut::new();
         Message::with_data(Bytes::from_static(b"x"))
             .encode(&mut out)
             .unwrap();
-        composite(descriptor::PROPERTIES, vec![]).encode(&mut out).unwrap();
+        composite(descriptor::PROPERTIES, vec![])
+            .encode(&mut out)
+            .unwrap();
         assert!(matches!(
             Message::decode(&out.freeze()),
             Err(AmqpError::SectionOutOfOrder(_))
@@ -507,10 +518,14 @@ mod tests {
         section(descriptor::DATA, Value::Binary(Bytes::new()))
             .encode(&mut out)
             .unwrap();
-        section(descriptor::AMQP_VALUE, Value::Null).encode(&mut out).unwrap();
+        section(descriptor::AMQP_VALUE, Value::Null)
+            .encode(&mut out)
+            .unwrap();
         assert!(Message::decode(&out.freeze()).is_err());
         // a wrong field type
-        let bad = composite(descriptor::HEADER, vec![Value::Int(1)]).to_bytes().unwrap();
+        let bad = composite(descriptor::HEADER, vec![Value::Int(1)])
+            .to_bytes()
+            .unwrap();
         assert!(matches!(
             Message::decode(&bad),
             Err(AmqpError::InvalidField { .. })

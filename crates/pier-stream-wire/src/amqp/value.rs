@@ -403,7 +403,9 @@ fn array_constructor(v: &Value) -> Result<u8, AmqpError> {
         Value::Map(_) => code::MAP32,
         Value::Array(_) => code::ARRAY32,
         Value::Described(_, _) => {
-            return Err(AmqpError::Encode("a described value inside a described array"))
+            return Err(AmqpError::Encode(
+                "a described value inside a described array",
+            ))
         }
     })
 }
@@ -647,7 +649,12 @@ impl Value {
 
     /// Writes a list, map or array: with the most compact constructor, or (`element`) in
     /// the 32-bit form without constructor, as an array element.
-    fn write_compound(&self, out: &mut BytesMut, depth: usize, element: bool) -> Result<(), AmqpError> {
+    fn write_compound(
+        &self,
+        out: &mut BytesMut,
+        depth: usize,
+        element: bool,
+    ) -> Result<(), AmqpError> {
         let payload = compound_payload_len(self);
         let (narrow, wide, count) = match self {
             Value::List(items) => (code::LIST8, code::LIST32, items.len()),
@@ -656,7 +663,8 @@ impl Value {
             _ => return Err(AmqpError::Encode("not a compound value")),
         };
         if element {
-            let size = u32::try_from(payload + 4).map_err(|_| AmqpError::Encode("compound over 4 GiB"))?;
+            let size =
+                u32::try_from(payload + 4).map_err(|_| AmqpError::Encode("compound over 4 GiB"))?;
             let count = u32::try_from(count).map_err(|_| AmqpError::Encode("too many elements"))?;
             out.put_u32(size);
             out.put_u32(count);
@@ -678,7 +686,9 @@ impl Value {
             Value::Array(items) => {
                 if let Some(first) = items.first() {
                     if items.iter().any(|i| !same_kind(first, i)) {
-                        return Err(AmqpError::Encode("an array with elements of different types"));
+                        return Err(AmqpError::Encode(
+                            "an array with elements of different types",
+                        ));
                     }
                 }
                 let (descriptor, ec) = match items.first() {
@@ -711,7 +721,8 @@ impl Value {
                     Value::String(s) | Value::Symbol(s) => s.as_bytes(),
                     _ => return Err(AmqpError::Encode("array element type")),
                 };
-                let n = u32::try_from(raw.len()).map_err(|_| AmqpError::Encode("value over 4 GiB"))?;
+                let n =
+                    u32::try_from(raw.len()).map_err(|_| AmqpError::Encode("value over 4 GiB"))?;
                 out.put_u32(n);
                 out.put_slice(raw);
             }
@@ -825,8 +836,14 @@ mod tests {
         assert_eq!(&roundtrip(Value::Uint(7))[..], &[0x52, 7]);
         assert_eq!(&roundtrip(Value::Ulong(0x70))[..], &[0x53, 0x70]);
         assert_eq!(&roundtrip(Value::Int(-1))[..], &[0x54, 0xff]);
-        assert_eq!(&roundtrip(Value::Long(300))[..], &[0x81, 0, 0, 0, 0, 0, 0, 1, 44]);
-        assert_eq!(&roundtrip(Value::String("hi".into()))[..], &[0xa1, 2, b'h', b'i']);
+        assert_eq!(
+            &roundtrip(Value::Long(300))[..],
+            &[0x81, 0, 0, 0, 0, 0, 0, 1, 44]
+        );
+        assert_eq!(
+            &roundtrip(Value::String("hi".into()))[..],
+            &[0xa1, 2, b'h', b'i']
+        );
         assert_eq!(&roundtrip(Value::List(vec![]))[..], &[0x45]);
         assert_eq!(
             &roundtrip(Value::List(vec![Value::Bool(true)]))[..],
@@ -843,17 +860,31 @@ mod tests {
             Value::Symbol("a".into()),
             Value::Symbol("bc".into()),
         ]));
-        assert_eq!(&b[..], &[0xe0, 13, 2, 0xb3, 0, 0, 0, 1, b'a', 0, 0, 0, 2, b'b', b'c']);
+        assert_eq!(
+            &b[..],
+            &[0xe0, 13, 2, 0xb3, 0, 0, 0, 1, b'a', 0, 0, 0, 2, b'b', b'c']
+        );
         roundtrip(Value::Array(vec![Value::Bool(false), Value::Bool(true)]));
-        roundtrip(Value::Array(vec![Value::Array(vec![Value::Int(5)]), Value::Array(vec![])]));
-        roundtrip(Value::Array(vec![Value::List(vec![Value::Null]), Value::List(vec![])]));
-        roundtrip(Value::Array(vec![Value::Map(vec![(Value::Int(1), Value::Null)])]));
+        roundtrip(Value::Array(vec![
+            Value::Array(vec![Value::Int(5)]),
+            Value::Array(vec![]),
+        ]));
+        roundtrip(Value::Array(vec![
+            Value::List(vec![Value::Null]),
+            Value::List(vec![]),
+        ]));
+        roundtrip(Value::Array(vec![Value::Map(vec![(
+            Value::Int(1),
+            Value::Null,
+        )])]));
         let d = Box::new(Value::Ulong(0x75));
         roundtrip(Value::Array(vec![
             Value::Described(d.clone(), Box::new(Value::Binary(Bytes::from_static(b"x")))),
             Value::Described(d, Box::new(Value::Binary(Bytes::new()))),
         ]));
-        assert!(Value::Array(vec![Value::Int(1), Value::Uint(1)]).to_bytes().is_err());
+        assert!(Value::Array(vec![Value::Int(1), Value::Uint(1)])
+            .to_bytes()
+            .is_err());
         // zero-width elements: bounded
         let evil = Bytes::from_static(&[0xf0, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0x40]);
         assert!(matches!(
@@ -903,7 +934,10 @@ mod tests {
             &[0x01],
             &[0xb0, 0xff, 0xff, 0xff, 0xff],
         ] {
-            assert!(decode_value(&Bytes::copy_from_slice(raw)).is_err(), "{raw:x?}");
+            assert!(
+                decode_value(&Bytes::copy_from_slice(raw)).is_err(),
+                "{raw:x?}"
+            );
         }
     }
 }
