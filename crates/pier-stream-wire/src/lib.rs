@@ -15,6 +15,8 @@ pub mod commands;
 pub mod entry;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod response_code;
 
 pub use bloom::{BloomFilter, BloomMatcher};
