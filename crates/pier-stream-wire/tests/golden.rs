@@ -484,3 +484,340 @@ fn server_frames_built_from_scratch_match_rabbitmq() {
         assert_eq!(&out[..], &find(&s, label).bytes[..], "{label}");
     }
 }
+
+/// Writes one frame of every command this crate encodes, for a check with RabbitMQ's own
+/// parser (`rabbit_stream_core:parse_command/1` under Erlang; see the report of the branch
+/// that added this crate): `PIER_STREAM_FRAMES=/tmp/frames.txt cargo test -p
+/// pier-stream-wire --test golden -- --ignored dump_frames_for_erlang`.
+#[test]
+#[ignore = "writes a file for an external check"]
+fn dump_frames_for_erlang() {
+    let path = std::env::var("PIER_STREAM_FRAMES").unwrap();
+    let p = || vec![("k".to_string(), "v".to_string())];
+    let clients = vec![
+        ClientCommand::DeclarePublisher(DeclarePublisher {
+            correlation_id: 1,
+            publisher_id: 2,
+            reference: "ref".into(),
+            stream: "s".into(),
+        }),
+        ClientCommand::Publish(Publish {
+            version: PublishVersion::V1,
+            publisher_id: 2,
+            messages: vec![
+                PublishedMessage {
+                    publishing_id: 7,
+                    filter_value: None,
+                    entry: Entry::Simple(Bytes::from_static(b"m")),
+                },
+                PublishedMessage {
+                    publishing_id: 8,
+                    filter_value: None,
+                    entry: Entry::SubBatch(SubBatch::uncompressed([b"a"]).unwrap()),
+                },
+            ],
+        }),
+        ClientCommand::Publish(Publish {
+            version: PublishVersion::V2,
+            publisher_id: 2,
+            messages: vec![
+                PublishedMessage {
+                    publishing_id: 7,
+                    filter_value: Some(Bytes::from_static(b"f")),
+                    entry: Entry::Simple(Bytes::from_static(b"m")),
+                },
+                PublishedMessage {
+                    publishing_id: 8,
+                    filter_value: None,
+                    entry: Entry::Simple(Bytes::from_static(b"n")),
+                },
+            ],
+        }),
+        ClientCommand::QueryPublisherSequence(QueryPublisherSequence {
+            correlation_id: 3,
+            reference: "ref".into(),
+            stream: "s".into(),
+        }),
+        ClientCommand::DeletePublisher(DeletePublisher {
+            correlation_id: 4,
+            publisher_id: 2,
+        }),
+        ClientCommand::Subscribe(Subscribe {
+            correlation_id: 5,
+            subscription_id: 1,
+            stream: "s".into(),
+            offset: OffsetSpec::Offset(9),
+            credit: 10,
+            properties: p(),
+        }),
+        ClientCommand::Subscribe(Subscribe {
+            correlation_id: 5,
+            subscription_id: 1,
+            stream: "s".into(),
+            offset: OffsetSpec::First,
+            credit: 10,
+            properties: vec![],
+        }),
+        ClientCommand::Credit(Credit {
+            subscription_id: 1,
+            credit: 3,
+        }),
+        ClientCommand::StoreOffset(StoreOffset {
+            reference: "r".into(),
+            stream: "s".into(),
+            offset: 11,
+        }),
+        ClientCommand::QueryOffset(QueryOffset {
+            correlation_id: 6,
+            reference: "r".into(),
+            stream: "s".into(),
+        }),
+        ClientCommand::Unsubscribe(Unsubscribe {
+            correlation_id: 7,
+            subscription_id: 1,
+        }),
+        ClientCommand::Create(Create {
+            correlation_id: 8,
+            stream: "s".into(),
+            arguments: p(),
+        }),
+        ClientCommand::Delete(Delete {
+            correlation_id: 9,
+            stream: "s".into(),
+        }),
+        ClientCommand::Metadata(Metadata {
+            correlation_id: 10,
+            streams: vec!["a".into(), "b".into()],
+        }),
+        ClientCommand::PeerProperties(PeerProperties {
+            correlation_id: 11,
+            properties: p(),
+        }),
+        ClientCommand::SaslHandshake(SaslHandshake { correlation_id: 12 }),
+        ClientCommand::SaslAuthenticate(SaslAuthenticate {
+            correlation_id: 13,
+            mechanism: "PLAIN".into(),
+            data: Bytes::from_static(b"\0u\0p"),
+        }),
+        ClientCommand::Tune(Tune {
+            frame_max: 131072,
+            heartbeat: 30,
+        }),
+        ClientCommand::Open(Open {
+            correlation_id: 14,
+            virtual_host: "/".into(),
+        }),
+        ClientCommand::Close(Close {
+            correlation_id: 15,
+            code: ResponseCode::Ok,
+            reason: "bye".into(),
+        }),
+        ClientCommand::CloseResponse(Response {
+            correlation_id: 16,
+            code: ResponseCode::Ok,
+        }),
+        ClientCommand::Heartbeat,
+        ClientCommand::Route(Route {
+            correlation_id: 17,
+            routing_key: "rk".into(),
+            super_stream: "ss".into(),
+        }),
+        ClientCommand::Partitions(Partitions {
+            correlation_id: 18,
+            super_stream: "ss".into(),
+        }),
+        ClientCommand::ConsumerUpdateResponse(ConsumerUpdateResponse {
+            correlation_id: 19,
+            code: ResponseCode::Ok,
+            offset: Some(OffsetSpec::Timestamp(5)),
+        }),
+        ClientCommand::ExchangeCommandVersions(ExchangeCommandVersions {
+            correlation_id: 20,
+            versions: vec![CommandVersion {
+                key: 8,
+                min_version: 1,
+                max_version: 2,
+            }],
+        }),
+        ClientCommand::StreamStats(StreamStats {
+            correlation_id: 21,
+            stream: "s".into(),
+        }),
+        ClientCommand::CreateSuperStream(CreateSuperStream {
+            correlation_id: 22,
+            name: "ss".into(),
+            partitions: vec!["ss-0".into()],
+            binding_keys: vec!["0".into()],
+            arguments: p(),
+        }),
+        ClientCommand::DeleteSuperStream(DeleteSuperStream {
+            correlation_id: 23,
+            name: "ss".into(),
+        }),
+        ClientCommand::ResolveOffsetSpec(ResolveOffsetSpec {
+            correlation_id: 24,
+            stream: "s".into(),
+            offset: OffsetSpec::Last,
+            properties: p(),
+        }),
+    ];
+    let r = |c| Response {
+        correlation_id: c,
+        code: ResponseCode::Ok,
+    };
+    let servers = vec![
+        ServerCommand::DeclarePublisherResponse(r(1)),
+        ServerCommand::PublishConfirm(PublishConfirm {
+            publisher_id: 2,
+            publishing_ids: vec![7, 8],
+        }),
+        ServerCommand::PublishError(PublishError {
+            publisher_id: 2,
+            errors: vec![PublishingError {
+                publishing_id: 7,
+                code: ResponseCode::PublisherDoesNotExist,
+            }],
+        }),
+        ServerCommand::QueryPublisherSequenceResponse(QueryPublisherSequenceResponse {
+            correlation_id: 3,
+            code: ResponseCode::Ok,
+            sequence: 8,
+        }),
+        ServerCommand::DeletePublisherResponse(r(4)),
+        ServerCommand::SubscribeResponse(r(5)),
+        ServerCommand::Deliver(Deliver {
+            subscription_id: 1,
+            committed_chunk_id: None,
+            chunk: Bytes::from_static(b"chunk"),
+        }),
+        ServerCommand::Deliver(Deliver {
+            subscription_id: 1,
+            committed_chunk_id: Some(3),
+            chunk: Bytes::from_static(b"chunk"),
+        }),
+        ServerCommand::CreditResponse(CreditResponse {
+            code: ResponseCode::SubscriptionIdDoesNotExist,
+            subscription_id: 1,
+        }),
+        ServerCommand::QueryOffsetResponse(QueryOffsetResponse {
+            correlation_id: 6,
+            code: ResponseCode::Ok,
+            offset: 11,
+        }),
+        ServerCommand::UnsubscribeResponse(r(7)),
+        ServerCommand::CreateResponse(r(8)),
+        ServerCommand::DeleteResponse(r(9)),
+        ServerCommand::MetadataResponse(MetadataResponse {
+            correlation_id: 10,
+            brokers: vec![Broker {
+                reference: 0,
+                host: "h".into(),
+                port: 5552,
+            }],
+            streams: vec![StreamMetadata {
+                stream: "a".into(),
+                code: ResponseCode::Ok,
+                leader: 0,
+                replicas: vec![0],
+            }],
+        }),
+        ServerCommand::MetadataUpdate(MetadataUpdate {
+            code: ResponseCode::StreamNotAvailable,
+            stream: "s".into(),
+        }),
+        ServerCommand::PeerPropertiesResponse(PeerPropertiesResponse {
+            correlation_id: 11,
+            code: ResponseCode::Ok,
+            properties: p(),
+        }),
+        ServerCommand::SaslHandshakeResponse(SaslHandshakeResponse {
+            correlation_id: 12,
+            code: ResponseCode::Ok,
+            mechanisms: vec!["PLAIN".into()],
+        }),
+        ServerCommand::SaslAuthenticateResponse(SaslAuthenticateResponse {
+            correlation_id: 13,
+            code: ResponseCode::Ok,
+            challenge: Bytes::new(),
+        }),
+        ServerCommand::Tune(Tune {
+            frame_max: 1048576,
+            heartbeat: 60,
+        }),
+        ServerCommand::OpenResponse(OpenResponse {
+            correlation_id: 14,
+            code: ResponseCode::Ok,
+            properties: p(),
+        }),
+        ServerCommand::Close(Close {
+            correlation_id: 1,
+            code: ResponseCode::UnknownFrame,
+            reason: "unknown frame".into(),
+        }),
+        ServerCommand::CloseResponse(r(15)),
+        ServerCommand::Heartbeat,
+        ServerCommand::RouteResponse(StreamsResponse {
+            correlation_id: 17,
+            code: ResponseCode::Ok,
+            streams: vec!["ss-0".into()],
+        }),
+        ServerCommand::PartitionsResponse(StreamsResponse {
+            correlation_id: 18,
+            code: ResponseCode::Ok,
+            streams: vec!["ss-0".into()],
+        }),
+        ServerCommand::ConsumerUpdate(ConsumerUpdate {
+            correlation_id: 19,
+            subscription_id: 1,
+            active: true,
+        }),
+        ServerCommand::ExchangeCommandVersionsResponse(ExchangeCommandVersionsResponse {
+            correlation_id: 20,
+            code: ResponseCode::Ok,
+            versions: vec![CommandVersion {
+                key: 2,
+                min_version: 1,
+                max_version: 2,
+            }],
+        }),
+        ServerCommand::StreamStatsResponse(StreamStatsResponse {
+            correlation_id: 21,
+            code: ResponseCode::Ok,
+            stats: vec![("committed_chunk_id".into(), 4)],
+        }),
+        ServerCommand::CreateSuperStreamResponse(r(22)),
+        ServerCommand::DeleteSuperStreamResponse(r(23)),
+        ServerCommand::ResolveOffsetSpecResponse(ResolveOffsetSpecResponse {
+            correlation_id: 24,
+            code: ResponseCode::Ok,
+            offset_type: 4,
+            offset: 9,
+        }),
+    ];
+    let mut text = String::new();
+    for c in &clients {
+        let mut out = BytesMut::new();
+        c.encode(&mut out).unwrap();
+        text += &format!(
+            "C {:?} {}\n",
+            c.key(),
+            out[4..]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+    }
+    for c in &servers {
+        let mut out = BytesMut::new();
+        c.encode(&mut out).unwrap();
+        text += &format!(
+            "S {:?} {}\n",
+            c.key(),
+            out[4..]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+    }
+    std::fs::write(path, text).unwrap();
+}
