@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::value::{read_value, AmqpError, Value};
+use super::value::{read_value, AmqpError, Value, MAX_EXPANSION};
 use crate::buf::Reader;
 
 /// Section descriptor codes (`0x0000_0000_0000_00xx`, domain 0 = AMQP) and their symbolic
@@ -241,8 +241,9 @@ impl Message {
         let mut m = Message::default();
         // order of the last section seen: header 0 .. footer 8
         let mut last: Option<u64> = None;
+        let mut budget = MAX_EXPANSION;
         while !r.is_empty() {
-            let v = read_value(&mut r, 0)?;
+            let v = read_value(&mut r, 0, &mut budget)?;
             let Value::Described(d, body) = v else {
                 return Err(AmqpError::UnknownSection(
                     "a value that is not a described section".into(),

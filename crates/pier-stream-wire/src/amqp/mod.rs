@@ -6,7 +6,8 @@
 //! needs to decode them only to route, filter, or hand the message to another protocol.
 //!
 //! Decoding never panics, bounds nesting ([`value::MAX_DEPTH`]), checks every size and count
-//! against the input before allocating, and keeps binaries (including `data` sections) as
+//! against the input before allocating (array elements that take no input of their own are
+//! charged to [`value::MAX_EXPANSION`]), and keeps binaries (including `data` sections) as
 //! zero-copy slices of the input.
 //!
 //! # AMQP 0-9-1 ↔ AMQP 1.0, as RabbitMQ maps them
@@ -21,7 +22,7 @@
 //!
 //! | 0-9-1 | AMQP 1.0 |
 //! |---|---|
-//! | `delivery-mode` | `header.durable` = (delivery-mode == 2); a header section is always written |
+//! | `delivery-mode` | `header.durable` = (delivery-mode == 2) |
 //! | `priority` | `header.priority` (ubyte) |
 //! | `expiration` (string of ms) | `header.ttl` (uint) |
 //! | `message-id` | `properties.message-id`: a uuid if it parses as `urn:uuid:…`, else a string |
@@ -85,4 +86,4 @@ pub mod message;
 pub mod value;
 
 pub use message::{Annotations, Body, Header, Message, Properties};
-pub use value::{decode_value, decode_value_exact, AmqpError, Value, MAX_DEPTH};
+pub use value::{decode_value, decode_value_exact, AmqpError, Value, MAX_DEPTH, MAX_EXPANSION};

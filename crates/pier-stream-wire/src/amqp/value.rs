@@ -8,9 +8,12 @@ use crate::buf::{Reader, Short};
 /// How deep lists, maps, arrays and described values may nest before decoding gives up.
 pub const MAX_DEPTH: usize = 32;
 
-/// Zero-width array elements (null, true, false, uint0, ulong0, list0) cost no input, so
-/// their count is bounded separately to keep allocation bounded.
-pub const MAX_ZERO_WIDTH_ARRAY_LEN: usize = 65_536;
+/// Array elements that take no input of their own (zero-width elements: null, true, false,
+/// uint0, ulong0, list0; and the shared descriptor of a described array, copied into every
+/// element) are charged against this budget, per decode call, one unit per zero-width element
+/// and the descriptor's encoded length per described element. Everything else a decoded value
+/// holds takes input octets, so allocation stays linear in the input.
+pub const MAX_EXPANSION: usize = 65_536;
 
 /// Format codes (AMQP 1.0 part 1, 1.6).
 pub mod code {
@@ -163,7 +166,7 @@ fn utf8(raw: &[u8], what: &'static str) -> Result<String, AmqpError> {
 /// Decodes the value at the front of `input`; returns it and the octets it took.
 pub fn decode_value(input: &Bytes) -> Result<(Value, usize), AmqpError> {
     let mut r = Reader::new(input);
-    let v = read_value(&mut r, 0)?;
+    let v = read_value(&mut r, 0, &mut { MAX_EXPANSION })?;
     Ok((v, r.position()))
 }
 
@@ -177,21 +180,30 @@ pub fn decode_value_exact(input: &Bytes) -> Result<Value, AmqpError> {
     }
 }
 
-pub(crate) fn read_value(r: &mut Reader<'_>, depth: usize) -> Result<Value, AmqpError> {
+pub(crate) fn read_value(
+    r: &mut Reader<'_>,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<Value, AmqpError> {
     let c = r.u8("format code")?;
     if c == code::DESCRIBED {
         if depth >= MAX_DEPTH {
             return Err(AmqpError::NestingTooDeep);
         }
-        let descriptor = read_value(r, depth + 1)?;
-        let value = read_value(r, depth + 1)?;
+        let descriptor = read_value(r, depth + 1, budget)?;
+        let value = read_value(r, depth + 1, budget)?;
         return Ok(Value::Described(Box::new(descriptor), Box::new(value)));
     }
-    read_with_code(r, c, depth)
+    read_with_code(r, c, depth, budget)
 }
 
 /// Reads a value whose constructor `c` was already read (array elements share one).
-fn read_with_code(r: &mut Reader<'_>, c: u8, depth: usize) -> Result<Value, AmqpError> {
+fn read_with_code(
+    r: &mut Reader<'_>,
+    c: u8,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<Value, AmqpError> {
     Ok(match c {
         code::NULL => Value::Null,
         code::TRUE => Value::Bool(true),
@@ -259,7 +271,7 @@ fn read_with_code(r: &mut Reader<'_>, c: u8, depth: usize) -> Result<Value, Amqp
                 check_count(count, 1, inner.remaining(), "list")?;
                 let mut items = Vec::with_capacity(count);
                 for _ in 0..count {
-                    items.push(read_value(&mut inner, depth + 1)?);
+                    items.push(read_value(&mut inner, depth + 1, budget)?);
                 }
                 finish(&inner, "list")?;
                 Value::List(items)
@@ -270,8 +282,8 @@ fn read_with_code(r: &mut Reader<'_>, c: u8, depth: usize) -> Result<Value, Amqp
                 check_count(count, 1, inner.remaining(), "map")?;
                 let mut pairs = Vec::with_capacity(count / 2);
                 for _ in 0..count / 2 {
-                    let k = read_value(&mut inner, depth + 1)?;
-                    let v = read_value(&mut inner, depth + 1)?;
+                    let k = read_value(&mut inner, depth + 1, budget)?;
+                    let v = read_value(&mut inner, depth + 1, budget)?;
                     pairs.push((k, v));
                 }
                 finish(&inner, "map")?;
@@ -286,7 +298,7 @@ fn read_with_code(r: &mut Reader<'_>, c: u8, depth: usize) -> Result<Value, Amqp
             let mut inner = Reader::new(&body);
             let mut ec = inner.u8("array constructor")?;
             let descriptor = if ec == code::DESCRIBED {
-                let d = read_value(&mut inner, depth + 1)?;
+                let d = read_value(&mut inner, depth + 1, budget)?;
                 ec = inner.u8("array constructor")?;
                 Some(d)
             } else {
@@ -295,23 +307,27 @@ fn read_with_code(r: &mut Reader<'_>, c: u8, depth: usize) -> Result<Value, Amqp
             if ec == code::DESCRIBED {
                 return Err(AmqpError::Encode("nested described array constructor"));
             }
+            // What the elements cost beyond their own input octets.
+            let per_element = usize::from(fixed_width(ec) == Some(0))
+                + descriptor.as_ref().map_or(0, Value::encoded_len);
+            let expansion = count.saturating_mul(per_element);
+            if expansion > *budget {
+                return Err(AmqpError::CountTooLarge {
+                    context: "array (expansion budget)",
+                    count,
+                    size: inner.remaining(),
+                });
+            }
+            *budget -= expansion;
             match fixed_width(ec) {
-                Some(0) => {
-                    if count > MAX_ZERO_WIDTH_ARRAY_LEN {
-                        return Err(AmqpError::CountTooLarge {
-                            context: "array",
-                            count,
-                            size: inner.remaining(),
-                        });
-                    }
-                }
+                Some(0) => {}
                 Some(w) => check_count(count, w, inner.remaining(), "array")?,
                 // variable-width elements take at least their size field
                 None => check_count(count, 1, inner.remaining(), "array")?,
             }
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
-                let v = read_with_code(&mut inner, ec, depth + 1)?;
+                let v = read_with_code(&mut inner, ec, depth + 1, budget)?;
                 items.push(match &descriptor {
                     Some(d) => Value::Described(Box::new(d.clone()), Box::new(v)),
                     None => v,
@@ -894,6 +910,19 @@ mod tests {
         let evil = Bytes::from_static(&[0xf0, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0x40]);
         assert!(matches!(
             decode_value(&evil),
+            Err(AmqpError::CountTooLarge { .. })
+        ));
+        // a big descriptor shared by many one-octet elements: bounded too
+        let mut raw = vec![0xf0];
+        let body_len = 4 + 1 + 2 + 200 + 1 + 1000;
+        raw.extend_from_slice(&(body_len as u32).to_be_bytes());
+        raw.extend_from_slice(&1000u32.to_be_bytes());
+        raw.extend_from_slice(&[0x00, 0xa3, 200]);
+        raw.extend_from_slice(&[b'd'; 200]);
+        raw.push(0x50);
+        raw.extend_from_slice(&[7; 1000]);
+        assert!(matches!(
+            decode_value(&Bytes::from(raw)),
             Err(AmqpError::CountTooLarge { .. })
         ));
         let ok = Bytes::from_static(&[0xe0, 2, 3, 0x41]);
