@@ -66,6 +66,16 @@ impl DecodeError {
             _ => "unknown frame",
         }
     }
+
+    /// The whole `Close` RabbitMQ sends for this error: its code and reason, correlation id
+    /// 1 (RabbitMQ's reader uses 1 for every server-initiated close).
+    pub fn close_command(&self) -> crate::commands::ServerCommand {
+        crate::commands::ServerCommand::Close(crate::commands::Close {
+            correlation_id: 1,
+            code: self.close_code(),
+            reason: self.close_reason().to_string(),
+        })
+    }
 }
 
 impl From<Short> for DecodeError {

@@ -61,7 +61,8 @@
 //! A [`DecodeError`] is fatal for the connection and says how RabbitMQ ends it:
 //! [`DecodeError::close_code`] (13 *unknown frame* or 14 *frame too large*) and
 //! [`DecodeError::close_reason`] for the `Close` a server sends after authentication
-//! (before it, RabbitMQ drops the socket silently). Unknown keys, unsupported versions,
+//! ([`DecodeError::close_command`] builds RabbitMQ's exact frame); before authentication
+//! RabbitMQ drops the socket silently. Unknown keys, unsupported versions,
 //! truncated or over-long bodies and invalid field values are all *unknown frame*, as in
 //! RabbitMQ, where every such frame fails the same binary match.
 //!

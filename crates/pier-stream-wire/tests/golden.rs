@@ -365,6 +365,9 @@ fn what_the_broker_answers_to_bad_frames() {
         assert_eq!(err.close_reason(), c.reason, "{bad}");
         // RabbitMQ's server-initiated close uses correlation id 1.
         assert_eq!(c.correlation_id, 1);
+        let mut out = BytesMut::new();
+        err.close_command().encode(&mut out).unwrap();
+        assert_eq!(&out[..], &find(&s, close).bytes[..], "{bad}");
     }
     // Oversize: detected from the size prefix alone. RabbitMQ 4.x closes with 14
     // (frame too large, below); 3.10.8 had no frame_max check and answered 13.
