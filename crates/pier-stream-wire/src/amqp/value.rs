@@ -485,9 +485,32 @@ fn array_parts(items: &[Value]) -> Option<(usize, u8)> {
     }
 }
 
+/// Equality with floats compared by bits (so that a NaN descriptor equals itself).
+fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+        (Value::Double(x), Value::Double(y)) => x.to_bits() == y.to_bits(),
+        (Value::List(x), Value::List(y)) | (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| identical(p, q))
+        }
+        (Value::Map(x), Value::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k1, v1), (k2, v2))| identical(k1, k2) && identical(v1, v2))
+        }
+        (Value::Described(d1, v1), Value::Described(d2, v2)) => {
+            identical(d1, d2) && identical(v1, v2)
+        }
+        _ => a == b,
+    }
+}
+
 fn same_kind(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Described(da, ia), Value::Described(db, ib)) => da == db && same_kind(ia, ib),
+        (Value::Described(da, ia), Value::Described(db, ib)) => {
+            identical(da, db) && same_kind(ia, ib)
+        }
         (Value::Described(..), _) | (_, Value::Described(..)) => false,
         _ => std::mem::discriminant(a) == std::mem::discriminant(b),
     }
@@ -930,6 +953,21 @@ mod tests {
             decode_value_exact(&ok).unwrap(),
             Value::Array(vec![Value::Bool(true); 3])
         );
+    }
+
+    /// Found by `cargo fuzz run stream_amqp_message`: a described array whose descriptor
+    /// is a NaN was decoded but could not be re-encoded (NaN != NaN made the elements look
+    /// heterogeneous).
+    #[test]
+    fn described_array_with_nan_descriptor() {
+        let raw = Bytes::from_static(&[
+            0xe0, 0x14, 0x06, 0x00, 0x00, 0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7,
+            0x44, 0x52, 0x70, 0x53, 0x2b, 0x00, 0x00, 0x3e, 0x00,
+        ]);
+        let (v, _) = decode_value(&raw).unwrap();
+        let once = v.to_bytes().unwrap();
+        let (again, _) = decode_value(&once).unwrap();
+        assert_eq!(again.to_bytes().unwrap(), once);
     }
 
     #[test]
