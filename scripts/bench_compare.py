@@ -647,7 +647,12 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out")
     ap.add_argument("--f-messages", type=int)
+    ap.add_argument("--pier-name", default="Pier",
+                    help="name of the first broker in the report (before/after runs)")
+    ap.add_argument("--rabbit-name", default="RabbitMQ",
+                    help="name of the second broker in the report (before/after runs)")
     opts = ap.parse_args()
+    NAMES["pier"], NAMES["rabbitmq"] = opts.pier_name, opts.rabbit_name
     opts.runs = opts.runs or (1 if opts.quick else 3)
     opts.time = opts.time or (2.0 if opts.quick else 10.0)
     opts.f_messages = opts.f_messages or (50_000 if opts.quick else 1_000_000)

@@ -89,6 +89,14 @@ impl Properties {
     }
 }
 
+/// The AMQP 0-9-1 encoding of a message's properties: the publisher's bytes, or encoded on
+/// first use. Two variants so that the AMQP publish path pays no once-cell synchronisation.
+#[derive(Debug, Clone)]
+enum AmqpBytes {
+    Given(Bytes),
+    Lazy(OnceLock<Bytes>),
+}
+
 #[derive(Debug, Clone)]
 pub struct Message {
     pub exchange: ShortString,
@@ -96,7 +104,7 @@ pub struct Message {
     pub properties: Properties,
     pub body: Bytes,
     /// The AMQP 0-9-1 encoding of `properties` (see the module docs).
-    amqp: OnceLock<Bytes>,
+    amqp: AmqpBytes,
 }
 
 impl PartialEq for Message {
@@ -122,7 +130,7 @@ impl Message {
             routing_key,
             properties: properties.into(),
             body,
-            amqp: OnceLock::new(),
+            amqp: AmqpBytes::Lazy(OnceLock::new()),
         }
     }
 
@@ -135,14 +143,21 @@ impl Message {
         raw: Bytes,
         body: Bytes,
     ) -> Self {
-        let m = Message::new(exchange, routing_key, properties, body);
-        let _ = m.amqp.set(raw);
-        m
+        Message {
+            exchange,
+            routing_key,
+            properties: properties.into(),
+            body,
+            amqp: AmqpBytes::Given(raw),
+        }
     }
 
     /// The AMQP 0-9-1 property bytes: the publisher's own, or encoded once.
     pub fn amqp_properties(&self) -> &Bytes {
-        self.amqp.get_or_init(|| self.properties.encode_amqp())
+        match &self.amqp {
+            AmqpBytes::Given(b) => b,
+            AmqpBytes::Lazy(cell) => cell.get_or_init(|| self.properties.encode_amqp()),
+        }
     }
 
     /// The message as delivered: without its `BCC` header (which only routes). Returns the

@@ -96,7 +96,9 @@ impl VHost {
     ) -> Result<PublishOutcome> {
         let mut dead = Vec::new();
         let outcome = self.publish_collect(message, options, None, &mut dead);
-        self.republish_dead_letters(dead);
+        if !dead.is_empty() {
+            self.republish_dead_letters(dead);
+        }
         outcome
     }
 

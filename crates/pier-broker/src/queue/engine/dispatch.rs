@@ -161,29 +161,30 @@ impl QueueEngine {
         ack_required: bool,
         now: u64,
         out: &mut Vec<Effect>,
-        got: Option<&mut Option<Delivered>>,
+        mut got: Option<&mut Option<Delivered>>,
     ) {
         self.counters.delivered += 1;
-        let delivered = Delivered {
+        let stored = self.entry_stored(&entry);
+        let (offset, in_paging) = (entry.offset, entry.in_paging());
+        let delivered = |message| Delivered {
             consumer,
-            offset: entry.offset,
-            message: entry.message.clone(),
-            in_paging: entry.in_paging(),
+            offset,
+            message,
+            in_paging,
             redelivered: entry.redelivered() || returns > 0,
             returns,
             ack_required,
             enqueued_at: entry.enqueued_at,
         };
-        match got {
-            Some(slot) => *slot = Some(delivered),
-            None => out.push(Effect::Deliver(delivered)),
-        }
+        let mut emit = |d: Delivered, out: &mut Vec<Effect>| match got.take() {
+            Some(slot) => *slot = Some(d),
+            None => out.push(Effect::Deliver(d)),
+        };
         if ack_required {
-            if self.entry_stored(&entry) {
+            emit(delivered(entry.message.clone()), out);
+            if stored {
                 // So that after a restart it comes back flagged redelivered.
-                out.push(Effect::StoreDelivered {
-                    offset: entry.offset,
-                });
+                out.push(Effect::StoreDelivered { offset });
             }
             if let Some(t) = self.config.consumer_timeout {
                 if consumer.is_some() {
@@ -191,7 +192,7 @@ impl QueueEngine {
                 }
             }
             self.checked_out.insert(
-                entry.offset,
+                offset,
                 CheckedOut {
                     consumer,
                     entry,
@@ -201,10 +202,24 @@ impl QueueEngine {
                 },
             );
         } else {
-            // Without acks a delivery is the message's completion.
+            // Without acks a delivery is the message's completion: the body moves on (the
+            // runtime reads bodies back before it releases anything).
             self.counters.delivered_no_ack += 1;
             self.completed(now, entry.enqueued_at);
-            self.release_entry(&entry, out);
+            let d = delivered(None);
+            let body_on_disk = entry.message.is_none();
+            emit(
+                Delivered {
+                    message: entry.message,
+                    ..d
+                },
+                out,
+            );
+            if stored {
+                out.push(Effect::StoreAck { offset });
+            } else if body_on_disk && in_paging {
+                out.push(Effect::PagingRelease { offset });
+            }
         }
     }
 

@@ -557,3 +557,10 @@ fn recovered_messages_keep_order_flags_and_stored_deadlines() {
     }
     assert!(h.missing.is_empty());
 }
+
+/// Every message moves a command in and an effect out: keep them small.
+#[test]
+fn commands_and_effects_stay_small() {
+    assert!(std::mem::size_of::<Command<'_>>() <= 96);
+    assert!(std::mem::size_of::<Effect>() <= 64);
+}
