@@ -192,6 +192,10 @@ impl Connection {
             Method::BasicRecover(m) => self.recover(ch, m.requeue, true),
             Method::BasicRecoverAsync(m) => self.recover(ch, m.requeue, false),
             Method::ChannelFlow(m) => {
+                // RabbitMQ refuses to be told to stop delivering (a connection error).
+                if !m.active {
+                    return Err(AmqpException::new(rc::NOT_IMPLEMENTED, "active=false"));
+                }
                 let channel = self.channel(ch)?;
                 channel.sink.flow_active.store(m.active, Ordering::Release);
                 if m.active {

@@ -69,6 +69,8 @@ pub(crate) struct Connection {
     pub channels: HashMap<u16, Channel>,
     /// The server sent connection.close and waits for close-ok.
     closing: bool,
+    /// The client sent connection.close and got close-ok: it closes the socket (lib.rs).
+    pub(crate) client_closed: bool,
     /// Reused for every publish's routing result.
     pub route_buf: Vec<Arc<Queue>>,
     /// This connection in the registry: counters, and the reason for a forced close.
@@ -100,6 +102,7 @@ impl Connection {
             credit: Arc::default(),
             channels: HashMap::new(),
             closing: false,
+            client_closed: false,
             route_buf: Vec::new(),
             registered,
         }
@@ -326,6 +329,7 @@ impl Connection {
                 } => {
                     self.outbound
                         .send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                    self.client_closed = true;
                     Flow::Stop
                 }
                 _ => Flow::Continue,
@@ -389,6 +393,7 @@ impl Connection {
                 }
                 self.outbound
                     .send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                self.client_closed = true;
                 Ok(Flow::Stop)
             }
             Method::ConnectionCloseOk(_) => Ok(Flow::Stop),
