@@ -58,6 +58,9 @@ pub(crate) struct ChannelDeliveries {
     pub unacked: VecDeque<Unacked>,
     /// Consumers the broker cancelled; the channel forgets them on its next look.
     pub cancelled: Vec<ShortString>,
+    /// While this channel deletes a queue: the basic.cancel notifications for its own
+    /// consumers of it, sent after queue.delete-ok (`send_deferred_cancels`).
+    deferred_cancels: Option<Vec<ShortString>>,
     confirms: Confirms,
 }
 
@@ -218,6 +221,40 @@ impl Outbound {
     }
 
     /// Runs `f` on a channel's delivery state (acks, nacks, recover).
+    /// RabbitMQ tells a channel's consumers of a queue that this very channel deletes only
+    /// after queue.delete-ok: from here until `send_deferred_cancels`, this channel's
+    /// basic.cancel notifications wait.
+    pub fn defer_cancels(&self, channel: u16) {
+        if let Some(ch) = self.lock().channels.get_mut(&channel) {
+            ch.deferred_cancels = Some(Vec::new());
+        }
+    }
+
+    pub fn send_deferred_cancels(&self, channel: u16) {
+        let mut st = self.lock();
+        let Some(tags) = st
+            .channels
+            .get_mut(&channel)
+            .and_then(|ch| ch.deferred_cancels.take())
+        else {
+            return;
+        };
+        for tag in tags {
+            self.push_cancel(&mut st, channel, tag);
+        }
+    }
+
+    fn push_cancel(&self, st: &mut State, channel: u16, consumer_tag: ShortString) {
+        let m = Method::BasicCancel(BasicCancel {
+            consumer_tag,
+            nowait: true,
+        });
+        let mut buf = BytesMut::with_capacity(m.encoded_size() + 8);
+        encode_method_frame(&mut buf, channel, &m);
+        let len = buf.len();
+        self.push(st, Item::Frames(buf.freeze()), len);
+    }
+
     pub fn with_channel<R>(
         &self,
         channel: u16,
@@ -621,20 +658,18 @@ impl DeliverySink for ChannelSink {
 
     fn cancelled(&self, consumer_tag: &ShortString) {
         let mut st = self.outbound.lock();
-        if let Some(ch) = st.channels.get_mut(&self.channel) {
-            ch.cancelled.push(consumer_tag.clone());
-        } else {
+        let Some(ch) = st.channels.get_mut(&self.channel) else {
+            return;
+        };
+        ch.cancelled.push(consumer_tag.clone());
+        if !self.cancel_notify {
             return;
         }
-        if self.cancel_notify {
-            let m = Method::BasicCancel(BasicCancel {
-                consumer_tag: consumer_tag.clone(),
-                nowait: true,
-            });
-            let mut buf = BytesMut::with_capacity(m.encoded_size() + 8);
-            encode_method_frame(&mut buf, self.channel, &m);
-            let len = buf.len();
-            self.outbound.push(&mut st, Item::Frames(buf.freeze()), len);
+        if let Some(deferred) = ch.deferred_cancels.as_mut() {
+            deferred.push(consumer_tag.clone());
+            return;
         }
+        self.outbound
+            .push_cancel(&mut st, self.channel, consumer_tag.clone());
     }
 }
