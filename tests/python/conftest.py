@@ -87,7 +87,10 @@ def pier_binary() -> Path:
 class PierProcess:
     """One Pier broker process with its own ports, data dir and log file."""
 
-    def __init__(self, workdir: Path, config_text: str = PIER_CONFIG):
+    def __init__(self, workdir: Path, config_text: str = PIER_CONFIG,
+                 bind: str | None = "127.0.0.1"):
+        """``bind=None`` starts Pier on its default listener (every IPv6 and IPv4 address)."""
+        self.bind = bind
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -112,9 +115,10 @@ class PierProcess:
         cmd = [str(binary), "server",
                "--amqp-port", str(self.amqp_port),
                "--http-port", str(self.http_port),
-               "--data-dir", str(self.data_dir),
-               "--bind", "127.0.0.1",
-               "--config", str(self.config_path)]
+               "--data-dir", str(self.data_dir)]
+        if self.bind is not None:
+            cmd += ["--bind", self.bind]
+        cmd += ["--config", str(self.config_path)]
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log_file.flush()

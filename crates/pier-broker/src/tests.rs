@@ -403,11 +403,55 @@ fn auto_delete_exchange_goes_with_last_binding() {
         arguments: FieldTable::new(),
     })
     .unwrap();
+    // A no-op unbind leaves an auto-delete exchange that was never bound alone.
+    vh.unbind_queue("q", "ad", "never".into(), FieldTable::new(), 1)
+        .unwrap();
+    vh.unbind_exchange("amq.topic", "ad", "never".into(), FieldTable::new())
+        .unwrap();
+    assert!(vh.exchange_exists("ad"));
     vh.bind_queue("q", "ad", "#".into(), FieldTable::new(), 1)
         .unwrap();
     vh.unbind_queue("q", "ad", "#".into(), FieldTable::new(), 1)
         .unwrap();
     assert!(!vh.exchange_exists("ad"));
+}
+
+#[test]
+fn unbinding_is_idempotent() {
+    let vh = VHost::new("/");
+    declare(&vh, "q");
+    let none = FieldTable::new;
+    // Missing queue, missing exchange, missing both: nothing to remove, not 404.
+    vh.unbind_queue("nope", "amq.direct", "k".into(), none(), 1)
+        .unwrap();
+    vh.unbind_queue("q", "nope", "k".into(), none(), 1).unwrap();
+    vh.unbind_exchange("nope", "amq.direct", "k".into(), none())
+        .unwrap();
+    vh.unbind_exchange("amq.direct", "nope", "k".into(), none())
+        .unwrap();
+    // The default exchange is still refused.
+    let refused = vh.unbind_queue("nope", "", "k".into(), none(), 1);
+    assert_eq!(refused.unwrap_err().reply_code(), 403);
+    // Another connection's exclusive queue: locked only for a binding that exists.
+    vh.declare_queue(&QueueDeclare {
+        name: "mine".into(),
+        passive: false,
+        durable: false,
+        exclusive: true,
+        auto_delete: false,
+        arguments: none(),
+        connection: 7,
+    })
+    .unwrap();
+    vh.bind_queue("mine", "amq.direct", "k".into(), none(), 7)
+        .unwrap();
+    vh.unbind_queue("mine", "amq.direct", "other".into(), none(), 8)
+        .unwrap();
+    let locked = vh.unbind_queue("mine", "amq.direct", "k".into(), none(), 8);
+    assert_eq!(locked.unwrap_err().reply_code(), 405);
+    vh.unbind_queue("mine", "amq.direct", "k".into(), none(), 7)
+        .unwrap();
+    assert!(routed(&vh, "amq.direct", "k").is_empty());
 }
 
 #[test]

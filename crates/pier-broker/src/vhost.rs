@@ -551,8 +551,10 @@ impl VHost {
             return Err(BrokerError::DefaultExchange);
         }
         let mut t = self.write();
+        // Unbinding is idempotent in RabbitMQ: a missing destination (or source, in
+        // remove_binding) means there is nothing to remove, not 404.
         if !t.exchanges.contains_key(destination) {
-            return Err(self.not_found(ObjectKind::Exchange, destination));
+            return Ok(());
         }
         self.remove_binding(
             &mut t,
@@ -628,29 +630,29 @@ impl VHost {
         routing_key: ShortString,
         arguments: FieldTable,
     ) -> Result<()> {
-        let vhost = self.name.clone();
-        let x = t
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| BrokerError::not_found(ObjectKind::Exchange, source, &vhost))?;
-        // Unbinding what is not bound is a no-op, as in RabbitMQ.
+        // Unbinding what is not bound (or from a missing exchange) is a no-op, as in RabbitMQ.
+        let Some(x) = t.exchanges.get_mut(source) else {
+            return Ok(());
+        };
         let binding = Binding {
             destination,
             routing_key,
             arguments,
         };
-        if x.unbind(&binding) {
-            if let Some(s) = self.storage() {
-                crate::storage::binding_changed(
-                    s,
-                    &self.name,
-                    source,
-                    &binding.destination,
-                    &binding.routing_key,
-                    &binding.arguments,
-                    false,
-                );
-            }
+        if !x.unbind(&binding) {
+            // Nothing removed, so an auto-delete exchange never bound stays (as in RabbitMQ).
+            return Ok(());
+        }
+        if let Some(s) = self.storage() {
+            crate::storage::binding_changed(
+                s,
+                &self.name,
+                source,
+                &binding.destination,
+                &binding.routing_key,
+                &binding.arguments,
+                false,
+            );
         }
         let name = x.name.clone();
         let gone = delete_unused_auto_delete(t, vec![name]);
@@ -848,8 +850,27 @@ impl VHost {
         arguments: FieldTable,
         connection: ConnectionId,
     ) -> Result<()> {
+        if exchange.is_empty() {
+            return Err(BrokerError::DefaultExchange);
+        }
         let mut t = self.write();
-        let destination = self.queue_destination(&t, queue, exchange, connection)?;
+        // A missing queue or exchange, or a binding that does not exist, is unbind-ok in
+        // RabbitMQ; only an existing binding is checked for exclusive access.
+        let Some(q) = t.queues.get(queue) else {
+            return Ok(());
+        };
+        let destination = Destination::Queue(q.name().clone());
+        let bound = t.exchanges.get(exchange).is_some_and(|x| {
+            x.bindings().iter().any(|b| {
+                b.destination == destination
+                    && b.routing_key == routing_key
+                    && b.arguments == arguments
+            })
+        });
+        if !bound {
+            return Ok(());
+        }
+        q.check_access(connection)?;
         self.remove_binding(&mut t, exchange, destination, routing_key, arguments)
     }
 

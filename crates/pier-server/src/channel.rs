@@ -180,6 +180,10 @@ impl Connection {
             Method::BasicRecover(m) => self.recover(ch, m.requeue, true),
             Method::BasicRecoverAsync(m) => self.recover(ch, m.requeue, false),
             Method::ChannelFlow(m) => {
+                // RabbitMQ refuses to be told to stop delivering (a connection error).
+                if !m.active {
+                    return Err(AmqpException::new(rc::NOT_IMPLEMENTED, "active=false"));
+                }
                 let channel = self.channel(ch)?;
                 channel.sink.flow_active.store(m.active, Ordering::Release);
                 if m.active {
@@ -342,12 +346,18 @@ impl Connection {
                 let queue = self.queue_name(ch, m.queue)?;
                 self.access
                     .check(ObjectKind::Queue, &queue, Access::Configure)?;
-                let message_count =
-                    self.vhost
-                        .delete_queue(&queue, m.if_unused, m.if_empty, self.id)?;
-                if !m.nowait {
-                    self.reply(ch, Method::QueueDeleteOk(QueueDeleteOk { message_count }));
+                // This channel's own consumers of the queue hear of it after delete-ok.
+                self.outbound.defer_cancels(ch);
+                let deleted = self
+                    .vhost
+                    .delete_queue(&queue, m.if_unused, m.if_empty, self.id);
+                if let Ok(&message_count) = deleted.as_ref() {
+                    if !m.nowait {
+                        self.reply(ch, Method::QueueDeleteOk(QueueDeleteOk { message_count }));
+                    }
                 }
+                self.outbound.send_deferred_cancels(ch);
+                deleted?;
                 Ok(())
             }
             Method::ConfirmSelect(m) => {

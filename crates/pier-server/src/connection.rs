@@ -70,6 +70,8 @@ pub(crate) struct Connection {
     pub channels: HashMap<u16, Channel>,
     /// The server sent connection.close and waits for close-ok.
     closing: bool,
+    /// The client sent connection.close and got close-ok: it closes the socket (lib.rs).
+    pub(crate) client_closed: bool,
     /// This connection in the registry: counters, and the reason for a forced close.
     pub(crate) registered: Arc<ConnectionEntry>,
 }
@@ -99,6 +101,7 @@ impl Connection {
             credit: Arc::default(),
             channels: HashMap::new(),
             closing: false,
+            client_closed: false,
             registered,
         }
     }
@@ -324,6 +327,7 @@ impl Connection {
                 } => {
                     self.outbound
                         .send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                    self.client_closed = true;
                     Flow::Stop
                 }
                 _ => Flow::Continue,
@@ -387,6 +391,7 @@ impl Connection {
                 }
                 self.outbound
                     .send_method(0, &Method::ConnectionCloseOk(ConnectionCloseOk {}));
+                self.client_closed = true;
                 Ok(Flow::Stop)
             }
             Method::ConnectionCloseOk(_) => Ok(Flow::Stop),

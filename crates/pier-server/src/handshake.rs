@@ -73,8 +73,8 @@ pub(crate) fn server_properties(config: &ServerConfig) -> FieldTable {
     let s = |v: &str| FieldValue::LongString(LongString::from(v));
     let mut p = FieldTable::new();
     p.insert("capabilities", FieldValue::Table(caps));
-    p.insert("product", s("Pier"));
-    p.insert("version", s(env!("CARGO_PKG_VERSION")));
+    p.insert("product", s(&config.product));
+    p.insert("version", s(&config.product_version));
     p.insert("platform", s("Rust"));
     p.insert("copyright", s("Copyright (c) the Pier developers"));
     p.insert(

@@ -28,6 +28,17 @@ use tokio::sync::Notify;
 /// Fixed cost counted per queued item on top of its body, so many empty messages still count.
 const ITEM_OVERHEAD: usize = 64;
 
+/// One open channel as the Outbound sees it: the broker's session (tags, unacked records,
+/// confirms) and what AMQP 0-9-1 orders around it.
+#[derive(Default)]
+struct ChannelState {
+    session: Session,
+    /// While this channel deletes a queue: the basic.cancel notifications for its own
+    /// consumers of it, sent after queue.delete-ok (`send_deferred_cancels`), as RabbitMQ
+    /// orders them.
+    deferred_cancels: Option<Vec<ShortString>>,
+}
+
 enum Item {
     Frames(Bytes),
     Deliver {
@@ -57,7 +68,7 @@ struct State {
     items: VecDeque<Item>,
     /// Each open channel's delivery and confirm bookkeeping (the broker's `Session`), under
     /// the lock that orders the frames, so tags reach the wire in order.
-    channels: HashMap<u16, Session>,
+    channels: HashMap<u16, ChannelState>,
     /// Deliveries that arrived for a channel already gone; the reader requeues them.
     orphans: Vec<Unacked>,
     /// The writer should flush and stop.
@@ -147,7 +158,9 @@ impl Outbound {
     }
 
     pub fn open_channel(&self, channel: u16) {
-        self.lock().channels.insert(channel, Session::new());
+        self.lock()
+            .channels
+            .insert(channel, ChannelState::default());
     }
 
     /// Forgets a channel and hands back what it had unacked (to be requeued).
@@ -156,15 +169,52 @@ impl Outbound {
         let mut out: Vec<Unacked> = st
             .channels
             .remove(&channel)
-            .map(|mut c| c.take_all())
+            .map(|mut c| c.session.take_all())
             .unwrap_or_default();
         out.append(&mut st.orphans);
         out
     }
 
+    /// RabbitMQ tells a channel's consumers of a queue that this very channel deletes only
+    /// after queue.delete-ok: from here until `send_deferred_cancels`, this channel's
+    /// basic.cancel notifications wait.
+    pub fn defer_cancels(&self, channel: u16) {
+        if let Some(ch) = self.lock().channels.get_mut(&channel) {
+            ch.deferred_cancels = Some(Vec::new());
+        }
+    }
+
+    pub fn send_deferred_cancels(&self, channel: u16) {
+        let mut st = self.lock();
+        let Some(tags) = st
+            .channels
+            .get_mut(&channel)
+            .and_then(|ch| ch.deferred_cancels.take())
+        else {
+            return;
+        };
+        for tag in tags {
+            self.push_cancel(&mut st, channel, tag);
+        }
+    }
+
+    fn push_cancel(&self, st: &mut State, channel: u16, consumer_tag: ShortString) {
+        let m = Method::BasicCancel(BasicCancel {
+            consumer_tag,
+            nowait: true,
+        });
+        let mut buf = BytesMut::with_capacity(m.encoded_size() + 8);
+        encode_method_frame(&mut buf, channel, &m);
+        let len = buf.len();
+        self.push(st, Item::Frames(buf.freeze()), len);
+    }
+
     /// Runs `f` on a channel's session (acks, nacks, recover, timeouts).
     pub fn with_channel<R>(&self, channel: u16, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
-        self.lock().channels.get_mut(&channel).map(f)
+        self.lock()
+            .channels
+            .get_mut(&channel)
+            .map(|c| f(&mut c.session))
     }
 
     /// Bytes queued for the socket and not yet written.
@@ -184,7 +234,7 @@ impl Outbound {
             .channels
             .iter()
             .map(|(&number, d)| {
-                let (deliveries, unacked) = d.counts();
+                let (deliveries, unacked) = d.session.counts();
                 crate::registry::ChannelInfo {
                     number,
                     deliveries,
@@ -207,7 +257,7 @@ impl Outbound {
         let Some(ch) = st.channels.get_mut(&channel) else {
             return;
         };
-        let tag = ch.delivered(
+        let tag = ch.session.delivered(
             &delivery.queue,
             None,
             delivery.offset,
@@ -233,21 +283,25 @@ impl Outbound {
         let c = st
             .channels
             .get_mut(&channel)
-            .and_then(|s| s.published(upto));
+            .and_then(|c| c.session.published(upto));
         self.push_confirm(&mut st, channel, c);
     }
 
     /// Publish `seq` waits for the store (registered before it is routed).
     pub fn confirm_wait(&self, channel: u16, seq: u64) {
         if let Some(ch) = self.lock().channels.get_mut(&channel) {
-            ch.wait_durable(seq);
+            ch.session.wait_durable(seq);
         }
     }
 
     /// The store answered for publish `seq` (called on the store thread).
     pub fn confirm_durable(&self, channel: u16, seq: u64, ok: bool) {
         let mut st = self.lock();
-        let Some((nack, ack)) = st.channels.get_mut(&channel).map(|s| s.durable(seq, ok)) else {
+        let Some((nack, ack)) = st
+            .channels
+            .get_mut(&channel)
+            .map(|c| c.session.durable(seq, ok))
+        else {
             return;
         };
         self.push_confirm(&mut st, channel, nack);
@@ -257,7 +311,10 @@ impl Outbound {
     /// Publish `seq` was refused (x-overflow reject-publish): basic.nack now.
     pub fn confirm_nack(&self, channel: u16, seq: u64) {
         let mut st = self.lock();
-        let c = st.channels.get_mut(&channel).map(|s| s.refused(seq));
+        let c = st
+            .channels
+            .get_mut(&channel)
+            .map(|c| c.session.refused(seq));
         self.push_confirm(&mut st, channel, c);
     }
 
@@ -302,7 +359,7 @@ impl Outbound {
             }
             return;
         };
-        let tag = ch.delivered(
+        let tag = ch.session.delivered(
             &d.queue,
             d.consumer,
             d.offset,
@@ -524,20 +581,18 @@ impl DeliverySink for ChannelSink {
 
     fn cancelled(&self, consumer_tag: &ShortString) {
         let mut st = self.outbound.lock();
-        if let Some(ch) = st.channels.get_mut(&self.channel) {
-            ch.consumer_cancelled(consumer_tag.clone());
-        } else {
+        let Some(ch) = st.channels.get_mut(&self.channel) else {
+            return;
+        };
+        ch.session.consumer_cancelled(consumer_tag.clone());
+        if !self.cancel_notify {
             return;
         }
-        if self.cancel_notify {
-            let m = Method::BasicCancel(BasicCancel {
-                consumer_tag: consumer_tag.clone(),
-                nowait: true,
-            });
-            let mut buf = BytesMut::with_capacity(m.encoded_size() + 8);
-            encode_method_frame(&mut buf, self.channel, &m);
-            let len = buf.len();
-            self.outbound.push(&mut st, Item::Frames(buf.freeze()), len);
+        if let Some(deferred) = ch.deferred_cancels.as_mut() {
+            deferred.push(consumer_tag.clone());
+            return;
         }
+        self.outbound
+            .push_cancel(&mut st, self.channel, consumer_tag.clone());
     }
 }

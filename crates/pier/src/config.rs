@@ -44,6 +44,12 @@
 //! ca = "ca.pem"          # optional: verify client certificates (SASL EXTERNAL: user = CN)
 //! verify_peer = true     # with ca: a client certificate is required
 //! http = true            # the management API on --http-port speaks HTTPS (same certificate)
+//!
+//! # What connection.start advertises (default: product "Pier", Pier's version); only for
+//! # client code that insists on product == "RabbitMQ"
+//! [server_properties]
+//! product = "RabbitMQ"
+//! version = "3.10.8"
 //! ```
 
 use std::path::Path;
@@ -96,6 +102,9 @@ pub struct FileConfig {
     pub disk_free_limit: Option<DiskFreeLimitEntry>,
     /// AMQP over TLS (`amqps`).
     pub tls: Option<TlsEntry>,
+    /// `product` and `version` advertised in connection.start (RabbitMQ's
+    /// `server_properties`); Pier's own by default.
+    pub server_properties: Option<ServerPropertiesEntry>,
     /// The directory relative paths in this file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
@@ -112,6 +121,16 @@ pub struct TlsEntry {
     /// Serve the management API over HTTPS too.
     #[serde(default)]
     pub http: bool,
+}
+
+/// What Pier tells clients it is. Some client code (and client test suites) switch
+/// RabbitMQ-specific behaviour on `product == "RabbitMQ"`; setting it makes Pier claim to be
+/// what it is not, to every client and every log that records it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPropertiesEntry {
+    pub product: Option<String>,
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,6 +428,14 @@ impl FileConfig {
         {
             c.disk_free_limit = *bytes;
         }
+        if let Some(p) = &self.server_properties {
+            if let Some(product) = &p.product {
+                c.product = product.clone();
+            }
+            if let Some(version) = &p.version {
+                c.product_version = version.clone();
+            }
+        }
         Ok(c)
     }
 }
@@ -455,6 +482,27 @@ mod tests {
         assert!(b.open_vhost("alice", "other").is_ok());
         assert!(b.open_vhost("alice", "/").is_err());
         assert!(b.open_vhost("guest", "/").is_ok());
+    }
+
+    #[test]
+    fn server_properties_default_to_pier_and_can_be_set() {
+        let c = FileConfig::default().server_config().unwrap();
+        assert_eq!(c.product, "Pier");
+        assert_eq!(c.product_version, env!("CARGO_PKG_VERSION"));
+        let c: FileConfig = toml::from_str(
+            r#"
+            [server_properties]
+            product = "RabbitMQ"
+            version = "3.10.8"
+            "#,
+        )
+        .unwrap();
+        let c = c.server_config().unwrap();
+        assert_eq!(
+            (c.product.as_str(), c.product_version.as_str()),
+            ("RabbitMQ", "3.10.8")
+        );
+        assert!(toml::from_str::<FileConfig>("[server_properties]\nplatform = \"x\"").is_err());
     }
 
     #[test]

@@ -60,9 +60,10 @@ struct ServerArgs {
     /// Where Pier keeps its data.
     #[arg(long, default_value = "./pier-data", env = "PIER_DATA_DIR")]
     data_dir: PathBuf,
-    /// Address to listen on (all interfaces by default).
-    #[arg(long, default_value = "0.0.0.0", env = "PIER_BIND")]
-    bind: IpAddr,
+    /// Address to listen on [default: every IPv6 and IPv4 address, as RabbitMQ's default
+    /// listener; IPv4 only where the host has no IPv6]
+    #[arg(long, env = "PIER_BIND")]
+    bind: Option<IpAddr>,
     /// TOML file with users, vhosts, permissions and limits.
     #[arg(long, env = "PIER_CONFIG")]
     config: Option<PathBuf>,
@@ -116,22 +117,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let mut server_config = file.server_config()?;
     server_config.data_dir = Some(args.data_dir.clone());
 
-    let addr = SocketAddr::new(args.bind, args.amqp_port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding AMQP listener on {addr}"))?;
+    let listener = listen(args.bind, args.amqp_port).context("binding the AMQP listener")?;
     tracing::info!(
-        amqp = %listener.local_addr().unwrap_or(addr),
+        amqp = %listener.local_addr().map_or_else(|_| args.amqp_port.to_string(), |a| a.to_string()),
         http_port = args.http_port,
         data_dir = %args.data_dir.display(),
         "Pier {} ready",
         env!("CARGO_PKG_VERSION")
     );
     // Management API and /metrics on --http-port, stopped once the AMQP server has stopped.
-    let http_addr = SocketAddr::new(args.bind, args.http_port);
-    let http_listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding management HTTP listener on {http_addr}"))?;
+    let http_listener =
+        listen(args.bind, args.http_port).context("binding the management HTTP listener")?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("the management HTTP listener's address")?;
     let registry = Arc::new(pier_server::Registry::new());
     let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
     let mgmt_options = pier_mgmt::ServeOptions {
@@ -165,17 +164,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let mut listeners = vec![pier_server::Listener::plain(listener)];
     if let Some(tls) = file.tls_settings() {
         let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
-        let amqps_addr = SocketAddr::new(args.bind, args.amqps_port);
-        let tls_listener = tokio::net::TcpListener::bind(amqps_addr)
-            .await
-            .with_context(|| format!("binding AMQPS listener on {amqps_addr}"))?;
+        let tls_listener =
+            listen(args.bind, args.amqps_port).context("binding the AMQPS listener")?;
         let client_certificates = match (&tls.ca, tls.verify_peer) {
             (None, _) => "none",
             (Some(_), true) => "required",
             (Some(_), false) => "optional",
         };
         tracing::info!(
-            amqps = %tls_listener.local_addr().unwrap_or(amqps_addr),
+            amqps = %tls_listener.local_addr().map_or_else(|_| args.amqps_port.to_string(), |a| a.to_string()),
             client_certificates,
             "TLS listener ready"
         );
@@ -201,6 +198,49 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .context("closing the stores")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listening socket on `port`: on `bind` if given, else on every address. That is one
+/// dual-stack IPv6 socket (`[::]`, IPv4 clients arrive as mapped addresses), as RabbitMQ's
+/// default listener, so that `localhost` resolving to `::1` reaches Pier too; where the host
+/// has no IPv6 it is `0.0.0.0`.
+fn listen(bind: Option<IpAddr>, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let open = |addr: SocketAddr, dual_stack: bool| -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if dual_stack {
+            socket.set_only_v6(false)?;
+        }
+        // As tokio's and std's listeners do: a restarted broker can rebind at once.
+        #[cfg(unix)]
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    let std_listener = match bind {
+        Some(ip) => {
+            let addr = SocketAddr::new(ip, port);
+            open(addr, false).with_context(|| format!("listening on {addr}"))?
+        }
+        None => {
+            let any6 = SocketAddr::new(IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED), port);
+            match open(any6, true) {
+                Ok(l) => l,
+                // A port in use stays an error; anything else means no usable IPv6.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(e).with_context(|| format!("listening on {any6}"));
+                }
+                Err(e) => {
+                    tracing::info!("no IPv6 listener on port {port} ({e}); listening on IPv4 only");
+                    let any4 = SocketAddr::new(IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED), port);
+                    open(any4, false).with_context(|| format!("listening on {any4}"))?
+                }
+            }
+        }
+    };
+    Ok(tokio::net::TcpListener::from_std(std_listener)?)
 }
 
 /// Keeps SIGXFSZ from killing the broker. A write past RLIMIT_FSIZE raises SIGXFSZ, whose
