@@ -8,21 +8,14 @@
 //!                                         └─ writer task (outbound.rs) ◄── queue deliveries
 //! ```
 
-mod access;
 pub mod alarms;
-mod channel;
+pub mod amqp;
 mod coarse_clock;
 pub mod config;
-mod connection;
 mod credit;
-mod direct_reply;
-pub mod error;
-mod flow;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod handshake;
-mod outbound;
 pub mod registry;
 pub mod tls;
 
@@ -39,15 +32,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use amqp::error::{AmqpException, ConnectionError};
 pub use config::ServerConfig;
-pub use error::{AmqpException, ConnectionError};
 pub use registry::{
     ChannelInfo, ConnectionInfo, ConnectionMeta, ConnectionState, Registry, RegistryTotals,
 };
 
-use connection::{close_frame, next_connection_id, Connection};
-use handshake::FrameReader;
-use outbound::Outbound;
+use amqp::connection::{close_frame, next_connection_id, Connection};
+use amqp::handshake::{self, FrameReader};
+use amqp::outbound::Outbound;
 use registry::CountingWriter;
 
 /// A socket to accept AMQP clients on: plain TCP, or TLS (`amqps`).

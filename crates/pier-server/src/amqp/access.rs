@@ -20,7 +20,7 @@ use pier_broker::{
     Access, Broker, BrokerError, CompiledPermission, ConnectionSlot, ObjectKind, TopicPermissions,
 };
 
-use crate::error::AmqpException;
+use super::error::AmqpException;
 
 /// RabbitMQ checks permissions on the default exchange under this name.
 pub(crate) const DEFAULT_EXCHANGE_NAME: &str = "amq.default";

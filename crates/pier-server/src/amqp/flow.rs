@@ -13,7 +13,7 @@
 use pier_wire::{ConnectionBlocked, ConnectionUnblocked, Method, ShortString};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connection;
+use super::connection::Connection;
 use crate::registry::ConnectionState;
 
 /// What the blocking logic remembers about one connection.

@@ -3,7 +3,7 @@
 //! enforcement, and teardown (requeue unacked, drop exclusive queues).
 //!
 //! ```text
-//!  socket ─read─► BytesMut ─decode_frame─► handle_frame ─► channel handlers (channel.rs) ─► broker
+//!  socket ─read─► BytesMut ─decode_frame─► handle_frame ─► Channel::handle (channel/) ─► broker
 //!                                                 │                                          │
 //!                                                 └──────────► Outbound ◄── deliveries ──────┘
 //!                                                                 └─► writer task ─► socket
@@ -25,14 +25,14 @@ use pier_wire::{
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::AccessControl;
-use crate::channel::Channel;
+use super::access::AccessControl;
+use super::channel::{Channel, ChannelCx};
+use super::error::{AmqpException, ConnectionError};
+use super::flow::FlowState;
+use super::handshake::{ClientCapabilities, FrameReader, Negotiated};
+use super::outbound::Outbound;
 use crate::config::ServerConfig;
 use crate::credit::Credit;
-use crate::error::{AmqpException, ConnectionError};
-use crate::flow::FlowState;
-use crate::handshake::{ClientCapabilities, FrameReader, Negotiated};
-use crate::outbound::Outbound;
 use crate::registry::ConnectionEntry;
 use pier_broker::session::requeue_all;
 
@@ -349,35 +349,53 @@ impl Connection {
                 Ok(Flow::Continue)
             }
             Frame::Header { channel, header } => {
-                self.on_channel(channel, |conn, id| conn.handle_content_header(id, header))?;
+                self.on_channel(channel, |ch, cx| ch.content_header(cx, header))?;
                 Ok(Flow::Continue)
             }
             Frame::Body { channel, payload } => {
-                self.on_channel(channel, |conn, id| conn.handle_content_body(id, payload))?;
+                self.on_channel(channel, |ch, cx| ch.content_body(cx, payload))?;
                 Ok(Flow::Continue)
             }
         }
+    }
+
+    /// The channel `number` with what its handlers use of this connection.
+    fn channel_cx(&mut self, number: u16) -> Option<(&mut Channel, ChannelCx<'_>)> {
+        let ch = self.channels.get_mut(&number)?;
+        let cx = ChannelCx {
+            connection: self.id,
+            config: &self.config,
+            vhost: &self.vhost,
+            user: &self.user,
+            outbound: &self.outbound,
+            access: &mut self.access,
+            credit: &self.credit,
+        };
+        Some((ch, cx))
     }
 
     /// Runs a content handler on an open channel; turns its soft errors into a channel close.
     fn on_channel(
         &mut self,
         channel: u16,
-        f: impl FnOnce(&mut Self, u16) -> Result<(), AmqpException>,
+        f: impl FnOnce(&mut Channel, &mut ChannelCx<'_>) -> Result<(), AmqpException>,
     ) -> Result<(), AmqpException> {
-        match self.channels.get(&channel) {
-            None => Err(AmqpException::new(
-                rc::UNEXPECTED_FRAME,
-                format!("content frame on unopened channel {channel}"),
-            )),
-            Some(ch) if ch.closing => Ok(()),
-            Some(_) => match f(self, channel) {
-                Err(ex) if !ex.is_hard() => {
-                    self.close_channel_with(channel, &ex);
-                    Ok(())
-                }
-                other => other,
-            },
+        let result = match self.channel_cx(channel) {
+            None => {
+                return Err(AmqpException::new(
+                    rc::UNEXPECTED_FRAME,
+                    format!("content frame on unopened channel {channel}"),
+                ))
+            }
+            Some((ch, _)) if ch.closing => return Ok(()),
+            Some((ch, mut cx)) => f(ch, &mut cx),
+        };
+        match result {
+            Err(ex) if !ex.is_hard() => {
+                self.close_channel_with(channel, &ex);
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -478,7 +496,11 @@ impl Connection {
             Method::ChannelCloseOk(_) => Ok(()),
             other => {
                 let ids = (other.class_id(), other.method_id());
-                match self.handle_method(id, other) {
+                let handled = match self.channel_cx(id) {
+                    Some((ch, mut cx)) => ch.handle(&mut cx, other),
+                    None => Ok(()),
+                };
+                match handled {
                     Err(ex) if !ex.is_hard() => {
                         let ex = if ex.class_id == 0 {
                             ex.on_ids(ids.0, ids.1)
@@ -528,21 +550,51 @@ impl Connection {
 
     /// Cancels a channel's consumers and requeues its unacked messages.
     pub(crate) fn teardown_channel(&mut self, id: u16) {
-        let Some(ch) = self.channels.get_mut(&id) else {
+        if let Some((ch, cx)) = self.channel_cx(id) {
+            ch.teardown(&cx);
+        }
+    }
+
+    /// Reports what each confirm-mode channel has routed since the last flush (one
+    /// basic.ack per channel for all of it that does not wait for the disk). Called after
+    /// each read batch.
+    pub(crate) fn flush_confirms(&mut self) {
+        for ch in self.channels.values_mut() {
+            ch.flush_confirms(&self.outbound);
+        }
+    }
+
+    /// consumer_timeout: a channel whose oldest unacknowledged delivery is older than the
+    /// timeout is closed with 406, in RabbitMQ's words (its deliveries are requeued), as
+    /// RabbitMQ 3.10 does for classic queues.
+    pub(crate) fn check_consumer_timeouts(&mut self) {
+        let Some(timeout) = self.config.consumer_timeout else {
             return;
         };
-        ch.pending = None;
-        ch.tx = None;
-        ch.reply = None;
-        let consumers: Vec<_> = ch.consumers.drain().map(|(_, c)| c).collect();
-        for c in consumers {
-            let removed = c.queue.remove_consumer(c.id);
-            if removed.auto_delete_now {
-                self.vhost.remove_queue(&c.queue);
-            }
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let now = crate::coarse_clock::now_ms();
+        let expired: Vec<u16> = self
+            .channels
+            .values()
+            .filter(|ch| !ch.closing)
+            .filter(|ch| {
+                self.outbound
+                    .with_channel(ch.number, |s| s.oldest_unacked())
+                    .flatten()
+                    .is_some_and(|at| now.saturating_sub(at) > timeout_ms)
+            })
+            .map(|ch| ch.number)
+            .collect();
+        for id in expired {
+            tracing::warn!(peer = %self.peer, channel = id, "consumer acknowledgement timed out after {timeout_ms} ms; closing the channel");
+            let ex = AmqpException::new(
+                rc::PRECONDITION_FAILED,
+                format!(
+                    "delivery acknowledgement on channel {id} timed out. Timeout value used: {timeout_ms} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                ),
+            );
+            self.close_channel_with(id, &ex);
         }
-        let unacked = self.outbound.close_channel(id);
-        requeue_all(unacked);
     }
 
     fn requeue_orphans(&mut self) {

@@ -13,9 +13,9 @@ use pier_wire::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::access::AccessControl;
+use super::access::AccessControl;
+use super::error::{AmqpException, ConnectionError};
 use crate::config::ServerConfig;
-use crate::error::{AmqpException, ConnectionError};
 
 /// What the handshake settled.
 pub(crate) struct Negotiated {

@@ -14,7 +14,7 @@ use pier_broker::queue::QueueOptions;
 use pier_broker::{names, Delivery, DeliverySink, Message, Queue};
 use pier_wire::{FieldTable, ShortString};
 
-use crate::outbound::ChannelSink;
+use super::outbound::ChannelSink;
 
 /// The pseudo-queue's name, and the prefix of every reply address.
 pub(crate) const PSEUDO_QUEUE: &str = "amq.rabbitmq.reply-to";
