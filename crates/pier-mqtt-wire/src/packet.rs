@@ -880,7 +880,10 @@ impl Packet {
                 };
                 if !r.is_empty() {
                     a.reason_code = reason(r, ReasonContext::Auth, "AUTH reason code")?;
-                    a.properties = Properties::decode(r, PropertyContext::Auth)?;
+                    // Lenient like DISCONNECT: a lone reason code means no properties.
+                    if !r.is_empty() {
+                        a.properties = Properties::decode(r, PropertyContext::Auth)?;
+                    }
                 }
                 finish(r, "AUTH")?;
                 Packet::Auth(a)

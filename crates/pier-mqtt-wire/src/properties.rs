@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::codec::{put_binary, put_string, put_varint, varint_len, Reader};
+use crate::codec::{put_binary, put_string, put_varint, Reader};
 use crate::error::{DecodeError, EncodeError};
 use crate::packet::QoS;
 
@@ -72,8 +72,8 @@ impl PropertyContext {
         }
     }
 
-    /// Table 2-4 of the spec.
-    fn allows(self, prop: u8) -> bool {
+    /// Whether the property with identifier `prop` may appear here (table 2-4 of the spec).
+    pub fn allows(self, prop: u8) -> bool {
         use PropertyContext as C;
         match prop {
             id::PAYLOAD_FORMAT_INDICATOR
