@@ -144,9 +144,16 @@ pub(crate) fn varint_len(v: u32) -> usize {
     }
 }
 
-pub(crate) fn put_varint(out: &mut BytesMut, v: u32, what: &'static str) -> Result<(), EncodeError> {
+pub(crate) fn put_varint(
+    out: &mut BytesMut,
+    v: u32,
+    what: &'static str,
+) -> Result<(), EncodeError> {
     if v > MAX_VARINT {
-        return Err(EncodeError::TooLong { what, len: v as usize });
+        return Err(EncodeError::TooLong {
+            what,
+            len: v as usize,
+        });
     }
     let mut x = v;
     loop {
@@ -162,7 +169,11 @@ pub(crate) fn put_varint(out: &mut BytesMut, v: u32, what: &'static str) -> Resu
     }
 }
 
-pub(crate) fn put_binary(out: &mut BytesMut, b: &[u8], what: &'static str) -> Result<(), EncodeError> {
+pub(crate) fn put_binary(
+    out: &mut BytesMut,
+    b: &[u8],
+    what: &'static str,
+) -> Result<(), EncodeError> {
     let n = u16::try_from(b.len()).map_err(|_| EncodeError::TooLong { what, len: b.len() })?;
     out.put_u16(n);
     out.put_slice(b);
@@ -170,7 +181,11 @@ pub(crate) fn put_binary(out: &mut BytesMut, b: &[u8], what: &'static str) -> Re
 }
 
 /// Writes a UTF-8 string; refuses U+0000 (a peer would reject it as malformed).
-pub(crate) fn put_string(out: &mut BytesMut, s: &str, what: &'static str) -> Result<(), EncodeError> {
+pub(crate) fn put_string(
+    out: &mut BytesMut,
+    s: &str,
+    what: &'static str,
+) -> Result<(), EncodeError> {
     if s.as_bytes().contains(&0) {
         return Err(EncodeError::NullCharacter(what));
     }
@@ -236,10 +251,7 @@ mod tests {
         );
         // The spec's example (§1.5.4.1): U+2A6D4 then U+FEFF, which must not be stripped.
         let ex = Bytes::from_static(b"\x00\x08A\xf0\xaa\x9b\x94\xef\xbb\xbf");
-        assert_eq!(
-            Reader::new(&ex).string("s").unwrap(),
-            "A\u{2A6D4}\u{FEFF}"
-        );
+        assert_eq!(Reader::new(&ex).string("s").unwrap(), "A\u{2A6D4}\u{FEFF}");
         let short = Bytes::from_static(b"\x00\x05ab");
         assert_eq!(
             Reader::new(&short).string("s"),

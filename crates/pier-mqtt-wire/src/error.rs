@@ -121,9 +121,7 @@ impl DecodeError {
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             DecodeError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
-            DecodeError::Protocol(_) | DecodeError::ExpectedConnect(_) => {
-                ReasonCode::ProtocolError
-            }
+            DecodeError::Protocol(_) | DecodeError::ExpectedConnect(_) => ReasonCode::ProtocolError,
             DecodeError::TopicAliasZero => ReasonCode::TopicAliasInvalid,
             DecodeError::InvalidProtocolName(_) | DecodeError::UnsupportedProtocolLevel(_) => {
                 ReasonCode::UnsupportedProtocolVersion
@@ -202,7 +200,10 @@ pub enum EncodeError {
     PropertyNotAllowed { id: u8, packet: &'static str },
     /// A reason code the packet cannot carry (in this version).
     #[error("reason code {code} not allowed in {packet}")]
-    ReasonCodeNotAllowed { code: ReasonCode, packet: &'static str },
+    ReasonCodeNotAllowed {
+        code: ReasonCode,
+        packet: &'static str,
+    },
     /// A packet or field the version does not have, or a value the peer would reject
     /// (packet identifier 0 where one is needed, a QoS 0 PUBLISH with one, a password
     /// without a user name before 5.0, an empty SUBSCRIBE).
@@ -228,7 +229,10 @@ mod tests {
             too_large.action(ProtocolVersion::V5),
             ServerAction::Disconnect(ReasonCode::PacketTooLarge)
         );
-        assert_eq!(too_large.action(ProtocolVersion::V3_1_1), ServerAction::Close);
+        assert_eq!(
+            too_large.action(ProtocolVersion::V3_1_1),
+            ServerAction::Close
+        );
         assert_eq!(DecodeError::Protocol("x").reason_code().code(), 0x82);
         assert_eq!(DecodeError::Truncated("x").reason_code().code(), 0x81);
         assert_eq!(DecodeError::TopicAliasZero.reason_code().code(), 0x94);
@@ -247,7 +251,10 @@ mod tests {
                 value: 1,
             },
         };
-        assert_eq!(v5.action(), ServerAction::ConnAck(ReasonCode::MalformedPacket));
+        assert_eq!(
+            v5.action(),
+            ServerAction::ConnAck(ReasonCode::MalformedPacket)
+        );
         let v4 = ConnectError {
             version: Some(ProtocolVersion::V3_1_1),
             ..v5

@@ -44,7 +44,10 @@ fn check_round_trip(p: &Packet, version: ProtocolVersion) {
 /// packets decoded.
 pub fn packets(data: &[u8]) -> usize {
     let sel = usize::from(data.first().copied().unwrap_or(0));
-    let version = VERSIONS.get(sel % 3).copied().unwrap_or(ProtocolVersion::V5);
+    let version = VERSIONS
+        .get(sel % 3)
+        .copied()
+        .unwrap_or(ProtocolVersion::V5);
     let max = LIMITS.get((sel / 3) % 4).copied().unwrap_or(0);
     let input = Bytes::copy_from_slice(data.get(1..).unwrap_or(&[]));
     let mut n = 0;

@@ -490,7 +490,10 @@ fn split_mut(buf: &mut BytesMut, max: u32) -> Result<Option<(FixedHeader, Bytes)
 impl Connect {
     /// Decodes a connection's first packet, which must be a CONNECT; `Ok(None)` until it is
     /// whole. Works without knowing the version: the CONNECT announces it.
-    pub fn decode(buf: &Bytes, max_packet_size: u32) -> Result<Option<(Connect, usize)>, ConnectError> {
+    pub fn decode(
+        buf: &Bytes,
+        max_packet_size: u32,
+    ) -> Result<Option<(Connect, usize)>, ConnectError> {
         let no_version = |error| ConnectError {
             version: None,
             error,
@@ -507,7 +510,10 @@ impl Connect {
     }
 
     /// Like [`Connect::decode`], splitting the packet off a receive buffer.
-    pub fn decode_from(buf: &mut BytesMut, max_packet_size: u32) -> Result<Option<Connect>, ConnectError> {
+    pub fn decode_from(
+        buf: &mut BytesMut,
+        max_packet_size: u32,
+    ) -> Result<Option<Connect>, ConnectError> {
         let no_version = |error| ConnectError {
             version: None,
             error,
@@ -771,7 +777,8 @@ impl Packet {
                 let mut subscriptions = Vec::new();
                 while !r.is_empty() {
                     let filter = r.string("topic filter")?;
-                    let options = SubscriptionOptions::decode(r.u8("subscription options")?, version)?;
+                    let options =
+                        SubscriptionOptions::decode(r.u8("subscription options")?, version)?;
                     subscriptions.push(Subscription { filter, options });
                 }
                 if subscriptions.is_empty() {
@@ -847,8 +854,11 @@ impl Packet {
                     ack.properties = Properties::decode(r, PropertyContext::UnsubAck)?;
                     ack.reason_codes.reserve(r.remaining());
                     while !r.is_empty() {
-                        ack.reason_codes
-                            .push(reason(r, ReasonContext::UnsubAck, "UNSUBACK reason code")?);
+                        ack.reason_codes.push(reason(
+                            r,
+                            ReasonContext::UnsubAck,
+                            "UNSUBACK reason code",
+                        )?);
                     }
                 }
                 finish(r, "UNSUBACK")?;
@@ -890,8 +900,10 @@ impl Packet {
             }
             t => return Err(DecodeError::ReservedPacketType(t)),
         };
-        if let Packet::Publish(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) | Packet::SubAck(_) =
-            &packet
+        if let Packet::Publish(_)
+        | Packet::Subscribe(_)
+        | Packet::Unsubscribe(_)
+        | Packet::SubAck(_) = &packet
         {
             // Their payloads run to the end of the packet.
         } else {
@@ -1053,7 +1065,11 @@ impl Packet {
                 }
                 for rc in &s.reason_codes {
                     check_reason(*rc, ReasonContext::SubAck, "SUBACK")?;
-                    let code = if v5 || !rc.is_error() { rc.code() } else { 0x80 };
+                    let code = if v5 || !rc.is_error() {
+                        rc.code()
+                    } else {
+                        0x80
+                    };
                     b.put_u8(code);
                 }
             }
@@ -1119,7 +1135,9 @@ impl Connect {
         put_string(b, self.protocol.protocol_name(), "protocol name")?;
         b.put_u8(self.protocol.level());
         if self.password.is_some() && self.username.is_none() && !v5 {
-            return Err(EncodeError::Invalid("password without user name before 5.0"));
+            return Err(EncodeError::Invalid(
+                "password without user name before 5.0",
+            ));
         }
         let mut flags = u8::from(self.clean_start) << 1;
         if let Some(w) = &self.will {
@@ -1154,7 +1172,11 @@ impl Connect {
     }
 }
 
-fn check_reason(rc: ReasonCode, ctx: ReasonContext, packet: &'static str) -> Result<(), EncodeError> {
+fn check_reason(
+    rc: ReasonCode,
+    ctx: ReasonContext,
+    packet: &'static str,
+) -> Result<(), EncodeError> {
     if rc.allowed_in(ctx) {
         Ok(())
     } else {

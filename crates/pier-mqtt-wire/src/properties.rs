@@ -198,7 +198,10 @@ impl Properties {
     }
 
     /// Reads a property length and the block it covers.
-    pub(crate) fn decode(r: &mut Reader<'_>, ctx: PropertyContext) -> Result<Properties, DecodeError> {
+    pub(crate) fn decode(
+        r: &mut Reader<'_>,
+        ctx: PropertyContext,
+    ) -> Result<Properties, DecodeError> {
         let len = r.varint("property length")?;
         let mut p = r.sub(len as usize, "properties")?;
         let mut out = Properties::default();
@@ -215,11 +218,19 @@ impl Properties {
             match prop {
                 id::PAYLOAD_FORMAT_INDICATOR => {
                     let v = flag(p, "payload format indicator")?;
-                    set_once(&mut out.payload_format_indicator, v, "payload format indicator twice")?
+                    set_once(
+                        &mut out.payload_format_indicator,
+                        v,
+                        "payload format indicator twice",
+                    )?
                 }
                 id::MESSAGE_EXPIRY_INTERVAL => {
                     let v = p.u32("message expiry interval")?;
-                    set_once(&mut out.message_expiry_interval, v, "message expiry interval twice")?
+                    set_once(
+                        &mut out.message_expiry_interval,
+                        v,
+                        "message expiry interval twice",
+                    )?
                 }
                 id::CONTENT_TYPE => {
                     let v = p.string("content type")?;
@@ -238,14 +249,19 @@ impl Properties {
                     if v == 0 {
                         return Err(DecodeError::Protocol("subscription identifier 0"));
                     }
-                    if ctx == PropertyContext::Subscribe && !out.subscription_identifiers.is_empty() {
+                    if ctx == PropertyContext::Subscribe && !out.subscription_identifiers.is_empty()
+                    {
                         return Err(DecodeError::Protocol("subscription identifier twice"));
                     }
                     out.subscription_identifiers.push(v);
                 }
                 id::SESSION_EXPIRY_INTERVAL => {
                     let v = p.u32("session expiry interval")?;
-                    set_once(&mut out.session_expiry_interval, v, "session expiry interval twice")?
+                    set_once(
+                        &mut out.session_expiry_interval,
+                        v,
+                        "session expiry interval twice",
+                    )?
                 }
                 id::ASSIGNED_CLIENT_IDENTIFIER => {
                     let v = p.string("assigned client identifier")?;
@@ -261,7 +277,11 @@ impl Properties {
                 }
                 id::AUTHENTICATION_METHOD => {
                     let v = p.string("authentication method")?;
-                    set_once(&mut out.authentication_method, v, "authentication method twice")?
+                    set_once(
+                        &mut out.authentication_method,
+                        v,
+                        "authentication method twice",
+                    )?
                 }
                 id::AUTHENTICATION_DATA => {
                     let v = p.binary("authentication data")?;
@@ -289,7 +309,11 @@ impl Properties {
                 }
                 id::RESPONSE_INFORMATION => {
                     let v = p.string("response information")?;
-                    set_once(&mut out.response_information, v, "response information twice")?
+                    set_once(
+                        &mut out.response_information,
+                        v,
+                        "response information twice",
+                    )?
                 }
                 id::SERVER_REFERENCE => {
                     let v = p.string("server reference")?;
@@ -377,7 +401,11 @@ impl Properties {
     }
 
     /// Writes the property length and the properties.
-    pub(crate) fn encode(&self, out: &mut BytesMut, ctx: PropertyContext) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        out: &mut BytesMut,
+        ctx: PropertyContext,
+    ) -> Result<(), EncodeError> {
         let mut b = BytesMut::new();
         self.encode_body(&mut b, ctx)?;
         put_varint(out, b.len() as u32, "property length")?;
@@ -422,7 +450,9 @@ impl Properties {
             put_binary(b, v, "correlation data")?;
         }
         if ctx == PropertyContext::Subscribe && self.subscription_identifiers.len() > 1 {
-            return Err(EncodeError::Invalid("more than one subscription identifier in SUBSCRIBE"));
+            return Err(EncodeError::Invalid(
+                "more than one subscription identifier in SUBSCRIBE",
+            ));
         }
         for v in &self.subscription_identifiers {
             check(id::SUBSCRIPTION_IDENTIFIER)?;
@@ -511,7 +541,9 @@ impl Properties {
         if let Some(v) = self.maximum_qos {
             check(id::MAXIMUM_QOS)?;
             if v == QoS::ExactlyOnce {
-                return Err(EncodeError::Invalid("maximum QoS 2 (omit the property instead)"));
+                return Err(EncodeError::Invalid(
+                    "maximum QoS 2 (omit the property instead)",
+                ));
             }
             b.put_u8(id::MAXIMUM_QOS);
             b.put_u8(v as u8);

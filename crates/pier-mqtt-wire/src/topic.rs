@@ -188,9 +188,7 @@ pub fn amqp_to_mqtt_sparkplug(key: &str) -> String {
 
 /// Where `sep` sits in a `sp[AB]v<digits>{sep}<digits>{end}` prefix of `s`.
 fn sparkplug_prefix(s: &str, sep: &str, end: char) -> Option<usize> {
-    let rest = s
-        .strip_prefix("spAv")
-        .or_else(|| s.strip_prefix("spBv"))?;
+    let rest = s.strip_prefix("spAv").or_else(|| s.strip_prefix("spBv"))?;
     let major = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     if major == 0 {
         return None;
@@ -222,7 +220,9 @@ mod tests {
         assert_eq!(validate_topic_name("a/+"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a#"), Err(TopicError::WildcardInName));
         assert_eq!(
-            validate_topic_name("a").err().map(TopicError::name_reason_code),
+            validate_topic_name("a")
+                .err()
+                .map(TopicError::name_reason_code),
             None
         );
         assert_eq!(TopicError::Empty.name_reason_code().code(), 0x90);
@@ -230,7 +230,17 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a//b", "sport/+/player1", "+/tennis/#", "$share/g/a/+"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a//b",
+            "sport/+/player1",
+            "+/tennis/#",
+            "$share/g/a/+",
+        ] {
             assert_eq!(validate_topic_filter(ok), Ok(()), "{ok}");
         }
         for (bad, e) in [
@@ -256,12 +266,24 @@ mod tests {
     #[test]
     fn matching_spec_examples() {
         // §4.7.1.2 and §4.7.1.3 examples.
-        assert!(topic_matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(topic_matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
-        assert!(topic_matches("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon"));
+        assert!(topic_matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1"
+        ));
+        assert!(topic_matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
+        assert!(topic_matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/score/wimbledon"
+        ));
         assert!(topic_matches("sport/#", "sport"));
         assert!(topic_matches("sport/tennis/+", "sport/tennis/player1"));
-        assert!(!topic_matches("sport/tennis/+", "sport/tennis/player1/ranking"));
+        assert!(!topic_matches(
+            "sport/tennis/+",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(!topic_matches("sport/+", "sport"));
         assert!(topic_matches("sport/+", "sport/"));
         assert!(topic_matches("+/+", "/finance"));
@@ -283,8 +305,14 @@ mod tests {
         assert_eq!(amqp_to_mqtt("a.b.c"), "a/b/c");
         assert_eq!(amqp_to_mqtt("a.*.#"), "a/+/#");
         assert_eq!(amqp_to_mqtt(".a."), "/a/");
-        assert_eq!(mqtt_to_amqp_sparkplug("spBv1.0/g/NDATA/n"), "spBv1___0.g.NDATA.n");
-        assert_eq!(amqp_to_mqtt_sparkplug("spBv1___0.g.NDATA.n"), "spBv1.0/g/NDATA/n");
+        assert_eq!(
+            mqtt_to_amqp_sparkplug("spBv1.0/g/NDATA/n"),
+            "spBv1___0.g.NDATA.n"
+        );
+        assert_eq!(
+            amqp_to_mqtt_sparkplug("spBv1___0.g.NDATA.n"),
+            "spBv1.0/g/NDATA/n"
+        );
         assert_eq!(mqtt_to_amqp_sparkplug("spBv1.0"), "spBv1.0");
         assert_eq!(mqtt_to_amqp_sparkplug("spCv1.0/a"), "spCv1.0.a");
         assert_eq!(mqtt_to_amqp_sparkplug("a.b/c"), "a.b.c");

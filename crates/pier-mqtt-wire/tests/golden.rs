@@ -156,13 +156,17 @@ fn decode_from_a_stream_of_everything_one_byte_at_a_time() {
             }
             continue;
         }
-        while let Some(p) = Packet::decode_from(&mut rx, ProtocolVersion::V3_1_1, 1 << 16).unwrap() {
+        while let Some(p) = Packet::decode_from(&mut rx, ProtocolVersion::V3_1_1, 1 << 16).unwrap()
+        {
             packets.push(p);
         }
     }
     assert!(rx.is_empty());
     assert_eq!(packets.first().map(Packet::name), Some("SUBSCRIBE"));
-    assert_eq!(packets.last(), Some(&Packet::Disconnect(Disconnect::default())));
+    assert_eq!(
+        packets.last(),
+        Some(&Packet::Disconnect(Disconnect::default()))
+    );
 }
 
 fn find<'a>(lines: &'a [Line], dir: char, label: &str, nth: usize) -> &'a Line {
@@ -187,7 +191,10 @@ fn rabbitmq_3_1_1_session() {
     assert_eq!(c.username.as_deref(), Some("guest"));
     assert_eq!(c.password.as_deref(), Some(&b"guest"[..]));
     let w = c.will.unwrap();
-    assert_eq!((w.topic.as_str(), &w.payload[..], w.qos, w.retain), ("pier/golden/will", &b"gone"[..], QoS::AtLeastOnce, false));
+    assert_eq!(
+        (w.topic.as_str(), &w.payload[..], w.qos, w.retain),
+        ("pier/golden/will", &b"gone"[..], QoS::AtLeastOnce, false)
+    );
     assert_eq!(
         decode(find(&s, 'S', "connect", 0), v),
         Packet::ConnAck(ConnAck {
@@ -206,7 +213,10 @@ fn rabbitmq_3_1_1_session() {
     let Packet::SubAck(ack) = decode(find(&s, 'S', "subscribe", 0), v) else {
         panic!()
     };
-    assert_eq!(ack.reason_codes, vec![ReasonCode::GrantedQos1, ReasonCode::GRANTED_QOS_0]);
+    assert_eq!(
+        ack.reason_codes,
+        vec![ReasonCode::GrantedQos1, ReasonCode::GRANTED_QOS_0]
+    );
     // RabbitMQ 3.10.8 downgrades QoS 2 to 1: the client's QoS 2 PUBLISH gets a PUBACK and
     // is delivered at QoS 1.
     let Packet::Publish(p) = decode(find(&s, 'C', "publish-qos2", 0), v) else {
@@ -216,7 +226,10 @@ fn rabbitmq_3_1_1_session() {
     let Packet::Publish(d) = decode(find(&s, 'S', "publish-qos2", 0), v) else {
         panic!()
     };
-    assert_eq!((d.qos, &d.payload[..]), (QoS::AtLeastOnce, &b"qos2 payload"[..]));
+    assert_eq!(
+        (d.qos, &d.payload[..]),
+        (QoS::AtLeastOnce, &b"qos2 payload"[..])
+    );
     assert_eq!(
         decode(find(&s, 'S', "publish-qos2", 1), v),
         Packet::PubAck(PubReply::new(p.packet_id))
@@ -246,7 +259,10 @@ fn rabbitmq_3_1_1_session() {
 #[test]
 fn mqtt_3_1_connect() {
     let s = rabbitmq();
-    let l = s.iter().find(|l| l.version == "3.1" && l.label == "connect" && l.dir == 'C').unwrap();
+    let l = s
+        .iter()
+        .find(|l| l.version == "3.1" && l.label == "connect" && l.dir == 'C')
+        .unwrap();
     let (c, _) = Connect::decode(&l.bytes, 0).unwrap().unwrap();
     assert_eq!(c.protocol, ProtocolVersion::V3_1);
     assert_eq!(&l.bytes[2..10], b"\x00\x06MQIsdp");
@@ -261,14 +277,20 @@ fn rabbitmq_refusals() {
     // spec (and mosquitto) answer an unknown level with the 3.1.1 CONNACK 0x01, as Pier will.
     let e = Connect::decode(raw("connect-level-6"), 0).unwrap_err();
     assert_eq!(e.error, DecodeError::UnsupportedProtocolLevel(6));
-    assert_eq!(e.action(), ServerAction::ConnAckV3(ConnectReturnCode::UnacceptableProtocolVersion));
+    assert_eq!(
+        e.action(),
+        ServerAction::ConnAckV3(ConnectReturnCode::UnacceptableProtocolVersion)
+    );
     let e = Connect::decode(raw("connect-bad-name"), 0).unwrap_err();
     assert_eq!(e.error, DecodeError::InvalidProtocolName("MQTX".into()));
     assert_eq!(e.action(), ServerAction::Close);
     // Level 5 with a 3.1.1 body (no property length): malformed as 5.0.
     let e = Connect::decode(raw("connect-level-5"), 0).unwrap_err();
     assert_eq!(e.version, Some(ProtocolVersion::V5));
-    assert_eq!(e.action(), ServerAction::ConnAck(ReasonCode::MalformedPacket));
+    assert_eq!(
+        e.action(),
+        ServerAction::ConnAck(ReasonCode::MalformedPacket)
+    );
     let e = Connect::decode(raw("first-packet-not-connect"), 0).unwrap_err();
     assert_eq!(e.error, DecodeError::ExpectedConnect(12));
     assert_eq!(e.action(), ServerAction::Close);
@@ -276,7 +298,10 @@ fn rabbitmq_refusals() {
     // (return codes 4 and 2) are what ConnAck encodes for 3.1.1.
     for (label, code) in [
         ("connect-bad-password", ReasonCode::BadUserNameOrPassword),
-        ("connect-empty-client-id-persistent", ReasonCode::ClientIdentifierNotValid),
+        (
+            "connect-empty-client-id-persistent",
+            ReasonCode::ClientIdentifierNotValid,
+        ),
     ] {
         let (c, _) = Connect::decode(raw(label), 0).unwrap().unwrap();
         assert_eq!(c.protocol, ProtocolVersion::V3_1_1);
@@ -291,8 +316,14 @@ fn rabbitmq_refusals() {
         .unwrap();
         assert_eq!(&out[..], &reply[..], "{label}");
     }
-    let (c, n) = Connect::decode(raw("connect-empty-client-id-persistent"), 0).unwrap().unwrap();
-    assert!(c.client_id.is_empty() && !c.clean_start && n == raw("connect-empty-client-id-persistent").len());
+    let (c, n) = Connect::decode(raw("connect-empty-client-id-persistent"), 0)
+        .unwrap()
+        .unwrap();
+    assert!(
+        c.client_id.is_empty()
+            && !c.clean_start
+            && n == raw("connect-empty-client-id-persistent").len()
+    );
 }
 
 #[test]
@@ -310,7 +341,10 @@ fn mosquitto_v5_session() {
     assert_eq!(c.properties.request_problem_information, Some(true));
     assert_eq!(
         c.properties.user_properties,
-        vec![("app".into(), "pier".into()), ("app".into(), "golden".into())]
+        vec![
+            ("app".into(), "pier".into()),
+            ("app".into(), "golden".into())
+        ]
     );
     let w = c.will.unwrap();
     assert_eq!(w.properties.will_delay_interval, Some(10));
@@ -318,8 +352,14 @@ fn mosquitto_v5_session() {
     assert_eq!(w.properties.content_type.as_deref(), Some("text/plain"));
     assert_eq!(w.properties.payload_format_indicator, Some(true));
     assert_eq!(w.properties.response_topic.as_deref(), Some("pier/reply"));
-    assert_eq!(w.properties.correlation_data.as_deref(), Some(&[1u8, 2][..]));
-    assert_eq!(w.properties.user_properties, vec![("will".into(), "yes".into())]);
+    assert_eq!(
+        w.properties.correlation_data.as_deref(),
+        Some(&[1u8, 2][..])
+    );
+    assert_eq!(
+        w.properties.user_properties,
+        vec![("will".into(), "yes".into())]
+    );
 
     let Packet::ConnAck(a) = decode(find(&s, 'S', "connect-properties", 0), v) else {
         panic!()
@@ -333,7 +373,11 @@ fn mosquitto_v5_session() {
     let Packet::ConnAck(a) = decode(find(&s, 'S', "connect-assigned-id", 0), v) else {
         panic!()
     };
-    assert!(a.properties.assigned_client_identifier.unwrap().starts_with("auto-"));
+    assert!(a
+        .properties
+        .assigned_client_identifier
+        .unwrap()
+        .starts_with("auto-"));
     assert_eq!(a.properties.server_keep_alive, Some(100));
 
     let Packet::Subscribe(sub) = decode(find(&s, 'C', "subscribe-options", 0), v) else {
@@ -343,21 +387,42 @@ fn mosquitto_v5_session() {
     let o = sub.subscriptions[0].options;
     assert_eq!(
         (o.qos, o.no_local, o.retain_as_published, o.retain_handling),
-        (QoS::ExactlyOnce, false, true, RetainHandling::SendAtSubscribeIfNew)
+        (
+            QoS::ExactlyOnce,
+            false,
+            true,
+            RetainHandling::SendAtSubscribeIfNew
+        )
     );
     let o = sub.subscriptions[1].options;
-    assert_eq!((o.qos, o.no_local, o.retain_handling), (QoS::AtLeastOnce, true, RetainHandling::DoNotSend));
+    assert_eq!(
+        (o.qos, o.no_local, o.retain_handling),
+        (QoS::AtLeastOnce, true, RetainHandling::DoNotSend)
+    );
     assert_eq!(sub.subscriptions[2].filter, "$share/grp/pier/c");
     let Packet::SubAck(sa) = decode(find(&s, 'S', "subscribe-options", 0), v) else {
         panic!()
     };
-    assert_eq!(sa.reason_codes, vec![ReasonCode::GrantedQos2, ReasonCode::GrantedQos1, ReasonCode::Success]);
+    assert_eq!(
+        sa.reason_codes,
+        vec![
+            ReasonCode::GrantedQos2,
+            ReasonCode::GrantedQos1,
+            ReasonCode::Success
+        ]
+    );
 
     let Packet::Publish(p) = decode(find(&s, 'C', "publish-properties-qos1", 0), v) else {
         panic!()
     };
-    assert_eq!(p.properties.content_type.as_deref(), Some("application/json"));
-    assert_eq!(p.properties.correlation_data.as_deref(), Some(&b"corr-1"[..]));
+    assert_eq!(
+        p.properties.content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        p.properties.correlation_data.as_deref(),
+        Some(&b"corr-1"[..])
+    );
     assert_eq!(p.properties.user_properties.len(), 2);
     assert_eq!(&p.payload[..], b"{\"a\":1}");
     // The server's copy carries the subscription identifier of the matching subscription.
@@ -373,12 +438,18 @@ fn mosquitto_v5_session() {
         .filter(|l| l.label == "publish-qos2")
         .map(|l| decode(l, v).name())
         .collect();
-    assert_eq!(names, ["PUBLISH", "PUBREC", "PUBREL", "PUBLISH", "PUBREC", "PUBCOMP", "PUBREL", "PUBCOMP"]);
+    assert_eq!(
+        names,
+        ["PUBLISH", "PUBREC", "PUBREL", "PUBLISH", "PUBREC", "PUBCOMP", "PUBREL", "PUBCOMP"]
+    );
 
     let Packet::Publish(alias) = decode(find(&s, 'C', "publish-topic-alias", 1), v) else {
         panic!()
     };
-    assert_eq!((alias.topic.as_str(), alias.properties.topic_alias), ("", Some(1)));
+    assert_eq!(
+        (alias.topic.as_str(), alias.properties.topic_alias),
+        ("", Some(1))
+    );
     assert_eq!(
         decode(find(&s, 'S', "publish-no-subscribers", 0), v),
         Packet::PubAck(PubReply {
@@ -390,7 +461,10 @@ fn mosquitto_v5_session() {
     let Packet::UnsubAck(ua) = decode(find(&s, 'S', "unsubscribe", 0), v) else {
         panic!()
     };
-    assert_eq!(ua.reason_codes, vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]);
+    assert_eq!(
+        ua.reason_codes,
+        vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
+    );
     let Packet::Disconnect(dc) = decode(find(&s, 'C', "disconnect-with-will", 0), v) else {
         panic!()
     };
@@ -406,7 +480,10 @@ fn mosquitto_v5_session() {
     let Packet::Connect(ac) = decode(find(&s, 'C', "connect-auth-method", 0), v) else {
         panic!()
     };
-    assert_eq!(ac.properties.authentication_method.as_deref(), Some("SCRAM-SHA-1"));
+    assert_eq!(
+        ac.properties.authentication_method.as_deref(),
+        Some("SCRAM-SHA-1")
+    );
     assert_eq!(
         decode(find(&s, 'S', "connect-auth-method", 0), v),
         Packet::ConnAck(ConnAck {
@@ -438,24 +515,40 @@ fn mosquitto_refusals_map_to_reason_codes() {
     let (p, v) = e.action().packet().unwrap();
     let mut out = BytesMut::new();
     p.encode(v, &mut out).unwrap();
-    assert_eq!(&out[..], &find(&s, 'S', "connect-level-6-reply", 0).bytes[..]);
+    assert_eq!(
+        &out[..],
+        &find(&s, 'S', "connect-level-6-reply", 0).bytes[..]
+    );
 
     // After a good CONNECT: the bad packet's error, and the DISCONNECT it leads to.
     for (label, rc) in [
         ("publish-qos3-after-connect", ReasonCode::MalformedPacket),
-        ("subscribe-bad-flags-after-connect", ReasonCode::MalformedPacket),
+        (
+            "subscribe-bad-flags-after-connect",
+            ReasonCode::MalformedPacket,
+        ),
         // mosquitto sends 0x81 here; the spec (§3.3.2.3.4) names 0x94 Topic Alias invalid.
-        ("publish-topic-alias-0-after-connect", ReasonCode::TopicAliasInvalid),
+        (
+            "publish-topic-alias-0-after-connect",
+            ReasonCode::TopicAliasInvalid,
+        ),
     ] {
         let bytes = raw(label);
         let (_, n) = Connect::decode(&bytes, 0).unwrap().unwrap();
         let e = Packet::decode(&bytes.slice(n..), ProtocolVersion::V5, 0).unwrap_err();
-        assert_eq!(e.action(ProtocolVersion::V5), ServerAction::Disconnect(rc), "{label}: {e}");
+        assert_eq!(
+            e.action(ProtocolVersion::V5),
+            ServerAction::Disconnect(rc),
+            "{label}: {e}"
+        );
         if label == "subscribe-bad-flags-after-connect" {
             let (p, v) = e.action(ProtocolVersion::V5).packet().unwrap();
             let mut out = BytesMut::new();
             p.encode(v, &mut out).unwrap();
-            assert_eq!(&out[..], &find(&s, 'S', &format!("{label}-reply"), 1).bytes[..]);
+            assert_eq!(
+                &out[..],
+                &find(&s, 'S', &format!("{label}-reply"), 1).bytes[..]
+            );
         }
     }
 }

@@ -16,10 +16,7 @@ use proptest::option::of;
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z/+#$ ]{0,12}",
-        "[^\u{0}]{0,8}",
-    ]
+    prop_oneof!["[a-z/+#$ ]{0,12}", "[^\u{0}]{0,8}",]
 }
 
 fn blob() -> impl Strategy<Value = Bytes> {
@@ -27,7 +24,11 @@ fn blob() -> impl Strategy<Value = Bytes> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 fn version() -> impl Strategy<Value = ProtocolVersion> {
@@ -79,7 +80,11 @@ fn props(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
     );
     (a, b, c).prop_map(move |(a, b, c)| {
         let ok = |i| ctx.allows(i);
-        let mut subs = if ok(id::SUBSCRIPTION_IDENTIFIER) { a.5 } else { vec![] };
+        let mut subs = if ok(id::SUBSCRIPTION_IDENTIFIER) {
+            a.5
+        } else {
+            vec![]
+        };
         if ctx == PropertyContext::Subscribe {
             subs.truncate(1);
         }
@@ -108,8 +113,12 @@ fn props(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
             retain_available: c.1.filter(|_| ok(id::RETAIN_AVAILABLE)),
             user_properties: c.2,
             maximum_packet_size: c.3.filter(|_| ok(id::MAXIMUM_PACKET_SIZE)),
-            wildcard_subscription_available: c.4.filter(|_| ok(id::WILDCARD_SUBSCRIPTION_AVAILABLE)),
-            subscription_identifier_available: c.5.filter(|_| ok(id::SUBSCRIPTION_IDENTIFIER_AVAILABLE)),
+            wildcard_subscription_available: c
+                .4
+                .filter(|_| ok(id::WILDCARD_SUBSCRIPTION_AVAILABLE)),
+            subscription_identifier_available: c
+                .5
+                .filter(|_| ok(id::SUBSCRIPTION_IDENTIFIER_AVAILABLE)),
             shared_subscription_available: c.6.filter(|_| ok(id::SHARED_SUBSCRIPTION_AVAILABLE)),
         }
     })
@@ -129,31 +138,38 @@ fn reason(codes: &'static [u8]) -> impl Strategy<Value = ReasonCode> {
 }
 
 const CONNACK_V5: &[u8] = &[
-    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97, 0x99,
-    0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
+    0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C, 0x90, 0x95, 0x97,
+    0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9F,
 ];
 const CONNACK_V3: &[u8] = &[0x00, 0x84, 0x85, 0x88, 0x86, 0x87];
 const PUBACK: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
 const PUBREL: &[u8] = &[0x00, 0x92];
-const SUBACK_V5: &[u8] = &[0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2];
+const SUBACK_V5: &[u8] = &[
+    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+];
 const SUBACK_V3: &[u8] = &[0x00, 0x01, 0x02, 0x80];
 const UNSUBACK: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
 const DISCONNECT: &[u8] = &[
-    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95, 0x96,
-    0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
+    0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x90, 0x93, 0x94, 0x95,
+    0x96, 0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1, 0xA2,
 ];
 const AUTH: &[u8] = &[0x00, 0x18, 0x19];
 
 fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    let will = of((qos(), any::<bool>(), props_for(v, PropertyContext::Will), text(), blob()).prop_map(
-        |(qos, retain, properties, topic, payload)| Will {
+    let will = of((
+        qos(),
+        any::<bool>(),
+        props_for(v, PropertyContext::Will),
+        text(),
+        blob(),
+    )
+        .prop_map(|(qos, retain, properties, topic, payload)| Will {
             qos,
             retain,
             properties,
             topic,
             payload,
-        },
-    ));
+        }));
     (
         any::<bool>(),
         any::<u16>(),
@@ -163,25 +179,39 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         of(text()),
         of(blob()),
     )
-        .prop_map(move |(clean_start, keep_alive, properties, client_id, will, username, password)| {
-            // Before 5.0 a password needs a user name.
-            let password = if v != ProtocolVersion::V5 && username.is_none() { None } else { password };
-            Packet::Connect(Connect {
-                protocol: v,
-                clean_start,
-                keep_alive,
-                properties,
-                client_id,
-                will,
-                username,
-                password,
-            })
-        })
+        .prop_map(
+            move |(clean_start, keep_alive, properties, client_id, will, username, password)| {
+                // Before 5.0 a password needs a user name.
+                let password = if v != ProtocolVersion::V5 && username.is_none() {
+                    None
+                } else {
+                    password
+                };
+                Packet::Connect(Connect {
+                    protocol: v,
+                    clean_start,
+                    keep_alive,
+                    properties,
+                    client_id,
+                    will,
+                    username,
+                    password,
+                })
+            },
+        )
 }
 
 fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    (any::<bool>(), qos(), any::<bool>(), text(), pid(), props_for(v, PropertyContext::Publish), blob()).prop_map(
-        |(dup, qos, retain, topic, id, properties, payload)| {
+    (
+        any::<bool>(),
+        qos(),
+        any::<bool>(),
+        text(),
+        pid(),
+        props_for(v, PropertyContext::Publish),
+        blob(),
+    )
+        .prop_map(|(dup, qos, retain, topic, id, properties, payload)| {
             Packet::Publish(Publish {
                 dup,
                 qos,
@@ -191,8 +221,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 properties,
                 payload,
             })
-        },
-    )
+        })
 }
 
 fn pub_reply(v: ProtocolVersion, codes: &'static [u8]) -> BoxedStrategy<PubReply> {
@@ -211,29 +240,33 @@ fn pub_reply(v: ProtocolVersion, codes: &'static [u8]) -> BoxedStrategy<PubReply
 
 fn subscribe(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let v5 = v == ProtocolVersion::V5;
-    let options = (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(qos, nl, rap, rh)| {
-        if v5 {
-            SubscriptionOptions {
-                qos,
-                no_local: nl,
-                retain_as_published: rap,
-                retain_handling: match rh {
-                    0 => RetainHandling::SendAtSubscribe,
-                    1 => RetainHandling::SendAtSubscribeIfNew,
-                    _ => RetainHandling::DoNotSend,
-                },
+    let options =
+        (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(qos, nl, rap, rh)| {
+            if v5 {
+                SubscriptionOptions {
+                    qos,
+                    no_local: nl,
+                    retain_as_published: rap,
+                    retain_handling: match rh {
+                        0 => RetainHandling::SendAtSubscribe,
+                        1 => RetainHandling::SendAtSubscribeIfNew,
+                        _ => RetainHandling::DoNotSend,
+                    },
+                }
+            } else {
+                SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                }
             }
-        } else {
-            SubscriptionOptions {
-                qos,
-                ..SubscriptionOptions::default()
-            }
-        }
-    });
+        });
     (
         pid(),
         props_for(v, PropertyContext::Subscribe),
-        vec((text(), options).prop_map(|(filter, options)| Subscription { filter, options }), 1..5),
+        vec(
+            (text(), options).prop_map(|(filter, options)| Subscription { filter, options }),
+            1..5,
+        ),
     )
         .prop_map(|(packet_id, properties, subscriptions)| {
             Packet::Subscribe(Subscribe {
@@ -267,7 +300,13 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             // Before 5.0 every failure is 0x80, which decodes as Unspecified error.
             let reason_codes = reason_codes
                 .into_iter()
-                .map(|c| if c.is_error() && !v5 { ReasonCode::UnspecifiedError } else { c })
+                .map(|c| {
+                    if c.is_error() && !v5 {
+                        ReasonCode::UnspecifiedError
+                    } else {
+                        c
+                    }
+                })
                 .collect();
             Packet::SubAck(SubAck {
                 packet_id,
@@ -275,15 +314,18 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                 reason_codes,
             })
         });
-    let unsubscribe = (pid(), props_for(v, PropertyContext::Unsubscribe), vec(text(), 1..5)).prop_map(
-        |(packet_id, properties, filters)| {
+    let unsubscribe = (
+        pid(),
+        props_for(v, PropertyContext::Unsubscribe),
+        vec(text(), 1..5),
+    )
+        .prop_map(|(packet_id, properties, filters)| {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id,
                 properties,
                 filters,
             })
-        },
-    );
+        });
     let unsuback = (
         pid(),
         props_for(v, PropertyContext::UnsubAck),
@@ -327,7 +369,12 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     if v5 {
         all.push(
             (reason(AUTH), props(PropertyContext::Auth))
-                .prop_map(|(reason_code, properties)| Packet::Auth(Auth { reason_code, properties }))
+                .prop_map(|(reason_code, properties)| {
+                    Packet::Auth(Auth {
+                        reason_code,
+                        properties,
+                    })
+                })
                 .boxed(),
         );
     }
