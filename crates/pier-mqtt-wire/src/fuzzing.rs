@@ -56,7 +56,7 @@ pub fn packets(data: &[u8]) -> usize {
     match Connect::decode(&input, max) {
         Ok(Some((c, used))) => {
             assert!(used <= input.len());
-            check_round_trip(&Packet::Connect(c), version);
+            check_round_trip(&Packet::Connect(Box::new(c)), version);
         }
         Ok(None) => {}
         Err(e) => {

@@ -474,8 +474,10 @@ fn encode_refusals() {
         }),
         V3,
     );
-    let mut props = Properties::default();
-    props.session_expiry_interval = Some(1);
+    let props = Properties {
+        session_expiry_interval: Some(1),
+        ..Properties::default()
+    };
     assert_eq!(
         fails(
             Packet::Publish(Publish {
@@ -489,8 +491,10 @@ fn encode_refusals() {
             packet: "PUBLISH"
         }
     );
-    let mut props = Properties::default();
-    props.topic_alias = Some(0);
+    let props = Properties {
+        topic_alias: Some(0),
+        ..Properties::default()
+    };
     fails(
         Packet::Publish(Publish {
             properties: props,
@@ -500,8 +504,10 @@ fn encode_refusals() {
     );
     // The same properties are simply not written for 3.1.1.
     let mut out = BytesMut::new();
-    let mut props = Properties::default();
-    props.topic_alias = Some(3);
+    let props = Properties {
+        topic_alias: Some(3),
+        ..Properties::default()
+    };
     Packet::Publish(Publish {
         properties: props,
         ..publish
@@ -550,7 +556,7 @@ fn encode_refusals() {
         V3,
     );
     fails(
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: V3,
             clean_start: true,
             keep_alive: 0,
@@ -559,7 +565,7 @@ fn encode_refusals() {
             will: None,
             username: None,
             password: Some(Bytes::from_static(b"p")),
-        }),
+        })),
         V3,
     );
     // A 5.0 SUBACK failure code becomes 0x80 for 3.1.1.

@@ -187,7 +187,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 } else {
                     password
                 };
-                Packet::Connect(Connect {
+                Packet::Connect(Box::new(Connect {
                     protocol: v,
                     clean_start,
                     keep_alive,
@@ -196,7 +196,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     will,
                     username,
                     password,
-                })
+                }))
             },
         )
 }
@@ -403,7 +403,7 @@ proptest! {
         prop_assert_eq!(&q, &p);
         if let Packet::Connect(c) = &p {
             let (c2, _) = Connect::decode(&bytes, 0).unwrap().unwrap();
-            prop_assert_eq!(&c2, c);
+            prop_assert_eq!(&c2, &**c);
         }
         // Re-encoding is stable.
         prop_assert_eq!(encode(&q, v), bytes);
