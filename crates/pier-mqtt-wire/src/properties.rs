@@ -397,6 +397,12 @@ impl Properties {
                 }
             }
         }
+        // §3.1.2.11.10, §3.2.2.3.18, §3.15.2.2.3: data without a method.
+        if out.authentication_data.is_some() && out.authentication_method.is_none() {
+            return Err(DecodeError::Protocol(
+                "authentication data without a method",
+            ));
+        }
         Ok(out)
     }
 
@@ -484,6 +490,9 @@ impl Properties {
         }
         if let Some(v) = &self.authentication_data {
             check(id::AUTHENTICATION_DATA)?;
+            if self.authentication_method.is_none() {
+                return Err(EncodeError::Invalid("authentication data without a method"));
+            }
             b.put_u8(id::AUTHENTICATION_DATA);
             put_binary(b, v, "authentication data")?;
         }

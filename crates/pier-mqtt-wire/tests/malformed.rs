@@ -243,6 +243,12 @@ const CASES: &[(&str, &[u8], ProtocolVersion, u8)] = &[
         0x82,
     ),
     (
+        "authentication data without a method",
+        b"\x20\x06\x00\x00\x03\x16\x00\x00",
+        V5,
+        0x82,
+    ),
+    (
         "user property without value",
         b"\x30\x09\x00\x01a\x05\x26\x00\x01k\x00",
         V5,

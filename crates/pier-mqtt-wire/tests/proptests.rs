@@ -80,6 +80,7 @@ fn props(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
     );
     (a, b, c).prop_map(move |(a, b, c)| {
         let ok = |i| ctx.allows(i);
+        let has_method = a.9.is_some() && ok(id::AUTHENTICATION_METHOD);
         let mut subs = if ok(id::SUBSCRIPTION_IDENTIFIER) {
             a.5
         } else {
@@ -99,7 +100,8 @@ fn props(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
             assigned_client_identifier: a.7.filter(|_| ok(id::ASSIGNED_CLIENT_IDENTIFIER)),
             server_keep_alive: a.8.filter(|_| ok(id::SERVER_KEEP_ALIVE)),
             authentication_method: a.9.filter(|_| ok(id::AUTHENTICATION_METHOD)),
-            authentication_data: b.0.filter(|_| ok(id::AUTHENTICATION_DATA)),
+            // Data only with a method (§3.1.2.11.10).
+            authentication_data: b.0.filter(|_| ok(id::AUTHENTICATION_DATA) && has_method),
             request_problem_information: b.1.filter(|_| ok(id::REQUEST_PROBLEM_INFORMATION)),
             will_delay_interval: b.2.filter(|_| ok(id::WILL_DELAY_INTERVAL)),
             request_response_information: b.3.filter(|_| ok(id::REQUEST_RESPONSE_INFORMATION)),
