@@ -347,7 +347,7 @@ pub struct Subscription {
 }
 
 /// SUBSCRIBE (client to server). The filters are not validated here (a bad one gets a
-/// failure code in SUBACK, not a disconnect): see [`crate::topic::validate_filter`].
+/// failure code in SUBACK, not a disconnect): see [`crate::topic::validate_topic_filter`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: u16,

@@ -37,11 +37,25 @@ pub enum Item {
     Frame(Frame),
 }
 
-/// Where a parse attempt stopped.
+/// How far the parse of the item at the front of the buffer got. Kept by [`Decoder`]
+/// between reads, so every line is parsed once and a body's NUL searched for once, however
+/// the bytes are cut: small reads of a large frame cost linear time, not quadratic.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// The next octet to look at, from the start of the item.
+    pos: usize,
+    command: Option<Command>,
+    headers: Headers,
+    /// Where the body starts, once the blank line ending the headers has been seen.
+    body_start: Option<usize>,
+    /// How far the search for a NUL-terminated body's NUL got.
+    scanned: usize,
+    /// How far the search for the current line's LF got.
+    line_scanned: usize,
+}
+
+/// What a parse step found.
 enum Parsed {
-    /// Need more input; `scanned` is how far the body's NUL search got (a hint for the next
-    /// attempt).
-    Incomplete { scanned: usize },
     /// `n` octets of inter-frame noise.
     Noise(usize),
     /// A frame of `len` octets whose body is `body` (offsets into the input).
@@ -61,33 +75,34 @@ pub fn decode(
     version: Version,
     limits: &Limits,
 ) -> Result<Option<(Item, usize)>, DecodeError> {
-    match parse(buf, version, limits, 0)? {
-        Parsed::Incomplete { .. } => Ok(None),
-        Parsed::Noise(n) => Ok(Some((Item::HeartBeat, n))),
-        Parsed::Frame {
-            command,
-            headers,
-            body,
-            len,
-        } => Ok(Some((
-            Item::Frame(Frame {
+    let mut progress = Progress::default();
+    Ok(
+        step(buf, &mut progress, version, limits)?.map(|parsed| match parsed {
+            Parsed::Noise(n) => (Item::HeartBeat, n),
+            Parsed::Frame {
                 command,
                 headers,
-                body: buf.slice(body),
-            }),
-            len,
-        ))),
-    }
+                body,
+                len,
+            } => (
+                Item::Frame(Frame {
+                    command,
+                    headers,
+                    body: buf.slice(body),
+                }),
+                len,
+            ),
+        }),
+    )
 }
 
-/// A decoder for one connection's receive buffer. It remembers how far it has searched a
-/// NUL-terminated body, so a large frame arriving in small reads is scanned once, not once
-/// per read.
+/// A decoder for one connection's receive buffer. Between calls it keeps how far it parsed
+/// the frame at the front of the buffer (the caller only appends to the buffer).
 #[derive(Debug, Clone)]
 pub struct Decoder {
     pub version: Version,
     pub limits: Limits,
-    scanned: usize,
+    progress: Progress,
 }
 
 impl Decoder {
@@ -97,22 +112,24 @@ impl Decoder {
         Decoder {
             version: Version::V1_0,
             limits,
-            scanned: 0,
+            progress: Progress::default(),
         }
     }
 
     /// Splits the next item off `buf` (zero-copy: the body is a slice of it).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Item>, DecodeError> {
-        if self.scanned > 0 && buf.len() <= self.scanned {
-            return Ok(None);
-        }
-        match parse(buf, self.version, &self.limits, self.scanned)? {
-            Parsed::Incomplete { scanned } => {
-                self.scanned = scanned;
-                Ok(None)
+        let parsed = step(buf, &mut self.progress, self.version, &self.limits);
+        let parsed = match parsed {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.progress = Progress::default();
+                return Err(e);
             }
+        };
+        self.progress = Progress::default();
+        match parsed {
             Parsed::Noise(n) => {
-                self.scanned = 0;
                 let _ = buf.split_to(n);
                 Ok(Some(Item::HeartBeat))
             }
@@ -122,7 +139,6 @@ impl Decoder {
                 body,
                 len,
             } => {
-                self.scanned = 0;
                 let frame = buf.split_to(len).freeze();
                 Ok(Some(Item::Frame(Frame {
                     command,
@@ -134,64 +150,56 @@ impl Decoder {
     }
 }
 
-fn parse(
+/// Advances the parse of the item at the front of `buf` as far as the bytes allow.
+fn step(
     buf: &[u8],
+    st: &mut Progress,
     version: Version,
     limits: &Limits,
-    scanned: usize,
-) -> Result<Parsed, DecodeError> {
-    // Inter-frame noise: LF, CRLF and (as RabbitMQ allows) NUL.
-    let mut i = 0;
-    loop {
-        match (buf.get(i), buf.get(i + 1)) {
-            (Some(b'\n' | 0), _) => i += 1,
-            (Some(b'\r'), Some(b'\n')) => i += 2,
-            (Some(b'\r'), None) => {
-                return Ok(if i > 0 {
-                    Parsed::Noise(i)
-                } else {
-                    Parsed::Incomplete { scanned: 0 }
-                })
+) -> Result<Option<Parsed>, DecodeError> {
+    if st.command.is_none() && st.pos == 0 {
+        // Inter-frame noise: LF, CRLF and (as RabbitMQ allows) NUL.
+        let mut i = 0;
+        loop {
+            match (buf.get(i), buf.get(i + 1)) {
+                (Some(b'\n' | 0), _) => i += 1,
+                (Some(b'\r'), Some(b'\n')) => i += 2,
+                (Some(b'\r'), Some(_)) if i == 0 => return Err(DecodeError::BareCarriageReturn),
+                (Some(b'\r'), None) | (None, _) if i == 0 => return Ok(None),
+                (Some(_), _) if i == 0 => break,
+                _ => return Ok(Some(Parsed::Noise(i))),
             }
-            (Some(b'\r'), Some(_)) => return Err(DecodeError::BareCarriageReturn),
-            (None, _) => {
-                return Ok(if i > 0 {
-                    Parsed::Noise(i)
-                } else {
-                    Parsed::Incomplete { scanned: 0 }
-                })
-            }
-            (Some(_), _) => break,
         }
     }
-    if i > 0 {
-        return Ok(Parsed::Noise(i));
-    }
-
-    let mut pos = 0;
-    let Some(line) = next_line(buf, &mut pos, limits)? else {
-        return Ok(Parsed::Incomplete { scanned: 0 });
+    let command = match st.command {
+        Some(c) => c,
+        None => {
+            let Some(line) = next_line(buf, st, limits)? else {
+                return Ok(None);
+            };
+            if line.contains(&b'\r') {
+                return Err(DecodeError::BareCarriageReturn);
+            }
+            let c = Command::from_bytes(line).ok_or_else(|| {
+                DecodeError::UnknownCommand(String::from_utf8_lossy(line).into_owned())
+            })?;
+            st.command = Some(c);
+            c
+        }
     };
-    if line.contains(&b'\r') {
-        return Err(DecodeError::BareCarriageReturn);
-    }
-    let command = Command::from_bytes(line)
-        .ok_or_else(|| DecodeError::UnknownCommand(String::from_utf8_lossy(line).into_owned()))?;
     let esc = version.escaping(command);
-    let mut headers = Headers::new();
-    loop {
-        let Some(line) = next_line(buf, &mut pos, limits)? else {
-            return Ok(Parsed::Incomplete { scanned: 0 });
+    let body_start = loop {
+        if let Some(b) = st.body_start {
+            break b;
+        }
+        let Some(line) = next_line(buf, st, limits)? else {
+            return Ok(None);
         };
-        if pos > limits.max_frame_size {
-            return Err(DecodeError::FrameTooLarge {
-                max: limits.max_frame_size,
-            });
-        }
         if line.is_empty() {
-            break;
+            st.body_start = Some(st.pos);
+            continue;
         }
-        if headers.len() >= limits.max_headers {
+        if st.headers.len() >= limits.max_headers {
             return Err(DecodeError::TooManyHeaders {
                 max: limits.max_headers,
             });
@@ -209,98 +217,96 @@ fn parse(
         }
         let name = unescape(name, esc)?;
         let value = unescape(value.get(1..).unwrap_or(&[]), esc)?;
-        headers.0.push((name, value));
-    }
-    let body_start = pos;
-    match headers.get("content-length") {
+        st.headers.0.push((name, value));
+    };
+    let too_large = DecodeError::FrameTooLarge {
+        max: limits.max_frame_size,
+    };
+    let (end, len) = match st.headers.get("content-length") {
         Some(v) => {
             let n = parse_content_length(v)
                 .map_err(|()| DecodeError::InvalidContentLength(v.to_string()))?;
-            let end = body_start
-                .checked_add(n)
-                .ok_or(DecodeError::FrameTooLarge {
-                    max: limits.max_frame_size,
-                })?;
+            let end = body_start.checked_add(n).ok_or(too_large.clone())?;
             if end >= limits.max_frame_size {
-                return Err(DecodeError::FrameTooLarge {
-                    max: limits.max_frame_size,
-                });
+                return Err(too_large);
             }
             match buf.get(end) {
-                None => Ok(Parsed::Incomplete { scanned: 0 }),
-                Some(0) => Ok(Parsed::Frame {
-                    command,
-                    headers,
-                    body: body_start..end,
-                    len: end + 1,
-                }),
-                Some(_) => Err(DecodeError::MissingNul),
+                None => return Ok(None),
+                Some(0) => (end, end + 1),
+                Some(_) => return Err(DecodeError::MissingNul),
             }
         }
         None => {
-            let from = scanned.max(body_start);
+            let from = st.scanned.max(body_start);
             let found = buf
                 .get(from..)
                 .and_then(|rest| rest.iter().position(|&b| b == 0))
                 .map(|p| from + p);
             match found {
-                Some(end) if end < limits.max_frame_size => Ok(Parsed::Frame {
-                    command,
-                    headers,
-                    body: body_start..end,
-                    len: end + 1,
-                }),
-                Some(_) => Err(DecodeError::FrameTooLarge {
-                    max: limits.max_frame_size,
-                }),
-                None if buf.len() >= limits.max_frame_size => Err(DecodeError::FrameTooLarge {
-                    max: limits.max_frame_size,
-                }),
-                None => Ok(Parsed::Incomplete { scanned: buf.len() }),
+                Some(end) if end < limits.max_frame_size => (end, end + 1),
+                Some(_) => return Err(too_large),
+                None if buf.len() >= limits.max_frame_size => return Err(too_large),
+                None => {
+                    st.scanned = buf.len();
+                    return Ok(None);
+                }
             }
         }
-    }
+    };
+    Ok(Some(Parsed::Frame {
+        command,
+        headers: std::mem::take(&mut st.headers),
+        body: body_start..end,
+        len,
+    }))
 }
 
-/// The next line from `pos` (LF or CRLF stripped), advancing `pos` past its end; `None`
-/// if it is not complete yet. A line over the limit fails as soon as that many octets are
-/// there, complete or not.
+/// The next line from `st.pos` (LF or CRLF stripped), advancing `st.pos` past its end;
+/// `None` if it is not complete yet (the LF search resumes where it stopped). A line over
+/// the limit fails as soon as that many octets are there, complete or not.
 fn next_line<'a>(
     buf: &'a [u8],
-    pos: &mut usize,
+    st: &mut Progress,
     limits: &Limits,
 ) -> Result<Option<&'a [u8]>, DecodeError> {
-    let rest = buf.get(*pos..).unwrap_or(&[]);
-    let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
-        if rest.len() > limits.max_header_length.saturating_add(1)
-            || *pos + rest.len() > limits.max_frame_size
-        {
-            return Err(too_long(rest.len(), pos, limits));
+    let start = st.pos;
+    let from = st.line_scanned.max(start);
+    let found = buf
+        .get(from..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        .map(|p| from + p);
+    let Some(lf) = found else {
+        st.line_scanned = buf.len();
+        let mut len = buf.len().saturating_sub(start);
+        if buf.last() == Some(&b'\r') {
+            // may be the CR of a CRLF
+            len = len.saturating_sub(1);
         }
-        return Ok(None);
+        return check_line(start, len, limits).map(|()| None);
     };
-    let mut line = rest.get(..lf).unwrap_or(&[]);
+    let mut line = buf.get(start..lf).unwrap_or(&[]);
     if let [head @ .., b'\r'] = line {
         line = head;
     }
-    if line.len() > limits.max_header_length {
-        return Err(DecodeError::HeaderTooLong {
-            max: limits.max_header_length,
-        });
-    }
-    *pos += lf + 1;
+    check_line(start, line.len(), limits)?;
+    st.pos = lf + 1;
+    st.line_scanned = 0;
     Ok(Some(line))
 }
 
-fn too_long(len: usize, pos: &usize, limits: &Limits) -> DecodeError {
-    if *pos + len > limits.max_frame_size {
-        DecodeError::FrameTooLarge {
+/// A line of `len` octets (so far) starting at `start`: the frame cannot end before the
+/// line's LF and a NUL, and the line itself is limited.
+fn check_line(start: usize, len: usize, limits: &Limits) -> Result<(), DecodeError> {
+    if start + len + 2 > limits.max_frame_size {
+        Err(DecodeError::FrameTooLarge {
             max: limits.max_frame_size,
-        }
-    } else {
-        DecodeError::HeaderTooLong {
+        })
+    } else if len > limits.max_header_length {
+        Err(DecodeError::HeaderTooLong {
             max: limits.max_header_length,
-        }
+        })
+    } else {
+        Ok(())
     }
 }
 
