@@ -588,3 +588,48 @@ fn rabbitmq_topic_mapping() {
     }
     assert_eq!(seen, 15);
 }
+
+/// The CONNECT variable header examples of the specs (3.1.1 figure 3.6, 5.0 §3.1.2.12:
+/// flags 0xCE, keep alive 10; 5.0 adds a session expiry interval of 10), completed with
+/// a payload (client id, will topic and message, user name, password).
+#[test]
+fn spec_connect_examples() {
+    let payload = b"\x00\x01c\x00\x01w\x00\x01m\x00\x01u\x00\x01p";
+    for (version, vh) in [
+        (
+            ProtocolVersion::V3_1_1,
+            &b"\x00\x04MQTT\x04\xce\x00\x0a"[..],
+        ),
+        (
+            ProtocolVersion::V5,
+            &b"\x00\x04MQTT\x05\xce\x00\x0a\x05\x11\x00\x00\x00\x0a"[..],
+        ),
+    ] {
+        let will_props: &[u8] = if version == ProtocolVersion::V5 {
+            b"\x00"
+        } else {
+            b""
+        };
+        let body = [vh, &payload[..3], will_props, &payload[3..]].concat();
+        let bytes = Bytes::from([&[0x10, body.len() as u8][..], &body].concat());
+        let (c, n) = Connect::decode(&bytes, 0).unwrap().unwrap();
+        assert_eq!(n, bytes.len());
+        assert_eq!(c.protocol, version);
+        assert!(c.clean_start);
+        assert_eq!(c.keep_alive, 10);
+        let w = c.will.as_ref().unwrap();
+        assert_eq!((w.qos, w.retain), (QoS::AtLeastOnce, false));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some(&b"p"[..]))
+        );
+        if version == ProtocolVersion::V5 {
+            assert_eq!(c.properties.session_expiry_interval, Some(10));
+        }
+        let mut out = BytesMut::new();
+        Packet::Connect(Box::new(c))
+            .encode(version, &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &bytes[..]);
+    }
+}

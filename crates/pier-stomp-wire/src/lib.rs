@@ -38,10 +38,14 @@
 //! ```
 //!
 //! [`decode`] (one shot over [`bytes::Bytes`]) and [`Decoder::decode`] (over a connection's
-//! receive buffer, remembering how far it searched for a body's NUL) return `Ok(None)` until
-//! an item is whole. Limits are checked as the bytes arrive: a `content-length` over the
+//! receive buffer, resuming where the last call stopped, so every line is parsed once however
+//! the bytes are cut) return `Ok(None)` until an item is whole. Limits are checked as the bytes arrive: a `content-length` over the
 //! frame limit fails before the body is buffered, an over-long line before its end arrives.
 //! Bodies are zero-copy slices of the input.
+//!
+//! [`Frame::encode`] writes exactly the frame; RabbitMQ also writes an LF after every frame
+//! it sends (its `trailing_lf` setting, on by default), which a server can do with
+//! [`encode_heartbeat`].
 //!
 //! ## Errors
 //!
