@@ -470,6 +470,11 @@ impl VHost {
         self.read().exchanges.contains_key(name)
     }
 
+    /// Whether `name` is an existing durable exchange (the predeclared ones are).
+    pub fn is_durable_exchange(&self, name: &str) -> bool {
+        self.read().exchanges.get(name).is_some_and(|x| x.durable)
+    }
+
     /// Whether `name` is an existing exchange of type `topic` (the only type topic
     /// authorisation applies to; an `x-delayed-message` exchange is not one, whatever its
     /// `x-delayed-type`, as in RabbitMQ).
@@ -817,6 +822,12 @@ impl VHost {
             .ok_or_else(|| self.not_found(ObjectKind::Queue, name))?;
         q.check_access(connection)?;
         Ok(q)
+    }
+
+    /// The queue of that name, whoever owns it (management and the cluster's state machine
+    /// act for no client connection; [`VHost::queue`] checks exclusive access).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.read().queues.get(name).cloned()
     }
 
     pub fn queues(&self) -> Vec<Arc<Queue>> {
