@@ -433,6 +433,12 @@ async fn initialise(n: &Arc<Node>) -> Result<(), ClusterError> {
 pub(crate) async fn join_via(n: &Arc<Node>, addr: &str) -> Result<String, ClusterError> {
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     let mut target = addr.to_owned();
+    // The cluster id is stored before the node becomes a member, so a member never lacks it.
+    if n.cluster_id().is_none() {
+        if let Some(id) = n.transport.peer(addr).and_then(|p| p.cluster_id) {
+            n.store_cluster_id(Some(&id))?;
+        }
+    }
     loop {
         if tokio::time::Instant::now() >= deadline {
             return Err(ClusterError::Membership(format!(
