@@ -401,6 +401,18 @@ impl ClusterHandle {
         }
     }
 
+    /// Every member's name and whether it is running (answered lately; this node is).
+    pub fn members(&self) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = self
+            .node
+            .members()
+            .into_iter()
+            .map(|(id, p, _)| (p.name, self.node.is_running(id)))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Whether `name` is a member this node can reach now.
     pub fn is_running(&self, name: &str) -> bool {
         self.node.is_running(node_id(name))

@@ -164,6 +164,8 @@ impl Node {
         r.raft_term = m.current_term;
         r.raft_last_applied = m.last_applied.map(|l| l.index);
         r.raft_state = format!("{:?}", m.state).to_lowercase();
+        r.listeners
+            .push(("clustering".to_owned(), self.config.advertise.clone()));
         if r.uptime_ms == 0 {
             r.uptime_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         }

@@ -34,9 +34,8 @@ async fn start(name: &str, port: u16, peers: &[u16]) -> TestNode {
     // cluster by the binary at start-up, so every node ends up with the same hashes).
     let broker = Arc::new(Broker::empty(Vec::new()));
     broker.add_vhost("/");
-    let storage = Arc::new(
-        BrokerStorage::open(dir.path(), pier_store::SyncPolicy::Always).unwrap(),
-    );
+    let storage =
+        Arc::new(BrokerStorage::open(dir.path(), pier_store::SyncPolicy::Always).unwrap());
     {
         let (s, b) = (Arc::clone(&storage), Arc::clone(&broker));
         tokio::task::spawn_blocking(move || s.recover(&b))
@@ -74,7 +73,9 @@ impl TestNode {
     async fn stop(self) {
         self.handle.shutdown().await;
         let s = Arc::clone(&self.storage);
-        tokio::task::spawn_blocking(move || s.shutdown()).await.unwrap();
+        tokio::task::spawn_blocking(move || s.shutdown())
+            .await
+            .unwrap();
     }
 
     fn definitions(&self) -> MetadataSnapshot {
@@ -157,11 +158,12 @@ async fn three_nodes_form_apply_on_every_node_and_read_their_writes() {
         let out = propose_retrying(&n.handle, declare("/", &q, &n.name)).await;
         assert_eq!(out, Outcome::Created(true));
         let vh = n.broker.vhost("/").unwrap();
-        assert!(vh.find_queue(&q).is_some(), "read-your-writes on {}", n.name);
-        assert_eq!(
-            n.handle.catalog().queue_home("/", &q).unwrap().home,
+        assert!(
+            vh.find_queue(&q).is_some(),
+            "read-your-writes on {}",
             n.name
         );
+        assert_eq!(n.handle.catalog().queue_home("/", &q).unwrap().home, n.name);
     }
     // A refusal is the same everywhere, and comes back to the proposer.
     let mut args = pier_wire::FieldTable::new();
@@ -171,7 +173,10 @@ async fn three_nodes_form_apply_on_every_node_and_read_their_writes() {
         *arguments = pier_store::encode_arguments(&args).unwrap();
     }
     let r = nodes[2].handle.propose(inequivalent).await.unwrap();
-    assert!(matches!(r.outcome, Err(pier_cluster::metadata::CommandError::Broker(_))));
+    assert!(matches!(
+        r.outcome,
+        Err(pier_cluster::metadata::CommandError::Broker(_))
+    ));
     // A user, a vhost and a policy, from a follower.
     for cmd in [
         MetadataCommand::PutVhost {
@@ -257,7 +262,12 @@ async fn snapshots_truncate_the_log_and_a_new_member_catches_up_from_one() {
     // And it takes part: a change made on it is applied on both.
     propose_retrying(&second.handle, declare("/", "after", "pier@b")).await;
     eventually("the first node has it", || {
-        let there = first.broker.vhost("/").unwrap().find_queue("after").is_some();
+        let there = first
+            .broker
+            .vhost("/")
+            .unwrap()
+            .find_queue("after")
+            .is_some();
         async move { there }
     })
     .await;
@@ -286,6 +296,11 @@ async fn a_minority_refuses_changes_instead_of_hanging() {
         "{err}"
     );
     // Nothing changed on the survivor.
-    assert!(survivor.broker.vhost("/").unwrap().find_queue("after").is_none());
+    assert!(survivor
+        .broker
+        .vhost("/")
+        .unwrap()
+        .find_queue("after")
+        .is_none());
     survivor.stop().await;
 }

@@ -17,4 +17,11 @@ mod snapshot;
 pub use apply::{policy_from, Applier, Hooks};
 pub use catalog::{Catalog, CatalogState, QueueHome, VhostMeta};
 pub use command::{Arguments, CommandError, MetadataCommand, Outcome};
+pub use pier_store::DestinationKind;
 pub use snapshot::{normalise, MetadataSnapshot, SnapshotError, SNAPSHOT_FORMAT};
+
+/// Encodes an arguments table for a command (its exact AMQP encoding).
+pub fn arguments(table: &pier_wire::FieldTable) -> Result<Arguments, CommandError> {
+    pier_store::encode_arguments(table)
+        .map_err(|e| CommandError::Invalid(format!("arguments do not encode: {e}")))
+}
