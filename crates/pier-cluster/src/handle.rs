@@ -222,10 +222,18 @@ impl ClusterHandle {
                 (Some(l), Some(peer)) => {
                     last_leader = Some(peer.clone());
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let r = n
-                        .transport
-                        .call(l, &peer.addr, &Request::Forward(proposal.clone()), left)
-                        .await;
+                    // A leader this node has not heard from lately is on the other side of
+                    // a partition (or down): nothing is sent that could get through later.
+                    if !n.is_running(l) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    let request = Request::Forward {
+                        proposal: proposal.clone(),
+                        expires_unix_ms: crate::rpc::unix_ms()
+                            + u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                    };
+                    let r = n.transport.call(l, &peer.addr, &request, left).await;
                     match r {
                         Ok(Response::Forward(Ok(index))) => return Ok(index),
                         Ok(Response::Forward(Err(ForwardError::NotLeader { .. }))) => {}

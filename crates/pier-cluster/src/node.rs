@@ -275,7 +275,7 @@ pub(crate) async fn start(
         addr: config.advertise.clone(),
     };
     let me_id = node_id(&me.name);
-    let transport = Transport::new(me.clone(), cluster_id);
+    let transport = Transport::new(me.clone(), cluster_id, Some(config.listen.ip()));
     let waiters = Arc::new(Waiters::default());
     let (raft, log, applied) =
         open_raft(me_id, &config, &applier, &defs, &waiters, &transport).await?;
@@ -499,21 +499,22 @@ pub(crate) async fn reset_and_join(n: &Arc<Node>, addr: &str) -> Result<String, 
             n.me.name
         )));
     }
-    // Check the target before resetting anything.
-    let link = n
-        .transport
-        .connect(addr)
-        .await
-        .map_err(|e| ClusterError::Membership(format!("cannot reach {addr}: {e}")))?;
-    if n.cluster_id().is_some()
-        && n.transport.peer(addr).and_then(|p| p.cluster_id) == n.cluster_id()
-    {
-        return Err(ClusterError::Membership(format!(
-            "{} is already in this node's cluster",
-            link.peer
-        )));
+    // Check that the target answers before resetting anything (a plain TCP connection: a
+    // handshake would be refused while this node still carries its old cluster id).
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(ClusterError::Membership(format!(
+                "cannot reach {addr}: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(ClusterError::Membership(format!(
+                "cannot reach {addr}: no answer in 2 s"
+            )))
+        }
     }
-    tracing::warn!(target = %link.peer, "join_cluster: resetting this node (its definitions and messages are deleted) and joining");
+    tracing::warn!(target = %addr, "join_cluster: resetting this node (its definitions and messages are deleted) and joining");
     n.raft()
         .shutdown()
         .await
@@ -642,15 +643,22 @@ impl Handler for NodeHandler {
                     Response::Raft(network::serve(&n.raft(), RaftRequest::Vote(v)).await)
                 }
                 Request::Raft(r) => Response::Raft(network::serve(&n.raft(), r).await),
-                Request::Forward(p) => Response::Forward(match n.raft().client_write(p).await {
-                    Ok(r) => Ok(r.log_id.index),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        Err(ForwardError::NotLeader {
-                            leader: f.leader_node,
-                        })
-                    }
-                    Err(e) => Err(ForwardError::Failed(e.to_string())),
-                }),
+                Request::Forward {
+                    expires_unix_ms, ..
+                } if crate::rpc::unix_ms() > expires_unix_ms => Response::Forward(Err(
+                    ForwardError::Failed("the proposal expired on its way to the leader".into()),
+                )),
+                Request::Forward { proposal, .. } => {
+                    Response::Forward(match n.raft().client_write(proposal).await {
+                        Ok(r) => Ok(r.log_id.index),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                            Err(ForwardError::NotLeader {
+                                leader: f.leader_node,
+                            })
+                        }
+                        Err(e) => Err(ForwardError::Failed(e.to_string())),
+                    })
+                }
                 Request::Join(peer) => Response::Join(handle_join(&n, peer).await),
                 Request::Forget(name) => Response::Forget(forget_on_leader(&n, &name).await),
                 Request::Status => Response::Status(Box::new(n.local_report())),

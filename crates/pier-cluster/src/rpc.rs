@@ -11,6 +11,13 @@ use crate::raft::{PeerNode, Proposal};
 /// version are refused at the handshake.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The first frame in each direction of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -25,8 +32,14 @@ pub struct Hello {
 pub enum Request {
     Raft(RaftRequest),
     /// To the leader: append this proposal; answers with its log index once the leader has
-    /// applied it.
-    Forward(Proposal),
+    /// applied it. A leader that receives it after `expires_unix_ms` (the proposer has given
+    /// up and told its client so) refuses it, so a change reported as failed does not take
+    /// effect later when a partition heals and a queued request gets through. This compares
+    /// the two nodes' wall clocks, which need to agree to well within the propose timeout.
+    Forward {
+        proposal: Proposal,
+        expires_unix_ms: u64,
+    },
     /// To the leader: add this node as a voter (learner first, then voter).
     Join(PeerNode),
     /// To the leader: remove the member of that name.

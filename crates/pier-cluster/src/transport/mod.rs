@@ -86,6 +86,9 @@ struct Backoff {
 struct Inner {
     me: PeerNode,
     me_id: u64,
+    /// Outgoing connections start from this address (the node's own, when it binds one),
+    /// so that peers, and firewall rules, see which node a connection comes from.
+    source: Option<std::net::IpAddr>,
     cluster_id: RwLock<Option<String>>,
     links: Mutex<HashMap<u64, Arc<Link>>>,
     peers: Mutex<HashMap<String, PeerState>>,
@@ -112,12 +115,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Transport {
-    pub fn new(me: PeerNode, cluster_id: Option<String>) -> Self {
+    pub fn new(me: PeerNode, cluster_id: Option<String>, source: Option<std::net::IpAddr>) -> Self {
         let me_id = node_id(&me.name);
         Transport {
             inner: Arc::new(Inner {
                 me,
                 me_id,
+                source: source.filter(|ip| !ip.is_unspecified()),
                 cluster_id: RwLock::new(cluster_id),
                 links: Mutex::new(HashMap::new()),
                 peers: Mutex::new(HashMap::new()),
@@ -330,7 +334,29 @@ impl Transport {
             addr: addr.to_owned(),
             reason: e.to_string(),
         };
-        let stream = TcpStream::connect(addr).await.map_err(unreachable)?;
+        let stream = match self.inner.source {
+            None => TcpStream::connect(addr).await.map_err(unreachable)?,
+            Some(ip) => {
+                let target = tokio::net::lookup_host(addr)
+                    .await
+                    .map_err(unreachable)?
+                    .find(|a| a.is_ipv4() == ip.is_ipv4())
+                    .ok_or_else(|| TransportError::Unreachable {
+                        addr: addr.to_owned(),
+                        reason: format!("no address of the family of {ip}"),
+                    })?;
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .map_err(unreachable)?;
+                socket
+                    .bind(std::net::SocketAddr::new(ip, 0))
+                    .map_err(unreachable)?;
+                socket.connect(target).await.map_err(unreachable)?
+            }
+        };
         stream.set_nodelay(true).map_err(unreachable)?;
         let (mut read, mut write) = stream.into_split();
         let mut out = BytesMut::new();
