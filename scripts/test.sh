@@ -2,11 +2,15 @@
 # Pier's test command: lint, build, Rust tests, then the Python black-box
 # suite (tests/python) against the freshly built broker.
 #
-# Usage: ./scripts/test.sh [--quick] [--no-python] [--python-only] [-- PYTEST_ARGS...]
+# Usage: ./scripts/test.sh [--quick] [--no-python] [--python-only] [--no-cluster]
+#                           [-- PYTEST_ARGS...]
 #
 #   --quick        skip `cargo fmt --check` and `cargo clippy`
 #   --no-python    stop after `cargo test`
 #   --python-only  skip every cargo stage (uses the existing binary at $PIER_BIN)
+#   --no-cluster   skip the cluster fault tests (tests/cluster: real nodes in a network
+#                  namespace, killed, paused and partitioned; they need root, `ip` and
+#                  `nft`, and are skipped with the reason where those are missing)
 #   -- ARGS        extra arguments for pytest (e.g. -- -k queue -x)
 #
 # Environment:
@@ -22,6 +26,7 @@ cd "$ROOT"
 QUICK=0
 RUN_CARGO=1
 RUN_PYTHON=1
+RUN_CLUSTER=1
 PYTEST_ARGS=()
 
 usage() {
@@ -33,6 +38,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --no-python) RUN_PYTHON=0 ;;
         --python-only) RUN_CARGO=0 ;;
+        --no-cluster) RUN_CLUSTER=0 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; PYTEST_ARGS+=("$@"); break ;;
         *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -117,5 +123,24 @@ else
 fi
 "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
 stage_done
+
+# --- cluster fault tests -------------------------------------------------------
+if [ "$RUN_CLUSTER" -eq 0 ]; then
+    printf '
+(cluster fault tests skipped: --no-cluster)
+'
+elif [ -n "${PIER_TEST_AMQP_URL:-}" ]; then
+    printf '
+(cluster fault tests skipped: they start their own Pier nodes)
+'
+elif [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+    printf '
+(cluster fault tests skipped: they need root, ip (iproute2) and nft (nftables) to make a network namespace; .ci/run installs them)
+'
+else
+    stage "pytest tests/cluster (3-node clusters in a network namespace: kill, pause, partition)"
+    (cd tests/cluster && "$VENV/bin/python" -m pytest .)
+    stage_done
+fi
 
 printf '\nAll stages passed.\n'

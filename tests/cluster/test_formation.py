@@ -56,6 +56,11 @@ def test_three_nodes_form_from_the_static_peer_list_and_act_as_one(cluster):
     defs = cluster.assert_same_definitions()
     assert {"alice", "guest"} <= {u["name"] for u in defs["users"]}
     assert any(b["destination"] == "cap.1" for b in defs["bindings"])
+    # Every node shows each queue's home: the node it was declared on.
+    for n in cluster.nodes:
+        for home in cluster.nodes:
+            code, q = n.api("GET", f"/api/queues/%2F/q-{home.name}")
+            assert code == 200 and q["node"] == home.name, (n.name, q)
     # A refusal is the broker's, from whichever node: redeclaring with other arguments.
     code, body = cluster.nodes[2].api("PUT", "/api/queues/orders/cap.1",
                                       {"durable": True, "arguments": {"x-max-length": 1}})

@@ -263,7 +263,8 @@ pub(crate) fn queue_json(
         "auto_delete": o.auto_delete,
         "exclusive": o.exclusive_owner.is_some(),
         "arguments": table_to_json(&o.arguments),
-        "node": state.node,
+        // Its home node (the cluster's record of it; on a single node, this node).
+        "node": state.metadata.catalog().queue_home(vhost, q.name()).map_or_else(|| state.node.clone(), |h| h.home),
         "type": queue_type(q),
         "state": "running",
         "policy": policy_name,

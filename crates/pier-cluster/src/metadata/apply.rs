@@ -34,7 +34,10 @@ fn args(bytes: &[u8]) -> Result<FieldTable, CommandError> {
 }
 
 fn short(s: &str) -> Result<ShortString, CommandError> {
-    ShortString::try_from(s).map_err(|_| CommandError::Invalid(format!("name too long: '{s}'")))
+    if s.len() > 255 {
+        return Err(CommandError::Invalid(format!("name too long: '{s}'")));
+    }
+    Ok(ShortString::from(s))
 }
 
 /// Builds a policy from a command's fields (lenient: keys this Pier does not apply were

@@ -501,11 +501,7 @@ fn recover_segments(dir: &Path) -> Result<Recovered, LogStoreError> {
         }
         let mut pos = HEADER_LEN as usize;
         let mut last = None;
-        loop {
-            let Some(rec) = parse_record(&data, pos) else {
-                break;
-            };
-            let (index, payload, next) = rec;
+        while let Some((index, payload, next)) = parse_record(&data, pos) {
             let expected = entries.keys().next_back().map(|l: &u64| l + 1);
             if last.is_none() && expected.is_some_and(|e| e != index) {
                 // A gap between segments: everything before it was purged.

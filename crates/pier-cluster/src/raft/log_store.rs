@@ -122,16 +122,15 @@ impl MemLogStore {
 
 /// Checks that `entries` continue a log whose last index is `last`.
 pub(crate) fn check_continues(last: Option<u64>, entries: &[Record]) -> Result<(), LogStoreError> {
-    let mut expected = match (last, entries.first()) {
+    let first = match (last, entries.first()) {
         (Some(l), _) => l + 1,
         (None, Some((first, _))) => *first,
         (None, None) => return Ok(()),
     };
-    for (i, _) in entries {
+    for ((i, _), expected) in entries.iter().zip(first..) {
         if *i != expected {
             return Err(LogStoreError::Gap { expected, got: *i });
         }
-        expected += 1;
     }
     Ok(())
 }

@@ -86,11 +86,14 @@ impl Waiters {
     }
 }
 
+/// A snapshot's meta and its bytes.
+type Current = Option<(SnapshotMeta, Arc<Vec<u8>>)>;
+
 /// The current snapshot, on disk and in memory.
 #[derive(Debug, Clone)]
 struct SnapshotFiles {
     dir: PathBuf,
-    current: Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>,
+    current: Arc<Mutex<Current>>,
 }
 
 impl SnapshotFiles {
@@ -114,7 +117,7 @@ impl SnapshotFiles {
         })
     }
 
-    fn current(&self) -> Option<(SnapshotMeta, Arc<Vec<u8>>)> {
+    fn current(&self) -> Current {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())

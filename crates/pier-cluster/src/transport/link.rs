@@ -34,6 +34,13 @@ const MAX_INBOUND: usize = 64;
 /// Frames waiting for the writer.
 const OUT_QUEUE: usize = 256;
 
+/// A handshaken TCP connection: its halves and what was read past the handshake.
+pub(super) struct Conn {
+    pub read: OwnedReadHalf,
+    pub leftover: BytesMut,
+    pub write: OwnedWriteHalf,
+}
+
 pub struct Link {
     pub peer: PeerNode,
     pub peer_id: u64,
@@ -77,14 +84,17 @@ impl Link {
     /// `on_close` runs once when the connection ends.
     pub(super) fn start(
         peer: PeerNode,
-        peer_id: u64,
         dialer: u64,
-        read: OwnedReadHalf,
-        leftover: BytesMut,
-        write: OwnedWriteHalf,
+        conn: Conn,
         handler: Arc<dyn Handler>,
         on_close: impl FnOnce(&Arc<Link>) + Send + 'static,
     ) -> Arc<Link> {
+        let Conn {
+            read,
+            leftover,
+            write,
+        } = conn;
+        let peer_id = crate::raft::node_id(&peer.name);
         let (out, rx) = mpsc::channel(OUT_QUEUE);
         let link = Arc::new(Link {
             peer,

@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use self::frame::{Frame, FrameError, Kind};
+use self::link::Conn;
 pub use self::link::Link;
 use crate::raft::{node_id, PeerNode};
 use crate::rpc::{Hello, Request, Response, PROTOCOL_VERSION};
@@ -284,7 +285,15 @@ impl Transport {
             p.cluster_id.clone_from(&theirs.cluster_id);
             p.last_error = None;
         });
-        self.register(theirs.node, peer_id, peer_id, read, buf, write);
+        self.register(
+            theirs.node,
+            peer_id,
+            Conn {
+                read,
+                leftover: buf,
+                write,
+            },
+        );
         Ok(())
     }
 
@@ -400,8 +409,15 @@ impl Transport {
                         reason,
                     });
                 }
-                let peer_id = node_id(&theirs.node.name);
-                Ok(self.register(theirs.node, peer_id, self.inner.me_id, read, buf, write))
+                Ok(self.register(
+                    theirs.node,
+                    self.inner.me_id,
+                    Conn {
+                        read,
+                        leftover: buf,
+                        write,
+                    },
+                ))
             }
             _ => Err(TransportError::Protocol(
                 "expected welcome or refused".into(),
@@ -410,72 +426,35 @@ impl Transport {
     }
 
     /// Starts a handshaken connection and keeps it, or the other one to the same peer.
-    fn register(
-        &self,
-        peer: PeerNode,
-        peer_id: u64,
-        dialer: u64,
-        read: tokio::net::tcp::OwnedReadHalf,
-        leftover: BytesMut,
-        write: tokio::net::tcp::OwnedWriteHalf,
-    ) -> Arc<Link> {
-        let Some(handler) = self.inner.handler.get().cloned() else {
-            // No handler yet: answer nothing (the node is still starting).
-            struct Nobody;
-            impl Handler for Nobody {
-                fn handle(
-                    &self,
-                    _: PeerNode,
-                    _: Request,
-                ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
-                    Box::pin(async { Response::Refused("the node is starting".into()) })
+    fn register(&self, peer: PeerNode, dialer: u64, conn: Conn) -> Arc<Link> {
+        /// Answers nothing while the node is still starting (no handler set yet).
+        struct Nobody;
+        impl Handler for Nobody {
+            fn handle(
+                &self,
+                _: PeerNode,
+                _: Request,
+            ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
+                Box::pin(async { Response::Refused("the node is starting".into()) })
+            }
+        }
+        let handler: Arc<dyn Handler> = match self.inner.handler.get() {
+            Some(h) => Arc::clone(h),
+            None => Arc::new(Nobody),
+        };
+        let peer_id = node_id(&peer.name);
+        let weak = Arc::downgrade(&self.inner);
+        let link = Link::start(peer, dialer, conn, handler, move |closed| {
+            if let Some(inner) = weak.upgrade() {
+                let mut links = lock(&inner.links);
+                if links
+                    .get(&closed.peer_id)
+                    .is_some_and(|l| Arc::ptr_eq(l, closed))
+                {
+                    links.remove(&closed.peer_id);
                 }
             }
-            return self.register_with(
-                peer,
-                peer_id,
-                dialer,
-                read,
-                leftover,
-                write,
-                Arc::new(Nobody),
-            );
-        };
-        self.register_with(peer, peer_id, dialer, read, leftover, write, handler)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn register_with(
-        &self,
-        peer: PeerNode,
-        peer_id: u64,
-        dialer: u64,
-        read: tokio::net::tcp::OwnedReadHalf,
-        leftover: BytesMut,
-        write: tokio::net::tcp::OwnedWriteHalf,
-        handler: Arc<dyn Handler>,
-    ) -> Arc<Link> {
-        let weak = Arc::downgrade(&self.inner);
-        let link = Link::start(
-            peer,
-            peer_id,
-            dialer,
-            read,
-            leftover,
-            write,
-            handler,
-            move |closed| {
-                if let Some(inner) = weak.upgrade() {
-                    let mut links = lock(&inner.links);
-                    if links
-                        .get(&closed.peer_id)
-                        .is_some_and(|l| Arc::ptr_eq(l, closed))
-                    {
-                        links.remove(&closed.peer_id);
-                    }
-                }
-            },
-        );
+        });
         let preferred_dialer = self.inner.me_id.min(peer_id);
         let mut links = lock(&self.inner.links);
         match links.get(&peer_id) {
