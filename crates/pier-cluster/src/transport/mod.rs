@@ -566,3 +566,184 @@ async fn read_frame(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Answers pings with its own name as the cluster id (so a test sees who answered).
+    struct Echo(String);
+
+    impl Handler for Echo {
+        fn handle(
+            &self,
+            _: PeerNode,
+            request: Request,
+        ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
+            let name = self.0.clone();
+            Box::pin(async move {
+                match request {
+                    Request::Ping => Response::Pong {
+                        cluster_id: Some(name),
+                    },
+                    _ => Response::Refused("only pings".into()),
+                }
+            })
+        }
+    }
+
+    async fn node(name: &str, cluster: Option<&str>) -> Transport {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = PeerNode {
+            name: name.into(),
+            addr: listener.local_addr().unwrap().to_string(),
+        };
+        let t = Transport::new(me, cluster.map(str::to_owned), None);
+        t.set_handler(Arc::new(Echo(name.into())));
+        tokio::spawn(t.clone().serve(listener));
+        t
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_calls_both_ways_even_when_both_dial() {
+        let (a, b) = (node("a", Some("c1")).await, node("b", Some("c1")).await);
+        // Both dial at once: each side ends up using the same single connection.
+        let (la, lb) = tokio::join!(a.connect(&b.me().addr), b.connect(&a.me().addr));
+        la.unwrap();
+        lb.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let timeout = Duration::from_secs(2);
+        let from_a = a
+            .call(node_id("b"), &b.me().addr, &Request::Ping, timeout)
+            .await
+            .unwrap();
+        assert!(matches!(from_a, Response::Pong { cluster_id: Some(n) } if n == "b"));
+        let from_b = b
+            .call(node_id("a"), &a.me().addr, &Request::Ping, timeout)
+            .await
+            .unwrap();
+        assert!(matches!(from_b, Response::Pong { cluster_id: Some(n) } if n == "a"));
+        let la = lock(&a.inner.links).get(&node_id("b")).cloned().unwrap();
+        let lb = lock(&b.inner.links).get(&node_id("a")).cloned().unwrap();
+        // The kept connection is the one dialled by the smaller id, on both sides.
+        assert_eq!(la.dialer, lb.dialer);
+        assert_eq!(la.dialer, node_id("a").min(node_id("b")));
+        // Many calls in flight at once on that one connection.
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let a = a.clone();
+                let addr = b.me().addr.clone();
+                tokio::spawn(async move {
+                    a.call(node_id("b"), &addr, &Request::Ping, Duration::from_secs(5))
+                        .await
+                })
+            })
+            .collect();
+        for c in calls {
+            assert!(matches!(c.await.unwrap(), Ok(Response::Pong { .. })));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_of_another_cluster_is_refused_with_the_reason() {
+        let (a, b) = (node("a", Some("c1")).await, node("b", Some("c2")).await);
+        let err = a.connect(&b.me().addr).await.unwrap_err();
+        match err {
+            TransportError::Refused { reason, .. } => {
+                assert!(reason.contains("another cluster"), "{reason}")
+            }
+            other => panic!("{other}"),
+        }
+        // A fresh node (no cluster yet) may talk to either.
+        let fresh = node("f", None).await;
+        fresh.connect(&a.me().addr).await.unwrap();
+        // And a node that dials itself finds out.
+        assert!(a.connect(&a.me().addr).await.is_err());
+        assert!(a.peer(&a.me().addr).unwrap().is_self);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_is_backed_off_and_calls_time_out() {
+        let a = node("a", None).await;
+        // A port nobody listens on.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        assert!(matches!(
+            a.connect(&dead).await,
+            Err(TransportError::Unreachable { .. })
+        ));
+        // Straight away again: refused by the backoff without dialling.
+        match a.connect(&dead).await {
+            Err(TransportError::Unreachable { reason, .. }) => assert!(!reason.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(a.peer(&dead).unwrap().last_error.is_some());
+    }
+
+    /// Never answers, and counts how many requests it holds at once.
+    struct Stuck(
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    );
+
+    impl Handler for Stuck {
+        fn handle(
+            &self,
+            _: PeerNode,
+            _: Request,
+        ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
+            use std::sync::atomic::Ordering;
+            let (now, max) = (Arc::clone(&self.0), Arc::clone(&self.1));
+            Box::pin(async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(n, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                Response::Pong { cluster_id: None }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_answer_cannot_make_either_side_buffer_without_bound() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let a = node("a", None).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = PeerNode {
+            name: "slow".into(),
+            addr: listener.local_addr().unwrap().to_string(),
+        };
+        let slow = Transport::new(me, None, None);
+        let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        slow.set_handler(Arc::new(Stuck(Arc::clone(&now), Arc::clone(&max))));
+        tokio::spawn(slow.clone().serve(listener));
+        let addr = slow.me().addr.clone();
+        let calls: Vec<_> = (0..400)
+            .map(|_| {
+                let (a, addr) = (a.clone(), addr.clone());
+                tokio::spawn(async move {
+                    a.call(
+                        node_id("slow"),
+                        &addr,
+                        &Request::Ping,
+                        Duration::from_millis(500),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for c in calls {
+            assert!(matches!(c.await.unwrap(), Err(TransportError::Timeout)));
+        }
+        // The slow side took at most its inbound limit; the rest waited in the socket and
+        // in the caller's bounded queues, and every caller got an answer (a timeout).
+        assert!(
+            max.load(Ordering::SeqCst) <= 64,
+            "{}",
+            max.load(Ordering::SeqCst)
+        );
+        assert!(max.load(Ordering::SeqCst) > 0);
+    }
+}
