@@ -487,6 +487,30 @@ impl VHost {
         self.read().exchanges.contains_key(name)
     }
 
+    /// Whether the exchange has bindings from it (exchange.delete's `if-unused`).
+    pub fn exchange_has_bindings(&self, name: &str) -> bool {
+        self.read()
+            .exchanges
+            .get(name)
+            .is_some_and(|x| x.has_bindings())
+    }
+
+    /// `max-queues` for a client declaring `name`: refused (RabbitMQ's 406) when the queue
+    /// is new and the vhost is at its limit. A cluster checks this where the declaration is
+    /// made, before proposing it: the count includes the node's own transient queues, so the
+    /// nodes applying it could disagree.
+    pub fn check_queue_limit(&self, name: &str) -> Result<()> {
+        let t = self.read();
+        let max_queues = self.max_queues.load(Ordering::Acquire);
+        if !t.queues.contains_key(name) && t.queues.len() as u64 >= max_queues {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max_queues}) is reached",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether `name` is an existing durable exchange (the predeclared ones are).
     pub fn is_durable_exchange(&self, name: &str) -> bool {
         self.read().exchanges.get(name).is_some_and(|x| x.durable)

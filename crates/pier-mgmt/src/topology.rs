@@ -396,9 +396,11 @@ pub async fn put_queue(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    change_vhost(&st.broker, &user, &vhost)?;
+    let vh = change_vhost(&st.broker, &user, &vhost)?;
     let b = body_object(&body)?;
     short(&name)?;
+    vh.check_queue_limit(&name)?;
+    drop(vh);
     // `checked`: the client path, so that `max-queues` and the `amq.*` rule apply as in
     // RabbitMQ's API; access to the vhost was checked above. Its home is this node.
     let out = st
@@ -438,13 +440,8 @@ pub async fn delete_queue(
         return Err(BrokerError::NotEmpty { name, vhost }.into());
     }
     drop(queue);
-    st.execute(MetadataCommand::DeleteQueue {
-        vhost,
-        name,
-        if_unused: q.get("if-unused").is_some_and(|v| v == "true"),
-        if_empty,
-    })
-    .await?;
+    st.execute(MetadataCommand::DeleteQueue { vhost, name })
+        .await?;
     Ok(json::no_content())
 }
 
@@ -669,10 +666,17 @@ pub async fn delete_exchange(
     if !vh.exchange_exists(name) {
         return Err(ApiError::not_found());
     }
+    if q.get("if-unused").is_some_and(|v| v == "true") && vh.exchange_has_bindings(name) {
+        return Err(BrokerError::InUse {
+            kind: pier_broker::ObjectKind::Exchange,
+            name: name.to_owned(),
+            vhost,
+        }
+        .into());
+    }
     st.execute(MetadataCommand::DeleteExchange {
         vhost: vhost.clone(),
         name: name.to_owned(),
-        if_unused: q.get("if-unused").is_some_and(|v| v == "true"),
     })
     .await?;
     Ok(json::no_content())

@@ -1138,8 +1138,14 @@ mod tests {
             let ids = s.open_queues(&names).unwrap();
             assert_eq!(ids[0], a);
             assert_eq!(s.open_queue("c").unwrap(), ids[2]);
-            s.append(&[QueueRef { queue: ids[1], offset: 0 }], &msg(b"x"))
-                .unwrap();
+            s.append(
+                &[QueueRef {
+                    queue: ids[1],
+                    offset: 0,
+                }],
+                &msg(b"x"),
+            )
+            .unwrap();
             s.close().unwrap();
             ids
         };

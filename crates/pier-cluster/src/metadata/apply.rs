@@ -259,14 +259,10 @@ impl Applier {
                 })?;
                 Ok(Outcome::Created(!existed))
             }
-            C::DeleteExchange {
-                vhost,
-                name,
-                if_unused,
-            } => {
+            C::DeleteExchange { vhost, name } => {
                 let vh = self.vhost(vhost)?;
                 let existed = vh.exchange_exists(name);
-                vh.delete_exchange(name, *if_unused)?;
+                vh.delete_exchange(name, false)?;
                 Ok(Outcome::Removed(existed))
             }
             C::DeclareQueue {
@@ -289,11 +285,10 @@ impl Applier {
                     arguments: args(arguments)?,
                     connection: NO_CONNECTION,
                 };
-                let declared = if *checked {
-                    vh.declare_queue_checked(&d, &mut |_, _, _| Ok(()))?
-                } else {
-                    vh.declare_queue(&d)?
-                };
+                if *checked {
+                    pier_broker::names::check_not_reserved(ObjectKind::Queue, name)?;
+                }
+                let declared = vh.declare_queue(&d)?;
                 if declared.created && *durable {
                     self.catalog.set_queue_home(
                         vhost,
@@ -306,32 +301,11 @@ impl Applier {
                 }
                 Ok(Outcome::Created(declared.created))
             }
-            C::DeleteQueue {
-                vhost,
-                name,
-                if_unused,
-                if_empty,
-            } => {
+            C::DeleteQueue { vhost, name } => {
                 let vh = self.vhost(vhost)?;
                 let Some(q) = vh.find_queue(name) else {
                     return Ok(Outcome::Removed(false));
                 };
-                let s = q.stats();
-                if *if_unused && s.consumers > 0 {
-                    return Err(BrokerError::InUse {
-                        kind: ObjectKind::Queue,
-                        name: name.clone(),
-                        vhost: vhost.clone(),
-                    }
-                    .into());
-                }
-                if *if_empty && s.ready > 0 {
-                    return Err(BrokerError::NotEmpty {
-                        name: name.clone(),
-                        vhost: vhost.clone(),
-                    }
-                    .into());
-                }
                 vh.remove_queue(&q);
                 self.catalog.forget_queue(vhost, name);
                 Ok(Outcome::Removed(true))
@@ -769,8 +743,6 @@ mod tests {
             C::DeleteQueue {
                 vhost: "/".into(),
                 name: "q2".into(),
-                if_unused: false,
-                if_empty: false,
             },
             C::SetVhostLimits {
                 vhost: "v".into(),

@@ -95,15 +95,18 @@ pub enum MetadataCommand {
         internal: bool,
         arguments: Arguments,
     },
+    /// Deletes an exchange. `if-unused` is checked where the deletion is made, before it is
+    /// proposed: whether an exchange is in use depends on each node's transient bindings.
     DeleteExchange {
         vhost: String,
         name: String,
-        if_unused: bool,
     },
     /// Declares a queue. `home` is the node that hosts its messages (RabbitMQ's queue leader:
     /// the node the declaring client is on); `members` the nodes holding replicas (a classic
-    /// queue: its home alone). `checked` applies a client's rules (no `amq.*` names,
-    /// `max-queues`), as the management API and AMQP do; imports and recovery skip them.
+    /// queue: its home alone). `checked` applies a client's naming rule (no `amq.*` names),
+    /// as the management API and AMQP do; imports skip it. `max-queues` is checked where the
+    /// declaration is made (`VHost::check_queue_limit`): the count includes each node's own
+    /// transient queues.
     DeclareQueue {
         vhost: String,
         name: String,
@@ -114,11 +117,12 @@ pub enum MetadataCommand {
         members: Vec<String>,
         checked: bool,
     },
+    /// Deletes a queue with its messages. `if-unused` and `if-empty` are checked where the
+    /// deletion is made (on the queue's home node), before it is proposed: consumers and
+    /// message counts are not replicated state.
     DeleteQueue {
         vhost: String,
         name: String,
-        if_unused: bool,
-        if_empty: bool,
     },
     /// Binds `destination` to the exchange `source`. With `skip_missing`, a missing end is
     /// not an error but [`Outcome::Skipped`] (definitions files may keep bindings of objects

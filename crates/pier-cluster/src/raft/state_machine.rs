@@ -147,10 +147,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 /// Registers the message stores of the new durable queues a batch declares, per vhost, in
 /// one durable write each (instead of one fsync per queue while applying).
 fn prepare_queues(applier: &Applier, entries: &[Entry]) {
-    fn collect(
-        cmd: &crate::metadata::MetadataCommand,
-        out: &mut HashMap<String, Vec<String>>,
-    ) {
+    fn collect(cmd: &crate::metadata::MetadataCommand, out: &mut HashMap<String, Vec<String>>) {
         use crate::metadata::MetadataCommand as C;
         match cmd {
             C::DeclareQueue {
