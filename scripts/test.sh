@@ -5,12 +5,15 @@
 # scripts/client-suites.sh --quick).
 #
 # Usage: ./scripts/test.sh [--quick] [--no-python] [--python-only]
-#                          [--no-client-suites] [-- PYTEST_ARGS...]
+#                          [--no-client-suites] [--no-cluster] [-- PYTEST_ARGS...]
 #
 #   --quick             skip `cargo fmt --check` and `cargo clippy`
 #   --no-python         stop after `cargo test`
 #   --python-only       skip every cargo stage (uses the existing binary at $PIER_BIN)
 #   --no-client-suites  skip the client libraries' suites
+#   --no-cluster        skip the cluster fault tests (tests/cluster: real nodes in a network
+#                       namespace, killed, paused and partitioned; they need root, `ip` and
+#                       `nft`, and are skipped with the reason where those are missing)
 #   -- ARGS             extra arguments for pytest (e.g. -- -k queue -x); they also
 #                       skip the client libraries' suites
 #
@@ -29,6 +32,7 @@ QUICK=0
 RUN_CARGO=1
 RUN_PYTHON=1
 RUN_CLIENT_SUITES=1
+RUN_CLUSTER=1
 PYTEST_ARGS=()
 
 usage() {
@@ -41,6 +45,7 @@ while [ $# -gt 0 ]; do
         --no-python) RUN_PYTHON=0 ;;
         --python-only) RUN_CARGO=0 ;;
         --no-client-suites) RUN_CLIENT_SUITES=0 ;;
+        --no-cluster) RUN_CLUSTER=0 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; PYTEST_ARGS+=("$@"); RUN_CLIENT_SUITES=0; break ;;
         *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -125,6 +130,19 @@ else
 fi
 "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
 stage_done
+
+# --- cluster fault tests -------------------------------------------------------
+if [ "$RUN_CLUSTER" -eq 0 ]; then
+    printf '\n(cluster fault tests skipped: --no-cluster)\n'
+elif [ -n "${PIER_TEST_AMQP_URL:-}" ]; then
+    printf '\n(cluster fault tests skipped: they start their own Pier nodes)\n'
+elif [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+    printf '\n(cluster fault tests skipped: they need root, ip (iproute2) and nft (nftables) to make a network namespace; .ci/run installs them)\n'
+else
+    stage "pytest tests/cluster (3-node clusters in a network namespace: kill, pause, partition)"
+    (cd tests/cluster && "$VENV/bin/python" -m pytest .)
+    stage_done
+fi
 
 # --- client libraries' own suites ---------------------------------------------
 if [ "$RUN_CLIENT_SUITES" -eq 1 ]; then

@@ -336,6 +336,24 @@ impl Broker {
         (version, users.compiled_permission(user, vhost))
     }
 
+    /// One user (a copy), without cloning the whole store as [`Broker::users`] does.
+    pub fn user(&self, name: &str) -> Option<User> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .user(name)
+            .cloned()
+    }
+
+    /// A user's permission on a vhost (a copy).
+    pub fn permission(&self, user: &str, vhost: &str) -> Option<Permission> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .permission(user, vhost)
+            .cloned()
+    }
+
     pub fn users(&self) -> UserStore {
         self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -253,6 +253,23 @@ impl VHost {
         let _ = self.paging.set(paging);
     }
 
+    /// Registers the message-store queues of durable queues about to be declared, in one
+    /// durable write: declaring them afterwards finds them registered. A cluster node applies
+    /// many declarations in one batch, and registering each on its own costs an fsync each.
+    /// A name whose declaration then fails is dropped from the store at the next start.
+    pub fn prepare_durable_queues(&self, names: Vec<String>) {
+        let Some(s) = self.storage() else { return };
+        if names.is_empty() {
+            return;
+        }
+        match s.messages.call(move |st| st.open_queues(&names)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(vhost = %self.name, "registering queues ahead: {e}")
+            }
+        }
+    }
+
     pub(crate) fn storage(&self) -> Option<&crate::persist::VhostStorage> {
         self.storage.get()
     }
@@ -468,6 +485,35 @@ impl VHost {
 
     pub fn exchange_exists(&self, name: &str) -> bool {
         self.read().exchanges.contains_key(name)
+    }
+
+    /// Whether the exchange has bindings from it (exchange.delete's `if-unused`).
+    pub fn exchange_has_bindings(&self, name: &str) -> bool {
+        self.read()
+            .exchanges
+            .get(name)
+            .is_some_and(|x| x.has_bindings())
+    }
+
+    /// `max-queues` for a client declaring `name`: refused (RabbitMQ's 406) when the queue
+    /// is new and the vhost is at its limit. A cluster checks this where the declaration is
+    /// made, before proposing it: the count includes the node's own transient queues, so the
+    /// nodes applying it could disagree.
+    pub fn check_queue_limit(&self, name: &str) -> Result<()> {
+        let t = self.read();
+        let max_queues = self.max_queues.load(Ordering::Acquire);
+        if !t.queues.contains_key(name) && t.queues.len() as u64 >= max_queues {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max_queues}) is reached",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is an existing durable exchange (the predeclared ones are).
+    pub fn is_durable_exchange(&self, name: &str) -> bool {
+        self.read().exchanges.get(name).is_some_and(|x| x.durable)
     }
 
     /// Whether `name` is an existing exchange of type `topic` (the only type topic
@@ -819,6 +865,12 @@ impl VHost {
             .ok_or_else(|| self.not_found(ObjectKind::Queue, name))?;
         q.check_access(connection)?;
         Ok(q)
+    }
+
+    /// The queue of that name, whoever owns it (management and the cluster's state machine
+    /// act for no client connection; [`VHost::queue`] checks exclusive access).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.read().queues.get(name).cloned()
     }
 
     pub fn queues(&self) -> Vec<Arc<Queue>> {

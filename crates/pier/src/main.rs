@@ -67,13 +67,30 @@ struct ServerArgs {
     /// TOML file with users, vhosts, permissions and limits.
     #[arg(long, env = "PIER_CONFIG")]
     config: Option<PathBuf>,
+    /// Cluster: this node's name (RabbitMQ's `rabbit@host`; default `pier@<hostname>`).
+    /// Any of the cluster options makes the node a cluster member (docs/clustering.md).
+    #[arg(long, env = "PIER_NODE_NAME")]
+    node_name: Option<String>,
+    /// Cluster: the port nodes talk to each other on (default: AMQP port + 20000).
+    #[arg(long, env = "PIER_CLUSTER_PORT")]
+    cluster_port: Option<u16>,
+    /// Cluster: every node's cluster address, host:port, comma-separated; the same list on
+    /// every node (it may include this node's own).
+    #[arg(long, env = "PIER_PEERS", value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Cluster: the address peers reach this node at (default: --bind's address, or the
+    /// hostname when binding all interfaces), with the cluster port.
+    #[arg(long, env = "PIER_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // openraft logs every vote and membership step at info.
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -92,11 +109,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
+    let file = Arc::new(match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
-    };
-    let broker = Arc::new(file.build_broker()?);
+    });
+    let mut server_config = file.server_config()?;
+    server_config.data_dir = Some(args.data_dir.clone());
+    let cluster_config = cluster_config(&args, &file, &server_config)?;
+    // A cluster member starts from what the cluster has (its data directory); the config
+    // file's definitions are proposed to the cluster once the node has caught up, so every
+    // node holds the same ones (the same password hashes included).
+    let broker = Arc::new(if cluster_config.is_some() {
+        file.build_broker()?;
+        file.empty_broker()
+    } else {
+        file.build_broker()?
+    });
     catch_file_size_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
@@ -114,8 +142,27 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .context("recovering from the data directory")?;
     }
 
-    let mut server_config = file.server_config()?;
-    server_config.data_dir = Some(args.data_dir.clone());
+    let registry = Arc::new(pier_server::Registry::new());
+    // A cluster member only when configured: a single node runs no cluster code.
+    let cluster = match cluster_config {
+        Some(config) => {
+            let handle = pier_cluster::ClusterHandle::start(
+                config,
+                Arc::clone(&broker),
+                Arc::clone(storage.definitions()),
+                Some(pier_mgmt::registry_hooks(Arc::clone(&registry))),
+            )
+            .await
+            .context("starting the cluster node")?;
+            tokio::spawn(seed_cluster(
+                handle.clone(),
+                Arc::clone(&broker),
+                Arc::clone(&file),
+            ));
+            Some(handle)
+        }
+        None => None,
+    };
 
     let listener = listen(args.bind, args.amqp_port).context("binding the AMQP listener")?;
     tracing::info!(
@@ -131,11 +178,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let http_addr = http_listener
         .local_addr()
         .context("the management HTTP listener's address")?;
-    let registry = Arc::new(pier_server::Registry::new());
     let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
     let mgmt_options = pier_mgmt::ServeOptions {
         amqp_addr: listener.local_addr().ok(),
         cluster_name: Some(server_config.cluster_name.clone()),
+        metadata: cluster.clone().map(pier_cluster::Metadata::clustered),
     };
     let http_shutdown = async move {
         let _ = http_stop.await;
@@ -192,6 +239,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!("management HTTP task failed: {e}"),
         Ok(Ok(Ok(()))) | Err(_) => {}
     }
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     // Every store flushed and synced (acks included) before the process exits.
     tokio::task::spawn_blocking(move || storage.shutdown())
         .await
@@ -241,6 +291,116 @@ fn listen(bind: Option<IpAddr>, port: u16) -> anyhow::Result<tokio::net::TcpList
         }
     };
     Ok(tokio::net::TcpListener::from_std(std_listener)?)
+}
+
+/// The cluster settings from the command line and the config file's `[cluster]` (the
+/// command line wins); `None` when neither configures a cluster.
+fn cluster_config(
+    args: &ServerArgs,
+    file: &FileConfig,
+    server: &pier_server::ServerConfig,
+) -> anyhow::Result<Option<pier_cluster::ClusterConfig>> {
+    let f = file.cluster.clone().unwrap_or_default();
+    let configured = args.node_name.is_some()
+        || args.cluster_port.is_some()
+        || args.peers.is_some()
+        || file.cluster.is_some();
+    if !configured {
+        return Ok(None);
+    }
+    let node_name = args
+        .node_name
+        .clone()
+        .or(f.node_name)
+        .unwrap_or_else(|| format!("pier@{}", hostname()));
+    let port = match args.cluster_port.or(f.cluster_port) {
+        Some(p) => p,
+        None => args
+            .amqp_port
+            .checked_add(20000)
+            .context("no --cluster-port given and AMQP port + 20000 is not a port")?,
+    };
+    let peers: Vec<String> = args
+        .peers
+        .clone()
+        .or(f.peers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for p in &peers {
+        if p.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_none()
+        {
+            anyhow::bail!("peer '{p}' is not host:port");
+        }
+    }
+    let advertise = match args.cluster_advertise.clone().or(f.advertise) {
+        Some(a) => a,
+        None => match args.bind {
+            Some(ip) if !ip.is_unspecified() => SocketAddr::new(ip, port).to_string(),
+            _ => format!("{}:{port}", hostname()),
+        },
+    };
+    Ok(Some(pier_cluster::ClusterConfig {
+        node_name,
+        listen: SocketAddr::new(
+            args.bind
+                .unwrap_or(IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)),
+            port,
+        ),
+        advertise,
+        peers,
+        dir: args.data_dir.join("cluster"),
+        cluster_name: Some(server.cluster_name.clone()),
+        propose_timeout: std::time::Duration::from_millis(f.propose_timeout.unwrap_or(5000)),
+    }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Proposes the config file's definitions to the cluster once this node has caught up
+/// (an empty proposal applied here means everything before it is applied here too), so
+/// that every node's file is in force cluster-wide, as a single node applies it at start.
+async fn seed_cluster(
+    handle: pier_cluster::ClusterHandle,
+    broker: Arc<pier_broker::Broker>,
+    file: Arc<FileConfig>,
+) {
+    use pier_cluster::metadata::MetadataCommand;
+    loop {
+        let caught_up = handle
+            .propose(MetadataCommand::Batch {
+                commands: Vec::new(),
+            })
+            .await;
+        if caught_up.is_ok() {
+            let commands = file.seed_commands(&broker);
+            if commands.is_empty() {
+                return;
+            }
+            let n = commands.len();
+            match handle.propose(MetadataCommand::Batch { commands }).await {
+                Ok(_) => {
+                    tracing::info!(
+                        changes = n,
+                        "the config file's definitions are in the cluster"
+                    );
+                    return;
+                }
+                Err(e) => tracing::debug!("proposing the config file's definitions: {e}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// Keeps SIGXFSZ from killing the broker. A write past RLIMIT_FSIZE raises SIGXFSZ, whose
