@@ -21,7 +21,8 @@
 # Shims (scripts/client-suites/): conftest_shim.py, appended to each Python suite's
 # conftest.py, points its Docker-broker fixtures at the broker under test; amqplib_shim.js
 # sends connections to amqplib's default address to it. Tests left out, with why:
-# scripts/client-suites/excluded.tsv. No test or assertion is changed.
+# scripts/client-suites/excluded.tsv. Apart from the fixtures that provide the broker, no
+# test, fixture or assertion is changed.
 #
 # Exit status: 0 when every suite ran to the end without a failure.
 #
