@@ -219,6 +219,7 @@ impl BrokerStorage {
         }
         for vh in broker.vhosts() {
             summary.vhosts += 1;
+            vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
             vh.attach_paging(self.paging_handle.clone());
             let handle = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
@@ -267,6 +268,9 @@ impl BrokerStorage {
                     }
                 };
                 summary.queues += 1;
+                if queue.stream().is_some() {
+                    continue;
+                }
                 let info = by_name.remove(&qd.name);
                 summary.messages += restore_queue(&queue, &handle, info)?;
             }
@@ -375,6 +379,7 @@ impl BrokerStorage {
 
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
+        vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
         vh.attach_paging(self.paging_handle.clone());
         let handle = self.open_vhost_store(vh.name())?;
         let delayed = restore_delayed(vh, &handle, None)?;
@@ -729,6 +734,10 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
             arguments,
         })
         .map_err(|e| refused(what(), e))?;
+    if q.stream().is_some() {
+        // A stream keeps its messages in its own log.
+        return Ok(());
+    }
     let name = q.name().to_string();
     match s.messages.call(move |st| st.open_queue(&name)) {
         Ok(Ok(id)) => {
@@ -747,6 +756,13 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
 }
 
 pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
+    if q.stream().is_some() {
+        log_err(
+            "stream deletion",
+            s.definitions.delete_queue(vhost, q.name()),
+        );
+        return;
+    }
     let Some(qs) = q.store() else { return };
     log_err(
         "queue deletion",
