@@ -87,6 +87,8 @@ pub struct BrokerStorage {
     /// The node's paging store thread (taken at shutdown) and a handle to it.
     paging: Mutex<Option<StoreThread>>,
     paging_handle: pier_store::StoreHandle,
+    /// Whether streams fsync before confirming (default true).
+    stream_sync: std::sync::atomic::AtomicBool,
 }
 
 /// Paging segments are smaller than durable ones: a drained backlog gives its disk back in
@@ -162,7 +164,19 @@ impl BrokerStorage {
             threads: Mutex::new(HashMap::new()),
             paging_handle: paging.handle(),
             paging: Mutex::new(Some(paging)),
+            stream_sync: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether the streams of every vhost fsync before they confirm (set before `recover`).
+    pub fn set_stream_sync(&self, sync: bool) {
+        self.stream_sync
+            .store(sync, std::sync::atomic::Ordering::Release);
+    }
+
+    fn attach_streams(&self, vh: &VHost) {
+        vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
+        vh.set_stream_sync(self.stream_sync.load(std::sync::atomic::Ordering::Acquire));
     }
 
     /// Brings back what was stored (vhosts, users, permissions, topic permissions, durable
@@ -219,7 +233,7 @@ impl BrokerStorage {
         }
         for vh in broker.vhosts() {
             summary.vhosts += 1;
-            vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
+            self.attach_streams(&vh);
             vh.attach_paging(self.paging_handle.clone());
             let handle = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
@@ -379,7 +393,7 @@ impl BrokerStorage {
 
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
-        vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
+        self.attach_streams(vh);
         vh.attach_paging(self.paging_handle.clone());
         let handle = self.open_vhost_store(vh.name())?;
         let delayed = restore_delayed(vh, &handle, None)?;

@@ -57,6 +57,26 @@ struct ServerArgs {
     /// Management HTTP API and Prometheus `/metrics` port.
     #[arg(long, default_value_t = 15672, env = "PIER_HTTP_PORT")]
     http_port: u16,
+    /// RabbitMQ stream protocol port (0: off).
+    #[arg(long, default_value_t = 5552, env = "PIER_STREAM_PORT")]
+    stream_port: u16,
+    /// Stream protocol over TLS port (listened on only when the config file has a `[tls]`
+    /// section; 0: off).
+    #[arg(long, default_value_t = 5551, env = "PIER_STREAM_TLS_PORT")]
+    stream_tls_port: u16,
+    /// The host stream clients are told to connect to (Metadata, Open): RabbitMQ's
+    /// `advertised_host` [default: this machine's hostname].
+    #[arg(long, env = "PIER_STREAM_ADVERTISED_HOST")]
+    stream_advertised_host: Option<String>,
+    /// The port stream clients are told to connect to [default: --stream-port].
+    #[arg(long, env = "PIER_STREAM_ADVERTISED_PORT")]
+    stream_advertised_port: Option<u16>,
+    /// The RabbitMQ version the stream protocol reports (clients enable features by it).
+    #[arg(long, default_value = pier_server::stream::DEFAULT_ADVERTISED_VERSION, env = "PIER_STREAM_ADVERTISED_VERSION")]
+    stream_advertised_version: String,
+    /// Whether streams fsync before confirming (RabbitMQ's streams do not).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PIER_STREAM_FSYNC")]
+    stream_fsync: bool,
     /// Where Pier keeps its data.
     #[arg(long, default_value = "./pier-data", env = "PIER_DATA_DIR")]
     data_dir: PathBuf,
@@ -133,6 +153,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         pier_broker::storage::BrokerStorage::open(&args.data_dir, sync_policy)
             .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?,
     );
+    storage.set_stream_sync(args.stream_fsync);
     // Recovery reads the store through its thread: keep it off the async workers.
     {
         let (storage, broker) = (Arc::clone(&storage), Arc::clone(&broker));
@@ -225,6 +246,50 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         );
         listeners.push(pier_server::Listener::tls(tls_listener, acceptor));
     }
+    // The stream protocol (5552, and 5551 over TLS), stopped with the AMQP server.
+    let stop_streams = tokio_util::sync::CancellationToken::new();
+    let mut stream_servers = Vec::new();
+    let stream_config = pier_server::stream::StreamServerConfig {
+        advertised_host: args.stream_advertised_host.clone().unwrap_or_else(hostname),
+        advertised_port: args.stream_advertised_port.unwrap_or(args.stream_port),
+        advertised_version: args.stream_advertised_version.clone(),
+        cluster_name: server_config.cluster_name.clone(),
+        ..pier_server::stream::StreamServerConfig::default()
+    };
+    if args.stream_port != 0 {
+        let l = listen(args.bind, args.stream_port).context("binding the stream listener")?;
+        tracing::info!(
+            stream = %l.local_addr().map_or_else(|_| args.stream_port.to_string(), |a| a.to_string()),
+            advertised = %format!("{}:{}", stream_config.advertised_host, stream_config.advertised_port),
+            "stream protocol listener ready"
+        );
+        stream_servers.push(tokio::spawn(pier_server::stream::serve(
+            l,
+            None,
+            Arc::clone(&broker),
+            stream_config.clone(),
+            stop_streams.clone(),
+        )));
+    }
+    if let (Some(tls), true) = (file.tls_settings(), args.stream_tls_port != 0) {
+        let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
+        let l = listen(args.bind, args.stream_tls_port)
+            .context("binding the stream TLS listener")?;
+        tracing::info!(
+            stream_tls = %l.local_addr().map_or_else(|_| args.stream_tls_port.to_string(), |a| a.to_string()),
+            "stream protocol TLS listener ready"
+        );
+        stream_servers.push(tokio::spawn(pier_server::stream::serve(
+            l,
+            Some(acceptor),
+            Arc::clone(&broker),
+            pier_server::stream::StreamServerConfig {
+                advertised_port: args.stream_tls_port,
+                ..stream_config.clone()
+            },
+            stop_streams.clone(),
+        )));
+    }
     pier_server::run_listeners(
         listeners,
         broker,
@@ -233,6 +298,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    stop_streams.cancel();
+    for s in stream_servers {
+        let _ = s.await;
+    }
     let _ = stop_http.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!("management HTTP server failed: {e}"),
