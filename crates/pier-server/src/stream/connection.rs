@@ -13,11 +13,11 @@ use pier_store::stream::{AppendMessage, StartAt, Stream, StreamError};
 use pier_stream_wire::frame::DEFAULT_INITIAL_FRAME_MAX;
 use pier_stream_wire::{
     BloomMatcher, ClientCommand, CommandVersion, ConsumerUpdate, Deliver, MetadataResponse,
-    MetadataUpdate, OffsetSpec, OpenResponse, PeerPropertiesResponse, PublishConfirm,
-    PublishError, PublishingError, QueryOffsetResponse, QueryPublisherSequenceResponse,
+    MetadataUpdate, OffsetSpec, OpenResponse, PeerPropertiesResponse, PublishConfirm, PublishError,
+    PublishingError, QueryOffsetResponse, QueryPublisherSequenceResponse,
     ResolveOffsetSpecResponse, Response, ResponseCode, SaslAuthenticateResponse,
-    SaslHandshakeResponse, ServerCommand, StreamMetadata, StreamStatsResponse,
-    StreamsResponse, Tune,
+    SaslHandshakeResponse, ServerCommand, StreamMetadata, StreamStatsResponse, StreamsResponse,
+    Tune,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
@@ -289,7 +289,8 @@ async fn write_loop<W: AsyncWrite>(
             () = tokio::time::sleep_until(hb_at), if hb > 0 => buf.extend_from_slice(&heartbeat_frame),
             () = stop.cancelled() => return,
         }
-        let pending = std::mem::take(&mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending =
+            std::mem::take(&mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()));
         for (publisher_id, publishing_ids) in pending.confirms {
             let n = publishing_ids.len();
             buf.extend_from_slice(&encode(&ServerCommand::PublishConfirm(PublishConfirm {
@@ -304,7 +305,10 @@ async fn write_loop<W: AsyncWrite>(
                 publisher_id,
                 errors: ids
                     .into_iter()
-                    .map(|publishing_id| PublishingError { publishing_id, code })
+                    .map(|publishing_id| PublishingError {
+                        publishing_id,
+                        code,
+                    })
                     .collect(),
             })));
             shared.settled(n);
@@ -358,15 +362,23 @@ impl Session {
                     ("product".to_owned(), c.product.clone()),
                     ("version".to_owned(), c.advertised_version.clone()),
                     ("cluster_name".to_owned(), c.cluster_name.clone()),
-                    ("platform".to_owned(), format!("Pier {}", env!("CARGO_PKG_VERSION"))),
+                    (
+                        "platform".to_owned(),
+                        format!("Pier {}", env!("CARGO_PKG_VERSION")),
+                    ),
                     ("copyright".to_owned(), "Pier contributors".to_owned()),
-                    ("information".to_owned(), "Licensed under the Apache 2.0 license".to_owned()),
+                    (
+                        "information".to_owned(),
+                        "Licensed under the Apache 2.0 license".to_owned(),
+                    ),
                 ];
-                self.send(ServerCommand::PeerPropertiesResponse(PeerPropertiesResponse {
-                    correlation_id: p.correlation_id,
-                    code: ResponseCode::Ok,
-                    properties,
-                }))
+                self.send(ServerCommand::PeerPropertiesResponse(
+                    PeerPropertiesResponse {
+                        correlation_id: p.correlation_id,
+                        code: ResponseCode::Ok,
+                        properties,
+                    },
+                ))
                 .await;
             }
             ClientCommand::SaslHandshake(h) => {
@@ -374,11 +386,13 @@ impl Session {
                 if self.cert_user.is_some() {
                     mechanisms.push("EXTERNAL".to_owned());
                 }
-                self.send(ServerCommand::SaslHandshakeResponse(SaslHandshakeResponse {
-                    correlation_id: h.correlation_id,
-                    code: ResponseCode::Ok,
-                    mechanisms,
-                }))
+                self.send(ServerCommand::SaslHandshakeResponse(
+                    SaslHandshakeResponse {
+                        correlation_id: h.correlation_id,
+                        code: ResponseCode::Ok,
+                        mechanisms,
+                    },
+                ))
                 .await;
             }
             ClientCommand::SaslAuthenticate(a) => {
@@ -560,14 +574,18 @@ impl Session {
             ClientCommand::Subscribe(s) => self.subscribe(s).await,
             ClientCommand::Credit(c) => match self.subscriptions.get(&c.subscription_id) {
                 Some(sub) => {
-                    sub.shared.credit.fetch_add(u32::from(c.credit), Ordering::AcqRel);
+                    sub.shared
+                        .credit
+                        .fetch_add(u32::from(c.credit), Ordering::AcqRel);
                     sub.shared.wake.notify_one();
                 }
                 None => {
-                    self.send(ServerCommand::CreditResponse(pier_stream_wire::CreditResponse {
-                        code: ResponseCode::SubscriptionIdDoesNotExist,
-                        subscription_id: c.subscription_id,
-                    }))
+                    self.send(ServerCommand::CreditResponse(
+                        pier_stream_wire::CreditResponse {
+                            code: ResponseCode::SubscriptionIdDoesNotExist,
+                            subscription_id: c.subscription_id,
+                        },
+                    ))
                     .await;
                 }
             },
@@ -623,8 +641,11 @@ impl Session {
                         }
                     }
                 };
-                self.send(ServerCommand::CreateResponse(response(c.correlation_id, code)))
-                    .await;
+                self.send(ServerCommand::CreateResponse(response(
+                    c.correlation_id,
+                    code,
+                )))
+                .await;
             }
             ClientCommand::Delete(d) => {
                 let code = if self.stream(&d.stream).is_none() {
@@ -637,8 +658,11 @@ impl Session {
                         Err(_) => ResponseCode::InternalError,
                     }
                 };
-                self.send(ServerCommand::DeleteResponse(response(d.correlation_id, code)))
-                    .await;
+                self.send(ServerCommand::DeleteResponse(response(
+                    d.correlation_id,
+                    code,
+                )))
+                .await;
             }
             ClientCommand::Metadata(m) => {
                 let c = &self.server.config;
@@ -727,7 +751,8 @@ impl Session {
                 .await;
             }
             ClientCommand::Route(r) => {
-                let (code, streams) = match superstream::route(&vh, &r.super_stream, &r.routing_key) {
+                let (code, streams) = match superstream::route(&vh, &r.super_stream, &r.routing_key)
+                {
                     None => (ResponseCode::StreamDoesNotExist, Vec::new()),
                     Some(s) => (ResponseCode::Ok, s),
                 };
@@ -867,9 +892,7 @@ impl Session {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             match r {
                 Ok(_) => pending.confirms.push((pid, ids)),
-                Err(_) => pending
-                    .errors
-                    .push((pid, ids, ResponseCode::InternalError)),
+                Err(_) => pending.errors.push((pid, ids, ResponseCode::InternalError)),
             }
             drop(pending);
             shared.writer_wake.notify_one();
@@ -915,12 +938,20 @@ impl Session {
         let stream = match (code, self.stream(&s.stream)) {
             (ResponseCode::Ok, Some(stream)) => stream,
             _ => {
-                self.send(ServerCommand::SubscribeResponse(response(s.correlation_id, code)))
-                    .await;
+                self.send(ServerCommand::SubscribeResponse(response(
+                    s.correlation_id,
+                    code,
+                )))
+                .await;
                 return;
             }
         };
-        let prop = |k: &str| s.properties.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let prop = |k: &str| {
+            s.properties
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
         let filters: Vec<&str> = s
             .properties
             .iter()
@@ -1079,7 +1110,12 @@ async fn deliver_loop(mut t: DeliverTask) {
         if t.cancel.is_cancelled() {
             break;
         }
-        let restart = t.shared.restart.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let restart = t
+            .shared
+            .restart
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(at) = restart {
             match t.stream.reader(at) {
                 Ok(r) => t.reader = Some(r),
@@ -1107,7 +1143,11 @@ async fn deliver_loop(mut t: DeliverTask) {
                 let committed = t.stream.shared().view().last_chunk_id;
                 let frame = encode(&ServerCommand::Deliver(Deliver {
                     subscription_id: t.id,
-                    committed_chunk_id: if t.v2 { Some(committed.unwrap_or(0)) } else { None },
+                    committed_chunk_id: if t.v2 {
+                        Some(committed.unwrap_or(0))
+                    } else {
+                        None
+                    },
                     chunk: c.delivered,
                 }));
                 t.shared.credit.fetch_sub(1, Ordering::AcqRel);

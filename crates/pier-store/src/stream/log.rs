@@ -296,6 +296,7 @@ pub struct StreamLog {
     last_user_chunk: Option<ChunkLocation>,
     last_chunk_id: Option<u64>,
     unsynced: bool,
+    retention_due: bool,
     buf: BytesMut,
 }
 
@@ -410,6 +411,7 @@ impl StreamLog {
                 last_user_chunk: None,
                 last_chunk_id: None,
                 unsynced: false,
+                retention_due: false,
                 buf: BytesMut::new(),
             };
             log.publish();
@@ -446,6 +448,7 @@ impl StreamLog {
             last_user_chunk,
             last_chunk_id: last_chunk,
             unsynced: false,
+            retention_due: false,
             buf: BytesMut::new(),
         };
         log.publish();
@@ -904,6 +907,9 @@ impl StreamLog {
         if !snapshot.is_empty() {
             self.append_tracking_chunk(ChunkType::TrackingSnapshot, &snapshot)?;
         }
+        // A segment was sealed: the oldest ones may now be over the limits (applied after
+        // the next sync, so that readers never see unsynced chunks).
+        self.retention_due = true;
         Ok(())
     }
 
@@ -921,6 +927,9 @@ impl StreamLog {
         self.unsynced = false;
         self.publish();
         self.shared.notify();
+        if std::mem::take(&mut self.retention_due) {
+            self.apply_retention()?;
+        }
         Ok(())
     }
 
