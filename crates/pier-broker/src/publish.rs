@@ -36,7 +36,8 @@ pub enum Durability<'a> {
     /// message, holds it until on disk. The caller releases it after `publish`.
     Token(&'a Arc<PublishDurability>),
     /// Made only when the message is stored by a routed queue (a persistent message to a
-    /// durable queue), e.g. for connection credit without confirms; released by `publish`.
+    /// durable queue, any message to a stream), e.g. for connection credit without confirms
+    /// or a transient message's confirm; released by `publish`.
     OnStore(&'a mut dyn FnMut() -> Arc<PublishDurability>),
 }
 
@@ -137,8 +138,9 @@ impl VHost {
                 let durability = match options.durability {
                     Durability::Token(t) => Some(t),
                     Durability::OnStore(make)
-                        if message.is_persistent()
-                            && queues.iter().any(|q| q.store().is_some()) =>
+                        if (message.is_persistent()
+                            && queues.iter().any(|q| q.store().is_some()))
+                            || queues.iter().any(|q| q.stream().is_some()) =>
                     {
                         Some(&*made.insert(make()))
                     }

@@ -87,6 +87,8 @@ pub struct BrokerStorage {
     /// The node's paging store thread (taken at shutdown) and a handle to it.
     paging: Mutex<Option<StoreThread>>,
     paging_handle: pier_store::StoreHandle,
+    /// Whether streams fsync before confirming (default true).
+    stream_sync: std::sync::atomic::AtomicBool,
 }
 
 /// Paging segments are smaller than durable ones: a drained backlog gives its disk back in
@@ -162,7 +164,19 @@ impl BrokerStorage {
             threads: Mutex::new(HashMap::new()),
             paging_handle: paging.handle(),
             paging: Mutex::new(Some(paging)),
+            stream_sync: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether the streams of every vhost fsync before they confirm (set before `recover`).
+    pub fn set_stream_sync(&self, sync: bool) {
+        self.stream_sync
+            .store(sync, std::sync::atomic::Ordering::Release);
+    }
+
+    fn attach_streams(&self, vh: &VHost) {
+        vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
+        vh.set_stream_sync(self.stream_sync.load(std::sync::atomic::Ordering::Acquire));
     }
 
     /// Brings back what was stored (vhosts, users, permissions, topic permissions, durable
@@ -219,6 +233,7 @@ impl BrokerStorage {
         }
         for vh in broker.vhosts() {
             summary.vhosts += 1;
+            self.attach_streams(&vh);
             vh.attach_paging(self.paging_handle.clone());
             let handle = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
@@ -267,6 +282,9 @@ impl BrokerStorage {
                     }
                 };
                 summary.queues += 1;
+                if queue.stream().is_some() {
+                    continue;
+                }
                 let info = by_name.remove(&qd.name);
                 summary.messages += restore_queue(&queue, &handle, info)?;
             }
@@ -375,6 +393,7 @@ impl BrokerStorage {
 
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
+        self.attach_streams(vh);
         vh.attach_paging(self.paging_handle.clone());
         let handle = self.open_vhost_store(vh.name())?;
         let delayed = restore_delayed(vh, &handle, None)?;
@@ -729,6 +748,10 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
             arguments,
         })
         .map_err(|e| refused(what(), e))?;
+    if q.stream().is_some() {
+        // A stream keeps its messages in its own log.
+        return Ok(());
+    }
     let name = q.name().to_string();
     match s.messages.call(move |st| st.open_queue(&name)) {
         Ok(Ok(id)) => {
@@ -747,6 +770,13 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
 }
 
 pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
+    if q.stream().is_some() {
+        log_err(
+            "stream deletion",
+            s.definitions.delete_queue(vhost, q.name()),
+        );
+        return;
+    }
     let Some(qs) = q.store() else { return };
     log_err(
         "queue deletion",

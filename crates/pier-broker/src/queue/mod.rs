@@ -22,6 +22,7 @@
 pub(crate) mod classic;
 pub mod engine;
 pub mod kind;
+pub mod stream;
 
 use std::sync::{Arc, Weak};
 
@@ -41,6 +42,20 @@ use crate::waits::{WaitHistogram, WaitSummary};
 use classic::ClassicQueue;
 pub use engine::{EngineConfig, Published, Recovered, PAGE_OUT_BYTES};
 pub use kind::QueueType;
+use stream::StreamQueue;
+
+/// The runtime a stream queue's classic-only calls get: never attached to anything, never
+/// holding a message.
+fn idle_classic() -> &'static ClassicQueue {
+    static IDLE: std::sync::OnceLock<ClassicQueue> = std::sync::OnceLock::new();
+    IDLE.get_or_init(|| {
+        ClassicQueue::new(
+            EngineConfig::classic(QueueConfig::default(), false),
+            Arc::new(Clock::new()),
+            Weak::new(),
+        )
+    })
+}
 
 /// Immutable properties fixed at declaration.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +88,7 @@ pub(crate) enum TickAction {
 /// The implementation behind a handle.
 enum Backend {
     Classic(ClassicQueue),
+    Stream(StreamQueue),
 }
 
 /// A queue, as routing, channels and management see it.
@@ -129,10 +145,49 @@ impl Queue {
         })
     }
 
+    /// A stream queue around an opened log (declaration and recovery).
+    pub(crate) fn with_stream(
+        name: ShortString,
+        vhost: String,
+        options: QueueOptions,
+        config: QueueConfig,
+        stream: Arc<pier_store::stream::Stream>,
+    ) -> Arc<Self> {
+        let q = Arc::new(Queue {
+            name,
+            vhost,
+            options,
+            kind: QueueType::Stream,
+            config,
+            backend: Backend::Stream(StreamQueue::new(stream)),
+        });
+        if let Backend::Stream(s) = &q.backend {
+            s.listen(Arc::downgrade(&q));
+        }
+        q
+    }
+
+    /// The classic runtime. Only classic queues reach the callers of this (fan-out of shared
+    /// records, paging, recovery of stored messages); a stream answers with an idle,
+    /// never-used classic runtime so that nothing here can panic.
     fn classic(&self) -> &ClassicQueue {
         match &self.backend {
             Backend::Classic(c) => c,
+            Backend::Stream(_) => idle_classic(),
         }
+    }
+
+    /// The stream runtime, when this queue is a stream.
+    pub fn stream_queue(&self) -> Option<&StreamQueue> {
+        match &self.backend {
+            Backend::Stream(s) => Some(s),
+            Backend::Classic(_) => None,
+        }
+    }
+
+    /// The log, when this queue is a stream (the stream protocol reads and writes it).
+    pub fn stream(&self) -> Option<&Arc<pier_store::stream::Stream>> {
+        self.stream_queue().map(StreamQueue::stream)
     }
 
     pub fn name(&self) -> &ShortString {
@@ -177,22 +232,34 @@ impl Queue {
     /// Makes this (durable) queue store its persistent messages. Set once, at declaration or
     /// recovery, before the queue is shared.
     pub fn attach_store(&self, store: QueueStore) {
+        if self.stream_queue().is_some() {
+            return;
+        }
         self.classic().attach_store(store);
     }
 
     pub fn store(&self) -> Option<&QueueStore> {
+        if self.stream_queue().is_some() {
+            return None;
+        }
         self.classic().store()
     }
 
     /// Lets this queue page bodies that are not in the durable store out to `paging` (the
     /// node's scratch store). Set once, before the queue is shared.
     pub fn attach_paging(&self, paging: StoreHandle) {
+        if self.stream_queue().is_some() {
+            return;
+        }
         self.classic().attach_paging(paging);
     }
 
     /// Refills a recovered durable queue: messages in offset order, with their redelivered
     /// flags and stored expiry deadlines (Unix ms), and the offset to continue from.
     pub fn restore(self: &Arc<Self>, messages: Vec<Recovered>, next_offset: u64) {
+        if self.stream_queue().is_some() {
+            return;
+        }
         self.classic().restore(self, messages, next_offset);
     }
 
@@ -209,15 +276,24 @@ impl Queue {
     // ---- figures ----
 
     pub fn stats(&self) -> QueueStats {
+        if let Some(s) = self.stream_queue() {
+            return s.stats();
+        }
         self.classic().with_engine(|e| e.stats())
     }
 
     pub fn is_deleted(&self) -> bool {
+        if let Some(s) = self.stream_queue() {
+            return s.stream().shared().is_deleted();
+        }
         self.classic().with_engine(|e| e.is_deleted())
     }
 
     /// Arrivals, deliveries and acks so far (lock-free).
     pub fn counters(&self) -> crate::counters::QueueCountersSnapshot {
+        if let Some(s) = self.stream_queue() {
+            return s.counters().snapshot();
+        }
         self.classic().counters().snapshot()
     }
 
@@ -235,6 +311,23 @@ impl Queue {
 
     /// The consumers as management lists them.
     pub fn consumers(&self) -> Vec<crate::consumer::ConsumerInfo> {
+        if let Some(s) = self.stream_queue() {
+            return s
+                .consumers()
+                .into_iter()
+                .map(|(_, spec)| crate::consumer::ConsumerInfo {
+                    channel: spec.sink.channel_number(),
+                    tag: spec.tag,
+                    connection: spec.connection,
+                    ack_required: spec.ack_required,
+                    exclusive: spec.exclusive,
+                    prefetch: spec.prefetch,
+                    priority: spec.priority,
+                    arguments: spec.arguments,
+                    active: true,
+                })
+                .collect();
+        }
         let channels = self.classic().consumer_channels();
         self.classic().with_engine(|e| {
             e.consumers()
@@ -254,6 +347,9 @@ impl Queue {
     }
 
     pub fn consumer_tags(&self) -> Vec<ShortString> {
+        if let Some(s) = self.stream_queue() {
+            return s.consumers().into_iter().map(|(_, c)| c.tag).collect();
+        }
         self.classic()
             .with_engine(|e| e.consumers().map(|(_, s, _)| s.tag.clone()).collect())
     }
@@ -271,11 +367,17 @@ impl Queue {
 
     /// The queue was used (declared, basic.get): restart its `x-expires` period.
     pub fn touch(self: &Arc<Self>) {
+        if self.stream_queue().is_some() {
+            return;
+        }
         self.classic().touch(self);
     }
 
     /// Whether a tick at `now` has anything to do here (lock-free).
     pub(crate) fn tick_due(&self, now: u64) -> bool {
+        if self.stream_queue().is_some() {
+            return false;
+        }
         self.classic().tick_due(now)
     }
 
@@ -318,6 +420,9 @@ impl Queue {
         dead: &mut Vec<DeadLetter>,
         durability: Option<&Arc<PublishDurability>>,
     ) -> Published {
+        if let Some(s) = self.stream_queue() {
+            return s.publish(&message, durability);
+        }
         self.classic()
             .publish_collect(self, message, dead, durability)
     }
@@ -337,11 +442,18 @@ impl Queue {
 
     /// Delivers as much as consumers' credit allows. Sinks call this when they drain.
     pub fn dispatch(self: &Arc<Self>) {
+        if let Some(s) = self.stream_queue() {
+            return s.dispatch(self);
+        }
         self.classic().dispatch(self);
     }
 
     /// basic.get: the next message, with the count of messages left ready.
     pub fn get(self: &Arc<Self>, ack_required: bool) -> Option<(Delivery, u32)> {
+        if self.stream_queue().is_some() {
+            // The channel refuses basic.get on a stream before it gets here (540).
+            return None;
+        }
         self.classic().get(self, ack_required)
     }
 
@@ -353,6 +465,9 @@ impl Queue {
         spec: ConsumerSpec,
         on_added: impl FnOnce(),
     ) -> Result<ConsumerId> {
+        if let Some(s) = self.stream_queue() {
+            return s.add_consumer(self, spec, on_added);
+        }
         self.classic()
             .add_consumer(self, spec, on_added)
             .map_err(|r| match r {
@@ -367,6 +482,12 @@ impl Queue {
     }
 
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> ConsumerRemoved {
+        if let Some(s) = self.stream_queue() {
+            return ConsumerRemoved {
+                existed: s.remove_consumer(id),
+                auto_delete_now: false,
+            };
+        }
         let (existed, auto_delete_now) = self.classic().remove_consumer(self, id);
         ConsumerRemoved {
             existed,
@@ -379,29 +500,45 @@ impl Queue {
     /// Deliveries (by offset) acknowledged: they leave the queue, their consumers' credit
     /// frees up and more is delivered.
     pub fn settle(self: &Arc<Self>, offsets: &[u64]) {
+        if let Some(s) = self.stream_queue() {
+            return s.settle(self, offsets);
+        }
         self.classic().settle(self, offsets);
     }
 
     /// Deliveries rejected without requeue: settled, and dead-lettered (reason `rejected`)
     /// when the queue has a dead-letter exchange.
     pub fn reject(self: &Arc<Self>, offsets: &[u64]) {
+        if let Some(s) = self.stream_queue() {
+            return s.settle(self, offsets);
+        }
         self.classic().discard(self, offsets);
     }
 
     /// Puts delivered messages back at their original positions (within their priority),
     /// marked redelivered, keeping their original expiry and enqueue time.
     pub fn requeue(self: &Arc<Self>, offsets: &[u64]) {
+        if let Some(s) = self.stream_queue() {
+            // Nothing is requeued in a log: the consumer's credit comes back.
+            return s.settle(self, offsets);
+        }
         self.classic().requeue(self, offsets);
     }
 
     /// Drops every ready message (not the unacked ones); returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
+        if self.stream_queue().is_some() {
+            return 0;
+        }
         u32::try_from(self.classic().purge(self)).unwrap_or(u32::MAX)
     }
 
     /// Marks the queue deleted, drops its messages and cancels its consumers (their sinks are
     /// told). Returns the ready count it had.
     pub(crate) fn mark_deleted(self: &Arc<Self>) -> u32 {
+        if let Some(s) = self.stream_queue() {
+            return u32::try_from(s.delete()).unwrap_or(u32::MAX);
+        }
         u32::try_from(self.classic().delete(self)).unwrap_or(u32::MAX)
     }
 
