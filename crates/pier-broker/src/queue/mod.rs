@@ -241,6 +241,12 @@ impl Queue {
         self.classic().attach_store(store);
     }
 
+    /// Whether messages arriving now are paged out (a classic queue past its memory budget):
+    /// publishers then take connection credit for transient messages too.
+    pub fn pages_out(&self) -> bool {
+        matches!(&self.backend, Backend::Classic(c) if c.pages_out())
+    }
+
     pub fn store(&self) -> Option<&QueueStore> {
         if self.stream_queue().is_some() {
             return None;

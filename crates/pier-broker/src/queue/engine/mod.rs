@@ -621,6 +621,11 @@ impl QueueEngine {
             .record(now, crate::waits::waited_ms(now, enqueued_at));
     }
 
+    /// Whether new arrivals join a paged tail (their bodies are paged out).
+    pub fn has_paged_tail(&self) -> bool {
+        self.levels.iter().any(|l| !l.paged.is_empty())
+    }
+
     /// Whether the ready messages with bodies in memory cost more than the memory budget
     /// (bodies plus [`MESSAGE_OVERHEAD`] each).
     pub(super) fn over_budget(&self) -> bool {
