@@ -460,7 +460,7 @@ async fn super_streams_route_by_hash_and_a_consumer_reads_every_partition() {
         streams.len() > 1,
         "messages spread over partitions: {streams:?}"
     );
-    consumer.handle().close().await;
+    let _ = consumer.handle().close().await;
     env.delete_super_stream(&ss).await.unwrap();
 }
 
