@@ -1,6 +1,5 @@
-"""x-queue-type: classic and stream are accepted (streams: test_streams_amqp.py); quorum is not
-implemented by Pier yet and is refused with a channel error (406) that says so, instead of
-silently creating a classic queue."""
+"""x-queue-type: classic, quorum (test_quorum_queues.py) and stream (test_streams_amqp.py) are
+accepted; an unknown type is a channel error (406)."""
 
 import pytest
 
@@ -23,19 +22,3 @@ def test_unknown_queue_type_is_406(channel, names):
     assert info["exc"].reply_text == (
         f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{q}' in vhost '/': "
         f"\"unsupported queue type 'bogus'\"")
-
-
-@pytest.mark.pier_only
-@pytest.mark.parametrize("kind", ["quorum"])
-def test_quorum_is_refused_on_the_channel(connection, names, kind):
-    q = names.queue("qt")
-    ch = connection.channel()
-    with channel_closed(406) as info:
-        ch.queue_declare(q, durable=True, arguments={"x-queue-type": kind})
-    assert info["exc"].reply_text == (
-        f"PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{q}' in vhost '/': "
-        f"queue type '{kind}' is not supported by Pier yet; only 'classic' queues are available")
-    # Only the channel closed: the connection carries on, and nothing was created.
-    other = connection.channel()
-    with channel_closed(404):
-        other.queue_declare(q, passive=True)

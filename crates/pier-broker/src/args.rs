@@ -55,6 +55,16 @@ pub struct QueueConfig {
     pub stream_max_segment_size_bytes: Option<u64>,
     /// Streams: `x-stream-filter-size-bytes` (16..=255).
     pub stream_filter_size_bytes: Option<u8>,
+    /// Quorum queues: `x-delivery-limit` (or the policy's `delivery-limit`); negative turns
+    /// the limit off, none means RabbitMQ 4's default (20).
+    pub delivery_limit: Option<i64>,
+    /// Quorum queues: `x-dead-letter-strategy` (`at-most-once` or `at-least-once`).
+    pub dead_letter_strategy: Option<String>,
+    /// Quorum queues: `x-quorum-initial-group-size` (members wanted; one on a single node).
+    pub quorum_initial_group_size: Option<u64>,
+    /// Quorum queues: `x-consumer-timeout` in milliseconds (the queue cancels a consumer whose
+    /// delivery stays unsettled longer, RabbitMQ 4's behaviour).
+    pub consumer_timeout: Option<u64>,
 }
 
 /// RabbitMQ's `x-max-age` syntax: a positive integer and a unit, `Y M D h m s`.
@@ -87,6 +97,20 @@ const NOT_FOR_STREAMS: &[&str] = &[
     "x-queue-mode",
     "x-queue-master-locator",
     "x-quorum-initial-group-size",
+];
+
+/// Queue arguments a quorum queue refuses: RabbitMQ 4.2's declaration arguments that are not
+/// in `rabbit_quorum_queue`'s list (3.10 accepts `x-stream-filter-size-bytes`, which it does
+/// not know).
+const NOT_FOR_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-stream-filter-size-bytes",
+    "x-initial-cluster-size",
 ];
 
 /// Builds RabbitMQ's "invalid arg" errors for one queue.
@@ -187,6 +211,64 @@ impl QueueConfig {
                 ));
             }
             c.stream_filter_size_bytes = Some(n as u8);
+        }
+        Ok(c)
+    }
+
+    /// Validates a quorum queue's queue.declare arguments in RabbitMQ's order: first every
+    /// value (the checks all queue types share, then the quorum-only arguments), then the
+    /// arguments of other queue types are refused. Unknown arguments are ignored;
+    /// `x-delivery-limit` and `x-consumer-timeout` are not checked by RabbitMQ either (a value
+    /// that is not an integer is ignored here). `x-max-in-memory-length`/`-bytes` are
+    /// validated and have no effect (as in RabbitMQ since 3.10).
+    pub(crate) fn from_quorum_arguments(
+        args: &FieldTable,
+        cx: &ArgContext<'_>,
+    ) -> Result<QueueConfig> {
+        let mut c = QueueConfig::from_arguments(args, cx)?;
+        for arg in ["x-max-in-memory-length", "x-max-in-memory-bytes"] {
+            if let Some(v) = args.get(arg) {
+                cx.int(arg, v, false, u64::MAX)?;
+            }
+        }
+        if let Some(v) = args.get("x-dead-letter-strategy") {
+            let s = cx.string("x-dead-letter-strategy", v)?;
+            match s.as_str() {
+                "at-most-once" | "at-least-once" => {
+                    c.dead_letter_strategy = Some(s.as_str().to_owned())
+                }
+                _ => return Err(cx.invalid("x-dead-letter-strategy", "invalid_dlx_strategy")),
+            }
+        }
+        if let Some(v) = args.get("x-quorum-initial-group-size") {
+            c.quorum_initial_group_size =
+                Some(cx.int("x-quorum-initial-group-size", v, true, u64::MAX)?);
+        }
+        if let Some(v) = args.get("x-queue-leader-locator") {
+            let s = cx.string("x-queue-leader-locator", v)?;
+            if !matches!(
+                s.as_str(),
+                "client-local" | "balanced" | "random" | "least-leaders"
+            ) {
+                return Err(cx.invalid("x-queue-leader-locator", "invalid_queue_locator_arg"));
+            }
+        }
+        for arg in NOT_FOR_QUORUM {
+            if args.contains_key(arg) {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "invalid arg '{arg}' for queue '{}' in vhost '{}' of queue type rabbit_quorum_queue",
+                    cx.queue, cx.vhost
+                )));
+            }
+        }
+        c.delivery_limit = args.get("x-delivery-limit").and_then(FieldValue::as_i64);
+        c.consumer_timeout = args
+            .get("x-consumer-timeout")
+            .and_then(FieldValue::as_i64)
+            .and_then(|n| u64::try_from(n).ok());
+        // RabbitMQ: "Invalid overflow strategy" for a quorum queue, which keeps drop-head.
+        if c.overflow == Overflow::RejectPublishDlx {
+            c.overflow = Overflow::DropHead;
         }
         Ok(c)
     }

@@ -183,6 +183,22 @@ impl Message {
         ))
     }
 
+    /// A copy with one header set (replaced if present); the AMQP property bytes are
+    /// encoded afresh when it is sent.
+    pub fn with_header(message: &Message, key: &str, value: pier_wire::FieldValue) -> Arc<Message> {
+        let mut props = message.properties.clone();
+        props
+            .headers
+            .get_or_insert_with(pier_wire::FieldTable::new)
+            .insert(key, value);
+        Arc::new(Message::new(
+            message.exchange.clone(),
+            message.routing_key.clone(),
+            props,
+            message.body.clone(),
+        ))
+    }
+
     /// The same message addressed to another exchange and routing key.
     pub fn with_route(mut self, exchange: &str, routing_key: &str) -> Arc<Message> {
         self.exchange = ShortString::from(exchange);

@@ -74,6 +74,8 @@ pub struct PolicyDefinition {
     pub alternate_exchange: Option<String>,
     /// Streams: `max-age` (RabbitMQ's `<int>Y|M|D|h|m|s`).
     pub max_age: Option<String>,
+    /// Quorum queues: `delivery-limit` (negative: no limit).
+    pub delivery_limit: Option<i64>,
 }
 
 impl PolicyDefinition {
@@ -110,6 +112,9 @@ impl PolicyDefinition {
         num("max-length", d.max_length);
         num("max-length-bytes", d.max_length_bytes);
         num("max-priority", d.max_priority.map(u64::from));
+        if let Some(n) = d.delivery_limit {
+            m.insert("delivery-limit".to_owned(), Value::from(n));
+        }
         if let Some(o) = d.overflow {
             m.insert("overflow".into(), Value::from(overflow_str(o)));
         }
@@ -139,7 +144,7 @@ impl PolicyDefinition {
                     "Validation failed\n\n[{}] are not recognised policy settings (Pier applies \
                  message-ttl, expires, max-length, max-length-bytes, overflow, \
                  dead-letter-exchange, dead-letter-routing-key, max-priority, \
-                 alternate-exchange, max-age)",
+                 alternate-exchange, max-age, delivery-limit)",
                     list.join(",")
                 ));
             }
@@ -188,6 +193,14 @@ impl PolicyDefinition {
             dead_letter_routing_key: text("dead-letter-routing-key")?,
             max_priority,
             alternate_exchange: text("alternate-exchange")?,
+            delivery_limit: match def.get("delivery-limit") {
+                None => None,
+                Some(v) => Some(
+                    v.as_i64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                        .ok_or_else(|| format!("delivery-limit must be an integer, not {v}"))?,
+                ),
+            },
             max_age: match text("max-age")? {
                 None => None,
                 Some(a) if crate::args::parse_max_age(&a).is_some_and(|ms| ms > 0) => Some(a),
@@ -209,8 +222,9 @@ pub fn overflow_str(o: Overflow) -> &'static str {
 
 /// The keys of a definition object Pier does not apply.
 pub fn unknown_keys(def: &Map<String, Value>) -> Vec<String> {
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 11] = [
         "max-age",
+        "delivery-limit",
         "message-ttl",
         "expires",
         "max-length",
@@ -315,6 +329,13 @@ impl QueueConfig {
         if self.max_priority.is_none() {
             self.max_priority = def.max_priority;
         }
+        // RabbitMQ's resolve_delivery_limit: the lower of the two, unless one turns the limit
+        // off (negative), then the higher.
+        self.delivery_limit = match (self.delivery_limit, def.delivery_limit) {
+            (Some(a), Some(p)) if a < 0 || p < 0 => Some(a.max(p)),
+            (Some(a), Some(p)) => Some(a.min(p)),
+            (a, p) => a.or(p),
+        };
     }
 }
 

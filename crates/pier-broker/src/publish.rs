@@ -140,9 +140,7 @@ impl VHost {
                     // Paging writes hold credit too, for transient messages as well (a
                     // publisher must not outrun the paging store; see ClassicQueue::page_out).
                     Durability::OnStore(make)
-                        if (message.is_persistent()
-                            && queues.iter().any(|q| q.store().is_some()))
-                            || queues.iter().any(|q| q.stream().is_some() || q.pages_out()) =>
+                        if queues.iter().any(|q| q.stores(&message) || q.pages_out()) =>
                     {
                         Some(&*made.insert(make()))
                     }

@@ -778,6 +778,19 @@ impl VHost {
         d: &QueueDeclare,
         mut authorize: Option<Authorize<'_>>,
     ) -> Result<QueueDeclared> {
+        if d.name.is_empty() && !d.passive {
+            // RabbitMQ refuses before anything else (rabbit_channel, queue.declare).
+            let cx = ArgContext {
+                queue: "",
+                vhost: &self.name,
+            };
+            if let Ok(QueueType::Quorum) = QueueType::of(&d.arguments, &cx) {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "Cannot declare a server-named queue for type {}",
+                    QueueType::Quorum.module_name()
+                )));
+            }
+        }
         let mut t = self.write();
         let name = if d.name.is_empty() && !d.passive {
             loop {
@@ -832,8 +845,15 @@ impl VHost {
             vhost: &self.name,
         };
         let kind = QueueType::of(&d.arguments, &cx)?;
-        kind.check_properties(d.durable, d.exclusive, d.auto_delete, &cx)?;
-        let mut config = kind.config(&d.arguments, &cx)?;
+        let mut config = if kind == QueueType::Quorum {
+            // RabbitMQ checks the arguments before the quorum queue's properties.
+            let config = kind.config(&d.arguments, &cx)?;
+            kind.check_properties(d.durable, d.exclusive, d.auto_delete, &cx)?;
+            config
+        } else {
+            kind.check_properties(d.durable, d.exclusive, d.auto_delete, &cx)?;
+            kind.config(&d.arguments, &cx)?
+        };
         {
             let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = policy::effective(&policies, ObjectKind::Queue, &name) {
@@ -869,7 +889,8 @@ impl VHost {
                 created: true,
             });
         }
-        let queue = Queue::with_config(
+        let queue = Queue::on_engine(
+            kind,
             name.clone(),
             self.name.clone(),
             QueueOptions {
@@ -1086,6 +1107,14 @@ impl VHost {
             None => return Ok(0),
         };
         q.check_access(connection)?;
+        if q.kind() == QueueType::Quorum && (if_unused || if_empty) {
+            // RabbitMQ's quorum queues refuse both flags (a connection error, 540).
+            let flag = if if_unused { "if-unused" } else { "if-empty" };
+            return Err(BrokerError::NotImplemented(format!(
+                "cannot delete queue '{name}' in vhost '{}'. queue.delete operations with {flag} flag set are not supported by quorum queues",
+                self.name
+            )));
+        }
         let stats = q.stats();
         if if_unused && stats.consumers > 0 {
             return Err(BrokerError::InUse {

@@ -79,7 +79,7 @@ pub async fn feature_flags(Extension(user): Extension<AuthUser>) -> ApiResult<Re
             true
         ),
         flag("maintenance_mode_status", "Maintenance mode status", false),
-        flag("quorum_queue", "Support queues of type `quorum`", false),
+        flag("quorum_queue", "Support queues of type `quorum`", true),
         flag("stream_queue", "Support queues of type `stream`", false),
         flag(
             "user_limits",

@@ -289,6 +289,15 @@ pub(crate) fn queue_json(
         "exclusive_consumer_tag": consumers.iter().find(|c| c.exclusive).map(|c| c.tag.as_str()),
         "single_active_consumer_tag": q.active_consumer_tag().map(|t| t.to_string()),
     });
+    if q.kind() == pier_broker::queue::QueueType::Quorum {
+        // A quorum queue is a group of one member today: its home node, leader and online.
+        if let Some(m) = v.as_object_mut() {
+            let node = m.get("node").cloned().unwrap_or(Value::Null);
+            m.insert("leader".into(), node.clone());
+            m.insert("members".into(), json!([node.clone()]));
+            m.insert("online".into(), json!([node]));
+        }
+    }
     let c = q.counters();
     let qs = queueing(state, vhost, q);
     if let Some(m) = v.as_object_mut() {

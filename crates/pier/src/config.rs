@@ -240,6 +240,8 @@ pub struct DefinitionEntry {
     pub dead_letter_routing_key: Option<String>,
     pub max_priority: Option<u8>,
     pub alternate_exchange: Option<String>,
+    /// Quorum queues: `delivery-limit` (negative: no limit).
+    pub delivery_limit: Option<i64>,
 }
 
 fn default_vhost() -> String {
@@ -279,6 +281,7 @@ impl PolicyEntry {
             max_priority: d.max_priority,
             alternate_exchange: d.alternate_exchange.clone(),
             max_age: None,
+            delivery_limit: d.delivery_limit,
         };
         Policy::new(
             self.name.clone(),

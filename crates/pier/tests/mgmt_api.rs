@@ -1415,7 +1415,7 @@ async fn remaining_rabbitmq_endpoints() {
             .map(|f| f["state"].clone())
     };
     assert_eq!(flag("virtual_host_metadata"), Some(json!("enabled")));
-    assert_eq!(flag("quorum_queue"), Some(json!("disabled")));
+    assert_eq!(flag("quorum_queue"), Some(json!("enabled")));
     // /api/auth needs no credentials, as RabbitMQ's (its login page reads it).
     let r = api.anonymous_get("/api/auth");
     assert_eq!(r.status, 200);

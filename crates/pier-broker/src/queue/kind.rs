@@ -1,6 +1,7 @@
 //! Queue kinds (`x-queue-type`): which implementation a declaration gets, and the argument
-//! rules of each. Classic queues are the only kind today; quorum queues and streams are
-//! refused with a channel error until they exist (the issues that build them plug in here).
+//! rules of each. Classic and quorum queues run on the queue engine (a quorum queue stores
+//! every message and has RabbitMQ's quorum semantics; it is a group of one member until Raft
+//! replication comes, see `docs/quorum-queues.md`); streams are a log.
 
 use pier_wire::{FieldTable, FieldValue};
 
@@ -52,23 +53,29 @@ impl QueueType {
         match self {
             QueueType::Classic => QueueConfig::from_arguments(args, cx),
             QueueType::Stream => QueueConfig::from_stream_arguments(args, cx),
-            // A channel error (406, like RabbitMQ's other queue-type refusals), not 540: a 540
-            // would close the connection and every other channel on it.
-            QueueType::Quorum => Err(cx.invalid(
-                "x-queue-type",
-                format!(
-                    "queue type '{}' is not supported by Pier yet; only 'classic' queues are \
-                     available",
-                    self.as_str()
-                ),
-            )),
+            QueueType::Quorum => QueueConfig::from_quorum_arguments(args, cx),
         }
+    }
+
+    /// RabbitMQ's internal module name, used in its error texts.
+    pub fn module_name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "rabbit_classic_queue",
+            QueueType::Quorum => "rabbit_quorum_queue",
+            QueueType::Stream => "rabbit_stream_queue",
+        }
+    }
+
+    /// Whether messages of this kind are stored whatever their delivery mode.
+    pub fn stores_every_message(self) -> bool {
+        matches!(self, QueueType::Quorum | QueueType::Stream)
     }
 }
 
 impl QueueType {
-    /// RabbitMQ's rules for the declaration's properties: streams (like quorum queues) are
-    /// durable, not auto-delete, not exclusive.
+    /// RabbitMQ's rules for the declaration's properties: streams and quorum queues are
+    /// durable, not auto-delete, not exclusive. Quorum queues are checked in RabbitMQ's order
+    /// (auto-delete, exclusive, non-durable: `rabbit_quorum_queue:declare`).
     pub(crate) fn check_properties(
         self,
         durable: bool,
@@ -76,10 +83,19 @@ impl QueueType {
         auto_delete: bool,
         cx: &ArgContext<'_>,
     ) -> Result<()> {
-        if self != QueueType::Stream {
+        let property = if self == QueueType::Quorum {
+            if auto_delete {
+                "auto-delete"
+            } else if exclusive {
+                "exclusive-owner"
+            } else if !durable {
+                "non-durable"
+            } else {
+                return Ok(());
+            }
+        } else if self != QueueType::Stream {
             return Ok(());
-        }
-        let property = if !durable {
+        } else if !durable {
             "non-durable"
         } else if auto_delete {
             "auto-delete"
@@ -128,15 +144,117 @@ mod tests {
     }
 
     #[test]
-    fn quorum_is_refused_on_the_channel_and_streams_are_accepted() {
-        let e = kind_and_config(Some(FieldValue::LongString("quorum".into()))).unwrap_err();
-        assert_eq!(e.reply_code(), 406);
-        assert_eq!(
-            e.reply_text(),
-            "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue 'q' in vhost '/': queue type 'quorum' is not supported by Pier yet; only 'classic' queues are available"
-        );
+    fn quorum_and_streams_are_accepted() {
+        let (k, c) = kind_and_config(Some(FieldValue::LongString("quorum".into()))).unwrap();
+        assert_eq!(k, QueueType::Quorum);
+        assert_eq!(c.delivery_limit, None);
         let (k, _) = kind_and_config(Some(FieldValue::LongString("stream".into()))).unwrap();
         assert_eq!(k, QueueType::Stream);
+    }
+
+    fn quorum(pairs: &[(&str, FieldValue)]) -> Result<QueueConfig> {
+        let mut t = FieldTable::new();
+        t.insert("x-queue-type", FieldValue::LongString("quorum".into()));
+        for (k, v) in pairs {
+            t.insert(*k, v.clone());
+        }
+        QueueType::Quorum.config(&t, &cx())
+    }
+
+    #[test]
+    fn quorum_arguments_follow_rabbitmq() {
+        let text = |r: Result<QueueConfig>| r.unwrap_err().reply_text();
+        for arg in [
+            "x-max-priority",
+            "x-queue-mode",
+            "x-queue-version",
+            "x-max-age",
+            "x-stream-max-segment-size-bytes",
+            "x-stream-filter-size-bytes",
+        ] {
+            let v = if arg == "x-queue-mode" || arg == "x-max-age" {
+                FieldValue::LongString(if arg == "x-max-age" { "1D" } else { "lazy" }.into())
+            } else {
+                FieldValue::LongInt(2)
+            };
+            assert_eq!(
+                text(quorum(&[(arg, v)])),
+                format!("PRECONDITION_FAILED - invalid arg '{arg}' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue")
+            );
+        }
+        // Values are checked before the queue type's argument list (as RabbitMQ does).
+        assert_eq!(
+            text(quorum(&[
+                ("x-max-priority", FieldValue::LongInt(5)),
+                ("x-max-length", FieldValue::LongInt(-5))
+            ])),
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-5}"
+        );
+        assert_eq!(
+            text(quorum(&[(
+                "x-quorum-initial-group-size",
+                FieldValue::LongInt(0)
+            )])),
+            "PRECONDITION_FAILED - invalid arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': {value_zero,0}"
+        );
+        assert_eq!(
+            text(quorum(&[(
+                "x-dead-letter-strategy",
+                FieldValue::LongString("bogus".into())
+            )])),
+            "PRECONDITION_FAILED - invalid arg 'x-dead-letter-strategy' for queue 'q' in vhost '/': invalid_dlx_strategy"
+        );
+        assert_eq!(
+            text(quorum(&[(
+                "x-queue-leader-locator",
+                FieldValue::LongString("bogus".into())
+            )])),
+            "PRECONDITION_FAILED - invalid arg 'x-queue-leader-locator' for queue 'q' in vhost '/': invalid_queue_locator_arg"
+        );
+        let c = quorum(&[
+            ("x-delivery-limit", FieldValue::LongInt(-1)),
+            ("x-consumer-timeout", FieldValue::LongInt(5000)),
+            ("x-quorum-initial-group-size", FieldValue::LongInt(3)),
+            (
+                "x-dead-letter-strategy",
+                FieldValue::LongString("at-least-once".into()),
+            ),
+            (
+                "x-overflow",
+                FieldValue::LongString("reject-publish-dlx".into()),
+            ),
+            ("x-max-in-memory-length", FieldValue::LongInt(10)),
+            (
+                "x-queue-leader-locator",
+                FieldValue::LongString("balanced".into()),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.delivery_limit, Some(-1));
+        assert_eq!(c.consumer_timeout, Some(5000));
+        assert_eq!(c.quorum_initial_group_size, Some(3));
+        assert_eq!(c.dead_letter_strategy.as_deref(), Some("at-least-once"));
+        // reject-publish-dlx is not a quorum queue strategy: RabbitMQ keeps drop-head.
+        assert_eq!(c.overflow, crate::args::Overflow::DropHead);
+    }
+
+    #[test]
+    fn quorum_properties_are_checked_in_rabbitmq_order() {
+        let e = |d, x, a| {
+            QueueType::Quorum
+                .check_properties(d, x, a, &cx())
+                .unwrap_err()
+                .reply_text()
+        };
+        let t = |p: &str| {
+            format!("PRECONDITION_FAILED - invalid property '{p}' for queue 'q' in vhost '/'")
+        };
+        assert_eq!(e(false, true, true), t("auto-delete"));
+        assert_eq!(e(false, true, false), t("exclusive-owner"));
+        assert_eq!(e(false, false, false), t("non-durable"));
+        assert!(QueueType::Quorum
+            .check_properties(true, false, false, &cx())
+            .is_ok());
     }
 
     #[test]

@@ -11,8 +11,11 @@
 //!                                                               deterministic state machine
 //! ```
 //!
-//! Quorum queues and streams are further backends of the same handle (their issues build
-//! them); `kind.rs` decides which one a declaration gets.
+//! Quorum queues run on the same engine runtime as classic ones (`Backend::Classic` is "the
+//! engine behind a lock"), with the quorum settings (`EngineConfig::quorum`: every message
+//! stored, delivery limit, queue-level consumer timeout) and `kind` = `Quorum`: a group of one
+//! member until a Raft log per queue drives the engine (docs/quorum-queues.md). Streams are
+//! another backend (`queue/stream/`); `kind.rs` decides which one a declaration gets.
 //!
 //! Every message gets a monotonically increasing offset when it enters the queue; messages
 //! handed out and not yet settled stay checked out in the engine, and come back at their
@@ -137,12 +140,40 @@ impl Queue {
         clock: Arc<Clock>,
         router: Weak<VHost>,
     ) -> Arc<Self> {
-        let engine = EngineConfig::classic(config.clone(), options.auto_delete);
+        Queue::on_engine(
+            QueueType::Classic,
+            name,
+            vhost,
+            options,
+            config,
+            clock,
+            router,
+        )
+    }
+
+    /// A queue of an engine-backed kind (classic or quorum) with resolved settings.
+    pub fn on_engine(
+        kind: QueueType,
+        name: ShortString,
+        vhost: String,
+        options: QueueOptions,
+        config: QueueConfig,
+        clock: Arc<Clock>,
+        router: Weak<VHost>,
+    ) -> Arc<Self> {
+        let engine = match kind {
+            QueueType::Quorum => EngineConfig::quorum(config.clone()),
+            _ => EngineConfig::classic(config.clone(), options.auto_delete),
+        };
+        let kind = match kind {
+            QueueType::Quorum => QueueType::Quorum,
+            _ => QueueType::Classic,
+        };
         Arc::new(Queue {
             name,
             vhost,
             options,
-            kind: QueueType::Classic,
+            kind,
             config,
             backend: Backend::Classic(ClassicQueue::new(engine, clock, router)),
         })
@@ -272,14 +303,37 @@ impl Queue {
         self.classic().restore(self, messages, next_offset);
     }
 
+    /// Whether this queue writes `message` to its durable store: a classic queue with a store
+    /// keeps persistent messages (delivery mode 2), a quorum queue (or a stream) every
+    /// message. The one place that decides it (publishers' credit and confirms, fan-out).
+    pub fn stores(&self, message: &Message) -> bool {
+        if self.stream_queue().is_some() {
+            return true;
+        }
+        self.store().is_some() && (self.kind.stores_every_message() || message.is_persistent())
+    }
+
     /// Whether a publish of `message` here can share one store record with other queues: it
     /// is stored, and without a TTL (the stored copy of an expiring message carries this
     /// queue's own deadline).
     pub(crate) fn shares_record(&self, message: &Message) -> bool {
-        self.store().is_some()
-            && message.is_persistent()
+        self.stream_queue().is_none()
+            && self.stores(message)
             && self.config.message_ttl.is_none()
             && message.properties.expiration.is_none()
+    }
+
+    /// The message as this queue delivers it: a quorum queue adds `x-delivery-count` (how
+    /// often it came back) from the first redelivery on, as RabbitMQ 4 does.
+    pub(crate) fn as_delivered(&self, message: Arc<Message>, returns: u32) -> Arc<Message> {
+        if self.kind != QueueType::Quorum || returns == 0 {
+            return message;
+        }
+        Message::with_header(
+            &message,
+            "x-delivery-count",
+            pier_wire::FieldValue::LongLongInt(i64::from(returns)),
+        )
     }
 
     // ---- figures ----

@@ -87,6 +87,9 @@ pub struct EngineConfig {
     pub auto_delete: bool,
     /// The queue has a durable store: its persistent messages are stored.
     pub stores_persistent: bool,
+    /// With a durable store, transient messages are stored too (quorum queues keep every
+    /// message, whatever its delivery mode).
+    pub stores_transient: bool,
     /// Memory for ready messages (bodies plus `MESSAGE_OVERHEAD` each) before new arrivals
     /// are paged out.
     pub memory_budget: u64,
@@ -104,10 +107,39 @@ impl EngineConfig {
             queue,
             auto_delete,
             stores_persistent: false,
+            stores_transient: false,
             memory_budget: PAGE_OUT_BYTES,
             consumer_timeout: None,
             delivery_limit: None,
         }
+    }
+
+    /// A quorum queue's engine settings (a single-member group today): every message is
+    /// stored, messages returned more than the delivery limit are dead-lettered (or
+    /// dropped), and `x-consumer-timeout` cancels a consumer whose delivery stays unsettled.
+    pub fn quorum(queue: QueueConfig) -> Self {
+        EngineConfig {
+            stores_transient: true,
+            consumer_timeout: queue.consumer_timeout,
+            delivery_limit: quorum_delivery_limit(queue.delivery_limit),
+            queue,
+            auto_delete: false,
+            stores_persistent: false,
+            memory_budget: PAGE_OUT_BYTES,
+        }
+    }
+}
+
+/// RabbitMQ 4's default delivery limit of quorum queues.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// The delivery limit a quorum queue runs with: RabbitMQ 4's default of 20 when neither
+/// argument nor policy set one, none when the value is negative (`-1` turns it off).
+pub fn quorum_delivery_limit(configured: Option<i64>) -> Option<u32> {
+    match configured {
+        None => Some(DEFAULT_DELIVERY_LIMIT),
+        Some(n) if n < 0 => None,
+        Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
     }
 }
 
@@ -594,7 +626,7 @@ impl QueueEngine {
 
     /// Whether a message entering now is stored in the durable store.
     fn is_stored(&self, message: &Message) -> bool {
-        self.config.stores_persistent && message.is_persistent()
+        self.config.stores_persistent && (self.config.stores_transient || message.is_persistent())
     }
 
     fn level_of(&self, message: &Message) -> usize {

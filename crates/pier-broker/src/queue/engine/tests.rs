@@ -203,6 +203,63 @@ fn delivery_limit_dead_letters_after_too_many_returns() {
 }
 
 #[test]
+fn quorum_engine_stores_transient_messages_too() {
+    let mut c = EngineConfig::quorum(QueueConfig::default());
+    c.stores_persistent = true;
+    let mut h = Harness::new(c);
+    let a = enqueue(&mut h, message("a", false));
+    assert!(matches!(
+        a.effects[..],
+        [Effect::StoreAppend { offset: 0, .. }]
+    ));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    let s = h.step(Command::Settle { offsets: &[0] });
+    assert!(s
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::StoreAck { offset: 0 })));
+}
+
+#[test]
+fn quorum_delivery_limit_defaults_to_20_and_minus_one_turns_it_off() {
+    assert_eq!(quorum_delivery_limit(None), Some(DEFAULT_DELIVERY_LIMIT));
+    assert_eq!(quorum_delivery_limit(Some(-1)), None);
+    assert_eq!(quorum_delivery_limit(Some(0)), Some(0));
+    assert_eq!(quorum_delivery_limit(Some(5)), Some(5));
+    let returns_until_dead = |limit: Option<i64>| {
+        let mut h = Harness::new(EngineConfig::quorum(QueueConfig {
+            dead_letter_exchange: Some(ShortString::from("dlx")),
+            delivery_limit: limit,
+            ..QueueConfig::default()
+        }));
+        enqueue(&mut h, message("a", false));
+        h.step(Command::Checkout {
+            consumer: 1,
+            settings: settings("a", 1),
+        });
+        for n in 1..=100u32 {
+            let s = h.step(Command::Return { offsets: &[0] });
+            if !dead_letters(&s).is_empty() {
+                return Some(n);
+            }
+            // The redelivery carries how often the message came back.
+            let returns = s.effects.iter().find_map(|e| match e {
+                Effect::Deliver(d) => Some(d.returns),
+                _ => None,
+            });
+            assert_eq!(returns, Some(n));
+        }
+        None
+    };
+    assert_eq!(returns_until_dead(None), Some(21));
+    assert_eq!(returns_until_dead(Some(0)), Some(1));
+    assert_eq!(returns_until_dead(Some(-1)), None);
+}
+
+#[test]
 fn ttl_expires_heads_on_tick_and_before_delivery() {
     let mut h = Harness::new(config(QueueConfig {
         message_ttl: Some(100),

@@ -119,6 +119,7 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
                     queue,
                     auto_delete: false,
                     stores_persistent: stored,
+                    stores_transient: false,
                     memory_budget: 1500,
                     consumer_timeout: timeout,
                     delivery_limit: limit,

@@ -218,6 +218,16 @@ impl Channel {
             sink: Arc::clone(&self.sink) as Arc<dyn pier_broker::DeliverySink>,
         };
         let queue = cx.vhost.queue(&queue_name, cx.connection)?;
+        if queue.kind() == pier_broker::queue::QueueType::Quorum && self.credit.limit() > 0 {
+            // RabbitMQ: quorum queues refuse a consumer on a channel with global prefetch.
+            return Err(AmqpException::new(
+                rc::NOT_IMPLEMENTED,
+                format!(
+                    "queue '{queue_name}' in vhost '{}' does not support global qos",
+                    cx.vhost.name()
+                ),
+            ));
+        }
         let outbound = Arc::clone(cx.outbound);
         let (nowait, number, reply_tag) = (m.nowait, self.number, tag.clone());
         let id = queue.add_consumer(spec, move || {

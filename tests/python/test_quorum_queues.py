@@ -1,0 +1,446 @@
+"""Quorum queues (x-queue-type: quorum) on one node: RabbitMQ's declaration rules and texts,
+delete/consume refusals, delivery counts and the delivery limit, single active consumer,
+consumer priorities, basic.get, purge, the queue's consumer timeout, management fields and
+recovery of every message (transient ones too) across a restart.
+
+Validated against RabbitMQ 3.10.8 (PIER_TEST_AMQP_URL / PIER_TEST_MGMT_URL). Tests marked
+pier_only target RabbitMQ 4.x behaviour where 3.10 differs (docs/quorum-queues.md), or restart
+a private Pier."""
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from helpers import channel_closed, collect_deliveries, connection_closed, wait_until
+
+QQ = {"x-queue-type": "quorum"}
+
+
+def declare_qq(ch, name, **args):
+    return ch.queue_declare(name, durable=True, arguments={**QQ, **args})
+
+
+# ---- declaration ----
+
+@pytest.mark.parametrize("durable,exclusive,auto_delete,prop", [
+    (True, False, True, "auto-delete"),
+    (False, False, True, "auto-delete"),
+    (True, True, False, "exclusive-owner"),
+    (False, True, False, "exclusive-owner"),
+    (False, False, False, "non-durable"),
+])
+def test_properties_are_refused(connection, names, durable, exclusive, auto_delete, prop):
+    q = names.queue("qq")
+    ch = connection.channel()
+    with channel_closed(406) as info:
+        ch.queue_declare(q, durable=durable, exclusive=exclusive, auto_delete=auto_delete,
+                         arguments=QQ)
+    assert info["exc"].reply_text == (
+        f"PRECONDITION_FAILED - invalid property '{prop}' for queue '{q}' in vhost '/'")
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_server_named_is_refused(connection, durable):
+    ch = connection.channel()
+    with channel_closed(406) as info:
+        ch.queue_declare("", durable=durable, arguments=QQ)
+    assert info["exc"].reply_text == (
+        "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue")
+
+
+@pytest.mark.parametrize("arg,value", [
+    ("x-max-priority", 5),
+    ("x-queue-mode", "lazy"),
+    ("x-queue-version", 2),
+    ("x-max-age", "1D"),
+    ("x-stream-max-segment-size-bytes", 1000000),
+    ("x-queue-master-locator", "min-masters"),
+    ("x-initial-cluster-size", 3),
+])
+def test_other_queue_types_arguments_are_refused(connection, names, arg, value):
+    q = names.queue("qq")
+    ch = connection.channel()
+    with channel_closed(406) as info:
+        # Even on a non-durable declaration: arguments are checked before properties.
+        ch.queue_declare(q, durable=False, arguments={**QQ, arg: value})
+    assert info["exc"].reply_text == (
+        f"PRECONDITION_FAILED - invalid arg '{arg}' for queue '{q}' in vhost '/' "
+        f"of queue type rabbit_quorum_queue")
+
+
+@pytest.mark.pier_only
+def test_stream_filter_size_is_refused_as_in_4x(connection, names):
+    """RabbitMQ 3.10 does not know x-stream-filter-size-bytes (it accepts it); 4.x refuses it
+    for quorum queues, like every x-stream-* argument."""
+    q = names.queue("qq")
+    ch = connection.channel()
+    with channel_closed(406) as info:
+        declare_qq(ch, q, **{"x-stream-filter-size-bytes": 20})
+    assert info["exc"].reply_text.endswith("of queue type rabbit_quorum_queue")
+
+
+@pytest.mark.parametrize("args,reason", [
+    ({"x-max-length": -5}, "'x-max-length' for queue '{q}' in vhost '/': {{value_negative,-5}}"),
+    # A value error wins over an argument of another queue type, whatever the order.
+    ({"x-max-priority": 5, "x-max-length": -5},
+     "'x-max-length' for queue '{q}' in vhost '/': {{value_negative,-5}}"),
+    ({"x-quorum-initial-group-size": 0},
+     "'x-quorum-initial-group-size' for queue '{q}' in vhost '/': {{value_zero,0}}"),
+    ({"x-quorum-initial-group-size": -1},
+     "'x-quorum-initial-group-size' for queue '{q}' in vhost '/': {{value_negative,-1}}"),
+    ({"x-dead-letter-strategy": "bogus"},
+     "'x-dead-letter-strategy' for queue '{q}' in vhost '/': invalid_dlx_strategy"),
+    ({"x-dead-letter-strategy": 5},
+     "'x-dead-letter-strategy' for queue '{q}' in vhost '/': {{unacceptable_type,signedint}}"),
+    ({"x-queue-leader-locator": "bogus"},
+     "'x-queue-leader-locator' for queue '{q}' in vhost '/': invalid_queue_locator_arg"),
+    ({"x-max-in-memory-length": -1},
+     "'x-max-in-memory-length' for queue '{q}' in vhost '/': {{value_negative,-1}}"),
+])
+def test_bad_values_use_rabbitmq_texts(connection, names, args, reason):
+    q = names.queue("qq")
+    ch = connection.channel()
+    with channel_closed(406) as info:
+        declare_qq(ch, q, **args)
+    assert info["exc"].reply_text == (
+        "PRECONDITION_FAILED - invalid arg " + reason.format(q=q))
+
+
+def test_accepted_arguments(channel, names):
+    dlx = names.exchange("dlx")
+    channel.exchange_declare(dlx, "fanout")
+    q = names.queue("qq")
+    args = {
+        "x-dead-letter-exchange": dlx,
+        "x-dead-letter-routing-key": "dead",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-expires": 600000,
+        "x-max-length": 1000,
+        "x-max-length-bytes": 1000000,
+        "x-overflow": "reject-publish",
+        "x-single-active-consumer": True,
+        "x-quorum-initial-group-size": 1,
+        "x-delivery-limit": 5,
+        "x-message-ttl": 60000,
+        "x-queue-leader-locator": "client-local",
+        "x-consumer-timeout": 600000,
+        "x-max-in-memory-length": 10,
+        "x-max-in-memory-bytes": 10000,
+    }
+    assert declare_qq(channel, q, **args).method.queue == q
+    # Redeclaring with the same arguments is fine.
+    declare_qq(channel, q, **args)
+    for strategy in ("at-most-once",):
+        q2 = names.queue("qq")
+        declare_qq(channel, q2, **{"x-dead-letter-strategy": strategy,
+                                   "x-overflow": "drop-head", "x-delivery-limit": -1})
+
+
+def test_redeclare_as_another_type_is_inequivalent(connection, names):
+    q = names.queue("qq")
+    declare_qq(connection.channel(), q)
+    ch = connection.channel()
+    with channel_closed(406) as info:
+        ch.queue_declare(q, durable=True)
+    assert info["exc"].reply_text == (
+        f"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{q}' in vhost '/': "
+        f"received none but current is the value 'quorum' of type 'longstr'")
+    ch = connection.channel()
+    with channel_closed(406) as info:
+        ch.queue_declare(q, durable=True, arguments={"x-queue-type": "classic"})
+    assert info["exc"].reply_text == (
+        f"PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{q}' in vhost '/': "
+        f"received 'classic' but current is 'quorum'")
+    # Passive declarations do not compare.
+    connection.channel().queue_declare(q, passive=True)
+
+
+@pytest.mark.parametrize("flag", ["if-unused", "if-empty"])
+def test_conditional_delete_is_not_implemented(make_connection, names, flag):
+    conn = make_connection()
+    q = names.queue("qq")
+    declare_qq(conn.channel(), q)
+    ch = conn.channel()
+    with connection_closed(540) as info:
+        if flag == "if-unused":
+            ch.queue_delete(q, if_unused=True)
+        else:
+            ch.queue_delete(q, if_empty=True)
+    assert info["exc"].reply_text == (
+        f"NOT_IMPLEMENTED - cannot delete queue '{q}' in vhost '/'. queue.delete operations "
+        f"with {flag} flag set are not supported by quorum queues")
+    # A plain delete works.
+    make_connection().channel().queue_delete(q)
+
+
+def test_global_qos_consume_is_not_implemented(make_connection, names):
+    conn = make_connection()
+    q = names.queue("qq")
+    declare_qq(conn.channel(), q)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=10, global_qos=True)
+    with connection_closed(540) as info:
+        ch.basic_consume(q, lambda *a: None)
+    assert info["exc"].reply_text == (
+        f"NOT_IMPLEMENTED - queue '{q}' in vhost '/' does not support global qos")
+    # Per-consumer prefetch is what quorum queues take.
+    ch = make_connection().channel()
+    ch.basic_qos(prefetch_count=10)
+    ch.basic_consume(q, lambda *a: None)
+
+
+# ---- semantics ----
+
+def _count(props):
+    return (props.headers or {}).get("x-delivery-count")
+
+
+def test_delivery_count_grows_with_each_requeue(channel, names):
+    q = names.queue("qq")
+    declare_qq(channel, q)
+    channel.basic_publish("", q, b"m")
+    counts = []
+    for _ in range(3):
+        method, props, body = wait_until(lambda: _get(channel, q), message="a message")
+        assert body == b"m"
+        counts.append((method.redelivered, _count(props)))
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    # The first delivery: not redelivered (3.10 sends x-delivery-count 0, 4.x none).
+    assert counts[0][0] is False and counts[0][1] in (None, 0)
+    assert counts[1:] == [(True, 1), (True, 2)]
+
+
+def _get(ch, q):
+    method, props, body = ch.basic_get(q)
+    return (method, props, body) if method else None
+
+
+@pytest.mark.pier_only
+def test_first_delivery_has_no_delivery_count_as_in_4x(channel, names):
+    q = names.queue("qq")
+    declare_qq(channel, q)
+    channel.basic_publish("", q, b"m", properties=pika.BasicProperties(headers={"a": 1}))
+    method, props, _ = wait_until(lambda: _get(channel, q), message="a message")
+    assert props.headers == {"a": 1}
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    _, props, _ = wait_until(lambda: _get(channel, q), message="a message")
+    assert props.headers == {"a": 1, "x-delivery-count": 1}
+
+
+def test_delivery_limit_dead_letters_with_reason(channel, names):
+    dlx = names.exchange("dlx")
+    dlq = names.queue("dlq")
+    channel.exchange_declare(dlx, "fanout")
+    channel.queue_declare(dlq)
+    channel.queue_bind(dlq, dlx)
+    q = names.queue("qq")
+    declare_qq(channel, q, **{"x-delivery-limit": 2, "x-dead-letter-exchange": dlx})
+    channel.basic_publish("", q, b"poison")
+    for _ in range(3):
+        method, _, _ = wait_until(lambda: _get(channel, q), message="a delivery")
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    method, props, body = wait_until(lambda: _get(channel, dlq), message="a dead letter")
+    assert body == b"poison"
+    death = props.headers["x-death"][0]
+    assert death["reason"] == "delivery_limit"
+    assert death["queue"] == q
+    assert channel.queue_declare(q, passive=True).method.message_count == 0
+
+
+def test_delivery_limit_without_dlx_drops(channel, names):
+    q = names.queue("qq")
+    declare_qq(channel, q, **{"x-delivery-limit": 0})
+    channel.basic_publish("", q, b"poison")
+    method, _, _ = wait_until(lambda: _get(channel, q), message="a delivery")
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    time.sleep(0.2)
+    assert channel.basic_get(q)[0] is None
+
+
+@pytest.mark.pier_only
+def test_default_delivery_limit_is_20_as_in_4x(channel, names):
+    """RabbitMQ 3.10 has no default limit; 4.x drops a message after 20 requeues."""
+    q = names.queue("qq")
+    declare_qq(channel, q)
+    channel.basic_publish("", q, b"poison")
+    for _ in range(21):
+        method, _, _ = wait_until(lambda: _get(channel, q), message="a delivery")
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    assert channel.basic_get(q)[0] is None
+    # -1 turns the limit off.
+    q2 = names.queue("qq")
+    declare_qq(channel, q2, **{"x-delivery-limit": -1})
+    channel.basic_publish("", q2, b"m")
+    for _ in range(25):
+        method, _, _ = wait_until(lambda: _get(channel, q2), message="a delivery")
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    assert channel.basic_get(q2)[0] is not None
+
+
+@pytest.mark.pier_only
+def test_delivery_limit_policy(channel, names, mgmt):
+    q = names.queue("qqpol")
+    status, _ = mgmt.call("PUT", "/policies/%2F/qq-limit", {
+        "pattern": "^pier-test\\.qqpol\\.", "apply-to": "queues",
+        "definition": {"delivery-limit": 1}})
+    assert status in (201, 204)
+    try:
+        declare_qq(channel, q)
+        channel.basic_publish("", q, b"poison")
+        for _ in range(2):
+            method, _, _ = wait_until(lambda: _get(channel, q), message="a delivery")
+            channel.basic_nack(method.delivery_tag, requeue=True)
+        assert channel.basic_get(q)[0] is None
+    finally:
+        mgmt.call("DELETE", "/policies/%2F/qq-limit")
+
+
+def test_basic_get_purge_and_counts(channel, names):
+    q = names.queue("qq")
+    declare_qq(channel, q)
+    for i in range(5):
+        channel.basic_publish("", q, f"m{i}".encode())
+    wait_until(lambda: channel.queue_declare(q, passive=True).method.message_count == 5)
+    method, _, body = channel.basic_get(q, auto_ack=True)
+    assert body == b"m0" and method.message_count == 4
+    assert channel.queue_purge(q).method.message_count == 4
+    assert channel.basic_get(q)[0] is None
+
+
+def test_single_active_consumer(connection, names):
+    ch = connection.channel()
+    q = names.queue("qq")
+    declare_qq(ch, q, **{"x-single-active-consumer": True})
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(("a", b)), auto_ack=True)
+    ch.basic_consume(q, lambda c, m, p, b: got.append(("b", b)), auto_ack=True)
+    for i in range(4):
+        ch.basic_publish("", q, f"m{i}".encode())
+    collect_deliveries(connection, got, 4)
+    assert {who for who, _ in got} == {"a"}
+
+
+def test_consumer_priorities(connection, names):
+    ch = connection.channel()
+    q = names.queue("qq")
+    declare_qq(ch, q)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(("low", b)), auto_ack=True)
+    ch.basic_consume(q, lambda c, m, p, b: got.append(("high", b)), auto_ack=True,
+                     arguments={"x-priority": 10})
+    for i in range(4):
+        ch.basic_publish("", q, f"m{i}".encode())
+    collect_deliveries(connection, got, 4)
+    assert {who for who, _ in got} == {"high"}
+
+
+def test_transient_and_persistent_messages_are_confirmed(channel, names):
+    q = names.queue("qq")
+    declare_qq(channel, q)
+    channel.confirm_delivery()
+    channel.basic_publish("", q, b"transient", properties=pika.BasicProperties(delivery_mode=1))
+    channel.basic_publish("", q, b"persistent", properties=pika.BasicProperties(delivery_mode=2))
+    assert channel.queue_declare(q, passive=True).method.message_count == 2
+
+
+@pytest.mark.pier_only
+def test_consumer_timeout_cancels_that_consumer_only(make_connection, names):
+    """x-consumer-timeout (RabbitMQ 4.x; 3.10 ignores it): the late consumer gets basic.cancel
+    and its messages go back to the queue; the channel and its other consumers stay."""
+    conn = make_connection(client_properties={"capabilities": {
+        "consumer_cancel_notify": True}})
+    ch = conn.channel()
+    q = names.queue("qq")
+    declare_qq(ch, q, **{"x-consumer-timeout": 300})
+    q2 = names.queue("qq")
+    declare_qq(ch, q2)
+    cancelled = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    late = []
+    tag = ch.basic_consume(q, lambda c, m, p, b: late.append((m, b)))
+    other = []
+    ch.basic_consume(q2, lambda c, m, p, b: (other.append(b), c.basic_ack(m.delivery_tag)))
+    ch.basic_publish("", q, b"held")
+    collect_deliveries(conn, late, 1)
+    wait_until(lambda: (conn.process_data_events(time_limit=0.05), cancelled)[1],
+               timeout=10, message="basic.cancel")
+    assert cancelled == [tag]
+    assert ch.is_open
+    # The other consumer on the same channel still gets messages.
+    ch.basic_publish("", q2, b"still here")
+    collect_deliveries(conn, other, 1)
+    # The held message is back in the queue, redelivered with a count.
+    ch2 = make_connection().channel()
+    method, props, body = wait_until(lambda: _get(ch2, q), message="the returned message")
+    assert body == b"held" and method.redelivered
+    assert _count(props) == 1
+
+
+# ---- management ----
+
+def test_management_shows_type_members_and_leader(channel, names, mgmt):
+    q = names.queue("qq")
+    declare_qq(channel, q, **{"x-delivery-limit": 7})
+    # RabbitMQ fills in the stats part (node) with its next statistics emission.
+    info = wait_until(lambda: _queue_info(mgmt, q), timeout=15, interval=0.5,
+                      message="queue in management")
+    assert info["type"] == "quorum"
+    assert info["durable"] is True
+    assert info["arguments"]["x-queue-type"] == "quorum"
+    assert info["arguments"]["x-delivery-limit"] == 7
+    assert info["leader"] == info["node"]
+    assert info["members"] == [info["node"]]
+    assert info["online"] == [info["node"]]
+
+
+def _queue_info(mgmt, q):
+    status, body = mgmt.call("GET", f"/queues/%2F/{q}")
+    return body if status == 200 and body.get("node") and body.get("leader") else None
+
+
+# ---- recovery ----
+
+@pytest.mark.pier_only
+def test_restart_keeps_quorum_queue_and_every_message(pier_factory):
+    proc = pier_factory()
+
+    def connect():
+        return pika.BlockingConnection(pika.ConnectionParameters(
+            host="127.0.0.1", port=proc.amqp_port, connection_attempts=1, socket_timeout=10))
+
+    conn = connect()
+    ch = conn.channel()
+    declare_qq(ch, "qq.dur", **{"x-delivery-limit": 5})
+    ch.confirm_delivery()
+    for i in range(10):
+        mode = 1 if i % 2 == 0 else 2
+        ch.basic_publish("", "qq.dur", f"m{i}".encode(),
+                         properties=pika.BasicProperties(delivery_mode=mode))
+    method, _, body = ch.basic_get("qq.dur")
+    assert body == b"m0"
+    ch.basic_ack(method.delivery_tag)
+    method, _, body = ch.basic_get("qq.dur")  # delivered, never acked
+    assert body == b"m1"
+    conn.close()
+
+    assert proc.terminate() == 0, proc.log_tail()
+    proc.start()
+    conn = connect()
+    ch = conn.channel()
+    declared = declare_qq(ch, "qq.dur", **{"x-delivery-limit": 5})
+    assert declared.method.message_count == 9
+    got = []
+    while True:
+        method, props, body = ch.basic_get("qq.dur", auto_ack=True)
+        if method is None:
+            break
+        got.append((body, method.redelivered, props.delivery_mode))
+    assert [b for b, _, _ in got] == [f"m{i}".encode() for i in range(1, 10)]
+    assert got[0][1] is True, "a delivered, unacked message comes back redelivered"
+    # Transient messages survived and kept their delivery mode.
+    assert [m for _, _, m in got] == [2, 1, 2, 1, 2, 1, 2, 1, 2]
+    with channel_closed(406):
+        ch.queue_declare("qq.dur", durable=True)
+    conn.close()
