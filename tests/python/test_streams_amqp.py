@@ -62,6 +62,9 @@ def test_declare_and_redeclare(channel, names):
     ("non-durable", {"durable": False}),
     ("exclusive-owner", {"durable": True, "exclusive": True}),
     ("auto-delete", {"durable": True, "auto_delete": True}),
+    # RabbitMQ checks auto-delete, then exclusive, then durable.
+    ("auto-delete", {"durable": False, "auto_delete": True, "exclusive": True}),
+    ("exclusive-owner", {"durable": False, "exclusive": True}),
 ])
 def test_streams_are_durable_shared_and_kept(channel, names, prop, kwargs):
     q = names.queue("stream")

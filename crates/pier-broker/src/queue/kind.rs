@@ -83,24 +83,17 @@ impl QueueType {
         auto_delete: bool,
         cx: &ArgContext<'_>,
     ) -> Result<()> {
-        let property = if self == QueueType::Quorum {
-            if auto_delete {
-                "auto-delete"
-            } else if exclusive {
-                "exclusive-owner"
-            } else if !durable {
-                "non-durable"
-            } else {
-                return Ok(());
-            }
-        } else if self != QueueType::Stream {
+        // RabbitMQ 3.10.8 checks in this order for both kinds (measured: a non-durable,
+        // auto-delete, exclusive declaration is refused for 'auto-delete').
+        if !matches!(self, QueueType::Quorum | QueueType::Stream) {
             return Ok(());
-        } else if !durable {
-            "non-durable"
-        } else if auto_delete {
+        }
+        let property = if auto_delete {
             "auto-delete"
         } else if exclusive {
             "exclusive-owner"
+        } else if !durable {
+            "non-durable"
         } else {
             return Ok(());
         };
