@@ -126,6 +126,7 @@ fn open_paging(dir: &Path) -> Result<StoreThread, StorageError> {
         ThreadConfig {
             channel_capacity: PAGING_CHANNEL,
             max_batch: PAGING_CHANNEL,
+            ..ThreadConfig::default()
         },
     )
     .map_err(err)

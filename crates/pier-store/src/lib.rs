@@ -35,6 +35,8 @@
 )]
 #![forbid(unsafe_code)]
 
+mod channel;
+mod commit;
 pub mod conformance;
 mod definitions;
 mod error;
@@ -45,9 +47,11 @@ mod message;
 mod record;
 mod registry;
 mod segment_store;
+mod shards;
 mod store;
 mod thread;
 
+pub use commit::{SyncFile, SyncJob, SyncPlan};
 pub use definitions::{
     decode_arguments, encode_arguments, BindingDef, DefResult, Definitions, DefinitionsStore,
     DestinationKind, ExchangeDef, PermissionDef, PolicyDef, QueueDef, TopicPermissionDef, UserDef,
@@ -56,8 +60,9 @@ pub use definitions::{
 pub use error::{DefinitionsError, StoreError};
 pub use index::{IndexEntry, QueueIndex};
 pub use memory::{MemoryDisk, MemoryStore};
-pub use message::StoredMessage;
+pub use message::{EncodedMessage, StoredMessage};
 pub use segment_store::{RecoveryReport, SegmentStore, StoreConfig};
+pub use shards::{default_shards, shard_dir, ShardConfig, ShardedStore, Shards, MAX_SHARDS};
 pub use store::{
     LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Seq, StoreStats, SyncPolicy,
 };
@@ -67,7 +72,9 @@ pub use thread::{
 
 /// Record framing, exposed for tools and fuzzing (`scan` never panics on any input).
 pub mod format {
-    pub use crate::files::{ACK_MAGIC, FILE_HEADER_LEN, REGISTRY_MAGIC, SEGMENT_MAGIC, VERSION};
+    pub use crate::files::{
+        ACK_MAGIC, FILE_HEADER_LEN, REGISTRY_MAGIC, SEGMENT_MAGIC, SEGMENT_VERSION, VERSION,
+    };
     pub use crate::record::{
         encode, encoded_len, kind, parse, scan, Parsed, ScanOutcome, HEADER_LEN,
     };
