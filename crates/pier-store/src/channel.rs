@@ -233,10 +233,12 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
         st.receiver_alive = false;
-        // Items left behind are dropped with the channel (their callbacks are never called:
-        // the store thread answers everything it took before it exits).
+        // Items nobody will receive are dropped now (not when the last sender goes), so that
+        // whatever they hold (a reply channel's sender) tells its waiter the receiver is gone.
+        let left = std::mem::take(&mut st.items);
         let wake = st.senders_waiting > 0;
         drop(st);
+        drop(left);
         if wake {
             self.shared.writable.notify_all();
         }
@@ -308,6 +310,18 @@ mod tests {
         assert_eq!(blocked.join().unwrap(), Err(2));
         assert_eq!(tx.send(3), Err(3));
         assert!(matches!(tx.try_send(4), Err(TrySendError::Disconnected(4))));
+    }
+
+    #[test]
+    fn items_left_behind_are_dropped_with_the_receiver() {
+        let (tx, rx) = channel(4);
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel::<()>();
+        tx.send(reply_tx).unwrap();
+        drop(rx);
+        assert!(
+            reply_rx.recv().is_err(),
+            "the waiter learns nobody will answer"
+        );
     }
 
     #[test]

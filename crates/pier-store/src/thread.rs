@@ -351,7 +351,7 @@ impl Waiters {
 fn confirm(waiters: impl IntoIterator<Item = (Seq, DurableCallback)>, durable: Seq) -> u64 {
     let mut n = 0;
     for (_, cb) in waiters {
-        cb(Ok(durable));
+        call(cb, Ok(durable));
         n += 1;
     }
     n
@@ -360,10 +360,18 @@ fn confirm(waiters: impl IntoIterator<Item = (Seq, DurableCallback)>, durable: S
 fn fail(waiters: impl IntoIterator<Item = (Seq, DurableCallback)>, err: &StoreError) -> u64 {
     let mut n = 0;
     for (_, cb) in waiters {
-        cb(Err(clone_err(err)));
+        call(cb, Err(clone_err(err)));
         n += 1;
     }
     n
+}
+
+/// Calls a callback; one that panics (a bug) is logged and does not take the store or sync
+/// thread down with it (every other waiter still gets its answer).
+fn call(cb: DurableCallback, r: Result<Seq>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || cb(r))).is_err() {
+        error!("a durable callback panicked");
+    }
 }
 
 /// A run of failed writes (disk full, file too large, I/O error). Logged once when it starts,
