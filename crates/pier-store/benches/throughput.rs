@@ -28,6 +28,8 @@ struct Args {
     window: u64,
     fsync: SyncPolicy,
     dir: Option<String>,
+    /// Append exactly this many per writer and stop (for instruction counts under callgrind).
+    count: Option<u64>,
 }
 
 fn args() -> Args {
@@ -39,6 +41,7 @@ fn args() -> Args {
         window: 1000,
         fsync: SyncPolicy::Never,
         dir: None,
+        count: None,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -57,6 +60,7 @@ fn args() -> Args {
                 }
             }
             "--dir" => a.dir = Some(val),
+            "--count" => a.count = Some(val.parse().unwrap()),
             _ => {
                 i += 1;
                 continue;
@@ -97,11 +101,12 @@ fn main() {
     let workers: Vec<_> = (0..a.writers)
         .map(|w| {
             let (h, q) = shards.open_queue(&format!("q{w}")).unwrap();
-            let (confirmed, stop, m, window) = (
+            let (confirmed, stop, m, window, count) = (
                 Arc::clone(&confirmed),
                 Arc::clone(&stop),
                 message.clone(),
                 a.window,
+                a.count,
             );
             std::thread::spawn(move || {
                 // Unconfirmed appends of this writer; it parks when the window is full and is
@@ -111,7 +116,7 @@ fn main() {
                 let in_flight = Arc::new(AtomicU64::new(0));
                 let parked = Arc::new(AtomicBool::new(false));
                 let mut sent = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| sent < c) {
                     if in_flight.load(Ordering::Acquire) >= window {
                         parked.store(true, Ordering::Release);
                         if in_flight.load(Ordering::Acquire) >= window {
@@ -148,6 +153,17 @@ fn main() {
             })
         })
         .collect();
+    if let Some(c) = a.count {
+        for w in workers {
+            w.join().unwrap();
+        }
+        shards.wait_durable().unwrap();
+        let n = confirmed.load(Ordering::Relaxed);
+        assert_eq!(n, c * a.writers as u64);
+        store.shutdown().unwrap();
+        println!("store: {n} appends confirmed");
+        return;
+    }
     // Warm-up, then measure.
     std::thread::sleep(Duration::from_millis(500));
     let c0 = confirmed.load(Ordering::Relaxed);

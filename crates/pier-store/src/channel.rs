@@ -22,6 +22,8 @@ struct State<T> {
     receiver_alive: bool,
     receiver_waiting: bool,
     senders_waiting: usize,
+    /// Set by a [`Waker`]: the receiver returns [`Received::Woken`] from its wait.
+    woken: bool,
 }
 
 struct Shared<T> {
@@ -57,6 +59,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             receiver_alive: true,
             receiver_waiting: false,
             senders_waiting: 0,
+            woken: false,
         }),
         readable: Condvar::new(),
         writable: Condvar::new(),
@@ -68,6 +71,25 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         },
         Receiver { shared },
     )
+}
+
+/// Interrupts the receiver's wait without sending anything (and without counting as a
+/// sender: the channel still disconnects when the last [`Sender`] goes).
+#[derive(Clone)]
+pub(crate) struct Waker<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Waker<T> {
+    pub(crate) fn wake(&self) {
+        let mut st = self.shared.lock();
+        st.woken = true;
+        let wake = st.receiver_waiting;
+        drop(st);
+        if wake {
+            self.shared.readable.notify_one();
+        }
+    }
 }
 
 /// Why `try_send` did not send.
@@ -83,6 +105,8 @@ pub(crate) enum Received {
     Items,
     /// Nothing arrived before the deadline (or, non-blocking, nothing was there).
     Empty,
+    /// Nothing arrived, but a [`Waker`] interrupted the wait.
+    Woken,
     /// Nothing is left and every sender is gone.
     Disconnected,
 }
@@ -155,6 +179,12 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Receiver<T> {
+    pub(crate) fn waker(&self) -> Waker<T> {
+        Waker {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Moves up to `max` waiting items to the back of `out`, waiting for one until `deadline`
     /// (None: as long as it takes).
     pub(crate) fn recv_batch(
@@ -167,6 +197,10 @@ impl<T> Receiver<T> {
         while st.items.is_empty() {
             if st.senders == 0 {
                 return Received::Disconnected;
+            }
+            if st.woken {
+                st.woken = false;
+                return Received::Woken;
             }
             st.receiver_waiting = true;
             st = match deadline {
@@ -310,6 +344,22 @@ mod tests {
         assert_eq!(blocked.join().unwrap(), Err(2));
         assert_eq!(tx.send(3), Err(3));
         assert!(matches!(tx.try_send(4), Err(TrySendError::Disconnected(4))));
+    }
+
+    #[test]
+    fn a_waker_interrupts_the_wait_once() {
+        let (tx, rx) = channel::<u32>(4);
+        let waker = rx.waker();
+        let t = std::thread::spawn(move || {
+            let mut out = VecDeque::new();
+            let first = rx.recv_batch(&mut out, 10, None);
+            let soon = Instant::now() + Duration::from_millis(20);
+            (first, rx.recv_batch(&mut out, 10, Some(soon)))
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        waker.wake();
+        assert_eq!(t.join().unwrap(), (Received::Woken, Received::Empty));
+        drop(tx);
     }
 
     #[test]

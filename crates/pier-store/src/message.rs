@@ -8,16 +8,17 @@
 //!  | x_len | exchange | k_len | rk | props_len | props | body_len | body | nrefs  | refs: (disk_id u32,          |
 //!  |  u8   |          |  u8   |    |    u32    |       |   u32    |      |  u16   |        offset u64) × nrefs   |
 //!  +-------+----------+-------+----+-----------+-------+----------+------+--------+------------------------------+
-//!  \________________ encoded by the publisher (EncodedMessage) _____________/ \___ added by the store thread ___/
+//!  \______________ checksummed by the publisher (EncodedMessage) ____________/ \___ added by the store thread ___/
 //!
 //!  format 1, record type 0x01 (MESSAGE_V1, segments of store format 1): the same fields with
 //!  nrefs + refs first.
 //! ```
 //!
 //! Why the references come last (format 2): everything before them is known to the publisher,
-//! so the publishing thread encodes it and runs the crc32c over it ([`EncodedMessage`]); the
-//! store thread, the serial section, only copies the bytes, appends the queue references (whose
-//! disk ids only it knows) and continues the checksum over those few bytes
+//! so the publishing thread runs the crc32c over it ([`EncodedMessage`], over the message's
+//! own buffers: no copy, no allocation); the store thread, the serial section, only copies the
+//! bytes into its write buffer (the one copy a record needs anyway), appends the queue
+//! references (whose disk ids only it knows) and continues the checksum over those few bytes
 //! (`crc32c_append`). The record length (first field of the frame) covers the references too;
 //! the publisher knows how many there will be.
 //!
@@ -29,7 +30,7 @@
 use bytes::Bytes;
 use pier_wire::ShortString;
 
-use crate::record::{self, kind, Reader};
+use crate::record::{kind, Reader};
 
 /// The parts of a message the broker needs to deliver it again.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,50 +58,44 @@ impl StoredMessage {
     }
 }
 
-/// A message record encoded ahead of time, on the publishing thread: the frame header (length,
-/// a checksum placeholder, type) and every field up to the queue references, with the crc32c
-/// of those bytes. A store finishes it with [`EncodedMessage::finish_into`] (the references and
-/// the rest of the checksum). Built by [`crate::StoreHandle::append`]; backends that keep
-/// messages in another form read [`EncodedMessage::message`].
+/// A message record checksummed ahead of time, on the publishing thread: the crc32c of the
+/// frame's length and type and of every field up to the queue references, computed over the
+/// message's own buffers (nothing is copied or allocated here). A store finishes it with
+/// [`EncodedMessage::finish_into`]: it copies the fields into its write buffer (the one copy
+/// a record needs anyway), appends the references and continues the checksum over those few
+/// bytes. Built by [`crate::StoreHandle::append`]; backends that keep messages in another form
+/// read [`EncodedMessage::message`].
 #[derive(Debug, Clone)]
 pub struct EncodedMessage {
     message: StoredMessage,
-    /// Header + payload up to the end of the body. Empty when the message cannot be framed.
-    prefix: Vec<u8>,
-    /// crc32c over the length field, the type and the payload bytes of `prefix`.
+    /// The frame's length field, None when the message cannot be framed.
+    frame_len: Option<u32>,
+    /// crc32c over the length field, the type and the payload bytes before the references.
     crc: u32,
     nrefs: usize,
 }
 
 impl EncodedMessage {
-    /// Encodes `message` for a record with `nrefs` queue references. Never fails: a message
+    /// Checksums `message` for a record with `nrefs` queue references. Never fails: a message
     /// that cannot be framed (more than 65535 references, a field over 4 GiB) is refused by
     /// the store when appended.
     pub fn new(message: StoredMessage, nrefs: usize) -> Self {
-        let Some(len) = payload_len(nrefs, &message) else {
-            return EncodedMessage {
-                message,
-                prefix: Vec::new(),
-                crc: 0,
-                nrefs,
-            };
-        };
-        let refs_len = 2 + nrefs * 12;
-        let mut prefix = Vec::with_capacity(record::encoded_len(len) - refs_len);
-        // The frame's length field counts the type byte, the whole payload (references
-        // included); the checksum is filled in when the references are.
-        let frame_len = u32::try_from(len + 1).unwrap_or(u32::MAX);
-        prefix.extend_from_slice(&frame_len.to_le_bytes());
-        prefix.extend_from_slice(&[0u8; 4]);
-        prefix.push(kind::MESSAGE);
-        encode_fields(&mut prefix, &message);
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c(&frame_len.to_le_bytes()),
-            prefix.get(8..).unwrap_or_default(),
-        );
+        // The frame's length field counts the type byte and the whole payload, references
+        // included.
+        let frame_len = payload_len(nrefs, &message).and_then(|len| u32::try_from(len + 1).ok());
+        let crc = frame_len.map_or(0, |len| {
+            let mut head = [0u8; 5];
+            for (d, s) in head
+                .iter_mut()
+                .zip(len.to_le_bytes().into_iter().chain([kind::MESSAGE]))
+            {
+                *d = s;
+            }
+            fields_crc(crc32c::crc32c(&head), &message)
+        });
         EncodedMessage {
             message,
-            prefix,
+            frame_len,
             crc,
             nrefs,
         }
@@ -118,15 +113,19 @@ impl EncodedMessage {
 
     /// Bytes of the whole record once finished, or None if the message cannot be framed.
     pub fn record_len(&self) -> Option<usize> {
-        (!self.prefix.is_empty()).then(|| self.prefix.len() + 2 + self.nrefs * 12)
+        self.frame_len.map(|l| l as usize + 8)
     }
 
-    /// Appends the finished record to `out`: the prefix, then the references, then the
-    /// checksum in the header. `refs.len()` must be the `nrefs` it was encoded for (the caller
-    /// checks; a mismatch writes a record whose checksum fails, never a wrong message).
+    /// Appends the finished record to `out`: header, fields, references, and the checksum in
+    /// the header. `refs.len()` must be the `nrefs` it was encoded for (the caller checks; a
+    /// mismatch writes a record whose checksum fails, never a wrong message).
     pub(crate) fn finish_into(&self, out: &mut Vec<u8>, refs: &[DiskRef]) {
         let start = out.len();
-        out.extend_from_slice(&self.prefix);
+        out.reserve(self.record_len().unwrap_or(0));
+        out.extend_from_slice(&self.frame_len.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&[0u8; 4]);
+        out.push(kind::MESSAGE);
+        encode_fields(out, &self.message);
         let refs_at = out.len();
         out.extend_from_slice(&(refs.len() as u16).to_le_bytes());
         for r in refs {
@@ -189,6 +188,71 @@ fn encode_fields(out: &mut Vec<u8>, m: &StoredMessage) {
     out.extend_from_slice(&m.raw_properties);
     out.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
     out.extend_from_slice(&m.body);
+}
+
+/// Continues `crc` over the bytes [`encode_fields`] writes, without writing them.
+fn fields_crc(crc: u32, m: &StoredMessage) -> u32 {
+    let exchange = m.exchange.as_bytes();
+    let exchange = exchange.get(..255).unwrap_or(exchange);
+    let key = m.routing_key.as_bytes();
+    let key = key.get(..255).unwrap_or(key);
+    let mut c = Crc::new(crc);
+    c.push(&[exchange.len() as u8]);
+    c.push(exchange);
+    c.push(&[key.len() as u8]);
+    c.push(key);
+    c.push(&(m.raw_properties.len() as u32).to_le_bytes());
+    c.push(&m.raw_properties);
+    c.push(&(m.body.len() as u32).to_le_bytes());
+    c.push(&m.body);
+    c.finish()
+}
+
+/// A crc32c over pieces, the small ones gathered in a stack buffer first: every
+/// `crc32c_append` call has a fixed cost, and a record's header fields are a handful of
+/// one- to four-byte pieces.
+struct Crc {
+    crc: u32,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Crc {
+    fn new(crc: u32) -> Self {
+        Crc {
+            crc,
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.buf.len() - self.len;
+        if bytes.len() > room {
+            self.flush();
+            if bytes.len() > self.buf.len() / 2 {
+                self.crc = crc32c::crc32c_append(self.crc, bytes);
+                return;
+            }
+        }
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.len > 0 {
+            self.crc =
+                crc32c::crc32c_append(self.crc, self.buf.get(..self.len).unwrap_or_default());
+            self.len = 0;
+        }
+    }
+
+    fn finish(mut self) -> u32 {
+        self.flush();
+        self.crc
+    }
 }
 
 /// Writes a format-1 payload (references first). Only tests write it now: it is how the
@@ -299,6 +363,7 @@ pub(crate) fn decode_message(ty: u8, buf: &Bytes) -> Option<StoredMessage> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::record;
 
     fn sample() -> StoredMessage {
         StoredMessage::new(

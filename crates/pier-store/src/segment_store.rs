@@ -1397,6 +1397,59 @@ mod tests {
         assert_eq!(bodies, [&b"kept"[..], &b"after"[..]]);
     }
 
+    /// The same through the sync thread: batches of one command, so that every batch finds
+    /// the next one waiting and hands its fdatasync over; the first sync fails (`/dev/null`),
+    /// and no append is ever confirmed, later ones included.
+    #[test]
+    fn a_failed_fsync_on_the_sync_thread_nacks_everything_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SegmentStore::open(dir.path(), small()).unwrap();
+        let q = s.open_queue("q").unwrap();
+        let one = |offset| QueueRef { queue: q, offset };
+        s.append(&[one(0)], &msg(b"durable")).unwrap();
+        let durable = s.commit().unwrap();
+        s.active.file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .unwrap(),
+        );
+        let t = crate::StoreThread::spawn(
+            Box::new(s),
+            crate::ThreadConfig {
+                max_batch: 1,
+                hand_off_backlog: 1,
+                ..crate::ThreadConfig::default()
+            },
+        )
+        .unwrap();
+        let h = t.handle();
+        // Hold the thread so that everything below is waiting when it starts.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        h.send(crate::Command::Run(Box::new(move |_| {
+            let _ = go_rx.recv();
+        })))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = 50u64;
+        for offset in 1..=n {
+            let tx = tx.clone();
+            h.append(vec![one(offset)], msg(b"lost"), move |r| {
+                tx.send(r.is_ok()).unwrap()
+            })
+            .unwrap();
+        }
+        go_tx.send(()).unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        for _ in 1..=n {
+            assert!(!rx.recv_timeout(wait).unwrap(), "nothing is confirmed");
+        }
+        assert_eq!(h.durable_seq(), durable);
+        assert!(h.call(|s| s.open_queue("other")).unwrap().is_err());
+        assert!(t.shutdown().is_err(), "closing a failed store reports it");
+    }
+
     #[test]
     fn a_failed_fsync_nacks_what_it_covered_and_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
