@@ -185,8 +185,9 @@ def test_torn_tail_and_flipped_bytes_are_skipped(pier_factory):
     conn.close()
     assert proc.terminate() == 0
 
-    # The vhost "/" lives in msgs/2f (hex of its name); its records are in the largest segment.
-    segments = sorted(proc.data_dir.glob("msgs/2f/*.seg"), key=lambda p: p.stat().st_size)
+    # The vhost "/" lives in msgs/2f (hex of its name), its queues on the shards there (msgs/2f
+    # itself and msgs/2f/shard-NN); the queue's records are in the largest segment.
+    segments = sorted(proc.data_dir.glob("msgs/2f/**/*.seg"), key=lambda p: p.stat().st_size)
     assert segments, list(proc.data_dir.rglob("*"))
     seg = segments[-1]
     data = bytearray(seg.read_bytes())
