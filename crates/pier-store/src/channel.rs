@@ -84,7 +84,9 @@ impl<T> Waker<T> {
     pub(crate) fn wake(&self) {
         let mut st = self.shared.lock();
         st.woken = true;
-        let wake = st.receiver_waiting;
+        // The first send (or wake) after the receiver went to sleep wakes it, the ones
+        // before it runs again need not: one futex wake per sleep, not one per send.
+        let wake = std::mem::replace(&mut st.receiver_waiting, false);
         drop(st);
         if wake {
             self.shared.readable.notify_one();
@@ -131,7 +133,9 @@ impl<T> Sender<T> {
             st.senders_waiting -= 1;
         }
         st.items.push_back(item);
-        let wake = st.receiver_waiting;
+        // The first send (or wake) after the receiver went to sleep wakes it, the ones
+        // before it runs again need not: one futex wake per sleep, not one per send.
+        let wake = std::mem::replace(&mut st.receiver_waiting, false);
         drop(st);
         if wake {
             self.shared.readable.notify_one();
@@ -148,7 +152,9 @@ impl<T> Sender<T> {
             return Err(TrySendError::Full(item));
         }
         st.items.push_back(item);
-        let wake = st.receiver_waiting;
+        // The first send (or wake) after the receiver went to sleep wakes it, the ones
+        // before it runs again need not: one futex wake per sleep, not one per send.
+        let wake = std::mem::replace(&mut st.receiver_waiting, false);
         drop(st);
         if wake {
             self.shared.readable.notify_one();
@@ -170,7 +176,7 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
         st.senders -= 1;
-        let wake = st.senders == 0 && st.receiver_waiting;
+        let wake = st.senders == 0 && std::mem::replace(&mut st.receiver_waiting, false);
         drop(st);
         if wake {
             self.shared.readable.notify_one();

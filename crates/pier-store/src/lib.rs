@@ -4,7 +4,8 @@
 //! and no broker types. Design, formats and figures: `docs/storage.md`.
 //!
 //! ```text
-//!  data/msgs/<vhost>/                     one SegmentStore (one store thread) per vhost
+//!  data/msgs/<vhost>/                     one ShardedStore per vhost; shard 0 here, shard N
+//!  ├── shard-01/ ...                      in shard-NN/ (one SegmentStore + StoreThread each)
 //!  ├── queues.log       queue registry: name ↔ disk id, delivered marks   (record log)
 //!  ├── 00000001.seg     ┐ message log, split in segments (32 MiB default):
 //!  ├── 00000001.ack     │   [hdr 16B][rec][rec][rec]...      rec = [len][crc32c][type][payload]
@@ -21,7 +22,11 @@
 //!   purge; delete; recovered queues). Backends: [`SegmentStore`] (disk) and [`MemoryStore`].
 //!   [`conformance::run_suite`] is the contract both pass.
 //! * [`StoreThread`]: runs a backend on its own thread behind a bounded channel, with group
-//!   commit and durable callbacks, so async code never waits on the disk.
+//!   commit (pipelined: under load the fdatasync runs on a sync thread while the next batch is
+//!   applied) and durable callbacks, so async code never waits on the disk. The publisher
+//!   checksums the record ([`EncodedMessage`]); the store thread only copies it.
+//! * [`ShardedStore`]: a vhost's store as independent shards (a store thread each); a queue
+//!   lives on one shard, so publishes to queues of different shards run in parallel.
 //! * [`DefinitionsStore`]: durable definitions in redb.
 //!
 //! Nothing in here panics on file content: every length read from disk is bounds-checked,
