@@ -251,6 +251,22 @@ def run_phase(opts, broker, pid, prefix, kind, args):
     }
 
 
+def run_floor(opts):
+    """Scenario D's floor: the same size and rate through a byte relay (`pier bench --floor`),
+    measured by the same generator in the same run. Returns (p50, p99) in µs or Nones."""
+    cmd = [opts.pier_bin, "bench", "--floor", "--json", "--size", "1024", "--rate", "1000",
+           "--time", f"{opts.time:g}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.time + 60)
+    except subprocess.TimeoutExpired:
+        return None, None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return None, None
+    lat = json.loads(lines[-1]).get("latency_us") or {}
+    return lat.get("p50"), lat.get("p99")
+
+
 def metrics(phase):
     """The figures of one phase that go into the tables."""
     r = phase["result"] or {}
@@ -391,7 +407,8 @@ def read_notes(path):
     return text[i + len(NOTES_BEGIN):j].strip("\n")
 
 
-def write_report(opts, info, defs, names, results, skipped, started, finished, raw_path):
+def write_report(opts, info, defs, names, results, skipped, started, finished, raw_path,
+                 floors=()):
     L = []
     w = L.append
     w("# Benchmarks: Pier and RabbitMQ side by side")
@@ -493,6 +510,24 @@ def write_report(opts, info, defs, names, results, skipped, started, finished, r
             w(f"| {label} | {fmt_ratio(thr)} | {fmt_ratio(p50)} | {fmt_ratio(p99)} | "
               f"{fmt_ratio(cpm)} | {fmt_ratio(rss)} | "
               f"{target if label == phases[0][0] else ''} | {met} |")
+    if "D" in names and floors:
+        f50 = median([f[0] for f in floors])
+        f99 = median([f[1] for f in floors])
+        p = med[("D", "pier")]
+        w("")
+        w("### D's floor")
+        w("")
+        w("The same 1 KiB messages at 1,000/s through a plain byte relay (`pier bench --floor`: "
+          "one TCP hop in, one out, a tokio runtime with as many workers as Pier's), measured "
+          "by the same generator in this run, once per round: what waking the idle vCPUs "
+          "costs with no broker on the path.")
+        w("")
+        w(f"| | p50 | p99 |")
+        w("|---|--:|--:|")
+        w(f"| relay floor (median of {len(floors)}) | {fmt_us(f50)} | {fmt_us(f99)} |")
+        w(f"| {NAMES['pier']} | {fmt_us(p['p50'])} | {fmt_us(p['p99'])} |")
+        w(f"| {NAMES['pier']} / floor | {fmt_ratio(ratio(p['p50'], f50))} | "
+          f"{fmt_ratio(ratio(p['p99'], f99))} |")
     w("")
     w("## Every run")
     w("")
@@ -658,7 +693,12 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out")
     ap.add_argument("--f-messages", type=int)
+    ap.add_argument("--pier-name", default="Pier",
+                    help="name of the first broker in the report (before/after runs)")
+    ap.add_argument("--rabbit-name", default="RabbitMQ",
+                    help="name of the second broker in the report (before/after runs)")
     opts = ap.parse_args()
+    NAMES["pier"], NAMES["rabbitmq"] = opts.pier_name, opts.rabbit_name
     opts.runs = opts.runs or (1 if opts.quick else 3)
     opts.time = opts.time or (2.0 if opts.quick else 10.0)
     opts.f_messages = opts.f_messages or (50_000 if opts.quick else 1_000_000)
@@ -699,10 +739,18 @@ def main():
                       file=sys.stderr)
     info["nofile"] = {b: nofile_limit(pids[b]) for b in BROKERS}
 
+    floors = []
     for name in names:
         title, phases, _ = defs[name]
         print(f"== {name}: {title}", file=sys.stderr)
         for run in range(opts.runs):
+            if name == "D":
+                p50, p99 = run_floor(opts)
+                floors.append((p50, p99))
+                raw["runs"].append({"scenario": "D", "phase": "D floor", "run": run + 1,
+                                    "broker": "relay", "p50": p50, "p99": p99})
+                print(f"   D floor   run {run + 1}/{opts.runs} relay    p50 {fmt_us(p50):>8} "
+                      f"p99 {fmt_us(p99):>8}", file=sys.stderr)
             for broker in BROKERS:
                 pid = pids[broker]
                 if (name, broker) in skipped:
@@ -735,7 +783,8 @@ def main():
                     json.dump(finite(raw), f, indent=1)
 
     finished = datetime.datetime.now(datetime.timezone.utc)
-    write_report(opts, info, defs, names, results, skipped, started, finished, raw_path)
+    write_report(opts, info, defs, names, results, skipped, started, finished, raw_path,
+                 floors)
     print(f"report: {opts.out}\nraw results: {raw_path}", file=sys.stderr)
 
 

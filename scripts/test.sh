@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Pier's test command: lint, build, Rust tests, then the Python black-box
-# suite (tests/python) against the freshly built broker.
+# suite (tests/python) against the freshly built broker, then client libraries'
+# own test suites (amqplib's, and a fast subset of aio-pika's and aiormq's:
+# scripts/client-suites.sh --quick).
 #
-# Usage: ./scripts/test.sh [--quick] [--no-python] [--python-only] [-- PYTEST_ARGS...]
+# Usage: ./scripts/test.sh [--quick] [--no-python] [--python-only]
+#                          [--no-client-suites] [--no-cluster] [-- PYTEST_ARGS...]
 #
-#   --quick        skip `cargo fmt --check` and `cargo clippy`
-#   --no-python    stop after `cargo test`
-#   --python-only  skip every cargo stage (uses the existing binary at $PIER_BIN)
-#   -- ARGS        extra arguments for pytest (e.g. -- -k queue -x)
+#   --quick             skip `cargo fmt --check` and `cargo clippy`
+#   --no-python         stop after `cargo test`
+#   --python-only       skip every cargo stage (uses the existing binary at $PIER_BIN)
+#   --no-client-suites  skip the client libraries' suites
+#   --no-cluster        skip the cluster fault tests (tests/cluster: real nodes in a network
+#                       namespace, killed, paused and partitioned; they need root, `ip` and
+#                       `nft`, and are skipped with the reason where those are missing)
+#   -- ARGS             extra arguments for pytest (e.g. -- -k queue -x); they also
+#                       skip the client libraries' suites
 #
 # Environment:
 #   PIER_BIN             broker binary for the Python suite (default: <target>/debug/pier)
 #   PIER_TEST_AMQP_URL   run the Python suite against this external broker instead
 #                        (e.g. a RabbitMQ: amqp://guest:guest@127.0.0.1:5673/%2F)
 #   PYTHON               interpreter used to create .venv (default: python3)
+#   CLIENT_SUITES_TIMEOUT  time bound per client suite, seconds (default: 300)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +31,8 @@ cd "$ROOT"
 QUICK=0
 RUN_CARGO=1
 RUN_PYTHON=1
+RUN_CLIENT_SUITES=1
+RUN_CLUSTER=1
 PYTEST_ARGS=()
 
 usage() {
@@ -33,8 +44,10 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --no-python) RUN_PYTHON=0 ;;
         --python-only) RUN_CARGO=0 ;;
+        --no-client-suites) RUN_CLIENT_SUITES=0 ;;
+        --no-cluster) RUN_CLUSTER=0 ;;
         -h | --help) usage; exit 0 ;;
-        --) shift; PYTEST_ARGS+=("$@"); break ;;
+        --) shift; PYTEST_ARGS+=("$@"); RUN_CLIENT_SUITES=0; break ;;
         *) echo "test.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -117,5 +130,27 @@ else
 fi
 "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
 stage_done
+
+# --- cluster fault tests -------------------------------------------------------
+if [ "$RUN_CLUSTER" -eq 0 ]; then
+    printf '\n(cluster fault tests skipped: --no-cluster)\n'
+elif [ -n "${PIER_TEST_AMQP_URL:-}" ]; then
+    printf '\n(cluster fault tests skipped: they start their own Pier nodes)\n'
+elif [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
+    printf '\n(cluster fault tests skipped: they need root, ip (iproute2) and nft (nftables) to make a network namespace; .ci/run installs them)\n'
+else
+    stage "pytest tests/cluster (3-node clusters in a network namespace: kill, pause, partition)"
+    (cd tests/cluster && "$VENV/bin/python" -m pytest .)
+    stage_done
+fi
+
+# --- client libraries' own suites ---------------------------------------------
+if [ "$RUN_CLIENT_SUITES" -eq 1 ]; then
+    stage "client libraries' suites: amqplib, aiormq and aio-pika (--quick)"
+    # A hang fails the suite at the time bound instead of holding CI.
+    PIER_CLIENT_SUITES_URL="${PIER_TEST_AMQP_URL:-}" PYTHON="$PYTHON" \
+        ./scripts/client-suites.sh --quick --timeout "${CLIENT_SUITES_TIMEOUT:-300}"
+    stage_done
+fi
 
 printf '\nAll stages passed.\n'

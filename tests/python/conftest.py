@@ -87,7 +87,10 @@ def pier_binary() -> Path:
 class PierProcess:
     """One Pier broker process with its own ports, data dir and log file."""
 
-    def __init__(self, workdir: Path, config_text: str = PIER_CONFIG):
+    def __init__(self, workdir: Path, config_text: str = PIER_CONFIG,
+                 bind: str | None = "127.0.0.1"):
+        """``bind=None`` starts Pier on its default listener (every IPv6 and IPv4 address)."""
+        self.bind = bind
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -99,6 +102,9 @@ class PierProcess:
         self.http_port = free_port()
         while self.http_port == self.amqp_port:
             self.http_port = free_port()
+        self.stream_port = free_port()
+        while self.stream_port in (self.amqp_port, self.http_port):
+            self.stream_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.returncode: int | None = None
@@ -112,9 +118,12 @@ class PierProcess:
         cmd = [str(binary), "server",
                "--amqp-port", str(self.amqp_port),
                "--http-port", str(self.http_port),
-               "--data-dir", str(self.data_dir),
-               "--bind", "127.0.0.1",
-               "--config", str(self.config_path)]
+               "--stream-port", str(self.stream_port),
+               "--stream-advertised-host", "127.0.0.1",
+               "--data-dir", str(self.data_dir)]
+        if self.bind is not None:
+            cmd += ["--bind", self.bind]
+        cmd += ["--config", str(self.config_path)]
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log_file.flush()
@@ -386,6 +395,19 @@ def names(broker):
     res = Resources(broker)
     yield res
     res.cleanup()
+
+
+@pytest.fixture
+def mgmt(broker):
+    """The management API of the broker under test: the session's Pier, or the external
+    broker's at PIER_TEST_MGMT_URL (skipped without it)."""
+    from helpers import MgmtApi
+    if EXTERNAL_URL:
+        url = os.environ.get("PIER_TEST_MGMT_URL")
+        if not url:
+            pytest.skip("PIER_TEST_MGMT_URL is not set")
+        return MgmtApi.from_url(url)
+    return MgmtApi(broker.process.http_port)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Callable, Iterator
 
@@ -140,6 +141,14 @@ class MgmtApi:
         self.base = f"http://{host}:{port}/api"
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    @classmethod
+    def from_url(cls, url: str) -> "MgmtApi":
+        """From a base URL with credentials, e.g. http://guest:guest@127.0.0.1:15673."""
+        parsed = urllib.parse.urlparse(url)
+        return cls(parsed.port or 15672, urllib.parse.unquote(parsed.username or "guest"),
+                   urllib.parse.unquote(parsed.password or "guest"),
+                   parsed.hostname or "127.0.0.1")
 
     def call(self, method: str, path: str, body=None):
         data = None if body is None else json.dumps(body).encode()

@@ -68,3 +68,23 @@ def test_pika_channel_close_then_use_raises(connection):
     ch.close()
     with pytest.raises(pika.exceptions.ChannelWrongStateError):
         ch.basic_get("x")
+
+
+def test_channel_flow_active_true_is_acknowledged(raw):
+    conn = raw()
+    conn.handshake()
+    conn.open_channel(1)
+    ok = conn.rpc(1, "channel.flow", "channel.flow-ok", active=True)
+    assert ok["active"] is True
+
+
+def test_channel_flow_active_false_is_540_not_implemented(raw):
+    # RabbitMQ does not let a client pause deliveries with channel.flow: it closes the
+    # connection (use basic.qos or basic.cancel instead).
+    conn = raw()
+    conn.handshake()
+    conn.open_channel(1)
+    conn.send_method(1, "channel.flow", active=False)
+    close = conn.expect_connection_close()
+    assert (close["reply_code"], close["reply_text"]) == (540, "NOT_IMPLEMENTED - active=false")
+    assert (close["class_id"], close["method_id"]) == (20, 20)

@@ -1,10 +1,14 @@
 """Connection negotiation: server properties, capabilities, tuning, heartbeats."""
 
+import socket
 import time
 
+import pika
 import pytest
 
-from amqp_raw import FRAME_HEARTBEAT, heartbeat_frame
+from amqp_raw import FRAME_HEARTBEAT, RawConnection, heartbeat_frame
+from conftest import PIER_CONFIG, PierProcess
+from helpers import MgmtApi
 
 
 def test_connection_start_advertises_capabilities(raw):
@@ -128,3 +132,103 @@ def test_methods_after_channel_close_are_ignored_until_close_ok(raw):
     # the next reply is for this channel.open, not for the discarded declare
     conn.send_method(1, "basic.qos", prefetch_count=1)
     assert conn.read_method().name == "basic.qos-ok"
+
+
+def test_broker_leaves_closing_the_socket_to_the_client_after_close_ok(raw):
+    # RabbitMQ answers connection.close with close-ok and then waits for the client to close
+    # the socket. A client may still be writing then (amqplib flushes publishes it queued
+    # before close); had the broker closed first, those writes would meet a reset and the
+    # client would report an error for a clean close.
+    conn = raw()
+    conn.handshake()
+    conn.open_channel(1)
+    conn.send_method(0, "connection.close", reply_code=200, reply_text="bye")
+    conn.expect("connection.close-ok")
+    conn.publish(1, "", "pier-test-after-close", b"late")
+    with pytest.raises(TimeoutError):
+        conn.read_frame(timeout=1.0)  # no EOF, no reset: the socket is still open
+    # Once the client has closed, so does the broker (RabbitMQ with a reset: it sets
+    # SO_LINGER 0 on its sockets).
+    conn.sock.shutdown(socket.SHUT_WR)
+    conn.sock.settimeout(10)
+    try:
+        assert conn.sock.recv(4096) == b""
+    except ConnectionResetError:
+        pass
+
+
+def _loopback_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def default_listener(broker, tmp_path):
+    """(port, Pier process or None) of a broker on its default listener: the external broker
+    (RabbitMQ listens on [::] by default), or a private Pier started without --bind."""
+    if broker.external:
+        if broker.host not in ("127.0.0.1", "localhost", "::1"):
+            pytest.skip("the external broker is not on this machine")
+        yield broker.port, None
+        return
+    proc = PierProcess(tmp_path / "pier-default-listener", bind=None).start()
+    try:
+        yield proc.amqp_port, proc
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("host", ["::1", "127.0.0.1", "localhost"])
+def test_default_listener_accepts_ipv6_and_ipv4_clients(broker, default_listener, host):
+    # amqplib's tests connect to amqp://[::1] and to localhost (which Node may resolve to ::1).
+    if host == "::1" and not _loopback_ipv6():
+        pytest.skip("this machine has no IPv6 loopback")
+    port, _proc = default_listener
+    # guest is a loopback-only user: an IPv4 client on the dual-stack socket must still count
+    # as 127.0.0.1, not ::ffff:127.0.0.1.
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host=host, port=port, virtual_host=broker.vhost,
+        credentials=pika.PlainCredentials(broker.user, broker.password),
+        connection_attempts=1, socket_timeout=10))
+    try:
+        assert conn.channel().queue_declare("", exclusive=True).method.queue
+    finally:
+        conn.close()
+
+
+@pytest.mark.pier_only
+def test_default_management_listener_lets_guest_in_from_ipv4_loopback(default_listener):
+    _port, proc = default_listener
+    assert MgmtApi(proc.http_port).get("/whoami")["name"] == "guest"
+
+
+@pytest.mark.pier_only
+def test_bind_narrows_the_listener_to_one_address(broker):
+    if not _loopback_ipv6():
+        pytest.skip("this machine has no IPv6 loopback")
+    # The shared Pier runs with --bind 127.0.0.1.
+    with pytest.raises(OSError):
+        socket.create_connection(("::1", broker.port), timeout=5).close()
+
+
+@pytest.mark.pier_only
+def test_advertised_product_and_version_can_be_configured(pier_factory):
+    # For client code that switches on product == "RabbitMQ" (docs: README, "Server
+    # properties"); Pier's own name is the default.
+    default = pier_factory()
+    proc = pier_factory(PIER_CONFIG + '\n[server_properties]\nproduct = "RabbitMQ"\n'
+                                      'version = "3.10.8"\n')
+    for p, product, version in ((default, "Pier", None), (proc, "RabbitMQ", "3.10.8")):
+        conn = RawConnection("127.0.0.1", p.amqp_port, timeout=10)
+        try:
+            conn.handshake()
+            props = conn.start["server_properties"]
+        finally:
+            conn.close()
+        assert props["product"] == product
+        if version is not None:
+            assert props["version"] == version

@@ -125,6 +125,37 @@ def test_server_cancel_frame_raw(raw, connection, names):
     assert cancel["no_wait"] is True
 
 
+def test_queue_deleted_on_the_consumers_own_channel_cancels_after_delete_ok(raw, names):
+    # RabbitMQ answers queue.delete first and only then tells the deleting channel's own
+    # consumers (aio-pika's robust queue forgets its consumers when it deletes the queue; a
+    # basic.cancel before delete-ok reaches it as a cancel of a live consumer).
+    q = names.queue()
+    conn = raw()
+    conn.handshake()
+    conn.open_channel(1)
+    conn.rpc(1, "queue.declare", "queue.declare-ok", queue=q)
+    conn.rpc(1, "basic.consume", "basic.consume-ok", queue=q, consumer_tag="mine")
+    conn.send_method(1, "queue.delete", queue=q)
+    assert conn.read_method().name == "queue.delete-ok"
+    cancel = conn.expect("basic.cancel")
+    assert (cancel.channel, cancel["consumer_tag"]) == (1, "mine")
+
+
+def test_consumer_cancelled_before_its_queue_is_deleted_gets_no_server_cancel(raw, names):
+    q = names.queue()
+    conn = raw()
+    conn.handshake()
+    conn.open_channel(1)
+    conn.rpc(1, "queue.declare", "queue.declare-ok", queue=q)
+    conn.rpc(1, "basic.consume", "basic.consume-ok", queue=q, consumer_tag="gone")
+    conn.send_method(1, "basic.cancel", consumer_tag="gone", no_wait=True)
+    conn.send_method(1, "queue.delete", queue=q)
+    conn.expect("queue.delete-ok")
+    # Nothing else follows: a channel method answered with its -ok proves it.
+    conn.send_method(1, "basic.qos", **{"prefetch_size": 0, "prefetch_count": 1, "global": False})
+    conn.expect("basic.qos-ok")
+
+
 def test_exclusive_consumer_refused_when_queue_has_consumers(connection, names):
     q = names.queue()
     ch = connection.channel()

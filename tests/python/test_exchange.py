@@ -247,6 +247,74 @@ def test_unbind_of_nonexistent_binding_is_ok(channel):
     assert channel.is_open
 
 
+@pytest.mark.parametrize("missing", ["queue", "exchange", "both"])
+def test_queue_unbind_naming_a_missing_queue_or_exchange_is_ok(connection, names, missing):
+    # Unbinding is idempotent in RabbitMQ, like delete: clients clean up with an unbind
+    # after a delete (aio-pika's tests do) and get unbind-ok, not 404.
+    x = names.exchange()
+    ch = connection.channel()
+    ch.exchange_declare(x, "direct")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, x, "k")
+    queue = "pier-test-no-such-queue" if missing in ("queue", "both") else q
+    exchange = "pier-test-no-such-exchange" if missing in ("exchange", "both") else x
+    ch.queue_unbind(queue, exchange, "k")
+    assert ch.is_open
+    # nothing else was unbound
+    ch.confirm_delivery()
+    ch.basic_publish(x, "k", b"still bound")
+    assert ch.queue_declare(q, passive=True).method.message_count == 1
+
+
+def test_queue_unbind_after_deleting_the_queue_is_ok(channel, names):
+    x, q = names.exchange(), names.queue()
+    channel.exchange_declare(x, "fanout")
+    channel.queue_declare(q)
+    channel.queue_bind(q, x)
+    channel.queue_delete(q)
+    channel.queue_unbind(q, x)
+    channel.exchange_delete(x)
+    channel.exchange_unbind(x, "amq.fanout")
+    assert channel.is_open
+
+
+@pytest.mark.parametrize("missing", ["destination", "source", "both"])
+def test_exchange_unbind_naming_a_missing_exchange_is_ok(channel, names, missing):
+    x = names.exchange()
+    channel.exchange_declare(x, "fanout")
+    destination = "pier-test-no-such-dst" if missing in ("destination", "both") else x
+    source = "pier-test-no-such-src" if missing in ("source", "both") else x
+    channel.exchange_unbind(destination, source, "k")
+    assert channel.is_open
+
+
+@pytest.mark.parametrize("operation", ["queue_unbind", "queue_unbind_missing_queue",
+                                       "exchange_unbind_source", "exchange_unbind_destination"])
+def test_unbind_involving_the_default_exchange_is_403_even_if_nothing_exists(channel,
+                                                                              operation):
+    ops = {
+        "queue_unbind": lambda: channel.queue_unbind(
+            channel.queue_declare("", exclusive=True).method.queue, "", "k"),
+        "queue_unbind_missing_queue": lambda: channel.queue_unbind(
+            "pier-test-no-such-queue", "", "k"),
+        "exchange_unbind_source": lambda: channel.exchange_unbind("amq.fanout", "", "k"),
+        "exchange_unbind_destination": lambda: channel.exchange_unbind("", "amq.fanout", "k"),
+    }
+    with channel_closed(403, "ACCESS_REFUSED - operation not permitted on the default "
+                             "exchange"):
+        ops[operation]()
+
+
+def test_noop_unbind_keeps_a_never_bound_auto_delete_exchange(connection, names):
+    x = names.exchange("ad")
+    ch = connection.channel()
+    ch.exchange_declare(x, "fanout", auto_delete=True)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_unbind(q, x, "never-bound")
+    ch.exchange_unbind("amq.fanout", x, "never-bound")
+    assert exchange_exists(connection, x)
+
+
 def test_rebinding_is_idempotent(channel, names):
     x = names.exchange()
     channel.exchange_declare(x, "direct")

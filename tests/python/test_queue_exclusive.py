@@ -40,6 +40,21 @@ def test_exclusive_queue_is_locked_for_other_connections(make_connection, exclus
     assert info["exc"].reply_text == LOCKED.format(q=q)
 
 
+def test_unbind_of_another_connections_exclusive_queue(connection, make_connection,
+                                                      exclusive_queue, names):
+    # RabbitMQ checks exclusivity only for a binding that exists: unbinding anything else
+    # (nothing bound, or a missing exchange) is unbind-ok like any no-op unbind.
+    x = names.exchange()
+    connection.channel().exchange_declare(x, "direct")
+    connection.channel().queue_bind(exclusive_queue, x, "bound")
+    ch = make_connection().channel()
+    ch.queue_unbind(exclusive_queue, x, "not-bound")
+    ch.queue_unbind(exclusive_queue, "pier-test-no-such-exchange", "bound")
+    with channel_closed(405) as info:
+        ch.queue_unbind(exclusive_queue, x, "bound")
+    assert info["exc"].reply_text == LOCKED.format(q=exclusive_queue)
+
+
 def test_exclusive_queue_usable_from_other_channel_of_same_connection(connection,
                                                                       exclusive_queue):
     ch = connection.channel()

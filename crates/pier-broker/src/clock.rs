@@ -12,6 +12,10 @@ pub const NEVER: u64 = u64::MAX;
 #[derive(Debug)]
 pub struct Clock {
     base: Instant,
+    /// Wall-clock milliseconds since the Unix epoch at `base`: `unix_ms` is `now_ms` plus
+    /// this, so a command needs one clock read, not two (wall-clock adjustments while the
+    /// broker runs are ignored, which only shifts expiry deadlines stored for restarts).
+    unix_base_ms: u64,
     /// Added to the real elapsed time; only tests move it.
     offset_ms: AtomicU64,
 }
@@ -20,6 +24,7 @@ impl Default for Clock {
     fn default() -> Self {
         Clock {
             base: Instant::now(),
+            unix_base_ms: crate::persist::unix_ms(),
             offset_ms: AtomicU64::new(0),
         }
     }
@@ -34,6 +39,11 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         let real = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
         real.saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch at clock time `now_ms`.
+    pub fn unix_ms_at(&self, now_ms: u64) -> u64 {
+        self.unix_base_ms.saturating_add(now_ms)
     }
 
     /// Moves this clock forward (tests).

@@ -42,25 +42,7 @@ pub struct Delivery {
     pub message: Arc<Message>,
     pub redelivered: bool,
     pub ack_required: bool,
-    /// When the message entered the queue (`waits::stamp`): handed back on settle or requeue
-    /// so the queue can measure time in queue without keeping a record per delivery.
-    pub enqueued_at: u32,
-}
-
-impl Delivery {
-    /// What settling this delivery hands back to its queue.
-    pub fn settled(&self) -> Settled {
-        Settled {
-            offset: self.offset,
-            enqueued_at: self.enqueued_at,
-        }
-    }
-}
-
-/// A delivery being acknowledged: its position in the queue and when it entered it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settled {
-    pub offset: u64,
+    /// When the message entered the queue (`waits::stamp`).
     pub enqueued_at: u32,
 }
 
@@ -75,6 +57,8 @@ pub trait DeliverySink: Send + Sync {
     fn notify_when_ready(&self, queue: Weak<Queue>);
     /// The broker cancelled this consumer (its queue was deleted).
     fn cancelled(&self, consumer_tag: &ShortString);
+    /// Credit mode with drain: `credit` was given back unused.
+    fn drained(&self, _consumer_tag: &ShortString, _credit: u32) {}
     /// The channel number this sink delivers on, when it is a client channel (management
     /// listings show it).
     fn channel_number(&self) -> Option<u16> {

@@ -25,9 +25,13 @@ pub struct QueueCountersSnapshot {
 }
 
 impl QueueCounters {
-    #[inline]
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    /// Copies the engine's counters (called under the queue lock after each command).
+    pub(crate) fn set(&self, c: crate::queue::engine::EngineCounters) {
+        self.published.store(c.published, Ordering::Relaxed);
+        self.delivered.store(c.delivered, Ordering::Relaxed);
+        self.delivered_no_ack
+            .store(c.delivered_no_ack, Ordering::Relaxed);
+        self.acked.store(c.acked, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> QueueCountersSnapshot {

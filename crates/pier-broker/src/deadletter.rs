@@ -19,6 +19,8 @@ pub enum DeathReason {
     Expired,
     /// Dropped from the head (or refused with reject-publish-dlx) because of a length limit.
     MaxLen,
+    /// Returned more often than the queue's delivery limit (`x-delivery-limit`).
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -27,6 +29,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -145,7 +148,7 @@ pub fn dead_lettered(
         None => (message.routing_key.clone(), original_keys),
     };
     props.headers = Some(headers);
-    let new = Message::from_properties(
+    let new = Message::new(
         ShortString::from(dlx),
         routing_key,
         props,
@@ -192,7 +195,7 @@ mod tests {
     use pier_wire::BasicProperties;
 
     fn message(headers: Option<FieldTable>, expiration: Option<&str>) -> Message {
-        Message::from_properties(
+        Message::new(
             "src".into(),
             "rk".into(),
             BasicProperties {
@@ -266,8 +269,8 @@ mod tests {
             Some(&FieldValue::Array(vec![longstr("rk"), longstr("cc1")]))
         );
         // The raw properties were re-encoded from the new ones.
-        let decoded = BasicProperties::decode(&dl.raw_properties).unwrap();
-        assert_eq!(decoded, dl.properties);
+        let decoded = BasicProperties::decode(dl.amqp_properties()).unwrap();
+        assert_eq!(crate::message::Properties::from(decoded), dl.properties);
     }
 
     #[test]

@@ -6,16 +6,17 @@
 //! pushes at the back) and must see a message's append before any ack of it. A single-queue
 //! publish gets both by taking the offset and sending the append under the queue's lock. A
 //! shared record extends that: the publisher locks *every* sharing queue, takes each one's
-//! offset, sends the appends (one per shard), and only then enqueues the message in each queue
-//! and lets its lock go. Any other append carrying a reference to one of these queues is sent
-//! under that queue's lock too, so for every queue the store receives references in the order
-//! its offsets were taken; no consumer can see (and ack) the message before the append was
-//! sent.
+//! offset (the engine enqueues it, holding back its effects), sends the appends (one per
+//! shard), and only then carries out each queue's effects (deliveries among them) and lets its
+//! lock go. Any other append carrying a reference to one of these queues is sent under that
+//! queue's lock too, so for every queue the store receives references in the order its offsets
+//! were taken; no consumer can see (and ack) the message before the append was sent.
 //!
 //! **No deadlock.** Locks are taken in one fixed order (store shard id, then store queue id:
 //! unique per vhost) by every fan-out publisher, and everything else holds at most one queue
 //! lock; what a queue does under its lock (deliveries to channel sinks, store commands) never
-//! waits for a queue lock. Dead letters are routed only after every lock is released.
+//! waits for a queue lock. Dead letters are routed (by `VHost::publish`) only after every lock
+//! is released.
 //!
 //! **Encoding.** The records are encoded (and checksummed) before any lock is taken: the
 //! record's bytes do not depend on the offsets, only on how many references it has.
@@ -24,26 +25,27 @@ use std::sync::{Arc, MutexGuard};
 
 use pier_store::EncodedMessage;
 
-use crate::deadletter::DeadLetter;
 use crate::message::Message;
 use crate::persist::{to_stored, PublishDurability};
-use crate::queue::{Published, Queue, QueueState};
+use crate::publish::DeadLetterWork;
+use crate::queue::classic::Core;
+use crate::queue::{Published, Queue};
 
 /// What became of a message published to its routed queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PublishOutcome {
+pub(crate) struct Fanout {
     /// Some queue accepted (or refused) it: it was routed.
-    pub delivered: bool,
+    pub routed: bool,
     /// Some queue refused it (`x-overflow` reject-publish): the publisher gets a basic.nack.
     pub rejected: bool,
 }
 
-impl PublishOutcome {
+impl Fanout {
     fn add(&mut self, p: Published) {
         match p {
-            Published::Accepted => self.delivered = true,
+            Published::Accepted => self.routed = true,
             Published::Rejected => {
-                self.delivered = true;
+                self.routed = true;
                 self.rejected = true;
             }
             Published::Gone => {}
@@ -53,19 +55,21 @@ impl PublishOutcome {
 
 /// Publishes `message` to `queues` (routed, without duplicates; the slice is reordered). A
 /// persistent message routed to two or more durable queues of a store shard is written once
-/// for them.
-pub fn publish_to_queues(
+/// for them. Dead letters the queues produce are handed back in `dead` (the caller routes them
+/// once no queue lock is held). Only `VHost::publish` calls this.
+pub(crate) fn publish_to_queues(
     queues: &mut [Arc<Queue>],
     message: &Arc<Message>,
     durability: Option<&Arc<PublishDurability>>,
-) -> PublishOutcome {
-    let mut out = PublishOutcome::default();
+    dead: &mut DeadLetterWork,
+) -> Fanout {
+    let mut out = Fanout::default();
     let sharing = queues.iter().filter(|q| q.shares_record(message)).count();
     // A record holds at most u16::MAX references; past that (never in practice) one per queue.
     if sharing < 2 || sharing > usize::from(u16::MAX) {
         // The common case (one queue, or nothing to share): no extra work, no allocation.
         for q in queues.iter() {
-            out.add(q.publish_durable(Arc::clone(message), durability));
+            out.add(publish_one(q, message, durability, dead));
         }
         return out;
     }
@@ -75,18 +79,31 @@ pub fn publish_to_queues(
         _ => (1, 0, 0),
     });
     let (shared, rest) = queues.split_at(sharing);
-    publish_shared(shared, message, durability, &mut out);
+    publish_shared(shared, message, durability, &mut out, dead);
     for q in rest {
-        out.add(q.publish_durable(Arc::clone(message), durability));
+        out.add(publish_one(q, message, durability, dead));
     }
     out
 }
 
-/// A queue locked for a shared append, with the offset it gave the message.
+fn publish_one(
+    q: &Arc<Queue>,
+    message: &Arc<Message>,
+    durability: Option<&Arc<PublishDurability>>,
+    dead: &mut DeadLetterWork,
+) -> Published {
+    let mut d = Vec::new();
+    let p = q.publish_collect(Arc::clone(message), &mut d, durability);
+    if !d.is_empty() {
+        dead.push((Arc::clone(q), d));
+    }
+    p
+}
+
+/// A queue locked for a shared append.
 struct Held<'a> {
     queue: &'a Arc<Queue>,
-    state: MutexGuard<'a, QueueState>,
-    offset: u64,
+    core: MutexGuard<'a, Core>,
 }
 
 /// The queues of `shared` (sorted as in `publish_to_queues`) grouped by shard: lengths.
@@ -108,7 +125,8 @@ fn publish_shared(
     shared: &[Arc<Queue>],
     message: &Arc<Message>,
     durability: Option<&Arc<PublishDurability>>,
-    out: &mut PublishOutcome,
+    out: &mut Fanout,
+    dead: &mut DeadLetterWork,
 ) {
     // Encoded before any lock, once per shard (a record's bytes depend only on its number
     // of references).
@@ -120,34 +138,25 @@ fn publish_shared(
         .collect();
 
     let mut held: Vec<Held<'_>> = Vec::with_capacity(shared.len());
-    let mut dead: Vec<(&Arc<Queue>, Vec<DeadLetter>)> = Vec::new();
     // Per shard run: the references of the queues that took the message.
     let mut refs: Vec<Vec<pier_store::QueueRef>> =
         runs.iter().map(|&n| Vec::with_capacity(n)).collect();
     let mut queues = shared.iter();
     for (run, &n) in runs.iter().enumerate() {
         for q in queues.by_ref().take(n) {
-            let mut state = q.lock();
-            let mut refused = Vec::new();
-            match q.admit(&mut state, message, &mut refused) {
-                Ok(offset) => {
-                    if let (Some(s), Some(r)) = (q.store(), refs.get_mut(run)) {
-                        r.push(pier_store::QueueRef {
-                            queue: s.id,
-                            offset,
-                        });
-                    }
-                    held.push(Held {
-                        queue: q,
-                        state,
-                        offset,
-                    });
-                }
-                Err(p) => out.add(p),
+            let rt = q.classic_runtime();
+            let mut core = rt.lock();
+            // The engine admits (or refuses) and enqueues; its effects (deliveries among them)
+            // wait until the shared appends are sent.
+            let (result, offset) = rt.enqueue_shared(q, &mut core, Arc::clone(message));
+            out.add(result);
+            if let (Some(offset), Some(s), Some(r)) = (offset, q.store(), refs.get_mut(run)) {
+                r.push(pier_store::QueueRef {
+                    queue: s.id,
+                    offset,
+                });
             }
-            if !refused.is_empty() {
-                dead.push((q, refused));
-            }
+            held.push(Held { queue: q, core });
         }
     }
     // One record per shard for the queues that took the message, sent while all their locks
@@ -173,31 +182,12 @@ fn publish_shared(
             tracing::error!(vhost = %first.map_or("", |q| q.vhost()), queues = nrefs, "store append failed: {e}");
         }
     }
-    for Held {
-        queue,
-        mut state,
-        offset,
-    } in held
-    {
-        let now = queue.clock_now();
-        let mut d = Vec::new();
-        // No TTL here (see `shares_record`).
-        queue.enqueue_locked(
-            &mut state,
-            Arc::clone(message),
-            offset,
-            now,
-            (crate::clock::NEVER, None),
-            &mut d,
-        );
-        drop(state);
-        out.add(Published::Accepted);
+    for Held { queue, mut core } in held {
+        let d = queue.classic_runtime().finish_shared(queue, &mut core);
+        drop(core);
         if !d.is_empty() {
-            dead.push((queue, d));
+            dead.push((Arc::clone(queue), d));
         }
-    }
-    for (q, d) in dead {
-        q.route_dead_letters(d);
     }
 }
 
@@ -261,7 +251,7 @@ mod tests {
     fn message(i: u32, size: usize, persistent: bool) -> Arc<Message> {
         let mut body = format!("{i:08}").into_bytes();
         body.resize(size, b'.');
-        Arc::new(Message::from_properties(
+        Arc::new(Message::new(
             ShortString::from("fan"),
             ShortString::from(""),
             BasicProperties {
@@ -308,11 +298,11 @@ mod tests {
             });
             let m = message(i, 1024, true);
             if shared {
-                let out = publish_to_queues(&mut queues, &m, Some(&d));
+                let out = publish_to_queues(&mut queues, &m, Some(&d), &mut Vec::new());
                 assert_eq!(
                     out,
-                    PublishOutcome {
-                        delivered: true,
+                    Fanout {
+                        routed: true,
                         rejected: false
                     }
                 );
@@ -385,9 +375,9 @@ mod tests {
             Arc::clone(&b),
         ];
         for i in 0..10 {
-            publish_to_queues(&mut all, &message(i, 100, true), None);
+            publish_to_queues(&mut all, &message(i, 100, true), None, &mut Vec::new());
         }
-        publish_to_queues(&mut all, &message(10, 100, false), None);
+        publish_to_queues(&mut all, &message(10, 100, false), None, &mut Vec::new());
         assert_eq!(transient.stats().ready, 11);
         h.wait_durable().unwrap();
         let records = h.call(|s| s.stats()).unwrap();
@@ -464,11 +454,11 @@ mod tests {
                                     Arc::clone(&qs[1]),
                                     Arc::clone(&qs[2]),
                                 ];
-                                publish_to_queues(&mut v, &m, Some(&d));
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
                             }
                             1 => {
                                 let mut v = vec![Arc::clone(&qs[2]), Arc::clone(&qs[0])];
-                                publish_to_queues(&mut v, &m, Some(&d));
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
                             }
                             // Single-queue publishers.
                             _ => {
@@ -556,8 +546,13 @@ mod tests {
                 assert!(ok);
                 c.fetch_add(1, Ordering::SeqCst);
             });
-            let out = publish_to_queues(&mut queues, &message(i, 1024, true), Some(&d));
-            assert!(out.delivered && !out.rejected);
+            let out = publish_to_queues(
+                &mut queues,
+                &message(i, 1024, true),
+                Some(&d),
+                &mut Vec::new(),
+            );
+            assert!(out.routed && !out.rejected);
             d.release();
         }
         shards.wait_durable().unwrap();
@@ -630,11 +625,11 @@ mod tests {
                         match k {
                             0 => {
                                 let mut v: Vec<_> = qs.iter().rev().cloned().collect();
-                                publish_to_queues(&mut v, &m, Some(&d));
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
                             }
                             1 => {
                                 let mut v = vec![Arc::clone(&qs[3]), Arc::clone(&qs[0])];
-                                publish_to_queues(&mut v, &m, Some(&d));
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
                             }
                             _ => {
                                 qs[k].publish_durable(m, Some(&d));

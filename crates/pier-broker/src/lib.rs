@@ -14,6 +14,7 @@ pub mod clock;
 pub mod consumer;
 pub mod counters;
 pub mod deadletter;
+mod delayed;
 pub mod error;
 pub mod exchange;
 pub mod fanout;
@@ -22,7 +23,9 @@ pub mod message;
 pub mod names;
 pub mod persist;
 pub mod policy;
+pub mod publish;
 pub mod queue;
+pub mod session;
 pub mod storage;
 pub mod topic;
 pub mod vhost;
@@ -40,16 +43,15 @@ pub use auth::{
 pub use clock::Clock;
 pub use consumer::{
     ChannelCredit, ConnectionId, ConsumerId, ConsumerInfo, ConsumerSpec, Delivery, DeliverySink,
-    Settled,
 };
 pub use counters::{QueueCounters, QueueCountersSnapshot};
 pub use deadletter::{DeadLetter, DeathReason};
 pub use error::{BrokerError, ObjectKind};
 pub use exchange::{Destination, ExchangeKind};
-pub use fanout::{publish_to_queues, PublishOutcome};
-pub use message::Message;
+pub use message::{Message, Properties};
 pub use policy::{ApplyTo, Policy, PolicyDefinition};
-pub use queue::{Published, Queue, QueueStats};
+pub use publish::{Durability, PublishOptions, PublishOutcome};
+pub use queue::{Published, Queue, QueueStats, QueueType};
 pub use vhost::{
     Authorize, ConnectionSlot, ExchangeDeclare, QueueDeclare, QueueDeclared, VHost, VhostLimits,
 };
@@ -332,6 +334,24 @@ impl Broker {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner());
         let version = self.permissions_version.load(Ordering::Acquire);
         (version, users.compiled_permission(user, vhost))
+    }
+
+    /// One user (a copy), without cloning the whole store as [`Broker::users`] does.
+    pub fn user(&self, name: &str) -> Option<User> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .user(name)
+            .cloned()
+    }
+
+    /// A user's permission on a vhost (a copy).
+    pub fn permission(&self, user: &str, vhost: &str) -> Option<Permission> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .permission(user, vhost)
+            .cloned()
     }
 
     pub fn users(&self) -> UserStore {

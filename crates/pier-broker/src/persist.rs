@@ -3,10 +3,10 @@
 //! message types.
 //!
 //! ```text
-//!  channel ── PublishDurability (token) ──► Queue::publish_durable ──► StoreHandle::append
-//!     ▲                                        (the queue's shard)          │ (encoded here;
-//!     └──────────── on_done(ok) once every append is durable ◄──────────────┘  shard thread,
-//!                                                                              group commit)
+//!  VHost::publish ── PublishDurability (token) ──► classic runtime ──► StoreHandle::append
+//!     ▲                                         (StoreAppend effect,        │ (encoded here;
+//!     │                                          the queue's shard)         │  shard thread,
+//!     └────────── on_done(ok) once every append is durable ◄───────────────┘  group commit)
 //! ```
 //!
 //! A vhost's store is sharded (`pier_store::ShardedStore`): each durable queue lives on one
@@ -17,7 +17,7 @@
 //!
 //! Only persistent messages (delivery_mode 2) in durable queues are stored; everything else
 //! stays in memory, as in RabbitMQ, unless a long queue pages it out to the node's scratch
-//! paging store (never recovered; see `Queue::page_out_newest`).
+//! paging store (never recovered; see `queue/engine/paging.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +96,13 @@ impl PublishDurability {
         move |r| me.complete(r.is_ok())
     }
 
+    /// One more append to wait for, reported as success or failure (stream appends).
+    pub(crate) fn add_flag(self: &Arc<Self>) -> impl FnOnce(bool) + Send {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+        let me = Arc::clone(self);
+        move |ok| me.complete(ok)
+    }
+
     /// The publisher is done routing.
     pub fn release(&self) {
         self.complete(true);
@@ -162,7 +169,7 @@ pub(crate) fn to_stored(m: &Message) -> StoredMessage {
     StoredMessage {
         exchange: m.exchange.clone(),
         routing_key: m.routing_key.clone(),
-        raw_properties: m.raw_properties.clone(),
+        raw_properties: m.amqp_properties().clone(),
         body: m.body.clone(),
     }
 }
@@ -195,12 +202,10 @@ pub(crate) fn to_stored_expiring(m: &Message, deadline_unix_ms: Option<u64>) -> 
             EXPIRES_HEADER,
             pier_wire::FieldValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
         );
-    let mut raw = bytes::BytesMut::with_capacity(props.encoded_size());
-    props.encode(&mut raw);
     StoredMessage {
         exchange: m.exchange.clone(),
         routing_key: m.routing_key.clone(),
-        raw_properties: raw.freeze(),
+        raw_properties: props.encode_amqp(),
         body: m.body.clone(),
     }
 }
@@ -232,8 +237,8 @@ pub(crate) fn from_stored_expiring(s: StoredMessage) -> Option<(Message, Option<
     let deadline = found.flatten();
     let message = match found {
         // The stored bytes carry our header: re-encode without it.
-        Some(_) => Message::from_properties(s.exchange, s.routing_key, properties, s.body),
-        None => Message::new(
+        Some(_) => Message::new(s.exchange, s.routing_key, properties, s.body),
+        None => Message::from_amqp(
             s.exchange,
             s.routing_key,
             properties,
@@ -287,7 +292,7 @@ mod tests {
     #[allow(clippy::unwrap_used)]
     fn stored_deadline_round_trips_and_is_never_seen() {
         use pier_wire::{BasicProperties, FieldTable, FieldValue, ShortString};
-        let plain = Message::from_properties(
+        let plain = Message::new(
             ShortString::from("x"),
             ShortString::from("k"),
             BasicProperties {
@@ -297,19 +302,20 @@ mod tests {
             bytes::Bytes::from_static(b"body"),
         );
         let stored = to_stored_expiring(&plain, Some(1_700_000_000_123));
-        assert_ne!(stored.raw_properties, plain.raw_properties);
+        assert_ne!(&stored.raw_properties, plain.amqp_properties());
         let (back, deadline) = from_stored_expiring(stored).unwrap();
         assert_eq!(deadline, Some(1_700_000_000_123));
         assert_eq!(back.properties, plain.properties);
         assert_eq!(
-            back.raw_properties, plain.raw_properties,
+            back.amqp_properties(),
+            plain.amqp_properties(),
             "no headers table left behind"
         );
         assert_eq!(back.body, plain.body);
 
         let mut headers = FieldTable::new();
         headers.insert("a", FieldValue::LongInt(1));
-        let with_headers = Message::from_properties(
+        let with_headers = Message::new(
             ShortString::from("x"),
             ShortString::from("k"),
             BasicProperties {
@@ -324,10 +330,10 @@ mod tests {
         assert_eq!(back.properties, with_headers.properties);
         // Without a deadline the stored bytes are the publisher's, untouched.
         let stored = to_stored_expiring(&with_headers, None);
-        assert_eq!(stored.raw_properties, with_headers.raw_properties);
+        assert_eq!(&stored.raw_properties, with_headers.amqp_properties());
         let (back, deadline) = from_stored_expiring(stored).unwrap();
         assert_eq!(deadline, None);
-        assert_eq!(back.raw_properties, with_headers.raw_properties);
+        assert_eq!(back.amqp_properties(), with_headers.amqp_properties());
     }
 
     #[test]

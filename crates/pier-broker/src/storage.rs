@@ -108,6 +108,8 @@ pub struct BrokerStorage {
     /// The node's paging store thread (taken at shutdown) and a handle to it.
     paging: Mutex<Option<StoreThread>>,
     paging_handle: pier_store::StoreHandle,
+    /// Whether streams fsync before confirming (default true).
+    stream_sync: std::sync::atomic::AtomicBool,
 }
 
 /// Paging segments are smaller than durable ones: a drained backlog gives its disk back in
@@ -195,7 +197,19 @@ impl BrokerStorage {
             stores: Mutex::new(HashMap::new()),
             paging_handle: paging.handle(),
             paging: Mutex::new(Some(paging)),
+            stream_sync: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether the streams of every vhost fsync before they confirm (set before `recover`).
+    pub fn set_stream_sync(&self, sync: bool) {
+        self.stream_sync
+            .store(sync, std::sync::atomic::Ordering::Release);
+    }
+
+    fn attach_streams(&self, vh: &VHost) {
+        vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
+        vh.set_stream_sync(self.stream_sync.load(std::sync::atomic::Ordering::Acquire));
     }
 
     /// Brings back what was stored (vhosts, users, permissions, topic permissions, durable
@@ -252,6 +266,7 @@ impl BrokerStorage {
         }
         for vh in broker.vhosts() {
             summary.vhosts += 1;
+            self.attach_streams(&vh);
             vh.attach_paging(self.paging_handle.clone());
             let shards = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
@@ -300,6 +315,9 @@ impl BrokerStorage {
                     }
                 };
                 summary.queues += 1;
+                if queue.stream().is_some() {
+                    continue;
+                }
                 let info = by_name.remove(&qd.name);
                 summary.messages += restore_queue(&queue, &shards, info)?;
             }
@@ -412,6 +430,7 @@ impl BrokerStorage {
 
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
+        self.attach_streams(vh);
         vh.attach_paging(self.paging_handle.clone());
         let shards = self.open_vhost_store(vh.name())?;
         let delayed = restore_delayed(vh, &shards, None)?;
@@ -505,7 +524,12 @@ fn restore_queue(
         let mut messages = Vec::with_capacity(loaded.len());
         for (offset, stored, redelivered) in loaded {
             match from_stored_expiring(stored) {
-                Some((m, deadline)) => messages.push((offset, Arc::new(m), redelivered, deadline)),
+                Some((m, deadline)) => messages.push(crate::queue::Recovered {
+                    offset,
+                    message: Arc::new(m),
+                    redelivered,
+                    deadline,
+                }),
                 None => {
                     tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")
                 }
@@ -554,7 +578,7 @@ fn restore_delayed(
             .and_then(|v| v.as_i64())
             .and_then(|v| u64::try_from(v).ok())
             .unwrap_or(now);
-        let message = Message::from_properties(m.exchange, m.routing_key, props, m.body);
+        let message = Message::new(m.exchange, m.routing_key, props, m.body);
         vh.restore_delayed(Arc::new(message), due.saturating_sub(now), offset);
     }
     Ok(Arc::new(DelayedQueue {
@@ -598,7 +622,7 @@ pub(crate) fn delayed_stored(
         .headers
         .get_or_insert_with(FieldTable::new)
         .insert(DUE_HEADER, pier_wire::FieldValue::LongLongInt(due));
-    let copy = Message::from_properties(
+    let copy = Message::new(
         message.exchange.clone(),
         message.routing_key.clone(),
         props,
@@ -766,6 +790,10 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
             arguments,
         })
         .map_err(|e| refused(what(), e))?;
+    if q.stream().is_some() {
+        // A stream keeps its messages in its own log.
+        return Ok(());
+    }
     match s.messages.open_queue(q.name()) {
         Ok((handle, id)) => {
             q.attach_store(QueueStore { handle, id });
@@ -780,6 +808,13 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
 }
 
 pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
+    if q.stream().is_some() {
+        log_err(
+            "stream deletion",
+            s.definitions.delete_queue(vhost, q.name()),
+        );
+        return;
+    }
     let Some(qs) = q.store() else { return };
     log_err(
         "queue deletion",

@@ -60,7 +60,7 @@ impl RecordingSink {
 }
 
 pub(crate) fn msg(body: &str) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("k"),
         BasicProperties::default(),
@@ -153,13 +153,8 @@ fn prefetch_holds_back_until_ack() {
     assert_eq!(q.stats().ready, 3);
     assert_eq!(q.stats().unacked, 2);
     credit.release(1);
-    q.settle(
-        Some(id),
-        &[crate::consumer::Settled {
-            offset: 0,
-            enqueued_at: 0,
-        }],
-    );
+    let _ = id;
+    q.settle(&[0]);
     assert_eq!(a.bodies(), ["0", "1", "2"]);
 }
 
@@ -194,12 +189,8 @@ fn requeue_restores_original_position() {
     assert_eq!(got.len(), 2);
     q.remove_consumer(id);
     // Give back "1" then "0": they must come back in offset order, ahead of "2" and "3".
-    let back: Vec<_> = got
-        .iter()
-        .rev()
-        .map(|d| (d.settled(), Arc::clone(&d.message)))
-        .collect();
-    q.requeue(None, back);
+    let back: Vec<_> = got.iter().rev().map(|d| d.offset).collect();
+    q.requeue(&back);
     let b = Arc::new(RecordingSink::default());
     q.add_consumer(spec("b", &b, 0, &credit), || {}).unwrap();
     assert_eq!(b.bodies(), ["0", "1", "2", "3"]);
@@ -412,11 +403,55 @@ fn auto_delete_exchange_goes_with_last_binding() {
         arguments: FieldTable::new(),
     })
     .unwrap();
+    // A no-op unbind leaves an auto-delete exchange that was never bound alone.
+    vh.unbind_queue("q", "ad", "never".into(), FieldTable::new(), 1)
+        .unwrap();
+    vh.unbind_exchange("amq.topic", "ad", "never".into(), FieldTable::new())
+        .unwrap();
+    assert!(vh.exchange_exists("ad"));
     vh.bind_queue("q", "ad", "#".into(), FieldTable::new(), 1)
         .unwrap();
     vh.unbind_queue("q", "ad", "#".into(), FieldTable::new(), 1)
         .unwrap();
     assert!(!vh.exchange_exists("ad"));
+}
+
+#[test]
+fn unbinding_is_idempotent() {
+    let vh = VHost::new("/");
+    declare(&vh, "q");
+    let none = FieldTable::new;
+    // Missing queue, missing exchange, missing both: nothing to remove, not 404.
+    vh.unbind_queue("nope", "amq.direct", "k".into(), none(), 1)
+        .unwrap();
+    vh.unbind_queue("q", "nope", "k".into(), none(), 1).unwrap();
+    vh.unbind_exchange("nope", "amq.direct", "k".into(), none())
+        .unwrap();
+    vh.unbind_exchange("amq.direct", "nope", "k".into(), none())
+        .unwrap();
+    // The default exchange is still refused.
+    let refused = vh.unbind_queue("nope", "", "k".into(), none(), 1);
+    assert_eq!(refused.unwrap_err().reply_code(), 403);
+    // Another connection's exclusive queue: locked only for a binding that exists.
+    vh.declare_queue(&QueueDeclare {
+        name: "mine".into(),
+        passive: false,
+        durable: false,
+        exclusive: true,
+        auto_delete: false,
+        arguments: none(),
+        connection: 7,
+    })
+    .unwrap();
+    vh.bind_queue("mine", "amq.direct", "k".into(), none(), 7)
+        .unwrap();
+    vh.unbind_queue("mine", "amq.direct", "other".into(), none(), 8)
+        .unwrap();
+    let locked = vh.unbind_queue("mine", "amq.direct", "k".into(), none(), 8);
+    assert_eq!(locked.unwrap_err().reply_code(), 405);
+    vh.unbind_queue("mine", "amq.direct", "k".into(), none(), 7)
+        .unwrap();
+    assert!(routed(&vh, "amq.direct", "k").is_empty());
 }
 
 #[test]
@@ -569,7 +604,7 @@ fn stored_backlog_is_paged_out_and_read_back_in_order() {
     for i in 0..n {
         let mut body = format!("{i:08}").into_bytes();
         body.resize(1024, b'.');
-        let m = Message::from_properties(
+        let m = Message::new(
             ShortString::from(""),
             ShortString::from("paged"),
             BasicProperties {

@@ -42,7 +42,7 @@ fn declare_with(vh: &VHost, name: &str, arguments: FieldTable) -> Arc<Queue> {
 }
 
 fn msg_with(body: &str, props: BasicProperties) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("k"),
         props,
@@ -202,7 +202,7 @@ fn requeued_message_keeps_its_expiry() {
     q.publish(msg("m"));
     let (d, _) = q.get(true).unwrap();
     advance(&vh, 150);
-    q.requeue(None, vec![(d.settled(), d.message)]);
+    q.requeue(&[d.offset]);
     assert_eq!(q.stats().unacked, 0);
     assert!(
         q.get(false).is_none(),
@@ -220,7 +220,7 @@ fn acked_messages_forget_their_expiry() {
     );
     q.publish(msg("m"));
     let (d, _) = q.get(true).unwrap();
-    q.settle(None, &[d.settled()]);
+    q.settle(&[d.offset]);
     assert_eq!(q.stats().unacked, 0);
 }
 
@@ -350,7 +350,7 @@ fn rejected_messages_are_dead_lettered_with_history() {
     let q = declare_with(&vh, "work", args(&[("x-dead-letter-exchange", s("dlx"))]));
     q.publish(expiring("m", "60000"));
     let (d, _) = q.get(true).unwrap();
-    q.reject(None, vec![(d.offset, d.message)]);
+    q.reject(&[d.offset]);
     assert_eq!(q.stats().unacked, 0);
     let (dl, _) = dlq.get(false).unwrap();
     assert_eq!(dl.message.exchange, "dlx");
@@ -415,13 +415,13 @@ fn rejection_cycles_are_allowed() {
     );
     q.publish(msg("m"));
     let (d, _) = q.get(true).unwrap();
-    q.reject(None, vec![(d.offset, d.message)]);
+    q.reject(&[d.offset]);
     let (d, _) = q.get(true).unwrap();
     assert_eq!(
         x_death(&d.message)[0].get("count").unwrap().as_i64(),
         Some(1)
     );
-    q.reject(None, vec![(d.offset, d.message)]);
+    q.reject(&[d.offset]);
     let (d, _) = q.get(false).unwrap();
     assert_eq!(
         x_death(&d.message)[0].get("count").unwrap().as_i64(),
@@ -464,7 +464,7 @@ fn missing_dead_letter_exchange_drops() {
     let q = declare_with(&vh, "q", args(&[("x-dead-letter-exchange", s("nowhere"))]));
     q.publish(msg("m"));
     let (d, _) = q.get(true).unwrap();
-    q.reject(None, vec![(d.offset, d.message)]);
+    q.reject(&[d.offset]);
     assert_eq!(q.stats().ready, 0);
 }
 
@@ -501,10 +501,7 @@ fn priority_requeue_keeps_position_within_priority() {
     let (d1, _) = q.get(true).unwrap();
     let (d2, _) = q.get(true).unwrap();
     q.publish(prio("h3", 3));
-    q.requeue(
-        None,
-        vec![(d2.settled(), d2.message), (d1.settled(), d1.message)],
-    );
+    q.requeue(&[d2.offset, d1.offset]);
     assert_eq!(drain(&q), ["h1", "h2", "h3", "l1"]);
 }
 
@@ -628,7 +625,7 @@ fn delayed_headers(delay: i64) -> BasicProperties {
 }
 
 fn to_exchange(x: &str, key: &str, props: BasicProperties, body: &str) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(x),
         ShortString::from(key),
         props,
@@ -786,10 +783,10 @@ fn time_in_queue_is_measured_from_enqueue_to_ack() {
     // Unacked: not complete yet.
     assert_eq!(q.time_in_queue().samples, 0);
     advance(&vh, 100);
-    q.settle(None, &[a.settled()]);
+    q.settle(&[a.offset]);
     let (b, _) = q.get(true).unwrap();
     advance(&vh, 700);
-    q.settle(None, &[b.settled()]);
+    q.settle(&[b.offset]);
     let t = q.time_in_queue();
     assert_eq!(t.samples, 2);
     let mean = t.mean_ms.unwrap();
@@ -813,13 +810,90 @@ fn time_in_queue_counts_autoack_at_delivery_and_survives_requeue() {
     q.publish(msg("requeued"));
     advance(&vh, 400);
     let (d, _) = q.get(true).unwrap();
-    q.requeue(None, vec![(d.settled(), d.message)]);
+    q.requeue(&[d.offset]);
     advance(&vh, 400);
     let (d, _) = q.get(true).unwrap();
-    q.settle(None, &[d.settled()]);
+    q.settle(&[d.offset]);
     let t = q.time_in_queue();
     assert_eq!(t.samples, 2);
     // 50 and 800 ms: the requeue kept the original enqueue time.
     let p99 = t.p99_ms.unwrap();
     assert!((720.0..=880.0).contains(&p99), "p99 {p99}");
+}
+
+/// Every entry point goes through `VHost::publish`: a client's publish, the broker's own,
+/// a dead letter and a due delayed message all strip BCC and honour x-delay alike.
+#[test]
+fn every_entry_point_strips_bcc_and_honours_x_delay() {
+    use crate::publish::PublishOptions;
+    let vh = VHost::new("/");
+    xdeclare_args(
+        &vh,
+        "later",
+        "x-delayed-message",
+        args(&[("x-delayed-type", s("direct"))]),
+    );
+    let target = declare(&vh, "target");
+    let hidden = declare(&vh, "hidden");
+    vh.bind_queue("target", "later", "k".into(), FieldTable::new(), 1)
+        .unwrap();
+    vh.bind_queue("hidden", "later", "h".into(), FieldTable::new(), 1)
+        .unwrap();
+    // Dead letters of this queue go to the delayed exchange.
+    let src = declare_with(
+        &vh,
+        "src",
+        args(&[
+            ("x-message-ttl", FieldValue::LongInt(0)),
+            ("x-dead-letter-exchange", s("later")),
+            ("x-dead-letter-routing-key", s("k")),
+        ]),
+    );
+    let mut headers = FieldTable::new();
+    headers.insert("x-delay", FieldValue::LongInt(100));
+    headers.insert(
+        "BCC",
+        FieldValue::Array(vec![FieldValue::LongString(LongString::from("h"))]),
+    );
+    let message = |exchange: &str, key: &str| {
+        msg_with(
+            "m",
+            BasicProperties {
+                headers: Some(headers.clone()),
+                ..BasicProperties::default()
+            },
+        )
+        .as_ref()
+        .clone()
+        .with_route(exchange, key)
+    };
+    let client = vh
+        .publish(message("later", "k"), PublishOptions::client())
+        .unwrap();
+    let internal = vh
+        .publish(message("later", "k"), PublishOptions::internal())
+        .unwrap();
+    assert!(client.delayed && internal.delayed && !client.routed);
+    // Through the dead-letter path: expires at once in `src`, then waits in the exchange.
+    vh.publish(message("", "src"), PublishOptions::internal())
+        .unwrap();
+    assert_eq!(src.stats().ready, 0);
+    assert_eq!(vh.delayed_count(), 3);
+    assert_eq!(target.stats().ready, 0, "nothing before the delay");
+    advance(&vh, 150);
+    vh.tick();
+    assert_eq!(vh.delayed_count(), 0);
+    assert_eq!(target.stats().ready, 3);
+    assert_eq!(
+        hidden.stats().ready,
+        2,
+        "BCC routed the two direct publishes"
+    );
+    for q in [&target, &hidden] {
+        while let Some((d, _)) = q.get(false) {
+            let h = d.message.properties.headers.as_ref().unwrap();
+            assert!(!h.contains_key("BCC"), "BCC delivered from {}", q.name());
+            assert_eq!(h.get("x-delay"), Some(&FieldValue::LongInt(-100)));
+        }
+    }
 }

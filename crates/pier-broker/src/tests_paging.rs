@@ -69,7 +69,7 @@ fn body(i: u32, len: usize) -> Bytes {
 }
 
 fn message(i: u32, len: usize, persistent: bool) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("q"),
         BasicProperties {
@@ -90,11 +90,7 @@ fn paging_live(h: &StoreHandle) -> u64 {
 }
 
 /// Consumes everything (acks required, no prefetch limit); returns the deliveries' offsets.
-fn drain(
-    q: &Arc<Queue>,
-    n: u32,
-    persistent: impl Fn(u32) -> bool,
-) -> Vec<crate::consumer::Settled> {
+fn drain(q: &Arc<Queue>, n: u32, persistent: impl Fn(u32) -> bool) -> Vec<u64> {
     let sink = Arc::new(RecordingSink::default());
     let credit = Arc::new(ChannelCredit::new());
     let id = q.add_consumer(spec("c", &sink, 0, &credit), || {}).unwrap();
@@ -107,12 +103,7 @@ fn drain(
         assert_eq!(d.message.properties.delivery_mode, Some(mode));
     }
     q.remove_consumer(id);
-    got.iter()
-        .map(|d| crate::consumer::Settled {
-            offset: d.offset,
-            enqueued_at: d.enqueued_at,
-        })
-        .collect()
+    got.iter().map(|d| d.offset).collect()
 }
 
 #[test]
@@ -137,7 +128,7 @@ fn transient_backlog_pages_out_and_comes_back_in_order() {
     // Read back means released: the paging store holds nothing any more.
     assert_eq!(paging_live(&paging), 0);
     assert_eq!(q.stats().paged_out, 0);
-    q.settle(None, &offsets);
+    q.settle(&offsets);
     assert_eq!(q.stats().unacked, 0);
     thread.shutdown().unwrap();
 }
@@ -172,7 +163,7 @@ fn durable_queue_pages_persistent_to_its_store_and_transient_to_paging() {
 
     let offsets = drain(&q, n, persistent);
     assert_eq!(paging_live(&paging), 0);
-    q.settle(None, &offsets);
+    q.settle(&offsets);
     let stored = store
         .call(move |s| s.live_messages(id).unwrap().len())
         .unwrap();
@@ -201,7 +192,7 @@ fn purge_and_delete_release_paging_records() {
     paging.wait_durable().unwrap();
     assert_eq!(paging_live(&paging), q.stats().paged_out);
     assert!(q.stats().paged_out > 1_000);
-    let (count, _) = q.mark_deleted();
+    let count = q.mark_deleted();
     assert_eq!(count, 4_000);
     assert_eq!(paging_live(&paging), 0);
     assert_eq!(paging.call(|s| s.queues().len()).unwrap(), 0);
@@ -218,7 +209,7 @@ fn expiry_and_drop_head_release_paging_records() {
     paging.wait_durable().unwrap();
     assert!(paging_live(&paging) > 1_000);
     clock.advance(std::time::Duration::from_secs(2));
-    q.tick(clock.now_ms());
+    q.tick();
     assert_eq!(q.stats().ready, 0);
     assert_eq!(paging_live(&paging), 0);
 
@@ -359,34 +350,37 @@ fn restored_messages_keep_their_stored_deadline() {
     let (q, clock) = queue_with_clock(true, args, &paging);
     let now = crate::persist::unix_ms();
     q.restore(
-        vec![
-            (
-                0,
-                message(0, 100, true),
-                false,
-                Some(now.saturating_sub(1_000)),
-            ),
-            (1, message(1, 100, true), false, Some(now + 5_000)),
-            (2, message(2, 100, true), false, None),
-        ],
+        [
+            (0, message(0, 100, true), Some(now.saturating_sub(1_000))),
+            (1, message(1, 100, true), Some(now + 5_000)),
+            (2, message(2, 100, true), None),
+        ]
+        .into_iter()
+        .map(|(offset, message, deadline)| crate::queue::Recovered {
+            offset,
+            message,
+            redelivered: false,
+            deadline,
+        })
+        .collect(),
         3,
     );
     clock.advance(std::time::Duration::from_millis(10));
-    q.tick(clock.now_ms());
+    q.tick();
     assert_eq!(
         q.stats().ready,
         2,
         "a deadline that passed while down expires at once"
     );
     clock.advance(std::time::Duration::from_secs(6));
-    q.tick(clock.now_ms());
+    q.tick();
     assert_eq!(
         q.stats().ready,
         1,
         "the stored deadline, not the queue TTL from now"
     );
     clock.advance(std::time::Duration::from_secs(60));
-    q.tick(clock.now_ms());
+    q.tick();
     assert_eq!(
         q.stats().ready,
         0,
@@ -416,7 +410,7 @@ fn get_all(q: &Arc<Queue>) -> Vec<u32> {
 }
 
 fn with_props(i: u32, len: usize, properties: BasicProperties) -> Arc<Message> {
-    Arc::new(Message::from_properties(
+    Arc::new(Message::new(
         ShortString::from(""),
         ShortString::from("q"),
         properties,
@@ -456,17 +450,9 @@ fn fifo_holds_across_the_paged_tail_with_requeues_and_late_arrivals() {
     let back: Vec<_> = taken
         .iter()
         .filter(|d| d.offset % 2 == 0)
-        .map(|d| {
-            (
-                crate::consumer::Settled {
-                    offset: d.offset,
-                    enqueued_at: d.enqueued_at,
-                },
-                Arc::clone(&d.message),
-            )
-        })
+        .map(|d| d.offset)
         .collect();
-    q.requeue(None, back);
+    q.requeue(&back);
     // Late arrivals queue up behind the paged tail even though memory has room now.
     for i in n..n + 100 {
         q.publish(message(i, size_of(i), false));
@@ -535,7 +521,7 @@ fn paged_heads_expire_with_per_message_and_zero_ttls() {
     assert_eq!(paging_live(&paging), q.stats().paged_out);
     clock.advance(std::time::Duration::from_secs(120));
     // A tick expires the heads up to the first message without a TTL: message 1.
-    q.tick(clock.now_ms());
+    q.tick();
     assert_eq!(q.stats().ready, u64::from(n - 1));
     let got = get_all(&q);
     // Expiry happens at the head only (as in RabbitMQ), so an expired message behind a live
@@ -558,7 +544,7 @@ fn queue_ttl_expires_a_durable_paged_tail_and_acks_the_store() {
     }
     assert!(q.stats().paged_out > 3_000);
     clock.advance(std::time::Duration::from_secs(2));
-    q.tick(clock.now_ms());
+    q.tick();
     let stats = q.stats();
     assert_eq!(
         (stats.ready, stats.paged_out, stats.memory_bytes),

@@ -6,24 +6,22 @@
 //! the topology lock is released, so publishing into a queue never blocks topology changes.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use pier_wire::{FieldTable, FieldValue, ShortString};
 
-use crate::args::{ArgContext, QueueConfig};
+use crate::args::ArgContext;
 use crate::auth::Access;
 use crate::clock::{Clock, NEVER};
 use crate::consumer::ConnectionId;
-use crate::deadletter::{self, DeadLetter};
 use crate::error::{BrokerError, ObjectKind, Result};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, DELAYED_TYPE};
 use crate::matching::{values_equal, HeadersMatch};
-use crate::message::Message;
 use crate::names;
 use crate::policy::{self, Policy};
-use crate::queue::{Published, Queue, QueueOptions, TickAction};
+use crate::queue::{Queue, QueueOptions, QueueType, TickAction};
 
 /// exchange.declare, as the channel received it.
 #[derive(Debug, Clone)]
@@ -68,8 +66,8 @@ pub struct BindingInfo {
 }
 
 #[derive(Debug, Default)]
-struct Topology {
-    exchanges: HashMap<ShortString, Exchange>,
+pub(crate) struct Topology {
+    pub(crate) exchanges: HashMap<ShortString, Exchange>,
     queues: HashMap<ShortString, Arc<Queue>>,
 }
 
@@ -87,6 +85,13 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-queue-type",
 ];
 
+/// What streams compare on redeclaration besides [`EQUIVALENCE_ARGS`].
+const STREAM_EQUIVALENCE_ARGS: &[&str] = &[
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-stream-filter-size-bytes",
+];
+
 #[derive(Debug)]
 pub struct VHost {
     name: String,
@@ -94,10 +99,10 @@ pub struct VHost {
     clock: Arc<Clock>,
     /// This vhost, for the queues it creates (they route their dead letters through it).
     me: Weak<VHost>,
-    /// Messages waiting in `x-delayed-message` exchanges (in memory only for now).
-    delayed: Mutex<BinaryHeap<Reverse<DelayedMessage>>>,
+    /// Messages waiting in `x-delayed-message` exchanges (see `delayed.rs`).
+    pub(crate) delayed: Mutex<BinaryHeap<Reverse<crate::delayed::DelayedMessage>>>,
     /// When the earliest delayed message is due (`NEVER`: none), read by `tick` lock-free.
-    next_delayed: AtomicU64,
+    pub(crate) next_delayed: AtomicU64,
     policies: RwLock<Vec<Policy>>,
     /// Where durable definitions and persistent messages go (none: in memory only).
     storage: OnceLock<crate::persist::VhostStorage>,
@@ -108,6 +113,11 @@ pub struct VHost {
     max_queues: AtomicU64,
     /// Client connections open on this vhost (each holds a `ConnectionSlot`).
     connections: Arc<AtomicU64>,
+    /// Where this vhost's streams keep their logs (set by the node's storage; without it,
+    /// declaring a stream is refused).
+    streams_dir: OnceLock<std::path::PathBuf>,
+    /// Whether streams fsync before confirming (default true).
+    stream_sync: std::sync::atomic::AtomicBool,
 }
 
 /// RabbitMQ's per-vhost limits (`rabbitmqctl set_vhost_limits`); `None`: no limit.
@@ -137,40 +147,9 @@ fn limit_from(v: u64) -> Option<u64> {
     (v != u64::MAX).then_some(v)
 }
 
-/// A message held by a delayed exchange until `due`.
-#[derive(Debug)]
-struct DelayedMessage {
-    due: u64,
-    seq: u64,
-    exchange: ShortString,
-    message: Arc<Message>,
-    /// Its offset in the vhost's delayed-message store queue, when the exchange is durable.
-    stored: Option<u64>,
-}
-
-impl PartialEq for DelayedMessage {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-
-impl Eq for DelayedMessage {}
-
-impl PartialOrd for DelayedMessage {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for DelayedMessage {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
-    }
-}
-
 /// Every routing key a message carries: its own plus the `CC` and `BCC` headers' (sender-
 /// selected distribution). A `CC`/`BCC` header that is not an array is RabbitMQ's 406.
-fn sender_selected_keys(
+pub(crate) fn sender_selected_keys(
     routing_key: &str,
     headers: Option<&FieldTable>,
 ) -> Result<Vec<ShortString>> {
@@ -196,22 +175,6 @@ fn sender_selected_keys(
         }
     }
     Ok(keys)
-}
-
-/// The positive `x-delay` of a message (milliseconds), if it has one: integers, numeric
-/// strings and floats (truncated) count, as in the plugin; delays beyond 2^32-1 ms (Erlang's
-/// timer limit) route at once, as there.
-fn delay_of(message: &Message) -> Option<u64> {
-    let v = message.properties.headers.as_ref()?.get("x-delay")?;
-    let d: i64 = match v {
-        FieldValue::LongString(s) => s.to_str()?.parse().ok()?,
-        FieldValue::Float(f) => f.trunc() as i64,
-        FieldValue::Double(f) => f.trunc() as i64,
-        other => other.as_i64()?,
-    };
-    u64::try_from(d)
-        .ok()
-        .filter(|&d| d > 0 && d <= u64::from(u32::MAX))
 }
 
 impl VHost {
@@ -246,6 +209,8 @@ impl VHost {
             max_connections: AtomicU64::new(u64::MAX),
             max_queues: AtomicU64::new(u64::MAX),
             connections: Arc::new(AtomicU64::new(0)),
+            streams_dir: OnceLock::new(),
+            stream_sync: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -302,6 +267,51 @@ impl VHost {
         let _ = self.paging.set(paging);
     }
 
+    /// Registers the message-store queues of durable queues about to be declared, in one
+    /// durable write: declaring them afterwards finds them registered. A cluster node applies
+    /// many declarations in one batch, and registering each on its own costs an fsync each.
+    /// A name whose declaration then fails is dropped from the store at the next start.
+    pub fn prepare_durable_queues(&self, names: Vec<String>) {
+        let Some(s) = self.storage() else { return };
+        if names.is_empty() {
+            return;
+        }
+        if let Err(e) = s.messages.open_queues(&names) {
+            tracing::warn!(vhost = %self.name, "registering queues ahead: {e}")
+        }
+    }
+
+    /// Sets where this vhost's streams live (once, before queues are declared).
+    pub fn set_streams_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.streams_dir.set(dir);
+    }
+
+    /// Whether streams fsync before they confirm (RabbitMQ's streams do not).
+    pub fn set_stream_sync(&self, sync: bool) {
+        self.stream_sync.store(sync, Ordering::Release);
+    }
+
+    /// The directory of a stream's log.
+    pub fn stream_dir(&self, name: &str) -> Option<std::path::PathBuf> {
+        let base = self.streams_dir.get()?;
+        let safe = !name.is_empty()
+            && name.len() <= 200
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        Some(if safe {
+            base.join(name)
+        } else {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(name.as_bytes());
+            base.join(format!(
+                "h-{}",
+                h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ))
+        })
+    }
+
     pub(crate) fn storage(&self) -> Option<&crate::persist::VhostStorage> {
         self.storage.get()
     }
@@ -326,7 +336,7 @@ impl VHost {
 
     // Poisoning only follows a panic elsewhere; every mutation below leaves the maps consistent
     // between statements, so carry on rather than take the vhost down.
-    fn read(&self) -> RwLockReadGuard<'_, Topology> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Topology> {
         self.topology.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -519,6 +529,35 @@ impl VHost {
         self.read().exchanges.contains_key(name)
     }
 
+    /// Whether the exchange has bindings from it (exchange.delete's `if-unused`).
+    pub fn exchange_has_bindings(&self, name: &str) -> bool {
+        self.read()
+            .exchanges
+            .get(name)
+            .is_some_and(|x| x.has_bindings())
+    }
+
+    /// `max-queues` for a client declaring `name`: refused (RabbitMQ's 406) when the queue
+    /// is new and the vhost is at its limit. A cluster checks this where the declaration is
+    /// made, before proposing it: the count includes the node's own transient queues, so the
+    /// nodes applying it could disagree.
+    pub fn check_queue_limit(&self, name: &str) -> Result<()> {
+        let t = self.read();
+        let max_queues = self.max_queues.load(Ordering::Acquire);
+        if !t.queues.contains_key(name) && t.queues.len() as u64 >= max_queues {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max_queues}) is reached",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is an existing durable exchange (the predeclared ones are).
+    pub fn is_durable_exchange(&self, name: &str) -> bool {
+        self.read().exchanges.get(name).is_some_and(|x| x.durable)
+    }
+
     /// Whether `name` is an existing exchange of type `topic` (the only type topic
     /// authorisation applies to; an `x-delayed-message` exchange is not one, whatever its
     /// `x-delayed-type`, as in RabbitMQ).
@@ -600,8 +639,10 @@ impl VHost {
             return Err(BrokerError::DefaultExchange);
         }
         let mut t = self.write();
+        // Unbinding is idempotent in RabbitMQ: a missing destination (or source, in
+        // remove_binding) means there is nothing to remove, not 404.
         if !t.exchanges.contains_key(destination) {
-            return Err(self.not_found(ObjectKind::Exchange, destination));
+            return Ok(());
         }
         self.remove_binding(
             &mut t,
@@ -677,29 +718,29 @@ impl VHost {
         routing_key: ShortString,
         arguments: FieldTable,
     ) -> Result<()> {
-        let vhost = self.name.clone();
-        let x = t
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| BrokerError::not_found(ObjectKind::Exchange, source, &vhost))?;
-        // Unbinding what is not bound is a no-op, as in RabbitMQ.
+        // Unbinding what is not bound (or from a missing exchange) is a no-op, as in RabbitMQ.
+        let Some(x) = t.exchanges.get_mut(source) else {
+            return Ok(());
+        };
         let binding = Binding {
             destination,
             routing_key,
             arguments,
         };
-        if x.unbind(&binding) {
-            if let Some(s) = self.storage() {
-                crate::storage::binding_changed(
-                    s,
-                    &self.name,
-                    source,
-                    &binding.destination,
-                    &binding.routing_key,
-                    &binding.arguments,
-                    false,
-                );
-            }
+        if !x.unbind(&binding) {
+            // Nothing removed, so an auto-delete exchange never bound stays (as in RabbitMQ).
+            return Ok(());
+        }
+        if let Some(s) = self.storage() {
+            crate::storage::binding_changed(
+                s,
+                &self.name,
+                source,
+                &binding.destination,
+                &binding.routing_key,
+                &binding.arguments,
+                false,
+            );
         }
         let name = x.name.clone();
         let gone = delete_unused_auto_delete(t, vec![name]);
@@ -783,19 +824,47 @@ impl VHost {
                 auth(ObjectKind::Exchange, &dlx.to_str_lossy(), Access::Write)?;
             }
         }
-        let mut config = QueueConfig::from_arguments(
-            &d.arguments,
-            &ArgContext {
-                queue: &name,
-                vhost: &self.name,
-            },
-        )?;
+        let cx = ArgContext {
+            queue: &name,
+            vhost: &self.name,
+        };
+        let kind = QueueType::of(&d.arguments, &cx)?;
+        kind.check_properties(d.durable, d.exclusive, d.auto_delete, &cx)?;
+        let mut config = kind.config(&d.arguments, &cx)?;
         {
             let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = policy::effective(&policies, ObjectKind::Queue, &name) {
-                config.apply_policy(&p.definition, &d.arguments);
+                if kind == QueueType::Stream {
+                    // For streams, RabbitMQ's policies win over arguments.
+                    if let Some(b) = p.definition.max_length_bytes {
+                        config.max_length_bytes = Some(b);
+                    }
+                    if let Some(ms) = p
+                        .definition
+                        .max_age
+                        .as_deref()
+                        .and_then(crate::args::parse_max_age)
+                    {
+                        config.max_age_ms = Some(ms);
+                    }
+                } else {
+                    config.apply_policy(&p.definition, &d.arguments);
+                }
                 config.policy = Some(p.name.clone());
             }
+        }
+        if kind == QueueType::Stream {
+            let queue = self.open_stream(&name, d, config)?;
+            if let Some(s) = self.storage() {
+                crate::storage::queue_declared(s, &self.name, &queue)?;
+            }
+            t.queues.insert(name, Arc::clone(&queue));
+            return Ok(QueueDeclared {
+                queue,
+                message_count: 0,
+                consumer_count: 0,
+                created: true,
+            });
         }
         let queue = Queue::with_config(
             name.clone(),
@@ -823,6 +892,43 @@ impl VHost {
             consumer_count: 0,
             created: true,
         })
+    }
+
+    /// Opens (or recovers) a stream's log and makes its queue.
+    fn open_stream(
+        &self,
+        name: &ShortString,
+        d: &QueueDeclare,
+        config: crate::args::QueueConfig,
+    ) -> Result<Arc<Queue>> {
+        let what = || format!("stream '{name}' in vhost '{}'", self.name);
+        let dir = self.stream_dir(name).ok_or_else(|| BrokerError::Storage {
+            what: what(),
+            reason: "this node has no data directory for streams".to_owned(),
+        })?;
+        let sc =
+            crate::queue::stream::stream_config(&config, self.stream_sync.load(Ordering::Acquire));
+        let (stream, recovery) =
+            pier_store::stream::Stream::open(&dir, sc).map_err(|e| BrokerError::Storage {
+                what: what(),
+                reason: e.to_string(),
+            })?;
+        if recovery.chunks > 0 {
+            tracing::info!(stream = %name, vhost = %self.name, segments = recovery.segments,
+                next_offset = recovery.next_offset, truncated = recovery.truncated_bytes, "stream recovered");
+        }
+        Ok(Queue::with_stream(
+            name.clone(),
+            self.name.clone(),
+            QueueOptions {
+                durable: d.durable,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: d.arguments.clone(),
+            },
+            config,
+            stream,
+        ))
     }
 
     fn queue_equivalent(&self, q: &Queue, d: &QueueDeclare) -> Result<()> {
@@ -854,7 +960,12 @@ impl VHost {
             });
         }
         compare_args(EQUIVALENCE_ARGS, &d.arguments, &o.arguments)
-            .map_err(|(arg, received, current)| mismatch(&arg, received, current))
+            .map_err(|(arg, received, current)| mismatch(&arg, received, current))?;
+        if q.kind() == QueueType::Stream {
+            compare_args(STREAM_EQUIVALENCE_ARGS, &d.arguments, &o.arguments)
+                .map_err(|(arg, received, current)| mismatch(&arg, received, current))?;
+        }
+        Ok(())
     }
 
     /// Looks a queue up for use by `connection` (404 if missing, 405 if another's exclusive).
@@ -867,6 +978,12 @@ impl VHost {
             .ok_or_else(|| self.not_found(ObjectKind::Queue, name))?;
         q.check_access(connection)?;
         Ok(q)
+    }
+
+    /// The queue of that name, whoever owns it (management and the cluster's state machine
+    /// act for no client connection; [`VHost::queue`] checks exclusive access).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.read().queues.get(name).cloned()
     }
 
     pub fn queues(&self) -> Vec<Arc<Queue>> {
@@ -898,8 +1015,27 @@ impl VHost {
         arguments: FieldTable,
         connection: ConnectionId,
     ) -> Result<()> {
+        if exchange.is_empty() {
+            return Err(BrokerError::DefaultExchange);
+        }
         let mut t = self.write();
-        let destination = self.queue_destination(&t, queue, exchange, connection)?;
+        // A missing queue or exchange, or a binding that does not exist, is unbind-ok in
+        // RabbitMQ; only an existing binding is checked for exclusive access.
+        let Some(q) = t.queues.get(queue) else {
+            return Ok(());
+        };
+        let destination = Destination::Queue(q.name().clone());
+        let bound = t.exchanges.get(exchange).is_some_and(|x| {
+            x.bindings().iter().any(|b| {
+                b.destination == destination
+                    && b.routing_key == routing_key
+                    && b.arguments == arguments
+            })
+        });
+        if !bound {
+            return Ok(());
+        }
+        q.check_access(connection)?;
         self.remove_binding(&mut t, exchange, destination, routing_key, arguments)
     }
 
@@ -924,7 +1060,14 @@ impl VHost {
     }
 
     pub fn purge_queue(&self, name: &str, connection: ConnectionId) -> Result<u32> {
-        Ok(self.queue(name, connection)?.purge())
+        let q = self.queue(name, connection)?;
+        if q.kind() == QueueType::Stream {
+            return Err(BrokerError::NotImplemented(format!(
+                "queue.purge not supported by stream queues queue '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        Ok(q.purge())
     }
 
     /// Deletes a queue; returns the ready messages it held. A missing queue is not an error.
@@ -974,11 +1117,8 @@ impl VHost {
             let gone = delete_unused_auto_delete(&mut t, sources);
             self.auto_deleted(gone);
         }
-        let (count, consumers) = q.mark_deleted();
-        for c in consumers {
-            c.sink.cancelled(&c.tag);
-        }
-        count
+        // Its consumers' sinks are told (basic.cancel) by the queue.
+        q.mark_deleted()
     }
 
     /// The connection went away: its exclusive queues go with it.
@@ -1038,7 +1178,7 @@ impl VHost {
         self.route_locked(&t, exchange, &all, headers, true, out)
     }
 
-    fn route_locked(
+    pub(crate) fn route_locked(
         &self,
         t: &Topology,
         exchange: &str,
@@ -1113,72 +1253,6 @@ impl VHost {
         Ok(())
     }
 
-    // ---- dead lettering and time ----
-
-    /// Republishes what `from` dead-lettered to its dead-letter exchange. Called by queues once
-    /// their lock is released; dead letters the targets produce in turn are handled here too
-    /// (a work list, not recursion). A missing dead-letter exchange drops the messages, and a
-    /// message is not delivered to a queue it would cycle back to (RabbitMQ's rule).
-    pub fn route_dead_letters(&self, from: &Arc<Queue>, dead: Vec<DeadLetter>) {
-        let mut work: VecDeque<(Arc<Queue>, Vec<DeadLetter>)> = VecDeque::new();
-        work.push_back((Arc::clone(from), dead));
-        let mut targets: Vec<Arc<Queue>> = Vec::new();
-        // A bound for pathological set-ups; RabbitMQ's cycle rule normally stops loops first.
-        let mut budget: usize = 100_000;
-        while let Some((source, items)) = work.pop_front() {
-            let config = source.config();
-            let Some(dlx) = config.dead_letter_exchange.as_ref() else {
-                continue;
-            };
-            let dlrk = config.dead_letter_routing_key.as_deref();
-            for item in items {
-                if budget == 0 {
-                    tracing::warn!(queue = %source.name(), "dead-letter loop bound reached; dropping");
-                    return;
-                }
-                budget -= 1;
-                let (message, keys) = deadletter::dead_lettered(
-                    &item.message,
-                    item.reason,
-                    source.name(),
-                    dlx,
-                    dlrk,
-                    self.clock.unix_seconds(),
-                );
-                targets.clear();
-                {
-                    let t = self.read();
-                    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-                    if self
-                        .route_locked(
-                            &t,
-                            dlx,
-                            &keys,
-                            message.properties.headers.as_ref(),
-                            false,
-                            &mut targets,
-                        )
-                        .is_err()
-                    {
-                        continue;
-                    }
-                }
-                let message = Arc::new(message);
-                for q in targets.drain(..) {
-                    if deadletter::is_cycle(&message, item.reason, q.name()) {
-                        continue;
-                    }
-                    let mut more = Vec::new();
-                    if q.publish_collect(Arc::clone(&message), &mut more, None) != Published::Gone
-                        && !more.is_empty()
-                    {
-                        work.push_back((q, more));
-                    }
-                }
-            }
-        }
-    }
-
     /// Periodic work: expires messages at queue heads, deletes queues whose `x-expires` ran
     /// out. Cheap when nothing is due (one atomic load per queue, no queue lock).
     pub fn tick(&self) {
@@ -1192,164 +1266,12 @@ impl VHost {
             .cloned()
             .collect();
         for q in due {
-            if q.tick(now) == TickAction::Delete {
+            if q.tick() == TickAction::Delete {
                 tracing::debug!(queue = %q.name(), vhost = %self.name, "queue expired (x-expires)");
                 self.remove_queue(&q);
             }
         }
     }
-
-    // ---- delayed message exchange ----
-
-    /// A message published to an `x-delayed-message` exchange with a positive `x-delay`
-    /// header is held until then (true); anything else routes now (false). Like the plugin,
-    /// routing happens when the delay is over, with the bindings in place at that time.
-    ///
-    /// On a durable exchange of a vhost with storage the message is stored (with its due time)
-    /// so that it survives a restart; `durability` then learns when it is on disk.
-    pub fn delay(
-        &self,
-        message: &Arc<Message>,
-        durability: Option<&Arc<crate::persist::PublishDurability>>,
-    ) -> bool {
-        if message.exchange.is_empty() {
-            return false;
-        }
-        let Some(delay) = delay_of(message) else {
-            return false;
-        };
-        let durable = {
-            let t = self.read();
-            match t.exchanges.get(&message.exchange) {
-                Some(x) if x.delayed && !x.internal => x.durable,
-                _ => return false,
-            }
-        };
-        let due = self.clock.now_ms().saturating_add(delay);
-        let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-        // Stored under the heap lock: the store needs this pseudo-queue's offsets in order.
-        let stored = match (durable, self.storage()) {
-            (true, Some(s)) => crate::storage::delayed_stored(s, message, delay, durability),
-            _ => None,
-        };
-        heap.push(Reverse(DelayedMessage {
-            due,
-            seq: DELAYED_SEQ.fetch_add(1, Ordering::Relaxed),
-            exchange: message.exchange.clone(),
-            message: Arc::clone(message),
-            stored,
-        }));
-        self.next_delayed.fetch_min(due, Ordering::Relaxed);
-        true
-    }
-
-    /// Puts back a delayed message recovered from the store, due in `remaining_ms`.
-    pub(crate) fn restore_delayed(&self, message: Arc<Message>, remaining_ms: u64, offset: u64) {
-        let due = self.clock.now_ms().saturating_add(remaining_ms);
-        let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-        heap.push(Reverse(DelayedMessage {
-            due,
-            seq: DELAYED_SEQ.fetch_add(1, Ordering::Relaxed),
-            exchange: message.exchange.clone(),
-            message,
-            stored: Some(offset),
-        }));
-        self.next_delayed.fetch_min(due, Ordering::Relaxed);
-    }
-
-    /// How many messages delayed exchanges hold.
-    pub fn delayed_count(&self) -> usize {
-        self.delayed.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    fn fire_delayed(&self, now: u64) {
-        if self.next_delayed.load(Ordering::Relaxed) > now {
-            return;
-        }
-        let mut due = Vec::new();
-        {
-            let mut heap = self.delayed.lock().unwrap_or_else(|p| p.into_inner());
-            while heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
-                if let Some(Reverse(d)) = heap.pop() {
-                    due.push(d);
-                }
-            }
-            let next = heap.peek().map_or(NEVER, |Reverse(d)| d.due);
-            self.next_delayed.store(next, Ordering::Relaxed);
-        }
-        if let Some(s) = self.storage() {
-            let fired: Vec<u64> = due.iter().filter_map(|d| d.stored).collect();
-            crate::storage::delayed_fired(s, fired);
-        }
-        let mut targets = Vec::new();
-        for d in due {
-            targets.clear();
-            let headers = d.message.properties.headers.as_ref();
-            let Ok(keys) = sender_selected_keys(&d.message.routing_key, headers) else {
-                continue;
-            };
-            {
-                let t = self.read();
-                let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-                // A deleted exchange (404) drops what it held.
-                if self
-                    .route_locked(&t, &d.exchange, &keys, headers, false, &mut targets)
-                    .is_err()
-                {
-                    continue;
-                }
-            }
-            if targets.is_empty() {
-                continue;
-            }
-            let message = Message::without_bcc(undelayed(d.message));
-            for q in targets.drain(..) {
-                q.publish(Arc::clone(&message));
-            }
-        }
-    }
-
-    /// Publishes a message the broker itself creates to `exchange` (routing errors are
-    /// returned; internal exchanges are allowed). Returns how many queues accepted it.
-    pub fn publish_internal(&self, exchange: &str, message: Arc<Message>) -> Result<usize> {
-        let mut targets = Vec::new();
-        {
-            let t = self.read();
-            let keys = deadletter::routing_keys(&message);
-            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-            self.route_locked(
-                &t,
-                exchange,
-                &keys,
-                message.properties.headers.as_ref(),
-                false,
-                &mut targets,
-            )?;
-        }
-        Ok(targets
-            .into_iter()
-            .filter(|q| q.publish(Arc::clone(&message)) == Published::Accepted)
-            .count())
-    }
-}
-
-/// The plugin negates `x-delay` on the message it finally routes (so it is not delayed twice).
-static DELAYED_SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn undelayed(message: Arc<Message>) -> Arc<Message> {
-    let mut props = message.properties.clone();
-    if let Some(h) = props.headers.as_mut() {
-        if let Some(d) = h.get("x-delay").and_then(FieldValue::as_i64) {
-            let negated = i32::try_from(-d).unwrap_or(i32::MIN);
-            h.insert("x-delay", FieldValue::LongInt(negated));
-        }
-    }
-    Arc::new(Message::from_properties(
-        message.exchange.clone(),
-        message.routing_key.clone(),
-        props,
-        message.body.clone(),
-    ))
 }
 
 /// Drops bindings to `dest` from every exchange; returns the exchanges that lost one.

@@ -54,7 +54,7 @@ fn bucket_range(idx: usize) -> (u64, u64) {
 }
 
 /// A histogram of waits: one slot of the ring, or several merged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitHistogram {
     count: u64,
     sum_ms: u64,
@@ -143,7 +143,7 @@ pub struct WaitSummary {
 }
 
 /// A queue's ring of per-slot histograms.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WaitWindow {
     /// Slot number (`now / SLOT_MS`) each ring position currently holds.
     rounds: [u64; SLOTS],

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::Extension;
 use pier_broker::{Message, Permission, QueueDeclare, TopicPermission};
-use pier_wire::{BasicProperties, ShortString};
+use pier_wire::ShortString;
 use serde_json::{json, Map, Value};
 
 use crate::auth::{change_vhost, AuthUser};
@@ -18,6 +18,7 @@ use crate::json::{self, body_object, get_str};
 use crate::stats;
 use crate::topology::visible_vhosts;
 use crate::{AppState, VhostMeta, RABBITMQ_COMPAT_VERSION};
+use pier_cluster::metadata::MetadataCommand;
 
 type Q = Query<HashMap<String, String>>;
 
@@ -249,7 +250,14 @@ pub async fn nodes(
     Extension(user): Extension<AuthUser>,
 ) -> ApiResult<Response> {
     user.require_monitor()?;
-    Ok(json::ok(json!([node_json(&st)])))
+    let mut all = vec![node_json(&st)];
+    all.extend(
+        crate::cluster::other_members(&st)
+            .await
+            .iter()
+            .map(crate::cluster::member_json),
+    );
+    Ok(json::ok(Value::Array(all)))
 }
 
 pub async fn node(
@@ -260,7 +268,13 @@ pub async fn node(
 ) -> ApiResult<Response> {
     user.require_monitor()?;
     if name != st.node {
-        return Err(ApiError::not_found());
+        // Another member: what it reports (any node answers for every node).
+        return crate::cluster::other_members(&st)
+            .await
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| json::ok(crate::cluster::member_json(m)))
+            .ok_or_else(ApiError::not_found);
     }
     let mut v = node_json(&st);
     // `?memory=true` adds the breakdown of /api/nodes/{node}/memory, as RabbitMQ's.
@@ -282,7 +296,7 @@ pub async fn health_ok() -> Response {
 }
 
 /// No limit is shown as 0 (as for an unmonitored resource).
-fn alarms_limit(v: u64) -> u64 {
+pub(crate) fn alarms_limit(v: u64) -> u64 {
     if v == u64::MAX {
         0
     } else {
@@ -331,13 +345,14 @@ pub async fn aliveness_test(
     })?;
     let q = declared.queue;
     q.purge();
-    let msg = Arc::new(Message::from_properties(
+    let msg = Arc::new(Message::new(
         ShortString::default(),
         ShortString::from("aliveness-test"),
-        BasicProperties::default(),
+        pier_broker::message::Properties::default(),
         bytes::Bytes::from_static(b"test_message"),
     ));
-    q.publish(msg);
+    // Through the default exchange, as RabbitMQ's check publishes.
+    vh.publish(msg, pier_broker::PublishOptions::internal())?;
     match q.get(false) {
         Some((d, _)) if d.message.body.as_ref() == b"test_message" => {
             Ok(json::ok(json!({ "status": "ok" })))
@@ -377,7 +392,17 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
     }
     sum.measured = waits.summary();
     let mut cluster_state = Map::new();
-    cluster_state.insert(st.node.clone(), Value::from("running"));
+    match st.cluster() {
+        Some(c) => {
+            for (name, running) in c.members() {
+                let state = if running { "running" } else { "nodedown" };
+                cluster_state.insert(name, Value::from(state));
+            }
+        }
+        None => {
+            cluster_state.insert(st.node.clone(), Value::from("running"));
+        }
+    }
     json!({
         "name": name,
         "description": meta.description,
@@ -470,15 +495,18 @@ pub async fn put_vhost(
 ) -> ApiResult<Response> {
     user.require_admin()?;
     let b = body_object(&body)?;
-    let existed = st.broker.vhost(&name).is_some();
-    st.broker.add_vhost(&name);
-    st.set_vhost_meta(&name, vhost_meta_from(&b));
-    if !existed {
-        // As RabbitMQ: whoever creates a vhost gets full permissions on it.
-        st.broker
-            .set_permission(&user.name, &name, Permission::full());
-    }
-    Ok(json::created_or_updated(!existed))
+    let meta = vhost_meta_from(&b);
+    let out = st
+        .execute(MetadataCommand::PutVhost {
+            name,
+            description: meta.description,
+            tags: meta.tags,
+            default_queue_type: meta.default_queue_type,
+            // As RabbitMQ: whoever creates a vhost gets full permissions on it.
+            creator: Some(user.name.clone()),
+        })
+        .await?;
+    Ok(json::created_or_updated(out.created()))
 }
 
 pub async fn delete_vhost(
@@ -487,12 +515,17 @@ pub async fn delete_vhost(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    if !st.broker.delete_vhost(&name) {
+    if st.broker.vhost(&name).is_none() {
         return Err(ApiError::not_found());
     }
-    st.forget_vhost_meta(&name);
-    st.registry
-        .close_where(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
+    // Its connections are closed by the metadata hooks, on every node.
+    if !st
+        .execute(MetadataCommand::DeleteVhost { name })
+        .await?
+        .removed()
+    {
+        return Err(ApiError::not_found());
+    }
     Ok(json::no_content())
 }
 
@@ -587,21 +620,28 @@ pub async fn put_user(
     user.require_admin()?;
     let b = body_object(&body)?;
     let tags = parse_tags(b.get("tags"));
-    let existed = st.broker.users().user(&name).is_some();
-    match (b.get("password"), b.get("password_hash")) {
-        (Some(Value::String(p)), _) => st.broker.add_user(&name, p, tags),
+    // Hashed here, once: the salt is random, and every node must store the same hash.
+    let password_hash = match (b.get("password"), b.get("password_hash")) {
+        (Some(Value::String(p)), _) => pier_broker::auth::hash_password(p),
         (Some(_), _) => return Err(ApiError::bad_request("password must be a string")),
         (None, Some(Value::String(h))) => {
             check_algorithm(get_str(&b, "hashing_algorithm"))?;
             if !h.is_empty() && !valid_hash(h) {
                 return Err(ApiError::bad_request("invalid password_hash"));
             }
-            st.broker.add_user_with_hash(&name, h, tags);
+            h.clone()
         }
         (None, Some(_)) => return Err(ApiError::bad_request("password_hash must be a string")),
-        (None, None) => st.broker.add_user_with_hash(&name, "", tags),
-    }
-    Ok(json::created_or_updated(!existed))
+        (None, None) => String::new(),
+    };
+    let out = st
+        .execute(MetadataCommand::PutUser {
+            name,
+            password_hash,
+            tags,
+        })
+        .await?;
+    Ok(json::created_or_updated(out.created()))
 }
 
 /// A RabbitMQ SHA-256 hash: base64 of a 4-byte salt and a 32-byte digest.
@@ -612,13 +652,14 @@ pub(crate) fn valid_hash(h: &str) -> bool {
         .is_ok_and(|raw| raw.len() == 36)
 }
 
-fn remove_user(st: &AppState, name: &str) -> bool {
-    if !st.broker.delete_user(name) {
-        return false;
-    }
-    st.registry
-        .close_where(|c| c.user == name, &format!("user '{name}' is deleted"));
-    true
+/// Deletes a user (its connections are closed by the metadata hooks, on every node).
+async fn remove_user(st: &AppState, name: &str) -> ApiResult<bool> {
+    Ok(st
+        .execute(MetadataCommand::DeleteUser {
+            name: name.to_owned(),
+        })
+        .await?
+        .removed())
 }
 
 pub async fn delete_user(
@@ -627,7 +668,7 @@ pub async fn delete_user(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    if !remove_user(&st, &name) {
+    if !remove_user(&st, &name).await? {
         return Err(ApiError::not_found());
     }
     Ok(json::no_content())
@@ -644,7 +685,7 @@ pub async fn users_bulk_delete(
         return Err(ApiError::bad_request("[{key_missing,users}]"));
     };
     for n in names.iter().filter_map(Value::as_str) {
-        remove_user(&st, n);
+        remove_user(&st, n).await?;
     }
     Ok(json::no_content())
 }
@@ -742,7 +783,6 @@ pub async fn put_permission(
 ) -> ApiResult<Response> {
     user.require_admin()?;
     let b = permission_put_body(&st, &vhost, &name, &body, ["configure", "write", "read"])?;
-    let existed = st.broker.users().permission(&name, &vhost).is_some();
     let text = |k: &str| get_str(&b, k).unwrap_or("").to_owned();
     let permission = Permission {
         configure: text("configure"),
@@ -753,8 +793,16 @@ pub async fn put_permission(
     permission
         .validate()
         .map_err(|e| ApiError::bad_request(format!("invalid_regexp: {e}")))?;
-    st.broker.set_permission(&name, &vhost, permission);
-    Ok(json::created_or_updated(!existed))
+    let out = st
+        .execute(MetadataCommand::SetPermission {
+            user: name,
+            vhost,
+            configure: permission.configure,
+            write: permission.write,
+            read: permission.read,
+        })
+        .await?;
+    Ok(json::created_or_updated(out.created()))
 }
 
 pub async fn delete_permission(
@@ -763,7 +811,10 @@ pub async fn delete_permission(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    if !st.broker.clear_permission(&name, &vhost) {
+    let out = st
+        .execute(MetadataCommand::ClearPermission { user: name, vhost })
+        .await?;
+    if !out.removed() {
         return Err(ApiError::not_found());
     }
     Ok(json::no_content())
@@ -832,11 +883,6 @@ pub async fn put_topic_permission(
 ) -> ApiResult<Response> {
     user.require_admin()?;
     let b = permission_put_body(&st, &vhost, &name, &body, ["exchange", "write", "read"])?;
-    let existed = st
-        .broker
-        .users()
-        .compiled_topic_permissions(&name, &vhost)
-        .is_some();
     let text = |k: &str| get_str(&b, k).unwrap_or("").to_owned();
     let permission = TopicPermission {
         exchange: text("exchange"),
@@ -846,8 +892,16 @@ pub async fn put_topic_permission(
     permission
         .validate()
         .map_err(|e| ApiError::bad_request(format!("invalid_regexp: {e}")))?;
-    st.broker.set_topic_permission(&name, &vhost, permission);
-    Ok(json::created_or_updated(!existed))
+    let out = st
+        .execute(MetadataCommand::SetTopicPermission {
+            user: name,
+            vhost,
+            exchange: permission.exchange,
+            write: permission.write,
+            read: permission.read,
+        })
+        .await?;
+    Ok(json::created_or_updated(out.created()))
 }
 
 /// DELETE /api/topic-permissions/{vhost}/{user}: clears all of the user's topic permissions
@@ -861,8 +915,15 @@ pub async fn delete_topic_permissions(
     Query(q): Q,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    let exchange = q.get("exchange").map(String::as_str);
-    if !st.broker.clear_topic_permission(&name, &vhost, exchange) {
+    let exchange = q.get("exchange").cloned();
+    let out = st
+        .execute(MetadataCommand::ClearTopicPermission {
+            user: name,
+            vhost,
+            exchange,
+        })
+        .await?;
+    if !out.removed() {
         return Err(ApiError::not_found());
     }
     Ok(json::no_content())

@@ -142,7 +142,8 @@ pub async fn require_user(
     };
     let user = match state
         .broker
-        .authenticate(&name, &password, peer.ip().is_loopback())
+        // to_canonical: on the dual-stack listener 127.0.0.1 arrives as ::ffff:127.0.0.1.
+        .authenticate(&name, &password, peer.ip().to_canonical().is_loopback())
     {
         Ok(u) => u,
         Err(AuthError::LoopbackOnly(_)) => {

@@ -12,8 +12,10 @@
 //! as `ha-mode`, are logged and ignored); parameters are not implemented yet: they are
 //! accepted and ignored (logged).
 //!
-//! A large import logs its progress (every 10% and at least every two seconds) and runs on a
-//! blocking thread, so the API stays responsive while thousands of objects are declared.
+//! The import becomes metadata commands applied in batches of 200 (on a clustered node each
+//! batch is one Raft entry, so an import appears on every node). A large import logs its
+//! progress (every 10% and at least every two seconds); a single node applies each batch on
+//! a blocking thread, so the API stays responsive while thousands of objects are declared.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -22,7 +24,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Extension;
-use pier_broker::{Destination, ExchangeDeclare, Permission, QueueDeclare, TopicPermission, VHost};
+use pier_broker::{Destination, Permission, TopicPermission, VHost};
+use pier_cluster::metadata::{self, CommandError, MetadataCommand, Outcome};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -433,9 +436,202 @@ fn table(m: &Option<Map<String, Value>>) -> ApiResult<pier_wire::FieldTable> {
         .map_or_else(|| Ok(pier_wire::FieldTable::new()), object_to_table)
 }
 
-fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<ImportReport> {
+/// What an import command was about, to word its error as a single node always has.
+enum Ctx {
+    Plain,
+    Permission { user: String, vhost: String },
+    TopicPermission { user: String, vhost: String },
+    Policy { name: String, vhost: String },
+    Object { what: &'static str, name: String },
+}
+
+impl Ctx {
+    fn error(&self, e: CommandError) -> String {
+        match (self, e) {
+            (_, CommandError::Broker(b)) => b.to_string(),
+            (Ctx::Permission { user, vhost }, e) => {
+                format!("permission of user '{user}' on vhost '{vhost}': {e}")
+            }
+            (Ctx::TopicPermission { user, vhost }, e) => {
+                format!("topic permission of user '{user}' on vhost '{vhost}': {e}")
+            }
+            (Ctx::Policy { name, vhost }, CommandError::NoVhost(_)) => {
+                format!("policy '{name}': vhost '{vhost}' not found")
+            }
+            (Ctx::Policy { name, vhost }, e) => format!("policy '{name}' in vhost '{vhost}': {e}"),
+            (Ctx::Object { what, name }, CommandError::NoVhost(_)) => {
+                format!("{what} '{name}': vhost not found")
+            }
+            (Ctx::Object { what, name }, e) => format!("{what} '{name}': {e}"),
+            (Ctx::Plain, e) => e.to_string(),
+        }
+    }
+}
+
+/// Commands applied (or proposed to the cluster) per batch: each batch is one Raft entry.
+const IMPORT_BATCH: usize = 200;
+
+/// The import as metadata commands, in dependency order: vhosts, users, permissions, topic
+/// permissions, policies (before queues: a policy applies when a queue is declared),
+/// exchanges, queues, bindings.
+fn import_commands(
+    st: &AppState,
+    d: &Definitions,
+    only_vhost: Option<&str>,
+    report: &mut ImportReport,
+) -> ApiResult<Vec<(Ctx, MetadataCommand)>> {
+    let mut out = Vec::new();
+    if only_vhost.is_none() {
+        for v in &d.vhosts {
+            let Some(name) = v.get("name").and_then(Value::as_str) else {
+                report.errors.push("vhost without a name".into());
+                continue;
+            };
+            let meta = vhost_meta_from(v);
+            out.push((
+                Ctx::Plain,
+                MetadataCommand::PutVhost {
+                    name: name.to_owned(),
+                    description: meta.description,
+                    tags: meta.tags,
+                    default_queue_type: meta.default_queue_type,
+                    creator: None,
+                },
+            ));
+        }
+        for u in &d.users {
+            let password_hash = match (&u.password, &u.password_hash) {
+                (Some(p), _) => pier_broker::auth::hash_password(p),
+                (None, Some(h)) => h.clone(),
+                (None, None) => String::new(),
+            };
+            out.push((
+                Ctx::Plain,
+                MetadataCommand::PutUser {
+                    name: u.name.clone(),
+                    password_hash,
+                    tags: parse_tags(u.tags.as_ref()),
+                },
+            ));
+        }
+        for p in &d.permissions {
+            out.push((
+                Ctx::Permission {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                },
+                MetadataCommand::SetPermission {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                    configure: p.configure.clone(),
+                    write: p.write.clone(),
+                    read: p.read.clone(),
+                },
+            ));
+        }
+        // Like permissions, a topic pattern Pier's regex engine cannot compile is kept (the
+        // file stays RabbitMQ's) and grants nothing; compiling logs a warning.
+        for p in &d.topic_permissions {
+            out.push((
+                Ctx::TopicPermission {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                },
+                MetadataCommand::SetTopicPermission {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                    exchange: p.exchange.clone(),
+                    write: p.write.clone(),
+                    read: p.read.clone(),
+                },
+            ));
+        }
+    }
+    let vhost_of = |v: &Option<String>| -> String {
+        only_vhost
+            .map(str::to_owned)
+            .or_else(|| v.clone())
+            .unwrap_or_else(|| "/".to_owned())
+    };
+    for p in &d.policies {
+        if let Some(cmd) = import_policy(p, only_vhost, report) {
+            out.push(cmd);
+        }
+    }
+    for x in &d.exchanges {
+        if is_system_exchange(&x.name) {
+            continue;
+        }
+        out.push((
+            Ctx::Object {
+                what: "exchange",
+                name: x.name.clone(),
+            },
+            MetadataCommand::DeclareExchange {
+                vhost: vhost_of(&x.vhost),
+                name: x.name.clone(),
+                kind: x.kind.clone(),
+                durable: x.durable.unwrap_or(true),
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: metadata::arguments(&table(&x.arguments)?)?,
+            },
+        ));
+    }
+    for q in &d.queues {
+        out.push((
+            Ctx::Object {
+                what: "queue",
+                name: q.name.clone(),
+            },
+            MetadataCommand::DeclareQueue {
+                vhost: vhost_of(&q.vhost),
+                name: q.name.clone(),
+                durable: q.durable.unwrap_or(true),
+                auto_delete: q.auto_delete,
+                arguments: metadata::arguments(&table(&q.arguments)?)?,
+                home: st.node.clone(),
+                members: vec![st.node.clone()],
+                checked: false,
+            },
+        ));
+    }
+    for b in &d.bindings {
+        out.push((
+            Ctx::Object {
+                what: "binding from",
+                name: b.source.clone(),
+            },
+            MetadataCommand::Bind {
+                vhost: vhost_of(&b.vhost),
+                source: b.source.clone(),
+                destination: b.destination.clone(),
+                destination_kind: if b.destination_type == "queue" {
+                    metadata::DestinationKind::Queue
+                } else {
+                    metadata::DestinationKind::Exchange
+                },
+                routing_key: b.routing_key.clone(),
+                arguments: metadata::arguments(&table(&b.arguments)?)?,
+                // rabbitmqctl export_definitions (3.10) leaves internal exchanges out of its
+                // files but keeps their bindings: skipped with a warning, not an error.
+                skip_missing: true,
+            },
+        ));
+    }
+    if !d.parameters.is_empty() {
+        report.skipped.push(format!(
+            "{} parameters (not supported yet)",
+            d.parameters.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Applies an import in batches (each batch one Raft entry on a clustered node), logging
+/// progress for large ones.
+async fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<ImportReport> {
     let mut report = ImportReport::default();
-    let broker = &st.broker;
     let global = if only_vhost.is_none() {
         d.vhosts.len() + d.users.len() + d.permissions.len() + d.topic_permissions.len()
     } else {
@@ -451,189 +647,66 @@ fn apply(st: &AppState, d: Definitions, only_vhost: Option<&str>) -> ApiResult<I
             progress.total
         );
     }
-    if only_vhost.is_none() {
-        for v in &d.vhosts {
-            progress.step("vhosts");
-            let Some(name) = v.get("name").and_then(Value::as_str) else {
-                report.errors.push("vhost without a name".into());
-                continue;
-            };
-            broker.add_vhost(name);
-            st.set_vhost_meta(name, vhost_meta_from(v));
-        }
-        for u in &d.users {
-            progress.step("users");
-            let tags = parse_tags(u.tags.as_ref());
-            match (&u.password, &u.password_hash) {
-                (Some(p), _) => broker.add_user(&u.name, p, tags),
-                (None, Some(h)) => broker.add_user_with_hash(&u.name, h, tags),
-                (None, None) => broker.add_user_with_hash(&u.name, "", tags),
+    let commands = import_commands(st, &d, only_vhost, &mut report)?;
+    // Objects that became no command (system exchanges, unparsable policies) are done.
+    for _ in commands.len()..progress.total {
+        progress.step("definitions");
+    }
+    let mut commands = commands.into_iter().peekable();
+    while commands.peek().is_some() {
+        let chunk: Vec<(Ctx, MetadataCommand)> = commands.by_ref().take(IMPORT_BATCH).collect();
+        let (ctxs, cmds): (Vec<Ctx>, Vec<MetadataCommand>) = chunk.into_iter().unzip();
+        let n = cmds.len();
+        let kind = cmds.first().map_or("definitions", kind_name);
+        let out = st
+            .execute(MetadataCommand::Batch { commands: cmds })
+            .await?;
+        let Outcome::Batch(results) = out else {
+            return Err(ApiError::internal("a batch did not answer per command"));
+        };
+        for (ctx, r) in ctxs.iter().zip(results) {
+            match r {
+                Ok(Outcome::Skipped(why)) => report.skipped.push(why),
+                Ok(_) => {}
+                Err(e) => report.errors.push(ctx.error(e)),
             }
         }
-        for p in &d.permissions {
-            progress.step("permissions");
-            if broker.vhost(&p.vhost).is_none() || broker.users().user(&p.user).is_none() {
-                report.errors.push(format!(
-                    "permission of user '{}' on vhost '{}': vhost_or_user_not_found",
-                    p.user, p.vhost
-                ));
-                continue;
-            }
-            broker.set_permission(
-                &p.user,
-                &p.vhost,
-                Permission {
-                    configure: p.configure.clone(),
-                    write: p.write.clone(),
-                    read: p.read.clone(),
-                },
-            );
+        for _ in 0..n {
+            progress.step(kind);
         }
-        for p in &d.topic_permissions {
-            progress.step("topic permissions");
-            if broker.vhost(&p.vhost).is_none() || broker.users().user(&p.user).is_none() {
-                report.errors.push(format!(
-                    "topic permission of user '{}' on vhost '{}': vhost_or_user_not_found",
-                    p.user, p.vhost
-                ));
-                continue;
-            }
-            // Like permissions, a pattern Pier's regex engine cannot compile is kept (the
-            // file stays RabbitMQ's) and grants nothing; compiling logs a warning.
-            broker.set_topic_permission(
-                &p.user,
-                &p.vhost,
-                TopicPermission {
-                    exchange: p.exchange.clone(),
-                    write: p.write.clone(),
-                    read: p.read.clone(),
-                },
-            );
-        }
-    }
-    let vhost_of = |v: &Option<String>| -> Option<String> {
-        only_vhost
-            .map(str::to_owned)
-            .or_else(|| v.clone())
-            .or_else(|| Some("/".to_owned()))
-    };
-    // Policies before queues: Pier applies a policy when a queue is declared.
-    for p in &d.policies {
-        progress.step("policies");
-        import_policy(st, p, only_vhost, &mut report);
-    }
-    for x in &d.exchanges {
-        progress.step("exchanges");
-        if is_system_exchange(&x.name) {
-            continue;
-        }
-        let Some(vh) = vhost_of(&x.vhost).and_then(|v| broker.vhost(&v)) else {
-            report
-                .errors
-                .push(format!("exchange '{}': vhost not found", x.name));
-            continue;
-        };
-        let r = vh.declare_exchange(&ExchangeDeclare {
-            name: short(&x.name)?,
-            kind: x.kind.clone(),
-            passive: false,
-            durable: x.durable.unwrap_or(true),
-            auto_delete: x.auto_delete,
-            internal: x.internal,
-            arguments: table(&x.arguments)?,
-        });
-        if let Err(e) = r {
-            report.errors.push(e.to_string());
-        }
-    }
-    for q in &d.queues {
-        progress.step("queues");
-        let Some(vh) = vhost_of(&q.vhost).and_then(|v| broker.vhost(&v)) else {
-            report
-                .errors
-                .push(format!("queue '{}': vhost not found", q.name));
-            continue;
-        };
-        let r = vh.declare_queue(&QueueDeclare {
-            name: short(&q.name)?,
-            passive: false,
-            durable: q.durable.unwrap_or(true),
-            exclusive: false,
-            auto_delete: q.auto_delete,
-            arguments: table(&q.arguments)?,
-            connection: 0,
-        });
-        if let Err(e) = r {
-            report.errors.push(e.to_string());
-        }
-    }
-    for b in &d.bindings {
-        progress.step("bindings");
-        let Some(vh) = vhost_of(&b.vhost).and_then(|v| broker.vhost(&v)) else {
-            report
-                .errors
-                .push(format!("binding from '{}': vhost not found", b.source));
-            continue;
-        };
-        let to_queue = b.destination_type == "queue";
-        let dest_exists = if to_queue {
-            vh.queues()
-                .iter()
-                .any(|q| q.name().as_str() == b.destination)
-        } else {
-            vh.exchange_exists(&b.destination)
-        };
-        if !vh.exchange_exists(&b.source) || !dest_exists {
-            report.skipped.push(format!(
-                "binding '{}' -> {} '{}' in vhost '{}': source or destination missing",
-                b.source,
-                b.destination_type,
-                b.destination,
-                vh.name()
-            ));
-            continue;
-        }
-        let rk = short(&b.routing_key)?;
-        let args = table(&b.arguments)?;
-        let r = if to_queue {
-            vh.bind_queue(&b.destination, &b.source, rk, args, 0)
-        } else {
-            vh.bind_exchange(&b.destination, &b.source, rk, args)
-        };
-        if let Err(e) = r {
-            report.errors.push(e.to_string());
-        }
-    }
-    if !d.parameters.is_empty() {
-        report.skipped.push(format!(
-            "{} parameters (not supported yet)",
-            d.parameters.len()
-        ));
     }
     progress.finish(&report);
     Ok(report)
 }
 
-/// Sets one policy of a definitions file; keys Pier does not apply are reported as skipped.
+fn kind_name(c: &MetadataCommand) -> &'static str {
+    match c {
+        MetadataCommand::PutVhost { .. } => "vhosts",
+        MetadataCommand::PutUser { .. } => "users",
+        MetadataCommand::SetPermission { .. } => "permissions",
+        MetadataCommand::SetTopicPermission { .. } => "topic permissions",
+        MetadataCommand::SetPolicy { .. } => "policies",
+        MetadataCommand::DeclareExchange { .. } => "exchanges",
+        MetadataCommand::DeclareQueue { .. } => "queues",
+        MetadataCommand::Bind { .. } => "bindings",
+        _ => "definitions",
+    }
+}
+
+/// One policy of a definitions file as a command; keys Pier does not apply are reported
+/// as skipped.
 fn import_policy(
-    st: &AppState,
     p: &Map<String, Value>,
     only_vhost: Option<&str>,
     report: &mut ImportReport,
-) {
+) -> Option<(Ctx, MetadataCommand)> {
     let Some(name) = p.get("name").and_then(Value::as_str) else {
         report.errors.push("policy without a name".into());
-        return;
+        return None;
     };
     let vhost = only_vhost
         .or_else(|| p.get("vhost").and_then(Value::as_str))
         .unwrap_or("/");
-    let Some(vh) = st.broker.vhost(vhost) else {
-        report
-            .errors
-            .push(format!("policy '{name}': vhost '{vhost}' not found"));
-        return;
-    };
     if let Some(Value::Object(def)) = p.get("definition") {
         let unknown = unknown_keys(def);
         if !unknown.is_empty() {
@@ -644,22 +717,27 @@ fn import_policy(
         }
     }
     match parse_policy(name, p, true) {
-        Ok(policy) => vh.set_policy(policy),
-        Err(e) => report
-            .errors
-            .push(format!("policy '{name}' in vhost '{vhost}': {e}")),
+        Ok(policy) => Some((
+            Ctx::Policy {
+                name: name.to_owned(),
+                vhost: vhost.to_owned(),
+            },
+            MetadataCommand::SetPolicy {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+                pattern: policy.pattern().to_owned(),
+                apply_to: policy.apply_to.as_str().to_owned(),
+                priority: policy.priority,
+                definition: policy.definition.to_json(),
+            },
+        )),
+        Err(e) => {
+            report
+                .errors
+                .push(format!("policy '{name}' in vhost '{vhost}': {e}"));
+            None
+        }
     }
-}
-
-/// Runs an import on a blocking thread (a large file declares thousands of objects).
-async fn apply_blocking(
-    st: AppState,
-    d: Definitions,
-    only_vhost: Option<String>,
-) -> ApiResult<ImportReport> {
-    tokio::task::spawn_blocking(move || apply(&st, d, only_vhost.as_deref()))
-        .await
-        .map_err(|e| ApiError::internal(format!("definitions import failed: {e}")))?
 }
 
 fn finish(report: ImportReport) -> ApiResult<Response> {
@@ -689,7 +767,7 @@ pub async fn import_all(
         bindings = d.bindings.len(),
         "importing definitions"
     );
-    finish(apply_blocking(st, d, None).await?)
+    finish(apply(&st, d, None).await?)
 }
 
 pub async fn import_vhost(
@@ -702,5 +780,5 @@ pub async fn import_vhost(
     st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
     let d = parse(&body)?;
     validate(&d)?;
-    finish(apply_blocking(st, d, Some(vhost)).await?)
+    finish(apply(&st, d, Some(&vhost)).await?)
 }

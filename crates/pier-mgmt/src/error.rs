@@ -5,6 +5,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pier_broker::BrokerError;
+use pier_cluster::metadata::CommandError;
+use pier_cluster::{ClusterError, MetadataError};
 use serde_json::{json, Value};
 
 pub const REALM: &str = "Basic realm=\"RabbitMQ Management\"";
@@ -77,6 +79,15 @@ impl ApiError {
         e
     }
 
+    /// 503: the cluster could not decide (no majority reachable, no answer in time).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            reason.into(),
+        )
+    }
+
     pub fn internal(reason: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,6 +106,30 @@ impl From<BrokerError> for ApiError {
             | BrokerError::DefaultExchange
             | BrokerError::VhostAccessRefused { .. } => ApiError::access_refused(),
             _ => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Broker(b) => b.into(),
+            CommandError::NoVhost(_) => ApiError::not_found(),
+            CommandError::VhostOrUserNotFound | CommandError::Invalid(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<MetadataError> for ApiError {
+    fn from(e: MetadataError) -> Self {
+        match e {
+            MetadataError::Refused(c) => c.into(),
+            MetadataError::Cluster(ClusterError::Membership(reason)) => {
+                ApiError::bad_request(reason)
+            }
+            MetadataError::Cluster(c) => ApiError::unavailable(c.to_string()),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_str};
 use crate::topology::visible_vhosts;
 use crate::AppState;
+use pier_cluster::metadata::MetadataCommand;
 
 type Q = Query<HashMap<String, String>>;
 
@@ -34,8 +35,8 @@ fn service_unavailable(body: Value) -> Response {
 
 // ---- cluster name, extensions, feature flags, auth ----
 
-/// PUT /api/cluster-name `{"name": …}` (administrator). Kept in memory: after a restart the
-/// configured `cluster_name` is back.
+/// PUT /api/cluster-name `{"name": …}` (administrator). A single node keeps it in memory
+/// (after a restart the configured `cluster_name` is back); a cluster replicates and stores it.
 pub async fn put_cluster_name(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -48,7 +49,7 @@ pub async fn put_cluster_name(
         Some(_) => return Err(ApiError::bad_request("name must be a non-empty string")),
         None => return Err(ApiError::bad_request("[{key_missing,name}]")),
     };
-    st.set_cluster_name(name);
+    st.execute(MetadataCommand::SetClusterName { name }).await?;
     Ok(json::no_content())
 }
 
@@ -218,7 +219,7 @@ pub async fn put_parameter(
     }
     let vh = vhost_for_limits(&st, &vhost)?;
     let existed = limits_value(vh.limits()).is_some();
-    vh.set_limits(limits);
+    set_limits(&st, vhost, limits).await?;
     Ok(json::created_or_updated(!existed))
 }
 
@@ -236,8 +237,18 @@ pub async fn delete_parameter(
     if limits_value(vh.limits()).is_none() {
         return Err(ApiError::not_found());
     }
-    vh.set_limits(VhostLimits::default());
+    set_limits(&st, vhost, VhostLimits::default()).await?;
     Ok(json::no_content())
+}
+
+async fn set_limits(st: &AppState, vhost: String, limits: VhostLimits) -> ApiResult<()> {
+    st.execute(MetadataCommand::SetVhostLimits {
+        vhost,
+        max_connections: limits.max_connections,
+        max_queues: limits.max_queues,
+    })
+    .await?;
+    Ok(())
 }
 
 fn require_policymaker(user: &AuthUser) -> ApiResult<()> {
@@ -293,7 +304,10 @@ pub async fn put_global_parameter(
         )));
     }
     match b.get("value") {
-        Some(Value::String(s)) if !s.is_empty() => st.set_cluster_name(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() => {
+            st.execute(MetadataCommand::SetClusterName { name: s.clone() })
+                .await?;
+        }
         Some(_) => return Err(ApiError::bad_request("value must be a non-empty string")),
         None => return Err(ApiError::bad_request("[{key_missing,value}]")),
     }
@@ -435,8 +449,8 @@ fn parse_limit(name: &str, value: &Value) -> ApiResult<Option<u64>> {
 }
 
 /// PUT /api/vhost-limits/{vhost}/{max-connections|max-queues} `{"value": n}`; a negative
-/// value means no limit, as in RabbitMQ. In memory: the config file's limits come back at
-/// the next start.
+/// value means no limit, as in RabbitMQ. On a single node in memory (the config file's limits
+/// come back at the next start); a cluster replicates and stores them.
 pub async fn put_vhost_limit(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -459,7 +473,7 @@ pub async fn put_vhost_limit(
     } else {
         limits.max_queues = limit;
     }
-    vh.set_limits(limits);
+    set_limits(&st, vhost, limits).await?;
     Ok(json::no_content())
 }
 
@@ -477,7 +491,7 @@ pub async fn delete_vhost_limit(
         MAX_QUEUES => limits.max_queues = None,
         _ => return Ok(json::no_content()),
     }
-    vh.set_limits(limits);
+    set_limits(&st, vhost, limits).await?;
     Ok(json::no_content())
 }
 
@@ -581,9 +595,15 @@ pub async fn health_protocol_listener(
 }
 
 /// node-is-quorum-critical and node-is-mirror-sync-critical: a single node is never critical
-/// for others (RabbitMQ's answer on a single-node cluster).
-pub async fn health_single_node() -> Response {
-    json::ok(json!({"status": "ok", "reason": "single node cluster"}))
+/// for others (RabbitMQ's answer on a single-node cluster). A clustered node has no
+/// replicated queues yet (quorum queues are the next step), so none depends on it either.
+pub async fn health_single_node(State(st): State<AppState>) -> Response {
+    let reason = if st.cluster().is_some() {
+        "no quorum queues on this node"
+    } else {
+        "single node cluster"
+    };
+    json::ok(json!({"status": "ok", "reason": reason}))
 }
 
 // ---- nodes ----

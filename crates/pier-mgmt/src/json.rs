@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pier_wire::{BasicProperties, FieldTable, FieldValue, LongString, ShortString};
+use pier_broker::message::Properties;
+use pier_wire::{FieldTable, FieldValue, LongString, ShortString};
 use serde_json::{Map, Number, Value};
 
 use crate::error::{ApiError, ApiResult};
@@ -153,7 +154,7 @@ pub fn json_to_value(v: &Value) -> ApiResult<FieldValue> {
 
 // ---- message properties ----
 
-pub fn properties_to_json(p: &BasicProperties) -> Value {
+pub fn properties_to_json(p: &Properties) -> Value {
     let mut m = Map::new();
     let mut s = |k: &str, v: &Option<ShortString>| {
         if let Some(v) = v {
@@ -185,8 +186,8 @@ pub fn properties_to_json(p: &BasicProperties) -> Value {
     Value::Object(m)
 }
 
-pub fn json_to_properties(v: Option<&Value>) -> ApiResult<BasicProperties> {
-    let mut p = BasicProperties::default();
+pub fn json_to_properties(v: Option<&Value>) -> ApiResult<Properties> {
+    let mut p = Properties::default();
     let o = match v {
         None | Some(Value::Null) => return Ok(p),
         Some(Value::Array(a)) if a.is_empty() => return Ok(p),

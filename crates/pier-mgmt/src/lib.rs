@@ -15,6 +15,7 @@
 
 mod api;
 mod auth;
+mod cluster;
 mod conns;
 mod definitions;
 mod error;
@@ -27,18 +28,20 @@ mod tls;
 mod topology;
 mod ui;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use pier_broker::Broker;
+use pier_cluster::metadata::{Catalog, Hooks, MetadataCommand, Outcome};
+use pier_cluster::Metadata;
 use pier_server::Registry;
 
 pub use error::ApiError;
+use error::ApiResult;
 
 /// The RabbitMQ version whose management API Pier follows (tools sniff it).
 pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.8";
@@ -50,6 +53,9 @@ pub struct ServeOptions {
     pub amqp_addr: Option<SocketAddr>,
     /// `cluster_name` (defaults to the node name).
     pub cluster_name: Option<String>,
+    /// Where definition changes go: a clustered node's [`Metadata`] (the binary builds it);
+    /// `None` builds a single node's, which applies them locally.
+    pub metadata: Option<Metadata>,
 }
 
 /// Description and tags of a vhost (RabbitMQ's vhost metadata).
@@ -63,13 +69,14 @@ pub(crate) struct VhostMeta {
 pub(crate) struct Inner {
     pub broker: Arc<Broker>,
     pub registry: Arc<Registry>,
+    /// This node's name: `pier@<hostname>`, or the cluster node name.
     pub node: String,
-    /// Set by `PUT /api/cluster-name` (in memory: a restart goes back to the configured one).
-    pub cluster_name: Mutex<String>,
+    /// Definition changes go through here (applied locally, or proposed to the cluster);
+    /// its catalog holds the cluster name and vhost metadata.
+    pub metadata: Metadata,
     pub started: Instant,
     pub http_addr: Option<SocketAddr>,
     pub amqp_addr: Option<SocketAddr>,
-    pub vhost_meta: Mutex<HashMap<String, VhostMeta>>,
     pub sampler: stats::Sampler,
 }
 
@@ -85,45 +92,65 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn cluster_name(&self) -> String {
-        self.cluster_name
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn set_cluster_name(&self, name: String) {
-        *self.cluster_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        self.metadata
+            .catalog()
+            .cluster_name()
+            .unwrap_or_else(|| self.node.clone())
     }
 
     pub fn vhost_meta(&self, name: &str) -> VhostMeta {
-        self.vhost_meta
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| VhostMeta {
+        match self.metadata.catalog().vhost(name) {
+            Some(m)
+                if !(m.description.is_empty()
+                    && m.tags.is_empty()
+                    && m.default_queue_type.is_none()) =>
+            {
+                VhostMeta {
+                    description: m.description,
+                    tags: m.tags,
+                    default_queue_type: m.default_queue_type,
+                }
+            }
+            _ => VhostMeta {
                 description: if name == "/" {
                     "Default virtual host".to_owned()
                 } else {
                     String::new()
                 },
                 ..VhostMeta::default()
-            })
+            },
+        }
     }
 
-    pub fn set_vhost_meta(&self, name: &str, meta: VhostMeta) {
-        self.vhost_meta
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), meta);
+    /// Applies a definition change (locally, or through the cluster on a clustered node:
+    /// then it returns once this node has applied it).
+    pub async fn execute(&self, cmd: MetadataCommand) -> ApiResult<Outcome> {
+        Ok(self.metadata.execute(cmd).await?)
     }
 
-    pub fn forget_vhost_meta(&self, name: &str) {
-        self.vhost_meta
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+    pub fn cluster(&self) -> Option<&pier_cluster::ClusterHandle> {
+        self.metadata.cluster()
     }
+}
+
+/// Closes client connections when the definitions they depend on go, on every node.
+struct RegistryHooks(Arc<Registry>);
+
+impl Hooks for RegistryHooks {
+    fn vhost_deleted(&self, vhost: &str) {
+        self.0
+            .close_where(|c| c.vhost == vhost, &format!("vhost '{vhost}' is deleted"));
+    }
+
+    fn user_deleted(&self, user: &str) {
+        self.0
+            .close_where(|c| c.user == user, &format!("user '{user}' is deleted"));
+    }
+}
+
+/// The hooks a node's metadata applier calls: connections of a deleted vhost or user close.
+pub fn registry_hooks(registry: Arc<Registry>) -> Arc<dyn Hooks> {
+    Arc::new(RegistryHooks(registry))
 }
 
 /// Serves the management API and `/metrics` on `listener` until `shutdown` resolves.
@@ -180,18 +207,31 @@ where
     L: axum::serve::Listener<Addr = SocketAddr>,
     for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let node = format!("pier@{}", hostname());
+    let metadata = match options.metadata {
+        Some(m) => m,
+        None => Metadata::local(
+            Arc::clone(&broker),
+            Arc::new(Catalog::new(options.cluster_name.clone())),
+            Some(registry_hooks(Arc::clone(&registry))),
+        ),
+    };
+    let node = match metadata.cluster() {
+        Some(c) => c.node_name().to_owned(),
+        None => format!("pier@{}", hostname()),
+    };
     let state = AppState(Arc::new(Inner {
         broker,
         registry,
-        cluster_name: Mutex::new(options.cluster_name.unwrap_or_else(|| node.clone())),
         node,
+        metadata,
         started: Instant::now(),
         http_addr: listener.local_addr().ok(),
         amqp_addr: options.amqp_addr,
-        vhost_meta: Mutex::new(HashMap::new()),
         sampler: stats::Sampler::default(),
     }));
+    if let Some(c) = state.cluster() {
+        c.set_reporter(Arc::new(cluster::StateReporter(Arc::downgrade(&state.0))));
+    }
     let sampler = tokio::spawn(stats::run_sampler(state.clone(), Duration::from_secs(5)));
     let app = router(state);
     let result = axum::serve(
@@ -260,6 +300,10 @@ fn router(state: AppState) -> Router {
         )
         .route("/rebalance/queues", post(extras::rebalance_queues))
         .route("/vhosts/{vhost}/start/{node}", post(extras::start_vhost))
+        // Pier's cluster operations (RabbitMQ does these with rabbitmqctl, not over HTTP).
+        .route("/pier/cluster", get(cluster::status))
+        .route("/pier/cluster/join", post(cluster::join))
+        .route("/pier/cluster/nodes/{node}", delete(cluster::forget))
         .route("/whoami", get(api::whoami))
         .route("/vhosts", get(api::vhosts))
         .route(

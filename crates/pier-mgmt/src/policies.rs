@@ -27,6 +27,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_str};
 use crate::topology::visible_vhosts;
 use crate::AppState;
+use pier_cluster::metadata::MetadataCommand;
 
 type Q = Query<HashMap<String, String>>;
 
@@ -188,10 +189,19 @@ pub async fn put_policy(
     }
     let b = body_object(&body)?;
     let policy = parse_policy(&name, &b, false).map_err(ApiError::bad_request)?;
-    let existed = vh.policies().iter().any(|p| p.name == name);
-    vh.set_policy(policy);
+    drop(vh);
+    let out = st
+        .execute(MetadataCommand::SetPolicy {
+            vhost: vhost.clone(),
+            name: name.clone(),
+            pattern: policy.pattern().to_owned(),
+            apply_to: policy.apply_to.as_str().to_owned(),
+            priority: policy.priority,
+            definition: policy.definition.to_json(),
+        })
+        .await?;
     tracing::info!(vhost, name, "policy set");
-    Ok(json::created_or_updated(!existed))
+    Ok(json::created_or_updated(out.created()))
 }
 
 pub async fn delete_policy(
@@ -199,9 +209,15 @@ pub async fn delete_policy(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let vh = st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
+    st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
     require_policymaker(&st, &user, &vhost)?;
-    if !vh.clear_policy(&name) {
+    let out = st
+        .execute(MetadataCommand::ClearPolicy {
+            vhost: vhost.clone(),
+            name: name.clone(),
+        })
+        .await?;
+    if !out.removed() {
         return Err(ApiError::not_found());
     }
     tracing::info!(vhost, name, "policy cleared");

@@ -10,10 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use base64::Engine;
-use pier_broker::{
-    BrokerError, ConsumerInfo, Destination, ExchangeDeclare, Message, Published, Queue,
-    QueueDeclare, VHost,
-};
+use pier_broker::{BrokerError, ConsumerInfo, Destination, Message, Queue, VHost};
 use pier_server::ConnectionInfo;
 use pier_wire::{FieldTable, ShortString};
 use serde_json::{json, Value};
@@ -22,11 +19,10 @@ use crate::auth::{change_vhost, view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_bool, get_str, get_table, short, table_to_json};
 use crate::AppState;
+use pier_cluster::metadata::{self, CommandError, MetadataCommand};
+use pier_cluster::MetadataError;
 
 type Q = Query<HashMap<String, String>>;
-
-/// Management operations act as no client connection (ids start at 1).
-const API_CONNECTION: u64 = 0;
 
 /// The default exchange's name in URLs.
 const DEFAULT_EXCHANGE_ALIAS: &str = "amq.default";
@@ -267,7 +263,8 @@ pub(crate) fn queue_json(
         "auto_delete": o.auto_delete,
         "exclusive": o.exclusive_owner.is_some(),
         "arguments": table_to_json(&o.arguments),
-        "node": state.node,
+        // Its home node (the cluster's record of it; on a single node, this node).
+        "node": state.metadata.catalog().queue_home(vhost, q.name()).map_or_else(|| state.node.clone(), |h| h.home),
         "type": queue_type(q),
         "state": "running",
         "policy": policy_name,
@@ -401,22 +398,24 @@ pub async fn put_queue(
 ) -> ApiResult<Response> {
     let vh = change_vhost(&st.broker, &user, &vhost)?;
     let b = body_object(&body)?;
-    // The client path, so that `max-queues` and the `amq.*` rule apply as in RabbitMQ's API;
-    // access to the vhost was checked above. (The broker's error type is its own.)
-    #[allow(clippy::result_large_err)]
-    let declared = vh.declare_queue_checked(
-        &QueueDeclare {
-            name: short(&name)?,
-            passive: false,
+    short(&name)?;
+    vh.check_queue_limit(&name)?;
+    drop(vh);
+    // `checked`: the client path, so that `max-queues` and the `amq.*` rule apply as in
+    // RabbitMQ's API; access to the vhost was checked above. Its home is this node.
+    let out = st
+        .execute(MetadataCommand::DeclareQueue {
+            vhost,
+            name,
             durable: get_bool(&b, "durable", false)?,
-            exclusive: false,
             auto_delete: get_bool(&b, "auto_delete", false)?,
-            arguments: get_table(&b, "arguments")?,
-            connection: API_CONNECTION,
-        },
-        &mut |_, _, _| Ok(()),
-    )?;
-    Ok(json::created_or_updated(declared.created))
+            arguments: metadata::arguments(&get_table(&b, "arguments")?)?,
+            home: st.node.clone(),
+            members: vec![st.node.clone()],
+            checked: true,
+        })
+        .await?;
+    Ok(json::created_or_updated(out.created()))
 }
 
 pub async fn delete_queue(
@@ -436,10 +435,13 @@ pub async fn delete_queue(
         }
         .into());
     }
-    if q.get("if-empty").is_some_and(|v| v == "true") && s.ready > 0 {
+    let if_empty = q.get("if-empty").is_some_and(|v| v == "true");
+    if if_empty && s.ready > 0 {
         return Err(BrokerError::NotEmpty { name, vhost }.into());
     }
-    vh.remove_queue(&queue);
+    drop(queue);
+    st.execute(MetadataCommand::DeleteQueue { vhost, name })
+        .await?;
     Ok(json::no_content())
 }
 
@@ -530,18 +532,12 @@ pub async fn get_messages(
             "payload": payload,
             "payload_encoding": encoding,
         }));
-        taken.push((d.settled(), Arc::clone(&d.message)));
+        taken.push(d.offset);
     }
     match mode {
-        AckMode::AckRequeue | AckMode::RejectRequeue => queue.requeue(None, taken),
-        AckMode::Ack => {
-            let acked: Vec<pier_broker::Settled> = taken.iter().map(|(s, _)| *s).collect();
-            queue.settle(None, &acked);
-        }
-        AckMode::Reject => queue.reject(
-            None,
-            taken.into_iter().map(|(s, m)| (s.offset, m)).collect(),
-        ),
+        AckMode::AckRequeue | AckMode::RejectRequeue => queue.requeue(&taken),
+        AckMode::Ack => queue.settle(&taken),
+        AckMode::Reject => queue.reject(&taken),
     }
     Ok(json::ok(Value::Array(out)))
 }
@@ -640,17 +636,20 @@ pub async fn put_exchange(
     if name == DEFAULT_EXCHANGE_ALIAS {
         return Err(ApiError::access_refused());
     }
-    let existed = vh.exchange_exists(&name);
-    vh.declare_exchange(&ExchangeDeclare {
-        name: short(&name)?,
-        kind: kind.to_owned(),
-        passive: false,
-        durable: get_bool(&b, "durable", false)?,
-        auto_delete: get_bool(&b, "auto_delete", false)?,
-        internal: get_bool(&b, "internal", false)?,
-        arguments: get_table(&b, "arguments")?,
-    })?;
-    Ok(json::created_or_updated(!existed))
+    short(&name)?;
+    drop(vh);
+    let out = st
+        .execute(MetadataCommand::DeclareExchange {
+            vhost,
+            name,
+            kind: kind.to_owned(),
+            durable: get_bool(&b, "durable", false)?,
+            auto_delete: get_bool(&b, "auto_delete", false)?,
+            internal: get_bool(&b, "internal", false)?,
+            arguments: metadata::arguments(&get_table(&b, "arguments")?)?,
+        })
+        .await?;
+    Ok(json::created_or_updated(out.created()))
 }
 
 pub async fn delete_exchange(
@@ -667,7 +666,19 @@ pub async fn delete_exchange(
     if !vh.exchange_exists(name) {
         return Err(ApiError::not_found());
     }
-    vh.delete_exchange(name, q.get("if-unused").is_some_and(|v| v == "true"))?;
+    if q.get("if-unused").is_some_and(|v| v == "true") && vh.exchange_has_bindings(name) {
+        return Err(BrokerError::InUse {
+            kind: pier_broker::ObjectKind::Exchange,
+            name: name.to_owned(),
+            vhost,
+        }
+        .into());
+    }
+    st.execute(MetadataCommand::DeleteExchange {
+        vhost: vhost.clone(),
+        name: name.to_owned(),
+    })
+    .await?;
     Ok(json::no_content())
 }
 
@@ -697,26 +708,18 @@ pub async fn publish(
             )))
         }
     };
-    let mut targets = Vec::new();
-    vh.route(
-        exchange,
-        &routing_key,
-        properties.headers.as_ref(),
-        &mut targets,
-    )
-    .map_err(|e| ApiError::bad_request(format!("{} {}", e.reply_code(), e.reply_text())))?;
-    let message = Arc::new(Message::from_properties(
+    let message = Arc::new(Message::new(
         ShortString::from(exchange),
         routing_key,
         properties,
         body,
     ));
-    let mut routed = false;
-    for q in targets {
-        if q.publish(Arc::clone(&message)) == Published::Accepted {
-            routed = true;
-        }
-    }
+    // The one publish path: x-delay, CC/BCC, alternate exchanges and the shared fan-out record
+    // as for any AMQP publish.
+    let routed = vh
+        .publish(message, pier_broker::PublishOptions::client())
+        .map_err(|e| ApiError::bad_request(format!("{} {}", e.reply_code(), e.reply_text())))?
+        .routed;
     Ok(json::ok(json!({ "routed": routed })))
 }
 
@@ -919,6 +922,14 @@ pub async fn binding(
         .ok_or_else(ApiError::not_found)
 }
 
+fn kind_of(dtype: &str) -> metadata::DestinationKind {
+    if dtype == "queue" {
+        metadata::DestinationKind::Queue
+    } else {
+        metadata::DestinationKind::Exchange
+    }
+}
+
 /// Percent-encodes a URL path segment.
 fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -933,9 +944,11 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
-fn binding_error(e: BrokerError) -> ApiError {
+fn binding_error(e: MetadataError) -> ApiError {
     match e {
-        BrokerError::NotFound { .. } => ApiError::not_found_reason(e.to_string()),
+        MetadataError::Refused(CommandError::Broker(e @ BrokerError::NotFound { .. })) => {
+            ApiError::not_found_reason(e.to_string())
+        }
         other => other.into(),
     }
 }
@@ -946,18 +959,25 @@ pub async fn create_binding(
     Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let vh = change_vhost(&st.broker, &user, &vhost)?;
+    change_vhost(&st.broker, &user, &vhost)?;
     let dtype = destination_kind(&kind)?;
     let b = body_object(&body)?;
     let routing_key = short(get_str(&b, "routing_key").unwrap_or(""))?;
     let arguments = get_table(&b, "arguments")?;
     let source = exchange_name(&source);
     let props = json::properties_key(&routing_key, &arguments);
-    match dtype {
-        "queue" => vh.bind_queue(&destination, source, routing_key, arguments, API_CONNECTION),
-        _ => vh.bind_exchange(&destination, source, routing_key, arguments),
-    }
-    .map_err(binding_error)?;
+    st.metadata
+        .execute(MetadataCommand::Bind {
+            vhost,
+            source: source.to_owned(),
+            destination: destination.clone(),
+            destination_kind: kind_of(dtype),
+            routing_key: routing_key.to_string(),
+            arguments: metadata::arguments(&arguments)?,
+            skip_missing: false,
+        })
+        .await
+        .map_err(binding_error)?;
     let location = format!(
         "{}/{}",
         encode_segment(&destination),
@@ -996,10 +1016,18 @@ pub async fn delete_binding(
                 && table_to_json(&b.arguments) == table_to_json(&arguments)
         })
         .map_or(arguments, |b| b.arguments);
-    match destination_kind(&kind)? {
-        "queue" => vh.unbind_queue(&destination, source, routing_key, arguments, API_CONNECTION),
-        _ => vh.unbind_exchange(&destination, source, routing_key, arguments),
-    }
-    .map_err(binding_error)?;
+    let dtype = destination_kind(&kind)?;
+    drop(vh);
+    st.metadata
+        .execute(MetadataCommand::Unbind {
+            vhost,
+            source: source.to_owned(),
+            destination,
+            destination_kind: kind_of(dtype),
+            routing_key: routing_key.to_string(),
+            arguments: metadata::arguments(&arguments)?,
+        })
+        .await
+        .map_err(binding_error)?;
     Ok(json::no_content())
 }

@@ -530,10 +530,12 @@
     ], fmtCount, 'chart-overview-queued');
     const watch = h('div', { id: 'overview-watch' });
     const node = h('div', { class: 'panel', id: 'overview-node' });
+    // A cluster's members (shown when there is more than this node).
+    const members = h('div', { id: 'overview-nodes' });
     append(main, h('h1', null, 'Overview', title), cards, h('div', { class: 'charts' }, rates.el, queued.el),
       h('h2', null, 'Queues to watch'),
       h('p', { class: 'explain' }, 'λ: messages arriving per second; μ: messages served (acknowledged) per second; ρ = λ/μ: above 1 the queue grows, below 1 it drains, about 1 when consumers keep up; L: messages in the queue; W: time a message spends in the queue (Little\'s law, L/λ); L̂ and Ŵ: what an M/M/1 queue would show at this ρ (only below 1). Rates are averaged over the last minute.'),
-      watch, h('h2', null, 'Node'), node);
+      watch, h('h2', null, 'Node'), node, members);
     let prev = null;
     return {
       async refresh() {
@@ -593,6 +595,15 @@
             h('tr', null, h('th', null, 'Process id'), h('td', null, n.os_pid)),
           ] : null,
           h('tr', null, h('th', null, 'Listeners'), h('td', null, listeners))));
+        fill(members, nodes && nodes.length > 1 ? [
+          h('h2', null, 'Cluster nodes'),
+          table({ cols: ['Node', 'State', ['Uptime', 'num'], ['Memory', 'num'], 'Alarms'] },
+            nodes.map((m) => h('tr', null, td(m.name),
+              td(m.running ? 'running' : 'not running'),
+              num(m.running ? fmtUptime(m.uptime) : ''), num(m.running ? fmtBytes(m.mem_used) : ''),
+              td([m.mem_alarm ? 'memory' : null, m.disk_free_alarm ? 'disk' : null].filter(Boolean).join(', ') || (m.running ? 'none' : '')))),
+            'No nodes.'),
+        ] : null);
       },
     };
   }

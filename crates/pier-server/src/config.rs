@@ -22,6 +22,11 @@ pub struct ServerConfig {
     pub outbound_high_watermark: usize,
     /// Name shown in server properties (`cluster_name`).
     pub cluster_name: String,
+    /// `product` and `version` in the server properties of connection.start. Pier's own by
+    /// default; an operator may advertise another (e.g. "RabbitMQ") for client code that
+    /// switches behaviour on it.
+    pub product: String,
+    pub product_version: String,
     /// A channel holding an unacknowledged delivery longer than this is closed with 406
     /// (RabbitMQ's `consumer_timeout`, default 30 minutes); None disables the check.
     pub consumer_timeout: Option<Duration>,
@@ -63,6 +68,8 @@ impl Default for ServerConfig {
             close_timeout: Duration::from_secs(3),
             outbound_high_watermark: 4 * 1024 * 1024,
             cluster_name: "pier".to_owned(),
+            product: "Pier".to_owned(),
+            product_version: env!("CARGO_PKG_VERSION").to_owned(),
             consumer_timeout: Some(Duration::from_secs(30 * 60)),
             max_connections: None,
             memory_high_watermark: MemoryWatermark::default(),

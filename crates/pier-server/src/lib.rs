@@ -8,22 +8,16 @@
 //!                                         └─ writer task (outbound.rs) ◄── queue deliveries
 //! ```
 
-mod access;
 pub mod alarms;
-mod channel;
+pub mod amqp;
 mod coarse_clock;
 pub mod config;
-mod connection;
 mod credit;
-mod direct_reply;
-pub mod error;
-mod flow;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod handshake;
-mod outbound;
 pub mod registry;
+pub mod stream;
 pub mod tls;
 
 use std::future::Future;
@@ -33,21 +27,21 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use pier_broker::Broker;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use amqp::error::{AmqpException, ConnectionError};
 pub use config::ServerConfig;
-pub use error::{AmqpException, ConnectionError};
 pub use registry::{
     ChannelInfo, ConnectionInfo, ConnectionMeta, ConnectionState, Registry, RegistryTotals,
 };
 
-use connection::{close_frame, next_connection_id, Connection};
-use handshake::FrameReader;
-use outbound::Outbound;
+use amqp::connection::{close_frame, next_connection_id, Connection};
+use amqp::handshake::{self, FrameReader};
+use amqp::outbound::Outbound;
 use registry::CountingWriter;
 
 /// A socket to accept AMQP clients on: plain TCP, or TLS (`amqps`).
@@ -152,7 +146,9 @@ async fn accept_loop(listener: Listener, shared: Shared, stop: CancellationToken
             () = stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            // On the dual-stack listener IPv4 clients arrive as ::ffff:a.b.c.d; RabbitMQ shows
+            // (and checks loopback-only users against) the IPv4 address.
+            Ok((s, peer)) => (s, canonical(peer)),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!("accept failed: {e}");
@@ -173,6 +169,11 @@ async fn accept_loop(listener: Listener, shared: Shared, stop: CancellationToken
             drop(slot);
         });
     }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// How often the broker's timers (message TTL, queue expiry, delayed messages) are checked.
@@ -255,7 +256,7 @@ async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
+    let local = stream.local_addr().map_or(peer, canonical);
     tracing::debug!(%peer, "accepted connection");
     // The handshake timeout covers the TLS handshake and the AMQP one together.
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
@@ -324,6 +325,30 @@ pub async fn serve_connection<S>(
         cert_user: None,
     };
     serve_stream(rd, wr, setup, broker, registry, Arc::new(config), shutdown).await;
+}
+
+/// After close-ok to a client's connection.close, RabbitMQ leaves closing the socket to the
+/// client: it discards whatever still arrives until the client hangs up, or for the heartbeat
+/// timeout (at most 30 s). Closing first would make a client that is still writing (or that
+/// reads the EOF before the close-ok) report an error on a clean close.
+async fn linger_after_close_ok<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    heartbeat: u16,
+    shutdown: &CancellationToken,
+) {
+    const MAX_LINGER: u64 = 30;
+    let secs = match u64::from(heartbeat) {
+        0 => MAX_LINGER,
+        h => h.min(MAX_LINGER),
+    };
+    let drain = async {
+        let mut scratch = [0u8; 4096];
+        while matches!(rd.read(&mut scratch).await, Ok(n) if n > 0) {}
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_secs(secs), drain) => {}
+        () = shutdown.cancelled() => {}
+    }
 }
 
 /// What the transport settled before AMQP starts.
@@ -437,6 +462,9 @@ async fn serve_stream<R, W>(
     let result = conn.serve(&mut reader, close_token).await;
     conn.teardown();
     registry.deregister(id);
+    if conn.client_closed {
+        linger_after_close_ok(&mut reader.io, conn.heartbeat, &shutdown).await;
+    }
     outbound.finish();
     match tokio::time::timeout(config.close_timeout, writer).await {
         Ok(Ok(Ok(()))) => {}

@@ -24,7 +24,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::alarms::Alarms;
-use crate::outbound::Outbound;
+use crate::amqp::outbound::Outbound;
 
 /// The reason RabbitMQ gives a client whose connection was closed through the management API
 /// (the reply text is `CONNECTION_FORCED - Closed via management plugin`).

@@ -17,7 +17,13 @@
 //!  queues       [vhost][name]                                            QueueDef
 //!  bindings     [vhost][source]["q"|"e"][destination][routing key][args] BindingDef
 //!  policies     [vhost][name]                                            PolicyDef
+//!  cluster      owned by pier-cluster's state machine (opaque bytes)      opaque bytes
 //! ```
+//!
+//! A clustered node applies a batch of Raft log entries as one transaction
+//! ([`DefinitionsStore::batch`]): every write made on that thread during the batch, the
+//! broker's write-through included, lands in one commit (one fsync) together with the state
+//! machine's own record of what it has applied, so the two can never disagree after a crash.
 //!
 //! The types are plain serde structs with no broker types in them; AMQP field tables
 //! (arguments) are kept as their exact AMQP encoding ([`encode_arguments`]) so that
@@ -43,7 +49,8 @@ const EXCHANGES: Table = TableDefinition::new("exchanges");
 const QUEUES: Table = TableDefinition::new("queues");
 const BINDINGS: Table = TableDefinition::new("bindings");
 const POLICIES: Table = TableDefinition::new("policies");
-const ALL: [Table; 8] = [
+const CLUSTER: Table = TableDefinition::new("cluster");
+const ALL: [Table; 9] = [
     VHOSTS,
     USERS,
     PERMISSIONS,
@@ -52,6 +59,7 @@ const ALL: [Table; 8] = [
     QUEUES,
     BINDINGS,
     POLICIES,
+    CLUSTER,
 ];
 
 pub type DefResult<T> = std::result::Result<T, DefinitionsError>;
@@ -221,9 +229,44 @@ fn binding_key(b: &BindingDef) -> Vec<u8> {
 }
 
 /// The definitions database. Cheap to share (`&self` methods; redb serialises writers).
-#[derive(Debug)]
 pub struct DefinitionsStore {
     db: Database,
+    /// The open transaction of a [`DefinitionsStore::batch`], and the thread running it.
+    /// Writes from that thread join it; writes from other threads wait in `begin_write`
+    /// until it commits (redb allows one write transaction at a time).
+    batch: std::sync::Mutex<Option<(std::thread::ThreadId, WriteTransaction)>>,
+}
+
+/// Ends a batch: `take` hands its transaction over for commit; dropped without `take` (a
+/// panic in the batch) it aborts it.
+struct BatchGuard<'a>(&'a DefinitionsStore);
+
+impl BatchGuard<'_> {
+    fn take(self) -> Option<(std::thread::ThreadId, WriteTransaction)> {
+        self.0
+            .batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+impl Drop for BatchGuard<'_> {
+    fn drop(&mut self) {
+        drop(
+            self.0
+                .batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+}
+
+impl std::fmt::Debug for DefinitionsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DefinitionsStore").finish_non_exhaustive()
+    }
 }
 
 impl DefinitionsStore {
@@ -235,14 +278,94 @@ impl DefinitionsStore {
             txn.open_table(t)?;
         }
         txn.commit()?;
-        Ok(DefinitionsStore { db })
+        Ok(DefinitionsStore {
+            db,
+            batch: std::sync::Mutex::new(None),
+        })
     }
 
     fn write(&self, f: impl FnOnce(&WriteTransaction) -> DefResult<()>) -> DefResult<()> {
+        {
+            let batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((owner, txn)) = batch.as_ref() {
+                if *owner == std::thread::current().id() {
+                    return f(txn);
+                }
+            }
+        }
         let txn = self.db.begin_write()?;
         f(&txn)?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Runs `f` with every write this thread makes in one transaction, committed (one fsync)
+    /// when `f` returns. A write that fails inside the batch is reported to its caller as
+    /// usual; what the other writes did is committed all the same (the same outcome as
+    /// separate transactions, minus the fsyncs). If the commit itself fails, nothing of the
+    /// batch is stored and the error is returned. Batches do not nest: an inner call runs `f`
+    /// inside the outer batch.
+    pub fn batch<T>(&self, f: impl FnOnce() -> T) -> DefResult<T> {
+        let me = std::thread::current().id();
+        {
+            let batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            if batch.as_ref().is_some_and(|(owner, _)| *owner == me) {
+                drop(batch);
+                return Ok(f());
+            }
+        }
+        // Outside the mutex: this waits for other threads' transactions to commit.
+        let txn = self.db.begin_write()?;
+        *self.batch.lock().unwrap_or_else(|p| p.into_inner()) = Some((me, txn));
+        // If `f` panics, the guard drops (aborts) the transaction so other writers go on.
+        let guard = BatchGuard(self);
+        let out = f();
+        let taken = guard.take();
+        if let Some((_, txn)) = taken {
+            txn.commit()?;
+        }
+        Ok(out)
+    }
+
+    /// Stores an entry of the `cluster` table (the clustering layer's own records: what its
+    /// state machine has applied, queue home nodes, vhost metadata).
+    pub fn put_cluster_entry(&self, k: &[u8], v: &[u8]) -> DefResult<()> {
+        self.write(|txn| {
+            txn.open_table(CLUSTER)?.insert(k, v)?;
+            Ok(())
+        })
+    }
+
+    /// Removes one `cluster` entry, or with `prefix` every entry whose key starts with `k`.
+    pub fn delete_cluster_entries(&self, k: &[u8], prefix: bool) -> DefResult<()> {
+        self.write(|txn| {
+            let mut t = txn.open_table(CLUSTER)?;
+            if prefix {
+                t.retain(|key, _| !key.starts_with(k))?;
+            } else {
+                t.remove(k)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every `cluster` entry, in key order.
+    pub fn cluster_entries(&self) -> DefResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CLUSTER)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One `cluster` entry.
+    pub fn cluster_entry(&self, k: &[u8]) -> DefResult<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CLUSTER)?;
+        Ok(t.get(k)?.map(|v| v.value().to_vec()))
     }
 
     fn put<T: Serialize>(&self, table: Table, k: &[u8], v: &T) -> DefResult<()> {
@@ -652,6 +775,45 @@ mod tests {
         };
         s.import(&defs).unwrap();
         assert_eq!(s.load().unwrap(), defs);
+    }
+
+    #[test]
+    fn a_batch_is_one_transaction_and_other_threads_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(DefinitionsStore::open(dir.path().join("d.redb")).unwrap());
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let other = {
+            let s = std::sync::Arc::clone(&s);
+            std::thread::spawn(move || {
+                entered_rx.recv().unwrap();
+                // Blocks until the batch has committed.
+                s.put_queue(&q("/", "from-another-thread")).unwrap();
+                s.load().unwrap().queues.len()
+            })
+        };
+        let seen_inside = s
+            .batch(|| {
+                s.put_queue(&q("/", "a")).unwrap();
+                s.put_cluster_entry(b"applied", b"7").unwrap();
+                entered_tx.send(()).unwrap();
+                // Not committed yet: a reader sees nothing of the batch.
+                let inside = s.load().unwrap().queues.len();
+                go_tx.send(()).unwrap();
+                inside
+            })
+            .unwrap();
+        drop(go_rx);
+        assert_eq!(seen_inside, 0);
+        assert_eq!(other.join().unwrap(), 2);
+        assert_eq!(
+            s.cluster_entry(b"applied").unwrap().as_deref(),
+            Some(&b"7"[..])
+        );
+        s.put_cluster_entry(b"home/x", b"1").unwrap();
+        s.put_cluster_entry(b"home/y", b"2").unwrap();
+        s.delete_cluster_entries(b"home/", true).unwrap();
+        assert_eq!(s.cluster_entries().unwrap().len(), 1);
     }
 
     #[test]

@@ -54,6 +54,7 @@ mod registry;
 mod segment_store;
 mod shards;
 mod store;
+pub mod stream;
 mod thread;
 
 pub use commit::{SyncFile, SyncJob, SyncPlan};

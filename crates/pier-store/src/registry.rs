@@ -171,6 +171,28 @@ impl Registry {
         Ok(())
     }
 
+    /// Registers each name under a fresh id, all in one durable write.
+    pub fn add_many(&mut self, names: &[&str]) -> Result<Vec<u32>, StoreError> {
+        let mut buf = Vec::new();
+        let ids: Vec<u32> = (0..names.len() as u32).map(|i| self.next_id + i).collect();
+        for (id, name) in ids.iter().zip(names) {
+            encode_added(&mut buf, *id, name);
+        }
+        self.write_durably(&buf)?;
+        self.next_id += names.len() as u32;
+        for (id, name) in ids.iter().zip(names) {
+            self.queues.insert(
+                *id,
+                RegQueue {
+                    name: (*name).to_owned(),
+                    delivered: None,
+                },
+            );
+        }
+        self.maybe_compact();
+        Ok(ids)
+    }
+
     /// Registers `name` under a fresh id, durably.
     pub fn add(&mut self, name: &str) -> Result<u32, StoreError> {
         let id = self.next_id;

@@ -866,6 +866,38 @@ impl MessageStore for SegmentStore {
         Ok(id)
     }
 
+    fn open_queues(&mut self, names: &[String]) -> Result<Vec<QueueId>> {
+        let mut new: Vec<&str> = Vec::new();
+        for n in names {
+            if !self.by_name.contains_key(n.as_str()) && !new.contains(&n.as_str()) {
+                if n.len() > MAX_QUEUE_NAME {
+                    return Err(StoreError::QueueNameTooLong {
+                        len: n.len(),
+                        max: MAX_QUEUE_NAME,
+                    });
+                }
+                new.push(n);
+            }
+        }
+        if !new.is_empty() {
+            self.check_writable()?;
+            // One durable registry write for all of them.
+            let disk_ids = self.registry.add_many(&new)?;
+            for (name, disk_id) in new.iter().zip(disk_ids) {
+                let id = QueueId(self.queues.len() as u32);
+                self.queues.push(Some(QueueState {
+                    name: (*name).to_owned(),
+                    disk_id,
+                    index: QueueIndex::new(),
+                    next_offset: 0,
+                }));
+                self.by_name.insert((*name).to_owned(), id);
+                self.by_disk.insert(disk_id, id);
+            }
+        }
+        names.iter().map(|n| self.open_queue(n)).collect()
+    }
+
     fn queues(&self) -> Vec<QueueInfo> {
         self.queues
             .iter()
@@ -1225,6 +1257,37 @@ mod tests {
             segment_size: 64 << 10,
             ..StoreConfig::default()
         }
+    }
+
+    #[test]
+    fn open_queues_registers_new_names_in_one_write_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let ids = {
+            let mut s = SegmentStore::open(dir.path(), small()).unwrap();
+            let a = s.open_queue("a").unwrap();
+            let ids = s.open_queues(&names).unwrap();
+            assert_eq!(ids[0], a);
+            assert_eq!(s.open_queue("c").unwrap(), ids[2]);
+            s.append(
+                &[QueueRef {
+                    queue: ids[1],
+                    offset: 0,
+                }],
+                &msg(b"x"),
+            )
+            .unwrap();
+            s.close().unwrap();
+            ids
+        };
+        let s = SegmentStore::open(dir.path(), small()).unwrap();
+        let mut got: Vec<String> = s.queues().into_iter().map(|q| q.name).collect();
+        got.sort();
+        assert_eq!(got, names);
+        assert_eq!(ids.len(), 3);
+        let too_long = vec!["x".repeat(MAX_QUEUE_NAME + 1)];
+        let mut s = s;
+        assert!(s.open_queues(&too_long).is_err());
     }
 
     fn files_with(dir: &Path, ext: &str) -> usize {

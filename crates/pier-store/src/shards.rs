@@ -260,31 +260,7 @@ impl Shards {
     /// The queue named `name` on its shard, registered durably there if new (blocking: one
     /// round trip). A new queue goes to the shard with the fewest queues.
     pub fn open_queue(&self, name: &str) -> Result<(StoreHandle, QueueId)> {
-        let (shard, generation, new) = {
-            let mut p = self.inner.placement();
-            p.next_generation += 1;
-            let generation = p.next_generation;
-            match p.homes.get_mut(name) {
-                Some(h) => {
-                    h.generation = generation;
-                    (h.shard, generation, false)
-                }
-                None => {
-                    let shard = p
-                        .counts
-                        .iter()
-                        .take(self.inner.placed)
-                        .enumerate()
-                        .min_by_key(|&(i, &c)| (c, i))
-                        .map_or(0, |(i, _)| i);
-                    if let Some(c) = p.counts.get_mut(shard) {
-                        *c += 1;
-                    }
-                    p.homes.insert(name.to_owned(), Home { shard, generation });
-                    (shard, generation, true)
-                }
-            }
-        };
+        let (shard, generation, new) = self.place(name);
         let handle = self
             .inner
             .handles
@@ -299,6 +275,74 @@ impl Shards {
                     forget(&self.inner, name, generation);
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// [`Shards::open_queue`] for several names: each new one placed as `open_queue` places
+    /// it, and each shard registers its new names in one durable write (one round trip per
+    /// shard involved). Declaring the queues afterwards finds them registered. The first
+    /// error is returned; the names of a shard that failed are not kept.
+    pub fn open_queues(&self, names: &[String]) -> Result<()> {
+        let mut by_shard: Vec<Vec<(String, u64, bool)>> = vec![Vec::new(); self.len()];
+        for name in names {
+            let (shard, generation, new) = self.place(name);
+            match by_shard.get_mut(shard) {
+                Some(v) => v.push((name.clone(), generation, new)),
+                None => {
+                    if new {
+                        forget(&self.inner, name, generation);
+                    }
+                }
+            }
+        }
+        let mut first = Ok(());
+        for (placed, handle) in by_shard.into_iter().zip(&self.inner.handles) {
+            if placed.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = placed.iter().map(|(n, _, _)| n.clone()).collect();
+            match handle.call(move |s| s.open_queues(&names)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) | Err(e) => {
+                    for (name, generation, new) in &placed {
+                        if *new {
+                            forget(&self.inner, name, *generation);
+                        }
+                    }
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    /// The shard of `name` (a new name goes to the placed shard with the fewest queues), the
+    /// generation of this open, and whether the name is new.
+    fn place(&self, name: &str) -> (usize, u64, bool) {
+        let mut p = self.inner.placement();
+        p.next_generation += 1;
+        let generation = p.next_generation;
+        match p.homes.get_mut(name) {
+            Some(h) => {
+                h.generation = generation;
+                (h.shard, generation, false)
+            }
+            None => {
+                let shard = p
+                    .counts
+                    .iter()
+                    .take(self.inner.placed)
+                    .enumerate()
+                    .min_by_key(|&(i, &c)| (c, i))
+                    .map_or(0, |(i, _)| i);
+                if let Some(c) = p.counts.get_mut(shard) {
+                    *c += 1;
+                }
+                p.homes.insert(name.to_owned(), Home { shard, generation });
+                (shard, generation, true)
             }
         }
     }

@@ -100,6 +100,12 @@ pub trait MessageStore: Send {
     /// The queue named `name`, registered durably if new. Idempotent.
     fn open_queue(&mut self, name: &str) -> Result<QueueId>;
 
+    /// [`MessageStore::open_queue`] for several names; a store may register the new ones in
+    /// one durable write (a cluster node applies many declarations in one batch).
+    fn open_queues(&mut self, names: &[String]) -> Result<Vec<QueueId>> {
+        names.iter().map(|n| self.open_queue(n)).collect()
+    }
+
     /// Every queue the store knows, with its live count (after a reopen: what was recovered).
     fn queues(&self) -> Vec<QueueInfo>;
 

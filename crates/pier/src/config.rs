@@ -44,6 +44,20 @@
 //! ca = "ca.pem"          # optional: verify client certificates (SASL EXTERNAL: user = CN)
 //! verify_peer = true     # with ca: a client certificate is required
 //! http = true            # the management API on --http-port speaks HTTPS (same certificate)
+//!
+//! # What connection.start advertises (default: product "Pier", Pier's version); only for
+//! # client code that insists on product == "RabbitMQ"
+//! [server_properties]
+//! product = "RabbitMQ"
+//! version = "3.10.8"
+//! # Run as a member of a cluster (docs/clustering.md); the command line's --node-name,
+//! # --cluster-port, --peers and --cluster-advertise win over these
+//! [cluster]
+//! node_name = "pier@host1"
+//! cluster_port = 25672                                  # default: AMQP port + 20000
+//! peers = ["host1:25672", "host2:25672", "host3:25672"] # the same list on every node
+//! advertise = "host1:25672"   # how peers reach this node (default: --bind or hostname)
+//! propose_timeout = 5000      # ms a definition change may wait for the cluster
 //! ```
 
 use std::path::Path;
@@ -52,6 +66,7 @@ use anyhow::Context;
 use pier_broker::{
     ApplyTo, Broker, Overflow, Permission, Policy, PolicyDefinition, TopicPermission,
 };
+use pier_cluster::metadata::MetadataCommand;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,9 +115,25 @@ pub struct FileConfig {
     pub disk_free_limit: Option<DiskFreeLimitEntry>,
     /// AMQP over TLS (`amqps`).
     pub tls: Option<TlsEntry>,
+    /// `product` and `version` advertised in connection.start (RabbitMQ's
+    /// `server_properties`); Pier's own by default.
+    pub server_properties: Option<ServerPropertiesEntry>,
+    /// Membership of a cluster (none: a single node, which runs no cluster code).
+    pub cluster: Option<ClusterEntry>,
     /// The directory relative paths in this file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterEntry {
+    pub node_name: Option<String>,
+    pub cluster_port: Option<u16>,
+    pub peers: Option<Vec<String>>,
+    pub advertise: Option<String>,
+    /// Milliseconds a definition change may wait for the cluster (default 5000).
+    pub propose_timeout: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +147,16 @@ pub struct TlsEntry {
     /// Serve the management API over HTTPS too.
     #[serde(default)]
     pub http: bool,
+}
+
+/// What Pier tells clients it is. Some client code (and client test suites) switch
+/// RabbitMQ-specific behaviour on `product == "RabbitMQ"`; setting it makes Pier claim to be
+/// what it is not, to every client and every log that records it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPropertiesEntry {
+    pub product: Option<String>,
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,6 +282,7 @@ impl PolicyEntry {
             dead_letter_routing_key: d.dead_letter_routing_key.clone(),
             max_priority: d.max_priority,
             alternate_exchange: d.alternate_exchange.clone(),
+            max_age: None,
         };
         Policy::new(
             self.name.clone(),
@@ -287,13 +329,19 @@ impl FileConfig {
         })
     }
 
+    /// An empty broker with this config's loopback-only users (a cluster member's start:
+    /// its definitions come from the cluster, see [`FileConfig::seed_commands`]).
+    pub fn empty_broker(&self) -> Broker {
+        Broker::empty(
+            self.loopback_users
+                .clone()
+                .unwrap_or_else(|| vec!["guest".to_owned()]),
+        )
+    }
+
     /// Builds the broker state this config describes.
     pub fn build_broker(&self) -> anyhow::Result<Broker> {
-        let loopback = self
-            .loopback_users
-            .clone()
-            .unwrap_or_else(|| vec!["guest".to_owned()]);
-        let broker = Broker::empty(loopback);
+        let broker = self.empty_broker();
         if self.default_user.unwrap_or(true) {
             broker.add_vhost("/");
             broker.add_user("guest", "guest", vec!["administrator".to_owned()]);
@@ -366,6 +414,123 @@ impl FileConfig {
 }
 
 impl FileConfig {
+    /// What a clustered node proposes at start-up so that the cluster has this file's
+    /// definitions (as a single node applies them at every start): only what the cluster,
+    /// as this node has applied it, lacks or holds differently. A password is re-hashed
+    /// only when the stored hash does not verify, so nodes with the same file agree.
+    pub fn seed_commands(&self, broker: &Broker) -> Vec<MetadataCommand> {
+        let mut out = Vec::new();
+        let vhost = |name: &str, out: &mut Vec<MetadataCommand>| {
+            if broker.vhost(name).is_none() {
+                out.push(MetadataCommand::PutVhost {
+                    name: name.to_owned(),
+                    description: String::new(),
+                    tags: Vec::new(),
+                    default_queue_type: None,
+                    creator: None,
+                });
+            }
+        };
+        let user = |name: &str, password: &str, tags: &[String], out: &mut Vec<MetadataCommand>| {
+            let current = broker.user(name);
+            let same = current.is_some_and(|u| {
+                u.tags == tags && pier_broker::auth::verify_password(password, &u.password_hash)
+            });
+            if !same {
+                out.push(MetadataCommand::PutUser {
+                    name: name.to_owned(),
+                    password_hash: pier_broker::auth::hash_password(password),
+                    tags: tags.to_vec(),
+                });
+            }
+        };
+        let permission =
+            |user: &str, vhost: &str, p: Permission, out: &mut Vec<MetadataCommand>| {
+                if broker.permission(user, vhost).as_ref() != Some(&p) {
+                    out.push(MetadataCommand::SetPermission {
+                        user: user.to_owned(),
+                        vhost: vhost.to_owned(),
+                        configure: p.configure,
+                        write: p.write,
+                        read: p.read,
+                    });
+                }
+            };
+        if self.default_user.unwrap_or(true) {
+            vhost("/", &mut out);
+            user("guest", "guest", &["administrator".to_owned()], &mut out);
+            permission("guest", "/", Permission::full(), &mut out);
+        }
+        for v in &self.vhosts {
+            vhost(&v.name, &mut out);
+            let have = broker.vhost(&v.name).map(|vh| vh.limits());
+            let want = pier_broker::VhostLimits {
+                max_connections: v.max_connections,
+                max_queues: v.max_queues,
+            };
+            if (v.max_connections.is_some() || v.max_queues.is_some()) && have != Some(want) {
+                out.push(MetadataCommand::SetVhostLimits {
+                    vhost: v.name.clone(),
+                    max_connections: v.max_connections,
+                    max_queues: v.max_queues,
+                });
+            }
+        }
+        for u in &self.users {
+            user(&u.name, &u.password, &u.tags, &mut out);
+        }
+        for p in &self.permissions {
+            let perm = Permission {
+                configure: p.configure.clone(),
+                write: p.write.clone(),
+                read: p.read.clone(),
+            };
+            permission(&p.user, &p.vhost, perm, &mut out);
+        }
+        let topic = broker.users();
+        for p in &self.topic_permissions {
+            let same = topic.topic_permissions().any(|(u, v, t)| {
+                u == p.user
+                    && v == p.vhost
+                    && t.exchange == p.exchange
+                    && t.write == p.write
+                    && t.read == p.read
+            });
+            if !same {
+                out.push(MetadataCommand::SetTopicPermission {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                    exchange: p.exchange.clone(),
+                    write: p.write.clone(),
+                    read: p.read.clone(),
+                });
+            }
+        }
+        for p in &self.policies {
+            let Ok(policy) = p.to_policy() else { continue };
+            let same = broker.vhost(&p.vhost).is_some_and(|vh| {
+                vh.policies().iter().any(|h| {
+                    h.name == policy.name
+                        && h.pattern() == policy.pattern()
+                        && h.apply_to == policy.apply_to
+                        && h.priority == policy.priority
+                        && h.definition == policy.definition
+                })
+            });
+            if !same {
+                out.push(MetadataCommand::SetPolicy {
+                    vhost: p.vhost.clone(),
+                    name: policy.name.clone(),
+                    pattern: policy.pattern().to_owned(),
+                    apply_to: policy.apply_to.as_str().to_owned(),
+                    priority: policy.priority,
+                    definition: policy.definition.to_json(),
+                });
+            }
+        }
+        out
+    }
+
     /// The server limits this config sets, on top of RabbitMQ's defaults.
     pub fn server_config(&self) -> anyhow::Result<pier_server::ServerConfig> {
         use std::time::Duration;
@@ -413,6 +578,14 @@ impl FileConfig {
         {
             c.disk_free_limit = *bytes;
         }
+        if let Some(p) = &self.server_properties {
+            if let Some(product) = &p.product {
+                c.product = product.clone();
+            }
+            if let Some(version) = &p.version {
+                c.product_version = version.clone();
+            }
+        }
         Ok(c)
     }
 }
@@ -459,6 +632,27 @@ mod tests {
         assert!(b.open_vhost("alice", "other").is_ok());
         assert!(b.open_vhost("alice", "/").is_err());
         assert!(b.open_vhost("guest", "/").is_ok());
+    }
+
+    #[test]
+    fn server_properties_default_to_pier_and_can_be_set() {
+        let c = FileConfig::default().server_config().unwrap();
+        assert_eq!(c.product, "Pier");
+        assert_eq!(c.product_version, env!("CARGO_PKG_VERSION"));
+        let c: FileConfig = toml::from_str(
+            r#"
+            [server_properties]
+            product = "RabbitMQ"
+            version = "3.10.8"
+            "#,
+        )
+        .unwrap();
+        let c = c.server_config().unwrap();
+        assert_eq!(
+            (c.product.as_str(), c.product_version.as_str()),
+            ("RabbitMQ", "3.10.8")
+        );
+        assert!(toml::from_str::<FileConfig>("[server_properties]\nplatform = \"x\"").is_err());
     }
 
     #[test]
@@ -620,6 +814,38 @@ mod tests {
             toml::from_str::<FileConfig>("[[topic_permissions]]\nuser = \"u\"\nvhost = \"/\"")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn seed_commands_cover_only_what_the_cluster_lacks() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            [cluster]
+            node_name = "pier@a"
+            peers = ["127.0.0.1:7001"]
+            [[users]]
+            name = "alice"
+            password = "secret"
+            [[vhosts]]
+            name = "other"
+            max_queues = 5
+            [[permissions]]
+            user = "alice"
+            vhost = "other"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.cluster.as_ref().unwrap().node_name.as_deref(),
+            Some("pier@a")
+        );
+        // A node whose applied state came from the same file needs nothing.
+        let same = c.build_broker().unwrap();
+        assert!(c.seed_commands(&same).is_empty());
+        // A fresh cluster needs everything.
+        let empty = Broker::empty(Vec::new());
+        let cmds = c.seed_commands(&empty);
+        assert_eq!(cmds.len(), 7, "{cmds:?}");
     }
 
     #[test]

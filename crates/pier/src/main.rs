@@ -57,22 +57,61 @@ struct ServerArgs {
     /// Management HTTP API and Prometheus `/metrics` port.
     #[arg(long, default_value_t = 15672, env = "PIER_HTTP_PORT")]
     http_port: u16,
+    /// RabbitMQ stream protocol port (0: off) [default: 5552; when not given, a port already
+    /// in use only logs a warning, so several brokers can share a host]
+    #[arg(long, env = "PIER_STREAM_PORT")]
+    stream_port: Option<u16>,
+    /// Stream protocol over TLS port (listened on only when the config file has a `[tls]`
+    /// section; 0: off) [default: 5551, with the same leniency as --stream-port]
+    #[arg(long, env = "PIER_STREAM_TLS_PORT")]
+    stream_tls_port: Option<u16>,
+    /// The host stream clients are told to connect to (Metadata, Open): RabbitMQ's
+    /// `advertised_host` [default: this machine's hostname].
+    #[arg(long, env = "PIER_STREAM_ADVERTISED_HOST")]
+    stream_advertised_host: Option<String>,
+    /// The port stream clients are told to connect to [default: --stream-port].
+    #[arg(long, env = "PIER_STREAM_ADVERTISED_PORT")]
+    stream_advertised_port: Option<u16>,
+    /// The RabbitMQ version the stream protocol reports (clients enable features by it).
+    #[arg(long, default_value = pier_server::stream::DEFAULT_ADVERTISED_VERSION, env = "PIER_STREAM_ADVERTISED_VERSION")]
+    stream_advertised_version: String,
+    /// Whether streams fsync before confirming (RabbitMQ's streams do not).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PIER_STREAM_FSYNC")]
+    stream_fsync: bool,
     /// Where Pier keeps its data.
     #[arg(long, default_value = "./pier-data", env = "PIER_DATA_DIR")]
     data_dir: PathBuf,
-    /// Address to listen on (all interfaces by default).
-    #[arg(long, default_value = "0.0.0.0", env = "PIER_BIND")]
-    bind: IpAddr,
+    /// Address to listen on [default: every IPv6 and IPv4 address, as RabbitMQ's default
+    /// listener; IPv4 only where the host has no IPv6]
+    #[arg(long, env = "PIER_BIND")]
+    bind: Option<IpAddr>,
     /// TOML file with users, vhosts, permissions and limits.
     #[arg(long, env = "PIER_CONFIG")]
     config: Option<PathBuf>,
+    /// Cluster: this node's name (RabbitMQ's `rabbit@host`; default `pier@<hostname>`).
+    /// Any of the cluster options makes the node a cluster member (docs/clustering.md).
+    #[arg(long, env = "PIER_NODE_NAME")]
+    node_name: Option<String>,
+    /// Cluster: the port nodes talk to each other on (default: AMQP port + 20000).
+    #[arg(long, env = "PIER_CLUSTER_PORT")]
+    cluster_port: Option<u16>,
+    /// Cluster: every node's cluster address, host:port, comma-separated; the same list on
+    /// every node (it may include this node's own).
+    #[arg(long, env = "PIER_PEERS", value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Cluster: the address peers reach this node at (default: --bind's address, or the
+    /// hostname when binding all interfaces), with the cluster port.
+    #[arg(long, env = "PIER_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // openraft logs every vote and membership step at info.
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -91,11 +130,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
+    let file = Arc::new(match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
-    };
-    let broker = Arc::new(file.build_broker()?);
+    });
+    let mut server_config = file.server_config()?;
+    server_config.data_dir = Some(args.data_dir.clone());
+    let cluster_config = cluster_config(&args, &file, &server_config)?;
+    // A cluster member starts from what the cluster has (its data directory); the config
+    // file's definitions are proposed to the cluster once the node has caught up, so every
+    // node holds the same ones (the same password hashes included).
+    let broker = Arc::new(if cluster_config.is_some() {
+        file.build_broker()?;
+        file.empty_broker()
+    } else {
+        file.build_broker()?
+    });
     catch_file_size_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
@@ -110,6 +160,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         pier_broker::storage::BrokerStorage::open_with(&args.data_dir, options)
             .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?,
     );
+    storage.set_stream_sync(args.stream_fsync);
     // Recovery reads the store through its thread: keep it off the async workers.
     {
         let (storage, broker) = (Arc::clone(&storage), Arc::clone(&broker));
@@ -119,30 +170,47 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .context("recovering from the data directory")?;
     }
 
-    let mut server_config = file.server_config()?;
-    server_config.data_dir = Some(args.data_dir.clone());
+    let registry = Arc::new(pier_server::Registry::new());
+    // A cluster member only when configured: a single node runs no cluster code.
+    let cluster = match cluster_config {
+        Some(config) => {
+            let handle = pier_cluster::ClusterHandle::start(
+                config,
+                Arc::clone(&broker),
+                Arc::clone(storage.definitions()),
+                Some(pier_mgmt::registry_hooks(Arc::clone(&registry))),
+            )
+            .await
+            .context("starting the cluster node")?;
+            tokio::spawn(seed_cluster(
+                handle.clone(),
+                Arc::clone(&broker),
+                Arc::clone(&file),
+            ));
+            Some(handle)
+        }
+        None => None,
+    };
 
-    let addr = SocketAddr::new(args.bind, args.amqp_port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding AMQP listener on {addr}"))?;
+    let listener = listen(args.bind, args.amqp_port).context("binding the AMQP listener")?;
     tracing::info!(
-        amqp = %listener.local_addr().unwrap_or(addr),
+        amqp = %listener.local_addr().map_or_else(|_| args.amqp_port.to_string(), |a| a.to_string()),
         http_port = args.http_port,
         data_dir = %args.data_dir.display(),
         "Pier {} ready",
         env!("CARGO_PKG_VERSION")
     );
     // Management API and /metrics on --http-port, stopped once the AMQP server has stopped.
-    let http_addr = SocketAddr::new(args.bind, args.http_port);
-    let http_listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding management HTTP listener on {http_addr}"))?;
-    let registry = Arc::new(pier_server::Registry::new());
+    let http_listener =
+        listen(args.bind, args.http_port).context("binding the management HTTP listener")?;
+    let http_addr = http_listener
+        .local_addr()
+        .context("the management HTTP listener's address")?;
     let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
     let mgmt_options = pier_mgmt::ServeOptions {
         amqp_addr: listener.local_addr().ok(),
         cluster_name: Some(server_config.cluster_name.clone()),
+        metadata: cluster.clone().map(pier_cluster::Metadata::clustered),
     };
     let http_shutdown = async move {
         let _ = http_stop.await;
@@ -171,21 +239,61 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let mut listeners = vec![pier_server::Listener::plain(listener)];
     if let Some(tls) = file.tls_settings() {
         let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
-        let amqps_addr = SocketAddr::new(args.bind, args.amqps_port);
-        let tls_listener = tokio::net::TcpListener::bind(amqps_addr)
-            .await
-            .with_context(|| format!("binding AMQPS listener on {amqps_addr}"))?;
+        let tls_listener =
+            listen(args.bind, args.amqps_port).context("binding the AMQPS listener")?;
         let client_certificates = match (&tls.ca, tls.verify_peer) {
             (None, _) => "none",
             (Some(_), true) => "required",
             (Some(_), false) => "optional",
         };
         tracing::info!(
-            amqps = %tls_listener.local_addr().unwrap_or(amqps_addr),
+            amqps = %tls_listener.local_addr().map_or_else(|_| args.amqps_port.to_string(), |a| a.to_string()),
             client_certificates,
             "TLS listener ready"
         );
         listeners.push(pier_server::Listener::tls(tls_listener, acceptor));
+    }
+    // The stream protocol (5552, and 5551 over TLS), stopped with the AMQP server.
+    let stop_streams = tokio_util::sync::CancellationToken::new();
+    let mut stream_servers = Vec::new();
+    let stream_port = args.stream_port.unwrap_or(5552);
+    let stream_config = pier_server::stream::StreamServerConfig {
+        advertised_host: args.stream_advertised_host.clone().unwrap_or_else(hostname),
+        advertised_port: args.stream_advertised_port.unwrap_or(stream_port),
+        advertised_version: args.stream_advertised_version.clone(),
+        cluster_name: server_config.cluster_name.clone(),
+        ..pier_server::stream::StreamServerConfig::default()
+    };
+    let mut stream_listeners = Vec::new();
+    if let Some(l) = listen_optional(args.bind, args.stream_port, 5552, "stream")? {
+        stream_listeners.push((l, None, stream_config.clone()));
+    }
+    if let Some(tls) = file.tls_settings() {
+        if let Some(l) = listen_optional(args.bind, args.stream_tls_port, 5551, "stream TLS")? {
+            let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
+            let port = l.local_addr().map_or(5551, |a| a.port());
+            let config = pier_server::stream::StreamServerConfig {
+                advertised_port: port,
+                ..stream_config.clone()
+            };
+            stream_listeners.push((l, Some(acceptor), config));
+        }
+    }
+    for (l, tls, config) in stream_listeners {
+        tracing::info!(
+            stream = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+            tls = tls.is_some(),
+            advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
+            version = %config.advertised_version,
+            "stream protocol listener ready"
+        );
+        stream_servers.push(tokio::spawn(pier_server::stream::serve(
+            l,
+            tls,
+            Arc::clone(&broker),
+            config,
+            stop_streams.clone(),
+        )));
     }
     pier_server::run_listeners(
         listeners,
@@ -195,11 +303,18 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    stop_streams.cancel();
+    for s in stream_servers {
+        let _ = s.await;
+    }
     let _ = stop_http.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!("management HTTP server failed: {e}"),
         Ok(Err(e)) => tracing::warn!("management HTTP task failed: {e}"),
         Ok(Ok(Ok(()))) | Err(_) => {}
+    }
+    if let Some(c) = &cluster {
+        c.shutdown().await;
     }
     // Every store flushed and synced (acks included) before the process exits.
     tokio::task::spawn_blocking(move || storage.shutdown())
@@ -207,6 +322,185 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .context("closing the stores")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listening socket on `port`: on `bind` if given, else on every address. That is one
+/// dual-stack IPv6 socket (`[::]`, IPv4 clients arrive as mapped addresses), as RabbitMQ's
+/// default listener, so that `localhost` resolving to `::1` reaches Pier too; where the host
+/// has no IPv6 it is `0.0.0.0`.
+fn listen(bind: Option<IpAddr>, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let open = |addr: SocketAddr, dual_stack: bool| -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if dual_stack {
+            socket.set_only_v6(false)?;
+        }
+        // As tokio's and std's listeners do: a restarted broker can rebind at once.
+        #[cfg(unix)]
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    let std_listener = match bind {
+        Some(ip) => {
+            let addr = SocketAddr::new(ip, port);
+            open(addr, false).with_context(|| format!("listening on {addr}"))?
+        }
+        None => {
+            let any6 = SocketAddr::new(IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED), port);
+            match open(any6, true) {
+                Ok(l) => l,
+                // A port in use stays an error; anything else means no usable IPv6.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(e).with_context(|| format!("listening on {any6}"));
+                }
+                Err(e) => {
+                    tracing::info!("no IPv6 listener on port {port} ({e}); listening on IPv4 only");
+                    let any4 = SocketAddr::new(IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED), port);
+                    open(any4, false).with_context(|| format!("listening on {any4}"))?
+                }
+            }
+        }
+    };
+    Ok(tokio::net::TcpListener::from_std(std_listener)?)
+}
+
+/// A stream listener: on the port given (an error if it cannot be bound), or on the default
+/// port when none was given (a warning if it is taken); none for port 0.
+fn listen_optional(
+    bind: Option<IpAddr>,
+    given: Option<u16>,
+    default: u16,
+    what: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match given {
+        Some(0) => Ok(None),
+        Some(port) => Ok(Some(
+            listen(bind, port).with_context(|| format!("binding the {what} listener"))?,
+        )),
+        None => match listen(bind, default) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                tracing::warn!(
+                    "no {what} listener: the default port {default} cannot be bound ({e:#}); \
+                     set --stream-port to choose another"
+                );
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// The cluster settings from the command line and the config file's `[cluster]` (the
+/// command line wins); `None` when neither configures a cluster.
+fn cluster_config(
+    args: &ServerArgs,
+    file: &FileConfig,
+    server: &pier_server::ServerConfig,
+) -> anyhow::Result<Option<pier_cluster::ClusterConfig>> {
+    let f = file.cluster.clone().unwrap_or_default();
+    let configured = args.node_name.is_some()
+        || args.cluster_port.is_some()
+        || args.peers.is_some()
+        || file.cluster.is_some();
+    if !configured {
+        return Ok(None);
+    }
+    let node_name = args
+        .node_name
+        .clone()
+        .or(f.node_name)
+        .unwrap_or_else(|| format!("pier@{}", hostname()));
+    let port = match args.cluster_port.or(f.cluster_port) {
+        Some(p) => p,
+        None => args
+            .amqp_port
+            .checked_add(20000)
+            .context("no --cluster-port given and AMQP port + 20000 is not a port")?,
+    };
+    let peers: Vec<String> = args
+        .peers
+        .clone()
+        .or(f.peers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for p in &peers {
+        if p.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_none()
+        {
+            anyhow::bail!("peer '{p}' is not host:port");
+        }
+    }
+    let advertise = match args.cluster_advertise.clone().or(f.advertise) {
+        Some(a) => a,
+        None => match args.bind {
+            Some(ip) if !ip.is_unspecified() => SocketAddr::new(ip, port).to_string(),
+            _ => format!("{}:{port}", hostname()),
+        },
+    };
+    Ok(Some(pier_cluster::ClusterConfig {
+        node_name,
+        listen: SocketAddr::new(
+            args.bind
+                .unwrap_or(IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)),
+            port,
+        ),
+        advertise,
+        peers,
+        dir: args.data_dir.join("cluster"),
+        cluster_name: Some(server.cluster_name.clone()),
+        propose_timeout: std::time::Duration::from_millis(f.propose_timeout.unwrap_or(5000)),
+    }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Proposes the config file's definitions to the cluster once this node has caught up
+/// (an empty proposal applied here means everything before it is applied here too), so
+/// that every node's file is in force cluster-wide, as a single node applies it at start.
+async fn seed_cluster(
+    handle: pier_cluster::ClusterHandle,
+    broker: Arc<pier_broker::Broker>,
+    file: Arc<FileConfig>,
+) {
+    use pier_cluster::metadata::MetadataCommand;
+    loop {
+        let caught_up = handle
+            .propose(MetadataCommand::Batch {
+                commands: Vec::new(),
+            })
+            .await;
+        if caught_up.is_ok() {
+            let commands = file.seed_commands(&broker);
+            if commands.is_empty() {
+                return;
+            }
+            let n = commands.len();
+            match handle.propose(MetadataCommand::Batch { commands }).await {
+                Ok(_) => {
+                    tracing::info!(
+                        changes = n,
+                        "the config file's definitions are in the cluster"
+                    );
+                    return;
+                }
+                Err(e) => tracing::debug!("proposing the config file's definitions: {e}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// Keeps SIGXFSZ from killing the broker. A write past RLIMIT_FSIZE raises SIGXFSZ, whose

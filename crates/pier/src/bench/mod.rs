@@ -14,6 +14,7 @@
 
 mod client;
 mod consumer;
+mod floor;
 mod message;
 mod producer;
 mod stats;
@@ -125,6 +126,11 @@ pub struct BenchArgs {
     /// No per-second lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Measure the machine's latency floor instead of a broker: one producer and one
+    /// consumer send --size bytes at --rate (default 1,000/s) for --time (default 10 s)
+    /// through a plain byte relay (scenario D's baseline; see `bench/floor.rs`).
+    #[arg(long)]
+    pub floor: bool,
 }
 
 /// Validated settings of a run.
@@ -156,6 +162,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub broker_pid: Option<u32>,
     pub quiet: bool,
+    pub floor: bool,
 }
 
 impl Config {
@@ -302,6 +309,7 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
         drain_timeout,
         broker_pid: args.broker_pid,
         quiet: args.quiet,
+        floor: args.floor,
     };
     if config.pmessages.is_some() && config.consumers > 0 && !config.every_target_queue_consumed() {
         bail!(
@@ -316,6 +324,9 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
 /// run failed or, with --pmessages, when not everything published was consumed.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     let config = validate(args)?;
+    if config.floor {
+        return floor::main(Arc::new(config));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

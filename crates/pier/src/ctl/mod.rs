@@ -15,6 +15,7 @@
 //! when the credentials are refused, 64 for a usage error, 65 for bad input, 70 otherwise.
 
 mod client;
+mod cluster;
 mod output;
 
 use std::io::Read;
@@ -211,8 +212,23 @@ enum CtlCommand {
         #[arg(long)]
         global: bool,
     },
-    /// Renames the cluster (in memory: the configured name comes back at restart).
+    /// Renames the cluster (a single node keeps it in memory; a cluster replicates it).
+    #[command(alias = "rename_cluster")]
     SetClusterName { name: String },
+    /// The cluster as this node sees it: rabbitmqctl's sections (nodes, running nodes,
+    /// versions, alarms, network partitions, listeners) and Pier's Raft figures.
+    ClusterStatus,
+    /// Resets this node (its definitions and messages are deleted, as with rabbitmqctl's
+    /// reset) and joins the cluster of the node at NODE, its cluster address (host:port).
+    JoinCluster {
+        #[arg(value_name = "NODE")]
+        node: String,
+    },
+    /// Removes NODE (a node name, e.g. pier@host2) from the cluster. Stop it first.
+    ForgetClusterNode {
+        #[arg(value_name = "NODE")]
+        node: String,
+    },
     /// Removes every ready message of a queue.
     PurgeQueue { queue: String },
     /// Deletes a queue and its messages.
@@ -1042,6 +1058,9 @@ impl Ctl {
                 self.done(json!({ "name": name }));
                 Ok(())
             }
+            CtlCommand::ClusterStatus => self.cluster_status(),
+            CtlCommand::JoinCluster { node } => self.join_cluster(&node),
+            CtlCommand::ForgetClusterNode { node } => self.forget_cluster_node(&node),
             CtlCommand::PurgeQueue { queue } => {
                 self.info(&format!(
                     "Purging queue '{queue}' in vhost '{}' ...",

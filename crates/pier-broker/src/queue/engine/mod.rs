@@ -1,0 +1,658 @@
+//! The queue engine: one queue's logic as a deterministic state machine.
+//!
+//! ```text
+//!   Command ──► QueueEngine::apply(command, context) ──► Reply + [Effect]
+//!               (no I/O, no locks, no clock reads,        │
+//!                no global counters)                       ▼
+//!                                          runtime (classic.rs): store appends/acks,
+//!                                          paging reads/writes, consumer sinks, dead letters
+//! ```
+//!
+//! The commands follow RabbitMQ's queue machine (`rabbit_fifo`): enqueue (with an optional
+//! publisher id and sequence number, for deduplication), checkout and cancel of consumers
+//! (with prefetch or credit), settle (ack), return (requeue, counting deliveries), discard
+//! (reject without requeue: dead-letter), credit, purge, delete, and a tick that drives message
+//! TTL, `x-expires` and consumer timeouts. Everything the engine would otherwise look up itself
+//! arrives in the [`Context`]: the time (`now`, `unix_now`), whether bodies can be spilled to a
+//! paging store, and the [`Gate`] that says whether a consumer's channel can take a delivery.
+//!
+//! **Determinism.** The same commands applied to the same state, with the same context values
+//! and gate answers, give the same state, reply and effects (tested by replaying generated
+//! command sequences from scratch and from a snapshot: `tests_determinism.rs`). Nothing
+//! iterates a hash map; ids and offsets are counted in the state.
+//!
+//! **Bodies do not drive decisions.** Which message goes to which consumer, what expires and
+//! what is dropped depends only on metadata kept in the state (offset, size, priority level,
+//! expiry, delivery count). Whether a body is in memory is a local matter: a delivery or dead
+//! letter whose body is on disk carries `message: None`, and the runtime reads it back and
+//! reports it with [`Command::PagedIn`]. This is what lets a Raft log drive the same engine on
+//! replicas whose memory differs. The one input that is not replicable is the [`Gate`]: a
+//! replicated queue uses one that only looks at engine credit (see `Gate`).
+
+mod dispatch;
+mod expiry;
+mod limits;
+mod paging;
+mod publish;
+mod settle;
+mod snapshot;
+pub(crate) mod state;
+
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_determinism;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pier_wire::ShortString;
+
+use crate::args::QueueConfig;
+use crate::clock::NEVER;
+use crate::consumer::ConsumerId;
+use crate::deadletter::DeathReason;
+use crate::message::Message;
+use crate::waits::WaitWindow;
+
+pub use snapshot::Snapshot;
+pub use state::ConsumerSettings;
+use state::{CheckedOut, Consumer, Level};
+
+/// Bodies a queue keeps in memory by default; beyond it, newer messages are kept only on disk
+/// (the durable store for stored messages, the paging store for the rest) and read back in
+/// batches as the head of the queue drains.
+pub const PAGE_OUT_BYTES: u64 = 8 * 1024 * 1024;
+/// How many paged-out messages one read-back fetches at most (and how many bytes).
+pub(crate) const PAGE_IN_BATCH: usize = 4096;
+pub(crate) const PAGE_IN_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Settings fixed when the queue is created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Arguments merged with the policy: TTLs, limits, dead lettering, priorities, SAC.
+    pub queue: QueueConfig,
+    pub auto_delete: bool,
+    /// The queue has a durable store: its persistent messages are stored.
+    pub stores_persistent: bool,
+    /// Bytes of ready bodies kept in memory before new arrivals are paged out.
+    pub memory_budget: u64,
+    /// Cancel a consumer (returning its messages) when a delivery to it stays unsettled this
+    /// long (RabbitMQ 4's quorum-queue behaviour; classic queues leave it to the channel).
+    pub consumer_timeout: Option<u64>,
+    /// Dead-letter (or drop) a message returned more than this many times (`x-delivery-limit`).
+    pub delivery_limit: Option<u32>,
+}
+
+impl EngineConfig {
+    /// A classic queue's engine settings.
+    pub fn classic(queue: QueueConfig, auto_delete: bool) -> Self {
+        EngineConfig {
+            queue,
+            auto_delete,
+            stores_persistent: false,
+            memory_budget: PAGE_OUT_BYTES,
+            consumer_timeout: None,
+            delivery_limit: None,
+        }
+    }
+}
+
+/// A publisher's identity and the sequence number of one of its messages: an enqueue whose
+/// sequence number is not above the last one seen from that publisher is a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublisherSeq {
+    pub publisher: u64,
+    pub seq: u64,
+}
+
+/// Where an enqueued persistent message is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// The engine asks for its own append (`Effect::StoreAppend`) when the message is stored.
+    Own,
+    /// The caller appends one record for several queues (fan-out): no append effect.
+    Shared,
+}
+
+/// A message recovered from the durable store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    pub offset: u64,
+    pub message: Arc<Message>,
+    /// It may have been delivered before the restart.
+    pub redelivered: bool,
+    /// The expiry deadline stored with it (Unix milliseconds).
+    pub deadline: Option<u64>,
+}
+
+/// Why the engine cancelled a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    QueueDeleted,
+    /// A delivery stayed unsettled longer than the consumer timeout.
+    Timeout,
+}
+
+/// The inputs to one command.
+pub enum Command<'a> {
+    /// A published message.
+    Enqueue {
+        message: Arc<Message>,
+        publisher: Option<PublisherSeq>,
+        store: StoreMode,
+    },
+    /// Forget a publisher's deduplication state (it went away).
+    PublisherDown { publisher: u64 },
+    /// Messages read back from the durable store at start-up, in offset order.
+    Recover {
+        messages: Vec<Recovered>,
+        next_offset: u64,
+    },
+    /// A consumer subscribes.
+    Checkout {
+        consumer: ConsumerId,
+        settings: ConsumerSettings,
+    },
+    /// A consumer unsubscribes; its unsettled deliveries stay checked out until settled or
+    /// returned (AMQP 0-9-1 semantics).
+    Cancel { consumer: ConsumerId },
+    /// Credit mode: `credit` more deliveries may go to the consumer; with `drain`, credit
+    /// that cannot be used now is given back.
+    Credit {
+        consumer: ConsumerId,
+        credit: u32,
+        drain: bool,
+    },
+    /// basic.get.
+    Get { ack_required: bool },
+    /// Deliveries acknowledged.
+    Settle { offsets: &'a [u64] },
+    /// Deliveries put back (nack/reject with requeue, recover, channel closed).
+    Return { offsets: &'a [u64] },
+    /// Deliveries rejected without requeue: dead-lettered when the queue has a DLX.
+    Discard { offsets: &'a [u64] },
+    /// Deliveries whose bodies could not be read back: they leave the queue.
+    Lost { offsets: &'a [u64] },
+    /// Bodies read back from disk (for `PageIn` and for deliveries without a body).
+    PagedIn {
+        bodies: Vec<(u64, Option<Arc<Message>>)>,
+    },
+    /// A `PageOut` could not be carried out: the body stays in memory.
+    SpillFailed { offset: u64, message: Arc<Message> },
+    /// Consumers' channels may take deliveries again.
+    Dispatch,
+    /// The queue was used (declared, basic.get): restart its `x-expires` period.
+    Touch,
+    /// Periodic: TTL, `x-expires`, consumer timeouts.
+    Tick,
+    /// Drop every ready message.
+    Purge,
+    /// The queue is deleted.
+    Delete,
+}
+
+/// A message leaving the queue for a consumer (or basic.get).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    /// None for basic.get.
+    pub consumer: Option<ConsumerId>,
+    pub offset: u64,
+    /// None: the body is on disk (in the paging store when `in_paging`, else the durable one).
+    pub message: Option<Arc<Message>>,
+    pub in_paging: bool,
+    pub redelivered: bool,
+    /// How often it was returned before (RabbitMQ's delivery count).
+    pub returns: u32,
+    pub ack_required: bool,
+    pub enqueued_at: u32,
+}
+
+/// What the runtime carries out after a command, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Deliver(Delivered),
+    /// Store a persistent message (with its expiry deadline, Unix ms).
+    StoreAppend {
+        offset: u64,
+        message: Arc<Message>,
+        deadline: Option<u64>,
+    },
+    /// A stored message left the queue for good.
+    StoreAck {
+        offset: u64,
+    },
+    /// A stored message was handed to a consumer (it comes back redelivered after a restart).
+    StoreDelivered {
+        offset: u64,
+    },
+    /// Write a body that is not in the durable store to the paging store.
+    PageOut {
+        offset: u64,
+        message: Arc<Message>,
+    },
+    /// Read these bodies back (the head of a paged tail); answer with `PagedIn`.
+    PageIn {
+        stored: Vec<u64>,
+        spilled: Vec<u64>,
+    },
+    /// A paging-store record is no longer needed.
+    PagingRelease {
+        offset: u64,
+    },
+    /// Every paging-store record of the queue is no longer needed.
+    PagingDropAll,
+    /// Republish to the dead-letter exchange (body on disk when `message` is None).
+    DeadLetter {
+        offset: u64,
+        message: Option<Arc<Message>>,
+        in_paging: bool,
+        reason: DeathReason,
+    },
+    ConsumerCancelled {
+        consumer: ConsumerId,
+        tag: ShortString,
+        reason: CancelReason,
+    },
+    /// Credit mode with drain: credit given back unused.
+    Drained {
+        consumer: ConsumerId,
+        credit: u32,
+    },
+    /// `x-expires` ran out: delete the queue.
+    Expired,
+}
+
+/// What became of a message published to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Enqueued (or delivered, or dropped by its own TTL/length rules, or a duplicate): the
+    /// publish succeeded.
+    Accepted,
+    /// Refused by `x-overflow` reject-publish(-dlx): the publisher gets a basic.nack.
+    Rejected,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+/// The direct answer to a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Done,
+    Enqueued {
+        result: Published,
+        /// The offset the message got (None when it was not enqueued).
+        offset: Option<u64>,
+    },
+    Got {
+        delivery: Option<Delivered>,
+        /// Ready messages left.
+        remaining: u64,
+    },
+    Cancelled {
+        existed: bool,
+        /// An auto-delete queue just lost its last consumer: delete it.
+        auto_delete_now: bool,
+    },
+    /// Ready messages dropped (purge, delete).
+    Dropped(u64),
+    /// `PagedIn`: messages at the head of a paged tail whose bodies could not be read back
+    /// and were dropped.
+    Lost(u64),
+}
+
+/// Why a consumer was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue was deleted meanwhile (RabbitMQ's 404).
+    Deleted,
+    /// An exclusive consumer is in the way, or one is asked for where it cannot be (403).
+    ExclusiveConsumer,
+}
+
+/// Whether a consumer's channel can take a delivery right now. The engine asks only when it
+/// has a message for that consumer and the consumer's own credit allows it, and delivers
+/// when the answer is yes (so an implementation may take channel-wide credit).
+///
+/// Classic queues answer from the channel (outbound buffer below its bound, `channel.flow`,
+/// channel-wide prefetch). A replicated queue must give the same answer on every replica, so
+/// it uses [`OpenGate`] and expresses flow control as `Credit` commands instead.
+pub trait Gate {
+    fn admit(&mut self, consumer: ConsumerId) -> bool;
+}
+
+/// A gate that always admits: flow control by engine credit only.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenGate;
+
+impl Gate for OpenGate {
+    fn admit(&mut self, _: ConsumerId) -> bool {
+        true
+    }
+}
+
+/// Time and local capabilities for one command.
+pub struct Context<'a> {
+    /// The broker clock (monotonic milliseconds).
+    pub now: u64,
+    /// Wall-clock milliseconds since the Unix epoch (stored expiry deadlines).
+    pub unix_now: u64,
+    /// A paging store can take bodies that are not in the durable store.
+    pub can_spill: bool,
+    pub gate: &'a mut dyn Gate,
+}
+
+/// Monotonic counters for management (arrivals, deliveries, acks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    pub published: u64,
+    pub delivered: u64,
+    pub delivered_no_ack: u64,
+    pub acked: u64,
+}
+
+/// Point-in-time figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u32,
+    pub ready_bytes: u64,
+    /// Bytes of ready bodies held in memory.
+    pub memory_bytes: u64,
+    /// Ready messages whose bodies are only on disk.
+    pub paged_out: u64,
+}
+
+/// One queue's state. See the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueEngine {
+    config: EngineConfig,
+    next_offset: u64,
+    /// One level, or `max_priority + 1` for a priority queue (index = priority).
+    levels: Vec<Level>,
+    ready_count: usize,
+    ready_bytes: u64,
+    /// Bytes of ready message bodies held in memory (paged-out ones excluded).
+    mem_bytes: u64,
+    /// Ready messages whose bodies are paged out.
+    paged: usize,
+    /// Bodies of paged entries that could not be written out (`SpillFailed`), kept so that the
+    /// tail keeps its order. Rare, usually empty.
+    held: BTreeMap<u64, Arc<Message>>,
+    /// Exact expiry times of paged entries whose expiry is `PagedExpiry::Listed`.
+    paged_deadlines: BTreeMap<u64, u64>,
+    /// Delivered, unsettled messages by offset.
+    checked_out: BTreeMap<u64, CheckedOut>,
+    consumers: Vec<Consumer>,
+    round_robin: usize,
+    had_consumers: bool,
+    deleted: bool,
+    /// Last time the queue was used (declared, consumed from, basic.get), for `x-expires`.
+    last_used: u64,
+    /// A lower bound on the expiry time of every level's head (`NEVER`: nothing expires).
+    next_expiry: u64,
+    /// When a tick must look for timed-out deliveries (`NEVER`: none can be).
+    next_timeout_check: u64,
+    /// Highest sequence number seen per publisher (deduplication).
+    publishers: BTreeMap<u64, u64>,
+    counters: EngineCounters,
+    /// Measured time in queue of completed messages; allocated on the first one.
+    waits: Option<Box<WaitWindow>>,
+    /// Levels whose tail front was asked for (`PageIn`) in this runtime step: one request
+    /// per step is enough, the runtime answers it before the next command.
+    page_in_asked: Vec<usize>,
+}
+
+impl QueueEngine {
+    pub fn new(config: EngineConfig, now: u64) -> Self {
+        let levels = usize::from(config.queue.max_priority.unwrap_or(0)) + 1;
+        QueueEngine {
+            levels: (0..levels).map(|_| Level::default()).collect(),
+            config,
+            next_offset: 0,
+            ready_count: 0,
+            ready_bytes: 0,
+            mem_bytes: 0,
+            paged: 0,
+            held: BTreeMap::new(),
+            paged_deadlines: BTreeMap::new(),
+            checked_out: BTreeMap::new(),
+            consumers: Vec::new(),
+            round_robin: 0,
+            had_consumers: false,
+            deleted: false,
+            last_used: now,
+            next_expiry: NEVER,
+            next_timeout_check: NEVER,
+            publishers: BTreeMap::new(),
+            counters: EngineCounters::default(),
+            waits: None,
+            page_in_asked: Vec::new(),
+        }
+    }
+
+    /// Applies one command. Effects are appended to `out` (the runtime reuses the buffer).
+    /// Only `Checkout` can fail (RabbitMQ's refusals of exclusive consumers, a deleted queue).
+    pub fn apply(
+        &mut self,
+        command: Command<'_>,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Effect>,
+    ) -> Result<Reply, Refusal> {
+        if !matches!(command, Command::PagedIn { .. }) {
+            self.page_in_asked.clear();
+        }
+        let reply = match command {
+            Command::Enqueue {
+                message,
+                publisher,
+                store,
+            } => self.enqueue(message, publisher, store, cx, out),
+            Command::PublisherDown { publisher } => {
+                self.publishers.remove(&publisher);
+                Reply::Done
+            }
+            Command::Recover {
+                messages,
+                next_offset,
+            } => self.recover(messages, next_offset, cx),
+            Command::Checkout { consumer, settings } => {
+                return self.checkout(consumer, settings, cx, out)
+            }
+            Command::Cancel { consumer } => self.cancel(consumer, cx, out),
+            Command::Credit {
+                consumer,
+                credit,
+                drain,
+            } => self.credit(consumer, credit, drain, cx, out),
+            Command::Get { ack_required } => self.get(ack_required, cx, out),
+            Command::Settle { offsets } => self.settle(offsets, cx, out),
+            Command::Return { offsets } => self.return_messages(offsets, cx, out),
+            Command::Discard { offsets } => self.discard(offsets, cx, out),
+            Command::Lost { offsets } => self.lost(offsets, cx, out),
+            Command::PagedIn { bodies } => self.paged_in(bodies, cx, out),
+            Command::SpillFailed { offset, message } => self.spill_failed(offset, message),
+            Command::Dispatch => {
+                self.dispatch(cx, out);
+                Reply::Done
+            }
+            Command::Touch => {
+                self.last_used = cx.now;
+                Reply::Done
+            }
+            Command::Tick => self.tick(cx, out),
+            Command::Purge => self.purge(out),
+            Command::Delete => self.delete(out),
+        };
+        Ok(reply)
+    }
+
+    // ---- read-only views ----
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The queue has a durable store from now on (set before it is shared).
+    pub fn set_stores_persistent(&mut self, stored: bool) {
+        self.config.stores_persistent = stored;
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            ready: self.ready_count as u64,
+            unacked: self.checked_out.len() as u64,
+            consumers: u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
+            ready_bytes: self.ready_bytes,
+            memory_bytes: self.mem_bytes,
+            paged_out: self.paged as u64,
+        }
+    }
+
+    pub fn counters(&self) -> EngineCounters {
+        self.counters
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// A lower bound on when a message at a head expires (`NEVER`: none can).
+    pub fn next_expiry(&self) -> u64 {
+        self.next_expiry
+    }
+
+    /// When `x-expires` deletes the queue if it stays unused (`NEVER`: not now).
+    pub fn idle_deadline(&self) -> u64 {
+        match self.config.queue.expires {
+            Some(e) if self.consumers.is_empty() && !self.deleted => {
+                self.last_used.saturating_add(e)
+            }
+            _ => NEVER,
+        }
+    }
+
+    /// When a tick has something to look at (`NEVER`: nothing).
+    pub fn next_tick(&self) -> u64 {
+        self.next_expiry
+            .saturating_add(1)
+            .min(self.idle_deadline())
+            .min(self.next_timeout_check)
+    }
+
+    /// Consumers in subscription order: (id, settings, active). With single active consumer
+    /// only the first is active.
+    pub fn consumers(&self) -> impl Iterator<Item = (ConsumerId, &ConsumerSettings, bool)> {
+        let sac = self.config.queue.single_active_consumer;
+        self.consumers
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| (c.id, &c.settings, !sac || i == 0))
+    }
+
+    /// The consumer a delivery at `offset` went to, if it is still checked out.
+    pub fn checked_out_to(&self, offset: u64) -> Option<Option<ConsumerId>> {
+        self.checked_out.get(&offset).map(|c| c.consumer)
+    }
+
+    /// Measured time in queue: the ring of histograms, if any message completed.
+    pub fn waits(&self) -> Option<&WaitWindow> {
+        self.waits.as_deref()
+    }
+
+    /// Drops the time-in-queue ring once nothing completed for a whole window.
+    pub fn release_stale_waits(&mut self, now: u64) {
+        if self.waits.as_deref().is_some_and(|w| w.is_stale(now)) {
+            self.waits = None;
+        }
+    }
+
+    /// Slots the ready deques hold (capacity, not length).
+    #[cfg(test)]
+    pub(crate) fn ready_capacity(&self) -> usize {
+        self.levels
+            .iter()
+            .map(|l| l.ready.capacity() + l.paged.capacity())
+            .sum()
+    }
+
+    // ---- helpers shared by the concerns ----
+
+    /// Whether a message entering now is stored in the durable store.
+    fn is_stored(&self, message: &Message) -> bool {
+        self.config.stores_persistent && message.is_persistent()
+    }
+
+    fn level_of(&self, message: &Message) -> usize {
+        match self.config.queue.max_priority {
+            None => 0,
+            Some(max) => usize::from(message.properties.priority.unwrap_or(0).min(max)),
+        }
+    }
+
+    fn highest_level(&self) -> Option<usize> {
+        self.levels.iter().rposition(|l| !l.is_empty())
+    }
+
+    fn lower_next_expiry(&mut self, at: u64) {
+        if at != NEVER {
+            self.next_expiry = self.next_expiry.min(at);
+        }
+    }
+
+    /// A message stamped `enqueued_at` was completed (acked, or delivered without ack).
+    fn completed(&mut self, now: u64, enqueued_at: u32) {
+        self.waits
+            .get_or_insert_with(Box::default)
+            .record(now, crate::waits::waited_ms(now, enqueued_at));
+    }
+
+    /// An in-memory entry (or one whose body is on disk) is gone from the ready set.
+    fn took(&mut self, entry: &state::Entry) {
+        self.ready_count = self.ready_count.saturating_sub(1);
+        self.ready_bytes = self.ready_bytes.saturating_sub(entry.size());
+        if entry.message.is_some() {
+            self.mem_bytes = self.mem_bytes.saturating_sub(entry.size());
+        } else {
+            self.paged = self.paged.saturating_sub(1);
+        }
+    }
+
+    fn added(&mut self, entry: &state::Entry) {
+        self.ready_count += 1;
+        self.ready_bytes += entry.size();
+        if entry.message.is_some() {
+            self.mem_bytes += entry.size();
+        } else {
+            self.paged += 1;
+        }
+    }
+
+    /// Where an entry leaving the queue for good (not read back, not delivered) has a record
+    /// to release: the durable store, the paging store, or none.
+    fn release_entry(&self, e: &state::Entry, out: &mut Vec<Effect>) {
+        match &e.message {
+            Some(m) => {
+                if self.is_stored(m) {
+                    out.push(Effect::StoreAck { offset: e.offset });
+                }
+            }
+            None if e.in_paging() => out.push(Effect::PagingRelease { offset: e.offset }),
+            None => out.push(Effect::StoreAck { offset: e.offset }),
+        }
+    }
+
+    fn dead_letter(&self, out: &mut Vec<Effect>, e: &state::Entry, reason: DeathReason) {
+        if self.config.queue.dead_letter_exchange.is_some() {
+            out.push(Effect::DeadLetter {
+                offset: e.offset,
+                message: e.message.clone(),
+                in_paging: e.in_paging(),
+                reason,
+            });
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! Engine unit tests: commands in, effects out, no sockets, no sleeps, no threads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pier_wire::{BasicProperties, FieldTable, ShortString};
+
+use super::harness::Harness;
+use super::*;
+use crate::args::{Overflow, QueueConfig};
+
+fn message(body: &str, persistent: bool) -> Arc<Message> {
+    Arc::new(Message::new(
+        ShortString::from("x"),
+        ShortString::from("k"),
+        BasicProperties {
+            delivery_mode: Some(if persistent { 2 } else { 1 }),
+            ..BasicProperties::default()
+        },
+        Bytes::copy_from_slice(body.as_bytes()),
+    ))
+}
+
+fn with_expiration(body: &str, ms: &str) -> Arc<Message> {
+    Arc::new(Message::new(
+        ShortString::from("x"),
+        ShortString::from("k"),
+        BasicProperties {
+            expiration: Some(ShortString::from(ms)),
+            ..BasicProperties::default()
+        },
+        Bytes::copy_from_slice(body.as_bytes()),
+    ))
+}
+
+fn config(q: QueueConfig) -> EngineConfig {
+    EngineConfig::classic(q, false)
+}
+
+fn settings(tag: &str, prefetch: u32) -> ConsumerSettings {
+    ConsumerSettings {
+        tag: ShortString::from(tag),
+        connection: 1,
+        ack_required: true,
+        exclusive: false,
+        prefetch,
+        priority: 0,
+        arguments: FieldTable::new(),
+        credit: None,
+    }
+}
+
+fn enqueue(h: &mut Harness, m: Arc<Message>) -> harness::Step {
+    h.step(Command::Enqueue {
+        message: m,
+        publisher: None,
+        store: StoreMode::Own,
+    })
+}
+
+/// (consumer, offset, redelivered) of every delivery in a step.
+fn deliveries(step: &harness::Step) -> Vec<(Option<ConsumerId>, u64, bool)> {
+    step.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(d) => Some((d.consumer, d.offset, d.redelivered)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn dead_letters(step: &harness::Step) -> Vec<(u64, DeathReason)> {
+    step.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::DeadLetter { offset, reason, .. } => Some((*offset, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn persistent_messages_of_a_stored_queue_are_appended_in_offset_order() {
+    let mut c = config(QueueConfig::default());
+    c.stores_persistent = true;
+    let mut h = Harness::new(c);
+    let a = enqueue(&mut h, message("a", true));
+    let b = enqueue(&mut h, message("b", false));
+    let c = enqueue(&mut h, message("c", true));
+    assert_eq!(
+        a.reply,
+        Ok(Reply::Enqueued {
+            result: Published::Accepted,
+            offset: Some(0)
+        })
+    );
+    assert!(matches!(
+        a.effects[..],
+        [Effect::StoreAppend { offset: 0, .. }]
+    ));
+    assert!(b.effects.is_empty(), "transient: nothing stored");
+    assert!(matches!(
+        c.effects[..],
+        [Effect::StoreAppend { offset: 2, .. }]
+    ));
+    assert_eq!(h.engine.stats().ready, 3);
+}
+
+#[test]
+fn prefetch_limits_deliveries_and_settling_frees_credit() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    for i in 0..5 {
+        enqueue(&mut h, message(&i.to_string(), false));
+    }
+    let s = h.step(Command::Checkout {
+        consumer: 7,
+        settings: settings("c", 2),
+    });
+    assert_eq!(deliveries(&s), [(Some(7), 0, false), (Some(7), 1, false)]);
+    assert_eq!(h.engine.stats().unacked, 2);
+    let s = h.step(Command::Settle { offsets: &[0] });
+    assert_eq!(deliveries(&s), [(Some(7), 2, false)]);
+    assert_eq!(h.engine.counters().acked, 1);
+    // Unknown and repeated offsets are ignored.
+    let s = h.step(Command::Settle { offsets: &[0, 99] });
+    assert!(deliveries(&s).is_empty());
+    assert_eq!(h.engine.counters().acked, 1);
+}
+
+#[test]
+fn returned_messages_go_back_to_their_place_redelivered_and_counted() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    for i in 0..3 {
+        enqueue(&mut h, message(&i.to_string(), false));
+    }
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 2),
+    });
+    h.step(Command::Cancel { consumer: 1 });
+    // Returned in reverse: they come back in offset order, before offset 2.
+    h.step(Command::Return { offsets: &[1, 0] });
+    let s = h.step(Command::Checkout {
+        consumer: 2,
+        settings: settings("b", 0),
+    });
+    assert_eq!(
+        deliveries(&s),
+        [(Some(2), 0, true), (Some(2), 1, true), (Some(2), 2, false)]
+    );
+    let returns: Vec<u32> = s
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(d) => Some(d.returns),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(returns, [1, 1, 0]);
+}
+
+#[test]
+fn discard_dead_letters_and_acks_the_store() {
+    let mut c = config(QueueConfig {
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        ..QueueConfig::default()
+    });
+    c.stores_persistent = true;
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", true));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 0),
+    });
+    let s = h.step(Command::Discard { offsets: &[0] });
+    assert_eq!(dead_letters(&s), [(0, DeathReason::Rejected)]);
+    assert!(s.effects.contains(&Effect::StoreAck { offset: 0 }));
+    assert!(h.durable.is_empty());
+}
+
+#[test]
+fn delivery_limit_dead_letters_after_too_many_returns() {
+    let mut c = config(QueueConfig {
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        ..QueueConfig::default()
+    });
+    c.delivery_limit = Some(2);
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    for _ in 0..2 {
+        let s = h.step(Command::Return { offsets: &[0] });
+        assert_eq!(deliveries(&s), [(Some(1), 0, true)]);
+    }
+    let s = h.step(Command::Return { offsets: &[0] });
+    assert!(deliveries(&s).is_empty());
+    assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
+    assert_eq!(h.engine.stats().ready + h.engine.stats().unacked, 0);
+}
+
+#[test]
+fn ttl_expires_heads_on_tick_and_before_delivery() {
+    let mut h = Harness::new(config(QueueConfig {
+        message_ttl: Some(100),
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        ..QueueConfig::default()
+    }));
+    enqueue(&mut h, message("old", false));
+    h.advance(60);
+    enqueue(&mut h, message("new", false));
+    assert_eq!(h.engine.next_tick(), 101);
+    h.advance(50);
+    let s = h.step(Command::Tick);
+    assert_eq!(dead_letters(&s), [(0, DeathReason::Expired)]);
+    assert_eq!(h.engine.stats().ready, 1);
+    h.advance(100);
+    // No tick in between: a consumer still never sees the expired message.
+    let s = h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 0),
+    });
+    assert!(deliveries(&s).is_empty());
+    assert_eq!(dead_letters(&s), [(1, DeathReason::Expired)]);
+}
+
+#[test]
+fn per_message_ttl_only_expires_at_the_head() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    enqueue(&mut h, message("forever", false));
+    enqueue(&mut h, with_expiration("short", "10"));
+    h.advance(50);
+    h.step(Command::Tick);
+    assert_eq!(h.engine.stats().ready, 2, "behind a live head");
+    h.step(Command::Get {
+        ack_required: false,
+    });
+    h.step(Command::Tick);
+    assert_eq!(h.engine.stats().ready, 0);
+}
+
+#[test]
+fn x_expires_asks_for_deletion_when_unused() {
+    let mut h = Harness::new(config(QueueConfig {
+        expires: Some(1000),
+        ..QueueConfig::default()
+    }));
+    h.advance(999);
+    assert!(h.step(Command::Tick).effects.is_empty());
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 0),
+    });
+    h.advance(5000);
+    assert!(h.step(Command::Tick).effects.is_empty(), "consumed: never");
+    h.step(Command::Cancel { consumer: 1 });
+    h.advance(1001);
+    assert_eq!(h.step(Command::Tick).effects, [Effect::Expired]);
+}
+
+#[test]
+fn consumer_timeout_cancels_and_returns_when_configured() {
+    let mut c = config(QueueConfig::default());
+    c.consumer_timeout = Some(1000);
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", false));
+    enqueue(&mut h, message("b", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("slow", 1),
+    });
+    h.step(Command::Checkout {
+        consumer: 2,
+        settings: settings("other", 0),
+    });
+    h.step(Command::Settle { offsets: &[1] });
+    h.advance(1001);
+    let s = h.step(Command::Tick);
+    assert!(s.effects.contains(&Effect::ConsumerCancelled {
+        consumer: 1,
+        tag: ShortString::from("slow"),
+        reason: CancelReason::Timeout,
+    }));
+    // Its message went back and on to the remaining consumer, redelivered.
+    assert_eq!(deliveries(&s), [(Some(2), 0, true)]);
+}
+
+#[test]
+fn credit_mode_delivers_what_was_granted_and_drain_gives_back_the_rest() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    for i in 0..3 {
+        enqueue(&mut h, message(&i.to_string(), false));
+    }
+    let mut s = settings("credit", 0);
+    s.credit = Some(0);
+    let st = h.step(Command::Checkout {
+        consumer: 1,
+        settings: s,
+    });
+    assert!(deliveries(&st).is_empty());
+    let st = h.step(Command::Credit {
+        consumer: 1,
+        credit: 2,
+        drain: false,
+    });
+    assert_eq!(deliveries(&st).len(), 2);
+    // Acks do not return credit in credit mode.
+    let st = h.step(Command::Settle { offsets: &[0, 1] });
+    assert!(deliveries(&st).is_empty());
+    let st = h.step(Command::Credit {
+        consumer: 1,
+        credit: 5,
+        drain: true,
+    });
+    assert_eq!(deliveries(&st), [(Some(1), 2, false)]);
+    assert!(st.effects.contains(&Effect::Drained {
+        consumer: 1,
+        credit: 4
+    }));
+}
+
+#[test]
+fn duplicate_publisher_sequences_are_accepted_once() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    let p = |seq| Some(PublisherSeq { publisher: 9, seq });
+    for seq in [1, 2, 2, 1, 3] {
+        h.step(Command::Enqueue {
+            message: message("m", false),
+            publisher: p(seq),
+            store: StoreMode::Own,
+        });
+    }
+    assert_eq!(h.engine.stats().ready, 3);
+    h.step(Command::PublisherDown { publisher: 9 });
+    h.step(Command::Enqueue {
+        message: message("m", false),
+        publisher: p(1),
+        store: StoreMode::Own,
+    });
+    assert_eq!(h.engine.stats().ready, 4, "a new publisher of that id");
+}
+
+#[test]
+fn reject_publish_refuses_and_drop_head_drops_the_oldest() {
+    let mut h = Harness::new(config(QueueConfig {
+        max_length: Some(1),
+        overflow: Overflow::RejectPublish,
+        ..QueueConfig::default()
+    }));
+    enqueue(&mut h, message("a", false));
+    let s = enqueue(&mut h, message("b", false));
+    assert_eq!(
+        s.reply,
+        Ok(Reply::Enqueued {
+            result: Published::Rejected,
+            offset: None
+        })
+    );
+    let mut h = Harness::new(config(QueueConfig {
+        max_length: Some(1),
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        ..QueueConfig::default()
+    }));
+    enqueue(&mut h, message("a", false));
+    let s = enqueue(&mut h, message("b", false));
+    assert_eq!(dead_letters(&s), [(0, DeathReason::MaxLen)]);
+}
+
+#[test]
+fn a_closed_gate_holds_deliveries_until_dispatch() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    h.gate.mask = 0;
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 0),
+    });
+    let s = enqueue(&mut h, message("a", false));
+    assert!(deliveries(&s).is_empty());
+    h.gate.mask = u32::MAX;
+    let s = h.step(Command::Dispatch);
+    assert_eq!(deliveries(&s), [(Some(1), 0, false)]);
+}
+
+#[test]
+fn exclusive_and_single_active_consumer_rules() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    let mut ex = settings("ex", 0);
+    ex.exclusive = true;
+    assert!(h
+        .step(Command::Checkout {
+            consumer: 1,
+            settings: ex.clone()
+        })
+        .reply
+        .is_ok());
+    assert_eq!(
+        h.step(Command::Checkout {
+            consumer: 2,
+            settings: settings("b", 0)
+        })
+        .reply,
+        Err(Refusal::ExclusiveConsumer)
+    );
+    let mut h = Harness::new(config(QueueConfig {
+        single_active_consumer: true,
+        ..QueueConfig::default()
+    }));
+    assert_eq!(
+        h.step(Command::Checkout {
+            consumer: 1,
+            settings: ex
+        })
+        .reply,
+        Err(Refusal::ExclusiveConsumer)
+    );
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("first", 0),
+    });
+    h.step(Command::Checkout {
+        consumer: 2,
+        settings: settings("second", 0),
+    });
+    let s = enqueue(&mut h, message("m", false));
+    assert_eq!(deliveries(&s), [(Some(1), 0, false)]);
+    h.step(Command::Cancel { consumer: 1 });
+    let s = enqueue(&mut h, message("m", false));
+    assert_eq!(deliveries(&s), [(Some(2), 1, false)]);
+}
+
+#[test]
+fn a_long_queue_pages_out_and_reads_back_in_batches() {
+    let mut c = config(QueueConfig::default());
+    c.memory_budget = 1000;
+    let mut h = Harness::new(c);
+    for i in 0..50 {
+        enqueue(&mut h, message(&format!("{i:0100}"), false));
+    }
+    let st = h.engine.stats();
+    assert_eq!(st.ready, 50);
+    assert!(st.paged_out >= 40, "{st:?}");
+    assert_eq!(h.paging.len() as u64, st.paged_out);
+    let s = h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 0),
+    });
+    let got = deliveries(&s);
+    assert_eq!(got.len(), 50);
+    assert!(got.iter().enumerate().all(|(i, d)| d.1 == i as u64));
+    // One read-back request covered the tail; nothing was missing on "disk".
+    let asks = s
+        .effects
+        .iter()
+        .filter(|e| matches!(e, Effect::PageIn { .. }))
+        .count();
+    assert_eq!(asks, 1);
+    assert!(h.missing.is_empty(), "{:?}", h.missing);
+    // Bodies came back with the deliveries: the paging records are released.
+    assert!(h.paging.is_empty());
+    let offsets: Vec<u64> = (0..50).collect();
+    h.step(Command::Settle { offsets: &offsets });
+    let st = h.engine.stats();
+    assert_eq!(
+        (
+            st.ready,
+            st.unacked,
+            st.ready_bytes,
+            st.memory_bytes,
+            st.paged_out
+        ),
+        (0, 0, 0, 0, 0)
+    );
+}
+
+#[test]
+fn delete_cancels_consumers_and_purge_acks_ready_stored_messages() {
+    let mut c = config(QueueConfig::default());
+    c.stores_persistent = true;
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", true));
+    enqueue(&mut h, message("b", true));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    let s = h.step(Command::Purge);
+    assert_eq!(s.reply, Ok(Reply::Dropped(1)));
+    assert!(s.effects.contains(&Effect::StoreAck { offset: 1 }));
+    assert!(
+        !s.effects.contains(&Effect::StoreAck { offset: 0 }),
+        "unacked stays"
+    );
+    let s = h.step(Command::Delete);
+    assert!(s.effects.contains(&Effect::ConsumerCancelled {
+        consumer: 1,
+        tag: ShortString::from("a"),
+        reason: CancelReason::QueueDeleted
+    }));
+    assert_eq!(
+        enqueue(&mut h, message("c", true)).reply,
+        Ok(Reply::Enqueued {
+            result: Published::Gone,
+            offset: None
+        })
+    );
+}
+
+#[test]
+fn recovered_messages_keep_order_flags_and_stored_deadlines() {
+    let mut c = config(QueueConfig::default());
+    c.stores_persistent = true;
+    c.memory_budget = 150;
+    let mut h = Harness::new(c);
+    let recovered: Vec<Recovered> = (0..4)
+        .map(|i| Recovered {
+            offset: 10 + i,
+            message: message(&format!("{i:0100}"), true),
+            redelivered: i == 0,
+            deadline: (i == 3).then_some(h.unix_now + 500),
+        })
+        .collect();
+    for r in &recovered {
+        h.durable.insert(r.offset, Arc::clone(&r.message));
+    }
+    h.step(Command::Recover {
+        messages: recovered,
+        next_offset: 14,
+    });
+    assert!(h.engine.stats().paged_out >= 2);
+    let s = enqueue(&mut h, message("new", true));
+    assert!(matches!(
+        s.effects[0],
+        Effect::StoreAppend { offset: 14, .. }
+    ));
+    h.advance(501);
+    h.step(Command::Get {
+        ack_required: false,
+    });
+    h.step(Command::Get {
+        ack_required: false,
+    });
+    h.step(Command::Get {
+        ack_required: false,
+    });
+    // Offset 13 had a stored deadline that has now passed: the next get skips it.
+    let s = h.step(Command::Get {
+        ack_required: false,
+    });
+    match s.reply {
+        Ok(Reply::Got {
+            delivery: Some(d), ..
+        }) => assert_eq!(d.offset, 14),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.missing.is_empty());
+}
+
+/// Every message moves a command in and an effect out: keep them small.
+#[test]
+fn commands_and_effects_stay_small() {
+    assert!(std::mem::size_of::<Command<'_>>() <= 96);
+    assert!(std::mem::size_of::<Effect>() <= 64);
+}

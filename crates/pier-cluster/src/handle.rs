@@ -1,0 +1,450 @@
+//! [`ClusterHandle`]: what the rest of a node uses: propose a metadata change and get its
+//! outcome once *this* node has applied it, change the membership, read the status.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use pier_broker::Broker;
+use pier_store::DefinitionsStore;
+use serde::Serialize;
+
+use crate::error::ClusterError;
+use crate::metadata::{Applier, Catalog, CommandError, Hooks, MetadataCommand, Outcome};
+use crate::node::{self, ClusterConfig, Node, Reporter, LIVENESS};
+use crate::raft::{node_id, PeerNode, Proposal};
+use crate::rpc::{ForwardError, NodeReport, Request, Response};
+use crate::transport::TransportError;
+
+/// A proposal applied on this node: its log index and what applying it did here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub index: u64,
+    pub outcome: Result<Outcome, CommandError>,
+}
+
+/// One member as `cluster_status` and `/api/nodes` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub addr: String,
+    pub voter: bool,
+    /// Answered a ping within the last few seconds (this node: always).
+    pub running: bool,
+    /// Its own report (`None` when it did not answer).
+    pub report: Option<NodeReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub node: String,
+    pub cluster_id: Option<String>,
+    pub cluster_name: Option<String>,
+    pub leader: Option<String>,
+    pub term: u64,
+    /// This node's Raft role: leader, follower, candidate, learner.
+    pub state: String,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    /// Members this node cannot reach while they are in its membership (RabbitMQ's
+    /// "network partitions" as seen from here).
+    pub partitions: Vec<String>,
+}
+
+/// The cluster, as one node sees it (cheap to clone).
+#[derive(Clone)]
+pub struct ClusterHandle {
+    node: Arc<Node>,
+}
+
+impl std::fmt::Debug for ClusterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHandle")
+            .field("node", &self.node.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a proposal's waiter however the call ends.
+struct WaiterGuard<'a> {
+    node: &'a Node,
+    request: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.node.waiters.forget(self.request);
+    }
+}
+
+impl ClusterHandle {
+    /// Starts this node's cluster membership (see [`ClusterConfig`]). Call after the broker
+    /// has recovered from `definitions` (`BrokerStorage::recover`).
+    pub async fn start(
+        config: ClusterConfig,
+        broker: Arc<Broker>,
+        definitions: Arc<DefinitionsStore>,
+        hooks: Option<Arc<dyn Hooks>>,
+    ) -> Result<ClusterHandle, ClusterError> {
+        let node = node::start(config, broker, definitions, hooks).await?;
+        Ok(ClusterHandle { node })
+    }
+
+    /// The management layer reports this node's figures to its peers through `reporter`.
+    pub fn set_reporter(&self, reporter: Arc<dyn Reporter>) {
+        let _ = self.node.reporter.set(reporter);
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node.me.name
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        self.node.cluster_id()
+    }
+
+    pub fn applier(&self) -> &Applier {
+        &self.node.applier
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        self.node.applier.catalog()
+    }
+
+    /// Proposes `command` to the cluster and returns once this node has applied it
+    /// (read-your-writes: a client that gets the answer and asks this node again sees the
+    /// change), with the outcome of applying it here.
+    ///
+    /// Waits at most the configured `propose_timeout` (5 s by default), then fails with
+    /// [`ClusterError::NoQuorum`] when no leader could be reached, or
+    /// [`ClusterError::Unconfirmed`] when the leader took the change but did not confirm it.
+    ///
+    /// Cancel safety: dropping the future abandons the wait; the change may still be applied.
+    pub async fn propose(&self, command: MetadataCommand) -> Result<Applied, ClusterError> {
+        let n = &self.node;
+        let timeout = n.config.propose_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _permit = tokio::time::timeout_at(deadline, n.inflight.acquire())
+            .await
+            .map_err(|_| ClusterError::Busy)?
+            .map_err(|_| ClusterError::Stopped("closed".into()))?;
+        let request = n.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut rx = n.waiters.register(request);
+        let _guard = WaiterGuard { node: n, request };
+        let proposal = Proposal {
+            origin: n.me_id,
+            request,
+            command,
+        };
+        let index = self.submit(proposal, deadline, timeout).await?;
+        // Wait for this node's own apply of that entry.
+        let mut applied = n.applied();
+        let waited = || u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::select! {
+                r = &mut rx => {
+                    return match r {
+                        Ok(outcome) => Ok(Applied { index, outcome }),
+                        Err(_) => Err(ClusterError::Stopped("the state machine went away".into())),
+                    };
+                }
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        // The Raft node was replaced (a reset); the outcome cannot come.
+                        return Err(ClusterError::Stopped("the node was reset".into()));
+                    }
+                    let at = applied.borrow_and_update().map_or(0, |l| l.index);
+                    if at >= index {
+                        // Applied through a snapshot (the waiter missed it) or just now.
+                        return Ok(Applied {
+                            index,
+                            outcome: rx.try_recv().unwrap_or(Ok(Outcome::Done)),
+                        });
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(ClusterError::NotApplied { index, waited_ms: waited() });
+                }
+            }
+        }
+    }
+
+    /// Gets `proposal` into the log through the leader; returns its index.
+    async fn submit(
+        &self,
+        proposal: Proposal,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<u64, ClusterError> {
+        let n = &self.node;
+        let waited = || u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut last_leader: Option<PeerNode> = None;
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.no_quorum(last_leader.as_ref()));
+            }
+            let m = n.metrics();
+            // A leader that has not heard from a majority for an election timeout is on the
+            // minority side: it cannot commit, say so now.
+            if m.current_leader == Some(n.me_id)
+                && m.millis_since_quorum_ack
+                    .is_some_and(|ms| ms > crate::raft::ELECTION_TIMEOUT_MAX_MS)
+            {
+                return Err(self.no_quorum(Some(&n.me)));
+            }
+            let leader = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            match (m.current_leader, leader) {
+                (Some(l), _) if l == n.me_id => {
+                    let r =
+                        tokio::time::timeout_at(deadline, n.raft().client_write(proposal.clone()))
+                            .await;
+                    match r {
+                        Ok(Ok(resp)) => return Ok(resp.log_id.index),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                            // Lost leadership before appending: safe to try again.
+                        }
+                        Ok(Err(e)) => return Err(ClusterError::Stopped(e.to_string())),
+                        Err(_) => return Err(ClusterError::Unconfirmed {
+                            waited_ms: waited(),
+                            reason:
+                                "this node (the leader) could not commit it: no majority answered"
+                                    .into(),
+                        }),
+                    }
+                }
+                (Some(l), Some(peer)) => {
+                    last_leader = Some(peer.clone());
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    // A leader this node has not heard from lately is on the other side of
+                    // a partition (or down): nothing is sent that could get through later.
+                    if !n.is_running(l) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    let request = Request::Forward {
+                        proposal: proposal.clone(),
+                        expires_unix_ms: crate::rpc::unix_ms()
+                            + u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                    };
+                    let r = n.transport.call(l, &peer.addr, &request, left).await;
+                    match r {
+                        Ok(Response::Forward(Ok(index))) => return Ok(index),
+                        Ok(Response::Forward(Err(ForwardError::NotLeader { .. }))) => {}
+                        Ok(Response::Forward(Err(ForwardError::Failed(e)))) => {
+                            return Err(ClusterError::Stopped(e))
+                        }
+                        Ok(_) => {}
+                        // Never delivered: safe to try again.
+                        Err(
+                            TransportError::Unreachable { .. } | TransportError::Refused { .. },
+                        ) => {}
+                        // Delivered, or maybe: the leader may have appended it.
+                        Err(e) => {
+                            if tokio::time::Instant::now() >= deadline {
+                                return Err(self.no_quorum(last_leader.as_ref()));
+                            }
+                            return Err(ClusterError::Unconfirmed {
+                                waited_ms: waited(),
+                                reason: format!("the leader {peer} did not answer: {e}"),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn no_quorum(&self, leader: Option<&PeerNode>) -> ClusterError {
+        let n = &self.node;
+        let members = n.members();
+        let voters: Vec<u64> = members
+            .iter()
+            .filter(|(_, _, v)| *v)
+            .map(|(id, _, _)| *id)
+            .collect();
+        let reachable = voters.iter().filter(|id| n.is_running(**id)).count();
+        ClusterError::NoQuorum {
+            reachable,
+            voters: voters.len(),
+            leader: match leader {
+                Some(l) => format!("; last known leader {}", l.name),
+                None => "; no leader".to_owned(),
+            },
+        }
+    }
+
+    /// RabbitMQ's `join_cluster`: resets this node (its definitions and messages are
+    /// deleted, as `rabbitmqctl reset` does) and joins the cluster that the node at `addr`
+    /// (a cluster address, `host:port`) belongs to. Refused when this node has other
+    /// members in its own cluster.
+    pub async fn join(&self, addr: &str) -> Result<String, ClusterError> {
+        node::reset_and_join(&self.node, addr).await
+    }
+
+    /// RabbitMQ's `forget_cluster_node`: removes the member of that name (stop it first: a
+    /// removed node that keeps running cannot take part any more).
+    pub async fn forget(&self, name: &str) -> Result<(), ClusterError> {
+        let n = &self.node;
+        let _guard = n.membership_lock.lock().await;
+        let deadline = tokio::time::Instant::now() + node::JOIN_TIMEOUT;
+        loop {
+            let m = n.metrics();
+            let leader = m.current_leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .cloned()
+                    .map(|p| (l, p))
+            });
+            let r = match leader {
+                Some((l, _)) if l == n.me_id => {
+                    let resp = n.transport_handler_forget(name).await;
+                    Some(resp)
+                }
+                Some((l, peer)) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match n
+                        .transport
+                        .call(l, &peer.addr, &Request::Forget(name.to_owned()), left)
+                        .await
+                    {
+                        Ok(Response::Forget(r)) => Some(r),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            match r {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(ForwardError::Failed(e))) => return Err(ClusterError::Membership(e)),
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.no_quorum(None));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// This node's view of the cluster, with each member's own report (asked for in
+    /// parallel, one second at most).
+    pub async fn status(&self) -> ClusterStatus {
+        let n = &self.node;
+        let m = n.metrics();
+        let members = n.members();
+        let mut asks = Vec::new();
+        for (id, peer, voter) in members {
+            let n = Arc::clone(n);
+            asks.push(tokio::spawn(async move {
+                let report = if id == n.me_id {
+                    Some(n.local_report())
+                } else if n.is_running(id) {
+                    match n
+                        .transport
+                        .call(id, &peer.addr, &Request::Status, Duration::from_secs(1))
+                        .await
+                    {
+                        Ok(Response::Status(r)) => Some(*r),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                MemberStatus {
+                    running: n.is_running(id),
+                    name: peer.name,
+                    addr: peer.addr,
+                    voter,
+                    report,
+                }
+            }));
+        }
+        let mut statuses = Vec::new();
+        for a in asks {
+            if let Ok(s) = a.await {
+                statuses.push(s);
+            }
+        }
+        statuses.sort_by(|a, b| a.name.cmp(&b.name));
+        let partitions = statuses
+            .iter()
+            .filter(|s| !s.running)
+            .map(|s| s.name.clone())
+            .collect();
+        let leader = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|p| p.name.clone())
+        });
+        ClusterStatus {
+            node: n.me.name.clone(),
+            cluster_id: n.cluster_id(),
+            cluster_name: self.catalog().cluster_name(),
+            leader,
+            term: m.current_term,
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .to_owned(),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+            members: statuses,
+            partitions,
+        }
+    }
+
+    /// Every member's name and whether it is running (answered lately; this node is).
+    pub fn members(&self) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = self
+            .node
+            .members()
+            .into_iter()
+            .map(|(id, p, _)| (p.name, self.node.is_running(id)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whether `name` is a member this node can reach now.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.node.is_running(node_id(name))
+    }
+
+    /// How long a member may stay silent and still count as running.
+    pub fn liveness() -> Duration {
+        LIVENESS
+    }
+
+    /// Stops Raft, the transport and the log (the process is exiting).
+    pub async fn shutdown(&self) {
+        let n = &self.node;
+        n.shutdown_tasks();
+        if let Err(e) = n.raft().shutdown().await {
+            tracing::warn!("stopping Raft: {e}");
+        }
+        n.transport.close_all();
+        n.log_store().shutdown();
+    }
+}
+
+impl Node {
+    async fn transport_handler_forget(self: &Arc<Self>, name: &str) -> Result<(), ForwardError> {
+        node::forget_on_leader(self, name).await
+    }
+}

@@ -1,0 +1,161 @@
+//! openraft's `RaftNetwork` over the peer transport, and the receiving side of Raft's RPCs.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{PeerNode, Raft, TypeConfig};
+use crate::rpc::{Request, Response};
+use crate::transport::{Transport, TransportError};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftResponse {
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+}
+
+/// Hands a peer's Raft RPC to the local Raft node.
+pub async fn serve(raft: &Raft, request: RaftRequest) -> RaftResponse {
+    match request {
+        RaftRequest::Append(r) => RaftResponse::Append(raft.append_entries(r).await),
+        RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
+        RaftRequest::Snapshot(r) => RaftResponse::Snapshot(raft.install_snapshot(r).await),
+    }
+}
+
+/// Makes a [`PeerClient`] per target, all sharing the node's transport.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub transport: Transport,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
+        PeerClient {
+            transport: self.transport.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+pub struct PeerClient {
+    transport: Transport,
+    target: u64,
+    node: PeerNode,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Text(String);
+
+impl PeerClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> Result<RaftResponse, RPCError<u64, PeerNode, E>> {
+        let r = self
+            .transport
+            .call(
+                self.target,
+                &self.node.addr,
+                &Request::Raft(request),
+                timeout,
+            )
+            .await;
+        match r {
+            Ok(Response::Raft(r)) => Ok(r),
+            Ok(Response::Refused(reason)) => Err(RPCError::Unreachable(Unreachable::new(&Text(
+                format!("{} refused: {reason}", self.node),
+            )))),
+            Ok(_) => Err(RPCError::Network(NetworkError::new(&Text(
+                "unexpected response".into(),
+            )))),
+            // Unreachable makes openraft back off before trying this peer again; a closed
+            // connection is retried at once.
+            Err(e @ (TransportError::Unreachable { .. } | TransportError::Refused { .. })) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(TransportError::Timeout) => Err(RPCError::Timeout(Timeout {
+                action: openraft::RPCTypes::AppendEntries,
+                id: 0,
+                target: self.target,
+                timeout,
+            })),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>() -> RPCError<u64, PeerNode, E> {
+        RPCError::Network(NetworkError::new(&Text("mismatched response".into())))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        match self
+            .call(RaftRequest::Append(rpc), option.hard_ttl())
+            .await?
+        {
+            RaftResponse::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, PeerNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self
+            .call(RaftRequest::Snapshot(rpc), option.hard_ttl())
+            .await?
+        {
+            RaftResponse::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await? {
+            RaftResponse::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(Self::unexpected()),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! What nodes say to each other over the peer transport: Raft's own RPCs, and the
+//! application RPCs that let a client talk to any node (forward a proposal to the leader,
+//! join, forget a member, report a node's figures).
+
+use serde::{Deserialize, Serialize};
+
+use crate::raft::network::{RaftRequest, RaftResponse};
+use crate::raft::{PeerNode, Proposal};
+
+/// Bumped on an incompatible change of anything in this file; peers speaking another
+/// version are refused at the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The first frame in each direction of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub node: PeerNode,
+    /// The cluster this node's data belongs to (`None`: a node that has not formed or
+    /// joined a cluster yet).
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Raft(RaftRequest),
+    /// To the leader: append this proposal; answers with its log index once the leader has
+    /// applied it. A leader that receives it after `expires_unix_ms` (the proposer has given
+    /// up and told its client so) refuses it, so a change reported as failed does not take
+    /// effect later when a partition heals and a queued request gets through. This compares
+    /// the two nodes' wall clocks, which need to agree to well within the propose timeout.
+    Forward {
+        proposal: Proposal,
+        expires_unix_ms: u64,
+    },
+    /// To the leader: add this node as a voter (learner first, then voter).
+    Join(PeerNode),
+    /// To the leader: remove the member of that name.
+    Forget(String),
+    /// The node's figures (management's `/api/nodes`).
+    Status,
+    /// Liveness: answered at once (a partition that drops packets leaves TCP connections
+    /// open; pings tell which peers really answer).
+    Ping,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Raft(RaftResponse),
+    Forward(Result<u64, ForwardError>),
+    /// The cluster id the joining node takes.
+    Join(Result<String, ForwardError>),
+    Forget(Result<(), ForwardError>),
+    Status(Box<NodeReport>),
+    /// The answering node's cluster id (a fresh node learns that the seed has formed).
+    Pong {
+        cluster_id: Option<String>,
+    },
+    /// The request was not accepted (for instance a vote request from a non-member).
+    Refused(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<PeerNode> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One node's figures for `/api/nodes` and `pier ctl cluster_status`: what the node itself
+/// reports (see [`Reporter`](crate::Reporter)), plus its Raft position.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub version: String,
+    pub uptime_ms: u64,
+    pub os_pid: u32,
+    pub mem_used: u64,
+    pub mem_limit: u64,
+    pub mem_alarm: bool,
+    pub disk_free: u64,
+    pub disk_free_limit: u64,
+    pub disk_free_alarm: bool,
+    pub fd_used: u64,
+    pub fd_total: u64,
+    pub sockets_used: u64,
+    pub processors: u64,
+    /// (protocol, address) of each listener, e.g. ("amqp", "127.0.0.2:5672").
+    pub listeners: Vec<(String, String)>,
+    pub raft_term: u64,
+    pub raft_last_applied: Option<u64>,
+    pub raft_state: String,
+}

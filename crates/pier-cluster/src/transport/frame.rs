@@ -1,0 +1,167 @@
+//! The peer transport's frames, sans I/O.
+//!
+//! ```text
+//!  u32 length (of what follows) | u8 kind | u64 id | payload (MessagePack)
+//!  kind: 1 hello, 2 welcome, 3 refused, 4 request, 5 response
+//! ```
+//!
+//! `id` pairs a response with its request on a connection that carries many at once, in
+//! both directions (each side numbers its own requests). The length is checked against the
+//! limit before anything is allocated.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The largest frame accepted (a snapshot chunk is 1 MiB; a log batch of 256 metadata
+/// entries is far smaller; a definitions import is cut into batches).
+pub const MAX_FRAME: usize = 16 << 20;
+const HEADER: usize = 4 + 1 + 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Hello = 1,
+    Welcome = 2,
+    Refused = 3,
+    Request = 4,
+    Response = 5,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Welcome,
+            3 => Kind::Refused,
+            4 => Kind::Request,
+            5 => Kind::Response,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub id: u64,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame length {0} is shorter than a frame header")]
+    Short(usize),
+    #[error("payload does not encode: {0}")]
+    Encode(String),
+    #[error("payload does not decode: {0}")]
+    Decode(String),
+}
+
+/// Appends one frame carrying `value` to `out`.
+pub fn encode<T: Serialize>(
+    kind: Kind,
+    id: u64,
+    value: &T,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let payload = rmp_serde::to_vec_named(value).map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = 1 + 8 + payload.len();
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    out.reserve(4 + len);
+    out.put_u32(len as u32);
+    out.put_u8(kind as u8);
+    out.put_u64(id);
+    out.put_slice(&payload);
+    Ok(())
+}
+
+/// Takes one complete frame off the front of `buf`; `Ok(None)` when more bytes are needed.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    let Some(len_bytes) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    if len < HEADER - 4 {
+        return Err(FrameError::Short(len));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut frame = buf.split_to(len);
+    let kind_byte = frame.get_u8();
+    let kind = Kind::from_u8(kind_byte).ok_or(FrameError::UnknownKind(kind_byte))?;
+    let id = frame.get_u64();
+    Ok(Some(Frame {
+        kind,
+        id,
+        payload: frame.freeze(),
+    }))
+}
+
+/// Decodes a frame's payload.
+pub fn payload<T: DeserializeOwned>(frame: &Frame) -> Result<T, FrameError> {
+    rmp_serde::from_slice(&frame.payload).map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_in_pieces() {
+        let mut out = BytesMut::new();
+        encode(Kind::Request, 7, &("hello", 42u64), &mut out).unwrap();
+        encode(Kind::Response, 8, &vec![1u8, 2, 3], &mut out).unwrap();
+        let all = out.freeze();
+        // Fed one byte at a time, the decoder waits, then yields both frames in order.
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for b in all.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = decode(&mut buf).unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].kind, Kind::Request);
+        assert_eq!(frames[0].id, 7);
+        let v: (String, u64) = payload(&frames[0]).unwrap();
+        assert_eq!(v, ("hello".to_owned(), 42));
+        let v: Vec<u8> = payload(&frames[1]).unwrap();
+        assert_eq!(v, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn hostile_lengths_and_kinds_are_errors_not_allocations() {
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert_eq!(
+            decode(&mut buf),
+            Err(FrameError::TooLarge(u32::MAX as usize))
+        );
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 1, 2, 3][..]);
+        assert_eq!(decode(&mut buf), Err(FrameError::Short(3)));
+        let mut buf = BytesMut::new();
+        buf.put_u32(9);
+        buf.put_u8(99);
+        buf.put_u64(0);
+        assert_eq!(decode(&mut buf), Err(FrameError::UnknownKind(99)));
+        let f = Frame {
+            kind: Kind::Request,
+            id: 1,
+            payload: Bytes::from_static(&[0xc1]),
+        };
+        assert!(payload::<u64>(&f).is_err());
+    }
+}
