@@ -137,10 +137,12 @@ impl VHost {
                 let mut made = None;
                 let durability = match options.durability {
                     Durability::Token(t) => Some(t),
+                    // Paging writes hold credit too, for transient messages as well (a
+                    // publisher must not outrun the paging store; see ClassicQueue::page_out).
                     Durability::OnStore(make)
                         if (message.is_persistent()
                             && queues.iter().any(|q| q.store().is_some()))
-                            || queues.iter().any(|q| q.stream().is_some()) =>
+                            || queues.iter().any(|q| q.stream().is_some() || q.pages_out()) =>
                     {
                         Some(&*made.insert(make()))
                     }

@@ -41,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+pub mod chunked;
 mod commit;
 pub mod conformance;
 mod definitions;
@@ -57,6 +58,7 @@ mod store;
 pub mod stream;
 mod thread;
 
+pub use chunked::ChunkedDeque;
 pub use commit::{SyncFile, SyncJob, SyncPlan};
 pub use definitions::{
     decode_arguments, encode_arguments, BindingDef, DefResult, Definitions, DefinitionsStore,

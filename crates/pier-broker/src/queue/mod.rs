@@ -85,7 +85,10 @@ pub(crate) enum TickAction {
     Delete,
 }
 
-/// The implementation behind a handle.
+/// The implementation behind a handle. One per queue, inline in its `Arc<Queue>`: the size
+/// difference costs a few hundred bytes per stream queue, a `Box` would cost every classic
+/// publish an indirection.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Classic(ClassicQueue),
     Stream(StreamQueue),
@@ -236,6 +239,12 @@ impl Queue {
             return;
         }
         self.classic().attach_store(store);
+    }
+
+    /// Whether messages arriving now are paged out (a classic queue past its memory budget):
+    /// publishers then take connection credit for transient messages too.
+    pub fn pages_out(&self) -> bool {
+        matches!(&self.backend, Backend::Classic(c) if c.pages_out())
     }
 
     pub fn store(&self) -> Option<&QueueStore> {
