@@ -150,3 +150,50 @@ fn a_name_opened_again_while_its_deletion_is_pending_keeps_its_shard() {
     assert_eq!(shard_of(&shards, &h), before, "its slot is free again");
     store.shutdown().unwrap();
 }
+
+/// Registering ahead (a cluster node's batch of declarations): names spread as `open_queue`
+/// spreads them, each shard registers its new ones, and opening them afterwards finds them
+/// where they were registered, before and after a restart.
+#[test]
+fn open_queues_registers_ahead_on_each_names_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 3);
+    let shards = store.shards();
+    let (h0, _) = shards.open_queue("a").unwrap();
+    let names: Vec<String> = ["a", "b", "c", "d", "e", "b"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    shards.open_queues(&names).unwrap();
+    assert_eq!(shards.home("a"), Some(shard_of(&shards, &h0)));
+    let mut per_shard = [0; 3];
+    for n in ["a", "b", "c", "d", "e"] {
+        per_shard[shards.home(n).unwrap()] += 1;
+    }
+    assert_eq!(per_shard, [2, 2, 1], "fewest queues first");
+    let mut listed: Vec<String> = shards
+        .queues()
+        .unwrap()
+        .into_iter()
+        .map(|(_, q)| q.name)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["a", "b", "c", "d", "e"]);
+    let homes: Vec<_> = ["b", "c", "d", "e"]
+        .iter()
+        .map(|n| {
+            let (h, _) = shards.open_queue(n).unwrap();
+            let shard = shard_of(&shards, &h);
+            assert_eq!(shards.home(n), Some(shard));
+            shard
+        })
+        .collect();
+    store.shutdown().unwrap();
+
+    let store = open(dir.path(), 3);
+    let shards = store.shards();
+    for (n, home) in ["b", "c", "d", "e"].iter().zip(homes) {
+        assert_eq!(shards.home(n), Some(home), "{n}");
+    }
+    store.shutdown().unwrap();
+}
