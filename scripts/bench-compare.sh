@@ -8,7 +8,8 @@
 #
 #   --runs N         runs per scenario and broker (default 3; 1 with --quick)
 #   --time SECS      length of each timed run (default 10; 2 with --quick)
-#   --scenarios LIST comma-separated: A B C D E F (issue 5), growth: Q1 Q100 Q1000 N10 N1000,
+#   --scenarios LIST comma-separated: A B C D E F (issue 5), C4 (issue 12), growth: Q1 Q100
+#                    Q1000 N10 N1000,
 #                    or "all" (default: all)
 #   --quick          short smoke run (also F with 50,000 instead of 1,000,000 messages);
 #                    writes target/bench-compare/benchmarks-quick.md unless --out is given

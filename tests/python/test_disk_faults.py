@@ -69,7 +69,8 @@ def _publish(ch, tag: str) -> bool:
 
 def _active_segment(data_dir: Path) -> Path:
     """The segment the test's publishes went to (the other vhost's is empty)."""
-    segs = sorted(data_dir.glob("msgs/*/*.seg"), key=lambda p: (p.stat().st_size, p.name))
+    # Every vhost directory and its shards (msgs/<vhost>/shard-NN).
+    segs = sorted(data_dir.glob("msgs/*/**/*.seg"), key=lambda p: (p.stat().st_size, p.name))
     assert segs, "no segment file"
     return segs[-1]
 

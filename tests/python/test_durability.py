@@ -173,6 +173,68 @@ def test_sigkill_never_loses_a_confirmed_message(pier_factory, round_):
     assert order == sorted(order)
 
 
+def _publish_to_exchange_until_killed(proc, exchange, confirmed, stop):
+    """`_publish_until_killed` through an exchange (bodies f0, f1, ...)."""
+    try:
+        conn = _connect(proc)
+        ch = conn.channel()
+        ch.confirm_delivery()
+        i = 0
+        while not stop.is_set():
+            body = f"f{i}".encode()
+            ch.basic_publish(exchange, "", body, properties=PERSISTENT)
+            confirmed.append(body)
+            i += 1
+    except (pika.exceptions.AMQPError, OSError):
+        pass
+
+
+def test_sigkill_never_loses_a_confirmed_message_across_shards(pier_factory):
+    """Four queues on four store shards, a publisher each and one more through a fanout
+    exchange to all four (one record per shard), SIGKILL at a random moment: every confirmed
+    message is back in its queue, each queue in publish order."""
+    queues = [f"crash.s{n}" for n in range(4)]
+    proc = pier_factory("store_shards = 4\n" + PIER_CONFIG)
+    conn = _connect(proc)
+    ch = conn.channel()
+    ch.exchange_declare("crash.fan", "fanout", durable=True)
+    for q in queues:
+        ch.queue_declare(q, durable=True)
+        ch.queue_bind(q, "crash.fan")
+    conn.close()
+    shard_dirs = {p.parent for p in proc.data_dir.glob("msgs/2f/**/queues.log")}
+    assert len(shard_dirs) == 4, shard_dirs
+    stop = threading.Event()
+    direct = {q: [] for q in queues}
+    fanned: list[bytes] = []
+    threads = [threading.Thread(target=_publish_until_killed, args=(proc, q, direct[q], stop))
+               for q in queues]
+    threads.append(threading.Thread(target=_publish_to_exchange_until_killed,
+                                    args=(proc, "crash.fan", fanned, stop)))
+    for t in threads:
+        t.start()
+    time.sleep(random.uniform(0.5, 1.5))
+    proc.kill()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert fanned and all(direct.values()), "every publisher got a confirm before the kill"
+
+    proc.start()
+    conn = _connect(proc)
+    total = 0
+    for q in queues:
+        got = [b for b, _, _ in _drain(conn.channel(), q)]
+        missing = (set(direct[q]) | set(fanned)) - set(got)
+        assert not missing, f"{q}: {len(missing)} confirmed messages lost, e.g. {sorted(missing)[:5]}"
+        for prefix in (b"c", b"f"):
+            order = [int(b[1:]) for b in got if b.startswith(prefix)]
+            assert order == sorted(order), f"{q}: order changed"
+        total += len(direct[q]) + len(fanned)
+    conn.close()
+    print(f"confirmed {total} across 4 shards ({len(fanned)} through the fanout), none lost")
+
+
 def test_torn_tail_and_flipped_bytes_are_skipped(pier_factory):
     proc = pier_factory()
     conn = _connect(proc)
@@ -185,8 +247,9 @@ def test_torn_tail_and_flipped_bytes_are_skipped(pier_factory):
     conn.close()
     assert proc.terminate() == 0
 
-    # The vhost "/" lives in msgs/2f (hex of its name); its records are in the largest segment.
-    segments = sorted(proc.data_dir.glob("msgs/2f/*.seg"), key=lambda p: p.stat().st_size)
+    # The vhost "/" lives in msgs/2f (hex of its name), its queues on the shards there (msgs/2f
+    # itself and msgs/2f/shard-NN); the queue's records are in the largest segment.
+    segments = sorted(proc.data_dir.glob("msgs/2f/**/*.seg"), key=lambda p: p.stat().st_size)
     assert segments, list(proc.data_dir.rglob("*"))
     seg = segments[-1]
     data = bytearray(seg.read_bytes())

@@ -1,12 +1,15 @@
-"""A persistent message routed to several durable queues is stored once (one record with a
-reference per queue): disk use is ~1x the payload, not once per queue; each queue keeps its own
-acks across a restart (SIGTERM) or a crash (SIGKILL); segments are reclaimed once every queue
+"""A persistent message routed to several durable queues is stored once per store shard (one
+record with a reference per queue of that shard): with one shard disk use is ~1x the payload,
+not once per queue, with the queues spread over two shards ~2x; each queue keeps its own acks
+across a restart (SIGTERM) or a crash (SIGKILL); segments are reclaimed once every queue
 acked."""
 
 import time
 
 import pika
 import pytest
+
+from conftest import PIER_CONFIG
 
 pytestmark = pytest.mark.pier_only
 
@@ -27,8 +30,8 @@ def _body(i):
 
 
 def _segment_bytes(proc):
-    # The vhost "/" lives in msgs/2f (hex of its name).
-    return sum(p.stat().st_size for p in proc.data_dir.glob("msgs/2f/*.seg"))
+    # The vhost "/" lives in msgs/2f (hex of its name): shard 0 there, shard N in shard-NN.
+    return sum(p.stat().st_size for p in proc.data_dir.glob("msgs/2f/**/*.seg"))
 
 
 def _get_n(ch, queue, n):
@@ -50,9 +53,11 @@ def _drain(ch, queue):
         got.append((body, method.redelivered))
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
-def test_fanout_stores_once_and_keeps_per_queue_acks(pier_factory, stop):
-    proc = pier_factory()
+@pytest.mark.parametrize("stop,shards", [("sigterm", 1), ("sigkill", 1), ("sigterm", 2),
+                                         ("sigkill", 2)])
+def test_fanout_stores_once_and_keeps_per_queue_acks(pier_factory, stop, shards):
+    # A top-level key: before the config's tables.
+    proc = pier_factory(f"store_shards = {shards}\n" + PIER_CONFIG)
     conn = _connect(proc)
     ch = conn.channel()
     ch.exchange_declare("fan.x", "fanout", durable=True)
@@ -68,9 +73,12 @@ def test_fanout_stores_once_and_keeps_per_queue_acks(pier_factory, stop):
         ch.basic_publish("fan.x", "", _body(i), properties=PERSISTENT)  # returns once confirmed
     written = _segment_bytes(proc) - before
     payload = COUNT * SIZE
-    print(f"{COUNT} x {SIZE} B to {len(QUEUES)} durable queues: {written} segment bytes "
-          f"({written / payload:.2f}x the payload)")
-    assert payload <= written < 1.2 * payload, "one record per message, not one per queue"
+    print(f"{COUNT} x {SIZE} B to {len(QUEUES)} durable queues on {shards} shard(s): {written} "
+          f"segment bytes ({written / payload:.2f}x the payload)")
+    # Queues are spread over the shards (fewest queues first): one record per shard used.
+    records = min(shards, len(QUEUES))
+    assert records * payload <= written < records * 1.2 * payload, \
+        "one record per message and shard, not one per queue"
 
     # fan.a acks everything, fan.b 300 (and holds 100 more unacked), fan.c nothing.
     ch.basic_ack(_get_n(ch, "fan.a", COUNT), multiple=True)
@@ -107,7 +115,7 @@ def test_fanout_stores_once_and_keeps_per_queue_acks(pier_factory, stop):
     while _segment_bytes(proc) > payload / 10 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _segment_bytes(proc) <= payload / 10, sorted(
-        (p.name, p.stat().st_size) for p in proc.data_dir.glob("msgs/2f/*"))
+        (str(p), p.stat().st_size) for p in proc.data_dir.glob("msgs/2f/**/*"))
     conn.close()
     assert proc.terminate() == 0
     proc.start()

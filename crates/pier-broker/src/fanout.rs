@@ -1,25 +1,32 @@
 //! Publishing one message to every queue it was routed to, storing a persistent message once
-//! for all the durable queues of its vhost (one record, one `QueueRef` per queue).
+//! per store shard for all the durable queues of its vhost on that shard (one record, one
+//! `QueueRef` per queue; queues on different shards get one record per shard).
 //!
 //! **Ordering.** The store needs each queue's offsets in increasing order (its index only
 //! pushes at the back) and must see a message's append before any ack of it. A single-queue
 //! publish gets both by taking the offset and sending the append under the queue's lock. A
 //! shared record extends that: the publisher locks *every* sharing queue, takes each one's
-//! offset (the engine enqueues it, holding back its effects), sends the one append, and only
-//! then carries out each queue's effects (deliveries among them) and lets its lock go. Any
-//! other append carrying a reference to one of these queues is sent under that queue's lock
-//! too, so for every queue the store receives references in the order its offsets
+//! offset (the engine enqueues it, holding back its effects), sends the appends (one per
+//! shard), and only then carries out each queue's effects (deliveries among them) and lets its
+//! lock go. Any other append carrying a reference to one of these queues is sent under that
+//! queue's lock too, so for every queue the store receives references in the order its offsets
 //! were taken; no consumer can see (and ack) the message before the append was sent.
 //!
-//! **No deadlock.** Locks are taken in one fixed order (store queue id, unique per vhost store)
-//! by every fan-out publisher, and everything else holds at most one queue lock; what a queue
-//! does under its lock (deliveries to channel sinks, store commands) never waits for a queue
-//! lock. Dead letters are routed (by `VHost::publish`) only after every lock is released.
+//! **No deadlock.** Locks are taken in one fixed order (store shard id, then store queue id:
+//! unique per vhost) by every fan-out publisher, and everything else holds at most one queue
+//! lock; what a queue does under its lock (deliveries to channel sinks, store commands) never
+//! waits for a queue lock. Dead letters are routed (by `VHost::publish`) only after every lock
+//! is released.
+//!
+//! **Encoding.** The records are encoded (and checksummed) before any lock is taken: the
+//! record's bytes do not depend on the offsets, only on how many references it has.
 
 use std::sync::{Arc, MutexGuard};
 
+use pier_store::EncodedMessage;
+
 use crate::message::Message;
-use crate::persist::{append_durable, to_stored, PublishDurability};
+use crate::persist::{to_stored, PublishDurability};
 use crate::publish::DeadLetterWork;
 use crate::queue::classic::Core;
 use crate::queue::{Published, Queue};
@@ -47,9 +54,9 @@ impl Fanout {
 }
 
 /// Publishes `message` to `queues` (routed, without duplicates; the slice is reordered). A
-/// persistent message routed to two or more durable queues of one store is written once.
-/// Dead letters the queues produce are handed back in `dead` (the caller routes them once no
-/// queue lock is held). Only `VHost::publish` calls this.
+/// persistent message routed to two or more durable queues of a store shard is written once
+/// for them. Dead letters the queues produce are handed back in `dead` (the caller routes them
+/// once no queue lock is held). Only `VHost::publish` calls this.
 pub(crate) fn publish_to_queues(
     queues: &mut [Arc<Queue>],
     message: &Arc<Message>,
@@ -66,26 +73,13 @@ pub(crate) fn publish_to_queues(
         }
         return out;
     }
-    // Sharing queues first, in store queue id order: the fixed lock order.
+    // Sharing queues first, by shard then store queue id: the fixed lock order.
     queues.sort_unstable_by_key(|q| match q.store() {
-        Some(s) if q.shares_record(message) => (0, s.id.0),
-        _ => (1, 0),
+        Some(s) if q.shares_record(message) => (0, s.handle.store_id(), s.id.0),
+        _ => (1, 0, 0),
     });
     let (shared, rest) = queues.split_at(sharing);
-    let same_store = shared
-        .windows(2)
-        .all(|w| match (w[0].store(), w[1].store()) {
-            (Some(a), Some(b)) => a.handle.same_store(&b.handle) && a.id != b.id,
-            _ => false,
-        });
-    if same_store {
-        publish_shared(shared, message, durability, &mut out, dead);
-    } else {
-        // Queues of different stores (never from one vhost's routing): one record each.
-        for q in shared {
-            out.add(publish_one(q, message, durability, dead));
-        }
-    }
+    publish_shared(shared, message, durability, &mut out, dead);
     for q in rest {
         out.add(publish_one(q, message, durability, dead));
     }
@@ -112,8 +106,21 @@ struct Held<'a> {
     core: MutexGuard<'a, Core>,
 }
 
-/// One record for `shared` (sorted by store queue id, all of one store, all storing `message`
-/// without a TTL). See the module docs for the ordering argument.
+/// The queues of `shared` (sorted as in `publish_to_queues`) grouped by shard: lengths.
+fn shard_runs(shared: &[Arc<Queue>]) -> Vec<usize> {
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for q in shared {
+        let shard = q.store().map_or(0, |s| s.handle.store_id());
+        match runs.last_mut() {
+            Some((s, n)) if *s == shard => *n += 1,
+            _ => runs.push((shard, 1)),
+        }
+    }
+    runs.into_iter().map(|(_, n)| n).collect()
+}
+
+/// One record per shard for `shared` (sorted by shard and store queue id, all storing
+/// `message` without a TTL). See the module docs for the ordering argument.
 fn publish_shared(
     shared: &[Arc<Queue>],
     message: &Arc<Message>,
@@ -121,30 +128,58 @@ fn publish_shared(
     out: &mut Fanout,
     dead: &mut DeadLetterWork,
 ) {
+    // Encoded before any lock, once per shard (a record's bytes depend only on its number
+    // of references).
+    let stored = to_stored(message);
+    let runs = shard_runs(shared);
+    let encoded: Vec<EncodedMessage> = runs
+        .iter()
+        .map(|&n| EncodedMessage::new(stored.clone(), n))
+        .collect();
+
     let mut held: Vec<Held<'_>> = Vec::with_capacity(shared.len());
-    let mut refs = Vec::with_capacity(shared.len());
-    for q in shared {
-        let rt = q.classic_runtime();
-        let mut core = rt.lock();
-        // The engine admits (or refuses) and enqueues; its effects (deliveries among them)
-        // wait until the shared append is sent.
-        let (result, offset) = rt.enqueue_shared(q, &mut core, Arc::clone(message));
-        out.add(result);
-        if let (Some(offset), Some(s)) = (offset, q.store()) {
-            refs.push(pier_store::QueueRef {
-                queue: s.id,
-                offset,
-            });
-        }
-        held.push(Held { queue: q, core });
-    }
-    if let Some(s) = held.first().and_then(|h| h.queue.store()) {
-        if !refs.is_empty() {
-            // One record for every queue that took the message, sent while all their locks
-            // are held.
-            if let Err(e) = append_durable(&s.handle, refs, to_stored(message), durability) {
-                tracing::error!(vhost = %held.first().map_or("", |h| h.queue.vhost()), queues = held.len(), "store append failed: {e}");
+    // Per shard run: the references of the queues that took the message.
+    let mut refs: Vec<Vec<pier_store::QueueRef>> =
+        runs.iter().map(|&n| Vec::with_capacity(n)).collect();
+    let mut queues = shared.iter();
+    for (run, &n) in runs.iter().enumerate() {
+        for q in queues.by_ref().take(n) {
+            let rt = q.classic_runtime();
+            let mut core = rt.lock();
+            // The engine admits (or refuses) and enqueues; its effects (deliveries among them)
+            // wait until the shared appends are sent.
+            let (result, offset) = rt.enqueue_shared(q, &mut core, Arc::clone(message));
+            out.add(result);
+            if let (Some(offset), Some(s), Some(r)) = (offset, q.store(), refs.get_mut(run)) {
+                r.push(pier_store::QueueRef {
+                    queue: s.id,
+                    offset,
+                });
             }
+            held.push(Held { queue: q, core });
+        }
+    }
+    // One record per shard for the queues that took the message, sent while all their locks
+    // are held.
+    let mut start = 0;
+    for ((&n, refs), enc) in runs.iter().zip(refs).zip(encoded) {
+        let first = shared.get(start);
+        start += n;
+        let Some(store) = first.and_then(|q| q.store()) else {
+            continue;
+        };
+        if refs.is_empty() {
+            continue;
+        }
+        let enc = if enc.nrefs() == refs.len() {
+            enc
+        } else {
+            // Some queue refused it (deleted, or full with reject-publish): rare.
+            EncodedMessage::new(stored.clone(), refs.len())
+        };
+        let nrefs = refs.len();
+        if let Err(e) = append_encoded(&store.handle, refs, enc, durability) {
+            tracing::error!(vhost = %first.map_or("", |q| q.vhost()), queues = nrefs, "store append failed: {e}");
         }
     }
     for Held { queue, mut core } in held {
@@ -156,6 +191,22 @@ fn publish_shared(
     }
 }
 
+/// `persist::append_durable` of a record encoded beforehand.
+fn append_encoded(
+    handle: &pier_store::StoreHandle,
+    refs: Vec<pier_store::QueueRef>,
+    encoded: EncodedMessage,
+    durability: Option<&Arc<PublishDurability>>,
+) -> pier_store::Result<()> {
+    crate::persist::append_durable_with(durability, |on_durable| {
+        handle.send(pier_store::Command::Append {
+            refs,
+            message: encoded,
+            on_durable,
+        })
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -163,7 +214,8 @@ mod tests {
 
     use bytes::Bytes;
     use pier_store::{
-        MessageStore, QueueId, SegmentStore, StoreConfig, StoreHandle, StoreThread, ThreadConfig,
+        MessageStore, QueueId, SegmentStore, ShardConfig, ShardedStore, Shards, StoreConfig,
+        StoreHandle, StoreThread, ThreadConfig,
     };
     use pier_wire::{BasicProperties, ShortString};
 
@@ -440,5 +492,162 @@ mod tests {
             assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
             assert!(offsets.len() >= 2 * per_thread as usize);
         }
+    }
+
+    fn sharded(dir: &std::path::Path, shards: usize) -> ShardedStore {
+        ShardedStore::open(
+            dir,
+            ShardConfig {
+                shards,
+                ..ShardConfig::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn queue_on(name: &str, shards: &Shards) -> Arc<Queue> {
+        let q = Queue::new(
+            ShortString::from(name),
+            "/".to_owned(),
+            QueueOptions {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: Default::default(),
+            },
+        );
+        let (handle, id) = shards.open_queue(name).unwrap();
+        q.attach_store(QueueStore { handle, id });
+        q
+    }
+
+    fn shard_seg_bytes(dir: &std::path::Path, shards: usize) -> u64 {
+        (0..shards)
+            .map(|i| seg_bytes(&pier_store::shard_dir(dir, i)))
+            .sum()
+    }
+
+    /// Four durable queues on two shards: one record per shard (two in all), each queue's
+    /// offsets in order, and every queue recovered from its own shard.
+    #[test]
+    fn fan_out_across_shards_is_one_record_per_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sharded(dir.path(), 2);
+        let shards = store.shards();
+        let mut queues: Vec<_> = (0..4)
+            .map(|i| queue_on(&format!("q{i}"), &shards))
+            .collect();
+        let before = shard_seg_bytes(dir.path(), 2);
+        let n = 2_000u32;
+        let confirmed = Arc::new(AtomicU32::new(0));
+        for i in 0..n {
+            let c = Arc::clone(&confirmed);
+            let d = PublishDurability::new(move |ok| {
+                assert!(ok);
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+            let out = publish_to_queues(
+                &mut queues,
+                &message(i, 1024, true),
+                Some(&d),
+                &mut Vec::new(),
+            );
+            assert!(out.routed && !out.rejected);
+            d.release();
+        }
+        shards.wait_durable().unwrap();
+        assert_eq!(
+            confirmed.load(Ordering::SeqCst),
+            n,
+            "every publish confirmed once"
+        );
+        let bytes = shard_seg_bytes(dir.path(), 2) - before;
+        let payload = u64::from(n) * 1024;
+        assert!(bytes > payload * 2 && bytes < payload * 22 / 10, "{bytes}");
+        for q in &queues {
+            let s = q.store().unwrap();
+            assert_eq!(live(&s.handle, s.id), (0..u64::from(n)).collect::<Vec<_>>());
+        }
+        // A consumer of q0 takes (acks) the first 10; the others keep theirs.
+        for _ in 0..10 {
+            queues
+                .iter()
+                .find(|q| q.name().as_str() == "q0")
+                .unwrap()
+                .get(false)
+                .unwrap();
+        }
+        shards.wait_durable().unwrap();
+        store.shutdown().unwrap();
+
+        let store = sharded(dir.path(), 2);
+        let shards = store.shards();
+        let listed = shards.queues().unwrap();
+        assert_eq!(listed.len(), 4);
+        for (h, info) in listed {
+            let expect = if info.name == "q0" { n - 10 } else { n };
+            assert_eq!(info.messages, u64::from(expect), "{}", info.name);
+            let id = info.id;
+            let m = h
+                .call(move |s| s.read(id, u64::from(n) - 1))
+                .unwrap()
+                .unwrap();
+            assert_eq!(&m.body[..8], format!("{:08}", n - 1).as_bytes());
+        }
+        store.shutdown().unwrap();
+    }
+
+    /// Fan-out and single-queue publishers racing on queues of three shards: no deadlock
+    /// (locks by shard, then queue), nothing refused, each queue's offsets in order.
+    #[test]
+    fn concurrent_publishers_across_shards_keep_offsets_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sharded(dir.path(), 3);
+        let shards = store.shards();
+        let qs: Vec<_> = (0..5)
+            .map(|i| queue_on(&format!("r{i}"), &shards))
+            .collect();
+        let per_thread = 200u32;
+        let failed = Arc::new(AtomicU32::new(0));
+        std::thread::scope(|scope| {
+            for k in 0..4usize {
+                let qs = &qs;
+                let failed = Arc::clone(&failed);
+                scope.spawn(move || {
+                    for i in 0..per_thread {
+                        let f = Arc::clone(&failed);
+                        let d = PublishDurability::new(move |ok| {
+                            if !ok {
+                                f.fetch_add(1, Ordering::SeqCst);
+                            }
+                        });
+                        let m = message(i, 64, true);
+                        match k {
+                            0 => {
+                                let mut v: Vec<_> = qs.iter().rev().cloned().collect();
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
+                            }
+                            1 => {
+                                let mut v = vec![Arc::clone(&qs[3]), Arc::clone(&qs[0])];
+                                publish_to_queues(&mut v, &m, Some(&d), &mut Vec::new());
+                            }
+                            _ => {
+                                qs[k].publish_durable(m, Some(&d));
+                            }
+                        }
+                        d.release();
+                    }
+                });
+            }
+        });
+        shards.wait_durable().unwrap();
+        assert_eq!(failed.load(Ordering::SeqCst), 0, "no publish was nacked");
+        for q in &qs {
+            let s = q.store().unwrap();
+            let offsets = live(&s.handle, s.id);
+            assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+            assert_eq!(offsets.len() as u64, q.stats().ready);
+        }
+        store.shutdown().unwrap();
     }
 }

@@ -3,13 +3,17 @@
 //! message types.
 //!
 //! ```text
-//!  channel ── PublishDurability (token) ──► Queue::publish_durable ──► StoreHandle::append
-//!     ▲                                                                     │ (store thread,
-//!     └──────────── on_done(ok) once every append is durable ◄──────────────┘  group commit)
+//!  VHost::publish ── PublishDurability (token) ──► classic runtime ──► StoreHandle::append
+//!     ▲                                         (StoreAppend effect,        │ (encoded here;
+//!     │                                          the queue's shard)         │  shard thread,
+//!     └────────── on_done(ok) once every append is durable ◄───────────────┘  group commit)
 //! ```
 //!
-//! A message for several durable queues goes through `fanout::publish_to_queues` instead: one
-//! append (one record, a reference per queue), so the token waits for one record.
+//! A vhost's store is sharded (`pier_store::ShardedStore`): each durable queue lives on one
+//! shard and keeps that shard's `StoreHandle` in its `QueueStore`, so everything below works
+//! per queue as with one store. A message for several durable queues goes through
+//! `fanout::publish_to_queues` instead: one append per shard (one record, a reference per
+//! queue of that shard), and the token waits for every one of them.
 //!
 //! Only persistent messages (delivery_mode 2) in durable queues are stored; everything else
 //! stays in memory, as in RabbitMQ, unless a long queue pages it out to the node's scratch
@@ -18,7 +22,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pier_store::{DefinitionsStore, QueueId, QueueRef, StoreHandle, StoredMessage};
+use pier_store::{DefinitionsStore, QueueId, QueueRef, Shards, StoreHandle, StoredMessage};
 
 use crate::message::Message;
 
@@ -35,10 +39,11 @@ impl std::fmt::Debug for QueueStore {
     }
 }
 
-/// A vhost's storage: its message store (one store thread) and the node's definitions.
+/// A vhost's storage: its message store (shards, each with its own thread) and the node's
+/// definitions.
 #[derive(Clone)]
 pub struct VhostStorage {
-    pub messages: StoreHandle,
+    pub messages: Shards,
     pub definitions: Arc<DefinitionsStore>,
     /// The store queue holding messages waiting in durable delayed-message exchanges.
     pub delayed: Arc<DelayedQueue>,
@@ -47,6 +52,8 @@ pub struct VhostStorage {
 /// Messages of durable `x-delayed-message` exchanges live in one store queue per vhost.
 #[derive(Debug)]
 pub struct DelayedQueue {
+    /// The shard it lives on.
+    pub handle: StoreHandle,
     pub id: QueueId,
     /// Held while an offset is taken *and* its append is sent: the store refuses a queue's
     /// offsets out of order, which two racing publishers could otherwise cause.
@@ -130,6 +137,24 @@ pub(crate) fn append_durable(
     let sent = match durability {
         Some(d) => handle.append(refs, copy, d.add()),
         None => handle.append(refs, copy, |_| {}),
+    };
+    if sent.is_err() {
+        if let Some(d) = durability {
+            // The refused command took its callback with it: give back the token it held.
+            d.complete(false);
+        }
+    }
+    sent
+}
+
+/// `append_durable` with the sending left to `send`, which gets the durable callback.
+pub(crate) fn append_durable_with(
+    durability: Option<&Arc<PublishDurability>>,
+    send: impl FnOnce(pier_store::DurableCallback) -> pier_store::Result<()>,
+) -> pier_store::Result<()> {
+    let sent = match durability {
+        Some(d) => send(Box::new(d.add())),
+        None => send(Box::new(|_| {})),
     };
     if sent.is_err() {
         if let Some(d) = durability {

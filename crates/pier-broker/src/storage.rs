@@ -3,7 +3,9 @@
 //!
 //! ```text
 //!  <data>/definitions.redb        vhosts, users, permissions, durable exchanges/queues/bindings
-//!  <data>/msgs/<vhost-dir>/       one SegmentStore + StoreThread per vhost (see docs/storage.md)
+//!  <data>/msgs/<vhost-dir>/       one ShardedStore per vhost: shard 0 in the directory itself,
+//!                                 shard N in shard-NN/ (a SegmentStore + StoreThread each;
+//!                                 see docs/storage.md)
 //!  <data>/paging/                 scratch SegmentStore for bodies paged out of memory; never
 //!                                 synced, wiped at every start (see docs/storage.md, "Paging")
 //! ```
@@ -18,8 +20,9 @@ use std::time::Instant;
 
 use pier_store::{
     decode_arguments, encode_arguments, BindingDef, DefinitionsStore, DestinationKind, ExchangeDef,
-    PermissionDef, PolicyDef, QueueDef, SegmentStore, StoreConfig, StoreThread, SyncPolicy,
-    ThreadConfig, TopicPermissionDef, UserDef, VhostDef,
+    PermissionDef, PolicyDef, QueueDef, SegmentStore, ShardConfig, ShardedStore, Shards,
+    StoreConfig, StoreHandle, StoreThread, SyncPolicy, ThreadConfig, TopicPermissionDef, UserDef,
+    VhostDef,
 };
 use pier_wire::{FieldTable, ShortString};
 
@@ -78,12 +81,30 @@ pub struct RecoverySummary {
     pub delayed: u64,
 }
 
-/// The node's storage: the definitions store and one message store thread per vhost.
+/// How the node stores messages.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageOptions {
+    pub sync_policy: SyncPolicy,
+    /// Shards per vhost message store that new queues are spread over (default: one per
+    /// core, at most 16; see `pier_store::default_shards`).
+    pub shards: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            sync_policy: SyncPolicy::Always,
+            shards: pier_store::default_shards(),
+        }
+    }
+}
+
+/// The node's storage: the definitions store and one sharded message store per vhost.
 pub struct BrokerStorage {
     dir: PathBuf,
     definitions: Arc<DefinitionsStore>,
-    sync_policy: SyncPolicy,
-    threads: Mutex<HashMap<String, StoreThread>>,
+    options: StorageOptions,
+    stores: Mutex<HashMap<String, ShardedStore>>,
     /// The node's paging store thread (taken at shutdown) and a handle to it.
     paging: Mutex<Option<StoreThread>>,
     paging_handle: pier_store::StoreHandle,
@@ -128,6 +149,7 @@ fn open_paging(dir: &Path) -> Result<StoreThread, StorageError> {
         ThreadConfig {
             channel_capacity: PAGING_CHANNEL,
             max_batch: PAGING_CHANNEL,
+            ..ThreadConfig::default()
         },
     )
     .map_err(err)
@@ -150,7 +172,18 @@ fn vhost_dir(name: &str) -> String {
 }
 
 impl BrokerStorage {
+    /// `open_with` the default options and this sync policy.
     pub fn open(dir: &Path, sync_policy: SyncPolicy) -> Result<Self, StorageError> {
+        Self::open_with(
+            dir,
+            StorageOptions {
+                sync_policy,
+                ..StorageOptions::default()
+            },
+        )
+    }
+
+    pub fn open_with(dir: &Path, options: StorageOptions) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir.join("msgs")).map_err(|source| StorageError::Io {
             path: dir.join("msgs"),
             source,
@@ -160,8 +193,8 @@ impl BrokerStorage {
         Ok(BrokerStorage {
             dir: dir.to_owned(),
             definitions,
-            sync_policy,
-            threads: Mutex::new(HashMap::new()),
+            options,
+            stores: Mutex::new(HashMap::new()),
             paging_handle: paging.handle(),
             paging: Mutex::new(Some(paging)),
             stream_sync: std::sync::atomic::AtomicBool::new(true),
@@ -235,7 +268,7 @@ impl BrokerStorage {
             summary.vhosts += 1;
             self.attach_streams(&vh);
             vh.attach_paging(self.paging_handle.clone());
-            let handle = self.open_vhost_store(vh.name())?;
+            let shards = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
             summary.policies += restore_policies(&vh, &defs.policies, &self.definitions);
             // Exchanges first (bindings need both ends), then queues with their messages.
@@ -256,14 +289,14 @@ impl BrokerStorage {
                     }
                 }
             }
-            let stored = handle
-                .call(|s| s.queues())
-                .map_err(|source| StorageError::Messages {
-                    vhost: name.clone(),
-                    source,
-                })?;
-            let mut by_name: HashMap<String, pier_store::QueueInfo> =
-                stored.into_iter().map(|q| (q.name.clone(), q)).collect();
+            let stored = shards.queues().map_err(|source| StorageError::Messages {
+                vhost: name.clone(),
+                source,
+            })?;
+            let mut by_name: HashMap<String, (StoreHandle, pier_store::QueueInfo)> = stored
+                .into_iter()
+                .map(|(h, q)| (q.name.clone(), (h, q)))
+                .collect();
             for qd in defs.queues.iter().filter(|q| q.vhost == name) {
                 let declared = vh.declare_queue(&QueueDeclare {
                     name: ShortString::from(qd.name.as_str()),
@@ -286,15 +319,16 @@ impl BrokerStorage {
                     continue;
                 }
                 let info = by_name.remove(&qd.name);
-                summary.messages += restore_queue(&queue, &handle, info)?;
+                summary.messages += restore_queue(&queue, &shards, info)?;
             }
             let delayed_info = by_name.remove(DELAYED_QUEUE);
-            let delayed = restore_delayed(&vh, &handle, delayed_info)?;
+            let delayed = restore_delayed(&vh, &shards, delayed_info)?;
             summary.delayed += vh.delayed_count() as u64;
             // Stored queues without a definition were deleted while a write was in flight.
-            for (_, orphan) in by_name {
-                let id = orphan.id;
-                let _ = handle.call(move |s| s.delete_queue(id));
+            for (name, (h, orphan)) in by_name {
+                if let Err(e) = shards.delete_queue(&h, orphan.id, &name) {
+                    tracing::error!(queue = %name, "deleting a stored queue without definition: {e}");
+                }
             }
             for b in defs.bindings.iter().filter(|b| b.vhost == name) {
                 let args = decode_arguments(&b.arguments).unwrap_or_default();
@@ -315,7 +349,7 @@ impl BrokerStorage {
                 }
             }
             vh.attach_storage(VhostStorage {
-                messages: handle,
+                messages: shards,
                 definitions: Arc::clone(&self.definitions),
                 delayed,
             });
@@ -370,40 +404,43 @@ impl BrokerStorage {
         Ok(summary)
     }
 
-    fn open_vhost_store(&self, vhost: &str) -> Result<pier_store::StoreHandle, StorageError> {
-        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = threads.get(vhost) {
-            return Ok(t.handle());
+    fn open_vhost_store(&self, vhost: &str) -> Result<Shards, StorageError> {
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stores.get(vhost) {
+            return Ok(s.shards());
         }
         let err = |source| StorageError::Messages {
             vhost: vhost.to_owned(),
             source,
         };
         let dir = self.dir.join("msgs").join(vhost_dir(vhost));
-        let config = StoreConfig {
-            sync_policy: self.sync_policy,
-            ..StoreConfig::default()
+        let config = ShardConfig {
+            shards: self.options.shards,
+            store: StoreConfig {
+                sync_policy: self.options.sync_policy,
+                ..StoreConfig::default()
+            },
+            ..ShardConfig::default()
         };
-        let store = SegmentStore::open(&dir, config).map_err(err)?;
-        let thread = StoreThread::spawn(Box::new(store), ThreadConfig::default()).map_err(err)?;
-        let handle = thread.handle();
-        threads.insert(vhost.to_owned(), thread);
-        Ok(handle)
+        let store = ShardedStore::open(&dir, config).map_err(err)?;
+        let shards = store.shards();
+        stores.insert(vhost.to_owned(), store);
+        Ok(shards)
     }
 
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
         self.attach_streams(vh);
         vh.attach_paging(self.paging_handle.clone());
-        let handle = self.open_vhost_store(vh.name())?;
-        let delayed = restore_delayed(vh, &handle, None)?;
+        let shards = self.open_vhost_store(vh.name())?;
+        let delayed = restore_delayed(vh, &shards, None)?;
         self.definitions.put_vhost(&VhostDef {
             name: vh.name().to_owned(),
             description: String::new(),
             tags: Vec::new(),
         })?;
         vh.attach_storage(VhostStorage {
-            messages: handle,
+            messages: shards,
             definitions: Arc::clone(&self.definitions),
             delayed,
         });
@@ -416,14 +453,14 @@ impl BrokerStorage {
 
     /// Flushes and syncs every store (acks included) and stops their threads.
     pub fn shutdown(&self) {
-        let threads: Vec<(String, StoreThread)> = self
-            .threads
+        let stores: Vec<(String, ShardedStore)> = self
+            .stores
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
             .collect();
-        for (vhost, t) in threads {
-            if let Err(e) = t.shutdown() {
+        for (vhost, s) in stores {
+            if let Err(e) = s.shutdown() {
                 tracing::error!(%vhost, "closing the message store: {e}");
             }
         }
@@ -443,11 +480,12 @@ impl BrokerStorage {
     }
 }
 
-/// Loads a durable queue's live messages back into it; returns how many.
+/// Loads a durable queue's live messages back into it (from its shard, found in `info`, or
+/// a new place if it had none); returns how many.
 fn restore_queue(
     queue: &Arc<Queue>,
-    handle: &pier_store::StoreHandle,
-    info: Option<pier_store::QueueInfo>,
+    shards: &Shards,
+    info: Option<(StoreHandle, pier_store::QueueInfo)>,
 ) -> Result<u64, StorageError> {
     let name = queue.name().to_string();
     let vhost = queue.vhost().to_owned();
@@ -455,15 +493,14 @@ fn restore_queue(
         vhost: vhost.clone(),
         source,
     };
-    let open_name = name.clone();
-    let id = match &info {
-        Some(i) => i.id,
-        None => handle
-            .call(move |s| s.open_queue(&open_name))
-            .map_err(err)?
-            .map_err(err)?,
+    let (handle, id, next_offset) = match info {
+        Some((h, i)) => (h, i.id, i.next_offset),
+        None => {
+            let (h, id) = shards.open_queue(&name).map_err(err)?;
+            (h, id, 0)
+        }
     };
-    let next_offset = info.as_ref().map_or(0, |i| i.next_offset);
+    let handle = &handle;
     queue.attach_store(QueueStore {
         handle: handle.clone(),
         id,
@@ -508,20 +545,21 @@ fn restore_queue(
 /// delay heap, each due at its stored time (or at once if that has passed).
 fn restore_delayed(
     vh: &VHost,
-    handle: &pier_store::StoreHandle,
-    info: Option<pier_store::QueueInfo>,
+    shards: &Shards,
+    info: Option<(StoreHandle, pier_store::QueueInfo)>,
 ) -> Result<Arc<DelayedQueue>, StorageError> {
     let err = |source| StorageError::Messages {
         vhost: vh.name().to_owned(),
         source,
     };
-    let id = match &info {
-        Some(i) => i.id,
-        None => handle
-            .call(|s| s.open_queue(DELAYED_QUEUE))
-            .map_err(err)?
-            .map_err(err)?,
+    let (handle, id, next_offset) = match info {
+        Some((h, i)) => (h, i.id, i.next_offset),
+        None => {
+            let (h, id) = shards.open_queue(DELAYED_QUEUE).map_err(err)?;
+            (h, id, 0)
+        }
     };
+    let handle = &handle;
     let live = handle
         .call(move |s| s.live_messages(id))
         .map_err(err)?
@@ -544,8 +582,9 @@ fn restore_delayed(
         vh.restore_delayed(Arc::new(message), due.saturating_sub(now), offset);
     }
     Ok(Arc::new(DelayedQueue {
+        handle: handle.clone(),
         id,
-        next_offset: std::sync::Mutex::new(info.map_or(0, |i| i.next_offset)),
+        next_offset: std::sync::Mutex::new(next_offset),
     }))
 }
 
@@ -601,7 +640,7 @@ pub(crate) fn delayed_stored(
         queue: s.delayed.id,
         offset,
     }];
-    let appended = crate::persist::append_durable(&s.messages, refs, stored, durability);
+    let appended = crate::persist::append_durable(&s.delayed.handle, refs, stored, durability);
     drop(next);
     match appended {
         Ok(()) => Some(offset),
@@ -615,7 +654,10 @@ pub(crate) fn delayed_stored(
 /// Delayed messages that fired (or were dropped) leave the store.
 pub(crate) fn delayed_fired(s: &VhostStorage, offsets: Vec<u64>) {
     if !offsets.is_empty() {
-        log_err("delayed message ack", s.messages.ack(s.delayed.id, offsets));
+        log_err(
+            "delayed message ack",
+            s.delayed.handle.ack(s.delayed.id, offsets),
+        );
     }
 }
 
@@ -752,16 +794,12 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
         // A stream keeps its messages in its own log.
         return Ok(());
     }
-    let name = q.name().to_string();
-    match s.messages.call(move |st| st.open_queue(&name)) {
-        Ok(Ok(id)) => {
-            q.attach_store(QueueStore {
-                handle: s.messages.clone(),
-                id,
-            });
+    match s.messages.open_queue(q.name()) {
+        Ok((handle, id)) => {
+            q.attach_store(QueueStore { handle, id });
             Ok(())
         }
-        Ok(Err(e)) | Err(e) => {
+        Err(e) => {
             // Best effort: a definition left behind comes back empty after a restart.
             let _ = s.definitions.delete_queue(vhost, q.name());
             Err(refused(what(), e))
@@ -782,14 +820,9 @@ pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
         "queue deletion",
         s.definitions.delete_queue(vhost, q.name()),
     );
-    let id = qs.id;
     log_err(
         "queue deletion",
-        qs.handle.send(pier_store::Command::Run(Box::new(move |st| {
-            if let Err(e) = st.delete_queue(id) {
-                tracing::error!("deleting a queue's messages: {e}");
-            }
-        }))),
+        s.messages.delete_queue(&qs.handle, qs.id, q.name()),
     );
 }
 

@@ -276,11 +276,8 @@ impl VHost {
         if names.is_empty() {
             return;
         }
-        match s.messages.call(move |st| st.open_queues(&names)) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) | Err(e) => {
-                tracing::warn!(vhost = %self.name, "registering queues ahead: {e}")
-            }
+        if let Err(e) = s.messages.open_queues(&names) {
+            tracing::warn!(vhost = %self.name, "registering queues ahead: {e}")
         }
     }
 

@@ -18,17 +18,32 @@ use std::path::{Path, PathBuf};
 use crate::error::StoreError;
 
 pub const FILE_HEADER_LEN: usize = 16;
+/// Version of ack files and the registry.
 pub const VERSION: u32 = 1;
+/// Version of the segments this store writes.
+pub const SEGMENT_VERSION: u32 = 2;
+/// Segment versions this store reads.
+const SEGMENT_VERSIONS: [u32; 2] = [1, 2];
 pub const SEGMENT_MAGIC: &[u8; 8] = b"PIERSEG\0";
 pub const ACK_MAGIC: &[u8; 8] = b"PIERACK\0";
 pub const REGISTRY_MAGIC: &[u8; 8] = b"PIERQUE\0";
 
+/// The header a new file of this kind gets (segments: [`SEGMENT_VERSION`]).
 pub fn header(magic: &[u8; 8], id: u32) -> [u8; FILE_HEADER_LEN] {
+    let version = if magic == SEGMENT_MAGIC {
+        SEGMENT_VERSION
+    } else {
+        VERSION
+    };
+    header_version(magic, version, id)
+}
+
+pub fn header_version(magic: &[u8; 8], version: u32, id: u32) -> [u8; FILE_HEADER_LEN] {
     let mut h = [0u8; FILE_HEADER_LEN];
     let parts = magic
         .iter()
         .copied()
-        .chain(VERSION.to_le_bytes())
+        .chain(version.to_le_bytes())
         .chain(id.to_le_bytes());
     for (dst, src) in h.iter_mut().zip(parts) {
         *dst = src;
@@ -36,8 +51,16 @@ pub fn header(magic: &[u8; 8], id: u32) -> [u8; FILE_HEADER_LEN] {
     h
 }
 
+/// Whether `buf` starts with a header this store reads for a file of this kind and id.
 pub fn header_ok(buf: &[u8], magic: &[u8; 8], id: u32) -> bool {
-    buf.get(..FILE_HEADER_LEN) == Some(&header(magic, id)[..])
+    let versions: &[u32] = if magic == SEGMENT_MAGIC {
+        &SEGMENT_VERSIONS
+    } else {
+        &[VERSION]
+    };
+    versions
+        .iter()
+        .any(|&v| buf.get(..FILE_HEADER_LEN) == Some(&header_version(magic, v, id)[..]))
 }
 
 pub fn segment_path(dir: &Path, id: u32) -> PathBuf {
@@ -132,5 +155,24 @@ mod tests {
         assert!(!header_ok(&h, SEGMENT_MAGIC, 8));
         assert!(!header_ok(&h, ACK_MAGIC, 7));
         assert!(!header_ok(&h[..10], SEGMENT_MAGIC, 7));
+    }
+
+    #[test]
+    fn segments_of_both_versions_are_read_new_ones_are_version_2() {
+        assert_eq!(header(SEGMENT_MAGIC, 1)[8], 2);
+        assert_eq!(header(ACK_MAGIC, 1)[8], 1);
+        for v in [1, 2] {
+            assert!(header_ok(
+                &header_version(SEGMENT_MAGIC, v, 3),
+                SEGMENT_MAGIC,
+                3
+            ));
+        }
+        assert!(!header_ok(
+            &header_version(SEGMENT_MAGIC, 3, 3),
+            SEGMENT_MAGIC,
+            3
+        ));
+        assert!(!header_ok(&header_version(ACK_MAGIC, 2, 3), ACK_MAGIC, 3));
     }
 }

@@ -23,10 +23,14 @@ pub const HEADER_LEN: usize = 9;
 
 /// Record types. One namespace for all files so a record can never be misread as another kind.
 pub mod kind {
-    /// A message with its queue references (segment files).
-    pub const MESSAGE: u8 = 0x01;
+    /// A message with its queue references, references first (segments of store format 1;
+    /// read, no longer written).
+    pub const MESSAGE_V1: u8 = 0x01;
     /// A batch of acknowledgements of references in one segment (ack files).
     pub const ACKS: u8 = 0x02;
+    /// A message with its queue references, references last (segments of store format 2:
+    /// the publisher encodes and checksums everything before them).
+    pub const MESSAGE: u8 = 0x03;
     /// Queue registry: a queue name got a disk id.
     pub const QUEUE_ADDED: u8 = 0x10;
     /// Queue registry: a disk id is dead (queue deleted or purged).

@@ -11,15 +11,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use crate::commit::{SyncFile, SyncJob, SyncPlan};
 use crate::error::StoreError;
 use crate::files::{self, ACK_MAGIC, FILE_HEADER_LEN, SEGMENT_MAGIC};
 use crate::index::{IndexEntry, QueueIndex};
-use crate::message::{self, DiskRef, StoredMessage};
+use crate::message::{self, is_message, DiskRef, EncodedMessage, StoredMessage};
 use crate::record::{self, kind, Parsed, Reader};
 use crate::registry::{Registry, MAX_QUEUE_NAME};
 use crate::store::{
@@ -107,7 +109,8 @@ struct SegmentMeta {
 struct Active {
     id: u32,
     path: PathBuf,
-    file: File,
+    /// Shared with sync jobs in flight (see `commit.rs`).
+    file: Arc<File>,
     /// Bytes already written to the file.
     written: u64,
     /// Records appended but not written yet.
@@ -137,8 +140,14 @@ pub struct SegmentStore {
     segments: BTreeMap<u32, SegmentMeta>,
     active: Active,
     /// Segments rotated out since the last sync: written, not yet fdatasynced.
-    unsynced: Vec<(PathBuf, File)>,
-    dir_dirty: bool,
+    unsynced: Vec<Unsynced>,
+    /// Directory changes (files created or deleted): `dir_gen` counts them; the directory is
+    /// durable up to `dir_synced_gen`, and a job in flight covers up to `dir_requested_gen`.
+    dir_gen: u64,
+    dir_synced_gen: u64,
+    dir_requested_gen: u64,
+    /// The highest seq a sync job handed out covers (durable once that job is done).
+    sync_requested: u64,
     acks_dirty: BTreeSet<u32>,
     ack_files_unsynced: BTreeSet<u32>,
     dead: Vec<u32>,
@@ -156,8 +165,14 @@ pub struct SegmentStore {
     scratch_refs: Vec<DiskRef>,
 }
 
-fn is_message(t: u8) -> bool {
-    t == kind::MESSAGE
+/// A closed segment not yet known to be fdatasynced.
+#[derive(Debug)]
+struct Unsynced {
+    id: u32,
+    path: PathBuf,
+    file: Arc<File>,
+    /// A sync job in flight covers it.
+    requested: bool,
 }
 
 fn is_acks(t: u8) -> bool {
@@ -223,7 +238,10 @@ impl SegmentStore {
             segments: BTreeMap::new(),
             active,
             unsynced: Vec::new(),
-            dir_dirty: true,
+            dir_gen: 1,
+            dir_synced_gen: 0,
+            dir_requested_gen: 0,
+            sync_requested: 0,
             acks_dirty: BTreeSet::new(),
             ack_files_unsynced: BTreeSet::new(),
             dead: Vec::new(),
@@ -281,7 +299,7 @@ impl SegmentStore {
         store.dead = empty;
         store.delete_dead()?;
         files::sync_dir(&store.dir)?;
-        store.dir_dirty = false;
+        store.dir_synced_gen = store.dir_gen;
         store.report.elapsed = started.elapsed();
         let r = &store.report;
         if r.corrupt_regions > 0 || r.torn_bytes > 0 || r.undecodable_records > 0 {
@@ -345,35 +363,41 @@ impl SegmentStore {
         let report = &mut self.report;
         let queues = &mut self.queues;
         let by_disk = &self.by_disk;
-        let outcome = record::scan(&buf, FILE_HEADER_LEN, buf.len(), is_message, |pos, _, p| {
-            report.records += 1;
-            if message::decode_refs(p, &mut refs).is_none() {
-                report.undecodable_records += 1;
-                return;
-            }
-            let total = record::encoded_len(p.len()) as u32;
-            for r in &refs {
-                let Some(q) = by_disk
-                    .get(&r.disk_id)
-                    .and_then(|qid| queues.get_mut(qid.0 as usize))
-                    .and_then(Option::as_mut)
-                else {
-                    report.dead_refs += 1;
-                    continue;
-                };
-                q.next_offset = q.next_offset.max(r.offset.saturating_add(1));
-                if acked.contains(&(r.disk_id, pos as u32)) {
-                    report.acked_refs += 1;
-                    continue;
+        let outcome = record::scan(
+            &buf,
+            FILE_HEADER_LEN,
+            buf.len(),
+            is_message,
+            |pos, ty, p| {
+                report.records += 1;
+                if message::decode_refs(ty, p, &mut refs).is_none() {
+                    report.undecodable_records += 1;
+                    return;
                 }
-                if q.index
-                    .insert(IndexEntry::new(r.offset, id, pos as u32, total))
-                {
-                    meta.live += 1;
-                    report.live_messages += 1;
+                let total = record::encoded_len(p.len()) as u32;
+                for r in &refs {
+                    let Some(q) = by_disk
+                        .get(&r.disk_id)
+                        .and_then(|qid| queues.get_mut(qid.0 as usize))
+                        .and_then(Option::as_mut)
+                    else {
+                        report.dead_refs += 1;
+                        continue;
+                    };
+                    q.next_offset = q.next_offset.max(r.offset.saturating_add(1));
+                    if acked.contains(&(r.disk_id, pos as u32)) {
+                        report.acked_refs += 1;
+                        continue;
+                    }
+                    if q.index
+                        .insert(IndexEntry::new(r.offset, id, pos as u32, total))
+                    {
+                        meta.live += 1;
+                        report.live_messages += 1;
+                    }
                 }
-            }
-        });
+            },
+        );
         self.scratch_refs = refs;
         if !trusted && outcome.valid_end <= FILE_HEADER_LEN && outcome.corrupt.is_empty() {
             self.report.unreadable_segments += 1;
@@ -452,6 +476,41 @@ impl SegmentStore {
             .ok_or(StoreError::UnknownQueue(id))
     }
 
+    /// Resolves an append's references to disk references: every queue known, every offset
+    /// above the queue's last one, no queue twice.
+    fn check_refs(&self, refs: &[QueueRef], disk_refs: &mut Vec<DiskRef>) -> Result<()> {
+        disk_refs.clear();
+        for r in refs {
+            let q = self.queue(r.queue)?;
+            if r.offset < q.next_offset {
+                return Err(StoreError::OffsetNotIncreasing {
+                    queue: r.queue,
+                    offset: r.offset,
+                    last: q.next_offset.saturating_sub(1),
+                });
+            }
+            disk_refs.push(DiskRef {
+                disk_id: q.disk_id,
+                offset: r.offset,
+            });
+        }
+        let twice = if disk_refs.len() <= 16 {
+            disk_refs
+                .iter()
+                .enumerate()
+                .any(|(i, a)| disk_refs.iter().take(i).any(|b| b.disk_id == a.disk_id))
+        } else {
+            let mut ids: Vec<u32> = disk_refs.iter().map(|r| r.disk_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids.len() != disk_refs.len()
+        };
+        if twice {
+            return Err(StoreError::BadReferences);
+        }
+        Ok(())
+    }
+
     /// Writes the active buffer out with one positional write. On failure the partial write
     /// is cut off and the buffered appends are undone (their seqs are lost: the caller nacks).
     fn write_active(&mut self) -> Result<()> {
@@ -516,11 +575,16 @@ impl SegmentStore {
         let old = std::mem::replace(&mut self.active, next);
         debug!(segment = old.id, bytes = old.written, "segment closed");
         self.segments.insert(self.active.id, SegmentMeta::default());
-        self.dir_dirty = true;
+        self.dir_gen += 1;
         if self.segments.get(&old.id).is_some_and(|m| m.live == 0) {
             self.dead.push(old.id);
         }
-        self.unsynced.push((old.path, old.file));
+        self.unsynced.push(Unsynced {
+            id: old.id,
+            path: old.path,
+            file: old.file,
+            requested: false,
+        });
         Ok(())
     }
 
@@ -548,7 +612,7 @@ impl SegmentStore {
                     file,
                     len: FILE_HEADER_LEN as u64,
                 });
-                self.dir_dirty = true;
+                self.dir_gen += 1;
             }
             let mut buf = Vec::with_capacity(9 + meta.pending_acks.len() * 8);
             record::encode(&mut buf, kind::ACKS, |o| {
@@ -581,7 +645,7 @@ impl SegmentStore {
             self.readers.remove(&id);
             self.ack_files_unsynced.remove(&id);
             let seg = files::segment_path(&self.dir, id);
-            self.unsynced.retain(|(p, _)| *p != seg);
+            self.unsynced.retain(|u| u.id != id);
             // The data file first: an ack file without its segment is harmless and removed
             // on the next open; the other way round would resurrect acked messages.
             files::remove_if_exists(&seg)?;
@@ -594,31 +658,76 @@ impl SegmentStore {
     fn sync_data(&mut self) -> Result<()> {
         let r: Result<()> = (|| {
             files::datasync(&self.active.file, &self.active.path)?;
-            for (path, f) in &self.unsynced {
-                files::datasync(f, path)?;
+            for u in &self.unsynced {
+                files::datasync(&u.file, &u.path)?;
             }
-            if self.dir_dirty {
+            if self.dir_gen > self.dir_synced_gen {
                 files::sync_dir(&self.dir)?;
             }
             Ok(())
         })();
         if let Err(e) = r {
-            // fsyncgate: after a failed fsync the dirty pages may be gone while the file looks
-            // fine. Retrying and reporting success would be a lie, so stop writing. What was
-            // written but not synced can never become durable now: lowering the flushed
-            // watermark to the durable one makes the caller nack it (`loses_unflushed`).
-            self.poisoned = true;
-            self.flushed_seq = self.durable_seq;
-            tracing::error!(error = %e, errno = e.raw_os_error(),
-                "fdatasync failed: the message store refuses writes until Pier is restarted");
+            self.sync_failed(&e);
             return Err(e);
         }
         self.syncs += 1;
         self.unsynced.clear();
-        self.dir_dirty = false;
+        self.dir_synced_gen = self.dir_gen;
         self.durable_seq = self.flushed_seq;
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// fsyncgate: after a failed fsync the dirty pages may be gone while the file looks fine.
+    /// Retrying and reporting success would be a lie, so stop writing. What was written but
+    /// not synced can never become durable now: lowering the flushed watermark to the durable
+    /// one makes the caller nack it (`loses_unflushed`).
+    fn sync_failed(&mut self, e: &StoreError) {
+        if !self.poisoned {
+            tracing::error!(error = %e, errno = e.raw_os_error(),
+                "fdatasync failed: the message store refuses writes until Pier is restarted");
+        }
+        self.poisoned = true;
+        self.flushed_seq = self.durable_seq;
+    }
+
+    /// Whether something written is not covered by a sync (done or in flight).
+    fn needs_sync(&self) -> bool {
+        self.flushed_seq > self.durable_seq.max(self.sync_requested)
+            || self.dir_gen > self.dir_synced_gen.max(self.dir_requested_gen)
+            || self.unsynced.iter().any(|u| !u.requested)
+    }
+
+    /// A job syncing everything written so far; marks it requested.
+    fn sync_job(&mut self) -> SyncJob {
+        let mut files = vec![SyncFile {
+            path: self.active.path.clone(),
+            file: Arc::clone(&self.active.file),
+        }];
+        let mut segments = Vec::new();
+        for u in &mut self.unsynced {
+            u.requested = true;
+            segments.push(u.id);
+            files.push(SyncFile {
+                path: u.path.clone(),
+                file: Arc::clone(&u.file),
+            });
+        }
+        let dir = (self.dir_gen > self.dir_synced_gen).then(|| self.dir.clone());
+        let mut job = SyncJob::new(Seq(self.flushed_seq), files, dir);
+        job.dir_gen = self.dir_gen;
+        job.segments = segments;
+        self.dir_requested_gen = self.dir_gen;
+        self.sync_requested = self.sync_requested.max(self.flushed_seq);
+        job
+    }
+
+    /// The plan when nothing needs a new job: what is durable once the jobs in flight are.
+    fn no_job(&self) -> SyncPlan {
+        SyncPlan {
+            durable: Seq(self.durable_seq.max(self.sync_requested)),
+            job: None,
+        }
     }
 
     fn lazy_pending(&self) -> bool {
@@ -660,7 +769,7 @@ impl SegmentStore {
         } else {
             let mut v = vec![0u8; len];
             let (file, path) = if e.segment == self.active.id {
-                (&self.active.file, self.active.path.clone())
+                (&*self.active.file, self.active.path.clone())
             } else {
                 let path = files::segment_path(&self.dir, e.segment);
                 if !self.readers.contains_key(&e.segment) {
@@ -688,11 +797,11 @@ impl SegmentStore {
             position: e.position,
             reason,
         };
-        match record::parse(&raw, len, is_message) {
-            Parsed::Record { total, .. } if total == len => {}
+        let ty = match record::parse(&raw, len, is_message) {
+            Parsed::Record { ty, total, .. } if total == len => ty,
             _ => return Err(corrupt("checksum or framing does not verify")),
-        }
-        message::decode_message(&raw.slice(record::HEADER_LEN..))
+        };
+        message::decode_message(ty, &raw.slice(record::HEADER_LEN..))
             .ok_or_else(|| corrupt("payload does not decode"))
     }
 
@@ -725,7 +834,7 @@ fn create_active(dir: &Path, id: u32) -> Result<Active> {
     Ok(Active {
         id,
         path,
-        file,
+        file: Arc::new(file),
         written: FILE_HEADER_LEN as u64,
         buf: Vec::new(),
         torn: false,
@@ -818,52 +927,31 @@ impl MessageStore for SegmentStore {
     }
 
     fn append(&mut self, refs: &[QueueRef], message: &StoredMessage) -> Result<Seq> {
+        self.append_encoded(refs, &EncodedMessage::new(message.clone(), refs.len()))
+    }
+
+    fn append_encoded(&mut self, refs: &[QueueRef], encoded: &EncodedMessage) -> Result<Seq> {
         self.check_writable()?;
         if refs.is_empty() || refs.len() > usize::from(u16::MAX) {
             return Err(StoreError::BadReferences);
         }
+        if encoded.nrefs() != refs.len() {
+            // Encoded for another reference count (a caller's mistake): encode it here.
+            return self.append_encoded(
+                refs,
+                &EncodedMessage::new(encoded.message().clone(), refs.len()),
+            );
+        }
         // Validate everything before changing anything.
         let mut disk_refs = std::mem::take(&mut self.scratch_refs);
-        disk_refs.clear();
-        for r in refs {
-            let (disk_id, next) = match self.queue(r.queue) {
-                Ok(q) => (q.disk_id, q.next_offset),
-                Err(e) => {
-                    self.scratch_refs = disk_refs;
-                    return Err(e);
-                }
-            };
-            if r.offset < next {
-                self.scratch_refs = disk_refs;
-                return Err(StoreError::OffsetNotIncreasing {
-                    queue: r.queue,
-                    offset: r.offset,
-                    last: next.saturating_sub(1),
-                });
-            }
-            disk_refs.push(DiskRef {
-                disk_id,
-                offset: r.offset,
-            });
-        }
-        let mut ids: Vec<u32> = disk_refs.iter().map(|r| r.disk_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let too_large = |size| StoreError::RecordTooLarge {
-            size,
-            max: self.config.max_record_size as usize,
+        let checked = self.check_refs(refs, &mut disk_refs);
+        let total = encoded.record_len().unwrap_or(usize::MAX);
+        let max = self.config.max_record_size as usize;
+        let checked = match checked {
+            Ok(()) if total > max => Err(StoreError::RecordTooLarge { size: total, max }),
+            other => other,
         };
-        let total = message::payload_len(refs.len(), message)
-            .map(record::encoded_len)
-            .unwrap_or(usize::MAX);
-        let result = if ids.len() != disk_refs.len() {
-            Err(StoreError::BadReferences)
-        } else if total > self.config.max_record_size as usize {
-            Err(too_large(total))
-        } else {
-            Ok(())
-        };
-        if let Err(e) = result {
+        if let Err(e) = checked {
             self.scratch_refs = disk_refs;
             return Err(e);
         }
@@ -878,9 +966,9 @@ impl MessageStore for SegmentStore {
             }
         }
         let pos = (self.active.written + self.active.buf.len() as u64) as u32;
-        record::encode(&mut self.active.buf, kind::MESSAGE, |o| {
-            message::encode_payload(o, &disk_refs, message);
-        });
+        // The serial part of an append: copy the publisher's bytes, add the references and
+        // finish the checksum over them.
+        encoded.finish_into(&mut self.active.buf, &disk_refs);
         self.scratch_refs = disk_refs;
         let seg = self.active.id;
         for r in refs {
@@ -1005,7 +1093,10 @@ impl MessageStore for SegmentStore {
 
     fn sync(&mut self) -> Result<Seq> {
         self.flush()?;
-        if self.durable_seq < self.flushed_seq || self.dir_dirty || !self.unsynced.is_empty() {
+        if self.durable_seq < self.flushed_seq
+            || self.dir_gen > self.dir_synced_gen
+            || !self.unsynced.is_empty()
+        {
             self.sync_data()?;
         }
         if self.lazy_pending() && self.last_lazy_sync.elapsed() >= self.config.lazy_sync_interval {
@@ -1033,13 +1124,53 @@ impl MessageStore for SegmentStore {
         }
     }
 
+    fn prepare_commit(&mut self) -> Result<SyncPlan> {
+        let due = match self.config.sync_policy {
+            SyncPolicy::Never => {
+                return self.commit().map(|durable| SyncPlan { durable, job: None })
+            }
+            SyncPolicy::Always => true,
+            SyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
+        };
+        self.flush()?;
+        if self.lazy_pending() && self.last_lazy_sync.elapsed() >= self.config.lazy_sync_interval {
+            self.sync_lazy();
+        }
+        if !due || !self.needs_sync() {
+            return Ok(self.no_job());
+        }
+        let job = self.sync_job();
+        Ok(SyncPlan {
+            durable: job.upto,
+            job: Some(job),
+        })
+    }
+
+    fn synced(&mut self, job: &SyncJob, result: &Result<()>) {
+        match result {
+            Ok(()) => {
+                if job.counted {
+                    self.syncs += 1;
+                }
+                self.durable_seq = self.durable_seq.max(job.upto.0).min(self.flushed_seq);
+                self.dir_synced_gen = self.dir_synced_gen.max(job.dir_gen);
+                self.unsynced.retain(|u| !job.segments.contains(&u.id));
+                self.last_sync = Instant::now();
+            }
+            Err(e) => self.sync_failed(e),
+        }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         if self.poisoned {
             // Every commit fails now: a deadline would make the store thread spin on it.
             return None;
         }
         let data = match self.config.sync_policy {
-            SyncPolicy::Interval(every) if self.durable_seq < self.last_seq => {
+            // A job in flight counts as synced: its completion moves the watermark.
+            SyncPolicy::Interval(every)
+                if self.durable_seq.max(self.sync_requested) < self.last_seq =>
+            {
                 Some(self.last_sync + every)
             }
             _ => None,
@@ -1296,7 +1427,7 @@ mod tests {
         )
         .unwrap();
         // Swap in a read-only handle so the next write fails like a full disk would.
-        s.active.file = File::open(&s.active.path).unwrap();
+        s.active.file = Arc::new(File::open(&s.active.path).unwrap());
         let err = s.commit().unwrap_err();
         assert!(err.loses_unflushed());
         assert_eq!(s.queue(q).unwrap().index.len(), 1);
@@ -1329,6 +1460,59 @@ mod tests {
         assert_eq!(bodies, [&b"kept"[..], &b"after"[..]]);
     }
 
+    /// The same through the sync thread: batches of one command, so that every batch finds
+    /// the next one waiting and hands its fdatasync over; the first sync fails (`/dev/null`),
+    /// and no append is ever confirmed, later ones included.
+    #[test]
+    fn a_failed_fsync_on_the_sync_thread_nacks_everything_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SegmentStore::open(dir.path(), small()).unwrap();
+        let q = s.open_queue("q").unwrap();
+        let one = |offset| QueueRef { queue: q, offset };
+        s.append(&[one(0)], &msg(b"durable")).unwrap();
+        let durable = s.commit().unwrap();
+        s.active.file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .unwrap(),
+        );
+        let t = crate::StoreThread::spawn(
+            Box::new(s),
+            crate::ThreadConfig {
+                max_batch: 1,
+                hand_off_backlog: 1,
+                ..crate::ThreadConfig::default()
+            },
+        )
+        .unwrap();
+        let h = t.handle();
+        // Hold the thread so that everything below is waiting when it starts.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        h.send(crate::Command::Run(Box::new(move |_| {
+            let _ = go_rx.recv();
+        })))
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let n = 50u64;
+        for offset in 1..=n {
+            let tx = tx.clone();
+            h.append(vec![one(offset)], msg(b"lost"), move |r| {
+                tx.send(r.is_ok()).unwrap()
+            })
+            .unwrap();
+        }
+        go_tx.send(()).unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        for _ in 1..=n {
+            assert!(!rx.recv_timeout(wait).unwrap(), "nothing is confirmed");
+        }
+        assert_eq!(h.durable_seq(), durable);
+        assert!(h.call(|s| s.open_queue("other")).unwrap().is_err());
+        assert!(t.shutdown().is_err(), "closing a failed store reports it");
+    }
+
     #[test]
     fn a_failed_fsync_nacks_what_it_covered_and_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -1338,11 +1522,13 @@ mod tests {
         s.append(&[one(0)], &msg(b"durable")).unwrap();
         let durable = s.commit().unwrap();
         // fdatasync of /dev/null fails (EINVAL) while writes to it succeed: a sync failure.
-        s.active.file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .unwrap();
+        s.active.file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .unwrap(),
+        );
         let t = crate::StoreThread::spawn(Box::new(s), crate::ThreadConfig::default()).unwrap();
         let h = t.handle();
         let (tx, rx) = std::sync::mpsc::channel();

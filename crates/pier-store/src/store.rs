@@ -14,8 +14,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::commit::{SyncJob, SyncPlan};
 use crate::error::StoreError;
-use crate::message::StoredMessage;
+use crate::message::{EncodedMessage, StoredMessage};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -115,6 +116,13 @@ pub trait MessageStore: Send {
     /// must be above the queue's previous one. Returns at once: readable, not yet durable.
     fn append(&mut self, refs: &[QueueRef], message: &StoredMessage) -> Result<Seq>;
 
+    /// `append` of a message the caller encoded already (on the publishing thread, see
+    /// [`EncodedMessage`]), so that the thread owning the store only copies bytes. Backends
+    /// that keep messages in another form use the message inside (the default).
+    fn append_encoded(&mut self, refs: &[QueueRef], message: &EncodedMessage) -> Result<Seq> {
+        self.append(refs, message.message())
+    }
+
     /// Reads a live message back.
     fn read(&mut self, queue: QueueId, offset: u64) -> Result<StoredMessage>;
 
@@ -146,6 +154,22 @@ pub trait MessageStore: Send {
     /// Applies the sync policy: flush, and sync when the policy says so. Returns the durable
     /// watermark. The group-commit step: call it once per batch of appends.
     fn commit(&mut self) -> Result<Seq>;
+
+    /// Pipelined group commit, first half: writes buffered records out like `commit`, but
+    /// instead of fdatasyncing, returns what must be synced (a [`SyncJob`]) and the watermark
+    /// that will then be durable, so that another thread can sync while this one goes on.
+    /// The default commits synchronously (nothing left to sync).
+    fn prepare_commit(&mut self) -> Result<SyncPlan> {
+        self.commit().map(|durable| SyncPlan { durable, job: None })
+    }
+
+    /// Pipelined group commit, second half: a job from `prepare_commit` ran with `result`.
+    /// Jobs are reported in the order they were handed out. A failed job is a failed
+    /// fdatasync: the backend must refuse writes from then on and count nothing above its
+    /// durable watermark as flushed (see [`StoreError::Poisoned`]).
+    fn synced(&mut self, job: &SyncJob, result: &Result<()>) {
+        let _ = (job, result);
+    }
 
     /// When a commit is due even without new work (`SyncPolicy::Interval`, lazy ack syncs).
     fn next_deadline(&self) -> Option<Instant>;

@@ -12,6 +12,8 @@ mod store {
     mod conformance;
     mod crash;
     mod figures;
+    mod format;
     mod proptests;
     mod reclaim;
+    mod shards;
 }

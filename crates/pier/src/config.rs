@@ -96,6 +96,10 @@ pub struct FileConfig {
     /// publisher confirm, batched), "never" (the OS decides; a machine crash can lose
     /// confirmed messages), or "<N>ms" (fsync at most every N ms; confirms wait for it).
     pub fsync: Option<String>,
+    /// Shards of each vhost's message store that new durable queues are spread over (each
+    /// shard: its own log, store thread and group commit). Default: one per core, at most 16.
+    /// Changing it later is safe: existing queues stay on their shard.
+    pub store_shards: Option<usize>,
     /// RabbitMQ's `consumer_timeout` in milliseconds (default 1800000 = 30 minutes); 0
     /// disables it.
     pub consumer_timeout: Option<u64>,

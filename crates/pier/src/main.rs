@@ -149,9 +149,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     catch_file_size_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-    let sync_policy = config::sync_policy(file.fsync.as_deref())?;
+    let options = pier_broker::storage::StorageOptions {
+        sync_policy: config::sync_policy(file.fsync.as_deref())?,
+        shards: file
+            .store_shards
+            .unwrap_or_else(pier_store::default_shards)
+            .clamp(1, pier_store::MAX_SHARDS),
+    };
     let storage = Arc::new(
-        pier_broker::storage::BrokerStorage::open(&args.data_dir, sync_policy)
+        pier_broker::storage::BrokerStorage::open_with(&args.data_dir, options)
             .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?,
     );
     storage.set_stream_sync(args.stream_fsync);
