@@ -768,28 +768,35 @@ impl SegmentStore {
             Bytes::copy_from_slice(slice)
         } else {
             let mut v = vec![0u8; len];
-            let (file, path) = if e.segment == self.active.id {
-                (&*self.active.file, self.active.path.clone())
+            // The path is only for error messages: formatted when one happens, not per read.
+            let file = if e.segment == self.active.id {
+                &*self.active.file
             } else {
-                let path = files::segment_path(&self.dir, e.segment);
                 if !self.readers.contains_key(&e.segment) {
                     if self.readers.len() >= self.config.open_read_files.max(1) {
                         if let Some(&k) = self.readers.keys().next() {
                             self.readers.remove(&k);
                         }
                     }
+                    let path = files::segment_path(&self.dir, e.segment);
                     let f = File::open(&path).map_err(|err| StoreError::io("open", &path, err))?;
                     self.readers.insert(e.segment, f);
                 }
-                let f = self.readers.get(&e.segment).ok_or(StoreError::Corrupt {
+                self.readers.get(&e.segment).ok_or(StoreError::Corrupt {
                     segment: e.segment,
                     position: e.position,
                     reason: "segment not open",
-                })?;
-                (f, path)
+                })?
             };
             file.read_exact_at(&mut v, u64::from(e.position))
-                .map_err(|err| StoreError::io("read", path, err))?;
+                .map_err(|err| {
+                    let path = if e.segment == self.active.id {
+                        self.active.path.clone()
+                    } else {
+                        files::segment_path(&self.dir, e.segment)
+                    };
+                    StoreError::io("read", path, err)
+                })?;
             Bytes::from(v)
         };
         let corrupt = |reason| StoreError::Corrupt {
