@@ -267,6 +267,15 @@ impl BrokerStorage {
                     }
                 };
                 summary.queues += 1;
+                if queue.is_remote() {
+                    // Homed on another node (the cluster's record): nothing of it is stored
+                    // here. Messages stored under its name (left from before it had a home
+                    // elsewhere) are dropped with the orphans below.
+                    if let Some(stale) = by_name.get(&qd.name).filter(|i| i.messages > 0) {
+                        tracing::warn!(vhost = %name, queue = %qd.name, home = queue.home_node().unwrap_or("?"), messages = stale.messages, "messages stored on a node that is not the queue's home are dropped");
+                    }
+                    continue;
+                }
                 let info = by_name.remove(&qd.name);
                 summary.messages += restore_queue(&queue, &handle, info)?;
             }
@@ -729,6 +738,10 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
             arguments,
         })
         .map_err(|e| refused(what(), e))?;
+    if q.is_remote() {
+        // Its messages are stored on its home node.
+        return Ok(());
+    }
     let name = q.name().to_string();
     match s.messages.call(move |st| st.open_queue(&name)) {
         Ok(Ok(id)) => {
@@ -747,6 +760,13 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
 }
 
 pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
+    if q.is_remote() && q.options().durable {
+        log_err(
+            "queue deletion",
+            s.definitions.delete_queue(vhost, q.name()),
+        );
+        return;
+    }
     let Some(qs) = q.store() else { return };
     log_err(
         "queue deletion",
