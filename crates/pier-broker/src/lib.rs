@@ -437,3 +437,5 @@ mod tests;
 mod tests_features;
 #[cfg(test)]
 mod tests_paging;
+#[cfg(test)]
+mod tests_remote;
