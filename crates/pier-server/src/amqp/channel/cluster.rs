@@ -15,8 +15,8 @@
 //! the client gets RabbitMQ's answer for a metadata store operation that timed out:
 //! `541 INTERNAL_ERROR` (a connection error), in RabbitMQ 4's wording with the reason
 //! appended, e.g. `INTERNAL_ERROR - Could not declare queue 'q' in vhost '/' on node
-//! 'pier@n1' because the metadata store operation timed out: metadata change refused: the
-//! cluster has no reachable majority (...)`. RabbitMQ 3.10 has no such case (its metadata is
+//! 'pier@n1' because the metadata store operation timed out (no reachable majority (1 of 3
+//! nodes))`; the node's log has the whole reason. RabbitMQ 3.10 has no such case (its metadata is
 //! Mnesia, which keeps going on both sides of a partition); 4.x, whose metadata store is Raft
 //! (Khepri) as Pier's is, answers 541. See docs/decisions/0006-amqp-on-a-cluster.md.
 
@@ -36,7 +36,8 @@ use crate::amqp::error::AmqpException;
 
 /// A cluster that could not decide: RabbitMQ's 541 for a metadata operation that timed out.
 fn cluster_failure(what: &str, e: &pier_cluster::ClusterError) -> AmqpException {
-    AmqpException::new(rc::INTERNAL_ERROR, format!("{what}: {e}"))
+    tracing::warn!("{what}: {e}");
+    AmqpException::new(rc::INTERNAL_ERROR, format!("{what} ({})", e.short_reason()))
 }
 
 /// Maps a metadata command's failure to what the client gets.
