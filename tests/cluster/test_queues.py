@@ -143,6 +143,20 @@ def test_a_killed_home_node_makes_its_queues_absent_and_loses_nothing(cluster):
     bch.basic_consume("hk", lambda c, m, p, body: held.append(body.decode()))
     wait_for("ten deliveries on b", lambda: len(held) == 10,
              step=lambda: bc.process_data_events(0.1))
+    # Operators see one broker: any node's overview counts every node's connections and
+    # channels, and the queue's figures are its home node's, fresh.
+    for n in cluster.nodes:
+        code, ov = n.api("GET", "/api/overview")
+        assert code == 200
+        assert (ov["object_totals"]["connections"], ov["object_totals"]["channels"]) == (2, 2), \
+            (n.name, ov["object_totals"])
+        assert (ov["queue_totals"]["messages"],
+                ov["queue_totals"]["messages_unacknowledged"]) == (100, 10), \
+            (n.name, ov["queue_totals"])
+        code, q = n.api("GET", "/api/queues/%2F/hk")
+        assert code == 200
+        assert (q["node"], q["messages_ready"], q["messages_unacknowledged"],
+                q["consumers"]) == (home.name, 90, 10, 1), (n.name, q)
     cancelled: list[object] = []
     bch.add_on_cancel_callback(lambda f: cancelled.append(f))
     home.kill()
@@ -211,6 +225,16 @@ def test_a_partition_between_a_client_node_and_the_home_node(cluster):
     assert during == []
     e = absent_error(ac, lambda ch: ch.basic_get("pt"))
     assert e.reply_code == 404 and HOME_DOWN in e.reply_text
+    # /api/nodes (from any node) shows each node's partitions: the members it cannot reach.
+    def partitions(n):
+        code, nodes = n.api("GET", "/api/nodes")
+        assert code == 200
+        return {x["name"]: sorted(x["partitions"]) for x in nodes if x["running"]}
+
+    wait_for("a partitioned from the home node, seen from b",
+             lambda: partitions(b) == {a.name: [home.name], b.name: [],
+                                       home.name: [a.name]})
+    assert partitions(a)[a.name] == [home.name]
     # Clients of b and of the home node go on meanwhile.
     bc = connect(b)
     bpub = bc.channel()

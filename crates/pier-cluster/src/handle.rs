@@ -450,6 +450,14 @@ impl ClusterHandle {
         v
     }
 
+    /// Asks every node hosting queues this node has handles of for their current figures
+    /// (management answers with fresh counts for queues homed elsewhere). At most a few
+    /// seconds; nodes that do not answer keep their last known figures.
+    pub async fn refresh_queue_figures(&self) {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), self.node.queues.refresh_figures()).await;
+    }
+
     /// Whether `name` is a member this node can reach now.
     pub fn is_running(&self, name: &str) -> bool {
         self.node.is_running(node_id(name))

@@ -169,6 +169,12 @@ impl Node {
         r.raft_state = format!("{:?}", m.state).to_lowercase();
         r.listeners
             .push(("clustering".to_owned(), self.config.advertise.clone()));
+        r.partitions = self
+            .members()
+            .into_iter()
+            .filter(|(id, _, _)| !self.is_running(*id))
+            .map(|(_, p, _)| p.name)
+            .collect();
         if r.uptime_ms == 0 {
             r.uptime_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         }

@@ -169,16 +169,17 @@ impl QueueService {
 
     /// Asks every home node with a session for its queues' figures and keeps them on the
     /// remote handles here.
-    async fn refresh_figures(self: &Arc<Self>) {
+    pub(crate) async fn refresh_figures(&self) {
         let clients: Vec<Arc<NodeLink>> = lock(&self.clients).values().cloned().collect();
         let Some(broker) = self.broker() else { return };
-        for c in clients {
-            if c.session().is_none() {
-                continue;
-            }
-            let Ok(all) = c.all_figures().await else {
-                continue;
-            };
+        // Every home node at once: one slow node does not hold up the others' figures (the
+        // asks are aborted if the caller gives up, as the set is dropped).
+        let mut asks = tokio::task::JoinSet::new();
+        for c in clients.into_iter().filter(|c| c.session().is_some()) {
+            asks.spawn(async move { c.all_figures().await });
+        }
+        while let Some(answer) = asks.join_next().await {
+            let Ok(Ok(all)) = answer else { continue };
             for (vhost, queue, f) in all {
                 if let Some(q) = broker.vhost(&vhost).and_then(|vh| vh.find_queue(&queue)) {
                     q.set_remote_figures(f.stats, f.counters);
