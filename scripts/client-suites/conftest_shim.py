@@ -4,7 +4,7 @@
 # Appended to the suite's own tests/conftest.py by scripts/client-suites.sh. The suite's
 # conftest starts RabbitMQ in Docker (aio-pika), or expects fixtures its repository defines
 # elsewhere (aiormq); these definitions, later in the module, replace those with the broker
-# named by PIER_CLIENT_SUITES_URL. No test, fixture logic or assertion is changed otherwise.
+# named by PIER_CLIENT_SUITES_URL. No other test, fixture or assertion is changed.
 import os as _pier_os
 import urllib.parse as _pier_urlparse
 from dataclasses import dataclass as _pier_dataclass

@@ -112,6 +112,9 @@ class PierProcess:
         self.http_port = free_port()
         while self.http_port == self.amqp_port:
             self.http_port = free_port()
+        self.stream_port = free_port()
+        while self.stream_port in (self.amqp_port, self.http_port):
+            self.stream_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.returncode: int | None = None
@@ -125,6 +128,8 @@ class PierProcess:
         cmd = [str(binary), "server",
                "--amqp-port", str(self.amqp_port),
                "--http-port", str(self.http_port),
+               "--stream-port", str(self.stream_port),
+               "--stream-advertised-host", "127.0.0.1",
                "--data-dir", str(self.data_dir)]
         if self.bind is not None:
             cmd += ["--bind", self.bind]

@@ -1,6 +1,6 @@
-"""x-queue-type: classic is accepted; quorum and stream are not implemented by Pier yet and are
-refused with a channel error (406) that says so, instead of silently creating a classic
-queue."""
+"""x-queue-type: classic and stream are accepted (streams: test_streams_amqp.py); quorum is not
+implemented by Pier yet and is refused with a channel error (406) that says so, instead of
+silently creating a classic queue."""
 
 import pytest
 
@@ -26,8 +26,8 @@ def test_unknown_queue_type_is_406(channel, names):
 
 
 @pytest.mark.pier_only
-@pytest.mark.parametrize("kind", ["quorum", "stream"])
-def test_quorum_and_stream_are_refused_on_the_channel(connection, names, kind):
+@pytest.mark.parametrize("kind", ["quorum"])
+def test_quorum_is_refused_on_the_channel(connection, names, kind):
     q = names.queue("qt")
     ch = connection.channel()
     with channel_closed(406) as info:

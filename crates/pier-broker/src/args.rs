@@ -48,7 +48,46 @@ pub struct QueueConfig {
     pub single_active_consumer: bool,
     /// Name of the policy applied at declaration (shown by the management API).
     pub policy: Option<String>,
+    /// Streams: `x-max-age` in milliseconds (retention by age) and as given.
+    pub max_age_ms: Option<u64>,
+    pub max_age: Option<String>,
+    /// Streams: `x-stream-max-segment-size-bytes`.
+    pub stream_max_segment_size_bytes: Option<u64>,
+    /// Streams: `x-stream-filter-size-bytes` (16..=255).
+    pub stream_filter_size_bytes: Option<u8>,
 }
+
+/// RabbitMQ's `x-max-age` syntax: a positive integer and a unit, `Y M D h m s`.
+pub fn parse_max_age(s: &str) -> Option<u64> {
+    let unit = s.chars().last()?;
+    let n: u64 = s.get(..s.len() - unit.len_utf8())?.parse().ok()?;
+    let secs: u64 = match unit {
+        'Y' => 365 * 24 * 3600,
+        'M' => 30 * 24 * 3600,
+        'D' => 24 * 3600,
+        'h' => 3600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    n.checked_mul(secs)?.checked_mul(1000)
+}
+
+/// Queue arguments a stream refuses (RabbitMQ 3.10's list for `rabbit_stream_queue`).
+const NOT_FOR_STREAMS: &[&str] = &[
+    "x-max-length",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-message-ttl",
+    "x-expires",
+    "x-max-priority",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+    "x-queue-mode",
+    "x-queue-master-locator",
+    "x-quorum-initial-group-size",
+];
 
 /// Builds RabbitMQ's "invalid arg" errors for one queue.
 pub(crate) struct ArgContext<'a> {
@@ -103,6 +142,55 @@ impl ArgContext<'_> {
 }
 
 impl QueueConfig {
+    /// Validates a stream's queue.declare arguments as RabbitMQ does (same texts).
+    pub(crate) fn from_stream_arguments(
+        args: &FieldTable,
+        cx: &ArgContext<'_>,
+    ) -> Result<QueueConfig> {
+        for arg in NOT_FOR_STREAMS {
+            if args.contains_key(arg) {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "invalid arg '{arg}' for queue '{}' in vhost '{}' of queue type rabbit_stream_queue",
+                    cx.queue, cx.vhost
+                )));
+            }
+        }
+        let mut c = QueueConfig::default();
+        if let Some(v) = args.get("x-max-length-bytes") {
+            c.max_length_bytes = Some(cx.int("x-max-length-bytes", v, false, u64::MAX)?);
+        }
+        if let Some(v) = args.get("x-max-age") {
+            let s = v.as_str().unwrap_or_default();
+            match parse_max_age(s) {
+                Some(ms) if ms > 0 => {
+                    c.max_age_ms = Some(ms);
+                    c.max_age = Some(s.to_owned());
+                }
+                _ => return Err(cx.invalid("x-max-age", "invalid_max_age")),
+            }
+        }
+        if let Some(v) = args.get("x-stream-max-segment-size-bytes") {
+            let n = cx.int("x-stream-max-segment-size-bytes", v, false, u64::MAX)?;
+            if n > pier_store::stream::MAX_SEGMENT_SIZE {
+                return Err(BrokerError::PreconditionFailed(
+                    "Exceeded max value for x-stream-max-segment-size-bytes".to_owned(),
+                ));
+            }
+            c.stream_max_segment_size_bytes = Some(n);
+        }
+        if let Some(v) = args.get("x-stream-filter-size-bytes") {
+            let n = cx.int("x-stream-filter-size-bytes", v, false, u64::MAX)?;
+            if !(16..=255).contains(&n) {
+                return Err(cx.invalid(
+                    "x-stream-filter-size-bytes",
+                    format!("{{value_out_of_range,{n}}}"),
+                ));
+            }
+            c.stream_filter_size_bytes = Some(n as u8);
+        }
+        Ok(c)
+    }
+
     /// Validates a classic queue's queue.declare arguments the way RabbitMQ 3.10 does (same
     /// checks, same texts) and returns the settings they ask for. Unknown arguments are
     /// ignored, as in RabbitMQ. `x-queue-type` is the kind's business (`queue::kind`).

@@ -98,6 +98,13 @@ impl PublishDurability {
         }
     }
 
+    /// One more append to wait for, reported as success or failure (stream appends).
+    pub(crate) fn add_flag(self: &Arc<Self>) -> impl FnOnce(bool) + Send {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+        let me = Arc::clone(self);
+        move |ok| me.complete(ok)
+    }
+
     /// The publisher is done routing.
     pub fn release(&self) {
         self.complete(true);

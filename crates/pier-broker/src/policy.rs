@@ -72,6 +72,8 @@ pub struct PolicyDefinition {
     pub dead_letter_routing_key: Option<String>,
     pub max_priority: Option<u8>,
     pub alternate_exchange: Option<String>,
+    /// Streams: `max-age` (RabbitMQ's `<int>Y|M|D|h|m|s`).
+    pub max_age: Option<String>,
 }
 
 impl PolicyDefinition {
@@ -119,6 +121,7 @@ impl PolicyDefinition {
         text("dead-letter-exchange", &d.dead_letter_exchange);
         text("dead-letter-routing-key", &d.dead_letter_routing_key);
         text("alternate-exchange", &d.alternate_exchange);
+        text("max-age", &d.max_age);
         Value::Object(m)
     }
 
@@ -136,7 +139,7 @@ impl PolicyDefinition {
                     "Validation failed\n\n[{}] are not recognised policy settings (Pier applies \
                  message-ttl, expires, max-length, max-length-bytes, overflow, \
                  dead-letter-exchange, dead-letter-routing-key, max-priority, \
-                 alternate-exchange)",
+                 alternate-exchange, max-age)",
                     list.join(",")
                 ));
             }
@@ -185,6 +188,11 @@ impl PolicyDefinition {
             dead_letter_routing_key: text("dead-letter-routing-key")?,
             max_priority,
             alternate_exchange: text("alternate-exchange")?,
+            max_age: match text("max-age")? {
+                None => None,
+                Some(a) if crate::args::parse_max_age(&a).is_some_and(|ms| ms > 0) => Some(a),
+                Some(a) => return Err(format!("max-age must be <integer>Y|M|D|h|m|s, not '{a}'")),
+            },
         };
         d.validate()?;
         Ok(d)
@@ -201,7 +209,8 @@ pub fn overflow_str(o: Overflow) -> &'static str {
 
 /// The keys of a definition object Pier does not apply.
 pub fn unknown_keys(def: &Map<String, Value>) -> Vec<String> {
-    const KNOWN: [&str; 9] = [
+    const KNOWN: [&str; 10] = [
+        "max-age",
         "message-ttl",
         "expires",
         "max-length",

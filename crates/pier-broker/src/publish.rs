@@ -36,9 +36,9 @@ pub enum Durability<'a> {
     /// message, holds it until on disk. The caller releases it after `publish`.
     Token(&'a Arc<PublishDurability>),
     /// Made only when a routed queue makes the publish wait: it stores the message (a
-    /// persistent message to a durable queue), or it is homed on another node (which
-    /// confirms it). For connection credit, and for confirms of messages that do not wait
-    /// otherwise; released by `publish`.
+    /// persistent message to a durable queue, any message to a stream), or it is homed on
+    /// another node (which confirms it). For connection credit, and for confirms of messages
+    /// that do not wait otherwise; released by `publish`.
     OnStore(&'a mut dyn FnMut() -> Arc<PublishDurability>),
 }
 
@@ -139,8 +139,7 @@ impl VHost {
                 let durability = match options.durability {
                     Durability::Token(t) => Some(t),
                     Durability::OnStore(make)
-                        if (message.is_persistent() || self.has_remote_queues())
-                            && queues.iter().any(|q| q.needs_durability(&message)) =>
+                        if queues.iter().any(|q| q.needs_durability(&message)) =>
                     {
                         Some(&*made.insert(make()))
                     }

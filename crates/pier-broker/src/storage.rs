@@ -87,6 +87,8 @@ pub struct BrokerStorage {
     /// The node's paging store thread (taken at shutdown) and a handle to it.
     paging: Mutex<Option<StoreThread>>,
     paging_handle: pier_store::StoreHandle,
+    /// Whether streams fsync before confirming (default true).
+    stream_sync: std::sync::atomic::AtomicBool,
 }
 
 /// Paging segments are smaller than durable ones: a drained backlog gives its disk back in
@@ -162,7 +164,19 @@ impl BrokerStorage {
             threads: Mutex::new(HashMap::new()),
             paging_handle: paging.handle(),
             paging: Mutex::new(Some(paging)),
+            stream_sync: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether the streams of every vhost fsync before they confirm (set before `recover`).
+    pub fn set_stream_sync(&self, sync: bool) {
+        self.stream_sync
+            .store(sync, std::sync::atomic::Ordering::Release);
+    }
+
+    fn attach_streams(&self, vh: &VHost) {
+        vh.set_streams_dir(self.dir.join("streams").join(vhost_dir(vh.name())));
+        vh.set_stream_sync(self.stream_sync.load(std::sync::atomic::Ordering::Acquire));
     }
 
     /// Brings back what was stored (vhosts, users, permissions, topic permissions, durable
@@ -219,6 +233,7 @@ impl BrokerStorage {
         }
         for vh in broker.vhosts() {
             summary.vhosts += 1;
+            self.attach_streams(&vh);
             vh.attach_paging(self.paging_handle.clone());
             let handle = self.open_vhost_store(vh.name())?;
             let name = vh.name().to_owned();
@@ -274,6 +289,10 @@ impl BrokerStorage {
                     if let Some(stale) = by_name.get(&qd.name).filter(|i| i.messages > 0) {
                         tracing::warn!(vhost = %name, queue = %qd.name, home = queue.home_node().unwrap_or("?"), messages = stale.messages, "messages stored on a node that is not the queue's home are dropped");
                     }
+                    continue;
+                }
+                if queue.stream().is_some() {
+                    // A stream keeps its messages in its own log.
                     continue;
                 }
                 let info = by_name.remove(&qd.name);
@@ -384,6 +403,7 @@ impl BrokerStorage {
 
     /// Storage for a vhost created after start-up (management API).
     pub fn attach_vhost(&self, vh: &VHost) -> Result<(), StorageError> {
+        self.attach_streams(vh);
         vh.attach_paging(self.paging_handle.clone());
         let handle = self.open_vhost_store(vh.name())?;
         let delayed = restore_delayed(vh, &handle, None)?;
@@ -738,8 +758,9 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
             arguments,
         })
         .map_err(|e| refused(what(), e))?;
-    if q.is_remote() {
-        // Its messages are stored on its home node.
+    if q.is_remote() || q.stream().is_some() {
+        // A remote queue's messages are stored on its home node; a stream keeps its
+        // messages in its own log.
         return Ok(());
     }
     let name = q.name().to_string();
@@ -760,7 +781,7 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
 }
 
 pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
-    if q.is_remote() && q.options().durable {
+    if (q.is_remote() && q.options().durable) || q.stream().is_some() {
         log_err(
             "queue deletion",
             s.definitions.delete_queue(vhost, q.name()),

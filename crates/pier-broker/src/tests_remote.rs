@@ -151,6 +151,7 @@ fn remote(link: &Arc<FakeLink>) -> Arc<Queue> {
     Queue::remote(
         ShortString::from("q"),
         "/".to_owned(),
+        crate::queue::QueueType::Classic,
         QueueOptions {
             durable: true,
             exclusive_owner: None,

@@ -85,6 +85,13 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-queue-type",
 ];
 
+/// What streams compare on redeclaration besides [`EQUIVALENCE_ARGS`].
+const STREAM_EQUIVALENCE_ARGS: &[&str] = &[
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-stream-filter-size-bytes",
+];
+
 #[derive(Debug)]
 pub struct VHost {
     name: String,
@@ -108,8 +115,11 @@ pub struct VHost {
     connections: Arc<AtomicU64>,
     /// The cluster this node is part of (none: a single node).
     cluster: OnceLock<Arc<dyn crate::cluster::Cluster>>,
-    /// Queues homed on other nodes (publishes to them wait for their home's confirmation).
-    remote_queues: AtomicU64,
+    /// Where this vhost's streams keep their logs (set by the node's storage; without it,
+    /// declaring a stream is refused).
+    streams_dir: OnceLock<std::path::PathBuf>,
+    /// Whether streams fsync before confirming (default true).
+    stream_sync: std::sync::atomic::AtomicBool,
 }
 
 /// RabbitMQ's per-vhost limits (`rabbitmqctl set_vhost_limits`); `None`: no limit.
@@ -202,7 +212,8 @@ impl VHost {
             max_queues: AtomicU64::new(u64::MAX),
             connections: Arc::new(AtomicU64::new(0)),
             cluster: OnceLock::new(),
-            remote_queues: AtomicU64::new(0),
+            streams_dir: OnceLock::new(),
+            stream_sync: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -214,11 +225,6 @@ impl VHost {
 
     pub fn cluster(&self) -> Option<&Arc<dyn crate::cluster::Cluster>> {
         self.cluster.get()
-    }
-
-    /// Whether some queue here is homed on another node.
-    pub(crate) fn has_remote_queues(&self) -> bool {
-        self.remote_queues.load(Ordering::Relaxed) > 0
     }
 
     pub fn set_limits(&self, limits: VhostLimits) {
@@ -289,6 +295,37 @@ impl VHost {
                 tracing::warn!(vhost = %self.name, "registering queues ahead: {e}")
             }
         }
+    }
+
+    /// Sets where this vhost's streams live (once, before queues are declared).
+    pub fn set_streams_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.streams_dir.set(dir);
+    }
+
+    /// Whether streams fsync before they confirm (RabbitMQ's streams do not).
+    pub fn set_stream_sync(&self, sync: bool) {
+        self.stream_sync.store(sync, Ordering::Release);
+    }
+
+    /// The directory of a stream's log.
+    pub fn stream_dir(&self, name: &str) -> Option<std::path::PathBuf> {
+        let base = self.streams_dir.get()?;
+        let safe = !name.is_empty()
+            && name.len() <= 200
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        Some(if safe {
+            base.join(name)
+        } else {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(name.as_bytes());
+            base.join(format!(
+                "h-{}",
+                h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ))
+        })
     }
 
     pub(crate) fn storage(&self) -> Option<&crate::persist::VhostStorage> {
@@ -847,11 +884,27 @@ impl VHost {
             vhost: &self.name,
         };
         let kind = QueueType::of(&d.arguments, &cx)?;
+        kind.check_properties(d.durable, d.exclusive, d.auto_delete, &cx)?;
         let mut config = kind.config(&d.arguments, &cx)?;
         {
             let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
             if let Some(p) = policy::effective(&policies, ObjectKind::Queue, &name) {
-                config.apply_policy(&p.definition, &d.arguments);
+                if kind == QueueType::Stream {
+                    // For streams, RabbitMQ's policies win over arguments.
+                    if let Some(b) = p.definition.max_length_bytes {
+                        config.max_length_bytes = Some(b);
+                    }
+                    if let Some(ms) = p
+                        .definition
+                        .max_age
+                        .as_deref()
+                        .and_then(crate::args::parse_max_age)
+                    {
+                        config.max_age_ms = Some(ms);
+                    }
+                } else {
+                    config.apply_policy(&p.definition, &d.arguments);
+                }
                 config.policy = Some(p.name.clone());
             }
         }
@@ -862,9 +915,22 @@ impl VHost {
             arguments: d.arguments.clone(),
         };
         let queue = match self.remote_home(d, &name, home) {
+            // A stream homed elsewhere too: its log is on its home node.
             Some(link) => {
-                self.remote_queues.fetch_add(1, Ordering::Relaxed);
-                Queue::remote(name.clone(), self.name.clone(), options, config, link)
+                Queue::remote(name.clone(), self.name.clone(), kind, options, config, link)
+            }
+            None if kind == QueueType::Stream => {
+                let queue = self.open_stream(&name, d, config)?;
+                if let Some(s) = self.storage() {
+                    crate::storage::queue_declared(s, &self.name, &queue)?;
+                }
+                t.queues.insert(name, Arc::clone(&queue));
+                return Ok(QueueDeclared {
+                    queue,
+                    message_count: 0,
+                    consumer_count: 0,
+                    created: true,
+                });
             }
             None => Queue::with_config(
                 name.clone(),
@@ -888,6 +954,43 @@ impl VHost {
             consumer_count: 0,
             created: true,
         })
+    }
+
+    /// Opens (or recovers) a stream's log and makes its queue.
+    fn open_stream(
+        &self,
+        name: &ShortString,
+        d: &QueueDeclare,
+        config: crate::args::QueueConfig,
+    ) -> Result<Arc<Queue>> {
+        let what = || format!("stream '{name}' in vhost '{}'", self.name);
+        let dir = self.stream_dir(name).ok_or_else(|| BrokerError::Storage {
+            what: what(),
+            reason: "this node has no data directory for streams".to_owned(),
+        })?;
+        let sc =
+            crate::queue::stream::stream_config(&config, self.stream_sync.load(Ordering::Acquire));
+        let (stream, recovery) =
+            pier_store::stream::Stream::open(&dir, sc).map_err(|e| BrokerError::Storage {
+                what: what(),
+                reason: e.to_string(),
+            })?;
+        if recovery.chunks > 0 {
+            tracing::info!(stream = %name, vhost = %self.name, segments = recovery.segments,
+                next_offset = recovery.next_offset, truncated = recovery.truncated_bytes, "stream recovered");
+        }
+        Ok(Queue::with_stream(
+            name.clone(),
+            self.name.clone(),
+            QueueOptions {
+                durable: d.durable,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: d.arguments.clone(),
+            },
+            config,
+            stream,
+        ))
     }
 
     fn queue_equivalent(&self, q: &Queue, d: &QueueDeclare) -> Result<()> {
@@ -919,7 +1022,12 @@ impl VHost {
             });
         }
         compare_args(EQUIVALENCE_ARGS, &d.arguments, &o.arguments)
-            .map_err(|(arg, received, current)| mismatch(&arg, received, current))
+            .map_err(|(arg, received, current)| mismatch(&arg, received, current))?;
+        if q.kind() == QueueType::Stream {
+            compare_args(STREAM_EQUIVALENCE_ARGS, &d.arguments, &o.arguments)
+                .map_err(|(arg, received, current)| mismatch(&arg, received, current))?;
+        }
+        Ok(())
     }
 
     /// Looks a queue up for use by `connection` (404 if missing, 405 if another's exclusive).
@@ -1014,7 +1122,14 @@ impl VHost {
     }
 
     pub fn purge_queue(&self, name: &str, connection: ConnectionId) -> Result<u32> {
-        Ok(self.queue(name, connection)?.purge())
+        let q = self.queue(name, connection)?;
+        if q.kind() == QueueType::Stream {
+            return Err(BrokerError::NotImplemented(format!(
+                "queue.purge not supported by stream queues queue '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        Ok(q.purge())
     }
 
     /// Deletes a queue; returns the ready messages it held. A missing queue is not an error.
@@ -1057,9 +1172,6 @@ impl VHost {
                 _ => return 0,
             }
             t.queues.remove(q.name());
-            if q.is_remote() {
-                self.remote_queues.fetch_sub(1, Ordering::Relaxed);
-            }
             if let Some(s) = self.storage() {
                 crate::storage::queue_deleted(s, &self.name, q);
             }

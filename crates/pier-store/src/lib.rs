@@ -46,6 +46,7 @@ mod record;
 mod registry;
 mod segment_store;
 mod store;
+pub mod stream;
 mod thread;
 
 pub use definitions::{

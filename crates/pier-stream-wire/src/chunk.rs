@@ -120,6 +120,17 @@ impl ChunkHeader {
         })
     }
 
+    /// Decodes the 48-octet header at the front of `bytes` (a store reading headers alone).
+    pub fn parse(bytes: &[u8]) -> Result<ChunkHeader, ChunkError> {
+        let head = bytes
+            .get(..CHUNK_HEADER_SIZE)
+            .ok_or(ChunkError::Truncated {
+                context: "chunk header",
+            })?;
+        let b = Bytes::copy_from_slice(head);
+        ChunkHeader::decode(&mut Reader::new(&b))
+    }
+
     /// Writes the 48 octets.
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_u8(CHUNK_MAGIC_VERSION);

@@ -278,6 +278,7 @@ impl PolicyEntry {
             dead_letter_routing_key: d.dead_letter_routing_key.clone(),
             max_priority: d.max_priority,
             alternate_exchange: d.alternate_exchange.clone(),
+            max_age: None,
         };
         Policy::new(
             self.name.clone(),

@@ -57,6 +57,27 @@ struct ServerArgs {
     /// Management HTTP API and Prometheus `/metrics` port.
     #[arg(long, default_value_t = 15672, env = "PIER_HTTP_PORT")]
     http_port: u16,
+    /// RabbitMQ stream protocol port (0: off) [default: 5552; when not given, a port already
+    /// in use only logs a warning, so several brokers can share a host]
+    #[arg(long, env = "PIER_STREAM_PORT")]
+    stream_port: Option<u16>,
+    /// Stream protocol over TLS port (listened on only when the config file has a `[tls]`
+    /// section; 0: off) [default: 5551, with the same leniency as --stream-port]
+    #[arg(long, env = "PIER_STREAM_TLS_PORT")]
+    stream_tls_port: Option<u16>,
+    /// The host stream clients are told to connect to (Metadata, Open): RabbitMQ's
+    /// `advertised_host` [default: this machine's hostname].
+    #[arg(long, env = "PIER_STREAM_ADVERTISED_HOST")]
+    stream_advertised_host: Option<String>,
+    /// The port stream clients are told to connect to [default: --stream-port].
+    #[arg(long, env = "PIER_STREAM_ADVERTISED_PORT")]
+    stream_advertised_port: Option<u16>,
+    /// The RabbitMQ version the stream protocol reports (clients enable features by it).
+    #[arg(long, default_value = pier_server::stream::DEFAULT_ADVERTISED_VERSION, env = "PIER_STREAM_ADVERTISED_VERSION")]
+    stream_advertised_version: String,
+    /// Whether streams fsync before confirming (RabbitMQ's streams do not).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PIER_STREAM_FSYNC")]
+    stream_fsync: bool,
     /// Where Pier keeps its data.
     #[arg(long, default_value = "./pier-data", env = "PIER_DATA_DIR")]
     data_dir: PathBuf,
@@ -133,6 +154,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         pier_broker::storage::BrokerStorage::open(&args.data_dir, sync_policy)
             .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?,
     );
+    storage.set_stream_sync(args.stream_fsync);
     // A cluster member reads where each durable queue lives before recovering, so that
     // queues homed on other nodes get remote handles rather than local storage.
     let prepared = match &cluster_config {
@@ -250,6 +272,48 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         );
         listeners.push(pier_server::Listener::tls(tls_listener, acceptor));
     }
+    // The stream protocol (5552, and 5551 over TLS), stopped with the AMQP server.
+    let stop_streams = tokio_util::sync::CancellationToken::new();
+    let mut stream_servers = Vec::new();
+    let stream_port = args.stream_port.unwrap_or(5552);
+    let stream_config = pier_server::stream::StreamServerConfig {
+        advertised_host: args.stream_advertised_host.clone().unwrap_or_else(hostname),
+        advertised_port: args.stream_advertised_port.unwrap_or(stream_port),
+        advertised_version: args.stream_advertised_version.clone(),
+        cluster_name: server_config.cluster_name.clone(),
+        ..pier_server::stream::StreamServerConfig::default()
+    };
+    let mut stream_listeners = Vec::new();
+    if let Some(l) = listen_optional(args.bind, args.stream_port, 5552, "stream")? {
+        stream_listeners.push((l, None, stream_config.clone()));
+    }
+    if let Some(tls) = file.tls_settings() {
+        if let Some(l) = listen_optional(args.bind, args.stream_tls_port, 5551, "stream TLS")? {
+            let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
+            let port = l.local_addr().map_or(5551, |a| a.port());
+            let config = pier_server::stream::StreamServerConfig {
+                advertised_port: port,
+                ..stream_config.clone()
+            };
+            stream_listeners.push((l, Some(acceptor), config));
+        }
+    }
+    for (l, tls, config) in stream_listeners {
+        tracing::info!(
+            stream = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+            tls = tls.is_some(),
+            advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
+            version = %config.advertised_version,
+            "stream protocol listener ready"
+        );
+        stream_servers.push(tokio::spawn(pier_server::stream::serve(
+            l,
+            tls,
+            Arc::clone(&broker),
+            config,
+            stop_streams.clone(),
+        )));
+    }
     pier_server::run_listeners(
         listeners,
         broker,
@@ -259,6 +323,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    stop_streams.cancel();
+    for s in stream_servers {
+        let _ = s.await;
+    }
     let _ = stop_http.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!("management HTTP server failed: {e}"),
@@ -317,6 +385,32 @@ fn listen(bind: Option<IpAddr>, port: u16) -> anyhow::Result<tokio::net::TcpList
         }
     };
     Ok(tokio::net::TcpListener::from_std(std_listener)?)
+}
+
+/// A stream listener: on the port given (an error if it cannot be bound), or on the default
+/// port when none was given (a warning if it is taken); none for port 0.
+fn listen_optional(
+    bind: Option<IpAddr>,
+    given: Option<u16>,
+    default: u16,
+    what: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match given {
+        Some(0) => Ok(None),
+        Some(port) => Ok(Some(
+            listen(bind, port).with_context(|| format!("binding the {what} listener"))?,
+        )),
+        None => match listen(bind, default) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => {
+                tracing::warn!(
+                    "no {what} listener: the default port {default} cannot be bound ({e:#}); \
+                     set --stream-port to choose another"
+                );
+                Ok(None)
+            }
+        },
+    }
 }
 
 /// The cluster settings from the command line and the config file's `[cluster]` (the

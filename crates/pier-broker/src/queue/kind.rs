@@ -51,9 +51,10 @@ impl QueueType {
     pub(crate) fn config(self, args: &FieldTable, cx: &ArgContext<'_>) -> Result<QueueConfig> {
         match self {
             QueueType::Classic => QueueConfig::from_arguments(args, cx),
+            QueueType::Stream => QueueConfig::from_stream_arguments(args, cx),
             // A channel error (406, like RabbitMQ's other queue-type refusals), not 540: a 540
             // would close the connection and every other channel on it.
-            QueueType::Quorum | QueueType::Stream => Err(cx.invalid(
+            QueueType::Quorum => Err(cx.invalid(
                 "x-queue-type",
                 format!(
                     "queue type '{}' is not supported by Pier yet; only 'classic' queues are \
@@ -62,6 +63,35 @@ impl QueueType {
                 ),
             )),
         }
+    }
+}
+
+impl QueueType {
+    /// RabbitMQ's rules for the declaration's properties: streams (like quorum queues) are
+    /// durable, not auto-delete, not exclusive.
+    pub(crate) fn check_properties(
+        self,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        cx: &ArgContext<'_>,
+    ) -> Result<()> {
+        if self != QueueType::Stream {
+            return Ok(());
+        }
+        let property = if !durable {
+            "non-durable"
+        } else if auto_delete {
+            "auto-delete"
+        } else if exclusive {
+            "exclusive-owner"
+        } else {
+            return Ok(());
+        };
+        Err(crate::error::BrokerError::PreconditionFailed(format!(
+            "invalid property '{property}' for queue '{}' in vhost '{}'",
+            cx.queue, cx.vhost
+        )))
     }
 }
 
@@ -98,15 +128,56 @@ mod tests {
     }
 
     #[test]
-    fn quorum_and_stream_are_refused_on_the_channel() {
+    fn quorum_is_refused_on_the_channel_and_streams_are_accepted() {
         let e = kind_and_config(Some(FieldValue::LongString("quorum".into()))).unwrap_err();
         assert_eq!(e.reply_code(), 406);
         assert_eq!(
             e.reply_text(),
             "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue 'q' in vhost '/': queue type 'quorum' is not supported by Pier yet; only 'classic' queues are available"
         );
-        let e = kind_and_config(Some(FieldValue::LongString("stream".into()))).unwrap_err();
-        assert_eq!(e.reply_code(), 406);
+        let (k, _) = kind_and_config(Some(FieldValue::LongString("stream".into()))).unwrap();
+        assert_eq!(k, QueueType::Stream);
+    }
+
+    #[test]
+    fn stream_arguments_follow_rabbitmq() {
+        let stream = |k: &str, v: FieldValue| {
+            let mut t = FieldTable::new();
+            t.insert("x-queue-type", FieldValue::LongString("stream".into()));
+            t.insert(k, v);
+            QueueType::Stream.config(&t, &cx())
+        };
+        let c = stream("x-max-age", FieldValue::LongString("10D".into())).unwrap();
+        assert_eq!(c.max_age_ms, Some(10 * 24 * 3600 * 1000));
+        let e = stream("x-max-age", FieldValue::LongString("10x".into())).unwrap_err();
+        assert_eq!(
+            e.reply_text(),
+            "PRECONDITION_FAILED - invalid arg 'x-max-age' for queue 'q' in vhost '/': invalid_max_age"
+        );
+        let e = stream(
+            "x-stream-max-segment-size-bytes",
+            FieldValue::LongLongInt(4_000_000_000),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.reply_text(),
+            "PRECONDITION_FAILED - Exceeded max value for x-stream-max-segment-size-bytes"
+        );
+        let e = stream("x-max-length", FieldValue::LongInt(10)).unwrap_err();
+        assert_eq!(
+            e.reply_text(),
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/' of queue type rabbit_stream_queue"
+        );
+        let e = QueueType::Stream
+            .check_properties(false, false, false, &cx())
+            .unwrap_err();
+        assert_eq!(
+            e.reply_text(),
+            "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'q' in vhost '/'"
+        );
+        assert!(QueueType::Stream
+            .check_properties(true, false, false, &cx())
+            .is_ok());
     }
 
     #[test]

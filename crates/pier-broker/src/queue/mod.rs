@@ -9,13 +9,15 @@
 //!                                        │                        ▼                │
 //!                                        │                      QueueEngine (engine/): the
 //!                                        │                      deterministic state machine
+//!                                        ├─ Backend::Stream ──► StreamQueue (stream/): a stream
+//!                                        │                      queue over its log in pier-store
 //!                                        └─ Backend::Remote ──► RemoteQueue (remote.rs): a durable
 //!                                                              queue homed on another cluster node,
 //!                                                              reached through a QueueLink
 //! ```
 //!
-//! Quorum queues and streams are further backends of the same handle (their issues build
-//! them); `kind.rs` decides which one a declaration gets.
+//! Quorum queues are a further backend of the same handle (their issue builds them);
+//! `kind.rs` decides which one a declaration gets.
 //!
 //! Every message gets a monotonically increasing offset when it enters the queue; messages
 //! handed out and not yet settled stay checked out in the engine, and come back at their
@@ -26,6 +28,7 @@ pub(crate) mod classic;
 pub mod engine;
 pub mod kind;
 pub mod remote;
+pub mod stream;
 
 use std::sync::{Arc, Weak};
 
@@ -48,6 +51,7 @@ pub use engine::{EngineConfig, Published, Recovered, PAGE_OUT_BYTES};
 pub use kind::QueueType;
 use remote::RemoteQueue;
 pub use remote::{QueueLink, RemoteConsumer, RemoteGot, Settlement};
+use stream::StreamQueue;
 
 /// Immutable properties fixed at declaration.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +89,7 @@ pub(crate) enum TickAction {
 #[allow(clippy::large_enum_variant)]
 enum Backend {
     Classic(ClassicQueue),
+    Stream(StreamQueue),
     /// A durable queue homed on another cluster node.
     Remote(RemoteQueue),
 }
@@ -150,6 +155,7 @@ impl Queue {
     pub fn remote(
         name: ShortString,
         vhost: String,
+        kind: QueueType,
         options: QueueOptions,
         config: QueueConfig,
         link: Arc<dyn QueueLink>,
@@ -158,25 +164,61 @@ impl Queue {
             name,
             vhost,
             options,
-            kind: QueueType::Classic,
+            kind,
             config,
             backend: Backend::Remote(RemoteQueue::new(link)),
             deletion_proposed: Default::default(),
         })
     }
 
+    /// A stream queue around an opened log (declaration and recovery).
+    pub(crate) fn with_stream(
+        name: ShortString,
+        vhost: String,
+        options: QueueOptions,
+        config: QueueConfig,
+        stream: Arc<pier_store::stream::Stream>,
+    ) -> Arc<Self> {
+        let q = Arc::new(Queue {
+            name,
+            vhost,
+            options,
+            kind: QueueType::Stream,
+            config,
+            backend: Backend::Stream(StreamQueue::new(stream)),
+            deletion_proposed: Default::default(),
+        });
+        if let Backend::Stream(s) = &q.backend {
+            s.listen(Arc::downgrade(&q));
+        }
+        q
+    }
+
     fn classic_opt(&self) -> Option<&ClassicQueue> {
         match &self.backend {
             Backend::Classic(c) => Some(c),
-            Backend::Remote(_) => None,
+            Backend::Stream(_) | Backend::Remote(_) => None,
         }
     }
 
     pub(crate) fn remote_backend(&self) -> Option<&RemoteQueue> {
         match &self.backend {
             Backend::Remote(r) => Some(r),
-            Backend::Classic(_) => None,
+            Backend::Classic(_) | Backend::Stream(_) => None,
         }
+    }
+
+    /// The stream runtime, when this queue is a stream.
+    pub fn stream_queue(&self) -> Option<&StreamQueue> {
+        match &self.backend {
+            Backend::Stream(s) => Some(s),
+            Backend::Classic(_) | Backend::Remote(_) => None,
+        }
+    }
+
+    /// The log, when this queue is a stream (the stream protocol reads and writes it).
+    pub fn stream(&self) -> Option<&Arc<pier_store::stream::Stream>> {
+        self.stream_queue().map(StreamQueue::stream)
     }
 
     /// Whether this queue is homed on another node.
@@ -284,7 +326,8 @@ impl Queue {
     pub(crate) fn needs_durability(&self, message: &Message) -> bool {
         match &self.backend {
             Backend::Classic(c) => message.is_persistent() && c.store().is_some(),
-            Backend::Remote(_) => true,
+            // Every message appended to a stream is confirmed after fsync.
+            Backend::Stream(_) | Backend::Remote(_) => true,
         }
     }
 
@@ -293,6 +336,7 @@ impl Queue {
     pub fn stats(&self) -> QueueStats {
         match &self.backend {
             Backend::Classic(c) => c.with_engine(|e| e.stats()),
+            Backend::Stream(s) => s.stats(),
             Backend::Remote(r) => r.stats(),
         }
     }
@@ -300,6 +344,7 @@ impl Queue {
     pub fn is_deleted(&self) -> bool {
         match &self.backend {
             Backend::Classic(c) => c.with_engine(|e| e.is_deleted()),
+            Backend::Stream(s) => s.stream().shared().is_deleted(),
             Backend::Remote(r) => r.is_deleted(),
         }
     }
@@ -309,6 +354,7 @@ impl Queue {
     pub fn counters(&self) -> crate::counters::QueueCountersSnapshot {
         match &self.backend {
             Backend::Classic(c) => c.counters().snapshot(),
+            Backend::Stream(s) => s.counters().snapshot(),
             Backend::Remote(r) => r.counters(),
         }
     }
@@ -342,6 +388,23 @@ impl Queue {
     pub fn consumers(&self) -> Vec<crate::consumer::ConsumerInfo> {
         let c = match &self.backend {
             Backend::Classic(c) => c,
+            Backend::Stream(s) => {
+                return s
+                    .consumers()
+                    .into_iter()
+                    .map(|(_, spec)| crate::consumer::ConsumerInfo {
+                        channel: spec.sink.channel_number(),
+                        tag: spec.tag,
+                        connection: spec.connection,
+                        ack_required: spec.ack_required,
+                        exclusive: spec.exclusive,
+                        prefetch: spec.prefetch,
+                        priority: spec.priority,
+                        arguments: spec.arguments,
+                        active: true,
+                    })
+                    .collect()
+            }
             Backend::Remote(r) => return r.consumers(),
         };
         let channels = c.consumer_channels();
@@ -367,6 +430,7 @@ impl Queue {
             Backend::Classic(c) => {
                 c.with_engine(|e| e.consumers().map(|(_, s, _)| s.tag.clone()).collect())
             }
+            Backend::Stream(s) => s.consumers().into_iter().map(|(_, c)| c.tag).collect(),
             Backend::Remote(r) => r.consumers().into_iter().map(|c| c.tag).collect(),
         }
     }
@@ -435,6 +499,7 @@ impl Queue {
     ) -> Published {
         match &self.backend {
             Backend::Classic(c) => c.publish_collect(self, message, dead, durability),
+            Backend::Stream(s) => s.publish(&message, durability),
             Backend::Remote(r) => r.publish(self, &message, durability),
         }
     }
@@ -459,12 +524,14 @@ impl Queue {
     pub fn dispatch(self: &Arc<Self>) {
         match &self.backend {
             Backend::Classic(c) => c.dispatch(self),
+            Backend::Stream(s) => s.dispatch(self),
             Backend::Remote(r) => r.dispatch(self),
         }
     }
 
     /// basic.get: the next message, with the count of messages left ready. A remote queue
-    /// answers through [`Queue::get_remote`] (the server awaits it); here it has nothing.
+    /// answers through [`Queue::get_remote`] (the server awaits it); here it has nothing. The
+    /// channel refuses basic.get on a stream before it gets here (540).
     pub fn get(self: &Arc<Self>, ack_required: bool) -> Option<(Delivery, u32)> {
         self.classic_opt()?.get(self, ack_required)
     }
@@ -478,6 +545,9 @@ impl Queue {
         spec: ConsumerSpec,
         on_added: impl FnOnce(),
     ) -> Result<ConsumerId> {
+        if let Some(s) = self.stream_queue() {
+            return s.add_consumer(self, spec, on_added);
+        }
         let Some(c) = self.classic_opt() else {
             return Err(BrokerError::NotImplemented(format!(
                 "queue '{}' is on node {}: consume through the cluster",
@@ -505,6 +575,10 @@ impl Queue {
                     auto_delete_now,
                 }
             }
+            Backend::Stream(s) => ConsumerRemoved {
+                existed: s.remove_consumer(id),
+                auto_delete_now: false,
+            },
             // The home node decides auto-deletion.
             Backend::Remote(r) => ConsumerRemoved {
                 existed: r.remove_consumer(self, id),
@@ -607,6 +681,7 @@ impl Queue {
     pub fn settle(self: &Arc<Self>, offsets: &[u64]) {
         match &self.backend {
             Backend::Classic(c) => c.settle(self, offsets),
+            Backend::Stream(s) => s.settle(self, offsets),
             Backend::Remote(r) => r.settle(self, offsets, Settlement::Ack),
         }
     }
@@ -616,6 +691,7 @@ impl Queue {
     pub fn reject(self: &Arc<Self>, offsets: &[u64]) {
         match &self.backend {
             Backend::Classic(c) => c.discard(self, offsets),
+            Backend::Stream(s) => s.settle(self, offsets),
             Backend::Remote(r) => r.settle(self, offsets, Settlement::Reject),
         }
     }
@@ -625,6 +701,8 @@ impl Queue {
     pub fn requeue(self: &Arc<Self>, offsets: &[u64]) {
         match &self.backend {
             Backend::Classic(c) => c.requeue(self, offsets),
+            // Nothing is requeued in a log: the consumer's credit comes back.
+            Backend::Stream(s) => s.settle(self, offsets),
             Backend::Remote(r) => r.settle(self, offsets, Settlement::Requeue),
         }
     }
@@ -634,6 +712,7 @@ impl Queue {
     pub fn release(self: &Arc<Self>, offsets: &[u64]) {
         match &self.backend {
             Backend::Classic(c) => c.release(self, offsets),
+            Backend::Stream(s) => s.settle(self, offsets),
             Backend::Remote(r) => r.settle(self, offsets, Settlement::Release),
         }
     }
@@ -644,6 +723,7 @@ impl Queue {
     pub fn purge(self: &Arc<Self>) -> u32 {
         match &self.backend {
             Backend::Classic(c) => u32::try_from(c.purge(self)).unwrap_or(u32::MAX),
+            Backend::Stream(_) => 0,
             Backend::Remote(r) => {
                 drop(r.purge(self));
                 0
@@ -656,6 +736,7 @@ impl Queue {
     pub(crate) fn mark_deleted(self: &Arc<Self>) -> u32 {
         match &self.backend {
             Backend::Classic(c) => u32::try_from(c.delete(self)).unwrap_or(u32::MAX),
+            Backend::Stream(s) => u32::try_from(s.delete()).unwrap_or(u32::MAX),
             Backend::Remote(r) => r.mark_deleted(),
         }
     }

@@ -46,6 +46,8 @@ pub struct Broker {
     url: String,
     /// Management HTTP base URL (`http://127.0.0.1:PORT`), for a `pier` process.
     http_url: Option<String>,
+    /// The stream protocol port of a `pier` process.
+    stream_port: Option<u16>,
     process: Option<PierProcess>,
 }
 
@@ -64,6 +66,7 @@ impl Broker {
                 return Broker {
                     url: url.trim().to_owned(),
                     http_url: None,
+                    stream_port: None,
                     process: None,
                 };
             }
@@ -83,6 +86,10 @@ impl Broker {
         while http_port == amqp_port {
             http_port = free_port();
         }
+        let mut stream_port = free_port();
+        while stream_port == amqp_port || stream_port == http_port {
+            stream_port = free_port();
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_pier"))
             .arg("server")
             .arg("--amqp-port")
@@ -92,6 +99,10 @@ impl Broker {
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--stream-port")
+            .arg(stream_port.to_string())
+            .arg("--stream-advertised-host")
             .arg("127.0.0.1")
             .env(
                 "RUST_LOG",
@@ -105,6 +116,7 @@ impl Broker {
         let mut broker = Broker {
             url: format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2F"),
             http_url: Some(format!("http://127.0.0.1:{http_port}")),
+            stream_port: Some(stream_port),
             process: Some(PierProcess {
                 child,
                 dir,
@@ -138,6 +150,11 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The stream protocol port of the `pier` process (`None` for an external broker).
+    pub fn stream_port(&self) -> Option<u16> {
+        self.stream_port
     }
 
     /// Whether the tests run against an external broker.

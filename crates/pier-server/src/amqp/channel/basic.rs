@@ -90,6 +90,19 @@ impl Channel {
         }
         let taken = self.take(cx, tag, multiple)?;
         self.release_channel_credit(&taken);
+        if let Some(u) = taken
+            .iter()
+            .find(|u| u.queue.kind() == pier_broker::queue::QueueType::Stream)
+        {
+            // RabbitMQ 3.10 refuses nack and reject of stream deliveries (540).
+            let detail = format!(
+                "basic.nack and basic.reject not supported by stream queues queue '{}' in vhost '{}'",
+                u.queue.name(),
+                u.queue.vhost()
+            );
+            session::dispose(&taken, Disposition::Ack);
+            return Err(AmqpException::new(rc::NOT_IMPLEMENTED, detail));
+        }
         if requeue {
             session::requeue_all(taken);
         } else {
@@ -280,6 +293,15 @@ impl Channel {
         let name = self.queue_name(queue)?;
         cx.access.check(ObjectKind::Queue, &name, Access::Read)?;
         let q = cx.vhost.queue(&name, cx.connection)?;
+        if q.kind() == pier_broker::queue::QueueType::Stream {
+            return Err(AmqpException::new(
+                rc::NOT_IMPLEMENTED,
+                format!(
+                    "basic.get not supported by stream queues queue '{name}' in vhost '{}'",
+                    cx.vhost.name()
+                ),
+            ));
+        }
         if q.is_remote() {
             self.get_remote(&q, no_ack);
             return Ok(());

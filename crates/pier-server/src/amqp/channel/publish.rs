@@ -255,11 +255,13 @@ impl Channel {
             Some(seq) if persistent => Some(durability_token(cx, number, Some(seq), &message)),
             _ => None,
         };
-        let mut on_store = || durability_token(cx, number, None, &message);
+        // A stream stores every message, persistent or not: in confirm mode a transient
+        // message's confirm waits for the stream's fsync too (made only if one is routed to).
+        let on_store_seq = if persistent { None } else { confirm_seq };
+        let mut on_store = || durability_token(cx, number, on_store_seq, &message);
         let durability = match (&token, persistent) {
             (Some(t), _) => Durability::Token(t),
-            (None, true) => Durability::OnStore(&mut on_store),
-            (None, false) => Durability::None,
+            (None, _) => Durability::OnStore(&mut on_store),
         };
         let published = cx.vhost.publish(
             Arc::clone(&message),

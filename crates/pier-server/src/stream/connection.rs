@@ -1,0 +1,1188 @@
+//! One stream-protocol connection: the reader task (handshake, then commands), its writer
+//! task, and a task per subscription.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pier_broker::{Access, ConnectionSlot, ObjectKind, VHost};
+use pier_store::stream::{AppendMessage, StartAt, Stream, StreamError};
+use pier_stream_wire::frame::DEFAULT_INITIAL_FRAME_MAX;
+use pier_stream_wire::{
+    BloomMatcher, ClientCommand, CommandVersion, ConsumerUpdate, Deliver, MetadataResponse,
+    MetadataUpdate, OffsetSpec, OpenResponse, PeerPropertiesResponse, PublishConfirm, PublishError,
+    PublishingError, QueryOffsetResponse, QueryPublisherSequenceResponse,
+    ResolveOffsetSpecResponse, Response, ResponseCode, SaslAuthenticateResponse,
+    SaslHandshakeResponse, ServerCommand, StreamMetadata, StreamStatsResponse, StreamsResponse,
+    Tune,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::sac::{GroupKey, SacEvent};
+use super::{superstream, Server};
+
+/// Frames queued for the writer before senders wait.
+const OUT_CHANNEL: usize = 256;
+/// A handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn encode(cmd: &ServerCommand) -> Bytes {
+    let mut b = BytesMut::new();
+    match cmd.encode(&mut b) {
+        Ok(()) => b.freeze(),
+        Err(e) => {
+            tracing::error!("stream: encoding {cmd:?}: {e}");
+            Bytes::new()
+        }
+    }
+}
+
+fn ok(correlation_id: u32) -> Response {
+    Response {
+        correlation_id,
+        code: ResponseCode::Ok,
+    }
+}
+
+fn response(correlation_id: u32, code: ResponseCode) -> Response {
+    Response {
+        correlation_id,
+        code,
+    }
+}
+
+/// What the writer sends besides queued frames: confirms and errors collected from stream
+/// writer threads (bounded by `max_unconfirmed`).
+#[derive(Default)]
+struct Pending {
+    confirms: Vec<(u8, Vec<u64>)>,
+    errors: Vec<(u8, Vec<u64>, ResponseCode)>,
+}
+
+struct ConnShared {
+    pending: Mutex<Pending>,
+    writer_wake: Notify,
+    unconfirmed: AtomicUsize,
+    reader_wake: Notify,
+}
+
+impl ConnShared {
+    fn settled(&self, n: usize) {
+        self.unconfirmed.fetch_sub(n, Ordering::AcqRel);
+        self.writer_wake.notify_one();
+        self.reader_wake.notify_one();
+    }
+}
+
+struct Publisher {
+    stream_name: String,
+    stream: Arc<Stream>,
+    reference: Option<String>,
+}
+
+/// The part of a subscription its task and the reader share.
+struct SubShared {
+    credit: AtomicU32,
+    active: AtomicBool,
+    wake: Notify,
+    /// Where to (re)start reading, set by a `ConsumerUpdate` answer.
+    restart: Mutex<Option<StartAt>>,
+}
+
+struct Subscription {
+    stream_name: String,
+    shared: Arc<SubShared>,
+    cancel: CancellationToken,
+    sac: Option<GroupKey>,
+    /// The offset spec it subscribed with (the default answer to ConsumerUpdate).
+    offset: OffsetSpec,
+}
+
+struct Session {
+    server: Arc<Server>,
+    id: u64,
+    peer: SocketAddr,
+    vhost: Option<Arc<VHost>>,
+    user: Option<String>,
+    _slot: Option<ConnectionSlot>,
+    frame_max: u32,
+    out: mpsc::Sender<Bytes>,
+    shared: Arc<ConnShared>,
+    publishers: HashMap<u8, Publisher>,
+    subscriptions: HashMap<u8, Subscription>,
+    deliver_v2: bool,
+    sac_events: mpsc::Sender<SacEvent>,
+    /// ConsumerUpdate requests sent: correlation id → subscription.
+    updates: HashMap<u32, u8>,
+    next_correlation: u32,
+    cert_user: Option<String>,
+    heartbeat: u32,
+    closing: bool,
+}
+
+fn to_start(o: OffsetSpec) -> StartAt {
+    match o {
+        OffsetSpec::First => StartAt::First,
+        OffsetSpec::Last => StartAt::Last,
+        OffsetSpec::Next => StartAt::Next,
+        OffsetSpec::Offset(n) => StartAt::Offset(n),
+        OffsetSpec::Timestamp(t) => StartAt::Timestamp(t),
+    }
+}
+
+/// Runs a connection to its end.
+pub(crate) async fn run<S>(
+    server: Arc<Server>,
+    socket: S,
+    peer: SocketAddr,
+    cert_user: Option<String>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(socket);
+    let (out, out_rx) = mpsc::channel::<Bytes>(OUT_CHANNEL);
+    let (sac_tx, mut sac_rx) = mpsc::channel::<SacEvent>(64);
+    let shared = Arc::new(ConnShared {
+        pending: Mutex::new(Pending::default()),
+        writer_wake: Notify::new(),
+        unconfirmed: AtomicUsize::new(0),
+        reader_wake: Notify::new(),
+    });
+    let stop = shutdown.child_token();
+    let heartbeat = Arc::new(AtomicU32::new(0));
+    let writer = tokio::spawn(write_loop(
+        wr,
+        out_rx,
+        Arc::clone(&shared),
+        Arc::clone(&heartbeat),
+        stop.clone(),
+    ));
+    let mut s = Session {
+        id: crate::amqp::connection::next_connection_id(),
+        server,
+        peer,
+        vhost: None,
+        user: None,
+        _slot: None,
+        frame_max: DEFAULT_INITIAL_FRAME_MAX,
+        out,
+        shared,
+        publishers: HashMap::new(),
+        subscriptions: HashMap::new(),
+        deliver_v2: false,
+        sac_events: sac_tx,
+        updates: HashMap::new(),
+        next_correlation: 1,
+        cert_user,
+        heartbeat: 0,
+        closing: false,
+    };
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let started = tokio::time::Instant::now();
+    loop {
+        // Too many publishes waiting for their confirm: stop reading until half are confirmed.
+        while s.shared.unconfirmed.load(Ordering::Acquire) > s.server.config.max_unconfirmed {
+            tokio::select! {
+                () = s.shared.reader_wake.notified() => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        let hb = s.heartbeat;
+        let idle = if s.vhost.is_none() {
+            HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed())
+        } else if hb > 0 {
+            Duration::from_secs(u64::from(hb) * 2)
+        } else {
+            Duration::from_secs(24 * 3600)
+        };
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => n,
+                Err(_) => {
+                    tracing::info!(peer = %s.peer, "stream connection: missed heartbeats or handshake timed out");
+                    break;
+                }
+            },
+            ev = sac_rx.recv() => {
+                if let Some(ev) = ev {
+                    s.sac_event(ev).await;
+                }
+                continue;
+            }
+            () = stop.cancelled() => break,
+        };
+        let _ = n;
+        loop {
+            match ClientCommand::decode_from(&mut buf, s.frame_max) {
+                Ok(Some(cmd)) => {
+                    if !s.handle(cmd).await {
+                        s.closing = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(peer = %s.peer, "stream connection: {e}");
+                    if s.vhost.is_some() {
+                        let _ = s.out.send(encode(&e.close_command())).await;
+                    }
+                    s.closing = true;
+                    break;
+                }
+            }
+        }
+        heartbeat.store(s.heartbeat, Ordering::Release);
+        if s.closing {
+            break;
+        }
+    }
+    s.teardown();
+    drop(s);
+    // The writer drains what was queued (a Close or its response) and stops.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    stop.cancel();
+}
+
+async fn write_loop<W: AsyncWrite>(
+    wr: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    shared: Arc<ConnShared>,
+    heartbeat: Arc<AtomicU32>,
+    stop: CancellationToken,
+) {
+    let mut wr = std::pin::pin!(wr);
+    let mut buf = BytesMut::with_capacity(128 * 1024);
+    let heartbeat_frame = encode(&ServerCommand::Heartbeat);
+    let mut last_write = tokio::time::Instant::now();
+    loop {
+        let hb = heartbeat.load(Ordering::Acquire);
+        let hb_at = last_write + Duration::from_secs(u64::from(hb.max(1)));
+        let mut closed = false;
+        tokio::select! {
+            biased;
+            f = rx.recv() => match f {
+                Some(f) => {
+                    let mut f = Some(f);
+                    while let Some(frame) = f.take() {
+                        if frame.len() > 64 * 1024 {
+                            if !buf.is_empty() && wr.write_all(&buf).await.is_err() { return; }
+                            buf.clear();
+                            if wr.write_all(&frame).await.is_err() { return; }
+                        } else {
+                            buf.extend_from_slice(&frame);
+                        }
+                        if buf.len() < 256 * 1024 {
+                            f = rx.try_recv().ok();
+                        }
+                    }
+                }
+                None => closed = true,
+            },
+            () = shared.writer_wake.notified() => {}
+            () = tokio::time::sleep_until(hb_at), if hb > 0 => buf.extend_from_slice(&heartbeat_frame),
+            () = stop.cancelled() => return,
+        }
+        let pending =
+            std::mem::take(&mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (publisher_id, publishing_ids) in pending.confirms {
+            let n = publishing_ids.len();
+            buf.extend_from_slice(&encode(&ServerCommand::PublishConfirm(PublishConfirm {
+                publisher_id,
+                publishing_ids,
+            })));
+            shared.settled(n);
+        }
+        for (publisher_id, ids, code) in pending.errors {
+            let n = ids.len();
+            buf.extend_from_slice(&encode(&ServerCommand::PublishError(PublishError {
+                publisher_id,
+                errors: ids
+                    .into_iter()
+                    .map(|publishing_id| PublishingError {
+                        publishing_id,
+                        code,
+                    })
+                    .collect(),
+            })));
+            shared.settled(n);
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+            last_write = tokio::time::Instant::now();
+        }
+        if closed {
+            let _ = wr.flush().await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+impl Session {
+    async fn send(&self, cmd: ServerCommand) {
+        let _ = self.out.send(encode(&cmd)).await;
+    }
+
+    fn vhost(&self) -> Option<&Arc<VHost>> {
+        self.vhost.as_ref()
+    }
+
+    /// RabbitMQ's permission check (the same regular expressions for queues and exchanges).
+    fn allowed(&self, _kind: ObjectKind, name: &str, access: Access) -> bool {
+        let (Some(user), Some(vh)) = (&self.user, &self.vhost) else {
+            return false;
+        };
+        let (_, p) = self.server.broker.compiled_permission(user, vh.name());
+        p.is_some_and(|p| p.allows(access, name))
+    }
+
+    fn stream(&self, name: &str) -> Option<Arc<Stream>> {
+        self.vhost()?
+            .find_queue(name)
+            .and_then(|q| q.stream().cloned())
+    }
+
+    /// Handles one command; false: close the connection.
+    async fn handle(&mut self, cmd: ClientCommand) -> bool {
+        let authenticated = self.vhost.is_some();
+        match cmd {
+            ClientCommand::PeerProperties(p) => {
+                let c = &self.server.config;
+                let properties = vec![
+                    ("product".to_owned(), c.product.clone()),
+                    ("version".to_owned(), c.advertised_version.clone()),
+                    ("cluster_name".to_owned(), c.cluster_name.clone()),
+                    (
+                        "platform".to_owned(),
+                        format!("Pier {}", env!("CARGO_PKG_VERSION")),
+                    ),
+                    ("copyright".to_owned(), "Pier contributors".to_owned()),
+                    (
+                        "information".to_owned(),
+                        "Licensed under the Apache 2.0 license".to_owned(),
+                    ),
+                ];
+                self.send(ServerCommand::PeerPropertiesResponse(
+                    PeerPropertiesResponse {
+                        correlation_id: p.correlation_id,
+                        code: ResponseCode::Ok,
+                        properties,
+                    },
+                ))
+                .await;
+            }
+            ClientCommand::SaslHandshake(h) => {
+                let mut mechanisms = vec!["PLAIN".to_owned()];
+                if self.cert_user.is_some() {
+                    mechanisms.push("EXTERNAL".to_owned());
+                }
+                self.send(ServerCommand::SaslHandshakeResponse(
+                    SaslHandshakeResponse {
+                        correlation_id: h.correlation_id,
+                        code: ResponseCode::Ok,
+                        mechanisms,
+                    },
+                ))
+                .await;
+            }
+            ClientCommand::SaslAuthenticate(a) => {
+                let loopback = self.peer.ip().to_canonical().is_loopback();
+                let result = match (a.mechanism.as_str(), &self.cert_user) {
+                    ("PLAIN", _) => {
+                        let mut parts = a.data.split(|b| *b == 0);
+                        let _authzid = parts.next();
+                        let user = parts.next().map(String::from_utf8_lossy);
+                        let pass = parts.next().map(String::from_utf8_lossy);
+                        match (user, pass) {
+                            (Some(u), Some(p)) => self
+                                .server
+                                .broker
+                                .authenticate(&u, &p, loopback)
+                                .map_err(|e| match e {
+                                    pier_broker::AuthError::LoopbackOnly(_) => {
+                                        ResponseCode::SaslAuthenticationFailureLoopback
+                                    }
+                                    _ => ResponseCode::AuthenticationFailure,
+                                }),
+                            _ => Err(ResponseCode::SaslError),
+                        }
+                    }
+                    ("EXTERNAL", Some(cn)) => self
+                        .server
+                        .broker
+                        .authenticate_external(cn, loopback)
+                        .map_err(|_| ResponseCode::AuthenticationFailure),
+                    _ => Err(ResponseCode::SaslMechanismNotSupported),
+                };
+                match result {
+                    Ok(user) => {
+                        self.user = Some(user.name.clone());
+                        self.send(ServerCommand::SaslAuthenticateResponse(
+                            SaslAuthenticateResponse {
+                                correlation_id: a.correlation_id,
+                                code: ResponseCode::Ok,
+                                challenge: Bytes::new(),
+                            },
+                        ))
+                        .await;
+                        let c = &self.server.config;
+                        self.send(ServerCommand::Tune(Tune {
+                            frame_max: c.frame_max,
+                            heartbeat: c.heartbeat,
+                        }))
+                        .await;
+                    }
+                    Err(code) => {
+                        tracing::info!(peer = %self.peer, "stream connection: authentication failed ({code:?})");
+                        self.send(ServerCommand::SaslAuthenticateResponse(
+                            SaslAuthenticateResponse {
+                                correlation_id: a.correlation_id,
+                                code,
+                                challenge: Bytes::new(),
+                            },
+                        ))
+                        .await;
+                        return false;
+                    }
+                }
+            }
+            ClientCommand::Tune(t) => {
+                let c = &self.server.config;
+                let pick = |ours: u32, theirs: u32| match (ours, theirs) {
+                    (0, x) | (x, 0) => x,
+                    (a, b) => a.min(b),
+                };
+                self.frame_max = pick(c.frame_max, t.frame_max).max(DEFAULT_INITIAL_FRAME_MAX);
+                self.heartbeat = pick(c.heartbeat, t.heartbeat);
+            }
+            ClientCommand::Open(o) => {
+                let Some(user) = self.user.clone() else {
+                    return false;
+                };
+                let opened = match self.server.broker.open_vhost(&user, &o.virtual_host) {
+                    Ok(vh) => vh.acquire_connection_slot(&user).map(|slot| (slot, vh)),
+                    Err(e) => Err(e),
+                };
+                match opened {
+                    Ok((slot, vh)) => {
+                        self._slot = Some(slot);
+                        self.vhost = Some(vh);
+                        let c = &self.server.config;
+                        self.send(ServerCommand::OpenResponse(OpenResponse {
+                            correlation_id: o.correlation_id,
+                            code: ResponseCode::Ok,
+                            properties: vec![
+                                ("advertised_host".to_owned(), c.advertised_host.clone()),
+                                ("advertised_port".to_owned(), c.advertised_port.to_string()),
+                            ],
+                        }))
+                        .await;
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %self.peer, "stream connection: {e}");
+                        self.send(ServerCommand::OpenResponse(OpenResponse {
+                            correlation_id: o.correlation_id,
+                            code: ResponseCode::VirtualHostAccessFailure,
+                            properties: Vec::new(),
+                        }))
+                        .await;
+                        return false;
+                    }
+                }
+            }
+            ClientCommand::Heartbeat => {}
+            ClientCommand::Close(c) => {
+                self.send(ServerCommand::CloseResponse(ok(c.correlation_id)))
+                    .await;
+                return false;
+            }
+            ClientCommand::CloseResponse(_) => return false,
+            // Everything else needs an opened connection.
+            _ if !authenticated => return false,
+            cmd => self.command(cmd).await,
+        }
+        true
+    }
+
+    async fn command(&mut self, cmd: ClientCommand) {
+        let Some(vh) = self.vhost.clone() else { return };
+        match cmd {
+            ClientCommand::DeclarePublisher(d) => {
+                let code = if self.publishers.contains_key(&d.publisher_id) {
+                    ResponseCode::PreconditionFailed
+                } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Write) {
+                    ResponseCode::AccessRefused
+                } else {
+                    match self.stream(&d.stream) {
+                        None => ResponseCode::StreamDoesNotExist,
+                        Some(stream) => {
+                            self.publishers.insert(
+                                d.publisher_id,
+                                Publisher {
+                                    stream_name: d.stream.clone(),
+                                    stream,
+                                    reference: Some(d.reference).filter(|r| !r.is_empty()),
+                                },
+                            );
+                            ResponseCode::Ok
+                        }
+                    }
+                };
+                self.send(ServerCommand::DeclarePublisherResponse(response(
+                    d.correlation_id,
+                    code,
+                )))
+                .await;
+            }
+            ClientCommand::Publish(p) => self.publish(p).await,
+            ClientCommand::QueryPublisherSequence(q) => {
+                let (code, sequence) = match self.stream(&q.stream) {
+                    None => (ResponseCode::StreamDoesNotExist, 0),
+                    Some(s) => (ResponseCode::Ok, s.writer_sequence(&q.reference)),
+                };
+                self.send(ServerCommand::QueryPublisherSequenceResponse(
+                    QueryPublisherSequenceResponse {
+                        correlation_id: q.correlation_id,
+                        code,
+                        sequence,
+                    },
+                ))
+                .await;
+            }
+            ClientCommand::DeletePublisher(d) => {
+                let code = match self.publishers.remove(&d.publisher_id) {
+                    Some(_) => ResponseCode::Ok,
+                    None => ResponseCode::PublisherDoesNotExist,
+                };
+                self.send(ServerCommand::DeletePublisherResponse(response(
+                    d.correlation_id,
+                    code,
+                )))
+                .await;
+            }
+            ClientCommand::Subscribe(s) => self.subscribe(s).await,
+            ClientCommand::Credit(c) => match self.subscriptions.get(&c.subscription_id) {
+                Some(sub) => {
+                    sub.shared
+                        .credit
+                        .fetch_add(u32::from(c.credit), Ordering::AcqRel);
+                    sub.shared.wake.notify_one();
+                }
+                None => {
+                    self.send(ServerCommand::CreditResponse(
+                        pier_stream_wire::CreditResponse {
+                            code: ResponseCode::SubscriptionIdDoesNotExist,
+                            subscription_id: c.subscription_id,
+                        },
+                    ))
+                    .await;
+                }
+            },
+            ClientCommand::StoreOffset(o) => {
+                if self.allowed(ObjectKind::Queue, &o.stream, Access::Read) {
+                    if let Some(s) = self.stream(&o.stream) {
+                        if let Err(e) = s.store_offset(o.reference, o.offset) {
+                            tracing::warn!(stream = %o.stream, "store offset: {e}");
+                        }
+                    }
+                }
+            }
+            ClientCommand::QueryOffset(q) => {
+                let (code, offset) = match self.stream(&q.stream) {
+                    None => (ResponseCode::StreamDoesNotExist, 0),
+                    Some(_) if !self.allowed(ObjectKind::Queue, &q.stream, Access::Read) => {
+                        (ResponseCode::AccessRefused, 0)
+                    }
+                    Some(s) => match s.stored_offset(&q.reference) {
+                        Some(o) => (ResponseCode::Ok, o),
+                        None => (ResponseCode::NoOffset, 0),
+                    },
+                };
+                self.send(ServerCommand::QueryOffsetResponse(QueryOffsetResponse {
+                    correlation_id: q.correlation_id,
+                    code,
+                    offset,
+                }))
+                .await;
+            }
+            ClientCommand::Unsubscribe(u) => {
+                let code = if self.unsubscribe(u.subscription_id) {
+                    ResponseCode::Ok
+                } else {
+                    ResponseCode::SubscriptionIdDoesNotExist
+                };
+                self.send(ServerCommand::UnsubscribeResponse(response(
+                    u.correlation_id,
+                    code,
+                )))
+                .await;
+            }
+            ClientCommand::Create(c) => {
+                let code = if !self.allowed(ObjectKind::Queue, &c.stream, Access::Configure) {
+                    ResponseCode::AccessRefused
+                } else {
+                    match superstream::create_stream(&vh, &c.stream, &c.arguments, self.id) {
+                        Ok(true) => ResponseCode::Ok,
+                        Ok(false) => ResponseCode::StreamAlreadyExists,
+                        Err(e) => {
+                            tracing::info!(stream = %c.stream, "create stream refused: {e}");
+                            ResponseCode::PreconditionFailed
+                        }
+                    }
+                };
+                self.send(ServerCommand::CreateResponse(response(
+                    c.correlation_id,
+                    code,
+                )))
+                .await;
+            }
+            ClientCommand::Delete(d) => {
+                let code = if self.stream(&d.stream).is_none() {
+                    ResponseCode::StreamDoesNotExist
+                } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Configure) {
+                    ResponseCode::AccessRefused
+                } else {
+                    match vh.delete_queue(&d.stream, false, false, self.id) {
+                        Ok(_) => ResponseCode::Ok,
+                        Err(_) => ResponseCode::InternalError,
+                    }
+                };
+                self.send(ServerCommand::DeleteResponse(response(
+                    d.correlation_id,
+                    code,
+                )))
+                .await;
+            }
+            ClientCommand::Metadata(m) => {
+                let c = &self.server.config;
+                let streams = m
+                    .streams
+                    .into_iter()
+                    .map(|name| {
+                        let exists = self.stream(&name).is_some();
+                        StreamMetadata {
+                            stream: name,
+                            code: if exists {
+                                ResponseCode::Ok
+                            } else {
+                                ResponseCode::StreamDoesNotExist
+                            },
+                            leader: if exists { 0 } else { u16::MAX },
+                            replicas: Vec::new(),
+                        }
+                    })
+                    .collect();
+                self.send(ServerCommand::MetadataResponse(MetadataResponse {
+                    correlation_id: m.correlation_id,
+                    brokers: vec![pier_stream_wire::Broker {
+                        reference: 0,
+                        host: c.advertised_host.clone(),
+                        port: u32::from(c.advertised_port),
+                    }],
+                    streams,
+                }))
+                .await;
+            }
+            ClientCommand::ExchangeCommandVersions(e) => {
+                use pier_stream_wire::key;
+                let client_deliver = e
+                    .versions
+                    .iter()
+                    .find(|v| v.key == key::DELIVER)
+                    .map_or(1, |v| v.max_version);
+                self.deliver_v2 = client_deliver >= 2;
+                let versions = pier_stream_wire::frame::SERVER_COMMAND_VERSIONS
+                    .iter()
+                    .map(|&(key, min_version, max_version)| CommandVersion {
+                        key,
+                        min_version,
+                        max_version,
+                    })
+                    .collect();
+                self.send(ServerCommand::ExchangeCommandVersionsResponse(
+                    pier_stream_wire::ExchangeCommandVersionsResponse {
+                        correlation_id: e.correlation_id,
+                        code: ResponseCode::Ok,
+                        versions,
+                    },
+                ))
+                .await;
+            }
+            ClientCommand::StreamStats(st) => {
+                let (code, stats) = match self.stream(&st.stream) {
+                    None => (ResponseCode::StreamDoesNotExist, Vec::new()),
+                    Some(s) => {
+                        let v = s.shared().view();
+                        let committed = v
+                            .last_chunk_id
+                            .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
+                        (
+                            ResponseCode::Ok,
+                            vec![
+                                (
+                                    "first_chunk_id".to_owned(),
+                                    if v.last_chunk_id.is_some() {
+                                        i64::try_from(v.first_offset()).unwrap_or(i64::MAX)
+                                    } else {
+                                        -1
+                                    },
+                                ),
+                                ("committed_chunk_id".to_owned(), committed),
+                            ],
+                        )
+                    }
+                };
+                self.send(ServerCommand::StreamStatsResponse(StreamStatsResponse {
+                    correlation_id: st.correlation_id,
+                    code,
+                    stats,
+                }))
+                .await;
+            }
+            ClientCommand::Route(r) => {
+                let (code, streams) = match superstream::route(&vh, &r.super_stream, &r.routing_key)
+                {
+                    None => (ResponseCode::StreamDoesNotExist, Vec::new()),
+                    Some(s) => (ResponseCode::Ok, s),
+                };
+                self.send(ServerCommand::RouteResponse(StreamsResponse {
+                    correlation_id: r.correlation_id,
+                    code,
+                    streams,
+                }))
+                .await;
+            }
+            ClientCommand::Partitions(p) => {
+                let (code, streams) = match superstream::partitions(&vh, &p.super_stream) {
+                    None => (ResponseCode::StreamDoesNotExist, Vec::new()),
+                    Some(s) => (ResponseCode::Ok, s),
+                };
+                self.send(ServerCommand::PartitionsResponse(StreamsResponse {
+                    correlation_id: p.correlation_id,
+                    code,
+                    streams,
+                }))
+                .await;
+            }
+            ClientCommand::CreateSuperStream(c) => {
+                let code = if !self.allowed(ObjectKind::Exchange, &c.name, Access::Configure) {
+                    ResponseCode::AccessRefused
+                } else {
+                    match superstream::create(
+                        &vh,
+                        &c.name,
+                        &c.partitions,
+                        &c.binding_keys,
+                        &c.arguments,
+                        self.id,
+                    ) {
+                        Ok(true) => ResponseCode::Ok,
+                        Ok(false) => ResponseCode::StreamAlreadyExists,
+                        Err(e) => {
+                            tracing::info!(super_stream = %c.name, "create super stream refused: {e}");
+                            ResponseCode::PreconditionFailed
+                        }
+                    }
+                };
+                self.send(ServerCommand::CreateSuperStreamResponse(response(
+                    c.correlation_id,
+                    code,
+                )))
+                .await;
+            }
+            ClientCommand::DeleteSuperStream(d) => {
+                let code = if !self.allowed(ObjectKind::Exchange, &d.name, Access::Configure) {
+                    ResponseCode::AccessRefused
+                } else {
+                    match superstream::delete(&vh, &d.name, self.id) {
+                        Ok(true) => ResponseCode::Ok,
+                        Ok(false) => ResponseCode::StreamDoesNotExist,
+                        Err(_) => ResponseCode::InternalError,
+                    }
+                };
+                self.send(ServerCommand::DeleteSuperStreamResponse(response(
+                    d.correlation_id,
+                    code,
+                )))
+                .await;
+            }
+            ClientCommand::ResolveOffsetSpec(r) => {
+                let (code, offset) = match self.stream(&r.stream) {
+                    None => (ResponseCode::StreamDoesNotExist, 0),
+                    Some(s) => match s.reader(to_start(r.offset)) {
+                        Ok(rd) => (ResponseCode::Ok, rd.next_chunk_id()),
+                        Err(_) => (ResponseCode::InternalError, 0),
+                    },
+                };
+                self.send(ServerCommand::ResolveOffsetSpecResponse(
+                    ResolveOffsetSpecResponse {
+                        correlation_id: r.correlation_id,
+                        code,
+                        offset_type: 4,
+                        offset,
+                    },
+                ))
+                .await;
+            }
+            ClientCommand::ConsumerUpdateResponse(u) => {
+                if let Some(sub_id) = self.updates.remove(&u.correlation_id) {
+                    if let Some(sub) = self.subscriptions.get(&sub_id) {
+                        if sub.shared.active.load(Ordering::Acquire) {
+                            let start = to_start(u.offset.unwrap_or(sub.offset));
+                            *sub.shared.restart.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(start);
+                            sub.shared.wake.notify_one();
+                        }
+                    }
+                }
+            }
+            // Handled before authentication checks.
+            ClientCommand::PeerProperties(_)
+            | ClientCommand::SaslHandshake(_)
+            | ClientCommand::SaslAuthenticate(_)
+            | ClientCommand::Tune(_)
+            | ClientCommand::Open(_)
+            | ClientCommand::Close(_)
+            | ClientCommand::CloseResponse(_)
+            | ClientCommand::Heartbeat => {}
+        }
+    }
+
+    async fn publish(&mut self, p: pier_stream_wire::Publish) {
+        let n = p.messages.len();
+        if n == 0 {
+            return;
+        }
+        let ids: Vec<u64> = p.messages.iter().map(|m| m.publishing_id).collect();
+        let Some(publisher) = self.publishers.get(&p.publisher_id) else {
+            self.shared.unconfirmed.fetch_add(n, Ordering::AcqRel);
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .errors
+                .push((p.publisher_id, ids, ResponseCode::PublisherDoesNotExist));
+            self.shared.writer_wake.notify_one();
+            return;
+        };
+        let messages: Vec<AppendMessage> = p
+            .messages
+            .into_iter()
+            .map(|m| AppendMessage {
+                publishing_id: m.publishing_id,
+                entry: m.entry,
+                filter: m.filter_value,
+            })
+            .collect();
+        self.shared.unconfirmed.fetch_add(n, Ordering::AcqRel);
+        let shared = Arc::clone(&self.shared);
+        let pid = p.publisher_id;
+        let mut done: pier_store::stream::AppendDone = Box::new(move |r| {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match r {
+                Ok(_) => pending.confirms.push((pid, ids)),
+                Err(_) => pending.errors.push((pid, ids, ResponseCode::InternalError)),
+            }
+            drop(pending);
+            shared.writer_wake.notify_one();
+        });
+        let mut messages = messages;
+        let stream = Arc::clone(&publisher.stream);
+        let reference = publisher.reference.clone();
+        loop {
+            match stream.try_append(reference.clone(), messages, done) {
+                Ok(()) => return,
+                Err((StreamError::Busy, m, d)) => {
+                    messages = m;
+                    done = d;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _, d)) => {
+                    tracing::warn!(stream = %publisher.stream_name, "publish: {e}");
+                    d(Err(Arc::new(e)));
+                    let name = publisher.stream_name.clone();
+                    self.publishers.remove(&pid);
+                    self.send(ServerCommand::MetadataUpdate(MetadataUpdate {
+                        code: ResponseCode::StreamNotAvailable,
+                        stream: name,
+                    }))
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, s: pier_stream_wire::Subscribe) {
+        let Some(vh) = self.vhost.clone() else { return };
+        let code = if self.subscriptions.contains_key(&s.subscription_id) {
+            ResponseCode::SubscriptionIdAlreadyExists
+        } else if self.stream(&s.stream).is_none() {
+            ResponseCode::StreamDoesNotExist
+        } else if !self.allowed(ObjectKind::Queue, &s.stream, Access::Read) {
+            ResponseCode::AccessRefused
+        } else {
+            ResponseCode::Ok
+        };
+        let stream = match (code, self.stream(&s.stream)) {
+            (ResponseCode::Ok, Some(stream)) => stream,
+            _ => {
+                self.send(ServerCommand::SubscribeResponse(response(
+                    s.correlation_id,
+                    code,
+                )))
+                .await;
+                return;
+            }
+        };
+        let prop = |k: &str| {
+            s.properties
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let filters: Vec<&str> = s
+            .properties
+            .iter()
+            .filter(|(k, _)| k.starts_with("filter."))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let matcher = (!filters.is_empty()).then(|| {
+            BloomMatcher::new(
+                filters.iter().map(|f| f.as_bytes()),
+                prop("match-unfiltered") == Some("true"),
+            )
+        });
+        let sac = prop("single-active-consumer") == Some("true");
+        let name = prop("name").map(str::to_owned);
+        let super_stream = prop("super-stream").map(str::to_owned);
+        let sac_key = match (sac, name) {
+            (true, Some(name)) => Some(GroupKey {
+                vhost: vh.name().to_owned(),
+                stream: s.stream.clone(),
+                name,
+            }),
+            (true, None) => {
+                self.send(ServerCommand::SubscribeResponse(response(
+                    s.correlation_id,
+                    ResponseCode::PreconditionFailed,
+                )))
+                .await;
+                return;
+            }
+            _ => None,
+        };
+        let shared = Arc::new(SubShared {
+            credit: AtomicU32::new(u32::from(s.credit)),
+            active: AtomicBool::new(sac_key.is_none()),
+            wake: Notify::new(),
+            restart: Mutex::new(None),
+        });
+        let reader = if sac_key.is_none() {
+            match stream.reader(to_start(s.offset)) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(stream = %s.stream, "subscribe: {e}");
+                    self.send(ServerCommand::SubscribeResponse(response(
+                        s.correlation_id,
+                        ResponseCode::InternalError,
+                    )))
+                    .await;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        self.send(ServerCommand::SubscribeResponse(ok(s.correlation_id)))
+            .await;
+        let cancel = CancellationToken::new();
+        tokio::spawn(deliver_loop(DeliverTask {
+            id: s.subscription_id,
+            stream_name: s.stream.clone(),
+            stream,
+            reader,
+            matcher,
+            shared: Arc::clone(&shared),
+            out: self.out.clone(),
+            v2: self.deliver_v2,
+            cancel: cancel.clone(),
+        }));
+        if let Some(key) = &sac_key {
+            let partition = super_stream.and_then(|ss| {
+                superstream::partitions(&vh, &ss)
+                    .and_then(|p| p.iter().position(|n| *n == s.stream))
+            });
+            self.server.sac.join(
+                key.clone(),
+                partition,
+                self.id,
+                s.subscription_id,
+                self.sac_events.clone(),
+            );
+        }
+        self.subscriptions.insert(
+            s.subscription_id,
+            Subscription {
+                stream_name: s.stream,
+                shared,
+                cancel,
+                sac: sac_key,
+                offset: s.offset,
+            },
+        );
+    }
+
+    fn unsubscribe(&mut self, id: u8) -> bool {
+        let Some(sub) = self.subscriptions.remove(&id) else {
+            return false;
+        };
+        sub.cancel.cancel();
+        if let Some(key) = &sub.sac {
+            self.server.sac.leave(key, self.id, id);
+        }
+        let _ = &sub.stream_name;
+        true
+    }
+
+    async fn sac_event(&mut self, ev: SacEvent) {
+        let (id, active) = match ev {
+            SacEvent::Activate(id) => (id, true),
+            SacEvent::Deactivate(id) => (id, false),
+        };
+        let Some(sub) = self.subscriptions.get(&id) else {
+            return;
+        };
+        sub.shared.active.store(active, Ordering::Release);
+        sub.shared.wake.notify_one();
+        let correlation_id = self.next_correlation;
+        self.next_correlation = self.next_correlation.wrapping_add(1);
+        self.updates.insert(correlation_id, id);
+        self.send(ServerCommand::ConsumerUpdate(ConsumerUpdate {
+            correlation_id,
+            subscription_id: id,
+            active,
+        }))
+        .await;
+    }
+
+    fn teardown(&mut self) {
+        let ids: Vec<u8> = self.subscriptions.keys().copied().collect();
+        for id in ids {
+            self.unsubscribe(id);
+        }
+        self.publishers.clear();
+    }
+}
+
+struct DeliverTask {
+    id: u8,
+    stream_name: String,
+    stream: Arc<Stream>,
+    reader: Option<pier_store::stream::StreamReader>,
+    matcher: Option<BloomMatcher>,
+    shared: Arc<SubShared>,
+    out: mpsc::Sender<Bytes>,
+    v2: bool,
+    cancel: CancellationToken,
+}
+
+/// Reads chunks while the subscription has credit and is active, and sends them.
+async fn deliver_loop(mut t: DeliverTask) {
+    let wake = {
+        let shared = Arc::clone(&t.shared);
+        t.stream
+            .shared()
+            .listen(Arc::new(move || shared.wake.notify_one()))
+    };
+    loop {
+        if t.cancel.is_cancelled() {
+            break;
+        }
+        let restart = t
+            .shared
+            .restart
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(at) = restart {
+            match t.stream.reader(at) {
+                Ok(r) => t.reader = Some(r),
+                Err(e) => {
+                    tracing::warn!(stream = %t.stream_name, "subscription reader: {e}");
+                    break;
+                }
+            }
+        }
+        let ready = t.shared.active.load(Ordering::Acquire)
+            && t.shared.credit.load(Ordering::Acquire) > 0
+            && t.reader.is_some();
+        let chunk = if ready {
+            t.reader.as_mut().map(|r| r.next_chunk())
+        } else {
+            None
+        };
+        match chunk {
+            Some(Ok(Some(c))) => {
+                if let Some(m) = &t.matcher {
+                    if !m.matches(&c.bloom) {
+                        continue;
+                    }
+                }
+                let committed = t.stream.shared().view().last_chunk_id;
+                let frame = encode(&ServerCommand::Deliver(Deliver {
+                    subscription_id: t.id,
+                    committed_chunk_id: if t.v2 {
+                        Some(committed.unwrap_or(0))
+                    } else {
+                        None
+                    },
+                    chunk: c.delivered,
+                }));
+                t.shared.credit.fetch_sub(1, Ordering::AcqRel);
+                tokio::select! {
+                    r = t.out.send(frame) => if r.is_err() { break },
+                    () = t.cancel.cancelled() => break,
+                }
+            }
+            Some(Err(StreamError::Deleted)) => {
+                let frame = encode(&ServerCommand::MetadataUpdate(MetadataUpdate {
+                    code: ResponseCode::StreamNotAvailable,
+                    stream: t.stream_name.clone(),
+                }));
+                let _ = t.out.send(frame).await;
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(stream = %t.stream_name, "subscription read: {e}");
+                break;
+            }
+            Some(Ok(None)) | None => {
+                if t.stream.shared().is_deleted() {
+                    let frame = encode(&ServerCommand::MetadataUpdate(MetadataUpdate {
+                        code: ResponseCode::StreamNotAvailable,
+                        stream: t.stream_name.clone(),
+                    }));
+                    let _ = t.out.send(frame).await;
+                    break;
+                }
+                tokio::select! {
+                    () = t.shared.wake.notified() => {}
+                    () = t.cancel.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    t.stream.shared().unlisten(wake);
+}

@@ -1,0 +1,1008 @@
+//! The writer's side of one stream: segments, index, recovery, retention, tracking.
+//!
+//! [`StreamLog`] is owned by one thread (the stream's writer, see [`super::Stream`]); what
+//! readers need is published to the [`Shared`] view after each sync ("committed"), so a
+//! reader never sees a chunk that a crash could take back.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use pier_stream_wire::chunk::CHUNK_HEADER_SIZE;
+use pier_stream_wire::{Chunk, ChunkBuilder, ChunkHeader, ChunkType, Entry};
+
+use super::format::{
+    check_header, decode_trailer, encode_trailer, file_header, index_name, parse_segment_name,
+    segment_name, IndexRecord, TrackingEntry, FILE_HEADER_LEN, INDEX_MAGIC, INDEX_RECORD_LEN,
+    SEGMENT_MAGIC,
+};
+use super::{StreamConfig, StreamError};
+
+/// One segment as readers and retention see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub first_chunk_id: u64,
+    /// Chunk id after its last committed chunk.
+    pub next_chunk_id: u64,
+    pub first_timestamp: i64,
+    pub last_timestamp: i64,
+    /// Bytes of the segment file (committed part) plus its index.
+    pub size: u64,
+    pub chunks: u64,
+}
+
+/// Where a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    pub segment: u64,
+    pub record: IndexRecord,
+}
+
+/// What readers see: committed segments and chunks.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub segments: Vec<SegmentMeta>,
+    /// Offset after the last committed chunk (where `next` attaches).
+    pub committed_next: u64,
+    /// The last committed chunk holding messages (`last` attaches there).
+    pub last_user_chunk: Option<ChunkLocation>,
+    /// The last committed chunk of any kind (`Deliver` v2's committed chunk id).
+    pub last_chunk_id: Option<u64>,
+}
+
+impl View {
+    pub fn first_offset(&self) -> u64 {
+        self.segments
+            .first()
+            .map_or(self.committed_next, |s| s.first_chunk_id)
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Index of the segment holding `chunk_id` (the last one starting at or before it).
+    pub fn segment_of(&self, chunk_id: u64) -> Option<usize> {
+        let i = self
+            .segments
+            .partition_point(|s| s.first_chunk_id <= chunk_id);
+        i.checked_sub(1)
+    }
+}
+
+/// Publisher sequences and consumer offsets, by reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tracking {
+    pub writers: HashMap<String, u64>,
+    pub offsets: HashMap<String, u64>,
+}
+
+impl Tracking {
+    fn apply(&mut self, entries: Vec<TrackingEntry>) {
+        for e in entries {
+            match e {
+                TrackingEntry::Writer {
+                    reference,
+                    sequence,
+                } => {
+                    let s = self.writers.entry(reference).or_insert(0);
+                    *s = (*s).max(sequence);
+                }
+                TrackingEntry::Offset { reference, offset } => {
+                    self.offsets.insert(reference, offset);
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<TrackingEntry> {
+        let mut v: Vec<TrackingEntry> = self
+            .writers
+            .iter()
+            .map(|(r, s)| TrackingEntry::Writer {
+                reference: r.clone(),
+                sequence: *s,
+            })
+            .collect();
+        v.extend(self.offsets.iter().map(|(r, o)| TrackingEntry::Offset {
+            reference: r.clone(),
+            offset: *o,
+        }));
+        v
+    }
+}
+
+type Listener = Arc<dyn Fn() + Send + Sync>;
+
+/// The part of a stream that readers, the protocol servers and management share.
+pub struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) view: RwLock<View>,
+    pub(crate) tracking: RwLock<Tracking>,
+    listeners: Mutex<(u64, Vec<(u64, Listener)>)>,
+    pub(crate) deleted: AtomicBool,
+    /// Messages and bytes appended since start (figures).
+    pub(crate) appended_messages: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn with_view<R>(&self, f: impl FnOnce(&View) -> R) -> R {
+        f(&self.view.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn tracking(&self) -> Tracking {
+        self.tracking
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Calls `f` after every commit (from the writer thread: keep it short, e.g. a wake-up).
+    pub fn listen(&self, f: Listener) -> u64 {
+        let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        l.0 += 1;
+        let id = l.0;
+        l.1.push((id, f));
+        id
+    }
+
+    pub fn unlisten(&self, id: u64) {
+        let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        l.1.retain(|(i, _)| *i != id);
+    }
+
+    pub(crate) fn notify(&self) {
+        let l: Vec<Listener> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .iter()
+            .map(|(_, f)| Arc::clone(f))
+            .collect();
+        for f in l {
+            f();
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn segment_path(&self, first_chunk_id: u64) -> PathBuf {
+        self.dir.join(segment_name(first_chunk_id))
+    }
+
+    pub(crate) fn index_path(&self, first_chunk_id: u64) -> PathBuf {
+        self.dir.join(index_name(first_chunk_id))
+    }
+
+    /// Reads index record `n` of a segment's index.
+    pub(crate) fn read_index_record(
+        idx: &File,
+        n: u64,
+    ) -> Result<Option<IndexRecord>, StreamError> {
+        let mut b = [0u8; INDEX_RECORD_LEN];
+        let pos = FILE_HEADER_LEN + n * INDEX_RECORD_LEN as u64;
+        match idx.read_exact_at(&mut b, pos) {
+            Ok(()) => Ok(IndexRecord::decode(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(StreamError::io("read index", PathBuf::new(), e)),
+        }
+    }
+
+    /// The chunk holding `offset` (or the first after it), by a binary search of the index.
+    pub fn locate_offset(&self, offset: u64) -> Result<Option<ChunkLocation>, StreamError> {
+        let Some(seg) = self.with_view(|v| {
+            v.segment_of(offset)
+                .and_then(|i| v.segments.get(i).copied())
+        }) else {
+            return Ok(None);
+        };
+        self.search_index(seg, |r| r.next_chunk_id() <= offset)
+    }
+
+    /// The first chunk with a timestamp at or after `ts`.
+    pub fn locate_timestamp(&self, ts: i64) -> Result<Option<ChunkLocation>, StreamError> {
+        let Some(seg) = self.with_view(|v| {
+            v.segments
+                .iter()
+                .find(|s| s.last_timestamp >= ts && s.chunks > 0)
+                .copied()
+        }) else {
+            return Ok(None);
+        };
+        self.search_index(seg, |r| r.timestamp < ts)
+    }
+
+    /// The first committed record of `seg` for which `before` is false.
+    fn search_index(
+        &self,
+        seg: SegmentMeta,
+        before: impl Fn(&IndexRecord) -> bool,
+    ) -> Result<Option<ChunkLocation>, StreamError> {
+        let path = self.index_path(seg.first_chunk_id);
+        let idx = match File::open(&path) {
+            Ok(f) => f,
+            // Deleted by retention meanwhile: the caller starts from the first segment.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StreamError::io("open index", path, e)),
+        };
+        let (mut lo, mut hi) = (0u64, seg.chunks);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let r = Self::read_index_record(&idx, mid)?.ok_or_else(|| {
+                StreamError::Corrupt(format!("index record {mid} of {}", path.display()))
+            })?;
+            if before(&r) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo >= seg.chunks {
+            return Ok(None);
+        }
+        let record = Self::read_index_record(&idx, lo)?.ok_or_else(|| {
+            StreamError::Corrupt(format!("index record {lo} of {}", path.display()))
+        })?;
+        Ok(Some(ChunkLocation {
+            segment: seg.first_chunk_id,
+            record,
+        }))
+    }
+}
+
+struct Active {
+    first_chunk_id: u64,
+    seg: File,
+    idx: File,
+    seg_path: PathBuf,
+    idx_path: PathBuf,
+    seg_len: u64,
+    idx_len: u64,
+    chunks: u64,
+    first_timestamp: i64,
+    last_timestamp: i64,
+}
+
+/// The writer's side of a stream.
+pub struct StreamLog {
+    shared: Arc<Shared>,
+    config: StreamConfig,
+    /// Segments before the active one (committed, immutable).
+    sealed: Vec<SegmentMeta>,
+    active: Active,
+    next_offset: u64,
+    last_timestamp: i64,
+    /// Writers and offsets including what is written but not yet synced.
+    tracking: Tracking,
+    last_user_chunk: Option<ChunkLocation>,
+    last_chunk_id: Option<u64>,
+    unsynced: bool,
+    retention_due: bool,
+    buf: BytesMut,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamRecovery {
+    pub segments: usize,
+    pub chunks: u64,
+    pub next_offset: u64,
+    /// Bytes cut off the active segment's tail (a torn or unsynced write).
+    pub truncated_bytes: u64,
+    /// Index records rebuilt from the segment.
+    pub reindexed_chunks: u64,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StreamError + 'a {
+    move |e| StreamError::io(op, path.to_owned(), e)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StreamError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync directory", dir))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Reads the chunk header at `position`; `None` past the end of the file.
+fn read_header(f: &File, position: u64) -> Result<Option<ChunkHeader>, std::io::Error> {
+    let mut b = [0u8; CHUNK_HEADER_SIZE];
+    match f.read_exact_at(&mut b, position) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok(ChunkHeader::parse(&b).ok())
+}
+
+/// Stored size of the chunk a header starts.
+pub(crate) fn stored_size(h: &ChunkHeader) -> u64 {
+    CHUNK_HEADER_SIZE as u64
+        + u64::from(h.bloom_size)
+        + u64::from(h.data_length)
+        + u64::from(h.trailer_length)
+}
+
+/// Reads and verifies the whole chunk at `position` (recovery); `None` when it is incomplete
+/// or does not verify.
+fn read_verified(f: &File, position: u64, file_len: u64) -> Result<Option<Chunk>, std::io::Error> {
+    let Some(h) = read_header(f, position)? else {
+        return Ok(None);
+    };
+    let size = stored_size(&h);
+    if position + size > file_len || size > u64::from(u32::MAX) {
+        return Ok(None);
+    }
+    let mut b = vec![0u8; size as usize];
+    f.read_exact_at(&mut b, position)?;
+    let bytes = Bytes::from(b);
+    match Chunk::parse_stored(&bytes) {
+        Ok((c, used))
+            if used as u64 == size
+                && c.verify_crc().is_ok()
+                && decode_trailer(&c.trailer).is_ok() =>
+        {
+            Ok(Some(c))
+        }
+        _ => Ok(None),
+    }
+}
+
+impl StreamLog {
+    /// Opens (creating or recovering) the stream in `dir`.
+    pub fn open(
+        dir: &Path,
+        config: StreamConfig,
+    ) -> Result<(StreamLog, StreamRecovery), StreamError> {
+        std::fs::create_dir_all(dir).map_err(io("create stream directory", dir))?;
+        let mut firsts = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(io("list stream directory", dir))? {
+            let e = e.map_err(io("list stream directory", dir))?;
+            if let Some(id) = e.file_name().to_str().and_then(parse_segment_name) {
+                firsts.push(id);
+            }
+        }
+        firsts.sort_unstable();
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            view: RwLock::new(View::default()),
+            tracking: RwLock::new(Tracking::default()),
+            listeners: Mutex::new((0, Vec::new())),
+            deleted: AtomicBool::new(false),
+            appended_messages: AtomicU64::new(0),
+        });
+        let mut report = StreamRecovery::default();
+        let mut sealed = Vec::new();
+        let mut last_user_chunk = None;
+        let Some((&last_first, earlier)) = firsts.split_last() else {
+            let active = Self::create_segment(&shared, 0)?;
+            let log = StreamLog {
+                shared,
+                config,
+                sealed,
+                active,
+                next_offset: 0,
+                last_timestamp: 0,
+                tracking: Tracking::default(),
+                last_user_chunk: None,
+                last_chunk_id: None,
+                unsynced: false,
+                retention_due: false,
+                buf: BytesMut::new(),
+            };
+            log.publish();
+            return Ok((log, report));
+        };
+        // Sealed segments: trust their (synced at roll) index; read only its ends.
+        for &first in earlier {
+            let meta = Self::sealed_meta(&shared, first)?;
+            if let Some(m) = meta.0 {
+                report.chunks += m.chunks;
+                if meta.1.is_some() {
+                    last_user_chunk = meta.1;
+                }
+                sealed.push(m);
+            }
+        }
+        let (active, tracking, lu, last_chunk, next) =
+            Self::recover_active(&shared, last_first, &mut report)?;
+        if lu.is_some() {
+            last_user_chunk = lu;
+        }
+        let next_offset = next.max(sealed.last().map_or(0, |s| s.next_chunk_id));
+        report.segments = sealed.len() + 1;
+        report.chunks += active.chunks;
+        report.next_offset = next_offset;
+        let log = StreamLog {
+            shared,
+            config,
+            sealed,
+            last_timestamp: active.last_timestamp,
+            active,
+            next_offset,
+            tracking,
+            last_user_chunk,
+            last_chunk_id: last_chunk,
+            unsynced: false,
+            retention_due: false,
+            buf: BytesMut::new(),
+        };
+        log.publish();
+        Ok((log, report))
+    }
+
+    /// A sealed segment's figures from the first and last records of its index, and its last
+    /// user chunk. A sealed segment whose index does not verify is re-indexed from its data.
+    fn sealed_meta(
+        shared: &Shared,
+        first: u64,
+    ) -> Result<(Option<SegmentMeta>, Option<ChunkLocation>), StreamError> {
+        let seg_path = shared.segment_path(first);
+        let idx_path = shared.index_path(first);
+        let seg_len = std::fs::metadata(&seg_path)
+            .map_err(io("stat segment", &seg_path))?
+            .len();
+        let idx = File::open(&idx_path).ok();
+        let idx_len = idx
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        let n = idx_len.saturating_sub(FILE_HEADER_LEN) / INDEX_RECORD_LEN as u64;
+        let ends = match (&idx, n) {
+            (Some(f), n) if n > 0 => {
+                let a = Shared::read_index_record(f, 0)?;
+                let b = Shared::read_index_record(f, n - 1)?;
+                match (a, b) {
+                    (Some(a), Some(b)) if b.end() == seg_len && a.chunk_id == first => Some((a, b)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((a, b)) = ends else {
+            // Rebuild (an index of a sealed segment should never be short; be safe).
+            tracing::warn!(segment = %seg_path.display(), "sealed stream segment re-indexed");
+            let mut report = StreamRecovery::default();
+            let (active, _, lu, _, _) = Self::recover_active(shared, first, &mut report)?;
+            let meta = SegmentMeta {
+                first_chunk_id: first,
+                next_chunk_id: active.first_chunk_id.max(first),
+                first_timestamp: active.first_timestamp,
+                last_timestamp: active.last_timestamp,
+                size: active.seg_len + active.idx_len,
+                chunks: active.chunks,
+            };
+            let next = Self::next_of(shared, first, active.chunks)?;
+            return Ok((
+                Some(SegmentMeta {
+                    next_chunk_id: next.unwrap_or(first),
+                    ..meta
+                }),
+                lu,
+            ));
+        };
+        // Its last user chunk: walk back from the end (snapshot chunks are first only).
+        let mut lu = None;
+        if let Some(f) = &idx {
+            for i in (0..n).rev() {
+                if let Some(r) = Shared::read_index_record(f, i)? {
+                    if r.chunk_type == ChunkType::User.code() {
+                        lu = Some(ChunkLocation {
+                            segment: first,
+                            record: r,
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((
+            Some(SegmentMeta {
+                first_chunk_id: first,
+                next_chunk_id: b.next_chunk_id(),
+                first_timestamp: a.timestamp,
+                last_timestamp: b.timestamp,
+                size: seg_len + idx_len,
+                chunks: n,
+            }),
+            lu,
+        ))
+    }
+
+    fn next_of(shared: &Shared, first: u64, chunks: u64) -> Result<Option<u64>, StreamError> {
+        if chunks == 0 {
+            return Ok(None);
+        }
+        let idx_path = shared.index_path(first);
+        let f = File::open(&idx_path).map_err(io("open index", &idx_path))?;
+        Ok(Shared::read_index_record(&f, chunks - 1)?.map(|r| r.next_chunk_id()))
+    }
+
+    /// Recovers the last segment: keeps the index records whose chunks verify, re-indexes
+    /// complete chunks after them, truncates the torn tail, and replays tracking.
+    #[allow(clippy::type_complexity)]
+    fn recover_active(
+        shared: &Shared,
+        first: u64,
+        report: &mut StreamRecovery,
+    ) -> Result<(Active, Tracking, Option<ChunkLocation>, Option<u64>, u64), StreamError> {
+        let seg_path = shared.segment_path(first);
+        let idx_path = shared.index_path(first);
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+                .map_err(io("open", p))
+        };
+        let seg = open(&seg_path)?;
+        let idx = open(&idx_path)?;
+        let mut seg_len = seg.metadata().map_err(io("stat", &seg_path))?.len();
+        let idx_file_len = idx.metadata().map_err(io("stat", &idx_path))?.len();
+        let mut head = [0u8; FILE_HEADER_LEN as usize];
+        let seg_ok = seg.read_exact_at(&mut head, 0).is_ok() && check_header(&head, SEGMENT_MAGIC);
+        if !seg_ok {
+            if seg_len > FILE_HEADER_LEN {
+                return Err(StreamError::Corrupt(format!(
+                    "{} is not a stream segment of a known version",
+                    seg_path.display()
+                )));
+            }
+            // Created but its header never made it: start it again.
+            seg.set_len(0).map_err(io("truncate", &seg_path))?;
+            seg.write_all_at(&file_header(SEGMENT_MAGIC), 0)
+                .map_err(io("write", &seg_path))?;
+            seg_len = FILE_HEADER_LEN;
+        }
+        let idx_ok = idx.read_exact_at(&mut head, 0).is_ok() && check_header(&head, INDEX_MAGIC);
+        if !idx_ok {
+            idx.set_len(0).map_err(io("truncate", &idx_path))?;
+            idx.write_all_at(&file_header(INDEX_MAGIC), 0)
+                .map_err(io("write", &idx_path))?;
+        }
+        let n = if idx_ok {
+            idx_file_len.saturating_sub(FILE_HEADER_LEN) / INDEX_RECORD_LEN as u64
+        } else {
+            0
+        };
+        // Records that decode and follow each other (chunk ids and positions contiguous).
+        let mut records: Vec<IndexRecord> = Vec::new();
+        let mut expect_pos = FILE_HEADER_LEN;
+        for i in 0..n {
+            let Some(r) = Shared::read_index_record(&idx, i)? else {
+                break;
+            };
+            if u64::from(r.position) != expect_pos
+                || records
+                    .last()
+                    .is_some_and(|p| p.next_chunk_id() != r.chunk_id)
+                || (records.is_empty() && r.chunk_id != first)
+                || r.end() > seg_len
+            {
+                break;
+            }
+            expect_pos = r.end();
+            records.push(r);
+        }
+        // The last indexed chunks may not have reached the disk although their index records
+        // did: walk back until one verifies.
+        while let Some(r) = records.last() {
+            match read_verified(&seg, u64::from(r.position), seg_len)
+                .map_err(io("read", &seg_path))?
+            {
+                Some(c) if c.header.first_offset == r.chunk_id => break,
+                _ => {
+                    records.pop();
+                }
+            }
+        }
+        // Complete chunks after the last good record: index them.
+        let mut pos = records.last().map_or(FILE_HEADER_LEN, IndexRecord::end);
+        let mut next = records.last().map_or(first, IndexRecord::next_chunk_id);
+        while let Some(c) = read_verified(&seg, pos, seg_len).map_err(io("read", &seg_path))? {
+            if c.header.first_offset != next {
+                break;
+            }
+            let size = stored_size(&c.header);
+            let r = IndexRecord {
+                chunk_id: next,
+                timestamp: c.header.timestamp,
+                position: u32::try_from(pos)
+                    .map_err(|_| StreamError::Corrupt("segment over 4 GiB".into()))?,
+                size: size as u32,
+                num_records: c.header.num_records,
+                chunk_type: c.header.chunk_type.code(),
+            };
+            report.reindexed_chunks += 1;
+            records.push(r);
+            pos += size;
+            next = r.next_chunk_id();
+        }
+        if pos < seg_len {
+            report.truncated_bytes += seg_len - pos;
+            tracing::warn!(segment = %seg_path.display(), bytes = seg_len - pos, "stream segment: torn tail truncated");
+            seg.set_len(pos).map_err(io("truncate", &seg_path))?;
+        }
+        // Rewrite the index from the first record that differs (usually just the tail).
+        let idx_len = FILE_HEADER_LEN + records.len() as u64 * INDEX_RECORD_LEN as u64;
+        if report.reindexed_chunks > 0 || idx_file_len != idx_len {
+            let start = (records.len() as u64).saturating_sub(report.reindexed_chunks);
+            let mut b = Vec::new();
+            for r in records.iter().skip(start as usize) {
+                b.extend_from_slice(&r.encode());
+            }
+            idx.set_len(FILE_HEADER_LEN + start * INDEX_RECORD_LEN as u64)
+                .map_err(io("truncate", &idx_path))?;
+            idx.write_all_at(&b, FILE_HEADER_LEN + start * INDEX_RECORD_LEN as u64)
+                .map_err(io("write", &idx_path))?;
+        }
+        seg.sync_all().map_err(io("sync", &seg_path))?;
+        idx.sync_all().map_err(io("sync", &idx_path))?;
+        // Tracking: the snapshot at the segment's start and every trailer after it.
+        let mut tracking = Tracking::default();
+        let mut last_user = None;
+        for r in &records {
+            if r.chunk_type == ChunkType::User.code() {
+                last_user = Some(ChunkLocation {
+                    segment: first,
+                    record: *r,
+                });
+            }
+            let Some(h) =
+                read_header(&seg, u64::from(r.position)).map_err(io("read", &seg_path))?
+            else {
+                continue;
+            };
+            if h.trailer_length == 0 {
+                continue;
+            }
+            let at = u64::from(r.position)
+                + CHUNK_HEADER_SIZE as u64
+                + u64::from(h.bloom_size)
+                + u64::from(h.data_length);
+            let mut t = vec![0u8; h.trailer_length as usize];
+            seg.read_exact_at(&mut t, at)
+                .map_err(io("read", &seg_path))?;
+            tracking.apply(decode_trailer(&t)?);
+        }
+        let first_ts = records.first().map_or(0, |r| r.timestamp);
+        let last_ts = records.last().map_or(0, |r| r.timestamp);
+        let last_chunk = records.last().map(|r| r.chunk_id);
+        let active = Active {
+            first_chunk_id: first,
+            seg,
+            idx,
+            seg_path,
+            idx_path,
+            seg_len: pos,
+            idx_len,
+            chunks: records.len() as u64,
+            first_timestamp: first_ts,
+            last_timestamp: last_ts,
+        };
+        Ok((active, tracking, last_user, last_chunk, next))
+    }
+
+    fn create_segment(shared: &Shared, first: u64) -> Result<Active, StreamError> {
+        let seg_path = shared.segment_path(first);
+        let idx_path = shared.index_path(first);
+        let create = |p: &Path, magic: &[u8; 8]| -> Result<File, StreamError> {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .map_err(io("create", p))?;
+            f.write_all_at(&file_header(magic), 0)
+                .map_err(io("write", p))?;
+            f.sync_all().map_err(io("sync", p))?;
+            Ok(f)
+        };
+        let seg = create(&seg_path, SEGMENT_MAGIC)?;
+        let idx = create(&idx_path, INDEX_MAGIC)?;
+        sync_dir(&shared.dir)?;
+        Ok(Active {
+            first_chunk_id: first,
+            seg,
+            idx,
+            seg_path,
+            idx_path,
+            seg_len: FILE_HEADER_LEN,
+            idx_len: FILE_HEADER_LEN,
+            chunks: 0,
+            first_timestamp: 0,
+            last_timestamp: 0,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn config(&self) -> &StreamConfig {
+        &self.config
+    }
+
+    pub fn set_config(&mut self, config: StreamConfig) {
+        self.config = config;
+    }
+
+    /// The offset the next message gets.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Writer sequences and offsets, including what is written but not yet synced.
+    pub fn tracking(&self) -> &Tracking {
+        &self.tracking
+    }
+
+    fn timestamp(&mut self) -> i64 {
+        // Chunk timestamps never go backwards, so a binary search by time is sound.
+        self.last_timestamp = self.last_timestamp.max(now_ms());
+        self.last_timestamp
+    }
+
+    /// Appends one chunk of user entries (with their filter values); `writers` are the
+    /// publisher sequences it completes. Not visible to readers until [`StreamLog::sync`].
+    pub fn append_user(
+        &mut self,
+        entries: &[(Entry, Option<Bytes>)],
+        writers: &[(String, u64)],
+    ) -> Result<IndexRecord, StreamError> {
+        let ts = self.timestamp();
+        let mut b = ChunkBuilder::new(self.next_offset, 1, ts).filter_size(self.config.filter_size);
+        for (e, f) in entries {
+            b.push_entry(e, f.as_deref())
+                .map_err(|e| StreamError::Chunk(e.to_string()))?;
+        }
+        let trailer = encode_trailer(
+            &writers
+                .iter()
+                .map(|(reference, sequence)| TrackingEntry::Writer {
+                    reference: reference.clone(),
+                    sequence: *sequence,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let chunk = b.trailer(Bytes::from(trailer)).build();
+        let r = self.write_chunk(&chunk)?;
+        for (reference, sequence) in writers {
+            let s = self.tracking.writers.entry(reference.clone()).or_insert(0);
+            *s = (*s).max(*sequence);
+        }
+        let n = entries.len() as u64;
+        self.shared
+            .appended_messages
+            .fetch_add(n, Ordering::Relaxed);
+        Ok(r)
+    }
+
+    /// Appends a tracking delta chunk (consumer offsets stored).
+    pub fn append_tracking(
+        &mut self,
+        entries: Vec<TrackingEntry>,
+    ) -> Result<IndexRecord, StreamError> {
+        let r = self.append_tracking_chunk(ChunkType::TrackingDelta, &entries)?;
+        self.tracking.apply(entries);
+        Ok(r)
+    }
+
+    fn append_tracking_chunk(
+        &mut self,
+        t: ChunkType,
+        entries: &[TrackingEntry],
+    ) -> Result<IndexRecord, StreamError> {
+        let ts = self.timestamp();
+        let trailer = encode_trailer(entries);
+        let mut chunk = ChunkBuilder::new(self.next_offset, 1, ts)
+            .chunk_type(t)
+            .trailer(Bytes::from(trailer))
+            .build();
+        // A tracking chunk takes one offset (no consumer sees it), so chunk ids stay unique.
+        chunk.header.num_records = 1;
+        self.write_chunk(&chunk)
+    }
+
+    /// Writes a chunk at the end of the active segment (rolling to a new segment first when
+    /// this one is full) and indexes it.
+    fn write_chunk(&mut self, chunk: &Chunk) -> Result<IndexRecord, StreamError> {
+        self.buf.clear();
+        chunk.encode_stored(&mut self.buf);
+        let size = self.buf.len() as u64;
+        if size > u64::from(u32::MAX) / 2 {
+            return Err(StreamError::Chunk(format!(
+                "chunk of {size} bytes is too large"
+            )));
+        }
+        if self.active.chunks > 0 && self.active.seg_len + size > self.config.max_segment_size_bytes
+        {
+            self.roll()?;
+            // The chunk was built for the old next offset: a snapshot may have taken one.
+            if chunk.header.first_offset != self.next_offset {
+                let mut c = chunk.clone();
+                c.header.first_offset = self.next_offset;
+                self.buf.clear();
+                c.encode_stored(&mut self.buf);
+            }
+        }
+        let a = &mut self.active;
+        let position = u32::try_from(a.seg_len)
+            .map_err(|_| StreamError::Chunk("segment over 4 GiB".into()))?;
+        a.seg
+            .write_all_at(&self.buf, a.seg_len)
+            .map_err(io("write", &a.seg_path))?;
+        let r = IndexRecord {
+            chunk_id: self.next_offset,
+            timestamp: chunk.header.timestamp,
+            position,
+            size: size as u32,
+            num_records: chunk.header.num_records,
+            chunk_type: chunk.header.chunk_type.code(),
+        };
+        a.idx
+            .write_all_at(&r.encode(), a.idx_len)
+            .map_err(io("write", &a.idx_path))?;
+        a.seg_len += size;
+        a.idx_len += INDEX_RECORD_LEN as u64;
+        if a.chunks == 0 {
+            a.first_timestamp = r.timestamp;
+        }
+        a.chunks += 1;
+        a.last_timestamp = r.timestamp;
+        self.next_offset = r.next_chunk_id();
+        if r.chunk_type == ChunkType::User.code() {
+            self.last_user_chunk = Some(ChunkLocation {
+                segment: a.first_chunk_id,
+                record: r,
+            });
+        }
+        self.last_chunk_id = Some(r.chunk_id);
+        self.unsynced = true;
+        Ok(r)
+    }
+
+    /// Seals the active segment and starts the next one with a tracking snapshot.
+    fn roll(&mut self) -> Result<(), StreamError> {
+        let a = &self.active;
+        a.seg.sync_data().map_err(io("sync", &a.seg_path))?;
+        a.idx.sync_data().map_err(io("sync", &a.idx_path))?;
+        self.sealed.push(SegmentMeta {
+            first_chunk_id: a.first_chunk_id,
+            next_chunk_id: self.next_offset,
+            first_timestamp: a.first_timestamp,
+            last_timestamp: a.last_timestamp,
+            size: a.seg_len + a.idx_len,
+            chunks: a.chunks,
+        });
+        self.active = Self::create_segment(&self.shared, self.next_offset)?;
+        let snapshot = self.tracking.snapshot();
+        if !snapshot.is_empty() {
+            self.append_tracking_chunk(ChunkType::TrackingSnapshot, &snapshot)?;
+        }
+        // A segment was sealed: the oldest ones may now be over the limits (applied after
+        // the next sync, so that readers never see unsynced chunks).
+        self.retention_due = true;
+        Ok(())
+    }
+
+    /// Makes everything written durable (unless the stream does not sync), then shows it to
+    /// readers and wakes them.
+    pub fn sync(&mut self) -> Result<(), StreamError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if self.config.sync {
+            let a = &self.active;
+            a.seg.sync_data().map_err(io("sync", &a.seg_path))?;
+            a.idx.sync_data().map_err(io("sync", &a.idx_path))?;
+        }
+        self.unsynced = false;
+        self.publish();
+        self.shared.notify();
+        if std::mem::take(&mut self.retention_due) {
+            self.apply_retention()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the writer's state as the committed view.
+    fn publish(&self) {
+        let a = &self.active;
+        let mut segments = self.sealed.clone();
+        segments.push(SegmentMeta {
+            first_chunk_id: a.first_chunk_id,
+            next_chunk_id: self.next_offset,
+            first_timestamp: a.first_timestamp,
+            last_timestamp: a.last_timestamp,
+            size: a.seg_len + a.idx_len,
+            chunks: a.chunks,
+        });
+        {
+            let mut v = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
+            *v = View {
+                segments,
+                committed_next: self.next_offset,
+                last_user_chunk: self.last_user_chunk,
+                last_chunk_id: self.last_chunk_id,
+            };
+        }
+        let mut t = self
+            .shared
+            .tracking
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if *t != self.tracking {
+            t.clone_from(&self.tracking);
+        }
+    }
+
+    /// Deletes whole segments from the front while the stream is over `max_length_bytes` or
+    /// a segment's newest chunk is older than `max_age`; the active segment always stays.
+    /// Returns how many segments went.
+    pub fn apply_retention(&mut self) -> Result<usize, StreamError> {
+        let now = now_ms();
+        let active_size = self.active.seg_len + self.active.idx_len;
+        let mut total: u64 = self.sealed.iter().map(|s| s.size).sum::<u64>() + active_size;
+        let mut n = 0;
+        while let Some(s) = self.sealed.get(n) {
+            let over_size = self.config.max_length_bytes.is_some_and(|m| total > m);
+            let too_old = self.config.max_age_ms.is_some_and(|age| {
+                s.last_timestamp < now.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX))
+            });
+            if !over_size && !too_old {
+                break;
+            }
+            total -= s.size;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let gone: Vec<SegmentMeta> = self.sealed.drain(..n).collect();
+        // Readers find the new first segment before the files go (open files stay readable).
+        self.publish();
+        for s in &gone {
+            for p in [
+                self.shared.segment_path(s.first_chunk_id),
+                self.shared.index_path(s.first_chunk_id),
+            ] {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(StreamError::io("delete segment", p, e));
+                    }
+                }
+            }
+        }
+        sync_dir(&self.shared.dir)?;
+        self.shared.notify();
+        Ok(n)
+    }
+}

@@ -1,0 +1,492 @@
+//! # Streams: append-only logs of Osiris chunks
+//!
+//! ```text
+//!  <data>/streams/<vhost-dir>/<stream-dir>/
+//!  ├── 00000000000000000000.segment   chunks 0.. (Osiris chunks as stored: header, bloom,
+//!  ├── 00000000000000000000.index     data entries, trailer) + one 36-octet record per chunk
+//!  ├── 00000000000000181233.segment   next segment (rolled at max_segment_size_bytes), starts
+//!  └── 00000000000000181233.index     with a tracking snapshot chunk when there is tracking
+//!
+//!  publishers ─► Stream::append ─► bounded channel ─► writer thread: one chunk per batch
+//!                                                      (all queued appends), one fdatasync,
+//!                                                      then the committed view + callbacks
+//!  consumers  ◄─ StreamReader::next_chunk ◄─ pread from the page cache (committed only)
+//! ```
+//!
+//! * Offsets: a chunk's id is the offset of its first record; chunks are contiguous in offset
+//!   space. Tracking chunks (consumer offsets, snapshots) take one offset each and are never
+//!   delivered (as in Osiris, consumers see gaps).
+//! * Index: seek by offset or timestamp is a binary search over the segment list (in memory,
+//!   a few entries) then over one index file (`pread`s), never a scan.
+//! * Tracking: publisher sequences (deduplication) travel in the trailer of the user chunk that
+//!   holds the messages, so they are durable exactly when the messages are; stored consumer
+//!   offsets are tracking delta chunks; each new segment starts with a snapshot of both, so
+//!   recovery reads the last segment only.
+//! * Recovery: the active segment's index records are checked (checksums, contiguity), its
+//!   last chunks are verified (data CRC) and complete unindexed chunks re-indexed; a torn tail
+//!   is truncated.
+//! * Retention: whole segments from the front, by total size or by age; the active segment
+//!   always stays.
+//! * Durability: the writer fsyncs (data) before it reports appends (confirms), unless the
+//!   stream is configured not to (RabbitMQ's streams never fsync).
+
+mod format;
+mod log;
+mod reader;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pier_stream_wire::Entry;
+
+pub use format::{IndexRecord, TrackingEntry, INDEX_RECORD_LEN};
+pub use log::{ChunkLocation, SegmentMeta, Shared, StreamLog, StreamRecovery, Tracking, View};
+pub use reader::{ReadChunk, StartAt, StreamReader};
+
+/// Errors of a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream I/O failed ({op}) on {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt stream data: {0}")]
+    Corrupt(String),
+    #[error("chunk: {0}")]
+    Chunk(String),
+    #[error("the stream was deleted")]
+    Deleted,
+    /// The writer thread is gone (stopped, or failed after an I/O error).
+    #[error("the stream's writer has stopped")]
+    Stopped,
+    /// `try_append` on a full channel.
+    #[error("the stream's writer is busy")]
+    Busy,
+}
+
+impl StreamError {
+    pub(crate) fn io(op: &'static str, path: PathBuf, source: std::io::Error) -> Self {
+        StreamError::Io { op, path, source }
+    }
+}
+
+/// RabbitMQ's default `x-stream-max-segment-size-bytes` (500 MB).
+pub const DEFAULT_MAX_SEGMENT_SIZE: u64 = 500_000_000;
+/// RabbitMQ's maximum segment size (3 GB).
+pub const MAX_SEGMENT_SIZE: u64 = 3_000_000_000;
+
+/// How a stream is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub max_segment_size_bytes: u64,
+    /// `x-max-length-bytes`: retention by size.
+    pub max_length_bytes: Option<u64>,
+    /// `x-max-age`: retention by age, in milliseconds.
+    pub max_age_ms: Option<u64>,
+    /// Bloom filter size of each chunk (`x-stream-filter-size-bytes`, 16..=255).
+    pub filter_size: u8,
+    /// fsync before appends are reported durable (Pier's default; RabbitMQ does not).
+    pub sync: bool,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            max_segment_size_bytes: DEFAULT_MAX_SEGMENT_SIZE,
+            max_length_bytes: None,
+            max_age_ms: None,
+            filter_size: pier_stream_wire::bloom::DEFAULT_FILTER_SIZE,
+            sync: true,
+        }
+    }
+}
+
+/// One message to append.
+#[derive(Debug, Clone)]
+pub struct AppendMessage {
+    /// The publisher's publishing id (deduplication with a publisher reference).
+    pub publishing_id: u64,
+    /// The entry: one AMQP 1.0 message, or a sub-batch.
+    pub entry: Entry,
+    /// Filter value (stream filtering), if any.
+    pub filter: Option<Bytes>,
+}
+
+/// What an append did, once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Appended {
+    /// Messages written.
+    pub written: usize,
+    /// Messages dropped as duplicates (publishing id not above the reference's sequence).
+    pub duplicates: usize,
+    /// Offset of the first message written (`None`: all were duplicates).
+    pub first_offset: Option<u64>,
+}
+
+/// Called from the writer thread once an append is durable (or failed).
+pub type AppendDone = Box<dyn FnOnce(Result<Appended, Arc<StreamError>>) + Send>;
+
+enum Command {
+    Append {
+        writer: Option<String>,
+        messages: Vec<AppendMessage>,
+        done: AppendDone,
+    },
+    StoreOffset {
+        reference: String,
+        offset: u64,
+    },
+    SetConfig(StreamConfig),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Commands queued for a stream's writer before `append` blocks.
+pub const WRITER_CHANNEL: usize = 4096;
+/// At most this much data goes into one chunk.
+const MAX_CHUNK_BYTES: usize = 4 << 20;
+/// How often the writer applies retention when idle.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A stream: its writer thread and the shared view readers use.
+pub struct Stream {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<SyncSender<Command>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    config: Mutex<StreamConfig>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream {
+    /// Opens (recovering) or creates the stream in `dir` and starts its writer thread.
+    pub fn open(
+        dir: &Path,
+        config: StreamConfig,
+    ) -> Result<(Arc<Stream>, StreamRecovery), StreamError> {
+        let (log, recovery) = StreamLog::open(dir, config.clone())?;
+        let shared = Arc::clone(log.shared());
+        let (tx, rx) = std::sync::mpsc::sync_channel(WRITER_CHANNEL);
+        let name = format!(
+            "stream-{}",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().chars().take(8).collect::<String>())
+                .unwrap_or_default()
+        );
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || writer_loop(log, rx))
+            .map_err(|e| StreamError::io("spawn writer", dir.to_owned(), e))?;
+        Ok((
+            Arc::new(Stream {
+                shared,
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                config: Mutex::new(config),
+            }),
+            recovery,
+        ))
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> StreamConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn sender(&self) -> Result<SyncSender<Command>, StreamError> {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StreamError::Stopped)
+    }
+
+    /// Queues messages for the writer; `done` runs once they are durable. With a publisher
+    /// reference (`writer`), messages whose publishing id is not above the reference's
+    /// highest one are dropped as duplicates (and still reported done). Blocks while the
+    /// writer's channel is full.
+    pub fn append(
+        &self,
+        writer: Option<String>,
+        messages: Vec<AppendMessage>,
+        done: AppendDone,
+    ) -> Result<(), StreamError> {
+        self.sender()?
+            .send(Command::Append {
+                writer,
+                messages,
+                done,
+            })
+            .map_err(|_| StreamError::Stopped)
+    }
+
+    /// `append` without blocking: `Busy` hands nothing back (the caller keeps a copy) —
+    /// use from async code, then retry later.
+    pub fn try_append(
+        &self,
+        writer: Option<String>,
+        messages: Vec<AppendMessage>,
+        done: AppendDone,
+    ) -> Result<(), (StreamError, Vec<AppendMessage>, AppendDone)> {
+        let tx = match self.sender() {
+            Ok(tx) => tx,
+            Err(e) => return Err((e, messages, done)),
+        };
+        match tx.try_send(Command::Append {
+            writer,
+            messages,
+            done,
+        }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Command::Append { messages, done, .. })) => {
+                Err((StreamError::Busy, messages, done))
+            }
+            Err(TrySendError::Disconnected(Command::Append { messages, done, .. })) => {
+                Err((StreamError::Stopped, messages, done))
+            }
+            Err(_) => Err((StreamError::Stopped, Vec::new(), Box::new(|_| {}))),
+        }
+    }
+
+    /// Stores a consumer's offset (server-side offset tracking), asynchronously.
+    pub fn store_offset(&self, reference: String, offset: u64) -> Result<(), StreamError> {
+        self.sender()?
+            .try_send(Command::StoreOffset { reference, offset })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => StreamError::Busy,
+                TrySendError::Disconnected(_) => StreamError::Stopped,
+            })
+    }
+
+    /// Changes retention and segment size (a policy changed).
+    pub fn set_config(&self, config: StreamConfig) -> Result<(), StreamError> {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        self.sender()?
+            .send(Command::SetConfig(config))
+            .map_err(|_| StreamError::Stopped)
+    }
+
+    /// Waits until everything queued before is written, synced and visible.
+    pub fn flush(&self) -> Result<(), StreamError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.sender()?
+            .send(Command::Flush(tx))
+            .map_err(|_| StreamError::Stopped)?;
+        rx.recv().map_err(|_| StreamError::Stopped)
+    }
+
+    /// A reader starting at `at`.
+    pub fn reader(&self, at: StartAt) -> Result<StreamReader, StreamError> {
+        StreamReader::new(Arc::clone(&self.shared), at)
+    }
+
+    /// The highest publishing id written for a publisher reference (0: none).
+    pub fn writer_sequence(&self, reference: &str) -> u64 {
+        self.shared
+            .tracking
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .writers
+            .get(reference)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The offset a consumer reference stored, if any.
+    pub fn stored_offset(&self, reference: &str) -> Option<u64> {
+        self.shared
+            .tracking
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .offsets
+            .get(reference)
+            .copied()
+    }
+
+    /// Stops the writer (after it wrote and synced everything queued).
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops the writer and removes the stream's files; readers get [`StreamError::Deleted`].
+    pub fn delete(&self) -> Result<(), StreamError> {
+        self.shared
+            .deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.close();
+        self.shared.notify();
+        match std::fs::remove_dir_all(&self.shared.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StreamError::io("delete stream", self.shared.dir.clone(), e)),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// One batch of appends turned into chunks: messages to write and who to tell.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<(Entry, Option<Bytes>)>,
+    bytes: usize,
+    records: u64,
+    writers: Vec<(String, u64)>,
+    /// Each append's callback, what it did, and the records queued before it.
+    done: Vec<(AppendDone, Appended, u64)>,
+    offsets: Vec<TrackingEntry>,
+    flushes: Vec<std::sync::mpsc::SyncSender<()>>,
+}
+
+fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
+    let mut failed: Option<Arc<StreamError>> = None;
+    let mut last_retention = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(RETENTION_INTERVAL) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                if failed.is_none() {
+                    if let Err(e) = log.apply_retention() {
+                        tracing::error!(dir = %log.shared().dir.display(), "stream retention: {e}");
+                    }
+                }
+                last_retention = Instant::now();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = Batch::default();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(cmd) = next.take() {
+            taken += 1;
+            match cmd {
+                Command::Append {
+                    writer,
+                    messages,
+                    done,
+                } => {
+                    let mut appended = Appended::default();
+                    let before = batch.records;
+                    let last = writer.as_ref().map(|w| {
+                        let written = log.tracking().writers.get(w).copied().unwrap_or(0);
+                        let pending = batch
+                            .writers
+                            .iter()
+                            .rev()
+                            .find(|(r, _)| r == w)
+                            .map_or(0, |(_, s)| *s);
+                        written.max(pending)
+                    });
+                    let mut high = last.unwrap_or(0);
+                    for m in messages {
+                        if last.is_some() && m.publishing_id <= high {
+                            appended.duplicates += 1;
+                            continue;
+                        }
+                        high = high.max(m.publishing_id);
+                        batch.bytes += m.entry.encoded_len();
+                        batch.records += u64::from(m.entry.record_count());
+                        batch.entries.push((m.entry, m.filter));
+                        appended.written += 1;
+                    }
+                    if let (Some(w), true) = (writer, appended.written > 0) {
+                        match batch.writers.iter_mut().find(|(r, _)| *r == w) {
+                            Some(e) => e.1 = high,
+                            None => batch.writers.push((w, high)),
+                        }
+                    }
+                    batch.done.push((done, appended, before));
+                }
+                Command::StoreOffset { reference, offset } => {
+                    batch
+                        .offsets
+                        .push(TrackingEntry::Offset { reference, offset });
+                }
+                Command::SetConfig(c) => log.set_config(c),
+                Command::Flush(tx) => batch.flushes.push(tx),
+            }
+            if batch.bytes < MAX_CHUNK_BYTES && batch.entries.len() < 60_000 && taken < 10_000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = match &failed {
+            Some(e) => Err(Arc::clone(e)),
+            None => write_batch(&mut log, &mut batch).map_err(Arc::new),
+        };
+        if let Err(e) = &result {
+            if failed.is_none() {
+                tracing::error!(dir = %log.shared().dir.display(), "stream writer failed: {e}");
+                failed = Some(Arc::clone(e));
+            }
+        }
+        for (done, appended, before) in batch.done {
+            done(result.clone().map(|first| Appended {
+                first_offset: first.filter(|_| appended.written > 0).map(|f| f + before),
+                ..appended
+            }));
+        }
+        for f in batch.flushes {
+            let _ = f.send(());
+        }
+        if failed.is_none() && last_retention.elapsed() >= RETENTION_INTERVAL {
+            if let Err(e) = log.apply_retention() {
+                tracing::error!(dir = %log.shared().dir.display(), "stream retention: {e}");
+            }
+            last_retention = Instant::now();
+        }
+    }
+    if failed.is_none() {
+        if let Err(e) = log.sync() {
+            tracing::error!(dir = %log.shared().dir.display(), "stream writer: final sync: {e}");
+        }
+    }
+}
+
+/// Writes a batch (one user chunk, one tracking chunk) and syncs. Returns the offset of the
+/// first message written.
+fn write_batch(log: &mut StreamLog, batch: &mut Batch) -> Result<Option<u64>, StreamError> {
+    let mut first = None;
+    if !batch.entries.is_empty() {
+        let r = log.append_user(&batch.entries, &batch.writers)?;
+        first = Some(r.chunk_id);
+    }
+    if !batch.offsets.is_empty() {
+        log.append_tracking(std::mem::take(&mut batch.offsets))?;
+    }
+    log.sync()?;
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests;
