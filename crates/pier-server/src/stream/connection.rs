@@ -651,6 +651,9 @@ impl Session {
                     ResponseCode::StreamDoesNotExist
                 } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Configure) {
                     ResponseCode::AccessRefused
+                } else if let Err(e) = superstream::refuse_if_clustered(&vh) {
+                    tracing::info!(stream = %d.stream, "delete stream refused: {e}");
+                    ResponseCode::PreconditionFailed
                 } else {
                     match vh.delete_queue(&d.stream, false, false, self.id) {
                         Ok(_) => ResponseCode::Ok,
