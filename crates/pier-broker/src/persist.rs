@@ -110,7 +110,7 @@ impl PublishDurability {
         self.complete(true);
     }
 
-    fn complete(&self, ok: bool) {
+    pub(crate) fn complete(&self, ok: bool) {
         if !ok {
             self.ok.store(false, Ordering::Release);
         }

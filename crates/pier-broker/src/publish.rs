@@ -138,6 +138,8 @@ impl VHost {
                 let mut made = None;
                 let durability = match options.durability {
                     Durability::Token(t) => Some(t),
+                    // Paging writes hold credit too, for transient messages as well (a
+                    // publisher must not outrun the paging store; see ClassicQueue::page_out).
                     Durability::OnStore(make)
                         if queues.iter().any(|q| q.needs_durability(&message)) =>
                     {

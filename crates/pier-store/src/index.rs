@@ -1,7 +1,8 @@
 //! The in-memory index of one queue: where each live message sits on disk, in offset order.
 //!
 //! This is the only per-message memory the segment store keeps, so it is kept small: one
-//! 20-byte [`IndexEntry`] per message in a `VecDeque` (contiguous, no per-element allocation).
+//! 20-byte [`IndexEntry`] per message in a [`ChunkedDeque`] (chunks of 1024, no per-element
+//! allocation, at most two partly used chunks of slack whatever the length).
 //! Bodies stay on disk and are read back by (segment, position, length) in one `pread`.
 //!
 //! Acknowledgements usually arrive in FIFO order and pop entries off the front. An ack out of
@@ -9,7 +10,7 @@
 //! get there, and when tombstones outnumber live entries the deque is compacted, so memory
 //! stays proportional to the live messages (plus a bounded slack).
 
-use std::collections::VecDeque;
+use crate::chunked::ChunkedDeque;
 
 /// Where a message of a queue lives. 20 bytes: `u64` + 3 × `u32`, packed to 4-byte alignment
 /// (a naturally aligned `u64` would pad it to 24), with the flags in the top bits of the length
@@ -68,7 +69,7 @@ impl IndexEntry {
 /// The live messages of one queue, in offset order.
 #[derive(Debug, Default, Clone)]
 pub struct QueueIndex {
-    entries: VecDeque<IndexEntry>,
+    entries: ChunkedDeque<IndexEntry>,
     live: u64,
 }
 
@@ -151,15 +152,9 @@ impl QueueIndex {
         while self.entries.front().is_some_and(IndexEntry::is_acked) {
             self.entries.pop_front();
         }
-        // A drained deque keeps its capacity (200 MB after 10M messages) unless told otherwise;
-        // shrinking below a quarter full is O(1) amortised per ack.
-        if self.entries.capacity() > 1024 && self.entries.len() < self.entries.capacity() / 4 {
-            self.entries.shrink_to((self.entries.len() * 2).max(1024));
-        }
         let tombstones = self.entries.len() - self.live as usize;
         if tombstones > COMPACT_MIN_TOMBSTONES && tombstones > self.live as usize {
             self.entries.retain(|e| !e.is_acked());
-            self.entries.shrink_to(self.entries.len() * 2);
         }
         Some(taken)
     }

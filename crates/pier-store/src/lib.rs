@@ -35,6 +35,7 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod chunked;
 pub mod conformance;
 mod definitions;
 mod error;
@@ -49,6 +50,7 @@ mod store;
 pub mod stream;
 mod thread;
 
+pub use chunked::ChunkedDeque;
 pub use definitions::{
     decode_arguments, encode_arguments, BindingDef, DefResult, Definitions, DefinitionsStore,
     DestinationKind, ExchangeDef, PermissionDef, PolicyDef, QueueDef, TopicPermissionDef, UserDef,

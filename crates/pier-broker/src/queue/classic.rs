@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use pier_store::StoreHandle;
@@ -147,6 +147,9 @@ pub(crate) struct ClassicQueue {
     router: Weak<crate::vhost::VHost>,
     /// `engine.next_tick()` as of the last command, read lock-free by `tick_due`.
     next_tick: AtomicU64,
+    /// New arrivals page out (the engine has a paged tail), as of the last command: a
+    /// publisher then takes connection credit for transient messages too (`pages_out`).
+    paging: AtomicBool,
     /// Arrivals, deliveries and acks, copied from the engine after each command (read
     /// lock-free by management).
     counters: crate::counters::QueueCounters,
@@ -167,6 +170,7 @@ impl ClassicQueue {
         let engine = QueueEngine::new(config, now);
         ClassicQueue {
             next_tick: AtomicU64::new(engine.next_tick()),
+            paging: AtomicBool::new(false),
             clock,
             router,
             counters: crate::counters::QueueCounters::default(),
@@ -212,6 +216,12 @@ impl ClassicQueue {
 
     pub(crate) fn tick_due(&self, now: u64) -> bool {
         self.next_tick.load(Ordering::Relaxed) <= now
+    }
+
+    /// Whether messages arriving now are written to the paging store (as of the last
+    /// command; a hint for credit, never for correctness).
+    pub(crate) fn pages_out(&self) -> bool {
+        self.paging.load(Ordering::Relaxed)
     }
 
     // ---- running commands ----
@@ -480,7 +490,7 @@ impl ClassicQueue {
                     delivered_upto = Some(delivered_upto.map_or(offset, |d| d.max(offset)));
                 }
                 Effect::PageOut { offset, message } => {
-                    if let Err(message) = self.page_out(q, core, offset, message) {
+                    if let Err(message) = self.page_out(q, core, offset, message, durability) {
                         follow.spill_failed.push((offset, message));
                     }
                 }
@@ -531,18 +541,25 @@ impl ClassicQueue {
     fn publish_figures(&self, core: &Core) {
         self.next_tick
             .store(core.engine.next_tick(), Ordering::Relaxed);
+        self.paging
+            .store(core.engine.has_paged_tail(), Ordering::Relaxed);
         self.counters.set(core.engine.counters());
     }
 
     // ---- paging store ----
 
-    /// Writes a body to the paging store; gives it back if that is not possible now.
+    /// Writes a body to the paging store; gives it back if that is not possible now. The
+    /// publish's durability token, when it has one, waits for the write: that holds its
+    /// connection's credit (credit flow covers transient publishes that page, as RabbitMQ's
+    /// covers every publish) and a transient message's confirm until the write is done. A
+    /// failed write keeps the body in memory, so it never fails the publish.
     fn page_out(
         &self,
         q: &Arc<Queue>,
         core: &mut Core,
         offset: u64,
         message: Arc<Message>,
+        durability: Option<&Arc<PublishDurability>>,
     ) -> Result<(), Arc<Message>> {
         let Some(pager) = self.pager.get() else {
             return Err(message);
@@ -554,21 +571,31 @@ impl ClassicQueue {
         let in_flight = Arc::clone(&pager.in_flight);
         let refs = vec![pier_store::QueueRef { queue: id, offset }];
         let name = q.name().clone();
+        let written = durability.map(|d| d.add_flag());
         // Never blocks on our lock (the store thread takes only `in_flight`); blocks here
         // while the paging thread is behind, which holds publishers back.
         let sent = pager
             .handle
-            .append(refs, to_stored(&message), move |r| match r {
-                Ok(_) => {
-                    in_flight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&offset);
+            .append(refs, to_stored(&message), move |r| {
+                match r {
+                    Ok(_) => {
+                        in_flight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&offset);
+                    }
+                    // The body stays in `in_flight`, where reads find it.
+                    Err(e) => tracing::warn!(queue = %name, offset, "paging write failed, message kept in memory: {e}"),
                 }
-                // The body stays in `in_flight`, where reads find it.
-                Err(e) => tracing::warn!(queue = %name, offset, "paging write failed, message kept in memory: {e}"),
+                if let Some(written) = written {
+                    written(true);
+                }
             });
         if let Err(e) = sent {
+            if let Some(d) = durability {
+                // The refused command took its callback with it: give back what it held.
+                d.complete(true);
+            }
             pager.in_flight().remove(&offset);
             tracing::warn!(queue = %q.name(), "paging store unavailable, message kept in memory: {e}");
             return Err(message);

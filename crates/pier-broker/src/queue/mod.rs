@@ -84,8 +84,9 @@ pub(crate) enum TickAction {
     Delete,
 }
 
-/// The implementation behind a handle. Each queue is one `Arc` allocation; the classic
-/// runtime, on every message's path, stays inline rather than behind another pointer.
+/// The implementation behind a handle. One per queue, inline in its `Arc<Queue>`: the size
+/// difference costs a few hundred bytes per stream or remote queue, a `Box` would cost every
+/// classic publish an indirection.
 #[allow(clippy::large_enum_variant)]
 enum Backend {
     Classic(ClassicQueue),
@@ -291,6 +292,12 @@ impl Queue {
         }
     }
 
+    /// Whether messages arriving now are paged out (a classic queue past its memory budget):
+    /// publishers then take connection credit for transient messages too.
+    pub fn pages_out(&self) -> bool {
+        matches!(&self.backend, Backend::Classic(c) if c.pages_out())
+    }
+
     pub fn store(&self) -> Option<&QueueStore> {
         self.classic_opt().and_then(|c| c.store())
     }
@@ -322,10 +329,14 @@ impl Queue {
     }
 
     /// Whether a publish of `message` here waits for something before it is confirmed: the
-    /// disk (a persistent message in a stored queue) or the queue's home node.
+    /// disk (a persistent message in a stored queue, any message in a stream), the paging
+    /// store (a classic queue past its memory budget: transient messages too, so that a
+    /// publisher cannot outrun it; see `ClassicQueue::page_out`) or the queue's home node.
     pub(crate) fn needs_durability(&self, message: &Message) -> bool {
         match &self.backend {
-            Backend::Classic(c) => message.is_persistent() && c.store().is_some(),
+            Backend::Classic(c) => {
+                (message.is_persistent() && c.store().is_some()) || c.pages_out()
+            }
             // Every message appended to a stream is confirmed after fsync.
             Backend::Stream(_) | Backend::Remote(_) => true,
         }

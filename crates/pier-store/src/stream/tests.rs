@@ -130,7 +130,7 @@ fn retention_deletes_whole_segments_and_keeps_the_active_one() {
     for i in 0..60u64 {
         append_wait(&s, None, vec![msg(i, &"y".repeat(60))]);
     }
-    // Retention runs on the writer thread every few seconds; force it through a log of our own.
+    // The writer applies retention after each segment roll: the old segments are gone already.
     s.close();
     drop(s);
     let (mut log, _) = StreamLog::open(
@@ -143,7 +143,6 @@ fn retention_deletes_whole_segments_and_keeps_the_active_one() {
     .unwrap();
     let before = log.shared().view().segments.len();
     let gone = log.apply_retention().unwrap();
-    assert!(gone > 0);
     let v = log.shared().view();
     assert_eq!(v.segments.len(), before - gone);
     assert!(v.total_size() <= 1000 + 400 + 200, "{}", v.total_size());

@@ -65,6 +65,16 @@ use state::{CheckedOut, Consumer, Level};
 /// (the durable store for stored messages, the paging store for the rest) and read back in
 /// batches as the head of the queue drains.
 pub const PAGE_OUT_BYTES: u64 = 8 * 1024 * 1024;
+/// What one message with its body in memory costs beyond its body, for the memory budget: the
+/// shared `Message` (with its `Arc` counts), its 32-byte queue entry and the typical
+/// allocations behind its properties and routing key. Counting bodies alone let a backlog of
+/// small messages keep half a million of them (130+ bytes each) in memory under an 8 MB
+/// budget of 16-byte bodies. A constant, so that the budget is a pure function of the command
+/// sequence (the engine's determinism contract).
+pub const MESSAGE_OVERHEAD: u64 = (std::mem::size_of::<crate::message::Message>()
+    + 2 * std::mem::size_of::<usize>()
+    + std::mem::size_of::<state::Entry>()
+    + 64) as u64;
 /// How many paged-out messages one read-back fetches at most (and how many bytes).
 pub(crate) const PAGE_IN_BATCH: usize = 4096;
 pub(crate) const PAGE_IN_BYTES: u64 = 4 * 1024 * 1024;
@@ -77,7 +87,8 @@ pub struct EngineConfig {
     pub auto_delete: bool,
     /// The queue has a durable store: its persistent messages are stored.
     pub stores_persistent: bool,
-    /// Bytes of ready bodies kept in memory before new arrivals are paged out.
+    /// Memory for ready messages (bodies plus `MESSAGE_OVERHEAD` each) before new arrivals
+    /// are paged out.
     pub memory_budget: u64,
     /// Cancel a consumer (returning its messages) when a delivery to it stays unsettled this
     /// long (RabbitMQ 4's quorum-queue behaviour; classic queues leave it to the channel).
@@ -613,6 +624,20 @@ impl QueueEngine {
         self.waits
             .get_or_insert_with(Box::default)
             .record(now, crate::waits::waited_ms(now, enqueued_at));
+    }
+
+    /// Whether new arrivals join a paged tail (their bodies are paged out).
+    pub fn has_paged_tail(&self) -> bool {
+        self.levels.iter().any(|l| !l.paged.is_empty())
+    }
+
+    /// Whether the ready messages with bodies in memory cost more than the memory budget
+    /// (bodies plus [`MESSAGE_OVERHEAD`] each).
+    pub(super) fn over_budget(&self) -> bool {
+        let in_memory = self.ready_count.saturating_sub(self.paged) as u64;
+        self.mem_bytes
+            .saturating_add(in_memory.saturating_mul(MESSAGE_OVERHEAD))
+            > self.config.memory_budget
     }
 
     /// An in-memory entry (or one whose body is on disk) is gone from the ready set.

@@ -1,12 +1,12 @@
 //! Where bodies are: in memory, or only on disk (the durable store for stored messages, the
 //! node's scratch paging store for the rest).
 //!
-//! Past `memory_budget` bytes of ready bodies, a new message keeps only its place, as a 16-byte
-//! [`PagedEntry`] in its level's `paged` tail. Every paged entry of a level is newer than every
-//! in-memory one, so once a tail exists new arrivals join it. When a paged head is taken
-//! (delivered, dead-lettered) the engine asks for the next batch to be read back
-//! (`Effect::PageIn`); the runtime answers with `Command::PagedIn`, which moves that batch into
-//! `ready` and gives bodies to deliveries that went out without one. None of this changes
+//! Past `memory_budget` (ready bodies plus `MESSAGE_OVERHEAD` each), a new message keeps only
+//! its place, as a 16-byte [`PagedEntry`] in its level's `paged` tail. Every paged entry of a
+//! level is newer than every in-memory one, so once a tail exists new arrivals join it. When a
+//! paged head is taken (delivered, dead-lettered) the engine asks for the next batch to be read
+//! back (`Effect::PageIn`); the runtime answers with `Command::PagedIn`, which moves that batch
+//! into `ready` and gives bodies to deliveries that went out without one. None of this changes
 //! which message goes where: residency is the runtime's business (see the module docs of
 //! `engine`).
 

@@ -155,7 +155,7 @@ impl QueueEngine {
             self.expire_newest(level, offset, message, out);
         }
         self.drop_over_limit(cx, out);
-        if self.mem_bytes > self.config.memory_budget {
+        if self.over_budget() {
             self.page_out_newest(level, offset, stored, cx, out);
         }
     }
@@ -217,7 +217,7 @@ impl QueueEngine {
             self.next_offset = self.next_offset.max(r.offset + 1);
             // Like the TTL, time in queue counts from the recovery.
             let tail = self.levels.get(level).is_some_and(|l| !l.paged.is_empty());
-            if tail || self.mem_bytes > self.config.memory_budget {
+            if tail || self.over_budget() {
                 let kind = self.paged_kind(r.offset, expires_at, now);
                 let p = PagedEntry::new(
                     r.offset,

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use pier_store::ChunkedDeque;
 use pier_wire::{FieldTable, ShortString};
 
 use crate::consumer::{ConnectionId, ConsumerId};
@@ -181,7 +182,8 @@ pub(crate) struct Requeued {
 pub(crate) struct Level {
     pub ready: VecDeque<Entry>,
     pub requeued: BTreeMap<u64, Requeued>,
-    pub paged: VecDeque<PagedEntry>,
+    /// Chunked: a backlog of millions pays 16 bytes each, not a doubling deque's up to 32.
+    pub paged: ChunkedDeque<PagedEntry>,
 }
 
 /// The head of a level, wherever it is.
@@ -216,9 +218,7 @@ impl Level {
     }
 
     pub fn pop_paged(&mut self) -> Option<PagedEntry> {
-        let p = self.paged.pop_front();
-        release_drained(&mut self.paged);
-        p
+        self.paged.pop_front()
     }
 }
 
