@@ -155,11 +155,12 @@ impl Channel {
         let queue = self.queue_name(m.queue)?;
         cx.access.check(ObjectKind::Queue, &queue, Access::Read)?;
         let q = cx.vhost.queue(&queue, cx.connection)?;
-        if q.is_remote() {
+        // A stream (here or homed elsewhere) is refused by the vhost, as RabbitMQ does.
+        if q.is_remote() && q.kind() != pier_broker::queue::QueueType::Stream {
             self.queue_purge_remote(&q, m.nowait);
             return Ok(());
         }
-        let message_count = q.purge();
+        let message_count = cx.vhost.purge_queue(&queue, cx.connection)?;
         if !m.nowait {
             self.reply(cx, Method::QueuePurgeOk(QueuePurgeOk { message_count }));
         }
