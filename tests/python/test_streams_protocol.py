@@ -273,3 +273,54 @@ def test_single_active_consumer(stream_port):
         await c2.close()
         await delete(stream_port, s)
     run(go())
+
+
+@pytest.mark.pier_only
+def test_filtering(stream_port):
+    """Publishers tag messages with a filter value; a consumer filtering on one value gets
+    only the chunks whose bloom filter may hold it (each batch below is its own chunk, so
+    exactly that value's messages), plus the unfiltered ones with match-unfiltered.
+    (Filtering came in RabbitMQ 3.13.)"""
+    s = name("filter")
+
+    async def go():
+        await create(stream_port, s)
+        async def region_of(m):
+            return m.application_properties["region"]
+
+        async with Producer("127.0.0.1", port=stream_port, username="guest",
+                            password="guest", filter_value_extractor=region_of) as p:
+            for region in ("emea", "amer", "emea", "amer"):
+                for i in range(5):
+                    await p.send_wait(s, AMQPMessage(body=f"{region}-{i}".encode(),
+                                                     application_properties={
+                                                         "region": region}))
+        await publish(stream_port, s, ["plain-0", "plain-1"])
+
+        async def filtered(values, match_unfiltered, n):
+            got = []
+            done = asyncio.Event()
+            async with consumer(stream_port) as c:
+                async def cb(msg, ctx):
+                    got.append(bytes(msg.body).decode())
+                    if len(got) >= n:
+                        done.set()
+                await c.start()
+                await c.subscribe(s, cb, decoder=amqp_decoder,
+                                  offset_specification=ConsumerOffsetSpecification(
+                                      OffsetType.FIRST, None),
+                                  filter_input=rstream.FilterConfiguration(
+                                      values_to_filter=values,
+                                      match_unfiltered=match_unfiltered))
+                await asyncio.wait_for(done.wait(), STEP)
+                await asyncio.sleep(0.5)  # nothing more comes
+            return got
+
+        amer = await filtered(["amer"], False, 10)
+        assert sorted(amer) == sorted(f"amer-{i}" for i in range(5) for _ in range(2))
+        with_plain = await filtered(["emea"], True, 12)
+        assert [b for b in with_plain if b.startswith("amer")] == []
+        assert with_plain.count("plain-0") == 1 and with_plain.count("plain-1") == 1
+        assert len([b for b in with_plain if b.startswith("emea")]) == 10
+        await delete(stream_port, s)
+    run(go())

@@ -14,6 +14,7 @@ use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, table_to_json};
 use crate::stats;
+use crate::streams;
 use crate::topology::{connections_by_id, consumer_json, visible_vhosts};
 use crate::AppState;
 
@@ -125,16 +126,28 @@ fn consumer_counts(st: &AppState) -> HashMap<(u64, u16), usize> {
     out
 }
 
+/// AMQP connections (and stream-protocol ones, protocol `stream`) as one list sorted by name.
+fn all_connections(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
+    let mut items: Vec<(String, Value)> = sorted_connections(st, user)
+        .iter()
+        .filter(|c| vhost.is_none_or(|v| c.meta.vhost == v))
+        .map(|c| (c.meta.name.clone(), connection_json(st, c)))
+        .collect();
+    items.extend(
+        streams::stream_connections(st, user, vhost)
+            .iter()
+            .map(|c| (c.meta.name.clone(), streams::connection_json(st, c))),
+    );
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.into_iter().map(|(_, v)| v).collect()
+}
+
 pub async fn connections(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    let items = sorted_connections(&st, &user)
-        .iter()
-        .map(|c| connection_json(&st, c))
-        .collect();
-    json::list(items, &q)
+    json::list(all_connections(&st, &user, None), &q)
 }
 
 pub async fn vhost_connections(
@@ -144,12 +157,7 @@ pub async fn vhost_connections(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    let items = sorted_connections(&st, &user)
-        .iter()
-        .filter(|c| c.meta.vhost == vhost)
-        .map(|c| connection_json(&st, c))
-        .collect();
-    json::list(items, &q)
+    json::list(all_connections(&st, &user, Some(&vhost)), &q)
 }
 
 fn find_connection(st: &AppState, user: &AuthUser, name: &str) -> ApiResult<ConnectionInfo> {
@@ -159,11 +167,25 @@ fn find_connection(st: &AppState, user: &AuthUser, name: &str) -> ApiResult<Conn
         .ok_or_else(ApiError::not_found)
 }
 
+/// A stream-protocol connection by name (those the user may see).
+fn find_stream_connection(
+    st: &AppState,
+    user: &AuthUser,
+    name: &str,
+) -> Option<pier_server::stream::stats::StreamConnectionInfo> {
+    st.registry
+        .stream_connection(name)
+        .filter(|c| user.sees_all_connections() || c.meta.user == user.name)
+}
+
 pub async fn connection(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
+    if let Some(c) = find_stream_connection(&st, &user, &name) {
+        return Ok(json::ok(streams::connection_json(&st, &c)));
+    }
     let c = find_connection(&st, &user, &name)?;
     Ok(json::ok(connection_json(&st, &c)))
 }
@@ -176,8 +198,11 @@ pub async fn close_connection(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let c = find_connection(&st, &user, &name)?;
-    if !user.is_admin() && c.meta.user != user.name {
+    let owner = match find_stream_connection(&st, &user, &name) {
+        Some(c) => c.meta.user.clone(),
+        None => find_connection(&st, &user, &name)?.meta.user.clone(),
+    };
+    if !user.is_admin() && owner != user.name {
         return Err(ApiError::not_authorised("Not administrator user"));
     }
     let reason = headers
@@ -196,6 +221,9 @@ pub async fn connection_channels(
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
+    if find_stream_connection(&st, &user, &name).is_some() {
+        return Ok(json::ok(Value::Array(Vec::new())));
+    }
     let c = find_connection(&st, &user, &name)?;
     let counts = consumer_counts(&st);
     Ok(json::ok(Value::Array(
@@ -293,10 +321,9 @@ pub async fn user_connections(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     Ok(json::ok(Value::Array(
-        sorted_connections(&st, &user)
-            .iter()
-            .filter(|c| c.meta.user == name)
-            .map(|c| connection_json(&st, c))
+        all_connections(&st, &user, None)
+            .into_iter()
+            .filter(|c| c["user"] == name.as_str())
             .collect(),
     )))
 }

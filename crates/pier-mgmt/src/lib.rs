@@ -24,6 +24,7 @@ mod json;
 mod metrics;
 mod policies;
 mod stats;
+mod streams;
 mod tls;
 mod topology;
 mod ui;
@@ -416,6 +417,31 @@ fn router(state: AppState) -> Router {
             "/connections/username/{user}",
             get(conns::user_connections).delete(conns::close_user_connections),
         )
+        .route("/stream/connections", get(streams::connections))
+        .route(
+            "/stream/connections/{vhost}",
+            get(streams::vhost_connections),
+        )
+        .route(
+            "/stream/connections/{vhost}/{name}",
+            get(streams::connection).delete(streams::close_connection),
+        )
+        .route(
+            "/stream/connections/{vhost}/{name}/publishers",
+            get(streams::connection_publishers),
+        )
+        .route(
+            "/stream/connections/{vhost}/{name}/consumers",
+            get(streams::connection_consumers),
+        )
+        .route("/stream/publishers", get(streams::publishers))
+        .route("/stream/publishers/{vhost}", get(streams::vhost_publishers))
+        .route(
+            "/stream/publishers/{vhost}/{stream}",
+            get(streams::stream_publishers),
+        )
+        .route("/stream/consumers", get(streams::consumers))
+        .route("/stream/consumers/{vhost}", get(streams::vhost_consumers))
         .route("/channels", get(conns::channels))
         .route("/channels/{name}", get(conns::channel))
         .route("/consumers", get(conns::consumers))

@@ -137,6 +137,14 @@ pub fn sample(state: &AppState) {
             connection_counters(c),
         );
     }
+    for c in &state.registry.stream_connections() {
+        s.record(
+            connection_key(&c.meta.name),
+            round,
+            now,
+            crate::streams::connection_counters(c),
+        );
+    }
     for vh in state.broker.vhosts() {
         for q in vh.queues() {
             s.record(

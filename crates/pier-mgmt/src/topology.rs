@@ -305,6 +305,15 @@ pub(crate) fn queue_json(
             }),
         );
         m.insert("pier_queueing".into(), qs.json());
+        // A stream's figures, and its stream-protocol subscriptions among its consumers.
+        if let Some(figures) = crate::streams::stream_figures(q) {
+            let subscriptions = crate::streams::subscriptions_on(state, vhost, q.name());
+            m.insert(
+                "consumers".into(),
+                json!(s.consumers as usize + subscriptions),
+            );
+            m.insert("stream".into(), figures);
+        }
     }
     if let (Some(owner), Some(m)) = (o.exclusive_owner, v.as_object_mut()) {
         if let Some(conn) = conns.get(&owner) {

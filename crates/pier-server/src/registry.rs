@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alarms::Alarms;
 use crate::amqp::outbound::Outbound;
+use crate::stream::stats::{StreamConnectionEntry, StreamConnectionInfo};
 
 /// The reason RabbitMQ gives a client whose connection was closed through the management API
 /// (the reply text is `CONNECTION_FORCED - Closed via management plugin`).
@@ -238,6 +239,8 @@ pub struct Registry {
     retired_send_oct: AtomicU64,
     /// The node's memory and disk alarms (alarms.rs), which block publishing connections.
     alarms: Arc<Alarms>,
+    /// Stream-protocol connections (stream/stats.rs), listed and closed beside AMQP's.
+    streams: RwLock<HashMap<ConnectionId, Arc<StreamConnectionEntry>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -298,7 +301,44 @@ impl Registry {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.read().len()
+        self.read().len() + self.streams_read().len()
+    }
+
+    fn streams_read(
+        &self,
+    ) -> RwLockReadGuard<'_, HashMap<ConnectionId, Arc<StreamConnectionEntry>>> {
+        self.streams.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register_stream(&self, entry: Arc<StreamConnectionEntry>) {
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.meta.id, entry);
+    }
+
+    pub(crate) fn deregister_stream(&self, id: ConnectionId) {
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// A snapshot of every stream-protocol connection.
+    pub fn stream_connections(&self) -> Vec<StreamConnectionInfo> {
+        let entries: Vec<Arc<StreamConnectionEntry>> =
+            self.streams_read().values().cloned().collect();
+        entries.iter().map(|e| e.snapshot()).collect()
+    }
+
+    /// One stream-protocol connection by its name.
+    pub fn stream_connection(&self, name: &str) -> Option<StreamConnectionInfo> {
+        let entry = self
+            .streams_read()
+            .values()
+            .find(|e| e.meta.name == name)
+            .cloned();
+        entry.map(|e| e.snapshot())
     }
 
     /// The node's memory and disk alarms.
@@ -325,7 +365,8 @@ impl Registry {
     }
 
     /// Closes a connection by name with 320 CONNECTION_FORCED and `reason` as the reply text
-    /// (after the code name). False when there is no such connection.
+    /// (after the code name; a stream connection gets a Close with `reason`). False when
+    /// there is no such connection.
     pub fn close(&self, name: &str, reason: &str) -> bool {
         self.close_where(|m| m.name == name, reason) > 0
     }
@@ -342,7 +383,16 @@ impl Registry {
             *e.close_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
             e.close.cancel();
         }
-        entries.len()
+        let streams: Vec<Arc<StreamConnectionEntry>> = self
+            .streams_read()
+            .values()
+            .filter(|e| pred(&e.meta))
+            .cloned()
+            .collect();
+        for e in &streams {
+            e.request_close(reason);
+        }
+        entries.len() + streams.len()
     }
 
     pub fn totals(&self) -> RegistryTotals {

@@ -310,6 +310,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             l,
             tls,
             Arc::clone(&broker),
+            Arc::clone(&registry),
             config,
             stop_streams.clone(),
         )));

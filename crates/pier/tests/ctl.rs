@@ -1022,3 +1022,156 @@ fn vhost_limits_and_cluster_name() {
     let (_, v) = api_get(&broker, "/cluster-name");
     assert_eq!(v, json!({"name": "ctl-cluster"}));
 }
+
+/// rabbitmq-streams' verbs: add_super_stream (partitions or routing keys, retention
+/// arguments), list_streams, delete_super_stream, and their refusals.
+#[test]
+fn super_streams_and_stream_lists() {
+    let broker = Broker::start();
+    let vh = unique("ss");
+    ok(&broker, &["add_vhost", &vh]);
+    let out = ok(
+        &broker,
+        &[
+            "-p",
+            &vh,
+            "add_super_stream",
+            "invoices",
+            "--partitions",
+            "3",
+            "--max-length-bytes",
+            "1000000",
+        ],
+    );
+    assert!(out.stdout.contains("3 partitions"), "{}", out.stdout);
+    fails(
+        &broker,
+        &[
+            "-p",
+            &vh,
+            "add_super_stream",
+            "invoices",
+            "--partitions",
+            "2",
+        ],
+        65,
+        "already exists",
+    );
+    fails(
+        &broker,
+        &[
+            "-p",
+            &vh,
+            "add_super_stream",
+            "x",
+            "--partitions",
+            "2",
+            "--routing-keys",
+            "a,b",
+        ],
+        64,
+        "not both",
+    );
+    let js = ok(
+        &broker,
+        &[
+            "-p",
+            &vh,
+            "--json",
+            "add_super_stream",
+            "geo",
+            "--routing-keys",
+            "amer,emea",
+        ],
+    )
+    .json();
+    assert_eq!(js["partitions"], json!(["geo-amer", "geo-emea"]));
+    // The exchange and bindings are RabbitMQ's layout.
+    let (status, x) = api_get(&broker, &format!("/exchanges/{}/invoices", enc(&vh)));
+    assert_eq!(status, 200);
+    assert_eq!(x["type"], "direct");
+    assert_eq!(x["arguments"]["x-super-stream"], true);
+    let (_, bindings) = api_get(
+        &broker,
+        &format!("/exchanges/{}/invoices/bindings/source", enc(&vh)),
+    );
+    let mut keys: Vec<(String, String, i64)> = bindings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["destination"].as_str().unwrap().to_owned(),
+                b["routing_key"].as_str().unwrap().to_owned(),
+                b["arguments"]["x-stream-partition-order"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            ("invoices-0".into(), "0".into(), 0),
+            ("invoices-1".into(), "1".into(), 1),
+            ("invoices-2".into(), "2".into(), 2)
+        ]
+    );
+    let (_, q) = api_get(&broker, &format!("/queues/{}/invoices-1", enc(&vh)));
+    assert_eq!(q["type"], "stream");
+    assert_eq!(q["arguments"]["x-max-length-bytes"], 1_000_000);
+    let names = ok(&broker, &["-p", &vh, "--json", "list_streams", "name"]).json();
+    let mut names: Vec<String> = names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "geo-amer",
+            "geo-emea",
+            "invoices-0",
+            "invoices-1",
+            "invoices-2"
+        ]
+    );
+    let table = ok(&broker, &["-p", &vh, "list_streams"]);
+    assert_eq!(
+        table.header(),
+        [
+            "name",
+            "messages",
+            "segments",
+            "first_offset",
+            "last_offset"
+        ]
+    );
+    ok(&broker, &["-p", &vh, "delete_super_stream", "invoices"]);
+    let (status, _) = api_get(&broker, &format!("/queues/{}/invoices-0", enc(&vh)));
+    assert_eq!(status, 404);
+    let (status, _) = api_get(&broker, &format!("/exchanges/{}/invoices", enc(&vh)));
+    assert_eq!(status, 404);
+    fails(
+        &broker,
+        &["-p", &vh, "delete_super_stream", "invoices"],
+        65,
+        "does not exist",
+    );
+    // A plain exchange is not a super stream.
+    assert_eq!(
+        api_put(
+            &broker,
+            &format!("/exchanges/{}/plain", enc(&vh)),
+            json!({"type": "direct"})
+        ),
+        201
+    );
+    fails(
+        &broker,
+        &["-p", &vh, "delete_super_stream", "plain"],
+        65,
+        "not a super stream",
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::sac::{GroupKey, SacEvent};
+use super::stats::{ConsumerStats, PublisherStats, StreamConnectionEntry, StreamCounters};
 use super::{superstream, Server};
 
 /// Frames queued for the writer before senders wait.
@@ -83,12 +84,13 @@ struct Publisher {
     stream_name: String,
     stream: Arc<Stream>,
     reference: Option<String>,
+    stats: Arc<PublisherStats>,
 }
 
 /// The part of a subscription its task and the reader share.
 struct SubShared {
-    credit: AtomicU32,
-    active: AtomicBool,
+    /// Credit, activity and figures (management reads them too).
+    stats: Arc<ConsumerStats>,
     wake: Notify,
     /// Where to (re)start reading, set by a `ConsumerUpdate` answer.
     restart: Mutex<Option<StartAt>>,
@@ -107,6 +109,7 @@ struct Session {
     server: Arc<Server>,
     id: u64,
     peer: SocketAddr,
+    local: SocketAddr,
     vhost: Option<Arc<VHost>>,
     user: Option<String>,
     _slot: Option<ConnectionSlot>,
@@ -123,6 +126,12 @@ struct Session {
     cert_user: Option<String>,
     heartbeat: u32,
     closing: bool,
+    /// The client's peer properties and SASL mechanism (for management).
+    client_properties: Vec<(String, String)>,
+    auth_mechanism: String,
+    counters: Arc<StreamCounters>,
+    /// This connection in the registry, once opened.
+    entry: Option<Arc<StreamConnectionEntry>>,
 }
 
 fn to_start(o: OffsetSpec) -> StartAt {
@@ -140,6 +149,7 @@ pub(crate) async fn run<S>(
     server: Arc<Server>,
     socket: S,
     peer: SocketAddr,
+    local: SocketAddr,
     cert_user: Option<String>,
     shutdown: CancellationToken,
 ) where
@@ -156,10 +166,12 @@ pub(crate) async fn run<S>(
     });
     let stop = shutdown.child_token();
     let heartbeat = Arc::new(AtomicU32::new(0));
+    let counters = Arc::new(StreamCounters::default());
     let writer = tokio::spawn(write_loop(
         wr,
         out_rx,
         Arc::clone(&shared),
+        Arc::clone(&counters),
         Arc::clone(&heartbeat),
         stop.clone(),
     ));
@@ -167,6 +179,7 @@ pub(crate) async fn run<S>(
         id: crate::amqp::connection::next_connection_id(),
         server,
         peer,
+        local,
         vhost: None,
         user: None,
         _slot: None,
@@ -182,7 +195,13 @@ pub(crate) async fn run<S>(
         cert_user,
         heartbeat: 0,
         closing: false,
+        client_properties: Vec::new(),
+        auth_mechanism: String::new(),
+        counters,
+        entry: None,
     };
+    // Cancelled by management (DELETE /api/connections/{name}) once registered.
+    let mut mgmt_close = CancellationToken::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let started = tokio::time::Instant::now();
     loop {
@@ -201,6 +220,11 @@ pub(crate) async fn run<S>(
         } else {
             Duration::from_secs(24 * 3600)
         };
+        if let Some(e) = &s.entry {
+            if !mgmt_close.is_cancelled() && mgmt_close != e.close {
+                mgmt_close = e.close.clone();
+            }
+        }
         let n = tokio::select! {
             r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -217,8 +241,24 @@ pub(crate) async fn run<S>(
                 continue;
             }
             () = stop.cancelled() => break,
+            () = mgmt_close.cancelled() => {
+                let reason = s
+                    .entry
+                    .as_ref()
+                    .and_then(|e| e.close_reason())
+                    .unwrap_or_else(|| crate::registry::MANAGEMENT_CLOSE_REASON.to_owned());
+                tracing::info!(peer = %s.peer, "stream connection closed by management: {reason}");
+                let correlation_id = s.next_correlation;
+                s.send(ServerCommand::Close(pier_stream_wire::Close {
+                    correlation_id,
+                    code: ResponseCode::Ok,
+                    reason,
+                }))
+                .await;
+                break;
+            }
         };
-        let _ = n;
+        s.counters.count_read(n);
         loop {
             match ClientCommand::decode_from(&mut buf, s.frame_max) {
                 Ok(Some(cmd)) => {
@@ -244,6 +284,9 @@ pub(crate) async fn run<S>(
         }
     }
     s.teardown();
+    if let Some(e) = &s.entry {
+        s.server.registry.deregister_stream(e.meta.id);
+    }
     drop(s);
     // The writer drains what was queued (a Close or its response) and stops.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
@@ -254,6 +297,7 @@ async fn write_loop<W: AsyncWrite>(
     wr: W,
     mut rx: mpsc::Receiver<Bytes>,
     shared: Arc<ConnShared>,
+    counters: Arc<StreamCounters>,
     heartbeat: Arc<AtomicU32>,
     stop: CancellationToken,
 ) {
@@ -272,9 +316,13 @@ async fn write_loop<W: AsyncWrite>(
                     let mut f = Some(f);
                     while let Some(frame) = f.take() {
                         if frame.len() > 64 * 1024 {
-                            if !buf.is_empty() && wr.write_all(&buf).await.is_err() { return; }
+                            if !buf.is_empty() {
+                                if wr.write_all(&buf).await.is_err() { return; }
+                                counters.count_write(buf.len());
+                            }
                             buf.clear();
                             if wr.write_all(&frame).await.is_err() { return; }
+                            counters.count_write(frame.len());
                         } else {
                             buf.extend_from_slice(&frame);
                         }
@@ -317,6 +365,7 @@ async fn write_loop<W: AsyncWrite>(
             if wr.write_all(&buf).await.is_err() {
                 return;
             }
+            counters.count_write(buf.len());
             buf.clear();
             last_write = tokio::time::Instant::now();
         }
@@ -357,6 +406,7 @@ impl Session {
         let authenticated = self.vhost.is_some();
         match cmd {
             ClientCommand::PeerProperties(p) => {
+                self.client_properties = p.properties.clone();
                 let c = &self.server.config;
                 let properties = vec![
                     ("product".to_owned(), c.product.clone()),
@@ -427,6 +477,7 @@ impl Session {
                 match result {
                     Ok(user) => {
                         self.user = Some(user.name.clone());
+                        self.auth_mechanism = a.mechanism.clone();
                         self.send(ServerCommand::SaslAuthenticateResponse(
                             SaslAuthenticateResponse {
                                 correlation_id: a.correlation_id,
@@ -476,6 +527,7 @@ impl Session {
                 match opened {
                     Ok((slot, vh)) => {
                         self._slot = Some(slot);
+                        self.register(&user, vh.name());
                         self.vhost = Some(vh);
                         let c = &self.server.config;
                         self.send(ServerCommand::OpenResponse(OpenResponse {
@@ -526,12 +578,20 @@ impl Session {
                     match self.stream(&d.stream) {
                         None => ResponseCode::StreamDoesNotExist,
                         Some(stream) => {
+                            let stats = Arc::new(PublisherStats::new(
+                                d.stream.clone(),
+                                d.reference.clone(),
+                            ));
+                            if let Some(e) = &self.entry {
+                                e.add_publisher(d.publisher_id, Arc::clone(&stats));
+                            }
                             self.publishers.insert(
                                 d.publisher_id,
                                 Publisher {
                                     stream_name: d.stream.clone(),
                                     stream,
                                     reference: Some(d.reference).filter(|r| !r.is_empty()),
+                                    stats,
                                 },
                             );
                             ResponseCode::Ok
@@ -561,7 +621,12 @@ impl Session {
             }
             ClientCommand::DeletePublisher(d) => {
                 let code = match self.publishers.remove(&d.publisher_id) {
-                    Some(_) => ResponseCode::Ok,
+                    Some(_) => {
+                        if let Some(e) = &self.entry {
+                            e.remove_publisher(d.publisher_id);
+                        }
+                        ResponseCode::Ok
+                    }
                     None => ResponseCode::PublisherDoesNotExist,
                 };
                 self.send(ServerCommand::DeletePublisherResponse(response(
@@ -574,6 +639,7 @@ impl Session {
             ClientCommand::Credit(c) => match self.subscriptions.get(&c.subscription_id) {
                 Some(sub) => {
                     sub.shared
+                        .stats
                         .credit
                         .fetch_add(u32::from(c.credit), Ordering::AcqRel);
                     sub.shared.wake.notify_one();
@@ -840,7 +906,7 @@ impl Session {
             ClientCommand::ConsumerUpdateResponse(u) => {
                 if let Some(sub_id) = self.updates.remove(&u.correlation_id) {
                     if let Some(sub) = self.subscriptions.get(&sub_id) {
-                        if sub.shared.active.load(Ordering::Acquire) {
+                        if sub.shared.stats.active.load(Ordering::Acquire) {
                             let start = to_start(u.offset.unwrap_or(sub.offset));
                             *sub.shared.restart.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(start);
@@ -890,11 +956,19 @@ impl Session {
         self.shared.unconfirmed.fetch_add(n, Ordering::AcqRel);
         let shared = Arc::clone(&self.shared);
         let pid = p.publisher_id;
+        let stats = Arc::clone(&publisher.stats);
+        stats.published.fetch_add(n as u64, Ordering::Relaxed);
         let mut done: pier_store::stream::AppendDone = Box::new(move |r| {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             match r {
-                Ok(_) => pending.confirms.push((pid, ids)),
-                Err(_) => pending.errors.push((pid, ids, ResponseCode::InternalError)),
+                Ok(_) => {
+                    stats.confirmed.fetch_add(n as u64, Ordering::Relaxed);
+                    pending.confirms.push((pid, ids));
+                }
+                Err(_) => {
+                    stats.errored.fetch_add(n as u64, Ordering::Relaxed);
+                    pending.errors.push((pid, ids, ResponseCode::InternalError));
+                }
             }
             drop(pending);
             shared.writer_wake.notify_one();
@@ -915,6 +989,9 @@ impl Session {
                     d(Err(Arc::new(e)));
                     let name = publisher.stream_name.clone();
                     self.publishers.remove(&pid);
+                    if let Some(e) = &self.entry {
+                        e.remove_publisher(pid);
+                    }
                     self.send(ServerCommand::MetadataUpdate(MetadataUpdate {
                         code: ResponseCode::StreamNotAvailable,
                         stream: name,
@@ -985,9 +1062,17 @@ impl Session {
             }
             _ => None,
         };
+        let stats = Arc::new(ConsumerStats::new(
+            s.stream.clone(),
+            s.properties.clone(),
+            u32::from(s.credit),
+            sac_key.is_none(),
+        ));
+        if let Some(e) = &self.entry {
+            e.add_consumer(s.subscription_id, Arc::clone(&stats));
+        }
         let shared = Arc::new(SubShared {
-            credit: AtomicU32::new(u32::from(s.credit)),
-            active: AtomicBool::new(sac_key.is_none()),
+            stats,
             wake: Notify::new(),
             restart: Mutex::new(None),
         });
@@ -1051,6 +1136,9 @@ impl Session {
             return false;
         };
         sub.cancel.cancel();
+        if let Some(e) = &self.entry {
+            e.remove_consumer(id);
+        }
         if let Some(key) = &sub.sac {
             self.server.sac.leave(key, self.id, id);
         }
@@ -1066,7 +1154,7 @@ impl Session {
         let Some(sub) = self.subscriptions.get(&id) else {
             return;
         };
-        sub.shared.active.store(active, Ordering::Release);
+        sub.shared.stats.active.store(active, Ordering::Release);
         sub.shared.wake.notify_one();
         let correlation_id = self.next_correlation;
         self.next_correlation = self.next_correlation.wrapping_add(1);
@@ -1077,6 +1165,34 @@ impl Session {
             active,
         }))
         .await;
+    }
+
+    /// Registers the opened connection for management.
+    fn register(&mut self, user: &str, vhost: &str) {
+        let mut client_properties = pier_wire::FieldTable::new();
+        for (k, v) in &self.client_properties {
+            client_properties.insert(
+                pier_wire::ShortString::truncated(k),
+                pier_wire::FieldValue::LongString(v.as_str().into()),
+            );
+        }
+        let meta = crate::registry::ConnectionMeta {
+            id: self.id,
+            name: format!("{} -> {}", self.peer, self.local),
+            peer: self.peer,
+            local: self.local,
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            client_properties,
+            auth_mechanism: self.auth_mechanism.clone(),
+            connected_at_ms: crate::registry::unix_ms(),
+            frame_max: self.frame_max,
+            channel_max: 0,
+            heartbeat: u16::try_from(self.heartbeat).unwrap_or(u16::MAX),
+        };
+        let entry = Arc::new(StreamConnectionEntry::new(meta, Arc::clone(&self.counters)));
+        self.server.registry.register_stream(Arc::clone(&entry));
+        self.entry = Some(entry);
     }
 
     fn teardown(&mut self) {
@@ -1127,8 +1243,8 @@ async fn deliver_loop(mut t: DeliverTask) {
                 }
             }
         }
-        let ready = t.shared.active.load(Ordering::Acquire)
-            && t.shared.credit.load(Ordering::Acquire) > 0
+        let ready = t.shared.stats.active.load(Ordering::Acquire)
+            && t.shared.stats.credit.load(Ordering::Acquire) > 0
             && t.reader.is_some();
         let chunk = if ready {
             t.reader.as_mut().map(|r| r.next_chunk())
@@ -1152,7 +1268,16 @@ async fn deliver_loop(mut t: DeliverTask) {
                     },
                     chunk: c.delivered,
                 }));
-                t.shared.credit.fetch_sub(1, Ordering::AcqRel);
+                t.shared.stats.credit.fetch_sub(1, Ordering::AcqRel);
+                let records = u64::from(c.header.num_records);
+                t.shared
+                    .stats
+                    .consumed
+                    .fetch_add(records, Ordering::Relaxed);
+                t.shared.stats.offset.store(
+                    (c.header.first_offset + records).saturating_sub(1),
+                    Ordering::Relaxed,
+                );
                 tokio::select! {
                     r = t.out.send(frame) => if r.is_err() { break },
                     () = t.cancel.cancelled() => break,

@@ -16,8 +16,12 @@
 //! are bounded (the reader stops reading the socket above the bound); the stream's writer
 //! channel is bounded.
 
+// The broker's errors pass through as they are: rare, and off the publish/deliver paths.
+#[allow(clippy::result_large_err)]
 mod connection;
 mod sac;
+pub mod stats;
+#[allow(clippy::result_large_err)]
 mod superstream;
 
 use std::sync::Arc;
@@ -77,6 +81,8 @@ impl Default for StreamServerConfig {
 /// What every connection of a stream server shares.
 pub(crate) struct Server {
     pub broker: Arc<Broker>,
+    /// Where connections register for management (beside AMQP's).
+    pub registry: Arc<crate::Registry>,
     pub config: StreamServerConfig,
     pub sac: Arc<Coordinator>,
 }
@@ -87,11 +93,13 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     broker: Arc<Broker>,
+    registry: Arc<crate::Registry>,
     config: StreamServerConfig,
     shutdown: CancellationToken,
 ) {
     let server = Arc::new(Server {
         broker,
+        registry,
         config: StreamServerConfig {
             tls: tls.is_some(),
             ..config
@@ -114,12 +122,13 @@ pub async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
+        let local = socket.local_addr().unwrap_or(peer);
         let server = Arc::clone(&server);
         let token = conns.child_token();
         let tls = tls.clone();
         tracker.spawn(async move {
             match tls {
-                None => connection::run(server, socket, peer, None, token).await,
+                None => connection::run(server, socket, peer, local, None, token).await,
                 Some(acceptor) => {
                     let accepted = tokio::time::timeout(
                         std::time::Duration::from_secs(10),
@@ -134,7 +143,7 @@ pub async fn serve(
                                 .peer_certificates()
                                 .and_then(|certs| certs.first())
                                 .and_then(|cert| crate::tls::subject_common_name(cert));
-                            connection::run(server, stream, peer, cn, token).await;
+                            connection::run(server, stream, peer, local, cn, token).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "stream TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "stream TLS handshake timed out"),

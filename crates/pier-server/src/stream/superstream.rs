@@ -2,9 +2,6 @@
 //! streams, each binding with `x-stream-partition-order` (RabbitMQ's layout, so `rabbitmq-
 //! streams add_super_stream`, the stream clients and AMQP publishers all see the same thing).
 
-// The broker's own error type, as the AMQP channel's handlers return it.
-#![allow(clippy::result_large_err)]
-
 use pier_broker::vhost::{ExchangeDeclare, QueueDeclare};
 use pier_broker::{BrokerError, VHost};
 use pier_wire::{FieldTable, FieldValue, ShortString};

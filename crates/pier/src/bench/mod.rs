@@ -18,6 +18,7 @@ mod floor;
 mod message;
 mod producer;
 mod stats;
+mod stream;
 mod uri;
 
 use std::sync::atomic::Ordering;
@@ -131,6 +132,19 @@ pub struct BenchArgs {
     /// through a plain byte relay (scenario D's baseline; see `bench/floor.rs`).
     #[arg(long)]
     pub floor: bool,
+    /// Use RabbitMQ's stream protocol (port 5552) instead of AMQP 0-9-1: producers publish
+    /// to the stream <queue-prefix>1 (created if missing) with at most --confirm messages
+    /// unconfirmed (0: 10,000), consumers subscribe at --stream-offset. --uri may be
+    /// rabbitmq-stream://user:pass@host:port/vhost (port 5552 by default). See
+    /// `bench/stream.rs`.
+    #[arg(long)]
+    pub stream: bool,
+    /// Where stream consumers start: first, last, next or an offset.
+    #[arg(long, default_value = "next")]
+    pub stream_offset: String,
+    /// Messages per stream Publish frame.
+    #[arg(long, default_value_t = 100)]
+    pub stream_batch: u32,
 }
 
 /// Validated settings of a run.
@@ -323,6 +337,9 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
 /// Entry point: runs the bench on its own tokio runtime. An `Err` (exit code 1) when the
 /// run failed or, with --pmessages, when not everything published was consumed.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    if args.stream {
+        return stream::main(&args);
+    }
     let config = validate(args)?;
     if config.floor {
         return floor::main(Arc::new(config));

@@ -17,6 +17,7 @@
 mod client;
 mod cluster;
 mod output;
+mod streams;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -254,6 +255,43 @@ enum CtlCommand {
     ExportDefinitions { file: String },
     /// Imports definitions in RabbitMQ's format from FILE ("-" for stdin).
     ImportDefinitions { file: String },
+    /// Creates a super stream (rabbitmq-streams add_super_stream): a direct exchange NAME
+    /// and its partition streams NAME-0..NAME-(N-1) bound with keys 0..N-1 (or NAME-key
+    /// bound with each of --routing-keys).
+    AddSuperStream {
+        name: String,
+        /// Number of partitions (default 3).
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Comma-separated routing keys, one partition each (instead of --partitions).
+        #[arg(long = "routing-keys")]
+        routing_keys: Option<String>,
+        /// Retention of each partition by size (bytes).
+        #[arg(long = "max-length-bytes")]
+        max_length_bytes: Option<String>,
+        /// Retention of each partition by age (e.g. 7D, 12h).
+        #[arg(long = "max-age")]
+        max_age: Option<String>,
+        /// Segment file size of each partition (bytes).
+        #[arg(long = "stream-max-segment-size-bytes")]
+        stream_max_segment_size_bytes: Option<String>,
+        /// Accepted for compatibility (a single node leads every stream).
+        #[arg(long = "leader-locator")]
+        leader_locator: Option<String>,
+    },
+    /// Deletes a super stream: its partition streams and its exchange.
+    DeleteSuperStream { name: String },
+    /// Stream queues of the vhost. Columns: name vhost messages consumers arguments policy
+    /// node segments size first_offset last_offset committed_offset first_timestamp
+    /// last_timestamp offsets sequences (default: name messages segments first_offset
+    /// last_offset).
+    ListStreams { columns: Vec<String> },
+    /// Stream-protocol connections of the vhost (default column: conn_name).
+    ListStreamConnections { columns: Vec<String> },
+    /// Stream-protocol publishers of the vhost.
+    ListStreamPublishers { columns: Vec<String> },
+    /// Stream-protocol consumers (subscriptions) of the vhost.
+    ListStreamConsumers { columns: Vec<String> },
 }
 
 /// Runs `pier ctl`; on failure prints `Error: …` and exits with the command's code.
@@ -1133,6 +1171,34 @@ impl Ctl {
             }
             CtlCommand::ExportDefinitions { file } => self.export_definitions(&file),
             CtlCommand::ImportDefinitions { file } => self.import_definitions(&file),
+            CtlCommand::AddSuperStream {
+                name,
+                partitions,
+                routing_keys,
+                max_length_bytes,
+                max_age,
+                stream_max_segment_size_bytes,
+                leader_locator,
+            } => self.add_super_stream(&streams::SuperStreamSpec {
+                name,
+                partitions,
+                routing_keys,
+                max_length_bytes,
+                max_age,
+                max_segment_size_bytes: stream_max_segment_size_bytes,
+                leader_locator,
+            }),
+            CtlCommand::DeleteSuperStream { name } => self.delete_super_stream(&name),
+            CtlCommand::ListStreams { columns } => self.list_streams(&columns),
+            CtlCommand::ListStreamConnections { columns } => {
+                self.list_stream_objects(&streams::STREAM_CONNECTIONS, "connections", &columns)
+            }
+            CtlCommand::ListStreamPublishers { columns } => {
+                self.list_stream_objects(&streams::STREAM_PUBLISHERS, "publishers", &columns)
+            }
+            CtlCommand::ListStreamConsumers { columns } => {
+                self.list_stream_objects(&streams::STREAM_CONSUMERS, "consumers", &columns)
+            }
         }
     }
 

@@ -1,0 +1,375 @@
+//! Streams in management, shaped as RabbitMQ's `rabbitmq_stream_management` plugin:
+//! `/api/stream/connections`, `/api/stream/publishers`, `/api/stream/consumers` (and their
+//! per-vhost variants), stream-protocol connections in `/api/connections` with protocol
+//! `stream`, and the figures of a stream queue (`stream` in its queue object: segments,
+//! size, first/last/committed offset, stored consumer offsets and publisher sequences).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Extension;
+use pier_broker::Queue;
+use pier_server::registry::MANAGEMENT_CLOSE_REASON;
+use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, StreamPublisherInfo};
+use serde_json::{json, Map, Value};
+
+use crate::auth::{view_vhost, AuthUser};
+use crate::error::{ApiError, ApiResult};
+use crate::json::{self, table_to_json};
+use crate::stats;
+use crate::AppState;
+
+type Q = Query<HashMap<String, String>>;
+
+fn visible(user: &AuthUser, c: &StreamConnectionInfo) -> bool {
+    user.sees_all_connections() || c.meta.user == user.name
+}
+
+/// The stream connections `user` may see (of `vhost` when given), sorted by name.
+pub(crate) fn stream_connections(
+    st: &AppState,
+    user: &AuthUser,
+    vhost: Option<&str>,
+) -> Vec<StreamConnectionInfo> {
+    let mut v: Vec<StreamConnectionInfo> = st
+        .registry
+        .stream_connections()
+        .into_iter()
+        .filter(|c| visible(user, c))
+        .filter(|c| vhost.is_none_or(|v| c.meta.vhost == v))
+        .collect();
+    v.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    v
+}
+
+/// Counters sampled for a stream connection's rates.
+pub(crate) fn connection_counters(c: &StreamConnectionInfo) -> Vec<u64> {
+    vec![c.recv_oct, c.send_oct, 0]
+}
+
+fn rate(r: f64) -> Value {
+    json!({ "rate": (r * 10.0).round() / 10.0 })
+}
+
+/// A stream connection as RabbitMQ shows it (`/api/stream/connections`, `/api/connections`).
+pub(crate) fn connection_json(st: &AppState, c: &StreamConnectionInfo) -> Value {
+    let m = &c.meta;
+    let rates = st
+        .sampler
+        .rates(&stats::connection_key(&m.name), &connection_counters(c));
+    let r = |i: usize| rate(rates.get(i).copied().unwrap_or(0.0));
+    let provided = m
+        .client_properties
+        .get("connection_name")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    json!({
+        "name": m.name,
+        "node": st.node,
+        "state": "running",
+        "protocol": "stream",
+        "user": m.user,
+        "user_who_performed_action": m.user,
+        "vhost": m.vhost,
+        "host": m.local.ip().to_string(),
+        "port": m.local.port(),
+        "peer_host": m.peer.ip().to_string(),
+        "peer_port": m.peer.port(),
+        "ssl": false,
+        "ssl_protocol": Value::Null,
+        "ssl_key_exchange": Value::Null,
+        "ssl_cipher": Value::Null,
+        "ssl_hash": Value::Null,
+        "peer_cert_issuer": Value::Null,
+        "peer_cert_subject": Value::Null,
+        "peer_cert_validity": Value::Null,
+        "auth_mechanism": m.auth_mechanism,
+        "channels": 0,
+        "channel_max": 0,
+        "frame_max": m.frame_max,
+        "timeout": m.heartbeat,
+        "connected_at": m.connected_at_ms,
+        "client_properties": table_to_json(&m.client_properties),
+        "user_provided_name": provided,
+        "recv_oct": c.recv_oct,
+        "recv_cnt": c.recv_cnt,
+        "send_oct": c.send_oct,
+        "send_cnt": c.send_cnt,
+        "send_pend": 0,
+        "recv_oct_details": r(0),
+        "send_oct_details": r(1),
+        "publishers": c.publishers.len(),
+        "subscriptions": c.consumers.len(),
+    })
+}
+
+fn connection_details(st: &AppState, c: &StreamConnectionInfo) -> Value {
+    json!({
+        "name": c.meta.name,
+        "node": st.node,
+        "peer_host": c.meta.peer.ip().to_string(),
+        "peer_port": c.meta.peer.port(),
+        "user": c.meta.user,
+    })
+}
+
+fn publisher_json(st: &AppState, c: &StreamConnectionInfo, p: &StreamPublisherInfo) -> Value {
+    json!({
+        "publisher_id": p.id,
+        "reference": p.reference,
+        "published": p.published,
+        "confirmed": p.confirmed,
+        "errored": p.errored,
+        "queue": {"name": p.stream, "vhost": c.meta.vhost},
+        "connection_details": connection_details(st, c),
+    })
+}
+
+/// The last offset of a stream (for a consumer's lag).
+fn last_offset(st: &AppState, vhost: &str, stream: &str) -> Option<u64> {
+    let q = st.broker.vhost(vhost)?.find_queue(stream)?;
+    let view = q.stream()?.shared().view();
+    view.committed_next.checked_sub(1)
+}
+
+fn consumer_json(st: &AppState, c: &StreamConnectionInfo, s: &StreamConsumerInfo) -> Value {
+    let lag =
+        last_offset(st, &c.meta.vhost, &s.stream).map_or(0, |last| last.saturating_sub(s.offset));
+    let properties: Map<String, Value> = s
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json!({
+        "subscription_id": s.id,
+        "consumed": s.consumed,
+        "offset": s.offset,
+        "offset_lag": lag,
+        "credits": s.credit,
+        "active": s.active,
+        "activity_status": activity_status(s),
+        "properties": properties,
+        "queue": {"name": s.stream, "vhost": c.meta.vhost},
+        "connection_details": connection_details(st, c),
+    })
+}
+
+fn activity_status(s: &StreamConsumerInfo) -> &'static str {
+    let sac = s
+        .properties
+        .iter()
+        .any(|(k, v)| k == "single-active-consumer" && v == "true");
+    match (sac, s.active) {
+        (false, _) => "up",
+        (true, true) => "single_active",
+        (true, false) => "waiting",
+    }
+}
+
+fn publishers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Value> {
+    conns
+        .iter()
+        .flat_map(|c| c.publishers.iter().map(move |p| publisher_json(st, c, p)))
+        .collect()
+}
+
+fn consumers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Value> {
+    conns
+        .iter()
+        .flat_map(|c| c.consumers.iter().map(move |s| consumer_json(st, c, s)))
+        .collect()
+}
+
+/// Stream-protocol subscriptions on one stream (its `consumers` count).
+pub(crate) fn subscriptions_on(st: &AppState, vhost: &str, stream: &str) -> usize {
+    st.registry
+        .stream_connections()
+        .iter()
+        .filter(|c| c.meta.vhost == vhost)
+        .map(|c| c.consumers.iter().filter(|s| s.stream == stream).count())
+        .sum()
+}
+
+/// The figures of a stream queue, `None` for other queues.
+pub(crate) fn stream_figures(q: &Queue) -> Option<Value> {
+    let stream = q.stream()?;
+    let view = stream.shared().view();
+    let tracking = stream.shared().tracking();
+    let sorted = |m: &HashMap<String, u64>| -> Map<String, Value> {
+        let mut v: Vec<(&String, &u64)> = m.iter().collect();
+        v.sort();
+        v.into_iter().map(|(k, n)| (k.clone(), json!(n))).collect()
+    };
+    let first = view.segments.first();
+    let last = view.segments.last();
+    let has_messages = view.committed_next > view.first_offset();
+    Some(json!({
+        "segments": view.segments.len(),
+        "size_bytes": view.total_size(),
+        "chunks": view.segments.iter().map(|s| s.chunks).sum::<u64>(),
+        "first_offset": view.first_offset(),
+        "last_offset": if has_messages { json!(view.committed_next - 1) } else { Value::Null },
+        "committed_offset": view.last_chunk_id,
+        "next_offset": view.committed_next,
+        "first_timestamp": first.map(|s| s.first_timestamp),
+        "last_timestamp": last.map(|s| s.last_timestamp),
+        "tracking": {
+            "offsets": sorted(&tracking.offsets),
+            "sequences": sorted(&tracking.writers),
+        },
+    }))
+}
+
+// ---- handlers ----
+
+pub async fn connections(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let items = stream_connections(&st, &user, None)
+        .iter()
+        .map(|c| connection_json(&st, c))
+        .collect();
+    json::list(items, &q)
+}
+
+pub async fn vhost_connections(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    view_vhost(&st.broker, &user, &vhost)?;
+    let items = stream_connections(&st, &user, Some(&vhost))
+        .iter()
+        .map(|c| connection_json(&st, c))
+        .collect();
+    json::list(items, &q)
+}
+
+fn find(
+    st: &AppState,
+    user: &AuthUser,
+    vhost: &str,
+    name: &str,
+) -> ApiResult<StreamConnectionInfo> {
+    view_vhost(&st.broker, user, vhost)?;
+    st.registry
+        .stream_connection(name)
+        .filter(|c| c.meta.vhost == vhost && visible(user, c))
+        .ok_or_else(ApiError::not_found)
+}
+
+pub async fn connection(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let c = find(&st, &user, &vhost, &name)?;
+    Ok(json::ok(connection_json(&st, &c)))
+}
+
+pub async fn close_connection(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let c = find(&st, &user, &vhost, &name)?;
+    if !user.is_admin() && c.meta.user != user.name {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(MANAGEMENT_CLOSE_REASON);
+    if !st.registry.close(&name, reason) {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::no_content())
+}
+
+pub async fn connection_publishers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let c = find(&st, &user, &vhost, &name)?;
+    Ok(json::ok(Value::Array(publishers_of(&st, &[c]))))
+}
+
+pub async fn connection_consumers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let c = find(&st, &user, &vhost, &name)?;
+    Ok(json::ok(Value::Array(consumers_of(&st, &[c]))))
+}
+
+pub async fn publishers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let conns = stream_connections(&st, &user, None);
+    json::list(publishers_of(&st, &conns), &q)
+}
+
+pub async fn vhost_publishers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    view_vhost(&st.broker, &user, &vhost)?;
+    let conns = stream_connections(&st, &user, Some(&vhost));
+    json::list(publishers_of(&st, &conns), &q)
+}
+
+/// GET /api/stream/publishers/{vhost}/{stream}: the publishers of one stream.
+pub async fn stream_publishers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, stream)): Path<(String, String)>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let vh = view_vhost(&st.broker, &user, &vhost)?;
+    if vh
+        .find_queue(&stream)
+        .and_then(|q| q.stream().cloned())
+        .is_none()
+    {
+        return Err(ApiError::not_found());
+    }
+    let conns = stream_connections(&st, &user, Some(&vhost));
+    let items = publishers_of(&st, &conns)
+        .into_iter()
+        .filter(|p| p["queue"]["name"] == stream.as_str())
+        .collect();
+    json::list(items, &q)
+}
+
+pub async fn consumers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    let conns = stream_connections(&st, &user, None);
+    json::list(consumers_of(&st, &conns), &q)
+}
+
+pub async fn vhost_consumers(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path(vhost): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Response> {
+    view_vhost(&st.broker, &user, &vhost)?;
+    let conns = stream_connections(&st, &user, Some(&vhost));
+    json::list(consumers_of(&st, &conns), &q)
+}
