@@ -11,9 +11,11 @@
 #   --no-python         stop after `cargo test`
 #   --python-only       skip every cargo stage (uses the existing binary at $PIER_BIN)
 #   --no-client-suites  skip the client libraries' suites
-#   --no-cluster        skip the cluster fault tests (tests/cluster: real nodes in a network
-#                       namespace, killed, paused and partitioned; they need root, `ip` and
-#                       `nft`, and are skipped with the reason where those are missing)
+#   --no-cluster        skip the Python suite's 3-node run (PIER_TEST_CLUSTER=3: the suite
+#                       against a cluster of three Pier processes, connections spread over
+#                       the nodes) and the cluster fault tests (tests/cluster: real nodes in
+#                       a network namespace, killed, paused and partitioned; they need root,
+#                       `ip` and `nft`, and are skipped with the reason where those are missing)
 #   -- ARGS             extra arguments for pytest (e.g. -- -k queue -x); they also
 #                       skip the client libraries' suites
 #
@@ -130,6 +132,19 @@ else
 fi
 "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
 stage_done
+
+# --- Python black-box suite against a 3-node cluster ----------------------------
+# Every connection of a test goes to the next node in turn; tests that are single-node by
+# nature are skipped with the reason (docs/clustering.md lists them).
+if [ "$RUN_CLUSTER" -eq 0 ]; then
+    printf '\n(3-node run of the Python suite skipped: --no-cluster)\n'
+elif [ -n "${PIER_TEST_AMQP_URL:-}" ]; then
+    printf '\n(3-node run of the Python suite skipped: it starts its own Pier nodes)\n'
+else
+    stage "pytest tests/python on a 3-node cluster (PIER_TEST_CLUSTER=3)"
+    PIER_TEST_CLUSTER=3 "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
+    stage_done
+fi
 
 # --- cluster fault tests -------------------------------------------------------
 if [ "$RUN_CLUSTER" -eq 0 ]; then

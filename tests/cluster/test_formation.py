@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import time
 
-from harness import declare_queue
+import pika
+
+from harness import AMQP_PORT, declare_queue
 
 
 def test_three_nodes_form_from_the_static_peer_list_and_act_as_one(cluster):
@@ -104,10 +106,31 @@ def test_definitions_imported_on_one_node_appear_on_all(cluster):
     assert len([q for q in defs["queues"] if q["vhost"] == "imported"]) == 50
     assert len([b for b in defs["bindings"] if b["vhost"] == "imported"]) == 50
     assert "bob" in {u["name"] for u in defs["users"]}
-    # Every node's API shows it, each from its own applied copy.
+    # Every node's API shows it, each from its own applied copy, the queues homed on the
+    # node that imported them.
     for n in cluster.nodes:
         code, qs = n.api("GET", "/api/queues/imported")
         assert code == 200 and len(qs) == 50
+        assert {q["node"] for q in qs} == {cluster.nodes[2].name}
+    # And it works as imported: a publish on another node to the imported fanout exchange
+    # reaches all 50 queues on their home node.
+    code, _ = cluster.nodes[0].api("PUT", "/api/permissions/imported/guest",
+                                   {"configure": ".*", "write": ".*", "read": ".*"})
+    assert code in (201, 204)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host=cluster.nodes[0].ip, port=AMQP_PORT, virtual_host="imported",
+        connection_attempts=5, retry_delay=0.5, socket_timeout=10))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("fan", "", b"hello", mandatory=True)
+    conn.close()
+    deadline = time.monotonic() + 15
+    while True:
+        code, qs = cluster.nodes[1].api("GET", "/api/queues/imported")
+        if code == 200 and sum(q["messages"] for q in qs) == 50:
+            break
+        assert time.monotonic() < deadline, [(q["name"], q["messages"]) for q in qs]
+        time.sleep(0.2)
 
 
 def test_cluster_status_has_rabbitmqs_sections_and_the_cluster_can_be_renamed(cluster):

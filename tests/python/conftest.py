@@ -15,6 +15,14 @@ Two modes:
       rabbitmqctl add_vhost other
       rabbitmqctl set_permissions -p other guest '.*' '.*' '.*'
 
+* ``PIER_TEST_CLUSTER=3``: a session-scoped cluster of three Pier nodes (one process
+  each, on 127.0.0.1 with their own ports, formed from one peer list) stands in for the
+  broker; every connection a test makes (``broker.connect``, ``broker.params``,
+  ``broker.url``, raw connections) goes to the next node in turn, so a test's connections
+  are spread over the nodes, and durable queues live on whichever node declared them. The
+  management API is the first node's. Tests that start their own Pier (``pier_factory``)
+  or that are single-node by nature (marked ``single_node``) are skipped with the reason.
+
 * otherwise a session-scoped Pier process is started from ``PIER_BIN``
   (default ``target/debug/pier`` under the repository root)::
 
@@ -41,6 +49,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTERNAL_URL = os.environ.get("PIER_TEST_AMQP_URL") or None
+CLUSTER_SIZE = int(os.environ.get("PIER_TEST_CLUSTER") or 0)
 
 PIER_CONFIG = """\
 [[users]]
@@ -88,9 +97,10 @@ class PierProcess:
     """One Pier broker process with its own ports, data dir and log file."""
 
     def __init__(self, workdir: Path, config_text: str = PIER_CONFIG,
-                 bind: str | None = "127.0.0.1"):
+                 bind: str | None = "127.0.0.1", extra_args: list[str] | None = None):
         """``bind=None`` starts Pier on its default listener (every IPv6 and IPv4 address)."""
         self.bind = bind
+        self.extra_args = list(extra_args or [])
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -124,6 +134,7 @@ class PierProcess:
         if self.bind is not None:
             cmd += ["--bind", self.bind]
         cmd += ["--config", str(self.config_path)]
+        cmd += self.extra_args
         self._log_file = open(self.log_path, "ab")
         self._log_file.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log_file.flush()
@@ -186,9 +197,47 @@ class PierProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+class PierCluster:
+    """``size`` Pier nodes forming one cluster on 127.0.0.1 (cluster mode of the suite)."""
+
+    def __init__(self, workdir: Path, size: int):
+        cluster_ports = [free_port() for _ in range(size)]
+        peers = ",".join(f"127.0.0.1:{p}" for p in cluster_ports)
+        self.nodes = [
+            PierProcess(workdir / f"n{i + 1}", extra_args=[
+                "--node-name", f"pier@t{i + 1}", "--cluster-port", str(cluster_ports[i]),
+                "--peers", peers])
+            for i in range(size)
+        ]
+
+    def start(self, timeout: float = 60.0) -> "PierCluster":
+        for n in self.nodes:
+            n.start()
+        from helpers import MgmtApi
+        api = MgmtApi(self.nodes[0].http_port)
+        deadline = time.monotonic() + timeout
+        names = {f"pier@t{i + 1}" for i in range(len(self.nodes))}
+        while time.monotonic() < deadline:
+            try:
+                status, body = api.call("GET", "/pier/cluster")
+                if status == 200 and set(body.get("running_nodes", [])) >= names \
+                        and body.get("leader"):
+                    # Every node has caught up with the config file's definitions.
+                    for n in self.nodes:
+                        MgmtApi(n.http_port).get("/vhosts/other")
+                    return self
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            time.sleep(0.2)
+        pytest.fail("the test cluster did not form; logs:\n" +
+                    "\n".join(n.log_tail() for n in self.nodes), pytrace=False)
+        raise AssertionError("unreachable")
+
+
 @dataclass
 class Broker:
-    """Where the broker under test listens, and how to connect to it."""
+    """Where the broker under test listens, and how to connect to it. In cluster mode
+    (``ports`` has several), every connection goes to the next node in turn."""
 
     host: str
     port: int
@@ -197,6 +246,16 @@ class Broker:
     password: str = "guest"
     external: bool = False
     process: PierProcess | None = field(default=None, repr=False)
+    ports: list[int] = field(default_factory=list, repr=False)
+    _next: int = field(default=0, repr=False)
+
+    def next_port(self) -> int:
+        """The port of the node the next connection goes to."""
+        if not self.ports:
+            return self.port
+        port = self.ports[self._next % len(self.ports)]
+        self._next += 1
+        return port
 
     def url(self, user: str | None = None, password: str | None = None,
             vhost: str | None = None, **query: object) -> str:
@@ -204,7 +263,7 @@ class Broker:
         password = self.password if password is None else password
         vhost = self.vhost if vhost is None else vhost
         url = (f"amqp://{urllib.parse.quote(user, safe='')}:"
-               f"{urllib.parse.quote(password, safe='')}@{self.host}:{self.port}/"
+               f"{urllib.parse.quote(password, safe='')}@{self.host}:{self.next_port()}/"
                f"{urllib.parse.quote(vhost, safe='')}")
         if query:
             url += "?" + urllib.parse.urlencode(query)
@@ -216,7 +275,7 @@ class Broker:
         kwargs.setdefault("socket_timeout", 10)
         kwargs.setdefault("blocked_connection_timeout", 30)
         return pika.ConnectionParameters(
-            host=self.host, port=self.port,
+            host=self.host, port=self.next_port(),
             virtual_host=self.vhost if vhost is None else vhost,
             credentials=pika.PlainCredentials(self.user if user is None else user,
                                               self.password if password is None else password),
@@ -243,11 +302,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers",
                             "needs_users: needs user alice/secret and vhost 'other' "
                             "(created by Pier's config; on an external broker, by hand)")
+    config.addinivalue_line("markers",
+                            "single_node(reason): single-node by nature; skipped in cluster "
+                            "mode (PIER_TEST_CLUSTER) with the reason")
+    config.addinivalue_line("markers",
+                            "same_node(reason): in cluster mode every connection of the test "
+                            "goes to the first node (the management API's), for the reason")
 
 
 def pytest_report_header(config):
     if EXTERNAL_URL:
         return f"broker: external {EXTERNAL_URL}"
+    if CLUSTER_SIZE:
+        return f"broker: a {CLUSTER_SIZE}-node Pier cluster of {pier_binary()}"
     return f"broker: Pier binary {pier_binary()}"
 
 
@@ -269,6 +336,13 @@ def _external_has_users() -> bool:
 
 
 def pytest_runtest_setup(item):
+    if CLUSTER_SIZE:
+        marker = item.get_closest_marker("single_node")
+        if marker:
+            pytest.skip("single-node by nature: " + (marker.args[0] if marker.args else ""))
+        if "pier_factory" in getattr(item, "fixturenames", ()):
+            pytest.skip("single-node by nature: starts its own single Pier (restarts, "
+                        "signals, its own configuration)")
     if EXTERNAL_URL:
         if item.get_closest_marker("pier_only"):
             pytest.skip("needs a Pier process (PIER_TEST_AMQP_URL is set)")
@@ -297,6 +371,24 @@ def broker(tmp_path_factory):
     if EXTERNAL_URL:
         yield _broker_from_url(EXTERNAL_URL)
         return
+    if CLUSTER_SIZE:
+        cluster = PierCluster(tmp_path_factory.mktemp("pier-cluster"), CLUSTER_SIZE).start()
+        first = cluster.nodes[0]
+        try:
+            # PIER_TEST_CLUSTER_OFFSET shifts which node each connection lands on.
+            yield Broker(host="127.0.0.1", port=first.amqp_port, process=first,
+                         ports=[n.amqp_port for n in cluster.nodes],
+                         _next=int(os.environ.get("PIER_TEST_CLUSTER_OFFSET") or 0))
+        finally:
+            dead = [n for n in cluster.nodes if not n.alive]
+            for n in cluster.nodes:
+                if n.alive:
+                    n.terminate()
+            if dead:
+                pytest.fail("cluster nodes died during the session: " + ", ".join(
+                    f"{n.workdir.name} ({n.proc.returncode}):\n{n.log_tail()}"
+                    for n in dead), pytrace=False)
+        return
     proc = PierProcess(tmp_path_factory.mktemp("pier-shared")).start()
     try:
         yield Broker(host="127.0.0.1", port=proc.amqp_port, process=proc)
@@ -310,6 +402,21 @@ def broker(tmp_path_factory):
             proc.kill()
             pytest.fail(f"shared Pier died during the session (exit code {code}); "
                         f"log tail:\n{proc.log_tail()}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _same_node(request):
+    """Cluster mode: a test marked ``same_node`` has all its connections on the first node."""
+    marker = request.node.get_closest_marker("same_node") if CLUSTER_SIZE else None
+    if marker is None:
+        yield
+        return
+    broker = request.getfixturevalue("broker")
+    saved, broker.ports = broker.ports, []
+    try:
+        yield
+    finally:
+        broker.ports = saved
 
 
 @pytest.fixture(autouse=True)
@@ -453,7 +560,7 @@ def raw(broker):
     conns: list[RawConnection] = []
 
     def make(timeout: float = 10.0) -> RawConnection:
-        conn = RawConnection(broker.host, broker.port, timeout=timeout)
+        conn = RawConnection(broker.host, broker.next_port(), timeout=timeout)
         conns.append(conn)
         return conn
 

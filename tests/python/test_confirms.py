@@ -4,6 +4,7 @@ import threading
 
 import pika
 import pika.exceptions
+import pytest
 
 from helpers import drain
 
@@ -110,6 +111,7 @@ def test_basic_return_precedes_ack_for_mandatory_unroutable(broker):
     assert events[1][1] == 1
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_mixed_returns_and_acks(broker, channel):
     q = channel.queue_declare("", exclusive=True).method.queue
     publishes = []

@@ -46,6 +46,7 @@ def test_single_active_consumer_fails_over_on_cancel(connection, names):
     assert [(t, b) for t, _, b in got] == [("first", b"a"), ("second", b"b")]
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_single_active_consumer_fails_over_when_its_connection_dies(connection,
                                                                       make_connection, names):
     q = names.queue("sac")

@@ -2,6 +2,7 @@
 round-robin dispatch."""
 
 import pika
+import pytest
 
 from helpers import channel_closed, collect_deliveries, settle
 
@@ -111,6 +112,7 @@ def test_server_cancels_consumer_when_queue_deleted(connection, names):
     ch.queue_declare("", exclusive=True)
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_server_cancel_frame_raw(raw, connection, names):
     q = names.queue()
     connection.channel().queue_declare(q)
@@ -167,6 +169,7 @@ def test_exclusive_consumer_refused_when_queue_has_consumers(connection, names):
     assert info["exc"].reply_text == f"ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_consumer_refused_when_queue_has_exclusive_consumer(make_connection, connection,
                                                             names):
     q = names.queue()
@@ -195,6 +198,7 @@ def test_consume_missing_queue_is_404(channel):
         channel.basic_consume("pier-test-no-such-queue", lambda *a: None)
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_round_robin_between_consumers(connection, make_connection, names):
     q = names.queue()
     setup = connection.channel()

@@ -23,6 +23,7 @@ def rpc_server(connection, q):
     return ch
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13); direct reply-to addresses are node-local too")
 def test_rpc_round_trip(connection, make_connection, names):
     q = names.queue("rpc")
     client = connection.channel()
@@ -117,6 +118,7 @@ def test_replies_to_unknown_addresses_are_dropped(connection, make_connection):
     assert ch.is_open
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13); direct reply-to addresses are node-local too")
 def test_reply_after_the_requester_closed_is_dropped(connection, make_connection, names):
     q = names.queue("rpc")
     requester = make_connection()
@@ -132,6 +134,7 @@ def test_reply_after_the_requester_closed_is_dropped(connection, make_connection
     assert ch.is_open
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13); direct reply-to addresses are node-local too")
 def test_mandatory_reply_is_delivered_and_also_returned(connection, make_connection, names):
     # RabbitMQ 3.10 does not count a direct reply as routed: with mandatory it is delivered
     # and also comes back as a basic.return.

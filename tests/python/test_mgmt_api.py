@@ -93,6 +93,7 @@ def test_small_endpoints(api):
     assert api.call("POST", "/api/rebalance/queues", {})[0] == 204
 
 
+@pytest.mark.single_node("asserts a single node's health-check answers ('single node cluster')")
 def test_health_checks(api, broker):
     status, body = api.get(f"/api/health/checks/port-listener/{broker.port}")
     assert (status, body) == (200, {"status": "ok", "port": broker.port})

@@ -123,6 +123,7 @@ def test_basic_get_ignores_prefetch(connection):
     assert bodies == [b"0", b"1", b"2"]
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_prefetch_spreads_messages_across_consumers(connection, make_connection, names):
     """Fair dispatch: with prefetch 1, a consumer that does not ack gets one
     message; everything else goes to the one that acks."""

@@ -1,5 +1,7 @@
 """Auto-delete queues go away when their last consumer is cancelled."""
 
+import pytest
+
 from helpers import channel_closed, queue_exists, wait_until
 
 
@@ -37,6 +39,7 @@ def test_auto_delete_queue_deleted_when_consumer_channel_closes(connection, name
                message="auto-delete queue to be deleted")
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_auto_delete_queue_deleted_when_consumer_connection_closes(
         make_connection, connection, names):
     q = names.queue("ad")

@@ -5,6 +5,12 @@ import pytest
 
 from helpers import channel_closed, queue_exists, wait_until
 
+# In cluster mode (PIER_TEST_CLUSTER) these connections share a node: exclusive queues stay on
+# the node that declared them (issue 13).
+pytestmark = pytest.mark.same_node(
+    "transient or exclusive objects shared by several connections: they stay on the node "
+    "that declared them (issue 13)")
+
 LOCKED = ("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in "
           "vhost '/'. It could be originally declared on another connection or the "
           "exclusive property value does not match that of the original declaration.")

@@ -1,6 +1,8 @@
 """Redelivery: basic.recover, channel close and connection loss requeue
 unacked messages with redelivered=True."""
 
+import pytest
+
 from helpers import collect_deliveries, connection_closed, drain, wait_message_count
 
 
@@ -48,6 +50,7 @@ def test_channel_close_requeues_unacked(connection, names):
     assert all(m.redelivered for m, _p, _b in again)
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_connection_close_requeues_unacked(make_connection, connection, names):
     q = names.queue()
     setup = connection.channel()
@@ -63,6 +66,7 @@ def test_connection_close_requeues_unacked(make_connection, connection, names):
     assert [(b, m.redelivered) for m, _p, b in again] == [(b"0", True), (b"1", True)]
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_connection_drop_requeues_unacked(raw, connection, names):
     q = names.queue()
     setup = connection.channel()

@@ -72,10 +72,11 @@ def setup(broker):
              "client": f"tp.c.{uid}"}
     conn = broker.connect()
     ch = conn.channel()
-    ch.exchange_declare(names["topic"], "topic")
-    ch.exchange_declare(names["direct"], "direct")
-    ch.exchange_declare(names["free"], "topic")
-    ch.exchange_declare(names["client"], "topic")
+    # Durable: in cluster mode (PIER_TEST_CLUSTER) the tests' connections are on every node.
+    ch.exchange_declare(names["topic"], "topic", durable=True)
+    ch.exchange_declare(names["direct"], "direct", durable=True)
+    ch.exchange_declare(names["free"], "topic", durable=True)
+    ch.exchange_declare(names["client"], "topic", durable=True)
     conn.close()
     for x, write, read in ((names["topic"], r"^{username}\.", r"^r\."),
                            (names["direct"], "", ""),

@@ -173,6 +173,7 @@ def test_unused_queue_expires(connection, names):
                message="queue deleted by x-expires")
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_queue_with_consumer_does_not_expire(connection, make_connection, names):
     ch = connection.channel()
     q = names.queue("expires")

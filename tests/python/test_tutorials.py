@@ -339,6 +339,7 @@ def test_tutorial_six_rpc(tutorial):
     assert server.interrupt() == 0
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13)")
 def test_tutorial_six_rpc_server_thread(tutorial, broker):
     """The RPC server in a thread of the test process, several clients."""
     sys.path.insert(0, str(TUTORIALS))

@@ -106,12 +106,27 @@ pub enum BrokerError {
     /// messages confirmed into it.
     #[error("cannot store {what}: {reason}")]
     Storage { what: String, reason: String },
+    /// A durable queue whose home node is down or cut off (RabbitMQ 3.10's `absent` queue,
+    /// reason `nodedown`): its operations fail until that node is back.
+    #[error(
+        "home node '{node}' of durable queue '{name}' in vhost '{vhost}' is down or inaccessible"
+    )]
+    HomeNodeDown {
+        node: String,
+        name: String,
+        vhost: String,
+    },
+    /// A queue on another node answered with an error the cluster carried back (reply code
+    /// and text as the home node gave them).
+    #[error("{text}")]
+    Remote { code: u16, text: String },
 }
 
 impl BrokerError {
     pub fn reply_code(&self) -> u16 {
         match self {
-            BrokerError::NotFound { .. } => rc::NOT_FOUND,
+            BrokerError::NotFound { .. } | BrokerError::HomeNodeDown { .. } => rc::NOT_FOUND,
+            BrokerError::Remote { code, .. } => *code,
             BrokerError::ResourceLocked { .. } => rc::RESOURCE_LOCKED,
             BrokerError::Inequivalent { .. }
             | BrokerError::InUse { .. }

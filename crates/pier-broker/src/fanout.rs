@@ -144,7 +144,11 @@ fn publish_shared(
     let mut queues = shared.iter();
     for (run, &n) in runs.iter().enumerate() {
         for q in queues.by_ref().take(n) {
-            let rt = q.classic_runtime();
+            // Sharing queues have a store, which only classic queues have.
+            let Some(rt) = q.classic_runtime() else {
+                out.add(publish_one(q, message, durability, dead));
+                continue;
+            };
             let mut core = rt.lock();
             // The engine admits (or refuses) and enqueues; its effects (deliveries among them)
             // wait until the shared appends are sent.
@@ -183,7 +187,10 @@ fn publish_shared(
         }
     }
     for Held { queue, mut core } in held {
-        let d = queue.classic_runtime().finish_shared(queue, &mut core);
+        let Some(rt) = queue.classic_runtime() else {
+            continue;
+        };
+        let d = rt.finish_shared(queue, &mut core);
         drop(core);
         if !d.is_empty() {
             dead.push((Arc::clone(queue), d));

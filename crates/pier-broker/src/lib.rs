@@ -11,6 +11,7 @@
 pub mod args;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod consumer;
 pub mod counters;
 pub mod deadletter;
@@ -51,7 +52,9 @@ pub use exchange::{Destination, ExchangeKind};
 pub use message::{Message, Properties};
 pub use policy::{ApplyTo, Policy, PolicyDefinition};
 pub use publish::{Durability, PublishOptions, PublishOutcome};
-pub use queue::{Published, Queue, QueueStats, QueueType};
+pub use queue::{
+    Published, Queue, QueueLink, QueueStats, QueueType, RemoteConsumer, RemoteGot, Settlement,
+};
 pub use vhost::{
     Authorize, ConnectionSlot, ExchangeDeclare, QueueDeclare, QueueDeclared, VHost, VhostLimits,
 };
@@ -79,6 +82,8 @@ pub struct Broker {
     /// Bumped (under the users lock) whenever a permission may have changed, so connections
     /// can cache their compiled permission and notice changes with one atomic load.
     permissions_version: AtomicU64,
+    /// The cluster this node is part of (none: a single node). Given to every vhost.
+    cluster: OnceLock<Arc<dyn cluster::Cluster>>,
 }
 
 impl Broker {
@@ -90,7 +95,22 @@ impl Broker {
             loopback_users,
             storage: OnceLock::new(),
             permissions_version: AtomicU64::new(0),
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Makes this broker a cluster node (before recovery: recovered durable queues homed on
+    /// other nodes get remote handles). Set once.
+    pub fn set_cluster(&self, cluster: Arc<dyn cluster::Cluster>) {
+        if self.cluster.set(Arc::clone(&cluster)).is_ok() {
+            for vh in self.vhosts() {
+                vh.set_cluster(Arc::clone(&cluster));
+            }
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<dyn cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// RabbitMQ's out-of-the-box state: vhost `/`, user guest/guest (administrator, full
@@ -110,6 +130,9 @@ impl Broker {
                 Some(vh) => (Arc::clone(vh), false),
                 None => {
                     let vh = VHost::new(name);
+                    if let Some(c) = self.cluster.get() {
+                        vh.set_cluster(Arc::clone(c));
+                    }
                     v.insert(name.to_owned(), Arc::clone(&vh));
                     (vh, true)
                 }
@@ -414,3 +437,5 @@ mod tests;
 mod tests_features;
 #[cfg(test)]
 mod tests_paging;
+#[cfg(test)]
+mod tests_remote;

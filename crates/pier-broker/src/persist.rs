@@ -96,6 +96,15 @@ impl PublishDurability {
         move |r| me.complete(r.is_ok())
     }
 
+    /// One more share to wait for, held outside the store: a queue on another node holds it
+    /// until its home node confirms the publish. See [`DurabilityHold`].
+    pub fn hold(self: &Arc<Self>) -> DurabilityHold {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+        DurabilityHold {
+            durability: Some(Arc::clone(self)),
+        }
+    }
+
     /// One more append to wait for, reported as success or failure (stream appends).
     pub(crate) fn add_flag(self: &Arc<Self>) -> impl FnOnce(bool) + Send {
         self.remaining.fetch_add(1, Ordering::AcqRel);
@@ -122,6 +131,37 @@ impl PublishDurability {
                 done(self.ok.load(Ordering::Acquire));
             }
         }
+    }
+}
+
+/// A share of a publish's durability held outside the store (see
+/// [`PublishDurability::hold`]). `complete` reports the outcome; dropped without it, the
+/// copy counts as lost, so a publish whose holder went away (the link to the queue's home
+/// node broke) is nacked rather than confirmed or left waiting.
+pub struct DurabilityHold {
+    durability: Option<Arc<PublishDurability>>,
+}
+
+impl DurabilityHold {
+    /// `ok`: the copy is where it had to be (enqueued, and on disk when it is stored).
+    pub fn complete(mut self, ok: bool) {
+        if let Some(d) = self.durability.take() {
+            d.complete(ok);
+        }
+    }
+}
+
+impl Drop for DurabilityHold {
+    fn drop(&mut self) {
+        if let Some(d) = self.durability.take() {
+            d.complete(false);
+        }
+    }
+}
+
+impl std::fmt::Debug for DurabilityHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DurabilityHold")
     }
 }
 
@@ -165,7 +205,7 @@ pub(crate) fn append_durable_with(
     sent
 }
 
-pub(crate) fn to_stored(m: &Message) -> StoredMessage {
+pub fn to_stored(m: &Message) -> StoredMessage {
     StoredMessage {
         exchange: m.exchange.clone(),
         routing_key: m.routing_key.clone(),
@@ -212,7 +252,7 @@ pub(crate) fn to_stored_expiring(m: &Message, deadline_unix_ms: Option<u64>) -> 
 
 /// Rebuilds a message read back from the store; `None` if its properties no longer decode
 /// (they were checksummed on disk, so this means a format bug: skip it, loudly).
-pub(crate) fn from_stored(s: StoredMessage) -> Option<Message> {
+pub fn from_stored(s: StoredMessage) -> Option<Message> {
     from_stored_expiring(s).map(|(m, _)| m)
 }
 

@@ -35,9 +35,10 @@ pub enum Durability<'a> {
     /// The publisher's token (confirm mode): every stored copy, and a stored delayed
     /// message, holds it until on disk. The caller releases it after `publish`.
     Token(&'a Arc<PublishDurability>),
-    /// Made only when the message is stored by a routed queue (a persistent message to a
-    /// durable queue, any message to a stream), e.g. for connection credit without confirms
-    /// or a transient message's confirm; released by `publish`.
+    /// Made only when a routed queue makes the publish wait: it stores the message (a
+    /// persistent message to a durable queue, any message to a stream), or it is homed on
+    /// another node (which confirms it). For connection credit, and for confirms of messages
+    /// that do not wait otherwise; released by `publish`.
     OnStore(&'a mut dyn FnMut() -> Arc<PublishDurability>),
 }
 
@@ -140,7 +141,7 @@ impl VHost {
                     // Paging writes hold credit too, for transient messages as well (a
                     // publisher must not outrun the paging store; see ClassicQueue::page_out).
                     Durability::OnStore(make)
-                        if queues.iter().any(|q| q.stores(&message) || q.pages_out()) =>
+                        if queues.iter().any(|q| q.needs_durability(&message)) =>
                     {
                         Some(&*made.insert(make()))
                     }
@@ -193,6 +194,23 @@ impl VHost {
         let keys = sender_selected_keys(&message.routing_key, headers)?;
         let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
         self.route_locked(&t, &message.exchange, &keys, headers, from_client, out)
+    }
+
+    /// Publishes `message` into `queue` of this vhost, already routed: the node a client is
+    /// on routed it to a queue homed here. `durability` learns when it is on disk (stored
+    /// queues) as for any publish; dead letters the queue produces are routed as usual.
+    pub fn publish_to_queue(
+        &self,
+        queue: &Arc<Queue>,
+        message: Arc<Message>,
+        durability: Option<&Arc<PublishDurability>>,
+    ) -> crate::queue::Published {
+        let mut dead = Vec::new();
+        let published = queue.publish_collect(message, &mut dead, durability);
+        if !dead.is_empty() {
+            self.republish_dead_letters(vec![(Arc::clone(queue), dead)]);
+        }
+        published
     }
 
     /// Republishes what `from` dead-lettered to its dead-letter exchange. Called by queues once

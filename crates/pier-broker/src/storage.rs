@@ -315,7 +315,18 @@ impl BrokerStorage {
                     }
                 };
                 summary.queues += 1;
+                if queue.is_remote() {
+                    // Homed on another node (the cluster's record): nothing of it is stored
+                    // here. Messages stored under its name (left from before it had a home
+                    // elsewhere) are dropped with the orphans below.
+                    if let Some((_, stale)) = by_name.get(&qd.name).filter(|(_, i)| i.messages > 0)
+                    {
+                        tracing::warn!(vhost = %name, queue = %qd.name, home = queue.home_node().unwrap_or("?"), messages = stale.messages, "messages stored on a node that is not the queue's home are dropped");
+                    }
+                    continue;
+                }
                 if queue.stream().is_some() {
+                    // A stream keeps its messages in its own log.
                     continue;
                 }
                 let info = by_name.remove(&qd.name);
@@ -790,8 +801,9 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
             arguments,
         })
         .map_err(|e| refused(what(), e))?;
-    if q.stream().is_some() {
-        // A stream keeps its messages in its own log.
+    if q.is_remote() || q.stream().is_some() {
+        // A remote queue's messages are stored on its home node; a stream keeps its
+        // messages in its own log.
         return Ok(());
     }
     match s.messages.open_queue(q.name()) {
@@ -808,9 +820,9 @@ pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result
 }
 
 pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
-    if q.stream().is_some() {
+    if (q.is_remote() && q.options().durable) || q.stream().is_some() {
         log_err(
-            "stream deletion",
+            "queue deletion",
             s.definitions.delete_queue(vhost, q.name()),
         );
         return;

@@ -113,6 +113,8 @@ pub struct VHost {
     max_queues: AtomicU64,
     /// Client connections open on this vhost (each holds a `ConnectionSlot`).
     connections: Arc<AtomicU64>,
+    /// The cluster this node is part of (none: a single node).
+    cluster: OnceLock<Arc<dyn crate::cluster::Cluster>>,
     /// Where this vhost's streams keep their logs (set by the node's storage; without it,
     /// declaring a stream is refused).
     streams_dir: OnceLock<std::path::PathBuf>,
@@ -209,9 +211,20 @@ impl VHost {
             max_connections: AtomicU64::new(u64::MAX),
             max_queues: AtomicU64::new(u64::MAX),
             connections: Arc::new(AtomicU64::new(0)),
+            cluster: OnceLock::new(),
             streams_dir: OnceLock::new(),
             stream_sync: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Makes this vhost part of a cluster: durable queues homed on other nodes get a remote
+    /// handle, and lifecycle events of replicated objects are proposed to the cluster.
+    pub fn set_cluster(&self, cluster: Arc<dyn crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<dyn crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     pub fn set_limits(&self, limits: VhostLimits) {
@@ -314,6 +327,21 @@ impl VHost {
 
     pub(crate) fn storage(&self) -> Option<&crate::persist::VhostStorage> {
         self.storage.get()
+    }
+
+    /// Auto-delete exchanges among `candidates` (and, in turn, their sources) that lost
+    /// their last binding go. On a clustered node a durable one is not deleted here: whether
+    /// it is unused depends on each node's transient bindings, so its deletion is proposed
+    /// to the cluster (which deletes it everywhere).
+    fn cascade(&self, t: &mut Topology, candidates: Vec<ShortString>) {
+        let clustered = self.cluster.get();
+        let (gone, propose) = delete_unused_auto_delete(t, candidates, clustered.is_some());
+        self.auto_deleted(gone);
+        if let Some(c) = clustered {
+            for name in propose {
+                c.delete_exchange(&self.name, &name);
+            }
+        }
     }
 
     /// Forgets exchanges removed because they were auto-delete and lost their last binding.
@@ -598,8 +626,7 @@ impl VHost {
         }
         let dest = Destination::Exchange(key);
         let sources = remove_bindings_to(&mut t, &dest);
-        let gone = delete_unused_auto_delete(&mut t, sources);
-        self.auto_deleted(gone);
+        self.cascade(&mut t, sources);
         Ok(())
     }
 
@@ -743,15 +770,20 @@ impl VHost {
             );
         }
         let name = x.name.clone();
-        let gone = delete_unused_auto_delete(t, vec![name]);
-        self.auto_deleted(gone);
+        self.cascade(t, vec![name]);
         Ok(())
     }
 
     // ---- queues ----
 
     pub fn declare_queue(&self, d: &QueueDeclare) -> Result<QueueDeclared> {
-        self.declare_queue_inner(d, None)
+        self.declare_queue_inner(d, None, None)
+    }
+
+    /// `declare_queue` of a durable queue whose home node the cluster decided: homed on
+    /// another node, it gets a remote handle here (its messages live there).
+    pub fn declare_queue_at(&self, d: &QueueDeclare, home: &str) -> Result<QueueDeclared> {
+        self.declare_queue_inner(d, None, Some(home))
     }
 
     /// queue.declare from a client, with RabbitMQ's checks in its order: a non-passive
@@ -767,13 +799,33 @@ impl VHost {
         if !d.passive && !d.name.is_empty() {
             names::check_not_reserved(ObjectKind::Queue, &d.name)?;
         }
-        self.declare_queue_inner(d, Some(authorize))
+        self.declare_queue_inner(d, Some(authorize), None)
+    }
+
+    /// The link to a durable queue's home node when that is another node (clustered only):
+    /// the home given, or else the one the cluster recorded (recovery).
+    fn remote_home(
+        &self,
+        d: &QueueDeclare,
+        name: &str,
+        home: Option<&str>,
+    ) -> Option<Arc<dyn crate::queue::QueueLink>> {
+        let cluster = self.cluster.get()?;
+        if !d.durable || d.exclusive {
+            return None;
+        }
+        let home = match home {
+            Some(h) => h.to_owned(),
+            None => cluster.home_of(&self.name, name)?,
+        };
+        (home != cluster.node()).then(|| cluster.link(&home))
     }
 
     fn declare_queue_inner(
         &self,
         d: &QueueDeclare,
         mut authorize: Option<Authorize<'_>>,
+        home: Option<&str>,
     ) -> Result<QueueDeclared> {
         if d.name.is_empty() && !d.passive {
             // RabbitMQ refuses before anything else (rabbit_channel, queue.declare).
@@ -873,33 +925,40 @@ impl VHost {
                 config.policy = Some(p.name.clone());
             }
         }
-        if kind == QueueType::Stream {
-            let queue = self.open_stream(&name, d, config)?;
-            if let Some(s) = self.storage() {
-                crate::storage::queue_declared(s, &self.name, &queue)?;
+        let options = QueueOptions {
+            durable: d.durable,
+            exclusive_owner: d.exclusive.then_some(d.connection),
+            auto_delete: d.auto_delete,
+            arguments: d.arguments.clone(),
+        };
+        let queue = match self.remote_home(d, &name, home) {
+            // A stream homed elsewhere too: its log is on its home node.
+            Some(link) => {
+                Queue::remote(name.clone(), self.name.clone(), kind, options, config, link)
             }
-            t.queues.insert(name, Arc::clone(&queue));
-            return Ok(QueueDeclared {
-                queue,
-                message_count: 0,
-                consumer_count: 0,
-                created: true,
-            });
-        }
-        let queue = Queue::on_engine(
-            kind,
-            name.clone(),
-            self.name.clone(),
-            QueueOptions {
-                durable: d.durable,
-                exclusive_owner: d.exclusive.then_some(d.connection),
-                auto_delete: d.auto_delete,
-                arguments: d.arguments.clone(),
-            },
-            config,
-            Arc::clone(&self.clock),
-            self.me.clone(),
-        );
+            None if kind == QueueType::Stream => {
+                let queue = self.open_stream(&name, d, config)?;
+                if let Some(s) = self.storage() {
+                    crate::storage::queue_declared(s, &self.name, &queue)?;
+                }
+                t.queues.insert(name, Arc::clone(&queue));
+                return Ok(QueueDeclared {
+                    queue,
+                    message_count: 0,
+                    consumer_count: 0,
+                    created: true,
+                });
+            }
+            None => Queue::on_engine(
+                kind,
+                name.clone(),
+                self.name.clone(),
+                options,
+                config,
+                Arc::clone(&self.clock),
+                self.me.clone(),
+            ),
+        };
         if let Some(p) = self.paging.get() {
             queue.attach_paging(p.clone());
         }
@@ -1143,11 +1202,35 @@ impl VHost {
                 crate::storage::queue_deleted(s, &self.name, q);
             }
             let sources = remove_bindings_to(&mut t, &Destination::Queue(q.name().clone()));
-            let gone = delete_unused_auto_delete(&mut t, sources);
-            self.auto_deleted(gone);
+            self.cascade(&mut t, sources);
         }
         // Its consumers' sinks are told (basic.cancel) by the queue.
         q.mark_deleted()
+    }
+
+    /// Whether `q` is replicated: a durable, non-exclusive queue of a clustered node.
+    pub fn is_replicated_queue(&self, q: &Queue) -> bool {
+        self.cluster.get().is_some() && q.options().durable && !q.is_exclusive()
+    }
+
+    /// An auto-delete queue lost its last consumer: it goes. A replicated queue's deletion is
+    /// proposed to the cluster by its home node (this one: consumers of other nodes are
+    /// consumers of the home node's queue), which deletes it everywhere.
+    pub fn auto_delete_queue(&self, q: &Arc<Queue>) {
+        self.lifecycle_delete(q, "auto-delete");
+    }
+
+    fn lifecycle_delete(&self, q: &Arc<Queue>, reason: &'static str) {
+        match self.cluster.get() {
+            Some(c) if self.is_replicated_queue(q) => {
+                if !q.is_remote() && q.propose_deletion_once() {
+                    c.delete_queue(&self.name, q.name(), reason);
+                }
+            }
+            _ => {
+                self.remove_queue(q);
+            }
+        }
     }
 
     /// The connection went away: its exclusive queues go with it.
@@ -1297,7 +1380,7 @@ impl VHost {
         for q in due {
             if q.tick() == TickAction::Delete {
                 tracing::debug!(queue = %q.name(), vhost = %self.name, "queue expired (x-expires)");
-                self.remove_queue(&q);
+                self.lifecycle_delete(&q, "x-expires");
             }
         }
     }
@@ -1315,24 +1398,32 @@ fn remove_bindings_to(t: &mut Topology, dest: &Destination) -> Vec<ShortString> 
 }
 
 /// Auto-delete exchanges go when their last outgoing binding does (cascading through
-/// exchange-to-exchange bindings).
+/// exchange-to-exchange bindings). With `keep_durable` (a clustered node) durable ones stay
+/// and are returned second, for the cluster to decide.
 fn delete_unused_auto_delete(
     t: &mut Topology,
     mut candidates: Vec<ShortString>,
-) -> Vec<ShortString> {
+    keep_durable: bool,
+) -> (Vec<ShortString>, Vec<ShortString>) {
     let mut deleted = Vec::new();
+    let mut kept = Vec::new();
     while let Some(name) = candidates.pop() {
         let unused = t
             .exchanges
             .get(&name)
-            .is_some_and(|x| x.auto_delete && !x.has_bindings());
-        if unused {
-            t.exchanges.remove(&name);
-            candidates.extend(remove_bindings_to(t, &Destination::Exchange(name.clone())));
-            deleted.push(name);
+            .filter(|x| x.auto_delete && !x.has_bindings())
+            .map(|x| x.durable);
+        match unused {
+            Some(true) if keep_durable => kept.push(name),
+            Some(_) => {
+                t.exchanges.remove(&name);
+                candidates.extend(remove_bindings_to(t, &Destination::Exchange(name.clone())));
+                deleted.push(name);
+            }
+            None => {}
         }
     }
-    deleted
+    (deleted, kept)
 }
 
 /// Compares the listed arguments of a redeclaration with the existing ones. On a mismatch,

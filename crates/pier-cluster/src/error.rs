@@ -35,6 +35,23 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// The reason in a few words, for an AMQP reply text (255 bytes at most, most of them
+    /// RabbitMQ's own wording).
+    pub fn short_reason(&self) -> String {
+        match self {
+            ClusterError::NoQuorum {
+                reachable, voters, ..
+            } => format!("no reachable majority ({reachable} of {voters} nodes)"),
+            ClusterError::Unconfirmed { waited_ms, .. } => {
+                format!("not confirmed within {waited_ms} ms, it may or may not have been applied")
+            }
+            ClusterError::NotApplied { .. } => "committed, not yet applied on this node".into(),
+            ClusterError::Busy => "too many changes in flight".into(),
+            ClusterError::Stopped(_) => "the cluster engine stopped".into(),
+            ClusterError::Membership(_) | ClusterError::Setup(_) => self.to_string(),
+        }
+    }
+
     /// RabbitMQ reports a metadata store that cannot be reached as an internal error; for a
     /// management API caller it is "service unavailable".
     pub fn http_status(&self) -> u16 {

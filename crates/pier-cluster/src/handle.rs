@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::error::ClusterError;
 use crate::metadata::{Applier, Catalog, CommandError, Hooks, MetadataCommand, Outcome};
-use crate::node::{self, ClusterConfig, Node, Reporter, LIVENESS};
+use crate::node::{self, ClusterConfig, Node, Prepared, Reporter, LIVENESS};
 use crate::raft::{node_id, PeerNode, Proposal};
 use crate::rpc::{ForwardError, NodeReport, Request, Response};
 use crate::transport::TransportError;
@@ -91,8 +91,37 @@ impl ClusterHandle {
         definitions: Arc<DefinitionsStore>,
         hooks: Option<Arc<dyn Hooks>>,
     ) -> Result<ClusterHandle, ClusterError> {
-        let node = node::start(config, broker, definitions, hooks).await?;
+        let prepared = Self::prepare(&config, &definitions)?;
+        broker.set_cluster(prepared.cluster());
+        Self::start_prepared(config, prepared, broker, definitions, hooks).await
+    }
+
+    /// The first step of [`ClusterHandle::start_prepared`], before the broker recovers from
+    /// `definitions`: reads the catalog (where each durable queue lives). Give
+    /// [`Prepared::cluster`] to `Broker::set_cluster`, then recover, then start. Call on the
+    /// tokio runtime.
+    pub fn prepare(
+        config: &ClusterConfig,
+        definitions: &Arc<DefinitionsStore>,
+    ) -> Result<Prepared, ClusterError> {
+        node::prepare(config, definitions)
+    }
+
+    /// Starts this node's cluster membership with what [`ClusterHandle::prepare`] read. Call
+    /// after the broker has recovered.
+    pub async fn start_prepared(
+        config: ClusterConfig,
+        prepared: Prepared,
+        broker: Arc<Broker>,
+        definitions: Arc<DefinitionsStore>,
+        hooks: Option<Arc<dyn Hooks>>,
+    ) -> Result<ClusterHandle, ClusterError> {
+        let node = node::start(config, prepared, broker, definitions, hooks).await?;
         Ok(ClusterHandle { node })
+    }
+
+    pub(crate) fn from_node(node: Arc<Node>) -> Self {
+        ClusterHandle { node }
     }
 
     /// The management layer reports this node's figures to its peers through `reporter`.
@@ -419,6 +448,14 @@ impl ClusterHandle {
             .collect();
         v.sort();
         v
+    }
+
+    /// Asks every node hosting queues this node has handles of for their current figures
+    /// (management answers with fresh counts for queues homed elsewhere). At most a few
+    /// seconds; nodes that do not answer keep their last known figures.
+    pub async fn refresh_queue_figures(&self) {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(3), self.node.queues.refresh_figures()).await;
     }
 
     /// Whether `name` is a member this node can reach now.

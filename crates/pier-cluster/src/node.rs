@@ -26,13 +26,14 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::error::ClusterError;
 use crate::metadata::{Applier, Catalog, Hooks, MetadataSnapshot};
+use crate::queues::QueueService;
 use crate::raft::file_log::FileLogStore;
 use crate::raft::log_adapter::RaftLog;
 use crate::raft::network::{self, NetworkFactory, RaftRequest};
 use crate::raft::state_machine::{MetadataStateMachine, Waiters};
 use crate::raft::{node_id, LogId, PeerNode, Raft, RaftMetrics};
 use crate::rpc::{ForwardError, NodeReport, Request, Response};
-use crate::transport::{Handler, Transport};
+use crate::transport::{Handler, Link, Transport};
 
 /// How a node takes part in a cluster (`--node-name`, `--cluster-port`, `--peers`).
 #[derive(Debug, Clone)]
@@ -95,6 +96,8 @@ pub(crate) struct Node {
     /// Serialises joins and resets.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The message path to and from queues on other nodes.
+    pub(crate) queues: Arc<QueueService>,
 }
 
 impl Node {
@@ -166,6 +169,12 @@ impl Node {
         r.raft_state = format!("{:?}", m.state).to_lowercase();
         r.listeners
             .push(("clustering".to_owned(), self.config.advertise.clone()));
+        r.partitions = self
+            .members()
+            .into_iter()
+            .filter(|(id, _, _)| !self.is_running(*id))
+            .map(|(_, p, _)| p.name)
+            .collect();
         if r.uptime_ms == 0 {
             r.uptime_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         }
@@ -234,8 +243,43 @@ async fn open_raft(
 
 /// Starts this node's part of the cluster. The broker must have recovered from `defs`
 /// already (its state is what the state machine's applied position describes).
+/// What a node needs before the broker recovers (so that recovery knows where each durable
+/// queue lives): the catalog read from `definitions.redb`, and the message path service.
+pub struct Prepared {
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) queues: Arc<QueueService>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// The broker's view of the cluster (`Broker::set_cluster`).
+    pub fn cluster(&self) -> Arc<dyn pier_broker::cluster::Cluster> {
+        Arc::clone(&self.queues) as Arc<dyn pier_broker::cluster::Cluster>
+    }
+}
+
+/// Reads the catalog (cluster name, vhost metadata, queue homes) from `defs`. Call on the
+/// runtime, before the broker recovers.
+pub(crate) fn prepare(
+    config: &ClusterConfig,
+    defs: &Arc<DefinitionsStore>,
+) -> Result<Prepared, ClusterError> {
+    let catalog = Arc::new(Catalog::new(config.cluster_name.clone()));
+    catalog
+        .attach(Arc::clone(defs))
+        .map_err(|e| setup("reading the catalog", e))?;
+    let queues = QueueService::new(config.node_name.clone(), Arc::clone(&catalog));
+    Ok(Prepared { catalog, queues })
+}
+
 pub(crate) async fn start(
     config: ClusterConfig,
+    prepared: Prepared,
     broker: Arc<Broker>,
     defs: Arc<DefinitionsStore>,
     hooks: Option<Arc<dyn Hooks>>,
@@ -262,10 +306,7 @@ pub(crate) async fn start(
         .cluster_entry(CLUSTER_ID_KEY)
         .map_err(|e| setup("reading the cluster id", e))?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
-    let catalog = Arc::new(Catalog::new(config.cluster_name.clone()));
-    catalog
-        .attach(Arc::clone(&defs))
-        .map_err(|e| setup("reading the catalog", e))?;
+    let Prepared { catalog, queues } = prepared;
     let applier = Applier::new(broker, catalog, hooks);
     applier.restore_limits();
     std::fs::create_dir_all(&config.dir).map_err(|e| setup("creating the cluster directory", e))?;
@@ -300,7 +341,9 @@ pub(crate) async fn start(
         answered: Mutex::new(HashMap::new()),
         membership_lock: tokio::sync::Mutex::new(()),
         tasks: Mutex::new(Vec::new()),
+        queues,
     });
+    node.queues.attach(&node);
     transport.set_handler(Arc::new(NodeHandler(Arc::downgrade(&node))));
     let tasks = vec![
         tokio::spawn(transport.serve(listener)),
@@ -664,6 +707,24 @@ impl Handler for NodeHandler {
                 Request::Status => Response::Status(Box::new(n.local_report())),
             }
         })
+    }
+
+    fn lane(&self, link: &Arc<Link>, payload: bytes::Bytes) {
+        if let Some(n) = self.0.upgrade() {
+            n.queues.lane(link, payload);
+        }
+    }
+
+    fn lane_batch_done(&self, link: &Arc<Link>) {
+        if let Some(n) = self.0.upgrade() {
+            n.queues.lane_batch_done(link);
+        }
+    }
+
+    fn closed(&self, link: &Arc<Link>) {
+        if let Some(n) = self.0.upgrade() {
+            n.queues.closed(link);
+        }
     }
 }
 

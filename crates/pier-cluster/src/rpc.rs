@@ -98,4 +98,15 @@ pub struct NodeReport {
     pub raft_term: u64,
     pub raft_last_applied: Option<u64>,
     pub raft_state: String,
+    /// Members this node cannot reach (RabbitMQ's `partitions` of a node).
+    #[serde(default)]
+    pub partitions: Vec<String>,
+    /// Client connections and channels open on this node, and messages published through
+    /// it (the cluster-wide `/api/overview` sums them).
+    #[serde(default)]
+    pub connections: u64,
+    #[serde(default)]
+    pub channels: u64,
+    #[serde(default)]
+    pub messages_published: u64,
 }

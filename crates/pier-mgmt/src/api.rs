@@ -77,6 +77,7 @@ pub async fn overview(
     Extension(user): Extension<AuthUser>,
 ) -> ApiResult<Response> {
     let vhosts = visible_vhosts(&st, &user);
+    st.refresh_remote_queues().await;
     let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) =
         (0u64, 0u64, 0, 0, 0u64);
     let (mut delivered, mut acked, mut no_ack) = (0u64, 0u64, 0u64);
@@ -100,8 +101,20 @@ pub async fn overview(
         .into_iter()
         .filter(|c| user.sees_all_connections() || c.meta.user == user.name)
         .collect();
-    let channels: usize = conns.iter().map(|c| c.channels.len()).sum();
-    let totals = st.registry.totals();
+    let mut channels = conns.iter().map(|c| c.channels.len()).sum::<usize>() as u64;
+    let mut connections = conns.len() as u64;
+    let mut totals = st.registry.totals();
+    // Cluster-wide: the other nodes' connections, channels and publishes, as they report
+    // them (queues are already all here, each once, with its home node's figures).
+    if user.sees_all_connections() {
+        for m in crate::cluster::other_members(&st).await {
+            if let (true, Some(r)) = (m.running, &m.report) {
+                connections += r.connections;
+                channels += r.channels;
+                totals.messages_published += r.messages_published;
+            }
+        }
+    }
     let node_counters = crate::topology::node_message_counters(&st);
     let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
     let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
@@ -155,7 +168,7 @@ pub async fn overview(
         },
         "object_totals": {
             "channels": channels,
-            "connections": conns.len(),
+            "connections": connections,
             "consumers": consumers,
             "exchanges": exchanges,
             "queues": queues,
@@ -221,7 +234,13 @@ fn node_json(st: &AppState) -> Value {
         "fd_used": fds,
         "fd_total": fd_total,
         "sockets_used": st.registry.connection_count(),
-        "partitions": [],
+        // The members this node cannot reach (none on a single node).
+        "partitions": st.cluster().map_or_else(Vec::new, |c| c
+            .members()
+            .into_iter()
+            .filter(|(_, running)| !running)
+            .map(|(name, _)| name)
+            .collect()),
         "applications": [],
         "contexts": contexts(st),
         "exchange_types": exchange_types(),

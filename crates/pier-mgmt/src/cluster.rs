@@ -61,6 +61,14 @@ pub(crate) fn local_report(st: &AppState) -> NodeReport {
         sockets_used: st.registry.connection_count() as u64,
         processors: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
         listeners,
+        connections: st.registry.connection_count() as u64,
+        channels: st
+            .registry
+            .connections()
+            .iter()
+            .map(|c| c.channels.len() as u64)
+            .sum(),
+        messages_published: st.registry.totals().messages_published,
         ..NodeReport::default()
     }
 }
@@ -83,6 +91,7 @@ pub(crate) fn member_json(m: &MemberStatus) -> Value {
         "type": "disc",
         "running": m.running,
         "being_drained": false,
+        "partitions": r.partitions,
         "os_pid": r.os_pid.to_string(),
         "uptime": r.uptime_ms,
         "processors": r.processors,
@@ -95,7 +104,6 @@ pub(crate) fn member_json(m: &MemberStatus) -> Value {
         "fd_used": r.fd_used,
         "fd_total": r.fd_total,
         "sockets_used": r.sockets_used,
-        "partitions": [],
         "applications": [],
         "rates_mode": "basic",
         "mem_calculation_strategy": "rss",

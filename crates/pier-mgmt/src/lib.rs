@@ -123,6 +123,13 @@ impl AppState {
         }
     }
 
+    /// Fresh figures for the queues homed on other nodes (a clustered node only).
+    pub(crate) async fn refresh_remote_queues(&self) {
+        if let Some(c) = self.metadata.cluster() {
+            c.refresh_queue_figures().await;
+        }
+    }
+
     /// Applies a definition change (locally, or through the cluster on a clustered node:
     /// then it returns once this node has applied it).
     pub async fn execute(&self, cmd: MetadataCommand) -> ApiResult<Outcome> {

@@ -125,10 +125,11 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         totals.messages_published,
     );
 
-    // Queues.
+    // Queues: those of this node (in a cluster each node reports the queues it hosts, as
+    // RabbitMQ's per-node endpoint does, so that scraping every node counts each once).
     let mut queues = Vec::new();
     for vh in st.broker.vhosts() {
-        for q in vh.queues() {
+        for q in vh.queues().into_iter().filter(|q| !q.is_remote()) {
             let figures = queueing(&st, vh.name(), &q);
             queues.push((
                 vh.name().to_owned(),

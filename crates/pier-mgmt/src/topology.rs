@@ -365,6 +365,7 @@ pub async fn queues(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
+    st.refresh_remote_queues().await;
     let conns = connections_by_id(&st);
     let mut items = Vec::new();
     for vh in visible_vhosts(&st, &user) {
@@ -382,6 +383,7 @@ pub async fn vhost_queues(
     Query(q): Q,
 ) -> ApiResult<Response> {
     let vh = view_vhost(&st.broker, &user, &vhost)?;
+    st.refresh_remote_queues().await;
     let conns = connections_by_id(&st);
     let items = sorted_queues(&vh)
         .iter()
@@ -404,6 +406,9 @@ pub async fn queue(
 ) -> ApiResult<Response> {
     let vh = view_vhost(&st.broker, &user, &vhost)?;
     let q = find_queue(&vh, &name)?;
+    if q.is_remote() {
+        st.refresh_remote_queues().await;
+    }
     let conns = connections_by_id(&st);
     Ok(json::ok(queue_json(&st, &conns, &vhost, &q, true)))
 }

@@ -597,11 +597,12 @@
           h('tr', null, h('th', null, 'Listeners'), h('td', null, listeners))));
         fill(members, nodes && nodes.length > 1 ? [
           h('h2', null, 'Cluster nodes'),
-          table({ cols: ['Node', 'State', ['Uptime', 'num'], ['Memory', 'num'], 'Alarms'] },
-            nodes.map((m) => h('tr', null, td(m.name),
+          table({ cols: ['Node', 'State', ['Uptime', 'num'], ['Memory', 'num'], 'Alarms', 'Cannot reach'] },
+            nodes.map((m) => h('tr', { 'data-node': m.name }, td(m.name),
               td(m.running ? 'running' : 'not running'),
               num(m.running ? fmtUptime(m.uptime) : ''), num(m.running ? fmtBytes(m.mem_used) : ''),
-              td([m.mem_alarm ? 'memory' : null, m.disk_free_alarm ? 'disk' : null].filter(Boolean).join(', ') || (m.running ? 'none' : '')))),
+              td([m.mem_alarm ? 'memory' : null, m.disk_free_alarm ? 'disk' : null].filter(Boolean).join(', ') || (m.running ? 'none' : '')),
+              td((m.partitions || []).join(', ') || (m.running ? 'none' : '')))),
             'No nodes.'),
         ] : null);
       },
@@ -644,9 +645,11 @@
       const rows = last.filter((q) => !f || q.name.toLowerCase().includes(f));
       fill(count, rows.length + ' of ' + last.length + ' queue' + (last.length === 1 ? '' : 's'));
       const many = !vsel.value;
+      // A cluster: each queue's home node.
+      const clustered = new Set(last.map((q) => q.node)).size > 1;
       fill(list, table({
-        groups: [['', many ? 3 : 2], ['Messages', 3], ['', 1], ['Rates (1 min)', 2], ['Queueing (now and M/M/1 prediction)', 7]],
-        cols: [many ? 'Virtual host' : null, 'Name', 'Features', ['Ready', 'num'], ['Unacked', 'num'], ['Total', 'num'], ['Consumers', 'num'],
+        groups: [['', (many ? 3 : 2) + (clustered ? 1 : 0)], ['Messages', 3], ['', 1], ['Rates (1 min)', 2], ['Queueing (now and M/M/1 prediction)', 7]],
+        cols: [many ? 'Virtual host' : null, 'Name', clustered ? 'Node' : null, 'Features', ['Ready', 'num'], ['Unacked', 'num'], ['Total', 'num'], ['Consumers', 'num'],
           ['λ in', 'num', 'arrival rate: messages per second entering the queue'], ['μ out', 'num', 'service rate: messages acknowledged (or delivered without ack) per second'],
           ['ρ', 'num', 'utilisation λ/μ'], ['L', 'num', 'messages in the queue (ready + unacked)'], ['W', 'num', 'time in queue by Little\'s law, L/λ'],
           ['W p50 / p99', 'num', 'time in queue measured per message, enqueue to ack, over the last minute'],
@@ -659,6 +662,7 @@
         return h('tr', { 'data-queue': q.name },
           many ? td(q.vhost) : null,
           td(h('a', { href: '#/queues/' + enc(q.vhost) + '/' + enc(q.name) }, q.name)),
+          clustered ? td(q.node) : null,
           td(feats),
           num(fmtInt(q.messages_ready)), num(fmtInt(q.messages_unacknowledged)), num(fmtInt(q.messages)), num(fmtInt(q.consumers)),
           num(fmtRate(f.arrival_rate)), num(fmtRate(f.service_rate)),
@@ -779,6 +783,7 @@
         fill($('#queue-explain'), s.title + ' Figures over the last ' + (f.window_seconds || 60) + ' s.');
         fill(details, h('table', { class: 'kv' },
           h('tr', null, h('th', null, 'Type'), h('td', null, q.type)),
+          h('tr', null, h('th', null, 'Node'), h('td', { id: 'queue-node' }, q.node)),
           h('tr', null, h('th', null, 'Features'), h('td', null, [q.durable ? 'durable' : 'transient', q.auto_delete ? 'auto-delete' : null, q.exclusive ? 'exclusive' : null].filter(Boolean).join(', '))),
           h('tr', null, h('th', null, 'Arguments'), h('td', { class: 'mono' }, fmtJson(q.arguments) || '–')),
           h('tr', null, h('th', null, 'Policy'), h('td', null, q.policy || '–')),

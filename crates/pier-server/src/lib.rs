@@ -77,6 +77,7 @@ pub async fn run(
         broker,
         registry,
         config,
+        None,
         shutdown,
     )
     .await
@@ -92,14 +93,20 @@ struct Shared {
     token: CancellationToken,
     tracker: TaskTracker,
     sockets: Arc<SocketCount>,
+    /// Where durable declarations go on a clustered node (through the cluster); `None` or a
+    /// single node's: they are applied locally, as always.
+    metadata: Option<pier_cluster::Metadata>,
 }
 
-/// `run` with several listeners (AMQP and AMQPS).
+/// `run` with several listeners (AMQP and AMQPS), and the node's metadata front: on a
+/// clustered node durable declarations, deletions and bindings are committed through the
+/// cluster (the same `Metadata` the management API uses).
 pub async fn run_listeners(
     listeners: Vec<Listener>,
     broker: Arc<Broker>,
     registry: Arc<Registry>,
     config: ServerConfig,
+    metadata: Option<pier_cluster::Metadata>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
@@ -114,6 +121,8 @@ pub async fn run_listeners(
         token: token.clone(),
         tracker: tracker.clone(),
         sockets: Arc::new(SocketCount::default()),
+        // Only a clustered node's front changes anything: a single node stays on its path.
+        metadata: metadata.filter(|m| m.cluster().is_some()),
     };
     let stop_accepting = CancellationToken::new();
     let accept_loops: Vec<_> = listeners
@@ -165,7 +174,10 @@ async fn accept_loop(listener: Listener, shared: Shared, stop: CancellationToken
         let s = shared.clone();
         let tls = listener.tls.clone();
         shared.tracker.spawn(async move {
-            handle_connection(stream, peer, tls, s.broker, s.registry, s.config, s.token).await;
+            handle_connection(
+                stream, peer, tls, s.broker, s.registry, s.config, s.metadata, s.token,
+            )
+            .await;
             drop(slot);
         });
     }
@@ -246,6 +258,7 @@ impl SocketCount {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -253,6 +266,7 @@ async fn handle_connection(
     broker: Arc<Broker>,
     registry: Arc<Registry>,
     config: Arc<ServerConfig>,
+    metadata: Option<pier_cluster::Metadata>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -267,6 +281,7 @@ async fn handle_connection(
             local,
             deadline,
             cert_user: None,
+            metadata,
         };
         return serve_stream(rd, wr, conn, broker, registry, config, shutdown).await;
     };
@@ -298,6 +313,7 @@ async fn handle_connection(
         local,
         deadline,
         cert_user,
+        metadata,
     };
     serve_stream(rd, wr, conn, broker, registry, config, shutdown).await;
 }
@@ -323,6 +339,7 @@ pub async fn serve_connection<S>(
         local: SocketAddr::from(([127, 0, 0, 1], 5672)),
         deadline: tokio::time::Instant::now() + config.handshake_timeout,
         cert_user: None,
+        metadata: None,
     };
     serve_stream(rd, wr, setup, broker, registry, Arc::new(config), shutdown).await;
 }
@@ -359,6 +376,8 @@ struct ConnectionSetup {
     deadline: tokio::time::Instant,
     /// The subject CN of the client's verified TLS certificate (for SASL EXTERNAL).
     cert_user: Option<String>,
+    /// The cluster's metadata front (clustered nodes only).
+    metadata: Option<pier_cluster::Metadata>,
 }
 
 async fn serve_stream<R, W>(
@@ -378,6 +397,7 @@ async fn serve_stream<R, W>(
         local,
         deadline,
         cert_user,
+        metadata,
     } = setup;
 
     let handshake = async {
@@ -459,6 +479,7 @@ async fn serve_stream<R, W>(
         Arc::clone(&outbound),
         registered,
     );
+    conn.metadata = metadata;
     let result = conn.serve(&mut reader, close_token).await;
     conn.teardown();
     registry.deregister(id);

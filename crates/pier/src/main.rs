@@ -161,6 +161,17 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?,
     );
     storage.set_stream_sync(args.stream_fsync);
+    // A cluster member reads where each durable queue lives before recovering, so that
+    // queues homed on other nodes get remote handles rather than local storage.
+    let prepared = match &cluster_config {
+        Some(config) => {
+            let p = pier_cluster::ClusterHandle::prepare(config, storage.definitions())
+                .context("reading the cluster catalog")?;
+            broker.set_cluster(p.cluster());
+            Some(p)
+        }
+        None => None,
+    };
     // Recovery reads the store through its thread: keep it off the async workers.
     {
         let (storage, broker) = (Arc::clone(&storage), Arc::clone(&broker));
@@ -172,10 +183,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 
     let registry = Arc::new(pier_server::Registry::new());
     // A cluster member only when configured: a single node runs no cluster code.
-    let cluster = match cluster_config {
-        Some(config) => {
-            let handle = pier_cluster::ClusterHandle::start(
+    let cluster = match (cluster_config, prepared) {
+        (Some(config), Some(prepared)) => {
+            let handle = pier_cluster::ClusterHandle::start_prepared(
                 config,
+                prepared,
                 Arc::clone(&broker),
                 Arc::clone(storage.definitions()),
                 Some(pier_mgmt::registry_hooks(Arc::clone(&registry))),
@@ -189,7 +201,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             ));
             Some(handle)
         }
-        None => None,
+        _ => None,
     };
 
     let listener = listen(args.bind, args.amqp_port).context("binding the AMQP listener")?;
@@ -207,10 +219,23 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("the management HTTP listener's address")?;
     let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
+    // One metadata front for the management API and the AMQP server: on a cluster member
+    // both send definition changes through the cluster; a single node applies them locally
+    // (the server then keeps to its own path, with no cluster code at all).
+    let metadata = match &cluster {
+        Some(handle) => pier_cluster::Metadata::clustered(handle.clone()),
+        None => pier_cluster::Metadata::local(
+            Arc::clone(&broker),
+            Arc::new(pier_cluster::metadata::Catalog::new(Some(
+                server_config.cluster_name.clone(),
+            ))),
+            Some(pier_mgmt::registry_hooks(Arc::clone(&registry))),
+        ),
+    };
     let mgmt_options = pier_mgmt::ServeOptions {
         amqp_addr: listener.local_addr().ok(),
         cluster_name: Some(server_config.cluster_name.clone()),
-        metadata: cluster.clone().map(pier_cluster::Metadata::clustered),
+        metadata: Some(metadata.clone()),
     };
     let http_shutdown = async move {
         let _ = http_stop.await;
@@ -301,6 +326,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         broker,
         registry,
         server_config,
+        Some(metadata),
         shutdown_signal(),
     )
     .await?;

@@ -937,6 +937,10 @@ impl ClassicQueue {
         self.simple(q, Command::Return { offsets });
     }
 
+    pub(crate) fn release(&self, q: &Arc<Queue>, offsets: &[u64]) {
+        self.simple(q, Command::Release { offsets });
+    }
+
     pub(crate) fn purge(&self, q: &Arc<Queue>) -> u64 {
         match self.simple(q, Command::Purge).0 {
             Reply::Dropped(n) => n,

@@ -3,19 +3,25 @@
 //! ```text
 //!  routing, channels, management ──► Arc<Queue> (handle: name, vhost, options, kind)
 //!                                        │
-//!                                        └─ Backend::Classic ─► ClassicQueue (classic.rs): lock +
-//!                                                              runtime that carries out effects
-//!                                                                 │ Command        ▲ Effect
-//!                                                                 ▼                │
-//!                                                               QueueEngine (engine/): the
-//!                                                               deterministic state machine
+//!                                        ├─ Backend::Classic ─► ClassicQueue (classic.rs): lock +
+//!                                        │                     runtime that carries out effects
+//!                                        │                        │ Command        ▲ Effect
+//!                                        │                        ▼                │
+//!                                        │                      QueueEngine (engine/): the
+//!                                        │                      deterministic state machine
+//!                                        ├─ Backend::Stream ──► StreamQueue (stream/): a stream
+//!                                        │                      queue over its log in pier-store
+//!                                        └─ Backend::Remote ──► RemoteQueue (remote.rs): a durable
+//!                                                              queue homed on another cluster node,
+//!                                                              reached through a QueueLink
 //! ```
 //!
 //! Quorum queues run on the same engine runtime as classic ones (`Backend::Classic` is "the
 //! engine behind a lock"), with the quorum settings (`EngineConfig::quorum`: every message
 //! stored, delivery limit, queue-level consumer timeout) and `kind` = `Quorum`: a group of one
 //! member until a Raft log per queue drives the engine (docs/quorum-queues.md). Streams are
-//! another backend (`queue/stream/`); `kind.rs` decides which one a declaration gets.
+//! another backend (`queue/stream/`), and a queue homed on another cluster node is a `Remote`
+//! one (`queue/remote.rs`); `kind.rs` decides which one a declaration gets.
 //!
 //! Every message gets a monotonically increasing offset when it enters the queue; messages
 //! handed out and not yet settled stay checked out in the engine, and come back at their
@@ -25,6 +31,7 @@
 pub(crate) mod classic;
 pub mod engine;
 pub mod kind;
+pub mod remote;
 pub mod stream;
 
 use std::sync::{Arc, Weak};
@@ -34,6 +41,7 @@ use pier_wire::{FieldTable, ShortString};
 
 use crate::args::QueueConfig;
 use crate::clock::Clock;
+use crate::cluster::BoxFuture;
 use crate::consumer::{ConnectionId, ConsumerId, ConsumerSpec, Delivery};
 use crate::deadletter::DeadLetter;
 use crate::error::{BrokerError, ObjectKind, Result};
@@ -45,20 +53,9 @@ use crate::waits::{WaitHistogram, WaitSummary};
 use classic::ClassicQueue;
 pub use engine::{EngineConfig, Published, Recovered, PAGE_OUT_BYTES};
 pub use kind::QueueType;
+use remote::RemoteQueue;
+pub use remote::{QueueLink, RemoteConsumer, RemoteGot, Settlement};
 use stream::StreamQueue;
-
-/// The runtime a stream queue's classic-only calls get: never attached to anything, never
-/// holding a message.
-fn idle_classic() -> &'static ClassicQueue {
-    static IDLE: std::sync::OnceLock<ClassicQueue> = std::sync::OnceLock::new();
-    IDLE.get_or_init(|| {
-        ClassicQueue::new(
-            EngineConfig::classic(QueueConfig::default(), false),
-            Arc::new(Clock::new()),
-            Weak::new(),
-        )
-    })
-}
 
 /// Immutable properties fixed at declaration.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +68,9 @@ pub struct QueueOptions {
 
 /// Point-in-time figures for declare-ok, management and tests.
 pub type QueueStats = engine::EngineStats;
+
+/// What basic.get took: the delivery and the ready messages left, or nothing.
+pub type Got = Option<(Delivery, u32)>;
 
 /// What removing a consumer left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +89,14 @@ pub(crate) enum TickAction {
 }
 
 /// The implementation behind a handle. One per queue, inline in its `Arc<Queue>`: the size
-/// difference costs a few hundred bytes per stream queue, a `Box` would cost every classic
-/// publish an indirection.
+/// difference costs a few hundred bytes per stream or remote queue, a `Box` would cost every
+/// classic publish an indirection.
 #[allow(clippy::large_enum_variant)]
 enum Backend {
     Classic(ClassicQueue),
     Stream(StreamQueue),
+    /// A durable queue homed on another cluster node.
+    Remote(RemoteQueue),
 }
 
 /// A queue, as routing, channels and management see it.
@@ -105,6 +107,8 @@ pub struct Queue {
     kind: QueueType,
     config: QueueConfig,
     backend: Backend,
+    /// Its deletion was proposed to the cluster (auto-delete, `x-expires`): not again.
+    deletion_proposed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Queue {
@@ -176,6 +180,27 @@ impl Queue {
             kind,
             config,
             backend: Backend::Classic(ClassicQueue::new(engine, clock, router)),
+            deletion_proposed: Default::default(),
+        })
+    }
+
+    /// A handle to a durable queue homed on another node, reached through `link`.
+    pub fn remote(
+        name: ShortString,
+        vhost: String,
+        kind: QueueType,
+        options: QueueOptions,
+        config: QueueConfig,
+        link: Arc<dyn QueueLink>,
+    ) -> Arc<Self> {
+        Arc::new(Queue {
+            name,
+            vhost,
+            options,
+            kind,
+            config,
+            backend: Backend::Remote(RemoteQueue::new(link)),
+            deletion_proposed: Default::default(),
         })
     }
 
@@ -194,6 +219,7 @@ impl Queue {
             kind: QueueType::Stream,
             config,
             backend: Backend::Stream(StreamQueue::new(stream)),
+            deletion_proposed: Default::default(),
         });
         if let Backend::Stream(s) = &q.backend {
             s.listen(Arc::downgrade(&q));
@@ -201,13 +227,17 @@ impl Queue {
         q
     }
 
-    /// The classic runtime. Only classic queues reach the callers of this (fan-out of shared
-    /// records, paging, recovery of stored messages); a stream answers with an idle,
-    /// never-used classic runtime so that nothing here can panic.
-    fn classic(&self) -> &ClassicQueue {
+    fn classic_opt(&self) -> Option<&ClassicQueue> {
         match &self.backend {
-            Backend::Classic(c) => c,
-            Backend::Stream(_) => idle_classic(),
+            Backend::Classic(c) => Some(c),
+            Backend::Stream(_) | Backend::Remote(_) => None,
+        }
+    }
+
+    pub(crate) fn remote_backend(&self) -> Option<&RemoteQueue> {
+        match &self.backend {
+            Backend::Remote(r) => Some(r),
+            Backend::Classic(_) | Backend::Stream(_) => None,
         }
     }
 
@@ -215,13 +245,36 @@ impl Queue {
     pub fn stream_queue(&self) -> Option<&StreamQueue> {
         match &self.backend {
             Backend::Stream(s) => Some(s),
-            Backend::Classic(_) => None,
+            Backend::Classic(_) | Backend::Remote(_) => None,
         }
     }
 
     /// The log, when this queue is a stream (the stream protocol reads and writes it).
     pub fn stream(&self) -> Option<&Arc<pier_store::stream::Stream>> {
         self.stream_queue().map(StreamQueue::stream)
+    }
+
+    /// Whether this queue is homed on another node.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.backend, Backend::Remote(_))
+    }
+
+    /// The node this queue is homed on, when it is another one.
+    pub fn home_node(&self) -> Option<&str> {
+        self.remote_backend().map(|r| r.link().node())
+    }
+
+    /// Its deletion is being proposed to the cluster: true the first time only.
+    pub(crate) fn propose_deletion_once(&self) -> bool {
+        !self
+            .deletion_proposed
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The proposal failed: it may be proposed again.
+    pub fn deletion_not_proposed(&self) {
+        self.deletion_proposed
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     pub fn name(&self) -> &ShortString {
@@ -264,12 +317,11 @@ impl Queue {
     // ---- storage ----
 
     /// Makes this (durable) queue store its persistent messages. Set once, at declaration or
-    /// recovery, before the queue is shared.
+    /// recovery, before the queue is shared. A remote queue stores nothing here.
     pub fn attach_store(&self, store: QueueStore) {
-        if self.stream_queue().is_some() {
-            return;
+        if let Some(c) = self.classic_opt() {
+            c.attach_store(store);
         }
-        self.classic().attach_store(store);
     }
 
     /// Whether messages arriving now are paged out (a classic queue past its memory budget):
@@ -279,28 +331,23 @@ impl Queue {
     }
 
     pub fn store(&self) -> Option<&QueueStore> {
-        if self.stream_queue().is_some() {
-            return None;
-        }
-        self.classic().store()
+        self.classic_opt().and_then(|c| c.store())
     }
 
     /// Lets this queue page bodies that are not in the durable store out to `paging` (the
     /// node's scratch store). Set once, before the queue is shared.
     pub fn attach_paging(&self, paging: StoreHandle) {
-        if self.stream_queue().is_some() {
-            return;
+        if let Some(c) = self.classic_opt() {
+            c.attach_paging(paging);
         }
-        self.classic().attach_paging(paging);
     }
 
     /// Refills a recovered durable queue: messages in offset order, with their redelivered
     /// flags and stored expiry deadlines (Unix ms), and the offset to continue from.
     pub fn restore(self: &Arc<Self>, messages: Vec<Recovered>, next_offset: u64) {
-        if self.stream_queue().is_some() {
-            return;
+        if let Some(c) = self.classic_opt() {
+            c.restore(self, messages, next_offset);
         }
-        self.classic().restore(self, messages, next_offset);
     }
 
     /// Whether this queue writes `message` to its durable store: a classic queue with a store
@@ -336,28 +383,55 @@ impl Queue {
         )
     }
 
+    /// Whether a publish of `message` here waits for something before it is confirmed: the
+    /// disk (a message the queue stores: `stores`), the paging
+    /// store (a classic queue past its memory budget: transient messages too, so that a
+    /// publisher cannot outrun it; see `ClassicQueue::page_out`) or the queue's home node.
+    pub(crate) fn needs_durability(&self, message: &Message) -> bool {
+        match &self.backend {
+            Backend::Classic(c) => self.stores(message) || c.pages_out(),
+            // Every message appended to a stream is confirmed after fsync.
+            Backend::Stream(_) | Backend::Remote(_) => true,
+        }
+    }
+
     // ---- figures ----
 
     pub fn stats(&self) -> QueueStats {
-        if let Some(s) = self.stream_queue() {
-            return s.stats();
+        match &self.backend {
+            Backend::Classic(c) => c.with_engine(|e| e.stats()),
+            Backend::Stream(s) => s.stats(),
+            Backend::Remote(r) => r.stats(),
         }
-        self.classic().with_engine(|e| e.stats())
     }
 
     pub fn is_deleted(&self) -> bool {
-        if let Some(s) = self.stream_queue() {
-            return s.stream().shared().is_deleted();
+        match &self.backend {
+            Backend::Classic(c) => c.with_engine(|e| e.is_deleted()),
+            Backend::Stream(s) => s.stream().shared().is_deleted(),
+            Backend::Remote(r) => r.is_deleted(),
         }
-        self.classic().with_engine(|e| e.is_deleted())
     }
 
-    /// Arrivals, deliveries and acks so far (lock-free).
+    /// Arrivals, deliveries and acks so far (lock-free; a remote queue's as last reported
+    /// by its home node).
     pub fn counters(&self) -> crate::counters::QueueCountersSnapshot {
-        if let Some(s) = self.stream_queue() {
-            return s.counters().snapshot();
+        match &self.backend {
+            Backend::Classic(c) => c.counters().snapshot(),
+            Backend::Stream(s) => s.counters().snapshot(),
+            Backend::Remote(r) => r.counters(),
         }
-        self.classic().counters().snapshot()
+    }
+
+    /// A remote queue's figures as its home node reported them (management refreshes them).
+    pub fn set_remote_figures(
+        &self,
+        stats: QueueStats,
+        counters: crate::counters::QueueCountersSnapshot,
+    ) {
+        if let Some(r) = self.remote_backend() {
+            r.set_figures(stats, counters);
+        }
     }
 
     /// Measured time in queue (enqueue to ack) over the last `waits::WINDOW_MS`.
@@ -369,30 +443,36 @@ impl Queue {
 
     /// Adds this queue's time-in-queue samples of the window to `into` (vhost aggregates).
     pub fn time_in_queue_into(&self, into: &mut WaitHistogram) {
-        self.classic().time_in_queue_into(into);
+        if let Some(c) = self.classic_opt() {
+            c.time_in_queue_into(into);
+        }
     }
 
-    /// The consumers as management lists them.
+    /// The consumers as management lists them (a remote queue: this node's consumers).
     pub fn consumers(&self) -> Vec<crate::consumer::ConsumerInfo> {
-        if let Some(s) = self.stream_queue() {
-            return s
-                .consumers()
-                .into_iter()
-                .map(|(_, spec)| crate::consumer::ConsumerInfo {
-                    channel: spec.sink.channel_number(),
-                    tag: spec.tag,
-                    connection: spec.connection,
-                    ack_required: spec.ack_required,
-                    exclusive: spec.exclusive,
-                    prefetch: spec.prefetch,
-                    priority: spec.priority,
-                    arguments: spec.arguments,
-                    active: true,
-                })
-                .collect();
-        }
-        let channels = self.classic().consumer_channels();
-        self.classic().with_engine(|e| {
+        let c = match &self.backend {
+            Backend::Classic(c) => c,
+            Backend::Stream(s) => {
+                return s
+                    .consumers()
+                    .into_iter()
+                    .map(|(_, spec)| crate::consumer::ConsumerInfo {
+                        channel: spec.sink.channel_number(),
+                        tag: spec.tag,
+                        connection: spec.connection,
+                        ack_required: spec.ack_required,
+                        exclusive: spec.exclusive,
+                        prefetch: spec.prefetch,
+                        priority: spec.priority,
+                        arguments: spec.arguments,
+                        active: true,
+                    })
+                    .collect()
+            }
+            Backend::Remote(r) => return r.consumers(),
+        };
+        let channels = c.consumer_channels();
+        c.with_engine(|e| {
             e.consumers()
                 .map(|(id, s, active)| crate::consumer::ConsumerInfo {
                     tag: s.tag.clone(),
@@ -410,11 +490,13 @@ impl Queue {
     }
 
     pub fn consumer_tags(&self) -> Vec<ShortString> {
-        if let Some(s) = self.stream_queue() {
-            return s.consumers().into_iter().map(|(_, c)| c.tag).collect();
+        match &self.backend {
+            Backend::Classic(c) => {
+                c.with_engine(|e| e.consumers().map(|(_, s, _)| s.tag.clone()).collect())
+            }
+            Backend::Stream(s) => s.consumers().into_iter().map(|(_, c)| c.tag).collect(),
+            Backend::Remote(r) => r.consumers().into_iter().map(|c| c.tag).collect(),
         }
-        self.classic()
-            .with_engine(|e| e.consumers().map(|(_, s, _)| s.tag.clone()).collect())
     }
 
     /// With single active consumer: the tag of the consumer receiving messages.
@@ -422,7 +504,7 @@ impl Queue {
         if !self.config.single_active_consumer {
             return None;
         }
-        self.classic()
+        self.classic_opt()?
             .with_engine(|e| e.consumers().next().map(|(_, s, _)| s.tag.clone()))
     }
 
@@ -430,26 +512,21 @@ impl Queue {
 
     /// The queue was used (declared, basic.get): restart its `x-expires` period.
     pub fn touch(self: &Arc<Self>) {
-        if self.stream_queue().is_some() {
-            return;
+        if let Some(c) = self.classic_opt() {
+            c.touch(self);
         }
-        self.classic().touch(self);
     }
 
     /// Whether a tick at `now` has anything to do here (lock-free).
     pub(crate) fn tick_due(&self, now: u64) -> bool {
-        if self.stream_queue().is_some() {
-            return false;
-        }
-        self.classic().tick_due(now)
+        self.classic_opt().is_some_and(|c| c.tick_due(now))
     }
 
     /// Removes expired heads (dead-lettering them) and reports whether `x-expires` ran out.
     pub(crate) fn tick(self: &Arc<Self>) -> TickAction {
-        if self.classic().tick(self) {
-            TickAction::Delete
-        } else {
-            TickAction::None
+        match self.classic_opt() {
+            Some(c) if c.tick(self) => TickAction::Delete,
+            _ => TickAction::None,
         }
     }
 
@@ -476,53 +553,57 @@ impl Queue {
     }
 
     /// `publish` without routing the dead letters: the caller routes them once no queue lock
-    /// is held (the vhost's dead-letter loop uses this).
+    /// is held (the vhost's dead-letter loop uses this). A remote queue forwards the message
+    /// to its home node; `durability` then waits for the home node's confirmation.
     pub(crate) fn publish_collect(
         self: &Arc<Self>,
         message: Arc<Message>,
         dead: &mut Vec<DeadLetter>,
         durability: Option<&Arc<PublishDurability>>,
     ) -> Published {
-        if let Some(s) = self.stream_queue() {
-            return s.publish(&message, durability);
+        match &self.backend {
+            Backend::Classic(c) => c.publish_collect(self, message, dead, durability),
+            Backend::Stream(s) => s.publish(&message, durability),
+            Backend::Remote(r) => r.publish(self, &message, durability),
         }
-        self.classic()
-            .publish_collect(self, message, dead, durability)
     }
 
     /// Hands dead letters to the vhost, outside the queue lock.
     #[cfg(test)]
     pub(crate) fn route_dead_letters(self: &Arc<Self>, dead: Vec<DeadLetter>) {
-        self.classic().route_dead_letters(self, dead);
+        if let Some(c) = self.classic_opt() {
+            c.route_dead_letters(self, dead);
+        }
     }
 
-    /// Fan-out: the classic runtime of this queue, whose lock a shared-record publish holds.
-    pub(crate) fn classic_runtime(&self) -> &ClassicQueue {
-        self.classic()
+    /// Fan-out: the classic runtime of this queue, whose lock a shared-record publish holds
+    /// (only queues with a store share records, and only classic queues have one).
+    pub(crate) fn classic_runtime(&self) -> Option<&ClassicQueue> {
+        self.classic_opt()
     }
 
     // ---- delivery ----
 
     /// Delivers as much as consumers' credit allows. Sinks call this when they drain.
     pub fn dispatch(self: &Arc<Self>) {
-        if let Some(s) = self.stream_queue() {
-            return s.dispatch(self);
+        match &self.backend {
+            Backend::Classic(c) => c.dispatch(self),
+            Backend::Stream(s) => s.dispatch(self),
+            Backend::Remote(r) => r.dispatch(self),
         }
-        self.classic().dispatch(self);
     }
 
-    /// basic.get: the next message, with the count of messages left ready.
+    /// basic.get: the next message, with the count of messages left ready. A remote queue
+    /// answers through [`Queue::get_remote`] (the server awaits it); here it has nothing. The
+    /// channel refuses basic.get on a stream before it gets here (540).
     pub fn get(self: &Arc<Self>, ack_required: bool) -> Option<(Delivery, u32)> {
-        if self.stream_queue().is_some() {
-            // The channel refuses basic.get on a stream before it gets here (540).
-            return None;
-        }
-        self.classic().get(self, ack_required)
+        self.classic_opt()?.get(self, ack_required)
     }
 
     /// Adds a consumer. Exclusive consumers need an idle queue; nobody joins an exclusive one.
     /// `on_added` runs under the queue lock once the consumer is accepted and before anything is
     /// delivered to it: the place to send basic.consume-ok so that it precedes the deliveries.
+    /// A remote queue's consumers are added with [`Queue::consume_remote`].
     pub fn add_consumer(
         self: &Arc<Self>,
         spec: ConsumerSpec,
@@ -531,30 +612,129 @@ impl Queue {
         if let Some(s) = self.stream_queue() {
             return s.add_consumer(self, spec, on_added);
         }
-        self.classic()
-            .add_consumer(self, spec, on_added)
-            .map_err(|r| match r {
-                engine::Refusal::Deleted => {
-                    BrokerError::not_found(ObjectKind::Queue, &self.name, &self.vhost)
-                }
-                engine::Refusal::ExclusiveConsumer => BrokerError::ExclusiveConsumer {
-                    name: self.name.to_string(),
-                    vhost: self.vhost.clone(),
-                },
-            })
+        let Some(c) = self.classic_opt() else {
+            return Err(BrokerError::NotImplemented(format!(
+                "queue '{}' is on node {}: consume through the cluster",
+                self.name,
+                self.home_node().unwrap_or("?")
+            )));
+        };
+        c.add_consumer(self, spec, on_added).map_err(|r| match r {
+            engine::Refusal::Deleted => {
+                BrokerError::not_found(ObjectKind::Queue, &self.name, &self.vhost)
+            }
+            engine::Refusal::ExclusiveConsumer => BrokerError::ExclusiveConsumer {
+                name: self.name.to_string(),
+                vhost: self.vhost.clone(),
+            },
+        })
     }
 
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> ConsumerRemoved {
-        if let Some(s) = self.stream_queue() {
-            return ConsumerRemoved {
+        match &self.backend {
+            Backend::Classic(c) => {
+                let (existed, auto_delete_now) = c.remove_consumer(self, id);
+                ConsumerRemoved {
+                    existed,
+                    auto_delete_now,
+                }
+            }
+            Backend::Stream(s) => ConsumerRemoved {
                 existed: s.remove_consumer(id),
                 auto_delete_now: false,
-            };
+            },
+            // The home node decides auto-deletion.
+            Backend::Remote(r) => ConsumerRemoved {
+                existed: r.remove_consumer(self, id),
+                auto_delete_now: false,
+            },
         }
-        let (existed, auto_delete_now) = self.classic().remove_consumer(self, id);
-        ConsumerRemoved {
-            existed,
-            auto_delete_now,
+    }
+
+    // ---- a queue on another node (the server awaits these) ----
+
+    /// basic.consume on a remote queue: the consumer is registered here at once and with
+    /// the home node by the future. Deliveries wait until [`Queue::activate_remote`] (after
+    /// consume-ok). `None` for a local queue.
+    pub fn consume_remote(
+        self: &Arc<Self>,
+        spec: ConsumerSpec,
+    ) -> Option<(ConsumerId, BoxFuture<Result<()>>)> {
+        Some(self.remote_backend()?.consume(self, spec))
+    }
+
+    /// consume-ok went out: deliveries may flow to the consumer.
+    pub fn activate_remote(self: &Arc<Self>, id: ConsumerId) {
+        if let Some(r) = self.remote_backend() {
+            r.activate(self, id);
+        }
+    }
+
+    /// basic.cancel of a remote queue's consumer: resolves once every delivery the home
+    /// node sent it has been handed over.
+    pub fn cancel_remote(self: &Arc<Self>, id: ConsumerId) -> Option<BoxFuture<()>> {
+        Some(self.remote_backend()?.cancel(self, id))
+    }
+
+    /// basic.get on a remote queue.
+    pub fn get_remote(self: &Arc<Self>, ack_required: bool) -> Option<BoxFuture<Result<Got>>> {
+        Some(self.remote_backend()?.get(self, ack_required))
+    }
+
+    /// queue.purge on a remote queue.
+    pub fn purge_remote(self: &Arc<Self>) -> Option<BoxFuture<Result<u32>>> {
+        Some(self.remote_backend()?.purge(self))
+    }
+
+    /// A remote queue's figures from its home node (`touch`: counts as use, x-expires).
+    pub fn stats_remote(self: &Arc<Self>, touch: bool) -> Option<BoxFuture<Result<QueueStats>>> {
+        Some(self.remote_backend()?.fetch_stats(self, touch))
+    }
+
+    /// RabbitMQ's error for a queue whose home node is down or cut off, when it is.
+    pub fn unavailable(&self) -> Option<BrokerError> {
+        let r = self.remote_backend()?;
+        r.link().session().is_none().then(|| r.home_down(self))
+    }
+
+    /// A delivery from the home node for this node's consumer `id` (the cluster's message
+    /// path calls this in arrival order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn remote_deliver(
+        self: &Arc<Self>,
+        id: ConsumerId,
+        session: u64,
+        offset: u64,
+        redelivered: bool,
+        ack_required: bool,
+        enqueued_at: u32,
+        message: Arc<Message>,
+    ) {
+        if let Some(r) = self.remote_backend() {
+            r.deliver(
+                self,
+                id,
+                session,
+                offset,
+                redelivered,
+                ack_required,
+                enqueued_at,
+                message,
+            );
+        }
+    }
+
+    /// The home node cancelled this node's consumer `id` (the queue was deleted there).
+    pub fn remote_consumer_cancelled(&self, id: ConsumerId) {
+        if let Some(r) = self.remote_backend() {
+            r.consumer_cancelled(self, id);
+        }
+    }
+
+    /// The link session to the home node ended: this node's consumers are cancelled.
+    pub fn remote_session_ended(&self, session: u64) {
+        if let Some(r) = self.remote_backend() {
+            r.session_ended(session);
         }
     }
 
@@ -563,51 +743,72 @@ impl Queue {
     /// Deliveries (by offset) acknowledged: they leave the queue, their consumers' credit
     /// frees up and more is delivered.
     pub fn settle(self: &Arc<Self>, offsets: &[u64]) {
-        if let Some(s) = self.stream_queue() {
-            return s.settle(self, offsets);
+        match &self.backend {
+            Backend::Classic(c) => c.settle(self, offsets),
+            Backend::Stream(s) => s.settle(self, offsets),
+            Backend::Remote(r) => r.settle(self, offsets, Settlement::Ack),
         }
-        self.classic().settle(self, offsets);
     }
 
     /// Deliveries rejected without requeue: settled, and dead-lettered (reason `rejected`)
     /// when the queue has a dead-letter exchange.
     pub fn reject(self: &Arc<Self>, offsets: &[u64]) {
-        if let Some(s) = self.stream_queue() {
-            return s.settle(self, offsets);
+        match &self.backend {
+            Backend::Classic(c) => c.discard(self, offsets),
+            Backend::Stream(s) => s.settle(self, offsets),
+            Backend::Remote(r) => r.settle(self, offsets, Settlement::Reject),
         }
-        self.classic().discard(self, offsets);
     }
 
     /// Puts delivered messages back at their original positions (within their priority),
     /// marked redelivered, keeping their original expiry and enqueue time.
     pub fn requeue(self: &Arc<Self>, offsets: &[u64]) {
-        if let Some(s) = self.stream_queue() {
+        match &self.backend {
+            Backend::Classic(c) => c.requeue(self, offsets),
             // Nothing is requeued in a log: the consumer's credit comes back.
-            return s.settle(self, offsets);
+            Backend::Stream(s) => s.settle(self, offsets),
+            Backend::Remote(r) => r.settle(self, offsets, Settlement::Requeue),
         }
-        self.classic().requeue(self, offsets);
     }
 
-    /// Drops every ready message (not the unacked ones); returns how many.
-    pub fn purge(self: &Arc<Self>) -> u32 {
-        if self.stream_queue().is_some() {
-            return 0;
+    /// Puts back deliveries that never reached a client (a consumer on another node went
+    /// away while they were on their way): not counted as redeliveries.
+    pub fn release(self: &Arc<Self>, offsets: &[u64]) {
+        match &self.backend {
+            Backend::Classic(c) => c.release(self, offsets),
+            Backend::Stream(s) => s.settle(self, offsets),
+            Backend::Remote(r) => r.settle(self, offsets, Settlement::Release),
         }
-        u32::try_from(self.classic().purge(self)).unwrap_or(u32::MAX)
+    }
+
+    /// Drops every ready message (not the unacked ones); returns how many. A remote
+    /// queue's purge is sent to its home node without waiting (the count is not known here:
+    /// 0); the server awaits [`Queue::purge_remote`] instead.
+    pub fn purge(self: &Arc<Self>) -> u32 {
+        match &self.backend {
+            Backend::Classic(c) => u32::try_from(c.purge(self)).unwrap_or(u32::MAX),
+            Backend::Stream(_) => 0,
+            Backend::Remote(r) => {
+                drop(r.purge(self));
+                0
+            }
+        }
     }
 
     /// Marks the queue deleted, drops its messages and cancels its consumers (their sinks are
     /// told). Returns the ready count it had.
     pub(crate) fn mark_deleted(self: &Arc<Self>) -> u32 {
-        if let Some(s) = self.stream_queue() {
-            return u32::try_from(s.delete()).unwrap_or(u32::MAX);
+        match &self.backend {
+            Backend::Classic(c) => u32::try_from(c.delete(self)).unwrap_or(u32::MAX),
+            Backend::Stream(s) => u32::try_from(s.delete()).unwrap_or(u32::MAX),
+            Backend::Remote(r) => r.mark_deleted(),
         }
-        u32::try_from(self.classic().delete(self)).unwrap_or(u32::MAX)
     }
 
     /// Slots the ready deques hold (capacity, not length).
     #[cfg(test)]
     pub(crate) fn ready_capacity(&self) -> usize {
-        self.classic().with_engine(|e| e.ready_capacity())
+        self.classic_opt()
+            .map_or(0, |c| c.with_engine(|e| e.ready_capacity()))
     }
 }

@@ -288,7 +288,12 @@ impl Applier {
                 if *checked {
                     pier_broker::names::check_not_reserved(ObjectKind::Queue, name)?;
                 }
-                let declared = vh.declare_queue(&d)?;
+                // A durable queue lives on its home node; the others get a remote handle.
+                let declared = if *durable {
+                    vh.declare_queue_at(&d, home)?
+                } else {
+                    vh.declare_queue(&d)?
+                };
                 if declared.created && *durable {
                     self.catalog.set_queue_home(
                         vhost,
@@ -568,7 +573,7 @@ impl Applier {
             let (Ok(a), Ok(name)) = (args(&q.arguments), short(&q.name)) else {
                 continue;
             };
-            let r = vh.declare_queue(&QueueDeclare {
+            let d = QueueDeclare {
                 name,
                 passive: false,
                 durable: true,
@@ -576,7 +581,17 @@ impl Applier {
                 auto_delete: q.auto_delete,
                 arguments: a,
                 connection: NO_CONNECTION,
-            });
+            };
+            // Where it lives is in the snapshot's catalog (installed below).
+            let home = snapshot
+                .catalog
+                .queue_homes
+                .get(&(q.vhost.clone(), q.name.clone()))
+                .map(|h| h.home.as_str());
+            let r = match home {
+                Some(h) => vh.declare_queue_at(&d, h),
+                None => vh.declare_queue(&d),
+            };
             log("declare queue", r.map(drop));
         }
         let have_b: BTreeSet<BindingKey<'_>> = current.bindings.iter().map(binding_key).collect();

@@ -147,23 +147,32 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 /// Registers the message stores of the new durable queues a batch declares, per vhost, in
 /// one durable write each (instead of one fsync per queue while applying).
 fn prepare_queues(applier: &Applier, entries: &[Entry]) {
-    fn collect(cmd: &crate::metadata::MetadataCommand, out: &mut HashMap<String, Vec<String>>) {
+    fn collect(
+        cmd: &crate::metadata::MetadataCommand,
+        me: Option<&str>,
+        out: &mut HashMap<String, Vec<String>>,
+    ) {
         use crate::metadata::MetadataCommand as C;
         match cmd {
+            // Only queues homed here store messages here.
             C::DeclareQueue {
                 vhost,
                 name,
                 durable: true,
+                home,
                 ..
-            } => out.entry(vhost.clone()).or_default().push(name.clone()),
-            C::Batch { commands } => commands.iter().for_each(|c| collect(c, out)),
+            } if me.is_none_or(|me| me == home) => {
+                out.entry(vhost.clone()).or_default().push(name.clone())
+            }
+            C::Batch { commands } => commands.iter().for_each(|c| collect(c, me, out)),
             _ => {}
         }
     }
+    let me = applier.broker().cluster().map(|c| c.node().to_owned());
     let mut by_vhost = HashMap::new();
     for e in entries {
         if let EntryPayload::Normal(p) = &e.payload {
-            collect(&p.command, &mut by_vhost);
+            collect(&p.command, me.as_deref(), &mut by_vhost);
         }
     }
     for (vhost, mut names) in by_vhost {

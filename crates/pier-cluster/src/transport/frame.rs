@@ -1,8 +1,10 @@
 //! The peer transport's frames, sans I/O.
 //!
 //! ```text
-//!  u32 length (of what follows) | u8 kind | u64 id | payload (MessagePack)
-//!  kind: 1 hello, 2 welcome, 3 refused, 4 request, 5 response
+//!  u32 length (of what follows) | u8 kind | u64 id | payload
+//!  kind: 1 hello, 2 welcome, 3 refused, 4 request, 5 response (payload: MessagePack)
+//!        6 lane (payload: the message path's own encoding, queues/wire.rs; id unused)
+//!        7 lane credit (no payload; id: the bytes of lane frames the sender may send more)
 //! ```
 //!
 //! `id` pairs a response with its request on a connection that carries many at once, in
@@ -16,6 +18,9 @@ use serde::Serialize;
 /// The largest frame accepted (a snapshot chunk is 1 MiB; a log batch of 256 metadata
 /// entries is far smaller; a definitions import is cut into batches).
 pub const MAX_FRAME: usize = 16 << 20;
+/// The largest lane frame: one message of the largest size a client may publish
+/// (`max_message_size`, 128 MiB by default) with its properties and routing.
+pub const MAX_LANE_FRAME: usize = 136 << 20;
 const HEADER: usize = 4 + 1 + 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +30,8 @@ pub enum Kind {
     Refused = 3,
     Request = 4,
     Response = 5,
+    Lane = 6,
+    LaneCredit = 7,
 }
 
 impl Kind {
@@ -35,6 +42,8 @@ impl Kind {
             3 => Kind::Refused,
             4 => Kind::Request,
             5 => Kind::Response,
+            6 => Kind::Lane,
+            7 => Kind::LaneCredit,
             _ => return None,
         })
     }
@@ -81,6 +90,33 @@ pub fn encode<T: Serialize>(
     Ok(())
 }
 
+/// Starts a frame whose payload the caller appends (`finish` writes its length).
+pub fn begin(kind: Kind, id: u64, capacity: usize) -> BytesMut {
+    let mut out = BytesMut::with_capacity(HEADER + capacity);
+    out.put_u32(0);
+    out.put_u8(kind as u8);
+    out.put_u64(id);
+    out
+}
+
+/// Completes a frame made with `begin`.
+pub fn finish(mut frame: BytesMut) -> Result<Bytes, FrameError> {
+    let len = frame.len().saturating_sub(4);
+    let limit = match frame.get(4) {
+        Some(&k) if k == Kind::Lane as u8 => MAX_LANE_FRAME,
+        _ => MAX_FRAME,
+    };
+    if len > limit || len < HEADER - 4 {
+        return Err(FrameError::TooLarge(len));
+    }
+    let bytes = u32::try_from(len).map_err(|_| FrameError::TooLarge(len))?;
+    frame
+        .get_mut(..4)
+        .ok_or(FrameError::Short(len))?
+        .copy_from_slice(&bytes.to_be_bytes());
+    Ok(frame.freeze())
+}
+
 /// Takes one complete frame off the front of `buf`; `Ok(None)` when more bytes are needed.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     let Some(len_bytes) = buf.get(..4) else {
@@ -88,7 +124,12 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     };
     let len = u32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
+        // Only a lane frame (one message) may be larger.
+        match buf.get(4) {
+            None => return Ok(None),
+            Some(&k) if k == Kind::Lane as u8 && len <= MAX_LANE_FRAME => {}
+            Some(_) => return Err(FrameError::TooLarge(len)),
+        }
     }
     if len < HEADER - 4 {
         return Err(FrameError::Short(len));
@@ -146,10 +187,25 @@ mod tests {
     #[test]
     fn hostile_lengths_and_kinds_are_errors_not_allocations() {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        // Over the limit: the kind decides (only a lane frame may be larger), so wait for it.
+        assert_eq!(decode(&mut buf), Ok(None));
+        buf.put_u8(Kind::Request as u8);
         assert_eq!(
             decode(&mut buf),
             Err(FrameError::TooLarge(u32::MAX as usize))
         );
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        buf.put_u8(Kind::Lane as u8);
+        assert_eq!(
+            decode(&mut buf),
+            Err(FrameError::TooLarge(u32::MAX as usize)),
+            "a lane frame has its own, larger limit"
+        );
+        // A lane frame above the general limit but within its own waits for its bytes.
+        let mut buf = BytesMut::new();
+        buf.put_u32((MAX_FRAME + 100) as u32);
+        buf.put_u8(Kind::Lane as u8);
+        assert_eq!(decode(&mut buf), Ok(None));
         let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 1, 2, 3][..]);
         assert_eq!(decode(&mut buf), Err(FrameError::Short(3)));
         let mut buf = BytesMut::new();
@@ -163,5 +219,20 @@ mod tests {
             payload: Bytes::from_static(&[0xc1]),
         };
         assert!(payload::<u64>(&f).is_err());
+    }
+
+    #[test]
+    fn begun_frames_round_trip() {
+        let mut f = begin(Kind::Lane, 0, 8);
+        f.extend_from_slice(b"payload");
+        let bytes = finish(f).unwrap();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let got = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(got.kind, Kind::Lane);
+        assert_eq!(&got.payload[..], b"payload");
+        let credit = finish(begin(Kind::LaneCredit, 12345, 0)).unwrap();
+        let mut buf = BytesMut::from(&credit[..]);
+        let got = decode(&mut buf).unwrap().unwrap();
+        assert_eq!((got.kind, got.id), (Kind::LaneCredit, 12345));
     }
 }

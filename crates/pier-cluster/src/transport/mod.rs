@@ -13,6 +13,9 @@
 //! A node whose data belongs to another cluster is refused at the handshake, with a reason
 //! both sides log. TLS is not there yet (a `[tls]` section does not cover the cluster port:
 //! see docs/clustering.md).
+//!
+//! Besides requests and answers, a connection carries the message lane (link.rs): ordered
+//! one-way frames with their own credit, for the message path between nodes (`queues/`).
 
 pub mod frame;
 mod link;
@@ -33,13 +36,22 @@ pub use self::link::Link;
 use crate::raft::{node_id, PeerNode};
 use crate::rpc::{Hello, Request, Response, PROTOCOL_VERSION};
 
-/// Handles the requests peers send (implemented by the cluster node).
+/// Handles what peers send (implemented by the cluster node).
 pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         from: PeerNode,
         request: Request,
     ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+
+    /// One lane frame's payload, in arrival order (one task per connection calls this).
+    fn lane(&self, _link: &Arc<Link>, _payload: bytes::Bytes) {}
+
+    /// The lane frames at hand were handled (a batch ends).
+    fn lane_batch_done(&self, _link: &Arc<Link>) {}
+
+    /// The connection ended (after its last lane frame was handled).
+    fn closed(&self, _link: &Arc<Link>) {}
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -483,6 +495,14 @@ impl Transport {
                 link
             }
         }
+    }
+
+    /// The live connection to node `id`, if there is one (never dials).
+    pub fn current_link(&self, id: u64) -> Option<Arc<Link>> {
+        lock(&self.inner.links)
+            .get(&id)
+            .filter(|l| !l.is_closed())
+            .cloned()
     }
 
     /// Closes the connection to node `id` (it stopped answering); the next call dials again.

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use super::access::AccessControl;
-use super::channel::{Channel, ChannelCx};
+use super::channel::{Channel, ChannelCx, Pending};
 use super::error::{AmqpException, ConnectionError};
 use super::flow::FlowState;
 use super::handshake::{ClientCapabilities, FrameReader, Negotiated};
@@ -74,6 +74,11 @@ pub(crate) struct Connection {
     pub(crate) client_closed: bool,
     /// This connection in the registry: counters, and the reason for a forced close.
     pub(crate) registered: Arc<ConnectionEntry>,
+    /// The cluster's metadata front, on a clustered node only.
+    pub(crate) metadata: Option<pier_cluster::Metadata>,
+    /// A channel's method that waits for the cluster (a proposal, a queue's home node):
+    /// the reader awaits it before the next frame (RabbitMQ's per-channel order).
+    awaiting: Option<(u16, (u16, u16), Pending)>,
 }
 
 impl Connection {
@@ -103,6 +108,8 @@ impl Connection {
             closing: false,
             client_closed: false,
             registered,
+            metadata: None,
+            awaiting: None,
         }
     }
 
@@ -168,10 +175,32 @@ impl Connection {
                         return Err(ex.into());
                     }
                 };
-                let flow = match self.handle_frame(frame) {
+                let mut flow = match self.handle_frame(frame) {
                     Ok(flow) => flow,
                     Err(ex) => self.on_exception(ex),
                 };
+                if let Some((channel, ids, pending)) = self.awaiting.take() {
+                    // The method waits for the cluster; nothing else of this connection is
+                    // read meanwhile (the writer keeps sending, heartbeats included).
+                    self.flush_confirms();
+                    let done = tokio::select! {
+                        done = pending => Some(done),
+                        () = shutdown.cancelled(), if !self.closing => None,
+                    };
+                    last_read = tokio::time::Instant::now();
+                    match done {
+                        Some(complete) => {
+                            if let Err(ex) = self.complete(channel, ids, complete) {
+                                flow = self.on_exception(ex);
+                            }
+                        }
+                        None => {
+                            self.begin_forced_close();
+                            close_deadline =
+                                Some(tokio::time::Instant::now() + self.config.close_timeout);
+                        }
+                    }
+                }
                 if flow == Flow::Stop {
                     self.flush_confirms();
                     return Ok(());
@@ -370,8 +399,37 @@ impl Connection {
             outbound: &self.outbound,
             access: &mut self.access,
             credit: &self.credit,
+            cluster: self.metadata.as_ref(),
         };
         Some((ch, cx))
+    }
+
+    /// Finishes a channel method that waited for the cluster, with its errors scoped as a
+    /// synchronous handler's are.
+    fn complete(
+        &mut self,
+        channel: u16,
+        ids: (u16, u16),
+        complete: super::channel::Completion,
+    ) -> Result<(), AmqpException> {
+        let handled = match self.channel_cx(channel) {
+            Some((ch, _)) if ch.closing => return Ok(()),
+            Some((ch, mut cx)) => complete(ch, &mut cx),
+            None => return Ok(()),
+        };
+        match handled {
+            Err(ex) if !ex.is_hard() => {
+                let ex = if ex.class_id == 0 {
+                    ex.on_ids(ids.0, ids.1)
+                } else {
+                    ex
+                };
+                self.close_channel_with(channel, &ex);
+                Ok(())
+            }
+            Err(ex) if ex.class_id == 0 => Err(ex.on_ids(ids.0, ids.1)),
+            other => other,
+        }
     }
 
     /// Runs a content handler on an open channel; turns its soft errors into a channel close.
@@ -497,7 +555,13 @@ impl Connection {
             other => {
                 let ids = (other.class_id(), other.method_id());
                 let handled = match self.channel_cx(id) {
-                    Some((ch, mut cx)) => ch.handle(&mut cx, other),
+                    Some((ch, mut cx)) => {
+                        let r = ch.handle(&mut cx, other);
+                        if let Some(p) = ch.awaiting.take() {
+                            self.awaiting = Some((id, ids, p));
+                        }
+                        r
+                    }
                     None => Ok(()),
                 };
                 match handled {

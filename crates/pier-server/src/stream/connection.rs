@@ -520,11 +520,10 @@ impl Session {
                 let Some(user) = self.user.clone() else {
                     return false;
                 };
-                let opened = self
-                    .server
-                    .broker
-                    .open_vhost(&user, &o.virtual_host)
-                    .and_then(|vh| Ok((vh.acquire_connection_slot(&user)?, vh)));
+                let opened = match self.server.broker.open_vhost(&user, &o.virtual_host) {
+                    Ok(vh) => vh.acquire_connection_slot(&user).map(|slot| (slot, vh)),
+                    Err(e) => Err(e),
+                };
                 match opened {
                     Ok((slot, vh)) => {
                         self._slot = Some(slot);
@@ -718,6 +717,9 @@ impl Session {
                     ResponseCode::StreamDoesNotExist
                 } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Configure) {
                     ResponseCode::AccessRefused
+                } else if let Err(e) = superstream::refuse_if_clustered(&vh) {
+                    tracing::info!(stream = %d.stream, "delete stream refused: {e}");
+                    ResponseCode::PreconditionFailed
                 } else {
                     match vh.delete_queue(&d.stream, false, false, self.id) {
                         Ok(_) => ResponseCode::Ok,

@@ -28,6 +28,20 @@ pub(crate) fn queue_arguments(args: &[(String, String)]) -> FieldTable {
     t
 }
 
+/// The stream protocol's declarations and deletions are not replicated yet: on a clustered
+/// node they are refused rather than made on this node alone (a durable queue the other
+/// nodes would not know). Streams are declared over AMQP there (`x-queue-type: stream`).
+pub(crate) fn refuse_if_clustered(vh: &VHost) -> Result<(), BrokerError> {
+    if vh.cluster().is_some() {
+        return Err(BrokerError::NotImplemented(
+            "stream declarations and deletions over the stream protocol are not replicated \
+             in a cluster yet; declare the stream over AMQP (x-queue-type stream)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Declares a stream; `Ok(false)` when it already existed.
 pub(crate) fn create_stream(
     vh: &VHost,
@@ -35,6 +49,7 @@ pub(crate) fn create_stream(
     args: &[(String, String)],
     connection: u64,
 ) -> Result<bool, BrokerError> {
+    refuse_if_clustered(vh)?;
     let name = ShortString::try_from_string(name.to_owned())
         .map_err(|_| BrokerError::PreconditionFailed("stream name too long".into()))?;
     if let Some(q) = vh.find_queue(&name) {
@@ -117,6 +132,7 @@ pub(crate) fn create(
     args: &[(String, String)],
     connection: u64,
 ) -> Result<bool, BrokerError> {
+    refuse_if_clustered(vh)?;
     if vh.exchange_exists(name) {
         return Ok(false);
     }
@@ -148,6 +164,7 @@ pub(crate) fn create(
 /// Deletes the partition streams and the exchange; `false` when there is no such super
 /// stream.
 pub(crate) fn delete(vh: &VHost, name: &str, connection: u64) -> Result<bool, BrokerError> {
+    refuse_if_clustered(vh)?;
     let Some(parts) = partitions(vh, name) else {
         return Ok(false);
     };

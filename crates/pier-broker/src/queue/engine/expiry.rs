@@ -154,7 +154,7 @@ impl QueueEngine {
                 .filter(|(_, co)| co.consumer == Some(id))
                 .map(|(o, _)| *o)
                 .collect();
-            self.return_messages(&offsets, cx, out);
+            self.return_messages(&offsets, true, cx, out);
         }
     }
 }

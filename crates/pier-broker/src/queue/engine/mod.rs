@@ -215,6 +215,10 @@ pub enum Command<'a> {
     Settle { offsets: &'a [u64] },
     /// Deliveries put back (nack/reject with requeue, recover, channel closed).
     Return { offsets: &'a [u64] },
+    /// Deliveries put back that never reached a client (a consumer on another node was
+    /// cancelled while they were on their way): back at their place, not counted as a
+    /// return, so neither the redelivered flag nor the delivery limit sees them.
+    Release { offsets: &'a [u64] },
     /// Deliveries rejected without requeue: dead-lettered when the queue has a DLX.
     Discard { offsets: &'a [u64] },
     /// Deliveries whose bodies could not be read back: they leave the queue.
@@ -513,7 +517,8 @@ impl QueueEngine {
             } => self.credit(consumer, credit, drain, cx, out),
             Command::Get { ack_required } => self.get(ack_required, cx, out),
             Command::Settle { offsets } => self.settle(offsets, cx, out),
-            Command::Return { offsets } => self.return_messages(offsets, cx, out),
+            Command::Return { offsets } => self.return_messages(offsets, true, cx, out),
+            Command::Release { offsets } => self.return_messages(offsets, false, cx, out),
             Command::Discard { offsets } => self.discard(offsets, cx, out),
             Command::Lost { offsets } => self.lost(offsets, cx, out),
             Command::PagedIn { bodies } => self.paged_in(bodies, cx, out),

@@ -51,10 +51,12 @@ impl QueueEngine {
 
     /// Puts deliveries back at their original positions (within their priority), marked
     /// redelivered, keeping their original expiry and enqueue time. A message returned more
-    /// often than the delivery limit is dead-lettered (or dropped) instead.
+    /// often than the delivery limit is dead-lettered (or dropped) instead. With `counted`
+    /// false (`Release`: the delivery never reached a client) it goes back as it was.
     pub(super) fn return_messages(
         &mut self,
         offsets: &[u64],
+        counted: bool,
         cx: &mut Context<'_>,
         out: &mut Vec<Effect>,
     ) -> Reply {
@@ -67,18 +69,21 @@ impl QueueEngine {
             if self.deleted {
                 continue;
             }
-            let returns = co.returns.saturating_add(1);
-            if self
-                .config
-                .delivery_limit
-                .is_some_and(|limit| returns > limit)
+            let returns = co.returns.saturating_add(u32::from(counted));
+            if counted
+                && self
+                    .config
+                    .delivery_limit
+                    .is_some_and(|limit| returns > limit)
             {
                 self.dead_letter(out, &co.entry, DeathReason::DeliveryLimit);
                 self.release_entry(&co.entry, out);
                 continue;
             }
             let mut entry = co.entry;
-            entry.set_redelivered();
+            if counted {
+                entry.set_redelivered();
+            }
             self.added(&entry);
             self.lower_next_expiry(entry.expires_at);
             if let Some(l) = self.levels.get_mut(usize::from(co.level)) {

@@ -260,6 +260,27 @@ fn quorum_delivery_limit_defaults_to_20_and_minus_one_turns_it_off() {
 }
 
 #[test]
+fn released_deliveries_come_back_as_they_were() {
+    // A consumer on another node went away while deliveries were on their way to it: they
+    // never reached a client, so they are neither redelivered nor counted as returns.
+    let mut c = config(QueueConfig::default());
+    c.delivery_limit = Some(1);
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    for _ in 0..3 {
+        let s = h.step(Command::Release { offsets: &[0] });
+        assert_eq!(deliveries(&s), [(Some(1), 0, false)]);
+    }
+    // A real return still counts.
+    let s = h.step(Command::Return { offsets: &[0] });
+    assert_eq!(deliveries(&s), [(Some(1), 0, true)]);
+}
+
+#[test]
 fn ttl_expires_heads_on_tick_and_before_delivery() {
     let mut h = Harness::new(config(QueueConfig {
         message_ttl: Some(100),

@@ -228,6 +228,11 @@ impl Channel {
                 ),
             ));
         }
+        if queue.is_remote() {
+            // Homed on another node: registered there first.
+            self.consume_remote(queue, spec, m.nowait);
+            return Ok(());
+        }
         let outbound = Arc::clone(cx.outbound);
         let (nowait, number, reply_tag) = (m.nowait, self.number, tag.clone());
         let id = queue.add_consumer(spec, move || {
@@ -250,6 +255,17 @@ impl Channel {
         cx: &mut ChannelCx<'_>,
         m: BasicCancel,
     ) -> Result<(), AmqpException> {
+        self.forget_cancelled(cx);
+        if self
+            .consumers
+            .get(&m.consumer_tag)
+            .is_some_and(|h| h.queue.is_remote())
+        {
+            if let Some(handle) = self.consumers.remove(&m.consumer_tag) {
+                self.cancel_remote(handle, m.consumer_tag, m.nowait);
+                return Ok(());
+            }
+        }
         self.cancel_consumer(cx, &m.consumer_tag);
         if !m.nowait {
             self.reply(
@@ -274,7 +290,7 @@ impl Channel {
         };
         let removed = handle.queue.remove_consumer(handle.id);
         if removed.auto_delete_now {
-            cx.vhost.remove_queue(&handle.queue);
+            cx.vhost.auto_delete_queue(&handle.queue);
         }
     }
 
@@ -295,6 +311,10 @@ impl Channel {
                     cx.vhost.name()
                 ),
             ));
+        }
+        if q.is_remote() {
+            self.get_remote(&q, no_ack);
+            return Ok(());
         }
         match q.get(!no_ack) {
             Some((delivery, remaining)) => {

@@ -1,6 +1,7 @@
 //! The exchange class: exchange.declare, delete, bind, unbind.
 
 use pier_broker::{Access, ExchangeDeclare, ObjectKind};
+use pier_cluster::metadata::DestinationKind;
 use pier_wire::{
     ExchangeBind, ExchangeBindOk, ExchangeDeclareOk, ExchangeDelete, ExchangeDeleteOk,
     ExchangeUnbind, ExchangeUnbindOk, FieldTable, FieldValue, Method,
@@ -17,6 +18,16 @@ impl Channel {
     ) -> Result<(), AmqpException> {
         if !m.passive && !m.exchange.is_empty() {
             authorize_exchange_declare(cx, &m.exchange, &m.arguments)?;
+        }
+        if let Some(md) = cx.cluster {
+            // A new durable exchange is the cluster's; an existing one is only compared.
+            if !m.passive
+                && m.durable
+                && !m.exchange.is_empty()
+                && !cx.vhost.exchange_exists(&m.exchange)
+            {
+                return self.exchange_declare_clustered(cx, md, m);
+            }
         }
         cx.vhost.declare_exchange(&ExchangeDeclare {
             name: m.exchange,
@@ -42,6 +53,11 @@ impl Channel {
         if !m.exchange.is_empty() && !m.exchange.starts_with("amq.") {
             cx.access
                 .check(ObjectKind::Exchange, &m.exchange, Access::Configure)?;
+            if let Some(md) = cx.cluster {
+                if cx.vhost.is_durable_exchange(&m.exchange) {
+                    return self.exchange_delete_clustered(cx, md, m);
+                }
+            }
         }
         cx.vhost.delete_exchange(&m.exchange, m.if_unused)?;
         if !m.nowait {
@@ -62,6 +78,21 @@ impl Channel {
             &m.source,
             &m.routing_key,
         )?;
+        if let Some(md) = cx.cluster {
+            if durable_pair(cx, &m.destination, &m.source) {
+                return self.binding_clustered(
+                    cx,
+                    md,
+                    true,
+                    DestinationKind::Exchange,
+                    &m.destination,
+                    &m.source,
+                    &m.routing_key,
+                    &m.arguments,
+                    m.nowait,
+                );
+            }
+        }
         cx.vhost
             .bind_exchange(&m.destination, &m.source, m.routing_key, m.arguments)?;
         if !m.nowait {
@@ -82,6 +113,21 @@ impl Channel {
             &m.source,
             &m.routing_key,
         )?;
+        if let Some(md) = cx.cluster {
+            if durable_pair(cx, &m.destination, &m.source) {
+                return self.binding_clustered(
+                    cx,
+                    md,
+                    false,
+                    DestinationKind::Exchange,
+                    &m.destination,
+                    &m.source,
+                    &m.routing_key,
+                    &m.arguments,
+                    m.nowait,
+                );
+            }
+        }
         cx.vhost
             .unbind_exchange(&m.destination, &m.source, m.routing_key, m.arguments)?;
         if !m.nowait {
@@ -89,6 +135,14 @@ impl Channel {
         }
         Ok(())
     }
+}
+
+/// Both ends are durable exchanges (a binding the cluster holds).
+fn durable_pair(cx: &ChannelCx<'_>, destination: &str, source: &str) -> bool {
+    !destination.is_empty()
+        && !source.is_empty()
+        && cx.vhost.is_durable_exchange(destination)
+        && cx.vhost.is_durable_exchange(source)
 }
 
 /// exchange.declare (not passive): configure access to the exchange; when it is created with

@@ -17,6 +17,14 @@
 //! the outbound frame queue, publish credit) arrives as a [`ChannelCx`] borrowed for the call.
 //! Handlers call into the broker and answer through the connection's `Outbound`; a returned
 //! `AmqpException` is scoped by its code (soft: the channel closes, hard: the connection does).
+//!
+//! **Waiting for the cluster** (`cluster.rs`). On a clustered node some methods cannot finish
+//! at once: a durable declaration, deletion or binding is committed through the cluster, and
+//! an operation on a queue homed on another node waits for that node. Such a handler leaves a
+//! [`Pending`] in `awaiting`: a future that resolves to a [`Completion`], which the reader
+//! loop awaits before it reads the next frame (so every channel's methods stay in order, as
+//! in RabbitMQ) and then runs on the channel like a handler. A single node never takes this
+//! path.
 
 mod basic;
 mod confirm;
@@ -25,7 +33,11 @@ mod publish;
 mod queue;
 mod tx;
 
+mod cluster;
+
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -54,7 +66,16 @@ pub(crate) struct ChannelCx<'a> {
     pub access: &'a mut AccessControl,
     /// Publishes not yet on disk (credit.rs).
     pub credit: &'a Arc<Credit>,
+    /// The cluster's metadata front: set on a clustered node only.
+    pub cluster: Option<&'a pier_cluster::Metadata>,
 }
+
+/// What finishes a method that waited for the cluster, run on its channel like a handler.
+pub(crate) type Completion =
+    Box<dyn FnOnce(&mut Channel, &mut ChannelCx<'_>) -> Result<(), AmqpException> + Send>;
+
+/// A method waiting for the cluster (see the module docs).
+pub(crate) type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
 
 pub(crate) struct ConsumerHandle {
     pub queue: Arc<Queue>,
@@ -83,6 +104,8 @@ pub(crate) struct Channel {
     pub last_queue: Option<ShortString>,
     /// Direct reply-to: this channel consumes from `amq.rabbitmq.reply-to`.
     pub reply: Option<ReplyConsumer>,
+    /// A method of this channel waiting for the cluster; the connection takes it.
+    pub awaiting: Option<Pending>,
 }
 
 pub(super) fn precondition(detail: impl std::fmt::Display) -> AmqpException {
@@ -110,7 +133,16 @@ impl Channel {
             pending: None,
             last_queue: None,
             reply: None,
+            awaiting: None,
         }
+    }
+
+    /// Leaves `fut` for the reader loop to await; its completion runs on this channel.
+    fn wait_for<F>(&mut self, fut: F)
+    where
+        F: Future<Output = Completion> + Send + 'static,
+    {
+        self.awaiting = Some(Box::pin(fut));
     }
 
     /// Sends a method frame on this channel.
@@ -234,7 +266,7 @@ impl Channel {
         for (_, c) in self.consumers.drain() {
             let removed = c.queue.remove_consumer(c.id);
             if removed.auto_delete_now {
-                cx.vhost.remove_queue(&c.queue);
+                cx.vhost.auto_delete_queue(&c.queue);
             }
         }
         let unacked = cx.outbound.close_channel(self.number);

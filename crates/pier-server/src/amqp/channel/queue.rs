@@ -9,6 +9,7 @@ use pier_wire::{
 use super::{Channel, ChannelCx};
 use crate::amqp::direct_reply;
 use crate::amqp::error::AmqpException;
+use pier_cluster::metadata::DestinationKind;
 
 impl Channel {
     pub(super) fn queue_declare(
@@ -30,6 +31,16 @@ impl Channel {
             }
             return Ok(());
         }
+        if let Some(md) = cx.cluster {
+            // A new durable, non-exclusive queue is the cluster's, homed here.
+            if !m.passive
+                && m.durable
+                && !m.exclusive
+                && (m.queue.is_empty() || cx.vhost.find_queue(&m.queue).is_none())
+            {
+                return self.queue_declare_clustered(cx, md, m);
+            }
+        }
         // Permissions are checked inside the declaration (a server-named queue's name is
         // only known there), against the permission as of now.
         cx.access.refresh();
@@ -48,6 +59,11 @@ impl Channel {
             },
             &mut authorize,
         )?;
+        if declared.queue.is_remote() {
+            // Its counts are on its home node.
+            self.declare_ok_remote(declared.queue, m.nowait);
+            return Ok(());
+        }
         let name = declared.queue.name().clone();
         self.last_queue = Some(name.clone());
         if !m.nowait {
@@ -70,6 +86,21 @@ impl Channel {
     ) -> Result<(), AmqpException> {
         let queue = self.queue_name(m.queue)?;
         Channel::authorize_binding(cx, ObjectKind::Queue, &queue, &m.exchange, &m.routing_key)?;
+        if let Some(md) = cx.cluster {
+            if replicated_binding(cx, &queue, &m.exchange) {
+                return self.binding_clustered(
+                    cx,
+                    md,
+                    true,
+                    DestinationKind::Queue,
+                    &queue,
+                    &m.exchange,
+                    &m.routing_key,
+                    &m.arguments,
+                    m.nowait,
+                );
+            }
+        }
         cx.vhost.bind_queue(
             &queue,
             &m.exchange,
@@ -90,6 +121,21 @@ impl Channel {
     ) -> Result<(), AmqpException> {
         let queue = self.queue_name(m.queue)?;
         Channel::authorize_binding(cx, ObjectKind::Queue, &queue, &m.exchange, &m.routing_key)?;
+        if let Some(md) = cx.cluster {
+            if replicated_binding(cx, &queue, &m.exchange) {
+                return self.binding_clustered(
+                    cx,
+                    md,
+                    false,
+                    DestinationKind::Queue,
+                    &queue,
+                    &m.exchange,
+                    &m.routing_key,
+                    &m.arguments,
+                    false,
+                );
+            }
+        }
         cx.vhost.unbind_queue(
             &queue,
             &m.exchange,
@@ -108,6 +154,12 @@ impl Channel {
     ) -> Result<(), AmqpException> {
         let queue = self.queue_name(m.queue)?;
         cx.access.check(ObjectKind::Queue, &queue, Access::Read)?;
+        let q = cx.vhost.queue(&queue, cx.connection)?;
+        // A stream (here or homed elsewhere) is refused by the vhost, as RabbitMQ does.
+        if q.is_remote() && q.kind() != pier_broker::queue::QueueType::Stream {
+            self.queue_purge_remote(&q, m.nowait);
+            return Ok(());
+        }
         let message_count = cx.vhost.purge_queue(&queue, cx.connection)?;
         if !m.nowait {
             self.reply(cx, Method::QueuePurgeOk(QueuePurgeOk { message_count }));
@@ -123,6 +175,20 @@ impl Channel {
         let queue = self.queue_name(m.queue)?;
         cx.access
             .check(ObjectKind::Queue, &queue, Access::Configure)?;
+        if let Some(md) = cx.cluster {
+            if let Some(q) = cx.vhost.find_queue(&queue) {
+                if cx.vhost.is_replicated_queue(&q) {
+                    return self.queue_delete_clustered(
+                        cx,
+                        md,
+                        q,
+                        m.if_unused,
+                        m.if_empty,
+                        m.nowait,
+                    );
+                }
+            }
+        }
         // This channel's own consumers of the queue hear of it after delete-ok.
         cx.outbound.defer_cancels(self.number);
         let deleted = cx
@@ -137,4 +203,15 @@ impl Channel {
         deleted?;
         Ok(())
     }
+}
+
+/// A binding the cluster holds: a durable exchange (not the default one) and a replicated
+/// queue. Anything else (a missing end included) takes the local path and its errors.
+fn replicated_binding(cx: &ChannelCx<'_>, queue: &str, exchange: &str) -> bool {
+    !exchange.is_empty()
+        && cx.vhost.is_durable_exchange(exchange)
+        && cx
+            .vhost
+            .find_queue(queue)
+            .is_some_and(|q| cx.vhost.is_replicated_queue(&q))
 }

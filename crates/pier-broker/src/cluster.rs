@@ -1,0 +1,43 @@
+//! The seam between the broker and a cluster of nodes. `pier-cluster` implements it; a single
+//! node has none, and then nothing here runs.
+//!
+//! ```text
+//!  VHost ── Cluster::home_of / node ──► where a durable queue lives (the replicated catalog)
+//!    │   ── Cluster::link(home) ──────► QueueLink: the message path to that node's queues
+//!    │                                   (Queue backend `Remote`, queue/remote.rs)
+//!    └── Cluster::delete_queue / delete_exchange: lifecycle events (auto-delete, x-expires)
+//!        of replicated objects, proposed to the cluster instead of acted on locally
+//! ```
+//!
+//! Everything here is synchronous and must not block: the broker calls it under its locks.
+//! Work that needs the network (a proposal) is started and left to run.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::queue::remote::QueueLink;
+
+/// A boxed, sendable future (the broker itself runs none: the server awaits them).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the broker needs to know about the cluster it is part of.
+pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
+    /// This node's name (`pier@host`).
+    fn node(&self) -> &str;
+
+    /// The home node of the durable queue `queue` of `vhost` as the cluster recorded it;
+    /// `None` when the cluster has no record of it (it is then created here).
+    fn home_of(&self, vhost: &str, queue: &str) -> Option<String>;
+
+    /// The message path to the queues homed on `node`.
+    fn link(&self, node: &str) -> Arc<dyn QueueLink>;
+
+    /// A replicated queue homed here must go (auto-delete after its last consumer,
+    /// `x-expires`): propose its deletion to the cluster. `reason` is for the log.
+    fn delete_queue(&self, vhost: &str, queue: &str, reason: &'static str);
+
+    /// A durable auto-delete exchange lost its last binding on this node: propose its
+    /// deletion (the cluster deletes it everywhere).
+    fn delete_exchange(&self, vhost: &str, exchange: &str);
+}

@@ -1,0 +1,287 @@
+"""Clients on any node, under faults: a durable queue lives on its home node, and clients of
+the other nodes reach it over the cluster's message path. A consumer keeps receiving across a
+leader change of the metadata group; a killed home node makes its queues absent (RabbitMQ's
+404) and loses nothing confirmed; a partition between a client's node and the queue's home
+cancels the consumer, nacks or returns what was in flight, and loses nothing confirmed. Also,
+over AMQP: declarations on a minority node fail clearly and quickly (541)."""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from harness import AMQP_PORT
+
+HOME_DOWN = "is down or inaccessible"
+
+
+def connect(node, **kw) -> pika.BlockingConnection:
+    params = pika.ConnectionParameters(host=node.ip, port=AMQP_PORT, connection_attempts=5,
+                                       retry_delay=0.5, socket_timeout=10, **kw)
+    return pika.BlockingConnection(params)
+
+
+def publish_confirmed(ch, queue: str, bodies: list[str]) -> list[str]:
+    """Publishes persistent messages with confirms; returns the bodies confirmed."""
+    confirmed = []
+    for b in bodies:
+        try:
+            ch.basic_publish("", queue, b.encode(), pika.BasicProperties(delivery_mode=2),
+                             mandatory=True)
+            confirmed.append(b)
+        except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
+            pass
+    return confirmed
+
+
+def drain(conn, ch, queue: str, want: int, timeout: float = 30.0) -> list[str]:
+    """Consumes (with acks) until `want` messages arrived or the time is up."""
+    got: list[str] = []
+
+    def on_message(c, m, _p, body):
+        got.append(body.decode())
+        c.basic_ack(m.delivery_tag)
+
+    tag = ch.basic_consume(queue, on_message)
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        conn.process_data_events(0.1)
+    ch.basic_cancel(tag)
+    return got
+
+
+def wait_for(what: str, check, timeout: float = 30.0, step=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        if step:
+            step()
+        else:
+            time.sleep(0.1)
+
+
+def absent_error(conn, action) -> pika.exceptions.ChannelClosedByBroker:
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        action(ch)
+    return e.value
+
+
+def test_a_consumer_elsewhere_keeps_receiving_across_a_leader_change(cluster):
+    leader = cluster.leader()
+    home, client = [n for n in cluster.nodes if n is not leader]
+    hc = connect(home)
+    hch = hc.channel()
+    hch.queue_declare("lc", durable=True)
+    hch.confirm_delivery()
+    cc = connect(client)
+    cch = cc.channel()
+    cch.basic_qos(prefetch_count=50)
+    got: list[str] = []
+    cancelled: list[object] = []
+    cch.add_on_cancel_callback(lambda f: cancelled.append(f))
+
+    def on_message(c, m, _p, body):
+        got.append(body.decode())
+        c.basic_ack(m.delivery_tag)
+
+    cch.basic_consume("lc", on_message)
+    sent: list[str] = []
+
+    def publish(n: int):
+        batch = [f"m{len(sent) + i}" for i in range(n)]
+        sent.extend(publish_confirmed(hch, "lc", batch))
+        cc.process_data_events(0)
+
+    publish(50)
+    wait_for("deliveries before the fault", lambda: len(got) >= 50,
+             step=lambda: cc.process_data_events(0.1))
+    leader.kill()
+    new = cluster.wait_formed(nodes=[home, client])
+    assert new != leader.name
+    # Messages keep flowing from the home node to the consumer on the other node, and the
+    # metadata group takes changes again under its new leader.
+    publish(100)
+    cch2 = cc.channel()
+    cch2.queue_declare("lc-after-election", durable=True)
+    leader.start()
+    leader.wait_http()
+    publish(50)
+    wait_for("every confirmed message at the consumer", lambda: set(sent) <= set(got),
+             step=lambda: cc.process_data_events(0.1))
+    assert not cancelled
+    assert len(sent) == 200
+    cluster.wait_formed()
+    cluster.assert_same_definitions()
+    cc.close()
+    hc.close()
+
+
+def test_a_killed_home_node_makes_its_queues_absent_and_loses_nothing(cluster):
+    a, b, home = cluster.nodes
+    hc = connect(home)
+    hc.channel().queue_declare("hk", durable=True)
+    hc.close()
+    ac = connect(a)
+    pub = ac.channel()
+    pub.confirm_delivery()
+    bodies = [f"p{i}" for i in range(100)]
+    # Published on a, confirmed once the home node has them on disk.
+    assert publish_confirmed(pub, "hk", bodies) == bodies
+    # Ten delivered to a consumer on b and not acknowledged when the home node dies.
+    bc = connect(b)
+    bch = bc.channel()
+    bch.basic_qos(prefetch_count=10)
+    held: list[str] = []
+    bch.basic_consume("hk", lambda c, m, p, body: held.append(body.decode()))
+    wait_for("ten deliveries on b", lambda: len(held) == 10,
+             step=lambda: bc.process_data_events(0.1))
+    # Operators see one broker: any node's overview counts every node's connections and
+    # channels, and the queue's figures are its home node's, fresh.
+    for n in cluster.nodes:
+        code, ov = n.api("GET", "/api/overview")
+        assert code == 200
+        assert (ov["object_totals"]["connections"], ov["object_totals"]["channels"]) == (2, 2), \
+            (n.name, ov["object_totals"])
+        assert (ov["queue_totals"]["messages"],
+                ov["queue_totals"]["messages_unacknowledged"]) == (100, 10), \
+            (n.name, ov["queue_totals"])
+        code, q = n.api("GET", "/api/queues/%2F/hk")
+        assert code == 200
+        assert (q["node"], q["messages_ready"], q["messages_unacknowledged"],
+                q["consumers"]) == (home.name, 90, 10, 1), (n.name, q)
+    cancelled: list[object] = []
+    bch.add_on_cancel_callback(lambda f: cancelled.append(f))
+    home.kill()
+    # The consumer is cancelled (RabbitMQ cancels consumers of a queue whose node is down).
+    wait_for("b's consumer cancelled", lambda: cancelled,
+             step=lambda: bc.process_data_events(0.1))
+    expected = (f"NOT_FOUND - home node '{home.name}' of durable queue 'hk' in vhost '/' "
+                f"{HOME_DOWN}")
+    for action in (lambda ch: ch.queue_declare("hk", durable=True, passive=True),
+                   lambda ch: ch.queue_declare("hk", durable=True),
+                   lambda ch: ch.basic_consume("hk", lambda *x: None),
+                   lambda ch: ch.basic_get("hk"),
+                   lambda ch: ch.queue_purge("hk"),
+                   lambda ch: ch.queue_delete("hk")):
+        e = absent_error(ac, action)
+        assert (e.reply_code, e.reply_text) == (404, expected)
+    # A publish is unroutable (RabbitMQ leaves a queue whose node is down out of routing).
+    with pytest.raises(pika.exceptions.UnroutableError):
+        pub.basic_publish("", "hk", b"x", mandatory=True)
+    # Back: every confirmed message is there, the ten unacknowledged ones redelivered.
+    home.start()
+    home.wait_http()
+    cluster.wait_formed()
+    ch = [ac.channel()]
+
+    def back_with_everything():
+        try:
+            declared = ch[0].queue_declare("hk", durable=True, passive=True)
+            return declared.method.message_count == 100
+        except pika.exceptions.ChannelClosedByBroker:
+            ch[0] = ac.channel()
+            time.sleep(0.2)
+            return False
+
+    wait_for("the queue back with its 100 messages", back_with_everything, timeout=40)
+    got = drain(ac, ch[0], "hk", 100)
+    assert sorted(got) == sorted(bodies)
+    bc.close()
+    ac.close()
+
+
+def test_a_partition_between_a_client_node_and_the_home_node(cluster):
+    a, b, home = cluster.nodes
+    hc = connect(home)
+    hc.channel().queue_declare("pt", durable=True)
+    hc.close()
+    ac = connect(a)
+    pub = ac.channel()
+    pub.confirm_delivery()
+    before = [f"before{i}" for i in range(50)]
+    assert publish_confirmed(pub, "pt", before) == before
+    sub = ac.channel()
+    sub.basic_qos(prefetch_count=5)
+    held: list[str] = []
+    cancelled: list[object] = []
+    sub.add_on_cancel_callback(lambda f: cancelled.append(f))
+    sub.basic_consume("pt", lambda c, m, p, body: held.append(body.decode()))
+    wait_for("five deliveries", lambda: len(held) == 5,
+             step=lambda: ac.process_data_events(0.1))
+    # a and the home node cannot reach each other; both still have a majority with b.
+    cluster.netns.cut(a.ip, home.ip)
+    wait_for("a's consumer cancelled", lambda: cancelled,
+             step=lambda: ac.process_data_events(0.1))
+    # Publishing from a now: nacked or returned, never confirmed and lost.
+    during = publish_confirmed(pub, "pt", [f"during{i}" for i in range(10)])
+    assert during == []
+    e = absent_error(ac, lambda ch: ch.basic_get("pt"))
+    assert e.reply_code == 404 and HOME_DOWN in e.reply_text
+    # /api/nodes (from any node) shows each node's partitions: the members it cannot reach.
+    def partitions(n):
+        code, nodes = n.api("GET", "/api/nodes")
+        assert code == 200
+        return {x["name"]: sorted(x["partitions"]) for x in nodes if x["running"]}
+
+    wait_for("a partitioned from the home node, seen from b",
+             lambda: partitions(b) == {a.name: [home.name], b.name: [],
+                                       home.name: [a.name]})
+    assert partitions(a)[a.name] == [home.name]
+    # Clients of b and of the home node go on meanwhile.
+    bc = connect(b)
+    bpub = bc.channel()
+    bpub.confirm_delivery()
+    via_b = [f"b{i}" for i in range(20)]
+    assert publish_confirmed(bpub, "pt", via_b) == via_b
+    bc.close()
+    cluster.netns.heal()
+    # a reaches the queue again: everything confirmed is there, the five a held back too.
+    ch = [ac.channel()]
+
+    def reachable():
+        try:
+            ch[0].queue_declare("pt", durable=True, passive=True)
+            return True
+        except pika.exceptions.ChannelClosedByBroker:
+            ch[0] = ac.channel()
+            time.sleep(0.2)
+            return False
+
+    wait_for("the queue reachable from a again", reachable, timeout=40)
+    got = drain(ac, ch[0], "pt", len(before) + len(via_b))
+    assert sorted(got) == sorted(before + via_b)
+    ac.close()
+
+
+def test_amqp_declarations_on_a_minority_node_fail_quickly_and_clearly(cluster):
+    a, b, c = cluster.nodes
+    cc = connect(c)
+    cch = cc.channel()
+    cch.queue_declare("before-cut", durable=True)
+    cluster.netns.cut(c.ip, a.ip)
+    cluster.netns.cut(c.ip, b.ip)
+    started = time.monotonic()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        cch.queue_declare("on-the-minority", durable=True)
+    assert time.monotonic() - started < 15
+    assert e.value.reply_code == 541
+    assert "metadata store operation timed out" in e.value.reply_text
+    assert ("no reachable majority" in e.value.reply_text
+            or "may or may not have been applied" in e.value.reply_text), e.value.reply_text
+    # Local objects need no cluster: an exclusive queue still works there.
+    cc = connect(c)
+    cc.channel().queue_declare("", exclusive=True)
+    cc.close()
+    cluster.netns.heal()
+    cluster.wait_formed()
+    defs = cluster.assert_same_definitions()
+    names = {q["name"] for q in defs["queues"]}
+    assert "before-cut" in names and "on-the-minority" not in names
