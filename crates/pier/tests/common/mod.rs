@@ -71,6 +71,20 @@ impl Broker {
                 };
             }
         }
+        // The ports are picked free and then bound by the child: another test's process can
+        // take one in between. That start fails at once with "Address already in use"; try
+        // again with new ports.
+        for _ in 0..4 {
+            match Broker::start_process() {
+                Ok(b) => return b,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        Broker::start_process().unwrap_or_else(|log| panic!("{log}"))
+    }
+
+    fn start_process() -> Result<Broker, String> {
         let dir = tempfile::Builder::new()
             .prefix("pier-it-")
             .tempdir()
@@ -123,24 +137,24 @@ impl Broker {
                 log_path,
             }),
         };
-        broker.wait_until_accepting(amqp_port);
-        broker
+        broker.wait_until_accepting(amqp_port)?;
+        Ok(broker)
     }
 
-    fn wait_until_accepting(&mut self, port: u16) {
+    fn wait_until_accepting(&mut self, port: u16) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Some(process) = self.process.as_mut() {
                 if let Ok(Some(status)) = process.child.try_wait() {
-                    panic!(
+                    return Err(format!(
                         "pier exited during startup with {status}\n{}",
                         self.log_contents()
-                    );
+                    ));
                 }
             }
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!(
