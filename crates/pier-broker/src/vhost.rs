@@ -821,14 +821,10 @@ impl VHost {
         (home != cluster.node()).then(|| cluster.link(&home))
     }
 
-    fn declare_queue_inner(
-        &self,
-        d: &QueueDeclare,
-        mut authorize: Option<Authorize<'_>>,
-        home: Option<&str>,
-    ) -> Result<QueueDeclared> {
+    /// A server-named quorum queue is refused before anything else, as RabbitMQ does
+    /// (rabbit_channel, queue.declare). Also checked before a clustered node names the queue.
+    pub fn refuse_server_named(&self, d: &QueueDeclare) -> Result<()> {
         if d.name.is_empty() && !d.passive {
-            // RabbitMQ refuses before anything else (rabbit_channel, queue.declare).
             let cx = ArgContext {
                 queue: "",
                 vhost: &self.name,
@@ -840,6 +836,16 @@ impl VHost {
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn declare_queue_inner(
+        &self,
+        d: &QueueDeclare,
+        mut authorize: Option<Authorize<'_>>,
+        home: Option<&str>,
+    ) -> Result<QueueDeclared> {
+        self.refuse_server_named(d)?;
         let mut t = self.write();
         let name = if d.name.is_empty() && !d.passive {
             loop {
@@ -1150,6 +1156,25 @@ impl VHost {
         Ok(q.purge())
     }
 
+    /// RabbitMQ's quorum queues refuse `if-unused` and `if-empty` (a connection error, 540).
+    /// Also checked before a clustered node proposes the deletion.
+    pub fn refuse_conditional_delete(
+        &self,
+        q: &Queue,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<()> {
+        if q.kind() == QueueType::Quorum && (if_unused || if_empty) {
+            let flag = if if_unused { "if-unused" } else { "if-empty" };
+            return Err(BrokerError::NotImplemented(format!(
+                "cannot delete queue '{}' in vhost '{}'. queue.delete operations with {flag} flag set are not supported by quorum queues",
+                q.name(),
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Deletes a queue; returns the ready messages it held. A missing queue is not an error.
     pub fn delete_queue(
         &self,
@@ -1163,14 +1188,7 @@ impl VHost {
             None => return Ok(0),
         };
         q.check_access(connection)?;
-        if q.kind() == QueueType::Quorum && (if_unused || if_empty) {
-            // RabbitMQ's quorum queues refuse both flags (a connection error, 540).
-            let flag = if if_unused { "if-unused" } else { "if-empty" };
-            return Err(BrokerError::NotImplemented(format!(
-                "cannot delete queue '{name}' in vhost '{}'. queue.delete operations with {flag} flag set are not supported by quorum queues",
-                self.name
-            )));
-        }
+        self.refuse_conditional_delete(&q, if_unused, if_empty)?;
         let stats = q.stats();
         if if_unused && stats.consumers > 0 {
             return Err(BrokerError::InUse {

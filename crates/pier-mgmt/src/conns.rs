@@ -202,6 +202,19 @@ pub async fn close_connection(
         Some(c) => c.meta.user.clone(),
         None => find_connection(&st, &user, &name)?.meta.user.clone(),
     };
+    close_owned_by(&st, &user, &owner, &name, &headers)
+}
+
+/// Closes connection `name` (of user `owner`) for `user`: only an administrator closes other
+/// users' connections; the reason is the `X-Reason` header or RabbitMQ's text. Shared with
+/// the stream plugin's endpoint.
+pub(crate) fn close_owned_by(
+    st: &AppState,
+    user: &AuthUser,
+    owner: &str,
+    name: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
     if !user.is_admin() && owner != user.name {
         return Err(ApiError::not_authorised("Not administrator user"));
     }
@@ -210,7 +223,7 @@ pub async fn close_connection(
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .unwrap_or(MANAGEMENT_CLOSE_REASON);
-    if !st.registry.close(&name, reason) {
+    if !st.registry.close(name, reason) {
         return Err(ApiError::not_found());
     }
     Ok(json::no_content())

@@ -11,7 +11,6 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Extension;
 use pier_broker::Queue;
-use pier_server::registry::MANAGEMENT_CLOSE_REASON;
 use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, StreamPublisherInfo};
 use serde_json::{json, Map, Value};
 
@@ -279,18 +278,7 @@ pub async fn close_connection(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let c = find(&st, &user, &vhost, &name)?;
-    if !user.is_admin() && c.meta.user != user.name {
-        return Err(ApiError::not_authorised("Not administrator user"));
-    }
-    let reason = headers
-        .get("x-reason")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(MANAGEMENT_CLOSE_REASON);
-    if !st.registry.close(&name, reason) {
-        return Err(ApiError::not_found());
-    }
-    Ok(json::no_content())
+    crate::conns::close_owned_by(&st, &user, &c.meta.user, &name, &headers)
 }
 
 pub async fn connection_publishers(

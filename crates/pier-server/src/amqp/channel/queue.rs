@@ -38,6 +38,17 @@ impl Channel {
                 && !m.exclusive
                 && (m.queue.is_empty() || cx.vhost.find_queue(&m.queue).is_none())
             {
+                if m.queue.is_empty() {
+                    cx.vhost.refuse_server_named(&QueueDeclare {
+                        name: m.queue.clone(),
+                        passive: m.passive,
+                        durable: m.durable,
+                        exclusive: m.exclusive,
+                        auto_delete: m.auto_delete,
+                        arguments: m.arguments.clone(),
+                        connection: cx.connection,
+                    })?;
+                }
                 return self.queue_declare_clustered(cx, md, m);
             }
         }
@@ -178,6 +189,8 @@ impl Channel {
         if let Some(md) = cx.cluster {
             if let Some(q) = cx.vhost.find_queue(&queue) {
                 if cx.vhost.is_replicated_queue(&q) {
+                    cx.vhost
+                        .refuse_conditional_delete(&q, m.if_unused, m.if_empty)?;
                     return self.queue_delete_clustered(
                         cx,
                         md,
