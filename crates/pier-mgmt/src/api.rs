@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::{change_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{self, body_object, get_str};
+use crate::json::{self, body_object, get_str, rate_details as details};
 use crate::stats;
 use crate::topology::visible_vhosts;
 use crate::{AppState, VhostMeta, RABBITMQ_COMPAT_VERSION};
@@ -66,10 +66,6 @@ fn contexts(st: &AppState) -> Value {
         {"node": st.node, "description": "RabbitMQ Management", "path": "/", "port": port, "ssl_opts": []},
         {"node": st.node, "description": "RabbitMQ Prometheus", "path": "/", "port": port, "protocol": "'http/prometheus'", "ssl_opts": []},
     ])
-}
-
-fn details(v: f64) -> Value {
-    json!({ "rate": (v * 10.0).round() / 10.0 })
 }
 
 pub async fn overview(

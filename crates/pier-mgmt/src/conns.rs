@@ -35,17 +35,13 @@ fn sorted_connections(st: &AppState, user: &AuthUser) -> Vec<ConnectionInfo> {
     v
 }
 
-fn rate(r: f64) -> Value {
-    json!({ "rate": (r * 10.0).round() / 10.0 })
-}
-
 fn connection_json(st: &AppState, c: &ConnectionInfo) -> Value {
     let m = &c.meta;
     let rates = st.sampler.rates(
         &stats::connection_key(&m.name),
         &stats::connection_counters(c),
     );
-    let r = |i: usize| rate(rates.get(i).copied().unwrap_or(0.0));
+    let r = |i: usize| json::rate_details(rates.get(i).copied().unwrap_or(0.0));
     let provided = m
         .client_properties
         .get("connection_name")

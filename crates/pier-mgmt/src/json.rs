@@ -14,6 +14,11 @@ use serde_json::{Map, Number, Value};
 use crate::error::{ApiError, ApiResult};
 
 /// A JSON 200 response.
+/// A rate as RabbitMQ's `*_details` objects carry it (`{"rate": r}`, one decimal).
+pub fn rate_details(r: f64) -> Value {
+    serde_json::json!({ "rate": (r * 10.0).round() / 10.0 })
+}
+
 pub fn ok(v: Value) -> Response {
     (
         StatusCode::OK,

@@ -48,17 +48,13 @@ pub(crate) fn connection_counters(c: &StreamConnectionInfo) -> Vec<u64> {
     vec![c.recv_oct, c.send_oct, 0]
 }
 
-fn rate(r: f64) -> Value {
-    json!({ "rate": (r * 10.0).round() / 10.0 })
-}
-
 /// A stream connection as RabbitMQ shows it (`/api/stream/connections`, `/api/connections`).
 pub(crate) fn connection_json(st: &AppState, c: &StreamConnectionInfo) -> Value {
     let m = &c.meta;
     let rates = st
         .sampler
         .rates(&stats::connection_key(&m.name), &connection_counters(c));
-    let r = |i: usize| rate(rates.get(i).copied().unwrap_or(0.0));
+    let r = |i: usize| json::rate_details(rates.get(i).copied().unwrap_or(0.0));
     let provided = m
         .client_properties
         .get("connection_name")

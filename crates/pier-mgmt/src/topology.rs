@@ -239,7 +239,7 @@ pub(crate) fn queue_json(
     let s = q.stats();
     let o = q.options();
     let consumers = q.consumers();
-    let details = |v: f64| json!({ "rate": (v * 10.0).round() / 10.0 });
+    let details = json::rate_details;
     let length_rates = state.sampler.gauge_rates(
         &crate::stats::queue_key(vhost, q.name()),
         &queue_counters(q),
