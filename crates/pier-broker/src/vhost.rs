@@ -823,13 +823,18 @@ impl VHost {
 
     /// A server-named quorum queue is refused before anything else, as RabbitMQ does
     /// (rabbit_channel, queue.declare). Also checked before a clustered node names the queue.
-    pub fn refuse_server_named(&self, d: &QueueDeclare) -> Result<()> {
-        if d.name.is_empty() && !d.passive {
+    pub fn refuse_server_named(
+        &self,
+        name: &str,
+        passive: bool,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        if name.is_empty() && !passive {
             let cx = ArgContext {
                 queue: "",
                 vhost: &self.name,
             };
-            if let Ok(QueueType::Quorum) = QueueType::of(&d.arguments, &cx) {
+            if let Ok(QueueType::Quorum) = QueueType::of(arguments, &cx) {
                 return Err(BrokerError::PreconditionFailed(format!(
                     "Cannot declare a server-named queue for type {}",
                     QueueType::Quorum.module_name()
@@ -845,7 +850,7 @@ impl VHost {
         mut authorize: Option<Authorize<'_>>,
         home: Option<&str>,
     ) -> Result<QueueDeclared> {
-        self.refuse_server_named(d)?;
+        self.refuse_server_named(&d.name, d.passive, &d.arguments)?;
         let mut t = self.write();
         let name = if d.name.is_empty() && !d.passive {
             loop {

@@ -69,15 +69,6 @@ impl<T: Copy> FromIterator<T> for ChunkedDeque<T> {
     }
 }
 
-impl<'a, T: Copy> IntoIterator for &'a ChunkedDeque<T> {
-    type Item = &'a T;
-    type IntoIter = Box<dyn DoubleEndedIterator<Item = &'a T> + 'a>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
-    }
-}
-
 impl<T: Copy> ChunkedDeque<T> {
     /// Records per chunk.
     pub const CHUNK: usize = {

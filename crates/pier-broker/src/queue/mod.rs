@@ -324,12 +324,6 @@ impl Queue {
         }
     }
 
-    /// Whether messages arriving now are paged out (a classic queue past its memory budget):
-    /// publishers then take connection credit for transient messages too.
-    pub fn pages_out(&self) -> bool {
-        matches!(&self.backend, Backend::Classic(c) if c.pages_out())
-    }
-
     pub fn store(&self) -> Option<&QueueStore> {
         self.classic_opt().and_then(|c| c.store())
     }

@@ -155,7 +155,7 @@ impl QueueEngine {
                     acks.push(e.offset);
                 }
             }
-            for p in &l.paged {
+            for p in l.paged.iter() {
                 if !p.paging() && !self.held.contains_key(&p.offset) {
                     acks.push(p.offset);
                 }

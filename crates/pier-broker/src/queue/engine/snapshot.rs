@@ -70,7 +70,7 @@ impl QueueEngine {
                     paged += 1;
                 }
             }
-            for p in &l.paged {
+            for p in l.paged.iter() {
                 ready_count += 1;
                 ready_bytes += p.size();
                 if s.held.contains_key(&p.offset) {

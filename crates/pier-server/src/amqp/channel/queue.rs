@@ -38,17 +38,8 @@ impl Channel {
                 && !m.exclusive
                 && (m.queue.is_empty() || cx.vhost.find_queue(&m.queue).is_none())
             {
-                if m.queue.is_empty() {
-                    cx.vhost.refuse_server_named(&QueueDeclare {
-                        name: m.queue.clone(),
-                        passive: m.passive,
-                        durable: m.durable,
-                        exclusive: m.exclusive,
-                        auto_delete: m.auto_delete,
-                        arguments: m.arguments.clone(),
-                        connection: cx.connection,
-                    })?;
-                }
+                cx.vhost
+                    .refuse_server_named(&m.queue, m.passive, &m.arguments)?;
                 return self.queue_declare_clustered(cx, md, m);
             }
         }
