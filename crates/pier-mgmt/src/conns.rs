@@ -52,7 +52,7 @@ fn connection_json(st: &AppState, c: &ConnectionInfo) -> Value {
         "node": st.node,
         "type": "network",
         "state": c.state.as_str(),
-        "protocol": "AMQP 0-9-1",
+        "protocol": m.protocol,
         "user": m.user,
         "user_who_performed_action": m.user,
         "vhost": m.vhost,

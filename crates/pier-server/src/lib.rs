@@ -464,6 +464,7 @@ async fn serve_stream<R, W>(
             frame_max: negotiated.frame_max,
             channel_max: negotiated.channel_max,
             heartbeat: negotiated.heartbeat,
+            protocol: "AMQP 0-9-1".into(),
         },
         Arc::clone(&outbound),
         &shutdown,

@@ -50,6 +50,9 @@ pub struct ConnectionMeta {
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: u16,
+    /// The protocol as `/api/connections` shows it (RabbitMQ's words): `AMQP 0-9-1`,
+    /// `MQTT 3.1.1`, `STOMP 1.2`, `RabbitMQ Stream`.
+    pub protocol: std::borrow::Cow<'static, str>,
 }
 
 /// Counters a connection bumps as it works (relaxed atomics).
