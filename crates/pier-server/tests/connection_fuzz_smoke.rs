@@ -7,28 +7,8 @@
 //! seed corpus in `fuzz/corpus/connection/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use pier_fuzz_smoke::Rng;
 use pier_server::fuzzing::{run, seeds};
-
-/// xorshift64*: tiny, deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 const ITERATIONS: usize = 8_000;
 
@@ -70,7 +50,7 @@ fn seeds_and_committed_corpus() {
 #[test]
 fn random_and_mutated_conversations() {
     let seeds: Vec<Vec<u8>> = seeds().into_iter().map(|(_, d)| d).collect();
-    let mut rng = Rng(0x5EED_C0DE_1234_5678);
+    let mut rng = Rng::new(0x5EED_C0DE_1234_5678);
     let started = std::time::Instant::now();
     for i in 0..ITERATIONS {
         let data: Vec<u8> = if i % 2 == 0 {
@@ -80,12 +60,12 @@ fn random_and_mutated_conversations() {
                 match rng.below(3) {
                     0 if !d.is_empty() => {
                         let at = rng.below(d.len());
-                        d[at] = rng.next() as u8;
+                        d[at] = rng.byte();
                     }
                     1 => {
                         let at = rng.below(d.len() + 1);
                         let n = rng.below(24);
-                        let extra: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                        let extra = rng.bytes(n);
                         d.splice(at..at, extra);
                     }
                     _ => d.truncate(rng.below(d.len() + 1)),
@@ -95,7 +75,7 @@ fn random_and_mutated_conversations() {
         } else {
             // Fresh bytes after a valid handshake prefix (most of the time).
             let n = rng.below(600);
-            let mut d: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let mut d = rng.bytes(n);
             if rng.below(8) != 0 && d.len() >= 2 {
                 d[0] = 5;
                 d[1] = 2;

@@ -3,7 +3,8 @@
 //! `stream_server_frame`, `stream_chunk`, `stream_amqp_message`; they call
 //! `pier_stream_wire::fuzzing`). Nothing may panic, every error must map to a close code, and
 //! whatever decodes must re-encode stably. Seeds are the golden frames captured from
-//! RabbitMQ plus chunks and messages built through the API.
+//! RabbitMQ plus chunks and messages built through the API; the harness is
+//! `pier-fuzz-smoke`'s.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,6 +13,7 @@
 )]
 
 use bytes::{Bytes, BytesMut};
+use pier_fuzz_smoke::{run, Mutator, Rng};
 use pier_stream_wire::amqp::{Body, Header, Message, Properties as AmqpProperties, Value};
 use pier_stream_wire::chunk::{ChunkBuilder, ChunkType};
 use pier_stream_wire::fuzzing;
@@ -19,54 +21,16 @@ use pier_stream_wire::*;
 
 const ITERATIONS: usize = 100_000;
 
-/// xorshift64*: tiny, deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// Golden frames: (direction, bytes).
+/// Golden frames: (direction, bytes). Lines: `DIR LABEL HEX`.
 fn golden() -> Vec<(char, Vec<u8>)> {
-    let texts = [
+    [
         include_str!("golden/rabbitmq-3.10.8.txt"),
         include_str!("golden/rabbit_stream_core-main.txt"),
-    ];
-    texts
-        .iter()
-        .flat_map(|t| t.lines())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let mut p = l.split(' ');
-            let d = p.next().unwrap().chars().next().unwrap();
-            let _label = p.next();
-            (d, hex(p.next().unwrap()))
-        })
-        .collect()
+    ]
+    .iter()
+    .flat_map(|t| pier_fuzz_smoke::golden(t))
+    .map(|g| (g.dir, g.bytes))
+    .collect()
 }
 
 fn sample_message() -> Message {
@@ -162,62 +126,10 @@ fn chunks() -> Vec<Vec<u8>> {
     out
 }
 
-fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(8) {
-            0 if !input.is_empty() => {
-                let i = rng.below(input.len());
-                input[i] ^= 1 << rng.below(8);
-            }
-            1 if !input.is_empty() => {
-                let i = rng.below(input.len());
-                input[i] = [
-                    0u8, 1, 2, 0x7f, 0x80, 0xff, 0x40, 0x50, 0xa1, 0xc0, 0xe0, 0x00,
-                ][rng.below(12)];
-            }
-            // a 16- or 32-bit length: small, huge, exact or random
-            2 if input.len() >= 4 => {
-                let i = rng.below(input.len() - 3);
-                let v: u32 = match rng.below(4) {
-                    0 => rng.below(64) as u32,
-                    1 => u32::MAX - rng.below(16) as u32,
-                    2 => (input.len() - i) as u32,
-                    _ => rng.next() as u32,
-                };
-                if rng.below(2) == 0 {
-                    input[i..i + 4].copy_from_slice(&v.to_be_bytes());
-                } else {
-                    input[i..i + 2].copy_from_slice(&(v as u16).to_be_bytes());
-                }
-            }
-            3 => {
-                let n = rng.below(input.len() + 1);
-                input.truncate(n);
-            }
-            4 => {
-                let at = rng.below(input.len() + 1);
-                let bytes: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.byte()).collect();
-                input.splice(at..at, bytes);
-            }
-            5 if !input.is_empty() => {
-                let at = rng.below(input.len());
-                let n = 1 + rng.below((input.len() - at).min(16));
-                input.drain(at..at + n);
-            }
-            6 => {
-                let other = &seeds[rng.below(seeds.len())];
-                let from = rng.below(other.len());
-                let n = rng.below(other.len() - from + 1);
-                let at = rng.below(input.len() + 1);
-                input.splice(at..at, other[from..from + n].iter().copied());
-            }
-            _ => {
-                let copy = input.clone();
-                input.extend_from_slice(&copy);
-            }
-        }
-    }
-}
+/// Type codes of AMQP 1.0 values, lengths' edges.
+const MUTATOR: Mutator = Mutator {
+    interesting: &[0, 1, 2, 0x7f, 0x80, 0xff, 0x40, 0x50, 0xa1, 0xc0, 0xe0],
+};
 
 /// A frame-shaped envelope (valid size, a real key and version) around noise, so that the
 /// command decoders are reached.
@@ -237,7 +149,7 @@ fn envelope(rng: &mut Rng) -> Vec<u8> {
     out
 }
 
-fn run(
+fn check(
     name: &str,
     seeds: &[Vec<u8>],
     all: &[Vec<u8>],
@@ -247,30 +159,21 @@ fn run(
     for s in seeds {
         assert!(target(s), "{name}: seed does not decode: {s:02x?}");
     }
-    let mut rng = Rng(0x5EED_57EA_0000_0001 ^ name.len() as u64);
-    let (mut ok, mut failed) = (0usize, 0usize);
-    for i in 0..ITERATIONS {
-        let input = match i % 3 {
-            0 if framed => envelope(&mut rng),
-            0 => (0..rng.below(200)).map(|_| rng.byte()).collect(),
+    let out = run(
+        0x5EED_57EA_0000_0001 ^ name.len() as u64,
+        ITERATIONS,
+        |rng, i| match i % 3 {
+            0 if framed => envelope(rng),
+            0 => rng.noise(200),
             _ => {
-                let mut s = seeds[rng.below(seeds.len())].clone();
-                mutate(&mut rng, &mut s, all);
+                let mut s = rng.pick(seeds).clone();
+                MUTATOR.mutate(rng, &mut s, all);
                 s
             }
-        };
-        if target(&input) {
-            ok += 1;
-        } else {
-            failed += 1;
-        }
-    }
-    // Both outcomes must be reached substantially, or the test proves little.
-    assert!(ok > ITERATIONS / 20, "{name}: only {ok} inputs decoded");
-    assert!(
-        failed > ITERATIONS / 20,
-        "{name}: only {failed} inputs failed"
+        },
+        |_, input| usize::from(target(input)),
     );
+    out.assert_both(name, 20);
 }
 
 #[test]
@@ -288,7 +191,7 @@ fn fuzz_smoke_client_frames() {
         .collect();
     assert!(seeds.len() > 40);
     let all: Vec<Vec<u8>> = golden().into_iter().map(|(_, b)| b).collect();
-    run("client", &seeds, &all, true, |d| {
+    check("client", &seeds, &all, true, |d| {
         fuzzing::client_frames(d) > 0
     });
 }
@@ -302,7 +205,7 @@ fn fuzz_smoke_server_frames() {
         .collect();
     assert!(seeds.len() > 40);
     let all: Vec<Vec<u8>> = golden().into_iter().map(|(_, b)| b).collect();
-    run("server", &seeds, &all, true, |d| {
+    check("server", &seeds, &all, true, |d| {
         fuzzing::server_frames(d) > 0
     });
 }
@@ -318,7 +221,7 @@ fn fuzz_smoke_chunks() {
         }
     }
     let stored_only: Vec<Vec<u8>> = seeds.clone();
-    run("chunk", &stored_only, &seeds, false, |d| {
+    check("chunk", &stored_only, &seeds, false, |d| {
         fuzzing::chunk(d);
         // "decoded": a delivered or stored chunk parsed
         pier_stream_wire::chunk::Chunk::parse_delivered(&Bytes::copy_from_slice(d)).is_ok()
@@ -329,7 +232,7 @@ fn fuzz_smoke_chunks() {
 #[test]
 fn fuzz_smoke_amqp() {
     let seeds = messages();
-    run("amqp", &seeds, &seeds, false, fuzzing::amqp);
+    check("amqp", &seeds, &seeds, false, fuzzing::amqp);
 }
 
 /// Regenerates the seed corpora of the cargo-fuzz targets:

@@ -10,36 +10,10 @@
 )]
 
 use bytes::{Bytes, BytesMut};
+use pier_fuzz_smoke::{run, Mutator, Rng};
 use pier_wire::*;
 
 const ITERATIONS: usize = 200_000;
-
-/// xorshift64*: tiny, deterministic, no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-}
 
 /// Valid frames built through the public API (covering every frame type, tables with every
 /// value type, bit groups, content with properties).
@@ -216,67 +190,10 @@ fn seeds() -> Vec<Vec<u8>> {
     seeds
 }
 
-fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
-    let rounds = 1 + rng.below(4);
-    for _ in 0..rounds {
-        match rng.below(8) {
-            // flip a bit
-            0 if !input.is_empty() => {
-                let i = rng.below(input.len());
-                input[i] ^= 1 << rng.below(8);
-            }
-            // overwrite a byte with an interesting value
-            1 if !input.is_empty() => {
-                let i = rng.below(input.len());
-                input[i] = *[0u8, 1, 0x7f, 0x80, 0xff, 0xce, b'F', b'A', b'S', b'x']
-                    .get(rng.below(10))
-                    .unwrap();
-            }
-            // overwrite 4 bytes with a big-endian length (small, huge or off-by-one)
-            2 if input.len() >= 4 => {
-                let i = rng.below(input.len() - 3);
-                let v: u32 = match rng.below(4) {
-                    0 => rng.below(64) as u32,
-                    1 => u32::MAX - rng.below(16) as u32,
-                    2 => (input.len() - i) as u32,
-                    _ => rng.next() as u32,
-                };
-                input[i..i + 4].copy_from_slice(&v.to_be_bytes());
-            }
-            // truncate
-            3 => {
-                let n = rng.below(input.len() + 1);
-                input.truncate(n);
-            }
-            // insert random bytes
-            4 => {
-                let at = rng.below(input.len() + 1);
-                let n = 1 + rng.below(8);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.byte()).collect();
-                input.splice(at..at, bytes);
-            }
-            // delete a range
-            5 if !input.is_empty() => {
-                let at = rng.below(input.len());
-                let n = 1 + rng.below((input.len() - at).min(16));
-                input.drain(at..at + n);
-            }
-            // splice in part of another seed
-            6 => {
-                let other = &seeds[rng.below(seeds.len())];
-                let from = rng.below(other.len());
-                let n = rng.below(other.len() - from + 1);
-                let at = rng.below(input.len() + 1);
-                input.splice(at..at, other[from..from + n].iter().copied());
-            }
-            // duplicate the input (several frames back to back)
-            _ => {
-                let copy = input.clone();
-                input.extend_from_slice(&copy);
-            }
-        }
-    }
-}
+/// Frame ends, frame types, field-table type tags.
+const MUTATOR: Mutator = Mutator {
+    interesting: &[0, 1, 0x7f, 0x80, 0xff, 0xce, b'F', b'A', b'S', b'x'],
+};
 
 fn random_input(rng: &mut Rng) -> Vec<u8> {
     if rng.chance(2) {
@@ -285,10 +202,11 @@ fn random_input(rng: &mut Rng) -> Vec<u8> {
         return (0..n).map(|_| rng.byte()).collect();
     }
     // a frame-shaped envelope around noise, so payload decoders are reached
-    let frame_type = *[1u8, 2, 3, 8, rng.byte()].get(rng.below(5)).unwrap();
+    let other = rng.byte();
+    let frame_type = *rng.pick(&[1u8, 2, 3, 8, other]);
     let mut payload: Vec<u8> = Vec::new();
     if frame_type == 1 && rng.chance(2) {
-        let (c, m, _) = ALL_METHODS[rng.below(ALL_METHODS.len())];
+        let (c, m, _) = *rng.pick(ALL_METHODS);
         payload.extend_from_slice(&c.to_be_bytes());
         payload.extend_from_slice(&m.to_be_bytes());
     }
@@ -358,33 +276,20 @@ fn fuzz_smoke() {
         assert!(buf.is_empty());
     }
 
-    let mut rng = Rng(0x5EED_0FC0_DE00_1234);
-    let mut frames_decoded = 0usize;
-    let mut errors_or_partial = 0usize;
-    for i in 0..ITERATIONS {
-        let input = if i % 2 == 0 {
-            random_input(&mut rng)
-        } else {
-            let mut s = seeds[rng.below(seeds.len())].clone();
-            mutate(&mut rng, &mut s, &seeds);
-            s
-        };
-        let max = *[0u32, 4096, 131_072, 9].get(rng.below(4)).unwrap();
-        let n = exercise(&input, max);
-        frames_decoded += n;
-        if n == 0 {
-            errors_or_partial += 1;
-        }
-    }
-    // The generator must reach both outcomes substantially, or the test proves little.
-    assert!(
-        frames_decoded > ITERATIONS / 10,
-        "only {frames_decoded} frames decoded"
+    let out = run(
+        0x5EED_0FC0_DE00_1234,
+        ITERATIONS,
+        |rng, i| {
+            if i % 2 == 0 {
+                random_input(rng)
+            } else {
+                MUTATOR.mutated(rng, &seeds)
+            }
+        },
+        |rng, input| exercise(input, *rng.pick(&[0u32, 4096, 131_072, 9])),
     );
-    assert!(
-        errors_or_partial > ITERATIONS / 10,
-        "only {errors_or_partial} failures"
-    );
+    assert!(out.units > ITERATIONS / 10, "{out:?}");
+    out.assert_both("amqp", 10);
 }
 
 /// Regenerates the small seed corpus of the cargo-fuzz targets:
