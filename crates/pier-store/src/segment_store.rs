@@ -767,6 +767,8 @@ impl SegmentStore {
                 })?;
             Bytes::copy_from_slice(slice)
         } else {
+            // Zeroed (calloc): costs less than the pread it precedes, and reading into an
+            // uninitialised buffer would need unsafe code.
             let mut v = vec![0u8; len];
             // The path is only for error messages: formatted when one happens, not per read.
             let file = if e.segment == self.active.id {

@@ -292,7 +292,6 @@ impl ClassicQueue {
             effects.clear();
             core.spare = effects;
             if let Some(bodies) = bodies {
-                let bodies: Vec<_> = bodies.into_iter().collect();
                 let r = self.apply(q, core, Command::PagedIn { bodies });
                 if let Ok(Reply::Lost(n)) = r {
                     if n > 0 {

@@ -223,9 +223,10 @@ pub enum Command<'a> {
     Discard { offsets: &'a [u64] },
     /// Deliveries whose bodies could not be read back: they leave the queue.
     Lost { offsets: &'a [u64] },
-    /// Bodies read back from disk (for `PageIn` and for deliveries without a body).
+    /// Bodies read back from disk (for `PageIn` and for deliveries without a body), by
+    /// offset (the runtime reads them into this map; the engine takes it as it is).
     PagedIn {
-        bodies: Vec<(u64, Option<Arc<Message>>)>,
+        bodies: BTreeMap<u64, Option<Arc<Message>>>,
     },
     /// A `PageOut` could not be carried out: the body stays in memory.
     SpillFailed { offset: u64, message: Arc<Message> },

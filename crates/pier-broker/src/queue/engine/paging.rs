@@ -163,13 +163,12 @@ impl QueueEngine {
     /// drops that message: dropping beats serving a broken message.
     pub(super) fn paged_in(
         &mut self,
-        bodies: Vec<(u64, Option<Arc<Message>>)>,
+        mut by_offset: BTreeMap<u64, Option<Arc<Message>>>,
         cx: &Context<'_>,
         out: &mut Vec<Effect>,
     ) -> Reply {
         self.page_in_asked.clear();
         let now = cx.now;
-        let mut by_offset: BTreeMap<u64, Option<Arc<Message>>> = bodies.into_iter().collect();
         for (offset, body) in &by_offset {
             let Some(co) = self.checked_out.get_mut(offset) else {
                 continue;
