@@ -51,3 +51,4 @@ pub use front::Metadata;
 pub use handle::{Applied, ClusterHandle, ClusterStatus, MemberStatus};
 pub use node::{ClusterConfig, Prepared, Reporter};
 pub use rpc::NodeReport;
+pub use transport::ClusterTls;

@@ -53,6 +53,8 @@ pub struct ClusterConfig {
     pub cluster_name: Option<String>,
     /// How long a metadata change may wait for the cluster before it fails.
     pub propose_timeout: Duration,
+    /// Mutual TLS between nodes (when the node has TLS configured); `None`: plain TCP.
+    pub tls: Option<crate::transport::ClusterTls>,
 }
 
 /// The node's own figures, for its peers' `/api/nodes` (set by the management layer).
@@ -316,7 +318,12 @@ pub(crate) async fn start(
         addr: config.advertise.clone(),
     };
     let me_id = node_id(&me.name);
-    let transport = Transport::new(me.clone(), cluster_id, Some(config.listen.ip()));
+    let transport = Transport::new(
+        me.clone(),
+        cluster_id,
+        Some(config.listen.ip()),
+        config.tls.clone(),
+    );
     let waiters = Arc::new(Waiters::default());
     let (raft, log, applied) =
         open_raft(me_id, &config, &applier, &defs, &waiters, &transport).await?;

@@ -51,6 +51,7 @@ async fn start(name: &str, port: u16, peers: &[u16]) -> TestNode {
         dir: dir.path().join("cluster"),
         cluster_name: None,
         propose_timeout: Duration::from_secs(5),
+        tls: None,
     };
     let handle = ClusterHandle::start(
         config,

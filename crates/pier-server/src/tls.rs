@@ -46,6 +46,11 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client certificate verification: {0}")]
     Verifier(String),
+    #[error(
+        "TLS between cluster nodes needs [tls] ca: the CA that signed every node's certificate \
+         (nodes verify each other with it)"
+    )]
+    ClusterNeedsCa,
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -117,6 +122,38 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<rustls::ServerConfig>
 /// A TLS acceptor for `settings`.
 pub fn acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(server_config(settings)?))
+}
+
+/// Mutual TLS between cluster nodes, from the node's `[tls]` section: as server and as
+/// client a node presents `cert`, and it verifies the peer's certificate against `ca` (which
+/// is required: both ends of a cluster connection are nodes, so both are always verified,
+/// whatever `verify_peer` says for clients). Returns (accepting, dialling).
+pub fn cluster_configs(
+    settings: &TlsSettings,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let ca = settings.ca.as_ref().ok_or(TlsError::ClusterNeedsCa)?;
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca)? {
+        roots.add(cert)?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let alpn = vec![b"pier-cluster".to_vec()];
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certificates(&settings.cert)?, private_key(&settings.key)?)?;
+    server.alpn_protocols.clone_from(&alpn);
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certificates(&settings.cert)?, private_key(&settings.key)?)?;
+    client.alpn_protocols = alpn;
+    Ok((Arc::new(server), Arc::new(client)))
 }
 
 /// A TLS acceptor for the management HTTP API: the same certificate, no client certificates

@@ -471,6 +471,15 @@ fn cluster_config(
             _ => format!("{}:{port}", hostname()),
         },
     };
+    // A node with TLS speaks it to its peers too (mutual TLS against the `[tls]` CA).
+    let tls = match file.tls_settings() {
+        Some(settings) => {
+            let (server, client) =
+                pier_server::tls::cluster_configs(&settings).context("TLS on the cluster port")?;
+            Some(pier_cluster::ClusterTls::new(server, client))
+        }
+        None => None,
+    };
     Ok(Some(pier_cluster::ClusterConfig {
         node_name,
         listen: SocketAddr::new(
@@ -483,6 +492,7 @@ fn cluster_config(
         dir: args.data_dir.join("cluster"),
         cluster_name: Some(server.cluster_name.clone()),
         propose_timeout: std::time::Duration::from_millis(f.propose_timeout.unwrap_or(5000)),
+        tls,
     }))
 }
 

@@ -105,6 +105,13 @@ fn start_pier(pki: &Pki, verify_peer: bool) -> Pier {
 }
 
 fn start_pier_with(pki: &Pki, verify_peer: bool, https: bool) -> Pier {
+    let mut pier = spawn_pier(pki, verify_peer, https, &[]);
+    wait_listening(&mut pier);
+    pier
+}
+
+/// Starts pier as `start_pier_with` does, with `extra` arguments, without waiting for it.
+fn spawn_pier(pki: &Pki, verify_peer: bool, https: bool, extra: &[String]) -> Pier {
     let dir = tempfile::tempdir().unwrap();
     let server = pki.issue("localhost", &["localhost", "127.0.0.1"]);
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
@@ -145,20 +152,24 @@ http = {https}
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(dir.path().join("pier.toml"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
-    let mut pier = Pier {
+    Pier {
         child,
         amqp_port,
         amqps_port,
         http_port,
         dir,
-    };
+    }
+}
+
+fn wait_listening(pier: &mut Pier) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", amqps_port)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", pier.amqps_port)).is_err() {
         if let Ok(Some(status)) = pier.child.try_wait() {
             panic!("pier exited with {status}:\n{}", pier.log());
         }
@@ -169,7 +180,6 @@ http = {https}
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    pier
 }
 
 fn client_config(pki: &Pki, client: Option<&Issued>) -> Arc<ClientConfig> {
@@ -498,4 +508,138 @@ async fn management_api_over_https() {
     let mut b = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut b)).await;
     assert!(!String::from_utf8_lossy(&b).contains("200 OK"));
+}
+
+/// GET on a node's management API as guest: (status, JSON body).
+fn api_get(pier: &Pier, path: &str) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let Ok(resp) = agent
+        .get(format!("http://127.0.0.1:{}/api{path}", pier.http_port))
+        .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+        .call()
+    else {
+        return (0, serde_json::Value::Null);
+    };
+    let status = resp.status().as_u16();
+    let body = resp.into_body().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// Three nodes with a `[tls]` section form a cluster whose port speaks mutual TLS: they see
+/// each other running and share definitions; the cluster port completes a TLS handshake only
+/// for a client certificate of the cluster's CA (ALPN `pier-cluster`), and refuses one of
+/// another CA, and one without a certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_port_speaks_mutual_tls() {
+    let pki = Pki::new();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = peers.join(",");
+    let mut nodes: Vec<Pier> = (0..3)
+        .map(|i| {
+            let extra = [
+                "--node-name".to_owned(),
+                format!("pier@tls{i}"),
+                "--cluster-port".to_owned(),
+                ports[i].to_string(),
+                "--peers".to_owned(),
+                peers.clone(),
+            ];
+            spawn_pier(&pki, false, false, &extra)
+        })
+        .collect();
+    for n in &mut nodes {
+        wait_listening(n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = api_get(&nodes[0], "/nodes");
+        let running = body
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|n| n["running"] == true).count());
+        if status == 200 && running == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not form over TLS ({status} {body}):\n{}\n{}",
+            nodes[0].log(),
+            nodes[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A definition made on one node is applied on another (Raft over the TLS links).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let put = agent
+        .put(format!(
+            "http://127.0.0.1:{}/api/queues/%2F/over-tls",
+            nodes[0].http_port
+        ))
+        .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+        .header("Content-Type", "application/json")
+        .send(r#"{"durable": true}"#)
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api_get(&nodes[2], "/queues/%2F/over-tls").0 != 200 {
+        assert!(Instant::now() < deadline, "node 3 never saw the queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The cluster port itself: mutual TLS with the cluster's CA, nothing else.
+    let with_alpn = |config: Arc<ClientConfig>| {
+        let mut c = (*config).clone();
+        c.alpn_protocols = vec![b"pier-cluster".to_vec()];
+        Arc::new(c)
+    };
+    let dial = |config: Arc<ClientConfig>| {
+        let port = ports[0];
+        async move {
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut tls = TlsConnector::from(config)
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await?;
+            // TLS 1.3: a refused client certificate shows up as an alert on the first read;
+            // an accepted one gets nothing until the node's hello deadline.
+            let mut b = [0u8; 16];
+            match tokio::time::timeout(Duration::from_millis(500), tls.read(&mut b)).await {
+                Ok(Err(e)) => Err(e),
+                _ => Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)),
+            }
+        }
+    };
+    let node = pki.issue("pier@other", &["localhost", "127.0.0.1"]);
+    let alpn = dial(with_alpn(client_config(&pki, Some(&node))))
+        .await
+        .expect("a certificate of the cluster's CA is accepted");
+    assert_eq!(alpn.as_deref(), Some(&b"pier-cluster"[..]));
+    let stranger_pki = Pki::new();
+    let stranger = stranger_pki.issue("pier@stranger", &["localhost", "127.0.0.1"]);
+    // The stranger trusts the cluster's CA, so only the node's check can refuse it.
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let stranger_config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![stranger.cert.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(stranger.key.serialize_der())),
+            )
+            .unwrap();
+    let err = dial(with_alpn(Arc::new(stranger_config)))
+        .await
+        .expect_err("a certificate of another CA is refused");
+    assert!(err.to_string().contains("alert"), "{err}");
+    let err = dial(with_alpn(client_config(&pki, None)))
+        .await
+        .expect_err("no client certificate is refused");
+    assert!(err.to_string().contains("alert"), "{err}");
 }

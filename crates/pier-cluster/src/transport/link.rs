@@ -32,8 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use super::frame::{self, Frame, Kind};
@@ -56,11 +55,16 @@ pub const LANE_HIGH: u64 = 32 << 20;
 
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A handshaken TCP connection: its halves and what was read past the handshake.
+/// A connection's read half: TCP, or TLS over TCP.
+pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// A connection's write half: TCP, or TLS over TCP.
+pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A handshaken connection: its halves and what was read past the handshake.
 pub(super) struct Conn {
-    pub read: OwnedReadHalf,
+    pub read: ReadHalf,
     pub leftover: BytesMut,
-    pub write: OwnedWriteHalf,
+    pub write: WriteHalf,
 }
 
 type Waker = Box<dyn FnOnce() + Send>;
@@ -402,7 +406,7 @@ async fn lane_loop(
 
 async fn write_loop(
     link: Arc<Link>,
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
     mut lane_rx: mpsc::Receiver<Bytes>,
 ) {
@@ -460,7 +464,7 @@ async fn write_loop(
 
 async fn read_loop(
     link: Arc<Link>,
-    mut read: OwnedReadHalf,
+    mut read: ReadHalf,
     mut buf: BytesMut,
     handler: Arc<dyn Handler>,
     inbox: mpsc::UnboundedSender<Bytes>,

@@ -11,14 +11,19 @@
 //! the node with the smaller id and closes the other, so a pair ends up with one. A failed
 //! dial backs off (100 ms doubling to 2 s, with jitter) before the address is tried again.
 //! A node whose data belongs to another cluster is refused at the handshake, with a reason
-//! both sides log. TLS is not there yet (a `[tls]` section does not cover the cluster port:
-//! see docs/clustering.md).
+//! both sides log.
+//!
+//! With [`ClusterTls`] (the node has a `[tls]` section with a CA) every connection is mutual
+//! TLS before the hello: each node presents its certificate as server and as client and
+//! verifies the other's against the CA (and, dialling, the peer address's host name), so
+//! only nodes holding a certificate of that CA join, and nothing crosses the wire in clear.
 //!
 //! Besides requests and answers, a connection carries the message lane (link.rs): ordered
 //! one-way frames with their own credit, for the message path between nodes (`queues/`).
 
 pub mod frame;
 mod link;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +38,8 @@ use tokio::net::{TcpListener, TcpStream};
 use self::frame::{Frame, FrameError, Kind};
 use self::link::Conn;
 pub use self::link::Link;
+use self::link::{ReadHalf, WriteHalf};
+pub use self::tls::ClusterTls;
 use crate::raft::{node_id, PeerNode};
 use crate::rpc::{Hello, Request, Response, PROTOCOL_VERSION};
 
@@ -68,6 +75,8 @@ pub enum TransportError {
     Io(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -107,6 +116,7 @@ struct Inner {
     peers: Mutex<HashMap<String, PeerState>>,
     backoff: Mutex<HashMap<String, Backoff>>,
     handler: OnceLock<Arc<dyn Handler>>,
+    tls: Option<ClusterTls>,
 }
 
 /// The node's transport (cheap to clone).
@@ -128,7 +138,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Transport {
-    pub fn new(me: PeerNode, cluster_id: Option<String>, source: Option<std::net::IpAddr>) -> Self {
+    pub fn new(
+        me: PeerNode,
+        cluster_id: Option<String>,
+        source: Option<std::net::IpAddr>,
+        tls: Option<ClusterTls>,
+    ) -> Self {
         let me_id = node_id(&me.name);
         Transport {
             inner: Arc::new(Inner {
@@ -140,6 +155,7 @@ impl Transport {
                 peers: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
                 handler: OnceLock::new(),
+                tls,
             }),
         }
     }
@@ -267,7 +283,12 @@ impl Transport {
         stream
             .set_nodelay(true)
             .map_err(|e| TransportError::Io(e.to_string()))?;
-        let (mut read, mut write) = stream.into_split();
+        let (mut read, mut write) = match &self.inner.tls {
+            None => split_tcp(stream),
+            Some(tls) => tokio::time::timeout(CONNECT_TIMEOUT, tls.accept(stream))
+                .await
+                .map_err(|_| TransportError::Timeout)??,
+        };
         let mut buf = BytesMut::with_capacity(4096);
         let f = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut read, &mut buf))
             .await
@@ -379,7 +400,10 @@ impl Transport {
             }
         };
         stream.set_nodelay(true).map_err(unreachable)?;
-        let (mut read, mut write) = stream.into_split();
+        let (mut read, mut write) = match &self.inner.tls {
+            None => split_tcp(stream),
+            Some(tls) => tls.connect(addr, stream).await?,
+        };
         let mut out = BytesMut::new();
         frame::encode(Kind::Hello, 0, &self.hello(), &mut out)?;
         write
@@ -569,10 +593,13 @@ impl Transport {
     }
 }
 
-async fn read_frame(
-    read: &mut tokio::net::tcp::OwnedReadHalf,
-    buf: &mut BytesMut,
-) -> Result<Frame, TransportError> {
+/// A plain TCP connection's halves (no lock between them, unlike a TLS stream's).
+fn split_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+    let (read, write) = stream.into_split();
+    (Box::new(read), Box::new(write))
+}
+
+async fn read_frame(read: &mut ReadHalf, buf: &mut BytesMut) -> Result<Frame, TransportError> {
     loop {
         if let Some(f) = frame::decode(buf)? {
             return Ok(f);
@@ -619,7 +646,7 @@ mod tests {
             name: name.into(),
             addr: listener.local_addr().unwrap().to_string(),
         };
-        let t = Transport::new(me, cluster.map(str::to_owned), None);
+        let t = Transport::new(me, cluster.map(str::to_owned), None, None);
         t.set_handler(Arc::new(Echo(name.into())));
         tokio::spawn(t.clone().serve(listener));
         t
@@ -735,7 +762,7 @@ mod tests {
             name: "slow".into(),
             addr: listener.local_addr().unwrap().to_string(),
         };
-        let slow = Transport::new(me, None, None);
+        let slow = Transport::new(me, None, None, None);
         let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         slow.set_handler(Arc::new(Stuck(Arc::clone(&now), Arc::clone(&max))));
         tokio::spawn(slow.clone().serve(listener));
