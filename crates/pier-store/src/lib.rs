@@ -57,6 +57,7 @@ mod shards;
 mod store;
 pub mod stream;
 mod thread;
+pub mod wal;
 
 pub use chunked::ChunkedDeque;
 pub use commit::{SyncFile, SyncJob, SyncPlan};

@@ -5,6 +5,8 @@
 //!  mod.rs            TypeConfig (what a log entry, a node, a snapshot are), timeouts
 //!  log_store.rs      LogStore: the byte-level seam a log engine implements (+ MemLogStore)
 //!  file_log.rs       FileLogStore: segment files, one I/O thread, group commit, fsync
+//!  wal_log.rs        WalLogStore: a group's log on the node's shared WAL (pier_store::wal),
+//!                    for the many groups of quorum queues (one fsync per batch for all)
 //!  log_adapter.rs    openraft's RaftLogStorage over any LogStore
 //!  state_machine.rs  openraft's RaftStateMachine over metadata::Applier (+ snapshots)
 //!  network.rs        openraft's RaftNetwork over the peer transport
@@ -15,6 +17,7 @@ pub mod log_adapter;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+pub mod wal_log;
 
 use std::io::Cursor;
 
