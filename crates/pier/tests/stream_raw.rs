@@ -1,0 +1,411 @@
+//! The stream protocol frame by frame (a raw client on pier-stream-wire), for what the client
+//! libraries hide: server heartbeats and the close of a silent client, `MetadataUpdate` to a
+//! subscriber whose stream is deleted, `PublishError` for an undeclared publisher,
+//! `StreamStats`, `ResolveOffsetSpec`, `ExchangeCommandVersions` and a wrong password.
+//!
+//! Validated against RabbitMQ 3.10.8: `PIER_TEST_STREAM_ADDR=127.0.0.1:5553 cargo test -p pier
+//! --test stream_raw` (the stats test is skipped there: 3.10 has neither command).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pier_stream_wire::entry::Entry;
+use pier_stream_wire::{
+    ClientCommand, Create, DeclarePublisher, Delete, ExchangeCommandVersions, OffsetSpec, Open,
+    PeerProperties, Publish, PublishVersion, PublishedMessage, ResolveOffsetSpec, ResponseCode,
+    SaslAuthenticate, SaslHandshake, ServerCommand, StreamStats, Subscribe, Tune,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::Broker;
+
+const STEP: Duration = Duration::from_secs(10);
+
+struct Raw {
+    io: TcpStream,
+    rx: BytesMut,
+    next_id: u32,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Raw {
+        Raw {
+            io: TcpStream::connect(("127.0.0.1", port)).await.unwrap(),
+            rx: BytesMut::new(),
+            next_id: 1,
+        }
+    }
+
+    fn id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn send(&mut self, c: ClientCommand) {
+        let mut out = BytesMut::new();
+        c.encode(&mut out).unwrap();
+        self.io.write_all(&out).await.unwrap();
+    }
+
+    /// The next frame from the server; `None` once it closed the socket.
+    async fn recv(&mut self) -> Option<ServerCommand> {
+        let read = async {
+            loop {
+                if let Some(c) = ServerCommand::decode_from(&mut self.rx, 1 << 20).unwrap() {
+                    return Some(c);
+                }
+                match self.io.read_buf(&mut self.rx).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(STEP, read)
+            .await
+            .expect("no frame in time")
+    }
+
+    /// The next frame that is not a heartbeat.
+    async fn reply(&mut self) -> ServerCommand {
+        loop {
+            match self.recv().await {
+                Some(ServerCommand::Heartbeat) => {}
+                Some(c) => return c,
+                None => panic!("the server closed the connection"),
+            }
+        }
+    }
+
+    /// Peer properties, SASL PLAIN, tune (with `heartbeat` seconds), open `/`.
+    async fn open(port: u16, password: &str, heartbeat: u32) -> Result<Raw, ServerCommand> {
+        let mut c = Raw::connect(port).await;
+        let id = c.id();
+        c.send(ClientCommand::PeerProperties(PeerProperties {
+            correlation_id: id,
+            properties: vec![("product".into(), "pier-raw-test".into())],
+        }))
+        .await;
+        assert!(matches!(
+            c.reply().await,
+            ServerCommand::PeerPropertiesResponse(_)
+        ));
+        let id = c.id();
+        c.send(ClientCommand::SaslHandshake(SaslHandshake {
+            correlation_id: id,
+        }))
+        .await;
+        assert!(matches!(
+            c.reply().await,
+            ServerCommand::SaslHandshakeResponse(_)
+        ));
+        let id = c.id();
+        c.send(ClientCommand::SaslAuthenticate(SaslAuthenticate {
+            correlation_id: id,
+            mechanism: "PLAIN".into(),
+            data: Bytes::from(format!("\0guest\0{password}")),
+        }))
+        .await;
+        match c.reply().await {
+            ServerCommand::SaslAuthenticateResponse(r) if r.code == ResponseCode::Ok => {}
+            other => return Err(other),
+        }
+        let ServerCommand::Tune(t) = c.reply().await else {
+            panic!("no tune");
+        };
+        c.send(ClientCommand::Tune(Tune {
+            frame_max: t.frame_max,
+            heartbeat,
+        }))
+        .await;
+        let id = c.id();
+        c.send(ClientCommand::Open(Open {
+            correlation_id: id,
+            virtual_host: "/".into(),
+        }))
+        .await;
+        match c.reply().await {
+            ServerCommand::OpenResponse(r) => assert_eq!(r.code, ResponseCode::Ok),
+            other => panic!("expected open response, got {other:?}"),
+        }
+        Ok(c)
+    }
+
+    /// A request with a plain response: its code.
+    async fn call(&mut self, c: ClientCommand) -> ResponseCode {
+        self.send(c).await;
+        match self.reply().await {
+            ServerCommand::CreateResponse(r)
+            | ServerCommand::DeleteResponse(r)
+            | ServerCommand::DeclarePublisherResponse(r)
+            | ServerCommand::SubscribeResponse(r) => r.code,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn create(&mut self, stream: &str) {
+        let id = self.id();
+        let code = self
+            .call(ClientCommand::Create(Create {
+                correlation_id: id,
+                stream: stream.into(),
+                arguments: vec![],
+            }))
+            .await;
+        assert_eq!(code, ResponseCode::Ok);
+    }
+}
+
+/// The stream port: `PIER_TEST_STREAM_ADDR` (`127.0.0.1:port`, e.g. a RabbitMQ) when set,
+/// else the test's own pier process.
+fn stream_port(broker: &Broker) -> Option<u16> {
+    if let Ok(addr) = std::env::var("PIER_TEST_STREAM_ADDR") {
+        return addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+    }
+    if broker.is_external() {
+        eprintln!("skipped: needs a pier process or PIER_TEST_STREAM_ADDR");
+        return None;
+    }
+    broker.stream_port()
+}
+
+fn name(prefix: &str) -> String {
+    common::unique(prefix)
+}
+
+#[tokio::test]
+async fn the_server_sends_heartbeats_and_closes_a_silent_client() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let mut c = Raw::open(port, "guest", 1).await.unwrap();
+    let started = Instant::now();
+    // Idle: the server's heartbeats arrive, and as we never send one, it gives up on us
+    // after missing ours for a few intervals (RabbitMQ: two).
+    let mut heartbeats = 0;
+    loop {
+        match c.recv().await {
+            Some(ServerCommand::Heartbeat) => heartbeats += 1,
+            Some(ServerCommand::Close(_)) | None => break,
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+        assert!(started.elapsed() < STEP, "still open after {STEP:?}");
+    }
+    assert!(heartbeats >= 1, "closed without a heartbeat");
+}
+
+#[tokio::test]
+async fn a_subscriber_gets_metadata_update_when_its_stream_is_deleted() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let s = name("raw-meta");
+    let mut admin = Raw::open(port, "guest", 0).await.unwrap();
+    admin.create(&s).await;
+    let mut sub = Raw::open(port, "guest", 0).await.unwrap();
+    let id = sub.id();
+    let code = sub
+        .call(ClientCommand::Subscribe(Subscribe {
+            correlation_id: id,
+            subscription_id: 3,
+            stream: s.clone(),
+            offset: OffsetSpec::First,
+            credit: 10,
+            properties: vec![],
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+    let id = admin.id();
+    let code = admin
+        .call(ClientCommand::Delete(Delete {
+            correlation_id: id,
+            stream: s.clone(),
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+    match sub.reply().await {
+        ServerCommand::MetadataUpdate(m) => {
+            assert_eq!(m.stream, s);
+            assert_eq!(m.code, ResponseCode::StreamNotAvailable);
+        }
+        other => panic!("expected a metadata update, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn publishing_with_an_undeclared_publisher_gets_publish_error() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let s = name("raw-puberr");
+    let mut c = Raw::open(port, "guest", 0).await.unwrap();
+    c.create(&s).await;
+    let message = |publishing_id| PublishedMessage {
+        publishing_id,
+        filter_value: None,
+        entry: Entry::Simple(Bytes::from_static(b"\x00Sw\xa1\x01x")),
+    };
+    c.send(ClientCommand::Publish(Publish {
+        version: PublishVersion::V1,
+        publisher_id: 77,
+        messages: vec![message(1), message(2)],
+    }))
+    .await;
+    match c.reply().await {
+        ServerCommand::PublishError(e) => {
+            assert_eq!(e.publisher_id, 77);
+            let ids: Vec<u64> = e.errors.iter().map(|e| e.publishing_id).collect();
+            assert_eq!(ids, vec![1, 2]);
+            assert!(e
+                .errors
+                .iter()
+                .all(|e| e.code == ResponseCode::PublisherDoesNotExist));
+        }
+        other => panic!("expected a publish error, got {other:?}"),
+    }
+    // The connection goes on: a declared publisher is confirmed.
+    let id = c.id();
+    let code = c
+        .call(ClientCommand::DeclarePublisher(DeclarePublisher {
+            correlation_id: id,
+            publisher_id: 1,
+            reference: String::new(),
+            stream: s.clone(),
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+    c.send(ClientCommand::Publish(Publish {
+        version: PublishVersion::V1,
+        publisher_id: 1,
+        messages: vec![message(5)],
+    }))
+    .await;
+    match c.reply().await {
+        ServerCommand::PublishConfirm(p) => assert_eq!(p.publishing_ids, vec![5]),
+        other => panic!("expected a confirm, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn stream_stats_resolve_offset_spec_and_command_versions() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    if std::env::var_os("PIER_TEST_STREAM_ADDR").is_some() {
+        eprintln!("skipped: StreamStats and ResolveOffsetSpec need RabbitMQ 3.11 and 4.x");
+        return;
+    }
+    let s = name("raw-stats");
+    let mut c = Raw::open(port, "guest", 0).await.unwrap();
+    // The server's command versions include the ones it answers here.
+    let id = c.id();
+    c.send(ClientCommand::ExchangeCommandVersions(
+        ExchangeCommandVersions {
+            correlation_id: id,
+            versions: vec![],
+        },
+    ))
+    .await;
+    let ServerCommand::ExchangeCommandVersionsResponse(v) = c.reply().await else {
+        panic!("no command versions");
+    };
+    let keys: Vec<u16> = v.versions.iter().map(|c| c.key).collect();
+    assert!(keys.contains(&0x001c), "no StreamStats in {keys:?}");
+    // Stats of a missing stream, then of one with three messages.
+    let id = c.id();
+    c.send(ClientCommand::StreamStats(StreamStats {
+        correlation_id: id,
+        stream: s.clone(),
+    }))
+    .await;
+    let ServerCommand::StreamStatsResponse(r) = c.reply().await else {
+        panic!("no stats response");
+    };
+    assert_eq!(r.code, ResponseCode::StreamDoesNotExist);
+    c.create(&s).await;
+    let id = c.id();
+    let code = c
+        .call(ClientCommand::DeclarePublisher(DeclarePublisher {
+            correlation_id: id,
+            publisher_id: 0,
+            reference: String::new(),
+            stream: s.clone(),
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+    c.send(ClientCommand::Publish(Publish {
+        version: PublishVersion::V1,
+        publisher_id: 0,
+        messages: (1..=3)
+            .map(|i| PublishedMessage {
+                publishing_id: i,
+                filter_value: None,
+                entry: Entry::Simple(Bytes::from_static(b"\x00Sw\xa1\x01x")),
+            })
+            .collect(),
+    }))
+    .await;
+    let mut confirmed = 0;
+    while confirmed < 3 {
+        match c.reply().await {
+            ServerCommand::PublishConfirm(p) => confirmed += p.publishing_ids.len(),
+            other => panic!("expected confirms, got {other:?}"),
+        }
+    }
+    let id = c.id();
+    c.send(ClientCommand::StreamStats(StreamStats {
+        correlation_id: id,
+        stream: s.clone(),
+    }))
+    .await;
+    let ServerCommand::StreamStatsResponse(r) = c.reply().await else {
+        panic!("no stats response");
+    };
+    assert_eq!(r.code, ResponseCode::Ok);
+    let stat = |k: &str| r.stats.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+    assert_eq!(stat("first_chunk_id"), Some(0), "{:?}", r.stats);
+    assert!(
+        stat("committed_chunk_id").is_some_and(|v| v >= 0),
+        "{:?}",
+        r.stats
+    );
+    // ResolveOffsetSpec: first is 0, next is past the three messages.
+    for (spec, want) in [(OffsetSpec::First, 0u64), (OffsetSpec::Next, 3)] {
+        let id = c.id();
+        c.send(ClientCommand::ResolveOffsetSpec(ResolveOffsetSpec {
+            correlation_id: id,
+            stream: s.clone(),
+            offset: spec,
+            properties: vec![],
+        }))
+        .await;
+        let ServerCommand::ResolveOffsetSpecResponse(r) = c.reply().await else {
+            panic!("no resolve response");
+        };
+        assert_eq!(r.code, ResponseCode::Ok);
+        assert_eq!(r.offset, want, "{spec:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_gets_authentication_failure() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    match Raw::open(port, "wrong", 0).await {
+        Err(ServerCommand::SaslAuthenticateResponse(r)) => {
+            assert_eq!(r.code, ResponseCode::AuthenticationFailure);
+        }
+        Err(other) => panic!("unexpected {other:?}"),
+        Ok(_) => panic!("a wrong password was accepted"),
+    }
+}
