@@ -64,7 +64,7 @@ pub(crate) fn connection_json(st: &AppState, c: &StreamConnectionInfo) -> Value 
         "name": m.name,
         "node": st.node,
         "state": "running",
-        "protocol": "stream",
+        "protocol": m.protocol,
         "user": m.user,
         "user_who_performed_action": m.user,
         "vhost": m.vhost,

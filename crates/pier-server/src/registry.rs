@@ -51,7 +51,7 @@ pub struct ConnectionMeta {
     pub channel_max: u16,
     pub heartbeat: u16,
     /// The protocol as `/api/connections` shows it (RabbitMQ's words): `AMQP 0-9-1`,
-    /// `MQTT 3.1.1`, `STOMP 1.2`, `RabbitMQ Stream`.
+    /// `MQTT 3.1.1`, `STOMP 1.2`, `stream`.
     pub protocol: std::borrow::Cow<'static, str>,
 }
 

@@ -1175,3 +1175,112 @@ fn super_streams_and_stream_lists() {
         "not a super stream",
     );
 }
+
+/// rabbitmq-streams' group, status and tracking verbs, with real stream-protocol consumers
+/// (RabbitMQ's Rust stream client): two single-active consumers of one group and a plain
+/// one, a named publisher and a stored offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_consumer_groups_status_and_tracking() {
+    use rabbitmq_stream_client::types::{Message, OffsetSpecification};
+    use rabbitmq_stream_client::Environment;
+
+    let broker = Broker::start();
+    let Some(port) = broker.stream_port() else {
+        return;
+    };
+    let env = Environment::builder()
+        .host("127.0.0.1")
+        .port(port)
+        .build()
+        .await
+        .unwrap();
+    let s = unique("ctl-stream");
+    env.stream_creator().create(&s).await.unwrap();
+    let mut producer = env.producer().name("writer-a").build(&s).await.unwrap();
+    for i in 0..3 {
+        producer
+            .send_with_confirm(Message::builder().body(format!("m{i}")).build())
+            .await
+            .unwrap();
+    }
+    let sac = |env: Environment, s: String| async move {
+        env.consumer()
+            .name("app")
+            .enable_single_active_consumer(true)
+            .offset(OffsetSpecification::First)
+            .consumer_update(|_active, _ctx| async { OffsetSpecification::First })
+            .build(&s)
+            .await
+            .unwrap()
+    };
+    let first = sac(env.clone(), s.clone()).await;
+    let second = sac(env.clone(), s.clone()).await;
+    let plain = env
+        .consumer()
+        .name("reader")
+        .offset(OffsetSpecification::First)
+        .build(&s)
+        .await
+        .unwrap();
+    plain.store_offset(1).await.unwrap();
+
+    // The ctl runs as a child process: block this worker thread for it.
+    let run = |args: Vec<String>| {
+        tokio::task::block_in_place(|| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ok(&broker, &args)
+        })
+    };
+    let groups = run(vec!["--json".into(), "list_stream_consumer_groups".into()]).json();
+    assert_eq!(
+        groups,
+        json!([{"stream": s, "reference": "app", "partition_index": -1, "consumers": 2}])
+    );
+    let members = run(vec![
+        "--json".into(),
+        "list_stream_group_consumers".into(),
+        "--stream".into(),
+        s.clone(),
+        "--reference".into(),
+        "app".into(),
+    ])
+    .json();
+    let mut states: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap())
+        .collect();
+    states.sort_unstable();
+    assert_eq!(states, ["active", "inactive"]);
+    let status = run(vec!["--json".into(), "stream_status".into(), s.clone()]).json();
+    assert_eq!(status[0]["role"], "writer");
+    assert_eq!(status[0]["offset"], 2);
+    assert_eq!(status[0]["first_offset"], 0);
+    assert_eq!(status[0]["readers"], 3);
+    let tracking = run(vec![
+        "--json".into(),
+        "list_stream_tracking".into(),
+        s.clone(),
+    ])
+    .json();
+    let rows = tracking.as_array().unwrap();
+    assert!(
+        rows.contains(&json!({"type": "offset", "name": "reader", "tracking_value": 1})),
+        "{tracking}"
+    );
+    assert!(
+        rows.contains(&json!({"type": "writer", "name": "writer-a", "tracking_value": 2})),
+        "{tracking}"
+    );
+    let writers = run(vec![
+        "--json".into(),
+        "list_stream_tracking".into(),
+        s.clone(),
+        "--writer".into(),
+    ])
+    .json();
+    assert_eq!(writers.as_array().unwrap().len(), 1, "{writers}");
+    drop((first, second, plain));
+    producer.close().await.unwrap();
+}

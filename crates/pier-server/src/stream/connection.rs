@@ -1189,7 +1189,7 @@ impl Session {
             frame_max: self.frame_max,
             channel_max: 0,
             heartbeat: u16::try_from(self.heartbeat).unwrap_or(u16::MAX),
-            protocol: "RabbitMQ Stream".into(),
+            protocol: "stream".into(),
         };
         let entry = Arc::new(StreamConnectionEntry::new(meta, Arc::clone(&self.counters)));
         self.server.registry.register_stream(Arc::clone(&entry));

@@ -292,6 +292,34 @@ enum CtlCommand {
     ListStreamPublishers { columns: Vec<String> },
     /// Stream-protocol consumers (subscriptions) of the vhost.
     ListStreamConsumers { columns: Vec<String> },
+    /// Single-active-consumer groups of the vhost's streams. Columns: stream reference
+    /// partition_index consumers.
+    ListStreamConsumerGroups { columns: Vec<String> },
+    /// The consumers of one single-active-consumer group. Columns: subscription_id
+    /// connection_name state.
+    ListStreamGroupConsumers {
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        reference: String,
+        columns: Vec<String>,
+    },
+    /// The members of a stream (rabbitmq-streams stream_status). Columns: role node epoch
+    /// offset committed_offset first_offset readers segments.
+    StreamStatus { name: String, columns: Vec<String> },
+    /// Offsets stored by named consumers and sequences of named publishers of a stream.
+    ListStreamTracking {
+        name: String,
+        /// Both kinds (the default).
+        #[arg(long, conflicts_with_all = ["offset", "writer"])]
+        all: bool,
+        /// Consumer offsets only.
+        #[arg(long, conflicts_with = "writer")]
+        offset: bool,
+        /// Publisher sequences only.
+        #[arg(long)]
+        writer: bool,
+    },
 }
 
 /// Runs `pier ctl`; on failure prints `Error: …` and exits with the command's code.
@@ -1198,6 +1226,28 @@ impl Ctl {
             }
             CtlCommand::ListStreamConsumers { columns } => {
                 self.list_stream_objects(&streams::STREAM_CONSUMERS, "consumers", &columns)
+            }
+            CtlCommand::ListStreamConsumerGroups { columns } => {
+                self.list_stream_consumer_groups(&columns)
+            }
+            CtlCommand::ListStreamGroupConsumers {
+                stream,
+                reference,
+                columns,
+            } => self.list_stream_group_consumers(&stream, &reference, &columns),
+            CtlCommand::StreamStatus { name, columns } => self.stream_status(&name, &columns),
+            CtlCommand::ListStreamTracking {
+                name,
+                offset,
+                writer,
+                ..
+            } => {
+                let which = match (offset, writer) {
+                    (true, _) => streams::Tracking::Offsets,
+                    (_, true) => streams::Tracking::Writers,
+                    _ => streams::Tracking::All,
+                };
+                self.list_stream_tracking(&name, which)
             }
         }
     }

@@ -111,6 +111,127 @@ pub(super) const STREAM_CONSUMERS: ListSpec = ListSpec {
     ],
 };
 
+pub(super) const STREAM_CONSUMER_GROUPS: ListSpec = ListSpec {
+    what: "stream consumer group",
+    items: &[
+        ("stream", "stream"),
+        ("reference", "reference"),
+        ("partition_index", "partition_index"),
+        ("consumers", "consumers"),
+    ],
+    default: &["stream", "reference", "partition_index", "consumers"],
+};
+
+pub(super) const STREAM_GROUP_CONSUMERS: ListSpec = ListSpec {
+    what: "stream group consumer",
+    items: &[
+        ("subscription_id", "subscription_id"),
+        ("connection_name", "connection_details.name"),
+        ("state", "state"),
+    ],
+    default: &["subscription_id", "connection_name", "state"],
+};
+
+pub(super) const STREAM_STATUS: ListSpec = ListSpec {
+    what: "stream member",
+    items: &[
+        ("role", "role"),
+        ("node", "node"),
+        ("epoch", "epoch"),
+        ("offset", "offset"),
+        ("committed_offset", "committed_offset"),
+        ("first_offset", "first_offset"),
+        ("readers", "readers"),
+        ("segments", "segments"),
+    ],
+    default: &[
+        "role",
+        "node",
+        "epoch",
+        "offset",
+        "committed_offset",
+        "first_offset",
+        "readers",
+        "segments",
+    ],
+};
+
+pub(super) const STREAM_TRACKING: ListSpec = ListSpec {
+    what: "stream tracking",
+    items: &[
+        ("type", "type"),
+        ("name", "name"),
+        ("tracking_value", "tracking_value"),
+    ],
+    default: &["type", "name", "tracking_value"],
+};
+
+/// Which tracking `list_stream_tracking` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tracking {
+    All,
+    Offsets,
+    Writers,
+}
+
+/// A single-active-consumer group of a stream: its key in the consumer's properties (as
+/// RabbitMQ's clients send them: `single-active-consumer`, `name`, `super-stream`).
+fn group_of(consumer: &Value) -> Option<(String, String, Option<String>)> {
+    let props = consumer.get("properties")?;
+    if props.get("single-active-consumer").and_then(Value::as_str) != Some("true") {
+        return None;
+    }
+    let stream = consumer.pointer("/queue/name")?.as_str()?.to_owned();
+    let reference = props.get("name")?.as_str()?.to_owned();
+    let super_stream = props
+        .get("super-stream")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Some((stream, reference, super_stream))
+}
+
+/// The groups of single active consumers among `consumers`, in order of appearance:
+/// (stream, reference, super stream, member count).
+fn consumer_groups(consumers: &[Value]) -> Vec<(String, String, Option<String>, usize)> {
+    let mut groups: Vec<(String, String, Option<String>, usize)> = Vec::new();
+    for c in consumers {
+        let Some((stream, reference, super_stream)) = group_of(c) else {
+            continue;
+        };
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == stream && g.1 == reference)
+        {
+            Some(g) => g.3 += 1,
+            None => groups.push((stream, reference, super_stream, 1)),
+        }
+    }
+    groups
+}
+
+/// The rows of `list_stream_tracking`: offsets of named consumers and sequences of named
+/// publishers, from a stream queue's `stream.tracking`.
+fn tracking_rows(queue: &Value, which: Tracking) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut add = |kind: &str, key: &str| {
+        if let Some(m) = queue
+            .pointer(&format!("/stream/tracking/{key}"))
+            .and_then(Value::as_object)
+        {
+            for (name, value) in m {
+                rows.push(json!({"type": kind, "name": name, "tracking_value": value}));
+            }
+        }
+    };
+    if which != Tracking::Writers {
+        add("offset", "offsets");
+    }
+    if which != Tracking::Offsets {
+        add("writer", "sequences");
+    }
+    rows
+}
+
 /// What `add_super_stream` was asked for.
 pub(super) struct SuperStreamSpec {
     pub name: String,
@@ -331,6 +452,131 @@ impl Ctl {
     }
 }
 
+impl Ctl {
+    /// `list_stream_consumer_groups`: the single-active-consumer groups of the vhost, from its
+    /// stream consumers; `partition_index` from the super stream's bindings (-1 otherwise).
+    pub(super) fn list_stream_consumer_groups(&self, columns: &[String]) -> CtlResult<()> {
+        self.info(&format!(
+            "Listing stream consumer groups for vhost {} ...",
+            self.vhost
+        ));
+        let consumers = self
+            .client
+            .list(&format!("/stream/consumers/{}", self.vh()))
+            .map_err(|e| Self::not_found(e, self.no_vhost()))?;
+        let mut rows = Vec::new();
+        for (stream, reference, super_stream, n) in consumer_groups(&consumers) {
+            let index = match &super_stream {
+                Some(ss) => self.partition_index(ss, &stream)?,
+                None => -1,
+            };
+            rows.push(json!({
+                "stream": stream, "reference": reference,
+                "partition_index": index, "consumers": n,
+            }));
+        }
+        self.show_list(&STREAM_CONSUMER_GROUPS, columns, &rows)
+    }
+
+    fn partition_index(&self, super_stream: &str, stream: &str) -> CtlResult<i64> {
+        let bindings = self
+            .client
+            .list(&format!(
+                "/exchanges/{}/{}/bindings/source",
+                self.vh(),
+                enc(super_stream)
+            ))
+            .unwrap_or_default();
+        Ok(bindings
+            .iter()
+            .find(|b| b.get("destination").and_then(Value::as_str) == Some(stream))
+            .and_then(|b| b.pointer("/arguments/x-stream-partition-order"))
+            .and_then(Value::as_i64)
+            .unwrap_or(-1))
+    }
+
+    /// `list_stream_group_consumers --stream S --reference R`: the members of one group,
+    /// `active` or `inactive`.
+    pub(super) fn list_stream_group_consumers(
+        &self,
+        stream: &str,
+        reference: &str,
+        columns: &[String],
+    ) -> CtlResult<()> {
+        self.info(&format!(
+            "Listing group consumers of stream {stream}, reference {reference} for vhost {} ...",
+            self.vhost
+        ));
+        let consumers = self
+            .client
+            .list(&format!("/stream/consumers/{}", self.vh()))
+            .map_err(|e| Self::not_found(e, self.no_vhost()))?;
+        let rows: Vec<Value> = consumers
+            .into_iter()
+            .filter(|c| group_of(c).is_some_and(|(s, r, _)| s == stream && r == reference))
+            .map(|mut c| {
+                let active = c.get("active").and_then(Value::as_bool) == Some(true);
+                if let Some(o) = c.as_object_mut() {
+                    o.insert(
+                        "state".into(),
+                        json!(if active { "active" } else { "inactive" }),
+                    );
+                }
+                c
+            })
+            .collect();
+        if rows.is_empty() {
+            return Err(CtlError::new(
+                EX_DATAERR,
+                format!("The group does not exist: stream {stream}, reference {reference}"),
+            ));
+        }
+        self.show_list(&STREAM_GROUP_CONSUMERS, columns, &rows)
+    }
+
+    /// `stream_status NAME`: the stream's members (one, the writer, on a single node).
+    pub(super) fn stream_status(&self, name: &str, columns: &[String]) -> CtlResult<()> {
+        self.info(&format!(
+            "Status of stream {name} on vhost {} ...",
+            self.vhost
+        ));
+        let q = self
+            .client
+            .get(&format!("/queues/{}/{}", self.vh(), enc(name)))
+            .map_err(|e| Self::not_found(e, self.no_queue(name)))?;
+        if q.get("type").and_then(Value::as_str) != Some("stream") {
+            return Err(CtlError::new(
+                EX_DATAERR,
+                format!("queue '{name}' in vhost '{}' is not a stream", self.vhost),
+            ));
+        }
+        let row = json!({
+            "role": "writer",
+            "node": q.get("node"),
+            "epoch": 1,
+            "offset": q.pointer("/stream/last_offset"),
+            "committed_offset": q.pointer("/stream/committed_offset"),
+            "first_offset": q.pointer("/stream/first_offset"),
+            "readers": q.get("consumers"),
+            "segments": q.pointer("/stream/segments"),
+        });
+        self.show_list(&STREAM_STATUS, columns, &[row])
+    }
+
+    /// `list_stream_tracking NAME [--all | --offset | --writer]`.
+    pub(super) fn list_stream_tracking(&self, name: &str, which: Tracking) -> CtlResult<()> {
+        self.info(&format!(
+            "Listing tracking information for stream {name} on vhost {} ...",
+            self.vhost
+        ));
+        let q = self
+            .client
+            .get(&format!("/queues/{}/{}", self.vh(), enc(name)))
+            .map_err(|e| Self::not_found(e, self.no_queue(name)))?;
+        self.show_list(&STREAM_TRACKING, &[], &tracking_rows(&q, which))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -363,5 +609,58 @@ mod tests {
         assert_eq!(partitions_of(&spec(None, None)).unwrap().len(), 3);
         assert!(partitions_of(&spec(Some(0), None)).is_err());
         assert!(partitions_of(&spec(Some(2), Some("a"))).is_err());
+    }
+
+    fn consumer(stream: &str, props: &[(&str, &str)], active: bool) -> Value {
+        let props: Map<String, Value> = props
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        json!({"queue": {"name": stream}, "properties": props, "active": active})
+    }
+
+    #[test]
+    fn consumer_groups_are_keyed_by_stream_and_reference() {
+        let sac = [("single-active-consumer", "true"), ("name", "app")];
+        let consumers = vec![
+            consumer("s1", &sac, true),
+            consumer("s1", &sac, false),
+            consumer("s2", &sac, true),
+            consumer("s1", &[("name", "app")], true),
+            consumer(
+                "ss-0",
+                &[
+                    ("single-active-consumer", "true"),
+                    ("name", "g"),
+                    ("super-stream", "ss"),
+                ],
+                true,
+            ),
+        ];
+        let groups = consumer_groups(&consumers);
+        assert_eq!(
+            groups,
+            vec![
+                ("s1".into(), "app".into(), None, 2),
+                ("s2".into(), "app".into(), None, 1),
+                ("ss-0".into(), "g".into(), Some("ss".into()), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn tracking_rows_list_offsets_then_writers() {
+        let q = json!({"stream": {"tracking": {
+            "offsets": {"reader": 41}, "sequences": {"writer-a": 7}}}});
+        let rows = tracking_rows(&q, Tracking::All);
+        assert_eq!(
+            rows,
+            vec![
+                json!({"type": "offset", "name": "reader", "tracking_value": 41}),
+                json!({"type": "writer", "name": "writer-a", "tracking_value": 7}),
+            ]
+        );
+        assert_eq!(tracking_rows(&q, Tracking::Writers).len(), 1);
+        assert_eq!(tracking_rows(&q, Tracking::Offsets)[0]["name"], "reader");
     }
 }
