@@ -427,3 +427,36 @@ def test_exchanges_admin_and_delete(pier_ui, browser):
     # Logging out returns to the login form.
     by_id(browser, "logout").click()
     wait_until(browser, lambda d: by_id(d, "login-user").is_displayed(), what="the login form")
+
+
+def test_stream_and_quorum_queue_pages_show_their_log_and_members(pier_ui, browser):
+    """A stream's page shows its log (segments, offsets, size, tracking), a quorum queue's its
+    leader and members."""
+    api = MgmtApi(pier_ui.http_port)
+    stream = f"ui-stream.{uuid.uuid4().hex[:8]}"
+    quorum = f"ui-quorum.{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=pier_ui.amqp_port,
+        credentials=pika.PlainCredentials("guest", "guest")))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
+    ch.queue_declare(quorum, durable=True, arguments={"x-queue-type": "quorum"})
+    for i in range(5):
+        ch.basic_publish("", stream, f"s{i}".encode())
+    conn.close()
+    node = api.get("/overview")["node"]
+
+    login(browser, pier_ui.http_port)
+    browser.get(f"http://127.0.0.1:{pier_ui.http_port}/#/queues/%2F/{q(stream)}")
+    wait_until(browser, lambda d: text_of(d, "queue-name") == stream, what="the stream page")
+    wait_until(browser, lambda d: text_of(d, "queue-stream-offsets") == "0 – 4",
+               timeout=15, what="the stream's offsets")
+    assert text_of(browser, "queue-stream-segments") == "1"
+    assert "consumer offsets" in text_of(browser, "queue-stream-tracking")
+    shot(browser, "ui-stream")
+
+    browser.get(f"http://127.0.0.1:{pier_ui.http_port}/#/queues/%2F/{q(quorum)}")
+    wait_until(browser, lambda d: text_of(d, "queue-name") == quorum, what="the quorum page")
+    wait_until(browser, lambda d: text_of(d, "queue-leader") == node, timeout=15,
+               what="the quorum queue's leader")

@@ -684,6 +684,31 @@
     };
   }
 
+  // A stream's log (segments, offsets, retention's reach, tracking) and a quorum queue's
+  // members, as the details table shows them.
+  function streamRows(q) {
+    const rows = [];
+    const st = q.stream;
+    if (st) {
+      const stamp = (t) => t == null ? '–' : new Date(t).toLocaleString();
+      const tracked = (m) => Object.keys(m || {}).length;
+      rows.push(
+        h('tr', null, h('th', null, 'Segments'), h('td', { id: 'queue-stream-segments' }, fmtInt(st.segments))),
+        h('tr', null, h('th', null, 'Size on disk'), h('td', { id: 'queue-stream-size' }, fmtBytes(st.size_bytes))),
+        h('tr', null, h('th', null, 'Offsets'), h('td', { id: 'queue-stream-offsets' },
+          st.last_offset == null ? 'empty (next ' + fmtInt(st.next_offset) + ')' : fmtInt(st.first_offset) + ' – ' + fmtInt(st.last_offset))),
+        h('tr', null, h('th', null, 'Oldest / newest'), h('td', null, stamp(st.first_timestamp) + ' / ' + stamp(st.last_timestamp))),
+        h('tr', null, h('th', null, 'Tracking'), h('td', { id: 'queue-stream-tracking' },
+          tracked(st.tracking && st.tracking.offsets) + ' consumer offsets, ' + tracked(st.tracking && st.tracking.sequences) + ' publisher sequences')));
+    }
+    if (q.type === 'quorum' && q.members) {
+      rows.push(
+        h('tr', null, h('th', null, 'Leader'), h('td', { id: 'queue-leader' }, q.leader || '–')),
+        h('tr', null, h('th', null, 'Members'), h('td', null, q.members.join(', ')  + ' (online: ' + (q.online || []).join(', ') + ')')));
+    }
+    return rows;
+  }
+
   function queuePage(main, vhost, name) {
     const cards = h('div', { class: 'cards', id: 'queue-figures' });
     const rates = chartBox('Rates (messages per second, 1 min window)', [
@@ -791,7 +816,8 @@
           h('tr', null, h('th', null, 'Ready bytes'), h('td', null, fmtBytes(q.message_bytes_ready))),
           h('tr', null, h('th', null, 'Published'), h('td', null, fmtInt(q.message_stats && q.message_stats.publish))),
           h('tr', null, h('th', null, 'Delivered'), h('td', null, fmtInt(q.message_stats && q.message_stats.deliver_get))),
-          h('tr', null, h('th', null, 'Acknowledged'), h('td', null, fmtInt(q.message_stats && q.message_stats.ack)))));
+          h('tr', null, h('th', null, 'Acknowledged'), h('td', null, fmtInt(q.message_stats && q.message_stats.ack))),
+          ...streamRows(q)));
         fill(consumers, table({ cols: ['Channel', 'Consumer tag', 'Ack required', ['Prefetch', 'num'], 'Active', 'Arguments'] },
           (q.consumer_details || []).map((c) => h('tr', null,
             td(c.channel_details && c.channel_details.name || '–'), td(c.consumer_tag, 'mono'), td(String(c.ack_required)),
