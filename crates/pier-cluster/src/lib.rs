@@ -42,6 +42,7 @@ mod handle;
 pub mod metadata;
 mod node;
 pub mod queues;
+pub mod quorum;
 pub mod raft;
 pub mod rpc;
 pub mod transport;

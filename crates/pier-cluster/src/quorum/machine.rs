@@ -1,0 +1,344 @@
+//! [`QueueMachine`]: the state machine every member of a quorum queue's Raft group runs. It
+//! applies committed [`QueueEntry`]s to its own [`QueueEngine`] at the leader's time, with
+//! the engine's [`OpenGate`] (a member's channels are not in the log: flow control travels as
+//! `Credit` ops), so every member holds the same messages, consumers, checked-out deliveries
+//! and delivery counts. Every member computes the same effects; only the leader carries out
+//! deliveries, so a follower that becomes leader knows each unsettled delivery and its count.
+//!
+//! Bodies stay in memory and the log is the durable copy (the engine stores nothing itself);
+//! snapshots of the engine bound the log.
+
+use std::sync::Arc;
+
+use pier_broker::queue::engine::{
+    Command, ConsumerSettings, Context, Effect, EngineConfig, OpenGate, PublisherSeq, QueueEngine,
+    Refusal, Reply, Snapshot, StoreMode,
+};
+
+use super::entry::{message_of, QueueEntry, QueueOp};
+
+/// The replicated queue on one member.
+#[derive(Debug)]
+pub struct QueueMachine {
+    engine: QueueEngine,
+    /// The last log index applied.
+    applied: u64,
+    effects: Vec<Effect>,
+}
+
+/// What applying one entry did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub reply: Result<Reply, Refusal>,
+    /// In order; the leader carries them out, followers only count them.
+    pub effects: Vec<Effect>,
+}
+
+impl QueueMachine {
+    /// A new, empty queue. The engine stores nothing (the log is the store) and never pages
+    /// (members keep bodies in memory for now).
+    pub fn new(mut config: EngineConfig) -> Self {
+        config.stores_persistent = false;
+        config.stores_transient = false;
+        config.memory_budget = u64::MAX;
+        QueueMachine {
+            engine: QueueEngine::new(config, 0),
+            applied: 0,
+            effects: Vec::new(),
+        }
+    }
+
+    /// A member restarting from a snapshot taken at log index `applied`.
+    pub fn restore(snapshot: Snapshot, applied: u64) -> Self {
+        QueueMachine {
+            engine: QueueEngine::from_snapshot(snapshot),
+            applied,
+            effects: Vec::new(),
+        }
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn engine(&self) -> &QueueEngine {
+        &self.engine
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.engine.snapshot()
+    }
+
+    /// Applies the entry at log index `index` (entries arrive in index order, each once).
+    pub fn apply(&mut self, index: u64, entry: &QueueEntry) -> Applied {
+        self.applied = index;
+        let mut gate = OpenGate;
+        let mut cx = Context {
+            now: entry.at,
+            unix_now: entry.unix,
+            can_spill: false,
+            gate: &mut gate,
+        };
+        self.effects.clear();
+        let reply = match &entry.op {
+            QueueOp::Enqueue { publisher, .. } => match message_of(&entry.op) {
+                Some(m) => self.engine.apply(
+                    Command::Enqueue {
+                        message: Arc::new(m),
+                        publisher: publisher
+                            .map(|(publisher, seq)| PublisherSeq { publisher, seq }),
+                        store: StoreMode::Own,
+                    },
+                    &mut cx,
+                    &mut self.effects,
+                ),
+                // Checked when proposed; a member that cannot read it still applies the
+                // same (nothing), so members do not diverge.
+                None => Ok(Reply::Done),
+            },
+            QueueOp::Checkout {
+                consumer,
+                tag,
+                connection,
+                ack_required,
+                exclusive,
+                prefetch,
+                priority,
+                arguments,
+                credit,
+            } => self.engine.apply(
+                Command::Checkout {
+                    consumer: *consumer,
+                    settings: ConsumerSettings {
+                        tag: tag.clone(),
+                        connection: *connection,
+                        ack_required: *ack_required,
+                        exclusive: *exclusive,
+                        prefetch: *prefetch,
+                        priority: *priority,
+                        arguments: arguments.clone(),
+                        credit: *credit,
+                    },
+                },
+                &mut cx,
+                &mut self.effects,
+            ),
+            QueueOp::Cancel { consumer } => self.engine.apply(
+                Command::Cancel {
+                    consumer: *consumer,
+                },
+                &mut cx,
+                &mut self.effects,
+            ),
+            QueueOp::Credit {
+                consumer,
+                credit,
+                drain,
+            } => self.engine.apply(
+                Command::Credit {
+                    consumer: *consumer,
+                    credit: *credit,
+                    drain: *drain,
+                },
+                &mut cx,
+                &mut self.effects,
+            ),
+            QueueOp::Settle(offsets) => {
+                self.engine
+                    .apply(Command::Settle { offsets }, &mut cx, &mut self.effects)
+            }
+            QueueOp::Return(offsets) => {
+                self.engine
+                    .apply(Command::Return { offsets }, &mut cx, &mut self.effects)
+            }
+            QueueOp::Release(offsets) => {
+                self.engine
+                    .apply(Command::Release { offsets }, &mut cx, &mut self.effects)
+            }
+            QueueOp::Discard(offsets) => {
+                self.engine
+                    .apply(Command::Discard { offsets }, &mut cx, &mut self.effects)
+            }
+            QueueOp::PublisherDown(publisher) => self.engine.apply(
+                Command::PublisherDown {
+                    publisher: *publisher,
+                },
+                &mut cx,
+                &mut self.effects,
+            ),
+            QueueOp::Tick => self.engine.apply(Command::Tick, &mut cx, &mut self.effects),
+            QueueOp::Purge => self
+                .engine
+                .apply(Command::Purge, &mut cx, &mut self.effects),
+            QueueOp::Delete => self
+                .engine
+                .apply(Command::Delete, &mut cx, &mut self.effects),
+            QueueOp::Get { ack_required } => self.engine.apply(
+                Command::Get {
+                    ack_required: *ack_required,
+                },
+                &mut cx,
+                &mut self.effects,
+            ),
+        };
+        Applied {
+            reply,
+            effects: std::mem::take(&mut self.effects),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::quorum::entry::tests::op_strategy;
+    use bytes::Bytes;
+    use pier_broker::args::QueueConfig;
+    use pier_broker::queue::engine::Delivered;
+    use pier_wire::{BasicProperties, FieldTable, ShortString};
+    use proptest::prelude::*;
+
+    fn config() -> EngineConfig {
+        EngineConfig::quorum(QueueConfig::default())
+    }
+
+    fn publish(at: u64, body: &'static str) -> QueueEntry {
+        QueueEntry {
+            at,
+            unix: 1_700_000_000_000 + at,
+            op: QueueOp::Enqueue {
+                publisher: None,
+                exchange: ShortString::from(""),
+                routing_key: ShortString::from("q"),
+                properties: BasicProperties::default().to_bytes().unwrap(),
+                body: Bytes::from_static(body.as_bytes()),
+            },
+        }
+    }
+
+    fn checkout(at: u64, consumer: u64, prefetch: u32) -> QueueEntry {
+        QueueEntry {
+            at,
+            unix: 0,
+            op: QueueOp::Checkout {
+                consumer,
+                tag: ShortString::from("ctag"),
+                connection: 1,
+                ack_required: true,
+                exclusive: false,
+                prefetch,
+                priority: 0,
+                arguments: FieldTable::new(),
+                credit: None,
+            },
+        }
+    }
+
+    fn deliveries(a: &Applied) -> Vec<Delivered> {
+        a.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Deliver(d) => Some(d.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Members that apply the same log (through the encoding, as it travels) hold the same
+    /// queue and compute the same effects; one restored from a snapshot taken midway ends
+    /// the same too.
+    fn replay_everywhere(ops: Vec<QueueOp>) -> Result<(), TestCaseError> {
+        let log: Vec<Bytes> = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| {
+                QueueEntry {
+                    at: i as u64 * 10,
+                    unix: 1_700_000_000_000 + i as u64 * 10,
+                    op,
+                }
+                .to_bytes()
+                .unwrap()
+            })
+            .collect();
+        let mut members: Vec<QueueMachine> = (0..3).map(|_| QueueMachine::new(config())).collect();
+        let half = log.len() / 2;
+        let mut restored = None;
+        for (i, bytes) in log.iter().enumerate() {
+            let entry = QueueEntry::decode(bytes).unwrap();
+            let outcomes: Vec<Applied> = members
+                .iter_mut()
+                .map(|m| m.apply(i as u64 + 1, &entry))
+                .collect();
+            prop_assert_eq!(&outcomes[0], &outcomes[1]);
+            prop_assert_eq!(&outcomes[0], &outcomes[2]);
+            if i + 1 == half {
+                restored = Some(QueueMachine::restore(members[0].snapshot(), i as u64 + 1));
+            }
+            if let Some(r) = restored.as_mut().filter(|_| i + 1 > half) {
+                let a = r.apply(i as u64 + 1, &entry);
+                prop_assert_eq!(&a, &outcomes[0]);
+            }
+        }
+        prop_assert_eq!(members[0].snapshot(), members[1].snapshot());
+        prop_assert_eq!(members[0].snapshot(), members[2].snapshot());
+        if let Some(r) = restored {
+            prop_assert_eq!(r.snapshot(), members[0].snapshot());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn members_applying_one_log_agree(ops in proptest::collection::vec(op_strategy(), 1..60)) {
+            replay_everywhere(ops)?;
+        }
+    }
+
+    /// The leader fails with a delivery unsettled: the new leader's member knows it, and when
+    /// the consumer's channel is gone (its cancel and return are in the log) the message is
+    /// delivered again, redelivered, with its count.
+    #[test]
+    fn a_new_leader_redelivers_what_the_old_one_left_unsettled() {
+        let mut old = QueueMachine::new(config());
+        let mut new = QueueMachine::new(config());
+        let log = [publish(1, "a"), checkout(2, 7, 10)];
+        let mut delivered = Vec::new();
+        for (i, e) in log.iter().enumerate() {
+            let a = old.apply(i as u64 + 1, e);
+            assert_eq!(new.apply(i as u64 + 1, e), a);
+            delivered.extend(deliveries(&a));
+        }
+        assert_eq!(delivered.len(), 1);
+        assert!(!delivered[0].redelivered);
+        let offset = delivered[0].offset;
+        assert_eq!(new.engine().stats().unacked, 1);
+        // The old leader is gone: the new one's log gets its consumer's cancel and return,
+        // and a new consumer.
+        for (i, e) in [
+            QueueEntry {
+                at: 3,
+                unix: 0,
+                op: QueueOp::Cancel { consumer: 7 },
+            },
+            QueueEntry {
+                at: 3,
+                unix: 0,
+                op: QueueOp::Return(vec![offset]),
+            },
+        ]
+        .iter()
+        .enumerate()
+        {
+            new.apply(3 + i as u64, e);
+        }
+        let a = new.apply(5, &checkout(4, 8, 10));
+        let again = deliveries(&a);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].offset, offset);
+        assert!(again[0].redelivered);
+        assert_eq!(again[0].returns, 1);
+    }
+}
