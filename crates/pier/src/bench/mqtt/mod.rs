@@ -522,8 +522,7 @@ async fn publisher(
     )
     .await?;
     let qos1 = cfg.qos == QoS::AtLeastOnce;
-    let window_size = cfg.inflight.min(usize::from(conn.receive_maximum));
-    let mut window = InFlight::new(window_size);
+    let mut window = InFlight::new(cfg.inflight.min(usize::from(conn.receive_maximum)));
     if qos1 && window.capacity() < cfg.inflight && i == 0 {
         eprintln!(
             "note: the broker's Receive Maximum is {}: at most that many PUBLISHes in flight",
@@ -539,8 +538,10 @@ async fn publisher(
     let (version, max_packet) = (conn.version, conn.max_packet);
     let (mut rd, mut wr) = conn.stream.into_split();
     let mut rbuf = conn.buf;
-    // PUBACKs (and anything else) on the read side; identifiers come over in batches.
-    let (ack_tx, mut acks) = mpsc::channel::<Vec<u16>>(64);
+    // PUBACKs on the read side; identifiers come over in batches, at most one batch per
+    // identifier in flight, so the reader never waits on a full channel for a writer that
+    // waits on the broker.
+    let (ack_tx, mut acks) = mpsc::channel::<Vec<u16>>(window.capacity() + 1);
     let reader: JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
         loop {
             let mut ids = Vec::new();
