@@ -21,7 +21,10 @@
 #                                      each), held SETTLE s after the last is up; broker
 #                                      memory per connection = (VmRSS after - VmRSS before)
 #                                      / connections, from /proc/<pid>/status, and the same
-#                                      from the management API's mem_used (/api/nodes)
+#                                      from the management API (/api/nodes/<node>/memory,
+#                                      total.erlang: RabbitMQ's erlang:memory(total), Pier's
+#                                      RSS)
+#   (IDLE runs first, on brokers not yet churned by the throughput runs.)
 #
 # Pier is started here (PIER_BIN, or built with `cargo build --release -p pier`) on a fresh
 # data directory with `--mqtt-port PIER_MQTT_PORT`, and stopped at the end; a Pier without
@@ -79,6 +82,8 @@ RABBIT_HTTP_PORT="${RABBIT_HTTP_PORT:-15673}"
 MQTT_USER="${MQTT_USER:-guest}"
 MQTT_PASS="${MQTT_PASS:-guest}"
 PYTHON="${PYTHON:-python3}"
+# The generator's errors in one line each, not with a backtrace.
+export RUST_BACKTRACE=0
 
 want() { case ",$BROKERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 want pier || want rabbitmq || die "--brokers: pier, rabbitmq or both (got $BROKERS)"
@@ -97,14 +102,20 @@ fi
 listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 listener_pid() { ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-# mem_used of the first node in the management API at port $1 (empty if unreachable).
+# The management API's memory figure of the first node at HTTP port $1, bytes (empty if
+# unreachable): /api/nodes/<node>/memory, computed when asked, "total"."erlang" (RabbitMQ:
+# erlang:memory(total), what its memory alarm watches; Pier: its RSS).
 mgmt_mem() {
     "$PYTHON" - "$1" "$MQTT_USER" "$MQTT_PASS" <<'EOF' 2>/dev/null || true
-import base64, json, sys, urllib.request
+import base64, json, sys, urllib.parse, urllib.request
 port, user, pw = sys.argv[1:4]
-req = urllib.request.Request(f"http://127.0.0.1:{port}/api/nodes")
-req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
-print(json.load(urllib.request.urlopen(req, timeout=30))[0]["mem_used"])
+auth = "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+def get(path):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/{path}")
+    req.add_header("Authorization", auth)
+    return json.load(urllib.request.urlopen(req, timeout=60))
+node = get("nodes")[0]["name"]
+print(get(f"nodes/{urllib.parse.quote(node, safe='')}/memory")["memory"]["total"]["erlang"])
 EOF
 }
 
@@ -219,27 +230,24 @@ throughput() { # scenario qos size
         json="$("$BENCH" bench --mqtt --uri "$(uri "$b")" -x 1 -y 1 --qos "$qos" --size "$size" \
             "${extra[@]}" --time "$TIME" --topic "pier-bench-mqtt/$$/$scenario/$b" \
             --broker-pid "$(broker_pid "$b")" --json --quiet 2>"$WORK/bench.err")" ||
-            sed 's/^/    /' "$WORK/bench.err" >&2
+            grep -v '^$' "$WORK/bench.err" | tail -n 4 | sed 's/^/    /' >&2
         [ -n "$json" ] || json=null
         record "$b" "$scenario" "$json"
         # Let the broker drop what the subscriber left (QoS 0 backlogs) before the next run.
         sleep 2
     done
 }
-throughput Q0-16B 0 16
-throughput Q0-1KiB 0 1024
-throughput Q1-16B 1 16
-throughput Q1-1KiB 1 1024
 
 # --- Idle connections: memory per connection ----------------------------------------------
-for b in "${BROKER_LIST[@]}"; do
+idle() { # broker
+    local b=$1 pid ready gen limit i json rss_before rss_after="" mem_before mem_after=""
     pid="$(broker_pid "$b")"
     ready="$WORK/ready-$b"
     log "IDLE on $b: $IDLE connections, settle $SETTLE s"
     rss_before="$(rss_kib "$pid")"
     mem_before="$(mgmt_mem "$(broker_http "$b")")"
-    # The generator holds the connections SETTLE + 20 s after the last is up: the measurement
-    # below is taken at SETTLE.
+    # The generator holds the connections SETTLE + 20 s after the last is up; the measurement
+    # is taken at SETTLE.
     "$BENCH" bench --mqtt-idle "$IDLE" --uri "$(uri "$b")" --keep-alive 60 \
         --topic "pier-bench-mqtt/$$/idle-$b" --time "$((SETTLE + 20))" \
         --ready-file "$ready" --json --quiet >"$WORK/idle-$b.json" 2>"$WORK/idle-$b.err" &
@@ -250,22 +258,30 @@ for b in "${BROKER_LIST[@]}"; do
         kill -0 "$gen" 2>/dev/null || break
         sleep 0.2
     done
-    rss_after="" mem_after=""
     if [ -e "$ready" ]; then
         sleep "$SETTLE"
         rss_after="$(rss_kib "$pid")"
         mem_after="$(mgmt_mem "$(broker_http "$b")")"
-        log "$b: VmRSS $rss_before -> $rss_after KiB"
+        log "$b: VmRSS $rss_before -> $rss_after KiB, management API $mem_before -> $mem_after B"
     else
         printf '    the generator did not get its connections up within %s s\n' "$limit" >&2
     fi
-    wait "$gen" || sed 's/^/    /' "$WORK/idle-$b.err" >&2
+    wait "$gen" || grep -v '^$' "$WORK/idle-$b.err" | tail -n 6 | sed 's/^/    /' >&2
     json="$(tail -n 1 "$WORK/idle-$b.json")"
     [ -n "$json" ] || json=null
     record "$b" IDLE "$json" ",\"connections\":$IDLE,\"rss_before_kib\":${rss_before:-null},\"rss_after_kib\":${rss_after:-null},\"mgmt_mem_before\":${mem_before:-null},\"mgmt_mem_after\":${mem_after:-null}"
-    # Let the broker clean up the closed connections before the next one measures.
-    sleep 5
+    # Let the broker clean up the closed connections (RabbitMQ: a queue each) before more.
+    sleep 10
+}
+
+# --- The scenarios: idle first, on brokers not yet churned by the throughput runs ---------
+for b in "${BROKER_LIST[@]}"; do
+    idle "$b"
 done
+throughput Q0-16B 0 16
+throughput Q0-1KiB 0 1024
+throughput Q1-16B 1 16
+throughput Q1-1KiB 1 1024
 
 # --- The table ----------------------------------------------------------------------------
 "$PYTHON" - "$OUT" "${PIER_VERSION:-}" "${RABBIT_VERSION:-}" "$TIME" "$IDLE" "$SETTLE" <<'EOF'
@@ -324,7 +340,7 @@ def per_conn_mgmt(r):
 
 for name, f in [
     ("bytes/connection (VmRSS delta)", per_conn_rss),
-    ("bytes/connection (mgmt mem_used delta)", per_conn_mgmt),
+    ("bytes/connection (mgmt API delta)", per_conn_mgmt),
     ("connections up", lambda r: r["bench"]["established"]),
     ("connections/s", lambda r: r["bench"]["connect_rate"]),
     ("handshake p99 µs", lambda r: r["bench"]["handshake_us"]["p99"]),
@@ -333,7 +349,8 @@ for name, f in [
     print(f"| IDLE | {name} | {fmt(p)} | {fmt(r)} | {ratio(p, r)} |")
 failed = [f"{r['broker']} {r['scenario']}" for r in rows
           if r.get("bench") is None or r["bench"].get("errors")]
-if failed:
-    print("\nfailed or with errors: " + ", ".join(failed) + f" (see {path})")
 print(f"\nraw results: {path}")
+if failed:
+    print("FAILED or with errors: " + ", ".join(failed))
+    sys.exit(1)
 EOF

@@ -196,7 +196,8 @@ pub async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
 
     // Hold: idle until --time is up or Ctrl-C.
     let hold_start = Instant::now();
-    if !interrupted {
+    // Nothing to hold when no connection is up.
+    if !interrupted && established > 0 {
         let hold = async {
             match cfg.time {
                 Some(t) => tokio::time::sleep(t).await,

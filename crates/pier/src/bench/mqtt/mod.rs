@@ -422,6 +422,11 @@ async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
         }
     }
     let _ = stop_pub_tx.send(true);
+    if cfg.pmessages.is_none() {
+        // A timed run measures a window: subscribers stop with the publishers, rather than
+        // count what a saturated broker still delivers from its backlog.
+        let _ = stop_sub_tx.send(true);
+    }
     let end = Instant::now();
     for (i, slot) in publishers.iter_mut().enumerate() {
         if let Some(h) = slot.take() {
@@ -694,7 +699,8 @@ async fn publisher(
         version,
         &mut out,
     )?;
-    let _ = wr.write_all(&out).await;
+    // A broker whose flow control holds the socket gets no DISCONNECT: it sees a close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
     Ok(())
 }
 
