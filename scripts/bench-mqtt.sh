@@ -6,7 +6,7 @@
 # Usage: ./scripts/bench-mqtt.sh [--quick] [--brokers pier,rabbitmq] [--out FILE.jsonl]
 #                                [--no-build]
 #
-#   --quick          a few seconds per scenario and 1,000 idle connections (CI smoke)
+#   --quick          3 s per scenario, 1,000 idle connections held 6 s (CI smoke)
 #   --brokers LIST   which brokers to load (default pier,rabbitmq; rabbitmq alone needs no
 #                    Pier with MQTT)
 #   --out FILE       JSON lines of the raw results (default
@@ -21,9 +21,9 @@
 #                                      each), held SETTLE s after the last is up; broker
 #                                      memory per connection = (VmRSS after - VmRSS before)
 #                                      / connections, from /proc/<pid>/status, and the same
-#                                      from the management API (/api/nodes/<node>/memory,
-#                                      total.erlang: RabbitMQ's erlang:memory(total), Pier's
-#                                      RSS)
+#                                      from the management API: mem_used (/api/nodes) and
+#                                      total.erlang (/api/nodes/<node>/memory: RabbitMQ's
+#                                      erlang:memory(total); Pier reports its RSS in both)
 #   (IDLE runs first, on brokers not yet churned by the throughput runs.)
 #
 # Pier is started here (PIER_BIN, or built with `cargo build --release -p pier`) on a fresh
@@ -35,7 +35,7 @@
 #   PIER_MQTT_PORT (1893), PIER_AMQP_PORT (5793), PIER_HTTP_PORT (15793),
 #   PIER_MQTT_FLAG (--mqtt-port), RABBIT_MQTT_PORT (1884), RABBIT_HTTP_PORT (15673),
 #   MQTT_USER / MQTT_PASS (guest / guest, for both brokers; RabbitMQ accepts guest from
-#   localhost only), TIME (10; --quick 3), IDLE (10000; --quick 1000), SETTLE (10; --quick 3),
+#   localhost only), TIME (10; --quick 3), IDLE (10000; --quick 1000), SETTLE (10; --quick 6),
 #   INFLIGHT (100), PYTHON (python3).
 # Needs: python3 (stdlib only), ss (iproute2), cargo unless PIER_BIN is given.
 set -euo pipefail
@@ -68,7 +68,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$QUICK" -eq 1 ]; then
-    TIME="${TIME:-3}" IDLE="${IDLE:-1000}" SETTLE="${SETTLE:-3}"
+    TIME="${TIME:-3}" IDLE="${IDLE:-1000}" SETTLE="${SETTLE:-6}"
 else
     TIME="${TIME:-10}" IDLE="${IDLE:-10000}" SETTLE="${SETTLE:-10}"
 fi
@@ -102,9 +102,11 @@ fi
 listening() { ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 listener_pid() { ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-# The management API's memory figure of the first node at HTTP port $1, bytes (empty if
-# unreachable): /api/nodes/<node>/memory, computed when asked, "total"."erlang" (RabbitMQ:
-# erlang:memory(total), what its memory alarm watches; Pier: its RSS).
+# The management API's memory figures of the first node at HTTP port $1, bytes, as
+# "mem_used erlang" (empty if unreachable): mem_used from /api/nodes (what the memory alarm
+# watches; with RabbitMQ's default strategy, its RSS, refreshed every 5 s) and total.erlang
+# from /api/nodes/<node>/memory (RabbitMQ: erlang:memory(total), computed when asked, which
+# counts allocated but untouched carriers too; Pier: its RSS).
 mgmt_mem() {
     "$PYTHON" - "$1" "$MQTT_USER" "$MQTT_PASS" <<'EOF' 2>/dev/null || true
 import base64, json, sys, urllib.parse, urllib.request
@@ -114,8 +116,9 @@ def get(path):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/{path}")
     req.add_header("Authorization", auth)
     return json.load(urllib.request.urlopen(req, timeout=60))
-node = get("nodes")[0]["name"]
-print(get(f"nodes/{urllib.parse.quote(node, safe='')}/memory")["memory"]["total"]["erlang"])
+node = get("nodes")[0]
+memory = get(f"nodes/{urllib.parse.quote(node['name'], safe='')}/memory")["memory"]
+print(node["mem_used"], memory["total"]["erlang"])
 EOF
 }
 
@@ -262,14 +265,15 @@ idle() { # broker
         sleep "$SETTLE"
         rss_after="$(rss_kib "$pid")"
         mem_after="$(mgmt_mem "$(broker_http "$b")")"
-        log "$b: VmRSS $rss_before -> $rss_after KiB, management API $mem_before -> $mem_after B"
+        log "$b: VmRSS $rss_before -> $rss_after KiB; management API mem_used, erlang: $mem_before -> $mem_after B"
     else
         printf '    the generator did not get its connections up within %s s\n' "$limit" >&2
     fi
     wait "$gen" || grep -v '^$' "$WORK/idle-$b.err" | tail -n 6 | sed 's/^/    /' >&2
     json="$(tail -n 1 "$WORK/idle-$b.json")"
     [ -n "$json" ] || json=null
-    record "$b" IDLE "$json" ",\"connections\":$IDLE,\"rss_before_kib\":${rss_before:-null},\"rss_after_kib\":${rss_after:-null},\"mgmt_mem_before\":${mem_before:-null},\"mgmt_mem_after\":${mem_after:-null}"
+    local m0=(${mem_before:-null null}) m1=(${mem_after:-null null})
+    record "$b" IDLE "$json" ",\"connections\":$IDLE,\"rss_before_kib\":${rss_before:-null},\"rss_after_kib\":${rss_after:-null},\"mgmt_mem_used_before\":${m0[0]},\"mgmt_mem_used_after\":${m1[0]},\"mgmt_erlang_before\":${m0[1]:-null},\"mgmt_erlang_after\":${m1[1]:-null}"
     # Let the broker clean up the closed connections (RabbitMQ: a queue each) before more.
     sleep 10
 }
@@ -293,7 +297,7 @@ res = {(r["broker"], r["scenario"]): r for r in rows}
 def fmt(v, unit=""):
     if v is None:
         return "-"
-    if isinstance(v, float) and v < 100:
+    if isinstance(v, float) and abs(v) < 100:
         return f"{v:.1f}{unit}"
     return f"{v:,.0f}{unit}"
 
@@ -335,12 +339,14 @@ for s in ["Q0-16B", "Q0-1KiB", "Q1-16B", "Q1-1KiB"]:
 def per_conn_rss(r):
     return (r["rss_after_kib"] - r["rss_before_kib"]) * 1024 / r["bench"]["established"]
 
-def per_conn_mgmt(r):
-    return (r["mgmt_mem_after"] - r["mgmt_mem_before"]) / r["bench"]["established"]
+def per_conn_mgmt(key):
+    return lambda r: ((r[f"mgmt_{key}_after"] - r[f"mgmt_{key}_before"])
+                      / r["bench"]["established"])
 
 for name, f in [
     ("bytes/connection (VmRSS delta)", per_conn_rss),
-    ("bytes/connection (mgmt API delta)", per_conn_mgmt),
+    ("bytes/connection (mgmt mem_used delta)", per_conn_mgmt("mem_used")),
+    ("bytes/connection (mgmt memory total.erlang delta)", per_conn_mgmt("erlang")),
     ("connections up", lambda r: r["bench"]["established"]),
     ("connections/s", lambda r: r["bench"]["connect_rate"]),
     ("handshake p99 µs", lambda r: r["bench"]["handshake_us"]["p99"]),
