@@ -16,7 +16,10 @@
 # Scenarios, for each broker in turn (Pier first):
 #   Q0-16B, Q0-1KiB, Q1-16B, Q1-1KiB   1 publisher + 1 subscriber on one topic, MQTT 3.1.1,
 #                                      QoS 0 or 1 (publish and subscription), --time TIME;
-#                                      QoS 1 with at most INFLIGHT PUBLISHes unacknowledged
+#                                      QoS 1 with at most INFLIGHT PUBLISHes unacknowledged;
+#                                      as fast as the broker takes them (their latency is a
+#                                      saturated broker's queueing delay)
+#   Q1-1KiB-R1000                      Q1-1KiB at a fixed 1,000 msg/s: latency unsaturated
 #   IDLE                               IDLE connections (keep-alive 60 s, one subscription
 #                                      each), held SETTLE s after the last is up; broker
 #                                      memory per connection = (VmRSS after - VmRSS before)
@@ -225,9 +228,11 @@ record() {
 }
 
 # --- Throughput and latency ---------------------------------------------------------------
-throughput() { # scenario qos size
+throughput() { # scenario qos size [more bench options]
     local scenario=$1 qos=$2 size=$3 b json extra=()
+    shift 3
     [ "$qos" -eq 1 ] && extra=(--inflight "$INFLIGHT")
+    extra+=("$@")
     for b in "${BROKER_LIST[@]}"; do
         log "$scenario on $b: 1 publisher, 1 subscriber, QoS $qos, $size B, $TIME s"
         json="$("$BENCH" bench --mqtt --uri "$(uri "$b")" -x 1 -y 1 --qos "$qos" --size "$size" \
@@ -286,6 +291,7 @@ throughput Q0-16B 0 16
 throughput Q0-1KiB 0 1024
 throughput Q1-16B 1 16
 throughput Q1-1KiB 1 1024
+throughput Q1-1KiB-R1000 1 1024 --rate 1000
 
 # --- The table ----------------------------------------------------------------------------
 "$PYTHON" - "$OUT" "${PIER_VERSION:-}" "${RABBIT_VERSION:-}" "$TIME" "$IDLE" "$SETTLE" <<'EOF'
@@ -329,7 +335,7 @@ metrics = [
     ("latency p99 µs", lambda r: r["bench"]["latency_us"]["p99"], ""),
     ("broker CPU %", lambda r: r["bench"]["broker_cpu_percent"], ""),
 ]
-for s in ["Q0-16B", "Q0-1KiB", "Q1-16B", "Q1-1KiB"]:
+for s in ["Q0-16B", "Q0-1KiB", "Q1-16B", "Q1-1KiB", "Q1-1KiB-R1000"]:
     for name, f, unit in metrics:
         p, r = get("pier", s, f), get("rabbitmq", s, f)
         if p is None and r is None:
