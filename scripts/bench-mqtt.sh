@@ -308,7 +308,10 @@ def fmt(v, unit=""):
     return f"{v:,.0f}{unit}"
 
 def ratio(p, r):
-    return f"{p / r:.2f}" if p is not None and r else "-"
+    if p is None or not r:
+        return "-"
+    x = p / r
+    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.2g}"
 
 def get(b, s, f):
     r = res.get((b, s))
