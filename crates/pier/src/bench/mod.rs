@@ -10,12 +10,15 @@
 //! minimum size). The bench reports its own CPU use so that readers can tell it was not
 //! the bottleneck.
 //!
-//! The same bench runs against Pier and RabbitMQ; that is the point.
+//! The same bench runs against Pier and RabbitMQ; that is the point. `--stream` speaks
+//! RabbitMQ's stream protocol instead (`stream.rs`), `--mqtt` and `--mqtt-idle` MQTT
+//! (`mqtt/`).
 
 mod client;
 mod consumer;
 mod floor;
 mod message;
+mod mqtt;
 mod producer;
 mod stats;
 mod stream;
@@ -43,10 +46,12 @@ use self::uri::AmqpUri;
 /// Command-line options of `pier bench` (short flags follow RabbitMQ PerfTest).
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Broker to load: amqp://user:pass@host:port/vhost (vhost percent-encoded, %2F = /).
+    /// Broker to load: amqp://user:pass@host:port/vhost (vhost percent-encoded, %2F = /);
+    /// with --mqtt, mqtt://user:pass@host:port (left at this default: 127.0.0.1:1883 as
+    /// guest).
     #[arg(
         long,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2F",
+        default_value = mqtt::AMQP_DEFAULT_URI,
         env = "PIER_BENCH_URI"
     )]
     pub uri: String,
@@ -145,6 +150,49 @@ pub struct BenchArgs {
     /// Messages per stream Publish frame.
     #[arg(long, default_value_t = 100)]
     pub stream_batch: u32,
+    /// Use MQTT instead of AMQP 0-9-1 (see `bench/mqtt/`): --producers publishers and
+    /// --consumers subscribers, one connection each, on the topics <topic>/1..=<topics>.
+    /// --uri is then mqtt://user:pass@host:port (port 1883 by default; no user: anonymous).
+    #[arg(long)]
+    pub mqtt: bool,
+    /// MQTT protocol version: 3.1.1, 5 or 3.1.
+    #[arg(long, default_value = "3.1.1")]
+    pub mqtt_version: String,
+    /// MQTT: QoS of the PUBLISHes (0 or 1).
+    #[arg(long, default_value_t = 0)]
+    pub qos: u8,
+    /// MQTT: QoS of the subscriptions (default: --qos).
+    #[arg(long)]
+    pub sub_qos: Option<u8>,
+    /// MQTT QoS 1: at most this many PUBLISHes per publisher awaiting their PUBACK (also
+    /// capped by a 5.0 server's Receive Maximum).
+    #[arg(long, default_value_t = 100)]
+    pub inflight: u16,
+    /// MQTT: topic prefix; topics are <topic>/1..=<topics> (publishers and subscribers are
+    /// spread over them round-robin; every subscriber of a topic gets every message).
+    #[arg(long, default_value = "pier-bench")]
+    pub topic: String,
+    /// MQTT: number of topics.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// MQTT keep-alive in seconds (0 = off); idle connections send PINGREQ every half of it.
+    #[arg(long, default_value_t = 60)]
+    pub keep_alive: u16,
+    /// MQTT idle mode: open N connections that each subscribe to a topic of their own
+    /// (<topic>/idle/<n>) and then stay idle (PINGREQ only) for --time seconds after the
+    /// last is up, or until Ctrl-C: for measuring a broker's memory per connection.
+    #[arg(long, value_name = "N")]
+    pub mqtt_idle: Option<usize>,
+    /// --mqtt-idle: at most this many connection handshakes under way at once (below the
+    /// broker's accept backlog; RabbitMQ's is 128).
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// --mqtt-idle: new connections per second (0 = no limit but --connect-concurrency).
+    #[arg(long, default_value_t = 1000)]
+    pub connect_rate: u64,
+    /// --mqtt-idle: write this file (a JSON line of counts) once every connection is up.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<std::path::PathBuf>,
 }
 
 /// Validated settings of a run.
@@ -337,6 +385,9 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
 /// Entry point: runs the bench on its own tokio runtime. An `Err` (exit code 1) when the
 /// run failed or, with --pmessages, when not everything published was consumed.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    if args.mqtt || args.mqtt_idle.is_some() {
+        return mqtt::main(&args);
+    }
     if args.stream {
         return stream::main(&args);
     }
