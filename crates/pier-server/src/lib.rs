@@ -17,6 +17,7 @@ mod credit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod registry;
+pub mod stomp;
 pub mod stream;
 pub mod tls;
 
