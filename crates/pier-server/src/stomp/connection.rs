@@ -298,7 +298,7 @@ impl Conn {
             Ok(s) => s,
             Err(e) => return self.error(e, None),
         };
-        let receipt = step.receipt;
+        let mut receipt = step.receipt;
         let result = match step.action {
             Action::Connect(c) => self.connect(c, client_hb),
             Action::Disconnect => {
@@ -309,19 +309,31 @@ impl Conn {
                 return Some(End::Close);
             }
             Action::Commit(frames) => {
+                // RabbitMQ answers the COMMIT's receipt first, then those of its frames.
+                let mut later = Vec::new();
                 let mut r = Ok(false);
                 for f in frames {
+                    let frame_receipt = f.headers.get("receipt").map(str::to_owned);
                     match self.session.transactional(f) {
                         Ok(a) => {
                             r = self.act(a, None).await;
                             if r.is_err() {
                                 break;
                             }
+                            later.extend(frame_receipt);
                         }
                         Err(e) => {
                             r = Err(e);
                             break;
                         }
+                    }
+                }
+                if r.is_ok() {
+                    if let Some(rc) = receipt.take() {
+                        self.outbox.send(&Frame::receipt(rc));
+                    }
+                    for rc in later {
+                        self.outbox.send(&Frame::receipt(rc));
                     }
                 }
                 r.map(|_| false)
@@ -357,11 +369,14 @@ impl Conn {
                 frame,
             } => {
                 let id = subscription.id.clone();
-                let r = self.subscribe(subscription, destination, &frame).await;
+                let r = self
+                    .subscribe(subscription, destination, &frame, receipt)
+                    .await;
                 if r.is_err() {
                     self.session.subscribe_failed(&id);
                 }
-                r.map(|()| false)
+                // The receipt went out when the consumer was added, before any MESSAGE.
+                r.map(|()| true)
             }
             Action::Unsubscribe {
                 subscription,
@@ -636,7 +651,7 @@ impl Conn {
             destination: destination.clone(),
             ack: AckMode::Auto,
         };
-        self.consume(&sub, queue, 0, Some(destination))?;
+        self.consume(&sub, queue, 0, Some(destination), None)?;
         self.temp_queues.insert(n.to_owned(), name.clone());
         Ok(name)
     }
@@ -648,6 +663,7 @@ impl Conn {
         sub: Subscription,
         destination: Destination,
         frame: &Frame,
+        receipt: Option<&str>,
     ) -> Result<(), StompError> {
         let h = &frame.headers;
         let prefetch = h
@@ -707,7 +723,7 @@ impl Conn {
                 .check(ObjectKind::Queue, queue.name(), Access::Read)
                 .map_err(amqp_error)?;
         }
-        self.consume(&sub, queue, prefetch, None)
+        self.consume(&sub, queue, prefetch, None, receipt)
     }
 
     fn consume(
@@ -716,6 +732,7 @@ impl Conn {
         queue: Arc<Queue>,
         prefetch: u32,
         destination: Option<String>,
+        receipt: Option<&str>,
     ) -> Result<(), StompError> {
         if queue.is_remote() {
             return Err(StompError::fatal(
@@ -748,7 +765,14 @@ impl Conn {
             channel_credit: Arc::clone(&self.credit),
             sink: Arc::new(Sink(Arc::clone(&self.outbox))) as Arc<dyn pier_broker::DeliverySink>,
         };
-        match queue.add_consumer(spec, || {}) {
+        let (outbox, receipt) = (Arc::clone(&self.outbox), receipt.map(str::to_owned));
+        let on_added = move || {
+            // Under the queue lock, before any delivery: the receipt comes first.
+            if let Some(r) = receipt {
+                outbox.send(&Frame::receipt(r));
+            }
+        };
+        match queue.add_consumer(spec, on_added) {
             Ok(id) => {
                 self.consumers
                     .insert(sub.id.clone(), Consumer { queue, id });

@@ -31,8 +31,11 @@ pub enum Destination {
 /// Why a destination was refused, with RabbitMQ's ERROR texts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationError {
-    /// Not one of the prefixes (or a malformed name).
+    /// Not one of the prefixes.
     Unknown(String),
+    /// A known prefix with a malformed name: the kind (`queue`, `amqqueue`, `topic`,
+    /// `exchange`, `reply_queue`, `temp_queue`) and what follows the prefix.
+    Invalid { kind: &'static str, rest: String },
 }
 
 impl DestinationError {
@@ -46,54 +49,61 @@ impl DestinationError {
                      /temp-queue, /exchange, /topic, /queue, /amq/queue, /reply-queue/.\n"
                 ),
             ),
+            DestinationError::Invalid { kind, rest } => (
+                "Invalid destination",
+                format!("'{rest}' is not a valid {kind} destination\n"),
+            ),
         }
     }
 }
 
 impl Destination {
     pub fn parse(s: &str) -> Result<Destination, DestinationError> {
-        let unknown = || DestinationError::Unknown(s.to_owned());
-        let one = |rest: &str| -> Result<String, DestinationError> {
-            if rest.is_empty() || rest.contains('/') {
-                return Err(unknown());
-            }
-            unescape(rest).ok_or_else(unknown)
+        const KINDS: [(&str, &str); 6] = [
+            ("/amq/queue", "amqqueue"),
+            ("/queue", "queue"),
+            ("/topic", "topic"),
+            ("/exchange", "exchange"),
+            ("/temp-queue", "temp_queue"),
+            ("/reply-queue", "reply_queue"),
+        ];
+        let Some((prefix, kind)) = KINDS
+            .iter()
+            .find(|(p, _)| s.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+        else {
+            return Err(DestinationError::Unknown(s.to_owned()));
         };
-        if let Some(rest) = s.strip_prefix("/queue/") {
-            Ok(Destination::Queue(one(rest)?))
-        } else if let Some(rest) = s.strip_prefix("/amq/queue/") {
-            Ok(Destination::AmqQueue(one(rest)?))
-        } else if let Some(rest) = s.strip_prefix("/topic/") {
-            // A topic key may hold slashes (RabbitMQ keeps them: "/topic/a/b" is key "a/b").
-            if rest.is_empty() {
-                return Err(unknown());
+        // `rest` starts with the '/' after the prefix; RabbitMQ shows it so when refusing.
+        let rest = s.get(prefix.len()..).unwrap_or_default();
+        let invalid = || DestinationError::Invalid {
+            kind,
+            rest: rest.to_owned(),
+        };
+        let parts: Vec<&str> = rest.get(1..).unwrap_or_default().split('/').collect();
+        let name = |p: &str| -> Result<String, DestinationError> {
+            if p.is_empty() {
+                return Err(invalid());
             }
-            Ok(Destination::Topic(unescape(rest).ok_or_else(unknown)?))
-        } else if let Some(rest) = s.strip_prefix("/exchange/") {
-            let (name, key) = match rest.split_once('/') {
-                None => (rest, None),
-                Some((n, k)) => (n, Some(k)),
-            };
-            if name.is_empty() || key.is_some_and(|k| k.contains('/')) {
-                return Err(unknown());
-            }
-            Ok(Destination::Exchange {
-                name: unescape(name).ok_or_else(unknown)?,
-                key: match key {
-                    Some(k) => Some(unescape(k).ok_or_else(unknown)?),
-                    None => None,
-                },
-            })
-        } else if let Some(rest) = s.strip_prefix("/temp-queue/") {
-            Ok(Destination::TempQueue(one(rest)?))
-        } else if let Some(rest) = s.strip_prefix("/reply-queue/") {
+            unescape(p).ok_or_else(invalid)
+        };
+        match (*kind, parts.as_slice()) {
+            ("queue", [q]) => Ok(Destination::Queue(name(q)?)),
+            ("amqqueue", [q]) => Ok(Destination::AmqQueue(name(q)?)),
+            ("topic", [k]) => Ok(Destination::Topic(name(k)?)),
+            ("exchange", [x]) => Ok(Destination::Exchange {
+                name: name(x)?,
+                key: None,
+            }),
+            ("exchange", [x, k]) => Ok(Destination::Exchange {
+                name: name(x)?,
+                key: Some(unescape(k).ok_or_else(invalid)?),
+            }),
+            ("temp_queue", [n]) => Ok(Destination::TempQueue(name(n)?)),
             // The name is what the broker gave: taken as it is.
-            if rest.is_empty() {
-                return Err(unknown());
-            }
-            Ok(Destination::ReplyQueue(rest.to_owned()))
-        } else {
-            Err(unknown())
+            ("reply_queue", _) if rest.len() > 1 => Ok(Destination::ReplyQueue(
+                rest.get(1..).unwrap_or_default().to_owned(),
+            )),
+            _ => Err(invalid()),
         }
     }
 

@@ -20,7 +20,6 @@ use super::destinations::reply_to_for_message;
 const NOT_USER_HEADERS: &[&str] = &[
     "destination",
     "content-length",
-    "transaction",
     "message-id",
     "content-type",
     "content-encoding",
@@ -71,10 +70,7 @@ pub fn properties_from_send(
                 }),
             }
         };
-    let priority = match int("priority")? {
-        None => None,
-        Some(p) => Some(u8::try_from(p.clamp(0, 255)).unwrap_or(0)),
-    };
+    let priority = int("priority")?.map(|p| u8::try_from(p.clamp(0, 255)).unwrap_or(0));
     let timestamp = int("timestamp")?.map(|t| u64::try_from(t).unwrap_or(0));
     let mut table = FieldTable::new();
     for (k, v) in headers.iter() {

@@ -309,7 +309,11 @@ impl Session {
                     if let Some(frames) = self.transactions.get_mut(&tx) {
                         frames.push(frame);
                     }
-                    return Ok(step(Action::Nothing));
+                    // Its receipt is sent at COMMIT, after the COMMIT's own (RabbitMQ's order).
+                    return Ok(Step {
+                        action: Action::Nothing,
+                        receipt: None,
+                    });
                 }
                 self.transactional(frame).map(step)
             }
@@ -355,6 +359,15 @@ impl Session {
         match frame.command {
             Command::Send => {
                 let destination = destination_header(&frame)?;
+                if let Destination::TempQueue(_) = destination {
+                    return Err(StompError::new(
+                        "Invalid destination",
+                        format!(
+                            "'{}' is not a valid destination for 'SEND'\n",
+                            frame.headers.get("destination").unwrap_or_default()
+                        ),
+                    ));
+                }
                 Ok(Action::Send { destination, frame })
             }
             Command::Ack => {
@@ -393,7 +406,15 @@ impl Session {
             .unwrap_or((0, 0));
         // RabbitMQ answers with the client's periods mirrored: it sends as often as the
         // client wants to receive and expects what the client offers to send.
-        let offer = self.offer.unwrap_or((client.1, client.0));
+        // RabbitMQ keeps whole seconds (at least one).
+        let secs = |ms: u32| {
+            if ms == 0 {
+                0
+            } else {
+                (ms / 1000).max(1) * 1000
+            }
+        };
+        let offer = self.offer.unwrap_or((secs(client.1), secs(client.0)));
         Ok(Connect {
             version,
             login: h.get("login").map(str::to_owned),
@@ -461,6 +482,11 @@ impl Session {
     }
 
     fn unsubscribe(&mut self, frame: &Frame) -> Result<Action, StompError> {
+        let by = if frame.headers.get("id").is_some() {
+            "id"
+        } else {
+            "destination"
+        };
         let id = frame
             .headers
             .get("id")
@@ -482,7 +508,7 @@ impl Session {
             None => Err(StompError::new(
                 "No subscription found",
                 format!(
-                    "UNSUBSCRIBE must refer to an existing subscription.\nSubscription to \"id='{id}'\" not found.\n"
+                    "UNSUBSCRIBE must refer to an existing subscription.\nSubscription to \"{by}='{id}'\" not found.\n"
                 ),
             )),
         }
@@ -605,6 +631,16 @@ mod tests {
         };
         assert_eq!(c.version, Version::V1_2);
         assert_eq!(c.heart_beat, (2000, 1000));
+        // Whole seconds, at least one, as RabbitMQ answers.
+        let mut odd = Session::new("s".into());
+        let Action::Connect(c2) = odd
+            .on_frame(frame(Command::Connect, &[("heart-beat", "2500,300")]))
+            .unwrap()
+            .action
+        else {
+            panic!()
+        };
+        assert_eq!(c2.heart_beat, (1000, 2000));
         assert_eq!(c.host.as_deref(), Some("/"));
         s.connected(&c, (1000, 2000), 0);
         assert_eq!(s.heart_beats(), (2000, 1000));
@@ -621,22 +657,27 @@ mod tests {
         let Action::Connect(c) = s
             .on_frame(frame(
                 Command::Connect,
-                &[("accept-version", "1.2"), ("heart-beat", "1000,500")],
+                &[("accept-version", "1.2"), ("heart-beat", "1000,3000")],
             ))
             .unwrap()
             .action
         else {
             panic!()
         };
-        s.connected(&c, (1000, 500), 10_000);
-        // server sends every 500, client every 1000 (closed after 2000 of silence)
-        assert_eq!(s.next_deadline(), Some(10_500));
-        assert_eq!(s.tick(10_499), Tick::default());
-        assert!(s.tick(10_500).send_heartbeat);
-        s.sent(10_500);
-        s.received(10_900);
-        assert!(!s.tick(12_000).client_silent);
-        assert!(s.tick(12_900).client_silent);
+        assert_eq!(c.heart_beat, (3000, 1000));
+        s.connected(&c, (1000, 3000), 10_000);
+        // server sends every 3000, client every 1000 (closed after 2000 of silence)
+        assert_eq!(s.heart_beats(), (3000, 1000));
+        assert_eq!(s.next_deadline(), Some(12_000));
+        assert_eq!(s.tick(11_999), Tick::default());
+        assert!(s.tick(12_000).client_silent);
+        s.received(11_500);
+        assert!(!s.tick(12_999).send_heartbeat);
+        assert!(s.tick(13_000).send_heartbeat);
+        s.sent(13_000);
+        assert_eq!(s.next_deadline(), Some(13_500));
+        assert!(!s.tick(13_400).client_silent);
+        assert!(s.tick(13_500).client_silent);
         let mut quiet = connected("1.2");
         assert_eq!(quiet.next_deadline(), None);
         assert_eq!(quiet.tick(u64::MAX / 2), Tick::default());
