@@ -20,6 +20,7 @@ pub mod registry;
 pub mod stomp;
 pub mod stream;
 pub mod tls;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -390,6 +390,27 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             stop_streams.clone(),
         )));
     }
+    // STOMP over WebSocket (15674, path /ws), as RabbitMQ's Web-STOMP plugin.
+    if let Some(l) = listen_optional(
+        args.bind,
+        args.web_stomp_port.or(stomp_file.web_port),
+        15674,
+        "Web-STOMP",
+    )? {
+        tracing::info!(
+            web_stomp = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+            "STOMP over WebSocket listener ready (path /ws)"
+        );
+        let ctx = Arc::clone(&stomp_ctx);
+        stream_servers.push(tokio::spawn(pier_server::websocket::serve(
+            l,
+            pier_server::websocket::WsEndpoint::stomp(),
+            stop_streams.clone(),
+            move |io, peer, local, token| {
+                pier_server::stomp::serve_connection(io, peer, local, Arc::clone(&ctx), token)
+            },
+        )));
+    }
     pier_server::run_listeners(
         listeners,
         broker,
