@@ -55,10 +55,15 @@ def qname(broker):
 
     yield make
     if names:
-        with broker.connect() as conn:
-            ch = conn.channel()
-            for n in names:
-                ch.queue_delete(n)
+        # Deleted through the STOMP connection's node (their home in cluster mode).
+        saved, broker.ports = broker.ports, []
+        try:
+            with broker.connect() as conn:
+                ch = conn.channel()
+                for n in names:
+                    ch.queue_delete(n)
+        finally:
+            broker.ports = saved
 
 
 def amqp_get(broker, queue: str, timeout: float = 5.0):
@@ -239,6 +244,8 @@ def test_amqp_publish_reaches_stomp_subscriber_with_headers(raw, broker, qname):
     assert f.get("content-length") == "8"
 
 
+@pytest.mark.same_node("transient and exclusive queues (and their bindings) live on the node "
+                       "that declared them: the AMQP side talks to the STOMP connection's node")
 def test_amq_queue_needs_an_existing_queue(raw, broker, qname):
     c = raw()
     missing = qname()
@@ -259,6 +266,8 @@ def test_amq_queue_needs_an_existing_queue(raw, broker, qname):
     assert f.get("destination") == f"/queue/{q}"
 
 
+@pytest.mark.same_node("transient and exclusive queues (and their bindings) live on the node "
+                       "that declared them: the AMQP side talks to the STOMP connection's node")
 def test_topic_uses_amq_topic(raw, broker, qname):
     key = f"stomp.{uuid.uuid4().hex[:8]}"
     c = raw()
@@ -335,6 +344,8 @@ def test_invalid_destination(raw, dest, body):
     assert f.body.decode() == body
 
 
+@pytest.mark.same_node("transient and exclusive queues (and their bindings) live on the node "
+                       "that declared them: the AMQP side talks to the STOMP connection's node")
 def test_temp_queue_reply_to(raw, broker, qname):
     svc = qname("svc")
     c = raw()
@@ -363,6 +374,8 @@ def test_temp_queue_cannot_be_subscribed(raw):
     assert f.body == b"'/temp-queue/x' is not a valid destination for 'SUBSCRIBE'\n"
 
 
+@pytest.mark.same_node("transient and exclusive queues (and their bindings) live on the node "
+                       "that declared them: the AMQP side talks to the STOMP connection's node")
 def test_reply_queue_send(raw, broker, qname):
     q = qname()
     with broker.connect() as conn:
@@ -636,6 +649,8 @@ def test_durable_topic_subscription_survives_disconnect(raw, broker):
             conn.channel().queue_delete(queue)
 
 
+@pytest.mark.same_node("transient and exclusive queues (and their bindings) live on the node "
+                       "that declared them: the AMQP side talks to the STOMP connection's node")
 def test_non_durable_topic_queue_goes_with_the_connection(raw, broker):
     key = f"transient.{uuid.uuid4().hex[:8]}"
     c = raw()
