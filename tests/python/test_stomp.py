@@ -10,6 +10,7 @@ import base64
 import hashlib
 import struct
 import time
+import urllib.parse
 import uuid
 
 import pika
@@ -867,3 +868,19 @@ def test_connection_listed_with_protocol(raw, mgmt):
 
     wait_until(lambda: {"STOMP 1.1", "STOMP 1.2"} <= set(stomp_protocols()),
                timeout=10, message="STOMP connections in /api/connections")
+
+
+def test_management_can_close_a_stomp_connection(raw, mgmt):
+    c = raw()
+    local = c.sock.getsockname()
+
+    def name():
+        status, conns = mgmt.call("GET", "/connections")
+        return next((x["name"] for x in conns or []
+                     if x.get("peer_port") == local[1] and x["protocol"].startswith("STOMP")),
+                    None)
+
+    conn_name = wait_until(name, timeout=10, message="the connection listed")
+    status, _ = mgmt.call("DELETE", "/connections/" + urllib.parse.quote(conn_name, safe=""))
+    assert status in (200, 204)
+    assert c.wait_closed(timeout=10)
