@@ -884,3 +884,36 @@ def test_management_can_close_a_stomp_connection(raw, mgmt):
     status, _ = mgmt.call("DELETE", "/connections/" + urllib.parse.quote(conn_name, safe=""))
     assert status in (200, 204)
     assert c.wait_closed(timeout=10)
+
+
+def test_slow_reader_holds_messages_in_the_queue(raw, broker, qname):
+    """Backpressure: a subscriber that does not read its socket is not sent everything
+    at once: deliveries stop while its buffers are full, and resume when it reads."""
+    q = qname()
+    c = raw()
+    subscribe(c, f"/queue/{q}")  # auto ack: nothing but the socket limits deliveries
+    body = b"x" * 100_000
+    n = 400  # 40 MB: more than the socket buffers and the server's outbound buffer
+    with broker.connect() as conn:
+        ch = conn.channel()
+        for _ in range(n):
+            ch.basic_publish("", q, body)
+    time.sleep(1.0)
+    assert queue_depth(broker, q) > 0, "everything left the queue for a client that reads nothing"
+    got = 0
+    while got < n:
+        f = c.recv(timeout=10)
+        assert f is not None, f"only {got} of {n} arrived"
+        assert f.command == "MESSAGE" and len(f.body) == len(body)
+        got += 1
+    assert queue_depth(broker, q) == 0
+
+
+def test_queue_type_from_subscribe_header(raw, mgmt, qname):
+    q = qname()
+    c = raw()
+    subscribe(c, f"/queue/{q}", x_queue_type="quorum")
+    status, info = mgmt.call("GET", "/queues/%2F/" + urllib.parse.quote(q, safe=""))
+    assert status == 200
+    assert info["type"] == "quorum"
+    assert info["durable"] is True

@@ -159,3 +159,92 @@ pub async fn serve(
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ctx() -> Arc<StompContext> {
+        StompContext::new(
+            Arc::new(Broker::with_defaults()),
+            Arc::new(crate::Registry::new()),
+            StompServerConfig::default(),
+            None,
+        )
+    }
+
+    /// Runs one connection over an in-memory pipe: writes `input`, returns what came back
+    /// once the server closed (or after 200 ms).
+    async fn session(ctx: &Arc<StompContext>, input: &[u8]) -> Vec<u8> {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let peer: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:61613".parse().unwrap();
+        let task = tokio::spawn(serve_connection(
+            server,
+            peer,
+            local,
+            Arc::clone(ctx),
+            CancellationToken::new(),
+        ));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let _ = wr.write_all(input).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_millis(200), rd.read_to_end(&mut out)).await;
+        drop((rd, wr));
+        // The connection task ends (no panic) once the client is gone.
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("connection task ended")
+            .expect("connection task did not panic");
+        out
+    }
+
+    const CONNECT: &[u8] = b"CONNECT\naccept-version:1.2\nhost:/\n\n\0";
+
+    #[tokio::test]
+    async fn connect_send_subscribe_over_a_pipe() {
+        let ctx = ctx();
+        let mut input = CONNECT.to_vec();
+        input.extend_from_slice(b"SUBSCRIBE\ndestination:/queue/t\nid:1\nreceipt:s\n\n\0");
+        input.extend_from_slice(b"SEND\ndestination:/queue/t\n\nhello\0");
+        input.extend_from_slice(b"DISCONNECT\nreceipt:bye\n\n\0");
+        let out = String::from_utf8(session(&ctx, &input).await).unwrap();
+        assert!(out.starts_with("CONNECTED\n"), "{out}");
+        assert!(out.contains("RECEIPT\nreceipt-id:s\n"), "{out}");
+        assert!(out.contains("\n\nhello\0"), "{out}");
+        assert!(out.contains("RECEIPT\nreceipt-id:bye\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_an_error_and_a_close_never_a_panic() {
+        let ctx = ctx();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for round in 0..60 {
+            let mut input = if round % 2 == 0 {
+                CONNECT.to_vec()
+            } else {
+                Vec::new()
+            };
+            let len = 1 + (seed % 300) as usize;
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Mostly frame-ish bytes, so that parsing gets past the command line.
+                let alphabet = b"SENDCONNECTSUBSCRIBEACKNACK:\n\\\r\0/queue/topic-id9";
+                let b = if seed % 4 == 0 {
+                    (seed >> 8) as u8
+                } else {
+                    alphabet[(seed >> 8) as usize % alphabet.len()]
+                };
+                input.push(b);
+            }
+            let _ = session(&ctx, &input).await;
+        }
+        // The broker still serves.
+        let out = session(&ctx, CONNECT).await;
+        assert!(out.starts_with(b"CONNECTED\n"));
+    }
+}
