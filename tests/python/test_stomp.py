@@ -917,3 +917,34 @@ def test_queue_type_from_subscribe_header(raw, mgmt, qname):
     assert status == 200
     assert info["type"] == "quorum"
     assert info["durable"] is True
+
+
+@pytest.mark.pier_only
+def test_disk_alarm_blocks_stomp_publishers(tmp_path):
+    """As AMQP publishers: a STOMP connection that publishes while a resource alarm is set is
+    no longer read (its SEND was taken); a consuming STOMP connection keeps being served."""
+    from conftest import EXTERNAL_URL, PIER_CONFIG, PierProcess
+    if EXTERNAL_URL:
+        pytest.skip("needs a Pier process with an unreachable disk free limit")
+    config = "disk_free_limit.absolute = 1000000000000000000\n" + PIER_CONFIG
+    proc = PierProcess(tmp_path / "pier-disk", config).start()
+    try:
+        consumer = RawStomp(proc.stomp_port)
+        consumer.connect()
+        subscribe(consumer, "/queue/alarmq")
+        publisher = RawStomp(proc.stomp_port)
+        publisher.connect()
+        publisher.send("SEND", {"destination": "/queue/alarmq"}, "first")
+        assert consumer.expect("MESSAGE").body == b"first"
+        time.sleep(0.3)
+        # Blocked: the next frame is not read, so its receipt does not come.
+        publisher.send("SEND", {"destination": "/queue/alarmq", "receipt": "r"}, "second")
+        assert publisher.recv(timeout=1.0) is None
+        # The consumer's connection is served.
+        consumer.send("BEGIN", {"transaction": "t", "receipt": "b"})
+        consumer.expect("RECEIPT")
+        publisher.close()
+        consumer.close()
+    finally:
+        proc.terminate()
+        assert "panicked" not in proc.log_path.read_text(errors="replace")

@@ -56,6 +56,11 @@ struct Conn {
     /// `/temp-queue/<n>` → the exclusive queue made for it.
     temp_queues: HashMap<String, ShortString>,
     credit: Arc<ChannelCredit>,
+    /// Persistent publishes in flight to the disk (credit.rs): reading stops above the mark.
+    publish_credit: Arc<crate::credit::Credit>,
+    /// The publish count when alarms were last looked at (a publishing connection is
+    /// blocked while a resource alarm is set, as AMQP ones are).
+    seen_publishes: u64,
     started: tokio::time::Instant,
 }
 
@@ -95,6 +100,8 @@ pub(crate) async fn run<S>(
         consumers: HashMap::new(),
         temp_queues: HashMap::new(),
         credit: Arc::new(ChannelCredit::new()),
+        publish_credit: Arc::new(crate::credit::Credit::default()),
+        seen_publishes: 0,
         started: tokio::time::Instant::now(),
     };
     // The writer records when it last wrote (for server heart-beats) in this cell.
@@ -251,6 +258,9 @@ impl Conn {
                     None => std::future::pending().await,
                 }
             };
+            if let Some(end) = self.flow_control(shutdown).await {
+                return end;
+            }
             if self.outbox.is_full() {
                 // The client reads slowly: stop reading until the writer caught up.
                 tokio::select! {
@@ -279,6 +289,42 @@ impl Conn {
                 () = forced => return self.server_close(crate::registry::MANAGEMENT_CLOSE_REASON),
             }
         }
+    }
+
+    /// Stops reading a publisher while a resource alarm is set, or while its persistent
+    /// publishes wait for the disk; `Some` when the server shut down meanwhile.
+    async fn flow_control(&mut self, shutdown: &CancellationToken) -> Option<End> {
+        let Some(open) = &self.open else { return None };
+        let entry = Arc::clone(&open.entry);
+        let published = entry.published();
+        let new_publishes = published != self.seen_publishes;
+        self.seen_publishes = published;
+        if new_publishes && entry.alarms.state().any() {
+            let mut alarms = entry.alarms.subscribe();
+            tracing::warn!(peer = %self.peer, "STOMP connection blocked: {}", alarms.borrow().reason());
+            entry.set_state(crate::registry::ConnectionState::Blocked);
+            let stopped = tokio::select! {
+                r = alarms.wait_for(|s| !s.any()) => r.is_err(),
+                () = shutdown.cancelled() => true,
+            };
+            entry.set_state(crate::registry::ConnectionState::Running);
+            if stopped {
+                return Some(self.server_close("Server shutdown"));
+            }
+        }
+        if self.publish_credit.exhausted() {
+            entry.set_state(crate::registry::ConnectionState::Flow);
+            let credit = Arc::clone(&self.publish_credit);
+            let stopped = tokio::select! {
+                () = credit.replenished() => false,
+                () = shutdown.cancelled() => true,
+            };
+            entry.set_state(crate::registry::ConnectionState::Running);
+            if stopped {
+                return Some(self.server_close("Server shutdown"));
+            }
+        }
+        None
     }
 
     fn server_close(&self, reason: &str) -> End {
@@ -595,19 +641,28 @@ impl Conn {
             frame.body.clone(),
         ));
         let durable_receipt = receipt.filter(|_| message.is_persistent());
+        let size = message.body.len() as u64;
+        let credit = Arc::clone(&self.publish_credit);
         let token = durable_receipt.map(|r| {
             let outbox = Arc::clone(&self.outbox);
             outbox.durable_receipts.fetch_add(1, Ordering::AcqRel);
             let r = r.to_owned();
+            let held = credit.take(size);
             PublishDurability::new(move |_ok| {
+                drop(held);
                 outbox.send(&Frame::receipt(r));
                 outbox.durable_receipts.fetch_sub(1, Ordering::AcqRel);
                 outbox.receipts_done.notify_waiters();
             })
         });
+        // Without a receipt to hold back, the connection's credit alone waits for the disk.
+        let mut on_store = || {
+            let held = credit.take(size);
+            PublishDurability::new(move |_ok| drop(held))
+        };
         let durability = match &token {
             Some(t) => Durability::Token(t),
-            None => Durability::None,
+            None => Durability::OnStore(&mut on_store),
         };
         let published = vhost.publish(
             message,
