@@ -948,3 +948,24 @@ def test_disk_alarm_blocks_stomp_publishers(tmp_path):
     finally:
         proc.terminate()
         assert "panicked" not in proc.log_path.read_text(errors="replace")
+
+
+def test_durable_queue_declared_over_amqp(raw, broker, qname):
+    """A durable queue declared by an AMQP client (on another node in cluster mode: the
+    STOMP subscription then consumes through the queue's home node)."""
+    q = qname()
+    with broker.connect() as conn:
+        conn.channel().queue_declare(q, durable=True)
+    c = raw()
+    subscribe(c, f"/amq/queue/{q}", ack="client-individual")
+    publish_n(broker, q, 3)
+    frames = [c.expect("MESSAGE") for _ in range(3)]
+    assert [f.body for f in frames] == [b"m0", b"m1", b"m2"]
+    c.send("NACK", {"id": frames[0].get("ack")})
+    again = c.expect("MESSAGE")
+    assert again.body == b"m0" and again.get("redelivered") == "true"
+    for f in frames[1:] + [again]:
+        c.send("ACK", {"id": f.get("ack")})
+    c.send("DISCONNECT", {"receipt": "d"})
+    c.expect("RECEIPT")
+    wait_until(lambda: queue_depth(broker, q) == 0, message="all acked")

@@ -579,7 +579,7 @@ impl Conn {
             ));
         }
         let temp_name = match &destination {
-            Destination::TempQueue(n) => Some(self.temp_queue(n)?),
+            Destination::TempQueue(n) => Some(self.temp_queue(n).await?),
             _ => None,
         };
         if let Destination::Queue(q) = &destination {
@@ -597,7 +597,7 @@ impl Conn {
         .map_err(|e| StompError::new("Invalid header", e.0))?;
         let mut props = props;
         if let Some(n) = reply_rewrites.pop() {
-            match self.temp_queue(&n) {
+            match self.temp_queue(&n).await {
                 Ok(q) => props.reply_to = Some(q),
                 Err(e) => reply_err = Some(e),
             }
@@ -680,7 +680,7 @@ impl Conn {
 
     /// The session's exclusive queue for `/temp-queue/<n>`, made (and subscribed to) on
     /// first use.
-    fn temp_queue(&mut self, n: &str) -> Result<ShortString, StompError> {
+    async fn temp_queue(&mut self, n: &str) -> Result<ShortString, StompError> {
         if let Some(q) = self.temp_queues.get(n) {
             return Ok(q.clone());
         }
@@ -706,7 +706,8 @@ impl Conn {
             destination: destination.clone(),
             ack: AckMode::Auto,
         };
-        self.consume(&sub, queue, 0, Some(destination), None)?;
+        self.consume(&sub, queue, 0, Some(destination), None)
+            .await?;
         self.temp_queues.insert(n.to_owned(), name.clone());
         Ok(name)
     }
@@ -778,10 +779,10 @@ impl Conn {
                 .check(ObjectKind::Queue, queue.name(), Access::Read)
                 .map_err(amqp_error)?;
         }
-        self.consume(&sub, queue, prefetch, None, receipt)
+        self.consume(&sub, queue, prefetch, None, receipt).await
     }
 
-    fn consume(
+    async fn consume(
         &mut self,
         sub: &Subscription,
         queue: Arc<Queue>,
@@ -789,16 +790,6 @@ impl Conn {
         destination: Option<String>,
         receipt: Option<&str>,
     ) -> Result<(), StompError> {
-        if queue.is_remote() {
-            return Err(StompError::fatal(
-                "not_implemented",
-                format!(
-                    "NOT_IMPLEMENTED - queue '{}' is homed on another cluster node; STOMP \
-                     consumers must connect to that node",
-                    queue.name()
-                ),
-            ));
-        }
         let tag = ShortString::truncated(&consumer_tag(&sub.id));
         self.outbox.lock().subs.insert(
             tag.clone(),
@@ -820,6 +811,27 @@ impl Conn {
             channel_credit: Arc::clone(&self.credit),
             sink: Arc::new(Sink(Arc::clone(&self.outbox))) as Arc<dyn pier_broker::DeliverySink>,
         };
+        if queue.is_remote() {
+            // Homed on another node: registered there first, then deliveries may flow.
+            let Some((id, registered)) = queue.consume_remote(spec) else {
+                return Err(StompError::fatal(
+                    "internal_error",
+                    "INTERNAL_ERROR - not a remote queue",
+                ));
+            };
+            if let Err(e) = registered.await {
+                self.outbox.lock().subs.remove(&tag);
+                let _ = queue.remove_consumer(id);
+                return Err(amqp_error(e.into()));
+            }
+            if let Some(r) = receipt {
+                self.outbox.send(&Frame::receipt(r));
+            }
+            queue.activate_remote(id);
+            self.consumers
+                .insert(sub.id.clone(), Consumer { queue, id });
+            return Ok(());
+        }
         let (outbox, receipt) = (Arc::clone(&self.outbox), receipt.map(str::to_owned));
         let on_added = move || {
             // Under the queue lock, before any delivery: the receipt comes first.
