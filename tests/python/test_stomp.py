@@ -868,6 +868,11 @@ def test_connection_listed_with_protocol(raw, mgmt):
 
     wait_until(lambda: {"STOMP 1.1", "STOMP 1.2"} <= set(stomp_protocols()),
                timeout=10, message="STOMP connections in /api/connections")
+    status, conns = mgmt.call("GET", "/connections")
+    c = next(c for c in conns if c["protocol"] == "STOMP 1.2")
+    assert c["channels"] == 1
+    assert c["client_properties"].get("product") == "STOMP client"
+    assert c["user"] == "guest" and c["vhost"] == "/"
 
 
 def test_management_can_close_a_stomp_connection(raw, mgmt):
@@ -969,3 +974,19 @@ def test_durable_queue_declared_over_amqp(raw, broker, qname):
     c.send("DISCONNECT", {"receipt": "d"})
     c.expect("RECEIPT")
     wait_until(lambda: queue_depth(broker, q) == 0, message="all acked")
+
+
+@pytest.mark.pier_only
+def test_ctl_list_stomp_connections(raw, broker):
+    import json
+    import subprocess
+
+    from conftest import pier_binary
+    raw(version="1.1")
+    out = subprocess.run(
+        [str(pier_binary()), "ctl", "--url", f"http://127.0.0.1:{broker.process.http_port}",
+         "--json", "list_stomp_connections", "name", "protocol", "user"],
+        capture_output=True, text=True, timeout=30, check=True).stdout
+    rows = json.loads(out)
+    assert rows and all(r["protocol"].startswith("STOMP") for r in rows)
+    assert any(r["protocol"] == "STOMP 1.1" and r["user"] == "guest" for r in rows)

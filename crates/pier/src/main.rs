@@ -338,6 +338,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         product_version: server_config.product_version.clone(),
         handshake_timeout: server_config.handshake_timeout,
         outbound_high_watermark: server_config.outbound_high_watermark,
+        max_message_size: server_config.max_message_size,
         ..pier_server::stomp::StompServerConfig::default()
     };
     if let Some(n) = stomp_file.max_frame_size {

@@ -518,7 +518,7 @@ impl Conn {
                 heartbeat: u16::try_from(hb_send / 1000).unwrap_or(u16::MAX),
                 protocol: format!("STOMP {}", c.version).into(),
             },
-            crate::amqp::outbound::Outbound::new(self.ctx.config.outbound_high_watermark, 0),
+            registry_outbound(self.ctx.config.outbound_high_watermark),
             &CancellationToken::new(),
         );
         tracing::info!(peer = %self.peer, user = %user.name, vhost = %vhost.name(), version = %c.version, "STOMP connection opened");
@@ -568,13 +568,13 @@ impl Conn {
         frame: Frame,
         receipt: Option<&str>,
     ) -> Result<bool, StompError> {
-        if frame.body.len() as u64 > self.ctx.max_message_size {
+        if frame.body.len() as u64 > self.ctx.config.max_message_size {
             return Err(StompError::fatal(
                 "precondition_failed",
                 format!(
                     "PRECONDITION_FAILED - message size {} is larger than configured max size {}",
                     frame.body.len(),
-                    self.ctx.max_message_size
+                    self.ctx.config.max_message_size
                 ),
             ));
         }
@@ -1059,6 +1059,14 @@ impl Conn {
             self.ctx.registry.deregister(self.id);
         }
     }
+}
+
+/// What the registry reads a connection's channels from: RabbitMQ's STOMP connection has
+/// one channel (`channels: 1` in `/api/connections`).
+fn registry_outbound(high_watermark: usize) -> Arc<crate::amqp::outbound::Outbound> {
+    let o = crate::amqp::outbound::Outbound::new(high_watermark, 0);
+    o.open_channel(1);
+    o
 }
 
 /// The queue arguments a SUBSCRIBE (or a SEND to `/queue/`) asks for: RabbitMQ's list of

@@ -51,6 +51,8 @@ pub struct StompServerConfig {
     /// `server` header of CONNECTED: `product/version`.
     pub product: String,
     pub product_version: String,
+    /// Largest SEND body (the server's `max_message_size`).
+    pub max_message_size: u64,
 }
 
 impl Default for StompServerConfig {
@@ -63,6 +65,7 @@ impl Default for StompServerConfig {
             handshake_timeout: Duration::from_secs(10),
             product: "Pier".to_owned(),
             product_version: env!("CARGO_PKG_VERSION").to_owned(),
+            max_message_size: crate::ServerConfig::default().max_message_size,
         }
     }
 }
@@ -74,8 +77,6 @@ pub struct StompContext {
     pub config: StompServerConfig,
     /// A clustered node's metadata front: durable declarations go through the cluster.
     pub metadata: Option<pier_cluster::Metadata>,
-    /// Largest message body (the AMQP server's `max_message_size`).
-    pub max_message_size: u64,
 }
 
 impl StompContext {
@@ -91,7 +92,6 @@ impl StompContext {
             config,
             // Only a clustered node's front changes anything.
             metadata: metadata.filter(|m| m.cluster().is_some()),
-            max_message_size: crate::ServerConfig::default().max_message_size,
         })
     }
 }
