@@ -990,3 +990,47 @@ def test_ctl_list_stomp_connections(raw, broker):
     rows = json.loads(out)
     assert rows and all(r["protocol"].startswith("STOMP") for r in rows)
     assert any(r["protocol"] == "STOMP 1.1" and r["user"] == "guest" for r in rows)
+
+
+def test_subscription_queue_properties(raw, mgmt):
+    """RabbitMQ 3.10's subscription queues: transient auto-delete for a plain topic
+    subscription (named by x-queue-name when given), durable auto-delete for durable:true,
+    durable and kept for durable:true with auto-delete:false."""
+    key = uuid.uuid4().hex[:8]
+    named = f"pier-test.stomp.xqn.{key}"
+    kept = rabbit_subscription_queue(f"k.{key}", "kept")
+    try:
+        c = raw()
+        subscribe(c, f"/topic/t.{key}", sid="1", x_queue_name=named)
+        subscribe(c, f"/topic/d.{key}", sid="2", durable="true")
+        subscribe(c, f"/topic/k.{key}", sid="kept", durable="true", auto_delete="false")
+
+        def props(name):
+            status, q = mgmt.call("GET", "/queues/%2F/" + urllib.parse.quote(name, safe=""))
+            assert status == 200, name
+            return q["durable"], q["auto_delete"], q.get("exclusive", False)
+
+        assert props(named) == (False, True, False)
+        assert props(rabbit_subscription_queue(f"d.{key}", "2")) == (True, True, False)
+        assert props(kept) == (True, False, False)
+        c.send("DISCONNECT", {"receipt": "d"})
+        c.expect("RECEIPT")
+
+        def gone():
+            return mgmt.call("GET", "/queues/%2F/" + urllib.parse.quote(named, safe=""))[0] == 404
+        wait_until(gone, message="the x-queue-name queue deleted with its subscription")
+        assert props(kept) == (True, False, False)
+    finally:
+        mgmt.call("DELETE", "/queues/%2F/" + urllib.parse.quote(kept, safe=""))
+
+
+@pytest.mark.pier_only  # RabbitMQ 3.10.8 has no header count limit
+def test_too_many_headers(raw):
+    c = raw()
+    headers = [("destination", "/exchange/amq.fanout")] + [(f"h{i}", "v") for i in range(1500)]
+    c.send("SEND", headers, "x")
+    f = c.expect("ERROR")
+    assert f.get("message") == "Malformed frame"
+    assert f.body == b"more than 1000 headers\n"
+    assert c.wait_closed()
+    assert_still_serving(raw)

@@ -749,17 +749,13 @@ impl Conn {
                     None if durable_sub => subscription_queue_name(&key, &sub.id),
                     None => subscription_queue_name(&key, &random_id()),
                 };
-                let auto_delete = match h.get("auto-delete") {
-                    Some(v) => v == "true",
-                    None => !durable_sub,
-                };
-                let queue = if durable_sub {
-                    self.declare_named(&name, h, true, false, auto_delete)
-                        .await?
-                } else {
-                    self.declare_named(&name, h, false, true, auto_delete)
-                        .await?
-                };
+                // As RabbitMQ 3.10 declares them: auto-delete unless `auto-delete:false`
+                // (a durable subscription that outlives its connection needs that), and
+                // not exclusive.
+                let auto_delete = h.get("auto-delete") != Some("false");
+                let queue = self
+                    .declare_named(&name, h, durable_sub, false, auto_delete)
+                    .await?;
                 self.bind(&queue, &exchange, &key).await?;
                 queue
             }

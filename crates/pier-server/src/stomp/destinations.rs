@@ -258,6 +258,27 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_input_never_panics() {
+        // A parser of peer input: generated strings over the characters that matter.
+        let alphabet: Vec<char> = "/%qeuamtopicxhngrly-2F0zé\u{0}".chars().collect();
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..20_000 {
+            let len = (seed % 24) as usize;
+            let mut s = String::new();
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                s.push(alphabet[(seed >> 11) as usize % alphabet.len()]);
+            }
+            if let Ok(d) = Destination::parse(&s) {
+                let _ = d.publish_target();
+            }
+            let _ = subscription_queue_name(&s, &s);
+        }
+    }
+
+    #[test]
     fn publish_targets() {
         assert_eq!(
             Destination::parse("/queue/a").unwrap().publish_target(),
