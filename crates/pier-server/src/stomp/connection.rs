@@ -104,30 +104,19 @@ pub(crate) async fn run<S>(
         seen_publishes: 0,
         started: tokio::time::Instant::now(),
     };
-    // The writer records when it last wrote (for server heart-beats) in this cell.
+    // The writer records when it last wrote (server heart-beats are due after silence), and
+    // counts bytes into the registry entry once CONNECT has made one.
     let last_write = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let entry_cell = Arc::new(std::sync::OnceLock::<Arc<ConnectionEntry>>::new());
     let writer = {
-        let last_write = Arc::clone(&last_write);
-        let started = conn.started;
-        let outbox = Arc::clone(&outbox);
-        let entry_cell = Arc::new(std::sync::OnceLock::<Arc<ConnectionEntry>>::new());
-        let cell = Arc::clone(&entry_cell);
-        (
-            tokio::spawn(async move {
-                let wr = LateCounting {
-                    inner: wr,
-                    entry: cell,
-                };
-                outbox
-                    .run_writer(wr, move || {
-                        last_write.store(now_ms(started), Ordering::Relaxed)
-                    })
-                    .await
-            }),
-            entry_cell,
-        )
+        let (last_write, started) = (Arc::clone(&last_write), conn.started);
+        let wr = LateCounting {
+            inner: wr,
+            entry: Arc::clone(&entry_cell),
+        };
+        let on_write = move || last_write.store(now_ms(started), Ordering::Relaxed);
+        tokio::spawn(Arc::clone(&outbox).run_writer(wr, on_write))
     };
-    let (writer, entry_cell) = writer;
     let end = conn
         .serve(&mut rd, &shutdown, &last_write, &entry_cell)
         .await;
@@ -578,38 +567,25 @@ impl Conn {
                 ),
             ));
         }
-        let temp_name = match &destination {
-            Destination::TempQueue(n) => Some(self.temp_queue(n).await?),
-            _ => None,
-        };
         if let Destination::Queue(q) = &destination {
             self.declare_queue(q, &frame.headers, true).await?;
         }
-        let mut reply_err = None;
-        let mut reply_rewrites = Vec::new();
-        let props = properties_from_send(&frame.headers, |r| match Destination::parse(r) {
+        // reply-to:/temp-queue/<n> names this session's reply queue (made on first use).
+        let mut temp_reply = None;
+        let mut props = properties_from_send(&frame.headers, |r| match Destination::parse(r) {
             Ok(Destination::TempQueue(n)) => {
-                reply_rewrites.push(n.clone());
+                temp_reply = Some(n.clone());
                 n
             }
             _ => r.to_owned(),
         })
         .map_err(|e| StompError::new("Invalid header", e.0))?;
-        let mut props = props;
-        if let Some(n) = reply_rewrites.pop() {
-            match self.temp_queue(&n).await {
-                Ok(q) => props.reply_to = Some(q),
-                Err(e) => reply_err = Some(e),
-            }
+        if let Some(n) = temp_reply {
+            props.reply_to = Some(self.temp_queue(&n).await?);
         }
-        if let Some(e) = reply_err {
-            return Err(e);
-        }
+        // (SEND to /temp-queue/ itself is refused by the session, as RabbitMQ does.)
         let (exchange, key) = destination.publish_target();
-        let key = match &temp_name {
-            Some(q) => q.as_str().to_owned(),
-            None => key.to_owned(),
-        };
+        let key = key.to_owned();
         let exchange = exchange.to_owned();
         let open = self.open()?;
         if let Some(uid) = &props.user_id {
