@@ -295,6 +295,8 @@ def test_temp_queue_reply_to(raw, broker, qname):
         conn.channel().basic_publish("", props.reply_to, b"response")
     f = c.expect("MESSAGE")
     assert f.body == b"response"
+    assert f.get("subscription") == "/temp-queue/replies"
+    assert f.get("destination") == f"/queue/{props.reply_to}"
     # Only a reply address: a SEND to it is refused.
     c.send("SEND", {"destination": "/temp-queue/replies"}, "to myself")
     f = c.expect("ERROR")

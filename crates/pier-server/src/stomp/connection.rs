@@ -679,11 +679,10 @@ impl Conn {
         let destination = format!("/temp-queue/{n}");
         let sub = Subscription {
             id: destination.clone(),
-            destination: destination.clone(),
+            destination,
             ack: AckMode::Auto,
         };
-        self.consume(&sub, queue, 0, Some(destination), None)
-            .await?;
+        self.consume(&sub, queue, 0, None).await?;
         self.temp_queues.insert(n.to_owned(), name.clone());
         Ok(name)
     }
@@ -751,7 +750,7 @@ impl Conn {
                 .check(ObjectKind::Queue, queue.name(), Access::Read)
                 .map_err(amqp_error)?;
         }
-        self.consume(&sub, queue, prefetch, None, receipt).await
+        self.consume(&sub, queue, prefetch, receipt).await
     }
 
     async fn consume(
@@ -759,7 +758,6 @@ impl Conn {
         sub: &Subscription,
         queue: Arc<Queue>,
         prefetch: u32,
-        destination: Option<String>,
         receipt: Option<&str>,
     ) -> Result<(), StompError> {
         let tag = ShortString::truncated(&consumer_tag(&sub.id));
@@ -769,7 +767,6 @@ impl Conn {
                 id: sub.id.clone(),
                 ack_header: self.session.version == pier_stomp_wire::Version::V1_2
                     && sub.ack != AckMode::Auto,
-                destination,
             },
         );
         let spec = ConsumerSpec {

@@ -29,8 +29,6 @@ pub(crate) struct SubOut {
     pub id: String,
     /// 1.2 with an ack mode other than auto: MESSAGE carries `ack`.
     pub ack_header: bool,
-    /// `/temp-queue/...` subscriptions show that destination instead of the message's.
-    pub destination: Option<String>,
 }
 
 pub(crate) struct State {
@@ -192,10 +190,7 @@ impl DeliverySink for Sink {
         };
         let id = message_id(&sub.id, &st.session_id, tag);
         let m = &d.message;
-        let destination = sub
-            .destination
-            .clone()
-            .unwrap_or_else(|| format_destination(&m.exchange, &m.routing_key));
+        let destination = format_destination(&m.exchange, &m.routing_key);
         let mut f = Frame::new(Command::Message)
             .header("subscription", sub.id.as_str())
             .header("destination", destination)
