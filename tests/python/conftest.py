@@ -115,6 +115,14 @@ class PierProcess:
         self.stream_port = free_port()
         while self.stream_port in (self.amqp_port, self.http_port):
             self.stream_port = free_port()
+        taken = {self.amqp_port, self.http_port, self.stream_port}
+        self.stomp_port = free_port()
+        while self.stomp_port in taken:
+            self.stomp_port = free_port()
+        taken.add(self.stomp_port)
+        self.web_stomp_port = free_port()
+        while self.web_stomp_port in taken:
+            self.web_stomp_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.returncode: int | None = None
@@ -129,6 +137,8 @@ class PierProcess:
                "--amqp-port", str(self.amqp_port),
                "--http-port", str(self.http_port),
                "--stream-port", str(self.stream_port),
+               "--stomp-port", str(self.stomp_port),
+               "--web-stomp-port", str(self.web_stomp_port),
                "--stream-advertised-host", "127.0.0.1",
                "--data-dir", str(self.data_dir)]
         if self.bind is not None:
@@ -248,6 +258,9 @@ class Broker:
     process: PierProcess | None = field(default=None, repr=False)
     ports: list[int] = field(default_factory=list, repr=False)
     _next: int = field(default=0, repr=False)
+    # STOMP (and STOMP over WebSocket) on the node tests talk to (node 1 in cluster mode).
+    stomp_port: int = 0
+    web_stomp_port: int = 0
 
     def next_port(self) -> int:
         """The port of the node the next connection goes to."""
@@ -290,7 +303,9 @@ def _broker_from_url(url: str) -> Broker:
     vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
     return Broker(host=parsed.hostname or "127.0.0.1", port=parsed.port or 5672, vhost=vhost,
                   user=urllib.parse.unquote(parsed.username or "guest"),
-                  password=urllib.parse.unquote(parsed.password or "guest"), external=True)
+                  password=urllib.parse.unquote(parsed.password or "guest"), external=True,
+                  stomp_port=int(os.environ.get("PIER_TEST_STOMP_PORT") or 61614),
+                  web_stomp_port=int(os.environ.get("PIER_TEST_WEB_STOMP_PORT") or 0))
 
 
 # --------------------------------------------------------------------------
@@ -378,6 +393,7 @@ def broker(tmp_path_factory):
             # PIER_TEST_CLUSTER_OFFSET shifts which node each connection lands on.
             yield Broker(host="127.0.0.1", port=first.amqp_port, process=first,
                          ports=[n.amqp_port for n in cluster.nodes],
+                         stomp_port=first.stomp_port, web_stomp_port=first.web_stomp_port,
                          _next=int(os.environ.get("PIER_TEST_CLUSTER_OFFSET") or 0))
         finally:
             dead = [n for n in cluster.nodes if not n.alive]
@@ -391,7 +407,8 @@ def broker(tmp_path_factory):
         return
     proc = PierProcess(tmp_path_factory.mktemp("pier-shared")).start()
     try:
-        yield Broker(host="127.0.0.1", port=proc.amqp_port, process=proc)
+        yield Broker(host="127.0.0.1", port=proc.amqp_port, process=proc,
+                     stomp_port=proc.stomp_port, web_stomp_port=proc.web_stomp_port)
     finally:
         if proc.alive:
             code = proc.terminate()

@@ -17,8 +17,10 @@ mod credit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod registry;
+pub mod stomp;
 pub mod stream;
 pub mod tls;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -58,6 +58,14 @@
 //! peers = ["host1:25672", "host2:25672", "host3:25672"] # the same list on every node
 //! advertise = "host1:25672"   # how peers reach this node (default: --bind or hostname)
 //! propose_timeout = 5000      # ms a definition change may wait for the cluster
+//! # The STOMP server (docs/stomp.md); --stomp-port, --stomp-tls-port, --web-stomp-port win
+//! [stomp]
+//! port = 61613                # 0: off
+//! tls_port = 61614            # with [tls]
+//! web_port = 15674            # STOMP over WebSocket, path /ws
+//! max_frame_size = 4194304
+//! default_login = "guest"     # used by a CONNECT without login ("" : refused)
+//! default_passcode = "guest"
 //! ```
 
 use std::path::Path;
@@ -120,9 +128,30 @@ pub struct FileConfig {
     pub server_properties: Option<ServerPropertiesEntry>,
     /// Membership of a cluster (none: a single node, which runs no cluster code).
     pub cluster: Option<ClusterEntry>,
+    /// The STOMP server (docs/stomp.md); the command line's --stomp-port,
+    /// --stomp-tls-port and --web-stomp-port win over these.
+    pub stomp: Option<StompEntry>,
     /// The directory relative paths in this file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
+}
+
+/// `[stomp]`: RabbitMQ's `stomp.*` settings that Pier has.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StompEntry {
+    /// STOMP port (default 61613; 0: off).
+    pub port: Option<u16>,
+    /// STOMP over TLS port, with `[tls]` (default 61614; 0: off).
+    pub tls_port: Option<u16>,
+    /// STOMP over WebSocket port, path `/ws` (default 15674; 0: off).
+    pub web_port: Option<u16>,
+    /// Largest frame accepted, bytes (`stomp.max_frame_size`, default 4 MiB).
+    pub max_frame_size: Option<usize>,
+    /// The login a CONNECT without one uses (`stomp.default_user`, default guest/guest);
+    /// an empty login turns that off.
+    pub default_login: Option<String>,
+    pub default_passcode: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

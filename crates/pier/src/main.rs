@@ -78,6 +78,16 @@ struct ServerArgs {
     /// Whether streams fsync before confirming (RabbitMQ's streams do not).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PIER_STREAM_FSYNC")]
     stream_fsync: bool,
+    /// STOMP port (0: off) [default: 61613, or `[stomp] port`; when not given, a port
+    /// already in use only logs a warning]
+    #[arg(long, env = "PIER_STOMP_PORT")]
+    stomp_port: Option<u16>,
+    /// STOMP over TLS port (only with a `[tls]` section; 0: off) [default: 61614]
+    #[arg(long, env = "PIER_STOMP_TLS_PORT")]
+    stomp_tls_port: Option<u16>,
+    /// STOMP over WebSocket port, path /ws (0: off) [default: 15674]
+    #[arg(long, env = "PIER_WEB_STOMP_PORT")]
+    web_stomp_port: Option<u16>,
     /// Where Pier keeps its data.
     #[arg(long, default_value = "./pier-data", env = "PIER_DATA_DIR")]
     data_dir: PathBuf,
@@ -321,6 +331,87 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             stop_streams.clone(),
         )));
     }
+    // STOMP (61613, 61614 over TLS), stopped with the AMQP server.
+    let stomp_file = file.stomp.clone().unwrap_or_default();
+    let mut stomp_config = pier_server::stomp::StompServerConfig {
+        product: server_config.product.clone(),
+        product_version: server_config.product_version.clone(),
+        handshake_timeout: server_config.handshake_timeout,
+        outbound_high_watermark: server_config.outbound_high_watermark,
+        max_message_size: server_config.max_message_size,
+        ..pier_server::stomp::StompServerConfig::default()
+    };
+    if let Some(n) = stomp_file.max_frame_size {
+        stomp_config.max_frame_size = n;
+    }
+    if let Some(login) = &stomp_file.default_login {
+        stomp_config.default_user = (!login.is_empty()).then(|| {
+            (
+                login.clone(),
+                stomp_file.default_passcode.clone().unwrap_or_default(),
+            )
+        });
+    }
+    let stomp_ctx = pier_server::stomp::StompContext::new(
+        Arc::clone(&broker),
+        Arc::clone(&registry),
+        stomp_config,
+        Some(metadata.clone()),
+    );
+    let mut stomp_listeners = Vec::new();
+    if let Some(l) = listen_optional(
+        args.bind,
+        args.stomp_port.or(stomp_file.port),
+        61613,
+        "STOMP",
+    )? {
+        stomp_listeners.push((l, None));
+    }
+    if let Some(tls) = file.tls_settings() {
+        if let Some(l) = listen_optional(
+            args.bind,
+            args.stomp_tls_port.or(stomp_file.tls_port),
+            61614,
+            "STOMP TLS",
+        )? {
+            let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
+            stomp_listeners.push((l, Some(acceptor)));
+        }
+    }
+    for (l, tls) in stomp_listeners {
+        tracing::info!(
+            stomp = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+            tls = tls.is_some(),
+            "STOMP listener ready"
+        );
+        stream_servers.push(tokio::spawn(pier_server::stomp::serve(
+            l,
+            tls,
+            Arc::clone(&stomp_ctx),
+            stop_streams.clone(),
+        )));
+    }
+    // STOMP over WebSocket (15674, path /ws), as RabbitMQ's Web-STOMP plugin.
+    if let Some(l) = listen_optional(
+        args.bind,
+        args.web_stomp_port.or(stomp_file.web_port),
+        15674,
+        "Web-STOMP",
+    )? {
+        tracing::info!(
+            web_stomp = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+            "STOMP over WebSocket listener ready (path /ws)"
+        );
+        let ctx = Arc::clone(&stomp_ctx);
+        stream_servers.push(tokio::spawn(pier_server::websocket::serve(
+            l,
+            pier_server::websocket::WsEndpoint::stomp(),
+            stop_streams.clone(),
+            move |io, peer, local, token| {
+                pier_server::stomp::serve_connection(io, peer, local, Arc::clone(&ctx), token)
+            },
+        )));
+    }
     pier_server::run_listeners(
         listeners,
         broker,
@@ -412,7 +503,7 @@ fn listen_optional(
             Err(e) => {
                 tracing::warn!(
                     "no {what} listener: the default port {default} cannot be bound ({e:#}); \
-                     set --stream-port to choose another"
+                     set its --*-port option to choose another"
                 );
                 Ok(None)
             }

@@ -74,6 +74,7 @@ struct Pier {
     amqp_port: u16,
     amqps_port: u16,
     http_port: u16,
+    stomp_tls_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -142,12 +143,16 @@ http = {https}
     let amqp_port = free_port();
     let amqps_port = free_port();
     let http_port = free_port();
+    let stomp_tls_port = free_port();
     let log = std::fs::File::create(dir.path().join("pier.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_pier"))
         .args(["server", "--bind", "127.0.0.1"])
         .args(["--amqp-port", &amqp_port.to_string()])
         .args(["--amqps-port", &amqps_port.to_string()])
         .args(["--http-port", &http_port.to_string()])
+        .args(["--stream-port", "0", "--stream-tls-port", "0"])
+        .args(["--stomp-port", "0", "--web-stomp-port", "0"])
+        .args(["--stomp-tls-port", &stomp_tls_port.to_string()])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--config")
@@ -163,6 +168,7 @@ http = {https}
         amqp_port,
         amqps_port,
         http_port,
+        stomp_tls_port,
         dir,
     }
 }
@@ -369,6 +375,36 @@ async fn plain_login_over_tls_and_tcp_side_by_side() {
     };
     let (_, opened) = c.login("PLAIN", &plain("guest", "guest")).await;
     assert!(matches!(opened, Some(Method::ConnectionOpenOk(_))));
+}
+
+#[tokio::test]
+async fn stomp_over_tls() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    let pier = start_pier(&pki, false);
+    let tcp = TcpStream::connect(("127.0.0.1", pier.stomp_tls_port))
+        .await
+        .unwrap();
+    let mut tls = TlsConnector::from(client_config(&pki, None))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\n\n\0")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.contains(&0) {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("CONNECTED\n"), "{text}");
+    assert!(text.contains("version:1.2\n"), "{text}");
 }
 
 #[tokio::test]

@@ -107,6 +107,8 @@ enum CtlCommand {
     ListBindings { columns: Vec<String> },
     /// Client connections (default columns: user peer_host peer_port state).
     ListConnections { columns: Vec<String> },
+    /// STOMP connections (list_connections' columns, STOMP protocols only).
+    ListStompConnections { columns: Vec<String> },
     /// Channels (default columns: name user consumer_count messages_unacknowledged).
     ListChannels { columns: Vec<String> },
     /// Consumers of the vhost (default columns: queue_name channel_pid consumer_tag
@@ -752,6 +754,19 @@ impl Ctl {
             CtlCommand::ListConnections { columns } => {
                 self.info("Listing connections ...");
                 let rows = c.list("/connections")?;
+                self.show_list(&CONNECTIONS, &columns, &rows)
+            }
+            CtlCommand::ListStompConnections { columns } => {
+                self.info("Listing STOMP connections ...");
+                let rows: Vec<_> = c
+                    .list("/connections")?
+                    .into_iter()
+                    .filter(|r| {
+                        r.get("protocol")
+                            .and_then(|p| p.as_str())
+                            .is_some_and(|p| p.starts_with("STOMP"))
+                    })
+                    .collect();
                 self.show_list(&CONNECTIONS, &columns, &rows)
             }
             CtlCommand::ListChannels { columns } => {
