@@ -224,14 +224,19 @@ class PierCluster:
         for n in self.nodes:
             n.start()
         from helpers import MgmtApi
-        api = MgmtApi(self.nodes[0].http_port)
+        apis = [MgmtApi(n.http_port) for n in self.nodes]
         deadline = time.monotonic() + timeout
         names = {f"pier@t{i + 1}" for i in range(len(self.nodes))}
+
+        def formed(api) -> bool:
+            status, body = api.call("GET", "/pier/cluster")
+            return status == 200 and set(body.get("running_nodes", [])) >= names \
+                and bool(body.get("leader"))
+
         while time.monotonic() < deadline:
             try:
-                status, body = api.call("GET", "/pier/cluster")
-                if status == 200 and set(body.get("running_nodes", [])) >= names \
-                        and body.get("leader"):
+                # Every node sees every other running (not only the first one).
+                if all(formed(api) for api in apis):
                     # Every node has caught up with the config file's definitions.
                     for n in self.nodes:
                         MgmtApi(n.http_port).get("/vhosts/other")
