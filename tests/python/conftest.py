@@ -115,6 +115,9 @@ class PierProcess:
         self.stream_port = free_port()
         while self.stream_port in (self.amqp_port, self.http_port):
             self.stream_port = free_port()
+        self.mqtt_port = free_port()
+        while self.mqtt_port in (self.amqp_port, self.http_port, self.stream_port):
+            self.mqtt_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.returncode: int | None = None
@@ -129,6 +132,7 @@ class PierProcess:
                "--amqp-port", str(self.amqp_port),
                "--http-port", str(self.http_port),
                "--stream-port", str(self.stream_port),
+               "--mqtt-port", str(self.mqtt_port),
                "--stream-advertised-host", "127.0.0.1",
                "--data-dir", str(self.data_dir)]
         if self.bind is not None:
@@ -248,6 +252,9 @@ class Broker:
     process: PierProcess | None = field(default=None, repr=False)
     ports: list[int] = field(default_factory=list, repr=False)
     _next: int = field(default=0, repr=False)
+    #: The MQTT port (of the first node in cluster mode; PIER_TEST_MQTT_PORT, default 1884,
+    #: for an external broker).
+    mqtt_port: int = 0
 
     def next_port(self) -> int:
         """The port of the node the next connection goes to."""
@@ -290,7 +297,8 @@ def _broker_from_url(url: str) -> Broker:
     vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
     return Broker(host=parsed.hostname or "127.0.0.1", port=parsed.port or 5672, vhost=vhost,
                   user=urllib.parse.unquote(parsed.username or "guest"),
-                  password=urllib.parse.unquote(parsed.password or "guest"), external=True)
+                  password=urllib.parse.unquote(parsed.password or "guest"), external=True,
+                  mqtt_port=int(os.environ.get("PIER_TEST_MQTT_PORT") or 1884))
 
 
 # --------------------------------------------------------------------------
@@ -378,6 +386,7 @@ def broker(tmp_path_factory):
             # PIER_TEST_CLUSTER_OFFSET shifts which node each connection lands on.
             yield Broker(host="127.0.0.1", port=first.amqp_port, process=first,
                          ports=[n.amqp_port for n in cluster.nodes],
+                         mqtt_port=first.mqtt_port,
                          _next=int(os.environ.get("PIER_TEST_CLUSTER_OFFSET") or 0))
         finally:
             dead = [n for n in cluster.nodes if not n.alive]
@@ -391,7 +400,8 @@ def broker(tmp_path_factory):
         return
     proc = PierProcess(tmp_path_factory.mktemp("pier-shared")).start()
     try:
-        yield Broker(host="127.0.0.1", port=proc.amqp_port, process=proc)
+        yield Broker(host="127.0.0.1", port=proc.amqp_port, process=proc,
+                     mqtt_port=proc.mqtt_port)
     finally:
         if proc.alive:
             code = proc.terminate()

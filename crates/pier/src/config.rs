@@ -120,6 +120,8 @@ pub struct FileConfig {
     pub server_properties: Option<ServerPropertiesEntry>,
     /// Membership of a cluster (none: a single node, which runs no cluster code).
     pub cluster: Option<ClusterEntry>,
+    /// The MQTT server (RabbitMQ's `mqtt.*` keys; see docs/mqtt.md).
+    pub mqtt: Option<MqttEntry>,
     /// The directory relative paths in this file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
@@ -147,6 +149,70 @@ pub struct TlsEntry {
     /// Serve the management API over HTTPS too.
     #[serde(default)]
     pub http: bool,
+}
+
+/// `[mqtt]`: the MQTT server's settings, with RabbitMQ's `mqtt.*` names.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttEntry {
+    /// Plain MQTT port (`--mqtt-port` wins; 0: off).
+    pub port: Option<u16>,
+    /// MQTT over TLS port (with `[tls]`; `--mqtt-tls-port` wins; 0: off).
+    pub tls_port: Option<u16>,
+    pub vhost: Option<String>,
+    pub exchange: Option<String>,
+    pub allow_anonymous: Option<bool>,
+    pub default_user: Option<String>,
+    pub default_pass: Option<String>,
+    pub prefetch: Option<u16>,
+    /// Milliseconds a persistent session's queues outlive their connection.
+    pub subscription_ttl: Option<u64>,
+    pub max_packet_size_unauthenticated: Option<u32>,
+    pub max_packet_size_authenticated: Option<u32>,
+    pub topic_alias_maximum: Option<u16>,
+}
+
+impl MqttEntry {
+    /// The server settings these keys give.
+    pub fn server_config(&self) -> pier_server::mqtt::MqttConfig {
+        let mut c = pier_server::mqtt::MqttConfig::default();
+        if let Some(v) = &self.vhost {
+            c.vhost.clone_from(v);
+        }
+        if let Some(v) = &self.exchange {
+            c.exchange.clone_from(v);
+        }
+        if let Some(v) = self.allow_anonymous {
+            c.allow_anonymous = v;
+        }
+        if let Some(v) = &self.default_user {
+            c.default_user.clone_from(v);
+        }
+        if let Some(v) = &self.default_pass {
+            c.default_pass.clone_from(v);
+        }
+        if let Some(v) = self.prefetch {
+            c.prefetch = v.max(1);
+        }
+        if let Some(ms) = self.subscription_ttl {
+            c.max_session_expiry_secs = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.max_packet_size_unauthenticated {
+            c.max_packet_size_unauthenticated = v.clamp(1, pier_mqtt_wire_max());
+        }
+        if let Some(v) = self.max_packet_size_authenticated {
+            c.max_packet_size = v.clamp(1, pier_mqtt_wire_max());
+        }
+        if let Some(v) = self.topic_alias_maximum {
+            c.topic_alias_maximum = v;
+        }
+        c
+    }
+}
+
+/// The largest packet MQTT can express.
+fn pier_mqtt_wire_max() -> u32 {
+    268_435_460
 }
 
 /// What Pier tells clients it is. Some client code (and client test suites) switch

@@ -78,6 +78,14 @@ struct ServerArgs {
     /// Whether streams fsync before confirming (RabbitMQ's streams do not).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PIER_STREAM_FSYNC")]
     stream_fsync: bool,
+    /// MQTT port (0: off) [default: the config file's `mqtt.port`, else 1883; when not
+    /// given, a port already in use only logs a warning]
+    #[arg(long, env = "PIER_MQTT_PORT")]
+    mqtt_port: Option<u16>,
+    /// MQTT over TLS port (listened on only when the config file has a `[tls]` section;
+    /// 0: off) [default: `mqtt.tls_port`, else 8883]
+    #[arg(long, env = "PIER_MQTT_TLS_PORT")]
+    mqtt_tls_port: Option<u16>,
     /// Where Pier keeps its data.
     #[arg(long, default_value = "./pier-data", env = "PIER_DATA_DIR")]
     data_dir: PathBuf,
@@ -321,6 +329,44 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             stop_streams.clone(),
         )));
     }
+    // MQTT (1883, and 8883 over TLS), stopped with the AMQP server.
+    let stop_mqtt = tokio_util::sync::CancellationToken::new();
+    let mut mqtt_servers = Vec::new();
+    {
+        let entry = file.mqtt.clone().unwrap_or_default();
+        let mut mqtt_config = entry.server_config();
+        mqtt_config.data_dir = Some(args.data_dir.clone());
+        let ctx = pier_server::mqtt::MqttContext::new(
+            Arc::clone(&broker),
+            Arc::clone(&registry),
+            mqtt_config,
+            stop_mqtt.clone(),
+        );
+        let mut mqtt_listeners = Vec::new();
+        let port = args.mqtt_port.or(entry.port);
+        if let Some(l) = listen_optional(args.bind, port, 1883, "MQTT")? {
+            mqtt_listeners.push((l, None));
+        }
+        if let Some(tls) = file.tls_settings() {
+            let port = args.mqtt_tls_port.or(entry.tls_port);
+            if let Some(l) = listen_optional(args.bind, port, 8883, "MQTT TLS")? {
+                let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
+                mqtt_listeners.push((l, Some(acceptor)));
+            }
+        }
+        for (l, tls) in mqtt_listeners {
+            tracing::info!(
+                mqtt = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                tls = tls.is_some(),
+                "MQTT listener ready"
+            );
+            mqtt_servers.push(tokio::spawn(pier_server::mqtt::serve(
+                l,
+                tls,
+                Arc::clone(&ctx),
+            )));
+        }
+    }
     pier_server::run_listeners(
         listeners,
         broker,
@@ -331,7 +377,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     )
     .await?;
     stop_streams.cancel();
+    stop_mqtt.cancel();
     for s in stream_servers {
+        let _ = s.await;
+    }
+    for s in mqtt_servers {
         let _ = s.await;
     }
     let _ = stop_http.send(());
@@ -412,7 +462,7 @@ fn listen_optional(
             Err(e) => {
                 tracing::warn!(
                     "no {what} listener: the default port {default} cannot be bound ({e:#}); \
-                     set --stream-port to choose another"
+                     set its --*-port option to choose another"
                 );
                 Ok(None)
             }
