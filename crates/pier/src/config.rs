@@ -212,7 +212,7 @@ impl MqttEntry {
 
 /// The largest packet MQTT can express.
 fn pier_mqtt_wire_max() -> u32 {
-    268_435_460
+    268_435_455
 }
 
 /// What Pier tells clients it is. Some client code (and client test suites) switch

@@ -125,9 +125,14 @@ pub(super) async fn run<S>(
     tracing::info!(%peer, client_id = %conn.client_id, user = %conn.user, vhost = %conn.vhost.name(), "MQTT connection opened ({:?})", version);
     let end = conn.serve(&mut rd, &mut wr, inbuf).await;
     if let (Some(rc), true) = (conn.disconnect_with, is_v5(version)) {
+        // With a reason string: clients (paho) read the reason code only from a DISCONNECT
+        // longer than two octets.
         conn.write(&Packet::Disconnect(Disconnect {
             reason_code: rc,
-            properties: Properties::default(),
+            properties: Properties {
+                reason_string: Some(rc.description().to_owned()),
+                ..Properties::default()
+            },
         }));
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush(&mut wr)).await;
@@ -394,7 +399,7 @@ impl Conn {
             subscription_identifier_available: Some(true),
             shared_subscription_available: Some(false),
             topic_alias_maximum: Some(cfg.topic_alias_maximum),
-            maximum_packet_size: Some(cfg.max_packet_size),
+            maximum_packet_size: Some(cfg.max_packet_size.min(268_435_455)),
             receive_maximum: Some(cfg.receive_maximum),
             assigned_client_identifier: self.assigned_id.then(|| self.client_id.clone()),
             ..Properties::default()

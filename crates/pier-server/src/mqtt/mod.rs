@@ -80,7 +80,7 @@ impl Default for MqttConfig {
             prefetch: 10,
             max_session_expiry_secs: 86_400,
             max_packet_size_unauthenticated: 65_536,
-            max_packet_size: pier_mqtt_wire::MAX_PACKET_SIZE,
+            max_packet_size: 268_435_455,
             topic_alias_maximum: 16,
             receive_maximum: 1024,
             connect_timeout: Duration::from_secs(10),
