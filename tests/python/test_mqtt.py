@@ -777,3 +777,51 @@ def test_v5_qos2_publish_disconnects(broker):
     s.sendall(b"\x34" + encode_len(len(pub)) + pub)
     first, rest = read_packet(s)
     assert first == 0xE0 and rest[0] == 0x9B
+
+
+# ---------------------------------------------------------------- restarts (Pier only)
+
+class _Endpoint:
+    def __init__(self, proc):
+        self.host = "127.0.0.1"
+        self.mqtt_port = proc.mqtt_port
+        self.port = proc.amqp_port
+
+
+def _restart(proc):
+    assert proc.terminate() == 0, proc.log_tail()
+    return proc.start()
+
+
+def test_persistent_session_and_retained_survive_restart(pier_factory):
+    proc = pier_factory()
+    ep = _Endpoint(proc)
+    cid = uid("dur")
+    sub = Client(ep, client_id=cid, clean=False).connect()
+    sub.subscribe("dur/#", qos=1)
+    sub.disconnect()
+    pub = Client(ep).connect()
+    pub.publish("dur/offline", b"kept across restart", qos=1)
+    pub.publish("dur/retained", b"retained across restart", qos=1, retain=True)
+    pub.disconnect()
+
+    _restart(proc)
+    ep = _Endpoint(proc)
+    again = Client(ep, client_id=cid, clean=False).connect()
+    try:
+        assert again.session_present is True
+        got = again.wait_messages(2)
+        assert [m.payload for m in got] == [b"kept across restart",
+                                            b"retained across restart"]
+        # The subscription's binding survived too: new publishes arrive.
+        pub = Client(ep).connect()
+        pub.publish("dur/after", b"after restart", qos=1)
+        assert again.wait_messages(3)[2].payload == b"after restart"
+        pub.disconnect()
+        late = Client(ep).connect()
+        late.subscribe("dur/retained", qos=1)
+        msg = late.wait_messages(1)[0]
+        assert (msg.payload, msg.retain) == (b"retained across restart", True)
+        late.disconnect()
+    finally:
+        again.disconnect()
