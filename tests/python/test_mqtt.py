@@ -825,3 +825,27 @@ def test_persistent_session_and_retained_survive_restart(pier_factory):
         late.disconnect()
     finally:
         again.disconnect()
+
+
+@pytest.mark.pier_only
+def test_ctl_list_mqtt_connections_and_metrics(broker, clients):
+    import os
+    import subprocess
+    import urllib.request
+    from conftest import pier_binary
+    cid = uid("ctl")
+    clients(client_id=cid).connect()
+    env = dict(os.environ, PIER_CTL_URL=f"http://127.0.0.1:{broker.process.http_port}")
+
+    def listed():
+        out = subprocess.run([str(pier_binary()), "ctl", "list_mqtt_connections", "-q"],
+                             env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    wait_until(lambda: cid in listed(), timeout=10)
+    line = next(li for li in listed().splitlines() if cid in li)
+    assert "127.0.0.1" in line  # conn_name
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.process.http_port}/metrics") as r:
+        text = r.read().decode()
+    count = [li for li in text.splitlines() if li.startswith("rabbitmq_connections ")]
+    assert count and float(count[0].split()[1]) >= 1

@@ -13,9 +13,7 @@ use pier_broker::consumer::{ChannelCredit, ConsumerId, Delivery, DeliverySink};
 use pier_broker::persist::PublishDurability;
 use pier_broker::queue::Queue;
 use pier_broker::session::{dispose, requeue_all, Disposition, Unacked};
-use pier_broker::{
-    Access, Durability, Message, ObjectKind, PublishOptions, QueueDeclare, VHost,
-};
+use pier_broker::{Access, Durability, Message, ObjectKind, PublishOptions, QueueDeclare, VHost};
 use pier_mqtt_wire::{
     topic, ConnAck, Connect, ConnectReturnCode, Disconnect, Packet, Properties, ProtocolVersion,
     PubReply, Publish, QoS, ReasonCode, RetainHandling, ServerAction, SubAck, Subscribe, UnsubAck,
@@ -39,7 +37,10 @@ const SHORTSTR_MAX: usize = 255;
 enum Event {
     Deliver(Delivery),
     /// A QoS 1 publish's stored copies are safe (`ok`) or lost.
-    PublishDone { seq: u64, ok: bool },
+    PublishDone {
+        seq: u64,
+        ok: bool,
+    },
     /// The broker cancelled a consumer (its queue was deleted).
     Cancelled,
 }
@@ -111,17 +112,27 @@ pub(super) async fn run<S>(
         Ok(Ok(c)) => c,
     };
     let version = connect.protocol;
-    let (mut conn, session_present) =
-        match Conn::open(&ctx, connect, peer, local, cert_user).await {
-            Ok(c) => c,
-            Err(code) => {
-                tracing::info!(%peer, "MQTT connection refused: {}", code.description());
-                let _ = send_now(&mut wr, &connack(version, code, false, Properties::default()), version).await;
-                return;
-            }
-        };
+    let (mut conn, session_present) = match Conn::open(&ctx, connect, peer, local, cert_user).await
+    {
+        Ok(c) => c,
+        Err(code) => {
+            tracing::info!(%peer, "MQTT connection refused: {}", code.description());
+            let _ = send_now(
+                &mut wr,
+                &connack(version, code, false, Properties::default()),
+                version,
+            )
+            .await;
+            return;
+        }
+    };
     let props = conn.connack_properties();
-    conn.write(&connack(version, ReasonCode::Success, session_present, props));
+    conn.write(&connack(
+        version,
+        ReasonCode::Success,
+        session_present,
+        props,
+    ));
     tracing::info!(%peer, client_id = %conn.client_id, user = %conn.user, vhost = %conn.vhost.name(), "MQTT connection opened ({:?})", version);
     let end = conn.serve(&mut rd, &mut wr, inbuf).await;
     if let (Some(rc), true) = (conn.disconnect_with, is_v5(version)) {
@@ -190,7 +201,11 @@ fn connack(version: ProtocolVersion, code: ReasonCode, present: bool, props: Pro
     Packet::ConnAck(ConnAck {
         session_present: present && code == ReasonCode::Success,
         reason_code,
-        properties: if version == ProtocolVersion::V5 { props } else { Properties::default() },
+        properties: if version == ProtocolVersion::V5 {
+            props
+        } else {
+            Properties::default()
+        },
     })
 }
 
@@ -290,10 +305,13 @@ impl Conn {
             }
             (None, None) => return Err(ReasonCode::BadUserNameOrPassword),
         };
-        let vhost = ctx.broker.open_vhost(&user.name, &vhost_name).map_err(|e| {
-            tracing::warn!(%peer, "MQTT vhost access refused: {e}");
-            ReasonCode::NotAuthorized
-        })?;
+        let vhost = ctx
+            .broker
+            .open_vhost(&user.name, &vhost_name)
+            .map_err(|e| {
+                tracing::warn!(%peer, "MQTT vhost access refused: {e}");
+                ReasonCode::NotAuthorized
+            })?;
         let slot = vhost.acquire_connection_slot(&user.name).map_err(|e| {
             tracing::warn!(%peer, "MQTT connection refused: {e}");
             ReasonCode::QuotaExceeded
@@ -554,8 +572,8 @@ impl Conn {
                 if let Some(exp) = d.properties.session_expiry_interval {
                     // 5.0: a session that was not kept may not be made kept at DISCONNECT.
                     if self.kind.persistent() {
-                        self.kind.expiry_secs = (exp > 0)
-                            .then(|| exp.min(self.ctx.config.max_session_expiry_secs));
+                        self.kind.expiry_secs =
+                            (exp > 0).then(|| exp.min(self.ctx.config.max_session_expiry_secs));
                     } else if exp > 0 {
                         self.disconnect_with = Some(ReasonCode::ProtocolError);
                         return Some(End::Abnormal);
@@ -632,7 +650,8 @@ impl Conn {
             }
             return Err(self.v5_fail(ReasonCode::NotAuthorized));
         }
-        let message = Arc::new(self.message(&routing_key, qos, p.dup, &p.properties, p.payload.clone()));
+        let message =
+            Arc::new(self.message(&routing_key, qos, p.dup, &p.properties, p.payload.clone()));
         if p.retain {
             self.ctx
                 .retained
@@ -692,7 +711,11 @@ impl Conn {
     /// PUBACKs that may go now that publish `seq` is settled.
     fn pubacks(&mut self, seq: u64, reason: ReasonCode) {
         for (packet_id, rc) in self.session.publish_done(seq, reason) {
-            let reason_code = if is_v5(self.version) { rc } else { ReasonCode::Success };
+            let reason_code = if is_v5(self.version) {
+                rc
+            } else {
+                ReasonCode::Success
+            };
             self.write(&Packet::PubAck(PubReply {
                 packet_id,
                 reason_code,
@@ -715,7 +738,10 @@ impl Conn {
         headers.insert("x-mqtt-dup", FieldValue::Bool(dup));
         for (k, v) in &props.user_properties {
             if k.len() <= SHORTSTR_MAX {
-                headers.insert(ShortString::from(k.as_str()), FieldValue::LongString(v.as_str().into()));
+                headers.insert(
+                    ShortString::from(k.as_str()),
+                    FieldValue::LongString(v.as_str().into()),
+                );
             }
         }
         let short = |s: &str| (s.len() <= SHORTSTR_MAX).then(|| ShortString::from(s));
@@ -773,8 +799,15 @@ impl Conn {
                 self.deliver(d);
             }
             Event::PublishDone { seq, ok } => {
-                let decided = self.publish_reasons.remove(&seq).unwrap_or(ReasonCode::Success);
-                let reason = if ok { decided } else { ReasonCode::UnspecifiedError };
+                let decided = self
+                    .publish_reasons
+                    .remove(&seq)
+                    .unwrap_or(ReasonCode::Success);
+                let reason = if ok {
+                    decided
+                } else {
+                    ReasonCode::UnspecifiedError
+                };
                 self.pubacks(seq, reason);
             }
             Event::Cancelled => {
@@ -823,7 +856,11 @@ impl Conn {
         let mut props = Properties::default();
         if is_v5(self.version) {
             props.subscription_identifiers = self.session.subscription_ids(&topic_name, sub_qos);
-            props.content_type = m.properties.content_type.as_ref().map(|s| s.as_str().to_owned());
+            props.content_type = m
+                .properties
+                .content_type
+                .as_ref()
+                .map(|s| s.as_str().to_owned());
             props.response_topic = m
                 .properties
                 .reply_to
@@ -846,7 +883,9 @@ impl Conn {
                         continue;
                     }
                     if let Some(s) = v.as_str() {
-                        props.user_properties.push((k.as_str().to_owned(), s.to_owned()));
+                        props
+                            .user_properties
+                            .push((k.as_str().to_owned(), s.to_owned()));
                     }
                 }
             }
@@ -916,10 +955,7 @@ impl Conn {
         }
         let mut arguments = FieldTable::new();
         if let Some(secs) = self.kind.expiry_secs {
-            arguments.insert(
-                "x-expires",
-                FieldValue::LongLongInt(i64::from(secs) * 1000),
-            );
+            arguments.insert("x-expires", FieldValue::LongLongInt(i64::from(secs) * 1000));
         }
         let declared = self.vhost.declare_queue(&QueueDeclare {
             name: ShortString::from(name),
@@ -937,14 +973,27 @@ impl Conn {
     fn check_subscribe(&mut self, queue: &str, routing_key: &str) -> bool {
         let exchange = self.ctx.config.exchange.clone();
         let vhost = Arc::clone(&self.vhost);
-        self.access.check(ObjectKind::Queue, queue, Access::Configure).is_ok()
-            && self.access.check(ObjectKind::Queue, queue, Access::Write).is_ok()
-            && self.access.check(ObjectKind::Exchange, &exchange, Access::Read).is_ok()
+        self.access
+            .check(ObjectKind::Queue, queue, Access::Configure)
+            .is_ok()
             && self
                 .access
-                .check_topic(&exchange, routing_key, Access::Read, || vhost.is_topic_exchange(&exchange))
+                .check(ObjectKind::Queue, queue, Access::Write)
                 .is_ok()
-            && self.access.check(ObjectKind::Queue, queue, Access::Read).is_ok()
+            && self
+                .access
+                .check(ObjectKind::Exchange, &exchange, Access::Read)
+                .is_ok()
+            && self
+                .access
+                .check_topic(&exchange, routing_key, Access::Read, || {
+                    vhost.is_topic_exchange(&exchange)
+                })
+                .is_ok()
+            && self
+                .access
+                .check(ObjectKind::Queue, queue, Access::Read)
+                .is_ok()
     }
 
     async fn subscribe(&mut self, s: Subscribe) {
@@ -994,7 +1043,11 @@ impl Conn {
             // A filter moves between the QoS 0 and QoS 1 queues when resubscribed.
             let other = session::queue_name(
                 &self.client_id,
-                if slot == 1 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+                if slot == 1 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                },
             );
             if self.vhost.find_queue(&other).is_some() {
                 let _ = self.vhost.unbind_queue(
@@ -1045,7 +1098,11 @@ impl Conn {
                 topic: r.topic,
                 packet_id: 0,
                 properties: Properties {
-                    subscription_identifiers: if v5 { identifier.into_iter().collect() } else { Vec::new() },
+                    subscription_identifiers: if v5 {
+                        identifier.into_iter().collect()
+                    } else {
+                        Vec::new()
+                    },
                     ..Properties::default()
                 },
                 payload: r.payload,
@@ -1093,7 +1150,11 @@ impl Conn {
         self.write(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
-            reason_codes: if is_v5(self.version) { codes } else { Vec::new() },
+            reason_codes: if is_v5(self.version) {
+                codes
+            } else {
+                Vec::new()
+            },
         }));
     }
 
@@ -1148,7 +1209,13 @@ impl Conn {
         topic::validate_topic_name(&will.topic).ok()?;
         let routing_key = topic::mqtt_to_amqp(&will.topic);
         (routing_key.len() <= SHORTSTR_MAX).then(|| {
-            self.message(&routing_key, will.qos, false, &will.properties, will.payload.clone())
+            self.message(
+                &routing_key,
+                will.qos,
+                false,
+                &will.properties,
+                will.payload.clone(),
+            )
         })
     }
 
@@ -1162,9 +1229,10 @@ impl Conn {
             .access
             .check_publish(&ShortString::from(exchange.as_str()))
             .and_then(|()| {
-                self.access.check_topic(&exchange, &message.routing_key, Access::Write, || {
-                    vhost.is_topic_exchange(&exchange)
-                })
+                self.access
+                    .check_topic(&exchange, &message.routing_key, Access::Write, || {
+                        vhost.is_topic_exchange(&exchange)
+                    })
             });
         if allowed.is_err() {
             return;
@@ -1172,10 +1240,18 @@ impl Conn {
         if will.retain {
             self.ctx
                 .retained
-                .set(self.vhost.name(), &will.topic, will.qos, will.payload.clone())
+                .set(
+                    self.vhost.name(),
+                    &will.topic,
+                    will.qos,
+                    will.payload.clone(),
+                )
                 .await;
         }
-        if let Err(e) = self.vhost.publish(Arc::new(message), PublishOptions::client()) {
+        if let Err(e) = self
+            .vhost
+            .publish(Arc::new(message), PublishOptions::client())
+        {
             tracing::info!(peer = %self.peer, "MQTT will not published: {e}");
         }
     }
@@ -1197,7 +1273,9 @@ impl Conn {
             }
             ctx.will_fired(&key, &token);
             if will.retain {
-                ctx.retained.set(vhost.name(), &will.topic, will.qos, will.payload.clone()).await;
+                ctx.retained
+                    .set(vhost.name(), &will.topic, will.qos, will.payload.clone())
+                    .await;
             }
             let _ = vhost.publish(Arc::new(message), PublishOptions::client());
         });

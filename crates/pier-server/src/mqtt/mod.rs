@@ -141,7 +141,11 @@ impl MqttContext {
         let kick = CancellationToken::new();
         let done = CancellationToken::new();
         let previous = {
-            let mut owners = self.clients.owners.lock().unwrap_or_else(|p| p.into_inner());
+            let mut owners = self
+                .clients
+                .owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             owners.insert(
                 key.clone(),
                 Owner {
@@ -173,7 +177,11 @@ impl MqttContext {
     }
 
     fn release(&self, owned: &Owned) {
-        let mut owners = self.clients.owners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut owners = self
+            .clients
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if owners
             .get(&owned.key)
             .is_some_and(|o| o.connection == owned.connection)
@@ -264,11 +272,9 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<Mqt
             match tls {
                 None => serve_connection(socket, peer, local, None, ctx).await,
                 Some(acceptor) => {
-                    let accepted = tokio::time::timeout(
-                        ctx.config.connect_timeout,
-                        acceptor.accept(socket),
-                    )
-                    .await;
+                    let accepted =
+                        tokio::time::timeout(ctx.config.connect_timeout, acceptor.accept(socket))
+                            .await;
                     match accepted {
                         Ok(Ok(stream)) => {
                             let cn = stream

@@ -42,7 +42,9 @@ impl RetainedStore {
             match std::fs::read(p) {
                 Ok(bytes) => match decode(&bytes) {
                     Some(m) => messages = m,
-                    None => tracing::warn!(path = %p.display(), "retained messages file is damaged; ignored"),
+                    None => {
+                        tracing::warn!(path = %p.display(), "retained messages file is damaged; ignored")
+                    }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!(path = %p.display(), "cannot read retained messages: {e}"),

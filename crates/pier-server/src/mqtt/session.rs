@@ -331,7 +331,11 @@ mod tests {
         assert_eq!(s.send_qos1(Some(1)), Some(1));
         assert_eq!(s.send_qos1(Some(2)), Some(2));
         s.next_packet_id = u16::MAX;
-        assert_eq!(s.send_qos1(None), Some(3), "wraps past 0 and the ids in use");
+        assert_eq!(
+            s.send_qos1(None),
+            Some(3),
+            "wraps past 0 and the ids in use"
+        );
         assert_eq!(s.puback(2), Some(Some(2)));
         assert_eq!(s.puback(2), None, "a second PUBACK is ignored");
         assert_eq!(s.puback(3), Some(None));
@@ -413,7 +417,10 @@ mod tests {
         assert_eq!(s.subscription_ids("a/x", QoS::AtLeastOnce), vec![3, 7]);
         assert_eq!(s.subscription_ids("a/x/y", QoS::AtLeastOnce), vec![3]);
         assert!(s.subscription_ids("a/x", QoS::AtMostOnce).is_empty());
-        assert!(!s.no_local("a/x"), "one matching subscription is not no-local");
+        assert!(
+            !s.no_local("a/x"),
+            "one matching subscription is not no-local"
+        );
         assert!(s.no_local("a/x/y"));
         assert!(s.no_local("b"));
         assert!(!s.no_local("c"), "nothing matches");
@@ -427,7 +434,10 @@ mod tests {
             client_id(V3_1_1, "c", false, assign),
             Ok(("c".into(), false))
         );
-        assert_eq!(client_id(V3_1_1, "", true, assign), Ok(("gen".into(), true)));
+        assert_eq!(
+            client_id(V3_1_1, "", true, assign),
+            Ok(("gen".into(), true))
+        );
         assert_eq!(
             client_id(V3_1_1, "", false, assign),
             Err(ReasonCode::ClientIdentifierNotValid)
