@@ -849,3 +849,20 @@ def test_ctl_list_mqtt_connections_and_metrics(broker, clients):
         text = r.read().decode()
     count = [li for li in text.splitlines() if li.startswith("rabbitmq_connections ")]
     assert count and float(count[0].split()[1]) >= 1
+
+
+def test_many_qos1_publishes_in_flight(clients):
+    t = uid("t")
+    sub = clients(client_id=uid("many"), clean=False).connect()
+    sub.subscribe(f"{t}/#", qos=1)
+    pub = clients()
+    pub.c.max_inflight_messages_set(3000)
+    pub.connect()
+    infos = [pub.c.publish(f"{t}/n", str(i).encode(), qos=1) for i in range(3000)]
+    for info in infos:
+        info.wait_for_publish(30)
+    assert all(i.is_published() for i in infos)
+    msgs = sub.wait_messages(3000, timeout=60)
+    assert [int(m.payload) for m in msgs] == list(range(3000))
+    sub.disconnect()
+    clients(client_id=sub.client_id, clean=True).connect().disconnect()

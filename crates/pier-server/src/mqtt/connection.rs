@@ -387,7 +387,11 @@ impl Conn {
             id,
             peer,
             kind,
-            session: Session::new(cfg.topic_alias_maximum, usize::from(cfg.receive_maximum)),
+            // The reader stops at receive_maximum; the session's bound is a backstop.
+            session: Session::new(
+                cfg.topic_alias_maximum,
+                usize::from(cfg.receive_maximum) * 2,
+            ),
             consumers: [None, None],
             sink,
             credit: Arc::new(ChannelCredit::new()),
@@ -477,9 +481,16 @@ impl Conn {
         let max = self.ctx.config.max_packet_size;
         // Packets that arrived with the CONNECT.
         let mut have_input = !inbuf.is_empty();
+        let window = usize::from(self.ctx.config.receive_maximum);
         loop {
-            if have_input {
+            // At most `receive_maximum` QoS 1 publishes wait for the disk: beyond that the
+            // socket is not read (and buffered packets not decoded) until some are settled.
+            let full = self.session.publishes_waiting() >= window;
+            if have_input && !full {
                 loop {
+                    if self.session.publishes_waiting() >= window {
+                        break;
+                    }
                     match Packet::decode_from(&mut inbuf, self.version, max) {
                         Ok(Some(p)) => {
                             if let Some(end) = self.packet(p).await {
@@ -497,7 +508,11 @@ impl Conn {
                         }
                     }
                 }
-                have_input = false;
+            }
+            let full = self.session.publishes_waiting() >= window;
+            if full {
+                // The client is not idle: the server is not reading it.
+                deadline = timeout.map(|t| tokio::time::Instant::now() + t);
             }
             if self.flush(wr).await.is_err() {
                 return End::Abnormal;
@@ -509,7 +524,7 @@ impl Conn {
                 }
             };
             tokio::select! {
-                r = rd.read_buf(&mut inbuf) => match r {
+                r = rd.read_buf(&mut inbuf), if !full => match r {
                     Ok(0) | Err(_) => return End::Abnormal,
                     Ok(n) => {
                         self.entry.count_read(n);
@@ -519,6 +534,7 @@ impl Conn {
                 },
                 Some(ev) = self.events.recv() => {
                     self.event(ev);
+                    have_input = !inbuf.is_empty();
                     // Whatever else is ready, without going through select! again.
                     while let Ok(ev) = self.events.try_recv() {
                         self.event(ev);

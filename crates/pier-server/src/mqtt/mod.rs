@@ -157,6 +157,11 @@ impl MqttContext {
                 },
             )
         };
+        if let Some(prev) = previous {
+            prev.kick.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.cancelled()).await;
+        }
+        // After the previous owner is gone: its will, if delayed, is registered by then.
         if let Some(will) = self
             .clients
             .delayed_wills
@@ -165,10 +170,6 @@ impl MqttContext {
             .remove(&key)
         {
             will.cancel();
-        }
-        if let Some(prev) = previous {
-            prev.kick.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.cancelled()).await;
         }
         Owned {
             key,

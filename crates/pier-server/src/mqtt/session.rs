@@ -301,13 +301,6 @@ impl<T> Session<T> {
             .peekable();
         matching.peek().is_some() && matching.all(|(_, s)| s.options.no_local)
     }
-
-    /// Whether a matching subscription keeps the retain flag of forwarded messages.
-    pub fn retain_as_published(&self, topic_name: &str) -> bool {
-        self.subscriptions
-            .iter()
-            .any(|(f, s)| s.options.retain_as_published && topic::topic_matches(f, topic_name))
-    }
 }
 
 #[cfg(test)]
