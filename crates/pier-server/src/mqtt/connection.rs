@@ -240,6 +240,8 @@ struct Conn {
     recent: VecDeque<Weak<Message>>,
     /// A 5.0 DISCONNECT to send before closing.
     disconnect_with: Option<ReasonCode>,
+    /// Whether this connection has published (resource alarms block publishers).
+    published_any: bool,
 }
 
 fn is_v5(v: ProtocolVersion) -> bool {
@@ -407,6 +409,7 @@ impl Conn {
             publish_reasons: HashMap::new(),
             recent: VecDeque::new(),
             disconnect_with: None,
+            published_any: false,
         };
         let present = conn.resume_session();
         Ok((conn, present))
@@ -482,6 +485,7 @@ impl Conn {
         // Packets that arrived with the CONNECT.
         let mut have_input = !inbuf.is_empty();
         let window = usize::from(self.ctx.config.receive_maximum);
+        let mut alarms = self.entry.alarms.subscribe();
         loop {
             // At most `receive_maximum` QoS 1 publishes wait for the disk: beyond that the
             // socket is not read (and buffered packets not decoded) until some are settled.
@@ -509,7 +513,10 @@ impl Conn {
                     }
                 }
             }
-            let full = self.session.publishes_waiting() >= window;
+            // A resource alarm blocks connections that publish (as AMQP's, and RabbitMQ's
+            // MQTT): their socket is not read until it clears.
+            let blocked = self.published_any && alarms.borrow_and_update().any();
+            let full = self.session.publishes_waiting() >= window || blocked;
             if full {
                 // The client is not idle: the server is not reading it.
                 deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -541,6 +548,11 @@ impl Conn {
                         if self.out.len() > 64 * 1024 {
                             break;
                         }
+                    }
+                }
+                r = alarms.changed(), if blocked => {
+                    if r.is_err() {
+                        return End::Abnormal;
                     }
                 }
                 () = sleep => {
@@ -623,6 +635,7 @@ impl Conn {
 
     async fn publish(&mut self, p: Publish) -> Result<(), End> {
         self.entry.count_publish();
+        self.published_any = true;
         let qos = match (p.qos, self.version) {
             (QoS::ExactlyOnce, ProtocolVersion::V5) => {
                 return Err(self.v5_fail(ReasonCode::QosNotSupported))

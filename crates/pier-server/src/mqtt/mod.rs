@@ -298,3 +298,104 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<Mqt
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use bytes::BytesMut;
+    use pier_mqtt_wire::{Packet, ProtocolVersion, QoS};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn context() -> Arc<MqttContext> {
+        MqttContext::new(
+            Arc::new(Broker::with_defaults()),
+            Arc::new(crate::Registry::new()),
+            MqttConfig::default(),
+            CancellationToken::new(),
+        )
+    }
+
+    const CONNECT: &[u8] = b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01t";
+
+    /// The entry point serves any byte stream (a WebSocket adapter later): a whole session
+    /// over an in-memory duplex.
+    #[tokio::test]
+    async fn serves_any_byte_stream() {
+        let ctx = context();
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let task = tokio::spawn(serve_connection(server, peer, peer, None, Arc::clone(&ctx)));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(CONNECT).await.unwrap();
+        // SUBSCRIBE 1 "a" QoS 1, then PUBLISH QoS 1 id 2 to "a".
+        wr.write_all(b"\x82\x06\x00\x01\x00\x01a\x01")
+            .await
+            .unwrap();
+        wr.write_all(b"\x32\x07\x00\x01a\x00\x02hi").await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            match Packet::decode_from(&mut buf, ProtocolVersion::V3_1_1, 1 << 20).unwrap() {
+                Some(p) => seen.push(p),
+                None => assert!(rd.read_buf(&mut buf).await.unwrap() > 0, "closed"),
+            }
+        }
+        assert!(matches!(&seen[0], Packet::ConnAck(c) if !c.reason_code.is_error()));
+        assert!(matches!(&seen[1], Packet::SubAck(s) if s.packet_id == 1));
+        let delivered = seen.iter().find_map(|p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        });
+        let delivered = delivered.expect("the message comes back");
+        assert_eq!(
+            (
+                delivered.topic.as_str(),
+                &delivered.payload[..],
+                delivered.qos
+            ),
+            ("a", &b"hi"[..], QoS::AtLeastOnce)
+        );
+        assert!(seen
+            .iter()
+            .any(|p| matches!(p, Packet::PubAck(r) if r.packet_id == 2)));
+        let id = delivered.packet_id.to_be_bytes();
+        wr.write_all(&[0x40, 0x02, id[0], id[1]]).await.unwrap();
+        wr.write_all(b"\xe0\x00").await.unwrap();
+        task.await.unwrap();
+        let vhost = ctx.broker.vhost("/").unwrap();
+        assert!(
+            vhost.find_queue("mqtt-subscription-tqos1").is_none(),
+            "a clean session's queue goes with it"
+        );
+    }
+
+    /// Garbage after CONNECT ends the connection; it never panics the task.
+    #[tokio::test]
+    async fn garbage_never_panics() {
+        let ctx = context();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..200 {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let task = tokio::spawn(serve_connection(server, peer, peer, None, Arc::clone(&ctx)));
+            let (mut rd, mut wr) = tokio::io::split(client);
+            let mut bytes = Vec::new();
+            if round % 2 == 0 {
+                bytes.extend_from_slice(CONNECT);
+            }
+            for _ in 0..(64 + round) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                bytes.push(seed.to_le_bytes()[0]);
+            }
+            let _ = wr.write_all(&bytes).await;
+            // EOF for the server (dropping one half of a split duplex would not be).
+            let _ = wr.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = rd.read_to_end(&mut sink).await;
+            task.await.expect("no panic");
+        }
+    }
+}
