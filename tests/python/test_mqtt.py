@@ -866,3 +866,37 @@ def test_many_qos1_publishes_in_flight(clients):
     assert [int(m.payload) for m in msgs] == list(range(3000))
     sub.disconnect()
     clients(client_id=sub.client_id, clean=True).connect().disconnect()
+
+
+def test_mqtt_over_tls(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+    from conftest import EXTERNAL_URL, PIER_CONFIG, PierProcess, free_port
+    if EXTERNAL_URL:
+        pytest.skip("needs a Pier process")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is missing")
+    work = tmp_path / "tls"
+    work.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(work / "server.key"),
+                    "-out", str(work / "server.pem")], check=True, capture_output=True)
+    tls_port = free_port()
+    proc = PierProcess(work, PIER_CONFIG + '\n[tls]\ncert = "server.pem"\nkey = "server.key"\n',
+                       extra_args=["--mqtt-tls-port", str(tls_port),
+                                   "--amqps-port", str(free_port()),
+                                   "--stream-tls-port", "0"])
+    proc.start()
+    try:
+        ep = _Endpoint(proc)
+        c = Client(ep, port=tls_port)
+        c.c.tls_set(cert_reqs=ssl.CERT_NONE)
+        c.c.tls_insecure_set(True)
+        c.connect()
+        c.subscribe("tls/x", qos=1)
+        c.publish("tls/x", b"secure", qos=1)
+        assert c.wait_messages(1)[0].payload == b"secure"
+        c.disconnect()
+    finally:
+        proc.kill()
