@@ -900,3 +900,22 @@ def test_mqtt_over_tls(tmp_path):
         c.disconnect()
     finally:
         proc.kill()
+
+
+@pytest.mark.pier_only
+def test_amqp_message_with_no_topic_name_is_skipped(broker, clients):
+    # An empty routing key is no MQTT topic name: such deliveries are settled and skipped,
+    # and they do not use up the session's prefetch.
+    t = uid("t")
+    sub = clients().connect()
+    sub.subscribe("#", qos=1)
+    conn = broker.connect()
+    try:
+        ch = conn.channel()
+        for _ in range(15):
+            ch.basic_publish("amq.topic", "", b"no topic")
+        ch.basic_publish("amq.topic", f"{t}.after", b"after")
+        wait_until(lambda: any(m.payload == b"after" for m in sub.messages), timeout=10)
+        assert all(m.topic for m in sub.messages)
+    finally:
+        conn.close()

@@ -440,7 +440,9 @@ impl Conn {
             let Some(q) = self.vhost.find_queue(&name) else {
                 continue;
             };
-            if self.kind.clean_start || !self.kind.persistent() {
+            // 5.0 clean start 0 with session expiry 0 resumes the session, which then ends
+            // with the connection (teardown deletes its queues).
+            if self.kind.clean_start {
                 let _ = self.vhost.delete_queue(&name, false, false, self.id);
                 continue;
             }
@@ -928,17 +930,24 @@ impl Conn {
             properties: props,
             payload: m.body.clone(),
         };
-        if let Some(max) = self.client_max_packet {
-            let too_large = Packet::Publish(publish.clone())
-                .encoded_len(self.version)
-                .map_or(true, |n| n > max as usize);
-            if too_large {
-                // 5.0 §3.1.2.11.4: discarded as if delivered.
-                if let Some(u) = unacked {
-                    self.settle(u);
-                }
-                return;
+        // A message the client cannot take (over its Maximum Packet Size, 5.0 §3.1.2.11.4)
+        // or that cannot be encoded (an AMQP routing key that is no topic name, e.g. empty)
+        // is discarded as if delivered.
+        let max = self.client_max_packet.map_or(usize::MAX, |m| m as usize);
+        let probe = Publish {
+            // Any identifier: only the length matters (QoS 1 needs one, QoS 0 none).
+            packet_id: u16::from(qos == QoS::AtLeastOnce),
+            ..publish.clone()
+        };
+        let fits = Packet::Publish(probe)
+            .encoded_len(self.version)
+            .is_ok_and(|n| n <= max)
+            && !publish.topic.is_empty();
+        if !fits {
+            if let Some(u) = unacked {
+                self.settle(u);
             }
+            return;
         }
         if qos == QoS::AtLeastOnce {
             publish.dup = d.redelivered;
