@@ -277,8 +277,11 @@ def test_persistent_session_queue_and_offline_messages(broker, clients, mgmt):
     sub = clients(client_id=cid, clean=False).connect()
     assert sub.session_present is False
     sub.subscribe(f"{t}/#", qos=1)
+    sub.subscribe(f"{t}/zero", qos=0)
     sub.disconnect()
     q1 = f"mqtt-subscription-{cid}qos1"
+    # The QoS 0 queue goes with the connection even in a persistent session.
+    wait_until(lambda: mgmt.call("GET", f"/queues/%2F/mqtt-subscription-{cid}qos0")[0] == 404)
     info = mgmt.get(f"/queues/%2F/{q1}")
     assert (info["durable"], info["auto_delete"]) == (True, False)
     assert info["arguments"] == {"x-expires": 86400000}
@@ -919,3 +922,17 @@ def test_amqp_message_with_no_topic_name_is_skipped(broker, clients):
         assert all(m.topic for m in sub.messages)
     finally:
         conn.close()
+
+
+def test_mqtt_3_1(clients, mgmt):
+    t = uid("t")
+    c = clients(protocol=mqtt.MQTTv31).connect()
+    c.subscribe(f"{t}/x", qos=1)
+    c.publish(f"{t}/x", b"v3.1", qos=1)
+    assert c.wait_messages(1)[0].payload == b"v3.1"
+
+    def listed():
+        return [x for x in mgmt.get("/connections")
+                if (x.get("client_properties") or {}).get("client_id") == c.client_id]
+    wait_until(lambda: listed(), timeout=10)
+    assert listed()[0]["protocol"] == "MQTT 3.1.0"

@@ -338,7 +338,8 @@ impl Conn {
             _ => cfg.prefetch,
         };
         let protocol = match version {
-            ProtocolVersion::V3_1 => "MQTT 3.1",
+            // RabbitMQ's words (3.10.8 shows 3.1 as "MQTT 3.1.0").
+            ProtocolVersion::V3_1 => "MQTT 3.1.0",
             ProtocolVersion::V3_1_1 => "MQTT 3.1.1",
             ProtocolVersion::V5 => "MQTT 5-0",
         };
@@ -442,7 +443,9 @@ impl Conn {
             };
             // 5.0 clean start 0 with session expiry 0 resumes the session, which then ends
             // with the connection (teardown deletes its queues).
-            if self.kind.clean_start {
+            // The QoS 0 queue never outlives its connection (RabbitMQ 3.10: non-durable,
+            // auto-delete, in persistent sessions too).
+            if self.kind.clean_start || qos == QoS::AtMostOnce {
                 let _ = self.vhost.delete_queue(&name, false, false, self.id);
                 continue;
             }
@@ -992,7 +995,8 @@ impl Conn {
             return Ok(q);
         }
         let mut arguments = FieldTable::new();
-        if let Some(secs) = self.kind.expiry_secs {
+        let persistent = self.kind.persistent() && qos != QoS::AtMostOnce;
+        if let (Some(secs), true) = (self.kind.expiry_secs, persistent) {
             arguments.insert("x-expires", FieldValue::LongLongInt(i64::from(secs) * 1000));
         }
         let declared = self.vhost.declare_queue(&QueueDeclare {
@@ -1001,7 +1005,7 @@ impl Conn {
             // As RabbitMQ: the QoS 1 queue is durable, the QoS 0 one is not.
             durable: qos != QoS::AtMostOnce,
             exclusive: false,
-            auto_delete: !self.kind.persistent(),
+            auto_delete: !persistent,
             arguments,
             connection: self.id,
         })?;
@@ -1224,11 +1228,13 @@ impl Conn {
             }
         }
         requeue_all(back);
+        let mut gone = vec![QoS::AtMostOnce];
         if !self.kind.persistent() {
-            for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-                let name = session::queue_name(&self.client_id, qos);
-                let _ = self.vhost.delete_queue(&name, false, false, self.id);
-            }
+            gone.push(QoS::AtLeastOnce);
+        }
+        for qos in gone {
+            let name = session::queue_name(&self.client_id, qos);
+            let _ = self.vhost.delete_queue(&name, false, false, self.id);
         }
         if let Some(will) = self.will.take().filter(|_| publish_will) {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
