@@ -19,13 +19,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from conftest import CLUSTER_SIZE
 from helpers import wait_until
 
-pytestmark = pytest.mark.skipif(
-    bool(CLUSTER_SIZE),
-    reason="the MQTT server declares its session queues on the node it runs on, not "
-           "through the cluster's metadata (docs/mqtt.md)")
 
 V311 = mqtt.MQTTv311
 V5 = mqtt.MQTTv5
@@ -212,6 +207,7 @@ def test_qos2_subscription_is_granted_qos1(clients):
     assert sub.wait_messages(1)[0].qos == 1
 
 
+@pytest.mark.same_node  # the AMQP queue is exclusive: it lives on its node
 def test_mqtt_publish_consumed_over_amqp(broker, clients):
     t = uid("t")
     conn, ch, q = amqp_queue_on(broker, f"{t}.#")
@@ -649,6 +645,7 @@ def test_v5_puback_no_matching_subscribers(clients):
 
 
 @pytest.mark.pier_only
+@pytest.mark.same_node  # the AMQP queue is exclusive: it lives on its node
 def test_v5_user_properties_and_request_response_over_amqp(broker, clients):
     t = uid("t")
     conn, ch, q = amqp_queue_on(broker, f"{t}.#")

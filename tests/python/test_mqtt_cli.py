@@ -11,11 +11,6 @@ import uuid
 
 import pytest
 
-from conftest import CLUSTER_SIZE
-
-pytestmark = pytest.mark.skipif(
-    bool(CLUSTER_SIZE), reason="MQTT session queues are node-local (docs/mqtt.md)")
-
 
 @pytest.fixture
 def cli():

@@ -336,11 +336,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         let entry = file.mqtt.clone().unwrap_or_default();
         let mut mqtt_config = entry.server_config();
         mqtt_config.data_dir = Some(args.data_dir.clone());
-        let ctx = pier_server::mqtt::MqttContext::new(
+        let ctx = pier_server::mqtt::MqttContext::with_metadata(
             Arc::clone(&broker),
             Arc::clone(&registry),
             mqtt_config,
             stop_mqtt.clone(),
+            Some(metadata.clone()),
         );
         let mut mqtt_listeners = Vec::new();
         let port = args.mqtt_port.or(entry.port);

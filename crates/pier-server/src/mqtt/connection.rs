@@ -14,6 +14,8 @@ use pier_broker::persist::PublishDurability;
 use pier_broker::queue::Queue;
 use pier_broker::session::{dispose, requeue_all, Disposition, Unacked};
 use pier_broker::{Access, Durability, Message, ObjectKind, PublishOptions, QueueDeclare, VHost};
+use pier_cluster::metadata::{self, DestinationKind, MetadataCommand};
+use pier_cluster::Metadata;
 use pier_mqtt_wire::{
     topic, ConnAck, Connect, ConnectReturnCode, Disconnect, Packet, Properties, ProtocolVersion,
     PubReply, Publish, QoS, ReasonCode, RetainHandling, ServerAction, SubAck, Subscribe, UnsubAck,
@@ -412,7 +414,7 @@ impl Conn {
             disconnect_with: None,
             published_any: false,
         };
-        let present = conn.resume_session();
+        let present = conn.resume_session().await;
         Ok((conn, present))
     }
 
@@ -434,7 +436,7 @@ impl Conn {
 
     /// Clean start: a previous session's queues go. Otherwise its queues are consumed
     /// again; whether there were any is CONNACK's session present.
-    fn resume_session(&mut self) -> bool {
+    async fn resume_session(&mut self) -> bool {
         let mut present = false;
         for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce].into_iter().enumerate() {
             let name = session::queue_name(&self.client_id, qos);
@@ -446,7 +448,7 @@ impl Conn {
             // The QoS 0 queue never outlives its connection (RabbitMQ 3.10: non-durable,
             // auto-delete, in persistent sessions too).
             if self.kind.clean_start || qos == QoS::AtMostOnce {
-                let _ = self.vhost.delete_queue(&name, false, false, self.id);
+                self.delete_queue(&name).await;
                 continue;
             }
             present = true;
@@ -594,7 +596,7 @@ impl Conn {
                 None
             }
             Packet::Unsubscribe(u) => {
-                self.unsubscribe(u);
+                self.unsubscribe(u).await;
                 None
             }
             Packet::PingReq => {
@@ -988,8 +990,10 @@ impl Conn {
         Ok(())
     }
 
-    /// The session's queue for `qos`, declared if missing.
-    fn ensure_queue(&mut self, qos: QoS) -> Result<Arc<Queue>, pier_broker::BrokerError> {
+    /// The session's queue for `qos`, declared if missing. On a clustered node the durable
+    /// QoS 1 queue is declared through the cluster's metadata (homed on this node), as an
+    /// AMQP client's durable queue is.
+    async fn ensure_queue(&mut self, qos: QoS) -> Result<Arc<Queue>, String> {
         let name = session::queue_name(&self.client_id, qos);
         if let Some(q) = self.vhost.find_queue(&name) {
             return Ok(q);
@@ -999,17 +1003,108 @@ impl Conn {
         if let (Some(secs), true) = (self.kind.expiry_secs, persistent) {
             arguments.insert("x-expires", FieldValue::LongLongInt(i64::from(secs) * 1000));
         }
-        let declared = self.vhost.declare_queue(&QueueDeclare {
-            name: ShortString::from(name),
-            passive: false,
-            // As RabbitMQ: the QoS 1 queue is durable, the QoS 0 one is not.
-            durable: qos != QoS::AtMostOnce,
-            exclusive: false,
-            auto_delete: !persistent,
-            arguments,
-            connection: self.id,
-        })?;
+        if let (Some(md), true) = (self.ctx.metadata.clone(), qos != QoS::AtMostOnce) {
+            let me = md
+                .cluster()
+                .map(|c| c.node_name().to_owned())
+                .unwrap_or_default();
+            let cmd = MetadataCommand::DeclareQueue {
+                vhost: self.vhost.name().to_owned(),
+                name: name.clone(),
+                durable: true,
+                auto_delete: !persistent,
+                arguments: metadata::arguments(&arguments).map_err(|e| e.to_string())?,
+                home: me.clone(),
+                members: vec![me],
+                checked: true,
+            };
+            md.execute(cmd).await.map_err(|e| e.to_string())?;
+            return self
+                .vhost
+                .find_queue(&name)
+                .ok_or_else(|| format!("queue '{name}' is missing after its declaration"));
+        }
+        let declared = self
+            .vhost
+            .declare_queue(&QueueDeclare {
+                name: ShortString::from(name),
+                passive: false,
+                // As RabbitMQ: the QoS 1 queue is durable, the QoS 0 one is not.
+                durable: qos != QoS::AtMostOnce,
+                exclusive: false,
+                auto_delete: !persistent,
+                arguments,
+                connection: self.id,
+            })
+            .map_err(|e| e.to_string())?;
         Ok(declared.queue)
+    }
+
+    /// The cluster's metadata front when `queue`'s bindings to the exchange are the
+    /// cluster's (a replicated queue and a durable exchange), as for AMQP.
+    fn replicated(&self, queue: &str) -> Option<Metadata> {
+        let md = self.ctx.metadata.as_ref()?;
+        let exchange = &self.ctx.config.exchange;
+        (self.vhost.is_durable_exchange(exchange)
+            && self
+                .vhost
+                .find_queue(queue)
+                .is_some_and(|q| self.vhost.is_replicated_queue(&q)))
+        .then(|| md.clone())
+    }
+
+    /// Binds (or unbinds) `queue` to the exchange with `routing_key`.
+    async fn binding(&self, queue: &str, routing_key: &str, bind: bool) -> Result<(), String> {
+        let exchange = self.ctx.config.exchange.clone();
+        if let Some(md) = self.replicated(queue) {
+            let vhost = self.vhost.name().to_owned();
+            let arguments = metadata::arguments(&FieldTable::new()).map_err(|e| e.to_string())?;
+            let cmd = if bind {
+                MetadataCommand::Bind {
+                    vhost,
+                    source: exchange,
+                    destination: queue.to_owned(),
+                    destination_kind: DestinationKind::Queue,
+                    routing_key: routing_key.to_owned(),
+                    arguments,
+                    skip_missing: false,
+                }
+            } else {
+                MetadataCommand::Unbind {
+                    vhost,
+                    source: exchange,
+                    destination: queue.to_owned(),
+                    destination_kind: DestinationKind::Queue,
+                    routing_key: routing_key.to_owned(),
+                    arguments,
+                }
+            };
+            return md.execute(cmd).await.map(|_| ()).map_err(|e| e.to_string());
+        }
+        let key = ShortString::from(routing_key);
+        let r = if bind {
+            self.vhost
+                .bind_queue(queue, &exchange, key, FieldTable::new(), self.id)
+        } else {
+            self.vhost
+                .unbind_queue(queue, &exchange, key, FieldTable::new(), self.id)
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Deletes one of the session's queues (through the cluster when it is the cluster's).
+    async fn delete_queue(&self, name: &str) {
+        if let Some(md) = self.replicated(name) {
+            let cmd = MetadataCommand::DeleteQueue {
+                vhost: self.vhost.name().to_owned(),
+                name: name.to_owned(),
+            };
+            if let Err(e) = md.execute(cmd).await {
+                tracing::warn!(peer = %self.peer, "MQTT: deleting {name} failed: {e}");
+            }
+            return;
+        }
+        let _ = self.vhost.delete_queue(name, false, false, self.id);
     }
 
     fn check_subscribe(&mut self, queue: &str, routing_key: &str) -> bool {
@@ -1044,7 +1139,6 @@ impl Conn {
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut retained = Vec::new();
         let identifier = s.properties.subscription_identifiers.first().copied();
-        let exchange = self.ctx.config.exchange.clone();
         for sub in s.subscriptions {
             let filter = sub.filter;
             if topic::shared_subscription(&filter).is_some() {
@@ -1067,16 +1161,13 @@ impl Conn {
                 codes.push(failure(ReasonCode::NotAuthorized));
                 continue;
             }
-            let bound = self.ensure_queue(qos).and_then(|q| {
-                self.vhost.bind_queue(
-                    &qname,
-                    &exchange,
-                    ShortString::from(routing_key.as_str()),
-                    FieldTable::new(),
-                    self.id,
-                )?;
-                self.consume(slot, q)
-            });
+            let bound = match self.ensure_queue(qos).await {
+                Ok(q) => match self.binding(&qname, &routing_key, true).await {
+                    Ok(()) => self.consume(slot, q).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             if let Err(e) = bound {
                 tracing::warn!(peer = %self.peer, "MQTT subscribe to {filter} failed: {e}");
                 codes.push(failure(ReasonCode::UnspecifiedError));
@@ -1092,13 +1183,7 @@ impl Conn {
                 },
             );
             if self.vhost.find_queue(&other).is_some() {
-                let _ = self.vhost.unbind_queue(
-                    &other,
-                    &exchange,
-                    ShortString::from(routing_key.as_str()),
-                    FieldTable::new(),
-                    self.id,
-                );
+                let _ = self.binding(&other, &routing_key, false).await;
             }
             let existed = self
                 .session
@@ -1159,8 +1244,7 @@ impl Conn {
         }
     }
 
-    fn unsubscribe(&mut self, u: Unsubscribe) {
-        let exchange = self.ctx.config.exchange.clone();
+    async fn unsubscribe(&mut self, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in u.filters {
             let existed = self.session.subscriptions.remove(&filter).is_some();
@@ -1170,16 +1254,7 @@ impl Conn {
                 for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
                     let name = session::queue_name(&self.client_id, qos);
                     if self.vhost.find_queue(&name).is_some() {
-                        unbound |= self
-                            .vhost
-                            .unbind_queue(
-                                &name,
-                                &exchange,
-                                ShortString::from(routing_key.as_str()),
-                                FieldTable::new(),
-                                self.id,
-                            )
-                            .is_ok();
+                        unbound |= self.binding(&name, &routing_key, false).await.is_ok();
                     }
                 }
             }
@@ -1234,7 +1309,7 @@ impl Conn {
         }
         for qos in gone {
             let name = session::queue_name(&self.client_id, qos);
-            let _ = self.vhost.delete_queue(&name, false, false, self.id);
+            self.delete_queue(&name).await;
         }
         if let Some(will) = self.will.take().filter(|_| publish_will) {
             let delay = will.properties.will_delay_interval.unwrap_or(0);

@@ -116,6 +116,9 @@ pub struct MqttContext {
     clients: Clients,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
+    /// A clustered node's metadata front: durable session queues and their bindings are
+    /// the cluster's. `None` on a single node.
+    pub metadata: Option<pier_cluster::Metadata>,
 }
 
 impl MqttContext {
@@ -133,6 +136,27 @@ impl MqttContext {
             retained,
             clients: Clients::default(),
             shutdown,
+            metadata: None,
+        })
+    }
+
+    /// `new` on a node that may be clustered: `metadata` is used only when it is.
+    pub fn with_metadata(
+        broker: Arc<Broker>,
+        registry: Arc<crate::Registry>,
+        config: MqttConfig,
+        shutdown: CancellationToken,
+        metadata: Option<pier_cluster::Metadata>,
+    ) -> Arc<Self> {
+        let retained = retained::RetainedStore::open(config.data_dir.as_deref());
+        Arc::new(MqttContext {
+            broker,
+            registry,
+            config,
+            retained,
+            clients: Clients::default(),
+            shutdown,
+            metadata: metadata.filter(|m| m.cluster().is_some()),
         })
     }
 
