@@ -933,3 +933,31 @@ def test_mqtt_3_1(clients, mgmt):
                 if (x.get("client_properties") or {}).get("client_id") == c.client_id]
     wait_until(lambda: listed(), timeout=10)
     assert listed()[0]["protocol"] == "MQTT 3.1.0"
+
+
+@pytest.mark.pier_only
+def test_v5_closed_through_management(broker, clients, mgmt):
+    cid = uid("mgc")
+    c = clients(protocol=V5, client_id=cid).connect()
+
+    def name():
+        for x in mgmt.get("/connections"):
+            if (x.get("client_properties") or {}).get("client_id") == cid:
+                return x["name"]
+        return None
+    wait_until(lambda: name() is not None, timeout=10)
+    import urllib.parse
+    status, _ = mgmt.call("DELETE", "/connections/" + urllib.parse.quote(name(), safe=""))
+    assert status in (200, 204)
+    assert c.disconnected.wait(5)
+    assert c.disconnect_rc.value == 0x98  # administrative action
+
+
+@pytest.mark.pier_only
+def test_v5_keep_alive_timeout_disconnect(broker):
+    s = socket.create_connection((broker.host, broker.mqtt_port), timeout=10)
+    body = b"\x00\x04MQTT\x05\x02\x00\x01\x00" + b"\x00\x03ka5"  # keep alive 1 s
+    s.sendall(b"\x10" + encode_len(len(body)) + body)
+    assert read_packet(s)[0] == 0x20
+    first, rest = read_packet(s)
+    assert first == 0xE0 and rest[0] == 0x8D
