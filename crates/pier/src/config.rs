@@ -45,6 +45,13 @@
 //! verify_peer = true     # with ca: a client certificate is required
 //! http = true            # the management API on --http-port speaks HTTPS (same certificate)
 //!
+//! # The MQTT server (docs/mqtt.md); RabbitMQ's mqtt.* keys
+//! [mqtt]
+//! port = 1883            # --mqtt-port wins; 0: off
+//! tls_port = 8883        # with [tls]; --mqtt-tls-port wins
+//! vhost = "/"
+//! allow_anonymous = true # no username: default_user / default_pass (guest)
+//!
 //! # What connection.start advertises (default: product "Pier", Pier's version); only for
 //! # client code that insists on product == "RabbitMQ"
 //! [server_properties]
@@ -679,6 +686,25 @@ pub fn sync_policy(value: Option<&str>) -> anyhow::Result<pier_store::SyncPolicy
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn mqtt_section() {
+        let c: FileConfig = toml::from_str(
+            "[mqtt]\nport = 1884\nvhost = \"other\"\nallow_anonymous = false\n\
+             prefetch = 5\nsubscription_ttl = 60000\nmax_packet_size_authenticated = 1000\n",
+        )
+        .unwrap();
+        let entry = c.mqtt.unwrap();
+        assert_eq!(entry.port, Some(1884));
+        let m = entry.server_config();
+        assert_eq!(m.vhost, "other");
+        assert_eq!(m.exchange, "amq.topic");
+        assert!(!m.allow_anonymous);
+        assert_eq!(m.prefetch, 5);
+        assert_eq!(m.max_session_expiry_secs, 60);
+        assert_eq!(m.max_packet_size, 1000);
+        assert!(toml::from_str::<FileConfig>("[mqtt]\nbogus = 1").is_err());
+    }
 
     #[test]
     fn parses_users_vhosts_permissions() {
