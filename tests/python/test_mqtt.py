@@ -961,3 +961,16 @@ def test_v5_keep_alive_timeout_disconnect(broker):
     assert read_packet(s)[0] == 0x20
     first, rest = read_packet(s)
     assert first == 0xE0 and rest[0] == 0x8D
+
+
+@pytest.mark.pier_only
+def test_v5_no_local(clients):
+    t = uid("t")
+    c = clients(protocol=V5).connect()
+    c.subscribe(f"{t}/local", options=mqtt.SubscribeOptions(qos=1, noLocal=True))
+    c.publish(f"{t}/local", b"own", qos=1)
+    other = clients(protocol=V5).connect()
+    other.publish(f"{t}/local", b"other's", qos=1)
+    assert c.wait_messages(1)[0].payload == b"other's"
+    time.sleep(0.3)
+    assert [m.payload for m in c.messages] == [b"other's"]
