@@ -974,3 +974,19 @@ def test_v5_no_local(clients):
     assert c.wait_messages(1)[0].payload == b"other's"
     time.sleep(0.3)
     assert [m.payload for m in c.messages] == [b"other's"]
+
+
+def test_many_qos0_deliveries(broker, clients):
+    # More than the server buffers per connection: the queue waits and resumes.
+    t = uid("t")
+    sub = clients().connect()
+    sub.subscribe(f"{t}/#", qos=0)
+    conn = broker.connect()
+    try:
+        ch = conn.channel()
+        for i in range(5000):
+            ch.basic_publish("amq.topic", f"{t}.n", str(i).encode())
+        msgs = sub.wait_messages(5000, timeout=60)
+        assert [int(m.payload) for m in msgs] == list(range(5000))
+    finally:
+        conn.close()

@@ -45,6 +45,8 @@ enum Event {
     },
     /// The broker cancelled a consumer (its queue was deleted).
     Cancelled,
+    /// A queue waits for the sink's room, which there is now.
+    Wake,
 }
 
 /// The consumer side of a connection's subscription queues.
@@ -67,6 +69,12 @@ impl DeliverySink for MqttSink {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(queue);
+        // The connection may have drained below the bound between `ready()` and the push:
+        // then nobody would wake the queue. (It cannot be dispatched from here: the queue's
+        // lock is held.)
+        if self.ready() {
+            let _ = self.tx.send(Event::Wake);
+        }
     }
     fn cancelled(&self, _consumer_tag: &ShortString) {
         let _ = self.tx.send(Event::Cancelled);
@@ -825,15 +833,11 @@ impl Conn {
             Event::Deliver(d) => {
                 let before = self.sink.queued.fetch_sub(1, Ordering::AcqRel);
                 if before >= SINK_BOUND {
-                    let waiting = std::mem::take(
-                        &mut *self.sink.waiting.lock().unwrap_or_else(|p| p.into_inner()),
-                    );
-                    for q in waiting.iter().filter_map(Weak::upgrade) {
-                        q.dispatch();
-                    }
+                    self.wake_queues();
                 }
                 self.deliver(d);
             }
+            Event::Wake => self.wake_queues(),
             Event::PublishDone { seq, ok } => {
                 let decided = self
                     .publish_reasons
@@ -854,6 +858,15 @@ impl Conn {
                     }
                 }
             }
+        }
+    }
+
+    /// Queues that waited for room in the sink deliver again.
+    fn wake_queues(&self) {
+        let waiting =
+            std::mem::take(&mut *self.sink.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        for q in waiting.iter().filter_map(Weak::upgrade) {
+            q.dispatch();
         }
     }
 
