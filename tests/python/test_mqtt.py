@@ -990,3 +990,17 @@ def test_many_qos0_deliveries(broker, clients):
         assert [int(m.payload) for m in msgs] == list(range(5000))
     finally:
         conn.close()
+
+
+@pytest.mark.pier_only
+def test_v5_retain_as_published(clients):
+    t = uid("t")
+    keep = clients(protocol=V5).connect()
+    keep.subscribe(f"{t}/r", options=mqtt.SubscribeOptions(qos=1, retainAsPublished=True))
+    plain = clients(protocol=V5).connect()
+    plain.subscribe(f"{t}/r", qos=1)
+    pub = clients(protocol=V5).connect()
+    pub.publish(f"{t}/r", b"r", qos=1, retain=True)
+    assert keep.wait_messages(1)[0].retain is True
+    assert plain.wait_messages(1)[0].retain is False
+    pub.publish(f"{t}/r", b"", qos=1, retain=True)  # clean up the retained message

@@ -703,6 +703,9 @@ impl Conn {
                 .await;
         }
         self.remember(&message);
+        if p.retain {
+            self.ctx.remember_retained(&message);
+        }
         match qos {
             QoS::AtMostOnce => {
                 if let Err(e) = self.vhost.publish(message, PublishOptions::client()) {
@@ -939,10 +942,15 @@ impl Conn {
                 }
             }
         }
+        // 5.0 Retain As Published: a message published with retain keeps the flag (known
+        // while the message is in memory).
+        let retain = is_v5(self.version)
+            && self.session.retain_as_published(&topic_name)
+            && self.ctx.was_retained(m);
         let mut publish = Publish {
             dup: false,
             qos,
-            retain: false,
+            retain,
             topic: topic_name,
             packet_id: 0,
             properties: props,

@@ -116,6 +116,8 @@ pub struct MqttContext {
     clients: Clients,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
+    /// Messages recently published with retain (for 5.0 Retain As Published).
+    recent_retained: Mutex<std::collections::VecDeque<std::sync::Weak<pier_broker::Message>>>,
     /// A clustered node's metadata front: durable session queues and their bindings are
     /// the cluster's. `None` on a single node.
     pub metadata: Option<pier_cluster::Metadata>,
@@ -136,6 +138,7 @@ impl MqttContext {
             retained,
             clients: Clients::default(),
             shutdown,
+            recent_retained: Mutex::default(),
             metadata: None,
         })
     }
@@ -156,8 +159,29 @@ impl MqttContext {
             retained,
             clients: Clients::default(),
             shutdown,
+            recent_retained: Mutex::default(),
             metadata: metadata.filter(|m| m.cluster().is_some()),
         })
+    }
+
+    fn remember_retained(&self, message: &Arc<pier_broker::Message>) {
+        const RECENT: usize = 1024;
+        let mut recent = self
+            .recent_retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(Arc::downgrade(message));
+    }
+
+    fn was_retained(&self, message: &Arc<pier_broker::Message>) -> bool {
+        self.recent_retained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(message)))
     }
 
     /// Makes `connection` the owner of `client_id` in `vhost`: a previous owner is told to

@@ -301,6 +301,13 @@ impl<T> Session<T> {
             .peekable();
         matching.peek().is_some() && matching.all(|(_, s)| s.options.no_local)
     }
+
+    /// Whether a subscription matching `topic_name` asks for Retain As Published.
+    pub fn retain_as_published(&self, topic_name: &str) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|(f, s)| s.options.retain_as_published && topic::topic_matches(f, topic_name))
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +424,19 @@ mod tests {
         assert!(s.no_local("a/x/y"));
         assert!(s.no_local("b"));
         assert!(!s.no_local("c"), "nothing matches");
+        assert!(!s.retain_as_published("a/x"));
+        s.subscriptions.insert(
+            "a/x".into(),
+            Sub {
+                options: SubscriptionOptions {
+                    retain_as_published: true,
+                    ..opts(QoS::AtMostOnce, false)
+                },
+                identifier: None,
+            },
+        );
+        assert!(s.retain_as_published("a/x"));
+        assert!(!s.retain_as_published("a/y"));
     }
 
     #[test]
