@@ -153,8 +153,11 @@ class PierProcess:
                 pytest.fail(f"Pier exited with code {self.proc.returncode} during startup; "
                             f"log tail:\n{self.log_tail()}", pytrace=False)
             try:
-                with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=0.5):
-                    return self
+                # The MQTT listener is bound after the AMQP one: wait for both.
+                for port in (self.amqp_port, self.mqtt_port):
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        pass
+                return self
             except OSError:
                 time.sleep(0.05)
         self.kill()
