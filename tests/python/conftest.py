@@ -123,6 +123,14 @@ class PierProcess:
         self.web_stomp_port = free_port()
         while self.web_stomp_port in taken:
             self.web_stomp_port = free_port()
+        taken.add(self.web_stomp_port)
+        self.mqtt_port = free_port()
+        while self.mqtt_port in taken:
+            self.mqtt_port = free_port()
+        taken.add(self.mqtt_port)
+        self.web_mqtt_port = free_port()
+        while self.web_mqtt_port in taken:
+            self.web_mqtt_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.returncode: int | None = None
@@ -139,6 +147,8 @@ class PierProcess:
                "--stream-port", str(self.stream_port),
                "--stomp-port", str(self.stomp_port),
                "--web-stomp-port", str(self.web_stomp_port),
+               "--mqtt-port", str(self.mqtt_port),
+               "--web-mqtt-port", str(self.web_mqtt_port),
                "--stream-advertised-host", "127.0.0.1",
                "--data-dir", str(self.data_dir)]
         if self.bind is not None:
@@ -159,8 +169,11 @@ class PierProcess:
                 pytest.fail(f"Pier exited with code {self.proc.returncode} during startup; "
                             f"log tail:\n{self.log_tail()}", pytrace=False)
             try:
-                with socket.create_connection(("127.0.0.1", self.amqp_port), timeout=0.5):
-                    return self
+                # The MQTT listener is bound after the AMQP one: wait for both.
+                for port in (self.amqp_port, self.mqtt_port):
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        pass
+                return self
             except OSError:
                 time.sleep(0.05)
         self.kill()
@@ -266,6 +279,11 @@ class Broker:
     # STOMP (and STOMP over WebSocket) on the node tests talk to (node 1 in cluster mode).
     stomp_port: int = 0
     web_stomp_port: int = 0
+    #: The MQTT port (of the first node in cluster mode; PIER_TEST_MQTT_PORT, default 1884,
+    #: for an external broker).
+    mqtt_port: int = 0
+    #: MQTT over WebSocket (0: none; PIER_TEST_WEB_MQTT_PORT for an external broker).
+    web_mqtt_port: int = 0
 
     def next_port(self) -> int:
         """The port of the node the next connection goes to."""
@@ -310,7 +328,9 @@ def _broker_from_url(url: str) -> Broker:
                   user=urllib.parse.unquote(parsed.username or "guest"),
                   password=urllib.parse.unquote(parsed.password or "guest"), external=True,
                   stomp_port=int(os.environ.get("PIER_TEST_STOMP_PORT") or 61614),
-                  web_stomp_port=int(os.environ.get("PIER_TEST_WEB_STOMP_PORT") or 0))
+                  web_stomp_port=int(os.environ.get("PIER_TEST_WEB_STOMP_PORT") or 0),
+                  mqtt_port=int(os.environ.get("PIER_TEST_MQTT_PORT") or 1884),
+                  web_mqtt_port=int(os.environ.get("PIER_TEST_WEB_MQTT_PORT") or 0))
 
 
 # --------------------------------------------------------------------------
@@ -399,6 +419,7 @@ def broker(tmp_path_factory):
             yield Broker(host="127.0.0.1", port=first.amqp_port, process=first,
                          ports=[n.amqp_port for n in cluster.nodes],
                          stomp_port=first.stomp_port, web_stomp_port=first.web_stomp_port,
+                         mqtt_port=first.mqtt_port, web_mqtt_port=first.web_mqtt_port,
                          _next=int(os.environ.get("PIER_TEST_CLUSTER_OFFSET") or 0))
         finally:
             dead = [n for n in cluster.nodes if not n.alive]
@@ -413,7 +434,8 @@ def broker(tmp_path_factory):
     proc = PierProcess(tmp_path_factory.mktemp("pier-shared")).start()
     try:
         yield Broker(host="127.0.0.1", port=proc.amqp_port, process=proc,
-                     stomp_port=proc.stomp_port, web_stomp_port=proc.web_stomp_port)
+                     stomp_port=proc.stomp_port, web_stomp_port=proc.web_stomp_port,
+                     mqtt_port=proc.mqtt_port, web_mqtt_port=proc.web_mqtt_port)
     finally:
         if proc.alive:
             code = proc.terminate()

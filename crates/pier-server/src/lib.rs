@@ -16,6 +16,7 @@ mod credit;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod mqtt;
 pub mod registry;
 pub mod stomp;
 pub mod stream;

@@ -45,6 +45,13 @@
 //! verify_peer = true     # with ca: a client certificate is required
 //! http = true            # the management API on --http-port speaks HTTPS (same certificate)
 //!
+//! # The MQTT server (docs/mqtt.md); RabbitMQ's mqtt.* keys
+//! [mqtt]
+//! port = 1883            # --mqtt-port wins; 0: off
+//! tls_port = 8883        # with [tls]; --mqtt-tls-port wins
+//! vhost = "/"
+//! allow_anonymous = true # no username: default_user / default_pass (guest)
+//!
 //! # What connection.start advertises (default: product "Pier", Pier's version); only for
 //! # client code that insists on product == "RabbitMQ"
 //! [server_properties]
@@ -131,6 +138,8 @@ pub struct FileConfig {
     /// The STOMP server (docs/stomp.md); the command line's --stomp-port,
     /// --stomp-tls-port and --web-stomp-port win over these.
     pub stomp: Option<StompEntry>,
+    /// The MQTT server (RabbitMQ's `mqtt.*` keys; see docs/mqtt.md).
+    pub mqtt: Option<MqttEntry>,
     /// The directory relative paths in this file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
@@ -176,6 +185,72 @@ pub struct TlsEntry {
     /// Serve the management API over HTTPS too.
     #[serde(default)]
     pub http: bool,
+}
+
+/// `[mqtt]`: the MQTT server's settings, with RabbitMQ's `mqtt.*` names.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttEntry {
+    /// Plain MQTT port (`--mqtt-port` wins; 0: off).
+    pub port: Option<u16>,
+    /// MQTT over TLS port (with `[tls]`; `--mqtt-tls-port` wins; 0: off).
+    pub tls_port: Option<u16>,
+    /// MQTT over WebSocket port, path /ws (`--web-mqtt-port` wins; 0: off; default 15675).
+    pub web_port: Option<u16>,
+    pub vhost: Option<String>,
+    pub exchange: Option<String>,
+    pub allow_anonymous: Option<bool>,
+    pub default_user: Option<String>,
+    pub default_pass: Option<String>,
+    pub prefetch: Option<u16>,
+    /// Milliseconds a persistent session's queues outlive their connection.
+    pub subscription_ttl: Option<u64>,
+    pub max_packet_size_unauthenticated: Option<u32>,
+    pub max_packet_size_authenticated: Option<u32>,
+    pub topic_alias_maximum: Option<u16>,
+}
+
+impl MqttEntry {
+    /// The server settings these keys give.
+    pub fn server_config(&self) -> pier_server::mqtt::MqttConfig {
+        let mut c = pier_server::mqtt::MqttConfig::default();
+        if let Some(v) = &self.vhost {
+            c.vhost.clone_from(v);
+        }
+        if let Some(v) = &self.exchange {
+            c.exchange.clone_from(v);
+        }
+        if let Some(v) = self.allow_anonymous {
+            c.allow_anonymous = v;
+        }
+        if let Some(v) = &self.default_user {
+            c.default_user.clone_from(v);
+        }
+        if let Some(v) = &self.default_pass {
+            c.default_pass.clone_from(v);
+        }
+        if let Some(v) = self.prefetch {
+            c.prefetch = v.max(1);
+        }
+        if let Some(ms) = self.subscription_ttl {
+            c.max_session_expiry_secs = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.max_packet_size_unauthenticated {
+            c.max_packet_size_unauthenticated = v.clamp(1, pier_mqtt_wire_max());
+        }
+        if let Some(v) = self.max_packet_size_authenticated {
+            c.max_packet_size = v.clamp(1, pier_mqtt_wire_max());
+        }
+        if let Some(v) = self.topic_alias_maximum {
+            c.topic_alias_maximum = v;
+        }
+        c
+    }
+}
+
+/// The largest packet MQTT can express.
+fn pier_mqtt_wire_max() -> u32 {
+    268_435_455
 }
 
 /// What Pier tells clients it is. Some client code (and client test suites) switch
@@ -642,6 +717,25 @@ pub fn sync_policy(value: Option<&str>) -> anyhow::Result<pier_store::SyncPolicy
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn mqtt_section() {
+        let c: FileConfig = toml::from_str(
+            "[mqtt]\nport = 1884\nvhost = \"other\"\nallow_anonymous = false\n\
+             prefetch = 5\nsubscription_ttl = 60000\nmax_packet_size_authenticated = 1000\n",
+        )
+        .unwrap();
+        let entry = c.mqtt.unwrap();
+        assert_eq!(entry.port, Some(1884));
+        let m = entry.server_config();
+        assert_eq!(m.vhost, "other");
+        assert_eq!(m.exchange, "amq.topic");
+        assert!(!m.allow_anonymous);
+        assert_eq!(m.prefetch, 5);
+        assert_eq!(m.max_session_expiry_secs, 60);
+        assert_eq!(m.max_packet_size, 1000);
+        assert!(toml::from_str::<FileConfig>("[mqtt]\nbogus = 1").is_err());
+    }
 
     #[test]
     fn parses_users_vhosts_permissions() {

@@ -88,6 +88,17 @@ struct ServerArgs {
     /// STOMP over WebSocket port, path /ws (0: off) [default: 15674]
     #[arg(long, env = "PIER_WEB_STOMP_PORT")]
     web_stomp_port: Option<u16>,
+    /// MQTT port (0: off) [default: the config file's `mqtt.port`, else 1883; when not
+    /// given, a port already in use only logs a warning]
+    #[arg(long, env = "PIER_MQTT_PORT")]
+    mqtt_port: Option<u16>,
+    /// MQTT over TLS port (listened on only when the config file has a `[tls]` section;
+    /// 0: off) [default: `mqtt.tls_port`, else 8883]
+    #[arg(long, env = "PIER_MQTT_TLS_PORT")]
+    mqtt_tls_port: Option<u16>,
+    /// MQTT over WebSocket port, path /ws (0: off) [default: `mqtt.web_port`, else 15675]
+    #[arg(long, env = "PIER_WEB_MQTT_PORT")]
+    web_mqtt_port: Option<u16>,
     /// Where Pier keeps its data.
     #[arg(long, default_value = "./pier-data", env = "PIER_DATA_DIR")]
     data_dir: PathBuf,
@@ -412,6 +423,63 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             },
         )));
     }
+    // MQTT (1883, and 8883 over TLS), stopped with the AMQP server.
+    let stop_mqtt = tokio_util::sync::CancellationToken::new();
+    let mut mqtt_servers = Vec::new();
+    {
+        let entry = file.mqtt.clone().unwrap_or_default();
+        let mut mqtt_config = entry.server_config();
+        mqtt_config.data_dir = Some(args.data_dir.clone());
+        let ctx = pier_server::mqtt::MqttContext::with_metadata(
+            Arc::clone(&broker),
+            Arc::clone(&registry),
+            mqtt_config,
+            stop_mqtt.clone(),
+            Some(metadata.clone()),
+        );
+        let mut mqtt_listeners = Vec::new();
+        let port = args.mqtt_port.or(entry.port);
+        if let Some(l) = listen_optional(args.bind, port, 1883, "MQTT")? {
+            mqtt_listeners.push((l, None));
+        }
+        if let Some(tls) = file.tls_settings() {
+            let port = args.mqtt_tls_port.or(entry.tls_port);
+            if let Some(l) = listen_optional(args.bind, port, 8883, "MQTT TLS")? {
+                let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
+                mqtt_listeners.push((l, Some(acceptor)));
+            }
+        }
+        for (l, tls) in mqtt_listeners {
+            tracing::info!(
+                mqtt = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                tls = tls.is_some(),
+                "MQTT listener ready"
+            );
+            mqtt_servers.push(tokio::spawn(pier_server::mqtt::serve(
+                l,
+                tls,
+                Arc::clone(&ctx),
+            )));
+        }
+        // MQTT over WebSocket (15675, path /ws), as RabbitMQ's Web-MQTT plugin.
+        let port = args.web_mqtt_port.or(entry.web_port);
+        if let Some(l) = listen_optional(args.bind, port, 15675, "Web-MQTT")? {
+            tracing::info!(
+                web_mqtt = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                "MQTT over WebSocket listener ready (path /ws)"
+            );
+            let ctx = Arc::clone(&ctx);
+            mqtt_servers.push(tokio::spawn(pier_server::websocket::serve(
+                l,
+                pier_server::websocket::WsEndpoint::mqtt(),
+                stop_mqtt.clone(),
+                // MQTT connections end with the context's own shutdown (`stop_mqtt`).
+                move |io, peer, local, _token| {
+                    pier_server::mqtt::serve_connection(io, peer, local, None, Arc::clone(&ctx))
+                },
+            )));
+        }
+    }
     pier_server::run_listeners(
         listeners,
         broker,
@@ -422,7 +490,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     )
     .await?;
     stop_streams.cancel();
+    stop_mqtt.cancel();
     for s in stream_servers {
+        let _ = s.await;
+    }
+    for s in mqtt_servers {
         let _ = s.await;
     }
     let _ = stop_http.send(());

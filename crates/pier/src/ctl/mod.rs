@@ -292,6 +292,9 @@ enum CtlCommand {
     ListStreamConnections { columns: Vec<String> },
     /// Stream-protocol publishers of the vhost.
     ListStreamPublishers { columns: Vec<String> },
+    /// MQTT connections of the vhost (default columns: client_id conn_name); the columns of
+    /// list_connections plus client_id and conn_name.
+    ListMqttConnections { columns: Vec<String> },
     /// Stream-protocol consumers (subscriptions) of the vhost.
     ListStreamConsumers { columns: Vec<String> },
     /// Single-active-consumer groups of the vhost's streams. Columns: stream reference
@@ -444,6 +447,33 @@ const BINDINGS: ListSpec = ListSpec {
         "routing_key",
         "arguments",
     ],
+};
+
+const MQTT_CONNECTIONS: ListSpec = ListSpec {
+    what: "MQTT connection",
+    items: &[
+        ("client_id", "client_id"),
+        ("conn_name", "conn_name"),
+        ("name", "name"),
+        ("user", "user"),
+        ("vhost", "vhost"),
+        ("peer_host", "peer_host"),
+        ("peer_port", "peer_port"),
+        ("host", "host"),
+        ("port", "port"),
+        ("state", "state"),
+        ("protocol", "protocol"),
+        ("ssl", "ssl"),
+        ("timeout", "timeout"),
+        ("recv_oct", "recv_oct"),
+        ("recv_cnt", "recv_cnt"),
+        ("send_oct", "send_oct"),
+        ("send_cnt", "send_cnt"),
+        ("connected_at", "connected_at"),
+        ("client_properties", "client_properties"),
+        ("node", "node"),
+    ],
+    default: &["client_id", "conn_name"],
 };
 
 const CONNECTIONS: ListSpec = ListSpec {
@@ -1235,6 +1265,35 @@ impl Ctl {
             CtlCommand::ListStreams { columns } => self.list_streams(&columns),
             CtlCommand::ListStreamConnections { columns } => {
                 self.list_stream_objects(&streams::STREAM_CONNECTIONS, "connections", &columns)
+            }
+            CtlCommand::ListMqttConnections { columns } => {
+                self.info(&format!(
+                    "Listing MQTT connections in vhost {} ...",
+                    self.vhost
+                ));
+                let rows: Vec<Value> = c
+                    .list("/connections")?
+                    .into_iter()
+                    .filter(|r| {
+                        r.get("protocol")
+                            .and_then(Value::as_str)
+                            .is_some_and(|p| p.starts_with("MQTT"))
+                            && r.get("vhost").and_then(Value::as_str) == Some(self.vhost.as_str())
+                    })
+                    .map(|mut r| {
+                        let client_id = r
+                            .pointer("/client_properties/client_id")
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        let name = r.get("name").cloned().unwrap_or(Value::Null);
+                        if let Some(o) = r.as_object_mut() {
+                            o.insert("client_id".into(), client_id);
+                            o.insert("conn_name".into(), name);
+                        }
+                        r
+                    })
+                    .collect();
+                self.show_list(&MQTT_CONNECTIONS, &columns, &rows)
             }
             CtlCommand::ListStreamPublishers { columns } => {
                 self.list_stream_objects(&streams::STREAM_PUBLISHERS, "publishers", &columns)
