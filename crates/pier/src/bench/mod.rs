@@ -18,29 +18,29 @@ mod client;
 mod consumer;
 mod floor;
 mod message;
+mod monitor;
 mod mqtt;
 mod producer;
+mod report;
 mod stats;
 mod stream;
 mod uri;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use hdrhistogram::Histogram;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::client::Client;
 use self::consumer::Consumer;
+use self::monitor::{reap, start_consumers, stop_all, Cpu, Latencies, Progress, Side, Ticker};
 use self::producer::Producer;
-use self::stats::{
-    cpu_percent, cpu_ticks, drain_into, micros, new_histogram, rate, thousands, Clock, Counters,
-    LatencySummary, SharedHistogram, Snapshot,
-};
+use self::report::{Protocol, Report};
+use self::stats::{thousands, Clock, Counters, Snapshot};
 use self::uri::AmqpUri;
 
 /// Command-line options of `pier bench` (short flags follow RabbitMQ PerfTest).
@@ -424,41 +424,27 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let (stop_consumers, stop_consumers_rx) = watch::channel(false);
 
     // Consumers first, all subscribed before anything is published.
-    let mut consumers = Vec::with_capacity(cfg.consumers);
-    let mut latencies: Vec<SharedHistogram> = Vec::with_capacity(cfg.consumers);
-    let mut ready = Vec::with_capacity(cfg.consumers);
-    for index in 0..cfg.consumers {
-        let hist: SharedHistogram = Arc::new(Mutex::new(new_histogram()?));
-        latencies.push(Arc::clone(&hist));
-        let (tx, rx) = oneshot::channel();
-        ready.push(rx);
+    let mut latencies = Latencies::new()?;
+    let spawn = |index, latencies, ready| {
         let consumer = Consumer {
             config: Arc::clone(&cfg),
             index,
             counters: Arc::clone(&counters),
             clock,
             nonce,
-            latencies: hist,
+            latencies,
             stop: stop_consumers_rx.clone(),
         };
-        consumers.push(tokio::spawn(consumer.run(tx)));
-    }
-    for (index, rx) in ready.into_iter().enumerate() {
-        if rx.await.is_err() {
-            // The task ended before subscribing: report its error.
-            let _ = stop_consumers.send(true);
-            let err = match consumers.get_mut(index) {
-                Some(handle) => match handle.await {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => anyhow!("ended early"),
-                    Err(e) => anyhow!("{e}"),
-                },
-                None => anyhow!("missing"),
-            };
-            abort_all(&consumers);
-            return Err(err.context(format!("consumer {index} could not subscribe")));
-        }
-    }
+        tokio::spawn(consumer.run(ready))
+    };
+    let mut consumers = start_consumers(
+        cfg.consumers,
+        "consumer",
+        &stop_consumers,
+        &mut latencies,
+        spawn,
+    )
+    .await?;
 
     if !cfg.quiet {
         eprintln!(
@@ -475,8 +461,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         );
     }
 
-    let cpu_before = cpu_ticks(None);
-    let broker_cpu_before = cfg.broker_pid.and_then(|p| cpu_ticks(Some(p)));
+    let cpu = Cpu::start(cfg.broker_pid);
     let start = Instant::now();
     let start_ns = clock.now_ns();
     let deadline = cfg.time.map(|t| start + t);
@@ -498,68 +483,47 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         .collect();
     // Monitor: per-second lines, end conditions, failures.
     let mut errors: Vec<String> = Vec::new();
-    let mut total_hist = new_histogram()?;
-    let mut interval_hist = new_histogram()?;
     let mut producers: Vec<Option<JoinHandle<anyhow::Result<()>>>> =
         producers.into_iter().map(Some).collect();
-    let mut consumers: Vec<Option<JoinHandle<anyhow::Result<()>>>> =
-        consumers.into_iter().map(Some).collect();
     let mut last_line = Instant::now();
     let mut last_snap = Snapshot::default();
-    let mut interrupted = false;
     let mut failed = false;
     let mut drain_failed = false;
-    let mut last_progress: Option<(u64, Instant)> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut progress = Progress::default();
+    let mut ticker = Ticker::new();
 
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut ctrl_c, if !interrupted => {
-                eprintln!("interrupted: stopping");
-                interrupted = true;
-                let _ = stop_producers.send(true);
-            }
+        if ticker.next().await {
+            let _ = stop_producers.send(true);
         }
         // A producer that fails, or a consumer that ends at all, ends the run.
-        for (index, slot) in producers.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(JoinHandle::is_finished) {
-                if let Some(handle) = slot.take() {
-                    if let Some(e) = join_error(handle.await) {
-                        errors.push(format!("producer {index}: {e}"));
-                        failed = true;
-                    }
-                }
-            }
-        }
-        for (index, slot) in consumers.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(JoinHandle::is_finished) {
-                if let Some(handle) = slot.take() {
-                    let e = join_error(handle.await).unwrap_or_else(|| "ended early".to_owned());
-                    errors.push(format!("consumer {index}: {e}"));
-                    failed = true;
-                }
-            }
-        }
+        failed |= reap(&mut producers, "producer", false, &mut errors).await;
+        failed |= reap(&mut consumers, "consumer", true, &mut errors).await;
         let now = Instant::now();
         let snap = counters.snapshot();
         if now.duration_since(last_line) >= Duration::from_secs(1) {
-            for h in &latencies {
-                drain_into(&mut interval_hist, h);
-            }
+            let interval = latencies.interval();
             if !cfg.quiet {
-                let dt = now.duration_since(last_line);
-                print_line(&cfg, start, dt, &snap, &last_snap, &interval_hist);
+                let confirms = cfg.confirm.map(|_| {
+                    let (n, b) = (&snap, &last_snap);
+                    ("conf", n.confirmed + n.nacked, b.confirmed + b.nacked)
+                });
+                let depth = (snap.published * cfg.copies()).saturating_sub(snap.consumed);
+                report::print_line(
+                    start,
+                    now.duration_since(last_line),
+                    &snap,
+                    &last_snap,
+                    interval,
+                    confirms,
+                    ("depth", depth),
+                );
             }
-            let _ = total_hist.add(&interval_hist);
-            interval_hist.reset();
+            latencies.end_interval();
             last_line = now;
             last_snap = snap;
         }
-        if failed || interrupted {
+        if failed || ticker.interrupted {
             break;
         }
         if deadline.is_some_and(|d| now >= d) && cfg.pmessages.is_none() {
@@ -570,17 +534,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         if let Some(target) = cfg.cmessages {
             // Consume-only drain: stop at the target or when nothing arrives for too long.
             let received = snap.consumed + snap.stale;
-            if received >= target {
+            if let Some(done) = progress.drained(received, target, now, cfg.drain_timeout) {
+                drain_failed = !done;
                 break;
-            }
-            match last_progress {
-                Some((seen, at)) if seen == received => {
-                    if now.duration_since(at) >= cfg.drain_timeout {
-                        drain_failed = true;
-                        break;
-                    }
-                }
-                _ => last_progress = Some((received, now)),
             }
             continue;
         }
@@ -595,51 +551,31 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             break;
         }
         let expected = snap.published * cfg.copies();
-        if snap.consumed >= expected {
+        if let Some(done) = progress.drained(snap.consumed, expected, now, cfg.drain_timeout) {
+            drain_failed = !done;
             break;
         }
-        match last_progress {
-            Some((consumed, at)) if consumed == snap.consumed => {
-                if now.duration_since(at) >= cfg.drain_timeout {
-                    drain_failed = true;
-                    break;
-                }
-            }
-            _ => last_progress = Some((snap.consumed, now)),
-        }
     }
-    let _ = stop_producers.send(true);
-    if cfg.pmessages.is_none() {
-        // A timed run measures a window: consumers stop with the producers (a backlog stays
-        // in the queues; --delete-queues clears it) rather than draining for who knows how
-        // long.
-        let _ = stop_consumers.send(true);
-    }
-    let end = Instant::now();
-
-    // Producers close politely (waiting for outstanding confirms), then consumers.
-    for (index, slot) in producers.iter_mut().enumerate() {
-        if let Some(handle) = slot.take() {
-            if let Some(e) = join_within(handle, Duration::from_secs(10)).await {
-                errors.push(format!("producer {index}: {e}"));
-            }
-        }
-    }
-    let _ = stop_consumers.send(true);
-    for (index, slot) in consumers.iter_mut().enumerate() {
-        if let Some(handle) = slot.take() {
-            if let Some(e) = join_within(handle, Duration::from_secs(10)).await {
-                errors.push(format!("consumer {index}: {e}"));
-            }
-        }
-    }
-    let cpu_after = cpu_ticks(None);
-    let broker_cpu_after = cfg.broker_pid.and_then(|p| cpu_ticks(Some(p)));
-    let cpu_wall = start.elapsed().as_secs_f64();
-    for h in &latencies {
-        drain_into(&mut interval_hist, h);
-    }
-    let _ = total_hist.add(&interval_hist);
+    // Producers close politely (waiting for outstanding confirms), then consumers; a timed
+    // run's backlog stays in the queues (--delete-queues clears it).
+    let end = stop_all(
+        Side {
+            stop: &stop_producers,
+            tasks: &mut producers,
+            role: "producer",
+            limit: Duration::from_secs(10),
+        },
+        Side {
+            stop: &stop_consumers,
+            tasks: &mut consumers,
+            role: "consumer",
+            limit: Duration::from_secs(10),
+        },
+        cfg.pmessages.is_some(),
+        &mut errors,
+    )
+    .await;
+    let (bench_cpu, broker_cpu) = cpu.percent();
 
     let snap = counters.snapshot();
     let run_secs = end.duration_since(start).as_secs_f64();
@@ -662,29 +598,27 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let summary = Summary {
-        cfg: &cfg,
+    let summary = Report {
+        protocol: Protocol::Amqp,
         snap,
         per_producer: counters.per_producer(),
         per_consumer: counters.per_consumer(),
         wall: run_secs,
         publish_secs,
         consume_secs,
-        latency: LatencySummary::of(&total_hist),
-        bench_cpu: cpu_percent(cpu_before, cpu_after, cpu_wall),
-        broker_cpu: cpu_percent(broker_cpu_before, broker_cpu_after, cpu_wall),
+        latency: latencies.summary(),
+        bench_cpu,
+        broker_cpu,
+        broker_pid: cfg.broker_pid.is_some(),
+        confirms: cfg.confirm.is_some(),
+        received,
         expected,
         all_consumed,
-        interrupted,
+        interrupted: ticker.interrupted,
         errors: &errors,
     };
-    let human = summary.human();
-    if cfg.json {
-        eprint!("{human}");
-        println!("{}", summary.json());
-    } else {
-        print!("{human}");
-    }
+    let json = cfg.json.then(|| summary.json(settings_json(&cfg)));
+    report::emit(&summary.human(), json.as_ref());
 
     if cfg.delete_queues {
         for q in &cfg.queue_names {
@@ -696,19 +630,27 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         }
     }
     let _ = setup.close().await;
+    summary.outcome(cfg.drain_timeout)
+}
 
-    if !errors.is_empty() {
-        bail!("{}", errors.join("; "));
-    }
-    match (all_consumed, expected) {
-        (Some(false), Some(e)) => bail!(
-            "only {} of {} messages consumed (nothing more within {:?})",
-            thousands(received),
-            thousands(e),
-            cfg.drain_timeout
-        ),
-        _ => Ok(()),
-    }
+/// The run's settings, the head of its JSON summary.
+fn settings_json(c: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "uri": c.uri.to_string(),
+        "producers": c.producers,
+        "consumers": c.consumers,
+        "queues": c.queue_names.len(),
+        "size": c.size,
+        "persistent": c.persistent,
+        "confirm": c.confirm,
+        "prefetch": c.prefetch,
+        "multi_ack": c.multi_ack,
+        "autoack": c.autoack,
+        "rate_limit": c.rate,
+        "time_secs": c.time.map(|t| t.as_secs_f64()),
+        "pmessages": c.pmessages,
+        "cmessages": c.cmessages,
+    })
 }
 
 async fn declare(setup: &mut Client, cfg: &Config) -> anyhow::Result<()> {
@@ -737,12 +679,6 @@ async fn declare(setup: &mut Client, cfg: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn abort_all<T>(handles: &[JoinHandle<T>]) {
-    for h in handles {
-        h.abort();
-    }
 }
 
 /// The error of a finished task, if it failed or panicked.
@@ -779,234 +715,6 @@ fn run_nonce() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
     nanos ^ (u64::from(std::process::id()) << 32) ^ 0x9E37_79B9_7F4A_7C15
-}
-
-fn print_line(
-    cfg: &Config,
-    start: Instant,
-    dt: Duration,
-    now: &Snapshot,
-    before: &Snapshot,
-    interval: &Histogram<u64>,
-) {
-    let secs = dt.as_secs_f64().max(1e-9);
-    let per_sec = |a: u64, b: u64| rate(a.saturating_sub(b) as f64 / secs);
-    let mut line = format!(
-        "{:>6.1}s  pub {:>9}/s",
-        start.elapsed().as_secs_f64(),
-        per_sec(now.published, before.published)
-    );
-    if cfg.confirm.is_some() {
-        line.push_str(&format!(
-            "  conf {:>9}/s",
-            per_sec(now.confirmed + now.nacked, before.confirmed + before.nacked)
-        ));
-    }
-    line.push_str(&format!(
-        "  cons {:>9}/s",
-        per_sec(now.consumed, before.consumed)
-    ));
-    if interval.is_empty() {
-        line.push_str("  lat p50 -        p99 -       ");
-    } else {
-        line.push_str(&format!(
-            "  lat p50 {:>8} p99 {:>8}",
-            micros(interval.value_at_quantile(0.5)),
-            micros(interval.value_at_quantile(0.99))
-        ));
-    }
-    let depth = (now.published * cfg.copies()).saturating_sub(now.consumed);
-    line.push_str(&format!("  depth {}", thousands(depth)));
-    if now.stale > 0 {
-        line.push_str(&format!("  stale {}", thousands(now.stale)));
-    }
-    eprintln!("{line}");
-}
-
-struct Summary<'a> {
-    cfg: &'a Config,
-    snap: Snapshot,
-    per_producer: Vec<u64>,
-    per_consumer: Vec<u64>,
-    wall: f64,
-    publish_secs: f64,
-    consume_secs: f64,
-    latency: LatencySummary,
-    bench_cpu: Option<f64>,
-    broker_cpu: Option<f64>,
-    expected: Option<u64>,
-    all_consumed: Option<bool>,
-    interrupted: bool,
-    errors: &'a [String],
-}
-
-impl Summary<'_> {
-    /// Messages that count towards the target: with --cmessages, earlier runs' too.
-    fn received(&self) -> u64 {
-        if self.cfg.cmessages.is_some() {
-            self.snap.consumed + self.snap.stale
-        } else {
-            self.snap.consumed
-        }
-    }
-
-    /// Every message received per second, this run's and earlier runs' (a drain's rate).
-    fn receive_rate(&self) -> f64 {
-        (self.snap.consumed + self.snap.stale) as f64 / self.consume_secs.max(1e-9)
-    }
-
-    fn rates(&self) -> (f64, f64, f64) {
-        let s = &self.snap;
-        (
-            s.published as f64 / self.publish_secs.max(1e-9),
-            s.confirmed as f64 / self.publish_secs.max(1e-9),
-            s.consumed as f64 / self.consume_secs.max(1e-9),
-        )
-    }
-
-    fn human(&self) -> String {
-        use std::fmt::Write;
-        let s = &self.snap;
-        let (pub_rate, conf_rate, cons_rate) = self.rates();
-        let mut out = String::new();
-        let _ = writeln!(out, "---- pier bench summary ({:.2} s) ----", self.wall);
-        let _ = writeln!(
-            out,
-            "published  {:>12}   avg {:>10} msg/s",
-            thousands(s.published),
-            rate(pub_rate)
-        );
-        if self.cfg.confirm.is_some() {
-            let _ = writeln!(
-                out,
-                "confirmed  {:>12}   avg {:>10} msg/s   nacked {}",
-                thousands(s.confirmed),
-                rate(conf_rate),
-                thousands(s.nacked)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "consumed   {:>12}   avg {:>10} msg/s{}",
-            thousands(s.consumed),
-            rate(cons_rate),
-            if s.stale > 0 {
-                format!("   (+{} stale from earlier runs)", thousands(s.stale))
-            } else {
-                String::new()
-            }
-        );
-        if s.stale > 0 {
-            let _ = writeln!(
-                out,
-                "received   {:>12}   avg {:>10} msg/s   (this run's and earlier runs')",
-                thousands(s.consumed + s.stale),
-                rate(self.receive_rate())
-            );
-        }
-        for (what, counts) in [
-            ("per producer", &self.per_producer),
-            ("per consumer", &self.per_consumer),
-        ] {
-            if counts.len() > 1 {
-                let min = counts.iter().copied().min().unwrap_or_default();
-                let max = counts.iter().copied().max().unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "{what}  min {} max {} (max/min {})",
-                    thousands(min),
-                    thousands(max),
-                    if min > 0 {
-                        format!("{:.2}", max as f64 / min as f64)
-                    } else {
-                        "-".to_owned()
-                    }
-                );
-            }
-        }
-        let l = &self.latency;
-        if l.samples > 0 {
-            let _ = writeln!(
-                out,
-                "latency    p50 {}  p75 {}  p95 {}  p99 {}  p99.9 {}  max {}",
-                micros(l.p50),
-                micros(l.p75),
-                micros(l.p95),
-                micros(l.p99),
-                micros(l.p999),
-                micros(l.max)
-            );
-        }
-        let cpu = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}% of one core"));
-        let _ = write!(out, "bench CPU  {}", cpu(self.bench_cpu));
-        if self.cfg.broker_pid.is_some() {
-            let _ = write!(out, "   broker CPU {}", cpu(self.broker_cpu));
-        }
-        out.push('\n');
-        match (self.all_consumed, self.expected) {
-            (Some(true), Some(e)) => {
-                let _ = writeln!(out, "all {} messages consumed", thousands(e));
-            }
-            (Some(false), Some(e)) => {
-                let _ = writeln!(
-                    out,
-                    "NOT all messages consumed: {} of {}",
-                    thousands(self.received()),
-                    thousands(e)
-                );
-            }
-            _ => {}
-        }
-        if self.interrupted {
-            out.push_str("(interrupted)\n");
-        }
-        for e in self.errors {
-            let _ = writeln!(out, "error: {e}");
-        }
-        out
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let c = self.cfg;
-        let s = &self.snap;
-        let (pub_rate, conf_rate, cons_rate) = self.rates();
-        let round = |v: f64| (v * 10.0).round() / 10.0;
-        serde_json::json!({
-            "uri": c.uri.to_string(),
-            "producers": c.producers,
-            "consumers": c.consumers,
-            "queues": c.queue_names.len(),
-            "size": c.size,
-            "persistent": c.persistent,
-            "confirm": c.confirm,
-            "prefetch": c.prefetch,
-            "multi_ack": c.multi_ack,
-            "autoack": c.autoack,
-            "rate_limit": c.rate,
-            "time_secs": c.time.map(|t| t.as_secs_f64()),
-            "pmessages": c.pmessages,
-            "cmessages": c.cmessages,
-            "duration_secs": (self.wall * 100.0).round() / 100.0,
-            "published": s.published,
-            "confirmed": s.confirmed,
-            "nacked": s.nacked,
-            "consumed": s.consumed,
-            "stale": s.stale,
-            "published_per_producer": self.per_producer,
-            "consumed_per_consumer": self.per_consumer,
-            "expected": self.expected,
-            "all_consumed": self.all_consumed,
-            "publish_rate": round(pub_rate),
-            "confirm_rate": round(conf_rate),
-            "consume_rate": round(cons_rate),
-            "receive_rate": round(self.receive_rate()),
-            "latency_us": self.latency.to_json(),
-            "bench_cpu_percent": self.bench_cpu.map(round),
-            "broker_cpu_percent": self.broker_cpu.map(round),
-            "interrupted": self.interrupted,
-            "errors": self.errors,
-        })
-    }
 }
 
 #[cfg(test)]

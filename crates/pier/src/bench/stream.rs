@@ -407,13 +407,7 @@ async fn run(cfg: Arc<StreamConfig>) -> anyhow::Result<()> {
     let wall = started.elapsed().as_secs_f64();
     let cpu_after = (cpu_ticks(None), broker_ticks(cfg.broker_pid));
     let start_ns = clock.now_ns() - u64::try_from(started.elapsed().as_nanos()).unwrap_or(0);
-    let secs = |end_ns: u64| {
-        if end_ns > start_ns {
-            (end_ns - start_ns) as f64 / 1e9
-        } else {
-            wall
-        }
-    };
+    let secs = |end_ns: u64| super::secs_between(start_ns, end_ns).unwrap_or(wall);
     let published = totals.published.load(Ordering::Relaxed);
     let confirmed = totals.confirmed.load(Ordering::Relaxed);
     let consumed = totals.consumed.load(Ordering::Relaxed);
@@ -463,12 +457,7 @@ async fn run(cfg: Arc<StreamConfig>) -> anyhow::Result<()> {
         micros(lat.p50),
         micros(lat.p99),
     );
-    if cfg.json {
-        eprintln!("{line}");
-        println!("{summary}");
-    } else {
-        println!("{line}");
-    }
+    super::report::emit(&format!("{line}\n"), cfg.json.then_some(&summary));
     if cfg.delete {
         let id = setup.correlation();
         let _ = setup

@@ -20,12 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use pier_mqtt_wire::{Packet, PubReply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
 
-use super::conn::{encode, version_name, MqttConn};
-use super::{client_id, take_packets, MqttConfig, PINGREQ};
+use super::conn::{version_name, MqttConn};
+use super::{encode_pubacks, ping_due, take_packets, MqttConfig, PINGREQ};
 use crate::bench::stats::{micros, new_histogram, thousands, LatencySummary};
 
 /// Attempts per connection before it counts as failed.
@@ -282,12 +281,7 @@ pub async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
             .map(|e| format!("error: {e}\n"))
             .collect::<String>()
     );
-    if cfg.json {
-        eprint!("{human}");
-        println!("{summary}");
-    } else {
-        print!("{human}");
-    }
+    crate::bench::report::emit(&human, cfg.json.then_some(&summary));
     if failed > 0 || lost > 0 {
         bail!(
             "{} connection(s) failed, {} lost while idle",
@@ -309,14 +303,7 @@ fn progress(totals: &Totals, start: Instant) {
 
 async fn handshake(k: usize, nonce: u64, cfg: &MqttConfig) -> anyhow::Result<(MqttConn, Duration)> {
     let began = Instant::now();
-    let mut conn = MqttConn::connect(
-        &cfg.uri,
-        cfg.version,
-        &client_id(nonce, 'i', k),
-        cfg.keep_alive,
-        cfg.max_packet(),
-    )
-    .await?;
+    let mut conn = cfg.connect(nonce, 'i', k).await?;
     conn.subscribe(&format!("{}/idle/{k}", cfg.topic_prefix), cfg.sub_qos)
         .await?;
     Ok((conn, began.elapsed()))
@@ -363,22 +350,9 @@ async fn idle_connection(
     totals.established.fetch_add(1, Ordering::Relaxed);
     conn.buf.clear();
     conn.buf.reserve(64);
-    let mut ping = cfg.ping_every().map(|every| {
-        let first = Instant::now() + first_ping(k, n, every);
-        let mut t = tokio::time::interval_at(first.into(), every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut ping = cfg.ping_timer(|every| first_ping(k, n, every));
     let outcome: anyhow::Result<()> = async {
         loop {
-            let ping_tick = async {
-                match ping.as_mut() {
-                    Some(t) => {
-                        t.tick().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 r = conn.stream.read_buf(&mut conn.buf) => {
                     if r? == 0 {
@@ -388,14 +362,12 @@ async fn idle_connection(
                     totals.pongs.fetch_add(got.pongs, Ordering::Relaxed);
                     // Someone published to an idle topic: acknowledge, as a client must.
                     let mut out = bytes::BytesMut::new();
-                    for id in got.to_ack {
-                        encode(&Packet::PubAck(PubReply::new(id)), conn.version, &mut out)?;
-                    }
+                    encode_pubacks(&got.to_ack, conn.version, &mut out)?;
                     if !out.is_empty() {
                         conn.stream.write_all(&out).await?;
                     }
                 }
-                _ = ping_tick => {
+                _ = ping_due(&mut ping) => {
                     conn.stream.write_all(&PINGREQ).await?;
                     totals.pings.fetch_add(1, Ordering::Relaxed);
                 }

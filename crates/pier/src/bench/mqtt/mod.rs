@@ -21,24 +21,23 @@ mod idle;
 mod window;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::BytesMut;
-use hdrhistogram::Histogram;
 use pier_mqtt_wire::{Packet, ProtocolVersion, PubReply, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Interval;
 
 use self::conn::{encode, parse_version, version_name, MqttConn, MqttUri, PublishTemplate};
 use self::window::InFlight;
 use super::message::{self, read_stamp, Stamp};
-use super::stats::{
-    cpu_percent, cpu_ticks, drain_into, micros, new_histogram, rate, thousands, Clock, Counters,
-    LatencySummary, SharedHistogram, Snapshot,
-};
+use super::monitor::{reap, start_consumers, stop_all, Cpu, Latencies, Progress, Side, Ticker};
+use super::report::{self, Protocol, Report};
+use super::stats::{Clock, Counters, SharedHistogram, Snapshot};
 use super::BenchArgs;
 
 /// The AMQP default of `--uri`: with --mqtt it means the MQTT default below.
@@ -117,6 +116,47 @@ impl MqttConfig {
     fn ping_every(&self) -> Option<Duration> {
         (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 500))
     }
+
+    /// Connects client `index` of `role` ('p', 's' or 'i') of the run `nonce`.
+    async fn connect(&self, nonce: u64, role: char, index: usize) -> anyhow::Result<MqttConn> {
+        MqttConn::connect(
+            &self.uri,
+            self.version,
+            &client_id(nonce, role, index),
+            self.keep_alive,
+            self.max_packet(),
+        )
+        .await
+    }
+
+    /// The PINGREQ timer of a connection, first firing `first(interval)` from now (`None`:
+    /// keep-alive off).
+    fn ping_timer(&self, first: impl FnOnce(Duration) -> Duration) -> Option<Interval> {
+        self.ping_every().map(|every| {
+            let at = Instant::now() + first(every);
+            let mut t = tokio::time::interval_at(at.into(), every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        })
+    }
+}
+
+/// Resolves when a PINGREQ is due (never with keep-alive off).
+async fn ping_due(ping: &mut Option<Interval>) {
+    match ping {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Appends a PUBACK for each of `ids` to `out`.
+fn encode_pubacks(ids: &[u16], version: ProtocolVersion, out: &mut BytesMut) -> anyhow::Result<()> {
+    for &id in ids {
+        encode(&Packet::PubAck(PubReply::new(id)), version, out)?;
+    }
+    Ok(())
 }
 
 fn qos_arg(flag: &str, q: u8) -> anyhow::Result<QoS> {
@@ -273,34 +313,14 @@ async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
     let (stop_sub_tx, stop_sub) = watch::channel(false);
 
     // Subscribers first, every one subscribed before anything is published.
-    let mut subscribers = Vec::with_capacity(cfg.subscribers);
-    let mut latencies: Vec<SharedHistogram> = Vec::with_capacity(cfg.subscribers);
-    let mut ready = Vec::with_capacity(cfg.subscribers);
-    for j in 0..cfg.subscribers {
-        let hist: SharedHistogram = Arc::new(Mutex::new(new_histogram()?));
-        latencies.push(Arc::clone(&hist));
-        let (tx, rx) = oneshot::channel();
-        ready.push(rx);
+    let mut latencies = Latencies::new()?;
+    let spawn = |j, hist, ready| {
         let (shared, stop) = (Arc::clone(&shared), stop_sub.clone());
-        subscribers.push(tokio::spawn(subscriber(j, shared, hist, stop, tx)));
-    }
-    for (j, rx) in ready.into_iter().enumerate() {
-        if rx.await.is_err() {
-            let _ = stop_sub_tx.send(true);
-            let err = match subscribers.get_mut(j) {
-                Some(h) => match h.await {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => anyhow!("ended early"),
-                    Err(e) => anyhow!("{e}"),
-                },
-                None => anyhow!("missing"),
-            };
-            for h in &subscribers {
-                h.abort();
-            }
-            return Err(err.context(format!("subscriber {j} could not subscribe")));
-        }
-    }
+        tokio::spawn(subscriber(j, shared, hist, stop, ready))
+    };
+    let n = cfg.subscribers;
+    let mut subscribers =
+        start_consumers(n, "subscriber", &stop_sub_tx, &mut latencies, spawn).await?;
     if !cfg.quiet {
         eprintln!(
             "pier bench --mqtt: {} publisher(s), {} subscriber(s), {} topic(s), {} B payloads, \
@@ -321,8 +341,7 @@ async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
         );
     }
 
-    let cpu_before = cpu_ticks(None);
-    let broker_before = cfg.broker_pid.and_then(|p| cpu_ticks(Some(p)));
+    let cpu = Cpu::start(cfg.broker_pid);
     let start = Instant::now();
     let start_ns = shared.clock.now_ns();
     let deadline = cfg.time.map(|t| start + t);
@@ -332,70 +351,42 @@ async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
             Some(tokio::spawn(publisher(i, shared, stop, deadline)))
         })
         .collect();
-    let mut subscribers: Vec<Option<JoinHandle<anyhow::Result<()>>>> =
-        subscribers.into_iter().map(Some).collect();
 
     let mut errors: Vec<String> = Vec::new();
-    let mut total_hist = new_histogram()?;
-    let mut interval_hist = new_histogram()?;
     let mut last_line = Instant::now();
     let mut last_snap = Snapshot::default();
-    let (mut interrupted, mut failed, mut drain_failed) = (false, false, false);
-    let mut last_progress: Option<(u64, Instant)> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut failed, mut drain_failed) = (false, false);
+    let mut progress = Progress::default();
+    let mut ticker = Ticker::new();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut ctrl_c, if !interrupted => {
-                eprintln!("interrupted: stopping");
-                interrupted = true;
-            }
-        }
-        for (i, slot) in publishers.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(JoinHandle::is_finished) {
-                if let Some(h) = slot.take() {
-                    if let Some(e) = super::join_error(h.await) {
-                        errors.push(format!("publisher {i}: {e}"));
-                        failed = true;
-                    }
-                }
-            }
-        }
-        for (j, slot) in subscribers.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(JoinHandle::is_finished) {
-                if let Some(h) = slot.take() {
-                    let e = super::join_error(h.await).unwrap_or_else(|| "ended early".into());
-                    errors.push(format!("subscriber {j}: {e}"));
-                    failed = true;
-                }
-            }
-        }
+        ticker.next().await;
+        failed |= reap(&mut publishers, "publisher", false, &mut errors).await;
+        failed |= reap(&mut subscribers, "subscriber", true, &mut errors).await;
         let now = Instant::now();
         let snap = counters.snapshot();
         if now.duration_since(last_line) >= Duration::from_secs(1) {
-            for h in &latencies {
-                drain_into(&mut interval_hist, h);
-            }
+            let interval = latencies.interval();
             if !cfg.quiet {
+                let confirms = (cfg.qos == QoS::AtLeastOnce).then_some((
+                    "puback",
+                    snap.confirmed,
+                    last_snap.confirmed,
+                ));
                 let expected = cfg.expected(&counters.per_producer());
-                print_line(
-                    &cfg,
+                report::print_line(
                     start,
                     now - last_line,
                     &snap,
                     &last_snap,
-                    &interval_hist,
-                    expected,
+                    interval,
+                    confirms,
+                    ("in flight", expected.saturating_sub(snap.consumed)),
                 );
             }
-            let _ = total_hist.add(&interval_hist);
-            interval_hist.reset();
+            latencies.end_interval();
             (last_line, last_snap) = (now, snap);
         }
-        if failed || interrupted {
+        if failed || ticker.interrupted {
             break;
         }
         if deadline.is_some_and(|d| now >= d) && cfg.pmessages.is_none() {
@@ -408,47 +399,31 @@ async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
             break;
         }
         // Every publisher is done: wait for the subscribers to receive everything.
-        if snap.consumed >= cfg.expected(&counters.per_producer()) {
+        let expected = cfg.expected(&counters.per_producer());
+        if let Some(done) = progress.drained(snap.consumed, expected, now, cfg.drain_timeout) {
+            drain_failed = !done;
             break;
         }
-        match last_progress {
-            Some((seen, at)) if seen == snap.consumed => {
-                if now.duration_since(at) >= cfg.drain_timeout {
-                    drain_failed = true;
-                    break;
-                }
-            }
-            _ => last_progress = Some((snap.consumed, now)),
-        }
     }
-    let _ = stop_pub_tx.send(true);
-    if cfg.pmessages.is_none() {
-        // A timed run measures a window: subscribers stop with the publishers, rather than
-        // count what a saturated broker still delivers from its backlog.
-        let _ = stop_sub_tx.send(true);
-    }
-    let end = Instant::now();
-    for (i, slot) in publishers.iter_mut().enumerate() {
-        if let Some(h) = slot.take() {
-            if let Some(e) = super::join_within(h, cfg.drain_timeout + Duration::from_secs(2)).await
-            {
-                errors.push(format!("publisher {i}: {e}"));
-            }
-        }
-    }
-    let _ = stop_sub_tx.send(true);
-    for (j, slot) in subscribers.iter_mut().enumerate() {
-        if let Some(h) = slot.take() {
-            if let Some(e) = super::join_within(h, Duration::from_secs(10)).await {
-                errors.push(format!("subscriber {j}: {e}"));
-            }
-        }
-    }
-    let cpu_wall = start.elapsed().as_secs_f64();
-    for h in &latencies {
-        drain_into(&mut interval_hist, h);
-    }
-    let _ = total_hist.add(&interval_hist);
+    let end = stop_all(
+        Side {
+            stop: &stop_pub_tx,
+            tasks: &mut publishers,
+            role: "publisher",
+            // Publishers may wait --drain-timeout for their last PUBACKs.
+            limit: cfg.drain_timeout + Duration::from_secs(2),
+        },
+        Side {
+            stop: &stop_sub_tx,
+            tasks: &mut subscribers,
+            role: "subscriber",
+            limit: Duration::from_secs(10),
+        },
+        cfg.pmessages.is_some(),
+        &mut errors,
+    )
+    .await;
+    let (bench_cpu, broker_cpu) = cpu.percent();
     let snap = counters.snapshot();
     let run_secs = end.duration_since(start).as_secs_f64();
     // A timed run's rates are over the whole run: a publisher that the broker's flow control
@@ -469,44 +444,47 @@ async fn run(cfg: Arc<MqttConfig>) -> anyhow::Result<()> {
     let expected =
         (cfg.pmessages.is_some() && cfg.subscribers > 0).then(|| cfg.expected(&per_producer));
     let all_consumed = expected.map(|e| snap.consumed >= e && !drain_failed);
-    let report = Report {
-        cfg: &cfg,
+    let summary = Report {
+        protocol: Protocol::Mqtt,
         snap,
         per_consumer: counters.per_consumer(),
         per_producer,
         wall: run_secs,
         publish_secs,
         consume_secs,
-        latency: LatencySummary::of(&total_hist),
-        bench_cpu: cpu_percent(cpu_before, cpu_ticks(None), cpu_wall),
-        broker_cpu: cpu_percent(
-            broker_before,
-            cfg.broker_pid.and_then(|p| cpu_ticks(Some(p))),
-            cpu_wall,
-        ),
+        latency: latencies.summary(),
+        bench_cpu,
+        broker_cpu,
+        broker_pid: cfg.broker_pid.is_some(),
+        confirms: cfg.qos == QoS::AtLeastOnce,
+        received: snap.consumed,
         expected,
         all_consumed,
-        interrupted,
+        interrupted: ticker.interrupted,
         errors: &errors,
     };
-    if cfg.json {
-        eprint!("{}", report.human());
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.human());
-    }
-    if !errors.is_empty() {
-        bail!("{}", errors.join("; "));
-    }
-    if let (Some(false), Some(e)) = (all_consumed, expected) {
-        bail!(
-            "only {} of {} messages consumed (nothing more within {:?})",
-            thousands(snap.consumed),
-            thousands(e),
-            cfg.drain_timeout
-        );
-    }
-    Ok(())
+    let json = cfg.json.then(|| summary.json(settings_json(&cfg)));
+    report::emit(&summary.human(), json.as_ref());
+    summary.outcome(cfg.drain_timeout)
+}
+
+/// The run's settings, the head of its JSON summary (the AMQP bench's keys where they apply).
+fn settings_json(c: &MqttConfig) -> serde_json::Value {
+    serde_json::json!({
+        "protocol": "mqtt",
+        "mqtt_version": version_name(c.version),
+        "uri": c.uri.to_string(),
+        "producers": c.publishers,
+        "consumers": c.subscribers,
+        "topics": c.topics.len(),
+        "size": c.size,
+        "qos": c.qos as u8,
+        "sub_qos": c.sub_qos as u8,
+        "inflight": (c.qos == QoS::AtLeastOnce).then_some(c.inflight),
+        "rate_limit": c.rate,
+        "time_secs": c.time.map(|t| t.as_secs_f64()),
+        "pmessages": c.pmessages,
+    })
 }
 
 /// One publisher: connects, then writes batches of PUBLISHes until stopped, --time is up or
@@ -518,14 +496,7 @@ async fn publisher(
     deadline: Option<Instant>,
 ) -> anyhow::Result<()> {
     let cfg = &shared.cfg;
-    let conn = MqttConn::connect(
-        &cfg.uri,
-        cfg.version,
-        &client_id(shared.nonce, 'p', i),
-        cfg.keep_alive,
-        cfg.max_packet(),
-    )
-    .await?;
+    let conn = cfg.connect(shared.nonce, 'p', i).await?;
     let qos1 = cfg.qos == QoS::AtLeastOnce;
     let mut window = InFlight::new(cfg.inflight.min(usize::from(conn.receive_maximum)));
     if qos1 && window.capacity() < cfg.inflight && i == 0 {
@@ -772,14 +743,7 @@ async fn subscriber(
     ready: oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let cfg = &shared.cfg;
-    let mut conn = MqttConn::connect(
-        &cfg.uri,
-        cfg.version,
-        &client_id(shared.nonce, 's', j),
-        cfg.keep_alive,
-        cfg.max_packet(),
-    )
-    .await?;
+    let mut conn = cfg.connect(shared.nonce, 's', j).await?;
     conn.subscribe(&cfg.topics[cfg.subscriber_topic(j)], cfg.sub_qos)
         .await?;
     let _ = ready.send(());
@@ -787,27 +751,15 @@ async fn subscriber(
     let mut buf = std::mem::take(&mut conn.buf);
     buf.reserve(256 * 1024);
     let mut acks = BytesMut::new();
-    let mut ping = cfg.ping_every().map(|p| {
-        let mut t = tokio::time::interval_at((Instant::now() + p).into(), p);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut ping = cfg.ping_timer(|every| every);
     loop {
-        let ping_tick = async {
-            match ping.as_mut() {
-                Some(t) => {
-                    t.tick().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             n = conn.stream.read_buf(&mut buf) => {
                 if n? == 0 {
                     bail!("connection closed by the broker");
                 }
             }
-            _ = ping_tick => {
+            _ = ping_due(&mut ping) => {
                 conn.stream.write_all(&PINGREQ).await?;
                 continue;
             }
@@ -829,9 +781,7 @@ async fn subscriber(
         }
         if !got.to_ack.is_empty() {
             acks.clear();
-            for id in got.to_ack {
-                encode(&Packet::PubAck(PubReply::new(id)), conn.version, &mut acks)?;
-            }
+            encode_pubacks(&got.to_ack, conn.version, &mut acks)?;
             conn.stream.write_all(&acks).await?;
         }
         if buf.capacity() - buf.len() < 16 * 1024 {
@@ -841,202 +791,6 @@ async fn subscriber(
     conn.buf = buf;
     conn.disconnect().await;
     Ok(())
-}
-
-fn print_line(
-    cfg: &MqttConfig,
-    start: Instant,
-    dt: Duration,
-    now: &Snapshot,
-    before: &Snapshot,
-    interval: &Histogram<u64>,
-    expected: u64,
-) {
-    let secs = dt.as_secs_f64().max(1e-9);
-    let per_sec = |a: u64, b: u64| rate(a.saturating_sub(b) as f64 / secs);
-    let mut line = format!(
-        "{:>6.1}s  pub {:>9}/s",
-        start.elapsed().as_secs_f64(),
-        per_sec(now.published, before.published)
-    );
-    if cfg.qos == QoS::AtLeastOnce {
-        line.push_str(&format!(
-            "  puback {:>9}/s",
-            per_sec(now.confirmed, before.confirmed)
-        ));
-    }
-    line.push_str(&format!(
-        "  cons {:>9}/s",
-        per_sec(now.consumed, before.consumed)
-    ));
-    if interval.is_empty() {
-        line.push_str("  lat p50 -        p99 -       ");
-    } else {
-        line.push_str(&format!(
-            "  lat p50 {:>8} p99 {:>8}",
-            micros(interval.value_at_quantile(0.5)),
-            micros(interval.value_at_quantile(0.99))
-        ));
-    }
-    line.push_str(&format!(
-        "  in flight {}",
-        thousands(expected.saturating_sub(now.consumed))
-    ));
-    if now.stale > 0 {
-        line.push_str(&format!("  stale {}", thousands(now.stale)));
-    }
-    eprintln!("{line}");
-}
-
-/// The end-of-run report: the AMQP bench's layout, and its JSON keys where they apply.
-struct Report<'a> {
-    cfg: &'a MqttConfig,
-    snap: Snapshot,
-    per_producer: Vec<u64>,
-    per_consumer: Vec<u64>,
-    wall: f64,
-    publish_secs: f64,
-    consume_secs: f64,
-    latency: LatencySummary,
-    bench_cpu: Option<f64>,
-    broker_cpu: Option<f64>,
-    expected: Option<u64>,
-    all_consumed: Option<bool>,
-    interrupted: bool,
-    errors: &'a [String],
-}
-
-impl Report<'_> {
-    fn rates(&self) -> (f64, f64, f64) {
-        let s = &self.snap;
-        (
-            s.published as f64 / self.publish_secs.max(1e-9),
-            s.confirmed as f64 / self.publish_secs.max(1e-9),
-            s.consumed as f64 / self.consume_secs.max(1e-9),
-        )
-    }
-
-    fn human(&self) -> String {
-        use std::fmt::Write;
-        let s = &self.snap;
-        let (pub_rate, ack_rate, cons_rate) = self.rates();
-        let mut out = String::new();
-        let _ = writeln!(out, "---- pier bench summary ({:.2} s) ----", self.wall);
-        let _ = writeln!(
-            out,
-            "published  {:>12}   avg {:>10} msg/s",
-            thousands(s.published),
-            rate(pub_rate)
-        );
-        if self.cfg.qos == QoS::AtLeastOnce {
-            let _ = writeln!(
-                out,
-                "confirmed  {:>12}   avg {:>10} msg/s   (PUBACKs)",
-                thousands(s.confirmed),
-                rate(ack_rate)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "consumed   {:>12}   avg {:>10} msg/s{}",
-            thousands(s.consumed),
-            rate(cons_rate),
-            if s.stale > 0 {
-                format!("   (+{} stale from earlier runs)", thousands(s.stale))
-            } else {
-                String::new()
-            }
-        );
-        for (what, counts) in [
-            ("per publisher", &self.per_producer),
-            ("per subscriber", &self.per_consumer),
-        ] {
-            if counts.len() > 1 {
-                let min = counts.iter().copied().min().unwrap_or_default();
-                let max = counts.iter().copied().max().unwrap_or_default();
-                let _ = writeln!(out, "{what}  min {} max {}", thousands(min), thousands(max));
-            }
-        }
-        let l = &self.latency;
-        if l.samples > 0 {
-            let _ = writeln!(
-                out,
-                "latency    p50 {}  p75 {}  p95 {}  p99 {}  p99.9 {}  max {}",
-                micros(l.p50),
-                micros(l.p75),
-                micros(l.p95),
-                micros(l.p99),
-                micros(l.p999),
-                micros(l.max)
-            );
-        }
-        let cpu = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0}% of one core"));
-        let _ = write!(out, "bench CPU  {}", cpu(self.bench_cpu));
-        if self.cfg.broker_pid.is_some() {
-            let _ = write!(out, "   broker CPU {}", cpu(self.broker_cpu));
-        }
-        out.push('\n');
-        match (self.all_consumed, self.expected) {
-            (Some(true), Some(e)) => {
-                let _ = writeln!(out, "all {} messages consumed", thousands(e));
-            }
-            (Some(false), Some(e)) => {
-                let _ = writeln!(
-                    out,
-                    "NOT all messages consumed: {} of {}",
-                    thousands(s.consumed),
-                    thousands(e)
-                );
-            }
-            _ => {}
-        }
-        if self.interrupted {
-            out.push_str("(interrupted)\n");
-        }
-        for e in self.errors {
-            let _ = writeln!(out, "error: {e}");
-        }
-        out
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let c = self.cfg;
-        let s = &self.snap;
-        let (pub_rate, ack_rate, cons_rate) = self.rates();
-        let round = |v: f64| (v * 10.0).round() / 10.0;
-        serde_json::json!({
-            "protocol": "mqtt",
-            "mqtt_version": version_name(c.version),
-            "uri": c.uri.to_string(),
-            "producers": c.publishers,
-            "consumers": c.subscribers,
-            "topics": c.topics.len(),
-            "size": c.size,
-            "qos": c.qos as u8,
-            "sub_qos": c.sub_qos as u8,
-            "inflight": (c.qos == QoS::AtLeastOnce).then_some(c.inflight),
-            "rate_limit": c.rate,
-            "time_secs": c.time.map(|t| t.as_secs_f64()),
-            "pmessages": c.pmessages,
-            "duration_secs": (self.wall * 100.0).round() / 100.0,
-            "published": s.published,
-            "confirmed": s.confirmed,
-            "consumed": s.consumed,
-            "stale": s.stale,
-            "published_per_producer": self.per_producer,
-            "consumed_per_consumer": self.per_consumer,
-            "expected": self.expected,
-            "all_consumed": self.all_consumed,
-            "publish_rate": round(pub_rate),
-            "confirm_rate": round(ack_rate),
-            "consume_rate": round(cons_rate),
-            "latency_us": self.latency.to_json(),
-            "bench_cpu_percent": self.bench_cpu.map(round),
-            "broker_cpu_percent": self.broker_cpu.map(round),
-            "interrupted": self.interrupted,
-            "errors": self.errors,
-        })
-    }
 }
 
 #[cfg(test)]
