@@ -48,6 +48,9 @@ fn listeners(st: &AppState) -> Value {
     if let Some(a) = st.amqp_addr {
         out.push(json!({"node": st.node, "protocol": "amqp", "ip_address": a.ip().to_string(), "port": a.port()}));
     }
+    for (protocol, a) in st.listeners.list() {
+        out.push(json!({"node": st.node, "protocol": protocol, "ip_address": a.ip().to_string(), "port": a.port()}));
+    }
     if let Some(a) = st.http_addr {
         out.push(json!({"node": st.node, "protocol": "http", "ip_address": a.ip().to_string(), "port": a.port()}));
         out.push(json!({"node": st.node, "protocol": "http/prometheus", "ip_address": a.ip().to_string(), "port": a.port()}));

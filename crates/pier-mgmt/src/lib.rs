@@ -47,11 +47,32 @@ use error::ApiResult;
 /// The RabbitMQ version whose management API Pier follows (tools sniff it).
 pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.8";
 
+/// The node's listeners besides AMQP and HTTP (AMQPS, stream, MQTT, STOMP, their TLS and
+/// WebSocket variants) by RabbitMQ's protocol names, as `/api/overview` lists them; the
+/// binary adds each once it is bound (after the management server started).
+#[derive(Debug, Clone, Default)]
+pub struct Listeners(Arc<std::sync::RwLock<Vec<(&'static str, SocketAddr)>>>);
+
+impl Listeners {
+    pub fn add(&self, protocol: &'static str, addr: SocketAddr) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((protocol, addr));
+    }
+
+    pub fn list(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Settings of the management server beyond the listener.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
     /// The AMQP listener's address, shown in `/api/overview` listeners.
     pub amqp_addr: Option<SocketAddr>,
+    /// The other protocol listeners, shown there too.
+    pub listeners: Listeners,
     /// `cluster_name` (defaults to the node name).
     pub cluster_name: Option<String>,
     /// Where definition changes go: a clustered node's [`Metadata`] (the binary builds it);
@@ -78,6 +99,7 @@ pub(crate) struct Inner {
     pub started: Instant,
     pub http_addr: Option<SocketAddr>,
     pub amqp_addr: Option<SocketAddr>,
+    pub listeners: Listeners,
     pub sampler: stats::Sampler,
 }
 
@@ -235,6 +257,7 @@ where
         started: Instant::now(),
         http_addr: listener.local_addr().ok(),
         amqp_addr: options.amqp_addr,
+        listeners: options.listeners.clone(),
         sampler: stats::Sampler::default(),
     }));
     if let Some(c) = state.cluster() {

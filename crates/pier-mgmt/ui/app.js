@@ -955,13 +955,13 @@
     return {
       async refresh() {
         const cs = await get('/connections');
-        fill(list, table({ cols: ['Name', 'User', 'Virtual host', 'Client', ['Channels', 'num'], ['Heartbeat', 'num'], ['From client', 'num'], ['To client', 'num'], 'Connected', ''] },
+        fill(list, table({ cols: ['Name', 'Protocol', 'User', 'Virtual host', 'Client', ['Channels', 'num'], ['Heartbeat', 'num'], ['From client', 'num'], ['To client', 'num'], 'Connected', ''] },
           cs.map((c) => {
             const cp = c.client_properties || {};
             const client = [cp.product, cp.version].filter(Boolean).join(' ') + (c.user_provided_name ? ' · ' + c.user_provided_name : '');
             const rate = (d) => (d ? fmtBytes(d.rate) + '/s' : '–');
             return h('tr', { 'data-connection': c.name },
-              td(c.name, 'mono'), td(c.user), td(c.vhost), td(client || '–'),
+              td(c.name, 'mono'), td(c.protocol || '–'), td(c.user), td(c.vhost), td(client || '–'),
               num(fmtInt(c.channels)), num(c.timeout ? c.timeout + ' s' : 'off'),
               num(rate(c.recv_oct_details)), num(rate(c.send_oct_details)),
               td(c.connected_at ? new Date(c.connected_at).toLocaleString() : '–'),

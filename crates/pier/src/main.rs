@@ -253,8 +253,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             Some(pier_mgmt::registry_hooks(Arc::clone(&registry))),
         ),
     };
+    // The other listeners, shown by /api/overview as they are bound below.
+    let extra_listeners = pier_mgmt::Listeners::default();
     let mgmt_options = pier_mgmt::ServeOptions {
         amqp_addr: listener.local_addr().ok(),
+        listeners: extra_listeners.clone(),
         cluster_name: Some(server_config.cluster_name.clone()),
         metadata: Some(metadata.clone()),
     };
@@ -292,6 +295,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             (Some(_), true) => "required",
             (Some(_), false) => "optional",
         };
+        if let Ok(addr) = tls_listener.local_addr() {
+            extra_listeners.add("amqp/ssl", addr);
+        }
         tracing::info!(
             amqps = %tls_listener.local_addr().map_or_else(|_| args.amqps_port.to_string(), |a| a.to_string()),
             client_certificates,
@@ -311,11 +317,23 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         ..pier_server::stream::StreamServerConfig::default()
     };
     let mut stream_listeners = Vec::new();
-    if let Some(l) = listen_optional(args.bind, args.stream_port, 5552, "stream")? {
+    if let Some(l) = listen_optional(
+        args.bind,
+        args.stream_port,
+        5552,
+        "stream",
+        (&extra_listeners, "stream"),
+    )? {
         stream_listeners.push((l, None, stream_config.clone()));
     }
     if let Some(tls) = file.tls_settings() {
-        if let Some(l) = listen_optional(args.bind, args.stream_tls_port, 5551, "stream TLS")? {
+        if let Some(l) = listen_optional(
+            args.bind,
+            args.stream_tls_port,
+            5551,
+            "stream TLS",
+            (&extra_listeners, "stream/ssl"),
+        )? {
             let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
             let port = l.local_addr().map_or(5551, |a| a.port());
             let config = pier_server::stream::StreamServerConfig {
@@ -375,6 +393,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         args.stomp_port.or(stomp_file.port),
         61613,
         "STOMP",
+        (&extra_listeners, "stomp"),
     )? {
         stomp_listeners.push((l, None));
     }
@@ -384,6 +403,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             args.stomp_tls_port.or(stomp_file.tls_port),
             61614,
             "STOMP TLS",
+            (&extra_listeners, "stomp/ssl"),
         )? {
             let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
             stomp_listeners.push((l, Some(acceptor)));
@@ -408,6 +428,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         args.web_stomp_port.or(stomp_file.web_port),
         15674,
         "Web-STOMP",
+        (&extra_listeners, "http/web-stomp"),
     )? {
         tracing::info!(
             web_stomp = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
@@ -439,12 +460,19 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         );
         let mut mqtt_listeners = Vec::new();
         let port = args.mqtt_port.or(entry.port);
-        if let Some(l) = listen_optional(args.bind, port, 1883, "MQTT")? {
+        if let Some(l) = listen_optional(args.bind, port, 1883, "MQTT", (&extra_listeners, "mqtt"))?
+        {
             mqtt_listeners.push((l, None));
         }
         if let Some(tls) = file.tls_settings() {
             let port = args.mqtt_tls_port.or(entry.tls_port);
-            if let Some(l) = listen_optional(args.bind, port, 8883, "MQTT TLS")? {
+            if let Some(l) = listen_optional(
+                args.bind,
+                port,
+                8883,
+                "MQTT TLS",
+                (&extra_listeners, "mqtt/ssl"),
+            )? {
                 let acceptor = pier_server::tls::acceptor(&tls).context("setting up TLS")?;
                 mqtt_listeners.push((l, Some(acceptor)));
             }
@@ -463,7 +491,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         }
         // MQTT over WebSocket (15675, path /ws), as RabbitMQ's Web-MQTT plugin.
         let port = args.web_mqtt_port.or(entry.web_port);
-        if let Some(l) = listen_optional(args.bind, port, 15675, "Web-MQTT")? {
+        if let Some(l) = listen_optional(
+            args.bind,
+            port,
+            15675,
+            "Web-MQTT",
+            (&extra_listeners, "http/web-mqtt"),
+        )? {
             tracing::info!(
                 web_mqtt = %l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
                 "MQTT over WebSocket listener ready (path /ws)"
@@ -559,28 +593,34 @@ fn listen(bind: Option<IpAddr>, port: u16) -> anyhow::Result<tokio::net::TcpList
 
 /// A stream listener: on the port given (an error if it cannot be bound), or on the default
 /// port when none was given (a warning if it is taken); none for port 0.
+/// A bound listener is added to `shown` under its RabbitMQ protocol name (`/api/overview`).
 fn listen_optional(
     bind: Option<IpAddr>,
     given: Option<u16>,
     default: u16,
     what: &str,
+    (shown, protocol): (&pier_mgmt::Listeners, &'static str),
 ) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    match given {
-        Some(0) => Ok(None),
-        Some(port) => Ok(Some(
-            listen(bind, port).with_context(|| format!("binding the {what} listener"))?,
-        )),
+    let listener = match given {
+        Some(0) => None,
+        Some(port) => {
+            Some(listen(bind, port).with_context(|| format!("binding the {what} listener"))?)
+        }
         None => match listen(bind, default) {
-            Ok(l) => Ok(Some(l)),
+            Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(
                     "no {what} listener: the default port {default} cannot be bound ({e:#}); \
                      set its --*-port option to choose another"
                 );
-                Ok(None)
+                None
             }
         },
+    };
+    if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        shown.add(protocol, addr);
     }
+    Ok(listener)
 }
 
 /// The cluster settings from the command line and the config file's `[cluster]` (the
