@@ -976,6 +976,7 @@ def test_v5_no_local(clients):
     assert [m.payload for m in c.messages] == [b"other's"]
 
 
+@pytest.mark.same_node  # a QoS 0 subscription queue is transient: its bindings stay on its node
 def test_many_qos0_deliveries(broker, clients):
     # More than the server buffers per connection: the queue waits and resumes.
     t = uid("t")
