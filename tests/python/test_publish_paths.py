@@ -46,6 +46,7 @@ def wait_ready(ch, queue: str, n: int):
 ENTRY_POINTS = ["amqp", "management"]
 
 
+@pytest.mark.same_node("transient or exclusive objects shared by several connections: they stay on the node that declared them (issue 13) (the management API publishes on its own node)")
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_bcc_routes_but_is_never_delivered(connection, mgmt, names, broker, entry):
     ch = connection.channel()

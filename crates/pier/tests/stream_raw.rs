@@ -147,6 +147,50 @@ impl Raw {
         }
     }
 
+    async fn declare_publisher(&mut self, publisher_id: u8, stream: &str) {
+        let id = self.id();
+        let code = self
+            .call(ClientCommand::DeclarePublisher(DeclarePublisher {
+                correlation_id: id,
+                publisher_id,
+                reference: String::new(),
+                stream: stream.into(),
+            }))
+            .await;
+        assert_eq!(code, ResponseCode::Ok);
+    }
+
+    /// Publishes one small AMQP 1.0 message per publishing id.
+    async fn publish(&mut self, publisher_id: u8, ids: impl IntoIterator<Item = u64>) {
+        let messages = ids
+            .into_iter()
+            .map(|publishing_id| PublishedMessage {
+                publishing_id,
+                filter_value: None,
+                entry: Entry::Simple(Bytes::from_static(b"\x00Sw\xa1\x01x")),
+            })
+            .collect();
+        self.send(ClientCommand::Publish(Publish {
+            version: PublishVersion::V1,
+            publisher_id,
+            messages,
+        }))
+        .await;
+    }
+
+    async fn stats(&mut self, stream: &str) -> pier_stream_wire::StreamStatsResponse {
+        let id = self.id();
+        self.send(ClientCommand::StreamStats(StreamStats {
+            correlation_id: id,
+            stream: stream.into(),
+        }))
+        .await;
+        match self.reply().await {
+            ServerCommand::StreamStatsResponse(r) => r,
+            other => panic!("expected stream stats, got {other:?}"),
+        }
+    }
+
     async fn create(&mut self, stream: &str) {
         let id = self.id();
         let code = self
@@ -247,17 +291,7 @@ async fn publishing_with_an_undeclared_publisher_gets_publish_error() {
     let s = name("raw-puberr");
     let mut c = Raw::open(port, "guest", 0).await.unwrap();
     c.create(&s).await;
-    let message = |publishing_id| PublishedMessage {
-        publishing_id,
-        filter_value: None,
-        entry: Entry::Simple(Bytes::from_static(b"\x00Sw\xa1\x01x")),
-    };
-    c.send(ClientCommand::Publish(Publish {
-        version: PublishVersion::V1,
-        publisher_id: 77,
-        messages: vec![message(1), message(2)],
-    }))
-    .await;
+    c.publish(77, [1, 2]).await;
     match c.reply().await {
         ServerCommand::PublishError(e) => {
             assert_eq!(e.publisher_id, 77);
@@ -271,22 +305,8 @@ async fn publishing_with_an_undeclared_publisher_gets_publish_error() {
         other => panic!("expected a publish error, got {other:?}"),
     }
     // The connection goes on: a declared publisher is confirmed.
-    let id = c.id();
-    let code = c
-        .call(ClientCommand::DeclarePublisher(DeclarePublisher {
-            correlation_id: id,
-            publisher_id: 1,
-            reference: String::new(),
-            stream: s.clone(),
-        }))
-        .await;
-    assert_eq!(code, ResponseCode::Ok);
-    c.send(ClientCommand::Publish(Publish {
-        version: PublishVersion::V1,
-        publisher_id: 1,
-        messages: vec![message(5)],
-    }))
-    .await;
+    c.declare_publisher(1, &s).await;
+    c.publish(1, [5]).await;
     match c.reply().await {
         ServerCommand::PublishConfirm(p) => assert_eq!(p.publishing_ids, vec![5]),
         other => panic!("expected a confirm, got {other:?}"),
@@ -320,39 +340,10 @@ async fn stream_stats_resolve_offset_spec_and_command_versions() {
     let keys: Vec<u16> = v.versions.iter().map(|c| c.key).collect();
     assert!(keys.contains(&0x001c), "no StreamStats in {keys:?}");
     // Stats of a missing stream, then of one with three messages.
-    let id = c.id();
-    c.send(ClientCommand::StreamStats(StreamStats {
-        correlation_id: id,
-        stream: s.clone(),
-    }))
-    .await;
-    let ServerCommand::StreamStatsResponse(r) = c.reply().await else {
-        panic!("no stats response");
-    };
-    assert_eq!(r.code, ResponseCode::StreamDoesNotExist);
+    assert_eq!(c.stats(&s).await.code, ResponseCode::StreamDoesNotExist);
     c.create(&s).await;
-    let id = c.id();
-    let code = c
-        .call(ClientCommand::DeclarePublisher(DeclarePublisher {
-            correlation_id: id,
-            publisher_id: 0,
-            reference: String::new(),
-            stream: s.clone(),
-        }))
-        .await;
-    assert_eq!(code, ResponseCode::Ok);
-    c.send(ClientCommand::Publish(Publish {
-        version: PublishVersion::V1,
-        publisher_id: 0,
-        messages: (1..=3)
-            .map(|i| PublishedMessage {
-                publishing_id: i,
-                filter_value: None,
-                entry: Entry::Simple(Bytes::from_static(b"\x00Sw\xa1\x01x")),
-            })
-            .collect(),
-    }))
-    .await;
+    c.declare_publisher(0, &s).await;
+    c.publish(0, 1..=3).await;
     let mut confirmed = 0;
     while confirmed < 3 {
         match c.reply().await {
@@ -360,15 +351,7 @@ async fn stream_stats_resolve_offset_spec_and_command_versions() {
             other => panic!("expected confirms, got {other:?}"),
         }
     }
-    let id = c.id();
-    c.send(ClientCommand::StreamStats(StreamStats {
-        correlation_id: id,
-        stream: s.clone(),
-    }))
-    .await;
-    let ServerCommand::StreamStatsResponse(r) = c.reply().await else {
-        panic!("no stats response");
-    };
+    let r = c.stats(&s).await;
     assert_eq!(r.code, ResponseCode::Ok);
     let stat = |k: &str| r.stats.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
     assert_eq!(stat("first_chunk_id"), Some(0), "{:?}", r.stats);
