@@ -150,21 +150,13 @@ impl Node {
 
     /// Whether member `id` answered recently (this node always counts).
     pub(crate) fn is_running(&self, id: u64) -> bool {
-        if id == self.me_id {
-            return true;
-        }
-        let answered = self
-            .answered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .copied();
-        match answered {
-            Some(t) => t.elapsed() < LIVENESS,
-            // Not pinged yet (this node just started, or the member just joined): a live
-            // connection, which only a handshake opens, counts until a ping says otherwise.
-            None => self.transport.current_link(id).is_some(),
-        }
+        id == self.me_id
+            || self
+                .answered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < LIVENESS)
     }
 
     pub(crate) fn local_report(&self) -> NodeReport {
@@ -620,12 +612,8 @@ pub(crate) async fn reset_and_join(n: &Arc<Node>, addr: &str) -> Result<String, 
 /// knows who is running, and closes connections to members that stopped answering (a
 /// partition that drops packets leaves them open).
 async fn watch_peers(node: Weak<Node>) {
-    let mut first = true;
     loop {
-        // The first round at once: a fresh node learns who is up without waiting.
-        if !std::mem::take(&mut first) {
-            tokio::time::sleep(PING_EVERY).await;
-        }
+        tokio::time::sleep(PING_EVERY).await;
         let Some(n) = node.upgrade() else { return };
         let members = n.members();
         let mut pings = Vec::new();
