@@ -130,17 +130,7 @@ impl MqttContext {
         config: MqttConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let retained = retained::RetainedStore::open(config.data_dir.as_deref());
-        Arc::new(MqttContext {
-            broker,
-            registry,
-            config,
-            retained,
-            clients: Clients::default(),
-            shutdown,
-            recent_retained: Mutex::default(),
-            metadata: None,
-        })
+        Self::with_metadata(broker, registry, config, shutdown, None)
     }
 
     /// `new` on a node that may be clustered: `metadata` is used only when it is.
