@@ -316,8 +316,8 @@ impl Drop for Inner {
 }
 
 /// Checks that `entries` continue a log whose last index is `last` (an empty log may start
-/// anywhere: after a snapshot install).
-fn check_continues(last: Option<u64>, entries: &[WalRecord]) -> Result<(), WalError> {
+/// anywhere: after a snapshot install). Raft log stores share it.
+pub fn check_continues(last: Option<u64>, entries: &[WalRecord]) -> Result<(), WalError> {
     let first = match (last, entries.first()) {
         (Some(l), _) => l + 1,
         (None, Some((first, _))) => *first,

@@ -89,6 +89,17 @@ impl LogStoreError {
     }
 }
 
+impl From<pier_store::wal::WalError> for LogStoreError {
+    fn from(e: pier_store::wal::WalError) -> Self {
+        use pier_store::wal::WalError;
+        match e {
+            WalError::Io { op, path, reason } => LogStoreError::Io { op, path, reason },
+            WalError::Gap { expected, got } => LogStoreError::Gap { expected, got },
+            WalError::Stopped => LogStoreError::Stopped,
+        }
+    }
+}
+
 /// A Raft group's log storage (see the module docs for the contract).
 pub trait LogStore: Send + Sync + 'static {
     /// First and last index present; `None` when the log is empty.
@@ -120,19 +131,9 @@ impl MemLogStore {
     }
 }
 
-/// Checks that `entries` continue a log whose last index is `last`.
+/// Checks that `entries` continue a log whose last index is `last` (the shared WAL's rule).
 pub(crate) fn check_continues(last: Option<u64>, entries: &[Record]) -> Result<(), LogStoreError> {
-    let first = match (last, entries.first()) {
-        (Some(l), _) => l + 1,
-        (None, Some((first, _))) => *first,
-        (None, None) => return Ok(()),
-    };
-    for ((i, _), expected) in entries.iter().zip(first..) {
-        if *i != expected {
-            return Err(LogStoreError::Gap { expected, got: *i });
-        }
-    }
-    Ok(())
+    Ok(pier_store::wal::check_continues(last, entries)?)
 }
 
 impl LogStore for MemLogStore {

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use pier_store::wal::{GroupLog, WalError};
+use pier_store::wal::GroupLog;
 
 use super::log_store::{Durable, LogStore, LogStoreError, MetaKey, Record};
 
@@ -30,16 +30,8 @@ fn key(k: MetaKey) -> u8 {
     }
 }
 
-fn error(e: WalError) -> LogStoreError {
-    match e {
-        WalError::Io { op, path, reason } => LogStoreError::Io { op, path, reason },
-        WalError::Gap { expected, got } => LogStoreError::Gap { expected, got },
-        WalError::Stopped => LogStoreError::Stopped,
-    }
-}
-
 fn durable(d: Durable) -> pier_store::wal::WalDurable {
-    Box::new(move |r| d(r.map_err(error)))
+    Box::new(move |r| d(r.map_err(LogStoreError::from)))
 }
 
 impl LogStore for WalLogStore {
@@ -52,19 +44,23 @@ impl LogStore for WalLogStore {
     }
 
     fn append(&self, entries: Vec<Record>, d: Durable) -> Result<(), LogStoreError> {
-        self.group.append(entries, durable(d)).map_err(error)
+        self.group
+            .append(entries, durable(d))
+            .map_err(LogStoreError::from)
     }
 
     fn truncate(&self, from: u64) -> Result<(), LogStoreError> {
-        self.group.truncate(from).map_err(error)
+        self.group.truncate(from).map_err(LogStoreError::from)
     }
 
     fn purge(&self, upto: u64) -> Result<(), LogStoreError> {
-        self.group.purge(upto).map_err(error)
+        self.group.purge(upto).map_err(LogStoreError::from)
     }
 
     fn save(&self, k: MetaKey, value: Bytes, d: Durable) -> Result<(), LogStoreError> {
-        self.group.save(key(k), value, durable(d)).map_err(error)
+        self.group
+            .save(key(k), value, durable(d))
+            .map_err(LogStoreError::from)
     }
 
     fn load(&self, k: MetaKey) -> Option<Bytes> {
