@@ -15,7 +15,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pier_broker::message::Message;
-use pier_wire::{decode_field_table, encode_field_table, BasicProperties, FieldTable, ShortString};
+use pier_broker::queue::engine::ConsumerSettings;
+use pier_wire::{decode_field_table, encode_field_table, BasicProperties, ShortString};
 
 const VERSION: u8 = 1;
 
@@ -33,14 +34,7 @@ pub enum QueueOp {
     },
     Checkout {
         consumer: u64,
-        tag: ShortString,
-        connection: u64,
-        ack_required: bool,
-        exclusive: bool,
-        prefetch: u32,
-        priority: i32,
-        arguments: FieldTable,
-        credit: Option<u32>,
+        settings: ConsumerSettings,
     },
     Cancel {
         consumer: u64,
@@ -165,32 +159,22 @@ impl QueueEntry {
                 put_bytes32(out, properties, "properties")?;
                 put_bytes32(out, body, "body")?;
             }
-            QueueOp::Checkout {
-                consumer,
-                tag,
-                connection,
-                ack_required,
-                exclusive,
-                prefetch,
-                priority,
-                arguments,
-                credit,
-            } => {
+            QueueOp::Checkout { consumer, settings } => {
                 out.put_u64_le(*consumer);
-                put_str8(out, tag);
-                out.put_u64_le(*connection);
+                put_str8(out, &settings.tag);
+                out.put_u64_le(settings.connection);
                 out.put_u8(
-                    u8::from(*ack_required)
-                        | u8::from(*exclusive) << 1
-                        | u8::from(credit.is_some()) << 2,
+                    u8::from(settings.ack_required)
+                        | u8::from(settings.exclusive) << 1
+                        | u8::from(settings.credit.is_some()) << 2,
                 );
-                out.put_u32_le(*prefetch);
-                out.put_i32_le(*priority);
+                out.put_u32_le(settings.prefetch);
+                out.put_i32_le(settings.priority);
                 let mut table = BytesMut::new();
-                encode_field_table(&mut table, arguments)
+                encode_field_table(&mut table, &settings.arguments)
                     .map_err(|_| EntryError::TooLong("arguments"))?;
                 put_bytes32(out, &table, "arguments")?;
-                out.put_u32_le(credit.unwrap_or(0));
+                out.put_u32_le(settings.credit.unwrap_or(0));
             }
             QueueOp::Cancel { consumer } | QueueOp::PublisherDown(consumer) => {
                 out.put_u64_le(*consumer);
@@ -260,14 +244,16 @@ impl QueueEntry {
                 let credit = r.u32("credit")?;
                 QueueOp::Checkout {
                     consumer,
-                    tag,
-                    connection,
-                    ack_required: flags & 1 != 0,
-                    exclusive: flags & 2 != 0,
-                    prefetch,
-                    priority,
-                    arguments,
-                    credit: (flags & 4 != 0).then_some(credit),
+                    settings: ConsumerSettings {
+                        tag,
+                        connection,
+                        ack_required: flags & 1 != 0,
+                        exclusive: flags & 2 != 0,
+                        prefetch,
+                        priority,
+                        arguments,
+                        credit: (flags & 4 != 0).then_some(credit),
+                    },
                 }
             }
             3 => QueueOp::Cancel {
@@ -391,6 +377,7 @@ impl Reader<'_> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 pub(crate) mod tests {
     use super::*;
+    use pier_wire::FieldTable;
     use proptest::prelude::*;
 
     pub(crate) fn op_strategy() -> impl Strategy<Value = QueueOp> {
@@ -417,14 +404,16 @@ pub(crate) mod tests {
                 .prop_map(|(consumer, ack_required, prefetch, credit)| {
                     QueueOp::Checkout {
                         consumer,
-                        tag: ShortString::from(format!("ctag-{consumer}").as_str()),
-                        connection: 7,
-                        ack_required,
-                        exclusive: false,
-                        prefetch,
-                        priority: 0,
-                        arguments: FieldTable::new(),
-                        credit,
+                        settings: ConsumerSettings {
+                            tag: ShortString::from(format!("ctag-{consumer}").as_str()),
+                            connection: 7,
+                            ack_required,
+                            exclusive: false,
+                            prefetch,
+                            priority: 0,
+                            arguments: FieldTable::new(),
+                            credit,
+                        },
                     }
                 }),
             (0..4u64).prop_map(|consumer| QueueOp::Cancel { consumer }),

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use pier_broker::queue::engine::{
-    Command, ConsumerSettings, Context, Effect, EngineConfig, OpenGate, PublisherSeq, QueueEngine,
-    Refusal, Reply, Snapshot, StoreMode,
+    Command, Context, Effect, EngineConfig, OpenGate, PublisherSeq, QueueEngine, Refusal, Reply,
+    Snapshot, StoreMode,
 };
 
 use super::entry::{message_of, QueueEntry, QueueOp};
@@ -96,29 +96,10 @@ impl QueueMachine {
                 // same (nothing), so members do not diverge.
                 None => Ok(Reply::Done),
             },
-            QueueOp::Checkout {
-                consumer,
-                tag,
-                connection,
-                ack_required,
-                exclusive,
-                prefetch,
-                priority,
-                arguments,
-                credit,
-            } => self.engine.apply(
+            QueueOp::Checkout { consumer, settings } => self.engine.apply(
                 Command::Checkout {
                     consumer: *consumer,
-                    settings: ConsumerSettings {
-                        tag: tag.clone(),
-                        connection: *connection,
-                        ack_required: *ack_required,
-                        exclusive: *exclusive,
-                        prefetch: *prefetch,
-                        priority: *priority,
-                        arguments: arguments.clone(),
-                        credit: *credit,
-                    },
+                    settings: settings.clone(),
                 },
                 &mut cx,
                 &mut self.effects,
@@ -195,7 +176,7 @@ mod tests {
     use crate::quorum::entry::tests::op_strategy;
     use bytes::Bytes;
     use pier_broker::args::QueueConfig;
-    use pier_broker::queue::engine::Delivered;
+    use pier_broker::queue::engine::{ConsumerSettings, Delivered};
     use pier_wire::{BasicProperties, FieldTable, ShortString};
     use proptest::prelude::*;
 
@@ -223,14 +204,16 @@ mod tests {
             unix: 0,
             op: QueueOp::Checkout {
                 consumer,
-                tag: ShortString::from("ctag"),
-                connection: 1,
-                ack_required: true,
-                exclusive: false,
-                prefetch,
-                priority: 0,
-                arguments: FieldTable::new(),
-                credit: None,
+                settings: ConsumerSettings {
+                    tag: ShortString::from("ctag"),
+                    connection: 1,
+                    ack_required: true,
+                    exclusive: false,
+                    prefetch,
+                    priority: 0,
+                    arguments: FieldTable::new(),
+                    credit: None,
+                },
             },
         }
     }
