@@ -40,4 +40,19 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
     /// A durable auto-delete exchange lost its last binding on this node: propose its
     /// deletion (the cluster deletes it everywhere).
     fn delete_exchange(&self, vhost: &str, exchange: &str);
+
+    /// The message path of a replicated quorum queue (a Raft group of several members): on
+    /// every node, its handle is a remote one over this link, whose home is the group's
+    /// leader. `None` for every other queue.
+    fn quorum_link(
+        &self,
+        _vhost: &str,
+        _queue: &str,
+        _config: &crate::args::QueueConfig,
+    ) -> Option<Arc<dyn QueueLink>> {
+        None
+    }
+
+    /// A durable queue was deleted by the cluster (its replication, if any, stops here).
+    fn queue_removed(&self, _vhost: &str, _queue: &str) {}
 }

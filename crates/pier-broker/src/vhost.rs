@@ -809,10 +809,14 @@ impl VHost {
         d: &QueueDeclare,
         name: &str,
         home: Option<&str>,
+        config: &crate::args::QueueConfig,
     ) -> Option<Arc<dyn crate::queue::QueueLink>> {
         let cluster = self.cluster.get()?;
         if !d.durable || d.exclusive {
             return None;
+        }
+        if let Some(link) = cluster.quorum_link(&self.name, name, config) {
+            return Some(link);
         }
         let home = match home {
             Some(h) => h.to_owned(),
@@ -942,7 +946,7 @@ impl VHost {
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
         };
-        let queue = match self.remote_home(d, &name, home) {
+        let queue = match self.remote_home(d, &name, home, &config) {
             // A stream homed elsewhere too: its log is on its home node.
             Some(link) => {
                 Queue::remote(name.clone(), self.name.clone(), kind, options, config, link)

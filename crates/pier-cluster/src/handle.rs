@@ -438,6 +438,112 @@ impl ClusterHandle {
         }
     }
 
+    /// The members of a queue declared through this node: this node first, then (for a
+    /// replicated quorum queue, `--quorum-replication`) the other running members in name
+    /// order, up to `group_size` (RabbitMQ's `x-quorum-initial-group-size`, default 3,
+    /// capped at the cluster size).
+    pub fn queue_members(&self, quorum: bool, group_size: Option<u64>) -> Vec<String> {
+        let me = self.node.me.name.clone();
+        if !quorum || !self.node.config.quorum_replication {
+            return vec![me];
+        }
+        let size = usize::try_from(group_size.unwrap_or(3)).unwrap_or(usize::MAX);
+        let mut others: Vec<String> = self
+            .node
+            .members()
+            .into_iter()
+            .filter(|(id, p, _)| p.name != me && self.node.is_running(*id))
+            .map(|(_, p, _)| p.name)
+            .collect();
+        others.sort();
+        let mut members = vec![me];
+        members.extend(others.into_iter().take(size.saturating_sub(1)));
+        members
+    }
+
+    /// A replicated quorum queue's members and its leader as this node knows it; `None`
+    /// for any other queue.
+    pub fn quorum_queue(&self, vhost: &str, name: &str) -> Option<(Vec<String>, Option<String>)> {
+        let home = self.node.applier.catalog().queue_home(vhost, name)?;
+        if home.group == 0 {
+            return None;
+        }
+        let leader = self.node.queues.quorum.leader_of(vhost, name);
+        Some((home.members, leader))
+    }
+
+    /// Every member's view of a replicated quorum queue's group (RabbitMQ's
+    /// `rabbitmq-queues quorum_status`): one row per member, `Err` where it did not answer.
+    pub async fn quorum_status(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Option<Vec<(String, Result<crate::rpc::GroupStatus, String>)>> {
+        let home = self.node.applier.catalog().queue_home(vhost, name)?;
+        if home.group == 0 {
+            return None;
+        }
+        let peers = self.node.members();
+        let mut rows = Vec::new();
+        for member in &home.members {
+            let row = if *member == self.node.me.name {
+                self.node
+                    .queues
+                    .quorum
+                    .group_status(home.group)
+                    .ok_or_else(|| "not started".to_owned())
+            } else {
+                match peers.iter().find(|(_, p, _)| p.name == *member) {
+                    None => Err("not a cluster member".to_owned()),
+                    Some((id, p, _)) => match self
+                        .node
+                        .transport
+                        .call(
+                            *id,
+                            &p.addr,
+                            &crate::rpc::Request::QueueStatus { group: home.group },
+                            Duration::from_secs(5),
+                        )
+                        .await
+                    {
+                        Ok(crate::rpc::Response::QueueStatus(Some(s))) => Ok(s),
+                        Ok(crate::rpc::Response::QueueStatus(None)) => {
+                            Err("not started".to_owned())
+                        }
+                        Ok(_) => Err("unexpected answer".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                }
+            };
+            rows.push((member.clone(), row));
+        }
+        Some(rows)
+    }
+
+    /// The replicated quorum queues that would lose their majority if this node stopped
+    /// (RabbitMQ's `node-is-quorum-critical`): (vhost, name) of each, where this node is a
+    /// member and fewer than a majority of the members are running besides it.
+    pub fn quorum_critical(&self) -> Vec<(String, String)> {
+        let me = &self.node.me.name;
+        self.node
+            .applier
+            .catalog()
+            .state()
+            .queue_homes
+            .into_iter()
+            .filter(|(_, h)| h.group != 0 && h.members.contains(me))
+            .filter(|(_, h)| {
+                let others = h
+                    .members
+                    .iter()
+                    .filter(|m| *m != me && self.is_running(m))
+                    .count();
+                others < h.members.len() / 2 + 1
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
     /// Every member's name and whether it is running (answered lately; this node is).
     pub fn members(&self) -> Vec<(String, bool)> {
         let mut v: Vec<(String, bool)> = self

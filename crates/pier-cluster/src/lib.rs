@@ -51,5 +51,5 @@ pub use error::{ClusterError, MetadataError};
 pub use front::Metadata;
 pub use handle::{Applied, ClusterHandle, ClusterStatus, MemberStatus};
 pub use node::{ClusterConfig, Prepared, Reporter};
-pub use rpc::NodeReport;
+pub use rpc::{GroupStatus, NodeReport};
 pub use transport::ClusterTls;

@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     pub propose_timeout: Duration,
     /// Mutual TLS between nodes (when the node has TLS configured); `None`: plain TCP.
     pub tls: Option<crate::transport::ClusterTls>,
+    /// Quorum queues declared through this node are Raft groups over several members
+    /// (`--quorum-replication`; off: a group of one on the declaring node, as before).
+    pub quorum_replication: bool,
 }
 
 /// The node's own figures, for its peers' `/api/nodes` (set by the management layer).
@@ -234,6 +237,7 @@ async fn open_raft(
         Arc::new(raft_config),
         NetworkFactory {
             transport: transport.clone(),
+            route: crate::raft::network::MetadataRoute,
         },
         log,
         sm,
@@ -275,7 +279,11 @@ pub(crate) fn prepare(
     catalog
         .attach(Arc::clone(defs))
         .map_err(|e| setup("reading the catalog", e))?;
-    let queues = QueueService::new(config.node_name.clone(), Arc::clone(&catalog));
+    let queues = QueueService::new(
+        config.node_name.clone(),
+        Arc::clone(&catalog),
+        config.dir.clone(),
+    );
     Ok(Prepared { catalog, queues })
 }
 
@@ -712,6 +720,15 @@ impl Handler for NodeHandler {
                 Request::Join(peer) => Response::Join(handle_join(&n, peer).await),
                 Request::Forget(name) => Response::Forget(forget_on_leader(&n, &name).await),
                 Request::Status => Response::Status(Box::new(n.local_report())),
+                Request::QueueRaft { group, request } => {
+                    n.queues.quorum.serve_raft(group, *request).await
+                }
+                Request::QueueWrite { group, entries } => {
+                    n.queues.quorum.serve_write(group, entries).await
+                }
+                Request::QueueStatus { group } => {
+                    Response::QueueStatus(n.queues.quorum.group_status(group))
+                }
             }
         })
     }

@@ -4,12 +4,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::quorum::QueueEntry;
 use crate::raft::network::{RaftRequest, RaftResponse};
+use crate::raft::queue_group::{QueueReply, QueueTypeConfig};
 use crate::raft::{PeerNode, Proposal};
 
 /// Bumped on an incompatible change of anything in this file; peers speaking another
 /// version are refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
@@ -49,6 +51,21 @@ pub enum Request {
     /// Liveness: answered at once (a partition that drops packets leaves TCP connections
     /// open; pings tell which peers really answer).
     Ping,
+    /// A Raft RPC of a quorum queue's group.
+    QueueRaft {
+        group: u64,
+        request: Box<RaftRequest<QueueTypeConfig>>,
+    },
+    /// To a quorum queue's leader (or a member, which passes it on): append this entry and
+    /// answer once it is committed and applied there.
+    QueueWrite {
+        group: u64,
+        entries: Vec<QueueEntry>,
+    },
+    /// A member's view of a quorum queue's group (`quorum_status`).
+    QueueStatus {
+        group: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +82,21 @@ pub enum Response {
     },
     /// The request was not accepted (for instance a vote request from a non-member).
     Refused(String),
+    /// One answer per entry, in order.
+    QueueWrite(Result<Vec<QueueReply>, ForwardError>),
+    QueueStatus(Option<GroupStatus>),
+}
+
+/// One member's view of a quorum queue's Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// `leader`, `follower`, `candidate`, `learner`.
+    pub state: String,
+    pub term: u64,
+    pub last_log_index: u64,
+    /// The last entry this member applied (every member applies only committed entries).
+    pub commit_index: u64,
+    pub leader: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

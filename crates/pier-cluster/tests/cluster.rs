@@ -52,6 +52,7 @@ async fn start(name: &str, port: u16, peers: &[u16]) -> TestNode {
         cluster_name: None,
         propose_timeout: Duration::from_secs(5),
         tls: None,
+        quorum_replication: false,
     };
     let handle = ClusterHandle::start(
         config,

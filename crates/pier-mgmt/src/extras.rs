@@ -594,16 +594,92 @@ pub async fn health_protocol_listener(
     }))
 }
 
-/// node-is-quorum-critical and node-is-mirror-sync-critical: a single node is never critical
-/// for others (RabbitMQ's answer on a single-node cluster). A clustered node has no
-/// replicated queues yet (quorum queues are the next step), so none depends on it either.
+/// node-is-mirror-sync-critical: Pier has no mirrored classic queues, so no node is.
 pub async fn health_single_node(State(st): State<AppState>) -> Response {
     let reason = if st.cluster().is_some() {
-        "no quorum queues on this node"
+        "no mirrored classic queues on this node"
     } else {
         "single node cluster"
     };
     json::ok(json!({"status": "ok", "reason": reason}))
+}
+
+/// node-is-quorum-critical: 503 with the replicated quorum queues that would lose their
+/// majority if this node stopped, RabbitMQ's text and shape; a single node never is.
+pub async fn health_quorum_critical(State(st): State<AppState>) -> Response {
+    let Some(c) = st.cluster() else {
+        return json::ok(json!({"status": "ok", "reason": "single node cluster"}));
+    };
+    let critical = c.quorum_critical();
+    if critical.is_empty() {
+        return json::ok(json!({"status": "ok"}));
+    }
+    let queues: Vec<Value> = critical
+        .iter()
+        .map(|(vhost, name)| {
+            json!({
+                "name": name,
+                "readable_name": format!("queue '{name}' in vhost '{vhost}'"),
+                "virtual_host": vhost,
+                "type": "quorum",
+            })
+        })
+        .collect();
+    let mut r = json::ok(json!({
+        "status": "failed",
+        "reason": "There are quorum queues that would lose their quorum if the target node is shut down",
+        "queues": queues,
+    }));
+    *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    r
+}
+
+/// GET /api/queues/{vhost}/{name}/quorum-status (Pier's; `pier ctl quorum_status`): one
+/// row per member of a replicated quorum queue's Raft group.
+pub async fn quorum_status(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let vh = crate::auth::view_vhost(&st.broker, &user, &vhost)?;
+    let q = crate::topology::find_queue(&vh, &name)?;
+    if q.kind() != pier_broker::queue::QueueType::Quorum {
+        return Err(ApiError::bad_request(format!(
+            "queue '{name}' in vhost '{vhost}' is not a quorum queue"
+        )));
+    }
+    let rows = match st.cluster() {
+        Some(c) => c.quorum_status(&vhost, &name).await,
+        None => None,
+    };
+    // Not replicated: a group of one, this node, which leads.
+    let rows = rows.unwrap_or_else(|| {
+        vec![(
+            q.home_node().map_or_else(|| st.node.clone(), str::to_owned),
+            Ok(pier_cluster::GroupStatus {
+                state: "leader".into(),
+                term: 1,
+                last_log_index: 0,
+                commit_index: 0,
+                leader: None,
+            }),
+        )]
+    });
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(node, r)| match r {
+            Ok(s) => json!({
+                "node": node,
+                "raft_state": s.state,
+                "term": s.term,
+                "last_log_index": s.last_log_index,
+                "commit_index": s.commit_index,
+                "leader": s.leader,
+            }),
+            Err(e) => json!({"node": node, "raft_state": "noproc", "error": e}),
+        })
+        .collect();
+    Ok(json::ok(Value::Array(items)))
 }
 
 // ---- nodes ----

@@ -400,6 +400,10 @@ fn router(state: AppState) -> Router {
             "/queues/{vhost}/{name}/actions",
             post(extras::queue_actions),
         )
+        .route(
+            "/queues/{vhost}/{name}/quorum-status",
+            get(extras::quorum_status),
+        )
         .route("/exchanges", get(topology::exchanges))
         .route("/exchanges/{vhost}", get(topology::vhost_exchanges))
         .route(
@@ -491,7 +495,7 @@ fn router(state: AppState) -> Router {
         )
         .route(
             "/health/checks/node-is-quorum-critical",
-            get(extras::health_single_node),
+            get(extras::health_quorum_critical),
         )
         .route(
             "/health/checks/node-is-mirror-sync-critical",

@@ -290,12 +290,29 @@ pub(crate) fn queue_json(
         "single_active_consumer_tag": q.active_consumer_tag().map(|t| t.to_string()),
     });
     if q.kind() == pier_broker::queue::QueueType::Quorum {
-        // A quorum queue is a group of one member today: its home node, leader and online.
+        let replicated = state
+            .cluster()
+            .and_then(|c| c.quorum_queue(vhost, q.name()).map(|r| (c, r)));
         if let Some(m) = v.as_object_mut() {
-            let node = m.get("node").cloned().unwrap_or(Value::Null);
-            m.insert("leader".into(), node.clone());
-            m.insert("members".into(), json!([node.clone()]));
-            m.insert("online".into(), json!([node]));
+            match replicated {
+                // A Raft group: its leader is the queue's node, as in RabbitMQ.
+                Some((c, (members, leader))) => {
+                    let online: Vec<&String> = members.iter().filter(|n| c.is_running(n)).collect();
+                    if let Some(l) = &leader {
+                        m.insert("node".into(), json!(l));
+                    }
+                    m.insert("leader".into(), json!(leader));
+                    m.insert("online".into(), json!(online));
+                    m.insert("members".into(), json!(members));
+                }
+                // A group of one member: its home node, leader and online.
+                None => {
+                    let node = m.get("node").cloned().unwrap_or(Value::Null);
+                    m.insert("leader".into(), node.clone());
+                    m.insert("members".into(), json!([node.clone()]));
+                    m.insert("online".into(), json!([node]));
+                }
+            }
         }
     }
     let c = q.counters();
@@ -392,7 +409,7 @@ pub async fn vhost_queues(
     json::list(items, &q)
 }
 
-fn find_queue(vh: &VHost, name: &str) -> ApiResult<Arc<Queue>> {
+pub(crate) fn find_queue(vh: &VHost, name: &str) -> ApiResult<Arc<Queue>> {
     vh.queues()
         .into_iter()
         .find(|q| q.name().as_str() == name)

@@ -124,6 +124,11 @@ struct ServerArgs {
     /// hostname when binding all interfaces), with the cluster port.
     #[arg(long, env = "PIER_CLUSTER_ADVERTISE")]
     cluster_advertise: Option<String>,
+    /// Cluster: quorum queues declared through this node are Raft groups over several
+    /// members (x-quorum-initial-group-size, default 3) instead of one member (preview,
+    /// docs/quorum-queues.md).
+    #[arg(long, env = "PIER_QUORUM_REPLICATION")]
+    quorum_replication: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -696,6 +701,7 @@ fn cluster_config(
         cluster_name: Some(server.cluster_name.clone()),
         propose_timeout: std::time::Duration::from_millis(f.propose_timeout.unwrap_or(5000)),
         tls,
+        quorum_replication: args.quorum_replication || f.quorum_replication.unwrap_or(false),
     }))
 }
 

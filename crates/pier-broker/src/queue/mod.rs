@@ -366,7 +366,7 @@ impl Queue {
 
     /// The message as this queue delivers it: a quorum queue adds `x-delivery-count` (how
     /// often it came back) from the first redelivery on, as RabbitMQ 4 does.
-    pub(crate) fn as_delivered(&self, message: Arc<Message>, returns: u32) -> Arc<Message> {
+    pub fn as_delivered(&self, message: Arc<Message>, returns: u32) -> Arc<Message> {
         if self.kind != QueueType::Quorum || returns == 0 {
             return message;
         }

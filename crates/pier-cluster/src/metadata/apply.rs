@@ -64,6 +64,10 @@ pub struct Applier {
     broker: Arc<Broker>,
     catalog: Arc<Catalog>,
     hooks: Option<Arc<dyn Hooks>>,
+    /// The log index of the entry being applied (0 outside Raft): a replicated quorum
+    /// queue's group id is the index of its declaration, the same on every node and never
+    /// reused.
+    index: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -78,7 +82,17 @@ impl Applier {
             broker,
             catalog,
             hooks,
+            index: Arc::default(),
         }
+    }
+
+    /// Applies the command of the log entry at `index`.
+    pub fn apply_at(&self, index: u64, cmd: &MetadataCommand) -> Result<Outcome, CommandError> {
+        self.index
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+        let out = self.apply(cmd);
+        self.index.store(0, std::sync::atomic::Ordering::Relaxed);
+        out
     }
 
     pub fn broker(&self) -> &Arc<Broker> {
@@ -288,22 +302,42 @@ impl Applier {
                 if *checked {
                     pier_broker::names::check_not_reserved(ObjectKind::Queue, name)?;
                 }
-                // A durable queue lives on its home node; the others get a remote handle.
-                let declared = if *durable {
-                    vh.declare_queue_at(&d, home)?
+                // A quorum queue with several members is a Raft group: its id is this
+                // entry's index. The home is recorded first, so that the declaration finds
+                // the group (every node's handle is then a link to its leader).
+                let index = self.index.load(std::sync::atomic::Ordering::Relaxed);
+                let fresh = *durable && vh.find_queue(name).is_none();
+                let group = if fresh && members.len() > 1 && index > 0 {
+                    index
                 } else {
-                    vh.declare_queue(&d)?
+                    0
                 };
-                if declared.created && *durable {
+                if fresh {
                     self.catalog.set_queue_home(
                         vhost,
                         name,
                         QueueHome {
                             home: home.clone(),
                             members: members.clone(),
+                            group,
                         },
                     );
                 }
+                // A durable queue lives on its home node; the others get a remote handle.
+                let declared = if *durable {
+                    vh.declare_queue_at(&d, home)
+                } else {
+                    vh.declare_queue(&d)
+                };
+                let declared = match declared {
+                    Ok(d) => d,
+                    Err(e) => {
+                        if fresh {
+                            self.catalog.forget_queue(vhost, name);
+                        }
+                        return Err(e.into());
+                    }
+                };
                 Ok(Outcome::Created(declared.created))
             }
             C::DeleteQueue { vhost, name } => {
@@ -312,6 +346,9 @@ impl Applier {
                     return Ok(Outcome::Removed(false));
                 };
                 vh.remove_queue(&q);
+                if let Some(c) = self.broker.cluster() {
+                    c.queue_removed(vhost, name);
+                }
                 self.catalog.forget_queue(vhost, name);
                 Ok(Outcome::Removed(true))
             }

@@ -35,6 +35,9 @@ pub struct QueueHome {
     pub home: String,
     #[serde(default)]
     pub members: Vec<String>,
+    /// A replicated quorum queue's Raft group (0: not replicated).
+    #[serde(default)]
+    pub group: u64,
 }
 
 /// Everything the catalog holds: part of every metadata snapshot.
@@ -275,6 +278,7 @@ mod tests {
         let home = QueueHome {
             home: "n1".into(),
             members: vec!["n1".into()],
+            group: 7,
         };
         c.set_queue_home("a\"b", "q", home.clone());
         c.set_queue_home("a", "q", home.clone());

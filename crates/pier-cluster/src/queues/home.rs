@@ -331,6 +331,8 @@ impl Served {
             }
             // Client-side messages never reach here (mod.rs routes them).
             LaneMsg::Deliver { .. }
+            | LaneMsg::QuorumDeliver { .. }
+            | LaneMsg::QuorumCancelled { .. }
             | LaneMsg::Cancelled { .. }
             | LaneMsg::Confirms { .. }
             | LaneMsg::Reply { .. } => {}

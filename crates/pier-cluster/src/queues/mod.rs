@@ -60,6 +60,8 @@ pub struct QueueService {
     clients: Mutex<HashMap<String, Arc<NodeLink>>>,
     /// Home side: what each connection's peer has here (by connection id).
     served: Mutex<HashMap<u64, Arc<Served>>>,
+    /// Replicated quorum queues (Raft groups) of this node.
+    pub(crate) quorum: Arc<crate::quorum::service::QuorumService>,
 }
 
 impl std::fmt::Debug for QueueService {
@@ -76,9 +78,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl QueueService {
     /// Must be called on the tokio runtime (it keeps a handle to it).
-    pub(crate) fn new(me: String, catalog: Arc<Catalog>) -> Arc<Self> {
+    pub(crate) fn new(me: String, catalog: Arc<Catalog>, dir: std::path::PathBuf) -> Arc<Self> {
         Arc::new_cyclic(|this| QueueService {
             this: this.clone(),
+            quorum: crate::quorum::service::QuorumService::new(me.clone(), dir, this.clone()),
             me,
             catalog,
             node: OnceLock::new(),
@@ -130,6 +133,9 @@ impl QueueService {
             }
         };
         match msg {
+            LaneMsg::QuorumDeliver { .. } | LaneMsg::QuorumCancelled { .. } => {
+                self.quorum.lane(msg);
+            }
             LaneMsg::Deliver { .. }
             | LaneMsg::Cancelled { .. }
             | LaneMsg::Confirms { .. }
@@ -223,6 +229,23 @@ impl Cluster for QueueService {
 
     fn link(&self, node: &str) -> Arc<dyn QueueLink> {
         self.client(node)
+    }
+
+    fn quorum_link(
+        &self,
+        vhost: &str,
+        queue: &str,
+        config: &pier_broker::QueueConfig,
+    ) -> Option<Arc<dyn QueueLink>> {
+        let home = self.catalog.queue_home(vhost, queue)?;
+        let config = pier_broker::queue::EngineConfig::quorum(config.clone());
+        self.quorum
+            .link(vhost, queue, &home, Some(config))
+            .map(|l| l as Arc<dyn QueueLink>)
+    }
+
+    fn queue_removed(&self, vhost: &str, queue: &str) {
+        self.quorum.remove(vhost, queue);
     }
 
     fn delete_queue(&self, vhost: &str, queue: &str, reason: &'static str) {

@@ -138,6 +138,25 @@ pub enum LaneMsg {
     Cancelled {
         consumer: u64,
     },
+    /// From a quorum queue's leader: a delivery to a consumer of the receiving node (its own
+    /// consumer id), in the leader's term (the session its settlements must name).
+    QuorumDeliver {
+        vhost: String,
+        queue: String,
+        term: u64,
+        consumer: u64,
+        offset: u64,
+        redelivered: bool,
+        ack_required: bool,
+        enqueued_at: u32,
+        message: Arc<Message>,
+    },
+    /// From a quorum queue's leader: the queue cancelled that consumer of the receiving node.
+    QuorumCancelled {
+        vhost: String,
+        queue: String,
+        consumer: u64,
+    },
     Confirms {
         confirms: Vec<(u64, bool)>,
     },
@@ -160,6 +179,8 @@ const CANCELLED: u8 = 10;
 const CONFIRMS: u8 = 11;
 const REPLY: u8 = 12;
 const STATS_ALL: u8 = 13;
+const QUORUM_DELIVER: u8 = 14;
+const QUORUM_CANCELLED: u8 = 15;
 
 const R_DONE: u8 = 0;
 const R_ERROR: u8 = 1;
@@ -334,6 +355,37 @@ pub fn encode(msg: &LaneMsg) -> Result<Bytes, WireError> {
         LaneMsg::StatsAll { req } => {
             out.put_u8(STATS_ALL);
             out.put_u64(*req);
+        }
+        LaneMsg::QuorumDeliver {
+            vhost,
+            queue,
+            term,
+            consumer,
+            offset,
+            redelivered,
+            ack_required,
+            enqueued_at,
+            message,
+        } => {
+            out.put_u8(QUORUM_DELIVER);
+            put_str(&mut out, vhost);
+            put_str(&mut out, queue);
+            out.put_u64(*term);
+            out.put_u64(*consumer);
+            out.put_u64(*offset);
+            out.put_u8(u8::from(*redelivered) | (u8::from(*ack_required) << 1));
+            out.put_u32(*enqueued_at);
+            put_message(&mut out, message);
+        }
+        LaneMsg::QuorumCancelled {
+            vhost,
+            queue,
+            consumer,
+        } => {
+            out.put_u8(QUORUM_CANCELLED);
+            put_str(&mut out, vhost);
+            put_str(&mut out, queue);
+            out.put_u64(*consumer);
         }
         LaneMsg::Deliver {
             consumer,
@@ -590,6 +642,31 @@ pub fn decode(payload: Bytes) -> Result<LaneMsg, WireError> {
             touch: r.u8()? != 0,
         },
         STATS_ALL => LaneMsg::StatsAll { req: r.u64()? },
+        QUORUM_DELIVER => {
+            let vhost = r.string()?;
+            let queue = r.string()?;
+            let term = r.u64()?;
+            let consumer = r.u64()?;
+            let offset = r.u64()?;
+            let flags = r.u8()?;
+            let enqueued_at = r.u32()?;
+            LaneMsg::QuorumDeliver {
+                vhost,
+                queue,
+                term,
+                consumer,
+                offset,
+                redelivered: flags & 1 != 0,
+                ack_required: flags & 2 != 0,
+                enqueued_at,
+                message: r.message()?,
+            }
+        }
+        QUORUM_CANCELLED => LaneMsg::QuorumCancelled {
+            vhost: r.string()?,
+            queue: r.string()?,
+            consumer: r.u64()?,
+        },
         DELIVER => {
             let consumer = r.u64()?;
             let offset = r.u64()?;

@@ -17,6 +17,7 @@
 
 pub mod entry;
 pub mod machine;
+pub(crate) mod service;
 
-pub use entry::{QueueEntry, QueueOp};
+pub use entry::{message_of, QueueEntry, QueueOp};
 pub use machine::{Applied, QueueMachine};

@@ -3,15 +3,30 @@
 //! before entries are dropped, so a restart never sees a log that starts later than it says.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{
+    AnyError, LogState, OptionalSend, RaftLogReader, RaftTypeConfig, StorageIOError, Vote,
+};
 
 use super::log_store::{LogStore, LogStoreError, MetaKey};
-use super::{Entry, LogId, StorageError, TypeConfig};
+use super::{LogId, StorageError, TypeConfig};
+
+/// The group types a [`RaftLog`] can hold: any of Pier's (the metadata group's
+/// [`TypeConfig`], a quorum queue's `QueueTypeConfig`), which share node ids and entries.
+pub trait GroupTypes:
+    RaftTypeConfig<NodeId = u64, Entry = openraft::Entry<Self>, Node = super::PeerNode>
+{
+}
+
+impl<C> GroupTypes for C where
+    C: RaftTypeConfig<NodeId = u64, Entry = openraft::Entry<C>, Node = super::PeerNode>
+{
+}
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(AnyError::new(&e)).into()
@@ -31,24 +46,29 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     rmp_serde::from_slice(b)
 }
 
-/// The metadata group's log: a [`LogStore`] seen through openraft's storage traits.
-pub struct RaftLog<S: LogStore> {
+/// A group's log: a [`LogStore`] seen through openraft's storage traits.
+pub struct RaftLog<S: LogStore, C = TypeConfig> {
     store: Arc<S>,
+    types: PhantomData<fn() -> C>,
 }
 
-impl<S: LogStore> Clone for RaftLog<S> {
+impl<S: LogStore, C> Clone for RaftLog<S, C> {
     fn clone(&self) -> Self {
         RaftLog {
             store: Arc::clone(&self.store),
+            types: PhantomData,
         }
     }
 }
 
-impl<S: LogStore> RaftLog<S> {
+impl<S: LogStore, C> RaftLog<S, C> {
     /// Wraps `store`, dropping entries a saved purge point says are gone (a store may keep
     /// them on disk a little past the purge).
     pub fn new(store: Arc<S>) -> Result<Self, StorageError> {
-        let log = RaftLog { store };
+        let log = RaftLog {
+            store,
+            types: PhantomData,
+        };
         if let Some(purged) = log.purged()? {
             log.store.purge(purged.index).map_err(write_err)?;
         }
@@ -94,30 +114,30 @@ fn range_of(range: &impl RangeBounds<u64>) -> std::ops::Range<u64> {
     start..end
 }
 
-impl<S: LogStore> RaftLogReader<TypeConfig> for RaftLog<S> {
+impl<S: LogStore, C: GroupTypes> RaftLogReader<C> for RaftLog<S, C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<openraft::Entry<C>>, StorageError> {
         let records = self.store.read(range_of(&range)).map_err(read_err)?;
         records
             .iter()
-            .map(|(_, b)| decode::<Entry>(b).map_err(read_err))
+            .map(|(_, b)| decode::<openraft::Entry<C>>(b).map_err(read_err))
             .collect()
     }
 }
 
-impl<S: LogStore> RaftLogStorage<TypeConfig> for RaftLog<S> {
+impl<S: LogStore, C: GroupTypes> RaftLogStorage<C> for RaftLog<S, C> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
         let last_purged_log_id = self.purged()?;
         let last = match self.store.bounds() {
             None => None,
             Some((_, last)) => {
                 let r = self.store.read(last..last + 1).map_err(read_err)?;
                 match r.first() {
-                    Some((_, b)) => Some(decode::<Entry>(b).map_err(read_err)?.log_id),
+                    Some((_, b)) => Some(decode::<openraft::Entry<C>>(b).map_err(read_err)?.log_id),
                     None => None,
                 }
             }
@@ -148,13 +168,9 @@ impl<S: LogStore> RaftLogStorage<TypeConfig> for RaftLog<S> {
         }
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = openraft::Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut records = Vec::new();
@@ -188,7 +204,7 @@ impl<S: LogStore> RaftLogStorage<TypeConfig> for RaftLog<S> {
 mod tests {
     use super::*;
     use crate::raft::log_store::MemLogStore;
-    use crate::raft::{Proposal, TypeConfig};
+    use crate::raft::{Entry, Proposal, TypeConfig};
     use openraft::testing::log_id;
     use openraft::EntryPayload;
 

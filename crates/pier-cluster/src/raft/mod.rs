@@ -9,13 +9,16 @@
 //!                    for the many groups of quorum queues (one fsync per batch for all)
 //!  log_adapter.rs    openraft's RaftLogStorage over any LogStore
 //!  state_machine.rs  openraft's RaftStateMachine over metadata::Applier (+ snapshots)
-//!  network.rs        openraft's RaftNetwork over the peer transport
+//!  network.rs        openraft's RaftNetwork over the peer transport (any group's RPCs)
+//!  queue_group.rs    a quorum queue's group: its types, timing, and state machine over
+//!                    quorum::QueueMachine
 //! ```
 
 pub mod file_log;
 pub mod log_adapter;
 pub mod log_store;
 pub mod network;
+pub mod queue_group;
 pub mod state_machine;
 pub mod wal_log;
 

@@ -12,15 +12,19 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{PeerNode, Raft, TypeConfig};
+use super::log_adapter::GroupTypes;
+use super::{PeerNode, TypeConfig};
 use crate::rpc::{Request, Response};
 use crate::transport::{Transport, TransportError};
 
+/// One Raft RPC of a group (the metadata group's by default; a quorum queue's group has
+/// its own types).
 #[derive(Debug, Serialize, Deserialize)]
-pub enum RaftRequest {
-    Append(AppendEntriesRequest<TypeConfig>),
+#[serde(bound = "")]
+pub enum RaftRequest<C: GroupTypes = TypeConfig> {
+    Append(AppendEntriesRequest<C>),
     Vote(VoteRequest<u64>),
-    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    Snapshot(InstallSnapshotRequest<C>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,8 +34,11 @@ pub enum RaftResponse {
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
 }
 
-/// Hands a peer's Raft RPC to the local Raft node.
-pub async fn serve(raft: &Raft, request: RaftRequest) -> RaftResponse {
+/// Hands a peer's Raft RPC to the local Raft node of its group.
+pub async fn serve<C: GroupTypes>(
+    raft: &openraft::Raft<C>,
+    request: RaftRequest<C>,
+) -> RaftResponse {
     match request {
         RaftRequest::Append(r) => RaftResponse::Append(raft.append_entries(r).await),
         RaftRequest::Vote(r) => RaftResponse::Vote(raft.vote(r).await),
@@ -39,26 +46,44 @@ pub async fn serve(raft: &Raft, request: RaftRequest) -> RaftResponse {
     }
 }
 
-/// Makes a [`PeerClient`] per target, all sharing the node's transport.
-#[derive(Clone)]
-pub struct NetworkFactory {
-    pub transport: Transport,
+/// How a group's RPCs travel in the node's request frames.
+pub trait Route<C: GroupTypes>: Clone + Send + Sync + 'static {
+    fn request(&self, r: RaftRequest<C>) -> Request;
 }
 
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerClient;
+/// The metadata group: `Request::Raft`.
+#[derive(Debug, Clone, Copy)]
+pub struct MetadataRoute;
 
-    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
+impl Route<TypeConfig> for MetadataRoute {
+    fn request(&self, r: RaftRequest<TypeConfig>) -> Request {
+        Request::Raft(r)
+    }
+}
+
+/// Makes a [`PeerClient`] per target, all sharing the node's transport.
+#[derive(Clone)]
+pub struct NetworkFactory<R = MetadataRoute> {
+    pub transport: Transport,
+    pub route: R,
+}
+
+impl<C: GroupTypes, R: Route<C>> RaftNetworkFactory<C> for NetworkFactory<R> {
+    type Network = PeerClient<R>;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient<R> {
         PeerClient {
             transport: self.transport.clone(),
+            route: self.route.clone(),
             target,
             node: node.clone(),
         }
     }
 }
 
-pub struct PeerClient {
+pub struct PeerClient<R = MetadataRoute> {
     transport: Transport,
+    route: R,
     target: u64,
     node: PeerNode,
 }
@@ -67,18 +92,21 @@ pub struct PeerClient {
 #[error("{0}")]
 struct Text(String);
 
-impl PeerClient {
-    async fn call<E: std::error::Error>(
+impl<R> PeerClient<R> {
+    async fn call<C: GroupTypes, E: std::error::Error>(
         &self,
-        request: RaftRequest,
+        request: RaftRequest<C>,
         timeout: Duration,
-    ) -> Result<RaftResponse, RPCError<u64, PeerNode, E>> {
+    ) -> Result<RaftResponse, RPCError<u64, PeerNode, E>>
+    where
+        R: Route<C>,
+    {
         let r = self
             .transport
             .call(
                 self.target,
                 &self.node.addr,
-                &Request::Raft(request),
+                &self.route.request(request),
                 timeout,
             )
             .await;
@@ -110,10 +138,10 @@ impl PeerClient {
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl<C: GroupTypes, R: Route<C>> RaftNetwork<C> for PeerClient<R> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
         match self
@@ -129,7 +157,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,

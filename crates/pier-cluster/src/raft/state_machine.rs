@@ -279,7 +279,7 @@ impl RaftStateMachine<TypeConfig> for MetadataStateMachine {
                     match &e.payload {
                         EntryPayload::Blank => {}
                         EntryPayload::Normal(p) => {
-                            let out = applier.apply(&p.command);
+                            let out = applier.apply_at(e.log_id.index, &p.command);
                             if let Err(err) = &out {
                                 tracing::debug!(
                                     index = e.log_id.index,

@@ -17,6 +17,7 @@
 mod client;
 mod cluster;
 mod output;
+mod quorum;
 mod streams;
 
 use std::io::Read;
@@ -309,6 +310,12 @@ enum CtlCommand {
         reference: String,
         columns: Vec<String>,
     },
+    /// The members of a quorum queue's Raft group (rabbitmq-queues quorum_status). Columns:
+    /// node raft_state term last_log_index commit_index leader.
+    QuorumStatus { name: String, columns: Vec<String> },
+    /// Fails (69) when stopping this node would cost a quorum queue its majority
+    /// (rabbitmq-queues check_if_node_is_quorum_critical).
+    CheckIfNodeIsQuorumCritical,
     /// The members of a stream (rabbitmq-streams stream_status). Columns: role node epoch
     /// offset committed_offset first_offset readers segments.
     StreamStatus { name: String, columns: Vec<String> },
@@ -1310,6 +1317,8 @@ impl Ctl {
                 columns,
             } => self.list_stream_group_consumers(&stream, &reference, &columns),
             CtlCommand::StreamStatus { name, columns } => self.stream_status(&name, &columns),
+            CtlCommand::QuorumStatus { name, columns } => self.quorum_status(&name, &columns),
+            CtlCommand::CheckIfNodeIsQuorumCritical => self.check_quorum_critical(),
             CtlCommand::ListStreamTracking {
                 name,
                 offset,

@@ -607,6 +607,12 @@ impl QueueEngine {
         self.checked_out.get(&offset).map(|c| c.consumer)
     }
 
+    /// Every offset handed out and not settled yet, in offset order (a quorum queue's new
+    /// leader returns them: it cannot know which of them reached their consumers).
+    pub fn checked_out_offsets(&self) -> Vec<u64> {
+        self.checked_out.keys().copied().collect()
+    }
+
     /// Measured time in queue: the ring of histograms, if any message completed.
     pub fn waits(&self) -> Option<&WaitWindow> {
         self.waits.as_deref()

@@ -249,6 +249,19 @@ impl Channel {
             .cluster()
             .map(|c| c.node_name().to_owned())
             .unwrap_or_default();
+        let quorum = matches!(
+            m.arguments.get("x-queue-type"),
+            Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
+        );
+        let group_size = m
+            .arguments
+            .get("x-quorum-initial-group-size")
+            .and_then(FieldValue::as_i64)
+            .and_then(|n| u64::try_from(n).ok());
+        let members = md
+            .cluster()
+            .map(|c| c.queue_members(quorum && m.durable, group_size))
+            .unwrap_or_else(|| vec![me.clone()]);
         let vhost = cx.vhost.name().to_owned();
         let what = format!(
             "Could not declare queue '{name}' in vhost '{vhost}' on node '{me}' because the \
@@ -261,7 +274,7 @@ impl Channel {
             auto_delete: m.auto_delete,
             arguments: arguments(&m.arguments)?,
             home: me.clone(),
-            members: vec![me],
+            members,
             // A server-chosen name is `amq.gen-…`, which the client rule refuses.
             checked: !generated,
         };

@@ -1,0 +1,1107 @@
+//! Replicated quorum queues on a node: one Raft group per queue that has this node as a
+//! member, all on the node's shared write-ahead log, and one [`QuorumLink`] per queue (member
+//! or not) that the queue's handle uses.
+//!
+//! ```text
+//!  any node: Queue (Backend::Remote) ── QuorumLink ── writer task ──┬─ leader here: client_write
+//!                                         ▲                         └─ else: QueueWrite ═► leader
+//!                                         │ QuorumDeliver / QuorumCancelled (lane)
+//!  leader:  committed entry ─► QueueMachine::apply ─► Runner: deliveries to the consumers'
+//!           nodes (this one directly), dead letters, expiry; followers apply and stay quiet
+//! ```
+//!
+//! Consumers are named in the log by a cluster-wide id: the top 24 bits of their node's
+//! Raft id, then the node's own consumer id. Every member holds every consumer, checkout
+//! and delivery count; a member that becomes leader first returns everything checked out
+//! (it cannot know what reached its consumer: redelivered, delivery count + 1), and the
+//! session (the Raft term) that settlements must name moves on, so a settlement from before
+//! the change is dropped rather than applied to a message delivered again.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use pier_broker::cluster::BoxFuture;
+use pier_broker::message::Message;
+use pier_broker::persist::DurabilityHold;
+use pier_broker::queue::engine::{ConsumerSettings, Effect, EngineConfig};
+use pier_broker::queue::remote::{RemoteConsumer, RemoteGot, WINDOW_MESSAGES};
+use pier_broker::{BrokerError, ConsumerId, DeadLetter, ObjectKind, Queue, QueueLink, Settlement};
+use pier_store::wal::{SharedLog, WalConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{message_of, Applied, QueueEntry, QueueMachine, QueueOp};
+use crate::queues::wire::{self, LaneMsg};
+use crate::queues::QueueService;
+use crate::raft::log_adapter::RaftLog;
+use crate::raft::network::NetworkFactory;
+use crate::raft::queue_group::{
+    queue_config, EffectRunner, QueueRaft, QueueReply, QueueRoute, QueueStateMachine,
+};
+use crate::raft::wal_log::WalLogStore;
+use crate::raft::{node_id, PeerNode};
+use crate::rpc::{unix_ms, ForwardError, GroupStatus, Request, Response};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const LOCAL_BITS: u32 = 40;
+const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
+/// Writes a node queues for one group before publishers wait (backpressure).
+const WRITE_QUEUE: usize = 4096;
+/// Entries per forwarded batch.
+const WRITE_BATCH: usize = 256;
+/// How long a write may look for a leader before it fails (a publish is then nacked).
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The cluster-wide id of a consumer of node `node` (its Raft id) with local id `local`.
+pub fn global_consumer(node: u64, local: ConsumerId) -> u64 {
+    ((node >> LOCAL_BITS) << LOCAL_BITS) | (local & LOCAL_MASK)
+}
+
+fn split_consumer(global: u64) -> (u64, ConsumerId) {
+    (global >> LOCAL_BITS, global & LOCAL_MASK)
+}
+
+type WriteResult = Result<QueueReply, String>;
+
+struct Write {
+    entry: QueueEntry,
+    done: Option<oneshot::Sender<WriteResult>>,
+}
+
+/// A group this node is a member of.
+struct Group {
+    raft: QueueRaft,
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the group's state machine, its tasks and the link share.
+struct Shared {
+    group: u64,
+    vhost: String,
+    name: String,
+    service: Weak<QuorumService>,
+    machine: Arc<Mutex<QueueMachine>>,
+    /// This member leads (as of the last metrics it saw).
+    leading: AtomicBool,
+    /// The current term: the session settlements name.
+    term: AtomicU64,
+    /// The latest clock an entry carried (a new leader never stamps earlier).
+    last_at: AtomicU64,
+}
+
+impl Shared {
+    fn queue(&self) -> Option<Arc<Queue>> {
+        let s = self.service.upgrade()?;
+        s.broker()?.vhost(&self.vhost)?.find_queue(&self.name)
+    }
+}
+
+impl EffectRunner for Shared {
+    fn applied(&self, _index: u64, entry: &QueueEntry, applied: &Applied) {
+        self.last_at.fetch_max(entry.at, Ordering::Relaxed);
+        if !self.leading.load(Ordering::Acquire) || applied.effects.is_empty() {
+            return;
+        }
+        let (Some(service), Some(q)) = (self.service.upgrade(), self.queue()) else {
+            return;
+        };
+        let term = self.term.load(Ordering::Acquire);
+        for effect in &applied.effects {
+            match effect {
+                Effect::Deliver(d) => {
+                    let (Some(consumer), Some(message)) = (d.consumer, d.message.as_ref()) else {
+                        continue;
+                    };
+                    let (tag, local) = split_consumer(consumer);
+                    let message = q.as_delivered(Arc::clone(message), d.returns);
+                    match service.node_of_tag(tag) {
+                        Some(node) if node.name == service.me => q.remote_deliver(
+                            local,
+                            term,
+                            d.offset,
+                            d.redelivered,
+                            d.ack_required,
+                            d.enqueued_at,
+                            message,
+                        ),
+                        Some(node) => service.lane_send(
+                            &node,
+                            &LaneMsg::QuorumDeliver {
+                                vhost: self.vhost.clone(),
+                                queue: self.name.clone(),
+                                term,
+                                consumer: local,
+                                offset: d.offset,
+                                redelivered: d.redelivered,
+                                ack_required: d.ack_required,
+                                enqueued_at: d.enqueued_at,
+                                message,
+                            },
+                        ),
+                        // Its node left the cluster: it stays checked out until the
+                        // consumer is cancelled (the leader's sweep).
+                        None => {}
+                    }
+                }
+                Effect::ConsumerCancelled { consumer, .. } => {
+                    let (tag, local) = split_consumer(*consumer);
+                    match service.node_of_tag(tag) {
+                        Some(node) if node.name == service.me => {
+                            q.remote_consumer_cancelled(local);
+                        }
+                        Some(node) => service.lane_send(
+                            &node,
+                            &LaneMsg::QuorumCancelled {
+                                vhost: self.vhost.clone(),
+                                queue: self.name.clone(),
+                                consumer: local,
+                            },
+                        ),
+                        None => {}
+                    }
+                }
+                // At most once: the leader republishes it when it leaves the queue.
+                Effect::DeadLetter {
+                    message: Some(message),
+                    reason,
+                    ..
+                } => {
+                    if let Some(vh) = service.broker().and_then(|b| b.vhost(&self.vhost)) {
+                        vh.route_dead_letters(
+                            &q,
+                            vec![DeadLetter {
+                                message: Arc::clone(message),
+                                reason: *reason,
+                            }],
+                        );
+                    }
+                }
+                Effect::Expired => service.propose_delete(&self.vhost, &self.name),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// This node's replicated quorum queues.
+pub(crate) struct QuorumService {
+    this: Weak<QuorumService>,
+    me: String,
+    dir: PathBuf,
+    queues: Weak<QueueService>,
+    runtime: tokio::runtime::Handle,
+    wal: Mutex<Option<SharedLog>>,
+    groups: Mutex<HashMap<u64, Arc<OnceLock<Group>>>>,
+    links: Mutex<HashMap<(String, String), Arc<QuorumLink>>>,
+}
+
+impl std::fmt::Debug for QuorumService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuorumService").finish_non_exhaustive()
+    }
+}
+
+impl QuorumService {
+    pub(crate) fn new(me: String, dir: PathBuf, queues: Weak<QueueService>) -> Arc<Self> {
+        Arc::new_cyclic(|this| QuorumService {
+            this: this.clone(),
+            me,
+            dir,
+            queues,
+            runtime: tokio::runtime::Handle::current(),
+            wal: Mutex::new(None),
+            groups: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn broker(&self) -> Option<Arc<pier_broker::Broker>> {
+        self.queues.upgrade()?.broker()
+    }
+
+    fn node(&self) -> Option<Arc<crate::node::Node>> {
+        self.queues.upgrade()?.node()
+    }
+
+    /// The member whose Raft id has these top bits.
+    fn node_of_tag(&self, tag: u64) -> Option<PeerNode> {
+        let node = self.node()?;
+        node.members()
+            .into_iter()
+            .find(|(id, _, _)| id >> LOCAL_BITS == tag)
+            .map(|(_, p, _)| p)
+    }
+
+    fn peer(&self, name: &str) -> Option<PeerNode> {
+        let node = self.node()?;
+        node.members()
+            .into_iter()
+            .find(|(_, p, _)| p.name == name)
+            .map(|(_, p, _)| p)
+    }
+
+    fn lane_send(&self, to: &PeerNode, msg: &LaneMsg) {
+        let Some(node) = self.node() else { return };
+        let Some(link) = node.transport.current_link(node_id(&to.name)) else {
+            tracing::debug!(to = %to.name, "no connection for a quorum queue delivery");
+            return;
+        };
+        match wire::encode(msg) {
+            Ok(frame) => {
+                link.lane_send(frame);
+            }
+            Err(e) => tracing::warn!("a quorum lane frame does not encode: {e}"),
+        }
+    }
+
+    fn propose_delete(&self, vhost: &str, name: &str) {
+        if let Some(q) = self.queues.upgrade() {
+            use pier_broker::cluster::Cluster;
+            q.delete_queue(vhost, name, "x-expires");
+        }
+    }
+
+    fn wal(&self) -> Result<SharedLog, pier_store::wal::WalError> {
+        let mut wal = lock(&self.wal);
+        if let Some(w) = wal.as_ref() {
+            return Ok(w.clone());
+        }
+        let w = SharedLog::open(WalConfig::new(self.dir.join("quorum-wal")))?;
+        *wal = Some(w.clone());
+        Ok(w)
+    }
+
+    /// The link of a replicated quorum queue (opening its group here when this node is a
+    /// member); `None` when the queue is not one.
+    pub(crate) fn link(
+        &self,
+        vhost: &str,
+        name: &str,
+        home: &crate::metadata::QueueHome,
+        config: Option<EngineConfig>,
+    ) -> Option<Arc<QuorumLink>> {
+        if home.group == 0 {
+            return None;
+        }
+        let key = (vhost.to_owned(), name.to_owned());
+        let mut links = lock(&self.links);
+        if let Some(l) = links.get(&key) {
+            if l.group == home.group {
+                return Some(Arc::clone(l));
+            }
+        }
+        let link = Arc::new(QuorumLink::new(self.this.clone(), vhost, name, home));
+        links.insert(key, Arc::clone(&link));
+        drop(links);
+        if home.members.contains(&self.me) {
+            if let Some(config) = config {
+                self.open_group(&link, home, config);
+            }
+        }
+        link.start_writer(&self.runtime);
+        Some(link)
+    }
+
+    fn open_group(
+        &self,
+        link: &Arc<QuorumLink>,
+        home: &crate::metadata::QueueHome,
+        config: EngineConfig,
+    ) {
+        let slot = Arc::clone(lock(&self.groups).entry(home.group).or_default());
+        if slot.get().is_some() {
+            return;
+        }
+        let shared = Arc::new(Shared {
+            group: home.group,
+            vhost: link.vhost.clone(),
+            name: link.name.clone(),
+            service: self.this.clone(),
+            machine: Arc::new(Mutex::new(QueueMachine::new(config))),
+            leading: AtomicBool::new(false),
+            term: AtomicU64::new(0),
+            last_at: AtomicU64::new(0),
+        });
+        let _ = link.shared.set(Arc::clone(&shared));
+        let (me, members, home_name) = (self.me.clone(), home.members.clone(), home.home.clone());
+        let service = self.this.clone();
+        self.runtime.spawn(async move {
+            let Some(s) = service.upgrade() else { return };
+            match s.start_group(&shared, &members, me == home_name).await {
+                Ok(group) => {
+                    let _ = slot.set(group);
+                }
+                Err(e) => tracing::error!(
+                    vhost = %shared.vhost, queue = %shared.name,
+                    "the quorum queue's Raft group did not start: {e}"
+                ),
+            }
+        });
+    }
+
+    async fn start_group(
+        &self,
+        shared: &Arc<Shared>,
+        members: &[String],
+        initialize: bool,
+    ) -> Result<Group, String> {
+        let node = self.node().ok_or("the node is stopping")?;
+        let wal = self.wal().map_err(|e| e.to_string())?;
+        let store = Arc::new(WalLogStore::new(wal.group(shared.group)));
+        let log = RaftLog::new(store).map_err(|e| e.to_string())?;
+        let config = queue_config(shared.group).map_err(|e| e.to_string())?;
+        let sm = QueueStateMachine::new(
+            Arc::clone(&shared.machine),
+            Arc::clone(shared) as Arc<dyn EffectRunner>,
+        );
+        let raft = QueueRaft::new(
+            node_id(&self.me),
+            Arc::new(config),
+            NetworkFactory {
+                transport: node.transport.clone(),
+                route: QueueRoute(shared.group),
+            },
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if initialize && !raft.is_initialized().await.map_err(|e| e.to_string())? {
+            let mut voters = std::collections::BTreeMap::new();
+            for m in members {
+                if let Some(p) = self.peer(m) {
+                    voters.insert(node_id(&p.name), p);
+                }
+            }
+            if let Err(e) = raft.initialize(voters).await {
+                tracing::debug!("initializing a quorum queue group: {e}");
+            }
+        }
+        let tasks = vec![
+            self.runtime
+                .spawn(watch_leadership(raft.clone(), Arc::clone(shared))),
+            self.runtime
+                .spawn(leader_duties(raft.clone(), Arc::clone(shared))),
+        ];
+        Ok(Group {
+            raft,
+            shared: Arc::clone(shared),
+            tasks,
+        })
+    }
+
+    fn group(&self, group: u64) -> Option<(QueueRaft, Arc<Shared>)> {
+        let slot = lock(&self.groups).get(&group).cloned()?;
+        slot.get().map(|g| (g.raft.clone(), Arc::clone(&g.shared)))
+    }
+
+    /// The queue is gone: its group stops here and its log is dropped.
+    pub(crate) fn remove(&self, vhost: &str, name: &str) {
+        let link = lock(&self.links).remove(&(vhost.to_owned(), name.to_owned()));
+        let Some(link) = link else { return };
+        link.closed.store(true, Ordering::Release);
+        let slot = lock(&self.groups).remove(&link.group);
+        let wal = lock(&self.wal).clone();
+        let group = link.group;
+        self.runtime.spawn(async move {
+            if let Some(g) = slot.as_ref().and_then(|s| s.get()) {
+                for t in &g.tasks {
+                    t.abort();
+                }
+                let _ = g.raft.shutdown().await;
+            }
+            if let Some(w) = wal {
+                let _ = w.forget(group, Box::new(|_| {}));
+            }
+        });
+    }
+
+    /// A peer's Raft RPC for a group of this node.
+    pub(crate) async fn serve_raft(
+        &self,
+        group: u64,
+        request: crate::raft::network::RaftRequest<crate::raft::queue_group::QueueTypeConfig>,
+    ) -> Response {
+        match self.group(group) {
+            Some((raft, _)) => Response::Raft(crate::raft::network::serve(&raft, request).await),
+            None => Response::Refused(format!("no quorum queue group {group:x} here")),
+        }
+    }
+
+    /// Entries forwarded by another node: appended here if this member leads.
+    pub(crate) async fn serve_write(&self, group: u64, entries: Vec<QueueEntry>) -> Response {
+        let Some((raft, shared)) = self.group(group) else {
+            return Response::QueueWrite(Err(ForwardError::Failed(format!(
+                "no quorum queue group {group:x} here"
+            ))));
+        };
+        if !shared.leading.load(Ordering::Acquire) {
+            let leader = raft.metrics().borrow().current_leader;
+            let leader = leader.and_then(|l| {
+                raft.metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .cloned()
+            });
+            return Response::QueueWrite(Err(ForwardError::NotLeader { leader }));
+        }
+        let mut waits = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            stamp(&shared, &mut entry);
+            match raft.client_write_ff(entry).await {
+                Ok(rx) => waits.push(rx),
+                Err(e) => return Response::QueueWrite(Err(ForwardError::Failed(e.to_string()))),
+            }
+        }
+        let mut replies = Vec::with_capacity(waits.len());
+        for rx in waits {
+            match rx.await {
+                Ok(Ok(r)) => replies.push(r.data),
+                Ok(Err(e)) => {
+                    return Response::QueueWrite(Err(match e {
+                        openraft::error::ClientWriteError::ForwardToLeader(f) => {
+                            ForwardError::NotLeader {
+                                leader: f.leader_node,
+                            }
+                        }
+                        e => ForwardError::Failed(e.to_string()),
+                    }))
+                }
+                Err(_) => {
+                    return Response::QueueWrite(Err(ForwardError::Failed(
+                        "the group stopped".into(),
+                    )))
+                }
+            }
+        }
+        Response::QueueWrite(Ok(replies))
+    }
+
+    /// A lane frame from a quorum queue's leader.
+    pub(crate) fn lane(&self, msg: LaneMsg) {
+        let Some(broker) = self.broker() else { return };
+        match msg {
+            LaneMsg::QuorumDeliver {
+                vhost,
+                queue,
+                term,
+                consumer,
+                offset,
+                redelivered,
+                ack_required,
+                enqueued_at,
+                message,
+            } => {
+                if let Some(l) = lock(&self.links).get(&(vhost.clone(), queue.clone())) {
+                    l.seen_term.fetch_max(term, Ordering::AcqRel);
+                }
+                if let Some(q) = broker.vhost(&vhost).and_then(|v| v.find_queue(&queue)) {
+                    q.remote_deliver(
+                        consumer,
+                        term,
+                        offset,
+                        redelivered,
+                        ack_required,
+                        enqueued_at,
+                        message,
+                    );
+                }
+            }
+            LaneMsg::QuorumCancelled {
+                vhost,
+                queue,
+                consumer,
+            } => {
+                if let Some(q) = broker.vhost(&vhost).and_then(|v| v.find_queue(&queue)) {
+                    q.remote_consumer_cancelled(consumer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// This member's view of the queue's group (`None`: not a member, or not started).
+    pub(crate) fn group_status(&self, group: u64) -> Option<GroupStatus> {
+        let (raft, _) = self.group(group)?;
+        let m = raft.metrics().borrow().clone();
+        Some(GroupStatus {
+            state: match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Shutdown => "shutdown",
+            }
+            .to_owned(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: m.last_applied.map_or(0, |l| l.index),
+            leader: m.current_leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|p| p.name.clone())
+            }),
+        })
+    }
+
+    /// The leader of a queue's group as this node knows it (a member asks its group; any
+    /// node remembers who delivered last).
+    pub(crate) fn leader_of(&self, vhost: &str, name: &str) -> Option<String> {
+        let link = lock(&self.links)
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .cloned()?;
+        self.group_status(link.group).and_then(|s| s.leader)
+    }
+}
+
+/// The leader's clocks, never behind what the group applied before.
+fn stamp(shared: &Shared, entry: &mut QueueEntry) {
+    let now = unix_ms();
+    let at = now.max(shared.last_at.load(Ordering::Relaxed));
+    shared.last_at.store(at, Ordering::Relaxed);
+    entry.at = at;
+    entry.unix = now;
+}
+
+/// Follows the group's leadership: who leads, in which term; a member that starts leading
+/// returns what was checked out before (once everything committed before it is applied).
+async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
+    let mut metrics = raft.metrics();
+    let me = raft.metrics().borrow().id;
+    let mut led_in: Option<u64> = None;
+    loop {
+        let (leading, term, last_log) = {
+            let m = metrics.borrow_and_update();
+            (
+                m.current_leader == Some(me),
+                m.current_term,
+                m.last_log_index.unwrap_or(0),
+            )
+        };
+        shared.term.store(term, Ordering::Release);
+        if leading && led_in != Some(term) {
+            led_in = Some(term);
+            // Everything up to this leader's first entry is applied before anything is
+            // returned: then the checked-out set is the whole group's.
+            let waited = raft
+                .wait(Some(Duration::from_secs(10)))
+                .applied_index_at_least(Some(last_log), "leader catch-up")
+                .await;
+            if waited.is_ok() {
+                shared.leading.store(true, Ordering::Release);
+                let offsets = lock(&shared.machine).engine().checked_out_offsets();
+                if !offsets.is_empty() {
+                    let mut entry = QueueEntry {
+                        at: 0,
+                        unix: 0,
+                        op: QueueOp::Return(offsets),
+                    };
+                    stamp(&shared, &mut entry);
+                    let _ = raft.client_write(entry).await;
+                }
+            }
+        } else if !leading {
+            led_in = None;
+            shared.leading.store(false, Ordering::Release);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// While leading: ticks (TTL, consumer timeouts, `x-expires`) when the engine has one due,
+/// consumers of nodes that left or stopped answering cancelled; on every member: the
+/// queue's figures for management.
+async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (due, stats, consumers) = {
+            let m = lock(&shared.machine);
+            let e = m.engine();
+            (
+                e.next_tick() <= unix_ms(),
+                e.stats(),
+                e.consumers().map(|(id, _, _)| id).collect::<Vec<_>>(),
+            )
+        };
+        if let Some(q) = shared.queue() {
+            q.set_remote_figures(stats, Default::default());
+        }
+        if !shared.leading.load(Ordering::Acquire) {
+            continue;
+        }
+        let mut ops = Vec::new();
+        if due {
+            ops.push(QueueOp::Tick);
+        }
+        if let Some(service) = shared.service.upgrade() {
+            if let Some(node) = service.node() {
+                for c in consumers {
+                    let (tag, _) = split_consumer(c);
+                    let alive = node
+                        .members()
+                        .into_iter()
+                        .any(|(id, _, _)| id >> LOCAL_BITS == tag && node.is_running(id));
+                    if !alive {
+                        ops.push(QueueOp::Cancel { consumer: c });
+                    }
+                }
+            }
+        }
+        for op in ops {
+            let mut entry = QueueEntry { at: 0, unix: 0, op };
+            stamp(&shared, &mut entry);
+            let _ = raft.client_write(entry).await;
+        }
+    }
+}
+
+/// A replicated quorum queue as one node's handle reaches it.
+pub(crate) struct QuorumLink {
+    service: Weak<QuorumService>,
+    group: u64,
+    vhost: String,
+    name: String,
+    home: String,
+    members: Vec<String>,
+    /// This node's group, when it is a member.
+    shared: OnceLock<Arc<Shared>>,
+    /// The highest term a delivery came in (a node that is not a member learns it so).
+    seen_term: AtomicU64,
+    writes: OnceLock<mpsc::Sender<Write>>,
+    /// Consumers in credit mode (no-ack): their credit goes back through the log.
+    credit_mode: Mutex<HashSet<ConsumerId>>,
+    closed: AtomicBool,
+}
+
+impl QuorumLink {
+    fn new(
+        service: Weak<QuorumService>,
+        vhost: &str,
+        name: &str,
+        home: &crate::metadata::QueueHome,
+    ) -> Self {
+        QuorumLink {
+            service,
+            group: home.group,
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            home: home.home.clone(),
+            members: home.members.clone(),
+            shared: OnceLock::new(),
+            seen_term: AtomicU64::new(0),
+            writes: OnceLock::new(),
+            credit_mode: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn start_writer(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        if self.writes.set(tx).is_ok() {
+            runtime.spawn(writer(Arc::downgrade(self), rx));
+        }
+    }
+
+    /// Queues a write; `done` gets its outcome.
+    fn write(&self, op: QueueOp, done: Option<oneshot::Sender<WriteResult>>) {
+        let Some(tx) = self.writes.get() else { return };
+        let w = Write {
+            entry: QueueEntry { at: 0, unix: 0, op },
+            done,
+        };
+        match tx.try_send(w) {
+            Ok(()) => {}
+            // Full: the publisher's credit already bounds what is in flight; wait for room
+            // off this thread rather than drop it.
+            Err(mpsc::error::TrySendError::Full(w)) => {
+                let tx = tx.clone();
+                if let Some(s) = self.service.upgrade() {
+                    s.runtime.spawn(async move {
+                        let _ = tx.send(w).await;
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(w)) => {
+                if let Some(d) = w.done {
+                    let _ = d.send(Err("the queue is closed".into()));
+                }
+            }
+        }
+    }
+
+    fn ask(&self, op: QueueOp) -> oneshot::Receiver<WriteResult> {
+        let (tx, rx) = oneshot::channel();
+        self.write(op, Some(tx));
+        rx
+    }
+
+    fn term(&self) -> u64 {
+        let local = self
+            .shared
+            .get()
+            .map_or(0, |s| s.term.load(Ordering::Acquire));
+        local.max(self.seen_term.load(Ordering::Acquire))
+    }
+
+    /// Where writes go now: this node (it leads), or the leader it knows, or a member.
+    fn target(&self, service: &QuorumService, tried: usize) -> Target {
+        if let Some((raft, shared)) = service.group(self.group) {
+            if shared.leading.load(Ordering::Acquire) {
+                return Target::Local(raft, shared);
+            }
+            let m = raft.metrics().borrow().clone();
+            if let Some(p) = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
+            {
+                if p.name != service.me {
+                    return Target::Remote(p);
+                }
+            }
+            return Target::Wait;
+        }
+        if self.members.contains(&service.me) {
+            // A member whose group has not started yet.
+            return Target::Wait;
+        }
+        // Not a member: a member passes it on (round robin over attempts).
+        let n = self.members.len().max(1);
+        let name = self.members.get(tried % n).unwrap_or(&self.home);
+        match service.peer(name) {
+            Some(p) => Target::Remote(p),
+            None => Target::Wait,
+        }
+    }
+}
+
+enum Target {
+    Local(QueueRaft, Arc<Shared>),
+    Remote(PeerNode),
+    Wait,
+}
+
+/// One per link: sends its writes, in order, to wherever the group's leader is.
+async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::Receiver<Write>) {
+    let mut batch: Vec<Write> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match rx.recv().await {
+                Some(w) => batch.push(w),
+                None => return,
+            }
+        }
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let Some(l) = link.upgrade() else { return };
+        let Some(service) = l.service.upgrade() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+        let mut tried = 0usize;
+        loop {
+            if l.closed.load(Ordering::Acquire) {
+                fail(&mut batch, "the queue was deleted");
+                break;
+            }
+            match l.target(&service, tried) {
+                Target::Local(raft, shared) => {
+                    for mut w in batch.drain(..) {
+                        stamp(&shared, &mut w.entry);
+                        match raft.client_write_ff(w.entry).await {
+                            Ok(rx) => {
+                                if let Some(done) = w.done {
+                                    service.runtime.spawn(async move {
+                                        let r = match rx.await {
+                                            Ok(Ok(r)) => Ok(r.data),
+                                            Ok(Err(e)) => Err(e.to_string()),
+                                            Err(_) => Err("the group stopped".to_owned()),
+                                        };
+                                        let _ = done.send(r);
+                                    });
+                                }
+                            }
+                            Err(e) => {
+                                if let Some(done) = w.done {
+                                    let _ = done.send(Err(e.to_string()));
+                                }
+                            }
+                        }
+                    }
+                    break;
+                }
+                Target::Remote(peer) => {
+                    let Some(node) = service.node() else {
+                        fail(&mut batch, "the node is stopping");
+                        break;
+                    };
+                    let entries: Vec<QueueEntry> = batch.iter().map(|w| w.entry.clone()).collect();
+                    let r = node
+                        .transport
+                        .call(
+                            node_id(&peer.name),
+                            &peer.addr,
+                            &Request::QueueWrite {
+                                group: l.group,
+                                entries,
+                            },
+                            WRITE_DEADLINE,
+                        )
+                        .await;
+                    if let Ok(Response::QueueWrite(Ok(replies))) = r {
+                        for (w, reply) in batch.drain(..).zip(replies) {
+                            if let Some(done) = w.done {
+                                let _ = done.send(Ok(reply));
+                            }
+                        }
+                        // Answers missing (never: one per entry) fail what is left.
+                        fail(&mut batch, "no answer");
+                        break;
+                    }
+                    tracing::debug!(group = l.group, ?r, "a quorum queue write is retried");
+                }
+                Target::Wait => {}
+            }
+            tried += 1;
+            if tokio::time::Instant::now() >= deadline {
+                fail(&mut batch, "the quorum queue has no leader");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn fail(batch: &mut Vec<Write>, why: &str) {
+    for w in batch.drain(..) {
+        if let Some(done) = w.done {
+            let _ = done.send(Err(why.to_owned()));
+        }
+    }
+}
+
+fn gone(link: &QuorumLink) -> BrokerError {
+    BrokerError::NotFound {
+        kind: ObjectKind::Queue,
+        name: link.name.clone(),
+        vhost: link.vhost.clone(),
+    }
+}
+
+fn failed(link: &QuorumLink, why: &str) -> BrokerError {
+    tracing::debug!(vhost = %link.vhost, queue = %link.name, "quorum queue: {why}");
+    BrokerError::HomeNodeDown {
+        node: link.home.clone(),
+        name: link.name.clone(),
+        vhost: link.vhost.clone(),
+    }
+}
+
+impl QueueLink for QuorumLink {
+    fn node(&self) -> &str {
+        &self.home
+    }
+
+    fn session(&self) -> Option<u64> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        // A term is known once the group ran an election; before that writes wait for one.
+        Some(self.term().max(1))
+    }
+
+    fn publish(
+        &self,
+        _queue: &Queue,
+        message: &Arc<Message>,
+        hold: Option<DurabilityHold>,
+    ) -> Result<(), Option<DurabilityHold>> {
+        let op = QueueOp::enqueue(message, None);
+        match hold {
+            None => self.write(op, None),
+            Some(hold) => {
+                let rx = self.ask(op);
+                let Some(service) = self.service.upgrade() else {
+                    return Err(Some(hold));
+                };
+                service.runtime.spawn(async move {
+                    let ok = matches!(rx.await, Ok(Ok(QueueReply::Enqueued(true))));
+                    hold.complete(ok);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn settle(&self, _queue: &Queue, _session: u64, how: Settlement, offsets: Vec<u64>) {
+        let op = match how {
+            Settlement::Ack => QueueOp::Settle(offsets),
+            Settlement::Requeue => QueueOp::Return(offsets),
+            Settlement::Reject => QueueOp::Discard(offsets),
+            Settlement::Release => QueueOp::Release(offsets),
+        };
+        self.write(op, None);
+    }
+
+    fn credit(&self, _queue: &Queue, consumer: ConsumerId, count: u32, _bytes: u64) {
+        if !lock(&self.credit_mode).contains(&consumer) {
+            return;
+        }
+        let Some(service) = self.service.upgrade() else {
+            return;
+        };
+        let Some(node) = service.node() else { return };
+        self.write(
+            QueueOp::Credit {
+                consumer: global_consumer(node.me_id, consumer),
+                credit: count,
+                drain: false,
+            },
+            None,
+        );
+    }
+
+    fn consume(
+        &self,
+        _queue: &Arc<Queue>,
+        consumer: ConsumerId,
+        spec: RemoteConsumer,
+    ) -> BoxFuture<Result<u64, BrokerError>> {
+        let Some(node) = self.service.upgrade().and_then(|s| s.node()) else {
+            let e = failed(self, "the node is stopping");
+            return Box::pin(async move { Err(e) });
+        };
+        // No-ack consumers take credit (the window of deliveries on their way); others
+        // their prefetch, capped by that window so that a consumer with none cannot pull the
+        // whole queue over the network.
+        let credit = (!spec.ack_required).then_some(WINDOW_MESSAGES);
+        if credit.is_some() {
+            lock(&self.credit_mode).insert(consumer);
+        }
+        let prefetch = match spec.prefetch {
+            0 => WINDOW_MESSAGES,
+            p => p.min(WINDOW_MESSAGES),
+        };
+        let settings = ConsumerSettings {
+            tag: spec.tag,
+            connection: 0,
+            ack_required: spec.ack_required,
+            exclusive: spec.exclusive,
+            prefetch,
+            priority: spec.priority,
+            arguments: spec.arguments,
+            credit,
+        };
+        let rx = self.ask(QueueOp::Checkout {
+            consumer: global_consumer(node.me_id, consumer),
+            settings,
+        });
+        let (not_found, down) = (gone(self), failed(self, "consume"));
+        let exclusive = BrokerError::ExclusiveConsumer {
+            name: self.name.clone(),
+            vhost: self.vhost.clone(),
+        };
+        let term = self.term().max(1);
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(QueueReply::Refused(404))) => Err(not_found),
+                Ok(Ok(QueueReply::Refused(_))) => Err(exclusive),
+                Ok(Ok(_)) => Ok(term),
+                _ => Err(down),
+            }
+        })
+    }
+
+    fn cancel(&self, _queue: &Queue, consumer: ConsumerId) -> BoxFuture<()> {
+        lock(&self.credit_mode).remove(&consumer);
+        let Some(node) = self.service.upgrade().and_then(|s| s.node()) else {
+            return Box::pin(async {});
+        };
+        let rx = self.ask(QueueOp::Cancel {
+            consumer: global_consumer(node.me_id, consumer),
+        });
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+
+    fn get(
+        &self,
+        _queue: &Queue,
+        ack_required: bool,
+    ) -> BoxFuture<Result<Option<RemoteGot>, BrokerError>> {
+        let rx = self.ask(QueueOp::Get { ack_required });
+        let down = failed(self, "get");
+        let service = self.service.clone();
+        let (vhost, name) = (self.vhost.clone(), self.name.clone());
+        let term = self.term().max(1);
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(QueueReply::Got(Some(g), remaining))) => {
+                    let Some(m) = message_of(&g.message.op) else {
+                        return Ok(None);
+                    };
+                    let mut message = Arc::new(m);
+                    if let Some(q) = service
+                        .upgrade()
+                        .and_then(|s| s.broker())
+                        .and_then(|b| b.vhost(&vhost))
+                        .and_then(|v| v.find_queue(&name))
+                    {
+                        message = q.as_delivered(message, g.returns);
+                    }
+                    Ok(Some(RemoteGot {
+                        session: term,
+                        offset: g.offset,
+                        redelivered: g.redelivered,
+                        enqueued_at: g.enqueued_at,
+                        message,
+                        remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+                    }))
+                }
+                Ok(Ok(_)) => Ok(None),
+                _ => Err(down),
+            }
+        })
+    }
+
+    fn purge(&self, _queue: &Queue) -> BoxFuture<Result<u32, BrokerError>> {
+        let rx = self.ask(QueueOp::Purge);
+        let down = failed(self, "purge");
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(QueueReply::Dropped(n))) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+                Ok(Ok(_)) => Ok(0),
+                _ => Err(down),
+            }
+        })
+    }
+
+    fn stats(
+        &self,
+        queue: &Queue,
+        _touch: bool,
+    ) -> BoxFuture<Result<pier_broker::queue::QueueStats, BrokerError>> {
+        let stats = match self.shared.get() {
+            Some(s) => lock(&s.machine).engine().stats(),
+            None => queue.stats(),
+        };
+        Box::pin(async move { Ok(stats) })
+    }
+}

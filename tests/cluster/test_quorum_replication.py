@@ -1,0 +1,168 @@
+"""Replicated quorum queues (issue 14, preview behind --quorum-replication): a quorum queue
+declared on a 3-node cluster is a Raft group of three members. Publishes are confirmed once
+a majority has the message; consumers on any node get deliveries from the group's leader;
+killing the leader loses nothing confirmed, and a consumer elsewhere keeps its subscription
+and gets what was unacknowledged again, redelivered, with x-delivery-count."""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pika.exceptions
+
+from test_queues import connect, publish_confirmed, wait_for
+
+QQ = {"x-queue-type": "quorum"}
+
+
+def replicated_cluster(cluster_factory):
+    c = cluster_factory(3, start=False)
+    for n in c.nodes:
+        n.extra_args.append("--quorum-replication")
+    return c.start()
+
+
+def queue_info(node, name: str) -> dict:
+    code, body = node.api("GET", f"/api/queues/%2F/{name}")
+    assert code == 200, body
+    return body
+
+
+def consume_all(conn, ch, queue: str, want: int, timeout: float = 30.0,
+                ack: bool = True) -> list[tuple[str, bool, object]]:
+    """(body, redelivered, x-delivery-count) of each delivery until `want` arrived."""
+    got: list[tuple[str, bool, object]] = []
+
+    def on_message(c, m, p, body):
+        got.append((body.decode(), m.redelivered, (p.headers or {}).get("x-delivery-count")))
+        if ack:
+            c.basic_ack(m.delivery_tag)
+
+    ch.basic_qos(prefetch_count=100)
+    tag = ch.basic_consume(queue, on_message)
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        conn.process_data_events(0.1)
+    ch.basic_cancel(tag)
+    return got
+
+
+def test_confirmed_messages_survive_the_leader_and_reach_consumers_on_any_node(cluster_factory):
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    conn1 = connect(n1)
+    ch1 = conn1.channel()
+    ch1.queue_declare("qq", durable=True, arguments=QQ)
+    # Publish through another node: the group forwards to its leader.
+    conn2 = connect(n2)
+    ch2 = conn2.channel()
+    ch2.confirm_delivery()
+    bodies = [f"m{i}" for i in range(300)]
+    confirmed = publish_confirmed(ch2, "qq", bodies)
+    assert confirmed == bodies
+    conn2.close()
+    conn1.close()
+    # Every member holds them: the figures come from each node's own copy.
+    for n in c.nodes:
+        wait_for(f"{n.name} holds 300", lambda n=n: queue_info(n, "qq").get("messages") == 300)
+    # The declaring node led the group; it dies, and nothing confirmed is lost.
+    n1.kill()
+    conn3 = connect(n3)
+    got = consume_all(conn3, conn3.channel(), "qq", 300)
+    assert sorted(b for b, _, _ in got) == sorted(bodies)
+    conn3.close()
+    wait_for("the queue is empty", lambda: queue_info(n2, "qq").get("messages") == 0)
+
+
+def test_a_consumer_keeps_its_subscription_across_a_leader_kill(cluster_factory):
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    conn1 = connect(n1)
+    ch1 = conn1.channel()
+    ch1.queue_declare("qq2", durable=True, arguments=QQ)
+    ch1.confirm_delivery()
+    assert publish_confirmed(ch1, "qq2", ["a", "b", "c"]) == ["a", "b", "c"]
+    conn1.close()
+    # A consumer on n3 takes the three and acknowledges none.
+    conn3 = connect(n3)
+    ch3 = conn3.channel()
+    got: list[tuple[str, bool, object]] = []
+
+    def on_message(_c, m, p, body):
+        got.append((body.decode(), m.redelivered, (p.headers or {}).get("x-delivery-count")))
+
+    ch3.basic_qos(prefetch_count=10)
+    ch3.basic_consume("qq2", on_message)
+    wait_for("3 deliveries", lambda: len(got) >= 3, step=lambda: conn3.process_data_events(0.1))
+    assert [b for b, _, _ in got] == ["a", "b", "c"]
+    assert all(not r for _, r, _ in got)
+    n1.kill()
+    # The new leader returns what was out: the same consumer gets it again, redelivered,
+    # counted.
+    wait_for("3 redeliveries", lambda: len(got) >= 6, timeout=30,
+             step=lambda: conn3.process_data_events(0.1))
+    again = got[3:]
+    assert sorted(b for b, _, _ in again) == ["a", "b", "c"]
+    assert all(r and n == 1 for _, r, n in again), again
+    # Acknowledging them (in the new session) empties the queue.
+    ch3.basic_ack(0, multiple=True)
+    conn3.process_data_events(0.5)
+    wait_for("the queue is empty", lambda: queue_info(n2, "qq2").get("messages") == 0,
+             step=lambda: conn3.process_data_events(0.1))
+    conn3.close()
+
+
+def test_basic_get_purge_and_delete_through_any_node(cluster_factory):
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    conn2 = connect(n2)
+    ch2 = conn2.channel()
+    ch2.queue_declare("qq3", durable=True, arguments=QQ)
+    ch2.confirm_delivery()
+    assert publish_confirmed(ch2, "qq3", ["x", "y", "z"]) == ["x", "y", "z"]
+    conn3 = connect(n3)
+    ch3 = conn3.channel()
+    m, _p, body = ch3.basic_get("qq3", auto_ack=False)
+    assert body == b"x" and m.message_count == 2
+    ch3.basic_ack(m.delivery_tag)
+    assert ch3.queue_purge("qq3").method.message_count == 2
+    ch3.queue_delete("qq3")
+    conn3.close()
+    ch = conn2.channel()
+    try:
+        ch.queue_declare("qq3", passive=True)
+        raise AssertionError("the queue should be gone")
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 404
+    conn2.close()
+
+
+def test_operators_see_members_leader_and_quorum_criticality(cluster_factory):
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    conn = connect(n1)
+    conn.channel().queue_declare("qq4", durable=True, arguments=QQ)
+    conn.close()
+    names = sorted(n.name for n in c.nodes)
+    q = wait_for("a leader is known", lambda: (lambda q: q if q.get("leader") else None)(
+        queue_info(n2, "qq4")))
+    assert q["type"] == "quorum"
+    assert sorted(q["members"]) == names and sorted(q["online"]) == names
+    assert q["node"] == q["leader"] and q["leader"] in names
+    code, rows = n3.api("GET", "/api/queues/%2F/qq4/quorum-status")
+    assert code == 200, rows
+    assert sorted(r["node"] for r in rows) == names
+    assert sorted(r["raft_state"] for r in rows) == ["follower", "follower", "leader"]
+    assert len({r["term"] for r in rows}) == 1
+    out = n3.ctl("quorum_status", "qq4")
+    assert out.returncode == 0, out.stderr
+    assert "leader" in out.stdout and "follower" in out.stdout
+    # All three up: no node is critical. With one down, each of the other two is.
+    assert n1.ctl("check_if_node_is_quorum_critical").returncode == 0
+    n3.kill()
+    wait_for("n2 sees n3 down", lambda: n2.api(
+        "GET", "/api/health/checks/node-is-quorum-critical")[0] == 503, timeout=30)
+    code, body = n2.api("GET", "/api/health/checks/node-is-quorum-critical")
+    assert body["status"] == "failed" and body["queues"][0]["name"] == "qq4"
+    assert n1.ctl("check_if_node_is_quorum_critical").returncode == 69
