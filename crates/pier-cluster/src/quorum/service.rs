@@ -351,7 +351,19 @@ impl QuorumService {
         members: &[String],
         initialize: bool,
     ) -> Result<Group, String> {
-        let node = self.node().ok_or("the node is stopping")?;
+        // At start-up the broker recovers its queues (and asks for their links) before the
+        // node's cluster part runs: the group starts once it does.
+        let mut waited = 0;
+        let node = loop {
+            if let Some(n) = self.node() {
+                break n;
+            }
+            if waited >= 600 || self.queues.strong_count() == 0 {
+                return Err("the node did not start".into());
+            }
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let wal = self.wal().map_err(|e| e.to_string())?;
         let store = Arc::new(WalLogStore::new(wal.group(shared.group)));
         let log = RaftLog::new(store).map_err(|e| e.to_string())?;
@@ -794,18 +806,31 @@ enum Target {
 }
 
 /// One per link: sends its writes, in order, to wherever the group's leader is.
+///
+/// Publishes carry this writer's publisher id and a sequence number given here, in queue
+/// order: a batch resent after a leader change (its answer lost, or it never arrived) is
+/// enqueued once, as the queue's engine drops a sequence it has seen.
 async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::Receiver<Write>) {
+    let publisher: u64 = rand::random();
+    let mut seq: u64 = 0;
+    let mut sequenced = |mut w: Write| {
+        if let QueueOp::Enqueue { publisher: p, .. } = &mut w.entry.op {
+            seq += 1;
+            *p = Some((publisher, seq));
+        }
+        w
+    };
     let mut batch: Vec<Write> = Vec::new();
     loop {
         if batch.is_empty() {
             match rx.recv().await {
-                Some(w) => batch.push(w),
+                Some(w) => batch.push(sequenced(w)),
                 None => return,
             }
         }
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(w) => batch.push(w),
+                Ok(w) => batch.push(sequenced(w)),
                 Err(_) => break,
             }
         }
@@ -822,21 +847,13 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::Receiver<Write>) {
             }
             match l.target(&service, tried) {
                 Target::Local(raft, shared) => {
+                    // Answers are awaited off this task, all of the batch by one task, so
+                    // that the next batch is appended while this one commits.
+                    let mut waits = Vec::with_capacity(batch.len());
                     for mut w in batch.drain(..) {
                         stamp(&shared, &mut w.entry);
                         match raft.client_write_ff(w.entry).await {
-                            Ok(rx) => {
-                                if let Some(done) = w.done {
-                                    service.runtime.spawn(async move {
-                                        let r = match rx.await {
-                                            Ok(Ok(r)) => Ok(r.data),
-                                            Ok(Err(e)) => Err(e.to_string()),
-                                            Err(_) => Err("the group stopped".to_owned()),
-                                        };
-                                        let _ = done.send(r);
-                                    });
-                                }
-                            }
+                            Ok(rx) => waits.push((rx, w.done)),
                             Err(e) => {
                                 if let Some(done) = w.done {
                                     let _ = done.send(Err(e.to_string()));
@@ -844,6 +861,18 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::Receiver<Write>) {
                             }
                         }
                     }
+                    service.runtime.spawn(async move {
+                        for (rx, done) in waits {
+                            let r = match rx.await {
+                                Ok(Ok(r)) => Ok(r.data),
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(_) => Err("the group stopped".to_owned()),
+                            };
+                            if let Some(done) = done {
+                                let _ = done.send(r);
+                            }
+                        }
+                    });
                     break;
                 }
                 Target::Remote(peer) => {
