@@ -166,3 +166,48 @@ def test_operators_see_members_leader_and_quorum_criticality(cluster_factory):
     code, body = n2.api("GET", "/api/health/checks/node-is-quorum-critical")
     assert body["status"] == "failed" and body["queues"][0]["name"] == "qq4"
     assert n1.ctl("check_if_node_is_quorum_critical").returncode == 69
+
+
+def snapshot_files(node) -> list:
+    return list((node.workdir / "data" / "cluster" / "quorum-snapshots").glob("*/snapshot.bin"))
+
+
+def test_snapshots_bound_the_log_and_bring_a_member_back(cluster_factory):
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    conn = connect(n1)
+    ch = conn.channel()
+    ch.queue_declare("qq5", durable=True, arguments=QQ)
+    conn.close()
+    # n3 misses everything that follows.
+    n3.kill()
+    conn = connect(n2)
+    ch = conn.channel()
+    for i in range(5000):
+        ch.basic_publish("", "qq5", f"old{i}".encode())
+    wait_for("5000 published", lambda: queue_info(n2, "qq5").get("messages") == 5000)
+    ch.queue_purge("qq5")
+    ch.confirm_delivery()
+    assert publish_confirmed(ch, "qq5", ["k1", "k2", "k3"]) == ["k1", "k2", "k3"]
+    conn.close()
+    # The members that took part snapshot (over 4096 entries, a small queue) and drop the
+    # log behind the snapshot.
+    for n in (n1, n2):
+        wait_for(f"{n.name} has a snapshot", lambda n=n: snapshot_files(n), timeout=30)
+    # n3 comes back behind the purged log: it gets the snapshot, and holds the queue when
+    # the others stop leading (n1, the leader, dies).
+    n3.start()
+    n3.wait_http()
+    wait_for("n3 caught up", lambda: queue_info(n3, "qq5").get("messages") == 3, timeout=30)
+    wait_for("n3 has the snapshot", lambda: snapshot_files(n3), timeout=30)
+    n1.kill()
+    conn = connect(n3)
+    got = consume_all(conn, conn.channel(), "qq5", 3)
+    assert sorted(b for b, _, _ in got) == ["k1", "k2", "k3"]
+    conn.close()
+    # A restart continues from the snapshot and the log after it.
+    n2.kill()
+    n2.start()
+    n2.wait_http()
+    wait_for("n2 back, queue empty", lambda: queue_info(n2, "qq5").get("messages") == 0,
+             timeout=30)

@@ -111,13 +111,47 @@ impl QueueOp {
     }
 }
 
-fn put_str8(out: &mut BytesMut, s: &ShortString) {
+/// A consumer's settings (a checkout's, a snapshot's consumers').
+pub(super) fn put_settings(
+    out: &mut BytesMut,
+    settings: &ConsumerSettings,
+) -> Result<(), EntryError> {
+    put_str8(out, &settings.tag);
+    out.put_u64_le(settings.connection);
+    out.put_u8(
+        u8::from(settings.ack_required)
+            | u8::from(settings.exclusive) << 1
+            | u8::from(settings.credit.is_some()) << 2,
+    );
+    out.put_u32_le(settings.prefetch);
+    out.put_i32_le(settings.priority);
+    let mut table = BytesMut::new();
+    encode_field_table(&mut table, &settings.arguments)
+        .map_err(|_| EntryError::TooLong("arguments"))?;
+    put_bytes32(out, &table, "arguments")?;
+    out.put_u32_le(settings.credit.unwrap_or(0));
+    Ok(())
+}
+
+/// A message as an enqueue carries it: exchange, routing key, AMQP properties, body.
+pub(super) fn put_message(out: &mut BytesMut, m: &Message) -> Result<(), EntryError> {
+    put_str8(out, &m.exchange);
+    put_str8(out, &m.routing_key);
+    put_bytes32(out, m.amqp_properties(), "properties")?;
+    put_bytes32(out, &m.body, "body")
+}
+
+pub(super) fn put_str8(out: &mut BytesMut, s: &ShortString) {
     // A ShortString holds at most 255 bytes.
     out.put_u8(u8::try_from(s.len()).unwrap_or(u8::MAX));
     out.put_slice(s.as_bytes());
 }
 
-fn put_bytes32(out: &mut BytesMut, b: &[u8], field: &'static str) -> Result<(), EntryError> {
+pub(super) fn put_bytes32(
+    out: &mut BytesMut,
+    b: &[u8],
+    field: &'static str,
+) -> Result<(), EntryError> {
     out.put_u32_le(u32::try_from(b.len()).map_err(|_| EntryError::TooLong(field))?);
     out.put_slice(b);
     Ok(())
@@ -161,20 +195,7 @@ impl QueueEntry {
             }
             QueueOp::Checkout { consumer, settings } => {
                 out.put_u64_le(*consumer);
-                put_str8(out, &settings.tag);
-                out.put_u64_le(settings.connection);
-                out.put_u8(
-                    u8::from(settings.ack_required)
-                        | u8::from(settings.exclusive) << 1
-                        | u8::from(settings.credit.is_some()) << 2,
-                );
-                out.put_u32_le(settings.prefetch);
-                out.put_i32_le(settings.priority);
-                let mut table = BytesMut::new();
-                encode_field_table(&mut table, &settings.arguments)
-                    .map_err(|_| EntryError::TooLong("arguments"))?;
-                put_bytes32(out, &table, "arguments")?;
-                out.put_u32_le(settings.credit.unwrap_or(0));
+                put_settings(out, settings)?;
             }
             QueueOp::Cancel { consumer } | QueueOp::PublisherDown(consumer) => {
                 out.put_u64_le(*consumer);
@@ -228,34 +249,10 @@ impl QueueEntry {
                     body: r.bytes32("body")?,
                 }
             }
-            2 => {
-                let consumer = r.u64("consumer")?;
-                let tag = r.str8("tag")?;
-                let connection = r.u64("connection")?;
-                let flags = r.u8("flags")?;
-                if flags & !0b111 != 0 {
-                    return Err(EntryError::Invalid("flags"));
-                }
-                let prefetch = r.u32("prefetch")?;
-                let priority = r.u32("priority")? as i32;
-                let table = r.bytes32("arguments")?;
-                let arguments =
-                    decode_field_table(&table).map_err(|_| EntryError::Invalid("arguments"))?;
-                let credit = r.u32("credit")?;
-                QueueOp::Checkout {
-                    consumer,
-                    settings: ConsumerSettings {
-                        tag,
-                        connection,
-                        ack_required: flags & 1 != 0,
-                        exclusive: flags & 2 != 0,
-                        prefetch,
-                        priority,
-                        arguments,
-                        credit: (flags & 4 != 0).then_some(credit),
-                    },
-                }
-            }
+            2 => QueueOp::Checkout {
+                consumer: r.u64("consumer")?,
+                settings: r.settings()?,
+            },
             3 => QueueOp::Cancel {
                 consumer: r.u64("consumer")?,
             },
@@ -306,13 +303,53 @@ pub fn message_of(op: &QueueOp) -> Option<Message> {
     ))
 }
 
-struct Reader<'a> {
-    buf: &'a Bytes,
-    pos: usize,
+pub(super) struct Reader<'a> {
+    pub(super) buf: &'a Bytes,
+    pub(super) pos: usize,
 }
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], EntryError> {
+    pub(super) fn settings(&mut self) -> Result<ConsumerSettings, EntryError> {
+        let tag = self.str8("tag")?;
+        let connection = self.u64("connection")?;
+        let flags = self.u8("flags")?;
+        if flags & !0b111 != 0 {
+            return Err(EntryError::Invalid("flags"));
+        }
+        let prefetch = self.u32("prefetch")?;
+        let priority = self.u32("priority")? as i32;
+        let table = self.bytes32("arguments")?;
+        let arguments = decode_field_table(&table).map_err(|_| EntryError::Invalid("arguments"))?;
+        let credit = self.u32("credit")?;
+        Ok(ConsumerSettings {
+            tag,
+            connection,
+            ack_required: flags & 1 != 0,
+            exclusive: flags & 2 != 0,
+            prefetch,
+            priority,
+            arguments,
+            credit: (flags & 4 != 0).then_some(credit),
+        })
+    }
+
+    pub(super) fn message(&mut self) -> Result<Message, EntryError> {
+        let exchange = self.str8("exchange")?;
+        let routing_key = self.str8("routing key")?;
+        let properties = self.bytes32("properties")?;
+        let body = self.bytes32("body")?;
+        let decoded =
+            BasicProperties::decode(&properties).map_err(|_| EntryError::Invalid("properties"))?;
+        Ok(Message::from_amqp(
+            exchange,
+            routing_key,
+            decoded,
+            properties,
+            body,
+        ))
+    }
+
+    pub(super) fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], EntryError> {
         let end = self.pos.checked_add(n).ok_or(EntryError::Truncated(what))?;
         let s = self
             .buf
@@ -322,11 +359,11 @@ impl Reader<'_> {
         Ok(s)
     }
 
-    fn u8(&mut self, what: &'static str) -> Result<u8, EntryError> {
+    pub(super) fn u8(&mut self, what: &'static str) -> Result<u8, EntryError> {
         Ok(self.take(1, what)?.first().copied().unwrap_or_default())
     }
 
-    fn bool(&mut self, what: &'static str) -> Result<bool, EntryError> {
+    pub(super) fn bool(&mut self, what: &'static str) -> Result<bool, EntryError> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
@@ -334,21 +371,21 @@ impl Reader<'_> {
         }
     }
 
-    fn u32(&mut self, what: &'static str) -> Result<u32, EntryError> {
+    pub(super) fn u32(&mut self, what: &'static str) -> Result<u32, EntryError> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes(
             b.try_into().map_err(|_| EntryError::Truncated(what))?,
         ))
     }
 
-    fn u64(&mut self, what: &'static str) -> Result<u64, EntryError> {
+    pub(super) fn u64(&mut self, what: &'static str) -> Result<u64, EntryError> {
         let b = self.take(8, what)?;
         Ok(u64::from_le_bytes(
             b.try_into().map_err(|_| EntryError::Truncated(what))?,
         ))
     }
 
-    fn str8(&mut self, what: &'static str) -> Result<ShortString, EntryError> {
+    pub(super) fn str8(&mut self, what: &'static str) -> Result<ShortString, EntryError> {
         let n = usize::from(self.u8(what)?);
         let start = self.pos;
         self.take(n, what)?;
@@ -356,14 +393,14 @@ impl Reader<'_> {
             .map_err(|_| EntryError::Invalid(what))
     }
 
-    fn bytes32(&mut self, what: &'static str) -> Result<Bytes, EntryError> {
+    pub(super) fn bytes32(&mut self, what: &'static str) -> Result<Bytes, EntryError> {
         let n = self.u32(what)? as usize;
         let start = self.pos;
         self.take(n, what)?;
         Ok(self.buf.slice(start..start + n))
     }
 
-    fn offsets(&mut self) -> Result<Vec<u64>, EntryError> {
+    pub(super) fn offsets(&mut self) -> Result<Vec<u64>, EntryError> {
         let n = self.u32("offset count")? as usize;
         // Checked against what is left before anything is allocated.
         if n.saturating_mul(8) > self.buf.len().saturating_sub(self.pos) {

@@ -18,6 +18,7 @@
 pub mod entry;
 pub mod machine;
 pub(crate) mod service;
+pub mod snapshot;
 
 pub use entry::{message_of, QueueEntry, QueueOp};
 pub use machine::{Applied, QueueMachine};

@@ -87,6 +87,8 @@ struct Shared {
     name: String,
     service: Weak<QuorumService>,
     machine: Arc<Mutex<QueueMachine>>,
+    /// The engine configuration the member built from the declaration.
+    config: EngineConfig,
     /// This member leads (as of the last metrics it saw).
     leading: AtomicBool,
     /// The current term: the session settlements name.
@@ -323,7 +325,8 @@ impl QuorumService {
             vhost: link.vhost.clone(),
             name: link.name.clone(),
             service: self.this.clone(),
-            machine: Arc::new(Mutex::new(QueueMachine::new(config))),
+            machine: Arc::new(Mutex::new(QueueMachine::new(config.clone()))),
+            config,
             leading: AtomicBool::new(false),
             term: AtomicU64::new(0),
             last_at: AtomicU64::new(0),
@@ -368,10 +371,13 @@ impl QuorumService {
         let store = Arc::new(WalLogStore::new(wal.group(shared.group)));
         let log = RaftLog::new(store).map_err(|e| e.to_string())?;
         let config = queue_config(shared.group).map_err(|e| e.to_string())?;
-        let sm = QueueStateMachine::new(
+        let sm = QueueStateMachine::open(
             Arc::clone(&shared.machine),
             Arc::clone(shared) as Arc<dyn EffectRunner>,
-        );
+            self.snapshot_dir(shared.group),
+            shared.config.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         let raft = QueueRaft::new(
             node_id(&self.me),
             Arc::new(config),
@@ -408,6 +414,12 @@ impl QuorumService {
         })
     }
 
+    fn snapshot_dir(&self, group: u64) -> PathBuf {
+        self.dir
+            .join("quorum-snapshots")
+            .join(format!("{group:016x}"))
+    }
+
     fn group(&self, group: u64) -> Option<(QueueRaft, Arc<Shared>)> {
         let slot = lock(&self.groups).get(&group).cloned()?;
         slot.get().map(|g| (g.raft.clone(), Arc::clone(&g.shared)))
@@ -421,6 +433,7 @@ impl QuorumService {
         let slot = lock(&self.groups).remove(&link.group);
         let wal = lock(&self.wal).clone();
         let group = link.group;
+        let snapshots = self.snapshot_dir(group);
         self.runtime.spawn(async move {
             if let Some(g) = slot.as_ref().and_then(|s| s.get()) {
                 for t in &g.tasks {
@@ -431,6 +444,7 @@ impl QuorumService {
             if let Some(w) = wal {
                 let _ = w.forget(group, Box::new(|_| {}));
             }
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(snapshots)).await;
         });
     }
 
@@ -631,25 +645,36 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
     }
 }
 
+/// A member snapshots its queue once this many entries were applied since the last one...
+const SNAPSHOT_EVERY: u64 = 4096;
+/// ...and the queue's messages are no more than this many bytes (a deep backlog stays in
+/// the log until it drains, instead of being copied again and again).
+const SNAPSHOT_MAX_BYTES: u64 = 64 << 20;
+
 /// While leading: ticks (TTL, consumer timeouts, `x-expires`) when the engine has one due,
 /// consumers of nodes that left or stopped answering cancelled; on every member: the
-/// queue's figures for management.
+/// queue's figures for management, and snapshots that bound the log.
 async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let (due, stats, consumers) = {
+        let (due, stats, consumers, applied) = {
             let m = lock(&shared.machine);
             let e = m.engine();
             (
                 e.next_tick() <= unix_ms(),
                 e.stats(),
                 e.consumers().map(|(id, _, _)| id).collect::<Vec<_>>(),
+                m.applied(),
             )
         };
         if let Some(q) = shared.queue() {
             q.set_remote_figures(stats, Default::default());
+        }
+        let snapshot_at = raft.metrics().borrow().snapshot.map_or(0, |l| l.index);
+        if applied >= snapshot_at + SNAPSHOT_EVERY && stats.ready_bytes <= SNAPSHOT_MAX_BYTES {
+            let _ = raft.trigger().snapshot().await;
         }
         if !shared.leading.load(Ordering::Acquire) {
             continue;

@@ -19,6 +19,7 @@ pub mod log_adapter;
 pub mod log_store;
 pub mod network;
 pub mod queue_group;
+mod snapshot_file;
 pub mod state_machine;
 pub mod wal_log;
 

@@ -3,11 +3,13 @@
 //! state machine — a [`QueueMachine`] that hands what each entry did to the queue's
 //! [`EffectRunner`] (which carries out deliveries where this member leads).
 //!
-//! Snapshots are not taken yet (`SnapshotPolicy::Never`): a group's log is kept whole and a
-//! restarting member replays it. Bounding the log with the engine's snapshot is the next
-//! step (docs/quorum-queues.md).
+//! Snapshots are the engine's state in `quorum::snapshot`'s format, one file per group
+//! (`raft/snapshot_file.rs`). openraft's own policy is off: the queue's duties task asks for
+//! one when enough log has piled up and the queue is small enough to copy cheaply (the log
+//! holds the bodies of a deep backlog until it drains, as Ra's does).
 
 use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -15,8 +17,11 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use pier_broker::queue::engine::EngineConfig;
+
 use super::network::{RaftRequest, Route};
-use super::{LogId, PeerNode, StorageError};
+use super::snapshot_file::{snap_err, SnapshotFiles};
+use super::{LogId, PeerNode, SnapshotMeta, StorageError};
 use crate::quorum::{Applied, QueueEntry, QueueMachine};
 use crate::rpc::Request;
 
@@ -145,20 +150,48 @@ pub struct QueueStateMachine {
     last_applied: Option<LogId>,
     membership: QueueMembership,
     runner: Arc<dyn EffectRunner>,
+    files: SnapshotFiles,
+    /// The queue's configuration as this member built it (a snapshot does not carry it).
+    config: EngineConfig,
 }
 
 impl QueueStateMachine {
-    pub fn new(machine: Arc<Mutex<QueueMachine>>, runner: Arc<dyn EffectRunner>) -> Self {
-        QueueStateMachine {
+    /// The state machine of a group whose snapshots live in `dir`: a member restarting
+    /// continues from its snapshot, then its log.
+    pub fn open(
+        machine: Arc<Mutex<QueueMachine>>,
+        runner: Arc<dyn EffectRunner>,
+        dir: PathBuf,
+        config: EngineConfig,
+    ) -> Result<Self, StorageError> {
+        let files = SnapshotFiles::open(dir)?;
+        let mut sm = QueueStateMachine {
             machine,
             last_applied: None,
             membership: QueueMembership::default(),
             runner,
+            files,
+            config,
+        };
+        if let Some((meta, data)) = sm.files.current() {
+            sm.restore(&meta, &data)?;
         }
+        Ok(sm)
     }
 
     fn machine(&self) -> MutexGuard<'_, QueueMachine> {
         self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let restored =
+            QueueMachine::restore_bytes(self.config.clone(), &Bytes::copy_from_slice(data), index)
+                .map_err(snap_err)?;
+        *self.machine() = restored;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
     }
 }
 
@@ -197,21 +230,36 @@ pub fn reply_of(applied: &Applied) -> QueueReply {
     }
 }
 
-/// Never built: the policy is `Never` (see the module's comment).
-pub struct NoSnapshots;
+/// Writes the snapshot captured when it was asked for.
+pub struct QueueSnapshotBuilder {
+    captured: Result<(SnapshotMeta, Vec<u8>), StorageError>,
+    files: SnapshotFiles,
+}
 
-impl RaftSnapshotBuilder<QueueTypeConfig> for NoSnapshots {
+impl RaftSnapshotBuilder<QueueTypeConfig> for QueueSnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::Snapshot<QueueTypeConfig>, StorageError> {
-        Err(sm_err(std::io::Error::other(
-            "quorum queue groups take no snapshots yet",
-        )))
+        let (meta, data) = std::mem::replace(
+            &mut self.captured,
+            Err(sm_err(std::io::Error::other("snapshot already built"))),
+        )?;
+        let data = Arc::new(data);
+        let (files, m, d) = (self.files.clone(), meta.clone(), Arc::clone(&data));
+        tokio::task::spawn_blocking(move || files.store(&m, d))
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)?;
+        tracing::debug!(snapshot = %meta.snapshot_id, bytes = data.len(), "quorum queue snapshot built");
+        Ok(openraft::Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        })
     }
 }
 
 impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotBuilder = QueueSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, QueueMembership), StorageError> {
         Ok((self.last_applied, self.membership.clone()))
@@ -242,8 +290,34 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
         Ok(replies)
     }
 
-    async fn get_snapshot_builder(&mut self) -> NoSnapshots {
-        NoSnapshots
+    async fn get_snapshot_builder(&mut self) -> QueueSnapshotBuilder {
+        // Captured here, on the state machine's task: exactly the applied state.
+        let captured = match self.machine().snapshot_bytes() {
+            Some(Ok(b)) => {
+                let id = match self.last_applied {
+                    Some(l) => {
+                        format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>())
+                    }
+                    None => format!("0-0-{}", rand::random::<u32>()),
+                };
+                Ok((
+                    SnapshotMeta {
+                        last_log_id: self.last_applied,
+                        last_membership: self.membership.clone(),
+                        snapshot_id: id,
+                    },
+                    b.to_vec(),
+                ))
+            }
+            Some(Err(e)) => Err(snap_err(e)),
+            None => Err(snap_err(std::io::Error::other(
+                "a quorum queue body is not in memory",
+            ))),
+        };
+        QueueSnapshotBuilder {
+            captured,
+            files: self.files.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -252,17 +326,26 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
 
     async fn install_snapshot(
         &mut self,
-        _meta: &openraft::SnapshotMeta<u64, PeerNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        Err(sm_err(std::io::Error::other(
-            "quorum queue groups take no snapshots yet",
-        )))
+        let data = snapshot.into_inner();
+        self.restore(meta, &data)?;
+        let (files, m, d) = (self.files.clone(), meta.clone(), Arc::new(data));
+        tokio::task::spawn_blocking(move || files.store(&m, d))
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)?;
+        tracing::debug!(snapshot = %meta.snapshot_id, "quorum queue snapshot installed");
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<openraft::Snapshot<QueueTypeConfig>>, StorageError> {
-        Ok(None)
+        Ok(self.files.current().map(|(meta, data)| openraft::Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        }))
     }
 }

@@ -20,12 +20,14 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use pier_store::DefinitionsStore;
+
+use super::snapshot_file::{snap_err, SnapshotFiles};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
@@ -43,10 +45,6 @@ struct SmRecord {
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
-}
-
-fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
 }
 
 type Reply = oneshot::Sender<Result<Outcome, CommandError>>;
@@ -84,64 +82,6 @@ impl Waiters {
             let _ = tx.send(outcome);
         }
     }
-}
-
-/// A snapshot's meta and its bytes.
-type Current = Option<(SnapshotMeta, Arc<Vec<u8>>)>;
-
-/// The current snapshot, on disk and in memory.
-#[derive(Debug, Clone)]
-struct SnapshotFiles {
-    dir: PathBuf,
-    current: Arc<Mutex<Current>>,
-}
-
-impl SnapshotFiles {
-    fn open(dir: PathBuf) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(&dir).map_err(snap_err)?;
-        let meta = dir.join("meta.json");
-        let data = dir.join("data.json");
-        let current = match (std::fs::read(&meta), std::fs::read(&data)) {
-            (Ok(m), Ok(d)) => match serde_json::from_slice::<SnapshotMeta>(&m) {
-                Ok(m) => Some((m, Arc::new(d))),
-                Err(e) => {
-                    tracing::warn!("ignoring an unreadable snapshot in {}: {e}", dir.display());
-                    None
-                }
-            },
-            _ => None,
-        };
-        Ok(SnapshotFiles {
-            dir,
-            current: Arc::new(Mutex::new(current)),
-        })
-    }
-
-    fn current(&self) -> Current {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Writes data, then meta (each atomically), so meta never names missing data.
-    fn store(&self, meta: &SnapshotMeta, data: Arc<Vec<u8>>) -> std::io::Result<()> {
-        let meta_bytes = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir, "data.json", &data)?;
-        write_atomic(&self.dir, "meta.json", &meta_bytes)?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), data));
-        Ok(())
-    }
-}
-
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Registers the message stores of the new durable queues a batch declares, per vhost, in

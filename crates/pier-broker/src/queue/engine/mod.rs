@@ -57,7 +57,9 @@ use crate::deadletter::DeathReason;
 use crate::message::Message;
 use crate::waits::WaitWindow;
 
-pub use snapshot::Snapshot;
+pub use snapshot::{
+    CheckedOutParts, ConsumerParts, EntryParts, LevelParts, Snapshot, SnapshotParts,
+};
 pub use state::ConsumerSettings;
 use state::{CheckedOut, Consumer, Level};
 

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::state::{CheckedOut, Consumer, Level};
+use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry, Level, Requeued};
 use super::{EngineConfig, EngineCounters, QueueEngine};
+use crate::consumer::ConsumerId;
 use crate::message::Message;
 use crate::waits::WaitWindow;
 
@@ -103,5 +104,211 @@ impl QueueEngine {
             waits: s.waits,
             page_in_asked: Vec::new(),
         }
+    }
+}
+
+/// A message in a snapshot's plain view (always in memory: see [`Snapshot::to_parts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryParts {
+    pub offset: u64,
+    pub message: Arc<Message>,
+    pub expires_at: u64,
+    pub redelivered: bool,
+    pub enqueued_at: u32,
+}
+
+/// One priority level: ready messages in order, and those that came back (with how often).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LevelParts {
+    pub ready: Vec<EntryParts>,
+    pub requeued: Vec<(EntryParts, u32)>,
+}
+
+/// A delivery not settled yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedOutParts {
+    /// None: taken with basic.get.
+    pub consumer: Option<ConsumerId>,
+    pub entry: EntryParts,
+    pub returns: u32,
+    pub level: u8,
+    pub delivered_at: u64,
+}
+
+/// A consumer with its counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerParts {
+    pub id: ConsumerId,
+    pub settings: ConsumerSettings,
+    pub unacked: u32,
+    pub credit: u32,
+    pub drain: bool,
+}
+
+/// A snapshot as plain data, for a replicated queue to write in its own format. The
+/// configuration is not part of it (every member builds the same one from the declaration),
+/// nor the time-in-queue histograms (figures, not state).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SnapshotParts {
+    pub next_offset: u64,
+    pub levels: Vec<LevelParts>,
+    pub checked_out: Vec<CheckedOutParts>,
+    pub consumers: Vec<ConsumerParts>,
+    pub round_robin: u64,
+    pub had_consumers: bool,
+    pub deleted: bool,
+    pub last_used: u64,
+    pub next_expiry: u64,
+    pub next_timeout_check: u64,
+    pub publishers: Vec<(u64, u64)>,
+    pub counters: EngineCounters,
+}
+
+fn entry_parts(e: &Entry) -> Option<EntryParts> {
+    Some(EntryParts {
+        offset: e.offset,
+        message: Arc::clone(e.message.as_ref()?),
+        expires_at: e.expires_at,
+        redelivered: e.redelivered(),
+        enqueued_at: e.enqueued_at,
+    })
+}
+
+fn entry_of(p: EntryParts) -> Entry {
+    Entry::new(
+        p.offset,
+        p.message,
+        p.redelivered,
+        p.expires_at,
+        p.enqueued_at,
+    )
+}
+
+impl Snapshot {
+    /// The plain view; `None` when a body is not in memory (an engine that pages: a
+    /// replicated queue's engine never does).
+    pub fn to_parts(&self) -> Option<SnapshotParts> {
+        if !self.held.is_empty() || !self.paged_deadlines.is_empty() {
+            return None;
+        }
+        let mut levels = Vec::with_capacity(self.levels.len());
+        for l in &self.levels {
+            if !l.paged.is_empty() {
+                return None;
+            }
+            levels.push(LevelParts {
+                ready: l.ready.iter().map(entry_parts).collect::<Option<_>>()?,
+                requeued: l
+                    .requeued
+                    .values()
+                    .map(|r| entry_parts(&r.entry).map(|e| (e, r.returns)))
+                    .collect::<Option<_>>()?,
+            });
+        }
+        Some(SnapshotParts {
+            next_offset: self.next_offset,
+            levels,
+            checked_out: self
+                .checked_out
+                .values()
+                .map(|c| {
+                    Some(CheckedOutParts {
+                        consumer: c.consumer,
+                        entry: entry_parts(&c.entry)?,
+                        returns: c.returns,
+                        level: c.level,
+                        delivered_at: c.delivered_at,
+                    })
+                })
+                .collect::<Option<_>>()?,
+            consumers: self
+                .consumers
+                .iter()
+                .map(|c| ConsumerParts {
+                    id: c.id,
+                    settings: c.settings.clone(),
+                    unacked: c.unacked,
+                    credit: c.credit,
+                    drain: c.drain,
+                })
+                .collect(),
+            round_robin: self.round_robin as u64,
+            had_consumers: self.had_consumers,
+            deleted: self.deleted,
+            last_used: self.last_used,
+            next_expiry: self.next_expiry,
+            next_timeout_check: self.next_timeout_check,
+            publishers: self.publishers.iter().map(|(p, s)| (*p, *s)).collect(),
+            counters: self.counters,
+        })
+    }
+
+    /// The snapshot of the plain view, with `config` (levels beyond the configuration's
+    /// priorities are merged into its highest).
+    pub fn from_parts(config: EngineConfig, p: SnapshotParts) -> Snapshot {
+        let count = usize::from(config.queue.max_priority.unwrap_or(0)) + 1;
+        let mut levels: Vec<Level> = (0..count).map(|_| Level::default()).collect();
+        for (i, l) in p.levels.into_iter().enumerate() {
+            let Some(level) = levels.get_mut(i.min(count - 1)) else {
+                continue;
+            };
+            level.ready.extend(l.ready.into_iter().map(entry_of));
+            for (e, returns) in l.requeued {
+                let entry = entry_of(e);
+                level
+                    .requeued
+                    .insert(entry.offset, Requeued { entry, returns });
+            }
+        }
+        Snapshot {
+            config,
+            next_offset: p.next_offset,
+            levels,
+            held: BTreeMap::new(),
+            paged_deadlines: BTreeMap::new(),
+            checked_out: p
+                .checked_out
+                .into_iter()
+                .map(|c| {
+                    let entry = entry_of(c.entry);
+                    (
+                        entry.offset,
+                        CheckedOut {
+                            consumer: c.consumer,
+                            entry,
+                            returns: c.returns,
+                            level: c.level,
+                            delivered_at: c.delivered_at,
+                        },
+                    )
+                })
+                .collect(),
+            consumers: p
+                .consumers
+                .into_iter()
+                .map(|c| Consumer {
+                    id: c.id,
+                    settings: c.settings,
+                    unacked: c.unacked,
+                    credit: c.credit,
+                    drain: c.drain,
+                })
+                .collect(),
+            round_robin: usize::try_from(p.round_robin).unwrap_or(0),
+            had_consumers: p.had_consumers,
+            deleted: p.deleted,
+            last_used: p.last_used,
+            next_expiry: p.next_expiry,
+            next_timeout_check: p.next_timeout_check,
+            publishers: p.publishers.into_iter().collect(),
+            counters: p.counters,
+            waits: None,
+        }
+    }
+
+    /// The same snapshot without its time-in-queue figures (what `from_parts` restores).
+    pub fn without_waits(mut self) -> Snapshot {
+        self.waits = None;
+        self
     }
 }
