@@ -211,3 +211,47 @@ def test_snapshots_bound_the_log_and_bring_a_member_back(cluster_factory):
     n2.wait_http()
     wait_for("n2 back, queue empty", lambda: queue_info(n2, "qq5").get("messages") == 0,
              timeout=30)
+
+
+def members_of(node, name: str) -> list[str]:
+    return sorted(queue_info(node, name)["members"])
+
+
+def test_members_added_removed_grown_shrunk_and_leadership_moved(cluster_factory):
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    conn = connect(n1)
+    ch = conn.channel()
+    ch.queue_declare("qq6", durable=True,
+                     arguments={**QQ, "x-quorum-initial-group-size": 2})
+    ch.confirm_delivery()
+    bodies = [f"m{i}" for i in range(10)]
+    assert publish_confirmed(ch, "qq6", bodies) == bodies
+    conn.close()
+    # Two members: the declaring node and the next one by name.
+    assert members_of(n3, "qq6") == ["pier@n1", "pier@n2"]
+    out = n1.ctl("add_member", "qq6", "pier@n3")
+    assert out.returncode == 0, out.stderr
+    assert members_of(n2, "qq6") == ["pier@n1", "pier@n2", "pier@n3"]
+    # The new member caught up from the leader: its own copy holds the ten.
+    wait_for("n3 holds the messages", lambda: queue_info(n3, "qq6").get("messages") == 10)
+    out = n2.ctl("transfer_leadership", "qq6", "pier@n3")
+    assert out.returncode == 0, out.stderr
+    wait_for("n3 leads", lambda: queue_info(n1, "qq6").get("leader") == "pier@n3")
+    out = n3.ctl("delete_member", "qq6", "pier@n1")
+    assert out.returncode == 0, out.stderr
+    assert members_of(n1, "qq6") == ["pier@n2", "pier@n3"]
+    out = n3.ctl("shrink", "pier@n2")
+    assert out.returncode == 0, out.stderr
+    assert "qq6" in out.stdout and "ok" in out.stdout
+    assert members_of(n1, "qq6") == ["pier@n3"]
+    out = n3.ctl("grow", "pier@n1", "all")
+    assert out.returncode == 0, out.stderr
+    assert members_of(n2, "qq6") == ["pier@n1", "pier@n3"]
+    # n2 is no member now: its clients still publish and consume (through the members).
+    conn = connect(n2)
+    got = consume_all(conn, conn.channel(), "qq6", 10)
+    assert sorted(b for b, _, _ in got) == sorted(bodies)
+    conn.close()
+    bad = n1.ctl("add_member", "qq6", "pier@n9")
+    assert bad.returncode != 0

@@ -55,4 +55,7 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
 
     /// A durable queue was deleted by the cluster (its replication, if any, stops here).
     fn queue_removed(&self, _vhost: &str, _queue: &str) {}
+
+    /// The members of a replicated queue changed (this node may have joined or left it).
+    fn queue_members_changed(&self, _vhost: &str, _queue: &str) {}
 }

@@ -520,6 +520,266 @@ impl ClusterHandle {
         Some(rows)
     }
 
+    /// A replicated quorum queue's catalog entry, or why the queue has none.
+    fn replicated_home(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Result<crate::metadata::QueueHome, ClusterError> {
+        match self.node.applier.catalog().queue_home(vhost, name) {
+            Some(h) if h.group != 0 => Ok(h),
+            _ => Err(ClusterError::Membership(format!(
+                "queue '{name}' in vhost '{vhost}' is not a replicated quorum queue"
+            ))),
+        }
+    }
+
+    /// Sends a membership change to the group's leader (found through the members),
+    /// following "not the leader" answers for a few seconds.
+    async fn group_change(
+        &self,
+        home: &crate::metadata::QueueHome,
+        change: crate::rpc::MemberChange,
+    ) -> Result<(), ClusterError> {
+        use crate::rpc::{ForwardError, Request, Response};
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut target: Option<String> = None;
+        let mut last = String::from("no leader known");
+        loop {
+            if target.is_none() {
+                target = match self.node.queues.quorum.group_status(home.group) {
+                    Some(s) => s.leader,
+                    None => None,
+                };
+            }
+            if target.is_none() {
+                for m in &home.members {
+                    if let Some((id, p, _)) = self
+                        .node
+                        .members()
+                        .into_iter()
+                        .find(|(_, p, _)| p.name == *m)
+                    {
+                        if let Ok(Response::QueueStatus(Some(s))) = self
+                            .node
+                            .transport
+                            .call(
+                                id,
+                                &p.addr,
+                                &Request::QueueStatus { group: home.group },
+                                Duration::from_secs(3),
+                            )
+                            .await
+                        {
+                            if s.leader.is_some() {
+                                target = s.leader;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(leader) = target.clone() {
+                let r = if leader == self.node.me.name {
+                    self.node
+                        .queues
+                        .quorum
+                        .serve_members(home.group, change.clone())
+                        .await
+                } else {
+                    match self
+                        .node
+                        .members()
+                        .into_iter()
+                        .find(|(_, p, _)| p.name == leader)
+                    {
+                        Some((id, p, _)) => self
+                            .node
+                            .transport
+                            .call(
+                                id,
+                                &p.addr,
+                                &Request::QueueMembers {
+                                    group: home.group,
+                                    change: change.clone(),
+                                },
+                                Duration::from_secs(30),
+                            )
+                            .await
+                            .unwrap_or_else(|e| Response::Refused(e.to_string())),
+                        None => Response::Refused(format!("{leader} is not a cluster member")),
+                    }
+                };
+                match r {
+                    Response::QueueMembers(Ok(())) => return Ok(()),
+                    Response::QueueMembers(Err(ForwardError::NotLeader { leader })) => {
+                        target = leader.map(|p| p.name);
+                        last = "not the leader".into();
+                    }
+                    Response::QueueMembers(Err(ForwardError::Failed(e))) => {
+                        target = None;
+                        last = e;
+                    }
+                    other => {
+                        target = None;
+                        last = format!("{other:?}");
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Membership(format!(
+                    "the quorum queue's membership did not change: {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `add_member`: `node` becomes a member of the queue's group (replicated to once it has
+    /// caught up, then voting).
+    pub async fn add_queue_member(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        let home = self.replicated_home(vhost, name)?;
+        let Some((_, peer, _)) = self
+            .node
+            .members()
+            .into_iter()
+            .find(|(_, p, _)| p.name == node)
+        else {
+            return Err(ClusterError::Membership(format!(
+                "{node} is not a member of the cluster"
+            )));
+        };
+        if home.members.iter().any(|m| m == node) {
+            return Err(ClusterError::Membership(format!(
+                "{node} is already a member of queue '{name}' in vhost '{vhost}'"
+            )));
+        }
+        let mut members = home.members.clone();
+        members.push(node.to_owned());
+        self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            members,
+        })
+        .await?;
+        self.group_change(&home, crate::rpc::MemberChange::Add(peer))
+            .await
+    }
+
+    /// `delete_member`: `node` leaves the queue's group (its copy is dropped).
+    pub async fn delete_queue_member(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        let home = self.replicated_home(vhost, name)?;
+        if !home.members.iter().any(|m| m == node) {
+            return Err(ClusterError::Membership(format!(
+                "{node} is not a member of queue '{name}' in vhost '{vhost}'"
+            )));
+        }
+        if home.members.len() == 1 {
+            return Err(ClusterError::Membership(format!(
+                "{node} is the last member of queue '{name}' in vhost '{vhost}'"
+            )));
+        }
+        self.group_change(&home, crate::rpc::MemberChange::Remove(node.to_owned()))
+            .await?;
+        let members: Vec<String> = home
+            .members
+            .iter()
+            .filter(|m| *m != node)
+            .cloned()
+            .collect();
+        self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            members,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `transfer_leadership`: `node` (a member) starts an election; answers once it leads,
+    /// or says who still does after a few seconds.
+    pub async fn transfer_queue_leadership(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        let home = self.replicated_home(vhost, name)?;
+        if !home.members.iter().any(|m| m == node) {
+            return Err(ClusterError::Membership(format!(
+                "{node} is not a member of queue '{name}' in vhost '{vhost}'"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = self
+                .quorum_status(vhost, name)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|(_, r)| r.ok().and_then(|s| s.leader));
+            if leader.as_deref() == Some(node) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Membership(format!(
+                    "{node} did not take the lead of queue '{name}' in vhost '{vhost}' (leader: {})",
+                    leader.unwrap_or_else(|| "none".into())
+                )));
+            }
+            // The elect goes to the node itself.
+            if let Some((id, p, _)) = self
+                .node
+                .members()
+                .into_iter()
+                .find(|(_, p, _)| p.name == node)
+            {
+                let req = crate::rpc::Request::QueueMembers {
+                    group: home.group,
+                    change: crate::rpc::MemberChange::Elect,
+                };
+                if node == self.node.me.name {
+                    let _ = self
+                        .node
+                        .queues
+                        .quorum
+                        .serve_members(home.group, crate::rpc::MemberChange::Elect)
+                        .await;
+                } else {
+                    let _ = self
+                        .node
+                        .transport
+                        .call(id, &p.addr, &req, Duration::from_secs(5))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+
+    /// Every replicated quorum queue: (vhost, name, members).
+    pub fn replicated_queues(&self) -> Vec<(String, String, Vec<String>)> {
+        self.node
+            .applier
+            .catalog()
+            .state()
+            .queue_homes
+            .into_iter()
+            .filter(|(_, h)| h.group != 0)
+            .map(|((v, n), h)| (v, n, h.members))
+            .collect()
+    }
+
     /// The replicated quorum queues that would lose their majority if this node stopped
     /// (RabbitMQ's `node-is-quorum-critical`): (vhost, name) of each, where this node is a
     /// member and fewer than a majority of the members are running besides it.

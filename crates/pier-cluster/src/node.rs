@@ -729,6 +729,9 @@ impl Handler for NodeHandler {
                 Request::QueueStatus { group } => {
                     Response::QueueStatus(n.queues.quorum.group_status(group))
                 }
+                Request::QueueMembers { group, change } => {
+                    n.queues.quorum.serve_members(group, change).await
+                }
             }
         })
     }

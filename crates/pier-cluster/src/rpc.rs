@@ -66,6 +66,22 @@ pub enum Request {
     QueueStatus {
         group: u64,
     },
+    /// A membership change of a quorum queue's group, to its leader (`Elect`: to the member
+    /// that is to lead).
+    QueueMembers {
+        group: u64,
+        change: MemberChange,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add this node: as a learner until it has caught up, then as a voter.
+    Add(PeerNode),
+    /// Remove the node of that name.
+    Remove(String),
+    /// Start an election here (`transfer_leadership`).
+    Elect,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,6 +101,7 @@ pub enum Response {
     /// One answer per entry, in order.
     QueueWrite(Result<Vec<QueueReply>, ForwardError>),
     QueueStatus(Option<GroupStatus>),
+    QueueMembers(Result<(), ForwardError>),
 }
 
 /// One member's view of a quorum queue's Raft group.

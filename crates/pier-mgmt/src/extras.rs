@@ -763,3 +763,84 @@ pub async fn queue_actions(
         None => Err(ApiError::bad_request("[{key_missing,action}]")),
     }
 }
+
+/// POST /api/queues/{vhost}/{name}/members `{"node": N}` (Pier's; `pier ctl add_member`):
+/// the node joins the replicated quorum queue's Raft group.
+pub async fn add_queue_member(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let node = member_change_target(&st, &user, &vhost, &name, &body)?;
+    let c = st
+        .cluster()
+        .ok_or_else(|| ApiError::bad_request("not a cluster member"))?;
+    c.add_queue_member(&vhost, &name, &node)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(json::no_content())
+}
+
+/// DELETE /api/queues/{vhost}/{name}/members/{node} (`pier ctl delete_member`).
+pub async fn delete_queue_member(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name, node)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    check_quorum_admin(&st, &user, &vhost, &name)?;
+    let c = st
+        .cluster()
+        .ok_or_else(|| ApiError::bad_request("not a cluster member"))?;
+    c.delete_queue_member(&vhost, &name, &node)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(json::no_content())
+}
+
+/// POST /api/queues/{vhost}/{name}/transfer-leadership `{"node": N}`
+/// (`pier ctl transfer_leadership`).
+pub async fn transfer_queue_leadership(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let node = member_change_target(&st, &user, &vhost, &name, &body)?;
+    let c = st
+        .cluster()
+        .ok_or_else(|| ApiError::bad_request("not a cluster member"))?;
+    c.transfer_queue_leadership(&vhost, &name, &node)
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(json::no_content())
+}
+
+/// Membership changes are an administrator's (as `rabbitmq-queues`), on a quorum queue.
+fn check_quorum_admin(st: &AppState, user: &AuthUser, vhost: &str, name: &str) -> ApiResult<()> {
+    if !user.is_admin() {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    let vh = crate::auth::view_vhost(&st.broker, user, vhost)?;
+    let q = crate::topology::find_queue(&vh, name)?;
+    if q.kind() != pier_broker::queue::QueueType::Quorum {
+        return Err(ApiError::bad_request(format!(
+            "queue '{name}' in vhost '{vhost}' is not a quorum queue"
+        )));
+    }
+    Ok(())
+}
+
+fn member_change_target(
+    st: &AppState,
+    user: &AuthUser,
+    vhost: &str,
+    name: &str,
+    body: &Bytes,
+) -> ApiResult<String> {
+    check_quorum_admin(st, user, vhost, name)?;
+    let m = json::body_object(body)?;
+    json::get_str(&m, "node")
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request("\"node\" is required"))
+}

@@ -404,6 +404,18 @@ fn router(state: AppState) -> Router {
             "/queues/{vhost}/{name}/quorum-status",
             get(extras::quorum_status),
         )
+        .route(
+            "/queues/{vhost}/{name}/members",
+            post(extras::add_queue_member),
+        )
+        .route(
+            "/queues/{vhost}/{name}/members/{node}",
+            axum::routing::delete(extras::delete_queue_member),
+        )
+        .route(
+            "/queues/{vhost}/{name}/transfer-leadership",
+            post(extras::transfer_queue_leadership),
+        )
         .route("/exchanges", get(topology::exchanges))
         .route("/exchanges/{vhost}", get(topology::vhost_exchanges))
         .route(

@@ -340,6 +340,28 @@ impl Applier {
                 };
                 Ok(Outcome::Created(declared.created))
             }
+            C::SetQueueMembers {
+                vhost,
+                name,
+                members,
+            } => {
+                let Some(mut home) = self.catalog.queue_home(vhost, name) else {
+                    return Ok(Outcome::Skipped(format!(
+                        "queue '{name}' in vhost '{vhost}' is not replicated"
+                    )));
+                };
+                if home.group == 0 {
+                    return Ok(Outcome::Skipped(format!(
+                        "queue '{name}' in vhost '{vhost}' is not replicated"
+                    )));
+                }
+                home.members.clone_from(members);
+                self.catalog.set_queue_home(vhost, name, home);
+                if let Some(c) = self.broker.cluster() {
+                    c.queue_members_changed(vhost, name);
+                }
+                Ok(Outcome::Created(false))
+            }
             C::DeleteQueue { vhost, name } => {
                 let vh = self.vhost(vhost)?;
                 let Some(q) = vh.find_queue(name) else {

@@ -117,6 +117,14 @@ pub enum MetadataCommand {
         members: Vec<String>,
         checked: bool,
     },
+    /// Replaces the members of a replicated quorum queue (`add_member`, `delete_member`,
+    /// `grow`, `shrink`): a node added opens the queue's Raft group (empty, to be caught up by
+    /// the leader), a node removed closes it and drops its log.
+    SetQueueMembers {
+        vhost: String,
+        name: String,
+        members: Vec<String>,
+    },
     /// Deletes a queue with its messages. `if-unused` and `if-empty` are checked where the
     /// deletion is made (on the queue's home node), before it is proposed: consumers and
     /// message counts are not replicated state.
@@ -189,6 +197,9 @@ impl MetadataCommand {
             }
             C::DeleteQueue { vhost, name, .. } => {
                 format!("delete queue '{name}' in vhost '{vhost}'")
+            }
+            C::SetQueueMembers { vhost, name, .. } => {
+                format!("set the members of queue '{name}' in vhost '{vhost}'")
             }
             C::Bind {
                 vhost,

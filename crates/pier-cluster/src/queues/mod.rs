@@ -248,6 +248,12 @@ impl Cluster for QueueService {
         self.quorum.remove(vhost, queue);
     }
 
+    fn queue_members_changed(&self, vhost: &str, queue: &str) {
+        if let Some(home) = self.catalog.queue_home(vhost, queue) {
+            self.quorum.members_changed(vhost, queue, &home);
+        }
+    }
+
     fn delete_queue(&self, vhost: &str, queue: &str, reason: &'static str) {
         tracing::info!(
             vhost,

@@ -42,7 +42,7 @@ use crate::raft::queue_group::{
 };
 use crate::raft::wal_log::WalLogStore;
 use crate::raft::{node_id, PeerNode};
-use crate::rpc::{unix_ms, ForwardError, GroupStatus, Request, Response};
+use crate::rpc::{unix_ms, ForwardError, GroupStatus, MemberChange, Request, Response};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -331,7 +331,7 @@ impl QuorumService {
             term: AtomicU64::new(0),
             last_at: AtomicU64::new(0),
         });
-        let _ = link.shared.set(Arc::clone(&shared));
+        *lock(&link.shared) = Some(Arc::clone(&shared));
         let (me, members, home_name) = (self.me.clone(), home.members.clone(), home.home.clone());
         let service = self.this.clone();
         self.runtime.spawn(async move {
@@ -430,6 +430,13 @@ impl QuorumService {
         let link = lock(&self.links).remove(&(vhost.to_owned(), name.to_owned()));
         let Some(link) = link else { return };
         link.closed.store(true, Ordering::Release);
+        self.close_group(&link);
+    }
+
+    /// This node stops being a member of the link's group: the group stops and its log and
+    /// snapshot go.
+    fn close_group(&self, link: &QuorumLink) {
+        *lock(&link.shared) = None;
         let slot = lock(&self.groups).remove(&link.group);
         let wal = lock(&self.wal).clone();
         let group = link.group;
@@ -446,6 +453,83 @@ impl QuorumService {
             }
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(snapshots)).await;
         });
+    }
+
+    /// The queue's members changed: this node opens its group (a new member, caught up by
+    /// the leader) or closes it (removed).
+    pub(crate) fn members_changed(
+        &self,
+        vhost: &str,
+        name: &str,
+        home: &crate::metadata::QueueHome,
+    ) {
+        let link = lock(&self.links)
+            .get(&(vhost.to_owned(), name.to_owned()))
+            .cloned();
+        let Some(link) = link else { return };
+        *lock(&link.members) = home.members.clone();
+        let member = home.members.contains(&self.me);
+        let running = lock(&link.shared).is_some();
+        if member && !running {
+            let config = self
+                .broker()
+                .and_then(|b| b.vhost(vhost))
+                .and_then(|v| v.find_queue(name))
+                .map(|q| EngineConfig::quorum(q.config().clone()));
+            if let Some(config) = config {
+                // Never initialises: the leader adds it to the group's membership.
+                let mut joining = home.clone();
+                joining.home = String::new();
+                self.open_group(&link, &joining, config);
+            }
+        } else if !member && running {
+            self.close_group(&link);
+        }
+    }
+
+    /// A membership change of a group this node leads (or, `Elect`, a member asked to
+    /// take the lead).
+    pub(crate) async fn serve_members(&self, group: u64, change: MemberChange) -> Response {
+        let Some((raft, shared)) = self.group(group) else {
+            return Response::QueueMembers(Err(ForwardError::Failed(format!(
+                "no quorum queue group {group:x} here"
+            ))));
+        };
+        if let MemberChange::Elect = change {
+            return Response::QueueMembers(
+                raft.trigger()
+                    .elect()
+                    .await
+                    .map_err(|e| ForwardError::Failed(e.to_string())),
+            );
+        }
+        if !shared.leading.load(Ordering::Acquire) {
+            let m = raft.metrics().borrow().clone();
+            let leader = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            return Response::QueueMembers(Err(ForwardError::NotLeader { leader }));
+        }
+        let r = match change {
+            MemberChange::Add(peer) => {
+                let id = node_id(&peer.name);
+                match raft.add_learner(id, peer, true).await {
+                    Ok(_) => raft
+                        .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false)
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                }
+            }
+            MemberChange::Remove(name) => {
+                let id = node_id(&name);
+                raft.change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false)
+                    .await
+                    .map(|_| ())
+            }
+            MemberChange::Elect => Ok(()),
+        };
+        Response::QueueMembers(r.map_err(|e| ForwardError::Failed(e.to_string())))
     }
 
     /// A peer's Raft RPC for a group of this node.
@@ -712,9 +796,9 @@ pub(crate) struct QuorumLink {
     vhost: String,
     name: String,
     home: String,
-    members: Vec<String>,
-    /// This node's group, when it is a member.
-    shared: OnceLock<Arc<Shared>>,
+    members: Mutex<Vec<String>>,
+    /// This node's group, while it is a member.
+    shared: Mutex<Option<Arc<Shared>>>,
     /// The highest term a delivery came in (a node that is not a member learns it so).
     seen_term: AtomicU64,
     writes: OnceLock<mpsc::Sender<Write>>,
@@ -736,8 +820,8 @@ impl QuorumLink {
             vhost: vhost.to_owned(),
             name: name.to_owned(),
             home: home.home.clone(),
-            members: home.members.clone(),
-            shared: OnceLock::new(),
+            members: Mutex::new(home.members.clone()),
+            shared: Mutex::new(None),
             seen_term: AtomicU64::new(0),
             writes: OnceLock::new(),
             credit_mode: Mutex::new(HashSet::new()),
@@ -786,9 +870,8 @@ impl QuorumLink {
     }
 
     fn term(&self) -> u64 {
-        let local = self
-            .shared
-            .get()
+        let local = lock(&self.shared)
+            .as_ref()
             .map_or(0, |s| s.term.load(Ordering::Acquire));
         local.max(self.seen_term.load(Ordering::Acquire))
     }
@@ -810,13 +893,14 @@ impl QuorumLink {
             }
             return Target::Wait;
         }
-        if self.members.contains(&service.me) {
+        let members = lock(&self.members).clone();
+        if members.contains(&service.me) {
             // A member whose group has not started yet.
             return Target::Wait;
         }
         // Not a member: a member passes it on (round robin over attempts).
-        let n = self.members.len().max(1);
-        let name = self.members.get(tried % n).unwrap_or(&self.home);
+        let n = members.len().max(1);
+        let name = members.get(tried % n).unwrap_or(&self.home);
         match service.peer(name) {
             Some(p) => Target::Remote(p),
             None => Target::Wait,
@@ -1152,7 +1236,8 @@ impl QueueLink for QuorumLink {
         queue: &Queue,
         _touch: bool,
     ) -> BoxFuture<Result<pier_broker::queue::QueueStats, BrokerError>> {
-        let stats = match self.shared.get() {
+        let shared = lock(&self.shared).clone();
+        let stats = match shared {
             Some(s) => lock(&s.machine).engine().stats(),
             None => queue.stats(),
         };

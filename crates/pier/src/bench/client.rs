@@ -232,11 +232,24 @@ impl Client {
     }
 
     /// `queue.declare`; returns the number of messages ready in the queue.
-    pub async fn declare_queue(&mut self, queue: &str, durable: bool) -> anyhow::Result<u32> {
+    pub async fn declare_queue(
+        &mut self,
+        queue: &str,
+        durable: bool,
+        quorum: bool,
+    ) -> anyhow::Result<u32> {
+        let mut arguments = pier_wire::FieldTable::new();
+        if quorum {
+            arguments.insert(
+                "x-queue-type",
+                pier_wire::FieldValue::LongString("quorum".into()),
+            );
+        }
         match self
             .rpc(Method::QueueDeclare(QueueDeclare {
                 queue: ShortString::try_from_string(queue.to_owned())?,
                 durable,
+                arguments,
                 ..QueueDeclare::default()
             }))
             .await?

@@ -88,6 +88,14 @@ pub struct BenchArgs {
     /// Publish rate limit per producer, messages/s (0 = unlimited).
     #[arg(long, short = 'r', default_value_t = 0)]
     pub rate: u64,
+    /// Declare the queues as quorum queues (x-queue-type: quorum; durable), as PerfTest's
+    /// --quorum-queue.
+    #[arg(long)]
+    pub quorum_queue: bool,
+    /// More brokers (cluster nodes), comma-separated AMQP URIs: producers and consumers
+    /// connect round-robin over --uri and these (producer i and consumer i to node i mod N).
+    #[arg(long, value_delimiter = ',')]
+    pub uris: Vec<String>,
     /// Persistent messages (delivery_mode 2) and durable queues.
     #[arg(long, short = 'f')]
     pub persistent: bool,
@@ -196,9 +204,21 @@ pub struct BenchArgs {
 }
 
 /// Validated settings of a run.
+impl Config {
+    /// The node client `i` (a producer's or a consumer's index) connects to.
+    pub fn node(&self, i: usize) -> &AmqpUri {
+        self.nodes
+            .get(i % self.nodes.len().max(1))
+            .unwrap_or(&self.uri)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub uri: AmqpUri,
+    /// Every node clients connect to (--uri first, then --uris).
+    pub nodes: Vec<AmqpUri>,
+    pub quorum_queue: bool,
     pub producers: usize,
     pub consumers: usize,
     pub queue_names: Vec<String>,
@@ -346,7 +366,13 @@ pub fn validate(args: BenchArgs) -> anyhow::Result<Config> {
         }
     }
     let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
+    let mut nodes = vec![uri.clone()];
+    for u in &args.uris {
+        nodes.push(u.parse().with_context(|| format!("--uris: {u}"))?);
+    }
     let config = Config {
+        nodes,
+        quorum_queue: args.quorum_queue,
         uri,
         producers: args.producers,
         consumers: args.consumers,
@@ -662,7 +688,7 @@ async fn declare(setup: &mut Client, cfg: &Config) -> anyhow::Result<()> {
     }
     for (i, q) in cfg.queue_names.iter().enumerate() {
         let ready = setup
-            .declare_queue(q, cfg.persistent)
+            .declare_queue(q, cfg.persistent || cfg.quorum_queue, cfg.quorum_queue)
             .await
             .with_context(|| format!("declaring queue {q}"))?;
         if ready > 0 {

@@ -316,6 +316,22 @@ enum CtlCommand {
     /// Fails (69) when stopping this node would cost a quorum queue its majority
     /// (rabbitmq-queues check_if_node_is_quorum_critical).
     CheckIfNodeIsQuorumCritical,
+    /// Adds a member (replica) on NODE to a quorum queue (rabbitmq-queues add_member).
+    AddMember { queue: String, node: String },
+    /// Removes the member on NODE of a quorum queue (rabbitmq-queues delete_member).
+    DeleteMember { queue: String, node: String },
+    /// Adds NODE as a member of every quorum queue (all) or of those with an even number of
+    /// members (rabbitmq-queues grow). Columns: vhost name size result.
+    Grow {
+        node: String,
+        #[arg(value_enum)]
+        strategy: quorum::GrowStrategy,
+        columns: Vec<String>,
+    },
+    /// Removes NODE from every quorum queue it is a member of (rabbitmq-queues shrink).
+    Shrink { node: String, columns: Vec<String> },
+    /// Makes the member on NODE the leader of a quorum queue.
+    TransferLeadership { queue: String, node: String },
     /// The members of a stream (rabbitmq-streams stream_status). Columns: role node epoch
     /// offset committed_offset first_offset readers segments.
     StreamStatus { name: String, columns: Vec<String> },
@@ -1319,6 +1335,17 @@ impl Ctl {
             CtlCommand::StreamStatus { name, columns } => self.stream_status(&name, &columns),
             CtlCommand::QuorumStatus { name, columns } => self.quorum_status(&name, &columns),
             CtlCommand::CheckIfNodeIsQuorumCritical => self.check_quorum_critical(),
+            CtlCommand::AddMember { queue, node } => self.add_member(&queue, &node),
+            CtlCommand::DeleteMember { queue, node } => self.delete_member(&queue, &node),
+            CtlCommand::Grow {
+                node,
+                strategy,
+                columns,
+            } => self.grow(&node, strategy, &columns),
+            CtlCommand::Shrink { node, columns } => self.shrink(&node, &columns),
+            CtlCommand::TransferLeadership { queue, node } => {
+                self.transfer_leadership(&queue, &node)
+            }
             CtlCommand::ListStreamTracking {
                 name,
                 offset,
