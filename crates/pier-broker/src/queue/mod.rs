@@ -719,6 +719,13 @@ impl Queue {
     }
 
     /// The home node cancelled this node's consumer `id` (the queue was deleted there).
+    /// The ids of this node's consumers of a queue reached over a link (none otherwise).
+    pub fn remote_consumer_ids(&self) -> Vec<ConsumerId> {
+        self.remote_backend()
+            .map(RemoteQueue::consumer_ids)
+            .unwrap_or_default()
+    }
+
     pub fn remote_consumer_cancelled(&self, id: ConsumerId) {
         if let Some(r) = self.remote_backend() {
             r.consumer_cancelled(self, id);

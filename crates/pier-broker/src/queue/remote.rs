@@ -251,6 +251,11 @@ impl RemoteQueue {
         self.deleted.load(Ordering::Acquire)
     }
 
+    /// The ids of this node's consumers of the queue.
+    pub(crate) fn consumer_ids(&self) -> Vec<ConsumerId> {
+        self.slots().keys().copied().collect()
+    }
+
     pub(crate) fn consumers(&self) -> Vec<ConsumerInfo> {
         self.slots()
             .values()

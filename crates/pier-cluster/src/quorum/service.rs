@@ -48,29 +48,51 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-const LOCAL_BITS: u32 = 40;
-const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
-/// Writes a node queues for one group before publishers wait (backpressure).
-const WRITE_QUEUE: usize = 4096;
+/// A consumer's cluster-wide id: 20 bits of its node's Raft id, 12 bits of the node
+/// process's incarnation (a consumer of a process that died is never taken for one of its
+/// successor's), 32 bits of the node's own consumer id.
+const TAG_SHIFT: u32 = 44;
+const INCARNATION_SHIFT: u32 = 32;
+const LOCAL_MASK: u64 = (1 << INCARNATION_SHIFT) - 1;
+
+fn incarnation() -> u64 {
+    static INCARNATION: OnceLock<u64> = OnceLock::new();
+    *INCARNATION.get_or_init(|| rand::random::<u64>() & 0xFFF)
+}
+
+/// The top bits of a node's Raft id that name it in consumer ids.
+fn tag_of(node: u64) -> u64 {
+    node >> TAG_SHIFT
+}
+
+/// The cluster-wide id of consumer `local` of this process on node `node` (its Raft id).
+pub fn global_consumer(node: u64, local: ConsumerId) -> u64 {
+    (tag_of(node) << TAG_SHIFT) | (incarnation() << INCARNATION_SHIFT) | (local & LOCAL_MASK)
+}
+
+/// (node tag, incarnation, local id) of a cluster-wide consumer id.
+fn split_consumer(global: u64) -> (u64, u64, ConsumerId) {
+    (
+        global >> TAG_SHIFT,
+        (global >> INCARNATION_SHIFT) & 0xFFF,
+        global & LOCAL_MASK,
+    )
+}
+
 /// Entries per forwarded batch.
 const WRITE_BATCH: usize = 256;
 /// How long a write may look for a leader before it fails (a publish is then nacked).
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
-
-/// The cluster-wide id of a consumer of node `node` (its Raft id) with local id `local`.
-pub fn global_consumer(node: u64, local: ConsumerId) -> u64 {
-    ((node >> LOCAL_BITS) << LOCAL_BITS) | (local & LOCAL_MASK)
-}
-
-fn split_consumer(global: u64) -> (u64, ConsumerId) {
-    (global >> LOCAL_BITS, global & LOCAL_MASK)
-}
+/// How often a write that was not committed (its leader lost the lead) is tried again; a
+/// publish is not (it is nacked, and the client resends it).
+const WRITE_ATTEMPTS: u8 = 5;
 
 type WriteResult = Result<QueueReply, String>;
 
 struct Write {
     entry: QueueEntry,
     done: Option<oneshot::Sender<WriteResult>>,
+    attempts: u8,
 }
 
 /// A group this node is a member of.
@@ -120,7 +142,7 @@ impl EffectRunner for Shared {
                     let (Some(consumer), Some(message)) = (d.consumer, d.message.as_ref()) else {
                         continue;
                     };
-                    let (tag, local) = split_consumer(consumer);
+                    let (tag, _, local) = split_consumer(consumer);
                     let message = q.as_delivered(Arc::clone(message), d.returns);
                     match service.node_of_tag(tag) {
                         Some(node) if node.name == service.me => q.remote_deliver(
@@ -152,7 +174,7 @@ impl EffectRunner for Shared {
                     }
                 }
                 Effect::ConsumerCancelled { consumer, .. } => {
-                    let (tag, local) = split_consumer(*consumer);
+                    let (tag, _, local) = split_consumer(*consumer);
                     match service.node_of_tag(tag) {
                         Some(node) if node.name == service.me => {
                             q.remote_consumer_cancelled(local);
@@ -236,7 +258,7 @@ impl QuorumService {
         let node = self.node()?;
         node.members()
             .into_iter()
-            .find(|(id, _, _)| id >> LOCAL_BITS == tag)
+            .find(|(id, _, _)| tag_of(*id) == tag)
             .map(|(_, p, _)| p)
     }
 
@@ -760,6 +782,7 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
         if applied >= snapshot_at + SNAPSHOT_EVERY && stats.ready_bytes <= SNAPSHOT_MAX_BYTES {
             let _ = raft.trigger().snapshot().await;
         }
+        reconcile_consumers(&shared, &consumers);
         if !shared.leading.load(Ordering::Acquire) {
             continue;
         }
@@ -769,14 +792,14 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
         }
         if let Some(service) = shared.service.upgrade() {
             if let Some(node) = service.node() {
-                for c in consumers {
-                    let (tag, _) = split_consumer(c);
+                for c in &consumers {
+                    let (tag, _, _) = split_consumer(*c);
                     let alive = node
                         .members()
                         .into_iter()
-                        .any(|(id, _, _)| id >> LOCAL_BITS == tag && node.is_running(id));
+                        .any(|(id, _, _)| tag_of(id) == tag && node.is_running(id));
                     if !alive {
-                        ops.push(QueueOp::Cancel { consumer: c });
+                        ops.push(QueueOp::Cancel { consumer: *c });
                     }
                 }
             }
@@ -785,6 +808,30 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
             let mut entry = QueueEntry { at: 0, unix: 0, op };
             stamp(&shared, &mut entry);
             let _ = raft.client_write(entry).await;
+        }
+    }
+}
+
+/// The group holds consumers of this node that are gone here (their cancel was lost with a
+/// leader, or they belonged to an earlier run of this node): cancel them, so that their
+/// checked-out messages return. Every member checks its own node's.
+fn reconcile_consumers(shared: &Shared, consumers: &[u64]) {
+    let (Some(service), Some(q)) = (shared.service.upgrade(), shared.queue()) else {
+        return;
+    };
+    let Some(node) = service.node() else { return };
+    let live: HashSet<ConsumerId> = q.remote_consumer_ids().into_iter().collect();
+    let link = lock(&service.links)
+        .get(&(shared.vhost.clone(), shared.name.clone()))
+        .cloned();
+    let Some(link) = link else { return };
+    for c in consumers {
+        let (tag, inc, local) = split_consumer(*c);
+        if tag != tag_of(node.me_id) {
+            continue;
+        }
+        if inc != incarnation() || !live.contains(&local) {
+            link.write(QueueOp::Cancel { consumer: *c }, None);
         }
     }
 }
@@ -801,7 +848,11 @@ pub(crate) struct QuorumLink {
     shared: Mutex<Option<Arc<Shared>>>,
     /// The highest term a delivery came in (a node that is not a member learns it so).
     seen_term: AtomicU64,
-    writes: OnceLock<mpsc::Sender<Write>>,
+    /// The writer's queue. Not bounded here: what goes in is bounded where it comes from
+    /// (a publish holds its connection's credit until confirmed, settlements and credit
+    /// follow deliveries that prefetch and credit bound), and a bound here would have to
+    /// drop or reorder (the broker calls in under its locks and cannot wait).
+    writes: OnceLock<mpsc::UnboundedSender<Write>>,
     /// Consumers in credit mode (no-ack): their credit goes back through the log.
     credit_mode: Mutex<HashSet<ConsumerId>>,
     closed: AtomicBool,
@@ -830,7 +881,7 @@ impl QuorumLink {
     }
 
     fn start_writer(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         if self.writes.set(tx).is_ok() {
             runtime.spawn(writer(Arc::downgrade(self), rx));
         }
@@ -842,23 +893,15 @@ impl QuorumLink {
         let w = Write {
             entry: QueueEntry { at: 0, unix: 0, op },
             done,
+            attempts: 0,
         };
-        match tx.try_send(w) {
-            Ok(()) => {}
-            // Full: the publisher's credit already bounds what is in flight; wait for room
-            // off this thread rather than drop it.
-            Err(mpsc::error::TrySendError::Full(w)) => {
-                let tx = tx.clone();
-                if let Some(s) = self.service.upgrade() {
-                    s.runtime.spawn(async move {
-                        let _ = tx.send(w).await;
-                    });
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(w)) => {
-                if let Some(d) = w.done {
-                    let _ = d.send(Err("the queue is closed".into()));
-                }
+        self.send(tx, w);
+    }
+
+    fn send(&self, tx: &mpsc::UnboundedSender<Write>, w: Write) {
+        if let Err(mpsc::error::SendError(w)) = tx.send(w) {
+            if let Some(d) = w.done {
+                let _ = d.send(Err("the queue is closed".into()));
             }
         }
     }
@@ -919,7 +962,7 @@ enum Target {
 /// Publishes carry this writer's publisher id and a sequence number given here, in queue
 /// order: a batch resent after a leader change (its answer lost, or it never arrived) is
 /// enqueued once, as the queue's engine drops a sequence it has seen.
-async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::Receiver<Write>) {
+async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) {
     let publisher: u64 = rand::random();
     let mut seq: u64 = 0;
     let mut sequenced = |mut w: Write| {
@@ -957,12 +1000,15 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::Receiver<Write>) {
             match l.target(&service, tried) {
                 Target::Local(raft, shared) => {
                     // Answers are awaited off this task, all of the batch by one task, so
-                    // that the next batch is appended while this one commits.
+                    // that the next batch is appended while this one commits. A write its
+                    // leader lost before committing goes round again (not a publish: the
+                    // client resends those it gets a nack for).
                     let mut waits = Vec::with_capacity(batch.len());
                     for mut w in batch.drain(..) {
                         stamp(&shared, &mut w.entry);
+                        let again = w.entry.clone();
                         match raft.client_write_ff(w.entry).await {
-                            Ok(rx) => waits.push((rx, w.done)),
+                            Ok(rx) => waits.push((rx, again, w.done, w.attempts)),
                             Err(e) => {
                                 if let Some(done) = w.done {
                                     let _ = done.send(Err(e.to_string()));
@@ -970,15 +1016,33 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::Receiver<Write>) {
                             }
                         }
                     }
+                    let weak = Arc::downgrade(&l);
                     service.runtime.spawn(async move {
-                        for (rx, done) in waits {
+                        for (rx, entry, done, attempts) in waits {
                             let r = match rx.await {
                                 Ok(Ok(r)) => Ok(r.data),
                                 Ok(Err(e)) => Err(e.to_string()),
                                 Err(_) => Err("the group stopped".to_owned()),
                             };
-                            if let Some(done) = done {
-                                let _ = done.send(r);
+                            let retry = r.is_err()
+                                && attempts < WRITE_ATTEMPTS
+                                && !matches!(entry.op, QueueOp::Enqueue { .. });
+                            match (retry, weak.upgrade()) {
+                                (true, Some(link)) => {
+                                    if let Some(tx) = link.writes.get() {
+                                        let w = Write {
+                                            entry,
+                                            done,
+                                            attempts: attempts + 1,
+                                        };
+                                        link.send(tx, w);
+                                    }
+                                }
+                                _ => {
+                                    if let Some(done) = done {
+                                        let _ = done.send(r);
+                                    }
+                                }
                             }
                         }
                     });

@@ -28,7 +28,7 @@ mod tls;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -463,20 +463,49 @@ impl Transport {
 
     /// Starts a handshaken connection and keeps it, or the other one to the same peer.
     fn register(&self, peer: PeerNode, dialer: u64, conn: Conn) -> Arc<Link> {
-        /// Answers nothing while the node is still starting (no handler set yet).
-        struct Nobody;
-        impl Handler for Nobody {
+        /// Until the node's handler is set (the node is still starting), a connection
+        /// refuses requests and drops lane frames; from then on it hands everything to the
+        /// handler. Looked up per call: a peer that connected early (all nodes restarting
+        /// at once) must not be refused for the connection's whole life.
+        struct Deferred(Weak<Inner>);
+        impl Deferred {
+            fn handler(&self) -> Option<Arc<dyn Handler>> {
+                self.0.upgrade()?.handler.get().cloned()
+            }
+        }
+        impl Handler for Deferred {
             fn handle(
                 &self,
-                _: PeerNode,
-                _: Request,
+                from: PeerNode,
+                request: Request,
             ) -> Pin<Box<dyn Future<Output = Response> + Send + 'static>> {
-                Box::pin(async { Response::Refused("the node is starting".into()) })
+                match self.handler() {
+                    Some(h) => h.handle(from, request),
+                    None => Box::pin(async { Response::Refused("the node is starting".into()) }),
+                }
+            }
+
+            fn lane(&self, link: &Arc<Link>, payload: bytes::Bytes) {
+                if let Some(h) = self.handler() {
+                    h.lane(link, payload);
+                }
+            }
+
+            fn lane_batch_done(&self, link: &Arc<Link>) {
+                if let Some(h) = self.handler() {
+                    h.lane_batch_done(link);
+                }
+            }
+
+            fn closed(&self, link: &Arc<Link>) {
+                if let Some(h) = self.handler() {
+                    h.closed(link);
+                }
             }
         }
         let handler: Arc<dyn Handler> = match self.inner.handler.get() {
             Some(h) => Arc::clone(h),
-            None => Arc::new(Nobody),
+            None => Arc::new(Deferred(Arc::downgrade(&self.inner))),
         };
         let peer_id = node_id(&peer.name);
         let weak = Arc::downgrade(&self.inner);

@@ -48,7 +48,7 @@ impl Consumer {
         let cfg = Arc::clone(&self.config);
         let queue = cfg.queue_names[cfg.consumer_queue(self.index)].clone();
         let name = format!("pier-bench consumer {}", self.index);
-        let mut client = Client::connect(cfg.node(self.index), &name).await?;
+        let mut client = Client::connect(cfg.consumer_node(self.index), &name).await?;
         if cfg.prefetch > 0 {
             client.qos(cfg.prefetch).await?;
         }

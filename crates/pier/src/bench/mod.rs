@@ -93,7 +93,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quorum_queue: bool,
     /// More brokers (cluster nodes), comma-separated AMQP URIs: producers and consumers
-    /// connect round-robin over --uri and these (producer i and consumer i to node i mod N).
+    /// connect round-robin over --uri and these (producer i to node i, consumer i to node
+    /// producers + i, mod the number of nodes).
     #[arg(long, value_delimiter = ',')]
     pub uris: Vec<String>,
     /// Persistent messages (delivery_mode 2) and durable queues.
@@ -203,15 +204,22 @@ pub struct BenchArgs {
     pub ready_file: Option<std::path::PathBuf>,
 }
 
-/// Validated settings of a run.
 impl Config {
-    /// The node client `i` (a producer's or a consumer's index) connects to.
-    pub fn node(&self, i: usize) -> &AmqpUri {
+    /// The node producer `i` connects to: round-robin from the first.
+    pub fn producer_node(&self, i: usize) -> &AmqpUri {
         self.nodes
             .get(i % self.nodes.len().max(1))
             .unwrap_or(&self.uri)
     }
+
+    /// The node consumer `i` connects to: round-robin after the producers', so that with
+    /// one producer and one consumer over two nodes each has its own.
+    pub fn consumer_node(&self, i: usize) -> &AmqpUri {
+        self.producer_node(i + self.producers)
+    }
 }
+
+/// Validated settings of a run.
 
 #[derive(Debug, Clone)]
 pub struct Config {

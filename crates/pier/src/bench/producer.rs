@@ -99,7 +99,7 @@ impl Producer {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let cfg = Arc::clone(&self.config);
         let name = format!("pier-bench producer {}", self.index);
-        let mut client = Client::connect(cfg.node(self.index), &name).await?;
+        let mut client = Client::connect(cfg.producer_node(self.index), &name).await?;
         let window = cfg.confirm.map(u64::from);
         if window.is_some() {
             client.confirm_select().await?;
