@@ -101,7 +101,8 @@ RABBITMQ_MNESIA_BASE=$d/mnesia RABBITMQ_LOG_BASE=$d/log RABBITMQ_PID_FILE=$d/pid
 RABBITMQ_CONFIG_FILE=$WORK/rq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$WORK/rq.plugins \
 RABBITMQ_USE_LONGNAME=false"
 }
-as_rabbit() { setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$@"; }
+# From the rabbitmq user's home: the Erlang VM must be able to read its working directory.
+as_rabbit() { (cd "$RQ_HOME" && setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$@"); }
 rq() { # rq NODE-INDEX ctl-args...
     local i="$1"; shift
     as_rabbit env HOME=$RQ_HOME rabbitmqctl -n "rq$i@localhost" "$@"
@@ -113,6 +114,8 @@ start_rabbit() { # start_rabbit NODE-INDEX
     # shellcheck disable=SC2046
     as_rabbit env $(rq_env "$i") rabbitmq-server -detached
     RABBITS+=("$i")
+    # await_startup needs the node registered first.
+    for _ in $(seq 1 120); do rq "$i" status >/dev/null 2>&1 && break; sleep 0.5; done
     rq "$i" await_startup --timeout 120 >/dev/null
 }
 rabbit_setup() {

@@ -219,6 +219,12 @@ def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None
     log(f"healed: queue leader {after.name if after else None}")
 
 
+def progress(history: History) -> str:
+    with history.lock:
+        return (f"invoked {len(history.invoked)}, confirmed {len(history.ok)}, "
+                f"nacked {len(history.failed)}, delivered {len(history.delivered)}")
+
+
 def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers: int = 2,
         consumers: int = 2, faults: list[str] | None = None, log=print,
         netns: Netns | None = None) -> dict:
@@ -247,6 +253,7 @@ def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers:
         for r in range(rounds):
             fault = order[r % len(order)]
             inject(cluster, netns, fault, hold, log)
+            log(progress(history))
             injected.append(fault)
             time.sleep(1)
         # Stop publishing, keep consuming until nothing arrives for a while.

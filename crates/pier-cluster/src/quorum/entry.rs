@@ -55,6 +55,10 @@ pub enum QueueOp {
     Get {
         ack_required: bool,
     },
+    /// Several ops applied in order at the entry's time: what one node's writer had queued,
+    /// committed as one Raft entry (one append, one fsync, one replication) instead of one
+    /// each. Not nested.
+    Batch(Vec<QueueOp>),
 }
 
 /// One entry: the op and the leader's clocks when it proposed it (every member applies the
@@ -96,6 +100,7 @@ impl QueueOp {
             QueueOp::Purge => 11,
             QueueOp::Delete => 12,
             QueueOp::Get { .. } => 13,
+            QueueOp::Batch(_) => 14,
         }
     }
 
@@ -165,57 +170,70 @@ fn put_offsets(out: &mut BytesMut, offsets: &[u64]) -> Result<(), EntryError> {
     Ok(())
 }
 
+fn encode_op(out: &mut BytesMut, op: &QueueOp) -> Result<(), EntryError> {
+    out.put_u8(op.code());
+    match op {
+        QueueOp::Enqueue {
+            publisher,
+            exchange,
+            routing_key,
+            properties,
+            body,
+        } => {
+            match publisher {
+                Some((p, s)) => {
+                    out.put_u8(1);
+                    out.put_u64_le(*p);
+                    out.put_u64_le(*s);
+                }
+                None => out.put_u8(0),
+            }
+            put_str8(out, exchange);
+            put_str8(out, routing_key);
+            put_bytes32(out, properties, "properties")?;
+            put_bytes32(out, body, "body")?;
+        }
+        QueueOp::Checkout { consumer, settings } => {
+            out.put_u64_le(*consumer);
+            put_settings(out, settings)?;
+        }
+        QueueOp::Cancel { consumer } | QueueOp::PublisherDown(consumer) => {
+            out.put_u64_le(*consumer);
+        }
+        QueueOp::Credit {
+            consumer,
+            credit,
+            drain,
+        } => {
+            out.put_u64_le(*consumer);
+            out.put_u32_le(*credit);
+            out.put_u8(u8::from(*drain));
+        }
+        QueueOp::Settle(o) | QueueOp::Return(o) | QueueOp::Release(o) | QueueOp::Discard(o) => {
+            put_offsets(out, o)?;
+        }
+        QueueOp::Tick | QueueOp::Purge | QueueOp::Delete => {}
+        QueueOp::Get { ack_required } => out.put_u8(u8::from(*ack_required)),
+        QueueOp::Batch(ops) => {
+            out.put_u32_le(u32::try_from(ops.len()).map_err(|_| EntryError::TooLong("batch"))?);
+            for op in ops {
+                if matches!(op, QueueOp::Batch(_)) {
+                    return Err(EntryError::Invalid("nested batch"));
+                }
+                encode_op(out, op)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl QueueEntry {
     /// Appends the encoded entry to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EntryError> {
         out.put_u8(VERSION);
         out.put_u64_le(self.at);
         out.put_u64_le(self.unix);
-        out.put_u8(self.op.code());
-        match &self.op {
-            QueueOp::Enqueue {
-                publisher,
-                exchange,
-                routing_key,
-                properties,
-                body,
-            } => {
-                match publisher {
-                    Some((p, s)) => {
-                        out.put_u8(1);
-                        out.put_u64_le(*p);
-                        out.put_u64_le(*s);
-                    }
-                    None => out.put_u8(0),
-                }
-                put_str8(out, exchange);
-                put_str8(out, routing_key);
-                put_bytes32(out, properties, "properties")?;
-                put_bytes32(out, body, "body")?;
-            }
-            QueueOp::Checkout { consumer, settings } => {
-                out.put_u64_le(*consumer);
-                put_settings(out, settings)?;
-            }
-            QueueOp::Cancel { consumer } | QueueOp::PublisherDown(consumer) => {
-                out.put_u64_le(*consumer);
-            }
-            QueueOp::Credit {
-                consumer,
-                credit,
-                drain,
-            } => {
-                out.put_u64_le(*consumer);
-                out.put_u32_le(*credit);
-                out.put_u8(u8::from(*drain));
-            }
-            QueueOp::Settle(o) | QueueOp::Return(o) | QueueOp::Release(o) | QueueOp::Discard(o) => {
-                put_offsets(out, o)?;
-            }
-            QueueOp::Tick | QueueOp::Purge | QueueOp::Delete => {}
-            QueueOp::Get { ack_required } => out.put_u8(u8::from(*ack_required)),
-        }
-        Ok(())
+        encode_op(out, &self.op)
     }
 
     pub fn to_bytes(&self) -> Result<Bytes, EntryError> {
@@ -233,47 +251,8 @@ impl QueueEntry {
         }
         let at = r.u64("at")?;
         let unix = r.u64("unix")?;
-        let code = r.u8("op")?;
-        let op = match code {
-            1 => {
-                let publisher = match r.u8("publisher flag")? {
-                    0 => None,
-                    1 => Some((r.u64("publisher")?, r.u64("sequence")?)),
-                    _ => return Err(EntryError::Invalid("publisher flag")),
-                };
-                QueueOp::Enqueue {
-                    publisher,
-                    exchange: r.str8("exchange")?,
-                    routing_key: r.str8("routing key")?,
-                    properties: r.bytes32("properties")?,
-                    body: r.bytes32("body")?,
-                }
-            }
-            2 => QueueOp::Checkout {
-                consumer: r.u64("consumer")?,
-                settings: r.settings()?,
-            },
-            3 => QueueOp::Cancel {
-                consumer: r.u64("consumer")?,
-            },
-            4 => QueueOp::Credit {
-                consumer: r.u64("consumer")?,
-                credit: r.u32("credit")?,
-                drain: r.bool("drain")?,
-            },
-            5 => QueueOp::Settle(r.offsets()?),
-            6 => QueueOp::Return(r.offsets()?),
-            7 => QueueOp::Release(r.offsets()?),
-            8 => QueueOp::Discard(r.offsets()?),
-            9 => QueueOp::PublisherDown(r.u64("publisher")?),
-            10 => QueueOp::Tick,
-            11 => QueueOp::Purge,
-            12 => QueueOp::Delete,
-            13 => QueueOp::Get {
-                ack_required: r.bool("ack required")?,
-            },
-            other => return Err(EntryError::Op(other)),
-        };
+        let op = r.op(true)?;
+
         if r.pos != input.len() {
             return Err(EntryError::Invalid("trailing bytes"));
         }
@@ -309,6 +288,63 @@ pub(super) struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// One op (`batch`: a batch may follow; a batch's own ops may not be batches).
+    pub(super) fn op(&mut self, batch: bool) -> Result<QueueOp, EntryError> {
+        let code = self.u8("op")?;
+        Ok(match code {
+            1 => {
+                let publisher = match self.u8("publisher flag")? {
+                    0 => None,
+                    1 => Some((self.u64("publisher")?, self.u64("sequence")?)),
+                    _ => return Err(EntryError::Invalid("publisher flag")),
+                };
+                QueueOp::Enqueue {
+                    publisher,
+                    exchange: self.str8("exchange")?,
+                    routing_key: self.str8("routing key")?,
+                    properties: self.bytes32("properties")?,
+                    body: self.bytes32("body")?,
+                }
+            }
+            2 => QueueOp::Checkout {
+                consumer: self.u64("consumer")?,
+                settings: self.settings()?,
+            },
+            3 => QueueOp::Cancel {
+                consumer: self.u64("consumer")?,
+            },
+            4 => QueueOp::Credit {
+                consumer: self.u64("consumer")?,
+                credit: self.u32("credit")?,
+                drain: self.bool("drain")?,
+            },
+            5 => QueueOp::Settle(self.offsets()?),
+            6 => QueueOp::Return(self.offsets()?),
+            7 => QueueOp::Release(self.offsets()?),
+            8 => QueueOp::Discard(self.offsets()?),
+            9 => QueueOp::PublisherDown(self.u64("publisher")?),
+            10 => QueueOp::Tick,
+            11 => QueueOp::Purge,
+            12 => QueueOp::Delete,
+            13 => QueueOp::Get {
+                ack_required: self.bool("ack required")?,
+            },
+            14 if batch => {
+                // Each op takes at least its code byte: checked before anything is built.
+                let n = self.u32("batch")? as usize;
+                if n > self.buf.len().saturating_sub(self.pos) {
+                    return Err(EntryError::Truncated("batch"));
+                }
+                let mut ops = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ops.push(self.op(false)?);
+                }
+                QueueOp::Batch(ops)
+            }
+            other => return Err(EntryError::Op(other)),
+        })
+    }
+
     pub(super) fn settings(&mut self) -> Result<ConsumerSettings, EntryError> {
         let tag = self.str8("tag")?;
         let connection = self.u64("connection")?;

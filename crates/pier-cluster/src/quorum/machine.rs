@@ -30,6 +30,8 @@ pub struct QueueMachine {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     pub reply: Result<Reply, Refusal>,
+    /// A batch's replies, one per op in order (empty for any other entry).
+    pub batch: Vec<Result<Reply, Refusal>>,
     /// In order; the leader carries them out, followers only count them.
     pub effects: Vec<Effect>,
 }
@@ -103,92 +105,97 @@ impl QueueMachine {
             gate: &mut gate,
         };
         self.effects.clear();
+        let mut batch = Vec::new();
         let reply = match &entry.op {
-            QueueOp::Enqueue { publisher, .. } => match message_of(&entry.op) {
-                Some(m) => self.engine.apply(
-                    Command::Enqueue {
-                        message: Arc::new(m),
-                        publisher: publisher
-                            .map(|(publisher, seq)| PublisherSeq { publisher, seq }),
-                        store: StoreMode::Own,
-                    },
-                    &mut cx,
-                    &mut self.effects,
-                ),
-                // Checked when proposed; a member that cannot read it still applies the
-                // same (nothing), so members do not diverge.
-                None => Ok(Reply::Done),
-            },
-            QueueOp::Checkout { consumer, settings } => self.engine.apply(
-                Command::Checkout {
-                    consumer: *consumer,
-                    settings: settings.clone(),
-                },
-                &mut cx,
-                &mut self.effects,
-            ),
-            QueueOp::Cancel { consumer } => self.engine.apply(
-                Command::Cancel {
-                    consumer: *consumer,
-                },
-                &mut cx,
-                &mut self.effects,
-            ),
-            QueueOp::Credit {
-                consumer,
-                credit,
-                drain,
-            } => self.engine.apply(
-                Command::Credit {
-                    consumer: *consumer,
-                    credit: *credit,
-                    drain: *drain,
-                },
-                &mut cx,
-                &mut self.effects,
-            ),
-            QueueOp::Settle(offsets) => {
-                self.engine
-                    .apply(Command::Settle { offsets }, &mut cx, &mut self.effects)
+            QueueOp::Batch(ops) => {
+                for op in ops {
+                    batch.push(apply_op(&mut self.engine, op, &mut cx, &mut self.effects));
+                }
+                Ok(Reply::Done)
             }
-            QueueOp::Return(offsets) => {
-                self.engine
-                    .apply(Command::Return { offsets }, &mut cx, &mut self.effects)
-            }
-            QueueOp::Release(offsets) => {
-                self.engine
-                    .apply(Command::Release { offsets }, &mut cx, &mut self.effects)
-            }
-            QueueOp::Discard(offsets) => {
-                self.engine
-                    .apply(Command::Discard { offsets }, &mut cx, &mut self.effects)
-            }
-            QueueOp::PublisherDown(publisher) => self.engine.apply(
-                Command::PublisherDown {
-                    publisher: *publisher,
-                },
-                &mut cx,
-                &mut self.effects,
-            ),
-            QueueOp::Tick => self.engine.apply(Command::Tick, &mut cx, &mut self.effects),
-            QueueOp::Purge => self
-                .engine
-                .apply(Command::Purge, &mut cx, &mut self.effects),
-            QueueOp::Delete => self
-                .engine
-                .apply(Command::Delete, &mut cx, &mut self.effects),
-            QueueOp::Get { ack_required } => self.engine.apply(
-                Command::Get {
-                    ack_required: *ack_required,
-                },
-                &mut cx,
-                &mut self.effects,
-            ),
+            op => apply_op(&mut self.engine, op, &mut cx, &mut self.effects),
         };
         Applied {
             reply,
+            batch,
             effects: std::mem::take(&mut self.effects),
         }
+    }
+}
+
+/// Applies one op (not a batch) to the engine.
+fn apply_op(
+    engine: &mut QueueEngine,
+    op: &QueueOp,
+    cx: &mut Context<'_>,
+    effects: &mut Vec<Effect>,
+) -> Result<Reply, Refusal> {
+    match op {
+        QueueOp::Enqueue { publisher, .. } => match message_of(op) {
+            Some(m) => engine.apply(
+                Command::Enqueue {
+                    message: Arc::new(m),
+                    publisher: publisher.map(|(publisher, seq)| PublisherSeq { publisher, seq }),
+                    store: StoreMode::Own,
+                },
+                cx,
+                effects,
+            ),
+            // Checked when proposed; a member that cannot read it still applies the
+            // same (nothing), so members do not diverge.
+            None => Ok(Reply::Done),
+        },
+        QueueOp::Checkout { consumer, settings } => engine.apply(
+            Command::Checkout {
+                consumer: *consumer,
+                settings: settings.clone(),
+            },
+            cx,
+            effects,
+        ),
+        QueueOp::Cancel { consumer } => engine.apply(
+            Command::Cancel {
+                consumer: *consumer,
+            },
+            cx,
+            effects,
+        ),
+        QueueOp::Credit {
+            consumer,
+            credit,
+            drain,
+        } => engine.apply(
+            Command::Credit {
+                consumer: *consumer,
+                credit: *credit,
+                drain: *drain,
+            },
+            cx,
+            effects,
+        ),
+        QueueOp::Settle(offsets) => engine.apply(Command::Settle { offsets }, cx, effects),
+        QueueOp::Return(offsets) => engine.apply(Command::Return { offsets }, cx, effects),
+        QueueOp::Release(offsets) => engine.apply(Command::Release { offsets }, cx, effects),
+        QueueOp::Discard(offsets) => engine.apply(Command::Discard { offsets }, cx, effects),
+        QueueOp::PublisherDown(publisher) => engine.apply(
+            Command::PublisherDown {
+                publisher: *publisher,
+            },
+            cx,
+            effects,
+        ),
+        QueueOp::Tick => engine.apply(Command::Tick, cx, effects),
+        QueueOp::Purge => engine.apply(Command::Purge, cx, effects),
+        QueueOp::Delete => engine.apply(Command::Delete, cx, effects),
+        QueueOp::Get { ack_required } => engine.apply(
+            Command::Get {
+                ack_required: *ack_required,
+            },
+            cx,
+            effects,
+        ),
+        // Never nested (the decoder refuses it): applied as nothing, the same on every member.
+        QueueOp::Batch(_) => Ok(Reply::Done),
     }
 }
 

@@ -79,8 +79,11 @@ fn split_consumer(global: u64) -> (u64, u64, ConsumerId) {
     )
 }
 
-/// Entries per forwarded batch.
+/// Writes per batch (one Raft entry)...
 const WRITE_BATCH: usize = 256;
+/// ...and message bytes (a batch stays well below the transport's frame limit, with
+/// `queue_config`'s entries per AppendEntries).
+const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// How long a write may look for a leader before it fails (a publish is then nacked).
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a write that was not committed (its leader lost the lead) is tried again; a
@@ -93,6 +96,15 @@ struct Write {
     entry: QueueEntry,
     done: Option<oneshot::Sender<WriteResult>>,
     attempts: u8,
+}
+
+impl Write {
+    fn body_len(&self) -> usize {
+        match &self.entry.op {
+            QueueOp::Enqueue { body, .. } => body.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// A group this node is a member of.
@@ -585,35 +597,37 @@ impl QuorumService {
             });
             return Response::QueueWrite(Err(ForwardError::NotLeader { leader }));
         }
-        let mut waits = Vec::with_capacity(entries.len());
-        for mut entry in entries {
-            stamp(&shared, &mut entry);
-            match raft.client_write_ff(entry).await {
-                Ok(rx) => waits.push(rx),
-                Err(e) => return Response::QueueWrite(Err(ForwardError::Failed(e.to_string()))),
-            }
-        }
-        let mut replies = Vec::with_capacity(waits.len());
-        for rx in waits {
-            match rx.await {
-                Ok(Ok(r)) => replies.push(r.data),
-                Ok(Err(e)) => {
-                    return Response::QueueWrite(Err(match e {
-                        openraft::error::ClientWriteError::ForwardToLeader(f) => {
-                            ForwardError::NotLeader {
-                                leader: f.leader_node,
-                            }
-                        }
-                        e => ForwardError::Failed(e.to_string()),
-                    }))
-                }
-                Err(_) => {
+        let n = entries.len();
+        let op = match <[QueueEntry; 1]>::try_from(entries) {
+            Ok([one]) => one.op,
+            Err(many) => QueueOp::Batch(many.into_iter().map(|e| e.op).collect()),
+        };
+        let mut entry = QueueEntry { at: 0, unix: 0, op };
+        stamp(&shared, &mut entry);
+        let reply = match raft.client_write_ff(entry).await {
+            Ok(rx) => rx.await,
+            Err(e) => return Response::QueueWrite(Err(ForwardError::Failed(e.to_string()))),
+        };
+        let replies = match reply {
+            Ok(Ok(r)) => match r.data {
+                QueueReply::Batch(replies) if replies.len() == n => replies,
+                one if n == 1 => vec![one],
+                _ => {
                     return Response::QueueWrite(Err(ForwardError::Failed(
-                        "the group stopped".into(),
+                        "mismatched answer".into(),
                     )))
                 }
+            },
+            Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                return Response::QueueWrite(Err(ForwardError::NotLeader {
+                    leader: f.leader_node,
+                }))
             }
-        }
+            Ok(Err(e)) => return Response::QueueWrite(Err(ForwardError::Failed(e.to_string()))),
+            Err(_) => {
+                return Response::QueueWrite(Err(ForwardError::Failed("the group stopped".into())))
+            }
+        };
         Response::QueueWrite(Ok(replies))
     }
 
@@ -753,9 +767,12 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
 
 /// A member snapshots its queue once this many entries were applied since the last one...
 const SNAPSHOT_EVERY: u64 = 4096;
-/// ...and the queue's messages are no more than this many bytes (a deep backlog stays in
-/// the log until it drains, instead of being copied again and again).
-const SNAPSHOT_MAX_BYTES: u64 = 64 << 20;
+/// ...the queue holds no more than this many bytes of messages...
+const SNAPSHOT_MAX_BYTES: u64 = 16 << 20;
+/// ...and at most this share of those entries are still in the queue: a snapshot then frees
+/// far more log than it copies. A growing backlog stays in the log (where it already is)
+/// instead of being copied again at every snapshot.
+const SNAPSHOT_MAX_LIVE_SHARE: u64 = 4;
 
 /// While leading: ticks (TTL, consumer timeouts, `x-expires`) when the engine has one due,
 /// consumers of nodes that left or stopped answering cancelled; on every member: the
@@ -779,7 +796,11 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
             q.set_remote_figures(stats, Default::default());
         }
         let snapshot_at = raft.metrics().borrow().snapshot.map_or(0, |l| l.index);
-        if applied >= snapshot_at + SNAPSHOT_EVERY && stats.ready_bytes <= SNAPSHOT_MAX_BYTES {
+        let since = applied.saturating_sub(snapshot_at);
+        if since >= SNAPSHOT_EVERY
+            && stats.ready_bytes <= SNAPSHOT_MAX_BYTES
+            && (stats.ready + stats.unacked).saturating_mul(SNAPSHOT_MAX_LIVE_SHARE) <= since
+        {
             let _ = raft.trigger().snapshot().await;
         }
         reconcile_consumers(&shared, &consumers);
@@ -980,9 +1001,13 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
                 None => return,
             }
         }
-        while batch.len() < WRITE_BATCH {
+        let mut bytes: usize = batch.iter().map(Write::body_len).sum();
+        while batch.len() < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(w) => batch.push(sequenced(w)),
+                Ok(w) => {
+                    bytes += w.body_len();
+                    batch.push(sequenced(w));
+                }
                 Err(_) => break,
             }
         }
@@ -999,53 +1024,28 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
             }
             match l.target(&service, tried) {
                 Target::Local(raft, shared) => {
-                    // Answers are awaited off this task, all of the batch by one task, so
-                    // that the next batch is appended while this one commits. A write its
-                    // leader lost before committing goes round again (not a publish: the
-                    // client resends those it gets a nack for).
-                    let mut waits = Vec::with_capacity(batch.len());
-                    for mut w in batch.drain(..) {
-                        stamp(&shared, &mut w.entry);
-                        let again = w.entry.clone();
-                        match raft.client_write_ff(w.entry).await {
-                            Ok(rx) => waits.push((rx, again, w.done, w.attempts)),
-                            Err(e) => {
-                                if let Some(done) = w.done {
-                                    let _ = done.send(Err(e.to_string()));
-                                }
-                            }
-                        }
-                    }
+                    // The whole batch is one Raft entry (one append, one fsync, one
+                    // replication for all of it); its answers are awaited off this task, so
+                    // that the next batch is appended while this one commits. Writes a lost
+                    // leader did not commit go round again (not publishes: the client
+                    // resends those it gets a nack for).
+                    let writes: Vec<Write> = std::mem::take(&mut batch);
+                    let mut entry = batch_entry(&writes);
+                    stamp(&shared, &mut entry);
                     let weak = Arc::downgrade(&l);
-                    service.runtime.spawn(async move {
-                        for (rx, entry, done, attempts) in waits {
-                            let r = match rx.await {
-                                Ok(Ok(r)) => Ok(r.data),
-                                Ok(Err(e)) => Err(e.to_string()),
-                                Err(_) => Err("the group stopped".to_owned()),
-                            };
-                            let retry = r.is_err()
-                                && attempts < WRITE_ATTEMPTS
-                                && !matches!(entry.op, QueueOp::Enqueue { .. });
-                            match (retry, weak.upgrade()) {
-                                (true, Some(link)) => {
-                                    if let Some(tx) = link.writes.get() {
-                                        let w = Write {
-                                            entry,
-                                            done,
-                                            attempts: attempts + 1,
-                                        };
-                                        link.send(tx, w);
-                                    }
-                                }
-                                _ => {
-                                    if let Some(done) = done {
-                                        let _ = done.send(r);
-                                    }
-                                }
-                            }
+                    match raft.client_write_ff(entry).await {
+                        Ok(rx) => {
+                            service.runtime.spawn(async move {
+                                let r = match rx.await {
+                                    Ok(Ok(r)) => Ok(r.data),
+                                    Ok(Err(e)) => Err(e.to_string()),
+                                    Err(_) => Err("the group stopped".to_owned()),
+                                };
+                                answer(writes, r, weak.upgrade());
+                            });
                         }
-                    });
+                        Err(e) => answer(writes, Err(e.to_string()), weak.upgrade()),
+                    }
                     break;
                 }
                 Target::Remote(peer) => {
@@ -1086,6 +1086,52 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One entry for a batch of writes: its op alone, or a batch op.
+fn batch_entry(writes: &[Write]) -> QueueEntry {
+    let op = match writes {
+        [one] => one.entry.op.clone(),
+        many => QueueOp::Batch(many.iter().map(|w| w.entry.op.clone()).collect()),
+    };
+    QueueEntry { at: 0, unix: 0, op }
+}
+
+/// Hands a batch's outcome to its writes: each its own answer; on failure, writes that are
+/// not publishes go round again (a few times), publishes fail (nacked).
+fn answer(writes: Vec<Write>, r: WriteResult, link: Option<Arc<QuorumLink>>) {
+    let n = writes.len();
+    let replies: Vec<WriteResult> = match r {
+        Ok(QueueReply::Batch(replies)) if replies.len() == n => {
+            replies.into_iter().map(Ok).collect()
+        }
+        Ok(reply) if n == 1 => vec![Ok(reply)],
+        Ok(_) => vec![Err("mismatched answer".to_owned()); n],
+        Err(e) => vec![Err(e); n],
+    };
+    for (w, r) in writes.into_iter().zip(replies) {
+        let retry = r.is_err()
+            && w.attempts < WRITE_ATTEMPTS
+            && !matches!(w.entry.op, QueueOp::Enqueue { .. });
+        match (retry, link.as_ref()) {
+            (true, Some(link)) => {
+                if let Some(tx) = link.writes.get() {
+                    link.send(
+                        tx,
+                        Write {
+                            attempts: w.attempts + 1,
+                            ..w
+                        },
+                    );
+                }
+            }
+            _ => {
+                if let Some(done) = w.done {
+                    let _ = done.send(r);
+                }
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, StorageIOError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use pier_broker::queue::engine::EngineConfig;
+use pier_broker::queue::engine::{EngineConfig, Snapshot};
 
 use super::network::{RaftRequest, Route};
 use super::snapshot_file::{snap_err, SnapshotFiles};
@@ -38,6 +38,8 @@ pub enum QueueReply {
     Dropped(u64),
     /// A consumer refused: 404 (the queue is gone) or 403 (an exclusive consumer).
     Refused(u16),
+    /// A batch's answers, one per op in order.
+    Batch(Vec<QueueReply>),
 }
 
 /// A message basic.get took on the leader.
@@ -113,8 +115,9 @@ pub fn queue_config(group: u64) -> Result<openraft::Config, openraft::ConfigErro
         heartbeat_interval: QUEUE_HEARTBEAT_MS,
         election_timeout_min: QUEUE_ELECTION_MIN_MS,
         election_timeout_max: QUEUE_ELECTION_MAX_MS,
-        // Many publishes per AppendEntries: entries carry bodies, so a batch is bounded.
-        max_payload_entries: 512,
+        // An entry is a node's batch of writes (up to 1 MiB of bodies, `quorum/service.rs`):
+        // eight per AppendEntries stay below the transport's 16 MiB frame limit.
+        max_payload_entries: 8,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         ..openraft::Config::default()
     }
@@ -197,8 +200,18 @@ impl QueueStateMachine {
 
 /// What the leader tells the proposer of an entry.
 pub fn reply_of(applied: &Applied) -> QueueReply {
+    if applied.batch.is_empty() {
+        reply_of_one(&applied.reply)
+    } else {
+        QueueReply::Batch(applied.batch.iter().map(reply_of_one).collect())
+    }
+}
+
+fn reply_of_one(
+    reply: &Result<pier_broker::queue::engine::Reply, pier_broker::queue::engine::Refusal>,
+) -> QueueReply {
     use pier_broker::queue::engine::{Published, Refusal, Reply};
-    match &applied.reply {
+    match reply {
         Err(Refusal::Deleted) => QueueReply::Refused(404),
         Err(Refusal::ExclusiveConsumer) => QueueReply::Refused(403),
         Ok(Reply::Enqueued { result, .. }) => {
@@ -230,9 +243,9 @@ pub fn reply_of(applied: &Applied) -> QueueReply {
     }
 }
 
-/// Writes the snapshot captured when it was asked for.
+/// Encodes and writes the snapshot captured when it was asked for.
 pub struct QueueSnapshotBuilder {
-    captured: Result<(SnapshotMeta, Vec<u8>), StorageError>,
+    captured: Option<(SnapshotMeta, Snapshot)>,
     files: SnapshotFiles,
 }
 
@@ -240,16 +253,25 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueSnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::Snapshot<QueueTypeConfig>, StorageError> {
-        let (meta, data) = std::mem::replace(
-            &mut self.captured,
-            Err(sm_err(std::io::Error::other("snapshot already built"))),
-        )?;
-        let data = Arc::new(data);
-        let (files, m, d) = (self.files.clone(), meta.clone(), Arc::clone(&data));
-        tokio::task::spawn_blocking(move || files.store(&m, d))
-            .await
-            .map_err(snap_err)?
-            .map_err(snap_err)?;
+        let (meta, snapshot) = self
+            .captured
+            .take()
+            .ok_or_else(|| sm_err(std::io::Error::other("snapshot already built")))?;
+        let files = self.files.clone();
+        let m = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let parts = snapshot.to_parts().ok_or_else(|| {
+                snap_err(std::io::Error::other(
+                    "a quorum queue body is not in memory",
+                ))
+            })?;
+            let bytes = crate::quorum::snapshot::encode(&parts).map_err(snap_err)?;
+            let data = Arc::new(bytes.to_vec());
+            files.store(&m, Arc::clone(&data)).map_err(snap_err)?;
+            Ok::<_, StorageError>(data)
+        })
+        .await
+        .map_err(snap_err)??;
         tracing::debug!(snapshot = %meta.snapshot_id, bytes = data.len(), "quorum queue snapshot built");
         Ok(openraft::Snapshot {
             meta,
@@ -291,31 +313,22 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> QueueSnapshotBuilder {
-        // Captured here, on the state machine's task: exactly the applied state.
-        let captured = match self.machine().snapshot_bytes() {
-            Some(Ok(b)) => {
-                let id = match self.last_applied {
-                    Some(l) => {
-                        format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>())
-                    }
-                    None => format!("0-0-{}", rand::random::<u32>()),
-                };
-                Ok((
-                    SnapshotMeta {
-                        last_log_id: self.last_applied,
-                        last_membership: self.membership.clone(),
-                        snapshot_id: id,
-                    },
-                    b.to_vec(),
-                ))
-            }
-            Some(Err(e)) => Err(snap_err(e)),
-            None => Err(snap_err(std::io::Error::other(
-                "a quorum queue body is not in memory",
-            ))),
+        // The state is captured here, on the state machine's task, so it is exactly the
+        // applied state; it is encoded and written off this task (`build_snapshot`).
+        let snapshot = self.machine().snapshot();
+        let id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+            None => format!("0-0-{}", rand::random::<u32>()),
         };
         QueueSnapshotBuilder {
-            captured,
+            captured: Some((
+                SnapshotMeta {
+                    last_log_id: self.last_applied,
+                    last_membership: self.membership.clone(),
+                    snapshot_id: id,
+                },
+                snapshot,
+            )),
             files: self.files.clone(),
         }
     }
