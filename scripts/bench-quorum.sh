@@ -134,7 +134,7 @@ cpu_ticks() { # total utime+stime of the given pids
     for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
     echo "$t"
 }
-rabbit_pids() { local i; for i in "$@"; do cat "$WORK/rq$i/pid"; done; }
+rabbit_pids() { local i; for i in "$@"; do echo "$(cat "$WORK/rq$i/pid")"; done; }
 
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"

@@ -79,6 +79,9 @@ fn split_consumer(global: u64) -> (u64, u64, ConsumerId) {
     )
 }
 
+/// The most unacknowledged deliveries a consumer with acks may have out (its prefetch is
+/// capped at it; acks come back through the log, so the window must cover their round trip).
+const MAX_PREFETCH: u32 = 2048;
 /// Writes per batch (one Raft entry)...
 const WRITE_BATCH: usize = 256;
 /// ...and message bytes (a batch stays well below the transport's frame limit, with
@@ -86,6 +89,9 @@ const WRITE_BATCH: usize = 256;
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// How long a write may look for a leader before it fails (a publish is then nacked).
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Batches of settlements, credit and cancels a node may have on their way to the leader
+/// at once.
+const FORWARDS_IN_FLIGHT: usize = 4;
 /// How often a write that was not committed (its leader lost the lead) is tried again; a
 /// publish is not (it is nacked, and the client resends it).
 const WRITE_ATTEMPTS: u8 = 5;
@@ -994,6 +1000,7 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         w
     };
     let mut batch: Vec<Write> = Vec::new();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
     loop {
         if batch.is_empty() {
             match rx.recv().await {
@@ -1015,78 +1022,103 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         let Some(service) = l.service.upgrade() else {
             return;
         };
-        let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
-        let mut tried = 0usize;
-        loop {
-            if l.closed.load(Ordering::Acquire) {
-                fail(&mut batch, "the queue was deleted");
+        let writes = std::mem::take(&mut batch);
+        // Settlements, credit and cancels commute: while the leader is elsewhere, several of
+        // their batches may be on their way at once (acks otherwise wait a commit round
+        // trip each, which bounds what a consumer gets). Publishes go one batch at a time,
+        // in order (the engine's deduplication relies on it).
+        let publishes = writes
+            .iter()
+            .any(|w| matches!(w.entry.op, QueueOp::Enqueue { .. }));
+        if !publishes && matches!(l.target(&service, 0), Target::Remote(_)) {
+            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                return;
+            };
+            let runtime = service.runtime.clone();
+            runtime.spawn(async move {
+                run_batch(&l, &service, writes).await;
+                drop(permit);
+            });
+        } else {
+            run_batch(&l, &service, writes).await;
+        }
+    }
+}
+
+/// Sends one batch to the group's leader, answering its writes; tries again (another
+/// leader, a member that passes it on) until `WRITE_DEADLINE`.
+async fn run_batch(l: &Arc<QuorumLink>, service: &Arc<QuorumService>, mut batch: Vec<Write>) {
+    let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+    let mut tried = 0usize;
+    loop {
+        if l.closed.load(Ordering::Acquire) {
+            fail(&mut batch, "the queue was deleted");
+            break;
+        }
+        match l.target(service, tried) {
+            Target::Local(raft, shared) => {
+                // The whole batch is one Raft entry (one append, one fsync, one
+                // replication for all of it); its answers are awaited off this task, so
+                // that the next batch is appended while this one commits. Writes a lost
+                // leader did not commit go round again (not publishes: the client
+                // resends those it gets a nack for).
+                let writes: Vec<Write> = std::mem::take(&mut batch);
+                let mut entry = batch_entry(&writes);
+                stamp(&shared, &mut entry);
+                let weak = Arc::downgrade(l);
+                match raft.client_write_ff(entry).await {
+                    Ok(rx) => {
+                        service.runtime.spawn(async move {
+                            let r = match rx.await {
+                                Ok(Ok(r)) => Ok(r.data),
+                                Ok(Err(e)) => Err(e.to_string()),
+                                Err(_) => Err("the group stopped".to_owned()),
+                            };
+                            answer(writes, r, weak.upgrade());
+                        });
+                    }
+                    Err(e) => answer(writes, Err(e.to_string()), weak.upgrade()),
+                }
                 break;
             }
-            match l.target(&service, tried) {
-                Target::Local(raft, shared) => {
-                    // The whole batch is one Raft entry (one append, one fsync, one
-                    // replication for all of it); its answers are awaited off this task, so
-                    // that the next batch is appended while this one commits. Writes a lost
-                    // leader did not commit go round again (not publishes: the client
-                    // resends those it gets a nack for).
-                    let writes: Vec<Write> = std::mem::take(&mut batch);
-                    let mut entry = batch_entry(&writes);
-                    stamp(&shared, &mut entry);
-                    let weak = Arc::downgrade(&l);
-                    match raft.client_write_ff(entry).await {
-                        Ok(rx) => {
-                            service.runtime.spawn(async move {
-                                let r = match rx.await {
-                                    Ok(Ok(r)) => Ok(r.data),
-                                    Ok(Err(e)) => Err(e.to_string()),
-                                    Err(_) => Err("the group stopped".to_owned()),
-                                };
-                                answer(writes, r, weak.upgrade());
-                            });
+            Target::Remote(peer) => {
+                let Some(node) = service.node() else {
+                    fail(&mut batch, "the node is stopping");
+                    break;
+                };
+                let entries: Vec<QueueEntry> = batch.iter().map(|w| w.entry.clone()).collect();
+                let r = node
+                    .transport
+                    .call(
+                        node_id(&peer.name),
+                        &peer.addr,
+                        &Request::QueueWrite {
+                            group: l.group,
+                            entries,
+                        },
+                        WRITE_DEADLINE,
+                    )
+                    .await;
+                if let Ok(Response::QueueWrite(Ok(replies))) = r {
+                    for (w, reply) in batch.drain(..).zip(replies) {
+                        if let Some(done) = w.done {
+                            let _ = done.send(Ok(reply));
                         }
-                        Err(e) => answer(writes, Err(e.to_string()), weak.upgrade()),
                     }
+                    // Answers missing (never: one per entry) fail what is left.
+                    fail(&mut batch, "no answer");
                     break;
                 }
-                Target::Remote(peer) => {
-                    let Some(node) = service.node() else {
-                        fail(&mut batch, "the node is stopping");
-                        break;
-                    };
-                    let entries: Vec<QueueEntry> = batch.iter().map(|w| w.entry.clone()).collect();
-                    let r = node
-                        .transport
-                        .call(
-                            node_id(&peer.name),
-                            &peer.addr,
-                            &Request::QueueWrite {
-                                group: l.group,
-                                entries,
-                            },
-                            WRITE_DEADLINE,
-                        )
-                        .await;
-                    if let Ok(Response::QueueWrite(Ok(replies))) = r {
-                        for (w, reply) in batch.drain(..).zip(replies) {
-                            if let Some(done) = w.done {
-                                let _ = done.send(Ok(reply));
-                            }
-                        }
-                        // Answers missing (never: one per entry) fail what is left.
-                        fail(&mut batch, "no answer");
-                        break;
-                    }
-                    tracing::debug!(group = l.group, ?r, "a quorum queue write is retried");
-                }
-                Target::Wait => {}
+                tracing::debug!(group = l.group, ?r, "a quorum queue write is retried");
             }
-            tried += 1;
-            if tokio::time::Instant::now() >= deadline {
-                fail(&mut batch, "the quorum queue has no leader");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Target::Wait => {}
         }
+        tried += 1;
+        if tokio::time::Instant::now() >= deadline {
+            fail(&mut batch, "the quorum queue has no leader");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -1236,15 +1268,15 @@ impl QueueLink for QuorumLink {
             return Box::pin(async move { Err(e) });
         };
         // No-ack consumers take credit (the window of deliveries on their way); others
-        // their prefetch, capped by that window so that a consumer with none cannot pull the
-        // whole queue over the network.
+        // their prefetch, capped so that a consumer without one cannot pull the whole queue
+        // over the network (a prefetch of 0 gets the cap).
         let credit = (!spec.ack_required).then_some(WINDOW_MESSAGES);
         if credit.is_some() {
             lock(&self.credit_mode).insert(consumer);
         }
         let prefetch = match spec.prefetch {
-            0 => WINDOW_MESSAGES,
-            p => p.min(WINDOW_MESSAGES),
+            0 => MAX_PREFETCH,
+            p => p.min(MAX_PREFETCH),
         };
         let settings = ConsumerSettings {
             tag: spec.tag,
