@@ -679,11 +679,7 @@ impl ClusterHandle {
         node: &str,
     ) -> Result<(), ClusterError> {
         let home = self.replicated_home(vhost, name)?;
-        if !home.members.iter().any(|m| m == node) {
-            return Err(ClusterError::Membership(format!(
-                "{node} is not a member of queue '{name}' in vhost '{vhost}'"
-            )));
-        }
+        member_of(&home, vhost, name, node)?;
         if home.members.len() == 1 {
             return Err(ClusterError::Membership(format!(
                 "{node} is the last member of queue '{name}' in vhost '{vhost}'"
@@ -715,11 +711,7 @@ impl ClusterHandle {
         node: &str,
     ) -> Result<(), ClusterError> {
         let home = self.replicated_home(vhost, name)?;
-        if !home.members.iter().any(|m| m == node) {
-            return Err(ClusterError::Membership(format!(
-                "{node} is not a member of queue '{name}' in vhost '{vhost}'"
-            )));
-        }
+        member_of(&home, vhost, name, node)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let leader = self
@@ -849,5 +841,21 @@ impl ClusterHandle {
 impl Node {
     async fn transport_handler_forget(self: &Arc<Self>, name: &str) -> Result<(), ForwardError> {
         node::forget_on_leader(self, name).await
+    }
+}
+
+/// `node` is a member of the queue `home` describes, or the error saying it is not.
+fn member_of(
+    home: &crate::metadata::QueueHome,
+    vhost: &str,
+    name: &str,
+    node: &str,
+) -> Result<(), ClusterError> {
+    if home.members.iter().any(|m| m == node) {
+        Ok(())
+    } else {
+        Err(ClusterError::Membership(format!(
+            "{node} is not a member of queue '{name}' in vhost '{vhost}'"
+        )))
     }
 }

@@ -772,14 +772,9 @@ pub async fn add_queue_member(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let node = member_change_target(&st, &user, &vhost, &name, &body)?;
-    let c = st
-        .cluster()
-        .ok_or_else(|| ApiError::bad_request("not a cluster member"))?;
-    c.add_queue_member(&vhost, &name, &node)
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(json::no_content())
+    let c = quorum_admin(&st, &user, &vhost, &name)?;
+    let node = target_node(&body)?;
+    changed(c.add_queue_member(&vhost, &name, &node).await)
 }
 
 /// DELETE /api/queues/{vhost}/{name}/members/{node} (`pier ctl delete_member`).
@@ -788,14 +783,8 @@ pub async fn delete_queue_member(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name, node)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    check_quorum_admin(&st, &user, &vhost, &name)?;
-    let c = st
-        .cluster()
-        .ok_or_else(|| ApiError::bad_request("not a cluster member"))?;
-    c.delete_queue_member(&vhost, &name, &node)
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(json::no_content())
+    let c = quorum_admin(&st, &user, &vhost, &name)?;
+    changed(c.delete_queue_member(&vhost, &name, &node).await)
 }
 
 /// POST /api/queues/{vhost}/{name}/transfer-leadership `{"node": N}`
@@ -806,18 +795,19 @@ pub async fn transfer_queue_leadership(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let node = member_change_target(&st, &user, &vhost, &name, &body)?;
-    let c = st
-        .cluster()
-        .ok_or_else(|| ApiError::bad_request("not a cluster member"))?;
-    c.transfer_queue_leadership(&vhost, &name, &node)
-        .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(json::no_content())
+    let c = quorum_admin(&st, &user, &vhost, &name)?;
+    let node = target_node(&body)?;
+    changed(c.transfer_queue_leadership(&vhost, &name, &node).await)
 }
 
-/// Membership changes are an administrator's (as `rabbitmq-queues`), on a quorum queue.
-fn check_quorum_admin(st: &AppState, user: &AuthUser, vhost: &str, name: &str) -> ApiResult<()> {
+/// Membership changes are an administrator's (as `rabbitmq-queues`), on a quorum queue of a
+/// clustered node: the node's cluster handle.
+fn quorum_admin<'a>(
+    st: &'a AppState,
+    user: &AuthUser,
+    vhost: &str,
+    name: &str,
+) -> ApiResult<&'a pier_cluster::ClusterHandle> {
     if !user.is_admin() {
         return Err(ApiError::not_authorised("Not administrator user"));
     }
@@ -828,19 +818,19 @@ fn check_quorum_admin(st: &AppState, user: &AuthUser, vhost: &str, name: &str) -
             "queue '{name}' in vhost '{vhost}' is not a quorum queue"
         )));
     }
-    Ok(())
+    st.cluster()
+        .ok_or_else(|| ApiError::bad_request("not a cluster member"))
 }
 
-fn member_change_target(
-    st: &AppState,
-    user: &AuthUser,
-    vhost: &str,
-    name: &str,
-    body: &Bytes,
-) -> ApiResult<String> {
-    check_quorum_admin(st, user, vhost, name)?;
+/// The `node` of a membership request's body.
+fn target_node(body: &Bytes) -> ApiResult<String> {
     let m = json::body_object(body)?;
     json::get_str(&m, "node")
         .map(str::to_owned)
         .ok_or_else(|| ApiError::bad_request("\"node\" is required"))
+}
+
+fn changed(r: Result<(), pier_cluster::ClusterError>) -> ApiResult<Response> {
+    r.map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(json::no_content())
 }

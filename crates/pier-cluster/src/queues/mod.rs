@@ -171,6 +171,7 @@ impl QueueService {
         if let Some(c) = client {
             c.link_closed(link);
         }
+        self.quorum.peer_lost(&link.peer.name);
     }
 
     /// Asks every home node with a session for its queues' figures and keeps them on the

@@ -190,6 +190,32 @@ const R_PURGED: u8 = 4;
 const R_FIGURES: u8 = 5;
 const R_ALL: u8 = 6;
 
+/// A delivery's fields (a home node's `Deliver`, a quorum leader's `QuorumDeliver`).
+struct Delivery {
+    consumer: u64,
+    offset: u64,
+    redelivered: bool,
+    ack_required: bool,
+    enqueued_at: u32,
+    message: Arc<Message>,
+}
+
+fn put_delivery(
+    out: &mut BytesMut,
+    consumer: u64,
+    offset: u64,
+    redelivered: bool,
+    ack_required: bool,
+    enqueued_at: u32,
+    message: &Message,
+) {
+    out.put_u64(consumer);
+    out.put_u64(offset);
+    out.put_u8(u8::from(redelivered) | (u8::from(ack_required) << 1));
+    out.put_u32(enqueued_at);
+    put_message(out, message);
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
     put_bytes(out, s.as_bytes());
 }
@@ -247,9 +273,9 @@ fn put_figures(out: &mut BytesMut, f: &Figures) {
 /// Encodes `msg` as a complete transport frame (lane kind).
 pub fn encode(msg: &LaneMsg) -> Result<Bytes, WireError> {
     let capacity = match msg {
-        LaneMsg::Publish { message, .. } | LaneMsg::Deliver { message, .. } => {
-            64 + message_len(message)
-        }
+        LaneMsg::Publish { message, .. }
+        | LaneMsg::Deliver { message, .. }
+        | LaneMsg::QuorumDeliver { message, .. } => 64 + message_len(message),
         LaneMsg::Settle { offsets, .. } => 64 + 8 * offsets.len(),
         LaneMsg::Confirms { confirms } => 8 + 9 * confirms.len(),
         LaneMsg::Reply {
@@ -371,11 +397,15 @@ pub fn encode(msg: &LaneMsg) -> Result<Bytes, WireError> {
             put_str(&mut out, vhost);
             put_str(&mut out, queue);
             out.put_u64(*term);
-            out.put_u64(*consumer);
-            out.put_u64(*offset);
-            out.put_u8(u8::from(*redelivered) | (u8::from(*ack_required) << 1));
-            out.put_u32(*enqueued_at);
-            put_message(&mut out, message);
+            put_delivery(
+                &mut out,
+                *consumer,
+                *offset,
+                *redelivered,
+                *ack_required,
+                *enqueued_at,
+                message,
+            );
         }
         LaneMsg::QuorumCancelled {
             vhost,
@@ -396,11 +426,15 @@ pub fn encode(msg: &LaneMsg) -> Result<Bytes, WireError> {
             message,
         } => {
             out.put_u8(DELIVER);
-            out.put_u64(*consumer);
-            out.put_u64(*offset);
-            out.put_u8(u8::from(*redelivered) | (u8::from(*ack_required) << 1));
-            out.put_u32(*enqueued_at);
-            put_message(&mut out, message);
+            put_delivery(
+                &mut out,
+                *consumer,
+                *offset,
+                *redelivered,
+                *ack_required,
+                *enqueued_at,
+                message,
+            );
         }
         LaneMsg::Cancelled { consumer } => {
             out.put_u8(CANCELLED);
@@ -497,6 +531,21 @@ impl Reader {
         let n = self.u32()? as usize;
         self.need(n)?;
         Ok(self.0.split_to(n))
+    }
+
+    fn delivery(&mut self) -> Result<Delivery, WireError> {
+        let consumer = self.u64()?;
+        let offset = self.u64()?;
+        let flags = self.u8()?;
+        let enqueued_at = self.u32()?;
+        Ok(Delivery {
+            consumer,
+            offset,
+            redelivered: flags & 1 != 0,
+            ack_required: flags & 2 != 0,
+            enqueued_at,
+            message: self.message()?,
+        })
     }
 
     fn string(&mut self) -> Result<String, WireError> {
@@ -646,20 +695,17 @@ pub fn decode(payload: Bytes) -> Result<LaneMsg, WireError> {
             let vhost = r.string()?;
             let queue = r.string()?;
             let term = r.u64()?;
-            let consumer = r.u64()?;
-            let offset = r.u64()?;
-            let flags = r.u8()?;
-            let enqueued_at = r.u32()?;
+            let d = r.delivery()?;
             LaneMsg::QuorumDeliver {
                 vhost,
                 queue,
                 term,
-                consumer,
-                offset,
-                redelivered: flags & 1 != 0,
-                ack_required: flags & 2 != 0,
-                enqueued_at,
-                message: r.message()?,
+                consumer: d.consumer,
+                offset: d.offset,
+                redelivered: d.redelivered,
+                ack_required: d.ack_required,
+                enqueued_at: d.enqueued_at,
+                message: d.message,
             }
         }
         QUORUM_CANCELLED => LaneMsg::QuorumCancelled {
@@ -668,17 +714,14 @@ pub fn decode(payload: Bytes) -> Result<LaneMsg, WireError> {
             consumer: r.u64()?,
         },
         DELIVER => {
-            let consumer = r.u64()?;
-            let offset = r.u64()?;
-            let flags = r.u8()?;
-            let enqueued_at = r.u32()?;
+            let d = r.delivery()?;
             LaneMsg::Deliver {
-                consumer,
-                offset,
-                redelivered: flags & 1 != 0,
-                ack_required: flags & 2 != 0,
-                enqueued_at,
-                message: r.message()?,
+                consumer: d.consumer,
+                offset: d.offset,
+                redelivered: d.redelivered,
+                ack_required: d.ack_required,
+                enqueued_at: d.enqueued_at,
+                message: d.message,
             }
         }
         CANCELLED => LaneMsg::Cancelled { consumer: r.u64()? },
@@ -853,6 +896,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match round_trip(&LaneMsg::QuorumDeliver {
+            vhost: "v".into(),
+            queue: "qq".into(),
+            term: 7,
+            consumer: 9,
+            offset: 5,
+            redelivered: false,
+            ack_required: true,
+            enqueued_at: 3,
+            message: Arc::clone(&m),
+        }) {
+            LaneMsg::QuorumDeliver {
+                vhost,
+                queue,
+                term,
+                consumer,
+                offset,
+                redelivered,
+                ack_required,
+                enqueued_at,
+                message,
+            } => {
+                assert_eq!((vhost.as_str(), queue.as_str(), term), ("v", "qq", 7));
+                assert_eq!((consumer, offset, enqueued_at), (9, 5, 3));
+                assert!(!redelivered && ack_required);
+                assert_eq!(message.body, m.body);
+            }
+            other => panic!("{other:?}"),
+        }
         match round_trip(&LaneMsg::Confirms {
             confirms: vec![(1, true), (2, false)],
         }) {
@@ -924,6 +996,11 @@ mod tests {
                 consumer: 2,
             },
             LaneMsg::Cancelled { consumer: 4 },
+            LaneMsg::QuorumCancelled {
+                vhost: "/".into(),
+                queue: "qq".into(),
+                consumer: 4,
+            },
             LaneMsg::StatsAll { req: 9 },
             LaneMsg::Get {
                 req: 1,

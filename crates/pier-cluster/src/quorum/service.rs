@@ -135,6 +135,8 @@ struct Shared {
     term: AtomicU64,
     /// The latest clock an entry carried (a new leader never stamps earlier).
     last_at: AtomicU64,
+    /// Ops applied since this member last asked for a snapshot.
+    ops_since_snapshot: AtomicU64,
 }
 
 impl Shared {
@@ -147,6 +149,11 @@ impl Shared {
 impl EffectRunner for Shared {
     fn applied(&self, _index: u64, entry: &QueueEntry, applied: &Applied) {
         self.last_at.fetch_max(entry.at, Ordering::Relaxed);
+        let ops = match &entry.op {
+            QueueOp::Batch(ops) => ops.len() as u64,
+            _ => 1,
+        };
+        self.ops_since_snapshot.fetch_add(ops, Ordering::Relaxed);
         if !self.leading.load(Ordering::Acquire) || applied.effects.is_empty() {
             return;
         }
@@ -154,6 +161,9 @@ impl EffectRunner for Shared {
             return;
         };
         let term = self.term.load(Ordering::Acquire);
+        // Deliveries that could not be sent (no connection to the consumer's node) go back,
+        // uncounted, rather than stay checked out to a consumer that never saw them.
+        let mut unsent = Vec::new();
         for effect in &applied.effects {
             match effect {
                 Effect::Deliver(d) => {
@@ -172,20 +182,25 @@ impl EffectRunner for Shared {
                             d.enqueued_at,
                             message,
                         ),
-                        Some(node) => service.lane_send(
-                            &node,
-                            &LaneMsg::QuorumDeliver {
-                                vhost: self.vhost.clone(),
-                                queue: self.name.clone(),
-                                term,
-                                consumer: local,
-                                offset: d.offset,
-                                redelivered: d.redelivered,
-                                ack_required: d.ack_required,
-                                enqueued_at: d.enqueued_at,
-                                message,
-                            },
-                        ),
+                        Some(node) => {
+                            let sent = service.lane_send(
+                                &node,
+                                &LaneMsg::QuorumDeliver {
+                                    vhost: self.vhost.clone(),
+                                    queue: self.name.clone(),
+                                    term,
+                                    consumer: local,
+                                    offset: d.offset,
+                                    redelivered: d.redelivered,
+                                    ack_required: d.ack_required,
+                                    enqueued_at: d.enqueued_at,
+                                    message,
+                                },
+                            );
+                            if !sent && d.ack_required {
+                                unsent.push(d.offset);
+                            }
+                        }
                         // Its node left the cluster: it stays checked out until the
                         // consumer is cancelled (the leader's sweep).
                         None => {}
@@ -197,14 +212,16 @@ impl EffectRunner for Shared {
                         Some(node) if node.name == service.me => {
                             q.remote_consumer_cancelled(local);
                         }
-                        Some(node) => service.lane_send(
-                            &node,
-                            &LaneMsg::QuorumCancelled {
-                                vhost: self.vhost.clone(),
-                                queue: self.name.clone(),
-                                consumer: local,
-                            },
-                        ),
+                        Some(node) => {
+                            service.lane_send(
+                                &node,
+                                &LaneMsg::QuorumCancelled {
+                                    vhost: self.vhost.clone(),
+                                    queue: self.name.clone(),
+                                    consumer: local,
+                                },
+                            );
+                        }
                         None => {}
                     }
                 }
@@ -226,6 +243,11 @@ impl EffectRunner for Shared {
                 }
                 Effect::Expired => service.propose_delete(&self.vhost, &self.name),
                 _ => {}
+            }
+        }
+        if !unsent.is_empty() {
+            if let Some(link) = service.link_of(self) {
+                link.write(QueueOp::Release(unsent), None);
             }
         }
     }
@@ -288,18 +310,58 @@ impl QuorumService {
             .map(|(_, p, _)| p)
     }
 
-    fn lane_send(&self, to: &PeerNode, msg: &LaneMsg) {
-        let Some(node) = self.node() else { return };
+    /// Sends a lane frame to `to`; `false` when it could not go (no connection).
+    fn lane_send(&self, to: &PeerNode, msg: &LaneMsg) -> bool {
+        let Some(node) = self.node() else {
+            return false;
+        };
         let Some(link) = node.transport.current_link(node_id(&to.name)) else {
             tracing::debug!(to = %to.name, "no connection for a quorum queue delivery");
-            return;
+            return false;
         };
         match wire::encode(msg) {
-            Ok(frame) => {
-                link.lane_send(frame);
+            Ok(frame) => link.lane_send(frame),
+            Err(e) => {
+                tracing::warn!("a quorum lane frame does not encode: {e}");
+                false
             }
-            Err(e) => tracing::warn!("a quorum lane frame does not encode: {e}"),
         }
+    }
+
+    /// The connection to `peer` ended: what the groups this node leads had handed to that
+    /// node's consumers may never have arrived (frames still queued, or lost with the
+    /// connection). It is put back, uncounted; a consumer there that did get it delivers it,
+    /// and its ack (same term) settles it wherever it went since.
+    pub(crate) fn peer_lost(&self, peer: &str) {
+        let tag = tag_of(node_id(peer));
+        let groups: Vec<Arc<OnceLock<Group>>> = lock(&self.groups).values().cloned().collect();
+        for slot in groups {
+            let Some(g) = slot.get() else { continue };
+            if !g.shared.leading.load(Ordering::Acquire) {
+                continue;
+            }
+            let offsets: Vec<u64> = {
+                let m = lock(&g.shared.machine);
+                let e = m.engine();
+                e.checked_out_offsets()
+                    .into_iter()
+                    .filter(|o| {
+                        matches!(e.checked_out_to(*o), Some(Some(c)) if split_consumer(c).0 == tag)
+                    })
+                    .collect()
+            };
+            if !offsets.is_empty() {
+                if let Some(link) = self.link_of(&g.shared) {
+                    link.write(QueueOp::Release(offsets), None);
+                }
+            }
+        }
+    }
+
+    fn link_of(&self, shared: &Shared) -> Option<Arc<QuorumLink>> {
+        lock(&self.links)
+            .get(&(shared.vhost.clone(), shared.name.clone()))
+            .cloned()
     }
 
     fn propose_delete(&self, vhost: &str, name: &str) {
@@ -370,6 +432,7 @@ impl QuorumService {
             leading: AtomicBool::new(false),
             term: AtomicU64::new(0),
             last_at: AtomicU64::new(0),
+            ops_since_snapshot: AtomicU64::new(0),
         });
         *lock(&link.shared) = Some(Arc::clone(&shared));
         let (me, members, home_name) = (self.me.clone(), home.members.clone(), home.home.clone());
@@ -771,7 +834,7 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
     }
 }
 
-/// A member snapshots its queue once this many entries were applied since the last one...
+/// A member snapshots its queue once this many ops were applied since the last one...
 const SNAPSHOT_EVERY: u64 = 4096;
 /// ...the queue holds no more than this many bytes of messages...
 const SNAPSHOT_MAX_BYTES: u64 = 16 << 20;
@@ -788,26 +851,26 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let (due, stats, consumers, applied) = {
+        let (due, stats, consumers) = {
             let m = lock(&shared.machine);
             let e = m.engine();
             (
                 e.next_tick() <= unix_ms(),
                 e.stats(),
                 e.consumers().map(|(id, _, _)| id).collect::<Vec<_>>(),
-                m.applied(),
             )
         };
         if let Some(q) = shared.queue() {
             q.set_remote_figures(stats, Default::default());
         }
-        let snapshot_at = raft.metrics().borrow().snapshot.map_or(0, |l| l.index);
-        let since = applied.saturating_sub(snapshot_at);
+        // Counted in ops, not entries: an entry is often a batch of many.
+        let since = shared.ops_since_snapshot.load(Ordering::Relaxed);
         if since >= SNAPSHOT_EVERY
             && stats.ready_bytes <= SNAPSHOT_MAX_BYTES
             && (stats.ready + stats.unacked).saturating_mul(SNAPSHOT_MAX_LIVE_SHARE) <= since
+            && raft.trigger().snapshot().await.is_ok()
         {
-            let _ = raft.trigger().snapshot().await;
+            shared.ops_since_snapshot.store(0, Ordering::Relaxed);
         }
         reconcile_consumers(&shared, &consumers);
         if !shared.leading.load(Ordering::Acquire) {

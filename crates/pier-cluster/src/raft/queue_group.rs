@@ -118,6 +118,9 @@ pub fn queue_config(group: u64) -> Result<openraft::Config, openraft::ConfigErro
         // An entry is a node's batch of writes (up to 1 MiB of bodies, `quorum/service.rs`):
         // eight per AppendEntries stay below the transport's 16 MiB frame limit.
         max_payload_entries: 8,
+        // Entries are batches: a few dozen behind a snapshot are plenty for a follower that
+        // is a little behind.
+        max_in_snapshot_log_to_keep: 64,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         ..openraft::Config::default()
     }
