@@ -77,76 +77,82 @@ def connect(node) -> pika.BlockingConnection:
         blocked_connection_timeout=10, heartbeat=5))
 
 
-class Producer(threading.Thread):
+class Worker(threading.Thread):
+    """A client that connects to a random running node and runs `session` on the
+    connection until it is told to stop; any failure (a node killed, paused or cut off)
+    means another node."""
+
+    def __init__(self, name: str, seed: int, cluster: Cluster, history: History,
+                 stop: threading.Event):
+        super().__init__(daemon=True, name=name)
+        self.rng = random.Random(seed)
+        self.cluster, self.history, self.stop = cluster, history, stop
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            nodes = self.cluster.running()
+            if not nodes:
+                time.sleep(0.2)
+                continue
+            try:
+                self.session(connect(self.rng.choice(nodes)))
+            except Exception:  # noqa: BLE001 - any failure: reconnect elsewhere
+                time.sleep(0.2)
+
+    def session(self, conn: pika.BlockingConnection) -> None:
+        raise NotImplementedError
+
+
+class Producer(Worker):
+    """Publishes unique ids with confirms: invoked before, ok on basic.ack, failed on a
+    nack or unroutable; a connection lost mid-publish leaves the outcome unknown."""
+
     def __init__(self, pid: int, cluster: Cluster, history: History, stop: threading.Event):
-        super().__init__(daemon=True, name=f"producer-{pid}")
-        self.pid, self.cluster, self.history, self.stop = pid, cluster, history, stop
+        super().__init__(f"producer-{pid}", pid, cluster, history, stop)
+        self.pid = pid
         self.n = 0
 
-    def run(self) -> None:
-        rng = random.Random(self.pid)
+    def session(self, conn: pika.BlockingConnection) -> None:
+        ch = conn.channel()
+        ch.confirm_delivery()
         while not self.stop.is_set():
-            nodes = self.cluster.running()
-            if not nodes:
-                time.sleep(0.2)
-                continue
+            mid = f"p{self.pid}-{self.n}"
+            self.n += 1
+            with self.history.lock:
+                self.history.invoked.add(mid)
             try:
-                conn = connect(rng.choice(nodes))
-                ch = conn.channel()
-                ch.confirm_delivery()
-                while not self.stop.is_set():
-                    mid = f"p{self.pid}-{self.n}"
-                    self.n += 1
-                    with self.history.lock:
-                        self.history.invoked.add(mid)
-                    try:
-                        ch.basic_publish("", QUEUE, mid.encode(),
-                                         pika.BasicProperties(delivery_mode=2))
-                    except pika.exceptions.NackError:
-                        with self.history.lock:
-                            self.history.failed.add(mid)
-                        continue
-                    except pika.exceptions.UnroutableError:
-                        with self.history.lock:
-                            self.history.failed.add(mid)
-                        continue
-                    with self.history.lock:
-                        self.history.ok.add(mid)
-            except Exception:  # noqa: BLE001 - any failure: unknown outcome, reconnect
-                time.sleep(0.2)
+                ch.basic_publish("", QUEUE, mid.encode(),
+                                 pika.BasicProperties(delivery_mode=2))
+            except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
+                with self.history.lock:
+                    self.history.failed.add(mid)
+                continue
+            with self.history.lock:
+                self.history.ok.add(mid)
 
 
-class Consumer(threading.Thread):
+class Consumer(Worker):
+    """Logs every delivery, then acknowledges it."""
+
     def __init__(self, cid: int, cluster: Cluster, history: History, stop: threading.Event):
-        super().__init__(daemon=True, name=f"consumer-{cid}")
-        self.cid, self.cluster, self.history, self.stop = cid, cluster, history, stop
+        super().__init__(f"consumer-{cid}", 1000 + cid, cluster, history, stop)
         self.last = time.monotonic()
 
-    def run(self) -> None:
-        rng = random.Random(1000 + self.cid)
+    def session(self, conn: pika.BlockingConnection) -> None:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=50)
+
+        def on_message(c, m, _p, body):
+            with self.history.lock:
+                self.history.delivered[body.decode()] += 1
+                if m.redelivered:
+                    self.history.redelivered += 1
+            self.last = time.monotonic()
+            c.basic_ack(m.delivery_tag)
+
+        ch.basic_consume(QUEUE, on_message)
         while not self.stop.is_set():
-            nodes = self.cluster.running()
-            if not nodes:
-                time.sleep(0.2)
-                continue
-            try:
-                conn = connect(rng.choice(nodes))
-                ch = conn.channel()
-                ch.basic_qos(prefetch_count=50)
-
-                def on_message(c, m, _p, body):
-                    with self.history.lock:
-                        self.history.delivered[body.decode()] += 1
-                        if m.redelivered:
-                            self.history.redelivered += 1
-                    self.last = time.monotonic()
-                    c.basic_ack(m.delivery_tag)
-
-                ch.basic_consume(QUEUE, on_message)
-                while not self.stop.is_set():
-                    conn.process_data_events(0.2)
-            except Exception:  # noqa: BLE001 - reconnect elsewhere
-                time.sleep(0.2)
+            conn.process_data_events(0.2)
 
 
 def queue_leader(cluster: Cluster):
