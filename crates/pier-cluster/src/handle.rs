@@ -226,9 +226,7 @@ impl ClusterHandle {
             {
                 return Err(self.no_quorum(Some(&n.me)));
             }
-            let leader = m
-                .current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            let leader = crate::raft::leader_of(&m).map(|(_, p)| p);
             match (m.current_leader, leader) {
                 (Some(l), _) if l == n.me_id => {
                     let r =
@@ -327,13 +325,7 @@ impl ClusterHandle {
         let deadline = tokio::time::Instant::now() + node::JOIN_TIMEOUT;
         loop {
             let m = n.metrics();
-            let leader = m.current_leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .cloned()
-                    .map(|p| (l, p))
-            });
+            let leader = crate::raft::leader_of(&m);
             let r = match leader {
                 Some((l, _)) if l == n.me_id => {
                     let resp = n.transport_handler_forget(name).await;
@@ -409,12 +401,7 @@ impl ClusterHandle {
             .filter(|s| !s.running)
             .map(|s| s.name.clone())
             .collect();
-        let leader = m.current_leader.and_then(|l| {
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|p| p.name.clone())
-        });
+        let leader = crate::raft::leader_of(&m).map(|(_, p)| p.name);
         ClusterStatus {
             node: n.me.name.clone(),
             cluster_id: n.cluster_id(),
@@ -483,7 +470,6 @@ impl ClusterHandle {
         if home.group == 0 {
             return None;
         }
-        let peers = self.node.members();
         let mut rows = Vec::new();
         for member in &home.members {
             let row = if *member == self.node.me.name {
@@ -493,31 +479,35 @@ impl ClusterHandle {
                     .group_status(home.group)
                     .ok_or_else(|| "not started".to_owned())
             } else {
-                match peers.iter().find(|(_, p, _)| p.name == *member) {
-                    None => Err("not a cluster member".to_owned()),
-                    Some((id, p, _)) => match self
-                        .node
-                        .transport
-                        .call(
-                            *id,
-                            &p.addr,
-                            &crate::rpc::Request::QueueStatus { group: home.group },
-                            Duration::from_secs(5),
-                        )
-                        .await
-                    {
-                        Ok(crate::rpc::Response::QueueStatus(Some(s))) => Ok(s),
-                        Ok(crate::rpc::Response::QueueStatus(None)) => {
-                            Err("not started".to_owned())
-                        }
-                        Ok(_) => Err("unexpected answer".to_owned()),
-                        Err(e) => Err(e.to_string()),
-                    },
+                let ask = crate::rpc::Request::QueueStatus { group: home.group };
+                match self.ask_member(member, &ask, Duration::from_secs(5)).await {
+                    Ok(crate::rpc::Response::QueueStatus(Some(s))) => Ok(s),
+                    Ok(crate::rpc::Response::QueueStatus(None)) => Err("not started".to_owned()),
+                    Ok(_) => Err("unexpected answer".to_owned()),
+                    Err(e) => Err(e),
                 }
             };
             rows.push((member.clone(), row));
         }
         Some(rows)
+    }
+
+    /// Sends `request` to the cluster member of that name; `Err` says why it got no answer.
+    async fn ask_member(
+        &self,
+        name: &str,
+        request: &crate::rpc::Request,
+        timeout: Duration,
+    ) -> Result<crate::rpc::Response, String> {
+        let (id, peer) = self
+            .node
+            .member(name)
+            .ok_or_else(|| format!("{name} is not a cluster member"))?;
+        self.node
+            .transport
+            .call(id, &peer.addr, request, timeout)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// A replicated quorum queue's catalog entry, or why the queue has none.
@@ -553,28 +543,14 @@ impl ClusterHandle {
                 };
             }
             if target.is_none() {
+                let ask = Request::QueueStatus { group: home.group };
                 for m in &home.members {
-                    if let Some((id, p, _)) = self
-                        .node
-                        .members()
-                        .into_iter()
-                        .find(|(_, p, _)| p.name == *m)
+                    if let Ok(Response::QueueStatus(Some(s))) =
+                        self.ask_member(m, &ask, Duration::from_secs(3)).await
                     {
-                        if let Ok(Response::QueueStatus(Some(s))) = self
-                            .node
-                            .transport
-                            .call(
-                                id,
-                                &p.addr,
-                                &Request::QueueStatus { group: home.group },
-                                Duration::from_secs(3),
-                            )
-                            .await
-                        {
-                            if s.leader.is_some() {
-                                target = s.leader;
-                                break;
-                            }
+                        if s.leader.is_some() {
+                            target = s.leader;
+                            break;
                         }
                     }
                 }
@@ -587,28 +563,13 @@ impl ClusterHandle {
                         .serve_members(home.group, change.clone())
                         .await
                 } else {
-                    match self
-                        .node
-                        .members()
-                        .into_iter()
-                        .find(|(_, p, _)| p.name == leader)
-                    {
-                        Some((id, p, _)) => self
-                            .node
-                            .transport
-                            .call(
-                                id,
-                                &p.addr,
-                                &Request::QueueMembers {
-                                    group: home.group,
-                                    change: change.clone(),
-                                },
-                                Duration::from_secs(30),
-                            )
-                            .await
-                            .unwrap_or_else(|e| Response::Refused(e.to_string())),
-                        None => Response::Refused(format!("{leader} is not a cluster member")),
-                    }
+                    let ask = Request::QueueMembers {
+                        group: home.group,
+                        change: change.clone(),
+                    };
+                    self.ask_member(&leader, &ask, Duration::from_secs(30))
+                        .await
+                        .unwrap_or_else(Response::Refused)
                 };
                 match r {
                     Response::QueueMembers(Ok(())) => return Ok(()),
@@ -644,12 +605,7 @@ impl ClusterHandle {
         node: &str,
     ) -> Result<(), ClusterError> {
         let home = self.replicated_home(vhost, name)?;
-        let Some((_, peer, _)) = self
-            .node
-            .members()
-            .into_iter()
-            .find(|(_, p, _)| p.name == node)
-        else {
+        let Some((_, peer)) = self.node.member(node) else {
             return Err(ClusterError::Membership(format!(
                 "{node} is not a member of the cluster"
             )));
@@ -702,60 +658,69 @@ impl ClusterHandle {
         Ok(())
     }
 
-    /// `transfer_leadership`: `node` (a member) starts an election; answers once it leads,
-    /// or says who still does after a few seconds.
+    /// `transfer_leadership`: `node` (a member) takes the lead. Followers refuse votes while
+    /// their leader's lease runs (openraft renews it with every heartbeat), so the current
+    /// leader stops its heartbeats, `node` starts elections until it leads, and the old
+    /// leader's heartbeats come back whatever happened. Answers once `node` leads, or says
+    /// who still does after a few seconds (a queue under load keeps the lease alive through
+    /// its appends).
     pub async fn transfer_queue_leadership(
         &self,
         vhost: &str,
         name: &str,
         node: &str,
     ) -> Result<(), ClusterError> {
+        use crate::rpc::MemberChange;
         let home = self.replicated_home(vhost, name)?;
         member_of(&home, vhost, name, node)?;
+        let Some(old) = self.quorum_leader(vhost, name).await else {
+            return Err(ClusterError::Membership(format!(
+                "queue '{name}' in vhost '{vhost}' has no leader now"
+            )));
+        };
+        if old == node {
+            return Ok(());
+        }
+        self.member_change(&old, home.group, MemberChange::Heartbeat(false))
+            .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let leader = self
-                .quorum_status(vhost, name)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .find_map(|(_, r)| r.ok().and_then(|s| s.leader));
-            if leader.as_deref() == Some(node) {
-                return Ok(());
+        let outcome = loop {
+            self.member_change(node, home.group, MemberChange::Elect)
+                .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = self.quorum_leader(vhost, name).await;
+            if now.as_deref() == Some(node) {
+                break Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ClusterError::Membership(format!(
+                break Err(ClusterError::Membership(format!(
                     "{node} did not take the lead of queue '{name}' in vhost '{vhost}' (leader: {})",
-                    leader.unwrap_or_else(|| "none".into())
+                    now.unwrap_or_else(|| "none".into())
                 )));
             }
-            // The elect goes to the node itself.
-            if let Some((id, p, _)) = self
-                .node
-                .members()
-                .into_iter()
-                .find(|(_, p, _)| p.name == node)
-            {
-                let req = crate::rpc::Request::QueueMembers {
-                    group: home.group,
-                    change: crate::rpc::MemberChange::Elect,
-                };
-                if node == self.node.me.name {
-                    let _ = self
-                        .node
-                        .queues
-                        .quorum
-                        .serve_members(home.group, crate::rpc::MemberChange::Elect)
-                        .await;
-                } else {
-                    let _ = self
-                        .node
-                        .transport
-                        .call(id, &p.addr, &req, Duration::from_secs(5))
-                        .await;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+        };
+        self.member_change(&old, home.group, MemberChange::Heartbeat(true))
+            .await;
+        outcome
+    }
+
+    /// The leader of a replicated quorum queue as its members report it.
+    async fn quorum_leader(&self, vhost: &str, name: &str) -> Option<String> {
+        self.quorum_status(vhost, name)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|(_, r)| r.ok().and_then(|s| s.leader))
+    }
+
+    /// Asks member `node`'s group to carry out `change` (this node's own directly); the
+    /// answer is not awaited beyond a few seconds, nor looked at.
+    async fn member_change(&self, node: &str, group: u64, change: crate::rpc::MemberChange) {
+        if node == self.node.me.name {
+            let _ = self.node.queues.quorum.serve_members(group, change).await;
+        } else {
+            let ask = crate::rpc::Request::QueueMembers { group, change };
+            let _ = self.ask_member(node, &ask, Duration::from_secs(5)).await;
         }
     }
 

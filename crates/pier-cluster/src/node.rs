@@ -151,6 +151,14 @@ impl Node {
             .collect()
     }
 
+    /// The member of that name: its Raft id and node.
+    pub(crate) fn member(&self, name: &str) -> Option<(u64, PeerNode)> {
+        self.members()
+            .into_iter()
+            .find(|(_, p, _)| p.name == name)
+            .map(|(id, p, _)| (id, p))
+    }
+
     /// Whether member `id` answered recently (this node always counts).
     pub(crate) fn is_running(&self, id: u64) -> bool {
         id == self.me_id
@@ -758,9 +766,7 @@ impl Handler for NodeHandler {
 fn not_leader(n: &Node) -> ForwardError {
     let m = n.metrics();
     ForwardError::NotLeader {
-        leader: m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned()),
+        leader: crate::raft::leader_of(&m).map(|(_, p)| p),
     }
 }
 

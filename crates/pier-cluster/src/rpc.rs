@@ -82,6 +82,9 @@ pub enum MemberChange {
     Remove(String),
     /// Start an election here (`transfer_leadership`).
     Elect,
+    /// Stop (false) or resume (true) this member's heartbeats while it leads
+    /// (`transfer_leadership`: followers refuse votes while their leader's lease runs).
+    Heartbeat(bool),
 }
 
 #[derive(Debug, Serialize, Deserialize)]

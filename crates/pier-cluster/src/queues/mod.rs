@@ -241,7 +241,7 @@ impl Cluster for QueueService {
         let home = self.catalog.queue_home(vhost, queue)?;
         let config = pier_broker::queue::EngineConfig::quorum(config.clone());
         self.quorum
-            .link(vhost, queue, &home, Some(config))
+            .link(vhost, queue, &home, config)
             .map(|l| l as Arc<dyn QueueLink>)
     }
 

@@ -37,14 +37,10 @@ pub struct Applied {
 }
 
 impl QueueMachine {
-    /// A new, empty queue. The engine stores nothing (the log is the store) and never pages
-    /// (members keep bodies in memory for now).
-    pub fn new(mut config: EngineConfig) -> Self {
-        config.stores_persistent = false;
-        config.stores_transient = false;
-        config.memory_budget = u64::MAX;
+    /// A new, empty queue (see `member_config`).
+    pub fn new(config: EngineConfig) -> Self {
         QueueMachine {
-            engine: QueueEngine::new(config, 0),
+            engine: QueueEngine::new(member_config(config), 0),
             applied: 0,
             effects: Vec::new(),
         }
@@ -74,24 +70,21 @@ impl QueueMachine {
     /// The state as snapshot bytes (`snapshot.rs`); `None` if a body is not in memory
     /// (never: a member's engine does not page).
     pub fn snapshot_bytes(&self) -> Option<Result<bytes::Bytes, super::entry::EntryError>> {
-        self.engine
-            .snapshot()
-            .to_parts()
-            .map(|p| super::snapshot::encode(&p))
+        super::snapshot::encode_snapshot(&self.engine.snapshot())
     }
 
     /// A member continuing from snapshot bytes taken at log index `applied`, with the
     /// queue's configuration as this member built it.
     pub fn restore_bytes(
-        mut config: EngineConfig,
+        config: EngineConfig,
         bytes: &bytes::Bytes,
         applied: u64,
     ) -> Result<Self, super::entry::EntryError> {
-        config.stores_persistent = false;
-        config.stores_transient = false;
-        config.memory_budget = u64::MAX;
         let parts = super::snapshot::decode(bytes)?;
-        Ok(Self::restore(Snapshot::from_parts(config, parts), applied))
+        Ok(Self::restore(
+            Snapshot::from_parts(member_config(config), parts),
+            applied,
+        ))
     }
 
     /// Applies the entry at log index `index` (entries arrive in index order, each once).
@@ -121,6 +114,15 @@ impl QueueMachine {
             effects: std::mem::take(&mut self.effects),
         }
     }
+}
+
+/// The queue's engine configuration as a member runs it: it stores nothing (the log is the
+/// store) and never pages (members keep bodies in memory for now).
+fn member_config(mut config: EngineConfig) -> EngineConfig {
+    config.stores_persistent = false;
+    config.stores_transient = false;
+    config.memory_budget = u64::MAX;
+    config
 }
 
 /// Applies one op (not a batch) to the engine.

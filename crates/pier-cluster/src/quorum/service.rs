@@ -147,7 +147,7 @@ impl Shared {
 }
 
 impl EffectRunner for Shared {
-    fn applied(&self, _index: u64, entry: &QueueEntry, applied: &Applied) {
+    fn applied(&self, entry: &QueueEntry, applied: &Applied) {
         self.last_at.fetch_max(entry.at, Ordering::Relaxed);
         let ops = match &entry.op {
             QueueOp::Batch(ops) => ops.len() as u64,
@@ -303,11 +303,7 @@ impl QuorumService {
     }
 
     fn peer(&self, name: &str) -> Option<PeerNode> {
-        let node = self.node()?;
-        node.members()
-            .into_iter()
-            .find(|(_, p, _)| p.name == name)
-            .map(|(_, p, _)| p)
+        self.node()?.member(name).map(|(_, p)| p)
     }
 
     /// Sends a lane frame to `to`; `false` when it could not go (no connection).
@@ -388,7 +384,7 @@ impl QuorumService {
         vhost: &str,
         name: &str,
         home: &crate::metadata::QueueHome,
-        config: Option<EngineConfig>,
+        config: EngineConfig,
     ) -> Option<Arc<QuorumLink>> {
         if home.group == 0 {
             return None;
@@ -404,19 +400,20 @@ impl QuorumService {
         links.insert(key, Arc::clone(&link));
         drop(links);
         if home.members.contains(&self.me) {
-            if let Some(config) = config {
-                self.open_group(&link, home, config);
-            }
+            self.open_group(&link, home, config, home.home == self.me);
         }
         link.start_writer(&self.runtime);
         Some(link)
     }
 
+    /// Starts this node's member of the queue's group; `initialize`: it forms the group (the
+    /// declaring node, once), else the leader adds it or it already belongs.
     fn open_group(
         &self,
         link: &Arc<QuorumLink>,
         home: &crate::metadata::QueueHome,
         config: EngineConfig,
+        initialize: bool,
     ) {
         let slot = Arc::clone(lock(&self.groups).entry(home.group).or_default());
         if slot.get().is_some() {
@@ -435,11 +432,11 @@ impl QuorumService {
             ops_since_snapshot: AtomicU64::new(0),
         });
         *lock(&link.shared) = Some(Arc::clone(&shared));
-        let (me, members, home_name) = (self.me.clone(), home.members.clone(), home.home.clone());
+        let members = home.members.clone();
         let service = self.this.clone();
         self.runtime.spawn(async move {
             let Some(s) = service.upgrade() else { return };
-            match s.start_group(&shared, &members, me == home_name).await {
+            match s.start_group(&shared, &members, initialize).await {
                 Ok(group) => {
                     let _ = slot.set(group);
                 }
@@ -580,10 +577,8 @@ impl QuorumService {
                 .and_then(|v| v.find_queue(name))
                 .map(|q| EngineConfig::quorum(q.config().clone()));
             if let Some(config) = config {
-                // Never initialises: the leader adds it to the group's membership.
-                let mut joining = home.clone();
-                joining.home = String::new();
-                self.open_group(&link, &joining, config);
+                // The leader adds it to the group's membership.
+                self.open_group(&link, home, config, false);
             }
         } else if !member && running {
             self.close_group(&link);
@@ -598,20 +593,23 @@ impl QuorumService {
                 "no quorum queue group {group:x} here"
             ))));
         };
-        if let MemberChange::Elect = change {
-            return Response::QueueMembers(
-                raft.trigger()
-                    .elect()
-                    .await
-                    .map_err(|e| ForwardError::Failed(e.to_string())),
-            );
+        match change {
+            MemberChange::Elect => {
+                return Response::QueueMembers(
+                    raft.trigger()
+                        .elect()
+                        .await
+                        .map_err(|e| ForwardError::Failed(e.to_string())),
+                );
+            }
+            MemberChange::Heartbeat(on) => {
+                raft.runtime_config().heartbeat(on);
+                return Response::QueueMembers(Ok(()));
+            }
+            _ => {}
         }
         if !shared.leading.load(Ordering::Acquire) {
-            let m = raft.metrics().borrow().clone();
-            let leader = m
-                .current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-            return Response::QueueMembers(Err(ForwardError::NotLeader { leader }));
+            return Response::QueueMembers(Err(not_leader(&raft)));
         }
         let r = match change {
             MemberChange::Add(peer) => {
@@ -630,7 +628,7 @@ impl QuorumService {
                     .await
                     .map(|_| ())
             }
-            MemberChange::Elect => Ok(()),
+            MemberChange::Elect | MemberChange::Heartbeat(_) => Ok(()),
         };
         Response::QueueMembers(r.map_err(|e| ForwardError::Failed(e.to_string())))
     }
@@ -655,33 +653,19 @@ impl QuorumService {
             ))));
         };
         if !shared.leading.load(Ordering::Acquire) {
-            let leader = raft.metrics().borrow().current_leader;
-            let leader = leader.and_then(|l| {
-                raft.metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .cloned()
-            });
-            return Response::QueueWrite(Err(ForwardError::NotLeader { leader }));
+            return Response::QueueWrite(Err(not_leader(&raft)));
         }
         let n = entries.len();
-        let op = match <[QueueEntry; 1]>::try_from(entries) {
-            Ok([one]) => one.op,
-            Err(many) => QueueOp::Batch(many.into_iter().map(|e| e.op).collect()),
-        };
-        let mut entry = QueueEntry { at: 0, unix: 0, op };
+        let mut entry = batch_entry(entries.into_iter().map(|e| e.op).collect());
         stamp(&shared, &mut entry);
         let reply = match raft.client_write_ff(entry).await {
             Ok(rx) => rx.await,
             Err(e) => return Response::QueueWrite(Err(ForwardError::Failed(e.to_string()))),
         };
         let replies = match reply {
-            Ok(Ok(r)) => match r.data {
-                QueueReply::Batch(replies) if replies.len() == n => replies,
-                one if n == 1 => vec![one],
-                _ => {
+            Ok(Ok(r)) => match batch_replies(r.data, n) {
+                Some(replies) => replies,
+                None => {
                     return Response::QueueWrite(Err(ForwardError::Failed(
                         "mismatched answer".into(),
                     )))
@@ -759,17 +743,12 @@ impl QuorumService {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             commit_index: m.last_applied.map_or(0, |l| l.index),
-            leader: m.current_leader.and_then(|l| {
-                m.membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|p| p.name.clone())
-            }),
+            leader: crate::raft::leader_of(&m).map(|(_, p)| p.name),
         })
     }
 
-    /// The leader of a queue's group as this node knows it (a member asks its group; any
-    /// node remembers who delivered last).
+    /// The leader of a queue's group as this node's member of it knows it (`None` on a node
+    /// that is not a member).
     pub(crate) fn leader_of(&self, vhost: &str, name: &str) -> Option<String> {
         let link = lock(&self.links)
             .get(&(vhost.to_owned(), name.to_owned()))
@@ -805,6 +784,9 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
         shared.term.store(term, Ordering::Release);
         if leading && led_in != Some(term) {
             led_in = Some(term);
+            // A leader always heartbeats (a transfer that stopped them, then failed to
+            // resume them, must not leave this member leading silently next time).
+            raft.runtime_config().heartbeat(true);
             // Everything up to this leader's first entry is applied before anything is
             // returned: then the checked-out set is the whole group's.
             let waited = raft
@@ -1015,16 +997,10 @@ impl QuorumLink {
             if shared.leading.load(Ordering::Acquire) {
                 return Target::Local(raft, shared);
             }
-            let m = raft.metrics().borrow().clone();
-            if let Some(p) = m
-                .current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-            {
-                if p.name != service.me {
-                    return Target::Remote(p);
-                }
-            }
-            return Target::Wait;
+            return match crate::raft::leader_of(&raft.metrics().borrow()) {
+                Some((_, p)) if p.name != service.me => Target::Remote(p),
+                _ => Target::Wait,
+            };
         }
         let members = lock(&self.members).clone();
         if members.contains(&service.me) {
@@ -1126,7 +1102,7 @@ async fn run_batch(l: &Arc<QuorumLink>, service: &Arc<QuorumService>, mut batch:
                 // leader did not commit go round again (not publishes: the client
                 // resends those it gets a nack for).
                 let writes: Vec<Write> = std::mem::take(&mut batch);
-                let mut entry = batch_entry(&writes);
+                let mut entry = batch_entry(writes.iter().map(|w| w.entry.op.clone()).collect());
                 stamp(&shared, &mut entry);
                 let weak = Arc::downgrade(l);
                 match raft.client_write_ff(entry).await {
@@ -1185,25 +1161,39 @@ async fn run_batch(l: &Arc<QuorumLink>, service: &Arc<QuorumService>, mut batch:
     }
 }
 
-/// One entry for a batch of writes: its op alone, or a batch op.
-fn batch_entry(writes: &[Write]) -> QueueEntry {
-    let op = match writes {
-        [one] => one.entry.op.clone(),
-        many => QueueOp::Batch(many.iter().map(|w| w.entry.op.clone()).collect()),
+/// One entry for ops written together: the op alone, or a batch of them.
+fn batch_entry(ops: Vec<QueueOp>) -> QueueEntry {
+    let op = match <[QueueOp; 1]>::try_from(ops) {
+        Ok([one]) => one,
+        Err(many) => QueueOp::Batch(many),
     };
     QueueEntry { at: 0, unix: 0, op }
+}
+
+/// The answers to `n` ops written as one entry (`batch_entry`), one per op; `None` when the
+/// answer does not match.
+fn batch_replies(reply: QueueReply, n: usize) -> Option<Vec<QueueReply>> {
+    match reply {
+        QueueReply::Batch(replies) if replies.len() == n => Some(replies),
+        one if n == 1 => Some(vec![one]),
+        _ => None,
+    }
+}
+
+/// "Not the leader", naming the one this member knows.
+fn not_leader(raft: &QueueRaft) -> ForwardError {
+    ForwardError::NotLeader {
+        leader: crate::raft::leader_of(&raft.metrics().borrow()).map(|(_, p)| p),
+    }
 }
 
 /// Hands a batch's outcome to its writes: each its own answer; on failure, writes that are
 /// not publishes go round again (a few times), publishes fail (nacked).
 fn answer(writes: Vec<Write>, r: WriteResult, link: Option<Arc<QuorumLink>>) {
     let n = writes.len();
-    let replies: Vec<WriteResult> = match r {
-        Ok(QueueReply::Batch(replies)) if replies.len() == n => {
-            replies.into_iter().map(Ok).collect()
-        }
-        Ok(reply) if n == 1 => vec![Ok(reply)],
-        Ok(_) => vec![Err("mismatched answer".to_owned()); n],
+    let replies: Vec<WriteResult> = match r.map(|reply| batch_replies(reply, n)) {
+        Ok(Some(replies)) => replies.into_iter().map(Ok).collect(),
+        Ok(None) => vec![Err("mismatched answer".to_owned()); n],
         Err(e) => vec![Err(e); n],
     };
     for (w, r) in writes.into_iter().zip(replies) {

@@ -79,6 +79,16 @@ pub type SnapshotMeta = openraft::SnapshotMeta<u64, PeerNode>;
 pub type StorageError = openraft::StorageError<u64>;
 pub type RaftMetrics = openraft::RaftMetrics<u64, PeerNode>;
 
+/// The leader a group's metrics name (any group: the metadata group's or a queue's), with
+/// its node as the membership records it.
+pub fn leader_of(m: &RaftMetrics) -> Option<(u64, PeerNode)> {
+    let id = m.current_leader?;
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|p| (id, p.clone()))
+}
+
 /// A node's Raft id: the first 8 bytes of SHA-256 of its name. Names are what operators
 /// see and type; ids are what openraft needs; deriving one from the other means they can
 /// never disagree between nodes (a collision between two names of one cluster is 2^-64).

@@ -143,7 +143,7 @@ impl Route<QueueTypeConfig> for QueueRoute {
 /// Carries out what applied entries did (deliveries, cancellations, dead letters): the
 /// member decides whether it leads. Called on the state machine's task, in log order.
 pub trait EffectRunner: Send + Sync + 'static {
-    fn applied(&self, index: u64, entry: &QueueEntry, applied: &Applied);
+    fn applied(&self, entry: &QueueEntry, applied: &Applied);
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -263,12 +263,13 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueSnapshotBuilder {
         let files = self.files.clone();
         let m = meta.clone();
         let data = tokio::task::spawn_blocking(move || {
-            let parts = snapshot.to_parts().ok_or_else(|| {
-                snap_err(std::io::Error::other(
-                    "a quorum queue body is not in memory",
-                ))
-            })?;
-            let bytes = crate::quorum::snapshot::encode(&parts).map_err(snap_err)?;
+            let bytes = crate::quorum::snapshot::encode_snapshot(&snapshot)
+                .ok_or_else(|| {
+                    snap_err(std::io::Error::other(
+                        "a quorum queue body is not in memory",
+                    ))
+                })?
+                .map_err(snap_err)?;
             let data = Arc::new(bytes.to_vec());
             files.store(&m, Arc::clone(&data)).map_err(snap_err)?;
             Ok::<_, StorageError>(data)
@@ -301,7 +302,7 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
                 EntryPayload::Blank => QueueReply::Done,
                 EntryPayload::Normal(entry) => {
                     let applied = self.machine().apply(e.log_id.index, entry);
-                    self.runner.applied(e.log_id.index, entry, &applied);
+                    self.runner.applied(entry, &applied);
                     reply_of(&applied)
                 }
                 EntryPayload::Membership(m) => {
