@@ -158,13 +158,27 @@ def test_operators_see_members_leader_and_quorum_criticality(cluster_factory):
     out = n3.ctl("quorum_status", "qq4")
     assert out.returncode == 0, out.stderr
     assert "leader" in out.stdout and "follower" in out.stdout
+    # Declared through the HTTP API (and definitions import) it gets the same members as
+    # through a client, x-quorum-initial-group-size honoured.
+    code, body = n2.api("PUT", "/api/queues/%2F/qq-api",
+                        {"durable": True, "arguments": QQ})
+    assert code in (201, 204), body
+    code, body = n2.api("PUT", "/api/queues/%2F/qq-api2", {
+        "durable": True, "arguments": {**QQ, "x-quorum-initial-group-size": 2}})
+    assert code in (201, 204), body
+    assert sorted(queue_info(n1, "qq-api")["members"]) == names
+    two = queue_info(n1, "qq-api2")["members"]
+    assert len(two) == 2 and n2.name in two
+    # (Two members: losing either loses the majority, which the check below would report.)
+    assert n1.api("DELETE", "/api/queues/%2F/qq-api2")[0] == 204
     # All three up: no node is critical. With one down, each of the other two is.
     assert n1.ctl("check_if_node_is_quorum_critical").returncode == 0
     n3.kill()
     wait_for("n2 sees n3 down", lambda: n2.api(
         "GET", "/api/health/checks/node-is-quorum-critical")[0] == 503, timeout=30)
     code, body = n2.api("GET", "/api/health/checks/node-is-quorum-critical")
-    assert body["status"] == "failed" and body["queues"][0]["name"] == "qq4"
+    assert body["status"] == "failed"
+    assert sorted(q["name"] for q in body["queues"]) == ["qq-api", "qq4"]
     assert n1.ctl("check_if_node_is_quorum_critical").returncode == 69
 
 

@@ -579,6 +579,8 @@ fn import_commands(
         ));
     }
     for q in &d.queues {
+        let durable = q.durable.unwrap_or(true);
+        let arguments = table(&q.arguments)?;
         out.push((
             Ctx::Object {
                 what: "queue",
@@ -587,11 +589,11 @@ fn import_commands(
             MetadataCommand::DeclareQueue {
                 vhost: vhost_of(&q.vhost),
                 name: q.name.clone(),
-                durable: q.durable.unwrap_or(true),
+                durable,
                 auto_delete: q.auto_delete,
-                arguments: metadata::arguments(&table(&q.arguments)?)?,
+                arguments: metadata::arguments(&arguments)?,
                 home: st.node.clone(),
-                members: vec![st.node.clone()],
+                members: st.queue_members(durable, &arguments),
                 checked: false,
             },
         ));

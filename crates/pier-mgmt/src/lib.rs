@@ -161,6 +161,25 @@ impl AppState {
     pub fn cluster(&self) -> Option<&pier_cluster::ClusterHandle> {
         self.metadata.cluster()
     }
+
+    /// The members of a queue declared through this node, as a client's declare gets them:
+    /// this node alone, or for a replicated quorum queue this node and the next running
+    /// ones up to `x-quorum-initial-group-size` (default 3).
+    pub fn queue_members(&self, durable: bool, arguments: &pier_wire::FieldTable) -> Vec<String> {
+        use pier_wire::FieldValue;
+        let quorum = matches!(
+            arguments.get("x-queue-type"),
+            Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
+        );
+        let group_size = arguments
+            .get("x-quorum-initial-group-size")
+            .and_then(FieldValue::as_i64)
+            .and_then(|n| u64::try_from(n).ok());
+        match self.cluster() {
+            Some(c) => c.queue_members(quorum && durable, group_size),
+            None => vec![self.node.clone()],
+        }
+    }
 }
 
 /// Closes client connections when the definitions they depend on go, on every node.

@@ -443,15 +443,17 @@ pub async fn put_queue(
     drop(vh);
     // `checked`: the client path, so that `max-queues` and the `amq.*` rule apply as in
     // RabbitMQ's API; access to the vhost was checked above. Its home is this node.
+    let durable = get_bool(&b, "durable", false)?;
+    let table = get_table(&b, "arguments")?;
     let out = st
         .execute(MetadataCommand::DeclareQueue {
             vhost,
             name,
-            durable: get_bool(&b, "durable", false)?,
+            durable,
             auto_delete: get_bool(&b, "auto_delete", false)?,
-            arguments: metadata::arguments(&get_table(&b, "arguments")?)?,
+            arguments: metadata::arguments(&table)?,
             home: st.node.clone(),
-            members: vec![st.node.clone()],
+            members: st.queue_members(durable, &table),
             checked: true,
         })
         .await?;

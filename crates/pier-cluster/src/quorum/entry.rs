@@ -61,6 +61,27 @@ pub enum QueueOp {
     Batch(Vec<QueueOp>),
 }
 
+impl QueueOp {
+    /// About the bytes `encode_op` writes (exact for bodies and properties, a generous
+    /// allowance for the rest).
+    fn size_hint(&self) -> usize {
+        match self {
+            QueueOp::Enqueue {
+                exchange,
+                routing_key,
+                properties,
+                body,
+                ..
+            } => 32 + exchange.len() + routing_key.len() + properties.len() + body.len(),
+            QueueOp::Settle(v) | QueueOp::Return(v) | QueueOp::Release(v) | QueueOp::Discard(v) => {
+                8 + 8 * v.len()
+            }
+            QueueOp::Batch(ops) => 8 + ops.iter().map(QueueOp::size_hint).sum::<usize>(),
+            _ => 64,
+        }
+    }
+}
+
 /// One entry: the op and the leader's clocks when it proposed it (every member applies the
 /// op at that time, so TTLs and timeouts expire alike everywhere).
 #[derive(Debug, Clone, PartialEq)]
@@ -237,7 +258,9 @@ impl QueueEntry {
     }
 
     pub fn to_bytes(&self) -> Result<Bytes, EntryError> {
-        let mut out = BytesMut::new();
+        // Sized up front: a batch of a few hundred bodies would otherwise grow (and copy)
+        // the buffer a dozen times.
+        let mut out = BytesMut::with_capacity(17 + self.op.size_hint());
         self.encode(&mut out)?;
         Ok(out.freeze())
     }
