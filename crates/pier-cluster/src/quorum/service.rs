@@ -17,7 +17,7 @@
 //! session (the Raft term) that settlements must name moves on, so a settlement from before
 //! the change is dropped rather than applied to a message delivered again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -97,8 +97,8 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// publishes/s). With a few batches on their way, what a link writes meanwhile waits in its
 /// queue and goes into the next batch: a busy queue's entries grow (up to `WRITE_BATCH`).
 const BATCHES_IN_FLIGHT: usize = 8;
-/// How often a write that was not committed (its leader lost the lead) is tried again; a
-/// publish is not (it is nacked, and the client resends it).
+/// How often a write left undecided (its leader lost the lead before the commit) goes
+/// again before it fails (a publish is then nacked, and the client resends it).
 const WRITE_ATTEMPTS: u8 = 5;
 
 type WriteResult = Result<QueueReply, String>;
@@ -1043,61 +1043,116 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         }
         w
     };
-    let mut batch: Vec<Write> = Vec::new();
+    // Writes to send, oldest first: new ones, and before them those of proposals a lost
+    // leadership left undecided.
+    let mut queue: VecDeque<Write> = VecDeque::new();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let (undecided_tx, mut undecided_rx) = mpsc::unbounded_channel::<Undecided>();
+    let mut proposals: u64 = 0;
     loop {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Some(w) => batch.push(sequenced(w)),
-                None => return,
+        let mut undecided = Vec::new();
+        if queue.is_empty() {
+            tokio::select! {
+                w = rx.recv() => match w {
+                    Some(w) => queue.push_back(sequenced(w)),
+                    None => return,
+                },
+                Some(u) = undecided_rx.recv() => undecided.push(u),
             }
         }
         // A slot first, then the batch: what arrives meanwhile joins it.
         let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
-        let mut bytes: usize = batch.iter().map(Write::body_len).sum();
-        while batch.len() < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(w) => {
-                    bytes += w.body_len();
-                    batch.push(sequenced(w));
-                }
-                Err(_) => break,
+        // A proposal of this node's came back undecided (its leadership was lost before it
+        // committed; the new leader may still commit it). Its writes go again, before
+        // anything newer and in their order, once every batch on its way is answered: a
+        // publish the new leader has already is then recognised by its sequence number
+        // (the engine keeps the highest per publisher) and accepted once, a publish it has
+        // not is enqueued, and no newer publish can overtake an older one.
+        while let Ok(u) = undecided_rx.try_recv() {
+            undecided.push(u);
+        }
+        if !undecided.is_empty() {
+            drop(slot);
+            let Ok(all) = Arc::clone(&in_flight)
+                .acquire_many_owned(BATCHES_IN_FLIGHT as u32)
+                .await
+            else {
+                return;
+            };
+            while let Ok(u) = undecided_rx.try_recv() {
+                undecided.push(u);
             }
+            drop(all);
+            // Time for this node to see that it no longer leads (else a member that still
+            // thinks it leads would spend the attempts at once).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            undecided.sort_by_key(|u| u.proposal);
+            for w in undecided
+                .into_iter()
+                .rev()
+                .flat_map(|u| u.writes.into_iter().rev())
+            {
+                queue.push_front(w);
+            }
+            continue;
+        }
+        let mut batch: Vec<Write> = Vec::new();
+        let mut bytes: usize = 0;
+        while batch.len() < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+            let w = match queue.pop_front() {
+                Some(w) => w,
+                None => match rx.try_recv() {
+                    Ok(w) => sequenced(w),
+                    Err(_) => break,
+                },
+            };
+            bytes += w.body_len();
+            batch.push(w);
         }
         let Some(l) = link.upgrade() else { return };
         let Some(service) = l.service.upgrade() else {
             return;
         };
-        let writes = std::mem::take(&mut batch);
+        proposals += 1;
+        let undecided = (proposals, undecided_tx.clone());
         // Settlements, credit and cancels commute: while the leader is elsewhere, several of
         // their batches may be on their way at once (acks otherwise wait a commit round
         // trip each, which bounds what a consumer gets). Publishes go one batch at a time,
         // in order (the engine's deduplication relies on it).
-        let publishes = writes
+        let publishes = batch
             .iter()
             .any(|w| matches!(w.entry.op, QueueOp::Enqueue { .. }));
         if !publishes && matches!(l.target(&service, 0), Target::Remote(_)) {
             let runtime = service.runtime.clone();
             runtime.spawn(async move {
-                run_batch(&l, &service, writes, slot).await;
+                run_batch(&l, &service, batch, slot, undecided).await;
             });
         } else {
-            run_batch(&l, &service, writes, slot).await;
+            run_batch(&l, &service, batch, slot, undecided).await;
         }
     }
+}
+
+/// A proposal of this node's that its leadership ended before it was decided: its writes
+/// (to go again) and its place in the order of the writer's proposals.
+struct Undecided {
+    proposal: u64,
+    writes: Vec<Write>,
 }
 
 /// Sends one batch to the group's leader, answering its writes; tries again (another
 /// leader, a member that passes it on) until `WRITE_DEADLINE`.
 /// `slot` (one of `BATCHES_IN_FLIGHT`) is held until the batch is answered: for a local
-/// proposal, once it is committed and applied.
+/// proposal, once it is committed and applied; a local proposal left undecided goes back to
+/// the writer through `undecided` (before its slot is freed).
 async fn run_batch(
     l: &Arc<QuorumLink>,
     service: &Arc<QuorumService>,
     mut batch: Vec<Write>,
     slot: tokio::sync::OwnedSemaphorePermit,
+    undecided: (u64, mpsc::UnboundedSender<Undecided>),
 ) {
     let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
     let mut tried = 0usize;
@@ -1111,12 +1166,10 @@ async fn run_batch(
                 // The whole batch is one Raft entry (one append, one fsync, one
                 // replication for all of it); its answers are awaited off this task, so
                 // that the next batch is appended while this one commits. Writes a lost
-                // leader did not commit go round again (not publishes: the client
-                // resends those it gets a nack for).
+                // leadership left undecided go again, in order (`writer`).
                 let writes: Vec<Write> = std::mem::take(&mut batch);
                 let mut entry = batch_entry(writes.iter().map(|w| w.entry.op.clone()).collect());
                 stamp(&shared, &mut entry);
-                let weak = Arc::downgrade(l);
                 match raft.client_write_ff(entry).await {
                     Ok(rx) => {
                         service.runtime.spawn(async move {
@@ -1125,11 +1178,11 @@ async fn run_batch(
                                 Ok(Err(e)) => Err(e.to_string()),
                                 Err(_) => Err("the group stopped".to_owned()),
                             };
+                            answer(writes, r, undecided);
                             drop(slot);
-                            answer(writes, r, weak.upgrade());
                         });
                     }
-                    Err(e) => answer(writes, Err(e.to_string()), weak.upgrade()),
+                    Err(e) => answer(writes, Err(e.to_string()), undecided),
                 }
                 break;
             }
@@ -1200,36 +1253,47 @@ fn not_leader(raft: &QueueRaft) -> ForwardError {
     }
 }
 
-/// Hands a batch's outcome to its writes: each its own answer; on failure, writes that are
-/// not publishes go round again (a few times), publishes fail (nacked).
-fn answer(writes: Vec<Write>, r: WriteResult, link: Option<Arc<QuorumLink>>) {
+/// Hands a local proposal's outcome to its writes: each its own answer; when it was not
+/// decided (the leadership ended first), writes that have gone fewer than `WRITE_ATTEMPTS`
+/// times go back to the writer, the rest fail (a publish is then nacked).
+fn answer(
+    writes: Vec<Write>,
+    r: WriteResult,
+    (proposal, undecided): (u64, mpsc::UnboundedSender<Undecided>),
+) {
     let n = writes.len();
-    let replies: Vec<WriteResult> = match r.map(|reply| batch_replies(reply, n)) {
-        Ok(Some(replies)) => replies.into_iter().map(Ok).collect(),
-        Ok(None) => vec![Err("mismatched answer".to_owned()); n],
-        Err(e) => vec![Err(e); n],
+    let replies: Vec<QueueReply> = match r.map(|reply| batch_replies(reply, n)) {
+        Ok(Some(replies)) => replies,
+        Ok(None) => {
+            let mut writes = writes;
+            fail(&mut writes, "mismatched answer");
+            return;
+        }
+        Err(e) => {
+            let (again, spent): (Vec<Write>, Vec<Write>) = writes
+                .into_iter()
+                .partition(|w| w.attempts < WRITE_ATTEMPTS);
+            fail(&mut { spent }, &e);
+            let again: Vec<Write> = again
+                .into_iter()
+                .map(|w| Write {
+                    attempts: w.attempts + 1,
+                    ..w
+                })
+                .collect();
+            if let Err(mpsc::error::SendError(u)) = undecided.send(Undecided {
+                proposal,
+                writes: again,
+            }) {
+                // The writer is gone (the queue closed).
+                fail(&mut { u.writes }, &e);
+            }
+            return;
+        }
     };
-    for (w, r) in writes.into_iter().zip(replies) {
-        let retry = r.is_err()
-            && w.attempts < WRITE_ATTEMPTS
-            && !matches!(w.entry.op, QueueOp::Enqueue { .. });
-        match (retry, link.as_ref()) {
-            (true, Some(link)) => {
-                if let Some(tx) = link.writes.get() {
-                    link.send(
-                        tx,
-                        Write {
-                            attempts: w.attempts + 1,
-                            ..w
-                        },
-                    );
-                }
-            }
-            _ => {
-                if let Some(done) = w.done {
-                    let _ = done.send(r);
-                }
-            }
+    for (w, reply) in writes.into_iter().zip(replies) {
+        if let Some(done) = w.done {
+            let _ = done.send(Ok(reply));
         }
     }
 }
