@@ -127,6 +127,21 @@ def test_basic_get_purge_and_delete_through_any_node(cluster_factory):
     assert body == b"x" and m.message_count == 2
     ch3.basic_ack(m.delivery_tag)
     assert ch3.queue_purge("qq3").method.message_count == 2
+    # Big messages: several MiB replicate (through a node that is not the leader too, and
+    # in AppendEntries cut to size); one above 16 MiB (RabbitMQ 4's default
+    # max_message_size) is nacked, and the queue goes on working.
+    big = [bytes([65 + i]) * (6 << 20) for i in range(3)]
+    for body in big:
+        ch2.basic_publish("", "qq3", body, pika.BasicProperties(delivery_mode=2))
+    try:
+        ch2.basic_publish("", "qq3", b"h" * ((16 << 20) + 1), pika.BasicProperties(delivery_mode=2))
+        raise AssertionError("a message above 16 MiB should be nacked")
+    except pika.exceptions.NackError:
+        pass
+    assert publish_confirmed(ch2, "qq3", ["after"]) == ["after"]
+    for want in big + [b"after"]:
+        m, _p, body = ch3.basic_get("qq3", auto_ack=True)
+        assert body == want
     ch3.queue_delete("qq3")
     conn3.close()
     ch = conn2.channel()

@@ -64,7 +64,7 @@ pub enum QueueOp {
 impl QueueOp {
     /// About the bytes `encode_op` writes (exact for bodies and properties, a generous
     /// allowance for the rest).
-    fn size_hint(&self) -> usize {
+    pub fn size_hint(&self) -> usize {
         match self {
             QueueOp::Enqueue {
                 exchange,

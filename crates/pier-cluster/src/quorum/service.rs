@@ -87,6 +87,9 @@ const WRITE_BATCH: usize = 256;
 /// ...and message bytes (a batch stays well below the transport's frame limit, with
 /// `queue_config`'s entries per AppendEntries).
 const WRITE_BATCH_BYTES: usize = 1 << 20;
+/// The largest message body a replicated quorum queue takes (RabbitMQ 4's default
+/// `max_message_size`); a larger publish is nacked.
+pub const MAX_REPLICATED_MESSAGE: usize = 16 << 20;
 /// How long a write may look for a leader before it fails (a publish is then nacked).
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Batches a link may have on their way at once: entries its node (the leader) proposed
@@ -1342,6 +1345,21 @@ impl QueueLink for QuorumLink {
         message: &Arc<Message>,
         hold: Option<DurabilityHold>,
     ) -> Result<(), Option<DurabilityHold>> {
+        if message.body.len() > MAX_REPLICATED_MESSAGE {
+            // Refused (nacked), as RabbitMQ 4 refuses a message above its 16 MiB default
+            // max_message_size: one Raft entry must reach a follower's disk within
+            // openraft's RPC timeout (one heartbeat interval).
+            tracing::warn!(
+                vhost = %self.vhost,
+                queue = %self.name,
+                size = message.body.len(),
+                "a message larger than {MAX_REPLICATED_MESSAGE} bytes cannot be replicated; refused"
+            );
+            if let Some(h) = hold {
+                h.complete(false);
+            }
+            return Ok(());
+        }
         let op = QueueOp::enqueue(message, None);
         match hold {
             None => self.write(op, None),

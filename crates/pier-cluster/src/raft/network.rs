@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -49,7 +50,18 @@ pub async fn serve<C: GroupTypes>(
 /// How a group's RPCs travel in the node's request frames.
 pub trait Route<C: GroupTypes>: Clone + Send + Sync + 'static {
     fn request(&self, r: RaftRequest<C>) -> Request;
+
+    /// About how many bytes an entry takes in an AppendEntries (0: small, not counted).
+    fn entry_bytes(&self, _entry: &C::Entry) -> usize {
+        0
+    }
 }
+
+/// Entries one AppendEntries carries at most, in bytes (more than one entry only while
+/// they fit): openraft gives the RPC one heartbeat interval (250 ms for a queue group)
+/// before it counts it as failed, and a follower appends and fsyncs the lot before it
+/// answers, so a few big entries go in several RPCs rather than one that times out.
+const APPEND_BYTES: usize = 4 << 20;
 
 /// The metadata group: `Request::Raft`.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +156,23 @@ impl<C: GroupTypes, R: Route<C>> RaftNetwork<C> for PeerClient<R> {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, PeerNode, RaftError<u64>>> {
+        if rpc.entries.len() > 1 {
+            let mut total = 0usize;
+            let fit = rpc
+                .entries
+                .iter()
+                .take_while(|e| {
+                    total += self.route.entry_bytes(e);
+                    total <= APPEND_BYTES
+                })
+                .count();
+            if fit < rpc.entries.len() {
+                // openraft sends fewer entries (at least one) and goes on at once.
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(fit.max(1) as u64),
+                ));
+            }
+        }
         match self
             .call(RaftRequest::Append(rpc), option.hard_ttl())
             .await?

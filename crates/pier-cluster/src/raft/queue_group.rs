@@ -115,9 +115,9 @@ pub fn queue_config(group: u64) -> Result<openraft::Config, openraft::ConfigErro
         heartbeat_interval: QUEUE_HEARTBEAT_MS,
         election_timeout_min: QUEUE_ELECTION_MIN_MS,
         election_timeout_max: QUEUE_ELECTION_MAX_MS,
-        // An entry is a node's batch of writes (up to 1 MiB of bodies, `quorum/service.rs`):
-        // eight per AppendEntries stay below the transport's 16 MiB frame limit.
-        max_payload_entries: 8,
+        // An entry is a node's batch of writes (up to 1 MiB of bodies, `quorum/service.rs`);
+        // an AppendEntries also stops at 4 MiB (`network.rs`, `APPEND_BYTES`).
+        max_payload_entries: 64,
         // Entries are batches: a few dozen behind a snapshot are plenty for a follower that
         // is a little behind.
         max_in_snapshot_log_to_keep: 64,
@@ -136,6 +136,13 @@ impl Route<QueueTypeConfig> for QueueRoute {
         Request::QueueRaft {
             group: self.0,
             request: Box::new(r),
+        }
+    }
+
+    fn entry_bytes(&self, entry: &QueueEntryOf) -> usize {
+        match &entry.payload {
+            EntryPayload::Normal(e) => 17 + e.op.size_hint(),
+            _ => 0,
         }
     }
 }

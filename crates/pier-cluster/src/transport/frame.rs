@@ -16,8 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The largest frame accepted (a snapshot chunk is 1 MiB; a log batch of 256 metadata
-/// entries is far smaller; a definitions import is cut into batches).
-pub const MAX_FRAME: usize = 16 << 20;
+/// entries is far smaller; a definitions import is cut into batches; a quorum queue's
+/// Raft entry or forwarded batch holds at most 1 MiB of bodies, or one message of up to
+/// 16 MiB (`MAX_REPLICATED_MESSAGE` in `quorum/service.rs`) with the rest of its batch).
+pub const MAX_FRAME: usize = 24 << 20;
 /// The largest lane frame: one message of the largest size a client may publish
 /// (`max_message_size`, 128 MiB by default) with its properties and routing.
 pub const MAX_LANE_FRAME: usize = 136 << 20;
