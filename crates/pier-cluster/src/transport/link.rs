@@ -48,6 +48,10 @@ const MAX_INBOUND: usize = 64;
 const OUT_QUEUE: usize = 256;
 /// Lane frames handed to the writer at once.
 const LANE_OUT: usize = 64;
+/// Frames up to this size are gathered into one write...
+const COALESCE_FRAME: usize = 16 << 10;
+/// ...of up to this many bytes.
+const COALESCE_BYTES: usize = 256 << 10;
 /// Lane bytes a side may send before the other grants more.
 pub const LANE_WINDOW: u64 = 16 << 20;
 /// Lane bytes queued here (not yet sent) above which senders are told to stop.
@@ -411,6 +415,7 @@ async fn write_loop(
     mut lane_rx: mpsc::Receiver<Bytes>,
 ) {
     let mut batch = Vec::with_capacity(128);
+    let mut out: Vec<u8> = Vec::with_capacity(COALESCE_BYTES);
     loop {
         // Control frames (Raft, requests, answers, lane credit) before lane frames.
         let mut n = 0;
@@ -447,12 +452,26 @@ async fn write_loop(
             }
             continue;
         }
+        // Small frames (heartbeats, answers, a delivery of a small message) are copied into
+        // one buffer and go in one write: a frame per syscall cost more than the copy.
         for b in batch.drain(..) {
-            if let Err(e) = write.write_all(&b).await {
+            if b.len() <= COALESCE_FRAME && out.len() + b.len() <= COALESCE_BYTES {
+                out.extend_from_slice(&b);
+                continue;
+            }
+            if !write_out(&link, &mut write, &mut out).await {
+                return;
+            }
+            if b.len() <= COALESCE_FRAME {
+                out.extend_from_slice(&b);
+            } else if let Err(e) = write.write_all(&b).await {
                 tracing::debug!(peer = %link.peer, "cluster link write failed: {e}");
                 link.close();
                 return;
             }
+        }
+        if !write_out(&link, &mut write, &mut out).await {
+            return;
         }
         if write.flush().await.is_err() {
             link.close();
@@ -460,6 +479,22 @@ async fn write_loop(
         }
     }
     let _ = write.shutdown().await;
+}
+
+/// Writes what `write_loop` gathered in `out`; false (and the link closed) when the write
+/// failed.
+async fn write_out(link: &Link, write: &mut WriteHalf, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let r = write.write_all(out).await;
+    out.clear();
+    if let Err(e) = r {
+        tracing::debug!(peer = %link.peer, "cluster link write failed: {e}");
+        link.close();
+        return false;
+    }
+    true
 }
 
 async fn read_loop(
