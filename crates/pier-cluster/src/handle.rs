@@ -428,8 +428,19 @@ impl ClusterHandle {
     /// The members of a queue declared through this node: this node first, then (for a
     /// replicated quorum queue, `--quorum-replication`) the other running members in name
     /// order, up to `group_size` (RabbitMQ's `x-quorum-initial-group-size`, default 3,
-    /// capped at the cluster size).
-    pub fn queue_members(&self, quorum: bool, group_size: Option<u64>) -> Vec<String> {
+    /// capped at the cluster size). Only a durable `x-queue-type: quorum` queue is
+    /// replicated. A client's declare and the management API's both come here.
+    pub fn queue_members(&self, durable: bool, arguments: &pier_wire::FieldTable) -> Vec<String> {
+        use pier_wire::FieldValue;
+        let quorum = durable
+            && matches!(
+                arguments.get("x-queue-type"),
+                Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
+            );
+        let group_size = arguments
+            .get("x-quorum-initial-group-size")
+            .and_then(FieldValue::as_i64)
+            .and_then(|n| u64::try_from(n).ok());
         let me = self.node.me.name.clone();
         if !quorum || !self.node.config.quorum_replication {
             return vec![me];

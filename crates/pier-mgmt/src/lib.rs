@@ -162,21 +162,11 @@ impl AppState {
         self.metadata.cluster()
     }
 
-    /// The members of a queue declared through this node, as a client's declare gets them:
-    /// this node alone, or for a replicated quorum queue this node and the next running
-    /// ones up to `x-quorum-initial-group-size` (default 3).
+    /// The members of a queue declared through this node, as a client's declare gets them
+    /// (`ClusterHandle::queue_members`); this node alone when it is not clustered.
     pub fn queue_members(&self, durable: bool, arguments: &pier_wire::FieldTable) -> Vec<String> {
-        use pier_wire::FieldValue;
-        let quorum = matches!(
-            arguments.get("x-queue-type"),
-            Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
-        );
-        let group_size = arguments
-            .get("x-quorum-initial-group-size")
-            .and_then(FieldValue::as_i64)
-            .and_then(|n| u64::try_from(n).ok());
         match self.cluster() {
-            Some(c) => c.queue_members(quorum && durable, group_size),
+            Some(c) => c.queue_members(durable, arguments),
             None => vec![self.node.clone()],
         }
     }

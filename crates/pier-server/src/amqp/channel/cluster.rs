@@ -249,18 +249,9 @@ impl Channel {
             .cluster()
             .map(|c| c.node_name().to_owned())
             .unwrap_or_default();
-        let quorum = matches!(
-            m.arguments.get("x-queue-type"),
-            Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
-        );
-        let group_size = m
-            .arguments
-            .get("x-quorum-initial-group-size")
-            .and_then(FieldValue::as_i64)
-            .and_then(|n| u64::try_from(n).ok());
         let members = md
             .cluster()
-            .map(|c| c.queue_members(quorum && m.durable, group_size))
+            .map(|c| c.queue_members(m.durable, &m.arguments))
             .unwrap_or_else(|| vec![me.clone()]);
         let vhost = cx.vhost.name().to_owned();
         let what = format!(
