@@ -185,11 +185,14 @@ def test_operators_see_members_leader_and_quorum_criticality(cluster_factory):
     code, body = n2.api("PUT", "/api/queues/%2F/qq-api2", {
         "durable": True, "arguments": {**QQ, "x-quorum-initial-group-size": 2}})
     assert code in (201, 204), body
-    assert sorted(queue_info(n1, "qq-api")["members"]) == names
-    two = queue_info(n1, "qq-api2")["members"]
+    # (Read on n2, where the declarations were applied before they were answered.)
+    assert sorted(queue_info(n2, "qq-api")["members"]) == names
+    two = queue_info(n2, "qq-api2")["members"]
     assert len(two) == 2 and n2.name in two
     # (Two members: losing either loses the majority, which the check below would report.)
-    assert n1.api("DELETE", "/api/queues/%2F/qq-api2")[0] == 204
+    assert n2.api("DELETE", "/api/queues/%2F/qq-api2")[0] == 204
+    wait_for("n1 applied the declaration and the delete", lambda: queue_info(
+        n1, "qq-api", missing_ok=True) and n1.api("GET", "/api/queues/%2F/qq-api2")[0] == 404)
     # All three up: no node is critical. With one down, each of the other two is.
     assert n1.ctl("check_if_node_is_quorum_critical").returncode == 0
     n3.kill()
@@ -198,7 +201,9 @@ def test_operators_see_members_leader_and_quorum_criticality(cluster_factory):
     code, body = n2.api("GET", "/api/health/checks/node-is-quorum-critical")
     assert body["status"] == "failed"
     assert sorted(q["name"] for q in body["queues"]) == ["qq-api", "qq4"]
-    assert n1.ctl("check_if_node_is_quorum_critical").returncode == 69
+    # n1 notices n3's death on its own (its own link to n3), possibly a moment later.
+    wait_for("n1 sees n3 down", lambda: n1.ctl(
+        "check_if_node_is_quorum_critical").returncode == 69, timeout=30)
 
 
 def snapshot_files(node) -> list:
