@@ -261,6 +261,7 @@ impl ClassicQueue {
             now,
             unix_now: self.clock.unix_ms_at(now),
             can_spill,
+            reads_back: true,
             gate: &mut gate,
         };
         core.engine.apply(command, &mut cx, &mut core.effects)

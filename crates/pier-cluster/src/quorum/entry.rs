@@ -20,6 +20,10 @@ use pier_wire::{decode_field_table, encode_field_table, BasicProperties, ShortSt
 
 const VERSION: u8 = 1;
 
+/// The most ops one batch entry holds: a message's offset is its place in the log, the
+/// entry's index and the op's position in 16 bits (`machine::offset_at`).
+pub const MAX_BATCH_OPS: usize = 1 << 16;
+
 /// What a log entry asks of the queue.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueueOp {
@@ -236,6 +240,9 @@ fn encode_op(out: &mut BytesMut, op: &QueueOp) -> Result<(), EntryError> {
         QueueOp::Tick | QueueOp::Purge | QueueOp::Delete => {}
         QueueOp::Get { ack_required } => out.put_u8(u8::from(*ack_required)),
         QueueOp::Batch(ops) => {
+            if ops.len() > MAX_BATCH_OPS {
+                return Err(EntryError::TooLong("batch"));
+            }
             out.put_u32_le(u32::try_from(ops.len()).map_err(|_| EntryError::TooLong("batch"))?);
             for op in ops {
                 if matches!(op, QueueOp::Batch(_)) {
@@ -355,6 +362,9 @@ impl Reader<'_> {
             14 if batch => {
                 // Each op takes at least its code byte: checked before anything is built.
                 let n = self.u32("batch")? as usize;
+                if n > MAX_BATCH_OPS {
+                    return Err(EntryError::Invalid("batch of more than 65,536 ops"));
+                }
                 if n > self.buf.len().saturating_sub(self.pos) {
                     return Err(EntryError::Truncated("batch"));
                 }

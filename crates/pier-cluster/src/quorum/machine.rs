@@ -5,9 +5,16 @@
 //! and delivery counts. Every member computes the same effects; only the leader carries out
 //! deliveries, so a follower that becomes leader knows each unsettled delivery and its count.
 //!
-//! Bodies stay in memory and the log is the durable copy (the engine stores nothing itself);
-//! snapshots of the engine bound the log.
+//! The log is the store: a message's offset is its place in the log ([`offset_at`]: the
+//! entry's index and the op's position in a batch), and past the engine's memory budget a
+//! member keeps only that place (a 16-byte paged entry), as RabbitMQ's quorum queues keep
+//! only an index. The leader reads such bodies back from its log ([`BodySource`]) when it
+//! delivers, dead-letters or snapshots them; followers never read. Residency is local: it
+//! does not change which message goes where (see the engine's module docs), so members that
+//! hold different bodies in memory stay identical in everything else. Snapshots carry every
+//! body (read back for the purpose), so a member restoring one needs no log behind it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pier_broker::queue::engine::{
@@ -15,15 +22,50 @@ use pier_broker::queue::engine::{
     Snapshot, StoreMode,
 };
 
-use super::entry::{message_of, QueueEntry, QueueOp};
+use pier_broker::message::Message;
+
+use super::entry::{message_of, QueueEntry, QueueOp, MAX_BATCH_OPS};
+
+/// Bits of a message's offset that hold its position in a batch entry.
+const POSITION_BITS: u32 = 16;
+
+/// The offset of the message enqueued by op `position` of the entry at log `index`.
+pub fn offset_at(index: u64, position: usize) -> u64 {
+    (index << POSITION_BITS) | (position as u64 & ((1 << POSITION_BITS) - 1))
+}
+
+/// Where the message at `offset` was enqueued: its entry's log index and its op's position.
+pub fn place_of(offset: u64) -> (u64, usize) {
+    (
+        offset >> POSITION_BITS,
+        (offset & ((1 << POSITION_BITS) - 1)) as usize,
+    )
+}
+
+/// Where a member finds a body it keeps only in its log.
+pub trait BodySource: Send + Sync {
+    /// The message enqueued at `offset` ([`place_of`]), if the log still holds it.
+    fn message(&self, offset: u64) -> Option<Arc<Message>>;
+}
 
 /// The replicated queue on one member.
-#[derive(Debug)]
 pub struct QueueMachine {
     engine: QueueEngine,
     /// The last log index applied.
     applied: u64,
+    /// The clock of the last entry applied (a snapshot works out paged expiries with it).
+    at: u64,
     effects: Vec<Effect>,
+    bodies: Option<Arc<dyn BodySource>>,
+}
+
+impl std::fmt::Debug for QueueMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueMachine")
+            .field("engine", &self.engine)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What applying one entry did.
@@ -42,7 +84,33 @@ impl QueueMachine {
         QueueMachine {
             engine: QueueEngine::new(member_config(config), 0),
             applied: 0,
+            at: 0,
             effects: Vec::new(),
+            bodies: None,
+        }
+    }
+
+    /// Where bodies kept only in the log are read back (a member without one never reads:
+    /// it delivers nothing whose body is not in memory).
+    pub fn set_bodies(&mut self, bodies: Arc<dyn BodySource>) {
+        self.bodies = Some(bodies);
+    }
+
+    pub fn bodies(&self) -> Option<Arc<dyn BodySource>> {
+        self.bodies.clone()
+    }
+
+    /// The clock of the last entry applied.
+    pub fn at(&self) -> u64 {
+        self.at
+    }
+
+    /// The log index from which this member still needs bodies from its log: the oldest
+    /// message whose body is not in memory, or past everything applied.
+    pub fn log_needed_from(&self) -> u64 {
+        match self.engine.oldest_on_disk() {
+            Some(offset) => place_of(offset).0,
+            None => self.applied.saturating_add(1),
         }
     }
 
@@ -51,7 +119,9 @@ impl QueueMachine {
         QueueMachine {
             engine: QueueEngine::from_snapshot(snapshot),
             applied,
+            at: 0,
             effects: Vec::new(),
+            bodies: None,
         }
     }
 
@@ -67,10 +137,10 @@ impl QueueMachine {
         self.engine.snapshot()
     }
 
-    /// The state as snapshot bytes (`snapshot.rs`); `None` if a body is not in memory
-    /// (never: a member's engine does not page).
+    /// The state as snapshot bytes (`snapshot.rs`), with bodies kept only in the log read
+    /// back; `None` if one cannot be.
     pub fn snapshot_bytes(&self) -> Option<Result<bytes::Bytes, super::entry::EntryError>> {
-        super::snapshot::encode_snapshot(&self.engine.snapshot())
+        encode_with_bodies(&self.engine.snapshot(), self.at, self.bodies.as_deref())
     }
 
     /// A member continuing from snapshot bytes taken at log index `applied`, with the
@@ -87,62 +157,188 @@ impl QueueMachine {
         ))
     }
 
-    /// Applies the entry at log index `index` (entries arrive in index order, each once).
+    /// Applies the entry at log index `index` (entries arrive in index order, each once), as
+    /// a follower: bodies kept only in the log stay there.
     pub fn apply(&mut self, index: u64, entry: &QueueEntry) -> Applied {
+        self.apply_as(index, entry, false)
+    }
+
+    /// Applies the entry; `leading`: the member carries out what it does, so every
+    /// delivery, dead letter and basic.get answer gets its body (read back from the log if
+    /// it is not in memory), and the paged tail's front is read ahead.
+    pub fn apply_as(&mut self, index: u64, entry: &QueueEntry, leading: bool) -> Applied {
         self.applied = index;
+        self.at = entry.at;
         let mut gate = OpenGate;
         let mut cx = Context {
             now: entry.at,
             unix_now: entry.unix,
             can_spill: false,
+            reads_back: leading,
             gate: &mut gate,
         };
         self.effects.clear();
         let mut batch = Vec::new();
-        let reply = match &entry.op {
+        let mut reply = match &entry.op {
             QueueOp::Batch(ops) => {
-                for op in ops {
-                    batch.push(apply_op(&mut self.engine, op, &mut cx, &mut self.effects));
+                for (position, op) in ops.iter().enumerate().take(MAX_BATCH_OPS) {
+                    batch.push(apply_op(
+                        &mut self.engine,
+                        offset_at(index, position),
+                        op,
+                        &mut cx,
+                        &mut self.effects,
+                    ));
                 }
                 Ok(Reply::Done)
             }
-            op => apply_op(&mut self.engine, op, &mut cx, &mut self.effects),
+            op => apply_op(
+                &mut self.engine,
+                offset_at(index, 0),
+                op,
+                &mut cx,
+                &mut self.effects,
+            ),
         };
+        if leading {
+            if let Some(bodies) = self.bodies.clone() {
+                self.read_back(bodies.as_ref(), &mut reply, &mut batch, &mut cx);
+            }
+        }
         Applied {
             reply,
             batch,
             effects: std::mem::take(&mut self.effects),
         }
     }
+
+    /// Gives every delivery, dead letter and basic.get answer of this step its body, read
+    /// from the log where it is not in memory, and answers the engine's read-ahead
+    /// (`PageIn`). A body the log cannot give is left out (never reported lost: dropping
+    /// a message on one member only would make members differ); the delivery then goes
+    /// back (`Shared::applied` releases deliveries without a body).
+    fn read_back(
+        &mut self,
+        source: &dyn BodySource,
+        reply: &mut Result<Reply, Refusal>,
+        batch: &mut [Result<Reply, Refusal>],
+        cx: &mut Context<'_>,
+    ) {
+        let mut wanted: Vec<u64> = Vec::new();
+        for e in &self.effects {
+            match e {
+                Effect::Deliver(d) if d.message.is_none() => wanted.push(d.offset),
+                Effect::DeadLetter {
+                    offset,
+                    message: None,
+                    ..
+                } => wanted.push(*offset),
+                Effect::PageIn { stored, .. } => wanted.extend_from_slice(stored),
+                _ => {}
+            }
+        }
+        for r in std::iter::once(&*reply).chain(batch.iter()) {
+            if let Ok(Reply::Got {
+                delivery: Some(d), ..
+            }) = r
+            {
+                if d.message.is_none() {
+                    wanted.push(d.offset);
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let mut bodies: BTreeMap<u64, Option<Arc<Message>>> = BTreeMap::new();
+        for offset in wanted {
+            if let std::collections::btree_map::Entry::Vacant(v) = bodies.entry(offset) {
+                match source.message(offset) {
+                    Some(m) => {
+                        v.insert(Some(m));
+                    }
+                    None => tracing::error!(
+                        offset,
+                        "a quorum queue body could not be read back from the log"
+                    ),
+                }
+            }
+        }
+        let body = |offset: &u64| bodies.get(offset).cloned().flatten();
+        for e in &mut self.effects {
+            match e {
+                Effect::Deliver(d) if d.message.is_none() => d.message = body(&d.offset),
+                Effect::DeadLetter {
+                    offset, message, ..
+                } if message.is_none() => *message = body(offset),
+                _ => {}
+            }
+        }
+        for r in std::iter::once(reply).chain(batch.iter_mut()) {
+            if let Ok(Reply::Got {
+                delivery: Some(d), ..
+            }) = r
+            {
+                if d.message.is_none() {
+                    d.message = body(&d.offset);
+                }
+            }
+        }
+        if !bodies.is_empty() {
+            // Moves the read-ahead into memory and gives checked-out deliveries their body.
+            let mut more = Vec::new();
+            let _ = self
+                .engine
+                .apply(Command::PagedIn { bodies }, cx, &mut more);
+        }
+    }
 }
 
-/// The queue's engine configuration as a member runs it: it stores nothing (the log is the
-/// store) and never pages (members keep bodies in memory for now).
+/// Encodes a snapshot with every body, those not in memory read from `bodies` (clock `at`
+/// for paged expiries); `None` if one cannot be.
+pub fn encode_with_bodies(
+    snapshot: &Snapshot,
+    at: u64,
+    bodies: Option<&dyn BodySource>,
+) -> Option<Result<bytes::Bytes, super::entry::EntryError>> {
+    let parts = snapshot
+        .to_parts_with(at, &mut |offset| bodies?.message(offset))
+        .ok()?;
+    Some(super::snapshot::encode(&parts))
+}
+
+/// The queue's engine configuration as a member runs it: every message is stored (in the
+/// log, so the engine asks for no appends: `StoreMode::Shared`), and past the memory budget
+/// bodies are kept only there.
 fn member_config(mut config: EngineConfig) -> EngineConfig {
-    config.stores_persistent = false;
-    config.stores_transient = false;
-    config.memory_budget = u64::MAX;
+    config.stores_persistent = true;
+    config.stores_transient = true;
     config
 }
 
-/// Applies one op (not a batch) to the engine.
+/// Applies one op (not a batch) to the engine; an enqueue takes `offset`.
 fn apply_op(
     engine: &mut QueueEngine,
+    offset: u64,
     op: &QueueOp,
     cx: &mut Context<'_>,
     effects: &mut Vec<Effect>,
 ) -> Result<Reply, Refusal> {
     match op {
         QueueOp::Enqueue { publisher, .. } => match message_of(op) {
-            Some(m) => engine.apply(
-                Command::Enqueue {
-                    message: Arc::new(m),
-                    publisher: publisher.map(|(publisher, seq)| PublisherSeq { publisher, seq }),
-                    store: StoreMode::Own,
-                },
-                cx,
-                effects,
-            ),
+            Some(m) => {
+                engine.advance_offset(offset);
+                engine.apply(
+                    Command::Enqueue {
+                        message: Arc::new(m),
+                        publisher: publisher
+                            .map(|(publisher, seq)| PublisherSeq { publisher, seq }),
+                        store: StoreMode::Shared,
+                    },
+                    cx,
+                    effects,
+                )
+            }
             // Checked when proposed; a member that cannot read it still applies the
             // same (nothing), so members do not diverge.
             None => Ok(Reply::Done),
@@ -202,7 +398,7 @@ fn apply_op(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::quorum::entry::tests::op_strategy;
@@ -383,5 +579,129 @@ mod tests {
         assert_eq!(again[0].offset, offset);
         assert!(again[0].redelivered);
         assert_eq!(again[0].returns, 1);
+    }
+
+    /// The log of a test: entries by index, read back as a member's log store would.
+    struct TestLog(std::sync::Mutex<BTreeMap<u64, QueueEntry>>);
+
+    impl BodySource for TestLog {
+        fn message(&self, offset: u64) -> Option<Arc<Message>> {
+            let (index, position) = place_of(offset);
+            let log = self.0.lock().unwrap();
+            let op = match &log.get(&index)?.op {
+                QueueOp::Batch(ops) => ops.get(position)?,
+                op if position == 0 => op,
+                _ => return None,
+            };
+            message_of(op).map(Arc::new)
+        }
+    }
+
+    fn batch_of(at: u64, bodies: impl Iterator<Item = String>) -> QueueEntry {
+        QueueEntry {
+            at,
+            unix: 1_700_000_000_000 + at,
+            op: QueueOp::Batch(
+                bodies
+                    .map(|b| QueueOp::Enqueue {
+                        publisher: None,
+                        exchange: ShortString::from(""),
+                        routing_key: ShortString::from("q"),
+                        properties: BasicProperties::default().to_bytes().unwrap(),
+                        body: Bytes::from(b),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Past the memory budget members keep only the places of bodies (in their log). The
+    /// leader reads them back for what it delivers, a follower never does, and both take
+    /// the same decisions; the leader's snapshot carries every body, a follower without its
+    /// log cannot take one.
+    #[test]
+    fn past_the_budget_bodies_stay_in_the_log_and_the_leader_reads_them_back() {
+        let mut c = config();
+        c.memory_budget = 16 * 1024;
+        let log = Arc::new(TestLog(std::sync::Mutex::new(BTreeMap::new())));
+        let mut leader = QueueMachine::new(c.clone());
+        leader.set_bodies(Arc::clone(&log) as Arc<dyn BodySource>);
+        let mut follower = QueueMachine::new(c.clone());
+        let body = |i: usize| format!("{i:04}-{}", "x".repeat(1000));
+        let mut index = 0;
+        let mut apply = |leader: &mut QueueMachine, follower: &mut QueueMachine, e: QueueEntry| {
+            index += 1;
+            log.0.lock().unwrap().insert(index, e.clone());
+            (leader.apply_as(index, &e, true), follower.apply(index, &e))
+        };
+        for b in 0..20 {
+            apply(
+                &mut leader,
+                &mut follower,
+                batch_of(b, (b as usize * 10..b as usize * 10 + 10).map(body)),
+            );
+        }
+        for m in [&leader, &follower] {
+            let s = m.engine().stats();
+            assert_eq!(s.ready, 200);
+            assert!(
+                s.paged_out > 150,
+                "bodies past the budget are only in the log: {s:?}"
+            );
+            assert!(s.memory_bytes <= 16 * 1024, "{s:?}");
+        }
+        assert!(
+            follower.snapshot_bytes().is_none(),
+            "no log to read bodies from"
+        );
+        let snap = leader.snapshot_bytes().unwrap().unwrap();
+
+        let (l, f) = apply(&mut leader, &mut follower, checkout(30, 7, 150));
+        let (dl, df) = (deliveries(&l), deliveries(&f));
+        assert_eq!(dl.len(), 150);
+        let key = |d: &Delivered| (d.consumer, d.offset, d.redelivered, d.returns);
+        assert_eq!(
+            dl.iter().map(key).collect::<Vec<_>>(),
+            df.iter().map(key).collect::<Vec<_>>(),
+            "the same decisions on both"
+        );
+        for (i, d) in dl.iter().enumerate() {
+            let m = d.message.as_ref().expect("the leader delivers every body");
+            assert_eq!(m.body, Bytes::from(body(i)));
+        }
+        assert!(
+            df.iter().any(|d| d.message.is_none()),
+            "the follower reads nothing back"
+        );
+        assert!(
+            follower.log_needed_from() <= 3,
+            "{}",
+            follower.log_needed_from()
+        );
+
+        // basic.get of a message kept only in the log still answers with its body.
+        let get = QueueEntry {
+            at: 31,
+            unix: 0,
+            op: QueueOp::Get {
+                ack_required: false,
+            },
+        };
+        for _ in 0..50 {
+            let (l, _) = apply(&mut leader, &mut follower, get.clone());
+            let Ok(Reply::Got {
+                delivery: Some(d), ..
+            }) = &l.reply
+            else {
+                panic!("a message to get: {:?}", l.reply);
+            };
+            assert!(d.message.is_some(), "got without its body at {}", d.offset);
+        }
+
+        // A member restored from the leader's snapshot holds every body of the time.
+        let restored = QueueMachine::restore_bytes(c, &snap, 20).unwrap();
+        assert_eq!(restored.engine().stats().ready, 200);
+        assert_eq!(restored.engine().stats().paged_out, 0);
+        assert_eq!(restored.log_needed_from(), 21);
     }
 }

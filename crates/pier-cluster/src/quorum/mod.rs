@@ -21,4 +21,4 @@ pub(crate) mod service;
 pub mod snapshot;
 
 pub use entry::{message_of, QueueEntry, QueueOp};
-pub use machine::{Applied, QueueMachine};
+pub use machine::{offset_at, place_of, Applied, BodySource, QueueMachine};

@@ -38,7 +38,7 @@ use crate::queues::QueueService;
 use crate::raft::log_adapter::RaftLog;
 use crate::raft::network::NetworkFactory;
 use crate::raft::queue_group::{
-    queue_config, EffectRunner, QueueRaft, QueueReply, QueueRoute, QueueStateMachine,
+    queue_config, EffectRunner, LogBodies, QueueRaft, QueueReply, QueueRoute, QueueStateMachine,
 };
 use crate::raft::wal_log::WalLogStore;
 use crate::raft::{node_id, PeerNode};
@@ -155,6 +155,10 @@ impl Shared {
 }
 
 impl EffectRunner for Shared {
+    fn leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
     fn applied(&self, entry: &QueueEntry, applied: &Applied) {
         self.last_at.fetch_max(entry.at, Ordering::Relaxed);
         let ops = match &entry.op {
@@ -175,7 +179,15 @@ impl EffectRunner for Shared {
         for effect in &applied.effects {
             match effect {
                 Effect::Deliver(d) => {
-                    let (Some(consumer), Some(message)) = (d.consumer, d.message.as_ref()) else {
+                    let Some(consumer) = d.consumer else {
+                        continue;
+                    };
+                    let Some(message) = d.message.as_ref() else {
+                        // Its body was not read back (this member became leader while the
+                        // entry was applied, or the log failed it): back it goes, uncounted.
+                        if d.ack_required {
+                            unsent.push(d.offset);
+                        }
                         continue;
                     };
                     let (tag, _, local) = split_consumer(consumer);
@@ -476,8 +488,9 @@ impl QuorumService {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let wal = self.wal().map_err(|e| e.to_string())?;
-        let store = Arc::new(WalLogStore::new(wal.group(shared.group)));
-        let log = RaftLog::new(store).map_err(|e| e.to_string())?;
+        let store = Arc::new(WalLogStore::retaining(wal.group(shared.group)));
+        lock(&shared.machine).set_bodies(Arc::new(LogBodies::new(Arc::clone(&store))));
+        let log = RaftLog::new(Arc::clone(&store)).map_err(|e| e.to_string())?;
         let config = queue_config(shared.group).map_err(|e| e.to_string())?;
         let sm = QueueStateMachine::open(
             Arc::clone(&shared.machine),
@@ -513,7 +526,7 @@ impl QuorumService {
             self.runtime
                 .spawn(watch_leadership(raft.clone(), Arc::clone(shared))),
             self.runtime
-                .spawn(leader_duties(raft.clone(), Arc::clone(shared))),
+                .spawn(leader_duties(raft.clone(), Arc::clone(shared), store)),
         ];
         Ok(Group {
             raft,
@@ -836,20 +849,25 @@ const SNAPSHOT_MAX_LIVE_SHARE: u64 = 4;
 /// While leading: ticks (TTL, consumer timeouts, `x-expires`) when the engine has one due,
 /// consumers of nodes that left or stopped answering cancelled; on every member: the
 /// queue's figures for management, and snapshots that bound the log.
-async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>) {
+async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogStore>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let (due, stats, consumers) = {
+        let (due, stats, consumers, needed) = {
             let m = lock(&shared.machine);
             let e = m.engine();
             (
                 e.next_tick() <= unix_ms(),
                 e.stats(),
                 e.consumers().map(|(id, _, _)| id).collect::<Vec<_>>(),
+                m.log_needed_from(),
             )
         };
+        // Bodies only in the log keep their entries on disk; behind them, purges go ahead.
+        if let Err(e) = store.retain_from(needed) {
+            tracing::warn!(queue = %shared.name, "quorum queue log purge: {e}");
+        }
         if let Some(q) = shared.queue() {
             q.set_remote_figures(stats, Default::default());
         }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use pier_broker::queue::engine::{EngineConfig, Snapshot};
 
+use super::log_adapter::decode;
 use super::network::{RaftRequest, Route};
 use super::snapshot_file::{snap_err, SnapshotFiles};
 use super::{LogId, PeerNode, SnapshotMeta, StorageError};
@@ -151,6 +152,58 @@ impl Route<QueueTypeConfig> for QueueRoute {
 /// member decides whether it leads. Called on the state machine's task, in log order.
 pub trait EffectRunner: Send + Sync + 'static {
     fn applied(&self, entry: &QueueEntry, applied: &Applied);
+    /// This member leads: entries are applied with every body they deliver at hand.
+    fn leading(&self) -> bool;
+}
+
+/// A member's bodies kept only in its log, read back from its log store: the entry at the
+/// message's index, the op at its position (`quorum::machine::place_of`). The last entry
+/// read is kept decoded, as read-ahead and a backlog's deliveries take its messages in turn.
+pub struct LogBodies<S> {
+    store: Arc<S>,
+    last: Mutex<Option<(u64, Arc<QueueEntry>)>>,
+}
+
+impl<S> LogBodies<S> {
+    pub fn new(store: Arc<S>) -> Self {
+        LogBodies {
+            store,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl<S: super::log_store::LogStore> crate::quorum::BodySource for LogBodies<S> {
+    fn message(&self, offset: u64) -> Option<Arc<pier_broker::message::Message>> {
+        let (index, position) = crate::quorum::place_of(offset);
+        let cached = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, e)| Arc::clone(e));
+        let entry = match cached {
+            Some(e) => e,
+            None => {
+                let records = self.store.read(index..index + 1).ok()?;
+                let (_, bytes) = records.into_iter().next()?;
+                let EntryPayload::Normal(e) = decode::<QueueEntryOf>(&bytes).ok()?.payload else {
+                    return None;
+                };
+                let e = Arc::new(e);
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((index, Arc::clone(&e)));
+                e
+            }
+        };
+        let op = match &entry.op {
+            crate::quorum::QueueOp::Batch(ops) => ops.get(position)?,
+            op if position == 0 => op,
+            _ => return None,
+        };
+        crate::quorum::message_of(op).map(Arc::new)
+    }
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -198,10 +251,15 @@ impl QueueStateMachine {
 
     fn restore(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
-        let restored =
+        let mut restored =
             QueueMachine::restore_bytes(self.config.clone(), &Bytes::copy_from_slice(data), index)
                 .map_err(snap_err)?;
-        *self.machine() = restored;
+        let mut machine = self.machine();
+        if let Some(bodies) = machine.bodies() {
+            restored.set_bodies(bodies);
+        }
+        *machine = restored;
+        drop(machine);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -256,6 +314,9 @@ fn reply_of_one(
 /// Encodes and writes the snapshot captured when it was asked for.
 pub struct QueueSnapshotBuilder {
     captured: Option<(SnapshotMeta, Snapshot)>,
+    /// The clock of the last entry applied, and where bodies not in memory are read.
+    at: u64,
+    bodies: Option<Arc<dyn crate::quorum::BodySource>>,
     files: SnapshotFiles,
 }
 
@@ -269,14 +330,16 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueSnapshotBuilder {
             .ok_or_else(|| sm_err(std::io::Error::other("snapshot already built")))?;
         let files = self.files.clone();
         let m = meta.clone();
+        let (at, bodies) = (self.at, self.bodies.clone());
         let data = tokio::task::spawn_blocking(move || {
-            let bytes = crate::quorum::snapshot::encode_snapshot(&snapshot)
-                .ok_or_else(|| {
-                    snap_err(std::io::Error::other(
-                        "a quorum queue body is not in memory",
-                    ))
-                })?
-                .map_err(snap_err)?;
+            let bytes =
+                crate::quorum::machine::encode_with_bodies(&snapshot, at, bodies.as_deref())
+                    .ok_or_else(|| {
+                        snap_err(std::io::Error::other(
+                            "a quorum queue body could not be read back from the log",
+                        ))
+                    })?
+                    .map_err(snap_err)?;
             let data = Arc::new(bytes.to_vec());
             files.store(&m, Arc::clone(&data)).map_err(snap_err)?;
             Ok::<_, StorageError>(data)
@@ -308,7 +371,8 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
             let reply = match &e.payload {
                 EntryPayload::Blank => QueueReply::Done,
                 EntryPayload::Normal(entry) => {
-                    let applied = self.machine().apply(e.log_id.index, entry);
+                    let leading = self.runner.leading();
+                    let applied = self.machine().apply_as(e.log_id.index, entry, leading);
                     self.runner.applied(entry, &applied);
                     reply_of(&applied)
                 }
@@ -326,7 +390,10 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
     async fn get_snapshot_builder(&mut self) -> QueueSnapshotBuilder {
         // The state is captured here, on the state machine's task, so it is exactly the
         // applied state; it is encoded and written off this task (`build_snapshot`).
-        let snapshot = self.machine().snapshot();
+        let (snapshot, at, bodies) = {
+            let m = self.machine();
+            (m.snapshot(), m.at(), m.bodies())
+        };
         let id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
             None => format!("0-0-{}", rand::random::<u32>()),
@@ -340,6 +407,8 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
                 },
                 snapshot,
             )),
+            at,
+            bodies,
             files: self.files.clone(),
         }
     }

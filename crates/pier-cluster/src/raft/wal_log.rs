@@ -4,6 +4,7 @@
 //! The metadata group keeps its own [`FileLogStore`](super::file_log::FileLogStore).
 
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use pier_store::wal::GroupLog;
@@ -14,11 +15,61 @@ use super::log_store::{Durable, LogStore, LogStoreError, MetaKey, Record};
 #[derive(Debug, Clone)]
 pub struct WalLogStore {
     group: GroupLog,
+    /// With retention, what Raft purges behind a snapshot stays on disk while the queue
+    /// still reads bodies from it (see [`WalLogStore::retaining`]).
+    retention: Option<Arc<Mutex<Retention>>>,
+}
+
+#[derive(Debug, Default)]
+struct Retention {
+    /// The queue needs entries from this index on (0: all of them, until it says).
+    keep_from: u64,
+    /// What Raft asked to purge (everything up to it, inclusive).
+    asked: Option<u64>,
+    /// What was purged on disk.
+    purged: Option<u64>,
 }
 
 impl WalLogStore {
     pub fn new(group: GroupLog) -> Self {
-        WalLogStore { group }
+        WalLogStore {
+            group,
+            retention: None,
+        }
+    }
+
+    /// A store whose purges wait for the queue: a quorum queue's member keeps the bodies of
+    /// a deep backlog only in its log, so entries behind a snapshot are dropped on disk only
+    /// once [`WalLogStore::retain_from`] says no message needs them (Ra's release cursor).
+    /// Raft sees the purge at once; only reads by the queue reach below it.
+    pub fn retaining(group: GroupLog) -> Self {
+        WalLogStore {
+            group,
+            retention: Some(Arc::default()),
+        }
+    }
+
+    /// The queue needs entries from `index` on: what Raft purged below it goes.
+    pub fn retain_from(&self, index: u64) -> Result<(), LogStoreError> {
+        let Some(r) = &self.retention else {
+            return Ok(());
+        };
+        let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+        r.keep_from = index;
+        self.purge_retained(&mut r)
+    }
+
+    fn purge_retained(&self, r: &mut Retention) -> Result<(), LogStoreError> {
+        let (Some(asked), Some(below)) = (r.asked, r.keep_from.checked_sub(1)) else {
+            return Ok(());
+        };
+        let to = asked.min(below);
+        if r.purged.is_some_and(|p| p >= to) {
+            return Ok(());
+        }
+        self.group.purge(to).map_err(LogStoreError::from)?;
+        r.purged = Some(to);
+        Ok(())
     }
 }
 
@@ -54,7 +105,14 @@ impl LogStore for WalLogStore {
     }
 
     fn purge(&self, upto: u64) -> Result<(), LogStoreError> {
-        self.group.purge(upto).map_err(LogStoreError::from)
+        match &self.retention {
+            None => self.group.purge(upto).map_err(LogStoreError::from),
+            Some(r) => {
+                let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+                r.asked = Some(r.asked.map_or(upto, |a| a.max(upto)));
+                self.purge_retained(&mut r)
+            }
+        }
     }
 
     fn save(&self, k: MetaKey, value: Bytes, d: Durable) -> Result<(), LogStoreError> {
@@ -104,5 +162,35 @@ mod tests {
         rx.recv().unwrap().unwrap();
         conformance::run(|| WalLogStore::new(log.group(2)), false);
         assert_eq!(other.bounds(), Some((1, 3)));
+    }
+
+    /// A retaining store drops purged entries on disk only below what the queue needs.
+    #[test]
+    fn a_retaining_store_keeps_what_the_queue_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open(WalConfig::new(dir.path().join("wal"))).unwrap();
+        let s = WalLogStore::retaining(log.group(3));
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.append(
+            (1..=10).map(|i| (i, Bytes::from_static(b"x"))).collect(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .unwrap();
+        rx.recv().unwrap().unwrap();
+        s.purge(8).unwrap();
+        assert_eq!(
+            s.bounds(),
+            Some((1, 10)),
+            "nothing dropped until the queue says"
+        );
+        s.retain_from(4).unwrap();
+        assert_eq!(s.bounds(), Some((4, 10)));
+        assert_eq!(s.read(4..5).unwrap().len(), 1);
+        s.retain_from(20).unwrap();
+        assert_eq!(s.bounds(), Some((9, 10)), "never past what Raft purged");
+        s.purge(9).unwrap();
+        assert_eq!(s.bounds(), Some((10, 10)));
     }
 }

@@ -108,7 +108,7 @@ impl QueueEngine {
             let Some(idx) = self.pick_consumer(cx) else {
                 break;
             };
-            let Some((entry, returns, level)) = self.take_head(cx.now, true, out) else {
+            let Some((entry, returns, level)) = self.take_head(cx.now, cx.reads_back, out) else {
                 break;
             };
             self.deliver_to(idx, entry, returns, level, cx, out);
@@ -275,7 +275,7 @@ impl QueueEngine {
         self.last_used = now;
         self.expire_heads(cx, out);
         let mut got = None;
-        if let Some((entry, returns, level)) = self.take_head(now, true, out) {
+        if let Some((entry, returns, level)) = self.take_head(now, cx.reads_back, out) {
             self.hand_out(
                 None,
                 entry,

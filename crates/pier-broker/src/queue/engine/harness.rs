@@ -77,6 +77,7 @@ impl Harness {
             now: self.now,
             unix_now: self.unix_now,
             can_spill: self.can_spill,
+            reads_back: true,
             gate: &mut gate,
         };
         let r = self.engine.apply(command, &mut cx, out);

@@ -391,6 +391,10 @@ pub struct Context<'a> {
     pub unix_now: u64,
     /// A paging store can take bodies that are not in the durable store.
     pub can_spill: bool,
+    /// The runtime reads paged-out bodies back ahead of need (`Effect::PageIn`). A replicated
+    /// queue's follower does not: it delivers nothing, and asking would cost it a scan of
+    /// its paged tail for every message taken.
+    pub reads_back: bool,
     pub gate: &'a mut dyn Gate,
 }
 
@@ -550,6 +554,38 @@ impl QueueEngine {
     /// The queue has a durable store from now on (set before it is shared).
     pub fn set_stores_persistent(&mut self, stored: bool) {
         self.config.stores_persistent = stored;
+    }
+
+    /// A replicated queue numbers its messages by their place in its log, so that a body
+    /// kept only there is found again: the next enqueue takes offset `to` if that is ahead.
+    /// Called the same way on every member (before each enqueue), it keeps them identical.
+    pub fn advance_offset(&mut self, to: u64) {
+        self.next_offset = self.next_offset.max(to);
+    }
+
+    /// The lowest offset of a message still in the queue whose body is not in memory (ready,
+    /// paged out, returned or checked out): a replicated queue's log keeps its bodies from
+    /// there on. A scan of what is in memory: for a periodic task, not for every command.
+    pub fn oldest_on_disk(&self) -> Option<u64> {
+        let bodiless = |e: &state::Entry| e.message.is_none().then_some(e.offset);
+        let mut oldest: Option<u64> = None;
+        let mut see = |o: Option<u64>| {
+            if let Some(o) = o {
+                oldest = Some(oldest.map_or(o, |m| m.min(o)));
+            }
+        };
+        for l in &self.levels {
+            see(l.ready.iter().find_map(bodiless));
+            see(l.requeued.values().find_map(|r| bodiless(&r.entry)));
+            // The tail is in offset order: its first entry not held in memory.
+            see(l
+                .paged
+                .iter()
+                .find(|p| !self.held.contains_key(&p.offset))
+                .map(|p| p.offset));
+        }
+        see(self.checked_out.values().find_map(|c| bodiless(&c.entry)));
+        oldest
     }
 
     pub fn stats(&self) -> EngineStats {

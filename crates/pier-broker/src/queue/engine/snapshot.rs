@@ -6,8 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry, Level, Requeued};
+use super::publish::enqueued_ms;
+use super::state::{
+    CheckedOut, Consumer, ConsumerSettings, Entry, Level, PagedEntry, PagedExpiry, Requeued,
+};
 use super::{EngineConfig, EngineCounters, QueueEngine};
+use crate::clock::NEVER;
 use crate::consumer::ConsumerId;
 use crate::message::Message;
 use crate::waits::WaitWindow;
@@ -164,10 +168,15 @@ pub struct SnapshotParts {
     pub counters: EngineCounters,
 }
 
-fn entry_parts(e: &Entry) -> Option<EntryParts> {
-    Some(EntryParts {
+/// An entry in the plain view, its body from memory or from `fetch`.
+fn parts(e: &Entry, fetch: &mut dyn FnMut(u64) -> Option<Arc<Message>>) -> Result<EntryParts, u64> {
+    let message = match &e.message {
+        Some(m) => Arc::clone(m),
+        None => fetch(e.offset).ok_or(e.offset)?,
+    };
+    Ok(EntryParts {
         offset: e.offset,
-        message: Arc::clone(e.message.as_ref()?),
+        message,
         expires_at: e.expires_at,
         redelivered: e.redelivered(),
         enqueued_at: e.enqueued_at,
@@ -185,42 +194,67 @@ fn entry_of(p: EntryParts) -> Entry {
 }
 
 impl Snapshot {
-    /// The plain view; `None` when a body is not in memory (an engine that pages: a
-    /// replicated queue's engine never does).
+    /// The plain view; `None` when a body is not in memory (see [`Snapshot::to_parts_with`]
+    /// for an engine that pages).
     pub fn to_parts(&self) -> Option<SnapshotParts> {
-        if !self.held.is_empty() || !self.paged_deadlines.is_empty() {
-            return None;
-        }
+        self.to_parts_with(0, &mut |_| None).ok()
+    }
+
+    /// The plain view with every body in it: those not in memory come from `fetch` (a
+    /// replicated queue reads them from its log), paged-out messages become ready ones at
+    /// their place, with their expiry worked out at clock `now` (the last applied entry's).
+    /// `Err(offset)` names a body `fetch` could not give.
+    pub fn to_parts_with(
+        &self,
+        now: u64,
+        fetch: &mut dyn FnMut(u64) -> Option<Arc<Message>>,
+    ) -> Result<SnapshotParts, u64> {
         let mut levels = Vec::with_capacity(self.levels.len());
         for l in &self.levels {
-            if !l.paged.is_empty() {
-                return None;
+            let mut ready = l
+                .ready
+                .iter()
+                .map(|e| parts(e, fetch))
+                .collect::<Result<Vec<_>, _>>()?;
+            for p in l.paged.iter() {
+                let message = match self.held.get(&p.offset) {
+                    Some(m) => Arc::clone(m),
+                    None => fetch(p.offset).ok_or(p.offset)?,
+                };
+                ready.push(EntryParts {
+                    offset: p.offset,
+                    message,
+                    expires_at: self.paged_expiry_at(p, now),
+                    redelivered: p.redelivered(),
+                    enqueued_at: p.enqueued_at,
+                });
             }
             levels.push(LevelParts {
-                ready: l.ready.iter().map(entry_parts).collect::<Option<_>>()?,
+                ready,
                 requeued: l
                     .requeued
                     .values()
-                    .map(|r| entry_parts(&r.entry).map(|e| (e, r.returns)))
-                    .collect::<Option<_>>()?,
+                    .map(|r| parts(&r.entry, fetch).map(|e| (e, r.returns)))
+                    .collect::<Result<_, _>>()?,
             });
         }
-        Some(SnapshotParts {
+        let checked_out = self
+            .checked_out
+            .values()
+            .map(|c| {
+                Ok(CheckedOutParts {
+                    consumer: c.consumer,
+                    entry: parts(&c.entry, fetch)?,
+                    returns: c.returns,
+                    level: c.level,
+                    delivered_at: c.delivered_at,
+                })
+            })
+            .collect::<Result<_, u64>>()?;
+        Ok(SnapshotParts {
             next_offset: self.next_offset,
             levels,
-            checked_out: self
-                .checked_out
-                .values()
-                .map(|c| {
-                    Some(CheckedOutParts {
-                        consumer: c.consumer,
-                        entry: entry_parts(&c.entry)?,
-                        returns: c.returns,
-                        level: c.level,
-                        delivered_at: c.delivered_at,
-                    })
-                })
-                .collect::<Option<_>>()?,
+            checked_out,
             consumers: self
                 .consumers
                 .iter()
@@ -303,6 +337,20 @@ impl Snapshot {
             publishers: p.publishers.into_iter().collect(),
             counters: p.counters,
             waits: None,
+        }
+    }
+
+    /// A paged-out message's expiry time at clock `now` (as the engine's `paged_bound`).
+    fn paged_expiry_at(&self, p: &PagedEntry, now: u64) -> u64 {
+        let enqueued = enqueued_ms(now, p.enqueued_at);
+        match (p.expiry(), self.config.queue.message_ttl) {
+            (PagedExpiry::Never, _) => NEVER,
+            (PagedExpiry::QueueTtl, Some(t)) => enqueued.saturating_add(t),
+            _ => self
+                .paged_deadlines
+                .get(&p.offset)
+                .copied()
+                .unwrap_or(enqueued),
         }
     }
 

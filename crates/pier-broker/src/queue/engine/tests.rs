@@ -1,6 +1,7 @@
 //! Engine unit tests: commands in, effects out, no sockets, no sleeps, no threads.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -641,4 +642,100 @@ fn recovered_messages_keep_order_flags_and_stored_deadlines() {
 fn commands_and_effects_stay_small() {
     assert!(std::mem::size_of::<Command<'_>>() <= 96);
     assert!(std::mem::size_of::<Effect>() <= 64);
+}
+
+/// A replicated queue's member: its log holds every body, offsets are log places
+/// (`advance_offset`), and past the memory budget bodies stay only in the log. A snapshot
+/// taken then carries every body (read back through `fetch`) and restores to an engine that
+/// delivers the same messages in the same order; `oldest_on_disk` says where the log must
+/// keep bodies from.
+#[test]
+fn a_paging_member_snapshots_with_bodies_read_back_and_names_its_oldest_body_on_disk() {
+    let mut c = EngineConfig::quorum(QueueConfig::default());
+    c.stores_persistent = true;
+    c.memory_budget = 4 * MESSAGE_OVERHEAD;
+    let mut engine = QueueEngine::new(c.clone(), 0);
+    let mut gate = OpenGate;
+    let mut all = BTreeMap::new();
+    for i in 0..20u64 {
+        let m = message(&format!("m{i}"), true);
+        all.insert(i * 10 + 100, Arc::clone(&m));
+        engine.advance_offset(i * 10 + 100);
+        let mut cx = Context {
+            now: 5,
+            unix_now: 5,
+            can_spill: false,
+            reads_back: true,
+            gate: &mut gate,
+        };
+        let mut out = Vec::new();
+        let r = engine.apply(
+            Command::Enqueue {
+                message: m,
+                publisher: None,
+                store: StoreMode::Shared,
+            },
+            &mut cx,
+            &mut out,
+        );
+        assert_eq!(
+            r,
+            Ok(Reply::Enqueued {
+                result: Published::Accepted,
+                offset: Some(i * 10 + 100)
+            })
+        );
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::StoreAppend { .. })),
+            "the log is the store: {out:?}"
+        );
+    }
+    let stats = engine.stats();
+    assert!(
+        stats.paged_out > 10,
+        "most bodies only in the log: {stats:?}"
+    );
+    let first_paged = 100 + 10 * (20 - stats.paged_out);
+    assert_eq!(engine.oldest_on_disk(), Some(first_paged));
+
+    let snap = engine.snapshot();
+    assert_eq!(
+        snap.to_parts_with(5, &mut |_| None),
+        Err(first_paged),
+        "a body the log cannot give fails the snapshot"
+    );
+    let parts = snap
+        .to_parts_with(5, &mut |o| all.get(&o).cloned())
+        .unwrap();
+    let restored = QueueEngine::from_snapshot(Snapshot::from_parts(c, parts));
+    assert_eq!(restored.stats().ready, 20);
+    assert_eq!(restored.oldest_on_disk(), None, "restored with every body");
+    let mut restored = restored;
+    let mut cx = Context {
+        now: 6,
+        unix_now: 6,
+        can_spill: false,
+        reads_back: true,
+        gate: &mut gate,
+    };
+    let mut out = Vec::new();
+    restored
+        .apply(
+            Command::Checkout {
+                consumer: 1,
+                settings: settings("c", 100),
+            },
+            &mut cx,
+            &mut out,
+        )
+        .unwrap();
+    let got: Vec<(u64, Bytes)> = out
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(d) => Some((d.offset, d.message.as_ref()?.body.clone())),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(u64, Bytes)> = all.iter().map(|(o, m)| (*o, m.body.clone())).collect();
+    assert_eq!(got, want);
 }
