@@ -23,14 +23,22 @@
 //! entry it holds is purged, truncated or of a forgotten group, and no group's current value
 //! of a key was saved there — such values are re-saved into the active file first).
 //!
-//! Every live entry is held in memory, as in Ra's mem tables. Not yet: moving a slow group's
-//! live entries out of old files into per-group segments (Ra's segment writer), so one idle
-//! group cannot hold old files, and keeping large entries on disk only.
+//! Entries live on disk. In memory a group holds, per entry, only where its record is (file,
+//! offset, length: 16 bytes), plus the bytes of its newest entries: every entry not yet
+//! durable (the channel bound limits those) and a cache of up to
+//! [`WalConfig::cache_per_group`] bytes of recent ones, which followers that keep up read
+//! without touching the disk. The I/O thread learns an entry's location once its batch is
+//! fsynced; older entries are read back with positioned reads (length, CRC, kind, group and
+//! index checked). Recovery verifies every record but keeps only locations; saved values
+//! (vote, purge point) stay in memory. Not yet: moving a slow group's live entries out of
+//! old files into per-group segments (Ra's segment writer), so one idle group cannot hold
+//! old files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -48,6 +56,12 @@ const BODY_HEAD: usize = 17;
 const MAX_RECORD: usize = 256 << 20;
 /// Operations one batch takes at most (the rest wait for the next fsync).
 const BATCH_OPS: usize = 4096;
+/// Adjacent records a read fetches with one positioned read, up to this many bytes (the
+/// entries returned share the buffer, so it stays small).
+const READ_RUN: u64 = 256 << 10;
+/// Reads retried when a file was reclaimed between looking up and reading (the entries
+/// were purged meanwhile: the next look no longer finds them there).
+const READ_TRIES: usize = 3;
 
 const KIND_APPEND: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
@@ -85,6 +99,16 @@ impl WalError {
             reason: e.to_string(),
         }
     }
+
+    /// A record read back does not hold what was written there. Reported as `Io` (op
+    /// "read back"): `pier-cluster` maps every variant of this enum exhaustively.
+    fn corrupt(path: &Path, offset: u64, what: &str) -> Self {
+        WalError::Io {
+            op: "read back",
+            path: path.display().to_string(),
+            reason: format!("corrupt record at offset {offset}: {what}"),
+        }
+    }
 }
 
 /// Settings of a [`SharedLog`].
@@ -95,6 +119,9 @@ pub struct WalConfig {
     pub segment_size: u64,
     /// Operations queued for the I/O thread before writers wait (backpressure).
     pub channel: usize,
+    /// Bytes of durable entries each group keeps in memory (its newest ones); older ones
+    /// are read from disk. Entries not yet durable are always in memory besides.
+    pub cache_per_group: u64,
 }
 
 impl WalConfig {
@@ -103,15 +130,207 @@ impl WalConfig {
             dir: dir.into(),
             segment_size: 64 << 20,
             channel: 8192,
+            cache_per_group: 1 << 20,
         }
     }
 }
 
-/// One group's state, in memory.
+/// Where an entry's record is: file `seq`, the record's `offset` in it, payload `len`.
+/// `seq` 0 (no file has it) means not known yet: the entry is not durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Loc {
+    offset: u64,
+    seq: u32,
+    len: u32,
+}
+
+impl Loc {
+    const UNKNOWN: Loc = Loc {
+        offset: 0,
+        seq: 0,
+        len: 0,
+    };
+
+    fn known(&self) -> bool {
+        self.seq != 0
+    }
+
+    /// The whole record's length on disk.
+    fn record_len(&self) -> u64 {
+        (RECORD_HEAD + BODY_HEAD) as u64 + u64::from(self.len)
+    }
+}
+
+/// One group's state, in memory: its entries are `first..first + locs.len()`.
 #[derive(Debug, Default)]
 struct Group {
-    entries: BTreeMap<u64, Bytes>,
+    /// The first entry's index (meaningless while the log is empty).
+    first: u64,
+    /// Per entry: its location on disk.
+    locs: VecDeque<Loc>,
+    /// The bytes of the newest `mem.len()` entries: every one whose location is unknown,
+    /// plus recent ones as a cache (evicted oldest first once located).
+    mem: VecDeque<Bytes>,
+    /// Total length of `mem`.
+    cached: u64,
     meta: BTreeMap<u8, Bytes>,
+}
+
+/// One entry to return from [`GroupLog::read`]: in memory, or to read from disk.
+enum Piece {
+    Mem(u64, Bytes),
+    Disk(u64, Loc),
+}
+
+impl Group {
+    fn bounds(&self) -> Option<(u64, u64)> {
+        let n = self.locs.len() as u64;
+        (n > 0).then(|| (self.first, self.first + (n - 1)))
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.bounds().map(|(_, l)| l)
+    }
+
+    /// Position in `locs` of the first entry held in `mem`.
+    fn mem_start(&self) -> usize {
+        self.locs.len().saturating_sub(self.mem.len())
+    }
+
+    /// Appends an entry not yet durable (the caller checked that `index` continues the log).
+    fn push_mem(&mut self, index: u64, bytes: Bytes) {
+        if self.locs.is_empty() {
+            self.first = index;
+        }
+        self.cached += bytes.len() as u64;
+        self.locs.push_back(Loc::UNKNOWN);
+        self.mem.push_back(bytes);
+    }
+
+    /// Recovery: an entry appended at `index` whose record is at `loc`.
+    fn push_disk(&mut self, index: u64, loc: Loc) {
+        // A replayed append continues the log, or starts it (empty, or after a purge of
+        // all). Anything else cannot come from a checked append: keep the newer entries.
+        if self.last().is_some_and(|l| l.checked_add(1) != Some(index)) {
+            tracing::warn!(index, "write-ahead log replay: an append that does not continue its group's log restarts it");
+            self.truncate(self.first);
+        }
+        if self.locs.is_empty() {
+            self.first = index;
+        }
+        // Only recovery pushes located entries, and it holds no bytes: `mem` is empty, so
+        // it stays the newest entries.
+        debug_assert!(self.mem.is_empty());
+        self.locs.push_back(loc);
+    }
+
+    /// Drops entries `from..`.
+    fn truncate(&mut self, from: u64) {
+        let keep = from.saturating_sub(self.first).min(self.locs.len() as u64) as usize;
+        let dropped = self.locs.len() - keep;
+        self.locs.truncate(keep);
+        for _ in 0..dropped.min(self.mem.len()) {
+            if let Some(b) = self.mem.pop_back() {
+                self.cached -= b.len() as u64;
+            }
+        }
+        self.shrink();
+    }
+
+    /// Drops entries `..=upto`.
+    fn purge(&mut self, upto: u64) {
+        if self.locs.is_empty() || upto < self.first {
+            return;
+        }
+        let n = (upto - self.first)
+            .saturating_add(1)
+            .min(self.locs.len() as u64) as usize;
+        self.locs.drain(..n);
+        self.first = upto.saturating_add(1);
+        while self.mem.len() > self.locs.len() {
+            if let Some(b) = self.mem.pop_front() {
+                self.cached -= b.len() as u64;
+            }
+        }
+        self.shrink();
+    }
+
+    /// Gives back the memory of a log that was much longer.
+    fn shrink(&mut self) {
+        if self.locs.capacity() > 1024 && self.locs.len() < self.locs.capacity() / 4 {
+            self.locs.shrink_to(self.locs.len() * 2);
+        }
+        if self.mem.capacity() > 1024 && self.mem.len() < self.mem.capacity() / 4 {
+            self.mem.shrink_to(self.mem.len() * 2);
+        }
+    }
+
+    /// Records that entry `index` is at `loc`, if it still holds the very bytes that were
+    /// written there (`ptr`, `len`: the writer still holds them, so the allocation cannot
+    /// have been reused). It may have been truncated and appended again since, or purged.
+    fn locate(&mut self, index: u64, ptr: usize, len: usize, loc: Loc) -> bool {
+        let Some(k) = index
+            .checked_sub(self.first)
+            .and_then(|k| usize::try_from(k).ok())
+            .filter(|k| *k < self.locs.len())
+        else {
+            return false;
+        };
+        let Some(bytes) = k
+            .checked_sub(self.mem_start())
+            .and_then(|m| self.mem.get(m))
+        else {
+            // Not in memory: located already.
+            return false;
+        };
+        if bytes.as_ptr() as usize != ptr || bytes.len() != len {
+            return false;
+        }
+        match self.locs.get_mut(k) {
+            Some(l) => {
+                *l = loc;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the bytes of the oldest located entries beyond `cap` bytes.
+    fn evict(&mut self, cap: u64) {
+        while self.cached > cap {
+            let located = self.locs.get(self.mem_start()).is_some_and(|l| l.known());
+            if !located {
+                return;
+            }
+            match self.mem.pop_front() {
+                Some(b) => self.cached -= b.len() as u64,
+                None => return,
+            }
+        }
+    }
+
+    /// What reading `range` takes: the bytes held in memory, the locations of the rest.
+    fn plan(&self, range: Range<u64>) -> Vec<Piece> {
+        let Some((first, last)) = self.bounds() else {
+            return Vec::new();
+        };
+        let start = range.start.max(first);
+        let end = range.end.min(last.saturating_add(1));
+        let mem_start = self.mem_start();
+        let mut out = Vec::with_capacity(end.saturating_sub(start).min(1 << 16) as usize);
+        for index in start..end {
+            let k = (index - first) as usize;
+            let piece = match k.checked_sub(mem_start).and_then(|m| self.mem.get(m)) {
+                Some(b) => Piece::Mem(index, b.clone()),
+                None => match self.locs.get(k) {
+                    Some(l) => Piece::Disk(index, *l),
+                    None => break,
+                },
+            };
+            out.push(piece);
+        }
+        out
+    }
 }
 
 #[derive(Default)]
@@ -147,6 +366,16 @@ struct Inner {
     tx: Mutex<Option<SyncSender<Op>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     fsyncs: AtomicU64,
+    readers: Mutex<Readers>,
+}
+
+/// Read-only handles of the log's files, opened on demand by readers.
+#[derive(Default)]
+struct Readers {
+    open: HashMap<u64, Arc<File>>,
+    /// Files below this sequence number were deleted (always oldest first): a handle a
+    /// reader opened just before is used once, not kept.
+    deleted_below: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,6 +433,7 @@ impl SharedLog {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(None),
             fsyncs: AtomicU64::new(0),
+            readers: Mutex::new(Readers::default()),
         });
         let writer = Writer {
             inner: Arc::downgrade(&inner),
@@ -213,6 +443,7 @@ impl SharedLog {
             active: None,
             buf: Vec::new(),
             latest_meta: recovered.latest_meta,
+            placed: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("pier-wal".into())
@@ -252,6 +483,15 @@ impl SharedLog {
     /// that made dead (the durable callbacks of a batch run before its reclamation).
     pub fn sync(&self, done: WalDurable) -> Result<(), WalError> {
         self.submit(|_| Ok(()), Op::Sync(done))
+    }
+
+    /// Bytes of entries held in memory, all groups together (not yet durable, or cached).
+    pub fn cached_bytes(&self) -> u64 {
+        lock(&self.inner.shared)
+            .groups
+            .values()
+            .map(|g| g.cached)
+            .sum()
     }
 
     /// How many fsyncs the log has done (group commit makes this far lower than writes).
@@ -301,6 +541,121 @@ impl SharedLog {
     }
 }
 
+impl SharedLog {
+    /// A read-only handle of file `seq`; `None` when it is gone (reclaimed).
+    fn reader(&self, seq: u64) -> Result<Option<Arc<File>>, WalError> {
+        if let Some(f) = lock(&self.inner.readers).open.get(&seq) {
+            return Ok(Some(Arc::clone(f)));
+        }
+        // Opened without the lock held: other readers go on meanwhile.
+        let path = self.inner.config.dir.join(file_name(seq));
+        let f = match File::open(&path) {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(WalError::io("open", &path, &e)),
+        };
+        let mut r = lock(&self.inner.readers);
+        if seq < r.deleted_below {
+            return Ok(Some(f));
+        }
+        Ok(Some(Arc::clone(r.open.entry(seq).or_insert(f))))
+    }
+
+    /// Reads the entries of `plan` that are on disk; `None` when a file was gone.
+    fn fill(&self, group: u64, plan: Vec<Piece>) -> Result<Option<Vec<WalRecord>>, WalError> {
+        let mut out = Vec::with_capacity(plan.len());
+        let mut pieces = plan.into_iter().peekable();
+        let mut run: Vec<(u64, Loc)> = Vec::new();
+        while let Some(piece) = pieces.next() {
+            let (index, loc) = match piece {
+                Piece::Mem(index, bytes) => {
+                    out.push((index, bytes));
+                    continue;
+                }
+                Piece::Disk(index, loc) => (index, loc),
+            };
+            // Adjacent records of one file (one append's entries) come in one read.
+            run.clear();
+            run.push((index, loc));
+            let mut end = loc.offset + loc.record_len();
+            while let Some(Piece::Disk(next, l)) = pieces.peek() {
+                if l.seq != loc.seq
+                    || l.offset != end
+                    || end + l.record_len() - loc.offset > READ_RUN
+                {
+                    break;
+                }
+                run.push((*next, *l));
+                end += l.record_len();
+                pieces.next();
+            }
+            if !self.read_run(group, loc.seq, loc.offset, end, &run, &mut out)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Reads the records `run` (adjacent, `start..end` in file `seq`) and checks each one.
+    fn read_run(
+        &self,
+        group: u64,
+        seq: u32,
+        start: u64,
+        end: u64,
+        run: &[(u64, Loc)],
+        out: &mut Vec<WalRecord>,
+    ) -> Result<bool, WalError> {
+        let Some(file) = self.reader(u64::from(seq))? else {
+            return Ok(false);
+        };
+        let path = self.inner.config.dir.join(file_name(u64::from(seq)));
+        let len = usize::try_from(end - start)
+            .map_err(|_| WalError::corrupt(&path, start, "read too large"))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, start).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                WalError::corrupt(&path, start, "the file ends before the record")
+            } else {
+                WalError::io("read", &path, &e)
+            }
+        })?;
+        let buf = Bytes::from(buf);
+        let mut pos = 0usize;
+        for (index, loc) in run {
+            let offset = start + pos as u64;
+            let Some(body) = record_at(&buf, pos) else {
+                return Err(WalError::corrupt(&path, offset, "bad length or checksum"));
+            };
+            let whole = body.len() == BODY_HEAD + loc.len as usize
+                && body.first() == Some(&KIND_APPEND)
+                && body.get(1..).and_then(le_u64) == Some(group)
+                && body.get(9..).and_then(le_u64) == Some(*index);
+            if !whole {
+                return Err(WalError::corrupt(
+                    &path,
+                    offset,
+                    &format!("not the append of group {group} index {index}"),
+                ));
+            }
+            let payload = pos + RECORD_HEAD + BODY_HEAD;
+            pos += RECORD_HEAD + body.len();
+            // In bounds: `record_at` found the whole body there.
+            out.push((*index, buf.slice(payload..pos)));
+        }
+        Ok(true)
+    }
+}
+
+impl Inner {
+    /// The writer deleted file `seq`: drop its handle, and never cache one again.
+    fn file_deleted(&self, seq: u64) {
+        let mut r = lock(&self.readers);
+        r.open.remove(&seq);
+        r.deleted_below = r.deleted_below.max(seq + 1);
+    }
+}
+
 impl Drop for Inner {
     /// The last handle is gone: the I/O thread writes what is queued and stops (unless this
     /// runs on that thread, which holds the log only for a moment).
@@ -343,23 +698,34 @@ impl GroupLog {
 
     /// First and last index present; `None` when the log is empty.
     pub fn bounds(&self) -> Option<(u64, u64)> {
-        self.with(|g| {
-            let g = g?;
-            Some((*g.entries.keys().next()?, *g.entries.keys().next_back()?))
-        })
+        self.with(|g| g?.bounds())
     }
 
-    /// The entries present in `range`, in order.
-    pub fn read(&self, range: Range<u64>) -> Vec<WalRecord> {
-        self.with(|g| {
-            g.map(|g| {
-                g.entries
-                    .range(range)
-                    .map(|(i, b)| (*i, b.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
-        })
+    /// The entries present in `range`, in order: from memory, or read from disk (checked:
+    /// a record that does not hold what was written there is an error).
+    pub fn read(&self, range: Range<u64>) -> Result<Vec<WalRecord>, WalError> {
+        let mut tries = 0;
+        loop {
+            // Locations are taken under the lock, the files read without it.
+            let plan = self.with(|g| g.map(|g| g.plan(range.clone())).unwrap_or_default());
+            if let Some(out) = self.log.fill(self.group, plan)? {
+                return Ok(out);
+            }
+            // A file was reclaimed after the look-up: its entries were purged meanwhile.
+            tries += 1;
+            if tries >= READ_TRIES {
+                return Err(WalError::Io {
+                    op: "read",
+                    path: self.log.inner.config.dir.display().to_string(),
+                    reason: "a file holding live entries is gone".into(),
+                });
+            }
+        }
+    }
+
+    /// How many entries the group holds in memory (not yet durable, or cached).
+    pub fn entries_in_memory(&self) -> usize {
+        self.with(|g| g.map_or(0, |g| g.mem.len()))
     }
 
     /// Appends entries that continue the log; readable at once, `durable` once on disk.
@@ -369,8 +735,10 @@ impl GroupLog {
         self.log.submit(
             move |s| {
                 let g = s.groups.entry(group).or_default();
-                check_continues(g.entries.keys().next_back().copied(), &copy)?;
-                g.entries.extend(copy);
+                check_continues(g.last(), &copy)?;
+                for (index, bytes) in copy {
+                    g.push_mem(index, bytes);
+                }
                 Ok(())
             },
             Op::Append(group, entries, durable),
@@ -383,7 +751,7 @@ impl GroupLog {
         self.log.submit(
             move |s| {
                 if let Some(g) = s.groups.get_mut(&group) {
-                    g.entries.split_off(&from);
+                    g.truncate(from);
                 }
                 Ok(())
             },
@@ -397,7 +765,7 @@ impl GroupLog {
         self.log.submit(
             move |s| {
                 if let Some(g) = s.groups.get_mut(&group) {
-                    g.entries = g.entries.split_off(&upto.saturating_add(1));
+                    g.purge(upto);
                 }
                 Ok(())
             },
@@ -443,6 +811,18 @@ struct Writer {
     buf: Vec<u8>,
     /// Per (group, key): the file holding the value in force.
     latest_meta: HashMap<(u64, u8), u64>,
+    /// The appends of the batch being written, to locate once it is durable.
+    placed: Vec<Placed>,
+}
+
+/// Where one entry of a batch was written: `offset` in the active file, and its bytes
+/// (`ptr`, `len`) to recognise the very entry in its group.
+struct Placed {
+    group: u64,
+    index: u64,
+    ptr: usize,
+    len: usize,
+    offset: u64,
 }
 
 fn encode(buf: &mut Vec<u8>, kind: u8, group: u64, index: u64, payload: &[u8]) {
@@ -506,6 +886,14 @@ impl Writer {
     fn roll(&mut self) -> Result<(), WalError> {
         let seq = self.files.keys().next_back().map_or(1, |s| s + 1);
         let path = self.dir.join(file_name(seq));
+        if u32::try_from(seq).is_err() {
+            // Locations keep 32 bits of it (4 billion files).
+            return Err(WalError::Io {
+                op: "create",
+                path: path.display().to_string(),
+                reason: "file sequence number out of range".into(),
+            });
+        }
         let mut f = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -541,15 +929,23 @@ impl Writer {
         if needs_roll {
             self.roll()?;
         }
-        let Some(seq) = self.active.as_ref().map(|(s, _, _)| *s) else {
+        let Some((seq, base)) = self.active.as_ref().map(|(s, _, len)| (*s, *len)) else {
             return Err(WalError::Stopped);
         };
         self.buf.clear();
+        self.placed.clear();
         let mut buf = std::mem::take(&mut self.buf);
         for op in batch {
             match op {
                 Op::Append(g, entries, _) => {
                     for (i, e) in entries {
+                        self.placed.push(Placed {
+                            group: *g,
+                            index: *i,
+                            ptr: e.as_ptr() as usize,
+                            len: e.len(),
+                            offset: base + buf.len() as u64,
+                        });
                         encode(&mut buf, KIND_APPEND, *g, *i, e);
                     }
                     if let (Some(file), Some((last, _))) =
@@ -574,7 +970,45 @@ impl Writer {
         }
         let result = self.write_and_sync(&buf);
         self.buf = buf;
-        result
+        result?;
+        self.locate(seq);
+        Ok(())
+    }
+
+    /// The batch is durable: its entries can be read back from where they were written,
+    /// so each group keeps only its newest `cache_per_group` bytes in memory.
+    fn locate(&mut self, seq: u64) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let Ok(seq) = u32::try_from(seq) else {
+            return;
+        };
+        let mut touched: Vec<u64> = Vec::new();
+        {
+            let mut s = lock(&inner.shared);
+            for p in self.placed.drain(..) {
+                let (Some(g), Ok(len)) = (s.groups.get_mut(&p.group), u32::try_from(p.len)) else {
+                    continue;
+                };
+                let loc = Loc {
+                    offset: p.offset,
+                    seq,
+                    len,
+                };
+                if g.locate(p.index, p.ptr, p.len, loc) && touched.last() != Some(&p.group) {
+                    touched.push(p.group);
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            let cap = inner.config.cache_per_group;
+            for id in touched {
+                if let Some(g) = s.groups.get_mut(&id) {
+                    g.evict(cap);
+                }
+            }
+        }
     }
 
     fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), WalError> {
@@ -613,7 +1047,7 @@ impl Writer {
                 file.appended.iter().any(|(g, last)| {
                     s.groups
                         .get(g)
-                        .and_then(|g| g.entries.keys().next().copied())
+                        .and_then(|g| g.bounds().map(|(first, _)| first))
                         .is_some_and(|first| first <= *last)
                 })
             };
@@ -646,6 +1080,8 @@ impl Writer {
             let path = self.dir.join(file_name(oldest));
             std::fs::remove_file(&path).map_err(|e| WalError::io("delete", &path, &e))?;
             self.files.remove(&oldest);
+            // Readers holding its handle go on reading it: the inode lives until they close.
+            inner.file_deleted(oldest);
         }
     }
 }
@@ -694,6 +1130,14 @@ fn recover(dir: &Path) -> Result<Recovered, WalError> {
     let mut ended = false;
     for seq in seqs {
         let path = dir.join(file_name(seq));
+        if u32::try_from(seq).is_err() || seq == 0 {
+            // Never written by this log: entry locations keep 32 bits of it, 0 is "none".
+            return Err(WalError::Io {
+                op: "open",
+                path: path.display().to_string(),
+                reason: "file sequence number out of range".into(),
+            });
+        }
         if ended {
             // After a torn record: never acknowledged.
             std::fs::remove_file(&path).map_err(|e| WalError::io("delete", &path, &e))?;
@@ -728,8 +1172,8 @@ fn recover(dir: &Path) -> Result<Recovered, WalError> {
                 ended = true;
                 break;
             };
+            replay(&mut out, &mut usage, seq, pos as u64, body);
             pos += RECORD_HEAD + body.len();
-            replay(&mut out, &mut usage, seq, body);
         }
         out.files.insert(seq, usage);
     }
@@ -747,7 +1191,8 @@ fn record_at(data: &[u8], pos: usize) -> Option<&[u8]> {
     (crc32c::crc32c(body) == crc).then_some(body)
 }
 
-fn replay(out: &mut Recovered, usage: &mut FileUse, seq: u64, body: &[u8]) {
+/// Applies the record at `offset` of file `seq`; appended entries are kept as locations.
+fn replay(out: &mut Recovered, usage: &mut FileUse, seq: u64, offset: u64, body: &[u8]) {
     let (Some(&kind), Some(group), Some(index)) = (
         body.first(),
         body.get(1..).and_then(le_u64),
@@ -758,20 +1203,23 @@ fn replay(out: &mut Recovered, usage: &mut FileUse, seq: u64, body: &[u8]) {
     let payload = body.get(BODY_HEAD..).unwrap_or_default();
     match kind {
         KIND_APPEND => {
+            // `recover` checked that `seq` fits; a record is at most MAX_RECORD long.
+            let (Ok(seq), Ok(len)) = (u32::try_from(seq), u32::try_from(payload.len())) else {
+                return;
+            };
             let g = out.groups.entry(group).or_default();
-            // A replayed append continues the log, or restarts it after a purge of all.
-            g.entries.insert(index, Bytes::copy_from_slice(payload));
+            g.push_disk(index, Loc { offset, seq, len });
             let a = usage.appended.entry(group).or_insert(index);
             *a = (*a).max(index);
         }
         KIND_TRUNCATE => {
             if let Some(g) = out.groups.get_mut(&group) {
-                g.entries.split_off(&index);
+                g.truncate(index);
             }
         }
         KIND_PURGE => {
             if let Some(g) = out.groups.get_mut(&group) {
-                g.entries = g.entries.split_off(&index.saturating_add(1));
+                g.purge(index);
             }
         }
         KIND_SAVE => {
@@ -865,9 +1313,15 @@ mod tests {
         assert_eq!(log.groups(), vec![1, 2]);
         let (a, b) = (log.group(1), log.group(2));
         assert_eq!(a.bounds(), Some((4, 8)));
-        assert_eq!(a.read(8..9), vec![(8, Bytes::from_static(b"other"))]);
+        assert_eq!(
+            a.read(8..9).unwrap(),
+            vec![(8, Bytes::from_static(b"other"))]
+        );
         assert_eq!(a.load(0).as_deref(), Some(&b"vote-2"[..]));
-        assert_eq!(b.read(0..100), (5..=7).map(rec).collect::<Vec<_>>());
+        assert_eq!(
+            b.read(0..100).unwrap(),
+            (5..=7).map(rec).collect::<Vec<_>>()
+        );
         assert_eq!(b.load(1).as_deref(), Some(&b"purged"[..]));
         assert_eq!(log.group(3).bounds(), None);
     }
@@ -999,16 +1453,296 @@ mod tests {
             bad[at] ^= 0x5a;
             std::fs::write(&path, &bad).unwrap();
             let log = SharedLog::open(WalConfig::new(dir.path())).unwrap();
-            let n = log.group(1).read(0..100).len();
+            let n = log.group(1).read(0..100).unwrap().len();
             assert!(n < 50, "corruption at {at} went unnoticed");
             // What is left is a prefix of what was written.
             assert_eq!(
-                log.group(1).read(0..100),
+                log.group(1).read(0..100).unwrap(),
                 (1..=n as u64).map(rec).collect::<Vec<_>>()
             );
             log.shutdown();
             std::fs::write(&path, &good).unwrap();
         }
+    }
+
+    /// Entry `i` of group `g`: its bytes tell where they belong, sizes vary.
+    fn payload(g: u64, i: u64) -> Bytes {
+        let mut v = format!("g{g}-i{i}-").into_bytes();
+        v.resize(40 + (i * 37 % 120) as usize, (g * 31 + i) as u8);
+        Bytes::from(v)
+    }
+
+    fn tiny_cache(dir: &Path) -> WalConfig {
+        WalConfig {
+            cache_per_group: 100,
+            ..small(dir)
+        }
+    }
+
+    /// Every sub-range of `want` (a whole log) reads back exactly.
+    fn check_reads(g: &GroupLog, want: &[WalRecord]) {
+        assert_eq!(g.read(0..u64::MAX).unwrap(), want, "group {}", g.id());
+        let (Some(first), Some(last)) = (want.first(), want.last()) else {
+            return;
+        };
+        for start in (first.0.saturating_sub(2)..=last.0 + 1).step_by(7) {
+            for len in [0u64, 1, 2, 5, 13, 64] {
+                let got = g.read(start..start + len).unwrap();
+                let expect: Vec<WalRecord> = want
+                    .iter()
+                    .filter(|(i, _)| (start..start + len).contains(i))
+                    .cloned()
+                    .collect();
+                assert_eq!(got, expect, "group {} range {start}..+{len}", g.id());
+            }
+        }
+    }
+
+    /// A callback that blocks the I/O thread: `started` once it runs, until `release` is
+    /// dropped.
+    struct Blocker {
+        started: std::sync::mpsc::Receiver<()>,
+        release: std::sync::mpsc::Sender<()>,
+    }
+
+    fn blocker() -> (WalDurable, Blocker) {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let d: WalDurable = Box::new(move |_| {
+            let _ = started_tx.send(());
+            let _ = released.recv();
+        });
+        (d, Blocker { started, release })
+    }
+
+    #[test]
+    fn an_entry_on_disk_costs_sixteen_bytes_of_memory() {
+        assert_eq!(std::mem::size_of::<Loc>(), 16);
+    }
+
+    #[test]
+    fn entries_are_read_back_from_disk_with_a_bounded_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open(tiny_cache(dir.path())).unwrap();
+        let mut want: BTreeMap<u64, Vec<WalRecord>> = BTreeMap::new();
+        let mut waits = Vec::new();
+        for round in 0..60u64 {
+            for g in 1..=3u64 {
+                // Appends of 1 to 4 entries, not waited for one by one (one fsync takes many).
+                let w = want.entry(g).or_default();
+                let next = w.last().map_or(1, |(i, _)| i + 1);
+                let entries: Vec<WalRecord> = (next..next + 1 + (round + g) % 4)
+                    .map(|i| (i, payload(g, i)))
+                    .collect();
+                w.extend(entries.iter().cloned());
+                let (d, rx) = wait();
+                log.group(g).append(entries, d).unwrap();
+                waits.push(rx);
+            }
+            // Files roll between batches: a few batches per file.
+            if round % 2 == 1 {
+                for rx in waits.drain(..) {
+                    rx.recv().unwrap().unwrap();
+                }
+            }
+        }
+        sync(&log);
+        assert!(log.files().len() > 5, "{:?}", log.files());
+        let cached = log.cached_bytes();
+        assert!(cached <= 3 * 100, "{cached} bytes cached");
+        let total: usize = want.values().flatten().map(|(_, b)| b.len()).sum();
+        assert!(total > 20_000, "{total}");
+        for (g, w) in &want {
+            assert!(log.group(*g).entries_in_memory() <= 3);
+            check_reads(&log.group(*g), w);
+        }
+    }
+
+    #[test]
+    fn reads_after_a_restart_return_the_same_bytes_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want: BTreeMap<u64, Vec<WalRecord>> = BTreeMap::new();
+        {
+            let log = SharedLog::open(tiny_cache(dir.path())).unwrap();
+            for g in 1..=2u64 {
+                let w: Vec<WalRecord> = (1..=120).map(|i| (i, payload(g, i))).collect();
+                for chunk in w.chunks(7) {
+                    append_sync(&log.group(g), chunk.to_vec());
+                }
+                want.insert(g, w);
+            }
+            // Group 1: a conflicting suffix replaced; group 2: a prefix purged.
+            let a = log.group(1);
+            a.truncate(100).unwrap();
+            let other: Vec<WalRecord> = (100..=110)
+                .map(|i| (i, Bytes::from(format!("other-{i}"))))
+                .collect();
+            append_sync(&a, other.clone());
+            let w = want.get_mut(&1).unwrap();
+            w.truncate(99);
+            w.extend(other);
+            log.group(2).purge(30).unwrap();
+            want.get_mut(&2).unwrap().drain(..30);
+            sync(&log);
+            for (g, w) in &want {
+                check_reads(&log.group(*g), w);
+            }
+            log.shutdown();
+        }
+        let log = SharedLog::open(tiny_cache(dir.path())).unwrap();
+        assert!(log.files().len() > 3, "{:?}", log.files());
+        assert_eq!(log.cached_bytes(), 0);
+        assert_eq!(log.group(1).bounds(), Some((1, 110)));
+        assert_eq!(log.group(2).bounds(), Some((31, 120)));
+        for (g, w) in &want {
+            assert_eq!(log.group(*g).entries_in_memory(), 0);
+            check_reads(&log.group(*g), w);
+        }
+        // And it goes on: new entries, read back once durable and evicted.
+        let more: Vec<WalRecord> = (111..=130).map(|i| (i, payload(1, i))).collect();
+        append_sync(&log.group(1), more.clone());
+        sync(&log);
+        let w = want.get_mut(&1).unwrap();
+        w.extend(more);
+        check_reads(&log.group(1), w);
+        assert!(log.cached_bytes() <= 100, "{}", log.cached_bytes());
+    }
+
+    /// Between an append's queueing and its fsync the group replaced the entries (or was
+    /// forgotten and written again): the fsync must not point them at the old records.
+    #[test]
+    fn a_replaced_entry_is_never_read_at_its_old_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig {
+            cache_per_group: 0,
+            channel: 3 * BATCH_OPS,
+            ..WalConfig::new(dir.path())
+        };
+        let log = SharedLog::open(config.clone()).unwrap();
+        let (a, b) = (log.group(1), log.group(2));
+        // The I/O thread waits while everything below is queued.
+        let (d, first) = blocker();
+        log.sync(d).unwrap();
+        first.started.recv().unwrap();
+        let old = |i: u64| (i, Bytes::from(format!("old-{i}")));
+        let new = |i: u64| (i, Bytes::from(format!("new-{i}")));
+        // Batch 1: the old entries (filled up to the batch limit).
+        a.append((1..=20).map(old).collect(), Box::new(|_| {}))
+            .unwrap();
+        b.append((1..=5).map(old).collect(), Box::new(|_| {}))
+            .unwrap();
+        for _ in 0..BATCH_OPS - 2 {
+            log.group(99).truncate(0).unwrap();
+        }
+        // Batch 2: syncs only, the first blocking: the thread waits after batch 1.
+        let (d, second) = blocker();
+        log.sync(d).unwrap();
+        for _ in 0..BATCH_OPS - 1 {
+            log.sync(Box::new(|_| {})).unwrap();
+        }
+        // Batch 3: the replacements, in memory before batch 1 is durable.
+        a.truncate(10).unwrap();
+        a.append((10..=20).map(new).collect(), Box::new(|_| {}))
+            .unwrap();
+        log.forget(2, Box::new(|_| {})).unwrap();
+        b.append((1..=5).map(new).collect(), Box::new(|_| {}))
+            .unwrap();
+        let want_a: Vec<WalRecord> = (1..=9).map(old).chain((10..=20).map(new)).collect();
+        let want_b: Vec<WalRecord> = (1..=5).map(new).collect();
+        drop(first.release);
+        // Batch 1 is durable and located, the replacements are not yet written.
+        second.started.recv().unwrap();
+        assert_eq!(a.read(0..100).unwrap(), want_a);
+        assert_eq!(b.read(0..100).unwrap(), want_b);
+        assert_eq!(a.entries_in_memory(), 11);
+        drop(second.release);
+        sync(&log);
+        assert_eq!(log.cached_bytes(), 0);
+        assert_eq!(a.read(0..100).unwrap(), want_a);
+        assert_eq!(b.read(0..100).unwrap(), want_b);
+        log.shutdown();
+        let log = SharedLog::open(config).unwrap();
+        assert_eq!(log.group(1).read(0..100).unwrap(), want_a);
+        assert_eq!(log.group(2).read(0..100).unwrap(), want_b);
+    }
+
+    #[test]
+    fn purged_files_are_reclaimed_and_the_rest_still_read_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open(tiny_cache(dir.path())).unwrap();
+        let a = log.group(1);
+        let w: Vec<WalRecord> = (1..=60)
+            .map(|i| (i, Bytes::from(vec![i as u8; 500])))
+            .collect();
+        for e in &w {
+            append_sync(&a, vec![e.clone()]);
+        }
+        // Readers hold handles of the old files now.
+        check_reads(&a, &w);
+        let first_file = log.files()[0].clone();
+        let before = log.files().len();
+        a.purge(50).unwrap();
+        append_sync(&a, vec![(61, Bytes::from_static(b"last"))]);
+        sync(&log);
+        let after = log.files().len();
+        assert!(after < before && after <= 3, "{before} -> {after} files");
+        assert!(!first_file.exists());
+        let mut rest: Vec<WalRecord> = w[50..].to_vec();
+        rest.push((61, Bytes::from_static(b"last")));
+        assert_eq!(a.read(0..51).unwrap(), vec![]);
+        check_reads(&a, &rest);
+        log.shutdown();
+        let log = SharedLog::open(tiny_cache(dir.path())).unwrap();
+        check_reads(&log.group(1), &rest);
+    }
+
+    #[test]
+    fn a_corrupt_record_on_disk_is_an_error_not_wrong_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open(WalConfig {
+            cache_per_group: 0,
+            ..WalConfig::new(dir.path())
+        })
+        .unwrap();
+        let g = log.group(1);
+        let entries: Vec<WalRecord> = (1..=9).map(rec).collect();
+        append_sync(&g, entries.clone());
+        assert_eq!(g.entries_in_memory(), 0);
+        assert_eq!(g.read(0..100).unwrap(), entries);
+        // Written through another handle while the log has the file open.
+        let path = log.files()[0].clone();
+        let data = std::fs::read(&path).unwrap();
+        let at = |needle: &[u8]| {
+            data.windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap() as u64
+        };
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        // A flipped payload byte of entry 3 (the checksum no longer matches).
+        f.write_at(b"E", at(b"entry-3")).unwrap();
+        // Entry 7's record replaced by entry 8's (intact, but not the entry asked for).
+        let rec_len = RECORD_HEAD + BODY_HEAD + "entry-7".len();
+        let start7 = at(b"entry-7") as usize - RECORD_HEAD - BODY_HEAD;
+        let rec8 = &data[start7 + rec_len..start7 + 2 * rec_len];
+        f.write_at(rec8, start7 as u64).unwrap();
+        drop(f);
+        for range in [3..4, 0..100, 2..5, 7..8, 6..9] {
+            let err = g.read(range.clone()).unwrap_err();
+            assert!(
+                matches!(&err, WalError::Io { op: "read back", reason, .. } if reason.contains("corrupt record")),
+                "{range:?}: {err}"
+            );
+        }
+        assert_eq!(g.read(1..3).unwrap(), entries[..2].to_vec());
+        assert_eq!(g.read(4..7).unwrap(), entries[3..6].to_vec());
+        assert_eq!(g.read(8..10).unwrap(), entries[7..].to_vec());
+    }
+
+    /// A group as a plain in-memory model.
+    #[derive(Debug, Default)]
+    struct Model {
+        entries: BTreeMap<u64, Bytes>,
+        meta: BTreeMap<u8, Bytes>,
     }
 
     #[derive(Debug, Clone)]
@@ -1039,9 +1773,20 @@ mod tests {
         #[test]
         fn a_restart_gives_back_what_the_operations_made(ops in proptest::collection::vec(op(), 1..80)) {
             let dir = tempfile::tempdir().unwrap();
-            let mut model: BTreeMap<u64, Group> = BTreeMap::new();
+            let mut model: BTreeMap<u64, Model> = BTreeMap::new();
+            // A small cache: most reads go to the disk.
+            let config = WalConfig {
+                cache_per_group: 500,
+                ..small(dir.path())
+            };
+            let want = |model: &BTreeMap<u64, Model>, g: u64| -> Vec<WalRecord> {
+                model
+                    .get(&g)
+                    .map(|m| m.entries.iter().map(|(i, b)| (*i, b.clone())).collect())
+                    .unwrap_or_default()
+            };
             {
-                let log = SharedLog::open(small(dir.path())).unwrap();
+                let log = SharedLog::open(config.clone()).unwrap();
                 for op in ops {
                     match op {
                         ModelOp::Append(g, n, size) => {
@@ -1079,15 +1824,17 @@ mod tests {
                         }
                     }
                 }
+                sync(&log);
+                for g in 0..4u64 {
+                    proptest::prop_assert_eq!(log.group(g).read(0..u64::MAX).unwrap(), want(&model, g), "group {} before the restart", g);
+                }
                 log.shutdown();
             }
-            let log = SharedLog::open(small(dir.path())).unwrap();
+            let log = SharedLog::open(config).unwrap();
+            proptest::prop_assert_eq!(log.cached_bytes(), 0);
             for g in 0..4u64 {
                 let m = model.get(&g);
-                let want: Vec<WalRecord> = m
-                    .map(|m| m.entries.iter().map(|(i, b)| (*i, b.clone())).collect())
-                    .unwrap_or_default();
-                proptest::prop_assert_eq!(log.group(g).read(0..u64::MAX), want, "group {}", g);
+                proptest::prop_assert_eq!(log.group(g).read(0..u64::MAX).unwrap(), want(&model, g), "group {}", g);
                 for k in 0..3u8 {
                     proptest::prop_assert_eq!(
                         log.group(g).load(k),

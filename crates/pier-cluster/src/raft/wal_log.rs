@@ -91,7 +91,7 @@ impl LogStore for WalLogStore {
     }
 
     fn read(&self, range: Range<u64>) -> Result<Vec<Record>, LogStoreError> {
-        Ok(self.group.read(range))
+        self.group.read(range).map_err(LogStoreError::from)
     }
 
     fn append(&self, entries: Vec<Record>, d: Durable) -> Result<(), LogStoreError> {
