@@ -13,9 +13,12 @@
 #   rabbit-3   three RabbitMQ nodes joined with join_cluster (three members); clients as pier-3
 #
 # Also the idle cost: QUEUES idle quorum queues on the 3-node clusters, the RSS and CPU of
-# the nodes before and after (per queue).
+# the nodes before and after (per queue); and the memory of a backlog: BACKLOG persistent
+# 1 KiB messages published (confirms) to a quorum queue without a consumer, each node's RSS
+# growth per queued message once the allocators settled (30 s).
 #
-# Usage: ./scripts/bench-quorum.sh [--runs N] [--time SECS] [--idle-queues N] [--bin PATH]
+# Usage: ./scripts/bench-quorum.sh [--runs N] [--time SECS] [--idle-queues N]
+#                                  [--backlog N (0: skip)] [--bin PATH]
 # Needs root (RabbitMQ runs as the rabbitmq user) and rabbitmq-server installed. Pier nodes
 # listen on 127.0.0.1-3 (5672/15672/26672); RabbitMQ nodes on 127.0.0.1:5781-5783.
 set -euo pipefail
@@ -24,14 +27,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS=3
 TIME=15
 IDLE=1000
+BACKLOG=1000000
 BIN="${PIER_BIN:-$ROOT/target/release/pier}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS="$2"; shift ;;
         --time) TIME="$2"; shift ;;
         --idle-queues) IDLE="$2"; shift ;;
+        --backlog) BACKLOG="$2"; shift ;;
         --bin) BIN="$2"; shift ;;
-        *) echo "usage: $0 [--runs N] [--time SECS] [--idle-queues N] [--bin PATH]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--runs N] [--time SECS] [--idle-queues N] [--backlog N] [--bin PATH]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -181,6 +186,27 @@ print(f"{name} idle: {n} quorum queues, RSS {rss0 // 1024} -> {rss1 // 1024} MiB
 EOF
 }
 
+backlog_cost() { # backlog_cost NAME URI PIDS...
+    local name="$1" uri="$2"; shift 2
+    [ "$BACKLOG" -gt 0 ] || return 0
+    local before after out p
+    before=$(for p in "$@"; do rss_kb "$p"; done | tr '\n' ' ')
+    out=$("$BIN" bench --uri "$uri" -x 1 -y 0 -s 1024 -f -c 1000 --pmessages "$BACKLOG" \
+        --quorum-queue --queue-prefix backlog- --quiet --json 2>"$WORK/bench.err") \
+        || { cat "$WORK/bench.err" >&2; exit 1; }
+    sleep 30
+    after=$(for p in "$@"; do rss_kb "$p"; done | tr '\n' ' ')
+    python3 - "$name" "$BACKLOG" "$before" "$after" "$out" <<'EOF' | tee -a "$RESULTS"
+import json, sys
+name, n, before, after, out = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+grown = [int(a) - int(b) for a, b in zip(after.split(), before.split())]
+rate = json.loads(out)["publish_rate"]
+per = ", ".join(f"{g // 1024} MiB" for g in grown)
+print(f"{name} backlog: {n} x 1 KiB queued (published at {rate:,.0f} msg/s), RSS growth per "
+      f"node {per}: {max(grown) * 1024 / n:.1f} B per queued message (largest node)")
+EOF
+}
+
 rabbit_setup
 for run in $(seq 1 "$RUNS"); do
     start_pier 1 "$run"
@@ -189,7 +215,10 @@ for run in $(seq 1 "$RUNS"); do
     start_pier 3 "$run"
     bench pier-3 "$run" --uri amqp://guest:guest@127.0.0.1:5672/%2F \
         --uris amqp://guest:guest@127.0.0.2:5672/%2F
-    [ "$run" = "$RUNS" ] && idle_cost pier-3 amqp://guest:guest@127.0.0.1:5672/%2F "${PIER_PIDS[@]}"
+    if [ "$run" = "$RUNS" ]; then
+        idle_cost pier-3 amqp://guest:guest@127.0.0.1:5672/%2F "${PIER_PIDS[@]}"
+        backlog_cost pier-3 amqp://guest:guest@127.0.0.1:5672/%2F "${PIER_PIDS[@]}"
+    fi
     stop_pier
 done
 start_rabbit 1
@@ -208,6 +237,8 @@ for run in $(seq 1 "$RUNS"); do
 done
 # shellcheck disable=SC2046
 idle_cost rabbit-3 amqp://guest:guest@127.0.0.1:5781/%2F $(rabbit_pids 1 2 3)
+# shellcheck disable=SC2046
+backlog_cost rabbit-3 amqp://guest:guest@127.0.0.1:5781/%2F $(rabbit_pids 1 2 3)
 echo
 echo "== summary (consumer msg/s; median of $RUNS runs) =="
 python3 - "$RESULTS" <<'EOF'
@@ -225,6 +256,6 @@ for n in ("1", "3"):
     if p and r:
         print(f"{n} node(s): Pier / RabbitMQ = {p / r:.2f}x")
 for line in open(sys.argv[1]):
-    if "idle" in line:
+    if "idle" in line or "backlog" in line:
         print(line.rstrip())
 EOF
