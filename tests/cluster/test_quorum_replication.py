@@ -23,6 +23,13 @@ def replicated_cluster(cluster_factory):
     return c.start()
 
 
+def declare_qq(node, name: str) -> None:
+    """Declares quorum queue `name` through `node` (the group's first member)."""
+    conn = connect(node)
+    conn.channel().queue_declare(name, durable=True, arguments=QQ)
+    conn.close()
+
+
 def queue_info(node, name: str, missing_ok: bool = False) -> dict:
     """The queue's management object; with `missing_ok`, {} while the node does not know
     the queue yet (a node that restarts catches up on the metadata log first)."""
@@ -160,9 +167,7 @@ def test_basic_get_purge_and_delete_through_any_node(cluster_factory):
 def test_operators_see_members_leader_and_quorum_criticality(cluster_factory):
     c = replicated_cluster(cluster_factory)
     n1, n2, n3 = c.nodes
-    conn = connect(n1)
-    conn.channel().queue_declare("qq4", durable=True, arguments=QQ)
-    conn.close()
+    declare_qq(n1, "qq4")
     names = sorted(n.name for n in c.nodes)
     q = wait_for("a leader is known", lambda: (lambda q: q if q.get("leader") else None)(
         queue_info(n2, "qq4")))
@@ -213,10 +218,7 @@ def snapshot_files(node) -> list:
 def test_snapshots_bound_the_log_and_bring_a_member_back(cluster_factory):
     c = replicated_cluster(cluster_factory)
     n1, n2, n3 = c.nodes
-    conn = connect(n1)
-    ch = conn.channel()
-    ch.queue_declare("qq5", durable=True, arguments=QQ)
-    conn.close()
+    declare_qq(n1, "qq5")
     # n3 misses everything that follows.
     n3.kill()
     conn = connect(n2)
@@ -311,10 +313,7 @@ def test_a_backlog_past_memory_stays_on_disk_and_survives_the_leader(cluster_fac
     too, in order, every body intact."""
     c = replicated_cluster(cluster_factory)
     n1, n2, n3 = c.nodes
-    conn = connect(n1)
-    ch = conn.channel()
-    ch.queue_declare("qqdeep", durable=True, arguments=QQ)
-    conn.close()
+    declare_qq(n1, "qqdeep")
     before = {n.name: rss_kib(n) for n in c.nodes}
     count, size = 24_000, 2048
     conn = connect(n2)

@@ -19,6 +19,22 @@ use super::{Context, Effect, QueueEngine, Reply, PAGE_IN_BATCH, PAGE_IN_BYTES};
 use crate::clock::NEVER;
 use crate::message::Message;
 
+/// A paged entry's expiry time at clock `now`: from when it entered the queue (queue TTL),
+/// or its listed deadline (per-message TTL, stored deadline).
+pub(super) fn paged_bound(
+    p: &PagedEntry,
+    message_ttl: Option<u64>,
+    deadlines: &BTreeMap<u64, u64>,
+    now: u64,
+) -> u64 {
+    let enqueued = enqueued_ms(now, p.enqueued_at);
+    match (p.expiry(), message_ttl) {
+        (PagedExpiry::Never, _) => NEVER,
+        (PagedExpiry::QueueTtl, Some(t)) => enqueued.saturating_add(t),
+        _ => deadlines.get(&p.offset).copied().unwrap_or(enqueued),
+    }
+}
+
 impl QueueEngine {
     /// Appends a paged entry to its level's tail; `held` is its body if it stays in memory.
     pub(super) fn push_paged(&mut self, level: usize, p: PagedEntry, held: Option<Arc<Message>>) {
@@ -57,16 +73,7 @@ impl QueueEngine {
 
     /// A paged entry's expiry time (exact).
     pub(super) fn paged_bound(&self, p: &PagedEntry, now: u64) -> u64 {
-        let enqueued = enqueued_ms(now, p.enqueued_at);
-        match (p.expiry(), self.config.queue.message_ttl) {
-            (PagedExpiry::Never, _) => NEVER,
-            (PagedExpiry::QueueTtl, Some(t)) => enqueued.saturating_add(t),
-            _ => self
-                .paged_deadlines
-                .get(&p.offset)
-                .copied()
-                .unwrap_or(enqueued),
-        }
+        paged_bound(p, self.config.queue.message_ttl, &self.paged_deadlines, now)
     }
 
     /// The expiry of a paged entry just taken off its tail (its listed deadline, if any, was

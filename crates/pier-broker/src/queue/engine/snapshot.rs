@@ -6,12 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::publish::enqueued_ms;
-use super::state::{
-    CheckedOut, Consumer, ConsumerSettings, Entry, Level, PagedEntry, PagedExpiry, Requeued,
-};
+use super::paging::paged_bound;
+use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry, Level, Requeued};
 use super::{EngineConfig, EngineCounters, QueueEngine};
-use crate::clock::NEVER;
 use crate::consumer::ConsumerId;
 use crate::message::Message;
 use crate::waits::WaitWindow;
@@ -224,7 +221,12 @@ impl Snapshot {
                 ready.push(EntryParts {
                     offset: p.offset,
                     message,
-                    expires_at: self.paged_expiry_at(p, now),
+                    expires_at: paged_bound(
+                        p,
+                        self.config.queue.message_ttl,
+                        &self.paged_deadlines,
+                        now,
+                    ),
                     redelivered: p.redelivered(),
                     enqueued_at: p.enqueued_at,
                 });
@@ -337,20 +339,6 @@ impl Snapshot {
             publishers: p.publishers.into_iter().collect(),
             counters: p.counters,
             waits: None,
-        }
-    }
-
-    /// A paged-out message's expiry time at clock `now` (as the engine's `paged_bound`).
-    fn paged_expiry_at(&self, p: &PagedEntry, now: u64) -> u64 {
-        let enqueued = enqueued_ms(now, p.enqueued_at);
-        match (p.expiry(), self.config.queue.message_ttl) {
-            (PagedExpiry::Never, _) => NEVER,
-            (PagedExpiry::QueueTtl, Some(t)) => enqueued.saturating_add(t),
-            _ => self
-                .paged_deadlines
-                .get(&p.offset)
-                .copied()
-                .unwrap_or(enqueued),
         }
     }
 
