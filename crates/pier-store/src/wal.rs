@@ -13,6 +13,8 @@
 //!        [u32 body len][u32 crc32c(body)] body = [u8 kind][u64 group][u64 index][payload]
 //!        kind: 1 append (index, entry) · 2 truncate (from index) · 3 purge (up to index)
 //!              4 save (index = key, payload = value) · 5 forget the group
+//!              6 relocate (index, entry): entry `index` of the group, copied here from an
+//!                older file so that file can go (never truncates or restarts the log)
 //! ```
 //!
 //! Replay applies the records in order, so a group's state after a restart is what it was
@@ -23,6 +25,15 @@
 //! entry it holds is purged, truncated or of a forgotten group, and no group's current value
 //! of a key was saved there — such values are re-saved into the active file first).
 //!
+//! A file kept only by a few live entries (an idle group's last entries, which it never
+//! purges) is not waited for: when its live entries take at most 1/`FORWARD_SHARE` of a
+//! file, they are copied into the active file as relocate records (what Ra's segment
+//! writer achieves), fsynced, their locations switched, and the old file deleted. Otherwise
+//! (a busy group's deep backlog) the file waits until it is purged. Replay moves an entry
+//! it holds to its copy; the copies of entries whose append was in a deleted file wait until
+//! the end of replay (dropped by the truncates, purges and forgets that follow them), then
+//! join the front of their group's log (see `join_relocated`).
+//!
 //! Entries live on disk. In memory a group holds, per entry, only where its record is (file,
 //! offset, length: 16 bytes), plus the bytes of its newest entries: every entry not yet
 //! durable (the channel bound limits those) and a cache of up to
@@ -30,9 +41,7 @@
 //! without touching the disk. The I/O thread learns an entry's location once its batch is
 //! fsynced; older entries are read back with positioned reads (length, CRC, kind, group and
 //! index checked). Recovery verifies every record but keeps only locations; saved values
-//! (vote, purge point) stay in memory. Not yet: moving a slow group's live entries out of
-//! old files into per-group segments (Ra's segment writer), so one idle group cannot hold
-//! old files.
+//! (vote, purge point) stay in memory.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -68,6 +77,13 @@ const KIND_TRUNCATE: u8 = 2;
 const KIND_PURGE: u8 = 3;
 const KIND_SAVE: u8 = 4;
 const KIND_FORGET: u8 = 5;
+const KIND_RELOCATE: u8 = 6;
+
+/// The oldest file's live entries are forwarded into the active file (and the old file
+/// deleted) when their records take at most `segment_size / FORWARD_SHARE` bytes: an idle
+/// group's few entries are copied, a busy group's deep backlog is waited for (copying it
+/// would write it twice for nothing: it is about to be purged).
+const FORWARD_SHARE: u64 = 4;
 
 /// One entry of a group's log: its index and its bytes.
 pub type WalRecord = (u64, Bytes);
@@ -295,6 +311,25 @@ impl Group {
         }
     }
 
+    /// Where entry `index` is, if the group holds it.
+    fn loc_mut(&mut self, index: u64) -> Option<&mut Loc> {
+        let k = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        self.locs.get_mut(k)
+    }
+
+    /// Entry `index` was copied from `old` to `new` (forwarded out of an old file): switches
+    /// to the copy if the group still holds that very record (not purged, truncated or
+    /// forgotten since it was read: a record's location is unique).
+    fn relocate(&mut self, index: u64, old: Loc, new: Loc) -> bool {
+        match self.loc_mut(index) {
+            Some(l) if *l == old => {
+                *l = new;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Drops the bytes of the oldest located entries beyond `cap` bytes.
     fn evict(&mut self, cap: u64) {
         while self.cached > cap {
@@ -366,6 +401,8 @@ struct Inner {
     tx: Mutex<Option<SyncSender<Op>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     fsyncs: AtomicU64,
+    /// Entries copied out of old files (relocate records written).
+    forwarded: AtomicU64,
     readers: Mutex<Readers>,
 }
 
@@ -433,6 +470,7 @@ impl SharedLog {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(None),
             fsyncs: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
             readers: Mutex::new(Readers::default()),
         });
         let writer = Writer {
@@ -444,6 +482,7 @@ impl SharedLog {
             buf: Vec::new(),
             latest_meta: recovered.latest_meta,
             placed: Vec::new(),
+            forward_refused: None,
         };
         let thread = std::thread::Builder::new()
             .name("pier-wal".into())
@@ -497,6 +536,12 @@ impl SharedLog {
     /// How many fsyncs the log has done (group commit makes this far lower than writes).
     pub fn fsyncs(&self) -> u64 {
         self.inner.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// How many entries the log copied out of old files so they could be deleted (see the
+    /// module docs).
+    pub fn forwarded(&self) -> u64 {
+        self.inner.forwarded.load(Ordering::Relaxed)
     }
 
     /// The log's files, oldest first (for tests and status).
@@ -628,7 +673,7 @@ impl SharedLog {
                 return Err(WalError::corrupt(&path, offset, "bad length or checksum"));
             };
             let whole = body.len() == BODY_HEAD + loc.len as usize
-                && body.first() == Some(&KIND_APPEND)
+                && matches!(body.first(), Some(&KIND_APPEND | &KIND_RELOCATE))
                 && body.get(1..).and_then(le_u64) == Some(group)
                 && body.get(9..).and_then(le_u64) == Some(*index);
             if !whole {
@@ -813,6 +858,20 @@ struct Writer {
     latest_meta: HashMap<(u64, u8), u64>,
     /// The appends of the batch being written, to locate once it is durable.
     placed: Vec<Placed>,
+    /// (oldest file, active file, active length / (segment_size / 16)) when the oldest file
+    /// was last found to hold too many live bytes to forward: finding out scans locations
+    /// under the groups' lock, so it is redone only once the log has grown a little.
+    forward_refused: Option<(u64, u64, u64)>,
+}
+
+/// What keeps the oldest file.
+enum Live {
+    /// Nothing: it can go.
+    Nothing,
+    /// These entries (per group: index and location, ascending), few enough to forward.
+    Few(Vec<(u64, Vec<(u64, Loc)>)>),
+    /// Too many bytes to forward: it waits for purges.
+    Many,
 }
 
 /// Where one entry of a batch was written: `offset` in the active file, and its bytes
@@ -864,6 +923,18 @@ impl Writer {
                     d(result.clone());
                 }
             }
+            let failed = failed || {
+                let reclaimed = self.reclaim();
+                if let Err(e) = &reclaimed {
+                    tracing::warn!("write-ahead log reclamation: {e}");
+                }
+                // A failed write of forwarded entries stops the log like a failed batch.
+                reclaimed.is_err()
+                    && self
+                        .inner
+                        .upgrade()
+                        .is_some_and(|inner| lock(&inner.shared).failed)
+            };
             if failed {
                 // Everything queued after a failure is refused too.
                 while let Ok(op) = rx.recv() {
@@ -872,9 +943,6 @@ impl Writer {
                     }
                 }
                 return;
-            }
-            if let Err(e) = self.reclaim() {
-                tracing::warn!("write-ahead log reclamation: {e}");
             }
         }
         if let Some((_, f, _)) = &self.active {
@@ -1028,62 +1096,213 @@ impl Writer {
     }
 
     /// Deletes the oldest files while nothing in them is live; values in force that were
-    /// saved in such a file are re-saved into the active one first.
+    /// saved in such a file are re-saved into the active one first, and a few live entries
+    /// (an idle group's) are forwarded there as relocate records rather than waited for.
     fn reclaim(&mut self) -> Result<(), WalError> {
         let Some(inner) = self.inner.upgrade() else {
             return Ok(());
         };
-        let active = self.active.as_ref().map(|(s, _, _)| *s);
         loop {
-            let Some((&oldest, file)) = self.files.iter().next() else {
+            let active = self.active.as_ref().map(|(s, _, _)| *s);
+            let Some(&oldest) = self.files.keys().next() else {
                 return Ok(());
             };
             if Some(oldest) == active {
                 return Ok(());
             }
-            // Live entries: a group still holding an index it appended in this file.
-            let live_entries = {
-                let s = lock(&inner.shared);
-                file.appended.iter().any(|(g, last)| {
-                    s.groups
-                        .get(g)
-                        .and_then(|g| g.bounds().map(|(first, _)| first))
-                        .is_some_and(|first| first <= *last)
-                })
+            let live = match self.live(&inner, oldest) {
+                Live::Many => return Ok(()),
+                Live::Nothing => Vec::new(),
+                Live::Few(live) => live,
             };
-            if live_entries {
-                return Ok(());
-            }
             let resave: Vec<(u64, u8)> = self
                 .latest_meta
                 .iter()
                 .filter(|(_, s)| **s == oldest)
                 .map(|(k, _)| *k)
                 .collect();
-            if !resave.is_empty() {
-                let mut buf = Vec::new();
-                {
-                    let s = lock(&inner.shared);
-                    for (g, key) in &resave {
-                        if let Some(v) = s.groups.get(g).and_then(|g| g.meta.get(key)) {
-                            encode(&mut buf, KIND_SAVE, *g, u64::from(*key), v);
-                        }
-                    }
-                }
-                self.write_and_sync(&buf)?;
-                if let Some(seq) = active {
-                    for k in resave {
-                        self.latest_meta.insert(k, seq);
+            let mut buf = Vec::new();
+            {
+                let s = lock(&inner.shared);
+                for (g, key) in &resave {
+                    if let Some(v) = s.groups.get(g).and_then(|g| g.meta.get(key)) {
+                        encode(&mut buf, KIND_SAVE, *g, u64::from(*key), v);
                     }
                 }
             }
             let path = self.dir.join(file_name(oldest));
+            // The live entries' bytes, read back (and checked) from the old file; the
+            // groups' lock is not held meanwhile, so they may drop them: see below.
+            let mut moved: Vec<Moved> = Vec::new();
+            let log = SharedLog {
+                inner: Arc::clone(&inner),
+            };
+            for (group, entries) in live {
+                let plan = entries.iter().map(|(i, l)| Piece::Disk(*i, *l)).collect();
+                let Some(records) = log.fill(group, plan)? else {
+                    return Err(WalError::Io {
+                        op: "forward",
+                        path: path.display().to_string(),
+                        reason: "the file is gone".into(),
+                    });
+                };
+                for ((index, bytes), (_, old)) in records.iter().zip(&entries) {
+                    moved.push(Moved {
+                        group,
+                        index: *index,
+                        old: *old,
+                        at: buf.len() as u64,
+                        len: bytes.len(),
+                    });
+                    encode(&mut buf, KIND_RELOCATE, group, *index, bytes);
+                }
+            }
+            drop(log);
+            if !buf.is_empty() {
+                if let Err(e) = self.write_forward(&inner, &buf, &resave, &moved) {
+                    // What is in the active file past its last fsync is unknown: like a
+                    // failed batch, nothing more is written.
+                    lock(&inner.shared).failed = true;
+                    return Err(e);
+                }
+            }
+            // Only now (copies durable, locations switched) can the old file go.
             std::fs::remove_file(&path).map_err(|e| WalError::io("delete", &path, &e))?;
             self.files.remove(&oldest);
             // Readers holding its handle go on reading it: the inode lives until they close.
+            // One that opens it too late finds it gone and looks the entries up again.
             inner.file_deleted(oldest);
         }
     }
+
+    /// Writes the re-saved values and relocate records `buf` into the active file (rolled
+    /// first if full), fsyncs them, then points each moved entry at its copy.
+    fn write_forward(
+        &mut self,
+        inner: &Inner,
+        buf: &[u8],
+        resave: &[(u64, u8)],
+        moved: &[Moved],
+    ) -> Result<(), WalError> {
+        if self
+            .active
+            .as_ref()
+            .is_none_or(|(_, _, len)| *len >= self.segment_size)
+        {
+            self.roll()?;
+        }
+        let Some((seq, base)) = self.active.as_ref().map(|(s, _, len)| (*s, *len)) else {
+            return Err(WalError::Stopped);
+        };
+        let seq32 = u32::try_from(seq).map_err(|_| WalError::Stopped)?;
+        self.write_and_sync(buf)?;
+        inner
+            .forwarded
+            .fetch_add(moved.len() as u64, Ordering::Relaxed);
+        for k in resave {
+            self.latest_meta.insert(*k, seq);
+        }
+        if let Some(file) = self.files.get_mut(&seq) {
+            for m in moved {
+                let a = file.appended.entry(m.group).or_insert(m.index);
+                *a = (*a).max(m.index);
+            }
+        }
+        let mut s = lock(&inner.shared);
+        for m in moved {
+            let (Some(g), Ok(len)) = (s.groups.get_mut(&m.group), u32::try_from(m.len)) else {
+                continue;
+            };
+            let new = Loc {
+                offset: base + m.at,
+                seq: seq32,
+                len,
+            };
+            // Not if it was purged, truncated or forgotten since it was read: then the
+            // relocate record is stale, and replay drops it the same way (the purge,
+            // truncate or forget record follows it).
+            g.relocate(m.index, m.old, new);
+        }
+        Ok(())
+    }
+
+    /// What keeps the oldest file `oldest`: compares each group's first index with the
+    /// highest it appended there, then (if some are) sums the records that the groups'
+    /// locations still point at in that file.
+    fn live(&mut self, inner: &Inner, oldest: u64) -> Live {
+        let Some(file) = self.files.get(&oldest) else {
+            return Live::Nothing;
+        };
+        let s = lock(&inner.shared);
+        // Per group: the indices that may be located in this file.
+        let held: Vec<(u64, u64, u64)> = file
+            .appended
+            .iter()
+            .filter_map(|(g, last)| {
+                let (first, glast) = s.groups.get(g)?.bounds()?;
+                (first <= *last).then_some((*g, first, (*last).min(glast)))
+            })
+            .collect();
+        if held.is_empty() {
+            return Live::Nothing;
+        }
+        let step = (self.segment_size / 16).max(1);
+        let key = self
+            .active
+            .as_ref()
+            .map_or((oldest, 0, 0), |(a, _, len)| (oldest, *a, *len / step));
+        if self.forward_refused == Some(key) {
+            return Live::Many;
+        }
+        let Ok(seq) = u32::try_from(oldest) else {
+            return Live::Many;
+        };
+        let limit = self.segment_size / FORWARD_SHARE;
+        let mut bytes = 0u64;
+        let mut out = Vec::new();
+        for (id, from, to) in held {
+            let Some(g) = s.groups.get(&id) else {
+                continue;
+            };
+            let mut entries = Vec::new();
+            for index in from..=to {
+                let Some(loc) = usize::try_from(index - g.first)
+                    .ok()
+                    .and_then(|k| g.locs.get(k))
+                else {
+                    break;
+                };
+                if loc.seq != seq {
+                    continue;
+                }
+                bytes += loc.record_len();
+                if bytes > limit {
+                    drop(s);
+                    self.forward_refused = Some(key);
+                    return Live::Many;
+                }
+                entries.push((index, *loc));
+            }
+            if !entries.is_empty() {
+                out.push((id, entries));
+            }
+        }
+        if out.is_empty() {
+            Live::Nothing
+        } else {
+            Live::Few(out)
+        }
+    }
+}
+
+/// An entry being forwarded: its group and index, where it was, and where its relocate
+/// record starts in the buffer being written (`at`, payload `len`).
+struct Moved {
+    group: u64,
+    index: u64,
+    old: Loc,
+    at: u64,
+    len: usize,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1093,6 +1312,9 @@ struct Recovered {
     groups: HashMap<u64, Group>,
     files: BTreeMap<u64, FileUse>,
     latest_meta: HashMap<(u64, u8), u64>,
+    /// Per group: relocated entries it did not hold when their record was replayed (their
+    /// append was in a deleted file), by index; joined to the log once all is replayed.
+    relocated: HashMap<u64, BTreeMap<u64, Loc>>,
 }
 
 fn list_files(dir: &Path) -> Result<Vec<u64>, WalError> {
@@ -1125,6 +1347,7 @@ fn recover(dir: &Path) -> Result<Recovered, WalError> {
         groups: HashMap::new(),
         files: BTreeMap::new(),
         latest_meta: HashMap::new(),
+        relocated: HashMap::new(),
     };
     let seqs = list_files(dir)?;
     let mut ended = false;
@@ -1177,6 +1400,7 @@ fn recover(dir: &Path) -> Result<Recovered, WalError> {
         }
         out.files.insert(seq, usage);
     }
+    join_relocated(&mut out);
     Ok(out)
 }
 
@@ -1207,6 +1431,10 @@ fn replay(out: &mut Recovered, usage: &mut FileUse, seq: u64, offset: u64, body:
             let (Ok(seq), Ok(len)) = (u32::try_from(seq), u32::try_from(payload.len())) else {
                 return;
             };
+            // An append at `index` continues the log: nothing at or past it is left.
+            if let Some(p) = out.relocated.get_mut(&group) {
+                p.split_off(&index);
+            }
             let g = out.groups.entry(group).or_default();
             g.push_disk(index, Loc { offset, seq, len });
             let a = usage.appended.entry(group).or_insert(index);
@@ -1216,11 +1444,37 @@ fn replay(out: &mut Recovered, usage: &mut FileUse, seq: u64, offset: u64, body:
             if let Some(g) = out.groups.get_mut(&group) {
                 g.truncate(index);
             }
+            if let Some(p) = out.relocated.get_mut(&group) {
+                p.split_off(&index);
+            }
         }
         KIND_PURGE => {
             if let Some(g) = out.groups.get_mut(&group) {
                 g.purge(index);
             }
+            if let Some(p) = out.relocated.get_mut(&group) {
+                *p = match index.checked_add(1) {
+                    Some(keep) => p.split_off(&keep),
+                    None => BTreeMap::new(),
+                };
+            }
+        }
+        KIND_RELOCATE => {
+            let (Ok(seq), Ok(len)) = (u32::try_from(seq), u32::try_from(payload.len())) else {
+                return;
+            };
+            let loc = Loc { offset, seq, len };
+            // Held: its append is in a file still here (the node stopped between writing
+            // the copy and deleting the old file): it just moves, same bytes. Otherwise
+            // it waits to be joined at the end (see `join_relocated`); a later copy wins.
+            match out.groups.get_mut(&group).and_then(|g| g.loc_mut(index)) {
+                Some(l) => *l = loc,
+                None => {
+                    out.relocated.entry(group).or_default().insert(index, loc);
+                }
+            }
+            let a = usage.appended.entry(group).or_insert(index);
+            *a = (*a).max(index);
         }
         KIND_SAVE => {
             let key = index as u8;
@@ -1234,8 +1488,73 @@ fn replay(out: &mut Recovered, usage: &mut FileUse, seq: u64, offset: u64, body:
         KIND_FORGET => {
             out.groups.remove(&group);
             out.latest_meta.retain(|(g, _), _| *g != group);
+            out.relocated.remove(&group);
         }
         _ => {}
+    }
+}
+
+/// Joins to each group's log the relocated entries that replay met before the entries they
+/// precede.
+///
+/// Why at the end rather than in place: the files left start after some deleted ones, so
+/// replay sees a group's entries appended in the files left (always a suffix of its log:
+/// a later append has a higher index than every entry still live before it) before the
+/// relocate records of its older entries, which were copied out of the deleted files into
+/// later ones. Those copies come in no useful order: an entry of the first file is copied
+/// into file 5, an entry after it (from the second file) only later, into file 5 or 6; in
+/// place, the first copy would find neither its index held nor its successor, and be lost.
+/// So each such copy waits in `relocated`, and every record that drops entries of the group
+/// after it (truncate, purge, forget, an append at or below it) drops it there too, exactly
+/// as it would have dropped the entry from the log. What is left are entries live at the
+/// end, all below the group's first held one: they join at the front.
+///
+/// A gap between them and the held entries can only come from a truncate that was applied
+/// in memory before the copies were chosen but not yet written when the node stopped (the
+/// copies are what memory still held): the entries past the gap are the ones it dropped,
+/// so the copies win and the rest goes (as if that truncate had been written).
+fn join_relocated(out: &mut Recovered) {
+    for (id, pending) in out.relocated.drain() {
+        let Some(&start) = pending.keys().next() else {
+            continue;
+        };
+        let mut run: VecDeque<Loc> = VecDeque::new();
+        let mut end = start;
+        for (i, l) in &pending {
+            if *i != end {
+                break;
+            }
+            run.push_back(*l);
+            end = end.saturating_add(1);
+        }
+        if run.len() < pending.len() {
+            tracing::warn!(
+                group = id,
+                "write-ahead log replay: relocated entries with a gap; keeping the first run"
+            );
+        }
+        let g = out.groups.entry(id).or_default();
+        if g.locs.is_empty() {
+            g.first = start;
+            g.locs = run;
+        } else if end == g.first {
+            for l in run.into_iter().rev() {
+                g.locs.push_front(l);
+            }
+            g.first = start;
+        } else if end < g.first {
+            tracing::warn!(
+                group = id,
+                "write-ahead log replay: entries after a gap dropped"
+            );
+            g.first = start;
+            g.locs = run;
+        } else {
+            tracing::warn!(
+                group = id,
+                "write-ahead log replay: relocated entries overlap the log; ignored"
+            );
+        }
     }
 }
 
@@ -1738,6 +2057,252 @@ mod tests {
         assert_eq!(g.read(8..10).unwrap(), entries[7..].to_vec());
     }
 
+    /// Small files, nothing cached: every read of a durable entry goes to the disk.
+    fn no_cache(dir: &Path) -> WalConfig {
+        WalConfig {
+            cache_per_group: 0,
+            ..small(dir)
+        }
+    }
+
+    /// Waits until the log has reclaimed what everything queued so far made dead: a sync's
+    /// callback can run before the reclamation of its own batch (a purge in that batch).
+    fn settle(log: &SharedLog) {
+        sync(log);
+        sync(log);
+    }
+
+    /// The sequence numbers of the log's files, oldest first.
+    fn seqs(log: &SharedLog) -> Vec<u64> {
+        list_files(&log.inner.config.dir).unwrap()
+    }
+
+    /// Entries `from..=to` of group `g` (`payload` bytes).
+    fn entries(g: u64, from: u64, to: u64) -> Vec<WalRecord> {
+        (from..=to).map(|i| (i, payload(g, i))).collect()
+    }
+
+    /// `n` entries of 500 bytes from `from`, one append (one batch: a small file is full).
+    fn filler(g: &GroupLog, from: u64, n: u64) {
+        append_sync(
+            g,
+            (from..from + n)
+                .map(|i| (i, Bytes::from(vec![i as u8; 500])))
+                .collect(),
+        );
+    }
+
+    #[test]
+    fn an_idle_group_does_not_pin_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let wa = entries(1, 1, 3);
+        let wb: Vec<WalRecord>;
+        {
+            let log = SharedLog::open(no_cache(dir.path())).unwrap();
+            let (a, b) = (log.group(1), log.group(2));
+            append_sync(&a, wa.clone());
+            save_sync(&a, 0, b"a-vote");
+            // A busy group that purges as it goes: ~70 KB written, ~17 files' worth.
+            let mut most = 0;
+            for i in 1..=300u64 {
+                append_sync(&b, vec![(i, Bytes::from(vec![i as u8; 200]))]);
+                if i > 5 {
+                    b.purge(i - 5).unwrap();
+                }
+                most = most.max(log.files().len());
+            }
+            settle(&log);
+            assert!(log.files().len() <= 3, "{:?}", log.files());
+            assert!(most <= 4, "{most} files at most");
+            assert!(log.forwarded() >= 3, "{} forwarded", log.forwarded());
+            assert!(!seqs(&log).contains(&1));
+            check_reads(&a, &wa);
+            wb = (296..=300)
+                .map(|i| (i, Bytes::from(vec![i as u8; 200])))
+                .collect();
+            check_reads(&b, &wb);
+            assert_eq!(a.bounds(), Some((1, 3)));
+            assert_eq!(b.bounds(), Some((296, 300)));
+            log.shutdown();
+        }
+        let log = SharedLog::open(no_cache(dir.path())).unwrap();
+        let (a, b) = (log.group(1), log.group(2));
+        assert_eq!(a.bounds(), Some((1, 3)));
+        assert_eq!(b.bounds(), Some((296, 300)));
+        check_reads(&a, &wa);
+        check_reads(&b, &wb);
+        assert_eq!(a.load(0).as_deref(), Some(&b"a-vote"[..]));
+    }
+
+    /// Group 1's entries are spread over the first three files; the first two are forwarded
+    /// while the third stays (group 3's backlog is too large to copy): after a restart,
+    /// replay meets the group's newest entry (file 3) before the copies of the older ones
+    /// (file 4), and those copies in no useful order. Then everything is forwarded again.
+    #[test]
+    fn relocated_entries_older_than_the_rest_of_their_log_come_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let wa = entries(1, 1, 6);
+        let check = |log: &SharedLog, c: Option<(u64, u64)>| {
+            assert_eq!(log.group(1).bounds(), Some((1, 6)));
+            check_reads(&log.group(1), &wa);
+            assert_eq!(log.group(3).bounds(), c);
+        };
+        {
+            let log = SharedLog::open(no_cache(dir.path())).unwrap();
+            let (a, c) = (log.group(1), log.group(3));
+            append_sync(&a, wa[..3].to_vec());
+            filler(&c, 1, 8);
+            append_sync(&a, wa[3..5].to_vec());
+            filler(&c, 9, 8);
+            append_sync(&a, wa[5..].to_vec());
+            filler(&c, 17, 8);
+            assert_eq!(seqs(&log), vec![1, 2, 3]);
+            // Files 1 and 2 now hold only a few entries of group 1; file 3 also 4 KB of 3.
+            c.purge(16).unwrap();
+            settle(&log);
+            assert_eq!(seqs(&log), vec![3, 4]);
+            assert_eq!(log.forwarded(), 5);
+            check(&log, Some((17, 24)));
+            log.shutdown();
+        }
+        {
+            let log = SharedLog::open(no_cache(dir.path())).unwrap();
+            check(&log, Some((17, 24)));
+            // File 3 goes too, then file 4 (the copies are copied again), then the next.
+            log.group(3).purge(24).unwrap();
+            let b = log.group(2);
+            for round in 0..8 {
+                filler(&b, round * 8 + 1, 8);
+                b.purge(round * 8 + 8).unwrap();
+            }
+            settle(&log);
+            assert!(seqs(&log)[0] > 5, "{:?}", seqs(&log));
+            assert!(log.forwarded() > 6, "{}", log.forwarded());
+            check(&log, None);
+            log.shutdown();
+        }
+        let log = SharedLog::open(no_cache(dir.path())).unwrap();
+        check(&log, None);
+    }
+
+    /// Entries relocated, then purged, truncated (and replaced) or forgotten: none comes
+    /// back after a restart, whether the relocate records are still there or were
+    /// forwarded again since.
+    #[test]
+    fn entries_dropped_after_their_relocation_stay_dropped_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = |i: u64| (i, Bytes::from(format!("new-{i}")));
+        // Small: 15 of them are few enough to forward.
+        let entries = |g: u64, from: u64, to: u64| -> Vec<WalRecord> {
+            (from..=to)
+                .map(|i| (i, Bytes::from(format!("g{g}-{i}"))))
+                .collect()
+        };
+        let want = |g: u64| -> Vec<WalRecord> {
+            match g {
+                1 => entries(1, 3, 3),
+                2 => entries(2, 1, 1),
+                3 => vec![],
+                4 => entries(4, 1, 1)
+                    .into_iter()
+                    .chain([new(2), new(3)])
+                    .collect(),
+                _ => entries(g, 1, 3),
+            }
+        };
+        let check = |log: &SharedLog| {
+            // (Group 9, the filler, is there while it is in memory, empty.)
+            let groups: Vec<u64> = log.groups().into_iter().filter(|g| *g != 9).collect();
+            assert_eq!(groups, vec![1, 2, 4, 5]);
+            for g in 1..=5 {
+                check_reads(&log.group(g), &want(g));
+            }
+            assert_eq!(log.group(2).bounds(), Some((1, 1)));
+            assert_eq!(log.group(1).bounds(), Some((3, 3)));
+        };
+        let filled = {
+            let log = SharedLog::open(no_cache(dir.path())).unwrap();
+            for g in 1..=5 {
+                append_sync(&log.group(g), entries(g, 1, 3));
+            }
+            let f = log.group(9);
+            filler(&f, 1, 8);
+            f.purge(8).unwrap();
+            filler(&f, 9, 8);
+            f.purge(16).unwrap();
+            settle(&log);
+            assert!(!seqs(&log).contains(&1), "{:?}", seqs(&log));
+            // (More when the copies were copied again, as batches fell.)
+            assert!(log.forwarded() >= 15, "{}", log.forwarded());
+            // Dropped right after the relocation.
+            log.group(1).purge(2).unwrap();
+            log.group(2).truncate(2).unwrap();
+            let (d, rx) = wait();
+            log.forget(3, d).unwrap();
+            rx.recv().unwrap().unwrap();
+            let g4 = log.group(4);
+            g4.truncate(2).unwrap();
+            append_sync(&g4, vec![new(2), new(3)]);
+            settle(&log);
+            check(&log);
+            log.shutdown();
+            17
+        };
+        {
+            let log = SharedLog::open(no_cache(dir.path())).unwrap();
+            check(&log);
+            // The copies are forwarded again (only the live ones now).
+            let f = log.group(9);
+            for round in 0..6 {
+                filler(&f, filled + round * 8, 8);
+                f.purge(filled + round * 8 + 7).unwrap();
+            }
+            settle(&log);
+            assert!(seqs(&log).len() <= 3, "{:?}", seqs(&log));
+            check(&log);
+            log.shutdown();
+        }
+        let log = SharedLog::open(no_cache(dir.path())).unwrap();
+        check(&log);
+    }
+
+    /// The node stops after the copies are durable but before the old file is deleted: both
+    /// copies are there, and replay gives the same log (then deletes the old file again).
+    #[test]
+    fn a_stop_between_forwarding_and_deleting_gives_the_same_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let wa = entries(1, 1, 3);
+        let first = dir.path().join(file_name(1));
+        let saved;
+        {
+            let log = SharedLog::open(no_cache(dir.path())).unwrap();
+            append_sync(&log.group(1), wa.clone());
+            let b = log.group(2);
+            filler(&b, 1, 8);
+            // File 1 is full: it is never written again.
+            saved = std::fs::read(&first).unwrap();
+            filler(&b, 9, 8);
+            b.purge(16).unwrap();
+            settle(&log);
+            assert!(!first.exists());
+            assert_eq!(log.forwarded(), 3);
+            log.shutdown();
+        }
+        std::fs::write(&first, &saved).unwrap();
+        let log = SharedLog::open(no_cache(dir.path())).unwrap();
+        assert_eq!(log.group(1).bounds(), Some((1, 3)));
+        assert_eq!(log.group(2).bounds(), None);
+        check_reads(&log.group(1), &wa);
+        // Its entries are read from the copies: file 1 holds nothing live and goes.
+        append_sync(&log.group(2), vec![(17, Bytes::from_static(b"x"))]);
+        settle(&log);
+        assert!(!first.exists());
+        check_reads(&log.group(1), &wa);
+        log.shutdown();
+        let log = SharedLog::open(no_cache(dir.path())).unwrap();
+        check_reads(&log.group(1), &wa);
+    }
+
     /// A group as a plain in-memory model.
     #[derive(Debug, Default)]
     struct Model {
@@ -1752,6 +2317,8 @@ mod tests {
         Purge(u64, u8),
         Save(u64, u8, u8),
         Forget(u64),
+        /// Stop and open again (replay), in the middle of the operations.
+        Restart,
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = ModelOp> {
@@ -1762,6 +2329,7 @@ mod tests {
             2 => (0..4u64, 0..255u8).prop_map(|(g, at)| ModelOp::Purge(g, at)),
             2 => (0..4u64, 0..3u8, any::<u8>()).prop_map(|(g, k, v)| ModelOp::Save(g, k, v)),
             1 => (0..4u64).prop_map(ModelOp::Forget),
+            1 => Just(ModelOp::Restart),
         ]
     }
 
@@ -1786,7 +2354,7 @@ mod tests {
                     .unwrap_or_default()
             };
             {
-                let log = SharedLog::open(config.clone()).unwrap();
+                let mut log = SharedLog::open(config.clone()).unwrap();
                 for op in ops {
                     match op {
                         ModelOp::Append(g, n, size) => {
@@ -1821,6 +2389,13 @@ mod tests {
                             let (d, rx) = wait();
                             log.forget(g, d).unwrap();
                             rx.recv().unwrap().unwrap();
+                        }
+                        ModelOp::Restart => {
+                            log.shutdown();
+                            log = SharedLog::open(config.clone()).unwrap();
+                            for g in 0..4u64 {
+                                proptest::prop_assert_eq!(log.group(g).read(0..u64::MAX).unwrap(), want(&model, g), "group {} after a restart in the middle", g);
+                            }
                         }
                     }
                 }
