@@ -110,6 +110,15 @@ impl LogStore for WalLogStore {
             Some(r) => {
                 let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
                 r.asked = Some(r.asked.map_or(upto, |a| a.max(upto)));
+                if self.group.bounds().is_some_and(|(_, last)| upto >= last) {
+                    // The whole log goes: a snapshot was installed over it (this member
+                    // was behind). The queue restarts from that snapshot with every body
+                    // in memory, and the next append continues after `upto`, which a
+                    // retained tail below it would not let it do.
+                    self.group.purge(upto).map_err(LogStoreError::from)?;
+                    r.purged = Some(upto);
+                    return Ok(());
+                }
                 self.purge_retained(&mut r)
             }
         }
@@ -192,5 +201,31 @@ mod tests {
         assert_eq!(s.bounds(), Some((9, 10)), "never past what Raft purged");
         s.purge(9).unwrap();
         assert_eq!(s.bounds(), Some((10, 10)));
+    }
+
+    /// A snapshot installed over a retaining store's whole log (the member was behind)
+    /// drops the retained entries too: the log continues after the snapshot.
+    #[test]
+    fn a_snapshot_installed_over_the_whole_log_lets_it_continue_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open(WalConfig::new(dir.path().join("wal"))).unwrap();
+        let s = WalLogStore::retaining(log.group(4));
+        let append = |from: u64, to: u64| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.append(
+                (from..=to).map(|i| (i, Bytes::from_static(b"x"))).collect(),
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )
+            .unwrap();
+            rx.recv().unwrap().unwrap();
+        };
+        append(1, 10);
+        s.retain_from(3).unwrap();
+        s.purge(20).unwrap();
+        assert_eq!(s.bounds(), None);
+        append(21, 22);
+        assert_eq!(s.bounds(), Some((21, 22)));
     }
 }
