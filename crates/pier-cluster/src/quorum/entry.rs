@@ -264,6 +264,16 @@ impl QueueEntry {
         encode_op(out, &self.op)
     }
 
+    /// The op at `position` of a batch (position 0 of any other entry: the op itself); a
+    /// message enqueued there has offset `machine::offset_at(index, position)`.
+    pub fn op_at(&self, position: usize) -> Option<&QueueOp> {
+        match &self.op {
+            QueueOp::Batch(ops) => ops.get(position),
+            op if position == 0 => Some(op),
+            _ => None,
+        }
+    }
+
     pub fn to_bytes(&self) -> Result<Bytes, EntryError> {
         // Sized up front: a batch of a few hundred bodies would otherwise grow (and copy)
         // the buffer a dozen times.

@@ -588,12 +588,7 @@ mod tests {
         fn message(&self, offset: u64) -> Option<Arc<Message>> {
             let (index, position) = place_of(offset);
             let log = self.0.lock().unwrap();
-            let op = match &log.get(&index)?.op {
-                QueueOp::Batch(ops) => ops.get(position)?,
-                op if position == 0 => op,
-                _ => return None,
-            };
-            message_of(op).map(Arc::new)
+            message_of(log.get(&index)?.op_at(position)?).map(Arc::new)
         }
     }
 

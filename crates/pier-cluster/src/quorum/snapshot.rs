@@ -39,14 +39,6 @@ fn put_entry(out: &mut BytesMut, e: &EntryParts) -> Result<(), EntryError> {
     put_message(out, &e.message)
 }
 
-/// Encodes an engine's snapshot; `None` if a body is not in memory (a member's engine never
-/// pages).
-pub fn encode_snapshot(
-    s: &pier_broker::queue::engine::Snapshot,
-) -> Option<Result<Bytes, EntryError>> {
-    s.to_parts().map(|p| encode(&p))
-}
-
 /// Encodes a snapshot.
 pub fn encode(p: &SnapshotParts) -> Result<Bytes, EntryError> {
     let mut out = BytesMut::new();

@@ -197,12 +197,7 @@ impl<S: super::log_store::LogStore> crate::quorum::BodySource for LogBodies<S> {
                 e
             }
         };
-        let op = match &entry.op {
-            crate::quorum::QueueOp::Batch(ops) => ops.get(position)?,
-            op if position == 0 => op,
-            _ => return None,
-        };
-        crate::quorum::message_of(op).map(Arc::new)
+        crate::quorum::message_of(entry.op_at(position)?).map(Arc::new)
     }
 }
 

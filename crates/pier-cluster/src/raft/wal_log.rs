@@ -173,21 +173,26 @@ mod tests {
         assert_eq!(other.bounds(), Some((1, 3)));
     }
 
-    /// A retaining store drops purged entries on disk only below what the queue needs.
-    #[test]
-    fn a_retaining_store_keeps_what_the_queue_still_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = SharedLog::open(WalConfig::new(dir.path().join("wal"))).unwrap();
-        let s = WalLogStore::retaining(log.group(3));
+    /// Appends entries `from..=to` and waits until they are durable.
+    fn append_sync(s: &WalLogStore, from: u64, to: u64) {
         let (tx, rx) = std::sync::mpsc::channel();
         s.append(
-            (1..=10).map(|i| (i, Bytes::from_static(b"x"))).collect(),
+            (from..=to).map(|i| (i, Bytes::from_static(b"x"))).collect(),
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
         )
         .unwrap();
         rx.recv().unwrap().unwrap();
+    }
+
+    /// A retaining store drops purged entries on disk only below what the queue needs.
+    #[test]
+    fn a_retaining_store_keeps_what_the_queue_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SharedLog::open(WalConfig::new(dir.path().join("wal"))).unwrap();
+        let s = WalLogStore::retaining(log.group(3));
+        append_sync(&s, 1, 10);
         s.purge(8).unwrap();
         assert_eq!(
             s.bounds(),
@@ -210,22 +215,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = SharedLog::open(WalConfig::new(dir.path().join("wal"))).unwrap();
         let s = WalLogStore::retaining(log.group(4));
-        let append = |from: u64, to: u64| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            s.append(
-                (from..=to).map(|i| (i, Bytes::from_static(b"x"))).collect(),
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            )
-            .unwrap();
-            rx.recv().unwrap().unwrap();
-        };
-        append(1, 10);
+        append_sync(&s, 1, 10);
         s.retain_from(3).unwrap();
         s.purge(20).unwrap();
         assert_eq!(s.bounds(), None);
-        append(21, 22);
+        append_sync(&s, 21, 22);
         assert_eq!(s.bounds(), Some((21, 22)));
     }
 }
