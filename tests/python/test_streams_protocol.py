@@ -123,6 +123,30 @@ def test_publish_confirm_and_consume(stream_port):
     run(go())
 
 
+def test_named_producer_deduplicates_from_publishing_id_zero(stream_port):
+    """A reference never seen has no sequence: its first message may carry publishing id 0
+    (rabbitmq-stream-client and the Java client start a new named producer there); resent
+    ids are confirmed but written once."""
+    s = name()
+
+    def msg(i, body):
+        m = AMQPMessage(body=body.encode())
+        m.publishing_id = i
+        return m
+
+    async def go():
+        await create(stream_port, s)
+        async with producer(stream_port) as p:
+            for i, body in [(0, "a"), (1, "b"), (0, "a"), (1, "b"), (2, "c")]:
+                await p.send_wait(s, msg(i, body), publisher_name="fresh")
+            client = await p.default_client
+            assert await client.query_publisher_sequence(s, "fresh") == 2
+        got = await read(stream_port, s, 3)
+        assert got == [(0, "a"), (1, "b"), (2, "c")]
+        await delete(stream_port, s)
+    run(go())
+
+
 def test_every_offset_specification(stream_port):
     s = name()
 

@@ -1223,6 +1223,17 @@ async fn stream_consumer_groups_status_and_tracking() {
         .await
         .unwrap();
     plain.store_offset(1).await.unwrap();
+    // store_offset is fire-and-forget: wait until the stream wrote it (its tracking chunk
+    // takes offset 3, after the three messages at 0..=2).
+    let mut stored = plain.query_offset().await;
+    for _ in 0..200 {
+        if matches!(stored, Ok(1)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        stored = plain.query_offset().await;
+    }
+    assert!(matches!(stored, Ok(1)), "{stored:?}");
 
     // The ctl runs as a child process: block this worker thread for it.
     let run = |args: Vec<String>| {
@@ -1255,7 +1266,7 @@ async fn stream_consumer_groups_status_and_tracking() {
     assert_eq!(states, ["active", "inactive"]);
     let status = run(vec!["--json".into(), "stream_status".into(), s.clone()]).json();
     assert_eq!(status[0]["role"], "writer");
-    assert_eq!(status[0]["offset"], 2);
+    assert_eq!(status[0]["offset"], 3);
     assert_eq!(status[0]["first_offset"], 0);
     assert_eq!(status[0]["readers"], 3);
     let tracking = run(vec![

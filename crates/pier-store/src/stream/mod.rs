@@ -398,29 +398,33 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 } => {
                     let mut appended = Appended::default();
                     let before = batch.records;
-                    let last = writer.as_ref().map(|w| {
-                        let written = log.tracking().writers.get(w).copied().unwrap_or(0);
+                    // The reference's highest publishing id so far; a reference never seen
+                    // has none, so its first message may carry id 0 (as with osiris: the
+                    // Rust and Java clients start a new named producer at 0).
+                    let mut high = writer.as_ref().and_then(|w| {
+                        let written = log.tracking().writers.get(w).copied();
                         let pending = batch
                             .writers
                             .iter()
                             .rev()
                             .find(|(r, _)| r == w)
-                            .map_or(0, |(_, s)| *s);
+                            .map(|(_, s)| *s);
                         written.max(pending)
                     });
-                    let mut high = last.unwrap_or(0);
                     for m in messages {
-                        if last.is_some() && m.publishing_id <= high {
+                        if high.is_some_and(|h| m.publishing_id <= h) {
                             appended.duplicates += 1;
                             continue;
                         }
-                        high = high.max(m.publishing_id);
+                        if writer.is_some() {
+                            high = Some(m.publishing_id);
+                        }
                         batch.bytes += m.entry.encoded_len();
                         batch.records += u64::from(m.entry.record_count());
                         batch.entries.push((m.entry, m.filter));
                         appended.written += 1;
                     }
-                    if let (Some(w), true) = (writer, appended.written > 0) {
+                    if let (Some(w), Some(high), true) = (writer, high, appended.written > 0) {
                         match batch.writers.iter_mut().find(|(r, _)| *r == w) {
                             Some(e) => e.1 = high,
                             None => batch.writers.push((w, high)),

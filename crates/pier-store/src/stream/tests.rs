@@ -196,6 +196,21 @@ fn deduplication_by_publisher_reference_survives_a_restart() {
     assert_eq!((a.written, a.duplicates), (1, 1));
 }
 
+/// A reference never seen has no sequence yet: its first message may carry publishing id 0
+/// (rabbitmq-stream-client starts a new named producer there), and only then is 0 a duplicate.
+#[test]
+fn a_new_reference_keeps_publishing_id_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Stream::open(dir.path(), small_segments()).unwrap();
+    let a = append_wait(&s, Some("fresh"), vec![msg(0, "a")]);
+    assert_eq!((a.written, a.duplicates), (1, 0));
+    let a = append_wait(&s, Some("fresh"), vec![msg(0, "a"), msg(1, "b")]);
+    assert_eq!((a.written, a.duplicates), (1, 1));
+    let a = append_wait(&s, Some("other"), vec![msg(0, "x"), msg(0, "x")]);
+    assert_eq!((a.written, a.duplicates), (1, 1));
+    assert_eq!(read_all(&s, StartAt::First).len(), 3);
+}
+
 #[test]
 fn a_torn_tail_is_truncated_on_recovery() {
     let dir = tempfile::tempdir().unwrap();
