@@ -141,11 +141,10 @@ if [ "$RUN_CLUSTER" -eq 0 ]; then
 elif [ -n "${PIER_TEST_AMQP_URL:-}" ]; then
     printf '\n(3-node run of the Python suite skipped: it starts its own Pier nodes)\n'
 else
-    # Quorum queues are replicated Raft groups there (--quorum-replication, through its
-    # environment variable), so the whole suite's quorum-queue tests run on three members.
-    stage "pytest tests/python on a 3-node cluster (PIER_TEST_CLUSTER=3, quorum replication on)"
-    PIER_TEST_CLUSTER=3 PIER_QUORUM_REPLICATION=true \
-        "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
+    # Quorum queues are replicated Raft groups there (the default in a cluster), so the
+    # whole suite's quorum-queue tests run on three members.
+    stage "pytest tests/python on a 3-node cluster (PIER_TEST_CLUSTER=3, quorum queues replicated)"
+    PIER_TEST_CLUSTER=3 "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
     stage_done
 fi
 

@@ -1,4 +1,4 @@
-"""Replicated quorum queues (issue 14, preview behind --quorum-replication): a quorum queue
+"""Replicated quorum queues (issue 14; on by default in a cluster): a quorum queue
 declared on a 3-node cluster is a Raft group of three members. Publishes are confirmed once
 a majority has the message; consumers on any node get deliveries from the group's leader;
 killing the leader loses nothing confirmed, and a consumer elsewhere keeps its subscription
@@ -17,10 +17,8 @@ QQ = {"x-queue-type": "quorum"}
 
 
 def replicated_cluster(cluster_factory):
-    c = cluster_factory(3, start=False)
-    for n in c.nodes:
-        n.extra_args.append("--quorum-replication")
-    return c.start()
+    """Three nodes with the defaults: quorum queues are replicated without a switch."""
+    return cluster_factory(3)
 
 
 def declare_qq(node, name: str) -> None:
@@ -57,6 +55,21 @@ def consume_all(conn, ch, queue: str, want: int, timeout: float = 30.0,
         conn.process_data_events(0.1)
     ch.basic_cancel(tag)
     return got
+
+
+def test_replication_is_the_default_and_a_node_can_turn_it_off(cluster_factory):
+    c = cluster_factory(3, start=False)
+    c.nodes[0].extra_args += ["--quorum-replication", "false"]
+    c.start()
+    n1, n2, _ = c.nodes
+    declare_qq(n2, "qq-default")
+    info = queue_info(n2, "qq-default")
+    assert info["type"] == "quorum"
+    assert sorted(info["members"]) == sorted(n.name for n in c.nodes), info
+    # Through the node that turned it off: one member, on that node.
+    declare_qq(n1, "qq-local")
+    wait_for("n2 knows qq-local", lambda: queue_info(n2, "qq-local", missing_ok=True))
+    assert queue_info(n2, "qq-local")["members"] == [n1.name]
 
 
 def test_confirmed_messages_survive_the_leader_and_reach_consumers_on_any_node(cluster_factory):

@@ -56,7 +56,7 @@ pub struct ClusterConfig {
     /// Mutual TLS between nodes (when the node has TLS configured); `None`: plain TCP.
     pub tls: Option<crate::transport::ClusterTls>,
     /// Quorum queues declared through this node are Raft groups over several members
-    /// (`--quorum-replication`; off: a group of one on the declaring node, as before).
+    /// (`--quorum-replication`, on by default; off: a group of one on the declaring node).
     pub quorum_replication: bool,
 }
 

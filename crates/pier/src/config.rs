@@ -65,7 +65,7 @@
 //! peers = ["host1:25672", "host2:25672", "host3:25672"] # the same list on every node
 //! advertise = "host1:25672"   # how peers reach this node (default: --bind or hostname)
 //! propose_timeout = 5000      # ms a definition change may wait for the cluster
-//! quorum_replication = false  # quorum queues as Raft groups of several members (preview)
+//! quorum_replication = true   # quorum queues as Raft groups of several members
 //! # The STOMP server (docs/stomp.md); --stomp-port, --stomp-tls-port, --web-stomp-port win
 //! [stomp]
 //! port = 61613                # 0: off
@@ -173,8 +173,8 @@ pub struct ClusterEntry {
     pub advertise: Option<String>,
     /// Milliseconds a definition change may wait for the cluster (default 5000).
     pub propose_timeout: Option<u64>,
-    /// Quorum queues replicated by Raft over several members (default false while the
-    /// replication is being completed; docs/quorum-queues.md).
+    /// Quorum queues replicated by Raft over several members (default true;
+    /// docs/quorum-queues.md).
     pub quorum_replication: Option<bool>,
 }
 

@@ -125,10 +125,17 @@ struct ServerArgs {
     #[arg(long, env = "PIER_CLUSTER_ADVERTISE")]
     cluster_advertise: Option<String>,
     /// Cluster: quorum queues declared through this node are Raft groups over several
-    /// members (x-quorum-initial-group-size, default 3) instead of one member (preview,
-    /// docs/quorum-queues.md).
-    #[arg(long, env = "PIER_QUORUM_REPLICATION")]
-    quorum_replication: bool,
+    /// members (x-quorum-initial-group-size, default 3; docs/quorum-queues.md). On by
+    /// default in a cluster; `--quorum-replication false` keeps each on its declaring node
+    /// as one member.
+    #[arg(
+        long,
+        env = "PIER_QUORUM_REPLICATION",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    quorum_replication: Option<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -701,7 +708,10 @@ fn cluster_config(
         cluster_name: Some(server.cluster_name.clone()),
         propose_timeout: std::time::Duration::from_millis(f.propose_timeout.unwrap_or(5000)),
         tls,
-        quorum_replication: args.quorum_replication || f.quorum_replication.unwrap_or(false),
+        quorum_replication: args
+            .quorum_replication
+            .or(f.quorum_replication)
+            .unwrap_or(true),
     }))
 }
 
