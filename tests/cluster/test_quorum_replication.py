@@ -72,6 +72,36 @@ def test_replication_is_the_default_and_a_node_can_turn_it_off(cluster_factory):
     assert queue_info(n2, "qq-local")["members"] == [n1.name]
 
 
+def test_leader_locator_places_leaders(cluster_factory):
+    """x-queue-leader-locator as RabbitMQ 4: client-local (the default) leads from the
+    declaring node; balanced from the member leading the fewest quorum queues."""
+    c = replicated_cluster(cluster_factory)
+    n1, n2, _ = c.nodes
+
+    def leader(q):
+        return wait_for(f"{q} has a leader", lambda: queue_info(n1, q, missing_ok=True).get("leader"))
+
+    declare_qq(n2, "local")
+    assert leader("local") == n2.name
+    conn = connect(n1)
+    ch = conn.channel()
+    for i in range(3):
+        ch.queue_declare(f"bal{i}", durable=True,
+                         arguments={**QQ, "x-queue-leader-locator": "balanced"})
+    conn.close()
+    leaders = [leader(f"bal{i}") for i in range(3)]
+    # n2 leads "local" already: the three balanced ones go to n1, n3 and then n2 or n1 …
+    # every node leads at least one quorum queue, and none leads three of the four.
+    counts = {n.name: (leaders + [n2.name]).count(n.name) for n in c.nodes}
+    assert min(counts.values()) >= 1 and max(counts.values()) <= 2, counts
+    # Whatever node leads, clients anywhere publish and consume through it.
+    conn = connect(n1)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    assert publish_confirmed(ch, "bal1", ["x"]) == ["x"]
+    conn.close()
+
+
 def test_confirmed_messages_survive_the_leader_and_reach_consumers_on_any_node(cluster_factory):
     c = replicated_cluster(cluster_factory)
     n1, n2, n3 = c.nodes

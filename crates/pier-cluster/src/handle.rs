@@ -1,6 +1,7 @@
 //! [`ClusterHandle`]: what the rest of a node uses: propose a metadata change and get its
 //! outcome once *this* node has applied it, change the membership, read the status.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -425,11 +426,15 @@ impl ClusterHandle {
         }
     }
 
-    /// The members of a queue declared through this node: this node first, then (for a
-    /// replicated quorum queue, `--quorum-replication`) the other running members in name
-    /// order, up to `group_size` (RabbitMQ's `x-quorum-initial-group-size`, default 3,
-    /// capped at the cluster size). Only a durable `x-queue-type: quorum` queue is
-    /// replicated. A client's declare and the management API's both come here.
+    /// The members of a queue declared through this node, its first leader first (the
+    /// node that forms the group: the queue's recorded home). Only a durable
+    /// `x-queue-type: quorum` queue is replicated (unless `--quorum-replication false`): up
+    /// to `x-quorum-initial-group-size` members (default 3, capped at the running nodes),
+    /// always this node, then the running nodes with the fewest replicas (RabbitMQ's
+    /// choice, for a balanced cluster). `x-queue-leader-locator`: `client-local` (the
+    /// default) leads from this node, `balanced` (and the older `least-leaders` and
+    /// `random`, which RabbitMQ 4 maps to it) from the member leading the fewest quorum
+    /// queues. A client's declare and the management API's both come here.
     pub fn queue_members(&self, durable: bool, arguments: &pier_wire::FieldTable) -> Vec<String> {
         use pier_wire::FieldValue;
         let quorum = durable
@@ -437,26 +442,44 @@ impl ClusterHandle {
                 arguments.get("x-queue-type"),
                 Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
             );
-        let group_size = arguments
-            .get("x-quorum-initial-group-size")
-            .and_then(FieldValue::as_i64)
-            .and_then(|n| u64::try_from(n).ok());
         let me = self.node.me.name.clone();
         if !quorum || !self.node.config.quorum_replication {
             return vec![me];
         }
-        let size = usize::try_from(group_size.unwrap_or(3)).unwrap_or(usize::MAX);
-        let mut others: Vec<String> = self
+        let size = arguments
+            .get("x-quorum-initial-group-size")
+            .and_then(FieldValue::as_i64)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(3);
+        let balanced = matches!(
+            arguments.get("x-queue-leader-locator"),
+            Some(FieldValue::LongString(l))
+                if matches!(l.as_bytes(), b"balanced" | b"least-leaders" | b"random")
+        );
+        let others: Vec<String> = self
             .node
             .members()
             .into_iter()
             .filter(|(id, p, _)| p.name != me && self.node.is_running(*id))
             .map(|(_, p, _)| p.name)
             .collect();
-        others.sort();
-        let mut members = vec![me];
-        members.extend(others.into_iter().take(size.saturating_sub(1)));
-        members
+        let mut load = Placement::default();
+        let quorum_queues = &self.node.queues.quorum;
+        self.catalog().for_each_queue_home(|(vhost, name), h| {
+            if h.group == 0 {
+                return;
+            }
+            for m in &h.members {
+                *load.replicas.entry(m.clone()).or_default() += 1;
+            }
+            // The leader as this node knows it (it does for the groups it is a member
+            // of), else the member that formed the group.
+            let leader = quorum_queues
+                .leader_of(vhost, name)
+                .unwrap_or_else(|| h.home.clone());
+            *load.leaders.entry(leader).or_default() += 1;
+        });
+        load.place(&me, others, size, balanced)
     }
 
     /// A replicated quorum queue's members and its leader as this node knows it; `None`
@@ -833,5 +856,92 @@ fn member_of(
         Err(ClusterError::Membership(format!(
             "{node} is not a member of queue '{name}' in vhost '{vhost}'"
         )))
+    }
+}
+
+/// How many quorum queue members and leaders each node has: what placement balances.
+#[derive(Debug, Default)]
+struct Placement {
+    replicas: HashMap<String, usize>,
+    leaders: HashMap<String, usize>,
+}
+
+impl Placement {
+    /// `me` and up to `size - 1` of `others` (the running nodes) with the fewest replicas,
+    /// ties by name; the leader first: `me`, or with `balanced` the member with the fewest
+    /// leaders (ties: `me`, then by name).
+    fn place(&self, me: &str, mut others: Vec<String>, size: usize, balanced: bool) -> Vec<String> {
+        let count = |m: &HashMap<String, usize>, n: &str| m.get(n).copied().unwrap_or(0);
+        others.sort_by(|a, b| {
+            count(&self.replicas, a)
+                .cmp(&count(&self.replicas, b))
+                .then_with(|| a.cmp(b))
+        });
+        others.truncate(size.saturating_sub(1));
+        let mut members = vec![me.to_owned()];
+        members.extend(others);
+        if balanced {
+            // Stable: among equals the earlier (me, then by replicas and name) stays.
+            let leader = members
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, n)| (count(&self.leaders, n), *i))
+                .map_or(0, |(i, _)| i);
+            members.swap(0, leader);
+        }
+        members
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::Placement;
+
+    fn load(replicas: &[(&str, usize)], leaders: &[(&str, usize)]) -> Placement {
+        let m = |v: &[(&str, usize)]| v.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect();
+        Placement {
+            replicas: m(replicas),
+            leaders: m(leaders),
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn client_local_leads_from_the_declaring_node_with_the_least_loaded_others() {
+        let p = load(&[("a", 5), ("b", 3), ("c", 1), ("d", 2)], &[("a", 9)]);
+        let got = p.place("a", names(&["b", "c", "d"]), 3, false);
+        assert_eq!(got, names(&["a", "c", "d"]));
+        // The group is capped at the running nodes; a group of one is this node alone.
+        assert_eq!(p.place("a", names(&["b"]), 3, false), names(&["a", "b"]));
+        assert_eq!(p.place("a", names(&["b", "c"]), 1, false), names(&["a"]));
+        // Equal load: by name.
+        let even = load(&[], &[]);
+        assert_eq!(
+            even.place("b", names(&["c", "a"]), 2, false),
+            names(&["b", "a"])
+        );
+    }
+
+    #[test]
+    fn balanced_leads_from_the_member_with_the_fewest_leaders() {
+        let p = load(&[], &[("a", 4), ("b", 1), ("c", 2)]);
+        let got = p.place("a", names(&["b", "c"]), 3, true);
+        assert_eq!(got[0], "b");
+        assert_eq!(
+            {
+                let mut g = got.clone();
+                g.sort();
+                g
+            },
+            names(&["a", "b", "c"])
+        );
+        // Ties keep the declaring node.
+        let tie = load(&[], &[("a", 1), ("b", 1), ("c", 1)]);
+        assert_eq!(tie.place("a", names(&["b", "c"]), 3, true)[0], "a");
+        // Placement is a pure function of the load: the same answer every time.
+        assert_eq!(got, p.place("a", names(&["b", "c"]), 3, true));
     }
 }

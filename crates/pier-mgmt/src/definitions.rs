@@ -581,6 +581,7 @@ fn import_commands(
     for q in &d.queues {
         let durable = q.durable.unwrap_or(true);
         let arguments = table(&q.arguments)?;
+        let members = st.queue_members(durable, &arguments);
         out.push((
             Ctx::Object {
                 what: "queue",
@@ -592,8 +593,8 @@ fn import_commands(
                 durable,
                 auto_delete: q.auto_delete,
                 arguments: metadata::arguments(&arguments)?,
-                home: st.node.clone(),
-                members: st.queue_members(durable, &arguments),
+                home: members.first().cloned().unwrap_or_else(|| st.node.clone()),
+                members,
                 checked: false,
             },
         ));

@@ -442,9 +442,11 @@ pub async fn put_queue(
     vh.check_queue_limit(&name)?;
     drop(vh);
     // `checked`: the client path, so that `max-queues` and the `amq.*` rule apply as in
-    // RabbitMQ's API; access to the vhost was checked above. Its home is this node.
+    // RabbitMQ's API; access to the vhost was checked above. Its home is this node (a
+    // replicated queue's: its first leader).
     let durable = get_bool(&b, "durable", false)?;
     let table = get_table(&b, "arguments")?;
+    let members = st.queue_members(durable, &table);
     let out = st
         .execute(MetadataCommand::DeclareQueue {
             vhost,
@@ -452,8 +454,8 @@ pub async fn put_queue(
             durable,
             auto_delete: get_bool(&b, "auto_delete", false)?,
             arguments: metadata::arguments(&table)?,
-            home: st.node.clone(),
-            members: st.queue_members(durable, &table),
+            home: members.first().cloned().unwrap_or_else(|| st.node.clone()),
+            members,
             checked: true,
         })
         .await?;

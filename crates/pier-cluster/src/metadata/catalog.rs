@@ -216,6 +216,13 @@ impl Catalog {
             .cloned()
     }
 
+    /// Calls `f` with every queue's (vhost, name) and home, under the catalog's read lock.
+    pub fn for_each_queue_home(&self, mut f: impl FnMut(&(String, String), &QueueHome)) {
+        for (k, h) in &self.read().queue_homes {
+            f(k, h);
+        }
+    }
+
     pub fn set_queue_home(&self, vhost: &str, name: &str, home: QueueHome) {
         let v = serde_json::to_vec(&home).unwrap_or_default();
         self.write()

@@ -264,7 +264,9 @@ impl Channel {
             durable: m.durable,
             auto_delete: m.auto_delete,
             arguments: arguments(&m.arguments)?,
-            home: me.clone(),
+            // The group's first leader forms it (this node unless x-queue-leader-locator
+            // chose another).
+            home: members.first().cloned().unwrap_or_else(|| me.clone()),
             members,
             // A server-chosen name is `amq.gen-…`, which the client rule refuses.
             checked: !generated,
