@@ -439,6 +439,12 @@ impl ChunkBuilder {
         }
     }
 
+    /// Room for `bytes` octets of entries (so that a big chunk is not grown step by step).
+    pub fn reserve(mut self, bytes: usize) -> Self {
+        self.data.reserve(bytes);
+        self
+    }
+
     pub fn chunk_type(mut self, t: ChunkType) -> Self {
         self.chunk_type = t;
         self

@@ -15,11 +15,13 @@ use bytes::{Bytes, BytesMut};
 use pier_stream_wire::chunk::CHUNK_HEADER_SIZE;
 use pier_stream_wire::{Chunk, ChunkBuilder, ChunkHeader, ChunkType, Entry};
 
+use super::direct::DirectAppender;
 use super::format::{
     check_header, decode_trailer, encode_trailer, file_header, index_name, parse_segment_name,
     segment_name, IndexRecord, TrackingEntry, FILE_HEADER_LEN, INDEX_MAGIC, INDEX_RECORD_LEN,
     SEGMENT_MAGIC,
 };
+use super::reader::ReadChunk;
 use super::{StreamConfig, StreamError};
 
 /// One segment as readers and retention see it.
@@ -127,7 +129,22 @@ pub struct Shared {
     pub(crate) deleted: AtomicBool,
     /// Messages and bytes appended since start (figures).
     pub(crate) appended_messages: AtomicU64,
+    /// The newest chunks as readers take them, so that consumers at the tail share the
+    /// writer's copy instead of each reading the file (see [`Recent`]).
+    recent: Mutex<Recent>,
 }
+
+/// The newest chunks, oldest first, up to [`RECENT_BYTES`] (at least the newest one):
+/// user chunks ready to deliver, other chunks as their header (readers skip them). The
+/// writer empties it when the stream goes idle, so idle streams hold nothing.
+#[derive(Default)]
+struct Recent {
+    chunks: std::collections::VecDeque<(u64, ChunkHeader, Option<ReadChunk>)>,
+    bytes: usize,
+}
+
+/// What a stream keeps of its newest chunks for readers at the tail.
+const RECENT_BYTES: usize = 8 << 20;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,6 +155,37 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    fn remember(&self, chunk_id: u64, header: ChunkHeader, chunk: Option<ReadChunk>) {
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.bytes += chunk
+            .as_ref()
+            .map_or(0, |c| c.delivered.len() + c.bloom.len());
+        r.chunks.push_back((chunk_id, header, chunk));
+        while r.bytes > RECENT_BYTES && r.chunks.len() > 1 {
+            if let Some((_, _, Some(c))) = r.chunks.pop_front() {
+                r.bytes -= c.delivered.len() + c.bloom.len();
+            }
+        }
+    }
+
+    /// Chunk `chunk_id` if it is among the newest: its header, and the chunk when it is a
+    /// user chunk.
+    pub(crate) fn recent(&self, chunk_id: u64) -> Option<(ChunkHeader, Option<ReadChunk>)> {
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let i = r
+            .chunks
+            .binary_search_by_key(&chunk_id, |(id, _, _)| *id)
+            .ok()?;
+        r.chunks.get(i).map(|(_, h, c)| (*h, c.clone()))
+    }
+
+    /// Forgets the newest chunks (the stream is idle, or its tail was truncated).
+    pub(crate) fn forget_recent(&self) {
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.chunks.clear();
+        r.bytes = 0;
+    }
+
     pub fn view(&self) -> View {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -280,6 +328,28 @@ struct Active {
     chunks: u64,
     first_timestamp: i64,
     last_timestamp: i64,
+    /// Direct writes to `seg` (when the stream fsyncs and the filesystem allows it).
+    direct: Option<DirectAppender>,
+}
+
+impl Active {
+    /// Starts direct writes at the segment's end (`sync`: the stream fsyncs; otherwise
+    /// the page cache is the cheaper place for bytes nobody waits to be durable).
+    fn go_direct(&mut self, sync: bool) {
+        self.direct = if sync {
+            DirectAppender::open(&self.seg_path, &self.seg, self.seg_len)
+        } else {
+            None
+        };
+    }
+
+    /// Cuts the zeros direct writes leave after the last chunk.
+    fn trim(&mut self) -> Result<(), StreamError> {
+        if let Some(d) = &mut self.direct {
+            d.trim(&self.seg).map_err(io("truncate", &self.seg_path))?;
+        }
+        Ok(())
+    }
 }
 
 /// The writer's side of a stream.
@@ -298,6 +368,16 @@ pub struct StreamLog {
     unsynced: bool,
     retention_due: bool,
     buf: BytesMut,
+}
+
+impl Drop for StreamLog {
+    /// A log closed in order leaves no zeros after its last chunk (recovery would cut them,
+    /// and say it found a torn tail).
+    fn drop(&mut self) {
+        if let Err(e) = self.active.trim() {
+            tracing::warn!("stream: {e}");
+        }
+    }
 }
 
 /// What recovery found and did.
@@ -394,12 +474,14 @@ impl StreamLog {
             listeners: Mutex::new((0, Vec::new())),
             deleted: AtomicBool::new(false),
             appended_messages: AtomicU64::new(0),
+            recent: Mutex::new(Recent::default()),
         });
         let mut report = StreamRecovery::default();
         let mut sealed = Vec::new();
         let mut last_user_chunk = None;
         let Some((&last_first, earlier)) = firsts.split_last() else {
-            let active = Self::create_segment(&shared, 0)?;
+            let mut active = Self::create_segment(&shared, 0)?;
+            active.go_direct(config.sync);
             let log = StreamLog {
                 shared,
                 config,
@@ -428,8 +510,9 @@ impl StreamLog {
                 sealed.push(m);
             }
         }
-        let (active, tracking, lu, last_chunk, next) =
+        let (mut active, tracking, lu, last_chunk, next) =
             Self::recover_active(&shared, last_first, &mut report)?;
+        active.go_direct(config.sync);
         if lu.is_some() {
             last_user_chunk = lu;
         }
@@ -705,6 +788,7 @@ impl StreamLog {
             chunks: records.len() as u64,
             first_timestamp: first_ts,
             last_timestamp: last_ts,
+            direct: None,
         };
         Ok((active, tracking, last_user, last_chunk, next))
     }
@@ -739,6 +823,7 @@ impl StreamLog {
             chunks: 0,
             first_timestamp: 0,
             last_timestamp: 0,
+            direct: None,
         })
     }
 
@@ -778,7 +863,10 @@ impl StreamLog {
         writers: &[(String, u64)],
     ) -> Result<IndexRecord, StreamError> {
         let ts = self.timestamp();
-        let mut b = ChunkBuilder::new(self.next_offset, 1, ts).filter_size(self.config.filter_size);
+        let bytes = entries.iter().map(|(e, _)| e.encoded_len()).sum();
+        let mut b = ChunkBuilder::new(self.next_offset, 1, ts)
+            .filter_size(self.config.filter_size)
+            .reserve(bytes);
         for (e, f) in entries {
             b.push_entry(e, f.as_deref())
                 .map_err(|e| StreamError::Chunk(e.to_string()))?;
@@ -835,6 +923,7 @@ impl StreamLog {
     /// this one is full) and indexes it.
     fn write_chunk(&mut self, chunk: &Chunk) -> Result<IndexRecord, StreamError> {
         self.buf.clear();
+        self.buf.reserve(stored_size(&chunk.header) as usize);
         chunk.encode_stored(&mut self.buf);
         let size = self.buf.len() as u64;
         if size > u64::from(u32::MAX) / 2 {
@@ -856,9 +945,26 @@ impl StreamLog {
         let a = &mut self.active;
         let position = u32::try_from(a.seg_len)
             .map_err(|_| StreamError::Chunk("segment over 4 GiB".into()))?;
-        a.seg
-            .write_all_at(&self.buf, a.seg_len)
-            .map_err(io("write", &a.seg_path))?;
+        let direct = match &mut a.direct {
+            Some(d) => match d.append(&self.buf) {
+                Ok(()) => true,
+                // A device whose blocks are larger than ALIGN: write through the page
+                // cache from here on (what the direct write left past the end is
+                // overwritten or trimmed).
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    tracing::warn!(segment = %a.seg_path.display(), "stream: direct writes refused ({e}); writing through the page cache");
+                    a.direct = None;
+                    false
+                }
+                Err(e) => return Err(io("write", &a.seg_path)(e)),
+            },
+            None => false,
+        };
+        if !direct {
+            a.seg
+                .write_all_at(&self.buf, a.seg_len)
+                .map_err(io("write", &a.seg_path))?;
+        }
         let r = IndexRecord {
             chunk_id: self.next_offset,
             timestamp: chunk.header.timestamp,
@@ -886,11 +992,55 @@ impl StreamLog {
         }
         self.last_chunk_id = Some(r.chunk_id);
         self.unsynced = true;
+        self.remember_written(r.chunk_id);
         Ok(r)
+    }
+
+    /// Hands the chunk just written (in `buf`) to readers at the tail: for a user chunk,
+    /// the stored bytes become the delivered form in place (the header moved over the
+    /// bloom filter, as a reader does after reading it), so nothing is copied but the bloom.
+    fn remember_written(&mut self, chunk_id: u64) {
+        let Some(h) = self.buf.get(..CHUNK_HEADER_SIZE) else {
+            return;
+        };
+        let Ok(header) = ChunkHeader::parse(h) else {
+            return;
+        };
+        if header.chunk_type != ChunkType::User {
+            self.shared.remember(chunk_id, header, None);
+            return;
+        }
+        let bloom = usize::from(header.bloom_size);
+        let end = CHUNK_HEADER_SIZE + bloom + header.data_length as usize;
+        let mut b = self.buf.split();
+        let Some(bloom_bytes) = b.get(CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + bloom) else {
+            return;
+        };
+        let bloom_bytes = Bytes::copy_from_slice(bloom_bytes);
+        if end > b.len() {
+            return;
+        }
+        b.copy_within(0..CHUNK_HEADER_SIZE, bloom);
+        let delivered = b.freeze().slice(bloom..end);
+        self.shared.remember(
+            chunk_id,
+            header,
+            Some(ReadChunk {
+                header,
+                bloom: bloom_bytes,
+                delivered,
+            }),
+        );
+    }
+
+    /// The stream is idle: its newest chunks need not stay in memory.
+    pub fn idle(&self) {
+        self.shared.forget_recent();
     }
 
     /// Seals the active segment and starts the next one with a tracking snapshot.
     fn roll(&mut self) -> Result<(), StreamError> {
+        self.active.trim()?;
         let a = &self.active;
         a.seg.sync_data().map_err(io("sync", &a.seg_path))?;
         a.idx.sync_data().map_err(io("sync", &a.idx_path))?;
@@ -903,6 +1053,7 @@ impl StreamLog {
             chunks: a.chunks,
         });
         self.active = Self::create_segment(&self.shared, self.next_offset)?;
+        self.active.go_direct(self.config.sync);
         let snapshot = self.tracking.snapshot();
         if !snapshot.is_empty() {
             self.append_tracking_chunk(ChunkType::TrackingSnapshot, &snapshot)?;

@@ -30,6 +30,7 @@
 //! * Durability: the writer fsyncs (data) before it reports appends (confirms), unless the
 //!   stream is configured not to (RabbitMQ's streams never fsync).
 
+mod direct;
 mod format;
 mod log;
 mod reader;
@@ -375,6 +376,7 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
         let first = match rx.recv_timeout(RETENTION_INTERVAL) {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
+                log.idle();
                 if failed.is_none() {
                     if let Err(e) = log.apply_retention() {
                         tracing::error!(dir = %log.shared().dir.display(), "stream retention: {e}");

@@ -189,6 +189,15 @@ impl StreamReader {
                     self.next_chunk_id = l.record.chunk_id;
                 }
             }
+            // At the tail: the writer's copy, shared by every reader there.
+            if let Some((header, chunk)) = self.shared.recent(self.next_chunk_id) {
+                self.position += stored_size(&header);
+                self.next_chunk_id += u64::from(header.num_records.max(1));
+                match chunk {
+                    Some(c) => return Ok(Some(c)),
+                    None => continue,
+                }
+            }
             let Some((_, file)) = &self.segment else {
                 return Ok(None);
             };
