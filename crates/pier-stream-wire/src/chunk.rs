@@ -283,6 +283,14 @@ impl Chunk {
 
     /// Writes the chunk as stored (header, bloom, data, trailer).
     pub fn encode_stored(&self, out: &mut BytesMut) {
+        self.encode_stored_prefix(out);
+        out.put_slice(&self.data);
+        out.put_slice(&self.trailer);
+    }
+
+    /// What the stored form has before the data: the header and the bloom filter (the
+    /// data and the trailer follow; a writer may send the parts without joining them).
+    pub fn encode_stored_prefix(&self, out: &mut BytesMut) {
         let mut header = self.header;
         header.bloom_size = self.bloom.len().min(255) as u8;
         header.encode(out);
@@ -291,8 +299,6 @@ impl Chunk {
                 .get(..usize::from(header.bloom_size))
                 .unwrap_or(&[]),
         );
-        out.put_slice(&self.data);
-        out.put_slice(&self.trailer);
     }
 
     /// Writes the chunk as `Deliver` carries it: header (its bloom size kept), data, and the
@@ -421,6 +427,8 @@ pub struct ChunkBuilder {
     num_entries: u16,
     num_records: u32,
     bloom: BloomFilter,
+    /// `data` starts with room for the header (`headroom`).
+    headroom: bool,
 }
 
 impl ChunkBuilder {
@@ -436,6 +444,7 @@ impl ChunkBuilder {
             num_entries: 0,
             num_records: 0,
             bloom: BloomFilter::new(DEFAULT_FILTER_SIZE),
+            headroom: false,
         }
     }
 
@@ -507,7 +516,28 @@ impl ChunkBuilder {
 
     /// The finished chunk (CRC and bloom filter computed).
     pub fn build(self) -> Chunk {
-        let data = self.data.freeze();
+        self.finish().0
+    }
+
+    /// The finished chunk and its delivered form (header, then data) in one buffer: the
+    /// entries were written after room for the header, so neither is a copy. Call
+    /// [`ChunkBuilder::headroom`] before adding entries.
+    pub fn build_delivered(self) -> (Chunk, Option<Bytes>) {
+        self.finish()
+    }
+
+    /// Room for the header before the entries (see [`ChunkBuilder::build_delivered`]).
+    pub fn headroom(mut self) -> Self {
+        if self.data.is_empty() && !self.headroom {
+            self.data.put_bytes(0, CHUNK_HEADER_SIZE);
+            self.headroom = true;
+        }
+        self
+    }
+
+    fn finish(mut self) -> (Chunk, Option<Bytes>) {
+        let head = if self.headroom { CHUNK_HEADER_SIZE } else { 0 };
+        let data_len = self.data.len() - head;
         let bloom = Bytes::from(self.bloom.to_bytes());
         let header = ChunkHeader {
             chunk_type: self.chunk_type,
@@ -516,18 +546,34 @@ impl ChunkBuilder {
             timestamp: self.timestamp,
             epoch: self.epoch,
             first_offset: self.first_offset,
-            crc: crc32(&data),
-            data_length: data.len() as u32,
+            crc: crc32(self.data.get(head..).unwrap_or_default()),
+            data_length: data_len as u32,
             trailer_length: u32::try_from(self.trailer.len()).unwrap_or(u32::MAX),
             bloom_size: bloom.len().min(255) as u8,
             reserved: 0,
         };
-        Chunk {
+        if !self.headroom {
+            let chunk = Chunk {
+                header,
+                bloom,
+                data: self.data.freeze(),
+                trailer: self.trailer,
+            };
+            return (chunk, None);
+        }
+        let mut h = BytesMut::with_capacity(CHUNK_HEADER_SIZE);
+        header.encode(&mut h);
+        if let Some(room) = self.data.get_mut(..CHUNK_HEADER_SIZE) {
+            room.copy_from_slice(&h);
+        }
+        let delivered = self.data.freeze();
+        let chunk = Chunk {
             header,
             bloom,
-            data,
+            data: delivered.slice(CHUNK_HEADER_SIZE..),
             trailer: self.trailer,
-        }
+        };
+        (chunk, Some(delivered))
     }
 }
 
@@ -540,6 +586,35 @@ impl ChunkBuilder {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn built_with_headroom_the_delivered_form_shares_the_data() {
+        let build = |headroom: bool| {
+            let mut b = ChunkBuilder::new(7, 1, 1_700_000_000_000).filter_size(32);
+            if headroom {
+                b = b.headroom();
+            }
+            b.push_message(b"one", Some(b"k")).unwrap();
+            b.push_message(b"two", None).unwrap();
+            b.build_delivered()
+        };
+        let (plain, none) = build(false);
+        assert!(none.is_none());
+        let (chunk, delivered) = build(true);
+        let delivered = delivered.unwrap();
+        assert_eq!(chunk.header, plain.header);
+        assert_eq!((&chunk.bloom, &chunk.data), (&plain.bloom, &plain.data));
+        let mut want = BytesMut::new();
+        chunk.encode_delivered(&mut want);
+        assert_eq!(delivered, want.freeze());
+        let mut stored = BytesMut::new();
+        chunk.encode_stored_prefix(&mut stored);
+        stored.put_slice(&chunk.data);
+        let mut all = BytesMut::new();
+        plain.encode_stored(&mut all);
+        assert_eq!(stored, all);
+        chunk.validate().unwrap();
+    }
 
     #[test]
     fn build_parse_roundtrip() {

@@ -122,11 +122,14 @@ impl DirectAppender {
         })
     }
 
-    /// Writes `data` at the logical end. An error leaves the file's logical content as it
-    /// was (the caller may fall back to buffered writes at the same end).
-    pub(crate) fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+    /// Writes `parts`, one after the other, at the logical end. An error leaves the file's
+    /// logical content as it was (the caller may fall back to buffered writes at the same
+    /// end).
+    pub(crate) fn append(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
         let held = self.buf.len;
-        self.buf.extend(data);
+        for p in parts {
+            self.buf.extend(p);
+        }
         let padded = self.buf.pad();
         if let Err(e) = self.file.write_all_at(self.buf.bytes(padded), self.base) {
             self.buf.len = held;
@@ -182,7 +185,7 @@ mod tests {
             .enumerate()
         {
             let data: Vec<u8> = (0..*n).map(|j| (i * 31 + j) as u8).collect();
-            d.append(&data).unwrap();
+            d.append(&[&data[..n / 3], &data[n / 3..]]).unwrap();
             want.extend_from_slice(&data);
             assert_eq!(d.len(), want.len() as u64);
             let on_disk = std::fs::read(&path).unwrap();
@@ -194,7 +197,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), want);
         // Reopened at its end, it goes on where it was.
         let mut d = DirectAppender::open(&path, &buffered, want.len() as u64).unwrap();
-        d.append(b"more").unwrap();
+        d.append(&[b"more"]).unwrap();
         d.trim(&buffered).unwrap();
         want.extend_from_slice(b"more");
         assert_eq!(std::fs::read(&path).unwrap(), want);

@@ -863,10 +863,11 @@ impl StreamLog {
         writers: &[(String, u64)],
     ) -> Result<IndexRecord, StreamError> {
         let ts = self.timestamp();
-        let bytes = entries.iter().map(|(e, _)| e.encoded_len()).sum();
+        let bytes: usize = entries.iter().map(|(e, _)| e.encoded_len()).sum();
         let mut b = ChunkBuilder::new(self.next_offset, 1, ts)
             .filter_size(self.config.filter_size)
-            .reserve(bytes);
+            .reserve(CHUNK_HEADER_SIZE + bytes)
+            .headroom();
         for (e, f) in entries {
             b.push_entry(e, f.as_deref())
                 .map_err(|e| StreamError::Chunk(e.to_string()))?;
@@ -880,8 +881,8 @@ impl StreamLog {
                 })
                 .collect::<Vec<_>>(),
         );
-        let chunk = b.trailer(Bytes::from(trailer)).build();
-        let r = self.write_chunk(&chunk)?;
+        let (chunk, delivered) = b.trailer(Bytes::from(trailer)).build_delivered();
+        let r = self.write_chunk(&chunk, delivered)?;
         for (reference, sequence) in writers {
             let s = self.tracking.writers.entry(reference.clone()).or_insert(0);
             *s = (*s).max(*sequence);
@@ -916,21 +917,24 @@ impl StreamLog {
             .build();
         // A tracking chunk takes one offset (no consumer sees it), so chunk ids stay unique.
         chunk.header.num_records = 1;
-        self.write_chunk(&chunk)
+        self.write_chunk(&chunk, None)
     }
 
     /// Writes a chunk at the end of the active segment (rolling to a new segment first when
-    /// this one is full) and indexes it.
-    fn write_chunk(&mut self, chunk: &Chunk) -> Result<IndexRecord, StreamError> {
-        self.buf.clear();
-        self.buf.reserve(stored_size(&chunk.header) as usize);
-        chunk.encode_stored(&mut self.buf);
-        let size = self.buf.len() as u64;
+    /// this one is full), indexes it, and hands it to readers at the tail (`delivered`: a
+    /// user chunk's delivered form, built with it).
+    fn write_chunk(
+        &mut self,
+        chunk: &Chunk,
+        mut delivered: Option<Bytes>,
+    ) -> Result<IndexRecord, StreamError> {
+        let size = stored_size(&chunk.header);
         if size > u64::from(u32::MAX) / 2 {
             return Err(StreamError::Chunk(format!(
                 "chunk of {size} bytes is too large"
             )));
         }
+        let mut renumbered = None;
         if self.active.chunks > 0 && self.active.seg_len + size > self.config.max_segment_size_bytes
         {
             self.roll()?;
@@ -938,15 +942,20 @@ impl StreamLog {
             if chunk.header.first_offset != self.next_offset {
                 let mut c = chunk.clone();
                 c.header.first_offset = self.next_offset;
-                self.buf.clear();
-                c.encode_stored(&mut self.buf);
+                renumbered = Some(c);
+                delivered = None; // its header is the old one
             }
         }
+        let chunk = renumbered.as_ref().unwrap_or(chunk);
+        // Header and bloom filter; the data and trailer go from where they are.
+        self.buf.clear();
+        chunk.encode_stored_prefix(&mut self.buf);
         let a = &mut self.active;
         let position = u32::try_from(a.seg_len)
             .map_err(|_| StreamError::Chunk("segment over 4 GiB".into()))?;
+        let parts: [&[u8]; 3] = [&self.buf, &chunk.data, &chunk.trailer];
         let direct = match &mut a.direct {
-            Some(d) => match d.append(&self.buf) {
+            Some(d) => match d.append(&parts) {
                 Ok(()) => true,
                 // A device whose blocks are larger than ALIGN: write through the page
                 // cache from here on (what the direct write left past the end is
@@ -961,9 +970,13 @@ impl StreamLog {
             None => false,
         };
         if !direct {
-            a.seg
-                .write_all_at(&self.buf, a.seg_len)
-                .map_err(io("write", &a.seg_path))?;
+            let mut at = a.seg_len;
+            for p in parts {
+                a.seg
+                    .write_all_at(p, at)
+                    .map_err(io("write", &a.seg_path))?;
+                at += p.len() as u64;
+            }
         }
         let r = IndexRecord {
             chunk_id: self.next_offset,
@@ -992,45 +1005,21 @@ impl StreamLog {
         }
         self.last_chunk_id = Some(r.chunk_id);
         self.unsynced = true;
-        self.remember_written(r.chunk_id);
-        Ok(r)
-    }
-
-    /// Hands the chunk just written (in `buf`) to readers at the tail: for a user chunk,
-    /// the stored bytes become the delivered form in place (the header moved over the
-    /// bloom filter, as a reader does after reading it), so nothing is copied but the bloom.
-    fn remember_written(&mut self, chunk_id: u64) {
-        let Some(h) = self.buf.get(..CHUNK_HEADER_SIZE) else {
-            return;
-        };
-        let Ok(header) = ChunkHeader::parse(h) else {
-            return;
-        };
-        if header.chunk_type != ChunkType::User {
-            self.shared.remember(chunk_id, header, None);
-            return;
-        }
-        let bloom = usize::from(header.bloom_size);
-        let end = CHUNK_HEADER_SIZE + bloom + header.data_length as usize;
-        let mut b = self.buf.split();
-        let Some(bloom_bytes) = b.get(CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + bloom) else {
-            return;
-        };
-        let bloom_bytes = Bytes::copy_from_slice(bloom_bytes);
-        if end > b.len() {
-            return;
-        }
-        b.copy_within(0..CHUNK_HEADER_SIZE, bloom);
-        let delivered = b.freeze().slice(bloom..end);
-        self.shared.remember(
-            chunk_id,
-            header,
-            Some(ReadChunk {
-                header,
-                bloom: bloom_bytes,
+        // Readers at the tail: a user chunk as delivered, any other as a header to skip (a
+        // user chunk without its delivered form is left to the file).
+        let recent = match (chunk.header.chunk_type, delivered) {
+            (ChunkType::User, Some(delivered)) => Some(Some(ReadChunk {
+                header: chunk.header,
+                bloom: chunk.bloom.clone(),
                 delivered,
-            }),
-        );
+            })),
+            (ChunkType::User, None) => None,
+            _ => Some(None),
+        };
+        if let Some(c) = recent {
+            self.shared.remember(r.chunk_id, chunk.header, c);
+        }
+        Ok(r)
     }
 
     /// The stream is idle: its newest chunks need not stay in memory.
