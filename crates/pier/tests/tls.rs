@@ -5,6 +5,7 @@
 //! ```text
 //!  rcgen CA ─┬─ server cert (localhost) ──► pier --amqps-port  [tls] cert/key/ca/verify_peer
 //!            └─ client cert (CN=tls-user) ─► TlsConnector ─► AMQP handshake (PLAIN | EXTERNAL)
+//!                                                        └► stream protocol (--stream-tls-port)
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -75,6 +76,7 @@ struct Pier {
     amqps_port: u16,
     http_port: u16,
     stomp_tls_port: u16,
+    stream_tls_port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -144,13 +146,15 @@ http = {https}
     let amqps_port = free_port();
     let http_port = free_port();
     let stomp_tls_port = free_port();
+    let stream_tls_port = free_port();
     let log = std::fs::File::create(dir.path().join("pier.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_pier"))
         .args(["server", "--bind", "127.0.0.1"])
         .args(["--amqp-port", &amqp_port.to_string()])
         .args(["--amqps-port", &amqps_port.to_string()])
         .args(["--http-port", &http_port.to_string()])
-        .args(["--stream-port", "0", "--stream-tls-port", "0"])
+        .args(["--stream-port", "0"])
+        .args(["--stream-tls-port", &stream_tls_port.to_string()])
         .args(["--stomp-port", "0", "--web-stomp-port", "0"])
         .args(["--stomp-tls-port", &stomp_tls_port.to_string()])
         .arg("--data-dir")
@@ -169,6 +173,7 @@ http = {https}
         amqps_port,
         http_port,
         stomp_tls_port,
+        stream_tls_port,
         dir,
     }
 }
@@ -448,6 +453,138 @@ async fn external_login_with_a_client_certificate() {
         }
         other => panic!("expected connection.close 403, got {other:?}"),
     }
+}
+
+/// The stream protocol's TLS port: SASL EXTERNAL with a client certificate, as RabbitMQ's
+/// stream plugin offers it (only to a client that presented a certificate).
+#[tokio::test]
+async fn stream_protocol_external_login_with_a_client_certificate() {
+    use pier_stream_wire::{
+        ClientCommand, Create, Open, PeerProperties, ResponseCode, SaslAuthenticate, SaslHandshake,
+        ServerCommand,
+    };
+
+    struct Stream {
+        io: Tls,
+        rx: BytesMut,
+    }
+    impl Stream {
+        async fn connect(port: u16, config: Arc<ClientConfig>) -> Stream {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let tcp = loop {
+                match TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(t) => break t,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "no stream TLS listener: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            };
+            let io = TlsConnector::from(config)
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            Stream {
+                io,
+                rx: BytesMut::new(),
+            }
+        }
+        async fn send(&mut self, c: ClientCommand) {
+            let mut out = BytesMut::new();
+            c.encode(&mut out).unwrap();
+            self.io.write_all(&out).await.unwrap();
+        }
+        async fn reply(&mut self) -> ServerCommand {
+            let read = async {
+                loop {
+                    if let Some(c) = ServerCommand::decode_from(&mut self.rx, 1 << 20).unwrap() {
+                        if !matches!(c, ServerCommand::Heartbeat) {
+                            return c;
+                        }
+                        continue;
+                    }
+                    let n = self.io.read_buf(&mut self.rx).await.unwrap();
+                    assert!(n > 0, "the server closed the connection");
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .unwrap()
+        }
+        /// Peer properties and the SASL handshake: the mechanisms offered.
+        async fn hello(&mut self) -> Vec<String> {
+            self.send(ClientCommand::PeerProperties(PeerProperties {
+                correlation_id: 1,
+                properties: vec![("product".into(), "pier-tls-test".into())],
+            }))
+            .await;
+            assert!(matches!(
+                self.reply().await,
+                ServerCommand::PeerPropertiesResponse(_)
+            ));
+            self.send(ClientCommand::SaslHandshake(SaslHandshake {
+                correlation_id: 2,
+            }))
+            .await;
+            let ServerCommand::SaslHandshakeResponse(r) = self.reply().await else {
+                panic!("no handshake response");
+            };
+            r.mechanisms
+        }
+        async fn external(&mut self) -> ResponseCode {
+            self.send(ClientCommand::SaslAuthenticate(SaslAuthenticate {
+                correlation_id: 3,
+                mechanism: "EXTERNAL".into(),
+                data: bytes::Bytes::new(),
+            }))
+            .await;
+            let ServerCommand::SaslAuthenticateResponse(r) = self.reply().await else {
+                panic!("no authenticate response");
+            };
+            r.code
+        }
+    }
+
+    let pki = Pki::new();
+    let pier = start_pier(&pki, false);
+    let client = pki.issue("tls-user", &[]);
+    let mut c = Stream::connect(pier.stream_tls_port, client_config(&pki, Some(&client))).await;
+    assert_eq!(c.hello().await, ["PLAIN", "EXTERNAL"]);
+    assert_eq!(c.external().await, ResponseCode::Ok);
+    let ServerCommand::Tune(t) = c.reply().await else {
+        panic!("no tune");
+    };
+    c.send(ClientCommand::Tune(t)).await;
+    c.send(ClientCommand::Open(Open {
+        correlation_id: 4,
+        virtual_host: "/".into(),
+    }))
+    .await;
+    let ServerCommand::OpenResponse(o) = c.reply().await else {
+        panic!("no open response");
+    };
+    assert_eq!(o.code, ResponseCode::Ok);
+    // The certificate's user works with its permissions: it creates a stream.
+    c.send(ClientCommand::Create(Create {
+        correlation_id: 5,
+        stream: "tls-stream".into(),
+        arguments: vec![],
+    }))
+    .await;
+    let ServerCommand::CreateResponse(r) = c.reply().await else {
+        panic!("no create response");
+    };
+    assert_eq!(r.code, ResponseCode::Ok);
+
+    // No certificate: EXTERNAL is neither offered nor accepted.
+    let mut c = Stream::connect(pier.stream_tls_port, client_config(&pki, None)).await;
+    assert_eq!(c.hello().await, ["PLAIN"]);
+    assert_eq!(c.external().await, ResponseCode::SaslMechanismNotSupported);
+    // A certificate whose CN names no user is refused.
+    let stranger = pki.issue("nobody-here", &[]);
+    let mut c = Stream::connect(pier.stream_tls_port, client_config(&pki, Some(&stranger))).await;
+    assert_eq!(c.hello().await, ["PLAIN", "EXTERNAL"]);
+    assert_eq!(c.external().await, ResponseCode::AuthenticationFailure);
 }
 
 #[tokio::test]
