@@ -8,6 +8,7 @@ import struct
 import time
 import uuid
 
+import pika
 import pytest
 
 from stomp_raw import RawStomp
@@ -86,7 +87,19 @@ def subscribe(c, dest, sid="1", **headers):
 
 def publish_n(broker, q, n):
     with broker.connect() as conn:
-        ch = conn.channel()
+        # In cluster mode this connection may be on another node than the STOMP one, which
+        # applies the subscription's queue declaration a moment later: publish once the
+        # queue is known here (a message published before would be unroutable).
+        deadline = time.monotonic() + 10
+        while True:
+            ch = conn.channel()
+            try:
+                ch.queue_declare(q, passive=True)
+                break
+            except pika.exceptions.ChannelClosedByBroker:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         for i in range(n):
             ch.basic_publish("", q, f"m{i}".encode())
 
