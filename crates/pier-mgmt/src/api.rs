@@ -10,6 +10,7 @@ use axum::response::Response;
 use axum::Extension;
 use pier_broker::{Message, Permission, QueueDeclare, TopicPermission};
 use pier_wire::ShortString;
+use procfs::process::{LimitValue, Process};
 use serde_json::{json, Map, Value};
 
 use crate::auth::{change_vhost, AuthUser};
@@ -183,31 +184,21 @@ pub async fn cluster_name(State(st): State<AppState>) -> Response {
     json::ok(json!({ "name": st.cluster_name() }))
 }
 
-/// Resident memory in bytes (Linux /proc), 0 elsewhere.
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
-fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
-}
-
-fn max_fds() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
+/// Resident memory in bytes, open file descriptors and their (soft) limit, from /proc; 0 for
+/// what can't be read, and for an unlimited limit.
 pub(crate) fn process_figures() -> (u64, u64, u64) {
-    (rss_bytes(), open_fds(), max_fds())
+    let Ok(me) = Process::myself() else {
+        return (0, 0, 0);
+    };
+    let rss = me
+        .statm()
+        .map_or(0, |m| m.resident.saturating_mul(procfs::page_size()));
+    let fds = me.fd_count().map_or(0, |n| n as u64);
+    let max_fds = match me.limits().map(|l| l.max_open_files.soft_limit) {
+        Ok(LimitValue::Value(n)) => n,
+        Ok(LimitValue::Unlimited) | Err(_) => 0,
+    };
+    (rss, fds, max_fds)
 }
 
 fn node_json(st: &AppState) -> Value {

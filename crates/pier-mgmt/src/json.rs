@@ -251,15 +251,11 @@ pub fn json_to_properties(v: Option<&Value>) -> ApiResult<Properties> {
 /// RabbitMQ's `quote_plus`: letters, digits and `-_.` stay, space becomes `+`, everything
 /// else is percent-encoded (and `~`, the separator, always is).
 pub fn quote_plus(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(char::from(b)),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    // Spaces pass the set unescaped, so every space left in the output is the input's.
+    const QUOTE_PLUS: &percent_encoding::AsciiSet = &crate::PATH_SEGMENT.add(b'~').remove(b' ');
+    percent_encoding::utf8_percent_encode(s, QUOTE_PLUS)
+        .to_string()
+        .replace(' ', "+")
 }
 
 /// The `properties_key` of a binding: `~` for an empty key without arguments, the quoted key
@@ -426,6 +422,7 @@ mod tests {
         assert_eq!(properties_key("", &FieldTable::new()), "~");
         assert_eq!(properties_key("order.*", &FieldTable::new()), "order.%2A");
         assert_eq!(properties_key("a.b c", &FieldTable::new()), "a.b+c");
+        assert_eq!(quote_plus("a+b~c/é"), "a%2Bb%7Ec%2F%C3%A9");
         let mut t = FieldTable::new();
         t.insert("x", FieldValue::from("y"));
         let k = properties_key("limited", &t);

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{delete, get, post};
 use axum::Router;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pier_broker::Broker;
 use pier_cluster::metadata::{Catalog, Hooks, MetadataCommand, Outcome};
 use pier_cluster::Metadata;
@@ -43,6 +44,14 @@ use pier_server::Registry;
 
 pub use error::ApiError;
 use error::ApiResult;
+
+/// URL path segment escaping: RFC 3986's unreserved characters stay, everything else becomes
+/// %XX, `/` included (RabbitMQ's API wants `/` in a vhost name as %2F).
+pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// The RabbitMQ version whose management API Pier follows (tools sniff it).
 pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.8";
@@ -552,11 +561,15 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// uname's node name (what /proc/sys/kernel/hostname shows), else `$HOSTNAME`.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned())
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_owned();
+    if !name.is_empty() {
+        return name;
+    }
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned())
 }

@@ -976,16 +976,7 @@ fn kind_of(dtype: &str) -> metadata::DestinationKind {
 
 /// Percent-encodes a URL path segment.
 fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(char::from(b))
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, crate::PATH_SEGMENT).to_string()
 }
 
 fn binding_error(e: MetadataError) -> ApiError {

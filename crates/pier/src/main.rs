@@ -11,9 +11,18 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::FileConfig;
+
+/// URL path segment escaping: RFC 3986's unreserved characters stay, everything else becomes
+/// %XX, `/` included (RabbitMQ's API wants `/` in a vhost name as %2F).
+pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// jemalloc gives freed memory back to the operating system (background threads purge it
 /// within ~10 s), so the resident set the memory alarm measures falls again once queues drain;
@@ -715,12 +724,18 @@ fn cluster_config(
     }))
 }
 
+/// uname's node name: what /proc/sys/kernel/hostname shows.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_owned();
+    if name.is_empty() {
+        "localhost".to_owned()
+    } else {
+        name
+    }
 }
 
 /// Proposes the config file's definitions to the cluster once this node has caught up

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
+use procfs::process::Process;
 
 /// The process-local monotonic clock that stamps and reads message bodies.
 #[derive(Clone, Copy)]
@@ -175,22 +176,12 @@ pub const USER_HZ: f64 = 100.0;
 /// utime + stime, in ticks, of `pid` (this process when `None`). `None` off Linux or if
 /// the process is gone.
 pub fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/stat"),
-        None => "/proc/self/stat".to_owned(),
+    let process = match pid {
+        Some(pid) => Process::new(i32::try_from(pid).ok()?),
+        None => Process::myself(),
     };
-    parse_stat_ticks(&std::fs::read_to_string(path).ok()?)
-}
-
-/// utime (field 14) + stime (field 15) from the text of `/proc/<pid>/stat`. The command
-/// name (field 2) is in parentheses and may contain spaces, so fields are counted from the
-/// last `)`.
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_ascii_whitespace().skip(11); // field 3 is index 0
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let stat = process.ok()?.stat().ok()?;
+    stat.utime.checked_add(stat.stime)
 }
 
 /// CPU used between two tick readings over `wall_secs`, as a percentage of one core.
@@ -239,17 +230,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_parsing() {
-        // A command name with spaces and parentheses.
-        let stat = "4242 (pier (bench) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
-                    250 75 0 0 20 0 3 0 123 456 789";
-        assert_eq!(parse_stat_ticks(stat), Some(325));
-        assert_eq!(parse_stat_ticks("garbage"), None);
-        assert_eq!(parse_stat_ticks("1 (x) S 1 2"), None);
+    fn cpu_figures() {
         assert!(
             cpu_ticks(None).is_some(),
             "/proc/self/stat is readable on Linux"
         );
+        assert!(cpu_ticks(Some(std::process::id())).is_some());
+        assert_eq!(cpu_ticks(Some(u32::MAX)), None);
         assert_eq!(cpu_percent(Some(100), Some(150), 1.0), Some(50.0));
         assert_eq!(cpu_percent(Some(100), Some(350), 2.0), Some(125.0));
         assert_eq!(cpu_percent(None, Some(1), 1.0), None);

@@ -133,36 +133,25 @@ impl std::str::FromStr for AmqpUri {
 }
 
 fn percent_decode(s: &str) -> anyhow::Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .with_context(|| format!("bad percent-escape in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
+    // The crate passes a bad escape (`%zz`, a trailing `%2`) through as it is; refuse it, so
+    // that a typo does not reach the broker as part of a user or vhost name.
+    let well_formed = s.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        bail!("bad percent-escape in {s:?}");
     }
-    String::from_utf8(out).with_context(|| format!("{s:?} is not UTF-8 once decoded"))
+    let decoded = percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .with_context(|| format!("{s:?} is not UTF-8 once decoded"))?;
+    Ok(decoded.into_owned())
 }
 
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, crate::PATH_SEGMENT).to_string()
 }
 
 #[cfg(test)]

@@ -48,16 +48,7 @@ pub type CtlResult<T> = Result<T, CtlError>;
 
 /// Percent-encodes a URL path segment (`/` as `%2F`, as the API expects vhost names).
 pub fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(char::from(b))
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, crate::PATH_SEGMENT).to_string()
 }
 
 pub struct Client {
