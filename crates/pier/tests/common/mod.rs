@@ -138,6 +138,8 @@ impl Broker {
             }),
         };
         broker.wait_until_accepting(amqp_port)?;
+        // The stream listener starts a moment after the AMQP one.
+        broker.wait_until_accepting(stream_port)?;
         Ok(broker)
     }
 
@@ -158,7 +160,7 @@ impl Broker {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "pier did not accept AMQP connections on port {port} within {STARTUP_TIMEOUT:?}\n{}",
+                    "pier did not accept connections on port {port} within {STARTUP_TIMEOUT:?}\n{}",
                     self.log_contents()
                 );
             }
