@@ -166,6 +166,24 @@ def queue_leader(cluster: Cluster):
     return None
 
 
+def queue_states(cluster: Cluster) -> dict:
+    """Each running node's view of the queue (for a failed check)."""
+    states = {}
+    for n in cluster.running():
+        try:
+            code, q = n.api("GET", f"/api/queues/%2F/{QUEUE}", timeout=3)
+        except OSError as e:
+            states[n.name] = repr(e)
+            continue
+        if code == 200:
+            states[n.name] = {k: q.get(k) for k in ("messages", "messages_ready",
+                                                   "messages_unacknowledged", "consumers",
+                                                   "leader", "online")}
+        else:
+            states[n.name] = code
+    return states
+
+
 def wait_healthy(cluster: Cluster, timeout: float = 60.0) -> None:
     cluster.wait_formed(timeout=timeout)
     deadline = time.monotonic() + timeout
@@ -286,6 +304,9 @@ def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers:
             c.join(timeout=10)
         result = history.check()
         result["faults"] = injected
+        if result["lost"]:
+            # Lost for good, or stuck in the queue (undelivered, or checked out to nobody)?
+            result["queue_at_end"] = queue_states(cluster)
         return result
     finally:
         stop.set()

@@ -395,3 +395,52 @@ def test_a_backlog_past_memory_stays_on_disk_and_survives_the_leader(cluster_fac
     for i, (body, _, _) in enumerate(got):
         assert body == f"{i:08d}".ljust(size, "."), f"delivery {i}: {body[:12]!r}"
     wait_for("the queue is empty", lambda: queue_info(n2, "qqdeep").get("messages") == 0)
+
+
+def test_groups_without_heartbeats_elect_from_the_nodes_pings(cluster_factory):
+    """`--quorum-heartbeats false` (experimental, decision 0009): groups send no heartbeats
+    and never elect on their own; a member elects itself when the leader's node stops
+    answering pings. A dead leader is replaced, confirmed messages survive, a paused and
+    resumed old leader steps down, and a restarted member catches up with the log."""
+    c = cluster_factory(3, start=False)
+    for n in c.nodes:
+        n.extra_args += ["--quorum-heartbeats", "false"]
+    c.start()
+    n1, n2, n3 = c.nodes
+    declare_qq(n1, "qquiet")
+    conn = connect(n2)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    bodies = [f"m{i}" for i in range(200)]
+    assert publish_confirmed(ch, "qquiet", bodies) == bodies
+    conn.close()
+    assert queue_info(n1, "qquiet")["leader"] == n1.name
+    n1.kill()
+    started = time.monotonic()
+    wait_for("a new leader", lambda: queue_info(n2, "qquiet").get("leader") in (n2.name, n3.name),
+             timeout=15)
+    took = time.monotonic() - started
+    print(f"new leader after {took:.2f}s")
+    leader = next(n for n in (n2, n3) if n.name == queue_info(n2, "qquiet")["leader"])
+    # The old leader comes back and follows; it replays the log up to the commit index the
+    # leader tells it (an idle group's heartbeat).
+    n1.start()
+    n1.wait_http()
+    wait_for("n1 holds the 200 again",
+             lambda: queue_info(n1, "qquiet", missing_ok=True).get("messages") == 200, timeout=60)
+    assert queue_info(n1, "qquiet")["leader"] == leader.name
+    # The leader is paused: another takes over; resumed, it learns it no longer leads.
+    leader.pause()
+    other = n2 if leader is n3 else n3
+    try:
+        wait_for("a leader while paused", lambda: queue_info(other, "qquiet").get("leader")
+                 not in (None, leader.name), timeout=15)
+    finally:
+        leader.resume()
+    wait_for("the resumed leader follows",
+             lambda: queue_info(leader, "qquiet").get("leader") == queue_info(other, "qquiet")
+             .get("leader"), timeout=20)
+    conn = connect(other)
+    got = consume_all(conn, conn.channel(), "qquiet", 200)
+    assert sorted(b for b, _, _ in got) == sorted(bodies)
+    conn.close()

@@ -11,7 +11,7 @@
 //! stored in `definitions.redb` with the data it describes; a node whose data carries another
 //! cluster's id is refused at the handshake.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -58,6 +58,10 @@ pub struct ClusterConfig {
     /// Quorum queues declared through this node are Raft groups over several members
     /// (`--quorum-replication`, on by default; off: a group of one on the declaring node).
     pub quorum_replication: bool,
+    /// Quorum queue groups heartbeat and elect by openraft's timers (the default). Off
+    /// (`--quorum-heartbeats false`, experimental): no per-group heartbeats, elections from
+    /// the node's pings (`quorum/elections.rs`, decision 0009).
+    pub quorum_heartbeats: bool,
 }
 
 /// The node's own figures, for its peers' `/api/nodes` (set by the management layer).
@@ -72,8 +76,12 @@ const SM_KEY: &[u8] = b"sm/applied";
 const MAX_IN_FLIGHT: usize = 1024;
 /// A member that answered a ping within this long counts as running.
 pub(crate) const LIVENESS: Duration = Duration::from_secs(3);
-const PING_EVERY: Duration = Duration::from_millis(500);
+/// Members are pinged this often: quorum queue groups learn from these pings that a
+/// leader's node went away (`quorum/service.rs`, `watch_elections`), so they are frequent.
+const PING_EVERY: Duration = Duration::from_millis(250);
 const PING_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Listed peers that are not members yet are dialled this often.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How long a join may take (the learner catches up with the whole log first).
 pub(crate) const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -168,6 +176,17 @@ impl Node {
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&id)
                 .is_some_and(|t| t.elapsed() < LIVENESS)
+    }
+
+    /// Whether member `id` answered a ping within `within` (this node always does).
+    pub(crate) fn heard_within(&self, id: u64, within: Duration) -> bool {
+        id == self.me_id
+            || self
+                .answered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < within)
     }
 
     pub(crate) fn local_report(&self) -> NodeReport {
@@ -371,6 +390,7 @@ pub(crate) async fn start(
     let tasks = vec![
         tokio::spawn(transport.serve(listener)),
         tokio::spawn(watch_peers(Arc::downgrade(&node))),
+        tokio::spawn(probe_listed(Arc::downgrade(&node))),
         tokio::spawn(form(Arc::downgrade(&node))),
     ];
     node.tasks
@@ -628,14 +648,22 @@ pub(crate) async fn reset_and_join(n: &Arc<Node>, addr: &str) -> Result<String, 
 /// knows who is running, and closes connections to members that stopped answering (a
 /// partition that drops packets leaves them open).
 async fn watch_peers(node: Weak<Node>) {
+    // Pings go out on time whatever earlier ones do (one that hangs must not delay the
+    // others' answers, which elections rely on); one at a time per member.
+    let pinging: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut every = tokio::time::interval(PING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(PING_EVERY).await;
+        every.tick().await;
         let Some(n) = node.upgrade() else { return };
         let members = n.members();
-        let mut pings = Vec::new();
         for (id, peer, _) in members.into_iter().filter(|(id, _, _)| *id != n.me_id) {
+            if !pinging.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+                continue;
+            }
             let n = Arc::clone(&n);
-            pings.push(tokio::spawn(async move {
+            let pinging = Arc::clone(&pinging);
+            tokio::spawn(async move {
                 match n
                     .transport
                     .call(id, &peer.addr, &Request::Ping, PING_TIMEOUT)
@@ -654,13 +682,21 @@ async fn watch_peers(node: Weak<Node>) {
                     }
                     Err(_) => {}
                 }
-            }));
+                pinging
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
         }
-        for p in pings {
-            let _ = p.await;
-        }
-        // Listed peers that are not members (yet): keep a connection, so formation and
-        // status see them.
+    }
+}
+
+/// Listed peers that are not members (yet): keeps a connection, so that formation and status
+/// see them.
+async fn probe_listed(node: Weak<Node>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
         let member_addrs: BTreeSet<String> =
             n.members().into_iter().map(|(_, p, _)| p.addr).collect();
         for addr in n

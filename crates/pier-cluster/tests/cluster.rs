@@ -53,6 +53,7 @@ async fn start(name: &str, port: u16, peers: &[u16]) -> TestNode {
         propose_timeout: Duration::from_secs(5),
         tls: None,
         quorum_replication: false,
+        quorum_heartbeats: true,
     };
     let handle = ClusterHandle::start(
         config,

@@ -145,6 +145,17 @@ struct ServerArgs {
         value_name = "BOOL"
     )]
     quorum_replication: Option<bool>,
+    /// Cluster: quorum queue groups heartbeat every 250 ms and elect by Raft's timers (the
+    /// default). `--quorum-heartbeats false` (experimental, docs/decisions/0009): no
+    /// per-group heartbeats, elections when a leader's node stops answering pings.
+    #[arg(
+        long,
+        env = "PIER_QUORUM_HEARTBEATS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    quorum_heartbeats: Option<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -720,6 +731,10 @@ fn cluster_config(
         quorum_replication: args
             .quorum_replication
             .or(f.quorum_replication)
+            .unwrap_or(true),
+        quorum_heartbeats: args
+            .quorum_heartbeats
+            .or(f.quorum_heartbeats)
             .unwrap_or(true),
     }))
 }

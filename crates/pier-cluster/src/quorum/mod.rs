@@ -1,4 +1,4 @@
-//! Quorum queue replication (issue 14), step by step. A quorum queue will be its own Raft
+//! Quorum queue replication (issue 14). A quorum queue is its own Raft
 //! group whose log holds [`QueueEntry`]s; every member applies them to a [`QueueMachine`]
 //! (the broker's deterministic queue engine), and the group's log lives on the node's shared
 //! write-ahead log (`pier_store::wal`, through `raft::wal_log::WalLogStore`).
@@ -6,15 +6,16 @@
 //! ```text
 //!  leader: AMQP publish/consume/ack ─► QueueEntry (op + leader's clocks) ─► Raft propose
 //!          committed ─► QueueMachine::apply on every member ─► effects (deliveries: leader only)
-//!  entry.rs    the log entry and its binary format
-//!  machine.rs  the state machine over QueueEngine (OpenGate; the log is the store)
+//!  entry.rs      the log entry and its binary format
+//!  machine.rs    the state machine over QueueEngine (OpenGate; the log is the store)
+//!  service.rs    a node's groups (openraft over `WalLogStore` and the peer transport), the
+//!                queue handle's Raft-driven backend (confirms after commit, leader-only
+//!                delivery, failover), membership tools
+//!  elections.rs  when a member starts an election (groups send no heartbeats)
+//!  snapshot.rs   the state machine's snapshot format
 //! ```
-//!
-//! Landed: the entry format and the state machine, with determinism across members and
-//! restore-from-snapshot tested. Next: an openraft group per queue over `WalLogStore` and the
-//! peer transport, the queue handle's Raft-driven backend (confirms after commit, leader-only
-//! delivery, failover), membership tools.
 
+pub(crate) mod elections;
 pub mod entry;
 pub mod machine;
 pub(crate) mod service;

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pier_broker::cluster::BoxFuture;
 use pier_broker::message::Message;
@@ -32,6 +32,9 @@ use pier_broker::{BrokerError, ConsumerId, DeadLetter, ObjectKind, Queue, QueueL
 use pier_store::wal::{SharedLog, WalConfig};
 use tokio::sync::{mpsc, oneshot};
 
+use super::elections::{
+    Action, ElectionTimers, GroupView, Role, BACK_FOR, ELECTION_CHECK, PEER_DOWN_AFTER,
+};
 use super::{message_of, Applied, QueueEntry, QueueMachine, QueueOp};
 use crate::queues::wire::{self, LaneMsg};
 use crate::queues::QueueService;
@@ -298,7 +301,7 @@ impl std::fmt::Debug for QuorumService {
 
 impl QuorumService {
     pub(crate) fn new(me: String, dir: PathBuf, queues: Weak<QueueService>) -> Arc<Self> {
-        Arc::new_cyclic(|this| QuorumService {
+        let service = Arc::new_cyclic(|this| QuorumService {
             this: this.clone(),
             me,
             dir,
@@ -307,7 +310,11 @@ impl QuorumService {
             wal: Mutex::new(None),
             groups: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
-        })
+        });
+        service
+            .runtime
+            .spawn(watch_elections(Arc::downgrade(&service)));
+        service
     }
 
     fn broker(&self) -> Option<Arc<pier_broker::Broker>> {
@@ -496,7 +503,8 @@ impl QuorumService {
         let store = Arc::new(WalLogStore::retaining(wal.group(shared.group)));
         lock(&shared.machine).set_bodies(Arc::new(LogBodies::new(Arc::clone(&store))));
         let log = RaftLog::new(Arc::clone(&store)).map_err(|e| e.to_string())?;
-        let config = queue_config(shared.group).map_err(|e| e.to_string())?;
+        let config =
+            queue_config(shared.group, node.config.quorum_heartbeats).map_err(|e| e.to_string())?;
         let sm = QueueStateMachine::open(
             Arc::clone(&shared.machine),
             Arc::clone(shared) as Arc<dyn EffectRunner>,
@@ -629,10 +637,13 @@ impl QuorumService {
                 );
             }
             MemberChange::Heartbeat(on) => {
-                raft.runtime_config().heartbeat(on);
+                // Groups without heartbeats (decision 0009) keep them off.
+                if self.node().is_some_and(|n| n.config.quorum_heartbeats) {
+                    raft.runtime_config().heartbeat(on);
+                }
                 return Response::QueueMembers(Ok(()));
             }
-            _ => {}
+            MemberChange::Add(_) | MemberChange::Remove(_) => {}
         }
         if !shared.leading.load(Ordering::Acquire) {
             return Response::QueueMembers(Err(not_leader(&raft)));
@@ -792,6 +803,90 @@ fn stamp(shared: &Shared, entry: &mut QueueEntry) {
     entry.unix = now;
 }
 
+/// With `--quorum-heartbeats false` (decision 0009): starts elections in this node's
+/// groups and heartbeats the groups it leads now and then and when a member's node comes
+/// back, as [`ElectionTimers`] decides from the node's pings (the groups themselves neither
+/// heartbeat nor elect then: `raft/queue_group.rs`).
+async fn watch_elections(service: Weak<QuorumService>) {
+    let mut timers = ElectionTimers::default();
+    let mut up: HashSet<u64> = HashSet::new();
+    let mut back: HashMap<u64, Instant> = HashMap::new();
+    let mut every = tokio::time::interval(ELECTION_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(s) = service.upgrade() else { return };
+        let Some(node) = s.node() else { continue };
+        if node.config.quorum_heartbeats {
+            // openraft's own timers elect and heartbeat.
+            continue;
+        }
+        let me = node_id(&s.me);
+        let now = Instant::now();
+        let now_up: HashSet<u64> = node
+            .members()
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .filter(|id| node.heard_within(*id, PEER_DOWN_AFTER))
+            .collect();
+        for id in now_up.difference(&up) {
+            back.insert(*id, now);
+        }
+        back.retain(|_, at| now.saturating_duration_since(*at) < BACK_FOR);
+        up = now_up;
+        let groups: Vec<(u64, QueueRaft)> = lock(&s.groups)
+            .iter()
+            .filter_map(|(g, slot)| slot.get().map(|x| (*g, x.raft.clone())))
+            .collect();
+        drop(s);
+        for (group, raft) in &groups {
+            let (role, leader, voters) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                let role = match m.state {
+                    openraft::ServerState::Leader => Role::Leader,
+                    openraft::ServerState::Follower | openraft::ServerState::Candidate => {
+                        Role::Voter
+                    }
+                    openraft::ServerState::Learner | openraft::ServerState::Shutdown => Role::Other,
+                };
+                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+                (role, m.current_leader, voters)
+            };
+            let view = GroupView {
+                group: *group,
+                role,
+                leader,
+                voters: &voters,
+            };
+            let action = timers.decide(
+                me,
+                &view,
+                |id| up.contains(&id),
+                |id| back.contains_key(&id),
+                now,
+            );
+            let raft = raft.clone();
+            match action {
+                Action::Wait => {}
+                Action::Elect => {
+                    tracing::debug!(group = %format!("{group:x}"), ?leader, "quorum queue: starting an election");
+                    tokio::spawn(async move {
+                        let _ = raft.trigger().elect().await;
+                    });
+                }
+                Action::Heartbeat => {
+                    tokio::spawn(async move {
+                        let _ = raft.trigger().heartbeat().await;
+                    });
+                }
+            }
+        }
+        let present: HashSet<u64> = groups.iter().map(|(g, _)| *g).collect();
+        timers.retain(|g| present.contains(&g));
+    }
+}
+
 /// Follows the group's leadership: who leads, in which term; a member that starts leading
 /// returns what was checked out before (once everything committed before it is applied).
 async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
@@ -810,9 +905,17 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
         shared.term.store(term, Ordering::Release);
         if leading && led_in != Some(term) {
             led_in = Some(term);
-            // A leader always heartbeats (a transfer that stopped them, then failed to
-            // resume them, must not leave this member leading silently next time).
-            raft.runtime_config().heartbeat(true);
+            // A leader heartbeats (a transfer that stopped them, then failed to resume
+            // them, must not leave this member leading silently next time), unless the
+            // node runs its groups without heartbeats (decision 0009).
+            if shared
+                .service
+                .upgrade()
+                .and_then(|s| s.node())
+                .is_some_and(|n| n.config.quorum_heartbeats)
+            {
+                raft.runtime_config().heartbeat(true);
+            }
             // Everything up to this leader's first entry is applied before anything is
             // returned: then the checked-out set is the whole group's.
             let waited = raft

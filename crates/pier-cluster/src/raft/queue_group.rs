@@ -102,20 +102,53 @@ pub type QueueRaft = openraft::Raft<QueueTypeConfig>;
 pub type QueueEntryOf = openraft::Entry<QueueTypeConfig>;
 pub type QueueMembership = openraft::StoredMembership<u64, PeerNode>;
 
-/// Heartbeats every 250 ms, elections after 1–1.6 s of silence: a new leader within the
-/// 2 s issue 14 asks for, with fewer heartbeats than the metadata group's per group (a node
-/// with many quorum queues sends one per group and follower).
+/// By default a quorum queue's group heartbeats every 250 ms and elects after 1–1.6 s of
+/// silence (openraft's timers; a follower waits for the lease too, so 2.6–3.2 s after a
+/// leader's death).
 pub const QUEUE_HEARTBEAT_MS: u64 = 250;
 pub const QUEUE_ELECTION_MIN_MS: u64 = 1000;
 pub const QUEUE_ELECTION_MAX_MS: u64 = 1600;
 
-/// openraft's configuration for a quorum queue's group.
-pub fn queue_config(group: u64) -> Result<openraft::Config, openraft::ConfigError> {
+/// With `--quorum-heartbeats false` (experimental, decision 0009) a group neither
+/// heartbeats nor starts elections by itself: a node with 1,000 quorum queues would
+/// otherwise send 1,000 groups' heartbeats to every follower several times a second while
+/// they are idle. As RabbitMQ's Ra (with its node-level failure detector, aten), the node
+/// watches its peers instead, and a member elects itself when its group's leader's node
+/// stops answering pings (`quorum/elections.rs`). Committed indexes still reach followers:
+/// openraft sends an AppendEntries when the commit index moves. With elections off, the
+/// election timeout only sets the leader lease (openraft's is the maximum): a voter refuses
+/// to elect another leader this long after it last heard from the current one. The
+/// heartbeat interval is also how long an AppendEntries may take.
+pub const QUIET_HEARTBEAT_MS: u64 = 500;
+pub const QUIET_ELECTION_MIN_MS: u64 = 1000;
+pub const QUIET_ELECTION_MAX_MS: u64 = 1200;
+
+/// openraft's configuration for a quorum queue's group; `heartbeats`: the default timers
+/// (else decision 0009's).
+pub fn queue_config(
+    group: u64,
+    heartbeats: bool,
+) -> Result<openraft::Config, openraft::ConfigError> {
+    let (heartbeat, min, max) = if heartbeats {
+        (
+            QUEUE_HEARTBEAT_MS,
+            QUEUE_ELECTION_MIN_MS,
+            QUEUE_ELECTION_MAX_MS,
+        )
+    } else {
+        (
+            QUIET_HEARTBEAT_MS,
+            QUIET_ELECTION_MIN_MS,
+            QUIET_ELECTION_MAX_MS,
+        )
+    };
     openraft::Config {
         cluster_name: format!("queue-{group:016x}"),
-        heartbeat_interval: QUEUE_HEARTBEAT_MS,
-        election_timeout_min: QUEUE_ELECTION_MIN_MS,
-        election_timeout_max: QUEUE_ELECTION_MAX_MS,
+        heartbeat_interval: heartbeat,
+        election_timeout_min: min,
+        election_timeout_max: max,
+        enable_heartbeat: heartbeats,
+        enable_elect: heartbeats,
         // An entry is a node's batch of writes (up to 1 MiB of bodies, `quorum/service.rs`);
         // an AppendEntries also stops at 4 MiB (`network.rs`, `APPEND_BYTES`).
         max_payload_entries: 64,
