@@ -169,13 +169,7 @@ impl Node {
 
     /// Whether member `id` answered recently (this node always counts).
     pub(crate) fn is_running(&self, id: u64) -> bool {
-        id == self.me_id
-            || self
-                .answered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&id)
-                .is_some_and(|t| t.elapsed() < LIVENESS)
+        self.heard_within(id, LIVENESS)
     }
 
     /// Whether member `id` answered a ping within `within` (this node always does).
