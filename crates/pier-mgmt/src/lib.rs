@@ -53,6 +53,12 @@ pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
+/// Percent-encodes a URL path segment with [`PATH_SEGMENT`] (the API's own links, `pier
+/// ctl`'s requests and `pier bench`'s URIs).
+pub fn encode_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, PATH_SEGMENT).to_string()
+}
+
 /// The RabbitMQ version whose management API Pier follows (tools sniff it).
 pub const RABBITMQ_COMPAT_VERSION: &str = "3.10.8";
 

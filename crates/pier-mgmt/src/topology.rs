@@ -974,11 +974,6 @@ fn kind_of(dtype: &str) -> metadata::DestinationKind {
     }
 }
 
-/// Percent-encodes a URL path segment.
-fn encode_segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, crate::PATH_SEGMENT).to_string()
-}
-
 fn binding_error(e: MetadataError) -> ApiError {
     match e {
         MetadataError::Refused(CommandError::Broker(e @ BrokerError::NotFound { .. })) => {
@@ -1015,8 +1010,8 @@ pub async fn create_binding(
         .map_err(binding_error)?;
     let location = format!(
         "{}/{}",
-        encode_segment(&destination),
-        encode_segment(&props)
+        crate::encode_segment(&destination),
+        crate::encode_segment(&props)
     );
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }

@@ -11,18 +11,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::FileConfig;
-
-/// URL path segment escaping: RFC 3986's unreserved characters stay, everything else becomes
-/// %XX, `/` included (RabbitMQ's API wants `/` in a vhost name as %2F).
-pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// jemalloc gives freed memory back to the operating system (background threads purge it
 /// within ~10 s), so the resident set the memory alarm measures falls again once queues drain;

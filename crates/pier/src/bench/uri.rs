@@ -31,10 +31,10 @@ impl fmt::Display for AmqpUri {
         write!(
             f,
             "amqp://{}@{}:{}/{}",
-            percent_encode(&self.user),
+            pier_mgmt::encode_segment(&self.user),
             host,
             self.port,
-            percent_encode(&self.vhost)
+            pier_mgmt::encode_segment(&self.vhost)
         )
     }
 }
@@ -148,10 +148,6 @@ fn percent_decode(s: &str) -> anyhow::Result<String> {
         .decode_utf8()
         .with_context(|| format!("{s:?} is not UTF-8 once decoded"))?;
     Ok(decoded.into_owned())
-}
-
-fn percent_encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, crate::PATH_SEGMENT).to_string()
 }
 
 #[cfg(test)]

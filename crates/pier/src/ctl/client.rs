@@ -47,9 +47,7 @@ impl CtlError {
 pub type CtlResult<T> = Result<T, CtlError>;
 
 /// Percent-encodes a URL path segment (`/` as `%2F`, as the API expects vhost names).
-pub fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, crate::PATH_SEGMENT).to_string()
-}
+pub use pier_mgmt::encode_segment as enc;
 
 pub struct Client {
     base: String,
