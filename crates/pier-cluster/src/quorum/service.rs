@@ -325,6 +325,12 @@ impl QuorumService {
         self.queues.upgrade()?.node()
     }
 
+    /// Whether this node's groups heartbeat and elect by openraft's timers (the default;
+    /// `--quorum-heartbeats false`: decision 0009).
+    fn heartbeats(&self) -> bool {
+        self.node().is_some_and(|n| n.config.quorum_heartbeats)
+    }
+
     /// The member whose Raft id has these top bits.
     fn node_of_tag(&self, tag: u64) -> Option<PeerNode> {
         let node = self.node()?;
@@ -638,7 +644,7 @@ impl QuorumService {
             }
             MemberChange::Heartbeat(on) => {
                 // Groups without heartbeats (decision 0009) keep them off.
-                if self.node().is_some_and(|n| n.config.quorum_heartbeats) {
+                if self.heartbeats() {
                     raft.runtime_config().heartbeat(on);
                 }
                 return Response::QueueMembers(Ok(()));
@@ -818,8 +824,9 @@ async fn watch_elections(service: Weak<QuorumService>) {
         let Some(s) = service.upgrade() else { return };
         let Some(node) = s.node() else { continue };
         if node.config.quorum_heartbeats {
-            // openraft's own timers elect and heartbeat.
-            continue;
+            // openraft's own timers elect and heartbeat (the setting does not change while
+            // the node runs).
+            return;
         }
         let me = node_id(&s.me);
         let now = Instant::now();
@@ -908,12 +915,7 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
             // A leader heartbeats (a transfer that stopped them, then failed to resume
             // them, must not leave this member leading silently next time), unless the
             // node runs its groups without heartbeats (decision 0009).
-            if shared
-                .service
-                .upgrade()
-                .and_then(|s| s.node())
-                .is_some_and(|n| n.config.quorum_heartbeats)
-            {
+            if shared.service.upgrade().is_some_and(|s| s.heartbeats()) {
                 raft.runtime_config().heartbeat(true);
             }
             // Everything up to this leader's first entry is applied before anything is
