@@ -251,13 +251,14 @@ def progress(history: History) -> str:
 
 def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers: int = 2,
         consumers: int = 2, faults: list[str] | None = None, log=print,
-        netns: Netns | None = None) -> dict:
+        netns: Netns | None = None, pier_args: list[str] | None = None) -> dict:
     random.seed(seed)
     own_netns = netns is None
     netns = netns or Netns.create()
     cluster = Cluster(workdir, 3, netns)
     for n in cluster.nodes:
         n.extra_args.append("--quorum-replication")
+        n.extra_args.extend(pier_args or [])
     history = History()
     stop = threading.Event()
     injected: list[str] = []
@@ -322,10 +323,16 @@ def main() -> int:
     ap.add_argument("--hold", type=float, default=3.0, help="seconds each fault lasts")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--faults", default=None,
+                    help=f"comma-separated, cycled (default: {','.join(FAULTS)})")
+    ap.add_argument("--pier-arg", action="append", default=[],
+                    help="an extra argument for every pier process (repeatable), "
+                         "e.g. --pier-arg=--quorum-heartbeats --pier-arg=false")
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pier-chaos-"))
     started = time.monotonic()
     result = run(args.rounds, workdir, hold=args.hold, seed=args.seed,
+                 faults=args.faults.split(",") if args.faults else None, pier_args=args.pier_arg,
                  log=lambda s: print(f"[{time.monotonic() - started:7.1f}s] {s}", flush=True))
     result["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))

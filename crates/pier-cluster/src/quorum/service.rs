@@ -1180,6 +1180,11 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let (undecided_tx, mut undecided_rx) = mpsc::unbounded_channel::<Undecided>();
     let mut proposals: u64 = 0;
+    // The term of this node's leadership in which its latest publish batch was proposed
+    // (while those proposals may still be undecided), and whether the writer must wait for
+    // every batch on its way before it sends anything else.
+    let mut local_publishes: Option<u64> = None;
+    let mut settle = false;
     loop {
         let mut undecided = Vec::new();
         if queue.is_empty() {
@@ -1204,7 +1209,7 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         while let Ok(u) = undecided_rx.try_recv() {
             undecided.push(u);
         }
-        if !undecided.is_empty() {
+        if !undecided.is_empty() || std::mem::take(&mut settle) {
             drop(slot);
             let Ok(all) = Arc::clone(&in_flight)
                 .acquire_many_owned(BATCHES_IN_FLIGHT as u32)
@@ -1216,6 +1221,10 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
                 undecided.push(u);
             }
             drop(all);
+            local_publishes = None;
+            if undecided.is_empty() {
+                continue;
+            }
             // Time for this node to see that it no longer leads (else a member that still
             // thinks it leads would spend the attempts at once).
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1246,6 +1255,26 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         let Some(service) = l.service.upgrade() else {
             return;
         };
+        let target = l.target(&service, 0);
+        let term = match &target {
+            Target::Local(raft, _) => Some(raft.metrics().borrow().current_term),
+            _ => None,
+        };
+        // Publish batches proposed here may still be undecided. Only a proposal to the same
+        // leader in the same term is ordered after them by the log itself (it cannot commit
+        // unless they do); one sent to another leader, or proposed here after a re-election,
+        // could commit first, and the engine (which keeps each publisher's highest sequence)
+        // would then take the older ones, sent again, for resends and drop them although
+        // never enqueued. So the writer first waits for their answers (those undecided go
+        // again first), and this batch goes after them.
+        if local_publishes.is_some() && local_publishes != term {
+            for w in batch.into_iter().rev() {
+                queue.push_front(w);
+            }
+            drop(slot);
+            settle = true;
+            continue;
+        }
         proposals += 1;
         let undecided = (proposals, undecided_tx.clone());
         // Settlements, credit and cancels commute: while the leader is elsewhere, several of
@@ -1255,13 +1284,16 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         let publishes = batch
             .iter()
             .any(|w| matches!(w.entry.op, QueueOp::Enqueue { .. }));
-        if !publishes && matches!(l.target(&service, 0), Target::Remote(_)) {
+        if !publishes && matches!(target, Target::Remote(_)) {
             let runtime = service.runtime.clone();
             runtime.spawn(async move {
-                run_batch(&l, &service, batch, slot, undecided).await;
+                run_batch(&l, &service, batch, slot, undecided, target).await;
             });
         } else {
-            run_batch(&l, &service, batch, slot, undecided).await;
+            let proposed_in = run_batch(&l, &service, batch, slot, undecided, target).await;
+            if publishes {
+                local_publishes = proposed_in;
+            }
         }
     }
 }
@@ -1277,22 +1309,30 @@ struct Undecided {
 /// leader, a member that passes it on) until `WRITE_DEADLINE`.
 /// `slot` (one of `BATCHES_IN_FLIGHT`) is held until the batch is answered: for a local
 /// proposal, once it is committed and applied; a local proposal left undecided goes back to
-/// the writer through `undecided` (before its slot is freed).
+/// the writer through `undecided` (before its slot is freed). `first` is where it goes
+/// first. Returns the term in which this node proposed it, if it did (its answer may then
+/// still be on its way); `None` once it is answered.
 async fn run_batch(
     l: &Arc<QuorumLink>,
     service: &Arc<QuorumService>,
     mut batch: Vec<Write>,
     slot: tokio::sync::OwnedSemaphorePermit,
     undecided: (u64, mpsc::UnboundedSender<Undecided>),
-) {
+    first: Target,
+) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
     let mut tried = 0usize;
+    let mut first = Some(first);
     loop {
         if l.closed.load(Ordering::Acquire) {
             fail(&mut batch, "the queue was deleted");
             break;
         }
-        match l.target(service, tried) {
+        let target = match first.take() {
+            Some(t) => t,
+            None => l.target(service, tried),
+        };
+        match target {
             Target::Local(raft, shared) => {
                 // The whole batch is one Raft entry (one append, one fsync, one
                 // replication for all of it); its answers are awaited off this task, so
@@ -1301,6 +1341,7 @@ async fn run_batch(
                 let writes: Vec<Write> = std::mem::take(&mut batch);
                 let mut entry = batch_entry(writes.iter().map(|w| w.entry.op.clone()).collect());
                 stamp(&shared, &mut entry);
+                let term = raft.metrics().borrow().current_term;
                 match raft.client_write_ff(entry).await {
                     Ok(rx) => {
                         service.runtime.spawn(async move {
@@ -1312,6 +1353,7 @@ async fn run_batch(
                             answer(writes, r, undecided);
                             drop(slot);
                         });
+                        return Some(term);
                     }
                     Err(e) => answer(writes, Err(e.to_string()), undecided),
                 }
@@ -1356,6 +1398,7 @@ async fn run_batch(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    None
 }
 
 /// One entry for ops written together: the op alone, or a batch of them.
