@@ -120,6 +120,9 @@ def test_confirmed_messages_survive_the_leader_and_reach_consumers_on_any_node(c
     # Every member holds them: the figures come from each node's own copy.
     for n in c.nodes:
         wait_for(f"{n.name} holds 300", lambda n=n: queue_info(n, "qq").get("messages") == 300)
+        # The queue's counts too (each member's engine applied the same publishes).
+        wait_for(f"{n.name} counts 300 published",
+                 lambda n=n: queue_info(n, "qq")["message_stats"].get("publish") == 300)
     # The declaring node led the group; it dies, and nothing confirmed is lost.
     n1.kill()
     conn3 = connect(n3)
@@ -127,6 +130,10 @@ def test_confirmed_messages_survive_the_leader_and_reach_consumers_on_any_node(c
     assert sorted(b for b, _, _ in got) == sorted(bodies)
     conn3.close()
     wait_for("the queue is empty", lambda: queue_info(n2, "qq").get("messages") == 0)
+    for n in (n2, n3):
+        wait_for(f"{n.name} counts 300 delivered and acked", lambda n=n: (
+            lambda st: st.get("deliver_get", 0) >= 300 and st.get("ack") == 300)(
+                queue_info(n, "qq")["message_stats"]))
 
 
 def test_a_consumer_keeps_its_subscription_across_a_leader_kill(cluster_factory):

@@ -28,7 +28,10 @@ use pier_broker::message::Message;
 use pier_broker::persist::DurabilityHold;
 use pier_broker::queue::engine::{ConsumerSettings, Effect, EngineConfig};
 use pier_broker::queue::remote::{RemoteConsumer, RemoteGot, WINDOW_MESSAGES};
-use pier_broker::{BrokerError, ConsumerId, DeadLetter, ObjectKind, Queue, QueueLink, Settlement};
+use pier_broker::{
+    BrokerError, ConsumerId, DeadLetter, ObjectKind, Queue, QueueCountersSnapshot, QueueLink,
+    Settlement,
+};
 use pier_store::wal::{SharedLog, WalConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -964,12 +967,13 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let (due, stats, consumers, needed) = {
+        let (due, stats, counters, consumers, needed) = {
             let m = lock(&shared.machine);
             let e = m.engine();
             (
                 e.next_tick() <= unix_ms(),
                 e.stats(),
+                e.counters(),
                 e.consumers().map(|(id, _, _)| id).collect::<Vec<_>>(),
                 m.log_needed_from(),
             )
@@ -979,7 +983,17 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
             tracing::warn!(queue = %shared.name, "quorum queue log purge: {e}");
         }
         if let Some(q) = shared.queue() {
-            q.set_remote_figures(stats, Default::default());
+            // Every member applies the same entries, so its counts are the leader's: any
+            // node's management shows the queue's rates.
+            q.set_remote_figures(
+                stats,
+                QueueCountersSnapshot {
+                    published: counters.published,
+                    delivered: counters.delivered,
+                    delivered_no_ack: counters.delivered_no_ack,
+                    acked: counters.acked,
+                },
+            );
         }
         // Counted in ops, not entries: an entry is often a batch of many.
         let since = shared.ops_since_snapshot.load(Ordering::Relaxed);
