@@ -6,6 +6,7 @@ and gets what was unacknowledged again, redelivered, with x-delivery-count."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pika
@@ -451,3 +452,77 @@ def test_groups_without_heartbeats_elect_from_the_nodes_pings(cluster_factory):
     got = consume_all(conn, conn.channel(), "qquiet", 200)
     assert sorted(b for b, _, _ in got) == sorted(bodies)
     conn.close()
+
+
+def _undecided_publishes_are_kept(c, netns, queue: str) -> None:
+    n1, n2, n3 = c.nodes
+    declare_qq(n1, queue)
+    wait_for("n1 leads", lambda: queue_info(n1, queue).get("leader") == n1.name)
+    conn = connect(n1)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    assert publish_confirmed(ch, queue, ["a"]) == ["a"]
+    # The leader is cut off from the other members; a publish through it cannot commit
+    # (its entry waits on a leader that no longer has a majority).
+    for o in (n2, n3):
+        netns.cut(n1.ip, o.ip)
+    results: dict[str, object] = {}
+
+    def publish(body: str) -> threading.Thread:
+        def run():
+            try:
+                c2 = connect(n1)
+                ch2 = c2.channel()
+                ch2.confirm_delivery()
+                results[body] = publish_confirmed(ch2, queue, [body])
+                c2.close()
+            except Exception as e:  # noqa: BLE001 - reported below
+                results[body] = e
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    tb = publish("b")
+    leader = wait_for("a new leader among n2 and n3",
+                      lambda: queue_info(n2, queue).get("leader") in (n2.name, n3.name),
+                      timeout=20) and queue_info(n2, queue)["leader"]
+    new = n2 if leader == n2.name else n3
+    # Healed, but the new leader is paused: the old one learns of the new term from the
+    # other member, and nobody truncates its entry of "b" yet, so "b" stays undecided.
+    new.pause()
+    netns.heal()
+    try:
+        wait_for("n1 follows", lambda: queue_info(n1, queue).get("leader") != n1.name,
+                 timeout=5)
+        # A publish through n1 now goes to the new leader. It must not overtake "b": the
+        # new leader would take "b", sent again after it, for a resend (the engine keeps
+        # each publisher's highest sequence) and drop it.
+        tc = publish("c")
+        time.sleep(0.3)
+    finally:
+        new.resume()
+    tc.join(30)
+    tb.join(30)
+    conn.close()
+    confirmed = ["a"] + [b for b in ("b", "c") if results.get(b) == [b]]
+    print(f"results {results!r}")
+    conn = connect(n2)
+    got = consume_all(conn, conn.channel(), queue, len(confirmed), timeout=30)
+    conn.close()
+    bodies = {b for b, _, _ in got}
+    missing = [b for b in confirmed if b not in bodies]
+    assert not missing, f"confirmed, not delivered: {missing} ({results!r})"
+
+
+def test_publishes_a_deposed_leader_left_undecided_are_not_dropped(cluster_factory, netns):
+    """A publish proposed by a leader that is then cut off and replaced, followed by more
+    publishes through the same node once healed: every confirmed one is in the queue."""
+    _undecided_publishes_are_kept(replicated_cluster(cluster_factory), netns, "qq-undecided")
+
+
+def test_publishes_a_deposed_leader_left_undecided_without_heartbeats(cluster_factory, netns):
+    c = cluster_factory(3, start=False)
+    for n in c.nodes:
+        n.extra_args += ["--quorum-heartbeats", "false"]
+    c.start()
+    _undecided_publishes_are_kept(c, netns, "qq-undecided-quiet")
