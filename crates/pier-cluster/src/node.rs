@@ -58,9 +58,9 @@ pub struct ClusterConfig {
     /// Quorum queues declared through this node are Raft groups over several members
     /// (`--quorum-replication`, on by default; off: a group of one on the declaring node).
     pub quorum_replication: bool,
-    /// Quorum queue groups heartbeat and elect by openraft's timers (the default). Off
-    /// (`--quorum-heartbeats false`, experimental): no per-group heartbeats, elections from
-    /// the node's pings (`quorum/elections.rs`, decision 0009).
+    /// Quorum queue groups heartbeat and elect by openraft's timers (`--quorum-heartbeats
+    /// true`). Off (the default): no per-group heartbeats, elections from the node's pings
+    /// (`quorum/elections.rs`, decision 0009).
     pub quorum_heartbeats: bool,
 }
 

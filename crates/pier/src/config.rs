@@ -66,7 +66,7 @@
 //! advertise = "host1:25672"   # how peers reach this node (default: --bind or hostname)
 //! propose_timeout = 5000      # ms a definition change may wait for the cluster
 //! quorum_replication = true   # quorum queues as Raft groups of several members
-//! quorum_heartbeats = true    # false: no per-group heartbeats (experimental)
+//! quorum_heartbeats = false   # true: per-group heartbeats and Raft election timers
 //! # The STOMP server (docs/stomp.md); --stomp-port, --stomp-tls-port, --web-stomp-port win
 //! [stomp]
 //! port = 61613                # 0: off
@@ -177,8 +177,8 @@ pub struct ClusterEntry {
     /// Quorum queues replicated by Raft over several members (default true;
     /// docs/quorum-queues.md).
     pub quorum_replication: Option<bool>,
-    /// Per-group heartbeats and elections of quorum queues (default true; false: from the
-    /// node's pings, experimental, docs/decisions/0009).
+    /// Per-group heartbeats and elections of quorum queues (default false: elections from
+    /// the node's pings, docs/decisions/0009).
     pub quorum_heartbeats: Option<bool>,
 }
 

@@ -136,9 +136,9 @@ struct ServerArgs {
         value_name = "BOOL"
     )]
     quorum_replication: Option<bool>,
-    /// Cluster: quorum queue groups heartbeat every 250 ms and elect by Raft's timers (the
-    /// default). `--quorum-heartbeats false` (experimental, docs/decisions/0009): no
-    /// per-group heartbeats, elections when a leader's node stops answering pings.
+    /// Cluster: `--quorum-heartbeats true` makes quorum queue groups heartbeat every 250 ms
+    /// and elect by Raft's timers. By default (false, docs/decisions/0009) they send no
+    /// per-group heartbeats and elect when a leader's node stops answering pings.
     #[arg(
         long,
         env = "PIER_QUORUM_HEARTBEATS",
@@ -726,7 +726,7 @@ fn cluster_config(
         quorum_heartbeats: args
             .quorum_heartbeats
             .or(f.quorum_heartbeats)
-            .unwrap_or(true),
+            .unwrap_or(false),
     }))
 }
 

@@ -102,14 +102,14 @@ pub type QueueRaft = openraft::Raft<QueueTypeConfig>;
 pub type QueueEntryOf = openraft::Entry<QueueTypeConfig>;
 pub type QueueMembership = openraft::StoredMembership<u64, PeerNode>;
 
-/// By default a quorum queue's group heartbeats every 250 ms and elects after 1–1.6 s of
+/// With `--quorum-heartbeats true` a quorum queue's group heartbeats every 250 ms and elects after 1–1.6 s of
 /// silence (openraft's timers; a follower waits for the lease too, so 2.6–3.2 s after a
 /// leader's death).
 pub const QUEUE_HEARTBEAT_MS: u64 = 250;
 pub const QUEUE_ELECTION_MIN_MS: u64 = 1000;
 pub const QUEUE_ELECTION_MAX_MS: u64 = 1600;
 
-/// With `--quorum-heartbeats false` (experimental, decision 0009) a group neither
+/// With `--quorum-heartbeats false` (the default, decision 0009) a group neither
 /// heartbeats nor starts elections by itself: a node with 1,000 quorum queues would
 /// otherwise send 1,000 groups' heartbeats to every follower several times a second while
 /// they are idle. As RabbitMQ's Ra (with its node-level failure detector, aten), the node
