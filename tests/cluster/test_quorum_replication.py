@@ -529,3 +529,46 @@ def test_publishes_a_deposed_leader_left_undecided_with_group_heartbeats(cluster
         n.extra_args += ["--quorum-heartbeats", "true"]
     c.start()
     _undecided_publishes_are_kept(c, netns, "qq-undecided-timers")
+
+
+def test_at_least_once_dead_letters_survive_the_leader(cluster_factory):
+    """x-dead-letter-strategy at-least-once: rejected messages with nowhere to go stay in the
+    source queue's log; the leader dies; the new leader routes them once the target queue
+    exists, and they leave the source once the target confirmed them."""
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    conn = connect(n1)
+    conn.channel().queue_declare("alo-src", durable=True, arguments={
+        **QQ, "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish",
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "alo-dlq"})
+    conn.close()
+    wait_for("n1 leads", lambda: queue_info(n1, "alo-src").get("leader") == n1.name)
+    conn2 = connect(n2)
+    ch2 = conn2.channel()
+    ch2.confirm_delivery()
+    bodies = [f"d{i}" for i in range(5)]
+    assert publish_confirmed(ch2, "alo-src", bodies) == bodies
+    # Rejected through n3: no queue "alo-dlq" yet, so the leader keeps them.
+    conn3 = connect(n3)
+    ch3 = conn3.channel()
+    for _ in bodies:
+        method = wait_for("a delivery", lambda: ch3.basic_get("alo-src")[0])
+        ch3.basic_reject(method.delivery_tag, requeue=False)
+    conn3.close()
+    time.sleep(1)
+    n1.kill()
+    wait_for("a new leader", lambda: queue_info(n2, "alo-src").get("leader") in (n2.name, n3.name),
+             timeout=20)
+    ch2.queue_declare("alo-dlq", durable=True, arguments=QQ)
+    got = []
+
+    def dead_letters_arrived():
+        method, props, body = ch2.basic_get("alo-dlq", auto_ack=True)
+        if method:
+            got.append((body.decode(), props.headers["x-death"][0]["reason"]))
+        return len(got) >= len(bodies)
+
+    wait_for("the kept dead letters in alo-dlq", dead_letters_arrived, timeout=30)
+    assert sorted(b for b, _ in got) == bodies
+    assert {r for _, r in got} == {"rejected"}
+    conn2.close()

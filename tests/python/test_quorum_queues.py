@@ -212,8 +212,8 @@ def test_delivery_count_grows_with_each_requeue(channel, names):
     assert counts[1:] == [(True, 1), (True, 2)]
 
 
-def _get(ch, q):
-    method, props, body = ch.basic_get(q)
+def _get(ch, q, ack=False):
+    method, props, body = ch.basic_get(q, auto_ack=ack)
     return (method, props, body) if method else None
 
 
@@ -247,6 +247,59 @@ def test_delivery_limit_dead_letters_with_reason(channel, names):
     assert death["reason"] == "delivery_limit"
     assert death["queue"] == q
     assert channel.queue_declare(q, passive=True).method.message_count == 0
+
+
+def _at_least_once(channel, names, target):
+    """A quorum queue dead-lettering at least once through the default exchange to
+    `target` (RabbitMQ's rule: at-least-once needs x-overflow reject-publish)."""
+    q = names.queue("qq-alo")
+    declare_qq(channel, q, **{"x-dead-letter-strategy": "at-least-once",
+                              "x-overflow": "reject-publish",
+                              "x-dead-letter-exchange": "",
+                              "x-dead-letter-routing-key": target})
+    return q
+
+
+def test_at_least_once_dead_letters_reach_their_target(channel, names):
+    dlq = names.queue("dlq-alo")
+    channel.queue_declare(dlq, durable=True)
+    q = _at_least_once(channel, names, dlq)
+    channel.confirm_delivery()
+    for i in range(3):
+        channel.basic_publish("", q, f"m{i}".encode(),
+                              pika.BasicProperties(delivery_mode=2))
+    for _ in range(3):
+        method, _, _ = wait_until(lambda: _get(channel, q), message="a delivery")
+        channel.basic_reject(method.delivery_tag, requeue=False)
+    got = []
+    for _ in range(3):
+        _, props, body = wait_until(lambda: _get(channel, dlq, ack=True),
+                                    message="a dead letter")
+        got.append(body)
+        death = props.headers["x-death"][0]
+        assert (death["reason"], death["queue"]) == ("rejected", q)
+    assert sorted(got) == [b"m0", b"m1", b"m2"]
+    # Confirmed by the target, they left the source.
+    wait_until(lambda: channel.queue_declare(q, passive=True).method.message_count == 0,
+               message="the source empty")
+
+
+@pytest.mark.pier_only
+def test_at_least_once_dead_letters_wait_for_a_route(channel, names):
+    """A dead letter with no queue to go to stays in the source queue and goes once its
+    target exists. (RabbitMQ retries after dead_letter_worker_publisher_confirm_timeout,
+    180 s by default; Pier every 5 s: hence Pier only.) At most once it would be gone."""
+    dlq = names.queue("dlq-later")
+    q = _at_least_once(channel, names, dlq)
+    channel.basic_publish("", q, b"kept", pika.BasicProperties(delivery_mode=2))
+    method, _, _ = wait_until(lambda: _get(channel, q), message="a delivery")
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    time.sleep(0.5)
+    channel.queue_declare(dlq, durable=True)
+    _, props, body = wait_until(lambda: _get(channel, dlq, ack=True), timeout=20,
+                                message="the dead letter, once its queue exists")
+    assert body == b"kept"
+    assert props.headers["x-death"][0]["reason"] == "rejected"
 
 
 def test_delivery_limit_without_dlx_drops(channel, names):

@@ -39,6 +39,9 @@ impl DeathReason {
 pub struct DeadLetter {
     pub message: Arc<Message>,
     pub reason: DeathReason,
+    /// At-least-once: the source queue keeps the message at this offset until its targets
+    /// confirm it (`Queue::dead_letter_settled`); `None`: at most once, gone already.
+    pub kept: Option<u64>,
 }
 
 /// The routing keys a message was published with: its routing key plus the `CC` header's

@@ -250,13 +250,40 @@ impl VHost {
                     self.clock().unix_seconds(),
                 );
                 let mut more = Vec::new();
-                // A missing dead-letter exchange (404) drops the message, as in RabbitMQ.
-                let _ = self.publish_collect(
-                    Arc::new(message),
-                    PublishOptions::internal(),
-                    Some(item.reason),
-                    &mut more,
-                );
+                match item.kept {
+                    // A missing dead-letter exchange (404) drops the message, as in RabbitMQ.
+                    None => {
+                        let _ = self.publish_collect(
+                            Arc::new(message),
+                            PublishOptions::internal(),
+                            Some(item.reason),
+                            &mut more,
+                        );
+                    }
+                    // At least once: published with confirms; the source keeps it until
+                    // every target queue has it (stored copies on disk, replicated ones
+                    // committed), and routes it again when it reached none, a queue
+                    // refused it, a copy failed, or the exchange is missing.
+                    Some(offset) => {
+                        let from = Arc::downgrade(&source);
+                        let token = PublishDurability::new(move |ok| {
+                            if let Some(q) = from.upgrade() {
+                                q.dead_letter_settled(offset, ok);
+                            }
+                        });
+                        let outcome = self.publish_collect(
+                            Arc::new(message),
+                            PublishOptions {
+                                from_client: false,
+                                durability: Durability::Token(&token),
+                            },
+                            Some(item.reason),
+                            &mut more,
+                        );
+                        let taken = outcome.is_ok_and(|o| o.routed && !o.rejected);
+                        token.complete(taken);
+                    }
+                }
                 work.extend(more);
             }
         }

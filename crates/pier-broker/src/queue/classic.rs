@@ -157,7 +157,26 @@ pub(crate) struct ClassicQueue {
     store: OnceLock<QueueStore>,
     /// Set when the broker has a data directory: other messages page out here.
     pager: OnceLock<Pager>,
+    /// At-least-once dead letters on their way to their targets, and their outcomes.
+    dead_letters: Mutex<DeadLetters>,
+    /// When a tick has dead-letter work (outcomes to apply, a retry): read lock-free by
+    /// `tick_due`.
+    dead_letters_due: AtomicU64,
     core: Mutex<Core>,
+}
+
+/// How long an at-least-once dead letter that its targets did not take waits before it is
+/// routed again (no exchange, no queue bound, a queue refused it, a copy failed).
+const DEAD_LETTER_RETRY_MS: u64 = 5_000;
+
+/// At-least-once dead letters routed and not answered yet, those their targets confirmed
+/// (applied by the next tick: outcomes arrive on store threads, which must not run queue
+/// commands), and when those not taken are routed again.
+#[derive(Default)]
+struct DeadLetters {
+    in_flight: std::collections::HashSet<u64>,
+    confirmed: Vec<u64>,
+    retry_at: Option<u64>,
 }
 
 impl ClassicQueue {
@@ -176,6 +195,8 @@ impl ClassicQueue {
             counters: crate::counters::QueueCounters::default(),
             store: OnceLock::new(),
             pager: OnceLock::new(),
+            dead_letters: Mutex::new(DeadLetters::default()),
+            dead_letters_due: AtomicU64::new(NEVER),
             core: Mutex::new(Core {
                 engine,
                 sinks: Sinks::default(),
@@ -216,6 +237,92 @@ impl ClassicQueue {
 
     pub(crate) fn tick_due(&self, now: u64) -> bool {
         self.next_tick.load(Ordering::Relaxed) <= now
+            || self.dead_letters_due.load(Ordering::Relaxed) <= now
+    }
+
+    fn dead_letter_state(&self) -> MutexGuard<'_, DeadLetters> {
+        self.dead_letters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What became of an at-least-once dead letter: confirmed by every target queue (it
+    /// leaves this queue at the next tick), or not (routed again later).
+    pub(crate) fn dead_letter_settled(&self, offset: u64, ok: bool) {
+        if ok {
+            let mut dl = self.dead_letter_state();
+            dl.in_flight.remove(&offset);
+            dl.confirmed.push(offset);
+            self.dead_letters_due.store(0, Ordering::Relaxed);
+        } else {
+            self.dead_letter_failed(offset);
+        }
+    }
+
+    fn dead_letter_failed(&self, offset: u64) {
+        let mut dl = self.dead_letter_state();
+        dl.in_flight.remove(&offset);
+        let at = self.clock.now_ms().saturating_add(DEAD_LETTER_RETRY_MS);
+        let retry_at = dl.retry_at.map_or(at, |r| r.min(at));
+        dl.retry_at = Some(retry_at);
+        self.dead_letters_due.fetch_min(retry_at, Ordering::Relaxed);
+    }
+
+    /// A tick's dead-letter work: confirmed ones leave the queue, those not taken are
+    /// routed again once their retry time has come.
+    fn dead_letter_work(&self, q: &Arc<Queue>) {
+        let now = self.clock.now_ms();
+        if self.dead_letters_due.load(Ordering::Relaxed) > now {
+            return;
+        }
+        let mut out = Outcome::default();
+        {
+            let mut core = self.lock();
+            let (confirmed, retry) = {
+                let mut dl = self.dead_letter_state();
+                let retry = dl.retry_at.is_some_and(|r| r <= now);
+                if retry {
+                    dl.retry_at = None;
+                }
+                (std::mem::take(&mut dl.confirmed), retry)
+            };
+            if !confirmed.is_empty() {
+                let _ = self.run(
+                    q,
+                    &mut core,
+                    Command::DeadLettered {
+                        offsets: &confirmed,
+                    },
+                    None,
+                    &mut out,
+                );
+            }
+            if retry {
+                let offsets: Vec<u64> = {
+                    let dl = self.dead_letter_state();
+                    core.engine
+                        .dead_letters_kept()
+                        .map(|(o, ..)| o)
+                        .filter(|o| !dl.in_flight.contains(o))
+                        .collect()
+                };
+                if !offsets.is_empty() {
+                    let _ = self.run(
+                        q,
+                        &mut core,
+                        Command::RetryDeadLetters { offsets: &offsets },
+                        None,
+                        &mut out,
+                    );
+                }
+            }
+            let dl = self.dead_letter_state();
+            let due = if dl.confirmed.is_empty() {
+                dl.retry_at.unwrap_or(NEVER)
+            } else {
+                0
+            };
+            self.dead_letters_due.store(due, Ordering::Relaxed);
+        }
+        self.route_dead_letters(q, out.dead);
     }
 
     /// Whether messages arriving now are written to the paging store (as of the last
@@ -501,9 +608,24 @@ impl ClassicQueue {
                     offset,
                     message,
                     reason,
+                    kept,
                     ..
                 } => match body_of(offset, message) {
-                    Some(message) => out.dead.push(DeadLetter { message, reason }),
+                    Some(message) => {
+                        if kept {
+                            self.dead_letter_state().in_flight.insert(offset);
+                        }
+                        out.dead.push(DeadLetter {
+                            message,
+                            reason,
+                            kept: kept.then_some(offset),
+                        });
+                    }
+                    None if kept => {
+                        // Kept: tried again later.
+                        tracing::warn!(queue = %q.name(), offset, "a dead letter's body could not be read back; will retry");
+                        self.dead_letter_failed(offset);
+                    }
                     None => {
                         tracing::error!(queue = %q.name(), offset, "a dead letter's body could not be read back; dropped");
                     }
@@ -786,6 +908,7 @@ impl ClassicQueue {
 
     /// Removes expired heads (dead-lettering them); true when `x-expires` ran out.
     pub(crate) fn tick(&self, q: &Arc<Queue>) -> bool {
+        self.dead_letter_work(q);
         self.simple(q, Command::Tick).1
     }
 

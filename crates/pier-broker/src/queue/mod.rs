@@ -227,6 +227,16 @@ impl Queue {
         q
     }
 
+    /// What became of an at-least-once dead letter this queue keeps at `offset`: `ok`,
+    /// every target queue confirmed it, and it may leave; else it is routed again later.
+    pub fn dead_letter_settled(&self, offset: u64, ok: bool) {
+        match &self.backend {
+            Backend::Classic(c) => c.dead_letter_settled(offset, ok),
+            Backend::Remote(r) => r.link().dead_letter_settled(offset, ok),
+            Backend::Stream(_) => {}
+        }
+    }
+
     fn classic_opt(&self) -> Option<&ClassicQueue> {
         match &self.backend {
             Backend::Classic(c) => Some(c),

@@ -153,6 +153,12 @@ pub trait QueueLink: Send + Sync + 'static {
 
     /// The queue's figures on its home node; `touch` counts as use (`x-expires`).
     fn stats(&self, queue: &Queue, touch: bool) -> BoxFuture<Result<QueueStats, BrokerError>>;
+
+    /// What became of an at-least-once dead letter this node routed for the queue (its
+    /// leader): `ok`, every target confirmed it. Only replicated queues keep dead letters.
+    fn dead_letter_settled(&self, offset: u64, ok: bool) {
+        let _ = (offset, ok);
+    }
 }
 
 /// A delivery that arrived for a consumer and waits for its channel.

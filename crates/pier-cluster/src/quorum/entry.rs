@@ -11,6 +11,7 @@
 //!                 table) · u32 credit
 //!  op 3 cancel u64 · op 4 credit u64 u32 u8 · op 5..8 settle/return/release/discard u32 n,
 //!  n × u64 · op 9 publisher down u64 · op 10 tick · op 11 purge · op 12 delete · op 13 get u8
+//!  op 14 batch u32 n × (u8 op · fields) · op 15 dead-lettered (at least once) u32 n, n × u64
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -63,6 +64,8 @@ pub enum QueueOp {
     /// committed as one Raft entry (one append, one fsync, one replication) instead of one
     /// each. Not nested.
     Batch(Vec<QueueOp>),
+    /// At-least-once dead letters their target queues confirmed: they leave the queue.
+    DeadLettered(Vec<u64>),
 }
 
 impl QueueOp {
@@ -77,9 +80,11 @@ impl QueueOp {
                 body,
                 ..
             } => 32 + exchange.len() + routing_key.len() + properties.len() + body.len(),
-            QueueOp::Settle(v) | QueueOp::Return(v) | QueueOp::Release(v) | QueueOp::Discard(v) => {
-                8 + 8 * v.len()
-            }
+            QueueOp::Settle(v)
+            | QueueOp::Return(v)
+            | QueueOp::Release(v)
+            | QueueOp::Discard(v)
+            | QueueOp::DeadLettered(v) => 8 + 8 * v.len(),
             QueueOp::Batch(ops) => 8 + ops.iter().map(QueueOp::size_hint).sum::<usize>(),
             _ => 64,
         }
@@ -126,6 +131,7 @@ impl QueueOp {
             QueueOp::Delete => 12,
             QueueOp::Get { .. } => 13,
             QueueOp::Batch(_) => 14,
+            QueueOp::DeadLettered(_) => 15,
         }
     }
 
@@ -234,7 +240,11 @@ fn encode_op(out: &mut BytesMut, op: &QueueOp) -> Result<(), EntryError> {
             out.put_u32_le(*credit);
             out.put_u8(u8::from(*drain));
         }
-        QueueOp::Settle(o) | QueueOp::Return(o) | QueueOp::Release(o) | QueueOp::Discard(o) => {
+        QueueOp::Settle(o)
+        | QueueOp::Return(o)
+        | QueueOp::Release(o)
+        | QueueOp::Discard(o)
+        | QueueOp::DeadLettered(o) => {
             put_offsets(out, o)?;
         }
         QueueOp::Tick | QueueOp::Purge | QueueOp::Delete => {}
@@ -362,6 +372,7 @@ impl Reader<'_> {
             6 => QueueOp::Return(self.offsets()?),
             7 => QueueOp::Release(self.offsets()?),
             8 => QueueOp::Discard(self.offsets()?),
+            15 => QueueOp::DeadLettered(self.offsets()?),
             9 => QueueOp::PublisherDown(self.u64("publisher")?),
             10 => QueueOp::Tick,
             11 => QueueOp::Purge,
@@ -543,7 +554,8 @@ pub(crate) mod tests {
             offsets.clone().prop_map(QueueOp::Settle),
             offsets.clone().prop_map(QueueOp::Return),
             offsets.clone().prop_map(QueueOp::Release),
-            offsets.prop_map(QueueOp::Discard),
+            offsets.clone().prop_map(QueueOp::Discard),
+            offsets.prop_map(QueueOp::DeadLettered),
             (0..4u64).prop_map(QueueOp::PublisherDown),
             Just(QueueOp::Tick),
             Just(QueueOp::Purge),

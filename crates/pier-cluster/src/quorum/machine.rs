@@ -100,6 +100,25 @@ impl QueueMachine {
         self.bodies.clone()
     }
 
+    /// The kept (at-least-once) dead letters not in `skip`, with their bodies (read from the
+    /// log where not in memory; one the log cannot give is left out, and tried next time).
+    pub fn kept_dead_letters(
+        &self,
+        skip: &std::collections::HashSet<u64>,
+    ) -> Vec<(u64, Arc<Message>, pier_broker::DeathReason)> {
+        self.engine
+            .dead_letters_kept()
+            .filter(|(o, ..)| !skip.contains(o))
+            .filter_map(|(o, m, _, reason)| {
+                let m = match m {
+                    Some(m) => Arc::clone(m),
+                    None => self.bodies.as_ref()?.message(o)?,
+                };
+                Some((o, m, reason))
+            })
+            .collect()
+    }
+
     /// The clock of the last entry applied.
     pub fn at(&self) -> u64 {
         self.at
@@ -375,6 +394,9 @@ fn apply_op(
         QueueOp::Return(offsets) => engine.apply(Command::Return { offsets }, cx, effects),
         QueueOp::Release(offsets) => engine.apply(Command::Release { offsets }, cx, effects),
         QueueOp::Discard(offsets) => engine.apply(Command::Discard { offsets }, cx, effects),
+        QueueOp::DeadLettered(offsets) => {
+            engine.apply(Command::DeadLettered { offsets }, cx, effects)
+        }
         QueueOp::PublisherDown(publisher) => engine.apply(
             Command::PublisherDown {
                 publisher: *publisher,
@@ -410,6 +432,21 @@ mod tests {
 
     fn config() -> EngineConfig {
         EngineConfig::quorum(QueueConfig::default())
+    }
+
+    /// At-least-once dead lettering: rejected, expired and over-the-limit messages are kept
+    /// (in snapshots too) until `DeadLettered`.
+    fn at_least_once() -> EngineConfig {
+        let mut c = EngineConfig::quorum(QueueConfig {
+            dead_letter_exchange: Some(ShortString::from("dlx")),
+            dead_letter_strategy: Some("at-least-once".into()),
+            overflow: pier_broker::Overflow::RejectPublish,
+            max_length: Some(20),
+            message_ttl: Some(40),
+            ..QueueConfig::default()
+        });
+        c.delivery_limit = Some(1);
+        c
     }
 
     fn publish(at: u64, body: &'static str) -> QueueEntry {
@@ -460,6 +497,13 @@ mod tests {
     /// queue and compute the same effects; one restored from a snapshot taken midway ends
     /// the same too.
     fn replay_everywhere(ops: Vec<QueueOp>) -> Result<(), TestCaseError> {
+        replay_everywhere_with(config, ops)
+    }
+
+    fn replay_everywhere_with(
+        config: fn() -> EngineConfig,
+        ops: Vec<QueueOp>,
+    ) -> Result<(), TestCaseError> {
         let log: Vec<Bytes> = ops
             .into_iter()
             .enumerate()
@@ -514,6 +558,13 @@ mod tests {
             replay_everywhere(ops)?;
         }
 
+        #[test]
+        fn members_keeping_dead_letters_agree(
+            ops in proptest::collection::vec(op_strategy(), 1..60)
+        ) {
+            replay_everywhere_with(at_least_once, ops)?;
+        }
+
         /// Snapshot bytes cut short or with a byte changed never panic the decoder.
         #[test]
         fn damaged_snapshots_never_panic(
@@ -534,6 +585,52 @@ mod tests {
             changed[at] ^= 1 << bit;
             let _ = QueueMachine::restore_bytes(config(), &Bytes::from(changed), 1);
         }
+    }
+
+    /// A kept dead letter survives a snapshot through its bytes (format version 2) and leaves
+    /// with `DeadLettered`; without kept ones the snapshot stays at version 1.
+    #[test]
+    fn kept_dead_letters_travel_in_snapshots() {
+        let mut m = QueueMachine::new(at_least_once());
+        let v1 = m.snapshot_bytes().unwrap().unwrap();
+        assert_eq!(v1[0], 1);
+        let log = [publish(1, "a"), checkout(2, 7, 10)];
+        for (i, e) in log.iter().enumerate() {
+            m.apply(i as u64 + 1, e);
+        }
+        let offset = m.engine().checked_out_offsets()[0];
+        let a = m.apply(
+            3,
+            &QueueEntry {
+                at: 3,
+                unix: 0,
+                op: QueueOp::Discard(vec![offset]),
+            },
+        );
+        assert!(a.effects.iter().any(|e| matches!(
+            e,
+            Effect::DeadLetter {
+                kept: true,
+                message: Some(_),
+                ..
+            }
+        )));
+        let bytes = m.snapshot_bytes().unwrap().unwrap();
+        assert_eq!(bytes[0], 2);
+        let mut r = QueueMachine::restore_bytes(at_least_once(), &bytes, 3).unwrap();
+        let kept = r.kept_dead_letters(&Default::default());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(&kept[0].1.body[..], b"a");
+        r.apply(
+            4,
+            &QueueEntry {
+                at: 4,
+                unix: 0,
+                op: QueueOp::DeadLettered(vec![offset]),
+            },
+        );
+        assert!(r.kept_dead_letters(&Default::default()).is_empty());
+        assert_eq!(r.snapshot_bytes().unwrap().unwrap()[0], 1);
     }
 
     /// The leader fails with a delivery unsettled: the new leader's member knows it, and when

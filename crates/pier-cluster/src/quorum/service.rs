@@ -156,6 +156,11 @@ struct Shared {
     last_at: AtomicU64,
     /// Ops applied since this member last asked for a snapshot.
     ops_since_snapshot: AtomicU64,
+    /// At-least-once dead letters this member, leading, routed and has no answer for yet.
+    dead_letters_in_flight: Mutex<HashSet<u64>>,
+    /// When the leader routes again the kept dead letters not on their way (after one was
+    /// not taken, and when it starts leading); `None`: not before one fails.
+    dead_letters_retry_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Shared {
@@ -256,21 +261,39 @@ impl EffectRunner for Shared {
                         None => {}
                     }
                 }
-                // At most once: the leader republishes it when it leaves the queue.
+                // The leader republishes it when it leaves the queue; at least once, the
+                // queue keeps it until its targets confirm (`dead_letter_settled`), and the
+                // leader routes again what is not confirmed (`leader_duties`).
                 Effect::DeadLetter {
+                    offset,
                     message: Some(message),
                     reason,
+                    kept,
                     ..
                 } => {
+                    if *kept && !lock(&self.dead_letters_in_flight).insert(*offset) {
+                        continue;
+                    }
                     if let Some(vh) = service.broker().and_then(|b| b.vhost(&self.vhost)) {
                         vh.route_dead_letters(
                             &q,
                             vec![DeadLetter {
                                 message: Arc::clone(message),
                                 reason: *reason,
+                                kept: kept.then_some(*offset),
                             }],
                         );
                     }
+                }
+                // A kept one whose body was not read back: routed again later.
+                Effect::DeadLetter {
+                    message: None,
+                    kept: true,
+                    ..
+                } => {
+                    let at = tokio::time::Instant::now() + DEAD_LETTER_RETRY;
+                    let mut retry = lock(&self.dead_letters_retry_at);
+                    *retry = Some(retry.map_or(at, |r| r.min(at)));
                 }
                 Effect::Expired => service.propose_delete(&self.vhost, &self.name),
                 _ => {}
@@ -471,6 +494,8 @@ impl QuorumService {
             term: AtomicU64::new(0),
             last_at: AtomicU64::new(0),
             ops_since_snapshot: AtomicU64::new(0),
+            dead_letters_in_flight: Mutex::new(HashSet::new()),
+            dead_letters_retry_at: Mutex::new(None),
         });
         *lock(&link.shared) = Some(Arc::clone(&shared));
         let members = home.members.clone();
@@ -929,6 +954,10 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
                 .await;
             if waited.is_ok() {
                 shared.leading.store(true, Ordering::Release);
+                // The dead letters the queue keeps go again from here (those the last
+                // leader had on their way included: at least once).
+                lock(&shared.dead_letters_in_flight).clear();
+                *lock(&shared.dead_letters_retry_at) = Some(tokio::time::Instant::now());
                 let offsets = lock(&shared.machine).engine().checked_out_offsets();
                 if !offsets.is_empty() {
                     let mut entry = QueueEntry {
@@ -1008,6 +1037,7 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
         if !shared.leading.load(Ordering::Acquire) {
             continue;
         }
+        retry_dead_letters(&shared);
         let mut ops = Vec::new();
         if due {
             ops.push(QueueOp::Tick);
@@ -1032,6 +1062,47 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
             let _ = raft.client_write(entry).await;
         }
     }
+}
+
+/// How long a kept dead letter its targets did not take waits before the leader routes it
+/// again (no exchange, no queue bound, a queue refused it, a copy failed).
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
+
+/// The leader routes again the kept (at-least-once) dead letters that are not on their way,
+/// once their retry time has come.
+fn retry_dead_letters(shared: &Shared) {
+    {
+        let mut at = lock(&shared.dead_letters_retry_at);
+        match *at {
+            Some(t) if t <= tokio::time::Instant::now() => *at = None,
+            _ => return,
+        }
+    }
+    let (Some(service), Some(q)) = (shared.service.upgrade(), shared.queue()) else {
+        return;
+    };
+    let Some(vh) = service.broker().and_then(|b| b.vhost(&shared.vhost)) else {
+        return;
+    };
+    let kept = {
+        let skip = lock(&shared.dead_letters_in_flight).clone();
+        lock(&shared.machine).kept_dead_letters(&skip)
+    };
+    if kept.is_empty() {
+        return;
+    }
+    let dead: Vec<DeadLetter> = {
+        let mut in_flight = lock(&shared.dead_letters_in_flight);
+        kept.into_iter()
+            .filter(|(offset, ..)| in_flight.insert(*offset))
+            .map(|(offset, message, reason)| DeadLetter {
+                message,
+                reason,
+                kept: Some(offset),
+            })
+            .collect()
+    };
+    vh.route_dead_letters(&q, dead);
 }
 
 /// The group holds consumers of this node that are gone here (their cancel was lost with a
@@ -1717,5 +1788,21 @@ impl QueueLink for QuorumLink {
             None => queue.stats(),
         };
         Box::pin(async move { Ok(stats) })
+    }
+
+    /// A dead letter this node routed while leading: confirmed by its targets, it leaves
+    /// the queue through the log; else the leader routes it again later.
+    fn dead_letter_settled(&self, offset: u64, ok: bool) {
+        if let Some(s) = lock(&self.shared).clone() {
+            lock(&s.dead_letters_in_flight).remove(&offset);
+            if !ok {
+                let at = tokio::time::Instant::now() + DEAD_LETTER_RETRY;
+                let mut retry = lock(&s.dead_letters_retry_at);
+                *retry = Some(retry.map_or(at, |r| r.min(at)));
+            }
+        }
+        if ok {
+            self.write(QueueOp::DeadLettered(vec![offset]), None);
+        }
     }
 }

@@ -11,13 +11,19 @@
 //!                        u64 delivered_at }
 //!  u32 n × consumer { u64 id · settings (as a checkout's) · u32 unacked · u32 credit · u8 drain }
 //!  u32 n × publisher { u64 id · u64 sequence }
+//!  version 2 only: u32 n × kept dead letter { entry · u8 reason (0 rejected, 1 expired,
+//!                  2 maxlen, 3 delivery_limit) }
 //!  entry: u64 offset · u64 expires_at · u8 redelivered · u32 enqueued_at · message
+//!
+//! Version 1 is written while no dead letter is kept (what nodes without at-least-once
+//! dead lettering read), version 2 otherwise.
 //!  message: str8 exchange · str8 routing key · bytes32 properties · bytes32 body
 //! ```
 
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pier_broker::deadletter::DeathReason;
 use pier_broker::queue::engine::{
     CheckedOutParts, ConsumerParts, EngineCounters, EntryParts, LevelParts, SnapshotParts,
 };
@@ -25,6 +31,27 @@ use pier_broker::queue::engine::{
 use super::entry::{put_message, put_settings, EntryError, Reader};
 
 const VERSION: u8 = 1;
+/// With kept (at-least-once) dead letters.
+const VERSION_DEAD_LETTERS: u8 = 2;
+
+fn reason_code(r: DeathReason) -> u8 {
+    match r {
+        DeathReason::Rejected => 0,
+        DeathReason::Expired => 1,
+        DeathReason::MaxLen => 2,
+        DeathReason::DeliveryLimit => 3,
+    }
+}
+
+fn reason_of(code: u8) -> Result<DeathReason, EntryError> {
+    Ok(match code {
+        0 => DeathReason::Rejected,
+        1 => DeathReason::Expired,
+        2 => DeathReason::MaxLen,
+        3 => DeathReason::DeliveryLimit,
+        _ => return Err(EntryError::Invalid("dead letter reason")),
+    })
+}
 
 fn put_count(out: &mut BytesMut, n: usize, what: &'static str) -> Result<(), EntryError> {
     out.put_u32_le(u32::try_from(n).map_err(|_| EntryError::TooLong(what))?);
@@ -42,7 +69,11 @@ fn put_entry(out: &mut BytesMut, e: &EntryParts) -> Result<(), EntryError> {
 /// Encodes a snapshot.
 pub fn encode(p: &SnapshotParts) -> Result<Bytes, EntryError> {
     let mut out = BytesMut::new();
-    out.put_u8(VERSION);
+    out.put_u8(if p.dead_letters.is_empty() {
+        VERSION
+    } else {
+        VERSION_DEAD_LETTERS
+    });
     out.put_u64_le(p.next_offset);
     out.put_u64_le(p.round_robin);
     out.put_u8(u8::from(p.had_consumers) | u8::from(p.deleted) << 1);
@@ -95,6 +126,13 @@ pub fn encode(p: &SnapshotParts) -> Result<Bytes, EntryError> {
         out.put_u64_le(*id);
         out.put_u64_le(*seq);
     }
+    if !p.dead_letters.is_empty() {
+        put_count(&mut out, p.dead_letters.len(), "dead letters")?;
+        for (e, reason) in &p.dead_letters {
+            put_entry(&mut out, e)?;
+            out.put_u8(reason_code(*reason));
+        }
+    }
     Ok(out.freeze())
 }
 
@@ -127,7 +165,7 @@ const MIN_ENTRY: usize = 8 + 8 + 1 + 4 + 1 + 1 + 4 + 4;
 pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
     let mut r = Reader { buf: input, pos: 0 };
     let version = r.u8("version")?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_DEAD_LETTERS {
         return Err(EntryError::Version(version));
     }
     let next_offset = r.u64("next offset")?;
@@ -184,6 +222,13 @@ pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
     for _ in 0..r.count(16, "publishers")? {
         publishers.push((r.u64("publisher")?, r.u64("sequence")?));
     }
+    let mut dead_letters = Vec::new();
+    if version == VERSION_DEAD_LETTERS {
+        for _ in 0..r.count(MIN_ENTRY + 1, "dead letters")? {
+            let e = r.entry()?;
+            dead_letters.push((e, reason_of(r.u8("reason")?)?));
+        }
+    }
     if r.pos != input.len() {
         return Err(EntryError::Invalid("trailing bytes"));
     }
@@ -200,5 +245,6 @@ pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
         next_timeout_check,
         publishers,
         counters,
+        dead_letters,
     })
 }

@@ -73,8 +73,7 @@ impl QueueEngine {
                         }
                     }
                 };
-                self.dead_letter(out, &e, DeathReason::Expired);
-                self.release_entry(&e, out);
+                self.dead_letter(out, e, DeathReason::Expired);
             }
         }
         self.next_expiry = next;
@@ -106,14 +105,22 @@ impl QueueEngine {
         } else {
             return;
         };
-        self.release_entry(&e, out);
-        if self.config.queue.dead_letter_exchange.is_some() {
-            out.push(Effect::DeadLetter {
-                offset,
-                message: Some(message),
-                in_paging: false,
-                reason: DeathReason::Expired,
-            });
+        if self.config.queue.dead_letter_exchange.is_none() {
+            self.release_entry(&e, out);
+            return;
+        }
+        let kept = self.at_least_once();
+        out.push(Effect::DeadLetter {
+            offset,
+            message: Some(message),
+            in_paging: false,
+            reason: DeathReason::Expired,
+            kept,
+        });
+        if kept {
+            self.keep_dead_letter(e, DeathReason::Expired);
+        } else {
+            self.release_entry(&e, out);
         }
     }
 

@@ -21,8 +21,7 @@ impl QueueEngine {
             let Some((e, _, _)) = self.take_head(cx.now, false, out) else {
                 break;
             };
-            self.dead_letter(out, &e, DeathReason::MaxLen);
-            self.release_entry(&e, out);
+            self.dead_letter(out, e, DeathReason::MaxLen);
         }
     }
 }

@@ -225,6 +225,11 @@ pub enum Command<'a> {
     Discard { offsets: &'a [u64] },
     /// Deliveries whose bodies could not be read back: they leave the queue.
     Lost { offsets: &'a [u64] },
+    /// At-least-once dead letters that their target queues confirmed: they leave the queue.
+    DeadLettered { offsets: &'a [u64] },
+    /// At-least-once dead letters to route again (their targets did not take them): their
+    /// `DeadLetter` effects once more.
+    RetryDeadLetters { offsets: &'a [u64] },
     /// Bodies read back from disk (for `PageIn` and for deliveries without a body), by
     /// offset (the runtime reads them into this map; the engine takes it as it is).
     PagedIn {
@@ -294,12 +299,15 @@ pub enum Effect {
     },
     /// Every paging-store record of the queue is no longer needed.
     PagingDropAll,
-    /// Republish to the dead-letter exchange (body on disk when `message` is None).
+    /// Republish to the dead-letter exchange (body on disk when `message` is None). With
+    /// `kept` (at-least-once dead lettering) the queue keeps the message until the runtime
+    /// reports, with `DeadLettered`, that its targets have it; else it is gone already.
     DeadLetter {
         offset: u64,
         message: Option<Arc<Message>>,
         in_paging: bool,
         reason: DeathReason,
+        kept: bool,
     },
     ConsumerCancelled {
         consumer: ConsumerId,
@@ -418,6 +426,9 @@ pub struct EngineStats {
     pub memory_bytes: u64,
     /// Ready messages whose bodies are only on disk.
     pub paged_out: u64,
+    /// At-least-once dead letters kept until their targets confirm them.
+    pub dead_letters: u64,
+    pub dead_letter_bytes: u64,
 }
 
 /// One queue's state. See the module docs.
@@ -452,6 +463,10 @@ pub struct QueueEngine {
     next_timeout_check: u64,
     /// Highest sequence number seen per publisher (deduplication).
     publishers: BTreeMap<u64, u64>,
+    /// At-least-once dead letters, kept (with their store records) until the runtime
+    /// reports that their target queues confirmed them (`DeadLettered`).
+    dead_letters: BTreeMap<u64, (state::Entry, DeathReason)>,
+    dead_letter_bytes: u64,
     counters: EngineCounters,
     /// Measured time in queue of completed messages; allocated on the first one.
     waits: Option<Box<WaitWindow>>,
@@ -482,6 +497,8 @@ impl QueueEngine {
             next_expiry: NEVER,
             next_timeout_check: NEVER,
             publishers: BTreeMap::new(),
+            dead_letters: BTreeMap::new(),
+            dead_letter_bytes: 0,
             counters: EngineCounters::default(),
             waits: None,
             page_in_asked: Vec::new(),
@@ -528,6 +545,21 @@ impl QueueEngine {
             Command::Release { offsets } => self.return_messages(offsets, false, cx, out),
             Command::Discard { offsets } => self.discard(offsets, cx, out),
             Command::Lost { offsets } => self.lost(offsets, cx, out),
+            Command::DeadLettered { offsets } => self.dead_lettered(offsets, out),
+            Command::RetryDeadLetters { offsets } => {
+                for o in offsets {
+                    if let Some((e, reason)) = self.dead_letters.get(o) {
+                        out.push(Effect::DeadLetter {
+                            offset: *o,
+                            message: e.message.clone(),
+                            in_paging: e.in_paging(),
+                            reason: *reason,
+                            kept: true,
+                        });
+                    }
+                }
+                Reply::Done
+            }
             Command::PagedIn { bodies } => self.paged_in(bodies, cx, out),
             Command::SpillFailed { offset, message } => self.spill_failed(offset, message),
             Command::Dispatch => {
@@ -585,7 +617,18 @@ impl QueueEngine {
                 .map(|p| p.offset));
         }
         see(self.checked_out.values().find_map(|c| bodiless(&c.entry)));
+        see(self.dead_letters.values().find_map(|(e, _)| bodiless(e)));
         oldest
+    }
+
+    /// The at-least-once dead letters not confirmed yet, oldest first (body on disk when
+    /// `None`): a new leader, or a retry, routes them again.
+    pub fn dead_letters_kept(
+        &self,
+    ) -> impl Iterator<Item = (u64, Option<&Arc<Message>>, bool, DeathReason)> + '_ {
+        self.dead_letters
+            .iter()
+            .map(|(o, (e, r))| (*o, e.message.as_ref(), e.in_paging(), *r))
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -596,6 +639,8 @@ impl QueueEngine {
             ready_bytes: self.ready_bytes,
             memory_bytes: self.mem_bytes,
             paged_out: self.paged as u64,
+            dead_letters: self.dead_letters.len() as u64,
+            dead_letter_bytes: self.dead_letter_bytes,
         }
     }
 
@@ -752,14 +797,51 @@ impl QueueEngine {
         }
     }
 
-    fn dead_letter(&self, out: &mut Vec<Effect>, e: &state::Entry, reason: DeathReason) {
-        if self.config.queue.dead_letter_exchange.is_some() {
-            out.push(Effect::DeadLetter {
-                offset: e.offset,
-                message: e.message.clone(),
-                in_paging: e.in_paging(),
-                reason,
-            });
+    /// At-least-once dead lettering is in force: asked for, with `x-overflow`
+    /// reject-publish and a dead-letter exchange (else RabbitMQ falls back to at-most-once).
+    pub(super) fn at_least_once(&self) -> bool {
+        let q = &self.config.queue;
+        q.dead_letter_exchange.is_some()
+            && q.overflow == crate::args::Overflow::RejectPublish
+            && q.dead_letter_strategy.as_deref() == Some("at-least-once")
+    }
+
+    /// A message leaves the queue for good (expired, rejected, over a limit): dead-lettered
+    /// when the queue has a dead-letter exchange. At most once, it goes now; at least once,
+    /// the queue keeps it, and its store record, until `DeadLettered`.
+    fn dead_letter(&mut self, out: &mut Vec<Effect>, e: state::Entry, reason: DeathReason) {
+        if self.config.queue.dead_letter_exchange.is_none() {
+            self.release_entry(&e, out);
+            return;
         }
+        let kept = self.at_least_once();
+        out.push(Effect::DeadLetter {
+            offset: e.offset,
+            message: e.message.clone(),
+            in_paging: e.in_paging(),
+            reason,
+            kept,
+        });
+        if kept {
+            self.keep_dead_letter(e, reason);
+        } else {
+            self.release_entry(&e, out);
+        }
+    }
+
+    fn keep_dead_letter(&mut self, e: state::Entry, reason: DeathReason) {
+        self.dead_letter_bytes += e.size();
+        self.dead_letters.insert(e.offset, (e, reason));
+    }
+
+    /// At-least-once dead letters their targets confirmed leave the queue.
+    fn dead_lettered(&mut self, offsets: &[u64], out: &mut Vec<Effect>) -> Reply {
+        for o in offsets {
+            if let Some((e, _)) = self.dead_letters.remove(o) {
+                self.dead_letter_bytes = self.dead_letter_bytes.saturating_sub(e.size());
+                self.release_entry(&e, out);
+            }
+        }
+        Reply::Done
     }
 }

@@ -73,6 +73,7 @@ impl QueueEngine {
                     message: Some(message),
                     in_paging: false,
                     reason: DeathReason::MaxLen,
+                    kept: false,
                 });
             }
             return refused(Published::Rejected);
@@ -163,12 +164,14 @@ impl QueueEngine {
     /// reject-publish: would one more message break `x-max-length` or `x-max-length-bytes`?
     fn over_limit_with(&self, message: &Message) -> bool {
         let q = &self.config.queue;
+        // Dead letters kept for their targets count, as in RabbitMQ: at-least-once dead
+        // lettering pushes back on publishers rather than grow without bound.
         let too_many = q
             .max_length
-            .is_some_and(|m| self.ready_count as u64 + 1 > m);
-        let too_big = q
-            .max_length_bytes
-            .is_some_and(|m| self.ready_bytes + message.body_size() as u64 > m);
+            .is_some_and(|m| self.ready_count as u64 + self.dead_letters.len() as u64 + 1 > m);
+        let too_big = q.max_length_bytes.is_some_and(|m| {
+            self.ready_bytes + self.dead_letter_bytes + message.body_size() as u64 > m
+        });
         too_many || too_big
     }
 

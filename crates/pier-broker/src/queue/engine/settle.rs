@@ -76,8 +76,7 @@ impl QueueEngine {
                     .delivery_limit
                     .is_some_and(|limit| returns > limit)
             {
-                self.dead_letter(out, &co.entry, DeathReason::DeliveryLimit);
-                self.release_entry(&co.entry, out);
+                self.dead_letter(out, co.entry, DeathReason::DeliveryLimit);
                 continue;
             }
             let mut entry = co.entry;
@@ -109,8 +108,7 @@ impl QueueEngine {
                 continue;
             };
             self.release_slot(co.consumer, &mut cache);
-            self.dead_letter(out, &co.entry, DeathReason::Rejected);
-            self.release_entry(&co.entry, out);
+            self.dead_letter(out, co.entry, DeathReason::Rejected);
         }
         self.dispatch(cx, out);
         Reply::Done
@@ -177,6 +175,8 @@ impl QueueEngine {
         self.drop_paging(out);
         let n = self.clear_ready();
         self.checked_out.clear();
+        self.dead_letters.clear();
+        self.dead_letter_bytes = 0;
         self.next_timeout_check = NEVER;
         for c in self.consumers.drain(..) {
             out.push(Effect::ConsumerCancelled {
@@ -192,10 +192,10 @@ impl QueueEngine {
     /// their body is not in memory (only within one runtime step), so then they are released
     /// one by one instead of all at once.
     fn drop_paging(&self, out: &mut Vec<Effect>) {
-        let pinned = self
-            .checked_out
-            .values()
-            .any(|c| c.entry.message.is_none() && c.entry.in_paging());
+        let spilled = |e: &super::state::Entry| e.message.is_none() && e.in_paging();
+        // Kept dead letters keep theirs too, unless the queue goes (purge leaves them).
+        let pinned = self.checked_out.values().any(|c| spilled(&c.entry))
+            || (!self.deleted && self.dead_letters.values().any(|(e, _)| spilled(e)));
         if !pinned {
             out.push(Effect::PagingDropAll);
             return;

@@ -10,6 +10,7 @@ use super::paging::paged_bound;
 use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry, Level, Requeued};
 use super::{EngineConfig, EngineCounters, QueueEngine};
 use crate::consumer::ConsumerId;
+use crate::deadletter::DeathReason;
 use crate::message::Message;
 use crate::waits::WaitWindow;
 
@@ -30,6 +31,7 @@ pub struct Snapshot {
     next_expiry: u64,
     next_timeout_check: u64,
     publishers: BTreeMap<u64, u64>,
+    dead_letters: BTreeMap<u64, (Entry, DeathReason)>,
     counters: EngineCounters,
     waits: Option<Box<WaitWindow>>,
 }
@@ -51,6 +53,7 @@ impl QueueEngine {
             next_expiry: self.next_expiry,
             next_timeout_check: self.next_timeout_check,
             publishers: self.publishers.clone(),
+            dead_letters: self.dead_letters.clone(),
             counters: self.counters,
             waits: self.waits.clone(),
         }
@@ -101,6 +104,8 @@ impl QueueEngine {
             next_expiry: s.next_expiry,
             next_timeout_check: s.next_timeout_check,
             publishers: s.publishers,
+            dead_letter_bytes: s.dead_letters.values().map(|(e, _)| e.size()).sum(),
+            dead_letters: s.dead_letters,
             counters: s.counters,
             waits: s.waits,
             page_in_asked: Vec::new(),
@@ -163,6 +168,8 @@ pub struct SnapshotParts {
     pub next_timeout_check: u64,
     pub publishers: Vec<(u64, u64)>,
     pub counters: EngineCounters,
+    /// At-least-once dead letters not confirmed by their targets yet.
+    pub dead_letters: Vec<(EntryParts, DeathReason)>,
 }
 
 /// An entry in the plain view, its body from memory or from `fetch`.
@@ -276,6 +283,11 @@ impl Snapshot {
             next_timeout_check: self.next_timeout_check,
             publishers: self.publishers.iter().map(|(p, s)| (*p, *s)).collect(),
             counters: self.counters,
+            dead_letters: self
+                .dead_letters
+                .values()
+                .map(|(e, r)| parts(e, fetch).map(|e| (e, *r)))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -337,6 +349,11 @@ impl Snapshot {
             next_expiry: p.next_expiry,
             next_timeout_check: p.next_timeout_check,
             publishers: p.publishers.into_iter().collect(),
+            dead_letters: p
+                .dead_letters
+                .into_iter()
+                .map(|(e, r)| (e.offset, (entry_of(e), r)))
+                .collect(),
             counters: p.counters,
             waits: None,
         }

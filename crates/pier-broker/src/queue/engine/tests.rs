@@ -739,3 +739,136 @@ fn a_paging_member_snapshots_with_bodies_read_back_and_names_its_oldest_body_on_
     let want: Vec<(u64, Bytes)> = all.iter().map(|(o, m)| (*o, m.body.clone())).collect();
     assert_eq!(got, want);
 }
+
+fn at_least_once(overflow: Overflow) -> EngineConfig {
+    let mut c = EngineConfig::quorum(QueueConfig {
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        dead_letter_strategy: Some("at-least-once".into()),
+        overflow,
+        max_length: Some(3),
+        ..QueueConfig::default()
+    });
+    c.stores_persistent = true;
+    c
+}
+
+fn kept(step: &harness::Step) -> Vec<(u64, bool)> {
+    step.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::DeadLetter { offset, kept, .. } => Some((*offset, *kept)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// At least once (RabbitMQ's rabbit_fifo_dlx): a rejected message is dead-lettered and
+/// kept, store record included, until the runtime says its targets confirmed it; kept ones
+/// count against the length limit; a retry emits them again; a snapshot carries them.
+#[test]
+fn at_least_once_dead_letters_are_kept_until_their_targets_confirm() {
+    let mut h = Harness::new(at_least_once(Overflow::RejectPublish));
+    for b in ["a", "b", "c"] {
+        enqueue(&mut h, message(b, true));
+    }
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("c", 1),
+    });
+    let s = h.step(Command::Discard { offsets: &[0] });
+    assert_eq!(kept(&s), [(0, true)]);
+    assert!(
+        !s.effects.contains(&Effect::StoreAck { offset: 0 }),
+        "kept: its store record stays"
+    );
+    let st = h.engine.stats();
+    assert_eq!((st.dead_letters, st.dead_letter_bytes), (1, 1));
+    // "b" went to the consumer, "c" and "d" are ready, "a" is kept: one more is over the
+    // limit of 3 (ready and kept count, as rabbit_fifo's is_over_limit).
+    enqueue(&mut h, message("d", true));
+    let s = enqueue(&mut h, message("x", true));
+    assert_eq!(
+        s.reply,
+        Ok(Reply::Enqueued {
+            result: Published::Rejected,
+            offset: None
+        })
+    );
+    // The runtime routes it again on a retry.
+    let s = h.step(Command::RetryDeadLetters { offsets: &[0, 1] });
+    assert_eq!(kept(&s), [(0, true)], "only kept ones");
+    let snap = h.engine.snapshot();
+    let restored = QueueEngine::from_snapshot(snap.clone());
+    assert_eq!(restored.stats(), h.engine.stats());
+    let parts = snap.to_parts().unwrap();
+    assert_eq!(parts.dead_letters.len(), 1);
+    assert_eq!(parts.dead_letters[0].1, DeathReason::Rejected);
+    // Confirmed: it leaves, with its store record.
+    let s = h.step(Command::DeadLettered { offsets: &[0] });
+    assert!(s.effects.contains(&Effect::StoreAck { offset: 0 }));
+    assert_eq!(h.engine.stats().dead_letters, 0);
+    assert_eq!(h.engine.dead_letters_kept().count(), 0);
+    // Again: nothing.
+    let s = h.step(Command::DeadLettered { offsets: &[0] });
+    assert!(s.effects.is_empty());
+    let s = enqueue(&mut h, message("e", true));
+    assert!(matches!(
+        s.reply,
+        Ok(Reply::Enqueued {
+            result: Published::Accepted,
+            ..
+        })
+    ));
+}
+
+/// RabbitMQ's rule: at-least-once needs `x-overflow: reject-publish`; with drop-head (the
+/// default) dead letters go at most once.
+#[test]
+fn at_least_once_without_reject_publish_is_at_most_once() {
+    let mut h = Harness::new(at_least_once(Overflow::DropHead));
+    enqueue(&mut h, message("a", true));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("c", 10),
+    });
+    let s = h.step(Command::Discard { offsets: &[0] });
+    assert_eq!(kept(&s), [(0, false)]);
+    assert!(s.effects.contains(&Effect::StoreAck { offset: 0 }));
+    assert_eq!(h.engine.stats().dead_letters, 0);
+}
+
+/// Expired messages and those over the delivery limit are kept too; deleting the queue
+/// drops what it keeps.
+#[test]
+fn expired_and_over_the_limit_dead_letters_are_kept_and_go_with_the_queue() {
+    let mut c = at_least_once(Overflow::RejectPublish);
+    c.queue.message_ttl = Some(10);
+    c.delivery_limit = Some(0);
+    c.queue.max_length = None;
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", true));
+    enqueue(&mut h, message("b", true));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("c", 1),
+    });
+    let s = h.step(Command::Return { offsets: &[0] });
+    assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
+    h.now = 100;
+    h.step(Command::Cancel { consumer: 1 });
+    let s = h.step(Command::Return { offsets: &[1] });
+    let s2 = h.step(Command::Tick);
+    let reasons: Vec<DeathReason> = dead_letters(&s)
+        .into_iter()
+        .chain(dead_letters(&s2))
+        .map(|(_, r)| r)
+        .collect();
+    assert!(reasons.contains(&DeathReason::DeliveryLimit), "{reasons:?}");
+    assert_eq!(h.engine.stats().dead_letters, 2);
+    let s = h.step(Command::Delete);
+    assert!(!s
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::DeadLetter { .. })));
+    assert_eq!(h.engine.stats().dead_letters, 0);
+}

@@ -57,6 +57,10 @@ enum Op {
     Touch,
     Purge,
     Delete,
+    /// The runtime reports kept dead letters confirmed (from the nth kept, how many).
+    DeadLettered(u8, u8),
+    /// The runtime routes kept dead letters again.
+    RetryDeadLetters,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,6 +87,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Touch),
         1 => Just(Op::Purge),
         1 => prop_oneof![99 => Just(Op::Tick), 1 => Just(Op::Delete)],
+        1 => (any::<u8>(), 1u8..3).prop_map(|(a, b)| Op::DeadLettered(a, b)),
+        1 => Just(Op::RetryDeadLetters),
     ]
 }
 
@@ -98,9 +104,10 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
         proptest::option::weighted(0.2, 100u64..900),
         proptest::option::weighted(0.2, 1u32..3),
         proptest::option::weighted(0.2, 200u64..2000),
+        proptest::bool::weighted(0.4),
     )
         .prop_map(
-            |(ttl, max_len, overflow, dlx, priority, sac, stored, timeout, limit, expires)| {
+            |(ttl, max_len, overflow, dlx, priority, sac, stored, timeout, limit, expires, alo)| {
                 let queue = QueueConfig {
                     message_ttl: ttl,
                     max_length: max_len,
@@ -113,6 +120,7 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
                     max_priority: priority,
                     single_active_consumer: sac,
                     expires,
+                    dead_letter_strategy: alo.then(|| "at-least-once".to_owned()),
                     ..QueueConfig::default()
                 };
                 EngineConfig {
@@ -238,6 +246,21 @@ fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerI
         Op::Touch => h.step(Command::Touch),
         Op::Purge => h.step(Command::Purge),
         Op::Delete => h.step(Command::Delete),
+        Op::DeadLettered(from, n) => {
+            let kept: Vec<u64> = h.engine.dead_letters_kept().map(|(o, ..)| o).collect();
+            let o: Vec<u64> = kept
+                .iter()
+                .cycle()
+                .skip(usize::from(*from) % kept.len().max(1))
+                .take(usize::from(*n).min(kept.len()))
+                .copied()
+                .collect();
+            h.step(Command::DeadLettered { offsets: &o })
+        }
+        Op::RetryDeadLetters => {
+            let kept: Vec<u64> = h.engine.dead_letters_kept().map(|(o, ..)| o).collect();
+            h.step(Command::RetryDeadLetters { offsets: &kept })
+        }
     }
 }
 
@@ -295,9 +318,12 @@ fn logical(steps: &[Step]) -> Vec<String> {
                     "deliver {:?} {} {} {} {}",
                     d.consumer, d.offset, d.redelivered, d.returns, d.ack_required
                 )),
-                Effect::DeadLetter { offset, reason, .. } => {
-                    out.push(format!("dead {offset} {reason:?}"))
-                }
+                Effect::DeadLetter {
+                    offset,
+                    reason,
+                    kept,
+                    ..
+                } => out.push(format!("dead {offset} {reason:?} {kept}")),
                 Effect::StoreAppend { offset, .. } => out.push(format!("append {offset}")),
                 Effect::StoreAck { offset } => out.push(format!("ack {offset}")),
                 Effect::StoreDelivered { offset } => out.push(format!("delivered {offset}")),

@@ -164,6 +164,8 @@ impl StreamQueue {
             ready_bytes: view.total_size(),
             memory_bytes: 0,
             paged_out: 0,
+            dead_letters: 0,
+            dead_letter_bytes: 0,
         }
     }
 
