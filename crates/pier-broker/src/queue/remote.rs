@@ -153,6 +153,11 @@ pub trait QueueLink: Send + Sync + 'static {
 
     /// The queue's figures on its home node; `touch` counts as use (`x-expires`).
     fn stats(&self, queue: &Queue, touch: bool) -> BoxFuture<Result<QueueStats, BrokerError>>;
+
+    /// A policy changed the queue's settings on this node. A classic queue's home node
+    /// applies the same policy change itself (policies are cluster metadata), so by default
+    /// nothing is sent; a replicated quorum queue puts them in its log.
+    fn reconfigure(&self, _queue: &Arc<Queue>, _settings: crate::args::PolicySettings) {}
 }
 
 /// A delivery that arrived for a consumer and waits for its channel.

@@ -57,6 +57,15 @@ enum Op {
     Touch,
     Purge,
     Delete,
+    /// A policy change: new limits, TTL, expiry, dead-lettering, delivery limit.
+    Reconfigure {
+        ttl: Option<u16>,
+        max_len: Option<u8>,
+        overflow: u8,
+        dlx: bool,
+        expires: Option<u16>,
+        limit: Option<u8>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,6 +92,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Touch),
         1 => Just(Op::Purge),
         1 => prop_oneof![99 => Just(Op::Tick), 1 => Just(Op::Delete)],
+        1 => (
+            proptest::option::weighted(0.4, 1u16..500),
+            proptest::option::weighted(0.5, 0u8..8),
+            0u8..3,
+            any::<bool>(),
+            proptest::option::weighted(0.2, 200u16..2000),
+            proptest::option::weighted(0.3, 0u8..3),
+        )
+            .prop_map(|(ttl, max_len, overflow, dlx, expires, limit)| Op::Reconfigure {
+                ttl, max_len, overflow, dlx, expires, limit
+            }),
     ]
 }
 
@@ -238,6 +258,31 @@ fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerI
         Op::Touch => h.step(Command::Touch),
         Op::Purge => h.step(Command::Purge),
         Op::Delete => h.step(Command::Delete),
+        Op::Reconfigure {
+            ttl,
+            max_len,
+            overflow,
+            dlx,
+            expires,
+            limit,
+        } => {
+            let q = QueueConfig {
+                message_ttl: ttl.map(u64::from),
+                max_length: max_len.map(u64::from),
+                overflow: [
+                    Overflow::DropHead,
+                    Overflow::RejectPublish,
+                    Overflow::RejectPublishDlx,
+                ][usize::from(*overflow)],
+                dead_letter_exchange: dlx.then(|| ShortString::from("dlx")),
+                expires: expires.map(u64::from),
+                ..QueueConfig::default()
+            };
+            h.step(Command::Reconfigure {
+                settings: Box::new(crate::args::PolicySettings::of(&q)),
+                delivery_limit: limit.map(u32::from),
+            })
+        }
     }
 }
 
