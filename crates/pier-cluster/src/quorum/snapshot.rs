@@ -4,13 +4,14 @@
 //! every count is checked against what is left before anything is built.
 //!
 //! ```text
-//!  u8 version (1) · u64 next_offset · u64 round_robin · u8 flags (1 had_consumers,
+//!  u8 version (2; 1 is still read) · u64 next_offset · u64 round_robin · u8 flags (1 had_consumers,
 //!  2 deleted) · u64 last_used · u64 next_expiry · u64 next_timeout_check · 4 × u64 counters
 //!  u32 levels × { u32 n × entry · u32 n × (entry u32 returns) }
 //!  u32 n × checked out { u8 has_consumer u64 consumer · entry · u32 returns · u8 level ·
 //!                        u64 delivered_at }
 //!  u32 n × consumer { u64 id · settings (as a checkout's) · u32 unacked · u32 credit · u8 drain }
 //!  u32 n × publisher { u64 id · u64 sequence }
+//!  version 2 adds: u64 policy version · policy settings (as a reconfigure op's)
 //!  entry: u64 offset · u64 expires_at · u8 redelivered · u32 enqueued_at · message
 //!  message: str8 exchange · str8 routing key · bytes32 properties · bytes32 body
 //! ```
@@ -22,9 +23,22 @@ use pier_broker::queue::engine::{
     CheckedOutParts, ConsumerParts, EngineCounters, EntryParts, LevelParts, SnapshotParts,
 };
 
-use super::entry::{put_message, put_settings, EntryError, Reader};
+use pier_broker::args::PolicySettings;
 
-const VERSION: u8 = 1;
+use super::entry::{put_message, put_policy, put_settings, EntryError, Reader};
+
+/// Version 2 carries the settings policies gave the queue (version 1, written before
+/// policies reached running queues, did not: a member restoring one keeps the settings it
+/// built from the declaration).
+const VERSION: u8 = 2;
+
+/// The settings policy changes gave the queue, and the version of the last change applied
+/// (see `QueueOp::Reconfigure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    pub version: u64,
+    pub settings: PolicySettings,
+}
 
 fn put_count(out: &mut BytesMut, n: usize, what: &'static str) -> Result<(), EntryError> {
     out.put_u32_le(u32::try_from(n).map_err(|_| EntryError::TooLong(what))?);
@@ -40,7 +54,7 @@ fn put_entry(out: &mut BytesMut, e: &EntryParts) -> Result<(), EntryError> {
 }
 
 /// Encodes a snapshot.
-pub fn encode(p: &SnapshotParts) -> Result<Bytes, EntryError> {
+pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryError> {
     let mut out = BytesMut::new();
     out.put_u8(VERSION);
     out.put_u64_le(p.next_offset);
@@ -95,6 +109,8 @@ pub fn encode(p: &SnapshotParts) -> Result<Bytes, EntryError> {
         out.put_u64_le(*id);
         out.put_u64_le(*seq);
     }
+    out.put_u64_le(policy.version);
+    put_policy(&mut out, &policy.settings);
     Ok(out.freeze())
 }
 
@@ -123,11 +139,12 @@ impl Reader<'_> {
 /// empty byte strings.
 const MIN_ENTRY: usize = 8 + 8 + 1 + 4 + 1 + 1 + 4 + 4;
 
-/// Decodes a snapshot; never panics, whatever the bytes.
-pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
+/// Decodes a snapshot (with its policy state from version 2 on); never panics, whatever
+/// the bytes.
+pub fn decode(input: &Bytes) -> Result<(SnapshotParts, Option<PolicyState>), EntryError> {
     let mut r = Reader { buf: input, pos: 0 };
     let version = r.u8("version")?;
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(EntryError::Version(version));
     }
     let next_offset = r.u64("next offset")?;
@@ -184,10 +201,18 @@ pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
     for _ in 0..r.count(16, "publishers")? {
         publishers.push((r.u64("publisher")?, r.u64("sequence")?));
     }
+    let policy = if version >= 2 {
+        Some(PolicyState {
+            version: r.u64("policy version")?,
+            settings: r.policy()?,
+        })
+    } else {
+        None
+    };
     if r.pos != input.len() {
         return Err(EntryError::Invalid("trailing bytes"));
     }
-    Ok(SnapshotParts {
+    let parts = SnapshotParts {
         next_offset,
         levels,
         checked_out,
@@ -200,5 +225,6 @@ pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
         next_timeout_check,
         publishers,
         counters,
-    })
+    };
+    Ok((parts, policy))
 }
