@@ -18,14 +18,21 @@ impl QueueEngine {
             return Reply::Done;
         }
         let old_ttl = self.config.queue.message_ttl;
+        let before_overflow = self.config.queue.overflow;
         if settings.message_ttl != old_ttl {
             self.pin_paged_expiries(old_ttl, cx.now);
         }
+        // RabbitMQ's order (rabbit_amqqueue_process:process_args_policy): the new length
+        // limits are enforced at once with the overflow mode in force until now (drop-head
+        // drops, dead-lettered `maxlen`; a reject-publish queue keeps its backlog), then the
+        // new overflow mode applies to later publishes.
+        let overflow = settings.overflow;
         settings.apply_to(&mut self.config.queue);
+        self.config.queue.overflow = before_overflow;
         self.config.delivery_limit = delivery_limit;
         self.expire_heads(cx, out);
-        // RabbitMQ's init_max_length / init_max_bytes: drop-head at once.
         self.drop_over_limit(cx, out);
+        self.config.queue.overflow = overflow;
         Reply::Done
     }
 

@@ -770,14 +770,18 @@ fn reconfigure_enforces_a_new_length_limit_at_once() {
     // The same settings again: nothing more happens.
     assert!(reconfigure(&mut h, limited, None).effects.is_empty());
 
-    // max-length-bytes, and reject-publish: nothing dropped now, later publishes refused.
-    let rejecting = QueueConfig {
-        max_length: Some(2),
+    // A policy bringing reject-publish and a lower limit together: the limit is enforced
+    // with the overflow mode in force until then (drop-head), as RabbitMQ orders it.
+    let rejecting = |n| QueueConfig {
+        max_length: Some(n),
         overflow: Overflow::RejectPublish,
         ..QueueConfig::default()
     };
-    assert!(reconfigure(&mut h, rejecting, None).effects.is_empty());
-    assert_eq!(h.engine.stats().ready, 5);
+    reconfigure(&mut h, rejecting(2), None);
+    assert_eq!(h.engine.stats().ready, 2);
+    // Already reject-publish: a lower limit keeps the backlog and refuses later publishes.
+    assert!(reconfigure(&mut h, rejecting(1), None).effects.is_empty());
+    assert_eq!(h.engine.stats().ready, 2);
     let s = enqueue(&mut h, message("refused", false));
     assert!(matches!(
         s.reply,
@@ -786,13 +790,15 @@ fn reconfigure_enforces_a_new_length_limit_at_once() {
             ..
         })
     ));
+    reconfigure(&mut h, QueueConfig::default(), None);
+    enqueue(&mut h, message("m20", false));
     let bytes = QueueConfig {
         max_length_bytes: Some(6),
         ..QueueConfig::default()
     };
     let s = reconfigure(&mut h, bytes, None);
     assert_eq!(dead_letters(&s), [], "no dead-letter exchange any more");
-    assert_eq!(h.engine.stats().ready, 2, "m18 m19: 6 bytes");
+    assert_eq!(h.engine.stats().ready, 2, "m19 m20: 6 bytes");
     reconfigure(&mut h, QueueConfig::default(), None);
     enqueue(&mut h, message("more", false));
     assert_eq!(h.engine.stats().ready, 3);
