@@ -46,7 +46,7 @@ pub struct QueueConfig {
     /// `x-max-priority`: the queue has priorities 0..=max.
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
-    /// Name of the policy applied at declaration (shown by the management API).
+    /// Name of the policy in force (shown by the management API; policy changes update it).
     pub policy: Option<String>,
     /// Streams: `x-max-age` in milliseconds (retention by age) and as given.
     pub max_age_ms: Option<u64>,
