@@ -285,3 +285,34 @@ def test_amqp_declarations_on_a_minority_node_fail_quickly_and_clearly(cluster):
     defs = cluster.assert_same_definitions()
     names = {q["name"] for q in defs["queues"]}
     assert "before-cut" in names and "on-the-minority" not in names
+
+
+def test_a_policy_change_reaches_a_classic_queue_through_its_home_node(cluster):
+    """Every node applies a policy change from the cluster's metadata; the queue's home
+    node trims it (max-length: the oldest go at once), the other nodes only record the
+    settings, and publishes through any node are held to the limit."""
+    n1, n2, n3 = cluster.nodes
+    conn1 = connect(n1)
+    conn1.channel().queue_declare("cq-pol", durable=True)
+    assert n2.api("GET", "/api/queues/%2F/cq-pol")[1]["type"] == "classic"
+    conn2 = connect(n2)
+    ch2 = conn2.channel()
+    ch2.confirm_delivery()
+    bodies = [f"m{i}" for i in range(20)]
+    assert publish_confirmed(ch2, "cq-pol", bodies) == bodies
+
+    def count(conn):
+        return conn.channel().queue_declare("cq-pol", passive=True).method.message_count
+
+    wait_for("20 on the home node", lambda: count(conn1) == 20)
+    code, body = n3.api("PUT", "/api/policies/%2F/cq-limit", {
+        "pattern": "^cq-pol$", "apply-to": "queues", "definition": {"max-length": 5}})
+    assert code in (201, 204), body
+    wait_for("5 on the home node", lambda: count(conn1) == 5)
+    assert publish_confirmed(ch2, "cq-pol", ["n0", "n1"]) == ["n0", "n1"]
+    wait_for("still 5", lambda: count(conn1) == 5)
+    wait_for("the policy shown everywhere", lambda: all(
+        n.api("GET", "/api/queues/%2F/cq-pol")[1].get("policy") == "cq-limit" for n in cluster.nodes))
+    assert drain(conn2, ch2, "cq-pol", 5) == ["m17", "m18", "m19", "n0", "n1"]
+    conn1.close()
+    conn2.close()

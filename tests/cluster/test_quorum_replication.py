@@ -572,3 +572,52 @@ def test_at_least_once_dead_letters_survive_the_leader(cluster_factory):
     assert sorted(b for b, _ in got) == bodies
     assert {r for _, r in got} == {"rejected"}
     conn2.close()
+
+
+def test_a_policy_set_after_declaration_reaches_every_member(cluster_factory):
+    """As in RabbitMQ, a policy set on an existing quorum queue applies at once: a lower
+    max-length drops the oldest on every member (the change goes through the queue's log,
+    proposed by every node and applied once), the queue object shows the policy, the new
+    leader enforces it after the old one dies, and clearing it lets the queue grow."""
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    declare_qq(n1, "qq-pol")
+    conn = connect(n2)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    bodies = [f"m{i}" for i in range(20)]
+    assert publish_confirmed(ch, "qq-pol", bodies) == bodies
+    conn.close()
+    for n in c.nodes:
+        wait_for(f"{n.name} holds 20", lambda n=n: queue_info(n, "qq-pol").get("messages") == 20)
+    code, body = n3.api("PUT", "/api/policies/%2F/qq-limit", {
+        "pattern": "^qq-pol$", "apply-to": "queues", "definition": {"max-length": 5}})
+    assert code in (201, 204), body
+    for n in c.nodes:
+        wait_for(f"{n.name} holds 5", lambda n=n: queue_info(n, "qq-pol").get("messages") == 5)
+        info = queue_info(n, "qq-pol")
+        assert info["policy"] == "qq-limit", info
+        assert info["effective_policy_definition"] == {"max-length": 5}, info
+    # The declaring node leads; it dies and the new leader keeps the limit.
+    assert queue_info(n2, "qq-pol")["leader"] == n1.name
+    n1.kill()
+    wait_for("a new leader", lambda: queue_info(n2, "qq-pol").get("leader") in (n2.name, n3.name),
+             timeout=30)
+    conn = connect(n3)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    more = [f"n{i}" for i in range(10)]
+    assert publish_confirmed(ch, "qq-pol", more) == more
+    for n in (n2, n3):
+        wait_for(f"{n.name} holds 5 again",
+                 lambda n=n: queue_info(n, "qq-pol").get("messages") == 5)
+    got = consume_all(conn, conn.channel(), "qq-pol", 5)
+    assert [b for b, _, _ in got] == more[5:]
+    # Cleared (through a node that is not the leader): the queue grows again.
+    code, body = n2.api("DELETE", "/api/policies/%2F/qq-limit")
+    assert code == 204, body
+    wait_for("no policy shown", lambda: queue_info(n3, "qq-pol").get("policy") is None)
+    assert publish_confirmed(ch, "qq-pol", more) == more
+    for n in (n2, n3):
+        wait_for(f"{n.name} holds 10", lambda n=n: queue_info(n, "qq-pol").get("messages") == 10)
+    conn.close()

@@ -46,7 +46,7 @@ pub struct QueueConfig {
     /// `x-max-priority`: the queue has priorities 0..=max.
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
-    /// Name of the policy applied at declaration (shown by the management API).
+    /// Name of the policy in force (shown by the management API; policy changes update it).
     pub policy: Option<String>,
     /// Streams: `x-max-age` in milliseconds (retention by age) and as given.
     pub max_age_ms: Option<u64>,
@@ -65,6 +65,50 @@ pub struct QueueConfig {
     /// Quorum queues: `x-consumer-timeout` in milliseconds (the queue cancels a consumer whose
     /// delivery stays unsettled longer, RabbitMQ 4's behaviour).
     pub consumer_timeout: Option<u64>,
+}
+
+/// The settings of a queue that a policy can change while it runs (RabbitMQ re-applies
+/// policies to existing queues): what `VHost::set_policy` pushes into a running queue, and
+/// what a quorum queue's log carries so that every member changes at the same place.
+/// `max-priority`, single active consumer and the stream settings are fixed at declaration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySettings {
+    pub message_ttl: Option<u64>,
+    pub expires: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub dead_letter_exchange: Option<ShortString>,
+    pub dead_letter_routing_key: Option<ShortString>,
+    /// As configured (see `QueueConfig::delivery_limit`).
+    pub delivery_limit: Option<i64>,
+}
+
+impl PolicySettings {
+    pub fn of(c: &QueueConfig) -> Self {
+        PolicySettings {
+            message_ttl: c.message_ttl,
+            expires: c.expires,
+            max_length: c.max_length,
+            max_length_bytes: c.max_length_bytes,
+            overflow: c.overflow,
+            dead_letter_exchange: c.dead_letter_exchange.clone(),
+            dead_letter_routing_key: c.dead_letter_routing_key.clone(),
+            delivery_limit: c.delivery_limit,
+        }
+    }
+
+    /// Writes these settings into `c`, leaving what a policy cannot change.
+    pub fn apply_to(&self, c: &mut QueueConfig) {
+        c.message_ttl = self.message_ttl;
+        c.expires = self.expires;
+        c.max_length = self.max_length;
+        c.max_length_bytes = self.max_length_bytes;
+        c.overflow = self.overflow;
+        c.dead_letter_exchange = self.dead_letter_exchange.clone();
+        c.dead_letter_routing_key = self.dead_letter_routing_key.clone();
+        c.delivery_limit = self.delivery_limit;
+    }
 }
 
 /// RabbitMQ's `x-max-age` syntax: a positive integer and a unit, `Y M D h m s`.

@@ -11,8 +11,9 @@
 //! argument for `overflow`, `dead-letter-exchange`, `dead-letter-routing-key`, `max-priority`
 //! and `alternate-exchange`.
 //!
-//! Pier applies a policy when a queue is declared (an exchange's `alternate-exchange` is looked
-//! up whenever policies change); queues declared before a policy existed keep their settings.
+//! As in RabbitMQ, a policy applies at once: when a queue is declared, and whenever policies
+//! change, to every existing queue (`VHost::set_policy`: a lower length limit drops the
+//! oldest messages at once; messages already queued keep their expiry) and exchange.
 //!
 //! [`VHost::set_policy`]: crate::vhost::VHost::set_policy
 
@@ -74,6 +75,8 @@ pub struct PolicyDefinition {
     pub alternate_exchange: Option<String>,
     /// Streams: `max-age` (RabbitMQ's `<int>Y|M|D|h|m|s`).
     pub max_age: Option<String>,
+    /// Streams: `stream-max-segment-size-bytes`.
+    pub stream_max_segment_size_bytes: Option<u64>,
     /// Quorum queues: `delivery-limit` (negative: no limit).
     pub delivery_limit: Option<i64>,
 }
@@ -112,6 +115,10 @@ impl PolicyDefinition {
         num("max-length", d.max_length);
         num("max-length-bytes", d.max_length_bytes);
         num("max-priority", d.max_priority.map(u64::from));
+        num(
+            "stream-max-segment-size-bytes",
+            d.stream_max_segment_size_bytes,
+        );
         if let Some(n) = d.delivery_limit {
             m.insert("delivery-limit".to_owned(), Value::from(n));
         }
@@ -144,7 +151,7 @@ impl PolicyDefinition {
                     "Validation failed\n\n[{}] are not recognised policy settings (Pier applies \
                  message-ttl, expires, max-length, max-length-bytes, overflow, \
                  dead-letter-exchange, dead-letter-routing-key, max-priority, \
-                 alternate-exchange, max-age, delivery-limit)",
+                 alternate-exchange, max-age, stream-max-segment-size-bytes, delivery-limit)",
                     list.join(",")
                 ));
             }
@@ -193,6 +200,7 @@ impl PolicyDefinition {
             dead_letter_routing_key: text("dead-letter-routing-key")?,
             max_priority,
             alternate_exchange: text("alternate-exchange")?,
+            stream_max_segment_size_bytes: num("stream-max-segment-size-bytes")?,
             delivery_limit: match def.get("delivery-limit") {
                 None => None,
                 Some(v) => Some(
@@ -222,8 +230,9 @@ pub fn overflow_str(o: Overflow) -> &'static str {
 
 /// The keys of a definition object Pier does not apply.
 pub fn unknown_keys(def: &Map<String, Value>) -> Vec<String> {
-    const KNOWN: [&str; 11] = [
+    const KNOWN: [&str; 12] = [
         "max-age",
+        "stream-max-segment-size-bytes",
         "delivery-limit",
         "message-ttl",
         "expires",

@@ -768,6 +768,52 @@ fn policies_apply_to_matching_queues_and_exchanges() {
     assert!(route_names(&vh, "main", "k", None).is_empty());
 }
 
+/// As in RabbitMQ, a policy set, replaced or cleared after declaration reaches existing
+/// queues at once: a lower max-length drops the oldest (dead-lettered through the policy's
+/// dead-letter settings), and clearing it lets the queue grow again.
+#[test]
+fn policy_changes_reach_existing_queues() {
+    use crate::policy::{ApplyTo, Policy, PolicyDefinition};
+    let vh = VHost::new("/");
+    let q = declare(&vh, "live.q");
+    let dlq = declare(&vh, "dlq");
+    for i in 0..20 {
+        q.publish(msg(&format!("m{i}")));
+    }
+    let limit = |n| {
+        Policy::new(
+            "limit",
+            "^live\\.",
+            ApplyTo::Queues,
+            0,
+            PolicyDefinition {
+                max_length: Some(n),
+                dead_letter_exchange: Some(String::new()),
+                dead_letter_routing_key: Some("dlq".into()),
+                ..PolicyDefinition::default()
+            },
+        )
+        .unwrap()
+    };
+    vh.set_policy(limit(5));
+    assert_eq!(q.stats().ready, 5);
+    assert_eq!(dlq.stats().ready, 15, "the 15 oldest, dead-lettered");
+    assert_eq!(q.config().policy.as_deref(), Some("limit"));
+    assert_eq!(dlq.config().policy, None);
+    // Replaced by a looser one: nothing more is dropped; tighter: dropped again.
+    vh.set_policy(limit(8));
+    assert_eq!(q.stats().ready, 5);
+    vh.set_policy(limit(2));
+    assert_eq!((q.stats().ready, dlq.stats().ready), (2, 18));
+    assert!(vh.clear_policy("limit"));
+    assert_eq!(q.config().policy, None);
+    assert_eq!(q.config().max_length, None);
+    for i in 0..10 {
+        q.publish(msg(&format!("n{i}")));
+    }
+    assert_eq!(q.stats().ready, 12);
+}
+
 // ---- measured time in queue ----
 
 #[test]

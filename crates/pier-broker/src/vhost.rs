@@ -104,6 +104,8 @@ pub struct VHost {
     /// When the earliest delayed message is due (`NEVER`: none), read by `tick` lock-free.
     pub(crate) next_delayed: AtomicU64,
     policies: RwLock<Vec<Policy>>,
+    /// Held while a policy change is pushed into the queues (`refresh_queue_policies`).
+    policy_refresh: Mutex<()>,
     /// Where durable definitions and persistent messages go (none: in memory only).
     storage: OnceLock<crate::persist::VhostStorage>,
     /// The node's scratch paging store, given to every queue declared from then on.
@@ -206,6 +208,7 @@ impl VHost {
             delayed: Mutex::new(BinaryHeap::new()),
             next_delayed: AtomicU64::new(NEVER),
             policies: RwLock::new(Vec::new()),
+            policy_refresh: Mutex::new(()),
             storage: OnceLock::new(),
             paging: OnceLock::new(),
             max_connections: AtomicU64::new(u64::MAX),
@@ -378,9 +381,11 @@ impl VHost {
 
     // ---- policies ----
 
-    /// Adds or replaces (by name) a policy. It applies to queues declared from now on, and to
-    /// every exchange's `alternate-exchange` at once. With storage attached (that is, after
-    /// start-up: config-file policies are set before) it is written through.
+    /// Adds or replaces (by name) a policy. As in RabbitMQ it applies at once: to queues
+    /// declared from now on, to every existing queue it (or the policy it displaces) matches
+    /// (`refresh_queue_policies`), and to every exchange's `alternate-exchange`. With storage
+    /// attached (that is, after start-up: config-file policies are set before) it is written
+    /// through.
     pub fn set_policy(&self, policy: Policy) {
         {
             let mut ps = self.policies.write().unwrap_or_else(|p| p.into_inner());
@@ -392,6 +397,7 @@ impl VHost {
             ps.push(policy);
         }
         self.refresh_exchange_policies();
+        self.refresh_queue_policies();
     }
 
     /// Removes a policy; false if there was none of that name.
@@ -407,6 +413,7 @@ impl VHost {
         };
         if removed {
             self.refresh_exchange_policies();
+            self.refresh_queue_policies();
         }
         removed
     }
@@ -418,8 +425,8 @@ impl VHost {
             .clone()
     }
 
-    /// The policy in force now for an object of this kind and name (queues keep the one
-    /// applied at declaration: see `QueueConfig::policy`).
+    /// The policy in force now for an object of this kind and name (a queue's is also in
+    /// `QueueConfig::policy`).
     pub fn effective_policy(&self, kind: ObjectKind, name: &str) -> Option<Policy> {
         let ps = self.policies.read().unwrap_or_else(|p| p.into_inner());
         policy::effective(&ps, kind, name).cloned()
@@ -430,6 +437,34 @@ impl VHost {
         policy::effective(&ps, ObjectKind::Exchange, exchange)
             .and_then(|p| p.definition.alternate_exchange.as_deref())
             .map(ShortString::from)
+    }
+
+    /// Re-resolves every queue's settings (its arguments and the policy now in force, with
+    /// the precedence of a declaration) and pushes those that changed into the queues
+    /// (`Queue::reconfigure`), as RabbitMQ does when a policy is set or cleared. Serialised,
+    /// so that the last policy change is the one queues end with; no other lock is held
+    /// while queues apply them (dead letters are routed through this vhost).
+    fn refresh_queue_policies(&self) {
+        let _one_at_a_time = self
+            .policy_refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let queues: Vec<Arc<Queue>> = self.read().queues.values().cloned().collect();
+        let policies = self.policies();
+        for q in queues {
+            let cx = ArgContext {
+                queue: q.name(),
+                vhost: &self.name,
+            };
+            let arguments = &q.options().arguments;
+            // Accepted at declaration, so this does not fail; if it did, the queue keeps
+            // what it has.
+            let Ok(base) = q.kind().config(arguments, &cx) else {
+                continue;
+            };
+            let p = policy::effective(&policies, ObjectKind::Queue, q.name());
+            q.reconfigure(with_policy(q.kind(), base, arguments, p));
+        }
     }
 
     fn refresh_exchange_policies(&self) {
@@ -920,25 +955,8 @@ impl VHost {
         };
         {
             let policies = self.policies.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(p) = policy::effective(&policies, ObjectKind::Queue, &name) {
-                if kind == QueueType::Stream {
-                    // For streams, RabbitMQ's policies win over arguments.
-                    if let Some(b) = p.definition.max_length_bytes {
-                        config.max_length_bytes = Some(b);
-                    }
-                    if let Some(ms) = p
-                        .definition
-                        .max_age
-                        .as_deref()
-                        .and_then(crate::args::parse_max_age)
-                    {
-                        config.max_age_ms = Some(ms);
-                    }
-                } else {
-                    config.apply_policy(&p.definition, &d.arguments);
-                }
-                config.policy = Some(p.name.clone());
-            }
+            let p = policy::effective(&policies, ObjectKind::Queue, &name);
+            config = with_policy(kind, config, &d.arguments, p);
         }
         let options = QueueOptions {
             durable: d.durable,
@@ -1500,4 +1518,39 @@ fn describe_arg(v: Option<&FieldValue>) -> String {
         None => "none".to_owned(),
         Some(v) => format!("the value '{}' of type '{}'", show_value(v), v.type_name()),
     }
+}
+
+/// A queue's settings from its arguments (`config`, as `QueueType::config` resolved them)
+/// merged with the policy in force, by RabbitMQ's rules: for streams the policy wins,
+/// otherwise `QueueConfig::apply_policy` decides. Declarations and policy changes both use it.
+fn with_policy(
+    kind: QueueType,
+    mut config: crate::args::QueueConfig,
+    arguments: &FieldTable,
+    p: Option<&Policy>,
+) -> crate::args::QueueConfig {
+    let Some(p) = p else {
+        config.policy = None;
+        return config;
+    };
+    if kind == QueueType::Stream {
+        if let Some(b) = p.definition.max_length_bytes {
+            config.max_length_bytes = Some(b);
+        }
+        if let Some(ms) = p
+            .definition
+            .max_age
+            .as_deref()
+            .and_then(crate::args::parse_max_age)
+        {
+            config.max_age_ms = Some(ms);
+        }
+        if let Some(b) = p.definition.stream_max_segment_size_bytes {
+            config.stream_max_segment_size_bytes = Some(b);
+        }
+    } else {
+        config.apply_policy(&p.definition, arguments);
+    }
+    config.policy = Some(p.name.clone());
+    config
 }

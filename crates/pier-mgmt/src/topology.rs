@@ -244,9 +244,10 @@ pub(crate) fn queue_json(
         &crate::stats::queue_key(vhost, q.name()),
         &queue_counters(q),
     );
-    // The policy applied when the queue was declared (Pier does not re-apply policies to
-    // existing queues), with its current definition while it still exists.
-    let policy_name = q.config().policy.as_deref();
+    // The policy in force (policy changes reach existing queues: `VHost::set_policy`), with
+    // its definition.
+    let config = q.config();
+    let policy_name = config.policy.as_deref();
     let definition = policy_name
         .and_then(|name| {
             let vh = state.broker.vhost(vhost)?;

@@ -397,6 +397,7 @@ impl PolicyEntry {
             max_priority: d.max_priority,
             alternate_exchange: d.alternate_exchange.clone(),
             max_age: None,
+            stream_max_segment_size_bytes: None,
             delivery_limit: d.delivery_limit,
         };
         Policy::new(

@@ -1688,10 +1688,12 @@ async fn queue_and_exchange_policy_fields() {
     let other = api.get_ok("/api/queues/%2F/other-q");
     assert_eq!(other["policy"], Value::Null);
     assert_eq!(other["effective_policy_definition"], json!({}));
-    // Pier applies policies at declaration: a queue declared before shows none.
+    // As in RabbitMQ, a policy reaches queues declared before it.
+    let before = api.get_ok("/api/queues/%2F/pol-before");
+    assert_eq!(before["policy"], "cov-pol");
     assert_eq!(
-        api.get_ok("/api/queues/%2F/pol-before")["policy"],
-        Value::Null
+        before["effective_policy_definition"],
+        json!({"max-length": 10})
     );
     let listed = api.get_ok("/api/queues/%2F?columns=name,policy");
     assert!(listed
@@ -1715,9 +1717,9 @@ async fn queue_and_exchange_policy_fields() {
         .get_ok("/api/exchanges/%2F/pol-x")
         .get("policy")
         .is_none());
-    // The queue keeps the policy it was declared with; its definition is gone.
+    // Cleared: the queue shows no policy any more.
     let q = api.get_ok("/api/queues/%2F/pol-q");
-    assert_eq!(q["policy"], "cov-pol");
+    assert_eq!(q["policy"], Value::Null);
     assert_eq!(q["effective_policy_definition"], json!({}));
 }
 

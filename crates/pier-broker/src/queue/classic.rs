@@ -902,6 +902,23 @@ impl ClassicQueue {
         (reply, out.expired)
     }
 
+    /// A policy changed: the engine takes the settings it can change (and drops, dead-
+    /// lettering, what a lower length limit leaves over).
+    pub(crate) fn reconfigure(
+        &self,
+        q: &Arc<Queue>,
+        settings: crate::args::PolicySettings,
+        delivery_limit: Option<u32>,
+    ) {
+        self.simple(
+            q,
+            Command::Reconfigure {
+                settings: Box::new(settings),
+                delivery_limit,
+            },
+        );
+    }
+
     pub(crate) fn touch(&self, q: &Arc<Queue>) {
         self.simple(q, Command::Touch);
     }

@@ -34,7 +34,7 @@ pub mod kind;
 pub mod remote;
 pub mod stream;
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 
 use pier_store::StoreHandle;
 use pier_wire::{FieldTable, ShortString};
@@ -105,7 +105,9 @@ pub struct Queue {
     vhost: String,
     options: QueueOptions,
     kind: QueueType,
-    config: QueueConfig,
+    /// Replaced when a policy changes (`Queue::reconfigure`); read per dead letter and per
+    /// management listing, so a lock and a cheap clone of the `Arc`.
+    config: RwLock<Arc<QueueConfig>>,
     backend: Backend,
     /// Its deletion was proposed to the cluster (auto-delete, `x-expires`): not again.
     deletion_proposed: std::sync::atomic::AtomicBool,
@@ -178,7 +180,7 @@ impl Queue {
             vhost,
             options,
             kind,
-            config,
+            config: RwLock::new(Arc::new(config)),
             backend: Backend::Classic(ClassicQueue::new(engine, clock, router)),
             deletion_proposed: Default::default(),
         })
@@ -198,7 +200,7 @@ impl Queue {
             vhost,
             options,
             kind,
-            config,
+            config: RwLock::new(Arc::new(config)),
             backend: Backend::Remote(RemoteQueue::new(link)),
             deletion_proposed: Default::default(),
         })
@@ -217,7 +219,7 @@ impl Queue {
             vhost,
             options,
             kind: QueueType::Stream,
-            config,
+            config: RwLock::new(Arc::new(config)),
             backend: Backend::Stream(StreamQueue::new(stream)),
             deletion_proposed: Default::default(),
         });
@@ -304,9 +306,43 @@ impl Queue {
         self.kind
     }
 
-    /// The settings in force (arguments merged with any policy).
-    pub fn config(&self) -> &QueueConfig {
-        &self.config
+    /// The settings in force (arguments merged with the policy in force).
+    pub fn config(&self) -> Arc<QueueConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A policy changed: `config` (arguments merged with the policy now in force) replaces
+    /// the settings, and the queue enforces them at once. Returns false when nothing a
+    /// policy can change differs (then nothing happens). A classic (or single-member quorum)
+    /// queue applies them to its engine, a stream to its retention; a queue homed on another
+    /// node only records them (its home node applies the same policy change itself), and a
+    /// replicated quorum queue proposes them to its log through its link, so that every
+    /// member changes at the same place.
+    pub fn reconfigure(self: &Arc<Self>, config: QueueConfig) -> bool {
+        let before = {
+            let mut c = self.config.write().unwrap_or_else(|p| p.into_inner());
+            if **c == config {
+                return false;
+            }
+            std::mem::replace(&mut *c, Arc::new(config.clone()))
+        };
+        let settings = crate::args::PolicySettings::of(&config);
+        match &self.backend {
+            Backend::Classic(c) if crate::args::PolicySettings::of(&before) != settings => {
+                let delivery_limit = match self.kind {
+                    QueueType::Quorum => engine::quorum_delivery_limit(config.delivery_limit),
+                    _ => None,
+                };
+                c.reconfigure(self, settings, delivery_limit);
+            }
+            Backend::Classic(_) => {}
+            Backend::Stream(s) => s.reconfigure(&config),
+            Backend::Remote(r) if crate::args::PolicySettings::of(&before) != settings => {
+                r.link().reconfigure(self, settings);
+            }
+            Backend::Remote(_) => {}
+        }
+        true
     }
 
     pub fn is_exclusive(&self) -> bool {
@@ -370,7 +406,12 @@ impl Queue {
     pub(crate) fn shares_record(&self, message: &Message) -> bool {
         self.stream_queue().is_none()
             && self.stores(message)
-            && self.config.message_ttl.is_none()
+            && self
+                .config
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .message_ttl
+                .is_none()
             && message.properties.expiration.is_none()
     }
 
@@ -505,7 +546,7 @@ impl Queue {
 
     /// With single active consumer: the tag of the consumer receiving messages.
     pub fn active_consumer_tag(&self) -> Option<ShortString> {
-        if !self.config.single_active_consumer {
+        if !self.config().single_active_consumer {
             return None;
         }
         self.classic_opt()?

@@ -159,6 +159,11 @@ pub trait QueueLink: Send + Sync + 'static {
     fn dead_letter_settled(&self, offset: u64, ok: bool) {
         let _ = (offset, ok);
     }
+
+    /// A policy changed the queue's settings on this node. A classic queue's home node
+    /// applies the same policy change itself (policies are cluster metadata), so by default
+    /// nothing is sent; a replicated quorum queue puts them in its log.
+    fn reconfigure(&self, _queue: &Arc<Queue>, _settings: crate::args::PolicySettings) {}
 }
 
 /// A delivery that arrived for a consumer and waits for its channel.

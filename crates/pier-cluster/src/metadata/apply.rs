@@ -95,6 +95,12 @@ impl Applier {
         out
     }
 
+    /// The log index of the entry being applied now (0 outside one): what a quorum queue's
+    /// policy change is ordered by (`QueueOp::Reconfigure`).
+    pub fn applying(&self) -> u64 {
+        self.index.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }

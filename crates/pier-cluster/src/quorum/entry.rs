@@ -11,10 +11,20 @@
 //!                 table) · u32 credit
 //!  op 3 cancel u64 · op 4 credit u64 u32 u8 · op 5..8 settle/return/release/discard u32 n,
 //!  n × u64 · op 9 publisher down u64 · op 10 tick · op 11 purge · op 12 delete · op 13 get u8
-//!  op 14 batch u32 n × (u8 op · fields) · op 15 dead-lettered (at least once) u32 n, n × u64
+//!  op 14 batch    u32 n × op (not nested)
+//!  op 15 reconfigure  u64 version · policy settings:
+//!                 4 × opt u64 (message ttl, expires, max length, max length bytes) ·
+//!                 u8 overflow (0 drop-head, 1 reject-publish, 2 reject-publish-dlx) ·
+//!                 2 × opt str8 (dead-letter exchange, routing key) · opt i64 delivery limit
+//!  op 16 dead-lettered (at-least-once dead letters confirmed) u32 n, n × u64
+//!  opt x: u8 0 (none) | u8 1 · x
 //! ```
+//!
+//! New ops take new codes under the same entry version, so logs written before them stay
+//! readable (a node too old to know an op refuses the entry: upgrade every node first).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pier_broker::args::{Overflow, PolicySettings};
 use pier_broker::message::Message;
 use pier_broker::queue::engine::ConsumerSettings;
 use pier_wire::{decode_field_table, encode_field_table, BasicProperties, ShortString};
@@ -59,6 +69,14 @@ pub enum QueueOp {
     Delete,
     Get {
         ack_required: bool,
+    },
+    /// A policy changed the queue's settings. Every node applies policy changes from the
+    /// cluster's metadata and proposes this; `version` is the metadata log index of the
+    /// change, and a member ignores a version not above the last one it applied, so late
+    /// or repeated proposals never undo a newer change.
+    Reconfigure {
+        version: u64,
+        settings: PolicySettings,
     },
     /// Several ops applied in order at the entry's time: what one node's writer had queued,
     /// committed as one Raft entry (one append, one fsync, one replication) instead of one
@@ -131,7 +149,8 @@ impl QueueOp {
             QueueOp::Delete => 12,
             QueueOp::Get { .. } => 13,
             QueueOp::Batch(_) => 14,
-            QueueOp::DeadLettered(_) => 15,
+            QueueOp::Reconfigure { .. } => 15,
+            QueueOp::DeadLettered(_) => 16,
         }
     }
 
@@ -193,6 +212,40 @@ pub(super) fn put_bytes32(
     Ok(())
 }
 
+/// A policy's settings (a reconfigure's, a snapshot's).
+pub(super) fn put_policy(out: &mut BytesMut, p: &PolicySettings) {
+    for v in [p.message_ttl, p.expires, p.max_length, p.max_length_bytes] {
+        match v {
+            Some(v) => {
+                out.put_u8(1);
+                out.put_u64_le(v);
+            }
+            None => out.put_u8(0),
+        }
+    }
+    out.put_u8(match p.overflow {
+        Overflow::DropHead => 0,
+        Overflow::RejectPublish => 1,
+        Overflow::RejectPublishDlx => 2,
+    });
+    for v in [&p.dead_letter_exchange, &p.dead_letter_routing_key] {
+        match v {
+            Some(s) => {
+                out.put_u8(1);
+                put_str8(out, s);
+            }
+            None => out.put_u8(0),
+        }
+    }
+    match p.delivery_limit {
+        Some(n) => {
+            out.put_u8(1);
+            out.put_i64_le(n);
+        }
+        None => out.put_u8(0),
+    }
+}
+
 fn put_offsets(out: &mut BytesMut, offsets: &[u64]) -> Result<(), EntryError> {
     out.put_u32_le(u32::try_from(offsets.len()).map_err(|_| EntryError::TooLong("offsets"))?);
     for o in offsets {
@@ -249,6 +302,10 @@ fn encode_op(out: &mut BytesMut, op: &QueueOp) -> Result<(), EntryError> {
         }
         QueueOp::Tick | QueueOp::Purge | QueueOp::Delete => {}
         QueueOp::Get { ack_required } => out.put_u8(u8::from(*ack_required)),
+        QueueOp::Reconfigure { version, settings } => {
+            out.put_u64_le(*version);
+            put_policy(out, settings);
+        }
         QueueOp::Batch(ops) => {
             if ops.len() > MAX_BATCH_OPS {
                 return Err(EntryError::TooLong("batch"));
@@ -372,13 +429,17 @@ impl Reader<'_> {
             6 => QueueOp::Return(self.offsets()?),
             7 => QueueOp::Release(self.offsets()?),
             8 => QueueOp::Discard(self.offsets()?),
-            15 => QueueOp::DeadLettered(self.offsets()?),
+            16 => QueueOp::DeadLettered(self.offsets()?),
             9 => QueueOp::PublisherDown(self.u64("publisher")?),
             10 => QueueOp::Tick,
             11 => QueueOp::Purge,
             12 => QueueOp::Delete,
             13 => QueueOp::Get {
                 ack_required: self.bool("ack required")?,
+            },
+            15 => QueueOp::Reconfigure {
+                version: self.u64("version")?,
+                settings: self.policy()?,
             },
             14 if batch => {
                 // Each op takes at least its code byte: checked before anything is built.
@@ -420,6 +481,51 @@ impl Reader<'_> {
             priority,
             arguments,
             credit: (flags & 4 != 0).then_some(credit),
+        })
+    }
+
+    fn present(&mut self, what: &'static str) -> Result<bool, EntryError> {
+        self.bool(what)
+    }
+
+    pub(super) fn policy(&mut self) -> Result<PolicySettings, EntryError> {
+        let mut n = [None; 4];
+        for (slot, what) in
+            n.iter_mut()
+                .zip(["message ttl", "expires", "max length", "max length bytes"])
+        {
+            if self.present(what)? {
+                *slot = Some(self.u64(what)?);
+            }
+        }
+        let overflow = match self.u8("overflow")? {
+            0 => Overflow::DropHead,
+            1 => Overflow::RejectPublish,
+            2 => Overflow::RejectPublishDlx,
+            _ => return Err(EntryError::Invalid("overflow")),
+        };
+        let dlx = match self.present("dead-letter exchange")? {
+            true => Some(self.str8("dead-letter exchange")?),
+            false => None,
+        };
+        let dlrk = match self.present("dead-letter routing key")? {
+            true => Some(self.str8("dead-letter routing key")?),
+            false => None,
+        };
+        let delivery_limit = match self.present("delivery limit")? {
+            true => Some(self.u64("delivery limit")? as i64),
+            false => None,
+        };
+        let [message_ttl, expires, max_length, max_length_bytes] = n;
+        Ok(PolicySettings {
+            message_ttl,
+            expires,
+            max_length,
+            max_length_bytes,
+            overflow,
+            dead_letter_exchange: dlx,
+            dead_letter_routing_key: dlrk,
+            delivery_limit,
         })
     }
 
@@ -560,7 +666,45 @@ pub(crate) mod tests {
             Just(QueueOp::Tick),
             Just(QueueOp::Purge),
             any::<bool>().prop_map(|ack_required| QueueOp::Get { ack_required }),
+            policy_strategy()
+                .prop_map(|(version, settings)| QueueOp::Reconfigure { version, settings }),
         ]
+    }
+
+    pub(crate) fn policy_strategy() -> impl Strategy<Value = (u64, PolicySettings)> {
+        (
+            0..6u64,
+            proptest::option::of(1..300u64),
+            proptest::option::of(100..900u64),
+            proptest::option::of(0..6u64),
+            proptest::option::of(0..200u64),
+            0..3u8,
+            any::<bool>(),
+            proptest::option::of("[a-z]{0,6}"),
+            proptest::option::of(-1..4i64),
+        )
+            .prop_map(
+                |(version, ttl, expires, len, bytes, overflow, dlx, dlrk, limit)| {
+                    (
+                        version,
+                        PolicySettings {
+                            message_ttl: ttl,
+                            expires,
+                            max_length: len,
+                            max_length_bytes: bytes,
+                            overflow: [
+                                Overflow::DropHead,
+                                Overflow::RejectPublish,
+                                Overflow::RejectPublishDlx,
+                            ][usize::from(overflow)],
+                            dead_letter_exchange: dlx.then(|| ShortString::from("dlx")),
+                            dead_letter_routing_key: dlrk
+                                .map(|k| ShortString::try_from_string(k).unwrap()),
+                            delivery_limit: limit,
+                        },
+                    )
+                },
+            )
     }
 
     proptest! {

@@ -17,9 +17,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use pier_broker::args::PolicySettings;
 use pier_broker::queue::engine::{
-    Command, Context, Effect, EngineConfig, OpenGate, PublisherSeq, QueueEngine, Refusal, Reply,
-    Snapshot, StoreMode,
+    quorum_delivery_limit, Command, Context, Effect, EngineConfig, OpenGate, PublisherSeq,
+    QueueEngine, Refusal, Reply, Snapshot, StoreMode,
 };
 
 use pier_broker::message::Message;
@@ -57,6 +58,8 @@ pub struct QueueMachine {
     at: u64,
     effects: Vec<Effect>,
     bodies: Option<Arc<dyn BodySource>>,
+    /// The version of the last policy change applied (`QueueOp::Reconfigure`).
+    policy_version: u64,
 }
 
 impl std::fmt::Debug for QueueMachine {
@@ -87,7 +90,13 @@ impl QueueMachine {
             at: 0,
             effects: Vec::new(),
             bodies: None,
+            policy_version: 0,
         }
+    }
+
+    /// The version of the last policy change applied (snapshots carry it).
+    pub fn policy_version(&self) -> u64 {
+        self.policy_version
     }
 
     /// Where bodies kept only in the log are read back (a member without one never reads:
@@ -133,14 +142,16 @@ impl QueueMachine {
         }
     }
 
-    /// A member restarting from a snapshot taken at log index `applied`.
-    pub fn restore(snapshot: Snapshot, applied: u64) -> Self {
+    /// A member restarting from a snapshot taken at log index `applied`, after the policy
+    /// change of `policy_version`.
+    pub fn restore(snapshot: Snapshot, applied: u64, policy_version: u64) -> Self {
         QueueMachine {
             engine: QueueEngine::from_snapshot(snapshot),
             applied,
             at: 0,
             effects: Vec::new(),
             bodies: None,
+            policy_version,
         }
     }
 
@@ -159,20 +170,32 @@ impl QueueMachine {
     /// The state as snapshot bytes (`snapshot.rs`), with bodies kept only in the log read
     /// back; `None` if one cannot be.
     pub fn snapshot_bytes(&self) -> Option<Result<bytes::Bytes, super::entry::EntryError>> {
-        encode_with_bodies(&self.engine.snapshot(), self.at, self.bodies.as_deref())
+        encode_with_bodies(
+            &self.engine.snapshot(),
+            self.at,
+            self.bodies.as_deref(),
+            self.policy_version,
+        )
     }
 
     /// A member continuing from snapshot bytes taken at log index `applied`, with the
-    /// queue's configuration as this member built it.
+    /// queue's configuration as this member built it and the policy settings the snapshot
+    /// carries (a version 1 snapshot carries none: the built ones stay).
     pub fn restore_bytes(
-        config: EngineConfig,
+        mut config: EngineConfig,
         bytes: &bytes::Bytes,
         applied: u64,
     ) -> Result<Self, super::entry::EntryError> {
-        let parts = super::snapshot::decode(bytes)?;
+        let (parts, policy) = super::snapshot::decode(bytes)?;
+        let mut version = 0;
+        if let Some(p) = policy {
+            reconfigured(&mut config, &p.settings);
+            version = p.version;
+        }
         Ok(Self::restore(
             Snapshot::from_parts(member_config(config), parts),
             applied,
+            version,
         ))
     }
 
@@ -203,6 +226,7 @@ impl QueueMachine {
                 for (position, op) in ops.iter().enumerate().take(MAX_BATCH_OPS) {
                     batch.push(apply_op(
                         &mut self.engine,
+                        &mut self.policy_version,
                         offset_at(index, position),
                         op,
                         &mut cx,
@@ -213,6 +237,7 @@ impl QueueMachine {
             }
             op => apply_op(
                 &mut self.engine,
+                &mut self.policy_version,
                 offset_at(index, 0),
                 op,
                 &mut cx,
@@ -319,11 +344,22 @@ pub fn encode_with_bodies(
     snapshot: &Snapshot,
     at: u64,
     bodies: Option<&dyn BodySource>,
+    policy_version: u64,
 ) -> Option<Result<bytes::Bytes, super::entry::EntryError>> {
     let parts = snapshot
         .to_parts_with(at, &mut |offset| bodies?.message(offset))
         .ok()?;
-    Some(super::snapshot::encode(&parts))
+    let policy = super::snapshot::PolicyState {
+        version: policy_version,
+        settings: PolicySettings::of(&snapshot.config().queue),
+    };
+    Some(super::snapshot::encode(&parts, &policy))
+}
+
+/// `config` with a policy's settings, the delivery limit as a quorum queue runs it.
+fn reconfigured(config: &mut EngineConfig, settings: &PolicySettings) {
+    settings.apply_to(&mut config.queue);
+    config.delivery_limit = quorum_delivery_limit(settings.delivery_limit);
 }
 
 /// The queue's engine configuration as a member runs it: every message is stored (in the
@@ -338,6 +374,7 @@ fn member_config(mut config: EngineConfig) -> EngineConfig {
 /// Applies one op (not a batch) to the engine; an enqueue takes `offset`.
 fn apply_op(
     engine: &mut QueueEngine,
+    policy_version: &mut u64,
     offset: u64,
     op: &QueueOp,
     cx: &mut Context<'_>,
@@ -414,6 +451,25 @@ fn apply_op(
             cx,
             effects,
         ),
+        // Every node proposes each policy change: the first of a version counts, one that
+        // is late (a newer change was applied) or repeated changes nothing.
+        QueueOp::Reconfigure { version, settings } => {
+            if *version <= *policy_version {
+                return Ok(Reply::Done);
+            }
+            *policy_version = *version;
+            if PolicySettings::of(&engine.config().queue) == *settings {
+                return Ok(Reply::Done);
+            }
+            engine.apply(
+                Command::Reconfigure {
+                    settings: Box::new(settings.clone()),
+                    delivery_limit: quorum_delivery_limit(settings.delivery_limit),
+                },
+                cx,
+                effects,
+            )
+        }
         // Never nested (the decoder refuses it): applied as nothing, the same on every member.
         QueueOp::Batch(_) => Ok(Reply::Done),
     }
@@ -437,16 +493,15 @@ mod tests {
     /// At-least-once dead lettering: rejected, expired and over-the-limit messages are kept
     /// (in snapshots too) until `DeadLettered`.
     fn at_least_once() -> EngineConfig {
-        let mut c = EngineConfig::quorum(QueueConfig {
+        EngineConfig::quorum(QueueConfig {
             dead_letter_exchange: Some(ShortString::from("dlx")),
             dead_letter_strategy: Some("at-least-once".into()),
             overflow: pier_broker::Overflow::RejectPublish,
             max_length: Some(20),
             message_ttl: Some(40),
+            delivery_limit: Some(1),
             ..QueueConfig::default()
-        });
-        c.delivery_limit = Some(1);
-        c
+        })
     }
 
     fn publish(at: u64, body: &'static str) -> QueueEntry {
@@ -588,12 +643,10 @@ mod tests {
     }
 
     /// A kept dead letter survives a snapshot through its bytes (format version 2) and leaves
-    /// with `DeadLettered`; without kept ones the snapshot stays at version 1.
+    /// with `DeadLettered`.
     #[test]
     fn kept_dead_letters_travel_in_snapshots() {
         let mut m = QueueMachine::new(at_least_once());
-        let v1 = m.snapshot_bytes().unwrap().unwrap();
-        assert_eq!(v1[0], 1);
         let log = [publish(1, "a"), checkout(2, 7, 10)];
         for (i, e) in log.iter().enumerate() {
             m.apply(i as u64 + 1, e);
@@ -630,7 +683,6 @@ mod tests {
             },
         );
         assert!(r.kept_dead_letters(&Default::default()).is_empty());
-        assert_eq!(r.snapshot_bytes().unwrap().unwrap()[0], 1);
     }
 
     /// The leader fails with a delivery unsettled: the new leader's member knows it, and when
@@ -795,5 +847,68 @@ mod tests {
         assert_eq!(restored.engine().stats().ready, 200);
         assert_eq!(restored.engine().stats().paged_out, 0);
         assert_eq!(restored.log_needed_from(), 21);
+    }
+
+    fn reconfigure(at: u64, version: u64, max_length: Option<u64>) -> QueueEntry {
+        QueueEntry {
+            at,
+            unix: 0,
+            op: QueueOp::Reconfigure {
+                version,
+                settings: PolicySettings {
+                    max_length,
+                    dead_letter_exchange: Some(ShortString::from("dlx")),
+                    ..PolicySettings::default()
+                },
+            },
+        }
+    }
+
+    /// A policy change applies at its place in the log on every member (drop-head at
+    /// once, dead-lettered); a late proposal of an older change, or the same one again
+    /// from another node, changes nothing; snapshots carry the settings and version, and a
+    /// snapshot of the first format (no policy part) still restores.
+    #[test]
+    fn policy_changes_apply_once_in_version_order_and_survive_snapshots() {
+        let mut m = QueueMachine::new(config());
+        for i in 0..10u64 {
+            m.apply(i + 1, &publish(i, "m"));
+        }
+        let a = m.apply(11, &reconfigure(20, 7, Some(3)));
+        let dead = a
+            .effects
+            .iter()
+            .filter(|e| matches!(e, Effect::DeadLetter { .. }))
+            .count();
+        assert_eq!(dead, 7);
+        assert_eq!(m.engine().stats().ready, 3);
+        assert_eq!(m.engine().config().queue.max_length, Some(3));
+        // The same change from another node, then an older one arriving late: ignored.
+        assert!(m.apply(12, &reconfigure(21, 7, Some(3))).effects.is_empty());
+        assert!(m.apply(13, &reconfigure(22, 5, Some(1))).effects.is_empty());
+        assert_eq!(m.engine().stats().ready, 3);
+        assert_eq!(m.policy_version(), 7);
+
+        let bytes = m.snapshot_bytes().unwrap().unwrap();
+        let mut r = QueueMachine::restore_bytes(config(), &bytes, 13).unwrap();
+        assert_eq!(r.policy_version(), 7);
+        assert_eq!(r.engine().config().queue.max_length, Some(3));
+        assert_eq!(r.engine().config().delivery_limit, Some(20));
+        assert!(r.apply(14, &reconfigure(23, 6, Some(1))).effects.is_empty());
+        assert_eq!(r.engine().stats().ready, 3);
+
+        // Version 1: the same bytes without the policy part and the (empty) count of kept
+        // dead letters.
+        let mut trailer = bytes::BytesMut::new();
+        crate::quorum::entry::put_policy(
+            &mut trailer,
+            &PolicySettings::of(&r.engine().config().queue),
+        );
+        let mut v1 = bytes[..bytes.len() - 8 - trailer.len() - 4].to_vec();
+        v1[0] = 1;
+        let old = QueueMachine::restore_bytes(config(), &Bytes::from(v1), 13).unwrap();
+        assert_eq!(old.policy_version(), 0);
+        assert_eq!(old.engine().config().queue.max_length, None);
+        assert_eq!(old.engine().stats().ready, 3);
     }
 }

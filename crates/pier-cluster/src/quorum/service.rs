@@ -643,7 +643,7 @@ impl QuorumService {
                 .broker()
                 .and_then(|b| b.vhost(vhost))
                 .and_then(|v| v.find_queue(name))
-                .map(|q| EngineConfig::quorum(q.config().clone()));
+                .map(|q| EngineConfig::quorum((*q.config()).clone()));
             if let Some(config) = config {
                 // The leader adds it to the group's membership.
                 self.open_group(&link, home, config, false);
@@ -1775,6 +1775,34 @@ impl QueueLink for QuorumLink {
                 _ => Err(down),
             }
         })
+    }
+
+    /// Every node applies a policy change from the metadata and proposes it, versioned by
+    /// the metadata log index (members apply the newest once, at the same log position).
+    /// One that this node's member already applied (another node's proposal came first) is
+    /// not proposed again.
+    fn reconfigure(&self, _queue: &Arc<Queue>, settings: pier_broker::args::PolicySettings) {
+        let Some(service) = self.service.upgrade() else {
+            return;
+        };
+        let version = service.node().map_or(0, |n| n.applier.applying());
+        if version == 0 {
+            // Not a replicated policy change (a snapshot install, start-up): the nodes that
+            // applied the change itself proposed it.
+            return;
+        }
+        if let Some(s) = lock(&self.shared).as_ref() {
+            if lock(&s.machine).policy_version() >= version {
+                return;
+            }
+        }
+        let rx = self.ask(QueueOp::Reconfigure { version, settings });
+        let (vhost, name) = (self.vhost.clone(), self.name.clone());
+        service.runtime.spawn(async move {
+            if let Ok(Err(e)) = rx.await {
+                tracing::warn!(%vhost, queue = %name, "a policy change did not reach the quorum queue: {e}");
+            }
+        });
     }
 
     fn stats(

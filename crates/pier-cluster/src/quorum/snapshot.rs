@@ -4,19 +4,18 @@
 //! every count is checked against what is left before anything is built.
 //!
 //! ```text
-//!  u8 version (1) · u64 next_offset · u64 round_robin · u8 flags (1 had_consumers,
+//!  u8 version (2; 1 is still read) · u64 next_offset · u64 round_robin · u8 flags (1 had_consumers,
 //!  2 deleted) · u64 last_used · u64 next_expiry · u64 next_timeout_check · 4 × u64 counters
 //!  u32 levels × { u32 n × entry · u32 n × (entry u32 returns) }
 //!  u32 n × checked out { u8 has_consumer u64 consumer · entry · u32 returns · u8 level ·
 //!                        u64 delivered_at }
 //!  u32 n × consumer { u64 id · settings (as a checkout's) · u32 unacked · u32 credit · u8 drain }
 //!  u32 n × publisher { u64 id · u64 sequence }
-//!  version 2 only: u32 n × kept dead letter { entry · u8 reason (0 rejected, 1 expired,
+//!  version 2 adds: u64 policy version · policy settings (as a reconfigure op's) ·
+//!                  u32 n × kept dead letter { entry · u8 reason (0 rejected, 1 expired,
 //!                  2 maxlen, 3 delivery_limit) }
 //!  entry: u64 offset · u64 expires_at · u8 redelivered · u32 enqueued_at · message
 //!
-//! Version 1 is written while no dead letter is kept (what nodes without at-least-once
-//! dead lettering read), version 2 otherwise.
 //!  message: str8 exchange · str8 routing key · bytes32 properties · bytes32 body
 //! ```
 
@@ -28,11 +27,22 @@ use pier_broker::queue::engine::{
     CheckedOutParts, ConsumerParts, EngineCounters, EntryParts, LevelParts, SnapshotParts,
 };
 
-use super::entry::{put_message, put_settings, EntryError, Reader};
+use pier_broker::args::PolicySettings;
 
-const VERSION: u8 = 1;
-/// With kept (at-least-once) dead letters.
-const VERSION_DEAD_LETTERS: u8 = 2;
+use super::entry::{put_message, put_policy, put_settings, EntryError, Reader};
+
+/// Version 2 carries the settings policies gave the queue and the kept (at-least-once) dead
+/// letters (version 1, written before either existed, did not: a member restoring one keeps
+/// the settings it built from the declaration, and no dead letters).
+const VERSION: u8 = 2;
+
+/// The settings policy changes gave the queue, and the version of the last change applied
+/// (see `QueueOp::Reconfigure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    pub version: u64,
+    pub settings: PolicySettings,
+}
 
 fn reason_code(r: DeathReason) -> u8 {
     match r {
@@ -67,13 +77,9 @@ fn put_entry(out: &mut BytesMut, e: &EntryParts) -> Result<(), EntryError> {
 }
 
 /// Encodes a snapshot.
-pub fn encode(p: &SnapshotParts) -> Result<Bytes, EntryError> {
+pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryError> {
     let mut out = BytesMut::new();
-    out.put_u8(if p.dead_letters.is_empty() {
-        VERSION
-    } else {
-        VERSION_DEAD_LETTERS
-    });
+    out.put_u8(VERSION);
     out.put_u64_le(p.next_offset);
     out.put_u64_le(p.round_robin);
     out.put_u8(u8::from(p.had_consumers) | u8::from(p.deleted) << 1);
@@ -126,12 +132,12 @@ pub fn encode(p: &SnapshotParts) -> Result<Bytes, EntryError> {
         out.put_u64_le(*id);
         out.put_u64_le(*seq);
     }
-    if !p.dead_letters.is_empty() {
-        put_count(&mut out, p.dead_letters.len(), "dead letters")?;
-        for (e, reason) in &p.dead_letters {
-            put_entry(&mut out, e)?;
-            out.put_u8(reason_code(*reason));
-        }
+    out.put_u64_le(policy.version);
+    put_policy(&mut out, &policy.settings);
+    put_count(&mut out, p.dead_letters.len(), "dead letters")?;
+    for (e, reason) in &p.dead_letters {
+        put_entry(&mut out, e)?;
+        out.put_u8(reason_code(*reason));
     }
     Ok(out.freeze())
 }
@@ -161,11 +167,12 @@ impl Reader<'_> {
 /// empty byte strings.
 const MIN_ENTRY: usize = 8 + 8 + 1 + 4 + 1 + 1 + 4 + 4;
 
-/// Decodes a snapshot; never panics, whatever the bytes.
-pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
+/// Decodes a snapshot (with its policy state from version 2 on); never panics, whatever
+/// the bytes.
+pub fn decode(input: &Bytes) -> Result<(SnapshotParts, Option<PolicyState>), EntryError> {
     let mut r = Reader { buf: input, pos: 0 };
     let version = r.u8("version")?;
-    if version != VERSION && version != VERSION_DEAD_LETTERS {
+    if version != 1 && version != VERSION {
         return Err(EntryError::Version(version));
     }
     let next_offset = r.u64("next offset")?;
@@ -223,16 +230,23 @@ pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
         publishers.push((r.u64("publisher")?, r.u64("sequence")?));
     }
     let mut dead_letters = Vec::new();
-    if version == VERSION_DEAD_LETTERS {
+    let policy = if version >= 2 {
+        let policy = PolicyState {
+            version: r.u64("policy version")?,
+            settings: r.policy()?,
+        };
         for _ in 0..r.count(MIN_ENTRY + 1, "dead letters")? {
             let e = r.entry()?;
             dead_letters.push((e, reason_of(r.u8("reason")?)?));
         }
-    }
+        Some(policy)
+    } else {
+        None
+    };
     if r.pos != input.len() {
         return Err(EntryError::Invalid("trailing bytes"));
     }
-    Ok(SnapshotParts {
+    let parts = SnapshotParts {
         next_offset,
         levels,
         checked_out,
@@ -246,5 +260,6 @@ pub fn decode(input: &Bytes) -> Result<SnapshotParts, EntryError> {
         publishers,
         counters,
         dead_letters,
-    })
+    };
+    Ok((parts, policy))
 }

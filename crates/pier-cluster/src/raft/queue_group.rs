@@ -345,6 +345,8 @@ pub struct QueueSnapshotBuilder {
     /// The clock of the last entry applied, and where bodies not in memory are read.
     at: u64,
     bodies: Option<Arc<dyn crate::quorum::BodySource>>,
+    /// The machine's last policy change (`QueueMachine::policy_version`).
+    policy_version: u64,
     files: SnapshotFiles,
 }
 
@@ -358,16 +360,20 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueSnapshotBuilder {
             .ok_or_else(|| sm_err(std::io::Error::other("snapshot already built")))?;
         let files = self.files.clone();
         let m = meta.clone();
-        let (at, bodies) = (self.at, self.bodies.clone());
+        let (at, bodies, version) = (self.at, self.bodies.clone(), self.policy_version);
         let data = tokio::task::spawn_blocking(move || {
-            let bytes =
-                crate::quorum::machine::encode_with_bodies(&snapshot, at, bodies.as_deref())
-                    .ok_or_else(|| {
-                        snap_err(std::io::Error::other(
-                            "a quorum queue body could not be read back from the log",
-                        ))
-                    })?
-                    .map_err(snap_err)?;
+            let bytes = crate::quorum::machine::encode_with_bodies(
+                &snapshot,
+                at,
+                bodies.as_deref(),
+                version,
+            )
+            .ok_or_else(|| {
+                snap_err(std::io::Error::other(
+                    "a quorum queue body could not be read back from the log",
+                ))
+            })?
+            .map_err(snap_err)?;
             let data = Arc::new(bytes.to_vec());
             files.store(&m, Arc::clone(&data)).map_err(snap_err)?;
             Ok::<_, StorageError>(data)
@@ -418,9 +424,9 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
     async fn get_snapshot_builder(&mut self) -> QueueSnapshotBuilder {
         // The state is captured here, on the state machine's task, so it is exactly the
         // applied state; it is encoded and written off this task (`build_snapshot`).
-        let (snapshot, at, bodies) = {
+        let (snapshot, at, bodies, policy_version) = {
             let m = self.machine();
-            (m.snapshot(), m.at(), m.bodies())
+            (m.snapshot(), m.at(), m.bodies(), m.policy_version())
         };
         let id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
@@ -437,6 +443,7 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
             )),
             at,
             bodies,
+            policy_version,
             files: self.files.clone(),
         }
     }

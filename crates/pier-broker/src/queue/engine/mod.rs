@@ -34,6 +34,7 @@ mod expiry;
 mod limits;
 mod paging;
 mod publish;
+mod reconfigure;
 mod settle;
 mod snapshot;
 pub(crate) mod state;
@@ -50,7 +51,7 @@ use std::sync::Arc;
 
 use pier_wire::ShortString;
 
-use crate::args::QueueConfig;
+use crate::args::{PolicySettings, QueueConfig};
 use crate::clock::NEVER;
 use crate::consumer::ConsumerId;
 use crate::deadletter::DeathReason;
@@ -247,6 +248,15 @@ pub enum Command<'a> {
     Purge,
     /// The queue is deleted.
     Delete,
+    /// A policy changed: the settings it can change take effect now (a lower length limit
+    /// drops the oldest messages at once with drop-head, dead-lettered as `maxlen`).
+    /// Messages already in the queue keep the expiry they got when they entered, as in
+    /// RabbitMQ; `delivery_limit` is the engine's (`EngineConfig::delivery_limit`). Boxed:
+    /// rare, and every command would otherwise carry its size.
+    Reconfigure {
+        settings: Box<PolicySettings>,
+        delivery_limit: Option<u32>,
+    },
 }
 
 /// A message leaving the queue for a consumer (or basic.get).
@@ -573,6 +583,10 @@ impl QueueEngine {
             Command::Tick => self.tick(cx, out),
             Command::Purge => self.purge(out),
             Command::Delete => self.delete(out),
+            Command::Reconfigure {
+                settings,
+                delivery_limit,
+            } => self.reconfigure(*settings, delivery_limit, cx, out),
         };
         Ok(reply)
     }

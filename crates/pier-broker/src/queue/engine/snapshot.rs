@@ -360,6 +360,11 @@ impl Snapshot {
     }
 
     /// The same snapshot without its time-in-queue figures (what `from_parts` restores).
+    /// The configuration the engine ran with (policy changes included).
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
     pub fn without_waits(mut self) -> Snapshot {
         self.waits = None;
         self

@@ -158,6 +158,11 @@ impl PagedEntry {
         self.bits & P_REDELIVERED != 0
     }
 
+    /// Its expiry is found another way from now on (`reconfigure.rs`).
+    pub fn set_expiry(&mut self, expiry: PagedExpiry) {
+        self.bits = (self.bits & !(3 << P_EXPIRY_SHIFT)) | ((expiry as u32) << P_EXPIRY_SHIFT);
+    }
+
     pub fn expiry(&self) -> PagedExpiry {
         match (self.bits >> P_EXPIRY_SHIFT) & 3 {
             0 => PagedExpiry::Never,

@@ -872,3 +872,139 @@ fn expired_and_over_the_limit_dead_letters_are_kept_and_go_with_the_queue() {
         .any(|e| matches!(e, Effect::DeadLetter { .. })));
     assert_eq!(h.engine.stats().dead_letters, 0);
 }
+
+fn reconfigure(h: &mut Harness, q: QueueConfig, delivery_limit: Option<u32>) -> harness::Step {
+    h.step(Command::Reconfigure {
+        settings: Box::new(crate::args::PolicySettings::of(&q)),
+        delivery_limit,
+    })
+}
+
+/// RabbitMQ's policy change on a running queue: a lower max-length drops (dead-letters) the
+/// oldest at once; reject-publish only refuses later publishes; lifting the limit lets the
+/// queue grow again.
+#[test]
+fn reconfigure_enforces_a_new_length_limit_at_once() {
+    let mut h = Harness::new(config(QueueConfig::default()));
+    for i in 0..20 {
+        enqueue(&mut h, message(&format!("m{i}"), false));
+    }
+    let limited = QueueConfig {
+        max_length: Some(5),
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        ..QueueConfig::default()
+    };
+    let s = reconfigure(&mut h, limited.clone(), None);
+    let dropped: Vec<u64> = dead_letters(&s).iter().map(|d| d.0).collect();
+    assert_eq!(dropped, (0..15).collect::<Vec<u64>>());
+    assert!(dead_letters(&s).iter().all(|d| d.1 == DeathReason::MaxLen));
+    assert_eq!(h.engine.stats().ready, 5);
+    assert_eq!(h.engine.config().queue.max_length, Some(5));
+    // The same settings again: nothing more happens.
+    assert!(reconfigure(&mut h, limited, None).effects.is_empty());
+
+    // A policy bringing reject-publish and a lower limit together: the limit is enforced
+    // with the overflow mode in force until then (drop-head), as RabbitMQ orders it.
+    let rejecting = |n| QueueConfig {
+        max_length: Some(n),
+        overflow: Overflow::RejectPublish,
+        ..QueueConfig::default()
+    };
+    reconfigure(&mut h, rejecting(2), None);
+    assert_eq!(h.engine.stats().ready, 2);
+    // Already reject-publish: a lower limit keeps the backlog and refuses later publishes.
+    assert!(reconfigure(&mut h, rejecting(1), None).effects.is_empty());
+    assert_eq!(h.engine.stats().ready, 2);
+    let s = enqueue(&mut h, message("refused", false));
+    assert!(matches!(
+        s.reply,
+        Ok(Reply::Enqueued {
+            result: Published::Rejected,
+            ..
+        })
+    ));
+    reconfigure(&mut h, QueueConfig::default(), None);
+    enqueue(&mut h, message("m20", false));
+    let bytes = QueueConfig {
+        max_length_bytes: Some(6),
+        ..QueueConfig::default()
+    };
+    let s = reconfigure(&mut h, bytes, None);
+    assert_eq!(dead_letters(&s), [], "no dead-letter exchange any more");
+    assert_eq!(h.engine.stats().ready, 2, "m19 m20: 6 bytes");
+    reconfigure(&mut h, QueueConfig::default(), None);
+    enqueue(&mut h, message("more", false));
+    assert_eq!(h.engine.stats().ready, 3);
+}
+
+/// A new message TTL applies to messages that enter from then on; those already queued keep
+/// the expiry they entered with (RabbitMQ 3.10's classic queues behave so), in memory or
+/// paged out alike.
+#[test]
+fn reconfigure_ttl_applies_to_new_messages_and_keeps_old_expiries() {
+    let mut c = config(QueueConfig {
+        message_ttl: Some(1000),
+        ..QueueConfig::default()
+    });
+    c.memory_budget = 2 * MESSAGE_OVERHEAD + 8;
+    let mut h = Harness::new(c);
+    for i in 0..6 {
+        enqueue(&mut h, message(&format!("a{i}"), false));
+    }
+    assert!(h.engine.stats().paged_out > 0, "some are paged out");
+    h.advance(10);
+    let s = reconfigure(
+        &mut h,
+        QueueConfig {
+            message_ttl: Some(50),
+            ..QueueConfig::default()
+        },
+        None,
+    );
+    assert!(dead_letters(&s).is_empty());
+    enqueue(&mut h, message("b", false));
+    h.advance(100);
+    h.step(Command::Tick);
+    assert_eq!(h.engine.stats().ready, 7, "the head keeps its 1000 ms");
+    // Paged ones too, once they are at the head.
+    for _ in 0..2 {
+        h.step(Command::Get {
+            ack_required: false,
+        });
+    }
+    h.step(Command::Tick);
+    assert_eq!(h.engine.stats().ready, 5);
+    h.advance(900);
+    h.step(Command::Tick);
+    // The first six expired at 1000 ms, the newest (TTL 50) right behind them.
+    assert_eq!(h.engine.stats().ready, 0);
+    assert!(h.missing.is_empty(), "{:?}", h.missing);
+}
+
+/// `expires` set by a policy change starts counting from the last use; a delivery limit
+/// set by one applies to the next return.
+#[test]
+fn reconfigure_changes_expiry_and_delivery_limit() {
+    let mut h = Harness::new(EngineConfig::quorum(QueueConfig::default()));
+    assert_eq!(h.engine.idle_deadline(), crate::clock::NEVER);
+    h.advance(100);
+    reconfigure(
+        &mut h,
+        QueueConfig {
+            expires: Some(500),
+            dead_letter_exchange: Some(ShortString::from("dlx")),
+            ..QueueConfig::default()
+        },
+        Some(1),
+    );
+    assert_eq!(h.engine.idle_deadline(), 500);
+    enqueue(&mut h, message("m", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    let s = h.step(Command::Return { offsets: &[0] });
+    assert_eq!(deliveries(&s), [(Some(1), 0, true)]);
+    let s = h.step(Command::Return { offsets: &[0] });
+    assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
+}

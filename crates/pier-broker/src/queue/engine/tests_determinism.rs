@@ -61,6 +61,15 @@ enum Op {
     DeadLettered(u8, u8),
     /// The runtime routes kept dead letters again.
     RetryDeadLetters,
+    /// A policy change: new limits, TTL, expiry, dead-lettering, delivery limit.
+    Reconfigure {
+        ttl: Option<u16>,
+        max_len: Option<u8>,
+        overflow: u8,
+        dlx: bool,
+        expires: Option<u16>,
+        limit: Option<u8>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -89,6 +98,17 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![99 => Just(Op::Tick), 1 => Just(Op::Delete)],
         1 => (any::<u8>(), 1u8..3).prop_map(|(a, b)| Op::DeadLettered(a, b)),
         1 => Just(Op::RetryDeadLetters),
+        1 => (
+            proptest::option::weighted(0.4, 1u16..500),
+            proptest::option::weighted(0.5, 0u8..8),
+            0u8..3,
+            any::<bool>(),
+            proptest::option::weighted(0.2, 200u16..2000),
+            proptest::option::weighted(0.3, 0u8..3),
+        )
+            .prop_map(|(ttl, max_len, overflow, dlx, expires, limit)| Op::Reconfigure {
+                ttl, max_len, overflow, dlx, expires, limit
+            }),
     ]
 }
 
@@ -260,6 +280,31 @@ fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerI
         Op::RetryDeadLetters => {
             let kept: Vec<u64> = h.engine.dead_letters_kept().map(|(o, ..)| o).collect();
             h.step(Command::RetryDeadLetters { offsets: &kept })
+        }
+        Op::Reconfigure {
+            ttl,
+            max_len,
+            overflow,
+            dlx,
+            expires,
+            limit,
+        } => {
+            let q = QueueConfig {
+                message_ttl: ttl.map(u64::from),
+                max_length: max_len.map(u64::from),
+                overflow: [
+                    Overflow::DropHead,
+                    Overflow::RejectPublish,
+                    Overflow::RejectPublishDlx,
+                ][usize::from(*overflow)],
+                dead_letter_exchange: dlx.then(|| ShortString::from("dlx")),
+                expires: expires.map(u64::from),
+                ..QueueConfig::default()
+            };
+            h.step(Command::Reconfigure {
+                settings: Box::new(crate::args::PolicySettings::of(&q)),
+                delivery_limit: limit.map(u32::from),
+            })
         }
     }
 }

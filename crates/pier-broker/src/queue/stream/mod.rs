@@ -132,6 +132,15 @@ impl StreamQueue {
         }
     }
 
+    /// A policy changed retention or segment size: the log's writer takes them (retention
+    /// runs on its next pass). The fsync setting stays the node's.
+    pub(crate) fn reconfigure(&self, config: &QueueConfig) {
+        let sc = stream_config(config, self.stream.config().sync);
+        if let Err(e) = self.stream.set_config(sc) {
+            tracing::warn!(dir = %self.stream.dir().display(), "stream settings not changed: {e}");
+        }
+    }
+
     /// Wakes the queue's AMQP consumers after each commit of the log.
     pub(crate) fn listen(&self, queue: Weak<Queue>) {
         let id = self.stream.shared().listen(Arc::new(move || {
