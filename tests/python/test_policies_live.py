@@ -144,7 +144,9 @@ def test_a_message_ttl_policy_applies_to_messages_entering_from_then_on(
 
 def test_the_queue_object_shows_the_policy_in_force(channel, names, policies, mgmt):
     q = names.queue("live-shown")
-    channel.queue_declare(q)
+    # Durable: in a cluster any node's management API knows it (a transient queue is its
+    # node's only).
+    channel.queue_declare(q, durable=True)
     path = f"/queues/%2F/{urllib.parse.quote(q, safe='')}"
     policies("pier-test-live-shown", anchored(q), {"max-length": 7})
 
