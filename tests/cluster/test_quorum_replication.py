@@ -621,3 +621,26 @@ def test_a_policy_set_after_declaration_reaches_every_member(cluster_factory):
     for n in (n2, n3):
         wait_for(f"{n.name} holds 10", lambda n=n: queue_info(n, "qq-pol").get("messages") == 10)
     conn.close()
+
+
+def test_a_leader_locator_policy_places_leaders(cluster_factory):
+    """The `queue-leader-locator` policy key: quorum queues declared through one node with
+    no argument lead from the members leading the fewest (balanced), not all from it."""
+    c = replicated_cluster(cluster_factory)
+    n1 = c.nodes[0]
+    code, body = n1.api("PUT", "/api/policies/%2F/bal", {
+        "pattern": "^polbal", "apply-to": "queues",
+        "definition": {"queue-leader-locator": "balanced"}})
+    assert code in (201, 204), body
+    for n in c.nodes:
+        wait_for(f"{n.name} has the policy",
+                 lambda n=n: n.api("GET", "/api/policies/%2F/bal")[0] == 200)
+    conn = connect(n1)
+    ch = conn.channel()
+    for i in range(3):
+        ch.queue_declare(f"polbal{i}", durable=True, arguments=QQ)
+    conn.close()
+    leaders = [wait_for(f"polbal{i} has a leader",
+                        lambda i=i: queue_info(n1, f"polbal{i}", missing_ok=True).get("leader"))
+               for i in range(3)]
+    assert len(set(leaders)) == 3, leaders

@@ -167,3 +167,40 @@ def test_the_queue_object_shows_the_policy_in_force(channel, names, policies, mg
     wait_until(lambda: mgmt.get(path).get("policy") is None
                and mgmt.get(path).get("effective_policy_definition") in ({}, None),
                timeout=15, message="no policy shown")
+
+
+def test_quorum_policy_keys_are_accepted_and_shown(channel, names, policies, mgmt):
+    """`dead-letter-strategy` and `queue-leader-locator` are policy keys of quorum queues
+    (RabbitMQ 3.10 accepts both); the queue shows the definition in force."""
+    q = names.queue("live-qq-keys")
+    channel.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+    definition = {"dead-letter-strategy": "at-least-once", "queue-leader-locator": "balanced"}
+    policies("pier-test-qq-keys", anchored(q), definition)
+    path = f"/queues/%2F/{urllib.parse.quote(q, safe='')}"
+    wait_until(lambda: mgmt.get(path).get("effective_policy_definition") == definition,
+               timeout=15, message="the definition shown")
+    status, _ = mgmt.call("PUT", "/policies/%2F/pier-test-qq-bad", {
+        "pattern": "^nothing$", "apply-to": "queues",
+        "definition": {"dead-letter-strategy": "twice"}})
+    assert status == 400
+
+
+@pytest.mark.pier_only
+def test_a_dead_letter_strategy_policy_keeps_dead_letters_until_they_have_a_route(
+        channel, names, policies):
+    """at-least-once by policy on a running quorum queue: a dead letter with no queue to go
+    to is kept, and goes once its target exists (Pier retries every 5 s; RabbitMQ after
+    180 s, hence Pier only)."""
+    q, dlq = names.queue("live-alo"), names.queue("live-alo-dlq")
+    channel.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+    policies("pier-test-alo", anchored(q), {
+        "dead-letter-strategy": "at-least-once", "overflow": "reject-publish",
+        "dead-letter-exchange": "", "dead-letter-routing-key": dlq})
+    channel.basic_publish("", q, b"kept", pika.BasicProperties(delivery_mode=2))
+    method = wait_until(lambda: channel.basic_get(q)[0], message="a delivery")
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    time.sleep(0.5)
+    channel.queue_declare(dlq, durable=True)
+    got = wait_until(lambda: channel.basic_get(dlq, auto_ack=True)[2], timeout=20,
+                     message="the dead letter, once its queue exists")
+    assert got == b"kept"

@@ -82,6 +82,8 @@ pub struct PolicySettings {
     pub dead_letter_routing_key: Option<ShortString>,
     /// As configured (see `QueueConfig::delivery_limit`).
     pub delivery_limit: Option<i64>,
+    /// Quorum queues: `at-most-once` or `at-least-once` (`None`: the default, at most once).
+    pub dead_letter_strategy: Option<String>,
 }
 
 impl PolicySettings {
@@ -95,6 +97,7 @@ impl PolicySettings {
             dead_letter_exchange: c.dead_letter_exchange.clone(),
             dead_letter_routing_key: c.dead_letter_routing_key.clone(),
             delivery_limit: c.delivery_limit,
+            dead_letter_strategy: c.dead_letter_strategy.clone(),
         }
     }
 
@@ -108,6 +111,7 @@ impl PolicySettings {
         c.dead_letter_exchange = self.dead_letter_exchange.clone();
         c.dead_letter_routing_key = self.dead_letter_routing_key.clone();
         c.delivery_limit = self.delivery_limit;
+        c.dead_letter_strategy = self.dead_letter_strategy.clone();
     }
 }
 

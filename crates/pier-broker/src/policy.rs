@@ -79,6 +79,11 @@ pub struct PolicyDefinition {
     pub stream_max_segment_size_bytes: Option<u64>,
     /// Quorum queues: `delivery-limit` (negative: no limit).
     pub delivery_limit: Option<i64>,
+    /// Quorum queues: `dead-letter-strategy` (`at-most-once` or `at-least-once`).
+    pub dead_letter_strategy: Option<String>,
+    /// Quorum queues: `queue-leader-locator` (`client-local` or `balanced`; RabbitMQ 3.x's
+    /// `random` and `least-leaders` mean `balanced`), read when a queue is declared.
+    pub queue_leader_locator: Option<String>,
 }
 
 impl PolicyDefinition {
@@ -134,6 +139,8 @@ impl PolicyDefinition {
         text("dead-letter-routing-key", &d.dead_letter_routing_key);
         text("alternate-exchange", &d.alternate_exchange);
         text("max-age", &d.max_age);
+        text("dead-letter-strategy", &d.dead_letter_strategy);
+        text("queue-leader-locator", &d.queue_leader_locator);
         Value::Object(m)
     }
 
@@ -151,7 +158,8 @@ impl PolicyDefinition {
                     "Validation failed\n\n[{}] are not recognised policy settings (Pier applies \
                  message-ttl, expires, max-length, max-length-bytes, overflow, \
                  dead-letter-exchange, dead-letter-routing-key, max-priority, \
-                 alternate-exchange, max-age, stream-max-segment-size-bytes, delivery-limit)",
+                 alternate-exchange, max-age, stream-max-segment-size-bytes, delivery-limit, \
+                 dead-letter-strategy, queue-leader-locator)",
                     list.join(",")
                 ));
             }
@@ -214,6 +222,31 @@ impl PolicyDefinition {
                 Some(a) if crate::args::parse_max_age(&a).is_some_and(|ms| ms > 0) => Some(a),
                 Some(a) => return Err(format!("max-age must be <integer>Y|M|D|h|m|s, not '{a}'")),
             },
+            dead_letter_strategy: match text("dead-letter-strategy")? {
+                None => None,
+                Some(s) if matches!(s.as_str(), "at-most-once" | "at-least-once") => Some(s),
+                Some(s) => {
+                    return Err(format!(
+                        "dead-letter-strategy must be at-most-once or at-least-once, not '{s}'"
+                    ))
+                }
+            },
+            queue_leader_locator: match text("queue-leader-locator")? {
+                None => None,
+                Some(s)
+                    if matches!(
+                        s.as_str(),
+                        "client-local" | "balanced" | "random" | "least-leaders"
+                    ) =>
+                {
+                    Some(s)
+                }
+                Some(s) => {
+                    return Err(format!(
+                        "queue-leader-locator must be client-local or balanced, not '{s}'"
+                    ))
+                }
+            },
         };
         d.validate()?;
         Ok(d)
@@ -230,7 +263,9 @@ pub fn overflow_str(o: Overflow) -> &'static str {
 
 /// The keys of a definition object Pier does not apply.
 pub fn unknown_keys(def: &Map<String, Value>) -> Vec<String> {
-    const KNOWN: [&str; 12] = [
+    const KNOWN: [&str; 14] = [
+        "dead-letter-strategy",
+        "queue-leader-locator",
         "max-age",
         "stream-max-segment-size-bytes",
         "delivery-limit",
@@ -317,6 +352,12 @@ fn lower(arg: Option<u64>, policy: Option<u64>) -> Option<u64> {
 impl QueueConfig {
     /// Merges a policy into settings resolved from `arguments`, with RabbitMQ's precedence.
     pub(crate) fn apply_policy(&mut self, def: &PolicyDefinition, arguments: &FieldTable) {
+        // RabbitMQ's quorum queues: the argument wins over the policy.
+        if !arguments.contains_key("x-dead-letter-strategy") {
+            if let Some(s) = &def.dead_letter_strategy {
+                self.dead_letter_strategy = Some(s.clone());
+            }
+        }
         self.message_ttl = lower(self.message_ttl, def.message_ttl);
         self.expires = lower(self.expires, def.expires);
         self.max_length = lower(self.max_length, def.max_length);
@@ -426,5 +467,46 @@ mod tests {
         assert_eq!(c.dead_letter_exchange.as_deref(), Some("arg-dlx"));
         assert_eq!(c.dead_letter_routing_key.as_deref(), Some("policy-key"));
         assert_eq!(c.max_priority, Some(4));
+    }
+
+    /// Quorum queues' policy keys: `dead-letter-strategy` (the argument wins) and
+    /// `queue-leader-locator`, with RabbitMQ's values; anything else is refused.
+    #[test]
+    fn quorum_policy_keys() {
+        let obj = |v: Value| v.as_object().cloned().unwrap();
+        let d = PolicyDefinition::from_json(
+            &obj(serde_json::json!({
+                "dead-letter-strategy": "at-least-once",
+                "queue-leader-locator": "balanced"
+            })),
+            false,
+        )
+        .unwrap();
+        assert_eq!(d.dead_letter_strategy.as_deref(), Some("at-least-once"));
+        assert_eq!(d.queue_leader_locator.as_deref(), Some("balanced"));
+        assert_eq!(
+            PolicyDefinition::from_json(d.to_json().as_object().unwrap(), false).unwrap(),
+            d
+        );
+        for bad in [
+            serde_json::json!({"dead-letter-strategy": "twice"}),
+            serde_json::json!({"queue-leader-locator": "nearest"}),
+        ] {
+            assert!(PolicyDefinition::from_json(&obj(bad), false).is_err());
+        }
+        let mut c = QueueConfig::default();
+        c.apply_policy(&d, &FieldTable::new());
+        assert_eq!(c.dead_letter_strategy.as_deref(), Some("at-least-once"));
+        let mut args = FieldTable::new();
+        args.insert(
+            "x-dead-letter-strategy",
+            FieldValue::LongString("at-most-once".into()),
+        );
+        let mut c = QueueConfig {
+            dead_letter_strategy: Some("at-most-once".into()),
+            ..QueueConfig::default()
+        };
+        c.apply_policy(&d, &args);
+        assert_eq!(c.dead_letter_strategy.as_deref(), Some("at-most-once"));
     }
 }

@@ -425,6 +425,13 @@ impl VHost {
             .clone()
     }
 
+    /// The `queue-leader-locator` of the policy in force for a queue of this name (where a
+    /// quorum queue declared now leads from first).
+    pub fn queue_leader_locator_policy(&self, name: &str) -> Option<String> {
+        self.effective_policy(ObjectKind::Queue, name)
+            .and_then(|p| p.definition.queue_leader_locator)
+    }
+
     /// The policy in force now for an object of this kind and name (a queue's is also in
     /// `QueueConfig::policy`).
     pub fn effective_policy(&self, kind: ObjectKind, name: &str) -> Option<Policy> {
@@ -1550,6 +1557,10 @@ fn with_policy(
         }
     } else {
         config.apply_policy(&p.definition, arguments);
+        if kind != QueueType::Quorum {
+            // A quorum queue's setting only: classic queues dead-letter at most once.
+            config.dead_letter_strategy = None;
+        }
     }
     config.policy = Some(p.name.clone());
     config

@@ -434,8 +434,15 @@ impl ClusterHandle {
     /// choice, for a balanced cluster). `x-queue-leader-locator`: `client-local` (the
     /// default) leads from this node, `balanced` (and the older `least-leaders` and
     /// `random`, which RabbitMQ 4 maps to it) from the member leading the fewest quorum
-    /// queues. A client's declare and the management API's both come here.
-    pub fn queue_members(&self, durable: bool, arguments: &pier_wire::FieldTable) -> Vec<String> {
+    /// queues. The policy's `queue-leader-locator` (`policy_locator`) wins over the
+    /// argument, as in RabbitMQ 4's `rabbit_queue_location`. A client's declare and the
+    /// management API's both come here.
+    pub fn queue_members(
+        &self,
+        durable: bool,
+        arguments: &pier_wire::FieldTable,
+        policy_locator: Option<&str>,
+    ) -> Vec<String> {
         use pier_wire::FieldValue;
         let quorum = durable
             && matches!(
@@ -451,11 +458,13 @@ impl ClusterHandle {
             .and_then(FieldValue::as_i64)
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(3);
-        let balanced = matches!(
-            arguments.get("x-queue-leader-locator"),
-            Some(FieldValue::LongString(l))
-                if matches!(l.as_bytes(), b"balanced" | b"least-leaders" | b"random")
-        );
+        let locator: Option<&[u8]> = match (policy_locator, arguments.get("x-queue-leader-locator"))
+        {
+            (Some(p), _) => Some(p.as_bytes()),
+            (None, Some(FieldValue::LongString(l))) => Some(l.as_bytes()),
+            _ => None,
+        };
+        let balanced = matches!(locator, Some(b"balanced" | b"least-leaders" | b"random"));
         let others: Vec<String> = self
             .node
             .members()

@@ -581,7 +581,7 @@ fn import_commands(
     for q in &d.queues {
         let durable = q.durable.unwrap_or(true);
         let arguments = table(&q.arguments)?;
-        let members = st.queue_members(durable, &arguments);
+        let members = st.queue_members(&vhost_of(&q.vhost), &q.name, durable, &arguments);
         out.push((
             Ctx::Object {
                 what: "queue",

@@ -178,10 +178,23 @@ impl AppState {
     }
 
     /// The members of a queue declared through this node, as a client's declare gets them
-    /// (`ClusterHandle::queue_members`); this node alone when it is not clustered.
-    pub fn queue_members(&self, durable: bool, arguments: &pier_wire::FieldTable) -> Vec<String> {
+    /// (`ClusterHandle::queue_members`, with the `queue-leader-locator` of the policy in
+    /// force for it); this node alone when it is not clustered.
+    pub fn queue_members(
+        &self,
+        vhost: &str,
+        name: &str,
+        durable: bool,
+        arguments: &pier_wire::FieldTable,
+    ) -> Vec<String> {
         match self.cluster() {
-            Some(c) => c.queue_members(durable, arguments),
+            Some(c) => {
+                let locator = self
+                    .broker
+                    .vhost(vhost)
+                    .and_then(|vh| vh.queue_leader_locator_policy(name));
+                c.queue_members(durable, arguments, locator.as_deref())
+            }
             None => vec![self.node.clone()],
         }
     }

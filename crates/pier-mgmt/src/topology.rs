@@ -447,7 +447,7 @@ pub async fn put_queue(
     // replicated queue's: its first leader).
     let durable = get_bool(&b, "durable", false)?;
     let table = get_table(&b, "arguments")?;
-    let members = st.queue_members(durable, &table);
+    let members = st.queue_members(&vhost, &name, durable, &table);
     let out = st
         .execute(MetadataCommand::DeclareQueue {
             vhost,

@@ -399,6 +399,8 @@ impl PolicyEntry {
             max_age: None,
             stream_max_segment_size_bytes: None,
             delivery_limit: d.delivery_limit,
+            dead_letter_strategy: None,
+            queue_leader_locator: None,
         };
         Policy::new(
             self.name.clone(),

@@ -15,7 +15,8 @@
 //!  op 15 reconfigure  u64 version · policy settings:
 //!                 4 × opt u64 (message ttl, expires, max length, max length bytes) ·
 //!                 u8 overflow (0 drop-head, 1 reject-publish, 2 reject-publish-dlx) ·
-//!                 2 × opt str8 (dead-letter exchange, routing key) · opt i64 delivery limit
+//!                 2 × opt str8 (dead-letter exchange, routing key) · opt i64 delivery limit ·
+//!                 u8 dead-letter strategy (0 default, 1 at-most-once, 2 at-least-once)
 //!  op 16 dead-lettered (at-least-once dead letters confirmed) u32 n, n × u64
 //!  opt x: u8 0 (none) | u8 1 · x
 //! ```
@@ -76,7 +77,8 @@ pub enum QueueOp {
     /// or repeated proposals never undo a newer change.
     Reconfigure {
         version: u64,
-        settings: PolicySettings,
+        /// Boxed: rare, and larger than every other op.
+        settings: Box<PolicySettings>,
     },
     /// Several ops applied in order at the entry's time: what one node's writer had queued,
     /// committed as one Raft entry (one append, one fsync, one replication) instead of one
@@ -244,6 +246,11 @@ pub(super) fn put_policy(out: &mut BytesMut, p: &PolicySettings) {
         }
         None => out.put_u8(0),
     }
+    out.put_u8(match p.dead_letter_strategy.as_deref() {
+        Some("at-most-once") => 1,
+        Some("at-least-once") => 2,
+        _ => 0,
+    });
 }
 
 fn put_offsets(out: &mut BytesMut, offsets: &[u64]) -> Result<(), EntryError> {
@@ -439,7 +446,7 @@ impl Reader<'_> {
             },
             15 => QueueOp::Reconfigure {
                 version: self.u64("version")?,
-                settings: self.policy()?,
+                settings: Box::new(self.policy()?),
             },
             14 if batch => {
                 // Each op takes at least its code byte: checked before anything is built.
@@ -516,6 +523,12 @@ impl Reader<'_> {
             true => Some(self.u64("delivery limit")? as i64),
             false => None,
         };
+        let dead_letter_strategy = match self.u8("dead-letter strategy")? {
+            0 => None,
+            1 => Some("at-most-once".to_owned()),
+            2 => Some("at-least-once".to_owned()),
+            _ => return Err(EntryError::Invalid("dead-letter strategy")),
+        };
         let [message_ttl, expires, max_length, max_length_bytes] = n;
         Ok(PolicySettings {
             message_ttl,
@@ -526,6 +539,7 @@ impl Reader<'_> {
             dead_letter_exchange: dlx,
             dead_letter_routing_key: dlrk,
             delivery_limit,
+            dead_letter_strategy,
         })
     }
 
@@ -666,8 +680,10 @@ pub(crate) mod tests {
             Just(QueueOp::Tick),
             Just(QueueOp::Purge),
             any::<bool>().prop_map(|ack_required| QueueOp::Get { ack_required }),
-            policy_strategy()
-                .prop_map(|(version, settings)| QueueOp::Reconfigure { version, settings }),
+            policy_strategy().prop_map(|(version, settings)| QueueOp::Reconfigure {
+                version,
+                settings: Box::new(settings),
+            }),
         ]
     }
 
@@ -701,6 +717,12 @@ pub(crate) mod tests {
                             dead_letter_routing_key: dlrk
                                 .map(|k| ShortString::try_from_string(k).unwrap()),
                             delivery_limit: limit,
+                            // Varied with the version: every encoding of the strategy.
+                            dead_letter_strategy: match version % 3 {
+                                0 => None,
+                                1 => Some("at-most-once".to_owned()),
+                                _ => Some("at-least-once".to_owned()),
+                            },
                         },
                     )
                 },

@@ -458,12 +458,12 @@ fn apply_op(
                 return Ok(Reply::Done);
             }
             *policy_version = *version;
-            if PolicySettings::of(&engine.config().queue) == *settings {
+            if PolicySettings::of(&engine.config().queue) == **settings {
                 return Ok(Reply::Done);
             }
             engine.apply(
                 Command::Reconfigure {
-                    settings: Box::new(settings.clone()),
+                    settings: settings.clone(),
                     delivery_limit: quorum_delivery_limit(settings.delivery_limit),
                 },
                 cx,
@@ -855,11 +855,11 @@ mod tests {
             unix: 0,
             op: QueueOp::Reconfigure {
                 version,
-                settings: PolicySettings {
+                settings: Box::new(PolicySettings {
                     max_length,
                     dead_letter_exchange: Some(ShortString::from("dlx")),
                     ..PolicySettings::default()
-                },
+                }),
             },
         }
     }

@@ -1796,7 +1796,10 @@ impl QueueLink for QuorumLink {
                 return;
             }
         }
-        let rx = self.ask(QueueOp::Reconfigure { version, settings });
+        let rx = self.ask(QueueOp::Reconfigure {
+            version,
+            settings: Box::new(settings),
+        });
         let (vhost, name) = (self.vhost.clone(), self.name.clone());
         service.runtime.spawn(async move {
             if let Ok(Err(e)) = rx.await {

@@ -251,7 +251,10 @@ impl Channel {
             .unwrap_or_default();
         let members = md
             .cluster()
-            .map(|c| c.queue_members(m.durable, &m.arguments))
+            .map(|c| {
+                let locator = cx.vhost.queue_leader_locator_policy(&name);
+                c.queue_members(m.durable, &m.arguments, locator.as_deref())
+            })
             .unwrap_or_else(|| vec![me.clone()]);
         let vhost = cx.vhost.name().to_owned();
         let what = format!(
