@@ -39,6 +39,15 @@ def queue_info(node, name: str, missing_ok: bool = False) -> dict:
     return body
 
 
+def publish_via(node, queue: str, bodies: list[str]) -> None:
+    """Publishes `bodies` through `node` with confirms; every one must be confirmed."""
+    conn = connect(node)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    assert publish_confirmed(ch, queue, bodies) == bodies
+    conn.close()
+
+
 def consume_all(conn, ch, queue: str, want: int, timeout: float = 30.0,
                 ack: bool = True) -> list[tuple[str, bool, object]]:
     """(body, redelivered, x-delivery-count) of each delivery until `want` arrived."""
@@ -416,12 +425,8 @@ def test_groups_without_heartbeats_elect_from_the_nodes_pings(cluster_factory):
     c.start()
     n1, n2, n3 = c.nodes
     declare_qq(n1, "qquiet")
-    conn = connect(n2)
-    ch = conn.channel()
-    ch.confirm_delivery()
     bodies = [f"m{i}" for i in range(200)]
-    assert publish_confirmed(ch, "qquiet", bodies) == bodies
-    conn.close()
+    publish_via(n2, "qquiet", bodies)
     assert queue_info(n1, "qquiet")["leader"] == n1.name
     n1.kill()
     started = time.monotonic()
@@ -582,12 +587,8 @@ def test_a_policy_set_after_declaration_reaches_every_member(cluster_factory):
     c = replicated_cluster(cluster_factory)
     n1, n2, n3 = c.nodes
     declare_qq(n1, "qq-pol")
-    conn = connect(n2)
-    ch = conn.channel()
-    ch.confirm_delivery()
     bodies = [f"m{i}" for i in range(20)]
-    assert publish_confirmed(ch, "qq-pol", bodies) == bodies
-    conn.close()
+    publish_via(n2, "qq-pol", bodies)
     for n in c.nodes:
         wait_for(f"{n.name} holds 20", lambda n=n: queue_info(n, "qq-pol").get("messages") == 20)
     code, body = n3.api("PUT", "/api/policies/%2F/qq-limit", {

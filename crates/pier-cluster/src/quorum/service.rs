@@ -1296,11 +1296,28 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         }
         if !undecided.is_empty() || std::mem::take(&mut settle) {
             drop(slot);
-            let Ok(all) = Arc::clone(&in_flight)
-                .acquire_many_owned(BATCHES_IN_FLIGHT as u32)
-                .await
-            else {
-                return;
+            let all = match tokio::time::timeout(
+                WRITE_DEADLINE,
+                Arc::clone(&in_flight).acquire_many_owned(BATCHES_IN_FLIGHT as u32),
+            )
+            .await
+            {
+                Ok(Ok(all)) => all,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    // Still unanswered (this node is cut off from the group's leader):
+                    // what waits is nacked rather than left without an answer, the
+                    // undecided writes too (they may or may not be in the log); the wait
+                    // goes on for what comes next.
+                    let mut waiting: Vec<Write> = undecided
+                        .drain(..)
+                        .flat_map(|u| u.writes)
+                        .chain(queue.drain(..))
+                        .collect();
+                    fail(&mut waiting, "the quorum queue has no leader");
+                    settle = true;
+                    continue;
+                }
             };
             while let Ok(u) = undecided_rx.try_recv() {
                 undecided.push(u);
