@@ -8,6 +8,7 @@ pier_only target RabbitMQ 4.x behaviour where 3.10 differs (docs/quorum-queues.m
 a private Pier."""
 
 import time
+import urllib.parse
 
 import pika
 import pika.exceptions
@@ -498,3 +499,16 @@ def test_restart_keeps_quorum_queue_and_every_message(pier_factory):
     with channel_closed(406):
         ch.queue_declare("qq.dur", durable=True)
     conn.close()
+
+
+def test_kept_dead_letters_are_shown(channel, names, mgmt):
+    """messages_dlx / message_bytes_dlx: the at-least-once dead letters a quorum queue keeps
+    (here: no queue to go to yet)."""
+    q = _at_least_once(channel, names, names.queue("dlq-missing"))
+    channel.basic_publish("", q, b"12345", pika.BasicProperties(delivery_mode=2))
+    method, _, _ = wait_until(lambda: _get(channel, q), message="a delivery")
+    channel.basic_reject(method.delivery_tag, requeue=False)
+    path = f"/queues/%2F/{urllib.parse.quote(q, safe='')}"
+    # RabbitMQ refreshes queue figures with its statistics (every 5 s by default).
+    wait_until(lambda: (lambda b: (b.get("messages_dlx"), b.get("message_bytes_dlx")))(
+        mgmt.get(path)) == (1, 5), timeout=20, message="one kept dead letter shown")

@@ -291,6 +291,11 @@ pub(crate) fn queue_json(
         "single_active_consumer_tag": q.active_consumer_tag().map(|t| t.to_string()),
     });
     if q.kind() == pier_broker::queue::QueueType::Quorum {
+        if let Some(m) = v.as_object_mut() {
+            // At-least-once dead letters kept until their targets confirm them.
+            m.insert("messages_dlx".into(), json!(s.dead_letters));
+            m.insert("message_bytes_dlx".into(), json!(s.dead_letter_bytes));
+        }
         let replicated = state
             .cluster()
             .and_then(|c| c.quorum_queue(vhost, q.name()).map(|r| (c, r)));
