@@ -645,3 +645,32 @@ def test_a_leader_locator_policy_places_leaders(cluster_factory):
                         lambda i=i: queue_info(n1, f"polbal{i}", missing_ok=True).get("leader"))
                for i in range(3)]
     assert len(set(leaders)) == 3, leaders
+
+
+def test_a_consumer_the_leader_cancelled_while_its_node_was_cut_off_is_told(
+        cluster_factory, netns):
+    """The leader cancels the consumers of a node it cannot reach (their messages go back);
+    the cancel's notice cannot reach that node then. Once the partition heals, the node
+    sees that the group no longer has its consumer and tells the client (basic.cancel),
+    instead of leaving it subscribed to nothing."""
+    c = replicated_cluster(cluster_factory)
+    n1, n2, n3 = c.nodes
+    declare_qq(n1, "qq-cut")
+    wait_for("n1 leads", lambda: queue_info(n1, "qq-cut").get("leader") == n1.name)
+    conn = connect(n3)
+    ch = conn.channel()
+    cancelled: list[object] = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame))
+    ch.basic_consume("qq-cut", lambda *_: None)
+    wait_for("the consumer is in the group",
+             lambda: queue_info(n1, "qq-cut").get("consumers") == 1)
+    for o in (n1, n2):
+        netns.cut(n3.ip, o.ip)
+    try:
+        wait_for("the leader cancelled n3's consumer",
+                 lambda: queue_info(n1, "qq-cut").get("consumers") == 0, timeout=30)
+    finally:
+        netns.heal()
+    wait_for("the client is told", lambda: cancelled, timeout=30,
+             step=lambda: conn.process_data_events(0.1))
+    conn.close()

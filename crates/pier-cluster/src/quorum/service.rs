@@ -161,6 +161,9 @@ struct Shared {
     /// When the leader routes again the kept dead letters not on their way (after one was
     /// not taken, and when it starts leading); `None`: not before one fails.
     dead_letters_retry_at: Mutex<Option<tokio::time::Instant>>,
+    /// This node's consumers (global ids) seen in the group's state: one that is gone from
+    /// it while still subscribed here was cancelled by the leader (`reconcile_consumers`).
+    seen_consumers: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
@@ -496,6 +499,7 @@ impl QuorumService {
             ops_since_snapshot: AtomicU64::new(0),
             dead_letters_in_flight: Mutex::new(HashSet::new()),
             dead_letters_retry_at: Mutex::new(None),
+            seen_consumers: Mutex::new(HashSet::new()),
         });
         *lock(&link.shared) = Some(Arc::clone(&shared));
         let members = home.members.clone();
@@ -1127,6 +1131,23 @@ fn reconcile_consumers(shared: &Shared, consumers: &[u64]) {
             link.write(QueueOp::Cancel { consumer: *c }, None);
         }
     }
+    // The other way round: a consumer still subscribed here that the group had and no
+    // longer has was cancelled by the leader (its node looked gone: a partition) and the
+    // notice did not get here. Its client is told now (basic.cancel), rather than wait
+    // for deliveries that will never come. (A consumer whose checkout is not applied yet
+    // was never seen, so it is left alone.)
+    let in_group: HashSet<u64> = consumers.iter().copied().collect();
+    let mut seen = lock(&shared.seen_consumers);
+    for local in &live {
+        let global = global_consumer(node.me_id, *local);
+        if in_group.contains(&global) {
+            seen.insert(global);
+        } else if seen.remove(&global) {
+            tracing::info!(queue = %shared.name, consumer = local, "a consumer the quorum queue's leader cancelled is told");
+            q.remote_consumer_cancelled(*local);
+        }
+    }
+    seen.retain(|g| live.contains(&split_consumer(*g).2));
 }
 
 /// A replicated quorum queue as one node's handle reaches it.
