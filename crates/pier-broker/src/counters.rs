@@ -24,6 +24,18 @@ pub struct QueueCountersSnapshot {
     pub acked: u64,
 }
 
+/// An engine's counters as they are shown (a replicated queue's members report theirs).
+impl From<crate::queue::engine::EngineCounters> for QueueCountersSnapshot {
+    fn from(c: crate::queue::engine::EngineCounters) -> Self {
+        QueueCountersSnapshot {
+            published: c.published,
+            delivered: c.delivered,
+            delivered_no_ack: c.delivered_no_ack,
+            acked: c.acked,
+        }
+    }
+}
+
 impl QueueCounters {
     /// Copies the engine's counters (called under the queue lock after each command).
     pub(crate) fn set(&self, c: crate::queue::engine::EngineCounters) {

@@ -4,6 +4,7 @@
 //! Queues never route while they hold their lock: they hand [`DeadLetter`]s back, and the vhost
 //! builds the new message here and routes it once the lock is released.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use pier_wire::{FieldTable, FieldValue, LongString, ShortString};
@@ -190,6 +191,68 @@ pub fn is_cycle(message: &Message, reason: DeathReason, queue: &str) -> bool {
     false
 }
 
+/// How long an at-least-once dead letter its targets did not take waits before it is routed
+/// again (no exchange, no queue bound, a queue refused it, a copy failed).
+pub const DEAD_LETTER_RETRY_MS: u64 = 5_000;
+
+/// The runtime's side of a queue's at-least-once dead letters (decision 0010; the engine
+/// keeps the messages): those on their way to their targets, and when those the targets did
+/// not take go again. Times are the caller's clock, in milliseconds.
+#[derive(Debug, Default)]
+pub struct DeadLettersInFlight {
+    routed: HashSet<u64>,
+    retry_at: Option<u64>,
+}
+
+impl DeadLettersInFlight {
+    /// The dead letter kept at `offset` goes to its targets now; false when it is on its
+    /// way already.
+    pub fn route(&mut self, offset: u64) -> bool {
+        self.routed.insert(offset)
+    }
+
+    /// Its targets answered (`ok`: every one took it); one not taken goes again
+    /// `DEAD_LETTER_RETRY_MS` after `now`.
+    pub fn answered(&mut self, offset: u64, ok: bool, now: u64) {
+        self.routed.remove(&offset);
+        if !ok {
+            self.retry_later(now);
+        }
+    }
+
+    /// What is not on its way goes again `DEAD_LETTER_RETRY_MS` after `now` (or sooner, if
+    /// a retry was due before).
+    pub fn retry_later(&mut self, now: u64) {
+        let at = now.saturating_add(DEAD_LETTER_RETRY_MS);
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+    }
+
+    /// Everything kept goes again at once, those on their way too (a new leader: it does
+    /// not know what its predecessor had sent).
+    pub fn restart(&mut self) {
+        self.routed.clear();
+        self.retry_at = Some(0);
+    }
+
+    /// Whether a retry is due by `now` (it is then taken).
+    pub fn take_retry(&mut self, now: u64) -> bool {
+        let due = self.retry_at.is_some_and(|r| r <= now);
+        if due {
+            self.retry_at = None;
+        }
+        due
+    }
+
+    pub fn on_its_way(&self, offset: u64) -> bool {
+        self.routed.contains(&offset)
+    }
+
+    /// When the next retry is due, if one is.
+    pub fn retry_at(&self) -> Option<u64> {
+        self.retry_at
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -313,5 +376,28 @@ mod tests {
         // q1's death is behind a rejection: not a cycle.
         assert!(!is_cycle(&c, DeathReason::Expired, "q1"));
         assert!(is_cycle(&c, DeathReason::Expired, "q3"));
+    }
+
+    /// Routed once until answered; one not taken goes again after the retry time (the
+    /// earliest one wins); a restart sends everything at once.
+    #[test]
+    fn dead_letters_in_flight_retry_what_was_not_taken() {
+        let mut f = DeadLettersInFlight::default();
+        assert!(f.route(1));
+        assert!(!f.route(1), "on its way already");
+        assert!(f.route(2));
+        f.answered(1, true, 100);
+        assert!(!f.on_its_way(1));
+        assert_eq!(f.retry_at(), None, "taken: nothing to retry");
+        f.answered(2, false, 100);
+        f.retry_later(200);
+        assert_eq!(f.retry_at(), Some(100 + DEAD_LETTER_RETRY_MS));
+        assert!(!f.take_retry(100 + DEAD_LETTER_RETRY_MS - 1));
+        assert!(f.take_retry(100 + DEAD_LETTER_RETRY_MS));
+        assert!(!f.take_retry(u64::MAX), "taken once");
+        assert!(f.route(3));
+        f.restart();
+        assert!(!f.on_its_way(3));
+        assert!(f.take_retry(0));
     }
 }

@@ -46,7 +46,7 @@ pub use consumer::{
     ChannelCredit, ConnectionId, ConsumerId, ConsumerInfo, ConsumerSpec, Delivery, DeliverySink,
 };
 pub use counters::{QueueCounters, QueueCountersSnapshot};
-pub use deadletter::{DeadLetter, DeathReason};
+pub use deadletter::{DeadLetter, DeadLettersInFlight, DeathReason};
 pub use error::{BrokerError, ObjectKind};
 pub use exchange::{Destination, ExchangeKind};
 pub use message::{Message, Properties};

@@ -165,18 +165,13 @@ pub(crate) struct ClassicQueue {
     core: Mutex<Core>,
 }
 
-/// How long an at-least-once dead letter that its targets did not take waits before it is
-/// routed again (no exchange, no queue bound, a queue refused it, a copy failed).
-const DEAD_LETTER_RETRY_MS: u64 = 5_000;
-
-/// At-least-once dead letters routed and not answered yet, those their targets confirmed
-/// (applied by the next tick: outcomes arrive on store threads, which must not run queue
-/// commands), and when those not taken are routed again.
+/// At-least-once dead letters on their way and when those not taken go again, and those
+/// their targets confirmed (applied by the next tick: outcomes arrive on store threads,
+/// which must not run queue commands).
 #[derive(Default)]
 struct DeadLetters {
-    in_flight: std::collections::HashSet<u64>,
+    flight: crate::deadletter::DeadLettersInFlight,
     confirmed: Vec<u64>,
-    retry_at: Option<u64>,
 }
 
 impl ClassicQueue {
@@ -247,23 +242,15 @@ impl ClassicQueue {
     /// What became of an at-least-once dead letter: confirmed by every target queue (it
     /// leaves this queue at the next tick), or not (routed again later).
     pub(crate) fn dead_letter_settled(&self, offset: u64, ok: bool) {
+        let mut dl = self.dead_letter_state();
+        dl.flight.answered(offset, ok, self.clock.now_ms());
         if ok {
-            let mut dl = self.dead_letter_state();
-            dl.in_flight.remove(&offset);
             dl.confirmed.push(offset);
             self.dead_letters_due.store(0, Ordering::Relaxed);
         } else {
-            self.dead_letter_failed(offset);
+            self.dead_letters_due
+                .fetch_min(dl.flight.retry_at().unwrap_or(NEVER), Ordering::Relaxed);
         }
-    }
-
-    fn dead_letter_failed(&self, offset: u64) {
-        let mut dl = self.dead_letter_state();
-        dl.in_flight.remove(&offset);
-        let at = self.clock.now_ms().saturating_add(DEAD_LETTER_RETRY_MS);
-        let retry_at = dl.retry_at.map_or(at, |r| r.min(at));
-        dl.retry_at = Some(retry_at);
-        self.dead_letters_due.fetch_min(retry_at, Ordering::Relaxed);
     }
 
     /// A tick's dead-letter work: confirmed ones leave the queue, those not taken are
@@ -278,10 +265,7 @@ impl ClassicQueue {
             let mut core = self.lock();
             let (confirmed, retry) = {
                 let mut dl = self.dead_letter_state();
-                let retry = dl.retry_at.is_some_and(|r| r <= now);
-                if retry {
-                    dl.retry_at = None;
-                }
+                let retry = dl.flight.take_retry(now);
                 (std::mem::take(&mut dl.confirmed), retry)
             };
             if !confirmed.is_empty() {
@@ -301,7 +285,7 @@ impl ClassicQueue {
                     core.engine
                         .dead_letters_kept()
                         .map(|(o, ..)| o)
-                        .filter(|o| !dl.in_flight.contains(o))
+                        .filter(|o| !dl.flight.on_its_way(*o))
                         .collect()
                 };
                 if !offsets.is_empty() {
@@ -316,7 +300,7 @@ impl ClassicQueue {
             }
             let dl = self.dead_letter_state();
             let due = if dl.confirmed.is_empty() {
-                dl.retry_at.unwrap_or(NEVER)
+                dl.flight.retry_at().unwrap_or(NEVER)
             } else {
                 0
             };
@@ -613,7 +597,7 @@ impl ClassicQueue {
                 } => match body_of(offset, message) {
                     Some(message) => {
                         if kept {
-                            self.dead_letter_state().in_flight.insert(offset);
+                            self.dead_letter_state().flight.route(offset);
                         }
                         out.dead.push(DeadLetter {
                             message,
@@ -624,7 +608,7 @@ impl ClassicQueue {
                     None if kept => {
                         // Kept: tried again later.
                         tracing::warn!(queue = %q.name(), offset, "a dead letter's body could not be read back; will retry");
-                        self.dead_letter_failed(offset);
+                        self.dead_letter_settled(offset, false);
                     }
                     None => {
                         tracing::error!(queue = %q.name(), offset, "a dead letter's body could not be read back; dropped");

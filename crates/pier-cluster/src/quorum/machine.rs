@@ -109,21 +109,21 @@ impl QueueMachine {
         self.bodies.clone()
     }
 
-    /// The kept (at-least-once) dead letters not in `skip`, with their bodies (read from the
-    /// log where not in memory; one the log cannot give is left out, and tried next time).
+    /// The kept (at-least-once) dead letters `wanted` picks (by offset), with their bodies:
+    /// read from the log where not in memory, `None` where the log cannot give one.
     pub fn kept_dead_letters(
         &self,
-        skip: &std::collections::HashSet<u64>,
-    ) -> Vec<(u64, Arc<Message>, pier_broker::DeathReason)> {
+        wanted: impl Fn(u64) -> bool,
+    ) -> Vec<(u64, Option<Arc<Message>>, pier_broker::DeathReason)> {
         self.engine
             .dead_letters_kept()
-            .filter(|(o, ..)| !skip.contains(o))
-            .filter_map(|(o, m, _, reason)| {
+            .filter(|(o, ..)| wanted(*o))
+            .map(|(o, m, _, reason)| {
                 let m = match m {
-                    Some(m) => Arc::clone(m),
-                    None => self.bodies.as_ref()?.message(o)?,
+                    Some(m) => Some(Arc::clone(m)),
+                    None => self.bodies.as_ref().and_then(|b| b.message(o)),
                 };
-                Some((o, m, reason))
+                (o, m, reason)
             })
             .collect()
     }
@@ -671,9 +671,9 @@ mod tests {
         let bytes = m.snapshot_bytes().unwrap().unwrap();
         assert_eq!(bytes[0], 2);
         let mut r = QueueMachine::restore_bytes(at_least_once(), &bytes, 3).unwrap();
-        let kept = r.kept_dead_letters(&Default::default());
+        let kept = r.kept_dead_letters(|_| true);
         assert_eq!(kept.len(), 1);
-        assert_eq!(&kept[0].1.body[..], b"a");
+        assert_eq!(&kept[0].1.as_ref().unwrap().body[..], b"a");
         r.apply(
             4,
             &QueueEntry {
@@ -682,7 +682,7 @@ mod tests {
                 op: QueueOp::DeadLettered(vec![offset]),
             },
         );
-        assert!(r.kept_dead_letters(&Default::default()).is_empty());
+        assert!(r.kept_dead_letters(|_| true).is_empty());
     }
 
     /// The leader fails with a delivery unsettled: the new leader's member knows it, and when

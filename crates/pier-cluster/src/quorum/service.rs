@@ -28,10 +28,7 @@ use pier_broker::message::Message;
 use pier_broker::persist::DurabilityHold;
 use pier_broker::queue::engine::{ConsumerSettings, Effect, EngineConfig};
 use pier_broker::queue::remote::{RemoteConsumer, RemoteGot, WINDOW_MESSAGES};
-use pier_broker::{
-    BrokerError, ConsumerId, DeadLetter, ObjectKind, Queue, QueueCountersSnapshot, QueueLink,
-    Settlement,
-};
+use pier_broker::{BrokerError, ConsumerId, DeadLetter, ObjectKind, Queue, QueueLink, Settlement};
 use pier_store::wal::{SharedLog, WalConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -156,11 +153,10 @@ struct Shared {
     last_at: AtomicU64,
     /// Ops applied since this member last asked for a snapshot.
     ops_since_snapshot: AtomicU64,
-    /// At-least-once dead letters this member, leading, routed and has no answer for yet.
-    dead_letters_in_flight: Mutex<HashSet<u64>>,
-    /// When the leader routes again the kept dead letters not on their way (after one was
-    /// not taken, and when it starts leading); `None`: not before one fails.
-    dead_letters_retry_at: Mutex<Option<tokio::time::Instant>>,
+    /// At-least-once dead letters this member, leading, routed and has no answer for yet,
+    /// and when those not on their way go again (after one was not taken, and when it
+    /// starts leading). On `unix_ms`, the queue's clock here.
+    dead_letters: Mutex<pier_broker::DeadLettersInFlight>,
     /// This node's consumers (global ids) seen in the group's state: one that is gone from
     /// it while still subscribed here was cancelled by the leader (`reconcile_consumers`).
     seen_consumers: Mutex<HashSet<u64>>,
@@ -274,7 +270,7 @@ impl EffectRunner for Shared {
                     kept,
                     ..
                 } => {
-                    if *kept && !lock(&self.dead_letters_in_flight).insert(*offset) {
+                    if *kept && !lock(&self.dead_letters).route(*offset) {
                         continue;
                     }
                     if let Some(vh) = service.broker().and_then(|b| b.vhost(&self.vhost)) {
@@ -293,11 +289,7 @@ impl EffectRunner for Shared {
                     message: None,
                     kept: true,
                     ..
-                } => {
-                    let at = tokio::time::Instant::now() + DEAD_LETTER_RETRY;
-                    let mut retry = lock(&self.dead_letters_retry_at);
-                    *retry = Some(retry.map_or(at, |r| r.min(at)));
-                }
+                } => lock(&self.dead_letters).retry_later(unix_ms()),
                 Effect::Expired => service.propose_delete(&self.vhost, &self.name),
                 _ => {}
             }
@@ -497,8 +489,7 @@ impl QuorumService {
             term: AtomicU64::new(0),
             last_at: AtomicU64::new(0),
             ops_since_snapshot: AtomicU64::new(0),
-            dead_letters_in_flight: Mutex::new(HashSet::new()),
-            dead_letters_retry_at: Mutex::new(None),
+            dead_letters: Mutex::new(Default::default()),
             seen_consumers: Mutex::new(HashSet::new()),
         });
         *lock(&link.shared) = Some(Arc::clone(&shared));
@@ -960,8 +951,7 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
                 shared.leading.store(true, Ordering::Release);
                 // The dead letters the queue keeps go again from here (those the last
                 // leader had on their way included: at least once).
-                lock(&shared.dead_letters_in_flight).clear();
-                *lock(&shared.dead_letters_retry_at) = Some(tokio::time::Instant::now());
+                lock(&shared.dead_letters).restart();
                 let offsets = lock(&shared.machine).engine().checked_out_offsets();
                 if !offsets.is_empty() {
                     let mut entry = QueueEntry {
@@ -1018,15 +1008,7 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
         if let Some(q) = shared.queue() {
             // Every member applies the same entries, so its counts are the leader's: any
             // node's management shows the queue's rates.
-            q.set_remote_figures(
-                stats,
-                QueueCountersSnapshot {
-                    published: counters.published,
-                    delivered: counters.delivered,
-                    delivered_no_ack: counters.delivered_no_ack,
-                    acked: counters.acked,
-                },
-            );
+            q.set_remote_figures(stats, counters.into());
         }
         // Counted in ops, not entries: an entry is often a batch of many.
         let since = shared.ops_since_snapshot.load(Ordering::Relaxed);
@@ -1068,19 +1050,11 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
     }
 }
 
-/// How long a kept dead letter its targets did not take waits before the leader routes it
-/// again (no exchange, no queue bound, a queue refused it, a copy failed).
-const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
-
 /// The leader routes again the kept (at-least-once) dead letters that are not on their way,
 /// once their retry time has come.
 fn retry_dead_letters(shared: &Shared) {
-    {
-        let mut at = lock(&shared.dead_letters_retry_at);
-        match *at {
-            Some(t) if t <= tokio::time::Instant::now() => *at = None,
-            _ => return,
-        }
+    if !lock(&shared.dead_letters).take_retry(unix_ms()) {
+        return;
     }
     let (Some(service), Some(q)) = (shared.service.upgrade(), shared.queue()) else {
         return;
@@ -1088,23 +1062,33 @@ fn retry_dead_letters(shared: &Shared) {
     let Some(vh) = service.broker().and_then(|b| b.vhost(&shared.vhost)) else {
         return;
     };
-    let kept = {
-        let skip = lock(&shared.dead_letters_in_flight).clone();
-        lock(&shared.machine).kept_dead_letters(&skip)
-    };
-    if kept.is_empty() {
-        return;
-    }
+    // Both locks released before routing: a target's answer can come back at once.
     let dead: Vec<DeadLetter> = {
-        let mut in_flight = lock(&shared.dead_letters_in_flight);
-        kept.into_iter()
-            .filter(|(offset, ..)| in_flight.insert(*offset))
-            .map(|(offset, message, reason)| DeadLetter {
-                message,
-                reason,
-                kept: Some(offset),
+        let mut flight = lock(&shared.dead_letters);
+        let kept = lock(&shared.machine).kept_dead_letters(|o| !flight.on_its_way(o));
+        let mut unread = false;
+        let dead = kept
+            .into_iter()
+            .filter_map(|(offset, message, reason)| match message {
+                Some(message) => {
+                    flight.route(offset);
+                    Some(DeadLetter {
+                        message,
+                        reason,
+                        kept: Some(offset),
+                    })
+                }
+                None => {
+                    unread = true;
+                    None
+                }
             })
-            .collect()
+            .collect();
+        if unread {
+            // A body the log could not give: tried again later.
+            flight.retry_later(unix_ms());
+        }
+        dead
     };
     vh.route_dead_letters(&q, dead);
 }
@@ -1863,12 +1847,7 @@ impl QueueLink for QuorumLink {
     /// the queue through the log; else the leader routes it again later.
     fn dead_letter_settled(&self, offset: u64, ok: bool) {
         if let Some(s) = lock(&self.shared).clone() {
-            lock(&s.dead_letters_in_flight).remove(&offset);
-            if !ok {
-                let at = tokio::time::Instant::now() + DEAD_LETTER_RETRY;
-                let mut retry = lock(&s.dead_letters_retry_at);
-                *retry = Some(retry.map_or(at, |r| r.min(at)));
-            }
+            lock(&s.dead_letters).answered(offset, ok, unix_ms());
         }
         if ok {
             self.write(QueueOp::DeadLettered(vec![offset]), None);

@@ -105,23 +105,7 @@ impl QueueEngine {
         } else {
             return;
         };
-        if self.config.queue.dead_letter_exchange.is_none() {
-            self.release_entry(&e, out);
-            return;
-        }
-        let kept = self.at_least_once();
-        out.push(Effect::DeadLetter {
-            offset,
-            message: Some(message),
-            in_paging: false,
-            reason: DeathReason::Expired,
-            kept,
-        });
-        if kept {
-            self.keep_dead_letter(e, DeathReason::Expired);
-        } else {
-            self.release_entry(&e, out);
-        }
+        self.dead_letter_carrying(out, e, Some(message), DeathReason::Expired);
     }
 
     /// Consumers holding a delivery for longer than the timeout are cancelled and their

@@ -824,6 +824,19 @@ impl QueueEngine {
     /// when the queue has a dead-letter exchange. At most once, it goes now; at least once,
     /// the queue keeps it, and its store record, until `DeadLettered`.
     fn dead_letter(&mut self, out: &mut Vec<Effect>, e: state::Entry, reason: DeathReason) {
+        let message = e.message.clone();
+        self.dead_letter_carrying(out, e, message, reason);
+    }
+
+    /// `dead_letter`, the effect carrying `message` (a body the caller has in hand while the
+    /// entry's is on disk).
+    fn dead_letter_carrying(
+        &mut self,
+        out: &mut Vec<Effect>,
+        e: state::Entry,
+        message: Option<Arc<Message>>,
+        reason: DeathReason,
+    ) {
         if self.config.queue.dead_letter_exchange.is_none() {
             self.release_entry(&e, out);
             return;
@@ -831,21 +844,18 @@ impl QueueEngine {
         let kept = self.at_least_once();
         out.push(Effect::DeadLetter {
             offset: e.offset,
-            message: e.message.clone(),
+            // Where the entry's body is on disk (read only when the effect carries none).
             in_paging: e.in_paging(),
+            message,
             reason,
             kept,
         });
         if kept {
-            self.keep_dead_letter(e, reason);
+            self.dead_letter_bytes += e.size();
+            self.dead_letters.insert(e.offset, (e, reason));
         } else {
             self.release_entry(&e, out);
         }
-    }
-
-    fn keep_dead_letter(&mut self, e: state::Entry, reason: DeathReason) {
-        self.dead_letter_bytes += e.size();
-        self.dead_letters.insert(e.offset, (e, reason));
     }
 
     /// At-least-once dead letters their targets confirmed leave the queue.
