@@ -1,6 +1,6 @@
 """Quorum queues (x-queue-type: quorum) on one node: RabbitMQ's declaration rules and texts,
 delete/consume refusals, delivery counts and the delivery limit, single active consumer,
-consumer priorities, basic.get, purge, the queue's consumer timeout, management fields and
+consumer priorities, RabbitMQ 4's two message priorities, basic.get, purge, the queue's consumer timeout, management fields and
 recovery of every message (transient ones too) across a restart.
 
 Validated against RabbitMQ 3.10.8 (PIER_TEST_AMQP_URL / PIER_TEST_MGMT_URL). Tests marked
@@ -388,6 +388,25 @@ def test_consumer_priorities(connection, names):
         ch.basic_publish("", q, f"m{i}".encode())
     collect_deliveries(connection, got, 4)
     assert {who for who, _ in got} == {"high"}
+
+
+@pytest.mark.pier_only
+def test_message_priorities_two_levels_two_to_one_as_in_4x(channel, names):
+    """RabbitMQ 4 (3.10 has none): priority 5 and above is high, the rest normal; high goes
+    first, but every third message is the normal head while both levels wait."""
+    q = names.queue("qq")
+    declare_qq(channel, q)
+    channel.confirm_delivery()
+    for i, p in enumerate([None, 0, 4]):
+        channel.basic_publish("", q, f"n{i}".encode(), properties=pika.BasicProperties(priority=p))
+    for i, p in enumerate([5, 9, 255, 5, 6, 7]):
+        channel.basic_publish("", q, f"h{i}".encode(), properties=pika.BasicProperties(priority=p))
+    got = []
+    for _ in range(9):
+        _, props, body = wait_until(lambda: _get(channel, q, ack=True), message="a message")
+        got.append(body.decode())
+    assert got == ["h0", "h1", "n0", "h2", "h3", "n1", "h4", "h5", "n2"]
+    assert channel.basic_get(q)[0] is None
 
 
 def test_transient_and_persistent_messages_are_confirmed(channel, names):

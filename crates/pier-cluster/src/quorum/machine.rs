@@ -669,7 +669,7 @@ mod tests {
             }
         )));
         let bytes = m.snapshot_bytes().unwrap().unwrap();
-        assert_eq!(bytes[0], 2);
+        assert_eq!(bytes[0], 3);
         let mut r = QueueMachine::restore_bytes(at_least_once(), &bytes, 3).unwrap();
         let kept = r.kept_dead_letters(|_| true);
         assert_eq!(kept.len(), 1);
@@ -897,14 +897,20 @@ mod tests {
         assert!(r.apply(14, &reconfigure(23, 6, Some(1))).effects.is_empty());
         assert_eq!(r.engine().stats().ready, 3);
 
-        // Version 1: the same bytes without the policy part and the (empty) count of kept
-        // dead letters.
+        // Version 2: the same bytes without the priority turn (the last byte).
+        let mut v2 = bytes[..bytes.len() - 1].to_vec();
+        v2[0] = 2;
+        let two = QueueMachine::restore_bytes(config(), &Bytes::from(v2), 13).unwrap();
+        assert_eq!(two.policy_version(), 7);
+        assert_eq!(two.engine().stats().ready, 3);
+
+        // Version 1: also without the policy part and the (empty) count of kept dead letters.
         let mut trailer = bytes::BytesMut::new();
         crate::quorum::entry::put_policy(
             &mut trailer,
             &PolicySettings::of(&r.engine().config().queue),
         );
-        let mut v1 = bytes[..bytes.len() - 8 - trailer.len() - 4].to_vec();
+        let mut v1 = bytes[..bytes.len() - 1 - 8 - trailer.len() - 4].to_vec();
         v1[0] = 1;
         let old = QueueMachine::restore_bytes(config(), &Bytes::from(v1), 13).unwrap();
         assert_eq!(old.policy_version(), 0);

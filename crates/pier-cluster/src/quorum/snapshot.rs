@@ -4,7 +4,7 @@
 //! every count is checked against what is left before anything is built.
 //!
 //! ```text
-//!  u8 version (2; 1 is still read) · u64 next_offset · u64 round_robin · u8 flags (1 had_consumers,
+//!  u8 version (3; 1 and 2 are still read) · u64 next_offset · u64 round_robin · u8 flags (1 had_consumers,
 //!  2 deleted) · u64 last_used · u64 next_expiry · u64 next_timeout_check · 4 × u64 counters
 //!  u32 levels × { u32 n × entry · u32 n × (entry u32 returns) }
 //!  u32 n × checked out { u8 has_consumer u64 consumer · entry · u32 returns · u8 level ·
@@ -14,6 +14,7 @@
 //!  version 2 adds: u64 policy version · policy settings (as a reconfigure op's) ·
 //!                  u32 n × kept dead letter { entry · u8 reason (0 rejected, 1 expired,
 //!                  2 maxlen, 3 delivery_limit) }
+//!  version 3 adds: u8 dequeues (the 2:1 turn between the high and normal priority levels)
 //!  entry: u64 offset · u64 expires_at · u8 redelivered · u32 enqueued_at · message
 //!
 //!  message: str8 exchange · str8 routing key · bytes32 properties · bytes32 body
@@ -33,8 +34,9 @@ use super::entry::{put_message, put_policy, put_settings, EntryError, Reader};
 
 /// Version 2 carries the settings policies gave the queue and the kept (at-least-once) dead
 /// letters (version 1, written before either existed, did not: a member restoring one keeps
-/// the settings it built from the declaration, and no dead letters).
-const VERSION: u8 = 2;
+/// the settings it built from the declaration, and no dead letters). Version 3 carries the
+/// turn between the two priority levels (older ones had one level: the turn starts at 0).
+const VERSION: u8 = 3;
 
 /// The settings policy changes gave the queue, and the version of the last change applied
 /// (see `QueueOp::Reconfigure`).
@@ -139,6 +141,7 @@ pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryErr
         put_entry(&mut out, e)?;
         out.put_u8(reason_code(*reason));
     }
+    out.put_u8(p.dequeues);
     Ok(out.freeze())
 }
 
@@ -172,7 +175,7 @@ const MIN_ENTRY: usize = 8 + 8 + 1 + 4 + 1 + 1 + 4 + 4;
 pub fn decode(input: &Bytes) -> Result<(SnapshotParts, Option<PolicyState>), EntryError> {
     let mut r = Reader { buf: input, pos: 0 };
     let version = r.u8("version")?;
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(EntryError::Version(version));
     }
     let next_offset = r.u64("next offset")?;
@@ -243,12 +246,14 @@ pub fn decode(input: &Bytes) -> Result<(SnapshotParts, Option<PolicyState>), Ent
     } else {
         None
     };
+    let dequeues = if version >= 3 { r.u8("dequeues")? } else { 0 };
     if r.pos != input.len() {
         return Err(EntryError::Invalid("trailing bytes"));
     }
     let parts = SnapshotParts {
         next_offset,
         levels,
+        dequeues,
         checked_out,
         consumers,
         round_robin,

@@ -101,6 +101,10 @@ pub struct EngineConfig {
     pub consumer_timeout: Option<u64>,
     /// Dead-letter (or drop) a message returned more than this many times (`x-delivery-limit`).
     pub delivery_limit: Option<u32>,
+    /// RabbitMQ 4's quorum-queue priorities: always on, two levels (priority 5 and above is
+    /// high, everything else normal), high delivered two to one against normal while both
+    /// have messages. Ignores `max_priority` (refused on quorum queues).
+    pub two_priorities: bool,
 }
 
 impl EngineConfig {
@@ -114,6 +118,7 @@ impl EngineConfig {
             memory_budget: PAGE_OUT_BYTES,
             consumer_timeout: None,
             delivery_limit: None,
+            two_priorities: false,
         }
     }
 
@@ -129,9 +134,25 @@ impl EngineConfig {
             auto_delete: false,
             stores_persistent: false,
             memory_budget: PAGE_OUT_BYTES,
+            two_priorities: true,
+        }
+    }
+
+    /// How many priority levels the queue has.
+    pub fn level_count(&self) -> usize {
+        if self.two_priorities {
+            2
+        } else {
+            usize::from(self.queue.max_priority.unwrap_or(0)) + 1
         }
     }
 }
+
+/// Quorum queues' high level starts above this priority (RabbitMQ 4: 0–4 normal, 5+ high).
+pub const QUORUM_NORMAL_PRIORITY_MAX: u8 = 4;
+/// High-priority messages a quorum queue hands out per normal one while both wait
+/// (RabbitMQ 4's `rabbit_fifo_q` weight).
+const HIGH_PRIORITY_WEIGHT: u8 = 2;
 
 /// RabbitMQ 4's default delivery limit of quorum queues.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
@@ -446,8 +467,12 @@ pub struct EngineStats {
 pub struct QueueEngine {
     config: EngineConfig,
     next_offset: u64,
-    /// One level, or `max_priority + 1` for a priority queue (index = priority).
+    /// One level, or `max_priority + 1` for a priority queue (index = priority); two for a
+    /// quorum queue (`EngineConfig::two_priorities`).
     levels: Vec<Level>,
+    /// Two-level queues: heads taken since the last turn of the normal level (0 ..=
+    /// `HIGH_PRIORITY_WEIGHT`), state like any other (snapshots carry it).
+    dequeues: u8,
     ready_count: usize,
     ready_bytes: u64,
     /// Bytes of ready message bodies held in memory (paged-out ones excluded).
@@ -487,9 +512,10 @@ pub struct QueueEngine {
 
 impl QueueEngine {
     pub fn new(config: EngineConfig, now: u64) -> Self {
-        let levels = usize::from(config.queue.max_priority.unwrap_or(0)) + 1;
+        let levels = config.level_count();
         QueueEngine {
             levels: (0..levels).map(|_| Level::default()).collect(),
+            dequeues: 0,
             config,
             next_offset: 0,
             ready_count: 0,
@@ -739,14 +765,53 @@ impl QueueEngine {
     }
 
     fn level_of(&self, message: &Message) -> usize {
+        let priority = message.properties.priority.unwrap_or(0);
+        if self.config.two_priorities {
+            return usize::from(priority > QUORUM_NORMAL_PRIORITY_MAX);
+        }
         match self.config.queue.max_priority {
             None => 0,
-            Some(max) => usize::from(message.properties.priority.unwrap_or(0).min(max)),
+            Some(max) => usize::from(priority.min(max)),
         }
     }
 
     fn highest_level(&self) -> Option<usize> {
         self.levels.iter().rposition(|l| !l.is_empty())
+    }
+
+    /// The level whose head goes next, counting the turn for a two-level queue. Returned
+    /// messages go first (RabbitMQ's quorum queues keep them apart, ahead of both levels).
+    /// Otherwise high goes first, but every third turn the normal head goes if it is older
+    /// than the high one (RabbitMQ 4's `rabbit_fifo_q`: 2:1 while both have messages).
+    fn next_level(&mut self) -> Option<usize> {
+        if !self.config.two_priorities {
+            return self.highest_level();
+        }
+        let returned = |l: &Level| l.requeued.first_key_value().map(|(o, _)| *o);
+        match (
+            self.levels.first().and_then(returned),
+            self.levels.get(1).and_then(returned),
+        ) {
+            (Some(n), Some(h)) => return Some(usize::from(h < n)),
+            (Some(_), None) => return Some(0),
+            (None, Some(_)) => return Some(1),
+            (None, None) => {}
+        }
+        let head = |l: Option<&Level>| l.and_then(|l| l.head()).map(|h| h.offset());
+        let (normal, high) = (head(self.levels.first()), head(self.levels.get(1)));
+        let turn = self.dequeues;
+        let level = match (normal, high) {
+            (None, None) => return None,
+            (Some(n), Some(h)) if turn == HIGH_PRIORITY_WEIGHT => usize::from(h < n),
+            (_, Some(_)) => 1,
+            (Some(_), None) => 0,
+        };
+        self.dequeues = if turn >= HIGH_PRIORITY_WEIGHT {
+            0
+        } else {
+            turn + 1
+        };
+        Some(level)
     }
 
     fn lower_next_expiry(&mut self, at: u64) {

@@ -95,8 +95,8 @@ impl QueueEngine {
         }
     }
 
-    /// Takes the head of the highest non-empty level, in memory or paged, with its return
-    /// count and level. A paged head goes out without its body; with `read_ahead` the next
+    /// Takes the head of the next level (`next_level`: the highest non-empty one but for
+    /// quorum queues' two levels), in memory or paged, with its return count and level. A paged head goes out without its body; with `read_ahead` the next
     /// batch of the tail is asked for too, so the runtime reads them in one go.
     pub(super) fn take_head(
         &mut self,
@@ -104,7 +104,7 @@ impl QueueEngine {
         read_ahead: bool,
         out: &mut Vec<Effect>,
     ) -> Option<(Entry, u32, usize)> {
-        let level = self.highest_level()?;
+        let level = self.next_level()?;
         let l = self.levels.get_mut(level)?;
         if let Some((e, returns)) = l.pop_memory() {
             self.took(&e);

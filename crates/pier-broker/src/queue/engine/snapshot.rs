@@ -20,6 +20,7 @@ pub struct Snapshot {
     config: EngineConfig,
     next_offset: u64,
     levels: Vec<Level>,
+    dequeues: u8,
     held: BTreeMap<u64, Arc<Message>>,
     paged_deadlines: BTreeMap<u64, u64>,
     checked_out: BTreeMap<u64, CheckedOut>,
@@ -42,6 +43,7 @@ impl QueueEngine {
             config: self.config.clone(),
             next_offset: self.next_offset,
             levels: self.levels.clone(),
+            dequeues: self.dequeues,
             held: self.held.clone(),
             paged_deadlines: self.paged_deadlines.clone(),
             checked_out: self.checked_out.clone(),
@@ -89,6 +91,7 @@ impl QueueEngine {
             config: s.config,
             next_offset: s.next_offset,
             levels: s.levels,
+            dequeues: s.dequeues,
             ready_count,
             ready_bytes,
             mem_bytes,
@@ -158,6 +161,8 @@ pub struct ConsumerParts {
 pub struct SnapshotParts {
     pub next_offset: u64,
     pub levels: Vec<LevelParts>,
+    /// Two-level (quorum) queues: where the 2:1 turn between high and normal stands.
+    pub dequeues: u8,
     pub checked_out: Vec<CheckedOutParts>,
     pub consumers: Vec<ConsumerParts>,
     pub round_robin: u64,
@@ -263,6 +268,7 @@ impl Snapshot {
         Ok(SnapshotParts {
             next_offset: self.next_offset,
             levels,
+            dequeues: self.dequeues,
             checked_out,
             consumers: self
                 .consumers
@@ -294,7 +300,7 @@ impl Snapshot {
     /// The snapshot of the plain view, with `config` (levels beyond the configuration's
     /// priorities are merged into its highest).
     pub fn from_parts(config: EngineConfig, p: SnapshotParts) -> Snapshot {
-        let count = usize::from(config.queue.max_priority.unwrap_or(0)) + 1;
+        let count = config.level_count();
         let mut levels: Vec<Level> = (0..count).map(|_| Level::default()).collect();
         for (i, l) in p.levels.into_iter().enumerate() {
             let Some(level) = levels.get_mut(i.min(count - 1)) else {
@@ -312,6 +318,7 @@ impl Snapshot {
             config,
             next_offset: p.next_offset,
             levels,
+            dequeues: p.dequeues,
             held: BTreeMap::new(),
             paged_deadlines: BTreeMap::new(),
             checked_out: p

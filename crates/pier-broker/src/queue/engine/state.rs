@@ -197,6 +197,15 @@ pub(crate) enum Head<'a> {
     Paged(&'a PagedEntry),
 }
 
+impl Head<'_> {
+    pub fn offset(&self) -> u64 {
+        match self {
+            Head::Memory(e) => e.offset,
+            Head::Paged(p) => p.offset,
+        }
+    }
+}
+
 impl Level {
     pub fn is_empty(&self) -> bool {
         self.ready.is_empty() && self.requeued.is_empty() && self.paged.is_empty()

@@ -74,7 +74,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u16..600, any::<bool>(), 0u8..4, proptest::option::weighted(0.2, 0u16..300),
+        8 => (0u16..600, any::<bool>(), 0u8..8, proptest::option::weighted(0.2, 0u16..300),
               proptest::option::weighted(0.2, (0u8..3, 0u8..8)))
             .prop_map(|(size, persistent, priority, ttl, publisher)| Op::Publish {
                 size, persistent, priority, ttl, publisher
@@ -125,9 +125,23 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
         proptest::option::weighted(0.2, 1u32..3),
         proptest::option::weighted(0.2, 200u64..2000),
         proptest::bool::weighted(0.4),
+        proptest::bool::weighted(0.3),
     )
         .prop_map(
-            |(ttl, max_len, overflow, dlx, priority, sac, stored, timeout, limit, expires, alo)| {
+            |(
+                ttl,
+                max_len,
+                overflow,
+                dlx,
+                priority,
+                sac,
+                stored,
+                timeout,
+                limit,
+                expires,
+                alo,
+                two,
+            )| {
                 let queue = QueueConfig {
                     message_ttl: ttl,
                     max_length: max_len,
@@ -151,6 +165,8 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
                     memory_budget: 1500,
                     consumer_timeout: timeout,
                     delivery_limit: limit,
+                    // Quorum queues' two levels (their priorities go up to 255).
+                    two_priorities: two && priority.is_none(),
                 }
             },
         )
