@@ -116,8 +116,29 @@ type WriteResult = Result<QueueReply, String>;
 
 struct Write {
     entry: QueueEntry,
-    done: Option<oneshot::Sender<WriteResult>>,
+    done: Option<Done>,
     attempts: u8,
+}
+
+/// Who waits for a write's outcome.
+enum Done {
+    /// A caller awaiting the reply.
+    Reply(oneshot::Sender<WriteResult>),
+    /// A publish's share of its durability (its confirm), completed where the answer is
+    /// handed out: the answers of a committed batch release their confirms one after the
+    /// other on one thread (the channel sends them as one ack), with no task per publish.
+    Hold(DurabilityHold),
+}
+
+impl Done {
+    fn send(self, r: WriteResult) {
+        match self {
+            Done::Reply(tx) => {
+                let _ = tx.send(r);
+            }
+            Done::Hold(h) => h.complete(matches!(r, Ok(QueueReply::Enqueued(true)))),
+        }
+    }
 }
 
 impl Write {
@@ -1186,7 +1207,7 @@ impl QuorumLink {
     }
 
     /// Queues a write; `done` gets its outcome.
-    fn write(&self, op: QueueOp, done: Option<oneshot::Sender<WriteResult>>) {
+    fn write(&self, op: QueueOp, done: Option<Done>) {
         let Some(tx) = self.writes.get() else { return };
         let w = Write {
             entry: QueueEntry { at: 0, unix: 0, op },
@@ -1199,14 +1220,14 @@ impl QuorumLink {
     fn send(&self, tx: &mpsc::UnboundedSender<Write>, w: Write) {
         if let Err(mpsc::error::SendError(w)) = tx.send(w) {
             if let Some(d) = w.done {
-                let _ = d.send(Err("the queue is closed".into()));
+                d.send(Err("the queue is closed".into()));
             }
         }
     }
 
     fn ask(&self, op: QueueOp) -> oneshot::Receiver<WriteResult> {
         let (tx, rx) = oneshot::channel();
-        self.write(op, Some(tx));
+        self.write(op, Some(Done::Reply(tx)));
         rx
     }
 
@@ -1487,7 +1508,7 @@ async fn run_batch(
                 if let Ok(Response::QueueWrite(Ok(replies))) = r {
                     for (w, reply) in batch.drain(..).zip(replies) {
                         if let Some(done) = w.done {
-                            let _ = done.send(Ok(reply));
+                            done.send(Ok(reply));
                         }
                     }
                     // Answers missing (never: one per entry) fail what is left.
@@ -1574,7 +1595,7 @@ fn answer(
     };
     for (w, reply) in writes.into_iter().zip(replies) {
         if let Some(done) = w.done {
-            let _ = done.send(Ok(reply));
+            done.send(Ok(reply));
         }
     }
 }
@@ -1582,7 +1603,7 @@ fn answer(
 fn fail(batch: &mut Vec<Write>, why: &str) {
     for w in batch.drain(..) {
         if let Some(done) = w.done {
-            let _ = done.send(Err(why.to_owned()));
+            done.send(Err(why.to_owned()));
         }
     }
 }
@@ -1641,16 +1662,7 @@ impl QueueLink for QuorumLink {
         let op = QueueOp::enqueue(message, None);
         match hold {
             None => self.write(op, None),
-            Some(hold) => {
-                let rx = self.ask(op);
-                let Some(service) = self.service.upgrade() else {
-                    return Err(Some(hold));
-                };
-                service.runtime.spawn(async move {
-                    let ok = matches!(rx.await, Ok(Ok(QueueReply::Enqueued(true))));
-                    hold.complete(ok);
-                });
-            }
+            Some(hold) => self.write(op, Some(Done::Hold(hold))),
         }
         Ok(())
     }

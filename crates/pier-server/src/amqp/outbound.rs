@@ -27,6 +27,8 @@ use tokio::sync::Notify;
 
 /// Fixed cost counted per queued item on top of its body, so many empty messages still count.
 const ITEM_OVERHEAD: usize = 64;
+/// A basic.ack frame: header 7, class and method 4, tag 8, flags 1, end 1.
+const ACK_FRAME_LEN: usize = 21;
 
 /// One open channel as the Outbound sees it: the broker's session (tags, unacked records,
 /// confirms) and what AMQP 0-9-1 orders around it.
@@ -41,6 +43,13 @@ struct ChannelState {
 
 enum Item {
     Frames(Bytes),
+    /// A publisher confirm (basic.ack), encoded when written: a later ack of the same
+    /// channel that finds it still queued last takes its place (`push_confirm`).
+    Ack {
+        channel: u16,
+        tag: u64,
+        multiple: bool,
+    },
     Deliver {
         channel: u16,
         tag: u64,
@@ -320,6 +329,32 @@ impl Outbound {
 
     fn push_confirm(&self, st: &mut State, channel: u16, confirm: Option<Confirm>) {
         let Some(c) = confirm else { return };
+        if c.ack {
+            // A replicated queue answers a committed batch publish by publish, each answer
+            // releasing the next tags. An ack queued last for this channel is its latest
+            // confirm (a nack would follow it), so it and this one cover one run of tags:
+            // one ack-multiple says both, one frame instead of one per publish (and one
+            // write, one wake-up of the client each).
+            if let Some(Item::Ack {
+                channel: ch,
+                tag,
+                multiple,
+            }) = st.items.back_mut()
+            {
+                if *ch == channel && c.tag > *tag {
+                    *tag = c.tag;
+                    *multiple = true;
+                    return;
+                }
+            }
+            let item = Item::Ack {
+                channel,
+                tag: c.tag,
+                multiple: c.multiple,
+            };
+            self.push(st, item, ACK_FRAME_LEN);
+            return;
+        }
         let m = if c.ack {
             Method::BasicAck(pier_wire::BasicAck {
                 delivery_tag: c.tag,
@@ -466,6 +501,18 @@ fn encode_item(buf: &mut BytesMut, item: Item, frame_max: u32) -> usize {
             buf.extend_from_slice(&b);
             b.len()
         }
+        Item::Ack {
+            channel,
+            tag,
+            multiple,
+        } => {
+            let m = Method::BasicAck(pier_wire::BasicAck {
+                delivery_tag: tag,
+                multiple,
+            });
+            encode_method_frame(buf, channel, &m);
+            ACK_FRAME_LEN
+        }
         Item::Deliver {
             channel,
             tag,
@@ -594,5 +641,79 @@ impl DeliverySink for ChannelSink {
         }
         self.outbound
             .push_cancel(&mut st, self.channel, consumer_tag.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use pier_wire::{decode_frame, Frame};
+
+    /// What the writer sends for what is queued now, as methods.
+    async fn written(o: &Arc<Outbound>) -> Vec<Method> {
+        o.finish();
+        let mut out: Vec<u8> = Vec::new();
+        Arc::clone(o)
+            .run_writer(&mut out, Duration::ZERO)
+            .await
+            .unwrap();
+        let mut buf = BytesMut::from(&out[..]);
+        let mut methods = Vec::new();
+        while let Some(f) = decode_frame(&mut buf, 131_072).unwrap() {
+            if let Frame::Method { method, .. } = f {
+                methods.push(method);
+            }
+        }
+        methods
+    }
+
+    fn ack(tag: u64, multiple: bool) -> Method {
+        Method::BasicAck(pier_wire::BasicAck {
+            delivery_tag: tag,
+            multiple,
+        })
+    }
+
+    #[tokio::test]
+    async fn confirms_answered_one_by_one_go_out_as_one_ack() {
+        let o = Outbound::new(1 << 20, 131_072);
+        o.open_channel(1);
+        for seq in 1..=5 {
+            o.confirm_wait(1, seq);
+        }
+        o.confirm_published(1, 5);
+        for seq in 1..=5 {
+            o.confirm_durable(1, seq, true);
+        }
+        assert_eq!(written(&o).await, [ack(5, true)]);
+    }
+
+    #[tokio::test]
+    async fn acks_are_not_merged_across_a_nack_or_backwards() {
+        let o = Outbound::new(1 << 20, 131_072);
+        o.open_channel(1);
+        for seq in 1..=6 {
+            o.confirm_wait(1, seq);
+        }
+        o.confirm_published(1, 6);
+        o.confirm_durable(1, 1, true); // ack 1
+        o.confirm_durable(1, 3, true); // waits for 2
+        o.confirm_durable(1, 2, false); // nack 2, then ack up to 3
+        o.confirm_durable(1, 4, true); // merges with that ack
+        o.confirm_durable(1, 6, true); // waits for 5
+        o.confirm_durable(1, 5, true);
+        assert_eq!(
+            written(&o).await,
+            [
+                ack(1, false),
+                Method::BasicNack(pier_wire::BasicNack {
+                    delivery_tag: 2,
+                    multiple: false,
+                    requeue: false,
+                }),
+                ack(6, true),
+            ]
+        );
     }
 }
