@@ -46,6 +46,44 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     rmp_serde::from_slice(b)
 }
 
+thread_local! {
+    /// The record being decoded by [`decode_shared`], for [`shared_bytes`].
+    static SOURCE: std::cell::RefCell<Option<Bytes>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes a record the store handed out as `Bytes`: byte strings in it (a quorum queue's
+/// entry, with the message bodies it carries) come out as slices of the record instead of
+/// copies (see [`shared_bytes`]). Each read of a log entry — replication to every follower,
+/// applying it — copied a batch of bodies before.
+pub(crate) fn decode_shared<T: serde::de::DeserializeOwned>(
+    b: &Bytes,
+) -> Result<T, rmp_serde::decode::Error> {
+    let previous = SOURCE.with(|s| s.replace(Some(b.clone())));
+    let r = rmp_serde::from_slice(b);
+    SOURCE.with(|s| *s.borrow_mut() = previous);
+    r
+}
+
+/// `v`, a byte string borrowed from the input being deserialized: a slice of the record
+/// when [`decode_shared`] decodes one that holds it, else a copy.
+pub(crate) fn shared_bytes(v: &[u8]) -> Bytes {
+    SOURCE.with(|s| {
+        let s = s.borrow();
+        match s.as_ref() {
+            Some(src) => {
+                let (start, end) = (src.as_ptr() as usize, src.as_ptr() as usize + src.len());
+                let at = v.as_ptr() as usize;
+                if at >= start && at + v.len() <= end {
+                    src.slice_ref(v)
+                } else {
+                    Bytes::copy_from_slice(v)
+                }
+            }
+            None => Bytes::copy_from_slice(v),
+        }
+    })
+}
+
 /// A group's log: a [`LogStore`] seen through openraft's storage traits.
 pub struct RaftLog<S: LogStore, C = TypeConfig> {
     store: Arc<S>,
@@ -122,7 +160,7 @@ impl<S: LogStore, C: GroupTypes> RaftLogReader<C> for RaftLog<S, C> {
         let records = self.store.read(range_of(&range)).map_err(read_err)?;
         records
             .iter()
-            .map(|(_, b)| decode::<openraft::Entry<C>>(b).map_err(read_err))
+            .map(|(_, b)| decode_shared::<openraft::Entry<C>>(b).map_err(read_err))
             .collect()
     }
 }

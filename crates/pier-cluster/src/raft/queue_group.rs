@@ -75,6 +75,12 @@ impl<'de> serde::de::Visitor<'de> for EntryVisitor {
         QueueEntry::decode(&Bytes::copy_from_slice(v)).map_err(E::custom)
     }
 
+    /// Borrowed from the input: from a log record, the entry (and its bodies) are slices of
+    /// it (`decode_shared`).
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<QueueEntry, E> {
+        QueueEntry::decode(&super::log_adapter::shared_bytes(v)).map_err(E::custom)
+    }
+
     fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<QueueEntry, E> {
         QueueEntry::decode(&Bytes::from(v)).map_err(E::custom)
     }
@@ -475,5 +481,55 @@ impl RaftStateMachine<QueueTypeConfig> for QueueStateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data.as_ref().clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::quorum::QueueOp;
+    use crate::raft::log_adapter::{decode_shared, encode};
+    use openraft::testing::log_id;
+    use pier_broker::message::Message;
+    use pier_wire::{BasicProperties, ShortString};
+
+    /// An entry read from the log carries its bodies as slices of the record (no copy);
+    /// decoded from anything else (a peer's frame), as copies.
+    #[test]
+    fn entries_read_from_the_log_share_the_record() {
+        let body = Bytes::from(vec![7u8; 4096]);
+        let m = Message::new(
+            ShortString::from("x"),
+            ShortString::from("k"),
+            BasicProperties::default(),
+            body.clone(),
+        );
+        let entry: openraft::Entry<QueueTypeConfig> = openraft::Entry {
+            log_id: log_id(1, 1, 5),
+            payload: EntryPayload::Normal(QueueEntry {
+                at: 1,
+                unix: 2,
+                op: QueueOp::enqueue(&m, None),
+            }),
+        };
+        let record = encode(&entry).unwrap();
+        let within = |b: &Bytes| {
+            let (start, at) = (record.as_ptr() as usize, b.as_ptr() as usize);
+            at >= start && at + b.len() <= start + record.len()
+        };
+        let body_of = |e: &openraft::Entry<QueueTypeConfig>| match &e.payload {
+            EntryPayload::Normal(QueueEntry {
+                op: QueueOp::Enqueue { body, .. },
+                ..
+            }) => body.clone(),
+            _ => panic!("not an enqueue"),
+        };
+        let shared: openraft::Entry<QueueTypeConfig> = decode_shared(&record).unwrap();
+        assert_eq!(shared, entry);
+        assert!(within(&body_of(&shared)));
+        let copied: openraft::Entry<QueueTypeConfig> = decode(&record).unwrap();
+        assert_eq!(copied, entry);
+        assert!(!within(&body_of(&copied)));
     }
 }
