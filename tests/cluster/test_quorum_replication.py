@@ -624,6 +624,48 @@ def test_a_policy_set_after_declaration_reaches_every_member(cluster_factory):
     conn.close()
 
 
+def test_a_policy_change_made_while_the_queue_had_no_leader_still_arrives(cluster_factory):
+    """A policy change reaches a quorum queue through its log, proposed by every node that
+    applies it. Made while the group can elect no leader (its leader dead, its other two
+    members cut off from each other; the five-node cluster's metadata still has a
+    majority), every proposal gives up after the write deadline (10 s). Once the two can
+    elect again, a member proposes it again (before, it waited for the next change)."""
+    c = cluster_factory(5)
+    # A group without the metadata leader (which must keep reaching both members left).
+    meta = c.leader()
+    for i, n1 in enumerate(n for n in c.nodes if n is not meta):
+        q = f"qq-later-{i}"
+        conn = connect(n1)
+        conn.channel().queue_declare(q, durable=True,
+                                     arguments={**QQ, "x-quorum-initial-group-size": 3})
+        conn.close()
+        members = queue_info(n1, q)["members"]
+        if meta.name not in members:
+            break
+    assert len(members) == 3 and n1.name in members and meta.name not in members, \
+        (meta.name, members)
+    wait_for("the declaring node leads", lambda: queue_info(n1, q).get("leader") == n1.name)
+    publish_via(n1, q, [f"m{i}" for i in range(20)])
+    b, m = [c.node(x) for x in members if x != n1.name]
+    others = [n for n in c.nodes if n.name not in members]
+    n1.kill()
+    c.netns.cut(b.ip, m.ip)
+    code, body = others[0].api("PUT", "/api/policies/%2F/qq-later-limit", {
+        "pattern": "^qq-later-", "apply-to": "queues", "definition": {"max-length": 5}},
+        timeout=60)
+    assert code in (201, 204), body
+    for n in (b, m):
+        wait_for(f"{n.name} has the policy",
+                 lambda n=n: queue_info(n, q).get("policy") == "qq-later-limit")
+    # Every proposal gives up (no leader for longer than a write waits).
+    time.sleep(13)
+    assert queue_info(b, q)["messages"] == 20
+    c.netns.heal()
+    for n in (b, m):
+        wait_for(f"{n.name} holds 5", lambda n=n: queue_info(n, q).get("messages") == 5,
+                 timeout=40)
+
+
 def test_a_leader_locator_policy_places_leaders(cluster_factory):
     """The `queue-leader-locator` policy key: quorum queues declared through one node with
     no argument lead from the members leading the fewest (balanced), not all from it."""

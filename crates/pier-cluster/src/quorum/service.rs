@@ -181,6 +181,12 @@ struct Shared {
     /// This node's consumers (global ids) seen in the group's state: one that is gone from
     /// it while still subscribed here was cancelled by the leader (`reconcile_consumers`).
     seen_consumers: Mutex<HashSet<u64>>,
+    /// The newest policy change this node asked the queue to take (metadata log index and
+    /// settings): the member proposes it again until it is applied (a proposal fails when
+    /// the group finds no leader for longer than a write waits, e.g. with a majority of its
+    /// members down; the change would otherwise wait for the next one).
+    /// Proposed again once a write's deadline passed since the last try.
+    policy_wanted: Mutex<Option<(u64, Box<pier_broker::args::PolicySettings>, Instant)>>,
 }
 
 impl Shared {
@@ -512,6 +518,7 @@ impl QuorumService {
             ops_since_snapshot: AtomicU64::new(0),
             dead_letters: Mutex::new(Default::default()),
             seen_consumers: Mutex::new(HashSet::new()),
+            policy_wanted: Mutex::new(None),
         });
         *lock(&link.shared) = Some(Arc::clone(&shared));
         let members = home.members.clone();
@@ -1041,6 +1048,12 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
             shared.ops_since_snapshot.store(0, Ordering::Relaxed);
         }
         reconcile_consumers(&shared, &consumers);
+        if let Some(op) = policy_to_retry(&shared) {
+            // Through the queue's writer, to wherever the leader is.
+            if let Some(link) = shared.service.upgrade().and_then(|s| s.link_of(&shared)) {
+                link.write(op, None);
+            }
+        }
         if !shared.leading.load(Ordering::Acquire) {
             continue;
         }
@@ -1049,6 +1062,7 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
         if due {
             ops.push(QueueOp::Tick);
         }
+
         if let Some(service) = shared.service.upgrade() {
             if let Some(node) = service.node() {
                 for c in &consumers {
@@ -1069,6 +1083,26 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
             let _ = raft.client_write(entry).await;
         }
     }
+}
+
+/// A policy change this node asked for and the queue has not applied yet, proposed again
+/// (a duplicate of one still on its way is harmless: members apply each version once).
+fn policy_to_retry(shared: &Shared) -> Option<QueueOp> {
+    let mut wanted = lock(&shared.policy_wanted);
+    let (version, settings, tried) = wanted.as_mut()?;
+    if lock(&shared.machine).policy_version() >= *version {
+        *wanted = None;
+        return None;
+    }
+    if tried.elapsed() < WRITE_DEADLINE {
+        return None;
+    }
+    *tried = Instant::now();
+    tracing::info!(vhost = %shared.vhost, queue = %shared.name, version = *version, "a policy change the quorum queue has not applied is proposed again");
+    Some(QueueOp::Reconfigure {
+        version: *version,
+        settings: settings.clone(),
+    })
 }
 
 /// The leader routes again the kept (at-least-once) dead letters that are not on their way,
@@ -1828,6 +1862,10 @@ impl QueueLink for QuorumLink {
         if let Some(s) = lock(&self.shared).as_ref() {
             if lock(&s.machine).policy_version() >= version {
                 return;
+            }
+            let mut wanted = lock(&s.policy_wanted);
+            if wanted.as_ref().is_none_or(|(v, _, _)| *v < version) {
+                *wanted = Some((version, Box::new(settings.clone()), Instant::now()));
             }
         }
         let rx = self.ask(QueueOp::Reconfigure {
