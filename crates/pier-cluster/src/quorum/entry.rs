@@ -118,6 +118,37 @@ pub struct QueueEntry {
     pub at: u64,
     pub unix: u64,
     pub op: QueueOp,
+    /// Its encoding once made or decoded from: a proposed entry goes to the log and to
+    /// every follower, each encoding it again before (a batch of bodies copied each time).
+    /// An entry is not changed once encoded (`set_clock` is for before).
+    pub(crate) raw: Encoded,
+}
+
+/// A cached encoding; ignored by equality (the fields say what the entry is).
+#[derive(Clone, Default)]
+pub(crate) struct Encoded(std::sync::OnceLock<Bytes>);
+
+impl PartialEq for Encoded {
+    fn eq(&self, _: &Encoded) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
+}
+
+impl Default for QueueEntry {
+    fn default() -> Self {
+        QueueEntry {
+            at: 0,
+            unix: 0,
+            op: QueueOp::Tick,
+            raw: Encoded::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -349,11 +380,23 @@ impl QueueEntry {
     }
 
     pub fn to_bytes(&self) -> Result<Bytes, EntryError> {
+        if let Some(b) = self.raw.0.get() {
+            return Ok(b.clone());
+        }
         // Sized up front: a batch of a few hundred bodies would otherwise grow (and copy)
         // the buffer a dozen times.
         let mut out = BytesMut::with_capacity(17 + self.op.size_hint());
         self.encode(&mut out)?;
-        Ok(out.freeze())
+        let b = out.freeze();
+        let _ = self.raw.0.set(b.clone());
+        Ok(b)
+    }
+
+    /// Sets the leader's clocks (before the entry is encoded: forgets any encoding).
+    pub fn set_clock(&mut self, at: u64, unix: u64) {
+        self.at = at;
+        self.unix = unix;
+        self.raw = Encoded::default();
     }
 
     /// Decodes one entry (the whole of `input`); bodies are zero-copy slices of it.
@@ -370,7 +413,9 @@ impl QueueEntry {
         if r.pos != input.len() {
             return Err(EntryError::Invalid("trailing bytes"));
         }
-        Ok(QueueEntry { at, unix, op })
+        let raw = Encoded::default();
+        let _ = raw.0.set(input.clone());
+        Ok(QueueEntry { at, unix, op, raw })
     }
 }
 
@@ -732,7 +777,7 @@ pub(crate) mod tests {
     proptest! {
         #[test]
         fn entries_round_trip(op in op_strategy(), at in any::<u64>(), unix in any::<u64>()) {
-            let e = QueueEntry { at, unix, op };
+            let e = QueueEntry { at, unix, op, ..Default::default() };
             let b = e.to_bytes().unwrap();
             prop_assert_eq!(QueueEntry::decode(&b).unwrap(), e);
         }
@@ -740,7 +785,7 @@ pub(crate) mod tests {
         /// Any cut or any changed byte decodes to an error or to some entry: never a panic.
         #[test]
         fn damaged_entries_never_panic(op in op_strategy(), cut in any::<usize>(), at in any::<usize>(), x in any::<u8>()) {
-            let b = QueueEntry { at: 1, unix: 2, op }.to_bytes().unwrap();
+            let b = QueueEntry { at: 1, unix: 2, op, ..Default::default() }.to_bytes().unwrap();
             let cut = cut % (b.len() + 1);
             let _ = QueueEntry::decode(&b.slice(..cut));
             let mut v = b.to_vec();
@@ -768,6 +813,7 @@ pub(crate) mod tests {
             at: 5,
             unix: 6,
             op: QueueOp::enqueue(&m, Some((1, 2))),
+            ..Default::default()
         };
         let back = QueueEntry::decode(&e.to_bytes().unwrap()).unwrap();
         assert_eq!(message_of(&back.op).unwrap(), m);
@@ -786,5 +832,25 @@ pub(crate) mod tests {
             QueueEntry::decode(&b.freeze()),
             Err(EntryError::Truncated("offsets"))
         );
+    }
+
+    /// An entry is encoded once: again it is the same bytes, decoded it is its input, and
+    /// new clocks forget the encoding.
+    #[test]
+    fn an_entry_keeps_its_encoding() {
+        let mut e = QueueEntry {
+            op: QueueOp::Settle(vec![1, 2, 3]),
+            ..Default::default()
+        };
+        e.set_clock(5, 6);
+        let a = e.to_bytes().unwrap();
+        assert_eq!(a.as_ptr(), e.to_bytes().unwrap().as_ptr());
+        let d = QueueEntry::decode(&a).unwrap();
+        assert_eq!(d, e);
+        assert_eq!(d.to_bytes().unwrap().as_ptr(), a.as_ptr());
+        e.set_clock(7, 8);
+        let b = e.to_bytes().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(QueueEntry::decode(&b).unwrap().at, 7);
     }
 }

@@ -515,6 +515,7 @@ mod tests {
                 properties: BasicProperties::default().to_bytes().unwrap(),
                 body: Bytes::from_static(body.as_bytes()),
             },
+            ..Default::default()
         }
     }
 
@@ -535,6 +536,7 @@ mod tests {
                     credit: None,
                 },
             },
+            ..Default::default()
         }
     }
 
@@ -567,6 +569,7 @@ mod tests {
                     at: i as u64 * 10,
                     unix: 1_700_000_000_000 + i as u64 * 10,
                     op,
+                    ..Default::default()
                 }
                 .to_bytes()
                 .unwrap()
@@ -630,7 +633,7 @@ mod tests {
         ) {
             let mut m = QueueMachine::new(config());
             for (i, op) in ops.into_iter().enumerate() {
-                m.apply(i as u64 + 1, &QueueEntry { at: i as u64, unix: 0, op });
+                m.apply(i as u64 + 1, &QueueEntry { at: i as u64, unix: 0, op, ..Default::default() });
             }
             let bytes = m.snapshot_bytes().unwrap().unwrap();
             let short = bytes.slice(..cut.index(bytes.len()));
@@ -658,6 +661,7 @@ mod tests {
                 at: 3,
                 unix: 0,
                 op: QueueOp::Discard(vec![offset]),
+                ..Default::default()
             },
         );
         assert!(a.effects.iter().any(|e| matches!(
@@ -680,6 +684,7 @@ mod tests {
                 at: 4,
                 unix: 0,
                 op: QueueOp::DeadLettered(vec![offset]),
+                ..Default::default()
             },
         );
         assert!(r.kept_dead_letters(|_| true).is_empty());
@@ -710,11 +715,13 @@ mod tests {
                 at: 3,
                 unix: 0,
                 op: QueueOp::Cancel { consumer: 7 },
+                ..Default::default()
             },
             QueueEntry {
                 at: 3,
                 unix: 0,
                 op: QueueOp::Return(vec![offset]),
+                ..Default::default()
             },
         ]
         .iter()
@@ -756,6 +763,7 @@ mod tests {
                     })
                     .collect(),
             ),
+            ..Default::default()
         }
     }
 
@@ -830,6 +838,7 @@ mod tests {
             op: QueueOp::Get {
                 ack_required: false,
             },
+            ..Default::default()
         };
         for _ in 0..50 {
             let (l, _) = apply(&mut leader, &mut follower, get.clone());
@@ -861,6 +870,7 @@ mod tests {
                     ..PolicySettings::default()
                 }),
             },
+            ..Default::default()
         }
     }
 

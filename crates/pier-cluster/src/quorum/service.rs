@@ -856,8 +856,7 @@ fn stamp(shared: &Shared, entry: &mut QueueEntry) {
     let now = unix_ms();
     let at = now.max(shared.last_at.load(Ordering::Relaxed));
     shared.last_at.store(at, Ordering::Relaxed);
-    entry.at = at;
-    entry.unix = now;
+    entry.set_clock(at, now);
 }
 
 /// With `--quorum-heartbeats false` (decision 0009): starts elections in this node's
@@ -986,6 +985,7 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
                         at: 0,
                         unix: 0,
                         op: QueueOp::Return(offsets),
+                        ..Default::default()
                     };
                     stamp(&shared, &mut entry);
                     let _ = raft.client_write(entry).await;
@@ -1078,7 +1078,12 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
             }
         }
         for op in ops {
-            let mut entry = QueueEntry { at: 0, unix: 0, op };
+            let mut entry = QueueEntry {
+                at: 0,
+                unix: 0,
+                op,
+                ..Default::default()
+            };
             stamp(&shared, &mut entry);
             let _ = raft.client_write(entry).await;
         }
@@ -1244,7 +1249,12 @@ impl QuorumLink {
     fn write(&self, op: QueueOp, done: Option<Done>) {
         let Some(tx) = self.writes.get() else { return };
         let w = Write {
-            entry: QueueEntry { at: 0, unix: 0, op },
+            entry: QueueEntry {
+                at: 0,
+                unix: 0,
+                op,
+                ..Default::default()
+            },
             done,
             attempts: 0,
         };
@@ -1316,6 +1326,8 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         if let QueueOp::Enqueue { publisher: p, .. } = &mut w.entry.op {
             seq += 1;
             *p = Some((publisher, seq));
+            // Changed: an encoding made before would be stale (none is, by now).
+            w.entry.raw = Default::default();
         }
         w
     };
@@ -1569,7 +1581,12 @@ fn batch_entry(ops: Vec<QueueOp>) -> QueueEntry {
         Ok([one]) => one,
         Err(many) => QueueOp::Batch(many),
     };
-    QueueEntry { at: 0, unix: 0, op }
+    QueueEntry {
+        at: 0,
+        unix: 0,
+        op,
+        ..Default::default()
+    }
 }
 
 /// The answers to `n` ops written as one entry (`batch_entry`), one per op; `None` when the

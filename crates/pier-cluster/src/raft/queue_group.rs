@@ -34,7 +34,7 @@ pub enum QueueReply {
     /// A publish: `false` when the queue refused it (`x-overflow: reject-publish`).
     Enqueued(bool),
     /// basic.get: what it took (encoded [`GotMessage`]), and the ready messages left.
-    Got(Option<GotMessage>, u64),
+    Got(Option<Box<GotMessage>>, u64),
     /// Purge: the messages dropped.
     Dropped(u64),
     /// A consumer refused: 404 (the queue is gone) or 403 (an exclusive consumer).
@@ -329,14 +329,15 @@ fn reply_of_one(
                     at: 0,
                     unix: 0,
                     op: crate::quorum::QueueOp::enqueue(message, None),
+                    ..Default::default()
                 };
-                Some(GotMessage {
+                Some(Box::new(GotMessage {
                     offset: d.offset,
                     redelivered: d.redelivered,
                     returns: d.returns,
                     enqueued_at: d.enqueued_at,
                     message: entry,
-                })
+                }))
             });
             QueueReply::Got(got, *remaining)
         }
@@ -511,6 +512,7 @@ mod tests {
                 at: 1,
                 unix: 2,
                 op: QueueOp::enqueue(&m, None),
+                ..Default::default()
             }),
         };
         let record = encode(&entry).unwrap();
