@@ -181,11 +181,10 @@ struct Shared {
     /// This node's consumers (global ids) seen in the group's state: one that is gone from
     /// it while still subscribed here was cancelled by the leader (`reconcile_consumers`).
     seen_consumers: Mutex<HashSet<u64>>,
-    /// The newest policy change this node asked the queue to take (metadata log index and
-    /// settings): the member proposes it again until it is applied (a proposal fails when
-    /// the group finds no leader for longer than a write waits, e.g. with a majority of its
-    /// members down; the change would otherwise wait for the next one).
-    /// Proposed again once a write's deadline passed since the last try.
+    /// The newest policy change this node asked the queue to take (metadata log index,
+    /// settings, last try): the member proposes it again, once a write's deadline passed
+    /// since the last try, until it is applied (a proposal fails when the group finds no
+    /// leader for longer than a write waits; the change would otherwise wait for the next).
     policy_wanted: Mutex<Option<(u64, Box<pier_broker::args::PolicySettings>, Instant)>>,
 }
 
@@ -982,8 +981,6 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
                 let offsets = lock(&shared.machine).engine().checked_out_offsets();
                 if !offsets.is_empty() {
                     let mut entry = QueueEntry {
-                        at: 0,
-                        unix: 0,
                         op: QueueOp::Return(offsets),
                         ..Default::default()
                     };
@@ -1062,7 +1059,6 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
         if due {
             ops.push(QueueOp::Tick);
         }
-
         if let Some(service) = shared.service.upgrade() {
             if let Some(node) = service.node() {
                 for c in &consumers {
@@ -1079,8 +1075,6 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
         }
         for op in ops {
             let mut entry = QueueEntry {
-                at: 0,
-                unix: 0,
                 op,
                 ..Default::default()
             };
@@ -1250,8 +1244,6 @@ impl QuorumLink {
         let Some(tx) = self.writes.get() else { return };
         let w = Write {
             entry: QueueEntry {
-                at: 0,
-                unix: 0,
                 op,
                 ..Default::default()
             },
@@ -1582,8 +1574,6 @@ fn batch_entry(ops: Vec<QueueOp>) -> QueueEntry {
         Err(many) => QueueOp::Batch(many),
     };
     QueueEntry {
-        at: 0,
-        unix: 0,
         op,
         ..Default::default()
     }

@@ -326,8 +326,6 @@ fn reply_of_one(
             let got = delivery.as_ref().and_then(|d| {
                 let message = d.message.as_ref()?;
                 let entry = QueueEntry {
-                    at: 0,
-                    unix: 0,
                     op: crate::quorum::QueueOp::enqueue(message, None),
                     ..Default::default()
                 };

@@ -675,14 +675,20 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn confirms_answered_one_by_one_go_out_as_one_ack() {
+    /// An outbound whose channel 1 routed publishes 1..=n, each waiting for the disk.
+    fn publishing(n: u64) -> Arc<Outbound> {
         let o = Outbound::new(1 << 20, 131_072);
         o.open_channel(1);
-        for seq in 1..=5 {
+        for seq in 1..=n {
             o.confirm_wait(1, seq);
         }
-        o.confirm_published(1, 5);
+        o.confirm_published(1, n);
+        o
+    }
+
+    #[tokio::test]
+    async fn confirms_answered_one_by_one_go_out_as_one_ack() {
+        let o = publishing(5);
         for seq in 1..=5 {
             o.confirm_durable(1, seq, true);
         }
@@ -691,12 +697,7 @@ mod tests {
 
     #[tokio::test]
     async fn acks_are_not_merged_across_a_nack_or_backwards() {
-        let o = Outbound::new(1 << 20, 131_072);
-        o.open_channel(1);
-        for seq in 1..=6 {
-            o.confirm_wait(1, seq);
-        }
-        o.confirm_published(1, 6);
+        let o = publishing(6);
         o.confirm_durable(1, 1, true); // ack 1
         o.confirm_durable(1, 3, true); // waits for 2
         o.confirm_durable(1, 2, false); // nack 2, then ack up to 3
