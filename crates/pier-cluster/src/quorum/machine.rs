@@ -633,7 +633,8 @@ mod tests {
         ) {
             let mut m = QueueMachine::new(config());
             for (i, op) in ops.into_iter().enumerate() {
-                m.apply(i as u64 + 1, &QueueEntry { at: i as u64, unix: 0, op, ..Default::default() });
+                let at = i as u64;
+                m.apply(at + 1, &QueueEntry { at, op, ..Default::default() });
             }
             let bytes = m.snapshot_bytes().unwrap().unwrap();
             let short = bytes.slice(..cut.index(bytes.len()));

@@ -4,8 +4,9 @@
 //! every count is checked against what is left before anything is built.
 //!
 //! ```text
-//!  u8 version (3; 1 and 2 are still read) · u64 next_offset · u64 round_robin · u8 flags (1 had_consumers,
-//!  2 deleted) · u64 last_used · u64 next_expiry · u64 next_timeout_check · 4 × u64 counters
+//!  u8 version (3; 1 and 2 are still read) · u64 next_offset · u64 round_robin ·
+//!  u8 flags (1 had_consumers, 2 deleted) · u64 last_used · u64 next_expiry ·
+//!  u64 next_timeout_check · 4 × u64 counters
 //!  u32 levels × { u32 n × entry · u32 n × (entry u32 returns) }
 //!  u32 n × checked out { u8 has_consumer u64 consumer · entry · u32 returns · u8 level ·
 //!                        u64 delivered_at }

@@ -96,8 +96,9 @@ impl QueueEngine {
     }
 
     /// Takes the head of the next level (`next_level`: the highest non-empty one but for
-    /// quorum queues' two levels), in memory or paged, with its return count and level. A paged head goes out without its body; with `read_ahead` the next
-    /// batch of the tail is asked for too, so the runtime reads them in one go.
+    /// quorum queues' two levels), in memory or paged, with its return count and level. A
+    /// paged head goes out without its body; with `read_ahead` the next batch of the tail
+    /// is asked for too, so the runtime reads them in one go.
     pub(super) fn take_head(
         &mut self,
         now: u64,
