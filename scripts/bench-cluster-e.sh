@@ -34,58 +34,9 @@ done
 [ -x "$BIN" ] || { echo "no pier binary at $BIN (cargo build --release -p pier)" >&2; exit 1; }
 
 WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-api() { # api HOST METHOD PATH [BODY]
-    curl -fsS -u guest:guest -X "$2" -H 'content-type: application/json' \
-        ${4:+--data "$4"} "http://$1:15672/api$3"
-}
-
-wait_http() {
-    for _ in $(seq 1 300); do
-        api "$1" GET /overview >/dev/null 2>&1 && return 0
-        sleep 0.2
-    done
-    echo "node on $1 did not come up" >&2; exit 1
-}
-
-start_cluster() {
-    local peers=127.0.0.1:26672,127.0.0.2:26672,127.0.0.3:26672 i
-    for i in 1 2 3; do
-        "$BIN" server --bind "127.0.0.$i" --data-dir "$WORK/c$1-n$i" --node-name "pier@n$i" \
-            --cluster-port 26672 --peers "$peers" >"$WORK/c$1-n$i.log" 2>&1 &
-        PIDS+=($!)
-    done
-    for i in 1 2 3; do wait_http "127.0.0.$i"; done
-    for _ in $(seq 1 300); do
-        if api 127.0.0.1 GET /pier/cluster 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-sys.exit(0 if len(s.get("running_nodes", [])) == 3 and s.get("leader") else 1)'; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    echo "the cluster did not form" >&2; exit 1
-}
-
-start_single() {
-    "$BIN" server --bind 127.0.0.1 --data-dir "$WORK/s$1" >"$WORK/s$1.log" 2>&1 &
-    PIDS+=($!)
-    wait_http 127.0.0.1
-}
-
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
+# shellcheck source=scripts/lib/nodes.sh
+. "$ROOT/scripts/lib/nodes.sh"
+trap nodes_cleanup EXIT
 
 declare_queues() { # declare_queues HOST PREFIX
     local i
@@ -102,7 +53,7 @@ uri() { echo "amqp://guest:guest@$1:5672/%2F"; }
 declare -A RESULTS
 for run in $(seq 1 "$RUNS"); do
     # Cluster: queues on node 3, producers on node 1, consumers on node 2.
-    start_cluster "$run"
+    start_pier 3 "c$run"
     declare_queues 127.0.0.3 "e$run-"
     "$BIN" bench --uri "$(uri 127.0.0.2)" -x 0 -y 4 --queues 4 --queue-prefix "e$run-" \
         --autoack --time "$TIME" --no-declare --json --quiet >"$WORK/cons.json" 2>/dev/null &
@@ -112,24 +63,24 @@ for run in $(seq 1 "$RUNS"); do
     wait "$cons"
     RESULTS[cluster]+="$(consumed_rate "$WORK/cons.json") "
     RESULTS[cluster-published]+="$(python3 -c 'import json,sys; print(round(json.load(sys.stdin)["publish_rate"]))' <"$WORK/prod.json") "
-    stop_all
+    stop_pier
 
     # One node, durable queues declared first, everything on it.
-    start_single "$run"
+    start_pier 1 "s$run"
     declare_queues 127.0.0.1 "e$run-"
     "$BIN" bench --uri "$(uri 127.0.0.1)" -x 4 -y 4 --queues 4 --queue-prefix "e$run-" \
         --size 256 --autoack --time "$TIME" --no-declare --json --quiet \
         >"$WORK/single.json" 2>/dev/null
     RESULTS[single]+="$(consumed_rate "$WORK/single.json") "
-    stop_all
+    stop_pier
 
     # One node, scenario E as bench-compare.sh runs it.
-    start_single "t$run"
+    start_pier 1 "t$run"
     "$BIN" bench --uri "$(uri 127.0.0.1)" -x 4 -y 4 --queues 4 --queue-prefix "t$run-" \
         --size 256 --autoack --time "$TIME" --delete-queues --json --quiet \
         >"$WORK/single-t.json" 2>/dev/null
     RESULTS[single-t]+="$(consumed_rate "$WORK/single-t.json") "
-    stop_all
+    stop_pier
     echo "run $run: cluster ${RESULTS[cluster]}| single ${RESULTS[single]}| single-t ${RESULTS[single-t]}" >&2
 done
 

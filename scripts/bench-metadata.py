@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""Metadata throughput of a broker or cluster over the management HTTP API: durable queue
-declares per second, then bindings per second, with C concurrent clients spread over the
-nodes (client i talks to node i mod N). Works against Pier and RabbitMQ alike.
+"""Metadata throughput of a broker or cluster: durable queue declares per second, then
+bindings per second, with C concurrent clients spread over the nodes (client i talks to
+node i mod N), over the management HTTP API or over AMQP 0-9-1. Works against Pier and
+RabbitMQ alike.
 
     scripts/bench-metadata.py --nodes http://127.0.0.11:6673,http://127.0.0.12:6673,... \
+        [--amqp amqp://127.0.0.11:5672,amqp://127.0.0.12:5672,...] \
         [--count 3000] [--concurrency 32] [--user guest --password guest]
 
-Each operation is one HTTP request on a kept-alive connection; a change counts when the
-broker has answered it (for a Pier cluster: committed by a majority and applied on the node
-asked). Everything happens in a fresh vhost `bench-metadata`, deleted at the end.
+Over HTTP each operation is one request on a kept-alive connection; over AMQP (--amqp) each
+client has one connection and one channel and waits for queue.declare-ok / queue.bind-ok
+before its next operation (the management URLs then only set up and clean up). A change
+counts when the broker has answered it (for a Pier cluster: committed by a majority and
+applied on the node asked). Everything happens in a fresh vhost `bench-metadata`, deleted
+at the end.
 """
 
 from __future__ import annotations
@@ -48,15 +53,46 @@ class Client:
         return 0
 
 
+class AmqpClient:
+    """One AMQP connection and channel; `call` takes the HTTP client's requests and does
+    the same over AMQP (queue.declare durable, queue.bind)."""
+
+    def __init__(self, url: str, user: str, password: str):
+        import pika  # only the AMQP mode needs it
+
+        u = urllib.parse.urlparse(url)
+        params = pika.ConnectionParameters(
+            host=u.hostname, port=u.port or 5672, virtual_host=VHOST,
+            credentials=pika.PlainCredentials(user, password), heartbeat=0,
+            blocked_connection_timeout=60)
+        self.conn = pika.BlockingConnection(params)
+        self.ch = self.conn.channel()
+
+    def call(self, method: str, path: str, body: dict | None = None) -> int:
+        name = path.rsplit("/", 1)[-1]
+        try:
+            if method == "PUT":
+                self.ch.queue_declare(queue=name, durable=True)
+            else:
+                self.ch.queue_bind(queue=name, exchange="bench.x",
+                                   routing_key=(body or {})["routing_key"])
+            return 200
+        except Exception:  # a closed channel: count it, carry on with a new one
+            self.ch = self.conn.channel()
+            return 0
+
+
 def run(nodes: list[str], user: str, password: str, count: int, concurrency: int,
-        make_request) -> tuple[float, int]:
+        make_request, client=None) -> tuple[float, int]:
     """Runs `count` requests over `concurrency` threads; returns (ops/s, failures)."""
+    client = client or Client
+    clients = [client(nodes[k % len(nodes)], user, password) for k in range(concurrency)]
     failures = [0]
     lock = threading.Lock()
     next_index = [0]
 
     def worker(k: int) -> None:
-        c = Client(nodes[k % len(nodes)], user, password)
+        c = clients[k]
         while True:
             with lock:
                 i = next_index[0]
@@ -84,6 +120,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--user", default="guest")
     ap.add_argument("--password", default="guest")
+    ap.add_argument("--amqp", default="",
+                    help="comma-separated amqp:// URLs: declare and bind over AMQP")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     nodes = args.nodes.split(",")
@@ -97,16 +135,18 @@ def main() -> None:
                       {"type": "direct", "durable": True}) in (201, 204)
     # Every node has the vhost before the clients start (RabbitMQ and Pier alike).
     time.sleep(1)
+    targets, client = (args.amqp.split(","), AmqpClient) if args.amqp else (nodes, Client)
     q_rate, q_fail = run(
-        nodes, args.user, args.password, args.count, args.concurrency,
-        lambda i: ("PUT", f"/api/queues/{v}/bench.q.{i}", {"durable": True}))
+        targets, args.user, args.password, args.count, args.concurrency,
+        lambda i: ("PUT", f"/api/queues/{v}/bench.q.{i}", {"durable": True}), client)
     b_rate, b_fail = run(
-        nodes, args.user, args.password, args.count, args.concurrency,
+        targets, args.user, args.password, args.count, args.concurrency,
         lambda i: ("POST", f"/api/bindings/{v}/e/bench.x/q/bench.q.{i}",
-                   {"routing_key": f"k{i}"}))
+                   {"routing_key": f"k{i}"}), client)
     admin.call("DELETE", f"/api/vhosts/{v}")
     print(json.dumps({
-        "label": args.label, "nodes": len(nodes), "count": args.count,
+        "label": args.label, "protocol": "amqp" if args.amqp else "http",
+        "nodes": len(targets), "count": args.count,
         "concurrency": args.concurrency,
         "queue_declares_per_s": round(q_rate), "queue_failures": q_fail,
         "binds_per_s": round(b_rate), "bind_failures": b_fail,

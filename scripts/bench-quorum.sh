@@ -41,105 +41,13 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -x "$BIN" ] || { echo "no pier binary at $BIN (cargo build --release -p pier)" >&2; exit 1; }
-command -v rabbitmq-server >/dev/null || { echo "rabbitmq-server is not installed" >&2; exit 1; }
 
 WORK="$(mktemp -d)"
-chmod 755 "$WORK"
-PIDS=()
-RABBITS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for n in "${RABBITS[@]}"; do rq "$n" stop >/dev/null 2>&1 || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib/nodes.sh
+. "$ROOT/scripts/lib/nodes.sh"
+trap nodes_cleanup EXIT
 
 C_ARGS=(-x 1 -y 1 -s 1024 -f -c 1000 -A 100 -q 1000 --quorum-queue --quiet --json)
-
-# ---- Pier ----
-api() { curl -fsS -u guest:guest -X "$2" -H 'content-type: application/json' \
-    ${4:+--data "$4"} "http://$1:15672/api$3"; }
-wait_http() {
-    for _ in $(seq 1 300); do api "$1" GET /overview >/dev/null 2>&1 && return 0; sleep 0.2; done
-    echo "node on $1 did not come up" >&2; exit 1
-}
-PIER_PIDS=()
-start_pier() { # start_pier NODES RUN
-    local peers=127.0.0.1:26672,127.0.0.2:26672,127.0.0.3:26672 i
-    PIER_PIDS=()
-    if [ "$1" = 1 ]; then
-        "$BIN" server --bind 127.0.0.1 --data-dir "$WORK/p1-$2" >"$WORK/p1-$2.log" 2>&1 &
-        PIER_PIDS+=($!); PIDS+=($!)
-        wait_http 127.0.0.1
-        return
-    fi
-    for i in 1 2 3; do
-        "$BIN" server --bind "127.0.0.$i" --data-dir "$WORK/p3-$2-n$i" --node-name "pier@n$i" \
-            --cluster-port 26672 --peers "$peers" --quorum-replication \
-            >"$WORK/p3-$2-n$i.log" 2>&1 &
-        PIER_PIDS+=($!); PIDS+=($!)
-    done
-    for i in 1 2 3; do wait_http "127.0.0.$i"; done
-    for _ in $(seq 1 300); do
-        if api 127.0.0.1 GET /pier/cluster 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-sys.exit(0 if len(s.get("running_nodes", [])) == 3 and s.get("leader") else 1)'; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    echo "the Pier cluster did not form" >&2; exit 1
-}
-stop_pier() {
-    for p in "${PIER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-}
-
-# ---- RabbitMQ ----
-RQ_HOME=/var/lib/rabbitmq
-rq_env() { # rq_env NODE-INDEX
-    local i="$1" d="$WORK/rq$1"
-    echo "HOME=$RQ_HOME RABBITMQ_NODENAME=rq$i@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-RABBITMQ_NODE_PORT=$((5780 + i)) RABBITMQ_DIST_PORT=$((25780 + i)) \
-RABBITMQ_MNESIA_BASE=$d/mnesia RABBITMQ_LOG_BASE=$d/log RABBITMQ_PID_FILE=$d/pid \
-RABBITMQ_CONFIG_FILE=$WORK/rq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$WORK/rq.plugins \
-RABBITMQ_USE_LONGNAME=false"
-}
-# From the rabbitmq user's home: the Erlang VM must be able to read its working directory.
-as_rabbit() { (cd "$RQ_HOME" && setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$@"); }
-rq() { # rq NODE-INDEX ctl-args...
-    local i="$1"; shift
-    as_rabbit env HOME=$RQ_HOME rabbitmqctl -n "rq$i@localhost" "$@"
-}
-start_rabbit() { # start_rabbit NODE-INDEX
-    local i="$1"
-    mkdir -p "$WORK/rq$i"
-    chown -R rabbitmq:rabbitmq "$WORK/rq$i"
-    # shellcheck disable=SC2046
-    as_rabbit env $(rq_env "$i") rabbitmq-server -detached
-    RABBITS+=("$i")
-    # await_startup needs the node registered first.
-    for _ in $(seq 1 120); do rq "$i" status >/dev/null 2>&1 && break; sleep 0.5; done
-    rq "$i" await_startup --timeout 120 >/dev/null
-}
-rabbit_setup() {
-    printf 'loopback_users = none\nlog.console = false\n' >"$WORK/rq.conf"
-    echo '[].' >"$WORK/rq.plugins"
-    chown rabbitmq:rabbitmq "$WORK/rq.conf" "$WORK/rq.plugins"
-}
-
-rss_kb() { # total RSS of the given pids
-    local t=0 p
-    for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done
-    echo "$t"
-}
-cpu_ticks() { # total utime+stime of the given pids
-    local t=0 p
-    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
-    echo "$t"
-}
-rabbit_pids() { local i; for i in "$@"; do echo "$(cat "$WORK/rq$i/pid")"; done; }
 
 RESULTS="$WORK/results.txt"
 : >"$RESULTS"
@@ -212,7 +120,7 @@ for run in $(seq 1 "$RUNS"); do
     start_pier 1 "$run"
     bench pier-1 "$run" --uri amqp://guest:guest@127.0.0.1:5672/%2F
     stop_pier
-    start_pier 3 "$run"
+    start_pier 3 "$run" --quorum-replication
     bench pier-3 "$run" --uri amqp://guest:guest@127.0.0.1:5672/%2F \
         --uris amqp://guest:guest@127.0.0.2:5672/%2F
     if [ "$run" = "$RUNS" ]; then
@@ -225,12 +133,7 @@ start_rabbit 1
 for run in $(seq 1 "$RUNS"); do
     bench rabbit-1 "$run" --uri amqp://guest:guest@127.0.0.1:5781/%2F
 done
-for i in 2 3; do
-    start_rabbit "$i"
-    rq "$i" stop_app >/dev/null
-    rq "$i" join_cluster rq1@localhost >/dev/null
-    rq "$i" start_app >/dev/null
-done
+for i in 2 3; do join_rabbit "$i"; done
 for run in $(seq 1 "$RUNS"); do
     bench rabbit-3 "$run" --uri amqp://guest:guest@127.0.0.1:5781/%2F \
         --uris amqp://guest:guest@127.0.0.1:5782/%2F
