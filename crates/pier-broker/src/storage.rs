@@ -785,11 +785,17 @@ fn policy_from_def(pd: &PolicyDef) -> Result<Policy, String> {
 /// A new durable, non-exclusive queue: its definition, and its place in the message store.
 /// Either failing refuses the declaration: a queue without a store would confirm persistent
 /// messages it never stored, one without a definition would lose them at the next restart.
-pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result<(), BrokerError> {
+/// Whether a queue has a durable record (durable and not exclusive).
+pub(crate) fn keeps_record(q: &Queue) -> bool {
     let o = q.options();
-    if !o.durable || o.exclusive_owner.is_some() {
+    o.durable && o.exclusive_owner.is_none()
+}
+
+pub(crate) fn queue_declared(s: &VhostStorage, vhost: &str, q: &Queue) -> Result<(), BrokerError> {
+    if !keeps_record(q) {
         return Ok(());
     }
+    let o = q.options();
     let what = || format!("queue '{}' in vhost '{vhost}'", q.name());
     let arguments = encode_arguments(&o.arguments).unwrap_or_default();
     s.definitions
@@ -838,7 +844,7 @@ pub(crate) fn queue_deleted(s: &VhostStorage, vhost: &str, q: &Queue) {
     );
 }
 
-fn binding_def(
+pub(crate) fn binding_def(
     vhost: &str,
     source: &str,
     destination: &Destination,
@@ -859,26 +865,160 @@ fn binding_def(
     }
 }
 
-pub(crate) fn binding_changed(
-    s: &VhostStorage,
-    vhost: &str,
-    source: &str,
-    destination: &Destination,
-    routing_key: &ShortString,
-    arguments: &FieldTable,
-    added: bool,
-) {
-    let def = binding_def(vhost, source, destination, routing_key, arguments);
+/// Stores (`added`) or forgets a binding's record.
+pub(crate) fn binding_changed(s: &VhostStorage, def: &BindingDef, added: bool) {
     if added {
-        log_err("binding", s.definitions.put_binding(&def));
+        log_err("binding", s.definitions.put_binding(def));
     } else {
-        log_err("binding deletion", s.definitions.delete_binding(&def));
+        log_err("binding deletion", s.definitions.delete_binding(def));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use pier_wire::FieldValue;
+
+    fn durable(name: &str, max_length: i64) -> QueueDeclare {
+        let mut arguments = FieldTable::new();
+        arguments.insert("x-max-length", FieldValue::LongLongInt(max_length));
+        QueueDeclare {
+            name: ShortString::from(name),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments,
+            connection: 1,
+        }
+    }
+
+    fn open(dir: &Path) -> (Arc<Broker>, Arc<BrokerStorage>) {
+        let broker = Arc::new(Broker::empty(Vec::new()));
+        broker.add_vhost("/");
+        let storage = Arc::new(BrokerStorage::open(dir, pier_store::SyncPolicy::Always).unwrap());
+        storage.recover(&broker).unwrap();
+        (broker, storage)
+    }
+
+    /// Durable declarations and bindings are stored outside the topology lock: declarations
+    /// of one name by many threads at once still make one queue (an inequivalent one is
+    /// refused), routing goes on meanwhile, and everything comes back after a restart.
+    #[test]
+    fn concurrent_durable_declarations_make_one_queue_and_are_all_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (broker, _storage) = open(dir.path());
+            let vh = broker.vhost("/").unwrap();
+            vh.declare_exchange(&ExchangeDeclare {
+                name: ShortString::from("x"),
+                kind: "direct".into(),
+                passive: false,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::new(),
+            })
+            .unwrap();
+            let routing = std::sync::atomic::AtomicBool::new(true);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    while routing.load(std::sync::atomic::Ordering::Acquire) {
+                        out.clear();
+                        vh.route("x", "k0", None, &mut out).unwrap();
+                    }
+                });
+                let workers: Vec<_> = (0..8)
+                    .map(|w| {
+                        let vh = &vh;
+                        s.spawn(move || {
+                            let mut created = 0;
+                            for i in 0..20 {
+                                let name = format!("q{i}");
+                                let d = vh.declare_queue(&durable(&name, 10)).unwrap();
+                                created += usize::from(d.created);
+                                vh.bind_queue(
+                                    &name,
+                                    "x",
+                                    ShortString::from(format!("k{}", (i + w) % 20)),
+                                    FieldTable::new(),
+                                    1,
+                                )
+                                .unwrap();
+                            }
+                            created
+                        })
+                    })
+                    .collect();
+                let created: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+                assert_eq!(
+                    created, 20,
+                    "each name is created by exactly one declaration"
+                );
+                routing.store(false, std::sync::atomic::Ordering::Release);
+            });
+            let refused = vh.declare_queue(&durable("q3", 11)).unwrap_err();
+            assert!(
+                matches!(refused, BrokerError::Inequivalent { .. }),
+                "{refused:?}"
+            );
+            let mut out = Vec::new();
+            vh.route("x", "k7", None, &mut out).unwrap();
+            assert_eq!(out.len(), 8, "every worker bound one queue with k7");
+        }
+        let (broker, _storage) = open(dir.path());
+        let vh = broker.vhost("/").unwrap();
+        assert_eq!(vh.queues().len(), 20);
+        let mut out = Vec::new();
+        vh.route("x", "k7", None, &mut out).unwrap();
+        assert_eq!(out.len(), 8, "the bindings came back");
+    }
+
+    /// While a durable declaration waits for its record's write, the vhost's topology is
+    /// not locked: routing, other declarations and bindings go on; the queue appears when
+    /// stored.
+    #[test]
+    fn routing_does_not_wait_for_a_declaration_being_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (broker, storage) = open(dir.path());
+        let vh = broker.vhost("/").unwrap();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            // Another writer holds the definitions store: the declaration below waits for it.
+            let defs = Arc::clone(storage.definitions());
+            s.spawn(move || {
+                defs.batch(|| {
+                    held_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                })
+                .unwrap()
+            });
+            held_rx.recv().unwrap();
+            let declaring = s.spawn(|| vh.declare_queue(&durable("slow", 5)).unwrap().created);
+            while vh.declarations_in_progress() == 0 {
+                std::thread::yield_now();
+            }
+            let mut out = Vec::new();
+            vh.route("", "slow", None, &mut out).unwrap();
+            assert!(out.is_empty(), "not visible before it is stored");
+            let transient = QueueDeclare {
+                durable: false,
+                ..durable("other", 5)
+            };
+            assert!(vh.declare_queue(&transient).unwrap().created);
+            vh.route("", "other", None, &mut out).unwrap();
+            assert_eq!(out.len(), 1);
+            release_tx.send(()).unwrap();
+            assert!(declaring.join().unwrap());
+        });
+        let mut out = Vec::new();
+        vh.route("", "slow", None, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(vh.declarations_in_progress(), 0);
+    }
 
     #[test]
     fn vhost_dirs_are_safe_names() {

@@ -69,6 +69,31 @@ pub struct BindingInfo {
 pub(crate) struct Topology {
     pub(crate) exchanges: HashMap<ShortString, Exchange>,
     queues: HashMap<ShortString, Arc<Queue>>,
+    /// Durable queues being declared: their records are being written, outside the lock
+    /// (routing must not wait for an fsync), and they become visible once stored. Another
+    /// declaration of the same name waits for the first.
+    declaring: HashMap<ShortString, Arc<Declaring>>,
+}
+
+/// A durable queue's declaration in progress (see [`Topology::declaring`]).
+#[derive(Debug, Default)]
+struct Declaring {
+    done: Mutex<bool>,
+    finished: std::sync::Condvar,
+}
+
+impl Declaring {
+    fn wait(&self) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            done = self.finished.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.finished.notify_all();
+    }
 }
 
 /// Queue arguments RabbitMQ compares on redeclaration; others are accepted and kept.
@@ -106,6 +131,10 @@ pub struct VHost {
     policies: RwLock<Vec<Policy>>,
     /// Held while a policy change is pushed into the queues (`refresh_queue_policies`).
     policy_refresh: Mutex<()>,
+    /// Held while a binding change is written to storage after the topology lock is let go
+    /// (taken before letting it go): the writes keep the order of the changes, and routing,
+    /// which only reads the topology, does not wait for their fsyncs.
+    binding_writes: Mutex<()>,
     /// Where durable definitions and persistent messages go (none: in memory only).
     storage: OnceLock<crate::persist::VhostStorage>,
     /// The node's scratch paging store, given to every queue declared from then on.
@@ -209,6 +238,7 @@ impl VHost {
             next_delayed: AtomicU64::new(NEVER),
             policies: RwLock::new(Vec::new()),
             policy_refresh: Mutex::new(()),
+            binding_writes: Mutex::new(()),
             storage: OnceLock::new(),
             paging: OnceLock::new(),
             max_connections: AtomicU64::new(u64::MAX),
@@ -350,6 +380,7 @@ impl VHost {
     /// Forgets exchanges removed because they were auto-delete and lost their last binding.
     fn auto_deleted(&self, names: Vec<ShortString>) {
         if let Some(s) = self.storage() {
+            let _in_order = self.binding_writes();
             for n in names {
                 crate::storage::exchange_deleted(s, &self.name, &n);
             }
@@ -664,6 +695,7 @@ impl VHost {
         let durable = x.durable;
         t.exchanges.remove(&key);
         if let (Some(s), true) = (self.storage(), durable) {
+            let _in_order = self.binding_writes();
             crate::storage::exchange_deleted(s, &self.name, &key);
         }
         let dest = Destination::Exchange(key);
@@ -682,14 +714,14 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(BrokerError::DefaultExchange);
         }
-        let mut t = self.write();
+        let t = self.write();
         let dest_name = t
             .exchanges
             .get_key_value(destination)
             .map(|(k, _)| k.clone())
             .ok_or_else(|| self.not_found(ObjectKind::Exchange, destination))?;
         self.add_binding(
-            &mut t,
+            t,
             source,
             Destination::Exchange(dest_name),
             routing_key,
@@ -707,14 +739,14 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(BrokerError::DefaultExchange);
         }
-        let mut t = self.write();
+        let t = self.write();
         // Unbinding is idempotent in RabbitMQ: a missing destination (or source, in
         // remove_binding) means there is nothing to remove, not 404.
         if !t.exchanges.contains_key(destination) {
             return Ok(());
         }
         self.remove_binding(
-            &mut t,
+            t,
             source,
             Destination::Exchange(ShortString::from(destination)),
             routing_key,
@@ -722,9 +754,11 @@ impl VHost {
         )
     }
 
+    /// Adds a binding and, when both its ends are durable, stores it — after letting go of
+    /// the topology lock (routing does not wait for the fsync), in the order of the changes.
     fn add_binding(
         &self,
-        t: &mut Topology,
+        mut t: RwLockWriteGuard<'_, Topology>,
         source: &str,
         destination: Destination,
         routing_key: ShortString,
@@ -748,26 +782,28 @@ impl VHost {
             )));
         }
         let source_durable = x.durable;
-        if let Some(s) = self.storage() {
-            let dest_durable = match &destination {
-                Destination::Queue(n) => t
-                    .queues
-                    .get(n)
-                    .is_some_and(|q| q.options().durable && !q.is_exclusive()),
-                Destination::Exchange(n) => t.exchanges.get(n).is_some_and(|x| x.durable),
-            };
-            if source_durable && dest_durable {
-                crate::storage::binding_changed(
-                    s,
-                    &self.name,
-                    source,
-                    &destination,
-                    &routing_key,
-                    &arguments,
-                    true,
-                );
+        let record = match self.storage() {
+            Some(s) => {
+                let dest_durable = match &destination {
+                    Destination::Queue(n) => t
+                        .queues
+                        .get(n)
+                        .is_some_and(|q| q.options().durable && !q.is_exclusive()),
+                    Destination::Exchange(n) => t.exchanges.get(n).is_some_and(|x| x.durable),
+                };
+                (source_durable && dest_durable).then(|| {
+                    let def = crate::storage::binding_def(
+                        &self.name,
+                        source,
+                        &destination,
+                        &routing_key,
+                        &arguments,
+                    );
+                    (s, def)
+                })
             }
-        }
+            None => None,
+        };
         let Some(x) = t.exchanges.get_mut(source) else {
             return Err(BrokerError::not_found(ObjectKind::Exchange, source, &vhost));
         };
@@ -776,12 +812,13 @@ impl VHost {
             routing_key,
             arguments,
         });
+        self.store_binding(t, record, true);
         Ok(())
     }
 
     fn remove_binding(
         &self,
-        t: &mut Topology,
+        mut t: RwLockWriteGuard<'_, Topology>,
         source: &str,
         destination: Destination,
         routing_key: ShortString,
@@ -800,20 +837,40 @@ impl VHost {
             // Nothing removed, so an auto-delete exchange never bound stays (as in RabbitMQ).
             return Ok(());
         }
-        if let Some(s) = self.storage() {
-            crate::storage::binding_changed(
-                s,
+        let name = x.name.clone();
+        let record = self.storage().map(|s| {
+            let def = crate::storage::binding_def(
                 &self.name,
                 source,
                 &binding.destination,
                 &binding.routing_key,
                 &binding.arguments,
-                false,
             );
-        }
-        let name = x.name.clone();
-        self.cascade(t, vec![name]);
+            (s, def)
+        });
+        self.cascade(&mut t, vec![name]);
+        self.store_binding(t, record, false);
         Ok(())
+    }
+
+    /// Taken with the topology lock held, before a write that touches bindings' records.
+    fn binding_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.binding_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a binding change once the topology lock `t` is let go (see `binding_writes`).
+    fn store_binding(
+        &self,
+        t: RwLockWriteGuard<'_, Topology>,
+        record: Option<(&crate::persist::VhostStorage, pier_store::BindingDef)>,
+        added: bool,
+    ) {
+        let Some((s, def)) = record else { return };
+        let _in_order = self.binding_writes();
+        drop(t);
+        crate::storage::binding_changed(s, &def, added);
     }
 
     // ---- queues ----
@@ -898,10 +955,16 @@ impl VHost {
     ) -> Result<QueueDeclared> {
         self.refuse_server_named(&d.name, d.passive, &d.arguments)?;
         let mut t = self.write();
+        // A declaration of this name still being stored: its outcome decides ours.
+        while let Some(other) = t.declaring.get(&d.name).cloned() {
+            drop(t);
+            other.wait();
+            t = self.write();
+        }
         let name = if d.name.is_empty() && !d.passive {
             loop {
                 let candidate = names::generated_queue_name();
-                if !t.queues.contains_key(&candidate) {
+                if !t.queues.contains_key(&candidate) && !t.declaring.contains_key(&candidate) {
                     break candidate;
                 }
             }
@@ -935,7 +998,7 @@ impl VHost {
         if let Some(auth) = authorize.as_mut() {
             // Limits apply to clients' declarations (not to recovery or definitions imports).
             let max_queues = self.max_queues.load(Ordering::Acquire);
-            if t.queues.len() as u64 >= max_queues {
+            if (t.queues.len() + t.declaring.len()) as u64 >= max_queues {
                 return Err(BrokerError::PreconditionFailed(format!(
                     "cannot declare queue '{name}': queue limit in vhost '{}' ({max_queues}) is reached",
                     self.name
@@ -1003,7 +1066,18 @@ impl VHost {
             queue.attach_paging(p.clone());
         }
         if let Some(s) = self.storage() {
-            crate::storage::queue_declared(s, &self.name, &queue)?;
+            if crate::storage::keeps_record(&queue) {
+                // Stored outside the lock (an fsync or two); the queue becomes visible only
+                // once it has its store, so no persistent message can reach it before.
+                let declaring = Arc::new(Declaring::default());
+                t.declaring.insert(name.clone(), Arc::clone(&declaring));
+                drop(t);
+                let stored = crate::storage::queue_declared(s, &self.name, &queue);
+                t = self.write();
+                t.declaring.remove(&name);
+                declaring.finish();
+                stored?;
+            }
         }
         t.queues.insert(name, Arc::clone(&queue));
         Ok(QueueDeclared {
@@ -1106,6 +1180,11 @@ impl VHost {
         self.read().queues.get(name).cloned()
     }
 
+    #[cfg(test)]
+    pub(crate) fn declarations_in_progress(&self) -> usize {
+        self.read().declaring.len()
+    }
+
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.read().queues.values().cloned().collect()
     }
@@ -1122,9 +1201,9 @@ impl VHost {
         arguments: FieldTable,
         connection: ConnectionId,
     ) -> Result<()> {
-        let mut t = self.write();
+        let t = self.write();
         let destination = self.queue_destination(&t, queue, exchange, connection)?;
-        self.add_binding(&mut t, exchange, destination, routing_key, arguments)
+        self.add_binding(t, exchange, destination, routing_key, arguments)
     }
 
     pub fn unbind_queue(
@@ -1138,7 +1217,7 @@ impl VHost {
         if exchange.is_empty() {
             return Err(BrokerError::DefaultExchange);
         }
-        let mut t = self.write();
+        let t = self.write();
         // A missing queue or exchange, or a binding that does not exist, is unbind-ok in
         // RabbitMQ; only an existing binding is checked for exclusive access.
         let Some(q) = t.queues.get(queue) else {
@@ -1156,7 +1235,7 @@ impl VHost {
             return Ok(());
         }
         q.check_access(connection)?;
-        self.remove_binding(&mut t, exchange, destination, routing_key, arguments)
+        self.remove_binding(t, exchange, destination, routing_key, arguments)
     }
 
     /// The checks queue.bind and queue.unbind share: the queue exists and is accessible, and
@@ -1251,6 +1330,8 @@ impl VHost {
             }
             t.queues.remove(q.name());
             if let Some(s) = self.storage() {
+                // After any write of a binding to it still on its way.
+                let _in_order = self.binding_writes();
                 crate::storage::queue_deleted(s, &self.name, q);
             }
             let sources = remove_bindings_to(&mut t, &Destination::Queue(q.name().clone()));

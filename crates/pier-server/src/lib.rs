@@ -10,6 +10,7 @@
 
 pub mod alarms;
 pub mod amqp;
+mod blocking;
 mod coarse_clock;
 pub mod config;
 mod credit;

@@ -50,6 +50,7 @@ use super::access::AccessControl;
 use super::direct_reply::ReplyConsumer;
 use super::error::AmqpException;
 use super::outbound::{ChannelSink, Outbound};
+use crate::blocking::storage_bound;
 use crate::config::ServerConfig;
 use crate::credit::Credit;
 
@@ -199,15 +200,22 @@ impl Channel {
                 Ok(())
             }
             Method::ChannelFlowOk(_) => Ok(()),
+            // What may store or forget a definition waits for its fsync off the worker.
+            Method::ExchangeDeclare(m) if m.durable && !m.passive => {
+                storage_bound(|| self.exchange_declare(cx, m))
+            }
             Method::ExchangeDeclare(m) => self.exchange_declare(cx, m),
-            Method::ExchangeDelete(m) => self.exchange_delete(cx, m),
-            Method::ExchangeBind(m) => self.exchange_bind(cx, m),
-            Method::ExchangeUnbind(m) => self.exchange_unbind(cx, m),
+            Method::ExchangeDelete(m) => storage_bound(|| self.exchange_delete(cx, m)),
+            Method::ExchangeBind(m) => storage_bound(|| self.exchange_bind(cx, m)),
+            Method::ExchangeUnbind(m) => storage_bound(|| self.exchange_unbind(cx, m)),
+            Method::QueueDeclare(m) if m.durable && !m.exclusive && !m.passive => {
+                storage_bound(|| self.queue_declare(cx, m))
+            }
             Method::QueueDeclare(m) => self.queue_declare(cx, m),
-            Method::QueueBind(m) => self.queue_bind(cx, m),
-            Method::QueueUnbind(m) => self.queue_unbind(cx, m),
+            Method::QueueBind(m) => storage_bound(|| self.queue_bind(cx, m)),
+            Method::QueueUnbind(m) => storage_bound(|| self.queue_unbind(cx, m)),
             Method::QueuePurge(m) => self.queue_purge(cx, m),
-            Method::QueueDelete(m) => self.queue_delete(cx, m),
+            Method::QueueDelete(m) => storage_bound(|| self.queue_delete(cx, m)),
             Method::ConfirmSelect(m) => self.confirm_select(cx, m),
             Method::TxSelect(_) => self.tx_select(cx),
             Method::TxCommit(_) => self.tx_commit(cx),
