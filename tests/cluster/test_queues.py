@@ -316,3 +316,44 @@ def test_a_policy_change_reaches_a_classic_queue_through_its_home_node(cluster):
     assert drain(conn2, ch2, "cq-pol", 5) == ["m17", "m18", "m19", "n0", "n1"]
     conn1.close()
     conn2.close()
+
+
+def test_a_restarted_node_serves_queues_homed_elsewhere_from_its_first_client(cluster):
+    """A node opens its client listeners once the other members answered its pings (for at
+    most 2 s), so a client arriving the moment the port opens finds a queue homed elsewhere
+    instead of RabbitMQ's "home node is down" 404. The home node is paused while the node
+    restarts and resumed 1 s later, which makes the first answer late enough to see."""
+    import socket
+    import threading
+
+    home, _, b = cluster.nodes
+    hc = connect(home)
+    hc.channel().queue_declare("early", durable=True)
+    hc.close()
+    b.kill()
+    home.pause()
+    resume = threading.Timer(1.0, home.resume)
+    try:
+        b.start()
+        resume.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((b.ip, AMQP_PORT), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, b.log_tail()
+                time.sleep(0.002)
+        conn = pika.BlockingConnection(pika.ConnectionParameters(host=b.ip, port=AMQP_PORT))
+        try:
+            ok = conn.channel().queue_declare("early", passive=True)
+        except Exception:
+            print(b.log_tail(60))
+            raise
+        assert ok.method.queue == "early"
+        conn.close()
+    finally:
+        resume.join()
+        home.resume()
+    b.wait_http()
+    cluster.wait_formed()

@@ -816,6 +816,26 @@ impl ClusterHandle {
         v
     }
 
+    /// Waits (at most `limit`) until every other member has answered a ping. A node opens its
+    /// client listeners after this, so that a client arriving at once does not find the
+    /// home node of a queue counted as down only because it was not pinged yet.
+    pub async fn await_members(&self, limit: Duration) {
+        if self.node.transport.cluster_id().is_none() {
+            return; // a fresh node: no members yet
+        }
+        // Raft loads the stored membership in its own task: until then there is none.
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let members = self.members();
+            let awaited = !members.is_empty() && members.iter().all(|(_, running)| *running);
+            if awaited || tokio::time::Instant::now() >= deadline {
+                tracing::debug!(?members, "client listeners open");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Asks every node hosting queues this node has handles of for their current figures
     /// (management answers with fresh counts for queues homed elsewhere). At most a few
     /// seconds; nodes that do not answer keep their last known figures.

@@ -243,6 +243,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 Arc::clone(&broker),
                 Arc::clone(&file),
             ));
+            // Members that are up answer within a ping round; one that is down costs this
+            // node two seconds of start-up, as RabbitMQ's boot waits for its peers.
+            handle
+                .await_members(std::time::Duration::from_secs(2))
+                .await;
             Some(handle)
         }
         _ => None,
