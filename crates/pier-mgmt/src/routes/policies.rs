@@ -13,23 +13,30 @@
 //!
 //! [`VHost::set_policy`]: pier_broker::VHost::set_policy
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::Extension;
+use axum::routing::get;
+use axum::{Extension, Router};
 use pier_broker::{ApplyTo, Policy, PolicyDefinition, VHost};
+use pier_cluster::metadata::MetadataCommand;
 use serde_json::{json, Map, Value};
 
-use crate::auth::{view_vhost, AuthUser};
+use crate::auth::{view_vhost, visible_vhosts, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_str};
-use crate::topology::visible_vhosts;
+use crate::routes::Q;
 use crate::AppState;
-use pier_cluster::metadata::MetadataCommand;
 
-type Q = Query<HashMap<String, String>>;
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/policies", get(policies))
+        .route("/policies/{vhost}", get(vhost_policies))
+        .route(
+            "/policies/{vhost}/{name}",
+            get(policy).put(put_policy).delete(delete_policy),
+        )
+}
 
 pub(crate) fn apply_to_str(a: ApplyTo) -> &'static str {
     match a {

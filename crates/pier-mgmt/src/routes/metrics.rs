@@ -8,9 +8,11 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 
-use crate::api::process_figures;
-use crate::topology::{queueing, Queueing};
+use crate::routes::nodes::process_figures;
+use crate::stats::{queueing, Queueing};
 use crate::{AppState, RABBITMQ_COMPAT_VERSION};
 
 /// Escapes a label value (backslash, double quote, newline).
@@ -46,6 +48,13 @@ impl Out {
         self.family(name, kind, help);
         self.sample(name, &[], value);
     }
+}
+
+/// `/metrics` and `/metrics/per-object`, outside `/api` and without credentials (full paths).
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/metrics/per-object", get(metrics))
 }
 
 pub async fn metrics(State(st): State<AppState>) -> Response {

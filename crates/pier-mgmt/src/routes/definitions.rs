@@ -23,18 +23,28 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::Extension;
+use axum::routing::get;
+use axum::{Extension, Router};
 use pier_broker::{Destination, Permission, TopicPermission, VHost};
 use pier_cluster::metadata::{self, CommandError, MetadataCommand, Outcome};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::api::{check_algorithm, parse_tags, valid_hash, vhost_meta_from, HASHING_ALGORITHM};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, object_to_table, short, table_to_json};
-use crate::policies::{parse_policy, policy_json, unknown_keys};
+use crate::routes::policies::{parse_policy, policy_json, unknown_keys};
+use crate::routes::users::{check_algorithm, valid_hash, HASHING_ALGORITHM};
+use crate::routes::vhosts::{parse_tags, vhost_meta_from};
 use crate::{AppState, RABBITMQ_COMPAT_VERSION};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/definitions", get(export_all).post(import_all))
+        // RabbitMQ's deprecated name for /api/definitions.
+        .route("/all-configuration", get(export_all).post(import_all))
+        .route("/definitions/{vhost}", get(export_vhost).post(import_vhost))
+}
 
 // ---- export ----
 

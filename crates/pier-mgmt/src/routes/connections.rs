@@ -1,30 +1,55 @@
-//! Connections, channels and consumers, from the server's registry and the queues.
+//! Connections: `/api/connections[/{name}]` (AMQP 0-9-1, MQTT, STOMP and stream-protocol
+//! connections in one list; show, close), `/api/vhosts/{vhost}/connections`,
+//! `/api/connections/username/{user}`.
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Extension;
+use axum::routing::get;
+use axum::{Extension, Router};
 use pier_server::registry::MANAGEMENT_CLOSE_REASON;
-use pier_server::{ChannelInfo, ConnectionInfo};
+use pier_server::ConnectionInfo;
 use serde_json::{json, Value};
 
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, table_to_json};
+use crate::routes::stream as streams;
+use crate::routes::Q;
 use crate::stats;
-use crate::streams;
-use crate::topology::{connections_by_id, consumer_json, visible_vhosts};
 use crate::AppState;
 
-type Q = Query<HashMap<String, String>>;
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/connections", get(connections))
+        .route(
+            "/connections/{name}",
+            get(connection).delete(close_connection),
+        )
+        .route(
+            "/connections/username/{user}",
+            get(user_connections).delete(close_user_connections),
+        )
+        .route("/vhosts/{vhost}/connections", get(vhost_connections))
+}
+
+/// Connections by id, for showing exclusive owners and consumers' channels.
+pub(crate) fn connections_by_id(state: &AppState) -> HashMap<u64, ConnectionInfo> {
+    state
+        .registry
+        .connections()
+        .into_iter()
+        .map(|c| (c.meta.id, c))
+        .collect()
+}
 
 fn visible(user: &AuthUser, c: &ConnectionInfo) -> bool {
     user.sees_all_connections() || c.meta.user == user.name
 }
 
-fn sorted_connections(st: &AppState, user: &AuthUser) -> Vec<ConnectionInfo> {
+pub(crate) fn sorted_connections(st: &AppState, user: &AuthUser) -> Vec<ConnectionInfo> {
     let mut v: Vec<ConnectionInfo> = st
         .registry
         .connections()
@@ -79,49 +104,6 @@ fn connection_json(st: &AppState, c: &ConnectionInfo) -> Value {
     })
 }
 
-fn channel_json(
-    st: &AppState,
-    c: &ConnectionInfo,
-    ch: &ChannelInfo,
-    consumer_counts: &HashMap<(u64, u16), usize>,
-) -> Value {
-    let m = &c.meta;
-    json!({
-        "name": format!("{} ({})", m.name, ch.number),
-        "number": ch.number,
-        "node": st.node,
-        "state": "running",
-        "user": m.user,
-        "user_who_performed_action": m.user,
-        "vhost": m.vhost,
-        "connection_details": {
-            "name": m.name,
-            "peer_host": m.peer.ip().to_string(),
-            "peer_port": m.peer.port(),
-        },
-        "consumer_count": consumer_counts.get(&(m.id, ch.number)).copied().unwrap_or(0),
-        "messages_unacknowledged": ch.unacked,
-        "message_stats": {
-            "deliver_get": ch.deliveries,
-        },
-    })
-}
-
-/// (connection id, channel) → number of consumers, over every queue.
-fn consumer_counts(st: &AppState) -> HashMap<(u64, u16), usize> {
-    let mut out = HashMap::new();
-    for vh in st.broker.vhosts() {
-        for q in vh.queues() {
-            for c in q.consumers() {
-                if let Some(ch) = c.channel {
-                    *out.entry((c.connection, ch)).or_insert(0) += 1;
-                }
-            }
-        }
-    }
-    out
-}
-
 /// AMQP connections (and stream-protocol ones, protocol `stream`) as one list sorted by name.
 fn all_connections(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
     let mut items: Vec<(String, Value)> = sorted_connections(st, user)
@@ -156,7 +138,11 @@ pub async fn vhost_connections(
     json::list(all_connections(&st, &user, Some(&vhost)), &q)
 }
 
-fn find_connection(st: &AppState, user: &AuthUser, name: &str) -> ApiResult<ConnectionInfo> {
+pub(crate) fn find_connection(
+    st: &AppState,
+    user: &AuthUser,
+    name: &str,
+) -> ApiResult<ConnectionInfo> {
     st.registry
         .connection(name)
         .filter(|c| visible(user, c))
@@ -164,7 +150,7 @@ fn find_connection(st: &AppState, user: &AuthUser, name: &str) -> ApiResult<Conn
 }
 
 /// A stream-protocol connection by name (those the user may see).
-fn find_stream_connection(
+pub(crate) fn find_stream_connection(
     st: &AppState,
     user: &AuthUser,
     name: &str,
@@ -223,104 +209,6 @@ pub(crate) fn close_owned_by(
         return Err(ApiError::not_found());
     }
     Ok(json::no_content())
-}
-
-pub async fn connection_channels(
-    State(st): State<AppState>,
-    Extension(user): Extension<AuthUser>,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    if find_stream_connection(&st, &user, &name).is_some() {
-        return Ok(json::ok(Value::Array(Vec::new())));
-    }
-    let c = find_connection(&st, &user, &name)?;
-    let counts = consumer_counts(&st);
-    Ok(json::ok(Value::Array(
-        c.channels
-            .iter()
-            .map(|ch| channel_json(&st, &c, ch, &counts))
-            .collect(),
-    )))
-}
-
-fn all_channels(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
-    let counts = consumer_counts(st);
-    sorted_connections(st, user)
-        .iter()
-        .filter(|c| vhost.is_none_or(|v| c.meta.vhost == v))
-        .flat_map(|c| {
-            c.channels
-                .iter()
-                .map(|ch| channel_json(st, c, ch, &counts))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-pub async fn channels(
-    State(st): State<AppState>,
-    Extension(user): Extension<AuthUser>,
-    Query(q): Q,
-) -> ApiResult<Response> {
-    json::list(all_channels(&st, &user, None), &q)
-}
-
-pub async fn vhost_channels(
-    State(st): State<AppState>,
-    Extension(user): Extension<AuthUser>,
-    Path(vhost): Path<String>,
-    Query(q): Q,
-) -> ApiResult<Response> {
-    view_vhost(&st.broker, &user, &vhost)?;
-    json::list(all_channels(&st, &user, Some(&vhost)), &q)
-}
-
-pub async fn channel(
-    State(st): State<AppState>,
-    Extension(user): Extension<AuthUser>,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    all_channels(&st, &user, None)
-        .into_iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(name.as_str()))
-        .map(json::ok)
-        .ok_or_else(ApiError::not_found)
-}
-
-fn consumers_of(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
-    let conns = connections_by_id(st);
-    let mut out = Vec::new();
-    for vh in visible_vhosts(st, user) {
-        if vhost.is_some_and(|v| v != vh.name()) {
-            continue;
-        }
-        let mut queues = vh.queues();
-        queues.sort_by(|a, b| a.name().cmp(b.name()));
-        for q in queues {
-            for c in q.consumers() {
-                out.push(consumer_json(st, &conns, vh.name(), q.name(), &c));
-            }
-        }
-    }
-    out
-}
-
-pub async fn consumers(
-    State(st): State<AppState>,
-    Extension(user): Extension<AuthUser>,
-    Query(q): Q,
-) -> ApiResult<Response> {
-    json::list(consumers_of(&st, &user, None), &q)
-}
-
-pub async fn vhost_consumers(
-    State(st): State<AppState>,
-    Extension(user): Extension<AuthUser>,
-    Path(vhost): Path<String>,
-    Query(q): Q,
-) -> ApiResult<Response> {
-    view_vhost(&st.broker, &user, &vhost)?;
-    json::list(consumers_of(&st, &user, Some(&vhost)), &q)
 }
 
 /// GET /api/connections/username/{user}: the user's connections (those the caller may see).

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Extension;
+use axum::routing::get;
+use axum::{Extension, Router};
 use pier_broker::Queue;
 use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, StreamPublisherInfo};
 use serde_json::{json, Map, Value};
@@ -17,10 +18,35 @@ use serde_json::{json, Map, Value};
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, table_to_json};
+use crate::routes::Q;
 use crate::stats;
 use crate::AppState;
 
-type Q = Query<HashMap<String, String>>;
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/stream/connections", get(connections))
+        .route("/stream/connections/{vhost}", get(vhost_connections))
+        .route(
+            "/stream/connections/{vhost}/{name}",
+            get(connection).delete(close_connection),
+        )
+        .route(
+            "/stream/connections/{vhost}/{name}/publishers",
+            get(connection_publishers),
+        )
+        .route(
+            "/stream/connections/{vhost}/{name}/consumers",
+            get(connection_consumers),
+        )
+        .route("/stream/publishers", get(publishers))
+        .route("/stream/publishers/{vhost}", get(vhost_publishers))
+        .route(
+            "/stream/publishers/{vhost}/{stream}",
+            get(stream_publishers),
+        )
+        .route("/stream/consumers", get(consumers))
+        .route("/stream/consumers/{vhost}", get(vhost_consumers))
+}
 
 fn visible(user: &AuthUser, c: &StreamConnectionInfo) -> bool {
     user.sees_all_connections() || c.meta.user == user.name
@@ -217,8 +243,6 @@ pub(crate) fn stream_figures(q: &Queue) -> Option<Value> {
     }))
 }
 
-// ---- handlers ----
-
 pub async fn connections(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
@@ -274,7 +298,7 @@ pub async fn close_connection(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let c = find(&st, &user, &vhost, &name)?;
-    crate::conns::close_owned_by(&st, &user, &c.meta.user, &name, &headers)
+    crate::routes::connections::close_owned_by(&st, &user, &c.meta.user, &name, &headers)
 }
 
 pub async fn connection_publishers(
