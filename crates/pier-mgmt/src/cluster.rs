@@ -5,8 +5,8 @@
 use std::sync::Weak;
 
 use pier_cluster::{MemberStatus, NodeReport, Reporter};
-use serde_json::{json, Value};
 
+use crate::views::node::{Member, MemberReport, RaftPosition};
 use crate::{AppState, Inner};
 
 /// This node's figures for its peers.
@@ -62,42 +62,49 @@ pub(crate) fn local_report(st: &AppState) -> NodeReport {
 
 /// A member of the cluster other than this node, in `/api/nodes`' shape (the fields a
 /// remote node reports; RabbitMQ shows `running: false` and little else for a node down).
-pub(crate) fn member_json(m: &MemberStatus) -> Value {
+pub(crate) fn member_view(m: &MemberStatus) -> Member {
     let Some(r) = &m.report else {
-        return json!({
-            "name": m.name,
-            "type": "disc",
-            "running": false,
-            "being_drained": false,
-            "partitions": [],
-            "cluster_links": [],
-        });
+        return Member {
+            name: m.name.clone(),
+            kind: "disc",
+            running: false,
+            being_drained: false,
+            partitions: Vec::new(),
+            cluster_links: [],
+            report: None,
+        };
     };
-    json!({
-        "name": m.name,
-        "type": "disc",
-        "running": m.running,
-        "being_drained": false,
-        "partitions": r.partitions,
-        "os_pid": r.os_pid.to_string(),
-        "uptime": r.uptime_ms,
-        "processors": r.processors,
-        "mem_used": r.mem_used,
-        "mem_limit": r.mem_limit,
-        "mem_alarm": r.mem_alarm,
-        "disk_free": r.disk_free,
-        "disk_free_limit": r.disk_free_limit,
-        "disk_free_alarm": r.disk_free_alarm,
-        "fd_used": r.fd_used,
-        "fd_total": r.fd_total,
-        "sockets_used": r.sockets_used,
-        "applications": [],
-        "rates_mode": "basic",
-        "mem_calculation_strategy": "rss",
-        "enabled_plugins": [],
-        "cluster_links": [],
-        "pier_raft": {"term": r.raft_term, "state": r.raft_state, "last_applied": r.raft_last_applied},
-    })
+    Member {
+        name: m.name.clone(),
+        kind: "disc",
+        running: m.running,
+        being_drained: false,
+        partitions: r.partitions.clone(),
+        cluster_links: [],
+        report: Some(MemberReport {
+            os_pid: r.os_pid.to_string(),
+            uptime: r.uptime_ms,
+            processors: r.processors,
+            mem_used: r.mem_used,
+            mem_limit: r.mem_limit,
+            mem_alarm: r.mem_alarm,
+            disk_free: r.disk_free,
+            disk_free_limit: r.disk_free_limit,
+            disk_free_alarm: r.disk_free_alarm,
+            fd_used: r.fd_used,
+            fd_total: r.fd_total,
+            sockets_used: r.sockets_used,
+            applications: [],
+            rates_mode: "basic",
+            mem_calculation_strategy: "rss",
+            enabled_plugins: [],
+            pier_raft: RaftPosition {
+                term: r.raft_term,
+                state: r.raft_state.clone(),
+                last_applied: r.raft_last_applied,
+            },
+        }),
+    }
 }
 
 /// Every member for `/api/nodes` (this node's own entry is built by the caller).

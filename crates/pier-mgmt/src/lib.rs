@@ -14,7 +14,8 @@
 //! is vhost metadata (description, tags) and a rate sampler.
 //!
 //! Layout: `routes/` has one module per management resource (its handlers and its
-//! `routes()`), merged by `routes::api`; `auth` checks credentials and tags; `json` converts
+//! `routes()`), merged by `routes::api`; `views/` has the typed response bodies
+//! (`#[derive(Serialize)]`, one per shape); `auth` checks credentials and tags; `json` converts
 //! AMQP tables and message properties to and from JSON, parses request bodies and applies the
 //! list parameters; `error` is the `{"error", "reason"}` answer; `stats` samples the counters
 //! that rates and queueing figures come from; `cluster` reports this node to its peers.
@@ -27,6 +28,7 @@ mod routes;
 mod stats;
 mod tls;
 mod ui;
+mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -8,9 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pier_broker::Queue;
-use serde_json::{json, Value};
 
-use crate::AppState;
+use crate::{views, AppState};
 
 /// How much history a rate averages over.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -218,35 +217,32 @@ impl Queueing {
         Some((l, l / self.arrival_rate))
     }
 
-    pub fn json(&self) -> Value {
+    /// The figures as `pier_queueing` shows them (3 decimals).
+    pub fn view(&self) -> views::queue::Queueing {
         let r = |v: f64| (v * 1000.0).round() / 1000.0;
-        let (mm1_l, mm1_w) = self.mm1().map_or((Value::Null, Value::Null), |(l, w)| {
-            (Value::from(r(l)), Value::from(r(w)))
-        });
-        json!({
-            "window_seconds": crate::stats::WINDOW.as_secs(),
-            "arrival_rate": r(self.arrival_rate),
-            "service_rate": r(self.service_rate),
-            "utilisation": self.utilisation().map(r),
-            "length": self.length,
-            "time_in_queue_seconds": self.time_in_queue().map(r),
-            "mm1_predicted_length": mm1_l,
-            "mm1_predicted_time_in_queue_seconds": mm1_w,
-            "measured_time_in_queue": measured_json(&self.measured),
-        })
+        let (mm1_l, mm1_w) = self
+            .mm1()
+            .map_or((None, None), |(l, w)| (Some(r(l)), Some(r(w))));
+        let secs = |ms: Option<f64>| ms.map(|v| v.round() / 1000.0);
+        let m = &self.measured;
+        views::queue::Queueing {
+            window_seconds: WINDOW.as_secs(),
+            arrival_rate: r(self.arrival_rate),
+            service_rate: r(self.service_rate),
+            utilisation: self.utilisation().map(r),
+            length: self.length,
+            time_in_queue_seconds: self.time_in_queue().map(r),
+            mm1_predicted_length: mm1_l,
+            mm1_predicted_time_in_queue_seconds: mm1_w,
+            measured_time_in_queue: views::queue::MeasuredTimeInQueue {
+                window_seconds: pier_broker::waits::window().as_secs(),
+                samples: m.samples,
+                mean_seconds: secs(m.mean_ms),
+                p50_seconds: secs(m.p50_ms),
+                p99_seconds: secs(m.p99_ms),
+            },
+        }
     }
-}
-
-/// Measured time in queue, in seconds like the other W figures (millisecond resolution).
-fn measured_json(m: &pier_broker::WaitSummary) -> Value {
-    let secs = |ms: Option<f64>| ms.map(|v| v.round() / 1000.0);
-    json!({
-        "window_seconds": pier_broker::waits::window().as_secs(),
-        "samples": m.samples,
-        "mean_seconds": secs(m.mean_ms),
-        "p50_seconds": secs(m.p50_ms),
-        "p99_seconds": secs(m.p99_ms),
-    })
 }
 
 pub(crate) fn queueing(state: &AppState, vhost: &str, q: &Queue) -> Queueing {

@@ -4,12 +4,20 @@
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::json::{self};
 use crate::AppState;
 
 /// Routes served without credentials (full paths: they are not nested under `/api`).
+/// The login page's settings: no OAuth 2 / UAA.
+#[derive(Serialize)]
+struct AuthSettings {
+    enable_uaa: bool,
+    uaa_client_id: &'static str,
+    uaa_location: &'static str,
+}
+
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/api/auth", get(auth_settings))
 }
@@ -17,5 +25,9 @@ pub(crate) fn routes() -> Router<AppState> {
 /// GET /api/auth (no credentials needed, as RabbitMQ: the login page reads it). Pier only
 /// has basic auth, no OAuth 2 / UAA.
 pub async fn auth_settings() -> Response {
-    json::ok(json!({"enable_uaa": false, "uaa_client_id": "", "uaa_location": ""}))
+    json::ok(&AuthSettings {
+        enable_uaa: false,
+        uaa_client_id: "",
+        uaa_location: "",
+    })
 }

@@ -13,7 +13,7 @@ use pier_cluster::metadata::CommandError;
 use pier_cluster::metadata::{self, MetadataCommand};
 use pier_cluster::MetadataError;
 use pier_wire::FieldTable;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::{change_vhost, view_vhost, visible_vhosts, AuthUser};
 use crate::error::{ApiError, ApiResult};
@@ -21,6 +21,8 @@ use crate::json::{self, body_object, get_str, get_table, short, table_to_json};
 use crate::routes::exchanges::exchange_name;
 use crate::routes::queues::{find_queue, sorted_queues};
 use crate::routes::Q;
+use crate::views;
+use crate::views::exchange::Binding;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -48,11 +50,11 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// Every binding of a vhost as management shows them: the default exchange's implicit
 /// binding to each queue first, then the declared ones.
-fn vhost_bindings_json(vh: &VHost) -> Vec<Value> {
-    let mut out: Vec<Value> = sorted_queues(vh)
+fn all_bindings(vh: &VHost) -> Vec<Binding> {
+    let mut out: Vec<Binding> = sorted_queues(vh)
         .iter()
         .map(|q| {
-            binding_json(
+            binding_view(
                 vh.name(),
                 "",
                 &Destination::Queue(q.name().clone()),
@@ -70,7 +72,7 @@ fn vhost_bindings_json(vh: &VHost) -> Vec<Value> {
         ))
     });
     out.extend(declared.iter().map(|b| {
-        binding_json(
+        binding_view(
             vh.name(),
             &b.source,
             &b.destination,
@@ -81,30 +83,26 @@ fn vhost_bindings_json(vh: &VHost) -> Vec<Value> {
     out
 }
 
-fn binding_json(
+fn binding_view(
     vhost: &str,
     source: &str,
     destination: &Destination,
     routing_key: &str,
     arguments: &FieldTable,
-) -> Value {
+) -> Binding {
     let (dest, kind) = match destination {
         Destination::Queue(n) => (n.as_str(), "queue"),
         Destination::Exchange(n) => (n.as_str(), "exchange"),
     };
-    json!({
-        "source": source,
-        "vhost": vhost,
-        "destination": dest,
-        "destination_type": kind,
-        "routing_key": routing_key,
-        "arguments": table_to_json(arguments),
-        "properties_key": json::properties_key(routing_key, arguments),
-    })
-}
-
-fn field<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
+    Binding {
+        source: source.to_owned(),
+        vhost: vhost.to_owned(),
+        destination: dest.to_owned(),
+        destination_type: kind,
+        routing_key: routing_key.to_owned(),
+        arguments: table_to_json(arguments),
+        properties_key: json::properties_key(routing_key, arguments),
+    }
 }
 
 pub async fn bindings(
@@ -114,9 +112,9 @@ pub async fn bindings(
 ) -> ApiResult<Response> {
     let items = visible_vhosts(&st, &user)
         .iter()
-        .flat_map(|vh| vhost_bindings_json(vh))
-        .collect();
-    json::list(items, &q)
+        .flat_map(|vh| all_bindings(vh))
+        .collect::<Vec<_>>();
+    json::list(views::values(items), &q)
 }
 
 pub async fn vhost_bindings(
@@ -126,7 +124,7 @@ pub async fn vhost_bindings(
     Query(q): Q,
 ) -> ApiResult<Response> {
     let vh = view_vhost(&st.broker, &user, &vhost)?;
-    json::list(vhost_bindings_json(&vh), &q)
+    json::list(views::values(all_bindings(&vh)), &q)
 }
 
 pub async fn queue_bindings(
@@ -136,11 +134,11 @@ pub async fn queue_bindings(
 ) -> ApiResult<Response> {
     let vh = view_vhost(&st.broker, &user, &vhost)?;
     find_queue(&vh, &name)?;
-    let items: Vec<Value> = vhost_bindings_json(&vh)
+    let items: Vec<Binding> = all_bindings(&vh)
         .into_iter()
-        .filter(|b| field(b, "destination_type") == "queue" && field(b, "destination") == name)
+        .filter(|b| b.destination_type == "queue" && b.destination == name)
         .collect();
-    Ok(json::ok(Value::Array(items)))
+    Ok(json::ok(&items))
 }
 
 fn exchange_bindings(
@@ -155,17 +153,17 @@ fn exchange_bindings(
     if !vh.exchange_exists(name) {
         return Err(ApiError::not_found());
     }
-    let items: Vec<Value> = vhost_bindings_json(&vh)
+    let items: Vec<Binding> = all_bindings(&vh)
         .into_iter()
         .filter(|b| {
             if as_source {
-                field(b, "source") == name
+                b.source == name
             } else {
-                field(b, "destination_type") == "exchange" && field(b, "destination") == name
+                b.destination_type == "exchange" && b.destination == name
             }
         })
         .collect();
-    Ok(json::ok(Value::Array(items)))
+    Ok(json::ok(&items))
 }
 
 pub async fn exchange_bindings_source(
@@ -193,7 +191,12 @@ fn destination_kind(kind: &str) -> ApiResult<&'static str> {
 }
 
 /// Bindings from `source` to the destination named in the URL.
-fn pair_bindings(vh: &VHost, source: &str, kind: &str, destination: &str) -> ApiResult<Vec<Value>> {
+fn pair_bindings(
+    vh: &VHost,
+    source: &str,
+    kind: &str,
+    destination: &str,
+) -> ApiResult<Vec<Binding>> {
     let dtype = destination_kind(kind)?;
     let source = exchange_name(source);
     if !vh.exchange_exists(source) && !source.is_empty() {
@@ -206,12 +209,10 @@ fn pair_bindings(vh: &VHost, source: &str, kind: &str, destination: &str) -> Api
     if !exists {
         return Err(ApiError::not_found());
     }
-    Ok(vhost_bindings_json(vh)
+    Ok(all_bindings(vh)
         .into_iter()
         .filter(|b| {
-            field(b, "source") == source
-                && field(b, "destination_type") == dtype
-                && field(b, "destination") == destination
+            b.source == source && b.destination_type == dtype && b.destination == destination
         })
         .collect())
 }
@@ -222,12 +223,7 @@ pub async fn binding_pair(
     Path((vhost, source, kind, destination)): Path<(String, String, String, String)>,
 ) -> ApiResult<Response> {
     let vh = view_vhost(&st.broker, &user, &vhost)?;
-    Ok(json::ok(Value::Array(pair_bindings(
-        &vh,
-        &source,
-        &kind,
-        &destination,
-    )?)))
+    Ok(json::ok(&pair_bindings(&vh, &source, &kind, &destination)?))
 }
 
 pub async fn binding(
@@ -238,8 +234,8 @@ pub async fn binding(
     let vh = view_vhost(&st.broker, &user, &vhost)?;
     pair_bindings(&vh, &source, &kind, &destination)?
         .into_iter()
-        .find(|b| field(b, "properties_key") == props)
-        .map(json::ok)
+        .find(|b| b.properties_key == props)
+        .map(|v| json::ok(&v))
         .ok_or_else(ApiError::not_found)
 }
 
@@ -301,15 +297,15 @@ pub async fn delete_binding(
     let vh = change_vhost(&st.broker, &user, &vhost)?;
     let found = pair_bindings(&vh, &source, &kind, &destination)?
         .into_iter()
-        .find(|b| field(b, "properties_key") == props)
+        .find(|b| b.properties_key == props)
         .ok_or_else(ApiError::not_found)?;
     let source = exchange_name(&source);
     if source.is_empty() {
         return Err(ApiError::access_refused());
     }
-    let routing_key = short(field(&found, "routing_key"))?;
-    let arguments = match found.get("arguments") {
-        Some(Value::Object(o)) => json::object_to_table(o)?,
+    let routing_key = short(&found.routing_key)?;
+    let arguments = match &found.arguments {
+        Value::Object(o) => json::object_to_table(o)?,
         _ => FieldTable::new(),
     };
     // Recover the exact stored arguments (JSON loses integer widths).

@@ -8,13 +8,14 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use pier_server::{ChannelInfo, ConnectionInfo};
-use serde_json::{json, Value};
 
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self};
 use crate::routes::connections::{find_connection, find_stream_connection, sorted_connections};
 use crate::routes::Q;
+use crate::views;
+use crate::views::connection::{Channel, ChannelMessageStats, ConnectionDetails};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -25,32 +26,35 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/connections/{name}/channels", get(connection_channels))
 }
 
-fn channel_json(
+fn channel_view(
     st: &AppState,
     c: &ConnectionInfo,
     ch: &ChannelInfo,
     consumer_counts: &HashMap<(u64, u16), usize>,
-) -> Value {
+) -> Channel {
     let m = &c.meta;
-    json!({
-        "name": format!("{} ({})", m.name, ch.number),
-        "number": ch.number,
-        "node": st.node,
-        "state": "running",
-        "user": m.user,
-        "user_who_performed_action": m.user,
-        "vhost": m.vhost,
-        "connection_details": {
-            "name": m.name,
-            "peer_host": m.peer.ip().to_string(),
-            "peer_port": m.peer.port(),
+    Channel {
+        name: format!("{} ({})", m.name, ch.number),
+        number: ch.number,
+        node: st.node.clone(),
+        state: "running",
+        user: m.user.clone(),
+        user_who_performed_action: m.user.clone(),
+        vhost: m.vhost.clone(),
+        connection_details: ConnectionDetails {
+            name: m.name.clone(),
+            peer_host: m.peer.ip().to_string(),
+            peer_port: m.peer.port(),
         },
-        "consumer_count": consumer_counts.get(&(m.id, ch.number)).copied().unwrap_or(0),
-        "messages_unacknowledged": ch.unacked,
-        "message_stats": {
-            "deliver_get": ch.deliveries,
+        consumer_count: consumer_counts
+            .get(&(m.id, ch.number))
+            .copied()
+            .unwrap_or(0),
+        messages_unacknowledged: ch.unacked,
+        message_stats: ChannelMessageStats {
+            deliver_get: ch.deliveries,
         },
-    })
+    }
 }
 
 /// (connection id, channel) → number of consumers, over every queue.
@@ -74,19 +78,19 @@ pub async fn connection_channels(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     if find_stream_connection(&st, &user, &name).is_some() {
-        return Ok(json::ok(Value::Array(Vec::new())));
+        return Ok(json::ok(&Vec::<Channel>::new()));
     }
     let c = find_connection(&st, &user, &name)?;
     let counts = consumer_counts(&st);
-    Ok(json::ok(Value::Array(
-        c.channels
-            .iter()
-            .map(|ch| channel_json(&st, &c, ch, &counts))
-            .collect(),
-    )))
+    let channels: Vec<Channel> = c
+        .channels
+        .iter()
+        .map(|ch| channel_view(&st, &c, ch, &counts))
+        .collect();
+    Ok(json::ok(&channels))
 }
 
-fn all_channels(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
+fn all_channels(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Channel> {
     let counts = consumer_counts(st);
     sorted_connections(st, user)
         .iter()
@@ -94,7 +98,7 @@ fn all_channels(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Valu
         .flat_map(|c| {
             c.channels
                 .iter()
-                .map(|ch| channel_json(st, c, ch, &counts))
+                .map(|ch| channel_view(st, c, ch, &counts))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -105,7 +109,7 @@ pub async fn channels(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    json::list(all_channels(&st, &user, None), &q)
+    json::list(views::values(all_channels(&st, &user, None)), &q)
 }
 
 pub async fn vhost_channels(
@@ -115,7 +119,7 @@ pub async fn vhost_channels(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    json::list(all_channels(&st, &user, Some(&vhost)), &q)
+    json::list(views::values(all_channels(&st, &user, Some(&vhost))), &q)
 }
 
 pub async fn channel(
@@ -125,7 +129,7 @@ pub async fn channel(
 ) -> ApiResult<Response> {
     all_channels(&st, &user, None)
         .into_iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(name.as_str()))
-        .map(json::ok)
+        .find(|c| c.name == name)
+        .map(|v| json::ok(&v))
         .ok_or_else(ApiError::not_found)
 }

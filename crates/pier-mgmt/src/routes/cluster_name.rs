@@ -6,11 +6,12 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object};
+use crate::views::node::ClusterName;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -18,7 +19,9 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 pub async fn cluster_name(State(st): State<AppState>) -> Response {
-    json::ok(json!({ "name": st.cluster_name() }))
+    json::ok(&ClusterName {
+        name: st.cluster_name(),
+    })
 }
 
 /// PUT /api/cluster-name `{"name": …}` (administrator). A single node keeps it in memory

@@ -9,9 +9,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
+use pier_server::registry::ConnectionMeta;
 use pier_server::registry::MANAGEMENT_CLOSE_REASON;
 use pier_server::ConnectionInfo;
-use serde_json::{json, Value};
 
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
@@ -19,6 +19,8 @@ use crate::json::{self, table_to_json};
 use crate::routes::stream as streams;
 use crate::routes::Q;
 use crate::stats;
+use crate::views::connection::{Connection, ConnectionBase};
+use crate::views::{self, Rate};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -60,64 +62,105 @@ pub(crate) fn sorted_connections(st: &AppState, user: &AuthUser) -> Vec<Connecti
     v
 }
 
-fn connection_json(st: &AppState, c: &ConnectionInfo) -> Value {
-    let m = &c.meta;
+/// A connection's traffic counters.
+pub(crate) struct Traffic {
+    pub recv_oct: u64,
+    pub recv_cnt: u64,
+    pub send_oct: u64,
+    pub send_cnt: u64,
+    pub send_pend: u64,
+}
+
+/// The fields every protocol's connection shows, from its registry entry, its traffic and
+/// its sampled rates (bytes received, bytes sent).
+pub(crate) fn connection_base(
+    st: &AppState,
+    m: &ConnectionMeta,
+    state: &str,
+    channels: usize,
+    channel_max: u16,
+    traffic: Traffic,
+    rates: &[f64],
+) -> ConnectionBase {
+    let rate = |i: usize| Rate::new(rates.get(i).copied().unwrap_or(0.0));
+    ConnectionBase {
+        name: m.name.clone(),
+        node: st.node.clone(),
+        state: state.to_owned(),
+        protocol: m.protocol.to_string(),
+        user: m.user.clone(),
+        user_who_performed_action: m.user.clone(),
+        vhost: m.vhost.clone(),
+        host: m.local.ip().to_string(),
+        port: m.local.port(),
+        peer_host: m.peer.ip().to_string(),
+        peer_port: m.peer.port(),
+        ssl: false,
+        auth_mechanism: m.auth_mechanism.clone(),
+        channels,
+        channel_max,
+        frame_max: m.frame_max,
+        timeout: m.heartbeat,
+        connected_at: m.connected_at_ms,
+        client_properties: table_to_json(&m.client_properties),
+        user_provided_name: m
+            .client_properties
+            .get("connection_name")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        recv_oct: traffic.recv_oct,
+        recv_cnt: traffic.recv_cnt,
+        send_oct: traffic.send_oct,
+        send_cnt: traffic.send_cnt,
+        send_pend: traffic.send_pend,
+        recv_oct_details: rate(0),
+        send_oct_details: rate(1),
+    }
+}
+
+/// An AMQP 0-9-1, MQTT or STOMP connection.
+fn connection_view(st: &AppState, c: &ConnectionInfo) -> Connection {
     let rates = st.sampler.rates(
-        &stats::connection_key(&m.name),
+        &stats::connection_key(&c.meta.name),
         &stats::connection_counters(c),
     );
-    let r = |i: usize| json::rate_details(rates.get(i).copied().unwrap_or(0.0));
-    let provided = m
-        .client_properties
-        .get("connection_name")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    json!({
-        "name": m.name,
-        "node": st.node,
-        "type": "network",
-        "state": c.state.as_str(),
-        "protocol": m.protocol,
-        "user": m.user,
-        "user_who_performed_action": m.user,
-        "vhost": m.vhost,
-        "host": m.local.ip().to_string(),
-        "port": m.local.port(),
-        "peer_host": m.peer.ip().to_string(),
-        "peer_port": m.peer.port(),
-        "ssl": false,
-        "auth_mechanism": m.auth_mechanism,
-        "channels": c.channels.len(),
-        "channel_max": m.channel_max,
-        "frame_max": m.frame_max,
-        "timeout": m.heartbeat,
-        "connected_at": m.connected_at_ms,
-        "client_properties": table_to_json(&m.client_properties),
-        "user_provided_name": provided,
-        "recv_oct": c.recv_oct,
-        "recv_cnt": c.recv_cnt,
-        "send_oct": c.send_oct,
-        "send_cnt": c.send_cnt,
-        "send_pend": c.send_pending_bytes,
-        "recv_oct_details": r(0),
-        "send_oct_details": r(1),
-    })
+    let traffic = Traffic {
+        recv_oct: c.recv_oct,
+        recv_cnt: c.recv_cnt,
+        send_oct: c.send_oct,
+        send_cnt: c.send_cnt,
+        send_pend: c.send_pending_bytes,
+    };
+    Connection {
+        base: connection_base(
+            st,
+            &c.meta,
+            c.state.as_str(),
+            c.channels.len(),
+            c.meta.channel_max,
+            traffic,
+            &rates,
+        ),
+        kind: Some("network"),
+        tls: None,
+        stream: None,
+    }
 }
 
 /// AMQP connections (and stream-protocol ones, protocol `stream`) as one list sorted by name.
-fn all_connections(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
-    let mut items: Vec<(String, Value)> = sorted_connections(st, user)
+fn all_connections(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Connection> {
+    let mut items: Vec<Connection> = sorted_connections(st, user)
         .iter()
         .filter(|c| vhost.is_none_or(|v| c.meta.vhost == v))
-        .map(|c| (c.meta.name.clone(), connection_json(st, c)))
+        .map(|c| connection_view(st, c))
         .collect();
     items.extend(
         streams::stream_connections(st, user, vhost)
             .iter()
-            .map(|c| (c.meta.name.clone(), streams::connection_json(st, c))),
+            .map(|c| streams::connection_view(st, c)),
     );
-    items.sort_by(|a, b| a.0.cmp(&b.0));
-    items.into_iter().map(|(_, v)| v).collect()
+    items.sort_by(|a, b| a.base.name.cmp(&b.base.name));
+    items
 }
 
 pub async fn connections(
@@ -125,7 +168,7 @@ pub async fn connections(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    json::list(all_connections(&st, &user, None), &q)
+    json::list(views::values(all_connections(&st, &user, None)), &q)
 }
 
 pub async fn vhost_connections(
@@ -135,7 +178,7 @@ pub async fn vhost_connections(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    json::list(all_connections(&st, &user, Some(&vhost)), &q)
+    json::list(views::values(all_connections(&st, &user, Some(&vhost))), &q)
 }
 
 pub(crate) fn find_connection(
@@ -166,10 +209,10 @@ pub async fn connection(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     if let Some(c) = find_stream_connection(&st, &user, &name) {
-        return Ok(json::ok(streams::connection_json(&st, &c)));
+        return Ok(json::ok(&streams::connection_view(&st, &c)));
     }
     let c = find_connection(&st, &user, &name)?;
-    Ok(json::ok(connection_json(&st, &c)))
+    Ok(json::ok(&connection_view(&st, &c)))
 }
 
 /// DELETE /api/connections/name: closes it with 320 CONNECTION_FORCED; the reason is the
@@ -217,12 +260,11 @@ pub async fn user_connections(
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(json::ok(Value::Array(
-        all_connections(&st, &user, None)
-            .into_iter()
-            .filter(|c| c["user"] == name.as_str())
-            .collect(),
-    )))
+    let found: Vec<Connection> = all_connections(&st, &user, None)
+        .into_iter()
+        .filter(|c| c.base.user == name)
+        .collect();
+    Ok(json::ok(&found))
 }
 
 /// DELETE /api/connections/username/{user}: closes all of the user's connections (204 even

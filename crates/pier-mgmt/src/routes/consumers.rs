@@ -9,13 +9,14 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use pier_broker::ConsumerInfo;
 use pier_server::ConnectionInfo;
-use serde_json::{json, Value};
 
 use crate::auth::{view_vhost, visible_vhosts, AuthUser};
 use crate::error::ApiResult;
 use crate::json::{self, table_to_json};
 use crate::routes::connections::connections_by_id;
 use crate::routes::Q;
+use crate::views::connection::{ChannelDetails, Consumer};
+use crate::views::{self, QueueRef};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -24,40 +25,44 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/consumers/{vhost}", get(vhost_consumers))
 }
 
-pub(crate) fn consumer_json(
+/// An AMQP consumer (`conns`: the node's connections by id, for its channel's details).
+pub(crate) fn consumer_view(
     state: &AppState,
     conns: &HashMap<u64, ConnectionInfo>,
     vhost: &str,
     queue: &str,
     c: &ConsumerInfo,
-) -> Value {
+) -> Consumer {
     let channel_details = match (conns.get(&c.connection), c.channel) {
-        (Some(conn), Some(n)) => json!({
-            "connection_name": conn.meta.name,
-            "name": format!("{} ({n})", conn.meta.name),
-            "node": state.node,
-            "number": n,
-            "peer_host": conn.meta.peer.ip().to_string(),
-            "peer_port": conn.meta.peer.port(),
-            "user": conn.meta.user,
+        (Some(conn), Some(n)) => Some(ChannelDetails {
+            connection_name: conn.meta.name.clone(),
+            name: format!("{} ({n})", conn.meta.name),
+            node: state.node.clone(),
+            number: n,
+            peer_host: conn.meta.peer.ip().to_string(),
+            peer_port: conn.meta.peer.port(),
+            user: conn.meta.user.clone(),
         }),
-        _ => json!({}),
+        _ => None,
     };
-    json!({
-        "arguments": table_to_json(&c.arguments),
-        "ack_required": c.ack_required,
-        "active": c.active,
-        "activity_status": if c.active { "up" } else { "waiting" },
-        "channel_details": channel_details,
-        "consumer_tag": c.tag.as_str(),
-        "exclusive": c.exclusive,
-        "prefetch_count": c.prefetch,
-        "priority": c.priority,
-        "queue": {"name": queue, "vhost": vhost},
-    })
+    Consumer {
+        arguments: table_to_json(&c.arguments),
+        ack_required: c.ack_required,
+        active: c.active,
+        activity_status: if c.active { "up" } else { "waiting" },
+        channel_details,
+        consumer_tag: c.tag.as_str().to_owned(),
+        exclusive: c.exclusive,
+        prefetch_count: c.prefetch,
+        priority: c.priority,
+        queue: QueueRef {
+            name: queue.to_owned(),
+            vhost: vhost.to_owned(),
+        },
+    }
 }
 
-fn consumers_of(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
+fn consumers_of(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Consumer> {
     let conns = connections_by_id(st);
     let mut out = Vec::new();
     for vh in visible_vhosts(st, user) {
@@ -68,7 +73,7 @@ fn consumers_of(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Valu
         queues.sort_by(|a, b| a.name().cmp(b.name()));
         for q in queues {
             for c in q.consumers() {
-                out.push(consumer_json(st, &conns, vh.name(), q.name(), &c));
+                out.push(consumer_view(st, &conns, vh.name(), q.name(), &c));
             }
         }
     }
@@ -80,7 +85,7 @@ pub async fn consumers(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    json::list(consumers_of(&st, &user, None), &q)
+    json::list(views::values(consumers_of(&st, &user, None)), &q)
 }
 
 pub async fn vhost_consumers(
@@ -90,5 +95,5 @@ pub async fn vhost_consumers(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    json::list(consumers_of(&st, &user, Some(&vhost)), &q)
+    json::list(views::values(consumers_of(&st, &user, Some(&vhost))), &q)
 }

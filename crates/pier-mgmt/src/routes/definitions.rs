@@ -25,17 +25,24 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
-use pier_broker::{Destination, Permission, TopicPermission, VHost};
+use pier_broker::{Destination, VHost};
 use pier_cluster::metadata::{self, CommandError, MetadataCommand, Outcome};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, object_to_table, short, table_to_json};
-use crate::routes::policies::{parse_policy, policy_json, unknown_keys};
-use crate::routes::users::{check_algorithm, valid_hash, HASHING_ALGORITHM};
+use crate::routes::permissions::sorted_permissions;
+use crate::routes::policies::{parse_policy, policy_view, sorted_policies, unknown_keys};
+use crate::routes::topic_permissions::sorted_topic_permissions;
+use crate::routes::users::{check_algorithm, sorted_users, valid_hash};
 use crate::routes::vhosts::{parse_tags, vhost_meta_from};
+use crate::views::definitions::{
+    BindingDefinition, Definitions as DefinitionsView, ExchangeDefinition, QueueDefinition,
+    VhostDefinition, VhostDefinitions,
+};
+use crate::views::vhost::VhostMetadata;
 use crate::{AppState, RABBITMQ_COMPAT_VERSION};
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -53,15 +60,15 @@ fn is_system_exchange(name: &str) -> bool {
 }
 
 /// Queues, exchanges and bindings of one vhost; `with_vhost` adds the `vhost` field.
-fn vhost_objects(vh: &VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
-    let tag = |mut v: Value| {
-        if with_vhost {
-            if let Some(m) = v.as_object_mut() {
-                m.insert("vhost".into(), Value::from(vh.name()));
-            }
-        }
-        v
-    };
+fn vhost_objects(
+    vh: &VHost,
+    with_vhost: bool,
+) -> (
+    Vec<QueueDefinition>,
+    Vec<ExchangeDefinition>,
+    Vec<BindingDefinition>,
+) {
+    let vhost = || with_vhost.then(|| vh.name().to_owned());
     let mut queues = vh.queues();
     queues.sort_by(|a, b| a.name().cmp(b.name()));
     let queues = queues
@@ -69,12 +76,13 @@ fn vhost_objects(vh: &VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<V
         .filter(|q| !q.is_exclusive())
         .map(|q| {
             let o = q.options();
-            tag(json!({
-                "name": q.name().as_str(),
-                "durable": o.durable,
-                "auto_delete": o.auto_delete,
-                "arguments": table_to_json(&o.arguments),
-            }))
+            QueueDefinition {
+                name: q.name().as_str().to_owned(),
+                vhost: vhost(),
+                durable: o.durable,
+                auto_delete: o.auto_delete,
+                arguments: table_to_json(&o.arguments),
+            }
         })
         .collect();
     let mut exchanges = vh.exchanges();
@@ -82,15 +90,14 @@ fn vhost_objects(vh: &VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<V
     let exchanges = exchanges
         .iter()
         .filter(|x| !is_system_exchange(&x.name))
-        .map(|x| {
-            tag(json!({
-                "name": x.name.as_str(),
-                "type": x.kind.as_str(),
-                "durable": x.durable,
-                "auto_delete": x.auto_delete,
-                "internal": x.internal,
-                "arguments": table_to_json(&x.arguments),
-            }))
+        .map(|x| ExchangeDefinition {
+            name: x.name.as_str().to_owned(),
+            vhost: vhost(),
+            kind: x.kind.as_str().to_owned(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments: table_to_json(&x.arguments),
         })
         .collect();
     let mut bindings = vh.bindings();
@@ -108,50 +115,20 @@ fn vhost_objects(vh: &VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<V
                 Destination::Queue(n) => (n.as_str(), "queue"),
                 Destination::Exchange(n) => (n.as_str(), "exchange"),
             };
-            tag(json!({
-                "source": b.source.as_str(),
-                "destination": dest,
-                "destination_type": kind,
-                "routing_key": b.routing_key.as_str(),
-                "arguments": table_to_json(&b.arguments),
-            }))
+            BindingDefinition {
+                source: b.source.as_str().to_owned(),
+                vhost: vhost(),
+                destination: dest.to_owned(),
+                destination_type: kind,
+                routing_key: b.routing_key.as_str().to_owned(),
+                arguments: table_to_json(&b.arguments),
+            }
         })
         .collect();
     (queues, exchanges, bindings)
 }
 
-pub(crate) fn export(st: &AppState) -> Value {
-    let store = st.broker.users();
-    let mut users: Vec<&pier_broker::User> = store.users().collect();
-    users.sort_by(|a, b| a.name.cmp(&b.name));
-    let users: Vec<Value> = users
-        .iter()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "password_hash": u.password_hash,
-                "hashing_algorithm": HASHING_ALGORITHM,
-                "tags": u.tags,
-                "limits": {},
-            })
-        })
-        .collect();
-    let mut perms: Vec<(&str, &str, &Permission)> = store.permissions().collect();
-    perms.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-    let permissions: Vec<Value> = perms
-        .iter()
-        .map(|(u, v, p)| {
-            json!({"user": u, "vhost": v, "configure": p.configure, "write": p.write, "read": p.read})
-        })
-        .collect();
-    let mut topic_perms: Vec<(&str, &str, &TopicPermission)> = store.topic_permissions().collect();
-    topic_perms.sort_by(|a, b| (a.1, a.0, &a.2.exchange).cmp(&(b.1, b.0, &b.2.exchange)));
-    let topic_permissions: Vec<Value> = topic_perms
-        .iter()
-        .map(|(u, v, p)| {
-            json!({"user": u, "vhost": v, "exchange": p.exchange, "write": p.write, "read": p.read})
-        })
-        .collect();
+pub(crate) fn export(st: &AppState) -> DefinitionsView {
     let mut vhs = st.broker.vhosts();
     vhs.sort_by(|a, b| a.name().cmp(b.name()));
     let mut vhosts = Vec::new();
@@ -161,36 +138,39 @@ pub(crate) fn export(st: &AppState) -> Value {
         policies.extend(
             sorted_policies(vh)
                 .iter()
-                .map(|p| policy_json(Some(vh.name()), p)),
+                .map(|p| policy_view(Some(vh.name()), p)),
         );
         let meta = st.vhost_meta(vh.name());
-        vhosts.push(json!({
-            "name": vh.name(),
-            "description": meta.description,
-            "tags": meta.tags,
-            "metadata": {"description": meta.description, "tags": meta.tags},
-        }));
+        vhosts.push(VhostDefinition {
+            name: vh.name().to_owned(),
+            description: meta.description.clone(),
+            tags: meta.tags.clone(),
+            metadata: VhostMetadata {
+                description: meta.description,
+                tags: meta.tags,
+            },
+        });
         let (q, x, b) = vhost_objects(vh, true);
         queues.extend(q);
         exchanges.extend(x);
         bindings.extend(b);
     }
-    json!({
-        "rabbit_version": RABBITMQ_COMPAT_VERSION,
-        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
-        "product_name": "Pier",
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "users": users,
-        "vhosts": vhosts,
-        "permissions": permissions,
-        "topic_permissions": topic_permissions,
-        "parameters": [],
-        "global_parameters": [],
-        "policies": policies,
-        "queues": queues,
-        "exchanges": exchanges,
-        "bindings": bindings,
-    })
+    DefinitionsView {
+        rabbit_version: RABBITMQ_COMPAT_VERSION,
+        rabbitmq_version: RABBITMQ_COMPAT_VERSION,
+        product_name: "Pier",
+        product_version: env!("CARGO_PKG_VERSION"),
+        users: sorted_users(st),
+        vhosts,
+        permissions: sorted_permissions(st),
+        topic_permissions: sorted_topic_permissions(st),
+        parameters: Vec::new(),
+        global_parameters: Vec::new(),
+        policies,
+        queues,
+        exchanges,
+        bindings,
+    }
 }
 
 pub async fn export_all(
@@ -198,7 +178,7 @@ pub async fn export_all(
     Extension(user): Extension<AuthUser>,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    Ok(json::ok(export(&st)))
+    Ok(json::ok(&export(&st)))
 }
 
 pub async fn export_vhost(
@@ -209,27 +189,21 @@ pub async fn export_vhost(
     user.require_admin()?;
     let vh = st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
     let (queues, exchanges, bindings) = vhost_objects(&vh, false);
-    let policies: Vec<Value> = sorted_policies(&vh)
+    let policies = sorted_policies(&vh)
         .iter()
-        .map(|p| policy_json(None, p))
+        .map(|p| policy_view(None, p))
         .collect();
-    Ok(json::ok(json!({
-        "rabbit_version": RABBITMQ_COMPAT_VERSION,
-        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
-        "product_name": "Pier",
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "parameters": [],
-        "policies": policies,
-        "queues": queues,
-        "exchanges": exchanges,
-        "bindings": bindings,
-    })))
-}
-
-fn sorted_policies(vh: &VHost) -> Vec<pier_broker::Policy> {
-    let mut ps = vh.policies();
-    ps.sort_by(|a, b| a.name.cmp(&b.name));
-    ps
+    Ok(json::ok(&VhostDefinitions {
+        rabbit_version: RABBITMQ_COMPAT_VERSION,
+        rabbitmq_version: RABBITMQ_COMPAT_VERSION,
+        product_name: "Pier",
+        product_version: env!("CARGO_PKG_VERSION"),
+        parameters: Vec::new(),
+        policies,
+        queues,
+        exchanges,
+        bindings,
+    }))
 }
 
 // ---- import ----

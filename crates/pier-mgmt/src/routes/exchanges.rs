@@ -12,12 +12,13 @@ use base64::Engine;
 use pier_broker::{BrokerError, Message, VHost};
 use pier_cluster::metadata::{self, MetadataCommand};
 use pier_wire::ShortString;
-use serde_json::{json, Value};
 
 use crate::auth::{change_vhost, view_vhost, visible_vhosts, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_bool, get_str, get_table, short, table_to_json};
 use crate::routes::Q;
+use crate::views;
+use crate::views::exchange::{Exchange, ExchangeDetails, Routed};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -42,33 +43,26 @@ pub(crate) fn exchange_name(url_name: &str) -> &str {
     }
 }
 
-fn exchange_json(vh: &VHost, x: &pier_broker::exchange::Exchange, detailed: bool) -> Value {
-    let vhost = vh.name();
-    let mut v = json!({
-        "name": x.name.as_str(),
-        "vhost": vhost,
-        "type": x.kind.as_str(),
-        "durable": x.durable,
-        "auto_delete": x.auto_delete,
-        "internal": x.internal,
-        "arguments": table_to_json(&x.arguments),
-        "user_who_performed_action": "",
-    });
-    // As RabbitMQ: the key is there only when a policy applies (exchanges follow policies
-    // as they change, so the one in force now is the applied one).
-    if let (Some(p), Some(m)) = (
-        vh.effective_policy(pier_broker::ObjectKind::Exchange, x.name.as_str()),
-        v.as_object_mut(),
-    ) {
-        m.insert("policy".into(), Value::from(p.name));
+fn exchange_view(vh: &VHost, x: &pier_broker::exchange::Exchange, detailed: bool) -> Exchange {
+    Exchange {
+        name: x.name.as_str().to_owned(),
+        vhost: vh.name().to_owned(),
+        kind: x.kind.as_str().to_owned(),
+        durable: x.durable,
+        auto_delete: x.auto_delete,
+        internal: x.internal,
+        arguments: table_to_json(&x.arguments),
+        user_who_performed_action: "",
+        // As RabbitMQ: the key is there only when a policy applies (exchanges follow
+        // policies as they change, so the one in force now is the applied one).
+        policy: vh
+            .effective_policy(pier_broker::ObjectKind::Exchange, x.name.as_str())
+            .map(|p| p.name),
+        details: detailed.then(|| ExchangeDetails {
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+        }),
     }
-    if detailed {
-        if let Some(m) = v.as_object_mut() {
-            m.insert("incoming".into(), json!([]));
-            m.insert("outgoing".into(), json!([]));
-        }
-    }
-    v
 }
 
 fn sorted_exchanges(vh: &VHost) -> Vec<pier_broker::exchange::Exchange> {
@@ -85,10 +79,10 @@ pub async fn exchanges(
     let mut items = Vec::new();
     for vh in visible_vhosts(&st, &user) {
         for x in sorted_exchanges(&vh) {
-            items.push(exchange_json(&vh, &x, false));
+            items.push(exchange_view(&vh, &x, false));
         }
     }
-    json::list(items, &q)
+    json::list(views::values(items), &q)
 }
 
 pub async fn vhost_exchanges(
@@ -100,9 +94,9 @@ pub async fn vhost_exchanges(
     let vh = view_vhost(&st.broker, &user, &vhost)?;
     let items = sorted_exchanges(&vh)
         .iter()
-        .map(|x| exchange_json(&vh, x, false))
-        .collect();
-    json::list(items, &q)
+        .map(|x| exchange_view(&vh, x, false))
+        .collect::<Vec<_>>();
+    json::list(views::values(items), &q)
 }
 
 pub async fn exchange(
@@ -117,7 +111,7 @@ pub async fn exchange(
         .into_iter()
         .find(|x| x.name.as_str() == name)
         .ok_or_else(ApiError::not_found)?;
-    Ok(json::ok(exchange_json(&vh, &x, true)))
+    Ok(json::ok(&exchange_view(&vh, &x, true)))
 }
 
 pub async fn put_exchange(
@@ -218,5 +212,5 @@ pub async fn publish(
         .publish(message, pier_broker::PublishOptions::client())
         .map_err(|e| ApiError::bad_request(format!("{} {}", e.reply_code(), e.reply_text())))?
         .routed;
-    Ok(json::ok(json!({ "routed": routed })))
+    Ok(json::ok(&Routed { routed }))
 }

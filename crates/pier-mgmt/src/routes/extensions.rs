@@ -3,9 +3,9 @@
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use serde_json::json;
 
 use crate::json::{self};
+use crate::views::EmptyList;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -14,5 +14,5 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// GET /api/extensions: the web UI's plugin extensions; Pier's UI has none.
 pub async fn extensions() -> Response {
-    json::ok(json!([]))
+    json::ok(&EmptyList::default())
 }

@@ -6,12 +6,14 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object};
 use crate::routes::Q;
+use crate::views;
+use crate::views::parameter::GlobalParameter;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -27,6 +29,13 @@ pub(crate) fn routes() -> Router<AppState> {
 
 const CLUSTER_NAME: &str = "cluster_name";
 
+fn cluster_name(st: &AppState) -> GlobalParameter {
+    GlobalParameter {
+        name: CLUSTER_NAME,
+        value: st.cluster_name(),
+    }
+}
+
 /// GET /api/global-parameters: the one Pier has is `cluster_name` (as RabbitMQ lists it).
 pub async fn global_parameters(
     State(st): State<AppState>,
@@ -34,10 +43,7 @@ pub async fn global_parameters(
     Query(q): Q,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    json::list(
-        vec![json!({"name": CLUSTER_NAME, "value": st.cluster_name()})],
-        &q,
-    )
+    json::list(views::values([cluster_name(&st)]), &q)
 }
 
 pub async fn global_parameter(
@@ -49,9 +55,7 @@ pub async fn global_parameter(
     if name != CLUSTER_NAME {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(
-        json!({"name": CLUSTER_NAME, "value": st.cluster_name()}),
-    ))
+    Ok(json::ok(&cluster_name(&st)))
 }
 
 /// PUT /api/global-parameters/cluster_name `{"value": …}` renames the cluster; other global

@@ -10,11 +10,14 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use pier_broker::{Message, QueueDeclare};
 use pier_wire::ShortString;
-use serde_json::{json, Value};
 
 use crate::auth::{change_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self};
+use crate::views::health::{
+    Alarm, AlarmsFailed, CriticalQueue, PortListening, PortNotListening, ProtocolListening,
+    ProtocolNotListening, QuorumCritical, Status,
+};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -42,30 +45,36 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 pub async fn health_ok() -> Response {
-    json::ok(json!({ "status": "ok" }))
+    json::ok(&Status::ok())
 }
 
 /// `/api/health/checks/alarms` and `local-alarms`: 503 with the alarms in effect, as RabbitMQ.
 pub async fn health_alarms(State(st): State<AppState>) -> Response {
     let state = st.registry.alarms().state();
     if !state.any() {
-        return json::ok(json!({ "status": "ok" }));
+        return json::ok(&Status::ok());
     }
     let mut alarms = Vec::new();
     if state.memory {
-        alarms.push(json!({ "node": st.node, "resource": "memory" }));
+        alarms.push(Alarm {
+            node: st.node.clone(),
+            resource: "memory",
+        });
     }
     if state.disk {
-        alarms.push(json!({ "node": st.node, "resource": "disk" }));
+        alarms.push(Alarm {
+            node: st.node.clone(),
+            resource: "disk",
+        });
     }
-    let body = json!({
-        "status": "failed",
-        "reason": "resource alarm(s) in effect in the cluster",
-        "alarms": alarms,
-    });
-    let mut response = json::ok(body);
-    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    response
+    json::with_status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &AlarmsFailed {
+            status: "failed",
+            reason: "resource alarm(s) in effect in the cluster",
+            alarms,
+        },
+    )
 }
 
 /// Declares `aliveness-test` in the vhost, publishes a message to it and gets it back.
@@ -95,19 +104,9 @@ pub async fn aliveness_test(
     // Through the default exchange, as RabbitMQ's check publishes.
     vh.publish(msg, pier_broker::PublishOptions::internal())?;
     match q.get(false) {
-        Some((d, _)) if d.message.body.as_ref() == b"test_message" => {
-            Ok(json::ok(json!({ "status": "ok" })))
-        }
-        _ => Ok(json::ok(
-            json!({ "status": "failed", "reason": "message not received back" }),
-        )),
+        Some((d, _)) if d.message.body.as_ref() == b"test_message" => Ok(json::ok(&Status::ok())),
+        _ => Ok(json::ok(&Status::failed("message not received back"))),
     }
-}
-
-fn service_unavailable(body: Value) -> Response {
-    let mut r = json::ok(body);
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r
 }
 
 /// The node's listeners as (protocol, port).
@@ -132,17 +131,20 @@ pub async fn health_port_listener(
         .map_err(|_| ApiError::bad_request("Invalid port"))?;
     let listeners = listener_ports(&st);
     if listeners.iter().any(|(_, p)| *p == port) {
-        return Ok(json::ok(json!({"status": "ok", "port": port})));
+        return Ok(json::ok(&PortListening { status: "ok", port }));
     }
     let mut ports: Vec<u16> = listeners.iter().map(|(_, p)| *p).collect();
     ports.sort_unstable();
     ports.dedup();
-    Ok(service_unavailable(json!({
-        "status": "failed",
-        "reason": "No active listener",
-        "missing": port,
-        "ports": ports,
-    })))
+    Ok(json::with_status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &PortNotListening {
+            status: "failed",
+            reason: "No active listener",
+            missing: port,
+            ports,
+        },
+    ))
 }
 
 pub async fn health_protocol_listener(
@@ -156,15 +158,21 @@ pub async fn health_protocol_listener(
         p => p,
     };
     if listeners.iter().any(|(p, _)| *p == wanted) {
-        return json::ok(json!({"status": "ok", "protocol": protocol}));
+        return json::ok(&ProtocolListening {
+            status: "ok",
+            protocol,
+        });
     }
     let protocols: Vec<&str> = listeners.iter().map(|(p, _)| *p).collect();
-    service_unavailable(json!({
-        "status": "failed",
-        "reason": "No active listener",
-        "missing": protocol,
-        "protocols": protocols,
-    }))
+    json::with_status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &ProtocolNotListening {
+            status: "failed",
+            reason: "No active listener",
+            missing: protocol,
+            protocols,
+        },
+    )
 }
 
 /// node-is-mirror-sync-critical: Pier has no mirrored classic queues, so no node is.
@@ -174,35 +182,35 @@ pub async fn health_single_node(State(st): State<AppState>) -> Response {
     } else {
         "single node cluster"
     };
-    json::ok(json!({"status": "ok", "reason": reason}))
+    json::ok(&Status::ok_because(reason))
 }
 
 /// node-is-quorum-critical: 503 with the replicated quorum queues that would lose their
 /// majority if this node stopped, RabbitMQ's text and shape; a single node never is.
 pub async fn health_quorum_critical(State(st): State<AppState>) -> Response {
     let Some(c) = st.cluster() else {
-        return json::ok(json!({"status": "ok", "reason": "single node cluster"}));
+        return json::ok(&Status::ok_because("single node cluster"));
     };
     let critical = c.quorum_critical();
     if critical.is_empty() {
-        return json::ok(json!({"status": "ok"}));
+        return json::ok(&Status::ok());
     }
-    let queues: Vec<Value> = critical
+    let queues = critical
         .iter()
-        .map(|(vhost, name)| {
-            json!({
-                "name": name,
-                "readable_name": format!("queue '{name}' in vhost '{vhost}'"),
-                "virtual_host": vhost,
-                "type": "quorum",
-            })
+        .map(|(vhost, name)| CriticalQueue {
+            name: name.clone(),
+            readable_name: format!("queue '{name}' in vhost '{vhost}'"),
+            virtual_host: vhost.clone(),
+            kind: "quorum",
         })
         .collect();
-    let mut r = json::ok(json!({
-        "status": "failed",
-        "reason": "There are quorum queues that would lose their quorum if the target node is shut down",
-        "queues": queues,
-    }));
-    *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
-    r
+    json::with_status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &QuorumCritical {
+            status: "failed",
+            reason: "There are quorum queues that would lose their quorum if the target node \
+                     is shut down",
+            queues,
+        },
+    )
 }

@@ -8,12 +8,14 @@ use axum::routing::{get, put};
 use axum::{Extension, Router};
 use pier_broker::VhostLimits;
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::auth::{view_vhost, visible_vhosts, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object};
 use crate::routes::Q;
+use crate::views::parameter::{VhostLimits as VhostLimitsView, VhostLimitsValue};
+use crate::views::{self, EmptyList};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -36,15 +38,12 @@ pub(crate) const MAX_CONNECTIONS: &str = "max-connections";
 
 pub(crate) const MAX_QUEUES: &str = "max-queues";
 
-pub(crate) fn limits_value(l: VhostLimits) -> Option<Value> {
-    let mut m = Map::new();
-    if let Some(v) = l.max_connections {
-        m.insert(MAX_CONNECTIONS.into(), Value::from(v));
-    }
-    if let Some(v) = l.max_queues {
-        m.insert(MAX_QUEUES.into(), Value::from(v));
-    }
-    (!m.is_empty()).then_some(Value::Object(m))
+/// The limits set on a vhost; `None` when it has none.
+pub(crate) fn limits_value(l: VhostLimits) -> Option<VhostLimitsValue> {
+    (l.max_connections.is_some() || l.max_queues.is_some()).then_some(VhostLimitsValue {
+        max_connections: l.max_connections,
+        max_queues: l.max_queues,
+    })
 }
 
 /// GET /api/vhost-limits: `[{"vhost": …, "value": {"max-queues": …}}]` for the vhosts (that
@@ -56,11 +55,13 @@ pub async fn vhost_limits(
 ) -> ApiResult<Response> {
     let mut vhosts = visible_vhosts(&st, &user);
     vhosts.sort_by(|a, b| a.name().cmp(b.name()));
-    let items = vhosts
-        .iter()
-        .filter_map(|vh| limits_value(vh.limits()).map(|v| json!({"vhost": vh.name(), "value": v})))
-        .collect();
-    json::list(items, &q)
+    let items = vhosts.iter().filter_map(|vh| {
+        limits_value(vh.limits()).map(|value| VhostLimitsView {
+            vhost: vh.name().to_owned(),
+            value,
+        })
+    });
+    json::list(views::values(items), &q)
 }
 
 pub async fn one_vhost_limits(
@@ -69,11 +70,11 @@ pub async fn one_vhost_limits(
     Path(vhost): Path<String>,
 ) -> ApiResult<Response> {
     let vh = view_vhost(&st.broker, &user, &vhost)?;
-    let items: Vec<Value> = limits_value(vh.limits())
-        .map(|v| json!({"vhost": vhost, "value": v}))
+    let items: Vec<VhostLimitsView> = limits_value(vh.limits())
+        .map(|value| VhostLimitsView { vhost, value })
         .into_iter()
         .collect();
-    Ok(json::ok(Value::Array(items)))
+    Ok(json::ok(&items))
 }
 
 pub(crate) fn vhost_for_limits(
@@ -176,7 +177,7 @@ pub async fn one_user_limits(
     if st.broker.users().user(&name).is_none() {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(json!([])))
+    Ok(json::ok(&EmptyList::default()))
 }
 
 pub async fn put_user_limit(

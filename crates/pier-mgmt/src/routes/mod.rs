@@ -1,6 +1,8 @@
 //! The management API's routes, one module per RabbitMQ management resource. Each module owns
 //! its handlers and a `routes()` with its paths (relative to `/api`, except [`auth`] and
 //! [`metrics`], which are served outside it without credentials); [`api`] merges them.
+//!
+//! The response bodies are the typed views of [`crate::views`].
 
 use std::collections::HashMap;
 

@@ -6,15 +6,16 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use procfs::process::{LimitValue, Process};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
-use crate::json::rate_details as details;
 use crate::json::{self};
-use crate::routes::overview::{contexts, exchange_types};
+use crate::routes::overview::{churn_rates, contexts, exchange_types};
 use crate::routes::Q;
 use crate::stats;
+use crate::views::node::{Member, MemoryBreakdown, MemoryTotal, Node, NodeMemory};
+use crate::views::overview::Described;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -22,6 +23,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/nodes", get(nodes))
         .route("/nodes/{node}", get(node))
         .route("/nodes/{node}/memory", get(node_memory))
+}
+
+/// An entry of `/api/nodes`: this node, or another member.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AnyNode {
+    Local(Node),
+    Member(Member),
 }
 
 /// Resident memory in bytes, open file descriptors and their (soft) limit, from /proc; 0 for
@@ -41,57 +50,55 @@ pub(crate) fn process_figures() -> (u64, u64, u64) {
     (rss, fds, max_fds)
 }
 
-fn node_json(st: &AppState) -> Value {
+fn node_view(st: &AppState, memory: bool) -> Node {
     let (mem, fds, fd_total) = process_figures();
     let totals = st.registry.totals();
     let node_counters = crate::stats::node_message_counters(st);
     let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
-    let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
-    json!({
-        "name": st.node,
-        "type": "disc",
-        "running": true,
-        "being_drained": false,
-        "os_pid": std::process::id().to_string(),
-        "uptime": u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "mem_used": mem,
-        "mem_limit": alarms_limit(st.registry.alarms().memory_limit()),
-        "mem_alarm": st.registry.alarms().state().memory,
-        "disk_free": st.registry.alarms().disk_free(),
-        "disk_free_limit": st.registry.alarms().disk_free_limit(),
-        "disk_free_alarm": st.registry.alarms().state().disk,
-        "fd_used": fds,
-        "fd_total": fd_total,
-        "sockets_used": st.registry.connection_count(),
-        // The members this node cannot reach (none on a single node).
-        "partitions": st.cluster().map_or_else(Vec::new, |c| c
-            .members()
-            .into_iter()
-            .filter(|(_, running)| !running)
-            .map(|(name, _)| name)
-            .collect()),
-        "applications": [],
-        "contexts": contexts(st),
-        "exchange_types": exchange_types(),
-        "auth_mechanisms": [
-            {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true},
-            {"name": "AMQPLAIN", "description": "QPid AMQPLAIN mechanism", "enabled": true},
+    let mechanism = |name, description| Described {
+        name,
+        description,
+        enabled: true,
+    };
+    Node {
+        name: st.node.clone(),
+        kind: "disc",
+        running: true,
+        being_drained: false,
+        os_pid: std::process::id().to_string(),
+        uptime: u64::try_from(st.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        processors: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        mem_used: mem,
+        mem_limit: alarms_limit(st.registry.alarms().memory_limit()),
+        mem_alarm: st.registry.alarms().state().memory,
+        disk_free: st.registry.alarms().disk_free(),
+        disk_free_limit: st.registry.alarms().disk_free_limit(),
+        disk_free_alarm: st.registry.alarms().state().disk,
+        fd_used: fds,
+        fd_total,
+        sockets_used: st.registry.connection_count(),
+        partitions: st.cluster().map_or_else(Vec::new, |c| {
+            c.members()
+                .into_iter()
+                .filter(|(_, running)| !running)
+                .map(|(name, _)| name)
+                .collect()
+        }),
+        applications: [],
+        contexts: contexts(st),
+        exchange_types: exchange_types(),
+        auth_mechanisms: vec![
+            mechanism("PLAIN", "SASL PLAIN authentication mechanism"),
+            mechanism("AMQPLAIN", "QPid AMQPLAIN mechanism"),
         ],
-        "rates_mode": "basic",
-        "run_queue": 0,
-        "mem_calculation_strategy": "rss",
-        "enabled_plugins": [],
-        "cluster_links": [],
-        "connection_created": totals.connections_opened,
-        "connection_created_details": rate(3),
-        "connection_closed": totals.connections_closed,
-        "connection_closed_details": rate(4),
-        "channel_created": totals.channels_opened,
-        "channel_created_details": rate(5),
-        "channel_closed": totals.channels_closed,
-        "channel_closed_details": rate(6),
-    })
+        rates_mode: "basic",
+        run_queue: 0,
+        mem_calculation_strategy: "rss",
+        enabled_plugins: [],
+        cluster_links: [],
+        churn: churn_rates(&totals, &rates),
+        memory: memory.then(|| memory_breakdown(st)),
+    }
 }
 
 pub async fn nodes(
@@ -99,14 +106,14 @@ pub async fn nodes(
     Extension(user): Extension<AuthUser>,
 ) -> ApiResult<Response> {
     user.require_monitor()?;
-    let mut all = vec![node_json(&st)];
+    let mut all = vec![AnyNode::Local(node_view(&st, false))];
     all.extend(
         crate::cluster::other_members(&st)
             .await
             .iter()
-            .map(crate::cluster::member_json),
+            .map(|m| AnyNode::Member(crate::cluster::member_view(m))),
     );
-    Ok(json::ok(Value::Array(all)))
+    Ok(json::ok(&all))
 }
 
 pub async fn node(
@@ -122,18 +129,12 @@ pub async fn node(
             .await
             .iter()
             .find(|m| m.name == name)
-            .map(|m| json::ok(crate::cluster::member_json(m)))
+            .map(|m| json::ok(&crate::cluster::member_view(m)))
             .ok_or_else(ApiError::not_found);
     }
-    let mut v = node_json(&st);
     // `?memory=true` adds the breakdown of /api/nodes/{node}/memory, as RabbitMQ's.
-    if let (true, Some(m)) = (
-        q.get("memory").is_some_and(|v| v == "true"),
-        v.as_object_mut(),
-    ) {
-        m.insert("memory".into(), memory_breakdown(&st));
-    }
-    Ok(json::ok(v))
+    let memory = q.get("memory").is_some_and(|v| v == "true");
+    Ok(json::ok(&node_view(&st, memory)))
 }
 
 /// No limit is shown as 0 (as for an unmonitored resource).
@@ -157,11 +158,13 @@ pub async fn node_memory(
     if node != st.node {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(json!({ "memory": memory_breakdown(&st) })))
+    Ok(json::ok(&NodeMemory {
+        memory: memory_breakdown(&st),
+    }))
 }
 
-pub(crate) fn memory_breakdown(st: &AppState) -> Value {
-    let (rss, _, _) = crate::routes::nodes::process_figures();
+pub(crate) fn memory_breakdown(st: &AppState) -> MemoryBreakdown {
+    let (rss, _, _) = process_figures();
     let bodies: u64 = st
         .broker
         .vhosts()
@@ -169,9 +172,13 @@ pub(crate) fn memory_breakdown(st: &AppState) -> Value {
         .flat_map(|vh| vh.queues())
         .map(|q| q.stats().memory_bytes)
         .sum();
-    json!({
-        "strategy": "rss",
-        "total": {"rss": rss, "allocated": rss, "erlang": rss},
-        "pier_message_bodies": bodies,
-    })
+    MemoryBreakdown {
+        strategy: "rss",
+        total: MemoryTotal {
+            rss,
+            allocated: rss,
+            erlang: rss,
+        },
+        pier_message_bodies: bodies,
+    }
 }

@@ -1,15 +1,20 @@
 //! `GET /api/overview`: the node's (and cluster's) totals, listeners and contexts.
 
+use std::net::SocketAddr;
+
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
-use serde_json::{json, Value};
 
 use crate::auth::{visible_vhosts, AuthUser};
 use crate::error::ApiResult;
-use crate::json::rate_details as details;
 use crate::json::{self};
+use crate::views::overview::{
+    ChurnRates, Context, Described, Listener, ObjectTotals, Overview, OverviewMessageStats,
+    QueueTotals, RetentionPolicies,
+};
+use crate::views::Rate;
 use crate::AppState;
 use crate::{stats, RABBITMQ_COMPAT_VERSION};
 
@@ -17,41 +22,81 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/overview", get(overview))
 }
 
-pub(crate) fn exchange_types() -> Value {
-    json!([
-        {"name": "direct", "description": "AMQP direct exchange, as per the AMQP specification", "enabled": true},
-        {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true},
-        {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true},
-        {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true},
-    ])
+pub(crate) fn exchange_types() -> Vec<Described> {
+    let amqp = |name| Described {
+        name,
+        description: match name {
+            "direct" => "AMQP direct exchange, as per the AMQP specification",
+            "fanout" => "AMQP fanout exchange, as per the AMQP specification",
+            "headers" => "AMQP headers exchange, as per the AMQP specification",
+            _ => "AMQP topic exchange, as per the AMQP specification",
+        },
+        enabled: true,
+    };
+    vec![
+        amqp("direct"),
+        amqp("fanout"),
+        amqp("headers"),
+        amqp("topic"),
+    ]
 }
 
-fn listeners(st: &AppState) -> Value {
+fn listeners(st: &AppState) -> Vec<Listener> {
+    let listener = |protocol: &str, a: SocketAddr| Listener {
+        node: st.node.clone(),
+        protocol: protocol.to_owned(),
+        ip_address: a.ip().to_string(),
+        port: a.port(),
+    };
     let mut out = Vec::new();
     if let Some(a) = st.amqp_addr {
-        out.push(json!({"node": st.node, "protocol": "amqp", "ip_address": a.ip().to_string(), "port": a.port()}));
+        out.push(listener("amqp", a));
     }
     for (protocol, a) in st.listeners.list() {
-        out.push(json!({"node": st.node, "protocol": protocol, "ip_address": a.ip().to_string(), "port": a.port()}));
+        out.push(listener(protocol, a));
     }
     if let Some(a) = st.http_addr {
-        out.push(json!({"node": st.node, "protocol": "http", "ip_address": a.ip().to_string(), "port": a.port()}));
-        out.push(json!({"node": st.node, "protocol": "http/prometheus", "ip_address": a.ip().to_string(), "port": a.port()}));
+        out.push(listener("http", a));
+        out.push(listener("http/prometheus", a));
     }
-    Value::Array(out)
+    out
 }
 
 /// The HTTP contexts (RabbitMQ's web dispatch), both on the one management listener.
-pub(crate) fn contexts(st: &AppState) -> Value {
+pub(crate) fn contexts(st: &AppState) -> Vec<Context> {
     let Some(a) = st.http_addr else {
-        return json!([]);
+        return Vec::new();
     };
-    // RabbitMQ gives the port as a string here.
-    let port = a.port().to_string();
-    json!([
-        {"node": st.node, "description": "RabbitMQ Management", "path": "/", "port": port, "ssl_opts": []},
-        {"node": st.node, "description": "RabbitMQ Prometheus", "path": "/", "port": port, "protocol": "'http/prometheus'", "ssl_opts": []},
-    ])
+    let context = |description, protocol| Context {
+        node: st.node.clone(),
+        description,
+        path: "/",
+        port: a.port().to_string(),
+        protocol,
+        ssl_opts: [],
+    };
+    vec![
+        context("RabbitMQ Management", None),
+        context("RabbitMQ Prometheus", Some("'http/prometheus'")),
+    ]
+}
+
+/// Connection and channel churn from the registry's totals and the node's sampled rates.
+pub(crate) fn churn_rates(
+    totals: &pier_server::registry::RegistryTotals,
+    rates: &[f64],
+) -> ChurnRates {
+    let rate = |i: usize| Rate::new(rates.get(i).copied().unwrap_or(0.0));
+    ChurnRates {
+        connection_created: totals.connections_opened,
+        connection_created_details: rate(3),
+        connection_closed: totals.connections_closed,
+        connection_closed_details: rate(4),
+        channel_created: totals.channels_opened,
+        channel_created_details: rate(5),
+        channel_closed: totals.channels_closed,
+        channel_closed_details: rate(6),
+    }
 }
 
 pub async fn overview(
@@ -99,65 +144,59 @@ pub async fn overview(
     }
     let node_counters = crate::stats::node_message_counters(&st);
     let rates = st.sampler.rates(stats::NODE_KEY, &node_counters);
-    let rate = |i: usize| details(rates.get(i).copied().unwrap_or(0.0));
     // Queue-total rates are node-wide: shown to those who see every vhost only.
     let sees_all = vhosts.len() == st.broker.vhosts().len();
     let lengths = st.sampler.gauge_rates(stats::NODE_KEY, &node_counters);
     let length_rate = |i: usize| {
-        details(if sees_all {
+        Rate::new(if sees_all {
             lengths.get(i).copied().unwrap_or(0.0)
         } else {
             0.0
         })
     };
-    Ok(json::ok(json!({
-        "management_version": RABBITMQ_COMPAT_VERSION,
-        "rates_mode": "basic",
-        "sample_retention_policies": {"global": [600], "basic": [600], "detailed": [600]},
-        "exchange_types": exchange_types(),
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "product_name": "Pier",
-        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
-        "cluster_name": st.cluster_name(),
-        "erlang_version": "n/a",
-        "erlang_full_version": "n/a (Pier is written in Rust)",
-        "disable_stats": false,
-        "enable_queue_totals": true,
-        "message_stats": {
-            "publish": totals.messages_published,
-            "publish_details": rate(0),
-            "deliver_get": delivered,
-            "deliver_no_ack": no_ack,
-            "ack": acked,
+    Ok(json::ok(&Overview {
+        management_version: RABBITMQ_COMPAT_VERSION,
+        rates_mode: "basic",
+        sample_retention_policies: RetentionPolicies {
+            global: [600],
+            basic: [600],
+            detailed: [600],
         },
-        "churn_rates": {
-            "connection_created": totals.connections_opened,
-            "connection_created_details": rate(3),
-            "connection_closed": totals.connections_closed,
-            "connection_closed_details": rate(4),
-            "channel_created": totals.channels_opened,
-            "channel_created_details": rate(5),
-            "channel_closed": totals.channels_closed,
-            "channel_closed_details": rate(6),
+        exchange_types: exchange_types(),
+        product_version: env!("CARGO_PKG_VERSION"),
+        product_name: "Pier",
+        rabbitmq_version: RABBITMQ_COMPAT_VERSION,
+        cluster_name: st.cluster_name(),
+        erlang_version: "n/a",
+        erlang_full_version: "n/a (Pier is written in Rust)",
+        disable_stats: false,
+        enable_queue_totals: true,
+        message_stats: OverviewMessageStats {
+            publish: totals.messages_published,
+            publish_details: Rate::new(rates.first().copied().unwrap_or(0.0)),
+            deliver_get: delivered,
+            deliver_no_ack: no_ack,
+            ack: acked,
         },
-        "queue_totals": {
-            "messages": ready + unacked,
-            "messages_details": length_rate(7),
-            "messages_ready": ready,
-            "messages_ready_details": length_rate(8),
-            "messages_unacknowledged": unacked,
-            "messages_unacknowledged_details": length_rate(9),
+        churn_rates: churn_rates(&totals, &rates),
+        queue_totals: QueueTotals {
+            messages: ready + unacked,
+            messages_details: length_rate(7),
+            messages_ready: ready,
+            messages_ready_details: length_rate(8),
+            messages_unacknowledged: unacked,
+            messages_unacknowledged_details: length_rate(9),
         },
-        "object_totals": {
-            "channels": channels,
-            "connections": connections,
-            "consumers": consumers,
-            "exchanges": exchanges,
-            "queues": queues,
+        object_totals: ObjectTotals {
+            channels,
+            connections,
+            consumers,
+            exchanges,
+            queues,
         },
-        "statistics_db_event_queue": 0,
-        "node": st.node,
-        "listeners": listeners(&st),
-        "contexts": contexts(&st),
-    })))
+        statistics_db_event_queue: 0,
+        node: st.node.clone(),
+        listeners: listeners(&st),
+        contexts: contexts(&st),
+    }))
 }

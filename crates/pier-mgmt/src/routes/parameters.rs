@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use pier_broker::VhostLimits;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::{view_vhost, visible_vhosts, AuthUser};
 use crate::error::{ApiError, ApiResult};
@@ -18,6 +18,8 @@ use crate::routes::limits::{
     MAX_QUEUES,
 };
 use crate::routes::Q;
+use crate::views;
+use crate::views::parameter::Parameter;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -37,15 +39,18 @@ const VHOST_LIMITS: &str = "vhost-limits";
 
 const LIMITS: &str = "limits";
 
-fn limits_parameters(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Value> {
+fn limits_parameters(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Parameter> {
     let mut vhosts = visible_vhosts(st, user);
     vhosts.sort_by(|a, b| a.name().cmp(b.name()));
     vhosts
         .iter()
         .filter(|vh| vhost.is_none_or(|v| v == vh.name()))
         .filter_map(|vh| {
-            limits_value(vh.limits()).map(|v| {
-                json!({"value": v, "vhost": vh.name(), "component": VHOST_LIMITS, "name": LIMITS})
+            limits_value(vh.limits()).map(|value| Parameter {
+                value,
+                vhost: vh.name().to_owned(),
+                component: VHOST_LIMITS,
+                name: LIMITS,
             })
         })
         .collect()
@@ -58,7 +63,7 @@ pub async fn parameters(
     Query(q): Q,
 ) -> ApiResult<Response> {
     require_policymaker(&user)?;
-    json::list(limits_parameters(&st, &user, None), &q)
+    json::list(views::values(limits_parameters(&st, &user, None)), &q)
 }
 
 pub async fn component_parameters(
@@ -73,7 +78,7 @@ pub async fn component_parameters(
     } else {
         Vec::new()
     };
-    json::list(items, &q)
+    json::list(views::values(items), &q)
 }
 
 pub async fn vhost_parameters(
@@ -89,7 +94,7 @@ pub async fn vhost_parameters(
     } else {
         Vec::new()
     };
-    json::list(items, &q)
+    json::list(views::values(items), &q)
 }
 
 pub async fn parameter(
@@ -105,7 +110,7 @@ pub async fn parameter(
     limits_parameters(&st, &user, Some(&vhost))
         .into_iter()
         .next()
-        .map(json::ok)
+        .map(|v| json::ok(&v))
         .ok_or_else(ApiError::not_found)
 }
 

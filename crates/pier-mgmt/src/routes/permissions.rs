@@ -8,12 +8,14 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use pier_broker::Permission;
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_str};
 use crate::routes::Q;
+use crate::views;
+use crate::views::permission::Permission as PermissionView;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -36,12 +38,11 @@ pub async fn vhost_permissions(
 ) -> ApiResult<Response> {
     user.require_admin()?;
     st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
-    Ok(json::ok(Value::Array(
-        sorted_permissions(&st)
-            .into_iter()
-            .filter(|p| p.get("vhost").and_then(Value::as_str) == Some(vhost.as_str()))
-            .collect(),
-    )))
+    let found: Vec<PermissionView> = sorted_permissions(&st)
+        .into_iter()
+        .filter(|p| p.vhost == vhost)
+        .collect();
+    Ok(json::ok(&found))
 }
 
 pub async fn user_permissions(
@@ -53,30 +54,30 @@ pub async fn user_permissions(
     if st.broker.users().user(&name).is_none() {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(Value::Array(
-        sorted_permissions(&st)
-            .into_iter()
-            .filter(|p| p.get("user").and_then(Value::as_str) == Some(name.as_str()))
-            .collect(),
-    )))
+    let found: Vec<PermissionView> = sorted_permissions(&st)
+        .into_iter()
+        .filter(|p| p.user == name)
+        .collect();
+    Ok(json::ok(&found))
 }
 
-fn permission_json(user: &str, vhost: &str, p: &Permission) -> Value {
-    json!({
-        "user": user,
-        "vhost": vhost,
-        "configure": p.configure,
-        "write": p.write,
-        "read": p.read,
-    })
+fn permission_view(user: &str, vhost: &str, p: &Permission) -> PermissionView {
+    PermissionView {
+        user: user.to_owned(),
+        vhost: vhost.to_owned(),
+        configure: p.configure.clone(),
+        write: p.write.clone(),
+        read: p.read.clone(),
+    }
 }
 
-fn sorted_permissions(st: &AppState) -> Vec<Value> {
+/// Every permission, sorted by vhost and user (also those of a definitions export).
+pub(crate) fn sorted_permissions(st: &AppState) -> Vec<PermissionView> {
     let store = st.broker.users();
     let mut v: Vec<(&str, &str, &Permission)> = store.permissions().collect();
     v.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
     v.into_iter()
-        .map(|(u, vh, p)| permission_json(u, vh, p))
+        .map(|(u, vh, p)| permission_view(u, vh, p))
         .collect()
 }
 
@@ -86,7 +87,7 @@ pub async fn permissions(
     Query(q): Q,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    json::list(sorted_permissions(&st), &q)
+    json::list(views::values(sorted_permissions(&st)), &q)
 }
 
 pub async fn permission(
@@ -99,7 +100,7 @@ pub async fn permission(
     let p = store
         .permission(&name, &vhost)
         .ok_or_else(ApiError::not_found)?;
-    Ok(json::ok(permission_json(&name, &vhost, p)))
+    Ok(json::ok(&permission_view(&name, &vhost, p)))
 }
 
 /// The body of a permission or topic-permission PUT after RabbitMQ's checks: every key is

@@ -7,18 +7,22 @@
 //!  DELETE /api/pier/cluster/nodes/{node}  remove a member
 //! ```
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use pier_cluster::NodeReport;
-use serde_json::{json, Value};
 
 use crate::auth::AuthUser;
 use crate::cluster::local_report;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_str};
+use crate::views::health::Alarm;
+use crate::views::node::{ClusterMember, ClusterRaft, ClusterStatus, Joined, Versions};
+use crate::views::overview::Listener;
 use crate::AppState;
 use crate::RABBITMQ_COMPAT_VERSION;
 
@@ -29,15 +33,26 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/pier/cluster/nodes/{node}", delete(forget))
 }
 
-fn listeners_json(name: &str, listeners: &[(String, String)]) -> Vec<Value> {
+fn listeners(name: &str, listeners: &[(String, String)]) -> Vec<Listener> {
     listeners
         .iter()
         .map(|(protocol, addr)| {
             let (ip, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), ""));
-            json!({"node": name, "protocol": protocol, "ip_address": ip,
-                   "port": port.parse::<u16>().unwrap_or(0)})
+            Listener {
+                node: name.to_owned(),
+                protocol: protocol.clone(),
+                ip_address: ip.to_owned(),
+                port: port.parse::<u16>().unwrap_or(0),
+            }
         })
         .collect()
+}
+
+fn versions(r: &NodeReport) -> Versions {
+    Versions {
+        pier_version: r.version.clone(),
+        rabbitmq_version: RABBITMQ_COMPAT_VERSION,
+    }
 }
 
 /// GET /api/pier/cluster: RabbitMQ's `cluster_status` sections, as JSON (a single node
@@ -49,37 +64,29 @@ pub async fn status(
     user.require_monitor()?;
     let Some(c) = st.cluster() else {
         let r = local_report(&st);
-        return Ok(json::ok(json!({
-            "node": st.node,
-            "cluster_name": st.cluster_name(),
-            "cluster_id": null,
-            "clustered": false,
-            "leader": null,
-            "disk_nodes": [st.node],
-            "running_nodes": [st.node],
-            "versions": {st.node.clone(): {"pier_version": r.version, "rabbitmq_version": RABBITMQ_COMPAT_VERSION}},
-            "alarms": alarms(&[(st.node.clone(), Some(r.clone()))]),
-            "partitions": {},
-            "listeners": listeners_json(&st.node, &r.listeners),
-            "members": [],
-        })));
+        return Ok(json::ok(&ClusterStatus {
+            node: st.node.clone(),
+            cluster_name: st.cluster_name(),
+            cluster_id: None,
+            clustered: false,
+            leader: None,
+            raft: None,
+            disk_nodes: vec![st.node.clone()],
+            running_nodes: vec![st.node.clone()],
+            versions: BTreeMap::from([(st.node.clone(), versions(&r))]),
+            alarms: alarms(&[(st.node.clone(), Some(r.clone()))]),
+            partitions: BTreeMap::new(),
+            listeners: listeners(&st.node, &r.listeners),
+            members: Vec::new(),
+        }));
     };
     let s = c.status().await;
-    let running: Vec<&str> = s
-        .members
-        .iter()
-        .filter(|m| m.running)
-        .map(|m| m.name.as_str())
-        .collect();
-    let mut versions = serde_json::Map::new();
-    let mut listeners = Vec::new();
+    let mut all_versions = BTreeMap::new();
+    let mut all_listeners = Vec::new();
     for m in &s.members {
         if let Some(r) = &m.report {
-            versions.insert(
-                m.name.clone(),
-                json!({"pier_version": r.version, "rabbitmq_version": RABBITMQ_COMPAT_VERSION}),
-            );
-            listeners.extend(listeners_json(&m.name, &r.listeners));
+            all_versions.insert(m.name.clone(), versions(r));
+            all_listeners.extend(listeners(&m.name, &r.listeners));
         }
     }
     let reports: Vec<(String, Option<NodeReport>)> = s
@@ -87,50 +94,66 @@ pub async fn status(
         .iter()
         .map(|m| (m.name.clone(), m.report.clone()))
         .collect();
-    let partitions = if s.partitions.is_empty() {
-        json!({})
-    } else {
-        json!({ s.node.clone(): s.partitions })
-    };
-    Ok(json::ok(json!({
-        "node": s.node,
-        "cluster_name": st.cluster_name(),
-        "cluster_id": s.cluster_id,
-        "clustered": true,
-        "leader": s.leader,
-        "term": s.term,
-        "raft_state": s.state,
-        "last_log_index": s.last_log_index,
-        "last_applied": s.last_applied,
-        "snapshot_index": s.snapshot,
-        "purged_index": s.purged,
-        "disk_nodes": s.members.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
-        "running_nodes": running,
-        "versions": versions,
-        "alarms": alarms(&reports),
-        "partitions": partitions,
-        "listeners": listeners,
-        "members": s.members.iter().map(|m| json!({
-            "name": m.name,
-            "address": m.addr,
-            "voter": m.voter,
-            "running": m.running,
-            "raft_state": m.report.as_ref().map(|r| r.raft_state.clone()),
-            "last_applied": m.report.as_ref().and_then(|r| r.raft_last_applied),
-        })).collect::<Vec<_>>(),
-    })))
+    let mut partitions = BTreeMap::new();
+    if !s.partitions.is_empty() {
+        partitions.insert(s.node.clone(), s.partitions.clone());
+    }
+    Ok(json::ok(&ClusterStatus {
+        node: s.node.clone(),
+        cluster_name: st.cluster_name(),
+        cluster_id: s.cluster_id.clone(),
+        clustered: true,
+        leader: s.leader.clone(),
+        raft: Some(ClusterRaft {
+            term: s.term,
+            raft_state: s.state.clone(),
+            last_log_index: s.last_log_index,
+            last_applied: s.last_applied,
+            snapshot_index: s.snapshot,
+            purged_index: s.purged,
+        }),
+        disk_nodes: s.members.iter().map(|m| m.name.clone()).collect(),
+        running_nodes: s
+            .members
+            .iter()
+            .filter(|m| m.running)
+            .map(|m| m.name.clone())
+            .collect(),
+        versions: all_versions,
+        alarms: alarms(&reports),
+        partitions,
+        listeners: all_listeners,
+        members: s
+            .members
+            .iter()
+            .map(|m| ClusterMember {
+                name: m.name.clone(),
+                address: m.addr.clone(),
+                voter: m.voter,
+                running: m.running,
+                raft_state: m.report.as_ref().map(|r| r.raft_state.clone()),
+                last_applied: m.report.as_ref().and_then(|r| r.raft_last_applied),
+            })
+            .collect(),
+    }))
 }
 
 /// RabbitMQ's alarm list: `[{"node": …, "resource": "memory"|"disk"}]`.
-fn alarms(reports: &[(String, Option<NodeReport>)]) -> Vec<Value> {
+fn alarms(reports: &[(String, Option<NodeReport>)]) -> Vec<Alarm> {
     let mut out = Vec::new();
     for (name, r) in reports {
         let Some(r) = r else { continue };
         if r.mem_alarm {
-            out.push(json!({"node": name, "resource": "memory"}));
+            out.push(Alarm {
+                node: name.clone(),
+                resource: "memory",
+            });
         }
         if r.disk_free_alarm {
-            out.push(json!({"node": name, "resource": "disk"}));
+            out.push(Alarm {
+                node: name.clone(),
+                resource: "disk",
+            });
         }
     }
     out
@@ -159,7 +182,7 @@ pub async fn join(
         .join(target)
         .await
         .map_err(|e| ApiError::from(pier_cluster::MetadataError::Cluster(e)))?;
-    Ok(json::ok(json!({"cluster_id": id})))
+    Ok(json::ok(&Joined { cluster_id: id }))
 }
 
 /// DELETE /api/pier/cluster/nodes/{node} (administrator).

@@ -20,12 +20,14 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use pier_broker::{ApplyTo, Policy, PolicyDefinition, VHost};
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::auth::{view_vhost, visible_vhosts, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_str};
 use crate::routes::Q;
+use crate::views;
+use crate::views::policy::Policy as PolicyView;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -51,19 +53,16 @@ pub(crate) fn definition_json(d: &PolicyDefinition) -> Value {
     d.to_json()
 }
 
-/// A policy as RabbitMQ's JSON object; `with_vhost` adds the `vhost` field.
-pub(crate) fn policy_json(vhost: Option<&str>, p: &Policy) -> Value {
-    let mut v = json!({
-        "name": p.name,
-        "pattern": p.pattern(),
-        "apply-to": apply_to_str(p.apply_to),
-        "definition": definition_json(&p.definition),
-        "priority": p.priority,
-    });
-    if let (Some(vh), Some(m)) = (vhost, v.as_object_mut()) {
-        m.insert("vhost".into(), Value::from(vh));
+/// A policy as RabbitMQ shows it; with `vhost`, the `vhost` field is there.
+pub(crate) fn policy_view(vhost: Option<&str>, p: &Policy) -> PolicyView {
+    PolicyView {
+        vhost: vhost.map(str::to_owned),
+        name: p.name.clone(),
+        pattern: p.pattern().to_owned(),
+        apply_to: apply_to_str(p.apply_to),
+        definition: definition_json(&p.definition),
+        priority: p.priority,
     }
-    v
 }
 
 /// The keys of a definition object Pier does not apply.
@@ -122,7 +121,8 @@ pub(crate) fn parse_policy(
     Policy::new(name, pattern, apply_to, priority, definition)
 }
 
-fn sorted_policies(vh: &VHost) -> Vec<Policy> {
+/// A vhost's policies, sorted by name.
+pub(crate) fn sorted_policies(vh: &VHost) -> Vec<Policy> {
     let mut ps = vh.policies();
     ps.sort_by(|a, b| a.name.cmp(&b.name));
     ps
@@ -149,11 +149,11 @@ pub async fn policies(
         .flat_map(|vh| {
             sorted_policies(vh)
                 .iter()
-                .map(|p| policy_json(Some(vh.name()), p))
+                .map(|p| policy_view(Some(vh.name()), p))
                 .collect::<Vec<_>>()
         })
-        .collect();
-    json::list(items, &q)
+        .collect::<Vec<_>>();
+    json::list(views::values(items), &q)
 }
 
 pub async fn vhost_policies(
@@ -165,9 +165,9 @@ pub async fn vhost_policies(
     let vh = view_vhost(&st.broker, &user, &vhost)?;
     let items = sorted_policies(&vh)
         .iter()
-        .map(|p| policy_json(Some(&vhost), p))
-        .collect();
-    json::list(items, &q)
+        .map(|p| policy_view(Some(&vhost), p))
+        .collect::<Vec<_>>();
+    json::list(views::values(items), &q)
 }
 
 pub async fn policy(
@@ -179,7 +179,7 @@ pub async fn policy(
     vh.policies()
         .iter()
         .find(|p| p.name == name)
-        .map(|p| json::ok(policy_json(Some(&vhost), p)))
+        .map(|p| json::ok(&policy_view(Some(&vhost), p)))
         .ok_or_else(ApiError::not_found)
 }
 
@@ -235,6 +235,7 @@ pub async fn delete_policy(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
         match v {

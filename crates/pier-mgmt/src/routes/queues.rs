@@ -14,15 +14,20 @@ use base64::Engine;
 use pier_broker::{BrokerError, Queue, VHost};
 use pier_cluster::metadata::{self, MetadataCommand};
 use pier_server::ConnectionInfo;
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 
 use crate::auth::{change_vhost, view_vhost, visible_vhosts, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_bool, get_str, get_table, short, table_to_json};
 use crate::routes::connections::connections_by_id;
-use crate::routes::consumers::consumer_json;
+use crate::routes::consumers::consumer_view;
 use crate::routes::Q;
 use crate::stats::{queue_counters, queueing};
+use crate::views::queue::{
+    GotMessage, OwnerDetails, Queue as QueueView, QueueDetails, QueueMessageStats, QuorumFields,
+    QuorumMember,
+};
+use crate::views::{self, Rate};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -57,21 +62,21 @@ fn queue_type(q: &Queue) -> String {
         .to_owned()
 }
 
-pub(crate) fn queue_json(
+pub(crate) fn queue_view(
     state: &AppState,
     conns: &HashMap<u64, ConnectionInfo>,
     vhost: &str,
     q: &Queue,
     detailed: bool,
-) -> Value {
+) -> QueueView {
     let s = q.stats();
     let o = q.options();
     let consumers = q.consumers();
-    let details = json::rate_details;
     let length_rates = state.sampler.gauge_rates(
         &crate::stats::queue_key(vhost, q.name()),
         &queue_counters(q),
     );
+    let length_rate = |i: usize| Rate::new(length_rates.get(i).copied().unwrap_or(0.0));
     // The policy in force (policy changes reach existing queues: `VHost::set_policy`), with
     // its definition.
     let config = q.config();
@@ -82,127 +87,116 @@ pub(crate) fn queue_json(
             vh.policies().into_iter().find(|p| p.name == name)
         })
         .map_or_else(
-            || json!({}),
+            || Value::Object(Map::new()),
             |p| crate::routes::policies::definition_json(&p.definition),
         );
-    let mut v = json!({
-        "name": q.name().as_str(),
-        "vhost": vhost,
-        "durable": o.durable,
-        "auto_delete": o.auto_delete,
-        "exclusive": o.exclusive_owner.is_some(),
-        "arguments": table_to_json(&o.arguments),
-        // Its home node (the cluster's record of it; on a single node, this node).
-        "node": state.metadata.catalog().queue_home(vhost, q.name()).map_or_else(|| state.node.clone(), |h| h.home),
-        "type": queue_type(q),
-        "state": "running",
-        "policy": policy_name,
-        "operator_policy": Value::Null,
-        "effective_policy_definition": definition,
-        "consumers": s.consumers,
-        "messages": s.ready + s.unacked,
-        "messages_details": details(length_rates.get(4).copied().unwrap_or(0.0)),
-        "messages_ready": s.ready,
-        "messages_ready_details": details(length_rates.get(5).copied().unwrap_or(0.0)),
-        "messages_unacknowledged": s.unacked,
-        "messages_unacknowledged_details": details(length_rates.get(6).copied().unwrap_or(0.0)),
-        "message_bytes_ready": s.ready_bytes,
-        // Bodies of ready messages held in memory; the rest are paged out to the store.
-        "message_bytes_ram": s.memory_bytes,
-        "message_bytes_paged_out": s.ready_bytes.saturating_sub(s.memory_bytes),
-        "messages_paged_out": s.paged_out,
-        "messages_ram": (s.ready + s.unacked).saturating_sub(s.paged_out),
-        "messages_ready_ram": s.ready.saturating_sub(s.paged_out),
-        "messages_unacknowledged_ram": s.unacked,
-        "memory": s.memory_bytes,
-        "exclusive_consumer_tag": consumers.iter().find(|c| c.exclusive).map(|c| c.tag.as_str()),
-        "single_active_consumer_tag": q.active_consumer_tag().map(|t| t.to_string()),
-    });
-    if q.kind() == pier_broker::queue::QueueType::Quorum {
-        if let Some(m) = v.as_object_mut() {
-            // At-least-once dead letters kept until their targets confirm them.
-            m.insert("messages_dlx".into(), json!(s.dead_letters));
-            m.insert("message_bytes_dlx".into(), json!(s.dead_letter_bytes));
-        }
+    // Its home node (the cluster's record of it; on a single node, this node).
+    let mut node = state
+        .metadata
+        .catalog()
+        .queue_home(vhost, q.name())
+        .map_or_else(|| state.node.clone(), |h| h.home);
+    let quorum = (q.kind() == pier_broker::queue::QueueType::Quorum).then(|| {
         let replicated = state
             .cluster()
             .and_then(|c| c.quorum_queue(vhost, q.name()).map(|r| (c, r)));
-        if let Some(m) = v.as_object_mut() {
-            match replicated {
-                // A Raft group: its leader is the queue's node, as in RabbitMQ.
-                Some((c, (members, leader))) => {
-                    let online: Vec<&String> = members.iter().filter(|n| c.is_running(n)).collect();
-                    if let Some(l) = &leader {
-                        m.insert("node".into(), json!(l));
-                    }
-                    m.insert("leader".into(), json!(leader));
-                    m.insert("online".into(), json!(online));
-                    m.insert("members".into(), json!(members));
+        let (leader, online, members) = match replicated {
+            // A Raft group: its leader is the queue's node, as in RabbitMQ.
+            Some((c, (members, leader))) => {
+                let online = members
+                    .iter()
+                    .filter(|n| c.is_running(n))
+                    .cloned()
+                    .collect();
+                if let Some(l) = &leader {
+                    node.clone_from(l);
                 }
-                // A group of one member: its home node, leader and online.
-                None => {
-                    let node = m.get("node").cloned().unwrap_or(Value::Null);
-                    m.insert("leader".into(), node.clone());
-                    m.insert("members".into(), json!([node.clone()]));
-                    m.insert("online".into(), json!([node]));
-                }
+                (leader, online, members)
             }
+            // A group of one member: its home node, leader and online.
+            None => (Some(node.clone()), vec![node.clone()], vec![node.clone()]),
+        };
+        QuorumFields {
+            messages_dlx: s.dead_letters,
+            message_bytes_dlx: s.dead_letter_bytes,
+            leader,
+            online,
+            members,
         }
-    }
+    });
     let c = q.counters();
     let qs = queueing(state, vhost, q);
-    if let Some(m) = v.as_object_mut() {
-        m.insert(
-            "message_stats".into(),
-            json!({
-                "publish": c.published,
-                "publish_details": details(qs.arrival_rate),
-                "deliver_get": c.delivered,
-                "deliver_get_details": details(qs.deliver_rate),
-                "deliver_no_ack": c.delivered_no_ack,
-                "ack": c.acked,
-                "ack_details": details(qs.ack_rate),
-            }),
-        );
-        m.insert("pier_queueing".into(), qs.json());
-        // A stream's figures, and its stream-protocol subscriptions among its consumers.
-        if let Some(figures) = crate::routes::stream::stream_figures(q) {
-            let subscriptions = crate::routes::stream::subscriptions_on(state, vhost, q.name());
-            m.insert(
-                "consumers".into(),
-                json!(s.consumers as usize + subscriptions),
-            );
-            m.insert("stream".into(), figures);
-        }
+    // A stream's figures, and its stream-protocol subscriptions among its consumers.
+    let stream = crate::routes::stream::stream_figures(q);
+    let subscriptions = if stream.is_some() {
+        crate::routes::stream::subscriptions_on(state, vhost, q.name())
+    } else {
+        0
+    };
+    let owner_pid_details = o
+        .exclusive_owner
+        .and_then(|owner| conns.get(&owner))
+        .map(|conn| OwnerDetails {
+            name: conn.meta.name.clone(),
+            peer_host: conn.meta.peer.ip().to_string(),
+            peer_port: conn.meta.peer.port(),
+        });
+    let details = detailed.then(|| QueueDetails {
+        consumer_details: consumers
+            .iter()
+            .map(|c| consumer_view(state, conns, vhost, q.name(), c))
+            .collect(),
+        incoming: Vec::new(),
+        deliveries: Vec::new(),
+    });
+    QueueView {
+        name: q.name().as_str().to_owned(),
+        vhost: vhost.to_owned(),
+        durable: o.durable,
+        auto_delete: o.auto_delete,
+        exclusive: o.exclusive_owner.is_some(),
+        arguments: table_to_json(&o.arguments),
+        node,
+        kind: queue_type(q),
+        state: "running",
+        policy: policy_name.map(str::to_owned),
+        operator_policy: None,
+        effective_policy_definition: definition,
+        consumers: u64::from(s.consumers) + subscriptions as u64,
+        messages: s.ready + s.unacked,
+        messages_details: length_rate(4),
+        messages_ready: s.ready,
+        messages_ready_details: length_rate(5),
+        messages_unacknowledged: s.unacked,
+        messages_unacknowledged_details: length_rate(6),
+        message_bytes_ready: s.ready_bytes,
+        message_bytes_ram: s.memory_bytes,
+        message_bytes_paged_out: s.ready_bytes.saturating_sub(s.memory_bytes),
+        messages_paged_out: s.paged_out,
+        messages_ram: (s.ready + s.unacked).saturating_sub(s.paged_out),
+        messages_ready_ram: s.ready.saturating_sub(s.paged_out),
+        messages_unacknowledged_ram: s.unacked,
+        memory: s.memory_bytes,
+        exclusive_consumer_tag: consumers
+            .iter()
+            .find(|c| c.exclusive)
+            .map(|c| c.tag.as_str().to_owned()),
+        single_active_consumer_tag: q.active_consumer_tag().map(|t| t.to_string()),
+        quorum,
+        message_stats: QueueMessageStats {
+            publish: c.published,
+            publish_details: Rate::new(qs.arrival_rate),
+            deliver_get: c.delivered,
+            deliver_get_details: Rate::new(qs.deliver_rate),
+            deliver_no_ack: c.delivered_no_ack,
+            ack: c.acked,
+            ack_details: Rate::new(qs.ack_rate),
+        },
+        pier_queueing: qs.view(),
+        stream,
+        owner_pid_details,
+        details,
     }
-    if let (Some(owner), Some(m)) = (o.exclusive_owner, v.as_object_mut()) {
-        if let Some(conn) = conns.get(&owner) {
-            m.insert(
-                "owner_pid_details".into(),
-                json!({
-                    "name": conn.meta.name,
-                    "peer_host": conn.meta.peer.ip().to_string(),
-                    "peer_port": conn.meta.peer.port(),
-                }),
-            );
-        }
-    }
-    if detailed {
-        if let Some(m) = v.as_object_mut() {
-            m.insert(
-                "consumer_details".into(),
-                Value::Array(
-                    consumers
-                        .iter()
-                        .map(|c| consumer_json(state, conns, vhost, q.name(), c))
-                        .collect(),
-                ),
-            );
-            m.insert("incoming".into(), json!([]));
-            m.insert("deliveries".into(), json!([]));
-        }
-    }
-    v
 }
 
 pub(crate) fn sorted_queues(vh: &VHost) -> Vec<Arc<Queue>> {
@@ -221,10 +215,10 @@ pub async fn queues(
     let mut items = Vec::new();
     for vh in visible_vhosts(&st, &user) {
         for queue in sorted_queues(&vh) {
-            items.push(queue_json(&st, &conns, vh.name(), &queue, false));
+            items.push(queue_view(&st, &conns, vh.name(), &queue, false));
         }
     }
-    json::list(items, &q)
+    json::list(views::values(items), &q)
 }
 
 pub async fn vhost_queues(
@@ -238,9 +232,9 @@ pub async fn vhost_queues(
     let conns = connections_by_id(&st);
     let items = sorted_queues(&vh)
         .iter()
-        .map(|queue| queue_json(&st, &conns, &vhost, queue, false))
-        .collect();
-    json::list(items, &q)
+        .map(|queue| queue_view(&st, &conns, &vhost, queue, false))
+        .collect::<Vec<_>>();
+    json::list(views::values(items), &q)
 }
 
 pub(crate) fn find_queue(vh: &VHost, name: &str) -> ApiResult<Arc<Queue>> {
@@ -261,7 +255,7 @@ pub async fn queue(
         st.refresh_remote_queues().await;
     }
     let conns = connections_by_id(&st);
-    Ok(json::ok(queue_json(&st, &conns, &vhost, &q, true)))
+    Ok(json::ok(&queue_view(&st, &conns, &vhost, &q, true)))
 }
 
 pub async fn put_queue(
@@ -400,16 +394,16 @@ pub async fn get_messages(
                 "base64",
             ),
         };
-        out.push(json!({
-            "payload_bytes": m.body.len(),
-            "redelivered": d.redelivered,
-            "exchange": m.exchange.as_str(),
-            "routing_key": m.routing_key.as_str(),
-            "message_count": remaining,
-            "properties": json::properties_to_json(&m.properties),
-            "payload": payload,
-            "payload_encoding": encoding,
-        }));
+        out.push(GotMessage {
+            payload_bytes: m.body.len(),
+            redelivered: d.redelivered,
+            exchange: m.exchange.as_str().to_owned(),
+            routing_key: m.routing_key.as_str().to_owned(),
+            message_count: remaining,
+            properties: json::properties_to_json(&m.properties),
+            payload,
+            payload_encoding: encoding,
+        });
         taken.push(d.offset);
     }
     match mode {
@@ -417,7 +411,7 @@ pub async fn get_messages(
         AckMode::Ack => queue.settle(&taken),
         AckMode::Reject => queue.reject(&taken),
     }
-    Ok(json::ok(Value::Array(out)))
+    Ok(json::ok(&out))
 }
 
 /// POST /api/queues/{vhost}/{name}/actions `{"action": "sync"|"cancel_sync"}`: mirror
@@ -436,7 +430,7 @@ pub async fn queue_actions(
     let b = body_object(&body)?;
     match get_str(&b, "action") {
         Some("sync" | "cancel_sync") => Ok(json::no_content()),
-        Some(other) => Err(ApiError::bad_request(json!(["unknown", other]))),
+        Some(other) => Err(ApiError::bad_request(vec!["unknown", other])),
         None => Err(ApiError::bad_request("[{key_missing,action}]")),
     }
 }
@@ -472,21 +466,25 @@ pub async fn quorum_status(
             }),
         )]
     });
-    let items: Vec<Value> = rows
+    let items: Vec<QuorumMember> = rows
         .into_iter()
         .map(|(node, r)| match r {
-            Ok(s) => json!({
-                "node": node,
-                "raft_state": s.state,
-                "term": s.term,
-                "last_log_index": s.last_log_index,
-                "commit_index": s.commit_index,
-                "leader": s.leader,
-            }),
-            Err(e) => json!({"node": node, "raft_state": "noproc", "error": e}),
+            Ok(s) => QuorumMember::Answered {
+                node,
+                raft_state: s.state,
+                term: s.term,
+                last_log_index: s.last_log_index,
+                commit_index: s.commit_index,
+                leader: s.leader,
+            },
+            Err(error) => QuorumMember::Failed {
+                node,
+                raft_state: "noproc",
+                error,
+            },
         })
         .collect();
-    Ok(json::ok(Value::Array(items)))
+    Ok(json::ok(&items))
 }
 
 /// POST /api/queues/{vhost}/{name}/members `{"node": N}` (Pier's; `pier ctl add_member`):

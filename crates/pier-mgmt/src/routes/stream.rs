@@ -4,7 +4,7 @@
 //! `stream`, and the figures of a stream queue (`stream` in its queue object: segments,
 //! size, first/last/committed offset, stored consumer offsets and publisher sequences).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -13,13 +13,17 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use pier_broker::Queue;
 use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, StreamPublisherInfo};
-use serde_json::{json, Map, Value};
 
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{self, table_to_json};
+use crate::json::{self};
+use crate::routes::connections::{connection_base, Traffic};
 use crate::routes::Q;
 use crate::stats;
+use crate::views::connection::{Connection, StreamCounts, TlsDetails};
+use crate::views::queue::{StreamFigures, StreamTracking};
+use crate::views::stream::{Publisher, StreamConnectionDetails, Subscription};
+use crate::views::{self, QueueRef};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -75,77 +79,52 @@ pub(crate) fn connection_counters(c: &StreamConnectionInfo) -> Vec<u64> {
 }
 
 /// A stream connection as RabbitMQ shows it (`/api/stream/connections`, `/api/connections`).
-pub(crate) fn connection_json(st: &AppState, c: &StreamConnectionInfo) -> Value {
-    let m = &c.meta;
-    let rates = st
-        .sampler
-        .rates(&stats::connection_key(&m.name), &connection_counters(c));
-    let r = |i: usize| json::rate_details(rates.get(i).copied().unwrap_or(0.0));
-    let provided = m
-        .client_properties
-        .get("connection_name")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned);
-    json!({
-        "name": m.name,
-        "node": st.node,
-        "state": "running",
-        "protocol": m.protocol,
-        "user": m.user,
-        "user_who_performed_action": m.user,
-        "vhost": m.vhost,
-        "host": m.local.ip().to_string(),
-        "port": m.local.port(),
-        "peer_host": m.peer.ip().to_string(),
-        "peer_port": m.peer.port(),
-        "ssl": false,
-        "ssl_protocol": Value::Null,
-        "ssl_key_exchange": Value::Null,
-        "ssl_cipher": Value::Null,
-        "ssl_hash": Value::Null,
-        "peer_cert_issuer": Value::Null,
-        "peer_cert_subject": Value::Null,
-        "peer_cert_validity": Value::Null,
-        "auth_mechanism": m.auth_mechanism,
-        "channels": 0,
-        "channel_max": 0,
-        "frame_max": m.frame_max,
-        "timeout": m.heartbeat,
-        "connected_at": m.connected_at_ms,
-        "client_properties": table_to_json(&m.client_properties),
-        "user_provided_name": provided,
-        "recv_oct": c.recv_oct,
-        "recv_cnt": c.recv_cnt,
-        "send_oct": c.send_oct,
-        "send_cnt": c.send_cnt,
-        "send_pend": 0,
-        "recv_oct_details": r(0),
-        "send_oct_details": r(1),
-        "publishers": c.publishers.len(),
-        "subscriptions": c.consumers.len(),
-    })
+pub(crate) fn connection_view(st: &AppState, c: &StreamConnectionInfo) -> Connection {
+    let rates = st.sampler.rates(
+        &stats::connection_key(&c.meta.name),
+        &connection_counters(c),
+    );
+    let traffic = Traffic {
+        recv_oct: c.recv_oct,
+        recv_cnt: c.recv_cnt,
+        send_oct: c.send_oct,
+        send_cnt: c.send_cnt,
+        send_pend: 0,
+    };
+    Connection {
+        base: connection_base(st, &c.meta, "running", 0, 0, traffic, &rates),
+        kind: None,
+        tls: Some(TlsDetails::default()),
+        stream: Some(StreamCounts {
+            publishers: c.publishers.len(),
+            subscriptions: c.consumers.len(),
+        }),
+    }
 }
 
-fn connection_details(st: &AppState, c: &StreamConnectionInfo) -> Value {
-    json!({
-        "name": c.meta.name,
-        "node": st.node,
-        "peer_host": c.meta.peer.ip().to_string(),
-        "peer_port": c.meta.peer.port(),
-        "user": c.meta.user,
-    })
+fn connection_details(st: &AppState, c: &StreamConnectionInfo) -> StreamConnectionDetails {
+    StreamConnectionDetails {
+        name: c.meta.name.clone(),
+        node: st.node.clone(),
+        peer_host: c.meta.peer.ip().to_string(),
+        peer_port: c.meta.peer.port(),
+        user: c.meta.user.clone(),
+    }
 }
 
-fn publisher_json(st: &AppState, c: &StreamConnectionInfo, p: &StreamPublisherInfo) -> Value {
-    json!({
-        "publisher_id": p.id,
-        "reference": p.reference,
-        "published": p.published,
-        "confirmed": p.confirmed,
-        "errored": p.errored,
-        "queue": {"name": p.stream, "vhost": c.meta.vhost},
-        "connection_details": connection_details(st, c),
-    })
+fn publisher_view(st: &AppState, c: &StreamConnectionInfo, p: &StreamPublisherInfo) -> Publisher {
+    Publisher {
+        publisher_id: p.id,
+        reference: p.reference.clone(),
+        published: p.published,
+        confirmed: p.confirmed,
+        errored: p.errored,
+        queue: QueueRef {
+            name: p.stream.clone(),
+            vhost: c.meta.vhost.clone(),
+        },
+        connection_details: connection_details(st, c),
+    }
 }
 
 /// The last offset of a stream (for a consumer's lag).
@@ -155,26 +134,28 @@ fn last_offset(st: &AppState, vhost: &str, stream: &str) -> Option<u64> {
     view.committed_next.checked_sub(1)
 }
 
-fn consumer_json(st: &AppState, c: &StreamConnectionInfo, s: &StreamConsumerInfo) -> Value {
+fn subscription_view(
+    st: &AppState,
+    c: &StreamConnectionInfo,
+    s: &StreamConsumerInfo,
+) -> Subscription {
     let lag =
         last_offset(st, &c.meta.vhost, &s.stream).map_or(0, |last| last.saturating_sub(s.offset));
-    let properties: Map<String, Value> = s
-        .properties
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    json!({
-        "subscription_id": s.id,
-        "consumed": s.consumed,
-        "offset": s.offset,
-        "offset_lag": lag,
-        "credits": s.credit,
-        "active": s.active,
-        "activity_status": activity_status(s),
-        "properties": properties,
-        "queue": {"name": s.stream, "vhost": c.meta.vhost},
-        "connection_details": connection_details(st, c),
-    })
+    Subscription {
+        subscription_id: s.id,
+        consumed: s.consumed,
+        offset: s.offset,
+        offset_lag: lag,
+        credits: s.credit,
+        active: s.active,
+        activity_status: activity_status(s),
+        properties: s.properties.iter().cloned().collect(),
+        queue: QueueRef {
+            name: s.stream.clone(),
+            vhost: c.meta.vhost.clone(),
+        },
+        connection_details: connection_details(st, c),
+    }
 }
 
 fn activity_status(s: &StreamConsumerInfo) -> &'static str {
@@ -189,17 +170,17 @@ fn activity_status(s: &StreamConsumerInfo) -> &'static str {
     }
 }
 
-fn publishers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Value> {
+fn publishers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Publisher> {
     conns
         .iter()
-        .flat_map(|c| c.publishers.iter().map(move |p| publisher_json(st, c, p)))
+        .flat_map(|c| c.publishers.iter().map(move |p| publisher_view(st, c, p)))
         .collect()
 }
 
-fn consumers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Value> {
+fn consumers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Subscription> {
     conns
         .iter()
-        .flat_map(|c| c.consumers.iter().map(move |s| consumer_json(st, c, s)))
+        .flat_map(|c| c.consumers.iter().map(move |s| subscription_view(st, c, s)))
         .collect()
 }
 
@@ -214,33 +195,31 @@ pub(crate) fn subscriptions_on(st: &AppState, vhost: &str, stream: &str) -> usiz
 }
 
 /// The figures of a stream queue, `None` for other queues.
-pub(crate) fn stream_figures(q: &Queue) -> Option<Value> {
+pub(crate) fn stream_figures(q: &Queue) -> Option<StreamFigures> {
     let stream = q.stream()?;
     let view = stream.shared().view();
     let tracking = stream.shared().tracking();
-    let sorted = |m: &HashMap<String, u64>| -> Map<String, Value> {
-        let mut v: Vec<(&String, &u64)> = m.iter().collect();
-        v.sort();
-        v.into_iter().map(|(k, n)| (k.clone(), json!(n))).collect()
+    let sorted = |m: &HashMap<String, u64>| -> BTreeMap<String, u64> {
+        m.iter().map(|(k, n)| (k.clone(), *n)).collect()
     };
     let first = view.segments.first();
     let last = view.segments.last();
     let has_messages = view.committed_next > view.first_offset();
-    Some(json!({
-        "segments": view.segments.len(),
-        "size_bytes": view.total_size(),
-        "chunks": view.segments.iter().map(|s| s.chunks).sum::<u64>(),
-        "first_offset": view.first_offset(),
-        "last_offset": if has_messages { json!(view.committed_next - 1) } else { Value::Null },
-        "committed_offset": view.last_chunk_id,
-        "next_offset": view.committed_next,
-        "first_timestamp": first.map(|s| s.first_timestamp),
-        "last_timestamp": last.map(|s| s.last_timestamp),
-        "tracking": {
-            "offsets": sorted(&tracking.offsets),
-            "sequences": sorted(&tracking.writers),
+    Some(StreamFigures {
+        segments: view.segments.len(),
+        size_bytes: view.total_size(),
+        chunks: view.segments.iter().map(|s| s.chunks).sum::<u64>(),
+        first_offset: view.first_offset(),
+        last_offset: has_messages.then(|| view.committed_next - 1),
+        committed_offset: view.last_chunk_id,
+        next_offset: view.committed_next,
+        first_timestamp: first.map(|s| s.first_timestamp),
+        last_timestamp: last.map(|s| s.last_timestamp),
+        tracking: StreamTracking {
+            offsets: sorted(&tracking.offsets),
+            sequences: sorted(&tracking.writers),
         },
-    }))
+    })
 }
 
 pub async fn connections(
@@ -250,9 +229,9 @@ pub async fn connections(
 ) -> ApiResult<Response> {
     let items = stream_connections(&st, &user, None)
         .iter()
-        .map(|c| connection_json(&st, c))
-        .collect();
-    json::list(items, &q)
+        .map(|c| connection_view(&st, c))
+        .collect::<Vec<_>>();
+    json::list(views::values(items), &q)
 }
 
 pub async fn vhost_connections(
@@ -264,9 +243,9 @@ pub async fn vhost_connections(
     view_vhost(&st.broker, &user, &vhost)?;
     let items = stream_connections(&st, &user, Some(&vhost))
         .iter()
-        .map(|c| connection_json(&st, c))
-        .collect();
-    json::list(items, &q)
+        .map(|c| connection_view(&st, c))
+        .collect::<Vec<_>>();
+    json::list(views::values(items), &q)
 }
 
 fn find(
@@ -288,7 +267,7 @@ pub async fn connection(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let c = find(&st, &user, &vhost, &name)?;
-    Ok(json::ok(connection_json(&st, &c)))
+    Ok(json::ok(&connection_view(&st, &c)))
 }
 
 pub async fn close_connection(
@@ -307,7 +286,7 @@ pub async fn connection_publishers(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let c = find(&st, &user, &vhost, &name)?;
-    Ok(json::ok(Value::Array(publishers_of(&st, &[c]))))
+    Ok(json::ok(&publishers_of(&st, &[c])))
 }
 
 pub async fn connection_consumers(
@@ -316,7 +295,7 @@ pub async fn connection_consumers(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let c = find(&st, &user, &vhost, &name)?;
-    Ok(json::ok(Value::Array(consumers_of(&st, &[c]))))
+    Ok(json::ok(&consumers_of(&st, &[c])))
 }
 
 pub async fn publishers(
@@ -325,7 +304,7 @@ pub async fn publishers(
     Query(q): Q,
 ) -> ApiResult<Response> {
     let conns = stream_connections(&st, &user, None);
-    json::list(publishers_of(&st, &conns), &q)
+    json::list(views::values(publishers_of(&st, &conns)), &q)
 }
 
 pub async fn vhost_publishers(
@@ -336,7 +315,7 @@ pub async fn vhost_publishers(
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
     let conns = stream_connections(&st, &user, Some(&vhost));
-    json::list(publishers_of(&st, &conns), &q)
+    json::list(views::values(publishers_of(&st, &conns)), &q)
 }
 
 /// GET /api/stream/publishers/{vhost}/{stream}: the publishers of one stream.
@@ -357,9 +336,8 @@ pub async fn stream_publishers(
     let conns = stream_connections(&st, &user, Some(&vhost));
     let items = publishers_of(&st, &conns)
         .into_iter()
-        .filter(|p| p["queue"]["name"] == stream.as_str())
-        .collect();
-    json::list(items, &q)
+        .filter(|p| p.queue.name == stream);
+    json::list(views::values(items), &q)
 }
 
 pub async fn consumers(
@@ -368,7 +346,7 @@ pub async fn consumers(
     Query(q): Q,
 ) -> ApiResult<Response> {
     let conns = stream_connections(&st, &user, None);
-    json::list(consumers_of(&st, &conns), &q)
+    json::list(views::values(consumers_of(&st, &conns)), &q)
 }
 
 pub async fn vhost_consumers(
@@ -379,5 +357,5 @@ pub async fn vhost_consumers(
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
     let conns = stream_connections(&st, &user, Some(&vhost));
-    json::list(consumers_of(&st, &conns), &q)
+    json::list(views::values(consumers_of(&st, &conns)), &q)
 }

@@ -8,13 +8,14 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use pier_broker::TopicPermission;
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Value};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, get_str};
 use crate::routes::permissions::permission_put_body;
 use crate::routes::Q;
+use crate::views;
+use crate::views::permission::TopicPermission as TopicPermissionView;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -36,27 +37,30 @@ pub(crate) fn routes() -> Router<AppState> {
         )
 }
 
-fn sorted_topic_permissions(st: &AppState) -> Vec<Value> {
+/// Every topic permission, sorted by vhost, user and exchange (also those of a definitions
+/// export).
+pub(crate) fn sorted_topic_permissions(st: &AppState) -> Vec<TopicPermissionView> {
     let store = st.broker.users();
     let mut v: Vec<(&str, &str, &TopicPermission)> = store.topic_permissions().collect();
     v.sort_by(|a, b| (a.1, a.0, &a.2.exchange).cmp(&(b.1, b.0, &b.2.exchange)));
     v.into_iter()
-        .map(|(u, vh, p)| {
-            json!({
-                "user": u,
-                "vhost": vh,
-                "exchange": p.exchange,
-                "write": p.write,
-                "read": p.read,
-            })
+        .map(|(u, vh, p)| TopicPermissionView {
+            user: u.to_owned(),
+            vhost: vh.to_owned(),
+            exchange: p.exchange.clone(),
+            write: p.write.clone(),
+            read: p.read.clone(),
         })
         .collect()
 }
 
-fn topic_permissions_where(st: &AppState, key: &str, value: &str) -> Vec<Value> {
+fn topic_permissions_where(
+    st: &AppState,
+    keep: impl Fn(&TopicPermissionView) -> bool,
+) -> Vec<TopicPermissionView> {
     sorted_topic_permissions(st)
         .into_iter()
-        .filter(|p| p.get(key).and_then(Value::as_str) == Some(value))
+        .filter(keep)
         .collect()
 }
 
@@ -66,7 +70,7 @@ pub async fn topic_permissions(
     Query(q): Q,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    json::list(sorted_topic_permissions(&st), &q)
+    json::list(views::values(sorted_topic_permissions(&st)), &q)
 }
 
 /// GET /api/topic-permissions/{vhost}/{user}: the user's topic permissions on the vhost, a
@@ -77,14 +81,11 @@ pub async fn user_vhost_topic_permissions(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    let found: Vec<Value> = topic_permissions_where(&st, "user", &name)
-        .into_iter()
-        .filter(|p| p.get("vhost").and_then(Value::as_str) == Some(vhost.as_str()))
-        .collect();
+    let found = topic_permissions_where(&st, |p| p.user == name && p.vhost == vhost);
     if found.is_empty() {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(Value::Array(found)))
+    Ok(json::ok(&found))
 }
 
 /// PUT /api/topic-permissions/{vhost}/{user} with `exchange`, `write` and `read`: sets the
@@ -152,9 +153,7 @@ pub async fn user_topic_permissions(
     if st.broker.users().user(&name).is_none() {
         return Err(ApiError::not_found());
     }
-    Ok(json::ok(Value::Array(topic_permissions_where(
-        &st, "user", &name,
-    ))))
+    Ok(json::ok(&topic_permissions_where(&st, |p| p.user == name)))
 }
 
 pub async fn vhost_topic_permissions(
@@ -164,7 +163,7 @@ pub async fn vhost_topic_permissions(
 ) -> ApiResult<Response> {
     user.require_admin()?;
     st.broker.vhost(&vhost).ok_or_else(ApiError::not_found)?;
-    Ok(json::ok(Value::Array(topic_permissions_where(
-        &st, "vhost", &vhost,
-    ))))
+    Ok(json::ok(&topic_permissions_where(&st, |p| {
+        p.vhost == vhost
+    })))
 }

@@ -6,13 +6,15 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self, body_object, get_str};
 use crate::routes::vhosts::parse_tags;
 use crate::routes::Q;
+use crate::views::user::User;
+use crate::views::{self, EmptyObject};
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -25,19 +27,20 @@ pub(crate) fn routes() -> Router<AppState> {
 
 pub const HASHING_ALGORITHM: &str = "rabbit_password_hashing_sha256";
 
-fn user_json(u: &pier_broker::User) -> Value {
-    json!({
-        "name": u.name,
-        "password_hash": u.password_hash,
-        "hashing_algorithm": HASHING_ALGORITHM,
-        "tags": u.tags,
-        "limits": {},
-    })
+fn user_view(u: &pier_broker::User) -> User {
+    User {
+        name: u.name.clone(),
+        password_hash: u.password_hash.clone(),
+        hashing_algorithm: HASHING_ALGORITHM,
+        tags: u.tags.clone(),
+        limits: EmptyObject {},
+    }
 }
 
-fn sorted_users(st: &AppState) -> Vec<pier_broker::User> {
+/// Every user, sorted by name (also the users of a definitions export).
+pub(crate) fn sorted_users(st: &AppState) -> Vec<User> {
     let store = st.broker.users();
-    let mut users: Vec<pier_broker::User> = store.users().cloned().collect();
+    let mut users: Vec<User> = store.users().map(user_view).collect();
     users.sort_by(|a, b| a.name.cmp(&b.name));
     users
 }
@@ -48,7 +51,7 @@ pub async fn users(
     Query(q): Q,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    json::list(sorted_users(&st).iter().map(user_json).collect(), &q)
+    json::list(views::values(sorted_users(&st)), &q)
 }
 
 pub async fn users_without_permissions(
@@ -58,13 +61,11 @@ pub async fn users_without_permissions(
     user.require_admin()?;
     let store = st.broker.users();
     let with: std::collections::HashSet<&str> = store.permissions().map(|(u, _, _)| u).collect();
-    Ok(json::ok(Value::Array(
-        sorted_users(&st)
-            .iter()
-            .filter(|u| !with.contains(u.name.as_str()))
-            .map(user_json)
-            .collect(),
-    )))
+    let users: Vec<User> = sorted_users(&st)
+        .into_iter()
+        .filter(|u| !with.contains(u.name.as_str()))
+        .collect();
+    Ok(json::ok(&users))
 }
 
 pub async fn user(
@@ -75,7 +76,7 @@ pub async fn user(
     user.require_admin()?;
     let store = st.broker.users();
     let u = store.user(&name).ok_or_else(ApiError::not_found)?;
-    Ok(json::ok(user_json(u)))
+    Ok(json::ok(&user_view(u)))
 }
 
 /// Checks a `hashing_algorithm`: Pier stores RabbitMQ's default, salted SHA-256.

@@ -1,19 +1,22 @@
 //! Virtual hosts: `/api/vhosts[/{vhost}]` (list, show, create with metadata, delete) and
 //! `POST /api/vhosts/{vhost}/start/{node}`.
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use pier_cluster::metadata::MetadataCommand;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
-use crate::json::rate_details as details;
 use crate::json::{self, body_object, get_str};
 use crate::routes::Q;
+use crate::views::vhost::{Vhost, VhostMetadata};
+use crate::views::{self, Rate};
 use crate::AppState;
 use crate::{stats, VhostMeta};
 
@@ -27,7 +30,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/vhosts/{vhost}/start/{node}", post(start_vhost))
 }
 
-fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
+fn vhost_view(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Vhost {
     let meta = st.vhost_meta(name);
     let (mut ready, mut unacked) = (0u64, 0u64);
     let mut sum = crate::stats::Queueing::default();
@@ -53,34 +56,38 @@ fn vhost_json(st: &AppState, name: &str, vh: &pier_broker::VHost) -> Value {
         }
     }
     sum.measured = waits.summary();
-    let mut cluster_state = Map::new();
+    let mut cluster_state = BTreeMap::new();
     match st.cluster() {
         Some(c) => {
             for (name, running) in c.members() {
-                let state = if running { "running" } else { "nodedown" };
-                cluster_state.insert(name, Value::from(state));
+                cluster_state.insert(name, if running { "running" } else { "nodedown" });
             }
         }
         None => {
-            cluster_state.insert(st.node.clone(), Value::from("running"));
+            cluster_state.insert(st.node.clone(), "running");
         }
     }
-    json!({
-        "name": name,
-        "description": meta.description,
-        "tags": meta.tags,
-        "metadata": {"description": meta.description, "tags": meta.tags},
-        "default_queue_type": meta.default_queue_type.as_deref().unwrap_or("undefined"),
-        "tracing": false,
-        "cluster_state": cluster_state,
-        "messages": ready + unacked,
-        "messages_details": details(length_rates[0]),
-        "messages_ready": ready,
-        "messages_ready_details": details(length_rates[1]),
-        "messages_unacknowledged": unacked,
-        "messages_unacknowledged_details": details(length_rates[2]),
-        "pier_queueing": sum.json(),
-    })
+    Vhost {
+        name: name.to_owned(),
+        description: meta.description.clone(),
+        tags: meta.tags.clone(),
+        metadata: VhostMetadata {
+            description: meta.description,
+            tags: meta.tags,
+        },
+        default_queue_type: meta
+            .default_queue_type
+            .unwrap_or_else(|| "undefined".to_owned()),
+        tracing: false,
+        cluster_state,
+        messages: ready + unacked,
+        messages_details: Rate::new(length_rates[0]),
+        messages_ready: ready,
+        messages_ready_details: Rate::new(length_rates[1]),
+        messages_unacknowledged: unacked,
+        messages_unacknowledged_details: Rate::new(length_rates[2]),
+        pier_queueing: sum.view(),
+    }
 }
 
 pub async fn vhosts(
@@ -93,9 +100,8 @@ pub async fn vhosts(
     let items = all
         .iter()
         .filter(|vh| user.is_monitor() || user.can_view(&st.broker, vh.name()))
-        .map(|vh| vhost_json(&st, vh.name(), vh))
-        .collect();
-    json::list(items, &q)
+        .map(|vh| vhost_view(&st, vh.name(), vh));
+    json::list(views::values(items), &q)
 }
 
 pub async fn vhost(
@@ -109,7 +115,7 @@ pub async fn vhost(
             "User not authorised to access virtual host",
         ));
     }
-    Ok(json::ok(vhost_json(&st, &name, &vh)))
+    Ok(json::ok(&vhost_view(&st, &name, &vh)))
 }
 
 /// Tags given as a JSON array or a comma-separated string.

@@ -3,10 +3,10 @@
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
-use serde_json::json;
 
 use crate::auth::AuthUser;
 use crate::json::{self};
+use crate::views::node::Whoami;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -14,5 +14,8 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 pub async fn whoami(Extension(user): Extension<AuthUser>) -> Response {
-    json::ok(json!({ "name": user.name, "tags": user.tags }))
+    json::ok(&Whoami {
+        name: user.name,
+        tags: user.tags,
+    })
 }
