@@ -19,7 +19,7 @@ use crate::json::{self, table_to_json};
 use crate::routes::stream as streams;
 use crate::routes::Q;
 use crate::stats;
-use crate::views::connection::{Connection, ConnectionBase};
+use crate::views::connection::{Connection, ConnectionBase, TlsDetails};
 use crate::views::{self, Rate};
 use crate::AppState;
 
@@ -95,7 +95,7 @@ pub(crate) fn connection_base(
         port: m.local.port(),
         peer_host: m.peer.ip().to_string(),
         peer_port: m.peer.port(),
-        ssl: false,
+        ssl: m.tls.is_some(),
         auth_mechanism: m.auth_mechanism.clone(),
         channels,
         channel_max,
@@ -118,7 +118,19 @@ pub(crate) fn connection_base(
     }
 }
 
-/// An AMQP 0-9-1, MQTT or STOMP connection.
+/// RabbitMQ's TLS fields of a connection: the protocol version and the cipher suite over
+/// TLS, null without (and null for what Pier does not record: key exchange, hash, the peer's
+/// certificate).
+pub(crate) fn tls_details(m: &ConnectionMeta) -> TlsDetails {
+    TlsDetails {
+        ssl_protocol: m.tls.as_ref().map(|t| t.protocol.clone()),
+        ssl_cipher: m.tls.as_ref().map(|t| t.cipher.clone()),
+        ..TlsDetails::default()
+    }
+}
+
+/// An AMQP 0-9-1, MQTT or STOMP connection (its TLS fields only over TLS: RabbitMQ's plain
+/// connections show them null, Pier's leave them out, as before TLS was reported).
 fn connection_view(st: &AppState, c: &ConnectionInfo) -> Connection {
     let rates = st.sampler.rates(
         &stats::connection_key(&c.meta.name),
@@ -142,7 +154,7 @@ fn connection_view(st: &AppState, c: &ConnectionInfo) -> Connection {
             &rates,
         ),
         kind: Some("network"),
-        tls: None,
+        tls: c.meta.tls.is_some().then(|| tls_details(&c.meta)),
         stream: None,
     }
 }

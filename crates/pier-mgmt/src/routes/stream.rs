@@ -17,10 +17,10 @@ use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, Strea
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{self};
-use crate::routes::connections::{connection_base, Traffic};
+use crate::routes::connections::{connection_base, tls_details, Traffic};
 use crate::routes::Q;
 use crate::stats;
-use crate::views::connection::{Connection, StreamCounts, TlsDetails};
+use crate::views::connection::{Connection, StreamCounts};
 use crate::views::queue::{StreamFigures, StreamTracking};
 use crate::views::stream::{Publisher, StreamConnectionDetails, Subscription};
 use crate::views::{self, QueueRef};
@@ -94,7 +94,7 @@ pub(crate) fn connection_view(st: &AppState, c: &StreamConnectionInfo) -> Connec
     Connection {
         base: connection_base(st, &c.meta, "running", 0, 0, traffic, &rates),
         kind: None,
-        tls: Some(TlsDetails::default()),
+        tls: Some(tls_details(&c.meta)),
         stream: Some(StreamCounts {
             publishers: c.publishers.len(),
             subscriptions: c.consumers.len(),

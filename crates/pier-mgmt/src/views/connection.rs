@@ -52,7 +52,8 @@ pub(crate) struct Connection {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
     /// The TLS session: always there for a stream connection (null fields without TLS, as
-    /// RabbitMQ's stream plugin); for the other protocols only over TLS.
+    /// RabbitMQ's stream plugin); for the other protocols only over TLS (Pier left the fields
+    /// out of them before it reported TLS; plain connections keep that shape).
     #[serde(flatten)]
     pub tls: Option<TlsDetails>,
     /// Stream connections only.
@@ -60,8 +61,9 @@ pub(crate) struct Connection {
     pub stream: Option<StreamCounts>,
 }
 
-/// RabbitMQ's TLS fields of a connection; Pier knows the protocol version and the cipher
-/// suite, not the certificate details.
+/// RabbitMQ's TLS fields of a connection; Pier knows the protocol version (`tlsv1.3`,
+/// `tlsv1.2`) and the cipher suite (rustls' name, e.g. `TLS13_AES_256_GCM_SHA384`), not the
+/// key exchange, hash or certificate details (null).
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct TlsDetails {
     pub ssl_protocol: Option<String>,
