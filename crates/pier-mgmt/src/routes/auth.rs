@@ -6,10 +6,9 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 
-use crate::json::{self};
+use crate::json;
 use crate::AppState;
 
-/// Routes served without credentials (full paths: they are not nested under `/api`).
 /// The login page's settings: no OAuth 2 / UAA.
 #[derive(Serialize)]
 struct AuthSettings {
@@ -18,6 +17,7 @@ struct AuthSettings {
     uaa_location: &'static str,
 }
 
+/// Routes served without credentials (full paths: they are not nested under `/api`).
 pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/api/auth", get(auth_settings))
 }

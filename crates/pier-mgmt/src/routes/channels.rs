@@ -11,7 +11,7 @@ use pier_server::{ChannelInfo, ConnectionInfo};
 
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{self};
+use crate::json;
 use crate::routes::connections::{find_connection, find_stream_connection, sorted_connections};
 use crate::routes::Q;
 use crate::views;

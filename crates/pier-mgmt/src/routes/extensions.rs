@@ -4,7 +4,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
-use crate::json::{self};
+use crate::json;
 use crate::views::EmptyList;
 use crate::AppState;
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::auth::AuthUser;
 use crate::error::ApiResult;
-use crate::json::{self};
+use crate::json;
 use crate::AppState;
 
 /// A RabbitMQ feature flag.

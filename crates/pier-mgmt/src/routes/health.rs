@@ -13,7 +13,7 @@ use pier_wire::ShortString;
 
 use crate::auth::{change_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{self};
+use crate::json;
 use crate::views::health::{
     Alarm, AlarmsFailed, CriticalQueue, PortListening, PortNotListening, ProtocolListening,
     ProtocolNotListening, QuorumCritical, Status,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
-use crate::json::{self};
+use crate::json;
 use crate::routes::overview::{churn_rates, contexts, exchange_types};
 use crate::routes::Q;
 use crate::stats;

@@ -9,7 +9,7 @@ use axum::{Extension, Router};
 
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{self};
+use crate::json;
 use crate::routes::parameters::require_policymaker;
 use crate::routes::Q;
 use crate::AppState;

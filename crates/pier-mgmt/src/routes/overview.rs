@@ -9,7 +9,7 @@ use axum::{Extension, Router};
 
 use crate::auth::{visible_vhosts, AuthUser};
 use crate::error::ApiResult;
-use crate::json::{self};
+use crate::json;
 use crate::views::overview::{
     ChurnRates, Context, Described, Listener, ObjectTotals, Overview, OverviewMessageStats,
     QueueTotals, RetentionPolicies,

@@ -7,7 +7,7 @@ use axum::{Extension, Router};
 
 use crate::auth::AuthUser;
 use crate::error::ApiResult;
-use crate::json::{self};
+use crate::json;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {

@@ -16,7 +16,7 @@ use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, Strea
 
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
-use crate::json::{self};
+use crate::json;
 use crate::routes::connections::{connection_base, tls_details, Traffic};
 use crate::routes::Q;
 use crate::stats;

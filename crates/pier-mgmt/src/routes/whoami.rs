@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 
 use crate::auth::AuthUser;
-use crate::json::{self};
+use crate::json;
 use crate::views::node::Whoami;
 use crate::AppState;
 
