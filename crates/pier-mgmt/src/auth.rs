@@ -18,7 +18,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use pier_broker::{AuthError, Broker};
+use pier_broker::{AuthError, Broker, VHost};
 
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -170,4 +170,16 @@ impl ApiError {
         e.reason = reason.into();
         e
     }
+}
+
+/// The vhosts `user` may see, sorted by name.
+pub(crate) fn visible_vhosts(state: &AppState, user: &AuthUser) -> Vec<Arc<VHost>> {
+    let mut v: Vec<Arc<VHost>> = state
+        .broker
+        .vhosts()
+        .into_iter()
+        .filter(|vh| user.can_view(&state.broker, vh.name()))
+        .collect();
+    v.sort_by(|a, b| a.name().cmp(b.name()));
+    v
 }

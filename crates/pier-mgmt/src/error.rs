@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use pier_broker::BrokerError;
 use pier_cluster::metadata::CommandError;
 use pier_cluster::{ClusterError, MetadataError};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use crate::views::ErrorBody;
 
 pub const REALM: &str = "Basic realm=\"RabbitMQ Management\"";
 
@@ -139,7 +141,11 @@ impl IntoResponse for ApiError {
         let mut resp = if self.empty {
             self.status.into_response()
         } else {
-            let body = json!({"error": self.error, "reason": self.reason}).to_string();
+            let body = crate::views::to_value(&ErrorBody {
+                error: self.error,
+                reason: &self.reason,
+            })
+            .to_string();
             (
                 self.status,
                 [(header::CONTENT_TYPE, "application/json")],

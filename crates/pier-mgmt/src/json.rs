@@ -9,23 +9,28 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pier_broker::message::Properties;
 use pier_wire::{FieldTable, FieldValue, LongString, ShortString};
+use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
 use crate::error::{ApiError, ApiResult};
+use crate::views::{self, Page};
 
-/// A JSON 200 response.
-/// A rate as RabbitMQ's `*_details` objects carry it (`{"rate": r}`, one decimal).
-pub fn rate_details(r: f64) -> Value {
-    serde_json::json!({ "rate": (r * 10.0).round() / 10.0 })
-}
-
-pub fn ok(v: Value) -> Response {
+/// A JSON 200 response with a view (see [`crate::views`]), serialized through
+/// `serde_json::Value` so that object keys come out sorted.
+pub fn ok<T: Serialize + ?Sized>(v: &T) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
+        views::to_value(v).to_string(),
     )
         .into_response()
+}
+
+/// A JSON response with another status (a failed health check's 503, for instance).
+pub fn with_status<T: Serialize + ?Sized>(status: StatusCode, v: &T) -> Response {
+    let mut r = ok(v);
+    *r.status_mut() = status;
+    r
 }
 
 pub fn no_content() -> Response {
@@ -316,7 +321,7 @@ pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Res
         }
     };
     let Some(page) = q.get("page") else {
-        return Ok(ok(Value::Array(items.into_iter().map(project).collect())));
+        return Ok(ok(&items.into_iter().map(project).collect::<Vec<_>>()));
     };
     let invalid = || ApiError::bad_request("Pagination parameters are invalid");
     let page: u64 = page.parse().map_err(|_| invalid())?;
@@ -350,15 +355,15 @@ pub fn list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Res
         .take(take)
         .map(project)
         .collect();
-    Ok(ok(serde_json::json!({
-        "filtered_count": filtered,
-        "item_count": selected.len(),
-        "items": selected,
-        "page": page,
-        "page_count": page_count,
-        "page_size": page_size,
-        "total_count": total,
-    })))
+    Ok(ok(&Page {
+        filtered_count: filtered,
+        item_count: selected.len(),
+        items: selected,
+        page,
+        page_count,
+        page_size,
+        total_count: total,
+    }))
 }
 
 /// The `name=` filter: case-insensitive, as RabbitMQ's.

@@ -12,29 +12,29 @@
 //!
 //! Everything is read on request from the broker and the registry; the only state kept here
 //! is vhost metadata (description, tags) and a rate sampler.
+//!
+//! Layout: `routes/` has one module per management resource (its handlers and its
+//! `routes()`), merged by `routes::api`; `views/` has the typed response bodies
+//! (`#[derive(Serialize)]`, one per shape); `auth` checks credentials and tags; `json` converts
+//! AMQP tables and message properties to and from JSON, parses request bodies and applies the
+//! list parameters; `error` is the `{"error", "reason"}` answer; `stats` samples the counters
+//! that rates and queueing figures come from; `cluster` reports this node to its peers.
 
-mod api;
 mod auth;
 mod cluster;
-mod conns;
-mod definitions;
 mod error;
-mod extras;
 mod json;
-mod metrics;
-mod policies;
+mod routes;
 mod stats;
-mod streams;
 mod tls;
-mod topology;
 mod ui;
+mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::{delete, get, post};
 use axum::Router;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pier_broker::Broker;
@@ -313,258 +313,7 @@ where
 }
 
 fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/overview", get(api::overview))
-        .route(
-            "/cluster-name",
-            get(api::cluster_name).put(extras::put_cluster_name),
-        )
-        .route("/nodes", get(api::nodes))
-        .route("/nodes/{node}", get(api::node))
-        .route("/nodes/{node}/memory", get(extras::node_memory))
-        .route("/extensions", get(extras::extensions))
-        .route("/feature-flags", get(extras::feature_flags))
-        .route("/parameters", get(extras::parameters))
-        .route("/parameters/{component}", get(extras::component_parameters))
-        .route(
-            "/parameters/{component}/{vhost}",
-            get(extras::vhost_parameters),
-        )
-        .route(
-            "/parameters/{component}/{vhost}/{name}",
-            get(extras::parameter)
-                .put(extras::put_parameter)
-                .delete(extras::delete_parameter),
-        )
-        .route("/global-parameters", get(extras::global_parameters))
-        .route(
-            "/global-parameters/{name}",
-            get(extras::global_parameter)
-                .put(extras::put_global_parameter)
-                .delete(extras::delete_global_parameter),
-        )
-        .route("/operator-policies", get(extras::operator_policies))
-        .route(
-            "/operator-policies/{vhost}",
-            get(extras::vhost_operator_policies),
-        )
-        .route(
-            "/operator-policies/{vhost}/{name}",
-            get(extras::operator_policy)
-                .put(extras::put_operator_policy)
-                .delete(extras::delete_operator_policy),
-        )
-        .route("/vhost-limits", get(extras::vhost_limits))
-        .route("/vhost-limits/{vhost}", get(extras::one_vhost_limits))
-        .route(
-            "/vhost-limits/{vhost}/{name}",
-            axum::routing::put(extras::put_vhost_limit).delete(extras::delete_vhost_limit),
-        )
-        .route("/user-limits", get(extras::user_limits))
-        .route("/user-limits/{user}", get(extras::one_user_limits))
-        .route(
-            "/user-limits/{user}/{name}",
-            axum::routing::put(extras::put_user_limit).delete(extras::delete_user_limit),
-        )
-        .route("/rebalance/queues", post(extras::rebalance_queues))
-        .route("/vhosts/{vhost}/start/{node}", post(extras::start_vhost))
-        // Pier's cluster operations (RabbitMQ does these with rabbitmqctl, not over HTTP).
-        .route("/pier/cluster", get(cluster::status))
-        .route("/pier/cluster/join", post(cluster::join))
-        .route("/pier/cluster/nodes/{node}", delete(cluster::forget))
-        .route("/whoami", get(api::whoami))
-        .route("/vhosts", get(api::vhosts))
-        .route(
-            "/vhosts/{vhost}",
-            get(api::vhost)
-                .put(api::put_vhost)
-                .delete(api::delete_vhost),
-        )
-        .route("/vhosts/{vhost}/permissions", get(api::vhost_permissions))
-        .route(
-            "/vhosts/{vhost}/topic-permissions",
-            get(api::vhost_topic_permissions),
-        )
-        .route("/vhosts/{vhost}/connections", get(conns::vhost_connections))
-        .route("/vhosts/{vhost}/channels", get(conns::vhost_channels))
-        .route("/users", get(api::users))
-        .route(
-            "/users/without-permissions",
-            get(api::users_without_permissions),
-        )
-        .route("/users/bulk-delete", post(api::users_bulk_delete))
-        .route(
-            "/users/{user}",
-            get(api::user).put(api::put_user).delete(api::delete_user),
-        )
-        .route("/users/{user}/permissions", get(api::user_permissions))
-        .route(
-            "/users/{user}/topic-permissions",
-            get(api::user_topic_permissions),
-        )
-        .route("/topic-permissions", get(api::topic_permissions))
-        .route(
-            "/topic-permissions/{vhost}/{user}",
-            get(api::user_vhost_topic_permissions)
-                .put(api::put_topic_permission)
-                .delete(api::delete_topic_permissions),
-        )
-        .route("/permissions", get(api::permissions))
-        .route(
-            "/permissions/{vhost}/{user}",
-            get(api::permission)
-                .put(api::put_permission)
-                .delete(api::delete_permission),
-        )
-        .route("/queues", get(topology::queues))
-        .route("/queues/{vhost}", get(topology::vhost_queues))
-        .route(
-            "/queues/{vhost}/{name}",
-            get(topology::queue)
-                .put(topology::put_queue)
-                .delete(topology::delete_queue),
-        )
-        .route(
-            "/queues/{vhost}/{name}/bindings",
-            get(topology::queue_bindings),
-        )
-        .route(
-            "/queues/{vhost}/{name}/contents",
-            axum::routing::delete(topology::purge_queue),
-        )
-        .route("/queues/{vhost}/{name}/get", post(topology::get_messages))
-        .route(
-            "/queues/{vhost}/{name}/actions",
-            post(extras::queue_actions),
-        )
-        .route(
-            "/queues/{vhost}/{name}/quorum-status",
-            get(extras::quorum_status),
-        )
-        .route(
-            "/queues/{vhost}/{name}/members",
-            post(extras::add_queue_member),
-        )
-        .route(
-            "/queues/{vhost}/{name}/members/{node}",
-            axum::routing::delete(extras::delete_queue_member),
-        )
-        .route(
-            "/queues/{vhost}/{name}/transfer-leadership",
-            post(extras::transfer_queue_leadership),
-        )
-        .route("/exchanges", get(topology::exchanges))
-        .route("/exchanges/{vhost}", get(topology::vhost_exchanges))
-        .route(
-            "/exchanges/{vhost}/{name}",
-            get(topology::exchange)
-                .put(topology::put_exchange)
-                .delete(topology::delete_exchange),
-        )
-        .route("/exchanges/{vhost}/{name}/publish", post(topology::publish))
-        .route(
-            "/exchanges/{vhost}/{name}/bindings/source",
-            get(topology::exchange_bindings_source),
-        )
-        .route(
-            "/exchanges/{vhost}/{name}/bindings/destination",
-            get(topology::exchange_bindings_destination),
-        )
-        .route("/bindings", get(topology::bindings))
-        .route("/bindings/{vhost}", get(topology::vhost_bindings))
-        .route(
-            "/bindings/{vhost}/e/{source}/{kind}/{destination}",
-            get(topology::binding_pair).post(topology::create_binding),
-        )
-        .route(
-            "/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
-            get(topology::binding).delete(topology::delete_binding),
-        )
-        .route("/connections", get(conns::connections))
-        .route(
-            "/connections/{name}",
-            get(conns::connection).delete(conns::close_connection),
-        )
-        .route(
-            "/connections/{name}/channels",
-            get(conns::connection_channels),
-        )
-        .route(
-            "/connections/username/{user}",
-            get(conns::user_connections).delete(conns::close_user_connections),
-        )
-        .route("/stream/connections", get(streams::connections))
-        .route(
-            "/stream/connections/{vhost}",
-            get(streams::vhost_connections),
-        )
-        .route(
-            "/stream/connections/{vhost}/{name}",
-            get(streams::connection).delete(streams::close_connection),
-        )
-        .route(
-            "/stream/connections/{vhost}/{name}/publishers",
-            get(streams::connection_publishers),
-        )
-        .route(
-            "/stream/connections/{vhost}/{name}/consumers",
-            get(streams::connection_consumers),
-        )
-        .route("/stream/publishers", get(streams::publishers))
-        .route("/stream/publishers/{vhost}", get(streams::vhost_publishers))
-        .route(
-            "/stream/publishers/{vhost}/{stream}",
-            get(streams::stream_publishers),
-        )
-        .route("/stream/consumers", get(streams::consumers))
-        .route("/stream/consumers/{vhost}", get(streams::vhost_consumers))
-        .route("/channels", get(conns::channels))
-        .route("/channels/{name}", get(conns::channel))
-        .route("/consumers", get(conns::consumers))
-        .route("/consumers/{vhost}", get(conns::vhost_consumers))
-        .route("/policies", get(policies::policies))
-        .route("/policies/{vhost}", get(policies::vhost_policies))
-        .route(
-            "/policies/{vhost}/{name}",
-            get(policies::policy)
-                .put(policies::put_policy)
-                .delete(policies::delete_policy),
-        )
-        .route("/aliveness-test/{vhost}", get(api::aliveness_test))
-        .route("/health/checks/alarms", get(api::health_alarms))
-        .route("/health/checks/local-alarms", get(api::health_alarms))
-        .route("/health/checks/virtual-hosts", get(api::health_ok))
-        .route(
-            "/health/checks/port-listener/{port}",
-            get(extras::health_port_listener),
-        )
-        .route(
-            "/health/checks/protocol-listener/{protocol}",
-            get(extras::health_protocol_listener),
-        )
-        .route(
-            "/health/checks/node-is-quorum-critical",
-            get(extras::health_quorum_critical),
-        )
-        .route(
-            "/health/checks/node-is-mirror-sync-critical",
-            get(extras::health_single_node),
-        )
-        .route(
-            "/definitions",
-            get(definitions::export_all).post(definitions::import_all),
-        )
-        // RabbitMQ's deprecated name for /api/definitions.
-        .route(
-            "/all-configuration",
-            get(definitions::export_all).post(definitions::import_all),
-        )
-        .route(
-            "/definitions/{vhost}",
-            get(definitions::export_vhost).post(definitions::import_vhost),
-        )
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+    let api = routes::api()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,
@@ -572,10 +321,9 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(ui::no_browser_prompt));
     Router::new()
         // Outside the auth layer: RabbitMQ's login page reads it before logging in.
-        .route("/api/auth", get(extras::auth_settings))
+        .merge(routes::auth::routes())
         .nest("/api", api)
-        .route("/metrics", get(metrics::metrics))
-        .route("/metrics/per-object", get(metrics::metrics))
+        .merge(routes::metrics::routes())
         .merge(ui::routes())
         .with_state(state)
 }

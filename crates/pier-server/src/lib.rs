@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 pub use amqp::error::{AmqpException, ConnectionError};
 pub use config::ServerConfig;
 pub use registry::{
-    ChannelInfo, ConnectionInfo, ConnectionMeta, ConnectionState, Registry, RegistryTotals,
+    ChannelInfo, ConnectionInfo, ConnectionMeta, ConnectionState, Registry, RegistryTotals, TlsInfo,
 };
 
 use amqp::connection::{close_frame, next_connection_id, Connection};
@@ -285,6 +285,7 @@ async fn handle_connection(
             local,
             deadline,
             cert_user: None,
+            tls: None,
             metadata,
         };
         return serve_stream(rd, wr, conn, broker, registry, config, shutdown).await;
@@ -311,12 +312,14 @@ async fn handle_connection(
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|cert| tls::subject_common_name(cert));
+    let session = tls::session_info(stream.get_ref().1);
     let (rd, wr) = tokio::io::split(stream);
     let conn = ConnectionSetup {
         peer,
         local,
         deadline,
         cert_user,
+        tls: Some(session),
         metadata,
     };
     serve_stream(rd, wr, conn, broker, registry, config, shutdown).await;
@@ -343,6 +346,7 @@ pub async fn serve_connection<S>(
         local: SocketAddr::from(([127, 0, 0, 1], 5672)),
         deadline: tokio::time::Instant::now() + config.handshake_timeout,
         cert_user: None,
+        tls: None,
         metadata: None,
     };
     serve_stream(rd, wr, setup, broker, registry, Arc::new(config), shutdown).await;
@@ -380,6 +384,8 @@ struct ConnectionSetup {
     deadline: tokio::time::Instant,
     /// The subject CN of the client's verified TLS certificate (for SASL EXTERNAL).
     cert_user: Option<String>,
+    /// The TLS session (`None`: plain TCP).
+    tls: Option<TlsInfo>,
     /// The cluster's metadata front (clustered nodes only).
     metadata: Option<pier_cluster::Metadata>,
 }
@@ -401,6 +407,7 @@ async fn serve_stream<R, W>(
         local,
         deadline,
         cert_user,
+        tls,
         metadata,
     } = setup;
 
@@ -469,6 +476,7 @@ async fn serve_stream<R, W>(
             channel_max: negotiated.channel_max,
             heartbeat: negotiated.heartbeat,
             protocol: "AMQP 0-9-1".into(),
+            tls,
         },
         Arc::clone(&outbound),
         &shutdown,

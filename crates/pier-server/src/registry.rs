@@ -53,6 +53,17 @@ pub struct ConnectionMeta {
     /// The protocol as `/api/connections` shows it (RabbitMQ's words): `AMQP 0-9-1`,
     /// `MQTT 3.1.1`, `STOMP 1.2`, `stream`.
     pub protocol: std::borrow::Cow<'static, str>,
+    /// The TLS session the connection runs over (`None`: plain TCP).
+    pub tls: Option<TlsInfo>,
+}
+
+/// A connection's TLS session, as management shows it (`ssl`, `ssl_protocol`, `ssl_cipher`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version in RabbitMQ's words: `tlsv1.3`, `tlsv1.2`.
+    pub protocol: String,
+    /// The negotiated cipher suite, as rustls names it (`TLS13_AES_256_GCM_SHA384`).
+    pub cipher: String,
 }
 
 /// Counters a connection bumps as it works (relaxed atomics).

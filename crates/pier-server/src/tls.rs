@@ -168,6 +168,21 @@ pub fn http_acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The TLS session of an accepted server connection (its protocol version and cipher suite).
+pub fn session_info(conn: &rustls::ServerConnection) -> crate::registry::TlsInfo {
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "tlsv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "tlsv1.2".to_owned(),
+        Some(other) => format!("{other:?}").to_lowercase(),
+        None => String::new(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    crate::registry::TlsInfo { protocol, cipher }
+}
+
 /// The subject common name of a DER certificate (the first CN, as RabbitMQ's
 /// `ssl_cert_login_from = common_name`), if it has one that is a string.
 pub fn subject_common_name(cert_der: &[u8]) -> Option<String> {

@@ -468,7 +468,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             pier_server::websocket::WsEndpoint::stomp(),
             stop_streams.clone(),
             move |io, peer, local, token| {
-                pier_server::stomp::serve_connection(io, peer, local, Arc::clone(&ctx), token)
+                pier_server::stomp::serve_connection(io, peer, local, None, Arc::clone(&ctx), token)
             },
         )));
     }
@@ -537,7 +537,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 stop_mqtt.clone(),
                 // MQTT connections end with the context's own shutdown (`stop_mqtt`).
                 move |io, peer, local, _token| {
-                    pier_server::mqtt::serve_connection(io, peer, local, None, Arc::clone(&ctx))
+                    pier_server::mqtt::serve_connection(
+                        io,
+                        peer,
+                        local,
+                        None,
+                        None,
+                        Arc::clone(&ctx),
+                    )
                 },
             )));
         }

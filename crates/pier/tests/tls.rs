@@ -380,6 +380,36 @@ async fn plain_login_over_tls_and_tcp_side_by_side() {
     };
     let (_, opened) = c.login("PLAIN", &plain("guest", "guest")).await;
     assert!(matches!(opened, Some(Method::ConnectionOpenOk(_))));
+    // Management tells them apart: `ssl` and the TLS session on the TLS one only.
+    let tls_conn = listed_connection(&pier, pier.amqps_port);
+    assert_eq!(tls_conn["ssl"], true, "{tls_conn}");
+    assert_eq!(tls_conn["ssl_protocol"], "tlsv1.3", "{tls_conn}");
+    assert!(
+        tls_conn["ssl_cipher"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("TLS13_")),
+        "{tls_conn}"
+    );
+    assert!(tls_conn["peer_cert_subject"].is_null(), "{tls_conn}");
+    let tcp_conn = listed_connection(&pier, pier.amqp_port);
+    assert_eq!(tcp_conn["ssl"], false, "{tcp_conn}");
+    assert!(tcp_conn.get("ssl_protocol").is_none(), "{tcp_conn}");
+}
+
+/// The connection management lists on local port `port` (waiting up to 5 s for it).
+fn listed_connection(pier: &Pier, port: u16) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = api_get(pier, "/connections");
+        let found = body
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["port"] == port).cloned());
+        match found {
+            Some(c) => return c,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("no connection on port {port} in /api/connections ({status}): {body}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -410,6 +440,16 @@ async fn stomp_over_tls() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("CONNECTED\n"), "{text}");
     assert!(text.contains("version:1.2\n"), "{text}");
+    let conn = listed_connection(&pier, pier.stomp_tls_port);
+    assert_eq!(
+        (&conn["protocol"], &conn["ssl"], &conn["ssl_protocol"]),
+        (
+            &serde_json::json!("STOMP 1.2"),
+            &serde_json::json!(true),
+            &serde_json::json!("tlsv1.3")
+        ),
+        "{conn}"
+    );
 }
 
 #[tokio::test]
@@ -575,6 +615,17 @@ async fn stream_protocol_external_login_with_a_client_certificate() {
         panic!("no create response");
     };
     assert_eq!(r.code, ResponseCode::Ok);
+    // Management shows the stream connection over TLS.
+    let conn = listed_connection(&pier, pier.stream_tls_port);
+    assert_eq!(
+        (&conn["protocol"], &conn["ssl"], &conn["ssl_protocol"]),
+        (
+            &serde_json::json!("stream"),
+            &serde_json::json!(true),
+            &serde_json::json!("tlsv1.3")
+        ),
+        "{conn}"
+    );
 
     // No certificate: EXTERNAL is neither offered nor accepted.
     let mut c = Stream::connect(pier.stream_tls_port, client_config(&pki, None)).await;

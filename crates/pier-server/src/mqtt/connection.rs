@@ -96,6 +96,7 @@ pub(super) async fn run<S>(
     peer: SocketAddr,
     local: SocketAddr,
     cert_user: Option<String>,
+    tls: Option<crate::registry::TlsInfo>,
     ctx: Arc<MqttContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -122,20 +123,20 @@ pub(super) async fn run<S>(
         Ok(Ok(c)) => c,
     };
     let version = connect.protocol;
-    let (mut conn, session_present) = match Conn::open(&ctx, connect, peer, local, cert_user).await
-    {
-        Ok(c) => c,
-        Err(code) => {
-            tracing::info!(%peer, "MQTT connection refused: {}", code.description());
-            let _ = send_now(
-                &mut wr,
-                &connack(version, code, false, Properties::default()),
-                version,
-            )
-            .await;
-            return;
-        }
-    };
+    let (mut conn, session_present) =
+        match Conn::open(&ctx, connect, peer, local, cert_user, tls).await {
+            Ok(c) => c,
+            Err(code) => {
+                tracing::info!(%peer, "MQTT connection refused: {}", code.description());
+                let _ = send_now(
+                    &mut wr,
+                    &connack(version, code, false, Properties::default()),
+                    version,
+                )
+                .await;
+                return;
+            }
+        };
     let props = conn.connack_properties();
     conn.write(&connack(
         version,
@@ -265,6 +266,7 @@ impl Conn {
         peer: SocketAddr,
         local: SocketAddr,
         cert_user: Option<String>,
+        tls: Option<crate::registry::TlsInfo>,
     ) -> Result<(Conn, bool), ReasonCode> {
         let version = connect.protocol;
         if connect.properties.authentication_method.is_some() {
@@ -375,6 +377,7 @@ impl Conn {
                 channel_max: 0,
                 heartbeat: connect.keep_alive,
                 protocol: protocol.into(),
+                tls,
             },
             outbound,
             &ctx.shutdown,

@@ -272,17 +272,18 @@ struct Owned {
 
 /// Serves one MQTT connection on any byte stream (TCP, TLS, a WebSocket adapter) until it
 /// ends. `peer` and `local` are the addresses management shows; `cert_user` the subject CN
-/// of a verified TLS client certificate.
+/// of a verified TLS client certificate; `tls` the TLS session it runs over.
 pub async fn serve_connection<S>(
     io: S,
     peer: SocketAddr,
     local: SocketAddr,
     cert_user: Option<String>,
+    tls: Option<crate::registry::TlsInfo>,
     ctx: Arc<MqttContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    connection::run(io, peer, local, cert_user, ctx).await;
+    connection::run(io, peer, local, cert_user, tls, ctx).await;
 }
 
 /// Serves MQTT on `listener` (TLS with `tls`) until `ctx.shutdown` is cancelled; then waits
@@ -311,7 +312,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<Mqt
         let tls = tls.clone();
         tracker.spawn(async move {
             match tls {
-                None => serve_connection(socket, peer, local, None, ctx).await,
+                None => serve_connection(socket, peer, local, None, None, ctx).await,
                 Some(acceptor) => {
                     let accepted =
                         tokio::time::timeout(ctx.config.connect_timeout, acceptor.accept(socket))
@@ -324,7 +325,8 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, ctx: Arc<Mqt
                                 .peer_certificates()
                                 .and_then(|certs| certs.first())
                                 .and_then(|cert| crate::tls::subject_common_name(cert));
-                            serve_connection(stream, peer, local, cn, ctx).await;
+                            let session = crate::tls::session_info(stream.get_ref().1);
+                            serve_connection(stream, peer, local, cn, Some(session), ctx).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "MQTT TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "MQTT TLS handshake timed out"),
@@ -363,7 +365,14 @@ mod tests {
         let ctx = context();
         let (client, server) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let task = tokio::spawn(serve_connection(server, peer, peer, None, Arc::clone(&ctx)));
+        let task = tokio::spawn(serve_connection(
+            server,
+            peer,
+            peer,
+            None,
+            None,
+            Arc::clone(&ctx),
+        ));
         let (mut rd, mut wr) = tokio::io::split(client);
         wr.write_all(CONNECT).await.unwrap();
         // SUBSCRIBE 1 "a" QoS 1, then PUBLISH QoS 1 id 2 to "a".
@@ -416,7 +425,14 @@ mod tests {
         for round in 0..200 {
             let (client, server) = tokio::io::duplex(64 * 1024);
             let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-            let task = tokio::spawn(serve_connection(server, peer, peer, None, Arc::clone(&ctx)));
+            let task = tokio::spawn(serve_connection(
+                server,
+                peer,
+                peer,
+                None,
+                None,
+                Arc::clone(&ctx),
+            ));
             let (mut rd, mut wr) = tokio::io::split(client);
             let mut bytes = Vec::new();
             if round % 2 == 0 {

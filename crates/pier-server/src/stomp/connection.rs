@@ -48,6 +48,8 @@ struct Conn {
     ctx: Arc<StompContext>,
     peer: SocketAddr,
     local: SocketAddr,
+    /// The TLS session the connection runs over (`None`: plain TCP or WebSocket).
+    tls: Option<crate::registry::TlsInfo>,
     id: pier_broker::ConnectionId,
     session: Session,
     outbox: Arc<Outbox>,
@@ -81,6 +83,7 @@ pub(crate) async fn run<S>(
     io: S,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: Option<crate::registry::TlsInfo>,
     ctx: Arc<StompContext>,
     shutdown: CancellationToken,
 ) where
@@ -93,6 +96,7 @@ pub(crate) async fn run<S>(
         ctx: Arc::clone(&ctx),
         peer,
         local,
+        tls,
         id: crate::amqp::connection::next_connection_id(),
         session: Session::new(session_id),
         outbox: Arc::clone(&outbox),
@@ -506,6 +510,7 @@ impl Conn {
                 channel_max: 0,
                 heartbeat: u16::try_from(hb_send / 1000).unwrap_or(u16::MAX),
                 protocol: format!("STOMP {}", c.version).into(),
+                tls: self.tls.clone(),
             },
             registry_outbound(self.ctx.config.outbound_high_watermark),
             &CancellationToken::new(),

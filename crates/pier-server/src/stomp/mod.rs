@@ -97,17 +97,18 @@ impl StompContext {
 }
 
 /// Serves one STOMP connection on any byte stream (TCP, TLS, a WebSocket adapter) until it
-/// ends or `shutdown` is cancelled.
+/// ends or `shutdown` is cancelled; `tls` is the TLS session it runs over.
 pub async fn serve_connection<S>(
     io: S,
     peer: SocketAddr,
     local: SocketAddr,
+    tls: Option<crate::registry::TlsInfo>,
     ctx: Arc<StompContext>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    connection::run(io, peer, local, ctx, shutdown).await;
+    connection::run(io, peer, local, tls, ctx, shutdown).await;
 }
 
 /// Accepts STOMP clients on `listener` (TLS with `tls`) until `shutdown`; then closes every
@@ -142,12 +143,15 @@ pub async fn serve(
         let tls = tls.clone();
         tracker.spawn(async move {
             match tls {
-                None => serve_connection(socket, peer, local, ctx, token).await,
+                None => serve_connection(socket, peer, local, None, ctx, token).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket))
                         .await
                     {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, local, ctx, token).await,
+                        Ok(Ok(stream)) => {
+                            let session = crate::tls::session_info(stream.get_ref().1);
+                            serve_connection(stream, peer, local, Some(session), ctx, token).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, "STOMP TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "STOMP TLS handshake timed out"),
                     }
@@ -185,6 +189,7 @@ mod tests {
             server,
             peer,
             local,
+            None,
             Arc::clone(ctx),
             CancellationToken::new(),
         ));

@@ -124,6 +124,8 @@ struct Session {
     updates: HashMap<u32, u8>,
     next_correlation: u32,
     cert_user: Option<String>,
+    /// The TLS session the connection runs over (`None`: plain TCP).
+    tls: Option<crate::registry::TlsInfo>,
     heartbeat: u32,
     closing: bool,
     /// The client's peer properties and SASL mechanism (for management).
@@ -151,6 +153,7 @@ pub(crate) async fn run<S>(
     peer: SocketAddr,
     local: SocketAddr,
     cert_user: Option<String>,
+    tls: Option<crate::registry::TlsInfo>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -193,6 +196,7 @@ pub(crate) async fn run<S>(
         updates: HashMap::new(),
         next_correlation: 1,
         cert_user,
+        tls,
         heartbeat: 0,
         closing: false,
         client_properties: Vec::new(),
@@ -1190,6 +1194,7 @@ impl Session {
             channel_max: 0,
             heartbeat: u16::try_from(self.heartbeat).unwrap_or(u16::MAX),
             protocol: "stream".into(),
+            tls: self.tls.clone(),
         };
         let entry = Arc::new(StreamConnectionEntry::new(meta, Arc::clone(&self.counters)));
         self.server.registry.register_stream(Arc::clone(&entry));

@@ -128,7 +128,7 @@ pub async fn serve(
         let tls = tls.clone();
         tracker.spawn(async move {
             match tls {
-                None => connection::run(server, socket, peer, local, None, token).await,
+                None => connection::run(server, socket, peer, local, None, None, token).await,
                 Some(acceptor) => {
                     let accepted = tokio::time::timeout(
                         std::time::Duration::from_secs(10),
@@ -143,7 +143,8 @@ pub async fn serve(
                                 .peer_certificates()
                                 .and_then(|certs| certs.first())
                                 .and_then(|cert| crate::tls::subject_common_name(cert));
-                            connection::run(server, stream, peer, local, cn, token).await;
+                            let session = Some(crate::tls::session_info(stream.get_ref().1));
+                            connection::run(server, stream, peer, local, cn, session, token).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, "stream TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "stream TLS handshake timed out"),
