@@ -133,6 +133,16 @@ fi
 "$VENV/bin/python" -m pytest tests/python "${PYTEST_ARGS[@]}"
 stage_done
 
+# --- management API answers against the golden corpus --------------------------
+if [ -z "${PIER_TEST_AMQP_URL:-}" ]; then
+    # Every GET endpoint's JSON shape (volatile values masked) as committed; a change to
+    # the API's answers must update crates/pier-mgmt/tests/golden in the same commit.
+    stage "management API answers vs crates/pier-mgmt/tests/golden (scripts/mgmt-golden.py)"
+    "$VENV/bin/python" scripts/mgmt-golden.py --bin "$PIER_BIN" \
+        --check crates/pier-mgmt/tests/golden
+    stage_done
+fi
+
 # --- Python black-box suite against a 3-node cluster ----------------------------
 # Every connection of a test goes to the next node in turn; tests that are single-node by
 # nature are skipped with the reason (docs/clustering.md lists them).
