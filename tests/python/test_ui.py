@@ -460,3 +460,21 @@ def test_stream_and_quorum_queue_pages_show_their_log_and_members(pier_ui, brows
     wait_until(browser, lambda d: text_of(d, "queue-name") == quorum, what="the quorum page")
     wait_until(browser, lambda d: text_of(d, "queue-leader") == node, timeout=15,
                what="the quorum queue's leader")
+
+
+def test_overview_lists_every_cluster_node(broker, browser):
+    """On a cluster the overview has a table of the nodes, each with its state; from any
+    node (here the first), every node of the cluster."""
+    if len(broker.ports) < 2:
+        pytest.skip("a cluster's page: runs in the 3-node run (PIER_TEST_CLUSTER=3)")
+    port = broker.process.http_port
+    names = sorted(n["name"] for n in MgmtApi(port).get("/nodes"))
+    assert len(names) == len(broker.ports)
+    login(browser, port)
+
+    def listed(d):
+        rows = [d.find_elements("css selector", f'tr[data-node="{n}"]') for n in names]
+        return all(r and r[0].find_elements("tag name", "td")[1].text == "running"
+                   for r in rows)
+
+    wait_until(browser, listed, what="every node, running, in the cluster nodes table")
