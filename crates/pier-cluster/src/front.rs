@@ -115,6 +115,7 @@ impl Metadata {
                 })?
                 .map_err(MetadataError::Refused);
         }
-        Ok(self.applier.apply(&cmd)?)
+        // Durable definitions are fsync'd: not on the worker's other tasks' time.
+        Ok(crate::blocking::storage_bound(|| self.applier.apply(&cmd))?)
     }
 }

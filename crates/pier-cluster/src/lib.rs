@@ -36,6 +36,7 @@
 // returned once per metadata change, never per message, so boxing them buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod blocking;
 mod error;
 mod front;
 mod handle;

@@ -10,7 +10,6 @@
 
 pub mod alarms;
 pub mod amqp;
-mod blocking;
 mod coarse_clock;
 pub mod config;
 mod credit;

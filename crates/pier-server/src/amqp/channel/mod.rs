@@ -50,9 +50,9 @@ use super::access::AccessControl;
 use super::direct_reply::ReplyConsumer;
 use super::error::AmqpException;
 use super::outbound::{ChannelSink, Outbound};
-use crate::blocking::storage_bound;
 use crate::config::ServerConfig;
 use crate::credit::Credit;
+use pier_cluster::blocking::storage_bound;
 
 pub(crate) use publish::PendingPublish;
 pub(crate) use tx::Tx;
