@@ -976,6 +976,50 @@ mod tests {
         assert_eq!(out.len(), 8, "the bindings came back");
     }
 
+    /// Unbinding forgets a durable binding's record; bindings of an exclusive queue have
+    /// none (nothing to write either way).
+    #[test]
+    fn unbinding_is_stored_and_exclusive_bindings_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (broker, _storage) = open(dir.path());
+            let vh = broker.vhost("/").unwrap();
+            vh.declare_exchange(&ExchangeDeclare {
+                name: ShortString::from("x"),
+                kind: "direct".into(),
+                passive: false,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::new(),
+            })
+            .unwrap();
+            vh.declare_queue(&durable("q", 10)).unwrap();
+            let exclusive = QueueDeclare {
+                exclusive: true,
+                ..durable("e", 10)
+            };
+            vh.declare_queue(&exclusive).unwrap();
+            for (queue, key) in [("q", "k1"), ("q", "k2"), ("e", "k1")] {
+                vh.bind_queue(queue, "x", key.into(), FieldTable::new(), 1)
+                    .unwrap();
+            }
+            vh.unbind_queue("q", "x", "k2".into(), FieldTable::new(), 1)
+                .unwrap();
+            vh.unbind_queue("e", "x", "k1".into(), FieldTable::new(), 1)
+                .unwrap();
+        }
+        let (broker, _storage) = open(dir.path());
+        let vh = broker.vhost("/").unwrap();
+        let routed = |key: &str| {
+            let mut out = Vec::new();
+            vh.route("x", key, None, &mut out).unwrap();
+            out.iter().map(|q| q.name().to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(routed("k1"), ["q"]);
+        assert!(routed("k2").is_empty(), "the unbinding was stored");
+    }
+
     /// While a durable declaration waits for its record's write, the vhost's topology is
     /// not locked: routing, other declarations and bindings go on; the queue appears when
     /// stored.

@@ -781,29 +781,7 @@ impl VHost {
                 "Invalid x-match field value {shown}; expected all, any, all-with-x, or any-with-x"
             )));
         }
-        let source_durable = x.durable;
-        let record = match self.storage() {
-            Some(s) => {
-                let dest_durable = match &destination {
-                    Destination::Queue(n) => t
-                        .queues
-                        .get(n)
-                        .is_some_and(|q| q.options().durable && !q.is_exclusive()),
-                    Destination::Exchange(n) => t.exchanges.get(n).is_some_and(|x| x.durable),
-                };
-                (source_durable && dest_durable).then(|| {
-                    let def = crate::storage::binding_def(
-                        &self.name,
-                        source,
-                        &destination,
-                        &routing_key,
-                        &arguments,
-                    );
-                    (s, def)
-                })
-            }
-            None => None,
-        };
+        let record = self.binding_record(&t, source, &destination, &routing_key, &arguments);
         let Some(x) = t.exchanges.get_mut(source) else {
             return Err(BrokerError::not_found(ObjectKind::Exchange, source, &vhost));
         };
@@ -838,19 +816,47 @@ impl VHost {
             return Ok(());
         }
         let name = x.name.clone();
-        let record = self.storage().map(|s| {
-            let def = crate::storage::binding_def(
-                &self.name,
-                source,
-                &binding.destination,
-                &binding.routing_key,
-                &binding.arguments,
-            );
-            (s, def)
-        });
+        let record = self.binding_record(
+            &t,
+            source,
+            &binding.destination,
+            &binding.routing_key,
+            &binding.arguments,
+        );
         self.cascade(&mut t, vec![name]);
         self.store_binding(t, record, false);
         Ok(())
+    }
+
+    /// The stored record of a binding, when it has one: both its ends are durable (an
+    /// exclusive queue is not).
+    fn binding_record(
+        &self,
+        t: &Topology,
+        source: &str,
+        destination: &Destination,
+        routing_key: &ShortString,
+        arguments: &FieldTable,
+    ) -> Option<(&crate::persist::VhostStorage, pier_store::BindingDef)> {
+        let s = self.storage()?;
+        let durable = t.exchanges.get(source).is_some_and(|x| x.durable)
+            && match destination {
+                Destination::Queue(n) => t
+                    .queues
+                    .get(n)
+                    .is_some_and(|q| q.options().durable && !q.is_exclusive()),
+                Destination::Exchange(n) => t.exchanges.get(n).is_some_and(|x| x.durable),
+            };
+        durable.then(|| {
+            let def = crate::storage::binding_def(
+                &self.name,
+                source,
+                destination,
+                routing_key,
+                arguments,
+            );
+            (s, def)
+        })
     }
 
     /// Taken with the topology lock held, before a write that touches bindings' records.
