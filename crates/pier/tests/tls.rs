@@ -809,7 +809,14 @@ async fn cluster_port_speaks_mutual_tls() {
         .header("Content-Type", "application/json")
         .send(r#"{"durable": true}"#)
         .unwrap();
-    assert!(put.status().is_success(), "{}", put.status());
+    let put_status = put.status();
+    assert!(
+        put_status.is_success(),
+        "{put_status}: {}\n{}\n{}",
+        put.into_body().read_to_string().unwrap_or_default(),
+        nodes[0].log(),
+        nodes[1].log()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while api_get(&nodes[2], "/queues/%2F/over-tls").0 != 200 {
         assert!(Instant::now() < deadline, "node 3 never saw the queue");
