@@ -894,6 +894,19 @@ mod tests {
         }
     }
 
+    fn declare_durable_direct(vh: &VHost, name: &str) {
+        vh.declare_exchange(&ExchangeDeclare {
+            name: ShortString::from(name),
+            kind: "direct".into(),
+            passive: false,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+        })
+        .unwrap();
+    }
+
     fn open(dir: &Path) -> (Arc<Broker>, Arc<BrokerStorage>) {
         let broker = Arc::new(Broker::empty(Vec::new()));
         broker.add_vhost("/");
@@ -911,16 +924,7 @@ mod tests {
         {
             let (broker, _storage) = open(dir.path());
             let vh = broker.vhost("/").unwrap();
-            vh.declare_exchange(&ExchangeDeclare {
-                name: ShortString::from("x"),
-                kind: "direct".into(),
-                passive: false,
-                durable: true,
-                auto_delete: false,
-                internal: false,
-                arguments: FieldTable::new(),
-            })
-            .unwrap();
+            declare_durable_direct(&vh, "x");
             let routing = std::sync::atomic::AtomicBool::new(true);
             std::thread::scope(|s| {
                 s.spawn(|| {
@@ -984,16 +988,7 @@ mod tests {
         {
             let (broker, _storage) = open(dir.path());
             let vh = broker.vhost("/").unwrap();
-            vh.declare_exchange(&ExchangeDeclare {
-                name: ShortString::from("x"),
-                kind: "direct".into(),
-                passive: false,
-                durable: true,
-                auto_delete: false,
-                internal: false,
-                arguments: FieldTable::new(),
-            })
-            .unwrap();
+            declare_durable_direct(&vh, "x");
             vh.declare_queue(&durable("q", 10)).unwrap();
             let exclusive = QueueDeclare {
                 exclusive: true,
