@@ -10,7 +10,8 @@
 //!  GroupLog(gN) ─┘                         one fdatasync, then every durable callback
 //!
 //!  <dir>/00000000000000000001.wal   header "PIERWAL\0" u32 version, then records:
-//!        [u32 body len][u32 crc32c(body)] body = [u8 kind][u64 group][u64 index][payload]
+//!        [u32 body len][u32 crc32c(body), seeded with the file's sequence number (v2)]
+//!        body = [u8 kind][u64 group][u64 index][payload]
 //!        kind: 1 append (index, entry) · 2 truncate (from index) · 3 purge (up to index)
 //!              4 save (index = key, payload = value) · 5 forget the group
 //!              6 relocate (index, entry): entry `index` of the group, copied here from an
@@ -23,7 +24,11 @@
 //! acknowledgement follows an fsync of everything before it). Files roll at
 //! `segment_size`; the oldest file is deleted once nothing in it is live any more (every
 //! entry it holds is purged, truncated or of a forgotten group, and no group's current value
-//! of a key was saved there — such values are re-saved into the active file first).
+//! of a key was saved there — such values are re-saved into the active file first). Up to
+//! [`WalConfig::spares`] reclaimed files are renamed `<seq>.spare` instead and written over
+//! as later files: an fdatasync then flushes data only, not the filesystem's journal. What
+//! a reused file held before fails the seeded CRCs, so replay ends where writing stopped,
+//! and a file is cut to what was written into it when the next one starts.
 //!
 //! A file kept only by a few live entries (an idle group's last entries, which it never
 //! purges) is not waited for: when its live entries take at most 1/`FORWARD_SHARE` of a
@@ -56,7 +61,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 const MAGIC: &[u8; 8] = b"PIERWAL\0";
-const VERSION: u32 = 1;
+/// Version 2 seeds each record's CRC with its file's sequence number (version 1 files are
+/// still read): a file is reused for a later sequence number (see [`WalConfig::spares`]), and
+/// the records of its earlier life, past the new end, must never read as valid.
+const VERSION: u32 = 2;
+const VERSION_UNSEEDED: u32 = 1;
 const HEADER_LEN: u64 = 12;
 /// len + crc, then kind + group + index.
 const RECORD_HEAD: usize = 8;
@@ -138,6 +147,12 @@ pub struct WalConfig {
     /// Bytes of durable entries each group keeps in memory (its newest ones); older ones
     /// are read from disk. Entries not yet durable are always in memory besides.
     pub cache_per_group: u64,
+    /// Reclaimed files kept to be written over as later files instead of deleted (at most
+    /// this many, each `segment_size`): an `fdatasync` after writing into blocks a file
+    /// already has only flushes data, where one after appending to a new file also commits
+    /// the filesystem's journal (the file's size and new blocks): ext4 on this project's
+    /// machine syncs 330 KiB in 0.5 ms instead of 0.9 (RocksDB's `recycle_log_file_num`).
+    pub spares: usize,
 }
 
 impl WalConfig {
@@ -147,6 +162,7 @@ impl WalConfig {
             segment_size: 64 << 20,
             channel: 8192,
             cache_per_group: 1 << 20,
+            spares: 2,
         }
     }
 }
@@ -404,6 +420,19 @@ struct Inner {
     /// Entries copied out of old files (relocate records written).
     forwarded: AtomicU64,
     readers: Mutex<Readers>,
+    /// Files written before version 2 (their records' CRCs are not seeded); fixed at open.
+    unseeded: std::collections::HashSet<u64>,
+}
+
+impl Inner {
+    fn seed(&self, seq: u64) -> u32 {
+        let version = if self.unseeded.contains(&seq) {
+            VERSION_UNSEEDED
+        } else {
+            VERSION
+        };
+        crc_seed(seq, version)
+    }
 }
 
 /// Read-only handles of the log's files, opened on demand by readers.
@@ -453,12 +482,27 @@ fn file_name(seq: u64) -> String {
     format!("{seq:020}.wal")
 }
 
+/// A reclaimed file kept for reuse (`WalConfig::spares`); recovery ignores its contents.
+fn spare_name(seq: u64) -> String {
+    format!("{seq:020}.spare")
+}
+
+/// What a record's CRC starts from in file `seq`: its sequence number (version 2), so
+/// that a record left from a reused file's earlier life fails the check.
+fn crc_seed(seq: u64, version: u32) -> u32 {
+    if version == VERSION_UNSEEDED {
+        0
+    } else {
+        crc32c::crc32c(&seq.to_le_bytes())
+    }
+}
+
 impl SharedLog {
     /// Opens (or creates) the log in `config.dir`, replaying what it holds.
     pub fn open(config: WalConfig) -> Result<SharedLog, WalError> {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create", &dir, &e))?;
-        let recovered = recover(&dir)?;
+        let recovered = recover(&dir, config.spares)?;
         let shared = Shared {
             groups: recovered.groups,
             failed: false,
@@ -472,6 +516,7 @@ impl SharedLog {
             fsyncs: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             readers: Mutex::new(Readers::default()),
+            unseeded: recovered.unseeded,
         });
         let writer = Writer {
             inner: Arc::downgrade(&inner),
@@ -483,6 +528,8 @@ impl SharedLog {
             latest_meta: recovered.latest_meta,
             placed: Vec::new(),
             forward_refused: None,
+            spares: recovered.spares,
+            max_spares: inner.config.spares,
         };
         let thread = std::thread::Builder::new()
             .name("pier-wal".into())
@@ -547,7 +594,7 @@ impl SharedLog {
     /// The log's files, oldest first (for tests and status).
     pub fn files(&self) -> Vec<PathBuf> {
         list_files(&self.inner.config.dir)
-            .map(|v| {
+            .map(|(v, _)| {
                 v.into_iter()
                     .map(|s| self.inner.config.dir.join(file_name(s)))
                     .collect()
@@ -660,16 +707,25 @@ impl SharedLog {
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, start).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                // (A reused file is never shorter than it was: `Writer::retire`.)
                 WalError::corrupt(&path, start, "the file ends before the record")
             } else {
                 WalError::io("read", &path, &e)
             }
         })?;
         let buf = Bytes::from(buf);
+        let seed = self.inner.seed(u64::from(seq));
+        // A file reclaimed since it was looked up may be written over already (reused as a
+        // later file): what this handle reads is then not the entry, and the caller looks
+        // it up again, as when the file is gone.
+        let reclaimed = || lock(&self.inner.readers).deleted_below > u64::from(seq);
         let mut pos = 0usize;
         for (index, loc) in run {
             let offset = start + pos as u64;
-            let Some(body) = record_at(&buf, pos) else {
+            let Some(body) = record_at(&buf, pos, seed) else {
+                if reclaimed() {
+                    return Ok(false);
+                }
                 return Err(WalError::corrupt(&path, offset, "bad length or checksum"));
             };
             let whole = body.len() == BODY_HEAD + loc.len as usize
@@ -677,6 +733,9 @@ impl SharedLog {
                 && body.get(1..).and_then(le_u64) == Some(group)
                 && body.get(9..).and_then(le_u64) == Some(*index);
             if !whole {
+                if reclaimed() {
+                    return Ok(false);
+                }
                 return Err(WalError::corrupt(
                     &path,
                     offset,
@@ -844,6 +903,8 @@ impl GroupLog {
 struct FileUse {
     /// Per group: the highest index appended in this file.
     appended: HashMap<u64, u64>,
+    /// Written before version 2: never reused (its records would read as valid).
+    unseeded: bool,
 }
 
 struct Writer {
@@ -862,6 +923,9 @@ struct Writer {
     /// was last found to hold too many live bytes to forward: finding out scans locations
     /// under the groups' lock, so it is redone only once the log has grown a little.
     forward_refused: Option<(u64, u64, u64)>,
+    /// Reclaimed files kept for reuse, by their old sequence number.
+    spares: Vec<u64>,
+    max_spares: usize,
 }
 
 /// What keeps the oldest file.
@@ -893,9 +957,22 @@ fn encode(buf: &mut Vec<u8>, kind: u8, group: u64, index: u64, payload: &[u8]) {
     buf.extend_from_slice(&group.to_le_bytes());
     buf.extend_from_slice(&index.to_le_bytes());
     buf.extend_from_slice(payload);
-    let crc = crc32c::crc32c(buf.get(start + RECORD_HEAD..).unwrap_or_default());
-    if let Some(c) = buf.get_mut(start + 4..start + 8) {
-        c.copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(buf.len() - start, RECORD_HEAD + len);
+}
+
+/// Fills in the CRCs of the records `encode` put in `buf`, for the file they go to (the
+/// seed is known only then: a batch of forwarded entries may roll the file first).
+fn seal(buf: &mut [u8], seed: u32) {
+    let mut pos = 0usize;
+    while let Some(len) = buf.get(pos..).and_then(le_u32) {
+        let body = pos + RECORD_HEAD..pos + RECORD_HEAD + len as usize;
+        let Some(crc) = buf.get(body).map(|b| crc32c::crc32c_append(seed, b)) else {
+            return;
+        };
+        if let Some(c) = buf.get_mut(pos + 4..pos + 8) {
+            c.copy_from_slice(&crc.to_le_bytes());
+        }
+        pos += RECORD_HEAD + len as usize;
     }
 }
 
@@ -962,27 +1039,54 @@ impl Writer {
                 reason: "file sequence number out of range".into(),
             });
         }
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| WalError::io("create", &path, &e))?;
+        if let Some((old_seq, old, len)) = &self.active {
+            // A reused file may be longer than what was written into it: the rest is its
+            // earlier life, which replay must not take for a torn end (that would end the
+            // log there, before the later files).
+            let old_path = self.dir.join(file_name(*old_seq));
+            old.set_len(*len)
+                .and_then(|()| old.sync_data())
+                .map_err(|e| WalError::io("fsync", &old_path, &e))?;
+        }
+        let mut f = match self.reuse(&path) {
+            Some(f) => f,
+            None => OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| WalError::io("create", &path, &e))?,
+        };
         let mut head = Vec::with_capacity(HEADER_LEN as usize);
         head.extend_from_slice(MAGIC);
         head.extend_from_slice(&VERSION.to_le_bytes());
         f.write_all(&head)
             .map_err(|e| WalError::io("write", &path, &e))?;
-        if let Some((_, old, _)) = &self.active {
-            old.sync_data()
-                .map_err(|e| WalError::io("fsync", &path, &e))?;
-        }
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| WalError::io("fsync", &self.dir, &e))?;
         self.files.insert(seq, FileUse::default());
         self.active = Some((seq, f, HEADER_LEN));
         Ok(())
+    }
+
+    /// A spare renamed to `path`, written from its start (its old records, past what is
+    /// written now, fail their seeded CRCs: replay ends there). The directory's fsync in
+    /// `roll` makes the rename durable.
+    fn reuse(&mut self, path: &Path) -> Option<File> {
+        while let Some(old) = self.spares.pop() {
+            let spare = self.dir.join(spare_name(old));
+            let reused = std::fs::rename(&spare, path)
+                .and_then(|()| OpenOptions::new().write(true).open(path));
+            match reused {
+                Ok(f) => return Some(f),
+                Err(e) => {
+                    tracing::warn!(file = %spare.display(), "write-ahead log spare not reused: {e}");
+                    let _ = std::fs::remove_file(&spare);
+                }
+            }
+        }
+        None
     }
 
     fn write_batch(&mut self, batch: &[Op]) -> Result<(), WalError> {
@@ -1036,7 +1140,7 @@ impl Writer {
                 Op::Sync(_) => {}
             }
         }
-        let result = self.write_and_sync(&buf);
+        let result = self.write_and_sync(&mut buf);
         self.buf = buf;
         result?;
         self.locate(seq);
@@ -1079,10 +1183,11 @@ impl Writer {
         }
     }
 
-    fn write_and_sync(&mut self, bytes: &[u8]) -> Result<(), WalError> {
+    fn write_and_sync(&mut self, bytes: &mut [u8]) -> Result<(), WalError> {
         let Some((seq, f, len)) = self.active.as_mut() else {
             return Err(WalError::Stopped);
         };
+        seal(bytes, crc_seed(*seq, VERSION));
         let path = self.dir.join(file_name(*seq));
         f.write_all(bytes)
             .map_err(|e| WalError::io("write", &path, &e))?;
@@ -1159,20 +1264,36 @@ impl Writer {
             }
             drop(log);
             if !buf.is_empty() {
-                if let Err(e) = self.write_forward(&inner, &buf, &resave, &moved) {
+                if let Err(e) = self.write_forward(&inner, &mut buf, &resave, &moved) {
                     // What is in the active file past its last fsync is unknown: like a
                     // failed batch, nothing more is written.
                     lock(&inner.shared).failed = true;
                     return Err(e);
                 }
             }
-            // Only now (copies durable, locations switched) can the old file go.
-            std::fs::remove_file(&path).map_err(|e| WalError::io("delete", &path, &e))?;
-            self.files.remove(&oldest);
-            // Readers holding its handle go on reading it: the inode lives until they close.
-            // One that opens it too late finds it gone and looks the entries up again.
+            // Only now (copies durable, locations switched) can the old file go. Readers
+            // holding its handle go on reading it (the inode lives until they close, and a
+            // reused one is written over only at a later roll: a reader then finds the file
+            // reclaimed and looks the entries up again, as one that opens it too late).
             inner.file_deleted(oldest);
+            if let Some(file) = self.files.remove(&oldest) {
+                self.retire(oldest, &file, &path)?;
+            }
         }
+    }
+
+    /// Deletes reclaimed file `seq`, or keeps it as a spare to write over (a version 2 file
+    /// of full size, while there are fewer than `max_spares`).
+    fn retire(&mut self, seq: u64, file: &FileUse, path: &Path) -> Result<(), WalError> {
+        let full = std::fs::metadata(path).is_ok_and(|m| m.len() >= self.segment_size);
+        if !file.unseeded && full && self.spares.len() < self.max_spares {
+            let spare = self.dir.join(spare_name(seq));
+            if std::fs::rename(path, &spare).is_ok() {
+                self.spares.push(seq);
+                return Ok(());
+            }
+        }
+        std::fs::remove_file(path).map_err(|e| WalError::io("delete", path, &e))
     }
 
     /// Writes the re-saved values and relocate records `buf` into the active file (rolled
@@ -1180,7 +1301,7 @@ impl Writer {
     fn write_forward(
         &mut self,
         inner: &Inner,
-        buf: &[u8],
+        buf: &mut [u8],
         resave: &[(u64, u8)],
         moved: &[Moved],
     ) -> Result<(), WalError> {
@@ -1315,10 +1436,16 @@ struct Recovered {
     /// Per group: relocated entries it did not hold when their record was replayed (their
     /// append was in a deleted file), by index; joined to the log once all is replayed.
     relocated: HashMap<u64, BTreeMap<u64, Loc>>,
+    /// Files of version 1 (unseeded CRCs).
+    unseeded: std::collections::HashSet<u64>,
+    /// Spare files kept for reuse, by their old sequence number.
+    spares: Vec<u64>,
 }
 
-fn list_files(dir: &Path) -> Result<Vec<u64>, WalError> {
+/// The log's files and its spares, by sequence number, ascending.
+fn list_files(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), WalError> {
     let mut seqs = Vec::new();
+    let mut spares = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| WalError::io("list", dir, &e))? {
         let entry = entry.map_err(|e| WalError::io("list", dir, &e))?;
         let name = entry.file_name();
@@ -1328,10 +1455,16 @@ fn list_files(dir: &Path) -> Result<Vec<u64>, WalError> {
             .and_then(|s| s.parse::<u64>().ok())
         {
             seqs.push(seq);
+        } else if let Some(seq) = name
+            .strip_suffix(".spare")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            spares.push(seq);
         }
     }
     seqs.sort_unstable();
-    Ok(seqs)
+    spares.sort_unstable();
+    Ok((seqs, spares))
 }
 
 fn le_u32(b: &[u8]) -> Option<u32> {
@@ -1342,14 +1475,32 @@ fn le_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
 }
 
-fn recover(dir: &Path) -> Result<Recovered, WalError> {
+fn recover(dir: &Path, max_spares: usize) -> Result<Recovered, WalError> {
     let mut out = Recovered {
         groups: HashMap::new(),
         files: BTreeMap::new(),
         latest_meta: HashMap::new(),
         relocated: HashMap::new(),
+        unseeded: Default::default(),
+        spares: Vec::new(),
     };
-    let seqs = list_files(dir)?;
+    let (seqs, spares) = list_files(dir)?;
+    let last = seqs.last().copied();
+    for seq in spares {
+        // Only a version 2 file is reused (its old records cannot pass as new ones).
+        let path = dir.join(spare_name(seq));
+        let mut head = [0u8; HEADER_LEN as usize];
+        let v2 = File::open(&path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok()
+            && head.get(..8) == Some(&MAGIC[..])
+            && le_u32(&head[8..]) == Some(VERSION);
+        if v2 && out.spares.len() < max_spares {
+            out.spares.push(seq);
+        } else {
+            std::fs::remove_file(&path).map_err(|e| WalError::io("delete", &path, &e))?;
+        }
+    }
     let mut ended = false;
     for seq in seqs {
         let path = dir.join(file_name(seq));
@@ -1370,8 +1521,9 @@ fn recover(dir: &Path) -> Result<Recovered, WalError> {
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(|e| WalError::io("read", &path, &e))?;
-        let header_ok =
-            data.get(..8) == Some(&MAGIC[..]) && data.get(8..12).and_then(le_u32) == Some(VERSION);
+        let version = data.get(8..12).and_then(le_u32);
+        let header_ok = data.get(..8) == Some(&MAGIC[..])
+            && (version == Some(VERSION) || version == Some(VERSION_UNSEEDED));
         if !header_ok {
             // A file cut before its header was written: nothing in it was acknowledged.
             tracing::warn!(file = %path.display(), "write-ahead log file without a valid header ends the log");
@@ -1379,11 +1531,24 @@ fn recover(dir: &Path) -> Result<Recovered, WalError> {
             ended = true;
             continue;
         }
-        let mut usage = FileUse::default();
+        let unseeded = version == Some(VERSION_UNSEEDED);
+        if unseeded {
+            out.unseeded.insert(seq);
+        }
+        let seed = crc_seed(seq, version.unwrap_or(VERSION));
+        let mut usage = FileUse {
+            unseeded,
+            ..FileUse::default()
+        };
         let mut pos = HEADER_LEN as usize;
         while pos < data.len() {
-            let Some(body) = record_at(&data, pos) else {
-                tracing::warn!(file = %path.display(), position = pos, "torn or corrupt write-ahead log record: the log ends here");
+            let Some(body) = record_at(&data, pos, seed) else {
+                if Some(seq) == last {
+                    // Where writing stopped: a torn write, or the rest of a reused file.
+                    tracing::debug!(file = %path.display(), position = pos, "write-ahead log ends");
+                } else {
+                    tracing::warn!(file = %path.display(), position = pos, "torn or corrupt write-ahead log record: the log ends here");
+                }
                 OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -1404,15 +1569,15 @@ fn recover(dir: &Path) -> Result<Recovered, WalError> {
     Ok(out)
 }
 
-/// The body of the record at `pos`, if whole and intact.
-fn record_at(data: &[u8], pos: usize) -> Option<&[u8]> {
+/// The body of the record at `pos`, if whole and intact (its CRC started from `seed`).
+fn record_at(data: &[u8], pos: usize, seed: u32) -> Option<&[u8]> {
     let len = le_u32(data.get(pos..)?)? as usize;
     if !(BODY_HEAD..=MAX_RECORD).contains(&len) {
         return None;
     }
     let crc = le_u32(data.get(pos + 4..)?)?;
     let body = data.get(pos + RECORD_HEAD..pos + RECORD_HEAD + len)?;
-    (crc32c::crc32c(body) == crc).then_some(body)
+    (crc32c::crc32c_append(seed, body) == crc).then_some(body)
 }
 
 /// Applies the record at `offset` of file `seq`; appended entries are kept as locations.
@@ -1702,6 +1867,86 @@ mod tests {
         assert_eq!(log.group(2).load(0).as_deref(), Some(&b"b-vote"[..]));
     }
 
+    fn spare_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".spare"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn kib(i: u64) -> Bytes {
+        Bytes::from(vec![i as u8; 1000])
+    }
+
+    /// Reclaimed files are kept (two) and written over as later files; the records of
+    /// their earlier lives never come back, neither in reads nor after a restart.
+    #[test]
+    fn reclaimed_files_are_reused_and_their_old_records_never_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SharedLog::open(small(dir.path())).unwrap();
+            let a = log.group(1);
+            for i in 1..=40 {
+                append_sync(&a, vec![(i, kib(i))]);
+            }
+            a.purge(40).unwrap();
+            append_sync(&a, vec![(41, kib(41))]);
+            sync(&log);
+            assert_eq!(
+                spare_files(dir.path()).len(),
+                2,
+                "two kept, the rest deleted"
+            );
+            let highest = *seqs(&log).last().unwrap();
+            for i in 42..=49 {
+                append_sync(&a, vec![(i, kib(i))]);
+            }
+            assert!(seqs(&log).last().unwrap() > &highest, "rolled");
+            assert!(spare_files(dir.path()).len() < 2, "a spare was reused");
+            check_reads(&a, &(41..=49).map(|i| (i, kib(i))).collect::<Vec<_>>());
+            log.shutdown();
+        }
+        let log = SharedLog::open(small(dir.path())).unwrap();
+        let a = log.group(1);
+        assert_eq!(a.bounds(), Some((41, 49)));
+        check_reads(&a, &(41..=49).map(|i| (i, kib(i))).collect::<Vec<_>>());
+        // Appending goes on after the restart, into the spares again.
+        for i in 50..=60 {
+            append_sync(&a, vec![(i, kib(i))]);
+        }
+        check_reads(&a, &(41..=60).map(|i| (i, kib(i))).collect::<Vec<_>>());
+    }
+
+    /// A file of version 1 (CRCs not seeded, before files were reused) is read as before,
+    /// and deleted rather than reused once reclaimed (its old records would pass).
+    #[test]
+    fn version_1_files_are_read_and_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = Vec::new();
+        data.extend_from_slice(MAGIC);
+        data.extend_from_slice(&VERSION_UNSEEDED.to_le_bytes());
+        let mut recs = Vec::new();
+        for i in 1..=5 {
+            encode(&mut recs, KIND_APPEND, 3, i, &kib(i));
+        }
+        seal(&mut recs, 0);
+        data.extend_from_slice(&recs);
+        std::fs::write(dir.path().join(file_name(1)), &data).unwrap();
+        let log = SharedLog::open(small(dir.path())).unwrap();
+        let g = log.group(3);
+        assert_eq!(g.bounds(), Some((1, 5)));
+        check_reads(&g, &(1..=5).map(|i| (i, kib(i))).collect::<Vec<_>>());
+        g.purge(5).unwrap();
+        append_sync(&g, vec![(6, kib(6))]);
+        sync(&log);
+        assert_eq!(seqs(&log), vec![2], "{:?}", log.files());
+        assert_eq!(spare_files(dir.path()), Vec::<String>::new());
+        check_reads(&g, &[(6, kib(6))]);
+    }
+
     #[test]
     fn a_forgotten_group_is_gone_and_frees_its_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -1732,7 +1977,7 @@ mod tests {
             append_sync(&log.group(1), (1..=5).map(rec).collect());
             log.shutdown();
         }
-        let file = list_files(dir.path()).unwrap()[0];
+        let file = list_files(dir.path()).unwrap().0[0];
         let path = dir.path().join(file_name(file));
         let len = std::fs::metadata(&path).unwrap().len();
         // Cut the last record in half, and leave a later file that must go too.
@@ -2074,7 +2319,7 @@ mod tests {
 
     /// The sequence numbers of the log's files, oldest first.
     fn seqs(log: &SharedLog) -> Vec<u64> {
-        list_files(&log.inner.config.dir).unwrap()
+        list_files(&log.inner.config.dir).unwrap().0
     }
 
     /// Entries `from..=to` of group `g` (`payload` bytes).
