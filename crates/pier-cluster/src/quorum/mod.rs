@@ -18,6 +18,7 @@
 pub(crate) mod elections;
 pub mod entry;
 pub mod machine;
+pub(crate) mod propose;
 pub(crate) mod service;
 pub mod snapshot;
 

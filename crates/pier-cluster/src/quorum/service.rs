@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::elections::{
     Action, ElectionTimers, GroupView, Role, BACK_FOR, ELECTION_CHECK, PEER_DOWN_AFTER,
 };
+use super::propose::{Outcome, Proposer, Stamp};
 use super::{message_of, Applied, QueueEntry, QueueMachine, QueueOp};
 use crate::queues::wire::{self, LaneMsg};
 use crate::queues::QueueService;
@@ -143,10 +144,14 @@ impl Done {
 
 impl Write {
     fn body_len(&self) -> usize {
-        match &self.entry.op {
-            QueueOp::Enqueue { body, .. } => body.len(),
-            _ => 0,
-        }
+        op_body_len(&self.entry.op)
+    }
+}
+
+fn op_body_len(op: &QueueOp) -> usize {
+    match op {
+        QueueOp::Enqueue { body, .. } => body.len(),
+        _ => 0,
     }
 }
 
@@ -186,6 +191,9 @@ struct Shared {
     /// since the last try, until it is applied (a proposal fails when the group finds no
     /// leader for longer than a write waits; the change would otherwise wait for the next).
     policy_wanted: Mutex<Option<(u64, Box<pier_broker::args::PolicySettings>, Instant)>>,
+    /// What this member proposes while it leads goes through here (`propose.rs`); set
+    /// once the group started.
+    proposer: std::sync::OnceLock<Proposer>,
 }
 
 impl Shared {
@@ -518,6 +526,7 @@ impl QuorumService {
             dead_letters: Mutex::new(Default::default()),
             seen_consumers: Mutex::new(HashSet::new()),
             policy_wanted: Mutex::new(None),
+            proposer: std::sync::OnceLock::new(),
         });
         *lock(&link.shared) = Some(Arc::clone(&shared));
         let members = home.members.clone();
@@ -591,6 +600,15 @@ impl QuorumService {
                 tracing::debug!("initializing a quorum queue group: {e}");
             }
         }
+        let weak = Arc::downgrade(shared);
+        let stamper: Stamp = Arc::new(move |e: &mut QueueEntry| {
+            if let Some(s) = weak.upgrade() {
+                stamp(&s, e);
+            }
+        });
+        let _ = shared
+            .proposer
+            .set(Proposer::start(raft.clone(), stamper, &self.runtime));
         let tasks = vec![
             self.runtime
                 .spawn(watch_leadership(raft.clone(), Arc::clone(shared))),
@@ -748,33 +766,19 @@ impl QuorumService {
         if !shared.leading.load(Ordering::Acquire) {
             return Response::QueueWrite(Err(not_leader(&raft)));
         }
-        let n = entries.len();
-        let mut entry = batch_entry(entries.into_iter().map(|e| e.op).collect());
-        stamp(&shared, &mut entry);
-        let reply = match raft.client_write_ff(entry).await {
-            Ok(rx) => rx.await,
-            Err(e) => return Response::QueueWrite(Err(ForwardError::Failed(e.to_string()))),
+        let Some(proposer) = shared.proposer.get() else {
+            return Response::QueueWrite(Err(not_leader(&raft)));
         };
-        let replies = match reply {
-            Ok(Ok(r)) => match batch_replies(r.data, n) {
-                Some(replies) => replies,
-                None => {
-                    return Response::QueueWrite(Err(ForwardError::Failed(
-                        "mismatched answer".into(),
-                    )))
-                }
-            },
-            Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                return Response::QueueWrite(Err(ForwardError::NotLeader {
-                    leader: f.leader_node,
-                }))
-            }
-            Ok(Err(e)) => return Response::QueueWrite(Err(ForwardError::Failed(e.to_string()))),
-            Err(_) => {
-                return Response::QueueWrite(Err(ForwardError::Failed("the group stopped".into())))
-            }
-        };
-        Response::QueueWrite(Ok(replies))
+        let bytes = entries.iter().map(|e| op_body_len(&e.op)).sum();
+        let answer = proposer
+            .propose(entries.into_iter().map(|e| e.op).collect(), bytes)
+            .await;
+        Response::QueueWrite(match answer.await {
+            Ok(Outcome::Applied(replies)) => Ok(replies),
+            Ok(Outcome::NotLeader(leader)) => Err(ForwardError::NotLeader { leader }),
+            Ok(Outcome::Failed(e)) => Err(ForwardError::Failed(e)),
+            Err(_) => Err(ForwardError::Failed("the group stopped".into())),
+        })
     }
 
     /// A lane frame from a quorum queue's leader.
@@ -1500,30 +1504,30 @@ async fn run_batch(
         };
         match target {
             Target::Local(raft, shared) => {
-                // The whole batch is one Raft entry (one append, one fsync, one
-                // replication for all of it); its answers are awaited off this task, so
-                // that the next batch is appended while this one commits. Writes a lost
+                // The whole batch goes into one Raft entry (with what other nodes forward
+                // meanwhile: `propose.rs`); its answers are awaited off this task, so that
+                // the next batch is proposed while this one commits. Writes a lost
                 // leadership left undecided go again, in order (`writer`).
+                let Some(proposer) = shared.proposer.get() else {
+                    first = Some(Target::Wait);
+                    continue;
+                };
                 let writes: Vec<Write> = std::mem::take(&mut batch);
-                let mut entry = batch_entry(writes.iter().map(|w| w.entry.op.clone()).collect());
-                stamp(&shared, &mut entry);
+                let bytes = writes.iter().map(Write::body_len).sum();
+                let ops = writes.iter().map(|w| w.entry.op.clone()).collect();
                 let term = raft.metrics().borrow().current_term;
-                match raft.client_write_ff(entry).await {
-                    Ok(rx) => {
-                        service.runtime.spawn(async move {
-                            let r = match rx.await {
-                                Ok(Ok(r)) => Ok(r.data),
-                                Ok(Err(e)) => Err(e.to_string()),
-                                Err(_) => Err("the group stopped".to_owned()),
-                            };
-                            answer(writes, r, undecided);
-                            drop(slot);
-                        });
-                        return Some(term);
-                    }
-                    Err(e) => answer(writes, Err(e.to_string()), undecided),
-                }
-                break;
+                let answer = proposer.propose(ops, bytes).await;
+                service.runtime.spawn(async move {
+                    let r = match answer.await {
+                        Ok(Outcome::Applied(replies)) => Ok(replies),
+                        Ok(Outcome::NotLeader(_)) => Err("not the leader any more".to_owned()),
+                        Ok(Outcome::Failed(e)) => Err(e),
+                        Err(_) => Err("the group stopped".to_owned()),
+                    };
+                    answer_writes(writes, r, undecided);
+                    drop(slot);
+                });
+                return Some(term);
             }
             Target::Remote(peer) => {
                 let Some(node) = service.node() else {
@@ -1567,28 +1571,6 @@ async fn run_batch(
     None
 }
 
-/// One entry for ops written together: the op alone, or a batch of them.
-fn batch_entry(ops: Vec<QueueOp>) -> QueueEntry {
-    let op = match <[QueueOp; 1]>::try_from(ops) {
-        Ok([one]) => one,
-        Err(many) => QueueOp::Batch(many),
-    };
-    QueueEntry {
-        op,
-        ..Default::default()
-    }
-}
-
-/// The answers to `n` ops written as one entry (`batch_entry`), one per op; `None` when the
-/// answer does not match.
-fn batch_replies(reply: QueueReply, n: usize) -> Option<Vec<QueueReply>> {
-    match reply {
-        QueueReply::Batch(replies) if replies.len() == n => Some(replies),
-        one if n == 1 => Some(vec![one]),
-        _ => None,
-    }
-}
-
 /// "Not the leader", naming the one this member knows.
 fn not_leader(raft: &QueueRaft) -> ForwardError {
     ForwardError::NotLeader {
@@ -1599,15 +1581,14 @@ fn not_leader(raft: &QueueRaft) -> ForwardError {
 /// Hands a local proposal's outcome to its writes: each its own answer; when it was not
 /// decided (the leadership ended first), writes that have gone fewer than `WRITE_ATTEMPTS`
 /// times go back to the writer, the rest fail (a publish is then nacked).
-fn answer(
+fn answer_writes(
     writes: Vec<Write>,
-    r: WriteResult,
+    r: Result<Vec<QueueReply>, String>,
     (proposal, undecided): (u64, mpsc::UnboundedSender<Undecided>),
 ) {
-    let n = writes.len();
-    let replies: Vec<QueueReply> = match r.map(|reply| batch_replies(reply, n)) {
-        Ok(Some(replies)) => replies,
-        Ok(None) => {
+    let replies: Vec<QueueReply> = match r {
+        Ok(replies) if replies.len() == writes.len() => replies,
+        Ok(_) => {
             let mut writes = writes;
             fail(&mut writes, "mismatched answer");
             return;
