@@ -37,7 +37,11 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Bytes, rmp_serde::encode::Error> {
-    rmp_serde::to_vec_named(v).map(Bytes::from)
+    // Sized first (an entry keeps its encoding: measuring copies nothing), so a batch of
+    // bodies is copied once, not regrown.
+    let mut out = Vec::with_capacity(crate::transport::frame::encoded_len(v)?);
+    rmp_serde::encode::write_named(&mut out, v)?;
+    Ok(Bytes::from(out))
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
