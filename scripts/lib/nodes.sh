@@ -126,7 +126,9 @@ join_rabbit() { # join_rabbit NODE-INDEX: starts it and joins it to rq1
     rq "$1" start_app >/dev/null
 }
 
-rabbit_pids() { local i; for i in "$@"; do cat "$WORK/rq$i/pid"; done; }
+rabbit_pids() { # one per line (a pid file has no newline of its own)
+    local i; for i in "$@"; do echo "$(cat "$WORK/rq$i/pid")"; done
+}
 
 # ---- resources ----
 rss_kb() { # total RSS of the given pids
