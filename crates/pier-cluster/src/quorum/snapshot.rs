@@ -81,7 +81,16 @@ fn put_entry(out: &mut BytesMut, e: &EntryParts) -> Result<(), EntryError> {
 
 /// Encodes a snapshot.
 pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryError> {
-    let mut out = BytesMut::new();
+    // Sized for the bodies up front (with room for each entry's fields): a queue of a few
+    // thousand messages would otherwise regrow (and copy) the buffer a dozen times.
+    let entries = p
+        .levels
+        .iter()
+        .flat_map(|l| l.ready.iter().chain(l.requeued.iter().map(|(e, _)| e)))
+        .chain(p.checked_out.iter().map(|c| &c.entry))
+        .chain(p.dead_letters.iter().map(|(e, _)| e));
+    let hint: usize = entries.map(|e| e.message.body.len() + 256).sum();
+    let mut out = BytesMut::with_capacity(hint + 4096);
     out.put_u8(VERSION);
     out.put_u64_le(p.next_offset);
     out.put_u64_le(p.round_robin);

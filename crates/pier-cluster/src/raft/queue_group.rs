@@ -379,7 +379,8 @@ impl RaftSnapshotBuilder<QueueTypeConfig> for QueueSnapshotBuilder {
                 ))
             })?
             .map_err(snap_err)?;
-            let data = Arc::new(bytes.to_vec());
+            // The buffer itself when nothing else holds it (it does not: just encoded).
+            let data = Arc::new(Vec::from(bytes));
             files.store(&m, Arc::clone(&data)).map_err(snap_err)?;
             Ok::<_, StorageError>(data)
         })
@@ -493,8 +494,9 @@ mod tests {
     use pier_broker::message::Message;
     use pier_wire::{BasicProperties, ShortString};
 
-    /// An entry read from the log carries its bodies as slices of the record (no copy);
-    /// decoded from anything else (a peer's frame), as copies.
+    /// An entry read from the log, or from a peer's frame (AppendEntries, a forwarded
+    /// write), carries its bodies as slices of what it was read from (no copy); decoded
+    /// from a plain slice, as copies.
     #[test]
     fn entries_read_from_the_log_share_the_record() {
         let body = Bytes::from(vec![7u8; 4096]);
@@ -531,5 +533,20 @@ mod tests {
         let copied: openraft::Entry<QueueTypeConfig> = decode(&record).unwrap();
         assert_eq!(copied, entry);
         assert!(!within(&body_of(&copied)));
+        let mut wire = bytes::BytesMut::new();
+        crate::transport::frame::encode(
+            crate::transport::frame::Kind::Request,
+            1,
+            &entry,
+            &mut wire,
+        )
+        .unwrap();
+        let frame = crate::transport::frame::decode(&mut wire).unwrap().unwrap();
+        let received: openraft::Entry<QueueTypeConfig> =
+            crate::transport::frame::payload(&frame).unwrap();
+        assert_eq!(received, entry);
+        let b = body_of(&received);
+        let (start, at) = (frame.payload.as_ptr() as usize, b.as_ptr() as usize);
+        assert!(at >= start && at + b.len() <= start + frame.payload.len());
     }
 }

@@ -188,9 +188,12 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     }))
 }
 
-/// Decodes a frame's payload.
+/// Decodes a frame's payload. Byte strings that decode as shared slices (a quorum queue's
+/// entries in an AppendEntries or a forwarded write) stay slices of the frame instead of
+/// copies: a follower copied every batch it received before appending it.
 pub fn payload<T: DeserializeOwned>(frame: &Frame) -> Result<T, FrameError> {
-    rmp_serde::from_slice(&frame.payload).map_err(|e| FrameError::Decode(e.to_string()))
+    crate::raft::log_adapter::decode_shared(&frame.payload)
+        .map_err(|e| FrameError::Decode(e.to_string()))
 }
 
 #[cfg(test)]
