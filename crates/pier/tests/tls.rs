@@ -178,18 +178,29 @@ http = {https}
     }
 }
 
+/// Waits until every listener a test uses is open: they open one after the other, so the
+/// AMQPS port alone does not say the STOMP or stream TLS port is (a test once found the STOMP
+/// TLS port still closed).
 fn wait_listening(pier: &mut Pier) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", pier.amqps_port)).is_err() {
-        if let Ok(Some(status)) = pier.child.try_wait() {
-            panic!("pier exited with {status}:\n{}", pier.log());
+    let ports = [
+        ("amqps", pier.amqps_port),
+        ("http", pier.http_port),
+        ("stomp tls", pier.stomp_tls_port),
+        ("stream tls", pier.stream_tls_port),
+    ];
+    for (name, port) in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = pier.child.try_wait() {
+                panic!("pier exited with {status}:\n{}", pier.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {name} listener:\n{}",
+                pier.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            Instant::now() < deadline,
-            "no amqps listener:\n{}",
-            pier.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
