@@ -704,21 +704,24 @@ impl SharedLog {
         let path = self.inner.config.dir.join(file_name(u64::from(seq)));
         let len = usize::try_from(end - start)
             .map_err(|_| WalError::corrupt(&path, start, "read too large"))?;
+        // A file reclaimed since it was looked up may be written over already (reused as a
+        // later file, and cut to its new length once that one is done): what this handle
+        // reads is then not the entry, and the caller looks it up again, as when the file
+        // is gone.
+        let reclaimed = || lock(&self.inner.readers).deleted_below > u64::from(seq);
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, start).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                // (A reused file is never shorter than it was: `Writer::retire`.)
+        if let Err(e) = file.read_exact_at(&mut buf, start) {
+            if reclaimed() {
+                return Ok(false);
+            }
+            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 WalError::corrupt(&path, start, "the file ends before the record")
             } else {
                 WalError::io("read", &path, &e)
-            }
-        })?;
+            });
+        }
         let buf = Bytes::from(buf);
         let seed = self.inner.seed(u64::from(seq));
-        // A file reclaimed since it was looked up may be written over already (reused as a
-        // later file): what this handle reads is then not the entry, and the caller looks
-        // it up again, as when the file is gone.
-        let reclaimed = || lock(&self.inner.readers).deleted_below > u64::from(seq);
         let mut pos = 0usize;
         for (index, loc) in run {
             let offset = start + pos as u64;
