@@ -844,7 +844,7 @@ impl VHost {
                 Destination::Queue(n) => t
                     .queues
                     .get(n)
-                    .is_some_and(|q| q.options().durable && !q.is_exclusive()),
+                    .is_some_and(|q| crate::storage::keeps_record(q)),
                 Destination::Exchange(n) => t.exchanges.get(n).is_some_and(|x| x.durable),
             };
         durable.then(|| {
