@@ -906,8 +906,6 @@ impl GroupLog {
 struct FileUse {
     /// Per group: the highest index appended in this file.
     appended: HashMap<u64, u64>,
-    /// Written before version 2: never reused (its records would read as valid).
-    unseeded: bool,
 }
 
 struct Writer {
@@ -1279,17 +1277,17 @@ impl Writer {
             // reused one is written over only at a later roll: a reader then finds the file
             // reclaimed and looks the entries up again, as one that opens it too late).
             inner.file_deleted(oldest);
-            if let Some(file) = self.files.remove(&oldest) {
-                self.retire(oldest, &file, &path)?;
-            }
+            self.files.remove(&oldest);
+            self.retire(oldest, inner.unseeded.contains(&oldest), &path)?;
         }
     }
 
     /// Deletes reclaimed file `seq`, or keeps it as a spare to write over (a version 2 file
-    /// of full size, while there are fewer than `max_spares`).
-    fn retire(&mut self, seq: u64, file: &FileUse, path: &Path) -> Result<(), WalError> {
+    /// of full size, while there are fewer than `max_spares`): an `unseeded` (version 1)
+    /// file's old records would pass as new ones.
+    fn retire(&mut self, seq: u64, unseeded: bool, path: &Path) -> Result<(), WalError> {
         let full = std::fs::metadata(path).is_ok_and(|m| m.len() >= self.segment_size);
-        if !file.unseeded && full && self.spares.len() < self.max_spares {
+        if !unseeded && full && self.spares.len() < self.max_spares {
             let spare = self.dir.join(spare_name(seq));
             if std::fs::rename(path, &spare).is_ok() {
                 self.spares.push(seq);
@@ -1534,15 +1532,11 @@ fn recover(dir: &Path, max_spares: usize) -> Result<Recovered, WalError> {
             ended = true;
             continue;
         }
-        let unseeded = version == Some(VERSION_UNSEEDED);
-        if unseeded {
+        if version == Some(VERSION_UNSEEDED) {
             out.unseeded.insert(seq);
         }
         let seed = crc_seed(seq, version.unwrap_or(VERSION));
-        let mut usage = FileUse {
-            unseeded,
-            ..FileUse::default()
-        };
+        let mut usage = FileUse::default();
         let mut pos = HEADER_LEN as usize;
         while pos < data.len() {
             let Some(body) = record_at(&data, pos, seed) else {
