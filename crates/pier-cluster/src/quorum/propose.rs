@@ -34,7 +34,7 @@ const ENTRY_BYTES: usize = 2 << 20;
 const QUEUED: usize = 256;
 
 /// How a proposal ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     /// Committed and applied: one answer per op, in order.
     Applied(Vec<QueueReply>),
@@ -145,12 +145,7 @@ async fn run(raft: QueueRaft, stamp: Stamp, mut rx: mpsc::Receiver<Proposal>) {
                     drop(slot);
                 });
             }
-            Err(e) => {
-                let e = e.to_string();
-                for d in dones {
-                    let _ = d.send(Outcome::Failed(e.clone()));
-                }
-            }
+            Err(e) => hand_out(Err(Outcome::Failed(e.to_string())), &counts, dones),
         }
     }
 }
@@ -170,11 +165,7 @@ fn hand_out(
         }
         Err(e) => {
             for d in dones {
-                let _ = d.send(match &e {
-                    Outcome::NotLeader(l) => Outcome::NotLeader(l.clone()),
-                    Outcome::Failed(s) => Outcome::Failed(s.clone()),
-                    Outcome::Applied(_) => Outcome::Failed("no answer".into()),
-                });
+                let _ = d.send(e.clone());
             }
         }
     }
