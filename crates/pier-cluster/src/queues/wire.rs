@@ -16,6 +16,11 @@
 //!  7 Purge    req vhost queue
 //!  8 Stats    req vhost queue touch
 //!  13 StatsAll req (every queue homed there: management's figures)
+//!
+//!  quorum queue leader ─► member node
+//!  16 QuorumDeliveries vhost queue term u32 n, n × (consumer offset flags stamp message)
+//!  15 QuorumCancelled  vhost queue consumer
+//!  (14, one delivery without the count, is still read)
 //! ```
 //!
 //! Bodies and properties travel as they are (the publisher's property bytes are kept, as
@@ -138,18 +143,14 @@ pub enum LaneMsg {
     Cancelled {
         consumer: u64,
     },
-    /// From a quorum queue's leader: a delivery to a consumer of the receiving node (its own
-    /// consumer id), in the leader's term (the session its settlements must name).
+    /// From a quorum queue's leader: deliveries to consumers of the receiving node (its own
+    /// consumer ids), in the leader's term (the session their settlements must name). One
+    /// frame carries what one applied entry hands that node (the queue named once).
     QuorumDeliver {
         vhost: String,
         queue: String,
         term: u64,
-        consumer: u64,
-        offset: u64,
-        redelivered: bool,
-        ack_required: bool,
-        enqueued_at: u32,
-        message: Arc<Message>,
+        deliveries: Vec<Delivery>,
     },
     /// From a quorum queue's leader: the queue cancelled that consumer of the receiving node.
     QuorumCancelled {
@@ -181,6 +182,7 @@ const REPLY: u8 = 12;
 const STATS_ALL: u8 = 13;
 const QUORUM_DELIVER: u8 = 14;
 const QUORUM_CANCELLED: u8 = 15;
+const QUORUM_DELIVERIES: u8 = 16;
 
 const R_DONE: u8 = 0;
 const R_ERROR: u8 = 1;
@@ -191,13 +193,22 @@ const R_FIGURES: u8 = 5;
 const R_ALL: u8 = 6;
 
 /// A delivery's fields (a home node's `Deliver`, a quorum leader's `QuorumDeliver`).
-struct Delivery {
-    consumer: u64,
-    offset: u64,
-    redelivered: bool,
-    ack_required: bool,
-    enqueued_at: u32,
-    message: Arc<Message>,
+/// One delivery to a consumer (the receiving node's id for it).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub consumer: u64,
+    pub offset: u64,
+    pub redelivered: bool,
+    pub ack_required: bool,
+    pub enqueued_at: u32,
+    pub message: Arc<Message>,
+}
+
+impl Delivery {
+    /// What it adds to a lane frame.
+    pub fn encoded_len(&self) -> usize {
+        21 + message_len(&self.message)
+    }
 }
 
 fn put_delivery(
@@ -273,9 +284,12 @@ fn put_figures(out: &mut BytesMut, f: &Figures) {
 /// Encodes `msg` as a complete transport frame (lane kind).
 pub fn encode(msg: &LaneMsg) -> Result<Bytes, WireError> {
     let capacity = match msg {
-        LaneMsg::Publish { message, .. }
-        | LaneMsg::Deliver { message, .. }
-        | LaneMsg::QuorumDeliver { message, .. } => 64 + message_len(message),
+        LaneMsg::Publish { message, .. } | LaneMsg::Deliver { message, .. } => {
+            64 + message_len(message)
+        }
+        LaneMsg::QuorumDeliver { deliveries, .. } => {
+            64 + deliveries.iter().map(Delivery::encoded_len).sum::<usize>()
+        }
         LaneMsg::Settle { offsets, .. } => 64 + 8 * offsets.len(),
         LaneMsg::Confirms { confirms } => 8 + 9 * confirms.len(),
         LaneMsg::Reply {
@@ -386,26 +400,24 @@ pub fn encode(msg: &LaneMsg) -> Result<Bytes, WireError> {
             vhost,
             queue,
             term,
-            consumer,
-            offset,
-            redelivered,
-            ack_required,
-            enqueued_at,
-            message,
+            deliveries,
         } => {
-            out.put_u8(QUORUM_DELIVER);
+            out.put_u8(QUORUM_DELIVERIES);
             put_str(&mut out, vhost);
             put_str(&mut out, queue);
             out.put_u64(*term);
-            put_delivery(
-                &mut out,
-                *consumer,
-                *offset,
-                *redelivered,
-                *ack_required,
-                *enqueued_at,
-                message,
-            );
+            out.put_u32(u32::try_from(deliveries.len()).unwrap_or(u32::MAX));
+            for d in deliveries {
+                put_delivery(
+                    &mut out,
+                    d.consumer,
+                    d.offset,
+                    d.redelivered,
+                    d.ack_required,
+                    d.enqueued_at,
+                    &d.message,
+                );
+            }
         }
         LaneMsg::QuorumCancelled {
             vhost,
@@ -694,21 +706,27 @@ pub fn decode(payload: Bytes) -> Result<LaneMsg, WireError> {
             touch: r.u8()? != 0,
         },
         STATS_ALL => LaneMsg::StatsAll { req: r.u64()? },
-        QUORUM_DELIVER => {
+        QUORUM_DELIVER => LaneMsg::QuorumDeliver {
+            vhost: r.string()?,
+            queue: r.string()?,
+            term: r.u64()?,
+            deliveries: vec![r.delivery()?],
+        },
+        QUORUM_DELIVERIES => {
             let vhost = r.string()?;
             let queue = r.string()?;
             let term = r.u64()?;
-            let d = r.delivery()?;
+            let n = r.u32()? as usize;
+            // Room for what the frame can hold, not for what a count claims.
+            let mut deliveries = Vec::with_capacity(n.min(r.0.remaining() / 21));
+            for _ in 0..n {
+                deliveries.push(r.delivery()?);
+            }
             LaneMsg::QuorumDeliver {
                 vhost,
                 queue,
                 term,
-                consumer: d.consumer,
-                offset: d.offset,
-                redelivered: d.redelivered,
-                ack_required: d.ack_required,
-                enqueued_at: d.enqueued_at,
-                message: d.message,
+                deliveries,
             }
         }
         QUORUM_CANCELLED => LaneMsg::QuorumCancelled {
@@ -899,35 +917,66 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let one = |consumer, offset| Delivery {
+            consumer,
+            offset,
+            redelivered: offset == 6,
+            ack_required: true,
+            enqueued_at: 3,
+            message: Arc::clone(&m),
+        };
         match round_trip(&LaneMsg::QuorumDeliver {
             vhost: "v".into(),
             queue: "qq".into(),
             term: 7,
-            consumer: 9,
-            offset: 5,
-            redelivered: false,
-            ack_required: true,
-            enqueued_at: 3,
-            message: Arc::clone(&m),
+            deliveries: vec![one(9, 5), one(4, 6)],
         }) {
             LaneMsg::QuorumDeliver {
                 vhost,
                 queue,
                 term,
-                consumer,
-                offset,
-                redelivered,
-                ack_required,
-                enqueued_at,
-                message,
+                deliveries,
             } => {
                 assert_eq!((vhost.as_str(), queue.as_str(), term), ("v", "qq", 7));
-                assert_eq!((consumer, offset, enqueued_at), (9, 5, 3));
-                assert!(!redelivered && ack_required);
-                assert_eq!(message.body, m.body);
+                let got: Vec<_> = deliveries
+                    .iter()
+                    .map(|d| {
+                        (
+                            d.consumer,
+                            d.offset,
+                            d.redelivered,
+                            d.ack_required,
+                            d.enqueued_at,
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, [(9, 5, false, true, 3), (4, 6, true, true, 3)]);
+                assert!(deliveries.iter().all(|d| d.message.body == m.body));
             }
             other => panic!("{other:?}"),
         }
+        // The one-delivery form (op 14) of earlier builds still reads.
+        let mut old = BytesMut::new();
+        old.put_u8(QUORUM_DELIVER);
+        put_str(&mut old, "v");
+        put_str(&mut old, "qq");
+        old.put_u64(7);
+        put_delivery(&mut old, 9, 5, false, true, 3, &m);
+        match decode(old.freeze()).unwrap() {
+            LaneMsg::QuorumDeliver { deliveries, .. } => {
+                assert_eq!(deliveries.len(), 1);
+                assert_eq!((deliveries[0].consumer, deliveries[0].offset), (9, 5));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A count larger than the frame holds is a short frame, not a huge allocation.
+        let mut lying = BytesMut::new();
+        lying.put_u8(QUORUM_DELIVERIES);
+        put_str(&mut lying, "v");
+        put_str(&mut lying, "qq");
+        lying.put_u64(7);
+        lying.put_u32(u32::MAX);
+        assert_eq!(decode(lying.freeze()).unwrap_err(), WireError::Short);
         match round_trip(&LaneMsg::Confirms {
             confirms: vec![(1, true), (2, false)],
         }) {

@@ -225,6 +225,10 @@ impl EffectRunner for Shared {
         // Deliveries that could not be sent (no connection to the consumer's node) go back,
         // uncounted, rather than stay checked out to a consumer that never saw them.
         let mut unsent = Vec::new();
+        // Deliveries to other nodes' consumers, one lane frame per node for the entry (up to
+        // LANE_BATCH_BYTES each), and each consumer's node looked up once per entry.
+        let mut nodes = NodesOfTags::default();
+        let mut out = LaneBatches::default();
         for effect in &applied.effects {
             match effect {
                 Effect::Deliver(d) => {
@@ -241,7 +245,7 @@ impl EffectRunner for Shared {
                     };
                     let (tag, _, local) = split_consumer(consumer);
                     let message = q.as_delivered(Arc::clone(message), d.returns);
-                    match service.node_of_tag(tag) {
+                    match nodes.of(&service, tag) {
                         Some(node) if node.name == service.me => q.remote_deliver(
                             local,
                             term,
@@ -252,22 +256,16 @@ impl EffectRunner for Shared {
                             message,
                         ),
                         Some(node) => {
-                            let sent = service.lane_send(
-                                &node,
-                                &LaneMsg::QuorumDeliver {
-                                    vhost: self.vhost.clone(),
-                                    queue: self.name.clone(),
-                                    term,
-                                    consumer: local,
-                                    offset: d.offset,
-                                    redelivered: d.redelivered,
-                                    ack_required: d.ack_required,
-                                    enqueued_at: d.enqueued_at,
-                                    message,
-                                },
-                            );
-                            if !sent && d.ack_required {
-                                unsent.push(d.offset);
+                            let delivery = wire::Delivery {
+                                consumer: local,
+                                offset: d.offset,
+                                redelivered: d.redelivered,
+                                ack_required: d.ack_required,
+                                enqueued_at: d.enqueued_at,
+                                message,
+                            };
+                            if let Some(full) = out.add(node, delivery) {
+                                self.send_deliveries(&service, term, full, &mut unsent);
                             }
                         }
                         // Its node left the cluster: it stays checked out until the
@@ -277,13 +275,17 @@ impl EffectRunner for Shared {
                 }
                 Effect::ConsumerCancelled { consumer, .. } => {
                     let (tag, _, local) = split_consumer(*consumer);
-                    match service.node_of_tag(tag) {
+                    // After the deliveries before it, on the same lane.
+                    for batch in out.take_all() {
+                        self.send_deliveries(&service, term, batch, &mut unsent);
+                    }
+                    match nodes.of(&service, tag) {
                         Some(node) if node.name == service.me => {
                             q.remote_consumer_cancelled(local);
                         }
                         Some(node) => {
                             service.lane_send(
-                                &node,
+                                node,
                                 &LaneMsg::QuorumCancelled {
                                     vhost: self.vhost.clone(),
                                     queue: self.name.clone(),
@@ -328,11 +330,104 @@ impl EffectRunner for Shared {
                 _ => {}
             }
         }
+        for batch in out.take_all() {
+            self.send_deliveries(&service, term, batch, &mut unsent);
+        }
         if !unsent.is_empty() {
             if let Some(link) = service.link_of(self) {
                 link.write(QueueOp::Release(unsent), None);
             }
         }
+    }
+}
+
+impl Shared {
+    /// Sends one node's deliveries in one lane frame; what cannot go (no connection) and
+    /// needs an ack goes to `unsent`.
+    fn send_deliveries(
+        &self,
+        service: &QuorumService,
+        term: u64,
+        (node, deliveries): (PeerNode, Vec<wire::Delivery>),
+        unsent: &mut Vec<u64>,
+    ) {
+        let msg = LaneMsg::QuorumDeliver {
+            vhost: self.vhost.clone(),
+            queue: self.name.clone(),
+            term,
+            deliveries,
+        };
+        if !service.lane_send(&node, &msg) {
+            if let LaneMsg::QuorumDeliver { deliveries, .. } = msg {
+                let offsets = deliveries.iter().filter(|d| d.ack_required);
+                unsent.extend(offsets.map(|d| d.offset));
+            }
+        }
+    }
+}
+
+/// Most message bytes one lane frame of deliveries carries (a larger message goes alone).
+const LANE_BATCH_BYTES: usize = 1 << 20;
+
+/// Deliveries gathered per consumer node while an entry's effects are run.
+#[derive(Default)]
+struct LaneBatches {
+    batches: Vec<(PeerNode, Vec<wire::Delivery>, usize)>,
+}
+
+impl LaneBatches {
+    /// Adds `d` for `node`; returns a batch that is full and must go now.
+    fn add(
+        &mut self,
+        node: &PeerNode,
+        d: wire::Delivery,
+    ) -> Option<(PeerNode, Vec<wire::Delivery>)> {
+        let len = d.encoded_len();
+        let i = match self
+            .batches
+            .iter()
+            .position(|(n, _, _)| n.name == node.name)
+        {
+            Some(i) => i,
+            None => {
+                self.batches.push((node.clone(), Vec::new(), 0));
+                self.batches.len() - 1
+            }
+        };
+        let (node, list, bytes) = &mut self.batches[i];
+        let full = (*bytes > 0 && *bytes + len > LANE_BATCH_BYTES)
+            .then(|| (node.clone(), std::mem::take(list)));
+        if full.is_some() {
+            *bytes = 0;
+        }
+        list.push(d);
+        *bytes += len;
+        full
+    }
+
+    fn take_all(&mut self) -> impl Iterator<Item = (PeerNode, Vec<wire::Delivery>)> + '_ {
+        self.batches
+            .drain(..)
+            .filter(|(_, list, _)| !list.is_empty())
+            .map(|(node, list, _)| (node, list))
+    }
+}
+
+/// The node of each consumer tag, looked up once per entry (the member list is copied on
+/// each lookup).
+#[derive(Default)]
+struct NodesOfTags(Vec<(u64, Option<PeerNode>)>);
+
+impl NodesOfTags {
+    fn of(&mut self, service: &QuorumService, tag: u64) -> Option<&PeerNode> {
+        let i = match self.0.iter().position(|(t, _)| *t == tag) {
+            Some(i) => i,
+            None => {
+                self.0.push((tag, service.node_of_tag(tag)));
+                self.0.len() - 1
+            }
+        };
+        self.0[i].1.as_ref()
     }
 }
 
@@ -789,26 +884,25 @@ impl QuorumService {
                 vhost,
                 queue,
                 term,
-                consumer,
-                offset,
-                redelivered,
-                ack_required,
-                enqueued_at,
-                message,
+                deliveries,
             } => {
-                if let Some(l) = lock(&self.links).get(&(vhost.clone(), queue.clone())) {
+                let key = (vhost, queue);
+                if let Some(l) = lock(&self.links).get(&key) {
                     l.seen_term.fetch_max(term, Ordering::AcqRel);
                 }
+                let (vhost, queue) = key;
                 if let Some(q) = broker.vhost(&vhost).and_then(|v| v.find_queue(&queue)) {
-                    q.remote_deliver(
-                        consumer,
-                        term,
-                        offset,
-                        redelivered,
-                        ack_required,
-                        enqueued_at,
-                        message,
-                    );
+                    for d in deliveries {
+                        q.remote_deliver(
+                            d.consumer,
+                            term,
+                            d.offset,
+                            d.redelivered,
+                            d.ack_required,
+                            d.enqueued_at,
+                            d.message,
+                        );
+                    }
                 }
             }
             LaneMsg::QuorumCancelled {
