@@ -24,6 +24,8 @@
 //! New ops take new codes under the same entry version, so logs written before them stay
 //! readable (a node too old to know an op refuses the entry: upgrade every node first).
 
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use pier_broker::args::{Overflow, PolicySettings};
 use pier_broker::message::Message;
@@ -31,6 +33,9 @@ use pier_broker::queue::engine::ConsumerSettings;
 use pier_wire::{decode_field_table, encode_field_table, BasicProperties, ShortString};
 
 const VERSION: u8 = 1;
+
+/// Version, `at` and `unix`: where the op starts.
+const HEADER: usize = 17;
 
 /// The most ops one batch entry holds: a message's offset is its place in the log, the
 /// entry's index and the op's position in 16 bits (`machine::offset_at`).
@@ -113,41 +118,42 @@ impl QueueOp {
 
 /// One entry: the op and the leader's clocks when it proposed it (every member applies the
 /// op at that time, so TTLs and timeouts expire alike everywhere).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// An entry keeps its encoding once made or decoded from (a proposed entry goes to the log
+/// and to every follower: encoded once), and a decoded entry builds its op only when it is
+/// first asked for. Entries are read back from the log to be replicated (twice on a leader
+/// of three) and to be applied, and arrive in frames before they are appended and read
+/// again: only applying needs the op, so each member builds it once. Decoding still checks
+/// the whole entry, so a bad or unknown op fails where it is read, as before.
+#[derive(Clone)]
 pub struct QueueEntry {
     pub at: u64,
     pub unix: u64,
-    pub op: QueueOp,
-    /// Its encoding once made or decoded from: a proposed entry goes to the log and to
-    /// every follower, each encoding it again before (a batch of bodies copied each time).
-    /// An entry is not changed once encoded (`set_clock` is for before).
-    pub(crate) raw: Encoded,
+    /// At least one of `op` and `raw` is set; once encoded the entry does not change
+    /// (`set_clock` and `op_mut` forget the encoding).
+    op: OnceLock<QueueOp>,
+    raw: OnceLock<Bytes>,
 }
 
-/// A cached encoding; ignored by equality (the fields say what the entry is).
-#[derive(Clone, Default)]
-pub(crate) struct Encoded(std::sync::OnceLock<Bytes>);
-
-impl PartialEq for Encoded {
-    fn eq(&self, _: &Encoded) -> bool {
-        true
+impl PartialEq for QueueEntry {
+    fn eq(&self, other: &QueueEntry) -> bool {
+        (self.at, self.unix) == (other.at, other.unix) && self.op() == other.op()
     }
 }
 
-impl std::fmt::Debug for Encoded {
+impl std::fmt::Debug for QueueEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("..")
+        f.debug_struct("QueueEntry")
+            .field("at", &self.at)
+            .field("unix", &self.unix)
+            .field("op", self.op())
+            .finish()
     }
 }
 
 impl Default for QueueEntry {
     fn default() -> Self {
-        QueueEntry {
-            at: 0,
-            unix: 0,
-            op: QueueOp::Tick,
-            raw: Encoded::default(),
-        }
+        QueueEntry::new(0, 0, QueueOp::Tick)
     }
 }
 
@@ -361,18 +367,62 @@ fn encode_op(out: &mut BytesMut, op: &QueueOp) -> Result<(), EntryError> {
 }
 
 impl QueueEntry {
+    pub fn new(at: u64, unix: u64, op: QueueOp) -> QueueEntry {
+        QueueEntry {
+            at,
+            unix,
+            op: OnceLock::from(op),
+            raw: OnceLock::new(),
+        }
+    }
+
+    /// The op (built from the encoding the first time it is asked for).
+    pub fn op(&self) -> &QueueOp {
+        self.op.get_or_init(|| {
+            let raw = self.raw.get().cloned().unwrap_or_default();
+            let mut r = Reader {
+                buf: &raw,
+                pos: HEADER,
+            };
+            // `decode` checked these very bytes: this cannot fail.
+            r.op(true).unwrap_or_else(|e| {
+                tracing::error!("a checked queue log entry does not decode: {e}");
+                QueueOp::Batch(Vec::new())
+            })
+        })
+    }
+
+    /// The op to change (before the entry is encoded: forgets any encoding).
+    pub fn op_mut(&mut self) -> &mut QueueOp {
+        self.op();
+        self.raw = OnceLock::new();
+        match self.op.get_mut() {
+            Some(op) => op,
+            None => unreachable!("op() set it"),
+        }
+    }
+
+    pub fn into_op(self) -> QueueOp {
+        self.op();
+        self.op.into_inner().unwrap_or(QueueOp::Tick)
+    }
+
     /// Appends the encoded entry to `out`.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EntryError> {
+        if let Some(raw) = self.raw.get() {
+            out.put_slice(raw);
+            return Ok(());
+        }
         out.put_u8(VERSION);
         out.put_u64_le(self.at);
         out.put_u64_le(self.unix);
-        encode_op(out, &self.op)
+        encode_op(out, self.op())
     }
 
     /// The op at `position` of a batch (position 0 of any other entry: the op itself); a
     /// message enqueued there has offset `machine::offset_at(index, position)`.
     pub fn op_at(&self, position: usize) -> Option<&QueueOp> {
-        match &self.op {
+        match self.op() {
             QueueOp::Batch(ops) => ops.get(position),
             op if position == 0 => Some(op),
             _ => None,
@@ -380,23 +430,32 @@ impl QueueEntry {
     }
 
     pub fn to_bytes(&self) -> Result<Bytes, EntryError> {
-        if let Some(b) = self.raw.0.get() {
+        if let Some(b) = self.raw.get() {
             return Ok(b.clone());
         }
         // Sized up front: a batch of a few hundred bodies would otherwise grow (and copy)
         // the buffer a dozen times.
-        let mut out = BytesMut::with_capacity(17 + self.op.size_hint());
+        let mut out = BytesMut::with_capacity(HEADER + self.op().size_hint());
         self.encode(&mut out)?;
         let b = out.freeze();
-        let _ = self.raw.0.set(b.clone());
+        let _ = self.raw.set(b.clone());
         Ok(b)
+    }
+
+    /// About the bytes of its encoding.
+    pub fn size_hint(&self) -> usize {
+        match self.raw.get() {
+            Some(raw) => raw.len(),
+            None => HEADER + self.op().size_hint(),
+        }
     }
 
     /// Sets the leader's clocks (before the entry is encoded: forgets any encoding).
     pub fn set_clock(&mut self, at: u64, unix: u64) {
+        self.op();
         self.at = at;
         self.unix = unix;
-        self.raw = Encoded::default();
+        self.raw = OnceLock::new();
     }
 
     /// Decodes one entry (the whole of `input`); bodies are zero-copy slices of it.
@@ -408,14 +467,16 @@ impl QueueEntry {
         }
         let at = r.u64("at")?;
         let unix = r.u64("unix")?;
-        let op = r.op(true)?;
-
+        r.check_op(true)?;
         if r.pos != input.len() {
             return Err(EntryError::Invalid("trailing bytes"));
         }
-        let raw = Encoded::default();
-        let _ = raw.0.set(input.clone());
-        Ok(QueueEntry { at, unix, op, raw })
+        Ok(QueueEntry {
+            at,
+            unix,
+            op: OnceLock::new(),
+            raw: OnceLock::from(input.clone()),
+        })
     }
 }
 
@@ -510,6 +571,50 @@ impl Reader<'_> {
             }
             other => return Err(EntryError::Op(other)),
         })
+    }
+
+    /// Checks one op as `op` would read it, building nothing for the ops a batch is made
+    /// of (enqueues and settlements); the rare ones are read and dropped.
+    fn check_op(&mut self, batch: bool) -> Result<(), EntryError> {
+        let start = self.pos;
+        match self.u8("op")? {
+            1 => {
+                match self.u8("publisher flag")? {
+                    0 => {}
+                    1 => {
+                        self.take(16, "publisher")?;
+                    }
+                    _ => return Err(EntryError::Invalid("publisher flag")),
+                }
+                for what in ["exchange", "routing key"] {
+                    let n = usize::from(self.u8(what)?);
+                    std::str::from_utf8(self.take(n, what)?)
+                        .map_err(|_| EntryError::Invalid(what))?;
+                }
+                for what in ["properties", "body"] {
+                    let n = self.u32(what)? as usize;
+                    self.take(n, what)?;
+                }
+            }
+            5..=8 | 16 => {
+                let n = self.u32("offset count")? as usize;
+                self.take(n.saturating_mul(8), "offsets")?;
+            }
+            14 if batch => {
+                let n = self.u32("batch")? as usize;
+                if n > MAX_BATCH_OPS {
+                    return Err(EntryError::Invalid("batch of more than 65,536 ops"));
+                }
+                for _ in 0..n {
+                    self.check_op(false)?;
+                }
+            }
+            _ => {
+                self.pos = start;
+                self.op(batch)?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn settings(&mut self) -> Result<ConsumerSettings, EntryError> {
@@ -672,6 +777,24 @@ pub(crate) mod tests {
     use pier_wire::FieldTable;
     use proptest::prelude::*;
 
+    /// The op of an encoded entry, read in full at once (what decoding did before it
+    /// only checked); `None` where that fails.
+    fn read_whole(b: &Bytes) -> Option<QueueOp> {
+        let mut r = Reader { buf: b, pos: 0 };
+        (r.u8("version").ok()? == VERSION).then_some(())?;
+        r.take(16, "clocks").ok()?;
+        let op = r.op(true).ok()?;
+        (r.pos == b.len()).then_some(op)
+    }
+
+    fn batch_entry(mut ops: Vec<QueueOp>) -> QueueEntry {
+        let op = match ops.len() {
+            1 => ops.remove(0),
+            _ => QueueOp::Batch(ops),
+        };
+        QueueEntry::new(1, 2, op)
+    }
+
     pub(crate) fn op_strategy() -> impl Strategy<Value = QueueOp> {
         let offsets = proptest::collection::vec(0..64u64, 0..6);
         prop_oneof![
@@ -777,21 +900,33 @@ pub(crate) mod tests {
     proptest! {
         #[test]
         fn entries_round_trip(op in op_strategy(), at in any::<u64>(), unix in any::<u64>()) {
-            let e = QueueEntry { at, unix, op, ..Default::default() };
+            let e = QueueEntry::new(at, unix, op);
             let b = e.to_bytes().unwrap();
             prop_assert_eq!(QueueEntry::decode(&b).unwrap(), e);
         }
 
         /// Any cut or any changed byte decodes to an error or to some entry: never a panic.
+        /// Decoding checks without building the op: it accepts exactly what reading the
+        /// whole op accepts, and the op built later is the one that reading gives.
         #[test]
-        fn damaged_entries_never_panic(op in op_strategy(), cut in any::<usize>(), at in any::<usize>(), x in any::<u8>()) {
-            let b = QueueEntry { at: 1, unix: 2, op, ..Default::default() }.to_bytes().unwrap();
+        fn damaged_entries_never_panic(
+            ops in proptest::collection::vec(op_strategy(), 1..5),
+            cut in any::<usize>(),
+            at in any::<usize>(),
+            x in any::<u8>(),
+        ) {
+            let b = batch_entry(ops).to_bytes().unwrap();
             let cut = cut % (b.len() + 1);
-            let _ = QueueEntry::decode(&b.slice(..cut));
             let mut v = b.to_vec();
             let i = at % v.len();
             v[i] ^= x;
-            let _ = QueueEntry::decode(&Bytes::from(v));
+            for damaged in [b.slice(..cut), Bytes::from(v)] {
+                let eager = read_whole(&damaged);
+                match QueueEntry::decode(&damaged) {
+                    Ok(e) => prop_assert_eq!(Some(e.op()), eager.as_ref()),
+                    Err(_) => prop_assert!(eager.is_none()),
+                }
+            }
         }
     }
 
@@ -809,14 +944,9 @@ pub(crate) mod tests {
             props.to_bytes().unwrap(),
             Bytes::from_static(b"body"),
         );
-        let e = QueueEntry {
-            at: 5,
-            unix: 6,
-            op: QueueOp::enqueue(&m, Some((1, 2))),
-            ..Default::default()
-        };
+        let e = QueueEntry::new(5, 6, QueueOp::enqueue(&m, Some((1, 2))));
         let back = QueueEntry::decode(&e.to_bytes().unwrap()).unwrap();
-        assert_eq!(message_of(&back.op).unwrap(), m);
+        assert_eq!(message_of(back.op()).unwrap(), m);
         assert_eq!(
             QueueEntry::decode(&Bytes::from_static(&[2])),
             Err(EntryError::Version(2))
@@ -838,10 +968,7 @@ pub(crate) mod tests {
     /// new clocks forget the encoding.
     #[test]
     fn an_entry_keeps_its_encoding() {
-        let mut e = QueueEntry {
-            op: QueueOp::Settle(vec![1, 2, 3]),
-            ..Default::default()
-        };
+        let mut e = QueueEntry::new(0, 0, QueueOp::Settle(vec![1, 2, 3]));
         e.set_clock(5, 6);
         let a = e.to_bytes().unwrap();
         assert_eq!(a.as_ptr(), e.to_bytes().unwrap().as_ptr());

@@ -221,7 +221,7 @@ impl QueueMachine {
         };
         self.effects.clear();
         let mut batch = Vec::new();
-        let mut reply = match &entry.op {
+        let mut reply = match entry.op() {
             QueueOp::Batch(ops) => {
                 for (position, op) in ops.iter().enumerate().take(MAX_BATCH_OPS) {
                     batch.push(apply_op(
@@ -505,25 +505,24 @@ mod tests {
     }
 
     fn publish(at: u64, body: &'static str) -> QueueEntry {
-        QueueEntry {
+        QueueEntry::new(
             at,
-            unix: 1_700_000_000_000 + at,
-            op: QueueOp::Enqueue {
+            1_700_000_000_000 + at,
+            QueueOp::Enqueue {
                 publisher: None,
                 exchange: ShortString::from(""),
                 routing_key: ShortString::from("q"),
                 properties: BasicProperties::default().to_bytes().unwrap(),
                 body: Bytes::from_static(body.as_bytes()),
             },
-            ..Default::default()
-        }
+        )
     }
 
     fn checkout(at: u64, consumer: u64, prefetch: u32) -> QueueEntry {
-        QueueEntry {
+        QueueEntry::new(
             at,
-            unix: 0,
-            op: QueueOp::Checkout {
+            0,
+            QueueOp::Checkout {
                 consumer,
                 settings: ConsumerSettings {
                     tag: ShortString::from("ctag"),
@@ -536,8 +535,7 @@ mod tests {
                     credit: None,
                 },
             },
-            ..Default::default()
-        }
+        )
     }
 
     fn deliveries(a: &Applied) -> Vec<Delivered> {
@@ -565,14 +563,9 @@ mod tests {
             .into_iter()
             .enumerate()
             .map(|(i, op)| {
-                QueueEntry {
-                    at: i as u64 * 10,
-                    unix: 1_700_000_000_000 + i as u64 * 10,
-                    op,
-                    ..Default::default()
-                }
-                .to_bytes()
-                .unwrap()
+                QueueEntry::new(i as u64 * 10, 1_700_000_000_000 + i as u64 * 10, op)
+                    .to_bytes()
+                    .unwrap()
             })
             .collect();
         let mut members: Vec<QueueMachine> = (0..3).map(|_| QueueMachine::new(config())).collect();
@@ -634,7 +627,7 @@ mod tests {
             let mut m = QueueMachine::new(config());
             for (i, op) in ops.into_iter().enumerate() {
                 let at = i as u64;
-                m.apply(at + 1, &QueueEntry { at, op, ..Default::default() });
+                m.apply(at + 1, &QueueEntry::new(at, 0, op));
             }
             let bytes = m.snapshot_bytes().unwrap().unwrap();
             let short = bytes.slice(..cut.index(bytes.len()));
@@ -656,15 +649,7 @@ mod tests {
             m.apply(i as u64 + 1, e);
         }
         let offset = m.engine().checked_out_offsets()[0];
-        let a = m.apply(
-            3,
-            &QueueEntry {
-                at: 3,
-                unix: 0,
-                op: QueueOp::Discard(vec![offset]),
-                ..Default::default()
-            },
-        );
+        let a = m.apply(3, &QueueEntry::new(3, 0, QueueOp::Discard(vec![offset])));
         assert!(a.effects.iter().any(|e| matches!(
             e,
             Effect::DeadLetter {
@@ -681,12 +666,7 @@ mod tests {
         assert_eq!(&kept[0].1.as_ref().unwrap().body[..], b"a");
         r.apply(
             4,
-            &QueueEntry {
-                at: 4,
-                unix: 0,
-                op: QueueOp::DeadLettered(vec![offset]),
-                ..Default::default()
-            },
+            &QueueEntry::new(4, 0, QueueOp::DeadLettered(vec![offset])),
         );
         assert!(r.kept_dead_letters(|_| true).is_empty());
     }
@@ -712,18 +692,8 @@ mod tests {
         // The old leader is gone: the new one's log gets its consumer's cancel and return,
         // and a new consumer.
         for (i, e) in [
-            QueueEntry {
-                at: 3,
-                unix: 0,
-                op: QueueOp::Cancel { consumer: 7 },
-                ..Default::default()
-            },
-            QueueEntry {
-                at: 3,
-                unix: 0,
-                op: QueueOp::Return(vec![offset]),
-                ..Default::default()
-            },
+            QueueEntry::new(3, 0, QueueOp::Cancel { consumer: 7 }),
+            QueueEntry::new(3, 0, QueueOp::Return(vec![offset])),
         ]
         .iter()
         .enumerate()
@@ -750,10 +720,10 @@ mod tests {
     }
 
     fn batch_of(at: u64, bodies: impl Iterator<Item = String>) -> QueueEntry {
-        QueueEntry {
+        QueueEntry::new(
             at,
-            unix: 1_700_000_000_000 + at,
-            op: QueueOp::Batch(
+            1_700_000_000_000 + at,
+            QueueOp::Batch(
                 bodies
                     .map(|b| QueueOp::Enqueue {
                         publisher: None,
@@ -764,8 +734,7 @@ mod tests {
                     })
                     .collect(),
             ),
-            ..Default::default()
-        }
+        )
     }
 
     /// Past the memory budget members keep only the places of bodies (in their log). The
@@ -833,14 +802,13 @@ mod tests {
         );
 
         // basic.get of a message kept only in the log still answers with its body.
-        let get = QueueEntry {
-            at: 31,
-            unix: 0,
-            op: QueueOp::Get {
+        let get = QueueEntry::new(
+            31,
+            0,
+            QueueOp::Get {
                 ack_required: false,
             },
-            ..Default::default()
-        };
+        );
         for _ in 0..50 {
             let (l, _) = apply(&mut leader, &mut follower, get.clone());
             let Ok(Reply::Got {
@@ -860,10 +828,10 @@ mod tests {
     }
 
     fn reconfigure(at: u64, version: u64, max_length: Option<u64>) -> QueueEntry {
-        QueueEntry {
+        QueueEntry::new(
             at,
-            unix: 0,
-            op: QueueOp::Reconfigure {
+            0,
+            QueueOp::Reconfigure {
                 version,
                 settings: Box::new(PolicySettings {
                     max_length,
@@ -871,8 +839,7 @@ mod tests {
                     ..PolicySettings::default()
                 }),
             },
-            ..Default::default()
-        }
+        )
     }
 
     /// A policy change applies at its place in the log on every member (drop-head at

@@ -177,10 +177,7 @@ pub(crate) fn batch_entry(ops: Vec<QueueOp>) -> QueueEntry {
         Ok([one]) => one,
         Err(many) => QueueOp::Batch(many),
     };
-    QueueEntry {
-        op,
-        ..Default::default()
-    }
+    QueueEntry::new(0, 0, op)
 }
 
 /// The answers to `n` ops written as one entry (`batch_entry`), one per op; `None` when the
@@ -217,7 +214,7 @@ mod tests {
             QueueReply::Dropped(4),
         ];
         let entry = batch_entry(vec![QueueOp::Tick; 4]);
-        assert!(matches!(entry.op, QueueOp::Batch(ref ops) if ops.len() == 4));
+        assert!(matches!(entry.op(), QueueOp::Batch(ref ops) if ops.len() == 4));
         let replies = batch_replies(QueueReply::Batch(replies), 4).unwrap();
         hand_out(Ok(replies), &[2, 1, 1], vec![d1, d2, d3]);
         assert!(matches!(answered(r1), Outcome::Applied(v)

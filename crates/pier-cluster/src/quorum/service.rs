@@ -144,7 +144,7 @@ impl Done {
 
 impl Write {
     fn body_len(&self) -> usize {
-        op_body_len(&self.entry.op)
+        op_body_len(self.entry.op())
     }
 }
 
@@ -210,7 +210,7 @@ impl EffectRunner for Shared {
 
     fn applied(&self, entry: &QueueEntry, applied: &Applied) {
         self.last_at.fetch_max(entry.at, Ordering::Relaxed);
-        let ops = match &entry.op {
+        let ops = match entry.op() {
             QueueOp::Batch(ops) => ops.len() as u64,
             _ => 1,
         };
@@ -864,9 +864,12 @@ impl QuorumService {
         let Some(proposer) = shared.proposer.get() else {
             return Response::QueueWrite(Err(not_leader(&raft)));
         };
-        let bytes = entries.iter().map(|e| op_body_len(&e.op)).sum();
+        let bytes = entries.iter().map(|e| op_body_len(e.op())).sum();
         let answer = proposer
-            .propose(entries.into_iter().map(|e| e.op).collect(), bytes)
+            .propose(
+                entries.into_iter().map(QueueEntry::into_op).collect(),
+                bytes,
+            )
             .await;
         Response::QueueWrite(match answer.await {
             Ok(Outcome::Applied(replies)) => Ok(replies),
@@ -1078,10 +1081,7 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
                 lock(&shared.dead_letters).restart();
                 let offsets = lock(&shared.machine).engine().checked_out_offsets();
                 if !offsets.is_empty() {
-                    let mut entry = QueueEntry {
-                        op: QueueOp::Return(offsets),
-                        ..Default::default()
-                    };
+                    let mut entry = QueueEntry::new(0, 0, QueueOp::Return(offsets));
                     stamp(&shared, &mut entry);
                     let _ = raft.client_write(entry).await;
                 }
@@ -1172,10 +1172,7 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
             }
         }
         for op in ops {
-            let mut entry = QueueEntry {
-                op,
-                ..Default::default()
-            };
+            let mut entry = QueueEntry::new(0, 0, op);
             stamp(&shared, &mut entry);
             let _ = raft.client_write(entry).await;
         }
@@ -1341,10 +1338,7 @@ impl QuorumLink {
     fn write(&self, op: QueueOp, done: Option<Done>) {
         let Some(tx) = self.writes.get() else { return };
         let w = Write {
-            entry: QueueEntry {
-                op,
-                ..Default::default()
-            },
+            entry: QueueEntry::new(0, 0, op),
             done,
             attempts: 0,
         };
@@ -1413,11 +1407,9 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
     let publisher: u64 = rand::random();
     let mut seq: u64 = 0;
     let mut sequenced = |mut w: Write| {
-        if let QueueOp::Enqueue { publisher: p, .. } = &mut w.entry.op {
+        if let QueueOp::Enqueue { publisher: p, .. } = w.entry.op_mut() {
             seq += 1;
             *p = Some((publisher, seq));
-            // Changed: an encoding made before would be stale (none is, by now).
-            w.entry.raw = Default::default();
         }
         w
     };
@@ -1547,7 +1539,7 @@ async fn writer(link: Weak<QuorumLink>, mut rx: mpsc::UnboundedReceiver<Write>) 
         // in order (the engine's deduplication relies on it).
         let publishes = batch
             .iter()
-            .any(|w| matches!(w.entry.op, QueueOp::Enqueue { .. }));
+            .any(|w| matches!(w.entry.op(), QueueOp::Enqueue { .. }));
         if !publishes && matches!(target, Target::Remote(_)) {
             let runtime = service.runtime.clone();
             runtime.spawn(async move {
@@ -1608,7 +1600,7 @@ async fn run_batch(
                 };
                 let writes: Vec<Write> = std::mem::take(&mut batch);
                 let bytes = writes.iter().map(Write::body_len).sum();
-                let ops = writes.iter().map(|w| w.entry.op.clone()).collect();
+                let ops = writes.iter().map(|w| w.entry.op().clone()).collect();
                 let term = raft.metrics().borrow().current_term;
                 let answer = proposer.propose(ops, bytes).await;
                 service.runtime.spawn(async move {
@@ -1888,7 +1880,7 @@ impl QueueLink for QuorumLink {
         Box::pin(async move {
             match rx.await {
                 Ok(Ok(QueueReply::Got(Some(g), remaining))) => {
-                    let Some(m) = message_of(&g.message.op) else {
+                    let Some(m) = message_of(g.message.op()) else {
                         return Ok(None);
                     };
                     let mut message = Arc::new(m);

@@ -181,7 +181,7 @@ impl Route<QueueTypeConfig> for QueueRoute {
 
     fn entry_bytes(&self, entry: &QueueEntryOf) -> usize {
         match &entry.payload {
-            EntryPayload::Normal(e) => 17 + e.op.size_hint(),
+            EntryPayload::Normal(e) => e.size_hint(),
             _ => 0,
         }
     }
@@ -325,10 +325,7 @@ fn reply_of_one(
         }) => {
             let got = delivery.as_ref().and_then(|d| {
                 let message = d.message.as_ref()?;
-                let entry = QueueEntry {
-                    op: crate::quorum::QueueOp::enqueue(message, None),
-                    ..Default::default()
-                };
+                let entry = QueueEntry::new(0, 0, crate::quorum::QueueOp::enqueue(message, None));
                 Some(Box::new(GotMessage {
                     offset: d.offset,
                     redelivered: d.redelivered,
@@ -508,12 +505,7 @@ mod tests {
         );
         let entry: openraft::Entry<QueueTypeConfig> = openraft::Entry {
             log_id: log_id(1, 1, 5),
-            payload: EntryPayload::Normal(QueueEntry {
-                at: 1,
-                unix: 2,
-                op: QueueOp::enqueue(&m, None),
-                ..Default::default()
-            }),
+            payload: EntryPayload::Normal(QueueEntry::new(1, 2, QueueOp::enqueue(&m, None))),
         };
         let record = encode(&entry).unwrap();
         let within = |b: &Bytes| {
@@ -521,10 +513,10 @@ mod tests {
             at >= start && at + b.len() <= start + record.len()
         };
         let body_of = |e: &openraft::Entry<QueueTypeConfig>| match &e.payload {
-            EntryPayload::Normal(QueueEntry {
-                op: QueueOp::Enqueue { body, .. },
-                ..
-            }) => body.clone(),
+            EntryPayload::Normal(q) => match q.op() {
+                QueueOp::Enqueue { body, .. } => body.clone(),
+                _ => panic!("not an enqueue"),
+            },
             _ => panic!("not an enqueue"),
         };
         let shared: openraft::Entry<QueueTypeConfig> = decode_shared(&record).unwrap();
