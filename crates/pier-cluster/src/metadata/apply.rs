@@ -68,6 +68,19 @@ pub struct Applier {
     /// queue's group id is the index of its declaration, the same on every node and never
     /// reused.
     index: Arc<std::sync::atomic::AtomicU64>,
+    /// The position of the command being applied in a batch entry (a definitions import
+    /// declares all its queues in one): part of the group id, so that the quorum queues of
+    /// one batch get groups of their own.
+    position: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where a batch position goes in a group id (`group_id`).
+const POSITION_SHIFT: u32 = 40;
+
+/// A quorum queue's group id: the log index of its declaration, and its position in the
+/// entry when that is a batch (position 0, every single declaration, is the index alone).
+fn group_id(index: u64, position: u64) -> u64 {
+    index | (position << POSITION_SHIFT)
 }
 
 impl std::fmt::Debug for Applier {
@@ -83,6 +96,7 @@ impl Applier {
             catalog,
             hooks,
             index: Arc::default(),
+            position: Arc::default(),
         }
     }
 
@@ -314,7 +328,10 @@ impl Applier {
                 let index = self.index.load(std::sync::atomic::Ordering::Relaxed);
                 let fresh = *durable && vh.find_queue(name).is_none();
                 let group = if fresh && members.len() > 1 && index > 0 {
-                    index
+                    group_id(
+                        index,
+                        self.position.load(std::sync::atomic::Ordering::Relaxed),
+                    )
                 } else {
                     0
                 };
@@ -434,9 +451,22 @@ impl Applier {
                 self.catalog.set_cluster_name(name);
                 Ok(Outcome::Done)
             }
-            C::Batch { commands } => Ok(Outcome::Batch(
-                commands.iter().map(|c| self.apply(c)).collect(),
-            )),
+            C::Batch { commands } => {
+                let position = |i: usize| {
+                    self.position
+                        .store(i as u64, std::sync::atomic::Ordering::Relaxed);
+                };
+                let outcomes = commands
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        position(i);
+                        self.apply(c)
+                    })
+                    .collect();
+                position(0);
+                Ok(Outcome::Batch(outcomes))
+            }
         }
     }
 
