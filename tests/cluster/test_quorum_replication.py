@@ -689,6 +689,33 @@ def test_a_leader_locator_policy_places_leaders(cluster_factory):
     assert len(set(leaders)) == 3, leaders
 
 
+def test_a_definitions_import_spreads_balanced_leaders(cluster_factory):
+    """Quorum queues in one definitions import are placed one after the other, each
+    counting those before it: balanced ones lead from three nodes, not all from one. Each
+    is a group of its own (an import is one metadata entry: its queues once shared one
+    group id, and their groups failed) and takes publishes through any node."""
+    c = replicated_cluster(cluster_factory)
+    n1 = c.nodes[0]
+    queues = [{"name": f"imp{i}", "vhost": "/", "durable": True, "auto_delete": False,
+               "arguments": {**QQ, "x-queue-leader-locator": "balanced"}} for i in range(3)]
+    code, body = n1.api("POST", "/api/definitions", {"queues": queues}, timeout=60)
+    assert code == 204, body
+    leaders = [wait_for(f"imp{i} has a leader",
+                        lambda i=i: queue_info(n1, f"imp{i}", missing_ok=True).get("leader"))
+               for i in range(3)]
+    assert len(set(leaders)) == 3, leaders
+    conn = connect(c.nodes[1])
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(3):
+        assert publish_confirmed(ch, f"imp{i}", [f"m{i}"]) == [f"m{i}"]
+    for i in range(3):
+        body = wait_for(f"imp{i} gives its message",
+                        lambda i=i: ch.basic_get(f"imp{i}", auto_ack=True)[2])
+        assert body == f"m{i}".encode()
+    conn.close()
+
+
 def test_a_consumer_the_leader_cancelled_while_its_node_was_cut_off_is_told(
         cluster_factory, netns):
     """The leader cancels the consumers of a node it cannot reach (their messages go back);

@@ -443,6 +443,19 @@ impl ClusterHandle {
         arguments: &pier_wire::FieldTable,
         policy_locator: Option<&str>,
     ) -> Vec<String> {
+        self.queue_members_after(durable, arguments, policy_locator, &[])
+    }
+
+    /// As `queue_members`, counting also the quorum queues placed before this one that
+    /// the catalog does not hold yet (`earlier`: their members, leader first): a
+    /// definitions import places all its queues before any of them is declared.
+    pub fn queue_members_after(
+        &self,
+        durable: bool,
+        arguments: &pier_wire::FieldTable,
+        policy_locator: Option<&str>,
+        earlier: &[Vec<String>],
+    ) -> Vec<String> {
         use pier_wire::FieldValue;
         let quorum = durable
             && matches!(
@@ -488,6 +501,9 @@ impl ClusterHandle {
                 .unwrap_or_else(|| h.home.clone());
             *load.leaders.entry(leader).or_default() += 1;
         });
+        for members in earlier {
+            load.add(members);
+        }
         load.place(&me, others, size, balanced)
     }
 
@@ -896,6 +912,16 @@ struct Placement {
 }
 
 impl Placement {
+    /// Counts a queue of these members (leader first).
+    fn add(&mut self, members: &[String]) {
+        for m in members {
+            *self.replicas.entry(m.clone()).or_default() += 1;
+        }
+        if let Some(leader) = members.first() {
+            *self.leaders.entry(leader.clone()).or_default() += 1;
+        }
+    }
+
     /// `me` and up to `size - 1` of `others` (the running nodes) with the fewest replicas,
     /// ties by name; the leader first: `me`, or with `balanced` the member with the fewest
     /// leaders (ties: `me`, then by name).
@@ -972,5 +998,28 @@ mod placement_tests {
         assert_eq!(tie.place("a", names(&["b", "c"]), 3, true)[0], "a");
         // Placement is a pure function of the load: the same answer every time.
         assert_eq!(got, p.place("a", names(&["b", "c"]), 3, true));
+    }
+
+    /// Queues placed one after another, each counted before the next (a definitions
+    /// import): balanced leaders and the replicas of smaller groups spread.
+    #[test]
+    fn queues_placed_in_turn_spread() {
+        let mut p = load(&[], &[]);
+        let mut leaders = Vec::new();
+        for _ in 0..3 {
+            let members = p.place("a", names(&["b", "c"]), 3, true);
+            leaders.push(members[0].clone());
+            p.add(&members);
+        }
+        leaders.sort();
+        assert_eq!(leaders, names(&["a", "b", "c"]));
+        let mut p = load(&[], &[]);
+        let mut seconds = Vec::new();
+        for _ in 0..2 {
+            let members = p.place("a", names(&["b", "c"]), 2, false);
+            seconds.push(members[1].clone());
+            p.add(&members);
+        }
+        assert_eq!(seconds, names(&["b", "c"]));
     }
 }

@@ -187,13 +187,26 @@ impl AppState {
         durable: bool,
         arguments: &pier_wire::FieldTable,
     ) -> Vec<String> {
+        self.queue_members_after(vhost, name, durable, arguments, &[])
+    }
+
+    /// As `queue_members`, with the replicated quorum queues placed before it in the same
+    /// definitions import counted as placed (`earlier`, members leader first).
+    pub fn queue_members_after(
+        &self,
+        vhost: &str,
+        name: &str,
+        durable: bool,
+        arguments: &pier_wire::FieldTable,
+        earlier: &[Vec<String>],
+    ) -> Vec<String> {
         match self.cluster() {
             Some(c) => {
                 let locator = self
                     .broker
                     .vhost(vhost)
                     .and_then(|vh| vh.queue_leader_locator_policy(name));
-                c.queue_members(durable, arguments, locator.as_deref())
+                c.queue_members_after(durable, arguments, locator.as_deref(), earlier)
             }
             None => vec![self.node.clone()],
         }

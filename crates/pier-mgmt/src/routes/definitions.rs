@@ -562,10 +562,24 @@ fn import_commands(
             },
         ));
     }
+    // Quorum queues this import places, counted in the placement of the later ones (the
+    // catalog gets them only once the import is applied): `balanced` leaders spread.
+    let mut placed: Vec<Vec<String>> = Vec::new();
     for q in &d.queues {
         let durable = q.durable.unwrap_or(true);
         let arguments = table(&q.arguments)?;
-        let members = st.queue_members(&vhost_of(&q.vhost), &q.name, durable, &arguments);
+        let vhost = vhost_of(&q.vhost);
+        let members = st.queue_members_after(&vhost, &q.name, durable, &arguments, &placed);
+        let quorum = durable
+            && matches!(arguments.get("x-queue-type"),
+                Some(pier_wire::FieldValue::LongString(t)) if t.as_bytes() == b"quorum");
+        let new = st
+            .broker
+            .vhost(&vhost)
+            .is_none_or(|v| v.find_queue(&q.name).is_none());
+        if quorum && new {
+            placed.push(members.clone());
+        }
         out.push((
             Ctx::Object {
                 what: "queue",
