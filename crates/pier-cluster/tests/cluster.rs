@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../pier/tests/common/ports.rs"]
+mod ports;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +14,7 @@ use pier_broker::storage::BrokerStorage;
 use pier_broker::Broker;
 use pier_cluster::metadata::{MetadataCommand, MetadataSnapshot, Outcome};
 use pier_cluster::{ClusterConfig, ClusterError, ClusterHandle};
+use ports::free_port;
 
 struct TestNode {
     name: String,
@@ -18,28 +22,6 @@ struct TestNode {
     storage: Arc<BrokerStorage>,
     handle: ClusterHandle,
     _dir: tempfile::TempDir,
-}
-
-/// A port free now, below the kernel's ephemeral range (32768 and up here): a port picked by
-/// binding :0 and released could be taken, before the node binds it, by an outgoing connection
-/// of a test running beside this one ("Address already in use"). Ports below that range are
-/// never handed to outgoing connections, and this process hands each out once.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 1000) as u16 * 10,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(port < 32_000, "no free port left below the ephemeral range");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 async fn start(name: &str, port: u16, peers: &[u16]) -> TestNode {
