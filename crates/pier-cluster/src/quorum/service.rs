@@ -1978,3 +1978,68 @@ impl QueueLink for QuorumLink {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod lane_batch_tests {
+    use super::*;
+    use bytes::Bytes;
+    use pier_wire::BasicProperties;
+
+    fn delivery(offset: u64, size: usize) -> wire::Delivery {
+        let props = BasicProperties::default();
+        wire::Delivery {
+            consumer: 1,
+            offset,
+            redelivered: false,
+            ack_required: true,
+            enqueued_at: 0,
+            message: Arc::new(Message::from_amqp(
+                "".into(),
+                "q".into(),
+                props.clone(),
+                props.to_bytes().unwrap(),
+                Bytes::from(vec![0u8; size]),
+            )),
+        }
+    }
+
+    fn node(name: &str) -> PeerNode {
+        PeerNode {
+            name: name.into(),
+            addr: String::new(),
+        }
+    }
+
+    /// One batch per node, in arrival order; a batch that would pass the byte limit goes
+    /// first, and a message larger than the limit goes alone.
+    #[test]
+    fn deliveries_gather_per_node_up_to_the_limit() {
+        let mut b = LaneBatches::default();
+        assert!(b.add(&node("a"), delivery(1, 10)).is_none());
+        assert!(b.add(&node("b"), delivery(2, 10)).is_none());
+        assert!(b.add(&node("a"), delivery(3, 10)).is_none());
+        let all: Vec<_> = b.take_all().collect();
+        let offsets = |v: &[wire::Delivery]| v.iter().map(|d| d.offset).collect::<Vec<_>>();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0].0.name.as_str(), offsets(&all[0].1)),
+            ("a", vec![1, 3])
+        );
+        assert_eq!((all[1].0.name.as_str(), offsets(&all[1].1)), ("b", vec![2]));
+        assert_eq!(b.take_all().count(), 0);
+
+        let half = LANE_BATCH_BYTES / 2;
+        assert!(b.add(&node("a"), delivery(4, half)).is_none());
+        let full = b.add(&node("a"), delivery(5, half)).unwrap();
+        assert_eq!(offsets(&full.1), vec![4]);
+        let full = b
+            .add(&node("a"), delivery(6, 2 * LANE_BATCH_BYTES))
+            .unwrap();
+        assert_eq!(offsets(&full.1), vec![5]);
+        let full = b.add(&node("a"), delivery(7, 1)).unwrap();
+        assert_eq!(offsets(&full.1), vec![6]);
+        let rest: Vec<_> = b.take_all().collect();
+        assert_eq!(offsets(&rest[0].1), vec![7]);
+    }
+}
