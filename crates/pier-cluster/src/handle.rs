@@ -457,13 +457,8 @@ impl ClusterHandle {
         earlier: &[Vec<String>],
     ) -> Vec<String> {
         use pier_wire::FieldValue;
-        let quorum = durable
-            && matches!(
-                arguments.get("x-queue-type"),
-                Some(FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
-            );
         let me = self.node.me.name.clone();
-        if !quorum || !self.node.config.quorum_replication {
+        if !declares_quorum(durable, arguments) || !self.node.config.quorum_replication {
             return vec![me];
         }
         let size = arguments
@@ -946,6 +941,16 @@ impl Placement {
         }
         members
     }
+}
+
+/// Whether a declaration with these properties is of a quorum queue (`x-queue-type:
+/// quorum`, durable), the queues placed over several members.
+pub fn declares_quorum(durable: bool, arguments: &pier_wire::FieldTable) -> bool {
+    durable
+        && matches!(
+            arguments.get("x-queue-type"),
+            Some(pier_wire::FieldValue::LongString(t)) if t.as_bytes() == b"quorum"
+        )
 }
 
 #[cfg(test)]

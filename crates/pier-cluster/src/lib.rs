@@ -50,7 +50,7 @@ pub mod transport;
 
 pub use error::{ClusterError, MetadataError};
 pub use front::Metadata;
-pub use handle::{Applied, ClusterHandle, ClusterStatus, MemberStatus};
+pub use handle::{declares_quorum, Applied, ClusterHandle, ClusterStatus, MemberStatus};
 pub use node::{ClusterConfig, Prepared, Reporter};
 pub use rpc::{GroupStatus, NodeReport};
 pub use transport::ClusterTls;

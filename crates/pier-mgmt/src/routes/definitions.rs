@@ -570,14 +570,11 @@ fn import_commands(
         let arguments = table(&q.arguments)?;
         let vhost = vhost_of(&q.vhost);
         let members = st.queue_members_after(&vhost, &q.name, durable, &arguments, &placed);
-        let quorum = durable
-            && matches!(arguments.get("x-queue-type"),
-                Some(pier_wire::FieldValue::LongString(t)) if t.as_bytes() == b"quorum");
         let new = st
             .broker
             .vhost(&vhost)
             .is_none_or(|v| v.find_queue(&q.name).is_none());
-        if quorum && new {
+        if pier_cluster::declares_quorum(durable, &arguments) && new {
             placed.push(members.clone());
         }
         out.push((
