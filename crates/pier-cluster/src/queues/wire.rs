@@ -192,8 +192,8 @@ const R_PURGED: u8 = 4;
 const R_FIGURES: u8 = 5;
 const R_ALL: u8 = 6;
 
-/// A delivery's fields (a home node's `Deliver`, a quorum leader's `QuorumDeliver`).
-/// One delivery to a consumer (the receiving node's id for it).
+/// One delivery to a consumer of the receiving node (its id there): a home node's
+/// `Deliver` carries one, a quorum leader's `QuorumDeliver` several.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub consumer: u64,
@@ -955,12 +955,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A quorum delivery frame up to its deliveries, by hand.
+        let head = |op: u8| {
+            let mut b = BytesMut::new();
+            b.put_u8(op);
+            put_str(&mut b, "v");
+            put_str(&mut b, "qq");
+            b.put_u64(7);
+            b
+        };
         // The one-delivery form (op 14) of earlier builds still reads.
-        let mut old = BytesMut::new();
-        old.put_u8(QUORUM_DELIVER);
-        put_str(&mut old, "v");
-        put_str(&mut old, "qq");
-        old.put_u64(7);
+        let mut old = head(QUORUM_DELIVER);
         put_delivery(&mut old, 9, 5, false, true, 3, &m);
         match decode(old.freeze()).unwrap() {
             LaneMsg::QuorumDeliver { deliveries, .. } => {
@@ -970,11 +975,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A count larger than the frame holds is a short frame, not a huge allocation.
-        let mut lying = BytesMut::new();
-        lying.put_u8(QUORUM_DELIVERIES);
-        put_str(&mut lying, "v");
-        put_str(&mut lying, "qq");
-        lying.put_u64(7);
+        let mut lying = head(QUORUM_DELIVERIES);
         lying.put_u32(u32::MAX);
         assert_eq!(decode(lying.freeze()).unwrap_err(), WireError::Short);
         match round_trip(&LaneMsg::Confirms {
