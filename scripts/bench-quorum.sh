@@ -19,6 +19,7 @@
 #
 # Usage: ./scripts/bench-quorum.sh [--runs N] [--time SECS] [--idle-queues N]
 #                                  [--backlog N (0: skip)] [--bin PATH]
+#   (--idle-queues 0 skips the idle cost)
 # Needs root (RabbitMQ runs as the rabbitmq user) and rabbitmq-server installed. Pier nodes
 # listen on 127.0.0.1-3 (5672/15672/26672); RabbitMQ nodes on 127.0.0.1:5781-5783.
 set -euo pipefail
@@ -67,6 +68,7 @@ bench() { # bench NAME RUN URI [--uris URI2] -> consumer rate
 
 idle_cost() { # idle_cost NAME URI PIDS...
     local name="$1" uri="$2"; shift 2
+    [ "$IDLE" -gt 0 ] || return 0
     local rss0 cpu0 rss1 cpu1
     rss0=$(rss_kb "$@")
     "$ROOT/.venv/bin/python" - "$uri" "$IDLE" <<'PY'

@@ -716,12 +716,13 @@ def test_a_definitions_import_spreads_balanced_leaders(cluster_factory):
     conn.close()
 
 
-def test_a_consumer_the_leader_cancelled_while_its_node_was_cut_off_is_told(
+def test_a_consumer_cut_off_from_the_leader_is_suspected_and_keeps_its_subscription(
         cluster_factory, netns):
-    """The leader cancels the consumers of a node it cannot reach (their messages go back);
-    the cancel's notice cannot reach that node then. Once the partition heals, the node
-    sees that the group no longer has its consumer and tells the client (basic.cancel),
-    instead of leaving it subscribed to nothing."""
+    """The leader cannot reach a consumer's node: as RabbitMQ's suspected_down, the
+    consumer is not cancelled — it leaves the queue's consumer count, what it had
+    unacknowledged goes to other consumers (redelivered), and it gets nothing while cut
+    off. Once the partition heals it counts again and gets messages, never having been
+    told basic.cancel."""
     c = replicated_cluster(cluster_factory)
     n1, n2, n3 = c.nodes
     declare_qq(n1, "qq-cut")
@@ -729,17 +730,36 @@ def test_a_consumer_the_leader_cancelled_while_its_node_was_cut_off_is_told(
     conn = connect(n3)
     ch = conn.channel()
     cancelled: list[object] = []
+    got: list[bytes] = []
     ch.add_on_cancel_callback(lambda frame: cancelled.append(frame))
-    ch.basic_consume("qq-cut", lambda *_: None)
+    ch.basic_qos(prefetch_count=10)
+    ch.basic_consume("qq-cut", lambda _c, _m, _p, body: got.append(body))
     wait_for("the consumer is in the group",
              lambda: queue_info(n1, "qq-cut").get("consumers") == 1)
+    pconn = connect(n1)
+    pch = pconn.channel()
+    pch.confirm_delivery()
+    assert publish_confirmed(pch, "qq-cut", ["m0"]) == ["m0"]
+    wait_for("n3's consumer has m0", lambda: got == [b"m0"],
+             step=lambda: conn.process_data_events(0.1))
     for o in (n1, n2):
         netns.cut(n3.ip, o.ip)
     try:
-        wait_for("the leader cancelled n3's consumer",
+        wait_for("the leader suspects n3's consumer",
                  lambda: queue_info(n1, "qq-cut").get("consumers") == 0, timeout=30)
+        # m0, unacknowledged by the consumer out of reach, is back for others, flagged
+        # redelivered (it may have been seen).
+        def get_m0():
+            method, _props, body = pch.basic_get("qq-cut", auto_ack=True)
+            return method and (body, method.redelivered)
+        assert wait_for("m0 is back", get_m0, timeout=30) == (b"m0", True)
     finally:
         netns.heal()
-    wait_for("the client is told", lambda: cancelled, timeout=30,
+    wait_for("n3's consumer counts again",
+             lambda: queue_info(n1, "qq-cut").get("consumers") == 1, timeout=30)
+    assert publish_confirmed(pch, "qq-cut", ["m1"]) == ["m1"]
+    wait_for("n3's consumer gets m1", lambda: b"m1" in got, timeout=30,
              step=lambda: conn.process_data_events(0.1))
+    assert not cancelled
     conn.close()
+    pconn.close()

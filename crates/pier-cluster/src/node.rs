@@ -74,6 +74,14 @@ const NODE_NAME_KEY: &[u8] = b"cluster/node_name";
 const SM_KEY: &[u8] = b"sm/applied";
 /// At most this many metadata changes wait at once on one node.
 const MAX_IN_FLIGHT: usize = 1024;
+/// This process's incarnation: 12 random bits, drawn once per run. Consumer ids carry it
+/// (`quorum::service::global_consumer`), and pongs tell it, so that a peer can tell the
+/// consumers of an earlier run of a node, gone with it, from those of the running one.
+pub(crate) fn incarnation() -> u64 {
+    static INCARNATION: OnceLock<u64> = OnceLock::new();
+    *INCARNATION.get_or_init(|| rand::random::<u64>() & 0xFFF)
+}
+
 /// A member that answered a ping within this long counts as running.
 pub(crate) const LIVENESS: Duration = Duration::from_secs(3);
 /// Members are pinged this often: quorum queue groups learn from these pings that a
@@ -106,6 +114,8 @@ pub(crate) struct Node {
     pub(crate) started: Instant,
     /// When each member last answered a ping.
     pub(crate) answered: Mutex<HashMap<u64, Instant>>,
+    /// The incarnation each member's last pong gave.
+    pub(crate) incarnations: Mutex<HashMap<u64, u64>>,
     /// Serialises joins and resets.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -170,6 +180,15 @@ impl Node {
     /// Whether member `id` answered recently (this node always counts).
     pub(crate) fn is_running(&self, id: u64) -> bool {
         self.heard_within(id, LIVENESS)
+    }
+
+    /// The incarnation member `id` gave in its last pong (`None`: none heard yet).
+    pub(crate) fn incarnation_of(&self, id: u64) -> Option<u64> {
+        self.incarnations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
     }
 
     /// Whether member `id` answered a ping within `within` (this node always does).
@@ -375,6 +394,7 @@ pub(crate) async fn start(
         reporter: OnceLock::new(),
         started: Instant::now(),
         answered: Mutex::new(HashMap::new()),
+        incarnations: Mutex::new(HashMap::new()),
         membership_lock: tokio::sync::Mutex::new(()),
         tasks: Mutex::new(Vec::new()),
         queues,
@@ -663,11 +683,15 @@ async fn watch_peers(node: Weak<Node>) {
                     .call(id, &peer.addr, &Request::Ping, PING_TIMEOUT)
                     .await
                 {
-                    Ok(Response::Pong { .. }) => {
+                    Ok(Response::Pong { incarnation, .. }) => {
                         n.answered
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(id, Instant::now());
+                        n.incarnations
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id, incarnation);
                     }
                     Ok(_) => {}
                     Err(crate::transport::TransportError::Timeout) => {
@@ -723,6 +747,7 @@ impl Handler for NodeHandler {
             match request {
                 Request::Ping => Response::Pong {
                     cluster_id: n.cluster_id(),
+                    incarnation: incarnation(),
                 },
                 Request::Raft(RaftRequest::Vote(v)) => {
                     // A node removed from the cluster must not disrupt it with elections.
@@ -884,6 +909,10 @@ pub(crate) async fn forget_on_leader(n: &Arc<Node>, name: &str) -> Result<(), Fo
         change_membership(n, ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
     }
     n.answered
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    n.incarnations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);

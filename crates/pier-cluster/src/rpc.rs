@@ -98,6 +98,9 @@ pub enum Response {
     /// The answering node's cluster id (a fresh node learns that the seed has formed).
     Pong {
         cluster_id: Option<String>,
+        /// The answering process's incarnation (`node::incarnation`): a new one means the
+        /// node restarted, and the consumers its earlier run had are gone.
+        incarnation: u64,
     },
     /// The request was not accepted (for instance a vote request from a non-member).
     Refused(String),

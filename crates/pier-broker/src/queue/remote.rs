@@ -160,6 +160,14 @@ pub trait QueueLink: Send + Sync + 'static {
         let _ = (offset, ok);
     }
 
+    /// A delivery came for a consumer this node does not have (it went away and the home
+    /// node did not hear of it: a replicated queue's cancel lost in a partition). The
+    /// delivery itself goes back with `settle`; a replicated queue also cancels the consumer
+    /// there, so that it is not handed more. By default nothing more.
+    fn consumer_unknown(&self, queue: &Queue, consumer: ConsumerId) {
+        let _ = (queue, consumer);
+    }
+
     /// A policy changed the queue's settings on this node. A classic queue's home node
     /// applies the same policy change itself (policies are cluster metadata), so by default
     /// nothing is sent; a replicated quorum queue puts them in its log.
@@ -476,6 +484,7 @@ impl RemoteQueue {
                 self.link
                     .settle(q, session, Settlement::Release, vec![incoming.offset]);
             }
+            self.link.consumer_unknown(q, id);
             return;
         };
         slot.buffer.push_back(incoming);

@@ -18,6 +18,7 @@
 //!                 2 × opt str8 (dead-letter exchange, routing key) · opt i64 delivery limit ·
 //!                 u8 dead-letter strategy (0 default, 1 at-most-once, 2 at-least-once)
 //!  op 16 dead-lettered (at-least-once dead letters confirmed) u32 n, n × u64
+//!  op 17 suspect  u64 consumer · u8 suspected (1: its node is out of the leader's reach, 0: back)
 //!  opt x: u8 0 (none) | u8 1 · x
 //! ```
 //!
@@ -91,6 +92,13 @@ pub enum QueueOp {
     Batch(Vec<QueueOp>),
     /// At-least-once dead letters their target queues confirmed: they leave the queue.
     DeadLettered(Vec<u64>),
+    /// The leader cannot reach the consumer's node (`suspected`), or can again: the
+    /// consumer keeps its subscription and gets nothing meanwhile (RabbitMQ's
+    /// `suspected_down`; `Command::Suspect`).
+    Suspect {
+        consumer: u64,
+        suspected: bool,
+    },
 }
 
 impl QueueOp {
@@ -190,6 +198,7 @@ impl QueueOp {
             QueueOp::Batch(_) => 14,
             QueueOp::Reconfigure { .. } => 15,
             QueueOp::DeadLettered(_) => 16,
+            QueueOp::Suspect { .. } => 17,
         }
     }
 
@@ -346,6 +355,13 @@ fn encode_op(out: &mut BytesMut, op: &QueueOp) -> Result<(), EntryError> {
         }
         QueueOp::Tick | QueueOp::Purge | QueueOp::Delete => {}
         QueueOp::Get { ack_required } => out.put_u8(u8::from(*ack_required)),
+        QueueOp::Suspect {
+            consumer,
+            suspected,
+        } => {
+            out.put_u64_le(*consumer);
+            out.put_u8(u8::from(*suspected));
+        }
         QueueOp::Reconfigure { version, settings } => {
             out.put_u64_le(*version);
             put_policy(out, settings);
@@ -553,6 +569,10 @@ impl Reader<'_> {
             15 => QueueOp::Reconfigure {
                 version: self.u64("version")?,
                 settings: Box::new(self.policy()?),
+            },
+            17 => QueueOp::Suspect {
+                consumer: self.u64("consumer")?,
+                suspected: self.bool("suspected")?,
             },
             14 if batch => {
                 // Each op takes at least its code byte: checked before anything is built.
@@ -832,6 +852,10 @@ pub(crate) mod tests {
                     }
                 }),
             (0..4u64).prop_map(|consumer| QueueOp::Cancel { consumer }),
+            (0..4u64, any::<bool>()).prop_map(|(consumer, suspected)| QueueOp::Suspect {
+                consumer,
+                suspected
+            }),
             (0..4u64, 0..5u32, any::<bool>()).prop_map(|(consumer, credit, drain)| {
                 QueueOp::Credit {
                     consumer,

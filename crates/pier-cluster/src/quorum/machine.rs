@@ -441,6 +441,17 @@ fn apply_op(
             cx,
             effects,
         ),
+        QueueOp::Suspect {
+            consumer,
+            suspected,
+        } => engine.apply(
+            Command::Suspect {
+                consumer: *consumer,
+                suspected: *suspected,
+            },
+            cx,
+            effects,
+        ),
         QueueOp::Tick => engine.apply(Command::Tick, cx, effects),
         QueueOp::Purge => engine.apply(Command::Purge, cx, effects),
         QueueOp::Delete => engine.apply(Command::Delete, cx, effects),
@@ -642,6 +653,30 @@ mod tests {
     /// A kept dead letter survives a snapshot through its bytes (format version 2) and leaves
     /// with `DeadLettered`.
     #[test]
+    fn suspected_consumers_travel_in_snapshots() {
+        let mut m = QueueMachine::new(config());
+        let log = [publish(1, "a"), checkout(2, 7, 10), checkout(3, 8, 10)];
+        for (i, e) in log.iter().enumerate() {
+            m.apply(i as u64 + 1, e);
+        }
+        let suspect = QueueOp::Suspect {
+            consumer: 7,
+            suspected: true,
+        };
+        m.apply(4, &QueueEntry::new(4, 0, suspect));
+        assert_eq!(m.engine().suspected_consumers().collect::<Vec<_>>(), [7]);
+        let bytes = m.snapshot_bytes().unwrap().unwrap();
+        assert_eq!(bytes[0], 4);
+        let r = QueueMachine::restore_bytes(config(), &bytes, 4).unwrap();
+        assert_eq!(r.engine().suspected_consumers().collect::<Vec<_>>(), [7]);
+        assert_eq!(r.snapshot().without_waits(), m.snapshot().without_waits());
+        // Before version 4 a consumer's flags octet held only `drain`.
+        let mut v3 = bytes.to_vec();
+        v3[0] = 3;
+        assert!(QueueMachine::restore_bytes(config(), &Bytes::from(v3), 4).is_err());
+    }
+
+    #[test]
     fn kept_dead_letters_travel_in_snapshots() {
         let mut m = QueueMachine::new(at_least_once());
         let log = [publish(1, "a"), checkout(2, 7, 10)];
@@ -659,7 +694,7 @@ mod tests {
             }
         )));
         let bytes = m.snapshot_bytes().unwrap().unwrap();
-        assert_eq!(bytes[0], 3);
+        assert_eq!(bytes[0], 4);
         let mut r = QueueMachine::restore_bytes(at_least_once(), &bytes, 3).unwrap();
         let kept = r.kept_dead_letters(|_| true);
         assert_eq!(kept.len(), 1);

@@ -60,8 +60,7 @@ const INCARNATION_SHIFT: u32 = 32;
 const LOCAL_MASK: u64 = (1 << INCARNATION_SHIFT) - 1;
 
 fn incarnation() -> u64 {
-    static INCARNATION: OnceLock<u64> = OnceLock::new();
-    *INCARNATION.get_or_init(|| rand::random::<u64>() & 0xFFF)
+    crate::node::incarnation()
 }
 
 /// The top bits of a node's Raft id that name it in consumer ids.
@@ -513,9 +512,12 @@ impl QuorumService {
     }
 
     /// The connection to `peer` ended: what the groups this node leads had handed to that
-    /// node's consumers may never have arrived (frames still queued, or lost with the
-    /// connection). It is put back, uncounted; a consumer there that did get it delivers it,
-    /// and its ack (same term) settles it wherever it went since.
+    /// node's consumers may or may not have arrived (frames still queued, or lost with the
+    /// connection), and more would not get there. Its consumers are suspected (RabbitMQ's
+    /// suspected_down): what they had goes back flagged redelivered, uncounted, and they get
+    /// nothing until the leader's sweep sees the node in reach again. A consumer there that
+    /// did get a delivery may still ack it: the ack (same term) settles it wherever it went
+    /// since.
     pub(crate) fn peer_lost(&self, peer: &str) {
         let tag = tag_of(node_id(peer));
         let groups: Vec<Arc<OnceLock<Group>>> = lock(&self.groups).values().cloned().collect();
@@ -524,19 +526,27 @@ impl QuorumService {
             if !g.shared.leading.load(Ordering::Acquire) {
                 continue;
             }
-            let offsets: Vec<u64> = {
+            let theirs: Vec<u64> = {
                 let m = lock(&g.shared.machine);
                 let e = m.engine();
-                e.checked_out_offsets()
-                    .into_iter()
-                    .filter(|o| {
-                        matches!(e.checked_out_to(*o), Some(Some(c)) if split_consumer(c).0 == tag)
-                    })
+                let suspected: HashSet<u64> = e.suspected_consumers().collect();
+                e.consumers()
+                    .map(|(c, _, _)| c)
+                    .filter(|c| split_consumer(*c).0 == tag && !suspected.contains(c))
                     .collect()
             };
-            if !offsets.is_empty() {
-                if let Some(link) = self.link_of(&g.shared) {
-                    link.write(QueueOp::Release(offsets), None);
+            if theirs.is_empty() {
+                continue;
+            }
+            if let Some(link) = self.link_of(&g.shared) {
+                for consumer in theirs {
+                    link.write(
+                        QueueOp::Suspect {
+                            consumer,
+                            suspected: true,
+                        },
+                        None,
+                    );
                 }
             }
         }
@@ -1106,14 +1116,15 @@ const SNAPSHOT_MAX_BYTES: u64 = 16 << 20;
 const SNAPSHOT_MAX_LIVE_SHARE: u64 = 4;
 
 /// While leading: ticks (TTL, consumer timeouts, `x-expires`) when the engine has one due,
-/// consumers of nodes that left or stopped answering cancelled; on every member: the
+/// consumers of nodes that left cancelled, of nodes that stopped answering suspected (and
+/// no longer once they answer again); on every member: the
 /// queue's figures for management, and snapshots that bound the log.
 async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogStore>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let (due, stats, counters, consumers, needed) = {
+        let (due, stats, counters, consumers, suspected, needed) = {
             let m = lock(&shared.machine);
             let e = m.engine();
             (
@@ -1121,6 +1132,7 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
                 e.stats(),
                 e.counters(),
                 e.consumers().map(|(id, _, _)| id).collect::<Vec<_>>(),
+                e.suspected_consumers().collect::<HashSet<_>>(),
                 m.log_needed_from(),
             )
         };
@@ -1159,14 +1171,37 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
         }
         if let Some(service) = shared.service.upgrade() {
             if let Some(node) = service.node() {
+                let members = node.members();
                 for c in &consumers {
-                    let (tag, _, _) = split_consumer(*c);
-                    let alive = node
-                        .members()
-                        .into_iter()
-                        .any(|(id, _, _)| tag_of(id) == tag && node.is_running(id));
-                    if !alive {
+                    let (tag, inc, _) = split_consumer(*c);
+                    let Some((id, _, _)) = members.iter().find(|(id, _, _)| tag_of(*id) == tag)
+                    else {
+                        // Its node left the cluster: the consumer is gone for good.
                         ops.push(QueueOp::Cancel { consumer: *c });
+                        continue;
+                    };
+                    let current = if *id == node.me_id {
+                        Some(incarnation())
+                    } else {
+                        node.incarnation_of(*id)
+                    };
+                    if current.is_some_and(|now| now != inc) {
+                        // Its node restarted since: the consumer went with the earlier run.
+                        ops.push(QueueOp::Cancel { consumer: *c });
+                        continue;
+                    }
+                    // A node out of reach may come back with its consumers still there
+                    // (a partition, a pause): RabbitMQ's suspected_down, not a cancel. A
+                    // consumer that went meanwhile is cancelled by its node's member once
+                    // it is back (`reconcile_consumers`).
+                    // In reach: answering, and connected (a lost connection suspected it).
+                    let running = *id == node.me_id
+                        || (node.is_running(*id) && node.transport.current_link(*id).is_some());
+                    if running == suspected.contains(c) {
+                        ops.push(QueueOp::Suspect {
+                            consumer: *c,
+                            suspected: !running,
+                        });
                     }
                 }
             }
@@ -1852,6 +1887,17 @@ impl QueueLink for QuorumLink {
                 _ => Err(down),
             }
         })
+    }
+
+    fn consumer_unknown(&self, _queue: &Queue, consumer: ConsumerId) {
+        if let Some(node) = self.service.upgrade().and_then(|s| s.node()) {
+            self.write(
+                QueueOp::Cancel {
+                    consumer: global_consumer(node.me_id, consumer),
+                },
+                None,
+            );
+        }
     }
 
     fn cancel(&self, _queue: &Queue, consumer: ConsumerId) -> BoxFuture<()> {

@@ -4,7 +4,7 @@
 //! every count is checked against what is left before anything is built.
 //!
 //! ```text
-//!  u8 version (3; 1 and 2 are still read) · u64 next_offset · u64 round_robin ·
+//!  u8 version (4; 1 to 3 are still read) · u64 next_offset · u64 round_robin ·
 //!  u8 flags (1 had_consumers, 2 deleted) · u64 last_used · u64 next_expiry ·
 //!  u64 next_timeout_check · 4 × u64 counters
 //!  u32 levels × { u32 n × entry · u32 n × (entry u32 returns) }
@@ -16,6 +16,8 @@
 //!                  u32 n × kept dead letter { entry · u8 reason (0 rejected, 1 expired,
 //!                  2 maxlen, 3 delivery_limit) }
 //!  version 3 adds: u8 dequeues (the 2:1 turn between the high and normal priority levels)
+//!  version 4: a consumer's `drain` octet is flags (1 drain, 2 suspected: its node is out of
+//!             the leader's reach)
 //!  entry: u64 offset · u64 expires_at · u8 redelivered · u32 enqueued_at · message
 //!
 //!  message: str8 exchange · str8 routing key · bytes32 properties · bytes32 body
@@ -37,7 +39,8 @@ use super::entry::{put_message, put_policy, put_settings, EntryError, Reader};
 /// letters (version 1, written before either existed, did not: a member restoring one keeps
 /// the settings it built from the declaration, and no dead letters). Version 3 carries the
 /// turn between the two priority levels (older ones had one level: the turn starts at 0).
-const VERSION: u8 = 3;
+/// Version 4 marks suspected consumers (none were before).
+const VERSION: u8 = 4;
 
 /// The settings policy changes gave the queue, and the version of the last change applied
 /// (see `QueueOp::Reconfigure`).
@@ -137,7 +140,7 @@ pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryErr
         put_settings(&mut out, &c.settings)?;
         out.put_u32_le(c.unacked);
         out.put_u32_le(c.credit);
-        out.put_u8(u8::from(c.drain));
+        out.put_u8(u8::from(c.drain) | u8::from(c.suspected) << 1);
     }
     put_count(&mut out, p.publishers.len(), "publishers")?;
     for (id, seq) in &p.publishers {
@@ -230,12 +233,22 @@ pub fn decode(input: &Bytes) -> Result<(SnapshotParts, Option<PolicyState>), Ent
     }
     let mut consumers = Vec::new();
     for _ in 0..r.count(8 + 30, "consumers")? {
+        let id = r.u64("consumer id")?;
+        let settings = r.settings()?;
+        let unacked = r.u32("unacked")?;
+        let credit = r.u32("credit")?;
+        let flags = r.u8("consumer flags")?;
+        let known = if version >= 4 { 0b11 } else { 0b1 };
+        if flags & !known != 0 {
+            return Err(EntryError::Invalid("consumer flags"));
+        }
         consumers.push(ConsumerParts {
-            id: r.u64("consumer id")?,
-            settings: r.settings()?,
-            unacked: r.u32("unacked")?,
-            credit: r.u32("credit")?,
-            drain: r.bool("drain")?,
+            id,
+            settings,
+            unacked,
+            credit,
+            drain: flags & 1 != 0,
+            suspected: flags & 2 != 0,
         });
     }
     let mut publishers = Vec::new();

@@ -578,7 +578,7 @@ impl Transport {
             Some(l) if !l.is_closed() => l,
             _ => self.connect(addr).await?,
         };
-        if let Response::Pong { cluster_id } = link
+        if let Response::Pong { cluster_id, .. } = link
             .call(&Request::Ping, Duration::from_millis(1500))
             .await?
         {
@@ -662,6 +662,7 @@ mod tests {
                 match request {
                     Request::Ping => Response::Pong {
                         cluster_id: Some(name),
+                        incarnation: 1,
                     },
                     _ => Response::Refused("only pings".into()),
                 }
@@ -694,12 +695,12 @@ mod tests {
             .call(node_id("b"), &b.me().addr, &Request::Ping, timeout)
             .await
             .unwrap();
-        assert!(matches!(from_a, Response::Pong { cluster_id: Some(n) } if n == "b"));
+        assert!(matches!(from_a, Response::Pong { cluster_id: Some(n), .. } if n == "b"));
         let from_b = b
             .call(node_id("a"), &a.me().addr, &Request::Ping, timeout)
             .await
             .unwrap();
-        assert!(matches!(from_b, Response::Pong { cluster_id: Some(n) } if n == "a"));
+        assert!(matches!(from_b, Response::Pong { cluster_id: Some(n), .. } if n == "a"));
         let la = lock(&a.inner.links).get(&node_id("b")).cloned().unwrap();
         let lb = lock(&b.inner.links).get(&node_id("a")).cloned().unwrap();
         // The kept connection is the one dialled by the smaller id, on both sides.
@@ -777,7 +778,10 @@ mod tests {
                 let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                 max.fetch_max(n, Ordering::SeqCst);
                 std::future::pending::<()>().await;
-                Response::Pong { cluster_id: None }
+                Response::Pong {
+                    cluster_id: None,
+                    incarnation: 1,
+                }
             })
         }
     }

@@ -32,6 +32,7 @@ impl QueueEngine {
             unacked: 0,
             credit,
             drain: false,
+            suspected: false,
         });
         self.had_consumers = true;
         self.last_used = cx.now;
@@ -227,7 +228,8 @@ impl QueueEngine {
     fn pick_consumer(&mut self, cx: &mut Context<'_>) -> Option<usize> {
         let n = self.consumers.len();
         if self.config.queue.single_active_consumer {
-            return (n > 0 && self.can_take(0, cx)).then_some(0);
+            let active = self.consumers.iter().position(|c| !c.suspected)?;
+            return self.can_take(active, cx).then_some(active);
         }
         let first_priority = self.consumers.first()?.settings.priority;
         let start = self.round_robin;
@@ -255,7 +257,47 @@ impl QueueEngine {
     fn can_take(&self, idx: usize, cx: &mut Context<'_>) -> bool {
         self.consumers
             .get(idx)
-            .is_some_and(|c| c.has_credit() && cx.gate.admit(c.id))
+            .is_some_and(|c| !c.suspected && c.has_credit() && cx.gate.admit(c.id))
+    }
+
+    /// `Command::Suspect`.
+    pub(super) fn suspect(
+        &mut self,
+        consumer: ConsumerId,
+        suspected: bool,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(idx) = self.consumers.iter().position(|c| c.id == consumer) else {
+            return Reply::Done;
+        };
+        let was = self.consumers.get(idx).is_some_and(|c| c.suspected);
+        if was == suspected {
+            return Reply::Done;
+        }
+        if !suspected {
+            if let Some(c) = self.consumers.get_mut(idx) {
+                c.suspected = false;
+            }
+            self.dispatch(cx, out);
+            return Reply::Done;
+        }
+        let mut c = self.consumers.remove(idx);
+        c.suspected = true;
+        // To the back, as RabbitMQ puts a suspected single active consumer back among the
+        // waiting ones: the next one takes over and keeps it once the node returns.
+        self.consumers.push(c);
+        if self.round_robin >= self.consumers.len() {
+            self.round_robin = 0;
+        }
+        let offsets: Vec<u64> = self
+            .checked_out
+            .iter()
+            .filter(|(_, co)| co.consumer == Some(consumer))
+            .map(|(o, _)| *o)
+            .collect();
+        self.put_back(&offsets, cx, out);
+        Reply::Done
     }
 
     /// basic.get: the next message, with the count of messages left ready.

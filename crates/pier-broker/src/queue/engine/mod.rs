@@ -278,6 +278,15 @@ pub enum Command<'a> {
         settings: Box<PolicySettings>,
         delivery_limit: Option<u32>,
     },
+    /// A replicated queue's consumer whose node the leader cannot reach (`suspected`), or
+    /// can again: RabbitMQ's `suspected_down`. A suspected consumer keeps its subscription
+    /// and gets nothing; what it had checked out goes back (flagged redelivered, not counted
+    /// against the delivery limit: a partition is not a failed delivery); with single active
+    /// consumer it stops being the active one and waits behind the others.
+    Suspect {
+        consumer: ConsumerId,
+        suspected: bool,
+    },
 }
 
 /// A message leaving the queue for a consumer (or basic.get).
@@ -613,6 +622,10 @@ impl QueueEngine {
                 settings,
                 delivery_limit,
             } => self.reconfigure(*settings, delivery_limit, cx, out),
+            Command::Suspect {
+                consumer,
+                suspected,
+            } => self.suspect(consumer, suspected, cx, out),
         };
         Ok(reply)
     }
@@ -675,7 +688,9 @@ impl QueueEngine {
         EngineStats {
             ready: self.ready_count as u64,
             unacked: self.checked_out.len() as u64,
-            consumers: u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
+            // As RabbitMQ counts them: suspected consumers (out of reach) are not.
+            consumers: u32::try_from(self.consumers.iter().filter(|c| !c.suspected).count())
+                .unwrap_or(u32::MAX),
             ready_bytes: self.ready_bytes,
             memory_bytes: self.mem_bytes,
             paged_out: self.paged as u64,
@@ -716,13 +731,19 @@ impl QueueEngine {
     }
 
     /// Consumers in subscription order: (id, settings, active). With single active consumer
-    /// only the first is active.
+    /// only the first one not suspected is active; a suspected consumer is never active.
     pub fn consumers(&self) -> impl Iterator<Item = (ConsumerId, &ConsumerSettings, bool)> {
         let sac = self.config.queue.single_active_consumer;
-        self.consumers
-            .iter()
-            .enumerate()
-            .map(move |(i, c)| (c.id, &c.settings, !sac || i == 0))
+        let first = self.consumers.iter().position(|c| !c.suspected);
+        self.consumers.iter().enumerate().map(move |(i, c)| {
+            let active = !c.suspected && (!sac || Some(i) == first);
+            (c.id, &c.settings, active)
+        })
+    }
+
+    /// The consumers marked suspected (`Command::Suspect`), in subscription order.
+    pub fn suspected_consumers(&self) -> impl Iterator<Item = ConsumerId> + '_ {
+        self.consumers.iter().filter(|c| c.suspected).map(|c| c.id)
     }
 
     /// The consumer a delivery at `offset` went to, if it is still checked out.

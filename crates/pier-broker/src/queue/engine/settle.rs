@@ -60,6 +60,28 @@ impl QueueEngine {
         cx: &mut Context<'_>,
         out: &mut Vec<Effect>,
     ) -> Reply {
+        self.return_as(offsets, counted, counted, cx, out)
+    }
+
+    /// Deliveries of a suspected consumer: they may have reached its client, so they come
+    /// back flagged redelivered, but uncounted (a partition is not a failed delivery).
+    pub(super) fn put_back(
+        &mut self,
+        offsets: &[u64],
+        cx: &mut Context<'_>,
+        out: &mut Vec<Effect>,
+    ) {
+        self.return_as(offsets, false, true, cx, out);
+    }
+
+    fn return_as(
+        &mut self,
+        offsets: &[u64],
+        counted: bool,
+        redelivered: bool,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Effect>,
+    ) -> Reply {
         let mut cache = None;
         for o in offsets {
             let Some(co) = self.checked_out.remove(o) else {
@@ -80,7 +102,7 @@ impl QueueEngine {
                 continue;
             }
             let mut entry = co.entry;
-            if counted {
+            if redelivered {
                 entry.set_redelivered();
             }
             self.added(&entry);

@@ -152,6 +152,7 @@ pub struct ConsumerParts {
     pub unacked: u32,
     pub credit: u32,
     pub drain: bool,
+    pub suspected: bool,
 }
 
 /// A snapshot as plain data, for a replicated queue to write in its own format. The
@@ -279,6 +280,7 @@ impl Snapshot {
                     unacked: c.unacked,
                     credit: c.credit,
                     drain: c.drain,
+                    suspected: c.suspected,
                 })
                 .collect(),
             round_robin: self.round_robin as u64,
@@ -347,6 +349,7 @@ impl Snapshot {
                     unacked: c.unacked,
                     credit: c.credit,
                     drain: c.drain,
+                    suspected: c.suspected,
                 })
                 .collect(),
             round_robin: usize::try_from(p.round_robin).unwrap_or(0),

@@ -274,6 +274,8 @@ pub(crate) struct Consumer {
     pub credit: u32,
     /// Credit mode: use up the credit or give it back (`Command::Credit { drain: true }`).
     pub drain: bool,
+    /// Its node is out of the leader's reach (`Command::Suspect`): it gets nothing.
+    pub suspected: bool,
 }
 
 impl Consumer {

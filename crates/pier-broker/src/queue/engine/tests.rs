@@ -204,6 +204,82 @@ fn delivery_limit_dead_letters_after_too_many_returns() {
 }
 
 #[test]
+fn a_suspected_consumer_keeps_its_subscription_and_gets_nothing() {
+    let mut c = EngineConfig::quorum(QueueConfig::default());
+    c.delivery_limit = Some(1);
+    let mut h = Harness::new(c);
+    for b in ["a", "b", "c"] {
+        enqueue(&mut h, message(b, false));
+    }
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("one", 2),
+    });
+    // What it had out comes back flagged redelivered but uncounted: a partition is not a
+    // failed delivery, so a delivery limit of 1 does not dead-letter it.
+    h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Suspect {
+        consumer: 1,
+        suspected: true,
+    });
+    assert!(deliveries(&s).is_empty());
+    assert!(dead_letters(&s).is_empty());
+    assert_eq!(h.engine.stats().ready, 3);
+    assert_eq!(h.engine.suspected_consumers().collect::<Vec<_>>(), [1]);
+    assert!(h.engine.consumers().all(|(_, _, active)| !active));
+    // Not counted, as RabbitMQ's consumer count leaves out suspected_down consumers.
+    assert_eq!(h.engine.stats().consumers, 0);
+    let s = h.step(Command::Checkout {
+        consumer: 2,
+        settings: settings("two", 10),
+    });
+    assert_eq!(
+        deliveries(&s),
+        [(Some(2), 0, true), (Some(2), 1, true), (Some(2), 2, false)]
+    );
+    h.step(Command::Cancel { consumer: 2 });
+    let s = enqueue(&mut h, message("d", false));
+    assert!(deliveries(&s).is_empty());
+    // Back in reach: deliveries resume, the subscription never ended.
+    let s = h.step(Command::Suspect {
+        consumer: 1,
+        suspected: false,
+    });
+    assert_eq!(deliveries(&s), [(Some(1), 3, false)]);
+    assert_eq!(h.engine.suspected_consumers().count(), 0);
+}
+
+#[test]
+fn a_suspected_single_active_consumer_hands_over_and_waits_behind() {
+    let mut h = Harness::new(EngineConfig::quorum(QueueConfig {
+        single_active_consumer: true,
+        ..QueueConfig::default()
+    }));
+    for (id, tag) in [(1, "one"), (2, "two")] {
+        h.step(Command::Checkout {
+            consumer: id,
+            settings: settings(tag, 10),
+        });
+    }
+    let s = enqueue(&mut h, message("a", false));
+    assert_eq!(deliveries(&s), [(Some(1), 0, false)]);
+    let s = h.step(Command::Suspect {
+        consumer: 1,
+        suspected: true,
+    });
+    assert_eq!(deliveries(&s), [(Some(2), 0, true)]);
+    h.step(Command::Suspect {
+        consumer: 1,
+        suspected: false,
+    });
+    // The one that took over stays active; the returning one waits behind it.
+    let active: Vec<_> = h.engine.consumers().map(|(id, _, a)| (id, a)).collect();
+    assert_eq!(active, [(2, true), (1, false)]);
+    let s = enqueue(&mut h, message("b", false));
+    assert_eq!(deliveries(&s), [(Some(2), 1, false)]);
+}
+
+#[test]
 fn quorum_engine_stores_transient_messages_too() {
     let mut c = EngineConfig::quorum(QueueConfig::default());
     c.stores_persistent = true;

@@ -40,6 +40,8 @@ enum Op {
         credit: Option<u8>,
     },
     Unsubscribe(u8),
+    /// A consumer's node out of reach (or back).
+    Suspect(u8, bool),
     Credit {
         consumer: u8,
         credit: u8,
@@ -82,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..4, proptest::bool::weighted(0.8), -1i8..2, proptest::option::weighted(0.2, 0u8..5))
             .prop_map(|(prefetch, ack, priority, credit)| Op::Subscribe { prefetch, ack, priority, credit }),
         1 => any::<u8>().prop_map(Op::Unsubscribe),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(c, s)| Op::Suspect(c, s)),
         1 => (any::<u8>(), 0u8..6, any::<bool>())
             .prop_map(|(consumer, credit, drain)| Op::Credit { consumer, credit, drain }),
         4 => (any::<u8>(), 1u8..4).prop_map(|(a, b)| Op::Settle(a, b)),
@@ -236,6 +239,16 @@ fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerI
                 .copied()
                 .unwrap_or(0);
             h.step(Command::Cancel { consumer: id })
+        }
+        Op::Suspect(i, suspected) => {
+            let id = consumers
+                .get(usize::from(*i) % consumers.len().max(1))
+                .copied()
+                .unwrap_or(0);
+            h.step(Command::Suspect {
+                consumer: id,
+                suspected: *suspected,
+            })
         }
         Op::Credit {
             consumer,
