@@ -13,9 +13,10 @@
 #   rabbit-3   three RabbitMQ nodes joined with join_cluster (three members); clients as pier-3
 #
 # Also the idle cost: QUEUES idle quorum queues on the 3-node clusters, the RSS and CPU of
-# the nodes before and after (per queue); and the memory of a backlog: BACKLOG persistent
-# 1 KiB messages published (confirms) to a quorum queue without a consumer, each node's RSS
-# growth per queued message once the allocators settled (30 s).
+# the nodes before and after (per queue); and the memory of a backlog: twice BACKLOG
+# persistent 1 KiB messages published (confirms) to a quorum queue without a consumer, each
+# node's RSS growth per queued message once the allocators settled (30 s), over all of them
+# and over the second half alone (what one more queued message costs).
 #
 # Usage: ./scripts/bench-quorum.sh [--runs N] [--time SECS] [--idle-queues N]
 #                                  [--backlog N (0: skip)] [--bin PATH]
@@ -99,21 +100,31 @@ EOF
 backlog_cost() { # backlog_cost NAME URI PIDS...
     local name="$1" uri="$2"; shift 2
     [ "$BACKLOG" -gt 0 ] || return 0
-    local before after out p
+    local before middle after out p half
     before=$(for p in "$@"; do rss_kb "$p"; done | tr '\n' ' ')
-    out=$("$BIN" bench --uri "$uri" -x 1 -y 0 -s 1024 -f -c 1000 --pmessages "$BACKLOG" \
-        --quorum-queue --queue-prefix backlog- --quiet --json 2>"$WORK/bench.err") \
-        || { cat "$WORK/bench.err" >&2; exit 1; }
-    sleep 30
+    # Twice BACKLOG messages, RSS read after each half: the first half also pays what a node
+    # grows by once anything is queued (buffers, caches), the second only the messages.
+    for half in 1 2; do
+        out=$("$BIN" bench --uri "$uri" -x 1 -y 0 -s 1024 -f -c 1000 --pmessages "$BACKLOG" \
+            --quorum-queue --queue-prefix backlog- --quiet --json 2>"$WORK/bench.err") \
+            || { cat "$WORK/bench.err" >&2; exit 1; }
+        sleep 30
+        if [ "$half" = 1 ]; then
+            middle=$(for p in "$@"; do rss_kb "$p"; done | tr '\n' ' ')
+        fi
+    done
     after=$(for p in "$@"; do rss_kb "$p"; done | tr '\n' ' ')
-    python3 - "$name" "$BACKLOG" "$before" "$after" "$out" <<'EOF' | tee -a "$RESULTS"
+    python3 - "$name" "$BACKLOG" "$before" "$middle" "$after" "$out" <<'EOF' | tee -a "$RESULTS"
 import json, sys
-name, n, before, after, out = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
-grown = [int(a) - int(b) for a, b in zip(after.split(), before.split())]
+name, n, before, middle, after, out = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+b, m, a = ([int(x) for x in s.split()] for s in (before, middle, after))
+grown = [y - x for x, y in zip(b, a)]
+second = [y - x for x, y in zip(m, a)]
 rate = json.loads(out)["publish_rate"]
 per = ", ".join(f"{g // 1024} MiB" for g in grown)
-print(f"{name} backlog: {n} x 1 KiB queued (published at {rate:,.0f} msg/s), RSS growth per "
-      f"node {per}: {max(grown) * 1024 / n:.1f} B per queued message (largest node)")
+print(f"{name} backlog: {2 * n} x 1 KiB queued (the second {n} published at {rate:,.0f} msg/s), "
+      f"RSS growth per node {per}: {max(grown) * 1024 / (2 * n):.1f} B per queued message "
+      f"(largest node), {max(second) * 1024 / n:.1f} B per message of the second {n}")
 EOF
 }
 

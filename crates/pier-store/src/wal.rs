@@ -34,7 +34,10 @@
 //! purges) is not waited for: when its live entries take at most 1/`FORWARD_SHARE` of a
 //! file, they are copied into the active file as relocate records (what Ra's segment
 //! writer achieves), fsynced, their locations switched, and the old file deleted. Otherwise
-//! (a busy group's deep backlog) the file waits until it is purged. Replay moves an entry
+//! (a busy group's deep backlog) the file waits until it is purged — unless the log has
+//! grown past `FORCE_FORWARD_FILES` files and less than half of it is live: then its live
+//! entries are forwarded all the same, one share of a file per batch, so that one deep
+//! backlog cannot hold every newer file. Replay moves an entry
 //! it holds to its copy; the copies of entries whose append was in a deleted file wait until
 //! the end of replay (dropped by the truncates, purges and forgets that follow them), then
 //! join the front of their group's log (see `join_relocated`).
@@ -93,6 +96,14 @@ const KIND_RELOCATE: u8 = 6;
 /// group's few entries are copied, a busy group's deep backlog is waited for (copying it
 /// would write it twice for nothing: it is about to be purged).
 const FORWARD_SHARE: u64 = 4;
+
+/// Past this many files, when the live entries take less than half of them, the oldest
+/// file's live entries are forwarded however many they are (`segment_size / FORWARD_SHARE`
+/// bytes per batch): a deep backlog in an old file otherwise holds every newer file,
+/// however dead, and a busy queue next to it grows the log without bound. A backlog is then
+/// written about twice (as Ra writes the WAL and then the segment files), and the log stays
+/// within about twice the live bytes.
+const FORCE_FORWARD_FILES: usize = 8;
 
 /// One entry of a group's log: its index and its bytes.
 pub type WalRecord = (u64, Bytes);
@@ -935,6 +946,11 @@ enum Live {
     Nothing,
     /// These entries (per group: index and location, ascending), few enough to forward.
     Few(Vec<(u64, Vec<(u64, Loc)>)>),
+    /// Too many to forward at once, but the log is mostly dead records that this file's
+    /// live ones hold (a deep backlog in the oldest file, a busy group's purged entries in
+    /// every file after it): the first of them, one forwarding's worth, go now, the rest
+    /// with the next batches (`FORCE_FORWARD_FILES`).
+    Part(Vec<(u64, Vec<(u64, Loc)>)>),
     /// Too many bytes to forward: it waits for purges.
     Many,
 }
@@ -1216,10 +1232,11 @@ impl Writer {
             if Some(oldest) == active {
                 return Ok(());
             }
-            let live = match self.live(&inner, oldest) {
+            let (live, part) = match self.live(&inner, oldest) {
                 Live::Many => return Ok(()),
-                Live::Nothing => Vec::new(),
-                Live::Few(live) => live,
+                Live::Nothing => (Vec::new(), false),
+                Live::Few(live) => (live, false),
+                Live::Part(live) => (live, true),
             };
             let resave: Vec<(u64, u8)> = self
                 .latest_meta
@@ -1271,6 +1288,11 @@ impl Writer {
                     lock(&inner.shared).failed = true;
                     return Err(e);
                 }
+            }
+            // One share of a file per batch (the writes queued behind it wait that long);
+            // the file goes with its last share.
+            if part {
+                return Ok(());
             }
             // Only now (copies durable, locations switched) can the old file go. Readers
             // holding its handle go on reading it (the inode lives until they close, and a
@@ -1380,9 +1402,20 @@ impl Writer {
             return Live::Many;
         };
         let limit = self.segment_size / FORWARD_SHARE;
+        let forced = self.files.len() > FORCE_FORWARD_FILES && {
+            let live: u64 = s
+                .groups
+                .values()
+                .flat_map(|g| g.locs.iter())
+                .filter(|l| l.known())
+                .map(Loc::record_len)
+                .sum();
+            (self.files.len() as u64).saturating_mul(self.segment_size) > live.saturating_mul(2)
+        };
         let mut bytes = 0u64;
         let mut out = Vec::new();
-        for (id, from, to) in held {
+        let mut whole = true;
+        'groups: for (id, from, to) in held {
             let Some(g) = s.groups.get(&id) else {
                 continue;
             };
@@ -1397,12 +1430,21 @@ impl Writer {
                 if loc.seq != seq {
                     continue;
                 }
-                bytes += loc.record_len();
-                if bytes > limit {
-                    drop(s);
-                    self.forward_refused = Some(key);
-                    return Live::Many;
+                // At least one entry per forced share, however large.
+                let first = out.is_empty() && entries.is_empty();
+                if bytes + loc.record_len() > limit && !(forced && first) {
+                    if !forced {
+                        drop(s);
+                        self.forward_refused = Some(key);
+                        return Live::Many;
+                    }
+                    whole = false;
+                    if !entries.is_empty() {
+                        out.push((id, entries));
+                    }
+                    break 'groups;
                 }
+                bytes += loc.record_len();
                 entries.push((index, *loc));
             }
             if !entries.is_empty() {
@@ -1411,8 +1453,10 @@ impl Writer {
         }
         if out.is_empty() {
             Live::Nothing
-        } else {
+        } else if whole {
             Live::Few(out)
+        } else {
+            Live::Part(out)
         }
     }
 }
@@ -2374,6 +2418,52 @@ mod tests {
         check_reads(&a, &wa);
         check_reads(&b, &wb);
         assert_eq!(a.load(0).as_deref(), Some(&b"a-vote"[..]));
+    }
+
+    /// A deep backlog (group 1: three files of live entries, never purged) next to a busy
+    /// group that purges as it goes: once the log passes `FORCE_FORWARD_FILES` files, most of
+    /// them dead, the backlog is forwarded a share per batch and the dead files behind it go.
+    /// Before, the backlog's files held every newer one and the log grew with the busy
+    /// group's traffic (here to 39 files; 11 with the forwarding).
+    #[test]
+    fn a_deep_backlog_does_not_hold_the_files_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wb: Vec<WalRecord>;
+        let wa: Vec<WalRecord> = (1..=24)
+            .map(|i| (i, Bytes::from(vec![i as u8; 500])))
+            .collect();
+        {
+            let log = SharedLog::open(no_cache(dir.path())).unwrap();
+            let (a, b) = (log.group(1), log.group(2));
+            for from in [1, 9, 17] {
+                filler(&a, from, 8);
+            }
+            assert_eq!(seqs(&log).len(), 3);
+            let mut most = 0;
+            for i in 1..=600u64 {
+                append_sync(&b, vec![(i, Bytes::from(vec![i as u8; 200]))]);
+                if i > 5 {
+                    b.purge(i - 5).unwrap();
+                }
+                most = most.max(log.files().len());
+            }
+            settle(&log);
+            assert!(most <= FORCE_FORWARD_FILES + 4, "{most} files at most");
+            assert!(log.forwarded() >= 24, "{} forwarded", log.forwarded());
+            assert!(!seqs(&log).contains(&1));
+            check_reads(&a, &wa);
+            wb = (596..=600)
+                .map(|i| (i, Bytes::from(vec![i as u8; 200])))
+                .collect();
+            check_reads(&b, &wb);
+            log.shutdown();
+        }
+        let log = SharedLog::open(no_cache(dir.path())).unwrap();
+        let (a, b) = (log.group(1), log.group(2));
+        assert_eq!(a.bounds(), Some((1, 24)));
+        assert_eq!(b.bounds(), Some((596, 600)));
+        check_reads(&a, &wa);
+        check_reads(&b, &wb);
     }
 
     /// Group 1's entries are spread over the first three files; the first two are forwarded
