@@ -35,9 +35,9 @@
 //! file, they are copied into the active file as relocate records (what Ra's segment
 //! writer achieves), fsynced, their locations switched, and the old file deleted. Otherwise
 //! (a busy group's deep backlog) the file waits until it is purged — unless the log has
-//! grown past `FORCE_FORWARD_FILES` files and less than half of it is live: then its live
-//! entries are forwarded all the same, one share of a file per batch, so that one deep
-//! backlog cannot hold every newer file. Replay moves an entry
+//! grown past `FORCE_FORWARD_FILES` files and less than a quarter of it is live: then its
+//! live entries are forwarded all the same, 1/`FORCE_PART` of a file per batch, so that one
+//! deep backlog cannot hold every newer file. Replay moves an entry
 //! it holds to its copy; the copies of entries whose append was in a deleted file wait until
 //! the end of replay (dropped by the truncates, purges and forgets that follow them), then
 //! join the front of their group's log (see `join_relocated`).
@@ -97,13 +97,17 @@ const KIND_RELOCATE: u8 = 6;
 /// would write it twice for nothing: it is about to be purged).
 const FORWARD_SHARE: u64 = 4;
 
-/// Past this many files, when the live entries take less than half of them, the oldest
-/// file's live entries are forwarded however many they are (`segment_size / FORWARD_SHARE`
-/// bytes per batch): a deep backlog in an old file otherwise holds every newer file,
-/// however dead, and a busy queue next to it grows the log without bound. A backlog is then
-/// written about twice (as Ra writes the WAL and then the segment files), and the log stays
-/// within about twice the live bytes.
+/// Past this many files, when the live entries take less than a quarter of them
+/// (`FORCE_LIVE_SHARE`), the oldest file's live entries are forwarded however many they are
+/// (`FORCE_PART` per batch): a deep backlog in an old file otherwise holds every newer
+/// file, however dead, and a busy queue next to it grows the log without bound. The log
+/// stays within about four times its live bytes (plus these files), and a long-lived
+/// backlog is written once more per three times its size of other traffic.
 const FORCE_FORWARD_FILES: usize = 8;
+const FORCE_LIVE_SHARE: u64 = 4;
+/// A forced forwarding copies this share of a file per batch (1 MiB of 64): the batch
+/// behind it waits for one such write and fsync.
+const FORCE_PART: u64 = 64;
 
 /// One entry of a group's log: its index and its bytes.
 pub type WalRecord = (u64, Bytes);
@@ -1402,19 +1406,9 @@ impl Writer {
             return Live::Many;
         };
         let limit = self.segment_size / FORWARD_SHARE;
-        let forced = self.files.len() > FORCE_FORWARD_FILES && {
-            let live: u64 = s
-                .groups
-                .values()
-                .flat_map(|g| g.locs.iter())
-                .filter(|l| l.known())
-                .map(Loc::record_len)
-                .sum();
-            (self.files.len() as u64).saturating_mul(self.segment_size) > live.saturating_mul(2)
-        };
         let mut bytes = 0u64;
-        let mut out = Vec::new();
-        let mut whole = true;
+        let mut out: Vec<(u64, Vec<(u64, Loc)>)> = Vec::new();
+        let mut over = false;
         'groups: for (id, from, to) in held {
             let Some(g) = s.groups.get(&id) else {
                 continue;
@@ -1430,34 +1424,62 @@ impl Writer {
                 if loc.seq != seq {
                     continue;
                 }
-                // At least one entry per forced share, however large.
-                let first = out.is_empty() && entries.is_empty();
-                if bytes + loc.record_len() > limit && !(forced && first) {
-                    if !forced {
-                        drop(s);
-                        self.forward_refused = Some(key);
-                        return Live::Many;
-                    }
-                    whole = false;
-                    if !entries.is_empty() {
-                        out.push((id, entries));
-                    }
-                    break 'groups;
-                }
                 bytes += loc.record_len();
                 entries.push((index, *loc));
+                if bytes > limit {
+                    over = true;
+                    out.push((id, entries));
+                    break 'groups;
+                }
             }
             if !entries.is_empty() {
                 out.push((id, entries));
             }
         }
         if out.is_empty() {
-            Live::Nothing
-        } else if whole {
-            Live::Few(out)
-        } else {
-            Live::Part(out)
+            return Live::Nothing;
         }
+        if !over {
+            return Live::Few(out);
+        }
+        let forced = self.files.len() > FORCE_FORWARD_FILES && {
+            let live: u64 = s
+                .groups
+                .values()
+                .flat_map(|g| g.locs.iter())
+                .filter(|l| l.known())
+                .map(Loc::record_len)
+                .sum();
+            (self.files.len() as u64).saturating_mul(self.segment_size)
+                > live.saturating_mul(FORCE_LIVE_SHARE)
+        };
+        drop(s);
+        if !forced {
+            self.forward_refused = Some(key);
+            return Live::Many;
+        }
+        // The first entries, one part's worth (at least one entry, however large).
+        let part = (self.segment_size / FORCE_PART).max(1);
+        let mut taken = 0u64;
+        let mut first = Vec::new();
+        for (id, entries) in out {
+            let mut mine = Vec::new();
+            for (index, loc) in entries {
+                if taken > 0 && taken + loc.record_len() > part {
+                    break;
+                }
+                taken += loc.record_len();
+                mine.push((index, loc));
+            }
+            let full = taken >= part;
+            if !mine.is_empty() {
+                first.push((id, mine));
+            }
+            if full {
+                break;
+            }
+        }
+        Live::Part(first)
     }
 }
 
@@ -2422,9 +2444,9 @@ mod tests {
 
     /// A deep backlog (group 1: three files of live entries, never purged) next to a busy
     /// group that purges as it goes: once the log passes `FORCE_FORWARD_FILES` files, most of
-    /// them dead, the backlog is forwarded a share per batch and the dead files behind it go.
+    /// them dead, the backlog is forwarded a part per batch and the dead files behind it go.
     /// Before, the backlog's files held every newer one and the log grew with the busy
-    /// group's traffic (here to 39 files; 11 with the forwarding).
+    /// group's traffic (here to 39 files; 16 at most with the forwarding).
     #[test]
     fn a_deep_backlog_does_not_hold_the_files_after_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -2448,7 +2470,8 @@ mod tests {
                 most = most.max(log.files().len());
             }
             settle(&log);
-            assert!(most <= FORCE_FORWARD_FILES + 4, "{most} files at most");
+            // Four times the live bytes (~14 KB) is ~13 files; the forwarding lags a few.
+            assert!(most <= 18, "{most} files at most");
             assert!(log.forwarded() >= 24, "{} forwarded", log.forwarded());
             assert!(!seqs(&log).contains(&1));
             check_reads(&a, &wa);
