@@ -82,6 +82,35 @@ pub(crate) fn incarnation() -> u64 {
     *INCARNATION.get_or_init(|| rand::random::<u64>() & 0xFFF)
 }
 
+/// The incarnations members' pongs gave: the current one of each, and those a later pong
+/// replaced. Only a replaced one is over: a consumer of an incarnation not heard of yet may
+/// be the restarted node's first, subscribed before its first pong came back.
+#[derive(Debug, Default)]
+pub(crate) struct Incarnations {
+    current: HashMap<u64, u64>,
+    ended: std::collections::HashSet<(u64, u64)>,
+}
+
+impl Incarnations {
+    pub(crate) fn heard(&mut self, id: u64, incarnation: u64) {
+        if let Some(old) = self.current.insert(id, incarnation) {
+            if old != incarnation {
+                self.ended.insert((id, old));
+                self.ended.remove(&(id, incarnation));
+            }
+        }
+    }
+
+    pub(crate) fn ended(&self, id: u64, incarnation: u64) -> bool {
+        self.ended.contains(&(id, incarnation))
+    }
+
+    pub(crate) fn forget(&mut self, id: u64) {
+        self.current.remove(&id);
+        self.ended.retain(|(n, _)| *n != id);
+    }
+}
+
 /// A member that answered a ping within this long counts as running.
 pub(crate) const LIVENESS: Duration = Duration::from_secs(3);
 /// Members are pinged this often: quorum queue groups learn from these pings that a
@@ -114,8 +143,8 @@ pub(crate) struct Node {
     pub(crate) started: Instant,
     /// When each member last answered a ping.
     pub(crate) answered: Mutex<HashMap<u64, Instant>>,
-    /// The incarnation each member's last pong gave.
-    pub(crate) incarnations: Mutex<HashMap<u64, u64>>,
+    /// The incarnations members' pongs gave.
+    pub(crate) incarnations: Mutex<Incarnations>,
     /// Serialises joins and resets.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -182,13 +211,13 @@ impl Node {
         self.heard_within(id, LIVENESS)
     }
 
-    /// The incarnation member `id` gave in its last pong (`None`: none heard yet).
-    pub(crate) fn incarnation_of(&self, id: u64) -> Option<u64> {
+    /// Whether incarnation `incarnation` of member `id` has ended: a later pong of the
+    /// member gave another (it restarted).
+    pub(crate) fn incarnation_ended(&self, id: u64, incarnation: u64) -> bool {
         self.incarnations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .copied()
+            .ended(id, incarnation)
     }
 
     /// Whether member `id` answered a ping within `within` (this node always does).
@@ -394,7 +423,7 @@ pub(crate) async fn start(
         reporter: OnceLock::new(),
         started: Instant::now(),
         answered: Mutex::new(HashMap::new()),
-        incarnations: Mutex::new(HashMap::new()),
+        incarnations: Mutex::new(Incarnations::default()),
         membership_lock: tokio::sync::Mutex::new(()),
         tasks: Mutex::new(Vec::new()),
         queues,
@@ -691,7 +720,7 @@ async fn watch_peers(node: Weak<Node>) {
                         n.incarnations
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(id, incarnation);
+                            .heard(id, incarnation);
                     }
                     Ok(_) => {}
                     Err(crate::transport::TransportError::Timeout) => {
@@ -915,7 +944,35 @@ pub(crate) async fn forget_on_leader(n: &Arc<Node>, name: &str) -> Result<(), Fo
     n.incarnations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .remove(&id);
+        .forget(id);
     tracing::info!(node = name, "removed from the cluster");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Incarnations;
+
+    /// A consumer's incarnation is over only once a pong gave a newer one: not while none
+    /// was heard (the leader restarted), nor when it is newer than any heard (the node
+    /// restarted and a client subscribed before the first pong came back).
+    #[test]
+    fn an_incarnation_ends_when_a_pong_replaces_it() {
+        let mut i = Incarnations::default();
+        assert!(!i.ended(1, 7));
+        i.heard(1, 7);
+        i.heard(1, 7);
+        assert!(!i.ended(1, 7));
+        assert!(!i.ended(1, 9));
+        i.heard(1, 9);
+        assert!(i.ended(1, 7));
+        assert!(!i.ended(1, 9));
+        assert!(!i.ended(2, 7));
+        // Back to an earlier value (12 random bits can repeat): that run is current again.
+        i.heard(1, 7);
+        assert!(!i.ended(1, 7));
+        assert!(i.ended(1, 9));
+        i.forget(1);
+        assert!(!i.ended(1, 9));
+    }
 }

@@ -1180,12 +1180,12 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
                         ops.push(QueueOp::Cancel { consumer: *c });
                         continue;
                     };
-                    let current = if *id == node.me_id {
-                        Some(incarnation())
+                    let ended = if *id == node.me_id {
+                        inc != incarnation()
                     } else {
-                        node.incarnation_of(*id)
+                        node.incarnation_ended(*id, inc)
                     };
-                    if current.is_some_and(|now| now != inc) {
+                    if ended {
                         // Its node restarted since: the consumer went with the earlier run.
                         ops.push(QueueOp::Cancel { consumer: *c });
                         continue;

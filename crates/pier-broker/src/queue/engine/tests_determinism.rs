@@ -192,6 +192,14 @@ fn message(n: u64, size: u16, persistent: bool, priority: u8, ttl: Option<u16>) 
 }
 
 /// Applies one generated op; returns what it did.
+/// The generated consumer number `i` among those subscribed (0, none, when there is none).
+fn pick(consumers: &[ConsumerId], i: u8) -> ConsumerId {
+    consumers
+        .get(usize::from(i) % consumers.len().max(1))
+        .copied()
+        .unwrap_or(0)
+}
+
 fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerId>) -> Step {
     match op {
         Op::Publish {
@@ -234,17 +242,11 @@ fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerI
             })
         }
         Op::Unsubscribe(i) => {
-            let id = consumers
-                .get(usize::from(*i) % consumers.len().max(1))
-                .copied()
-                .unwrap_or(0);
+            let id = pick(consumers, *i);
             h.step(Command::Cancel { consumer: id })
         }
         Op::Suspect(i, suspected) => {
-            let id = consumers
-                .get(usize::from(*i) % consumers.len().max(1))
-                .copied()
-                .unwrap_or(0);
+            let id = pick(consumers, *i);
             h.step(Command::Suspect {
                 consumer: id,
                 suspected: *suspected,
@@ -255,10 +257,7 @@ fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerI
             credit,
             drain,
         } => {
-            let id = consumers
-                .get(usize::from(*consumer) % consumers.len().max(1))
-                .copied()
-                .unwrap_or(0);
+            let id = pick(consumers, *consumer);
             h.step(Command::Credit {
                 consumer: id,
                 credit: u32::from(*credit),
