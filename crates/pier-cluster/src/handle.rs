@@ -486,18 +486,17 @@ impl ClusterHandle {
             if h.group == 0 {
                 return;
             }
-            for m in &h.members {
-                *load.replicas.entry(m.clone()).or_default() += 1;
-            }
             // The leader as this node knows it (it does for the groups it is a member
             // of), else the member that formed the group.
             let leader = quorum_queues
                 .leader_of(vhost, name)
                 .unwrap_or_else(|| h.home.clone());
-            *load.leaders.entry(leader).or_default() += 1;
+            load.add(&h.members, &leader);
         });
         for members in earlier {
-            load.add(members);
+            if let Some(leader) = members.first() {
+                load.add(members, leader);
+            }
         }
         load.place(&me, others, size, balanced)
     }
@@ -907,14 +906,12 @@ struct Placement {
 }
 
 impl Placement {
-    /// Counts a queue of these members (leader first).
-    fn add(&mut self, members: &[String]) {
+    /// Counts a queue of these members led by `leader`.
+    fn add(&mut self, members: &[String], leader: &str) {
         for m in members {
             *self.replicas.entry(m.clone()).or_default() += 1;
         }
-        if let Some(leader) = members.first() {
-            *self.leaders.entry(leader.clone()).or_default() += 1;
-        }
+        *self.leaders.entry(leader.to_owned()).or_default() += 1;
     }
 
     /// `me` and up to `size - 1` of `others` (the running nodes) with the fewest replicas,
@@ -1014,7 +1011,7 @@ mod placement_tests {
         for _ in 0..3 {
             let members = p.place("a", names(&["b", "c"]), 3, true);
             leaders.push(members[0].clone());
-            p.add(&members);
+            p.add(&members, &members[0]);
         }
         leaders.sort();
         assert_eq!(leaders, names(&["a", "b", "c"]));
@@ -1023,7 +1020,7 @@ mod placement_tests {
         for _ in 0..2 {
             let members = p.place("a", names(&["b", "c"]), 2, false);
             seconds.push(members[1].clone());
-            p.add(&members);
+            p.add(&members, &members[0]);
         }
         assert_eq!(seconds, names(&["b", "c"]));
     }
