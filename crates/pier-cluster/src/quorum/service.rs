@@ -37,6 +37,7 @@ use super::elections::{
 };
 use super::propose::{Outcome, Proposer, Stamp};
 use super::{message_of, Applied, QueueEntry, QueueMachine, QueueOp};
+use crate::node::incarnation;
 use crate::queues::wire::{self, LaneMsg};
 use crate::queues::QueueService;
 use crate::raft::log_adapter::RaftLog;
@@ -58,10 +59,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 const TAG_SHIFT: u32 = 44;
 const INCARNATION_SHIFT: u32 = 32;
 const LOCAL_MASK: u64 = (1 << INCARNATION_SHIFT) - 1;
-
-fn incarnation() -> u64 {
-    crate::node::incarnation()
-}
 
 /// The top bits of a node's Raft id that name it in consumer ids.
 fn tag_of(node: u64) -> u64 {
@@ -1190,11 +1187,11 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
                         ops.push(QueueOp::Cancel { consumer: *c });
                         continue;
                     }
-                    // A node out of reach may come back with its consumers still there
-                    // (a partition, a pause): RabbitMQ's suspected_down, not a cancel. A
-                    // consumer that went meanwhile is cancelled by its node's member once
-                    // it is back (`reconcile_consumers`).
-                    // In reach: answering, and connected (a lost connection suspected it).
+                    // A node out of reach (not answering, or not connected: a lost
+                    // connection suspected it) may come back with its consumers still
+                    // there (a partition, a pause): RabbitMQ's suspected_down, not a
+                    // cancel. A consumer that went meanwhile is cancelled once its node is
+                    // back (`reconcile_consumers`, `consumer_unknown`).
                     let running = *id == node.me_id
                         || (node.is_running(*id) && node.transport.current_link(*id).is_some());
                     if running == suspected.contains(c) {
