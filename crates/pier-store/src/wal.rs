@@ -543,6 +543,7 @@ impl SharedLog {
             latest_meta: recovered.latest_meta,
             placed: Vec::new(),
             forward_refused: None,
+            forcing: None,
             spares: recovered.spares,
             max_spares: inner.config.spares,
         };
@@ -939,6 +940,10 @@ struct Writer {
     /// was last found to hold too many live bytes to forward: finding out scans locations
     /// under the groups' lock, so it is redone only once the log has grown a little.
     forward_refused: Option<(u64, u64, u64)>,
+    /// The oldest file once it was found to hold the log (`Live::Part`): it is forwarded
+    /// part by part until it goes, without summing every group's live bytes again (under
+    /// the groups' lock) at each batch.
+    forcing: Option<u64>,
     /// Reclaimed files kept for reuse, by their old sequence number.
     spares: Vec<u64>,
     max_spares: usize,
@@ -1442,22 +1447,24 @@ impl Writer {
         if !over {
             return Live::Few(out);
         }
-        let forced = self.files.len() > FORCE_FORWARD_FILES && {
-            let live: u64 = s
-                .groups
-                .values()
-                .flat_map(|g| g.locs.iter())
-                .filter(|l| l.known())
-                .map(Loc::record_len)
-                .sum();
-            (self.files.len() as u64).saturating_mul(self.segment_size)
-                > live.saturating_mul(FORCE_LIVE_SHARE)
-        };
+        let forced = self.forcing == Some(oldest)
+            || (self.files.len() > FORCE_FORWARD_FILES && {
+                let live: u64 = s
+                    .groups
+                    .values()
+                    .flat_map(|g| g.locs.iter())
+                    .filter(|l| l.known())
+                    .map(Loc::record_len)
+                    .sum();
+                (self.files.len() as u64).saturating_mul(self.segment_size)
+                    > live.saturating_mul(FORCE_LIVE_SHARE)
+            });
         drop(s);
         if !forced {
             self.forward_refused = Some(key);
             return Live::Many;
         }
+        self.forcing = Some(oldest);
         // The first entries, one part's worth (at least one entry, however large).
         let part = (self.segment_size / FORCE_PART).max(1);
         let mut taken = 0u64;
