@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 AMQP_PORT = 6672
 HTTP_PORT = 6673
 CLUSTER_PORT = 6674
+STREAM_PORT = 6675
 CLONE_NEWNET = 0x40000000
 
 
@@ -160,6 +161,7 @@ class Node:
                "--bind", self.ip,
                "--amqp-port", str(AMQP_PORT),
                "--http-port", str(HTTP_PORT),
+               "--stream-port", str(STREAM_PORT),
                "--data-dir", str(self.workdir / "data"),
                "--node-name", self.name,
                "--cluster-port", str(CLUSTER_PORT),

@@ -29,10 +29,6 @@ from rstream import (  # noqa: E402
 from helpers import wait_until  # noqa: E402
 from test_streams_protocol import stream_port  # noqa: E402,F401
 
-# In cluster mode (PIER_TEST_CLUSTER) the stream protocol refuses to create streams (its
-# declarations are not replicated yet).
-pytestmark = pytest.mark.single_node(
-    "the stream protocol's declarations are not replicated in a cluster yet")
 
 STEP = 15
 

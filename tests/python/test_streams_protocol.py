@@ -31,10 +31,6 @@ from conftest import EXTERNAL_URL, PierProcess  # noqa: E402
 
 STEP = 15
 
-# In cluster mode (PIER_TEST_CLUSTER) the stream protocol serves only the streams homed on
-# its own node and refuses to create or delete streams (those would not be replicated yet).
-pytestmark = pytest.mark.single_node(
-    "the stream protocol's declarations are not replicated in a cluster yet")
 
 
 def wait_for_port(port, timeout=15.0):

@@ -826,6 +826,41 @@ impl ClusterHandle {
         v
     }
 
+    /// Says where stream-protocol clients reach this node; its pongs tell the others, whose
+    /// `Metadata` answers then name it as the leader of the streams it hosts.
+    pub fn set_stream_endpoint(&self, host: String, port: u16) {
+        *self
+            .node
+            .stream_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((host, port));
+    }
+
+    /// Where stream-protocol clients reach each running member that serves the protocol
+    /// (this node included), by node name.
+    pub fn stream_endpoints(&self) -> Vec<(String, String, u16)> {
+        let n = &self.node;
+        let mut v = Vec::new();
+        if let Some((h, p)) = n
+            .stream_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            v.push((n.me.name.clone(), h, p));
+        }
+        let endpoints = n.stream_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, peer, _) in n.members() {
+            if id == n.me_id || !n.is_running(id) {
+                continue;
+            }
+            if let Some((h, p)) = endpoints.get(&id) {
+                v.push((peer.name, h.clone(), *p));
+            }
+        }
+        v
+    }
+
     /// Waits (at most `limit`) until every other member has answered a ping. A node opens its
     /// client listeners after this, so that a client arriving at once does not find the
     /// home node of a queue counted as down only because it was not pinged yet.

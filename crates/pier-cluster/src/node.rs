@@ -145,6 +145,9 @@ pub(crate) struct Node {
     pub(crate) answered: Mutex<HashMap<u64, Instant>>,
     /// The incarnations members' pongs gave.
     pub(crate) incarnations: Mutex<Incarnations>,
+    /// Where stream-protocol clients reach this node, and each member that gave one.
+    pub(crate) stream_endpoint: Mutex<Option<(String, u16)>>,
+    pub(crate) stream_endpoints: Mutex<HashMap<u64, (String, u16)>>,
     /// Serialises joins and resets.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -424,6 +427,8 @@ pub(crate) async fn start(
         started: Instant::now(),
         answered: Mutex::new(HashMap::new()),
         incarnations: Mutex::new(Incarnations::default()),
+        stream_endpoint: Mutex::new(None),
+        stream_endpoints: Mutex::new(HashMap::new()),
         membership_lock: tokio::sync::Mutex::new(()),
         tasks: Mutex::new(Vec::new()),
         queues,
@@ -712,7 +717,18 @@ async fn watch_peers(node: Weak<Node>) {
                     .call(id, &peer.addr, &Request::Ping, PING_TIMEOUT)
                     .await
                 {
-                    Ok(Response::Pong { incarnation, .. }) => {
+                    Ok(Response::Pong {
+                        incarnation,
+                        stream,
+                        ..
+                    }) => {
+                        let mut endpoints =
+                            n.stream_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+                        match stream {
+                            Some(e) => endpoints.insert(id, e),
+                            None => endpoints.remove(&id),
+                        };
+                        drop(endpoints);
                         n.answered
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -777,6 +793,11 @@ impl Handler for NodeHandler {
                 Request::Ping => Response::Pong {
                     cluster_id: n.cluster_id(),
                     incarnation: incarnation(),
+                    stream: n
+                        .stream_endpoint
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
                 },
                 Request::Raft(RaftRequest::Vote(v)) => {
                     // A node removed from the cluster must not disrupt it with elections.

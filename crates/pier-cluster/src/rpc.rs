@@ -101,6 +101,10 @@ pub enum Response {
         /// The answering process's incarnation (`node::incarnation`): a new one means the
         /// node restarted, and the consumers its earlier run had are gone.
         incarnation: u64,
+        /// Where stream-protocol clients reach the answering node (host, port), when it
+        /// serves the stream protocol: `Metadata` names it as the leader of its streams.
+        #[serde(default)]
+        stream: Option<(String, u16)>,
     },
     /// The request was not accepted (for instance a vote request from a non-member).
     Refused(String),

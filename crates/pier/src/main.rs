@@ -66,7 +66,8 @@ struct ServerArgs {
     #[arg(long, env = "PIER_STREAM_TLS_PORT")]
     stream_tls_port: Option<u16>,
     /// The host stream clients are told to connect to (Metadata, Open): RabbitMQ's
-    /// `advertised_host` [default: this machine's hostname].
+    /// `advertised_host` [default: --bind's address, or this machine's hostname when binding
+    /// every interface].
     #[arg(long, env = "PIER_STREAM_ADVERTISED_HOST")]
     stream_advertised_host: Option<String>,
     /// The port stream clients are told to connect to [default: --stream-port].
@@ -338,7 +339,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let mut stream_servers = Vec::new();
     let stream_port = args.stream_port.unwrap_or(5552);
     let stream_config = pier_server::stream::StreamServerConfig {
-        advertised_host: args.stream_advertised_host.clone().unwrap_or_else(hostname),
+        // A node bound to one address is reached there (three nodes on one host, each on its
+        // own address, must not all send clients to the hostname).
+        advertised_host: args.stream_advertised_host.clone().unwrap_or_else(|| {
+            args.bind
+                .filter(|ip| !ip.is_unspecified())
+                .map_or_else(hostname, |ip| ip.to_string())
+        }),
         advertised_port: args.stream_advertised_port.unwrap_or(stream_port),
         advertised_version: args.stream_advertised_version.clone(),
         cluster_name: server_config.cluster_name.clone(),
@@ -353,6 +360,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         (&extra_listeners, "stream"),
     )? {
         stream_listeners.push((l, None, stream_config.clone()));
+        // The other nodes name this one as the leader of the streams it hosts.
+        if let Some(c) = &cluster {
+            c.set_stream_endpoint(
+                stream_config.advertised_host.clone(),
+                stream_config.advertised_port,
+            );
+        }
     }
     if let Some(tls) = file.tls_settings() {
         if let Some(l) = listen_optional(
@@ -385,6 +399,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             Arc::clone(&broker),
             Arc::clone(&registry),
             config,
+            Some(metadata.clone()),
             stop_streams.clone(),
         )));
     }

@@ -663,6 +663,7 @@ mod tests {
                     Request::Ping => Response::Pong {
                         cluster_id: Some(name),
                         incarnation: 1,
+                        stream: None,
                     },
                     _ => Response::Refused("only pings".into()),
                 }
@@ -781,6 +782,7 @@ mod tests {
                 Response::Pong {
                     cluster_id: None,
                     incarnation: 1,
+                    stream: None,
                 }
             })
         }

@@ -405,6 +405,23 @@ impl Session {
             .and_then(|q| q.stream().cloned())
     }
 
+    /// Why stream `name` cannot be used on this connection: it is hosted by another node of
+    /// the cluster (`Metadata` names it: clients connect there), or there is no such stream.
+    fn missing(&self, name: &str) -> ResponseCode {
+        match self.stream_home(name) {
+            Some(_) => ResponseCode::StreamNotAvailable,
+            None => ResponseCode::StreamDoesNotExist,
+        }
+    }
+
+    /// The node hosting stream `name` when it is another one (`Some("")` when the cluster
+    /// has not told which).
+    fn stream_home(&self, name: &str) -> Option<String> {
+        let q = self.vhost()?.find_queue(name)?;
+        (q.kind() == pier_broker::queue::QueueType::Stream && q.stream().is_none())
+            .then(|| q.home_node().unwrap_or_default().to_owned())
+    }
+
     /// Handles one command; false: close the connection.
     async fn handle(&mut self, cmd: ClientCommand) -> bool {
         let authenticated = self.vhost.is_some();
@@ -580,7 +597,7 @@ impl Session {
                     ResponseCode::AccessRefused
                 } else {
                     match self.stream(&d.stream) {
-                        None => ResponseCode::StreamDoesNotExist,
+                        None => self.missing(&d.stream),
                         Some(stream) => {
                             let stats = Arc::new(PublisherStats::new(
                                 d.stream.clone(),
@@ -611,7 +628,7 @@ impl Session {
             ClientCommand::Publish(p) => self.publish(p).await,
             ClientCommand::QueryPublisherSequence(q) => {
                 let (code, sequence) = match self.stream(&q.stream) {
-                    None => (ResponseCode::StreamDoesNotExist, 0),
+                    None => (self.missing(&q.stream), 0),
                     Some(s) => (ResponseCode::Ok, s.writer_sequence(&q.reference)),
                 };
                 self.send(ServerCommand::QueryPublisherSequenceResponse(
@@ -701,7 +718,10 @@ impl Session {
                 let code = if !self.allowed(ObjectKind::Queue, &c.stream, Access::Configure) {
                     ResponseCode::AccessRefused
                 } else {
-                    match superstream::create_stream(&vh, &c.stream, &c.arguments, self.id) {
+                    let md = self.server.metadata.as_ref();
+                    match superstream::create_stream_any(md, &vh, &c.stream, &c.arguments, self.id)
+                        .await
+                    {
                         Ok(true) => ResponseCode::Ok,
                         Ok(false) => ResponseCode::StreamAlreadyExists,
                         Err(e) => {
@@ -717,19 +737,22 @@ impl Session {
                 .await;
             }
             ClientCommand::Delete(d) => {
-                let code = if self.stream(&d.stream).is_none() {
-                    ResponseCode::StreamDoesNotExist
-                } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Configure) {
-                    ResponseCode::AccessRefused
-                } else if let Err(e) = superstream::refuse_if_clustered(&vh) {
-                    tracing::info!(stream = %d.stream, "delete stream refused: {e}");
-                    ResponseCode::PreconditionFailed
-                } else {
-                    match vh.delete_queue(&d.stream, false, false, self.id) {
-                        Ok(_) => ResponseCode::Ok,
-                        Err(_) => ResponseCode::InternalError,
-                    }
-                };
+                let code =
+                    if self.stream(&d.stream).is_none() && self.stream_home(&d.stream).is_none() {
+                        ResponseCode::StreamDoesNotExist
+                    } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Configure) {
+                        ResponseCode::AccessRefused
+                    } else {
+                        let md = self.server.metadata.as_ref();
+                        match superstream::delete_stream_any(md, &vh, &d.stream, self.id).await {
+                            Ok(true) => ResponseCode::Ok,
+                            Ok(false) => ResponseCode::StreamDoesNotExist,
+                            Err(e) => {
+                                tracing::info!(stream = %d.stream, "delete stream refused: {e}");
+                                ResponseCode::InternalError
+                            }
+                        }
+                    };
                 self.send(ServerCommand::DeleteResponse(response(
                     d.correlation_id,
                     code,
@@ -738,30 +761,57 @@ impl Session {
             }
             ClientCommand::Metadata(m) => {
                 let c = &self.server.config;
+                // Reference 0 is this node; on a clustered node the other running nodes
+                // that serve the stream protocol follow, and each stream's leader is the
+                // node hosting it (clients connect there to publish and consume).
+                let mut brokers = vec![pier_stream_wire::Broker {
+                    reference: 0,
+                    host: c.advertised_host.clone(),
+                    port: u32::from(c.advertised_port),
+                }];
+                let mut nodes: Vec<String> = Vec::new();
+                if let Some(cluster) = self.server.metadata.as_ref().and_then(|m| m.cluster()) {
+                    for (name, host, port) in cluster.stream_endpoints() {
+                        if name == cluster.node_name() {
+                            continue;
+                        }
+                        nodes.push(name);
+                        brokers.push(pier_stream_wire::Broker {
+                            reference: u16::try_from(nodes.len()).unwrap_or(u16::MAX),
+                            host,
+                            port: u32::from(port),
+                        });
+                    }
+                }
                 let streams = m
                     .streams
                     .into_iter()
                     .map(|name| {
-                        let exists = self.stream(&name).is_some();
+                        let (code, leader) = if self.stream(&name).is_some() {
+                            (ResponseCode::Ok, 0)
+                        } else {
+                            match self.stream_home(&name) {
+                                None => (ResponseCode::StreamDoesNotExist, u16::MAX),
+                                Some(home) => match nodes.iter().position(|n| *n == home) {
+                                    Some(i) => {
+                                        (ResponseCode::Ok, u16::try_from(i + 1).unwrap_or(u16::MAX))
+                                    }
+                                    // Its node is down (or does not serve streams).
+                                    None => (ResponseCode::StreamNotAvailable, u16::MAX),
+                                },
+                            }
+                        };
                         StreamMetadata {
                             stream: name,
-                            code: if exists {
-                                ResponseCode::Ok
-                            } else {
-                                ResponseCode::StreamDoesNotExist
-                            },
-                            leader: if exists { 0 } else { u16::MAX },
+                            code,
+                            leader,
                             replicas: Vec::new(),
                         }
                     })
                     .collect();
                 self.send(ServerCommand::MetadataResponse(MetadataResponse {
                     correlation_id: m.correlation_id,
-                    brokers: vec![pier_stream_wire::Broker {
-                        reference: 0,
-                        host: c.advertised_host.clone(),
-                        port: u32::from(c.advertised_port),
-                    }],
+                    brokers,
                     streams,
                 }))
                 .await;
@@ -852,13 +902,16 @@ impl Session {
                     ResponseCode::AccessRefused
                 } else {
                     match superstream::create(
+                        self.server.metadata.as_ref(),
                         &vh,
                         &c.name,
                         &c.partitions,
                         &c.binding_keys,
                         &c.arguments,
                         self.id,
-                    ) {
+                    )
+                    .await
+                    {
                         Ok(true) => ResponseCode::Ok,
                         Ok(false) => ResponseCode::StreamAlreadyExists,
                         Err(e) => {
@@ -877,10 +930,14 @@ impl Session {
                 let code = if !self.allowed(ObjectKind::Exchange, &d.name, Access::Configure) {
                     ResponseCode::AccessRefused
                 } else {
-                    match superstream::delete(&vh, &d.name, self.id) {
+                    let md = self.server.metadata.as_ref();
+                    match superstream::delete(md, &vh, &d.name, self.id).await {
                         Ok(true) => ResponseCode::Ok,
                         Ok(false) => ResponseCode::StreamDoesNotExist,
-                        Err(_) => ResponseCode::InternalError,
+                        Err(e) => {
+                            tracing::info!(super_stream = %d.name, "delete super stream refused: {e}");
+                            ResponseCode::InternalError
+                        }
                     }
                 };
                 self.send(ServerCommand::DeleteSuperStreamResponse(response(
@@ -1012,7 +1069,7 @@ impl Session {
         let code = if self.subscriptions.contains_key(&s.subscription_id) {
             ResponseCode::SubscriptionIdAlreadyExists
         } else if self.stream(&s.stream).is_none() {
-            ResponseCode::StreamDoesNotExist
+            self.missing(&s.stream)
         } else if !self.allowed(ObjectKind::Queue, &s.stream, Access::Read) {
             ResponseCode::AccessRefused
         } else {

@@ -85,16 +85,21 @@ pub(crate) struct Server {
     pub registry: Arc<crate::Registry>,
     pub config: StreamServerConfig,
     pub sac: Arc<Coordinator>,
+    /// A clustered node's metadata front: streams and super streams are declared and
+    /// deleted through the cluster, as AMQP declarations are (`None` on a single node).
+    pub metadata: Option<pier_cluster::Metadata>,
 }
 
 /// Serves the stream protocol on `listener` (TLS with `tls`) until `shutdown` is cancelled;
-/// then closes every connection and waits (bounded) for them.
+/// then closes every connection and waits (bounded) for them. `metadata` is used only when
+/// the node is clustered.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     broker: Arc<Broker>,
     registry: Arc<crate::Registry>,
     config: StreamServerConfig,
+    metadata: Option<pier_cluster::Metadata>,
     shutdown: CancellationToken,
 ) {
     let server = Arc::new(Server {
@@ -105,6 +110,7 @@ pub async fn serve(
             ..config
         },
         sac: Arc::new(Coordinator::default()),
+        metadata: metadata.filter(|m| m.cluster().is_some()),
     });
     let tracker = TaskTracker::new();
     let conns = CancellationToken::new();
