@@ -7,7 +7,9 @@
 # Needs: a release build (target/release/pier), RabbitMQ with rabbitmq_stream listening on
 # 127.0.0.1:$RABBIT_STREAM_PORT (default 5553). Pier is started here on fresh data with
 # --stream-port $PIER_STREAM_PORT (default 5752) and stopped at the end. Peak RSS is sampled
-# from /proc/<pid>/status every 200 ms during each scenario.
+# from /proc/<pid>/status every 200 ms during each scenario. DROP_CACHES=1 (root) empties the
+# page cache before CATCHUP, so that it reads the device (Pier's writer uses direct I/O and
+# leaves nothing in the page cache; RabbitMQ's writes stay there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-target/bench-streams/results-$(date -u +%Y%m%d-%H%M%S).jsonl}
@@ -67,6 +69,7 @@ for b in pier rabbitmq; do
   run $b "$pid" "$port" S16 -x 1 -y 1 --size 16 --time "$TIME" --queue-prefix "$tag-s16-" --delete-queues
   run $b "$pid" "$port" S1K -x 1 -y 1 --size 1024 --time "$TIME" --queue-prefix "$tag-s1k-" --delete-queues
   run $b "$pid" "$port" FILL -x 1 -y 0 --size 16 --pmessages "$FILL" --queue-prefix "$tag-big-"
+  if [ "${DROP_CACHES:-0}" = 1 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
   run $b "$pid" "$port" CATCHUP -x 0 -y 1 --stream-offset first --cmessages "$FILL" --queue-prefix "$tag-big-"
   run $b "$pid" "$port" FIRST10 -x 0 -y 10 --stream-offset first --cmessages $((FILL / 5)) --queue-prefix "$tag-big-" --delete-queues
 done

@@ -34,6 +34,9 @@ pub struct SegmentMeta {
     pub last_timestamp: i64,
     /// Bytes of the segment file (committed part) plus its index.
     pub size: u64,
+    /// Bytes of the segment file that are committed (readers read no further: past it
+    /// a chunk may be half written).
+    pub data_len: u64,
     pub chunks: u64,
 }
 
@@ -577,6 +580,7 @@ impl StreamLog {
                 first_timestamp: active.first_timestamp,
                 last_timestamp: active.last_timestamp,
                 size: active.seg_len + active.idx_len,
+                data_len: active.seg_len,
                 chunks: active.chunks,
             };
             let next = Self::next_of(shared, first, active.chunks)?;
@@ -610,6 +614,7 @@ impl StreamLog {
                 first_timestamp: a.timestamp,
                 last_timestamp: b.timestamp,
                 size: seg_len + idx_len,
+                data_len: seg_len,
                 chunks: n,
             }),
             lu,
@@ -1039,6 +1044,7 @@ impl StreamLog {
             first_timestamp: a.first_timestamp,
             last_timestamp: a.last_timestamp,
             size: a.seg_len + a.idx_len,
+            data_len: a.seg_len,
             chunks: a.chunks,
         });
         self.active = Self::create_segment(&self.shared, self.next_offset)?;
@@ -1083,6 +1089,7 @@ impl StreamLog {
             first_timestamp: a.first_timestamp,
             last_timestamp: a.last_timestamp,
             size: a.seg_len + a.idx_len,
+            data_len: a.seg_len,
             chunks: a.chunks,
         });
         {

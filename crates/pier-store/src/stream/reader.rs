@@ -1,10 +1,13 @@
 //! Reading a stream: chunk by chunk from any position, committed chunks only.
 //!
-//! A reader holds one open segment file and its position; each chunk costs two `pread`s
-//! (its header, then header + data in one buffer that becomes the `Deliver` payload with no
-//! further copy), served from the page cache. Nothing but the current chunk is held, so a
-//! reader's memory does not grow with the stream, and readers share no lock but the short
-//! read of the committed view.
+//! A reader holds one open segment file and its position, and reads the file in blocks of
+//! up to [`BLOCK`] committed bytes: a chunk inside the block is a slice of it (the `Deliver`
+//! payload with no copy, unless a bloom filter must be cut out), so catching up costs one
+//! `pread` per block instead of two per chunk, and the kernel's readahead sees large
+//! sequential reads (the writer's direct I/O leaves nothing in the page cache, so a
+//! catching-up reader reads the device). Only committed bytes are read into a block. Nothing
+//! but the current block is held, so a reader's memory does not grow with the stream, and
+//! readers share no lock but the short read of the committed view.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -51,6 +54,9 @@ impl ReadChunk {
     }
 }
 
+/// The most a reader reads from a segment file at once.
+pub const BLOCK: u64 = 1 << 20;
+
 /// A cursor over a stream's committed chunks.
 pub struct StreamReader {
     shared: Arc<Shared>,
@@ -58,6 +64,9 @@ pub struct StreamReader {
     segment: Option<(u64, File)>,
     position: u64,
     next_chunk_id: u64,
+    /// Committed bytes of the open segment read ahead: where they start in the file.
+    block_at: u64,
+    block: Bytes,
 }
 
 impl std::fmt::Debug for StreamReader {
@@ -75,23 +84,9 @@ impl StreamReader {
             shared.with_view(|v| (v.first_offset(), v.committed_next, v.last_user_chunk));
         let location = match at {
             StartAt::First => None,
-            StartAt::Next => {
-                return Ok(StreamReader {
-                    shared,
-                    segment: None,
-                    position: 0,
-                    next_chunk_id: next,
-                })
-            }
+            StartAt::Next => return Ok(StreamReader::at(shared, next)),
             StartAt::Last => last,
-            StartAt::Offset(o) if o >= next => {
-                return Ok(StreamReader {
-                    shared,
-                    segment: None,
-                    position: 0,
-                    next_chunk_id: next,
-                })
-            }
+            StartAt::Offset(o) if o >= next => return Ok(StreamReader::at(shared, next)),
             StartAt::Offset(o) if o < first => None,
             StartAt::Offset(o) => shared.locate_offset(o)?,
             StartAt::Timestamp(ts) => match shared.locate_timestamp(ts)? {
@@ -99,27 +94,28 @@ impl StreamReader {
                 None => {
                     // Nothing that recent: attach at the end; or, when everything is newer
                     // (ts before the first chunk), the search found the first chunk.
-                    return Ok(StreamReader {
-                        shared,
-                        segment: None,
-                        position: 0,
-                        next_chunk_id: next,
-                    });
+                    return Ok(StreamReader::at(shared, next));
                 }
             },
         };
-        let mut r = StreamReader {
-            shared,
-            segment: None,
-            position: 0,
-            next_chunk_id: first,
-        };
+        let mut r = StreamReader::at(shared, first);
         if let Some(ChunkLocation { segment, record }) = location {
             r.open(segment)?;
             r.position = u64::from(record.position);
             r.next_chunk_id = record.chunk_id;
         }
         Ok(r)
+    }
+
+    fn at(shared: Arc<Shared>, next_chunk_id: u64) -> StreamReader {
+        StreamReader {
+            shared,
+            segment: None,
+            position: 0,
+            next_chunk_id,
+            block_at: 0,
+            block: Bytes::new(),
+        }
     }
 
     /// The chunk id the next chunk will have.
@@ -133,6 +129,7 @@ impl StreamReader {
             Ok(f) => {
                 self.segment = Some((first_chunk_id, f));
                 self.position = FILE_HEADER_LEN;
+                self.block = Bytes::new();
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -147,14 +144,18 @@ impl StreamReader {
             if self.shared.is_deleted() {
                 return Err(StreamError::Deleted);
             }
-            let (committed, seg) = self.shared.with_view(|v| {
+            let (committed, seg, data_len) = self.shared.with_view(|v| {
                 let i = v.segment_of(self.next_chunk_id);
                 let seg = match i {
                     // Fell behind retention: continue at the first segment still there.
-                    None => v.segments.first().map(|s| s.first_chunk_id),
-                    Some(i) => v.segments.get(i).map(|s| s.first_chunk_id),
+                    None => v.segments.first(),
+                    Some(i) => v.segments.get(i),
                 };
-                (v.committed_next, seg)
+                (
+                    v.committed_next,
+                    seg.map(|s| s.first_chunk_id),
+                    seg.map_or(0, |s| s.data_len),
+                )
             });
             if self.next_chunk_id >= committed {
                 return Ok(None);
@@ -198,19 +199,17 @@ impl StreamReader {
                     None => continue,
                 }
             }
-            let Some((_, file)) = &self.segment else {
+            if self.segment.is_none() {
                 return Ok(None);
-            };
-            let mut h = [0u8; CHUNK_HEADER_SIZE];
-            file.read_exact_at(&mut h, self.position)
-                .map_err(|e| StreamError::io("read chunk", self.shared.segment_path(seg), e))?;
-            let header = ChunkHeader::parse(&h).map_err(|e| {
-                StreamError::Corrupt(format!("chunk header at {}: {e}", self.position))
-            })?;
+            }
+            let at = self.position;
+            let h = self.read(seg, at, CHUNK_HEADER_SIZE as u64, data_len)?;
+            let header = ChunkHeader::parse(&h)
+                .map_err(|e| StreamError::Corrupt(format!("chunk header at {at}: {e}")))?;
             if header.first_offset != self.next_chunk_id {
                 return Err(StreamError::Corrupt(format!(
-                    "chunk at {} has id {}, expected {}",
-                    self.position, header.first_offset, self.next_chunk_id
+                    "chunk at {at} has id {}, expected {}",
+                    header.first_offset, self.next_chunk_id
                 )));
             }
             let size = stored_size(&header);
@@ -221,16 +220,19 @@ impl StreamReader {
             }
             let bloom = usize::from(header.bloom_size);
             let len = CHUNK_HEADER_SIZE + bloom + header.data_length as usize;
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, self.position)
-                .map_err(|e| StreamError::io("read chunk", self.shared.segment_path(seg), e))?;
-            let bloom_bytes = Bytes::copy_from_slice(
-                buf.get(CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + bloom)
-                    .unwrap_or_default(),
-            );
-            // Move the header over the bloom filter: [hdr][bloom][data] → [..][hdr][data].
-            buf.copy_within(0..CHUNK_HEADER_SIZE, bloom);
-            let delivered = Bytes::from(buf).slice(bloom..);
+            let chunk = self.read(seg, at, len as u64, data_len)?;
+            let (bloom_bytes, delivered) = if bloom == 0 {
+                (Bytes::new(), chunk)
+            } else {
+                // [hdr][bloom][data] → [hdr][data]: the one case that copies.
+                let mut d = Vec::with_capacity(len - bloom);
+                d.extend_from_slice(chunk.get(..CHUNK_HEADER_SIZE).unwrap_or_default());
+                d.extend_from_slice(chunk.get(CHUNK_HEADER_SIZE + bloom..).unwrap_or_default());
+                (
+                    chunk.slice(CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + bloom),
+                    Bytes::from(d),
+                )
+            };
             self.position += size;
             self.next_chunk_id += u64::from(header.num_records);
             return Ok(Some(ReadChunk {
@@ -239,5 +241,26 @@ impl StreamReader {
                 delivered,
             }));
         }
+    }
+
+    /// `len` bytes of the open segment at `at`, from the block when it holds them, else
+    /// from a new block of up to [`BLOCK`] committed bytes (`data_len`: the segment's
+    /// committed length as the view said before this read) starting there.
+    fn read(&mut self, seg: u64, at: u64, len: u64, data_len: u64) -> Result<Bytes, StreamError> {
+        let end = self.block_at + self.block.len() as u64;
+        if at >= self.block_at && at + len <= end {
+            let from = (at - self.block_at) as usize;
+            return Ok(self.block.slice(from..from + len as usize));
+        }
+        let Some((_, file)) = &self.segment else {
+            return Err(StreamError::Corrupt("no segment open".into()));
+        };
+        let want = data_len.saturating_sub(at).min(BLOCK).max(len);
+        let mut buf = vec![0u8; usize::try_from(want).unwrap_or(usize::MAX)];
+        file.read_exact_at(&mut buf, at)
+            .map_err(|e| StreamError::io("read chunk", self.shared.segment_path(seg), e))?;
+        self.block_at = at;
+        self.block = Bytes::from(buf);
+        Ok(self.block.slice(..len as usize))
     }
 }

@@ -474,3 +474,48 @@ fn direct_and_buffered_writes_store_the_same_bytes() {
         assert_eq!(a.len(), b.len(), "{n1}");
     }
 }
+
+/// A reader of the files (the in-memory tail dropped before every read) while the writer
+/// appends with direct writes: blocks hold only committed bytes, so it sees every chunk
+/// whole and in order, including one larger than a block and ones straddling blocks.
+#[test]
+fn a_reader_of_the_files_sees_whole_chunks_while_the_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
+    let body = |i: u64| -> String {
+        let len = if i == 150 {
+            (reader::BLOCK + reader::BLOCK / 2) as usize
+        } else {
+            (i as usize * 977) % 20_000
+        };
+        let c = char::from(b'a' + (i % 26) as u8);
+        std::iter::repeat_n(c, len).collect()
+    };
+    const N: u64 = 300;
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            for i in 0..N {
+                append_wait(&s, None, vec![msg(i, &body(i))]);
+            }
+        });
+        let mut r = s.reader(StartAt::First).unwrap();
+        let mut next = 0u64;
+        while next < N {
+            s.shared().forget_recent();
+            let Some(c) = r.next_chunk().unwrap() else {
+                std::thread::yield_now();
+                continue;
+            };
+            let chunk = pier_stream_wire::Chunk::parse_delivered(&c.delivered).unwrap();
+            chunk.verify_crc().unwrap();
+            for rec in chunk.records() {
+                let pier_stream_wire::Record::Message { offset, body: b } = rec.unwrap() else {
+                    panic!("compressed")
+                };
+                assert_eq!(offset, next);
+                assert!(b.as_ref() == body(next).as_bytes(), "body of {next}");
+                next += 1;
+            }
+        }
+    });
+}
