@@ -972,6 +972,8 @@ fn stamp(shared: &Shared, entry: &mut QueueEntry) {
 /// heartbeat nor elect then: `raft/queue_group.rs`).
 async fn watch_elections(service: Weak<QuorumService>) {
     let mut timers = ElectionTimers::default();
+    let mut voters_of: HashMap<u64, (Arc<crate::raft::queue_group::QueueMembership>, Vec<u64>)> =
+        HashMap::new();
     let mut up: HashSet<u64> = HashSet::new();
     let mut back: HashMap<u64, Instant> = HashMap::new();
     let mut every = tokio::time::interval(ELECTION_CHECK);
@@ -1004,7 +1006,7 @@ async fn watch_elections(service: Weak<QuorumService>) {
             .collect();
         drop(s);
         for (group, raft) in &groups {
-            let (role, leader, voters) = {
+            let (role, leader, membership) = {
                 let m = raft.metrics();
                 let m = m.borrow();
                 let role = match m.state {
@@ -1014,14 +1016,26 @@ async fn watch_elections(service: Weak<QuorumService>) {
                     }
                     openraft::ServerState::Learner | openraft::ServerState::Shutdown => Role::Other,
                 };
-                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-                (role, m.current_leader, voters)
+                (role, m.current_leader, Arc::clone(&m.membership_config))
+            };
+            // A group's voters change rarely; listing them (openraft builds a set) for every
+            // group five times a second was most of an idle node's CPU in this loop.
+            let voters = match voters_of.get(group) {
+                Some((seen, v)) if Arc::ptr_eq(seen, &membership) => v,
+                _ => {
+                    let v: Vec<u64> = membership.membership().voter_ids().collect();
+                    &voters_of
+                        .entry(*group)
+                        .insert_entry((membership, v))
+                        .into_mut()
+                        .1
+                }
             };
             let view = GroupView {
                 group: *group,
                 role,
                 leader,
-                voters: &voters,
+                voters,
             };
             let action = timers.decide(
                 me,
@@ -1048,6 +1062,7 @@ async fn watch_elections(service: Weak<QuorumService>) {
         }
         let present: HashSet<u64> = groups.iter().map(|(g, _)| *g).collect();
         timers.retain(|g| present.contains(&g));
+        voters_of.retain(|g, _| present.contains(g));
     }
 }
 
@@ -1166,7 +1181,8 @@ async fn leader_duties(raft: QueueRaft, shared: Arc<Shared>, store: Arc<WalLogSt
         if due {
             ops.push(QueueOp::Tick);
         }
-        if let Some(service) = shared.service.upgrade() {
+        // (An idle queue has no consumers to check: no member list built for it.)
+        if let Some(service) = shared.service.upgrade().filter(|_| !consumers.is_empty()) {
             if let Some(node) = service.node() {
                 let members = node.members();
                 for c in &consumers {
