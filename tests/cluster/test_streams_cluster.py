@@ -4,7 +4,8 @@ cluster (every node knows it, hosted by the node the client was on); `Metadata` 
 node names that node, with its advertised address, as the stream's leader, so a producer
 and a consumer that connect to other nodes follow it there; a stream deleted on a third
 node is gone everywhere. Super streams likewise: created on one node, their partitions and
-routes are answered by every node, and deleted from another."""
+routes are answered by every node, and deleted from another. While the hosting node is
+down, `Metadata` answers that the stream is not available.""" 
 
 from __future__ import annotations
 
@@ -87,6 +88,24 @@ def test_a_stream_created_on_one_node_is_used_through_the_others(cluster):
     # The producer wrote on the stream's node (it followed Metadata there).
     status, q = n2.api("GET", f"/api/queues/%2F/{s}")
     assert status == 200 and q["messages"] == 10, q
+
+    # Its node down, the others answer STREAM_NOT_AVAILABLE for it (as RabbitMQ does for a
+    # stream without a leader) rather than send clients to a dead address.
+    n2.kill()
+
+    async def leader_gone():
+        async with producer(n1) as p:
+            await p.start()
+            client = await p.default_client
+            try:
+                await client.query_leader_and_replicas(s)
+            except rstream.exceptions.StreamNotAvailable:
+                return True
+            return False
+    wait_for("no leader for the stream while its node is down", lambda: asyncio.run(leader_gone()))
+    n2.start()
+    n2.wait_http()
+    wait_for("the stream's leader back", lambda: not asyncio.run(leader_gone()), timeout=40)
 
     async def delete():
         async with producer(n3) as p:
