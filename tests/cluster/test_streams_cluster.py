@@ -10,7 +10,6 @@ down, `Metadata` answers that the stream is not available."""
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.parse
 
 import pytest
@@ -21,21 +20,11 @@ from rstream import (  # noqa: E402
 )
 
 from harness import STREAM_PORT  # noqa: E402
+from test_queues import wait_for  # noqa: E402
 
 
 def producer(node) -> Producer:
     return Producer(node.ip, port=STREAM_PORT, username="guest", password="guest")
-
-
-def wait_for(what: str, check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def queue_on(node, name: str):
