@@ -78,6 +78,20 @@ def test_a_stream_created_on_one_node_is_used_through_the_others(cluster):
     status, q = n2.api("GET", f"/api/queues/%2F/{s}")
     assert status == 200 and q["messages"] == 10, q
 
+    # The vhost's max-queues holds on every node, as for AMQP declarations.
+    code, _ = n1.api("PUT", "/api/vhost-limits/%2F/max-queues", {"value": 1})
+    assert code in (200, 201, 204), code
+    wait_for("the limit on n3", lambda: n3.api("GET", "/api/vhost-limits/%2F")[1])
+
+    async def over_the_limit():
+        async with producer(n3) as p:
+            with pytest.raises(rstream.exceptions.PreconditionFailed):
+                await p.create_stream("orders-2")
+    asyncio.run(over_the_limit())
+    code, _ = n1.api("DELETE", "/api/vhost-limits/%2F/max-queues")
+    assert code in (200, 204), code
+    assert queue_on(n1, "orders-2") is None
+
     # Its node down, the others answer STREAM_NOT_AVAILABLE for it (as RabbitMQ does for a
     # stream without a leader) rather than send clients to a dead address.
     n2.kill()

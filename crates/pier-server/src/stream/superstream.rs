@@ -98,6 +98,8 @@ pub(crate) async fn create_stream_any(
         return Ok(false);
     }
     pier_broker::names::check_not_reserved(pier_broker::ObjectKind::Queue, name)?;
+    // As for AMQP: `max-queues` is checked where the declaration is made.
+    vh.check_queue_limit(name)?;
     let outcome = md.execute(declare_command(md, vh, name, args)?).await?;
     Ok(outcome.created())
 }
@@ -272,6 +274,7 @@ pub(crate) async fn create(
         // Refused before anything is proposed: a batch applies what it can.
         if !stream_exists(vh, p)? {
             pier_broker::names::check_not_reserved(pier_broker::ObjectKind::Queue, p)?;
+            vh.check_queue_limit(p)?;
             commands.push(declare_command(md, vh, p, args)?);
         }
     }
