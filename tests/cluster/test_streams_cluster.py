@@ -4,7 +4,8 @@ cluster (every node knows it, hosted by the node the client was on); `Metadata` 
 node names that node, with its advertised address, as the stream's leader, so a producer
 and a consumer that connect to other nodes follow it there; a stream deleted on a third
 node is gone everywhere. Super streams likewise: created on one node, their partitions and
-routes are answered by every node, and deleted from another. While the hosting node is
+routes are answered by every node, and deleted from another; `pier ctl add_super_stream`
+and `delete_super_stream` on a node likewise. While the hosting node is
 down, `Metadata` answers that the stream is not available.""" 
 
 from __future__ import annotations
@@ -139,12 +140,27 @@ def test_a_super_stream_created_on_one_node_is_known_to_all(cluster):
             q = wait_for(f"{part} on {n.name}", lambda n=n, part=part: queue_on(n, part))
             assert q["type"] == "stream" and q["node"] == n1.name, q
 
-    async def routes(node):
+    async def routes_of(node, name):
         async with producer(node) as p:
             c = await client_of(node, p)
-            return await c.partitions(ss), await c.route("2", ss)
+            try:
+                return await c.partitions(name), await c.route("2", name)
+            except rstream.exceptions.StreamDoesNotExist:
+                return None, None
     for n in cluster.nodes:
-        assert asyncio.run(routes(n)) == (parts, [f"{ss}-2"]), n.name
+        assert asyncio.run(routes_of(n, ss)) == (parts, [f"{ss}-2"]), n.name
+
+    # `pier ctl add_super_stream` (through the management API) on another node: the same.
+    r = n2.ctl("add_super_stream", "logs", "--partitions", "2")
+    assert r.returncode == 0, r.stderr
+    for n in cluster.nodes:
+        wait_for(f"logs on {n.name}",
+                 lambda n=n: asyncio.run(routes_of(n, "logs"))[0] == ["logs-0", "logs-1"])
+    r = n1.ctl("delete_super_stream", "logs")
+    assert r.returncode == 0, r.stderr
+    for n in cluster.nodes:
+        wait_for(f"logs gone on {n.name}",
+                 lambda n=n: asyncio.run(routes_of(n, "logs")) == (None, None))
 
     async def delete():
         async with producer(n3) as p:
