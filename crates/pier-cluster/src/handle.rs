@@ -836,29 +836,19 @@ impl ClusterHandle {
             .unwrap_or_else(|p| p.into_inner()) = Some((host, port));
     }
 
-    /// Where stream-protocol clients reach each running member that serves the protocol
-    /// (this node included), by node name.
+    /// Where stream-protocol clients reach each other running member that serves the
+    /// protocol, by node name.
     pub fn stream_endpoints(&self) -> Vec<(String, String, u16)> {
         let n = &self.node;
-        let mut v = Vec::new();
-        if let Some((h, p)) = n
-            .stream_endpoint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            v.push((n.me.name.clone(), h, p));
-        }
         let endpoints = n.stream_endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, peer, _) in n.members() {
-            if id == n.me_id || !n.is_running(id) {
-                continue;
-            }
-            if let Some((h, p)) = endpoints.get(&id) {
-                v.push((peer.name, h.clone(), *p));
-            }
-        }
-        v
+        n.members()
+            .into_iter()
+            .filter(|(id, _, _)| *id != n.me_id && n.is_running(*id))
+            .filter_map(|(id, peer, _)| {
+                let (h, p) = endpoints.get(&id)?;
+                Some((peer.name, h.clone(), *p))
+            })
+            .collect()
     }
 
     /// Waits (at most `limit`) until every other member has answered a ping. A node opens its

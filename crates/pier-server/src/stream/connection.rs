@@ -414,6 +414,13 @@ impl Session {
         }
     }
 
+    /// Whether a stream `name` exists, here or on another node of the cluster.
+    fn is_stream(&self, name: &str) -> bool {
+        self.vhost()
+            .and_then(|vh| vh.find_queue(name))
+            .is_some_and(|q| q.kind() == pier_broker::queue::QueueType::Stream)
+    }
+
     /// The node hosting stream `name` when it is another one (`Some("")` when the cluster
     /// has not told which).
     fn stream_home(&self, name: &str) -> Option<String> {
@@ -737,22 +744,21 @@ impl Session {
                 .await;
             }
             ClientCommand::Delete(d) => {
-                let code =
-                    if self.stream(&d.stream).is_none() && self.stream_home(&d.stream).is_none() {
-                        ResponseCode::StreamDoesNotExist
-                    } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Configure) {
-                        ResponseCode::AccessRefused
-                    } else {
-                        let md = self.server.metadata.as_ref();
-                        match superstream::delete_stream_any(md, &vh, &d.stream, self.id).await {
-                            Ok(true) => ResponseCode::Ok,
-                            Ok(false) => ResponseCode::StreamDoesNotExist,
-                            Err(e) => {
-                                tracing::info!(stream = %d.stream, "delete stream refused: {e}");
-                                ResponseCode::InternalError
-                            }
+                let code = if !self.is_stream(&d.stream) {
+                    ResponseCode::StreamDoesNotExist
+                } else if !self.allowed(ObjectKind::Queue, &d.stream, Access::Configure) {
+                    ResponseCode::AccessRefused
+                } else {
+                    let md = self.server.metadata.as_ref();
+                    match superstream::delete_stream_any(md, &vh, &d.stream, self.id).await {
+                        Ok(true) => ResponseCode::Ok,
+                        Ok(false) => ResponseCode::StreamDoesNotExist,
+                        Err(e) => {
+                            tracing::info!(stream = %d.stream, "delete stream refused: {e}");
+                            ResponseCode::InternalError
                         }
-                    };
+                    }
+                };
                 self.send(ServerCommand::DeleteResponse(response(
                     d.correlation_id,
                     code,
@@ -772,9 +778,6 @@ impl Session {
                 let mut nodes: Vec<String> = Vec::new();
                 if let Some(cluster) = self.server.metadata.as_ref().and_then(|m| m.cluster()) {
                     for (name, host, port) in cluster.stream_endpoints() {
-                        if name == cluster.node_name() {
-                            continue;
-                        }
                         nodes.push(name);
                         brokers.push(pier_stream_wire::Broker {
                             reference: u16::try_from(nodes.len()).unwrap_or(u16::MAX),

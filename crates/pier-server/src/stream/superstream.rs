@@ -149,14 +149,8 @@ fn create_stream(
 ) -> Result<bool, BrokerError> {
     let name = ShortString::try_from_string(name.to_owned())
         .map_err(|_| BrokerError::PreconditionFailed("stream name too long".into()))?;
-    if let Some(q) = vh.find_queue(&name) {
-        return if q.stream().is_some() {
-            Ok(false)
-        } else {
-            Err(BrokerError::PreconditionFailed(format!(
-                "queue '{name}' exists and is not a stream"
-            )))
-        };
+    if stream_exists(vh, &name)? {
+        return Ok(false);
     }
     pier_broker::names::check_not_reserved(pier_broker::ObjectKind::Queue, &name)?;
     let d = vh.declare_queue(&QueueDeclare {
