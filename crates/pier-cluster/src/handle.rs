@@ -836,11 +836,25 @@ impl ClusterHandle {
             .unwrap_or_else(|p| p.into_inner()) = Some((host, port));
     }
 
+    /// The same for the stream protocol's TLS port.
+    pub fn set_stream_tls_endpoint(&self, host: String, port: u16) {
+        *self
+            .node
+            .stream_tls_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((host, port));
+    }
+
     /// Where stream-protocol clients reach each other running member that serves the
-    /// protocol, by node name.
-    pub fn stream_endpoints(&self) -> Vec<(String, String, u16)> {
+    /// protocol (over TLS with `tls`, for a client connected over TLS), by node name.
+    pub fn stream_endpoints(&self, tls: bool) -> Vec<(String, String, u16)> {
         let n = &self.node;
-        let endpoints = n.stream_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let map = if tls {
+            &n.stream_tls_endpoints
+        } else {
+            &n.stream_endpoints
+        };
+        let endpoints = map.lock().unwrap_or_else(|p| p.into_inner());
         n.members()
             .into_iter()
             .filter(|(id, _, _)| *id != n.me_id && n.is_running(*id))

@@ -148,6 +148,9 @@ pub(crate) struct Node {
     /// Where stream-protocol clients reach this node, and each member that gave one.
     pub(crate) stream_endpoint: Mutex<Option<(String, u16)>>,
     pub(crate) stream_endpoints: Mutex<HashMap<u64, (String, u16)>>,
+    /// The same for the stream protocol over TLS.
+    pub(crate) stream_tls_endpoint: Mutex<Option<(String, u16)>>,
+    pub(crate) stream_tls_endpoints: Mutex<HashMap<u64, (String, u16)>>,
     /// Serialises joins and resets.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -429,6 +432,8 @@ pub(crate) async fn start(
         incarnations: Mutex::new(Incarnations::default()),
         stream_endpoint: Mutex::new(None),
         stream_endpoints: Mutex::new(HashMap::new()),
+        stream_tls_endpoint: Mutex::new(None),
+        stream_tls_endpoints: Mutex::new(HashMap::new()),
         membership_lock: tokio::sync::Mutex::new(()),
         tasks: Mutex::new(Vec::new()),
         queues,
@@ -720,15 +725,19 @@ async fn watch_peers(node: Weak<Node>) {
                     Ok(Response::Pong {
                         incarnation,
                         stream,
+                        stream_tls,
                         ..
                     }) => {
-                        let mut endpoints =
-                            n.stream_endpoints.lock().unwrap_or_else(|p| p.into_inner());
-                        match stream {
-                            Some(e) => endpoints.insert(id, e),
-                            None => endpoints.remove(&id),
-                        };
-                        drop(endpoints);
+                        for (map, endpoint) in [
+                            (&n.stream_endpoints, stream),
+                            (&n.stream_tls_endpoints, stream_tls),
+                        ] {
+                            let mut endpoints = map.lock().unwrap_or_else(|p| p.into_inner());
+                            match endpoint {
+                                Some(e) => endpoints.insert(id, e),
+                                None => endpoints.remove(&id),
+                            };
+                        }
                         n.answered
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -795,6 +804,11 @@ impl Handler for NodeHandler {
                     incarnation: incarnation(),
                     stream: n
                         .stream_endpoint
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                    stream_tls: n
+                        .stream_tls_endpoint
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clone(),

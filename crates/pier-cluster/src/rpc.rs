@@ -105,6 +105,10 @@ pub enum Response {
         /// serves the stream protocol: `Metadata` names it as the leader of its streams.
         #[serde(default)]
         stream: Option<(String, u16)>,
+        /// The same for its stream-protocol TLS port, when it has one: a client connected
+        /// over TLS is named that one, as RabbitMQ does.
+        #[serde(default)]
+        stream_tls: Option<(String, u16)>,
     },
     /// The request was not accepted (for instance a vote request from a non-member).
     Refused(String),

@@ -382,6 +382,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
                 advertised_port: port,
                 ..stream_config.clone()
             };
+            // A client connected over TLS is named the other nodes' TLS port.
+            if let Some(c) = &cluster {
+                c.set_stream_tls_endpoint(config.advertised_host.clone(), port);
+            }
             stream_listeners.push((l, Some(acceptor), config));
         }
     }

@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use pier_stream_wire::{
+    ClientCommand, Create, Metadata, Open, PeerProperties, ResponseCode, SaslAuthenticate,
+    SaslHandshake, ServerCommand,
+};
 use pier_wire::{
     decode_frame, encode_method_frame, ChannelOpen, ConnectionOpen, ConnectionStartOk,
     ConnectionTuneOk, FieldTable, Frame, LongString, Method, QueueDeclare, ShortString,
@@ -500,96 +504,119 @@ async fn external_login_with_a_client_certificate() {
     }
 }
 
+/// A minimal stream-protocol client over TLS.
+struct Stream {
+    io: Tls,
+    rx: BytesMut,
+}
+impl Stream {
+    async fn connect(port: u16, config: Arc<ClientConfig>) -> Stream {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let tcp = loop {
+            match TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(t) => break t,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no stream TLS listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let io = TlsConnector::from(config)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        Stream {
+            io,
+            rx: BytesMut::new(),
+        }
+    }
+    async fn send(&mut self, c: ClientCommand) {
+        let mut out = BytesMut::new();
+        c.encode(&mut out).unwrap();
+        self.io.write_all(&out).await.unwrap();
+    }
+    async fn reply(&mut self) -> ServerCommand {
+        let read = async {
+            loop {
+                if let Some(c) = ServerCommand::decode_from(&mut self.rx, 1 << 20).unwrap() {
+                    if !matches!(c, ServerCommand::Heartbeat) {
+                        return c;
+                    }
+                    continue;
+                }
+                let n = self.io.read_buf(&mut self.rx).await.unwrap();
+                assert!(n > 0, "the server closed the connection");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap()
+    }
+    /// Peer properties and the SASL handshake: the mechanisms offered.
+    async fn hello(&mut self) -> Vec<String> {
+        self.send(ClientCommand::PeerProperties(PeerProperties {
+            correlation_id: 1,
+            properties: vec![("product".into(), "pier-tls-test".into())],
+        }))
+        .await;
+        assert!(matches!(
+            self.reply().await,
+            ServerCommand::PeerPropertiesResponse(_)
+        ));
+        self.send(ClientCommand::SaslHandshake(SaslHandshake {
+            correlation_id: 2,
+        }))
+        .await;
+        let ServerCommand::SaslHandshakeResponse(r) = self.reply().await else {
+            panic!("no handshake response");
+        };
+        r.mechanisms
+    }
+    async fn external(&mut self) -> ResponseCode {
+        self.send(ClientCommand::SaslAuthenticate(SaslAuthenticate {
+            correlation_id: 3,
+            mechanism: "EXTERNAL".into(),
+            data: bytes::Bytes::new(),
+        }))
+        .await;
+        let ServerCommand::SaslAuthenticateResponse(r) = self.reply().await else {
+            panic!("no authenticate response");
+        };
+        r.code
+    }
+    /// Hello, PLAIN login, tune and open of vhost `/`.
+    async fn open_plain(&mut self, user: &str, pass: &str) {
+        self.hello().await;
+        self.send(ClientCommand::SaslAuthenticate(SaslAuthenticate {
+            correlation_id: 3,
+            mechanism: "PLAIN".into(),
+            data: plain(user, pass).into(),
+        }))
+        .await;
+        let ServerCommand::SaslAuthenticateResponse(r) = self.reply().await else {
+            panic!("no authenticate response");
+        };
+        assert_eq!(r.code, ResponseCode::Ok);
+        let ServerCommand::Tune(t) = self.reply().await else {
+            panic!("no tune");
+        };
+        self.send(ClientCommand::Tune(t)).await;
+        self.send(ClientCommand::Open(Open {
+            correlation_id: 4,
+            virtual_host: "/".into(),
+        }))
+        .await;
+        let ServerCommand::OpenResponse(o) = self.reply().await else {
+            panic!("no open response");
+        };
+        assert_eq!(o.code, ResponseCode::Ok);
+    }
+}
+
 /// The stream protocol's TLS port: SASL EXTERNAL with a client certificate, as RabbitMQ's
 /// stream plugin offers it (only to a client that presented a certificate).
 #[tokio::test]
 async fn stream_protocol_external_login_with_a_client_certificate() {
-    use pier_stream_wire::{
-        ClientCommand, Create, Open, PeerProperties, ResponseCode, SaslAuthenticate, SaslHandshake,
-        ServerCommand,
-    };
-
-    struct Stream {
-        io: Tls,
-        rx: BytesMut,
-    }
-    impl Stream {
-        async fn connect(port: u16, config: Arc<ClientConfig>) -> Stream {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            let tcp = loop {
-                match TcpStream::connect(("127.0.0.1", port)).await {
-                    Ok(t) => break t,
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "no stream TLS listener: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            };
-            let io = TlsConnector::from(config)
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .unwrap();
-            Stream {
-                io,
-                rx: BytesMut::new(),
-            }
-        }
-        async fn send(&mut self, c: ClientCommand) {
-            let mut out = BytesMut::new();
-            c.encode(&mut out).unwrap();
-            self.io.write_all(&out).await.unwrap();
-        }
-        async fn reply(&mut self) -> ServerCommand {
-            let read = async {
-                loop {
-                    if let Some(c) = ServerCommand::decode_from(&mut self.rx, 1 << 20).unwrap() {
-                        if !matches!(c, ServerCommand::Heartbeat) {
-                            return c;
-                        }
-                        continue;
-                    }
-                    let n = self.io.read_buf(&mut self.rx).await.unwrap();
-                    assert!(n > 0, "the server closed the connection");
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(10), read)
-                .await
-                .unwrap()
-        }
-        /// Peer properties and the SASL handshake: the mechanisms offered.
-        async fn hello(&mut self) -> Vec<String> {
-            self.send(ClientCommand::PeerProperties(PeerProperties {
-                correlation_id: 1,
-                properties: vec![("product".into(), "pier-tls-test".into())],
-            }))
-            .await;
-            assert!(matches!(
-                self.reply().await,
-                ServerCommand::PeerPropertiesResponse(_)
-            ));
-            self.send(ClientCommand::SaslHandshake(SaslHandshake {
-                correlation_id: 2,
-            }))
-            .await;
-            let ServerCommand::SaslHandshakeResponse(r) = self.reply().await else {
-                panic!("no handshake response");
-            };
-            r.mechanisms
-        }
-        async fn external(&mut self) -> ResponseCode {
-            self.send(ClientCommand::SaslAuthenticate(SaslAuthenticate {
-                correlation_id: 3,
-                mechanism: "EXTERNAL".into(),
-                data: bytes::Bytes::new(),
-            }))
-            .await;
-            let ServerCommand::SaslAuthenticateResponse(r) = self.reply().await else {
-                panic!("no authenticate response");
-            };
-            r.code
-        }
-    }
-
     let pki = Pki::new();
     let pier = start_pier(&pki, false);
     let client = pki.issue("tls-user", &[]);
@@ -826,6 +853,48 @@ async fn cluster_port_speaks_mutual_tls() {
     while api_get(&nodes[2], "/queues/%2F/over-tls").0 != 200 {
         assert!(Instant::now() < deadline, "node 3 never saw the queue");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A stream homed on node 2: a stream client connected to node 1's TLS port is told to
+    // reach node 2 at its TLS port (not its plain one, which these nodes do not even open).
+    let put = agent
+        .put(format!(
+            "http://127.0.0.1:{}/api/queues/%2F/tls-homed-stream",
+            nodes[1].http_port
+        ))
+        .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+        .header("Content-Type", "application/json")
+        .send(r#"{"durable": true, "arguments": {"x-queue-type": "stream"}}"#)
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let mut c = Stream::connect(nodes[0].stream_tls_port, client_config(&pki, None)).await;
+    c.open_plain("guest", "guest").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        c.send(ClientCommand::Metadata(Metadata {
+            correlation_id: 7,
+            streams: vec!["tls-homed-stream".into()],
+        }))
+        .await;
+        let ServerCommand::MetadataResponse(m) = c.reply().await else {
+            panic!("no metadata response");
+        };
+        let leader = m
+            .streams
+            .first()
+            .filter(|s| s.code == ResponseCode::Ok)
+            .and_then(|s| m.brokers.iter().find(|b| b.reference == s.leader));
+        // Node 2's endpoint arrives with its pongs; until then the stream may look down.
+        if let Some(b) = leader {
+            assert_eq!(
+                (b.host.as_str(), b.port),
+                ("127.0.0.1", u32::from(nodes[1].stream_tls_port)),
+                "{m:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader in {m:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // The cluster port itself: mutual TLS with the cluster's CA, nothing else.

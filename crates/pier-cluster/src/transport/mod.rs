@@ -664,6 +664,7 @@ mod tests {
                         cluster_id: Some(name),
                         incarnation: 1,
                         stream: None,
+                        stream_tls: None,
                     },
                     _ => Response::Refused("only pings".into()),
                 }
@@ -783,6 +784,7 @@ mod tests {
                     cluster_id: None,
                     incarnation: 1,
                     stream: None,
+                    stream_tls: None,
                 }
             })
         }

@@ -777,7 +777,7 @@ impl Session {
                 }];
                 let mut nodes: Vec<String> = Vec::new();
                 if let Some(cluster) = self.server.metadata.as_ref().and_then(|m| m.cluster()) {
-                    for (name, host, port) in cluster.stream_endpoints() {
+                    for (name, host, port) in cluster.stream_endpoints(c.tls) {
                         nodes.push(name);
                         brokers.push(pier_stream_wire::Broker {
                             reference: u16::try_from(nodes.len()).unwrap_or(u16::MAX),
