@@ -255,6 +255,8 @@ pub struct Registry {
     alarms: Arc<Alarms>,
     /// Stream-protocol connections (stream/stats.rs), listed and closed beside AMQP's.
     streams: RwLock<HashMap<ConnectionId, Arc<StreamConnectionEntry>>>,
+    /// The node's stream single-active-consumer groups, shared by its stream listeners.
+    stream_sac: Arc<crate::stream::Coordinator>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -266,6 +268,18 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// The node's stream single-active-consumer groups.
+    pub(crate) fn stream_sac(&self) -> &Arc<crate::stream::Coordinator> {
+        &self.stream_sac
+    }
+
+    /// Forces the stream single-active-consumer group `reference` of `stream` on (RabbitMQ
+    /// 4.2's `rabbitmq-streams activate_stream_consumer`): a member waiting for a former
+    /// active one that never answered its step-down is activated. False: no such group.
+    pub fn activate_stream_consumer(&self, vhost: &str, stream: &str, reference: &str) -> bool {
+        self.stream_sac.activate(vhost, stream, reference)
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

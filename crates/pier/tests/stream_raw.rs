@@ -1,7 +1,9 @@
 //! The stream protocol frame by frame (a raw client on pier-stream-wire), for what the client
 //! libraries hide: server heartbeats and the close of a silent client, `MetadataUpdate` to a
 //! subscriber whose stream is deleted, `PublishError` for an undeclared publisher,
-//! `StreamStats`, `ResolveOffsetSpec`, `ExchangeCommandVersions` and a wrong password.
+//! `StreamStats`, `ResolveOffsetSpec`, `ExchangeCommandVersions` and a wrong password; and
+//! the order of a single active consumer group's hand-over (Pier only: RabbitMQ 3.10 has no
+//! single active consumer).
 //!
 //! Validated against RabbitMQ 3.10.8: `PIER_TEST_STREAM_ADDR=127.0.0.1:5553 cargo test -p pier
 //! --test stream_raw` (the stats test is skipped there: 3.10 has neither command).
@@ -15,9 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use pier_stream_wire::entry::Entry;
 use pier_stream_wire::{
-    ClientCommand, Create, DeclarePublisher, Delete, ExchangeCommandVersions, OffsetSpec, Open,
-    PeerProperties, Publish, PublishVersion, PublishedMessage, ResolveOffsetSpec, ResponseCode,
-    SaslAuthenticate, SaslHandshake, ServerCommand, StreamStats, Subscribe, Tune,
+    ClientCommand, ConsumerUpdateResponse, Create, CreateSuperStream, DeclarePublisher, Delete,
+    ExchangeCommandVersions, OffsetSpec, Open, PeerProperties, Publish, PublishVersion,
+    PublishedMessage, ResolveOffsetSpec, ResponseCode, SaslAuthenticate, SaslHandshake,
+    ServerCommand, StreamStats, Subscribe, Tune, Unsubscribe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -68,6 +71,67 @@ impl Raw {
         tokio::time::timeout(STEP, read)
             .await
             .expect("no frame in time")
+    }
+
+    /// The next frame that is not a heartbeat, if one comes within `wait`.
+    async fn within(&mut self, wait: Duration) -> Option<ServerCommand> {
+        let read = async {
+            loop {
+                if let Some(c) = ServerCommand::decode_from(&mut self.rx, 1 << 20).unwrap() {
+                    if matches!(c, ServerCommand::Heartbeat) {
+                        continue;
+                    }
+                    return c;
+                }
+                // read_buf keeps what it read in `rx` if the timeout drops this future.
+                let n = self.io.read_buf(&mut self.rx).await.unwrap();
+                assert!(n > 0, "the server closed the connection");
+            }
+        };
+        tokio::time::timeout(wait, read).await.ok()
+    }
+
+    /// A `ConsumerUpdate` for `subscription_id`: whether it activates, and its correlation id.
+    async fn consumer_update(&mut self, subscription_id: u8) -> (bool, u32) {
+        match self.reply().await {
+            ServerCommand::ConsumerUpdate(u) => {
+                assert_eq!(u.subscription_id, subscription_id);
+                (u.active, u.correlation_id)
+            }
+            other => panic!("expected a consumer update, got {other:?}"),
+        }
+    }
+
+    async fn answer_update(&mut self, correlation_id: u32) {
+        self.send(ClientCommand::ConsumerUpdateResponse(
+            ConsumerUpdateResponse {
+                correlation_id,
+                code: ResponseCode::Ok,
+                offset: Some(OffsetSpec::First),
+            },
+        ))
+        .await;
+    }
+
+    /// Subscribes `subscription_id` to `stream` as a member of single active consumer group
+    /// `name` of super stream `super_stream`.
+    async fn subscribe_sac(&mut self, subscription_id: u8, stream: &str, super_stream: &str) {
+        let id = self.id();
+        let code = self
+            .call(ClientCommand::Subscribe(Subscribe {
+                correlation_id: id,
+                subscription_id,
+                stream: stream.into(),
+                offset: OffsetSpec::First,
+                credit: 10,
+                properties: vec![
+                    ("single-active-consumer".into(), "true".into()),
+                    ("name".into(), "app".into()),
+                    ("super-stream".into(), super_stream.into()),
+                ],
+            }))
+            .await;
+        assert_eq!(code, ResponseCode::Ok);
     }
 
     /// The next frame that is not a heartbeat.
@@ -391,4 +455,98 @@ async fn a_wrong_password_gets_authentication_failure() {
         Err(other) => panic!("unexpected {other:?}"),
         Ok(_) => panic!("a wrong password was accepted"),
     }
+}
+
+/// A super stream partition's consumer group hands over as RabbitMQ's does: when the active
+/// member changes while the former one is still subscribed, the former one is told first and
+/// the new one only once the former one's client has answered (it may store its offset in
+/// that answer's handler); a client that never answers holds the group until an operator
+/// forces it on (`activate_stream_consumer`, RabbitMQ 4.2). Before, the new member was
+/// activated at once, both consuming side by side for a moment.
+#[tokio::test]
+async fn a_consumer_group_hands_over_only_after_the_former_active_member_answers() {
+    let broker = Broker::start();
+    if std::env::var("PIER_TEST_STREAM_ADDR").is_ok() {
+        eprintln!("skipped: RabbitMQ 3.10 has no single active consumer");
+        return;
+    }
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let Some(http) = broker.http_url().map(str::to_owned) else {
+        return;
+    };
+    let ss = name("raw-sac");
+    let partition = format!("{ss}-1");
+    let mut admin = Raw::open(port, "guest", 0).await.unwrap();
+    let id = admin.id();
+    admin
+        .send(ClientCommand::CreateSuperStream(CreateSuperStream {
+            correlation_id: id,
+            name: ss.clone(),
+            partitions: vec![format!("{ss}-0"), partition.clone()],
+            binding_keys: vec!["0".into(), "1".into()],
+            arguments: vec![],
+        }))
+        .await;
+    match admin.reply().await {
+        ServerCommand::CreateSuperStreamResponse(r) => assert_eq!(r.code, ResponseCode::Ok),
+        other => panic!("expected a create super stream response, got {other:?}"),
+    }
+
+    // Alone in the group of partition 1, A is active.
+    let mut a = Raw::open(port, "guest", 0).await.unwrap();
+    a.subscribe_sac(1, &partition, &ss).await;
+    let (active, corr) = a.consumer_update(1).await;
+    assert!(active);
+    a.answer_update(corr).await;
+    // B joins: partition 1 of two members is B's. A is told to step down, B waits for A.
+    let mut b = Raw::open(port, "guest", 0).await.unwrap();
+    b.subscribe_sac(1, &partition, &ss).await;
+    let (active, corr) = a.consumer_update(1).await;
+    assert!(!active);
+    assert_eq!(b.within(Duration::from_millis(700)).await, None);
+    a.answer_update(corr).await;
+    let (active, corr) = b.consumer_update(1).await;
+    assert!(active);
+    b.answer_update(corr).await;
+
+    // C joins (B stays: member 1 of three), then A leaves: partition 1 of [B, C] is C's. B
+    // is told to step down and never answers: the group waits.
+    let mut c = Raw::open(port, "guest", 0).await.unwrap();
+    c.subscribe_sac(1, &partition, &ss).await;
+    assert_eq!(c.within(Duration::from_millis(300)).await, None);
+    let id = a.id();
+    a.send(ClientCommand::Unsubscribe(Unsubscribe {
+        correlation_id: id,
+        subscription_id: 1,
+    }))
+    .await;
+    match a.reply().await {
+        ServerCommand::UnsubscribeResponse(r) => assert_eq!(r.code, ResponseCode::Ok),
+        other => panic!("expected an unsubscribe response, got {other:?}"),
+    }
+    let (active, _) = b.consumer_update(1).await;
+    assert!(!active);
+    assert_eq!(c.within(Duration::from_millis(700)).await, None);
+    // The operator forces it on (what `pier ctl activate_stream_consumer` calls).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |reference: &str| {
+        agent
+            .post(format!(
+                "{http}/api/stream/consumer-groups/%2F/{partition}/{reference}/activate"
+            ))
+            .header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+            .send_empty()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("no-such-group"), 404);
+    assert_eq!(post("app"), 204);
+    let (active, _) = c.consumer_update(1).await;
+    assert!(active);
 }

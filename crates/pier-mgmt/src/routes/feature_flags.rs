@@ -45,7 +45,7 @@ pub async fn feature_flags(Extension(user): Extension<AuthUser>) -> ApiResult<Re
         ),
         flag("maintenance_mode_status", "Maintenance mode status", false),
         flag("quorum_queue", "Support queues of type `quorum`", true),
-        flag("stream_queue", "Support queues of type `stream`", false),
+        flag("stream_queue", "Support queues of type `stream`", true),
         flag(
             "user_limits",
             "Configure connection and channel limits for a user",

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use pier_broker::Queue;
 use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, StreamPublisherInfo};
@@ -50,6 +50,33 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/stream/consumers", get(consumers))
         .route("/stream/consumers/{vhost}", get(vhost_consumers))
+        .route(
+            "/stream/consumer-groups/{vhost}/{stream}/{reference}/activate",
+            post(activate_consumer),
+        )
+}
+
+/// POST /api/stream/consumer-groups/{vhost}/{stream}/{reference}/activate: forces a single
+/// active consumer group on (RabbitMQ 4.2's `rabbitmq-streams activate_stream_consumer`,
+/// which has no HTTP form there): a member left waiting for a former active one that never
+/// answered its step-down is activated. Administrators only; 404 when this node has no such
+/// group (a stream's groups live on the node hosting it).
+pub async fn activate_consumer(
+    State(st): State<AppState>,
+    Extension(user): Extension<AuthUser>,
+    Path((vhost, stream, reference)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    if !user.is_admin() {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    view_vhost(&st.broker, &user, &vhost)?;
+    if !st
+        .registry
+        .activate_stream_consumer(&vhost, &stream, &reference)
+    {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::no_content())
 }
 
 fn visible(user: &AuthUser, c: &StreamConnectionInfo) -> bool {

@@ -120,8 +120,8 @@ struct Session {
     subscriptions: HashMap<u8, Subscription>,
     deliver_v2: bool,
     sac_events: mpsc::Sender<SacEvent>,
-    /// ConsumerUpdate requests sent: correlation id → subscription.
-    updates: HashMap<u32, u8>,
+    /// ConsumerUpdate requests sent: correlation id → (subscription, whether it activated).
+    updates: HashMap<u32, (u8, bool)>,
     next_correlation: u32,
     cert_user: Option<String>,
     /// The TLS session the connection runs over (`None`: plain TCP).
@@ -968,9 +968,14 @@ impl Session {
                 .await;
             }
             ClientCommand::ConsumerUpdateResponse(u) => {
-                if let Some(sub_id) = self.updates.remove(&u.correlation_id) {
+                if let Some((sub_id, activated)) = self.updates.remove(&u.correlation_id) {
                     if let Some(sub) = self.subscriptions.get(&sub_id) {
-                        if sub.shared.stats.active.load(Ordering::Acquire) {
+                        if !activated {
+                            // It has stepped down: its group's next member may start.
+                            if let Some(key) = &sub.sac {
+                                self.server.sac.stepped_down(key, self.id, sub_id);
+                            }
+                        } else if sub.shared.stats.active.load(Ordering::Acquire) {
                             let start = to_start(u.offset.unwrap_or(sub.offset));
                             *sub.shared.restart.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(start);
@@ -1222,7 +1227,7 @@ impl Session {
         sub.shared.wake.notify_one();
         let correlation_id = self.next_correlation;
         self.next_correlation = self.next_correlation.wrapping_add(1);
-        self.updates.insert(correlation_id, id);
+        self.updates.insert(correlation_id, (id, active));
         self.send(ServerCommand::ConsumerUpdate(ConsumerUpdate {
             correlation_id,
             subscription_id: id,

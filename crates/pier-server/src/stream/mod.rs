@@ -104,12 +104,13 @@ pub async fn serve(
 ) {
     let server = Arc::new(Server {
         broker,
-        registry,
+        registry: Arc::clone(&registry),
         config: StreamServerConfig {
             tls: tls.is_some(),
             ..config
         },
-        sac: Arc::new(Coordinator::default()),
+        // One coordinator for the node: a group's members may come through either port.
+        sac: Arc::clone(registry.stream_sac()),
         metadata: metadata.filter(|m| m.cluster().is_some()),
     });
     let tracker = TaskTracker::new();

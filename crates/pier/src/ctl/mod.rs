@@ -310,6 +310,15 @@ enum CtlCommand {
         reference: String,
         columns: Vec<String>,
     },
+    /// Forces a single-active-consumer group on (rabbitmq-streams activate_stream_consumer,
+    /// RabbitMQ 4.2): activates the member that waits for a former active one that never
+    /// answered its step-down. Run it against the node hosting the stream.
+    ActivateStreamConsumer {
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        reference: String,
+    },
     /// The members of a quorum queue's Raft group (rabbitmq-queues quorum_status). Columns:
     /// node raft_state term last_log_index commit_index leader.
     QuorumStatus { name: String, columns: Vec<String> },
@@ -1332,6 +1341,9 @@ impl Ctl {
                 reference,
                 columns,
             } => self.list_stream_group_consumers(&stream, &reference, &columns),
+            CtlCommand::ActivateStreamConsumer { stream, reference } => {
+                self.activate_stream_consumer(&stream, &reference)
+            }
             CtlCommand::StreamStatus { name, columns } => self.stream_status(&name, &columns),
             CtlCommand::QuorumStatus { name, columns } => self.quorum_status(&name, &columns),
             CtlCommand::CheckIfNodeIsQuorumCritical => self.check_quorum_critical(),

@@ -534,6 +534,36 @@ impl Ctl {
         self.show_list(&STREAM_GROUP_CONSUMERS, columns, &rows)
     }
 
+    /// `activate_stream_consumer --stream S --reference R` (RabbitMQ 4.2): forces a group on
+    /// whose new active member waits for a former one that never answered its step-down.
+    pub(super) fn activate_stream_consumer(&self, stream: &str, reference: &str) -> CtlResult<()> {
+        self.info(&format!(
+            "Activating consumer of stream {stream}, reference {reference} in vhost {} ...",
+            self.vhost
+        ));
+        self.client
+            .post(
+                &format!(
+                    "/stream/consumer-groups/{}/{}/{}/activate",
+                    self.vh(),
+                    enc(stream),
+                    enc(reference)
+                ),
+                &json!({}),
+            )
+            .map_err(|e| {
+                if e.is_not_found() {
+                    CtlError::new(
+                        EX_DATAERR,
+                        format!("The group does not exist: stream {stream}, reference {reference}"),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        Ok(())
+    }
+
     /// `stream_status NAME`: the stream's members (one, the writer, on a single node).
     pub(super) fn stream_status(&self, name: &str, columns: &[String]) -> CtlResult<()> {
         self.info(&format!(
