@@ -1292,6 +1292,33 @@ async fn stream_consumer_groups_status_and_tracking() {
     ])
     .json();
     assert_eq!(writers.as_array().unwrap().len(), 1, "{writers}");
+    // activate_stream_consumer (RabbitMQ 4.2): a group that is not stuck stays as it is; an
+    // unknown group is a data error.
+    run(vec![
+        "activate_stream_consumer".into(),
+        "--stream".into(),
+        s.clone(),
+        "--reference".into(),
+        "app".into(),
+    ]);
+    let missing = tokio::task::block_in_place(|| {
+        ctl(
+            &broker,
+            &[
+                "activate_stream_consumer",
+                "--stream",
+                &s,
+                "--reference",
+                "no-such-app",
+            ],
+        )
+    });
+    assert_eq!(missing.code, 65, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("The group does not exist"),
+        "{}",
+        missing.stderr
+    );
     drop((first, second, plain));
     producer.close().await.unwrap();
 }
