@@ -11,6 +11,7 @@ unless PIER_UI_TESTS_REQUIRED=1 (set by .ci/run), where a missing browser is a f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -454,6 +455,21 @@ def test_stream_and_quorum_queue_pages_show_their_log_and_members(pier_ui, brows
                timeout=15, what="the stream's offsets")
     assert text_of(browser, "queue-stream-segments") == "1"
     assert "consumer offsets" in text_of(browser, "queue-stream-tracking")
+    # A named consumer stores its offset (stream protocol): the page shows it and its lag.
+    rstream = pytest.importorskip("rstream")
+
+    async def store():
+        c = rstream.Consumer("127.0.0.1", port=pier_ui.stream_port, username="guest",
+                             password="guest")
+        await c.start()
+        await c.store_offset(stream, "ui-reader", 3)
+        await c.close()
+    asyncio.run(store())
+    browser.refresh()
+    # The lag counts from the log's last offset (the stored offset's own tracking chunk
+    # takes one too).
+    wait_until(browser, lambda d: text_of(d, "queue-stream-consumer-offsets")
+               .startswith("ui-reader: 3 (lag "), timeout=15, what="the stored consumer offset")
     shot(browser, "ui-stream")
 
     browser.get(f"http://127.0.0.1:{pier_ui.http_port}/#/queues/%2F/{q(quorum)}")

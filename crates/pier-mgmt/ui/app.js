@@ -700,6 +700,19 @@
         h('tr', null, h('th', null, 'Oldest / newest'), h('td', null, stamp(st.first_timestamp) + ' / ' + stamp(st.last_timestamp))),
         h('tr', null, h('th', null, 'Tracking'), h('td', { id: 'queue-stream-tracking' },
           tracked(st.tracking && st.tracking.offsets) + ' consumer offsets, ' + tracked(st.tracking && st.tracking.sequences) + ' publisher sequences')));
+      // Each named consumer's stored offset and how far it is behind the log's last
+      // offset; each named publisher's last sequence (deduplication).
+      const offsets = Object.entries((st.tracking && st.tracking.offsets) || {});
+      const sequences = Object.entries((st.tracking && st.tracking.sequences) || {});
+      const lag = (o) => st.last_offset == null ? '' : ' (lag ' + fmtInt(Math.max(0, st.last_offset - o)) + ')';
+      if (offsets.length) {
+        rows.push(h('tr', null, h('th', null, 'Consumer offsets'), h('td', { id: 'queue-stream-consumer-offsets' },
+          offsets.map(([name, o]) => name + ': ' + fmtInt(o) + lag(o)).join(', '))));
+      }
+      if (sequences.length) {
+        rows.push(h('tr', null, h('th', null, 'Publisher sequences'), h('td', { id: 'queue-stream-publisher-sequences' },
+          sequences.map(([name, n]) => name + ': ' + fmtInt(n)).join(', '))));
+      }
     }
     if (q.type === 'quorum' && q.members) {
       rows.push(
