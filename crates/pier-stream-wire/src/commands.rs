@@ -757,6 +757,12 @@ impl ClientCommand {
                 } else {
                     Some(OffsetSpec::decode_typed(t, r)?)
                 };
+                if matches!(t, 0..=3) && r.remaining() == 8 {
+                    // An offset value with a type that has none: RabbitMQ reads the type and
+                    // ignores what follows, and rstream (before 0.21) sends 8 bytes there
+                    // for `first`, `last` and `next` too.
+                    let _ = r.rest();
+                }
                 ClientCommand::ConsumerUpdateResponse(ConsumerUpdateResponse {
                     correlation_id,
                     code,

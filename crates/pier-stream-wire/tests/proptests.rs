@@ -843,3 +843,34 @@ proptest! {
         prop_assert_eq!(back.to_bytes().unwrap(), bytes);
     }
 }
+
+/// A ConsumerUpdate answer with an offset value after a type that has none (`next` here):
+/// RabbitMQ reads the type and ignores the value, and rstream before 0.21 always sends one;
+/// Pier closed those connections ("8 trailing byte(s)").
+#[test]
+fn a_consumer_update_answer_may_carry_a_value_its_type_does_not_use() {
+    let mut frame = Vec::new();
+    let body: Vec<u8> = [
+        &0x801a_u16.to_be_bytes()[..],
+        &1_u16.to_be_bytes(),
+        &7_u32.to_be_bytes(),
+        &1_u16.to_be_bytes(),
+        &3_u16.to_be_bytes(),
+        &0_u64.to_be_bytes(),
+    ]
+    .concat();
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&body);
+    let (cmd, n) = ClientCommand::decode(&Bytes::from(frame.clone()), 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, frame.len());
+    assert_eq!(
+        cmd,
+        ClientCommand::ConsumerUpdateResponse(ConsumerUpdateResponse {
+            correlation_id: 7,
+            code: ResponseCode::Ok,
+            offset: Some(OffsetSpec::Next),
+        })
+    );
+}

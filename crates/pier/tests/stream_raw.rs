@@ -550,3 +550,37 @@ async fn a_consumer_group_hands_over_only_after_the_former_active_member_answers
     let (active, _) = c.consumer_update(1).await;
     assert!(active);
 }
+
+/// After the connection is open, a `Publish` frame larger than the negotiated `frame_max` is
+/// read, as RabbitMQ up to 4.2 (3.10.8 here) reads it: rstream before 0.21 sends a
+/// producer's whole buffer as one frame. Before, Pier closed the connection with
+/// FRAME_TOO_LARGE.
+#[tokio::test]
+async fn an_open_connection_may_publish_a_frame_past_frame_max() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let s = name("raw-big-frame");
+    let mut c = Raw::open(port, "guest", 0).await.unwrap();
+    c.create(&s).await;
+    c.declare_publisher(0, &s).await;
+    // 100,000 messages of 18 bytes each on the wire: one frame of ~1.8 MB, frame_max 1 MiB.
+    let n = 100_000u64;
+    c.publish(0, 1..=n).await;
+    let mut confirmed = 0u64;
+    while confirmed < n {
+        match c.reply().await {
+            ServerCommand::PublishConfirm(p) => confirmed += p.publishing_ids.len() as u64,
+            other => panic!("expected confirms, got {other:?}"),
+        }
+    }
+    let id = c.id();
+    let code = c
+        .call(ClientCommand::Delete(Delete {
+            correlation_id: id,
+            stream: s,
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+}

@@ -136,6 +136,26 @@ struct Session {
     entry: Option<Arc<StreamConnectionEntry>>,
 }
 
+/// Before a reader attaches at the end of the log (`next`, `last`, a timestamp), what the
+/// writer has already accepted is written: RabbitMQ's writer appends a publish as soon as it
+/// has it (without an fsync), so a subscription that follows a publish finds it in the log;
+/// here it could still wait for its fsync and then reach a `next` reader that should have
+/// skipped it (rstream's own `test_offset_type_next`). Costs the subscription at most one
+/// write and fsync of the writer's queue.
+async fn settle_before(stream: &Arc<Stream>, at: StartAt) {
+    if matches!(at, StartAt::First | StartAt::Offset(_)) {
+        return;
+    }
+    let stream = Arc::clone(stream);
+    // A stopped writer fails the reader that follows; nothing to report here.
+    let _ = tokio::task::spawn_blocking(move || stream.flush()).await;
+}
+
+/// See `Session::inbound_limit`.
+const INBOUND_FRAME_CEILING: u32 = 64 << 20;
+/// See `Session::publish`.
+const APPEND_MAX_MESSAGES: usize = 16_384;
+
 fn to_start(o: OffsetSpec) -> StartAt {
     match o {
         OffsetSpec::First => StartAt::First,
@@ -264,7 +284,7 @@ pub(crate) async fn run<S>(
         };
         s.counters.count_read(n);
         loop {
-            match ClientCommand::decode_from(&mut buf, s.frame_max) {
+            match ClientCommand::decode_from(&mut buf, s.inbound_limit()) {
                 Ok(Some(cmd)) => {
                     if !s.handle(cmd).await {
                         s.closing = true;
@@ -397,6 +417,21 @@ impl Session {
         };
         let (_, p) = self.server.broker.compiled_permission(user, vh.name());
         p.is_some_and(|p| p.allows(access, name))
+    }
+
+    /// The largest frame read from the client. Before the connection is open: the negotiated
+    /// `frame_max` (8 KiB until `Tune`). After: at least `INBOUND_FRAME_CEILING`, for
+    /// RabbitMQ up to 4.2 reads frames of any size from an authenticated client, and clients
+    /// rely on it (rstream before 0.21 sends a producer's whole buffer as one `Publish`,
+    /// megabytes past the 1 MiB it negotiated; Pier closed those connections with
+    /// FRAME_TOO_LARGE and the client's own `test_publishing_several_messages` failed).
+    /// Bounded all the same: one connection holds at most one such frame.
+    fn inbound_limit(&self) -> u32 {
+        if self.vhost.is_some() {
+            self.frame_max.max(INBOUND_FRAME_CEILING)
+        } else {
+            self.frame_max
+        }
     }
 
     fn stream(&self, name: &str) -> Option<Arc<Stream>> {
@@ -996,7 +1031,48 @@ impl Session {
         }
     }
 
+    /// A `Publish` goes to the stream's writer in parts of at most `APPEND_MAX_MESSAGES`
+    /// messages and about `frame_max` bytes: a frame past `frame_max` (read for RabbitMQ's
+    /// sake, `inbound_limit`) then makes the chunks a frame within it would make, and no
+    /// chunk nears its 65,535-entry limit.
     async fn publish(&mut self, p: pier_stream_wire::Publish) {
+        let limit = self.frame_max as usize;
+        let fits = p.messages.len() <= APPEND_MAX_MESSAGES
+            && p.messages
+                .iter()
+                .map(|m| m.entry.encoded_len() + 8)
+                .sum::<usize>()
+                <= limit;
+        if fits {
+            return self.publish_part(p).await;
+        }
+        let (version, publisher_id) = (p.version, p.publisher_id);
+        let mut part = Vec::new();
+        let mut bytes = 0;
+        for m in p.messages {
+            let size = m.entry.encoded_len() + 8;
+            if !part.is_empty() && (part.len() == APPEND_MAX_MESSAGES || bytes + size > limit) {
+                let messages = std::mem::take(&mut part);
+                self.publish_part(pier_stream_wire::Publish {
+                    version,
+                    publisher_id,
+                    messages,
+                })
+                .await;
+                bytes = 0;
+            }
+            bytes += size;
+            part.push(m);
+        }
+        self.publish_part(pier_stream_wire::Publish {
+            version,
+            publisher_id,
+            messages: part,
+        })
+        .await;
+    }
+
+    async fn publish_part(&mut self, p: pier_stream_wire::Publish) {
         let n = p.messages.len();
         if n == 0 {
             return;
@@ -1146,7 +1222,9 @@ impl Session {
             restart: Mutex::new(None),
         });
         let reader = if sac_key.is_none() {
-            match stream.reader(to_start(s.offset)) {
+            let at = to_start(s.offset);
+            settle_before(&stream, at).await;
+            match stream.reader(at) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     tracing::warn!(stream = %s.stream, "subscribe: {e}");
@@ -1306,6 +1384,7 @@ async fn deliver_loop(mut t: DeliverTask) {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(at) = restart {
+            settle_before(&t.stream, at).await;
             match t.stream.reader(at) {
                 Ok(r) => t.reader = Some(r),
                 Err(e) => {

@@ -152,6 +152,10 @@ enum Command {
 pub const WRITER_CHANNEL: usize = 4096;
 /// At most this much data goes into one chunk.
 const MAX_CHUNK_BYTES: usize = 4 << 20;
+/// Messages (entries) a chunk may take; its header counts them in 16 bits. An append that
+/// would take a batch past it starts the next batch; one larger on its own is refused (the
+/// stream connection splits publishes far below it).
+pub const MAX_CHUNK_ENTRIES: usize = 60_000;
 /// How often the writer applies retention when idle.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -372,8 +376,13 @@ struct Batch {
 fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
     let mut failed: Option<Arc<StreamError>> = None;
     let mut last_retention = Instant::now();
+    // An append left over from the previous batch (it did not fit in its chunk).
+    let mut carry: Option<Command> = None;
     loop {
-        let first = match rx.recv_timeout(RETENTION_INTERVAL) {
+        let first = match carry
+            .take()
+            .map_or_else(|| rx.recv_timeout(RETENTION_INTERVAL), Ok)
+        {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
                 log.idle();
@@ -393,6 +402,27 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
         while let Some(cmd) = next.take() {
             taken += 1;
             match cmd {
+                Command::Append { messages, done, .. } if messages.len() > MAX_CHUNK_ENTRIES => {
+                    done(Err(Arc::new(StreamError::Chunk(format!(
+                        "{} messages in one append (at most {MAX_CHUNK_ENTRIES})",
+                        messages.len()
+                    )))));
+                }
+                Command::Append {
+                    writer,
+                    messages,
+                    done,
+                } if !batch.entries.is_empty()
+                    && batch.entries.len() + messages.len() > MAX_CHUNK_ENTRIES =>
+                {
+                    // Past what one chunk holds: it opens the next batch.
+                    carry = Some(Command::Append {
+                        writer,
+                        messages,
+                        done,
+                    });
+                    break;
+                }
                 Command::Append {
                     writer,
                     messages,

@@ -519,3 +519,58 @@ fn a_reader_of_the_files_sees_whole_chunks_while_the_writer_appends() {
         }
     });
 }
+
+/// Appends queued together that hold more messages than one chunk can (its header counts
+/// entries in 16 bits) go into several chunks; one append larger than a chunk on its own is
+/// refused and the writer goes on. Before, such a batch failed the writer for good: every
+/// later append of the stream was refused.
+#[test]
+fn appends_past_a_chunks_entry_limit_split_into_chunks_and_never_stop_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
+    let part = 40_000u64;
+    let (tx, rx) = mpsc::channel();
+    // Three appends of 40,000 queued at once: while the writer writes the first, the next
+    // two wait together, past the 65,535 entries of one chunk.
+    for p in 0..3u64 {
+        let tx = tx.clone();
+        let msgs = (0..part).map(|i| msg(p * part + i + 1, "x")).collect();
+        s.append(
+            Some("w".into()),
+            msgs,
+            Box::new(move |r| {
+                let _ = tx.send((p, r.map_err(|e| e.to_string())));
+            }),
+        )
+        .unwrap();
+    }
+    let mut firsts = Vec::new();
+    for _ in 0..3 {
+        let (p, r) = rx.recv().unwrap();
+        firsts.push((p, r.unwrap().first_offset));
+    }
+    firsts.sort_unstable();
+    assert_eq!(
+        firsts,
+        vec![(0, Some(0)), (1, Some(part)), (2, Some(2 * part))]
+    );
+    let all = read_all(&s, StartAt::First);
+    assert_eq!(all.len(), 120_000);
+    assert!(all.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
+    // One append past the limit on its own: refused, and the stream still takes appends.
+    let (tx, rx) = mpsc::sync_channel(1);
+    let too_many = (0..MAX_CHUNK_ENTRIES as u64 + 1)
+        .map(|i| msg(i, "y"))
+        .collect();
+    s.append(
+        None,
+        too_many,
+        Box::new(move |r| {
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        }),
+    )
+    .unwrap();
+    assert!(rx.recv().unwrap().is_err());
+    let after = append_wait(&s, None, vec![msg(1, "after")]);
+    assert_eq!(after.first_offset, Some(120_000));
+}
