@@ -200,16 +200,27 @@ mod tests {
         assert!(c.is_active(&key(), 2, 0));
     }
 
-    #[test]
-    fn partitions_spread_over_a_consumer_group() {
+    /// Two members of partition 1's group: the first was active and has just been told to
+    /// step down for the second.
+    fn stepping_down_pair() -> (
+        Coordinator,
+        mpsc::Receiver<SacEvent>,
+        mpsc::Receiver<SacEvent>,
+    ) {
         let c = Coordinator::default();
         let (tx1, mut rx1) = mpsc::channel(8);
-        let (tx2, mut rx2) = mpsc::channel(8);
+        let (tx2, rx2) = mpsc::channel(8);
         // Partition 1 of a super stream: with two members, the second one is active.
         c.join(key(), Some(1), 1, 0, tx1);
         assert_eq!(rx1.try_recv().unwrap(), SacEvent::Activate(0));
         c.join(key(), Some(1), 2, 0, tx2);
         assert_eq!(rx1.try_recv().unwrap(), SacEvent::Deactivate(0));
+        (c, rx1, rx2)
+    }
+
+    #[test]
+    fn partitions_spread_over_a_consumer_group() {
+        let (c, mut rx1, mut rx2) = stepping_down_pair();
         // The new one waits until the former one's client has answered.
         assert!(rx2.try_recv().is_err());
         assert!(!c.is_active(&key(), 1, 0) && !c.is_active(&key(), 2, 0));
@@ -223,13 +234,7 @@ mod tests {
 
     #[test]
     fn a_member_that_leaves_while_stepping_down_lets_the_next_one_on() {
-        let c = Coordinator::default();
-        let (tx1, mut rx1) = mpsc::channel(8);
-        let (tx2, mut rx2) = mpsc::channel(8);
-        c.join(key(), Some(1), 1, 0, tx1);
-        assert_eq!(rx1.try_recv().unwrap(), SacEvent::Activate(0));
-        c.join(key(), Some(1), 2, 0, tx2);
-        assert_eq!(rx1.try_recv().unwrap(), SacEvent::Deactivate(0));
+        let (c, _rx1, mut rx2) = stepping_down_pair();
         c.leave(&key(), 1, 0);
         // Alone now: partition 1 of one member is member 0, the second subscription.
         assert_eq!(rx2.try_recv().unwrap(), SacEvent::Activate(0));
@@ -237,13 +242,7 @@ mod tests {
 
     #[test]
     fn an_operator_forces_a_stuck_group_on() {
-        let c = Coordinator::default();
-        let (tx1, mut rx1) = mpsc::channel(8);
-        let (tx2, mut rx2) = mpsc::channel(8);
-        c.join(key(), Some(1), 1, 0, tx1);
-        c.join(key(), Some(1), 2, 0, tx2);
-        assert_eq!(rx1.try_recv().unwrap(), SacEvent::Activate(0));
-        assert_eq!(rx1.try_recv().unwrap(), SacEvent::Deactivate(0));
+        let (c, mut rx1, mut rx2) = stepping_down_pair();
         // The former one never answers; the operator forces the group on.
         assert!(!c.activate("/", "s", "other"));
         assert!(c.activate("/", "s", "app"));
