@@ -155,7 +155,7 @@ const MAX_CHUNK_BYTES: usize = 4 << 20;
 /// Messages (entries) a chunk may take; its header counts them in 16 bits. An append that
 /// would take a batch past it starts the next batch; one larger on its own is refused (the
 /// stream connection splits publishes far below it).
-pub const MAX_CHUNK_ENTRIES: usize = 60_000;
+const MAX_CHUNK_ENTRIES: usize = 60_000;
 /// How often the writer applies retention when idle.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
