@@ -826,23 +826,17 @@ impl ClusterHandle {
         v
     }
 
-    /// Says where stream-protocol clients reach this node; its pongs tell the others, whose
-    /// `Metadata` answers then name it as the leader of the streams it hosts.
-    pub fn set_stream_endpoint(&self, host: String, port: u16) {
-        *self
-            .node
-            .stream_endpoint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((host, port));
-    }
-
-    /// The same for the stream protocol's TLS port.
-    pub fn set_stream_tls_endpoint(&self, host: String, port: u16) {
-        *self
-            .node
-            .stream_tls_endpoint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((host, port));
+    /// Says where stream-protocol clients reach this node (its TLS port with `tls`); its
+    /// pongs tell the others, whose `Metadata` answers then name it as the leader of the
+    /// streams it hosts.
+    pub fn set_stream_endpoint(&self, tls: bool, host: String, port: u16) {
+        let n = &self.node;
+        let own = if tls {
+            &n.stream_tls_endpoint
+        } else {
+            &n.stream_endpoint
+        };
+        *own.lock().unwrap_or_else(|p| p.into_inner()) = Some((host, port));
     }
 
     /// Where stream-protocol clients reach each other running member that serves the

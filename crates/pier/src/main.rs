@@ -363,6 +363,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         // The other nodes name this one as the leader of the streams it hosts.
         if let Some(c) = &cluster {
             c.set_stream_endpoint(
+                false,
                 stream_config.advertised_host.clone(),
                 stream_config.advertised_port,
             );
@@ -384,7 +385,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             };
             // A client connected over TLS is named the other nodes' TLS port.
             if let Some(c) = &cluster {
-                c.set_stream_tls_endpoint(config.advertised_host.clone(), port);
+                c.set_stream_endpoint(true, config.advertised_host.clone(), port);
             }
             stream_listeners.push((l, Some(acceptor), config));
         }

@@ -152,8 +152,9 @@ enum Command {
 pub const WRITER_CHANNEL: usize = 4096;
 /// At most this much data goes into one chunk.
 const MAX_CHUNK_BYTES: usize = 4 << 20;
-/// Messages (entries) a chunk may take; its header counts them in 16 bits. An append that
-/// would take a batch past it starts the next batch; one larger on its own is refused (the
+/// Messages (entries) a chunk may take; its header counts them in 16 bits. The writer stops
+/// taking appends into a batch at it, an append that would take a batch past it starts the
+/// next batch; one larger on its own is refused (the
 /// stream connection splits publishes far below it).
 const MAX_CHUNK_ENTRIES: usize = 60_000;
 /// How often the writer applies retention when idle.
@@ -472,7 +473,10 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 Command::SetConfig(c) => log.set_config(c),
                 Command::Flush(tx) => batch.flushes.push(tx),
             }
-            if batch.bytes < MAX_CHUNK_BYTES && batch.entries.len() < 60_000 && taken < 10_000 {
+            if batch.bytes < MAX_CHUNK_BYTES
+                && batch.entries.len() < MAX_CHUNK_ENTRIES
+                && taken < 10_000
+            {
                 next = rx.try_recv().ok();
             }
         }
