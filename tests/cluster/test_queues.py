@@ -7,6 +7,7 @@ over AMQP: declarations on a minority node fail clearly and quickly (541)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pika
@@ -72,6 +73,50 @@ def absent_error(conn, action) -> pika.exceptions.ChannelClosedByBroker:
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
         action(ch)
     return e.value
+
+
+
+def test_a_declaration_answered_on_one_node_is_seen_at_once_on_every_running_node(cluster):
+    """RabbitMQ's Mnesia commits a declaration on every running node before declare-ok, so
+    an application may declare through one node and use the queue through another at once.
+    Pier's answer waits until the other running nodes have applied the change."""
+    a, b, c = cluster.nodes
+    conns = [connect(n) for n in (a, b, c)]
+    # Node b runs in fits and starts (a loaded machine), so it applies changes late unless
+    # a waits for it.
+    stop = threading.Event()
+
+    def stutter():
+        while not stop.is_set():
+            b.pause()
+            time.sleep(0.02)
+            b.resume()
+            time.sleep(0.01)
+
+    t = threading.Thread(target=stutter, daemon=True)
+    t.start()
+    try:
+        decl, *others = [x.channel() for x in conns]
+        for i in range(60):
+            q = f"ryw-{i}"
+            decl.queue_declare(q, durable=True)
+            for ch in others:
+                # Passive: 404 (and a closed channel) if that node has not applied it yet.
+                ch.queue_declare(q, passive=True)
+            decl.exchange_declare(f"ryw-x-{i}", "fanout", durable=True)
+            for ch in others:
+                ch.exchange_declare(f"ryw-x-{i}", passive=True)
+            decl.queue_delete(q)
+            for ch in others:
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                    ch.queue_declare(q, passive=True)
+                assert e.value.reply_code == 404
+            others = [x.channel() for x in conns[1:]]
+    finally:
+        stop.set()
+        t.join()
+        for x in conns:
+            x.close()
 
 
 def test_a_consumer_elsewhere_keeps_receiving_across_a_leader_change(cluster):

@@ -19,6 +19,9 @@ use crate::raft::{node_id, PeerNode, Proposal};
 use crate::rpc::{ForwardError, NodeReport, Request, Response};
 use crate::transport::TransportError;
 
+/// How long a metadata change waits for other running members to apply it.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
+
 /// A proposal applied on this node: its log index and what applying it did here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
@@ -175,13 +178,15 @@ impl ClusterHandle {
         // Wait for this node's own apply of that entry.
         let mut applied = n.applied();
         let waited = || u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        loop {
+        let outcome = loop {
             tokio::select! {
                 r = &mut rx => {
-                    return match r {
-                        Ok(outcome) => Ok(Applied { index, outcome }),
-                        Err(_) => Err(ClusterError::Stopped("the state machine went away".into())),
-                    };
+                    match r {
+                        Ok(outcome) => break outcome,
+                        Err(_) => {
+                            return Err(ClusterError::Stopped("the state machine went away".into()))
+                        }
+                    }
                 }
                 changed = applied.changed() => {
                     if changed.is_err() {
@@ -191,17 +196,47 @@ impl ClusterHandle {
                     let at = applied.borrow_and_update().map_or(0, |l| l.index);
                     if at >= index {
                         // Applied through a snapshot (the waiter missed it) or just now.
-                        return Ok(Applied {
-                            index,
-                            outcome: rx.try_recv().unwrap_or(Ok(Outcome::Done)),
-                        });
+                        break rx.try_recv().unwrap_or(Ok(Outcome::Done));
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     return Err(ClusterError::NotApplied { index, waited_ms: waited() });
                 }
             }
+        };
+        self.settle_peers(index).await;
+        Ok(Applied { index, outcome })
+    }
+
+    /// Waits (briefly) until every other running member has applied entry `index`, so a
+    /// client told "done" that asks another node next sees the change there too, as with
+    /// RabbitMQ's Mnesia, whose transactions commit on every running node before the
+    /// reply. A member that is slow or goes away is not waited for past [`SETTLE_WAIT`]:
+    /// the change is committed either way.
+    async fn settle_peers(&self, index: u64) {
+        let n = &self.node;
+        let peers: Vec<(u64, PeerNode)> = n
+            .members()
+            .into_iter()
+            .filter(|(id, _, _)| *id != n.me_id && n.is_running(*id))
+            .map(|(id, p, _)| (id, p))
+            .collect();
+        if peers.is_empty() {
+            return;
         }
+        let wait_ms = u64::try_from(SETTLE_WAIT.as_millis()).unwrap_or(u64::MAX);
+        let mut calls = tokio::task::JoinSet::new();
+        for (id, p) in peers {
+            let node = Arc::clone(n);
+            calls.spawn(async move {
+                let request = Request::Applied { index, wait_ms };
+                let limit = SETTLE_WAIT + Duration::from_millis(100);
+                node.transport.call(id, &p.addr, &request, limit).await
+            });
+        }
+        // Whatever each answers (or an old node's refusal of a request it does not know),
+        // the wait is over.
+        while calls.join_next().await.is_some() {}
     }
 
     /// Gets `proposal` into the log through the leader; returns its index.

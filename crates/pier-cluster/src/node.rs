@@ -847,6 +847,20 @@ impl Handler for NodeHandler {
                 Request::Join(peer) => Response::Join(handle_join(&n, peer).await),
                 Request::Forget(name) => Response::Forget(forget_on_leader(&n, &name).await),
                 Request::Status => Response::Status(Box::new(n.local_report())),
+                Request::Applied { index, wait_ms } => {
+                    let mut applied = n.applied();
+                    let at = |a: &watch::Receiver<Option<LogId>>| {
+                        a.borrow().as_ref().map_or(0, |l| l.index)
+                    };
+                    let until = Instant::now() + Duration::from_millis(wait_ms.min(5_000));
+                    while at(&applied) < index {
+                        match tokio::time::timeout_at(until.into(), applied.changed()).await {
+                            Ok(Ok(())) => {}
+                            _ => break,
+                        }
+                    }
+                    Response::Applied(at(&applied))
+                }
                 Request::QueueRaft { group, request } => {
                     n.queues.quorum.serve_raft(group, *request).await
                 }

@@ -51,6 +51,13 @@ pub enum Request {
     /// Liveness: answered at once (a partition that drops packets leaves TCP connections
     /// open; pings tell which peers really answer).
     Ping,
+    /// Answered once this node has applied metadata entry `index`, or after `wait_ms`,
+    /// with the index it has applied (a proposer makes its change visible cluster-wide
+    /// before it answers its client).
+    Applied {
+        index: u64,
+        wait_ms: u64,
+    },
     /// A Raft RPC of a quorum queue's group.
     QueueRaft {
         group: u64,
@@ -116,6 +123,8 @@ pub enum Response {
     QueueWrite(Result<Vec<QueueReply>, ForwardError>),
     QueueStatus(Option<GroupStatus>),
     QueueMembers(Result<(), ForwardError>),
+    /// The metadata index this node has applied.
+    Applied(u64),
 }
 
 /// One member's view of a quorum queue's Raft group.
