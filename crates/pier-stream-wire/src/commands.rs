@@ -376,6 +376,28 @@ pub struct Deliver {
     pub chunk: Bytes,
 }
 
+impl Deliver {
+    /// The frame up to the chunk: size prefix, key, version, subscription id and committed
+    /// chunk id. Followed by [`Deliver::chunk`] it is the frame [`ServerCommand::encode`]
+    /// writes, so a server can send the chunk from where it is instead of copying it.
+    pub fn encode_head(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let (version, committed) = match self.committed_chunk_id {
+            Some(_) => (2, 8),
+            None => (1, 0),
+        };
+        let size = 2 + 2 + 1 + committed + self.chunk.len();
+        let size32 = u32::try_from(size).map_err(|_| EncodeError::TooLong(size))?;
+        out.put_u32(size32);
+        out.put_u16(key::DELIVER);
+        out.put_u16(version);
+        out.put_u8(self.subscription_id);
+        if let Some(id) = self.committed_chunk_id {
+            out.put_u64(id);
+        }
+        Ok(())
+    }
+}
+
 /// `Credit` response (0x8009), sent only when crediting fails (e.g. an unknown
 /// subscription). It has no correlation id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

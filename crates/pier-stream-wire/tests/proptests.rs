@@ -559,6 +559,21 @@ proptest! {
             prop_assert_eq!(r.unwrap_err().close_code(), ResponseCode::UnknownFrame);
         }
     }
+
+    #[test]
+    fn a_deliver_head_and_its_chunk_are_the_whole_frame(
+        subscription_id in any::<u8>(),
+        committed in of(any::<u64>()),
+        chunk in blob(300),
+    ) {
+        let d = Deliver { subscription_id, committed_chunk_id: committed, chunk };
+        let mut whole = BytesMut::new();
+        ServerCommand::Deliver(d.clone()).encode(&mut whole).unwrap();
+        let mut parts = BytesMut::new();
+        d.encode_head(&mut parts).unwrap();
+        parts.extend_from_slice(&d.chunk);
+        prop_assert_eq!(&parts[..], &whole[..]);
+    }
 }
 
 // ---- chunks ------------------------------------------------------------------------------

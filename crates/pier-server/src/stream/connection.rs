@@ -43,6 +43,22 @@ fn encode(cmd: &ServerCommand) -> Bytes {
     }
 }
 
+/// A frame for the connection's writer: one buffer, or a head and a body written as they
+/// are (a `Deliver` sends the chunk the stream holds instead of a copy of it).
+struct Out {
+    head: Bytes,
+    body: Bytes,
+}
+
+impl From<Bytes> for Out {
+    fn from(head: Bytes) -> Out {
+        Out {
+            head,
+            body: Bytes::new(),
+        }
+    }
+}
+
 fn ok(correlation_id: u32) -> Response {
     Response {
         correlation_id,
@@ -114,7 +130,7 @@ struct Session {
     user: Option<String>,
     _slot: Option<ConnectionSlot>,
     frame_max: u32,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<Out>,
     shared: Arc<ConnShared>,
     publishers: HashMap<u8, Publisher>,
     subscriptions: HashMap<u8, Subscription>,
@@ -179,7 +195,7 @@ pub(crate) async fn run<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(socket);
-    let (out, out_rx) = mpsc::channel::<Bytes>(OUT_CHANNEL);
+    let (out, out_rx) = mpsc::channel::<Out>(OUT_CHANNEL);
     let (sac_tx, mut sac_rx) = mpsc::channel::<SacEvent>(64);
     let shared = Arc::new(ConnShared {
         pending: Mutex::new(Pending::default()),
@@ -295,7 +311,7 @@ pub(crate) async fn run<S>(
                 Err(e) => {
                     tracing::info!(peer = %s.peer, "stream connection: {e}");
                     if s.vhost.is_some() {
-                        let _ = s.out.send(encode(&e.close_command())).await;
+                        let _ = s.out.send(encode(&e.close_command()).into()).await;
                     }
                     s.closing = true;
                     break;
@@ -319,7 +335,7 @@ pub(crate) async fn run<S>(
 
 async fn write_loop<W: AsyncWrite>(
     wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Out>,
     shared: Arc<ConnShared>,
     counters: Arc<StreamCounters>,
     heartbeat: Arc<AtomicU32>,
@@ -338,17 +354,28 @@ async fn write_loop<W: AsyncWrite>(
             f = rx.recv() => match f {
                 Some(f) => {
                     let mut f = Some(f);
-                    while let Some(frame) = f.take() {
-                        if frame.len() > 64 * 1024 {
+                    while let Some(Out { head, body }) = f.take() {
+                        // Small frames are gathered; a large one (or a large body) goes
+                        // from where it is, after what was gathered.
+                        let large = if body.is_empty() { head.len() } else { body.len() };
+                        if large > 64 * 1024 {
+                            // A body's head goes out with what was gathered.
+                            let big = if body.is_empty() {
+                                head
+                            } else {
+                                buf.extend_from_slice(&head);
+                                body
+                            };
                             if !buf.is_empty() {
                                 if wr.write_all(&buf).await.is_err() { return; }
                                 counters.count_write(buf.len());
                             }
                             buf.clear();
-                            if wr.write_all(&frame).await.is_err() { return; }
-                            counters.count_write(frame.len());
+                            if wr.write_all(&big).await.is_err() { return; }
+                            counters.count_write(big.len());
                         } else {
-                            buf.extend_from_slice(&frame);
+                            buf.extend_from_slice(&head);
+                            buf.extend_from_slice(&body);
                         }
                         if buf.len() < 256 * 1024 {
                             f = rx.try_recv().ok();
@@ -403,7 +430,7 @@ async fn write_loop<W: AsyncWrite>(
 
 impl Session {
     async fn send(&self, cmd: ServerCommand) {
-        let _ = self.out.send(encode(&cmd)).await;
+        let _ = self.out.send(encode(&cmd).into()).await;
     }
 
     fn vhost(&self) -> Option<&Arc<VHost>> {
@@ -1360,7 +1387,7 @@ struct DeliverTask {
     reader: Option<pier_store::stream::StreamReader>,
     matcher: Option<BloomMatcher>,
     shared: Arc<SubShared>,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<Out>,
     v2: bool,
     cancel: CancellationToken,
 }
@@ -1409,7 +1436,7 @@ async fn deliver_loop(mut t: DeliverTask) {
                     }
                 }
                 let committed = t.stream.shared().view().last_chunk_id;
-                let frame = encode(&ServerCommand::Deliver(Deliver {
+                let deliver = Deliver {
                     subscription_id: t.id,
                     committed_chunk_id: if t.v2 {
                         Some(committed.unwrap_or(0))
@@ -1417,7 +1444,16 @@ async fn deliver_loop(mut t: DeliverTask) {
                         None
                     },
                     chunk: c.delivered,
-                }));
+                };
+                let mut head = BytesMut::with_capacity(16);
+                if let Err(e) = deliver.encode_head(&mut head) {
+                    tracing::error!(stream = %t.stream_name, "stream: encoding a delivery: {e}");
+                    break;
+                }
+                let frame = Out {
+                    head: head.freeze(),
+                    body: deliver.chunk,
+                };
                 t.shared.stats.credit.fetch_sub(1, Ordering::AcqRel);
                 let records = u64::from(c.header.num_records);
                 t.shared
@@ -1438,7 +1474,7 @@ async fn deliver_loop(mut t: DeliverTask) {
                     code: ResponseCode::StreamNotAvailable,
                     stream: t.stream_name.clone(),
                 }));
-                let _ = t.out.send(frame).await;
+                let _ = t.out.send(frame.into()).await;
                 break;
             }
             Some(Err(e)) => {
@@ -1451,7 +1487,7 @@ async fn deliver_loop(mut t: DeliverTask) {
                         code: ResponseCode::StreamNotAvailable,
                         stream: t.stream_name.clone(),
                     }));
-                    let _ = t.out.send(frame).await;
+                    let _ = t.out.send(frame.into()).await;
                     break;
                 }
                 tokio::select! {
