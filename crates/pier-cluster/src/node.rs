@@ -849,17 +849,12 @@ impl Handler for NodeHandler {
                 Request::Status => Response::Status(Box::new(n.local_report())),
                 Request::Applied { index, wait_ms } => {
                     let mut applied = n.applied();
-                    let at = |a: &watch::Receiver<Option<LogId>>| {
-                        a.borrow().as_ref().map_or(0, |l| l.index)
-                    };
-                    let until = Instant::now() + Duration::from_millis(wait_ms.min(5_000));
-                    while at(&applied) < index {
-                        match tokio::time::timeout_at(until.into(), applied.changed()).await {
-                            Ok(Ok(())) => {}
-                            _ => break,
-                        }
-                    }
-                    Response::Applied(at(&applied))
+                    let at = |l: &Option<LogId>| l.as_ref().map_or(0, |l| l.index);
+                    let wait = Duration::from_millis(wait_ms.min(5_000));
+                    // Reached, timed out, or the node was reset: say where it is.
+                    let _ = tokio::time::timeout(wait, applied.wait_for(|l| at(l) >= index)).await;
+                    let reached = at(&applied.borrow());
+                    Response::Applied(reached)
                 }
                 Request::QueueRaft { group, request } => {
                     n.queues.quorum.serve_raft(group, *request).await

@@ -355,27 +355,24 @@ async fn write_loop<W: AsyncWrite>(
                 Some(f) => {
                     let mut f = Some(f);
                     while let Some(Out { head, body }) = f.take() {
-                        // Small frames are gathered; a large one (or a large body) goes
-                        // from where it is, after what was gathered.
-                        let large = if body.is_empty() { head.len() } else { body.len() };
-                        if large > 64 * 1024 {
-                            // A body's head goes out with what was gathered.
-                            let big = if body.is_empty() {
-                                head
-                            } else {
-                                buf.extend_from_slice(&head);
-                                body
-                            };
+                        // Small buffers are gathered; a large one (a frame, or a Deliver's
+                        // chunk after its head) goes from where it is, after them.
+                        let last = if body.is_empty() {
+                            head
+                        } else {
+                            buf.extend_from_slice(&head);
+                            body
+                        };
+                        if last.len() > 64 * 1024 {
                             if !buf.is_empty() {
                                 if wr.write_all(&buf).await.is_err() { return; }
                                 counters.count_write(buf.len());
                             }
                             buf.clear();
-                            if wr.write_all(&big).await.is_err() { return; }
-                            counters.count_write(big.len());
+                            if wr.write_all(&last).await.is_err() { return; }
+                            counters.count_write(last.len());
                         } else {
-                            buf.extend_from_slice(&head);
-                            buf.extend_from_slice(&body);
+                            buf.extend_from_slice(&last);
                         }
                         if buf.len() < 256 * 1024 {
                             f = rx.try_recv().ok();
