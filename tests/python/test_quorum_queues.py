@@ -520,6 +520,54 @@ def test_restart_keeps_quorum_queue_and_every_message(pier_factory):
     conn.close()
 
 
+@pytest.mark.pier_only
+def test_delivery_counts_and_the_limit_survive_a_restart(pier_factory):
+    """RabbitMQ keeps a quorum queue's delivery counts in its Raft log: a poison message
+    cannot escape its delivery limit by a broker restart, and x-delivery-count carries on."""
+    proc = pier_factory()
+
+    def connect():
+        return pika.BlockingConnection(pika.ConnectionParameters(
+            host="127.0.0.1", port=proc.amqp_port, connection_attempts=1, socket_timeout=10))
+
+    args = {"x-delivery-limit": 3, "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "qq.dl"}
+    conn = connect()
+    ch = conn.channel()
+    ch.queue_declare("qq.dl", durable=True)
+    declare_qq(ch, "qq.counted", **args)
+    ch.confirm_delivery()
+    ch.basic_publish("", "qq.counted", b"poison")
+    ch.basic_publish("", "qq.counted", b"fine")
+    counts = []
+    for _ in range(2):
+        method, props, body = wait_until(lambda: _get(ch, "qq.counted"), message="poison")
+        assert body == b"poison"
+        counts.append(_count(props))
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    # Taken a third time and still unacked when the connection goes: counted too.
+    method, props, body = wait_until(lambda: _get(ch, "qq.counted"), message="poison")
+    counts.append(_count(props))
+    assert counts == [None, 1, 2]
+    conn.close()
+
+    assert proc.terminate() == 0, proc.log_tail()
+    proc.start()
+    conn = connect()
+    ch = conn.channel()
+    declare_qq(ch, "qq.counted", **args)
+    method, props, body = wait_until(lambda: _get(ch, "qq.counted"), message="poison")
+    assert (body, method.redelivered, _count(props)) == (b"poison", True, 3)
+    # A fourth return passes the limit of 3, as it would have without the restart.
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    method, props, body = wait_until(lambda: _get(ch, "qq.dl", ack=True), message="dead letter")
+    assert body == b"poison"
+    assert props.headers["x-death"][0]["reason"] == "delivery_limit"
+    method, props, body = wait_until(lambda: _get(ch, "qq.counted", ack=True), message="fine")
+    assert (body, _count(props)) == (b"fine", None)
+    conn.close()
+
+
 def test_kept_dead_letters_are_shown(channel, names, mgmt):
     """messages_dlx / message_bytes_dlx: the at-least-once dead letters a quorum queue keeps
     (here: no queue to go to yet)."""

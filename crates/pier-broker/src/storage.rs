@@ -533,13 +533,15 @@ fn restore_queue(
         }
         let loaded = read_live(handle, id, chunk.to_vec()).map_err(err)?;
         let mut messages = Vec::with_capacity(loaded.len());
-        for (offset, stored, redelivered) in loaded {
+        for (l, stored) in loaded {
+            let offset = l.offset;
             match from_stored_expiring(stored) {
                 Some((m, deadline)) => messages.push(crate::queue::Recovered {
                     offset,
                     message: Arc::new(m),
-                    redelivered,
+                    redelivered: l.redelivered,
                     deadline,
+                    returns: l.returns,
                 }),
                 None => {
                     tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")
@@ -577,7 +579,8 @@ fn restore_delayed(
         .map_err(err)?;
     let loaded = read_live(handle, id, live).map_err(err)?;
     let now = unix_ms();
-    for (offset, stored, _) in loaded {
+    for (l, stored) in loaded {
+        let offset = l.offset;
         let Some(m) = from_stored(stored) else {
             continue;
         };
@@ -600,17 +603,17 @@ fn restore_delayed(
 }
 
 /// Reads live messages back on the store thread (one round trip); unreadable ones are logged
-/// and skipped. Returns (offset, message, redelivered) in the order asked.
+/// and skipped. Returns each with its message, in the order asked.
 fn read_live(
     handle: &pier_store::StoreHandle,
     id: pier_store::QueueId,
     wanted: Vec<pier_store::LiveMessage>,
-) -> pier_store::Result<Vec<(u64, pier_store::StoredMessage, bool)>> {
+) -> pier_store::Result<Vec<(pier_store::LiveMessage, pier_store::StoredMessage)>> {
     handle.call(move |s| {
         wanted
             .into_iter()
             .filter_map(|l| match s.read(id, l.offset) {
-                Ok(m) => Some((l.offset, m, l.redelivered)),
+                Ok(m) => Some((l, m)),
                 Err(e) => {
                     tracing::error!(offset = l.offset, "stored message unreadable, skipped: {e}");
                     None

@@ -277,6 +277,14 @@ impl MessageStore for FailingAppends {
     fn mark_delivered(&mut self, queue: QueueId, offset: u64) -> pier_store::Result<()> {
         self.inner.mark_delivered(queue, offset)
     }
+    fn mark_returned(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        returns: u32,
+    ) -> pier_store::Result<()> {
+        self.inner.mark_returned(queue, offset, returns)
+    }
     fn purge_queue(&mut self, queue: QueueId) -> pier_store::Result<u64> {
         self.inner.purge_queue(queue)
     }
@@ -361,6 +369,7 @@ fn restored_messages_keep_their_stored_deadline() {
             message,
             redelivered: false,
             deadline,
+            returns: 0,
         })
         .collect(),
         3,

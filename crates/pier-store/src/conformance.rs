@@ -54,6 +54,10 @@ pub const TESTS: &[(&str, Test)] = &[
         purge_empties_and_keeps_counting,
     ),
     ("delete_forgets_the_queue", delete_forgets_the_queue),
+    (
+        "return_counts_survive_a_restart_until_acked",
+        return_counts_survive_a_restart_until_acked,
+    ),
     ("stats_count_live_messages", stats_count_live_messages),
 ];
 
@@ -317,6 +321,51 @@ fn delivered_marks_redeliver_after_restart(b: &mut dyn Backend) {
     for m in live {
         assert_eq!(m.redelivered, m.offset <= 4, "offset {}", m.offset);
     }
+}
+
+fn return_counts_survive_a_restart_until_acked(b: &mut dyn Backend) {
+    let returns = |s: &dyn MessageStore, q| -> Vec<(u64, u32)> {
+        s.live_messages(q)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.returns > 0)
+            .map(|m| (m.offset, m.returns))
+            .collect()
+    };
+    let mut s = b.open();
+    let q = s.open_queue("q").unwrap();
+    for i in 0..6 {
+        put(s.as_mut(), q, i);
+    }
+    s.mark_returned(q, 1, 1).unwrap();
+    s.mark_returned(q, 1, 2).unwrap(); // the latest count is the one kept
+    s.mark_returned(q, 3, 5).unwrap();
+    s.mark_returned(q, 4, 1).unwrap();
+    s.mark_returned(q, 99, 1).unwrap(); // not live: ignored
+    assert_eq!(returns(s.as_ref(), q), [(1, 2), (3, 5), (4, 1)]);
+    s.ack(q, &[4]).unwrap();
+    s.close().unwrap();
+    drop(s);
+
+    let mut s = b.open();
+    let q = reopen_queue(s.as_mut(), "q");
+    assert_eq!(returns(s.as_ref(), q), [(1, 2), (3, 5)]);
+    s.mark_returned(q, 3, 6).unwrap();
+    s.ack(q, &[1]).unwrap();
+    // A purge forgets them all; a queue that gets messages again starts from nothing.
+    let other = s.open_queue("other").unwrap();
+    put(s.as_mut(), other, 0);
+    s.mark_returned(other, 0, 3).unwrap();
+    s.purge_queue(other).unwrap();
+    put(s.as_mut(), other, 1);
+    s.close().unwrap();
+    drop(s);
+
+    let mut s = b.open();
+    let q = reopen_queue(s.as_mut(), "q");
+    assert_eq!(returns(s.as_ref(), q), [(3, 6)]);
+    let other = reopen_queue(s.as_mut(), "other");
+    assert_eq!(returns(s.as_ref(), other), []);
 }
 
 fn purge_empties_and_keeps_counting(b: &mut dyn Backend) {

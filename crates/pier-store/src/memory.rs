@@ -20,6 +20,7 @@ use crate::store::{
 struct DiskQueue {
     messages: BTreeMap<u64, Arc<StoredMessage>>,
     delivered: Option<u64>,
+    returns: BTreeMap<u64, u32>,
     next_offset: u64,
 }
 
@@ -47,12 +48,14 @@ enum Op {
     Append(String, u64, Arc<StoredMessage>),
     Ack(String, u64),
     Mark(String, u64),
+    Returned(String, u64, u32),
 }
 
 #[derive(Debug)]
 struct MemQueue {
     name: String,
     messages: BTreeMap<u64, (Arc<StoredMessage>, bool)>,
+    returns: BTreeMap<u64, u32>,
     next_offset: u64,
 }
 
@@ -82,9 +85,16 @@ impl MemoryStore {
             let next_offset = dq
                 .next_offset
                 .max(dq.delivered.map_or(0, |d| d.saturating_add(1)));
+            let returns = dq
+                .returns
+                .iter()
+                .filter(|(off, _)| dq.messages.contains_key(off))
+                .map(|(&off, &n)| (off, n))
+                .collect();
             queues.push(Some(MemQueue {
                 name: name.clone(),
                 messages,
+                returns,
                 next_offset,
             }));
             by_name.insert(name.clone(), id);
@@ -135,6 +145,7 @@ impl MessageStore for MemoryStore {
         self.queues.push(Some(MemQueue {
             name: name.to_owned(),
             messages: BTreeMap::new(),
+            returns: BTreeMap::new(),
             next_offset: 0,
         }));
         self.by_name.insert(name.to_owned(), id);
@@ -158,13 +169,13 @@ impl MessageStore for MemoryStore {
     }
 
     fn live_messages(&self, queue: QueueId) -> Result<Vec<LiveMessage>> {
-        Ok(self
-            .queue(queue)?
-            .messages
+        let q = self.queue(queue)?;
+        Ok(q.messages
             .iter()
             .map(|(&offset, (_, redelivered))| LiveMessage {
                 offset,
                 redelivered: *redelivered,
+                returns: q.returns.get(&offset).copied().unwrap_or(0),
             })
             .collect())
     }
@@ -219,6 +230,7 @@ impl MessageStore for MemoryStore {
         let mut ops = Vec::new();
         for &off in offsets {
             if q.messages.remove(&off).is_some() {
+                q.returns.remove(&off);
                 n += 1;
                 ops.push((seq, Op::Ack(name.clone(), off)));
             }
@@ -233,15 +245,29 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
+    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()> {
+        let q = self.queue_mut(queue)?;
+        if !q.messages.contains_key(&offset) {
+            return Ok(());
+        }
+        q.returns.insert(offset, returns);
+        let name = q.name.clone();
+        self.journal
+            .push((self.last_seq, Op::Returned(name, offset, returns)));
+        Ok(())
+    }
+
     fn purge_queue(&mut self, queue: QueueId) -> Result<u64> {
         let q = self.queue_mut(queue)?;
         let n = q.messages.len() as u64;
         q.messages.clear();
+        q.returns.clear();
         let name = q.name.clone();
         self.journal
-            .retain(|(_, op)| !matches!(op, Op::Append(q, ..) | Op::Ack(q, _) if *q == name));
+            .retain(|(_, op)| !matches!(op, Op::Append(q, ..) | Op::Ack(q, _) | Op::Returned(q, ..) if *q == name));
         if let Some(dq) = self.disk.lock().queues.get_mut(&name) {
             dq.messages.clear();
+            dq.returns.clear();
         }
         Ok(n)
     }
@@ -254,7 +280,7 @@ impl MessageStore for MemoryStore {
             .ok_or(StoreError::UnknownQueue(queue))?;
         self.by_name.remove(&q.name);
         self.journal.retain(|(_, op)| {
-            !matches!(op, Op::Append(n, ..) | Op::Ack(n, _) | Op::Mark(n, _) if *n == q.name)
+            !matches!(op, Op::Append(n, ..) | Op::Ack(n, _) | Op::Mark(n, _) | Op::Returned(n, ..) if *n == q.name)
         });
         self.disk.lock().queues.remove(&q.name);
         Ok(q.messages.len() as u64)
@@ -273,6 +299,14 @@ impl MessageStore for MemoryStore {
                 Op::Ack(name, off) => {
                     if let Some(q) = disk.queues.get_mut(&name) {
                         q.messages.remove(&off);
+                        q.returns.remove(&off);
+                    }
+                }
+                Op::Returned(name, off, n) => {
+                    if let Some(q) = disk.queues.get_mut(&name) {
+                        if q.messages.contains_key(&off) {
+                            q.returns.insert(off, n);
+                        }
                     }
                 }
                 Op::Mark(name, off) => {

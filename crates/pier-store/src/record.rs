@@ -39,6 +39,9 @@ pub mod kind {
     pub const DELIVERED: u8 = 0x12;
     /// Queue registry: the next disk id to hand out (kept across compactions).
     pub const NEXT_ID: u8 = 0x13;
+    /// Queue registry: how often a message came back to its queue (a quorum queue's
+    /// delivery count, kept across restarts).
+    pub const RETURNED: u8 = 0x14;
 }
 
 /// Size on disk of a record whose payload is `payload_len` bytes.

@@ -5,6 +5,8 @@
 //!  QUEUE_REMOVED (0x11): disk_id u32
 //!  DELIVERED     (0x12): disk_id u32 | offset u64      highest offset handed to a consumer
 //!  NEXT_ID       (0x13): next_id u32                   disk ids are never reused
+//!  RETURNED      (0x14): disk_id u32 | offset u64 | returns u32
+//!                        how often a live message came back (the latest record counts)
 //! ```
 //!
 //! Message records name their queues by a 4-byte disk id rather than by name. Deleting or
@@ -14,8 +16,10 @@
 //! segment that outlived its queue can never be mistaken for a new queue's message.
 //!
 //! Added/removed records are fsynced before the call returns (rare, and an append must never
-//! reference an id that is not durably registered). Delivered marks are advisory and ride
-//! along with the lazy syncs. The file is rewritten (temp file + fsync + rename + dir fsync)
+//! reference an id that is not durably registered). Delivered marks and return counts are
+//! advisory and ride along with the lazy syncs. Return counts are kept (in memory and in a
+//! compacted file) only while their message is live: an ack forgets them, and since offsets
+//! are never reused a stale record can never apply to another message. The file is rewritten (temp file + fsync + rename + dir fsync)
 //! when it grows well past its live content.
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +41,18 @@ const COMPACT_MIN_BYTES: u64 = 1 << 20;
 pub struct RegQueue {
     pub name: String,
     pub delivered: Option<u64>,
+    /// Live messages that came back to the queue: offset → how often.
+    pub returns: HashMap<u64, u32>,
+}
+
+impl RegQueue {
+    fn new(name: String) -> RegQueue {
+        RegQueue {
+            name,
+            delivered: None,
+            returns: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -48,13 +64,15 @@ pub struct Registry {
     pub queues: BTreeMap<u32, RegQueue>,
     next_id: u32,
     marks: HashMap<u32, u64>,
+    /// Return counts not written yet: (disk id, offset) → count.
+    returned: HashMap<(u32, u64), u32>,
     unsynced: bool,
 }
 
 fn valid_type(t: u8) -> bool {
     matches!(
         t,
-        kind::QUEUE_ADDED | kind::QUEUE_REMOVED | kind::DELIVERED | kind::NEXT_ID
+        kind::QUEUE_ADDED | kind::QUEUE_REMOVED | kind::DELIVERED | kind::NEXT_ID | kind::RETURNED
     )
 }
 
@@ -74,6 +92,14 @@ fn encode_delivered(out: &mut Vec<u8>, id: u32, offset: u64) {
     record::encode(out, kind::DELIVERED, |o| {
         o.extend_from_slice(&id.to_le_bytes());
         o.extend_from_slice(&offset.to_le_bytes());
+    });
+}
+
+fn encode_returned(out: &mut Vec<u8>, id: u32, offset: u64, returns: u32) {
+    record::encode(out, kind::RETURNED, |o| {
+        o.extend_from_slice(&id.to_le_bytes());
+        o.extend_from_slice(&offset.to_le_bytes());
+        o.extend_from_slice(&returns.to_le_bytes());
     });
 }
 
@@ -102,13 +128,7 @@ impl Registry {
                     })();
                     if let Some((id, name)) = parsed {
                         next_id = next_id.max(id.saturating_add(1));
-                        queues.insert(
-                            id,
-                            RegQueue {
-                                name,
-                                delivered: None,
-                            },
-                        );
+                        queues.insert(id, RegQueue::new(name));
                     }
                 }
                 kind::QUEUE_REMOVED => {
@@ -120,6 +140,13 @@ impl Registry {
                     if let (Some(id), Some(off)) = (r.u32(), r.u64()) {
                         if let Some(q) = queues.get_mut(&id) {
                             q.delivered = Some(q.delivered.map_or(off, |d| d.max(off)));
+                        }
+                    }
+                }
+                kind::RETURNED => {
+                    if let (Some(id), Some(off), Some(n)) = (r.u32(), r.u64(), r.u32()) {
+                        if let Some(q) = queues.get_mut(&id) {
+                            q.returns.insert(off, n);
                         }
                     }
                 }
@@ -149,6 +176,7 @@ impl Registry {
             queues,
             next_id,
             marks: HashMap::new(),
+            returned: HashMap::new(),
             unsynced: false,
         })
     }
@@ -181,13 +209,7 @@ impl Registry {
         self.write_durably(&buf)?;
         self.next_id += names.len() as u32;
         for (id, name) in ids.iter().zip(names) {
-            self.queues.insert(
-                *id,
-                RegQueue {
-                    name: (*name).to_owned(),
-                    delivered: None,
-                },
-            );
+            self.queues.insert(*id, RegQueue::new((*name).to_owned()));
         }
         self.maybe_compact();
         Ok(ids)
@@ -200,13 +222,7 @@ impl Registry {
         encode_added(&mut buf, id, name);
         self.write_durably(&buf)?;
         self.next_id += 1;
-        self.queues.insert(
-            id,
-            RegQueue {
-                name: name.to_owned(),
-                delivered: None,
-            },
-        );
+        self.queues.insert(id, RegQueue::new(name.to_owned()));
         self.maybe_compact();
         Ok(id)
     }
@@ -229,13 +245,14 @@ impl Registry {
         self.write_durably(&buf)?;
         self.queues.remove(&id);
         self.marks.remove(&id);
+        self.returned.retain(|&(q, _), _| q != id);
         if let (Some(nid), Some(name)) = (new_id, readd) {
             self.next_id += 1;
             self.queues.insert(
                 nid,
                 RegQueue {
-                    name: name.to_owned(),
                     delivered,
+                    ..RegQueue::new(name.to_owned())
                 },
             );
         }
@@ -252,17 +269,62 @@ impl Registry {
         }
     }
 
-    /// Writes pending delivered marks (not synced).
+    /// Records that the live message at `offset` came back to its queue `returns` times in
+    /// all (written with the next flush).
+    pub fn mark_returned(&mut self, id: u32, offset: u64, returns: u32) {
+        if let Some(q) = self.queues.get_mut(&id) {
+            q.returns.insert(offset, returns);
+            self.returned.insert((id, offset), returns);
+        }
+    }
+
+    /// Forgets the return counts of messages that left the queue (nothing is written: a
+    /// record for an offset that is no longer live is ignored).
+    pub fn forget_returns(&mut self, id: u32, offsets: impl IntoIterator<Item = u64>) {
+        if let Some(q) = self.queues.get_mut(&id) {
+            if q.returns.is_empty() {
+                return;
+            }
+            for off in offsets {
+                if q.returns.remove(&off).is_some() {
+                    self.returned.remove(&(id, off));
+                }
+            }
+        }
+    }
+
+    /// Keeps only the return counts for which `live(disk id, offset)` holds (after recovery).
+    pub fn retain_returns(&mut self, mut live: impl FnMut(u32, u64) -> bool) {
+        for (&id, q) in &mut self.queues {
+            q.returns.retain(|&off, _| live(id, off));
+        }
+    }
+
+    /// How often the message at `offset` came back, as recorded.
+    pub fn returns(&self, id: u32, offset: u64) -> u32 {
+        self.queues
+            .get(&id)
+            .and_then(|q| q.returns.get(&offset).copied())
+            .unwrap_or(0)
+    }
+
+    /// Writes pending delivered marks and return counts (not synced).
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        if self.marks.is_empty() {
+        if self.marks.is_empty() && self.returned.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(self.marks.len() * 21);
+        let mut buf = Vec::with_capacity(self.marks.len() * 21 + self.returned.len() * 25);
         for (&id, &off) in &self.marks {
             encode_delivered(&mut buf, id, off);
         }
+        for (&(id, off), &n) in &self.returned {
+            encode_returned(&mut buf, id, off, n);
+        }
         self.write_now(&buf)?;
         self.marks.clear();
+        self.returned.clear();
+        // Requeue loops write return counts without adding or removing queues.
+        self.maybe_compact();
         Ok(())
     }
 
@@ -276,7 +338,7 @@ impl Registry {
     }
 
     pub fn has_unsynced(&self) -> bool {
-        self.unsynced || !self.marks.is_empty()
+        self.unsynced || !self.marks.is_empty() || !self.returned.is_empty()
     }
 
     pub fn disk_bytes(&self) -> u64 {
@@ -286,7 +348,11 @@ impl Registry {
     /// Rewrites the file from the live state when it is mostly history. Failure is harmless
     /// (the old file is intact): it is logged and retried on a later change.
     fn maybe_compact(&mut self) {
-        let live: u64 = self.queues.values().map(|q| 40 + q.name.len() as u64).sum();
+        let live: u64 = self
+            .queues
+            .values()
+            .map(|q| 40 + q.name.len() as u64 + 25 * q.returns.len() as u64)
+            .sum();
         if self.len < COMPACT_MIN_BYTES || self.len < live * 4 {
             return;
         }
@@ -297,6 +363,7 @@ impl Registry {
                 self.file = file;
                 self.len = len;
                 self.marks.clear();
+                self.returned.clear();
                 self.unsynced = false;
             }
             Err(e) => warn!(error = %e, "queue registry compaction failed; keeping the old file"),
@@ -318,6 +385,9 @@ fn write_fresh(
         encode_added(&mut buf, id, &q.name);
         if let Some(d) = q.delivered {
             encode_delivered(&mut buf, id, d);
+        }
+        for (&off, &n) in &q.returns {
+            encode_returned(&mut buf, id, off, n);
         }
     }
     std::fs::write(&tmp, &buf).map_err(|e| StoreError::io("write", &tmp, e))?;
@@ -372,6 +442,30 @@ mod tests {
         assert_eq!(r.queues.len(), 1);
         assert_eq!(r.queues[&keep].name, "keep");
         assert!(r.add("new").unwrap() > last);
+    }
+
+    /// Return counts written over and over (a requeue loop) compact down to the latest ones.
+    #[test]
+    fn return_counts_survive_compaction_and_acked_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let q = r.add("q").unwrap();
+        for n in 1..=50_000u32 {
+            r.mark_returned(q, 7, n);
+            r.mark_returned(q, 8, n);
+            r.flush().unwrap();
+        }
+        r.forget_returns(q, [8]);
+        r.flush().unwrap();
+        assert!(
+            r.len < COMPACT_MIN_BYTES * 2,
+            "compaction ran: {} bytes",
+            r.len
+        );
+        r.sync().unwrap();
+        drop(r);
+        let r = Registry::open(dir.path()).unwrap();
+        assert_eq!(r.returns(q, 7), 50_000);
     }
 
     #[test]

@@ -289,6 +289,15 @@ impl SegmentStore {
                 q.index.mark_redelivered_upto(d);
             }
         }
+        // Return counts of messages acked before the crash are history.
+        let (queues, by_disk) = (&store.queues, &store.by_disk);
+        store.registry.retain_returns(|disk_id, off| {
+            by_disk
+                .get(&disk_id)
+                .and_then(|q| queues.get(q.0 as usize))
+                .and_then(Option::as_ref)
+                .is_some_and(|q| q.index.get(off).is_some())
+        });
         let empty: Vec<u32> = store
             .segments
             .iter()
@@ -924,13 +933,13 @@ impl MessageStore for SegmentStore {
     }
 
     fn live_messages(&self, queue: QueueId) -> Result<Vec<LiveMessage>> {
-        Ok(self
-            .queue(queue)?
-            .index
+        let q = self.queue(queue)?;
+        Ok(q.index
             .iter()
             .map(|e| LiveMessage {
                 offset: e.offset,
                 redelivered: e.is_redelivered(),
+                returns: self.registry.returns(q.disk_id, e.offset),
             })
             .collect())
     }
@@ -1020,6 +1029,8 @@ impl MessageStore for SegmentStore {
             .and_then(Option::as_mut)
             .ok_or(StoreError::UnknownQueue(queue))?;
         let mut n = 0;
+        self.registry
+            .forget_returns(q.disk_id, offsets.iter().copied());
         for &off in offsets {
             let Some(e) = q.index.ack(off) else { continue };
             n += 1;
@@ -1038,6 +1049,14 @@ impl MessageStore for SegmentStore {
     fn mark_delivered(&mut self, queue: QueueId, offset: u64) -> Result<()> {
         let disk_id = self.queue(queue)?.disk_id;
         self.registry.mark_delivered(disk_id, offset);
+        Ok(())
+    }
+
+    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()> {
+        let q = self.queue(queue)?;
+        if q.index.get(offset).is_some() {
+            self.registry.mark_returned(q.disk_id, offset, returns);
+        }
         Ok(())
     }
 

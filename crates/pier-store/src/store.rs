@@ -44,6 +44,9 @@ pub struct LiveMessage {
     /// It was (or may have been) handed to a consumer before the restart: deliver it with
     /// `redelivered = true`.
     pub redelivered: bool,
+    /// How often it came back to its queue, as last recorded with
+    /// [`MessageStore::mark_returned`] (a quorum queue's delivery count).
+    pub returns: u32,
 }
 
 /// A queue known to the store.
@@ -135,6 +138,12 @@ pub trait MessageStore: Send {
     /// Records that messages up to `offset` were handed to a consumer, so that after a restart
     /// the unacked ones come back with `redelivered = true`. Advisory, written lazily.
     fn mark_delivered(&mut self, queue: QueueId, offset: u64) -> Result<()>;
+
+    /// Records that the live message at `offset` came back to its queue `returns` times in
+    /// all, so that a quorum queue's delivery count (and its delivery limit) carries on after
+    /// a restart. Advisory, written lazily like the delivered marks; forgotten when the
+    /// message is acked; ignored for an offset that is not live.
+    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()>;
 
     /// Drops every live message of the queue (including ones delivered and unacked: purge
     /// with unacked deliveries outstanding should `ack` the ready offsets instead). Durable

@@ -80,6 +80,11 @@ pub enum Command {
         queue: QueueId,
         offset: u64,
     },
+    MarkReturned {
+        queue: QueueId,
+        offset: u64,
+        returns: u32,
+    },
     Read {
         queue: QueueId,
         offset: u64,
@@ -190,6 +195,15 @@ impl StoreHandle {
 
     pub fn mark_delivered(&self, queue: QueueId, offset: u64) -> Result<()> {
         self.send(Command::MarkDelivered { queue, offset })
+    }
+
+    /// See [`MessageStore::mark_returned`].
+    pub fn mark_returned(&self, queue: QueueId, offset: u64, returns: u32) -> Result<()> {
+        self.send(Command::MarkReturned {
+            queue,
+            offset,
+            returns,
+        })
     }
 
     pub fn read(
@@ -840,6 +854,13 @@ impl Loop {
             },
             Command::MarkDelivered { queue, offset } => {
                 let _ = store.mark_delivered(queue, offset);
+            }
+            Command::MarkReturned {
+                queue,
+                offset,
+                returns,
+            } => {
+                let _ = store.mark_returned(queue, offset, returns);
             }
             Command::Read {
                 queue,

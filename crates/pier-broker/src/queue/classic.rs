@@ -580,6 +580,13 @@ impl ClassicQueue {
                 Effect::StoreDelivered { offset } => {
                     delivered_upto = Some(delivered_upto.map_or(offset, |d| d.max(offset)));
                 }
+                Effect::StoreReturned { offset, returns } => {
+                    if let Some(s) = self.store.get() {
+                        if let Err(e) = s.handle.mark_returned(s.id, offset, returns) {
+                            tracing::error!(queue = %q.name(), "store mark_returned failed: {e}");
+                        }
+                    }
+                }
                 Effect::PageOut { offset, message } => {
                     if let Err(message) = self.page_out(q, core, offset, message, durability) {
                         follow.spill_failed.push((offset, message));

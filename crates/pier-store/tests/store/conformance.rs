@@ -196,6 +196,16 @@ impl MessageStore for ShardedAdapter {
         h.mark_delivered(local, offset)
     }
 
+    fn mark_returned(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        returns: u32,
+    ) -> Result<(), StoreError> {
+        let (h, local, _) = self.local(queue)?;
+        h.mark_returned(local, offset, returns)
+    }
+
     fn purge_queue(&mut self, queue: QueueId) -> Result<u64, StoreError> {
         let (h, local, _) = self.local(queue)?;
         h.call(move |s| s.purge_queue(local))?

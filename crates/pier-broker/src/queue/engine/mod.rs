@@ -193,6 +193,8 @@ pub struct Recovered {
     pub redelivered: bool,
     /// The expiry deadline stored with it (Unix milliseconds).
     pub deadline: Option<u64>,
+    /// How often it had come back to the queue (recorded with `StoreReturned`).
+    pub returns: u32,
 }
 
 /// Why the engine cancelled a consumer.
@@ -322,6 +324,13 @@ pub enum Effect {
     /// A stored message was handed to a consumer (it comes back redelivered after a restart).
     StoreDelivered {
         offset: u64,
+    },
+    /// A stored message of a quorum queue came back to the queue, `returns` times in all:
+    /// recorded so that its delivery count (and the delivery limit) carries on after a
+    /// restart.
+    StoreReturned {
+        offset: u64,
+        returns: u32,
     },
     /// Write a body that is not in the durable store to the paging store.
     PageOut {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::state::{Entry, PagedEntry, PagedExpiry};
+use super::state::{Entry, PagedEntry, PagedExpiry, Requeued};
 use super::{Context, Effect, Published, PublisherSeq, QueueEngine, Recovered, Reply, StoreMode};
 use crate::args::{parse_expiration, Overflow};
 use crate::clock::NEVER;
@@ -220,7 +220,8 @@ impl QueueEngine {
             self.next_offset = self.next_offset.max(r.offset + 1);
             // Like the TTL, time in queue counts from the recovery.
             let tail = self.levels.get(level).is_some_and(|l| !l.paged.is_empty());
-            if tail || self.over_budget() {
+            // A message that came back keeps its body in memory with its count (few do).
+            if r.returns == 0 && (tail || self.over_budget()) {
                 let kind = self.paged_kind(r.offset, expires_at, now);
                 let p = PagedEntry::new(
                     r.offset,
@@ -240,7 +241,19 @@ impl QueueEngine {
             let entry = Entry::new(r.offset, r.message, r.redelivered, expires_at, stamp(now));
             self.added(&entry);
             if let Some(l) = self.levels.get_mut(level) {
-                l.ready.push_back(entry);
+                if r.returns > 0 {
+                    // Back where it was before the restart: with the returned messages,
+                    // which go first, and with its count.
+                    l.requeued.insert(
+                        entry.offset,
+                        Requeued {
+                            entry,
+                            returns: r.returns,
+                        },
+                    );
+                } else {
+                    l.ready.push_back(entry);
+                }
             }
             self.lower_next_expiry(expires_at);
         }

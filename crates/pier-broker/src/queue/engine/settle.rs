@@ -105,6 +105,14 @@ impl QueueEngine {
             if redelivered {
                 entry.set_redelivered();
             }
+            // Quorum queues (which store every message) keep the count across restarts;
+            // a classic queue's count is never shown, so it is not written.
+            if counted && self.config.stores_transient && self.entry_stored(&entry) {
+                out.push(Effect::StoreReturned {
+                    offset: entry.offset,
+                    returns,
+                });
+            }
             self.added(&entry);
             self.lower_next_expiry(entry.expires_at);
             if let Some(l) = self.levels.get_mut(usize::from(co.level)) {

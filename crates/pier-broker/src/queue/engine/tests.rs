@@ -203,6 +203,102 @@ fn delivery_limit_dead_letters_after_too_many_returns() {
     assert_eq!(h.engine.stats().ready + h.engine.stats().unacked, 0);
 }
 
+/// (offset, returns) of every return count a step asks the store to record.
+fn store_returns(step: &harness::Step) -> Vec<(u64, u32)> {
+    step.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::StoreReturned { offset, returns } => Some((*offset, *returns)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A quorum queue's delivery count goes to the store with every counted return, and a
+/// recovered message carries on from it: the delivery limit holds across restarts.
+#[test]
+fn quorum_return_counts_are_stored_and_recovered() {
+    let dlx = QueueConfig {
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        ..QueueConfig::default()
+    };
+    let mut c = EngineConfig::quorum(dlx.clone());
+    c.stores_persistent = true; // a single node's quorum queue: the vhost's store
+    c.delivery_limit = Some(3);
+    let mut h = Harness::new(c.clone());
+    enqueue(&mut h, message("a", false));
+    enqueue(&mut h, message("b", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    assert_eq!(
+        store_returns(&h.step(Command::Return { offsets: &[0] })),
+        [(0, 1)]
+    );
+    assert_eq!(
+        store_returns(&h.step(Command::Return { offsets: &[0] })),
+        [(0, 2)]
+    );
+    // A suspected consumer's messages come back uncounted: nothing to record.
+    let s = h.step(Command::Suspect {
+        consumer: 1,
+        suspected: true,
+    });
+    assert!(store_returns(&s).is_empty());
+
+    // "Restart": message 0 came back twice, message 1 never.
+    let mut h = Harness::new(c);
+    let recovered = [(0, "a", 2), (1, "b", 0)]
+        .map(|(offset, body, returns)| Recovered {
+            offset,
+            message: message(body, false),
+            redelivered: true,
+            deadline: None,
+            returns,
+        })
+        .to_vec();
+    for r in &recovered {
+        h.durable.insert(r.offset, Arc::clone(&r.message));
+    }
+    h.step(Command::Recover {
+        messages: recovered,
+        next_offset: 2,
+    });
+    let s = h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    let counts: Vec<(u64, u32)> = s
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(d) => Some((d.offset, d.returns)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, [(0, 2)]);
+    assert_eq!(
+        store_returns(&h.step(Command::Return { offsets: &[0] })),
+        [(0, 3)]
+    );
+    // The fourth return passes the limit of 3: dead-lettered, as it would have been
+    // without the restart.
+    let s = h.step(Command::Return { offsets: &[0] });
+    assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
+
+    // A classic queue's counts are never shown, so never written.
+    let mut c = config(dlx);
+    c.stores_persistent = true;
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", true));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    assert!(store_returns(&h.step(Command::Return { offsets: &[0] })).is_empty());
+}
+
 #[test]
 fn a_suspected_consumer_keeps_its_subscription_and_gets_nothing() {
     let mut c = EngineConfig::quorum(QueueConfig::default());
@@ -675,6 +771,7 @@ fn recovered_messages_keep_order_flags_and_stored_deadlines() {
             message: message(&format!("{i:0100}"), true),
             redelivered: i == 0,
             deadline: (i == 3).then_some(h.unix_now + 500),
+            returns: 0,
         })
         .collect();
     for r in &recovered {

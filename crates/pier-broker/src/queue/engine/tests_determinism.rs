@@ -400,6 +400,9 @@ fn logical(steps: &[Step]) -> Vec<String> {
                 Effect::StoreAppend { offset, .. } => out.push(format!("append {offset}")),
                 Effect::StoreAck { offset } => out.push(format!("ack {offset}")),
                 Effect::StoreDelivered { offset } => out.push(format!("delivered {offset}")),
+                Effect::StoreReturned { offset, returns } => {
+                    out.push(format!("returned {offset} {returns}"))
+                }
                 Effect::ConsumerCancelled {
                     consumer, reason, ..
                 } => out.push(format!("cancelled {consumer} {reason:?}")),
