@@ -568,6 +568,46 @@ def test_delivery_counts_and_the_limit_survive_a_restart(pier_factory):
     conn.close()
 
 
+@pytest.mark.pier_only
+def test_kept_dead_letters_stay_kept_across_a_restart(pier_factory):
+    """An at-least-once dead letter waiting for its target is still one after a restart
+    (RabbitMQ keeps it in the Raft state): it is not handed to the queue's consumers, and it
+    goes to its target once that exists."""
+    proc = pier_factory()
+
+    def connect():
+        return pika.BlockingConnection(pika.ConnectionParameters(
+            host="127.0.0.1", port=proc.amqp_port, connection_attempts=1, socket_timeout=10))
+
+    args = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish",
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "alo.later"}
+    conn = connect()
+    ch = conn.channel()
+    declare_qq(ch, "qq.alo", **args)
+    ch.confirm_delivery()
+    ch.basic_publish("", "qq.alo", b"kept")
+    ch.basic_publish("", "qq.alo", b"ready")
+    method, _, body = wait_until(lambda: _get(ch, "qq.alo"), message="a delivery")
+    assert body == b"kept"
+    ch.basic_reject(method.delivery_tag, requeue=False)  # no target queue yet: kept
+    conn.close()
+
+    assert proc.terminate() == 0, proc.log_tail()
+    proc.start()
+    conn = connect()
+    ch = conn.channel()
+    declare_qq(ch, "qq.alo", **args)
+    _, _, body = wait_until(lambda: _get(ch, "qq.alo", ack=True), message="the ready one")
+    assert body == b"ready"
+    assert _get(ch, "qq.alo") is None, "the kept dead letter is not a ready message"
+    ch.queue_declare("alo.later", durable=True)
+    _, props, body = wait_until(lambda: _get(ch, "alo.later", ack=True), timeout=20,
+                                message="the dead letter, once its queue exists")
+    assert body == b"kept"
+    assert props.headers["x-death"][0]["reason"] == "rejected"
+    conn.close()
+
+
 def test_kept_dead_letters_are_shown(channel, names, mgmt):
     """messages_dlx / message_bytes_dlx: the at-least-once dead letters a quorum queue keeps
     (here: no queue to go to yet)."""

@@ -33,6 +33,26 @@ impl DeathReason {
             DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
+
+    /// Its code in the durable store (a kept dead letter's note).
+    pub fn code(self) -> u8 {
+        match self {
+            DeathReason::Rejected => 1,
+            DeathReason::Expired => 2,
+            DeathReason::MaxLen => 3,
+            DeathReason::DeliveryLimit => 4,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<DeathReason> {
+        match code {
+            1 => Some(DeathReason::Rejected),
+            2 => Some(DeathReason::Expired),
+            3 => Some(DeathReason::MaxLen),
+            4 => Some(DeathReason::DeliveryLimit),
+            _ => None,
+        }
+    }
 }
 
 /// A message a queue gave up, to be republished to the queue's dead-letter exchange.

@@ -542,6 +542,9 @@ fn restore_queue(
                     redelivered: l.redelivered,
                     deadline,
                     returns: l.returns,
+                    dead_letter: l
+                        .dead_letter
+                        .and_then(crate::deadletter::DeathReason::from_code),
                 }),
                 None => {
                     tracing::error!(queue = %name, offset, "stored message properties do not decode, skipped")

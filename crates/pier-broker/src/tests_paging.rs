@@ -285,6 +285,14 @@ impl MessageStore for FailingAppends {
     ) -> pier_store::Result<()> {
         self.inner.mark_returned(queue, offset, returns)
     }
+    fn mark_dead_letter(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        reason: u8,
+    ) -> pier_store::Result<()> {
+        self.inner.mark_dead_letter(queue, offset, reason)
+    }
     fn purge_queue(&mut self, queue: QueueId) -> pier_store::Result<u64> {
         self.inner.purge_queue(queue)
     }
@@ -370,6 +378,7 @@ fn restored_messages_keep_their_stored_deadline() {
             redelivered: false,
             deadline,
             returns: 0,
+            dead_letter: None,
         })
         .collect(),
         3,

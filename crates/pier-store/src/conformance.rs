@@ -55,8 +55,8 @@ pub const TESTS: &[(&str, Test)] = &[
     ),
     ("delete_forgets_the_queue", delete_forgets_the_queue),
     (
-        "return_counts_survive_a_restart_until_acked",
-        return_counts_survive_a_restart_until_acked,
+        "message_notes_survive_a_restart_until_acked",
+        message_notes_survive_a_restart_until_acked,
     ),
     ("stats_count_live_messages", stats_count_live_messages),
 ];
@@ -323,13 +323,21 @@ fn delivered_marks_redeliver_after_restart(b: &mut dyn Backend) {
     }
 }
 
-fn return_counts_survive_a_restart_until_acked(b: &mut dyn Backend) {
+/// Return counts and kept dead letters (`mark_returned`, `mark_dead_letter`).
+fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
     let returns = |s: &dyn MessageStore, q| -> Vec<(u64, u32)> {
         s.live_messages(q)
             .unwrap()
             .into_iter()
             .filter(|m| m.returns > 0)
             .map(|m| (m.offset, m.returns))
+            .collect()
+    };
+    let dead = |s: &dyn MessageStore, q| -> Vec<(u64, u8)> {
+        s.live_messages(q)
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| Some((m.offset, m.dead_letter?)))
             .collect()
     };
     let mut s = b.open();
@@ -342,14 +350,19 @@ fn return_counts_survive_a_restart_until_acked(b: &mut dyn Backend) {
     s.mark_returned(q, 3, 5).unwrap();
     s.mark_returned(q, 4, 1).unwrap();
     s.mark_returned(q, 99, 1).unwrap(); // not live: ignored
+    s.mark_dead_letter(q, 3, 4).unwrap();
+    s.mark_dead_letter(q, 5, 1).unwrap();
+    s.mark_dead_letter(q, 98, 1).unwrap();
     assert_eq!(returns(s.as_ref(), q), [(1, 2), (3, 5), (4, 1)]);
-    s.ack(q, &[4]).unwrap();
+    assert_eq!(dead(s.as_ref(), q), [(3, 4), (5, 1)]);
+    s.ack(q, &[4, 5]).unwrap();
     s.close().unwrap();
     drop(s);
 
     let mut s = b.open();
     let q = reopen_queue(s.as_mut(), "q");
     assert_eq!(returns(s.as_ref(), q), [(1, 2), (3, 5)]);
+    assert_eq!(dead(s.as_ref(), q), [(3, 4)]);
     s.mark_returned(q, 3, 6).unwrap();
     s.ack(q, &[1]).unwrap();
     // A purge forgets them all; a queue that gets messages again starts from nothing.
@@ -364,6 +377,7 @@ fn return_counts_survive_a_restart_until_acked(b: &mut dyn Backend) {
     let mut s = b.open();
     let q = reopen_queue(s.as_mut(), "q");
     assert_eq!(returns(s.as_ref(), q), [(3, 6)]);
+    assert_eq!(dead(s.as_ref(), q), [(3, 4)]);
     let other = reopen_queue(s.as_mut(), "other");
     assert_eq!(returns(s.as_ref(), other), []);
 }

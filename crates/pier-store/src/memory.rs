@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::error::StoreError;
 use crate::message::StoredMessage;
+use crate::registry::MessageNote;
 use crate::store::{
     LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Seq, StoreStats,
 };
@@ -20,7 +21,7 @@ use crate::store::{
 struct DiskQueue {
     messages: BTreeMap<u64, Arc<StoredMessage>>,
     delivered: Option<u64>,
-    returns: BTreeMap<u64, u32>,
+    notes: BTreeMap<u64, MessageNote>,
     next_offset: u64,
 }
 
@@ -48,14 +49,14 @@ enum Op {
     Append(String, u64, Arc<StoredMessage>),
     Ack(String, u64),
     Mark(String, u64),
-    Returned(String, u64, u32),
+    Note(String, u64, MessageNote),
 }
 
 #[derive(Debug)]
 struct MemQueue {
     name: String,
     messages: BTreeMap<u64, (Arc<StoredMessage>, bool)>,
-    returns: BTreeMap<u64, u32>,
+    notes: BTreeMap<u64, MessageNote>,
     next_offset: u64,
 }
 
@@ -85,8 +86,8 @@ impl MemoryStore {
             let next_offset = dq
                 .next_offset
                 .max(dq.delivered.map_or(0, |d| d.saturating_add(1)));
-            let returns = dq
-                .returns
+            let notes = dq
+                .notes
                 .iter()
                 .filter(|(off, _)| dq.messages.contains_key(off))
                 .map(|(&off, &n)| (off, n))
@@ -94,7 +95,7 @@ impl MemoryStore {
             queues.push(Some(MemQueue {
                 name: name.clone(),
                 messages,
-                returns,
+                notes,
                 next_offset,
             }));
             by_name.insert(name.clone(), id);
@@ -129,6 +130,27 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Changes what is noted about a live message (journalled like a mark).
+    fn note(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        change: impl FnOnce(&mut MessageNote),
+    ) -> Result<()> {
+        let seq = self.last_seq;
+        let q = self.queue_mut(queue)?;
+        if !q.messages.contains_key(&offset) {
+            return Ok(());
+        }
+        let note = q.notes.entry(offset).or_default();
+        change(note);
+        let (note, name) = (*note, q.name.clone());
+        self.journal.push((seq, Op::Note(name, offset, note)));
+        Ok(())
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -145,7 +167,7 @@ impl MessageStore for MemoryStore {
         self.queues.push(Some(MemQueue {
             name: name.to_owned(),
             messages: BTreeMap::new(),
-            returns: BTreeMap::new(),
+            notes: BTreeMap::new(),
             next_offset: 0,
         }));
         self.by_name.insert(name.to_owned(), id);
@@ -172,10 +194,14 @@ impl MessageStore for MemoryStore {
         let q = self.queue(queue)?;
         Ok(q.messages
             .iter()
-            .map(|(&offset, (_, redelivered))| LiveMessage {
-                offset,
-                redelivered: *redelivered,
-                returns: q.returns.get(&offset).copied().unwrap_or(0),
+            .map(|(&offset, (_, redelivered))| {
+                let note = q.notes.get(&offset).copied().unwrap_or_default();
+                LiveMessage {
+                    offset,
+                    redelivered: *redelivered,
+                    returns: note.returns,
+                    dead_letter: note.dead_letter,
+                }
             })
             .collect())
     }
@@ -230,7 +256,7 @@ impl MessageStore for MemoryStore {
         let mut ops = Vec::new();
         for &off in offsets {
             if q.messages.remove(&off).is_some() {
-                q.returns.remove(&off);
+                q.notes.remove(&off);
                 n += 1;
                 ops.push((seq, Op::Ack(name.clone(), off)));
             }
@@ -246,28 +272,24 @@ impl MessageStore for MemoryStore {
     }
 
     fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()> {
-        let q = self.queue_mut(queue)?;
-        if !q.messages.contains_key(&offset) {
-            return Ok(());
-        }
-        q.returns.insert(offset, returns);
-        let name = q.name.clone();
-        self.journal
-            .push((self.last_seq, Op::Returned(name, offset, returns)));
-        Ok(())
+        self.note(queue, offset, |n| n.returns = returns)
+    }
+
+    fn mark_dead_letter(&mut self, queue: QueueId, offset: u64, reason: u8) -> Result<()> {
+        self.note(queue, offset, |n| n.dead_letter = Some(reason))
     }
 
     fn purge_queue(&mut self, queue: QueueId) -> Result<u64> {
         let q = self.queue_mut(queue)?;
         let n = q.messages.len() as u64;
         q.messages.clear();
-        q.returns.clear();
+        q.notes.clear();
         let name = q.name.clone();
         self.journal
-            .retain(|(_, op)| !matches!(op, Op::Append(q, ..) | Op::Ack(q, _) | Op::Returned(q, ..) if *q == name));
+            .retain(|(_, op)| !matches!(op, Op::Append(q, ..) | Op::Ack(q, _) | Op::Note(q, ..) if *q == name));
         if let Some(dq) = self.disk.lock().queues.get_mut(&name) {
             dq.messages.clear();
-            dq.returns.clear();
+            dq.notes.clear();
         }
         Ok(n)
     }
@@ -280,7 +302,7 @@ impl MessageStore for MemoryStore {
             .ok_or(StoreError::UnknownQueue(queue))?;
         self.by_name.remove(&q.name);
         self.journal.retain(|(_, op)| {
-            !matches!(op, Op::Append(n, ..) | Op::Ack(n, _) | Op::Mark(n, _) | Op::Returned(n, ..) if *n == q.name)
+            !matches!(op, Op::Append(n, ..) | Op::Ack(n, _) | Op::Mark(n, _) | Op::Note(n, ..) if *n == q.name)
         });
         self.disk.lock().queues.remove(&q.name);
         Ok(q.messages.len() as u64)
@@ -299,13 +321,13 @@ impl MessageStore for MemoryStore {
                 Op::Ack(name, off) => {
                     if let Some(q) = disk.queues.get_mut(&name) {
                         q.messages.remove(&off);
-                        q.returns.remove(&off);
+                        q.notes.remove(&off);
                     }
                 }
-                Op::Returned(name, off, n) => {
+                Op::Note(name, off, n) => {
                     if let Some(q) = disk.queues.get_mut(&name) {
                         if q.messages.contains_key(&off) {
-                            q.returns.insert(off, n);
+                            q.notes.insert(off, n);
                         }
                     }
                 }

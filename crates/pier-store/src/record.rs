@@ -42,6 +42,8 @@ pub mod kind {
     /// Queue registry: how often a message came back to its queue (a quorum queue's
     /// delivery count, kept across restarts).
     pub const RETURNED: u8 = 0x14;
+    /// Queue registry: a message is a kept (at-least-once) dead letter.
+    pub const DEAD_LETTER: u8 = 0x15;
 }
 
 /// Size on disk of a record whose payload is `payload_len` bytes.

@@ -7,6 +7,9 @@
 //!  NEXT_ID       (0x13): next_id u32                   disk ids are never reused
 //!  RETURNED      (0x14): disk_id u32 | offset u64 | returns u32
 //!                        how often a live message came back (the latest record counts)
+//!  DEAD_LETTER   (0x15): disk_id u32 | offset u64 | reason u8
+//!                        a live message is an at-least-once dead letter, kept until its
+//!                        targets confirm it (the reason code is the broker's)
 //! ```
 //!
 //! Message records name their queues by a 4-byte disk id rather than by name. Deleting or
@@ -17,9 +20,10 @@
 //!
 //! Added/removed records are fsynced before the call returns (rare, and an append must never
 //! reference an id that is not durably registered). Delivered marks and return counts are
-//! advisory and ride along with the lazy syncs. Return counts are kept (in memory and in a
-//! compacted file) only while their message is live: an ack forgets them, and since offsets
-//! are never reused a stale record can never apply to another message. The file is rewritten (temp file + fsync + rename + dir fsync)
+//! advisory and ride along with the lazy syncs. Message notes (return counts, kept dead
+//! letters) are kept (in memory and in a compacted file) only while their message is live: an
+//! ack forgets them, and since offsets are never reused a stale record can never apply to
+//! another message. The file is rewritten (temp file + fsync + rename + dir fsync)
 //! when it grows well past its live content.
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,8 +45,17 @@ const COMPACT_MIN_BYTES: u64 = 1 << 20;
 pub struct RegQueue {
     pub name: String,
     pub delivered: Option<u64>,
-    /// Live messages that came back to the queue: offset → how often.
-    pub returns: HashMap<u64, u32>,
+    /// Notes on live messages: offset → note.
+    pub notes: HashMap<u64, MessageNote>,
+}
+
+/// What the registry notes about a live message beyond its record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageNote {
+    /// How often it came back to its queue.
+    pub returns: u32,
+    /// It is a kept (at-least-once) dead letter, with this reason code.
+    pub dead_letter: Option<u8>,
 }
 
 impl RegQueue {
@@ -50,7 +63,7 @@ impl RegQueue {
         RegQueue {
             name,
             delivered: None,
-            returns: HashMap::new(),
+            notes: HashMap::new(),
         }
     }
 }
@@ -64,15 +77,20 @@ pub struct Registry {
     pub queues: BTreeMap<u32, RegQueue>,
     next_id: u32,
     marks: HashMap<u32, u64>,
-    /// Return counts not written yet: (disk id, offset) → count.
-    returned: HashMap<(u32, u64), u32>,
+    /// Notes changed and not written yet: (disk id, offset).
+    noted: std::collections::HashSet<(u32, u64)>,
     unsynced: bool,
 }
 
 fn valid_type(t: u8) -> bool {
     matches!(
         t,
-        kind::QUEUE_ADDED | kind::QUEUE_REMOVED | kind::DELIVERED | kind::NEXT_ID | kind::RETURNED
+        kind::QUEUE_ADDED
+            | kind::QUEUE_REMOVED
+            | kind::DELIVERED
+            | kind::NEXT_ID
+            | kind::RETURNED
+            | kind::DEAD_LETTER
     )
 }
 
@@ -95,12 +113,21 @@ fn encode_delivered(out: &mut Vec<u8>, id: u32, offset: u64) {
     });
 }
 
-fn encode_returned(out: &mut Vec<u8>, id: u32, offset: u64, returns: u32) {
-    record::encode(out, kind::RETURNED, |o| {
-        o.extend_from_slice(&id.to_le_bytes());
-        o.extend_from_slice(&offset.to_le_bytes());
-        o.extend_from_slice(&returns.to_le_bytes());
-    });
+fn encode_note(out: &mut Vec<u8>, id: u32, offset: u64, note: &MessageNote) {
+    if note.returns > 0 {
+        record::encode(out, kind::RETURNED, |o| {
+            o.extend_from_slice(&id.to_le_bytes());
+            o.extend_from_slice(&offset.to_le_bytes());
+            o.extend_from_slice(&note.returns.to_le_bytes());
+        });
+    }
+    if let Some(reason) = note.dead_letter {
+        record::encode(out, kind::DEAD_LETTER, |o| {
+            o.extend_from_slice(&id.to_le_bytes());
+            o.extend_from_slice(&offset.to_le_bytes());
+            o.push(reason);
+        });
+    }
 }
 
 impl Registry {
@@ -146,7 +173,14 @@ impl Registry {
                 kind::RETURNED => {
                     if let (Some(id), Some(off), Some(n)) = (r.u32(), r.u64(), r.u32()) {
                         if let Some(q) = queues.get_mut(&id) {
-                            q.returns.insert(off, n);
+                            q.notes.entry(off).or_default().returns = n;
+                        }
+                    }
+                }
+                kind::DEAD_LETTER => {
+                    if let (Some(id), Some(off), Some(reason)) = (r.u32(), r.u64(), r.u8()) {
+                        if let Some(q) = queues.get_mut(&id) {
+                            q.notes.entry(off).or_default().dead_letter = Some(reason);
                         }
                     }
                 }
@@ -176,7 +210,7 @@ impl Registry {
             queues,
             next_id,
             marks: HashMap::new(),
-            returned: HashMap::new(),
+            noted: Default::default(),
             unsynced: false,
         })
     }
@@ -245,7 +279,7 @@ impl Registry {
         self.write_durably(&buf)?;
         self.queues.remove(&id);
         self.marks.remove(&id);
-        self.returned.retain(|&(q, _), _| q != id);
+        self.noted.retain(|&(q, _)| q != id);
         if let (Some(nid), Some(name)) = (new_id, readd) {
             self.next_id += 1;
             self.queues.insert(
@@ -272,57 +306,69 @@ impl Registry {
     /// Records that the live message at `offset` came back to its queue `returns` times in
     /// all (written with the next flush).
     pub fn mark_returned(&mut self, id: u32, offset: u64, returns: u32) {
+        self.note(id, offset, |n| n.returns = returns);
+    }
+
+    /// Records that the live message at `offset` is a kept dead letter (written with the next
+    /// flush).
+    pub fn mark_dead_letter(&mut self, id: u32, offset: u64, reason: u8) {
+        self.note(id, offset, |n| n.dead_letter = Some(reason));
+    }
+
+    fn note(&mut self, id: u32, offset: u64, change: impl FnOnce(&mut MessageNote)) {
         if let Some(q) = self.queues.get_mut(&id) {
-            q.returns.insert(offset, returns);
-            self.returned.insert((id, offset), returns);
+            change(q.notes.entry(offset).or_default());
+            self.noted.insert((id, offset));
         }
     }
 
-    /// Forgets the return counts of messages that left the queue (nothing is written: a
-    /// record for an offset that is no longer live is ignored).
-    pub fn forget_returns(&mut self, id: u32, offsets: impl IntoIterator<Item = u64>) {
+    /// Forgets the notes of messages that left the queue (nothing is written: a record for
+    /// an offset that is no longer live is ignored).
+    pub fn forget_notes(&mut self, id: u32, offsets: impl IntoIterator<Item = u64>) {
         if let Some(q) = self.queues.get_mut(&id) {
-            if q.returns.is_empty() {
+            if q.notes.is_empty() {
                 return;
             }
             for off in offsets {
-                if q.returns.remove(&off).is_some() {
-                    self.returned.remove(&(id, off));
+                if q.notes.remove(&off).is_some() {
+                    self.noted.remove(&(id, off));
                 }
             }
         }
     }
 
-    /// Keeps only the return counts for which `live(disk id, offset)` holds (after recovery).
-    pub fn retain_returns(&mut self, mut live: impl FnMut(u32, u64) -> bool) {
+    /// Keeps only the notes for which `live(disk id, offset)` holds (after recovery).
+    pub fn retain_notes(&mut self, mut live: impl FnMut(u32, u64) -> bool) {
         for (&id, q) in &mut self.queues {
-            q.returns.retain(|&off, _| live(id, off));
+            q.notes.retain(|&off, _| live(id, off));
         }
     }
 
-    /// How often the message at `offset` came back, as recorded.
-    pub fn returns(&self, id: u32, offset: u64) -> u32 {
+    /// What is noted about the message at `offset`.
+    pub fn note_of(&self, id: u32, offset: u64) -> MessageNote {
         self.queues
             .get(&id)
-            .and_then(|q| q.returns.get(&offset).copied())
-            .unwrap_or(0)
+            .and_then(|q| q.notes.get(&offset).copied())
+            .unwrap_or_default()
     }
 
     /// Writes pending delivered marks and return counts (not synced).
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        if self.marks.is_empty() && self.returned.is_empty() {
+        if self.marks.is_empty() && self.noted.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::with_capacity(self.marks.len() * 21 + self.returned.len() * 25);
+        let mut buf = Vec::with_capacity(self.marks.len() * 21 + self.noted.len() * 25);
         for (&id, &off) in &self.marks {
             encode_delivered(&mut buf, id, off);
         }
-        for (&(id, off), &n) in &self.returned {
-            encode_returned(&mut buf, id, off, n);
+        for &(id, off) in &self.noted {
+            if let Some(note) = self.queues.get(&id).and_then(|q| q.notes.get(&off)) {
+                encode_note(&mut buf, id, off, note);
+            }
         }
         self.write_now(&buf)?;
         self.marks.clear();
-        self.returned.clear();
+        self.noted.clear();
         // Requeue loops write return counts without adding or removing queues.
         self.maybe_compact();
         Ok(())
@@ -338,7 +384,7 @@ impl Registry {
     }
 
     pub fn has_unsynced(&self) -> bool {
-        self.unsynced || !self.marks.is_empty() || !self.returned.is_empty()
+        self.unsynced || !self.marks.is_empty() || !self.noted.is_empty()
     }
 
     pub fn disk_bytes(&self) -> u64 {
@@ -351,7 +397,7 @@ impl Registry {
         let live: u64 = self
             .queues
             .values()
-            .map(|q| 40 + q.name.len() as u64 + 25 * q.returns.len() as u64)
+            .map(|q| 40 + q.name.len() as u64 + 50 * q.notes.len() as u64)
             .sum();
         if self.len < COMPACT_MIN_BYTES || self.len < live * 4 {
             return;
@@ -363,7 +409,7 @@ impl Registry {
                 self.file = file;
                 self.len = len;
                 self.marks.clear();
-                self.returned.clear();
+                self.noted.clear();
                 self.unsynced = false;
             }
             Err(e) => warn!(error = %e, "queue registry compaction failed; keeping the old file"),
@@ -386,8 +432,8 @@ fn write_fresh(
         if let Some(d) = q.delivered {
             encode_delivered(&mut buf, id, d);
         }
-        for (&off, &n) in &q.returns {
-            encode_returned(&mut buf, id, off, n);
+        for (&off, note) in &q.notes {
+            encode_note(&mut buf, id, off, note);
         }
     }
     std::fs::write(&tmp, &buf).map_err(|e| StoreError::io("write", &tmp, e))?;
@@ -444,9 +490,9 @@ mod tests {
         assert!(r.add("new").unwrap() > last);
     }
 
-    /// Return counts written over and over (a requeue loop) compact down to the latest ones.
+    /// Notes written over and over (a requeue loop) compact down to the latest ones.
     #[test]
-    fn return_counts_survive_compaction_and_acked_ones_go() {
+    fn notes_survive_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::open(dir.path()).unwrap();
         let q = r.add("q").unwrap();
@@ -455,7 +501,8 @@ mod tests {
             r.mark_returned(q, 8, n);
             r.flush().unwrap();
         }
-        r.forget_returns(q, [8]);
+        r.mark_dead_letter(q, 9, 4);
+        r.forget_notes(q, [8]);
         r.flush().unwrap();
         assert!(
             r.len < COMPACT_MIN_BYTES * 2,
@@ -465,7 +512,8 @@ mod tests {
         r.sync().unwrap();
         drop(r);
         let r = Registry::open(dir.path()).unwrap();
-        assert_eq!(r.returns(q, 7), 50_000);
+        assert_eq!(r.note_of(q, 7).returns, 50_000);
+        assert_eq!(r.note_of(q, 9).dead_letter, Some(4));
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl SegmentStore {
         }
         // Return counts of messages acked before the crash are history.
         let (queues, by_disk) = (&store.queues, &store.by_disk);
-        store.registry.retain_returns(|disk_id, off| {
+        store.registry.retain_notes(|disk_id, off| {
             by_disk
                 .get(&disk_id)
                 .and_then(|q| queues.get(q.0 as usize))
@@ -936,10 +936,14 @@ impl MessageStore for SegmentStore {
         let q = self.queue(queue)?;
         Ok(q.index
             .iter()
-            .map(|e| LiveMessage {
-                offset: e.offset,
-                redelivered: e.is_redelivered(),
-                returns: self.registry.returns(q.disk_id, e.offset),
+            .map(|e| {
+                let note = self.registry.note_of(q.disk_id, e.offset);
+                LiveMessage {
+                    offset: e.offset,
+                    redelivered: e.is_redelivered(),
+                    returns: note.returns,
+                    dead_letter: note.dead_letter,
+                }
             })
             .collect())
     }
@@ -1030,7 +1034,7 @@ impl MessageStore for SegmentStore {
             .ok_or(StoreError::UnknownQueue(queue))?;
         let mut n = 0;
         self.registry
-            .forget_returns(q.disk_id, offsets.iter().copied());
+            .forget_notes(q.disk_id, offsets.iter().copied());
         for &off in offsets {
             let Some(e) = q.index.ack(off) else { continue };
             n += 1;
@@ -1056,6 +1060,14 @@ impl MessageStore for SegmentStore {
         let q = self.queue(queue)?;
         if q.index.get(offset).is_some() {
             self.registry.mark_returned(q.disk_id, offset, returns);
+        }
+        Ok(())
+    }
+
+    fn mark_dead_letter(&mut self, queue: QueueId, offset: u64, reason: u8) -> Result<()> {
+        let q = self.queue(queue)?;
+        if q.index.get(offset).is_some() {
+            self.registry.mark_dead_letter(q.disk_id, offset, reason);
         }
         Ok(())
     }

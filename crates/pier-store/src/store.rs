@@ -47,6 +47,9 @@ pub struct LiveMessage {
     /// How often it came back to its queue, as last recorded with
     /// [`MessageStore::mark_returned`] (a quorum queue's delivery count).
     pub returns: u32,
+    /// It is a kept dead letter, with the reason code given to
+    /// [`MessageStore::mark_dead_letter`].
+    pub dead_letter: Option<u8>,
 }
 
 /// A queue known to the store.
@@ -144,6 +147,11 @@ pub trait MessageStore: Send {
     /// a restart. Advisory, written lazily like the delivered marks; forgotten when the
     /// message is acked; ignored for an offset that is not live.
     fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()>;
+
+    /// Records that the live message at `offset` left its queue as an at-least-once dead
+    /// letter (`reason`: the caller's code) and is kept until its targets confirm it, then
+    /// acked; after a restart it comes back as one. Advisory and lazy like `mark_returned`.
+    fn mark_dead_letter(&mut self, queue: QueueId, offset: u64, reason: u8) -> Result<()>;
 
     /// Drops every live message of the queue (including ones delivered and unacked: purge
     /// with unacked deliveries outstanding should `ack` the ready offsets instead). Durable

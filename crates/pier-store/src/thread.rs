@@ -85,6 +85,11 @@ pub enum Command {
         offset: u64,
         returns: u32,
     },
+    MarkDeadLetter {
+        queue: QueueId,
+        offset: u64,
+        reason: u8,
+    },
     Read {
         queue: QueueId,
         offset: u64,
@@ -203,6 +208,15 @@ impl StoreHandle {
             queue,
             offset,
             returns,
+        })
+    }
+
+    /// See [`MessageStore::mark_dead_letter`].
+    pub fn mark_dead_letter(&self, queue: QueueId, offset: u64, reason: u8) -> Result<()> {
+        self.send(Command::MarkDeadLetter {
+            queue,
+            offset,
+            reason,
         })
     }
 
@@ -861,6 +875,13 @@ impl Loop {
                 returns,
             } => {
                 let _ = store.mark_returned(queue, offset, returns);
+            }
+            Command::MarkDeadLetter {
+                queue,
+                offset,
+                reason,
+            } => {
+                let _ = store.mark_dead_letter(queue, offset, reason);
             }
             Command::Read {
                 queue,

@@ -587,6 +587,13 @@ impl ClassicQueue {
                         }
                     }
                 }
+                Effect::StoreDeadLetter { offset, reason } => {
+                    if let Some(s) = self.store.get() {
+                        if let Err(e) = s.handle.mark_dead_letter(s.id, offset, reason.code()) {
+                            tracing::error!(queue = %q.name(), "store mark_dead_letter failed: {e}");
+                        }
+                    }
+                }
                 Effect::PageOut { offset, message } => {
                     if let Err(message) = self.page_out(q, core, offset, message, durability) {
                         follow.spill_failed.push((offset, message));
@@ -878,6 +885,11 @@ impl ClassicQueue {
             None,
             &mut out,
         );
+        if core.engine.dead_letters_kept().next().is_some() {
+            // Kept dead letters recovered: the next tick routes them again.
+            self.dead_letter_state().flight.restart();
+            self.dead_letters_due.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Runs a command that cannot be refused, routes its dead letters, and reports whether

@@ -206,6 +206,16 @@ impl MessageStore for ShardedAdapter {
         h.mark_returned(local, offset, returns)
     }
 
+    fn mark_dead_letter(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        reason: u8,
+    ) -> Result<(), StoreError> {
+        let (h, local, _) = self.local(queue)?;
+        h.mark_dead_letter(local, offset, reason)
+    }
+
     fn purge_queue(&mut self, queue: QueueId) -> Result<u64, StoreError> {
         let (h, local, _) = self.local(queue)?;
         h.call(move |s| s.purge_queue(local))?

@@ -195,6 +195,9 @@ pub struct Recovered {
     pub deadline: Option<u64>,
     /// How often it had come back to the queue (recorded with `StoreReturned`).
     pub returns: u32,
+    /// It was a kept at-least-once dead letter (recorded with `StoreDeadLetter`): it is
+    /// kept again and routed again.
+    pub dead_letter: Option<DeathReason>,
 }
 
 /// Why the engine cancelled a consumer.
@@ -331,6 +334,12 @@ pub enum Effect {
     StoreReturned {
         offset: u64,
         returns: u32,
+    },
+    /// A stored message of a quorum queue is now a kept at-least-once dead letter: recorded
+    /// so that after a restart it is one again (not a ready message).
+    StoreDeadLetter {
+        offset: u64,
+        reason: DeathReason,
     },
     /// Write a body that is not in the durable store to the paging store.
     PageOut {
@@ -937,6 +946,12 @@ impl QueueEngine {
             return;
         }
         let kept = self.at_least_once();
+        if kept && self.config.stores_persistent && self.entry_stored(&e) {
+            out.push(Effect::StoreDeadLetter {
+                offset: e.offset,
+                reason,
+            });
+        }
         out.push(Effect::DeadLetter {
             offset: e.offset,
             // Where the entry's body is on disk (read only when the effect carries none).

@@ -220,6 +220,14 @@ impl QueueEngine {
             self.next_offset = self.next_offset.max(r.offset + 1);
             // Like the TTL, time in queue counts from the recovery.
             let tail = self.levels.get(level).is_some_and(|l| !l.paged.is_empty());
+            if let Some(reason) = r.dead_letter {
+                // Kept until its targets confirm it, as before the restart (the runtime
+                // routes the kept ones again).
+                let entry = Entry::new(r.offset, r.message, r.redelivered, expires_at, stamp(now));
+                self.dead_letter_bytes += entry.size();
+                self.dead_letters.insert(r.offset, (entry, reason));
+                continue;
+            }
             // A message that came back keeps its body in memory with its count (few do).
             if r.returns == 0 && (tail || self.over_budget()) {
                 let kind = self.paged_kind(r.offset, expires_at, now);

@@ -105,9 +105,13 @@ impl QueueEngine {
             if redelivered {
                 entry.set_redelivered();
             }
-            // Quorum queues (which store every message) keep the count across restarts;
-            // a classic queue's count is never shown, so it is not written.
-            if counted && self.config.stores_transient && self.entry_stored(&entry) {
+            // Quorum queues in the durable store keep the count across restarts (a
+            // replicated one's is in its log); a classic queue's count is never shown.
+            if counted
+                && self.config.stores_transient
+                && self.config.stores_persistent
+                && self.entry_stored(&entry)
+            {
                 out.push(Effect::StoreReturned {
                     offset: entry.offset,
                     returns,

@@ -256,6 +256,7 @@ fn quorum_return_counts_are_stored_and_recovered() {
             redelivered: true,
             deadline: None,
             returns,
+            dead_letter: None,
         })
         .to_vec();
     for r in &recovered {
@@ -772,6 +773,7 @@ fn recovered_messages_keep_order_flags_and_stored_deadlines() {
             redelivered: i == 0,
             deadline: (i == 3).then_some(h.unix_now + 500),
             returns: 0,
+            dead_letter: None,
         })
         .collect();
     for r in &recovered {
@@ -992,6 +994,55 @@ fn at_least_once_dead_letters_are_kept_until_their_targets_confirm() {
             ..
         })
     ));
+}
+
+/// A kept dead letter of a queue in the durable store is noted there; recovered as one, it
+/// is kept again (not ready), counts as before, and leaves once its targets confirm it.
+#[test]
+fn kept_dead_letters_are_stored_and_recovered_as_kept() {
+    let mut h = Harness::new(at_least_once(Overflow::RejectPublish));
+    enqueue(&mut h, message("a", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("c", 1),
+    });
+    let s = h.step(Command::Discard { offsets: &[0] });
+    assert!(s.effects.contains(&Effect::StoreDeadLetter {
+        offset: 0,
+        reason: DeathReason::Rejected
+    }));
+
+    // "Restart": "a" was kept, "b" ready.
+    let mut h = Harness::new(at_least_once(Overflow::RejectPublish));
+    let recovered = [(0, "a", Some(DeathReason::Rejected)), (1, "b", None)]
+        .map(|(offset, body, dead_letter)| Recovered {
+            offset,
+            message: message(body, false),
+            redelivered: false,
+            deadline: None,
+            returns: 0,
+            dead_letter,
+        })
+        .to_vec();
+    for r in &recovered {
+        h.durable.insert(r.offset, Arc::clone(&r.message));
+    }
+    h.step(Command::Recover {
+        messages: recovered,
+        next_offset: 2,
+    });
+    let st = h.engine.stats();
+    assert_eq!((st.ready, st.dead_letters, st.dead_letter_bytes), (1, 1, 1));
+    let s = h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("c", 10),
+    });
+    assert_eq!(deliveries(&s), [(Some(1), 1, false)], "only the ready one");
+    let s = h.step(Command::RetryDeadLetters { offsets: &[0] });
+    assert_eq!(kept(&s), [(0, true)]);
+    let s = h.step(Command::DeadLettered { offsets: &[0] });
+    assert!(s.effects.contains(&Effect::StoreAck { offset: 0 }));
+    assert_eq!(h.engine.stats().dead_letters, 0);
 }
 
 /// RabbitMQ's rule: at-least-once needs `x-overflow: reject-publish`; with drop-head (the

@@ -403,6 +403,9 @@ fn logical(steps: &[Step]) -> Vec<String> {
                 Effect::StoreReturned { offset, returns } => {
                     out.push(format!("returned {offset} {returns}"))
                 }
+                Effect::StoreDeadLetter { offset, reason } => {
+                    out.push(format!("kept {offset} {reason:?}"))
+                }
                 Effect::ConsumerCancelled {
                     consumer, reason, ..
                 } => out.push(format!("cancelled {consumer} {reason:?}")),
