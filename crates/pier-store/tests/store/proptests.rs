@@ -9,7 +9,7 @@ use pier_store::conformance::message;
 use pier_store::{IndexEntry, MessageStore, QueueRef, SegmentStore};
 use proptest::prelude::*;
 
-use super::common::{files_with, open};
+use super::common::{files_with, open, small_config};
 
 #[derive(Debug, Clone)]
 enum Damage {
@@ -181,5 +181,88 @@ proptest! {
             assert!(pos + pier_store::format::HEADER_LEN + payload.len() <= bytes.len());
         });
         prop_assert!(out.valid_end <= bytes.len());
+    }
+}
+
+/// Notes on messages (return counts, kept dead letters) in the queue registry, under a cut of
+/// its tail: never invented, never another message's; undamaged, the latest of each.
+fn notes_case(
+    marks: &[(u8, u8, bool)],
+    cut: Option<f64>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let q = s.open_queue("q").unwrap();
+    for i in 0..16u64 {
+        s.append(
+            &[QueueRef {
+                queue: q,
+                offset: i,
+            }],
+            &body(i as usize, 10),
+        )
+        .unwrap();
+    }
+    // offset → every count and reason ever written for it
+    let mut returns: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    let mut reasons: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for (n, &(offset, value, dead)) in marks.iter().enumerate() {
+        let offset = u64::from(offset % 16);
+        if dead {
+            let reason = value % 4 + 1;
+            s.mark_dead_letter(q, offset, reason).unwrap();
+            reasons.entry(offset).or_default().push(reason);
+        } else {
+            let count = u32::from(value) + 1;
+            s.mark_returned(q, offset, count).unwrap();
+            returns.entry(offset).or_default().push(count);
+        }
+        if n % 5 == 0 {
+            s.commit().unwrap();
+        }
+    }
+    s.close().unwrap();
+    drop(s);
+    if let Some(at) = cut {
+        let path = dir.path().join("queues.log");
+        let len = std::fs::metadata(&path).unwrap().len();
+        let keep = ((len as f64) * at) as u64;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+    }
+    let Ok(mut s) = SegmentStore::open(dir.path(), small_config()) else {
+        return Ok(()); // a header cut away: refused, never misread
+    };
+    let Some(q) = s.queues().into_iter().find(|i| i.name == "q").map(|i| i.id) else {
+        return Ok(()); // its registration cut away
+    };
+    for m in s.live_messages(q).unwrap() {
+        let written_r = returns.get(&m.offset).cloned().unwrap_or_default();
+        let written_d = reasons.get(&m.offset).cloned().unwrap_or_default();
+        if cut.is_none() {
+            prop_assert_eq!(m.returns, written_r.last().copied().unwrap_or(0));
+            prop_assert_eq!(m.dead_letter, written_d.last().copied());
+        } else {
+            prop_assert!(m.returns == 0 || written_r.contains(&m.returns));
+            prop_assert!(m.dead_letter.is_none_or(|r| written_d.contains(&r)));
+        }
+    }
+    let _ = s.close();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn message_notes_are_never_invented(
+        marks in prop::collection::vec((any::<u8>(), any::<u8>(), any::<bool>()), 0..60),
+        cut in prop::option::of(0.0f64..1.0),
+    ) {
+        notes_case(&marks, cut)?;
     }
 }
