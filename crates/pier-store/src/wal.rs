@@ -16,6 +16,7 @@
 //!              4 save (index = key, payload = value) · 5 forget the group
 //!              6 relocate (index, entry): entry `index` of the group, copied here from an
 //!                older file so that file can go (never truncates or restarts the log)
+//!  <dir>/LOCK   flock'd by the I/O thread while it runs: one open log per directory
 //! ```
 //!
 //! Replay applies the records in order, so a group's state after a restart is what it was
@@ -517,6 +518,7 @@ impl SharedLog {
     pub fn open(config: WalConfig) -> Result<SharedLog, WalError> {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("create", &dir, &e))?;
+        let dir_lock = lock_dir(&dir)?;
         let recovered = recover(&dir, config.spares)?;
         let shared = Shared {
             groups: recovered.groups,
@@ -546,6 +548,7 @@ impl SharedLog {
             forcing: None,
             spares: recovered.spares,
             max_spares: inner.config.spares,
+            _lock: dir_lock,
         };
         let thread = std::thread::Builder::new()
             .name("pier-wal".into())
@@ -947,6 +950,8 @@ struct Writer {
     /// Reclaimed files kept for reuse, by their old sequence number.
     spares: Vec<u64>,
     max_spares: usize,
+    /// The directory's lock (see [`lock_dir`]), released when this thread ends.
+    _lock: File,
 }
 
 /// What keeps the oldest file.
@@ -1517,6 +1522,46 @@ struct Recovered {
 }
 
 /// The log's files and its spares, by sequence number, ascending.
+/// How long `open` waits for the directory's lock (shorter in this crate's tests).
+const LOCK_WAIT: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_millis(300)
+} else {
+    std::time::Duration::from_secs(5)
+};
+
+/// Takes the lock file of the log's directory; the I/O thread holds it until it ends. One
+/// log per directory, and a log opened again in the same process waits until the previous
+/// one's I/O thread has finished: that thread may outlive the last handle (when the handle
+/// is dropped on it, it cannot wait for itself) and still be deleting files.
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io("open", &path, &e))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(WalError::Io {
+                        op: "lock",
+                        path: path.display().to_string(),
+                        reason: "the log is open elsewhere (another Pier process on this data \
+                                 directory?)"
+                            .into(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(WalError::io("lock", &path, &e.into())),
+        }
+    }
+}
+
 fn list_files(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), WalError> {
     let mut seqs = Vec::new();
     let mut spares = Vec::new();
@@ -1836,6 +1881,24 @@ mod tests {
             segment_size: 4096,
             ..WalConfig::new(dir)
         }
+    }
+
+    /// One log per directory: a second open waits for the first one's I/O thread to end
+    /// (it may outlive the last handle for a moment), and is refused while it runs.
+    #[test]
+    fn a_directory_holds_one_open_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SharedLog::open(WalConfig::new(dir.path())).unwrap();
+        let e = SharedLog::open(WalConfig::new(dir.path())).err().unwrap();
+        assert!(matches!(e, WalError::Io { op: "lock", .. }), "{e}");
+        append_sync(&first.group(1), (1..=3).map(rec).collect());
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(first);
+        });
+        let again = SharedLog::open(WalConfig::new(dir.path())).unwrap();
+        closer.join().unwrap();
+        assert_eq!(again.group(1).bounds(), Some((1, 3)));
     }
 
     #[test]
