@@ -584,3 +584,65 @@ async fn an_open_connection_may_publish_a_frame_past_frame_max() {
         .await;
     assert_eq!(code, ResponseCode::Ok);
 }
+
+/// A delivered chunk's header gives the trailer length RabbitMQ's does (rstream's own test
+/// suite checks 24 for one publisher reference of 14 characters): Pier keeps a CRC after the
+/// publisher sequences in its trailer, which the header sent to consumers leaves out (the
+/// trailer itself is never sent).
+#[tokio::test]
+async fn a_delivered_chunk_header_has_the_trailer_length_of_rabbitmq() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let s = name("raw-trailer");
+    let mut c = Raw::open(port, "guest", 0).await.unwrap();
+    c.create(&s).await;
+    let id = c.id();
+    let code = c
+        .call(ClientCommand::DeclarePublisher(DeclarePublisher {
+            correlation_id: id,
+            publisher_id: 1,
+            reference: "test-reference".into(),
+            stream: s.clone(),
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+    c.publish(1, 1..=3).await;
+    let mut confirmed = 0;
+    while confirmed < 3 {
+        match c.reply().await {
+            ServerCommand::PublishConfirm(p) => confirmed += p.publishing_ids.len(),
+            other => panic!("expected confirms, got {other:?}"),
+        }
+    }
+    let id = c.id();
+    let code = c
+        .call(ClientCommand::Subscribe(Subscribe {
+            correlation_id: id,
+            subscription_id: 1,
+            stream: s.clone(),
+            offset: OffsetSpec::First,
+            credit: 1,
+            properties: vec![],
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+    let chunk = match c.reply().await {
+        ServerCommand::Deliver(d) => d.chunk,
+        other => panic!("expected a delivery, got {other:?}"),
+    };
+    let chunk = pier_stream_wire::Chunk::parse_delivered(&chunk).unwrap();
+    assert_eq!(chunk.header.num_records, 3);
+    // kind 1 + length 1 + "test-reference" 14 + sequence 8, as Osiris's writer trailer.
+    assert_eq!(chunk.header.trailer_length, 24);
+    assert!(chunk.validate().is_ok());
+    let id = c.id();
+    let code = c
+        .call(ClientCommand::Delete(Delete {
+            correlation_id: id,
+            stream: s,
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+}

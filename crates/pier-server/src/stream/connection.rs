@@ -10,14 +10,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use pier_broker::{Access, ConnectionSlot, ObjectKind, VHost};
 use pier_store::stream::{AppendMessage, StartAt, Stream, StreamError};
+use pier_stream_wire::chunk::CHUNK_HEADER_SIZE;
 use pier_stream_wire::frame::DEFAULT_INITIAL_FRAME_MAX;
 use pier_stream_wire::{
-    BloomMatcher, ClientCommand, CommandVersion, ConsumerUpdate, Deliver, MetadataResponse,
-    MetadataUpdate, OffsetSpec, OpenResponse, PeerPropertiesResponse, PublishConfirm, PublishError,
-    PublishingError, QueryOffsetResponse, QueryPublisherSequenceResponse,
-    ResolveOffsetSpecResponse, Response, ResponseCode, SaslAuthenticateResponse,
-    SaslHandshakeResponse, ServerCommand, StreamMetadata, StreamStatsResponse, StreamsResponse,
-    Tune,
+    BloomMatcher, ChunkHeader, ClientCommand, CommandVersion, ConsumerUpdate, Deliver,
+    MetadataResponse, MetadataUpdate, OffsetSpec, OpenResponse, PeerPropertiesResponse,
+    PublishConfirm, PublishError, PublishingError, QueryOffsetResponse,
+    QueryPublisherSequenceResponse, ResolveOffsetSpecResponse, Response, ResponseCode,
+    SaslAuthenticateResponse, SaslHandshakeResponse, ServerCommand, StreamMetadata,
+    StreamStatsResponse, StreamsResponse, Tune,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
@@ -1442,14 +1443,26 @@ async fn deliver_loop(mut t: DeliverTask) {
                     },
                     chunk: c.delivered,
                 };
-                let mut head = BytesMut::with_capacity(16);
+                let mut head = BytesMut::with_capacity(16 + CHUNK_HEADER_SIZE);
                 if let Err(e) = deliver.encode_head(&mut head) {
                     tracing::error!(stream = %t.stream_name, "stream: encoding a delivery: {e}");
                     break;
                 }
+                let mut body = deliver.chunk;
+                if c.header.trailer_length > 0 && body.len() >= CHUNK_HEADER_SIZE {
+                    // The header says the trailer length Osiris would (without the CRC
+                    // Pier keeps after the publisher sequences): a copy of its 48 octets.
+                    let at = head.len();
+                    head.extend_from_slice(&body[..CHUNK_HEADER_SIZE]);
+                    ChunkHeader::patch_trailer_length(
+                        &mut head[at..],
+                        pier_store::stream::osiris_trailer_length(c.header.trailer_length),
+                    );
+                    body = body.slice(CHUNK_HEADER_SIZE..);
+                }
                 let frame = Out {
                     head: head.freeze(),
-                    body: deliver.chunk,
+                    body,
                 };
                 t.shared.stats.credit.fetch_sub(1, Ordering::AcqRel);
                 let records = u64::from(c.header.num_records);

@@ -194,6 +194,17 @@ pub fn encode_trailer(entries: &[TrackingEntry]) -> Vec<u8> {
     b
 }
 
+/// The trailer length Osiris gives the trailer Pier stores in `stored` octets: the same
+/// tracking entries without the CRC Pier puts after them. `Deliver` sends the chunk header
+/// with this one (the trailer itself is not sent), as clients compare it with RabbitMQ's.
+pub fn osiris_trailer_length(stored: u32) -> u32 {
+    if stored == 0 {
+        0
+    } else {
+        stored.saturating_sub(4)
+    }
+}
+
 /// Decodes and checks a trailer written by [`encode_trailer`].
 pub fn decode_trailer(b: &[u8]) -> Result<Vec<TrackingEntry>, StreamError> {
     if b.is_empty() {

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pier_stream_wire::Entry;
 
-pub use format::{IndexRecord, TrackingEntry, INDEX_RECORD_LEN};
+pub use format::{osiris_trailer_length, IndexRecord, TrackingEntry, INDEX_RECORD_LEN};
 pub use log::{ChunkLocation, SegmentMeta, Shared, StreamLog, StreamRecovery, Tracking, View};
 pub use reader::{ReadChunk, StartAt, StreamReader};
 
