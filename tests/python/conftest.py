@@ -35,6 +35,7 @@ Two modes:
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -79,7 +80,32 @@ read = ".*"
 _PIER_PROCESSES: list["PierProcess"] = []
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A port free now, outside the kernel's ephemeral range: a port bound to 0 comes from
+    that range, and an outgoing connection (a node dialling its peers) may take it before
+    the Pier it was meant for binds it ("Address already in use" at start-up, seen in CI)."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10000, 65000)
+                  if not low <= p <= high and p not in _HANDED_OUT]
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
