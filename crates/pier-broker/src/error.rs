@@ -120,6 +120,10 @@ pub enum BrokerError {
     /// and text as the home node gave them).
     #[error("{text}")]
     Remote { code: u16, text: String },
+    /// A deprecated feature the configuration does not permit (RabbitMQ's warning text;
+    /// see `deprecated.rs`).
+    #[error("{0}")]
+    Deprecated(String),
 }
 
 impl BrokerError {
@@ -144,6 +148,7 @@ impl BrokerError {
             // 506 resource-error (a connection error in the spec): out of disk, or the disk fails.
             BrokerError::Storage { .. } => rc::RESOURCE_ERROR,
             BrokerError::NotImplemented(_) => rc::NOT_IMPLEMENTED,
+            BrokerError::Deprecated(_) => rc::INTERNAL_ERROR,
             BrokerError::VhostNotFound(_)
             | BrokerError::VhostAccessRefused { .. }
             | BrokerError::VhostConnectionLimit { .. } => rc::NOT_ALLOWED,

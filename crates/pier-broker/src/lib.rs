@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod consumer;
 pub mod counters;
 pub mod deadletter;
+pub mod deprecated;
 mod delayed;
 pub mod error;
 pub mod exchange;
@@ -47,6 +48,7 @@ pub use consumer::{
 };
 pub use counters::{QueueCounters, QueueCountersSnapshot};
 pub use deadletter::{DeadLetter, DeadLettersInFlight, DeathReason};
+pub use deprecated::{DeprecatedFeature, DeprecatedFeatures};
 pub use error::{BrokerError, ObjectKind};
 pub use exchange::{Destination, ExchangeKind};
 pub use message::{Message, Properties};

@@ -93,6 +93,9 @@ pub struct ServeOptions {
     /// Where definition changes go: a clustered node's [`Metadata`] (the binary builds it);
     /// `None` builds a single node's, which applies them locally.
     pub metadata: Option<Metadata>,
+    /// RabbitMQ's deprecated features this node permits (queue declarations through the
+    /// API obey them; `/api/deprecated-features` lists them).
+    pub deprecated_features: pier_broker::DeprecatedFeatures,
 }
 
 /// Description and tags of a vhost (RabbitMQ's vhost metadata).
@@ -116,6 +119,7 @@ pub(crate) struct Inner {
     pub amqp_addr: Option<SocketAddr>,
     pub listeners: Listeners,
     pub sampler: stats::Sampler,
+    pub deprecated_features: pier_broker::DeprecatedFeatures,
 }
 
 #[derive(Clone)]
@@ -309,6 +313,7 @@ where
         amqp_addr: options.amqp_addr,
         listeners: options.listeners.clone(),
         sampler: stats::Sampler::default(),
+        deprecated_features: options.deprecated_features,
     }));
     if let Some(c) = state.cluster() {
         c.set_reporter(Arc::new(cluster::StateReporter(Arc::downgrade(&state.0))));

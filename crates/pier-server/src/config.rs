@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub disk_free_limit: u64,
     /// The directory whose file system the disk alarm watches (None: no disk alarm).
     pub data_dir: Option<PathBuf>,
+    /// RabbitMQ's deprecated features this node permits (4.2's defaults: all of them).
+    pub deprecated_features: pier_broker::DeprecatedFeatures,
 }
 
 /// RabbitMQ's `vm_memory_high_watermark`: a fraction of the machine's RAM (or of the cgroup
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             memory_high_watermark: MemoryWatermark::default(),
             disk_free_limit: 50_000_000,
             data_dir: None,
+            deprecated_features: pier_broker::DeprecatedFeatures::default(),
         }
     }
 }

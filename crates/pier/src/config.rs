@@ -52,6 +52,12 @@
 //! vhost = "/"
 //! allow_anonymous = true # no username: default_user / default_pass (guest)
 //!
+//! # RabbitMQ's deprecated features (docs/quorum-queues.md, "RabbitMQ 4.3's stricter
+//! # defaults"): Pier permits them as 4.2 does; "4.3" denies transient non-exclusive queues,
+//! # global QoS and x-queue-master-locator as 4.3 does; each can be set on its own
+//! deprecated_features.defaults = "4.3"                    # or --deprecated-features 4.3
+//! deprecated_features.permit.transient_nonexcl_queues = true
+//!
 //! # What connection.start advertises (default: product "Pier", Pier's version); only for
 //! # client code that insists on product == "RabbitMQ"
 //! [server_properties]
@@ -142,9 +148,56 @@ pub struct FileConfig {
     pub stomp: Option<StompEntry>,
     /// The MQTT server (RabbitMQ's `mqtt.*` keys; see docs/mqtt.md).
     pub mqtt: Option<MqttEntry>,
+    /// RabbitMQ's `deprecated_features.permit.<name>`, and whose defaults the others follow.
+    pub deprecated_features: Option<DeprecatedFeaturesEntry>,
     /// The directory relative paths in this file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
+}
+
+/// `deprecated_features.*`: which RabbitMQ version's defaults (`"4.2"`, Pier's default, or
+/// `"4.3"`) and per-feature permits, with RabbitMQ's names.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeprecatedFeaturesEntry {
+    pub defaults: Option<String>,
+    #[serde(default)]
+    pub permit: std::collections::BTreeMap<String, bool>,
+}
+
+impl DeprecatedFeaturesEntry {
+    /// The setting these keys give, `defaults` replaced by the command line's when given.
+    pub fn resolve(
+        &self,
+        defaults: Option<&str>,
+    ) -> anyhow::Result<pier_broker::DeprecatedFeatures> {
+        let mut d = deprecated_defaults(defaults.or(self.defaults.as_deref()))?;
+        for (name, &permitted) in &self.permit {
+            let Some(f) = pier_broker::DeprecatedFeature::from_name(name) else {
+                let known: Vec<&str> = pier_broker::DeprecatedFeature::ALL
+                    .iter()
+                    .map(|f| f.name())
+                    .collect();
+                anyhow::bail!(
+                    "deprecated_features.permit.{name}: unknown deprecated feature (known: {})",
+                    known.join(", ")
+                );
+            };
+            d.set(f, permitted);
+        }
+        Ok(d)
+    }
+}
+
+/// RabbitMQ 4.2's or 4.3's defaults for its deprecated features.
+pub fn deprecated_defaults(version: Option<&str>) -> anyhow::Result<pier_broker::DeprecatedFeatures> {
+    match version {
+        None | Some("4.2") => Ok(pier_broker::DeprecatedFeatures::rabbitmq_4_2()),
+        Some("4.3") => Ok(pier_broker::DeprecatedFeatures::rabbitmq_4_3()),
+        Some(other) => anyhow::bail!(
+            "deprecated_features.defaults: \"{other}\" is not a version Pier knows (\"4.2\" or \"4.3\")"
+        ),
+    }
 }
 
 /// `[stomp]`: RabbitMQ's `stomp.*` settings that Pier has.

@@ -148,6 +148,12 @@ struct ServerArgs {
         value_name = "BOOL"
     )]
     quorum_heartbeats: Option<bool>,
+    /// Whose defaults RabbitMQ's deprecated features follow: "4.2" (the default: permitted)
+    /// or "4.3" (transient non-exclusive queues, global QoS and x-queue-master-locator
+    /// refused as RabbitMQ 4.3 refuses them). The config file's
+    /// `deprecated_features.permit.<name>` still sets each one.
+    #[arg(long, env = "PIER_DEPRECATED_FEATURES", value_name = "VERSION")]
+    deprecated_features: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,6 +187,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     });
     let mut server_config = file.server_config()?;
     server_config.data_dir = Some(args.data_dir.clone());
+    server_config.deprecated_features = file
+        .deprecated_features
+        .clone()
+        .unwrap_or_default()
+        .resolve(args.deprecated_features.as_deref())?;
     let cluster_config = cluster_config(&args, &file, &server_config)?;
     // A cluster member starts from what the cluster has (its data directory); the config
     // file's definitions are proposed to the cluster once the node has caught up, so every
@@ -289,6 +300,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         listeners: extra_listeners.clone(),
         cluster_name: Some(server_config.cluster_name.clone()),
         metadata: Some(metadata.clone()),
+        deprecated_features: server_config.deprecated_features,
     };
     let http_shutdown = async move {
         let _ = http_stop.await;

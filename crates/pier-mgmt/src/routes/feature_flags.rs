@@ -1,4 +1,5 @@
-//! `GET /api/feature-flags`: RabbitMQ's feature flags, as they describe Pier's behaviour.
+//! `GET /api/feature-flags`: RabbitMQ's feature flags, as they describe Pier's behaviour;
+//! `GET /api/deprecated-features`: RabbitMQ's deprecated features this node knows.
 
 use axum::response::Response;
 use axum::routing::get;
@@ -22,8 +23,45 @@ struct FeatureFlag {
 }
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/feature-flags", get(feature_flags))
+    Router::new()
+        .route("/feature-flags", get(feature_flags))
+        .route("/deprecated-features", get(deprecated_features))
 }
+
+/// A RabbitMQ deprecated feature, as its API lists one.
+#[derive(Serialize)]
+struct DeprecatedFeatureView {
+    name: &'static str,
+    deprecation_phase: &'static str,
+    provided_by: &'static str,
+    desc: &'static str,
+    doc_url: &'static str,
+}
+
+fn deprecated_view(st: &AppState) -> Vec<DeprecatedFeatureView> {
+    pier_broker::DeprecatedFeature::ALL
+        .into_iter()
+        .map(|f| DeprecatedFeatureView {
+            name: f.name(),
+            deprecation_phase: st.deprecated_features.phase(),
+            provided_by: "rabbit",
+            desc: f.description(),
+            doc_url: f.doc_url(),
+        })
+        .collect()
+}
+
+/// GET /api/deprecated-features: the ones RabbitMQ 4.3 denies by default, with the phase
+/// this node's defaults give them (4.2's `permitted_by_default`, or 4.3's
+/// `denied_by_default`).
+pub async fn deprecated_features(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    Extension(user): Extension<AuthUser>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    Ok(json::ok(&deprecated_view(&st)))
+}
+
 
 /// GET /api/feature-flags: RabbitMQ's flags, with the state that describes Pier's behaviour
 /// (Pier has no flags to enable: what it supports is always on, the rest always off).

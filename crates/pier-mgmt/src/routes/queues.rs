@@ -274,6 +274,9 @@ pub async fn put_queue(
     // replicated queue's: its first leader).
     let durable = get_bool(&b, "durable", false)?;
     let table = get_table(&b, "arguments")?;
+    // The API declares no exclusive queues: a transient one is non-exclusive.
+    st.deprecated_features
+        .check_queue_declare(durable, false, &table)?;
     let members = st.queue_members(&vhost, &name, durable, &table);
     let out = st
         .execute(MetadataCommand::DeclareQueue {

@@ -27,7 +27,8 @@ impl Channel {
                 format!("prefetch_size!=0 ({})", m.prefetch_size),
             ));
         }
-        if m.global {
+        // global=true where RabbitMQ 4.3 denies it: per consumer, as its channel does.
+        if cx.config.deprecated_features.global_qos(m.global) {
             self.credit.set_limit(u32::from(m.prefetch_count));
             // A raised limit may release consumers waiting on it.
             self.consumed_queues().iter().for_each(|q| q.dispatch());
