@@ -2,8 +2,9 @@
 
 Pier permits them by default, as RabbitMQ 4.2 does (the tests of the rest of the suite,
 checked against 3.10.8, declare transient queues and use global QoS). With
-`deprecated_features.defaults = "4.3"` (or `--deprecated-features 4.3`) it refuses them as
-RabbitMQ 4.3 does, with its texts; `deprecated_features.permit.<name>` sets each one.
+`defaults = "4.3"` in the config file's `[deprecated_features]` (or `--deprecated-features
+4.3`) it refuses them as
+RabbitMQ 4.3 does, with its texts; `permit.<name>` there sets each one.
 Pier only: RabbitMQ 3.10 has no deprecated features."""
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_4_2_defaults_permit_them(pier_factory):
 
 
 def test_4_3_defaults_refuse_transient_non_exclusive_queues(pier_factory):
-    proc = pier_factory(PIER_CONFIG + '\ndeprecated_features.defaults = "4.3"\n')
+    proc = pier_factory(PIER_CONFIG + '\n[deprecated_features]\ndefaults = "4.3"\n')
     conn = connect(proc)
     ch = conn.channel()
     # Durable, or exclusive: still fine.
@@ -71,7 +72,7 @@ def test_4_3_defaults_refuse_transient_non_exclusive_queues(pier_factory):
 
 def test_4_3_defaults_make_global_qos_per_consumer(pier_factory):
     """RabbitMQ 4.3's channel treats basic.qos global=true as global=false."""
-    proc = pier_factory(PIER_CONFIG + '\ndeprecated_features.defaults = "4.3"\n')
+    proc = pier_factory(PIER_CONFIG + '\n[deprecated_features]\ndefaults = "4.3"\n')
     conn = connect(proc)
     ch = conn.channel()
     queues = [ch.queue_declare("", exclusive=True).method.queue for _ in range(2)]
@@ -99,7 +100,7 @@ def test_4_3_defaults_make_global_qos_per_consumer(pier_factory):
 
 
 def test_a_permit_overrides_the_defaults_and_the_command_line_sets_them(tmp_path):
-    config = (PIER_CONFIG + '\ndeprecated_features.permit.transient_nonexcl_queues = true\n')
+    config = PIER_CONFIG + "\n[deprecated_features]\npermit.transient_nonexcl_queues = true\n"
     proc = PierProcess(tmp_path / "p", config, extra_args=["--deprecated-features", "4.3"])
     proc.start()
     try:
@@ -115,12 +116,12 @@ def test_a_permit_overrides_the_defaults_and_the_command_line_sets_them(tmp_path
 
 def test_unknown_features_and_versions_stop_the_start(tmp_path):
     for i, (extra, said) in enumerate([
-            ("deprecated_features.permit.no_such_feature = true",
+            ("[deprecated_features]\npermit.no_such_feature = true",
              "unknown deprecated feature (known: transient_nonexcl_queues, global_qos, "
              "queue_master_locator)"),
-            ('deprecated_features.defaults = "4.1"', '"4.1" is not a version Pier knows')]):
+            ('[deprecated_features]\ndefaults = "4.1"', '"4.1" is not a version Pier knows')]):
         proc = PierProcess(tmp_path / f"p{i}", PIER_CONFIG + "\n" + extra + "\n")
         with pytest.raises(pytest.fail.Exception):
             proc.start()
-        assert said in proc.log_tail()
+        assert said in proc.log_path.read_text()
         proc.kill()

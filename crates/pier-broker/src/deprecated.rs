@@ -207,7 +207,9 @@ mod tests {
             assert!(!DeprecatedFeatures::rabbitmq_4_3().permits(f));
             assert_eq!(DeprecatedFeature::from_name(f.name()), Some(f));
         }
-        assert!(d.check_queue_declare(false, false, &FieldTable::new()).is_ok());
+        assert!(d
+            .check_queue_declare(false, false, &FieldTable::new())
+            .is_ok());
         assert!(d.global_qos(true));
     }
 
@@ -222,12 +224,18 @@ mod tests {
             "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\nBy default, \
              this feature is not permitted anymore."
         ));
-        assert!(d.check_queue_declare(false, true, &FieldTable::new()).is_ok());
-        assert!(d.check_queue_declare(true, false, &FieldTable::new()).is_ok());
+        assert!(d
+            .check_queue_declare(false, true, &FieldTable::new())
+            .is_ok());
+        assert!(d
+            .check_queue_declare(true, false, &FieldTable::new())
+            .is_ok());
         let mut args = FieldTable::new();
         args.insert("x-queue-master-locator", FieldValue::from("min-masters"));
         let e = d.check_queue_declare(true, false, &args).unwrap_err();
-        assert!(e.to_string().starts_with("Feature `queue_master_locator` is deprecated."));
+        assert!(e
+            .to_string()
+            .starts_with("Feature `queue_master_locator` is deprecated."));
         // A quorum queue refuses the argument as one of another queue type, not here.
         args.insert("x-queue-type", FieldValue::from("quorum"));
         assert!(d.check_queue_declare(true, false, &args).is_ok());

@@ -55,8 +55,10 @@
 //! # RabbitMQ's deprecated features (docs/quorum-queues.md, "RabbitMQ 4.3's stricter
 //! # defaults"): Pier permits them as 4.2 does; "4.3" denies transient non-exclusive queues,
 //! # global QoS and x-queue-master-locator as 4.3 does; each can be set on its own
-//! deprecated_features.defaults = "4.3"                    # or --deprecated-features 4.3
-//! deprecated_features.permit.transient_nonexcl_queues = true
+//! # (RabbitMQ's deprecated_features.permit.<name>)
+//! [deprecated_features]
+//! defaults = "4.3"                          # or --deprecated-features 4.3
+//! permit.transient_nonexcl_queues = true
 //!
 //! # What connection.start advertises (default: product "Pier", Pier's version); only for
 //! # client code that insists on product == "RabbitMQ"
@@ -190,7 +192,9 @@ impl DeprecatedFeaturesEntry {
 }
 
 /// RabbitMQ 4.2's or 4.3's defaults for its deprecated features.
-pub fn deprecated_defaults(version: Option<&str>) -> anyhow::Result<pier_broker::DeprecatedFeatures> {
+pub fn deprecated_defaults(
+    version: Option<&str>,
+) -> anyhow::Result<pier_broker::DeprecatedFeatures> {
     match version {
         None | Some("4.2") => Ok(pier_broker::DeprecatedFeatures::rabbitmq_4_2()),
         Some("4.3") => Ok(pier_broker::DeprecatedFeatures::rabbitmq_4_3()),

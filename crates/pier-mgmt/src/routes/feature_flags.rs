@@ -62,7 +62,6 @@ pub async fn deprecated_features(
     Ok(json::ok(&deprecated_view(&st)))
 }
 
-
 /// GET /api/feature-flags: RabbitMQ's flags, with the state that describes Pier's behaviour
 /// (Pier has no flags to enable: what it supports is always on, the rest always off).
 pub async fn feature_flags(Extension(user): Extension<AuthUser>) -> ApiResult<Response> {

@@ -32,9 +32,11 @@ impl Channel {
             return Ok(());
         }
         if !m.passive {
-            cx.config
-                .deprecated_features
-                .check_queue_declare(m.durable, m.exclusive, &m.arguments)?;
+            cx.config.deprecated_features.check_queue_declare(
+                m.durable,
+                m.exclusive,
+                &m.arguments,
+            )?;
         }
         if let Some(md) = cx.cluster {
             // A new durable, non-exclusive queue is the cluster's, homed here.
