@@ -476,15 +476,16 @@ def _queue_info(mgmt, q):
 
 # ---- recovery ----
 
+def _connect(proc):
+    """A connection to a private Pier (restart tests)."""
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=proc.amqp_port, connection_attempts=1, socket_timeout=10))
+
+
 @pytest.mark.pier_only
 def test_restart_keeps_quorum_queue_and_every_message(pier_factory):
     proc = pier_factory()
-
-    def connect():
-        return pika.BlockingConnection(pika.ConnectionParameters(
-            host="127.0.0.1", port=proc.amqp_port, connection_attempts=1, socket_timeout=10))
-
-    conn = connect()
+    conn = _connect(proc)
     ch = conn.channel()
     declare_qq(ch, "qq.dur", **{"x-delivery-limit": 5})
     ch.confirm_delivery()
@@ -501,7 +502,7 @@ def test_restart_keeps_quorum_queue_and_every_message(pier_factory):
 
     assert proc.terminate() == 0, proc.log_tail()
     proc.start()
-    conn = connect()
+    conn = _connect(proc)
     ch = conn.channel()
     declared = declare_qq(ch, "qq.dur", **{"x-delivery-limit": 5})
     assert declared.method.message_count == 9
@@ -525,14 +526,9 @@ def test_delivery_counts_and_the_limit_survive_a_restart(pier_factory):
     """RabbitMQ keeps a quorum queue's delivery counts in its Raft log: a poison message
     cannot escape its delivery limit by a broker restart, and x-delivery-count carries on."""
     proc = pier_factory()
-
-    def connect():
-        return pika.BlockingConnection(pika.ConnectionParameters(
-            host="127.0.0.1", port=proc.amqp_port, connection_attempts=1, socket_timeout=10))
-
     args = {"x-delivery-limit": 3, "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": "qq.dl"}
-    conn = connect()
+    conn = _connect(proc)
     ch = conn.channel()
     ch.queue_declare("qq.dl", durable=True)
     declare_qq(ch, "qq.counted", **args)
@@ -553,7 +549,7 @@ def test_delivery_counts_and_the_limit_survive_a_restart(pier_factory):
 
     assert proc.terminate() == 0, proc.log_tail()
     proc.start()
-    conn = connect()
+    conn = _connect(proc)
     ch = conn.channel()
     declare_qq(ch, "qq.counted", **args)
     method, props, body = wait_until(lambda: _get(ch, "qq.counted"), message="poison")
@@ -574,14 +570,9 @@ def test_kept_dead_letters_stay_kept_across_a_restart(pier_factory):
     (RabbitMQ keeps it in the Raft state): it is not handed to the queue's consumers, and it
     goes to its target once that exists."""
     proc = pier_factory()
-
-    def connect():
-        return pika.BlockingConnection(pika.ConnectionParameters(
-            host="127.0.0.1", port=proc.amqp_port, connection_attempts=1, socket_timeout=10))
-
     args = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish",
             "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "alo.later"}
-    conn = connect()
+    conn = _connect(proc)
     ch = conn.channel()
     declare_qq(ch, "qq.alo", **args)
     ch.confirm_delivery()
@@ -594,7 +585,7 @@ def test_kept_dead_letters_stay_kept_across_a_restart(pier_factory):
 
     assert proc.terminate() == 0, proc.log_tail()
     proc.start()
-    conn = connect()
+    conn = _connect(proc)
     ch = conn.channel()
     declare_qq(ch, "qq.alo", **args)
     _, _, body = wait_until(lambda: _get(ch, "qq.alo", ack=True), message="the ready one")

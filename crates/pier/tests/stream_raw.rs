@@ -211,6 +211,45 @@ impl Raw {
         }
     }
 
+    /// Subscribes at `first` with `credit`; the response must be Ok.
+    async fn subscribe_first(&mut self, subscription_id: u8, stream: &str, credit: u16) {
+        let id = self.id();
+        let code = self
+            .call(ClientCommand::Subscribe(Subscribe {
+                correlation_id: id,
+                subscription_id,
+                stream: stream.into(),
+                offset: OffsetSpec::First,
+                credit,
+                properties: vec![],
+            }))
+            .await;
+        assert_eq!(code, ResponseCode::Ok);
+    }
+
+    /// Deletes `stream`; the response must be Ok.
+    async fn delete(&mut self, stream: &str) {
+        let id = self.id();
+        let code = self
+            .call(ClientCommand::Delete(Delete {
+                correlation_id: id,
+                stream: stream.into(),
+            }))
+            .await;
+        assert_eq!(code, ResponseCode::Ok);
+    }
+
+    /// Waits for confirms of `n` publishing ids (nothing else may come first).
+    async fn confirms(&mut self, n: u64) {
+        let mut confirmed = 0u64;
+        while confirmed < n {
+            match self.reply().await {
+                ServerCommand::PublishConfirm(p) => confirmed += p.publishing_ids.len() as u64,
+                other => panic!("expected confirms, got {other:?}"),
+            }
+        }
+    }
+
     async fn declare_publisher(&mut self, publisher_id: u8, stream: &str) {
         let id = self.id();
         let code = self
@@ -317,26 +356,8 @@ async fn a_subscriber_gets_metadata_update_when_its_stream_is_deleted() {
     let mut admin = Raw::open(port, "guest", 0).await.unwrap();
     admin.create(&s).await;
     let mut sub = Raw::open(port, "guest", 0).await.unwrap();
-    let id = sub.id();
-    let code = sub
-        .call(ClientCommand::Subscribe(Subscribe {
-            correlation_id: id,
-            subscription_id: 3,
-            stream: s.clone(),
-            offset: OffsetSpec::First,
-            credit: 10,
-            properties: vec![],
-        }))
-        .await;
-    assert_eq!(code, ResponseCode::Ok);
-    let id = admin.id();
-    let code = admin
-        .call(ClientCommand::Delete(Delete {
-            correlation_id: id,
-            stream: s.clone(),
-        }))
-        .await;
-    assert_eq!(code, ResponseCode::Ok);
+    sub.subscribe_first(3, &s, 10).await;
+    admin.delete(&s).await;
     match sub.reply().await {
         ServerCommand::MetadataUpdate(m) => {
             assert_eq!(m.stream, s);
@@ -408,13 +429,7 @@ async fn stream_stats_resolve_offset_spec_and_command_versions() {
     c.create(&s).await;
     c.declare_publisher(0, &s).await;
     c.publish(0, 1..=3).await;
-    let mut confirmed = 0;
-    while confirmed < 3 {
-        match c.reply().await {
-            ServerCommand::PublishConfirm(p) => confirmed += p.publishing_ids.len(),
-            other => panic!("expected confirms, got {other:?}"),
-        }
-    }
+    c.confirms(3).await;
     let r = c.stats(&s).await;
     assert_eq!(r.code, ResponseCode::Ok);
     let stat = |k: &str| r.stats.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
@@ -568,21 +583,8 @@ async fn an_open_connection_may_publish_a_frame_past_frame_max() {
     // 100,000 messages of 18 bytes each on the wire: one frame of ~1.8 MB, frame_max 1 MiB.
     let n = 100_000u64;
     c.publish(0, 1..=n).await;
-    let mut confirmed = 0u64;
-    while confirmed < n {
-        match c.reply().await {
-            ServerCommand::PublishConfirm(p) => confirmed += p.publishing_ids.len() as u64,
-            other => panic!("expected confirms, got {other:?}"),
-        }
-    }
-    let id = c.id();
-    let code = c
-        .call(ClientCommand::Delete(Delete {
-            correlation_id: id,
-            stream: s,
-        }))
-        .await;
-    assert_eq!(code, ResponseCode::Ok);
+    c.confirms(n).await;
+    c.delete(&s).await;
 }
 
 /// A delivered chunk's header gives the trailer length RabbitMQ's does (rstream's own test
@@ -609,25 +611,8 @@ async fn a_delivered_chunk_header_has_the_trailer_length_of_rabbitmq() {
         .await;
     assert_eq!(code, ResponseCode::Ok);
     c.publish(1, 1..=3).await;
-    let mut confirmed = 0;
-    while confirmed < 3 {
-        match c.reply().await {
-            ServerCommand::PublishConfirm(p) => confirmed += p.publishing_ids.len(),
-            other => panic!("expected confirms, got {other:?}"),
-        }
-    }
-    let id = c.id();
-    let code = c
-        .call(ClientCommand::Subscribe(Subscribe {
-            correlation_id: id,
-            subscription_id: 1,
-            stream: s.clone(),
-            offset: OffsetSpec::First,
-            credit: 1,
-            properties: vec![],
-        }))
-        .await;
-    assert_eq!(code, ResponseCode::Ok);
+    c.confirms(3).await;
+    c.subscribe_first(1, &s, 1).await;
     let chunk = match c.reply().await {
         ServerCommand::Deliver(d) => d.chunk,
         other => panic!("expected a delivery, got {other:?}"),
@@ -637,12 +622,5 @@ async fn a_delivered_chunk_header_has_the_trailer_length_of_rabbitmq() {
     // kind 1 + length 1 + "test-reference" 14 + sequence 8, as Osiris's writer trailer.
     assert_eq!(chunk.header.trailer_length, 24);
     assert!(chunk.validate().is_ok());
-    let id = c.id();
-    let code = c
-        .call(ClientCommand::Delete(Delete {
-            correlation_id: id,
-            stream: s,
-        }))
-        .await;
-    assert_eq!(code, ResponseCode::Ok);
+    c.delete(&s).await;
 }

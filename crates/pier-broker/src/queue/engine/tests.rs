@@ -203,6 +203,29 @@ fn delivery_limit_dead_letters_after_too_many_returns() {
     assert_eq!(h.engine.stats().ready + h.engine.stats().unacked, 0);
 }
 
+/// A message as the store gives it back at recovery (body `body`, nothing noted).
+fn recovered(offset: u64, body: &str) -> Recovered {
+    Recovered {
+        offset,
+        message: message(body, false),
+        redelivered: false,
+        deadline: None,
+        returns: 0,
+        dead_letter: None,
+    }
+}
+
+/// A "restart": the store holds `messages` (their bodies too) and the engine recovers them.
+fn recover(h: &mut Harness, messages: Vec<Recovered>, next_offset: u64) -> harness::Step {
+    for r in &messages {
+        h.durable.insert(r.offset, Arc::clone(&r.message));
+    }
+    h.step(Command::Recover {
+        messages,
+        next_offset,
+    })
+}
+
 /// (offset, returns) of every return count a step asks the store to record.
 fn store_returns(step: &harness::Step) -> Vec<(u64, u32)> {
     step.effects
@@ -249,23 +272,16 @@ fn quorum_return_counts_are_stored_and_recovered() {
 
     // "Restart": message 0 came back twice, message 1 never.
     let mut h = Harness::new(c);
-    let recovered = [(0, "a", 2), (1, "b", 0)]
-        .map(|(offset, body, returns)| Recovered {
-            offset,
-            message: message(body, false),
-            redelivered: true,
-            deadline: None,
-            returns,
-            dead_letter: None,
-        })
-        .to_vec();
-    for r in &recovered {
-        h.durable.insert(r.offset, Arc::clone(&r.message));
-    }
-    h.step(Command::Recover {
-        messages: recovered,
-        next_offset: 2,
-    });
+    let a = Recovered {
+        redelivered: true,
+        returns: 2,
+        ..recovered(0, "a")
+    };
+    let b = Recovered {
+        redelivered: true,
+        ..recovered(1, "b")
+    };
+    recover(&mut h, vec![a, b], 2);
     let s = h.step(Command::Checkout {
         consumer: 1,
         settings: settings("a", 1),
@@ -776,13 +792,7 @@ fn recovered_messages_keep_order_flags_and_stored_deadlines() {
             dead_letter: None,
         })
         .collect();
-    for r in &recovered {
-        h.durable.insert(r.offset, Arc::clone(&r.message));
-    }
-    h.step(Command::Recover {
-        messages: recovered,
-        next_offset: 14,
-    });
+    recover(&mut h, recovered, 14);
     assert!(h.engine.stats().paged_out >= 2);
     let s = enqueue(&mut h, message("new", true));
     assert!(matches!(
@@ -1014,23 +1024,11 @@ fn kept_dead_letters_are_stored_and_recovered_as_kept() {
 
     // "Restart": "a" was kept, "b" ready.
     let mut h = Harness::new(at_least_once(Overflow::RejectPublish));
-    let recovered = [(0, "a", Some(DeathReason::Rejected)), (1, "b", None)]
-        .map(|(offset, body, dead_letter)| Recovered {
-            offset,
-            message: message(body, false),
-            redelivered: false,
-            deadline: None,
-            returns: 0,
-            dead_letter,
-        })
-        .to_vec();
-    for r in &recovered {
-        h.durable.insert(r.offset, Arc::clone(&r.message));
-    }
-    h.step(Command::Recover {
-        messages: recovered,
-        next_offset: 2,
-    });
+    let a = Recovered {
+        dead_letter: Some(DeathReason::Rejected),
+        ..recovered(0, "a")
+    };
+    recover(&mut h, vec![a, recovered(1, "b")], 2);
     let st = h.engine.stats();
     assert_eq!((st.ready, st.dead_letters, st.dead_letter_bytes), (1, 1, 1));
     let s = h.step(Command::Checkout {
