@@ -104,11 +104,7 @@ impl DeprecatedFeatures {
     }
 
     fn bit(f: DeprecatedFeature) -> u8 {
-        let i = DeprecatedFeature::ALL
-            .iter()
-            .position(|x| *x == f)
-            .unwrap_or(0);
-        1 << i
+        1 << (f as u8)
     }
 
     /// `deprecated_features.permit.<name> = permitted`.
@@ -170,10 +166,15 @@ impl DeprecatedFeatures {
         exclusive: bool,
         arguments: &FieldTable,
     ) -> Result<(), BrokerError> {
-        let classic = match arguments.get("x-queue-type") {
-            None => true,
-            Some(v) => v.as_str().is_some_and(|t| t == "classic"),
+        // A bad x-queue-type is refused later, with the declaration's names in the text.
+        let cx = crate::args::ArgContext {
+            queue: "",
+            vhost: "",
         };
+        let classic = matches!(
+            crate::queue::QueueType::of(arguments, &cx),
+            Ok(crate::queue::QueueType::Classic)
+        );
         if classic
             && arguments.get("x-queue-master-locator").is_some()
             && !self.permits(DeprecatedFeature::QueueMasterLocator)

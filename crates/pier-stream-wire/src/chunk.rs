@@ -131,24 +131,6 @@ impl ChunkHeader {
         ChunkHeader::decode(&mut Reader::new(&b))
     }
 
-    /// Overwrites the trailer length of an encoded header (`header`: at least its 48
-    /// octets); false when it is shorter.
-    pub fn patch_trailer_length(header: &mut [u8], trailer_length: u32) -> bool {
-        // magic/version 1, type 1, entries 2, records 4, timestamp 8, epoch 8, id 8, crc 4,
-        // data length 4: the trailer length follows.
-        const AT: usize = 40;
-        if header.len() < CHUNK_HEADER_SIZE {
-            return false;
-        }
-        match header.get_mut(AT..AT + 4) {
-            Some(field) => {
-                field.copy_from_slice(&trailer_length.to_be_bytes());
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Writes the 48 octets.
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_u8(CHUNK_MAGIC_VERSION);
@@ -703,25 +685,6 @@ mod tests {
         chunk.header.num_records = 1;
         chunk.header.num_entries = 0;
         assert!(chunk.validate().is_err());
-    }
-
-    #[test]
-    fn a_patched_trailer_length_is_the_only_change() {
-        let chunk = ChunkBuilder::new(7, 1, 1_700_000_000_000)
-            .trailer(Bytes::from_static(b"0123456789"))
-            .build();
-        let mut h = BytesMut::new();
-        chunk.header.encode(&mut h);
-        assert!(ChunkHeader::patch_trailer_length(&mut h, 6));
-        let patched = ChunkHeader::parse(&h).unwrap();
-        assert_eq!(
-            patched,
-            ChunkHeader {
-                trailer_length: 6,
-                ..chunk.header
-            }
-        );
-        assert!(!ChunkHeader::patch_trailer_length(&mut h[..47], 6));
     }
 
     #[test]

@@ -381,20 +381,35 @@ impl Deliver {
     /// chunk id. Followed by [`Deliver::chunk`] it is the frame [`ServerCommand::encode`]
     /// writes, so a server can send the chunk from where it is instead of copying it.
     pub fn encode_head(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let (version, committed) = match self.committed_chunk_id {
-            Some(_) => (2, 8),
-            None => (1, 0),
+        let ids = 1 + if self.committed_chunk_id.is_some() {
+            8
+        } else {
+            0
         };
-        let size = 2 + 2 + 1 + committed + self.chunk.len();
+        let size = 2 + 2 + ids + self.chunk.len();
         let size32 = u32::try_from(size).map_err(|_| EncodeError::TooLong(size))?;
         out.put_u32(size32);
         out.put_u16(key::DELIVER);
-        out.put_u16(version);
+        out.put_u16(self.version());
+        self.encode_ids(out);
+        Ok(())
+    }
+
+    /// 2 with a committed chunk id, else 1.
+    fn version(&self) -> u16 {
+        if self.committed_chunk_id.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// What the body has before the chunk.
+    fn encode_ids(&self, out: &mut BytesMut) {
         out.put_u8(self.subscription_id);
         if let Some(id) = self.committed_chunk_id {
             out.put_u64(id);
         }
-        Ok(())
     }
 }
 
@@ -1401,10 +1416,7 @@ impl ServerCommand {
     /// The frame version.
     pub fn version(&self) -> u16 {
         match self {
-            ServerCommand::Deliver(Deliver {
-                committed_chunk_id: Some(_),
-                ..
-            }) => 2,
+            ServerCommand::Deliver(d) => d.version(),
             _ => 1,
         }
     }
@@ -1449,10 +1461,7 @@ impl ServerCommand {
                 out.put_u64(c.sequence);
             }
             ServerCommand::Deliver(c) => {
-                out.put_u8(c.subscription_id);
-                if let Some(id) = c.committed_chunk_id {
-                    out.put_u64(id);
-                }
+                c.encode_ids(out);
                 out.put_slice(&c.chunk);
             }
             ServerCommand::CreditResponse(c) => {

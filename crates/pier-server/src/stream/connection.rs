@@ -1451,13 +1451,15 @@ async fn deliver_loop(mut t: DeliverTask) {
                 let mut body = deliver.chunk;
                 if c.header.trailer_length > 0 && body.len() >= CHUNK_HEADER_SIZE {
                     // The header says the trailer length Osiris would (without the CRC
-                    // Pier keeps after the publisher sequences): a copy of its 48 octets.
-                    let at = head.len();
-                    head.extend_from_slice(&body[..CHUNK_HEADER_SIZE]);
-                    ChunkHeader::patch_trailer_length(
-                        &mut head[at..],
-                        pier_store::stream::osiris_trailer_length(c.header.trailer_length),
-                    );
+                    // Pier keeps after the publisher sequences): its 48 octets encoded
+                    // again from the header they were read as, that length changed.
+                    ChunkHeader {
+                        trailer_length: pier_store::stream::osiris_trailer_length(
+                            c.header.trailer_length,
+                        ),
+                        ..c.header
+                    }
+                    .encode(&mut head);
                     body = body.slice(CHUNK_HEADER_SIZE..);
                 }
                 let frame = Out {
