@@ -157,6 +157,13 @@ const MAX_CHUNK_BYTES: usize = 4 << 20;
 /// next batch; one larger on its own is refused (the
 /// stream connection splits publishes far below it).
 const MAX_CHUNK_ENTRIES: usize = 60_000;
+/// A chunk holds at most this many entries, a cap that starts at `CHUNK_ENTRIES_MIN`,
+/// doubles each time a chunk fills to it and halves when the writer has emptied its queue:
+/// the batch sizes of osiris' writer (a `gen_batch_server`), so that chunks are as
+/// RabbitMQ cuts them (a consumer at `last` gets the newest of them, not a whole burst).
+/// Chunks of one batch still go to the device in one write and one fsync.
+const CHUNK_ENTRIES_MIN: usize = 32;
+const CHUNK_ENTRIES_MAX: usize = 8192;
 /// How often the writer applies retention when idle.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -365,9 +372,15 @@ impl Drop for Stream {
 #[derive(Default)]
 struct Batch {
     entries: Vec<(Entry, Option<Bytes>)>,
+    /// Each entry's publishing id (0 for an unnamed publisher's).
+    ids: Vec<u64>,
     bytes: usize,
     records: u64,
     writers: Vec<(String, u64)>,
+    /// Each named publisher's run of entries: first, end, its index in `writers`.
+    runs: Vec<(usize, usize, usize)>,
+    /// The writer emptied its queue taking this batch (the chunk cap may shrink).
+    drained: bool,
     /// Each append's callback, what it did, and the records queued before it.
     done: Vec<(AppendDone, Appended, u64)>,
     offsets: Vec<TrackingEntry>,
@@ -379,6 +392,7 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
     let mut last_retention = Instant::now();
     // An append left over from the previous batch (it did not fit in its chunk).
     let mut carry: Option<Command> = None;
+    let mut chunk_cap = CHUNK_ENTRIES_MIN;
     loop {
         let first = match carry
             .take()
@@ -431,6 +445,7 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 } => {
                     let mut appended = Appended::default();
                     let before = batch.records;
+                    let start = batch.entries.len();
                     // The reference's highest publishing id so far; a reference never seen
                     // has none, so its first message may carry id 0 (as with osiris: the
                     // Rust and Java clients start a new named producer at 0).
@@ -455,13 +470,21 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                         batch.bytes += m.entry.encoded_len();
                         batch.records += u64::from(m.entry.record_count());
                         batch.entries.push((m.entry, m.filter));
+                        batch.ids.push(m.publishing_id);
                         appended.written += 1;
                     }
                     if let (Some(w), Some(high), true) = (writer, high, appended.written > 0) {
-                        match batch.writers.iter_mut().find(|(r, _)| *r == w) {
-                            Some(e) => e.1 = high,
-                            None => batch.writers.push((w, high)),
+                        let i = match batch.writers.iter().position(|(r, _)| *r == w) {
+                            Some(i) => i,
+                            None => {
+                                batch.writers.push((w, high));
+                                batch.writers.len() - 1
+                            }
+                        };
+                        if let Some(e) = batch.writers.get_mut(i) {
+                            e.1 = high;
                         }
+                        batch.runs.push((start, batch.entries.len(), i));
                     }
                     batch.done.push((done, appended, before));
                 }
@@ -478,11 +501,12 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 && taken < 10_000
             {
                 next = rx.try_recv().ok();
+                batch.drained = next.is_none();
             }
         }
         let result = match &failed {
             Some(e) => Err(Arc::clone(e)),
-            None => write_batch(&mut log, &mut batch).map_err(Arc::new),
+            None => write_batch(&mut log, &mut batch, &mut chunk_cap).map_err(Arc::new),
         };
         if let Err(e) = &result {
             if failed.is_none() {
@@ -491,8 +515,8 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
             }
         }
         for (done, appended, before) in batch.done {
-            done(result.clone().map(|first| Appended {
-                first_offset: first.filter(|_| appended.written > 0).map(|f| f + before),
+            done(result.as_ref().map_err(Arc::clone).map(|chunks| Appended {
+                first_offset: chunks.offset_of(before).filter(|_| appended.written > 0),
                 ..appended
             }));
         }
@@ -513,19 +537,73 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
     }
 }
 
-/// Writes a batch (one user chunk, one tracking chunk) and syncs. Returns the offset of the
-/// first message written.
-fn write_batch(log: &mut StreamLog, batch: &mut Batch) -> Result<Option<u64>, StreamError> {
-    let mut first = None;
-    if !batch.entries.is_empty() {
-        let r = log.append_user(&batch.entries, &batch.writers)?;
-        first = Some(r.chunk_id);
+/// Where a batch's records went: each user chunk's first record (counted in the batch)
+/// and its chunk id. A segment rolled between two chunks puts a tracking snapshot, which
+/// takes an offset, between them.
+#[derive(Default)]
+struct Written(Vec<(u64, u64)>);
+
+impl Written {
+    /// The offset of the batch's record `record`.
+    fn offset_of(&self, record: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= record)
+            .map(|(first, chunk_id)| chunk_id + (record - first))
+    }
+}
+
+/// Writes a batch (user chunks of at most `cap` entries, adapting `cap` as osiris' writer
+/// does, then a tracking chunk) and syncs once.
+fn write_batch(
+    log: &mut StreamLog,
+    batch: &mut Batch,
+    cap: &mut usize,
+) -> Result<Written, StreamError> {
+    let mut written = Written::default();
+    let mut start = 0;
+    let mut records = 0;
+    while start < batch.entries.len() {
+        let end = batch.entries.len().min(start + *cap);
+        let full = end - start == *cap;
+        let entries = batch.entries.get(start..end).unwrap_or_default();
+        // Each named publisher's highest id among this chunk's entries: the chunk's trailer
+        // carries it, so that a chunk that survives a crash without the next one still
+        // deduplicates what it holds.
+        let mut writers: Vec<(String, u64)> = Vec::new();
+        for &(first, run_end, w) in &batch.runs {
+            if first >= end || run_end <= start {
+                continue;
+            }
+            let (Some(high), Some((name, _))) =
+                (batch.ids.get(run_end.min(end) - 1), batch.writers.get(w))
+            else {
+                continue;
+            };
+            match writers.iter_mut().find(|(r, _)| r == name) {
+                Some(e) => e.1 = e.1.max(*high),
+                None => writers.push((name.clone(), *high)),
+            }
+        }
+        let r = log.append_user(entries, &writers)?;
+        written.0.push((records, r.chunk_id));
+        records += entries
+            .iter()
+            .map(|(e, _)| u64::from(e.record_count()))
+            .sum::<u64>();
+        if full {
+            *cap = (*cap * 2).min(CHUNK_ENTRIES_MAX);
+        } else if batch.drained {
+            *cap = (*cap / 2).max(CHUNK_ENTRIES_MIN);
+        }
+        start = end;
     }
     if !batch.offsets.is_empty() {
         log.append_tracking(std::mem::take(&mut batch.offsets))?;
     }
     log.sync()?;
-    Ok(first)
+    Ok(written)
 }
 
 #[cfg(test)]

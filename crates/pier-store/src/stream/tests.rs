@@ -574,3 +574,102 @@ fn appends_past_a_chunks_entry_limit_split_into_chunks_and_never_stop_the_writer
     let after = append_wait(&s, None, vec![msg(1, "after")]);
     assert_eq!(after.first_offset, Some(120_000));
 }
+
+/// Every user chunk's entry count, oldest first.
+fn chunk_sizes(s: &Stream) -> Vec<u16> {
+    let mut r = s.reader(StartAt::First).unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = r.next_chunk().unwrap() {
+        out.push(c.header.num_entries);
+    }
+    out
+}
+
+/// A burst reaching an idle writer is cut as osiris' writer cuts it (batches of 32 doubling
+/// up to 8,192), so a consumer at `last` gets the burst's newest chunk, not all of it
+/// (rstream's `test_offset_type_last` publishes 4,999 in one frame and expects fewer).
+#[test]
+fn a_burst_is_cut_into_chunks_as_osiris_cuts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
+    let burst = (1..5_000u64).map(|i| msg(i, &i.to_string())).collect();
+    let a = append_wait(&s, Some("p"), burst);
+    assert_eq!((a.written, a.first_offset), (4_999, Some(0)));
+    assert_eq!(
+        chunk_sizes(&s),
+        vec![32, 64, 128, 256, 512, 1024, 2048, 935]
+    );
+    let last = read_all(&s, StartAt::Last);
+    assert_eq!(last.len(), 935);
+    assert_eq!(last.last(), Some(&(4_998, "4999".to_string())));
+    let all = read_all(&s, StartAt::First);
+    assert!(all.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
+    // The writer emptied its queue: the cap went back to half, a lone message is a chunk.
+    append_wait(&s, None, vec![msg(0, "alone")]);
+    assert_eq!(chunk_sizes(&s).last(), Some(&1));
+    assert_eq!(read_all(&s, StartAt::Last), vec![(4_999, "alone".into())]);
+}
+
+/// Each chunk's trailer holds its own messages' highest publishing id: a crash that keeps a
+/// batch's first chunks and loses its last still deduplicates what was kept.
+#[test]
+fn each_chunk_of_a_batch_carries_its_own_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (s, _) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
+        let a = append_wait(&s, Some("w"), (1..=100).map(|i| msg(i, "m")).collect());
+        assert_eq!(a.written, 100);
+        assert_eq!(chunk_sizes(&s), vec![32, 64, 4]);
+    }
+    // The last chunk's data corrupted: recovery cuts it (4 messages) and its sequence.
+    let seg = dir.path().join("00000000000000000000.segment");
+    let mut b = std::fs::read(&seg).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 0xff;
+    std::fs::write(&seg, &b).unwrap();
+    let (s, r) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
+    assert!(r.truncated_bytes > 0);
+    assert_eq!(read_all(&s, StartAt::First).len(), 96);
+    assert_eq!(s.writer_sequence("w"), 96);
+    let a = append_wait(&s, Some("w"), (95..=100).map(|i| msg(i, "m")).collect());
+    assert_eq!((a.written, a.duplicates), (4, 2));
+}
+
+/// Appends taken in one batch and cut into several chunks, with segments rolling between
+/// them (each new segment starts with a tracking snapshot, which takes an offset): each
+/// append is told the offset its first message was written at.
+#[test]
+fn appends_of_one_batch_learn_their_offsets_across_rolled_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Stream::open(dir.path(), small_segments()).unwrap();
+    s.store_offset("c".into(), 0).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for p in 0..4u64 {
+        let tx = tx.clone();
+        let msgs = (0..50u64)
+            .map(|i| msg(p * 50 + i + 1, &format!("{p}-{i}")))
+            .collect();
+        s.append(
+            Some("w".into()),
+            msgs,
+            Box::new(move |r| {
+                let _ = tx.send((p, r.map_err(|e| e.to_string())));
+            }),
+        )
+        .unwrap();
+    }
+    let firsts: Vec<(u64, u64)> = (0..4)
+        .map(|_| {
+            let (p, r) = rx.recv().unwrap();
+            (p, r.unwrap().first_offset.unwrap())
+        })
+        .collect();
+    let all = read_all(&s, StartAt::First);
+    assert_eq!(all.len(), 200);
+    for (p, first) in firsts {
+        let at = all.iter().find(|(_, b)| *b == format!("{p}-0")).unwrap().0;
+        assert_eq!(first, at, "append {p}");
+    }
+    // Offsets skipped by the snapshots: the chunks were not one contiguous run.
+    assert!(all.last().unwrap().0 > 199);
+}
