@@ -165,6 +165,36 @@ def test_every_offset_specification(stream_port):
     run(go())
 
 
+def test_last_after_a_burst_starts_at_its_newest_chunk(stream_port):
+    """A burst published in one frame to an idle stream is cut into chunks as RabbitMQ's
+    writer cuts it (32 messages, then doubling), so a consumer at `last` starts at the
+    burst's newest chunk and gets fewer than all of it (rstream's own test_offset_type_last;
+    Pier wrote such a burst as one chunk and delivered all of it)."""
+    s = name()
+
+    async def go():
+        await create(stream_port, s)
+        async with producer(stream_port) as p:
+            await p.send_batch(s, [AMQPMessage(body=str(i).encode()) for i in range(1, 5000)])
+        got = []
+        done = asyncio.Event()
+        async with consumer(stream_port) as c:
+            async def cb(msg, ctx: MessageContext):
+                got.append((ctx.offset, bytes(msg.body).decode()))
+                if got[-1][1] == "4999":
+                    done.set()
+            await c.start()
+            await c.subscribe(s, cb, decoder=amqp_decoder,
+                              offset_specification=ConsumerOffsetSpecification(
+                                  OffsetType.LAST, None))
+            await asyncio.wait_for(done.wait(), STEP)
+        assert 0 < len(got) < 4999, len(got)
+        assert got[0][0] > 0
+        assert [o for o, _ in got] == list(range(got[0][0], 4999))
+        await delete(stream_port, s)
+    run(go())
+
+
 def test_server_side_offset_tracking(stream_port):
     s = name()
 

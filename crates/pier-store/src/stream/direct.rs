@@ -97,8 +97,6 @@ pub(crate) struct DirectAppender {
     base: u64,
     /// The file's length on disk is past the logical end (zeros after the last chunk).
     padded: bool,
-    /// `buf` holds bytes not written yet.
-    staged: bool,
 }
 
 impl DirectAppender {
@@ -121,48 +119,27 @@ impl DirectAppender {
             buf,
             base,
             padded: false,
-            staged: false,
         })
     }
 
     /// Writes `parts`, one after the other, at the logical end. An error leaves the file's
     /// logical content as it was (the caller may fall back to buffered writes at the same
     /// end).
-    #[cfg(test)]
     pub(crate) fn append(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
-        self.stage(parts);
-        self.write_out()
-    }
-
-    /// Adds `parts` at the logical end, in memory until `write_out`: a batch of chunks goes
-    /// to the device in one write.
-    pub(crate) fn stage(&mut self, parts: &[&[u8]]) {
+        let held = self.buf.len;
         for p in parts {
             self.buf.extend(p);
         }
-        self.staged = true;
-    }
-
-    /// Writes what was staged. On an error the staged bytes stay in memory (`staged_bytes`
-    /// gives them to a caller falling back to buffered writes).
-    pub(crate) fn write_out(&mut self) -> std::io::Result<()> {
-        if !self.staged {
-            return Ok(());
-        }
         let padded = self.buf.pad();
-        self.file.write_all_at(self.buf.bytes(padded), self.base)?;
-        self.staged = false;
+        if let Err(e) = self.file.write_all_at(self.buf.bytes(padded), self.base) {
+            self.buf.len = held;
+            return Err(e);
+        }
         self.padded = true;
         let whole = self.buf.len - self.buf.len % ALIGN;
         self.buf.drop_front(whole);
         self.base += whole as u64;
         Ok(())
-    }
-
-    /// The bytes from the last block boundary written to the logical end, and where they
-    /// go: what a buffered write must put in the file when direct writes fail.
-    pub(crate) fn staged_bytes(&self) -> (&[u8], u64) {
-        (self.buf.bytes(self.buf.len), self.base)
     }
 
     /// The logical end of the file.

@@ -346,31 +346,8 @@ impl Active {
         };
     }
 
-    /// Writes the chunks staged for a direct write. Where the device refuses direct writes
-    /// (blocks larger than ALIGN) they go through the page cache, from here on (what an
-    /// earlier direct write left past the end is overwritten or trimmed).
-    fn write_out(&mut self) -> Result<(), StreamError> {
-        let Some(d) = &mut self.direct else {
-            return Ok(());
-        };
-        match d.write_out() {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                tracing::warn!(segment = %self.seg_path.display(), "stream: direct writes refused ({e}); writing through the page cache");
-                let (bytes, at) = d.staged_bytes();
-                self.seg
-                    .write_all_at(bytes, at)
-                    .map_err(io("write", &self.seg_path))?;
-                self.direct = None;
-                Ok(())
-            }
-            Err(e) => Err(io("write", &self.seg_path)(e)),
-        }
-    }
-
     /// Cuts the zeros direct writes leave after the last chunk.
     fn trim(&mut self) -> Result<(), StreamError> {
-        self.write_out()?;
         if let Some(d) = &mut self.direct {
             d.trim(&self.seg).map_err(io("truncate", &self.seg_path))?;
         }
@@ -982,17 +959,28 @@ impl StreamLog {
         let position = u32::try_from(a.seg_len)
             .map_err(|_| StreamError::Chunk("segment over 4 GiB".into()))?;
         let parts: [&[u8]; 3] = [&self.buf, &chunk.data, &chunk.trailer];
-        // Direct writes wait for the batch's sync (one write for all its chunks).
-        match &mut a.direct {
-            Some(d) => d.stage(&parts),
-            None => {
-                let mut at = a.seg_len;
-                for p in parts {
-                    a.seg
-                        .write_all_at(p, at)
-                        .map_err(io("write", &a.seg_path))?;
-                    at += p.len() as u64;
+        let direct = match &mut a.direct {
+            Some(d) => match d.append(&parts) {
+                Ok(()) => true,
+                // A device whose blocks are larger than ALIGN: write through the page
+                // cache from here on (what the direct write left past the end is
+                // overwritten or trimmed).
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    tracing::warn!(segment = %a.seg_path.display(), "stream: direct writes refused ({e}); writing through the page cache");
+                    a.direct = None;
+                    false
                 }
+                Err(e) => return Err(io("write", &a.seg_path)(e)),
+            },
+            None => false,
+        };
+        if !direct {
+            let mut at = a.seg_len;
+            for p in parts {
+                a.seg
+                    .write_all_at(p, at)
+                    .map_err(io("write", &a.seg_path))?;
+                at += p.len() as u64;
             }
         }
         let r = IndexRecord {
@@ -1077,7 +1065,6 @@ impl StreamLog {
         if !self.unsynced {
             return Ok(());
         }
-        self.active.write_out()?;
         if self.config.sync {
             let a = &self.active;
             a.seg.sync_data().map_err(io("sync", &a.seg_path))?;

@@ -158,12 +158,15 @@ const MAX_CHUNK_BYTES: usize = 4 << 20;
 /// stream connection splits publishes far below it).
 const MAX_CHUNK_ENTRIES: usize = 60_000;
 /// A chunk holds at most this many entries, a cap that starts at `CHUNK_ENTRIES_MIN`,
-/// doubles each time a chunk fills to it and halves when the writer has emptied its queue:
-/// the batch sizes of osiris' writer (a `gen_batch_server`), so that chunks are as
-/// RabbitMQ cuts them (a consumer at `last` gets the newest of them, not a whole burst).
-/// Chunks of one batch still go to the device in one write and one fsync.
+/// doubles each time a chunk fills to it (up to `MAX_CHUNK_ENTRIES`) and starts again when
+/// the writer has waited `CHUNK_CAP_IDLE` for work. A burst reaching an idle stream is thus
+/// cut as osiris' writer (a `gen_batch_server`: batches of 32 doubling to 8,192) cuts it,
+/// and a consumer at `last` gets its newest chunk, not all of it. Unlike osiris the cap
+/// does not halve each time the queue empties: under steady load that cut batches of
+/// 10,000 16 B messages into two or three chunks, one direct write each, and cost 12-15%
+/// of the throughput (S16). Chunks of one batch share one fsync.
 const CHUNK_ENTRIES_MIN: usize = 32;
-const CHUNK_ENTRIES_MAX: usize = 8192;
+const CHUNK_CAP_IDLE: Duration = Duration::from_millis(50);
 /// How often the writer applies retention when idle.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -379,8 +382,6 @@ struct Batch {
     writers: Vec<(String, u64)>,
     /// Each named publisher's run of entries: first, end, its index in `writers`.
     runs: Vec<(usize, usize, usize)>,
-    /// The writer emptied its queue taking this batch (the chunk cap may shrink).
-    drained: bool,
     /// Each append's callback, what it did, and the records queued before it.
     done: Vec<(AppendDone, Appended, u64)>,
     offsets: Vec<TrackingEntry>,
@@ -394,10 +395,14 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
     let mut carry: Option<Command> = None;
     let mut chunk_cap = CHUNK_ENTRIES_MIN;
     loop {
-        let first = match carry
+        let waiting = Instant::now();
+        let first = carry
             .take()
-            .map_or_else(|| rx.recv_timeout(RETENTION_INTERVAL), Ok)
-        {
+            .map_or_else(|| rx.recv_timeout(RETENTION_INTERVAL), Ok);
+        if waiting.elapsed() >= CHUNK_CAP_IDLE {
+            chunk_cap = CHUNK_ENTRIES_MIN;
+        }
+        let first = match first {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
                 log.idle();
@@ -501,7 +506,6 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 && taken < 10_000
             {
                 next = rx.try_recv().ok();
-                batch.drained = next.is_none();
             }
         }
         let result = match &failed {
@@ -554,8 +558,9 @@ impl Written {
     }
 }
 
-/// Writes a batch (user chunks of at most `cap` entries, adapting `cap` as osiris' writer
-/// does, then a tracking chunk) and syncs once.
+/// Writes a batch (user chunks of at most `cap` entries, doubling `cap` at each full one,
+/// then a tracking chunk) and syncs once. (Staging the chunks for one direct write
+/// instead of one each was measured slower: S1K 0.65M against 0.97M msg/s.)
 fn write_batch(
     log: &mut StreamLog,
     batch: &mut Batch,
@@ -593,9 +598,7 @@ fn write_batch(
             .map(|(e, _)| u64::from(e.record_count()))
             .sum::<u64>();
         if full {
-            *cap = (*cap * 2).min(CHUNK_ENTRIES_MAX);
-        } else if batch.drained {
-            *cap = (*cap / 2).max(CHUNK_ENTRIES_MIN);
+            *cap = (*cap * 2).min(MAX_CHUNK_ENTRIES);
         }
         start = end;
     }

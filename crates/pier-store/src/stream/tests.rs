@@ -604,10 +604,11 @@ fn a_burst_is_cut_into_chunks_as_osiris_cuts_it() {
     assert_eq!(last.last(), Some(&(4_998, "4999".to_string())));
     let all = read_all(&s, StartAt::First);
     assert!(all.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
-    // The writer emptied its queue: the cap went back to half, a lone message is a chunk.
-    append_wait(&s, None, vec![msg(0, "alone")]);
-    assert_eq!(chunk_sizes(&s).last(), Some(&1));
-    assert_eq!(read_all(&s, StartAt::Last), vec![(4_999, "alone".into())]);
+    // Once the writer has waited for work, the next burst is cut from 32 again.
+    std::thread::sleep(CHUNK_CAP_IDLE * 3);
+    append_wait(&s, None, (0..100).map(|i| msg(i, "again")).collect());
+    assert_eq!(chunk_sizes(&s)[8..], [32, 64, 4]);
+    assert_eq!(read_all(&s, StartAt::Last).len(), 4);
 }
 
 /// Each chunk's trailer holds its own messages' highest publishing id: a crash that keeps a
