@@ -30,18 +30,30 @@ def connect(proc):
 
 def test_4_2_defaults_permit_them(pier_factory):
     proc = pier_factory()
+    api = MgmtApi(proc.http_port)
     conn = connect(proc)
     ch = conn.channel()
+    ch.queue_declare("dep.exclusive", exclusive=True)
+    ch.queue_declare("dep.durable", durable=True)
+    # RabbitMQ's list(used): only transient_nonexcl_queues has an is_feature_used callback.
+    assert api.call("GET", "/deprecated-features/used") == (200, [])
     ch.queue_declare("dep.transient", durable=False)
     ch.queue_declare("dep.qml", durable=True, arguments={"x-queue-master-locator": "min-masters"})
     ch.basic_qos(prefetch_count=1, global_qos=True)
     conn.close()
-    status, features = MgmtApi(proc.http_port).call("GET", "/deprecated-features")
+    status, used = api.call("GET", "/deprecated-features/used")
     assert status == 200
-    phases = {f["name"]: f["deprecation_phase"] for f in features}
-    assert phases == {"transient_nonexcl_queues": "permitted_by_default",
-                      "global_qos": "permitted_by_default",
-                      "queue_master_locator": "permitted_by_default"}
+    assert [(f["name"], f["deprecation_phase"], "state" in f) for f in used] == [
+        ("transient_nonexcl_queues", "permitted_by_default", False)]
+    status, features = api.call("GET", "/deprecated-features")
+    assert status == 200
+    phases = {f["name"]: (f["deprecation_phase"], f["state"]) for f in features}
+    assert phases == {"transient_nonexcl_queues": ("permitted_by_default", "permitted"),
+                      "global_qos": ("permitted_by_default", "permitted"),
+                      "queue_master_locator": ("permitted_by_default", "permitted")}
+    ch = connect(proc).channel()
+    ch.queue_delete("dep.transient")
+    assert api.call("GET", "/deprecated-features/used") == (200, [])
 
 
 def test_4_3_defaults_refuse_transient_non_exclusive_queues(pier_factory):
@@ -110,6 +122,12 @@ def test_a_permit_overrides_the_defaults_and_the_command_line_sets_them(tmp_path
         with connection_closed(541, "INTERNAL_ERROR - Feature `queue_master_locator`"):
             ch.queue_declare("dep.qml", durable=True,
                              arguments={"x-queue-master-locator": "min-masters"})
+        status, features = MgmtApi(proc.http_port).call("GET", "/deprecated-features")
+        assert status == 200
+        assert {f["name"]: (f["deprecation_phase"], f["state"]) for f in features} == {
+            "transient_nonexcl_queues": ("denied_by_default", "permitted"),
+            "global_qos": ("denied_by_default", "denied"),
+            "queue_master_locator": ("denied_by_default", "denied")}
     finally:
         proc.kill()
 

@@ -59,6 +59,21 @@ impl DeprecatedFeature {
         }
     }
 
+    /// Whether the broker uses it now, as RabbitMQ 4.2's `is_feature_used` callbacks tell
+    /// (`/api/deprecated-features/used`): only `transient_nonexcl_queues` has one (a
+    /// non-durable queue that is not exclusive exists, in any vhost); for the other two
+    /// RabbitMQ cannot tell and never lists them.
+    pub fn in_use(self, broker: &crate::Broker) -> bool {
+        match self {
+            DeprecatedFeature::TransientNonexclQueues => broker.vhosts().iter().any(|vh| {
+                vh.queues()
+                    .iter()
+                    .any(|q| !q.options().durable && !q.is_exclusive())
+            }),
+            DeprecatedFeature::GlobalQos | DeprecatedFeature::QueueMasterLocator => false,
+        }
+    }
+
     pub fn doc_url(self) -> &'static str {
         match self {
             DeprecatedFeature::TransientNonexclQueues => "https://blog.rabbitmq.com/posts/2021/08/4.0-deprecation-announcements/#removal-of-transient-non-exclusive-queues",

@@ -1,5 +1,6 @@
 //! `GET /api/feature-flags`: RabbitMQ's feature flags, as they describe Pier's behaviour;
-//! `GET /api/deprecated-features`: RabbitMQ's deprecated features this node knows.
+//! `GET /api/deprecated-features`: RabbitMQ's deprecated features this node knows;
+//! `GET /api/deprecated-features/used`: those in use now.
 
 use axum::response::Response;
 use axum::routing::get;
@@ -26,6 +27,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/feature-flags", get(feature_flags))
         .route("/deprecated-features", get(deprecated_features))
+        .route("/deprecated-features/used", get(deprecated_features_used))
 }
 
 /// A RabbitMQ deprecated feature, as its API lists one.
@@ -36,17 +38,30 @@ struct DeprecatedFeatureView {
     provided_by: &'static str,
     desc: &'static str,
     doc_url: &'static str,
+    /// `permitted` or `denied` (RabbitMQ lists it for all of them; not for the used ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
 }
 
-fn deprecated_view(st: &AppState) -> Vec<DeprecatedFeatureView> {
-    pier_broker::DeprecatedFeature::ALL
-        .into_iter()
+fn deprecated_view(
+    st: &AppState,
+    features: impl Iterator<Item = pier_broker::DeprecatedFeature>,
+    with_state: bool,
+) -> Vec<DeprecatedFeatureView> {
+    features
         .map(|f| DeprecatedFeatureView {
             name: f.name(),
             deprecation_phase: st.deprecated_features.phase(),
             provided_by: "rabbit",
             desc: f.description(),
             doc_url: f.doc_url(),
+            state: with_state.then(|| {
+                if st.deprecated_features.permits(f) {
+                    "permitted"
+                } else {
+                    "denied"
+                }
+            }),
         })
         .collect()
 }
@@ -59,7 +74,24 @@ pub async fn deprecated_features(
     Extension(user): Extension<AuthUser>,
 ) -> ApiResult<Response> {
     user.require_admin()?;
-    Ok(json::ok(&deprecated_view(&st)))
+    Ok(json::ok(&deprecated_view(
+        &st,
+        pier_broker::DeprecatedFeature::ALL.into_iter(),
+        true,
+    )))
+}
+
+/// GET /api/deprecated-features/used: the ones in use now (RabbitMQ's `list(used)`: those
+/// whose `is_feature_used` callback says so, without their state).
+pub async fn deprecated_features_used(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    Extension(user): Extension<AuthUser>,
+) -> ApiResult<Response> {
+    user.require_admin()?;
+    let used = pier_broker::DeprecatedFeature::ALL
+        .into_iter()
+        .filter(|f| f.in_use(&st.broker));
+    Ok(json::ok(&deprecated_view(&st, used, false)))
 }
 
 /// GET /api/feature-flags: RabbitMQ's flags, with the state that describes Pier's behaviour
