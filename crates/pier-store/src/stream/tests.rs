@@ -49,6 +49,14 @@ fn read_all(s: &Stream, at: StartAt) -> Vec<(u64, String)> {
     out
 }
 
+/// Flips the file's last byte: the last chunk's data no longer matches its CRC.
+fn corrupt_last_byte(path: &std::path::Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 0xff;
+    std::fs::write(path, &b).unwrap();
+}
+
 fn small_segments() -> StreamConfig {
     StreamConfig {
         max_segment_size_bytes: 400,
@@ -243,10 +251,7 @@ fn a_torn_tail_is_truncated_on_recovery() {
     assert_eq!(s.writer_sequence("w"), 10);
     // The last chunk's data corrupted: it goes, with its sequence.
     drop(s);
-    let mut b = std::fs::read(&seg).unwrap();
-    let n = b.len();
-    b[n - 1] ^= 0xff;
-    std::fs::write(&seg, &b).unwrap();
+    corrupt_last_byte(&seg);
     let (s, r) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
     assert!(r.truncated_bytes > 0);
     assert_eq!(read_all(&s, StartAt::First).len(), 9);
@@ -624,10 +629,7 @@ fn each_chunk_of_a_batch_carries_its_own_sequences() {
     }
     // The last chunk's data corrupted: recovery cuts it (4 messages) and its sequence.
     let seg = dir.path().join("00000000000000000000.segment");
-    let mut b = std::fs::read(&seg).unwrap();
-    let n = b.len();
-    b[n - 1] ^= 0xff;
-    std::fs::write(&seg, &b).unwrap();
+    corrupt_last_byte(&seg);
     let (s, r) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
     assert!(r.truncated_bytes > 0);
     assert_eq!(read_all(&s, StartAt::First).len(), 96);
