@@ -116,22 +116,17 @@ impl Raw {
     /// Subscribes `subscription_id` to `stream` as a member of single active consumer group
     /// `name` of super stream `super_stream`.
     async fn subscribe_sac(&mut self, subscription_id: u8, stream: &str, super_stream: &str) {
-        let id = self.id();
-        let code = self
-            .call(ClientCommand::Subscribe(Subscribe {
-                correlation_id: id,
-                subscription_id,
-                stream: stream.into(),
-                offset: OffsetSpec::First,
-                credit: 10,
-                properties: vec![
-                    ("single-active-consumer".into(), "true".into()),
-                    ("name".into(), "app".into()),
-                    ("super-stream".into(), super_stream.into()),
-                ],
-            }))
-            .await;
-        assert_eq!(code, ResponseCode::Ok);
+        self.subscribe_at_first(
+            subscription_id,
+            stream,
+            10,
+            vec![
+                ("single-active-consumer".into(), "true".into()),
+                ("name".into(), "app".into()),
+                ("super-stream".into(), super_stream.into()),
+            ],
+        )
+        .await;
     }
 
     /// The next frame that is not a heartbeat.
@@ -213,6 +208,18 @@ impl Raw {
 
     /// Subscribes at `first` with `credit`; the response must be Ok.
     async fn subscribe_first(&mut self, subscription_id: u8, stream: &str, credit: u16) {
+        self.subscribe_at_first(subscription_id, stream, credit, vec![])
+            .await;
+    }
+
+    /// Subscribes at `first` with `credit` and `properties`; the response must be Ok.
+    async fn subscribe_at_first(
+        &mut self,
+        subscription_id: u8,
+        stream: &str,
+        credit: u16,
+        properties: Vec<(String, String)>,
+    ) {
         let id = self.id();
         let code = self
             .call(ClientCommand::Subscribe(Subscribe {
@@ -221,7 +228,7 @@ impl Raw {
                 stream: stream.into(),
                 offset: OffsetSpec::First,
                 credit,
-                properties: vec![],
+                properties,
             }))
             .await;
         assert_eq!(code, ResponseCode::Ok);
