@@ -579,6 +579,69 @@ def test_at_least_once_dead_letters_survive_the_leader(cluster_factory):
     conn2.close()
 
 
+def test_rabbitmq_4_3_counting_through_another_node_and_a_new_leader(cluster_factory):
+    """`--quorum-delivery-counting 4.3` on every node: a consumer on another node than the
+    leader nacks (counted as returns only) and rejects (a failed delivery), and a new
+    leader taking the queue over counts what was checked out as failed too (the
+    unsettled delivery comes back with its delivery count up by one): past a limit of 1,
+    the message is dead-lettered with reason delivery_limit."""
+    c = cluster_factory(3, start=False)
+    for n in c.nodes:
+        n.extra_args += ["--quorum-delivery-counting", "4.3"]
+    c.start()
+    n1, n2, n3 = c.nodes
+    conn2 = connect(n2)
+    ch2 = conn2.channel()
+    ch2.queue_declare("q43-dl", durable=True, arguments=QQ)
+    conn2.close()
+    conn = connect(n1)
+    conn.channel().queue_declare("q43", durable=True, arguments={
+        **QQ, "x-delivery-limit": 1, "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "q43-dl"})
+    conn.close()
+    wait_for("n1 leads", lambda: queue_info(n1, "q43").get("leader") == n1.name)
+    publish_via(n2, "q43", ["m"])
+    conn3 = connect(n3)
+    ch3 = conn3.channel()
+
+    def get():
+        method, props, body = ch3.basic_get("q43")
+        if not method:
+            return None
+        headers = props.headers or {}
+        return method, (body.decode(), method.redelivered,
+                        headers.get("x-acquired-count"), headers.get("x-delivery-count"))
+
+    seen = []
+    for _ in range(3):
+        method, got = wait_for("a delivery", get)
+        seen.append(got)
+        ch3.basic_nack(method.delivery_tag, requeue=True)
+    method, got = wait_for("a delivery", get)
+    seen.append(got)
+    ch3.basic_reject(method.delivery_tag, requeue=True)
+    method, got = wait_for("a delivery", get)
+    seen.append(got)
+    assert seen == [("m", False, None, None), ("m", True, 1, None), ("m", True, 2, None),
+                    ("m", True, 3, None), ("m", True, 4, 1)]
+    # Still unsettled on n3 when the leader dies: the new leader counts a second failed
+    # delivery, past the limit.
+    n1.kill()
+    wait_for("a new leader",
+             lambda: queue_info(n2, "q43").get("leader") in (n2.name, n3.name), timeout=20)
+    conn2 = connect(n2)
+    ch2 = conn2.channel()
+
+    def dead_letter():
+        method, props, body = ch2.basic_get("q43-dl", auto_ack=True)
+        return (body.decode(), props.headers["x-death"][0]["reason"]) if method else None
+
+    assert wait_for("the dead letter", dead_letter, timeout=30) == ("m", "delivery_limit")
+    wait_for("q43 empty", lambda: queue_info(n2, "q43").get("messages") == 0)
+    conn2.close()
+    conn3.close()
+
+
 def test_a_policy_set_after_declaration_reaches_every_member(cluster_factory):
     """As in RabbitMQ, a policy set on an existing quorum queue applies at once: a lower
     max-length drops the oldest on every member (the change goes through the queue's log,

@@ -14,6 +14,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from conftest import PIER_CONFIG
 from helpers import channel_closed, collect_deliveries, connection_closed, wait_until
 
 QQ = {"x-queue-type": "quorum"}
@@ -561,6 +562,70 @@ def test_delivery_counts_and_the_limit_survive_a_restart(pier_factory):
     assert props.headers["x-death"][0]["reason"] == "delivery_limit"
     method, props, body = wait_until(lambda: _get(ch, "qq.counted", ack=True), message="fine")
     assert (body, _count(props)) == (b"fine", None)
+    conn.close()
+
+
+COUNTING_4_3 = '\n[quorum_queues]\ndelivery_counting = "4.3"\n'
+
+
+def _counts(props):
+    headers = props.headers or {}
+    return headers.get("x-acquired-count"), headers.get("x-delivery-count")
+
+
+@pytest.mark.pier_only
+def test_rabbitmq_4_3_counts_failed_deliveries_apart(pier_factory):
+    """RabbitMQ 4.3's counting (`delivery_counting = "4.3"`; 4.3.0 release notes, #13885):
+    x-acquired-count has every return, x-delivery-count only the failed deliveries (a
+    reject with requeue, a channel closed with the message unacked), and the delivery limit
+    applies to those: nacks may return a message without limit. Both survive a restart."""
+    proc = pier_factory(PIER_CONFIG + COUNTING_4_3)
+    conn = _connect(proc)
+    ch = conn.channel()
+    ch.queue_declare("qq43.dl", durable=True)
+    declare_qq(ch, "qq43", **{"x-delivery-limit": 1, "x-dead-letter-exchange": "",
+                              "x-dead-letter-routing-key": "qq43.dl"})
+    ch.confirm_delivery()
+    ch.basic_publish("", "qq43", b"m")
+    seen = []
+    for _ in range(4):  # four nacks: past a limit of 1, still in the queue
+        method, props, _ = wait_until(lambda: _get(ch, "qq43"), message="m")
+        seen.append((method.redelivered, _counts(props)))
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    method, props, _ = wait_until(lambda: _get(ch, "qq43"), message="m")
+    seen.append((method.redelivered, _counts(props)))
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    method, props, _ = wait_until(lambda: _get(ch, "qq43"), message="m")
+    seen.append((method.redelivered, _counts(props)))
+    assert seen == [(False, (None, None)), (True, (1, None)), (True, (2, None)),
+                    (True, (3, None)), (True, (4, None)), (True, (5, 1))]
+    # A channel closed with it unacked: a second failed delivery, past the limit.
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    other = conn.channel()
+    _, props, _ = wait_until(lambda: _get(other, "qq43"), message="m")
+    assert _counts(props) == (6, 1)
+    other.close()
+    method, props, body = wait_until(lambda: _get(ch, "qq43.dl", ack=True), message="dead")
+    assert body == b"m"
+    assert props.headers["x-death"][0]["reason"] == "delivery_limit"
+
+    # Both counts are kept across a restart.
+    ch.basic_publish("", "qq43", b"r")
+    method, _, _ = wait_until(lambda: _get(ch, "qq43"), message="r")
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    method, _, _ = wait_until(lambda: _get(ch, "qq43"), message="r")
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    conn.close()
+    assert proc.terminate() == 0, proc.log_tail()
+    proc.start()
+    conn = _connect(proc)
+    ch = conn.channel()
+    method, props, body = wait_until(lambda: _get(ch, "qq43"), message="r")
+    assert (body, method.redelivered, _counts(props)) == (b"r", True, (2, 1))
+    ch.basic_reject(method.delivery_tag, requeue=True)  # the second failed one: dead
+    method, props, body = wait_until(lambda: _get(ch, "qq43.dl", ack=True), message="dead")
+    assert body == b"r"
+    assert ch.queue_declare("qq43", passive=True).method.message_count == 0
     conn.close()
 
 

@@ -65,6 +65,52 @@ pub struct QueueConfig {
     /// Quorum queues: `x-consumer-timeout` in milliseconds (the queue cancels a consumer whose
     /// delivery stays unsettled longer, RabbitMQ 4's behaviour).
     pub consumer_timeout: Option<u64>,
+    /// Quorum queues: which RabbitMQ version's delivery counts they keep to (the node's
+    /// setting, not an argument).
+    pub delivery_counting: DeliveryCounting,
+}
+
+/// How a quorum queue counts deliveries, as RabbitMQ 4.2 or 4.3 does (4.3.0 release notes,
+/// rabbitmq-server #13885). A node-wide setting (`--quorum-delivery-counting`): every member
+/// of a replicated queue must run with the same one, as every node of a RabbitMQ cluster runs
+/// the same version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeliveryCounting {
+    /// RabbitMQ 4.2: every return counts (`acquired_count`): it is `x-delivery-count` and the
+    /// delivery limit applies to it.
+    #[default]
+    V4_2,
+    /// RabbitMQ 4.3: every return counts in `x-acquired-count`; only failed deliveries
+    /// (basic.reject with requeue, a consumer's channel gone) count in `x-delivery-count`,
+    /// and the delivery limit applies to those: nacked or recovered messages may come back
+    /// without limit.
+    V4_3,
+}
+
+impl DeliveryCounting {
+    /// `"4.2"` or `"4.3"`.
+    pub fn parse(s: &str) -> Option<DeliveryCounting> {
+        match s {
+            "4.2" => Some(DeliveryCounting::V4_2),
+            "4.3" => Some(DeliveryCounting::V4_3),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeliveryCounting::V4_2 => "4.2",
+            DeliveryCounting::V4_3 => "4.3",
+        }
+    }
+
+    /// The count the delivery limit applies to.
+    pub fn limited(self, returns: crate::queue::engine::Returns) -> u32 {
+        match self {
+            DeliveryCounting::V4_2 => returns.count,
+            DeliveryCounting::V4_3 => returns.failed,
+        }
+    }
 }
 
 /// The settings of a queue that a policy can change while it runs (RabbitMQ re-applies

@@ -37,7 +37,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-pub use args::{parse_expiration, Overflow, QueueConfig};
+pub use args::{parse_expiration, DeliveryCounting, Overflow, QueueConfig};
 pub use auth::{
     Access, CompiledPermission, CompiledTopicPermission, Permission, TopicPermission,
     TopicPermissions, User, UserStore,
@@ -86,6 +86,8 @@ pub struct Broker {
     permissions_version: AtomicU64,
     /// The cluster this node is part of (none: a single node). Given to every vhost.
     cluster: OnceLock<Arc<dyn cluster::Cluster>>,
+    /// How quorum queues count deliveries (RabbitMQ 4.2's unless set). Given to every vhost.
+    delivery_counting: OnceLock<DeliveryCounting>,
 }
 
 impl Broker {
@@ -98,6 +100,17 @@ impl Broker {
             storage: OnceLock::new(),
             permissions_version: AtomicU64::new(0),
             cluster: OnceLock::new(),
+            delivery_counting: OnceLock::new(),
+        }
+    }
+
+    /// Sets how quorum queues count deliveries, RabbitMQ 4.2's or 4.3's way (before storage
+    /// recovers any queue). Set once.
+    pub fn set_delivery_counting(&self, counting: DeliveryCounting) {
+        if self.delivery_counting.set(counting).is_ok() {
+            for vh in self.vhosts() {
+                vh.set_delivery_counting(counting);
+            }
         }
     }
 
@@ -134,6 +147,9 @@ impl Broker {
                     let vh = VHost::new(name);
                     if let Some(c) = self.cluster.get() {
                         vh.set_cluster(Arc::clone(c));
+                    }
+                    if let Some(c) = self.delivery_counting.get() {
+                        vh.set_delivery_counting(*c);
                     }
                     v.insert(name.to_owned(), Arc::clone(&vh));
                     (vh, true)

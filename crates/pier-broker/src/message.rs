@@ -186,11 +186,19 @@ impl Message {
     /// A copy with one header set (replaced if present); the AMQP property bytes are
     /// encoded afresh when it is sent.
     pub fn with_header(message: &Message, key: &str, value: pier_wire::FieldValue) -> Arc<Message> {
+        Message::with_headers(message, [(key, value)])
+    }
+
+    /// The same message with these headers set (added or replaced).
+    pub fn with_headers<'k>(
+        message: &Message,
+        headers: impl IntoIterator<Item = (&'k str, pier_wire::FieldValue)>,
+    ) -> Arc<Message> {
         let mut props = message.properties.clone();
-        props
-            .headers
-            .get_or_insert_with(pier_wire::FieldTable::new)
-            .insert(key, value);
+        let table = props.headers.get_or_insert_with(pier_wire::FieldTable::new);
+        for (key, value) in headers {
+            table.insert(key, value);
+        }
         Arc::new(Message::new(
             message.exchange.clone(),
             message.routing_key.clone(),

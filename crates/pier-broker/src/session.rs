@@ -47,8 +47,9 @@ pub struct Confirm {
 pub enum Disposition {
     /// Acknowledged: the message leaves its queue.
     Ack,
-    /// Put back at its place, redelivered.
-    Requeue,
+    /// Put back at its place, redelivered; `failed`: a failed delivery (basic.reject with
+    /// requeue, the consumer's channel gone), not a nack or recover (`Queue::requeue`).
+    Requeue { failed: bool },
     /// Rejected without requeue: dead-lettered if the queue has a dead-letter exchange.
     Reject,
 }
@@ -216,17 +217,17 @@ pub fn dispose(items: &[Unacked], how: Disposition) {
         start += offsets.len();
         match how {
             Disposition::Ack => first.queue.settle(&offsets),
-            Disposition::Requeue => first.queue.requeue(&offsets),
+            Disposition::Requeue { failed } => first.queue.requeue(&offsets, failed),
             Disposition::Reject => first.queue.reject(&offsets),
         }
     }
 }
 
 /// Puts deliveries back into their queues (channel closed, recover, orphans): grouped by
-/// queue so each queue takes them in one command.
-pub fn requeue_all(mut items: Vec<Unacked>) {
+/// queue so each queue takes them in one command. `failed` as in `Disposition::Requeue`.
+pub fn requeue_all(mut items: Vec<Unacked>, failed: bool) {
     items.sort_by_key(|u| (Arc::as_ptr(&u.queue) as usize, u.offset));
-    dispose(&items, Disposition::Requeue);
+    dispose(&items, Disposition::Requeue { failed });
 }
 
 /// How many of these deliveries went to consumers (they hold channel-wide prefetch credit;
@@ -375,7 +376,7 @@ mod tests {
         dispose(&first, Disposition::Ack);
         assert_eq!((q.stats().unacked, q.stats().ready), (2, 0));
         q.remove_consumer(consumer);
-        requeue_all(s.take_all());
+        requeue_all(s.take_all(), true);
         assert_eq!((q.stats().unacked, q.stats().ready), (0, 2));
     }
 }

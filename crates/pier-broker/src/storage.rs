@@ -541,7 +541,10 @@ fn restore_queue(
                     message: Arc::new(m),
                     redelivered: l.redelivered,
                     deadline,
-                    returns: l.returns,
+                    returns: crate::queue::engine::Returns {
+                        count: l.returns,
+                        failed: l.failed,
+                    },
                     dead_letter: l
                         .dead_letter
                         .and_then(crate::deadletter::DeathReason::from_code),

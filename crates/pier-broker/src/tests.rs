@@ -190,7 +190,7 @@ fn requeue_restores_original_position() {
     q.remove_consumer(id);
     // Give back "1" then "0": they must come back in offset order, ahead of "2" and "3".
     let back: Vec<_> = got.iter().rev().map(|d| d.offset).collect();
-    q.requeue(&back);
+    q.requeue(&back, false);
     let b = Arc::new(RecordingSink::default());
     q.add_consumer(spec("b", &b, 0, &credit), || {}).unwrap();
     assert_eq!(b.bodies(), ["0", "1", "2", "3"]);

@@ -202,7 +202,7 @@ fn requeued_message_keeps_its_expiry() {
     q.publish(msg("m"));
     let (d, _) = q.get(true).unwrap();
     advance(&vh, 150);
-    q.requeue(&[d.offset]);
+    q.requeue(&[d.offset], false);
     assert_eq!(q.stats().unacked, 0);
     assert!(
         q.get(false).is_none(),
@@ -501,7 +501,7 @@ fn priority_requeue_keeps_position_within_priority() {
     let (d1, _) = q.get(true).unwrap();
     let (d2, _) = q.get(true).unwrap();
     q.publish(prio("h3", 3));
-    q.requeue(&[d2.offset, d1.offset]);
+    q.requeue(&[d2.offset, d1.offset], false);
     assert_eq!(drain(&q), ["h1", "h2", "h3", "l1"]);
 }
 
@@ -856,7 +856,7 @@ fn time_in_queue_counts_autoack_at_delivery_and_survives_requeue() {
     q.publish(msg("requeued"));
     advance(&vh, 400);
     let (d, _) = q.get(true).unwrap();
-    q.requeue(&[d.offset]);
+    q.requeue(&[d.offset], false);
     advance(&vh, 400);
     let (d, _) = q.get(true).unwrap();
     q.settle(&[d.offset]);

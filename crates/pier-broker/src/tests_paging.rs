@@ -282,8 +282,9 @@ impl MessageStore for FailingAppends {
         queue: QueueId,
         offset: u64,
         returns: u32,
+        failed: u32,
     ) -> pier_store::Result<()> {
-        self.inner.mark_returned(queue, offset, returns)
+        self.inner.mark_returned(queue, offset, returns, failed)
     }
     fn mark_dead_letter(
         &mut self,
@@ -377,7 +378,7 @@ fn restored_messages_keep_their_stored_deadline() {
             message,
             redelivered: false,
             deadline,
-            returns: 0,
+            returns: Default::default(),
             dead_letter: None,
         })
         .collect(),
@@ -470,7 +471,7 @@ fn fifo_holds_across_the_paged_tail_with_requeues_and_late_arrivals() {
         .filter(|d| d.offset % 2 == 0)
         .map(|d| d.offset)
         .collect();
-    q.requeue(&back);
+    q.requeue(&back, false);
     // Late arrivals queue up behind the paged tail even though memory has room now.
     for i in n..n + 100 {
         q.publish(message(i, size_of(i), false));

@@ -239,7 +239,7 @@ fn settlements_of_an_ended_session_are_dropped() {
     );
     // A new connection to the home node: the old session's deliveries were put back there.
     link.session.store(6, Ordering::SeqCst);
-    q.requeue(&[encode_offset(5, 3)]);
+    q.requeue(&[encode_offset(5, 3)], false);
     q.reject(&[encode_offset(6, 4)]);
     assert_eq!(
         link.take(),

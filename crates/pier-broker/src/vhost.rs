@@ -151,6 +151,8 @@ pub struct VHost {
     streams_dir: OnceLock<std::path::PathBuf>,
     /// Whether streams fsync before confirming (default true).
     stream_sync: std::sync::atomic::AtomicBool,
+    /// The node's quorum-queue delivery counting (RabbitMQ 4.2's unless set).
+    delivery_counting: OnceLock<crate::args::DeliveryCounting>,
 }
 
 /// RabbitMQ's per-vhost limits (`rabbitmqctl set_vhost_limits`); `None`: no limit.
@@ -247,7 +249,18 @@ impl VHost {
             cluster: OnceLock::new(),
             streams_dir: OnceLock::new(),
             stream_sync: std::sync::atomic::AtomicBool::new(true),
+            delivery_counting: OnceLock::new(),
         })
+    }
+
+    /// Sets how this vhost's quorum queues count deliveries (before any is declared; set
+    /// once, from the node's setting).
+    pub fn set_delivery_counting(&self, counting: crate::args::DeliveryCounting) {
+        let _ = self.delivery_counting.set(counting);
+    }
+
+    fn delivery_counting(&self) -> crate::args::DeliveryCounting {
+        self.delivery_counting.get().copied().unwrap_or_default()
     }
 
     /// Makes this vhost part of a cluster: durable queues homed on other nodes get a remote
@@ -501,7 +514,9 @@ impl VHost {
                 continue;
             };
             let p = policy::effective(&policies, ObjectKind::Queue, q.name());
-            q.reconfigure(with_policy(q.kind(), base, arguments, p));
+            let mut config = with_policy(q.kind(), base, arguments, p);
+            config.delivery_counting = self.delivery_counting();
+            q.reconfigure(config);
         }
     }
 
@@ -1034,6 +1049,7 @@ impl VHost {
             let p = policy::effective(&policies, ObjectKind::Queue, &name);
             config = with_policy(kind, config, &d.arguments, p);
         }
+        config.delivery_counting = self.delivery_counting();
         let options = QueueOptions {
             durable: d.durable,
             exclusive_owner: d.exclusive.then_some(d.connection),

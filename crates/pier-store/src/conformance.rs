@@ -325,12 +325,12 @@ fn delivered_marks_redeliver_after_restart(b: &mut dyn Backend) {
 
 /// Return counts and kept dead letters (`mark_returned`, `mark_dead_letter`).
 fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
-    let returns = |s: &dyn MessageStore, q| -> Vec<(u64, u32)> {
+    let returns = |s: &dyn MessageStore, q| -> Vec<(u64, u32, u32)> {
         s.live_messages(q)
             .unwrap()
             .into_iter()
             .filter(|m| m.returns > 0)
-            .map(|m| (m.offset, m.returns))
+            .map(|m| (m.offset, m.returns, m.failed))
             .collect()
     };
     let dead = |s: &dyn MessageStore, q| -> Vec<(u64, u8)> {
@@ -345,15 +345,15 @@ fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
     for i in 0..6 {
         put(s.as_mut(), q, i);
     }
-    s.mark_returned(q, 1, 1).unwrap();
-    s.mark_returned(q, 1, 2).unwrap(); // the latest count is the one kept
-    s.mark_returned(q, 3, 5).unwrap();
-    s.mark_returned(q, 4, 1).unwrap();
-    s.mark_returned(q, 99, 1).unwrap(); // not live: ignored
+    s.mark_returned(q, 1, 1, 1).unwrap();
+    s.mark_returned(q, 1, 2, 1).unwrap(); // the latest counts are the ones kept
+    s.mark_returned(q, 3, 5, 3).unwrap();
+    s.mark_returned(q, 4, 1, 0).unwrap();
+    s.mark_returned(q, 99, 1, 1).unwrap(); // not live: ignored
     s.mark_dead_letter(q, 3, 4).unwrap();
     s.mark_dead_letter(q, 5, 1).unwrap();
     s.mark_dead_letter(q, 98, 1).unwrap();
-    assert_eq!(returns(s.as_ref(), q), [(1, 2), (3, 5), (4, 1)]);
+    assert_eq!(returns(s.as_ref(), q), [(1, 2, 1), (3, 5, 3), (4, 1, 0)]);
     assert_eq!(dead(s.as_ref(), q), [(3, 4), (5, 1)]);
     s.ack(q, &[4, 5]).unwrap();
     s.close().unwrap();
@@ -361,14 +361,14 @@ fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
 
     let mut s = b.open();
     let q = reopen_queue(s.as_mut(), "q");
-    assert_eq!(returns(s.as_ref(), q), [(1, 2), (3, 5)]);
+    assert_eq!(returns(s.as_ref(), q), [(1, 2, 1), (3, 5, 3)]);
     assert_eq!(dead(s.as_ref(), q), [(3, 4)]);
-    s.mark_returned(q, 3, 6).unwrap();
+    s.mark_returned(q, 3, 6, 4).unwrap();
     s.ack(q, &[1]).unwrap();
     // A purge forgets them all; a queue that gets messages again starts from nothing.
     let other = s.open_queue("other").unwrap();
     put(s.as_mut(), other, 0);
-    s.mark_returned(other, 0, 3).unwrap();
+    s.mark_returned(other, 0, 3, 3).unwrap();
     s.purge_queue(other).unwrap();
     put(s.as_mut(), other, 1);
     s.close().unwrap();
@@ -376,7 +376,7 @@ fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
 
     let mut s = b.open();
     let q = reopen_queue(s.as_mut(), "q");
-    assert_eq!(returns(s.as_ref(), q), [(3, 6)]);
+    assert_eq!(returns(s.as_ref(), q), [(3, 6, 4)]);
     assert_eq!(dead(s.as_ref(), q), [(3, 4)]);
     let other = reopen_queue(s.as_mut(), "other");
     assert_eq!(returns(s.as_ref(), other), []);

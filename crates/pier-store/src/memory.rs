@@ -200,6 +200,7 @@ impl MessageStore for MemoryStore {
                     offset,
                     redelivered: *redelivered,
                     returns: note.returns,
+                    failed: note.failed,
                     dead_letter: note.dead_letter,
                 }
             })
@@ -271,8 +272,17 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
-    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()> {
-        self.note(queue, offset, |n| n.returns = returns)
+    fn mark_returned(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        returns: u32,
+        failed: u32,
+    ) -> Result<()> {
+        self.note(queue, offset, |n| {
+            n.returns = returns;
+            n.failed = failed;
+        })
     }
 
     fn mark_dead_letter(&mut self, queue: QueueId, offset: u64, reason: u8) -> Result<()> {

@@ -5,8 +5,10 @@
 //!  QUEUE_REMOVED (0x11): disk_id u32
 //!  DELIVERED     (0x12): disk_id u32 | offset u64      highest offset handed to a consumer
 //!  NEXT_ID       (0x13): next_id u32                   disk ids are never reused
-//!  RETURNED      (0x14): disk_id u32 | offset u64 | returns u32
-//!                        how often a live message came back (the latest record counts)
+//!  RETURNED      (0x14): disk_id u32 | offset u64 | returns u32 [| failed u32]
+//!                        how often a live message came back, and how many of those were
+//!                        failed deliveries (absent in records written before it existed:
+//!                        0); the latest record counts
 //!  DEAD_LETTER   (0x15): disk_id u32 | offset u64 | reason u8
 //!                        a live message is an at-least-once dead letter, kept until its
 //!                        targets confirm it (the reason code is the broker's)
@@ -52,8 +54,9 @@ pub struct RegQueue {
 /// What the registry notes about a live message beyond its record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessageNote {
-    /// How often it came back to its queue.
+    /// How often it came back to its queue, and how many of those were failed deliveries.
     pub returns: u32,
+    pub failed: u32,
     /// It is a kept (at-least-once) dead letter, with this reason code.
     pub dead_letter: Option<u8>,
 }
@@ -119,6 +122,7 @@ fn encode_note(out: &mut Vec<u8>, id: u32, offset: u64, note: &MessageNote) {
             o.extend_from_slice(&id.to_le_bytes());
             o.extend_from_slice(&offset.to_le_bytes());
             o.extend_from_slice(&note.returns.to_le_bytes());
+            o.extend_from_slice(&note.failed.to_le_bytes());
         });
     }
     if let Some(reason) = note.dead_letter {
@@ -172,8 +176,11 @@ impl Registry {
                 }
                 kind::RETURNED => {
                     if let (Some(id), Some(off), Some(n)) = (r.u32(), r.u64(), r.u32()) {
+                        let failed = r.u32().unwrap_or(0);
                         if let Some(q) = queues.get_mut(&id) {
-                            q.notes.entry(off).or_default().returns = n;
+                            let note = q.notes.entry(off).or_default();
+                            note.returns = n;
+                            note.failed = failed;
                         }
                     }
                 }
@@ -304,9 +311,12 @@ impl Registry {
     }
 
     /// Records that the live message at `offset` came back to its queue `returns` times in
-    /// all (written with the next flush).
-    pub fn mark_returned(&mut self, id: u32, offset: u64, returns: u32) {
-        self.note(id, offset, |n| n.returns = returns);
+    /// all, `failed` of them failed deliveries (written with the next flush).
+    pub fn mark_returned(&mut self, id: u32, offset: u64, returns: u32, failed: u32) {
+        self.note(id, offset, |n| {
+            n.returns = returns;
+            n.failed = failed;
+        });
     }
 
     /// Records that the live message at `offset` is a kept dead letter (written with the next
@@ -497,8 +507,8 @@ mod tests {
         let mut r = Registry::open(dir.path()).unwrap();
         let q = r.add("q").unwrap();
         for n in 1..=50_000u32 {
-            r.mark_returned(q, 7, n);
-            r.mark_returned(q, 8, n);
+            r.mark_returned(q, 7, n, n / 2);
+            r.mark_returned(q, 8, n, 0);
             r.flush().unwrap();
         }
         r.mark_dead_letter(q, 9, 4);
@@ -514,6 +524,30 @@ mod tests {
         let r = Registry::open(dir.path()).unwrap();
         assert_eq!(r.note_of(q, 7).returns, 50_000);
         assert_eq!(r.note_of(q, 9).dead_letter, Some(4));
+    }
+
+    /// A RETURNED record from before failed deliveries were counted (no `failed` field)
+    /// still reads: its failed count is 0.
+    #[test]
+    fn a_returned_record_without_failed_count_reads_as_none_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(dir.path()).unwrap();
+        let q = r.add("q").unwrap();
+        r.mark_returned(q, 3, 2, 1);
+        r.flush().unwrap();
+        let mut old = Vec::new();
+        record::encode(&mut old, kind::RETURNED, |o| {
+            o.extend_from_slice(&q.to_le_bytes());
+            o.extend_from_slice(&5u64.to_le_bytes());
+            o.extend_from_slice(&4u32.to_le_bytes());
+        });
+        r.write_now(&old).unwrap();
+        r.sync().unwrap();
+        drop(r);
+        let r = Registry::open(dir.path()).unwrap();
+        let counts = |o| (r.note_of(q, o).returns, r.note_of(q, o).failed);
+        assert_eq!(counts(3), (2, 1));
+        assert_eq!(counts(5), (4, 0));
     }
 
     #[test]

@@ -942,6 +942,7 @@ impl MessageStore for SegmentStore {
                     offset: e.offset,
                     redelivered: e.is_redelivered(),
                     returns: note.returns,
+                    failed: note.failed,
                     dead_letter: note.dead_letter,
                 }
             })
@@ -1056,10 +1057,17 @@ impl MessageStore for SegmentStore {
         Ok(())
     }
 
-    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()> {
+    fn mark_returned(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        returns: u32,
+        failed: u32,
+    ) -> Result<()> {
         let q = self.queue(queue)?;
         if q.index.get(offset).is_some() {
-            self.registry.mark_returned(q.disk_id, offset, returns);
+            self.registry
+                .mark_returned(q.disk_id, offset, returns, failed);
         }
         Ok(())
     }

@@ -45,8 +45,10 @@ pub struct LiveMessage {
     /// `redelivered = true`.
     pub redelivered: bool,
     /// How often it came back to its queue, as last recorded with
-    /// [`MessageStore::mark_returned`] (a quorum queue's delivery count).
+    /// [`MessageStore::mark_returned`] (a quorum queue's delivery count), and how many of
+    /// those returns were failed deliveries.
     pub returns: u32,
+    pub failed: u32,
     /// It is a kept dead letter, with the reason code given to
     /// [`MessageStore::mark_dead_letter`].
     pub dead_letter: Option<u8>,
@@ -143,10 +145,16 @@ pub trait MessageStore: Send {
     fn mark_delivered(&mut self, queue: QueueId, offset: u64) -> Result<()>;
 
     /// Records that the live message at `offset` came back to its queue `returns` times in
-    /// all, so that a quorum queue's delivery count (and its delivery limit) carries on after
+    /// all (`failed` of them failed deliveries), so that a quorum queue's delivery count (and its delivery limit) carries on after
     /// a restart. Advisory, written lazily like the delivered marks; forgotten when the
     /// message is acked; ignored for an offset that is not live.
-    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: u32) -> Result<()>;
+    fn mark_returned(
+        &mut self,
+        queue: QueueId,
+        offset: u64,
+        returns: u32,
+        failed: u32,
+    ) -> Result<()>;
 
     /// Records that the live message at `offset` left its queue as an at-least-once dead
     /// letter (`reason`: the caller's code) and is kept until its targets confirm it, then

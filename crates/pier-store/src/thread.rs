@@ -84,6 +84,7 @@ pub enum Command {
         queue: QueueId,
         offset: u64,
         returns: u32,
+        failed: u32,
     },
     MarkDeadLetter {
         queue: QueueId,
@@ -203,11 +204,18 @@ impl StoreHandle {
     }
 
     /// See [`MessageStore::mark_returned`].
-    pub fn mark_returned(&self, queue: QueueId, offset: u64, returns: u32) -> Result<()> {
+    pub fn mark_returned(
+        &self,
+        queue: QueueId,
+        offset: u64,
+        returns: u32,
+        failed: u32,
+    ) -> Result<()> {
         self.send(Command::MarkReturned {
             queue,
             offset,
             returns,
+            failed,
         })
     }
 
@@ -873,8 +881,9 @@ impl Loop {
                 queue,
                 offset,
                 returns,
+                failed,
             } => {
-                let _ = store.mark_returned(queue, offset, returns);
+                let _ = store.mark_returned(queue, offset, returns, failed);
             }
             Command::MarkDeadLetter {
                 queue,

@@ -60,6 +60,11 @@
 //! defaults = "4.3"                          # or --deprecated-features 4.3
 //! permit.transient_nonexcl_queues = true
 //!
+//! # How quorum queues count deliveries (docs/quorum-queues.md): "4.2" (default) or "4.3"
+//! # (only failed deliveries count towards the delivery limit); the same on every node
+//! [quorum_queues]
+//! delivery_counting = "4.3"                 # or --quorum-delivery-counting 4.3
+//!
 //! # What connection.start advertises (default: product "Pier", Pier's version); only for
 //! # client code that insists on product == "RabbitMQ"
 //! [server_properties]
@@ -152,6 +157,8 @@ pub struct FileConfig {
     pub mqtt: Option<MqttEntry>,
     /// RabbitMQ's `deprecated_features.permit.<name>`, and whose defaults the others follow.
     pub deprecated_features: Option<DeprecatedFeaturesEntry>,
+    /// Quorum queues' node-wide behaviour.
+    pub quorum_queues: Option<QuorumQueuesEntry>,
     /// The directory relative paths in this file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
@@ -188,6 +195,25 @@ impl DeprecatedFeaturesEntry {
             d.set(f, permitted);
         }
         Ok(d)
+    }
+}
+
+/// `[quorum_queues]`: which RabbitMQ version's delivery counting quorum queues follow.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumQueuesEntry {
+    pub delivery_counting: Option<String>,
+}
+
+/// RabbitMQ 4.2's (the default) or 4.3's delivery counting for quorum queues.
+pub fn delivery_counting(version: Option<&str>) -> anyhow::Result<pier_broker::DeliveryCounting> {
+    match version {
+        None => Ok(pier_broker::DeliveryCounting::default()),
+        Some(v) => pier_broker::DeliveryCounting::parse(v).ok_or_else(|| {
+            anyhow::anyhow!(
+                "quorum_queues.delivery_counting: \"{v}\" is not a version Pier knows (\"4.2\" or \"4.3\")"
+            )
+        }),
     }
 }
 

@@ -154,6 +154,12 @@ struct ServerArgs {
     /// `deprecated_features.permit.<name>` still sets each one.
     #[arg(long, env = "PIER_DEPRECATED_FEATURES", value_name = "VERSION")]
     deprecated_features: Option<String>,
+    /// How quorum queues count deliveries: "4.2" (the default: every return counts, shown
+    /// as x-delivery-count, limited by the delivery limit) or "4.3" (only failed deliveries
+    /// count towards the limit and x-delivery-count; x-acquired-count has every return).
+    /// Set the same on every node of a cluster.
+    #[arg(long, env = "PIER_QUORUM_DELIVERY_COUNTING", value_name = "VERSION")]
+    quorum_delivery_counting: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -202,6 +208,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         file.build_broker()?
     });
+    broker.set_delivery_counting(config::delivery_counting(
+        args.quorum_delivery_counting.as_deref().or(file
+            .quorum_queues
+            .as_ref()
+            .and_then(|q| q.delivery_counting.as_deref())),
+    )?);
     catch_file_size_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;

@@ -582,7 +582,10 @@ impl ClassicQueue {
                 }
                 Effect::StoreReturned { offset, returns } => {
                     if let Some(s) = self.store.get() {
-                        if let Err(e) = s.handle.mark_returned(s.id, offset, returns) {
+                        if let Err(e) =
+                            s.handle
+                                .mark_returned(s.id, offset, returns.count, returns.failed)
+                        {
                             tracing::error!(queue = %q.name(), "store mark_returned failed: {e}");
                         }
                     }
@@ -1076,8 +1079,8 @@ impl ClassicQueue {
         self.simple(q, Command::Discard { offsets });
     }
 
-    pub(crate) fn requeue(&self, q: &Arc<Queue>, offsets: &[u64]) {
-        self.simple(q, Command::Return { offsets });
+    pub(crate) fn requeue(&self, q: &Arc<Queue>, offsets: &[u64], failed: bool) {
+        self.simple(q, Command::Return { offsets, failed });
     }
 
     pub(crate) fn release(&self, q: &Arc<Queue>, offsets: &[u64]) {

@@ -39,7 +39,7 @@ use std::sync::{Arc, RwLock, Weak};
 use pier_store::StoreHandle;
 use pier_wire::{FieldTable, ShortString};
 
-use crate::args::QueueConfig;
+use crate::args::{DeliveryCounting, QueueConfig};
 use crate::clock::Clock;
 use crate::cluster::BoxFuture;
 use crate::consumer::{ConnectionId, ConsumerId, ConsumerSpec, Delivery};
@@ -51,7 +51,7 @@ use crate::vhost::VHost;
 use crate::waits::{WaitHistogram, WaitSummary};
 
 use classic::ClassicQueue;
-pub use engine::{EngineConfig, Published, Recovered, PAGE_OUT_BYTES};
+pub use engine::{EngineConfig, Published, Recovered, Returns, PAGE_OUT_BYTES};
 pub use kind::QueueType;
 use remote::RemoteQueue;
 pub use remote::{QueueLink, RemoteConsumer, RemoteGot, Settlement};
@@ -415,17 +415,35 @@ impl Queue {
             && message.properties.expiration.is_none()
     }
 
-    /// The message as this queue delivers it: a quorum queue adds `x-delivery-count` (how
-    /// often it came back) from the first redelivery on, as RabbitMQ 4 does.
-    pub fn as_delivered(&self, message: Arc<Message>, returns: u32) -> Arc<Message> {
-        if self.kind != QueueType::Quorum || returns == 0 {
+    /// The message as this queue delivers it: a quorum queue adds its counts from the first
+    /// redelivery on, as RabbitMQ 4 does: 4.2 `x-delivery-count` (every return), 4.3
+    /// `x-acquired-count` (every return) and, once a delivery failed, `x-delivery-count`
+    /// (the failed ones) (`rabbit_fifo_client:add_delivery_count_header`).
+    pub fn as_delivered(&self, message: Arc<Message>, returns: Returns) -> Arc<Message> {
+        if self.kind != QueueType::Quorum || returns.count == 0 {
             return message;
         }
-        Message::with_header(
-            &message,
-            "x-delivery-count",
-            pier_wire::FieldValue::LongLongInt(i64::from(returns)),
-        )
+        let count = |n: u32| pier_wire::FieldValue::LongLongInt(i64::from(n));
+        let counting = self
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .delivery_counting;
+        match counting {
+            DeliveryCounting::V4_2 => {
+                Message::with_header(&message, "x-delivery-count", count(returns.count))
+            }
+            DeliveryCounting::V4_3 if returns.failed == 0 => {
+                Message::with_header(&message, "x-acquired-count", count(returns.count))
+            }
+            DeliveryCounting::V4_3 => Message::with_headers(
+                &message,
+                [
+                    ("x-acquired-count", count(returns.count)),
+                    ("x-delivery-count", count(returns.failed)),
+                ],
+            ),
+        }
     }
 
     /// Whether a publish of `message` here waits for something before it is confirmed: the
@@ -813,13 +831,23 @@ impl Queue {
     }
 
     /// Puts delivered messages back at their original positions (within their priority),
-    /// marked redelivered, keeping their original expiry and enqueue time.
-    pub fn requeue(self: &Arc<Self>, offsets: &[u64]) {
+    /// marked redelivered, keeping their original expiry and enqueue time. `failed`: failed
+    /// deliveries (basic.reject with requeue, the consumer's channel gone), which RabbitMQ
+    /// 4.3's quorum queues count apart from nacks and recovers (`DeliveryCounting`).
+    pub fn requeue(self: &Arc<Self>, offsets: &[u64], failed: bool) {
         match &self.backend {
-            Backend::Classic(c) => c.requeue(self, offsets),
+            Backend::Classic(c) => c.requeue(self, offsets, failed),
             // Nothing is requeued in a log: the consumer's credit comes back.
             Backend::Stream(s) => s.settle(self, offsets),
-            Backend::Remote(r) => r.settle(self, offsets, Settlement::Requeue),
+            Backend::Remote(r) => r.settle(
+                self,
+                offsets,
+                if failed {
+                    Settlement::Fail
+                } else {
+                    Settlement::Requeue
+                },
+            ),
         }
     }
 

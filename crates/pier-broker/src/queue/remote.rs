@@ -70,8 +70,10 @@ pub fn decode_offset(offset: u64) -> (u64, u64) {
 pub enum Settlement {
     /// Acknowledged.
     Ack,
-    /// Put back, redelivered.
+    /// Put back, redelivered (nack, recover).
     Requeue,
+    /// Put back, redelivered, as a failed delivery (reject, the consumer's channel gone).
+    Fail,
     /// Rejected without requeue (dead-lettered when the queue has a DLX).
     Reject,
     /// Put back uncounted: it never reached a client.

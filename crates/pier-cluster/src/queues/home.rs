@@ -218,7 +218,8 @@ impl Served {
                 self.outstanding_remove(&q, &offsets);
                 match how {
                     Settlement::Ack => q.settle(&offsets),
-                    Settlement::Requeue => q.requeue(&offsets),
+                    Settlement::Requeue => q.requeue(&offsets, false),
+                    Settlement::Fail => q.requeue(&offsets, true),
                     Settlement::Reject => q.reject(&offsets),
                     Settlement::Release => q.release(&offsets),
                 }
@@ -403,7 +404,8 @@ impl Served {
         for (q, offsets) in outstanding {
             let offsets: Vec<u64> = offsets.into_iter().collect();
             count += offsets.len();
-            q.requeue(&offsets);
+            // Their consumers are gone: failed deliveries.
+            q.requeue(&offsets, true);
         }
         if count > 0 {
             tracing::info!(peer = %self.link.peer, messages = count, "the connection to a node with consumers ended: their unacknowledged messages are back in their queues");

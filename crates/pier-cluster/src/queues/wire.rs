@@ -260,6 +260,7 @@ fn settlement_byte(how: Settlement) -> u8 {
         Settlement::Requeue => 1,
         Settlement::Reject => 2,
         Settlement::Release => 3,
+        Settlement::Fail => 4,
     }
 }
 
@@ -637,6 +638,7 @@ pub fn decode(payload: Bytes) -> Result<LaneMsg, WireError> {
                 1 => Settlement::Requeue,
                 2 => Settlement::Reject,
                 3 => Settlement::Release,
+                4 => Settlement::Fail,
                 other => return Err(WireError::Invalid(format!("settlement {other}"))),
             };
             let n = r.u32()? as usize;
@@ -853,17 +855,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match round_trip(&LaneMsg::Settle {
-            vhost: "v".into(),
-            queue: "q".into(),
-            how: Settlement::Release,
-            offsets: vec![1, 5, 9],
-        }) {
-            LaneMsg::Settle { how, offsets, .. } => {
-                assert_eq!(how, Settlement::Release);
-                assert_eq!(offsets, vec![1, 5, 9]);
+        for how in [
+            Settlement::Ack,
+            Settlement::Requeue,
+            Settlement::Fail,
+            Settlement::Reject,
+            Settlement::Release,
+        ] {
+            match round_trip(&LaneMsg::Settle {
+                vhost: "v".into(),
+                queue: "q".into(),
+                how,
+                offsets: vec![1, 5, 9],
+            }) {
+                LaneMsg::Settle {
+                    how: back, offsets, ..
+                } => {
+                    assert_eq!(back, how);
+                    assert_eq!(offsets, vec![1, 5, 9]);
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
         let mut args = FieldTable::new();
         args.insert("x-priority", FieldValue::LongInt(5));

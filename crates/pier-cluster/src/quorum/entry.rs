@@ -67,7 +67,11 @@ pub enum QueueOp {
         drain: bool,
     },
     Settle(Vec<u64>),
+    /// Put back by a nack or recover (a return, not a failed delivery).
     Return(Vec<u64>),
+    /// Put back as a failed delivery (basic.reject with requeue, the consumer's channel
+    /// gone, a new leader taking over): RabbitMQ 4.3's `delivery_count` goes up too.
+    Fail(Vec<u64>),
     Release(Vec<u64>),
     Discard(Vec<u64>),
     PublisherDown(u64),
@@ -115,6 +119,7 @@ impl QueueOp {
             } => 32 + exchange.len() + routing_key.len() + properties.len() + body.len(),
             QueueOp::Settle(v)
             | QueueOp::Return(v)
+            | QueueOp::Fail(v)
             | QueueOp::Release(v)
             | QueueOp::Discard(v)
             | QueueOp::DeadLettered(v) => 8 + 8 * v.len(),
@@ -199,6 +204,7 @@ impl QueueOp {
             QueueOp::Reconfigure { .. } => 15,
             QueueOp::DeadLettered(_) => 16,
             QueueOp::Suspect { .. } => 17,
+            QueueOp::Fail(_) => 18,
         }
     }
 
@@ -348,6 +354,7 @@ fn encode_op(out: &mut BytesMut, op: &QueueOp) -> Result<(), EntryError> {
         }
         QueueOp::Settle(o)
         | QueueOp::Return(o)
+        | QueueOp::Fail(o)
         | QueueOp::Release(o)
         | QueueOp::Discard(o)
         | QueueOp::DeadLettered(o) => {
@@ -556,6 +563,7 @@ impl Reader<'_> {
             },
             5 => QueueOp::Settle(self.offsets()?),
             6 => QueueOp::Return(self.offsets()?),
+            18 => QueueOp::Fail(self.offsets()?),
             7 => QueueOp::Release(self.offsets()?),
             8 => QueueOp::Discard(self.offsets()?),
             16 => QueueOp::DeadLettered(self.offsets()?),
@@ -865,6 +873,7 @@ pub(crate) mod tests {
             }),
             offsets.clone().prop_map(QueueOp::Settle),
             offsets.clone().prop_map(QueueOp::Return),
+            offsets.clone().prop_map(QueueOp::Fail),
             offsets.clone().prop_map(QueueOp::Release),
             offsets.clone().prop_map(QueueOp::Discard),
             offsets.prop_map(QueueOp::DeadLettered),

@@ -428,7 +428,22 @@ fn apply_op(
             effects,
         ),
         QueueOp::Settle(offsets) => engine.apply(Command::Settle { offsets }, cx, effects),
-        QueueOp::Return(offsets) => engine.apply(Command::Return { offsets }, cx, effects),
+        QueueOp::Return(offsets) => engine.apply(
+            Command::Return {
+                offsets,
+                failed: false,
+            },
+            cx,
+            effects,
+        ),
+        QueueOp::Fail(offsets) => engine.apply(
+            Command::Return {
+                offsets,
+                failed: true,
+            },
+            cx,
+            effects,
+        ),
         QueueOp::Release(offsets) => engine.apply(Command::Release { offsets }, cx, effects),
         QueueOp::Discard(offsets) => engine.apply(Command::Discard { offsets }, cx, effects),
         QueueOp::DeadLettered(offsets) => {
@@ -666,7 +681,7 @@ mod tests {
         m.apply(4, &QueueEntry::new(4, 0, suspect));
         assert_eq!(m.engine().suspected_consumers().collect::<Vec<_>>(), [7]);
         let bytes = m.snapshot_bytes().unwrap().unwrap();
-        assert_eq!(bytes[0], 4);
+        assert_eq!(bytes[0], 5);
         let r = QueueMachine::restore_bytes(config(), &bytes, 4).unwrap();
         assert_eq!(r.engine().suspected_consumers().collect::<Vec<_>>(), [7]);
         assert_eq!(r.snapshot().without_waits(), m.snapshot().without_waits());
@@ -694,7 +709,7 @@ mod tests {
             }
         )));
         let bytes = m.snapshot_bytes().unwrap().unwrap();
-        assert_eq!(bytes[0], 4);
+        assert_eq!(bytes[0], 5);
         let mut r = QueueMachine::restore_bytes(at_least_once(), &bytes, 3).unwrap();
         let kept = r.kept_dead_letters(|_| true);
         assert_eq!(kept.len(), 1);
@@ -728,7 +743,7 @@ mod tests {
         // and a new consumer.
         for (i, e) in [
             QueueEntry::new(3, 0, QueueOp::Cancel { consumer: 7 }),
-            QueueEntry::new(3, 0, QueueOp::Return(vec![offset])),
+            QueueEntry::new(3, 0, QueueOp::Fail(vec![offset])),
         ]
         .iter()
         .enumerate()
@@ -740,7 +755,8 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].offset, offset);
         assert!(again[0].redelivered);
-        assert_eq!(again[0].returns, 1);
+        assert_eq!(again[0].returns.count, 1);
+        assert_eq!(again[0].returns.failed, 1);
     }
 
     /// The log of a test: entries by index, read back as a member's log store would.

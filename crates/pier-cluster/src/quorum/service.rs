@@ -1103,7 +1103,8 @@ async fn watch_leadership(raft: QueueRaft, shared: Arc<Shared>) {
                 lock(&shared.dead_letters).restart();
                 let offsets = lock(&shared.machine).engine().checked_out_offsets();
                 if !offsets.is_empty() {
-                    let mut entry = QueueEntry::new(0, 0, QueueOp::Return(offsets));
+                    // Failed deliveries: their count goes up by one (RabbitMQ 4.3's too).
+                    let mut entry = QueueEntry::new(0, 0, QueueOp::Fail(offsets));
                     stamp(&shared, &mut entry);
                     let _ = raft.client_write(entry).await;
                 }
@@ -1827,6 +1828,7 @@ impl QueueLink for QuorumLink {
         let op = match how {
             Settlement::Ack => QueueOp::Settle(offsets),
             Settlement::Requeue => QueueOp::Return(offsets),
+            Settlement::Fail => QueueOp::Fail(offsets),
             Settlement::Reject => QueueOp::Discard(offsets),
             Settlement::Release => QueueOp::Release(offsets),
         };
@@ -1949,7 +1951,11 @@ impl QueueLink for QuorumLink {
                         .and_then(|b| b.vhost(&vhost))
                         .and_then(|v| v.find_queue(&name))
                     {
-                        message = q.as_delivered(message, g.returns);
+                        let returns = pier_broker::queue::Returns {
+                            count: g.returns,
+                            failed: g.failed,
+                        };
+                        message = q.as_delivered(message, returns);
                     }
                     Ok(Some(RemoteGot {
                         session: term,

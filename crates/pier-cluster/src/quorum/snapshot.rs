@@ -4,7 +4,7 @@
 //! every count is checked against what is left before anything is built.
 //!
 //! ```text
-//!  u8 version (4; 1 to 3 are still read) · u64 next_offset · u64 round_robin ·
+//!  u8 version (5; 1 to 4 are still read) · u64 next_offset · u64 round_robin ·
 //!  u8 flags (1 had_consumers, 2 deleted) · u64 last_used · u64 next_expiry ·
 //!  u64 next_timeout_check · 4 × u64 counters
 //!  u32 levels × { u32 n × entry · u32 n × (entry u32 returns) }
@@ -18,6 +18,8 @@
 //!  version 3 adds: u8 dequeues (the 2:1 turn between the high and normal priority levels)
 //!  version 4: a consumer's `drain` octet is flags (1 drain, 2 suspected: its node is out of
 //!             the leader's reach)
+//!  version 5: each `u32 returns` (requeued and checked out) is followed by `u32 failed`
+//!             (the failed deliveries among them; 0 when read from older versions)
 //!  entry: u64 offset · u64 expires_at · u8 redelivered · u32 enqueued_at · message
 //!
 //!  message: str8 exchange · str8 routing key · bytes32 properties · bytes32 body
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use pier_broker::deadletter::DeathReason;
 use pier_broker::queue::engine::{
-    CheckedOutParts, ConsumerParts, EngineCounters, EntryParts, LevelParts, SnapshotParts,
+    CheckedOutParts, ConsumerParts, EngineCounters, EntryParts, LevelParts, Returns, SnapshotParts,
 };
 
 use pier_broker::args::PolicySettings;
@@ -39,8 +41,9 @@ use super::entry::{put_message, put_policy, put_settings, EntryError, Reader};
 /// letters (version 1, written before either existed, did not: a member restoring one keeps
 /// the settings it built from the declaration, and no dead letters). Version 3 carries the
 /// turn between the two priority levels (older ones had one level: the turn starts at 0).
-/// Version 4 marks suspected consumers (none were before).
-const VERSION: u8 = 4;
+/// Version 4 marks suspected consumers (none were before). Version 5 counts failed
+/// deliveries apart (RabbitMQ 4.3's delivery count; none were counted before).
+const VERSION: u8 = 5;
 
 /// The settings policy changes gave the queue, and the version of the last change applied
 /// (see `QueueOp::Reconfigure`).
@@ -114,7 +117,8 @@ pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryErr
         put_count(&mut out, l.requeued.len(), "requeued")?;
         for (e, returns) in &l.requeued {
             put_entry(&mut out, e)?;
-            out.put_u32_le(*returns);
+            out.put_u32_le(returns.count);
+            out.put_u32_le(returns.failed);
         }
     }
     put_count(&mut out, p.checked_out.len(), "checked out")?;
@@ -130,7 +134,8 @@ pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryErr
             }
         }
         put_entry(&mut out, &c.entry)?;
-        out.put_u32_le(c.returns);
+        out.put_u32_le(c.returns.count);
+        out.put_u32_le(c.returns.failed);
         out.put_u8(c.level);
         out.put_u64_le(c.delivered_at);
     }
@@ -159,6 +164,13 @@ pub fn encode(p: &SnapshotParts, policy: &PolicyState) -> Result<Bytes, EntryErr
 }
 
 impl Reader<'_> {
+    /// A return count, with its failed deliveries from version 5 on.
+    fn returns(&mut self, version: u8) -> Result<Returns, EntryError> {
+        let count = self.u32("returns")?;
+        let failed = if version >= 5 { self.u32("failed")? } else { 0 };
+        Ok(Returns { count, failed })
+    }
+
     fn entry(&mut self) -> Result<EntryParts, EntryError> {
         Ok(EntryParts {
             offset: self.u64("offset")?,
@@ -214,7 +226,7 @@ pub fn decode(input: &Bytes) -> Result<(SnapshotParts, Option<PolicyState>), Ent
         }
         for _ in 0..r.count(MIN_ENTRY + 4, "requeued")? {
             let e = r.entry()?;
-            level.requeued.push((e, r.u32("returns")?));
+            level.requeued.push((e, r.returns(version)?));
         }
         levels.push(level);
     }
@@ -226,7 +238,7 @@ pub fn decode(input: &Bytes) -> Result<(SnapshotParts, Option<PolicyState>), Ent
         checked_out.push(CheckedOutParts {
             consumer: has.then_some(id),
             entry,
-            returns: r.u32("returns")?,
+            returns: r.returns(version)?,
             level: r.u8("level")?,
             delivered_at: r.u64("delivered at")?,
         });

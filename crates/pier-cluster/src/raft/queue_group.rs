@@ -50,6 +50,9 @@ pub struct GotMessage {
     pub redelivered: bool,
     pub returns: u32,
     pub enqueued_at: u32,
+    /// The failed deliveries among `returns` (absent from a node before it: 0).
+    #[serde(default)]
+    pub failed: u32,
     /// The message, as an enqueue entry.
     pub message: QueueEntry,
 }
@@ -329,8 +332,9 @@ fn reply_of_one(
                 Some(Box::new(GotMessage {
                     offset: d.offset,
                     redelivered: d.redelivered,
-                    returns: d.returns,
+                    returns: d.returns.count,
                     enqueued_at: d.enqueued_at,
+                    failed: d.returns.failed,
                     message: entry,
                 }))
             });

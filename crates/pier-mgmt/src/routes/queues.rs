@@ -410,7 +410,10 @@ pub async fn get_messages(
         taken.push(d.offset);
     }
     match mode {
-        AckMode::AckRequeue | AckMode::RejectRequeue => queue.requeue(&taken),
+        // RabbitMQ's management plugin nacks (`ack_requeue_true`) or rejects them: only a
+        // reject is a failed delivery.
+        AckMode::AckRequeue => queue.requeue(&taken, false),
+        AckMode::RejectRequeue => queue.requeue(&taken, true),
         AckMode::Ack => queue.settle(&taken),
         AckMode::Reject => queue.reject(&taken),
     }

@@ -665,7 +665,8 @@ impl Connection {
     fn requeue_orphans(&mut self) {
         let orphans = self.outbound.take_orphans();
         if !orphans.is_empty() {
-            requeue_all(orphans);
+            // Their channel was gone: failed deliveries, as the channel's own unacked ones.
+            requeue_all(orphans, true);
         }
     }
 

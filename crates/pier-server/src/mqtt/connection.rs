@@ -1326,7 +1326,8 @@ impl Conn {
                 }
             }
         }
-        requeue_all(back);
+        // The session's connection went away: failed deliveries (RabbitMQ 4.3's count).
+        requeue_all(back, true);
         let mut gone = vec![QoS::AtMostOnce];
         if !self.kind.persistent() {
             gone.push(QoS::AtLeastOnce);

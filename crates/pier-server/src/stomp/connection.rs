@@ -432,8 +432,9 @@ impl Conn {
             } => self.settle(
                 tag,
                 multiple,
+                // RabbitMQ's STOMP NACK is a basic.nack: not a failed delivery.
                 if requeue {
-                    Disposition::Requeue
+                    Disposition::Requeue { failed: false }
                 } else {
                     Disposition::Reject
                 },
@@ -1001,7 +1002,7 @@ impl Conn {
             self.consumers.values().for_each(|c| c.queue.dispatch());
         }
         match how {
-            Disposition::Requeue => unacked::requeue_all(taken),
+            Disposition::Requeue { failed } => unacked::requeue_all(taken, failed),
             other => unacked::dispose(&taken, other),
         }
         Ok(false)
@@ -1027,7 +1028,7 @@ impl Conn {
             }
         }
         let taken = self.outbox.lock().unacked.take_all();
-        unacked::requeue_all(taken);
+        unacked::requeue_all(taken, true);
         if let Some(open) = &self.open {
             open.vhost.connection_closed(self.id);
             self.ctx.registry.deregister(self.id);

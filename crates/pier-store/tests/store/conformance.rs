@@ -201,9 +201,10 @@ impl MessageStore for ShardedAdapter {
         queue: QueueId,
         offset: u64,
         returns: u32,
+        failed: u32,
     ) -> Result<(), StoreError> {
         let (h, local, _) = self.local(queue)?;
-        h.mark_returned(local, offset, returns)
+        h.mark_returned(local, offset, returns, failed)
     }
 
     fn mark_dead_letter(

@@ -203,8 +203,8 @@ fn notes_case(
         )
         .unwrap();
     }
-    // offset → every count and reason ever written for it
-    let mut returns: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    // offset → every (count, failed) and reason ever written for it
+    let mut returns: BTreeMap<u64, Vec<(u32, u32)>> = BTreeMap::new();
     let mut reasons: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for (n, &(offset, value, dead)) in marks.iter().enumerate() {
         let offset = u64::from(offset % 16);
@@ -214,8 +214,9 @@ fn notes_case(
             reasons.entry(offset).or_default().push(reason);
         } else {
             let count = u32::from(value) + 1;
-            s.mark_returned(q, offset, count).unwrap();
-            returns.entry(offset).or_default().push(count);
+            let failed = count / 3;
+            s.mark_returned(q, offset, count, failed).unwrap();
+            returns.entry(offset).or_default().push((count, failed));
         }
         if n % 5 == 0 {
             s.commit().unwrap();
@@ -244,10 +245,13 @@ fn notes_case(
         let written_r = returns.get(&m.offset).cloned().unwrap_or_default();
         let written_d = reasons.get(&m.offset).cloned().unwrap_or_default();
         if cut.is_none() {
-            prop_assert_eq!(m.returns, written_r.last().copied().unwrap_or(0));
+            prop_assert_eq!(
+                (m.returns, m.failed),
+                written_r.last().copied().unwrap_or((0, 0))
+            );
             prop_assert_eq!(m.dead_letter, written_d.last().copied());
         } else {
-            prop_assert!(m.returns == 0 || written_r.contains(&m.returns));
+            prop_assert!(m.returns == 0 || written_r.contains(&(m.returns, m.failed)));
             prop_assert!(m.dead_letter.is_none_or(|r| written_d.contains(&r)));
         }
     }

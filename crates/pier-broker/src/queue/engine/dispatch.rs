@@ -4,7 +4,7 @@
 //! whose own credit (prefetch or credit mode) and the [`super::Gate`] both allow it. With
 //! single active consumer only the first registered consumer is ever picked.
 
-use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry};
+use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry, Returns};
 use super::{Context, Delivered, Effect, QueueEngine, Refusal, Reply};
 use crate::consumer::ConsumerId;
 
@@ -120,7 +120,7 @@ impl QueueEngine {
         &mut self,
         idx: usize,
         entry: Entry,
-        returns: u32,
+        returns: Returns,
         level: usize,
         cx: &Context<'_>,
         out: &mut Vec<Effect>,
@@ -157,7 +157,7 @@ impl QueueEngine {
         &mut self,
         consumer: Option<ConsumerId>,
         entry: Entry,
-        returns: u32,
+        returns: Returns,
         level: usize,
         ack_required: bool,
         now: u64,
@@ -172,7 +172,7 @@ impl QueueEngine {
             offset,
             message,
             in_paging,
-            redelivered: entry.redelivered() || returns > 0,
+            redelivered: entry.redelivered() || returns.count > 0,
             returns,
             ack_required,
             enqueued_at: entry.enqueued_at,

@@ -145,7 +145,8 @@ impl QueueEngine {
                 .filter(|(_, co)| co.consumer == Some(id))
                 .map(|(o, _)| *o)
                 .collect();
-            self.return_messages(&offsets, true, cx, out);
+            // Not a failed delivery (RabbitMQ 4.3 returns timed-out messages unfailed).
+            self.return_messages(&offsets, Some(false), cx, out);
         }
     }
 }

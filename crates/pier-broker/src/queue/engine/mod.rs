@@ -61,8 +61,8 @@ use crate::waits::WaitWindow;
 pub use snapshot::{
     CheckedOutParts, ConsumerParts, EntryParts, LevelParts, Snapshot, SnapshotParts,
 };
-pub use state::ConsumerSettings;
 use state::{CheckedOut, Consumer, Level};
+pub use state::{ConsumerSettings, Returns};
 
 /// Bodies a queue keeps in memory by default; beyond it, newer messages are kept only on disk
 /// (the durable store for stored messages, the paging store for the rest) and read back in
@@ -194,7 +194,7 @@ pub struct Recovered {
     /// The expiry deadline stored with it (Unix milliseconds).
     pub deadline: Option<u64>,
     /// How often it had come back to the queue (recorded with `StoreReturned`).
-    pub returns: u32,
+    pub returns: Returns,
     /// It was a kept at-least-once dead letter (recorded with `StoreDeadLetter`): it is
     /// kept again and routed again.
     pub dead_letter: Option<DeathReason>,
@@ -242,8 +242,10 @@ pub enum Command<'a> {
     Get { ack_required: bool },
     /// Deliveries acknowledged.
     Settle { offsets: &'a [u64] },
-    /// Deliveries put back (nack/reject with requeue, recover, channel closed).
-    Return { offsets: &'a [u64] },
+    /// Deliveries put back (nack/reject with requeue, recover, channel closed); `failed`:
+    /// a failed delivery in RabbitMQ 4.3's sense (basic.reject with requeue, the consumer's
+    /// channel or connection went away), not a nack or recover.
+    Return { offsets: &'a [u64], failed: bool },
     /// Deliveries put back that never reached a client (a consumer on another node was
     /// cancelled while they were on their way): back at their place, not counted as a
     /// return, so neither the redelivered flag nor the delivery limit sees them.
@@ -304,8 +306,8 @@ pub struct Delivered {
     pub message: Option<Arc<Message>>,
     pub in_paging: bool,
     pub redelivered: bool,
-    /// How often it was returned before (RabbitMQ's delivery count).
-    pub returns: u32,
+    /// How often it was returned before (RabbitMQ's delivery counts).
+    pub returns: Returns,
     pub ack_required: bool,
     pub enqueued_at: u32,
 }
@@ -333,7 +335,7 @@ pub enum Effect {
     /// restart.
     StoreReturned {
         offset: u64,
-        returns: u32,
+        returns: Returns,
     },
     /// A stored message of a quorum queue is now a kept at-least-once dead letter: recorded
     /// so that after a restart it is one again (not a ready message).
@@ -604,8 +606,10 @@ impl QueueEngine {
             } => self.credit(consumer, credit, drain, cx, out),
             Command::Get { ack_required } => self.get(ack_required, cx, out),
             Command::Settle { offsets } => self.settle(offsets, cx, out),
-            Command::Return { offsets } => self.return_messages(offsets, true, cx, out),
-            Command::Release { offsets } => self.return_messages(offsets, false, cx, out),
+            Command::Return { offsets, failed } => {
+                self.return_messages(offsets, Some(failed), cx, out)
+            }
+            Command::Release { offsets } => self.return_messages(offsets, None, cx, out),
             Command::Discard { offsets } => self.discard(offsets, cx, out),
             Command::Lost { offsets } => self.lost(offsets, cx, out),
             Command::DeadLettered { offsets } => self.dead_lettered(offsets, out),

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::publish::enqueued_ms;
-use super::state::{Entry, Head, PagedEntry, PagedExpiry};
+use super::state::{Entry, Head, PagedEntry, PagedExpiry, Returns};
 use super::{Context, Effect, QueueEngine, Reply, PAGE_IN_BATCH, PAGE_IN_BYTES};
 use crate::clock::NEVER;
 use crate::message::Message;
@@ -104,7 +104,7 @@ impl QueueEngine {
         now: u64,
         read_ahead: bool,
         out: &mut Vec<Effect>,
-    ) -> Option<(Entry, u32, usize)> {
+    ) -> Option<(Entry, Returns, usize)> {
         let level = self.next_level()?;
         let l = self.levels.get_mut(level)?;
         if let Some((e, returns)) = l.pop_memory() {
@@ -125,7 +125,7 @@ impl QueueEngine {
             }
         };
         self.after_pop(level, now);
-        Some((e, 0, level))
+        Some((e, Returns::default(), level))
     }
 
     /// A head was taken from `level`: the new head may expire earlier than the bound says.

@@ -229,7 +229,7 @@ impl QueueEngine {
                 continue;
             }
             // A message that came back keeps its body in memory with its count (few do).
-            if r.returns == 0 && (tail || self.over_budget()) {
+            if r.returns.count == 0 && (tail || self.over_budget()) {
                 let kind = self.paged_kind(r.offset, expires_at, now);
                 let p = PagedEntry::new(
                     r.offset,
@@ -249,7 +249,7 @@ impl QueueEngine {
             let entry = Entry::new(r.offset, r.message, r.redelivered, expires_at, stamp(now));
             self.added(&entry);
             if let Some(l) = self.levels.get_mut(level) {
-                if r.returns > 0 {
+                if r.returns.count > 0 {
                     // Back where it was before the restart: with the returned messages,
                     // which go first, and with its count.
                     l.requeued.insert(

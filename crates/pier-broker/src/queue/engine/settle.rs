@@ -51,16 +51,17 @@ impl QueueEngine {
 
     /// Puts deliveries back at their original positions (within their priority), marked
     /// redelivered, keeping their original expiry and enqueue time. A message returned more
-    /// often than the delivery limit is dead-lettered (or dropped) instead. With `counted`
-    /// false (`Release`: the delivery never reached a client) it goes back as it was.
+    /// often than the delivery limit is dead-lettered (or dropped) instead. `counted`:
+    /// `Some(failed)` counts a return (`failed`: a failed delivery, see `Command::Return`);
+    /// `None` (`Release`: the delivery never reached a client) puts it back as it was.
     pub(super) fn return_messages(
         &mut self,
         offsets: &[u64],
-        counted: bool,
+        counted: Option<bool>,
         cx: &mut Context<'_>,
         out: &mut Vec<Effect>,
     ) -> Reply {
-        self.return_as(offsets, counted, counted, cx, out)
+        self.return_as(offsets, counted, counted.is_some(), cx, out)
     }
 
     /// Deliveries of a suspected consumer: they may have reached its client, so they come
@@ -71,18 +72,19 @@ impl QueueEngine {
         cx: &mut Context<'_>,
         out: &mut Vec<Effect>,
     ) {
-        self.return_as(offsets, false, true, cx, out);
+        self.return_as(offsets, None, true, cx, out);
     }
 
     fn return_as(
         &mut self,
         offsets: &[u64],
-        counted: bool,
+        counted: Option<bool>,
         redelivered: bool,
         cx: &mut Context<'_>,
         out: &mut Vec<Effect>,
     ) -> Reply {
         let mut cache = None;
+        let counting = self.config.queue.delivery_counting;
         for o in offsets {
             let Some(co) = self.checked_out.remove(o) else {
                 continue;
@@ -91,12 +93,17 @@ impl QueueEngine {
             if self.deleted {
                 continue;
             }
-            let returns = co.returns.saturating_add(u32::from(counted));
-            if counted
+            let returns = match counted {
+                Some(failed) => co.returns.plus_one(failed),
+                None => co.returns,
+            };
+            // Checked at every counted return, failed or not, as RabbitMQ's `return_one`
+            // does (a limit lowered by a policy catches a message at its next return).
+            if counted.is_some()
                 && self
                     .config
                     .delivery_limit
-                    .is_some_and(|limit| returns > limit)
+                    .is_some_and(|limit| counting.limited(returns) > limit)
             {
                 self.dead_letter(out, co.entry, DeathReason::DeliveryLimit);
                 continue;
@@ -107,7 +114,7 @@ impl QueueEngine {
             }
             // Quorum queues in the durable store keep the count across restarts (a
             // replicated one's is in its log); a classic queue's count is never shown.
-            if counted
+            if counted.is_some()
                 && self.config.stores_transient
                 && self.config.stores_persistent
                 && self.entry_stored(&entry)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::paging::paged_bound;
-use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry, Level, Requeued};
+use super::state::{CheckedOut, Consumer, ConsumerSettings, Entry, Level, Requeued, Returns};
 use super::{EngineConfig, EngineCounters, QueueEngine};
 use crate::consumer::ConsumerId;
 use crate::deadletter::DeathReason;
@@ -130,7 +130,7 @@ pub struct EntryParts {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LevelParts {
     pub ready: Vec<EntryParts>,
-    pub requeued: Vec<(EntryParts, u32)>,
+    pub requeued: Vec<(EntryParts, Returns)>,
 }
 
 /// A delivery not settled yet.
@@ -139,7 +139,7 @@ pub struct CheckedOutParts {
     /// None: taken with basic.get.
     pub consumer: Option<ConsumerId>,
     pub entry: EntryParts,
-    pub returns: u32,
+    pub returns: Returns,
     pub level: u8,
     pub delivered_at: u64,
 }

@@ -172,12 +172,31 @@ impl PagedEntry {
     }
 }
 
+/// How often a message came back to its queue: every counted return (RabbitMQ's
+/// `acquired_count`, which 4.2 shows as `x-delivery-count` and limits), and the failed
+/// deliveries among them (rejected with requeue, or the consumer's channel went away:
+/// RabbitMQ 4.3's `delivery_count`, which 4.3 shows and limits; see `DeliveryCounting`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Returns {
+    pub count: u32,
+    pub failed: u32,
+}
+
+impl Returns {
+    /// One more return, failed or not.
+    pub fn plus_one(self, failed: bool) -> Returns {
+        Returns {
+            count: self.count.saturating_add(1),
+            failed: self.failed.saturating_add(u32::from(failed)),
+        }
+    }
+}
+
 /// A message put back by a consumer, waiting at its original place.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Requeued {
     pub entry: Entry,
-    /// How often it came back (RabbitMQ's delivery count: `x-delivery-count` on quorum queues).
-    pub returns: u32,
+    pub returns: Returns,
 }
 
 /// One priority level: requeued messages by offset (always older than every ready one, so they
@@ -222,13 +241,13 @@ impl Level {
     }
 
     /// Takes the in-memory head (requeued first, then ready) with its return count.
-    pub fn pop_memory(&mut self) -> Option<(Entry, u32)> {
+    pub fn pop_memory(&mut self) -> Option<(Entry, Returns)> {
         if let Some((_, r)) = self.requeued.pop_first() {
             return Some((r.entry, r.returns));
         }
         let e = self.ready.pop_front();
         release_drained(&mut self.ready);
-        e.map(|e| (e, 0))
+        e.map(|e| (e, Returns::default()))
     }
 
     pub fn pop_paged(&mut self) -> Option<PagedEntry> {
@@ -298,7 +317,7 @@ pub(crate) struct CheckedOut {
     /// None: taken with basic.get.
     pub consumer: Option<ConsumerId>,
     pub entry: Entry,
-    pub returns: u32,
+    pub returns: Returns,
     /// Its priority level (where it goes back when returned).
     pub level: u8,
     /// Clock milliseconds of the delivery (consumer timeouts).

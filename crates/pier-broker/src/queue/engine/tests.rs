@@ -9,7 +9,7 @@ use pier_wire::{BasicProperties, FieldTable, ShortString};
 
 use super::harness::Harness;
 use super::*;
-use crate::args::{Overflow, QueueConfig};
+use crate::args::{DeliveryCounting, Overflow, QueueConfig};
 
 fn message(body: &str, persistent: bool) -> Arc<Message> {
     Arc::new(Message::new(
@@ -141,7 +141,10 @@ fn returned_messages_go_back_to_their_place_redelivered_and_counted() {
     });
     h.step(Command::Cancel { consumer: 1 });
     // Returned in reverse: they come back in offset order, before offset 2.
-    h.step(Command::Return { offsets: &[1, 0] });
+    h.step(Command::Return {
+        offsets: &[1, 0],
+        failed: true,
+    });
     let s = h.step(Command::Checkout {
         consumer: 2,
         settings: settings("b", 0),
@@ -154,7 +157,7 @@ fn returned_messages_go_back_to_their_place_redelivered_and_counted() {
         .effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Deliver(d) => Some(d.returns),
+            Effect::Deliver(d) => Some(d.returns.count),
             _ => None,
         })
         .collect();
@@ -194,10 +197,16 @@ fn delivery_limit_dead_letters_after_too_many_returns() {
         settings: settings("a", 1),
     });
     for _ in 0..2 {
-        let s = h.step(Command::Return { offsets: &[0] });
+        let s = h.step(Command::Return {
+            offsets: &[0],
+            failed: true,
+        });
         assert_eq!(deliveries(&s), [(Some(1), 0, true)]);
     }
-    let s = h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     assert!(deliveries(&s).is_empty());
     assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
     assert_eq!(h.engine.stats().ready + h.engine.stats().unacked, 0);
@@ -210,7 +219,7 @@ fn recovered(offset: u64, body: &str) -> Recovered {
         message: message(body, false),
         redelivered: false,
         deadline: None,
-        returns: 0,
+        returns: Returns::default(),
         dead_letter: None,
     }
 }
@@ -231,7 +240,7 @@ fn store_returns(step: &harness::Step) -> Vec<(u64, u32)> {
     step.effects
         .iter()
         .filter_map(|e| match e {
-            Effect::StoreReturned { offset, returns } => Some((*offset, *returns)),
+            Effect::StoreReturned { offset, returns } => Some((*offset, returns.count)),
             _ => None,
         })
         .collect()
@@ -256,11 +265,17 @@ fn quorum_return_counts_are_stored_and_recovered() {
         settings: settings("a", 1),
     });
     assert_eq!(
-        store_returns(&h.step(Command::Return { offsets: &[0] })),
+        store_returns(&h.step(Command::Return {
+            offsets: &[0],
+            failed: true
+        })),
         [(0, 1)]
     );
     assert_eq!(
-        store_returns(&h.step(Command::Return { offsets: &[0] })),
+        store_returns(&h.step(Command::Return {
+            offsets: &[0],
+            failed: true
+        })),
         [(0, 2)]
     );
     // A suspected consumer's messages come back uncounted: nothing to record.
@@ -274,7 +289,10 @@ fn quorum_return_counts_are_stored_and_recovered() {
     let mut h = Harness::new(c);
     let a = Recovered {
         redelivered: true,
-        returns: 2,
+        returns: Returns {
+            count: 2,
+            failed: 2,
+        },
         ..recovered(0, "a")
     };
     let b = Recovered {
@@ -290,18 +308,24 @@ fn quorum_return_counts_are_stored_and_recovered() {
         .effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Deliver(d) => Some((d.offset, d.returns)),
+            Effect::Deliver(d) => Some((d.offset, d.returns.count)),
             _ => None,
         })
         .collect();
     assert_eq!(counts, [(0, 2)]);
     assert_eq!(
-        store_returns(&h.step(Command::Return { offsets: &[0] })),
+        store_returns(&h.step(Command::Return {
+            offsets: &[0],
+            failed: true
+        })),
         [(0, 3)]
     );
     // The fourth return passes the limit of 3: dead-lettered, as it would have been
     // without the restart.
-    let s = h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
 
     // A classic queue's counts are never shown, so never written.
@@ -313,7 +337,11 @@ fn quorum_return_counts_are_stored_and_recovered() {
         consumer: 1,
         settings: settings("a", 1),
     });
-    assert!(store_returns(&h.step(Command::Return { offsets: &[0] })).is_empty());
+    assert!(store_returns(&h.step(Command::Return {
+        offsets: &[0],
+        failed: true
+    }))
+    .is_empty());
 }
 
 #[test]
@@ -330,7 +358,10 @@ fn a_suspected_consumer_keeps_its_subscription_and_gets_nothing() {
     });
     // What it had out comes back flagged redelivered but uncounted: a partition is not a
     // failed delivery, so a delivery limit of 1 does not dead-letter it.
-    h.step(Command::Return { offsets: &[0] });
+    h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     let s = h.step(Command::Suspect {
         consumer: 1,
         suspected: true,
@@ -431,13 +462,16 @@ fn quorum_delivery_limit_defaults_to_20_and_minus_one_turns_it_off() {
             settings: settings("a", 1),
         });
         for n in 1..=100u32 {
-            let s = h.step(Command::Return { offsets: &[0] });
+            let s = h.step(Command::Return {
+                offsets: &[0],
+                failed: true,
+            });
             if !dead_letters(&s).is_empty() {
                 return Some(n);
             }
             // The redelivery carries how often the message came back.
             let returns = s.effects.iter().find_map(|e| match e {
-                Effect::Deliver(d) => Some(d.returns),
+                Effect::Deliver(d) => Some(d.returns.count),
                 _ => None,
             });
             assert_eq!(returns, Some(n));
@@ -447,6 +481,107 @@ fn quorum_delivery_limit_defaults_to_20_and_minus_one_turns_it_off() {
     assert_eq!(returns_until_dead(None), Some(21));
     assert_eq!(returns_until_dead(Some(0)), Some(1));
     assert_eq!(returns_until_dead(Some(-1)), None);
+}
+
+/// The counts of a run of returns (`true`: a failed delivery) under one counting, until the
+/// message is dead-lettered: the counts each redelivery carried, and whether it died.
+fn count_returns(counting: DeliveryCounting, limit: i64, failed: &[bool]) -> (Vec<Returns>, bool) {
+    let mut h = Harness::new(EngineConfig::quorum(QueueConfig {
+        dead_letter_exchange: Some(ShortString::from("dlx")),
+        delivery_limit: Some(limit),
+        delivery_counting: counting,
+        ..QueueConfig::default()
+    }));
+    enqueue(&mut h, message("a", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    let mut seen = Vec::new();
+    for &f in failed {
+        let s = h.step(Command::Return {
+            offsets: &[0],
+            failed: f,
+        });
+        if !dead_letters(&s).is_empty() {
+            return (seen, true);
+        }
+        seen.extend(s.effects.iter().find_map(|e| match e {
+            Effect::Deliver(d) => Some(d.returns),
+            _ => None,
+        }));
+    }
+    (seen, false)
+}
+
+/// RabbitMQ 4.3 (rabbitmq-server #13885): every return counts as an acquisition, only failed
+/// deliveries count towards the delivery limit; 4.2 limits every return.
+#[test]
+fn rabbitmq_4_3_limits_failed_deliveries_only() {
+    let r = |count, failed| Returns { count, failed };
+    // Five nacks and a reject under a limit of 1: alive under 4.3 (one failed delivery).
+    let run = [false, false, false, false, false, true];
+    let (seen, dead) = count_returns(DeliveryCounting::V4_3, 1, &run);
+    assert!(!dead);
+    assert_eq!(seen, [r(1, 0), r(2, 0), r(3, 0), r(4, 0), r(5, 0), r(6, 1)]);
+    // The second failed delivery passes the limit.
+    let (_, dead) = count_returns(DeliveryCounting::V4_3, 1, &[false, true, false, true]);
+    assert!(dead);
+    // 4.2: the second return of any kind passes it.
+    let (seen, dead) = count_returns(DeliveryCounting::V4_2, 1, &run);
+    assert!(dead);
+    assert_eq!(seen, [r(1, 0)]);
+    // A limit of 0: the first failed delivery dead-letters; nacks never do.
+    assert!(!count_returns(DeliveryCounting::V4_3, 0, &[false; 30]).1);
+    assert!(count_returns(DeliveryCounting::V4_3, 0, &[false, true]).1);
+}
+
+/// Both counts go to the store (and come back at recovery) so that 4.3's limit holds across
+/// a restart too.
+#[test]
+fn failed_deliveries_are_stored_with_the_return_count() {
+    let mut c = EngineConfig::quorum(QueueConfig {
+        delivery_counting: DeliveryCounting::V4_3,
+        ..QueueConfig::default()
+    });
+    c.stores_persistent = true;
+    let mut h = Harness::new(c);
+    enqueue(&mut h, message("a", false));
+    h.step(Command::Checkout {
+        consumer: 1,
+        settings: settings("a", 1),
+    });
+    let stored = |s: &harness::Step| -> Vec<Returns> {
+        s.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::StoreReturned { returns, .. } => Some(*returns),
+                _ => None,
+            })
+            .collect()
+    };
+    let nack = h.step(Command::Return {
+        offsets: &[0],
+        failed: false,
+    });
+    assert_eq!(
+        stored(&nack),
+        [Returns {
+            count: 1,
+            failed: 0
+        }]
+    );
+    let reject = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
+    assert_eq!(
+        stored(&reject),
+        [Returns {
+            count: 2,
+            failed: 1
+        }]
+    );
 }
 
 #[test]
@@ -466,7 +601,10 @@ fn released_deliveries_come_back_as_they_were() {
         assert_eq!(deliveries(&s), [(Some(1), 0, false)]);
     }
     // A real return still counts.
-    let s = h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     assert_eq!(deliveries(&s), [(Some(1), 0, true)]);
 }
 
@@ -788,7 +926,7 @@ fn recovered_messages_keep_order_flags_and_stored_deadlines() {
             message: message(&format!("{i:0100}"), true),
             redelivered: i == 0,
             deadline: (i == 3).then_some(h.unix_now + 500),
-            returns: 0,
+            returns: Returns::default(),
             dead_letter: None,
         })
         .collect();
@@ -1074,11 +1212,17 @@ fn expired_and_over_the_limit_dead_letters_are_kept_and_go_with_the_queue() {
         consumer: 1,
         settings: settings("c", 1),
     });
-    let s = h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
     h.now = 100;
     h.step(Command::Cancel { consumer: 1 });
-    let s = h.step(Command::Return { offsets: &[1] });
+    let s = h.step(Command::Return {
+        offsets: &[1],
+        failed: true,
+    });
     let s2 = h.step(Command::Tick);
     let reasons: Vec<DeathReason> = dead_letters(&s)
         .into_iter()
@@ -1225,9 +1369,15 @@ fn reconfigure_changes_expiry_and_delivery_limit() {
         consumer: 1,
         settings: settings("a", 1),
     });
-    let s = h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     assert_eq!(deliveries(&s), [(Some(1), 0, true)]);
-    let s = h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     assert_eq!(dead_letters(&s), [(0, DeathReason::DeliveryLimit)]);
 }
 
@@ -1323,6 +1473,9 @@ fn quorum_priority_turns_survive_snapshots_and_returns_go_first() {
     });
     // Turn 3 of 3: the normal head (0, older than 3) goes.
     assert_eq!(deliveries(&s), [(Some(2), 0, false)]);
-    let s = h.step(Command::Return { offsets: &[0] });
+    let s = h.step(Command::Return {
+        offsets: &[0],
+        failed: true,
+    });
     assert_eq!(deliveries(&s), [(Some(2), 0, true)]);
 }

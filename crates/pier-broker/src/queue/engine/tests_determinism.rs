@@ -48,7 +48,7 @@ enum Op {
         drain: bool,
     },
     Settle(u8, u8),
-    Return(u8, u8),
+    Return(u8, u8, bool),
     Discard(u8, u8),
     Get(bool),
     Advance(u16),
@@ -88,7 +88,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), 0u8..6, any::<bool>())
             .prop_map(|(consumer, credit, drain)| Op::Credit { consumer, credit, drain }),
         4 => (any::<u8>(), 1u8..4).prop_map(|(a, b)| Op::Settle(a, b)),
-        2 => (any::<u8>(), 1u8..4).prop_map(|(a, b)| Op::Return(a, b)),
+        2 => (any::<u8>(), 1u8..4, any::<bool>()).prop_map(|(a, b, f)| Op::Return(a, b, f)),
         1 => (any::<u8>(), 1u8..3).prop_map(|(a, b)| Op::Discard(a, b)),
         1 => any::<bool>().prop_map(Op::Get),
         2 => (0u16..400).prop_map(Op::Advance),
@@ -128,7 +128,7 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
         proptest::option::weighted(0.2, 1u32..3),
         proptest::option::weighted(0.2, 200u64..2000),
         proptest::bool::weighted(0.4),
-        proptest::bool::weighted(0.3),
+        (proptest::bool::weighted(0.3), any::<bool>()),
     )
         .prop_map(
             |(
@@ -143,7 +143,7 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
                 limit,
                 expires,
                 alo,
-                two,
+                (two, counting_4_3),
             )| {
                 let queue = QueueConfig {
                     message_ttl: ttl,
@@ -158,6 +158,11 @@ fn queue_config() -> impl Strategy<Value = EngineConfig> {
                     single_active_consumer: sac,
                     expires,
                     dead_letter_strategy: alo.then(|| "at-least-once".to_owned()),
+                    delivery_counting: if counting_4_3 {
+                        crate::args::DeliveryCounting::V4_3
+                    } else {
+                        crate::args::DeliveryCounting::V4_2
+                    },
                     ..QueueConfig::default()
                 };
                 EngineConfig {
@@ -268,9 +273,12 @@ fn run_op(h: &mut Harness, op: &Op, seq: &mut u64, consumers: &mut Vec<ConsumerI
             let o = h.take_outstanding(usize::from(*from), usize::from(*n));
             h.step(Command::Settle { offsets: &o })
         }
-        Op::Return(from, n) => {
+        Op::Return(from, n, failed) => {
             let o = h.take_outstanding(usize::from(*from), usize::from(*n));
-            h.step(Command::Return { offsets: &o })
+            h.step(Command::Return {
+                offsets: &o,
+                failed: *failed,
+            })
         }
         Op::Discard(from, n) => {
             let o = h.take_outstanding(usize::from(*from), usize::from(*n));
@@ -388,7 +396,7 @@ fn logical(steps: &[Step]) -> Vec<String> {
         for e in &s.effects {
             match e {
                 Effect::Deliver(d) => out.push(format!(
-                    "deliver {:?} {} {} {} {}",
+                    "deliver {:?} {} {} {:?} {}",
                     d.consumer, d.offset, d.redelivered, d.returns, d.ack_required
                 )),
                 Effect::DeadLetter {
@@ -401,7 +409,7 @@ fn logical(steps: &[Step]) -> Vec<String> {
                 Effect::StoreAck { offset } => out.push(format!("ack {offset}")),
                 Effect::StoreDelivered { offset } => out.push(format!("delivered {offset}")),
                 Effect::StoreReturned { offset, returns } => {
-                    out.push(format!("returned {offset} {returns}"))
+                    out.push(format!("returned {offset} {returns:?}"))
                 }
                 Effect::StoreDeadLetter { offset, reason } => {
                     out.push(format!("kept {offset} {reason:?}"))
@@ -430,7 +438,7 @@ fn strip_reply(r: &Reply) -> String {
             delivery: Some(d),
             remaining,
         } => format!(
-            "got {} {} {} {remaining}",
+            "got {} {} {:?} {remaining}",
             d.offset, d.redelivered, d.returns
         ),
         Reply::Lost(_) => "lost".to_owned(),

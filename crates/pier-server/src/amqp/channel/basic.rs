@@ -15,6 +15,36 @@ use pier_wire::{
 };
 
 use super::tx::TxAck;
+
+/// basic.nack's or basic.reject's `requeue`, and which of the two asked: RabbitMQ 4.3's
+/// quorum queues count a reject with requeue as a failed delivery, a nack with requeue not
+/// (`rabbit_channel`: `settle(true, false)` against `requeue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Requeue {
+    No,
+    /// basic.nack with requeue.
+    Returned,
+    /// basic.reject with requeue.
+    Failed,
+}
+
+impl Requeue {
+    pub(crate) fn nack(requeue: bool) -> Requeue {
+        if requeue {
+            Requeue::Returned
+        } else {
+            Requeue::No
+        }
+    }
+
+    pub(crate) fn reject(requeue: bool) -> Requeue {
+        if requeue {
+            Requeue::Failed
+        } else {
+            Requeue::No
+        }
+    }
+}
 use super::{precondition, Channel, ChannelCx, ConsumerHandle};
 use crate::amqp::direct_reply::{self, ReplyConsumer};
 use crate::amqp::error::AmqpException;
@@ -76,7 +106,7 @@ impl Channel {
         cx: &mut ChannelCx<'_>,
         tag: u64,
         multiple: bool,
-        requeue: bool,
+        requeue: Requeue,
         committing: bool,
     ) -> Result<(), AmqpException> {
         if !committing {
@@ -104,11 +134,11 @@ impl Channel {
             session::dispose(&taken, Disposition::Ack);
             return Err(AmqpException::new(rc::NOT_IMPLEMENTED, detail));
         }
-        if requeue {
-            session::requeue_all(taken);
-        } else {
+        match requeue {
+            Requeue::Returned => session::requeue_all(taken, false),
+            Requeue::Failed => session::requeue_all(taken, true),
             // Dead-lettered by queues that have a dead-letter exchange.
-            session::dispose(&taken, Disposition::Reject);
+            Requeue::No => session::dispose(&taken, Disposition::Reject),
         }
         Ok(())
     }
@@ -137,7 +167,8 @@ impl Channel {
             self.reply(cx, Method::BasicRecoverOk(BasicRecoverOk {}));
         }
         self.release_channel_credit(&taken);
-        session::requeue_all(taken);
+        // Not failed deliveries (RabbitMQ's recover requeues as a nack does).
+        session::requeue_all(taken, false);
         Ok(())
     }
 

@@ -178,8 +178,14 @@ impl Channel {
         match method {
             Method::BasicPublish(m) => self.start_publish(m),
             Method::BasicAck(m) => self.ack(cx, m.delivery_tag, m.multiple, false),
-            Method::BasicNack(m) => self.nack(cx, m.delivery_tag, m.multiple, m.requeue, false),
-            Method::BasicReject(m) => self.nack(cx, m.delivery_tag, false, m.requeue, false),
+            Method::BasicNack(m) => {
+                let requeue = basic::Requeue::nack(m.requeue);
+                self.nack(cx, m.delivery_tag, m.multiple, requeue, false)
+            }
+            Method::BasicReject(m) => {
+                let requeue = basic::Requeue::reject(m.requeue);
+                self.nack(cx, m.delivery_tag, false, requeue, false)
+            }
             Method::BasicConsume(m) => self.consume(cx, m),
             Method::BasicCancel(m) => self.basic_cancel(cx, m),
             Method::BasicGet(m) => self.get(cx, m.queue, m.no_ack),
@@ -278,6 +284,7 @@ impl Channel {
             }
         }
         let unacked = cx.outbound.close_channel(self.number);
-        pier_broker::session::requeue_all(unacked);
+        // The consumer's channel went away: failed deliveries (RabbitMQ 4.3's count).
+        pier_broker::session::requeue_all(unacked, true);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use pier_broker::Message;
 use pier_wire::{Method, TxCommitOk, TxRollbackOk, TxSelectOk};
 
+use super::basic::Requeue;
 use super::{precondition, Channel, ChannelCx};
 use crate::amqp::error::AmqpException;
 
@@ -24,7 +25,7 @@ pub(super) enum TxAck {
     Nack {
         tag: u64,
         multiple: bool,
-        requeue: bool,
+        requeue: Requeue,
     },
 }
 
