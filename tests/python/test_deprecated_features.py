@@ -13,7 +13,7 @@ import pika
 import pytest
 
 from conftest import PIER_CONFIG, PierProcess
-from helpers import MgmtApi, connection_closed
+from helpers import MgmtApi, channel_closed, connection_closed
 
 DENIED_TRANSIENT = (
     "INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated.\n"
@@ -54,6 +54,26 @@ def test_4_2_defaults_permit_them(pier_factory):
     ch = connect(proc).channel()
     ch.queue_delete("dep.transient")
     assert api.call("GET", "/deprecated-features/used") == (200, [])
+
+
+def test_4_3_defaults_refuse_classic_queue_version_1(pier_factory):
+    """RabbitMQ 4.3 removed classic queue storage version 1: its check_queue_version takes
+    2 only (4.3.0 release notes, rabbit_amqqueue.erl v4.3.5); 4.2 takes 1 and 2."""
+    proc = pier_factory(PIER_CONFIG + '\n[deprecated_features]\ndefaults = "4.3"\n')
+    ch = connect(proc).channel()
+    ch.queue_declare("dep.v2", durable=True, arguments={"x-queue-version": 2})
+    with channel_closed(406, "PRECONDITION_FAILED - invalid arg 'x-queue-version' for queue "
+                             "'dep.v1' in vhost '/': \"unsupported queue version '1'\""):
+        ch.queue_declare("dep.v1", durable=True, arguments={"x-queue-version": 1})
+    api = MgmtApi(proc.http_port)
+    status, body = api.call("PUT", "/queues/%2F/dep.http1",
+                            {"durable": True, "arguments": {"x-queue-version": 1}})
+    assert status == 400, body
+    assert "unsupported queue version '1'" in body["reason"]
+    # Under 4.2's defaults version 1 is still taken.
+    proc42 = pier_factory()
+    connect(proc42).channel().queue_declare("dep.v1", durable=True,
+                                            arguments={"x-queue-version": 1})
 
 
 def test_4_3_defaults_refuse_transient_non_exclusive_queues(pier_factory):

@@ -140,6 +140,27 @@ def test_invalid_argument_type_is_406(channel, names):
         channel.queue_declare(q, arguments={"x-max-length": "abc"})
 
 
+@pytest.mark.parametrize("value,reason", [
+    (3, "\"unsupported queue version '3'\""),
+    (0, "\"unsupported queue version '0'\""),
+    (-1, "{value_negative,-1}"),
+    ("2", "\"expected integer, got longstr\""),
+])
+def test_bad_queue_version_is_406(connection, names, value, reason):
+    """RabbitMQ's check_queue_version: classic queue storage versions 1 and 2 only."""
+    q = names.queue()
+    with channel_closed(406, f"PRECONDITION_FAILED - invalid arg 'x-queue-version' for "
+                             f"queue '{q}' in vhost '/': {reason}") as info:
+        connection.channel().queue_declare(q, arguments={"x-queue-version": value})
+    assert info["exc"].reply_text.endswith(reason)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_queue_versions_1_and_2_are_accepted(channel, names, version):
+    q = names.queue()
+    channel.queue_declare(q, arguments={"x-queue-version": version})
+
+
 @pytest.mark.parametrize("name", ["amq.foo", "amq.gen-foo"])
 def test_reserved_queue_name_is_403(channel, name):
     with channel_closed(403, f"ACCESS_REFUSED - queue name '{name}' contains reserved "

@@ -438,6 +438,17 @@ impl QueueConfig {
             }
             c.dead_letter_routing_key = Some(key);
         }
+        if let Some(v) = args.get("x-queue-version") {
+            // Classic queue storage versions 1 and 2 (RabbitMQ's check_queue_version; 4.3,
+            // which removed version 1, is `DeprecatedFeatures::check_queue_declare`'s).
+            let n = cx.int("x-queue-version", v, false, u64::MAX)?;
+            if !matches!(n, 1 | 2) {
+                return Err(cx.invalid(
+                    "x-queue-version",
+                    format!("\"unsupported queue version '{n}'\""),
+                ));
+            }
+        }
         if let Some(v) = args.get("x-single-active-consumer") {
             match v {
                 FieldValue::Bool(b) => c.single_active_consumer = *b,

@@ -14,7 +14,7 @@
 //! | `queue_master_locator` | the `x-queue-master-locator` argument of a classic queue | 541 INTERNAL_ERROR |
 //! | `global_qos` | basic.qos with global=true | applies per consumer (global=false), as RabbitMQ does |
 
-use pier_wire::FieldTable;
+use pier_wire::{FieldTable, FieldValue};
 
 use crate::error::BrokerError;
 
@@ -172,24 +172,34 @@ impl DeprecatedFeatures {
         BrokerError::Deprecated(text)
     }
 
-    /// queue.declare (not passive) of a queue with these properties, as RabbitMQ checks it:
-    /// a classic queue's `x-queue-master-locator` argument, then a non-durable queue that is
-    /// not exclusive.
+    /// queue.declare (not passive) of queue `queue` in `vhost` with these properties, as
+    /// RabbitMQ checks it: under 4.3's defaults a classic queue's `x-queue-version: 1`
+    /// (4.3 removed that storage: its `check_queue_version` takes 2 only), then a classic
+    /// queue's `x-queue-master-locator` argument, then a non-durable queue that is not
+    /// exclusive.
     pub fn check_queue_declare(
         &self,
+        queue: &str,
+        vhost: &str,
         durable: bool,
         exclusive: bool,
         arguments: &FieldTable,
     ) -> Result<(), BrokerError> {
         // A bad x-queue-type is refused later, with the declaration's names in the text.
-        let cx = crate::args::ArgContext {
-            queue: "",
-            vhost: "",
-        };
+        let cx = crate::args::ArgContext { queue, vhost };
         let classic = matches!(
             crate::queue::QueueType::of(arguments, &cx),
             Ok(crate::queue::QueueType::Classic)
         );
+        if self.defaults_4_3
+            && classic
+            && arguments
+                .get("x-queue-version")
+                .and_then(FieldValue::as_i64)
+                .is_some_and(|v| v == 1)
+        {
+            return Err(cx.invalid("x-queue-version", "\"unsupported queue version '1'\""));
+        }
         if classic
             && arguments.get("x-queue-master-locator").is_some()
             && !self.permits(DeprecatedFeature::QueueMasterLocator)
@@ -224,7 +234,7 @@ mod tests {
             assert_eq!(DeprecatedFeature::from_name(f.name()), Some(f));
         }
         assert!(d
-            .check_queue_declare(false, false, &FieldTable::new())
+            .check_queue_declare("q", "/", false, false, &FieldTable::new())
             .is_ok());
         assert!(d.global_qos(true));
     }
@@ -233,7 +243,7 @@ mod tests {
     fn denied_uses_get_rabbitmq_texts() {
         let mut d = DeprecatedFeatures::rabbitmq_4_3();
         let e = d
-            .check_queue_declare(false, false, &FieldTable::new())
+            .check_queue_declare("q", "/", false, false, &FieldTable::new())
             .unwrap_err();
         assert_eq!(e.reply_code(), 541);
         assert!(e.reply_text().starts_with(
@@ -241,20 +251,22 @@ mod tests {
              this feature is not permitted anymore."
         ));
         assert!(d
-            .check_queue_declare(false, true, &FieldTable::new())
+            .check_queue_declare("q", "/", false, true, &FieldTable::new())
             .is_ok());
         assert!(d
-            .check_queue_declare(true, false, &FieldTable::new())
+            .check_queue_declare("q", "/", true, false, &FieldTable::new())
             .is_ok());
         let mut args = FieldTable::new();
         args.insert("x-queue-master-locator", FieldValue::from("min-masters"));
-        let e = d.check_queue_declare(true, false, &args).unwrap_err();
+        let e = d
+            .check_queue_declare("q", "/", true, false, &args)
+            .unwrap_err();
         assert!(e
             .to_string()
             .starts_with("Feature `queue_master_locator` is deprecated."));
         // A quorum queue refuses the argument as one of another queue type, not here.
         args.insert("x-queue-type", FieldValue::from("quorum"));
-        assert!(d.check_queue_declare(true, false, &args).is_ok());
+        assert!(d.check_queue_declare("q", "/", true, false, &args).is_ok());
         assert!(!d.global_qos(true));
         d.set(DeprecatedFeature::GlobalQos, true);
         assert!(d.global_qos(true));
@@ -263,11 +275,35 @@ mod tests {
         let mut d = DeprecatedFeatures::rabbitmq_4_2();
         d.set(DeprecatedFeature::TransientNonexclQueues, false);
         let e = d
-            .check_queue_declare(false, false, &FieldTable::new())
+            .check_queue_declare("q", "/", false, false, &FieldTable::new())
             .unwrap_err();
         assert!(e.to_string().contains(
             "Its use is not permitted per the configuration (overriding the default, which is \
              permitted):\n    \"deprecated_features.permit.transient_nonexcl_queues = false\""
         ));
+    }
+
+    /// RabbitMQ 4.3 removed classic queue version 1; 4.2 (and a quorum queue's own argument
+    /// check) are not this check's business.
+    #[test]
+    fn classic_queue_version_1_is_refused_under_4_3() {
+        let mut v1 = FieldTable::new();
+        v1.insert("x-queue-version", FieldValue::LongInt(1));
+        let e = DeprecatedFeatures::rabbitmq_4_3()
+            .check_queue_declare("q", "/", true, false, &v1)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid arg 'x-queue-version' for queue 'q' in vhost '/': \
+             \"unsupported queue version '1'\""
+        );
+        assert!(DeprecatedFeatures::rabbitmq_4_2()
+            .check_queue_declare("q", "/", true, false, &v1)
+            .is_ok());
+        let mut v2 = FieldTable::new();
+        v2.insert("x-queue-version", FieldValue::LongInt(2));
+        assert!(DeprecatedFeatures::rabbitmq_4_3()
+            .check_queue_declare("q", "/", true, false, &v2)
+            .is_ok());
     }
 }

@@ -276,7 +276,7 @@ pub async fn put_queue(
     let table = get_table(&b, "arguments")?;
     // The API declares no exclusive queues: a transient one is non-exclusive.
     st.deprecated_features
-        .check_queue_declare(durable, false, &table)?;
+        .check_queue_declare(&name, &vhost, durable, false, &table)?;
     let members = st.queue_members(&vhost, &name, durable, &table);
     let out = st
         .execute(MetadataCommand::DeclareQueue {

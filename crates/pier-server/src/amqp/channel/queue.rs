@@ -33,6 +33,8 @@ impl Channel {
         }
         if !m.passive {
             cx.config.deprecated_features.check_queue_declare(
+                &m.queue,
+                cx.vhost.name(),
                 m.durable,
                 m.exclusive,
                 &m.arguments,
