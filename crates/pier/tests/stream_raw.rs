@@ -1,7 +1,9 @@
 //! The stream protocol frame by frame (a raw client on pier-stream-wire), for what the client
 //! libraries hide: server heartbeats and the close of a silent client, `MetadataUpdate` to a
 //! subscriber whose stream is deleted, `PublishError` for an undeclared publisher,
-//! `StreamStats`, `ResolveOffsetSpec`, `ExchangeCommandVersions` and a wrong password; and
+//! `StreamStats`, `ResolveOffsetSpec`, `ExchangeCommandVersions` and a wrong password,
+//! `MetadataUpdate` to a publisher whose stream is deleted, stream names, a connection closed
+//! through the management API (`PIER_TEST_MGMT_URL` with RabbitMQ); and
 //! the order of a single active consumer group's hand-over (Pier only: RabbitMQ 3.10 has no
 //! single active consumer).
 //!
@@ -374,6 +376,144 @@ async fn a_subscriber_gets_metadata_update_when_its_stream_is_deleted() {
     }
 }
 
+/// A stream deleted under a publisher: the publisher's connection gets a `MetadataUpdate`
+/// at once, as RabbitMQ's reader (which monitors the streams of its publishers too) sends
+/// it, without waiting for the next publish (RabbitMQ's JavaScript client closes the
+/// publisher on it).
+#[tokio::test]
+async fn a_publisher_gets_metadata_update_when_its_stream_is_deleted() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let s = name("raw-meta-pub");
+    let mut admin = Raw::open(port, "guest", 0).await.unwrap();
+    admin.create(&s).await;
+    let mut publisher = Raw::open(port, "guest", 0).await.unwrap();
+    publisher.declare_publisher(1, &s).await;
+    admin.delete(&s).await;
+    match publisher.reply().await {
+        ServerCommand::MetadataUpdate(m) => {
+            assert_eq!(m.stream, s);
+            assert_eq!(m.code, ResponseCode::StreamNotAvailable);
+        }
+        other => panic!("expected a metadata update, got {other:?}"),
+    }
+    // The publisher is gone with its stream.
+    publisher.publish(1, [1]).await;
+    match publisher.reply().await {
+        ServerCommand::PublishError(e) => assert!(e
+            .errors
+            .iter()
+            .all(|e| e.code == ResponseCode::PublisherDoesNotExist)),
+        other => panic!("expected a publish error, got {other:?}"),
+    }
+}
+
+/// `DELETE /api/connections/{name}` on a stream connection closes its socket without a
+/// `Close` frame, as RabbitMQ's stream reader does (it stops and closes the socket):
+/// RabbitMQ's JavaScript stream client fails on a `Close` the server starts. The management
+/// URL: `PIER_TEST_MGMT_URL` (with the stream address of the same RabbitMQ), else the pier's.
+#[tokio::test]
+async fn a_connection_closed_through_the_api_gets_no_close_frame() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let Some(base) = std::env::var("PIER_TEST_MGMT_URL")
+        .ok()
+        .or_else(|| broker.http_url().map(str::to_owned))
+    else {
+        eprintln!("skipped: needs a management URL");
+        return;
+    };
+    let mut c = Raw::open(port, "guest", 0).await.unwrap();
+    let local = c.io.local_addr().unwrap().port();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = "Basic Z3Vlc3Q6Z3Vlc3Q=";
+    // RabbitMQ lists a connection with its next statistics emission (every 5 s).
+    let deadline = Instant::now() + 2 * STEP;
+    let name = loop {
+        let body = agent
+            .get(format!("{base}/api/connections"))
+            .header("Authorization", auth)
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let found = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["peer_port"].as_u64() == Some(u64::from(local)));
+        if let Some(n) = found.and_then(|c| c["name"].as_str()) {
+            break n.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the connection is not listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let enc: String = name
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let status = agent
+        .delete(format!("{base}/api/connections/{enc}"))
+        .header("Authorization", auth)
+        .call()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 204);
+    match c.recv().await {
+        None => {}
+        Some(frame) => panic!("expected the socket to close, got {frame:?}"),
+    }
+}
+
+/// Stream and super stream names as RabbitMQ's `enforce_correct_name` takes them: CR and LF
+/// removed, empty and `amq.*` names refused with precondition failed.
+#[tokio::test]
+async fn streams_are_created_under_names_rabbitmq_accepts() {
+    let broker = Broker::start();
+    let Some(port) = stream_port(&broker) else {
+        return;
+    };
+    let mut c = Raw::open(port, "guest", 0).await.unwrap();
+    for bad in ["", "amq.raw-name", "\r\n"] {
+        let id = c.id();
+        let code = c
+            .call(ClientCommand::Create(Create {
+                correlation_id: id,
+                stream: bad.into(),
+                arguments: vec![],
+            }))
+            .await;
+        assert_eq!(code, ResponseCode::PreconditionFailed, "{bad:?}");
+    }
+    let s = name("raw-name");
+    let id = c.id();
+    let code = c
+        .call(ClientCommand::Create(Create {
+            correlation_id: id,
+            stream: format!("{s}\r\n"),
+            arguments: vec![],
+        }))
+        .await;
+    assert_eq!(code, ResponseCode::Ok);
+    // Created without the CR LF.
+    c.delete(&s).await;
+}
+
 #[tokio::test]
 async fn publishing_with_an_undeclared_publisher_gets_publish_error() {
     let broker = Broker::start();
@@ -443,6 +583,13 @@ async fn stream_stats_resolve_offset_spec_and_command_versions() {
     assert_eq!(stat("first_chunk_id"), Some(0), "{:?}", r.stats);
     assert!(
         stat("committed_chunk_id").is_some_and(|v| v >= 0),
+        "{:?}",
+        r.stats
+    );
+    // osiris' get_stats gives all three (RabbitMQ's JavaScript client reads last_chunk_id).
+    assert_eq!(
+        stat("last_chunk_id"),
+        stat("committed_chunk_id"),
         "{:?}",
         r.stats
     );

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,6 +151,22 @@ struct Session {
     counters: Arc<StreamCounters>,
     /// This connection in the registry, once opened.
     entry: Option<Arc<StreamConnectionEntry>>,
+    /// The streams this connection's publishers write to, each with the listener that
+    /// reports its deletion on `deleted` (RabbitMQ's reader monitors them: a deleted stream
+    /// gets a `MetadataUpdate` and its publishers are gone, without waiting for a publish).
+    watched: HashMap<String, (Arc<Stream>, u64)>,
+    deleted: mpsc::Sender<String>,
+}
+
+/// The name a stream or super stream is created under, as RabbitMQ's
+/// `rabbit_stream_utils:enforce_correct_name`: CR and LF removed, then empty and `amq.*`
+/// names refused (precondition failed).
+fn enforce_correct_name(name: &mut String) -> Result<(), ResponseCode> {
+    name.retain(|c| c != '\r' && c != '\n');
+    if name.is_empty() || name.starts_with("amq.") {
+        return Err(ResponseCode::PreconditionFailed);
+    }
+    Ok(())
 }
 
 /// Before a reader attaches at the end of the log (`next`, `last`, a timestamp), what the
@@ -198,6 +214,7 @@ pub(crate) async fn run<S>(
     let (mut rd, wr) = tokio::io::split(socket);
     let (out, out_rx) = mpsc::channel::<Out>(OUT_CHANNEL);
     let (sac_tx, mut sac_rx) = mpsc::channel::<SacEvent>(64);
+    let (deleted_tx, mut deleted_rx) = mpsc::channel::<String>(64);
     let shared = Arc::new(ConnShared {
         pending: Mutex::new(Pending::default()),
         writer_wake: Notify::new(),
@@ -240,6 +257,8 @@ pub(crate) async fn run<S>(
         auth_mechanism: String::new(),
         counters,
         entry: None,
+        watched: HashMap::new(),
+        deleted: deleted_tx,
     };
     // Cancelled by management (DELETE /api/connections/{name}) once registered.
     let mut mgmt_close = CancellationToken::new();
@@ -281,6 +300,12 @@ pub(crate) async fn run<S>(
                 }
                 continue;
             }
+            name = deleted_rx.recv() => {
+                if let Some(name) = name {
+                    s.stream_deleted(name).await;
+                }
+                continue;
+            }
             () = stop.cancelled() => break,
             () = mgmt_close.cancelled() => {
                 let reason = s
@@ -288,14 +313,9 @@ pub(crate) async fn run<S>(
                     .as_ref()
                     .and_then(|e| e.close_reason())
                     .unwrap_or_else(|| crate::registry::MANAGEMENT_CLOSE_REASON.to_owned());
+                // RabbitMQ's stream reader stops and closes the socket, with no Close frame
+                // (its own JavaScript client fails on a Close the server initiates).
                 tracing::info!(peer = %s.peer, "stream connection closed by management: {reason}");
-                let correlation_id = s.next_correlation;
-                s.send(ServerCommand::Close(pier_stream_wire::Close {
-                    correlation_id,
-                    code: ResponseCode::Ok,
-                    reason,
-                }))
-                .await;
                 break;
             }
         };
@@ -673,6 +693,7 @@ impl Session {
                             if let Some(e) = &self.entry {
                                 e.add_publisher(d.publisher_id, Arc::clone(&stats));
                             }
+                            self.watch(&d.stream, &stream);
                             self.publishers.insert(
                                 d.publisher_id,
                                 Publisher {
@@ -781,8 +802,10 @@ impl Session {
                 )))
                 .await;
             }
-            ClientCommand::Create(c) => {
-                let code = if !self.allowed(ObjectKind::Queue, &c.stream, Access::Configure) {
+            ClientCommand::Create(mut c) => {
+                let code = if let Err(code) = enforce_correct_name(&mut c.stream) {
+                    code
+                } else if !self.allowed(ObjectKind::Queue, &c.stream, Access::Configure) {
                     ResponseCode::AccessRefused
                 } else {
                     let md = self.server.metadata.as_ref();
@@ -924,6 +947,9 @@ impl Session {
                                     },
                                 ),
                                 ("committed_chunk_id".to_owned(), committed),
+                                // osiris' get_stats has all three; one node commits what
+                                // it wrote.
+                                ("last_chunk_id".to_owned(), committed),
                             ],
                         )
                     }
@@ -960,8 +986,10 @@ impl Session {
                 }))
                 .await;
             }
-            ClientCommand::CreateSuperStream(c) => {
-                let code = if !self.allowed(ObjectKind::Exchange, &c.name, Access::Configure) {
+            ClientCommand::CreateSuperStream(mut c) => {
+                let code = if let Err(code) = enforce_correct_name(&mut c.name) {
+                    code
+                } else if !self.allowed(ObjectKind::Exchange, &c.name, Access::Configure) {
                     ResponseCode::AccessRefused
                 } else {
                     match superstream::create(
@@ -1375,6 +1403,58 @@ impl Session {
             self.unsubscribe(id);
         }
         self.publishers.clear();
+        for (_, (stream, listener)) in self.watched.drain() {
+            stream.shared().unlisten(listener);
+        }
+    }
+
+    /// Reports the deletion of `stream` (which a publisher of this connection writes to) on
+    /// `deleted`, once.
+    fn watch(&mut self, name: &str, stream: &Arc<Stream>) {
+        if self.watched.contains_key(name) {
+            return;
+        }
+        let shared = Arc::downgrade(stream.shared());
+        let (tx, reported) = (self.deleted.clone(), AtomicBool::new(false));
+        let stream_name = name.to_owned();
+        // Called at every append too: only a deletion is reported.
+        let listener = stream.shared().listen(Arc::new(move || {
+            if shared.upgrade().is_some_and(|s| s.is_deleted())
+                && !reported.swap(true, Ordering::AcqRel)
+            {
+                let _ = tx.try_send(stream_name.clone());
+            }
+        }));
+        self.watched
+            .insert(name.to_owned(), (Arc::clone(stream), listener));
+    }
+
+    /// `name` was deleted: its publishers are gone, and the client is told with a
+    /// `MetadataUpdate` (RabbitMQ's `stream_not_available`), once for the stream.
+    async fn stream_deleted(&mut self, name: String) {
+        if let Some((stream, listener)) = self.watched.remove(&name) {
+            stream.shared().unlisten(listener);
+        }
+        let gone: Vec<u8> = self
+            .publishers
+            .iter()
+            .filter(|(_, p)| p.stream_name == name)
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in gone {
+            self.publishers.remove(&id);
+            if let Some(e) = &self.entry {
+                e.remove_publisher(id);
+            }
+        }
+        self.send(ServerCommand::MetadataUpdate(MetadataUpdate {
+            code: ResponseCode::StreamNotAvailable,
+            stream: name,
+        }))
+        .await;
     }
 }
 
