@@ -1305,6 +1305,7 @@ impl Session {
             out: self.out.clone(),
             v2: self.deliver_v2,
             cancel: cancel.clone(),
+            subscribed: tokio::time::Instant::now(),
         }));
         if let Some(key) = &sac_key {
             let partition = super_stream.and_then(|ss| {
@@ -1468,7 +1469,17 @@ struct DeliverTask {
     out: mpsc::Sender<Out>,
     v2: bool,
     cancel: CancellationToken,
+    /// When its `SubscribeResponse` was queued (see [`FIRST_DELIVERY_GAP`]).
+    subscribed: tokio::time::Instant,
 }
+
+/// The least time between a subscription's `SubscribeResponse` and its first chunk. A
+/// client may handle the response before any delivery only if the two arrive in separate
+/// reads: RabbitMQ's JavaScript client resolves `declareConsumer` on the response, and its
+/// own offset-tracking example calls the consumer it returns from inside the message
+/// handler, which fails when the first chunk came in the response's read (RabbitMQ's reader
+/// answers, then sets up its log reader and reads the chunk: a gap of this order).
+const FIRST_DELIVERY_GAP: Duration = Duration::from_millis(2);
 
 /// Reads chunks while the subscription has credit and is active, and sends them.
 async fn deliver_loop(mut t: DeliverTask) {
@@ -1546,6 +1557,10 @@ async fn deliver_loop(mut t: DeliverTask) {
                     head: head.freeze(),
                     body,
                 };
+                let gap_end = t.subscribed + FIRST_DELIVERY_GAP;
+                if tokio::time::Instant::now() < gap_end {
+                    tokio::time::sleep_until(gap_end).await;
+                }
                 t.shared.stats.credit.fetch_sub(1, Ordering::AcqRel);
                 let records = u64::from(c.header.num_records);
                 t.shared
