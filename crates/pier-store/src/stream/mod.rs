@@ -558,8 +558,49 @@ impl Written {
     }
 }
 
+/// A run this long of entries with a filter value, or of entries without, starts a chunk of
+/// its own (`filter_cut`).
+const FILTER_RUN_MIN: usize = 32;
+
+/// Where the chunk of `entries[start..end]` should end: at the first place where a run of at
+/// least [`FILTER_RUN_MIN`] entries with a filter value follows entries without one, or the
+/// other way round, else at `end`. Filtering is by chunk (its bloom filter): a chunk that
+/// mixes long runs of both would hand a consumer filtering on values every unfiltered entry
+/// in it too (RabbitMQ's JavaScript client's own test counts them: fewer than 150 of 1,000).
+/// Short runs (finely interleaved entries) never cut, so chunks stay large.
+fn filter_cut(entries: &[(Entry, Option<Bytes>)], start: usize, end: usize) -> usize {
+    let filtered = |i: usize| entries.get(i).is_some_and(|(_, f)| f.is_some());
+    if !entries
+        .get(start..end)
+        .unwrap_or_default()
+        .iter()
+        .any(|(_, f)| f.is_some())
+    {
+        // Nothing filtered in this chunk (a stream without filter values): no scan.
+        return end;
+    }
+    for i in start + 1..end {
+        let class = filtered(i);
+        if class == filtered(i - 1) {
+            continue;
+        }
+        let run = entries
+            .get(i..)
+            .unwrap_or_default()
+            .iter()
+            .take(FILTER_RUN_MIN)
+            .take_while(|(_, f)| f.is_some() == class)
+            .count();
+        if run == FILTER_RUN_MIN {
+            return i;
+        }
+    }
+    end
+}
+
 /// Writes a batch (user chunks of at most `cap` entries, doubling `cap` at each full one,
-/// then a tracking chunk) and syncs once. (Staging the chunks for one direct write
+/// cut where filtered and unfiltered entries meet in long runs, then a tracking chunk) and
+/// syncs once. (Staging the chunks for one direct write
 /// instead of one each was measured slower: S1K 0.65M against 0.97M msg/s.)
 fn write_batch(
     log: &mut StreamLog,
@@ -570,7 +611,7 @@ fn write_batch(
     let mut start = 0;
     let mut records = 0;
     while start < batch.entries.len() {
-        let end = batch.entries.len().min(start + *cap);
+        let end = filter_cut(&batch.entries, start, batch.entries.len().min(start + *cap));
         let full = end - start == *cap;
         let entries = batch.entries.get(start..end).unwrap_or_default();
         // Each named publisher's highest id among this chunk's entries: the chunk's trailer

@@ -629,6 +629,28 @@ fn a_burst_is_cut_into_chunks_as_osiris_cuts_it() {
     assert_eq!(read_all(&s, StartAt::Last).len(), 4);
 }
 
+/// A batch of 1,000 messages with a filter value, then 1,000 without: the chunk that would
+/// hold both is cut where they meet, so a consumer filtering on the value skips every
+/// unfiltered message; finely interleaved ones stay in one chunk.
+#[test]
+fn long_runs_of_filtered_and_unfiltered_messages_get_chunks_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
+    let tagged = |i: u64, tag: bool| {
+        let mut m = msg(i, "m");
+        m.filter = tag.then(|| Bytes::from_static(b"b"));
+        m
+    };
+    let runs = (0..2_000u64).map(|i| tagged(i, i < 1_000)).collect();
+    append_wait(&s, None, runs);
+    // 32..512 (992 tagged), then 8 tagged cut off at the run of untagged ones, then those.
+    assert_eq!(chunk_sizes(&s), vec![32, 64, 128, 256, 512, 8, 1000]);
+    std::thread::sleep(CHUNK_CAP_IDLE * 3);
+    let mixed = (0..200u64).map(|i| tagged(i, i % 3 == 0)).collect();
+    append_wait(&s, None, mixed);
+    assert_eq!(chunk_sizes(&s)[7..], [32, 64, 104]);
+}
+
 /// Each chunk's trailer holds its own messages' highest publishing id: a crash that keeps a
 /// batch's first chunks and loses its last still deduplicates what was kept.
 #[test]
