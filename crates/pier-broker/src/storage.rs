@@ -541,10 +541,7 @@ fn restore_queue(
                     message: Arc::new(m),
                     redelivered: l.redelivered,
                     deadline,
-                    returns: crate::queue::engine::Returns {
-                        count: l.returns,
-                        failed: l.failed,
-                    },
+                    returns: l.returns,
                     dead_letter: l
                         .dead_letter
                         .and_then(crate::deadletter::DeathReason::from_code),

@@ -281,10 +281,9 @@ impl MessageStore for FailingAppends {
         &mut self,
         queue: QueueId,
         offset: u64,
-        returns: u32,
-        failed: u32,
+        returns: pier_store::Returns,
     ) -> pier_store::Result<()> {
-        self.inner.mark_returned(queue, offset, returns, failed)
+        self.inner.mark_returned(queue, offset, returns)
     }
     fn mark_dead_letter(
         &mut self,

@@ -19,7 +19,7 @@ use pier_wire::ShortString;
 
 use crate::error::StoreError;
 use crate::message::StoredMessage;
-use crate::store::{MessageStore, QueueId, QueueRef, Seq};
+use crate::store::{MessageStore, QueueId, QueueRef, Returns, Seq};
 
 /// What the suite needs from a backend.
 pub trait Backend {
@@ -329,8 +329,8 @@ fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
         s.live_messages(q)
             .unwrap()
             .into_iter()
-            .filter(|m| m.returns > 0)
-            .map(|m| (m.offset, m.returns, m.failed))
+            .filter(|m| m.returns.count > 0)
+            .map(|m| (m.offset, m.returns.count, m.returns.failed))
             .collect()
     };
     let dead = |s: &dyn MessageStore, q| -> Vec<(u64, u8)> {
@@ -345,11 +345,12 @@ fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
     for i in 0..6 {
         put(s.as_mut(), q, i);
     }
-    s.mark_returned(q, 1, 1, 1).unwrap();
-    s.mark_returned(q, 1, 2, 1).unwrap(); // the latest counts are the ones kept
-    s.mark_returned(q, 3, 5, 3).unwrap();
-    s.mark_returned(q, 4, 1, 0).unwrap();
-    s.mark_returned(q, 99, 1, 1).unwrap(); // not live: ignored
+    let r = |count, failed| Returns { count, failed };
+    s.mark_returned(q, 1, r(1, 1)).unwrap();
+    s.mark_returned(q, 1, r(2, 1)).unwrap(); // the latest counts are the ones kept
+    s.mark_returned(q, 3, r(5, 3)).unwrap();
+    s.mark_returned(q, 4, r(1, 0)).unwrap();
+    s.mark_returned(q, 99, r(1, 1)).unwrap(); // not live: ignored
     s.mark_dead_letter(q, 3, 4).unwrap();
     s.mark_dead_letter(q, 5, 1).unwrap();
     s.mark_dead_letter(q, 98, 1).unwrap();
@@ -363,12 +364,12 @@ fn message_notes_survive_a_restart_until_acked(b: &mut dyn Backend) {
     let q = reopen_queue(s.as_mut(), "q");
     assert_eq!(returns(s.as_ref(), q), [(1, 2, 1), (3, 5, 3)]);
     assert_eq!(dead(s.as_ref(), q), [(3, 4)]);
-    s.mark_returned(q, 3, 6, 4).unwrap();
+    s.mark_returned(q, 3, r(6, 4)).unwrap();
     s.ack(q, &[1]).unwrap();
     // A purge forgets them all; a queue that gets messages again starts from nothing.
     let other = s.open_queue("other").unwrap();
     put(s.as_mut(), other, 0);
-    s.mark_returned(other, 0, 3, 3).unwrap();
+    s.mark_returned(other, 0, r(3, 3)).unwrap();
     s.purge_queue(other).unwrap();
     put(s.as_mut(), other, 1);
     s.close().unwrap();

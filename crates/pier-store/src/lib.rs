@@ -73,7 +73,8 @@ pub use message::{EncodedMessage, StoredMessage};
 pub use segment_store::{RecoveryReport, SegmentStore, StoreConfig};
 pub use shards::{default_shards, shard_dir, ShardConfig, ShardedStore, Shards, MAX_SHARDS};
 pub use store::{
-    LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Seq, StoreStats, SyncPolicy,
+    LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Returns, Seq, StoreStats,
+    SyncPolicy,
 };
 pub use thread::{
     Command, DurableCallback, ReadCallback, StoreHandle, StoreTask, StoreThread, ThreadConfig,

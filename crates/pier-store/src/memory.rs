@@ -14,7 +14,7 @@ use crate::error::StoreError;
 use crate::message::StoredMessage;
 use crate::registry::MessageNote;
 use crate::store::{
-    LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Seq, StoreStats,
+    LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Returns, Seq, StoreStats,
 };
 
 #[derive(Debug, Default, Clone)]
@@ -200,7 +200,6 @@ impl MessageStore for MemoryStore {
                     offset,
                     redelivered: *redelivered,
                     returns: note.returns,
-                    failed: note.failed,
                     dead_letter: note.dead_letter,
                 }
             })
@@ -272,17 +271,8 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
-    fn mark_returned(
-        &mut self,
-        queue: QueueId,
-        offset: u64,
-        returns: u32,
-        failed: u32,
-    ) -> Result<()> {
-        self.note(queue, offset, |n| {
-            n.returns = returns;
-            n.failed = failed;
-        })
+    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: Returns) -> Result<()> {
+        self.note(queue, offset, |n| n.returns = returns)
     }
 
     fn mark_dead_letter(&mut self, queue: QueueId, offset: u64, reason: u8) -> Result<()> {

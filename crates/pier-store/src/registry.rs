@@ -38,6 +38,7 @@ use tracing::warn;
 use crate::error::StoreError;
 use crate::files::{self, FILE_HEADER_LEN, REGISTRY_MAGIC};
 use crate::record::{self, kind, Reader};
+use crate::store::Returns;
 
 pub const MAX_QUEUE_NAME: usize = u16::MAX as usize;
 const FILE_NAME: &str = "queues.log";
@@ -54,9 +55,8 @@ pub struct RegQueue {
 /// What the registry notes about a live message beyond its record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessageNote {
-    /// How often it came back to its queue, and how many of those were failed deliveries.
-    pub returns: u32,
-    pub failed: u32,
+    /// How often it came back to its queue.
+    pub returns: Returns,
     /// It is a kept (at-least-once) dead letter, with this reason code.
     pub dead_letter: Option<u8>,
 }
@@ -117,12 +117,12 @@ fn encode_delivered(out: &mut Vec<u8>, id: u32, offset: u64) {
 }
 
 fn encode_note(out: &mut Vec<u8>, id: u32, offset: u64, note: &MessageNote) {
-    if note.returns > 0 {
+    if note.returns.count > 0 {
         record::encode(out, kind::RETURNED, |o| {
             o.extend_from_slice(&id.to_le_bytes());
             o.extend_from_slice(&offset.to_le_bytes());
-            o.extend_from_slice(&note.returns.to_le_bytes());
-            o.extend_from_slice(&note.failed.to_le_bytes());
+            o.extend_from_slice(&note.returns.count.to_le_bytes());
+            o.extend_from_slice(&note.returns.failed.to_le_bytes());
         });
     }
     if let Some(reason) = note.dead_letter {
@@ -178,9 +178,7 @@ impl Registry {
                     if let (Some(id), Some(off), Some(n)) = (r.u32(), r.u64(), r.u32()) {
                         let failed = r.u32().unwrap_or(0);
                         if let Some(q) = queues.get_mut(&id) {
-                            let note = q.notes.entry(off).or_default();
-                            note.returns = n;
-                            note.failed = failed;
+                            q.notes.entry(off).or_default().returns = Returns { count: n, failed };
                         }
                     }
                 }
@@ -310,13 +308,10 @@ impl Registry {
         }
     }
 
-    /// Records that the live message at `offset` came back to its queue `returns` times in
-    /// all, `failed` of them failed deliveries (written with the next flush).
-    pub fn mark_returned(&mut self, id: u32, offset: u64, returns: u32, failed: u32) {
-        self.note(id, offset, |n| {
-            n.returns = returns;
-            n.failed = failed;
-        });
+    /// Records how often the live message at `offset` came back to its queue (written with
+    /// the next flush).
+    pub fn mark_returned(&mut self, id: u32, offset: u64, returns: Returns) {
+        self.note(id, offset, |n| n.returns = returns);
     }
 
     /// Records that the live message at `offset` is a kept dead letter (written with the next
@@ -460,6 +455,10 @@ fn write_fresh(
 mod tests {
     use super::*;
 
+    fn returned(count: u32, failed: u32) -> Returns {
+        Returns { count, failed }
+    }
+
     #[test]
     fn ids_marks_and_removal_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -507,8 +506,8 @@ mod tests {
         let mut r = Registry::open(dir.path()).unwrap();
         let q = r.add("q").unwrap();
         for n in 1..=50_000u32 {
-            r.mark_returned(q, 7, n, n / 2);
-            r.mark_returned(q, 8, n, 0);
+            r.mark_returned(q, 7, returned(n, n / 2));
+            r.mark_returned(q, 8, returned(n, 0));
             r.flush().unwrap();
         }
         r.mark_dead_letter(q, 9, 4);
@@ -522,7 +521,7 @@ mod tests {
         r.sync().unwrap();
         drop(r);
         let r = Registry::open(dir.path()).unwrap();
-        assert_eq!(r.note_of(q, 7).returns, 50_000);
+        assert_eq!(r.note_of(q, 7).returns, returned(50_000, 25_000));
         assert_eq!(r.note_of(q, 9).dead_letter, Some(4));
     }
 
@@ -533,7 +532,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Registry::open(dir.path()).unwrap();
         let q = r.add("q").unwrap();
-        r.mark_returned(q, 3, 2, 1);
+        r.mark_returned(q, 3, returned(2, 1));
         r.flush().unwrap();
         let mut old = Vec::new();
         record::encode(&mut old, kind::RETURNED, |o| {
@@ -545,9 +544,8 @@ mod tests {
         r.sync().unwrap();
         drop(r);
         let r = Registry::open(dir.path()).unwrap();
-        let counts = |o| (r.note_of(q, o).returns, r.note_of(q, o).failed);
-        assert_eq!(counts(3), (2, 1));
-        assert_eq!(counts(5), (4, 0));
+        assert_eq!(r.note_of(q, 3).returns, returned(2, 1));
+        assert_eq!(r.note_of(q, 5).returns, returned(4, 0));
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::message::{self, is_message, DiskRef, EncodedMessage, StoredMessage};
 use crate::record::{self, kind, Parsed, Reader};
 use crate::registry::{Registry, MAX_QUEUE_NAME};
 use crate::store::{
-    LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Seq, StoreStats, SyncPolicy,
+    LiveMessage, MessageStore, QueueId, QueueInfo, QueueRef, Result, Returns, Seq, StoreStats,
+    SyncPolicy,
 };
 
 /// Tunables of a [`SegmentStore`].
@@ -942,7 +943,6 @@ impl MessageStore for SegmentStore {
                     offset: e.offset,
                     redelivered: e.is_redelivered(),
                     returns: note.returns,
-                    failed: note.failed,
                     dead_letter: note.dead_letter,
                 }
             })
@@ -1057,17 +1057,10 @@ impl MessageStore for SegmentStore {
         Ok(())
     }
 
-    fn mark_returned(
-        &mut self,
-        queue: QueueId,
-        offset: u64,
-        returns: u32,
-        failed: u32,
-    ) -> Result<()> {
+    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: Returns) -> Result<()> {
         let q = self.queue(queue)?;
         if q.index.get(offset).is_some() {
-            self.registry
-                .mark_returned(q.disk_id, offset, returns, failed);
+            self.registry.mark_returned(q.disk_id, offset, returns);
         }
         Ok(())
     }

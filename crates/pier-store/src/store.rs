@@ -37,6 +37,27 @@ pub struct QueueRef {
     pub offset: u64,
 }
 
+/// How often a message came back to its queue: every counted return (RabbitMQ's
+/// `acquired_count`, which 4.2 shows as `x-delivery-count` and limits), and the failed
+/// deliveries among them (rejected with requeue, or the consumer's channel went away:
+/// RabbitMQ 4.3's `delivery_count`, which 4.3 shows and limits). The queue engine keeps it
+/// per message; the store records it so that it carries on after a restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Returns {
+    pub count: u32,
+    pub failed: u32,
+}
+
+impl Returns {
+    /// One more return, failed or not.
+    pub fn plus_one(self, failed: bool) -> Returns {
+        Returns {
+            count: self.count.saturating_add(1),
+            failed: self.failed.saturating_add(u32::from(failed)),
+        }
+    }
+}
+
 /// A message still held for a queue, as listed after recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveMessage {
@@ -45,10 +66,8 @@ pub struct LiveMessage {
     /// `redelivered = true`.
     pub redelivered: bool,
     /// How often it came back to its queue, as last recorded with
-    /// [`MessageStore::mark_returned`] (a quorum queue's delivery count), and how many of
-    /// those returns were failed deliveries.
-    pub returns: u32,
-    pub failed: u32,
+    /// [`MessageStore::mark_returned`] (a quorum queue's delivery counts).
+    pub returns: Returns,
     /// It is a kept dead letter, with the reason code given to
     /// [`MessageStore::mark_dead_letter`].
     pub dead_letter: Option<u8>,
@@ -144,17 +163,11 @@ pub trait MessageStore: Send {
     /// the unacked ones come back with `redelivered = true`. Advisory, written lazily.
     fn mark_delivered(&mut self, queue: QueueId, offset: u64) -> Result<()>;
 
-    /// Records that the live message at `offset` came back to its queue `returns` times in
-    /// all (`failed` of them failed deliveries), so that a quorum queue's delivery count (and its delivery limit) carries on after
+    /// Records that the live message at `offset` came back to its queue as often as
+    /// `returns` says, so that a quorum queue's delivery count (and its delivery limit) carries on after
     /// a restart. Advisory, written lazily like the delivered marks; forgotten when the
     /// message is acked; ignored for an offset that is not live.
-    fn mark_returned(
-        &mut self,
-        queue: QueueId,
-        offset: u64,
-        returns: u32,
-        failed: u32,
-    ) -> Result<()>;
+    fn mark_returned(&mut self, queue: QueueId, offset: u64, returns: Returns) -> Result<()>;
 
     /// Records that the live message at `offset` left its queue as an at-least-once dead
     /// letter (`reason`: the caller's code) and is kept until its targets confirm it, then

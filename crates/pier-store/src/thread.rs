@@ -55,7 +55,7 @@ use crate::channel::{self, Received};
 use crate::commit::{self, SyncJob, SyncPlan};
 use crate::error::StoreError;
 use crate::message::{EncodedMessage, StoredMessage};
-use crate::store::{MessageStore, QueueId, QueueRef, Result, Seq};
+use crate::store::{MessageStore, QueueId, QueueRef, Result, Returns, Seq};
 
 /// Called once with the outcome of an append: durable (`Ok`) or lost (`Err`).
 pub type DurableCallback = Box<dyn FnOnce(Result<Seq>) + Send>;
@@ -83,8 +83,7 @@ pub enum Command {
     MarkReturned {
         queue: QueueId,
         offset: u64,
-        returns: u32,
-        failed: u32,
+        returns: Returns,
     },
     MarkDeadLetter {
         queue: QueueId,
@@ -204,18 +203,11 @@ impl StoreHandle {
     }
 
     /// See [`MessageStore::mark_returned`].
-    pub fn mark_returned(
-        &self,
-        queue: QueueId,
-        offset: u64,
-        returns: u32,
-        failed: u32,
-    ) -> Result<()> {
+    pub fn mark_returned(&self, queue: QueueId, offset: u64, returns: Returns) -> Result<()> {
         self.send(Command::MarkReturned {
             queue,
             offset,
             returns,
-            failed,
         })
     }
 
@@ -881,9 +873,8 @@ impl Loop {
                 queue,
                 offset,
                 returns,
-                failed,
             } => {
-                let _ = store.mark_returned(queue, offset, returns, failed);
+                let _ = store.mark_returned(queue, offset, returns);
             }
             Command::MarkDeadLetter {
                 queue,

@@ -582,10 +582,7 @@ impl ClassicQueue {
                 }
                 Effect::StoreReturned { offset, returns } => {
                     if let Some(s) = self.store.get() {
-                        if let Err(e) =
-                            s.handle
-                                .mark_returned(s.id, offset, returns.count, returns.failed)
-                        {
+                        if let Err(e) = s.handle.mark_returned(s.id, offset, returns) {
                             tracing::error!(queue = %q.name(), "store mark_returned failed: {e}");
                         }
                     }

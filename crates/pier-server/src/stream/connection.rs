@@ -1185,16 +1185,8 @@ impl Session {
                 Err((e, _, d)) => {
                     tracing::warn!(stream = %publisher.stream_name, "publish: {e}");
                     d(Err(Arc::new(e)));
-                    let name = publisher.stream_name.clone();
-                    self.publishers.remove(&pid);
-                    if let Some(e) = &self.entry {
-                        e.remove_publisher(pid);
-                    }
-                    self.send(ServerCommand::MetadataUpdate(MetadataUpdate {
-                        code: ResponseCode::StreamNotAvailable,
-                        stream: name,
-                    }))
-                    .await;
+                    // Deleted, or its writer failed: the stream is gone for its publishers.
+                    self.stream_deleted(publisher.stream_name.clone()).await;
                     return;
                 }
             }
@@ -1430,8 +1422,9 @@ impl Session {
             .insert(name.to_owned(), (Arc::clone(stream), listener));
     }
 
-    /// `name` was deleted: its publishers are gone, and the client is told with a
-    /// `MetadataUpdate` (RabbitMQ's `stream_not_available`), once for the stream.
+    /// `name` was deleted (or cannot be written any more): its publishers are gone, and the
+    /// client is told with a `MetadataUpdate` (RabbitMQ's `stream_not_available`), once for
+    /// the stream.
     async fn stream_deleted(&mut self, name: String) {
         if let Some((stream, listener)) = self.watched.remove(&name) {
             stream.shared().unlisten(listener);

@@ -1,7 +1,8 @@
 use pier_store::conformance::{run_suite, Backend};
 use pier_store::{
-    LiveMessage, MemoryDisk, MemoryStore, MessageStore, QueueId, QueueInfo, QueueRef, SegmentStore,
-    Seq, ShardConfig, ShardedStore, Shards, StoreError, StoreHandle, StoreStats, StoredMessage,
+    LiveMessage, MemoryDisk, MemoryStore, MessageStore, QueueId, QueueInfo, QueueRef, Returns,
+    SegmentStore, Seq, ShardConfig, ShardedStore, Shards, StoreError, StoreHandle, StoreStats,
+    StoredMessage,
 };
 
 use super::common::small_config;
@@ -200,11 +201,10 @@ impl MessageStore for ShardedAdapter {
         &mut self,
         queue: QueueId,
         offset: u64,
-        returns: u32,
-        failed: u32,
+        returns: Returns,
     ) -> Result<(), StoreError> {
         let (h, local, _) = self.local(queue)?;
-        h.mark_returned(local, offset, returns, failed)
+        h.mark_returned(local, offset, returns)
     }
 
     fn mark_dead_letter(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use pier_store::conformance::message;
-use pier_store::{IndexEntry, MessageStore, QueueRef, SegmentStore};
+use pier_store::{IndexEntry, MessageStore, QueueRef, Returns, SegmentStore};
 use proptest::prelude::*;
 
 use super::common::{files_with, open, small_config};
@@ -215,7 +215,8 @@ fn notes_case(
         } else {
             let count = u32::from(value) + 1;
             let failed = count / 3;
-            s.mark_returned(q, offset, count, failed).unwrap();
+            s.mark_returned(q, offset, Returns { count, failed })
+                .unwrap();
             returns.entry(offset).or_default().push((count, failed));
         }
         if n % 5 == 0 {
@@ -246,12 +247,14 @@ fn notes_case(
         let written_d = reasons.get(&m.offset).cloned().unwrap_or_default();
         if cut.is_none() {
             prop_assert_eq!(
-                (m.returns, m.failed),
+                (m.returns.count, m.returns.failed),
                 written_r.last().copied().unwrap_or((0, 0))
             );
             prop_assert_eq!(m.dead_letter, written_d.last().copied());
         } else {
-            prop_assert!(m.returns == 0 || written_r.contains(&(m.returns, m.failed)));
+            prop_assert!(
+                m.returns.count == 0 || written_r.contains(&(m.returns.count, m.returns.failed))
+            );
             prop_assert!(m.dead_letter.is_none_or(|r| written_d.contains(&r)));
         }
     }

@@ -172,25 +172,9 @@ impl PagedEntry {
     }
 }
 
-/// How often a message came back to its queue: every counted return (RabbitMQ's
-/// `acquired_count`, which 4.2 shows as `x-delivery-count` and limits), and the failed
-/// deliveries among them (rejected with requeue, or the consumer's channel went away:
-/// RabbitMQ 4.3's `delivery_count`, which 4.3 shows and limits; see `DeliveryCounting`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Returns {
-    pub count: u32,
-    pub failed: u32,
-}
-
-impl Returns {
-    /// One more return, failed or not.
-    pub fn plus_one(self, failed: bool) -> Returns {
-        Returns {
-            count: self.count.saturating_add(1),
-            failed: self.failed.saturating_add(u32::from(failed)),
-        }
-    }
-}
+/// How often a message came back (the store records the same counts; see
+/// `DeliveryCounting` for which one limits).
+pub use pier_store::Returns;
 
 /// A message put back by a consumer, waiting at its original place.
 #[derive(Debug, Clone, PartialEq)]
