@@ -97,13 +97,6 @@ impl DeliveryCounting {
         }
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            DeliveryCounting::V4_2 => "4.2",
-            DeliveryCounting::V4_3 => "4.3",
-        }
-    }
-
     /// The count the delivery limit applies to.
     pub fn limited(self, returns: crate::queue::engine::Returns) -> u32 {
         match self {

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{timed, unique, Broker};
+use common::{enc, timed, unique, Broker};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -219,17 +219,6 @@ fn status_help_and_failures() {
     assert!(env.status.success());
     let names: Value = serde_json::from_slice(&env.stdout).unwrap();
     assert!(names.as_array().unwrap().iter().any(|v| v["name"] == "/"));
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn api_put(broker: &Broker, path: &str, body: Value) -> u16 {

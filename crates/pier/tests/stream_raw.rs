@@ -131,6 +131,25 @@ impl Raw {
         .await;
     }
 
+    /// The next frame must be a `MetadataUpdate` saying `stream` is not available.
+    async fn stream_not_available(&mut self, stream: &str) {
+        match self.reply().await {
+            ServerCommand::MetadataUpdate(m) => {
+                assert_eq!(m.stream, stream);
+                assert_eq!(m.code, ResponseCode::StreamNotAvailable);
+            }
+            other => panic!("expected a metadata update, got {other:?}"),
+        }
+    }
+
+    /// The next frame must be a `PublishError`.
+    async fn publish_error(&mut self) -> pier_stream_wire::PublishError {
+        match self.reply().await {
+            ServerCommand::PublishError(e) => e,
+            other => panic!("expected a publish error, got {other:?}"),
+        }
+    }
+
     /// The next frame that is not a heartbeat.
     async fn reply(&mut self) -> ServerCommand {
         loop {
@@ -367,13 +386,7 @@ async fn a_subscriber_gets_metadata_update_when_its_stream_is_deleted() {
     let mut sub = Raw::open(port, "guest", 0).await.unwrap();
     sub.subscribe_first(3, &s, 10).await;
     admin.delete(&s).await;
-    match sub.reply().await {
-        ServerCommand::MetadataUpdate(m) => {
-            assert_eq!(m.stream, s);
-            assert_eq!(m.code, ResponseCode::StreamNotAvailable);
-        }
-        other => panic!("expected a metadata update, got {other:?}"),
-    }
+    sub.stream_not_available(&s).await;
 }
 
 /// A stream deleted under a publisher: the publisher's connection gets a `MetadataUpdate`
@@ -392,22 +405,14 @@ async fn a_publisher_gets_metadata_update_when_its_stream_is_deleted() {
     let mut publisher = Raw::open(port, "guest", 0).await.unwrap();
     publisher.declare_publisher(1, &s).await;
     admin.delete(&s).await;
-    match publisher.reply().await {
-        ServerCommand::MetadataUpdate(m) => {
-            assert_eq!(m.stream, s);
-            assert_eq!(m.code, ResponseCode::StreamNotAvailable);
-        }
-        other => panic!("expected a metadata update, got {other:?}"),
-    }
+    publisher.stream_not_available(&s).await;
     // The publisher is gone with its stream.
     publisher.publish(1, [1]).await;
-    match publisher.reply().await {
-        ServerCommand::PublishError(e) => assert!(e
-            .errors
-            .iter()
-            .all(|e| e.code == ResponseCode::PublisherDoesNotExist)),
-        other => panic!("expected a publish error, got {other:?}"),
-    }
+    let e = publisher.publish_error().await;
+    assert!(e
+        .errors
+        .iter()
+        .all(|e| e.code == ResponseCode::PublisherDoesNotExist));
 }
 
 /// `DELETE /api/connections/{name}` on a stream connection closes its socket without a
@@ -457,17 +462,8 @@ async fn a_connection_closed_through_the_api_gets_no_close_frame() {
         assert!(Instant::now() < deadline, "the connection is not listed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let enc: String = name
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
     let status = agent
-        .delete(format!("{base}/api/connections/{enc}"))
+        .delete(format!("{base}/api/connections/{}", common::enc(&name)))
         .header("Authorization", auth)
         .call()
         .unwrap()
@@ -524,18 +520,14 @@ async fn publishing_with_an_undeclared_publisher_gets_publish_error() {
     let mut c = Raw::open(port, "guest", 0).await.unwrap();
     c.create(&s).await;
     c.publish(77, [1, 2]).await;
-    match c.reply().await {
-        ServerCommand::PublishError(e) => {
-            assert_eq!(e.publisher_id, 77);
-            let ids: Vec<u64> = e.errors.iter().map(|e| e.publishing_id).collect();
-            assert_eq!(ids, vec![1, 2]);
-            assert!(e
-                .errors
-                .iter()
-                .all(|e| e.code == ResponseCode::PublisherDoesNotExist));
-        }
-        other => panic!("expected a publish error, got {other:?}"),
-    }
+    let e = c.publish_error().await;
+    assert_eq!(e.publisher_id, 77);
+    let ids: Vec<u64> = e.errors.iter().map(|e| e.publishing_id).collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert!(e
+        .errors
+        .iter()
+        .all(|e| e.code == ResponseCode::PublisherDoesNotExist));
     // The connection goes on: a declared publisher is confirmed.
     c.declare_publisher(1, &s).await;
     c.publish(1, [5]).await;
