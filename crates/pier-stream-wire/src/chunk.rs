@@ -427,8 +427,9 @@ pub struct ChunkBuilder {
     num_entries: u16,
     num_records: u32,
     bloom: BloomFilter,
-    /// `data` starts with room for the header (`headroom`).
-    headroom: bool,
+    /// Octets at the front of `data` before the entries: 0, the header's 48 (`headroom`),
+    /// or the caller's room (`in_buffer`), whose last 48 octets take the header.
+    room: usize,
 }
 
 impl ChunkBuilder {
@@ -444,7 +445,7 @@ impl ChunkBuilder {
             num_entries: 0,
             num_records: 0,
             bloom: BloomFilter::new(DEFAULT_FILTER_SIZE),
-            headroom: false,
+            room: 0,
         }
     }
 
@@ -528,15 +529,45 @@ impl ChunkBuilder {
 
     /// Room for the header before the entries (see [`ChunkBuilder::build_delivered`]).
     pub fn headroom(mut self) -> Self {
-        if self.data.is_empty() && !self.headroom {
+        if self.data.is_empty() && self.room == 0 {
             self.data.put_bytes(0, CHUNK_HEADER_SIZE);
-            self.headroom = true;
+            self.room = CHUNK_HEADER_SIZE;
         }
         self
     }
 
-    fn finish(mut self) -> (Chunk, Option<Bytes>) {
-        let head = if self.headroom { CHUNK_HEADER_SIZE } else { 0 };
+    /// Builds in `buf` after what it holds (at least the header's 48 octets of room, whose
+    /// last 48 take the header; a smaller room gets no header): a writer that prepared the
+    /// bytes before the chunk, and reserved room for all of it, writes the chunk from where
+    /// it was built (see [`ChunkBuilder::build_in_place`]). Call before adding entries.
+    pub fn in_buffer(mut self, buf: BytesMut) -> Self {
+        if self.data.is_empty() {
+            self.room = buf.len();
+            self.data = buf;
+        }
+        self
+    }
+
+    /// The finished header (CRC and bloom size set), the bloom filter, and the buffer of
+    /// [`ChunkBuilder::in_buffer`]: the caller's room with the header in its last 48 octets
+    /// (when it has them), then the entries. The trailer is not in it (the caller puts it
+    /// after the entries, where the stored form has it).
+    pub fn build_in_place(self) -> (ChunkHeader, Bytes, BytesMut) {
+        let (header, bloom, mut data) = self.seal();
+        let room = data.len() - header.data_length as usize;
+        if let Some(at) = room.checked_sub(CHUNK_HEADER_SIZE) {
+            let mut h = BytesMut::with_capacity(CHUNK_HEADER_SIZE);
+            header.encode(&mut h);
+            if let Some(slot) = data.get_mut(at..room) {
+                slot.copy_from_slice(&h);
+            }
+        }
+        (header, bloom, data)
+    }
+
+    /// The header (CRC over the entries after the room), the bloom filter and the buffer.
+    fn seal(self) -> (ChunkHeader, Bytes, BytesMut) {
+        let head = self.room;
         let data_len = self.data.len() - head;
         let bloom = Bytes::from(self.bloom.to_bytes());
         let header = ChunkHeader {
@@ -552,28 +583,24 @@ impl ChunkBuilder {
             bloom_size: bloom.len().min(255) as u8,
             reserved: 0,
         };
-        if !self.headroom {
-            let chunk = Chunk {
-                header,
-                bloom,
-                data: self.data.freeze(),
-                trailer: self.trailer,
-            };
-            return (chunk, None);
-        }
-        let mut h = BytesMut::with_capacity(CHUNK_HEADER_SIZE);
-        header.encode(&mut h);
-        if let Some(room) = self.data.get_mut(..CHUNK_HEADER_SIZE) {
-            room.copy_from_slice(&h);
-        }
-        let delivered = self.data.freeze();
+        (header, bloom, self.data)
+    }
+
+    fn finish(self) -> (Chunk, Option<Bytes>) {
+        let trailer = self.trailer.clone();
+        let (header, bloom, data) = self.build_in_place();
+        let all = data.freeze();
+        let room = all.len() - header.data_length as usize;
+        let delivered = room
+            .checked_sub(CHUNK_HEADER_SIZE)
+            .map(|at| all.slice(at..));
         let chunk = Chunk {
             header,
             bloom,
-            data: delivered.slice(CHUNK_HEADER_SIZE..),
-            trailer: self.trailer,
+            data: all.slice(room..),
+            trailer,
         };
-        (chunk, Some(delivered))
+        (chunk, delivered)
     }
 }
 
@@ -614,6 +641,36 @@ mod tests {
         plain.encode_stored(&mut all);
         assert_eq!(stored, all);
         chunk.validate().unwrap();
+    }
+
+    /// Built after a caller's room, the chunk is the one built plainly (trailer length
+    /// included), its header in the room's last 48 octets and the room's front untouched.
+    #[test]
+    fn built_in_a_buffer_the_header_ends_the_room() {
+        let build = |b: ChunkBuilder| {
+            let mut b = b.trailer(Bytes::from_static(b"trailer!"));
+            b.push_message(b"one", None).unwrap();
+            b.push_message(&[7u8; 300], None).unwrap();
+            b
+        };
+        let plain = build(ChunkBuilder::new(9, 1, 5)).build();
+        let mut room = BytesMut::new();
+        room.put_slice(b"front");
+        room.put_bytes(0, CHUNK_HEADER_SIZE);
+        let (header, bloom, buf) =
+            build(ChunkBuilder::new(9, 1, 5).in_buffer(room)).build_in_place();
+        assert_eq!(header, plain.header);
+        assert_eq!(header.trailer_length, 8);
+        assert!(bloom.is_empty());
+        assert_eq!(&buf[..5], b"front");
+        let mut h = BytesMut::new();
+        plain.header.encode(&mut h);
+        assert_eq!(&buf[5..5 + CHUNK_HEADER_SIZE], &h[..]);
+        assert_eq!(&buf[5 + CHUNK_HEADER_SIZE..], &plain.data[..]);
+        // The delivered form too carries the trailer's length.
+        let (chunk, delivered) = build(ChunkBuilder::new(9, 1, 5).headroom()).build_delivered();
+        assert_eq!(chunk, plain);
+        assert_eq!(&delivered.unwrap()[..CHUNK_HEADER_SIZE], &h[..]);
     }
 
     #[test]

@@ -142,6 +142,39 @@ impl DirectAppender {
         Ok(())
     }
 
+    /// The bytes from the last block boundary to the logical end (fewer than `ALIGN`): what
+    /// a chunk built in place must have before it ([`DirectAppender::append_built`]).
+    pub(crate) fn tail(&self) -> &[u8] {
+        self.buf.bytes(self.buf.len)
+    }
+
+    /// Writes `block` at the last block boundary: it starts at an `ALIGN`-aligned address
+    /// with [`DirectAppender::tail`], then the new bytes up to `logical`, then zeros up to a
+    /// multiple of `ALIGN`. The bytes are written from where they are (no copy but the new
+    /// tail's). Refused with `InvalidInput`, nothing written, when `block` is not so laid out.
+    pub(crate) fn append_built(&mut self, block: &[u8], logical: usize) -> std::io::Result<()> {
+        let held = self.buf.len;
+        if block.as_ptr().align_offset(ALIGN) != 0
+            || block.len() % ALIGN != 0
+            || logical > block.len()
+            || logical < held
+            || block.get(..held) != Some(self.tail())
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "chunk not built for a direct write",
+            ));
+        }
+        self.file.write_all_at(block, self.base)?;
+        self.padded = true;
+        let whole = logical - logical % ALIGN;
+        self.buf.len = 0;
+        self.buf
+            .extend(block.get(whole..logical).unwrap_or_default());
+        self.base += whole as u64;
+        Ok(())
+    }
+
     /// The logical end of the file.
     pub(crate) fn len(&self) -> u64 {
         self.base + self.buf.len as u64
@@ -200,6 +233,53 @@ mod tests {
         d.append(&[b"more"]).unwrap();
         d.trim(&buffered).unwrap();
         want.extend_from_slice(b"more");
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+
+    /// Blocks built in place (the tail, new bytes, zeros) and ordinary appends interleave;
+    /// a block not so laid out is refused before anything is written.
+    #[test]
+    fn blocks_built_in_place_interleave_with_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let buffered = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let Some(mut d) = DirectAppender::open(&path, &buffered, 0) else {
+            return; // no O_DIRECT here (tmpfs)
+        };
+        let mut want = Vec::new();
+        for (i, n) in [5000usize, 1, 4096, 12_345, 3].iter().enumerate() {
+            let data: Vec<u8> = (0..*n).map(|j| (i * 7 + j) as u8).collect();
+            if i % 2 == 0 {
+                let mut block = AlignedBuf::with_capacity(d.tail().len() + n + ALIGN);
+                block.extend(d.tail());
+                block.extend(&data);
+                let logical = block.len;
+                let padded = block.pad();
+                // Wrongly laid out: refused, nothing written.
+                let held = std::fs::read(&path).unwrap();
+                let bad = d.append_built(
+                    block.bytes(padded).get(1..).unwrap_or_default(),
+                    logical - 1,
+                );
+                assert_eq!(bad.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+                assert_eq!(std::fs::read(&path).unwrap(), held);
+                d.append_built(block.bytes(padded), logical).unwrap();
+            } else {
+                d.append(&[&data]).unwrap();
+            }
+            want.extend_from_slice(&data);
+            assert_eq!(d.len(), want.len() as u64);
+            let on_disk = std::fs::read(&path).unwrap();
+            assert_eq!(&on_disk[..want.len()], &want[..]);
+            assert!(on_disk[want.len()..].iter().all(|b| *b == 0));
+        }
+        d.trim(&buffered).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 }
