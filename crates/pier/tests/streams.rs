@@ -396,6 +396,32 @@ async fn deduplication_and_stored_offsets_survive_a_crash() {
     nothing_more(&mut c).await;
 }
 
+/// Batches big enough that the writer builds their chunks where its direct writes go from
+/// (`docs/streams.md`): after a SIGKILL every confirmed message is there, in order and at its
+/// offset, and the stream goes on where it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_batches_survive_a_crash() {
+    let mut t = Target::start();
+    if !t.pier_only() {
+        return;
+    }
+    let s = unique("s");
+    let body = |i: usize| format!("{i:06}-{}", "x".repeat(1000 + i % 97));
+    let n = 3000;
+    {
+        let env = t.env().await;
+        create(&env, &s).await;
+        publish(&env, &s, (0..n).map(body)).await;
+    }
+    t.crash_and_restart();
+    let env = t.env().await;
+    publish(&env, &s, (n..n + 100).map(body)).await;
+    let got = read(&env, &s, OffsetSpecification::First, n + 100).await;
+    for (i, (o, b)) in got.iter().enumerate() {
+        assert_eq!((*o, b.as_str()), (i as u64, body(i).as_str()));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn super_streams_route_by_hash_and_a_consumer_reads_every_partition() {
     let t = Target::start();

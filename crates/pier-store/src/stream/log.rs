@@ -852,13 +852,13 @@ impl StreamLog {
         self.config = config;
     }
 
-    /// The offset the next message gets.
     /// The active segment takes direct writes (the stream syncs, the filesystem allows it).
     #[cfg(test)]
     pub(crate) fn writes_direct(&self) -> bool {
         self.active.direct.is_some()
     }
 
+    /// The offset the next message gets.
     pub fn next_offset(&self) -> u64 {
         self.next_offset
     }
