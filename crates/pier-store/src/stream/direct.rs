@@ -195,19 +195,25 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
-    /// Whatever the write sizes, the file reads back as the bytes appended (after a trim),
-    /// and before the trim only zeros follow them.
-    #[test]
-    fn appends_read_back_whatever_their_sizes() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A new, empty segment file in `dir`, opened for buffered reads and writes.
+    fn segment(dir: &tempfile::TempDir) -> (std::path::PathBuf, File) {
         let path = dir.path().join("seg");
-        let buffered = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&path)
             .unwrap();
+        (path, file)
+    }
+
+    /// Whatever the write sizes, the file reads back as the bytes appended (after a trim),
+    /// and before the trim only zeros follow them.
+    #[test]
+    fn appends_read_back_whatever_their_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, buffered) = segment(&dir);
         buffered.write_all_at(b"HEADER!!", 0).unwrap();
         let Some(mut d) = DirectAppender::open(&path, &buffered, 8) else {
             return; // no O_DIRECT here (tmpfs): the buffered path is tested elsewhere
@@ -241,14 +247,7 @@ mod tests {
     #[test]
     fn blocks_built_in_place_interleave_with_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seg");
-        let buffered = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (path, buffered) = segment(&dir);
         let Some(mut d) = DirectAppender::open(&path, &buffered, 0) else {
             return; // no O_DIRECT here (tmpfs)
         };
