@@ -31,6 +31,7 @@ use super::{superstream, Server};
 /// Smallest and largest reads of a stream connection (see the read loop).
 const MIN_READ: usize = 64 * 1024;
 const MAX_READ: usize = 1024 * 1024;
+
 /// Frames queued for the writer before senders wait.
 const OUT_CHANNEL: usize = 256;
 /// A handshake that takes longer than this is dropped.
@@ -293,7 +294,8 @@ pub(crate) async fn run<S>(
         // a full buffer is not reused: the next one gets a copy of the frame begun at its
         // end. Busy publishers' buffers grow to 1 MiB, so that this copy is a small part of
         // what is read (at 64 KiB, with 100 KiB publish frames, most of each frame was
-        // copied: 4% of the broker's CPU in S1K); idle ones go back to 64 KiB.
+        // copied: 4% of the broker's CPU in S1K). Reads shrink back to 64 KiB when little
+        // comes; a buffer grown to 1 MiB stays until it is next replaced.
         let space = read_size.max(buf.capacity() - buf.len());
         buf.reserve(read_size);
         let n = tokio::select! {
