@@ -17,6 +17,7 @@ mod credit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mqtt;
+mod read_size;
 pub mod registry;
 pub mod stomp;
 pub mod stream;

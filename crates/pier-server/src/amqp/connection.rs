@@ -129,9 +129,7 @@ impl Connection {
         // being re-armed on every read: under load that is one timer operation per timeout
         // period rather than one per read.
         let mut last_read = tokio::time::Instant::now();
-        const MIN_READ: usize = 4 * 1024;
-        const MAX_READ: usize = 256 * 1024;
-        let mut read_size = MIN_READ;
+        let mut read_size = crate::read_size::ReadSize::new(4 * 1024, 256 * 1024);
         // The last read filled less than half the buffer (see the decode loop).
         let mut sparse = false;
         let far = Duration::from_secs(86_400 * 365);
@@ -252,8 +250,7 @@ impl Connection {
             // Idle connections keep small buffers (memory per connection); busy ones grow
             // theirs up to 256 KiB so that a read takes in many frames (scenario B, 1 KiB
             // messages: +5% over 64 KiB, fewer wake-ups per message).
-            let space = read_size.max(reader.buf.capacity() - reader.buf.len());
-            reader.buf.reserve(read_size);
+            let room = read_size.reserve(&mut reader.buf);
             let read = reader.io.read_buf(&mut reader.buf);
             tokio::select! {
                 r = read => {
@@ -264,11 +261,7 @@ impl Connection {
                     self.registered.count_read(n);
                     sparse = n * 2 < reader.buf.capacity();
                     last_read = tokio::time::Instant::now();
-                    if n >= space {
-                        read_size = (read_size * 2).min(MAX_READ);
-                    } else if n < read_size / 4 {
-                        read_size = (read_size / 2).max(MIN_READ);
-                    }
+                    read_size.read(n, room);
                     if n >= 32 * 1024 {
                         // A busy publisher: let the other connections on this worker run
                         // before handling the next batch, so that no connection is starved.
