@@ -28,10 +28,6 @@ use super::sac::{GroupKey, SacEvent};
 use super::stats::{ConsumerStats, PublisherStats, StreamConnectionEntry, StreamCounters};
 use super::{superstream, Server};
 
-/// Smallest and largest reads of a stream connection (see the read loop).
-const MIN_READ: usize = 64 * 1024;
-const MAX_READ: usize = 1024 * 1024;
-
 /// Frames queued for the writer before senders wait.
 const OUT_CHANNEL: usize = 256;
 /// A handshake that takes longer than this is dropped.
@@ -266,8 +262,8 @@ pub(crate) async fn run<S>(
     };
     // Cancelled by management (DELETE /api/connections/{name}) once registered.
     let mut mgmt_close = CancellationToken::new();
-    let mut buf = BytesMut::with_capacity(MIN_READ);
-    let mut read_size = MIN_READ;
+    let mut read_size = crate::read_size::ReadSize::new(64 * 1024, 1024 * 1024);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
     let started = tokio::time::Instant::now();
     loop {
         // Too many publishes waiting for their confirm: stop reading until half are confirmed.
@@ -296,17 +292,12 @@ pub(crate) async fn run<S>(
         // what is read (at 64 KiB, with 100 KiB publish frames, most of each frame was
         // copied: 4% of the broker's CPU in S1K). Reads shrink back to 64 KiB when little
         // comes; a buffer grown to 1 MiB stays until it is next replaced.
-        let space = read_size.max(buf.capacity() - buf.len());
-        buf.reserve(read_size);
+        let room = read_size.reserve(&mut buf);
         let n = tokio::select! {
             r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
                 Ok(Ok(n)) => {
-                    if n >= space {
-                        read_size = (read_size * 2).min(MAX_READ);
-                    } else if n < read_size / 4 {
-                        read_size = (read_size / 2).max(MIN_READ);
-                    }
+                    read_size.read(n, room);
                     n
                 }
                 Err(_) => {
@@ -749,14 +740,10 @@ impl Session {
                 .await;
             }
             ClientCommand::DeletePublisher(d) => {
-                let code = match self.publishers.remove(&d.publisher_id) {
-                    Some(_) => {
-                        if let Some(e) = &self.entry {
-                            e.remove_publisher(d.publisher_id);
-                        }
-                        ResponseCode::Ok
-                    }
-                    None => ResponseCode::PublisherDoesNotExist,
+                let code = if self.remove_publisher(d.publisher_id) {
+                    ResponseCode::Ok
+                } else {
+                    ResponseCode::PublisherDoesNotExist
                 };
                 self.send(ServerCommand::DeletePublisherResponse(response(
                     d.correlation_id,
@@ -1421,6 +1408,15 @@ impl Session {
         }
     }
 
+    /// Forgets publisher `id` here and in the connection's listing; false if it had none.
+    fn remove_publisher(&mut self, id: u8) -> bool {
+        let known = self.publishers.remove(&id).is_some();
+        if let (true, Some(e)) = (known, &self.entry) {
+            e.remove_publisher(id);
+        }
+        known
+    }
+
     /// Reports the deletion of `stream` (which a publisher of this connection writes to) on
     /// `deleted`, once.
     fn watch(&mut self, name: &str, stream: &Arc<Stream>) {
@@ -1459,10 +1455,7 @@ impl Session {
             return;
         }
         for id in gone {
-            self.publishers.remove(&id);
-            if let Some(e) = &self.entry {
-                e.remove_publisher(id);
-            }
+            self.remove_publisher(id);
         }
         self.send(ServerCommand::MetadataUpdate(MetadataUpdate {
             code: ResponseCode::StreamNotAvailable,
