@@ -52,9 +52,12 @@ def test_a_stream_created_on_one_node_is_used_through_the_others(cluster):
             await p.start()
             client = await p.default_client
             leader, replicas = await client.query_leader_and_replicas(s)
-            return leader.host, leader.port, replicas
+            return leader.host, leader.port, sorted((r.host, r.port) for r in replicas)
+    # Replicated on every node (RabbitMQ's default initial cluster size): the others are
+    # its replicas.
     for n in cluster.nodes:
-        assert asyncio.run(metadata(n)) == (n2.ip, STREAM_PORT, []), n.name
+        assert asyncio.run(metadata(n)) == (
+            n2.ip, STREAM_PORT, sorted([(n1.ip, STREAM_PORT), (n3.ip, STREAM_PORT)])), n.name
 
     async def publish_and_consume():
         async with producer(n1) as p:

@@ -77,7 +77,9 @@ def test_stream_connections_publishers_and_consumers(mgmt, stream_port):
     async def scenario():
         async with Producer("127.0.0.1", port=stream_port, username="guest", password="guest",
                             connection_name=pname) as p:
-            await p.create_stream(stream)
+            # One member: the consumer stays on this node, whose API lists it (on a cluster
+            # rstream reads from a replica, and Pier lists stream connections per node).
+            await p.create_stream(stream, arguments={"initial-cluster-size": 1})
             try:
                 for i in range(7):
                     await p.send_wait(stream, AMQPMessage(body=f"m{i}".encode()))
@@ -180,7 +182,7 @@ def test_close_a_stream_connection_through_the_api(mgmt, stream_port):
             closed.set()
         async with Producer("127.0.0.1", port=stream_port, username="guest",
                             password="guest") as admin:
-            await admin.create_stream(stream)
+            await admin.create_stream(stream, arguments={"initial-cluster-size": 1})  # as above
             try:
                 c = Consumer("127.0.0.1", port=stream_port, username="guest",
                              password="guest", connection_name=cname)

@@ -58,4 +58,13 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
 
     /// The members of a replicated queue changed (this node may have joined or left it).
     fn queue_members_changed(&self, _vhost: &str, _queue: &str) {}
+
+    /// A durable queue was declared by the cluster (applied on this node).
+    fn queue_declared(&self, _vhost: &str, _queue: &str) {}
+
+    /// How many nodes hold a copy of stream `queue` homed here (its leader and its
+    /// replicas): its appends are committed once a majority of them has synced them.
+    fn stream_members(&self, _vhost: &str, _queue: &str) -> usize {
+        1
+    }
 }

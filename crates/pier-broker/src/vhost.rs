@@ -350,6 +350,11 @@ impl VHost {
         self.stream_sync.store(sync, Ordering::Release);
     }
 
+    /// Whether this node's streams fsync before they confirm.
+    pub fn stream_sync(&self) -> bool {
+        self.stream_sync.load(Ordering::Acquire)
+    }
+
     /// The directory of a stream's log.
     pub fn stream_dir(&self, name: &str) -> Option<std::path::PathBuf> {
         let base = self.streams_dir.get()?;
@@ -1129,6 +1134,12 @@ impl VHost {
                 what: what(),
                 reason: e.to_string(),
             })?;
+        // A replicated stream commits (shows readers, confirms) once a majority has synced.
+        if let Some(c) = self.cluster.get() {
+            stream
+                .shared()
+                .set_members(c.stream_members(&self.name, name));
+        }
         if recovery.chunks > 0 {
             tracing::info!(stream = %name, vhost = %self.name, segments = recovery.segments,
                 next_offset = recovery.next_offset, truncated = recovery.truncated_bytes, "stream recovered");

@@ -493,6 +493,9 @@ impl ClusterHandle {
     ) -> Vec<String> {
         use pier_wire::FieldValue;
         let me = self.node.me.name.clone();
+        if declares_stream(durable, arguments) {
+            return self.stream_members(arguments);
+        }
         if !declares_quorum(durable, arguments) || !self.node.config.quorum_replication {
             return vec![me];
         }
@@ -534,6 +537,82 @@ impl ClusterHandle {
             }
         }
         load.place(&me, others, size, balanced)
+    }
+
+    /// The members of a stream declared through this node: this node (its leader) first,
+    /// then other members, up to `x-initial-cluster-size` in all (by default every member
+    /// of the cluster, as RabbitMQ), running ones first. RabbitMQ's leader locators are not
+    /// applied: the declaring node leads.
+    fn stream_members(&self, arguments: &pier_wire::FieldTable) -> Vec<String> {
+        let me = self.node.me.name.clone();
+        let mut others: Vec<(bool, String)> = self
+            .node
+            .members()
+            .into_iter()
+            .filter(|(_, p, _)| p.name != me)
+            .map(|(id, p, _)| (!self.node.is_running(id), p.name))
+            .collect();
+        others.sort();
+        let size = arguments
+            .get("x-initial-cluster-size")
+            .and_then(pier_wire::FieldValue::as_i64)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(others.len() + 1)
+            .max(1);
+        std::iter::once(me)
+            .chain(others.into_iter().map(|(_, n)| n))
+            .take(size)
+            .collect()
+    }
+
+    /// A replicated stream's members, its leader first (`None` for a stream without
+    /// replicas and for any other queue).
+    pub fn stream_members_of(&self, vhost: &str, name: &str) -> Option<Vec<String>> {
+        let home = self.node.applier.catalog().queue_home(vhost, name)?;
+        (home.group == 0 && home.members.len() > 1).then(|| {
+            let mut m = vec![home.home.clone()];
+            m.extend(home.members.into_iter().filter(|n| *n != home.home));
+            m
+        })
+    }
+
+    /// Stores a consumer's offset in a stream led by another node (its consumer reads a
+    /// replica here): the leader writes it, and it reaches the replicas with the log.
+    pub async fn store_stream_offset(
+        &self,
+        vhost: &str,
+        name: &str,
+        reference: String,
+        offset: u64,
+    ) -> Result<(), String> {
+        let home = self
+            .node
+            .applier
+            .catalog()
+            .queue_home(vhost, name)
+            .ok_or_else(|| format!("no stream '{name}' in vhost '{vhost}'"))?;
+        let ask = crate::rpc::Request::StreamStoreOffset {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            reference,
+            offset,
+        };
+        match self
+            .ask_member(&home.home, &ask, Duration::from_secs(5))
+            .await?
+        {
+            crate::rpc::Response::StreamStoreOffset(r) => r,
+            _ => Err("unexpected answer".to_owned()),
+        }
+    }
+
+    /// This node's replica of a stream led by another node, for its readers.
+    pub fn stream_replica(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Option<std::sync::Arc<pier_store::stream::Stream>> {
+        self.node.queues.streams.get(vhost, name)
     }
 
     /// A replicated quorum queue's members and its leader as this node knows it; `None`
@@ -1010,6 +1089,15 @@ impl Placement {
 
 /// Whether a declaration with these properties is of a quorum queue (`x-queue-type:
 /// quorum`, durable), the queues placed over several members.
+/// Whether a declaration with these arguments makes a stream.
+pub fn declares_stream(durable: bool, arguments: &pier_wire::FieldTable) -> bool {
+    durable
+        && matches!(
+            arguments.get("x-queue-type"),
+            Some(pier_wire::FieldValue::LongString(t)) if t.as_bytes() == b"stream"
+        )
+}
+
 pub fn declares_quorum(durable: bool, arguments: &pier_wire::FieldTable) -> bool {
     durable
         && matches!(

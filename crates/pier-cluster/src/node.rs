@@ -868,6 +868,25 @@ impl Handler for NodeHandler {
                 Request::QueueMembers { group, change } => {
                     n.queues.quorum.serve_members(group, change).await
                 }
+                Request::StreamRead {
+                    vhost,
+                    name,
+                    from: offset,
+                    committed,
+                } => Response::StreamRead(
+                    crate::queues::stream::serve_read(
+                        &n.queues, &from.name, &vhost, &name, offset, committed,
+                    )
+                    .await,
+                ),
+                Request::StreamStoreOffset {
+                    vhost,
+                    name,
+                    reference,
+                    offset,
+                } => Response::StreamStoreOffset(crate::queues::stream::serve_store_offset(
+                    &n.queues, &vhost, &name, reference, offset,
+                )),
             }
         })
     }

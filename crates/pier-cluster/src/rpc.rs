@@ -11,7 +11,7 @@ use crate::raft::{PeerNode, Proposal};
 
 /// Bumped on an incompatible change of anything in this file; peers speaking another
 /// version are refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
@@ -79,6 +79,23 @@ pub enum Request {
         group: u64,
         change: MemberChange,
     },
+    /// A stream replica to its leader: the chunks after `from` (everything before it is
+    /// synced on the replica: the leader counts it towards its commits). Answered when there
+    /// are chunks, when the leader's committed offset passes `committed`, or after a second.
+    StreamRead {
+        vhost: String,
+        name: String,
+        from: u64,
+        committed: u64,
+    },
+    /// A consumer connected to a replica stored its offset: to the stream's leader, which
+    /// writes it (RabbitMQ's readers send it to the stream's writer too).
+    StreamStoreOffset {
+        vhost: String,
+        name: String,
+        reference: String,
+        offset: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +142,17 @@ pub enum Response {
     QueueMembers(Result<(), ForwardError>),
     /// The metadata index this node has applied.
     Applied(u64),
+    StreamRead(Result<StreamChunks, String>),
+    StreamStoreOffset(Result<(), String>),
+}
+
+/// What a stream's leader sends a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamChunks {
+    /// Whole chunks as the leader stored them, from the offset asked for (may be empty).
+    pub stored: bytes::Bytes,
+    /// The leader's committed offset (chunks before it are on a majority).
+    pub committed: u64,
 }
 
 /// One member's view of a quorum queue's Raft group.

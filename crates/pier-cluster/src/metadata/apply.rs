@@ -327,7 +327,13 @@ impl Applier {
                 // the group (every node's handle is then a link to its leader).
                 let index = self.index.load(std::sync::atomic::Ordering::Relaxed);
                 let fresh = *durable && vh.find_queue(name).is_none();
-                let group = if fresh && members.len() > 1 && index > 0 {
+                // (A stream with several members is replicated by its leader instead:
+                // `queues/stream.rs`.)
+                let group = if fresh
+                    && members.len() > 1
+                    && index > 0
+                    && crate::handle::declares_quorum(*durable, &d.arguments)
+                {
                     group_id(
                         index,
                         self.position.load(std::sync::atomic::Ordering::Relaxed),
@@ -361,6 +367,9 @@ impl Applier {
                         return Err(e.into());
                     }
                 };
+                if let (Some(c), true) = (self.broker.cluster(), *durable) {
+                    c.queue_declared(vhost, name);
+                }
                 Ok(Outcome::Created(declared.created))
             }
             C::SetQueueMembers {

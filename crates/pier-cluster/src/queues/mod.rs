@@ -23,6 +23,7 @@
 
 mod client;
 mod home;
+pub(crate) mod stream;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -62,6 +63,8 @@ pub struct QueueService {
     served: Mutex<HashMap<u64, Arc<Served>>>,
     /// Replicated quorum queues (Raft groups) of this node.
     pub(crate) quorum: Arc<crate::quorum::service::QuorumService>,
+    /// Replicas of streams led by other nodes.
+    pub(crate) streams: stream::StreamReplicas,
 }
 
 impl std::fmt::Debug for QueueService {
@@ -88,6 +91,7 @@ impl QueueService {
             runtime: tokio::runtime::Handle::current(),
             clients: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
+            streams: stream::StreamReplicas::default(),
         })
     }
 
@@ -96,6 +100,16 @@ impl QueueService {
         let _ = self.node.set(Arc::downgrade(node));
         let me = Arc::downgrade(self);
         self.runtime.spawn(poll_figures(me));
+        let me = Arc::downgrade(self);
+        self.runtime.spawn(async move {
+            let mut every = tokio::time::interval(stream::RECONCILE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(s) = me.upgrade() else { break };
+                s.streams.reconcile(&s);
+            }
+        });
     }
 
     pub(crate) fn node(&self) -> Option<Arc<Node>> {
@@ -247,12 +261,26 @@ impl Cluster for QueueService {
 
     fn queue_removed(&self, vhost: &str, queue: &str) {
         self.quorum.remove(vhost, queue);
+        self.streams.remove(vhost, queue);
     }
 
     fn queue_members_changed(&self, vhost: &str, queue: &str) {
         if let Some(home) = self.catalog.queue_home(vhost, queue) {
             self.quorum.members_changed(vhost, queue, &home);
         }
+    }
+
+    fn queue_declared(&self, vhost: &str, queue: &str) {
+        if let Some(me) = self.this.upgrade() {
+            self.streams.declared(&me, vhost, queue);
+        }
+    }
+
+    fn stream_members(&self, vhost: &str, queue: &str) -> usize {
+        self.catalog
+            .queue_home(vhost, queue)
+            .filter(|h| h.group == 0)
+            .map_or(1, |h| h.members.len().max(1))
     }
 
     fn delete_queue(&self, vhost: &str, queue: &str, reason: &'static str) {

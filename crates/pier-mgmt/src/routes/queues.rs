@@ -25,7 +25,7 @@ use crate::routes::Q;
 use crate::stats::{queue_counters, queueing};
 use crate::views::queue::{
     GotMessage, OwnerDetails, Queue as QueueView, QueueDetails, QueueMessageStats, QuorumFields,
-    QuorumMember,
+    QuorumMember, StreamMembers,
 };
 use crate::views::{self, Rate};
 use crate::AppState;
@@ -124,6 +124,27 @@ pub(crate) fn queue_view(
             members,
         }
     });
+    let stream_members = (q.kind() == pier_broker::queue::QueueType::Stream).then(|| {
+        let members = state
+            .cluster()
+            .and_then(|c| c.stream_members_of(vhost, q.name()).map(|m| (c, m)));
+        match members {
+            Some((c, members)) => StreamMembers {
+                leader: node.clone(),
+                online: members
+                    .iter()
+                    .filter(|n| c.is_running(n))
+                    .cloned()
+                    .collect(),
+                members,
+            },
+            None => StreamMembers {
+                leader: node.clone(),
+                online: vec![node.clone()],
+                members: vec![node.clone()],
+            },
+        }
+    });
     let c = q.counters();
     let qs = queueing(state, vhost, q);
     // A stream's figures, and its stream-protocol subscriptions among its consumers.
@@ -183,6 +204,7 @@ pub(crate) fn queue_view(
             .map(|c| c.tag.as_str().to_owned()),
         single_active_consumer_tag: q.active_consumer_tag().map(|t| t.to_string()),
         quorum,
+        stream_members,
         message_stats: QueueMessageStats {
             publish: c.published,
             publish_details: Rate::new(qs.arrival_rate),

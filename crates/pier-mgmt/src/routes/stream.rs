@@ -246,6 +246,8 @@ pub(crate) fn stream_figures(q: &Queue) -> Option<StreamFigures> {
             offsets: sorted(&tracking.offsets),
             sequences: sorted(&tracking.writers),
         },
+        written_offset: view.written_next,
+        replicas: stream.shared().replica_offsets().into_iter().collect(),
     })
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct Queue {
     /// Quorum queues only.
     #[serde(flatten)]
     pub quorum: Option<QuorumFields>,
+    /// Streams only: their leader and replicas, as RabbitMQ shows them.
+    #[serde(flatten)]
+    pub stream_members: Option<StreamMembers>,
     pub message_stats: QueueMessageStats,
     pub pier_queueing: Queueing,
     /// Streams only.
@@ -72,6 +75,14 @@ pub(crate) struct QuorumFields {
     pub messages_dlx: u64,
     pub message_bytes_dlx: u64,
     pub leader: Option<String>,
+    pub online: Vec<String>,
+    pub members: Vec<String>,
+}
+
+/// A stream's members: its leader (the node publishers write to) and its replicas.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StreamMembers {
+    pub leader: String,
     pub online: Vec<String>,
     pub members: Vec<String>,
 }
@@ -143,6 +154,11 @@ pub(crate) struct StreamFigures {
     pub first_timestamp: Option<i64>,
     pub last_timestamp: Option<i64>,
     pub tracking: StreamTracking,
+    /// The offset after the last chunk synced on this node (past `next_offset` while a
+    /// replicated stream waits for its replicas).
+    pub written_offset: u64,
+    /// A replicated stream's leader: the offset each replica has synced up to.
+    pub replicas: BTreeMap<String, u64>,
 }
 
 /// Stored consumer offsets and publisher sequences, by reference.

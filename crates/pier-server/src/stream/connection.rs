@@ -496,6 +496,18 @@ impl Session {
             .and_then(|q| q.stream().cloned())
     }
 
+    /// Stream `name` to read: led here, or this node's replica of it (RabbitMQ's clients
+    /// read from replicas when `Metadata` names some).
+    fn readable(&self, name: &str) -> Option<Arc<Stream>> {
+        self.stream(name).or_else(|| {
+            self.server
+                .metadata
+                .as_ref()?
+                .cluster()?
+                .stream_replica(self.vhost()?.name(), name)
+        })
+    }
+
     /// Why stream `name` cannot be used on this connection: it is hosted by another node of
     /// the cluster (`Metadata` names it: clients connect there), or there is no such stream.
     fn missing(&self, name: &str) -> ResponseCode {
@@ -726,7 +738,7 @@ impl Session {
             }
             ClientCommand::Publish(p) => self.publish(p).await,
             ClientCommand::QueryPublisherSequence(q) => {
-                let (code, sequence) = match self.stream(&q.stream) {
+                let (code, sequence) = match self.readable(&q.stream) {
                     None => (self.missing(&q.stream), 0),
                     Some(s) => (ResponseCode::Ok, s.writer_sequence(&q.reference)),
                 };
@@ -776,11 +788,23 @@ impl Session {
                         if let Err(e) = s.store_offset(o.reference, o.offset) {
                             tracing::warn!(stream = %o.stream, "store offset: {e}");
                         }
+                    } else if self.readable(&o.stream).is_some() {
+                        // A replica's consumer: its leader writes the offset (in order:
+                        // this connection waits for each).
+                        let cluster = self.server.metadata.as_ref().and_then(|m| m.cluster());
+                        if let (Some(c), Some(vh)) = (cluster, self.vhost()) {
+                            if let Err(e) = c
+                                .store_stream_offset(vh.name(), &o.stream, o.reference, o.offset)
+                                .await
+                            {
+                                tracing::warn!(stream = %o.stream, "store offset at the leader: {e}");
+                            }
+                        }
                     }
                 }
             }
             ClientCommand::QueryOffset(q) => {
-                let (code, offset) = match self.stream(&q.stream) {
+                let (code, offset) = match self.readable(&q.stream) {
                     None => (ResponseCode::StreamDoesNotExist, 0),
                     Some(_) if !self.allowed(ObjectKind::Queue, &q.stream, Access::Read) => {
                         (ResponseCode::AccessRefused, 0)
@@ -876,10 +900,40 @@ impl Session {
                         });
                     }
                 }
+                let members_of = |name: &str| {
+                    let vh = self.vhost()?.name();
+                    self.server
+                        .metadata
+                        .as_ref()?
+                        .cluster()?
+                        .stream_members_of(vh, name)
+                };
+                let me = self
+                    .server
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.cluster())
+                    .map(|c| c.node_name().to_owned());
+                // A node's reference: 0 for this one, else its place in `brokers` (a node
+                // that is down, or serves no stream port, has none).
+                let reference = |node: &str| {
+                    if me.as_deref() == Some(node) {
+                        Some(0)
+                    } else {
+                        nodes
+                            .iter()
+                            .position(|n| n == node)
+                            .and_then(|i| u16::try_from(i + 1).ok())
+                    }
+                };
                 let streams = m
                     .streams
                     .into_iter()
                     .map(|name| {
+                        // Its replicas' nodes (after the leader in its members).
+                        let replicas: Vec<u16> = members_of(&name)
+                            .map(|m| m.iter().skip(1).filter_map(|n| reference(n)).collect())
+                            .unwrap_or_default();
                         let (code, leader) = if self.stream(&name).is_some() {
                             (ResponseCode::Ok, 0)
                         } else {
@@ -898,7 +952,7 @@ impl Session {
                             stream: name,
                             code,
                             leader,
-                            replicas: Vec::new(),
+                            replicas,
                         }
                     })
                     .collect();
@@ -935,7 +989,7 @@ impl Session {
                 .await;
             }
             ClientCommand::StreamStats(st) => {
-                let (code, stats) = match self.stream(&st.stream) {
+                let (code, stats) = match self.readable(&st.stream) {
                     None => (ResponseCode::StreamDoesNotExist, Vec::new()),
                     Some(s) => {
                         let v = s.shared().view();
@@ -1045,7 +1099,7 @@ impl Session {
                 .await;
             }
             ClientCommand::ResolveOffsetSpec(r) => {
-                let (code, offset) = match self.stream(&r.stream) {
+                let (code, offset) = match self.readable(&r.stream) {
                     None => (ResponseCode::StreamDoesNotExist, 0),
                     Some(s) => match s.reader(to_start(r.offset)) {
                         Ok(rd) => (ResponseCode::Ok, rd.next_chunk_id()),
@@ -1204,14 +1258,14 @@ impl Session {
         let Some(vh) = self.vhost.clone() else { return };
         let code = if self.subscriptions.contains_key(&s.subscription_id) {
             ResponseCode::SubscriptionIdAlreadyExists
-        } else if self.stream(&s.stream).is_none() {
+        } else if self.readable(&s.stream).is_none() {
             self.missing(&s.stream)
         } else if !self.allowed(ObjectKind::Queue, &s.stream, Access::Read) {
             ResponseCode::AccessRefused
         } else {
             ResponseCode::Ok
         };
-        let stream = match (code, self.stream(&s.stream)) {
+        let stream = match (code, self.readable(&s.stream)) {
             (ResponseCode::Ok, Some(stream)) => stream,
             _ => {
                 self.send(ServerCommand::SubscribeResponse(response(

@@ -70,14 +70,19 @@ fn declare_command(
     args: &[(String, String)],
 ) -> Result<MetadataCommand, DeclareError> {
     let me = this_node(md);
+    let table = queue_arguments(args);
+    // Its replicas: every member of the cluster unless `initial-cluster-size` says fewer.
+    let members = md
+        .cluster()
+        .map_or_else(|| vec![me.clone()], |c| c.queue_members(true, &table, None));
     Ok(MetadataCommand::DeclareQueue {
         vhost: vh.name().to_owned(),
         name: name.to_owned(),
         durable: true,
         auto_delete: false,
-        arguments: metadata::arguments(&queue_arguments(args))?,
-        home: me.clone(),
-        members: vec![me],
+        arguments: metadata::arguments(&table)?,
+        home: me,
+        members,
         checked: true,
     })
 }

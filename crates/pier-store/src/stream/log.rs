@@ -50,9 +50,14 @@ pub struct ChunkLocation {
 /// What readers see: committed segments and chunks.
 #[derive(Debug, Clone, Default)]
 pub struct View {
+    /// Segments as written and synced here (a replicated stream's last chunks in them may
+    /// not be committed yet: readers stop at `committed_next`).
     pub segments: Vec<SegmentMeta>,
-    /// Offset after the last committed chunk (where `next` attaches).
+    /// Offset after the last committed chunk (where `next` attaches): synced here and,
+    /// when the stream is replicated, on a majority of its members.
     pub committed_next: u64,
+    /// Offset after the last chunk written and synced on this node (what replicas copy).
+    pub written_next: u64,
     /// The last committed chunk holding messages (`last` attaches there).
     pub last_user_chunk: Option<ChunkLocation>,
     /// The last committed chunk of any kind (`Deliver` v2's committed chunk id).
@@ -123,6 +128,47 @@ impl Tracking {
 
 type Listener = Arc<dyn Fn() + Send + Sync>;
 
+/// Runs once the chunks before an offset are committed (a replicated leader's confirms).
+pub type OnCommit = Box<dyn FnOnce() + Send>;
+
+/// When written chunks count as committed (readers see them, publishers get confirms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitRule {
+    /// Once synced here: a stream with no replicas.
+    Local,
+    /// A replicated stream's leader: once synced on a majority of `members` nodes (this
+    /// one and the replicas whose synced offsets `acks` holds).
+    Quorum {
+        members: usize,
+        acks: HashMap<String, u64>,
+    },
+    /// A replica: what the leader said is committed (and this node has synced).
+    Follow { leader_committed: u64 },
+}
+
+impl CommitRule {
+    /// The committed offset given what this node has synced (`written`).
+    fn committed(&self, written: u64) -> u64 {
+        match self {
+            CommitRule::Local => written,
+            CommitRule::Quorum { members, acks } => {
+                let mut v: Vec<u64> = acks.values().map(|a| (*a).min(written)).collect();
+                v.push(written);
+                v.sort_unstable_by(|a, b| b.cmp(a));
+                // The majority-th highest: synced on at least that many members.
+                v.get(members / 2).copied().unwrap_or(0)
+            }
+            CommitRule::Follow { leader_committed } => (*leader_committed).min(written),
+        }
+    }
+}
+
+struct Commit {
+    rule: CommitRule,
+    /// Callbacks waiting for an offset to be committed, in offset order.
+    waiting: std::collections::VecDeque<(u64, OnCommit)>,
+}
+
 /// The part of a stream that readers, the protocol servers and management share.
 pub struct Shared {
     pub(crate) dir: PathBuf,
@@ -135,6 +181,8 @@ pub struct Shared {
     /// The newest chunks as readers take them, so that consumers at the tail share the
     /// writer's copy instead of each reading the file (see [`Recent`]).
     recent: Mutex<Recent>,
+    /// When written chunks are committed. Locked before `view` where both are.
+    commit: Mutex<Commit>,
 }
 
 /// The newest chunks, oldest first, up to [`RECENT_BYTES`] (at least the newest one):
@@ -234,6 +282,189 @@ impl Shared {
 
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// What is synced here and what is committed: (`written_next`, `committed_next`).
+    pub fn positions(&self) -> (u64, u64) {
+        self.with_view(|v| (v.written_next, v.committed_next))
+    }
+
+    fn commit_state(&self) -> std::sync::MutexGuard<'_, Commit> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rule in force.
+    pub fn commit_rule(&self) -> CommitRule {
+        self.commit_state().rule.clone()
+    }
+
+    /// Makes this stream a replicated leader of `members` nodes (1: not replicated), keeping
+    /// the replicas' acknowledgements it has; commits what that allows.
+    pub fn set_members(&self, members: usize) {
+        let mut c = self.commit_state();
+        if members <= 1 {
+            c.rule = CommitRule::Local;
+        } else if let CommitRule::Quorum { members: m, .. } = &mut c.rule {
+            *m = members;
+        } else {
+            c.rule = CommitRule::Quorum {
+                members,
+                acks: HashMap::new(),
+            };
+        }
+        self.recommit_locked(c, true);
+    }
+
+    /// A replica `node` has synced everything before `next` (a leader's stream).
+    pub fn replica_synced(&self, node: &str, next: u64) {
+        let mut c = self.commit_state();
+        if let CommitRule::Quorum { acks, .. } = &mut c.rule {
+            let a = acks.entry(node.to_owned()).or_insert(0);
+            if next <= *a {
+                return;
+            }
+            *a = next;
+        } else {
+            return;
+        }
+        self.recommit_locked(c, true);
+    }
+
+    /// Forgets a replica's acknowledgements (it left the stream's members).
+    pub fn forget_replica(&self, node: &str) {
+        if let CommitRule::Quorum { acks, .. } = &mut self.commit_state().rule {
+            acks.remove(node);
+        }
+    }
+
+    /// Each replica's synced offset (a leader's stream).
+    pub fn replica_offsets(&self) -> Vec<(String, u64)> {
+        match &self.commit_state().rule {
+            CommitRule::Quorum { acks, .. } => {
+                let mut v: Vec<(String, u64)> = acks.iter().map(|(n, o)| (n.clone(), *o)).collect();
+                v.sort();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A replica learnt what its leader has committed.
+    pub fn follow(&self, leader_committed: u64) {
+        let mut c = self.commit_state();
+        match &mut c.rule {
+            CommitRule::Follow {
+                leader_committed: l,
+            } if *l >= leader_committed => return,
+            rule => {
+                *rule = CommitRule::Follow { leader_committed };
+            }
+        }
+        self.recommit_locked(c, true);
+    }
+
+    /// Runs `f` once everything before `offset` is committed (at once if it is).
+    pub fn on_commit(&self, offset: u64, f: OnCommit) {
+        let mut c = self.commit_state();
+        let committed = self.with_view(|v| v.committed_next);
+        if offset <= committed {
+            drop(c);
+            f();
+            return;
+        }
+        c.waiting.push_back((offset, f));
+    }
+
+    /// Moves `committed_next` to what the rule allows now (after `update` changed the
+    /// view, under its lock), runs the callbacks that reached it, and wakes readers when it
+    /// moved and `wake`.
+    fn recommit_with(
+        &self,
+        mut c: std::sync::MutexGuard<'_, Commit>,
+        update: impl FnOnce(&mut View),
+        wake: bool,
+    ) {
+        let moved = {
+            let mut v = self.view.write().unwrap_or_else(|p| p.into_inner());
+            update(&mut v);
+            let committed = c.rule.committed(v.written_next).max(v.committed_next);
+            let moved = committed > v.committed_next;
+            v.committed_next = committed;
+            moved.then_some(committed)
+        };
+        let Some(committed) = moved else { return };
+        let mut ready = Vec::new();
+        while c.waiting.front().is_some_and(|(o, _)| *o <= committed) {
+            if let Some((_, f)) = c.waiting.pop_front() {
+                ready.push(f);
+            }
+        }
+        drop(c);
+        for f in ready {
+            f();
+        }
+        if wake {
+            self.notify();
+        }
+    }
+
+    fn recommit_locked(&self, c: std::sync::MutexGuard<'_, Commit>, wake: bool) {
+        self.recommit_with(c, |_| {}, wake);
+    }
+
+    /// Stored chunks (header, bloom filter, data, trailer: the files' form) from chunk
+    /// `from` on, whole chunks up to about `max` octets (at least one), not past what is
+    /// synced here nor past the end of `from`'s segment: what a replica copies. `None`
+    /// when nothing after `from` is synced yet. `from` must start a chunk.
+    pub fn read_stored(&self, from: u64, max: usize) -> Result<Option<Bytes>, StreamError> {
+        let (written, seg) = self.with_view(|v| {
+            (
+                v.written_next,
+                v.segment_of(from).and_then(|i| v.segments.get(i)).copied(),
+            )
+        });
+        if from >= written {
+            return Ok(None);
+        }
+        let Some(seg) = seg else {
+            return Err(StreamError::Corrupt(format!(
+                "offset {from} is before the stream's first segment"
+            )));
+        };
+        let Some(l) = self.locate_offset(from)? else {
+            return Ok(None);
+        };
+        if l.record.chunk_id != from || l.segment != seg.first_chunk_id {
+            return Err(StreamError::Corrupt(format!(
+                "no chunk starts at offset {from} (the chunk there starts at {})",
+                l.record.chunk_id
+            )));
+        }
+        let at = u64::from(l.record.position);
+        let want = seg
+            .data_len
+            .saturating_sub(at)
+            .min(max as u64)
+            .max(u64::from(l.record.size));
+        let path = self.segment_path(seg.first_chunk_id);
+        let f = File::open(&path).map_err(io("open segment", &path))?;
+        let mut buf = vec![0u8; usize::try_from(want).unwrap_or(usize::MAX)];
+        f.read_exact_at(&mut buf, at)
+            .map_err(io("read segment", &path))?;
+        // Whole chunks only.
+        let mut end = 0;
+        while let Some(h) = buf
+            .get(end..end + CHUNK_HEADER_SIZE)
+            .and_then(|b| ChunkHeader::parse(b).ok())
+        {
+            let size = usize::try_from(stored_size(&h)).unwrap_or(usize::MAX);
+            if end + size > buf.len() {
+                break;
+            }
+            end += size;
+        }
+        buf.truncate(end);
+        Ok((!buf.is_empty()).then(|| Bytes::from(buf)))
     }
 
     pub(crate) fn segment_path(&self, first_chunk_id: u64) -> PathBuf {
@@ -368,6 +599,8 @@ pub struct StreamLog {
     tracking: Tracking,
     last_user_chunk: Option<ChunkLocation>,
     last_chunk_id: Option<u64>,
+    /// The type of the last chunk written (a replica rolls segments where its leader did).
+    last_chunk_type: Option<ChunkType>,
     unsynced: bool,
     retention_due: bool,
     buf: BytesMut,
@@ -484,6 +717,10 @@ impl StreamLog {
             deleted: AtomicBool::new(false),
             appended_messages: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
+            commit: Mutex::new(Commit {
+                rule: CommitRule::Local,
+                waiting: std::collections::VecDeque::new(),
+            }),
         });
         let mut report = StreamRecovery::default();
         let mut sealed = Vec::new();
@@ -501,6 +738,7 @@ impl StreamLog {
                 tracking: Tracking::default(),
                 last_user_chunk: None,
                 last_chunk_id: None,
+                last_chunk_type: None,
                 unsynced: false,
                 retention_due: false,
                 buf: BytesMut::new(),
@@ -522,6 +760,8 @@ impl StreamLog {
         }
         let (mut active, tracking, lu, last_chunk, next) =
             Self::recover_active(&shared, last_first, &mut report)?;
+        let last_chunk_type = last_chunk.and_then(|(_, t)| ChunkType::from_code(t));
+        let last_chunk = last_chunk.map(|(id, _)| id);
         active.go_direct(config.sync);
         if lu.is_some() {
             last_user_chunk = lu;
@@ -540,6 +780,7 @@ impl StreamLog {
             tracking,
             last_user_chunk,
             last_chunk_id: last_chunk,
+            last_chunk_type,
             unsynced: false,
             retention_due: false,
             buf: BytesMut::new(),
@@ -645,7 +886,16 @@ impl StreamLog {
         shared: &Shared,
         first: u64,
         report: &mut StreamRecovery,
-    ) -> Result<(Active, Tracking, Option<ChunkLocation>, Option<u64>, u64), StreamError> {
+    ) -> Result<
+        (
+            Active,
+            Tracking,
+            Option<ChunkLocation>,
+            Option<(u64, u8)>,
+            u64,
+        ),
+        StreamError,
+    > {
         let seg_path = shared.segment_path(first);
         let idx_path = shared.index_path(first);
         let open = |p: &Path| {
@@ -789,7 +1039,7 @@ impl StreamLog {
         }
         let first_ts = records.first().map_or(0, |r| r.timestamp);
         let last_ts = records.last().map_or(0, |r| r.timestamp);
-        let last_chunk = records.last().map(|r| r.chunk_id);
+        let last_chunk = records.last().map(|r| (r.chunk_id, r.chunk_type));
         let active = Active {
             first_chunk_id: first,
             seg,
@@ -1122,6 +1372,7 @@ impl StreamLog {
             });
         }
         self.last_chunk_id = Some(r.chunk_id);
+        self.last_chunk_type = Some(chunk.header.chunk_type);
         self.unsynced = true;
         // Readers at the tail: a user chunk as delivered, any other as a header to skip (a
         // user chunk without its delivered form is left to the file).
@@ -1140,6 +1391,80 @@ impl StreamLog {
         Ok(r)
     }
 
+    /// A replica's write: chunks as its leader stored them ([`Shared::read_stored`]), which
+    /// must continue this log (the first one's id is [`StreamLog::next_offset`]). Each is
+    /// checked (header, data CRC, trailer) and written as it is, so the replica's chunks and
+    /// offsets are the leader's. Segments roll where the leader's did: before a tracking
+    /// snapshot (the leader starts every segment with one when it has tracking) and, for a
+    /// leader without tracking, where the same size rule puts the roll. Not visible to
+    /// readers until [`StreamLog::sync`]; returns the chunks written.
+    pub fn accept(&mut self, stored: &Bytes) -> Result<usize, StreamError> {
+        let mut at = 0;
+        let mut n = 0;
+        while at < stored.len() {
+            let rest = stored.slice(at..);
+            let (chunk, used) = Chunk::parse_stored(&rest)
+                .map_err(|e| StreamError::Chunk(format!("replicated chunk: {e}")))?;
+            if chunk.header.first_offset != self.next_offset {
+                return Err(StreamError::Chunk(format!(
+                    "replicated chunk {} does not continue the log (next offset {})",
+                    chunk.header.first_offset, self.next_offset
+                )));
+            }
+            chunk
+                .verify_crc()
+                .map_err(|e| StreamError::Chunk(format!("replicated chunk: {e}")))?;
+            let entries = decode_trailer(&chunk.trailer)?;
+            let size = used as u64;
+            // The leader checks its size rule before a chunk, and after a roll writes the
+            // snapshot and the chunk into the new segment without checking it again.
+            let opened_by_snapshot = self.active.chunks == 1
+                && self.last_chunk_type == Some(ChunkType::TrackingSnapshot);
+            if self.active.chunks > 0
+                && (chunk.header.chunk_type == ChunkType::TrackingSnapshot
+                    || (!opened_by_snapshot
+                        && self.active.seg_len + size > self.config.max_segment_size_bytes))
+            {
+                self.roll_segment(false)?;
+            }
+            let position = u32::try_from(self.active.seg_len)
+                .map_err(|_| StreamError::Chunk("segment over 4 GiB".into()))?;
+            let bytes = rest.slice(..used);
+            let a = &mut self.active;
+            let direct = match &mut a.direct {
+                Some(d) => match d.append(&[&bytes]) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        a.direct = None;
+                        false
+                    }
+                    Err(e) => return Err(io("write", &a.seg_path)(e)),
+                },
+                None => false,
+            };
+            if !direct {
+                a.seg
+                    .write_all_at(&bytes, a.seg_len)
+                    .map_err(io("write", &a.seg_path))?;
+            }
+            // Without a bloom filter the stored form begins with the delivered one.
+            let delivered = (chunk.header.chunk_type == ChunkType::User
+                && chunk.header.bloom_size == 0)
+                .then(|| bytes.slice(..CHUNK_HEADER_SIZE + chunk.header.data_length as usize));
+            self.last_timestamp = self.last_timestamp.max(chunk.header.timestamp);
+            if chunk.header.chunk_type == ChunkType::User {
+                self.shared
+                    .appended_messages
+                    .fetch_add(u64::from(chunk.header.num_entries), Ordering::Relaxed);
+            }
+            self.record_written(&chunk, position, size, delivered)?;
+            self.tracking.apply(entries);
+            at += used;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The stream is idle: its newest chunks need not stay in memory.
     pub fn idle(&self) {
         self.shared.forget_recent();
@@ -1147,6 +1472,12 @@ impl StreamLog {
 
     /// Seals the active segment and starts the next one with a tracking snapshot.
     fn roll(&mut self) -> Result<(), StreamError> {
+        self.roll_segment(true)
+    }
+
+    /// Seals the active segment and starts the next one, with a tracking snapshot when
+    /// `snapshot` (a replica takes its leader's snapshots as they come).
+    fn roll_segment(&mut self, snapshot: bool) -> Result<(), StreamError> {
         self.active.trim()?;
         let a = &self.active;
         a.seg.sync_data().map_err(io("sync", &a.seg_path))?;
@@ -1162,9 +1493,9 @@ impl StreamLog {
         });
         self.active = Self::create_segment(&self.shared, self.next_offset)?;
         self.active.go_direct(self.config.sync);
-        let snapshot = self.tracking.snapshot();
-        if !snapshot.is_empty() {
-            self.append_tracking_chunk(ChunkType::TrackingSnapshot, &snapshot)?;
+        let entries = self.tracking.snapshot();
+        if snapshot && !entries.is_empty() {
+            self.append_tracking_chunk(ChunkType::TrackingSnapshot, &entries)?;
         }
         // A segment was sealed: the oldest ones may now be over the limits (applied after
         // the next sync, so that readers never see unsynced chunks).
@@ -1205,15 +1536,19 @@ impl StreamLog {
             data_len: a.seg_len,
             chunks: a.chunks,
         });
-        {
-            let mut v = self.shared.view.write().unwrap_or_else(|p| p.into_inner());
-            *v = View {
-                segments,
-                committed_next: self.next_offset,
-                last_user_chunk: self.last_user_chunk,
-                last_chunk_id: self.last_chunk_id,
-            };
-        }
+        let next = self.next_offset;
+        let (last_user_chunk, last_chunk_id) = (self.last_user_chunk, self.last_chunk_id);
+        // Readers are woken by the caller (`sync`), which also wakes replicas' reads.
+        self.shared.recommit_with(
+            self.shared.commit_state(),
+            |v| {
+                v.segments = segments;
+                v.written_next = next;
+                v.last_user_chunk = last_user_chunk;
+                v.last_chunk_id = last_chunk_id;
+            },
+            false,
+        );
         let mut t = self
             .shared
             .tracking

@@ -45,7 +45,10 @@ use bytes::Bytes;
 use pier_stream_wire::Entry;
 
 pub use format::{osiris_trailer_length, IndexRecord, TrackingEntry, INDEX_RECORD_LEN};
-pub use log::{ChunkLocation, SegmentMeta, Shared, StreamLog, StreamRecovery, Tracking, View};
+pub use log::{
+    ChunkLocation, CommitRule, OnCommit, SegmentMeta, Shared, StreamLog, StreamRecovery, Tracking,
+    View,
+};
 pub use reader::{ReadChunk, StartAt, StreamReader};
 
 /// Errors of a stream.
@@ -70,6 +73,9 @@ pub enum StreamError {
     /// `try_append` on a full channel.
     #[error("the stream's writer is busy")]
     Busy,
+    /// Publishes and stored offsets go to a replicated stream's leader, not to a replica.
+    #[error("this node holds a replica of the stream: its leader takes writes")]
+    Replica,
 }
 
 impl StreamError {
@@ -134,6 +140,9 @@ pub struct Appended {
 /// Called from the writer thread once an append is durable (or failed).
 pub type AppendDone = Box<dyn FnOnce(Result<Appended, Arc<StreamError>>) + Send>;
 
+/// Called once a replica's copy of its leader's chunks is synced: the log's next offset.
+pub type AcceptDone = Box<dyn FnOnce(Result<u64, Arc<StreamError>>) + Send>;
+
 enum Command {
     Append {
         writer: Option<String>,
@@ -146,6 +155,11 @@ enum Command {
     },
     SetConfig(StreamConfig),
     Flush(std::sync::mpsc::SyncSender<()>),
+    /// A replica's copy of chunks its leader stored.
+    Accept {
+        stored: Bytes,
+        done: AcceptDone,
+    },
 }
 
 /// Commands queued for a stream's writer before `append` blocks.
@@ -173,6 +187,8 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 /// A stream: its writer thread and the shared view readers use.
 pub struct Stream {
     shared: Arc<Shared>,
+    /// A replica of a stream led by another node: it takes only its leader's chunks.
+    replica: bool,
     tx: Mutex<Option<SyncSender<Command>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     config: Mutex<StreamConfig>,
@@ -192,7 +208,28 @@ impl Stream {
         dir: &Path,
         config: StreamConfig,
     ) -> Result<(Arc<Stream>, StreamRecovery), StreamError> {
+        Self::open_as(dir, config, false)
+    }
+
+    /// Opens (recovering) or creates a replica of a stream another node leads: it takes
+    /// chunks only through [`Stream::accept`], and its readers see what the leader said is
+    /// committed ([`Shared::follow`]).
+    pub fn open_replica(
+        dir: &Path,
+        config: StreamConfig,
+    ) -> Result<(Arc<Stream>, StreamRecovery), StreamError> {
+        Self::open_as(dir, config, true)
+    }
+
+    fn open_as(
+        dir: &Path,
+        config: StreamConfig,
+        replica: bool,
+    ) -> Result<(Arc<Stream>, StreamRecovery), StreamError> {
         let (log, recovery) = StreamLog::open(dir, config.clone())?;
+        if replica {
+            log.shared().follow(0);
+        }
         let shared = Arc::clone(log.shared());
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITER_CHANNEL);
         let name = format!(
@@ -208,6 +245,7 @@ impl Stream {
         Ok((
             Arc::new(Stream {
                 shared,
+                replica,
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 config: Mutex::new(config),
@@ -231,7 +269,34 @@ impl Stream {
             .clone()
     }
 
+    /// Whether this is a replica of a stream another node leads.
+    pub fn is_replica(&self) -> bool {
+        self.replica
+    }
+
+    /// A replica's write: chunks as its leader stored them, checked and written as they
+    /// are; `done` gets the log's next offset once they are synced. Never blocks (a
+    /// replica's one puller waits for each answer before it sends the next).
+    pub fn accept(&self, stored: Bytes, done: AcceptDone) -> Result<(), StreamError> {
+        if !self.replica {
+            return Err(StreamError::Chunk("not a replica".into()));
+        }
+        self.sender_any()?
+            .try_send(Command::Accept { stored, done })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => StreamError::Busy,
+                TrySendError::Disconnected(_) => StreamError::Stopped,
+            })
+    }
+
     fn sender(&self) -> Result<SyncSender<Command>, StreamError> {
+        if self.replica {
+            return Err(StreamError::Replica);
+        }
+        self.sender_any()
+    }
+
+    fn sender_any(&self) -> Result<SyncSender<Command>, StreamError> {
         self.tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -299,7 +364,7 @@ impl Stream {
     /// Changes retention and segment size (a policy changed).
     pub fn set_config(&self, config: StreamConfig) -> Result<(), StreamError> {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
-        self.sender()?
+        self.sender_any()?
             .send(Command::SetConfig(config))
             .map_err(|_| StreamError::Stopped)
     }
@@ -307,7 +372,7 @@ impl Stream {
     /// Waits until everything queued before is written, synced and visible.
     pub fn flush(&self) -> Result<(), StreamError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.sender()?
+        self.sender_any()?
             .send(Command::Flush(tx))
             .map_err(|_| StreamError::Stopped)?;
         rx.recv().map_err(|_| StreamError::Stopped)
@@ -386,6 +451,8 @@ struct Batch {
     done: Vec<(AppendDone, Appended, u64)>,
     offsets: Vec<TrackingEntry>,
     flushes: Vec<std::sync::mpsc::SyncSender<()>>,
+    /// Replicated chunks written (or refused): told once synced.
+    accepted: Vec<(AcceptDone, Option<Arc<StreamError>>)>,
 }
 
 fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
@@ -500,6 +567,15 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 }
                 Command::SetConfig(c) => log.set_config(c),
                 Command::Flush(tx) => batch.flushes.push(tx),
+                Command::Accept { stored, done } => {
+                    let r = match &failed {
+                        Some(e) => Err(Arc::clone(e)),
+                        None => log.accept(&stored).map_err(Arc::new),
+                    };
+                    // What was written before a bad chunk stays (it verified) and is synced
+                    // with the rest; the replica asks again from its synced end.
+                    batch.accepted.push((done, r.err()));
+                }
             }
             if batch.bytes < MAX_CHUNK_BYTES
                 && batch.entries.len() < MAX_CHUNK_ENTRIES
@@ -518,11 +594,29 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 failed = Some(Arc::clone(e));
             }
         }
-        for (done, appended, before) in batch.done {
-            done(result.as_ref().map_err(Arc::clone).map(|chunks| Appended {
-                first_offset: chunks.offset_of(before).filter(|_| appended.written > 0),
-                ..appended
-            }));
+        for (done, refused) in batch.accepted {
+            done(match (&result, refused) {
+                (Err(e), _) => Err(Arc::clone(e)),
+                (Ok(_), Some(e)) => Err(e),
+                (Ok(_), None) => Ok(log.next_offset()),
+            });
+        }
+        let dones = std::mem::take(&mut batch.done);
+        let end = log.next_offset();
+        let wait = result.is_ok() && !dones.is_empty();
+        let confirm = move || {
+            for (done, appended, before) in dones {
+                done(result.as_ref().map_err(Arc::clone).map(|chunks| Appended {
+                    first_offset: chunks.offset_of(before).filter(|_| appended.written > 0),
+                    ..appended
+                }));
+            }
+        };
+        if wait {
+            // A replicated stream confirms once a majority has the chunks (at once otherwise).
+            log.shared().on_commit(end, Box::new(confirm));
+        } else {
+            confirm();
         }
         for f in batch.flushes {
             let _ = f.send(());

@@ -772,3 +772,224 @@ fn big_chunks_built_in_place_read_back_and_survive_a_crash() {
     assert_eq!(bodies(&s), from_memory);
     assert_eq!(from_memory.len(), want.len() + 30);
 }
+
+/// Copies what `leader` has synced past `replica`'s end into `replica`, as the cluster's
+/// puller does, and tells the leader (as `node`) how far the replica has synced.
+fn replicate_once(leader: &Stream, replica: &Stream, node: &str, max: usize) -> bool {
+    let from = replica.shared().view().written_next;
+    let Some(stored) = leader.shared().read_stored(from, max).unwrap() else {
+        return false;
+    };
+    let (tx, rx) = mpsc::sync_channel(1);
+    replica
+        .accept(
+            stored,
+            Box::new(move |r| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            }),
+        )
+        .unwrap();
+    let next = rx.recv().unwrap().unwrap();
+    leader.shared().replica_synced(node, next);
+    replica
+        .shared()
+        .follow(leader.shared().view().committed_next);
+    true
+}
+
+/// A leader of three members confirms an append only once one replica has synced it, its
+/// readers see nothing before that, and a replica fed the leader's stored chunks (small
+/// segments: rolls with tracking snapshots, stored offsets, a named publisher, filtered
+/// chunks) ends up with the same chunks, offsets, tracking and messages.
+#[test]
+fn a_replica_copies_its_leader_and_confirms_wait_for_a_majority() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, _) = Stream::open(&dir.path().join("leader"), small_segments()).unwrap();
+    let (replica, _) = Stream::open_replica(&dir.path().join("replica"), small_segments()).unwrap();
+    leader.shared().set_members(3);
+
+    // Not confirmed, not visible, until a replica has it.
+    let (tx, rx) = mpsc::sync_channel(1);
+    leader
+        .append(
+            Some("w".into()),
+            vec![msg(1, "first")],
+            Box::new(move |r| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            }),
+        )
+        .unwrap();
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_err());
+    assert_eq!(leader.shared().view().committed_next, 0);
+    assert_eq!(leader.shared().view().written_next, 1);
+    assert!(read_all(&leader, StartAt::First).is_empty());
+    // A replica's writes are refused to anyone but its puller.
+    assert!(matches!(
+        replica.append(None, vec![msg(0, "x")], Box::new(|_| {})),
+        Err(StreamError::Replica)
+    ));
+    assert!(matches!(
+        replica.store_offset("c".into(), 0),
+        Err(StreamError::Replica)
+    ));
+    assert!(replicate_once(&leader, &replica, "b", 1 << 20));
+    assert_eq!(rx.recv().unwrap().unwrap().first_offset, Some(0));
+    assert_eq!(leader.shared().view().committed_next, 1);
+    assert_eq!(
+        read_all(&replica, StartAt::First),
+        vec![(0, "first".into())]
+    );
+
+    // Many chunks over several segments, copied in small steps.
+    let (tx, rx) = mpsc::channel();
+    for i in 0..60u64 {
+        let tx = tx.clone();
+        let mut m = msg(i + 2, &format!("m{i:03}-{}", "x".repeat(300)));
+        if i % 7 == 0 {
+            m.filter = Some(Bytes::from_static(b"red"));
+        }
+        leader
+            .append(
+                Some("w".into()),
+                vec![m],
+                Box::new(move |r| {
+                    let _ = tx.send(r.is_ok());
+                }),
+            )
+            .unwrap();
+        if i % 10 == 0 {
+            leader.store_offset(format!("c{i}"), i).unwrap();
+        }
+        if i % 3 == 0 {
+            replicate_once(&leader, &replica, "b", 2000);
+        }
+    }
+    leader.flush().unwrap();
+    while replicate_once(&leader, &replica, "b", 2000) {}
+    for _ in 0..60 {
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap());
+    }
+    let lv = leader.shared().view();
+    let rv = replica.shared().view();
+    assert!(lv.segments.len() > 2, "{} segments", lv.segments.len());
+    assert_eq!(lv.committed_next, lv.written_next);
+    assert_eq!(rv.written_next, lv.written_next);
+    assert_eq!(rv.committed_next, lv.committed_next);
+    assert_eq!(
+        lv.segments
+            .iter()
+            .map(|s| (s.first_chunk_id, s.next_chunk_id, s.chunks))
+            .collect::<Vec<_>>(),
+        rv.segments
+            .iter()
+            .map(|s| (s.first_chunk_id, s.next_chunk_id, s.chunks))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(leader.shared().tracking(), replica.shared().tracking());
+    assert_eq!(
+        read_all(&leader, StartAt::First),
+        read_all(&replica, StartAt::First)
+    );
+    assert_eq!(
+        leader.shared().replica_offsets(),
+        vec![("b".into(), lv.written_next)]
+    );
+    // Chunk for chunk the same bytes.
+    let mut from = 0;
+    while let Some(a) = leader.shared().read_stored(from, 1 << 20).unwrap() {
+        let b = replica
+            .shared()
+            .read_stored(from, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a, b);
+        let (c, _) = pier_stream_wire::Chunk::parse_stored(&a).unwrap();
+        let mut at = 0;
+        let mut last = c.header;
+        while at < a.len() {
+            let (c, used) = pier_stream_wire::Chunk::parse_stored(&a.slice(at..)).unwrap();
+            last = c.header;
+            at += used;
+        }
+        from = last.first_offset + u64::from(last.num_records.max(1));
+    }
+    assert_eq!(from, lv.written_next);
+
+    // The replica recovers as it was, and keeps following.
+    let tracking = replica.shared().tracking();
+    replica.close();
+    drop(replica);
+    let (replica, rec) =
+        Stream::open_replica(&dir.path().join("replica"), small_segments()).unwrap();
+    assert_eq!(rec.next_offset, lv.written_next);
+    assert_eq!(replica.shared().tracking(), tracking);
+    append_wait_replicated(&leader, &replica);
+    assert_eq!(
+        read_all(&leader, StartAt::First),
+        read_all(&replica, StartAt::First)
+    );
+}
+
+fn append_wait_replicated(leader: &Stream, replica: &Stream) {
+    let (tx, rx) = mpsc::sync_channel(1);
+    leader
+        .append(
+            None,
+            vec![msg(0, "after restart")],
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        )
+        .unwrap();
+    leader.flush().unwrap();
+    assert!(replicate_once(leader, replica, "b", 1 << 20));
+    assert!(rx.recv().unwrap());
+}
+
+/// A chunk that does not continue the replica's log, or does not verify, is refused and
+/// leaves the log as it was.
+#[test]
+fn a_replica_refuses_chunks_that_do_not_continue_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, _) = Stream::open(&dir.path().join("leader"), StreamConfig::default()).unwrap();
+    let (replica, _) =
+        Stream::open_replica(&dir.path().join("replica"), StreamConfig::default()).unwrap();
+    append_wait(&leader, None, vec![msg(0, "a"), msg(0, "b")]);
+    append_wait(&leader, None, vec![msg(0, "c")]);
+    let accept = |stored: Bytes| {
+        let (tx, rx) = mpsc::sync_channel(1);
+        replica
+            .accept(
+                stored,
+                Box::new(move |r| {
+                    let _ = tx.send(r.map_err(|e| e.to_string()));
+                }),
+            )
+            .unwrap();
+        rx.recv().unwrap()
+    };
+    // The second chunk alone (offset 2) does not continue an empty log.
+    let second = leader.shared().read_stored(2, 1 << 20).unwrap().unwrap();
+    assert!(accept(second).unwrap_err().contains("does not continue"));
+    let mut all = leader
+        .shared()
+        .read_stored(0, 1 << 20)
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let last = all.len() - 1;
+    all[last] ^= 0xff;
+    let e = accept(Bytes::from(all)).unwrap_err();
+    assert!(e.contains("CRC") || e.contains("crc"), "{e}");
+    // The first chunk verified and stays; the rest comes again.
+    assert_eq!(replica.shared().view().written_next, 2);
+    let rest = leader.shared().read_stored(2, 1 << 20).unwrap().unwrap();
+    assert_eq!(accept(rest).unwrap(), 3);
+    replica.shared().follow(3);
+    assert_eq!(
+        read_all(&replica, StartAt::First),
+        read_all(&leader, StartAt::First)
+    );
+}
