@@ -12,6 +12,7 @@ replica (the other makes the majority), SIGKILL of all nodes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.parse
 
@@ -73,6 +74,16 @@ def consume_on(node, stream: str, count: int, reference: str | None = None) -> l
         return asyncio.run(run())
     finally:
         rstream.client.Client.query_leader_and_replicas = original
+
+
+async def publish_unconfirmed(node, stream: str, body: str) -> None:
+    """Publishes `body` while the stream's other member is paused: no confirm comes."""
+    confirmed: list[object] = []
+    async with producer(node) as p:
+        await p.send(stream, AMQPMessage(body=body.encode()),
+                     on_publish_confirm=lambda c: confirmed.append(c))
+        await asyncio.sleep(2)
+        assert not confirmed, confirmed
 
 
 def figures(node, stream: str) -> dict:
@@ -145,6 +156,32 @@ def test_a_stream_is_replicated_and_confirms_need_a_majority(cluster):
     wait_for("the offset at the leader",
              lambda: figures(n1, s).get("tracking", {}).get("offsets") == {"app": 500})
 
+    # rabbitmq-streams' verbs: delete_replica drops n3's copy; with two members both must
+    # have a publish; add_replica brings n3 back, copying the log from its first chunk.
+    out = n2.ctl("delete_replica", s, n3.name)
+    assert out.returncode == 0, out.stderr
+    wait_for("n3 out of the members", lambda: sorted(queue_on(n1, s)["members"])
+             == sorted([n1.name, n2.name]))
+    wait_for("n3's copy deleted", lambda: not any((n3.workdir / "data").rglob(s)))
+    out = n1.ctl("--json", "stream_status", s)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["role"], r["node"]) for r in rows] == [("writer", n1.name), ("replica", n2.name)]
+    assert rows[1]["offset"] == 501, rows  # the offset chunk "app" stored
+    n2.pause()
+    try:
+        asyncio.run(publish_unconfirmed(n1, s, "e0"))
+    finally:
+        n2.resume()
+    out = n1.ctl("delete_replica", s, n1.name)
+    assert out.returncode != 0 and "leader" in (out.stderr + out.stdout), out
+    out = n1.ctl("add_replica", s, n3.name)
+    assert out.returncode == 0, out.stderr
+    everything = everything + ["e0"]
+    wait_for("n3 caught up from scratch",
+             lambda: figures(n1, s).get("replicas", {}).get(n3.name) == 503)
+    assert consume_on(n3, s, 502) == everything
+
     # All three killed at once: every confirmed message is on every node after restart.
     for n in cluster.nodes:
         n.kill()
@@ -153,16 +190,16 @@ def test_a_stream_is_replicated_and_confirms_need_a_majority(cluster):
     for n in cluster.nodes:
         n.wait_http()
     cluster.wait_formed()
-    wait_for("the stream back", lambda: figures(n1, s).get("next_offset", 0) >= 501, timeout=40)
+    wait_for("the stream back", lambda: figures(n1, s).get("next_offset", 0) >= 503, timeout=40)
     for n in cluster.nodes:
         got = wait_for(f"{n.name} serving the stream",
-                       lambda n=n: (lambda g: g if len(g) >= 501 else None)(consume_on(n, s, 501)),
+                       lambda n=n: (lambda g: g if len(g) >= 502 else None)(consume_on(n, s, 502)),
                        timeout=40)
         assert got == everything, n.name
     # It takes publishes again, replicated.
     asyncio.run(publish(n1, s, ["d0"]))
     wait_for("replicas synced after the restart", lambda: figures(n1, s).get("replicas")
-             == {n2.name: 503, n3.name: 503})
+             == {n2.name: 504, n3.name: 504})
 
     # Deleted: the replicas' files go too.
     async def delete():

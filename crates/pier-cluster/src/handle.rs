@@ -606,6 +606,88 @@ impl ClusterHandle {
         }
     }
 
+    /// `add_replica` (rabbitmq-streams): `node` becomes a member of the stream; its replica
+    /// copies the leader's log from its first chunk, and counts towards commits once the
+    /// members change.
+    pub async fn add_stream_replica(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        let home = self.stream_home(vhost, name)?;
+        if self.node.member(node).is_none() {
+            return Err(ClusterError::Membership(format!(
+                "{node} is not a member of the cluster"
+            )));
+        }
+        if home.members.iter().any(|m| m == node) {
+            return Err(ClusterError::Membership(format!(
+                "{node} is already a member of stream '{name}' in vhost '{vhost}'"
+            )));
+        }
+        let mut members = home.members;
+        members.push(node.to_owned());
+        self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            members,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `delete_replica` (rabbitmq-streams): `node` leaves the stream's members and its copy
+    /// is deleted. The leader stays (leaders do not move yet).
+    pub async fn delete_stream_replica(
+        &self,
+        vhost: &str,
+        name: &str,
+        node: &str,
+    ) -> Result<(), ClusterError> {
+        let home = self.stream_home(vhost, name)?;
+        member_of(&home, vhost, name, node)?;
+        if home.home == node {
+            return Err(ClusterError::Membership(format!(
+                "{node} is the leader of stream '{name}' in vhost '{vhost}'"
+            )));
+        }
+        let members: Vec<String> = home
+            .members
+            .iter()
+            .filter(|m| *m != node)
+            .cloned()
+            .collect();
+        self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            members,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A stream's record, its members listing the leader at least.
+    fn stream_home(
+        &self,
+        vhost: &str,
+        name: &str,
+    ) -> Result<crate::metadata::QueueHome, ClusterError> {
+        let mut home = self
+            .node
+            .applier
+            .catalog()
+            .queue_home(vhost, name)
+            .filter(|h| h.group == 0)
+            .ok_or_else(|| {
+                ClusterError::Membership(format!("no stream '{name}' in vhost '{vhost}'"))
+            })?;
+        if !home.members.contains(&home.home) {
+            home.members.insert(0, home.home.clone());
+        }
+        Ok(home)
+    }
+
     /// This node's replica of a stream led by another node, for its readers.
     pub fn stream_replica(
         &self,

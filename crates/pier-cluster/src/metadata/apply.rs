@@ -382,7 +382,13 @@ impl Applier {
                         "queue '{name}' in vhost '{vhost}' is not replicated"
                     )));
                 };
-                if home.group == 0 {
+                // A stream's replicas are its members too (`add_replica`, `delete_replica`).
+                let stream = self
+                    .broker
+                    .vhost(vhost)
+                    .and_then(|vh| vh.find_queue(name))
+                    .is_some_and(|q| q.kind() == pier_broker::queue::QueueType::Stream);
+                if home.group == 0 && !stream {
                     return Ok(Outcome::Skipped(format!(
                         "queue '{name}' in vhost '{vhost}' is not replicated"
                     )));

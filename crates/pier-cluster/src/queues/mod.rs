@@ -266,7 +266,13 @@ impl Cluster for QueueService {
 
     fn queue_members_changed(&self, vhost: &str, queue: &str) {
         if let Some(home) = self.catalog.queue_home(vhost, queue) {
-            self.quorum.members_changed(vhost, queue, &home);
+            if home.group == 0 {
+                if let Some(me) = self.this.upgrade() {
+                    self.streams.members_changed(&me, vhost, queue, &home);
+                }
+            } else {
+                self.quorum.members_changed(vhost, queue, &home);
+            }
         }
     }
 

@@ -124,6 +124,40 @@ impl StreamReplicas {
         }
     }
 
+    /// A stream's members changed (`add_replica`, `delete_replica`): its leader counts the
+    /// new members (and forgets a removed replica's acknowledgements); a new member here
+    /// starts its replica, from the leader's first chunk; a member removed here stops, and
+    /// its copy is deleted.
+    pub(crate) fn members_changed(
+        &self,
+        svc: &Arc<QueueService>,
+        vhost: &str,
+        name: &str,
+        home: &crate::metadata::QueueHome,
+    ) {
+        if home.home == svc.me {
+            if let Some(s) = svc
+                .broker()
+                .and_then(|b| b.vhost(vhost))
+                .and_then(|vh| vh.find_queue(name))
+                .and_then(|q| q.stream().cloned())
+            {
+                for (node, _) in s.shared().replica_offsets() {
+                    if !home.members.contains(&node) {
+                        s.shared().forget_replica(&node);
+                    }
+                }
+                s.shared().set_members(home.members.len());
+            }
+            return;
+        }
+        if home.members.contains(&svc.me) {
+            self.ensure(svc, vhost, name, home);
+        } else {
+            self.remove(vhost, name);
+        }
+    }
+
     /// This node's part of one replicated stream: as its leader, the member count; as a
     /// member, a running replica. Returns whether this node holds a replica of it.
     fn ensure(
@@ -291,6 +325,9 @@ pub(crate) async fn serve_read(
     let shared = Arc::clone(stream.shared());
     drop(stream);
     shared.replica_synced(replica, from);
+    // A new replica (empty) of a stream whose first chunks retention removed starts at the
+    // first chunk still here.
+    let from = from.max(shared.view().first_offset());
     let wake = Arc::new(tokio::sync::Notify::new());
     let w = Arc::clone(&wake);
     let listener = shared.listen(Arc::new(move || w.notify_one()));

@@ -523,8 +523,11 @@ pub async fn add_queue_member(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let c = quorum_admin(&st, &user, &vhost, &name)?;
+    let (c, stream) = member_admin(&st, &user, &vhost, &name)?;
     let node = target_node(&body)?;
+    if stream {
+        return changed(c.add_stream_replica(&vhost, &name, &node).await);
+    }
     changed(c.add_queue_member(&vhost, &name, &node).await)
 }
 
@@ -534,7 +537,10 @@ pub async fn delete_queue_member(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name, node)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    let c = quorum_admin(&st, &user, &vhost, &name)?;
+    let (c, stream) = member_admin(&st, &user, &vhost, &name)?;
+    if stream {
+        return changed(c.delete_stream_replica(&vhost, &name, &node).await);
+    }
     changed(c.delete_queue_member(&vhost, &name, &node).await)
 }
 
@@ -571,6 +577,34 @@ fn quorum_admin<'a>(
     }
     st.cluster()
         .ok_or_else(|| ApiError::bad_request("not a cluster member"))
+}
+
+/// As `quorum_admin`, for the membership endpoints that take streams too (a stream's
+/// replicas: `pier ctl add_replica`, `delete_replica`); true for a stream.
+fn member_admin<'a>(
+    st: &'a AppState,
+    user: &AuthUser,
+    vhost: &str,
+    name: &str,
+) -> ApiResult<(&'a pier_cluster::ClusterHandle, bool)> {
+    if !user.is_admin() {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    let vh = crate::auth::view_vhost(&st.broker, user, vhost)?;
+    let q = find_queue(&vh, name)?;
+    let stream = match q.kind() {
+        pier_broker::queue::QueueType::Quorum => false,
+        pier_broker::queue::QueueType::Stream => true,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "queue '{name}' in vhost '{vhost}' is not a quorum queue or a stream"
+            )))
+        }
+    };
+    let c = st
+        .cluster()
+        .ok_or_else(|| ApiError::bad_request("not a cluster member"))?;
+    Ok((c, stream))
 }
 
 /// The `node` of a membership request's body.

@@ -1405,6 +1405,14 @@ impl StreamLog {
             let rest = stored.slice(at..);
             let (chunk, used) = Chunk::parse_stored(&rest)
                 .map_err(|e| StreamError::Chunk(format!("replicated chunk: {e}")))?;
+            if chunk.header.first_offset != self.next_offset
+                && self.sealed.is_empty()
+                && self.active.chunks == 0
+            {
+                // An empty replica of a stream whose first chunks retention removed: it
+                // starts where its leader's log now starts.
+                self.restart_empty_at(chunk.header.first_offset)?;
+            }
             if chunk.header.first_offset != self.next_offset {
                 return Err(StreamError::Chunk(format!(
                     "replicated chunk {} does not continue the log (next offset {})",
@@ -1463,6 +1471,27 @@ impl StreamLog {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Moves an empty log's start to `offset` (its only, empty segment is made again
+    /// there).
+    fn restart_empty_at(&mut self, offset: u64) -> Result<(), StreamError> {
+        let old = (self.active.seg_path.clone(), self.active.idx_path.clone());
+        self.active = Self::create_segment(&self.shared, offset)?;
+        self.active.go_direct(self.config.sync);
+        if old.0 != self.active.seg_path {
+            for p in [old.0, old.1] {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(StreamError::io("delete segment", p, e));
+                    }
+                }
+            }
+            sync_dir(&self.shared.dir)?;
+        }
+        self.next_offset = offset;
+        self.unsynced = true;
+        Ok(())
     }
 
     /// The stream is idle: its newest chunks need not stay in memory.

@@ -949,7 +949,7 @@ fn append_wait_replicated(leader: &Stream, replica: &Stream) {
 }
 
 /// A chunk that does not continue the replica's log, or does not verify, is refused and
-/// leaves the log as it was.
+/// leaves the log as it was (what verified before it stays).
 #[test]
 fn a_replica_refuses_chunks_that_do_not_continue_its_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -958,6 +958,7 @@ fn a_replica_refuses_chunks_that_do_not_continue_its_log() {
         Stream::open_replica(&dir.path().join("replica"), StreamConfig::default()).unwrap();
     append_wait(&leader, None, vec![msg(0, "a"), msg(0, "b")]);
     append_wait(&leader, None, vec![msg(0, "c")]);
+    append_wait(&leader, None, vec![msg(0, "d")]);
     let accept = |stored: Bytes| {
         let (tx, rx) = mpsc::sync_channel(1);
         replica
@@ -970,26 +971,76 @@ fn a_replica_refuses_chunks_that_do_not_continue_its_log() {
             .unwrap();
         rx.recv().unwrap()
     };
-    // The second chunk alone (offset 2) does not continue an empty log.
-    let second = leader.shared().read_stored(2, 1 << 20).unwrap().unwrap();
-    assert!(accept(second).unwrap_err().contains("does not continue"));
-    let mut all = leader
+    let chunk0 = leader.shared().read_stored(0, 1).unwrap().unwrap();
+    assert_eq!(accept(chunk0.clone()).unwrap(), 2);
+    // The same chunk again does not continue the log.
+    assert!(accept(chunk0).unwrap_err().contains("does not continue"));
+    let mut rest = leader
         .shared()
-        .read_stored(0, 1 << 20)
+        .read_stored(2, 1 << 20)
         .unwrap()
         .unwrap()
         .to_vec();
-    let last = all.len() - 1;
-    all[last] ^= 0xff;
-    let e = accept(Bytes::from(all)).unwrap_err();
+    let last = rest.len() - 1;
+    rest[last] ^= 0xff;
+    let e = accept(Bytes::from(rest)).unwrap_err();
     assert!(e.contains("CRC") || e.contains("crc"), "{e}");
-    // The first chunk verified and stays; the rest comes again.
-    assert_eq!(replica.shared().view().written_next, 2);
-    let rest = leader.shared().read_stored(2, 1 << 20).unwrap().unwrap();
-    assert_eq!(accept(rest).unwrap(), 3);
-    replica.shared().follow(3);
+    // Chunk 2 verified and stays; chunk 3 comes again.
+    assert_eq!(replica.shared().view().written_next, 3);
+    let rest = leader.shared().read_stored(3, 1 << 20).unwrap().unwrap();
+    assert_eq!(accept(rest).unwrap(), 4);
+    replica.shared().follow(4);
     assert_eq!(
         read_all(&replica, StartAt::First),
         read_all(&leader, StartAt::First)
     );
+}
+
+/// A replica added after retention removed the leader's first segments starts where the
+/// leader's log now starts, and holds the same messages at the same offsets.
+#[test]
+fn a_new_replica_starts_at_its_leaders_first_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StreamConfig {
+        max_length_bytes: Some(1500),
+        ..small_segments()
+    };
+    let (leader, _) = Stream::open(&dir.path().join("leader"), config.clone()).unwrap();
+    for i in 0..40 {
+        append_wait(
+            &leader,
+            None,
+            vec![msg(0, &format!("m{i:02}-{}", "y".repeat(200)))],
+        );
+    }
+    let first = leader.shared().view().first_offset();
+    assert!(first > 0, "retention removed nothing");
+    let (replica, _) = Stream::open_replica(&dir.path().join("replica"), config).unwrap();
+    let from = replica.shared().view().written_next.max(first);
+    assert_eq!(replica.shared().view().written_next, 0);
+    let stored = leader.shared().read_stored(from, 1 << 20).unwrap().unwrap();
+    let (tx, rx) = mpsc::sync_channel(1);
+    replica
+        .accept(
+            stored,
+            Box::new(move |r| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            }),
+        )
+        .unwrap();
+    rx.recv().unwrap().unwrap();
+    while replicate_once(&leader, &replica, "b", 1 << 20) {}
+    replica
+        .shared()
+        .follow(leader.shared().view().committed_next);
+    assert_eq!(replica.shared().view().first_offset(), first);
+    assert_eq!(
+        read_all(&leader, StartAt::First),
+        read_all(&replica, StartAt::First)
+    );
+    assert!(!dir
+        .path()
+        .join("replica")
+        .join("00000000000000000000.segment")
+        .exists());
 }

@@ -341,6 +341,12 @@ enum CtlCommand {
     Shrink { node: String, columns: Vec<String> },
     /// Makes the member on NODE the leader of a quorum queue.
     TransferLeadership { queue: String, node: String },
+    /// Adds a replica of a stream on NODE (rabbitmq-streams add_replica): it copies the
+    /// leader's log and counts towards commits.
+    AddReplica { queue: String, node: String },
+    /// Removes the replica of a stream on NODE and deletes its copy (rabbitmq-streams
+    /// delete_replica).
+    DeleteReplica { queue: String, node: String },
     /// The members of a stream (rabbitmq-streams stream_status). Columns: role node epoch
     /// offset committed_offset first_offset readers segments.
     StreamStatus { name: String, columns: Vec<String> },
@@ -1347,8 +1353,11 @@ impl Ctl {
             CtlCommand::StreamStatus { name, columns } => self.stream_status(&name, &columns),
             CtlCommand::QuorumStatus { name, columns } => self.quorum_status(&name, &columns),
             CtlCommand::CheckIfNodeIsQuorumCritical => self.check_quorum_critical(),
-            CtlCommand::AddMember { queue, node } => self.add_member(&queue, &node),
-            CtlCommand::DeleteMember { queue, node } => self.delete_member(&queue, &node),
+            CtlCommand::AddMember { queue, node } | CtlCommand::AddReplica { queue, node } => {
+                self.add_member(&queue, &node)
+            }
+            CtlCommand::DeleteMember { queue, node }
+            | CtlCommand::DeleteReplica { queue, node } => self.delete_member(&queue, &node),
             CtlCommand::Grow {
                 node,
                 strategy,

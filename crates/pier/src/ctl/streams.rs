@@ -564,7 +564,8 @@ impl Ctl {
         Ok(())
     }
 
-    /// `stream_status NAME`: the stream's members (one, the writer, on a single node).
+    /// `stream_status NAME`: the stream's members: its writer (the leader), then each
+    /// replica with the offset it has synced (as the leader knows it).
     pub(super) fn stream_status(&self, name: &str, columns: &[String]) -> CtlResult<()> {
         self.info(&format!(
             "Status of stream {name} on vhost {} ...",
@@ -580,17 +581,43 @@ impl Ctl {
                 format!("queue '{name}' in vhost '{}' is not a stream", self.vhost),
             ));
         }
-        let row = json!({
+        let leader = q.get("node").and_then(Value::as_str).unwrap_or_default();
+        let mut rows = vec![json!({
             "role": "writer",
-            "node": q.get("node"),
+            "node": leader,
             "epoch": 1,
             "offset": q.pointer("/stream/last_offset"),
             "committed_offset": q.pointer("/stream/committed_offset"),
             "first_offset": q.pointer("/stream/first_offset"),
             "readers": q.get("consumers"),
             "segments": q.pointer("/stream/segments"),
-        });
-        self.show_list(&STREAM_STATUS, columns, &[row])
+        })];
+        let synced = q.pointer("/stream/replicas").and_then(Value::as_object);
+        for m in q
+            .get("members")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|m| *m != leader)
+        {
+            // The offset of the last message it has synced (null: nothing yet).
+            let offset = synced
+                .and_then(|s| s.get(m))
+                .and_then(Value::as_u64)
+                .and_then(|next| next.checked_sub(1));
+            rows.push(json!({
+                "role": "replica",
+                "node": m,
+                "epoch": 1,
+                "offset": offset,
+                "committed_offset": q.pointer("/stream/committed_offset"),
+                "first_offset": q.pointer("/stream/first_offset"),
+                "readers": null,
+                "segments": null,
+            }));
+        }
+        self.show_list(&STREAM_STATUS, columns, &rows)
     }
 
     /// `list_stream_tracking NAME [--all | --offset | --writer]`.
