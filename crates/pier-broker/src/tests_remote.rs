@@ -148,10 +148,14 @@ fn ready<T>(f: impl Future<Output = T>) -> T {
 }
 
 fn remote(link: &Arc<FakeLink>) -> Arc<Queue> {
+    remote_of(link, crate::queue::QueueType::Classic)
+}
+
+fn remote_of(link: &Arc<FakeLink>, kind: crate::queue::QueueType) -> Arc<Queue> {
     Queue::remote(
         ShortString::from("q"),
         "/".to_owned(),
-        crate::queue::QueueType::Classic,
+        kind,
         QueueOptions {
             durable: true,
             exclusive_owner: None,
@@ -303,6 +307,26 @@ fn with_the_home_node_down_a_queue_is_absent() {
     assert_eq!(e.to_string(), expected);
     assert!(ready(q.get_remote(true).unwrap()).is_err());
     assert!(ready(q.purge_remote().unwrap()).is_err());
+}
+
+/// A stream whose leader is out of reach is not skipped as a classic queue is: its publish
+/// is refused (a nack), never confirmed unwritten (the stream chaos check lost confirmed
+/// messages this way).
+#[test]
+fn with_its_leader_down_a_stream_nacks_publishes() {
+    let link = FakeLink::new(1);
+    let q = remote_of(&link, crate::queue::QueueType::Stream);
+    link.up.store(false, Ordering::SeqCst);
+    let outcome = Arc::new(Mutex::new(None));
+    let o = Arc::clone(&outcome);
+    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    let mut dead = Vec::new();
+    assert_eq!(
+        q.publish_collect(msg("m"), &mut dead, Some(&token)),
+        Published::Rejected
+    );
+    token.release();
+    assert_eq!(*outcome.lock().unwrap(), Some(true), "refused, not held");
 }
 
 #[test]

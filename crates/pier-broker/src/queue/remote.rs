@@ -302,19 +302,34 @@ impl RemoteQueue {
         message: &Arc<Message>,
         durability: Option<&Arc<PublishDurability>>,
     ) -> Published {
-        if self.is_deleted() || self.link.session().is_none() {
-            // RabbitMQ 3.10 drops a queue whose node is down from routing: unroutable.
+        // A stream whose leader is out of reach refuses the publish (a nack): RabbitMQ
+        // confirms a stream publish only once its leader has written it, and a replicated
+        // stream is not "down" as a classic queue is.
+        let stream = q.kind() == crate::queue::QueueType::Stream;
+        if self.is_deleted() {
             return Published::Gone;
+        }
+        if self.link.session().is_none() {
+            // RabbitMQ 3.10 drops a classic queue whose node is down from routing: unroutable.
+            return if stream {
+                Published::Rejected
+            } else {
+                Published::Gone
+            };
         }
         let hold = durability.map(PublishDurability::hold);
         match self.link.publish(q, message, hold) {
             Ok(()) => Published::Accepted,
             Err(hold) => {
-                // Not sent: routed nowhere, which confirms as RabbitMQ does.
+                // Not sent: routed nowhere, which confirms as RabbitMQ does (a stream's nacks).
                 if let Some(h) = hold {
-                    h.complete(true);
+                    h.complete(!stream);
                 }
-                Published::Gone
+                if stream {
+                    Published::Rejected
+                } else {
+                    Published::Gone
+                }
             }
         }
     }

@@ -1,0 +1,297 @@
+"""Replicated stream chaos run with a history checker (issue 15: stream replication).
+
+Producers publish unique ids with publisher confirms over AMQP 0-9-1 through random nodes
+of a 3-node cluster of real ``pier`` processes, to a stream led by the first node and
+replicated on the two others, and log each id as invoked, then ok (basic.ack) or failed
+(a nack, or the connection died with the outcome unknown). Faults are injected meanwhile:
+SIGKILL of the leader (the stream takes no publishes until it is back: leaders do not move
+yet), of a replica, of every node at once, SIGSTOP of the leader and of a replica, a
+partition that isolates the leader (no majority: nothing is confirmed until it heals), a
+minority/majority split, and restarts. When the faults are healed, every member's copy of
+the stream is read from its first offset (the leader's over AMQP, each replica's with the
+stream client rstream on that node) and the history is checked:
+
+* lost: confirmed (ok) and missing from any member's copy: must be 0;
+* phantom: in a copy and never published (invoked): must be 0;
+* duplicates: an id twice in a copy (nothing is republished here): must be 0;
+* diverged: a replica's copy differs from the leader's: must be 0.
+
+Run it through ``scripts/stream-chaos.sh ROUNDS`` (long run) or the short run in
+``test_stream_chaos.py`` (part of the test command). Needs root, ``ip`` and ``nft``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pika
+import pika.exceptions
+
+from chaos import History, Producer, connect
+from harness import STREAM_PORT, Cluster, Netns
+
+STREAM = "chaos-stream"
+FAULTS = ["kill-follower", "pause-follower", "kill-leader", "isolate-leader", "kill-all",
+          "pause-leader", "minority-split", "restart-one"]
+
+
+class StreamProducer(Producer):
+    """chaos.Producer, publishing to the stream."""
+
+    def session(self, conn: pika.BlockingConnection) -> None:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        while not self.stop.is_set():
+            mid = f"p{self.pid}-{self.n}"
+            self.n += 1
+            with self.history.lock:
+                self.history.invoked.add(mid)
+            try:
+                ch.basic_publish("", STREAM, mid.encode(),
+                                 pika.BasicProperties(delivery_mode=2))
+            except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
+                with self.history.lock:
+                    self.history.failed.add(mid)
+                continue
+            with self.history.lock:
+                self.history.ok.add(mid)
+
+
+def read_leader(node, timeout: float = 30.0) -> list[str]:
+    """The whole stream, read over AMQP on its leader."""
+    conn = connect(node)
+    try:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=1000)
+        got: list[str] = []
+        last = [time.monotonic()]
+
+        def on_message(c, m, _p, body):
+            got.append(body.decode())
+            last[0] = time.monotonic()
+            c.basic_ack(m.delivery_tag, multiple=False)
+        ch.basic_consume(STREAM, on_message, arguments={"x-stream-offset": "first"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and time.monotonic() - last[0] < 2:
+            conn.process_data_events(0.2)
+        return got
+    finally:
+        conn.close()
+
+
+def read_replica(node, count: int, timeout: float = 30.0) -> list[str]:
+    """The whole stream as `node`'s replica holds it (rstream, narrowed to that node)."""
+    import rstream
+    from rstream import (Consumer, ConsumerOffsetSpecification, OffsetType,
+                         amqp_decoder)
+    original = rstream.client.Client.query_leader_and_replicas
+
+    async def only(self, s):
+        leader, replicas = await original(self, s)
+        return leader, [b for b in [leader, *replicas] if b.host == node.ip]
+
+    async def go():
+        got: list[str] = []
+        c = Consumer(node.ip, port=STREAM_PORT, username="guest", password="guest")
+        await c.start()
+
+        async def on_message(msg, _ctx):
+            got.append(bytes(msg.body).decode())
+        await c.subscribe(STREAM, on_message, decoder=amqp_decoder,
+                          offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(got) < count:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        await c.close()
+        return got
+    rstream.client.Client.query_leader_and_replicas = only
+    try:
+        return asyncio.run(go())
+    finally:
+        rstream.client.Client.query_leader_and_replicas = original
+
+
+def figures(node) -> dict:
+    try:
+        code, q = node.api("GET", f"/api/queues/%2F/{STREAM}", timeout=3)
+    except OSError:
+        return {}
+    return (q.get("stream") or {}) if code == 200 else {}
+
+
+def wait_synced(cluster: Cluster, timeout: float = 60.0) -> dict:
+    """Until the leader reports both replicas synced to its end."""
+    leader = cluster.nodes[0]
+    deadline = time.monotonic() + timeout
+    f = {}
+    while time.monotonic() < deadline:
+        f = figures(leader)
+        reps = f.get("replicas") or {}
+        if (f and len(reps) == 2 and all(v == f.get("written_offset") for v in reps.values())
+                and f.get("next_offset") == f.get("written_offset")):
+            return f
+        time.sleep(0.3)
+    raise AssertionError(f"replicas not synced after healing: {f}")
+
+
+def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None:
+    leader = cluster.nodes[0]
+    others = cluster.nodes[1:]
+    log(f"fault {fault}")
+    if fault == "kill-leader":
+        leader.kill()
+        time.sleep(hold)
+        leader.start()
+    elif fault == "kill-follower":
+        victim = random.choice(others)
+        victim.kill()
+        time.sleep(hold)
+        victim.start()
+    elif fault == "kill-all":
+        for n in cluster.nodes:
+            n.kill()
+        time.sleep(1)
+        for n in cluster.nodes:
+            n.start()
+    elif fault == "pause-leader":
+        leader.pause()
+        time.sleep(hold)
+        leader.resume()
+    elif fault == "pause-follower":
+        victim = random.choice(others)
+        victim.pause()
+        time.sleep(hold)
+        victim.resume()
+    elif fault == "isolate-leader":
+        for o in others:
+            netns.cut(leader.ip, o.ip)
+        time.sleep(hold)
+        netns.heal()
+    elif fault == "minority-split":
+        lone = random.choice(cluster.nodes)
+        for o in cluster.nodes:
+            if o is not lone:
+                netns.cut(lone.ip, o.ip)
+        time.sleep(hold)
+        netns.heal()
+    elif fault == "restart-one":
+        victim = random.choice(cluster.nodes)
+        victim.terminate()
+        victim.start()
+    for n in cluster.nodes:
+        if not n.alive:
+            n.start()
+    for n in cluster.nodes:
+        n.wait_http(timeout=60)
+    cluster.wait_formed(timeout=60)
+    log("healed")
+
+
+def progress(history: History) -> str:
+    with history.lock:
+        return (f"invoked {len(history.invoked)}, confirmed {len(history.ok)}, "
+                f"nacked {len(history.failed)}")
+
+
+def check(history: History, copies: dict[str, list[str]], leader: str) -> dict:
+    with history.lock:
+        result = {
+            "invoked": len(history.invoked),
+            "confirmed": len(history.ok),
+            "nacked_or_unknown": len(history.invoked - history.ok),
+        }
+        lost, phantom, dups = {}, {}, {}
+        for node, ids in copies.items():
+            present = set(ids)
+            lost[node] = sorted(history.ok - present)
+            phantom[node] = sorted(present - history.invoked)
+            dups[node] = len(ids) - len(present)
+        result["messages"] = {n: len(ids) for n, ids in copies.items()}
+        result["lost"] = sum(len(v) for v in lost.values())
+        result["lost_ids"] = {n: v[:10] for n, v in lost.items() if v}
+        result["phantom"] = sum(len(v) for v in phantom.values())
+        result["phantom_ids"] = {n: v[:10] for n, v in phantom.items() if v}
+        result["duplicates"] = sum(dups.values())
+        result["diverged"] = sorted(n for n, ids in copies.items() if ids != copies[leader])
+        result["unconfirmed_stored"] = len((history.invoked - history.ok) & set(copies[leader]))
+        return result
+
+
+def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers: int = 2,
+        faults: list[str] | None = None, log=print, netns: Netns | None = None) -> dict:
+    random.seed(seed)
+    own_netns = netns is None
+    netns = netns or Netns.create()
+    cluster = Cluster(workdir, 3, netns)
+    history = History()
+    stop = threading.Event()
+    injected: list[str] = []
+    try:
+        cluster.start()
+        conn = connect(cluster.nodes[0])
+        conn.channel().queue_declare(STREAM, durable=True,
+                                     arguments={"x-queue-type": "stream"})
+        conn.close()
+        workers = [StreamProducer(i, cluster, history, stop) for i in range(producers)]
+        for w in workers:
+            w.start()
+        time.sleep(2)
+        order = faults or FAULTS
+        for r in range(rounds):
+            fault = order[r % len(order)]
+            inject(cluster, netns, fault, hold, log)
+            log(progress(history))
+            injected.append(fault)
+            time.sleep(1)
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        synced = wait_synced(cluster)
+        leader = cluster.nodes[0]
+        copies = {leader.name: read_leader(leader)}
+        for n in cluster.nodes[1:]:
+            copies[n.name] = read_replica(n, len(copies[leader.name]))
+        result = check(history, copies, leader.name)
+        result["faults"] = injected
+        result["stream_at_end"] = {k: synced.get(k) for k in
+                                   ("next_offset", "written_offset", "replicas", "segments")}
+        return result
+    finally:
+        stop.set()
+        cluster.stop()
+        netns.heal()
+        if own_netns:
+            netns.destroy()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--hold", type=float, default=3.0, help="seconds each fault lasts")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--faults", default=None,
+                    help=f"comma-separated, cycled (default: {','.join(FAULTS)})")
+    args = ap.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pier-stream-chaos-"))
+    started = time.monotonic()
+    result = run(args.rounds, workdir, hold=args.hold, seed=args.seed,
+                 faults=args.faults.split(",") if args.faults else None,
+                 log=lambda s: print(f"[{time.monotonic() - started:7.1f}s] {s}", flush=True))
+    result["seconds"] = round(time.monotonic() - started, 1)
+    print(json.dumps(result, indent=2))
+    ok = not (result["lost"] or result["phantom"] or result["duplicates"] or result["diverged"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
