@@ -72,6 +72,7 @@ stop_pier() {
 # ---- RabbitMQ ----
 RQ_HOME=/var/lib/rabbitmq
 RQ_MANAGEMENT=0
+RQ_STREAM=0
 
 rq_env() { # rq_env NODE-INDEX
     local i="$1" d="$WORK/rq$1"
@@ -100,12 +101,19 @@ rabbit_setup() {
     echo "[$plugins]." >"$WORK/rq.plugins"
     chown rabbitmq:rabbitmq "$WORK/rq.plugins"
     case " $* " in *" rabbitmq_management "*) RQ_MANAGEMENT=1 ;; esac
+    case " $* " in *" rabbitmq_stream "*) RQ_STREAM=1 ;; esac
 }
 
 start_rabbit() { # start_rabbit NODE-INDEX
     local i="$1"
     mkdir -p "$WORK/rq$i"
     printf 'loopback_users = none\nlog.console = false\n' >"$WORK/rq$i/rabbitmq.conf"
+    if [ "$RQ_STREAM" = 1 ]; then
+        # The stream plugin on 127.0.0.1:5790+i, advertised there (Metadata sends clients
+        # to each node's own port).
+        printf 'stream.listeners.tcp.1 = 127.0.0.1:%s\nstream.advertised_host = 127.0.0.1\nstream.advertised_port = %s\n' \
+            $((5790 + i)) $((5790 + i)) >>"$WORK/rq$i/rabbitmq.conf"
+    fi
     if [ "$RQ_MANAGEMENT" = 1 ]; then
         printf 'management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %s\n' \
             $((15780 + i)) >>"$WORK/rq$i/rabbitmq.conf"

@@ -47,6 +47,10 @@ const MAX_FRAME: u32 = 64 * 1024 * 1024;
 /// Settings of a stream run.
 struct StreamConfig {
     uri: AmqpUri,
+    /// Every node clients connect to (--uri first, then --uris): producer i to node i,
+    /// consumer i to node producers + i (a replicated stream's consumers read a replica,
+    /// as RabbitMQ's clients choose one).
+    nodes: Vec<AmqpUri>,
     stream: String,
     producers: usize,
     consumers: usize,
@@ -112,8 +116,13 @@ fn config(args: &BenchArgs) -> anyhow::Result<StreamConfig> {
         args.confirm
     };
     let batch = args.stream_batch.clamp(1, window);
+    let mut nodes = vec![uri.clone()];
+    for u in &args.uris {
+        nodes.push(parse_uri(u).with_context(|| format!("--uris: {u}"))?);
+    }
     Ok(StreamConfig {
         uri,
+        nodes,
         stream: format!("{}1", args.queue_prefix),
         producers: args.producers,
         consumers: args.consumers,
@@ -495,7 +504,8 @@ async fn produce(
     clock: Clock,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<u64> {
-    let mut c = Conn::connect(&cfg.uri, &format!("pier-bench producer {i}")).await?;
+    let node = cfg.nodes.get(i % cfg.nodes.len()).unwrap_or(&cfg.uri);
+    let mut c = Conn::connect(node, &format!("pier-bench producer {i}")).await?;
     let id = c.correlation();
     let code = c
         .request(
@@ -628,7 +638,11 @@ async fn consume(
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
     let mut hist = new_histogram()?;
-    let mut c = Conn::connect(&cfg.uri, &format!("pier-bench consumer {i}")).await?;
+    let node = cfg
+        .nodes
+        .get((cfg.producers + i) % cfg.nodes.len())
+        .unwrap_or(&cfg.uri);
+    let mut c = Conn::connect(node, &format!("pier-bench consumer {i}")).await?;
     let id = c.correlation();
     let code = c
         .request(
