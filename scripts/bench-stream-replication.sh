@@ -2,6 +2,7 @@
 # Streams on one node and replicated on three (stream protocol, `pier bench --stream`): 1
 # publisher and 1 consumer, confirms, 16 B and 1 KiB messages — against Pier and RabbitMQ
 # 3.10.8, each on one node and as a 3-node cluster on this machine, in alternating runs.
+# (The confirm window is the generator's default, 10,000 messages, as in bench-streams.sh.)
 #
 #   pier-1     one Pier node (fsync before confirm)
 #   pier-3     three Pier nodes: the stream led by node 1 and replicated on 2 and 3 (confirm
@@ -46,9 +47,9 @@ bench() { # bench NAME RUN URI [URI2]
     local name="$1" run="$2" uri="$3" uri2="${4:-}" size out rate
     for size in "${SIZE_LIST[@]}"; do
         out=$("$BIN" bench --stream --uri "$uri" ${uri2:+--uris "$uri2"} -x 1 -y 1 -s "$size" \
-            -c 1000 -z "$TIME" --queue-prefix "rs-$run-$size-" --delete-queues --quiet --json \
+            -z "$TIME" --queue-prefix "rs-$run-$size-" --delete-queues --quiet --json \
             2>"$WORK/bench.err") || { cat "$WORK/bench.err" >&2; exit 1; }
-        rate=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["consume_rate"]))' "$out")
+        rate=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["consumed_rate"]))' "$out")
         echo "$name S$size run $run: $rate msg/s" | tee -a "$RESULTS"
     done
 }

@@ -197,13 +197,20 @@ impl StreamReplicas {
         }
         let key = (vhost.to_owned(), name.to_owned());
         let mut replicas = lock(&self.replicas);
-        if replicas.contains_key(&key) {
+        let config = pier_broker::queue::stream::stream_config(&q.config(), vh.stream_sync());
+        if let Some(r) = replicas.get(&key) {
+            // A policy changed retention or segment size: the replica follows (its leader
+            // took it at once).
+            if r.stream.config() != config {
+                if let Err(e) = r.stream.set_config(config) {
+                    tracing::warn!(vhost, stream = %name, "stream replica settings: {e}");
+                }
+            }
             return true;
         }
         let Some(dir) = vh.stream_dir(name) else {
             return false;
         };
-        let config = pier_broker::queue::stream::stream_config(&q.config(), vh.stream_sync());
         let stream = match Stream::open_replica(&dir, config) {
             Ok((s, recovery)) => {
                 tracing::info!(vhost, stream = %name, leader = %home.home,

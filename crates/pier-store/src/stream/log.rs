@@ -190,8 +190,29 @@ pub struct Shared {
 /// writer empties it when the stream goes idle, so idle streams hold nothing.
 #[derive(Default)]
 struct Recent {
-    chunks: std::collections::VecDeque<(u64, ChunkHeader, Option<ReadChunk>)>,
+    chunks: std::collections::VecDeque<RecentChunk>,
     bytes: usize,
+}
+
+struct RecentChunk {
+    chunk_id: u64,
+    header: ChunkHeader,
+    /// A user chunk as delivered.
+    chunk: Option<ReadChunk>,
+    /// The chunk as stored, when the writer had it in one piece (what replicas copy: a
+    /// replicated stream's leader serves them from here, not from the file).
+    stored: Option<Bytes>,
+}
+
+impl RecentChunk {
+    /// Memory it holds (the stored form shares a big chunk's buffer with the delivered one).
+    fn bytes(&self) -> usize {
+        let delivered = self
+            .chunk
+            .as_ref()
+            .map_or(0, |c| c.delivered.len() + c.bloom.len());
+        delivered.max(self.stored.as_ref().map_or(0, Bytes::len))
+    }
 }
 
 /// What a stream keeps of its newest chunks for readers at the tail.
@@ -206,28 +227,60 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    fn remember(&self, chunk_id: u64, header: ChunkHeader, chunk: Option<ReadChunk>) {
+    fn remember(&self, c: RecentChunk) {
         let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        r.bytes += chunk
-            .as_ref()
-            .map_or(0, |c| c.delivered.len() + c.bloom.len());
-        r.chunks.push_back((chunk_id, header, chunk));
+        r.bytes += c.bytes();
+        r.chunks.push_back(c);
         while r.bytes > RECENT_BYTES && r.chunks.len() > 1 {
-            if let Some((_, _, Some(c))) = r.chunks.pop_front() {
-                r.bytes -= c.delivered.len() + c.bloom.len();
+            if let Some(c) = r.chunks.pop_front() {
+                r.bytes -= c.bytes();
             }
         }
+    }
+
+    fn recent_index(r: &Recent, chunk_id: u64) -> Option<usize> {
+        r.chunks
+            .binary_search_by_key(&chunk_id, |c| c.chunk_id)
+            .ok()
     }
 
     /// Chunk `chunk_id` if it is among the newest: its header, and the chunk when it is a
     /// user chunk.
     pub(crate) fn recent(&self, chunk_id: u64) -> Option<(ChunkHeader, Option<ReadChunk>)> {
         let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let i = r
-            .chunks
-            .binary_search_by_key(&chunk_id, |(id, _, _)| *id)
-            .ok()?;
-        r.chunks.get(i).map(|(_, h, c)| (*h, c.clone()))
+        let i = Self::recent_index(&r, chunk_id)?;
+        r.chunks.get(i).map(|c| (c.header, c.chunk.clone()))
+    }
+
+    /// The stored form of the newest chunks from `from` on, while they follow each other in
+    /// memory, before `end`, up to about `max` octets (at least one chunk).
+    fn recent_stored(&self, from: u64, end: u64, max: usize) -> Option<Bytes> {
+        let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let i = Self::recent_index(&r, from)?;
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut len = 0;
+        let mut next = from;
+        for c in r.chunks.iter().skip(i) {
+            if c.chunk_id != next || c.chunk_id >= end || (len > 0 && len >= max) {
+                break;
+            }
+            let Some(s) = &c.stored else { break };
+            len += s.len();
+            parts.push(s.clone());
+            next = c.chunk_id + u64::from(c.header.num_records.max(1));
+        }
+        drop(r);
+        match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => {
+                let mut b = BytesMut::with_capacity(len);
+                for p in parts {
+                    b.extend_from_slice(&p);
+                }
+                Some(b.freeze())
+            }
+        }
     }
 
     /// Forgets the newest chunks (the stream is idle, or its tail was truncated).
@@ -291,6 +344,11 @@ impl Shared {
 
     fn commit_state(&self) -> std::sync::MutexGuard<'_, Commit> {
         self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this is a replicated stream's leader.
+    pub fn is_replicated(&self) -> bool {
+        matches!(self.commit_state().rule, CommitRule::Quorum { .. })
     }
 
     /// The rule in force.
@@ -425,6 +483,9 @@ impl Shared {
         });
         if from >= written {
             return Ok(None);
+        }
+        if let Some(b) = self.recent_stored(from, written, max) {
+            return Ok(Some(b));
         }
         let Some(seg) = seg else {
             return Err(StreamError::Corrupt(format!(
@@ -1246,7 +1307,9 @@ impl StreamLog {
         };
         let delivered = all.slice(at..data_at + bytes);
         self.in_place_chunks += 1;
-        self.record_written(&chunk, position, size as u64, Some(delivered))
+        // Without a bloom filter the stored form is header, data, trailer: one slice.
+        let stored = all.slice(at..data_at + bytes + trailer.len());
+        self.record_written(&chunk, position, size as u64, Some(delivered), Some(stored))
             .map(Some)
     }
 
@@ -1298,8 +1361,14 @@ impl StreamLog {
             if chunk.header.first_offset != self.next_offset {
                 let mut c = chunk.clone();
                 c.header.first_offset = self.next_offset;
+                // Its delivered form had the old header: made again (once per segment).
+                delivered =
+                    (delivered.is_some() && c.header.chunk_type == ChunkType::User).then(|| {
+                        let mut d = BytesMut::with_capacity(c.delivered_len());
+                        c.encode_delivered(&mut d);
+                        d.freeze()
+                    });
                 renumbered = Some(c);
-                delivered = None; // its header is the old one
             }
         }
         let chunk = renumbered.as_ref().unwrap_or(chunk);
@@ -1334,7 +1403,16 @@ impl StreamLog {
                 at += p.len() as u64;
             }
         }
-        self.record_written(chunk, position, size, delivered)
+        // A replicated stream's leader keeps the stored form for its replicas (one copy of
+        // a chunk that is small, or has a bloom filter; big ones are built in place).
+        let stored = self.shared.is_replicated().then(|| {
+            let mut b = BytesMut::with_capacity(size as usize);
+            b.extend_from_slice(&self.buf);
+            b.extend_from_slice(&chunk.data);
+            b.extend_from_slice(&chunk.trailer);
+            b.freeze()
+        });
+        self.record_written(chunk, position, size, delivered, stored)
     }
 
     /// Indexes a chunk just written at `position` and hands it to readers at the tail.
@@ -1344,6 +1422,7 @@ impl StreamLog {
         position: u32,
         size: u64,
         delivered: Option<Bytes>,
+        stored: Option<Bytes>,
     ) -> Result<IndexRecord, StreamError> {
         let a = &mut self.active;
         let r = IndexRecord {
@@ -1386,7 +1465,12 @@ impl StreamLog {
             _ => Some(None),
         };
         if let Some(c) = recent {
-            self.shared.remember(r.chunk_id, chunk.header, c);
+            self.shared.remember(RecentChunk {
+                chunk_id: r.chunk_id,
+                header: chunk.header,
+                chunk: c,
+                stored,
+            });
         }
         Ok(r)
     }
@@ -1465,7 +1549,7 @@ impl StreamLog {
                     .appended_messages
                     .fetch_add(u64::from(chunk.header.num_entries), Ordering::Relaxed);
             }
-            self.record_written(&chunk, position, size, delivered)?;
+            self.record_written(&chunk, position, size, delivered, Some(bytes))?;
             self.tracking.apply(entries);
             at += used;
             n += 1;

@@ -896,26 +896,49 @@ fn a_replica_copies_its_leader_and_confirms_wait_for_a_majority() {
         leader.shared().replica_offsets(),
         vec![("b".into(), lv.written_next)]
     );
-    // Chunk for chunk the same bytes.
+    // The leader serves its newest chunks from memory and the rest from its files: the
+    // same bytes either way.
+    let stored_from_memory = leader.shared().read_stored(0, 64 << 20).unwrap().unwrap();
+    leader.shared().forget_recent();
+    let mut from_files = Vec::new();
     let mut from = 0;
-    while let Some(a) = leader.shared().read_stored(from, 1 << 20).unwrap() {
-        let b = replica
-            .shared()
-            .read_stored(from, 1 << 20)
-            .unwrap()
-            .unwrap();
-        assert_eq!(a, b);
-        let (c, _) = pier_stream_wire::Chunk::parse_stored(&a).unwrap();
+    while let Some(b) = leader.shared().read_stored(from, 64 << 20).unwrap() {
         let mut at = 0;
-        let mut last = c.header;
-        while at < a.len() {
-            let (c, used) = pier_stream_wire::Chunk::parse_stored(&a.slice(at..)).unwrap();
-            last = c.header;
+        while at < b.len() {
+            let (c, used) = pier_stream_wire::Chunk::parse_stored(&b.slice(at..)).unwrap();
+            from = c.header.first_offset + u64::from(c.header.num_records.max(1));
             at += used;
         }
-        from = last.first_offset + u64::from(last.num_records.max(1));
+        from_files.extend_from_slice(&b);
     }
     assert_eq!(from, lv.written_next);
+    assert!(!stored_from_memory.is_empty());
+    assert_eq!(
+        stored_from_memory.len(),
+        from_files.len(),
+        "{} chunks' worth in memory",
+        stored_from_memory.len()
+    );
+    assert!(stored_from_memory[..] == from_files[..]);
+    // The same bytes on the replica (read from its files too).
+    replica.shared().forget_recent();
+    let all = |s: &Stream| {
+        let mut out = Vec::new();
+        let mut from = 0;
+        while let Some(b) = s.shared().read_stored(from, 1 << 20).unwrap() {
+            let mut at = 0;
+            while at < b.len() {
+                let (c, used) = pier_stream_wire::Chunk::parse_stored(&b.slice(at..)).unwrap();
+                from = c.header.first_offset + u64::from(c.header.num_records.max(1));
+                at += used;
+            }
+            out.extend_from_slice(&b);
+        }
+        (out, from)
+    };
+    let (on_leader, end) = all(&leader);
+    assert_eq!(end, lv.written_next);
+    assert!(all(&replica) == (on_leader, end));
 
     // The replica recovers as it was, and keeps following.
     let tracking = replica.shared().tracking();

@@ -643,25 +643,35 @@ async fn consume(
         .get((cfg.producers + i) % cfg.nodes.len())
         .unwrap_or(&cfg.uri);
     let mut c = Conn::connect(node, &format!("pier-bench consumer {i}")).await?;
-    let id = c.correlation();
-    let code = c
-        .request(
-            ClientCommand::Subscribe(Subscribe {
-                correlation_id: id,
-                subscription_id: 0,
-                stream: cfg.stream.clone(),
-                offset: cfg.offset,
-                credit: 10,
-                properties: Vec::new(),
-            }),
-            |f| match f {
-                ServerCommand::SubscribeResponse(r) => Some(r.code),
-                _ => None,
-            },
-        )
-        .await?;
-    if code != ResponseCode::Ok {
-        bail!("subscribing: {code:?}");
+    // A replica may start a moment after the stream was created (RabbitMQ's do): the
+    // clients retry a subscription the node cannot serve yet, and so does this one.
+    let mut tries = 0;
+    loop {
+        let id = c.correlation();
+        let code = c
+            .request(
+                ClientCommand::Subscribe(Subscribe {
+                    correlation_id: id,
+                    subscription_id: 0,
+                    stream: cfg.stream.clone(),
+                    offset: cfg.offset,
+                    credit: 10,
+                    properties: Vec::new(),
+                }),
+                |f| match f {
+                    ServerCommand::SubscribeResponse(r) => Some(r.code),
+                    _ => None,
+                },
+            )
+            .await?;
+        match code {
+            ResponseCode::Ok => break,
+            ResponseCode::StreamNotAvailable if tries < 300 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            code => bail!("subscribing: {code:?}"),
+        }
     }
     let _ = ready.send(()).await;
     drop(ready);
