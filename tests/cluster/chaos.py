@@ -194,10 +194,10 @@ def wait_healthy(cluster: Cluster, timeout: float = 60.0) -> None:
     raise AssertionError("the quorum queue has no leader after healing")
 
 
-def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None:
-    leader = queue_leader(cluster)
-    others = [n for n in cluster.nodes if n is not leader]
-    log(f"fault {fault} (queue leader {leader.name if leader else None})")
+def apply_fault(cluster: Cluster, netns: Netns, fault: str, hold: float, leader,
+                others: list) -> None:
+    """Injects `fault` for `hold` seconds and lifts it (a killed node is started again);
+    `leader`: the node the leader faults aim at (None: they are skipped)."""
     if fault == "kill-leader" and leader:
         leader.kill()
         time.sleep(hold)
@@ -217,6 +217,11 @@ def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None
         leader.pause()
         time.sleep(hold)
         leader.resume()
+    elif fault == "pause-follower":
+        victim = random.choice(others)
+        victim.pause()
+        time.sleep(hold)
+        victim.resume()
     elif fault == "isolate-leader" and leader:
         for o in others:
             netns.cut(leader.ip, o.ip)
@@ -238,6 +243,13 @@ def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None
             n.start()
     for n in cluster.nodes:
         n.wait_http(timeout=60)
+
+
+def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None:
+    leader = queue_leader(cluster)
+    others = [n for n in cluster.nodes if n is not leader]
+    log(f"fault {fault} (queue leader {leader.name if leader else None})")
+    apply_fault(cluster, netns, fault, hold, leader, others)
     wait_healthy(cluster)
     after = queue_leader(cluster)
     log(f"healed: queue leader {after.name if after else None}")

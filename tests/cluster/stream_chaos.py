@@ -35,7 +35,7 @@ from pathlib import Path
 import pika
 import pika.exceptions
 
-from chaos import History, Producer, connect
+from chaos import History, Producer, apply_fault, connect
 from harness import STREAM_PORT, Cluster, Netns
 
 STREAM = "chaos-stream"
@@ -87,8 +87,11 @@ def read_leader(node, timeout: float = 30.0) -> list[str]:
         conn.close()
 
 
-def read_replica(node, count: int, timeout: float = 30.0) -> list[str]:
-    """The whole stream as `node`'s replica holds it (rstream, narrowed to that node)."""
+def read_on(node, stream: str, count: int, reference: str | None = None,
+            timeout: float = 30.0) -> list[str]:
+    """Every message of `stream` from `first`, read on `node` (its leader or a replica:
+    rstream's choice of node is narrowed to that one) until `count` arrived or `timeout`;
+    with `reference`, the consumer stores the offset of the count-th message under it."""
     import rstream
     from rstream import (Consumer, ConsumerOffsetSpecification, OffsetType,
                          amqp_decoder)
@@ -103,9 +106,11 @@ def read_replica(node, count: int, timeout: float = 30.0) -> list[str]:
         c = Consumer(node.ip, port=STREAM_PORT, username="guest", password="guest")
         await c.start()
 
-        async def on_message(msg, _ctx):
+        async def on_message(msg, ctx):
             got.append(bytes(msg.body).decode())
-        await c.subscribe(STREAM, on_message, decoder=amqp_decoder,
+            if reference and len(got) == count:
+                await ctx.consumer.store_offset(stream, reference, ctx.offset)
+        await c.subscribe(stream, on_message, decoder=amqp_decoder,
                           offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and len(got) < count:
@@ -144,54 +149,9 @@ def wait_synced(cluster: Cluster, timeout: float = 60.0) -> dict:
 
 
 def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None:
-    leader = cluster.nodes[0]
-    others = cluster.nodes[1:]
+    """The stream's leader is the first node (it does not move)."""
     log(f"fault {fault}")
-    if fault == "kill-leader":
-        leader.kill()
-        time.sleep(hold)
-        leader.start()
-    elif fault == "kill-follower":
-        victim = random.choice(others)
-        victim.kill()
-        time.sleep(hold)
-        victim.start()
-    elif fault == "kill-all":
-        for n in cluster.nodes:
-            n.kill()
-        time.sleep(1)
-        for n in cluster.nodes:
-            n.start()
-    elif fault == "pause-leader":
-        leader.pause()
-        time.sleep(hold)
-        leader.resume()
-    elif fault == "pause-follower":
-        victim = random.choice(others)
-        victim.pause()
-        time.sleep(hold)
-        victim.resume()
-    elif fault == "isolate-leader":
-        for o in others:
-            netns.cut(leader.ip, o.ip)
-        time.sleep(hold)
-        netns.heal()
-    elif fault == "minority-split":
-        lone = random.choice(cluster.nodes)
-        for o in cluster.nodes:
-            if o is not lone:
-                netns.cut(lone.ip, o.ip)
-        time.sleep(hold)
-        netns.heal()
-    elif fault == "restart-one":
-        victim = random.choice(cluster.nodes)
-        victim.terminate()
-        victim.start()
-    for n in cluster.nodes:
-        if not n.alive:
-            n.start()
-    for n in cluster.nodes:
-        n.wait_http(timeout=60)
+    apply_fault(cluster, netns, fault, hold, cluster.nodes[0], cluster.nodes[1:])
     cluster.wait_formed(timeout=60)
     log("healed")
 
@@ -259,7 +219,7 @@ def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers:
         leader = cluster.nodes[0]
         copies = {leader.name: read_leader(leader)}
         for n in cluster.nodes[1:]:
-            copies[n.name] = read_replica(n, len(copies[leader.name]))
+            copies[n.name] = read_on(n, STREAM, len(copies[leader.name]))
         result = check(history, copies, leader.name)
         result["faults"] = injected
         result["stream_at_end"] = {k: synced.get(k) for k in

@@ -19,11 +19,10 @@ import urllib.parse
 import pytest
 
 rstream = pytest.importorskip("rstream")
-from rstream import (  # noqa: E402
-    AMQPMessage, Consumer, ConsumerOffsetSpecification, OffsetType, Producer, amqp_decoder,
-)
+from rstream import AMQPMessage, Producer  # noqa: E402
 
 from harness import STREAM_PORT  # noqa: E402
+from stream_chaos import read_on  # noqa: E402
 from test_queues import wait_for  # noqa: E402
 
 
@@ -43,37 +42,7 @@ async def publish(node, stream: str, bodies: list[str]) -> None:
 
 
 def consume_on(node, stream: str, count: int, reference: str | None = None) -> list[str]:
-    """Every message from `first`, read on `node` (leader or replica): the client's choice
-    of node is narrowed to that one."""
-    original = rstream.client.Client.query_leader_and_replicas
-
-    async def only(self, s):
-        leader, replicas = await original(self, s)
-        return leader, [b for b in [leader, *replicas] if b.host == node.ip]
-
-    async def run():
-        got: list[str] = []
-        c = Consumer(node.ip, port=STREAM_PORT, username="guest", password="guest")
-        await c.start()
-
-        async def on_message(msg, ctx):
-            got.append(bytes(msg.body).decode())
-            if reference and len(got) == count:
-                await ctx.consumer.store_offset(stream, reference, ctx.offset)
-        await c.subscribe(stream, on_message, decoder=amqp_decoder,
-                          offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST))
-        for _ in range(400):
-            if len(got) >= count:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
-        await c.close()
-        return got
-    rstream.client.Client.query_leader_and_replicas = only
-    try:
-        return asyncio.run(run())
-    finally:
-        rstream.client.Client.query_leader_and_replicas = original
+    return read_on(node, stream, count, reference=reference, timeout=20)
 
 
 async def publish_unconfirmed(node, stream: str, body: str) -> None:

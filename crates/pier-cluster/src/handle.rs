@@ -628,13 +628,7 @@ impl ClusterHandle {
         }
         let mut members = home.members;
         members.push(node.to_owned());
-        self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
-            vhost: vhost.to_owned(),
-            name: name.to_owned(),
-            members,
-        })
-        .await?;
-        Ok(())
+        self.set_members(vhost, name, members).await
     }
 
     /// `delete_replica` (rabbitmq-streams): `node` leaves the stream's members and its copy
@@ -652,12 +646,23 @@ impl ClusterHandle {
                 "{node} is the leader of stream '{name}' in vhost '{vhost}'"
             )));
         }
-        let members: Vec<String> = home
+        let members = home
             .members
             .iter()
             .filter(|m| *m != node)
             .cloned()
             .collect();
+        self.set_members(vhost, name, members).await
+    }
+
+    /// Records a replicated queue's or stream's new members in the catalog (every node
+    /// applies it: `queue_members_changed`).
+    async fn set_members(
+        &self,
+        vhost: &str,
+        name: &str,
+        members: Vec<String>,
+    ) -> Result<(), ClusterError> {
         self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
             vhost: vhost.to_owned(),
             name: name.to_owned(),
@@ -866,12 +871,7 @@ impl ClusterHandle {
         }
         let mut members = home.members.clone();
         members.push(node.to_owned());
-        self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
-            vhost: vhost.to_owned(),
-            name: name.to_owned(),
-            members,
-        })
-        .await?;
+        self.set_members(vhost, name, members).await?;
         self.group_change(&home, crate::rpc::MemberChange::Add(peer))
             .await
     }
@@ -892,19 +892,13 @@ impl ClusterHandle {
         }
         self.group_change(&home, crate::rpc::MemberChange::Remove(node.to_owned()))
             .await?;
-        let members: Vec<String> = home
+        let members = home
             .members
             .iter()
             .filter(|m| *m != node)
             .cloned()
             .collect();
-        self.propose(crate::metadata::MetadataCommand::SetQueueMembers {
-            vhost: vhost.to_owned(),
-            name: name.to_owned(),
-            members,
-        })
-        .await?;
-        Ok(())
+        self.set_members(vhost, name, members).await
     }
 
     /// `transfer_leadership`: `node` (a member) takes the lead. Followers refuse votes while

@@ -900,18 +900,8 @@ fn a_replica_copies_its_leader_and_confirms_wait_for_a_majority() {
     // same bytes either way.
     let stored_from_memory = leader.shared().read_stored(0, 64 << 20).unwrap().unwrap();
     leader.shared().forget_recent();
-    let mut from_files = Vec::new();
-    let mut from = 0;
-    while let Some(b) = leader.shared().read_stored(from, 64 << 20).unwrap() {
-        let mut at = 0;
-        while at < b.len() {
-            let (c, used) = pier_stream_wire::Chunk::parse_stored(&b.slice(at..)).unwrap();
-            from = c.header.first_offset + u64::from(c.header.num_records.max(1));
-            at += used;
-        }
-        from_files.extend_from_slice(&b);
-    }
-    assert_eq!(from, lv.written_next);
+    let (from_files, end) = all_stored(&leader);
+    assert_eq!(end, lv.written_next);
     assert!(!stored_from_memory.is_empty());
     assert_eq!(
         stored_from_memory.len(),
@@ -922,23 +912,7 @@ fn a_replica_copies_its_leader_and_confirms_wait_for_a_majority() {
     assert!(stored_from_memory[..] == from_files[..]);
     // The same bytes on the replica (read from its files too).
     replica.shared().forget_recent();
-    let all = |s: &Stream| {
-        let mut out = Vec::new();
-        let mut from = 0;
-        while let Some(b) = s.shared().read_stored(from, 1 << 20).unwrap() {
-            let mut at = 0;
-            while at < b.len() {
-                let (c, used) = pier_stream_wire::Chunk::parse_stored(&b.slice(at..)).unwrap();
-                from = c.header.first_offset + u64::from(c.header.num_records.max(1));
-                at += used;
-            }
-            out.extend_from_slice(&b);
-        }
-        (out, from)
-    };
-    let (on_leader, end) = all(&leader);
-    assert_eq!(end, lv.written_next);
-    assert!(all(&replica) == (on_leader, end));
+    assert!(all_stored(&replica) == (from_files, end));
 
     // The replica recovers as it was, and keeps following.
     let tracking = replica.shared().tracking();
@@ -953,6 +927,22 @@ fn a_replica_copies_its_leader_and_confirms_wait_for_a_majority() {
         read_all(&leader, StartAt::First),
         read_all(&replica, StartAt::First)
     );
+}
+
+/// Everything a stream has synced, as stored (what replicas copy), and the offset after it.
+fn all_stored(s: &Stream) -> (Vec<u8>, u64) {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(b) = s.shared().read_stored(from, 1 << 20).unwrap() {
+        let mut at = 0;
+        while at < b.len() {
+            let (c, used) = pier_stream_wire::Chunk::parse_stored(&b.slice(at..)).unwrap();
+            from = c.header.first_offset + u64::from(c.header.num_records.max(1));
+            at += used;
+        }
+        out.extend_from_slice(&b);
+    }
+    (out, from)
 }
 
 fn append_wait_replicated(leader: &Stream, replica: &Stream) {
