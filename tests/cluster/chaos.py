@@ -107,6 +107,8 @@ class Producer(Worker):
     """Publishes unique ids with confirms: invoked before, ok on basic.ack, failed on a
     nack or unroutable; a connection lost mid-publish leaves the outcome unknown."""
 
+    queue = QUEUE
+
     def __init__(self, pid: int, cluster: Cluster, history: History, stop: threading.Event):
         super().__init__(f"producer-{pid}", pid, cluster, history, stop)
         self.pid = pid
@@ -121,7 +123,7 @@ class Producer(Worker):
             with self.history.lock:
                 self.history.invoked.add(mid)
             try:
-                ch.basic_publish("", QUEUE, mid.encode(),
+                ch.basic_publish("", self.queue, mid.encode(),
                                  pika.BasicProperties(delivery_mode=2))
             except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
                 with self.history.lock:

@@ -32,9 +32,6 @@ import threading
 import time
 from pathlib import Path
 
-import pika
-import pika.exceptions
-
 from chaos import History, Producer, apply_fault, connect
 from harness import STREAM_PORT, Cluster, Netns
 
@@ -46,23 +43,7 @@ FAULTS = ["kill-follower", "pause-follower", "kill-leader", "isolate-leader", "k
 class StreamProducer(Producer):
     """chaos.Producer, publishing to the stream."""
 
-    def session(self, conn: pika.BlockingConnection) -> None:
-        ch = conn.channel()
-        ch.confirm_delivery()
-        while not self.stop.is_set():
-            mid = f"p{self.pid}-{self.n}"
-            self.n += 1
-            with self.history.lock:
-                self.history.invoked.add(mid)
-            try:
-                ch.basic_publish("", STREAM, mid.encode(),
-                                 pika.BasicProperties(delivery_mode=2))
-            except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
-                with self.history.lock:
-                    self.history.failed.add(mid)
-                continue
-            with self.history.lock:
-                self.history.ok.add(mid)
+    queue = STREAM
 
 
 def read_leader(node, timeout: float = 30.0) -> list[str]:

@@ -773,13 +773,8 @@ fn big_chunks_built_in_place_read_back_and_survive_a_crash() {
     assert_eq!(from_memory.len(), want.len() + 30);
 }
 
-/// Copies what `leader` has synced past `replica`'s end into `replica`, as the cluster's
-/// puller does, and tells the leader (as `node`) how far the replica has synced.
-fn replicate_once(leader: &Stream, replica: &Stream, node: &str, max: usize) -> bool {
-    let from = replica.shared().view().written_next;
-    let Some(stored) = leader.shared().read_stored(from, max).unwrap() else {
-        return false;
-    };
+/// A replica's write of `stored`, waited for: its next offset, or why it was refused.
+fn accept_wait(replica: &Stream, stored: Bytes) -> Result<u64, String> {
     let (tx, rx) = mpsc::sync_channel(1);
     replica
         .accept(
@@ -789,7 +784,17 @@ fn replicate_once(leader: &Stream, replica: &Stream, node: &str, max: usize) -> 
             }),
         )
         .unwrap();
-    let next = rx.recv().unwrap().unwrap();
+    rx.recv().unwrap()
+}
+
+/// Copies what `leader` has synced past `replica`'s end into `replica`, as the cluster's
+/// puller does, and tells the leader (as `node`) how far the replica has synced.
+fn replicate_once(leader: &Stream, replica: &Stream, node: &str, max: usize) -> bool {
+    let from = replica.shared().view().written_next;
+    let Some(stored) = leader.shared().read_stored(from, max).unwrap() else {
+        return false;
+    };
+    let next = accept_wait(replica, stored).unwrap();
     leader.shared().replica_synced(node, next);
     replica
         .shared()
@@ -972,18 +977,7 @@ fn a_replica_refuses_chunks_that_do_not_continue_its_log() {
     append_wait(&leader, None, vec![msg(0, "a"), msg(0, "b")]);
     append_wait(&leader, None, vec![msg(0, "c")]);
     append_wait(&leader, None, vec![msg(0, "d")]);
-    let accept = |stored: Bytes| {
-        let (tx, rx) = mpsc::sync_channel(1);
-        replica
-            .accept(
-                stored,
-                Box::new(move |r| {
-                    let _ = tx.send(r.map_err(|e| e.to_string()));
-                }),
-            )
-            .unwrap();
-        rx.recv().unwrap()
-    };
+    let accept = |stored: Bytes| accept_wait(&replica, stored);
     let chunk0 = leader.shared().read_stored(0, 1).unwrap().unwrap();
     assert_eq!(accept(chunk0.clone()).unwrap(), 2);
     // The same chunk again does not continue the log.
@@ -1032,16 +1026,7 @@ fn a_new_replica_starts_at_its_leaders_first_chunk() {
     let from = replica.shared().view().written_next.max(first);
     assert_eq!(replica.shared().view().written_next, 0);
     let stored = leader.shared().read_stored(from, 1 << 20).unwrap().unwrap();
-    let (tx, rx) = mpsc::sync_channel(1);
-    replica
-        .accept(
-            stored,
-            Box::new(move |r| {
-                let _ = tx.send(r.map_err(|e| e.to_string()));
-            }),
-        )
-        .unwrap();
-    rx.recv().unwrap().unwrap();
+    accept_wait(&replica, stored).unwrap();
     while replicate_once(&leader, &replica, "b", 1 << 20) {}
     replica
         .shared()
