@@ -64,6 +64,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether a catalog entry is a stream with replicas (quorum queues have a group).
+fn replicated(h: &crate::metadata::QueueHome) -> bool {
+    h.group == 0 && h.members.len() > 1
+}
+
+/// The log of stream `name` when this node leads it.
+fn led_here(svc: &QueueService, vhost: &str, name: &str) -> Option<Arc<Stream>> {
+    svc.broker()?
+        .vhost(vhost)?
+        .find_queue(name)?
+        .stream()
+        .cloned()
+}
+
 impl StreamReplicas {
     /// The replica of a stream this node holds, for its readers.
     pub(crate) fn get(&self, vhost: &str, name: &str) -> Option<Arc<Stream>> {
@@ -89,7 +103,7 @@ impl StreamReplicas {
     pub(crate) fn reconcile(&self, svc: &Arc<QueueService>) {
         let mut wanted: Vec<(Key, crate::metadata::QueueHome)> = Vec::new();
         svc.catalog.for_each_queue_home(|(vhost, name), h| {
-            if h.group == 0 && h.members.len() > 1 {
+            if replicated(h) {
                 wanted.push(((vhost.clone(), name.clone()), h.clone()));
             }
         });
@@ -117,10 +131,8 @@ impl StreamReplicas {
     /// A stream was declared (applied here): its replica starts now, so that a client
     /// sent here by `Metadata` right after the declaration finds it.
     pub(crate) fn declared(&self, svc: &Arc<QueueService>, vhost: &str, name: &str) {
-        if let Some(home) = svc.catalog.queue_home(vhost, name) {
-            if home.group == 0 && home.members.len() > 1 {
-                self.ensure(svc, vhost, name, &home);
-            }
+        if let Some(home) = svc.catalog.queue_home(vhost, name).filter(replicated) {
+            self.ensure(svc, vhost, name, &home);
         }
     }
 
@@ -135,23 +147,7 @@ impl StreamReplicas {
         name: &str,
         home: &crate::metadata::QueueHome,
     ) {
-        if home.home == svc.me {
-            if let Some(s) = svc
-                .broker()
-                .and_then(|b| b.vhost(vhost))
-                .and_then(|vh| vh.find_queue(name))
-                .and_then(|q| q.stream().cloned())
-            {
-                for (node, _) in s.shared().replica_offsets() {
-                    if !home.members.contains(&node) {
-                        s.shared().forget_replica(&node);
-                    }
-                }
-                s.shared().set_members(home.members.len());
-            }
-            return;
-        }
-        if home.members.contains(&svc.me) {
+        if home.home == svc.me || home.members.contains(&svc.me) {
             self.ensure(svc, vhost, name, home);
         } else {
             self.remove(vhost, name);
@@ -181,14 +177,13 @@ impl StreamReplicas {
         }
         if home.home == svc.me {
             if let Some(s) = q.stream() {
-                let members = home.members.len();
-                let known = matches!(
-                    s.shared().commit_rule(),
-                    pier_store::stream::CommitRule::Quorum { members: m, .. } if m == members
-                );
-                if !known {
-                    s.shared().set_members(members);
+                // Acknowledgements of a removed replica no longer count.
+                for (node, _) in s.shared().replica_offsets() {
+                    if !home.members.contains(&node) {
+                        s.shared().forget_replica(&node);
+                    }
                 }
+                s.shared().set_members(home.members.len());
             }
             return false;
         }
@@ -316,7 +311,6 @@ pub(crate) async fn serve_read(
     from: u64,
     committed_known: u64,
 ) -> Result<StreamChunks, String> {
-    let broker = svc.broker().ok_or("the node is starting")?;
     let home = svc
         .catalog
         .queue_home(vhost, name)
@@ -324,17 +318,11 @@ pub(crate) async fn serve_read(
     if !home.members.iter().any(|m| m == replica) {
         return Err(format!("{replica} is not a member of stream '{name}'"));
     }
-    let stream = broker
-        .vhost(vhost)
-        .and_then(|vh| vh.find_queue(name))
-        .and_then(|q| q.stream().cloned())
-        .ok_or_else(|| format!("stream '{name}' is not led here"))?;
+    let stream =
+        led_here(svc, vhost, name).ok_or_else(|| format!("stream '{name}' is not led here"))?;
     let shared = Arc::clone(stream.shared());
     drop(stream);
     shared.replica_synced(replica, from);
-    // A new replica (empty) of a stream whose first chunks retention removed starts at the
-    // first chunk still here.
-    let from = from.max(shared.view().first_offset());
     let wake = Arc::new(tokio::sync::Notify::new());
     let w = Arc::clone(&wake);
     let listener = shared.listen(Arc::new(move || w.notify_one()));
@@ -377,13 +365,8 @@ pub(crate) fn serve_store_offset(
     reference: String,
     offset: u64,
 ) -> Result<(), String> {
-    let broker = svc.broker().ok_or("the node is starting")?;
-    let stream = broker
-        .vhost(vhost)
-        .and_then(|vh| vh.find_queue(name))
-        .and_then(|q| q.stream().cloned())
-        .ok_or_else(|| format!("stream '{name}' is not led here"))?;
-    stream
+    led_here(svc, vhost, name)
+        .ok_or_else(|| format!("stream '{name}' is not led here"))?
         .store_offset(reference, offset)
         .map_err(|e| e.to_string())
 }

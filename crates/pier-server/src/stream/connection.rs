@@ -496,16 +496,16 @@ impl Session {
             .and_then(|q| q.stream().cloned())
     }
 
+    /// This node's cluster membership, when it is clustered.
+    fn cluster(&self) -> Option<&pier_cluster::ClusterHandle> {
+        self.server.metadata.as_ref()?.cluster()
+    }
+
     /// Stream `name` to read: led here, or this node's replica of it (RabbitMQ's clients
     /// read from replicas when `Metadata` names some).
     fn readable(&self, name: &str) -> Option<Arc<Stream>> {
-        self.stream(name).or_else(|| {
-            self.server
-                .metadata
-                .as_ref()?
-                .cluster()?
-                .stream_replica(self.vhost()?.name(), name)
-        })
+        self.stream(name)
+            .or_else(|| self.cluster()?.stream_replica(self.vhost()?.name(), name))
     }
 
     /// Why stream `name` cannot be used on this connection: it is hosted by another node of
@@ -791,8 +791,7 @@ impl Session {
                     } else if self.readable(&o.stream).is_some() {
                         // A replica's consumer: its leader writes the offset (in order:
                         // this connection waits for each).
-                        let cluster = self.server.metadata.as_ref().and_then(|m| m.cluster());
-                        if let (Some(c), Some(vh)) = (cluster, self.vhost()) {
+                        if let (Some(c), Some(vh)) = (self.cluster(), self.vhost()) {
                             if let Err(e) = c
                                 .store_stream_offset(vh.name(), &o.stream, o.reference, o.offset)
                                 .await
@@ -890,7 +889,7 @@ impl Session {
                     port: u32::from(c.advertised_port),
                 }];
                 let mut nodes: Vec<String> = Vec::new();
-                if let Some(cluster) = self.server.metadata.as_ref().and_then(|m| m.cluster()) {
+                if let Some(cluster) = self.cluster() {
                     for (name, host, port) in cluster.stream_endpoints(c.tls) {
                         nodes.push(name);
                         brokers.push(pier_stream_wire::Broker {
@@ -901,19 +900,10 @@ impl Session {
                     }
                 }
                 let members_of = |name: &str| {
-                    let vh = self.vhost()?.name();
-                    self.server
-                        .metadata
-                        .as_ref()?
-                        .cluster()?
-                        .stream_members_of(vh, name)
+                    self.cluster()?
+                        .stream_members_of(self.vhost()?.name(), name)
                 };
-                let me = self
-                    .server
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.cluster())
-                    .map(|c| c.node_name().to_owned());
+                let me = self.cluster().map(|c| c.node_name().to_owned());
                 // A node's reference: 0 for this one, else its place in `brokers` (a node
                 // that is down, or serves no stream port, has none).
                 let reference = |node: &str| {

@@ -351,11 +351,6 @@ impl Shared {
         matches!(self.commit_state().rule, CommitRule::Quorum { .. })
     }
 
-    /// The rule in force.
-    pub fn commit_rule(&self) -> CommitRule {
-        self.commit_state().rule.clone()
-    }
-
     /// Makes this stream a replicated leader of `members` nodes (1: not replicated), keeping
     /// the replicas' acknowledgements it has; commits what that allows.
     pub fn set_members(&self, members: usize) {
@@ -471,12 +466,15 @@ impl Shared {
     }
 
     /// Stored chunks (header, bloom filter, data, trailer: the files' form) from chunk
-    /// `from` on, whole chunks up to about `max` octets (at least one), not past what is
+    /// `from` (or the first chunk still stored, when retention removed it) on, whole chunks up to about `max` octets (at least one), not past what is
     /// synced here nor past the end of `from`'s segment: what a replica copies. `None`
     /// when nothing after `from` is synced yet. `from` must start a chunk.
     pub fn read_stored(&self, from: u64, max: usize) -> Result<Option<Bytes>, StreamError> {
-        let (written, seg) = self.with_view(|v| {
+        // Before the first chunk still stored (retention removed the rest): from there.
+        let (from, written, seg) = self.with_view(|v| {
+            let from = from.max(v.first_offset());
             (
+                from,
                 v.written_next,
                 v.segment_of(from).and_then(|i| v.segments.get(i)).copied(),
             )
@@ -488,9 +486,7 @@ impl Shared {
             return Ok(Some(b));
         }
         let Some(seg) = seg else {
-            return Err(StreamError::Corrupt(format!(
-                "offset {from} is before the stream's first segment"
-            )));
+            return Ok(None);
         };
         let Some(l) = self.locate_offset(from)? else {
             return Ok(None);

@@ -269,11 +269,6 @@ impl Stream {
             .clone()
     }
 
-    /// Whether this is a replica of a stream another node leads.
-    pub fn is_replica(&self) -> bool {
-        self.replica
-    }
-
     /// A replica's write: chunks as its leader stored them, checked and written as they
     /// are; `done` gets the log's next offset once they are synced. Never blocks (a
     /// replica's one puller waits for each answer before it sends the next).
