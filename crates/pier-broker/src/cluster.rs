@@ -67,4 +67,19 @@ pub trait Cluster: Send + Sync + std::fmt::Debug + 'static {
     fn stream_members(&self, _vhost: &str, _queue: &str) -> usize {
         1
     }
+
+    /// Before stream `queue`'s log in `dir` is opened to lead it here: the cluster drops
+    /// what this copy holds from a deposed leader's epoch that the stream's history does not
+    /// keep (failover).
+    fn prepare_stream(
+        &self,
+        _vhost: &str,
+        _queue: &str,
+        _dir: &std::path::Path,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A replicated stream got a new leader (applied on this node).
+    fn stream_leader_changed(&self, _vhost: &str, _queue: &str) {}
 }

@@ -1129,6 +1129,13 @@ impl VHost {
         })?;
         let sc =
             crate::queue::stream::stream_config(&config, self.stream_sync.load(Ordering::Acquire));
+        if let Some(c) = self.cluster.get() {
+            c.prepare_stream(&self.name, name, &dir)
+                .map_err(|reason| BrokerError::Storage {
+                    what: what(),
+                    reason,
+                })?;
+        }
         let (stream, recovery) =
             pier_store::stream::Stream::open(&dir, sc).map_err(|e| BrokerError::Storage {
                 what: what(),
@@ -1350,6 +1357,70 @@ impl VHost {
             });
         }
         Ok(self.remove_queue(&q))
+    }
+
+    /// A replicated stream's leader moved to `home` (the cluster's failover): this node's
+    /// handle to it becomes the stream opened here (`home` is this node) or a link to
+    /// `home`, and the old handle is retired (its consumers cancelled, pending confirms
+    /// failed, a log led here stopped with its files kept). Bindings name the queue and
+    /// stay. Nothing changes when the handle already points there.
+    pub fn rehome_stream(&self, name: &str, home: &str) -> Result<()> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        let Some(old) = self.find_queue(name) else {
+            return Ok(());
+        };
+        if old.kind() != QueueType::Stream {
+            return Ok(());
+        }
+        let here = home == cluster.node();
+        let settled = if here {
+            old.stream().is_some()
+        } else {
+            old.remote_backend()
+                .is_some_and(|r| r.link().node() == home)
+        };
+        if settled && !old.is_deleted() {
+            return Ok(());
+        }
+        let o = old.options().clone();
+        let config = (*old.config()).clone();
+        // A log led here is closed before it is opened again (as replica or leader).
+        old.retire();
+        let new = if here {
+            let d = QueueDeclare {
+                name: old.name().clone(),
+                passive: false,
+                durable: o.durable,
+                exclusive: false,
+                auto_delete: false,
+                arguments: o.arguments.clone(),
+                connection: ConnectionId::default(),
+            };
+            self.open_stream(old.name(), &d, config)?
+        } else {
+            Queue::remote(
+                old.name().clone(),
+                self.name.clone(),
+                QueueType::Stream,
+                o,
+                config,
+                cluster.link(home),
+            )
+        };
+        let mut t = self.write();
+        match t.queues.get(old.name()) {
+            Some(current) if Arc::ptr_eq(current, &old) => {
+                t.queues.insert(old.name().clone(), new);
+            }
+            _ => {
+                drop(t);
+                // Deleted (or replaced) meanwhile: the new handle is not needed.
+                new.retire();
+            }
+        }
+        Ok(())
     }
 
     /// Removes a queue from the vhost (if it is still the one registered under its name),

@@ -871,13 +871,28 @@ impl Handler for NodeHandler {
                 Request::StreamRead {
                     vhost,
                     name,
+                    epoch,
                     from: offset,
                     committed,
                 } => Response::StreamRead(
                     crate::queues::stream::serve_read(
-                        &n.queues, &from.name, &vhost, &name, offset, committed,
+                        &n.queues,
+                        &from.name,
+                        crate::queues::stream::ReadAsk {
+                            vhost: &vhost,
+                            name: &name,
+                            epoch,
+                            from: offset,
+                            committed,
+                        },
                     )
                     .await,
+                ),
+                Request::StreamFence { vhost, name, epoch } => Response::StreamFence(
+                    n.queues
+                        .streams
+                        .fence(&n.queues, &vhost, &name, epoch)
+                        .await,
                 ),
                 Request::StreamStoreOffset {
                     vhost,

@@ -11,7 +11,7 @@ use crate::raft::{PeerNode, Proposal};
 
 /// Bumped on an incompatible change of anything in this file; peers speaking another
 /// version are refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_ms() -> u64 {
@@ -85,8 +85,18 @@ pub enum Request {
     StreamRead {
         vhost: String,
         name: String,
+        /// The leader's epoch the replica follows (a leader of another epoch refuses).
+        epoch: u64,
         from: u64,
         committed: u64,
+    },
+    /// The metadata leader, about to pick a new leader for a stream whose leader is down,
+    /// to a member: stop taking chunks of epochs before `epoch` and say how far your copy
+    /// goes (its epoch and synced end).
+    StreamFence {
+        vhost: String,
+        name: String,
+        epoch: u64,
     },
     /// A consumer connected to a replica stored its offset: to the stream's leader, which
     /// writes it (RabbitMQ's readers send it to the stream's writer too).
@@ -144,6 +154,8 @@ pub enum Response {
     Applied(u64),
     StreamRead(Result<StreamChunks, String>),
     StreamStoreOffset(Result<(), String>),
+    /// (the epoch the member's copy was last taken under, its synced end).
+    StreamFence(Result<(u64, u64), String>),
 }
 
 /// What a stream's leader sends a replica.

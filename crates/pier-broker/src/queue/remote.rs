@@ -307,7 +307,12 @@ impl RemoteQueue {
         // stream is not "down" as a classic queue is.
         let stream = q.kind() == crate::queue::QueueType::Stream;
         if self.is_deleted() {
-            return Published::Gone;
+            // A stream's handle is retired when its leader moves: the publisher resends.
+            return if stream {
+                Published::Rejected
+            } else {
+                Published::Gone
+            };
         }
         if self.link.session().is_none() {
             // RabbitMQ 3.10 drops a classic queue whose node is down from routing: unroutable.

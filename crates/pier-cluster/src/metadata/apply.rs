@@ -349,6 +349,7 @@ impl Applier {
                             home: home.clone(),
                             members: members.clone(),
                             group,
+                            epochs: Vec::new(),
                         },
                     );
                 }
@@ -397,6 +398,32 @@ impl Applier {
                 self.catalog.set_queue_home(vhost, name, home);
                 if let Some(c) = self.broker.cluster() {
                     c.queue_members_changed(vhost, name);
+                }
+                Ok(Outcome::Created(false))
+            }
+            C::SetStreamLeader {
+                vhost,
+                name,
+                epoch,
+                leader,
+                start,
+            } => {
+                let Some(mut home) = self.catalog.queue_home(vhost, name) else {
+                    return Ok(Outcome::Skipped(format!(
+                        "no stream '{name}' in vhost '{vhost}'"
+                    )));
+                };
+                let next = u64::try_from(home.epochs.len()).unwrap_or(u64::MAX) + 1;
+                if home.group != 0 || !home.members.contains(leader) || *epoch != next {
+                    return Ok(Outcome::Skipped(format!(
+                        "stream '{name}' in vhost '{vhost}': epoch {epoch} by {leader} is stale"
+                    )));
+                }
+                home.home.clone_from(leader);
+                home.epochs.push(*start);
+                self.catalog.set_queue_home(vhost, name, home);
+                if let Some(c) = self.broker.cluster() {
+                    c.stream_leader_changed(vhost, name);
                 }
                 Ok(Outcome::Created(false))
             }

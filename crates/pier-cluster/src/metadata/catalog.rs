@@ -38,6 +38,10 @@ pub struct QueueHome {
     /// A replicated quorum queue's Raft group (0: not replicated).
     #[serde(default)]
     pub group: u64,
+    /// A replicated stream's leader changes: epoch `k` (from 1) began with its leader's log
+    /// `epochs[k - 1]` long (see `queues::stream`, failover). Empty: the first leader.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<u64>,
 }
 
 /// Everything the catalog holds: part of every metadata snapshot.
@@ -286,6 +290,7 @@ mod tests {
             home: "n1".into(),
             members: vec!["n1".into()],
             group: 7,
+            epochs: vec![3],
         };
         c.set_queue_home("a\"b", "q", home.clone());
         c.set_queue_home("a", "q", home.clone());

@@ -125,6 +125,17 @@ pub enum MetadataCommand {
         name: String,
         members: Vec<String>,
     },
+    /// A replicated stream's leader changed (failover, decided by the metadata leader):
+    /// `leader`, a member, leads epoch `epoch` (the stream's epochs so far plus one: a
+    /// decision made on an older state is skipped), starting from its log's first `start`
+    /// offsets; what a member holds past them from earlier epochs was never committed.
+    SetStreamLeader {
+        vhost: String,
+        name: String,
+        epoch: u64,
+        leader: String,
+        start: u64,
+    },
     /// Deletes a queue with its messages. `if-unused` and `if-empty` are checked where the
     /// deletion is made (on the queue's home node), before it is proposed: consumers and
     /// message counts are not replicated state.
@@ -201,6 +212,13 @@ impl MetadataCommand {
             C::SetQueueMembers { vhost, name, .. } => {
                 format!("set the members of queue '{name}' in vhost '{vhost}'")
             }
+            C::SetStreamLeader {
+                vhost,
+                name,
+                leader,
+                epoch,
+                ..
+            } => format!("make '{leader}' lead stream '{name}' in vhost '{vhost}' (epoch {epoch})"),
             C::Bind {
                 vhost,
                 source,

@@ -282,6 +282,26 @@ impl Cluster for QueueService {
         }
     }
 
+    fn prepare_stream(
+        &self,
+        vhost: &str,
+        queue: &str,
+        dir: &std::path::Path,
+    ) -> Result<(), String> {
+        match self.catalog.queue_home(vhost, queue) {
+            Some(home) if home.group == 0 && home.members.len() > 1 => {
+                stream::prepare(dir, &home).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn stream_leader_changed(&self, vhost: &str, queue: &str) {
+        if let Some(me) = self.this.upgrade() {
+            self.streams.leader_changed(&me, vhost, queue);
+        }
+    }
+
     fn stream_members(&self, vhost: &str, queue: &str) -> usize {
         self.catalog
             .queue_home(vhost, queue)

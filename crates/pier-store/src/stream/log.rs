@@ -128,8 +128,9 @@ impl Tracking {
 
 type Listener = Arc<dyn Fn() + Send + Sync>;
 
-/// Runs once the chunks before an offset are committed (a replicated leader's confirms).
-pub type OnCommit = Box<dyn FnOnce() + Send>;
+/// Runs once the chunks before an offset are committed (`true`: a replicated leader's
+/// confirms), or with `false` once they never will be here (the leader was deposed).
+pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 
 /// When written chunks count as committed (readers see them, publishers get confirms).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,10 +423,19 @@ impl Shared {
         let committed = self.with_view(|v| v.committed_next);
         if offset <= committed {
             drop(c);
-            f();
+            f(true);
             return;
         }
         c.waiting.push_back((offset, f));
+    }
+
+    /// This node stopped leading the stream: what waits for a commit never gets one here
+    /// (its publishers get errors, and resend to the new leader).
+    pub fn abandon_commits(&self) {
+        let waiting = std::mem::take(&mut self.commit_state().waiting);
+        for (_, f) in waiting {
+            f(false);
+        }
     }
 
     /// Moves `committed_next` to what the rule allows now (after `update` changed the
@@ -454,7 +464,7 @@ impl Shared {
         }
         drop(c);
         for f in ready {
-            f();
+            f(true);
         }
         if wake {
             self.notify();
@@ -749,6 +759,84 @@ fn read_verified(f: &File, position: u64, file_len: u64) -> Result<Option<Chunk>
         }
         _ => Ok(None),
     }
+}
+
+/// Removes every chunk from offset `next` on from the stream in `dir`, which no writer has
+/// open: whole segments that start there or later, the tail of the segment holding it (at
+/// the first chunk that reaches `next`), and their index records. A replica whose leader
+/// changed drops what the old leader wrote but never committed (see the cluster's stream
+/// failover); the next open recovers the rest as usual. Returns whether anything went.
+pub fn truncate_stream(dir: &Path, next: u64) -> Result<bool, StreamError> {
+    let mut firsts = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                let e = e.map_err(io("list stream directory", dir))?;
+                if let Some(id) = e.file_name().to_str().and_then(parse_segment_name) {
+                    firsts.push(id);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StreamError::io("list stream directory", dir.to_owned(), e)),
+    }
+    firsts.sort_unstable();
+    let mut changed = false;
+    for &first in firsts.iter().filter(|f| **f >= next) {
+        for p in [dir.join(segment_name(first)), dir.join(index_name(first))] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => changed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StreamError::io("remove segment", p, e)),
+            }
+        }
+    }
+    if let Some(&last) = firsts.iter().filter(|f| **f < next).max() {
+        let seg_path = dir.join(segment_name(last));
+        let seg = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg_path)
+            .map_err(io("open segment", &seg_path))?;
+        let len = seg.metadata().map_err(io("stat segment", &seg_path))?.len();
+        let mut pos = FILE_HEADER_LEN;
+        while pos < len {
+            let Some(h) = read_header(&seg, pos).map_err(io("read segment", &seg_path))? else {
+                break;
+            };
+            if h.first_offset + u64::from(h.num_records) > next || h.first_offset >= next {
+                break;
+            }
+            pos += stored_size(&h);
+        }
+        if pos < len {
+            seg.set_len(pos)
+                .map_err(io("truncate segment", &seg_path))?;
+            seg.sync_all().map_err(io("sync segment", &seg_path))?;
+            changed = true;
+            let idx_path = dir.join(index_name(last));
+            if let Ok(idx) = OpenOptions::new().read(true).write(true).open(&idx_path) {
+                let idx_len = idx.metadata().map_err(io("stat index", &idx_path))?.len();
+                let n = idx_len.saturating_sub(FILE_HEADER_LEN) / INDEX_RECORD_LEN as u64;
+                let mut keep = 0;
+                while keep < n {
+                    match Shared::read_index_record(&idx, keep)? {
+                        Some(r) if u64::from(r.position) < pos && r.chunk_id < next => keep += 1,
+                        _ => break,
+                    }
+                }
+                if keep < n {
+                    idx.set_len(FILE_HEADER_LEN + keep * INDEX_RECORD_LEN as u64)
+                        .map_err(io("truncate index", &idx_path))?;
+                    idx.sync_all().map_err(io("sync index", &idx_path))?;
+                }
+            }
+        }
+    }
+    if changed {
+        sync_dir(dir)?;
+    }
+    Ok(changed)
 }
 
 impl StreamLog {

@@ -46,8 +46,8 @@ use pier_stream_wire::Entry;
 
 pub use format::{osiris_trailer_length, IndexRecord, TrackingEntry, INDEX_RECORD_LEN};
 pub use log::{
-    ChunkLocation, CommitRule, OnCommit, SegmentMeta, Shared, StreamLog, StreamRecovery, Tracking,
-    View,
+    truncate_stream, ChunkLocation, CommitRule, OnCommit, SegmentMeta, Shared, StreamLog,
+    StreamRecovery, Tracking, View,
 };
 pub use reader::{ReadChunk, StartAt, StreamReader};
 
@@ -76,6 +76,10 @@ pub enum StreamError {
     /// Publishes and stored offsets go to a replicated stream's leader, not to a replica.
     #[error("this node holds a replica of the stream: its leader takes writes")]
     Replica,
+    /// The stream got another leader before these chunks were committed: they may be lost
+    /// (the publisher resends them to the new leader).
+    #[error("the stream's leader changed before the write was committed")]
+    Deposed,
 }
 
 impl StreamError {
@@ -410,6 +414,19 @@ impl Stream {
         }
     }
 
+    /// This node stops holding the stream in this role (its leader moved; the files stay):
+    /// the writer stops after what it was given, what waits for a commit fails
+    /// ([`StreamError::Deposed`]), and readers and publishers are told the stream is gone
+    /// here ([`StreamError::Deleted`]: clients ask for its metadata again).
+    pub fn retire(&self) {
+        self.shared
+            .deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.close();
+        self.shared.abandon_commits();
+        self.shared.notify();
+    }
+
     /// Stops the writer and removes the stream's files; readers get [`StreamError::Deleted`].
     pub fn delete(&self) -> Result<(), StreamError> {
         self.shared
@@ -599,7 +616,12 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
         let dones = std::mem::take(&mut batch.done);
         let end = log.next_offset();
         let wait = result.is_ok() && !dones.is_empty();
-        let confirm = move || {
+        let confirm = move |committed: bool| {
+            let result = if committed {
+                result
+            } else {
+                Err(Arc::new(StreamError::Deposed))
+            };
             for (done, appended, before) in dones {
                 done(result.as_ref().map_err(Arc::clone).map(|chunks| Appended {
                     first_offset: chunks.offset_of(before).filter(|_| appended.written > 0),
@@ -611,7 +633,7 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
             // A replicated stream confirms once a majority has the chunks (at once otherwise).
             log.shared().on_commit(end, Box::new(confirm));
         } else {
-            confirm();
+            confirm(true);
         }
         for f in batch.flushes {
             let _ = f.send(());

@@ -1042,3 +1042,99 @@ fn a_new_replica_starts_at_its_leaders_first_chunk() {
         .join("00000000000000000000.segment")
         .exists());
 }
+
+/// A leader change as the cluster makes it: the old leader (A) wrote chunks a replica (B)
+/// never got; A is retired (its waiting confirm fails with `Deposed`, its readers are told
+/// the stream is gone), B becomes the leader from its own end, and A, truncated to where
+/// B took over, copies B's new chunks and ends with B's log byte for byte.
+#[test]
+fn a_deposed_leader_fails_its_pending_confirms_and_truncates_to_the_new_leaders_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, _) = Stream::open(&a_dir, small_segments()).unwrap();
+    let (b, _) = Stream::open_replica(&b_dir, small_segments()).unwrap();
+    a.shared().set_members(3);
+    for i in 0..20u64 {
+        let body = format!("a-{i}");
+        let (tx, rx) = mpsc::sync_channel(1);
+        a.append(
+            Some("w".into()),
+            vec![msg(i + 1, &body)],
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        )
+        .unwrap();
+        a.flush().unwrap();
+        while replicate_once(&a, &b, "b", 1 << 20) {}
+        assert!(rx.recv().unwrap());
+    }
+    let takeover = b.shared().view().written_next;
+    // Two more appends that only A writes (across a roll): never confirmed.
+    let (tx, rx) = mpsc::channel();
+    for i in 20..28u64 {
+        let tx = tx.clone();
+        a.append(
+            Some("w".into()),
+            vec![msg(i + 1, &format!("a-{i}-lost"))],
+            Box::new(move |r| {
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            }),
+        )
+        .unwrap();
+    }
+    a.flush().unwrap();
+    assert!(a.shared().view().written_next > takeover);
+    let reader = a.reader(StartAt::First).unwrap();
+    a.retire();
+    for _ in 20..28 {
+        let err = rx.recv().unwrap().unwrap_err();
+        assert!(err.contains("leader changed"), "{err}");
+    }
+    let mut reader = reader;
+    assert!(matches!(reader.next_chunk(), Err(StreamError::Deleted)));
+    drop(a);
+
+    // B leads from its end; A drops what B does not have and follows B.
+    b.retire();
+    drop(b);
+    assert!(!truncate_stream(&b_dir, takeover).unwrap());
+    let (b, rb) = Stream::open(&b_dir, small_segments()).unwrap();
+    assert_eq!(rb.next_offset, takeover);
+    b.shared().set_members(3);
+    assert!(truncate_stream(&a_dir, takeover).unwrap());
+    let (a, ra) = Stream::open_replica(&a_dir, small_segments()).unwrap();
+    assert_eq!(ra.next_offset, takeover);
+    assert_eq!(a.writer_sequence("w"), 20);
+    for i in 20..30u64 {
+        let (tx, rx) = mpsc::sync_channel(1);
+        b.append(
+            Some("w".into()),
+            vec![msg(i + 1, &format!("b-{i}"))],
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        )
+        .unwrap();
+        b.flush().unwrap();
+        while replicate_once(&b, &a, "a", 1 << 20) {}
+        assert!(rx.recv().unwrap());
+    }
+    assert_eq!(all_stored(&a), all_stored(&b));
+    let bodies: Vec<String> = read_all(&a, StartAt::First)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let want: Vec<String> = (0..20)
+        .map(|i| format!("a-{i}"))
+        .chain((20..30).map(|i| format!("b-{i}")))
+        .collect();
+    assert_eq!(bodies, want);
+    // A cut inside the log at a chunk boundary survives a restart, and a cut past the end
+    // changes nothing.
+    a.close();
+    drop(a);
+    assert!(!truncate_stream(&a_dir, u64::MAX).unwrap());
+    let (a, _) = Stream::open_replica(&a_dir, small_segments()).unwrap();
+    assert_eq!(all_stored(&a), all_stored(&b));
+}

@@ -347,6 +347,24 @@ impl StreamQueue {
     }
 
     /// The queue goes: its consumers are cancelled and its files removed.
+    /// This node stops leading the stream (its leader moved): consumers are cancelled,
+    /// pending confirms fail, the writer stops; the files stay (a replica takes them over).
+    pub(crate) fn retire(&self) {
+        let consumers: Vec<AmqpConsumer> = std::mem::take(&mut *self.lock());
+        for c in consumers {
+            c.spec.sink.cancelled(&c.spec.tag);
+        }
+        if let Some(id) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            self.stream.shared().unlisten(id);
+        }
+        self.stream.retire();
+    }
+
     pub(crate) fn delete(&self) -> u64 {
         let ready = self.stats().ready;
         let consumers: Vec<AmqpConsumer> = std::mem::take(&mut *self.lock());
