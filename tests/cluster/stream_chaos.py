@@ -3,9 +3,9 @@
 Producers publish unique ids with publisher confirms over AMQP 0-9-1 through random nodes
 of a 3-node cluster of real ``pier`` processes, to a stream led by the first node and
 replicated on the two others, and log each id as invoked, then ok (basic.ack) or failed
-(a nack, or the connection died with the outcome unknown). Faults are injected meanwhile:
-SIGKILL of the leader (the stream takes no publishes until it is back: leaders do not move
-yet), of a replica, of every node at once, SIGSTOP of the leader and of a replica, a
+(a nack, or the connection died with the outcome unknown). Faults are injected meanwhile,
+each aimed at the stream's leader of the moment: SIGKILL of the leader (a surviving member
+takes over: failover), of a replica, of every node at once, SIGSTOP of the leader and of a replica, a
 partition that isolates the leader (no majority: nothing is confirmed until it heals), a
 minority/majority split, and restarts. When the faults are healed, every member's copy of
 the stream is read from its first offset (the leader's over AMQP, each replica's with the
@@ -114,25 +114,45 @@ def figures(node) -> dict:
     return (q.get("stream") or {}) if code == 200 else {}
 
 
-def wait_synced(cluster: Cluster, timeout: float = 60.0) -> dict:
-    """Until the leader reports both replicas synced to its end."""
-    leader = cluster.nodes[0]
+def current_leader(cluster: Cluster):
+    """The stream's leader as the nodes that answer report it (most of them), or None."""
+    seen: dict[str, int] = {}
+    for n in cluster.nodes:
+        try:
+            code, q = n.api("GET", f"/api/queues/%2F/{STREAM}", timeout=3)
+        except OSError:
+            continue
+        if code == 200 and q.get("leader"):
+            seen[q["leader"]] = seen.get(q["leader"], 0) + 1
+    if not seen:
+        return None
+    name = max(seen, key=lambda k: seen[k])
+    return next((n for n in cluster.nodes if n.name == name), None)
+
+
+def wait_synced(cluster: Cluster, timeout: float = 60.0) -> tuple[dict, object]:
+    """Until the leader reports both replicas synced to its end: its figures, and it."""
     deadline = time.monotonic() + timeout
     f = {}
     while time.monotonic() < deadline:
+        leader = current_leader(cluster)
+        if leader is None:
+            time.sleep(0.3)
+            continue
         f = figures(leader)
         reps = f.get("replicas") or {}
         if (f and len(reps) == 2 and all(v == f.get("written_offset") for v in reps.values())
                 and f.get("next_offset") == f.get("written_offset")):
-            return f
+            return f, leader
         time.sleep(0.3)
     raise AssertionError(f"replicas not synced after healing: {f}")
 
 
 def inject(cluster: Cluster, netns: Netns, fault: str, hold: float, log) -> None:
-    """The stream's leader is the first node (it does not move)."""
-    log(f"fault {fault}")
-    apply_fault(cluster, netns, fault, hold, cluster.nodes[0], cluster.nodes[1:])
+    """Aimed at the stream's leader of the moment (it moves when it fails)."""
+    leader = current_leader(cluster) or cluster.nodes[0]
+    log(f"fault {fault} (leader {leader.name})")
+    apply_fault(cluster, netns, fault, hold, leader, [n for n in cluster.nodes if n is not leader])
     cluster.wait_formed(timeout=60)
     log("healed")
 
@@ -196,13 +216,13 @@ def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers:
         stop.set()
         for w in workers:
             w.join(timeout=30)
-        synced = wait_synced(cluster)
-        leader = cluster.nodes[0]
+        synced, leader = wait_synced(cluster)
         copies = {leader.name: read_leader(leader)}
-        for n in cluster.nodes[1:]:
+        for n in [n for n in cluster.nodes if n is not leader]:
             copies[n.name] = read_on(n, STREAM, len(copies[leader.name]))
         result = check(history, copies, leader.name)
         result["faults"] = injected
+        result["leader_at_end"] = leader.name
         result["stream_at_end"] = {k: synced.get(k) for k in
                                    ("next_offset", "written_offset", "replicas", "segments")}
         return result

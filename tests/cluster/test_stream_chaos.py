@@ -12,7 +12,7 @@ import stream_chaos
 
 @pytest.mark.timeout(240)
 def test_no_confirmed_stream_message_is_lost_under_faults(tmp_path, netns):
-    result = stream_chaos.run(rounds=8, workdir=tmp_path, hold=2.0, seed=7, netns=netns)
+    result = stream_chaos.run(rounds=8, workdir=tmp_path, hold=5.0, seed=7, netns=netns)
     print(result)
     assert result["confirmed"] > 100, result
     assert result["lost"] == 0, result

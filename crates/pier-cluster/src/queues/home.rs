@@ -183,9 +183,15 @@ impl Served {
                 message,
             } => {
                 let Ok((vh, q)) = self.local_queue(&vhost, &queue) else {
-                    // Gone meanwhile: dropped as a deleted queue's messages are.
+                    // Gone meanwhile: dropped as a deleted queue's messages are. A queue
+                    // still there but not led here (a stream whose new leader is this node
+                    // before it applied the change, or that moved on) was not written: nack.
                     if seq != 0 {
-                        self.confirm(seq, true);
+                        let exists = self
+                            .broker
+                            .vhost(&vhost)
+                            .is_some_and(|vh| vh.find_queue(&queue).is_some());
+                        self.confirm(seq, !exists);
                     }
                     return;
                 };
