@@ -774,3 +774,87 @@ pub(crate) fn serve_store_offset(
         .store_offset(reference, offset)
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use pier_store::stream::{AppendMessage, StreamConfig};
+
+    fn home(epochs: &[u64]) -> QueueHome {
+        QueueHome {
+            home: "b".into(),
+            members: vec!["a".into(), "b".into(), "c".into()],
+            group: 0,
+            epochs: epochs.to_vec(),
+        }
+    }
+
+    /// A copy is cut at the start of every epoch after the one it was taken under.
+    #[test]
+    fn a_copys_valid_end_is_cut_by_every_later_epochs_start() {
+        let h = home(&[100, 80, 120]);
+        assert_eq!(valid_end(&h, 0, 150), 80);
+        assert_eq!(valid_end(&h, 1, 90), 80);
+        assert_eq!(valid_end(&h, 2, 150), 120);
+        assert_eq!(valid_end(&h, 3, 150), 150);
+        assert_eq!(valid_end(&h, 3, 10), 10);
+        assert_eq!(valid_end(&home(&[]), 0, 7), 7);
+    }
+
+    /// Opening a copy for a later epoch cuts a deposed leader's tail once and records the
+    /// epoch; a copy of a later epoch than the catalog's is refused.
+    #[test]
+    fn prepare_cuts_a_copy_to_its_valid_end_and_records_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StreamConfig {
+            max_segment_size_bytes: 400,
+            ..StreamConfig::default()
+        };
+        let (s, _) = Stream::open(dir.path(), config.clone()).unwrap();
+        for i in 0..30u8 {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            s.append(
+                None,
+                vec![AppendMessage {
+                    publishing_id: 0,
+                    entry: pier_stream_wire::Entry::Simple(bytes::Bytes::from(vec![i; 40])),
+                    filter: None,
+                }],
+                Box::new(move |r| {
+                    let _ = tx.send(r.is_ok());
+                }),
+            )
+            .unwrap();
+            assert!(rx.recv().unwrap());
+        }
+        let end = s.shared().view().written_next;
+        drop(s);
+        assert_eq!(prepare(dir.path(), &home(&[])).unwrap(), 0);
+        // Epoch 1 began at a chunk boundary inside this copy: what follows goes.
+        let cut = (0..end)
+            .rev()
+            .find(|o| {
+                let (s, _) = Stream::open_replica(dir.path(), config.clone()).unwrap();
+                let at = s.shared().locate_offset(*o).unwrap();
+                at.is_some_and(|l| l.record.chunk_id == *o && *o > 0 && *o < end - 5)
+            })
+            .unwrap();
+        assert_eq!(prepare(dir.path(), &home(&[cut])).unwrap(), 1);
+        assert_eq!(
+            EpochState::load(dir.path()),
+            EpochState {
+                accepted: 1,
+                promised: 1
+            }
+        );
+        let (s, r) = Stream::open_replica(dir.path(), config.clone()).unwrap();
+        assert_eq!(r.next_offset, cut);
+        drop(s);
+        // Again for the same epoch: nothing more goes.
+        assert_eq!(prepare(dir.path(), &home(&[cut])).unwrap(), 1);
+        let (_s, r) = Stream::open_replica(dir.path(), config).unwrap();
+        assert_eq!(r.next_offset, cut);
+        assert!(prepare(dir.path(), &home(&[])).is_err());
+    }
+}
