@@ -983,9 +983,10 @@ impl Session {
                     None => (ResponseCode::StreamDoesNotExist, Vec::new()),
                     Some(s) => {
                         let v = s.shared().view();
-                        let committed = v
-                            .last_chunk_id
-                            .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
+                        let as_i64 =
+                            |c: Option<u64>| c.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
+                        let committed = as_i64(s.shared().committed_chunk_id());
+                        let last = as_i64(v.last_chunk_id);
                         (
                             ResponseCode::Ok,
                             vec![
@@ -998,9 +999,9 @@ impl Session {
                                     },
                                 ),
                                 ("committed_chunk_id".to_owned(), committed),
-                                // osiris' get_stats has all three; one node commits what
-                                // it wrote.
-                                ("last_chunk_id".to_owned(), committed),
+                                // As osiris' get_stats: the last chunk written here (a
+                                // replicated stream's may not be committed yet).
+                                ("last_chunk_id".to_owned(), last),
                             ],
                         )
                     }
@@ -1574,7 +1575,7 @@ async fn deliver_loop(mut t: DeliverTask) {
                         continue;
                     }
                 }
-                let committed = t.stream.shared().view().last_chunk_id;
+                let committed = t.stream.shared().committed_chunk_id();
                 let deliver = Deliver {
                     subscription_id: t.id,
                     committed_chunk_id: if t.v2 {

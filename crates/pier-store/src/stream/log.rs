@@ -253,6 +253,32 @@ impl Shared {
         r.chunks.get(i).map(|c| (c.header, c.chunk.clone()))
     }
 
+    /// The id of the last committed chunk (osiris' committed chunk id, which `Deliver` v2 and
+    /// `StreamStats` report): the last chunk when everything written is committed, else the
+    /// chunk holding the last committed offset (a replicated stream waiting for a majority).
+    pub fn committed_chunk_id(&self) -> Option<u64> {
+        let (committed, written, last) =
+            self.with_view(|v| (v.committed_next, v.written_next, v.last_chunk_id));
+        if committed == 0 || last.is_none() {
+            return None;
+        }
+        if committed >= written {
+            return last;
+        }
+        let at = committed - 1;
+        {
+            let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let i = r.chunks.partition_point(|c| c.chunk_id <= at);
+            if i > 0 && r.chunks.front().is_some_and(|c| c.chunk_id <= at) {
+                return r.chunks.get(i - 1).map(|c| c.chunk_id);
+            }
+        }
+        self.locate_offset(at)
+            .ok()
+            .flatten()
+            .map(|l| l.record.chunk_id)
+    }
+
     /// The stored form of the newest chunks from `from` on, while they follow each other in
     /// memory, before `end`, up to about `max` octets (at least one chunk).
     fn recent_stored(&self, from: u64, end: u64, max: usize) -> Option<Bytes> {

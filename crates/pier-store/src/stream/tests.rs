@@ -1085,6 +1085,16 @@ fn a_deposed_leader_fails_its_pending_confirms_and_truncates_to_the_new_leaders_
     }
     a.flush().unwrap();
     assert!(a.shared().view().written_next > takeover);
+    // Deliver v2's committed chunk: the chunk of the last committed offset, not the last.
+    let committed_chunk = a.shared().committed_chunk_id().unwrap();
+    assert_eq!(
+        Some(committed_chunk),
+        a.shared()
+            .locate_offset(takeover - 1)
+            .unwrap()
+            .map(|l| l.record.chunk_id)
+    );
+    assert!(a.shared().view().last_chunk_id.unwrap() >= takeover);
     let reader = a.reader(StartAt::First).unwrap();
     a.retire();
     for _ in 20..28 {
