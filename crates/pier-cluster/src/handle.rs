@@ -746,6 +746,55 @@ impl ClusterHandle {
         Some(rows)
     }
 
+    /// The items of a management listing on every other running member (see
+    /// [`Reporter::list`]), asked at once and waited for at most 3 s; a member that does not
+    /// answer in time is left out.
+    pub async fn list_elsewhere(
+        &self,
+        what: &str,
+        user: &str,
+        tags: &[String],
+        vhost: Option<&str>,
+    ) -> Vec<serde_json::Value> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, peer, _) in self.node.members() {
+            if id == self.node.me_id || !self.node.is_running(id) {
+                continue;
+            }
+            let node = Arc::clone(&self.node);
+            let ask = crate::rpc::Request::List {
+                what: what.to_owned(),
+                user: user.to_owned(),
+                tags: tags.to_vec(),
+                vhost: vhost.map(str::to_owned),
+            };
+            asks.spawn(async move {
+                node.transport
+                    .call(id, &peer.addr, &ask, Duration::from_secs(3))
+                    .await
+            });
+        }
+        let mut items = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            if let Ok(Ok(crate::rpc::Response::List(found))) = answer {
+                items.extend(found.iter().filter_map(|s| serde_json::from_str(s).ok()));
+            }
+        }
+        items
+    }
+
+    /// Closes client connection `name` on member `node`; whether it was there.
+    pub async fn close_connection_on(&self, node: &str, name: &str, reason: &str) -> bool {
+        let ask = crate::rpc::Request::CloseConnection {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        matches!(
+            self.ask_member(node, &ask, Duration::from_secs(5)).await,
+            Ok(crate::rpc::Response::Closed(true))
+        )
+    }
+
     /// Sends `request` to the cluster member of that name; `Err` says why it got no answer.
     async fn ask_member(
         &self,

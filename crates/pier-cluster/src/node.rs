@@ -67,6 +67,26 @@ pub struct ClusterConfig {
 /// The node's own figures, for its peers' `/api/nodes` (set by the management layer).
 pub trait Reporter: Send + Sync + 'static {
     fn report(&self) -> NodeReport;
+
+    /// This node's items of a management listing (`what`: `connections`,
+    /// `stream/connections`, `stream/publishers`, `stream/consumers`) that a user with
+    /// `tags` may see, of `vhost` when given, each a JSON object (RabbitMQ's management
+    /// lists connections of every node).
+    fn list(
+        &self,
+        _what: &str,
+        _user: &str,
+        _tags: &[String],
+        _vhost: Option<&str>,
+    ) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Closes this node's client connection `name` (any protocol) with `reason`; whether it
+    /// was here.
+    fn close_connection(&self, _name: &str, _reason: &str) -> bool {
+        false
+    }
 }
 
 const CLUSTER_ID_KEY: &[u8] = b"cluster/id";
@@ -847,6 +867,22 @@ impl Handler for NodeHandler {
                 Request::Join(peer) => Response::Join(handle_join(&n, peer).await),
                 Request::Forget(name) => Response::Forget(forget_on_leader(&n, &name).await),
                 Request::Status => Response::Status(Box::new(n.local_report())),
+                Request::List {
+                    what,
+                    user,
+                    tags,
+                    vhost,
+                } => Response::List(
+                    n.reporter
+                        .get()
+                        .map(|r| r.list(&what, &user, &tags, vhost.as_deref()))
+                        .unwrap_or_default(),
+                ),
+                Request::CloseConnection { name, reason } => Response::Closed(
+                    n.reporter
+                        .get()
+                        .is_some_and(|r| r.close_connection(&name, &reason)),
+                ),
                 Request::Applied { index, wait_ms } => {
                     let mut applied = n.applied();
                     let at = |l: &Option<LogId>| l.as_ref().map_or(0, |l| l.index);

@@ -90,6 +90,18 @@ pub enum Request {
         from: u64,
         committed: u64,
     },
+    /// A management listing of the answering node's own items (`Reporter::list`).
+    List {
+        what: String,
+        user: String,
+        tags: Vec<String>,
+        vhost: Option<String>,
+    },
+    /// Closes a client connection of the answering node (management's `DELETE`).
+    CloseConnection {
+        name: String,
+        reason: String,
+    },
     /// The metadata leader, about to pick a new leader for a stream whose leader is down,
     /// to a member: stop taking chunks of epochs before `epoch` and say how far your copy
     /// goes (its epoch and synced end).
@@ -154,6 +166,9 @@ pub enum Response {
     Applied(u64),
     StreamRead(Result<StreamChunks, String>),
     StreamStoreOffset(Result<(), String>),
+    /// JSON objects.
+    List(Vec<String>),
+    Closed(bool),
     /// (the epoch the member's copy was last taken under, its synced end).
     StreamFence(Result<(u64, u64), String>),
 }

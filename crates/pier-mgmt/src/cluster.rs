@@ -19,6 +19,26 @@ impl Reporter for StateReporter {
             None => NodeReport::default(),
         }
     }
+
+    fn list(&self, what: &str, user: &str, tags: &[String], vhost: Option<&str>) -> Vec<String> {
+        let Some(inner) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let user = crate::auth::AuthUser {
+            name: user.to_owned(),
+            tags: tags.to_vec(),
+        };
+        crate::routes::connections::local_listing(&AppState(inner), what, &user, vhost)
+            .iter()
+            .map(|v| v.to_string())
+            .collect()
+    }
+
+    fn close_connection(&self, name: &str, reason: &str) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|inner| inner.registry.close(name, reason))
+    }
 }
 
 pub(crate) fn local_report(st: &AppState) -> NodeReport {

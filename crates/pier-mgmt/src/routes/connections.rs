@@ -175,12 +175,118 @@ fn all_connections(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<C
     items
 }
 
+/// This node's items of a management listing that `user` may see (of `vhost` when given):
+/// what `/api/connections` and the stream plugin's lists show, and what other nodes of a
+/// cluster ask this one for (`pier_cluster::Reporter::list`).
+pub(crate) fn local_listing(
+    st: &AppState,
+    what: &str,
+    user: &AuthUser,
+    vhost: Option<&str>,
+) -> Vec<serde_json::Value> {
+    match what {
+        "connections" => views::values(all_connections(st, user, vhost)),
+        "stream/connections" => views::values(
+            streams::stream_connections(st, user, vhost)
+                .iter()
+                .map(|c| streams::connection_view(st, c)),
+        ),
+        "stream/publishers" => views::values(streams::publishers_of(
+            st,
+            &streams::stream_connections(st, user, vhost),
+        )),
+        "stream/consumers" => views::values(streams::consumers_of(
+            st,
+            &streams::stream_connections(st, user, vhost),
+        )),
+        _ => Vec::new(),
+    }
+}
+
+/// A listing of every node of the cluster (as RabbitMQ's management shows connections of
+/// all nodes): this node's items, then the other running members' (each asked at most 3 s;
+/// one that does not answer is left out); connections sorted by name.
+pub(crate) async fn cluster_listing(
+    st: &AppState,
+    what: &str,
+    user: &AuthUser,
+    vhost: Option<&str>,
+) -> Vec<serde_json::Value> {
+    let mut items = local_listing(st, what, user, vhost);
+    if let Some(c) = st.cluster() {
+        items.extend(c.list_elsewhere(what, &user.name, &user.tags, vhost).await);
+        if what.ends_with("connections") {
+            let name = |v: &serde_json::Value| {
+                v.get("name")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            items.sort_by_key(name);
+        }
+    }
+    items
+}
+
+/// A connection of another node of the cluster, by name (as `what` lists it), with that
+/// node's name.
+pub(crate) async fn remote_connection(
+    st: &AppState,
+    what: &str,
+    user: &AuthUser,
+    vhost: Option<&str>,
+    name: &str,
+) -> Option<serde_json::Value> {
+    let c = st.cluster()?;
+    c.list_elsewhere(what, &user.name, &user.tags, vhost)
+        .await
+        .into_iter()
+        .find(|v| v.get("name").and_then(serde_json::Value::as_str) == Some(name))
+}
+
+/// Closes `found` (a connection of another node, as listed) for `user`, with the same rule
+/// as a local one.
+pub(crate) async fn close_remote(
+    st: &AppState,
+    user: &AuthUser,
+    found: &serde_json::Value,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let field = |k: &str| {
+        found
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (owner, node, name) = (field("user"), field("node"), field("name"));
+    if !user.is_admin() && owner != user.name {
+        return Err(ApiError::not_authorised("Not administrator user"));
+    }
+    let closed = match st.cluster() {
+        Some(c) => c.close_connection_on(&node, &name, reason(headers)).await,
+        None => false,
+    };
+    if !closed {
+        return Err(ApiError::not_found());
+    }
+    Ok(json::no_content())
+}
+
+fn reason(headers: &HeaderMap) -> &str {
+    headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(MANAGEMENT_CLOSE_REASON)
+}
+
 pub async fn connections(
     State(st): State<AppState>,
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    json::list(views::values(all_connections(&st, &user, None)), &q)
+    json::list(cluster_listing(&st, "connections", &user, None).await, &q)
 }
 
 pub async fn vhost_connections(
@@ -190,7 +296,10 @@ pub async fn vhost_connections(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    json::list(views::values(all_connections(&st, &user, Some(&vhost))), &q)
+    json::list(
+        cluster_listing(&st, "connections", &user, Some(&vhost)).await,
+        &q,
+    )
 }
 
 pub(crate) fn find_connection(
@@ -223,8 +332,13 @@ pub async fn connection(
     if let Some(c) = find_stream_connection(&st, &user, &name) {
         return Ok(json::ok(&streams::connection_view(&st, &c)));
     }
-    let c = find_connection(&st, &user, &name)?;
-    Ok(json::ok(&connection_view(&st, &c)))
+    match find_connection(&st, &user, &name) {
+        Ok(c) => Ok(json::ok(&connection_view(&st, &c))),
+        Err(e) => match remote_connection(&st, "connections", &user, None, &name).await {
+            Some(v) => Ok(json::ok(&v)),
+            None => Err(e),
+        },
+    }
 }
 
 /// DELETE /api/connections/name: closes it with 320 CONNECTION_FORCED; the reason is the
@@ -237,7 +351,15 @@ pub async fn close_connection(
 ) -> ApiResult<Response> {
     let owner = match find_stream_connection(&st, &user, &name) {
         Some(c) => c.meta.user.clone(),
-        None => find_connection(&st, &user, &name)?.meta.user.clone(),
+        None => match find_connection(&st, &user, &name) {
+            Ok(c) => c.meta.user.clone(),
+            Err(e) => {
+                return match remote_connection(&st, "connections", &user, None, &name).await {
+                    Some(found) => close_remote(&st, &user, &found, &headers).await,
+                    None => Err(e),
+                }
+            }
+        },
     };
     close_owned_by(&st, &user, &owner, &name, &headers)
 }
@@ -255,12 +377,7 @@ pub(crate) fn close_owned_by(
     if !user.is_admin() && owner != user.name {
         return Err(ApiError::not_authorised("Not administrator user"));
     }
-    let reason = headers
-        .get("x-reason")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(MANAGEMENT_CLOSE_REASON);
-    if !st.registry.close(name, reason) {
+    if !st.registry.close(name, reason(headers)) {
         return Err(ApiError::not_found());
     }
     Ok(json::no_content())
@@ -272,9 +389,10 @@ pub async fn user_connections(
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let found: Vec<Connection> = all_connections(&st, &user, None)
+    let found: Vec<serde_json::Value> = cluster_listing(&st, "connections", &user, None)
+        .await
         .into_iter()
-        .filter(|c| c.base.user == name)
+        .filter(|c| c.get("user").and_then(serde_json::Value::as_str) == Some(name.as_str()))
         .collect();
     Ok(json::ok(&found))
 }
@@ -290,11 +408,22 @@ pub async fn close_user_connections(
     if !user.is_admin() && name != user.name {
         return Err(ApiError::not_authorised("Not administrator user"));
     }
-    let reason = headers
-        .get("x-reason")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(MANAGEMENT_CLOSE_REASON);
+    let reason = reason(&headers);
     st.registry.close_where(|c| c.user == name, reason);
+    if let Some(c) = st.cluster() {
+        for found in c
+            .list_elsewhere("connections", &user.name, &user.tags, None)
+            .await
+        {
+            let field = |k: &str| found.get(k).and_then(serde_json::Value::as_str);
+            if let (Some(node), Some(conn), Some(owner)) =
+                (field("node"), field("name"), field("user"))
+            {
+                if owner == name {
+                    c.close_connection_on(node, conn, reason).await;
+                }
+            }
+        }
+    }
     Ok(json::no_content())
 }

@@ -17,13 +17,15 @@ use pier_server::stream::stats::{StreamConnectionInfo, StreamConsumerInfo, Strea
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json;
-use crate::routes::connections::{connection_base, tls_details, Traffic};
+use crate::routes::connections::{
+    close_remote, cluster_listing, connection_base, remote_connection, tls_details, Traffic,
+};
 use crate::routes::Q;
 use crate::stats;
 use crate::views::connection::{Connection, StreamCounts};
 use crate::views::queue::{StreamFigures, StreamTracking};
 use crate::views::stream::{Publisher, StreamConnectionDetails, Subscription};
-use crate::views::{self, QueueRef};
+use crate::views::QueueRef;
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -157,7 +159,12 @@ fn publisher_view(st: &AppState, c: &StreamConnectionInfo, p: &StreamPublisherIn
 /// The last offset of a stream (for a consumer's lag).
 fn last_offset(st: &AppState, vhost: &str, stream: &str) -> Option<u64> {
     let q = st.broker.vhost(vhost)?.find_queue(stream)?;
-    let view = q.stream()?.shared().view();
+    // On a cluster, this node's copy (a replica) when another node leads the stream.
+    let s = q
+        .stream()
+        .cloned()
+        .or_else(|| st.cluster()?.stream_replica(vhost, stream))?;
+    let view = s.shared().view();
     view.committed_next.checked_sub(1)
 }
 
@@ -197,14 +204,14 @@ fn activity_status(s: &StreamConsumerInfo) -> &'static str {
     }
 }
 
-fn publishers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Publisher> {
+pub(crate) fn publishers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Publisher> {
     conns
         .iter()
         .flat_map(|c| c.publishers.iter().map(move |p| publisher_view(st, c, p)))
         .collect()
 }
 
-fn consumers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Subscription> {
+pub(crate) fn consumers_of(st: &AppState, conns: &[StreamConnectionInfo]) -> Vec<Subscription> {
     conns
         .iter()
         .flat_map(|c| c.consumers.iter().map(move |s| subscription_view(st, c, s)))
@@ -238,7 +245,7 @@ pub(crate) fn stream_figures(q: &Queue) -> Option<StreamFigures> {
         chunks: view.segments.iter().map(|s| s.chunks).sum::<u64>(),
         first_offset: view.first_offset(),
         last_offset: has_messages.then(|| view.committed_next - 1),
-        committed_offset: view.last_chunk_id,
+        committed_offset: stream.shared().committed_chunk_id(),
         next_offset: view.committed_next,
         first_timestamp: first.map(|s| s.first_timestamp),
         last_timestamp: last.map(|s| s.last_timestamp),
@@ -256,11 +263,10 @@ pub async fn connections(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    let items = stream_connections(&st, &user, None)
-        .iter()
-        .map(|c| connection_view(&st, c))
-        .collect::<Vec<_>>();
-    json::list(views::values(items), &q)
+    json::list(
+        cluster_listing(&st, "stream/connections", &user, None).await,
+        &q,
+    )
 }
 
 pub async fn vhost_connections(
@@ -270,11 +276,10 @@ pub async fn vhost_connections(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    let items = stream_connections(&st, &user, Some(&vhost))
-        .iter()
-        .map(|c| connection_view(&st, c))
-        .collect::<Vec<_>>();
-    json::list(views::values(items), &q)
+    json::list(
+        cluster_listing(&st, "stream/connections", &user, Some(&vhost)).await,
+        &q,
+    )
 }
 
 fn find(
@@ -295,8 +300,13 @@ pub async fn connection(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let c = find(&st, &user, &vhost, &name)?;
-    Ok(json::ok(&connection_view(&st, &c)))
+    match find(&st, &user, &vhost, &name) {
+        Ok(c) => Ok(json::ok(&connection_view(&st, &c))),
+        Err(e) => remote_connection(&st, "stream/connections", &user, Some(&vhost), &name)
+            .await
+            .map(|v| json::ok(&v))
+            .ok_or(e),
+    }
 }
 
 pub async fn close_connection(
@@ -305,8 +315,17 @@ pub async fn close_connection(
     Path((vhost, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let c = find(&st, &user, &vhost, &name)?;
-    crate::routes::connections::close_owned_by(&st, &user, &c.meta.user, &name, &headers)
+    match find(&st, &user, &vhost, &name) {
+        Ok(c) => {
+            crate::routes::connections::close_owned_by(&st, &user, &c.meta.user, &name, &headers)
+        }
+        Err(e) => {
+            match remote_connection(&st, "stream/connections", &user, Some(&vhost), &name).await {
+                Some(found) => close_remote(&st, &user, &found, &headers).await,
+                None => Err(e),
+            }
+        }
+    }
 }
 
 pub async fn connection_publishers(
@@ -314,8 +333,7 @@ pub async fn connection_publishers(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let c = find(&st, &user, &vhost, &name)?;
-    Ok(json::ok(&publishers_of(&st, &[c])))
+    of_connection(&st, &user, &vhost, &name, "stream/publishers").await
 }
 
 pub async fn connection_consumers(
@@ -323,8 +341,39 @@ pub async fn connection_consumers(
     Extension(user): Extension<AuthUser>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let c = find(&st, &user, &vhost, &name)?;
-    Ok(json::ok(&consumers_of(&st, &[c])))
+    of_connection(&st, &user, &vhost, &name, "stream/consumers").await
+}
+
+/// The publishers or consumers (`what`) of one stream connection, on this node or another.
+async fn of_connection(
+    st: &AppState,
+    user: &AuthUser,
+    vhost: &str,
+    name: &str,
+    what: &str,
+) -> ApiResult<Response> {
+    if let Ok(c) = find(st, user, vhost, name) {
+        return Ok(match what {
+            "stream/publishers" => json::ok(&publishers_of(st, &[c])),
+            _ => json::ok(&consumers_of(st, &[c])),
+        });
+    }
+    if remote_connection(st, "stream/connections", user, Some(vhost), name)
+        .await
+        .is_none()
+    {
+        return Err(ApiError::not_found());
+    }
+    let items: Vec<serde_json::Value> = cluster_listing(st, what, user, Some(vhost))
+        .await
+        .into_iter()
+        .filter(|v| {
+            v.pointer("/connection_details/name")
+                .and_then(serde_json::Value::as_str)
+                == Some(name)
+        })
+        .collect();
+    Ok(json::ok(&items))
 }
 
 pub async fn publishers(
@@ -332,8 +381,10 @@ pub async fn publishers(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    let conns = stream_connections(&st, &user, None);
-    json::list(views::values(publishers_of(&st, &conns)), &q)
+    json::list(
+        cluster_listing(&st, "stream/publishers", &user, None).await,
+        &q,
+    )
 }
 
 pub async fn vhost_publishers(
@@ -343,8 +394,10 @@ pub async fn vhost_publishers(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    let conns = stream_connections(&st, &user, Some(&vhost));
-    json::list(views::values(publishers_of(&st, &conns)), &q)
+    json::list(
+        cluster_listing(&st, "stream/publishers", &user, Some(&vhost)).await,
+        &q,
+    )
 }
 
 /// GET /api/stream/publishers/{vhost}/{stream}: the publishers of one stream.
@@ -355,18 +408,21 @@ pub async fn stream_publishers(
     Query(q): Q,
 ) -> ApiResult<Response> {
     let vh = view_vhost(&st.broker, &user, &vhost)?;
+    // A stream (led here or by another node of the cluster).
     if vh
         .find_queue(&stream)
-        .and_then(|q| q.stream().cloned())
-        .is_none()
+        .is_none_or(|q| q.kind() != pier_broker::queue::QueueType::Stream)
     {
         return Err(ApiError::not_found());
     }
-    let conns = stream_connections(&st, &user, Some(&vhost));
-    let items = publishers_of(&st, &conns)
+    let items = cluster_listing(&st, "stream/publishers", &user, Some(&vhost))
+        .await
         .into_iter()
-        .filter(|p| p.queue.name == stream);
-    json::list(views::values(items), &q)
+        .filter(|p| {
+            p.pointer("/queue/name").and_then(serde_json::Value::as_str) == Some(stream.as_str())
+        })
+        .collect();
+    json::list(items, &q)
 }
 
 pub async fn consumers(
@@ -374,8 +430,10 @@ pub async fn consumers(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    let conns = stream_connections(&st, &user, None);
-    json::list(views::values(consumers_of(&st, &conns)), &q)
+    json::list(
+        cluster_listing(&st, "stream/consumers", &user, None).await,
+        &q,
+    )
 }
 
 pub async fn vhost_consumers(
@@ -385,6 +443,8 @@ pub async fn vhost_consumers(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    let conns = stream_connections(&st, &user, Some(&vhost));
-    json::list(views::values(consumers_of(&st, &conns)), &q)
+    json::list(
+        cluster_listing(&st, "stream/consumers", &user, Some(&vhost)).await,
+        &q,
+    )
 }
