@@ -187,7 +187,7 @@ def check(history: History, copies: dict[str, list[str]], leader: str) -> dict:
         return result
 
 
-def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers: int = 2,
+def run(rounds: int, workdir: Path, hold: float = 5.0, seed: int = 1, producers: int = 2,
         faults: list[str] | None = None, log=print, netns: Netns | None = None) -> dict:
     random.seed(seed)
     own_netns = netns is None
@@ -237,7 +237,8 @@ def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=16)
-    ap.add_argument("--hold", type=float, default=3.0, help="seconds each fault lasts")
+    ap.add_argument("--hold", type=float, default=5.0,
+                    help="seconds each fault lasts (over 3 s: a stopped leader is replaced)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--faults", default=None,

@@ -388,3 +388,28 @@ fn basic_get_purge_and_counts_come_from_the_home_node() {
     let local = crate::tests::declare(&crate::VHost::new("v"), "l");
     assert!(local.get_remote(true).is_none() && local.stats_remote(false).is_none());
 }
+
+/// A stream's handle is retired when its leader moves (failover): its consumers are
+/// cancelled, and a publish that still reaches it is refused (a nack), never confirmed.
+#[test]
+fn a_retired_stream_handle_cancels_its_consumers_and_nacks_publishes() {
+    let link = FakeLink::new(1);
+    let q = remote_of(&link, crate::queue::QueueType::Stream);
+    let sink = Arc::new(RecordingSink::default());
+    let credit = Arc::new(ChannelCredit::new());
+    let (id, registered) = q.consume_remote(spec("c", &sink, 0, &credit)).unwrap();
+    ready(registered).unwrap();
+    q.activate_remote(id);
+    q.retire();
+    assert_eq!(*sink.cancelled.lock().unwrap(), [ShortString::from("c")]);
+    let outcome = Arc::new(Mutex::new(None));
+    let o = Arc::clone(&outcome);
+    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    let mut dead = Vec::new();
+    assert_eq!(
+        q.publish_collect(msg("m"), &mut dead, Some(&token)),
+        Published::Rejected
+    );
+    token.release();
+    assert!(q.is_deleted());
+}
