@@ -246,6 +246,11 @@ impl StreamReplicas {
                 .is_some_and(|r| r.epoch != epoch_of(&home));
             if led != (home.home == svc.me) || stale {
                 self.leader_changed(svc, &vhost, &name);
+            } else if let Some(vh) = svc.broker().and_then(|b| b.vhost(&vhost)) {
+                // A node that holds no copy: its handle points at the current leader.
+                if let Err(e) = vh.rehome_stream(&name, &home.home) {
+                    tracing::warn!(vhost, stream = %name, "stream handle: {e}");
+                }
             }
             if self.ensure(svc, &vhost, &name, &home) {
                 mine.push((vhost, name));
