@@ -151,6 +151,14 @@ fn remote(link: &Arc<FakeLink>) -> Arc<Queue> {
     remote_of(link, crate::queue::QueueType::Classic)
 }
 
+/// A publish's durability token and where its outcome lands.
+fn durability() -> (Arc<PublishDurability>, Arc<Mutex<Option<bool>>>) {
+    let outcome = Arc::new(Mutex::new(None));
+    let o = Arc::clone(&outcome);
+    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    (token, outcome)
+}
+
 fn remote_of(link: &Arc<FakeLink>, kind: crate::queue::QueueType) -> Arc<Queue> {
     Queue::remote(
         ShortString::from("q"),
@@ -255,9 +263,7 @@ fn settlements_of_an_ended_session_are_dropped() {
 fn a_publish_is_confirmed_when_the_home_node_confirms_it() {
     let link = FakeLink::new(1);
     let q = remote(&link);
-    let outcome = Arc::new(Mutex::new(None));
-    let o = Arc::clone(&outcome);
-    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    let (token, outcome) = durability();
     let mut dead = Vec::new();
     assert_eq!(
         q.publish_collect(msg("m"), &mut dead, Some(&token)),
@@ -270,9 +276,7 @@ fn a_publish_is_confirmed_when_the_home_node_confirms_it() {
     assert_eq!(*outcome.lock().unwrap(), Some(true));
 
     // A hold dropped unanswered (the session ended) nacks the publish.
-    let outcome = Arc::new(Mutex::new(None));
-    let o = Arc::clone(&outcome);
-    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    let (token, outcome) = durability();
     q.publish_collect(msg("n"), &mut dead, Some(&token));
     token.release();
     drop(link.holds.lock().unwrap().pop());
@@ -286,9 +290,7 @@ fn with_the_home_node_down_a_queue_is_absent() {
     link.up.store(false, Ordering::SeqCst);
     // Routing skips it, as RabbitMQ 3.10 skips a queue whose node is down: an unroutable
     // publish, confirmed as such.
-    let outcome = Arc::new(Mutex::new(None));
-    let o = Arc::clone(&outcome);
-    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    let (token, outcome) = durability();
     let mut dead = Vec::new();
     assert_eq!(
         q.publish_collect(msg("m"), &mut dead, Some(&token)),
@@ -317,9 +319,7 @@ fn with_its_leader_down_a_stream_nacks_publishes() {
     let link = FakeLink::new(1);
     let q = remote_of(&link, crate::queue::QueueType::Stream);
     link.up.store(false, Ordering::SeqCst);
-    let outcome = Arc::new(Mutex::new(None));
-    let o = Arc::clone(&outcome);
-    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    let (token, outcome) = durability();
     let mut dead = Vec::new();
     assert_eq!(
         q.publish_collect(msg("m"), &mut dead, Some(&token)),
@@ -402,14 +402,13 @@ fn a_retired_stream_handle_cancels_its_consumers_and_nacks_publishes() {
     q.activate_remote(id);
     q.retire();
     assert_eq!(*sink.cancelled.lock().unwrap(), [ShortString::from("c")]);
-    let outcome = Arc::new(Mutex::new(None));
-    let o = Arc::clone(&outcome);
-    let token = PublishDurability::new(move |ok| *o.lock().unwrap() = Some(ok));
+    let (token, outcome) = durability();
     let mut dead = Vec::new();
     assert_eq!(
         q.publish_collect(msg("m"), &mut dead, Some(&token)),
         Published::Rejected
     );
     token.release();
+    assert_eq!(*outcome.lock().unwrap(), Some(true), "refused, not held");
     assert!(q.is_deleted());
 }

@@ -346,39 +346,33 @@ impl StreamQueue {
         }
     }
 
-    /// The queue goes: its consumers are cancelled and its files removed.
+    /// Its AMQP consumers are cancelled and it stops listening to the log.
+    fn detach(&self) {
+        let consumers: Vec<AmqpConsumer> = std::mem::take(&mut *self.lock());
+        for c in consumers {
+            c.spec.sink.cancelled(&c.spec.tag);
+        }
+        if let Some(id) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            self.stream.shared().unlisten(id);
+        }
+    }
+
     /// This node stops leading the stream (its leader moved): consumers are cancelled,
     /// pending confirms fail, the writer stops; the files stay (a replica takes them over).
     pub(crate) fn retire(&self) {
-        let consumers: Vec<AmqpConsumer> = std::mem::take(&mut *self.lock());
-        for c in consumers {
-            c.spec.sink.cancelled(&c.spec.tag);
-        }
-        if let Some(id) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            self.stream.shared().unlisten(id);
-        }
+        self.detach();
         self.stream.retire();
     }
 
+    /// The queue goes: its consumers are cancelled and its files removed.
     pub(crate) fn delete(&self) -> u64 {
         let ready = self.stats().ready;
-        let consumers: Vec<AmqpConsumer> = std::mem::take(&mut *self.lock());
-        for c in consumers {
-            c.spec.sink.cancelled(&c.spec.tag);
-        }
-        if let Some(id) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            self.stream.shared().unlisten(id);
-        }
+        self.detach();
         if let Err(e) = self.stream.delete() {
             tracing::error!("deleting stream files: {e}");
         }
