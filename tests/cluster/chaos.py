@@ -263,6 +263,19 @@ def progress(history: History) -> str:
                 f"nacked {len(history.failed)}, delivered {len(history.delivered)}")
 
 
+def run_faults(rounds: int, order: list[str], inject_one, log, report) -> list[str]:
+    """Injects `rounds` faults, taking `order` in turn (each lifted before the next, then a
+    second of calm), logging `report()` after each; returns the faults injected."""
+    injected: list[str] = []
+    for r in range(rounds):
+        fault = order[r % len(order)]
+        inject_one(fault)
+        log(report())
+        injected.append(fault)
+        time.sleep(1)
+    return injected
+
+
 def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers: int = 2,
         consumers: int = 2, faults: list[str] | None = None, log=print,
         netns: Netns | None = None, pier_args: list[str] | None = None) -> dict:
@@ -275,7 +288,6 @@ def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers:
         n.extra_args.extend(pier_args or [])
     history = History()
     stop = threading.Event()
-    injected: list[str] = []
     try:
         cluster.start()
         conn = connect(cluster.nodes[0])
@@ -288,13 +300,9 @@ def run(rounds: int, workdir: Path, hold: float = 3.0, seed: int = 1, producers:
         for w in workers:
             w.start()
         time.sleep(2)
-        order = faults or FAULTS
-        for r in range(rounds):
-            fault = order[r % len(order)]
-            inject(cluster, netns, fault, hold, log)
-            log(progress(history))
-            injected.append(fault)
-            time.sleep(1)
+        injected = run_faults(rounds, faults or FAULTS,
+                              lambda f: inject(cluster, netns, f, hold, log),
+                              log, lambda: progress(history))
         # Stop publishing, keep consuming until nothing arrives for a while.
         prods = [w for w in workers if isinstance(w, Producer)]
         cons = [w for w in workers if isinstance(w, Consumer)]

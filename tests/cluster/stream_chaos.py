@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from chaos import History, Producer, apply_fault, connect
+from chaos import History, Producer, apply_fault, connect, run_faults
 from harness import STREAM_PORT, Cluster, Netns
 
 STREAM = "chaos-stream"
@@ -195,7 +195,6 @@ def run(rounds: int, workdir: Path, hold: float = 5.0, seed: int = 1, producers:
     cluster = Cluster(workdir, 3, netns)
     history = History()
     stop = threading.Event()
-    injected: list[str] = []
     try:
         cluster.start()
         conn = connect(cluster.nodes[0])
@@ -206,13 +205,9 @@ def run(rounds: int, workdir: Path, hold: float = 5.0, seed: int = 1, producers:
         for w in workers:
             w.start()
         time.sleep(2)
-        order = faults or FAULTS
-        for r in range(rounds):
-            fault = order[r % len(order)]
-            inject(cluster, netns, fault, hold, log)
-            log(progress(history))
-            injected.append(fault)
-            time.sleep(1)
+        injected = run_faults(rounds, faults or FAULTS,
+                              lambda f: inject(cluster, netns, f, hold, log),
+                              log, lambda: progress(history))
         stop.set()
         for w in workers:
             w.join(timeout=30)
