@@ -30,7 +30,10 @@ class Program:
         self.proc = subprocess.Popen(
             [sys.executable, "-u", str(TUTORIALS / script), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=TUTORIALS, text=True)
+            env=env, cwd=TUTORIALS, text=True,
+            # As from a terminal: a suite started in the background (a shell's `&`) has
+            # SIGINT ignored, and a program would inherit that and never see Ctrl+C.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
