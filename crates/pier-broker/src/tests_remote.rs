@@ -159,6 +159,18 @@ fn durability() -> (Arc<PublishDurability>, Arc<Mutex<Option<bool>>>) {
     (token, outcome)
 }
 
+/// A publish to `q` is refused (a nack), not held for a confirm that cannot come.
+fn assert_publish_refused(q: &Arc<Queue>) {
+    let (token, outcome) = durability();
+    let mut dead = Vec::new();
+    assert_eq!(
+        q.publish_collect(msg("m"), &mut dead, Some(&token)),
+        Published::Rejected
+    );
+    token.release();
+    assert_eq!(*outcome.lock().unwrap(), Some(true), "refused, not held");
+}
+
 fn remote_of(link: &Arc<FakeLink>, kind: crate::queue::QueueType) -> Arc<Queue> {
     Queue::remote(
         ShortString::from("q"),
@@ -319,14 +331,7 @@ fn with_its_leader_down_a_stream_nacks_publishes() {
     let link = FakeLink::new(1);
     let q = remote_of(&link, crate::queue::QueueType::Stream);
     link.up.store(false, Ordering::SeqCst);
-    let (token, outcome) = durability();
-    let mut dead = Vec::new();
-    assert_eq!(
-        q.publish_collect(msg("m"), &mut dead, Some(&token)),
-        Published::Rejected
-    );
-    token.release();
-    assert_eq!(*outcome.lock().unwrap(), Some(true), "refused, not held");
+    assert_publish_refused(&q);
 }
 
 #[test]
@@ -402,13 +407,6 @@ fn a_retired_stream_handle_cancels_its_consumers_and_nacks_publishes() {
     q.activate_remote(id);
     q.retire();
     assert_eq!(*sink.cancelled.lock().unwrap(), [ShortString::from("c")]);
-    let (token, outcome) = durability();
-    let mut dead = Vec::new();
-    assert_eq!(
-        q.publish_collect(msg("m"), &mut dead, Some(&token)),
-        Published::Rejected
-    );
-    token.release();
-    assert_eq!(*outcome.lock().unwrap(), Some(true), "refused, not held");
+    assert_publish_refused(&q);
     assert!(q.is_deleted());
 }
