@@ -1,6 +1,6 @@
 """Management lists the client connections of every node, as RabbitMQ's does: an AMQP
 connection on one node and a stream-protocol publisher and consumer on another show in
-`/api/connections`, `/api/stream/connections`, `/api/stream/publishers` and
+`/api/connections`, `/api/channels`, `/api/stream/connections`, `/api/stream/publishers` and
 `/api/stream/consumers` of a third, each with its node; the third shows and closes them
 (`DELETE /api/connections/{name}`, `DELETE /api/stream/connections/{vhost}/{name}`)."""
 
@@ -37,6 +37,7 @@ def test_every_nodes_connections_are_listed_and_closed_from_any_node(cluster):
         "x-queue-type": "stream", "x-initial-cluster-size": 1})
     declaring.close()
     amqp = connect(n2)
+    amqp.channel()
 
     stop = threading.Event()
     state: dict[str, object] = {}
@@ -97,6 +98,15 @@ def test_every_nodes_connections_are_listed_and_closed_from_any_node(cluster):
         # Closed from n1: the AMQP connection on n2 and the stream connections on n3.
         aname = next(c["name"] for c in conns if c["node"] == n2.name)
         status, one = n1.api("GET", f"/api/connections/{q(aname)}")
+        assert status == 200 and one["node"] == n2.name, one
+        # Its channel, listed on n1 too.
+        status, chans = n1.api("GET", "/api/channels")
+        assert status == 200, chans
+        mine = [c for c in chans if c["connection_details"]["name"] == aname]
+        assert [c["node"] for c in mine] == [n2.name], chans
+        status, chans = n1.api("GET", f"/api/connections/{q(aname)}/channels")
+        assert status == 200 and [c["name"] for c in chans] == [mine[0]["name"]], chans
+        status, one = n1.api("GET", f"/api/channels/{q(mine[0]['name'])}")
         assert status == 200 and one["node"] == n2.name, one
         status, _ = n1.api("DELETE", f"/api/connections/{q(aname)}")
         assert status == 204

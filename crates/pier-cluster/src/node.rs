@@ -68,7 +68,7 @@ pub struct ClusterConfig {
 pub trait Reporter: Send + Sync + 'static {
     fn report(&self) -> NodeReport;
 
-    /// This node's items of a management listing (`what`: `connections`,
+    /// This node's items of a management listing (`what`: `connections`, `channels`,
     /// `stream/connections`, `stream/publishers`, `stream/consumers`) that a user with
     /// `tags` may see, of `vhost` when given, each a JSON object (RabbitMQ's management
     /// lists connections of every node).

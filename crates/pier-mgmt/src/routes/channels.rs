@@ -12,9 +12,10 @@ use pier_server::{ChannelInfo, ConnectionInfo};
 use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json;
-use crate::routes::connections::{find_connection, find_stream_connection, sorted_connections};
+use crate::routes::connections::{
+    cluster_listing, find_connection, find_stream_connection, remote_connection, sorted_connections,
+};
 use crate::routes::Q;
-use crate::views;
 use crate::views::connection::{Channel, ChannelMessageStats, ConnectionDetails};
 use crate::AppState;
 
@@ -80,7 +81,28 @@ pub async fn connection_channels(
     if find_stream_connection(&st, &user, &name).is_some() {
         return Ok(json::ok(&Vec::<Channel>::new()));
     }
-    let c = find_connection(&st, &user, &name)?;
+    let c = match find_connection(&st, &user, &name) {
+        Ok(c) => c,
+        Err(e) => {
+            // A connection of another node of the cluster: its channels, as that node lists them.
+            if remote_connection(&st, "connections", &user, None, &name)
+                .await
+                .is_none()
+            {
+                return Err(e);
+            }
+            let items: Vec<serde_json::Value> = cluster_listing(&st, "channels", &user, None)
+                .await
+                .into_iter()
+                .filter(|v| {
+                    v.pointer("/connection_details/name")
+                        .and_then(serde_json::Value::as_str)
+                        == Some(name.as_str())
+                })
+                .collect();
+            return Ok(json::ok(&items));
+        }
+    };
     let counts = consumer_counts(&st);
     let channels: Vec<Channel> = c
         .channels
@@ -90,7 +112,7 @@ pub async fn connection_channels(
     Ok(json::ok(&channels))
 }
 
-fn all_channels(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Channel> {
+pub(crate) fn all_channels(st: &AppState, user: &AuthUser, vhost: Option<&str>) -> Vec<Channel> {
     let counts = consumer_counts(st);
     sorted_connections(st, user)
         .iter()
@@ -109,7 +131,7 @@ pub async fn channels(
     Extension(user): Extension<AuthUser>,
     Query(q): Q,
 ) -> ApiResult<Response> {
-    json::list(views::values(all_channels(&st, &user, None)), &q)
+    json::list(cluster_listing(&st, "channels", &user, None).await, &q)
 }
 
 pub async fn vhost_channels(
@@ -119,7 +141,10 @@ pub async fn vhost_channels(
     Query(q): Q,
 ) -> ApiResult<Response> {
     view_vhost(&st.broker, &user, &vhost)?;
-    json::list(views::values(all_channels(&st, &user, Some(&vhost))), &q)
+    json::list(
+        cluster_listing(&st, "channels", &user, Some(&vhost)).await,
+        &q,
+    )
 }
 
 pub async fn channel(
@@ -127,9 +152,10 @@ pub async fn channel(
     Extension(user): Extension<AuthUser>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    all_channels(&st, &user, None)
+    cluster_listing(&st, "channels", &user, None)
+        .await
         .into_iter()
-        .find(|c| c.name == name)
+        .find(|c| c.get("name").and_then(serde_json::Value::as_str) == Some(name.as_str()))
         .map(|v| json::ok(&v))
         .ok_or_else(ApiError::not_found)
 }

@@ -186,6 +186,7 @@ pub(crate) fn local_listing(
 ) -> Vec<serde_json::Value> {
     match what {
         "connections" => views::values(all_connections(st, user, vhost)),
+        "channels" => views::values(crate::routes::channels::all_channels(st, user, vhost)),
         "stream/connections" => views::values(
             streams::stream_connections(st, user, vhost)
                 .iter()
@@ -215,7 +216,7 @@ pub(crate) async fn cluster_listing(
     let mut items = local_listing(st, what, user, vhost);
     if let Some(c) = st.cluster() {
         items.extend(c.list_elsewhere(what, &user.name, &user.tags, vhost).await);
-        if what.ends_with("connections") {
+        if what.ends_with("connections") || what == "channels" {
             let name = |v: &serde_json::Value| {
                 v.get("name")
                     .and_then(serde_json::Value::as_str)
