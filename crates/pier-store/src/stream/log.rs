@@ -268,9 +268,11 @@ impl Shared {
         let at = committed - 1;
         {
             let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            // The newest chunks follow each other up to what is written: the last one
+            // starting at or before `at` holds it.
             let i = r.chunks.partition_point(|c| c.chunk_id <= at);
-            if i > 0 && r.chunks.front().is_some_and(|c| c.chunk_id <= at) {
-                return r.chunks.get(i - 1).map(|c| c.chunk_id);
+            if let Some(c) = i.checked_sub(1).and_then(|i| r.chunks.get(i)) {
+                return Some(c.chunk_id);
             }
         }
         self.locate_offset(at)
@@ -502,9 +504,10 @@ impl Shared {
     }
 
     /// Stored chunks (header, bloom filter, data, trailer: the files' form) from chunk
-    /// `from` (or the first chunk still stored, when retention removed it) on, whole chunks up to about `max` octets (at least one), not past what is
-    /// synced here nor past the end of `from`'s segment: what a replica copies. `None`
-    /// when nothing after `from` is synced yet. `from` must start a chunk.
+    /// `from` (or the first chunk still stored, when retention removed it) on, whole chunks
+    /// up to about `max` octets (at least one), not past what is synced here nor past the
+    /// end of `from`'s segment: what a replica copies. `None` when nothing after `from` is
+    /// synced yet. `from` must start a chunk.
     pub fn read_stored(&self, from: u64, max: usize) -> Result<Option<Bytes>, StreamError> {
         // Before the first chunk still stored (retention removed the rest): from there.
         let (from, written, seg) = self.with_view(|v| {
@@ -787,26 +790,29 @@ fn read_verified(f: &File, position: u64, file_len: u64) -> Result<Option<Chunk>
     }
 }
 
+/// The first chunk ids of the segments in `dir`, in order (from their file names).
+fn segment_firsts(dir: &Path) -> Result<Vec<u64>, StreamError> {
+    let mut firsts = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io("list stream directory", dir))? {
+        let e = e.map_err(io("list stream directory", dir))?;
+        if let Some(id) = e.file_name().to_str().and_then(parse_segment_name) {
+            firsts.push(id);
+        }
+    }
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
 /// Removes every chunk from offset `next` on from the stream in `dir`, which no writer has
 /// open: whole segments that start there or later, the tail of the segment holding it (at
 /// the first chunk that reaches `next`), and their index records. A replica whose leader
 /// changed drops what the old leader wrote but never committed (see the cluster's stream
 /// failover); the next open recovers the rest as usual. Returns whether anything went.
 pub fn truncate_stream(dir: &Path, next: u64) -> Result<bool, StreamError> {
-    let mut firsts = Vec::new();
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            for e in entries {
-                let e = e.map_err(io("list stream directory", dir))?;
-                if let Some(id) = e.file_name().to_str().and_then(parse_segment_name) {
-                    firsts.push(id);
-                }
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(StreamError::io("list stream directory", dir.to_owned(), e)),
+    if !dir.exists() {
+        return Ok(false);
     }
-    firsts.sort_unstable();
+    let firsts = segment_firsts(dir)?;
     let mut changed = false;
     for &first in firsts.iter().filter(|f| **f >= next) {
         for p in [dir.join(segment_name(first)), dir.join(index_name(first))] {
@@ -872,14 +878,7 @@ impl StreamLog {
         config: StreamConfig,
     ) -> Result<(StreamLog, StreamRecovery), StreamError> {
         std::fs::create_dir_all(dir).map_err(io("create stream directory", dir))?;
-        let mut firsts = Vec::new();
-        for e in std::fs::read_dir(dir).map_err(io("list stream directory", dir))? {
-            let e = e.map_err(io("list stream directory", dir))?;
-            if let Some(id) = e.file_name().to_str().and_then(parse_segment_name) {
-                firsts.push(id);
-            }
-        }
-        firsts.sort_unstable();
+        let firsts = segment_firsts(dir)?;
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             view: RwLock::new(View::default()),
