@@ -1067,7 +1067,13 @@ impl VHost {
                 Queue::remote(name.clone(), self.name.clone(), kind, options, config, link)
             }
             None if kind == QueueType::Stream => {
-                let queue = self.open_stream(&name, d, config)?;
+                // A stream is never exclusive or auto-delete (refused above).
+                let options = QueueOptions {
+                    exclusive_owner: None,
+                    auto_delete: false,
+                    ..options
+                };
+                let queue = self.open_stream(&name, options, config)?;
                 if let Some(s) = self.storage() {
                     crate::storage::queue_declared(s, &self.name, &queue)?;
                 }
@@ -1119,7 +1125,7 @@ impl VHost {
     fn open_stream(
         &self,
         name: &ShortString,
-        d: &QueueDeclare,
+        options: QueueOptions,
         config: crate::args::QueueConfig,
     ) -> Result<Arc<Queue>> {
         let what = || format!("stream '{name}' in vhost '{}'", self.name);
@@ -1154,12 +1160,7 @@ impl VHost {
         Ok(Queue::with_stream(
             name.clone(),
             self.name.clone(),
-            QueueOptions {
-                durable: d.durable,
-                exclusive_owner: None,
-                auto_delete: false,
-                arguments: d.arguments.clone(),
-            },
+            options,
             config,
             stream,
         ))
@@ -1389,16 +1390,7 @@ impl VHost {
         // A log led here is closed before it is opened again (as replica or leader).
         old.retire();
         let new = if here {
-            let d = QueueDeclare {
-                name: old.name().clone(),
-                passive: false,
-                durable: o.durable,
-                exclusive: false,
-                auto_delete: false,
-                arguments: o.arguments.clone(),
-                connection: ConnectionId::default(),
-            };
-            self.open_stream(old.name(), &d, config)?
+            self.open_stream(old.name(), o, config)?
         } else {
             Queue::remote(
                 old.name().clone(),

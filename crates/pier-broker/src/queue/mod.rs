@@ -875,8 +875,6 @@ impl Queue {
         }
     }
 
-    /// Marks the queue deleted, drops its messages and cancels its consumers (their sinks are
-    /// told). Returns the ready count it had.
     /// This handle is replaced by another of the same queue (a stream's leader moved): its
     /// consumers are cancelled, and a stream led here stops (its files stay).
     pub(crate) fn retire(self: &Arc<Self>) {
@@ -889,6 +887,8 @@ impl Queue {
         }
     }
 
+    /// Marks the queue deleted, drops its messages and cancels its consumers (their sinks are
+    /// told). Returns the ready count it had.
     pub(crate) fn mark_deleted(self: &Arc<Self>) -> u32 {
         match &self.backend {
             Backend::Classic(c) => u32::try_from(c.delete(self)).unwrap_or(u32::MAX),
