@@ -288,11 +288,13 @@ impl Cluster for QueueService {
         queue: &str,
         dir: &std::path::Path,
     ) -> Result<(), String> {
-        match self.catalog.queue_home(vhost, queue) {
-            Some(home) if home.group == 0 && home.members.len() > 1 => {
-                stream::prepare(dir, &home).map(|_| ())
-            }
-            _ => Ok(()),
+        match self
+            .catalog
+            .queue_home(vhost, queue)
+            .filter(stream::replicated)
+        {
+            Some(home) => stream::prepare(dir, &home).map(|_| ()),
+            None => Ok(()),
         }
     }
 

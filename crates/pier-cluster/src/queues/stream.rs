@@ -70,6 +70,8 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Key = (String, String);
 
+/// This node's replica of one stream; its puller works with a clone.
+#[derive(Clone)]
 struct Replica {
     stream: Arc<Stream>,
     stop: Arc<AtomicBool>,
@@ -94,7 +96,7 @@ pub(crate) struct StreamReplicas {
 /// What a copy of a stream in `dir` keeps about epochs (the `epoch` file): the epoch it
 /// was last opened for, and the highest epoch it promised to a failover.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct EpochState {
+pub(crate) struct EpochState {
     accepted: u64,
     promised: u64,
 }
@@ -144,12 +146,13 @@ fn valid_end(h: &QueueHome, accepted: u64, end: u64) -> u64 {
 }
 
 /// Before this node opens its copy of a replicated stream for the current epoch (as leader
-/// or replica): cuts what it holds past its valid end, and records the epoch.
-pub(crate) fn prepare(dir: &Path, home: &QueueHome) -> Result<u64, String> {
+/// or replica): cuts what it holds past its valid end, and records the epoch. Returns the
+/// copy's epochs (`accepted` is the current epoch).
+pub(crate) fn prepare(dir: &Path, home: &QueueHome) -> Result<EpochState, String> {
     let epoch = epoch_of(home);
     let mut st = EpochState::load(dir);
     if st.accepted == epoch {
-        return Ok(epoch);
+        return Ok(st);
     }
     if st.accepted > epoch {
         return Err(format!(
@@ -171,7 +174,7 @@ pub(crate) fn prepare(dir: &Path, home: &QueueHome) -> Result<u64, String> {
     st.accepted = epoch;
     st.promised = st.promised.max(epoch);
     st.save(dir).map_err(|e| e.to_string())?;
-    Ok(epoch)
+    Ok(st)
 }
 
 impl std::fmt::Debug for StreamReplicas {
@@ -185,7 +188,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether a catalog entry is a stream with replicas (quorum queues have a group).
-fn replicated(h: &crate::metadata::QueueHome) -> bool {
+pub(crate) fn replicated(h: &crate::metadata::QueueHome) -> bool {
     h.group == 0 && h.members.len() > 1
 }
 
@@ -364,13 +367,14 @@ impl StreamReplicas {
         let Some(dir) = vh.stream_dir(name) else {
             return false;
         };
-        let epoch = match prepare(&dir, home) {
+        let epochs = match prepare(&dir, home) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(vhost, stream = %name, "stream replica not opened: {e}");
                 return false;
             }
         };
+        let epoch = epochs.accepted;
         let stream = match Stream::open_replica(&dir, config) {
             Ok((s, recovery)) => {
                 tracing::info!(vhost, stream = %name, leader = %home.home, epoch,
@@ -382,31 +386,16 @@ impl StreamReplicas {
                 return false;
             }
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let promised = Arc::new(AtomicU64::new(EpochState::load(&dir).promised.max(epoch)));
-        let gate = Arc::new(tokio::sync::Mutex::new(()));
-        replicas.insert(
-            key.clone(),
-            Replica {
-                stream: Arc::clone(&stream),
-                stop: Arc::clone(&stop),
-                epoch,
-                promised: Arc::clone(&promised),
-                gate: Arc::clone(&gate),
-            },
-        );
+        let replica = Replica {
+            stream,
+            stop: Arc::new(AtomicBool::new(false)),
+            epoch,
+            promised: Arc::new(AtomicU64::new(epochs.promised)),
+            gate: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        replicas.insert(key.clone(), replica.clone());
         drop(replicas);
-        svc.runtime.spawn(pull(
-            Arc::downgrade(svc),
-            key,
-            Puller {
-                stream,
-                stop,
-                epoch,
-                promised,
-                gate,
-            },
-        ));
+        svc.runtime.spawn(pull(Arc::downgrade(svc), key, replica));
         true
     }
 
@@ -424,19 +413,12 @@ impl StreamReplicas {
             return Err(format!("this node leads stream '{name}'"));
         }
         let key = (vhost.to_owned(), name.to_owned());
-        let (stream, promised, gate) = {
-            let replicas = lock(&self.replicas);
-            let r = replicas
-                .get(&key)
-                .ok_or_else(|| format!("no replica of stream '{name}' here"))?;
-            (
-                Arc::clone(&r.stream),
-                Arc::clone(&r.promised),
-                Arc::clone(&r.gate),
-            )
-        };
-        let _gate = gate.lock().await;
-        let dir = stream.dir().to_owned();
+        let r = lock(&self.replicas)
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| format!("no replica of stream '{name}' here"))?;
+        let _gate = r.gate.lock().await;
+        let dir = r.stream.dir().to_owned();
         let mut st = EpochState::load(&dir);
         if epoch <= st.accepted {
             return Err(format!(
@@ -448,8 +430,8 @@ impl StreamReplicas {
             st.promised = epoch;
             st.save(&dir).map_err(|e| e.to_string())?;
         }
-        promised.fetch_max(epoch, Ordering::AcqRel);
-        Ok((st.accepted, stream.shared().view().written_next))
+        r.promised.fetch_max(epoch, Ordering::AcqRel);
+        Ok((st.accepted, r.stream.shared().view().written_next))
     }
 
     /// On the metadata leader: a failover for each replicated stream whose leader has not
@@ -581,29 +563,20 @@ async fn failover(svc: &Arc<QueueService>, vhost: &str, name: &str) -> Result<()
         .map_err(|e| e.to_string())
 }
 
-/// What a replica's puller works with.
-struct Puller {
-    stream: Arc<Stream>,
-    stop: Arc<AtomicBool>,
-    epoch: u64,
-    promised: Arc<AtomicU64>,
-    gate: Arc<tokio::sync::Mutex<()>>,
-}
-
 /// How long a fenced copy waits for the new epoch before it runs the failover itself (the
 /// node that fenced it may have lost the metadata leadership meanwhile).
 const FENCED_FOR: Duration = Duration::from_secs(10);
 
 /// A replica's loop: ask the leader for what follows the synced end, write it, repeat.
-async fn pull(svc: Weak<QueueService>, key: Key, p: Puller) {
+async fn pull(svc: Weak<QueueService>, key: Key, r: Replica) {
     let (vhost, name) = key.clone();
-    let Puller {
+    let Replica {
         stream,
         stop,
         epoch,
         promised,
         gate,
-    } = p;
+    } = r;
     let mut pause = false;
     let mut fenced_since: Option<tokio::time::Instant> = None;
     loop {
@@ -835,7 +808,7 @@ mod tests {
         }
         let end = s.shared().view().written_next;
         drop(s);
-        assert_eq!(prepare(dir.path(), &home(&[])).unwrap(), 0);
+        assert_eq!(prepare(dir.path(), &home(&[])).unwrap().accepted, 0);
         // Epoch 1 began at a chunk boundary inside this copy: what follows goes.
         let cut = (0..end)
             .rev()
@@ -845,7 +818,7 @@ mod tests {
                 at.is_some_and(|l| l.record.chunk_id == *o && *o > 0 && *o < end - 5)
             })
             .unwrap();
-        assert_eq!(prepare(dir.path(), &home(&[cut])).unwrap(), 1);
+        assert_eq!(prepare(dir.path(), &home(&[cut])).unwrap().accepted, 1);
         assert_eq!(
             EpochState::load(dir.path()),
             EpochState {
@@ -857,7 +830,7 @@ mod tests {
         assert_eq!(r.next_offset, cut);
         drop(s);
         // Again for the same epoch: nothing more goes.
-        assert_eq!(prepare(dir.path(), &home(&[cut])).unwrap(), 1);
+        assert_eq!(prepare(dir.path(), &home(&[cut])).unwrap().accepted, 1);
         let (_s, r) = Stream::open_replica(dir.path(), config).unwrap();
         assert_eq!(r.next_offset, cut);
         assert!(prepare(dir.path(), &home(&[])).is_err());
