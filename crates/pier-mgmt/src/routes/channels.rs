@@ -13,7 +13,8 @@ use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json;
 use crate::routes::connections::{
-    cluster_listing, find_connection, find_stream_connection, remote_connection, sorted_connections,
+    cluster_listing, find_connection, find_stream_connection, remote_connection_items,
+    sorted_connections, str_at,
 };
 use crate::routes::Q;
 use crate::views::connection::{Channel, ChannelMessageStats, ConnectionDetails};
@@ -85,22 +86,10 @@ pub async fn connection_channels(
         Ok(c) => c,
         Err(e) => {
             // A connection of another node of the cluster: its channels, as that node lists them.
-            if remote_connection(&st, "connections", &user, None, &name)
+            return remote_connection_items(&st, &user, None, "connections", "channels", &name)
                 .await
-                .is_none()
-            {
-                return Err(e);
-            }
-            let items: Vec<serde_json::Value> = cluster_listing(&st, "channels", &user, None)
-                .await
-                .into_iter()
-                .filter(|v| {
-                    v.pointer("/connection_details/name")
-                        .and_then(serde_json::Value::as_str)
-                        == Some(name.as_str())
-                })
-                .collect();
-            return Ok(json::ok(&items));
+                .map(|items| json::ok(&items))
+                .ok_or(e);
         }
     };
     let counts = consumer_counts(&st);
@@ -155,7 +144,7 @@ pub async fn channel(
     cluster_listing(&st, "channels", &user, None)
         .await
         .into_iter()
-        .find(|c| c.get("name").and_then(serde_json::Value::as_str) == Some(name.as_str()))
+        .find(|c| str_at(c, "/name") == Some(name.as_str()))
         .map(|v| json::ok(&v))
         .ok_or_else(ApiError::not_found)
 }

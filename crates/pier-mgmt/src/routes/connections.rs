@@ -204,6 +204,11 @@ pub(crate) fn local_listing(
     }
 }
 
+/// The string at JSON `pointer` (`/name`, `/connection_details/name`) of a listed item.
+pub(crate) fn str_at<'a>(item: &'a serde_json::Value, pointer: &str) -> Option<&'a str> {
+    item.pointer(pointer).and_then(serde_json::Value::as_str)
+}
+
 /// A listing of every node of the cluster (as RabbitMQ's management shows connections of
 /// all nodes): this node's items, then the other running members' (each asked at most 3 s;
 /// one that does not answer is left out); connections sorted by name.
@@ -217,13 +222,7 @@ pub(crate) async fn cluster_listing(
     if let Some(c) = st.cluster() {
         items.extend(c.list_elsewhere(what, &user.name, &user.tags, vhost).await);
         if what.ends_with("connections") || what == "channels" {
-            let name = |v: &serde_json::Value| {
-                v.get("name")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            items.sort_by_key(name);
+            items.sort_by_key(|v| str_at(v, "/name").unwrap_or_default().to_owned());
         }
     }
     items
@@ -242,7 +241,28 @@ pub(crate) async fn remote_connection(
     c.list_elsewhere(what, &user.name, &user.tags, vhost)
         .await
         .into_iter()
-        .find(|v| v.get("name").and_then(serde_json::Value::as_str) == Some(name))
+        .find(|v| str_at(v, "/name") == Some(name))
+}
+
+/// The items of listing `what` (channels, a stream connection's publishers or consumers)
+/// of connection `name` on another node of the cluster; `None` when no other node has a
+/// connection of that name (as `conn_what` lists them).
+pub(crate) async fn remote_connection_items(
+    st: &AppState,
+    user: &AuthUser,
+    vhost: Option<&str>,
+    conn_what: &str,
+    what: &str,
+    name: &str,
+) -> Option<Vec<serde_json::Value>> {
+    remote_connection(st, conn_what, user, vhost, name).await?;
+    Some(
+        cluster_listing(st, what, user, vhost)
+            .await
+            .into_iter()
+            .filter(|v| str_at(v, "/connection_details/name") == Some(name))
+            .collect(),
+    )
 }
 
 /// Closes `found` (a connection of another node, as listed) for `user`, with the same rule
@@ -253,14 +273,8 @@ pub(crate) async fn close_remote(
     found: &serde_json::Value,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let field = |k: &str| {
-        found
-            .get(k)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (owner, node, name) = (field("user"), field("node"), field("name"));
+    let field = |k: &str| str_at(found, k).unwrap_or_default().to_owned();
+    let (owner, node, name) = (field("/user"), field("/node"), field("/name"));
     if !user.is_admin() && owner != user.name {
         return Err(ApiError::not_authorised("Not administrator user"));
     }
@@ -393,7 +407,7 @@ pub async fn user_connections(
     let found: Vec<serde_json::Value> = cluster_listing(&st, "connections", &user, None)
         .await
         .into_iter()
-        .filter(|c| c.get("user").and_then(serde_json::Value::as_str) == Some(name.as_str()))
+        .filter(|c| str_at(c, "/user") == Some(name.as_str()))
         .collect();
     Ok(json::ok(&found))
 }
@@ -416,9 +430,9 @@ pub async fn close_user_connections(
             .list_elsewhere("connections", &user.name, &user.tags, None)
             .await
         {
-            let field = |k: &str| found.get(k).and_then(serde_json::Value::as_str);
+            let field = |k: &str| str_at(&found, k);
             if let (Some(node), Some(conn), Some(owner)) =
-                (field("node"), field("name"), field("user"))
+                (field("/node"), field("/name"), field("/user"))
             {
                 if owner == name {
                     c.close_connection_on(node, conn, reason).await;

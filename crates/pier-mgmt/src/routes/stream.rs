@@ -18,7 +18,8 @@ use crate::auth::{view_vhost, AuthUser};
 use crate::error::{ApiError, ApiResult};
 use crate::json;
 use crate::routes::connections::{
-    close_remote, cluster_listing, connection_base, remote_connection, tls_details, Traffic,
+    close_remote, cluster_listing, connection_base, remote_connection, remote_connection_items,
+    str_at, tls_details, Traffic,
 };
 use crate::routes::Q;
 use crate::stats;
@@ -358,22 +359,10 @@ async fn of_connection(
             _ => json::ok(&consumers_of(st, &[c])),
         });
     }
-    if remote_connection(st, "stream/connections", user, Some(vhost), name)
+    remote_connection_items(st, user, Some(vhost), "stream/connections", what, name)
         .await
-        .is_none()
-    {
-        return Err(ApiError::not_found());
-    }
-    let items: Vec<serde_json::Value> = cluster_listing(st, what, user, Some(vhost))
-        .await
-        .into_iter()
-        .filter(|v| {
-            v.pointer("/connection_details/name")
-                .and_then(serde_json::Value::as_str)
-                == Some(name)
-        })
-        .collect();
-    Ok(json::ok(&items))
+        .map(|items| json::ok(&items))
+        .ok_or_else(ApiError::not_found)
 }
 
 pub async fn publishers(
@@ -418,9 +407,7 @@ pub async fn stream_publishers(
     let items = cluster_listing(&st, "stream/publishers", &user, Some(&vhost))
         .await
         .into_iter()
-        .filter(|p| {
-            p.pointer("/queue/name").and_then(serde_json::Value::as_str) == Some(stream.as_str())
-        })
+        .filter(|p| str_at(p, "/queue/name") == Some(stream.as_str()))
         .collect();
     json::list(items, &q)
 }
