@@ -1,12 +1,13 @@
 """Replicated stream chaos run with a history checker (issue 15: stream replication).
 
 Producers publish unique ids with publisher confirms over AMQP 0-9-1 through random nodes
-of a 3-node cluster of real ``pier`` processes, to a stream led by the first node and
-replicated on the two others, and log each id as invoked, then ok (basic.ack) or failed
+of a 3-node cluster of real ``pier`` processes, to a stream led at first by the first node
+and replicated on the two others, and log each id as invoked, then ok (basic.ack) or failed
 (a nack, or the connection died with the outcome unknown). Faults are injected meanwhile,
 each aimed at the stream's leader of the moment: SIGKILL of the leader (a surviving member
-takes over: failover), of a replica, of every node at once, SIGSTOP of the leader and of a replica, a
-partition that isolates the leader (no majority: nothing is confirmed until it heals), a
+takes over: failover), of a replica, of every node at once, SIGSTOP of the leader and of a
+replica, a partition that isolates the leader (no majority: nothing is confirmed until it
+heals), a
 minority/majority split, and restarts. When the faults are healed, every member's copy of
 the stream is read from its first offset (the leader's over AMQP, each replica's with the
 stream client rstream on that node) and the history is checked:
@@ -106,24 +107,26 @@ def read_on(node, stream: str, count: int, reference: str | None = None,
         rstream.client.Client.query_leader_and_replicas = original
 
 
-def figures(node) -> dict:
+def queue_on(node) -> dict:
+    """The stream's queue object on `node` (empty when it does not answer)."""
     try:
         code, q = node.api("GET", f"/api/queues/%2F/{STREAM}", timeout=3)
     except OSError:
         return {}
-    return (q.get("stream") or {}) if code == 200 else {}
+    return q if code == 200 else {}
+
+
+def figures(node) -> dict:
+    return queue_on(node).get("stream") or {}
 
 
 def current_leader(cluster: Cluster):
     """The stream's leader as the nodes that answer report it (most of them), or None."""
     seen: dict[str, int] = {}
     for n in cluster.nodes:
-        try:
-            code, q = n.api("GET", f"/api/queues/%2F/{STREAM}", timeout=3)
-        except OSError:
-            continue
-        if code == 200 and q.get("leader"):
-            seen[q["leader"]] = seen.get(q["leader"], 0) + 1
+        leader = queue_on(n).get("leader")
+        if leader:
+            seen[leader] = seen.get(leader, 0) + 1
     if not seen:
         return None
     name = max(seen, key=lambda k: seen[k])
