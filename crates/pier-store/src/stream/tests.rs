@@ -1043,6 +1043,24 @@ fn a_new_replica_starts_at_its_leaders_first_chunk() {
         .exists());
 }
 
+/// Appends `body` as publisher "w" with id `id` to a leader of three members, copies it to
+/// `replica` (as node `node`), and checks it is confirmed.
+fn append_confirmed(leader: &Stream, replica: &Stream, node: &str, id: u64, body: &str) {
+    let (tx, rx) = mpsc::sync_channel(1);
+    leader
+        .append(
+            Some("w".into()),
+            vec![msg(id, body)],
+            Box::new(move |r| {
+                let _ = tx.send(r.is_ok());
+            }),
+        )
+        .unwrap();
+    leader.flush().unwrap();
+    while replicate_once(leader, replica, node, 1 << 20) {}
+    assert!(rx.recv().unwrap());
+}
+
 /// A leader change as the cluster makes it: the old leader (A) wrote chunks a replica (B)
 /// never got; A is retired (its waiting confirm fails with `Deposed`, its readers are told
 /// the stream is gone), B becomes the leader from its own end, and A, truncated to where
@@ -1055,22 +1073,10 @@ fn a_deposed_leader_fails_its_pending_confirms_and_truncates_to_the_new_leaders_
     let (b, _) = Stream::open_replica(&b_dir, small_segments()).unwrap();
     a.shared().set_members(3);
     for i in 0..20u64 {
-        let body = format!("a-{i}");
-        let (tx, rx) = mpsc::sync_channel(1);
-        a.append(
-            Some("w".into()),
-            vec![msg(i + 1, &body)],
-            Box::new(move |r| {
-                let _ = tx.send(r.is_ok());
-            }),
-        )
-        .unwrap();
-        a.flush().unwrap();
-        while replicate_once(&a, &b, "b", 1 << 20) {}
-        assert!(rx.recv().unwrap());
+        append_confirmed(&a, &b, "b", i + 1, &format!("a-{i}"));
     }
     let takeover = b.shared().view().written_next;
-    // Two more appends that only A writes (across a roll): never confirmed.
+    // Eight more appends that only A writes (across a roll): never confirmed.
     let (tx, rx) = mpsc::channel();
     for i in 20..28u64 {
         let tx = tx.clone();
@@ -1117,18 +1123,7 @@ fn a_deposed_leader_fails_its_pending_confirms_and_truncates_to_the_new_leaders_
     assert_eq!(ra.next_offset, takeover);
     assert_eq!(a.writer_sequence("w"), 20);
     for i in 20..30u64 {
-        let (tx, rx) = mpsc::sync_channel(1);
-        b.append(
-            Some("w".into()),
-            vec![msg(i + 1, &format!("b-{i}"))],
-            Box::new(move |r| {
-                let _ = tx.send(r.is_ok());
-            }),
-        )
-        .unwrap();
-        b.flush().unwrap();
-        while replicate_once(&b, &a, "a", 1 << 20) {}
-        assert!(rx.recv().unwrap());
+        append_confirmed(&b, &a, "a", i + 1, &format!("b-{i}"));
     }
     assert_eq!(all_stored(&a), all_stored(&b));
     let bodies: Vec<String> = read_all(&a, StartAt::First)
