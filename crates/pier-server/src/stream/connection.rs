@@ -1215,9 +1215,13 @@ impl Session {
                     stats.confirmed.fetch_add(n as u64, Ordering::Relaxed);
                     pending.confirms.push((pid, ids));
                 }
-                Err(_) => {
+                Err(e) => {
                     stats.errored.fetch_add(n as u64, Ordering::Relaxed);
-                    pending.errors.push((pid, ids, ResponseCode::InternalError));
+                    let code = match *e {
+                        StreamError::Deleted => ResponseCode::StreamDoesNotExist,
+                        _ => ResponseCode::InternalError,
+                    };
+                    pending.errors.push((pid, ids, code));
                 }
             }
             drop(pending);

@@ -20,6 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 /// File offsets, lengths and buffer addresses of direct writes are multiples of this (the
 /// largest logical block size in common use).
@@ -89,14 +90,27 @@ impl AlignedBuf {
     }
 }
 
+/// Why [`DirectAppender::append_built_with`] did not write.
+#[derive(Debug)]
+pub(crate) enum DirectError<E> {
+    /// The block is not laid out for a direct write (nothing was done).
+    Refused,
+    /// The write could not be handed on.
+    Write(E),
+}
+
 /// The active segment's direct-I/O writer.
 pub(crate) struct DirectAppender {
-    file: File,
+    /// Shared with the stream's flusher, which writes from its own thread.
+    file: Arc<File>,
     /// The bytes of the file from `base` (a block boundary) to the logical end.
     buf: AlignedBuf,
     base: u64,
     /// The file's length on disk is past the logical end (zeros after the last chunk).
     padded: bool,
+    /// A direct write went through here: the device takes them (writes on another thread,
+    /// whose failures cannot fall back, wait for this).
+    proven: bool,
 }
 
 impl DirectAppender {
@@ -115,10 +129,11 @@ impl DirectAppender {
         let mut buf = AlignedBuf::with_capacity(1 << 20);
         buf.extend(&head);
         Some(DirectAppender {
-            file,
+            file: Arc::new(file),
             buf,
             base,
             padded: false,
+            proven: false,
         })
     }
 
@@ -136,6 +151,7 @@ impl DirectAppender {
             return Err(e);
         }
         self.padded = true;
+        self.proven = true;
         let whole = self.buf.len - self.buf.len % ALIGN;
         self.buf.drop_front(whole);
         self.base += whole as u64;
@@ -153,6 +169,36 @@ impl DirectAppender {
     /// multiple of `ALIGN`. The bytes are written from where they are (no copy but the new
     /// tail's). Refused with `InvalidInput`, nothing written, when `block` is not so laid out.
     pub(crate) fn append_built(&mut self, block: &[u8], logical: usize) -> std::io::Result<()> {
+        self.check_built(block, logical)?;
+        self.file.write_all_at(block, self.base)?;
+        self.proven = true;
+        self.built_written(block, logical);
+        Ok(())
+    }
+
+    /// A direct write went through (see `proven`).
+    pub(crate) fn proven(&self) -> bool {
+        self.proven
+    }
+
+    /// As [`DirectAppender::append_built`], but the write is left to `write` (given the
+    /// file and the offset: the stream's flusher writes it later, in order). The appender
+    /// moves on as if it were written.
+    pub(crate) fn append_built_with<E>(
+        &mut self,
+        block: &[u8],
+        logical: usize,
+        write: impl FnOnce(Arc<File>, u64) -> Result<(), E>,
+    ) -> Result<(), DirectError<E>> {
+        self.check_built(block, logical)
+            .map_err(|_| DirectError::Refused)?;
+        write(Arc::clone(&self.file), self.base).map_err(DirectError::Write)?;
+        self.built_written(block, logical);
+        Ok(())
+    }
+
+    /// Refuses with `InvalidInput` a block not laid out as a built chunk must be.
+    fn check_built(&self, block: &[u8], logical: usize) -> std::io::Result<()> {
         let held = self.buf.len;
         if block.as_ptr().align_offset(ALIGN) != 0
             || block.len() % ALIGN != 0
@@ -165,14 +211,17 @@ impl DirectAppender {
                 "chunk not built for a direct write",
             ));
         }
-        self.file.write_all_at(block, self.base)?;
+        Ok(())
+    }
+
+    /// Keeps the new partial block after a built block is written.
+    fn built_written(&mut self, block: &[u8], logical: usize) {
         self.padded = true;
         let whole = logical - logical % ALIGN;
         self.buf.len = 0;
         self.buf
             .extend(block.get(whole..logical).unwrap_or_default());
         self.base += whole as u64;
-        Ok(())
     }
 
     /// The logical end of the file.

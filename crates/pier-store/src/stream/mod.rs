@@ -31,6 +31,7 @@
 //!   stream is configured not to (RabbitMQ's streams never fsync).
 
 mod direct;
+mod flusher;
 mod format;
 mod log;
 mod reader;
@@ -187,6 +188,9 @@ const CHUNK_ENTRIES_MIN: usize = 32;
 const CHUNK_CAP_IDLE: Duration = Duration::from_millis(50);
 /// How often the writer applies retention when idle.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often a batch that waits for the flusher looks for more appends.
+const GROW_WAIT: Duration = Duration::from_micros(200);
 
 /// A stream: its writer thread and the shared view readers use.
 pub struct Stream {
@@ -423,16 +427,18 @@ impl Stream {
             .deleted
             .store(true, std::sync::atomic::Ordering::Release);
         self.close();
-        self.shared.abandon_commits();
+        self.shared.abandon_commits(StreamError::Deposed);
         self.shared.notify();
     }
 
-    /// Stops the writer and removes the stream's files; readers get [`StreamError::Deleted`].
+    /// Stops the writer and removes the stream's files; readers get [`StreamError::Deleted`],
+    /// and so do appends a replicated leader was waiting to commit.
     pub fn delete(&self) -> Result<(), StreamError> {
         self.shared
             .deleted
             .store(true, std::sync::atomic::Ordering::Release);
         self.close();
+        self.shared.abandon_commits(StreamError::Deleted);
         self.shared.notify();
         match std::fs::remove_dir_all(&self.shared.dir) {
             Ok(()) => Ok(()),
@@ -594,6 +600,15 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 && taken < 10_000
             {
                 next = rx.try_recv().ok();
+                // Group commit: while the batch before is still on its way to the disk,
+                // this one grows (until it is full) instead of queueing small chunks
+                // behind it.
+                while next.is_none()
+                    && batch.bytes < MAX_CHUNK_BYTES
+                    && !log.wait_flushed(GROW_WAIT)
+                {
+                    next = rx.try_recv().ok();
+                }
             }
         }
         let result = match &failed {
@@ -606,37 +621,49 @@ fn writer_loop(mut log: StreamLog, rx: Receiver<Command>) {
                 failed = Some(Arc::clone(e));
             }
         }
-        for (done, refused) in batch.accepted {
-            done(match (&result, refused) {
-                (Err(e), _) => Err(Arc::clone(e)),
-                (Ok(_), Some(e)) => Err(e),
-                (Ok(_), None) => Ok(log.next_offset()),
-            });
-        }
+        // What waits for the batch to be on disk runs once it is: here, or on the flusher's
+        // thread while this one builds the next batch.
+        let accepted = std::mem::take(&mut batch.accepted);
         let dones = std::mem::take(&mut batch.done);
+        let flushes = std::mem::take(&mut batch.flushes);
         let end = log.next_offset();
-        let wait = result.is_ok() && !dones.is_empty();
-        let confirm = move |committed: bool| {
-            let result = if committed {
-                result
-            } else {
-                Err(Arc::new(StreamError::Deposed))
+        let shared = Arc::clone(log.shared());
+        let finish = move |synced: Result<(), Arc<StreamError>>| {
+            let result = result.and_then(|w| synced.map(|()| w));
+            for (done, refused) in accepted {
+                done(match (&result, refused) {
+                    (Err(e), _) => Err(Arc::clone(e)),
+                    (Ok(_), Some(e)) => Err(e),
+                    (Ok(_), None) => Ok(end),
+                });
+            }
+            let wait = result.is_ok() && !dones.is_empty();
+            let confirm = move |committed: Result<(), Arc<StreamError>>| {
+                let result = committed.and(result);
+                for (done, appended, before) in dones {
+                    done(result.as_ref().map_err(Arc::clone).map(|chunks| Appended {
+                        first_offset: chunks.offset_of(before).filter(|_| appended.written > 0),
+                        ..appended
+                    }));
+                }
             };
-            for (done, appended, before) in dones {
-                done(result.as_ref().map_err(Arc::clone).map(|chunks| Appended {
-                    first_offset: chunks.offset_of(before).filter(|_| appended.written > 0),
-                    ..appended
-                }));
+            if wait {
+                // A replicated stream confirms once a majority has the chunks (at once
+                // otherwise).
+                shared.on_commit(end, Box::new(confirm));
+            } else {
+                confirm(Ok(()));
+            }
+            for f in flushes {
+                let _ = f.send(());
             }
         };
-        if wait {
-            // A replicated stream confirms once a majority has the chunks (at once otherwise).
-            log.shared().on_commit(end, Box::new(confirm));
+        if failed.is_some() {
+            // After what the flusher still holds, so that answers keep their order.
+            let drained = log.drain();
+            finish(drained.map_err(Arc::new));
         } else {
-            confirm(true);
-        }
-        for f in batch.flushes {
-            let _ = f.send(());
+            log.sync_then(Box::new(finish));
         }
         if failed.is_none() && last_retention.elapsed() >= RETENTION_INTERVAL {
             if let Err(e) = log.apply_retention() {
@@ -757,7 +784,6 @@ fn write_batch(
     if !batch.offsets.is_empty() {
         log.append_tracking(std::mem::take(&mut batch.offsets))?;
     }
-    log.sync()?;
     Ok(written)
 }
 

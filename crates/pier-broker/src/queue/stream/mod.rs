@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use pier_store::stream::{AppendMessage, StartAt, Stream, StreamConfig, StreamReader};
+use pier_store::stream::{AppendMessage, StartAt, Stream, StreamConfig, StreamError, StreamReader};
 use pier_stream_wire::{BloomMatcher, Chunk, Entry, Record};
 use pier_wire::FieldValue;
 
@@ -203,7 +203,12 @@ impl StreamQueue {
             vec![m],
             Box::new(move |r| {
                 if let Some(done) = done {
-                    done(r.is_ok());
+                    // A deleted queue's pending publishes are confirmed, as RabbitMQ's
+                    // channel does at a queue's end of life; any other failure is a nack.
+                    done(match r {
+                        Ok(_) => true,
+                        Err(e) => matches!(*e, StreamError::Deleted),
+                    });
                 }
             }),
         );
