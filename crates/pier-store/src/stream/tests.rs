@@ -75,6 +75,14 @@ fn read_all(s: &Stream, at: StartAt) -> Vec<(u64, String)> {
     out
 }
 
+/// Every message's body from the first offset on.
+fn read_bodies(s: &Stream) -> Vec<String> {
+    read_all(s, StartAt::First)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect()
+}
+
 /// Flips the file's last byte: the last chunk's data no longer matches its CRC.
 fn corrupt_last_byte(path: &std::path::Path) {
     let mut b = std::fs::read(path).unwrap();
@@ -402,10 +410,7 @@ fn a_crash_after_direct_writes_keeps_every_synced_chunk() {
     let seg = dir.path().join("00000000000000000000.segment");
     let padded = std::fs::metadata(&seg).unwrap().len() % 4096 == 0;
     let (s, r) = Stream::open(dir.path(), StreamConfig::default()).unwrap();
-    let got: Vec<String> = read_all(&s, StartAt::First)
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect();
+    let got = read_bodies(&s);
     assert_eq!(got, bodies);
     assert_eq!(r.truncated_bytes > 0, padded);
     // Appends go on after the recovered end.
@@ -754,22 +759,16 @@ fn big_chunks_built_in_place_read_back_and_survive_a_crash() {
         std::mem::forget(log); // a crash: nothing trimmed
     }
     let (s, _) = Stream::open(dir.path(), config).unwrap();
-    let bodies = |s: &Stream| -> Vec<String> {
-        read_all(s, StartAt::First)
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect()
-    };
-    assert_eq!(bodies(&s), want);
+    assert_eq!(read_bodies(&s), want);
     assert_eq!(s.shared().tracking().writers.get("w"), Some(&last_w));
     // Appended after recovery, read back from memory and then from the files.
     let more: Vec<AppendMessage> = (0..30)
         .map(|i| msg(i, &"z".repeat(1000 + i as usize)))
         .collect();
     append_wait(&s, None, more);
-    let from_memory = bodies(&s);
+    let from_memory = read_bodies(&s);
     s.shared().forget_recent();
-    assert_eq!(bodies(&s), from_memory);
+    assert_eq!(read_bodies(&s), from_memory);
     assert_eq!(from_memory.len(), want.len() + 30);
 }
 
@@ -802,6 +801,19 @@ fn replicate_once(leader: &Stream, replica: &Stream, node: &str, max: usize) -> 
     true
 }
 
+/// A leader of three members in `dir/leader_name` and a replica in `dir/replica_name`,
+/// with small segments.
+fn leader_and_replica(
+    dir: &std::path::Path,
+    leader: &str,
+    replica: &str,
+) -> (Arc<Stream>, Arc<Stream>) {
+    let (l, _) = Stream::open(&dir.join(leader), small_segments()).unwrap();
+    let (r, _) = Stream::open_replica(&dir.join(replica), small_segments()).unwrap();
+    l.shared().set_members(3);
+    (l, r)
+}
+
 /// A leader of three members confirms an append only once one replica has synced it, its
 /// readers see nothing before that, and a replica fed the leader's stored chunks (small
 /// segments: rolls with tracking snapshots, stored offsets, a named publisher, filtered
@@ -809,9 +821,7 @@ fn replicate_once(leader: &Stream, replica: &Stream, node: &str, max: usize) -> 
 #[test]
 fn a_replica_copies_its_leader_and_confirms_wait_for_a_majority() {
     let dir = tempfile::tempdir().unwrap();
-    let (leader, _) = Stream::open(&dir.path().join("leader"), small_segments()).unwrap();
-    let (replica, _) = Stream::open_replica(&dir.path().join("replica"), small_segments()).unwrap();
-    leader.shared().set_members(3);
+    let (leader, replica) = leader_and_replica(dir.path(), "leader", "replica");
 
     // Not confirmed, not visible, until a replica has it.
     let (tx, rx) = mpsc::sync_channel(1);
@@ -1069,9 +1079,7 @@ fn append_confirmed(leader: &Stream, replica: &Stream, node: &str, id: u64, body
 fn a_deposed_leader_fails_its_pending_confirms_and_truncates_to_the_new_leaders_log() {
     let dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    let (a, _) = Stream::open(&a_dir, small_segments()).unwrap();
-    let (b, _) = Stream::open_replica(&b_dir, small_segments()).unwrap();
-    a.shared().set_members(3);
+    let (a, b) = leader_and_replica(dir.path(), "a", "b");
     for i in 0..20u64 {
         append_confirmed(&a, &b, "b", i + 1, &format!("a-{i}"));
     }
@@ -1126,10 +1134,7 @@ fn a_deposed_leader_fails_its_pending_confirms_and_truncates_to_the_new_leaders_
         append_confirmed(&b, &a, "a", i + 1, &format!("b-{i}"));
     }
     assert_eq!(all_stored(&a), all_stored(&b));
-    let bodies: Vec<String> = read_all(&a, StartAt::First)
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
+    let bodies = read_bodies(&a);
     let want: Vec<String> = (0..20)
         .map(|i| format!("a-{i}"))
         .chain((20..30).map(|i| format!("b-{i}")))
@@ -1150,9 +1155,7 @@ fn a_deposed_leader_fails_its_pending_confirms_and_truncates_to_the_new_leaders_
 #[test]
 fn deleting_a_replicated_leader_answers_the_appends_it_was_waiting_to_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, _) = Stream::open(&dir.path().join("a"), small_segments()).unwrap();
-    let (b, _) = Stream::open_replica(&dir.path().join("b"), small_segments()).unwrap();
-    a.shared().set_members(3);
+    let (a, b) = leader_and_replica(dir.path(), "a", "b");
     append_confirmed(&a, &b, "b", 1, "kept");
     let (tx, rx) = mpsc::channel();
     for i in 2..6u64 {
@@ -1226,19 +1229,13 @@ fn pipelined_big_appends_are_confirmed_in_order_and_all_survive_a_reopen() {
         assert!(last.is_none_or(|l| first > l), "{first} after {last:?}");
         last = Some(first);
     }
-    let bodies: Vec<String> = read_all(&s, StartAt::First)
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect();
+    let bodies = read_bodies(&s);
     assert_eq!(bodies, want);
     assert!(s.shared().view().segments.len() >= 5, "segments rolled");
     assert_eq!(s.writer_sequence("w"), 120 * 24);
     drop(s);
     let (s, _) = Stream::open(dir.path(), config).unwrap();
-    let bodies: Vec<String> = read_all(&s, StartAt::First)
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect();
+    let bodies = read_bodies(&s);
     assert_eq!(bodies, want);
     assert_eq!(s.writer_sequence("w"), 120 * 24);
 }
@@ -1293,9 +1290,6 @@ fn the_flusher_writes_big_chunks_and_answers_each_sync_in_order() {
         assert!(*shown >= 1100 * (i as u64 + 1), "batch {i}: {shown}");
     }
     let (s, _) = Stream::open(dir.path(), config).unwrap();
-    let bodies: Vec<String> = read_all(&s, StartAt::First)
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect();
+    let bodies = read_bodies(&s);
     assert_eq!(bodies, want);
 }
